@@ -1,0 +1,1 @@
+//! conductor core (see docs/ARCHITECTURE.md)

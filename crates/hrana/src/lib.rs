@@ -1,0 +1,228 @@
+//! The Hrana-over-HTTP wire format (libSQL remote protocol, JSON encoding).
+//!
+//! One set of types for both sides: conductor-node decodes requests and
+//! encodes responses with them, conductor's client does the reverse. The
+//! authority is `docs/HRANA_3_SPEC.md` of tursodatabase/libsql; field names
+//! and tags here are exactly the spec's.
+
+mod value;
+
+pub use value::Value;
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /v2/pipeline` and `/v3/pipeline` request body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineReqBody {
+    #[serde(default)]
+    pub baton: Option<String>,
+    pub requests: Vec<StreamRequest>,
+}
+
+/// `POST /v2/pipeline` and `/v3/pipeline` response body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineRespBody {
+    pub baton: Option<String>,
+    pub base_url: Option<String>,
+    pub results: Vec<StreamResult>,
+}
+
+/// One entry of `PipelineRespBody::results`, in request order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamResult {
+    Ok { response: StreamResponse },
+    Error { error: Error },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamRequest {
+    Close,
+    Execute {
+        stmt: Stmt,
+    },
+    Batch {
+        batch: Batch,
+    },
+    Sequence {
+        #[serde(default)]
+        sql: Option<String>,
+        #[serde(default)]
+        sql_id: Option<i32>,
+    },
+    Describe {
+        #[serde(default)]
+        sql: Option<String>,
+        #[serde(default)]
+        sql_id: Option<i32>,
+    },
+    StoreSql {
+        sql_id: i32,
+        sql: String,
+    },
+    CloseSql {
+        sql_id: i32,
+    },
+    GetAutocommit,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamResponse {
+    Close,
+    Execute { result: StmtResult },
+    Batch { result: BatchResult },
+    Sequence,
+    Describe { result: DescribeResult },
+    StoreSql,
+    CloseSql,
+    GetAutocommit { is_autocommit: bool },
+}
+
+/// One SQL statement with its arguments. Values always travel here, never
+/// spliced into `sql`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Stmt {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql_id: Option<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub named_args: Vec<NamedArg>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub want_rows: Option<bool>,
+}
+
+impl Stmt {
+    pub fn new(sql: impl Into<String>, args: Vec<Value>) -> Self {
+        Stmt {
+            sql: Some(sql.into()),
+            args,
+            want_rows: Some(true),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedArg {
+    pub name: String,
+    pub value: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct StmtResult {
+    pub cols: Vec<Col>,
+    pub rows: Vec<Vec<Value>>,
+    pub affected_row_count: u64,
+    #[serde(default)]
+    pub last_insert_rowid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_read: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_written: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_duration_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Col {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub decltype: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Batch {
+    pub steps: Vec<BatchStep>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchStep {
+    pub stmt: Stmt,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<BatchCond>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BatchCond {
+    Ok { step: u32 },
+    Error { step: u32 },
+    Not { cond: Box<BatchCond> },
+    And { conds: Vec<BatchCond> },
+    Or { conds: Vec<BatchCond> },
+    IsAutocommit,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct BatchResult {
+    pub step_results: Vec<Option<StmtResult>>,
+    pub step_errors: Vec<Option<Error>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DescribeResult {
+    pub params: Vec<DescribeParam>,
+    pub cols: Vec<Col>,
+    pub is_explain: bool,
+    pub is_readonly: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DescribeParam {
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// An error of a request, a batch step or a whole HTTP request.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Error {
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+/// `POST /v3/cursor` request body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CursorReqBody {
+    #[serde(default)]
+    pub baton: Option<String>,
+    pub batch: Batch,
+}
+
+/// First line of a `/v3/cursor` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CursorRespBody {
+    pub baton: Option<String>,
+    pub base_url: Option<String>,
+}
+
+/// Every later line of a `/v3/cursor` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CursorEntry {
+    StepBegin {
+        step: u32,
+        cols: Vec<Col>,
+    },
+    StepEnd {
+        affected_row_count: u64,
+        #[serde(default)]
+        last_insert_rowid: Option<String>,
+    },
+    StepError {
+        step: u32,
+        error: Error,
+    },
+    Row {
+        row: Vec<Value>,
+    },
+    Error {
+        error: Error,
+    },
+}

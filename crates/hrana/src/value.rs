@@ -1,0 +1,186 @@
+//! Hrana's typed value. Integers travel as decimal strings so the whole i64
+//! range survives JSON; blobs as standard base64.
+
+use base64::Engine as _;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Integer(i64),
+    Float(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(if matches!(self, Value::Null) { 1 } else { 2 }))?;
+        match self {
+            Value::Null => m.serialize_entry("type", "null")?,
+            Value::Integer(i) => {
+                m.serialize_entry("type", "integer")?;
+                m.serialize_entry("value", &i.to_string())?;
+            }
+            Value::Float(f) => {
+                if !f.is_finite() {
+                    return Err(serde::ser::Error::custom(
+                        "a non-finite float cannot be sent as a Hrana value",
+                    ));
+                }
+                m.serialize_entry("type", "float")?;
+                m.serialize_entry("value", f)?;
+            }
+            Value::Text(t) => {
+                m.serialize_entry("type", "text")?;
+                m.serialize_entry("value", t)?;
+            }
+            Value::Blob(b) => {
+                m.serialize_entry("type", "blob")?;
+                m.serialize_entry(
+                    "base64",
+                    &base64::engine::general_purpose::STANDARD.encode(b),
+                )?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// The fields of a value object before its type is known; the object's keys
+/// may come in any order.
+enum Payload {
+    None,
+    Str(String),
+    Num(f64),
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Value;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a Hrana value object {\"type\": ..., ...}")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+                let mut ty: Option<String> = None;
+                let mut value = Payload::None;
+                let mut b64: Option<String> = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "type" => ty = Some(map.next_value()?),
+                        "value" => {
+                            value = match map.next_value::<serde_json::Value>()? {
+                                serde_json::Value::String(s) => Payload::Str(s),
+                                serde_json::Value::Number(n) => Payload::Num(
+                                    n.as_f64().ok_or_else(|| de::Error::custom("bad number"))?,
+                                ),
+                                other => {
+                                    return Err(de::Error::custom(format!(
+                                        "value must be a string or number, got {other}"
+                                    )))
+                                }
+                            }
+                        }
+                        "base64" => b64 = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                let ty = ty.ok_or_else(|| de::Error::missing_field("type"))?;
+                match (ty.as_str(), value) {
+                    ("null", _) => Ok(Value::Null),
+                    ("integer", Payload::Str(s)) => s
+                        .parse::<i64>()
+                        .map(Value::Integer)
+                        .map_err(|_| de::Error::custom(format!("invalid integer value {s:?}"))),
+                    ("integer", _) => {
+                        Err(de::Error::custom("integer value must be a decimal string"))
+                    }
+                    ("float", Payload::Num(f)) => Ok(Value::Float(f)),
+                    ("float", _) => Err(de::Error::custom("float value must be a JSON number")),
+                    ("text", Payload::Str(s)) => Ok(Value::Text(s)),
+                    ("text", _) => Err(de::Error::custom("text value must be a string")),
+                    ("blob", _) => {
+                        let b = b64.ok_or_else(|| de::Error::missing_field("base64"))?;
+                        decode_base64(&b)
+                            .map(Value::Blob)
+                            .ok_or_else(|| de::Error::custom("invalid base64 in blob value"))
+                    }
+                    (other, _) => Err(de::Error::custom(format!("unknown value type {other:?}"))),
+                }
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Standard base64, padded or not (the spec's clients differ).
+fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    STANDARD
+        .decode(s)
+        .or_else(|_| STANDARD_NO_PAD.decode(s))
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt(v: Value) {
+        let j = serde_json::to_string(&v).unwrap();
+        let back: Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(back, v, "{j}");
+    }
+
+    #[test]
+    fn values_round_trip() {
+        rt(Value::Null);
+        rt(Value::Integer(i64::MIN));
+        rt(Value::Integer(i64::MAX));
+        rt(Value::Float(-0.0));
+        rt(Value::Float(1.0e308));
+        rt(Value::Float(5e-324));
+        rt(Value::Text("héllo \u{0} ' \" ;--".into()));
+        rt(Value::Blob(vec![0, 1, 2, 255]));
+        rt(Value::Blob(vec![]));
+    }
+
+    #[test]
+    fn wire_forms_match_the_spec() {
+        assert_eq!(
+            serde_json::to_string(&Value::Integer(42)).unwrap(),
+            r#"{"type":"integer","value":"42"}"#
+        );
+        let v: Value =
+            serde_json::from_str(r#"{"value":"AAE=","type":"blob","base64":"AAE="}"#).unwrap();
+        assert_eq!(v, Value::Blob(vec![0, 1]));
+    }
+
+    #[test]
+    fn bad_encodings_are_errors() {
+        for bad in [
+            r#"{"type":"integer","value":42}"#,
+            r#"{"type":"integer","value":"4.2"}"#,
+            r#"{"type":"integer","value":"99999999999999999999"}"#,
+            r#"{"type":"float","value":"1.5"}"#,
+            r#"{"type":"text","value":1}"#,
+            r#"{"type":"blob","base64":"!!"}"#,
+            r#"{"type":"bigint","value":"1"}"#,
+            r#"{"value":"1"}"#,
+        ] {
+            assert!(serde_json::from_str::<Value>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn non_finite_floats_are_refused() {
+        assert!(serde_json::to_string(&Value::Float(f64::NAN)).is_err());
+    }
+}
