@@ -1,0 +1,676 @@
+//! Hrana-over-HTTP client for the storage nodes (HRANA.md).
+//!
+//! One `reqwest::Client` (keep-alive pool) serves every node. Every request
+//! has a deadline; a cursor body is read chunk by chunk and split into lines
+//! with a maximum line length, so memory stays bounded however large the
+//! result. Whatever a node sends back, a malformed body is a
+//! [`NodeError::Protocol`], never a panic.
+
+use conductor_hrana::{
+    CursorEntry, CursorReqBody, CursorRespBody, PipelineReqBody, PipelineRespBody,
+};
+use std::fmt;
+use std::time::Duration;
+
+/// Where a node lives and how to authenticate to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEndpoint {
+    pub node_id: String,
+    /// Base URL, e.g. `http://127.0.0.1:7401` (a trailing `/` is fine).
+    pub url: String,
+    /// Sent as `Authorization: Bearer <token>` when set.
+    pub token: Option<String>,
+}
+
+/// Names a node in errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRef {
+    pub node_id: String,
+    pub url: String,
+}
+
+impl From<&NodeEndpoint> for NodeRef {
+    fn from(ep: &NodeEndpoint) -> Self {
+        NodeRef {
+            node_id: ep.node_id.clone(),
+            url: ep.url.clone(),
+        }
+    }
+}
+
+/// Why a request to a node failed. Every variant names the node; the
+/// `Display` form is "node <id> (<url>): <what>".
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeError {
+    /// The node could not be reached (refused, DNS, bad URL): the request
+    /// was never delivered, so retrying cannot apply it twice.
+    Connect { node: NodeRef, message: String },
+    /// The connection broke after the request may have been delivered.
+    Io { node: NodeRef, message: String },
+    /// No answer (or no further bytes of a streaming answer) within `after`.
+    Timeout { node: NodeRef, after: Duration },
+    /// A non-2xx status; `message` is the node's error message or an
+    /// excerpt of its body, `code` its error code when it sent one.
+    Http {
+        node: NodeRef,
+        status: u16,
+        message: String,
+        code: Option<String>,
+    },
+    /// The node answered something that is not the protocol (malformed
+    /// JSON, wrong shape, truncated stream, oversized line).
+    Protocol { node: NodeRef, message: String },
+    /// SQLite refused the statement; `code` e.g. `SQLITE_CONSTRAINT_PRIMARYKEY`.
+    Sql {
+        node: NodeRef,
+        message: String,
+        code: Option<String>,
+    },
+    /// A failure on our side (I/O runtime could not start, task died).
+    Internal { node: NodeRef, message: String },
+}
+
+impl NodeError {
+    /// The node the error is about.
+    pub fn node(&self) -> &NodeRef {
+        match self {
+            NodeError::Connect { node, .. }
+            | NodeError::Io { node, .. }
+            | NodeError::Timeout { node, .. }
+            | NodeError::Http { node, .. }
+            | NodeError::Protocol { node, .. }
+            | NodeError::Sql { node, .. }
+            | NodeError::Internal { node, .. } => node,
+        }
+    }
+
+    /// The SQLite (or node) error code, when the node sent one.
+    pub fn sqlite_code(&self) -> Option<&str> {
+        match self {
+            NodeError::Sql { code, .. } | NodeError::Http { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Whether the failure is plausibly transient (worth a retry of a read).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            NodeError::Connect { .. } | NodeError::Io { .. } | NodeError::Timeout { .. } => true,
+            NodeError::Http { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+
+    /// What went wrong, without the node prefix (for messages that name the
+    /// node themselves, such as `ShardError`).
+    pub fn detail(&self) -> String {
+        match self {
+            NodeError::Connect { message, .. } => format!("cannot connect: {message}"),
+            NodeError::Io { message, .. } => format!("connection failed: {message}"),
+            NodeError::Timeout { after, .. } => format!("no answer within {after:?}"),
+            NodeError::Http {
+                status,
+                message,
+                code,
+                ..
+            } => match code {
+                Some(c) => format!("HTTP {status}: {message} ({c})"),
+                None => format!("HTTP {status}: {message}"),
+            },
+            NodeError::Protocol { message, .. } => format!("protocol error: {message}"),
+            NodeError::Sql { message, code, .. } => match code {
+                Some(c) => format!("{message} ({c})"),
+                None => message.clone(),
+            },
+            NodeError::Internal { message, .. } => format!("internal error: {message}"),
+        }
+    }
+
+    pub(crate) fn protocol(node: &NodeRef, message: impl Into<String>) -> Self {
+        NodeError::Protocol {
+            node: node.clone(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn sql(node: &NodeRef, e: &conductor_hrana::Error) -> Self {
+        NodeError::Sql {
+            node: node.clone(),
+            message: e.message.clone(),
+            code: e.code.clone(),
+        }
+    }
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.node();
+        write!(f, "node {} ({}): {}", n.node_id, n.url, self.detail())
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+/// Timeouts and limits of the client.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// TCP connect deadline.
+    pub connect_timeout: Duration,
+    /// Deadline of a whole pipeline request, and of a cursor request up to
+    /// its response headers.
+    pub request_timeout: Duration,
+    /// Longest silence allowed between two chunks of a streaming body.
+    pub idle_timeout: Duration,
+    /// Longest line of a cursor body; bounds the memory one entry can take.
+    pub max_line_bytes: usize,
+    /// Largest pipeline response body accepted.
+    pub max_body_bytes: usize,
+    /// How long an unused keep-alive connection stays in the pool.
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            max_line_bytes: 64 << 20,
+            max_body_bytes: 256 << 20,
+            pool_idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How much of an error body we keep for the message.
+const ERROR_EXCERPT_BYTES: usize = 512;
+
+/// Hrana client over one keep-alive connection pool. Cheap to share
+/// (`reqwest::Client` is an `Arc` inside); must be used within a tokio runtime.
+#[derive(Debug, Clone)]
+pub struct HranaClient {
+    http: reqwest::Client,
+    config: ClientConfig,
+}
+
+impl HranaClient {
+    /// Build the client. Installs rustls' ring provider as the process
+    /// default if none is installed yet (we build without aws-lc).
+    pub fn new(config: ClientConfig) -> std::io::Result<Self> {
+        // Err only means a provider is already installed, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.idle_timeout)
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .tcp_nodelay(true)
+            // Loopback nodes must never be routed through an environment proxy.
+            .no_proxy()
+            .build()
+            .map_err(std::io::Error::other)?;
+        Ok(HranaClient { http, config })
+    }
+
+    /// The configuration this client was built with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// `POST {url}/v3/pipeline`. Per-request errors inside the body are
+    /// returned as they are (see [`first_error`]); a reply whose result count
+    /// differs from the request count is a protocol error.
+    pub async fn pipeline(
+        &self,
+        ep: &NodeEndpoint,
+        body: &PipelineReqBody,
+    ) -> Result<PipelineRespBody, NodeError> {
+        let node = NodeRef::from(ep);
+        let deadline = self.config.request_timeout;
+        let work = async {
+            let json = serde_json::to_vec(body)
+                .map_err(|e| NodeError::protocol(&node, format!("cannot encode request: {e}")))?;
+            let resp = self
+                .post(ep, "v3/pipeline", json)
+                .send()
+                .await
+                .map_err(|e| transport_error(&node, e, deadline))?;
+            let status = resp.status();
+            if !status.is_success() {
+                return Err(http_error(&node, resp, deadline).await);
+            }
+            let bytes = read_limited(&node, resp, self.config.max_body_bytes, deadline).await?;
+            let parsed: PipelineRespBody = serde_json::from_slice(&bytes).map_err(|e| {
+                NodeError::protocol(&node, format!("malformed pipeline response: {e}"))
+            })?;
+            if parsed.results.len() != body.requests.len() {
+                return Err(NodeError::protocol(
+                    &node,
+                    format!(
+                        "pipeline response has {} results for {} requests",
+                        parsed.results.len(),
+                        body.requests.len()
+                    ),
+                ));
+            }
+            Ok(parsed)
+        };
+        match tokio::time::timeout(deadline, work).await {
+            Ok(r) => r,
+            Err(_) => Err(NodeError::Timeout {
+                node,
+                after: deadline,
+            }),
+        }
+    }
+
+    /// `POST {url}/v3/cursor`: waits for the response headers and the first
+    /// line, then hands back a stream of entries read as they arrive.
+    pub async fn cursor(
+        &self,
+        ep: &NodeEndpoint,
+        body: &CursorReqBody,
+    ) -> Result<CursorStream, NodeError> {
+        let node = NodeRef::from(ep);
+        let deadline = self.config.request_timeout;
+        let json = serde_json::to_vec(body)
+            .map_err(|e| NodeError::protocol(&node, format!("cannot encode request: {e}")))?;
+        let send = self.post(ep, "v3/cursor", json).send();
+        let resp = match tokio::time::timeout(deadline, send).await {
+            Ok(r) => r.map_err(|e| transport_error(&node, e, deadline))?,
+            Err(_) => {
+                return Err(NodeError::Timeout {
+                    node,
+                    after: deadline,
+                })
+            }
+        };
+        if !resp.status().is_success() {
+            return Err(http_error(&node, resp, deadline).await);
+        }
+        let mut stream = CursorStream {
+            node,
+            resp,
+            idle_timeout: self.config.idle_timeout,
+            lines: LineReader::new(self.config.max_line_bytes),
+            header: None,
+            open_step: None,
+        };
+        let first = stream.next_line().await?.ok_or_else(|| {
+            NodeError::protocol(&stream.node, "cursor response ended before its first line")
+        })?;
+        let header: CursorRespBody = serde_json::from_slice(&first).map_err(|e| {
+            NodeError::protocol(&stream.node, format!("malformed cursor header: {e}"))
+        })?;
+        stream.header = Some(header);
+        Ok(stream)
+    }
+
+    /// `GET {url}/health`: `Ok` when the node answers 2xx.
+    pub async fn health(&self, ep: &NodeEndpoint) -> Result<(), NodeError> {
+        let node = NodeRef::from(ep);
+        let deadline = self.config.request_timeout;
+        let mut req = self.http.get(endpoint_url(ep, "health")).timeout(deadline);
+        if let Some(t) = &ep.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| transport_error(&node, e, deadline))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(http_error(&node, resp, deadline).await)
+        }
+    }
+
+    fn post(&self, ep: &NodeEndpoint, path: &str, json: Vec<u8>) -> reqwest::RequestBuilder {
+        let mut req = self
+            .http
+            .post(endpoint_url(ep, path))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(json);
+        if let Some(t) = &ep.token {
+            req = req.bearer_auth(t);
+        }
+        req
+    }
+}
+
+/// The first error inside a pipeline response: a failed request, or a
+/// failed step of a batch. Useful for turning a 200 reply into an error.
+pub fn first_error(resp: &PipelineRespBody) -> Option<&conductor_hrana::Error> {
+    use conductor_hrana::{StreamResponse, StreamResult};
+    resp.results.iter().find_map(|r| match r {
+        StreamResult::Error { error } => Some(error),
+        StreamResult::Ok {
+            response: StreamResponse::Batch { result },
+        } => result.step_errors.iter().flatten().next(),
+        StreamResult::Ok { .. } => None,
+    })
+}
+
+fn endpoint_url(ep: &NodeEndpoint, path: &str) -> String {
+    format!("{}/{}", ep.url.trim_end_matches('/'), path)
+}
+
+/// reqwest's own message is terse ("error sending request"); the cause
+/// chain says what actually happened (refused, reset, ...).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+fn transport_error(node: &NodeRef, e: reqwest::Error, after: Duration) -> NodeError {
+    let node = node.clone();
+    if e.is_timeout() {
+        NodeError::Timeout { node, after }
+    } else if e.is_connect() || e.is_builder() {
+        NodeError::Connect {
+            node,
+            message: error_chain(&e),
+        }
+    } else {
+        NodeError::Io {
+            node,
+            message: error_chain(&e),
+        }
+    }
+}
+
+/// Turn a non-2xx response into `NodeError::Http`, reading at most a small
+/// excerpt of its body (which may be a Hrana error object or plain text).
+async fn http_error(node: &NodeRef, mut resp: reqwest::Response, deadline: Duration) -> NodeError {
+    let status = resp.status().as_u16();
+    let mut body = Vec::new();
+    let read = async {
+        while body.len() < ERROR_EXCERPT_BYTES * 8 {
+            match resp.chunk().await {
+                Ok(Some(c)) => body.extend_from_slice(&c),
+                _ => break,
+            }
+        }
+    };
+    // The status is what matters; a body that never comes is not worth waiting for.
+    let _ = tokio::time::timeout(deadline.min(Duration::from_secs(5)), read).await;
+    let (message, code) = match serde_json::from_slice::<conductor_hrana::Error>(&body) {
+        Ok(e) => (e.message, e.code),
+        Err(_) => {
+            let text = String::from_utf8_lossy(&body);
+            let text = text.trim();
+            let mut excerpt: String = text.chars().take(ERROR_EXCERPT_BYTES).collect();
+            if excerpt.len() < text.len() {
+                excerpt.push_str("...");
+            }
+            if excerpt.is_empty() {
+                excerpt = "(empty body)".into();
+            }
+            (excerpt, None)
+        }
+    };
+    NodeError::Http {
+        node: node.clone(),
+        status,
+        message,
+        code,
+    }
+}
+
+async fn read_limited(
+    node: &NodeRef,
+    mut resp: reqwest::Response,
+    max: usize,
+    deadline: Duration,
+) -> Result<Vec<u8>, NodeError> {
+    let mut body = Vec::new();
+    while let Some(c) = resp
+        .chunk()
+        .await
+        .map_err(|e| transport_error(node, e, deadline))?
+    {
+        if body.len() + c.len() > max {
+            return Err(NodeError::protocol(
+                node,
+                format!("response body exceeds {max} bytes"),
+            ));
+        }
+        body.extend_from_slice(&c);
+    }
+    Ok(body)
+}
+
+/// Splits a byte stream into lines without ever holding more than one
+/// partial line (plus the chunk being split) in memory.
+#[derive(Debug, Default)]
+struct LineReader {
+    buf: Vec<u8>,
+    /// Start of the unconsumed bytes in `buf`.
+    start: usize,
+    /// Bytes before this offset are known to hold no newline.
+    scanned: usize,
+    max_line: usize,
+}
+
+enum Line {
+    Full(Vec<u8>),
+    /// No complete line buffered; feed more bytes.
+    Need,
+}
+
+impl LineReader {
+    fn new(max_line: usize) -> Self {
+        LineReader {
+            max_line,
+            ..Default::default()
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.scanned -= self.start;
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete line (without its `\n`), or `Err(len)` when the
+    /// unterminated tail is longer than the line limit.
+    fn next_line(&mut self) -> Result<Line, usize> {
+        let from = self.scanned.max(self.start);
+        match self.buf[from..].iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let end = from + i;
+                let line = self.buf[self.start..end].to_vec();
+                self.start = end + 1;
+                self.scanned = self.start;
+                if line.len() > self.max_line {
+                    return Err(line.len());
+                }
+                Ok(Line::Full(line))
+            }
+            None => {
+                self.scanned = self.buf.len();
+                let pending = self.buf.len() - self.start;
+                if pending > self.max_line {
+                    Err(pending)
+                } else {
+                    Ok(Line::Need)
+                }
+            }
+        }
+    }
+
+    /// What is left after the body ended (a last line without `\n`).
+    fn take_rest(&mut self) -> Vec<u8> {
+        let rest = self.buf[self.start..].to_vec();
+        self.buf.clear();
+        self.start = 0;
+        self.scanned = 0;
+        rest
+    }
+}
+
+/// The entries of a `/v3/cursor` response, decoded line by line as the body
+/// arrives. Dropping it closes the connection (the node stops producing).
+#[derive(Debug)]
+pub struct CursorStream {
+    node: NodeRef,
+    resp: reqwest::Response,
+    idle_timeout: Duration,
+    lines: LineReader,
+    header: Option<CursorRespBody>,
+    /// The step that began and has not ended; EOF inside a step is truncation.
+    open_step: Option<u32>,
+}
+
+impl CursorStream {
+    /// The baton of the response's first line (continues the stream).
+    pub fn baton(&self) -> Option<&str> {
+        self.header.as_ref().and_then(|h| h.baton.as_deref())
+    }
+
+    /// The next entry; `Ok(None)` at the clean end of the body. A body that
+    /// ends mid-line or inside a step is a protocol error (truncated).
+    pub async fn next(&mut self) -> Result<Option<CursorEntry>, NodeError> {
+        let line = loop {
+            match self.next_line().await? {
+                None => {
+                    if let Some(step) = self.open_step {
+                        return Err(NodeError::protocol(
+                            &self.node,
+                            format!("cursor stream truncated inside step {step}"),
+                        ));
+                    }
+                    return Ok(None);
+                }
+                Some(l) if l.iter().all(u8::is_ascii_whitespace) => continue,
+                Some(l) => break l,
+            }
+        };
+        let entry: CursorEntry = serde_json::from_slice(&line)
+            .map_err(|e| NodeError::protocol(&self.node, format!("malformed cursor entry: {e}")))?;
+        match &entry {
+            CursorEntry::StepBegin { step, .. } => self.open_step = Some(*step),
+            CursorEntry::StepEnd { .. } | CursorEntry::StepError { .. } => self.open_step = None,
+            CursorEntry::Error { .. } => self.open_step = None,
+            CursorEntry::Row { .. } => {}
+        }
+        Ok(Some(entry))
+    }
+
+    /// The next raw line; `None` at the end of the body.
+    async fn next_line(&mut self) -> Result<Option<Vec<u8>>, NodeError> {
+        loop {
+            match self.lines.next_line() {
+                Ok(Line::Full(l)) => return Ok(Some(l)),
+                Ok(Line::Need) => {}
+                Err(len) => {
+                    return Err(NodeError::protocol(
+                        &self.node,
+                        format!(
+                            "cursor line of {len}+ bytes exceeds the limit of {} bytes",
+                            self.lines.max_line
+                        ),
+                    ))
+                }
+            }
+            let chunk = match tokio::time::timeout(self.idle_timeout, self.resp.chunk()).await {
+                Err(_) => {
+                    return Err(NodeError::Timeout {
+                        node: self.node.clone(),
+                        after: self.idle_timeout,
+                    })
+                }
+                Ok(r) => r.map_err(|e| transport_error(&self.node, e, self.idle_timeout))?,
+            };
+            match chunk {
+                Some(bytes) => self.lines.feed(&bytes),
+                None => {
+                    let rest = self.lines.take_rest();
+                    if rest.iter().all(u8::is_ascii_whitespace) {
+                        return Ok(None);
+                    }
+                    // A last line without its newline: fine if it is whole
+                    // JSON, truncation otherwise (the caller's parse says so).
+                    return Ok(Some(rest));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(chunks: &[&[u8]], max: usize) -> Result<Vec<String>, usize> {
+        let mut r = LineReader::new(max);
+        let mut out = Vec::new();
+        for c in chunks {
+            r.feed(c);
+            while let Line::Full(l) = r.next_line()? {
+                out.push(String::from_utf8_lossy(&l).into_owned());
+            }
+        }
+        let rest = r.take_rest();
+        if !rest.is_empty() {
+            out.push(String::from_utf8_lossy(&rest).into_owned());
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn line_reader_splits_across_chunks() {
+        assert_eq!(
+            lines(&[b"ab", b"c\nde", b"f\n\ng", b"h"], 100).unwrap(),
+            vec!["abc", "def", "", "gh"]
+        );
+        assert_eq!(lines(&[b"\n\n"], 100).unwrap(), vec!["", ""]);
+    }
+
+    #[test]
+    fn line_reader_bounds_lines() {
+        assert!(lines(&[b"0123456789", b"0123456789"], 15).is_err());
+        assert!(lines(&[b"0123456789012345\n"], 15).is_err());
+        assert!(lines(&[b"01234\n56789\n"], 5).is_ok());
+    }
+
+    #[test]
+    fn errors_name_the_node() {
+        let node = NodeRef {
+            node_id: "node-0".into(),
+            url: "http://127.0.0.1:1".into(),
+        };
+        let e = NodeError::Sql {
+            node,
+            message: "UNIQUE constraint failed: t.id".into(),
+            code: Some("SQLITE_CONSTRAINT_PRIMARYKEY".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "node node-0 (http://127.0.0.1:1): UNIQUE constraint failed: t.id (SQLITE_CONSTRAINT_PRIMARYKEY)"
+        );
+        assert_eq!(e.sqlite_code(), Some("SQLITE_CONSTRAINT_PRIMARYKEY"));
+        assert!(!e.is_transient());
+    }
+
+    #[test]
+    fn first_error_finds_batch_step_errors() {
+        let resp: PipelineRespBody = serde_json::from_str(
+            r#"{"baton":null,"base_url":null,"results":[
+                {"type":"ok","response":{"type":"close"}},
+                {"type":"ok","response":{"type":"batch","result":{
+                    "step_results":[null,null],
+                    "step_errors":[null,{"message":"boom","code":"SQLITE_ERROR"}]}}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(first_error(&resp).map(|e| e.message.as_str()), Some("boom"));
+    }
+}

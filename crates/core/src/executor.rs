@@ -1,0 +1,735 @@
+//! ShardExecutor: runs shard requests in parallel on a private tokio
+//! runtime and hands results to the (single-threaded) caller over bounded
+//! channels (DESIGN §7).
+//!
+//! - The runtime is created on first use, never at load time: Postgres'
+//!   postmaster forks backends, and threads do not survive a fork.
+//! - Its threads only do I/O and JSON decoding; they never call back into
+//!   the caller. Every wait on the caller's side takes a timeout so the
+//!   backend can check for cancel between waits.
+//! - Dropping a handle aborts its tasks, which drops their HTTP requests.
+
+use crate::client::{ClientConfig, HranaClient, NodeEndpoint, NodeError, NodeRef};
+use conductor_hrana::{
+    Batch, BatchStep, CursorEntry, CursorReqBody, PipelineReqBody, PipelineRespBody, Stmt, Value,
+};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+
+/// Executor settings.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    pub client: ClientConfig,
+    /// I/O worker threads (named `conductor-io`).
+    pub worker_threads: usize,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            client: ClientConfig::default(),
+            worker_threads: 2,
+        }
+    }
+}
+
+/// The I/O side: a tokio runtime and a Hrana client, both created lazily.
+pub struct Executor {
+    config: ExecutorConfig,
+    started: Mutex<Option<Arc<Started>>>,
+}
+
+struct Started {
+    runtime: Runtime,
+    client: HranaClient,
+}
+
+impl fmt::Debug for Executor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Executor")
+            .field("config", &self.config)
+            .field("started", &self.is_started())
+            .finish()
+    }
+}
+
+/// One shard's read: a single statement run through `/v3/cursor`.
+#[derive(Debug, Clone)]
+pub struct ShardQuery {
+    pub shard_id: u32,
+    pub endpoint: NodeEndpoint,
+    pub stmt: Stmt,
+}
+
+/// Knobs of a scan.
+#[derive(Debug, Clone)]
+pub struct ScanOptions {
+    /// Columns every row must have (what the SELECT asked for); a row wider
+    /// or narrower than this is an error of its shard.
+    pub columns: usize,
+    /// Rows per chunk handed over the channel.
+    pub rows_per_chunk: usize,
+    /// Channel capacity per shard, in chunks. Memory held in the channel is
+    /// at most `shards * chunks_per_shard * rows_per_chunk` rows.
+    pub chunks_per_shard: usize,
+}
+
+impl ScanOptions {
+    /// Defaults (256 rows per chunk, 4 chunks per shard) for `columns` columns.
+    pub fn new(columns: usize) -> Self {
+        ScanOptions {
+            columns,
+            rows_per_chunk: 256,
+            chunks_per_shard: 4,
+        }
+    }
+}
+
+/// Rows of one shard, in the order the node sent them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowChunk {
+    pub shard_id: u32,
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// What [`ScanHandle::next`] saw within its wait.
+#[derive(Debug)]
+pub enum ScanPoll {
+    Rows(RowChunk),
+    /// Nothing arrived within the wait: check for cancel, then call again.
+    Pending,
+    /// Every shard finished and every row was handed out.
+    Done,
+    /// A shard failed; the scan is aborted. Later calls return `Done`.
+    Failed(ShardError),
+}
+
+/// Per-shard figures of a scan (for EXPLAIN ANALYZE).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardStats {
+    pub shard_id: u32,
+    pub node_id: String,
+    /// Rows the node sent.
+    pub rows: u64,
+    /// Time from the start of the scan to the shard's last row; `None`
+    /// while the shard is still running (or if it failed).
+    pub elapsed: Option<Duration>,
+}
+
+/// An error of one shard's request, or of the executor itself
+/// (`shard_id: None`). `Display` is meant for a Postgres DETAIL:
+/// "node node-0 (http://…), shard 3: …".
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardError {
+    pub shard_id: Option<u32>,
+    pub node_id: String,
+    pub url: String,
+    pub error: NodeError,
+}
+
+impl ShardError {
+    /// Wrap a node error with the shard it happened on.
+    pub fn new(shard_id: Option<u32>, error: NodeError) -> Self {
+        let NodeRef { node_id, url } = error.node().clone();
+        ShardError {
+            shard_id,
+            node_id,
+            url,
+            error,
+        }
+    }
+
+    /// The SQLite error code the node returned (e.g.
+    /// `SQLITE_CONSTRAINT_PRIMARYKEY`), for mapping to a SQLSTATE.
+    pub fn sqlite_code(&self) -> Option<&str> {
+        self.error.sqlite_code()
+    }
+
+    fn internal(shard_id: Option<u32>, node: NodeRef, message: impl Into<String>) -> Self {
+        ShardError::new(
+            shard_id,
+            NodeError::Internal {
+                node,
+                message: message.into(),
+            },
+        )
+    }
+}
+
+impl fmt::Display for ShardError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node {} ({})", self.node_id, self.url)?;
+        if let Some(s) = self.shard_id {
+            write!(f, ", shard {s}")?;
+        }
+        write!(f, ": {}", self.error.detail())
+    }
+}
+
+impl std::error::Error for ShardError {}
+
+/// One shard's write or DDL: a whole pipeline request.
+#[derive(Debug, Clone)]
+pub struct ShardRequest {
+    pub shard_id: Option<u32>,
+    pub endpoint: NodeEndpoint,
+    pub body: PipelineReqBody,
+}
+
+impl Executor {
+    /// A not-yet-started executor: no threads, no sockets. Safe to create
+    /// anywhere; the runtime starts on the first scan/execute (or [`start`]).
+    ///
+    /// [`start`]: Executor::start
+    pub fn new(config: ExecutorConfig) -> Self {
+        Executor {
+            config,
+            started: Mutex::new(None),
+        }
+    }
+
+    /// Whether the runtime has been created.
+    pub fn is_started(&self) -> bool {
+        self.started.lock().map(|s| s.is_some()).unwrap_or(false)
+    }
+
+    /// Create the runtime and client now if not yet done; reports why it
+    /// could not (scan/execute would report it as a failed handle).
+    pub fn start(&self) -> std::io::Result<()> {
+        self.get().map(|_| ())
+    }
+
+    fn get(&self) -> std::io::Result<Arc<Started>> {
+        // A poisoned lock only means a panic elsewhere; the Option is still sound.
+        let mut guard = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = guard.as_ref() {
+            return Ok(s.clone());
+        }
+        let runtime = signals::with_all_blocked(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(self.config.worker_threads.max(1))
+                .max_blocking_threads(4)
+                .thread_name("conductor-io")
+                .on_thread_start(signals::block_all)
+                .enable_all()
+                .build()
+        })?;
+        // reqwest needs a runtime context only when used, but building it
+        // inside one keeps any future internal spawns on our threads.
+        let client = {
+            let _ctx = runtime.enter();
+            HranaClient::new(self.config.client.clone())?
+        };
+        let started = Arc::new(Started { runtime, client });
+        *guard = Some(started.clone());
+        Ok(started)
+    }
+
+    /// Start every shard's query at once; rows come back through the
+    /// handle's bounded channel as they arrive.
+    pub fn scan(&self, shards: Vec<ShardQuery>, opts: ScanOptions) -> ScanHandle {
+        let started = match self.get() {
+            Ok(s) => s,
+            Err(e) => {
+                return ScanHandle::failed(ShardError::internal(
+                    None,
+                    local_node(),
+                    format!("cannot start the I/O runtime: {e}"),
+                ))
+            }
+        };
+        let capacity = opts.chunks_per_shard.max(1) * shards.len().max(1);
+        let (tx, rx) = flume::bounded(capacity);
+        let begin = Instant::now();
+        let mut tasks = Vec::with_capacity(shards.len());
+        let mut stats = Vec::with_capacity(shards.len());
+        for (index, q) in shards.into_iter().enumerate() {
+            stats.push(ShardStats {
+                shard_id: q.shard_id,
+                node_id: q.endpoint.node_id.clone(),
+                rows: 0,
+                elapsed: None,
+            });
+            let task = scan_shard(
+                started.client.clone(),
+                index,
+                q,
+                opts.clone(),
+                begin,
+                tx.clone(),
+            );
+            tasks.push(started.runtime.spawn(task));
+        }
+        ScanHandle {
+            rx,
+            capacity,
+            reported: vec![false; tasks.len()],
+            remaining: tasks.len(),
+            tasks,
+            stats,
+            finished: false,
+            early_failure: None,
+        }
+    }
+
+    /// Send every request at once; [`ExecHandle::wait`] returns all the
+    /// results, in request order, when the last one is in.
+    pub fn execute(&self, requests: Vec<ShardRequest>) -> ExecHandle {
+        let n = requests.len();
+        let mut handle = ExecHandle {
+            rx: None,
+            tasks: Vec::with_capacity(n),
+            meta: requests
+                .iter()
+                .map(|r| (r.shard_id, NodeRef::from(&r.endpoint)))
+                .collect(),
+            results: (0..n).map(|_| None).collect(),
+            missing: n,
+        };
+        let started = match self.get() {
+            Ok(s) => s,
+            Err(e) => {
+                for (i, slot) in handle.results.iter_mut().enumerate() {
+                    let (shard, node) = handle.meta[i].clone();
+                    *slot = Some(Err(ShardError::internal(
+                        shard,
+                        node,
+                        format!("cannot start the I/O runtime: {e}"),
+                    )));
+                }
+                handle.missing = 0;
+                return handle;
+            }
+        };
+        // Each task sends exactly one message, so capacity n never blocks.
+        let (tx, rx) = flume::bounded(n.max(1));
+        for (index, req) in requests.into_iter().enumerate() {
+            let client = started.client.clone();
+            let tx = tx.clone();
+            handle.tasks.push(started.runtime.spawn(async move {
+                let result = client
+                    .pipeline(&req.endpoint, &req.body)
+                    .await
+                    .map_err(|e| ShardError::new(req.shard_id, e));
+                let _ = tx.send((index, result));
+            }));
+        }
+        handle.rx = Some(rx);
+        handle
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        // Dropping a runtime from inside another runtime's context panics;
+        // shut ours down without blocking instead.
+        if let Some(started) = self.started.get_mut().ok().and_then(|s| s.take()) {
+            if let Ok(s) = Arc::try_unwrap(started) {
+                s.runtime.shutdown_background();
+            }
+        }
+    }
+}
+
+fn local_node() -> NodeRef {
+    NodeRef {
+        node_id: "(local)".into(),
+        url: "-".into(),
+    }
+}
+
+enum ScanMsg {
+    Rows(RowChunk),
+    Done {
+        index: usize,
+        rows: u64,
+        elapsed: Duration,
+    },
+    Failed {
+        index: usize,
+        error: ShardError,
+    },
+}
+
+async fn scan_shard(
+    client: HranaClient,
+    index: usize,
+    q: ShardQuery,
+    opts: ScanOptions,
+    begin: Instant,
+    tx: flume::Sender<ScanMsg>,
+) {
+    let msg = match stream_shard(&client, &q, &opts, &tx).await {
+        Ok(rows) => ScanMsg::Done {
+            index,
+            rows,
+            elapsed: begin.elapsed(),
+        },
+        Err(e) => ScanMsg::Failed {
+            index,
+            error: ShardError::new(Some(q.shard_id), e),
+        },
+    };
+    // Err means the handle is gone: nobody is waiting any more.
+    let _ = tx.send_async(msg).await;
+}
+
+/// Stream one shard's rows into the channel in chunks; returns the row count.
+async fn stream_shard(
+    client: &HranaClient,
+    q: &ShardQuery,
+    opts: &ScanOptions,
+    tx: &flume::Sender<ScanMsg>,
+) -> Result<u64, NodeError> {
+    let node = NodeRef::from(&q.endpoint);
+    let body = CursorReqBody {
+        baton: None,
+        batch: Batch {
+            steps: vec![BatchStep {
+                stmt: q.stmt.clone(),
+                condition: None,
+            }],
+        },
+    };
+    let mut cursor = client.cursor(&q.endpoint, &body).await?;
+    let per_chunk = opts.rows_per_chunk.max(1);
+    let mut chunk = Vec::with_capacity(per_chunk);
+    let mut rows = 0u64;
+    let mut began = false;
+    let mut ended = false;
+    while let Some(entry) = cursor.next().await? {
+        match entry {
+            CursorEntry::StepBegin { cols, .. } => {
+                if began {
+                    return Err(NodeError::protocol(&node, "more than one step_begin"));
+                }
+                if cols.len() != opts.columns {
+                    return Err(NodeError::protocol(
+                        &node,
+                        format!(
+                            "result has {} columns, expected {}",
+                            cols.len(),
+                            opts.columns
+                        ),
+                    ));
+                }
+                began = true;
+            }
+            CursorEntry::Row { row } => {
+                if !began || ended {
+                    return Err(NodeError::protocol(&node, "row outside of a step"));
+                }
+                if row.len() != opts.columns {
+                    return Err(NodeError::protocol(
+                        &node,
+                        format!("row has {} columns, expected {}", row.len(), opts.columns),
+                    ));
+                }
+                chunk.push(row);
+                rows += 1;
+                if chunk.len() >= per_chunk {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(per_chunk));
+                    let msg = ScanMsg::Rows(RowChunk {
+                        shard_id: q.shard_id,
+                        rows: full,
+                    });
+                    // Waits while the channel is full: this is the backpressure
+                    // that keeps a huge scan's memory bounded.
+                    if tx.send_async(msg).await.is_err() {
+                        return Ok(rows);
+                    }
+                }
+            }
+            CursorEntry::StepEnd { .. } => ended = true,
+            CursorEntry::StepError { error, .. } | CursorEntry::Error { error } => {
+                return Err(NodeError::sql(&node, &error));
+            }
+        }
+    }
+    if !ended {
+        return Err(NodeError::protocol(
+            &node,
+            "cursor stream ended without completing its step",
+        ));
+    }
+    if !chunk.is_empty() {
+        let msg = ScanMsg::Rows(RowChunk {
+            shard_id: q.shard_id,
+            rows: chunk,
+        });
+        let _ = tx.send_async(msg).await;
+    }
+    Ok(rows)
+}
+
+/// A running scan. Poll with [`next`](ScanHandle::next); drop to cancel.
+#[derive(Debug)]
+pub struct ScanHandle {
+    rx: flume::Receiver<ScanMsg>,
+    capacity: usize,
+    tasks: Vec<JoinHandle<()>>,
+    /// Per task: whether its final message (done/failed) was received.
+    reported: Vec<bool>,
+    remaining: usize,
+    stats: Vec<ShardStats>,
+    finished: bool,
+    early_failure: Option<ShardError>,
+}
+
+impl fmt::Debug for ScanMsg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScanMsg::Rows(c) => write!(f, "Rows(shard {}, {} rows)", c.shard_id, c.rows.len()),
+            ScanMsg::Done { index, .. } => write!(f, "Done({index})"),
+            ScanMsg::Failed { error, .. } => write!(f, "Failed({error})"),
+        }
+    }
+}
+
+impl ScanHandle {
+    fn failed(error: ShardError) -> Self {
+        let (_, rx) = flume::bounded(1);
+        ScanHandle {
+            rx,
+            capacity: 1,
+            tasks: Vec::new(),
+            reported: Vec::new(),
+            remaining: 0,
+            stats: Vec::new(),
+            finished: false,
+            early_failure: Some(error),
+        }
+    }
+
+    /// Wait up to `wait` for the next chunk (or the end, or a failure).
+    /// `Duration::ZERO` only takes what is already there.
+    pub fn next(&mut self, wait: Duration) -> ScanPoll {
+        if let Some(e) = self.early_failure.take() {
+            self.finished = true;
+            return ScanPoll::Failed(e);
+        }
+        if self.finished {
+            return ScanPoll::Done;
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            if self.remaining == 0 {
+                self.finished = true;
+                return ScanPoll::Done;
+            }
+            let msg = match self.rx.recv_deadline(deadline) {
+                Ok(m) => m,
+                Err(flume::RecvTimeoutError::Timeout) => match self.dead_task() {
+                    Some(e) => return self.fail(e),
+                    None => return ScanPoll::Pending,
+                },
+                // Unreachable while a task is unreported (each holds a sender).
+                Err(flume::RecvTimeoutError::Disconnected) => {
+                    let e = self.dead_task().unwrap_or_else(|| {
+                        ShardError::internal(None, local_node(), "scan channel closed early")
+                    });
+                    return self.fail(e);
+                }
+            };
+            match msg {
+                ScanMsg::Rows(c) => return ScanPoll::Rows(c),
+                ScanMsg::Done {
+                    index,
+                    rows,
+                    elapsed,
+                } => {
+                    if let Some(s) = self.stats.get_mut(index) {
+                        s.rows = rows;
+                        s.elapsed = Some(elapsed);
+                    }
+                    self.mark_reported(index);
+                }
+                ScanMsg::Failed { index, error } => {
+                    self.mark_reported(index);
+                    return self.fail(error);
+                }
+            }
+        }
+    }
+
+    fn mark_reported(&mut self, index: usize) {
+        if let Some(r) = self.reported.get_mut(index) {
+            if !*r {
+                *r = true;
+                self.remaining -= 1;
+            }
+        }
+    }
+
+    fn fail(&mut self, e: ShardError) -> ScanPoll {
+        self.abort();
+        self.finished = true;
+        ScanPoll::Failed(e)
+    }
+
+    /// A task that ended without its final message (it panicked). Checked
+    /// only when the channel looked empty; the task finished before the
+    /// re-check of the channel below, so all it ever sent is visible.
+    fn dead_task(&mut self) -> Option<ShardError> {
+        let dead =
+            (0..self.tasks.len()).find(|&i| !self.reported[i] && self.tasks[i].is_finished())?;
+        if !self.rx.is_empty() {
+            return None;
+        }
+        let s = &self.stats[dead];
+        Some(ShardError::internal(
+            Some(s.shard_id),
+            NodeRef {
+                node_id: s.node_id.clone(),
+                url: "-".into(),
+            },
+            "the I/O task of this shard ended unexpectedly",
+        ))
+    }
+
+    /// Per-shard figures; complete once `next` returned `Done`.
+    pub fn stats(&self) -> &[ShardStats] {
+        &self.stats
+    }
+
+    /// Chunks waiting in the channel now (never more than [`capacity`]).
+    ///
+    /// [`capacity`]: ScanHandle::capacity
+    pub fn buffered(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// The channel's capacity in chunks.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Abort every in-flight shard request (also done by `Drop`).
+    pub fn abort(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for ScanHandle {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// Results of [`Executor::execute`]. Drop to cancel.
+#[derive(Debug)]
+pub struct ExecHandle {
+    rx: Option<flume::Receiver<(usize, Result<PipelineRespBody, ShardError>)>>,
+    tasks: Vec<JoinHandle<()>>,
+    meta: Vec<(Option<u32>, NodeRef)>,
+    results: Vec<Option<Result<PipelineRespBody, ShardError>>>,
+    missing: usize,
+}
+
+impl ExecHandle {
+    /// Wait up to `wait`; `Some(results)` (in request order) once all are
+    /// in, `None` while some are still running. Returns the results once;
+    /// later calls return `Some` of an empty vector.
+    pub fn wait(&mut self, wait: Duration) -> Option<Vec<Result<PipelineRespBody, ShardError>>> {
+        let deadline = Instant::now() + wait;
+        while self.missing > 0 {
+            let Some(rx) = self.rx.clone() else { break };
+            match rx.recv_deadline(deadline) {
+                Ok((i, r)) => self.store(i, r),
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    self.reap_dead();
+                    if self.missing > 0 {
+                        return None;
+                    }
+                }
+                Err(flume::RecvTimeoutError::Disconnected) => self.reap_dead(),
+            }
+        }
+        Some(
+            std::mem::take(&mut self.results)
+                .into_iter()
+                .flatten()
+                .collect(),
+        )
+    }
+
+    fn store(&mut self, i: usize, r: Result<PipelineRespBody, ShardError>) {
+        if let Some(slot) = self.results.get_mut(i) {
+            if slot.is_none() {
+                self.missing -= 1;
+            }
+            *slot = Some(r);
+        }
+    }
+
+    /// Fill the slots of tasks that ended without sending (panicked).
+    fn reap_dead(&mut self) {
+        let Some(rx) = self.rx.clone() else { return };
+        let dead: Vec<usize> = (0..self.tasks.len())
+            .filter(|&i| self.results[i].is_none() && self.tasks[i].is_finished())
+            .collect();
+        // Finished tasks sent before finishing: drain first.
+        while let Ok((i, r)) = rx.try_recv() {
+            self.store(i, r);
+        }
+        for i in dead {
+            if self.results[i].is_none() {
+                let (shard, node) = self.meta[i].clone();
+                self.store(
+                    i,
+                    Err(ShardError::internal(
+                        shard,
+                        node,
+                        "the I/O task of this request ended unexpectedly",
+                    )),
+                );
+            }
+        }
+    }
+}
+
+impl Drop for ExecHandle {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Keep Postgres' signals off the I/O threads: a process-directed signal
+/// (SIGINT for cancel, SIGUSR1 for latches, ...) may be delivered to any
+/// thread that does not block it, and Postgres' handlers must run on the
+/// backend's own thread.
+mod signals {
+    /// Block every signal in the calling thread.
+    pub fn block_all() {
+        // SAFETY: sigfillset initialises the set; pthread_sigmask only
+        // changes this thread's mask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut set);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+    }
+
+    /// Run `f` with every signal blocked in this thread, so threads it
+    /// spawns start with them blocked (no window before `on_thread_start`),
+    /// then restore the old mask.
+    pub fn with_all_blocked<T>(f: impl FnOnce() -> T) -> T {
+        // SAFETY: as above; `old` is written by pthread_sigmask before use.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut set);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            let out = f();
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            out
+        }
+    }
+}

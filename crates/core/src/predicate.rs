@@ -1,0 +1,1 @@
+//! Predicate IR that both parse front ends lower into (filled in by the routing issue).

@@ -1,0 +1,1 @@
+//! QueryRouter: predicate IR + topology → target shards (filled in by the routing issue).
