@@ -1,0 +1,156 @@
+//! `/v3/cursor`: a batch whose rows are written out as SQLite produces them.
+//!
+//! Runs on a blocking thread and sends newline-delimited JSON in chunks of
+//! about `CHUNK_BYTES` through a bounded channel to the HTTP body, so the
+//! node holds at most `CHANNEL_CHUNKS + 1` chunks of a result however large
+//! the table is, and a slow client slows the scan instead of filling memory.
+
+use crate::errors::from_sqlite;
+use crate::exec::{self, StepOutcomes, StreamCtx};
+use bytes::Bytes;
+use conductor_hrana::{Batch, CursorEntry, Error, Value};
+use rusqlite::Connection;
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::mpsc;
+
+pub const CHANNEL_CHUNKS: usize = 4;
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// The client went away; stop executing.
+struct Disconnected;
+
+struct Writer<'a> {
+    buf: Vec<u8>,
+    tx: &'a mpsc::Sender<Bytes>,
+}
+
+impl Writer<'_> {
+    fn line(&mut self, entry: &impl Serialize) -> Result<(), Disconnected> {
+        // Serializing our own entry types cannot fail, except for
+        // non-finite floats, which `to_value` already refused.
+        serde_json::to_writer(&mut self.buf, entry).expect("cursor entry serializes");
+        self.buf.push(b'\n');
+        if self.buf.len() >= CHUNK_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Disconnected> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES + 4096));
+        self.tx
+            .blocking_send(Bytes::from(chunk))
+            .map_err(|_| Disconnected)
+    }
+}
+
+/// A row entry borrowing its values, so one buffer serves every row.
+#[derive(Serialize)]
+struct RowEntry<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    row: &'a [Value],
+}
+
+/// Writes `first_line` then the batch's entries to `tx`.
+pub fn run(
+    conn: &Connection,
+    ctx: &StreamCtx,
+    batch: &Batch,
+    first_line: Vec<u8>,
+    tx: &mpsc::Sender<Bytes>,
+    statements: &AtomicU64,
+) {
+    let mut w = Writer {
+        buf: first_line,
+        tx,
+    };
+    let _ = run_steps(conn, ctx, batch, &mut w, statements).and_then(|()| w.flush());
+}
+
+fn run_steps(
+    conn: &Connection,
+    ctx: &StreamCtx,
+    batch: &Batch,
+    w: &mut Writer<'_>,
+    statements: &AtomicU64,
+) -> Result<(), Disconnected> {
+    let mut outcomes = StepOutcomes::new(batch.steps.len());
+    for (i, step) in batch.steps.iter().enumerate() {
+        if let Some(cond) = &step.condition {
+            match outcomes.eval(cond, i, conn) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(error) => return w.line(&CursorEntry::Error { error }),
+            }
+        }
+        statements.fetch_add(1, Ordering::Relaxed);
+        let ok = run_step(conn, ctx, i as u32, &step.stmt, w)?;
+        outcomes.record(i, ok);
+    }
+    Ok(())
+}
+
+/// One step: `step_begin`, rows, `step_end` — or `step_error` at any point.
+fn run_step(
+    conn: &Connection,
+    ctx: &StreamCtx,
+    step: u32,
+    stmt: &conductor_hrana::Stmt,
+    w: &mut Writer<'_>,
+) -> Result<bool, Disconnected> {
+    let step_error = |w: &mut Writer<'_>, error: Error| {
+        w.line(&CursorEntry::StepError { step, error })
+            .map(|()| false)
+    };
+    let mut prepared = match exec::prepare(conn, &ctx.sqls, stmt) {
+        Ok(p) => p,
+        Err(e) => return step_error(w, e),
+    };
+    let readonly = prepared.readonly();
+    let cols = exec::columns(&prepared);
+    let ncols = cols.len();
+    w.line(&CursorEntry::StepBegin { step, cols })?;
+    let want_rows = stmt.want_rows.unwrap_or(true);
+    let mut row_buf: Vec<Value> = Vec::with_capacity(ncols);
+    let mut rows = prepared.raw_query();
+    loop {
+        let row = match rows.next() {
+            Ok(Some(row)) => row,
+            Ok(None) => break,
+            Err(e) => return step_error(w, from_sqlite(e)),
+        };
+        if !want_rows {
+            continue;
+        }
+        row_buf.clear();
+        for i in 0..ncols {
+            match exec::to_value(row.get_ref_unwrap(i)) {
+                Ok(v) => row_buf.push(v),
+                Err(e) => return step_error(w, e),
+            }
+        }
+        w.line(&RowEntry {
+            ty: "row",
+            row: &row_buf,
+        })?;
+    }
+    drop(rows);
+    w.line(&CursorEntry::StepEnd {
+        affected_row_count: if readonly { 0 } else { conn.changes() },
+        last_insert_rowid: Some(conn.last_insert_rowid().to_string()),
+    })?;
+    Ok(true)
+}
+
+/// The `error` entry for a cursor whose stream could not be set up.
+pub fn fatal(first_line: Vec<u8>, error: Error) -> Bytes {
+    let mut buf = first_line;
+    serde_json::to_writer(&mut buf, &CursorEntry::Error { error }).expect("serializes");
+    buf.push(b'\n');
+    Bytes::from(buf)
+}

@@ -1,0 +1,256 @@
+//! The protocol endpoints: which connection serves a pipeline or cursor.
+//!
+//! - Baton-less pipeline that closes its stream and only queries: run right
+//!   here on the worker thread's read connection (no thread hop).
+//! - Baton-less pipeline that closes its stream and may write: queued to the
+//!   single writer connection.
+//! - Anything that keeps or continues a stream: the stream's own connection,
+//!   on a blocking thread.
+
+use crate::cursor;
+use crate::errors::{self, code};
+use crate::exec::{self, StreamCtx};
+use crate::node::Node;
+use crate::streams::{Lease, StreamState};
+use bytes::Bytes;
+use conductor_hrana::{
+    CursorReqBody, CursorRespBody, Error, PipelineReqBody, PipelineRespBody, StreamRequest,
+    StreamResult,
+};
+use hyper::StatusCode;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// A request that failed as a whole: an HTTP status and an `Error` body.
+pub struct Failure(pub StatusCode, pub Error);
+
+impl Failure {
+    fn bad_request(e: Error) -> Failure {
+        Failure(StatusCode::BAD_REQUEST, e)
+    }
+    fn internal(message: impl Into<String>) -> Failure {
+        Failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            errors::error(code::INTERNAL, message),
+        )
+    }
+}
+
+fn parse<'a, T: serde::Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, Failure> {
+    serde_json::from_slice(body).map_err(|e| {
+        Failure::bad_request(errors::error(
+            code::PROTOCOL_ERROR,
+            format!("invalid {what} request body: {e}"),
+        ))
+    })
+}
+
+pub async fn pipeline(node: &Arc<Node>, body: &[u8]) -> Result<Vec<u8>, Failure> {
+    let req: PipelineReqBody = parse(body, "pipeline")?;
+    let closes = req
+        .requests
+        .iter()
+        .any(|r| matches!(r, StreamRequest::Close));
+    let resp = match req.baton {
+        None if closes => {
+            let results = match fast_read(node, &req.requests) {
+                Some(results) => results,
+                None => on_writer(node, req.requests).await?,
+            };
+            PipelineRespBody {
+                baton: None,
+                base_url: None,
+                results,
+            }
+        }
+        None => {
+            let lease = node.streams.open().map_err(too_many)?;
+            node.stats.streams_opened.fetch_add(1, Relaxed);
+            on_stream(node, lease, None, req.requests).await?
+        }
+        Some(baton) => {
+            let (lease, state) = node.streams.acquire(&baton).map_err(Failure::bad_request)?;
+            on_stream(node, lease, Some(state), req.requests).await?
+        }
+    };
+    serde_json::to_vec(&resp).map_err(|e| Failure::internal(format!("encoding the response: {e}")))
+}
+
+fn too_many(e: Error) -> Failure {
+    Failure(StatusCode::SERVICE_UNAVAILABLE, e)
+}
+
+/// Runs a query-only, self-closing pipeline on this worker thread's read
+/// connection; `None` if it may write (or the reader is unavailable).
+fn fast_read(node: &Node, requests: &[StreamRequest]) -> Option<Vec<StreamResult>> {
+    let stmts_are_queries = requests.iter().all(|r| match r {
+        StreamRequest::Close | StreamRequest::GetAutocommit => true,
+        StreamRequest::Execute { stmt } => stmt.sql.as_deref().is_some_and(exec::looks_like_query),
+        StreamRequest::Batch { batch } => batch
+            .steps
+            .iter()
+            .all(|s| s.stmt.sql.as_deref().is_some_and(exec::looks_like_query)),
+        _ => false,
+    });
+    if !stmts_are_queries {
+        return None;
+    }
+    node.db
+        .with_reader(|conn| {
+            // SQLite decides read-only-ness: prepare (cached) every statement
+            // before running any of them.
+            let readonly = |sql: &Option<String>| {
+                sql.as_deref()
+                    .map(|sql| conn.prepare_cached(sql).map_or(true, |s| s.readonly()))
+                    .unwrap_or(true)
+            };
+            let all_readonly = requests.iter().all(|r| match r {
+                StreamRequest::Execute { stmt } => readonly(&stmt.sql),
+                StreamRequest::Batch { batch } => batch.steps.iter().all(|s| readonly(&s.stmt.sql)),
+                _ => true,
+            });
+            if !all_readonly {
+                return None;
+            }
+            node.stats.fast_reads.fetch_add(1, Relaxed);
+            let mut ctx = StreamCtx::default();
+            Some(exec::run_pipeline(
+                conn,
+                &mut ctx,
+                requests,
+                &node.stats.statements,
+            ))
+        })
+        .ok()
+        .flatten()
+}
+
+/// Runs a self-closing pipeline on the writer connection. A transaction it
+/// leaves open is rolled back: its stream ends with the request.
+async fn on_writer(
+    node: &Arc<Node>,
+    requests: Vec<StreamRequest>,
+) -> Result<Vec<StreamResult>, Failure> {
+    node.stats.writer_pipelines.fetch_add(1, Relaxed);
+    let n = node.clone();
+    node.db
+        .with_writer(move |conn| {
+            let mut ctx = StreamCtx::default();
+            let results = exec::run_pipeline(conn, &mut ctx, &requests, &n.stats.statements);
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            results
+        })
+        .await
+        .ok_or_else(|| Failure::internal("the node is shutting down"))
+}
+
+/// Gets the stream's connection (a new stream takes one from the pool);
+/// runs on a blocking thread.
+fn stream_state(node: &Node, state: Option<StreamState>) -> Result<StreamState, Error> {
+    match state {
+        Some(s) => Ok(s),
+        None => node
+            .db
+            .take_conn()
+            .map(|conn| StreamState {
+                conn,
+                ctx: StreamCtx::default(),
+            })
+            .map_err(errors::from_sqlite),
+    }
+}
+
+async fn on_stream(
+    node: &Arc<Node>,
+    lease: Lease,
+    state: Option<StreamState>,
+    requests: Vec<StreamRequest>,
+) -> Result<PipelineRespBody, Failure> {
+    let n = node.clone();
+    let id = lease.id;
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut state = match stream_state(&n, state) {
+            Ok(s) => s,
+            Err(e) => return Err(e),
+        };
+        let results =
+            exec::run_pipeline(&state.conn, &mut state.ctx, &requests, &n.stats.statements);
+        if state.ctx.closed {
+            n.db.give_back(state.conn);
+            Ok((None, results))
+        } else {
+            Ok((Some(state), results))
+        }
+    })
+    .await;
+    match joined {
+        Ok(Ok((state, results))) => {
+            let baton = state.is_some().then_some(lease.next_baton);
+            node.streams.finish(id, state);
+            Ok(PipelineRespBody {
+                baton,
+                base_url: None,
+                results,
+            })
+        }
+        Ok(Err(e)) => {
+            node.streams.finish(id, None);
+            Err(Failure(StatusCode::INTERNAL_SERVER_ERROR, e))
+        }
+        Err(_) => {
+            // A panic while executing: the connection is gone (dropping it
+            // rolled back its transaction), and so is the stream.
+            node.streams.finish(id, None);
+            Err(Failure::internal(
+                "internal error while executing the request",
+            ))
+        }
+    }
+}
+
+/// Starts a cursor and returns the receiving end of its body.
+pub async fn cursor(node: &Arc<Node>, body: &[u8]) -> Result<mpsc::Receiver<Bytes>, Failure> {
+    let req: CursorReqBody = parse(body, "cursor")?;
+    let (lease, state) = match req.baton {
+        None => {
+            let lease = node.streams.open().map_err(too_many)?;
+            node.stats.streams_opened.fetch_add(1, Relaxed);
+            (lease, None)
+        }
+        Some(baton) => {
+            let (lease, state) = node.streams.acquire(&baton).map_err(Failure::bad_request)?;
+            (lease, Some(state))
+        }
+    };
+    let mut first_line = serde_json::to_vec(&CursorRespBody {
+        baton: Some(lease.next_baton.clone()),
+        base_url: None,
+    })
+    .expect("serializes");
+    first_line.push(b'\n');
+    let (tx, rx) = mpsc::channel(cursor::CHANNEL_CHUNKS);
+    let n = node.clone();
+    tokio::task::spawn_blocking(move || {
+        let state = match stream_state(&n, state) {
+            Ok(s) => s,
+            Err(e) => {
+                n.streams.finish(lease.id, None);
+                let _ = tx.blocking_send(cursor::fatal(first_line, e));
+                return;
+            }
+        };
+        cursor::run(
+            &state.conn,
+            &state.ctx,
+            &req.batch,
+            first_line,
+            &tx,
+            &n.stats.statements,
+        );
+        n.streams.finish(lease.id, Some(state));
+    });
+    Ok(rx)
+}

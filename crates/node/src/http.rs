@@ -1,0 +1,273 @@
+//! HTTP/1.1 serving: accept loop, routing, auth, body limits, responses.
+
+use crate::errors::{self, code};
+use crate::handlers::{self, Failure};
+use crate::node::Node;
+use bytes::Bytes;
+use conductor_hrana::Error;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Body as _, Frame, Incoming};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+pub type Body = Either<Full<Bytes>, ChannelBody>;
+
+/// A response body fed by a cursor's channel, chunk by chunk.
+pub struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, lets in-flight
+/// requests finish (up to the configured timeout) and closes the node.
+pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let reaper = tokio::spawn(node.clone().reap_streams());
+    // Each connection task holds a clone of `alive`; when all are dropped,
+    // `drained.recv()` returns None.
+    let (alive, mut drained) = mpsc::channel::<()>(1);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // e.g. out of file descriptors: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        let alive = alive.clone();
+        let mut stop_rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let node = node.clone();
+                async move { Ok::<_, Infallible>(handle(&node, req).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                _ = stop_rx.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(alive);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = stop_tx.send(true);
+    drop(alive);
+    let timeout = Duration::from_millis(node.config.shutdown_timeout_ms);
+    if tokio::time::timeout(timeout, drained.recv()).await.is_err() {
+        tracing::warn!("in-flight requests did not finish in time; closing anyway");
+    }
+    reaper.abort();
+    node.close().await;
+    tracing::info!("stopped");
+}
+
+async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let resp = route(node, req).await;
+    let status = resp.status();
+    if status.is_client_error() {
+        node.stats.status_4xx.fetch_add(1, Relaxed);
+    } else if status.is_server_error() {
+        node.stats.status_5xx.fetch_add(1, Relaxed);
+    }
+    if status.is_server_error() {
+        tracing::warn!(%method, %path, status = status.as_u16(), "request failed");
+    } else {
+        tracing::debug!(%method, %path, status = status.as_u16(), micros = start.elapsed().as_micros() as u64, "request");
+    }
+    resp
+}
+
+async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+    let s = &node.stats;
+    let method = req.method();
+    let (counter, needs_auth) = match req.uri().path() {
+        "/v2/pipeline" => (&s.v2_pipeline, true),
+        "/v3/pipeline" => (&s.v3_pipeline, true),
+        "/v3/cursor" => (&s.v3_cursor, true),
+        "/health" => (&s.health, false),
+        "/version" => (&s.version, false),
+        "/v2" | "/v3" => (&s.probe, false),
+        "/stats" => (&s.stats, true),
+        _ => {
+            s.other.fetch_add(1, Relaxed);
+            return error(
+                StatusCode::NOT_FOUND,
+                errors::error(
+                    code::NOT_FOUND,
+                    format!("no such endpoint: {}", req.uri().path()),
+                ),
+            );
+        }
+    };
+    counter.fetch_add(1, Relaxed);
+    if needs_auth
+        && !node
+            .auth
+            .allows(req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes))
+    {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            errors::error(
+                code::UNAUTHORIZED,
+                "missing or wrong `Authorization: Bearer` token",
+            ),
+        );
+    }
+    let path = req.uri().path();
+    let post = match (method, path) {
+        (&Method::GET, "/health") | (&Method::GET, "/v2") | (&Method::GET, "/v3") => {
+            return text(StatusCode::OK, "ok\n")
+        }
+        (&Method::GET, "/version") => {
+            return text(
+                StatusCode::OK,
+                concat!("conductor-node ", env!("CARGO_PKG_VERSION"), "\n"),
+            )
+        }
+        (&Method::GET, "/stats") => {
+            let body = node.stats.to_json(node.streams.open_count()).to_string();
+            return json(StatusCode::OK, body.into_bytes());
+        }
+        (&Method::POST, "/v2/pipeline" | "/v3/pipeline") => false,
+        (&Method::POST, "/v3/cursor") => true,
+        _ => {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                errors::error(
+                    code::PROTOCOL_ERROR,
+                    format!("{method} is not allowed on {path}"),
+                ),
+            )
+        }
+    };
+    let body = match read_body(node, req).await {
+        Ok(b) => b,
+        Err(Failure(status, e)) => return error(status, e),
+    };
+    let delay = node.config.delay_ms;
+    let result = if post {
+        handlers::cursor(node, &body).await.map(|rx| {
+            let mut r = Response::new(Either::Right(ChannelBody(rx)));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            );
+            r
+        })
+    } else {
+        handlers::pipeline(node, &body)
+            .await
+            .map(|bytes| json(StatusCode::OK, bytes))
+    };
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    match result {
+        Ok(r) => r,
+        Err(Failure(status, e)) => error(status, e),
+    }
+}
+
+async fn read_body(node: &Node, req: Request<Incoming>) -> Result<Bytes, Failure> {
+    let limit = node.config.max_body_bytes;
+    let too_large = || {
+        Failure(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            errors::error(
+                code::BODY_TOO_LARGE,
+                format!("the request body is larger than the limit of {limit} bytes"),
+            ),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let body = req.into_body();
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(Failure(
+            StatusCode::BAD_REQUEST,
+            errors::error(
+                code::PROTOCOL_ERROR,
+                format!("reading the request body: {e}"),
+            ),
+        )),
+    }
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from(body))));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(body.as_bytes()))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn error(status: StatusCode, e: Error) -> Response<Body> {
+    if status.is_client_error() {
+        tracing::warn!(status = status.as_u16(), code = ?e.code, message = %e.message, "request refused");
+    }
+    json(status, serde_json::to_vec(&e).expect("serializes"))
+}

@@ -1,0 +1,85 @@
+//! A node's shared state and its life cycle: start, stream expiry, and the
+//! graceful stop (in-flight requests finish, open transactions roll back,
+//! the database closes).
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::db::Db;
+use crate::stats::Stats;
+use crate::streams::Streams;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Node {
+    pub config: Config,
+    pub db: Db,
+    pub streams: Streams,
+    pub stats: Stats,
+    pub auth: Auth,
+}
+
+impl Node {
+    pub fn open(config: Config) -> std::io::Result<Arc<Node>> {
+        let db = Db::open(&config).map_err(|e| {
+            std::io::Error::other(format!(
+                "cannot open the database in {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        Ok(Arc::new(Node {
+            streams: Streams::new(config.max_streams, config.stream_idle_timeout()),
+            auth: Auth::new(config.auth_token.as_deref()),
+            stats: Stats::default(),
+            db,
+            config,
+        }))
+    }
+
+    /// Expires idle streams until the task is aborted. An expired stream's
+    /// transaction is rolled back on a blocking thread.
+    pub async fn reap_streams(self: Arc<Node>) {
+        let period = (self.config.stream_idle_timeout() / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let expired = self.streams.take_expired();
+            if expired.is_empty() {
+                continue;
+            }
+            self.stats
+                .streams_expired
+                .fetch_add(expired.len() as u64, Relaxed);
+            tracing::debug!(count = expired.len(), "idle streams expired");
+            let node = self.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for s in expired {
+                    node.db.give_back(s.conn);
+                }
+            })
+            .await;
+        }
+    }
+
+    /// After the HTTP side has drained: roll back and close every stream,
+    /// stop the writer, close the database.
+    pub async fn close(self: Arc<Node>) {
+        let node = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let open = node.streams.take_all();
+            if !open.is_empty() {
+                tracing::info!(
+                    count = open.len(),
+                    "closing open streams (transactions roll back)"
+                );
+            }
+            for s in open {
+                node.db.give_back(s.conn);
+            }
+            node.db.close();
+        })
+        .await;
+    }
+}

@@ -1,0 +1,67 @@
+//! Counters served as JSON by `GET /stats`, so tests elsewhere can see how
+//! many requests reached the node and what they did.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+#[derive(Default)]
+pub struct Stats {
+    pub v2_pipeline: AtomicU64,
+    pub v3_pipeline: AtomicU64,
+    pub v3_cursor: AtomicU64,
+    pub health: AtomicU64,
+    pub version: AtomicU64,
+    pub probe: AtomicU64,
+    pub stats: AtomicU64,
+    pub other: AtomicU64,
+    /// SQL statements executed (execute, batch steps, sequence, cursor steps).
+    pub statements: AtomicU64,
+    /// Pipelines served on a worker thread's read connection.
+    pub fast_reads: AtomicU64,
+    /// Baton-less pipelines served by the writer connection.
+    pub writer_pipelines: AtomicU64,
+    pub streams_opened: AtomicU64,
+    pub streams_expired: AtomicU64,
+    pub status_4xx: AtomicU64,
+    pub status_5xx: AtomicU64,
+}
+
+impl Stats {
+    pub fn to_json(&self, open_streams: usize) -> serde_json::Value {
+        let g = |c: &AtomicU64| c.load(Relaxed);
+        let by_endpoint = serde_json::json!({
+            "/v2/pipeline": g(&self.v2_pipeline),
+            "/v3/pipeline": g(&self.v3_pipeline),
+            "/v3/cursor": g(&self.v3_cursor),
+            "/health": g(&self.health),
+            "/version": g(&self.version),
+            "/v2 and /v3": g(&self.probe),
+            "/stats": g(&self.stats),
+            "other": g(&self.other),
+        });
+        let total: u64 = [
+            &self.v2_pipeline,
+            &self.v3_pipeline,
+            &self.v3_cursor,
+            &self.health,
+            &self.version,
+            &self.probe,
+            &self.stats,
+            &self.other,
+        ]
+        .iter()
+        .map(|c| g(c))
+        .sum();
+        serde_json::json!({
+            "requests_total": total,
+            "requests": by_endpoint,
+            "statements_executed": g(&self.statements),
+            "open_streams": open_streams,
+            "streams_opened": g(&self.streams_opened),
+            "streams_expired": g(&self.streams_expired),
+            "fast_read_pipelines": g(&self.fast_reads),
+            "writer_pipelines": g(&self.writer_pipelines),
+            "responses_4xx": g(&self.status_4xx),
+            "responses_5xx": g(&self.status_5xx),
+        })
+    }
+}
