@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# The local demo cluster behind `make demo` / `make stop`:
+#   PostgreSQL 15 at 127.0.0.1:55432 (database `conductor`, superuser
+#   `conductor`, trust auth, loopback only) with the extension installed, and
+#   four conductor-node processes at 127.0.0.1:7401-7404.
+# Everything lives under ./.cluster/ (data, logs, pid files).
+#
+#   scripts/cluster.sh start    build, start what isn't running, load the demo data once
+#   scripts/cluster.sh stop     stop everything this script started
+#   scripts/cluster.sh status   what is running (exit 0 only if all of it)
+#   scripts/cluster.sh reset    stop, then delete ./.cluster (data included)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+PG_BINDIR=$("$PG_CONFIG" --bindir)
+PG_PORT=55432
+NODE_PORTS=(7401 7402 7403 7404)
+CLUSTER_DIR=$ROOT/.cluster
+PG_DIR=$CLUSTER_DIR/pg            # owned by the Postgres user: data/ + postgres.log
+NODE_BIN=$ROOT/target/release/conductor-node
+PSQL=("$PG_BINDIR/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U conductor)
+
+log() { echo "cluster: $*"; }
+die() { echo "cluster: error: $*" >&2; exit 1; }
+
+# Postgres refuses to run as root: as root, run its programs as the
+# unprivileged `postgres` user (created by Debian's postgresql package).
+PG_USER=${CONDUCTOR_PG_USER:-postgres}
+as_pg() {
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u "$PG_USER" -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# rustup puts cargo in ~/.cargo/bin, which a non-login shell may lack.
+if [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+
+# ---- checks -----------------------------------------------------------------
+
+pg_running() {
+    [ -f "$PG_DIR/data/postmaster.pid" ] &&
+        as_pg "$PG_BINDIR/pg_ctl" -D "$PG_DIR/data" status >/dev/null 2>&1
+}
+
+# The pid in node-N.pid, if that process is alive and is a conductor-node
+# (a stale pid file must not make us signal some unrelated process).
+node_pid() {
+    local pidfile=$CLUSTER_DIR/node-$1.pid pid
+    [ -f "$pidfile" ] || return 1
+    pid=$(cat "$pidfile")
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q conductor-node || return 1
+    echo "$pid"
+}
+
+# GET /health over bash's /dev/tcp: no curl needed on a fresh machine.
+node_healthy() {
+    local port=$1 status
+    status=$(timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port &&
+        printf 'GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 && head -n1 <&3" 2>/dev/null) || return 1
+    [[ $status == *" 200"* ]]
+}
+
+all_up() {
+    pg_running || return 1
+    local i
+    for i in 1 2 3 4; do
+        node_pid "$i" >/dev/null || return 1
+    done
+}
+
+print_connect() {
+    cat <<EOF
+
+conductor demo cluster is up:
+  PostgreSQL 15  127.0.0.1:$PG_PORT  (database conductor, user conductor, no password)
+  nodes          http://127.0.0.1:7401 .. http://127.0.0.1:7404
+  logs           .cluster/pg/postgres.log, .cluster/node-N.log
+
+Connect with:
+  psql -h 127.0.0.1 -p $PG_PORT -U conductor conductor
+
+Stop it with: make stop
+EOF
+}
+
+# ---- start --------------------------------------------------------------------
+
+build() {
+    log "building conductor-node (release)"
+    cargo build --release -p conductor-node
+    log "building and installing the extension (release) into $PG_CONFIG"
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then sudo=(--sudo); fi   # writes into /usr/share/postgresql
+    cargo pgrx install --release -p conductor --pg-config "$PG_CONFIG" "${sudo[@]}"
+}
+
+# The Postgres user must be able to reach PG_DIR. A checkout under a private
+# home (e.g. /root, mode 0700) isn't reachable: then keep the data in
+# /var/tmp and leave a symlink at .cluster/pg.
+prepare_pg_dir() {
+    if [ -e "$PG_DIR" ]; then return; fi
+    mkdir -p "$PG_DIR"
+    if [ "$(id -u)" -eq 0 ]; then
+        chown "$PG_USER:" "$PG_DIR"
+        if ! as_pg test -w "$PG_DIR"; then
+            rmdir "$PG_DIR"
+            local alt
+            alt=/var/tmp/conductor-cluster-$(printf '%s' "$ROOT" | md5sum | cut -c1-12)
+            log "$PG_USER can't reach $CLUSTER_DIR; keeping Postgres data in $alt"
+            mkdir -p "$alt"
+            chown "$PG_USER:" "$alt"
+            chmod 0700 "$alt"
+            ln -sfn "$alt" "$PG_DIR"
+        fi
+    fi
+}
+
+start_pg() {
+    if pg_running; then
+        log "postgres already running on 127.0.0.1:$PG_PORT"
+        return
+    fi
+    prepare_pg_dir
+    if [ ! -f "$PG_DIR/data/PG_VERSION" ]; then
+        log "initdb $PG_DIR/data"
+        # -A trust: no password; safe because it only listens on loopback.
+        as_pg "$PG_BINDIR/initdb" -D "$PG_DIR/data" -U conductor -A trust \
+            -E UTF8 --locale=C >"$CLUSTER_DIR/initdb.log"
+    fi
+    log "starting postgres on 127.0.0.1:$PG_PORT"
+    # No Unix socket (unix_socket_directories=''): only TCP on loopback, and
+    # no socket path length limit to trip over in deep checkouts.
+    as_pg "$PG_BINDIR/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w -t 60 \
+        -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=''" \
+        start >/dev/null ||
+        { tail -n 20 "$PG_DIR/postgres.log" >&2; die "postgres did not start"; }
+    if [ -z "$("${PSQL[@]}" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'conductor'")" ]; then
+        "${PSQL[@]}" -d postgres -c "CREATE DATABASE conductor"
+    fi
+}
+
+start_node() {
+    local i=$1 port=${NODE_PORTS[$(($1 - 1))]} pid
+    if pid=$(node_pid "$i"); then
+        log "node-$i already running (pid $pid, port $port)"
+        return
+    fi
+    mkdir -p "$CLUSTER_DIR/node-$i"
+    log "starting node-$i on 127.0.0.1:$port"
+    # setsid: its own session, so a Ctrl-C in this terminal later doesn't
+    # reach it; it runs until `make stop`.
+    setsid "$NODE_BIN" --listen "127.0.0.1:$port" --data-dir "$CLUSTER_DIR/node-$i" \
+        >>"$CLUSTER_DIR/node-$i.log" 2>&1 </dev/null &
+    echo $! >"$CLUSTER_DIR/node-$i.pid"
+    local tries
+    for tries in $(seq 100); do
+        if node_healthy "$port"; then return; fi
+        node_pid "$i" >/dev/null ||
+            { tail -n 20 "$CLUSTER_DIR/node-$i.log" >&2; die "node-$i exited"; }
+        sleep 0.1
+    done
+    die "node-$i not healthy after 10s (see .cluster/node-$i.log)"
+}
+
+load_demo() {
+    # Marker written only after demo.sql ran to the end, so a half-loaded
+    # cluster is noticed rather than silently reused.
+    if [ -f "$CLUSTER_DIR/demo-loaded" ]; then return; fi
+    if [ -n "$("${PSQL[@]}" -d conductor -tAc "SELECT 1 FROM pg_extension WHERE extname = 'conductor'")" ]; then
+        die "the extension exists but the demo data didn't finish loading; run 'scripts/cluster.sh reset' and 'make demo' again"
+    fi
+    log "loading scripts/demo.sql"
+    "${PSQL[@]}" -d conductor -v ON_ERROR_STOP=1 -f scripts/demo.sql
+    touch "$CLUSTER_DIR/demo-loaded"
+}
+
+cmd_start() {
+    mkdir -p "$CLUSTER_DIR"
+    if all_up && [ -f "$CLUSTER_DIR/demo-loaded" ]; then
+        log "already running; nothing to do"
+        print_connect
+        return
+    fi
+    build
+    start_pg
+    local i
+    for i in 1 2 3 4; do start_node "$i"; done
+    load_demo
+    print_connect
+}
+
+# ---- stop / status / reset ------------------------------------------------------
+
+cmd_stop() {
+    local i pid stopped=0
+    for i in 1 2 3 4; do
+        if pid=$(node_pid "$i"); then
+            kill -TERM "$pid"
+            # Up to 5 s to exit cleanly, then SIGKILL.
+            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -KILL "$pid" 2>/dev/null || true
+            log "stopped node-$i (pid $pid)"
+            stopped=1
+        fi
+        rm -f "$CLUSTER_DIR/node-$i.pid"
+    done
+    if pg_running; then
+        as_pg "$PG_BINDIR/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null
+        log "stopped postgres"
+        stopped=1
+    fi
+    [ "$stopped" = 1 ] || log "nothing was running"
+}
+
+cmd_status() {
+    local i pid ok=0
+    if pg_running; then
+        log "postgres  up    127.0.0.1:$PG_PORT"
+    else
+        log "postgres  down"; ok=1
+    fi
+    for i in 1 2 3 4; do
+        if pid=$(node_pid "$i"); then
+            log "node-$i    up    127.0.0.1:${NODE_PORTS[$((i - 1))]} (pid $pid)"
+        else
+            log "node-$i    down"; ok=1
+        fi
+    done
+    return $ok
+}
+
+cmd_reset() {
+    cmd_stop
+    # .cluster/pg may be a symlink to /var/tmp (see prepare_pg_dir).
+    if [ -L "$PG_DIR" ]; then rm -rf "$(readlink "$PG_DIR")"; fi
+    rm -rf "$CLUSTER_DIR"
+    log "removed .cluster"
+}
+
+case "${1:-}" in
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    status) cmd_status ;;
+    reset) cmd_reset ;;
+    *) echo "usage: $0 start|stop|status|reset" >&2; exit 2 ;;
+esac
