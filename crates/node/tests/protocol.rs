@@ -1,0 +1,741 @@
+//! Protocol tests against an in-process node: every request type, batch
+//! condition and value type, interactive streams, cursors, auth and bad
+//! input.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value as J};
+use std::time::{Duration, Instant};
+
+#[test]
+fn endpoints_answer() {
+    let n = node();
+    for p in ["/health", "/v2", "/v3"] {
+        assert_eq!(get(n.addr(), p).status, 200, "{p}");
+    }
+    let v = get(n.addr(), "/version");
+    assert_eq!(v.status, 200);
+    assert!(v.text().starts_with("conductor-node "), "{}", v.text());
+    let r = get(n.addr(), "/nope");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["code"], "NOT_FOUND");
+    assert_eq!(get(n.addr(), "/v3/pipeline").status, 405);
+    assert_eq!(get(n.addr(), "/v3-protobuf").status, 404);
+}
+
+#[test]
+fn values_round_trip_exactly() {
+    let n = node();
+    let a = n.addr();
+    exec(a, "CREATE TABLE v(k INTEGER PRIMARY KEY, x)", vec![]);
+    let values = vec![
+        json!({"type": "null"}),
+        int(i64::MIN),
+        int(i64::MAX),
+        int(0),
+        json!({"type": "float", "value": 1.5}),
+        json!({"type": "float", "value": -0.0}),
+        json!({"type": "float", "value": 1e308}),
+        json!({"type": "float", "value": 5e-324}),
+        json!({"type": "float", "value": 0.1}),
+        text(""),
+        text("héllo ' \" ;-- \u{1F600} \\ \n"),
+        json!({"type": "blob", "base64": ""}),
+        json!({"type": "blob", "base64": "AAEC/w=="}),
+    ];
+    for (i, v) in values.iter().enumerate() {
+        exec(
+            a,
+            "INSERT INTO v VALUES (?, ?)",
+            vec![int(i as i64), v.clone()],
+        );
+    }
+    let r = exec(a, "SELECT x FROM v ORDER BY k", vec![]);
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), values.len());
+    for (row, v) in rows.iter().zip(&values) {
+        // Compare decoded values (JSON number formatting may differ).
+        let got: conductor_hrana::Value = serde_json::from_value(row[0].clone()).unwrap();
+        let want: conductor_hrana::Value = serde_json::from_value(v.clone()).unwrap();
+        match (&got, &want) {
+            (conductor_hrana::Value::Float(g), conductor_hrana::Value::Float(w)) => {
+                assert_eq!(g.to_bits(), w.to_bits(), "{g} vs {w}")
+            }
+            _ => assert_eq!(got, want),
+        }
+    }
+    assert_eq!(r["cols"], json!([{"name": "x", "decltype": null}]));
+    let t = exec(a, "SELECT typeof(x) FROM v ORDER BY k", vec![]);
+    let types: Vec<&str> = t["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0]["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "null", "integer", "integer", "integer", "real", "real", "real", "real", "real",
+            "text", "text", "blob", "blob"
+        ]
+    );
+}
+
+#[test]
+fn execute_reports_counts_and_rowids() {
+    let n = node();
+    let a = n.addr();
+    exec(
+        a,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+        vec![],
+    );
+    let r = exec(a, "INSERT INTO t(v) VALUES ('a'), ('b'), ('c')", vec![]);
+    assert_eq!(r["affected_row_count"], 3);
+    assert_eq!(r["last_insert_rowid"], "3");
+    let r = exec(a, "UPDATE t SET v = 'z' WHERE id >= ?", vec![int(2)]);
+    assert_eq!(r["affected_row_count"], 2);
+    let r = exec(a, "SELECT id, v FROM t ORDER BY id", vec![]);
+    assert_eq!(r["affected_row_count"], 0);
+    assert_eq!(
+        r["cols"],
+        json!([{"name":"id","decltype":"INTEGER"},{"name":"v","decltype":"TEXT"}])
+    );
+    assert_eq!(r["rows"].as_array().unwrap().len(), 3);
+    // want_rows: false runs the statement and returns no rows.
+    let body = pipeline(
+        a,
+        None,
+        vec![
+            json!({"type":"execute","stmt":{"sql":"SELECT * FROM t","want_rows":false}}),
+            close(),
+        ],
+    );
+    assert_eq!(body["results"][0]["response"]["result"]["rows"], json!([]));
+}
+
+#[test]
+fn named_arguments_bind_with_or_without_prefix() {
+    let n = node();
+    let a = n.addr();
+    let body = pipeline(
+        a,
+        None,
+        vec![
+            json!({"type":"execute","stmt":{"sql":"SELECT ?, :a, @b, $c",
+                "args":[int(4)],
+                "named_args":[
+                    {"name":":a","value":int(1)},
+                    {"name":"b","value":int(2)},
+                    {"name":"$c","value":int(3)}]}}),
+            // A named argument overrides a positional one for the same slot.
+            json!({"type":"execute","stmt":{"sql":"SELECT :x","args":[int(1)],
+                "named_args":[{"name":"x","value":int(9)}]}}),
+            json!({"type":"execute","stmt":{"sql":"SELECT ?, ?","args":[int(1)]}}),
+            json!({"type":"execute","stmt":{"sql":"SELECT ?","args":[int(1), int(2)]}}),
+            json!({"type":"execute","stmt":{"sql":"SELECT :a","named_args":[{"name":"nope","value":int(1)}]}}),
+            close(),
+        ],
+    );
+    let res = &body["results"];
+    let row = &res[0]["response"]["result"]["rows"][0];
+    let got: Vec<&str> = (0..4).map(|i| row[i]["value"].as_str().unwrap()).collect();
+    assert_eq!(got, ["4", "1", "2", "3"]);
+    assert_eq!(res[1]["response"]["result"]["rows"][0][0]["value"], "9");
+    for i in 2..5 {
+        assert_eq!(res[i]["type"], "error", "{}", res[i]);
+        assert_eq!(res[i]["error"]["code"], "ARGS_INVALID", "{}", res[i]);
+    }
+}
+
+#[test]
+fn batch_conditions() {
+    let n = node();
+    let a = n.addr();
+    exec(a, "CREATE TABLE t(id INTEGER PRIMARY KEY)", vec![]);
+    let step = |sql: &str, cond: Option<J>| match cond {
+        Some(c) => json!({"stmt": {"sql": sql}, "condition": c}),
+        None => json!({"stmt": {"sql": sql}}),
+    };
+    let ok = |s: u32| json!({"type":"ok","step":s});
+    let err = |s: u32| json!({"type":"error","step":s});
+    let steps = vec![
+        step("SELECT 1", None),                                     // 0 ok
+        step("SELECT nope", None),                                  // 1 error
+        step("SELECT 2", Some(ok(0))),                              // 2 run
+        step("SELECT 3", Some(ok(1))),                              // 3 skip
+        step("SELECT 4", Some(err(1))),                             // 4 run
+        step("SELECT 5", Some(json!({"type":"not","cond":ok(0)}))), // 5 skip
+        step(
+            "SELECT 6",
+            Some(json!({"type":"and","conds":[ok(0), err(1)]})),
+        ), // 6 run
+        step(
+            "SELECT 7",
+            Some(json!({"type":"and","conds":[ok(0), ok(1)]})),
+        ), // 7 skip
+        step(
+            "SELECT 8",
+            Some(json!({"type":"or","conds":[ok(1), ok(3)]})),
+        ), // 8 skip
+        step(
+            "SELECT 9",
+            Some(json!({"type":"or","conds":[ok(1), err(1)]})),
+        ), // 9 run
+        step("SELECT 10", Some(json!({"type":"is_autocommit"}))),   // 10 run
+        step("SELECT 11", Some(ok(3))),                             // 11 skip: 3 was skipped
+        step("SELECT 12", Some(err(3))),                            // 12 skip
+        step("SELECT 13", Some(json!({"type":"and","conds":[]}))),  // 13 run
+        step("SELECT 14", Some(json!({"type":"or","conds":[]}))),   // 14 skip
+    ];
+    let ran = [
+        true, false, true, false, true, false, true, false, false, true, true, false, false, true,
+        false,
+    ];
+    let body = pipeline(
+        a,
+        None,
+        vec![json!({"type":"batch","batch":{"steps":steps}}), close()],
+    );
+    let result = &body["results"][0]["response"]["result"];
+    for (i, ran) in ran.iter().enumerate() {
+        let r = &result["step_results"][i];
+        let e = &result["step_errors"][i];
+        if i == 1 {
+            assert!(r.is_null() && e["message"].is_string(), "step 1: {r} {e}");
+            continue;
+        }
+        assert_eq!(!r.is_null(), *ran, "step {i}: {r}");
+        assert!(e.is_null(), "step {i}: {e}");
+    }
+
+    // The usual transaction batch: a failing insert rolls everything back.
+    let txn = |ids: &[i64]| {
+        let mut steps = vec![step("BEGIN", None)];
+        for (k, id) in ids.iter().enumerate() {
+            steps.push(
+                json!({"stmt":{"sql":"INSERT INTO t VALUES (?)","args":[int(*id)]},
+                "condition": ok(k as u32)}),
+            );
+        }
+        let last = ids.len() as u32;
+        steps.push(json!({"stmt":{"sql":"COMMIT"},"condition":ok(last)}));
+        steps.push(
+            json!({"stmt":{"sql":"ROLLBACK"},"condition":{"type":"not","cond":ok(last + 1)}}),
+        );
+        pipeline(
+            a,
+            None,
+            vec![json!({"type":"batch","batch":{"steps":steps}}), close()],
+        )
+    };
+    txn(&[1, 2]);
+    assert_eq!(count(a, "t"), 2);
+    let body = txn(&[3, 1, 4]);
+    let errs = &body["results"][0]["response"]["result"]["step_errors"];
+    assert_eq!(errs[2]["code"], "SQLITE_CONSTRAINT_PRIMARYKEY", "{errs}");
+    assert_eq!(count(a, "t"), 2, "the failed transaction rolled back");
+
+    // A condition naming a later step is an error of the whole request.
+    let body = pipeline(
+        a,
+        None,
+        vec![
+            json!({"type":"batch","batch":{"steps":[step("SELECT 1", Some(ok(0)))]}}),
+            close(),
+        ],
+    );
+    assert_eq!(body["results"][0]["type"], "error");
+}
+
+#[test]
+fn other_requests() {
+    let n = node();
+    let a = n.addr();
+    let body = pipeline(
+        a,
+        None,
+        vec![
+            json!({"type":"get_autocommit"}),
+            json!({"type":"sequence","sql":"CREATE TABLE s(a INTEGER, b TEXT); INSERT INTO s VALUES (1, 'x'); BEGIN"}),
+            json!({"type":"get_autocommit"}),
+            json!({"type":"describe","sql":"SELECT a AS aa, b FROM s WHERE a = :p AND b = ?"}),
+            json!({"type":"store_sql","sql_id":7,"sql":"SELECT count(*) FROM s"}),
+            json!({"type":"execute","stmt":{"sql_id":7}}),
+            json!({"type":"close_sql","sql_id":7}),
+            json!({"type":"execute","stmt":{"sql_id":7}}),
+            json!({"type":"execute","stmt":{"sql":"SELECT 1","sql_id":1}}),
+            json!({"type":"sequence","sql":"ROLLBACK"}),
+            close(),
+            json!({"type":"get_autocommit"}),
+        ],
+    );
+    let r = &body["results"];
+    assert_eq!(
+        r[0]["response"],
+        json!({"type":"get_autocommit","is_autocommit":true})
+    );
+    assert_eq!(r[1]["response"], json!({"type":"sequence"}));
+    assert_eq!(r[2]["response"]["is_autocommit"], false);
+    let d = &r[3]["response"]["result"];
+    assert_eq!(d["params"], json!([{"name":":p"},{"name":null}]));
+    assert_eq!(
+        d["cols"],
+        json!([{"name":"aa","decltype":"INTEGER"},{"name":"b","decltype":"TEXT"}])
+    );
+    assert_eq!(d["is_explain"], false);
+    assert_eq!(d["is_readonly"], true);
+    assert_eq!(r[4]["response"]["type"], "store_sql");
+    assert_eq!(r[5]["response"]["result"]["rows"][0][0]["value"], "1");
+    assert_eq!(r[6]["response"]["type"], "close_sql");
+    assert_eq!(r[7]["error"]["code"], "SQL_NOT_FOUND");
+    assert_eq!(r[8]["type"], "error");
+    assert_eq!(r[9]["type"], "ok");
+    assert_eq!(r[10]["response"]["type"], "close");
+    assert_eq!(r[11]["error"]["code"], "STREAM_CLOSED");
+    assert!(body["baton"].is_null());
+    // The sequence's table exists (it committed before BEGIN).
+    assert_eq!(count(a, "s"), 1);
+}
+
+#[test]
+fn interactive_transaction_spans_requests() {
+    let n = node();
+    let a = n.addr();
+    exec(a, "CREATE TABLE t(id INTEGER PRIMARY KEY)", vec![]);
+    let b1 = pipeline(
+        a,
+        None,
+        vec![
+            execute("BEGIN", vec![]),
+            execute("INSERT INTO t VALUES (1)", vec![]),
+        ],
+    );
+    let baton1 = b1["baton"]
+        .as_str()
+        .expect("a stream stays open")
+        .to_owned();
+    // Not visible outside the transaction yet.
+    assert_eq!(count(a, "t"), 0);
+    let b2 = pipeline(
+        a,
+        Some(&baton1),
+        vec![
+            execute("INSERT INTO t VALUES (2)", vec![]),
+            json!({"type":"get_autocommit"}),
+        ],
+    );
+    assert_eq!(b2["results"][1]["response"]["is_autocommit"], false);
+    let baton2 = b2["baton"].as_str().unwrap().to_owned();
+    assert_ne!(baton1, baton2);
+    let b3 = pipeline(a, Some(&baton2), vec![execute("COMMIT", vec![]), close()]);
+    assert!(b3["baton"].is_null());
+    assert_eq!(count(a, "t"), 2);
+
+    // ROLLBACK across requests too, and on /v2/pipeline.
+    let r = post(
+        a,
+        "/v2/pipeline",
+        &json!({"baton":null,"requests":[execute("BEGIN", vec![]), execute("DELETE FROM t", vec![])]}),
+    );
+    let baton = r.json()["baton"].as_str().unwrap().to_owned();
+    let r = post(
+        a,
+        "/v2/pipeline",
+        &json!({"baton":baton,"requests":[execute("ROLLBACK", vec![]), close()]}),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(count(a, "t"), 2);
+}
+
+#[test]
+fn baton_misuse_is_http_400() {
+    let n = node();
+    let a = n.addr();
+    let b1 = pipeline(a, None, vec![execute("SELECT 1", vec![])]);
+    let baton1 = b1["baton"].as_str().unwrap().to_owned();
+    let b2 = pipeline(a, Some(&baton1), vec![execute("SELECT 2", vec![])]);
+    let baton2 = b2["baton"].as_str().unwrap().to_owned();
+    // Reused.
+    let r = post(a, "/v3/pipeline", &json!({"baton": baton1, "requests": []}));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["code"], "BATON_REUSED");
+    // Forged: flip a character of a valid baton.
+    let mut forged = baton2.clone().into_bytes();
+    forged[3] = if forged[3] == b'A' { b'B' } else { b'A' };
+    let r = post(
+        a,
+        "/v3/pipeline",
+        &json!({"baton": String::from_utf8(forged).unwrap(), "requests": []}),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["code"], "BATON_INVALID");
+    let r = post(
+        a,
+        "/v3/pipeline",
+        &json!({"baton": "garbage", "requests": []}),
+    );
+    assert_eq!(r.status, 400);
+    // The stream survives misuse: the latest baton still works, then close.
+    let b3 = pipeline(a, Some(&baton2), vec![close()]);
+    assert!(b3["baton"].is_null());
+    // Closed: the last baton is now unknown.
+    let r = post(a, "/v3/pipeline", &json!({"baton": baton2, "requests": []}));
+    assert_eq!(r.status, 400);
+    // A baton from another node is forged there.
+    let other = node();
+    let b = pipeline(other.addr(), None, vec![])["baton"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = post(a, "/v3/pipeline", &json!({"baton": b, "requests": []}));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["code"], "BATON_INVALID");
+}
+
+#[test]
+fn idle_stream_expires_and_rolls_back() {
+    let n = node_with(|c| c.stream_idle_timeout_ms = 300);
+    let a = n.addr();
+    exec(a, "CREATE TABLE t(id INTEGER PRIMARY KEY)", vec![]);
+    let b = pipeline(
+        a,
+        None,
+        vec![
+            execute("BEGIN IMMEDIATE", vec![]),
+            execute("INSERT INTO t VALUES (1)", vec![]),
+        ],
+    );
+    let baton = b["baton"].as_str().unwrap().to_owned();
+    std::thread::sleep(Duration::from_millis(900));
+    let r = post(
+        a,
+        "/v3/pipeline",
+        &json!({"baton": baton, "requests": [execute("COMMIT", vec![])]}),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["code"], "STREAM_EXPIRED");
+    // Rolled back, and the write lock is free again: a write goes through
+    // at once (it would wait for busy_timeout otherwise).
+    let t = Instant::now();
+    exec(a, "INSERT INTO t VALUES (2)", vec![]);
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(count(a, "t"), 1);
+    let stats = get(a, "/stats").json();
+    assert_eq!(stats["streams_expired"], 1);
+    assert_eq!(stats["open_streams"], 0);
+}
+
+#[test]
+fn cursor_streams_steps_and_rows() {
+    let n = node();
+    let a = n.addr();
+    exec(a, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)", vec![]);
+    exec(
+        a,
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 5000) \
+         INSERT INTO t SELECT i, 'row ' || i FROM c",
+        vec![],
+    );
+    let r = post(
+        a,
+        "/v3/cursor",
+        &json!({"baton": null, "batch": {"steps": [
+            {"stmt": {"sql": "SELECT id, v FROM t ORDER BY id"}},
+            {"stmt": {"sql": "SELECT nope FROM t"}},
+            {"stmt": {"sql": "SELECT 1"}, "condition": {"type":"ok","step":1}},
+            {"stmt": {"sql": "INSERT INTO t VALUES (?, 'x')", "args": [int(9999)]}, "condition": {"type":"error","step":1}},
+        ]}}),
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().contains("ndjson"));
+    let lines = r.lines();
+    let baton = lines[0]["baton"]
+        .as_str()
+        .expect("cursor returns a baton")
+        .to_owned();
+    assert!(lines[0]["base_url"].is_null());
+    assert_eq!(lines[1]["type"], "step_begin");
+    assert_eq!(lines[1]["step"], 0);
+    assert_eq!(lines[1]["cols"][1], json!({"name":"v","decltype":"TEXT"}));
+    for i in 0..5000 {
+        let row = &lines[2 + i];
+        assert_eq!(row["type"], "row");
+        assert_eq!(row["row"][0]["value"], (i + 1).to_string());
+    }
+    assert_eq!(lines[5002]["type"], "step_end");
+    assert_eq!(lines[5003]["type"], "step_error");
+    assert_eq!(lines[5003]["step"], 1);
+    assert_eq!(lines[5003]["error"]["code"], "SQLITE_ERROR");
+    // Step 2 skipped: nothing. Step 3 runs.
+    assert_eq!(lines[5004], json!({"type":"step_begin","step":3,"cols":[]}));
+    assert_eq!(lines[5005]["type"], "step_end");
+    assert_eq!(lines[5005]["affected_row_count"], 1);
+    assert_eq!(lines[5005]["last_insert_rowid"], "9999");
+    assert_eq!(lines.len(), 5006);
+    // The cursor's stream goes on with the baton.
+    let b = pipeline(
+        a,
+        Some(&baton),
+        vec![execute("SELECT count(*) FROM t", vec![]), close()],
+    );
+    assert_eq!(
+        b["results"][0]["response"]["result"]["rows"][0][0]["value"],
+        "5001"
+    );
+}
+
+#[test]
+fn cursor_on_an_open_transaction() {
+    let n = node();
+    let a = n.addr();
+    exec(a, "CREATE TABLE t(id INTEGER PRIMARY KEY)", vec![]);
+    let b = pipeline(
+        a,
+        None,
+        vec![
+            execute("BEGIN", vec![]),
+            execute("INSERT INTO t VALUES (1)", vec![]),
+        ],
+    );
+    let baton = b["baton"].as_str().unwrap();
+    let r = post(
+        a,
+        "/v3/cursor",
+        &json!({"baton": baton, "batch": {"steps": [{"stmt": {"sql": "SELECT id FROM t"}}]}}),
+    );
+    assert_eq!(r.status, 200);
+    let lines = r.lines();
+    assert_eq!(lines[2]["row"][0]["value"], "1", "sees its own transaction");
+    let baton = lines[0]["baton"].as_str().unwrap();
+    pipeline(a, Some(baton), vec![execute("ROLLBACK", vec![]), close()]);
+    assert_eq!(count(a, "t"), 0);
+    // Misused batons on the cursor endpoint are 400 too.
+    let r = post(
+        a,
+        "/v3/cursor",
+        &json!({"baton": baton, "batch": {"steps": []}}),
+    );
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn auth_token_is_required() {
+    let n = node_with(|c| c.auth_token = Some("s3cret".into()));
+    let a = n.addr();
+    let body =
+        json!({"baton": null, "requests": [execute("SELECT 1", vec![]), close()]}).to_string();
+    for headers in [
+        vec![],
+        vec![("Authorization", "Bearer wrong")],
+        vec![("Authorization", "s3cret")],
+    ] {
+        let r = request(a, "POST", "/v3/pipeline", &headers, body.as_bytes());
+        assert_eq!(r.status, 401, "{headers:?}");
+        assert_eq!(r.json()["code"], "UNAUTHORIZED");
+        let r = request(a, "POST", "/v3/cursor", &headers, b"{}");
+        assert_eq!(r.status, 401);
+    }
+    let r = request(
+        a,
+        "POST",
+        "/v3/pipeline",
+        &[("Authorization", "Bearer s3cret")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["results"][0]["type"], "ok");
+    assert_eq!(get(a, "/health").status, 200);
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
+    let n = node_with(|c| c.max_body_bytes = 4096);
+    let a = n.addr();
+    let raw = |body: &str| request(a, "POST", "/v3/pipeline", &[], body.as_bytes());
+    for (body, needle) in [
+        ("{not json", "invalid pipeline request body"),
+        (
+            r#"{"baton":null,"requests":[{"type":"frobnicate"}]}"#,
+            "frobnicate",
+        ),
+        (
+            r#"{"baton":null,"requests":[{"type":"execute","stmt":{"sql":"SELECT ?","args":[{"type":"integer","value":1}]}}]}"#,
+            "integer",
+        ),
+        (
+            r#"{"baton":null,"requests":[{"type":"execute","stmt":{"sql":"SELECT ?","args":[{"type":"blob","base64":"!!"}]}}]}"#,
+            "base64",
+        ),
+        (r#"{"baton":null}"#, "requests"),
+    ] {
+        let r = raw(body);
+        assert_eq!(r.status, 400, "{body}");
+        let e = r.json();
+        assert!(
+            e["message"].as_str().unwrap().contains(needle),
+            "{body}: {e}"
+        );
+    }
+    // Too large: 413, whether or not the length is declared up front.
+    let big = format!(
+        r#"{{"baton":null,"requests":[{{"type":"execute","stmt":{{"sql":"SELECT '{}'"}}}}]}}"#,
+        "x".repeat(5000)
+    );
+    assert_eq!(raw(&big).status, 413);
+
+    // Per-request errors with codes; the other requests still run.
+    exec(
+        a,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, u TEXT UNIQUE, n TEXT NOT NULL)",
+        vec![],
+    );
+    exec(a, "INSERT INTO t VALUES (1, 'a', 'x')", vec![]);
+    let body = pipeline(
+        a,
+        None,
+        vec![
+            execute("SELECT 1; SELECT 2", vec![]),
+            execute("INSERT INTO t VALUES (1, 'b', 'x')", vec![]),
+            execute("INSERT INTO t VALUES (2, 'a', 'x')", vec![]),
+            execute("INSERT INTO t VALUES (3, 'c', NULL)", vec![]),
+            execute("SELEC 1", vec![]),
+            execute("SELECT * FROM missing", vec![]),
+            execute("   ", vec![]),
+            execute("SELECT 9e999", vec![]),
+            execute("SELECT 42", vec![]),
+            close(),
+        ],
+    );
+    let r = &body["results"];
+    let codes: Vec<&str> = (0..8)
+        .map(|i| r[i]["error"]["code"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "SQL_MANY_STATEMENTS",
+            "SQLITE_CONSTRAINT_PRIMARYKEY",
+            "SQLITE_CONSTRAINT_UNIQUE",
+            "SQLITE_CONSTRAINT_NOTNULL",
+            "SQLITE_ERROR",
+            "SQLITE_ERROR",
+            "SQL_NO_STATEMENT",
+            "VALUE_NOT_REPRESENTABLE",
+        ]
+    );
+    assert!(r[5]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no such table"));
+    assert_eq!(r[8]["response"]["result"]["rows"][0][0]["value"], "42");
+    // Nothing of that left a mark.
+    assert_eq!(count(a, "t"), 1);
+    assert_eq!(get(a, "/health").status, 200);
+    let stats = get(a, "/stats").json();
+    assert!(stats["responses_4xx"].as_u64().unwrap() >= 6, "{stats}");
+}
+
+#[test]
+fn delay_knob_delays_responses() {
+    let n = node_with(|c| c.delay_ms = 300);
+    let a = n.addr();
+    let t = Instant::now();
+    exec(a, "SELECT 1", vec![]);
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    let t = Instant::now();
+    let r = post(
+        a,
+        "/v3/cursor",
+        &json!({"baton": null, "batch": {"steps": []}}),
+    );
+    assert_eq!(r.status, 200);
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    // Health checks are not delayed.
+    let t = Instant::now();
+    get(a, "/health");
+    assert!(t.elapsed() < Duration::from_millis(300));
+    // Concurrent requests are delayed in parallel: an async sleep, not a
+    // blocked thread.
+    let t = Instant::now();
+    let hs: Vec<_> = (0..8)
+        .map(|_| std::thread::spawn(move || exec(a, "SELECT 1", vec![])))
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn stats_count_requests_and_paths() {
+    let n = node();
+    let a = n.addr();
+    exec(a, "CREATE TABLE t(id INTEGER PRIMARY KEY)", vec![]);
+    exec(a, "INSERT INTO t VALUES (1)", vec![]);
+    exec(a, "SELECT * FROM t WHERE id = ?", vec![int(1)]);
+    exec(
+        a,
+        "WITH x AS (SELECT 1) INSERT INTO t SELECT 2 FROM x",
+        vec![],
+    );
+    post(
+        a,
+        "/v2/pipeline",
+        &json!({"baton":null,"requests":[close()]}),
+    );
+    let s = get(a, "/stats").json();
+    assert_eq!(s["requests"]["/v3/pipeline"], 4, "{s}");
+    assert_eq!(s["requests"]["/v2/pipeline"], 1, "{s}");
+    assert_eq!(s["statements_executed"], 4, "{s}");
+    // The read ran on a worker's read connection; writes on the writer,
+    // including the WITH … INSERT that looks like a query.
+    assert_eq!(s["fast_read_pipelines"], 2, "{s}");
+    assert_eq!(s["writer_pipelines"], 3, "{s}");
+    assert_eq!(count(a, "t"), 2);
+}
+
+#[test]
+fn concurrent_readers_and_writers() {
+    let n = node();
+    let a = n.addr();
+    exec(
+        a,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)",
+        vec![],
+    );
+    let hs: Vec<_> = (0..6)
+        .map(|w| {
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    if w % 2 == 0 {
+                        exec(a, "INSERT INTO t(v) VALUES (?)", vec![int(i)]);
+                    } else {
+                        exec(a, "SELECT count(*) FROM t", vec![]);
+                        // An interactive transaction per iteration too.
+                        let b = pipeline(
+                            a,
+                            None,
+                            vec![
+                                execute("BEGIN", vec![]),
+                                execute("INSERT INTO t(v) VALUES (-1)", vec![]),
+                            ],
+                        );
+                        let baton = b["baton"].as_str().unwrap();
+                        let b = pipeline(a, Some(baton), vec![execute("COMMIT", vec![]), close()]);
+                        assert_eq!(b["results"][0]["type"], "ok", "{b}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert_eq!(count(a, "t"), 600);
+}
