@@ -20,7 +20,7 @@ PG_PORT=55432
 NODE_PORTS=(7401 7402 7403 7404)
 CLUSTER_DIR=$ROOT/.cluster
 PG_DIR=$CLUSTER_DIR/pg            # owned by the Postgres user: data/ + postgres.log
-NODE_BIN=$ROOT/target/release/conductor-node
+NODE_BIN=${CONDUCTOR_NODE_BIN:-$ROOT/target/release/conductor-node}
 PSQL=("$PG_BINDIR/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U conductor)
 
 log() { echo "cluster: $*"; }
@@ -31,11 +31,16 @@ die() { echo "cluster: error: $*" >&2; exit 1; }
 PG_USER=${CONDUCTOR_PG_USER:-postgres}
 as_pg() {
     if [ "$(id -u)" -eq 0 ]; then
-        runuser -u "$PG_USER" -- "$@"
+        # From /, since the checkout may be unreadable to that user.
+        (cd / && runuser -u "$PG_USER" -- "$@")
     else
         "$@"
     fi
 }
+
+# PG_DIR with symlinks resolved: the Postgres user may not be able to pass
+# through the checkout to follow .cluster/pg (see prepare_pg_dir).
+pg_real() { readlink -f "$PG_DIR"; }
 
 # rustup puts cargo in ~/.cargo/bin, which a non-login shell may lack.
 if [ -f "$HOME/.cargo/env" ]; then
@@ -47,7 +52,7 @@ fi
 
 pg_running() {
     [ -f "$PG_DIR/data/postmaster.pid" ] &&
-        as_pg "$PG_BINDIR/pg_ctl" -D "$PG_DIR/data" status >/dev/null 2>&1
+        as_pg "$PG_BINDIR/pg_ctl" -D "$(pg_real)/data" status >/dev/null 2>&1
 }
 
 # The pid in node-N.pid, if that process is alive and is a conductor-node
@@ -95,6 +100,12 @@ EOF
 # ---- start --------------------------------------------------------------------
 
 build() {
+    # CONDUCTOR_NO_BUILD=1: use what's already built and installed
+    # (for working on this script without waiting for release builds).
+    if [ -n "${CONDUCTOR_NO_BUILD:-}" ]; then
+        log "CONDUCTOR_NO_BUILD set: not building"
+        return
+    fi
     log "building conductor-node (release)"
     cargo build --release -p conductor-node
     log "building and installing the extension (release) into $PG_CONFIG"
@@ -133,13 +144,13 @@ start_pg() {
     if [ ! -f "$PG_DIR/data/PG_VERSION" ]; then
         log "initdb $PG_DIR/data"
         # -A trust: no password; safe because it only listens on loopback.
-        as_pg "$PG_BINDIR/initdb" -D "$PG_DIR/data" -U conductor -A trust \
+        as_pg "$PG_BINDIR/initdb" -D "$(pg_real)/data" -U conductor -A trust \
             -E UTF8 --locale=C >"$CLUSTER_DIR/initdb.log"
     fi
     log "starting postgres on 127.0.0.1:$PG_PORT"
     # No Unix socket (unix_socket_directories=''): only TCP on loopback, and
     # no socket path length limit to trip over in deep checkouts.
-    as_pg "$PG_BINDIR/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w -t 60 \
+    as_pg "$PG_BINDIR/pg_ctl" -D "$(pg_real)/data" -l "$(pg_real)/postgres.log" -w -t 60 \
         -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=''" \
         start >/dev/null ||
         { tail -n 20 "$PG_DIR/postgres.log" >&2; die "postgres did not start"; }
@@ -214,7 +225,7 @@ cmd_stop() {
         rm -f "$CLUSTER_DIR/node-$i.pid"
     done
     if pg_running; then
-        as_pg "$PG_BINDIR/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null
+        as_pg "$PG_BINDIR/pg_ctl" -D "$(pg_real)/data" -m fast -w stop >/dev/null
         log "stopped postgres"
         stopped=1
     fi
