@@ -1,0 +1,44 @@
+-- conductor's topology catalog. Ordinary tables in schema conductor; every
+-- backend caches what it reads and a change invalidates every backend's cache
+-- at commit (see the triggers at the end and src/catalog/cache.rs).
+
+-- A storage node of a foreign server. Nodes belong to one server, so two
+-- clusters can live side by side in one database.
+CREATE TABLE conductor.node (
+    server_id oid NOT NULL,
+    node_id text NOT NULL CHECK (node_id ~ '^[A-Za-z0-9_.-]{1,63}$'),
+    url text NOT NULL CHECK (url ~ '^https?://[^/\s]+/?$'),
+    status text NOT NULL DEFAULT 'active'
+        CHECK (status IN ('active', 'disabled')),
+    PRIMARY KEY (server_id, node_id)
+);
+
+-- A foreign table whose rows are hash-sharded over the nodes of its server.
+CREATE TABLE conductor.distributed_table (
+    relid oid PRIMARY KEY,
+    server_id oid NOT NULL,
+    -- Shard tables on the nodes are named <remote_name>_<shard id, 4 digits>.
+    remote_name text NOT NULL,
+    shard_key name NOT NULL,
+    shard_count integer NOT NULL CHECK (shard_count BETWEEN 1 AND 4096),
+    -- Placement hash (DESIGN §4); a table keeps the version it was created with.
+    hash_version integer NOT NULL DEFAULT 1,
+    UNIQUE (server_id, remote_name)
+);
+
+-- Where each shard lives. status and target_node_id describe a move in
+-- progress: the source keeps serving while the target catches up.
+CREATE TABLE conductor.shard (
+    relid oid NOT NULL REFERENCES conductor.distributed_table ON DELETE CASCADE,
+    shard_id integer NOT NULL CHECK (shard_id >= 0),
+    server_id oid NOT NULL,
+    node_id text NOT NULL,
+    status text NOT NULL DEFAULT 'active'
+        CHECK (status IN ('active', 'rebalancing_source', 'rebalancing_target')),
+    target_node_id text,
+    PRIMARY KEY (relid, shard_id),
+    FOREIGN KEY (server_id, node_id) REFERENCES conductor.node ON UPDATE CASCADE
+);
+CREATE INDEX shard_node_idx ON conductor.shard (server_id, node_id);
+
+REVOKE ALL ON conductor.node, conductor.distributed_table, conductor.shard FROM PUBLIC;

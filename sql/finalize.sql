@@ -1,0 +1,101 @@
+-- Objects that need the extension's C functions: the FDW itself, the
+-- catalog's invalidation triggers, drop handling and the views.
+
+CREATE FOREIGN DATA WRAPPER conductor
+    HANDLER conductor.conductor_fdw_handler
+    VALIDATOR conductor.conductor_fdw_validator;
+
+-- Topology is readable by everyone who may query a sharded table (a scan
+-- reads it to route); only superusers or explicitly granted roles change it.
+GRANT USAGE ON SCHEMA conductor TO PUBLIC;
+GRANT SELECT ON conductor.node, conductor.distributed_table, conductor.shard TO PUBLIC;
+REVOKE EXECUTE ON FUNCTION
+    conductor.add_node(text, text, text),
+    conductor.update_node(text, text, text),
+    conductor.remove_node(text, text),
+    conductor.create_distributed_table(regclass, text, integer)
+FROM PUBLIC;
+
+-- Any committed change to the topology invalidates every backend's cache
+-- (Postgres' own transactional invalidation; src/catalog/cache.rs).
+CREATE FUNCTION conductor._topology_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM conductor._invalidate_topology_cache();
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER topology_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON conductor.node FOR EACH STATEMENT EXECUTE FUNCTION conductor._topology_changed();
+CREATE TRIGGER topology_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON conductor.distributed_table FOR EACH STATEMENT EXECUTE FUNCTION conductor._topology_changed();
+CREATE TRIGGER topology_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON conductor.shard FOR EACH STATEMENT EXECUTE FUNCTION conductor._topology_changed();
+
+-- Dropping a distributed foreign table (directly, or through DROP SERVER /
+-- DROP SCHEMA ... CASCADE) forgets it and drops its shard tables on the
+-- nodes when the transaction commits. Node tokens live in user mappings,
+-- which a DROP SERVER CASCADE removes before sql_drop fires, so they are
+-- remembered at the start of every DROP.
+CREATE FUNCTION conductor._before_drop() RETURNS event_trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM conductor._remember_node_credentials();
+END
+$$;
+CREATE EVENT TRIGGER conductor_before_drop ON ddl_command_start
+    WHEN TAG IN ('DROP FOREIGN TABLE', 'DROP SERVER', 'DROP SCHEMA', 'DROP OWNED',
+                 'DROP FOREIGN DATA WRAPPER')
+    EXECUTE FUNCTION conductor._before_drop();
+
+CREATE FUNCTION conductor._on_sql_drop() RETURNS event_trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    obj record;
+BEGIN
+    FOR obj IN SELECT * FROM pg_event_trigger_dropped_objects()
+    LOOP
+        IF obj.object_type = 'foreign table' THEN
+            PERFORM conductor._forget_distributed_table(obj.objid);
+        ELSIF obj.object_type = 'server' THEN
+            PERFORM conductor._forget_server(obj.objid);
+        END IF;
+    END LOOP;
+END
+$$;
+CREATE EVENT TRIGGER conductor_sql_drop ON sql_drop
+    EXECUTE FUNCTION conductor._on_sql_drop();
+
+CREATE VIEW conductor.nodes AS
+SELECT s.srvname AS server,
+       n.node_id,
+       n.url,
+       n.status,
+       (SELECT count(*) FROM conductor.shard sh
+         WHERE sh.server_id = n.server_id AND sh.node_id = n.node_id) AS shards
+  FROM conductor.node n
+  JOIN pg_catalog.pg_foreign_server s ON s.oid = n.server_id;
+
+CREATE VIEW conductor.tables AS
+SELECT t.relid::regclass AS table_name,
+       s.srvname AS server,
+       t.remote_name,
+       t.shard_key,
+       t.shard_count,
+       t.hash_version
+  FROM conductor.distributed_table t
+  JOIN pg_catalog.pg_foreign_server s ON s.oid = t.server_id;
+
+CREATE VIEW conductor.shards AS
+SELECT sh.relid::regclass AS table_name,
+       sh.shard_id,
+       sh.node_id,
+       n.url,
+       sh.status,
+       sh.target_node_id,
+       t.remote_name || '_' || lpad(sh.shard_id::text, 4, '0') AS remote_table
+  FROM conductor.shard sh
+  JOIN conductor.distributed_table t USING (relid)
+  JOIN conductor.node n ON n.server_id = sh.server_id AND n.node_id = sh.node_id;
+
+GRANT SELECT ON conductor.nodes, conductor.tables, conductor.shards TO PUBLIC;

@@ -1,0 +1,154 @@
+//! add_node, update_node, remove_node.
+
+use super::conductor_server;
+use crate::catalog::credentials::token_for;
+use crate::errors::raise;
+use crate::remote;
+use conductor_core::client::NodeEndpoint;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+fn check_node_id(node_id: &str) {
+    let ok = !node_id.is_empty()
+        && node_id.len() <= 63
+        && node_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !ok {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid node id \"{node_id}\""),
+        )
+        .hint("A node id is 1 to 63 characters: letters, digits, '_', '.', '-'.")
+        .error()
+    }
+}
+
+/// Node URLs are a scheme and an authority, nothing else: every request path
+/// is appended to it.
+fn check_url(url: &str) -> String {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    let authority = rest.map(|r| r.strip_suffix('/').unwrap_or(r));
+    match authority {
+        Some(a)
+            if !a.is_empty()
+                && !a.contains(['/', '?', '#', ' ', '@'])
+                && !a.chars().any(|c| c.is_control()) =>
+        {
+            url.trim_end_matches('/').to_string()
+        }
+        _ => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid node url \"{url}\""),
+        )
+        .hint("Use http://host:port or https://host:port, without a path.")
+        .error(),
+    }
+}
+
+fn require_reachable(server_id: pg_sys::Oid, node_id: &str, url: &str) {
+    let endpoint = NodeEndpoint {
+        node_id: node_id.to_string(),
+        url: url.to_string(),
+        token: token_for(server_id),
+    };
+    if let Err(err) = remote::check_health(endpoint) {
+        raise(
+            PgSqlErrorCode::ERRCODE_FDW_UNABLE_TO_ESTABLISH_CONNECTION,
+            format!("node \"{node_id}\" at {url} is not reachable"),
+        )
+        .detail(err.to_string())
+        .hint("Start the node (and check the user mapping's token) before adding it.")
+        .error()
+    }
+}
+
+/// Register a storage node of a conductor server.
+#[pg_extern]
+fn add_node(server: &str, node_id: &str, url: &str) {
+    let server_id = conductor_server(server);
+    check_node_id(node_id);
+    let url = check_url(url);
+    let exists = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM conductor.node WHERE server_id = $1 AND node_id = $2)",
+        &[server_id.into(), node_id.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if exists {
+        raise(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            format!("node \"{node_id}\" already exists in server \"{server}\""),
+        )
+        .hint("Use conductor.update_node() to change its address.")
+        .error()
+    }
+    require_reachable(server_id, node_id, &url);
+    Spi::run_with_args(
+        "INSERT INTO conductor.node (server_id, node_id, url) VALUES ($1, $2, $3)",
+        &[server_id.into(), node_id.into(), url.as_str().into()],
+    )
+    .unwrap_or_else(|e| error!("conductor: could not add node: {e}"));
+}
+
+/// Point an existing node id at a new address (the node's data must be
+/// there: shards stay assigned to the node id).
+#[pg_extern]
+fn update_node(server: &str, node_id: &str, url: &str) {
+    let server_id = conductor_server(server);
+    let url = check_url(url);
+    require_known(server_id, server, node_id);
+    require_reachable(server_id, node_id, &url);
+    Spi::run_with_args(
+        "UPDATE conductor.node SET url = $3 WHERE server_id = $1 AND node_id = $2",
+        &[server_id.into(), node_id.into(), url.as_str().into()],
+    )
+    .unwrap_or_else(|e| error!("conductor: could not update node: {e}"));
+}
+
+/// Forget a node that holds no shards.
+#[pg_extern]
+fn remove_node(server: &str, node_id: &str) {
+    let server_id = conductor_server(server);
+    require_known(server_id, server, node_id);
+    let shards = Spi::get_one_with_args::<i64>(
+        "SELECT count(*) FROM conductor.shard WHERE server_id = $1 AND node_id = $2",
+        &[server_id.into(), node_id.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0);
+    if shards > 0 {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+            format!("node \"{node_id}\" still holds {shards} shards"),
+        )
+        .hint("Move its shards to other nodes or drop their tables first.")
+        .error()
+    }
+    Spi::run_with_args(
+        "DELETE FROM conductor.node WHERE server_id = $1 AND node_id = $2",
+        &[server_id.into(), node_id.into()],
+    )
+    .unwrap_or_else(|e| error!("conductor: could not remove node: {e}"));
+}
+
+fn require_known(server_id: pg_sys::Oid, server: &str, node_id: &str) {
+    let known = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM conductor.node WHERE server_id = $1 AND node_id = $2)",
+        &[server_id.into(), node_id.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !known {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("node \"{node_id}\" does not exist in server \"{server}\""),
+        )
+        .error()
+    }
+}

@@ -1,0 +1,404 @@
+//! create_distributed_table, shard_for, and forgetting dropped tables.
+
+use super::check_conductor_server;
+use crate::catalog::{cache, credentials::token_for, relation_columns, relation_display_name};
+use crate::errors::raise;
+use crate::fdw::options::table_option;
+use crate::remote::{self, transaction, ShardRequest};
+use crate::xact;
+use conductor_core::client::NodeEndpoint;
+use conductor_core::placement::{shard_for as place, KeyValue, HASH_VERSION};
+use conductor_core::remote_sql::{create_table_sql, drop_table_sql, shard_table_name};
+use conductor_core::types::ColumnType;
+use conductor_hrana::Stmt;
+use pgrx::prelude::*;
+use pgrx::{AnyElement, PgRelation, PgSqlErrorCode};
+use std::collections::BTreeMap;
+
+const MAX_SHARDS: i32 = 4096;
+
+struct NodeRow {
+    node_id: String,
+    url: String,
+}
+
+fn active_nodes(server_id: pg_sys::Oid) -> Vec<NodeRow> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT node_id, url FROM conductor.node
+                  WHERE server_id = $1 AND status = 'active' ORDER BY node_id",
+                None,
+                &[server_id.into()],
+            )?
+            .map(|row| {
+                Ok(NodeRow {
+                    node_id: row.get::<String>(1)?.unwrap_or_default(),
+                    url: row.get::<String>(2)?.unwrap_or_default(),
+                })
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error!("conductor: could not read nodes: {e}"))
+}
+
+fn invalid(message: String) -> ! {
+    raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message).error()
+}
+
+/// Shard a foreign table by `shard_key` over the active nodes of its server:
+/// create the shard tables on the nodes, then record the placement.
+#[pg_extern]
+fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: default!(i32, 16)) {
+    let relid = tbl.oid();
+    let display = relation_display_name(relid);
+    if tbl.rd_rel.is_null()
+        || unsafe { (*tbl.rd_rel).relkind } != pg_sys::RELKIND_FOREIGN_TABLE as std::ffi::c_char
+    {
+        raise(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("{display} is not a foreign table"),
+        )
+        .hint("Create it with CREATE FOREIGN TABLE ... SERVER <a conductor server>.")
+        .error()
+    }
+    // SAFETY: GetForeignTable reads pg_foreign_table for a foreign table.
+    let server_id = unsafe { (*pg_sys::GetForeignTable(relid)).serverid };
+    check_conductor_server(server_id, &format!("of {display}"));
+    if cache::try_table(relid).is_some() {
+        raise(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            format!("{display} is already distributed"),
+        )
+        .error()
+    }
+    // SAFETY: reads the database encoding.
+    if unsafe { pg_sys::GetDatabaseEncoding() } != pg_sys::pg_enc::PG_UTF8 as i32 {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "conductor needs a UTF8 database",
+        )
+        .detail("SQLite stores text as UTF-8.")
+        .error()
+    }
+    if !(1..=MAX_SHARDS).contains(&shard_count) {
+        invalid(format!(
+            "shard_count must be between 1 and {MAX_SHARDS}, not {shard_count}"
+        ));
+    }
+
+    let columns = Spi::connect(|client| relation_columns(client, relid))
+        .unwrap_or_else(|e| error!("conductor: could not read columns: {e}"));
+    let unsupported: Vec<String> = columns
+        .iter()
+        .filter_map(|c| c.as_ref().err().map(|(n, t)| format!("\"{n}\" ({t})")))
+        .collect();
+    if !unsupported.is_empty() {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("conductor cannot store column {}", unsupported.join(", ")),
+        )
+        .hint(format!(
+            "Supported types: {}.",
+            ColumnType::ALL.map(|t| t.pg_name()).join(", ")
+        ))
+        .error()
+    }
+    let columns: Vec<_> = columns.into_iter().flatten().collect();
+    let Some(key) = columns.iter().find(|c| c.name == shard_key) else {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+            format!("column \"{shard_key}\" of {display} does not exist"),
+        )
+        .error()
+    };
+    if !key.ty.is_shard_key_type() {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!(
+                "shard key \"{shard_key}\" has type {}, which cannot be hashed",
+                key.ty
+            ),
+        )
+        .hint("A shard key is smallint, integer, bigint, text, varchar or uuid.")
+        .error()
+    }
+
+    let primary_key: Vec<String> = match table_option(relid, "primary_key") {
+        Some(list) => list.split(',').map(|c| c.trim().to_string()).collect(),
+        None => vec![shard_key.to_string()],
+    };
+    for column in &primary_key {
+        if !columns.iter().any(|c| &c.name == column) {
+            invalid(format!(
+                "primary_key column \"{column}\" of {display} does not exist"
+            ));
+        }
+    }
+    if !primary_key.iter().any(|c| c == shard_key) {
+        invalid(format!(
+            "the primary key of {display} must contain the shard key \"{shard_key}\""
+        ));
+    }
+
+    let remote_name = table_option(relid, "table_name").unwrap_or_else(|| tbl.name().to_string());
+    let taken = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM conductor.distributed_table
+                         WHERE server_id = $1 AND remote_name = $2)",
+        &[server_id.into(), remote_name.as_str().into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if taken {
+        raise(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_TABLE,
+            format!("another distributed table of this server already uses the remote name \"{remote_name}\""),
+        )
+        .hint("Set a different one with ALTER FOREIGN TABLE ... OPTIONS (ADD table_name '...').")
+        .error()
+    }
+
+    let nodes = active_nodes(server_id);
+    if nodes.is_empty() {
+        raise(
+            PgSqlErrorCode::ERRCODE_FDW_UNABLE_TO_ESTABLISH_CONNECTION,
+            "the server has no active nodes",
+        )
+        .hint("Add nodes with conductor.add_node() first.")
+        .error()
+    }
+
+    // Round-robin placement over the active nodes.
+    let placement: Vec<&NodeRow> = (0..shard_count as usize)
+        .map(|shard| &nodes[shard % nodes.len()])
+        .collect();
+    let token = token_for(server_id);
+    let column_defs: Vec<(&str, ColumnType, bool)> = columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.ty, primary_key.contains(&c.name)))
+        .collect();
+    let pk: Vec<&str> = primary_key.iter().map(String::as_str).collect();
+
+    let mut per_node: BTreeMap<&str, (&NodeRow, Vec<String>)> = BTreeMap::new();
+    for (shard, node) in placement.iter().enumerate() {
+        let table = shard_table_name(&remote_name, shard as u32);
+        per_node
+            .entry(node.node_id.as_str())
+            .or_insert_with(|| (node, Vec::new()))
+            .1
+            .push(table);
+    }
+    let endpoint = |node: &NodeRow| NodeEndpoint {
+        node_id: node.node_id.clone(),
+        url: node.url.clone(),
+        token: token.clone(),
+    };
+    let drop_request = |node: &NodeRow, tables: &[String]| ShardRequest {
+        shard_id: None,
+        endpoint: endpoint(node),
+        body: transaction(
+            tables
+                .iter()
+                .map(|t| Stmt::new(drop_table_sql(t), vec![]))
+                .collect(),
+        ),
+    };
+    let creates: Vec<ShardRequest> = per_node
+        .values()
+        .map(|(node, tables)| ShardRequest {
+            shard_id: None,
+            endpoint: endpoint(node),
+            body: transaction(
+                tables
+                    .iter()
+                    .map(|t| Stmt::new(create_table_sql(t, &column_defs, &pk), vec![]))
+                    .collect(),
+            ),
+        })
+        .collect();
+    let results = remote::execute(creates);
+    let failure = results.iter().find_map(|r| r.as_ref().err()).cloned();
+    if let Some(err) = failure {
+        // Each node created all of its shard tables or none (one remote
+        // transaction per node): drop them where it succeeded.
+        let undo: Vec<ShardRequest> = per_node
+            .values()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|((node, tables), _)| drop_request(node, tables))
+            .collect();
+        remote::execute_uninterruptible(undo);
+        raise(
+            PgSqlErrorCode::ERRCODE_FDW_UNABLE_TO_CREATE_EXECUTION,
+            format!("could not create the shard tables of {display}"),
+        )
+        .detail(err.to_string())
+        .hint("Nothing was created; fix the node and try again.")
+        .error()
+    }
+    for (node, tables) in per_node.values() {
+        xact::on_abort(
+            format!("drop shard tables {} of {display}", tables.join(", ")),
+            drop_request(node, tables),
+        );
+    }
+
+    Spi::connect_mut(|client| -> Result<(), pgrx::spi::Error> {
+        client.update(
+            "INSERT INTO conductor.distributed_table
+                 (relid, server_id, remote_name, shard_key, shard_count, hash_version)
+             VALUES ($1, $2, $3, $4::name, $5, $6)",
+            None,
+            &[
+                relid.into(),
+                server_id.into(),
+                remote_name.as_str().into(),
+                shard_key.into(),
+                shard_count.into(),
+                HASH_VERSION.into(),
+            ],
+        )?;
+        client.update(
+            "INSERT INTO conductor.shard (relid, shard_id, server_id, node_id)
+             SELECT $1, s, $2, ($3::text[])[s + 1] FROM generate_series(0, $4 - 1) s",
+            None,
+            &[
+                relid.into(),
+                server_id.into(),
+                placement
+                    .iter()
+                    .map(|n| n.node_id.clone())
+                    .collect::<Vec<String>>()
+                    .into(),
+                shard_count.into(),
+            ],
+        )?;
+        Ok(())
+    })
+    .unwrap_or_else(|e| error!("conductor: could not record the distributed table: {e}"));
+}
+
+/// The shard a key value belongs to: exactly DESIGN §4 (hash version 1), so
+/// any tool can reproduce placement.
+#[pg_extern]
+fn shard_for(tbl: PgRelation, key: AnyElement) -> i32 {
+    let topology = cache::table(tbl.oid());
+    let key_column = topology.key();
+    // SAFETY: the datum is of the type AnyElement reports.
+    let text: String;
+    let value = unsafe {
+        match key.oid() {
+            pg_sys::INT2OID => KeyValue::Int(key.datum().value() as i16 as i64),
+            pg_sys::INT4OID => KeyValue::Int(key.datum().value() as i32 as i64),
+            pg_sys::INT8OID => KeyValue::Int(key.datum().value() as i64),
+            pg_sys::UUIDOID => KeyValue::Uuid(*key.datum().cast_mut_ptr::<[u8; 16]>()),
+            pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::UNKNOWNOID => {
+                text = <String as FromDatum>::from_polymorphic_datum(key.datum(), false, key.oid())
+                    .unwrap_or_default();
+                KeyValue::Text(&text)
+            }
+            other => raise(
+                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                format!(
+                    "a key of type {} cannot be placed",
+                    crate::catalog::type_display_name(other)
+                ),
+            )
+            .hint(format!(
+                "The shard key \"{}\" is {}.",
+                key_column.name, key_column.ty
+            ))
+            .error(),
+        }
+    };
+    let compatible = matches!(
+        (&value, key_column.ty),
+        (
+            KeyValue::Int(_),
+            ColumnType::Int2 | ColumnType::Int4 | ColumnType::Int8
+        ) | (KeyValue::Text(_), ColumnType::Text | ColumnType::Varchar)
+            | (KeyValue::Uuid(_), ColumnType::Uuid)
+    );
+    if !compatible {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            format!("the shard key \"{}\" is {}", key_column.name, key_column.ty),
+        )
+        .error()
+    }
+    place(&value, topology.shard_count) as i32
+}
+
+/// sql_drop: a distributed foreign table was dropped. Forget it now (the
+/// catalog rows go with the transaction) and drop its shard tables on the
+/// nodes once the transaction commits.
+#[pg_extern(name = "_forget_distributed_table")]
+fn forget_distributed_table(relid: pg_sys::Oid) {
+    let rows = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT t.remote_name, t.server_id, s.shard_id, n.node_id, n.url
+                   FROM conductor.distributed_table t
+                   JOIN conductor.shard s USING (relid)
+                   JOIN conductor.node n ON n.server_id = s.server_id AND n.node_id = s.node_id
+                  WHERE t.relid = $1",
+                None,
+                &[relid.into()],
+            )?
+            .map(|row| {
+                Ok((
+                    row.get::<String>(1)?.unwrap_or_default(),
+                    row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::Oid::INVALID),
+                    row.get::<i32>(3)?.unwrap_or_default(),
+                    row.get::<String>(4)?.unwrap_or_default(),
+                    row.get::<String>(5)?.unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error!("conductor: could not read the dropped table's shards: {e}"));
+    let mut per_node: BTreeMap<(String, String), (pg_sys::Oid, Vec<String>)> = BTreeMap::new();
+    for (remote_name, server_id, shard_id, node_id, url) in rows {
+        per_node
+            .entry((node_id, url))
+            .or_insert_with(|| (server_id, Vec::new()))
+            .1
+            .push(shard_table_name(&remote_name, shard_id as u32));
+    }
+    for ((node_id, url), (server_id, tables)) in per_node {
+        let request = ShardRequest {
+            shard_id: None,
+            endpoint: NodeEndpoint {
+                node_id: node_id.clone(),
+                url,
+                token: token_for(server_id),
+            },
+            body: transaction(
+                tables
+                    .iter()
+                    .map(|t| Stmt::new(drop_table_sql(t), vec![]))
+                    .collect(),
+            ),
+        };
+        xact::on_commit(
+            format!("drop shard tables {} on node {node_id}", tables.join(", ")),
+            request,
+        );
+    }
+    Spi::run_with_args(
+        "DELETE FROM conductor.distributed_table WHERE relid = $1",
+        &[relid.into()],
+    )
+    .unwrap_or_else(|e| error!("conductor: could not forget the dropped table: {e}"));
+}
+
+/// sql_drop: a server was dropped (its tables were handled one by one).
+#[pg_extern(name = "_forget_server")]
+fn forget_server(server_id: pg_sys::Oid) {
+    Spi::run_with_args(
+        "DELETE FROM conductor.node WHERE server_id = $1",
+        &[server_id.into()],
+    )
+    .unwrap_or_else(|e| error!("conductor: could not forget the dropped server's nodes: {e}"));
+}

@@ -1,0 +1,139 @@
+//! Per-backend topology cache with transactional invalidation.
+//!
+//! A lookup that hits does no catalog access at all. Every change to the
+//! catalog tables fires a statement trigger that queues a relcache
+//! invalidation of `conductor.distributed_table` (see sql/finalize.sql);
+//! Postgres delivers it to this backend at the next command and to every
+//! other backend when the change commits, and the callback below drops the
+//! cache. ALTER/DROP of a foreign table invalidates that relation, which
+//! drops its entry.
+
+use super::{load_table, relation_display_name, TableTopology};
+use crate::errors::raise;
+use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+#[derive(Default, Clone, Copy)]
+pub struct CacheStats {
+    pub hits: i64,
+    pub misses: i64,
+    pub invalidations: i64,
+}
+
+thread_local! {
+    static TABLES: RefCell<HashMap<pg_sys::Oid, Rc<TableTopology>>> = RefCell::new(HashMap::new());
+    static STATS: Cell<CacheStats> = Cell::new(CacheStats::default());
+    /// Oid of conductor.distributed_table, the relation whose invalidation
+    /// means "the topology changed". Learned on first load.
+    static CATALOG_RELID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::Oid::INVALID) };
+}
+
+fn bump(f: impl FnOnce(&mut CacheStats)) {
+    STATS.with(|s| {
+        let mut v = s.get();
+        f(&mut v);
+        s.set(v);
+    });
+}
+
+pub fn stats() -> CacheStats {
+    STATS.with(|s| s.get())
+}
+
+/// The topology of a distributed table; None if `relid` is not distributed.
+pub fn try_table(relid: pg_sys::Oid) -> Option<Rc<TableTopology>> {
+    if let Some(hit) = TABLES.with(|t| t.borrow().get(&relid).cloned()) {
+        bump(|s| s.hits += 1);
+        return Some(hit);
+    }
+    bump(|s| s.misses += 1);
+    remember_catalog_relid();
+    let loaded = Rc::new(load_table(relid)?);
+    TABLES.with(|t| t.borrow_mut().insert(relid, loaded.clone()));
+    Some(loaded)
+}
+
+/// The topology of a foreign table that must be distributed.
+pub fn table(relid: pg_sys::Oid) -> Rc<TableTopology> {
+    try_table(relid).unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_FDW_TABLE_NOT_FOUND,
+            format!(
+                "foreign table {} is not distributed",
+                relation_display_name(relid)
+            ),
+        )
+        .hint("Call conductor.create_distributed_table() for it first.")
+        .error()
+    })
+}
+
+fn remember_catalog_relid() {
+    if CATALOG_RELID.with(|c| c.get()) == pg_sys::Oid::INVALID {
+        CATALOG_RELID.with(|c| c.set(catalog_relid()));
+    }
+}
+
+fn catalog_relid() -> pg_sys::Oid {
+    // SAFETY: plain catalog lookups inside a transaction.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"conductor".as_ptr(), true);
+        if nsp == pg_sys::Oid::INVALID {
+            return pg_sys::Oid::INVALID;
+        }
+        pg_sys::get_relname_relid(c"distributed_table".as_ptr(), nsp)
+    }
+}
+
+/// Called by the catalog triggers: queue an invalidation that reaches this
+/// backend at the next command and every backend at commit.
+#[pg_extern(name = "_invalidate_topology_cache")]
+fn invalidate_topology_cache() {
+    let relid = catalog_relid();
+    // SAFETY: queues a transactional invalidation message; no pointers kept.
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let catalog = CATALOG_RELID.with(|c| c.get());
+    TABLES.with(|t| {
+        let mut tables = t.borrow_mut();
+        if relid == pg_sys::Oid::INVALID || relid == catalog {
+            if !tables.is_empty() {
+                tables.clear();
+                bump(|s| s.invalidations += 1);
+            }
+        } else if tables.remove(&relid).is_some() {
+            bump(|s| s.invalidations += 1);
+        }
+    });
+}
+
+pub fn register_invalidation_callbacks() {
+    // SAFETY: registered once per backend from _PG_init; the callback only
+    // touches this backend's thread-local cache.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(
+            Some(on_relcache_invalidation),
+            pg_sys::Datum::from(0),
+        );
+    }
+    super::credentials::register_invalidation_callbacks();
+}
+
+/// This backend's topology cache counters.
+#[pg_extern]
+fn cache_stats() -> TableIterator<
+    'static,
+    (
+        name!(hits, i64),
+        name!(misses, i64),
+        name!(invalidations, i64),
+    ),
+> {
+    let s = stats();
+    TableIterator::once((s.hits, s.misses, s.invalidations))
+}

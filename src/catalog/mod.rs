@@ -1,0 +1,202 @@
+//! The topology: which nodes a server has, which foreign tables are
+//! distributed and where each shard lives. Read from the catalog tables in
+//! schema conductor (sql/catalog.sql) and cached per backend (`cache`).
+
+pub mod cache;
+pub mod credentials;
+
+use conductor_core::remote_sql::shard_table_name;
+use conductor_core::types::ColumnType;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+/// A column of a distributed table, as the foreign table declares it.
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub attnum: i16,
+    pub name: String,
+    pub ty: ColumnType,
+    pub typoid: pg_sys::Oid,
+    pub typmod: i32,
+}
+
+/// One shard: where it lives and what its table is called there.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub shard_id: u32,
+    pub node_id: String,
+    pub url: String,
+    pub remote_table: String,
+}
+
+/// Everything a statement needs to route and ship work for one table.
+#[derive(Debug)]
+pub struct TableTopology {
+    pub server_id: pg_sys::Oid,
+    pub remote_name: String,
+    pub shard_count: u32,
+    /// Index into `columns` of the shard key.
+    pub key_index: usize,
+    /// Non-dropped columns in attnum order.
+    pub columns: Vec<Column>,
+    /// Indexed by shard id.
+    pub shards: Vec<Placement>,
+}
+
+impl TableTopology {
+    pub fn key(&self) -> &Column {
+        &self.columns[self.key_index]
+    }
+
+    pub fn column_by_attnum(&self, attnum: i16) -> Option<&Column> {
+        self.columns.iter().find(|c| c.attnum == attnum)
+    }
+
+    pub fn node_count(&self) -> usize {
+        let mut nodes: Vec<&str> = self.shards.iter().map(|p| p.node_id.as_str()).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes.len()
+    }
+}
+
+/// The columns of any relation, with the conductor type of each; a column of
+/// a type conductor cannot store is returned as `Err((name, typname))`.
+pub fn relation_columns(
+    client: &SpiClient<'_>,
+    relid: pg_sys::Oid,
+) -> Result<Vec<Result<Column, (String, String)>>, pgrx::spi::Error> {
+    let rows = client.select(
+        "SELECT a.attnum, a.attname::text, a.atttypid, a.atttypmod,
+                format_type(a.atttypid, NULL),
+                t.typname::text, t.typnamespace = 'pg_catalog'::regnamespace
+           FROM pg_catalog.pg_attribute a
+           JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+          WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+          ORDER BY a.attnum",
+        None,
+        &[relid.into()],
+    )?;
+    let mut columns = Vec::new();
+    for row in rows {
+        let attnum: i16 = row.get(1)?.unwrap_or_default();
+        let name: String = row.get(2)?.unwrap_or_default();
+        let typoid: pg_sys::Oid = row.get(3)?.unwrap_or(pg_sys::Oid::INVALID);
+        let typmod: i32 = row.get(4)?.unwrap_or(-1);
+        let display: String = row.get(5)?.unwrap_or_default();
+        let typname: String = row.get(6)?.unwrap_or_default();
+        let builtin: bool = row.get(7)?.unwrap_or(false);
+        let ty = builtin
+            .then(|| ColumnType::from_pg_name(&typname))
+            .flatten();
+        columns.push(match ty {
+            Some(ty) => Ok(Column {
+                attnum,
+                name,
+                ty,
+                typoid,
+                typmod,
+            }),
+            None => Err((name, display)),
+        });
+    }
+    Ok(columns)
+}
+
+/// Read one table's topology; None when the relation is not distributed.
+pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
+    Spi::connect(|client| -> Result<Option<TableTopology>, pgrx::spi::Error> {
+        let table = client.select(
+            "SELECT server_id, remote_name, shard_key::text, shard_count, hash_version
+               FROM conductor.distributed_table WHERE relid = $1",
+            Some(1),
+            &[relid.into()],
+        )?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        let row = table.first();
+        let server_id: pg_sys::Oid = row.get(1)?.unwrap_or(pg_sys::Oid::INVALID);
+        let remote_name: String = row.get(2)?.unwrap_or_default();
+        let shard_key: String = row.get(3)?.unwrap_or_default();
+        let shard_count: i32 = row.get(4)?.unwrap_or_default();
+        let hash_version: i32 = row.get(5)?.unwrap_or(1);
+
+        let mut columns = Vec::new();
+        for column in relation_columns(client, relid)? {
+            match column {
+                Ok(c) => columns.push(c),
+                Err((name, ty)) => error!(
+                    "column \"{name}\" of distributed table {} has type {ty}, which conductor cannot store",
+                    relation_display_name(relid)
+                ),
+            }
+        }
+        let Some(key_index) = columns.iter().position(|c| c.name == shard_key) else {
+            error!(
+                "shard key column \"{shard_key}\" of {} no longer exists",
+                relation_display_name(relid)
+            )
+        };
+
+        let mut shards = Vec::with_capacity(shard_count as usize);
+        let rows = client.select(
+            "SELECT s.shard_id, s.node_id, n.url
+               FROM conductor.shard s
+               JOIN conductor.node n USING (server_id, node_id)
+              WHERE s.relid = $1
+              ORDER BY s.shard_id",
+            None,
+            &[relid.into()],
+        )?;
+        for row in rows {
+            let shard_id: i32 = row.get(1)?.unwrap_or_default();
+            shards.push(Placement {
+                shard_id: shard_id as u32,
+                node_id: row.get(2)?.unwrap_or_default(),
+                url: row.get(3)?.unwrap_or_default(),
+                remote_table: shard_table_name(&remote_name, shard_id as u32),
+            });
+        }
+        if shards.len() != shard_count as usize
+            || shards.iter().enumerate().any(|(i, p)| p.shard_id as usize != i)
+        {
+            error!(
+                "the catalog of {} is inconsistent: {} of {shard_count} shards placed",
+                relation_display_name(relid),
+                shards.len()
+            );
+        }
+        if hash_version != conductor_core::placement::HASH_VERSION {
+            error!(
+                "{} uses placement hash version {hash_version}, which this build of conductor does not know",
+                relation_display_name(relid)
+            );
+        }
+        Ok(Some(TableTopology {
+            server_id,
+            remote_name,
+            shard_count: shard_count as u32,
+            key_index,
+            columns,
+            shards,
+        }))
+    })
+    .unwrap_or_else(|e| error!("conductor: could not read the topology catalog: {e}"))
+}
+
+/// `schema.table` as the user would write it, for messages.
+pub fn relation_display_name(relid: pg_sys::Oid) -> String {
+    Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[relid.into()])
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| format!("relation {}", relid.to_u32()))
+}
+
+/// A type's SQL name, for messages.
+pub fn type_display_name(typoid: pg_sys::Oid) -> String {
+    Spi::get_one_with_args::<String>("SELECT format_type($1, NULL)", &[typoid.into()])
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| format!("type {}", typoid.to_u32()))
+}

@@ -1,0 +1,35 @@
+//! The foreign-data wrapper: `conductor_fdw_handler` hands Postgres the
+//! callbacks; each group of callbacks lives in its own module.
+
+pub mod modify;
+pub mod options;
+pub mod scan;
+
+use pgrx::prelude::*;
+
+#[pg_extern]
+fn conductor_fdw_handler() -> PgBox<pg_sys::FdwRoutine> {
+    // SAFETY: alloc_node returns a zeroed FdwRoutine node in
+    // CurrentMemoryContext; Postgres copies what it needs.
+    let mut routine =
+        unsafe { PgBox::<pg_sys::FdwRoutine>::alloc_node(pg_sys::NodeTag::T_FdwRoutine) };
+
+    routine.GetForeignRelSize = Some(scan::get_foreign_rel_size);
+    routine.GetForeignPaths = Some(scan::get_foreign_paths);
+    routine.GetForeignPlan = Some(scan::get_foreign_plan);
+    routine.BeginForeignScan = Some(scan::begin_foreign_scan);
+    routine.IterateForeignScan = Some(scan::iterate_foreign_scan);
+    routine.ReScanForeignScan = Some(scan::re_scan_foreign_scan);
+    routine.EndForeignScan = Some(scan::end_foreign_scan);
+    routine.ExplainForeignScan = Some(scan::explain_foreign_scan);
+
+    routine.BeginForeignModify = Some(modify::begin_foreign_modify);
+    routine.ExecForeignInsert = Some(modify::exec_foreign_insert);
+    routine.ExecForeignBatchInsert = Some(modify::exec_foreign_batch_insert);
+    routine.GetForeignModifyBatchSize = Some(modify::get_foreign_modify_batch_size);
+    routine.EndForeignModify = Some(modify::end_foreign_modify);
+    routine.BeginForeignInsert = Some(modify::begin_foreign_insert);
+    routine.EndForeignInsert = Some(modify::end_foreign_insert);
+
+    routine.into_pg_boxed()
+}

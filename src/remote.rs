@@ -1,0 +1,189 @@
+//! The bridge to the core's I/O executor: one executor per backend, created
+//! on first use (never in the postmaster), and waits that keep answering
+//! cancel and statement_timeout.
+
+use crate::catalog::Placement;
+use crate::errors::raise;
+use crate::gucs;
+use conductor_core::client::{first_error, ClientConfig, NodeEndpoint, NodeError, NodeRef};
+use conductor_core::executor::{Executor, ExecutorConfig, ScanHandle, ScanOptions, ShardError};
+use conductor_hrana::{
+    Batch, BatchCond, BatchStep, PipelineReqBody, PipelineRespBody, Stmt, StreamRequest,
+};
+use pgrx::PgSqlErrorCode;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub use conductor_core::executor::{ShardQuery, ShardRequest};
+
+/// How long the backend blocks before checking for interrupts again.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+static EXECUTOR: OnceLock<Executor> = OnceLock::new();
+
+fn executor() -> &'static Executor {
+    EXECUTOR.get_or_init(|| {
+        let mut config = ExecutorConfig::default();
+        config.client = ClientConfig {
+            request_timeout: gucs::request_timeout(),
+            idle_timeout: gucs::request_timeout(),
+            ..ClientConfig::default()
+        };
+        Executor::new(config)
+    })
+}
+
+pub fn endpoint(placement: &Placement, token: Option<String>) -> NodeEndpoint {
+    NodeEndpoint {
+        node_id: placement.node_id.clone(),
+        url: placement.url.clone(),
+        token,
+    }
+}
+
+/// Start a parallel scan of every shard in `queries`.
+pub fn scan(queries: Vec<ShardQuery>, columns: usize) -> ScanHandle {
+    executor().scan(queries, ScanOptions::new(columns))
+}
+
+/// Send every request at once and wait for all of them, answering cancel
+/// while waiting. A request whose pipeline reports an error (a failed
+/// statement or batch step) is returned as that shard's error.
+pub fn execute(requests: Vec<ShardRequest>) -> Vec<Result<PipelineRespBody, ShardError>> {
+    execute_with(requests, true)
+}
+
+/// Like [`execute`], but never checks for interrupts: for transaction end,
+/// where an ERROR is not allowed. The requests' own deadlines bound the wait.
+pub fn execute_uninterruptible(
+    requests: Vec<ShardRequest>,
+) -> Vec<Result<PipelineRespBody, ShardError>> {
+    execute_with(requests, false)
+}
+
+fn execute_with(
+    requests: Vec<ShardRequest>,
+    interruptible: bool,
+) -> Vec<Result<PipelineRespBody, ShardError>> {
+    let meta: Vec<(Option<u32>, NodeRef)> = requests
+        .iter()
+        .map(|r| (r.shard_id, NodeRef::from(&r.endpoint)))
+        .collect();
+    let mut handle = executor().execute(requests);
+    let results = loop {
+        if let Some(results) = handle.wait(POLL_INTERVAL) {
+            break results;
+        }
+        if interruptible {
+            pgrx::check_for_interrupts!();
+        }
+    };
+    results
+        .into_iter()
+        .zip(meta)
+        .map(|(result, (shard, node))| {
+            let resp = result?;
+            match first_error(&resp) {
+                None => Ok(resp),
+                Some(e) => Err(ShardError::new(
+                    shard,
+                    NodeError::Sql {
+                        node,
+                        message: e.message.clone(),
+                        code: e.code.clone(),
+                    },
+                )),
+            }
+        })
+        .collect()
+}
+
+/// Check that a node answers, for add_node/update_node.
+pub fn check_health(endpoint: NodeEndpoint) -> Result<(), ShardError> {
+    let request = ShardRequest {
+        shard_id: None,
+        endpoint,
+        body: PipelineReqBody {
+            baton: None,
+            requests: vec![StreamRequest::Close],
+        },
+    };
+    execute(vec![request])
+        .pop()
+        .expect("one result")
+        .map(|_| ())
+}
+
+/// The SQLSTATE a node's failure maps to: SQLite constraint codes keep their
+/// meaning, transport failures are FDW connection errors.
+fn sqlstate(err: &ShardError) -> PgSqlErrorCode {
+    use PgSqlErrorCode::*;
+    if let Some(code) = err.sqlite_code() {
+        return match code {
+            c if c.starts_with("SQLITE_CONSTRAINT_PRIMARYKEY")
+                || c.starts_with("SQLITE_CONSTRAINT_UNIQUE") =>
+            {
+                ERRCODE_UNIQUE_VIOLATION
+            }
+            c if c.starts_with("SQLITE_CONSTRAINT_NOTNULL") => ERRCODE_NOT_NULL_VIOLATION,
+            c if c.starts_with("SQLITE_CONSTRAINT_CHECK") => ERRCODE_CHECK_VIOLATION,
+            c if c.starts_with("SQLITE_CONSTRAINT_FOREIGNKEY") => ERRCODE_FOREIGN_KEY_VIOLATION,
+            c if c.starts_with("SQLITE_CONSTRAINT") => ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION,
+            _ => ERRCODE_FDW_ERROR,
+        };
+    }
+    match err.error {
+        NodeError::Connect { .. } | NodeError::Io { .. } => {
+            ERRCODE_FDW_UNABLE_TO_ESTABLISH_CONNECTION
+        }
+        NodeError::Timeout { .. } => ERRCODE_FDW_ERROR,
+        NodeError::Protocol { .. } => ERRCODE_FDW_INVALID_DATA_TYPE,
+        _ => ERRCODE_FDW_ERROR,
+    }
+}
+
+/// Raise a node's failure as a Postgres ERROR naming node and shard.
+pub fn report_shard_error(err: &ShardError) -> ! {
+    let what = match &err.error {
+        NodeError::Sql { message, .. } => message.clone(),
+        NodeError::Connect { .. } => format!("could not connect to node {}", err.node_id),
+        NodeError::Timeout { .. } => format!("node {} did not answer in time", err.node_id),
+        _ => format!("request to node {} failed", err.node_id),
+    };
+    raise(sqlstate(err), format!("conductor: {what}"))
+        .detail(err.to_string())
+        .error()
+}
+
+/// Statements run on one node as one transaction: each only if the previous
+/// one succeeded, COMMIT at the end, ROLLBACK if anything failed, then the
+/// stream is closed.
+pub fn transaction(statements: Vec<Stmt>) -> PipelineReqBody {
+    let mut steps = vec![BatchStep {
+        stmt: Stmt::new("BEGIN", vec![]),
+        condition: None,
+    }];
+    for stmt in statements.into_iter().chain([Stmt::new("COMMIT", vec![])]) {
+        let prev = steps.len() as u32 - 1;
+        steps.push(BatchStep {
+            stmt,
+            condition: Some(BatchCond::Ok { step: prev }),
+        });
+    }
+    let commit = steps.len() as u32 - 1;
+    steps.push(BatchStep {
+        stmt: Stmt::new("ROLLBACK", vec![]),
+        condition: Some(BatchCond::Not {
+            cond: Box::new(BatchCond::Ok { step: commit }),
+        }),
+    });
+    PipelineReqBody {
+        baton: None,
+        requests: vec![
+            StreamRequest::Batch {
+                batch: Batch { steps },
+            },
+            StreamRequest::Close,
+        ],
+    }
+}

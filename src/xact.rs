@@ -1,0 +1,155 @@
+//! Node DDL that must follow the Postgres transaction's outcome: shard
+//! tables created by a transaction (or subtransaction) that aborts are
+//! dropped again, and shard tables of a dropped distributed table are
+//! dropped only once the drop commits. Nodes are not transactional with
+//! Postgres, so this runs after the outcome is known and only warns on
+//! failure (an ERROR is impossible once a transaction has committed).
+
+use crate::errors::raise;
+use crate::remote::ShardRequest;
+use conductor_core::executor::ShardError;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::cell::RefCell;
+
+#[derive(Clone, Copy, PartialEq)]
+enum When {
+    Commit,
+    Abort,
+}
+
+struct PendingDdl {
+    when: When,
+    /// Transaction nesting level that queued it.
+    level: i32,
+    what: String,
+    request: ShardRequest,
+}
+
+thread_local! {
+    static PENDING: RefCell<Vec<PendingDdl>> = const { RefCell::new(Vec::new()) };
+}
+
+fn queue(when: When, what: String, request: ShardRequest) {
+    // SAFETY: reads backend transaction state.
+    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    PENDING.with(|p| {
+        p.borrow_mut().push(PendingDdl {
+            when,
+            level,
+            what,
+            request,
+        })
+    });
+}
+
+/// Run `request` if the current (sub)transaction aborts.
+pub fn on_abort(what: String, request: ShardRequest) {
+    queue(When::Abort, what, request);
+}
+
+/// Run `request` once the top-level transaction commits.
+pub fn on_commit(what: String, request: ShardRequest) {
+    queue(When::Commit, what, request);
+}
+
+/// Send the requests and wait for them without answering interrupts: this
+/// runs while the transaction is ending, where an ERROR is not allowed.
+/// Each request still has its deadline (conductor.request_timeout).
+fn run_and_warn(items: Vec<PendingDdl>) {
+    if items.is_empty() {
+        return;
+    }
+    let (whats, requests): (Vec<String>, Vec<ShardRequest>) =
+        items.into_iter().map(|i| (i.what, i.request)).unzip();
+    let results = crate::remote::execute_uninterruptible(requests);
+    let failed: Vec<(String, ShardError)> = whats
+        .into_iter()
+        .zip(results)
+        .filter_map(|(what, r)| r.err().map(|e| (what, e)))
+        .collect();
+    for (what, err) in failed {
+        raise(
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!("conductor: could not {what}; it is left on the node"),
+        )
+        .detail(err.to_string())
+        .warning();
+    }
+}
+
+fn take(filter: impl Fn(&PendingDdl) -> bool) -> Vec<PendingDdl> {
+    PENDING.with(|p| {
+        let mut pending = p.borrow_mut();
+        let (taken, kept): (Vec<_>, Vec<_>) = pending.drain(..).partition(|i| filter(i));
+        *pending = kept;
+        taken
+    })
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_COMMIT => {
+            let items = take(|_| true);
+            run_and_warn(
+                items
+                    .into_iter()
+                    .filter(|i| i.when == When::Commit)
+                    .collect(),
+            );
+        }
+        XACT_EVENT_ABORT => {
+            let items = take(|_| true);
+            run_and_warn(
+                items
+                    .into_iter()
+                    .filter(|i| i.when == When::Abort)
+                    .collect(),
+            );
+        }
+        _ => {}
+    }
+    if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT) {
+        crate::catalog::credentials::forget_remembered();
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    _my: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    // SAFETY: reads backend transaction state.
+    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    match event {
+        SUBXACT_EVENT_ABORT_SUB => {
+            let items = take(|i| i.level >= level);
+            run_and_warn(
+                items
+                    .into_iter()
+                    .filter(|i| i.when == When::Abort)
+                    .collect(),
+            );
+        }
+        SUBXACT_EVENT_COMMIT_SUB => PENDING.with(|p| {
+            for item in p.borrow_mut().iter_mut().filter(|i| i.level >= level) {
+                item.level = level - 1;
+            }
+        }),
+        _ => {}
+    }
+}
+
+pub fn register_callbacks() {
+    // SAFETY: registered once per backend from _PG_init; the callbacks only
+    // touch this backend's thread-local queue.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+    }
+}
