@@ -3,6 +3,7 @@
 
 use clap::Parser;
 use conductor_node::Config;
+use std::io::IsTerminal;
 use tracing_subscriber::filter::LevelFilter;
 
 fn main() -> std::process::ExitCode {
@@ -17,6 +18,7 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let threads = if config.threads == 0 {
