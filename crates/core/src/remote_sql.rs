@@ -48,7 +48,12 @@ pub fn create_table_sql(
         if i > 0 {
             sql.push_str(", ");
         }
-        let _ = write!(sql, "{} {}", quote_ident(name), ty.sqlite_decltype());
+        sql.push_str(&quote_ident(name));
+        let decltype = ty.sqlite_decltype();
+        if !decltype.is_empty() {
+            sql.push(' ');
+            sql.push_str(decltype);
+        }
         if *not_null {
             sql.push_str(" NOT NULL");
         }
@@ -165,6 +170,10 @@ mod tests {
         assert_eq!(
             create_table_sql("t", &[("x", ColumnType::Uuid, false)], &[]),
             r#"CREATE TABLE IF NOT EXISTS "t" ("x" TEXT)"#
+        );
+        assert_eq!(
+            create_table_sql("t", &[("f", ColumnType::Float8, true)], &[]),
+            r#"CREATE TABLE IF NOT EXISTS "t" ("f" NOT NULL)"#
         );
         assert_eq!(drop_table_sql("t"), r#"DROP TABLE IF EXISTS "t""#);
         assert_eq!(select_sql("t", &[], None), r#"SELECT NULL FROM "t""#);

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | int2, int4, int8 | INTEGER | the integer |
 //! | bool | INTEGER | 0 / 1 |
-//! | float4, float8 | REAL | the double; NaN/±Infinity are refused (Hrana's JSON cannot carry them, SQLite has no NaN) |
+//! | float4, float8 | (none) | the double (REAL); NaN/±Infinity are refused (Hrana's JSON cannot carry them, SQLite has no NaN). Declared without a type on purpose: a column with REAL affinity stores integral doubles as integers and turns `-0` into `0`; a column without affinity keeps the IEEE bits |
 //! | numeric | TEXT | Postgres' canonical text form; declared TEXT so SQLite's affinity never turns it into a lossy REAL |
 //! | text, varchar, bpchar | TEXT | the string (bpchar as Postgres outputs it) |
 //! | bytea | BLOB | the bytes |
@@ -117,12 +117,13 @@ impl ColumnType {
         }
     }
 
-    /// The declared type of the column in the node's CREATE TABLE; it fixes
-    /// SQLite's type affinity to the storage class.
+    /// The declared type of the column in the node's CREATE TABLE, which
+    /// fixes SQLite's type affinity. Empty for floats: no affinity, so `-0`
+    /// keeps its sign (REAL affinity would store it as the integer 0).
     pub fn sqlite_decltype(&self) -> &'static str {
         match self.storage_class() {
             StorageClass::Integer => "INTEGER",
-            StorageClass::Real => "REAL",
+            StorageClass::Real => "",
             StorageClass::Text => "TEXT",
             StorageClass::Blob => "BLOB",
         }
@@ -390,7 +391,7 @@ mod tests {
         use ColumnType::*;
         assert_eq!(Int8.sqlite_decltype(), "INTEGER");
         assert_eq!(Bool.sqlite_decltype(), "INTEGER");
-        assert_eq!(Float4.sqlite_decltype(), "REAL");
+        assert_eq!(Float4.sqlite_decltype(), "");
         assert_eq!(Numeric.sqlite_decltype(), "TEXT");
         assert_eq!(Uuid.sqlite_decltype(), "TEXT");
         assert_eq!(Bytea.sqlite_decltype(), "BLOB");

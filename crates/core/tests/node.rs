@@ -1,0 +1,473 @@
+//! Client and executor against real in-process conductor-nodes (SQLite):
+//! DDL and batched inserts built by `remote_sql`, every column type through
+//! SQLite and back, SQL error codes, auth, and fan-out parallelism.
+
+// ShardError is returned by value on purpose (it is what the FFI side reports).
+#![allow(clippy::result_large_err)]
+
+use conductor_core::client::{first_error, NodeEndpoint, NodeError};
+use conductor_core::executor::{
+    ExecHandle, Executor, ExecutorConfig, ScanHandle, ScanOptions, ScanPoll, ShardQuery,
+    ShardRequest,
+};
+use conductor_core::placement::{shard_for, KeyValue};
+use conductor_core::remote_sql::{
+    create_table_sql, insert_sql, max_rows_per_insert, select_sql, shard_table_name,
+};
+use conductor_core::types::{ColumnType, TypedValue};
+use conductor_core::ShardError;
+use conductor_hrana::{PipelineReqBody, PipelineRespBody, Stmt, StreamRequest, Value};
+use conductor_node::{spawn, Config, RunningNode};
+use std::time::{Duration, Instant};
+
+const POLL: Duration = Duration::from_millis(50);
+
+fn node(configure: impl FnOnce(&mut Config)) -> RunningNode {
+    let mut c = Config::temp();
+    c.threads = 1;
+    c.log_level = "error".into();
+    configure(&mut c);
+    spawn(c).expect("start node")
+}
+
+fn endpoint(i: usize, n: &RunningNode) -> NodeEndpoint {
+    NodeEndpoint {
+        node_id: format!("node-{i}"),
+        url: n.url(),
+        token: None,
+    }
+}
+
+fn executes(ep: &NodeEndpoint, shard: Option<u32>, stmts: Vec<Stmt>) -> ShardRequest {
+    ShardRequest {
+        shard_id: shard,
+        endpoint: ep.clone(),
+        body: PipelineReqBody {
+            baton: None,
+            requests: stmts
+                .into_iter()
+                .map(|stmt| StreamRequest::Execute { stmt })
+                .chain(std::iter::once(StreamRequest::Close))
+                .collect(),
+        },
+    }
+}
+
+fn run(ex: &Executor, reqs: Vec<ShardRequest>) -> Vec<Result<PipelineRespBody, ShardError>> {
+    let mut h: ExecHandle = ex.execute(reqs);
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < end, "execute timed out");
+        if let Some(r) = h.wait(POLL) {
+            return r;
+        }
+    }
+}
+
+fn run_ok(ex: &Executor, reqs: Vec<ShardRequest>) {
+    for r in run(ex, reqs) {
+        let resp = r.expect("request succeeds");
+        assert!(first_error(&resp).is_none(), "{:?}", first_error(&resp));
+    }
+}
+
+fn scan_all(scan: &mut ScanHandle) -> Result<Vec<(u32, Vec<Value>)>, ShardError> {
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut rows = Vec::new();
+    loop {
+        assert!(Instant::now() < end, "scan timed out");
+        match scan.next(POLL) {
+            ScanPoll::Rows(c) => rows.extend(c.rows.into_iter().map(|r| (c.shard_id, r))),
+            ScanPoll::Pending => {}
+            ScanPoll::Done => return Ok(rows),
+            ScanPoll::Failed(e) => return Err(e),
+        }
+    }
+}
+
+/// One column of every type, named hostilely; `id` is the key.
+fn columns() -> Vec<(String, ColumnType, bool)> {
+    let mut cols = vec![("id".to_string(), ColumnType::Int8, true)];
+    for t in ColumnType::ALL {
+        cols.push((format!("c \"{t}\"; --"), t, false));
+    }
+    cols
+}
+
+fn sample_rows() -> Vec<Vec<Option<TypedValue>>> {
+    let full = |id: i64, flip: bool| -> Vec<Option<TypedValue>> {
+        vec![
+            Some(TypedValue::Int8(id)),
+            Some(TypedValue::Int2(if flip { i16::MIN } else { i16::MAX })),
+            Some(TypedValue::Int4(if flip { i32::MIN } else { i32::MAX })),
+            Some(TypedValue::Int8(if flip { i64::MIN } else { i64::MAX })),
+            Some(TypedValue::Float4(if flip { -1.5e38 } else { 0.1 })),
+            Some(TypedValue::Float8(if flip { -0.0 } else { 5e-324 })),
+            Some(TypedValue::Numeric(if flip {
+                "NaN".into()
+            } else {
+                "-1234567890123456789012345678901234567890.0000000001".into()
+            })),
+            Some(TypedValue::Bool(flip)),
+            Some(TypedValue::Text("héllo 🦀 '\"; -- \u{7}".into())),
+            Some(TypedValue::Text("varchar".into())),
+            Some(TypedValue::Text("bpchar    ".into())),
+            Some(TypedValue::Bytea(if flip {
+                vec![]
+            } else {
+                (0..=255).collect()
+            })),
+            Some(TypedValue::Uuid([if flip { 0 } else { 0xff }; 16])),
+            Some(TypedValue::Date(if flip { i32::MIN } else { -1_000_000 })),
+            Some(TypedValue::Timestamp(if flip { i64::MAX } else { -1 })),
+            Some(TypedValue::Timestamp(0)),
+            Some(TypedValue::Json("{\"a\": [1, \"x\"]}".into())),
+            Some(TypedValue::Json("{}".into())),
+        ]
+    };
+    let mut nulls = vec![None; columns().len()];
+    nulls[0] = Some(TypedValue::Int8(3));
+    vec![full(1, false), full(2, true), nulls]
+}
+
+#[test]
+fn every_type_round_trips_through_sharded_tables() {
+    let nodes: Vec<RunningNode> = (0..2).map(|_| node(|_| {})).collect();
+    let eps: Vec<NodeEndpoint> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| endpoint(i, n))
+        .collect();
+    let shard_count = 4u32;
+    // Shards round-robin over the nodes, as the extension places them.
+    let ep_of = |shard: u32| &eps[shard as usize % eps.len()];
+    let base = "tab\"le; DROP TABLE x; --";
+    let cols = columns();
+    let col_defs: Vec<(&str, ColumnType, bool)> = cols
+        .iter()
+        .map(|(n, t, nn)| (n.as_str(), *t, *nn))
+        .collect();
+    let names: Vec<&str> = cols.iter().map(|(n, _, _)| n.as_str()).collect();
+    let ex = Executor::new(ExecutorConfig::default());
+
+    run_ok(
+        &ex,
+        (0..shard_count)
+            .map(|s| {
+                let sql = create_table_sql(&shard_table_name(base, s), &col_defs, &["id"]);
+                executes(ep_of(s), Some(s), vec![Stmt::new(sql, vec![])])
+            })
+            .collect(),
+    );
+
+    // Route each row by its key; one multi-row INSERT per shard.
+    let rows = sample_rows();
+    let mut per_shard: Vec<Vec<Value>> = vec![Vec::new(); shard_count as usize];
+    let mut counts = vec![0usize; shard_count as usize];
+    for row in &rows {
+        let Some(TypedValue::Int8(id)) = row[0] else {
+            panic!("key")
+        };
+        let s = shard_for(&KeyValue::Int(id), shard_count) as usize;
+        counts[s] += 1;
+        for (v, name) in row.iter().zip(&names) {
+            per_shard[s].push(match v {
+                Some(tv) => tv.to_value(name).expect("encodable"),
+                None => Value::Null,
+            });
+        }
+    }
+    run_ok(
+        &ex,
+        (0..shard_count)
+            .filter(|&s| counts[s as usize] > 0)
+            .map(|s| {
+                let sql = insert_sql(&shard_table_name(base, s), &names, counts[s as usize]);
+                let args = std::mem::take(&mut per_shard[s as usize]);
+                executes(ep_of(s), Some(s), vec![Stmt::new(sql, args)])
+            })
+            .collect(),
+    );
+
+    // Scan all shards at once and decode.
+    let mut scan = ex.scan(
+        (0..shard_count)
+            .map(|s| ShardQuery {
+                shard_id: s,
+                endpoint: ep_of(s).clone(),
+                stmt: Stmt::new(select_sql(&shard_table_name(base, s), &names, None), vec![]),
+            })
+            .collect(),
+        ScanOptions::new(names.len()),
+    );
+    let mut got: Vec<(u32, Vec<Option<TypedValue>>)> = scan_all(&mut scan)
+        .expect("scan")
+        .into_iter()
+        .map(|(shard, row)| {
+            let decoded = row
+                .iter()
+                .zip(&cols)
+                .map(|(v, (name, ty, _))| TypedValue::from_value(name, *ty, v).expect("decodes"))
+                .collect();
+            (shard, decoded)
+        })
+        .collect();
+    got.sort_by_key(|(_, r)| match r[0] {
+        Some(TypedValue::Int8(id)) => id,
+        _ => i64::MAX,
+    });
+    assert_eq!(got.len(), rows.len());
+    for ((shard, g), want) in got.iter().zip(&rows) {
+        // Every row sits on the shard placement names.
+        let Some(TypedValue::Int8(id)) = want[0] else {
+            panic!("key")
+        };
+        assert_eq!(*shard, shard_for(&KeyValue::Int(id), shard_count));
+        for ((a, b), (name, _, _)) in g.iter().zip(want).zip(&cols) {
+            match (a, b) {
+                (Some(TypedValue::Float8(x)), Some(TypedValue::Float8(y))) => {
+                    assert_eq!(x.to_bits(), y.to_bits(), "{name}")
+                }
+                _ => assert_eq!(a, b, "{name}"),
+            }
+        }
+    }
+    assert_eq!(
+        scan.stats().iter().map(|s| s.rows).sum::<u64>(),
+        rows.len() as u64
+    );
+}
+
+#[test]
+fn stored_encodings_sort_like_postgres() {
+    let n = node(|_| {});
+    let ep = endpoint(0, &n);
+    let ex = Executor::new(ExecutorConfig::default());
+    let cols = [
+        ("d", ColumnType::Date, false),
+        ("ts", ColumnType::Timestamptz, false),
+        ("u", ColumnType::Uuid, false),
+    ];
+    let names = ["d", "ts", "u"];
+    // In Postgres order: -infinity/BC first, infinity last; uuids by bytes.
+    let ordered = [
+        (i32::MIN, i64::MIN, [0x00u8; 16]),
+        (-800_000, -1, [0x0a; 16]),
+        (0, 0, [0x9f; 16]),
+        (9000, 1, [0xa0; 16]),
+        (i32::MAX, i64::MAX, [0xff; 16]),
+    ];
+    let mut args = Vec::new();
+    for (d, ts, u) in ordered.iter().rev() {
+        args.push(TypedValue::Date(*d).to_value("d").expect("d"));
+        args.push(TypedValue::Timestamp(*ts).to_value("ts").expect("ts"));
+        args.push(TypedValue::Uuid(*u).to_value("u").expect("u"));
+    }
+    run_ok(
+        &ex,
+        vec![executes(
+            &ep,
+            None,
+            vec![
+                Stmt::new(create_table_sql("o", &cols, &[]), vec![]),
+                Stmt::new(insert_sql("o", &names, ordered.len()), args),
+            ],
+        )],
+    );
+    for (i, col) in names.iter().enumerate() {
+        let sql = format!("{} ORDER BY \"{col}\"", select_sql("o", &names, None));
+        let mut scan = ex.scan(
+            vec![ShardQuery {
+                shard_id: 0,
+                endpoint: ep.clone(),
+                stmt: Stmt::new(sql, vec![]),
+            }],
+            ScanOptions::new(3),
+        );
+        let rows = scan_all(&mut scan).expect("scan");
+        let got: Vec<Option<TypedValue>> = rows
+            .iter()
+            .map(|(_, r)| TypedValue::from_value(col, cols[i].1, &r[i]).expect("decode"))
+            .collect();
+        let want: Vec<Option<TypedValue>> = ordered
+            .iter()
+            .map(|(d, ts, u)| {
+                Some(match i {
+                    0 => TypedValue::Date(*d),
+                    1 => TypedValue::Timestamp(*ts),
+                    _ => TypedValue::Uuid(*u),
+                })
+            })
+            .collect();
+        assert_eq!(got, want, "ORDER BY {col}");
+    }
+}
+
+#[test]
+fn constraint_violations_carry_sqlite_codes() {
+    let n = node(|_| {});
+    let ep = endpoint(0, &n);
+    let ex = Executor::new(ExecutorConfig::default());
+    let create = create_table_sql("k", &[("id", ColumnType::Int8, true)], &["id"]);
+    let insert = || Stmt::new(insert_sql("k", &["id"], 1), vec![Value::Integer(1)]);
+    run_ok(
+        &ex,
+        vec![executes(
+            &ep,
+            Some(0),
+            vec![Stmt::new(create, vec![]), insert()],
+        )],
+    );
+    let results = run(&ex, vec![executes(&ep, Some(0), vec![insert()])]);
+    let resp = results[0].as_ref().expect("a 200 reply");
+    let e = first_error(resp).expect("duplicate key");
+    assert_eq!(e.code.as_deref(), Some("SQLITE_CONSTRAINT_PRIMARYKEY"));
+
+    // A failing scan statement reports the node's code through ShardError.
+    let mut scan = ex.scan(
+        vec![ShardQuery {
+            shard_id: 9,
+            endpoint: ep.clone(),
+            stmt: Stmt::new(select_sql("missing", &["id"], None), vec![]),
+        }],
+        ScanOptions::new(1),
+    );
+    let err = scan_all(&mut scan).expect_err("no such table");
+    assert!(
+        err.sqlite_code().is_some_and(|c| c.starts_with("SQLITE_")),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("node node-0 (http://127.0.0.1:"),
+        "{err}"
+    );
+    assert!(err.to_string().contains(", shard 9: "), "{err}");
+}
+
+#[test]
+fn largest_insert_fits_sqlites_parameter_limit() {
+    let n = node(|_| {});
+    let ep = endpoint(0, &n);
+    let ex = Executor::new(ExecutorConfig::default());
+    let names = ["a", "b"];
+    let rows = max_rows_per_insert(names.len());
+    let args: Vec<Value> = (0..rows * 2).map(|i| Value::Integer(i as i64)).collect();
+    run_ok(
+        &ex,
+        vec![executes(
+            &ep,
+            None,
+            vec![
+                Stmt::new(
+                    create_table_sql(
+                        "big",
+                        &[
+                            ("a", ColumnType::Int8, false),
+                            ("b", ColumnType::Int8, false),
+                        ],
+                        &[],
+                    ),
+                    vec![],
+                ),
+                Stmt::new(insert_sql("big", &names, rows), args),
+            ],
+        )],
+    );
+    let mut scan = ex.scan(
+        vec![ShardQuery {
+            shard_id: 0,
+            endpoint: ep,
+            stmt: Stmt::new(select_sql("big", &[], None), vec![]),
+        }],
+        ScanOptions::new(1),
+    );
+    assert_eq!(scan_all(&mut scan).expect("scan").len(), rows);
+}
+
+#[test]
+fn sixteen_shards_on_slow_nodes_take_one_delay() {
+    let delay = Duration::from_millis(200);
+    let nodes: Vec<RunningNode> = (0..4)
+        .map(|_| node(|c| c.delay_ms = delay.as_millis() as u64))
+        .collect();
+    let eps: Vec<NodeEndpoint> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| endpoint(i, n))
+        .collect();
+    let ex = Executor::new(ExecutorConfig::default());
+    let shards = 16u32;
+    let ep_of = |s: u32| eps[s as usize % eps.len()].clone();
+    run_ok(
+        &ex,
+        (0..shards)
+            .map(|s| {
+                let t = shard_table_name("p", s);
+                executes(
+                    &ep_of(s),
+                    Some(s),
+                    vec![
+                        Stmt::new(
+                            create_table_sql(&t, &[("id", ColumnType::Int8, true)], &["id"]),
+                            vec![],
+                        ),
+                        Stmt::new(
+                            insert_sql(&t, &["id"], 1),
+                            vec![Value::Integer(i64::from(s))],
+                        ),
+                    ],
+                )
+            })
+            .collect(),
+    );
+    let t = Instant::now();
+    let mut scan = ex.scan(
+        (0..shards)
+            .map(|s| ShardQuery {
+                shard_id: s,
+                endpoint: ep_of(s),
+                stmt: Stmt::new(select_sql(&shard_table_name("p", s), &["id"], None), vec![]),
+            })
+            .collect(),
+        ScanOptions::new(1),
+    );
+    let rows = scan_all(&mut scan).expect("scan");
+    let took = t.elapsed();
+    assert_eq!(rows.len(), 16);
+    assert!(took >= delay && took < delay * 4, "16 shards took {took:?}");
+}
+
+#[test]
+fn tokens_are_sent_as_bearer_auth() {
+    let n = node(|c| c.auth_token = Some("t0ken".into()));
+    let mut ep = endpoint(0, &n);
+    let ex = Executor::new(ExecutorConfig::default());
+    let select = || executes(&ep.clone(), None, vec![Stmt::new("SELECT 1", vec![])]);
+    let results = run(&ex, vec![select()]);
+    let err = results[0].as_ref().expect_err("unauthenticated");
+    assert!(
+        matches!(err.error, NodeError::Http { status: 401, .. }),
+        "{err}"
+    );
+    ep.token = Some("t0ken".into());
+    run_ok(
+        &ex,
+        vec![executes(&ep, None, vec![Stmt::new("SELECT 1", vec![])])],
+    );
+}
+
+#[test]
+fn health_of_a_real_node() {
+    let n = node(|_| {});
+    let ep = endpoint(0, &n);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let client = conductor_core::HranaClient::new(Default::default()).expect("client");
+    rt.block_on(client.health(&ep)).expect("healthy");
+    drop(n);
+    let err = rt.block_on(client.health(&ep)).expect_err("down");
+    assert!(err.is_transient(), "{err}");
+}
