@@ -1,1 +1,394 @@
-//! Predicate IR that both parse front ends lower into (filled in by the routing issue).
+//! The predicate IR both parse front ends lower a WHERE clause into: the FDW
+//! (Postgres planner nodes) and `conductor_explain` (sqlparser). It holds
+//! only what SQLite evaluates exactly as Postgres does; whatever a front end
+//! cannot express here stays a local filter in Postgres. The router reads
+//! the shard key's constraints from it, and [`deparse`] turns it into the
+//! WHERE clause a shard runs, values always as `?` arguments.
+
+use crate::remote_sql::quote_ident;
+use crate::types::TypedValue;
+use conductor_hrana::Value;
+use std::fmt;
+
+/// A value a predicate compares a column with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operand {
+    /// Known when planning; `None` is SQL NULL.
+    Const(Option<TypedValue>),
+    /// Bound when the statement runs: index into the [`Binding`]s (a
+    /// prepared statement's `$n`, a nested loop's outer value).
+    Param(usize),
+}
+
+/// What a [`Operand::Param`] is bound to at execution.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Binding {
+    Value(Option<TypedValue>),
+    /// An array parameter (`col = ANY($1)`); `None` is a NULL array.
+    List(Option<Vec<Option<TypedValue>>>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl CmpOp {
+    pub fn sql(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "=",
+            CmpOp::Ne => "<>",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+        }
+    }
+
+    /// The operator with its operands swapped (`5 < col` is `col > 5`).
+    pub fn commuted(self) -> CmpOp {
+        match self {
+            CmpOp::Lt => CmpOp::Gt,
+            CmpOp::Le => CmpOp::Ge,
+            CmpOp::Gt => CmpOp::Lt,
+            CmpOp::Ge => CmpOp::Le,
+            other => other,
+        }
+    }
+}
+
+/// The elements of an IN list.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListOperand {
+    Items(Vec<Operand>),
+    /// An array bound at execution ([`Binding::List`]).
+    Param(usize),
+}
+
+/// A restriction on the rows of one table. Columns are indexes into the
+/// scan's column list (names are supplied when deparsing).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pred {
+    Bool(bool),
+    Cmp {
+        column: usize,
+        op: CmpOp,
+        value: Operand,
+    },
+    /// `column IN (…)` / `column = ANY(…)`.
+    In {
+        column: usize,
+        list: ListOperand,
+    },
+    IsNull {
+        column: usize,
+        negated: bool,
+    },
+    /// `column GLOB pattern`: a Postgres LIKE translated by [`like_to_glob`]
+    /// (case-sensitive, unlike SQLite's LIKE).
+    Glob {
+        column: usize,
+        pattern: String,
+        negated: bool,
+    },
+    And(Vec<Pred>),
+    Or(Vec<Pred>),
+    Not(Box<Pred>),
+}
+
+/// Why a predicate cannot be turned into shard SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeparseError {
+    /// A parameter the predicate refers to was not bound (a front-end bug,
+    /// or `conductor_explain` of a statement with `$n`).
+    Unbound(usize),
+    /// A bound value has no exact SQLite form (a non-finite float).
+    Unrepresentable(String),
+}
+
+impl fmt::Display for DeparseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeparseError::Unbound(i) => write!(f, "parameter ${} is not bound", i + 1),
+            DeparseError::Unrepresentable(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for DeparseError {}
+
+pub(crate) fn bind_value(
+    operand: &Operand,
+    bindings: &[Binding],
+) -> Result<Option<TypedValue>, DeparseError> {
+    match operand {
+        Operand::Const(v) => Ok(v.clone()),
+        Operand::Param(i) => match bindings.get(*i) {
+            Some(Binding::Value(v)) => Ok(v.clone()),
+            _ => Err(DeparseError::Unbound(*i)),
+        },
+    }
+}
+
+/// The elements of an IN list; `None` when the list itself is NULL.
+pub(crate) fn bind_list(
+    list: &ListOperand,
+    bindings: &[Binding],
+) -> Result<Option<Vec<Option<TypedValue>>>, DeparseError> {
+    match list {
+        ListOperand::Items(items) => items
+            .iter()
+            .map(|o| bind_value(o, bindings))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        ListOperand::Param(i) => match bindings.get(*i) {
+            Some(Binding::List(l)) => Ok(l.clone()),
+            _ => Err(DeparseError::Unbound(*i)),
+        },
+    }
+}
+
+fn arg(value: Option<TypedValue>, column: &str) -> Result<Value, DeparseError> {
+    match value {
+        None => Ok(Value::Null),
+        Some(v) => v
+            .to_value(column)
+            .map_err(|e| DeparseError::Unrepresentable(e.to_string())),
+    }
+}
+
+/// SQLite SQL for the conjunction of `preds`, with its arguments in order.
+/// `names[i]` is the name of column `i` on the shard table.
+pub fn deparse(
+    preds: &[Pred],
+    names: &[&str],
+    bindings: &[Binding],
+) -> Result<(String, Vec<Value>), DeparseError> {
+    let mut sql = String::new();
+    let mut args = Vec::new();
+    for (i, p) in preds.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(" AND ");
+        }
+        deparse_one(p, names, bindings, &mut sql, &mut args, preds.len() > 1)?;
+    }
+    Ok((sql, args))
+}
+
+fn deparse_one(
+    pred: &Pred,
+    names: &[&str],
+    bindings: &[Binding],
+    sql: &mut String,
+    args: &mut Vec<Value>,
+    parenthesize: bool,
+) -> Result<(), DeparseError> {
+    let open = |sql: &mut String| {
+        if parenthesize {
+            sql.push('(')
+        }
+    };
+    let close = |sql: &mut String| {
+        if parenthesize {
+            sql.push(')')
+        }
+    };
+    match pred {
+        Pred::Bool(b) => sql.push_str(if *b { "1" } else { "0" }),
+        Pred::Cmp { column, op, value } => {
+            let name = names[*column];
+            sql.push_str(&quote_ident(name));
+            sql.push(' ');
+            sql.push_str(op.sql());
+            sql.push_str(" ?");
+            args.push(arg(bind_value(value, bindings)?, name)?);
+        }
+        Pred::In { column, list } => {
+            let name = names[*column];
+            match bind_list(list, bindings)? {
+                // `x = ANY(NULL::int[])` is NULL for every row.
+                None => sql.push_str("NULL"),
+                Some(items) if items.is_empty() => sql.push('0'),
+                Some(items) => {
+                    sql.push_str(&quote_ident(name));
+                    sql.push_str(" IN (");
+                    for (i, v) in items.into_iter().enumerate() {
+                        sql.push_str(if i == 0 { "?" } else { ", ?" });
+                        args.push(arg(v, name)?);
+                    }
+                    sql.push(')');
+                }
+            }
+        }
+        Pred::IsNull { column, negated } => {
+            sql.push_str(&quote_ident(names[*column]));
+            sql.push_str(if *negated { " IS NOT NULL" } else { " IS NULL" });
+        }
+        Pred::Glob {
+            column,
+            pattern,
+            negated,
+        } => {
+            sql.push_str(&quote_ident(names[*column]));
+            sql.push_str(if *negated { " NOT GLOB ?" } else { " GLOB ?" });
+            args.push(Value::Text(pattern.clone()));
+        }
+        Pred::And(ps) | Pred::Or(ps) => {
+            let joiner = if matches!(pred, Pred::And(_)) {
+                " AND "
+            } else {
+                " OR "
+            };
+            if ps.is_empty() {
+                sql.push_str(if matches!(pred, Pred::And(_)) {
+                    "1"
+                } else {
+                    "0"
+                });
+                return Ok(());
+            }
+            open(sql);
+            for (i, p) in ps.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(joiner);
+                }
+                deparse_one(p, names, bindings, sql, args, true)?;
+            }
+            close(sql);
+        }
+        Pred::Not(p) => {
+            sql.push_str("NOT (");
+            deparse_one(p, names, bindings, sql, args, false)?;
+            sql.push(')');
+        }
+    }
+    Ok(())
+}
+
+/// Translate a Postgres LIKE pattern (escape character `\`) into an
+/// equivalent SQLite GLOB pattern, which is case-sensitive as LIKE is in
+/// Postgres. None when the pattern is invalid in Postgres (a trailing
+/// escape), so the caller keeps the filter local and Postgres reports it.
+pub fn like_to_glob(pattern: &str) -> Option<String> {
+    let mut glob = String::with_capacity(pattern.len() + 8);
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        let literal = match c {
+            '%' => {
+                glob.push('*');
+                continue;
+            }
+            '_' => {
+                glob.push('?');
+                continue;
+            }
+            '\\' => chars.next()?,
+            c => c,
+        };
+        match literal {
+            '*' | '?' | '[' => {
+                glob.push('[');
+                glob.push(literal);
+                glob.push(']');
+            }
+            c => glob.push(c),
+        }
+    }
+    Some(glob)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn int(i: i64) -> Operand {
+        Operand::Const(Some(TypedValue::Int8(i)))
+    }
+
+    #[test]
+    fn deparse_uses_arguments_only() {
+        let preds = vec![
+            Pred::Cmp {
+                column: 0,
+                op: CmpOp::Ge,
+                value: int(5),
+            },
+            Pred::Or(vec![
+                Pred::IsNull {
+                    column: 1,
+                    negated: false,
+                },
+                Pred::In {
+                    column: 1,
+                    list: ListOperand::Items(vec![
+                        Operand::Const(Some(TypedValue::Text("a'b".into()))),
+                        Operand::Param(0),
+                    ]),
+                },
+            ]),
+            Pred::Not(Box::new(Pred::Glob {
+                column: 1,
+                pattern: "x*".into(),
+                negated: false,
+            })),
+        ];
+        let bindings = [Binding::Value(Some(TypedValue::Text("z".into())))];
+        let (sql, args) = deparse(&preds, &["id", "na\"me"], &bindings).unwrap();
+        assert_eq!(
+            sql,
+            r#""id" >= ? AND ("na""me" IS NULL OR "na""me" IN (?, ?)) AND NOT ("na""me" GLOB ?)"#
+        );
+        assert_eq!(
+            args,
+            vec![
+                Value::Integer(5),
+                Value::Text("a'b".into()),
+                Value::Text("z".into()),
+                Value::Text("x*".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn unbound_parameters_are_errors() {
+        let preds = vec![Pred::Cmp {
+            column: 0,
+            op: CmpOp::Eq,
+            value: Operand::Param(2),
+        }];
+        assert_eq!(deparse(&preds, &["id"], &[]), Err(DeparseError::Unbound(2)));
+    }
+
+    #[test]
+    fn empty_and_null_lists() {
+        let empty = Pred::In {
+            column: 0,
+            list: ListOperand::Items(vec![]),
+        };
+        assert_eq!(deparse(&[empty], &["id"], &[]).unwrap().0, "0");
+        let null = Pred::In {
+            column: 0,
+            list: ListOperand::Param(0),
+        };
+        assert_eq!(
+            deparse(&[null], &["id"], &[Binding::List(None)]).unwrap().0,
+            "NULL"
+        );
+    }
+
+    #[test]
+    fn like_patterns_become_globs() {
+        assert_eq!(like_to_glob("a%b_c").unwrap(), "a*b?c");
+        assert_eq!(like_to_glob(r"100\%").unwrap(), "100%");
+        assert_eq!(like_to_glob("*?[").unwrap(), "[*][?][[]");
+        assert_eq!(like_to_glob(r"a\_b").unwrap(), "a_b");
+        assert_eq!(like_to_glob(r"\\").unwrap(), r"\");
+        assert_eq!(like_to_glob("x\\"), None);
+        assert_eq!(like_to_glob("]").unwrap(), "]");
+    }
+}
