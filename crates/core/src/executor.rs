@@ -25,6 +25,12 @@ pub struct ExecutorConfig {
     pub client: ClientConfig,
     /// I/O worker threads (named `conductor-io`).
     pub worker_threads: usize,
+    /// Extra attempts of an [`Executor::execute`] request whose connection
+    /// could not be made. Only that failure is retried: the request never
+    /// reached the node, so a write cannot apply twice.
+    pub connect_retries: u32,
+    /// Wait before the first retry; doubled for each further one.
+    pub retry_backoff: Duration,
 }
 
 impl Default for ExecutorConfig {
@@ -32,6 +38,8 @@ impl Default for ExecutorConfig {
         ExecutorConfig {
             client: ClientConfig::default(),
             worker_threads: 2,
+            connect_retries: 2,
+            retry_backoff: Duration::from_millis(50),
         }
     }
 }
@@ -75,6 +83,12 @@ pub struct ScanOptions {
     /// Channel capacity per shard, in chunks. Memory held in the channel is
     /// at most `shards * chunks_per_shard * rows_per_chunk` rows.
     pub chunks_per_shard: usize,
+    /// Extra attempts of a shard whose read failed transiently (connect,
+    /// timeout, broken connection, HTTP 5xx/429) before any of its rows
+    /// were handed over; after that a retry could duplicate rows.
+    pub retries: u32,
+    /// Wait before the first retry; doubled for each further one.
+    pub retry_backoff: Duration,
 }
 
 impl ScanOptions {
@@ -84,6 +98,8 @@ impl ScanOptions {
             columns,
             rows_per_chunk: 256,
             chunks_per_shard: 4,
+            retries: 2,
+            retry_backoff: Duration::from_millis(50),
         }
     }
 }
@@ -306,14 +322,21 @@ impl Executor {
         };
         // Each task sends exactly one message, so capacity n never blocks.
         let (tx, rx) = flume::bounded(n.max(1));
+        let (retries, backoff) = (self.config.connect_retries, self.config.retry_backoff);
         for (index, req) in requests.into_iter().enumerate() {
             let client = started.client.clone();
             let tx = tx.clone();
             handle.tasks.push(started.runtime.spawn(async move {
-                let result = client
-                    .pipeline(&req.endpoint, &req.body)
-                    .await
-                    .map_err(|e| ShardError::new(req.shard_id, e));
+                let mut attempt = 0;
+                let result = loop {
+                    match client.pipeline(&req.endpoint, &req.body).await {
+                        Err(NodeError::Connect { .. }) if attempt < retries => {
+                            tokio::time::sleep(backoff * 2u32.saturating_pow(attempt)).await;
+                            attempt += 1;
+                        }
+                        other => break other.map_err(|e| ShardError::new(req.shard_id, e)),
+                    }
+                };
                 let _ = tx.send((index, result));
             }));
         }
@@ -362,7 +385,18 @@ async fn scan_shard(
     begin: Instant,
     tx: flume::Sender<ScanMsg>,
 ) {
-    let msg = match stream_shard(&client, &q, &opts, &tx).await {
+    let mut attempt = 0;
+    let result = loop {
+        let mut handed_over = false;
+        match stream_shard(&client, &q, &opts, &tx, &mut handed_over).await {
+            Err(e) if !handed_over && e.is_transient() && attempt < opts.retries => {
+                tokio::time::sleep(opts.retry_backoff * 2u32.saturating_pow(attempt)).await;
+                attempt += 1;
+            }
+            other => break other,
+        }
+    };
+    let msg = match result {
         Ok(rows) => ScanMsg::Done {
             index,
             rows,
@@ -377,12 +411,14 @@ async fn scan_shard(
     let _ = tx.send_async(msg).await;
 }
 
-/// Stream one shard's rows into the channel in chunks; returns the row count.
+/// Stream one shard's rows into the channel in chunks; returns the row
+/// count. Sets `handed_over` once a chunk went to the channel.
 async fn stream_shard(
     client: &HranaClient,
     q: &ShardQuery,
     opts: &ScanOptions,
     tx: &flume::Sender<ScanMsg>,
+    handed_over: &mut bool,
 ) -> Result<u64, NodeError> {
     let node = NodeRef::from(&q.endpoint);
     let body = CursorReqBody {
@@ -438,6 +474,7 @@ async fn stream_shard(
                     });
                     // Waits while the channel is full: this is the backpressure
                     // that keeps a huge scan's memory bounded.
+                    *handed_over = true;
                     if tx.send_async(msg).await.is_err() {
                         return Ok(rows);
                     }

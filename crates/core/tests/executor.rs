@@ -487,3 +487,68 @@ fn dropping_execute_aborts_requests() {
         || server.observed.client_went_away.load(Ordering::SeqCst),
     );
 }
+
+#[test]
+fn transient_read_failures_are_retried() {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let c = calls.clone();
+    let server = FakeServer::start(move |_| {
+        if c.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::status(503, "warming up")
+        } else {
+            Reply::Stream {
+                delay: Duration::ZERO,
+                lines: cursor_lines(10),
+            }
+        }
+    });
+    let ex = executor();
+    let mut scan = ex.scan(vec![query(0, &server.url)], ScanOptions::new(1));
+    assert_eq!(
+        collect(&mut scan, Duration::from_secs(10))
+            .expect("retried")
+            .len(),
+        10
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // A persistent failure gives up after the configured attempts...
+    let server = FakeServer::start(|_| Reply::status(503, "down"));
+    let mut scan = ex.scan(vec![query(0, &server.url)], ScanOptions::new(1));
+    let err = collect(&mut scan, Duration::from_secs(10)).expect_err("gives up");
+    assert!(err.contains("HTTP 503"), "{err}");
+    assert_eq!(server.requests().len(), 3);
+
+    // ...and a non-transient one is not retried at all.
+    let server = FakeServer::start(|_| Reply::status(400, "bad request"));
+    let mut scan = ex.scan(vec![query(0, &server.url)], ScanOptions::new(1));
+    collect(&mut scan, Duration::from_secs(10)).expect_err("fails");
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[test]
+fn writes_retry_only_when_never_delivered() {
+    // Nothing listens yet: the first attempt cannot connect; the node
+    // comes up before the retry.
+    let url = support::dead_url();
+    let addr = url.trim_start_matches("http://").to_string();
+    let ex = Executor::new(ExecutorConfig {
+        retry_backoff: Duration::from_millis(300),
+        ..ExecutorConfig::default()
+    });
+    let mut exec = ex.execute(vec![request(0, &url)]);
+    std::thread::sleep(Duration::from_millis(100));
+    let server = FakeServer::start_at(&addr, |_| {
+        Reply::ok_json(json!({"baton": null, "base_url": null,
+                              "results": [{"type": "ok", "response": {"type": "close"}}]}))
+    });
+    let results = wait_all(&mut exec, Duration::from_secs(10));
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert_eq!(server.requests().len(), 1);
+
+    // A delivered request that failed (HTTP 503) is not sent again.
+    let server = FakeServer::start(|_| Reply::status(503, "busy"));
+    let mut exec = ex.execute(vec![request(0, &server.url)]);
+    assert!(wait_all(&mut exec, Duration::from_secs(10))[0].is_err());
+    assert_eq!(server.requests().len(), 1);
+}

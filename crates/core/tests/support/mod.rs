@@ -92,6 +92,14 @@ pub struct FakeServer {
 
 impl FakeServer {
     pub fn start(handler: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> FakeServer {
+        Self::start_at("127.0.0.1:0", handler)
+    }
+
+    /// Like [`start`](FakeServer::start), on a given loopback address.
+    pub fn start_at(
+        addr: &str,
+        handler: impl Fn(&Request) -> Reply + Send + Sync + 'static,
+    ) -> FakeServer {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("fake-node")
@@ -99,7 +107,7 @@ impl FakeServer {
             .build()
             .expect("test runtime");
         // Bound with std so this works from inside another runtime too.
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let std_listener = std::net::TcpListener::bind(addr).expect("bind loopback");
         std_listener.set_nonblocking(true).expect("nonblocking");
         let listener = {
             let _ctx = runtime.enter();
