@@ -674,17 +674,19 @@ impl ExecHandle {
     /// later calls return `Some` of an empty vector.
     pub fn wait(&mut self, wait: Duration) -> Option<Vec<Result<PipelineRespBody, ShardError>>> {
         let deadline = Instant::now() + wait;
-        while self.missing > 0 {
-            let Some(rx) = self.rx.clone() else { break };
-            match rx.recv_deadline(deadline) {
-                Ok((i, r)) => self.store(i, r),
-                Err(flume::RecvTimeoutError::Timeout) => {
-                    self.reap_dead();
-                    if self.missing > 0 {
-                        return None;
+        if let Some(rx) = self.rx.clone() {
+            while self.missing > 0 {
+                match rx.recv_deadline(deadline) {
+                    Ok((i, r)) => self.store(i, r),
+                    Err(flume::RecvTimeoutError::Timeout) => {
+                        self.reap_dead(false);
+                        if self.missing > 0 {
+                            return None;
+                        }
                     }
+                    // Every task is gone and everything sent was received.
+                    Err(flume::RecvTimeoutError::Disconnected) => self.reap_dead(true),
                 }
-                Err(flume::RecvTimeoutError::Disconnected) => self.reap_dead(),
             }
         }
         Some(
@@ -704,11 +706,12 @@ impl ExecHandle {
         }
     }
 
-    /// Fill the slots of tasks that ended without sending (panicked).
-    fn reap_dead(&mut self) {
+    /// Fill the slots of tasks that ended without sending (panicked);
+    /// `all_gone`: every sender is dropped, so every empty slot is such a task.
+    fn reap_dead(&mut self, all_gone: bool) {
         let Some(rx) = self.rx.clone() else { return };
         let dead: Vec<usize> = (0..self.tasks.len())
-            .filter(|&i| self.results[i].is_none() && self.tasks[i].is_finished())
+            .filter(|&i| self.results[i].is_none() && (all_gone || self.tasks[i].is_finished()))
             .collect();
         // Finished tasks sent before finishing: drain first.
         while let Ok((i, r)) = rx.try_recv() {

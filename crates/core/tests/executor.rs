@@ -56,25 +56,42 @@ fn collect(scan: &mut ScanHandle, limit: Duration) -> Result<Vec<(u32, Vec<Value
     }
 }
 
+/// The blocked-signal mask of a thread, from /proc (`SigBlk:` in hex).
+fn blocked_signals(task_dir: &std::path::Path) -> u64 {
+    let status = std::fs::read_to_string(task_dir.join("status")).expect("task status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .expect("SigBlk")
+}
+
 #[test]
-fn executor_starts_lazily_with_named_threads() {
+fn executor_starts_lazily_with_named_threads_that_block_signals() {
+    let me = std::path::PathBuf::from("/proc/thread-self");
+    let mask_before = blocked_signals(&me);
     let ex = executor();
     assert!(!ex.is_started());
     ex.start().expect("start");
     assert!(ex.is_started());
-    let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+    // Our own mask is restored after the threads were spawned.
+    assert_eq!(blocked_signals(&me), mask_before);
+    let io_threads: Vec<std::path::PathBuf> = std::fs::read_dir("/proc/self/task")
         .expect("procfs")
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|s| s.trim().to_string())
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+            (name.trim() == "conductor-io").then_some(dir)
+        })
         .collect();
-    assert!(
-        names
-            .iter()
-            .filter(|n| n.as_str() == "conductor-io")
-            .count()
-            >= 2,
-        "{names:?}"
-    );
+    assert!(io_threads.len() >= 2, "{io_threads:?}");
+    // Postgres' signals (SIGHUP, SIGINT cancel, SIGUSR1 latch/procsignal,
+    // SIGUSR2, SIGALRM timeouts, SIGTERM) must never reach an I/O thread.
+    let bit = |sig: u32| 1u64 << (sig - 1);
+    let pg_signals = bit(1) | bit(2) | bit(10) | bit(12) | bit(14) | bit(15);
+    for t in io_threads {
+        assert_eq!(blocked_signals(&t) & pg_signals, pg_signals, "{t:?}");
+    }
 }
 
 #[test]
