@@ -15,6 +15,7 @@ use std::time::Duration;
 /// Where a node lives and how to authenticate to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeEndpoint {
+    /// The catalog's name of the node (shown in errors).
     pub node_id: String,
     /// Base URL, e.g. `http://127.0.0.1:7401` (a trailing `/` is fine).
     pub url: String,
@@ -25,7 +26,9 @@ pub struct NodeEndpoint {
 /// Names a node in errors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRef {
+    /// The catalog's name of the node.
     pub node_id: String,
+    /// Its base URL.
     pub url: String,
 }
 

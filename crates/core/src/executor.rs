@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 /// Executor settings.
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
+    /// Timeouts and limits of the HTTP client.
     pub client: ClientConfig,
     /// I/O worker threads (named `conductor-io`).
     pub worker_threads: usize,
@@ -67,8 +68,11 @@ impl fmt::Debug for Executor {
 /// One shard's read: a single statement run through `/v3/cursor`.
 #[derive(Debug, Clone)]
 pub struct ShardQuery {
+    /// Tags the shard's rows, stats and errors.
     pub shard_id: u32,
+    /// The node holding the shard.
     pub endpoint: NodeEndpoint,
+    /// The SELECT, values as arguments (see `remote_sql::select_sql`).
     pub stmt: Stmt,
 }
 
@@ -107,13 +111,17 @@ impl ScanOptions {
 /// Rows of one shard, in the order the node sent them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowChunk {
+    /// The shard the rows came from.
     pub shard_id: u32,
+    /// At most `ScanOptions::rows_per_chunk` rows, each exactly
+    /// `ScanOptions::columns` wide.
     pub rows: Vec<Vec<Value>>,
 }
 
 /// What [`ScanHandle::next`] saw within its wait.
 #[derive(Debug)]
 pub enum ScanPoll {
+    /// The next chunk of some shard's rows.
     Rows(RowChunk),
     /// Nothing arrived within the wait: check for cancel, then call again.
     Pending,
@@ -126,7 +134,9 @@ pub enum ScanPoll {
 /// Per-shard figures of a scan (for EXPLAIN ANALYZE).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShardStats {
+    /// The shard (as given in its `ShardQuery`).
     pub shard_id: u32,
+    /// The node that served it.
     pub node_id: String,
     /// Rows the node sent.
     pub rows: u64,
@@ -140,9 +150,13 @@ pub struct ShardStats {
 /// "node node-0 (http://…), shard 3: …".
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShardError {
+    /// The shard, when the request was for one.
     pub shard_id: Option<u32>,
+    /// The node's catalog name.
     pub node_id: String,
+    /// The node's base URL.
     pub url: String,
+    /// What went wrong.
     pub error: NodeError,
 }
 
@@ -190,8 +204,11 @@ impl std::error::Error for ShardError {}
 /// One shard's write or DDL: a whole pipeline request.
 #[derive(Debug, Clone)]
 pub struct ShardRequest {
+    /// The shard, if the request is about one (`None` for node-wide work).
     pub shard_id: Option<u32>,
+    /// The node to send it to.
     pub endpoint: NodeEndpoint,
+    /// The pipeline, sent as is (`POST /v3/pipeline`).
     pub body: PipelineReqBody,
 }
 
