@@ -1,0 +1,245 @@
+//! How scans work: every shard's request at once (a 16-shard scan of late
+//! nodes takes about one late answer), cancel and statement_timeout stop a
+//! running scan promptly and leave the session usable, only the needed
+//! columns are fetched.
+
+mod common;
+
+use common::{describe, exec, expect_db_error, query_i64};
+use conductor_e2e::{pg_err, Cluster, ClusterOptions};
+use std::time::{Duration, Instant};
+
+const DELAY_MS: u64 = 200;
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let t = Instant::now();
+    let v = f();
+    (v, t.elapsed())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[test]
+fn sixteen_shards_of_late_nodes_take_one_late_answer() {
+    let cluster = Cluster::start(ClusterOptions {
+        nodes: 4,
+        node_delay_ms: Some(DELAY_MS),
+        token: None,
+    });
+    let mut db = cluster.client();
+    cluster.setup_conductor(&mut db, "cluster");
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE par16 (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('par16', 'id', shard_count => 16);
+         CREATE FOREIGN TABLE par1 (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('par1', 'id', shard_count => 1);
+         INSERT INTO par16 SELECT i, 'v' || i FROM generate_series(1, 1600) i;
+         INSERT INTO par1 SELECT i, 'v' || i FROM generate_series(1, 1600) i;",
+    );
+    // The delay is real: a node asked directly answers late.
+    let (_, direct) = timed(|| cluster.node_query(0, "SELECT 1", &[]));
+    assert!(
+        direct >= Duration::from_millis(DELAY_MS),
+        "direct {direct:?}"
+    );
+
+    // Warm up (runtime, connections, topology cache), then measure.
+    assert_eq!(query_i64(&mut db, "SELECT count(*) FROM par16"), 1600);
+    assert_eq!(query_i64(&mut db, "SELECT count(*) FROM par1"), 1600);
+    let mut t16 = Vec::new();
+    let mut t1 = Vec::new();
+    for _ in 0..5 {
+        let (n, d) = timed(|| query_i64(&mut db, "SELECT count(*) FROM par16"));
+        assert_eq!(n, 1600);
+        t16.push(d);
+        let (n, d) = timed(|| query_i64(&mut db, "SELECT count(*) FROM par1"));
+        assert_eq!(n, 1600);
+        t1.push(d);
+    }
+    let (m16, m1) = (median(t16.clone()), median(t1.clone()));
+    let delay = Duration::from_millis(DELAY_MS);
+    let serial_bound = delay * 16;
+    eprintln!(
+        "parallel scan, every node {DELAY_MS} ms late: 16 shards median {m16:?} {t16:?}; \
+         1 shard median {m1:?} {t1:?}; one after another would be >= {serial_bound:?}"
+    );
+    // Every shard answered late, so even in parallel a scan takes one delay.
+    assert!(m16 >= delay, "16-shard scan {m16:?} faster than one delay");
+    assert!(m1 >= delay, "1-shard scan {m1:?} faster than one delay");
+    // About one late answer, not sixteen.
+    assert!(
+        m16 < delay * 3,
+        "16-shard scan took {m16:?}, more than 3 x {delay:?} (serial would be >= {serial_bound:?})"
+    );
+    // And no worse than a few single-shard scans (16 of them would be serial).
+    assert!(
+        m16 < m1 * 4,
+        "16 shards {m16:?} vs 1 shard {m1:?}: not parallel"
+    );
+}
+
+#[test]
+fn statement_timeout_and_cancel_stop_a_running_scan() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        nodes: 4,
+        ..Default::default()
+    });
+    let mut db = cluster.client();
+    cluster.setup_conductor(&mut db, "cluster");
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE cancel_big (id bigint NOT NULL, payload text) SERVER cluster;
+         SELECT conductor.create_distributed_table('cancel_big', 'id', shard_count => 16);
+         INSERT INTO cancel_big SELECT i, repeat('x', 100) FROM generate_series(1, 100000) i;",
+    );
+    // Now every node answers 5 s late: a scan runs for at least 5 s.
+    const SLOW_MS: u64 = 5000;
+    for i in 0..cluster.node_count() {
+        cluster.set_node_delay(i, Some(SLOW_MS));
+    }
+
+    // statement_timeout.
+    exec(&mut db, "SET statement_timeout = '300ms'");
+    let (r, took) =
+        timed(|| db.query_one("SELECT count(*), sum(length(payload)) FROM cancel_big", &[]));
+    let e = expect_db_error(r, "scan under statement_timeout");
+    eprintln!("statement_timeout 300ms stopped the scan after {took:?}");
+    assert_eq!(e.code().code(), "57014", "{}", describe(&e));
+    assert!(
+        took < Duration::from_secs(1),
+        "statement_timeout took {took:?}"
+    );
+    exec(&mut db, "RESET statement_timeout");
+    assert_eq!(query_i64(&mut db, "SELECT 1::bigint"), 1, "session usable");
+
+    // pg_cancel_backend from another session.
+    let pid: i32 = db.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let mut other = cluster.client();
+    let scan = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = db.query_one("SELECT count(*) FROM cancel_big", &[]);
+        (db, r, t.elapsed())
+    });
+    // Wait until the scan is running, give it a moment to be in flight.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let active: bool = other
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                                 WHERE pid = $1 AND state = 'active' AND query LIKE '%cancel_big%')",
+                &[&pid],
+            )
+            .unwrap()
+            .get(0);
+        if active {
+            break;
+        }
+        assert!(Instant::now() < deadline, "scan never became active");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let cancelled_at = Instant::now();
+    let ok: bool = other
+        .query_one("SELECT pg_cancel_backend($1)", &[&pid])
+        .unwrap()
+        .get(0);
+    assert!(ok, "pg_cancel_backend");
+    let (mut db, r, total) = scan.join().unwrap();
+    let after_cancel = cancelled_at.elapsed();
+    eprintln!(
+        "pg_cancel_backend stopped the scan {after_cancel:?} after the cancel (scan ran {total:?})"
+    );
+    let e = expect_db_error(r, "cancelled scan");
+    assert_eq!(e.code().code(), "57014", "{}", describe(&e));
+    assert!(
+        after_cancel < Duration::from_secs(1),
+        "cancel took {after_cancel:?}"
+    );
+    assert!(total < Duration::from_millis(SLOW_MS), "scan ran {total:?}");
+
+    // The same session scans fine afterwards (nothing left over from the
+    // dropped requests), once the nodes are fast again.
+    for i in 0..cluster.node_count() {
+        cluster.set_node_delay(i, None);
+    }
+    assert_eq!(
+        query_i64(&mut db, "SELECT count(*) FROM cancel_big"),
+        100000
+    );
+    assert_eq!(
+        query_i64(&mut db, "SELECT sum(length(payload)) FROM cancel_big"),
+        100000 * 100
+    );
+}
+
+/// EXPLAIN VERBOSE's "Remote SQL" of a scan.
+fn remote_sql(db: &mut conductor_e2e::postgres::Client, query: &str) -> String {
+    let sql = format!("EXPLAIN (VERBOSE) {query}");
+    let lines: Vec<String> = db
+        .query(sql.as_str(), &[])
+        .unwrap_or_else(|e| panic!("{sql}: {}", pg_err(&e)))
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    lines
+        .iter()
+        .find_map(|l| l.split_once("Remote SQL: ").map(|(_, s)| s.to_string()))
+        .unwrap_or_else(|| panic!("no Remote SQL in {lines:#?}"))
+}
+
+#[test]
+fn only_needed_columns_are_fetched() {
+    let cluster = Cluster::start(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    let mut db = cluster.client();
+    cluster.setup_conductor(&mut db, "cluster");
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE users (id bigint NOT NULL, email text, name text,
+                                     bio text, created timestamptz) SERVER cluster;
+         SELECT conductor.create_distributed_table('users', 'id', shard_count => 4);
+         INSERT INTO users SELECT i, 'u' || i || '@example.com', 'name ' || i,
+                                  repeat('bio', 100), '2024-01-01'::timestamptz + i * interval '1 min'
+                             FROM generate_series(1, 1000) i;",
+    );
+    let cols = ["id", "email", "name", "bio", "created"];
+    let fetched = |sql: &str| -> Vec<&str> {
+        cols.iter()
+            .copied()
+            .filter(|c| sql.contains(&format!("\"{c}\"")))
+            .collect()
+    };
+    for (query, want) in [
+        ("SELECT email FROM users", vec!["email"]),
+        ("SELECT email, id FROM users", vec!["id", "email"]),
+        (
+            "SELECT upper(name) FROM users WHERE length(email) > 3",
+            vec!["email", "name"],
+        ),
+        ("SELECT count(*) FROM users", vec![]),
+        ("SELECT * FROM users", cols.to_vec()),
+        ("SELECT u FROM users u", cols.to_vec()),
+    ] {
+        let remote = remote_sql(&mut db, query);
+        assert_eq!(fetched(&remote), want, "{query}: Remote SQL {remote}");
+        // EXPLAIN ANALYZE runs it, and the answer is right.
+        exec(&mut db, &format!("EXPLAIN (ANALYZE, VERBOSE) {query}"));
+    }
+    // The projected scan's values are the right ones.
+    let emails: i64 = query_i64(
+        &mut db,
+        "SELECT count(*) FROM users WHERE email = 'u' || id || '@example.com'",
+    );
+    assert_eq!(emails, 1000);
+    let n = query_i64(
+        &mut db,
+        "SELECT count(*) FROM (SELECT email FROM users) s WHERE email LIKE 'u%'",
+    );
+    assert_eq!(n, 1000);
+}
