@@ -13,11 +13,16 @@ use std::time::Duration;
 pub enum RowPoll {
     /// One row and the shard it came from.
     Row {
+        /// The shard the row came from.
         shard_id: u32,
+        /// The row's values, as many as the scan asked for.
         row: Vec<Value>,
     },
+    /// Nothing arrived within the wait: check for cancel, then call again.
     Pending,
+    /// Every shard finished and every row was handed out.
     Done,
+    /// A shard failed; the scan is aborted.
     Failed(ShardError),
 }
 
@@ -29,6 +34,7 @@ pub struct Union {
 }
 
 impl Union {
+    /// Flatten `scan` into single rows.
     pub fn new(scan: ScanHandle) -> Self {
         Union {
             scan,
