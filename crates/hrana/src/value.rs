@@ -23,7 +23,9 @@ impl Serialize for Value {
             Value::Null => m.serialize_entry("type", "null")?,
             Value::Integer(i) => {
                 m.serialize_entry("type", "integer")?;
-                m.serialize_entry("value", &i.to_string())?;
+                // Formatted on the stack: no allocation per value.
+                let mut buf = itoa::Buffer::new();
+                m.serialize_entry("value", buf.format(*i))?;
             }
             Value::Float(f) => {
                 if !f.is_finite() {
@@ -50,12 +52,41 @@ impl Serialize for Value {
     }
 }
 
-/// The fields of a value object before its type is known; the object's keys
-/// may come in any order.
+/// The `value` field of a value object before its type is known (the
+/// object's keys may come in any order): a string or a number, decoded
+/// directly rather than through `serde_json::Value`.
 enum Payload {
     None,
     Str(String),
     Num(f64),
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct P;
+        impl<'de> Visitor<'de> for P {
+            type Value = Payload;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Payload, E> {
+                Ok(Payload::Str(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Payload, E> {
+                Ok(Payload::Str(v))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Payload, E> {
+                Ok(Payload::Num(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Payload, E> {
+                Ok(Payload::Num(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Payload, E> {
+                Ok(Payload::Num(v as f64))
+            }
+        }
+        d.deserialize_any(P)
+    }
 }
 
 impl<'de> Deserialize<'de> for Value {
@@ -73,19 +104,7 @@ impl<'de> Deserialize<'de> for Value {
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     match key.as_ref() {
                         "type" => ty = Some(map.next_value()?),
-                        "value" => {
-                            value = match map.next_value::<serde_json::Value>()? {
-                                serde_json::Value::String(s) => Payload::Str(s),
-                                serde_json::Value::Number(n) => Payload::Num(
-                                    n.as_f64().ok_or_else(|| de::Error::custom("bad number"))?,
-                                ),
-                                other => {
-                                    return Err(de::Error::custom(format!(
-                                        "value must be a string or number, got {other}"
-                                    )))
-                                }
-                            }
-                        }
+                        "value" => value = map.next_value::<Payload>()?,
                         "base64" => b64 = Some(map.next_value()?),
                         _ => {
                             map.next_value::<de::IgnoredAny>()?;
@@ -177,6 +196,37 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Value>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn floats_round_trip_bit_exactly() {
+        // A deterministic spread of bit patterns over the whole f64 range.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let f = f64::from_bits(x);
+            if !f.is_finite() {
+                continue;
+            }
+            let j = serde_json::to_string(&Value::Float(f)).unwrap();
+            match serde_json::from_str::<Value>(&j).unwrap() {
+                Value::Float(g) => assert_eq!(g.to_bits(), f.to_bits(), "{j}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn value_field_may_be_any_json_number_form() {
+        let v: Value = serde_json::from_str(r#"{"type":"float","value":-3}"#).unwrap();
+        assert_eq!(v, Value::Float(-3.0));
+        let v: Value =
+            serde_json::from_str(r#"{"type":"float","value":18446744073709551615}"#).unwrap();
+        assert_eq!(v, Value::Float(18446744073709551615.0));
+        assert!(serde_json::from_str::<Value>(r#"{"type":"text","value":true}"#).is_err());
+        assert!(serde_json::from_str::<Value>(r#"{"type":"text","value":null}"#).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use conductor_hrana::{Batch, CursorEntry, Error, Value};
 use rusqlite::Connection;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub const CHANNEL_CHUNKS: usize = 4;
@@ -23,6 +24,11 @@ struct Disconnected;
 struct Writer<'a> {
     buf: Vec<u8>,
     tx: &'a mpsc::Sender<Bytes>,
+    /// How long a client may leave a chunk unread before the cursor gives
+    /// up (so a stalled client cannot pin a connection and its read
+    /// transaction, which would stop WAL checkpoints, forever).
+    stall: Duration,
+    rt: tokio::runtime::Handle,
 }
 
 impl Writer<'_> {
@@ -42,9 +48,15 @@ impl Writer<'_> {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES + 4096));
-        self.tx
-            .blocking_send(Bytes::from(chunk))
-            .map_err(|_| Disconnected)
+        // This runs on a blocking-pool thread, where blocking on the runtime
+        // handle is allowed.
+        match self.rt.block_on(tokio::time::timeout(
+            self.stall,
+            self.tx.send(Bytes::from(chunk)),
+        )) {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Disconnected),
+        }
     }
 }
 
@@ -56,18 +68,22 @@ struct RowEntry<'a> {
     row: &'a [Value],
 }
 
-/// Writes `first_line` then the batch's entries to `tx`.
+/// Writes `first_line` then the batch's entries to `tx`. Call from a
+/// blocking-pool thread of the runtime.
 pub fn run(
     conn: &Connection,
     ctx: &StreamCtx,
     batch: &Batch,
     first_line: Vec<u8>,
     tx: &mpsc::Sender<Bytes>,
+    stall: Duration,
     statements: &AtomicU64,
 ) {
     let mut w = Writer {
         buf: first_line,
         tx,
+        stall,
+        rt: tokio::runtime::Handle::current(),
     };
     let _ = run_steps(conn, ctx, batch, &mut w, statements).and_then(|()| w.flush());
 }

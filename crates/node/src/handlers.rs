@@ -74,7 +74,10 @@ pub async fn pipeline(node: &Arc<Node>, body: &[u8]) -> Result<Vec<u8>, Failure>
             on_stream(node, lease, Some(state), req.requests).await?
         }
     };
-    serde_json::to_vec(&resp).map_err(|e| Failure::internal(format!("encoding the response: {e}")))
+    let mut out = Vec::with_capacity(512);
+    serde_json::to_writer(&mut out, &resp)
+        .map_err(|e| Failure::internal(format!("encoding the response: {e}")))?;
+    Ok(out)
 }
 
 fn too_many(e: Error) -> Failure {
@@ -170,44 +173,49 @@ async fn on_stream(
     requests: Vec<StreamRequest>,
 ) -> Result<PipelineRespBody, Failure> {
     let n = node.clone();
-    let id = lease.id;
+    // The blocking task hands the stream back itself: if the client goes
+    // away and this future is dropped, the stream is still returned (or
+    // forgotten), never left checked out.
     let joined = tokio::task::spawn_blocking(move || {
+        let id = lease.id;
         let mut state = match stream_state(&n, state) {
             Ok(s) => s,
-            Err(e) => return Err(e),
+            Err(e) => {
+                n.streams.finish(id, None);
+                return Err(e);
+            }
         };
-        let results =
-            exec::run_pipeline(&state.conn, &mut state.ctx, &requests, &n.stats.statements);
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            exec::run_pipeline(&state.conn, &mut state.ctx, &requests, &n.stats.statements)
+        }));
+        let Ok(results) = run else {
+            // Dropping the connection rolls its transaction back.
+            n.streams.finish(id, None);
+            return Err(errors::error(
+                code::INTERNAL,
+                "internal error while executing the request",
+            ));
+        };
         if state.ctx.closed {
             n.db.give_back(state.conn);
+            n.streams.finish(id, None);
             Ok((None, results))
         } else {
-            Ok((Some(state), results))
+            n.streams.finish(id, Some(state));
+            Ok((Some(lease.next_baton), results))
         }
     })
     .await;
     match joined {
-        Ok(Ok((state, results))) => {
-            let baton = state.is_some().then_some(lease.next_baton);
-            node.streams.finish(id, state);
-            Ok(PipelineRespBody {
-                baton,
-                base_url: None,
-                results,
-            })
-        }
-        Ok(Err(e)) => {
-            node.streams.finish(id, None);
-            Err(Failure(StatusCode::INTERNAL_SERVER_ERROR, e))
-        }
-        Err(_) => {
-            // A panic while executing: the connection is gone (dropping it
-            // rolled back its transaction), and so is the stream.
-            node.streams.finish(id, None);
-            Err(Failure::internal(
-                "internal error while executing the request",
-            ))
-        }
+        Ok(Ok((baton, results))) => Ok(PipelineRespBody {
+            baton,
+            base_url: None,
+            results,
+        }),
+        Ok(Err(e)) => Err(Failure(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Err(_) => Err(Failure::internal(
+            "internal error while executing the request",
+        )),
     }
 }
 
@@ -242,15 +250,21 @@ pub async fn cursor(node: &Arc<Node>, body: &[u8]) -> Result<mpsc::Receiver<Byte
                 return;
             }
         };
-        cursor::run(
-            &state.conn,
-            &state.ctx,
-            &req.batch,
-            first_line,
-            &tx,
-            &n.stats.statements,
-        );
-        n.streams.finish(lease.id, Some(state));
+        let stall = n.config.stream_idle_timeout();
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cursor::run(
+                &state.conn,
+                &state.ctx,
+                &req.batch,
+                first_line,
+                &tx,
+                stall,
+                &n.stats.statements,
+            )
+        }));
+        // After a panic the connection's state is unknown: drop it (that
+        // rolls back) and forget the stream.
+        n.streams.finish(lease.id, run.is_ok().then_some(state));
     });
     Ok(rx)
 }

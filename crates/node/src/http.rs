@@ -103,8 +103,10 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: impl Future
 
 async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     let start = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // Kept only for the per-request debug line; no allocation otherwise.
+    // (Failures are logged at warn where they happen, with their message.)
+    let what = (tracing::enabled!(tracing::Level::DEBUG))
+        .then(|| (req.method().clone(), req.uri().path().to_owned()));
     let resp = route(node, req).await;
     let status = resp.status();
     if status.is_client_error() {
@@ -112,10 +114,9 @@ async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     } else if status.is_server_error() {
         node.stats.status_5xx.fetch_add(1, Relaxed);
     }
-    if status.is_server_error() {
-        tracing::warn!(%method, %path, status = status.as_u16(), "request failed");
-    } else {
-        tracing::debug!(%method, %path, status = status.as_u16(), micros = start.elapsed().as_micros() as u64, "request");
+    if let Some((method, path)) = what {
+        let micros = start.elapsed().as_micros() as u64;
+        tracing::debug!(%method, %path, status = status.as_u16(), micros, "request");
     }
     resp
 }
@@ -266,8 +267,6 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 }
 
 fn error(status: StatusCode, e: Error) -> Response<Body> {
-    if status.is_client_error() {
-        tracing::warn!(status = status.as_u16(), code = ?e.code, message = %e.message, "request refused");
-    }
+    tracing::warn!(status = status.as_u16(), code = ?e.code, message = %e.message, "request failed");
     json(status, serde_json::to_vec(&e).expect("serializes"))
 }
