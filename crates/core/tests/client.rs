@@ -329,3 +329,23 @@ async fn cursor_http_error() {
     let err = drain(&server).await.expect_err("500");
     assert!(matches!(err, NodeError::Http { status: 500, .. }), "{err}");
 }
+
+#[tokio::test]
+async fn https_to_a_plain_http_port_is_a_clean_error() {
+    // Exercises the rustls stack (ring provider installed by the client):
+    // a server that answers plain HTTP to the TLS handshake fails it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        use std::io::Write;
+        if let Ok((mut sock, _)) = listener.accept() {
+            let _ = sock.write_all(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let err = client()
+        .health(&endpoint(&url))
+        .await
+        .expect_err("no TLS there");
+    assert!(matches!(err, NodeError::Connect { .. }), "{err}");
+}
