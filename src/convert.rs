@@ -86,24 +86,13 @@ impl ColumnCodec {
     /// # Safety
     /// `datum` must be a valid, non-null datum of this column's type.
     pub unsafe fn encode(&self, datum: Datum) -> Result<Value, ConvertError> {
-        use ColumnType as T;
         let typed = match self.ty {
-            T::Int2 => TypedValue::Int2(datum.value() as i16),
-            T::Int4 => TypedValue::Int4(datum.value() as i32),
-            T::Int8 => TypedValue::Int8(datum.value() as i64),
-            T::Bool => TypedValue::Bool(datum.value() & 0xff != 0),
-            T::Date => TypedValue::Date(datum.value() as i32),
-            T::Timestamp | T::Timestamptz => TypedValue::Timestamp(datum.value() as i64),
-            T::Float4 => TypedValue::Float4(f32::from_bits(datum.value() as u32)),
-            T::Float8 => TypedValue::Float8(f64::from_bits(datum.value() as u64)),
-            T::Text | T::Varchar | T::Bpchar => {
-                TypedValue::Text(unsafe { self.varlena_str(datum)? }.to_owned())
+            ColumnType::Numeric => TypedValue::Numeric(unsafe { self.output_text(datum)? }),
+            ColumnType::Json | ColumnType::Jsonb => {
+                TypedValue::Json(unsafe { self.output_text(datum)? })
             }
-            T::Bytea => TypedValue::Bytea(unsafe { detoasted_bytes(datum) }.to_vec()),
-            // SAFETY: a uuid datum points to its 16 bytes (pg_uuid_t).
-            T::Uuid => TypedValue::Uuid(unsafe { *datum.cast_mut_ptr::<[u8; 16]>() }),
-            T::Numeric => TypedValue::Numeric(unsafe { self.output_text(datum)? }),
-            T::Json | T::Jsonb => TypedValue::Json(unsafe { self.output_text(datum)? }),
+            ty => unsafe { typed_from_datum(ty, datum) }
+                .ok_or_else(|| self.error("text is not valid UTF-8"))?,
         };
         typed
             .to_value(&self.name)
@@ -140,11 +129,6 @@ impl ColumnCodec {
         }))
     }
 
-    unsafe fn varlena_str<'a>(&self, datum: Datum) -> Result<&'a str, ConvertError> {
-        let bytes = unsafe { detoasted_bytes(datum) };
-        std::str::from_utf8(bytes).map_err(|_| self.error("text is not valid UTF-8"))
-    }
-
     unsafe fn output_text(&self, datum: Datum) -> Result<String, ConvertError> {
         let io = self
             .text_io
@@ -179,6 +163,60 @@ impl ColumnCodec {
             )
         })
     }
+}
+
+/// The conductor type of a built-in Postgres type; None for every other
+/// type (domains, arrays, extension types), which conductor refuses.
+pub fn column_type_of(typoid: Oid) -> Option<ColumnType> {
+    Some(match typoid {
+        pg_sys::INT2OID => ColumnType::Int2,
+        pg_sys::INT4OID => ColumnType::Int4,
+        pg_sys::INT8OID => ColumnType::Int8,
+        pg_sys::FLOAT4OID => ColumnType::Float4,
+        pg_sys::FLOAT8OID => ColumnType::Float8,
+        pg_sys::NUMERICOID => ColumnType::Numeric,
+        pg_sys::BOOLOID => ColumnType::Bool,
+        pg_sys::TEXTOID => ColumnType::Text,
+        pg_sys::VARCHAROID => ColumnType::Varchar,
+        pg_sys::BPCHAROID => ColumnType::Bpchar,
+        pg_sys::BYTEAOID => ColumnType::Bytea,
+        pg_sys::UUIDOID => ColumnType::Uuid,
+        pg_sys::DATEOID => ColumnType::Date,
+        pg_sys::TIMESTAMPOID => ColumnType::Timestamp,
+        pg_sys::TIMESTAMPTZOID => ColumnType::Timestamptz,
+        pg_sys::JSONOID => ColumnType::Json,
+        pg_sys::JSONBOID => ColumnType::Jsonb,
+        _ => return None,
+    })
+}
+
+/// A non-null datum of a type whose value needs no type I/O function (every
+/// type but numeric, json and jsonb, which return None, as does text that is
+/// not UTF-8).
+///
+/// # Safety
+/// `datum` must be a valid, non-null datum of type `ty`.
+pub unsafe fn typed_from_datum(ty: ColumnType, datum: Datum) -> Option<TypedValue> {
+    use ColumnType as T;
+    Some(match ty {
+        T::Int2 => TypedValue::Int2(datum.value() as i16),
+        T::Int4 => TypedValue::Int4(datum.value() as i32),
+        T::Int8 => TypedValue::Int8(datum.value() as i64),
+        T::Bool => TypedValue::Bool(datum.value() & 0xff != 0),
+        T::Date => TypedValue::Date(datum.value() as i32),
+        T::Timestamp | T::Timestamptz => TypedValue::Timestamp(datum.value() as i64),
+        T::Float4 => TypedValue::Float4(f32::from_bits(datum.value() as u32)),
+        T::Float8 => TypedValue::Float8(f64::from_bits(datum.value() as u64)),
+        T::Text | T::Varchar | T::Bpchar => TypedValue::Text(
+            std::str::from_utf8(unsafe { detoasted_bytes(datum) })
+                .ok()?
+                .to_owned(),
+        ),
+        T::Bytea => TypedValue::Bytea(unsafe { detoasted_bytes(datum) }.to_vec()),
+        // SAFETY: a uuid datum points to its 16 bytes (pg_uuid_t).
+        T::Uuid => TypedValue::Uuid(unsafe { *datum.cast_mut_ptr::<[u8; 16]>() }),
+        T::Numeric | T::Json | T::Jsonb => return None,
+    })
 }
 
 /// The bytes of a text/bytea datum, detoasted into CurrentMemoryContext if needed.

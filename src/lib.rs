@@ -14,7 +14,9 @@ mod convert;
 mod errors;
 mod fdw;
 mod gucs;
+mod parse;
 mod remote;
+mod stats;
 mod xact;
 
 ::pgrx::pg_module_magic!();

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod credentials;
 
+use crate::convert::column_type_of;
 use conductor_core::remote_sql::shard_table_name;
 use conductor_core::types::ColumnType;
 use pgrx::prelude::*;
@@ -32,6 +33,7 @@ pub struct Placement {
 /// Everything a statement needs to route and ship work for one table.
 #[derive(Debug)]
 pub struct TableTopology {
+    pub relid: pg_sys::Oid,
     pub server_id: pg_sys::Oid,
     pub remote_name: String,
     pub shard_count: u32,
@@ -68,10 +70,8 @@ pub fn relation_columns(
 ) -> Result<Vec<Result<Column, (String, String)>>, pgrx::spi::Error> {
     let rows = client.select(
         "SELECT a.attnum, a.attname::text, a.atttypid, a.atttypmod,
-                format_type(a.atttypid, NULL),
-                t.typname::text, t.typnamespace = 'pg_catalog'::regnamespace
+                format_type(a.atttypid, a.atttypmod)
            FROM pg_catalog.pg_attribute a
-           JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
           WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
           ORDER BY a.attnum",
         None,
@@ -84,12 +84,7 @@ pub fn relation_columns(
         let typoid: pg_sys::Oid = row.get(3)?.unwrap_or(pg_sys::Oid::INVALID);
         let typmod: i32 = row.get(4)?.unwrap_or(-1);
         let display: String = row.get(5)?.unwrap_or_default();
-        let typname: String = row.get(6)?.unwrap_or_default();
-        let builtin: bool = row.get(7)?.unwrap_or(false);
-        let ty = builtin
-            .then(|| ColumnType::from_pg_name(&typname))
-            .flatten();
-        columns.push(match ty {
+        columns.push(match column_type_of(typoid) {
             Some(ty) => Ok(Column {
                 attnum,
                 name,
@@ -174,6 +169,7 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
             );
         }
         Ok(Some(TableTopology {
+            relid,
             server_id,
             remote_name,
             shard_count: shard_count as u32,

@@ -1,14 +1,24 @@
-//! Foreign scans: plan which columns to fetch, then stream every shard's rows
-//! at once through the core executor and hand them to Postgres one by one.
+//! Foreign scans. Planning lowers the restriction into the predicate IR
+//! (`parse`), keeps what SQLite cannot evaluate exactly as a local filter,
+//! offers parameterized paths for `key = outer.col`, and records the IR in
+//! the plan. Execution binds the runtime parameters, routes (`QueryRouter`),
+//! sends every target shard's query at once and streams the rows back.
 
 use crate::catalog::{cache, TableTopology};
 use crate::convert::ColumnCodec;
+use crate::errors::raise;
+use crate::parse::{deconstruct, Lowering, ParamSpec};
 use crate::remote;
-use conductor_core::executor::{ScanHandle, ScanPoll, ShardQuery};
+use crate::stats;
+use conductor_core::executor::{ScanHandle, ScanPoll, ShardQuery, ShardStats};
+use conductor_core::predicate::{deparse, deparse_template, Binding, Pred};
 use conductor_core::remote_sql::select_sql;
+use conductor_core::router::{route, Route, ShardKey};
 use conductor_hrana::{Stmt, Value};
 use pgrx::prelude::*;
-use pgrx::{PgList, PgMemoryContexts};
+use pgrx::{PgList, PgMemoryContexts, PgSqlErrorCode};
+use serde::{Deserialize, Serialize};
+use std::ffi::{CStr, CString};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -16,19 +26,123 @@ use std::time::Duration;
 /// statement_timeout again.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Rows a node must return per shard before a scan of it costs more than the
-/// round trip; a rough stand-in until statistics exist.
+/// Rows assumed per shard until statistics exist.
 const ROWS_PER_SHARD_ESTIMATE: f64 = 1000.0;
+/// Cost of one HTTP round trip (all shards go in parallel).
+const REQUEST_COST: f64 = 100.0;
+/// Extra cost per shard contacted: each one is a request, a cursor and a
+/// stream to merge, so fewer shards is cheaper even in parallel.
+const PER_SHARD_COST: f64 = 10.0;
+
+/// What a ForeignScan plan carries from planning to execution (as JSON in
+/// fdw_private, so it survives plan copying and caching).
+#[derive(Debug, Serialize, Deserialize)]
+struct ScanPlan {
+    /// Attribute numbers fetched, in the order of the remote SELECT list.
+    retrieved: Vec<i16>,
+    /// The pushed-down restriction (a conjunction), over topology columns.
+    pushed: Vec<Pred>,
+    /// One per fdw_exprs entry: how its value is converted.
+    params: Vec<ParamSpec>,
+}
+
+fn shard_key(topology: &TableTopology) -> ShardKey<'_> {
+    ShardKey {
+        column: topology.key_index,
+        name: &topology.key().name,
+        shard_count: topology.shard_count,
+    }
+}
+
+/// The restriction clauses of a base relation split into pushed IR and
+/// local clauses.
+unsafe fn lower_clauses(
+    lowering: &mut Lowering,
+    clauses: *mut pg_sys::List,
+) -> (Vec<Pred>, *mut pg_sys::List) {
+    let mut pushed = Vec::new();
+    let mut local: *mut pg_sys::List = std::ptr::null_mut();
+    // SAFETY: clauses is a List of RestrictInfo from the planner.
+    unsafe {
+        for rinfo in PgList::<pg_sys::RestrictInfo>::from_pg(clauses).iter_ptr() {
+            if (*rinfo).pseudoconstant {
+                continue; // the planner evaluates these itself
+            }
+            let clause = (*rinfo).clause;
+            match lowering.lower(clause.cast()) {
+                Some(p) => pushed.push(p),
+                None => local = pg_sys::lappend(local, clause.cast()),
+            }
+        }
+    }
+    (pushed, local)
+}
+
+/// How many shards a pushed restriction visits, as far as planning knows:
+/// a key bound at run time is assumed to reach one shard.
+fn planned_shards(topology: &TableTopology, pushed: &[Pred]) -> usize {
+    match route(pushed, &shard_key(topology), &[]) {
+        Ok(r) => r.shards.len(),
+        Err(_) => 1,
+    }
+}
+
+fn scan_cost(shards: usize, rows: f64) -> (f64, f64) {
+    // SAFETY: reading a planner GUC.
+    let per_row = unsafe { pg_sys::cpu_tuple_cost } * 2.0;
+    let startup = REQUEST_COST + PER_SHARD_COST * shards as f64;
+    (startup, startup + rows * per_row)
+}
+
+unsafe fn rte_relid(root: *mut pg_sys::PlannerInfo, relid: u32) -> pg_sys::Oid {
+    // SAFETY: simple_rte_array has an entry for every base relation index.
+    unsafe { (**(*root).simple_rte_array.add(relid as usize)).relid }
+}
 
 #[pg_guard]
 pub unsafe extern "C-unwind" fn get_foreign_rel_size(
-    _root: *mut pg_sys::PlannerInfo,
+    root: *mut pg_sys::PlannerInfo,
     baserel: *mut pg_sys::RelOptInfo,
     relid: pg_sys::Oid,
 ) {
     let topology = cache::table(relid);
-    // SAFETY: baserel is the planner's RelOptInfo for this scan.
-    unsafe { (*baserel).rows = ROWS_PER_SHARD_ESTIMATE * topology.shard_count as f64 };
+    // SAFETY: planner structures are valid for the duration of the callback.
+    unsafe {
+        let selectivity = pg_sys::clauselist_selectivity(
+            root,
+            (*baserel).baserestrictinfo,
+            (*baserel).relid as i32,
+            pg_sys::JoinType::JOIN_INNER,
+            std::ptr::null_mut(),
+        );
+        let total = ROWS_PER_SHARD_ESTIMATE * topology.shard_count as f64;
+        (*baserel).rows = pg_sys::clamp_row_est(total * selectivity);
+    }
+}
+
+/// Matches the equivalence-class member that is this relation's shard key.
+#[pg_guard]
+unsafe extern "C-unwind" fn is_shard_key_member(
+    _root: *mut pg_sys::PlannerInfo,
+    rel: *mut pg_sys::RelOptInfo,
+    _ec: *mut pg_sys::EquivalenceClass,
+    em: *mut pg_sys::EquivalenceMember,
+    arg: *mut std::ffi::c_void,
+) -> bool {
+    // SAFETY: arg points at the key's attnum for the duration of the call.
+    unsafe {
+        let mut expr = (*em).em_expr as *mut pg_sys::Node;
+        while !expr.is_null() && (*expr).type_ == pg_sys::NodeTag::T_RelabelType {
+            expr = (*(expr as *mut pg_sys::RelabelType)).arg.cast();
+        }
+        if expr.is_null() || (*expr).type_ != pg_sys::NodeTag::T_Var {
+            return false;
+        }
+        let var = &*(expr as *mut pg_sys::Var);
+        var.varno == (*rel).relid as i32
+            && var.varlevelsup == 0
+            && var.varattno == *(arg as *const i16)
+    }
 }
 
 #[pg_guard]
@@ -38,12 +152,13 @@ pub unsafe extern "C-unwind" fn get_foreign_paths(
     relid: pg_sys::Oid,
 ) {
     let topology = cache::table(relid);
-    // SAFETY: planner structures are valid for the duration of the callback.
+    // SAFETY: planner structures are valid for the duration of the callback;
+    // paths are palloc'd in the planner's context.
     unsafe {
+        let mut lowering = Lowering::new(&topology, (*baserel).relid);
+        let (pushed, _) = lower_clauses(&mut lowering, (*baserel).baserestrictinfo);
         let rows = (*baserel).rows;
-        // One round trip, all shards in parallel, plus transferring rows.
-        let startup = 25.0 + topology.shard_count as f64 * 0.5;
-        let total = startup + rows * (pg_sys::cpu_tuple_cost * 2.0);
+        let (startup, total) = scan_cost(planned_shards(&topology, &pushed), rows);
         let path = pg_sys::create_foreignscan_path(
             root,
             baserel,
@@ -57,12 +172,52 @@ pub unsafe extern "C-unwind" fn get_foreign_paths(
             std::ptr::null_mut(),
         );
         pg_sys::add_path(baserel, path.cast());
+
+        // `key = outer.col` join clauses: a parameterized path that visits
+        // one shard per outer row, for nested loops.
+        let mut key_attnum = topology.key().attnum;
+        let clauses = pg_sys::generate_implied_equalities_for_column(
+            root,
+            baserel,
+            Some(is_shard_key_member),
+            (&mut key_attnum as *mut i16).cast(),
+            (*baserel).lateral_referencers,
+        );
+        for rinfo in PgList::<pg_sys::RestrictInfo>::from_pg(clauses).iter_ptr() {
+            let mut probe = Lowering::new(&topology, (*baserel).relid);
+            let Some(pred) = probe.lower((*rinfo).clause.cast()) else {
+                continue;
+            };
+            let mut preds = pushed.clone();
+            preds.push(pred);
+            let mut required = pg_sys::bms_union((*rinfo).clause_relids, (*baserel).lateral_relids);
+            required = pg_sys::bms_del_member(required, (*baserel).relid as i32);
+            if pg_sys::bms_is_empty(required) {
+                continue;
+            }
+            let info = pg_sys::get_baserel_parampathinfo(root, baserel, required);
+            let rows = (*info).ppi_rows;
+            let (startup, total) = scan_cost(planned_shards(&topology, &preds), rows);
+            let path = pg_sys::create_foreignscan_path(
+                root,
+                baserel,
+                std::ptr::null_mut(),
+                rows,
+                startup,
+                total,
+                std::ptr::null_mut(),
+                required,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
+            pg_sys::add_path(baserel, path.cast());
+        }
     }
 }
 
 #[pg_guard]
 pub unsafe extern "C-unwind" fn get_foreign_plan(
-    _root: *mut pg_sys::PlannerInfo,
+    root: *mut pg_sys::PlannerInfo,
     baserel: *mut pg_sys::RelOptInfo,
     _relid: pg_sys::Oid,
     _best_path: *mut pg_sys::ForeignPath,
@@ -73,46 +228,54 @@ pub unsafe extern "C-unwind" fn get_foreign_plan(
     // SAFETY: planner structures are valid for the duration of the callback;
     // every list built here is palloc'd in the planner's memory context.
     unsafe {
-        // Every qual is evaluated locally for now; pushdown decides later
-        // which of them SQLite evaluates exactly as Postgres does.
-        let local_quals = pg_sys::extract_actual_clauses(scan_clauses, false);
         let scan_relid = (*baserel).relid;
+        let topology = cache::table(rte_relid(root, scan_relid));
+        let mut lowering = Lowering::new(&topology, scan_relid);
+        let (pushed, local_quals) = lower_clauses(&mut lowering, scan_clauses);
 
+        // Columns to fetch: those the query returns and those the local
+        // filters read (pushed filters run on the node).
         let mut attrs: *mut pg_sys::Bitmapset = std::ptr::null_mut();
         pg_sys::pull_varattnos((*(*baserel).reltarget).exprs.cast(), scan_relid, &mut attrs);
         pg_sys::pull_varattnos(local_quals.cast(), scan_relid, &mut attrs);
         let offset = pg_sys::FirstLowInvalidHeapAttributeNumber;
-        let mut whole_row = false;
-        let mut retrieved: *mut pg_sys::List = std::ptr::null_mut();
+        let mut retrieved = Vec::new();
         let mut member = -1;
         loop {
             member = pg_sys::bms_next_member(attrs, member);
             if member < 0 {
                 break;
             }
-            let attnum = member + offset;
-            if attnum == 0 {
-                whole_row = true;
-            } else if attnum > 0 {
-                retrieved = pg_sys::lappend_int(retrieved, attnum);
-            }
-        }
-        if whole_row {
-            retrieved = std::ptr::null_mut();
-            let rte_relid = (*(*_root).simple_rte_array.add(scan_relid as usize)).as_ref();
-            if let Some(rte) = rte_relid {
-                let topology = cache::table(rte.relid);
-                for column in &topology.columns {
-                    retrieved = pg_sys::lappend_int(retrieved, column.attnum as i32);
+            match member + offset {
+                0 => {
+                    retrieved = topology.columns.iter().map(|c| c.attnum).collect();
+                    break;
                 }
+                attnum if attnum > 0 => retrieved.push(attnum as i16),
+                _ => {} // system columns: a foreign table has none to fetch
             }
         }
-        let fdw_private = pg_sys::lappend(std::ptr::null_mut(), retrieved.cast());
+
+        let mut fdw_exprs: *mut pg_sys::List = std::ptr::null_mut();
+        for (expr, _) in &lowering.params {
+            fdw_exprs = pg_sys::lappend(fdw_exprs, (*expr).cast());
+        }
+        let plan = ScanPlan {
+            retrieved,
+            pushed,
+            params: lowering.params.iter().map(|(_, s)| *s).collect(),
+        };
+        let json = CString::new(serde_json::to_string(&plan).expect("plan serializes"))
+            .expect("JSON has no NUL");
+        let fdw_private = pg_sys::lappend(
+            std::ptr::null_mut(),
+            pg_sys::makeString(pg_sys::pstrdup(json.as_ptr())).cast(),
+        );
         pg_sys::make_foreignscan(
             tlist,
             local_quals,
             scan_relid,
-            std::ptr::null_mut(),
+            fdw_exprs,
             fdw_private,
             std::ptr::null_mut(),
             std::ptr::null_mut(),
@@ -126,35 +289,118 @@ pub unsafe extern "C-unwind" fn get_foreign_plan(
 /// and with it every in-flight request.
 struct ScanState {
     topology: Rc<TableTopology>,
-    /// Attribute numbers fetched, in the order of the remote SELECT list.
-    retrieved: Vec<i16>,
+    plan: ScanPlan,
     codecs: Vec<ColumnCodec>,
+    /// Runtime parameters: their expression states and array element types.
+    params: Vec<(*mut pg_sys::ExprState, pg_sys::Oid)>,
+    econtext: *mut pg_sys::ExprContext,
     handle: Option<ScanHandle>,
     finished: bool,
     rows: std::vec::IntoIter<Vec<Value>>,
     current_shard: u32,
+    /// The route of the latest execution, for EXPLAIN ANALYZE.
+    last_route: Option<Route>,
+    /// Per-shard figures of finished executions, for EXPLAIN ANALYZE.
+    shard_stats: Vec<ShardStats>,
 }
 
 impl ScanState {
-    fn remote_sql(&self, table: &str) -> String {
-        let names: Vec<&str> = self.codecs.iter().map(|c| c.name.as_str()).collect();
-        select_sql(table, &names, None)
+    fn names(&self) -> Vec<&str> {
+        self.topology
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect()
     }
 
-    fn start(&mut self) {
+    fn retrieved_names(&self) -> Vec<&str> {
+        self.codecs.iter().map(|c| c.name.as_str()).collect()
+    }
+
+    /// Evaluate the runtime parameters in the per-tuple context.
+    unsafe fn bindings(&self) -> Vec<Binding> {
+        let mut bindings = Vec::with_capacity(self.params.len());
+        for ((state, element_type), spec) in self.params.iter().zip(&self.plan.params) {
+            let mut is_null = false;
+            // SAFETY: the states were built by ExecInitExprList for this
+            // node; the result is converted into Rust values right away.
+            let datum =
+                unsafe { pg_sys::ExecEvalExprSwitchContext(*state, self.econtext, &mut is_null) };
+            let binding = if spec.list {
+                Binding::List(if is_null {
+                    None
+                } else {
+                    Some(
+                        unsafe { deconstruct(datum, *element_type, spec.ty) }.unwrap_or_else(
+                            || error!("conductor: cannot convert an array parameter"),
+                        ),
+                    )
+                })
+            } else {
+                Binding::Value(if is_null {
+                    None
+                } else {
+                    Some(
+                        unsafe { crate::convert::typed_from_datum(spec.ty, datum) }
+                            .unwrap_or_else(|| error!("conductor: cannot convert a parameter")),
+                    )
+                })
+            };
+            bindings.push(binding);
+        }
+        bindings
+    }
+
+    /// Route with the current parameter values and start every target
+    /// shard's query.
+    unsafe fn start(&mut self) {
+        let bindings = unsafe { self.bindings() };
+        let key = shard_key(&self.topology);
+        let routed = route(&self.plan.pushed, &key, &bindings).unwrap_or_else(|e| {
+            raise(
+                PgSqlErrorCode::ERRCODE_FDW_ERROR,
+                format!("conductor: cannot route the scan: {e}"),
+            )
+            .error()
+        });
         let token = crate::catalog::credentials::token_for(self.topology.server_id);
-        let queries = self
-            .topology
-            .shards
-            .iter()
-            .map(|p| ShardQuery {
-                shard_id: p.shard_id,
-                endpoint: remote::endpoint(p, token.clone()),
-                stmt: Stmt::new(self.remote_sql(&p.remote_table), vec![]),
-            })
-            .collect();
+        let names = self.names();
+        let retrieved = self.retrieved_names();
+        let mut queries = Vec::with_capacity(routed.shards.len());
+        for &shard in routed.shards.keys() {
+            let placement = &self.topology.shards[shard as usize];
+            let preds = routed.shard_preds(&self.plan.pushed, &key, shard);
+            let (where_sql, args) = deparse(&preds, &names, &bindings).unwrap_or_else(|e| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_FDW_ERROR,
+                    format!("conductor: cannot build the shard query: {e}"),
+                )
+                .error()
+            });
+            let sql = select_sql(
+                &placement.remote_table,
+                &retrieved,
+                (!preds.is_empty()).then_some(where_sql.as_str()),
+            );
+            queries.push(ShardQuery {
+                shard_id: shard,
+                endpoint: remote::endpoint(placement, token.clone()),
+                stmt: Stmt::new(sql, args),
+            });
+        }
+        stats::count_shard_requests(self.topology.relid, routed.shards.keys().copied());
+        self.finished = queries.is_empty();
+        self.last_route = Some(routed);
         // With no column needed (count(*)), select_sql asks for one NULL.
-        self.handle = Some(remote::scan(queries, self.codecs.len().max(1)));
+        self.handle =
+            (!queries.is_empty()).then(|| remote::scan(queries, self.codecs.len().max(1)));
+    }
+
+    fn finish(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            self.shard_stats.extend_from_slice(handle.stats());
+        }
+        self.finished = true;
     }
 }
 
@@ -166,40 +412,53 @@ unsafe fn state<'a>(node: *mut pg_sys::ForeignScanState) -> &'a mut ScanState {
 #[pg_guard]
 pub unsafe extern "C-unwind" fn begin_foreign_scan(
     node: *mut pg_sys::ForeignScanState,
-    eflags: i32,
+    _eflags: i32,
 ) {
-    // SAFETY: node is the executor's scan state; its plan is our ForeignScan.
+    // SAFETY: node is the executor's scan state; its plan is our ForeignScan
+    // whose fdw_private get_foreign_plan built.
     unsafe {
-        let plan = (*node).ss.ps.plan as *mut pg_sys::ForeignScan;
+        let plan_node = (*node).ss.ps.plan as *mut pg_sys::ForeignScan;
         let relid = (*(*node).ss.ss_currentRelation).rd_id;
         let topology = cache::table(relid);
-        let private = PgList::<pg_sys::List>::from_pg((*plan).fdw_private);
-        let retrieved: Vec<i16> = match private.get_ptr(0) {
-            Some(list) => PgList::<i32>::from_pg(list)
-                .iter_int()
-                .map(|a| a as i16)
-                .collect(),
-            None => Vec::new(),
-        };
-        let codecs = retrieved
+        let private = PgList::<pg_sys::Node>::from_pg((*plan_node).fdw_private);
+        let json = private
+            .get_ptr(0)
+            .map(|s| CStr::from_ptr((*(s as *mut pg_sys::String)).sval))
+            .unwrap_or_else(|| error!("conductor: foreign scan plan without conductor data"));
+        let plan: ScanPlan = serde_json::from_slice(json.to_bytes())
+            .unwrap_or_else(|e| error!("conductor: unreadable foreign scan plan: {e}"));
+        let codecs = plan
+            .retrieved
             .iter()
             .map(|&attnum| {
-                let c = topology
-                    .column_by_attnum(attnum)
-                    .unwrap_or_else(|| error!("conductor: column {attnum} is not in the topology"));
+                let c = topology.column_by_attnum(attnum).unwrap_or_else(|| {
+                    error!("conductor: column {attnum} is not in the topology; re-plan the query")
+                });
                 ColumnCodec::new(&c.name, c.ty, c.typoid, c.typmod)
             })
             .collect();
+        let exprs = (*plan_node).fdw_exprs;
+        let states = pg_sys::ExecInitExprList(exprs, node.cast());
+        let params = PgList::<pg_sys::Node>::from_pg(exprs)
+            .iter_ptr()
+            .zip(PgList::<pg_sys::ExprState>::from_pg(states).iter_ptr())
+            .map(|(expr, state)| (state, pg_sys::get_element_type(pg_sys::exprType(expr))))
+            .collect();
         let state = ScanState {
             topology,
-            retrieved,
+            plan,
             codecs,
+            params,
+            econtext: (*node).ss.ps.ps_ExprContext,
             handle: None,
             finished: false,
             rows: Vec::new().into_iter(),
             current_shard: 0,
+            last_route: None,
+            shard_stats: Vec::new(),
         };
-        let _ = eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as i32; // nothing is sent before the first row is asked for
+        // Nothing is sent before the first row is asked for, so EXPLAIN
+        // without ANALYZE contacts no node.
         (*node).fdw_state = PgMemoryContexts::CurrentMemoryContext
             .leak_and_drop_on_delete(state)
             .cast();
@@ -226,6 +485,7 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
             }
             if state.handle.is_none() {
                 state.start();
+                continue;
             }
             let handle = state.handle.as_mut().expect("started above");
             match handle.next(POLL_INTERVAL) {
@@ -236,7 +496,7 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
                 ScanPoll::Pending => {
                     pgrx::check_for_interrupts!();
                 }
-                ScanPoll::Done => state.finished = true,
+                ScanPoll::Done => state.finish(),
                 ScanPoll::Failed(err) => remote::report_shard_error(&err),
             }
         }
@@ -251,7 +511,7 @@ unsafe fn store_row(state: &ScanState, slot: *mut pg_sys::TupleTableSlot, row: V
         let values = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
         let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, natts);
         nulls.fill(true);
-        for ((value, codec), &attnum) in row.iter().zip(&state.codecs).zip(&state.retrieved) {
+        for ((value, codec), &attnum) in row.iter().zip(&state.codecs).zip(&state.plan.retrieved) {
             let index = attnum as usize - 1;
             match codec.decode(value) {
                 Ok(Some(datum)) => {
@@ -261,9 +521,9 @@ unsafe fn store_row(state: &ScanState, slot: *mut pg_sys::TupleTableSlot, row: V
                 Ok(None) => {}
                 Err(e) => {
                     let placement = &state.topology.shards[state.current_shard as usize];
-                    crate::errors::raise(
+                    raise(
                         PgSqlErrorCode::ERRCODE_FDW_INVALID_DATA_TYPE,
-                        format!("conductor: node returned a value that does not fit {e}"),
+                        format!("conductor: node returned a value that does not fit: {e}"),
                     )
                     .detail(format!(
                         "node {} ({}), shard {}",
@@ -279,7 +539,8 @@ unsafe fn store_row(state: &ScanState, slot: *mut pg_sys::TupleTableSlot, row: V
 
 #[pg_guard]
 pub unsafe extern "C-unwind" fn re_scan_foreign_scan(node: *mut pg_sys::ForeignScanState) {
-    // SAFETY: our scan state; dropping the handle cancels in-flight requests.
+    // SAFETY: our scan state. Dropping the handle cancels in-flight
+    // requests; parameters are re-evaluated and the scan re-routed.
     unsafe {
         let state = state(node);
         state.handle = None;
@@ -307,22 +568,88 @@ pub unsafe extern "C-unwind" fn explain_foreign_scan(
     unsafe {
         let state = state(node);
         let topology = &state.topology;
-        let shards = format!(
-            "{} of {} on {} nodes",
-            topology.shard_count,
-            topology.shard_count,
-            topology.node_count()
-        );
-        explain_text(c"Shards", &shards, es);
+        let key = shard_key(topology);
+        // After execution show the route taken; before it, the route the
+        // plan's constants give (the router only binds parameters that the
+        // key depends on, so this fails only when parameters decide it).
+        let planned = match &state.last_route {
+            Some(r) => Some(r.clone()),
+            None => route(&state.plan.pushed, &key, &[]).ok(),
+        };
+        match &planned {
+            Some(r) => {
+                let mut nodes: Vec<&str> = r
+                    .shards
+                    .keys()
+                    .map(|&s| topology.shards[s as usize].node_id.as_str())
+                    .collect();
+                nodes.sort_unstable();
+                nodes.dedup();
+                explain_text(
+                    c"Shards",
+                    &format!(
+                        "{} of {} ({}) on {}",
+                        r.shards.len(),
+                        topology.shard_count,
+                        r.reason,
+                        if nodes.is_empty() {
+                            "no node".to_string()
+                        } else {
+                            nodes.join(", ")
+                        }
+                    ),
+                    es,
+                );
+            }
+            None => explain_text(
+                c"Shards",
+                &format!(
+                    "chosen at execution from {} parameter(s), of {} on {} nodes",
+                    state.plan.params.len(),
+                    topology.shard_count,
+                    topology.node_count()
+                ),
+                es,
+            ),
+        }
         if (*es).verbose {
-            let sql = state.remote_sql(&topology.shards[0].remote_table);
+            let names = state.names();
+            let shard = planned
+                .as_ref()
+                .and_then(|r| r.shards.keys().next().copied())
+                .unwrap_or(0);
+            let preds = match &planned {
+                Some(r) => r.shard_preds(&state.plan.pushed, &key, shard),
+                None => state.plan.pushed.clone(),
+            };
+            // Values travel as arguments: the text shows `?` placeholders.
+            let where_sql = deparse_template(&preds, &names);
+            let table = &topology.shards[shard as usize].remote_table;
+            let sql = select_sql(
+                table,
+                &state.retrieved_names(),
+                (!preds.is_empty()).then_some(where_sql.as_str()),
+            );
             explain_text(c"Remote SQL", &sql, es);
+        }
+        if (*es).analyze && !state.shard_stats.is_empty() {
+            for s in &state.shard_stats {
+                let ms = s.elapsed.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
+                explain_text(
+                    c"Shard",
+                    &format!(
+                        "{} on {}: rows={} time={ms:.3} ms",
+                        s.shard_id, s.node_id, s.rows
+                    ),
+                    es,
+                );
+            }
         }
     }
 }
 
-unsafe fn explain_text(label: &std::ffi::CStr, value: &str, es: *mut pg_sys::ExplainState) {
-    let value = std::ffi::CString::new(value.replace('\0', "")).expect("NULs removed");
+unsafe fn explain_text(label: &CStr, value: &str, es: *mut pg_sys::ExplainState) {
+    let value = CString::new(value.replace('\0', "")).expect("NULs removed");
     // SAFETY: ExplainPropertyText copies both strings.
     unsafe { pg_sys::ExplainPropertyText(label.as_ptr(), value.as_ptr(), es) };
 }

@@ -8,10 +8,11 @@
 use crate::remote_sql::quote_ident;
 use crate::types::TypedValue;
 use conductor_hrana::Value;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A value a predicate compares a column with.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Operand {
     /// Known when planning; `None` is SQL NULL.
     Const(Option<TypedValue>),
@@ -28,7 +29,7 @@ pub enum Binding {
     List(Option<Vec<Option<TypedValue>>>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CmpOp {
     Eq,
     Ne,
@@ -63,7 +64,7 @@ impl CmpOp {
 }
 
 /// The elements of an IN list.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ListOperand {
     Items(Vec<Operand>),
     /// An array bound at execution ([`Binding::List`]).
@@ -72,7 +73,7 @@ pub enum ListOperand {
 
 /// A restriction on the rows of one table. Columns are indexes into the
 /// scan's column list (names are supplied when deparsing).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Pred {
     Bool(bool),
     Cmp {
@@ -175,15 +176,37 @@ pub fn deparse(
         if i > 0 {
             sql.push_str(" AND ");
         }
-        deparse_one(p, names, bindings, &mut sql, &mut args, preds.len() > 1)?;
+        deparse_one(
+            p,
+            names,
+            Some(bindings),
+            &mut sql,
+            &mut args,
+            preds.len() > 1,
+        )?;
     }
     Ok((sql, args))
+}
+
+/// The SQL text of [`deparse`] before parameters are bound (for EXPLAIN of
+/// a generic plan): a parameter is `?`, an array parameter `(?…)`.
+pub fn deparse_template(preds: &[Pred], names: &[&str]) -> String {
+    let mut sql = String::new();
+    let mut args = Vec::new();
+    for (i, p) in preds.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(" AND ");
+        }
+        // Without bindings nothing can fail: values are not converted.
+        let _ = deparse_one(p, names, None, &mut sql, &mut args, preds.len() > 1);
+    }
+    sql
 }
 
 fn deparse_one(
     pred: &Pred,
     names: &[&str],
-    bindings: &[Binding],
+    bindings: Option<&[Binding]>,
     sql: &mut String,
     args: &mut Vec<Value>,
     parenthesize: bool,
@@ -206,10 +229,23 @@ fn deparse_one(
             sql.push(' ');
             sql.push_str(op.sql());
             sql.push_str(" ?");
-            args.push(arg(bind_value(value, bindings)?, name)?);
+            if let Some(bindings) = bindings {
+                args.push(arg(bind_value(value, bindings)?, name)?);
+            }
         }
         Pred::In { column, list } => {
             let name = names[*column];
+            let Some(bindings) = bindings else {
+                sql.push_str(&quote_ident(name));
+                match list {
+                    ListOperand::Items(items) => {
+                        let marks = vec!["?"; items.len()].join(", ");
+                        sql.push_str(&format!(" IN ({marks})"));
+                    }
+                    ListOperand::Param(_) => sql.push_str(" IN (?…)"),
+                }
+                return Ok(());
+            };
             match bind_list(list, bindings)? {
                 // `x = ANY(NULL::int[])` is NULL for every row.
                 None => sql.push_str("NULL"),

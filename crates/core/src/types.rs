@@ -25,7 +25,7 @@ use conductor_hrana::Value;
 use std::fmt;
 
 /// A Postgres column type conductor can store on a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ColumnType {
     Int2,
     Int4,
@@ -144,7 +144,7 @@ impl fmt::Display for ColumnType {
 
 /// A non-NULL Postgres value in the form the FFI layer hands over (dates and
 /// timestamps as Postgres' internal integers). NULL is `Option::None` around it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum TypedValue {
     Int2(i16),
     Int4(i32),

@@ -1,0 +1,516 @@
+//! parse: lower a scan's restriction clauses (Postgres planner expressions)
+//! into the core's predicate IR.
+//!
+//! A clause is lowered only when SQLite evaluates it exactly as Postgres
+//! does (DESIGN §6); everything else stays a local filter. The rules:
+//! - `column op value` with a built-in comparison operator, where both sides
+//!   are of one family that SQLite orders the same way: integers, floats
+//!   (finite constants only), booleans, bytea, uuid, and date, timestamp,
+//!   timestamptz each with itself. Text and varchar: `=` and `<>` under a
+//!   deterministic collation, ordering only under the C collation. numeric,
+//!   char(n), json and jsonb are never compared on a node.
+//! - `column = ANY(array)` / `column <> ALL(array)` under the same rules.
+//! - `column LIKE 'constant'` (and NOT LIKE) on text, as a case-sensitive GLOB.
+//! - `column IS [NOT] NULL`, a boolean column alone, AND / OR / NOT of
+//!   lowerable clauses.
+//!
+//! A value side that is not a constant (a `$n` parameter, an outer relation's
+//! column in a parameterized nested loop, a stable function call) becomes a
+//! runtime parameter: the expression is evaluated when the scan starts and
+//! routing happens then, so generic plans still reach one shard.
+
+use crate::catalog::TableTopology;
+use crate::convert::{column_type_of, typed_from_datum};
+use conductor_core::predicate::{like_to_glob, CmpOp, ListOperand, Operand, Pred};
+use conductor_core::types::{ColumnType, TypedValue};
+use pgrx::prelude::*;
+use pgrx::PgList;
+use serde::{Deserialize, Serialize};
+use std::cell::Cell;
+use std::ffi::CStr;
+
+/// A runtime parameter: the type its value is converted with, and whether
+/// it is an array (the list of an `= ANY(…)`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ParamSpec {
+    pub ty: ColumnType,
+    pub list: bool,
+}
+
+/// Lowers the clauses of one scan; collects the runtime parameters they use.
+pub struct Lowering<'a> {
+    topology: &'a TableTopology,
+    scan_relid: i32,
+    /// Expressions evaluated at scan start; `Operand::Param(i)` is `params[i]`.
+    pub params: Vec<(*mut pg_sys::Expr, ParamSpec)>,
+}
+
+fn is(node: *const pg_sys::Node, tag: pg_sys::NodeTag) -> bool {
+    // SAFETY: callers pass valid node pointers (or null, checked here).
+    !node.is_null() && unsafe { (*node).type_ } == tag
+}
+
+fn strip_relabel(mut node: *mut pg_sys::Node) -> *mut pg_sys::Node {
+    while is(node, pg_sys::NodeTag::T_RelabelType) {
+        // SAFETY: the tag says it is a RelabelType.
+        node = unsafe { (*(node as *mut pg_sys::RelabelType)).arg.cast() };
+    }
+    node
+}
+
+unsafe fn list_nodes(list: *mut pg_sys::List) -> Vec<*mut pg_sys::Node> {
+    // SAFETY: the caller passes a List of nodes (or NIL).
+    unsafe { PgList::<pg_sys::Node>::from_pg(list).iter_ptr().collect() }
+}
+
+thread_local! {
+    /// Whether the database's default collation compares like C (bytes).
+    static DEFAULT_COLLATION_IS_C: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+fn default_collation_is_c() -> bool {
+    if let Some(known) = DEFAULT_COLLATION_IS_C.with(|c| c.get()) {
+        return known;
+    }
+    let is_c = Spi::get_one::<bool>(
+        "SELECT datlocprovider = 'c' AND datcollate IN ('C', 'POSIX')
+           FROM pg_catalog.pg_database WHERE datname = current_database()",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    DEFAULT_COLLATION_IS_C.with(|c| c.set(Some(is_c)));
+    is_c
+}
+
+fn collation_is_c(collid: pg_sys::Oid) -> bool {
+    collid == pg_sys::C_COLLATION_OID
+        || collid == pg_sys::POSIX_COLLATION_OID
+        || (collid == pg_sys::DEFAULT_COLLATION_OID && default_collation_is_c())
+}
+
+fn collation_is_deterministic(collid: pg_sys::Oid) -> bool {
+    // SAFETY: a syscache lookup of an existing collation.
+    collid == pg_sys::Oid::INVALID || unsafe { pg_sys::get_collation_isdeterministic(collid) }
+}
+
+/// Whether SQLite compares a `column` with an `operand` of these types with
+/// `op` exactly as Postgres does (see the module comment).
+fn comparable(column: ColumnType, operand: ColumnType, op: CmpOp, collid: pg_sys::Oid) -> bool {
+    use ColumnType::*;
+    let ints = |t| matches!(t, Int2 | Int4 | Int8);
+    let floats = |t| matches!(t, Float4 | Float8);
+    let texts = |t| matches!(t, Text | Varchar);
+    match (column, operand) {
+        (a, b) if ints(a) && ints(b) => true,
+        (a, b) if floats(a) && floats(b) => true,
+        (a, b) if texts(a) && texts(b) => {
+            collation_is_deterministic(collid)
+                && (matches!(op, CmpOp::Eq | CmpOp::Ne) || collation_is_c(collid))
+        }
+        (Bool, Bool) | (Bytea, Bytea) | (Uuid, Uuid) | (Date, Date) => true,
+        (Timestamp, Timestamp) | (Timestamptz, Timestamptz) => true,
+        _ => false,
+    }
+}
+
+/// A built-in comparison operator's IR form.
+fn comparison(opno: pg_sys::Oid) -> Option<CmpOp> {
+    if opno.to_u32() >= pg_sys::FirstNormalObjectId {
+        return None; // user-defined operators can mean anything
+    }
+    // SAFETY: a syscache lookup; the name is copied before use.
+    let name = unsafe {
+        let p = pg_sys::get_opname(opno);
+        if p.is_null() {
+            return None;
+        }
+        CStr::from_ptr(p).to_str().ok()?.to_owned()
+    };
+    Some(match name.as_str() {
+        "=" => CmpOp::Eq,
+        "<>" => CmpOp::Ne,
+        "<" => CmpOp::Lt,
+        "<=" => CmpOp::Le,
+        ">" => CmpOp::Gt,
+        ">=" => CmpOp::Ge,
+        _ => return None,
+    })
+}
+
+fn opname(opno: pg_sys::Oid) -> Option<String> {
+    if opno.to_u32() >= pg_sys::FirstNormalObjectId {
+        return None;
+    }
+    // SAFETY: as in comparison().
+    unsafe {
+        let p = pg_sys::get_opname(opno);
+        (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+    }
+}
+
+impl<'a> Lowering<'a> {
+    pub fn new(topology: &'a TableTopology, scan_relid: u32) -> Self {
+        Lowering {
+            topology,
+            scan_relid: scan_relid as i32,
+            params: Vec::new(),
+        }
+    }
+
+    /// The clause in IR, or None when it must stay local. A failed attempt
+    /// leaves no parameters behind.
+    ///
+    /// # Safety
+    /// `clause` must be a valid expression tree of the planner.
+    pub unsafe fn lower(&mut self, clause: *mut pg_sys::Node) -> Option<Pred> {
+        let mark = self.params.len();
+        let lowered = unsafe { self.pred(clause) };
+        if lowered.is_none() {
+            self.params.truncate(mark);
+        }
+        lowered
+    }
+
+    /// The column index (into topology.columns) and type of a Var of this scan.
+    unsafe fn column(&self, node: *mut pg_sys::Node) -> Option<(usize, ColumnType)> {
+        let node = strip_relabel(node);
+        if !is(node, pg_sys::NodeTag::T_Var) {
+            return None;
+        }
+        // SAFETY: tag checked.
+        let var = unsafe { &*(node as *mut pg_sys::Var) };
+        if var.varno != self.scan_relid || var.varlevelsup != 0 || var.varattno <= 0 {
+            return None;
+        }
+        let index = self
+            .topology
+            .columns
+            .iter()
+            .position(|c| c.attnum == var.varattno)?;
+        Some((index, self.topology.columns[index].ty))
+    }
+
+    /// Whether an expression mentions a column of this scan.
+    unsafe fn mentions_scan(&self, node: *mut pg_sys::Node) -> bool {
+        // SAFETY: pull_var_clause walks a valid tree and returns a new list.
+        unsafe {
+            let flags = pg_sys::PVC_RECURSE_AGGREGATES
+                | pg_sys::PVC_RECURSE_WINDOWFUNCS
+                | pg_sys::PVC_RECURSE_PLACEHOLDERS;
+            list_nodes(pg_sys::pull_var_clause(node, flags as i32))
+                .into_iter()
+                .any(|v| {
+                    let var = &*(v as *mut pg_sys::Var);
+                    is(v, pg_sys::NodeTag::T_Var)
+                        && var.varno == self.scan_relid
+                        && var.varlevelsup == 0
+                })
+        }
+    }
+
+    /// The value side of a comparison, with its type.
+    unsafe fn operand(&mut self, node: *mut pg_sys::Node) -> Option<(Operand, ColumnType)> {
+        let stripped = strip_relabel(node);
+        if is(stripped, pg_sys::NodeTag::T_Const) {
+            // SAFETY: tag checked.
+            let c = unsafe { &*(stripped as *mut pg_sys::Const) };
+            let ty = column_type_of(c.consttype)?;
+            if c.constisnull {
+                return Some((Operand::Const(None), ty));
+            }
+            let value = unsafe { typed_from_datum(ty, c.constvalue) }?;
+            return Some((Operand::Const(Some(value)), ty));
+        }
+        // Anything else is evaluated by Postgres when the scan starts: it
+        // must not depend on this scan's rows and must give one value.
+        unsafe {
+            if self.mentions_scan(node)
+                || pg_sys::contain_volatile_functions(node)
+                || pg_sys::contain_subplans(node)
+            {
+                return None;
+            }
+            let ty = column_type_of(pg_sys::exprType(node))?;
+            Some((self.param(node, ParamSpec { ty, list: false }), ty))
+        }
+    }
+
+    fn param(&mut self, node: *mut pg_sys::Node, spec: ParamSpec) -> Operand {
+        // SAFETY: equal() compares two valid expression trees.
+        let existing = self
+            .params
+            .iter()
+            .position(|(e, s)| *s == spec && unsafe { pg_sys::equal(e.cast(), node.cast()) });
+        Operand::Param(existing.unwrap_or_else(|| {
+            self.params.push((node.cast(), spec));
+            self.params.len() - 1
+        }))
+    }
+
+    unsafe fn pred(&mut self, node: *mut pg_sys::Node) -> Option<Pred> {
+        use pg_sys::NodeTag::*;
+        // SAFETY (whole function): every cast follows a tag check and the
+        // planner's trees are well formed.
+        unsafe {
+            if is(node, T_BoolExpr) {
+                let b = &*(node as *mut pg_sys::BoolExpr);
+                let mut children = Vec::new();
+                for arg in list_nodes(b.args) {
+                    children.push(self.pred(arg)?);
+                }
+                return match b.boolop {
+                    pg_sys::BoolExprType::AND_EXPR => Some(Pred::And(children)),
+                    pg_sys::BoolExprType::OR_EXPR => Some(Pred::Or(children)),
+                    pg_sys::BoolExprType::NOT_EXPR if children.len() == 1 => {
+                        Some(Pred::Not(Box::new(children.pop()?)))
+                    }
+                    _ => None,
+                };
+            }
+            if is(node, T_OpExpr) {
+                return self.op_expr(&*(node as *mut pg_sys::OpExpr));
+            }
+            if is(node, T_ScalarArrayOpExpr) {
+                return self.array_op(&*(node as *mut pg_sys::ScalarArrayOpExpr));
+            }
+            if is(node, T_NullTest) {
+                let t = &*(node as *mut pg_sys::NullTest);
+                if t.argisrow {
+                    return None;
+                }
+                let (column, _) = self.column(t.arg.cast())?;
+                return Some(Pred::IsNull {
+                    column,
+                    negated: t.nulltesttype == pg_sys::NullTestType::IS_NOT_NULL,
+                });
+            }
+            if is(node, T_Const) {
+                let c = &*(node as *mut pg_sys::Const);
+                // A NULL constant is not false under NOT: leave it local.
+                if c.consttype == pg_sys::BOOLOID && !c.constisnull {
+                    return Some(Pred::Bool(c.constvalue.value() & 0xff != 0));
+                }
+                return None;
+            }
+            if let Some((column, ColumnType::Bool)) = self.column(node) {
+                return Some(Pred::Cmp {
+                    column,
+                    op: CmpOp::Eq,
+                    value: Operand::Const(Some(TypedValue::Bool(true))),
+                });
+            }
+            None
+        }
+    }
+
+    unsafe fn op_expr(&mut self, op: &pg_sys::OpExpr) -> Option<Pred> {
+        // SAFETY: args of an OpExpr are valid expression nodes.
+        let args = unsafe { list_nodes(op.args) };
+        let [left, right] = args[..] else {
+            return None;
+        };
+        let name = opname(op.opno)?;
+        if name == "~~" || name == "!~~" {
+            return unsafe { self.like(left, right, name == "!~~", op.inputcollid) };
+        }
+        let cmp = comparison(op.opno)?;
+        // column op value, or value op column (commuted).
+        let (column, column_ty, value_node, cmp) = match unsafe { self.column(left) } {
+            Some((c, t)) => (c, t, right, cmp),
+            None => {
+                let (c, t) = unsafe { self.column(right) }?;
+                (c, t, left, cmp.commuted())
+            }
+        };
+        let (value, value_ty) = unsafe { self.operand(value_node) }?;
+        if !comparable(column_ty, value_ty, cmp, op.inputcollid) || !exact_operand(&value, value_ty)
+        {
+            return None;
+        }
+        Some(Pred::Cmp {
+            column,
+            op: cmp,
+            value,
+        })
+    }
+
+    unsafe fn like(
+        &mut self,
+        left: *mut pg_sys::Node,
+        right: *mut pg_sys::Node,
+        negated: bool,
+        collid: pg_sys::Oid,
+    ) -> Option<Pred> {
+        let (column, ty) = unsafe { self.column(left) }?;
+        if !matches!(ty, ColumnType::Text | ColumnType::Varchar)
+            || !collation_is_deterministic(collid)
+        {
+            return None;
+        }
+        let pattern = strip_relabel(right);
+        if !is(pattern, pg_sys::NodeTag::T_Const) {
+            return None;
+        }
+        // SAFETY: tag checked.
+        let c = unsafe { &*(pattern as *mut pg_sys::Const) };
+        if c.constisnull
+            || !matches!(
+                column_type_of(c.consttype)?,
+                ColumnType::Text | ColumnType::Varchar
+            )
+        {
+            return None;
+        }
+        let Some(TypedValue::Text(p)) =
+            (unsafe { typed_from_datum(ColumnType::Text, c.constvalue) })
+        else {
+            return None;
+        };
+        Some(Pred::Glob {
+            column,
+            pattern: like_to_glob(&p)?,
+            negated,
+        })
+    }
+
+    unsafe fn array_op(&mut self, op: &pg_sys::ScalarArrayOpExpr) -> Option<Pred> {
+        // SAFETY: args of a ScalarArrayOpExpr are valid expression nodes.
+        let args = unsafe { list_nodes(op.args) };
+        let [left, right] = args[..] else {
+            return None;
+        };
+        let cmp = comparison(op.opno)?;
+        let negated = match (cmp, op.useOr) {
+            (CmpOp::Eq, true) => false,
+            (CmpOp::Ne, false) => true,
+            _ => return None,
+        };
+        let (column, column_ty) = unsafe { self.column(left) }?;
+        let right = strip_relabel(right);
+        let list = unsafe { self.array_items(right, column_ty, cmp, op.inputcollid) }?;
+        let pred = Pred::In { column, list };
+        Some(if negated {
+            Pred::Not(Box::new(pred))
+        } else {
+            pred
+        })
+    }
+
+    /// The elements of the array side of `= ANY(…)`.
+    unsafe fn array_items(
+        &mut self,
+        node: *mut pg_sys::Node,
+        column_ty: ColumnType,
+        cmp: CmpOp,
+        collid: pg_sys::Oid,
+    ) -> Option<ListOperand> {
+        // SAFETY (whole function): tag checks before casts; deconstruct_array
+        // reads a valid, detoasted array of the element type.
+        unsafe {
+            let element_type = pg_sys::get_element_type(pg_sys::exprType(node));
+            let element_ty = column_type_of(element_type)?;
+            if !comparable(column_ty, element_ty, cmp, collid) {
+                return None;
+            }
+            if is(node, pg_sys::NodeTag::T_Const) {
+                let c = &*(node as *mut pg_sys::Const);
+                if c.constisnull {
+                    return None;
+                }
+                let items = deconstruct(c.constvalue, element_type, element_ty)?;
+                let operands = items.into_iter().map(Operand::Const).collect::<Vec<_>>();
+                if operands.iter().any(|o| !exact_operand(o, element_ty)) {
+                    return None;
+                }
+                return Some(ListOperand::Items(operands));
+            }
+            if is(node, pg_sys::NodeTag::T_ArrayExpr) {
+                let a = &*(node as *mut pg_sys::ArrayExpr);
+                if a.multidims {
+                    return None;
+                }
+                let mut operands = Vec::new();
+                for element in list_nodes(a.elements) {
+                    let (operand, ty) = self.operand(element)?;
+                    if !comparable(column_ty, ty, cmp, collid) || !exact_operand(&operand, ty) {
+                        return None;
+                    }
+                    operands.push(operand);
+                }
+                return Some(ListOperand::Items(operands));
+            }
+            if matches!(element_ty, ColumnType::Float4 | ColumnType::Float8)
+                || self.mentions_scan(node)
+                || pg_sys::contain_volatile_functions(node)
+                || pg_sys::contain_subplans(node)
+            {
+                return None;
+            }
+            match self.param(
+                node,
+                ParamSpec {
+                    ty: element_ty,
+                    list: true,
+                },
+            ) {
+                Operand::Param(i) => Some(ListOperand::Param(i)),
+                Operand::Const(_) => None,
+            }
+        }
+    }
+}
+
+/// Constants must have an exact SQLite form, and a float compared at run
+/// time could be NaN or infinite, which a node cannot hold: such operands
+/// stay local.
+fn exact_operand(operand: &Operand, ty: ColumnType) -> bool {
+    match operand {
+        Operand::Const(Some(TypedValue::Float4(f))) => f.is_finite(),
+        Operand::Const(Some(TypedValue::Float8(f))) => f.is_finite(),
+        Operand::Const(_) => true,
+        Operand::Param(_) => !matches!(ty, ColumnType::Float4 | ColumnType::Float8),
+    }
+}
+
+/// The elements of a one-dimensional array datum (None for NULL elements).
+///
+/// # Safety
+/// `datum` must be a non-null array of `element_type`.
+pub unsafe fn deconstruct(
+    datum: pg_sys::Datum,
+    element_type: pg_sys::Oid,
+    element_ty: ColumnType,
+) -> Option<Vec<Option<TypedValue>>> {
+    // SAFETY: per the contract; the arrays deconstruct_array returns are
+    // palloc'd in CurrentMemoryContext and read before returning.
+    unsafe {
+        let array = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *mut pg_sys::ArrayType;
+        let mut len = 0i16;
+        let mut byval = false;
+        let mut align = 0 as std::ffi::c_char;
+        pg_sys::get_typlenbyvalalign(element_type, &mut len, &mut byval, &mut align);
+        let mut values: *mut pg_sys::Datum = std::ptr::null_mut();
+        let mut nulls: *mut bool = std::ptr::null_mut();
+        let mut n = 0i32;
+        pg_sys::deconstruct_array(
+            array,
+            element_type,
+            len as i32,
+            byval,
+            align,
+            &mut values,
+            &mut nulls,
+            &mut n,
+        );
+        let mut items = Vec::with_capacity(n as usize);
+        for i in 0..n as usize {
+            items.push(if *nulls.add(i) {
+                None
+            } else {
+                Some(typed_from_datum(element_ty, *values.add(i))?)
+            });
+        }
+        Some(items)
+    }
+}
