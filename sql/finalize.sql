@@ -53,13 +53,19 @@ LANGUAGE plpgsql AS $$
 DECLARE
     obj record;
 BEGIN
+    -- Tables first: forgetting a table queues the drop of its shard tables
+    -- (which needs its nodes' addresses) and removes its shard rows, which
+    -- reference the nodes a dropped server's forgetting deletes. The order
+    -- of pg_event_trigger_dropped_objects() puts the server first.
     FOR obj IN SELECT * FROM pg_event_trigger_dropped_objects()
+               WHERE object_type = 'foreign table'
     LOOP
-        IF obj.object_type = 'foreign table' THEN
-            PERFORM conductor._forget_distributed_table(obj.objid);
-        ELSIF obj.object_type = 'server' THEN
-            PERFORM conductor._forget_server(obj.objid);
-        END IF;
+        PERFORM conductor._forget_distributed_table(obj.objid);
+    END LOOP;
+    FOR obj IN SELECT * FROM pg_event_trigger_dropped_objects()
+               WHERE object_type = 'server'
+    LOOP
+        PERFORM conductor._forget_server(obj.objid);
     END LOOP;
 END
 $$;
