@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod executor;
+pub mod explain;
 pub mod merge;
 pub mod placement;
 pub mod predicate;
