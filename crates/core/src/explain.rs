@@ -91,6 +91,12 @@ pub struct TableInfo {
 /// unqualified names through `search_path`.
 pub trait Catalog {
     fn table(&self, name: &TableName) -> Option<TableInfo>;
+
+    /// Whether the database's default collation compares like "C" (then
+    /// text ordering without a COLLATE clause is pushed, as the FDW does).
+    fn default_collation_is_c(&self) -> bool {
+        false
+    }
 }
 
 impl<F: Fn(&TableName) -> Option<TableInfo>> Catalog for F {
@@ -313,6 +319,8 @@ enum Kind {
 /// The lowered statement: what depends on the text and the tables' shapes.
 #[derive(Debug, Clone)]
 struct Plan {
+    /// The default collation was C when lowering.
+    default_c: bool,
     kind: Kind,
     /// Every table name looked up and the shape it had (None: not
     /// distributed).
@@ -344,6 +352,9 @@ impl Plan {
     /// The current infos when every looked-up name still has the shape it
     /// had when this plan was lowered.
     fn revalidate(&self, catalog: &dyn Catalog) -> Option<Vec<Option<TableInfo>>> {
+        if catalog.default_collation_is_c() != self.default_c {
+            return None;
+        }
         let mut infos = Vec::with_capacity(self.lookups.len());
         for (name, old) in &self.lookups {
             let info = catalog.table(name);
@@ -369,6 +380,7 @@ fn analyze(
         first_local: None,
         error: None,
         consumed: Vec::new(),
+        default_c: catalog.default_collation_is_c(),
     };
     let kind = match stmt {
         Statement::Query(_) => Kind::Select,
@@ -413,6 +425,7 @@ fn analyze(
     }
     a.mark_columns(stmt);
     let plan = Plan {
+        default_c: a.default_c,
         kind,
         lookups: a.lookups,
         occs: a.occs,
@@ -490,6 +503,8 @@ enum Leaf {
     Pred(usize, Pred),
     /// `a.x = b.y` between two routable columns.
     ColEq(ColRef, ColRef),
+    /// `true` / `false`.
+    Const(bool),
     /// Anything else: evaluated by Postgres.
     Opaque,
 }
@@ -504,6 +519,8 @@ struct Analyzer<'c> {
     error: Option<ExplainError>,
     /// Conjuncts (as written) that went to the shards entirely.
     consumed: Vec<Expr>,
+    /// [`Catalog::default_collation_is_c`] when lowering.
+    default_c: bool,
 }
 
 impl Analyzer<'_> {
@@ -934,6 +951,22 @@ impl Analyzer<'_> {
                 let mut all_pushed = true;
                 let mut eqs = Vec::new();
                 for t in conjuncts {
+                    // A constant conjunct: `true` restricts nothing; `false`
+                    // leaves no row (Postgres skips the scans).
+                    if let Tree::Leaf(Leaf::Const(b)) = t {
+                        if !b {
+                            let targets: Vec<usize> = match src {
+                                QualSource::Where => (0..scope.len()).collect(),
+                                QualSource::OuterOn(t) => t.clone(),
+                            };
+                            for i in targets {
+                                if let Some(o) = scope[i].occ {
+                                    pushed.push((o, Pred::Bool(false)));
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     if let Tree::Leaf(Leaf::ColEq(a, b)) = &t {
                         let inner = matches!(src, QualSource::Where)
                             && !nullable(scope, a.occ)
@@ -1044,8 +1077,9 @@ impl Analyzer<'_> {
                     l => l,
                 }
             }
+            // IS [NOT] NULL is exact for every type.
             Expr::IsNull(e) | Expr::IsNotNull(e) => match self.column(scope, e) {
-                Some(c) if pushable(self.col_type(c)) => pred(
+                Some(c) => pred(
                     c,
                     Pred::IsNull {
                         column: c.col,
@@ -1059,7 +1093,7 @@ impl Analyzer<'_> {
                 target: ast::InTarget::List(list),
                 negated,
                 ..
-            } => self.in_list(scope, e, list, *negated),
+            } => self.in_list(scope, e, list, *negated, true),
             Expr::AnyOp {
                 left,
                 compare_op: BinaryOperator::Eq,
@@ -1103,14 +1137,11 @@ impl Analyzer<'_> {
                 }
             }
             Expr::Identifier(_) | Expr::CompoundIdentifier(_) => match self.column(scope, expr) {
-                Some(c) if self.col_type(c) == ColumnType::Bool => pred(
-                    c,
-                    Pred::Cmp {
-                        column: c.col,
-                        op: CmpOp::Eq,
-                        value: Operand::Const(Some(TypedValue::Bool(true))),
-                    },
-                ),
+                Some(c) if self.col_type(c) == ColumnType::Bool => pred(c, bool_column(c.col)),
+                _ => Leaf::Opaque,
+            },
+            Expr::Value(v) => match v.value {
+                ast::Value::Boolean(b) => Leaf::Const(b),
                 _ => Leaf::Opaque,
             },
             _ => Leaf::Opaque,
@@ -1129,15 +1160,31 @@ impl Analyzer<'_> {
             return Leaf::Opaque;
         };
         let ty = self.col_type(c);
-        let c_collation = matches!(collation.as_deref(), Some("C" | "POSIX"));
-        if collation.is_some() && !c_collation {
-            return Leaf::Opaque; // possibly nondeterministic: keep local
-        }
+        let c_collation = match collation.as_deref() {
+            Some("C" | "POSIX") => true,
+            None | Some("default") => self.default_c,
+            Some(_) => false,
+        };
         let ordered = !matches!(op, CmpOp::Eq | CmpOp::Ne);
         if !pushable(ty) || (ordered && is_text(ty) && !c_collation) {
             return Leaf::Opaque;
         }
         match literal(value, ty) {
+            // Postgres simplifies `b = true` to `b` and `b = false` to
+            // `NOT b`; the FDW then sees the bare column.
+            Ok(Operand::Const(Some(TypedValue::Bool(b))))
+                if matches!(op, CmpOp::Eq | CmpOp::Ne) =>
+            {
+                let bare = bool_column(c.col);
+                Leaf::Pred(
+                    c.occ,
+                    if b == (op == CmpOp::Eq) {
+                        bare
+                    } else {
+                        Pred::Not(Box::new(bare))
+                    },
+                )
+            }
             Ok(v) => Leaf::Pred(
                 c.occ,
                 Pred::Cmp {
@@ -1150,7 +1197,14 @@ impl Analyzer<'_> {
         }
     }
 
-    fn in_list(&self, scope: &[ScopeEntry], e: &Expr, list: &[Expr], negated: bool) -> Leaf {
+    fn in_list(
+        &self,
+        scope: &[ScopeEntry],
+        e: &Expr,
+        list: &[Expr],
+        negated: bool,
+        single_is_eq: bool,
+    ) -> Leaf {
         let Some(c) = self.column(scope, e) else {
             return Leaf::Opaque;
         };
@@ -1165,6 +1219,17 @@ impl Analyzer<'_> {
         else {
             return Leaf::Opaque;
         };
+        // Postgres turns `x IN (v)` into `x = v` (and NOT IN into `<>`).
+        if let (true, [v]) = (single_is_eq, &items[..]) {
+            return Leaf::Pred(
+                c.occ,
+                Pred::Cmp {
+                    column: c.col,
+                    op: if negated { CmpOp::Ne } else { CmpOp::Eq },
+                    value: v.clone(),
+                },
+            );
+        }
         let p = Pred::In {
             column: c.col,
             list: ListOperand::Items(items),
@@ -1179,7 +1244,7 @@ impl Analyzer<'_> {
             e => e,
         };
         let leaf = match right {
-            Expr::Array(arr) => self.in_list(scope, left, &arr.elem, false),
+            Expr::Array(arr) => self.in_list(scope, left, &arr.elem, false, false),
             Expr::Value(v) => match (&v.value, self.column(scope, left)) {
                 (ast::Value::Placeholder(p), Some(c)) if pushable(self.col_type(c)) => {
                     match placeholder(p) {
@@ -1329,6 +1394,15 @@ fn combine(t: Tree) -> Option<(usize, Pred)> {
     }
 }
 
+/// A bare boolean column as the FDW lowers it: `col = true`.
+fn bool_column(column: usize) -> Pred {
+    Pred::Cmp {
+        column,
+        op: CmpOp::Eq,
+        value: Operand::Const(Some(TypedValue::Bool(true))),
+    }
+}
+
 /// NOT pushed down as Postgres' `negate_clause` does (exact in three-valued
 /// logic).
 fn negate(t: Tree) -> Tree {
@@ -1336,12 +1410,19 @@ fn negate(t: Tree) -> Tree {
         Tree::And(ts) => Tree::Or(ts.into_iter().map(negate).collect()),
         Tree::Or(ts) => Tree::And(ts.into_iter().map(negate).collect()),
         Tree::Leaf(Leaf::Pred(o, p)) => Tree::Leaf(Leaf::Pred(o, negate_pred(p))),
+        Tree::Leaf(Leaf::Const(b)) => Tree::Leaf(Leaf::Const(!b)),
         Tree::Leaf(_) => Tree::Leaf(Leaf::Opaque),
     }
 }
 
 fn negate_pred(p: Pred) -> Pred {
     match p {
+        // NOT of a bare boolean column stays NOT.
+        p @ Pred::Cmp {
+            op: CmpOp::Eq,
+            value: Operand::Const(Some(TypedValue::Bool(true))),
+            ..
+        } => Pred::Not(Box::new(p)),
         Pred::Bool(b) => Pred::Bool(!b),
         Pred::Cmp { column, op, value } => Pred::Cmp {
             column,
@@ -1605,8 +1686,13 @@ fn literal(e: &Expr, ty: ColumnType) -> Result<Operand, ()> {
                 if !s.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(()); // 1.5 or 1e3 is numeric: compared as numeric
                 }
+                // Beyond i64 it is a numeric constant: compared as numeric.
                 let i: i64 = text.parse().map_err(|_| ())?;
-                int_value(i, ty).map(|v| Operand::Const(Some(v))).ok_or(())
+                // Beyond the column's range Postgres compares across
+                // integer widths (int24eq, int48eq …), exact in SQLite too.
+                Ok(Operand::Const(Some(
+                    int_value(i, ty).unwrap_or(TypedValue::Int8(i)),
+                )))
             }
             // Postgres compares float4 columns with a numeric constant as
             // float8: keep the double.
@@ -2154,13 +2240,13 @@ mod tests {
             ),
             (
                 "active = 'f'",
-                Some("\"active\" = ?"),
-                vec![Value::Integer(0)],
+                Some("NOT (\"active\" = ?)"),
+                vec![Value::Integer(1)],
             ),
             ("active", Some("\"active\" = ?"), vec![Value::Integer(1)]),
             (
                 "NOT active",
-                Some("\"active\" <> ?"),
+                Some("NOT (\"active\" = ?)"),
                 vec![Value::Integer(1)],
             ),
             (
@@ -2223,7 +2309,46 @@ mod tests {
             ),
             (
                 "age NOT IN (1)",
+                Some("\"age\" <> ?"),
+                vec![Value::Integer(1)],
+            ),
+            ("age IN (5)", Some("\"age\" = ?"), vec![Value::Integer(5)]),
+            (
+                "age NOT IN (1, 2)",
+                Some("NOT (\"age\" IN (?, ?))"),
+                vec![Value::Integer(1), Value::Integer(2)],
+            ),
+            (
+                "age <> ALL(ARRAY[1])",
                 Some("NOT (\"age\" IN (?))"),
+                vec![Value::Integer(1)],
+            ),
+            // Across integer widths, as Postgres compares them.
+            (
+                "age = 3000000000",
+                Some("\"age\" = ?"),
+                vec![Value::Integer(3_000_000_000)],
+            ),
+            (
+                "small = 40000",
+                Some("\"small\" = ?"),
+                vec![Value::Integer(40000)],
+            ),
+            ("amount IS NULL", Some("\"amount\" IS NULL"), vec![]),
+            (
+                "name = 'x' COLLATE \"de_DE\"",
+                Some("\"name\" = ?"),
+                vec![Value::Text("x".into())],
+            ),
+            ("name < 'x' COLLATE \"de_DE\"", None, vec![]),
+            (
+                "active = false",
+                Some("NOT (\"active\" = ?)"),
+                vec![Value::Integer(1)],
+            ),
+            (
+                "active <> 'f'",
+                Some("\"active\" = ?"),
                 vec![Value::Integer(1)],
             ),
             (
@@ -2258,16 +2383,13 @@ mod tests {
             ),
             // Not pushed: evaluated by Postgres.
             ("name < 'bob'", None, vec![]),
-            ("name = 'x' COLLATE \"de_DE\"", None, vec![]),
             ("name ILIKE 'a%'", None, vec![]),
             ("name LIKE 'a\\'", None, vec![]),
             ("code LIKE 'a%'", None, vec![]),
             ("amount = 1", None, vec![]),
-            ("amount IS NULL", None, vec![]),
             ("code = 'x'", None, vec![]),
             ("born = '2020-01-01'", None, vec![]),
-            ("age = 3000000000", None, vec![]),
-            ("small = 40000", None, vec![]),
+            ("age = 99999999999999999999", None, vec![]),
             ("age = 1.5", None, vec![]),
             ("age = 1 + 1", None, vec![]),
             ("score = 'NaN'", None, vec![]),
@@ -2329,6 +2451,50 @@ mod tests {
             vec![shard_for(&KeyValue::Text("a@b"), 4)]
         );
         assert_eq!(rows[0].reason, "email = 'a@b'");
+    }
+
+    #[test]
+    fn constant_conditions() {
+        assert!(ex("SELECT * FROM users WHERE false").is_empty());
+        assert!(ex("SELECT * FROM users u JOIN orders o ON false").is_empty());
+        assert!(ex("SELECT * FROM users WHERE NOT true AND age = 1").is_empty());
+        assert_eq!(ex("SELECT * FROM users WHERE true").len(), 16);
+        // Only users is emptied by a false ON of its left join.
+        let rows = ex("SELECT * FROM orders o LEFT JOIN users u ON false");
+        assert_eq!(
+            (
+                shards_of(&rows, "orders").len(),
+                shards_of(&rows, "users").len()
+            ),
+            (8, 0)
+        );
+    }
+
+    #[test]
+    fn default_collation_c_pushes_text_ordering() {
+        struct C;
+        impl Catalog for C {
+            fn table(&self, name: &TableName) -> Option<TableInfo> {
+                catalog(name)
+            }
+            fn default_collation_is_c(&self) -> bool {
+                true
+            }
+        }
+        let sql = "SELECT count(*) FROM users WHERE name < 'b'";
+        let rows = explain(sql, &C).unwrap();
+        assert!(
+            rows[0].remote_sql.ends_with("WHERE \"name\" < ?"),
+            "{}",
+            rows[0].remote_sql
+        );
+        assert!(!ex(sql)[0].remote_sql.contains("WHERE"));
+        // A cached plan is lowered again when the default changes.
+        let mut cache = PlanCache::default();
+        cache.explain(sql, &C, &[]).unwrap();
+        let rows = cache.explain(sql, &catalog, &[]).unwrap();
+        assert!(!rows[0].remote_sql.contains("WHERE"));
+        assert_eq!(cache.relowered, 1);
     }
 
     #[test]
