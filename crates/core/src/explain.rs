@@ -1246,7 +1246,9 @@ impl Analyzer<'_> {
         let leaf = match right {
             Expr::Array(arr) => self.in_list(scope, left, &arr.elem, false, false),
             Expr::Value(v) => match (&v.value, self.column(scope, left)) {
-                (ast::Value::Placeholder(p), Some(c)) if pushable(self.col_type(c)) => {
+                (ast::Value::Placeholder(p), Some(c))
+                    if pushable(self.col_type(c)) && family(self.col_type(c)) != 2 =>
+                {
                     match placeholder(p) {
                         Some(i) => Leaf::Pred(
                             c.occ,
@@ -1258,13 +1260,48 @@ impl Analyzer<'_> {
                         None => Leaf::Opaque,
                     }
                 }
+                (ast::Value::SingleQuotedString(text), Some(c)) => self.array_literal(c, text),
                 _ => Leaf::Opaque,
             },
+            Expr::Cast {
+                expr, data_type, ..
+            } if matches!(data_type, ast::DataType::Array(_)) => {
+                match (string_lit(expr), self.column(scope, left)) {
+                    (Some(text), Some(c)) => self.array_literal(c, &text),
+                    _ => Leaf::Opaque,
+                }
+            }
             _ => Leaf::Opaque,
         };
         match leaf {
             Leaf::Pred(o, p) if negated => Leaf::Pred(o, Pred::Not(Box::new(p))),
             l => l,
+        }
+    }
+
+    /// `col = ANY('{1,2,NULL}')`: a one-dimensional array literal.
+    fn array_literal(&self, c: ColRef, text: &str) -> Leaf {
+        let ty = self.col_type(c);
+        if !pushable(ty) {
+            return Leaf::Opaque;
+        }
+        match parse_array(text).and_then(|items| {
+            items
+                .into_iter()
+                .map(|i| match i {
+                    None => Some(Operand::Const(None)),
+                    Some(s) => untyped(&s, ty).map(|v| Operand::Const(Some(v))),
+                })
+                .collect::<Option<Vec<_>>>()
+        }) {
+            Some(items) => Leaf::Pred(
+                c.occ,
+                Pred::In {
+                    column: c.col,
+                    list: ListOperand::Items(items),
+                },
+            ),
+            None => Leaf::Opaque,
         }
     }
 
@@ -1329,6 +1366,63 @@ fn column_refs<V: Visit>(node: &V) -> Vec<(Option<String>, String)> {
         ControlFlow::<()>::Continue(())
     });
     refs
+}
+
+/// The elements of a one-dimensional Postgres array literal (`{a,"b c",NULL}`);
+/// None for anything more complex (nested arrays, dimensions).
+fn parse_array(text: &str) -> Option<Vec<Option<String>>> {
+    let inner = text.trim().strip_prefix('{')?.strip_suffix('}')?;
+    let mut items = Vec::new();
+    if inner.trim().is_empty() {
+        return Some(items);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut s = String::new();
+            loop {
+                match chars.next()? {
+                    '\\' => s.push(chars.next()?),
+                    '"' => break,
+                    c => s.push(c),
+                }
+            }
+            items.push(Some(s));
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+        } else {
+            let mut s = String::new();
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                if matches!(c, '{' | '}' | '"' | '\\') {
+                    return None;
+                }
+                s.push(c);
+                chars.next();
+            }
+            let s = s.trim().to_string();
+            if s.is_empty() {
+                return None;
+            }
+            items.push(if s.eq_ignore_ascii_case("null") {
+                None
+            } else {
+                Some(s)
+            });
+        }
+        match chars.next() {
+            None => return Some(items),
+            Some(',') => continue,
+            Some(_) => return None,
+        }
+    }
 }
 
 /// The top-level conjuncts of a qualification as written.
@@ -1723,6 +1817,9 @@ fn literal(e: &Expr, ty: ColumnType) -> Result<Operand, ()> {
         },
         Expr::Value(v) => match &v.value {
             ast::Value::Null => Ok(Operand::Const(None)),
+            // A float parameter could be NaN or infinite at run time: local
+            // (as in the FDW).
+            ast::Value::Placeholder(_) if matches!(ty, Float4 | Float8) => Err(()),
             ast::Value::Placeholder(p) => placeholder(p).map(Operand::Param).ok_or(()),
             ast::Value::Number(s, _) => number(s, false),
             ast::Value::Boolean(b) if ty == Bool => Ok(Operand::Const(Some(TypedValue::Bool(*b)))),
@@ -2397,6 +2494,19 @@ mod tests {
             ("data = 'abc'", None, vec![]),
             ("uid = 'nope'", None, vec![]),
             ("age = 1 OR lower(name) = 'x'", None, vec![]),
+            ("score = $1", None, vec![]),
+            ("score = ANY($1)", None, vec![]),
+            (
+                "age = ANY('{1, NULL,3}')",
+                Some("\"age\" IN (?, ?, ?)"),
+                vec![Value::Integer(1), Value::Null, Value::Integer(3)],
+            ),
+            (
+                "name = ANY('{\"a,b\",c}'::text[])",
+                Some("\"name\" IN (?, ?)"),
+                vec![Value::Text("a,b".into()), Value::Text("c".into())],
+            ),
+            ("age = ANY('{{1},{2}}')", None, vec![]),
             ("NOT (age = 1 AND lower(name) = 'x')", None, vec![]),
             ("active IS TRUE", None, vec![]),
             ("age IS DISTINCT FROM 3", None, vec![]),
