@@ -20,6 +20,9 @@ CREATE TABLE conductor.distributed_table (
     -- Shard tables on the nodes are named <remote_name>_<shard id, 4 digits>.
     remote_name text NOT NULL,
     shard_key name NOT NULL,
+    -- The columns that identify a row (they include the shard key); the
+    -- shard tables' PRIMARY KEY, used by UPDATE/DELETE that fetch rows first.
+    primary_key name[] NOT NULL,
     shard_count integer NOT NULL CHECK (shard_count BETWEEN 1 AND 4096),
     -- Placement hash (DESIGN §4); a table keeps the version it was created with.
     hash_version integer NOT NULL DEFAULT 1,

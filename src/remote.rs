@@ -61,6 +61,24 @@ pub fn execute_uninterruptible(
     execute_with(requests, false)
 }
 
+/// Send every request at once and return the node's answers as they are
+/// (errors inside a pipeline stay in the body): for callers that need the
+/// baton or per-step results even when a step failed.
+pub fn execute_raw(
+    requests: Vec<ShardRequest>,
+    interruptible: bool,
+) -> Vec<Result<PipelineRespBody, ShardError>> {
+    let mut handle = executor().execute(requests);
+    loop {
+        if let Some(results) = handle.wait(POLL_INTERVAL) {
+            return results;
+        }
+        if interruptible {
+            pgrx::check_for_interrupts!();
+        }
+    }
+}
+
 fn execute_with(
     requests: Vec<ShardRequest>,
     interruptible: bool,
@@ -69,16 +87,7 @@ fn execute_with(
         .iter()
         .map(|r| (r.shard_id, NodeRef::from(&r.endpoint)))
         .collect();
-    let mut handle = executor().execute(requests);
-    let results = loop {
-        if let Some(results) = handle.wait(POLL_INTERVAL) {
-            break results;
-        }
-        if interruptible {
-            pgrx::check_for_interrupts!();
-        }
-    };
-    results
+    execute_raw(requests, interruptible)
         .into_iter()
         .zip(meta)
         .map(|(result, (shard, node))| {

@@ -247,14 +247,15 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
     Spi::connect_mut(|client| -> Result<(), pgrx::spi::Error> {
         client.update(
             "INSERT INTO conductor.distributed_table
-                 (relid, server_id, remote_name, shard_key, shard_count, hash_version)
-             VALUES ($1, $2, $3, $4::name, $5, $6)",
+                 (relid, server_id, remote_name, shard_key, primary_key, shard_count, hash_version)
+             VALUES ($1, $2, $3, $4::name, $5::name[], $6, $7)",
             None,
             &[
                 relid.into(),
                 server_id.into(),
                 remote_name.as_str().into(),
                 shard_key.into(),
+                primary_key.clone().into(),
                 shard_count.into(),
                 HASH_VERSION.into(),
             ],

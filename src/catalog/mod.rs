@@ -39,6 +39,8 @@ pub struct TableTopology {
     pub shard_count: u32,
     /// Index into `columns` of the shard key.
     pub key_index: usize,
+    /// Indexes into `columns` of the row identity (includes the shard key).
+    pub primary_key: Vec<usize>,
     /// Non-dropped columns in attnum order.
     pub columns: Vec<Column>,
     /// Indexed by shard id.
@@ -102,7 +104,8 @@ pub fn relation_columns(
 pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
     Spi::connect(|client| -> Result<Option<TableTopology>, pgrx::spi::Error> {
         let table = client.select(
-            "SELECT server_id, remote_name, shard_key::text, shard_count, hash_version
+            "SELECT server_id, remote_name, shard_key::text, shard_count, hash_version,
+                    primary_key::text[]
                FROM conductor.distributed_table WHERE relid = $1",
             Some(1),
             &[relid.into()],
@@ -116,6 +119,7 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
         let shard_key: String = row.get(3)?.unwrap_or_default();
         let shard_count: i32 = row.get(4)?.unwrap_or_default();
         let hash_version: i32 = row.get(5)?.unwrap_or(1);
+        let primary_key_names: Vec<String> = row.get(6)?.unwrap_or_default();
 
         let mut columns = Vec::new();
         for column in relation_columns(client, relid)? {
@@ -133,6 +137,18 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
                 relation_display_name(relid)
             )
         };
+
+        let primary_key = primary_key_names
+            .iter()
+            .map(|name| {
+                columns.iter().position(|c| &c.name == name).unwrap_or_else(|| {
+                    error!(
+                        "primary key column \"{name}\" of {} no longer exists",
+                        relation_display_name(relid)
+                    )
+                })
+            })
+            .collect();
 
         let mut shards = Vec::with_capacity(shard_count as usize);
         let rows = client.select(
@@ -174,6 +190,7 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
             remote_name,
             shard_count: shard_count as u32,
             key_index,
+            primary_key,
             columns,
             shards,
         }))

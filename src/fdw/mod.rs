@@ -1,6 +1,7 @@
 //! The foreign-data wrapper: `conductor_fdw_handler` hands Postgres the
 //! callbacks; each group of callbacks lives in its own module.
 
+pub mod direct;
 pub mod modify;
 pub mod options;
 pub mod scan;
@@ -23,11 +24,20 @@ fn conductor_fdw_handler() -> PgBox<pg_sys::FdwRoutine> {
     routine.EndForeignScan = Some(scan::end_foreign_scan);
     routine.ExplainForeignScan = Some(scan::explain_foreign_scan);
 
+    routine.AddForeignUpdateTargets = Some(modify::add_foreign_update_targets);
+    routine.PlanForeignModify = Some(modify::plan_foreign_modify);
     routine.BeginForeignModify = Some(modify::begin_foreign_modify);
+    routine.ExecForeignUpdate = Some(modify::exec_foreign_update);
+    routine.ExecForeignDelete = Some(modify::exec_foreign_delete);
     routine.ExecForeignInsert = Some(modify::exec_foreign_insert);
     routine.ExecForeignBatchInsert = Some(modify::exec_foreign_batch_insert);
     routine.GetForeignModifyBatchSize = Some(modify::get_foreign_modify_batch_size);
     routine.EndForeignModify = Some(modify::end_foreign_modify);
+    routine.PlanDirectModify = Some(direct::plan_direct_modify);
+    routine.BeginDirectModify = Some(direct::begin_direct_modify);
+    routine.IterateDirectModify = Some(direct::iterate_direct_modify);
+    routine.EndDirectModify = Some(direct::end_direct_modify);
+    routine.ExplainDirectModify = Some(direct::explain_direct_modify);
     routine.BeginForeignInsert = Some(modify::begin_foreign_insert);
     routine.EndForeignInsert = Some(modify::end_foreign_insert);
 

@@ -1,6 +1,11 @@
-//! INSERT and COPY into a distributed table: route every row by its shard key,
-//! group the rows of each shard, and send each group as one request, all
-//! shards in parallel.
+//! Row-by-row and batched writes: INSERT (VALUES, INSERT … SELECT), COPY,
+//! and UPDATE/DELETE that Postgres runs by fetching rows first (when the
+//! statement cannot go to the nodes whole: see `direct.rs`).
+//!
+//! Every row is routed by its shard key; the rows of a batch are grouped per
+//! shard and each node gets one request holding its shards' statements, all
+//! nodes in parallel. Everything runs in the Postgres transaction's remote
+//! transaction (`xact::streams`): committed at commit, rolled back on abort.
 
 use crate::catalog::{cache, TableTopology};
 use crate::convert::ColumnCodec;
@@ -8,26 +13,122 @@ use crate::errors::raise;
 use crate::fdw::options::table_option;
 use crate::gucs;
 use crate::remote;
+use crate::xact::streams::{self, NodeWork, ShardLabel};
 use conductor_core::placement::{shard_for, KeyValue};
-use conductor_core::remote_sql::{insert_sql, max_rows_per_insert};
+use conductor_core::remote_sql::{
+    delete_sql, insert_sql, key_match_sql, max_rows_per_insert, update_sql,
+};
 use conductor_core::types::ColumnType;
-use conductor_hrana::{PipelineReqBody, Stmt, Value};
+use conductor_hrana::{Stmt, StmtResult, Value};
 use pgrx::prelude::*;
-use pgrx::PgMemoryContexts;
+use pgrx::{PgList, PgMemoryContexts, PgSqlErrorCode};
 use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::rc::Rc;
+
+/// Junk column names carrying a row's identity from the scan to the
+/// modify: `conductor_pk_<attnum>`.
+fn identity_column(attnum: i16) -> CString {
+    CString::new(format!("conductor_pk_{attnum}")).expect("no NUL")
+}
 
 /// A write in progress on one result relation; dropped with the executor's
 /// memory context.
 struct ModifyState {
     topology: Rc<TableTopology>,
+    display: String,
     /// One codec per column, in `topology.columns` order.
     codecs: Vec<ColumnCodec>,
     batch_size: i32,
+    /// UPDATE: the columns assigned (indexes into topology.columns).
+    updated: Vec<usize>,
+    /// UPDATE/DELETE: where each primary-key column's value is in the plan
+    /// slot (junk attribute numbers), in `topology.primary_key` order.
+    identity: Vec<i16>,
+    /// DELETE … RETURNING: fetch the deleted row's columns.
+    returning: bool,
+    /// COPY: rows waiting to be sent (COPY in Postgres 15 inserts one row at
+    /// a time; sending them in batches is what makes it fast).
+    buffered: Vec<Vec<Value>>,
+    buffering: bool,
 }
 
-unsafe fn begin(rinfo: *mut pg_sys::ResultRelInfo) {
-    // SAFETY: rinfo is the executor's result relation for our foreign table.
+impl ModifyState {
+    fn label(&self, shard: u32) -> ShardLabel {
+        ShardLabel {
+            table: self.display.clone(),
+            shard,
+        }
+    }
+
+    fn column_names(&self, indexes: &[usize]) -> Vec<&str> {
+        indexes
+            .iter()
+            .map(|&i| self.topology.columns[i].name.as_str())
+            .collect()
+    }
+
+    fn node_work(&self, per_shard: BTreeMap<u32, Vec<Stmt>>) -> Vec<NodeWork> {
+        let token = crate::catalog::credentials::token_for(self.topology.server_id);
+        let mut per_node: BTreeMap<&str, NodeWork> = BTreeMap::new();
+        for (shard, stmts) in per_shard {
+            let placement = &self.topology.shards[shard as usize];
+            let work = per_node
+                .entry(placement.node_id.as_str())
+                .or_insert_with(|| NodeWork {
+                    key: (self.topology.server_id.to_u32(), placement.node_id.clone()),
+                    endpoint: remote::endpoint(placement, token.clone()),
+                    stmts: Vec::new(),
+                });
+            work.stmts
+                .extend(stmts.into_iter().map(|s| (self.label(shard), s)));
+        }
+        per_node.into_values().collect()
+    }
+
+    /// Run the statements of each shard in the transaction; the results in
+    /// shard order (statements of one shard in order).
+    fn run(&self, per_shard: BTreeMap<u32, Vec<Stmt>>) -> Vec<StmtResult> {
+        let work = self.node_work(per_shard);
+        let mut results = Vec::new();
+        for result in streams::run(work) {
+            match result {
+                Ok(r) => results.extend(r),
+                Err(err) => remote::report_shard_error(&err),
+            }
+        }
+        results
+    }
+
+    /// A column's value as the node stores it; a value a node cannot hold
+    /// exactly is refused before anything is sent.
+    unsafe fn encode(&self, column: usize, datum: pg_sys::Datum, is_null: bool) -> Value {
+        if is_null {
+            return Value::Null;
+        }
+        unsafe { self.codecs[column].encode(datum) }.unwrap_or_else(|e| {
+            raise(
+                PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+                format!("conductor cannot store this value: {e}"),
+            )
+            .error()
+        })
+    }
+}
+
+unsafe fn state<'a>(rinfo: *mut pg_sys::ResultRelInfo) -> &'a mut ModifyState {
+    // SAFETY: ri_FdwState was set by begin() to a live ModifyState.
+    unsafe { &mut *((*rinfo).ri_FdwState as *mut ModifyState) }
+}
+
+unsafe fn begin(
+    rinfo: *mut pg_sys::ResultRelInfo,
+    updated_attnums: Vec<i16>,
+    subplan_tlist: *mut pg_sys::List,
+    buffering: bool,
+) {
+    // SAFETY: rinfo is the executor's result relation for our foreign table;
+    // the subplan's target list carries the identity junk columns.
     unsafe {
         let relid = (*(*rinfo).ri_RelationDesc).rd_id;
         let topology = cache::table(relid);
@@ -39,10 +140,36 @@ unsafe fn begin(rinfo: *mut pg_sys::ResultRelInfo) {
         let batch_size = table_option(relid, "batch_size")
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| gucs::DEFAULT_BATCH_SIZE.get());
+        let updated = updated_attnums
+            .iter()
+            .filter_map(|&a| topology.columns.iter().position(|c| c.attnum == a))
+            .collect();
+        let identity = if subplan_tlist.is_null() {
+            Vec::new()
+        } else {
+            topology
+                .primary_key
+                .iter()
+                .map(|&i| {
+                    let name = identity_column(topology.columns[i].attnum);
+                    let attno = pg_sys::ExecFindJunkAttributeInTlist(subplan_tlist, name.as_ptr());
+                    if attno <= 0 {
+                        error!("conductor: row identity column missing from the plan");
+                    }
+                    attno
+                })
+                .collect()
+        };
         let state = ModifyState {
+            display: crate::catalog::relation_display_name(relid),
             topology,
             codecs,
             batch_size,
+            updated,
+            identity,
+            returning: false,
+            buffered: Vec::new(),
+            buffering,
         };
         (*rinfo).ri_FdwState = PgMemoryContexts::CurrentMemoryContext
             .leak_and_drop_on_delete(state)
@@ -50,20 +177,115 @@ unsafe fn begin(rinfo: *mut pg_sys::ResultRelInfo) {
     }
 }
 
-unsafe fn state<'a>(rinfo: *mut pg_sys::ResultRelInfo) -> &'a ModifyState {
-    // SAFETY: ri_FdwState was set by begin() to a live ModifyState.
-    unsafe { &*((*rinfo).ri_FdwState as *const ModifyState) }
+/// UPDATE/DELETE that fetch rows first: ask the scan for each row's
+/// identity (its primary key, which contains the shard key).
+#[pg_guard]
+pub unsafe extern "C-unwind" fn add_foreign_update_targets(
+    root: *mut pg_sys::PlannerInfo,
+    rtindex: pg_sys::Index,
+    _target_rte: *mut pg_sys::RangeTblEntry,
+    target_relation: pg_sys::Relation,
+) {
+    // SAFETY: planner structures; makeVar allocates in the planner context.
+    unsafe {
+        let topology = cache::table((*target_relation).rd_id);
+        for &i in &topology.primary_key {
+            let c = &topology.columns[i];
+            let attr = (*(*target_relation).rd_att)
+                .attrs
+                .as_ptr()
+                .add(c.attnum as usize - 1);
+            let var = pg_sys::makeVar(
+                rtindex as i32,
+                c.attnum,
+                c.typoid,
+                c.typmod,
+                (*attr).attcollation,
+                0,
+            );
+            let name = identity_column(c.attnum);
+            pg_sys::add_row_identity_var(root, var, rtindex, pg_sys::pstrdup(name.as_ptr()));
+        }
+    }
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn plan_foreign_modify(
+    root: *mut pg_sys::PlannerInfo,
+    plan: *mut pg_sys::ModifyTable,
+    result_relation: pg_sys::Index,
+    _subplan_index: i32,
+) -> *mut pg_sys::List {
+    // SAFETY: planner structures are valid for the duration of the callback.
+    // fdw_private: [updated attnums, [returning as 0/1]] (RETURNING is not
+    // set up yet when BeginForeignModify runs, so the plan carries it).
+    unsafe {
+        let mut updated: *mut pg_sys::List = std::ptr::null_mut();
+        if (*plan).operation == pg_sys::CmdType::CMD_UPDATE {
+            let relid = (**(*root).simple_rte_array.add(result_relation as usize)).relid;
+            let topology = cache::table(relid);
+            let mut tlist: *mut pg_sys::List = std::ptr::null_mut();
+            let mut attrs: *mut pg_sys::List = std::ptr::null_mut();
+            pg_sys::get_translated_update_targetlist(root, result_relation, &mut tlist, &mut attrs);
+            let attnums: Vec<i32> = PgList::<i32>::from_pg(attrs).iter_int().collect();
+            refuse_key_update(&topology, &attnums);
+            for a in attnums {
+                updated = pg_sys::lappend_int(updated, a);
+            }
+        }
+        let returning = pg_sys::lappend_int(
+            std::ptr::null_mut(),
+            (!(*plan).returningLists.is_null()) as i32,
+        );
+        let private = pg_sys::lappend(std::ptr::null_mut(), updated.cast());
+        pg_sys::lappend(private, returning.cast())
+    }
+}
+
+/// Changing a row's shard key would have to move it to another shard; that
+/// is refused (documented in the README) rather than done half-way.
+pub fn refuse_key_update(topology: &TableTopology, updated_attnums: &[i32]) {
+    let key = topology.key();
+    if updated_attnums.contains(&(key.attnum as i32)) {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("cannot change the shard key column \"{}\"", key.name),
+        )
+        .detail("A row's shard key decides which shard holds it.")
+        .hint("DELETE the row and INSERT it with the new key.")
+        .error()
+    }
 }
 
 #[pg_guard]
 pub unsafe extern "C-unwind" fn begin_foreign_modify(
-    _mtstate: *mut pg_sys::ModifyTableState,
+    mtstate: *mut pg_sys::ModifyTableState,
     rinfo: *mut pg_sys::ResultRelInfo,
-    _fdw_private: *mut pg_sys::List,
+    fdw_private: *mut pg_sys::List,
     _subplan_index: i32,
     _eflags: i32,
 ) {
-    unsafe { begin(rinfo) }
+    // SAFETY: executor structures; fdw_private is what plan_foreign_modify
+    // returned; the subplan (outer plan of ModifyTable) is initialized.
+    unsafe {
+        let operation = (*mtstate).operation;
+        let private = PgList::<pg_sys::List>::from_pg(fdw_private);
+        let ints = |i: usize| -> Vec<i32> {
+            private
+                .get_ptr(i)
+                .map(|l| PgList::<i32>::from_pg(l).iter_int().collect())
+                .unwrap_or_default()
+        };
+        let updated: Vec<i16> = ints(0).into_iter().map(|a| a as i16).collect();
+        let returning = ints(1).first() == Some(&1);
+        let tlist = if operation == pg_sys::CmdType::CMD_INSERT {
+            std::ptr::null_mut()
+        } else {
+            (*(*(*mtstate).ps.lefttree).plan).targetlist
+        };
+        begin(rinfo, updated, tlist, false);
+        state(rinfo).returning = returning;
+    }
 }
 
 #[pg_guard]
@@ -71,21 +293,47 @@ pub unsafe extern "C-unwind" fn begin_foreign_insert(
     _mtstate: *mut pg_sys::ModifyTableState,
     rinfo: *mut pg_sys::ResultRelInfo,
 ) {
-    unsafe { begin(rinfo) }
+    // SAFETY: rinfo is valid. COPY (and tuple routing) insert row by row;
+    // rows are buffered unless each must come back at once.
+    unsafe {
+        let triggers = (*rinfo).ri_TrigDesc;
+        let row_triggers = !triggers.is_null()
+            && ((*triggers).trig_insert_after_row || (*triggers).trig_insert_before_row);
+        let buffering = (*rinfo).ri_projectReturning.is_null()
+            && (*rinfo).ri_WithCheckOptions.is_null()
+            && !row_triggers;
+        begin(rinfo, Vec::new(), std::ptr::null_mut(), buffering);
+    }
 }
 
 #[pg_guard]
 pub unsafe extern "C-unwind" fn end_foreign_modify(
     _estate: *mut pg_sys::EState,
-    _rinfo: *mut pg_sys::ResultRelInfo,
+    rinfo: *mut pg_sys::ResultRelInfo,
 ) {
+    unsafe { flush(rinfo) }
 }
 
 #[pg_guard]
 pub unsafe extern "C-unwind" fn end_foreign_insert(
     _estate: *mut pg_sys::EState,
-    _rinfo: *mut pg_sys::ResultRelInfo,
+    rinfo: *mut pg_sys::ResultRelInfo,
 ) {
+    unsafe { flush(rinfo) }
+}
+
+unsafe fn flush(rinfo: *mut pg_sys::ResultRelInfo) {
+    // SAFETY: our state, if begin ran (it does not under EXPLAIN).
+    unsafe {
+        if (*rinfo).ri_FdwState.is_null() {
+            return;
+        }
+        let state = state(rinfo);
+        let rows = std::mem::take(&mut state.buffered);
+        if !rows.is_empty() {
+            send_rows(state, rows);
+        }
+    }
 }
 
 #[pg_guard]
@@ -117,7 +365,20 @@ pub unsafe extern "C-unwind" fn exec_foreign_insert(
     slot: *mut pg_sys::TupleTableSlot,
     _plan_slot: *mut pg_sys::TupleTableSlot,
 ) -> *mut pg_sys::TupleTableSlot {
-    unsafe { insert_slots(state(rinfo), &[slot]) };
+    // SAFETY: our state and a slot of our relation.
+    unsafe {
+        let state = state(rinfo);
+        let row = encode_row(state, slot);
+        if state.buffering {
+            state.buffered.push(row);
+            if state.buffered.len() >= state.batch_size.max(1) as usize {
+                let rows = std::mem::take(&mut state.buffered);
+                send_rows(state, rows);
+            }
+        } else {
+            send_rows(state, vec![row]);
+        }
+    }
     slot
 }
 
@@ -131,121 +392,205 @@ pub unsafe extern "C-unwind" fn exec_foreign_batch_insert(
 ) -> *mut *mut pg_sys::TupleTableSlot {
     // SAFETY: Postgres passes num_slots valid slots.
     unsafe {
+        let state = state(rinfo);
         let slots_slice = std::slice::from_raw_parts(slots, *num_slots as usize);
-        insert_slots(state(rinfo), slots_slice);
+        let rows = slots_slice.iter().map(|&s| encode_row(state, s)).collect();
+        send_rows(state, rows);
     }
     slots
 }
 
-/// Encode, route and send a batch of rows.
-unsafe fn insert_slots(state: &ModifyState, slots: &[*mut pg_sys::TupleTableSlot]) {
-    let topology = &state.topology;
-    let mut per_shard: BTreeMap<u32, Vec<Value>> = BTreeMap::new();
-    for &slot in slots {
-        // SAFETY: each slot holds a row of our relation; getallattrs fills
-        // tts_values/tts_isnull for every attribute.
-        unsafe {
-            pg_sys::slot_getallattrs(slot);
-            let natts = (*(*slot).tts_tupleDescriptor).natts as usize;
-            let values = std::slice::from_raw_parts((*slot).tts_values, natts);
-            let nulls = std::slice::from_raw_parts((*slot).tts_isnull, natts);
-            let key = topology.key();
-            let key_index = key.attnum as usize - 1;
-            if nulls[key_index] {
-                raise(
-                    PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
-                    format!(
-                        "shard key column \"{}\" of {} must not be null",
-                        key.name, topology.remote_name
-                    ),
-                )
-                .detail("Every row is placed on a shard by its shard key.")
-                .error()
-            }
-            let shard = shard_of(topology, key.ty, values[key_index]);
-            let row = per_shard.entry(shard).or_default();
-            for (column, codec) in topology.columns.iter().zip(&state.codecs) {
-                let i = column.attnum as usize - 1;
-                row.push(if nulls[i] {
-                    Value::Null
-                } else {
-                    codec.encode(values[i]).unwrap_or_else(|e| {
-                        raise(
-                            PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
-                            format!("conductor cannot store this value: {e}"),
-                        )
-                        .error()
-                    })
-                });
-            }
+/// A row of the relation as the node stores it (all columns, in order).
+unsafe fn encode_row(state: &ModifyState, slot: *mut pg_sys::TupleTableSlot) -> Vec<Value> {
+    // SAFETY: the slot holds a row of our relation; getallattrs fills
+    // tts_values/tts_isnull for every attribute.
+    unsafe {
+        pg_sys::slot_getallattrs(slot);
+        let natts = (*(*slot).tts_tupleDescriptor).natts as usize;
+        let values = std::slice::from_raw_parts((*slot).tts_values, natts);
+        let nulls = std::slice::from_raw_parts((*slot).tts_isnull, natts);
+        let key = state.topology.key();
+        if nulls[key.attnum as usize - 1] {
+            raise(
+                PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
+                format!(
+                    "shard key column \"{}\" of {} must not be null",
+                    key.name, state.display
+                ),
+            )
+            .detail("Every row is placed on a shard by its shard key.")
+            .error()
         }
+        state
+            .topology
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let a = c.attnum as usize - 1;
+                state.encode(i, values[a], nulls[a])
+            })
+            .collect()
     }
-    let token = crate::catalog::credentials::token_for(topology.server_id);
-    let ncols = topology.columns.len();
+}
+
+/// The shard of an encoded row (its key column's stored value).
+fn shard_of_row(topology: &TableTopology, row: &[Value]) -> u32 {
+    shard_of_value(topology, &row[topology.key_index])
+}
+
+/// The shard a shard-key value belongs to (DESIGN §4), from its stored form.
+pub fn shard_of_value(topology: &TableTopology, value: &Value) -> u32 {
+    let key = match (topology.key().ty, value) {
+        (ColumnType::Int2 | ColumnType::Int4 | ColumnType::Int8, Value::Integer(i)) => {
+            KeyValue::Int(*i)
+        }
+        (ColumnType::Text | ColumnType::Varchar, Value::Text(s)) => KeyValue::Text(s),
+        (ColumnType::Uuid, Value::Text(s)) => KeyValue::Uuid(
+            conductor_core::types::uuid_from_text(s)
+                .unwrap_or_else(|e| error!("conductor: bad uuid shard key: {e}")),
+        ),
+        (ty, v) => error!("conductor: a {ty} shard key cannot be {v:?}"),
+    };
+    shard_for(&key, topology.shard_count)
+}
+
+/// Route rows by key, group them per shard, and send each node its shards'
+/// multi-row INSERTs in one request, all nodes in parallel.
+fn send_rows(state: &ModifyState, rows: Vec<Vec<Value>>) {
+    let topology = &state.topology;
     let names: Vec<&str> = topology.columns.iter().map(|c| c.name.as_str()).collect();
-    let requests = per_shard
+    let per_statement = max_rows_per_insert(names.len());
+    let mut per_shard: BTreeMap<u32, Vec<Vec<Value>>> = BTreeMap::new();
+    for row in rows {
+        per_shard
+            .entry(shard_of_row(topology, &row))
+            .or_default()
+            .push(row);
+    }
+    let statements = per_shard
         .into_iter()
-        .map(|(shard, values)| {
-            let placement = &topology.shards[shard as usize];
-            let rows = values.len() / ncols;
-            let body = insert_request(&placement.remote_table, &names, rows, values);
-            remote::ShardRequest {
-                shard_id: Some(shard),
-                endpoint: remote::endpoint(placement, token.clone()),
-                body,
-            }
+        .map(|(shard, rows)| {
+            let table = &topology.shards[shard as usize].remote_table;
+            let stmts = rows
+                .chunks(per_statement)
+                .map(|chunk| {
+                    let args = chunk.iter().flatten().cloned().collect();
+                    Stmt::new(insert_sql(table, &names, chunk.len()), args)
+                })
+                .collect();
+            crate::stats::count_shard_requests(topology.relid, [shard].into_iter());
+            (shard, stmts)
         })
         .collect();
-    for result in remote::execute(requests) {
-        if let Err(err) = result {
-            remote::report_shard_error(&err);
+    state.run(statements);
+}
+
+/// The identity of the row being changed: its shard and the WHERE
+/// arguments (primary-key values in `topology.primary_key` order).
+unsafe fn identity(
+    state: &ModifyState,
+    plan_slot: *mut pg_sys::TupleTableSlot,
+) -> (u32, Vec<Value>) {
+    let mut args = Vec::with_capacity(state.identity.len());
+    let mut shard = None;
+    for (&column, &attno) in state.topology.primary_key.iter().zip(&state.identity) {
+        let mut is_null = false;
+        // SAFETY: attno is a junk attribute of the plan slot (found at begin).
+        let datum = unsafe { pg_sys::slot_getattr(plan_slot, attno as i32, &mut is_null) };
+        if is_null {
+            error!("conductor: the row to change has a NULL key");
+        }
+        let value = unsafe { state.encode(column, datum, false) };
+        if column == state.topology.key_index {
+            shard = Some(shard_of_value(&state.topology, &value));
+        }
+        args.push(value);
+    }
+    (shard.expect("the primary key contains the shard key"), args)
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn exec_foreign_update(
+    _estate: *mut pg_sys::EState,
+    rinfo: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+    plan_slot: *mut pg_sys::TupleTableSlot,
+) -> *mut pg_sys::TupleTableSlot {
+    // SAFETY: our state; slot holds the new row, plan_slot the identity.
+    unsafe {
+        let state = state(rinfo);
+        let (shard, key_args) = identity(state, plan_slot);
+        pg_sys::slot_getallattrs(slot);
+        let natts = (*(*slot).tts_tupleDescriptor).natts as usize;
+        let values = std::slice::from_raw_parts((*slot).tts_values, natts);
+        let nulls = std::slice::from_raw_parts((*slot).tts_isnull, natts);
+        let mut args: Vec<Value> = state
+            .updated
+            .iter()
+            .map(|&i| {
+                let a = state.topology.columns[i].attnum as usize - 1;
+                state.encode(i, values[a], nulls[a])
+            })
+            .collect();
+        args.extend(key_args);
+        let pk = state.column_names(&state.topology.primary_key);
+        let sql = update_sql(
+            &state.topology.shards[shard as usize].remote_table,
+            &state.column_names(&state.updated),
+            Some(&key_match_sql(&pk)),
+        );
+        let results = state.run([(shard, vec![Stmt::new(sql, args)])].into());
+        if results.first().map(|r| r.affected_row_count).unwrap_or(0) == 0 {
+            return std::ptr::null_mut(); // the row is gone: not counted
         }
     }
+    slot
 }
 
-/// The shard a key datum belongs to (DESIGN §4).
-///
-/// # Safety
-/// `datum` must be a non-null datum of type `ty`.
-pub unsafe fn shard_of(topology: &TableTopology, ty: ColumnType, datum: pg_sys::Datum) -> u32 {
-    // SAFETY: per the contract above.
+#[pg_guard]
+pub unsafe extern "C-unwind" fn exec_foreign_delete(
+    _estate: *mut pg_sys::EState,
+    rinfo: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+    plan_slot: *mut pg_sys::TupleTableSlot,
+) -> *mut pg_sys::TupleTableSlot {
+    // SAFETY: our state; plan_slot carries the identity, slot receives the
+    // deleted row for RETURNING.
     unsafe {
-        let text;
-        let key = match ty {
-            ColumnType::Int2 => KeyValue::Int(datum.value() as i16 as i64),
-            ColumnType::Int4 => KeyValue::Int(datum.value() as i32 as i64),
-            ColumnType::Int8 => KeyValue::Int(datum.value() as i64),
-            ColumnType::Uuid => KeyValue::Uuid(*datum.cast_mut_ptr::<[u8; 16]>()),
-            ColumnType::Text | ColumnType::Varchar => {
-                let v = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
-                text = pgrx::varlena::text_to_rust_str(v)
-                    .unwrap_or_else(|_| error!("shard key is not valid UTF-8"));
-                KeyValue::Text(text)
-            }
-            other => error!("conductor: {other} cannot be a shard key"),
+        let state = state(rinfo);
+        let (shard, args) = identity(state, plan_slot);
+        let pk = state.column_names(&state.topology.primary_key);
+        let all: Vec<usize> = (0..state.topology.columns.len()).collect();
+        let returning = if state.returning {
+            state.column_names(&all)
+        } else {
+            Vec::new()
         };
-        shard_for(&key, topology.shard_count)
+        let sql = delete_sql(
+            &state.topology.shards[shard as usize].remote_table,
+            Some(&key_match_sql(&pk)),
+            &returning,
+        );
+        let results = state.run([(shard, vec![Stmt::new(sql, args)])].into());
+        let Some(result) = results.first() else {
+            return std::ptr::null_mut();
+        };
+        if result.affected_row_count == 0 {
+            return std::ptr::null_mut();
+        }
+        if state.returning {
+            pg_sys::ExecClearTuple(slot);
+            if let Some(row) = result.rows.first() {
+                crate::fdw::scan::store_values(
+                    slot,
+                    row,
+                    &state.codecs,
+                    state.topology.columns.iter().map(|c| c.attnum),
+                    || format!("{} shard {shard}", state.display),
+                );
+            }
+        }
     }
-}
-
-/// One request inserting `rows` rows into one shard table atomically, the
-/// values travelling as typed arguments.
-fn insert_request(
-    table: &str,
-    columns: &[&str],
-    rows: usize,
-    values: Vec<Value>,
-) -> PipelineReqBody {
-    let ncols = columns.len();
-    let per_statement = max_rows_per_insert(ncols);
-    let mut values = values.into_iter();
-    let mut statements = Vec::new();
-    let mut remaining = rows;
-    while remaining > 0 {
-        let n = remaining.min(per_statement);
-        let args: Vec<Value> = values.by_ref().take(n * ncols).collect();
-        statements.push(Stmt::new(insert_sql(table, columns, n), args));
-        remaining -= n;
-    }
-    remote::transaction(statements)
+    slot
 }

@@ -10,6 +10,7 @@ use crate::errors::raise;
 use crate::parse::{deconstruct, Lowering, ParamSpec};
 use crate::remote;
 use crate::stats;
+use crate::xact::streams::{self, NodeWork, ShardLabel};
 use conductor_core::executor::{ScanHandle, ScanPoll, ShardQuery, ShardStats};
 use conductor_core::predicate::{deparse, deparse_template, Binding, Pred};
 use conductor_core::remote_sql::select_sql;
@@ -18,6 +19,7 @@ use conductor_hrana::{Stmt, Value};
 use pgrx::prelude::*;
 use pgrx::{PgList, PgMemoryContexts, PgSqlErrorCode};
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
 use std::ffi::{CStr, CString};
 use std::rc::Rc;
 use std::time::Duration;
@@ -37,16 +39,35 @@ const PER_SHARD_COST: f64 = 10.0;
 /// What a ForeignScan plan carries from planning to execution (as JSON in
 /// fdw_private, so it survives plan copying and caching).
 #[derive(Debug, Serialize, Deserialize)]
-struct ScanPlan {
+pub struct ScanPlan {
     /// Attribute numbers fetched, in the order of the remote SELECT list.
-    retrieved: Vec<i16>,
+    pub retrieved: Vec<i16>,
     /// The pushed-down restriction (a conjunction), over topology columns.
-    pushed: Vec<Pred>,
+    pub pushed: Vec<Pred>,
     /// One per fdw_exprs entry: how its value is converted.
-    params: Vec<ParamSpec>,
+    pub params: Vec<ParamSpec>,
 }
 
-fn shard_key(topology: &TableTopology) -> ShardKey<'_> {
+impl ScanPlan {
+    /// The plan stored in a ForeignScan's fdw_private.
+    ///
+    /// # Safety
+    /// `fdw_private` must be a list whose first element is the String node
+    /// get_foreign_plan stored.
+    pub unsafe fn from_private(fdw_private: *mut pg_sys::List) -> ScanPlan {
+        // SAFETY: per the contract.
+        let json = unsafe {
+            PgList::<pg_sys::Node>::from_pg(fdw_private)
+                .get_ptr(0)
+                .map(|s| CStr::from_ptr((*(s as *mut pg_sys::String)).sval))
+                .unwrap_or_else(|| error!("conductor: foreign scan plan without conductor data"))
+        };
+        serde_json::from_slice(json.to_bytes())
+            .unwrap_or_else(|e| error!("conductor: unreadable foreign scan plan: {e}"))
+    }
+}
+
+pub fn shard_key(topology: &TableTopology) -> ShardKey<'_> {
     ShardKey {
         column: topology.key_index,
         name: &topology.key().name,
@@ -295,7 +316,10 @@ struct ScanState {
     params: Vec<(*mut pg_sys::ExprState, pg_sys::Oid)>,
     econtext: *mut pg_sys::ExprContext,
     handle: Option<ScanHandle>,
+    started: bool,
     finished: bool,
+    /// Rows read through this transaction's streams (see `start`).
+    materialized: VecDeque<(u32, Vec<Vec<Value>>)>,
     rows: std::vec::IntoIter<Vec<Value>>,
     current_shard: u32,
     /// The route of the latest execution, for EXPLAIN ANALYZE.
@@ -317,44 +341,10 @@ impl ScanState {
         self.codecs.iter().map(|c| c.name.as_str()).collect()
     }
 
-    /// Evaluate the runtime parameters in the per-tuple context.
-    unsafe fn bindings(&self) -> Vec<Binding> {
-        let mut bindings = Vec::with_capacity(self.params.len());
-        for ((state, element_type), spec) in self.params.iter().zip(&self.plan.params) {
-            let mut is_null = false;
-            // SAFETY: the states were built by ExecInitExprList for this
-            // node; the result is converted into Rust values right away.
-            let datum =
-                unsafe { pg_sys::ExecEvalExprSwitchContext(*state, self.econtext, &mut is_null) };
-            let binding = if spec.list {
-                Binding::List(if is_null {
-                    None
-                } else {
-                    Some(
-                        unsafe { deconstruct(datum, *element_type, spec.ty) }.unwrap_or_else(
-                            || error!("conductor: cannot convert an array parameter"),
-                        ),
-                    )
-                })
-            } else {
-                Binding::Value(if is_null {
-                    None
-                } else {
-                    Some(
-                        unsafe { crate::convert::typed_from_datum(spec.ty, datum) }
-                            .unwrap_or_else(|| error!("conductor: cannot convert a parameter")),
-                    )
-                })
-            };
-            bindings.push(binding);
-        }
-        bindings
-    }
-
     /// Route with the current parameter values and start every target
     /// shard's query.
     unsafe fn start(&mut self) {
-        let bindings = unsafe { self.bindings() };
+        let bindings = unsafe { eval_bindings(&self.params, &self.plan.params, self.econtext) };
         let key = shard_key(&self.topology);
         let routed = route(&self.plan.pushed, &key, &bindings).unwrap_or_else(|e| {
             raise(
@@ -389,11 +379,69 @@ impl ScanState {
             });
         }
         stats::count_shard_requests(self.topology.relid, routed.shards.keys().copied());
-        self.finished = queries.is_empty();
         self.last_route = Some(routed);
+        self.started = true;
+        let server = self.topology.server_id.to_u32();
+        if queries
+            .iter()
+            .any(|q| streams::has_stream(&(server, q.endpoint.node_id.clone())))
+        {
+            // This transaction has written to a node the scan needs: read
+            // through its stream so the scan sees those writes. A stream
+            // carries one request at a time, so these rows are fetched
+            // whole rather than streamed.
+            self.read_through_streams(queries);
+            self.finished = true;
+            return;
+        }
+        self.finished = queries.is_empty();
         // With no column needed (count(*)), select_sql asks for one NULL.
         self.handle =
             (!queries.is_empty()).then(|| remote::scan(queries, self.codecs.len().max(1)));
+    }
+
+    fn read_through_streams(&mut self, queries: Vec<ShardQuery>) {
+        let server = self.topology.server_id.to_u32();
+        let table = crate::catalog::relation_display_name(self.topology.relid);
+        let mut per_node: BTreeMap<String, NodeWork> = BTreeMap::new();
+        for q in queries {
+            per_node
+                .entry(q.endpoint.node_id.clone())
+                .or_insert_with(|| NodeWork {
+                    key: (server, q.endpoint.node_id.clone()),
+                    endpoint: q.endpoint.clone(),
+                    stmts: Vec::new(),
+                })
+                .stmts
+                .push((
+                    ShardLabel {
+                        table: table.clone(),
+                        shard: q.shard_id,
+                    },
+                    q.stmt,
+                ));
+        }
+        let width = self.codecs.len().max(1);
+        let works: Vec<NodeWork> = per_node.into_values().collect();
+        let shards: Vec<Vec<u32>> = works
+            .iter()
+            .map(|w| w.stmts.iter().map(|(l, _)| l.shard).collect())
+            .collect();
+        for (result, shards) in streams::run(works).into_iter().zip(shards) {
+            let results = result.unwrap_or_else(|e| remote::report_shard_error(&e));
+            for (shard, r) in shards.into_iter().zip(results) {
+                if r.rows.iter().any(|row| row.len() != width) {
+                    let p = &self.topology.shards[shard as usize];
+                    raise(
+                        PgSqlErrorCode::ERRCODE_FDW_INVALID_DATA_TYPE,
+                        "conductor: node returned rows of the wrong width",
+                    )
+                    .detail(format!("node {} ({}), shard {shard}", p.node_id, p.url))
+                    .error()
+                }
+                self.materialized.push_back((shard, r.rows));
+            }
+        }
     }
 
     fn finish(&mut self) {
@@ -401,6 +449,66 @@ impl ScanState {
             self.shard_stats.extend_from_slice(handle.stats());
         }
         self.finished = true;
+    }
+}
+
+/// Evaluate runtime parameters (ExprStates of fdw_exprs, with the element
+/// type of array parameters) in the per-tuple context and convert them.
+///
+/// # Safety
+/// The states must have been built by ExecInitExprList for the node whose
+/// expression context `econtext` is.
+pub unsafe fn eval_bindings(
+    states: &[(*mut pg_sys::ExprState, pg_sys::Oid)],
+    specs: &[ParamSpec],
+    econtext: *mut pg_sys::ExprContext,
+) -> Vec<Binding> {
+    let mut bindings = Vec::with_capacity(states.len());
+    for ((state, element_type), spec) in states.iter().zip(specs) {
+        let mut is_null = false;
+        // SAFETY: per the contract; the result is converted into Rust values
+        // right away.
+        let datum = unsafe { pg_sys::ExecEvalExprSwitchContext(*state, econtext, &mut is_null) };
+        let binding = if spec.list {
+            Binding::List(if is_null {
+                None
+            } else {
+                Some(
+                    unsafe { deconstruct(datum, *element_type, spec.ty) }
+                        .unwrap_or_else(|| error!("conductor: cannot convert an array parameter")),
+                )
+            })
+        } else {
+            Binding::Value(if is_null {
+                None
+            } else {
+                Some(
+                    unsafe { crate::convert::typed_from_datum(spec.ty, datum) }
+                        .unwrap_or_else(|| error!("conductor: cannot convert a parameter")),
+                )
+            })
+        };
+        bindings.push(binding);
+    }
+    bindings
+}
+
+/// The parameters' ExprStates and array element types, for eval_bindings.
+///
+/// # Safety
+/// `exprs` is a plan's fdw_exprs and `parent` its PlanState.
+pub unsafe fn init_params(
+    exprs: *mut pg_sys::List,
+    parent: *mut pg_sys::PlanState,
+) -> Vec<(*mut pg_sys::ExprState, pg_sys::Oid)> {
+    // SAFETY: per the contract.
+    unsafe {
+        let states = pg_sys::ExecInitExprList(exprs, parent);
+        PgList::<pg_sys::Node>::from_pg(exprs)
+            .iter_ptr()
+            .zip(PgList::<pg_sys::ExprState>::from_pg(states).iter_ptr())
+            .map(|(expr, state)| (state, pg_sys::get_element_type(pg_sys::exprType(expr))))
+            .collect()
     }
 }
 
@@ -420,13 +528,7 @@ pub unsafe extern "C-unwind" fn begin_foreign_scan(
         let plan_node = (*node).ss.ps.plan as *mut pg_sys::ForeignScan;
         let relid = (*(*node).ss.ss_currentRelation).rd_id;
         let topology = cache::table(relid);
-        let private = PgList::<pg_sys::Node>::from_pg((*plan_node).fdw_private);
-        let json = private
-            .get_ptr(0)
-            .map(|s| CStr::from_ptr((*(s as *mut pg_sys::String)).sval))
-            .unwrap_or_else(|| error!("conductor: foreign scan plan without conductor data"));
-        let plan: ScanPlan = serde_json::from_slice(json.to_bytes())
-            .unwrap_or_else(|e| error!("conductor: unreadable foreign scan plan: {e}"));
+        let plan = ScanPlan::from_private((*plan_node).fdw_private);
         let codecs = plan
             .retrieved
             .iter()
@@ -437,13 +539,7 @@ pub unsafe extern "C-unwind" fn begin_foreign_scan(
                 ColumnCodec::new(&c.name, c.ty, c.typoid, c.typmod)
             })
             .collect();
-        let exprs = (*plan_node).fdw_exprs;
-        let states = pg_sys::ExecInitExprList(exprs, node.cast());
-        let params = PgList::<pg_sys::Node>::from_pg(exprs)
-            .iter_ptr()
-            .zip(PgList::<pg_sys::ExprState>::from_pg(states).iter_ptr())
-            .map(|(expr, state)| (state, pg_sys::get_element_type(pg_sys::exprType(expr))))
-            .collect();
+        let params = init_params((*plan_node).fdw_exprs, node.cast());
         let state = ScanState {
             topology,
             plan,
@@ -451,7 +547,9 @@ pub unsafe extern "C-unwind" fn begin_foreign_scan(
             params,
             econtext: (*node).ss.ps.ps_ExprContext,
             handle: None,
+            started: false,
             finished: false,
+            materialized: VecDeque::new(),
             rows: Vec::new().into_iter(),
             current_shard: 0,
             last_route: None,
@@ -480,10 +578,15 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
                 store_row(state, slot, row);
                 return slot;
             }
+            if let Some((shard, rows)) = state.materialized.pop_front() {
+                state.current_shard = shard;
+                state.rows = rows.into_iter();
+                continue;
+            }
             if state.finished {
                 return slot;
             }
-            if state.handle.is_none() {
+            if !state.started {
                 state.start();
                 continue;
             }
@@ -504,14 +607,45 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
 }
 
 unsafe fn store_row(state: &ScanState, slot: *mut pg_sys::TupleTableSlot, row: Vec<Value>) {
-    // SAFETY: the slot's arrays have natts entries; datums are allocated in
-    // the per-tuple memory context the executor calls us in.
+    let placement = &state.topology.shards[state.current_shard as usize];
+    // SAFETY: the slot belongs to this scan's relation.
+    unsafe {
+        store_values(
+            slot,
+            &row,
+            &state.codecs,
+            state.plan.retrieved.iter().copied(),
+            || {
+                format!(
+                    "node {} ({}), shard {}",
+                    placement.node_id, placement.url, placement.shard_id
+                )
+            },
+        )
+    }
+}
+
+/// Put a node's row into a slot: `row[i]` is the column `attnums[i]`,
+/// converted by `codecs[i]`; other columns are NULL. Datums are allocated in
+/// CurrentMemoryContext (the per-tuple context during a scan). A value that
+/// does not fit its column is an ERROR whose DETAIL is `origin()`.
+///
+/// # Safety
+/// The slot must belong to the relation the attribute numbers refer to.
+pub unsafe fn store_values(
+    slot: *mut pg_sys::TupleTableSlot,
+    row: &[Value],
+    codecs: &[ColumnCodec],
+    attnums: impl Iterator<Item = i16>,
+    origin: impl Fn() -> String,
+) {
+    // SAFETY: the slot's arrays have natts entries.
     unsafe {
         let natts = (*(*slot).tts_tupleDescriptor).natts as usize;
         let values = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
         let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, natts);
         nulls.fill(true);
-        for ((value, codec), &attnum) in row.iter().zip(&state.codecs).zip(&state.plan.retrieved) {
+        for ((value, codec), attnum) in row.iter().zip(codecs).zip(attnums) {
             let index = attnum as usize - 1;
             match codec.decode(value) {
                 Ok(Some(datum)) => {
@@ -519,18 +653,12 @@ unsafe fn store_row(state: &ScanState, slot: *mut pg_sys::TupleTableSlot, row: V
                     nulls[index] = false;
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    let placement = &state.topology.shards[state.current_shard as usize];
-                    raise(
-                        PgSqlErrorCode::ERRCODE_FDW_INVALID_DATA_TYPE,
-                        format!("conductor: node returned a value that does not fit: {e}"),
-                    )
-                    .detail(format!(
-                        "node {} ({}), shard {}",
-                        placement.node_id, placement.url, placement.shard_id
-                    ))
-                    .error()
-                }
+                Err(e) => raise(
+                    PgSqlErrorCode::ERRCODE_FDW_INVALID_DATA_TYPE,
+                    format!("conductor: node returned a value that does not fit: {e}"),
+                )
+                .detail(origin())
+                .error(),
             }
         }
         pg_sys::ExecStoreVirtualTuple(slot);
@@ -544,7 +672,9 @@ pub unsafe extern "C-unwind" fn re_scan_foreign_scan(node: *mut pg_sys::ForeignS
     unsafe {
         let state = state(node);
         state.handle = None;
+        state.started = false;
         state.finished = false;
+        state.materialized.clear();
         state.rows = Vec::new().into_iter();
     }
 }
@@ -648,7 +778,7 @@ pub unsafe extern "C-unwind" fn explain_foreign_scan(
     }
 }
 
-unsafe fn explain_text(label: &CStr, value: &str, es: *mut pg_sys::ExplainState) {
+pub unsafe fn explain_text(label: &CStr, value: &str, es: *mut pg_sys::ExplainState) {
     let value = CString::new(value.replace('\0', "")).expect("NULs removed");
     // SAFETY: ExplainPropertyText copies both strings.
     unsafe { pg_sys::ExplainPropertyText(label.as_ptr(), value.as_ptr(), es) };

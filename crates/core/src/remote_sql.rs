@@ -36,14 +36,15 @@ pub fn shard_table_name(base: &str, shard_id: u32) -> String {
     format!("{base}_{shard_id:04}")
 }
 
-/// `CREATE TABLE IF NOT EXISTS` for a shard table. `columns` are
+/// `CREATE TABLE` for a shard table (never IF NOT EXISTS: a leftover table
+/// with old rows must be an error, not silently adopted). `columns` are
 /// (name, type, NOT NULL); `primary_key` may be empty (no key).
 pub fn create_table_sql(
     table: &str,
     columns: &[(&str, ColumnType, bool)],
     primary_key: &[&str],
 ) -> String {
-    let mut sql = format!("CREATE TABLE IF NOT EXISTS {} (", quote_ident(table));
+    let mut sql = format!("CREATE TABLE {} (", quote_ident(table));
     for (i, (name, ty, not_null)) in columns.iter().enumerate() {
         if i > 0 {
             sql.push_str(", ");
@@ -135,6 +136,44 @@ fn push_list(sql: &mut String, names: &[&str]) {
     }
 }
 
+/// `UPDATE table SET a = ?, b = ? [WHERE where_sql]`: the SET values are the
+/// statement's first arguments, the WHERE clause's follow.
+pub fn update_sql(table: &str, set_columns: &[&str], where_sql: Option<&str>) -> String {
+    let mut sql = format!("UPDATE {} SET ", quote_ident(table));
+    for (i, c) in set_columns.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "{} = ?", quote_ident(c));
+    }
+    if let Some(w) = where_sql {
+        let _ = write!(sql, " WHERE {w}");
+    }
+    sql
+}
+
+/// `DELETE FROM table [WHERE where_sql] [RETURNING cols]`.
+pub fn delete_sql(table: &str, where_sql: Option<&str>, returning: &[&str]) -> String {
+    let mut sql = format!("DELETE FROM {}", quote_ident(table));
+    if let Some(w) = where_sql {
+        let _ = write!(sql, " WHERE {w}");
+    }
+    if !returning.is_empty() {
+        sql.push_str(" RETURNING ");
+        push_list(&mut sql, returning);
+    }
+    sql
+}
+
+/// `"a" = ? AND "b" = ?`: a row's identity by its key columns.
+pub fn key_match_sql(columns: &[&str]) -> String {
+    columns
+        .iter()
+        .map(|c| format!("{} = ?", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,15 +204,15 @@ mod tests {
                 ],
                 &["id"],
             ),
-            r#"CREATE TABLE IF NOT EXISTS "users_0001" ("id" INTEGER NOT NULL, "email" TEXT, PRIMARY KEY ("id"))"#
+            r#"CREATE TABLE "users_0001" ("id" INTEGER NOT NULL, "email" TEXT, PRIMARY KEY ("id"))"#
         );
         assert_eq!(
             create_table_sql("t", &[("x", ColumnType::Uuid, false)], &[]),
-            r#"CREATE TABLE IF NOT EXISTS "t" ("x" TEXT)"#
+            r#"CREATE TABLE "t" ("x" TEXT)"#
         );
         assert_eq!(
             create_table_sql("t", &[("f", ColumnType::Float8, true)], &[]),
-            r#"CREATE TABLE IF NOT EXISTS "t" ("f" NOT NULL)"#
+            r#"CREATE TABLE "t" ("f" NOT NULL)"#
         );
         assert_eq!(drop_table_sql("t"), r#"DROP TABLE IF EXISTS "t""#);
         assert_eq!(select_sql("t", &[], None), r#"SELECT NULL FROM "t""#);
@@ -245,7 +284,7 @@ mod tests {
                 &t, &[(&a, ColumnType::Int8, true), (&b, ColumnType::Text, false)], &[&a]);
             prop_assert_eq!(
                 skeleton(&create),
-                "CREATE TABLE IF NOT EXISTS I (I INTEGER NOT NULL, I TEXT, PRIMARY KEY (I))"
+                "CREATE TABLE I (I INTEGER NOT NULL, I TEXT, PRIMARY KEY (I))"
             );
             prop_assert_eq!(skeleton(&drop_table_sql(&t)), "DROP TABLE IF EXISTS I");
             prop_assert_eq!(skeleton(&select_sql(&t, &[&a, &b], None)), "SELECT I, I FROM I");
@@ -256,5 +295,18 @@ mod tests {
             prop_assert_eq!(skeleton(&ins).matches('?').count(), rows * 2);
             prop_assert!(!create.contains('\0'));
         }
+    }
+
+    #[test]
+    fn update_and_delete_statements() {
+        assert_eq!(
+            update_sql("t_0001", &["a", "b\"c"], Some(&key_match_sql(&["id"]))),
+            r#"UPDATE "t_0001" SET "a" = ?, "b""c" = ? WHERE "id" = ?"#
+        );
+        assert_eq!(
+            delete_sql("t_0001", Some("\"id\" = ?"), &["id", "v"]),
+            r#"DELETE FROM "t_0001" WHERE "id" = ? RETURNING "id", "v""#
+        );
+        assert_eq!(delete_sql("t", None, &[]), r#"DELETE FROM "t""#);
     }
 }

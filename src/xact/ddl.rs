@@ -87,69 +87,44 @@ fn take(filter: impl Fn(&PendingDdl) -> bool) -> Vec<PendingDdl> {
     })
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
-    use pg_sys::XactEvent::*;
-    match event {
-        XACT_EVENT_COMMIT => {
-            let items = take(|_| true);
-            run_and_warn(
-                items
-                    .into_iter()
-                    .filter(|i| i.when == When::Commit)
-                    .collect(),
-            );
-        }
-        XACT_EVENT_ABORT => {
-            let items = take(|_| true);
-            run_and_warn(
-                items
-                    .into_iter()
-                    .filter(|i| i.when == When::Abort)
-                    .collect(),
-            );
-        }
-        _ => {}
-    }
-    if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT) {
-        crate::catalog::credentials::forget_remembered();
-    }
+/// The top-level transaction committed: run what waited for it.
+pub fn at_commit() {
+    let items = take(|_| true);
+    run_and_warn(
+        items
+            .into_iter()
+            .filter(|i| i.when == When::Commit)
+            .collect(),
+    );
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn on_subxact(
-    event: pg_sys::SubXactEvent::Type,
-    _my: pg_sys::SubTransactionId,
-    _parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
-    use pg_sys::SubXactEvent::*;
-    // SAFETY: reads backend transaction state.
-    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
-    match event {
-        SUBXACT_EVENT_ABORT_SUB => {
-            let items = take(|i| i.level >= level);
-            run_and_warn(
-                items
-                    .into_iter()
-                    .filter(|i| i.when == When::Abort)
-                    .collect(),
-            );
-        }
-        SUBXACT_EVENT_COMMIT_SUB => PENDING.with(|p| {
-            for item in p.borrow_mut().iter_mut().filter(|i| i.level >= level) {
-                item.level = level - 1;
-            }
-        }),
-        _ => {}
-    }
+/// The top-level transaction aborted: undo what it created.
+pub fn at_abort() {
+    let items = take(|_| true);
+    run_and_warn(
+        items
+            .into_iter()
+            .filter(|i| i.when == When::Abort)
+            .collect(),
+    );
 }
 
-pub fn register_callbacks() {
-    // SAFETY: registered once per backend from _PG_init; the callbacks only
-    // touch this backend's thread-local queue.
-    unsafe {
-        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
-        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
-    }
+/// Subtransaction `level` aborted: undo what it (and its children) created.
+pub fn at_subabort(level: i32) {
+    let items = take(|i| i.level >= level);
+    run_and_warn(
+        items
+            .into_iter()
+            .filter(|i| i.when == When::Abort)
+            .collect(),
+    );
+}
+
+/// Subtransaction `level` committed: its work now belongs to its parent.
+pub fn at_subcommit(level: i32) {
+    PENDING.with(|p| {
+        for item in p.borrow_mut().iter_mut().filter(|i| i.level >= level) {
+            item.level = level - 1;
+        }
+    });
 }

@@ -1,0 +1,62 @@
+//! Work that follows the Postgres transaction's outcome: the remote write
+//! transactions on the nodes (`streams`) and node DDL that waits for commit
+//! or undoes itself on abort (`ddl`). One pair of callbacks dispatches both.
+
+pub mod ddl;
+pub mod streams;
+
+use pgrx::prelude::*;
+
+pub use ddl::{on_abort, on_commit};
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        // The last moment an ERROR can still abort the transaction.
+        XACT_EVENT_PRE_COMMIT => streams::commit_all(),
+        XACT_EVENT_PRE_PREPARE => streams::refuse_prepare(),
+        XACT_EVENT_COMMIT => {
+            ddl::at_commit();
+            crate::catalog::credentials::forget_remembered();
+        }
+        XACT_EVENT_ABORT => {
+            streams::rollback_all();
+            ddl::at_abort();
+            crate::catalog::credentials::forget_remembered();
+        }
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    _my: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    // SAFETY: reads backend transaction state.
+    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    match event {
+        SUBXACT_EVENT_ABORT_SUB => {
+            streams::rollback_to(level);
+            ddl::at_subabort(level);
+        }
+        SUBXACT_EVENT_COMMIT_SUB => {
+            streams::release(level);
+            ddl::at_subcommit(level);
+        }
+        _ => {}
+    }
+}
+
+pub fn register_callbacks() {
+    // SAFETY: registered once per backend from _PG_init; the callbacks only
+    // touch this backend's thread-local state.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+    }
+}
