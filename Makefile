@@ -54,8 +54,10 @@ ext:
 node:
 	cargo build -p conductor-node
 
-bench:
-	@echo "make bench: not yet implemented (see bench/ and DESIGN.md section 10)"
+## make bench: conductor vs postgres_fdw partitions vs a local table (issue 6);
+## writes docs/BENCHMARKS.md. BENCH_QUICK=1 for a short development run.
+bench: deps
+	bench/run.sh
 
 fmt:
 	cargo fmt --all

@@ -1,0 +1,546 @@
+#!/usr/bin/env python3
+"""Turns the raw results of bench/run.sh into docs/BENCHMARKS.md (its own
+section, between markers; the rest of the file is kept) and an SVG plot of
+W6. Standard library only.
+
+    report.py OUT_DIR DOC_PATH SVG_PATH
+"""
+import glob
+import html
+import os
+import re
+import statistics
+import sys
+
+BEGIN = "<!-- bench/run.sh: begin (generated; edit bench/report.py, not this section) -->"
+END = "<!-- bench/run.sh: end -->"
+TARGETS = ["conductor", "peer", "local"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---- reading raw results ---------------------------------------------------------
+
+def read_meta(out):
+    meta = {}
+    with open(os.path.join(out, "meta.txt")) as f:
+        for line in f:
+            if "=" in line:
+                k, v = line.rstrip("\n").split("=", 1)
+                meta[k] = v
+    return meta
+
+
+def failed(path):
+    f = os.path.join(path, "FAILED")
+    if os.path.exists(f):
+        with open(f) as fh:
+            text = fh.read().strip()
+        lines = [l for l in text.splitlines()
+                 if l.strip() and "setting random seed" not in l and not l.startswith((" ", "DETAIL:  \n"))]
+        # pgbench repeats the error for every client: keep the first one
+        # (its line and the DETAIL lines after it).
+        first = []
+        for l in lines:
+            if first and l.startswith("pgbench:"):
+                break
+            first.append(l.strip())
+        return " ".join(first)[:400] or "failed (no message)"
+    return None
+
+
+def pgbench_run(path):
+    """(tps, [latency ms]) of one pgbench run directory."""
+    tps = None
+    with open(os.path.join(path, "stdout.txt")) as f:
+        for line in f:
+            m = re.match(r"tps = ([0-9.]+)", line)
+            if m:
+                tps = float(m.group(1))
+    lat = []
+    for log in glob.glob(os.path.join(path, "tx.*")):
+        with open(log) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3:
+                    lat.append(int(parts[2]) / 1000.0)
+    return tps, sorted(lat)
+
+
+def pct(sorted_values, p):
+    if not sorted_values:
+        return None
+    k = (len(sorted_values) - 1) * p / 100.0
+    lo, hi = int(k), min(int(k) + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+def read_lines(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [float(l) for l in f if l.strip()]
+
+
+class Result:
+    """One workload on one target: samples, or the error that stopped it."""
+
+    def __init__(self, error=None):
+        self.error = error
+        self.tps = []       # per run
+        self.p50 = []       # per run, ms
+        self.p99 = []
+        self.lat = []       # every sample, ms
+        self.rate = []      # rows/s per run
+        self.hwm = None     # (before kB, after kB)
+        self.tx = 0
+
+
+def throughput(out, w, t):
+    base = os.path.join(out, "raw", w, t)
+    r = Result()
+    for run in sorted(glob.glob(os.path.join(base, "run*"))):
+        err = failed(run)
+        if err:
+            return Result(err)
+        tps, lat = pgbench_run(run)
+        if tps is None or not lat:
+            return Result("no result (see %s)" % run)
+        r.tps.append(tps)
+        r.p50.append(pct(lat, 50))
+        r.p99.append(pct(lat, 99))
+        r.tx += len(lat)
+    return r if r.tps else None
+
+
+def latency(out, w, t):
+    run = os.path.join(out, "raw", w, t, "run1")
+    if not os.path.isdir(run):
+        return None
+    err = failed(run)
+    if err:
+        return Result(err)
+    _, lat = pgbench_run(run)
+    if not lat:
+        return Result("no result (see %s)" % run)
+    r = Result()
+    r.lat = lat
+    return r
+
+
+def timed(out, w, t, rows):
+    base = os.path.join(out, "raw", w, t)
+    if not os.path.isdir(base):
+        return None
+    err = failed(base)
+    times = read_lines(os.path.join(base, "times_ms.txt"))
+    if err and not times:
+        return Result(err)
+    r = Result(err)
+    r.lat = sorted(times)
+    r.rate = [rows / (ms / 1000.0) for ms in times if ms > 0]
+    hwm = os.path.join(base, "hwm_kb.txt")
+    if os.path.exists(hwm):
+        vals = {}
+        with open(hwm) as f:
+            for line in f:
+                k, v = line.split()
+                vals[k] = int(v)
+        if "HWM_BEFORE" in vals and "HWM_AFTER" in vals:
+            r.hwm = (vals["HWM_BEFORE"], vals["HWM_AFTER"])
+    return r
+
+
+# ---- formatting ----------------------------------------------------------------
+
+def fmt(v, unit=""):
+    if v is None:
+        return "–"
+    if abs(v) >= 1000:
+        s = f"{v:,.0f}"
+    elif abs(v) >= 100:
+        s = f"{v:.0f}"
+    elif abs(v) >= 10:
+        s = f"{v:.1f}"
+    else:
+        s = f"{v:.2f}"
+    return s + unit
+
+
+def spread(values, unit=""):
+    if not values:
+        return "–"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return fmt(med, unit)
+    return f"{fmt(med, unit)} ({fmt(min(values))}–{fmt(max(values))})"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "–"
+    return f"{a / b:.2f}×"
+
+
+def med(values):
+    return statistics.median(values) if values else None
+
+
+def read_text(path):
+    with open(path) as f:
+        return f.read()
+
+
+def workload_sql(name):
+    return read_text(os.path.join(ROOT, "bench", "workloads", name)).strip()
+
+
+def client(out, w):
+    p = os.path.join(out, "raw", w, "client.txt")
+    return read_text(p).strip() if os.path.exists(p) else "–"
+
+
+# ---- the plot --------------------------------------------------------------------
+
+def svg_plot(points, path, delay_ms):
+    """points: {series: [(shards, median, min, max) or None]}; log-scale y."""
+    import math
+    W, H = 600, 360
+    left, right, top, bottom = 64, 170, 34, 50
+    pw, ph = W - left - right, H - top - bottom
+    xs = [1, 4, 16]
+    xpos = {x: left + pw * i / (len(xs) - 1) for i, x in enumerate(xs)}
+    vals = [v for s in points.values() for p in s if p for v in p[1:]]
+    ticks = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000]
+    lo = max([t for t in ticks if t <= min(vals + [delay_ms])] or [1])
+    hi = min([t for t in ticks if t >= max(vals + [delay_ms * 2])] or [ticks[-1]])
+    def y(v):
+        v = min(max(v, lo), hi)
+        return top + ph - ph * (math.log(v) - math.log(lo)) / (math.log(hi) - math.log(lo))
+    colors = {"conductor": "#1f77b4", "peer (postgres_fdw)": "#d62728"}
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="{left + pw / 2}" y="20" text-anchor="middle" font-size="14">'
+           f'W6: latency vs shards touched, +{delay_ms:g} ms per round trip</text>']
+    for t in ticks:
+        if lo <= t <= hi:
+            out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#ddd"/>')
+            out.append(f'<text x="{left - 6}" y="{y(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
+    for x in xs:
+        out.append(f'<line x1="{xpos[x]:.1f}" x2="{xpos[x]:.1f}" y1="{top}" y2="{top + ph}" stroke="#eee"/>')
+        out.append(f'<text x="{xpos[x]:.1f}" y="{top + ph + 18}" text-anchor="middle">{x}</text>')
+    out.append(f'<text x="{left + pw / 2}" y="{H - 10}" text-anchor="middle">shards touched by the query</text>')
+    out.append(f'<text x="16" y="{top + ph / 2}" text-anchor="middle" '
+               f'transform="rotate(-90 16 {top + ph / 2})">median latency, ms (log scale)</text>')
+    out.append(f'<line x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}" stroke="black"/>')
+    out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + ph}" stroke="black"/>')
+    c1 = points.get("conductor", [None])[0]
+    if c1:
+        t = 1.3 * c1[1]
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(t):.1f}" y2="{y(t):.1f}" '
+                   f'stroke="#1f77b4" stroke-dasharray="4 4" opacity="0.7"/>')
+    legend_y = top + 10
+    for name, pts in points.items():
+        color = colors.get(name, "black")
+        coords = [(xpos[x], p) for x, p in zip(xs, pts) if p]
+        if len(coords) > 1:
+            out.append('<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>' % (
+                color, " ".join(f"{cx:.1f},{y(p[1]):.1f}" for cx, p in coords)))
+        for cx, p in coords:
+            out.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y(p[2]):.1f}" y2="{y(p[3]):.1f}" '
+                       f'stroke="{color}" stroke-width="6" opacity="0.25"/>')
+            out.append(f'<circle cx="{cx:.1f}" cy="{y(p[1]):.1f}" r="4" fill="{color}"/>')
+            label = f"{p[1]:.0f} ms" if p[1] >= 10 else f"{p[1]:.1f} ms"
+            last = cx >= left + pw - 1
+            out.append(f'<text x="{cx - 8 if last else cx + 8:.1f}" y="{y(p[1]) - 7:.1f}" fill="{color}" '
+                       f'text-anchor="{"end" if last else "start"}">{label}</text>')
+        out.append(f'<rect x="{left + pw + 20}" y="{legend_y - 9}" width="12" height="12" fill="{color}"/>')
+        out.append(f'<text x="{left + pw + 37}" y="{legend_y + 1}">{html.escape(name)}</text>')
+        legend_y += 20
+    out.append(f'<line x1="{left + pw + 20}" x2="{left + pw + 32}" y1="{legend_y - 3}" y2="{legend_y - 3}" '
+               f'stroke="#1f77b4" stroke-dasharray="4 4"/>')
+    out.append(f'<text x="{left + pw + 37}" y="{legend_y + 1}">target: 1.3× the</text>')
+    out.append(f'<text x="{left + pw + 37}" y="{legend_y + 15}">conductor 1-shard</text>')
+    out.append(f'<text x="{left + pw + 20}" y="{legend_y + 40}" font-size="11">dots: median;</text>')
+    out.append(f'<text x="{left + pw + 20}" y="{legend_y + 54}" font-size="11">bands: min–max</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+# ---- the document ------------------------------------------------------------------
+
+def main():
+    out, doc_path, svg_path = sys.argv[1:4]
+    meta = read_meta(out)
+    rows = int(meta["rows"])
+    quick = meta.get("mode") == "quick"
+    L = []
+    a = L.append
+
+    a(BEGIN)
+    a("## conductor vs postgres_fdw hash partitioning vs a local table (issue 6)")
+    a("")
+    if quick:
+        a(f"> **Quick-mode run** (`BENCH_QUICK=1`: {rows:,} rows, {meta['seconds']} s runs): a development "
+          "check of the harness, not the figures to judge conductor by. Regenerate with `make bench` "
+          "(1,000,000 rows) on an idle machine.")
+        a("")
+    a(f"Generated by `{meta['command']}` on {meta['start_utc']} (finished {meta.get('end_utc', '?')}). "
+      "Every figure below comes from that run; rerun the command to refresh this section "
+      "(the rest of this file is left alone).")
+    a("")
+    a("**The machine was shared while this ran**: other engineers were compiling and testing on it, "
+      f"load average {meta['loadavg_start']} at the start and {meta.get('loadavg_end', '?')} at the end "
+      f"on {meta['nproc']} cores. Absolute numbers are noisy; ratios between targets are steadier (runs are "
+      "interleaved across targets) but still affected. Final figures should be regenerated on an idle machine.")
+    a("")
+    a("### Setup")
+    a("")
+    a("| | |")
+    a("|---|---|")
+    a(f"| machine | {meta['nproc']} cores ({meta['cpu']}), {meta['mem_total']} RAM, {meta['kernel']} |")
+    a(f"| Postgres | {meta['postgres']} |")
+    a(f"| client | {meta['pgbench']}, on the same machine over loopback TCP |")
+    a(f"| conductor | extension {meta['conductor_ext']} (release build), {meta['node']} (release), git {meta['git']}; {meta['rustc']} |")
+    a(f"| node options | {meta.get('node_options', '(defaults)')} (W6 nodes also `--delay-ms {meta['delay_ms']}`) |")
+    a(f"| date | {meta['start_utc']} |")
+    a(f"| command | `{meta['command']}` (`make bench` runs `bench/run.sh`) |")
+    a(f"| data | `items`, {rows:,} rows, seed {meta['seed']}, generated in SQL by [`bench/workloads/load.sql`](../bench/workloads/load.sql); rows counted after the load: conductor {meta.get('count_conductor')}, peer {meta.get('count_peer')}, local {meta.get('count_local')} |")
+    a("")
+    a("Three targets, each a database in one \"router\" Postgres 15, all holding the same `items` "
+      "(`id bigint` key, `customer_id int`, `name text`, `email text`, `amount numeric(12,2)`, "
+      "`created timestamptz`, `flag bool`), so every workload runs the same SQL text on each:")
+    a("")
+    a("- **conductor**: a foreign table, `create_distributed_table('items', 'id', shard_count => 16)` over 4 "
+      "`conductor-node` processes (SQLite, WAL; 4 shards each).")
+    a("- **peer**: `items` `PARTITION BY HASH (id)` with 16 partitions, each a postgres_fdw foreign table; "
+      "partition *p* lives on shard Postgres *p* mod 4 (4 more Postgres 15 instances, 4 partitions each, each "
+      "remote table with a primary key on `id`). Servers: `async_capable 'true'`, `use_remote_estimate 'false'` "
+      "(it costs an extra remote EXPLAIN per partition at every planning; local statistics from `ANALYZE` "
+      "instead), `fetch_size '1000'`, `batch_size '1000'`.")
+    a("- **local**: a plain heap table with a primary key on `id`: the floor no remote design can pass.")
+    a("")
+    a(f"All 5 Postgres instances: `{meta['pg_settings']}`; jit={meta['jit']}, "
+      f"max_parallel_workers_per_gather={meta['max_parallel_workers_per_gather']} (defaults). "
+      "No secondary indexes anywhere. After the load: `VACUUM ANALYZE` of the local table and of the peer's "
+      "remote tables, `ANALYZE` of the peer's partitioned table.")
+    a("")
+    a(f"W6 runs against copies with {int(meta['w6_rows']):,} rows behind {meta['delay_ms']} ms of extra latency per "
+      f"round trip: 4 more nodes started with `--delay-ms {meta['delay_ms']}` for conductor, and for the peer "
+      "[`bench/delay_proxy.py`](../bench/delay_proxy.py) in front of each shard Postgres (every chunk the "
+      f"server sends reaches the router {meta['delay_ms']} ms late). Keys {meta.get('w6_keys', '?')} are on 4 "
+      "different shards (and nodes) of conductor and on 4 partitions on 4 different servers of the peer (its best "
+      "case: partitions of one server share one connection, so their scans don't overlap).")
+    a("")
+
+    # ---- results
+    res = {}
+    for w in ["W1", "W2", "W3"]:
+        res[w] = {t: throughput(out, w, t) for t in TARGETS}
+    for w in ["W4", "W5-count", "W5-sum", "W5-group"]:
+        res[w] = {t: latency(out, w, t) for t in TARGETS}
+    for w in ["W6-1", "W6-4", "W6-16"]:
+        res[w] = {t: latency(out, w, t) for t in ["conductor", "peer"]}
+    res["W7"] = {t: timed(out, "W7", t, rows) for t in TARGETS}
+    res["W8"] = {t: timed(out, "W8", t, rows) for t in TARGETS}
+
+    def cell(r, kind):
+        if r is None:
+            return "not run"
+        if r.error and not (r.tps or r.lat):
+            return "**failed**"
+        if kind == "tps":
+            return spread(r.tps)
+        if kind == "lat":
+            return spread(r.lat, " ms")
+        if kind == "rate":
+            return spread(r.rate)
+        return "–"
+
+    def value(r, kind):
+        if r is None or (r.error and not (r.tps or r.lat)):
+            return None
+        return {"tps": med(r.tps), "lat": med(r.lat), "rate": med(r.rate)}[kind]
+
+    a("### Results")
+    a("")
+    a("Each cell: median (min–max). Throughput workloads (W1–W3): "
+      f"{meta['runs']} pgbench runs of {meta['seconds']} s per target, interleaved, TPS median of the runs; "
+      "p50/p99 are per-transaction latencies from pgbench's `--log`, median over the runs. Latency workloads: "
+      "every execution is a sample. Ratios are conductor/peer and conductor/local of the medians: "
+      "**for TPS and rows/s above 1× means conductor is faster; for latency below 1× means conductor is faster.**")
+    a("")
+    a("| workload | metric | conductor | peer | local | conductor/peer | conductor/local |")
+    a("|---|---|---|---|---|---|---|")
+    names = {
+        "W1": "W1 point lookup", "W2": "W2 point lookup, prepared generic plan", "W3": "W3 IN list of 10 keys",
+        "W4": "W4 non-key filter, ~1% of rows", "W5-count": "W5 count(*)", "W5-sum": "W5 sum(amount)",
+        "W5-group": "W5 GROUP BY flag", "W7": "W7 whole-table scan", "W8": "W8 INSERT … SELECT",
+        "W6-1": "W6 1 shard (+delay)", "W6-4": "W6 4 shards (+delay)", "W6-16": "W6 16 shards (+delay)",
+    }
+    for w in ["W1", "W2", "W3"]:
+        r = res[w]
+        a(f"| {names[w]} | TPS | {cell(r['conductor'], 'tps')} | {cell(r['peer'], 'tps')} | {cell(r['local'], 'tps')} "
+          f"| {ratio(value(r['conductor'], 'tps'), value(r['peer'], 'tps'))} "
+          f"| {ratio(value(r['conductor'], 'tps'), value(r['local'], 'tps'))} |")
+        for p in ["p50", "p99"]:
+            vals = {t: (getattr(r[t], p) if r[t] and getattr(r[t], p) else None) for t in TARGETS}
+            a(f"| | {p} latency | " + " | ".join(spread(vals[t], " ms") if vals[t] else cell(r[t], "") for t in TARGETS)
+              + f" | {ratio(med(vals['conductor'] or []), med(vals['peer'] or []))} "
+              f"| {ratio(med(vals['conductor'] or []), med(vals['local'] or []))} |")
+    for w in ["W4", "W5-count", "W5-sum", "W5-group"]:
+        r = res[w]
+        a(f"| {names[w]} | latency | " + " | ".join(cell(r[t], "lat") for t in TARGETS)
+          + f" | {ratio(value(r['conductor'], 'lat'), value(r['peer'], 'lat'))} "
+          f"| {ratio(value(r['conductor'], 'lat'), value(r['local'], 'lat'))} |")
+    for w in ["W6-1", "W6-4", "W6-16"]:
+        r = res[w]
+        a(f"| {names[w]} | latency | {cell(r['conductor'], 'lat')} | {cell(r['peer'], 'lat')} | – "
+          f"| {ratio(value(r['conductor'], 'lat'), value(r['peer'], 'lat'))} | – |")
+    for w in ["W7", "W8"]:
+        r = res[w]
+        a(f"| {names[w]} | rows/s | " + " | ".join(cell(r[t], "rate") for t in TARGETS)
+          + f" | {ratio(value(r['conductor'], 'rate'), value(r['peer'], 'rate'))} "
+          f"| {ratio(value(r['conductor'], 'rate'), value(r['local'], 'rate'))} |")
+    mem = {}
+    for t in TARGETS:
+        r = res["W7"][t]
+        mem[t] = (r.hwm[1] - r.hwm[0]) / 1024.0 if r and r.hwm else None
+    a("| W7 whole-table scan | backend peak memory growth (VmHWM) | "
+      + " | ".join(fmt(mem[t], " MB") if mem[t] is not None else "–" for t in TARGETS) + " | | |")
+    a("")
+    fails = [(w, t, r.error) for w, rt in res.items() for t, r in rt.items() if r is not None and r.error]
+    if fails:
+        a("**Failures** (the error as the client printed it):")
+        a("")
+        for w, t, e in fails:
+            a(f"- {names.get(w, w)} on {t}: `{e}`")
+        a("")
+
+    # ---- plot
+    pts = {}
+    for t, label in [("conductor", "conductor"), ("peer", "peer (postgres_fdw)")]:
+        series = []
+        for w, n in [("W6-1", 1), ("W6-4", 4), ("W6-16", 16)]:
+            r = res[w][t]
+            if r and r.lat and not r.error:
+                series.append((n, med(r.lat), min(r.lat), max(r.lat)))
+            else:
+                series.append(None)
+        pts[label] = series
+    svg_plot(pts, svg_path, float(meta["delay_ms"]))
+    rel_svg = os.path.relpath(svg_path, os.path.dirname(os.path.abspath(doc_path)))
+    a(f"![W6: latency vs shards touched]({rel_svg})")
+    a("")
+
+    # ---- targets
+    a("### Against the targets of issue 6")
+    a("")
+    a("| target | stands at | |")
+    a("|---|---|---|")
+    for w in ["W1", "W2"]:
+        c, p = value(res[w]["conductor"], "tps"), value(res[w]["peer"], "tps")
+        if c is None or p is None:
+            a(f"| {w} TPS ≥ 2× the peer's | no figure | **not measured** |")
+        else:
+            r = c / p
+            verdict = "met" if r >= 2 else f"**behind**: {r:.2f}× instead of 2×, {(1 - r / 2) * 100:.0f}% short"
+            a(f"| {w} TPS ≥ 2× the peer's | {fmt(c)} vs {fmt(p)} TPS = {r:.2f}× | {verdict} |")
+    c1, c16 = value(res["W6-1"]["conductor"], "lat"), value(res["W6-16"]["conductor"], "lat")
+    if c1 and c16:
+        r = c16 / c1
+        verdict = "met" if r <= 1.3 else f"**behind**: {r:.2f}× instead of ≤ 1.3×"
+        a(f"| W6 16-shard latency ≤ 1.3× 1-shard | {fmt(c16)} ms vs {fmt(c1)} ms = {r:.2f}× | {verdict} |")
+    else:
+        a("| W6 16-shard latency ≤ 1.3× 1-shard | no figure | **not measured** |")
+    m = mem["conductor"]
+    if m is not None:
+        verdict = "met" if m < 64 else f"**behind**: {m:.0f} MB, {m - 64:.0f} MB over"
+        a(f"| W7 peak backend memory growth < 64 MB | {fmt(m, ' MB')} over {rows:,} rows | {verdict} |")
+    else:
+        a("| W7 peak backend memory growth < 64 MB | no figure | **not measured** |")
+    c, p = value(res["W8"]["conductor"], "rate"), value(res["W8"]["peer"], "rate")
+    if c is not None and p is not None:
+        r = c / p
+        verdict = "met" if r >= 1 else f"**behind**: {r:.2f}× the peer's rows/s, {(1 - r) * 100:.0f}% short"
+        a(f"| W8 rows/s ≥ the peer's | {fmt(c)} vs {fmt(p)} rows/s = {r:.2f}× | {verdict} |")
+    else:
+        a("| W8 rows/s ≥ the peer's | no figure | **not measured** |")
+    a("")
+    notes_path = os.path.join(ROOT, "bench", "NOTES.md")
+    if os.path.exists(notes_path):
+        a(read_text(notes_path).strip())
+        a("")
+
+    # ---- workloads
+    a("### Workloads: exact SQL and client settings")
+    a("")
+    a("`<db>` is `conductor`, `peer` or `local` (W6: `conductor_w6`, `peer_w6`); pgbench connects to the "
+      "router over TCP on 127.0.0.1 as a superuser. Each workload gets an unrecorded warm-up first "
+      "(2 s of the same pgbench for W1–W3, one execution for the others).")
+    a("")
+    specs = [
+        ("W1", "point lookup by key", ["w1_point.sql"]),
+        ("W2", "the same, prepared, generic plan", ["w1_point.sql"]),
+        ("W3", "IN list of 10 random keys", ["w3_in10.sql"]),
+        ("W4", "filter on a non-key column, ~1% of rows (every shard)", ["w4_filter.sql"]),
+        ("W5-count", "count(*)", ["w5_count.sql"]),
+        ("W5-sum", "sum", ["w5_sum.sql"]),
+        ("W5-group", "GROUP BY", ["w5_group.sql"]),
+        ("W6-1", "1 shard, +delay", ["w6_1shard.sql"]),
+        ("W6-4", "4 shards, +delay", ["w6_4shards.sql"]),
+        ("W6-16", "16 shards (no key predicate), +delay", ["w6_16shards.sql"]),
+        ("W7", "whole-table scan, rows/s and backend peak memory", ["w7_scan.sql"]),
+        ("W8", "bulk load", ["load.sql"]),
+    ]
+    for w, title, files in specs:
+        a(f"**{w}** — {title}. Client: `{client(out, w)}`")
+        a("")
+        a("```sql")
+        for fn in files:
+            a(workload_sql(fn))
+        a("```")
+        a("")
+    a("W7's memory figure is VmHWM (peak resident set) of the backend, read with "
+      "`pg_read_file('/proc/self/status')` in the same session before the first scan (after a point lookup, so "
+      "the extension and its I/O runtime are already loaded) and after the last one.")
+    a("")
+
+    # ---- EXPLAIN
+    a("### EXPLAIN of the queries (from this run)")
+    a("")
+    for label, fn in [("conductor", "explain-conductor.txt"), ("conductor, generic plan (W2)", "explain-conductor-generic.txt"),
+                      ("peer", "explain-peer.txt"), ("local", "explain-local.txt"),
+                      ("conductor W6, 16 shards (ANALYZE)", "explain-conductor-w6-16.txt"),
+                      ("peer W6, 16 shards (ANALYZE)", "explain-peer-w6-16.txt")]:
+        p = os.path.join(out, fn)
+        if not os.path.exists(p):
+            continue
+        a(f"<details><summary>{html.escape(label)}</summary>")
+        a("")
+        a("```")
+        a(read_text(p).rstrip())
+        a("```")
+        a("")
+        a("</details>")
+        a("")
+    a(END)
+    section = "\n".join(L) + "\n"
+
+    # ---- splice into the doc, keeping everything else
+    existing = read_text(doc_path) if os.path.exists(doc_path) else ""
+    if BEGIN in existing and END in existing:
+        head = existing[:existing.index(BEGIN)]
+        tail = existing[existing.index(END) + len(END):].lstrip("\n")
+        new = head + section + ("\n" + tail if tail else "")
+    elif existing.strip():
+        new = existing.rstrip("\n") + "\n\n" + section
+    else:
+        new = "# Benchmarks\n\n" + section
+    with open(doc_path, "w") as f:
+        f.write(new)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,606 @@
+#!/usr/bin/env bash
+# The benchmark of issue 6 (`make bench`): conductor side by side with its
+# peer (a hash-partitioned table whose 16 partitions are postgres_fdw foreign
+# tables on 4 other Postgres instances, async_capable on) and with a plain
+# local table, on the same generated data, in one run. Writes the figures and
+# a plot into docs/BENCHMARKS.md (its own section, between markers; any
+# other section of that file is kept) and docs/bench-w6-fanout.svg.
+#
+#   bench/run.sh                 # full run: 1,000,000 rows, 20 s pgbench runs (~1 h)
+#   BENCH_QUICK=1 bench/run.sh   # quick: 100,000 rows, 3 s runs (a few minutes)
+#
+# Knobs (environment): BENCH_ROWS, BENCH_SECONDS (per throughput run),
+# BENCH_RUNS (throughput runs per target), BENCH_QUERY_RUNS (executions of
+# W4/W5), BENCH_SCAN_RUNS (W7), BENCH_LOAD_RUNS (W8), BENCH_W6_ROWS,
+# BENCH_W6_SECONDS, BENCH_DELAY_MS, BENCH_SEED, BENCH_PORT_BASE (ports
+# BASE..BASE+40 on 127.0.0.1, below the ephemeral range so tests' free ports
+# never collide), BENCH_DIR (work dir; default a new /var/tmp dir),
+# BENCH_NODE_OPTS (extra conductor-node options, recorded in the doc),
+# BENCH_KEEP=1 (keep the data dirs), BENCH_NO_BUILD=1 (use what is built and
+# installed), BENCH_NO_DOC=1 (don't touch docs/).
+#
+# Everything it starts (5 Postgres, 8 nodes, 1 proxy) runs on loopback and
+# is stopped on exit, on success, failure or Ctrl-C.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+export PATH="$HOME/.cargo/bin:$PATH"
+COMMAND="${BENCH_COMMAND:-$( [ -n "${BENCH_QUICK:-}" ] && echo "BENCH_QUICK=1 " )bench/run.sh}"
+
+# ---- settings ------------------------------------------------------------------
+
+if [ -n "${BENCH_QUICK:-}" ]; then
+    MODE=quick
+    ROWS=${BENCH_ROWS:-100000}
+    SECONDS_PER_RUN=${BENCH_SECONDS:-3}
+    RUNS=${BENCH_RUNS:-3}
+    QUERY_RUNS=${BENCH_QUERY_RUNS:-5}
+    SCAN_RUNS=${BENCH_SCAN_RUNS:-3}
+    LOAD_RUNS=${BENCH_LOAD_RUNS:-2}
+    W6_SECONDS=${BENCH_W6_SECONDS:-3}
+else
+    MODE=full
+    ROWS=${BENCH_ROWS:-1000000}
+    SECONDS_PER_RUN=${BENCH_SECONDS:-20}
+    RUNS=${BENCH_RUNS:-3}
+    QUERY_RUNS=${BENCH_QUERY_RUNS:-10}
+    SCAN_RUNS=${BENCH_SCAN_RUNS:-5}
+    LOAD_RUNS=${BENCH_LOAD_RUNS:-3}
+    W6_SECONDS=${BENCH_W6_SECONDS:-10}
+fi
+W6_ROWS=${BENCH_W6_ROWS:-16000}
+DELAY_MS=${BENCH_DELAY_MS:-20}
+NODE_OPTIONS=${BENCH_NODE_OPTS:-}   # extra conductor-node options (default: none)
+SEED=${BENCH_SEED:-20261126}
+CLIENTS=8
+THREADS=2
+TARGETS=(conductor peer local)
+
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+PG_BIN=$("$PG_CONFIG" --bindir)
+PG_USER=${CONDUCTOR_PG_USER:-postgres}
+NODE_BIN=$ROOT/target/release/conductor-node
+
+PORT_BASE=${BENCH_PORT_BASE:-27500}
+ROUTER_PORT=$PORT_BASE                                   # the router Postgres
+SHARD_PORTS=($((PORT_BASE + 1)) $((PORT_BASE + 2)) $((PORT_BASE + 3)) $((PORT_BASE + 4)))
+PROXY_PORTS=($((PORT_BASE + 11)) $((PORT_BASE + 12)) $((PORT_BASE + 13)) $((PORT_BASE + 14)))
+NODE_PORTS=($((PORT_BASE + 21)) $((PORT_BASE + 22)) $((PORT_BASE + 23)) $((PORT_BASE + 24)))
+SLOW_NODE_PORTS=($((PORT_BASE + 31)) $((PORT_BASE + 32)) $((PORT_BASE + 33)) $((PORT_BASE + 34)))
+
+if [ -z "${BENCH_DIR:-}" ]; then
+    BENCH_DIR=$(mktemp -d /var/tmp/conductor-bench.XXXXXX)
+fi
+mkdir -p "$BENCH_DIR"
+chmod 0755 "$BENCH_DIR"   # the Postgres user must reach its data dirs inside
+OUT=$BENCH_DIR/out
+rm -rf "$OUT"
+RAW=$OUT/raw
+mkdir -p "$RAW"
+
+log() { printf '%s bench: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+
+# ---- process bookkeeping and cleanup -----------------------------------------------
+
+CHILD_PIDS=()     # nodes and the proxy (started here, in the background)
+PG_DIRS=()        # data dirs of the Postgres instances started here
+
+as_pg() {
+    if [ "$(id -u)" -eq 0 ]; then
+        (cd / && runuser -u "$PG_USER" -- "$@")
+    else
+        "$@"
+    fi
+}
+
+cleanup() {
+    local rc=$? pid dir
+    trap - EXIT INT TERM
+    set +e
+    log "stopping everything this run started"
+    for pid in "${CHILD_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null
+    done
+    for dir in "${PG_DIRS[@]}"; do
+        as_pg "$PG_BIN/pg_ctl" -D "$dir" -m immediate -w stop >/dev/null 2>&1
+    done
+    for pid in "${CHILD_PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    if [ -z "${BENCH_KEEP:-}" ]; then
+        rm -rf "$BENCH_DIR"/pg-* "$BENCH_DIR"/node-* "$BENCH_DIR"/template "$BENCH_DIR"/pginst
+        log "raw results kept in $OUT (data dirs removed)"
+    else
+        log "everything kept in $BENCH_DIR"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---- build ------------------------------------------------------------------------
+
+LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
+START_UTC=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
+
+if [ -z "${BENCH_NO_BUILD:-}" ]; then
+    log "building conductor-node (release)"
+    cargo build --release -p conductor-node
+    log "installing the extension (release) into $PG_CONFIG"
+    sudo_flag=()
+    [ "$(id -u)" -eq 0 ] || sudo_flag=(--sudo)
+    cargo pgrx install --release -p conductor --pg-config "$PG_CONFIG" "${sudo_flag[@]}"
+fi
+[ -x "$NODE_BIN" ] || die "$NODE_BIN missing (run without BENCH_NO_BUILD)"
+[ -f "$("$PG_CONFIG" --sharedir)/extension/conductor.control" ] || die "extension not installed"
+command -v pgbench >/dev/null || die "pgbench missing (postgresql-client-15)"
+
+# Other engineers install their builds of the extension into the same
+# Postgres while this runs, and every new backend loads conductor.so from
+# disk. So the servers run from a private copy of the Postgres installation
+# taken right after the install above (Postgres finds its share and lib dirs
+# relative to its binary, so a copy with the same layout is self-contained).
+log "snapshot of the Postgres 15 installation (with the extension just installed)"
+PG_INST=$BENCH_DIR/pginst
+rm -rf "$PG_INST"
+mkdir -p "$PG_INST/lib/postgresql" "$PG_INST/share/postgresql"
+cp -a "$(cd "$PG_BIN/.." && pwd)" "$PG_INST/lib/postgresql/"
+cp -a "$("$PG_CONFIG" --sharedir)" "$PG_INST/share/postgresql/"
+PG_BIN=$PG_INST/lib/postgresql/$(basename "$(cd "$PG_BIN/.." && pwd)")/bin
+[ "$("$PG_BIN/pg_config" --sharedir)" = "$PG_INST/share/postgresql/$(basename "$("$PG_CONFIG" --sharedir)")" ] ||
+    die "the Postgres copy in $PG_INST is not relocatable"
+EXT_SO=$("$PG_BIN/pg_config" --pkglibdir)/conductor.so
+EXT_ID="conductor.so $(sha256sum "$EXT_SO" | cut -c1-12), installed $(date -u -r "$EXT_SO" '+%H:%M:%S UTC')"
+
+# ---- servers ------------------------------------------------------------------------
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in "$ROUTER_PORT" "${SHARD_PORTS[@]}" "${PROXY_PORTS[@]}" "${NODE_PORTS[@]}" "${SLOW_NODE_PORTS[@]}"; do
+    port_free "$p" || die "port $p is in use (another bench running? set BENCH_PORT_BASE)"
+done
+
+log "initdb (template for 5 instances) in $BENCH_DIR"
+mkdir -p "$BENCH_DIR/template"
+chown "$PG_USER:" "$BENCH_DIR/template" 2>/dev/null || true
+as_pg "$PG_BIN/initdb" -D "$BENCH_DIR/template/data" -U bench -A trust -E UTF8 \
+    --locale=C --no-sync >"$OUT/initdb.log"
+
+# Same settings for every instance: loopback TCP only; commits don't wait
+# for the WAL flush (the nodes' SQLite runs WAL + synchronous=NORMAL, which
+# doesn't fsync per commit either); no checkpoint in the middle of a load.
+PG_SETTINGS="-c listen_addresses=127.0.0.1 -c unix_socket_directories='' \
+-c shared_buffers=256MB -c synchronous_commit=off -c max_wal_size=8GB \
+-c checkpoint_timeout=1h -c max_connections=100"
+
+start_pg() { # name port
+    local dir=$BENCH_DIR/pg-$1
+    mkdir -p "$dir"
+    cp -a "$BENCH_DIR/template/data" "$dir/data"
+    chown "$PG_USER:" "$dir"
+    PG_DIRS+=("$dir/data")
+    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 120 \
+        -o "-p $2 $PG_SETTINGS" start >/dev/null ||
+        { tail -n 20 "$dir/postgres.log" >&2; die "postgres $1 did not start"; }
+}
+
+node_healthy() {
+    local status
+    status=$(timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1 &&
+        printf 'GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 && head -n1 <&3" 2>/dev/null) || return 1
+    [[ $status == *" 200"* ]]
+}
+
+start_node() { # name port [node options...]
+    local name=$1 port=$2 pid
+    shift 2
+    mkdir -p "$BENCH_DIR/node-$name"
+    "$NODE_BIN" --listen "127.0.0.1:$port" --data-dir "$BENCH_DIR/node-$name" \
+        --log-level warn "$@" >"$OUT/node-$name.log" 2>&1 </dev/null &
+    pid=$!
+    CHILD_PIDS+=("$pid")
+    for _ in $(seq 100); do
+        node_healthy "$port" && return
+        kill -0 "$pid" 2>/dev/null || { tail -n 20 "$OUT/node-$name.log" >&2; die "node $name exited"; }
+        sleep 0.1
+    done
+    die "node $name not healthy after 10 s"
+}
+
+log "starting the router Postgres (127.0.0.1:$ROUTER_PORT) and 4 shard Postgres (${SHARD_PORTS[*]})"
+start_pg router "$ROUTER_PORT"
+for i in 1 2 3 4; do start_pg "shard$i" "${SHARD_PORTS[$((i - 1))]}"; done
+log "starting 4 nodes (${NODE_PORTS[*]}) and 4 nodes with --delay-ms $DELAY_MS (${SLOW_NODE_PORTS[*]})"
+read -r -a NODE_OPTS <<<"$NODE_OPTIONS"
+for i in 1 2 3 4; do start_node "$i" "${NODE_PORTS[$((i - 1))]}" "${NODE_OPTS[@]}"; done
+for i in 1 2 3 4; do start_node "slow$i" "${SLOW_NODE_PORTS[$((i - 1))]}" --delay-ms "$DELAY_MS" "${NODE_OPTS[@]}"; done
+log "starting the delaying proxy (+$DELAY_MS ms) in front of the shard Postgres (${PROXY_PORTS[*]})"
+proxy_pairs=()
+for i in 0 1 2 3; do proxy_pairs+=("${PROXY_PORTS[$i]}:${SHARD_PORTS[$i]}"); done
+python3 "$ROOT/bench/delay_proxy.py" --delay-ms "$DELAY_MS" "${proxy_pairs[@]}" >"$OUT/proxy.log" 2>&1 </dev/null &
+CHILD_PIDS+=("$!")
+for _ in $(seq 50); do port_free "${PROXY_PORTS[3]}" || break; sleep 0.1; done
+
+# ---- SQL helpers --------------------------------------------------------------------
+
+export PGHOST=127.0.0.1 PGUSER=bench PGCONNECT_TIMEOUT=10
+psql_at() { # port db [psql args...]
+    local port=$1 db=$2
+    shift 2
+    psql -X -q -v ON_ERROR_STOP=1 -p "$port" -d "$db" "$@"
+}
+router() { local db=$1; shift; psql_at "$ROUTER_PORT" "$db" "$@"; }
+
+COLUMNS_SQL="id bigint NOT NULL, customer_id integer, name text, email text,
+    amount numeric(12,2), created timestamptz, flag boolean"
+
+# Peer partition p (0..15) lives on shard Postgres (p % 4) + 1.
+peer_server_of() { echo $(($1 % 4 + 1)); }
+part_name() { printf 'items_p%02d' "$1"; }
+
+setup_shard_dbs() {
+    local i p
+    for i in 1 2 3 4; do
+        psql_at "${SHARD_PORTS[$((i - 1))]}" postgres -c "CREATE DATABASE shard" -c "CREATE DATABASE shard_w6"
+    done
+}
+
+# (Re)create the peer's remote tables of one database on every shard instance.
+reset_peer_remote() { # shard db
+    local db=$1 p sql
+    for i in 1 2 3 4; do
+        sql=""
+        for p in $(seq 0 15); do
+            [ "$(peer_server_of "$p")" = "$i" ] || continue
+            sql+="DROP TABLE IF EXISTS $(part_name "$p");
+                  CREATE TABLE $(part_name "$p") ($COLUMNS_SQL, PRIMARY KEY (id));"
+        done
+        psql_at "${SHARD_PORTS[$((i - 1))]}" "$db" -c "$sql"
+    done
+}
+
+setup_peer_db() { # router db, shard db, ports of the 4 servers it connects to
+    local db=$1 shard_db=$2
+    shift 2
+    local ports=("$@") sql i p
+    router postgres -c "CREATE DATABASE $db"
+    sql="CREATE EXTENSION postgres_fdw;"
+    for i in 1 2 3 4; do
+        # async_capable: Append runs the partitions' scans concurrently.
+        # use_remote_estimate off: it would cost an extra EXPLAIN round trip
+        # per foreign table at every planning; ANALYZE keeps local stats instead.
+        # fetch_size 1000 (default 100) for big scans; batch_size 1000 for
+        # inserts, like conductor's default batch.
+        sql+="CREATE SERVER shard$i FOREIGN DATA WRAPPER postgres_fdw OPTIONS (
+                  host '127.0.0.1', port '${ports[$((i - 1))]}', dbname '$shard_db',
+                  async_capable 'true', use_remote_estimate 'false',
+                  fetch_size '1000', batch_size '1000');
+              CREATE USER MAPPING FOR bench SERVER shard$i OPTIONS (user 'bench');"
+    done
+    sql+="CREATE TABLE items ($COLUMNS_SQL) PARTITION BY HASH (id);"
+    for p in $(seq 0 15); do
+        sql+="CREATE FOREIGN TABLE $(part_name "$p") PARTITION OF items
+                  FOR VALUES WITH (MODULUS 16, REMAINDER $p)
+                  SERVER shard$(peer_server_of "$p") OPTIONS (table_name '$(part_name "$p")');"
+    done
+    router "$db" -c "$sql"
+}
+
+setup_conductor_db() { # db, node ports...
+    local db=$1
+    shift
+    local sql="CREATE EXTENSION conductor; CREATE SERVER cluster FOREIGN DATA WRAPPER conductor;" i=1 port
+    for port in "$@"; do
+        sql+="SELECT conductor.add_node('cluster', 'node-$i', 'http://127.0.0.1:$port');"
+        i=$((i + 1))
+    done
+    router postgres -c "CREATE DATABASE $db"
+    router "$db" -c "$sql"
+}
+
+# Empty `items` of one target (outside any timing).
+reset_items() { # target db [shard db]
+    case $1 in
+        conductor)
+            router "$2" -c "DROP FOREIGN TABLE IF EXISTS items" \
+                -c "CREATE FOREIGN TABLE items ($COLUMNS_SQL) SERVER cluster" \
+                -c "SELECT conductor.create_distributed_table('items', 'id', shard_count => 16)" >/dev/null ;;
+        peer) reset_peer_remote "$3" ;;
+        local)
+            router "$2" -c "DROP TABLE IF EXISTS items" \
+                -c "CREATE TABLE items ($COLUMNS_SQL, PRIMARY KEY (id))" ;;
+    esac
+}
+
+analyze_items() { # target db [shard db]
+    case $1 in
+        conductor) : ;;   # the FDW keeps no local statistics
+        peer)
+            for i in 1 2 3 4; do psql_at "${SHARD_PORTS[$((i - 1))]}" "$3" -c "VACUUM ANALYZE"; done
+            router "$2" -c "ANALYZE items" ;;
+        local) router "$2" -c "VACUUM ANALYZE items" ;;
+    esac
+}
+
+# ---- setup ----------------------------------------------------------------------------
+
+log "creating databases: conductor, peer, local (+ conductor_w6, peer_w6 behind the delays)"
+setup_shard_dbs
+setup_conductor_db conductor "${NODE_PORTS[@]}"
+setup_conductor_db conductor_w6 "${SLOW_NODE_PORTS[@]}"
+setup_peer_db peer shard "${SHARD_PORTS[@]}"
+setup_peer_db peer_w6 shard_w6 "${PROXY_PORTS[@]}"
+router postgres -c "CREATE DATABASE local"
+
+# ---- metadata -----------------------------------------------------------------------
+
+{
+    echo "mode=$MODE"
+    echo "command=$COMMAND"
+    echo "start_utc=$START_UTC"
+    echo "loadavg_start=$LOADAVG_START"
+    echo "nproc=$(nproc)"
+    echo "mem_total=$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+    echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+    echo "kernel=$(uname -sr)"
+    echo "postgres=$(router postgres -At -c 'SELECT version()')"
+    echo "pgbench=$(pgbench --version)"
+    echo "rustc=$(rustc --version 2>/dev/null || echo unknown)"
+    echo "python=$(python3 --version 2>&1)"
+    echo "node=$("$NODE_BIN" --version 2>/dev/null || echo unknown)"
+    echo "conductor_ext=$(router conductor -At -c "SELECT extversion FROM pg_extension WHERE extname = 'conductor'") ($EXT_ID)"
+    echo "git=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src crates sql 2>/dev/null || echo ' (with uncommitted changes in src/crates/sql)')"
+    echo "rows=$ROWS"
+    echo "w6_rows=$W6_ROWS"
+    echo "seed=$SEED"
+    echo "seconds=$SECONDS_PER_RUN"
+    echo "runs=$RUNS"
+    echo "query_runs=$QUERY_RUNS"
+    echo "scan_runs=$SCAN_RUNS"
+    echo "load_runs=$LOAD_RUNS"
+    echo "w6_seconds=$W6_SECONDS"
+    echo "delay_ms=$DELAY_MS"
+    echo "node_options=${NODE_OPTIONS:-(defaults)}"
+    echo "clients=$CLIENTS"
+    echo "threads=$THREADS"
+    echo "pg_settings=$(echo "$PG_SETTINGS" | tr -s ' ')"
+    echo "jit=$(router postgres -At -c 'SHOW jit')"
+    echo "max_parallel_workers_per_gather=$(router postgres -At -c 'SHOW max_parallel_workers_per_gather')"
+} >"$OUT/meta.txt"
+
+# ---- W8: bulk load (the last run leaves the dataset in place) -------------------------
+
+# psql script that runs `sql_file` under \timing and prints "Time: N ms".
+timed_psql() { # db sql_file [psql -v args...]
+    local db=$1 file=$2
+    shift 2
+    router "$db" "$@" -c '\timing on' -f "$file" | awk '/^Time:/ {print $2}'
+}
+
+fail_note() { # dir message-file
+    mkdir -p "$1"
+    cp "$2" "$1/FAILED"
+    log "FAILED: $1: $(grep -m3 -E 'ERROR|error|FATAL' "$2" | head -c 400 | tr '\n' ' ')"
+}
+
+# Runs a setup step with errexit in force (a function called from an `if`
+# would run with errexit off), its stderr into a file; returns its status.
+guard() { # stderr-file command...
+    local err=$1 rc
+    shift
+    set +e
+    ( set -e; "$@" ) 2>"$err"
+    rc=$?
+    set -e
+    return "$rc"
+}
+
+log "W8: INSERT ... SELECT of $ROWS rows, $LOAD_RUNS runs per target"
+mkdir -p "$RAW/W8"
+echo "psql -v rows=$ROWS -v seed=$SEED -f bench/workloads/load.sql <db>  (each run into an empty items; timed with \\timing)" >"$RAW/W8/client.txt"
+for run in $(seq "$LOAD_RUNS"); do
+    for t in "${TARGETS[@]}"; do
+        dir=$RAW/W8/$t
+        mkdir -p "$dir"
+        if ! guard "$dir/stderr.txt" reset_items "$t" "$t" shard; then
+            fail_note "$dir" "$dir/stderr.txt"
+            continue
+        fi
+        if ! timed_psql "$t" bench/workloads/load.sql -v rows="$ROWS" -v seed="$SEED" \
+                >>"$dir/times_ms.txt" 2>"$dir/stderr.txt"; then
+            fail_note "$dir" "$dir/stderr.txt"
+        fi
+        log "  W8 run $run $t: $(tail -n1 "$dir/times_ms.txt" 2>/dev/null) ms"
+    done
+done
+for t in "${TARGETS[@]}"; do
+    guard "$OUT/analyze-$t.err" analyze_items "$t" "$t" shard || log "ANALYZE failed on $t (see $OUT/analyze-$t.err)"
+done
+for t in "${TARGETS[@]}"; do
+    n=$(router "$t" -At -c "SELECT count(*) FROM items" 2>"$OUT/count-$t.err" || echo "error: $(cat "$OUT/count-$t.err")")
+    echo "count_$t=$n" >>"$OUT/meta.txt"
+    log "  items in $t: $n"
+done
+
+# ---- pgbench workloads ----------------------------------------------------------------
+
+# One pgbench run; its stdout and per-transaction log go to RAW/W/target/runN.
+pgbench_run() { # workload target run db script [pgbench args...]
+    local w=$1 t=$2 run=$3 db=$4 script=$5
+    shift 5
+    local dir=$RAW/$w/$t/run$run
+    mkdir -p "$dir"
+    if ! (cd "$dir" && pgbench -n -p "$ROUTER_PORT" --random-seed="$SEED" --log --log-prefix=tx \
+            "$@" -f "$ROOT/bench/workloads/$script" "$db" >stdout.txt 2>stderr.txt); then
+        fail_note "$dir" "$dir/stderr.txt"
+        return 0
+    fi
+    log "  $w $t run $run: $(grep -E '^tps' "$dir/stdout.txt" | head -1)"
+}
+
+# The exact client command of a workload, for the doc.
+client_line() { # workload env-prefix args...
+    local w=$1 envp=$2
+    shift 2
+    mkdir -p "$RAW/$w"
+    echo "${envp}pgbench -n --random-seed=$SEED $* <db>" >"$RAW/$w/client.txt"
+}
+
+throughput_workload() { # workload script query-mode PGOPTIONS
+    local w=$1 script=$2 mode=$3 pgoptions=$4 run t
+    local args=(-c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -M "$mode" -D rows="$ROWS")
+    client_line "$w" "${pgoptions:+PGOPTIONS='$pgoptions' }" "${args[@]}" -f "bench/workloads/$script"
+    log "$w: $script, ${args[*]}${pgoptions:+, PGOPTIONS='$pgoptions'}, $RUNS runs per target"
+    for t in "${TARGETS[@]}"; do   # warm-up (caches, connections to the shards), not recorded
+        PGOPTIONS=$pgoptions pgbench -n -p "$ROUTER_PORT" -c "$CLIENTS" -j "$THREADS" -T 2 \
+            -M "$mode" -D rows="$ROWS" -f "bench/workloads/$script" "$t" >/dev/null 2>&1 || true
+    done
+    for run in $(seq "$RUNS"); do   # targets interleaved, so drift hits all three alike
+        for t in "${TARGETS[@]}"; do
+            PGOPTIONS=$pgoptions pgbench_run "$w" "$t" "$run" "$t" "$script" "${args[@]}"
+        done
+    done
+}
+
+# Single client; every transaction's latency is one sample.
+latency_workload() { # workload script "targets" db-suffix -t|-T count [-D defines...]
+    local w=$1 script=$2 targets=$3 suffix=$4 how=$5 count=$6 t
+    shift 6
+    local args=(-c 1 -j 1 "$how" "$count" "$@")
+    client_line "$w" "" "${args[@]}" -f "bench/workloads/$script"
+    log "$w: $script, ${args[*]}"
+    for t in $targets; do
+        pgbench -n -p "$ROUTER_PORT" -c 1 -t 1 "$@" -f "bench/workloads/$script" "$t$suffix" \
+            >/dev/null 2>&1 || true   # warm-up, not recorded
+        pgbench_run "$w" "$t" 1 "$t$suffix" "$script" "${args[@]}"
+    done
+}
+
+throughput_workload W1 w1_point.sql simple ""
+throughput_workload W2 w1_point.sql prepared "-c plan_cache_mode=force_generic_plan"
+throughput_workload W3 w3_in10.sql simple ""
+latency_workload W4 w4_filter.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
+latency_workload W5-count w5_count.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
+latency_workload W5-sum w5_sum.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
+latency_workload W5-group w5_group.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
+
+# ---- W7: whole-table scan: rows/s and the backend's peak memory growth ----------------
+
+log "W7: COPY (SELECT * FROM items) TO '/dev/null', $SCAN_RUNS runs per target"
+mkdir -p "$RAW/W7"
+echo "psql: one session per target: a point lookup (warm-up), VmHWM from /proc/self/status, then $SCAN_RUNS x bench/workloads/w7_scan.sql under \\timing, VmHWM again" >"$RAW/W7/client.txt"
+HWM_SQL="SELECT substring(pg_read_file('/proc/self/status') from 'VmHWM:\\s+(\\d+)') AS hwm"
+for t in "${TARGETS[@]}"; do
+    dir=$RAW/W7/$t
+    mkdir -p "$dir"
+    {
+        echo "SELECT id FROM items WHERE id = 1;"
+        echo "$HWM_SQL \\gset"
+        echo "\\echo HWM_BEFORE :hwm"
+        echo "\\timing on"
+        for _ in $(seq "$SCAN_RUNS"); do cat bench/workloads/w7_scan.sql; done
+        echo "\\timing off"
+        echo "$HWM_SQL \\gset"
+        echo "\\echo HWM_AFTER :hwm"
+    } >"$dir/session.sql"
+    if router "$t" -At -f "$dir/session.sql" >"$dir/out.txt" 2>"$dir/stderr.txt"; then
+        awk '/^Time:/ {print $2}' "$dir/out.txt" >"$dir/times_ms.txt"
+        awk '/^HWM_/ {print $1, $2}' "$dir/out.txt" >"$dir/hwm_kb.txt"
+        log "  W7 $t: $(tr '\n' ' ' <"$dir/times_ms.txt")ms; $(tr '\n' ' ' <"$dir/hwm_kb.txt")"
+    else
+        fail_note "$dir" "$dir/stderr.txt"
+    fi
+done
+
+# ---- W6: fan-out under latency ---------------------------------------------------------
+
+log "W6: $W6_ROWS rows behind +$DELAY_MS ms per round trip (conductor_w6, peer_w6)"
+w6_setup() { # target
+    if [ "$1" = conductor ]; then
+        reset_items conductor conductor_w6
+    else
+        reset_items peer peer_w6 shard_w6
+    fi
+    timed_psql "${1}_w6" bench/workloads/load.sql -v rows="$W6_ROWS" -v seed="$SEED" >/dev/null
+    [ "$1" = conductor ] || analyze_items peer peer_w6 shard_w6
+}
+# Four keys on four different shards in both systems (and, for the peer, on
+# four different servers, its best case: partitions of one server share a
+# connection and don't overlap).
+w6_keys_conductor() {
+    router conductor_w6 -At -F ' ' -c "
+        SELECT i, conductor.shard_for('items', i::bigint), s.node_id
+          FROM generate_series(1, 400) i
+          JOIN conductor.shards s ON s.table_name = 'items'::regclass
+                                 AND s.shard_id = conductor.shard_for('items', i::bigint)
+         ORDER BY i" >"$OUT/w6_conductor_keys.txt"
+}
+W6_TARGETS=""
+: >"$OUT/w6_conductor_keys.txt"
+for t in conductor peer; do
+    if guard "$OUT/w6-setup-$t.err" w6_setup "$t"; then
+        W6_TARGETS+="$t "
+    else
+        for w in W6-1 W6-4 W6-16; do fail_note "$RAW/$w/$t/run1" "$OUT/w6-setup-$t.err"; done
+    fi
+done
+case $W6_TARGETS in
+    *conductor*) guard "$OUT/w6-keys.err" w6_keys_conductor || die "W6: shard_for failed: $(cat "$OUT/w6-keys.err")" ;;
+esac
+router peer_w6 -At -F ' ' -c "SELECT id, tableoid::regclass FROM items WHERE id <= 400 ORDER BY id" \
+    >"$OUT/w6_peer_keys.txt"
+read -r -a W6_KEYS <<<"$(awk '
+    FILENAME == ARGV[1] { cshard[$1] = $2; cnode[$1] = $3; have = 1; next }
+    {
+        id = $1; p = substr($2, 8) + 0; srv = p % 4
+        if (n == 4 || (have && !(id in cshard))) next
+        if (have && (cs[cshard[id]] || cn[cnode[id]])) next
+        if (pp[p] || ps[srv]) next
+        cs[cshard[id]] = cn[cnode[id]] = pp[p] = ps[srv] = 1
+        keys[++n] = id
+    }
+    END { for (i = 1; i <= n; i++) printf "%s ", keys[i] }' "$OUT/w6_conductor_keys.txt" "$OUT/w6_peer_keys.txt")"
+[ "${#W6_KEYS[@]}" -eq 4 ] || die "W6: could not find 4 keys on 4 shards (got: ${W6_KEYS[*]})"
+echo "w6_keys=${W6_KEYS[*]}" >>"$OUT/meta.txt"
+W6_CUSTOMER=42
+for pair in "W6-1 w6_1shard.sql" "W6-4 w6_4shards.sql" "W6-16 w6_16shards.sql"; do
+    read -r w script <<<"$pair"
+    latency_workload "$w" "$script" "$W6_TARGETS" "_w6" -T "$W6_SECONDS" \
+        -D k1="${W6_KEYS[0]}" -D k2="${W6_KEYS[1]}" -D k3="${W6_KEYS[2]}" -D k4="${W6_KEYS[3]}" \
+        -D c="$W6_CUSTOMER"
+done
+
+# ---- EXPLAIN of every query, for the doc --------------------------------------------------
+
+log "EXPLAIN of each workload query"
+explain_all() { # db file
+    local k=42 ks="11, 22, 33, 44, 55, 66, 77, 88, 99, 110"
+    router "$1" -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT id, customer_id, name, email, amount, created, flag FROM items WHERE id = $k" \
+        -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT id, customer_id, name, email, amount, created, flag FROM items WHERE id IN ($ks)" \
+        -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT id, customer_id, name, amount FROM items WHERE customer_id > 5000 AND customer_id <= 6000" \
+        -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT sum(amount) FROM items" >"$2" 2>&1 || true
+}
+for t in "${TARGETS[@]}"; do explain_all "$t" "$OUT/explain-$t.txt"; done
+router conductor -c "PREPARE p(bigint) AS SELECT id, name FROM items WHERE id = \$1" \
+    -c "SET plan_cache_mode = force_generic_plan" \
+    -c "EXPLAIN (VERBOSE, COSTS OFF) EXECUTE p(42)" >"$OUT/explain-conductor-generic.txt" 2>&1 || true
+router conductor_w6 -c "EXPLAIN (ANALYZE, VERBOSE, COSTS OFF) SELECT id, name FROM items WHERE customer_id = $W6_CUSTOMER" \
+    >"$OUT/explain-conductor-w6-16.txt" 2>&1 || true
+router peer_w6 -c "EXPLAIN (ANALYZE, VERBOSE, COSTS OFF) SELECT id, name FROM items WHERE customer_id = $W6_CUSTOMER" \
+    >"$OUT/explain-peer-w6-16.txt" 2>&1 || true
+
+# ---- report -------------------------------------------------------------------------------
+
+echo "end_utc=$(date -u '+%Y-%m-%d %H:%M:%S UTC')" >>"$OUT/meta.txt"
+echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/meta.txt"
+if [ -z "${BENCH_NO_DOC:-}" ]; then
+    python3 bench/report.py "$OUT" "$ROOT/docs/BENCHMARKS.md" "$ROOT/docs/bench-w6-fanout.svg"
+    log "wrote docs/BENCHMARKS.md and docs/bench-w6-fanout.svg"
+else
+    python3 bench/report.py "$OUT" "$OUT/BENCHMARKS.md" "$OUT/bench-w6-fanout.svg"
+    log "wrote $OUT/BENCHMARKS.md"
+fi

@@ -1,0 +1,1 @@
+SELECT flag, count(*), sum(amount) FROM items GROUP BY flag ORDER BY flag;

@@ -1,0 +1,1 @@
+COPY (SELECT * FROM items) TO '/dev/null';
