@@ -38,6 +38,7 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::ops::ControlFlow;
@@ -291,8 +292,45 @@ impl PlanCache {
 // Parsing and analysis
 // ---------------------------------------------------------------------------
 
+/// Most binary operators a statement may have. sqlparser builds a chain
+/// `a OR b OR …` as a left-deep tree whose recursive drop uses stack in
+/// proportion to its length; a backend's stack is a few megabytes.
+pub const MAX_OPERATORS: usize = 10_000;
+
 fn parse(sql: &str) -> Result<Statement, ExplainError> {
-    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| ExplainError::Parse(e.to_string()))?;
+    let operators = tokens
+        .iter()
+        .filter(|t| match &t.token {
+            Token::Word(w) => {
+                w.quote_style.is_none()
+                    && (w.value.eq_ignore_ascii_case("and") || w.value.eq_ignore_ascii_case("or"))
+            }
+            Token::Eq
+            | Token::Neq
+            | Token::Lt
+            | Token::Gt
+            | Token::LtEq
+            | Token::GtEq
+            | Token::Plus
+            | Token::Minus
+            | Token::Mul
+            | Token::Div
+            | Token::StringConcat => true,
+            _ => false,
+        })
+        .count();
+    if operators > MAX_OPERATORS {
+        return Err(ExplainError::Unsupported(format!(
+            "statements with more than {MAX_OPERATORS} operators (this one has {operators})"
+        )));
+    }
+    let mut stmts = Parser::new(&dialect)
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
         .map_err(|e| ExplainError::Parse(e.to_string()))?;
     match stmts.len() {
         0 => Err(ExplainError::Empty),
@@ -518,7 +556,7 @@ struct Analyzer<'c> {
     first_local: Option<String>,
     error: Option<ExplainError>,
     /// Conjuncts (as written) that went to the shards entirely.
-    consumed: Vec<Expr>,
+    consumed: Vec<(Option<String>, String)>,
     /// [`Catalog::default_collation_is_c`] when lowering.
     default_c: bool,
 }
@@ -1003,7 +1041,7 @@ impl Analyzer<'_> {
         let (derived, constant) = derive_equalities(self, &equalities, &pushed);
         for (e, all_pushed, eqs) in sources {
             if all_pushed && eqs.iter().all(|c| constant.contains(c)) {
-                self.consumed.push(e.clone());
+                self.consumed.extend(column_refs(e));
             }
         }
         for (occ, pred) in pushed.into_iter().chain(derived) {
@@ -1017,16 +1055,21 @@ impl Analyzer<'_> {
     fn tree(&self, scope: &[ScopeEntry], expr: &Expr) -> Tree {
         match expr {
             Expr::Nested(e) => self.tree(scope, e),
+            // Chains (`a OR b OR …`, thousands long in generated SQL) are
+            // flattened without recursing along them.
             Expr::BinaryOp {
-                left,
-                op: BinaryOperator::And,
-                right,
-            } => Tree::And(vec![self.tree(scope, left), self.tree(scope, right)]),
-            Expr::BinaryOp {
-                left,
-                op: BinaryOperator::Or,
-                right,
-            } => Tree::Or(vec![self.tree(scope, left), self.tree(scope, right)]),
+                op: op @ (BinaryOperator::And | BinaryOperator::Or),
+                ..
+            } => {
+                let mut operands = Vec::new();
+                chain(expr, op, &mut operands);
+                let children = operands.into_iter().map(|e| self.tree(scope, e)).collect();
+                if *op == BinaryOperator::And {
+                    Tree::And(children)
+                } else {
+                    Tree::Or(children)
+                }
+            }
             Expr::UnaryOp {
                 op: UnaryOperator::Not,
                 expr,
@@ -1315,10 +1358,8 @@ impl Analyzer<'_> {
         }
         // Columns read only by conjuncts the shards evaluate are not
         // fetched (as the FDW does: reltarget + local quals).
-        for e in std::mem::take(&mut self.consumed) {
-            for (q, col) in column_refs(&e) {
-                self.count_ref(&q, &col, -1, &mut counts);
-            }
+        for (q, col) in std::mem::take(&mut self.consumed) {
+            self.count_ref(&q, &col, -1, &mut counts);
         }
         for ((o, c), n) in counts {
             if n > 0 {
@@ -1427,17 +1468,24 @@ fn parse_array(text: &str) -> Option<Vec<Option<String>>> {
 
 /// The top-level conjuncts of a qualification as written.
 fn split_and<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
-    match e {
-        Expr::Nested(inner) => split_and(inner, out),
-        Expr::BinaryOp {
-            left,
-            op: BinaryOperator::And,
-            right,
-        } => {
-            split_and(left, out);
-            split_and(right, out);
+    chain(e, &BinaryOperator::And, out)
+}
+
+/// The operands of a chain of `op` (through parentheses), in order,
+/// iteratively: left-deep chains are as deep as they are long.
+fn chain<'e>(e: &'e Expr, op: &BinaryOperator, out: &mut Vec<&'e Expr>) {
+    let mut stack = vec![e];
+    while let Some(x) = stack.pop() {
+        match x {
+            Expr::BinaryOp { left, op: o, right } if o == op => {
+                stack.push(right);
+                stack.push(left);
+            }
+            Expr::Nested(inner) if matches!(inner.as_ref(), Expr::BinaryOp { op: o, .. } if o == op) => {
+                stack.push(inner)
+            }
+            other => out.push(other),
         }
-        other => out.push(other),
     }
 }
 
@@ -1459,11 +1507,14 @@ fn combine(t: Tree) -> Option<(usize, Pred)> {
         Tree::Leaf(Leaf::Pred(o, p)) => Some((o, p)),
         Tree::Leaf(_) => None,
         Tree::And(ts) | Tree::Or(ts) if ts.is_empty() => None,
-        Tree::And(ref ts) | Tree::Or(ref ts) => {
+        t => {
             let is_and = matches!(t, Tree::And(_));
+            let (Tree::And(ts) | Tree::Or(ts)) = t else {
+                return None;
+            };
             let mut occ = None;
             let mut preds = Vec::new();
-            for c in ts.clone() {
+            for c in ts {
                 let (o, p) = combine(c)?;
                 if occ.is_some_and(|x| x != o) {
                     return None;
@@ -2561,6 +2612,37 @@ mod tests {
             vec![shard_for(&KeyValue::Text("a@b"), 4)]
         );
         assert_eq!(rows[0].reason, "email = 'a@b'");
+    }
+
+    #[test]
+    fn long_conditions_do_not_overflow_the_stack() {
+        // Lists of thousands of ORs come from generated SQL; a backend's
+        // stack is small.
+        let mut ors: Vec<String> = (0..4000).map(|i| format!("id = {i}")).collect();
+        // The deepest chain the operator limit admits.
+        ors.extend((0..MAX_OPERATORS - 2 * 4000).map(|_| "active".to_string()));
+        let sql = format!("SELECT id FROM users WHERE {}", ors.join(" OR "));
+        let rows = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || explain(&sql, &catalog).map(|r| r.len()))
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
+        assert_eq!(rows, Ok(16));
+    }
+
+    #[test]
+    fn too_many_operators_is_an_error() {
+        let ors: Vec<String> = (0..=MAX_OPERATORS / 2)
+            .map(|i| format!("id = {i}"))
+            .collect();
+        let sql = format!("SELECT id FROM users WHERE {}", ors.join(" OR "));
+        let e = explain(&sql, &catalog).unwrap_err();
+        assert!(e.to_string().contains("more than 10000 operators"), "{e}");
+        // Long IN lists are fine: they are not deep.
+        let list: Vec<String> = (0..20_000).map(|i| i.to_string()).collect();
+        let sql = format!("SELECT id FROM users WHERE id IN ({})", list.join(","));
+        assert_eq!(explain(&sql, &catalog).unwrap().len(), 16);
     }
 
     #[test]
