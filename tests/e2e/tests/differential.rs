@@ -16,7 +16,7 @@
 //!
 //! Environment:
 //! - `CONDUCTOR_DIFF_SEED=<u64>`: the seed (default below; always printed).
-//! - `CONDUCTOR_DIFF_QUERIES=<n>`: number of generated queries (default 420).
+//! - `CONDUCTOR_DIFF_QUERIES=<n>`: number of generated queries (default 500).
 //! - `CONDUCTOR_DIFF_VERBOSE=1`: print every query and its outcome.
 //! - `CONDUCTOR_DIFF_ONLY=<i>[,<j>…]`: run only these query numbers (the data
 //!   and the query texts are the same as in a full run with the same seed).
@@ -28,7 +28,7 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 const DEFAULT_SEED: u64 = 0x00C0_FFEE_D1FF_2026;
-const DEFAULT_QUERIES: usize = 420;
+const DEFAULT_QUERIES: usize = 500;
 const ITEM_ROWS: usize = 2000;
 const ORDER_ROWS: usize = 3000;
 
@@ -735,11 +735,40 @@ struct Gen<'a> {
     orders: &'a Table,
     /// Non-C collations that exist in this database (ICU first).
     colls: Vec<String>,
+    counters: BTreeMap<&'static str, u64>,
+}
+
+/// Pieces of generated predicates that can raise an error on some rows
+/// (overflow, division, casts, infinite dates, byte index, a LIKE pattern
+/// ending in its escape character).
+///
+/// Such a predicate only ever makes up the whole WHERE clause (alone,
+/// negated, or in an OR): whether it raises its error depends on which rows
+/// reach it, and that depends on the plan, not on semantics. Postgres orders
+/// the conjuncts of a WHERE clause by cost, a pushed-down conjunct filters
+/// rows before the local ones see them, and a hash join skips its outer side
+/// when the inner one is empty; so "fail alike" holds only when every row is
+/// evaluated by the erroring predicate on both sides.
+const MAY_ERROR: &[&str] = &[
+    " + ", " - ", " * ", " / ", "-i2", "-i4", "-i8", "-i.i", "-o.", "-qty", "-customer_id", "abs(",
+    "get_byte", "::int ",
+    "::int)", "extract(epoch", "\\'", "!' ESCAPE",
+];
+
+fn may_error(p: &str) -> bool {
+    MAY_ERROR.iter().any(|m| p.contains(m))
 }
 
 const OPS: &[&str] = &["=", "<>", "<", "<=", ">", ">=", "!="];
 
 impl<'a> Gen<'a> {
+    /// Round-robin over `n` shapes of a family, so every shape is covered.
+    fn cycle(&mut self, family: &'static str, n: u64) -> u64 {
+        let c = self.counters.entry(family).or_default();
+        *c += 1;
+        (*c - 1) % n
+    }
+
     fn coll(&mut self) -> String {
         if self.rng.chance(0.2) {
             "\"C\"".into()
@@ -751,7 +780,7 @@ impl<'a> Gen<'a> {
     /// A raw value for `col`: usually one that exists, sometimes fresh.
     fn raw(&mut self, t: &Table, col: &str) -> String {
         let k = t.kind(col);
-        if self.rng.chance(0.7) {
+        if self.rng.chance(0.8) {
             if let Some(v) = t.sample(&mut self.rng, col) {
                 return v;
             }
@@ -807,7 +836,27 @@ impl<'a> Gen<'a> {
     }
 
     /// One predicate over one column of `t` (alias prefix `a`, e.g. "i.").
+    /// One predicate that cannot raise an error (see [`MAY_ERROR`]).
     fn atom(&mut self, t: &Table, a: &str) -> String {
+        loop {
+            let p = self.any_atom(t, a);
+            if !may_error(&p) {
+                return p;
+            }
+        }
+    }
+
+    /// One predicate that may raise an error on some rows.
+    fn error_atom(&mut self, t: &Table, a: &str) -> String {
+        loop {
+            let p = self.any_atom(t, a);
+            if may_error(&p) {
+                return p;
+            }
+        }
+    }
+
+    fn any_atom(&mut self, t: &Table, a: &str) -> String {
         let (name, k) = *self.rng.pick(&t.cols);
         let col = format!("{a}{name}");
         if k == K::Json {
@@ -896,8 +945,8 @@ impl<'a> Gen<'a> {
                     format!("{col}::bigint * 2 > 0"),
                     format!("{col} + 2147483000::bigint > 0"),
                     format!("{col}::float8 / 3 > 1.5"),
-                    format!("{col} = {a}i2"),
-                    format!("{col} > {a}i2"),
+                    format!("{col} = {a}{}", if t.name == "items" { "i2" } else { "qty" }),
+                    format!("{col} > {a}{}", if t.name == "items" { "i2" } else { "qty" }),
                 ])
                 .clone(),
             K::I8 => r
@@ -1018,7 +1067,11 @@ impl<'a> Gen<'a> {
                     }
                     11 => {
                         let c = self.coll();
-                        let other = *self.rng.pick(&["t", "v", "c"]);
+                        let other = if t.name == "items" {
+                            *self.rng.pick(&["t", "v", "c"])
+                        } else {
+                            "note"
+                        };
                         let op = *self.rng.pick(OPS);
                         format!("{col} {op} {a}{other} COLLATE {c}")
                     }
@@ -1066,7 +1119,7 @@ impl<'a> Gen<'a> {
                 .pick(&[
                     format!("length({col}) = 2"),
                     format!("{col} LIKE 'a%'::bytea"),
-                    format!("{col} LIKE '\\x00%'"),
+                    format!("{col} LIKE '\\000%'::bytea"),
                     format!("{col} < '\\x80'::bytea"),
                     format!("{col} >= '\\x61'"),
                     format!("substring({col} from 1 for 1) = '\\x00'::bytea"),
@@ -1296,7 +1349,30 @@ impl<'a> Gen<'a> {
 
     fn gen(&mut self) -> Query {
         match self.rng.below(100) {
-            0..=29 => {
+            0..=6 => {
+                // An error-prone predicate as the whole WHERE clause: both
+                // sides must fail alike (or succeed alike).
+                let t = if self.rng.chance(0.8) { self.items } else { self.orders };
+                let e = self.error_atom(t, "");
+                let w = match self.rng.below(5) {
+                    0 => format!("NOT ({e})"),
+                    1 => format!("({e} OR {})", self.atom(t, "")),
+                    2 => format!("({} OR {e})", self.atom(t, "")),
+                    _ => e,
+                };
+                let from = if t.name == "items" { ITEMS } else { ORDERS };
+                let key = t.cols[0].0;
+                match self.rng.below(3) {
+                    0 => self.simple(format!("SELECT count(*) FROM {from} WHERE {w}"), false, "may-error"),
+                    1 => self.simple(
+                        format!("SELECT * FROM {from} WHERE {w} ORDER BY {key} LIMIT 5"),
+                        true,
+                        "may-error",
+                    ),
+                    _ => self.simple(format!("SELECT {key} FROM {from} WHERE {w}"), false, "may-error"),
+                }
+            }
+            7..=29 => {
                 let sel = self.select_list(self.items, "");
                 let w = self.where_items("");
                 self.simple(format!("SELECT {sel} FROM {ITEMS} WHERE {w}"), false, "filter")
@@ -1353,13 +1429,14 @@ impl<'a> Gen<'a> {
             "min(t)",
             "max(v)",
             "min(c)",
-            "max(by)",
-            "min(u)",
+            "max(encode(by, 'hex'))",
+            "min(u::text)",
             "min(d)",
             "max(ts)",
             "min(tz)",
             "max(n)",
-            "min(jb)",
+            "max(jb::text)",
+            "min(jb->>'k')",
             "count(DISTINCT t)",
             "count(DISTINCT f8)",
             "bool_and(b)",
@@ -1400,7 +1477,7 @@ impl<'a> Gen<'a> {
         let (it, ot) = (self.items, self.orders);
         let pi = self.pred(it, "i.", 1);
         let po = self.pred(ot, "o.", 1);
-        match self.rng.below(10) {
+        match self.cycle("join", 13) {
             0 | 1 => self.simple(
                 format!(
                     "SELECT i.id, i.t, i.f8, o.order_id, o.qty, o.note FROM {ITEMS} i \
@@ -1409,7 +1486,7 @@ impl<'a> Gen<'a> {
                 false,
                 "join-key",
             ),
-            2 if self.rng.chance(0.4) => self.simple(
+            12 => self.simple(
                 format!(
                     "SELECT i.id, i.b, o.order_id, o.item_id FROM {ITEMS} i \
                      JOIN {ORDERS} o ON o.order_id = i.id WHERE {pi} AND {po}"
@@ -1471,7 +1548,7 @@ impl<'a> Gen<'a> {
                 false,
                 "join-local-text",
             ),
-            8 => match self.rng.below(3) {
+            8..=10 => match self.cycle("semi", 3) {
                 0 => self.simple(
                     format!(
                         "SELECT i.id, i.v FROM {ITEMS} i WHERE i.id IN \
@@ -1533,7 +1610,7 @@ impl<'a> Gen<'a> {
     fn params(&mut self) -> Query {
         let mode = self.mode();
         let p_i64 = |g: &mut Self, col: &str| Param::I64(g.raw_items(col).map(|v| v.parse().unwrap()));
-        let (sql, ps): (String, Vec<Param>) = match self.rng.below(16) {
+        let (sql, ps): (String, Vec<Param>) = match self.cycle("params", 16) {
             0 => (
                 format!("SELECT * FROM {ITEMS} WHERE id = $1"),
                 vec![Param::I64(if self.rng.chance(0.1) { None } else { Some(self.some_id()) })],
@@ -1671,7 +1748,7 @@ impl<'a> Gen<'a> {
                 &[("id", "bigint"), ("i2", "smallint")],
             ),
         ];
-        let (sql, cols) = self.rng.pick(shapes);
+        let (sql, cols) = shapes[self.cycle("prepared", shapes.len() as u64) as usize];
         let nexec = self.rng.range(6, 8);
         let mut args = Vec::new();
         for _ in 0..nexec {
@@ -1710,7 +1787,13 @@ type Outcome = Result<Vec<String>, (String, String)>;
 
 fn db_error(e: &postgres::Error) -> (String, String) {
     match e.as_db_error() {
-        Some(db) => (db.code().code().to_string(), db.message().to_string()),
+        Some(db) => (
+            db.code().code().to_string(),
+            match db.detail() {
+                Some(d) => format!("{} (DETAIL: {d})", db.message()),
+                None => db.message().to_string(),
+            },
+        ),
         None => ("?????".to_string(), e.to_string()),
     }
 }
@@ -1855,10 +1938,38 @@ fn compare(local: &Outcome, sharded: &Outcome, ordered: bool) -> Option<String> 
     }
 }
 
-/// Generated cases where conductor is already known to differ from local
-/// Postgres. Each entry: (substring of the query text, why). A matching
-/// query is still run and its outcome printed, but not counted as a failure.
-const KNOWN: &[(&str, &str)] = &[];
+/// Differences already known, each with why. An entry matches when its
+/// pattern occurs in the query text or in the description of the difference
+/// (which holds the error messages). A matching difference is printed with a
+/// KNOWN notice and listed in the summary, but does not fail the test.
+const KNOWN: &[(&str, &str)] = &[
+    // Found by this test (seed 2, 2026-11-26): every scan opens one Hrana
+    // stream per shard on /v3/cursor and never closes it; the streams only go
+    // away when the node expires them after 10 s idle (node /stats:
+    // streams_opened == /v3/cursor requests, streams_expired ~ the same). A
+    // busy session (e.g. a nested loop rescanning a foreign table) reaches
+    // the node's limit of 1024 open streams and every further request fails
+    // with HTTP 503 TOO_MANY_STREAMS. Not a pushdown difference; remove this
+    // entry once scans close their streams.
+    (
+        "TOO_MANY_STREAMS",
+        "scan streams leak until the node's idle timeout (node limit 1024)",
+    ),
+];
+
+/// `open_streams` of every node's `/stats`.
+fn open_streams(cluster: &Cluster) -> Vec<u64> {
+    (0..cluster.node_count())
+        .map(|i| {
+            cluster
+                .node_get(i, "/stats")
+                .ok()
+                .and_then(|(_, body)| conductor_e2e::serde_json::from_str::<conductor_e2e::serde_json::Value>(&body).ok())
+                .and_then(|v| v["open_streams"].as_u64())
+                .unwrap_or(0)
+        })
+        .collect()
+}
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| {
@@ -2002,6 +2113,7 @@ fn sharded_and_local_tables_answer_alike() {
         items: &items,
         orders: &orders,
         colls,
+        counters: BTreeMap::new(),
     };
     while queries.len() < nqueries {
         queries.push(g.gen());
@@ -2014,6 +2126,8 @@ fn sharded_and_local_tables_answer_alike() {
     let mut mismatches: Vec<String> = Vec::new();
     let mut known_hits: Vec<String> = Vec::new();
     let mut slowest: Vec<(f64, usize)> = Vec::new();
+    // (most Hrana streams seen open on node i, after query #)
+    let mut max_streams = vec![(0u64, 0usize); cluster.node_count()];
     for (qi, q) in queries.iter().enumerate() {
         if let Some(only) = &only {
             if !only.contains(&qi) {
@@ -2026,6 +2140,15 @@ fn sharded_and_local_tables_answer_alike() {
         let local = run(&mut db, q, true, &tag);
         let sharded = run(&mut db, q, false, &tag);
         slowest.push((t0.elapsed().as_secs_f64(), qi));
+        let streams = open_streams(&cluster);
+        for (n, &o) in streams.iter().enumerate() {
+            if o > max_streams[n].0 {
+                max_streams[n] = (o, qi);
+            }
+        }
+        if verbose {
+            println!("[{qi}] open streams on the nodes after it: {streams:?}");
+        }
         for ((lsql, l), (ssql, s)) in local.iter().zip(&sharded) {
             executions += 1;
             match l {
@@ -2046,11 +2169,22 @@ fn sharded_and_local_tables_answer_alike() {
                 );
             }
             if let Some(diff) = diff {
-                let known = KNOWN.iter().find(|(pat, _)| lsql.contains(pat));
-                let report = format!(
+                let known = KNOWN
+                    .iter()
+                    .find(|(pat, _)| lsql.contains(pat) || diff.contains(pat));
+                let mut report = format!(
                     "query #{qi} ({}, seed {seed}):\n  local:   {lsql}\n  sharded: {ssql}\n{diff}",
                     q.kind
                 );
+                if let Exec::Simple = q.exec {
+                    // The plans, to tell evaluation-order effects from bugs.
+                    for (side, sql) in [("local", lsql), ("sharded", ssql)] {
+                        let plan = run_simple(&mut db, &format!("EXPLAIN (VERBOSE, COSTS OFF) {sql}"))
+                            .map(|rows| rows.join("\n    "))
+                            .unwrap_or_else(|e| format!("{e:?}"));
+                        let _ = write!(report, "  plan {side}:\n    {plan}\n");
+                    }
+                }
                 if let Some((_, why)) = known {
                     println!("KNOWN (not counted, {why}):\n{report}");
                     known_hits.push(format!("#{qi}: {why}"));
@@ -2075,6 +2209,13 @@ fn sharded_and_local_tables_answer_alike() {
         &slowest[..slowest.len().min(5)],
         started.elapsed()
     );
+    println!(
+        "differential: most streams open on each node (count, after query #): {max_streams:?}; node /stats now: {}",
+        (0..cluster.node_count())
+            .map(|i| cluster.node_get(i, "/stats").map(|r| r.1).unwrap_or_else(|e| e))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     if !known_hits.is_empty() {
         println!("differential: {} known differences skipped: {known_hits:?}", known_hits.len());
     }
@@ -2085,4 +2226,29 @@ fn sharded_and_local_tables_answer_alike() {
             mismatches.join("\n")
         );
     }
+}
+
+/// The comparison itself (no cluster): it must see every kind of difference.
+#[test]
+fn comparison_detects_differences() {
+    let ok = |rows: &[&str]| -> Outcome { Ok(rows.iter().map(|r| r.to_string()).collect()) };
+    let err = |code: &str| -> Outcome { Err((code.to_string(), "boom".to_string())) };
+    // Multisets: order does not matter, multiplicity does.
+    assert!(compare(&ok(&["a", "b", "b"]), &ok(&["b", "a", "b"]), false).is_none());
+    assert!(compare(&ok(&["a", "b", "b"]), &ok(&["a", "a", "b"]), false).is_some());
+    assert!(compare(&ok(&["a"]), &ok(&["a", "a"]), false).is_some());
+    assert!(compare(&ok(&[]), &ok(&["∅"]), false).is_some());
+    // Ordered: order matters.
+    assert!(compare(&ok(&["a", "b"]), &ok(&["a", "b"]), true).is_none());
+    assert!(compare(&ok(&["a", "b"]), &ok(&["b", "a"]), true).is_some());
+    assert!(compare(&ok(&["a", "b"]), &ok(&["a"]), true).is_some());
+    // Errors: same SQLSTATE class is alike; else a difference.
+    assert!(compare(&err("22003"), &err("22012"), false).is_none());
+    assert!(compare(&err("22003"), &err("42883"), false).is_some());
+    assert!(compare(&err("22003"), &ok(&[]), false).is_some());
+    assert!(compare(&ok(&[]), &err("22003"), false).is_some());
+    // The generator is deterministic for a seed.
+    let mut a = Rng::new(7);
+    let mut b = Rng::new(7);
+    assert!((0..100).all(|_| a.next() == b.next()));
 }
