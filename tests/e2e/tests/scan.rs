@@ -243,3 +243,64 @@ fn only_needed_columns_are_fetched() {
     );
     assert_eq!(n, 1000);
 }
+
+/// `Threads:` of a process, from /proc.
+fn threads(pid: i32) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn the_io_runtime_is_created_lazily_in_the_backend() {
+    let cluster = Cluster::start(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    let mut db = cluster.client();
+    cluster.setup_conductor(&mut db, "cluster");
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE lazy_t (id bigint NOT NULL) SERVER cluster;
+         SELECT conductor.create_distributed_table('lazy_t', 'id', shard_count => 4);",
+    );
+    exec(&mut db, "INSERT INTO lazy_t SELECT generate_series(1, 100)");
+
+    let mut fresh = cluster.client();
+    let pid: i32 = fresh
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(threads(pid), 1, "a fresh backend is single-threaded");
+    // The extension loaded (a catalog-only function), no I/O yet: no runtime.
+    let _ = query_i64(&mut fresh, "SELECT hits FROM conductor.cache_stats()");
+    let _ = query_i64(
+        &mut fresh,
+        "SELECT conductor.shard_for('lazy_t', 1::bigint)::bigint",
+    );
+    assert_eq!(
+        threads(pid),
+        1,
+        "no I/O threads before the first remote request"
+    );
+    assert_eq!(query_i64(&mut fresh, "SELECT count(*) FROM lazy_t"), 100);
+    let with_runtime = threads(pid);
+    assert!(
+        with_runtime > 1,
+        "the scan started the I/O runtime in the backend"
+    );
+    // Not one more per query.
+    for _ in 0..5 {
+        assert_eq!(query_i64(&mut fresh, "SELECT count(*) FROM lazy_t"), 100);
+    }
+    assert_eq!(threads(pid), with_runtime, "one runtime per backend");
+
+    // The postmaster never starts it (backends fork from a single thread).
+    let pidfile = std::fs::read_to_string(cluster.dir().join("pgdata/postmaster.pid")).unwrap();
+    let postmaster: i32 = pidfile.lines().next().unwrap().trim().parse().unwrap();
+    assert_eq!(threads(postmaster), 1, "postmaster threads");
+    eprintln!("backend threads with the I/O runtime: {with_runtime}; postmaster: 1");
+}
