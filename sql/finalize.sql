@@ -105,3 +105,17 @@ SELECT sh.relid::regclass AS table_name,
   JOIN conductor.node n ON n.server_id = sh.server_id AND n.node_id = sh.node_id;
 
 GRANT SELECT ON conductor.nodes, conductor.tables, conductor.shards TO PUBLIC;
+
+-- conductor_explain(sql) is callable without schema qualification: a thin
+-- wrapper in schema public (when the database has it) over conductor.explain.
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = 'public') THEN
+        CREATE FUNCTION public.conductor_explain(sql text)
+        RETURNS TABLE (table_name text, shard_id integer, node_id text, node_url text,
+                       remote_sql text, args jsonb, reason text)
+        LANGUAGE sql VOLATILE
+        AS 'SELECT * FROM conductor.explain(sql)';
+    END IF;
+END
+$$;

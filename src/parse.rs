@@ -68,7 +68,7 @@ thread_local! {
     static DEFAULT_COLLATION_IS_C: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
-fn default_collation_is_c() -> bool {
+pub fn default_collation_is_c() -> bool {
     if let Some(known) = DEFAULT_COLLATION_IS_C.with(|c| c.get()) {
         return known;
     }

@@ -1,5 +1,6 @@
 //! The SQL API in schema conductor: nodes, distributed tables, placement.
 
+pub mod explain;
 mod nodes;
 mod tables;
 
