@@ -29,7 +29,7 @@
 use crate::predicate::{deparse, like_to_glob, Binding, CmpOp, ListOperand, Operand, Pred};
 use crate::remote_sql::{insert_sql, select_sql, shard_table_name};
 use crate::router::{route, ShardKey};
-use crate::types::{uuid_from_text, ColumnType, TypedValue};
+use crate::types::{ColumnType, TypedValue};
 use conductor_hrana::Value;
 use sqlparser::ast::{
     self, BinaryOperator, Expr, FromTable, Ident, JoinConstraint, JoinOperator, ObjectName,
@@ -945,6 +945,14 @@ impl Analyzer<'_> {
                 norm(&parts[parts.len() - 1]),
             ),
             Expr::Nested(e) => return self.column(scope, e),
+            // `varchar_col::text` is the column itself (a RelabelType).
+            Expr::Cast {
+                expr, data_type, ..
+            } if cast_family(data_type) == Some(4) => {
+                return self
+                    .column(scope, expr)
+                    .filter(|c| is_text(self.col_type(*c)));
+            }
             _ => return None,
         };
         let mut hits = scope
@@ -1307,13 +1315,13 @@ impl Analyzer<'_> {
                 _ => Leaf::Opaque,
             },
             Expr::Cast {
-                expr, data_type, ..
-            } if matches!(data_type, ast::DataType::Array(_)) => {
-                match (string_lit(expr), self.column(scope, left)) {
-                    (Some(text), Some(c)) => self.array_literal(c, &text),
-                    _ => Leaf::Opaque,
-                }
-            }
+                expr,
+                data_type: ast::DataType::Array(_),
+                ..
+            } => match (string_lit(expr), self.column(scope, left)) {
+                (Some(text), Some(c)) => self.array_literal(c, &text),
+                _ => Leaf::Opaque,
+            },
             _ => Leaf::Opaque,
         };
         match leaf {
@@ -1857,11 +1865,11 @@ fn literal(e: &Expr, ty: ColumnType) -> Result<Operand, ()> {
     match e {
         Expr::Nested(inner) => literal(inner, ty),
         Expr::UnaryOp {
-            op: UnaryOperator::Minus,
+            op: op @ (UnaryOperator::Minus | UnaryOperator::Plus),
             expr,
         } => match expr.as_ref() {
             Expr::Value(v) => match &v.value {
-                ast::Value::Number(s, _) => number(s, true),
+                ast::Value::Number(s, _) => number(s, *op == UnaryOperator::Minus),
                 _ => Err(()),
             },
             _ => Err(()),
@@ -1894,6 +1902,32 @@ fn literal(e: &Expr, ty: ColumnType) -> Result<Operand, ()> {
     }
 }
 
+/// Postgres' `uuid_in`: 32 hex digits, an optional `-` after any group of
+/// four, optionally inside braces.
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let b = s.as_bytes();
+    let braces = b.first() == Some(&b'{');
+    let mut i = usize::from(braces);
+    let mut out = [0u8; 16];
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    for (n, byte) in out.iter_mut().enumerate() {
+        let hi = hex(*b.get(i)?)?;
+        let lo = hex(*b.get(i + 1)?)?;
+        *byte = hi << 4 | lo;
+        i += 2;
+        if n % 2 == 1 && n < 15 && b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+    }
+    if braces {
+        if b.get(i) != Some(&b'}') {
+            return None;
+        }
+        i += 1;
+    }
+    (i == b.len()).then_some(out)
+}
+
 /// An untyped string literal read by the column type's input function.
 fn untyped(s: &str, ty: ColumnType) -> Option<TypedValue> {
     use ColumnType::*;
@@ -1923,28 +1957,7 @@ fn untyped(s: &str, ty: ColumnType) -> Option<TypedValue> {
             _ => None,
         },
         Text | Varchar => Some(TypedValue::Text(s.to_string())),
-        Uuid => {
-            let t = s.trim();
-            let t = t
-                .strip_prefix('{')
-                .and_then(|x| x.strip_suffix('}'))
-                .unwrap_or(t);
-            if t.len() == 36 {
-                uuid_from_text(t).ok().map(TypedValue::Uuid)
-            } else if t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
-                let c = format!(
-                    "{}-{}-{}-{}-{}",
-                    &t[0..8],
-                    &t[8..12],
-                    &t[12..16],
-                    &t[16..20],
-                    &t[20..32]
-                );
-                uuid_from_text(&c).ok().map(TypedValue::Uuid)
-            } else {
-                None
-            }
-        }
+        Uuid => parse_uuid(s).map(TypedValue::Uuid),
         Bytea => {
             let hex = s.strip_prefix("\\x")?;
             if hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -2546,6 +2559,20 @@ mod tests {
             ("uid = 'nope'", None, vec![]),
             ("age = 1 OR lower(name) = 'x'", None, vec![]),
             ("score = $1", None, vec![]),
+            ("age = +4", Some("\"age\" = ?"), vec![Value::Integer(4)]),
+            (
+                "\"Mixed\"::text = 'q'",
+                Some("\"Mixed\" = ?"),
+                vec![Value::Text("q".into())],
+            ),
+            ("age::text = '1'", None, vec![]),
+            (
+                "uid = '{123e4567-e89b12d3-a456-4266-14174000}'",
+                Some("\"uid\" = ?"),
+                vec![Value::Text("123e4567-e89b-12d3-a456-426614174000".into())],
+            ),
+            ("uid = '123e4567-e89b-12d3-a456-42661417400'", None, vec![]),
+            ("uid = '123-e4567e89b12d3a456426614174000'", None, vec![]),
             ("score = ANY($1)", None, vec![]),
             (
                 "age = ANY('{1, NULL,3}')",
