@@ -1800,13 +1800,23 @@ fn int_value(i: i64, ty: ColumnType) -> Option<TypedValue> {
 /// The family a cast's target type belongs to (None: a cast explain does
 /// not look through, e.g. `varchar(2)`, which truncates).
 fn cast_family(dt: &ast::DataType) -> Option<u8> {
+    cast_type(dt).map(family)
+}
+
+/// The type a cast produces, for the types explain reads literals of.
+fn cast_type(dt: &ast::DataType) -> Option<ColumnType> {
+    use ColumnType::*;
     Some(match dt.to_string().to_lowercase().as_str() {
-        "smallint" | "int2" | "int" | "integer" | "int4" | "bigint" | "int8" => 1,
-        "real" | "float4" | "float8" | "double precision" => 2,
-        "bool" | "boolean" => 3,
-        "text" | "varchar" | "character varying" => 4,
-        "bytea" => 5,
-        "uuid" => 6,
+        "smallint" | "int2" => Int2,
+        "int" | "integer" | "int4" => Int4,
+        "bigint" | "int8" => Int8,
+        "real" | "float4" => Float4,
+        "float8" | "double precision" => Float8,
+        "bool" | "boolean" => Bool,
+        "text" => Text,
+        "varchar" | "character varying" => Varchar,
+        "bytea" => Bytea,
+        "uuid" => Uuid,
         _ => return None,
     })
 }
@@ -1872,6 +1882,19 @@ fn literal(e: &Expr, ty: ColumnType) -> Result<Operand, ()> {
                 ast::Value::Number(s, _) => number(s, *op == UnaryOperator::Minus),
                 _ => Err(()),
             },
+            // `-0.1::float4` is `-(0.1::float4)`, folded by Postgres.
+            inner @ Expr::Cast { .. } => match (literal(inner, ty)?, op) {
+                (v, UnaryOperator::Plus) => Ok(v),
+                (Operand::Const(Some(v)), _) => Ok(Operand::Const(Some(match v {
+                    TypedValue::Int2(i) => TypedValue::Int2(i.checked_neg().ok_or(())?),
+                    TypedValue::Int4(i) => TypedValue::Int4(i.checked_neg().ok_or(())?),
+                    TypedValue::Int8(i) => TypedValue::Int8(i.checked_neg().ok_or(())?),
+                    TypedValue::Float4(f) => TypedValue::Float4(-f),
+                    TypedValue::Float8(f) => TypedValue::Float8(-f),
+                    _ => return Err(()),
+                }))),
+                _ => Err(()),
+            },
             _ => Err(()),
         },
         Expr::Value(v) => match &v.value {
@@ -1890,15 +1913,50 @@ fn literal(e: &Expr, ty: ColumnType) -> Result<Operand, ()> {
         Expr::Cast {
             expr, data_type, ..
         } => {
-            if cast_family(data_type) != Some(family(ty)) {
+            // The constant has the cast's type (`0.1::float4` is an f32).
+            let target = cast_type(data_type).ok_or(())?;
+            if family(target) != family(ty) {
                 return Err(());
             }
-            match expr.as_ref() {
-                Expr::Value(_) | Expr::UnaryOp { .. } | Expr::Nested(_) => literal(expr, ty),
+            match (target, expr.as_ref()) {
+                (Float4, inner) => {
+                    let (text, negative) = match inner {
+                        Expr::UnaryOp {
+                            op: UnaryOperator::Minus,
+                            expr,
+                        } => (string_or_number(expr).ok_or(())?, true),
+                        other => (string_or_number(other).ok_or(())?, false),
+                    };
+                    match untyped(&text, Float4) {
+                        Some(TypedValue::Float4(f)) => {
+                            Ok(Operand::Const(Some(TypedValue::Float4(if negative {
+                                -f
+                            } else {
+                                f
+                            }))))
+                        }
+                        _ => Err(()),
+                    }
+                }
+                (_, Expr::Value(_) | Expr::UnaryOp { .. } | Expr::Nested(_)) => {
+                    literal(expr, target)
+                }
                 _ => Err(()),
             }
         }
         _ => Err(()),
+    }
+}
+
+fn string_or_number(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            ast::Value::Number(s, _) => Some(s.clone()),
+            ast::Value::SingleQuotedString(s) => Some(s.clone()),
+            _ => None,
+        },
+        Expr::Nested(e) => string_or_number(e),
+        _ => None,
     }
 }
 
@@ -1947,6 +2005,12 @@ fn untyped(s: &str, ty: ColumnType) -> Option<TypedValue> {
                 .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
             {
                 return None;
+            }
+            // An untyped literal takes the column's type: float4in rounds
+            // to f32.
+            if ty == Float4 {
+                let f: f32 = t.parse().ok()?;
+                return f.is_finite().then_some(TypedValue::Float4(f));
             }
             let f: f64 = t.parse().ok()?;
             f.is_finite().then_some(TypedValue::Float8(f))
@@ -2559,6 +2623,22 @@ mod tests {
             ("uid = 'nope'", None, vec![]),
             ("age = 1 OR lower(name) = 'x'", None, vec![]),
             ("score = $1", None, vec![]),
+            // An untyped literal or a float4 cast is an f32 in Postgres.
+            (
+                "f4 = '0.1'",
+                Some("\"f4\" = ?"),
+                vec![Value::Float(f64::from(0.1f32))],
+            ),
+            (
+                "f4 < -0.1::float4",
+                Some("\"f4\" < ?"),
+                vec![Value::Float(f64::from(-0.1f32))],
+            ),
+            (
+                "f4 = 0.1::float8",
+                Some("\"f4\" = ?"),
+                vec![Value::Float(0.1)],
+            ),
             ("age = +4", Some("\"age\" = ?"), vec![Value::Integer(4)]),
             (
                 "\"Mixed\"::text = 'q'",
