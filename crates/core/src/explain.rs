@@ -514,10 +514,31 @@ struct ScopeEntry {
 
 /// A qualification clause and where it came from.
 enum QualSource {
-    /// WHERE, or ON of an inner join.
+    /// The WHERE clause.
     Where,
-    /// ON of an outer join: pushable only into these entries.
-    OuterOn(Vec<usize>),
+    /// ON of an inner join.
+    InnerOn,
+    /// ON of the outer join `JoinInfo::outer[i]`.
+    OuterOn(usize),
+}
+
+/// An outer join of a FROM clause: the scope entries of each side and
+/// which side is null-extended.
+#[derive(Debug, Clone)]
+struct OuterJoin {
+    left: Vec<usize>,
+    right: Vec<usize>,
+    left_nullable: bool,
+    right_nullable: bool,
+}
+
+/// What a FROM clause contributes besides its tables.
+#[derive(Default)]
+struct JoinInfo<'s> {
+    quals: Vec<(&'s Expr, QualSource)>,
+    /// `JOIN … USING (c)` of inner joins: column equalities.
+    using: Vec<(ColRef, ColRef)>,
+    outer: Vec<OuterJoin>,
 }
 
 /// A column reference resolved in a scope.
@@ -659,8 +680,7 @@ impl Analyzer<'_> {
         &mut self,
         f: &'s TableFactor,
         scope: &mut Vec<ScopeEntry>,
-        quals: &mut Vec<(&'s Expr, QualSource)>,
-        using: &mut Vec<(ColRef, ColRef)>,
+        info: &mut JoinInfo<'s>,
     ) -> Result<Vec<usize>, ExplainError> {
         let start = scope.len();
         match f {
@@ -672,7 +692,7 @@ impl Analyzer<'_> {
                 table_with_joins,
                 alias,
             } => {
-                self.join_tree(table_with_joins, scope, quals, using)?;
+                self.join_tree(table_with_joins, scope, info)?;
                 if let Some(a) = alias {
                     // The nested entries are reachable only through the alias.
                     for e in &mut scope[start..] {
@@ -702,12 +722,11 @@ impl Analyzer<'_> {
         &mut self,
         twj: &'s TableWithJoins,
         scope: &mut Vec<ScopeEntry>,
-        quals: &mut Vec<(&'s Expr, QualSource)>,
-        using: &mut Vec<(ColRef, ColRef)>,
+        info: &mut JoinInfo<'s>,
     ) -> Result<(), ExplainError> {
-        let mut left = self.factor(&twj.relation, scope, quals, using)?;
+        let mut left = self.factor(&twj.relation, scope, info)?;
         for join in &twj.joins {
-            let right = self.factor(&join.relation, scope, quals, using)?;
+            let right = self.factor(&join.relation, scope, info)?;
             let (constraint, left_nullable, right_nullable) = match &join.join_operator {
                 JoinOperator::Join(c) | JoinOperator::Inner(c) | JoinOperator::CrossJoin(c) => {
                     (Some(c), false, false)
@@ -717,21 +736,23 @@ impl Analyzer<'_> {
                 JoinOperator::FullOuter(c) => (Some(c), true, true),
                 _ => (None, true, true),
             };
-            for &i in &left {
-                scope[i].nullable |= left_nullable;
-            }
-            for &i in &right {
-                scope[i].nullable |= right_nullable;
+            let outer = left_nullable || right_nullable;
+            if outer {
+                info.outer.push(OuterJoin {
+                    left: left.clone(),
+                    right: right.clone(),
+                    left_nullable,
+                    right_nullable,
+                });
             }
             match constraint {
                 Some(JoinConstraint::On(e)) => {
-                    let src = match (left_nullable, right_nullable) {
-                        (false, false) => QualSource::Where,
-                        (false, true) => QualSource::OuterOn(right.clone()),
-                        (true, false) => QualSource::OuterOn(left.clone()),
-                        (true, true) => QualSource::OuterOn(vec![]),
+                    let src = if outer {
+                        QualSource::OuterOn(info.outer.len() - 1)
+                    } else {
+                        QualSource::InnerOn
                     };
-                    quals.push((e, src));
+                    info.quals.push((e, src));
                 }
                 Some(JoinConstraint::Using(cols)) => {
                     for c in cols {
@@ -761,7 +782,7 @@ impl Analyzer<'_> {
                         if let (Some(l), Some(r), false, false) =
                             (l, r, left_nullable, right_nullable)
                         {
-                            using.push((
+                            info.using.push((
                                 ColRef { occ: l.0, col: l.1 },
                                 ColRef { occ: r.0, col: r.1 },
                             ));
@@ -780,10 +801,9 @@ impl Analyzer<'_> {
             return;
         }
         let mut scope = Vec::new();
-        let mut quals = Vec::new();
-        let mut using = Vec::new();
+        let mut info = JoinInfo::default();
         for twj in &select.from {
-            if let Err(e) = self.join_tree(twj, &mut scope, &mut quals, &mut using) {
+            if let Err(e) = self.join_tree(twj, &mut scope, &mut info) {
                 self.error = Some(e);
                 return;
             }
@@ -813,9 +833,9 @@ impl Analyzer<'_> {
             }
         }
         if let Some(w) = &select.selection {
-            quals.push((w, QualSource::Where));
+            info.quals.push((w, QualSource::Where));
         }
-        self.distribute(&scope, &quals, &using);
+        self.distribute(&scope, &info);
     }
 
     fn all_columns(&mut self, occ: usize) {
@@ -830,8 +850,7 @@ impl Analyzer<'_> {
             ));
         };
         let mut scope = vec![self.table_ref(name, alias.as_ref().map(|a| &a.name), true)?];
-        let mut quals = Vec::new();
-        let mut using = Vec::new();
+        let mut info = JoinInfo::default();
         if !u.table.joins.is_empty() {
             return Err(ExplainError::Unsupported("UPDATE with JOIN".into()));
         }
@@ -839,15 +858,15 @@ impl Analyzer<'_> {
             &u.from
         {
             for twj in from {
-                self.join_tree(twj, &mut scope, &mut quals, &mut using)?;
+                self.join_tree(twj, &mut scope, &mut info)?;
             }
         }
         // Assigned columns are overwritten, not read: their targets are
         // not expressions, so mark_columns does not count them.
         if let Some(w) = &u.selection {
-            quals.push((w, QualSource::Where));
+            info.quals.push((w, QualSource::Where));
         }
-        self.distribute(&scope, &quals, &using);
+        self.distribute(&scope, &info);
         Ok(())
     }
 
@@ -869,15 +888,14 @@ impl Analyzer<'_> {
             ));
         };
         let mut scope = vec![self.table_ref(name, alias.as_ref().map(|a| &a.name), true)?];
-        let mut quals = Vec::new();
-        let mut using = Vec::new();
+        let mut info = JoinInfo::default();
         for twj in d.using.iter().flatten() {
-            self.join_tree(twj, &mut scope, &mut quals, &mut using)?;
+            self.join_tree(twj, &mut scope, &mut info)?;
         }
         if let Some(w) = &d.selection {
-            quals.push((w, QualSource::Where));
+            info.quals.push((w, QualSource::Where));
         }
-        self.distribute(&scope, &quals, &using);
+        self.distribute(&scope, &info);
         Ok(())
     }
 
@@ -976,14 +994,52 @@ impl Analyzer<'_> {
 
     /// Lower the qualification clauses of one scope and give each table its
     /// pushable conjuncts.
-    fn distribute(
-        &mut self,
-        scope: &[ScopeEntry],
-        quals: &[(&Expr, QualSource)],
-        using: &[(ColRef, ColRef)],
-    ) {
+    fn distribute(&mut self, scope: &[ScopeEntry], info: &JoinInfo<'_>) {
+        // Outer joins that WHERE makes inner (Postgres' reduce_outer_joins):
+        // a WHERE qual that is false or NULL when a table of the
+        // null-extended side is NULL removes the null-extended rows.
+        let mut forced = BTreeSet::new();
+        for (e, src) in &info.quals {
+            if matches!(src, QualSource::Where) {
+                forced.extend(self.strict_entries(scope, e));
+            }
+        }
+        let effective: Vec<(bool, bool)> = info
+            .outer
+            .iter()
+            .map(|oj| {
+                (
+                    oj.left_nullable && !oj.left.iter().any(|i| forced.contains(i)),
+                    oj.right_nullable && !oj.right.iter().any(|i| forced.contains(i)),
+                )
+            })
+            .collect();
+        let mut scope = scope.to_vec();
+        for (oj, &(ln, rn)) in info.outer.iter().zip(&effective) {
+            for &i in &oj.left {
+                scope[i].nullable |= ln;
+            }
+            for &i in &oj.right {
+                scope[i].nullable |= rn;
+            }
+        }
+        let scope = &scope[..];
+        // Where each qual may be pushed: None like WHERE (any table it is
+        // about), Some(entries) only into those entries.
+        let targets = |src: &QualSource| -> Option<Vec<usize>> {
+            match src {
+                QualSource::Where | QualSource::InnerOn => None,
+                QualSource::OuterOn(k) => match effective[*k] {
+                    (false, false) => None,
+                    (false, true) => Some(info.outer[*k].right.clone()),
+                    (true, false) => Some(info.outer[*k].left.clone()),
+                    (true, true) => Some(vec![]),
+                },
+            }
+        };
+        let quals = &info.quals;
         let mut pushed: Vec<(usize, Pred)> = Vec::new();
-        let mut equalities: Vec<(ColRef, ColRef)> = using.to_vec();
+        let mut equalities: Vec<(ColRef, ColRef)> = info.using.clone();
         // Per top-level conjunct of the text: whether it went to the
         // shards entirely (then its columns need not be fetched), and the
         // column equalities it consists of.
@@ -1001,11 +1057,9 @@ impl Analyzer<'_> {
                     // leaves no row (Postgres skips the scans).
                     if let Tree::Leaf(Leaf::Const(b)) = t {
                         if !b {
-                            let targets: Vec<usize> = match src {
-                                QualSource::Where => (0..scope.len()).collect(),
-                                QualSource::OuterOn(t) => t.clone(),
-                            };
-                            for i in targets {
+                            let entries =
+                                targets(src).unwrap_or_else(|| (0..scope.len()).collect());
+                            for i in entries {
                                 if let Some(o) = scope[i].occ {
                                     pushed.push((o, Pred::Bool(false)));
                                 }
@@ -1014,7 +1068,7 @@ impl Analyzer<'_> {
                         continue;
                     }
                     if let Tree::Leaf(Leaf::ColEq(a, b)) = &t {
-                        let inner = matches!(src, QualSource::Where)
+                        let inner = targets(src).is_none()
                             && !nullable(scope, a.occ)
                             && !nullable(scope, b.occ);
                         if inner {
@@ -1029,11 +1083,9 @@ impl Analyzer<'_> {
                         all_pushed = false;
                         continue;
                     };
-                    let ok = match src {
-                        QualSource::Where => !nullable(scope, occ) || strict(&pred),
-                        QualSource::OuterOn(targets) => {
-                            targets.iter().any(|&i| scope[i].occ == Some(occ))
-                        }
+                    let ok = match targets(src) {
+                        None => !nullable(scope, occ) || strict(&pred),
+                        Some(entries) => entries.iter().any(|&i| scope[i].occ == Some(occ)),
                     };
                     if ok {
                         pushed.push((occ, pred));
@@ -1057,6 +1109,86 @@ impl Analyzer<'_> {
             if !conj.contains(&pred) {
                 conj.push(pred);
             }
+        }
+    }
+
+    /// The scope entries a qual forces non-NULL (Postgres'
+    /// `find_nonnullable_rels`, for the operators explain knows strict).
+    fn strict_entries(&self, scope: &[ScopeEntry], expr: &Expr) -> BTreeSet<usize> {
+        let mut out = BTreeSet::new();
+        match expr {
+            Expr::Nested(e) => return self.strict_entries(scope, e),
+            Expr::BinaryOp {
+                op: op @ (BinaryOperator::And | BinaryOperator::Or),
+                ..
+            } => {
+                let mut operands = Vec::new();
+                chain(expr, op, &mut operands);
+                let mut sets = operands.into_iter().map(|e| self.strict_entries(scope, e));
+                if *op == BinaryOperator::And {
+                    sets.for_each(|s| out.extend(s));
+                } else if let Some(first) = sets.next() {
+                    out = sets.fold(first, |acc, s| acc.intersection(&s).copied().collect());
+                }
+            }
+            Expr::BinaryOp { left, right, .. } => {
+                self.strict_vars(scope, left, 0, &mut out);
+                self.strict_vars(scope, right, 0, &mut out);
+            }
+            Expr::Like { expr, pattern, .. } | Expr::ILike { expr, pattern, .. } => {
+                self.strict_vars(scope, expr, 0, &mut out);
+                self.strict_vars(scope, pattern, 0, &mut out);
+            }
+            Expr::IsNotNull(e)
+            | Expr::In { expr: e, .. }
+            | Expr::Between { expr: e, .. }
+            | Expr::AnyOp { left: e, .. }
+            | Expr::AllOp { left: e, .. } => self.strict_vars(scope, e, 0, &mut out),
+            Expr::Identifier(_) | Expr::CompoundIdentifier(_) => {
+                self.strict_vars(scope, expr, 0, &mut out)
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// Entries whose columns appear in `e` under strict operators only.
+    fn strict_vars(&self, scope: &[ScopeEntry], e: &Expr, depth: usize, out: &mut BTreeSet<usize>) {
+        if depth > 64 {
+            return;
+        }
+        match e {
+            Expr::Identifier(i) => {
+                let col = norm(i);
+                let mut hits = scope.iter().enumerate().filter(|(_, s)| {
+                    s.occ
+                        .is_some_and(|o| self.shape(o).0.iter().any(|(n, _)| *n == col))
+                });
+                if let (Some((i, _)), None) = (hits.next(), hits.next()) {
+                    out.insert(i);
+                }
+            }
+            Expr::CompoundIdentifier(p) if p.len() >= 2 => {
+                let q = norm(&p[p.len() - 2]);
+                let mut hits = scope.iter().enumerate().filter(|(_, s)| s.qualifier == q);
+                if let (Some((i, _)), None) = (hits.next(), hits.next()) {
+                    out.insert(i);
+                }
+            }
+            Expr::Nested(x)
+            | Expr::Cast { expr: x, .. }
+            | Expr::Collate { expr: x, .. }
+            | Expr::UnaryOp {
+                op: UnaryOperator::Minus | UnaryOperator::Plus,
+                expr: x,
+            } => self.strict_vars(scope, x, depth + 1, out),
+            Expr::BinaryOp { left, op, right }
+                if !matches!(op, BinaryOperator::And | BinaryOperator::Or) =>
+            {
+                self.strict_vars(scope, left, depth + 1, out);
+                self.strict_vars(scope, right, depth + 1, out);
+            }
+            _ => {}
         }
     }
 
@@ -2987,11 +3119,37 @@ mod tests {
                        WHERE o.user_id = 3",
         );
         assert_eq!(shards_of(&rows, "orders"), vec![shard(3, 8)]);
+        // … and make the join inner (reduce_outer_joins): the ON equality
+        // then routes users too.
+        assert_eq!(shards_of(&rows, "users"), vec![shard(3, 16)]);
+        let rows = ex(
+            "SELECT * FROM users u LEFT JOIN orders o ON o.user_id = u.id \
+                       WHERE o.total > 0 AND u.id = 4",
+        );
+        assert_eq!(shards_of(&rows, "orders"), vec![shard(4, 8)]);
+        let rows = ex(
+            "SELECT * FROM users u LEFT JOIN orders o ON o.user_id = u.id \
+                       WHERE lower(o.note) = 'x' AND u.id = 4",
+        );
+        assert_eq!(
+            shards_of(&rows, "orders").len(),
+            8,
+            "functions are not known strict"
+        );
+        let rows = ex(
+            "SELECT * FROM users u LEFT JOIN orders o ON o.user_id = u.id \
+                       WHERE o.user_id IS NULL AND u.id = 4",
+        );
+        assert_eq!(shards_of(&rows, "orders").len(), 8);
+        let rows = ex("SELECT * FROM users u FULL JOIN orders o ON o.user_id = 1 WHERE u.id = 2");
+        assert_eq!(shards_of(&rows, "users"), vec![shard(2, 16)]);
+        assert_eq!(shards_of(&rows, "orders"), vec![shard(1, 8)]);
         let rows = ex(
             "SELECT * FROM users u LEFT JOIN orders o ON o.user_id = u.id \
                        WHERE o.user_id = 3 OR o.user_id IS NULL",
         );
         assert_eq!(shards_of(&rows, "orders").len(), 8);
+        assert_eq!(shards_of(&rows, "users").len(), 16);
         let rows = ex(
             "SELECT * FROM orders o RIGHT JOIN users u ON o.user_id = u.id \
                        WHERE u.id = 2",
