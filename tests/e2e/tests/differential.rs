@@ -467,6 +467,7 @@ fn gen_value(rng: &mut Rng, pools: &Pools, k: K) -> String {
                     "infinity",
                     "-infinity",
                     "4714-11-24 BC",
+                    "5874897-12-31",
                     "0001-01-01",
                     "2000-02-29",
                     "1970-01-01",
@@ -484,6 +485,8 @@ fn gen_value(rng: &mut Rng, pools: &Pools, k: K) -> String {
                     "2000-01-01 00:00:00",
                     "1999-12-31 23:59:59.999999",
                     "0044-03-15 12:00:00 BC",
+                    "4714-11-24 00:00:00 BC",
+                    "294276-12-31 23:59:59.999999",
                     "1970-01-01 00:00:00",
                 ])
                 .to_string()
@@ -499,6 +502,8 @@ fn gen_value(rng: &mut Rng, pools: &Pools, k: K) -> String {
                     "2000-01-01 00:00:00+00",
                     "1999-12-31 23:59:59.999999+14",
                     "1970-01-01 00:00:00-08",
+                    "4713-01-01 00:00:00+00 BC",
+                    "294276-12-31 23:59:59.999999+00",
                 ])
                 .to_string()
             } else {
@@ -735,6 +740,8 @@ struct Gen<'a> {
     orders: &'a Table,
     /// Non-C collations that exist in this database (ICU first).
     colls: Vec<String>,
+    /// Nondeterministic collations created for the test (maybe none).
+    nondet: Vec<String>,
     counters: BTreeMap<&'static str, u64>,
 }
 
@@ -769,7 +776,18 @@ impl<'a> Gen<'a> {
         (*c - 1) % n
     }
 
+    /// A collation for a comparison: C, a non-C deterministic one, or a
+    /// nondeterministic (case-insensitive) one.
     fn coll(&mut self) -> String {
+        if !self.nondet.is_empty() && self.rng.chance(0.2) {
+            format!("\"{}\"", self.rng.pick(&self.nondet).clone())
+        } else {
+            self.coll_det()
+        }
+    }
+
+    /// A deterministic collation (LIKE refuses nondeterministic ones).
+    fn coll_det(&mut self) -> String {
         if self.rng.chance(0.2) {
             "\"C\"".into()
         } else {
@@ -1037,7 +1055,7 @@ impl<'a> Gen<'a> {
                         let pat = self.pattern(t, name);
                         let op = *self.rng.pick(&["LIKE", "ILIKE", "NOT LIKE", "NOT ILIKE", "LIKE", "~~", "~~*"]);
                         if self.rng.chance(0.15) {
-                            let c = self.coll();
+                            let c = self.coll_det();
                             format!("{col} {op} {} COLLATE {c}", quote(&pat))
                         } else {
                             format!("{col} {op} {}", quote(&pat))
@@ -2022,7 +2040,18 @@ fn sharded_and_local_tables_answer_alike() {
         }
     }
     assert!(!colls.is_empty(), "no non-C collation available: {available:?}");
-    println!("differential: non-C collations used: {colls:?}");
+    // A nondeterministic, case-insensitive ICU collation: `=` under it is
+    // not byte equality, so it must never be pushed as such.
+    let mut nondet = Vec::new();
+    if db
+        .batch_execute(
+            "CREATE COLLATION ci_und (provider = icu, locale = 'und-u-ks-level2', deterministic = false)",
+        )
+        .is_ok()
+    {
+        nondet.push("ci_und".to_string());
+    }
+    println!("differential: non-C collations used: {colls:?}, nondeterministic: {nondet:?}");
 
     // ---- data --------------------------------------------------------------
     let mut rng = Rng::new(seed);
@@ -2113,6 +2142,7 @@ fn sharded_and_local_tables_answer_alike() {
         items: &items,
         orders: &orders,
         colls,
+        nondet,
         counters: BTreeMap::new(),
     };
     while queries.len() < nqueries {
