@@ -138,6 +138,10 @@ fn sqlstate(err: &ShardError) -> PgSqlErrorCode {
             c if c.starts_with("SQLITE_CONSTRAINT_CHECK") => ERRCODE_CHECK_VIOLATION,
             c if c.starts_with("SQLITE_CONSTRAINT_FOREIGNKEY") => ERRCODE_FOREIGN_KEY_VIOLATION,
             c if c.starts_with("SQLITE_CONSTRAINT") => ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION,
+            // Another session holds the node's write lock: retry the transaction.
+            c if c.starts_with("SQLITE_BUSY") || c.starts_with("SQLITE_LOCKED") => {
+                ERRCODE_T_R_SERIALIZATION_FAILURE
+            }
             _ => ERRCODE_FDW_ERROR,
         };
     }

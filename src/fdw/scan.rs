@@ -316,6 +316,9 @@ struct ScanState {
     params: Vec<(*mut pg_sys::ExprState, pg_sys::Oid)>,
     econtext: *mut pg_sys::ExprContext,
     handle: Option<ScanHandle>,
+    /// The scan finds the rows an UPDATE/DELETE of this table changes: it
+    /// reads inside the transaction that will write them.
+    for_modify: bool,
     started: bool,
     finished: bool,
     /// Rows read through this transaction's streams (see `start`).
@@ -382,14 +385,16 @@ impl ScanState {
         self.last_route = Some(routed);
         self.started = true;
         let server = self.topology.server_id.to_u32();
-        if queries
-            .iter()
-            .any(|q| streams::has_stream(&(server, q.endpoint.node_id.clone())))
+        if self.for_modify
+            || queries
+                .iter()
+                .any(|q| streams::has_stream(&(server, q.endpoint.node_id.clone())))
         {
-            // This transaction has written to a node the scan needs: read
-            // through its stream so the scan sees those writes. A stream
-            // carries one request at a time, so these rows are fetched
-            // whole rather than streamed.
+            // This transaction has written to a node the scan needs (or
+            // will write the rows it finds): read through its stream so the
+            // scan sees those writes and holds the node's write lock. A
+            // stream carries one request at a time, so these rows are
+            // fetched whole rather than streamed.
             self.read_through_streams(queries);
             self.finished = true;
             return;
@@ -512,6 +517,21 @@ pub unsafe fn init_params(
     }
 }
 
+/// Whether this scan's relation is also the target of the statement's
+/// UPDATE or DELETE (its result relation is set up before its scan).
+unsafe fn feeds_modify(node: *mut pg_sys::ForeignScanState) -> bool {
+    // SAFETY: executor state of a scan node being initialized.
+    unsafe {
+        let estate = (*node).ss.ps.state;
+        let plan = (*node).ss.ps.plan as *mut pg_sys::Scan;
+        let rti = (*plan).scanrelid as usize;
+        !(*estate).es_result_relations.is_null()
+            && rti > 0
+            && rti <= (*estate).es_range_table_size as usize
+            && !(*(*estate).es_result_relations.add(rti - 1)).is_null()
+    }
+}
+
 unsafe fn state<'a>(node: *mut pg_sys::ForeignScanState) -> &'a mut ScanState {
     // SAFETY: fdw_state was set by begin_foreign_scan to a live ScanState.
     unsafe { &mut *((*node).fdw_state as *mut ScanState) }
@@ -547,6 +567,7 @@ pub unsafe extern "C-unwind" fn begin_foreign_scan(
             params,
             econtext: (*node).ss.ps.ps_ExprContext,
             handle: None,
+            for_modify: feeds_modify(node),
             started: false,
             finished: false,
             materialized: VecDeque::new(),

@@ -1,5 +1,6 @@
 //! Remote transactions: the writes of a Postgres transaction run on one Hrana
-//! stream per node (a stream is one SQLite connection), opened with BEGIN on
+//! stream per node (a stream is one SQLite connection), opened with BEGIN
+//! IMMEDIATE on
 //! the first statement that needs it, committed at pre-commit (all nodes in
 //! parallel) and rolled back on abort, as postgres_fdw does with its
 //! connections. Subtransactions map to SQLite savepoints `s<level>`, created
@@ -116,7 +117,11 @@ pub fn run(work: Vec<NodeWork>) -> Vec<Result<Vec<StmtResult>, ShardError>> {
             }
             let mut stmts = Vec::with_capacity(w.stmts.len() + 2);
             if stream.level == 0 {
-                stmts.push(Stmt::new("BEGIN", vec![]));
+                // IMMEDIATE takes the node's write lock now: a transaction
+                // that reads and then writes (UPDATE by row identity) cannot
+                // lose another session's update, and writers queue instead
+                // of failing at their first write.
+                stmts.push(Stmt::new("BEGIN IMMEDIATE", vec![]));
             }
             for l in (stream.level.max(1) + 1)..=level {
                 stmts.push(Stmt::new(format!("SAVEPOINT s{l}"), vec![]));

@@ -1,0 +1,592 @@
+//! Writes (issue 5): INSERT, COPY, UPDATE, DELETE routed by shard key and
+//! batched, inside the Postgres transaction.
+//!
+//! - a differential test: random write sequences applied to a local table
+//!   and to the sharded table give the same rows and RETURNING results;
+//! - bulk INSERT … SELECT and COPY land every row on its shard, sent in
+//!   per-shard batches (counted at the nodes);
+//! - ROLLBACK, an error mid-transaction and a killed backend leave nothing;
+//! - concurrent sessions equal a serial replay of what committed.
+
+mod common;
+
+use common::{describe, exec, expect_db_error, query_i64, shard_map};
+use conductor_e2e::postgres::{Client, SimpleQueryMessage};
+use conductor_e2e::serde_json::Value;
+use conductor_e2e::{pg_err, Cluster, ClusterOptions};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// A small deterministic PRNG (xorshift64*), so a failing sequence can be
+/// replayed from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// Every row of a simple-query result as text (NULL as "∅"), in order.
+fn rows_text(client: &mut Client, sql: &str) -> Result<Vec<Vec<String>>, String> {
+    let messages = client.simple_query(sql).map_err(|e| sqlstate(&e))?;
+    Ok(messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("∅").to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect())
+}
+
+fn sqlstate(e: &conductor_e2e::postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("ERROR {}", db.code().code()),
+        None => format!("ERROR {e}"),
+    }
+}
+
+fn sorted(mut rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
+    rows.sort();
+    rows
+}
+
+fn setup(nodes: usize) -> (Cluster, Client) {
+    let cluster = Cluster::start(ClusterOptions {
+        nodes,
+        node_delay_ms: None,
+        token: None,
+    });
+    let mut db = cluster.client();
+    cluster.setup_conductor(&mut db, "cluster");
+    (cluster, db)
+}
+
+const COLUMNS: &str = "id bigint NOT NULL, k integer, v text, f double precision, n numeric";
+
+/// One generated write statement, written for table `T` (replaced by the
+/// local and the sharded table's names).
+fn write_statement(rng: &mut Rng, next_id: &mut i64) -> String {
+    let id = |rng: &mut Rng| 1 + rng.below(400) as i64;
+    let texts = ["'a'", "'B'", "'héllo'", "'x%y'", "NULL", "''", "'🙂'"];
+    let ks = ["0", "1", "-5", "2147483600", "NULL", "42"];
+    match rng.below(12) {
+        0 | 1 => {
+            // multi-row VALUES, sometimes with RETURNING
+            let n = 1 + rng.below(5);
+            let rows: Vec<String> = (0..n)
+                .map(|_| {
+                    *next_id += 1;
+                    format!(
+                        "({}, {}, {}, {}.5, {}.25)",
+                        *next_id,
+                        rng.pick(&ks),
+                        rng.pick(&texts),
+                        rng.below(100),
+                        rng.below(1000)
+                    )
+                })
+                .collect();
+            let ret = if rng.below(2) == 0 {
+                " RETURNING id, k, v, f, n"
+            } else {
+                ""
+            };
+            format!(
+                "INSERT INTO T (id, k, v, f, n) VALUES {}{ret}",
+                rows.join(", ")
+            )
+        }
+        2 => {
+            // a duplicate key: fails alike, whole statement undone
+            let dup = id(rng);
+            *next_id += 1;
+            format!(
+                "INSERT INTO T (id, k, v) VALUES ({}, 1, 'new'), ({dup}, 2, 'dup')",
+                *next_id
+            )
+        }
+        3 => {
+            let start = *next_id + 1;
+            *next_id += 50;
+            format!(
+                "INSERT INTO T (id, k, v, f, n) SELECT i, (i % 7)::int, 'g' || i, i / 4.0, i * 1.5 \
+                 FROM generate_series({start}, {}) i",
+                *next_id
+            )
+        }
+        4 => format!(
+            "UPDATE T SET v = {}, f = {}.0 WHERE id = {}",
+            rng.pick(&texts),
+            rng.below(50),
+            id(rng)
+        ),
+        5 => format!(
+            "UPDATE T SET k = k + 1 WHERE id IN ({}, {}, {}) RETURNING id, k",
+            id(rng),
+            id(rng),
+            id(rng)
+        ),
+        6 => format!(
+            "UPDATE T SET v = v || '!' WHERE k = {} RETURNING id, v",
+            rng.pick(&["0", "1", "42"])
+        ),
+        7 => format!("DELETE FROM T WHERE id = {} RETURNING *", id(rng)),
+        8 => format!("DELETE FROM T WHERE k = {}", rng.pick(&["-5", "3"])),
+        9 => format!(
+            "UPDATE T SET n = n * 2 WHERE v LIKE {} AND id < {}",
+            rng.pick(&["'a%'", "'%!'", "'g1%'"]),
+            id(rng)
+        ),
+        // arithmetic overflow computed locally: fails alike (22003)
+        10 => "UPDATE T SET k = k + 2147483000 WHERE k = 2147483600".to_string(),
+        _ => format!("DELETE FROM T WHERE id BETWEEN {} AND {}", id(rng), id(rng)),
+    }
+}
+
+#[test]
+fn random_write_sequences_match_a_local_table() {
+    let (_cluster, mut db) = setup(4);
+    exec(
+        &mut db,
+        &format!(
+            "CREATE TABLE l_w ({COLUMNS}, PRIMARY KEY (id));
+             CREATE FOREIGN TABLE s_w ({COLUMNS}) SERVER cluster;
+             SELECT conductor.create_distributed_table('s_w', 'id', shard_count => 8);"
+        ),
+    );
+    let seed: u64 = std::env::var("CONDUCTOR_WRITES_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_2026);
+    println!("seed {seed}");
+    let mut rng = Rng(seed | 1);
+    let mut next_id = 400i64;
+    let mut failures = Vec::new();
+    let mut statements = 0;
+    let mut errors_alike = 0;
+    for round in 0..60 {
+        // Some rounds run as a transaction that commits or rolls back.
+        let txn = rng.below(3);
+        let mut batch = Vec::new();
+        for _ in 0..1 + rng.below(4) {
+            batch.push(write_statement(&mut rng, &mut next_id));
+        }
+        let local_results = run_batch(&mut db, "l_w", &batch, txn);
+        let sharded_results = run_batch(&mut db, "s_w", &batch, txn);
+        statements += sharded_results.len();
+        for (i, (l, s)) in local_results.iter().zip(&sharded_results).enumerate() {
+            if l.is_err() && s.is_err() {
+                errors_alike += 1;
+            }
+            if l != s {
+                failures.push(format!(
+                    "round {round} statement {i}: {}\n  local:   {l:?}\n  sharded: {s:?}",
+                    batch[i]
+                ));
+            }
+        }
+        if local_results.len() != sharded_results.len() {
+            failures.push(format!("round {round}: one side stopped early: {batch:?}"));
+        }
+        let local = rows_text(&mut db, "SELECT * FROM l_w ORDER BY id").unwrap();
+        let sharded = rows_text(&mut db, "SELECT * FROM s_w ORDER BY id").unwrap();
+        if local != sharded {
+            failures.push(format!(
+                "round {round}: table contents differ after {:?}: local {} rows, sharded {} rows",
+                batch,
+                local.len(),
+                sharded.len()
+            ));
+            break;
+        }
+    }
+    let rows = query_i64(&mut db, "SELECT count(*) FROM s_w");
+    println!(
+        "{statements} write statements, {errors_alike} failed alike, final rows {rows}, {} mismatches",
+        failures.len()
+    );
+    assert!(rows > 0, "the sequence must leave rows to compare");
+    assert!(
+        errors_alike > 0,
+        "the sequence must include failing statements"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Run a batch of statements against `table` (in a transaction that commits
+/// when `txn` is 1 or rolls back when 2); each statement's sorted rows or
+/// its SQLSTATE. Inside a transaction, the first failure ends the batch.
+fn run_batch(
+    db: &mut Client,
+    table: &str,
+    batch: &[String],
+    txn: u64,
+) -> Vec<Result<Vec<Vec<String>>, String>> {
+    if txn > 0 {
+        exec(db, "BEGIN");
+    }
+    let mut results = Vec::new();
+    for stmt in batch {
+        let sql = stmt.replace(" T ", &format!(" {table} "));
+        let r = rows_text(db, &sql).map(sorted);
+        let failed = r.is_err();
+        results.push(r);
+        if failed && txn > 0 {
+            break;
+        }
+    }
+    if txn > 0 {
+        // COMMIT of an aborted transaction rolls back.
+        exec(db, if txn == 1 { "COMMIT" } else { "ROLLBACK" });
+    }
+    results
+}
+
+/// Requests each node's /stats reports for its pipeline endpoints.
+fn pipeline_requests(cluster: &Cluster) -> Vec<i64> {
+    (0..cluster.node_count())
+        .map(|i| {
+            let (_, body) = cluster.node_get(i, "/stats").expect("stats");
+            let v: Value = conductor_e2e::serde_json::from_str(&body).expect("stats json");
+            v["requests"]["/v3/pipeline"].as_i64().unwrap_or(0)
+                + v["requests"]["/v2/pipeline"].as_i64().unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Rows per shard according to the nodes themselves.
+fn rows_per_shard(cluster: &Cluster, db: &mut Client, table: &str) -> BTreeMap<i32, i64> {
+    shard_map(db, table)
+        .into_iter()
+        .map(|(shard, (node, remote))| {
+            let i = common::node_index(&node);
+            let rows = cluster.node_query(i, &format!("SELECT count(*) FROM \"{remote}\""), &[]);
+            (shard, rows[0][0].as_i64().expect("count"))
+        })
+        .collect()
+}
+
+fn expected_per_shard(db: &mut Client, table: &str, n: i64) -> BTreeMap<i32, i64> {
+    db.query(
+        &format!(
+            "SELECT conductor.shard_for('{table}', i::bigint), count(*)
+               FROM generate_series(1, {n}) i GROUP BY 1"
+        ),
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("expected per shard: {}", pg_err(&e)))
+    .iter()
+    .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
+    .collect()
+}
+
+#[test]
+fn bulk_insert_select_and_copy_go_in_per_shard_batches() {
+    const N: i64 = 200_000;
+    let (cluster, mut db) = setup(4);
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE bulk_i (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('bulk_i', 'id', shard_count => 16);
+         CREATE FOREIGN TABLE bulk_c (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('bulk_c', 'id', shard_count => 16);",
+    );
+    let batch = query_i64(
+        &mut db,
+        "SELECT current_setting('conductor.batch_size')::bigint",
+    );
+
+    let before = pipeline_requests(&cluster);
+    let t = Instant::now();
+    exec(
+        &mut db,
+        &format!("INSERT INTO bulk_i SELECT i, 'v' || i FROM generate_series(1, {N}) i"),
+    );
+    let insert_time = t.elapsed();
+    let after = pipeline_requests(&cluster);
+    let sent: Vec<i64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let total: i64 = sent.iter().sum();
+    // One request per node per batch, plus the commit: far fewer than rows.
+    let batches = (N + batch - 1) / batch;
+    println!(
+        "INSERT … SELECT of {N} rows: {insert_time:?}, {:.0} rows/s, requests per node {sent:?} ({batches} batches of {batch})",
+        N as f64 / insert_time.as_secs_f64()
+    );
+    assert!(
+        sent.iter().all(|&n| n >= 1),
+        "every node got rows: {sent:?}"
+    );
+    assert!(
+        total <= (batches + 1) * cluster.node_count() as i64,
+        "requests {total} for {batches} batches on {} nodes",
+        cluster.node_count()
+    );
+    assert_eq!(
+        rows_per_shard(&cluster, &mut db, "bulk_i"),
+        expected_per_shard(&mut db, "bulk_i", N),
+        "every row on the shard shard_for names"
+    );
+
+    let before = pipeline_requests(&cluster);
+    let t = Instant::now();
+    let mut copy = db
+        .copy_in("COPY bulk_c (id, v) FROM STDIN")
+        .unwrap_or_else(|e| panic!("copy: {}", pg_err(&e)));
+    let mut buf = Vec::with_capacity(16 << 20);
+    for i in 1..=N {
+        writeln!(buf, "{i}\tc{i}").unwrap();
+    }
+    copy.write_all(&buf).unwrap();
+    let copied = copy
+        .finish()
+        .unwrap_or_else(|e| panic!("copy: {}", pg_err(&e)));
+    let copy_time = t.elapsed();
+    let after = pipeline_requests(&cluster);
+    let sent: Vec<i64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let total: i64 = sent.iter().sum();
+    println!(
+        "COPY of {N} rows: {copy_time:?}, {:.0} rows/s, requests per node {sent:?}",
+        N as f64 / copy_time.as_secs_f64()
+    );
+    assert_eq!(copied, N as u64);
+    assert!(
+        total <= (batches + 1) * cluster.node_count() as i64,
+        "COPY sent {total} requests for {N} rows"
+    );
+    assert_eq!(
+        rows_per_shard(&cluster, &mut db, "bulk_c"),
+        expected_per_shard(&mut db, "bulk_c", N)
+    );
+}
+
+fn node_rows(cluster: &Cluster, db: &mut Client, table: &str) -> i64 {
+    rows_per_shard(cluster, db, table).values().sum()
+}
+
+#[test]
+fn rollback_errors_and_killed_backends_leave_nothing() {
+    let (cluster, mut db) = setup(3);
+    // The harness runs Postgres with asynchronous commit; this test crashes
+    // a backend, so what it committed must be durable.
+    exec(&mut db, "SET synchronous_commit = on");
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE rb (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('rb', 'id', shard_count => 6);
+         INSERT INTO rb VALUES (1, 'kept');",
+    );
+    // ROLLBACK
+    exec(
+        &mut db,
+        "BEGIN;
+         INSERT INTO rb SELECT i, 'x' FROM generate_series(100, 200) i;
+         UPDATE rb SET v = 'changed' WHERE id = 1;
+         ROLLBACK;",
+    );
+    assert_eq!(node_rows(&cluster, &mut db, "rb"), 1);
+    assert_eq!(
+        rows_text(&mut db, "SELECT v FROM rb WHERE id = 1").unwrap(),
+        vec![vec!["kept".to_string()]]
+    );
+
+    // An error mid-transaction: the earlier statements are undone too.
+    exec(&mut db, "BEGIN");
+    exec(
+        &mut db,
+        "INSERT INTO rb SELECT i, 'y' FROM generate_series(300, 330) i",
+    );
+    let e = expect_db_error(
+        db.batch_execute("INSERT INTO rb VALUES (400, 'ok'), (1, 'duplicate')"),
+        "duplicate key",
+    );
+    assert_eq!(e.code().code(), "23505", "{}", describe(&e));
+    assert!(
+        e.detail().unwrap_or("").contains("shard"),
+        "DETAIL names the shard: {}",
+        describe(&e)
+    );
+    exec(&mut db, "COMMIT"); // of an aborted transaction: a rollback
+    assert_eq!(node_rows(&cluster, &mut db, "rb"), 1);
+
+    // Savepoints: ROLLBACK TO undoes only what came after the savepoint.
+    exec(
+        &mut db,
+        "BEGIN;
+         INSERT INTO rb VALUES (10, 'a');
+         SAVEPOINT s;
+         INSERT INTO rb VALUES (11, 'b');
+         ROLLBACK TO SAVEPOINT s;
+         INSERT INTO rb VALUES (12, 'c');
+         COMMIT;",
+    );
+    assert_eq!(
+        rows_text(&mut db, "SELECT id FROM rb ORDER BY id").unwrap(),
+        vec![vec!["1".to_string()], vec!["10".into()], vec!["12".into()]]
+    );
+
+    // A backend killed (SIGKILL) in the middle of a transaction: its node
+    // transactions are abandoned and roll back when their streams expire.
+    let mut victim = cluster.client();
+    let pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    exec(&mut victim, "BEGIN");
+    exec(
+        &mut victim,
+        "INSERT INTO rb SELECT i, 'z' FROM generate_series(500, 600) i",
+    );
+    unsafe { libc_kill(pid) };
+    drop(victim);
+    // Postgres resets every backend after a crash; reconnect (again) until
+    // it is back.
+    let reconnect = || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match cluster.try_client() {
+                Ok(c) => break c,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(e) => panic!("reconnect: {e}"),
+            }
+        }
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let mut db = reconnect();
+    // The abandoned transaction still holds the nodes' write locks until
+    // their streams expire (node idle expiry, 10 s); then it is rolled back
+    // and writes go through again.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        match db.batch_execute("INSERT INTO rb VALUES (700, 'after')") {
+            Ok(()) => break,
+            Err(e) if e.as_db_error().is_none() => db = reconnect(), // the crash reset
+            Err(e) => {
+                let code = e.as_db_error().map(|d| d.code().code().to_string());
+                assert_eq!(code.as_deref(), Some("40001"), "{}", pg_err(&e));
+                assert!(Instant::now() < deadline, "the nodes stayed locked");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+    assert_eq!(node_rows(&cluster, &mut db, "rb"), 4);
+    assert_eq!(
+        query_i64(
+            &mut db,
+            "SELECT count(*) FROM rb WHERE id BETWEEN 500 AND 600"
+        ),
+        0,
+        "the killed backend's writes were rolled back"
+    );
+}
+
+unsafe fn libc_kill(pid: i32) {
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    // SAFETY: signalling a process we are allowed to signal (root in tests).
+    unsafe {
+        kill(pid, 9);
+    }
+}
+
+#[test]
+fn concurrent_sessions_equal_a_serial_replay() {
+    let (cluster, mut db) = setup(4);
+    const KEYS: i64 = 20;
+    exec(
+        &mut db,
+        &format!(
+            "CREATE FOREIGN TABLE cc (id bigint NOT NULL, n bigint) SERVER cluster;
+             SELECT conductor.create_distributed_table('cc', 'id', shard_count => 8);
+             INSERT INTO cc SELECT i, 0 FROM generate_series(1, {KEYS}) i;"
+        ),
+    );
+    let cluster = std::sync::Arc::new(cluster);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let cluster = cluster.clone();
+            std::thread::spawn(move || {
+                let mut db = cluster.client();
+                let mut rng = Rng(0x1234 + t as u64 * 7919);
+                // What this session saw commit: increments per key and
+                // inserted keys.
+                let mut increments: BTreeMap<i64, i64> = BTreeMap::new();
+                let mut inserted = Vec::new();
+                for j in 0..30 {
+                    let key = 1 + rng.below(KEYS as u64) as i64;
+                    let new = 1000 * (t + 1) as i64 + j;
+                    let two = rng.below(2) == 0;
+                    let sql = if two {
+                        format!(
+                            "BEGIN; UPDATE cc SET n = n + 1 WHERE id = {key};
+                             INSERT INTO cc VALUES ({new}, 1); COMMIT;"
+                        )
+                    } else {
+                        format!("UPDATE cc SET n = n + 1 WHERE id = {key}")
+                    };
+                    match db.batch_execute(&sql) {
+                        Ok(()) => {
+                            *increments.entry(key).or_default() += 1;
+                            if two {
+                                inserted.push(new);
+                            }
+                        }
+                        Err(e) => {
+                            // Lock contention may fail a statement (40001);
+                            // it must then have left nothing.
+                            let _ = db.batch_execute("ROLLBACK");
+                            let code = e.as_db_error().map(|d| d.code().code().to_string());
+                            assert_eq!(code.as_deref(), Some("40001"), "{}", pg_err(&e));
+                        }
+                    }
+                }
+                (increments, inserted)
+            })
+        })
+        .collect();
+    let mut increments: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut inserted = Vec::new();
+    for t in threads {
+        let (inc, ins) = t.join().expect("session thread");
+        for (k, n) in inc {
+            *increments.entry(k).or_default() += n;
+        }
+        inserted.extend(ins);
+    }
+    let committed: i64 = increments.values().sum();
+    println!(
+        "{committed} increments and {} inserts committed by 8 sessions",
+        inserted.len()
+    );
+    assert!(committed > 0);
+    for key in 1..=KEYS {
+        let n = query_i64(&mut db, &format!("SELECT n FROM cc WHERE id = {key}"));
+        assert_eq!(n, increments.get(&key).copied().unwrap_or(0), "key {key}");
+    }
+    inserted.sort();
+    let mut found: Vec<i64> = db
+        .query("SELECT id FROM cc WHERE id > $1 ORDER BY id", &[&KEYS])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    found.sort();
+    assert_eq!(found, inserted, "every committed insert once, nothing else");
+}
