@@ -1,23 +1,35 @@
 //! `conductor_explain(sql)`: the second parse front end (DESIGN §2). SQL
 //! text is parsed with sqlparser (PostgreSQL dialect), each WHERE clause is
 //! lowered into the same predicate IR the FDW builds from planner nodes
-//! ([`crate::predicate`]), routed by the same [`router::route`] and deparsed
+//! ([`crate::predicate`]), routed by the same [`route`] and deparsed
 //! by the same [`deparse`] + [`select_sql`], so what explain prints is what a
 //! scan sends: one [`ExplainRow`] per target shard per distributed table.
 //!
-//! Lowering follows the FDW's rules (DESIGN §6): only what SQLite evaluates
-//! exactly as Postgres is pushed; anything else in a conjunct keeps that
-//! whole conjunct local, which can widen the shard set but never narrow it
-//! wrongly. Like Postgres' planner, top-level ANDs are split into conjuncts,
-//! NOT is pushed down (`NOT (id <> 5)` is `id = 5`), BETWEEN becomes two
-//! conjuncts, and `a.k = b.k AND a.k = 5` also restricts `b` to `b.k = 5`
-//! (equivalence classes, inner joins only). Conjuncts of a table on the
-//! nullable side of an outer join are pushed from WHERE only when strict.
+//! Lowering follows the FDW's rules (DESIGN §6, the extension's parse.rs): only what
+//! SQLite evaluates exactly as Postgres is pushed; anything else in a
+//! conjunct keeps that whole conjunct local, which can widen the shard set
+//! but never narrow it wrongly. It also mimics what the planner does before
+//! the FDW sees the quals: top-level ANDs split into conjuncts; NOT pushed
+//! down (`NOT (id <> 5)` is `id = 5`); BETWEEN as two conjuncts; `x IN (v)`
+//! as `x = v`; `b = true` as `b`; clauses common to every OR branch pulled
+//! out; outer joins made inner by a strict WHERE qual; equivalence classes
+//! (`a.k = b.k AND a.k = 5` also gives `b.k = 5`, inner joins only); a
+//! constant `false` qual leaves no shard. Literals are typed as Postgres
+//! types them (an untyped `'0.1'` against a float4 column is an f32, a
+//! numeric constant an f64; integers compare across widths).
 //!
 //! Known gaps, each only ever widening the listed shards: expressions are
-//! not constant-folded (`id = 1 + 1`), subqueries in FROM are not pulled
-//! up, OR clauses spanning two tables are not factored, date/time literals
-//! are not parsed (kept local).
+//! not constant-folded (`id = 1 + 1`, `id = abs(-1)`), functions are not
+//! known strict (no outer-join reduction through them), subqueries in FROM
+//! are not pulled up, equivalence classes through local tables' columns
+//! are not derived, date/time literals are not parsed (kept local), and
+//! parameterized nested loops (`key = outer.col`) are not shown.
+//!
+//! Columns fetched: those the statement references outside the conjuncts
+//! pushed whole (as the FDW fetches reltarget + local quals), in table
+//! order; all for `*` or a whole-row reference; UPDATE/DELETE add the key.
+//! UPDATE and DELETE show the scan that finds their rows (the reason says
+//! so); INSERT … VALUES shows per shard the multi-row INSERT and its rows.
 //!
 //! [`PlanCache`] caches, per SQL text, the parsed statement and its lowered
 //! IR. The IR depends on the column names/types of the tables involved, so
@@ -1049,7 +1061,11 @@ impl Analyzer<'_> {
             split_and(expr, &mut exprs);
             for e in exprs {
                 let mut conjuncts = Vec::new();
-                flatten_and(self.tree(scope, e), &mut conjuncts);
+                let mut raw = Vec::new();
+                flatten_and(self.tree(scope, e), &mut raw);
+                for t in raw {
+                    process_duplicate_ors(t, &mut conjuncts);
+                }
                 let mut all_pushed = true;
                 let mut eqs = Vec::new();
                 for t in conjuncts {
@@ -1631,6 +1647,75 @@ fn chain<'e>(e: &'e Expr, op: &BinaryOperator, out: &mut Vec<&'e Expr>) {
 
 fn nullable(scope: &[ScopeEntry], occ: usize) -> bool {
     scope.iter().any(|e| e.occ == Some(occ) && e.nullable)
+}
+
+/// `(A AND B) OR (A AND C)` is `A AND (B OR C)`: Postgres'
+/// canonicalize_qual pulls the clauses common to every OR branch out, so
+/// they restrict (and route) on their own. Conjuncts go to `out`.
+fn process_duplicate_ors(t: Tree, out: &mut Vec<Tree>) {
+    let Tree::Or(branches) = t else {
+        out.push(t);
+        return;
+    };
+    let branches: Vec<Vec<Tree>> = branches
+        .into_iter()
+        .map(|b| {
+            let mut v = Vec::new();
+            flatten_and(b, &mut v);
+            v
+        })
+        .collect();
+    let same = |a: &Tree, b: &Tree| match (a, b) {
+        (Tree::Leaf(Leaf::Pred(o1, p1)), Tree::Leaf(Leaf::Pred(o2, p2))) => o1 == o2 && p1 == p2,
+        _ => false,
+    };
+    let common: Vec<Tree> = match branches.first() {
+        Some(first) => first
+            .iter()
+            .filter(|c| branches.iter().all(|b| b.iter().any(|x| same(c, x))))
+            .cloned()
+            .collect(),
+        None => Vec::new(),
+    };
+    if common.is_empty() {
+        out.push(Tree::Or(
+            branches
+                .into_iter()
+                .map(|mut b| {
+                    if b.len() == 1 {
+                        b.pop().expect("one")
+                    } else {
+                        Tree::And(b)
+                    }
+                })
+                .collect(),
+        ));
+        return;
+    }
+    let rest: Vec<Vec<Tree>> = branches
+        .into_iter()
+        .map(|b| {
+            b.into_iter()
+                .filter(|x| !common.iter().any(|c| same(c, x)))
+                .collect()
+        })
+        .collect();
+    // A branch that was only common clauses makes the rest of the OR true.
+    let or_true = rest.iter().any(|b| b.is_empty());
+    out.extend(common);
+    if !or_true {
+        out.push(Tree::Or(
+            rest.into_iter()
+                .map(|mut b| {
+                    if b.len() == 1 {
+                        b.pop().expect("one")
+                    } else {
+                        Tree::And(b)
+                    }
+                })
+                .collect(),
+        ));
+    }
 }
 
 fn flatten_and(t: Tree, out: &mut Vec<Tree>) {
@@ -2811,6 +2896,31 @@ mod tests {
                 None => assert_eq!(got, None, "{w}"),
             }
         }
+    }
+
+    #[test]
+    fn common_or_clauses_are_pulled_out() {
+        // The common `id = 1` routes even though the rest stays local.
+        let rows = ex(
+            "SELECT count(*) FROM users WHERE (id = 1 AND lower(name) = 'a') \
+                       OR (id = 1 AND lower(name) = 'b')",
+        );
+        assert_eq!(shards_of(&rows, "users"), vec![shard(1, 16)]);
+        assert_eq!(
+            rows[0].remote_sql.split(" WHERE ").nth(1),
+            Some("\"id\" = ?")
+        );
+        let rows =
+            ex("SELECT count(*) FROM users WHERE (id = 1 AND age = 2) OR (id = 1 AND age = 3)");
+        assert_eq!(
+            rows[0].remote_sql.split(" WHERE ").nth(1),
+            Some("\"id\" = ? AND (\"age\" = ? OR \"age\" = ?)")
+        );
+        let rows = ex("SELECT count(*) FROM users WHERE id = 1 OR (id = 1 AND age = 3)");
+        assert_eq!(
+            rows[0].remote_sql.split(" WHERE ").nth(1),
+            Some("\"id\" = ?")
+        );
     }
 
     #[test]
