@@ -590,3 +590,58 @@ fn concurrent_sessions_equal_a_serial_replay() {
     found.sort();
     assert_eq!(found, inserted, "every committed insert once, nothing else");
 }
+
+#[test]
+fn a_node_lost_at_commit_is_reported_with_what_committed() {
+    let (mut cluster, mut db) = setup(2);
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE pc (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('pc', 'id', shard_count => 4);",
+    );
+    // Keys on both nodes.
+    let shards = shard_map(&mut db, "pc");
+    let mut on_node: BTreeMap<String, i64> = BTreeMap::new();
+    for k in 1..100i64 {
+        let s = query_i64(
+            &mut db,
+            &format!("SELECT conductor.shard_for('pc', {k}::bigint)::bigint"),
+        );
+        on_node.entry(shards[&(s as i32)].0.clone()).or_insert(k);
+    }
+    assert_eq!(on_node.len(), 2);
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = notices.clone();
+    let mut config = cluster.pg_config();
+    config.notice_callback(move |n| {
+        sink.lock().unwrap().push(format!(
+            "{}: {} | {}",
+            n.severity(),
+            n.message(),
+            n.detail().unwrap_or("")
+        ))
+    });
+    let mut session = config
+        .connect(conductor_e2e::postgres::NoTls)
+        .expect("connect");
+    exec(&mut session, "BEGIN");
+    for k in on_node.values() {
+        exec(&mut session, &format!("INSERT INTO pc VALUES ({k}, 'x')"));
+    }
+    // node-1 dies before COMMIT: node-0 commits, node-1 cannot.
+    cluster.stop_node(1);
+    let e = expect_db_error(session.batch_execute("COMMIT"), "commit with a dead node");
+    assert!(e.message().contains("could not commit"), "{}", describe(&e));
+    let notices = notices.lock().unwrap().clone();
+    let warning = notices
+        .iter()
+        .find(|n| n.contains("committed on some nodes only"))
+        .unwrap_or_else(|| panic!("a WARNING names what committed: {notices:?}"));
+    assert!(
+        warning.contains("Committed: node node-0")
+            && warning.contains("Not committed: node node-1"),
+        "{warning}"
+    );
+    cluster.start_node(1);
+    assert_eq!(query_i64(&mut db, "SELECT count(*) FROM pc"), 1);
+}
