@@ -60,6 +60,31 @@ fn sixteen_shards_of_late_nodes_take_one_late_answer() {
         assert_eq!(n, 1600);
         t1.push(d);
     }
+    // One cursor request per shard, each to the node that holds it.
+    let cursors = |c: &Cluster| -> Vec<u64> {
+        (0..c.node_count())
+            .map(|i| {
+                let (status, body) = c.node_get(i, "/stats").expect("GET /stats");
+                assert_eq!(status, 200, "{body}");
+                let v: conductor_e2e::serde_json::Value =
+                    conductor_e2e::serde_json::from_str(&body).unwrap();
+                v["requests"]["/v3/cursor"].as_u64().expect("cursor count")
+            })
+            .collect()
+    };
+    let before = cursors(&cluster);
+    assert_eq!(query_i64(&mut db, "SELECT count(*) FROM par16"), 1600);
+    let after = cursors(&cluster);
+    let per_node: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let mut want = vec![0u64; cluster.node_count()];
+    for (_, (node, _)) in common::shard_map(&mut db, "par16") {
+        want[common::node_index(&node)] += 1;
+    }
+    assert_eq!(
+        per_node, want,
+        "cursor requests per node for one 16-shard scan"
+    );
+
     let (m16, m1) = (median(t16.clone()), median(t1.clone()));
     let delay = Duration::from_millis(DELAY_MS);
     let serial_bound = delay * 16;
