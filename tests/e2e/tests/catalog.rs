@@ -95,6 +95,10 @@ fn topology_cache_hits_and_cross_session_invalidation() {
         &format!("BEGIN; UPDATE conductor.node SET url = '{dead}' WHERE node_id = 'node-0'"),
     );
     assert_eq!(query_i64(&mut a, "SELECT count(*) FROM cache_t"), 800);
+    // A new session (cold cache) reads the committed topology, not B's.
+    let mut c = cluster.client();
+    assert_eq!(query_i64(&mut c, "SELECT count(*) FROM cache_t"), 800);
+    assert_eq!(cache_stats(&mut c).1, 1, "C loaded the topology once");
     exec(&mut b, "ROLLBACK");
     assert_eq!(query_i64(&mut a, "SELECT count(*) FROM cache_t"), 800);
     let s3 = cache_stats(&mut a);
