@@ -244,7 +244,9 @@ fn gen_varchar(rng: &mut Rng) -> String {
     }
 }
 
-const CHAR_POOL: &[&str] = &["", "ab", "abcde", "é", "A", "a b", "ABCDE", "z", "%_", "ab c", "Ab"];
+const CHAR_POOL: &[&str] = &[
+    "", "ab", "abcde", "é", "A", "a b", "ABCDE", "z", "%_", "ab c", "Ab",
+];
 
 fn gen_char(rng: &mut Rng) -> String {
     if rng.chance(0.5) {
@@ -329,7 +331,8 @@ fn gen_value(rng: &mut Rng, pools: &Pools, k: K) -> String {
     match k {
         K::I2 => {
             if special {
-                rng.pick(&["-32768", "32767", "0", "-1", "1", "32766", "-32767"]).to_string()
+                rng.pick(&["-32768", "32767", "0", "-1", "1", "32766", "-32767"])
+                    .to_string()
             } else {
                 rng.range(-100, 100).to_string()
             }
@@ -437,8 +440,10 @@ fn gen_value(rng: &mut Rng, pools: &Pools, k: K) -> String {
         K::Char => gen_char(rng),
         K::Bytea => {
             if special {
-                rng.pick(&["\\x", "\\x00", "\\xff", "\\x0000", "\\x80", "\\x7f", "\\x61", "\\x6125"])
-                    .to_string()
+                rng.pick(&[
+                    "\\x", "\\x00", "\\xff", "\\x0000", "\\x80", "\\x7f", "\\x61", "\\x6125",
+                ])
+                .to_string()
             } else {
                 let n = rng.range(1, 6);
                 let mut s = "\\x".to_string();
@@ -580,7 +585,9 @@ fn gen_items(rng: &mut Rng, pools: &Pools) -> Table {
     }
 }
 
-const NOTE_POOL: &[&str] = &["gift", "Gift", "rush%", "a_c", "é", "", "abc", "ABC", "🦀", "zoë"];
+const NOTE_POOL: &[&str] = &[
+    "gift", "Gift", "rush%", "a_c", "é", "", "abc", "ABC", "🦀", "zoë",
+];
 
 fn gen_orders(rng: &mut Rng, pools: &Pools, items: &Table) -> Table {
     let cols = vec![
@@ -757,9 +764,24 @@ struct Gen<'a> {
 /// when the inner one is empty; so "fail alike" holds only when every row is
 /// evaluated by the erroring predicate on both sides.
 const MAY_ERROR: &[&str] = &[
-    " + ", " - ", " * ", " / ", "-i2", "-i4", "-i8", "-i.i", "-o.", "-qty", "-customer_id", "abs(",
-    "get_byte", "::int ",
-    "::int)", "extract(epoch", "\\'", "!' ESCAPE",
+    " + ",
+    " - ",
+    " * ",
+    " / ",
+    "-i2",
+    "-i4",
+    "-i8",
+    "-i.i",
+    "-o.",
+    "-qty",
+    "-customer_id",
+    "abs(",
+    "get_byte",
+    "::int ",
+    "::int)",
+    "extract(epoch",
+    "\\'",
+    "!' ESCAPE",
 ];
 
 fn may_error(p: &str) -> bool {
@@ -822,14 +844,20 @@ impl<'a> Gen<'a> {
             K::I2 | K::I4 | K::I8 => match self.rng.below(5) {
                 0 => quote(raw),
                 1 => typed_lit(k, raw),
-                2 => format!("{raw}::bigint").replace("-9223372036854775808::bigint", "(-9223372036854775808)::bigint"),
+                2 => format!("{raw}::bigint").replace(
+                    "-9223372036854775808::bigint",
+                    "(-9223372036854775808)::bigint",
+                ),
                 _ => raw.to_string(),
             },
             K::F4 | K::F8 | K::Num => match self.rng.below(3) {
                 0 => quote(raw),
                 1 => typed_lit(k, raw),
                 _ => {
-                    if raw.chars().all(|c| c.is_ascii_digit() || "-.e+".contains(c)) {
+                    if raw
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || "-.e+".contains(c))
+                    {
                         raw.to_string()
                     } else {
                         quote(raw)
@@ -895,7 +923,11 @@ impl<'a> Gen<'a> {
                 let lo = self.lit(t, name);
                 let hi = self.lit(t, name);
                 let not = if self.rng.chance(0.25) { "NOT " } else { "" };
-                let sym = if self.rng.chance(0.25) { "SYMMETRIC " } else { "" };
+                let sym = if self.rng.chance(0.25) {
+                    "SYMMETRIC "
+                } else {
+                    ""
+                };
                 format!("{col} {not}BETWEEN {sym}{lo} AND {hi}")
             }
             6 => {
@@ -916,7 +948,10 @@ impl<'a> Gen<'a> {
                     if self.rng.chance(0.2) {
                         xs.push("NULL".into());
                     }
-                    let (op, q) = *self.rng.pick(&[("=", "ANY"), ("<>", "ALL"), ("<", "ANY"), (">=", "ALL")]);
+                    let (op, q) =
+                        *self
+                            .rng
+                            .pick(&[("=", "ANY"), ("<>", "ALL"), ("<", "ANY"), (">=", "ALL")]);
                     format!("{col} {op} {q}(ARRAY[{}])", xs.join(", "))
                 }
             },
@@ -963,8 +998,14 @@ impl<'a> Gen<'a> {
                     format!("{col}::bigint * 2 > 0"),
                     format!("{col} + 2147483000::bigint > 0"),
                     format!("{col}::float8 / 3 > 1.5"),
-                    format!("{col} = {a}{}", if t.name == "items" { "i2" } else { "qty" }),
-                    format!("{col} > {a}{}", if t.name == "items" { "i2" } else { "qty" }),
+                    format!(
+                        "{col} = {a}{}",
+                        if t.name == "items" { "i2" } else { "qty" }
+                    ),
+                    format!(
+                        "{col} > {a}{}",
+                        if t.name == "items" { "i2" } else { "qty" }
+                    ),
                 ])
                 .clone(),
             K::I8 => r
@@ -1053,7 +1094,15 @@ impl<'a> Gen<'a> {
                 match choice {
                     0..=4 => {
                         let pat = self.pattern(t, name);
-                        let op = *self.rng.pick(&["LIKE", "ILIKE", "NOT LIKE", "NOT ILIKE", "LIKE", "~~", "~~*"]);
+                        let op = *self.rng.pick(&[
+                            "LIKE",
+                            "ILIKE",
+                            "NOT LIKE",
+                            "NOT ILIKE",
+                            "LIKE",
+                            "~~",
+                            "~~*",
+                        ]);
                         if self.rng.chance(0.15) {
                             let c = self.coll_det();
                             format!("{col} {op} {} COLLATE {c}", quote(&pat))
@@ -1230,9 +1279,10 @@ impl<'a> Gen<'a> {
     /// A LIKE pattern: fixed traps, or a mutation of an existing value.
     fn pattern(&mut self, t: &Table, col: &str) -> String {
         const FIXED: &[&str] = &[
-            "%", "_", "", "a%", "A%", "%c", "%\\%%", "%\\_%", "%*%", "%?%", "%[%", "[ab]%", "%\\\\%",
-            "a_c", "%é%", "%É%", "É%", "é%", "%🦀%", "___", "abc", "ABC", "%ß%", "%SS%", "ab%", "AB%",
-            "%b", "a\\%c", "a\\_c", "%z", "%Z%", "_%_", "%__", "%'%", "%\\", "z%", "m%",
+            "%", "_", "", "a%", "A%", "%c", "%\\%%", "%\\_%", "%*%", "%?%", "%[%", "[ab]%",
+            "%\\\\%", "a_c", "%é%", "%É%", "É%", "é%", "%🦀%", "___", "abc", "ABC", "%ß%", "%SS%",
+            "ab%", "AB%", "%b", "a\\%c", "a\\_c", "%z", "%Z%", "_%_", "%__", "%'%", "%\\", "z%",
+            "m%",
         ];
         if self.rng.chance(0.4) {
             return self.rng.pick(FIXED).to_string();
@@ -1292,10 +1342,11 @@ impl<'a> Gen<'a> {
 
     fn key_value(&mut self, t: &Table) -> String {
         if self.rng.chance(0.85) {
-            t.sample(&mut self.rng, t.cols[0].0)
-                .unwrap()
+            t.sample(&mut self.rng, t.cols[0].0).unwrap()
         } else {
-            self.rng.pick(&["-7", "999999", "100049", "3", "-9223372036854775808", "0"]).to_string()
+            self.rng
+                .pick(&["-7", "999999", "100049", "3", "-9223372036854775808", "0"])
+                .to_string()
         }
     }
 
@@ -1305,7 +1356,11 @@ impl<'a> Gen<'a> {
         let col = format!("{a}{key}");
         let k1 = self.key_value(t);
         let k2 = self.key_value(t);
-        let k1s = if k1.starts_with('-') { format!("({k1})") } else { k1.clone() };
+        let k1s = if k1.starts_with('-') {
+            format!("({k1})")
+        } else {
+            k1.clone()
+        };
         match self.rng.below(20) {
             0..=3 => format!("{col} = {k1s}"),
             4 => format!("{col} = '{k1}'"),
@@ -1320,7 +1375,14 @@ impl<'a> Gen<'a> {
                 let xs: Vec<String> = (0..n).map(|_| self.key_value(t)).collect();
                 format!("{col} = ANY(ARRAY[{}]::bigint[])", xs.join(", "))
             }
-            9 => format!("({col} = {k1s} OR {col} = {})", if k2.starts_with('-') { format!("({k2})") } else { k2 }),
+            9 => format!(
+                "({col} = {k1s} OR {col} = {})",
+                if k2.starts_with('-') {
+                    format!("({k2})")
+                } else {
+                    k2
+                }
+            ),
             10 => format!("({col} = 1 AND {col} = 2)"),
             11 => format!("{col} = NULL"),
             12 => format!("{col} = ANY('{{}}'::bigint[])"),
@@ -1329,7 +1391,14 @@ impl<'a> Gen<'a> {
             15 => format!("({col} = {k1s} AND {})", self.pred(t, a, 1)),
             16 => format!("({col} = {k1s} OR {})", self.atom(t, a)),
             17 => format!("NOT ({col} <> {k1s})"),
-            18 => format!("{col} = {}::integer", if k1.len() < 10 { k1s.clone() } else { "42".into() }),
+            18 => format!(
+                "{col} = {}::integer",
+                if k1.len() < 10 {
+                    k1s.clone()
+                } else {
+                    "42".into()
+                }
+            ),
             _ => format!("{col} = 5.0"),
         }
     }
@@ -1370,7 +1439,11 @@ impl<'a> Gen<'a> {
             0..=6 => {
                 // An error-prone predicate as the whole WHERE clause: both
                 // sides must fail alike (or succeed alike).
-                let t = if self.rng.chance(0.8) { self.items } else { self.orders };
+                let t = if self.rng.chance(0.8) {
+                    self.items
+                } else {
+                    self.orders
+                };
                 let e = self.error_atom(t, "");
                 let w = match self.rng.below(5) {
                     0 => format!("NOT ({e})"),
@@ -1381,19 +1454,31 @@ impl<'a> Gen<'a> {
                 let from = if t.name == "items" { ITEMS } else { ORDERS };
                 let key = t.cols[0].0;
                 match self.rng.below(3) {
-                    0 => self.simple(format!("SELECT count(*) FROM {from} WHERE {w}"), false, "may-error"),
+                    0 => self.simple(
+                        format!("SELECT count(*) FROM {from} WHERE {w}"),
+                        false,
+                        "may-error",
+                    ),
                     1 => self.simple(
                         format!("SELECT * FROM {from} WHERE {w} ORDER BY {key} LIMIT 5"),
                         true,
                         "may-error",
                     ),
-                    _ => self.simple(format!("SELECT {key} FROM {from} WHERE {w}"), false, "may-error"),
+                    _ => self.simple(
+                        format!("SELECT {key} FROM {from} WHERE {w}"),
+                        false,
+                        "may-error",
+                    ),
                 }
             }
             7..=29 => {
                 let sel = self.select_list(self.items, "");
                 let w = self.where_items("");
-                self.simple(format!("SELECT {sel} FROM {ITEMS} WHERE {w}"), false, "filter")
+                self.simple(
+                    format!("SELECT {sel} FROM {ITEMS} WHERE {w}"),
+                    false,
+                    "filter",
+                )
             }
             30..=37 => {
                 // ORDER BY with a total order, LIMIT/OFFSET.
@@ -1425,7 +1510,11 @@ impl<'a> Gen<'a> {
                     0 => self.key_pred(o, ""),
                     _ => self.pred(o, "", 2),
                 };
-                self.simple(format!("SELECT * FROM {ORDERS} WHERE {w}"), false, "orders-filter")
+                self.simple(
+                    format!("SELECT * FROM {ORDERS} WHERE {w}"),
+                    false,
+                    "orders-filter",
+                )
             }
             54..=69 => self.join(),
             70..=84 => self.params(),
@@ -1479,15 +1568,28 @@ impl<'a> Gen<'a> {
             String::new()
         };
         if self.rng.chance(0.5) {
-            let g = *self.rng.pick(&["b", "i2 % 3", "c", "d", "lower(t)", "jb", "u", "(i4 > 0)", "v"]);
-            let having = if self.rng.chance(0.3) { " HAVING count(*) > 1" } else { "" };
+            let g = *self.rng.pick(&[
+                "b", "i2 % 3", "c", "d", "lower(t)", "jb", "u", "(i4 > 0)", "v",
+            ]);
+            let having = if self.rng.chance(0.3) {
+                " HAVING count(*) > 1"
+            } else {
+                ""
+            };
             self.simple(
-                format!("SELECT {g}, {} FROM {ITEMS}{w} GROUP BY {g}{having}", aggs.join(", ")),
+                format!(
+                    "SELECT {g}, {} FROM {ITEMS}{w} GROUP BY {g}{having}",
+                    aggs.join(", ")
+                ),
                 false,
                 "group-by",
             )
         } else {
-            self.simple(format!("SELECT {} FROM {ITEMS}{w}", aggs.join(", ")), false, "aggregate")
+            self.simple(
+                format!("SELECT {} FROM {ITEMS}{w}", aggs.join(", ")),
+                false,
+                "aggregate",
+            )
         }
     }
 
@@ -1607,9 +1709,12 @@ impl<'a> Gen<'a> {
     }
 
     fn mode(&mut self) -> &'static str {
-        *self
-            .rng
-            .pick(&["force_generic_plan", "force_generic_plan", "auto", "force_custom_plan"])
+        *self.rng.pick(&[
+            "force_generic_plan",
+            "force_generic_plan",
+            "auto",
+            "force_custom_plan",
+        ])
     }
 
     fn some_id(&mut self) -> i64 {
@@ -1627,15 +1732,23 @@ impl<'a> Gen<'a> {
     /// Extended protocol, typed (binary) parameters.
     fn params(&mut self) -> Query {
         let mode = self.mode();
-        let p_i64 = |g: &mut Self, col: &str| Param::I64(g.raw_items(col).map(|v| v.parse().unwrap()));
+        let p_i64 =
+            |g: &mut Self, col: &str| Param::I64(g.raw_items(col).map(|v| v.parse().unwrap()));
         let (sql, ps): (String, Vec<Param>) = match self.cycle("params", 16) {
             0 => (
                 format!("SELECT * FROM {ITEMS} WHERE id = $1"),
-                vec![Param::I64(if self.rng.chance(0.1) { None } else { Some(self.some_id()) })],
+                vec![Param::I64(if self.rng.chance(0.1) {
+                    None
+                } else {
+                    Some(self.some_id())
+                })],
             ),
             1 => (
                 format!("SELECT id, i2, t FROM {ITEMS} WHERE id = $2 AND i2 < $1"),
-                vec![Param::I16(Some(self.rng.range(-100, 100) as i16)), Param::I64(Some(self.some_id()))],
+                vec![
+                    Param::I16(Some(self.rng.range(-100, 100) as i16)),
+                    Param::I64(Some(self.some_id())),
+                ],
             ),
             2 => (
                 format!("SELECT id, i8 FROM {ITEMS} WHERE id = $1 OR i8 = $1"),
@@ -1646,31 +1759,53 @@ impl<'a> Gen<'a> {
                 vec![
                     Param::I64(Some(self.some_id())),
                     Param::I64(Some(self.some_id())),
-                    Param::I64(if self.rng.chance(0.3) { None } else { Some(self.some_id()) }),
+                    Param::I64(if self.rng.chance(0.3) {
+                        None
+                    } else {
+                        Some(self.some_id())
+                    }),
                 ],
             ),
             4 => {
                 let n = self.rng.range(0, 12);
                 let xs = (0..n)
-                    .map(|_| if self.rng.chance(0.1) { None } else { Some(self.some_id()) })
+                    .map(|_| {
+                        if self.rng.chance(0.1) {
+                            None
+                        } else {
+                            Some(self.some_id())
+                        }
+                    })
                     .collect();
-                (format!("SELECT id, c FROM {ITEMS} WHERE id = ANY($1)"), vec![Param::I64Array(xs)])
+                (
+                    format!("SELECT id, c FROM {ITEMS} WHERE id = ANY($1)"),
+                    vec![Param::I64Array(xs)],
+                )
             }
             5 => {
                 let pat = self.pattern(self.items, "t");
                 (
                     format!("SELECT id, i4, t FROM {ITEMS} WHERE i4 > $1 AND t LIKE $2"),
-                    vec![Param::I32(Some(self.rng.range(-1000, 1000) as i32)), Param::Text(Some(pat))],
+                    vec![
+                        Param::I32(Some(self.rng.range(-1000, 1000) as i32)),
+                        Param::Text(Some(pat)),
+                    ],
                 )
             }
             6 => {
                 let pat = self.pattern(self.items, "t");
-                (format!("SELECT id, t FROM {ITEMS} WHERE t ILIKE $1"), vec![Param::Text(Some(pat))])
+                (
+                    format!("SELECT id, t FROM {ITEMS} WHERE t ILIKE $1"),
+                    vec![Param::Text(Some(pat))],
+                )
             }
             7 => {
                 let col = *self.rng.pick(&["v", "c", "t"]);
                 let v = self.raw_items(col);
-                (format!("SELECT id, {col} FROM {ITEMS} WHERE {col} = $1"), vec![Param::Text(v)])
+                (
+                    format!("SELECT id, {col} FROM {ITEMS} WHERE {col} = $1"),
+                    vec![Param::Text(v)],
+                )
             }
             8 => {
                 let v = self.raw_items("by").map(|h| {
@@ -1678,39 +1813,71 @@ impl<'a> Gen<'a> {
                         .map(|i| u8::from_str_radix(&h[2 + 2 * i..4 + 2 * i], 16).unwrap())
                         .collect()
                 });
-                (format!("SELECT id, by FROM {ITEMS} WHERE by = $1 OR by < $1"), vec![Param::Bytes(v)])
+                (
+                    format!("SELECT id, by FROM {ITEMS} WHERE by = $1 OR by < $1"),
+                    vec![Param::Bytes(v)],
+                )
             }
             9 => {
-                let v = *self.rng.pick(&[-0.0f64, 0.0, 0.1, 1e300, 5e-324, -1.7976931348623157e308, 12.5]);
+                let v = *self.rng.pick(&[
+                    -0.0f64,
+                    0.0,
+                    0.1,
+                    1e300,
+                    5e-324,
+                    -1.7976931348623157e308,
+                    12.5,
+                ]);
                 let op = *self.rng.pick(OPS);
-                (format!("SELECT id, f8 FROM {ITEMS} WHERE f8 {op} $1"), vec![Param::F64(Some(v))])
+                (
+                    format!("SELECT id, f8 FROM {ITEMS} WHERE f8 {op} $1"),
+                    vec![Param::F64(Some(v))],
+                )
             }
             10 => {
-                let v = *self.rng.pick(&[-0.0f32, 0.0, 0.1, 3.4028235e38, 1.4e-45, -25.25]);
+                let v = *self
+                    .rng
+                    .pick(&[-0.0f32, 0.0, 0.1, 3.4028235e38, 1.4e-45, -25.25]);
                 let op = *self.rng.pick(OPS);
-                (format!("SELECT id, f4 FROM {ITEMS} WHERE f4 {op} $1"), vec![Param::F32(Some(v))])
+                (
+                    format!("SELECT id, f4 FROM {ITEMS} WHERE f4 {op} $1"),
+                    vec![Param::F32(Some(v))],
+                )
             }
             11 => (
                 format!("SELECT id, b, i4 FROM {ITEMS} WHERE b = $1 AND i4 < $2"),
                 vec![
-                    Param::Bool(if self.rng.chance(0.1) { None } else { Some(self.rng.chance(0.5)) }),
+                    Param::Bool(if self.rng.chance(0.1) {
+                        None
+                    } else {
+                        Some(self.rng.chance(0.5))
+                    }),
                     Param::I32(Some(self.rng.range(-1000, 1000) as i32)),
                 ],
             ),
             12 => {
                 let v = *self.rng.pick(&[2i64, 1, -1, i64::MAX, 3]);
-                (format!("SELECT id FROM {ITEMS} WHERE i8 * $1 > 0"), vec![Param::I64(Some(v))])
+                (
+                    format!("SELECT id FROM {ITEMS} WHERE i8 * $1 > 0"),
+                    vec![Param::I64(Some(v))],
+                )
             }
             13 => {
                 let v = *self.rng.pick(&[2147483000i32, 1, -2147483648, 0]);
-                (format!("SELECT id FROM {ITEMS} WHERE $1 + i4 > 0"), vec![Param::I32(Some(v))])
+                (
+                    format!("SELECT id FROM {ITEMS} WHERE $1 + i4 > 0"),
+                    vec![Param::I32(Some(v))],
+                )
             }
             14 => {
                 let c = self.colls[0].clone();
                 let v = self.raw(self.items, "t");
                 (
                     format!("SELECT id, t FROM {ITEMS} WHERE t < $1 COLLATE \"{c}\" AND id > $2"),
-                    vec![Param::Text(Some(v)), Param::I64(Some(self.rng.range(0, 1500)))],
+                    vec![
+                        Param::Text(Some(v)),
+                        Param::I64(Some(self.rng.range(0, 1500))),
+                    ],
                 )
             }
             _ => {
@@ -1728,7 +1895,10 @@ impl<'a> Gen<'a> {
                             "SELECT i.id, i.i2, o.order_id FROM {ITEMS} i JOIN {ORDERS} o \
                              ON o.item_id = i.id WHERE i.i2 > $2 AND o.item_id = $1"
                         ),
-                        vec![Param::I64(Some(self.some_id())), Param::I16(Some(self.rng.range(-100, 100) as i16))],
+                        vec![
+                            Param::I64(Some(self.some_id())),
+                            Param::I16(Some(self.rng.range(-100, 100) as i16)),
+                        ],
                     )
                 }
             }
@@ -1833,7 +2003,9 @@ fn render_simple(msgs: Vec<SimpleQueryMessage>) -> Vec<String> {
 }
 
 fn run_simple(db: &mut Client, sql: &str) -> Outcome {
-    db.simple_query(sql).map(render_simple).map_err(|e| db_error(&e))
+    db.simple_query(sql)
+        .map(render_simple)
+        .map_err(|e| db_error(&e))
 }
 
 fn exec_ok(db: &mut Client, sql: &str) {
@@ -1862,7 +2034,10 @@ fn run(db: &mut Client, q: &Query, local: bool, tag: &str) -> Vec<(String, Outco
                 .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect())
                 .map_err(|e| db_error(&e));
             exec_ok(db, "RESET plan_cache_mode");
-            vec![(format!("{sql}  -- params {ps:?}, plan_cache_mode={mode}"), out)]
+            vec![(
+                format!("{sql}  -- params {ps:?}, plan_cache_mode={mode}"),
+                out,
+            )]
         }
         Exec::Prepared { types, args, mode } => {
             let name = format!("p_{tag}_{}", if local { "l" } else { "s" });
@@ -1875,7 +2050,13 @@ fn run(db: &mut Client, q: &Query, local: bool, tag: &str) -> Vec<(String, Outco
             for a in args {
                 let e = format!("EXECUTE {name}({})", a.join(", "));
                 let out = run_simple(db, &e);
-                outs.push((format!("PREPARE {name}({}) AS {sql}; {e}  -- plan_cache_mode={mode}", types.join(", ")), out));
+                outs.push((
+                    format!(
+                        "PREPARE {name}({}) AS {sql}; {e}  -- plan_cache_mode={mode}",
+                        types.join(", ")
+                    ),
+                    out,
+                ));
             }
             exec_ok(db, &format!("DEALLOCATE {name}; RESET plan_cache_mode"));
             outs
@@ -1911,7 +2092,11 @@ fn compare(local: &Outcome, sharded: &Outcome, ordered: bool) -> Option<String> 
                 if l == s {
                     return None;
                 }
-                let i = l.iter().zip(s).position(|(a, b)| a != b).unwrap_or(l.len().min(s.len()));
+                let i = l
+                    .iter()
+                    .zip(s)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(l.len().min(s.len()));
                 let mut d = format!(
                     "ordered results differ: local {} rows, sharded {} rows; first difference at row {i}:\n",
                     l.len(),
@@ -1921,8 +2106,16 @@ fn compare(local: &Outcome, sharded: &Outcome, ordered: bool) -> Option<String> 
                     if j >= l.len() && j >= s.len() {
                         break;
                     }
-                    let _ = writeln!(d, "  local[{j}]:   {}", l.get(j).map(|x| x.as_str()).unwrap_or("<none>"));
-                    let _ = writeln!(d, "  sharded[{j}]: {}", s.get(j).map(|x| x.as_str()).unwrap_or("<none>"));
+                    let _ = writeln!(
+                        d,
+                        "  local[{j}]:   {}",
+                        l.get(j).map(|x| x.as_str()).unwrap_or("<none>")
+                    );
+                    let _ = writeln!(
+                        d,
+                        "  sharded[{j}]: {}",
+                        s.get(j).map(|x| x.as_str()).unwrap_or("<none>")
+                    );
                 }
                 return Some(d);
             }
@@ -1982,7 +2175,10 @@ fn open_streams(cluster: &Cluster) -> Vec<u64> {
             cluster
                 .node_get(i, "/stats")
                 .ok()
-                .and_then(|(_, body)| conductor_e2e::serde_json::from_str::<conductor_e2e::serde_json::Value>(&body).ok())
+                .and_then(|(_, body)| {
+                    conductor_e2e::serde_json::from_str::<conductor_e2e::serde_json::Value>(&body)
+                        .ok()
+                })
                 .and_then(|v| v["open_streams"].as_u64())
                 .unwrap_or(0)
         })
@@ -2004,11 +2200,17 @@ fn env_u64(name: &str) -> Option<u64> {
 #[test]
 fn sharded_and_local_tables_answer_alike() {
     let seed = env_u64("CONDUCTOR_DIFF_SEED").unwrap_or(DEFAULT_SEED);
-    let nqueries = env_u64("CONDUCTOR_DIFF_QUERIES").map(|n| n as usize).unwrap_or(DEFAULT_QUERIES);
-    let verbose = std::env::var("CONDUCTOR_DIFF_VERBOSE").map(|v| v == "1").unwrap_or(false);
-    let only: Option<Vec<usize>> = std::env::var("CONDUCTOR_DIFF_ONLY")
-        .ok()
-        .map(|v| v.split(',').map(|x| x.trim().parse().expect("CONDUCTOR_DIFF_ONLY")).collect());
+    let nqueries = env_u64("CONDUCTOR_DIFF_QUERIES")
+        .map(|n| n as usize)
+        .unwrap_or(DEFAULT_QUERIES);
+    let verbose = std::env::var("CONDUCTOR_DIFF_VERBOSE")
+        .map(|v| v == "1")
+        .unwrap_or(false);
+    let only: Option<Vec<usize>> = std::env::var("CONDUCTOR_DIFF_ONLY").ok().map(|v| {
+        v.split(',')
+            .map(|x| x.trim().parse().expect("CONDUCTOR_DIFF_ONLY"))
+            .collect()
+    });
     println!("differential: seed {seed} (0x{seed:x}; set CONDUCTOR_DIFF_SEED to change), {nqueries} queries");
     let started = Instant::now();
 
@@ -2019,7 +2221,10 @@ fn sharded_and_local_tables_answer_alike() {
     let mut db = cluster.client();
     cluster.setup_conductor(&mut db, "cluster");
     // A zone with DST and a fractional offset elsewhere keeps timestamptz honest.
-    exec_ok(&mut db, "SET TimeZone = 'America/New_York'; SET statement_timeout = '120s'");
+    exec_ok(
+        &mut db,
+        "SET TimeZone = 'America/New_York'; SET statement_timeout = '120s'",
+    );
 
     // Non-C collations that exist here (the database itself is C).
     let available: Vec<String> = db
@@ -2034,12 +2239,23 @@ fn sharded_and_local_tables_answer_alike() {
         .map(|r| r.get(0))
         .collect();
     let mut colls: Vec<String> = Vec::new();
-    for c in ["en-x-icu", "en-US-x-icu", "und-x-icu", "de-x-icu", "en_US.utf8", "de_DE.utf8", "C.utf8"] {
+    for c in [
+        "en-x-icu",
+        "en-US-x-icu",
+        "und-x-icu",
+        "de-x-icu",
+        "en_US.utf8",
+        "de_DE.utf8",
+        "C.utf8",
+    ] {
         if available.iter().any(|a| a == c) {
             colls.push(c.to_string());
         }
     }
-    assert!(!colls.is_empty(), "no non-C collation available: {available:?}");
+    assert!(
+        !colls.is_empty(),
+        "no non-C collation available: {available:?}"
+    );
     // A nondeterministic, case-insensitive ICU collation: `=` under it is
     // not byte equality, so it must never be pushed as such.
     let mut nondet = Vec::new();
@@ -2156,6 +2372,9 @@ fn sharded_and_local_tables_answer_alike() {
     let mut mismatches: Vec<String> = Vec::new();
     let mut known_hits: Vec<String> = Vec::new();
     let mut slowest: Vec<(f64, usize)> = Vec::new();
+    // Simple-protocol queries explained, of which some foreign scan had a
+    // remote WHERE / touched fewer than all shards.
+    let (mut explained, mut pushed, mut routed) = (0usize, 0usize, 0usize);
     // (most Hrana streams seen open on node i, after query #)
     let mut max_streams = vec![(0u64, 0usize); cluster.node_count()];
     for (qi, q) in queries.iter().enumerate() {
@@ -2170,6 +2389,24 @@ fn sharded_and_local_tables_answer_alike() {
         let local = run(&mut db, q, true, &tag);
         let sharded = run(&mut db, q, false, &tag);
         slowest.push((t0.elapsed().as_secs_f64(), qi));
+        if let (Exec::Simple, Some((ssql, _))) = (&q.exec, sharded.first()) {
+            // How much of the corpus exercises pushdown and routing.
+            if let Ok(plan) = run_simple(&mut db, &format!("EXPLAIN (VERBOSE, COSTS OFF) {ssql}")) {
+                explained += 1;
+                if plan
+                    .iter()
+                    .any(|l| l.contains("Remote SQL:") && l.contains(" WHERE "))
+                {
+                    pushed += 1;
+                }
+                if plan
+                    .iter()
+                    .any(|l| l.contains("Shards:") && !l.contains("16 of 16"))
+                {
+                    routed += 1;
+                }
+            }
+        }
         let streams = open_streams(&cluster);
         for (n, &o) in streams.iter().enumerate() {
             if o > max_streams[n].0 {
@@ -2209,9 +2446,10 @@ fn sharded_and_local_tables_answer_alike() {
                 if let Exec::Simple = q.exec {
                     // The plans, to tell evaluation-order effects from bugs.
                     for (side, sql) in [("local", lsql), ("sharded", ssql)] {
-                        let plan = run_simple(&mut db, &format!("EXPLAIN (VERBOSE, COSTS OFF) {sql}"))
-                            .map(|rows| rows.join("\n    "))
-                            .unwrap_or_else(|e| format!("{e:?}"));
+                        let plan =
+                            run_simple(&mut db, &format!("EXPLAIN (VERBOSE, COSTS OFF) {sql}"))
+                                .map(|rows| rows.join("\n    "))
+                                .unwrap_or_else(|e| format!("{e:?}"));
                         let _ = write!(report, "  plan {side}:\n    {plan}\n");
                     }
                 }
@@ -2235,6 +2473,9 @@ fn sharded_and_local_tables_answer_alike() {
         by_kind
     );
     println!(
+        "differential: of {explained} simple queries, {pushed} pushed a WHERE clause to the shards, {routed} touched fewer than all shards of a table (EXPLAIN VERBOSE)"
+    );
+    println!(
         "differential: slowest queries (s, #): {:?}; total {:.1?}",
         &slowest[..slowest.len().min(5)],
         started.elapsed()
@@ -2247,7 +2488,10 @@ fn sharded_and_local_tables_answer_alike() {
             .join(" ")
     );
     if !known_hits.is_empty() {
-        println!("differential: {} known differences skipped: {known_hits:?}", known_hits.len());
+        println!(
+            "differential: {} known differences skipped: {known_hits:?}",
+            known_hits.len()
+        );
     }
     if !mismatches.is_empty() {
         panic!(
