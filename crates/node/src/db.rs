@@ -1,21 +1,28 @@
 //! The node's SQLite connections and who may use which.
 //!
-//! - One **writer** connection on its own thread: baton-less requests that
-//!   write are queued to it, so writers never contend on SQLite's write lock
-//!   (contention means busy-handler sleeps, which kill throughput).
+//! - One **writer** connection. Baton-less requests that write use it, one at
+//!   a time, so writers never contend on SQLite's write lock (contention
+//!   means busy-handler sleeps, which kill throughput). A single-statement
+//!   write tries it right on the HTTP worker thread when it is free and the
+//!   write lock can be had at once (no thread hop); everything else is queued
+//!   to the writer thread, which may wait for the lock.
 //! - One **read** connection per HTTP worker thread (thread-local,
 //!   `query_only`): short baton-less reads run right on the worker, with no
 //!   thread hop. WAL readers never wait for the writer.
 //! - A **pool** of general connections for streams (a baton owns one
 //!   connection, so `BEGIN` … `COMMIT` spans requests) and cursors; they run
 //!   on blocking threads because a client decides how long they live.
+//! - A **checkpointer** thread: no connection checkpoints inside a commit
+//!   (`wal_autocheckpoint=0`); the checkpointer copies the WAL back into the
+//!   database in the background, so the fsyncs of a checkpoint never land on
+//!   a request.
 
-use crate::config::Config;
+use crate::config::{Config, Synchronous};
 use rusqlite::{Connection, OpenFlags};
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, TryLockError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -23,6 +30,12 @@ use std::time::Duration;
 const STMT_CACHE_CAPACITY: usize = 256;
 /// Idle pooled connections kept for new streams and cursors.
 const POOL_MAX_IDLE: usize = 32;
+/// The checkpointer runs when the WAL has grown past this...
+const CHECKPOINT_WAL_BYTES: u64 = 4 * 1024 * 1024;
+/// ...checking this often.
+const CHECKPOINT_PERIOD: Duration = Duration::from_millis(100);
+/// After a checkpoint the WAL file is truncated back to at most this.
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 static NEXT_DB_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -33,15 +46,25 @@ pub struct Db {
     id: u64,
     path: PathBuf,
     busy_timeout: Duration,
-    synchronous: &'static str,
+    synchronous: Synchronous,
+    writer: Arc<Mutex<Connection>>,
     writer_tx: Mutex<Option<mpsc::Sender<WriterJob>>>,
-    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Dropping the sender stops the checkpointer.
+    checkpointer_stop: Mutex<Option<mpsc::Sender<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     pool: Mutex<Vec<Connection>>,
+}
+
+/// The result of trying a write on the worker thread.
+pub enum Inline<R> {
+    Done(R),
+    /// The writer was busy (or the write lock taken): queue it instead.
+    Busy,
 }
 
 impl Db {
     /// Creates the data directory, opens the database in WAL mode and starts
-    /// the writer thread.
+    /// the writer and checkpointer threads.
     pub fn open(config: &Config) -> rusqlite::Result<Db> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             rusqlite::Error::SqliteFailure(
@@ -49,16 +72,9 @@ impl Db {
                 Some(format!("cannot create {}: {e}", config.data_dir.display())),
             )
         })?;
-        let mut db = Db {
-            id: NEXT_DB_ID.fetch_add(1, Ordering::Relaxed),
-            path: config.db_path(),
-            busy_timeout: Duration::from_millis(config.busy_timeout_ms),
-            synchronous: config.synchronous.pragma_value(),
-            writer_tx: Mutex::new(None),
-            writer_thread: Mutex::new(None),
-            pool: Mutex::new(Vec::new()),
-        };
-        let mut writer = db.open_connection()?;
+        let path = config.db_path();
+        let busy_timeout = Duration::from_millis(config.busy_timeout_ms);
+        let writer = open_connection(&path, busy_timeout, config.synchronous)?;
         // journal_mode is persistent in the file; setting it once here makes
         // every later connection WAL.
         let mode: String = writer.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -68,34 +84,41 @@ impl Db {
                 Some(format!("could not switch the database to WAL (got {mode})")),
             ));
         }
+        let checkpointer = open_connection(&path, busy_timeout, config.synchronous)?;
+
+        let writer = Arc::new(Mutex::new(writer));
         let (tx, rx) = mpsc::channel::<WriterJob>();
-        let thread = std::thread::Builder::new()
+        let w = writer.clone();
+        let writer_thread = std::thread::Builder::new()
             .name("conductor-writer".into())
             .spawn(move || {
                 for job in rx {
-                    job(&mut writer);
+                    let mut conn = w.lock().unwrap_or_else(|p| p.into_inner());
+                    job(&mut conn);
                 }
-                // Dropping the writer closes it; the last connection to close
-                // checkpoints and removes the WAL.
             })
             .expect("spawn writer thread");
-        db.writer_tx = Mutex::new(Some(tx));
-        db.writer_thread = Mutex::new(Some(thread));
-        Ok(db)
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        let checkpoint_thread = std::thread::Builder::new()
+            .name("conductor-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, wal, stop_rx))
+            .expect("spawn checkpointer thread");
+        Ok(Db {
+            id: NEXT_DB_ID.fetch_add(1, Ordering::Relaxed),
+            path,
+            busy_timeout,
+            synchronous: config.synchronous,
+            writer,
+            writer_tx: Mutex::new(Some(tx)),
+            checkpointer_stop: Mutex::new(Some(stop_tx)),
+            threads: Mutex::new(vec![writer_thread, checkpoint_thread]),
+            pool: Mutex::new(Vec::new()),
+        })
     }
 
     fn open_connection(&self) -> rusqlite::Result<Connection> {
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | OpenFlags::SQLITE_OPEN_URI,
-        )?;
-        conn.busy_timeout(self.busy_timeout)?;
-        conn.pragma_update(None, "synchronous", self.synchronous)?;
-        conn.set_prepared_statement_cache_capacity(STMT_CACHE_CAPACITY);
-        Ok(conn)
+        open_connection(&self.path, self.busy_timeout, self.synchronous)
     }
 
     /// Runs `f` on the writer thread with the writer connection. `None` if
@@ -110,6 +133,33 @@ impl Db {
         });
         self.writer_tx.lock().unwrap().as_ref()?.send(job).ok()?;
         rx.await.ok()
+    }
+
+    /// Tries `f` with the writer connection on the calling (worker) thread,
+    /// without waiting: not if another write holds the connection, and with
+    /// SQLite's busy timeout off, so a write lock held by a stream makes `f`
+    /// fail with SQLITE_BUSY at once instead of blocking the worker. `f`
+    /// returns `None` for "busy, nothing done"; then the caller queues the
+    /// work to the writer thread. Never under `synchronous=FULL`, where every
+    /// commit waits for an fsync.
+    pub fn try_write_inline<R>(&self, f: impl FnOnce(&Connection) -> Option<R>) -> Inline<R> {
+        if self.synchronous == Synchronous::Full {
+            return Inline::Busy;
+        }
+        let conn = match self.writer.try_lock() {
+            Ok(c) => c,
+            Err(TryLockError::WouldBlock) => return Inline::Busy,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        };
+        if conn.busy_timeout(Duration::ZERO).is_err() {
+            return Inline::Busy;
+        }
+        let r = f(&conn);
+        let _ = conn.busy_timeout(self.busy_timeout);
+        match r {
+            Some(r) => Inline::Done(r),
+            None => Inline::Busy,
+        }
     }
 
     /// Runs `f` with this worker thread's read connection (opened on first
@@ -158,13 +208,55 @@ impl Db {
         }
     }
 
-    /// Stops the writer thread and closes pooled connections. Worker-thread
-    /// readers close when their runtime's threads exit.
+    /// Stops the writer and checkpointer threads and closes pooled
+    /// connections. Worker-thread readers close when their runtime's threads
+    /// exit; the last connection to close checkpoints and removes the WAL.
     pub fn close(&self) {
         self.pool.lock().unwrap().clear();
         drop(self.writer_tx.lock().unwrap().take());
-        if let Some(t) = self.writer_thread.lock().unwrap().take() {
+        drop(self.checkpointer_stop.lock().unwrap().take());
+        for t in self.threads.lock().unwrap().drain(..) {
             let _ = t.join();
+        }
+    }
+}
+
+fn open_connection(
+    path: &std::path::Path,
+    busy_timeout: Duration,
+    synchronous: Synchronous,
+) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.busy_timeout(busy_timeout)?;
+    conn.pragma_update(None, "synchronous", synchronous.pragma_value())?;
+    // Checkpoints belong to the checkpointer thread, not to commits.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // Whichever connection resets the WAL truncates a grown file.
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+    conn.set_prepared_statement_cache_capacity(STMT_CACHE_CAPACITY);
+    Ok(conn)
+}
+
+/// Checkpoints (PASSIVE: never blocks readers or writers) whenever the WAL
+/// has grown past `CHECKPOINT_WAL_BYTES`, until `stop` is dropped.
+fn checkpoint_loop(conn: Connection, wal: PathBuf, stop: mpsc::Receiver<()>) {
+    loop {
+        match stop.recv_timeout(CHECKPOINT_PERIOD) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        if size < CHECKPOINT_WAL_BYTES {
+            continue;
+        }
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "checkpoint failed");
         }
     }
 }

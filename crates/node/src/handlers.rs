@@ -2,12 +2,14 @@
 //!
 //! - Baton-less pipeline that closes its stream and only queries: run right
 //!   here on the worker thread's read connection (no thread hop).
-//! - Baton-less pipeline that closes its stream and may write: queued to the
-//!   single writer connection.
+//! - Baton-less pipeline that closes its stream and may write: on the single
+//!   writer connection; a lone statement right here when the writer is free,
+//!   anything else (or when busy) queued to the writer thread.
 //! - Anything that keeps or continues a stream: the stream's own connection,
 //!   on a blocking thread.
 
 use crate::cursor;
+use crate::db::Inline;
 use crate::errors::{self, code};
 use crate::exec::{self, StreamCtx};
 use crate::node::Node;
@@ -15,9 +17,10 @@ use crate::streams::{Lease, StreamState};
 use bytes::Bytes;
 use conductor_hrana::{
     CursorReqBody, CursorRespBody, Error, PipelineReqBody, PipelineRespBody, StreamRequest,
-    StreamResult,
+    StreamResponse, StreamResult,
 };
 use hyper::StatusCode;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -56,7 +59,10 @@ pub async fn pipeline(node: &Arc<Node>, body: &[u8]) -> Result<Vec<u8>, Failure>
         None if closes => {
             let results = match fast_read(node, &req.requests) {
                 Some(results) => results,
-                None => on_writer(node, req.requests).await?,
+                None => match inline_write(node, &req.requests) {
+                    Some(results) => results,
+                    None => on_writer(node, req.requests).await?,
+                },
             };
             PipelineRespBody {
                 baton: None,
@@ -129,7 +135,51 @@ fn fast_read(node: &Node, requests: &[StreamRequest]) -> Option<Vec<StreamResult
         .flatten()
 }
 
-/// Runs a self-closing pipeline on the writer connection. A transaction it
+/// Runs a single-statement self-closing pipeline (`execute`, `close`) on the
+/// writer connection right here on the worker thread, if that can be done
+/// without waiting (see `Db::try_write_inline`); `None` otherwise.
+fn inline_write(node: &Node, requests: &[StreamRequest]) -> Option<Vec<StreamResult>> {
+    let [StreamRequest::Execute { stmt }, StreamRequest::Close] = requests else {
+        return None;
+    };
+    let outcome = node.db.try_write_inline(|conn| {
+        let result = exec::execute(conn, &HashMap::new(), stmt);
+        if let Err(e) = &result {
+            // A statement that could not get the write lock changed
+            // nothing: it is safe to run it again on the writer thread.
+            let code = e.code.as_deref().unwrap_or("");
+            if code.starts_with("SQLITE_BUSY") || code.starts_with("SQLITE_LOCKED") {
+                return None;
+            }
+        }
+        if !conn.is_autocommit() {
+            // e.g. a lone BEGIN: the stream ends with this request.
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        Some(result)
+    });
+    match outcome {
+        Inline::Done(result) => {
+            node.stats.inline_writes.fetch_add(1, Relaxed);
+            node.stats.statements.fetch_add(1, Relaxed);
+            let first = match result {
+                Ok(result) => StreamResult::Ok {
+                    response: StreamResponse::Execute { result },
+                },
+                Err(error) => StreamResult::Error { error },
+            };
+            Some(vec![
+                first,
+                StreamResult::Ok {
+                    response: StreamResponse::Close,
+                },
+            ])
+        }
+        Inline::Busy => None,
+    }
+}
+
+/// Runs a self-closing pipeline on the writer thread. A transaction it
 /// leaves open is rolled back: its stream ends with the request.
 async fn on_writer(
     node: &Arc<Node>,

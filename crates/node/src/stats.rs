@@ -17,8 +17,11 @@ pub struct Stats {
     pub statements: AtomicU64,
     /// Pipelines served on a worker thread's read connection.
     pub fast_reads: AtomicU64,
-    /// Baton-less pipelines served by the writer connection.
+    /// Baton-less pipelines served by the writer connection on its thread.
     pub writer_pipelines: AtomicU64,
+    /// Baton-less single-statement writes done on a worker thread with the
+    /// writer connection.
+    pub inline_writes: AtomicU64,
     pub streams_opened: AtomicU64,
     pub streams_expired: AtomicU64,
     pub status_4xx: AtomicU64,
@@ -60,6 +63,7 @@ impl Stats {
             "streams_expired": g(&self.streams_expired),
             "fast_read_pipelines": g(&self.fast_reads),
             "writer_pipelines": g(&self.writer_pipelines),
+            "inline_write_pipelines": g(&self.inline_writes),
             "responses_4xx": g(&self.status_4xx),
             "responses_5xx": g(&self.status_5xx),
         })
