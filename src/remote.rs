@@ -41,9 +41,12 @@ pub fn endpoint(placement: &Placement, token: Option<String>) -> NodeEndpoint {
     }
 }
 
-/// Start a parallel scan of every shard in `queries`.
-pub fn scan(queries: Vec<ShardQuery>, columns: usize) -> ScanHandle {
-    executor().scan(queries, ScanOptions::new(columns))
+/// Start a parallel scan of every shard in `queries`. `bounded`: each
+/// shard returns a few rows, fetched in one request instead of streamed.
+pub fn scan(queries: Vec<ShardQuery>, columns: usize, bounded: bool) -> ScanHandle {
+    let mut options = ScanOptions::new(columns);
+    options.bounded = bounded;
+    executor().scan(queries, options)
 }
 
 /// Send every request at once and wait for all of them, answering cancel

@@ -28,6 +28,10 @@ use std::time::Duration;
 /// statement_timeout again.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
+/// Most primary-key values per shard for which a lookup is fetched in one
+/// request rather than streamed.
+const BOUNDED_LOOKUP_KEYS: usize = 1000;
+
 /// Rows assumed per shard until statistics exist.
 const ROWS_PER_SHARD_ESTIMATE: f64 = 1000.0;
 /// Cost of one HTTP round trip (all shards go in parallel).
@@ -382,6 +386,14 @@ impl ScanState {
             });
         }
         stats::count_shard_requests(self.topology.relid, routed.shards.keys().copied());
+        // Key values that are the whole primary key match at most one row
+        // each: such a lookup is fetched in one request, not streamed.
+        let bounded = routed.restricted
+            && self.topology.primary_key == [self.topology.key_index]
+            && routed
+                .shards
+                .values()
+                .all(|v| v.len() <= BOUNDED_LOOKUP_KEYS);
         self.last_route = Some(routed);
         self.started = true;
         let server = self.topology.server_id.to_u32();
@@ -402,7 +414,7 @@ impl ScanState {
         self.finished = queries.is_empty();
         // With no column needed (count(*)), select_sql asks for one NULL.
         self.handle =
-            (!queries.is_empty()).then(|| remote::scan(queries, self.codecs.len().max(1)));
+            (!queries.is_empty()).then(|| remote::scan(queries, self.codecs.len().max(1), bounded));
     }
 
     fn read_through_streams(&mut self, queries: Vec<ShardQuery>) {

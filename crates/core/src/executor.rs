@@ -11,7 +11,8 @@
 
 use crate::client::{ClientConfig, HranaClient, NodeEndpoint, NodeError, NodeRef};
 use conductor_hrana::{
-    Batch, BatchStep, CursorEntry, CursorReqBody, PipelineReqBody, PipelineRespBody, Stmt, Value,
+    Batch, BatchStep, CursorEntry, CursorReqBody, PipelineReqBody, PipelineRespBody, Stmt,
+    StreamRequest, StreamResponse, StreamResult, Value,
 };
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -93,6 +94,11 @@ pub struct ScanOptions {
     pub retries: u32,
     /// Wait before the first retry; doubled for each further one.
     pub retry_backoff: Duration,
+    /// Every shard returns a few rows (the caller knows, e.g. a lookup by
+    /// the whole primary key): each shard is one self-closing pipeline
+    /// request (execute + close) instead of a cursor stream, which saves
+    /// the node a stream and the round trip that would close it.
+    pub bounded: bool,
 }
 
 impl ScanOptions {
@@ -104,6 +110,7 @@ impl ScanOptions {
             chunks_per_shard: 4,
             retries: 2,
             retry_backoff: Duration::from_millis(50),
+            bounded: false,
         }
     }
 }
@@ -438,6 +445,9 @@ async fn stream_shard(
     handed_over: &mut bool,
 ) -> Result<u64, NodeError> {
     let node = NodeRef::from(&q.endpoint);
+    if opts.bounded {
+        return fetch_shard(client, q, opts, tx, handed_over).await;
+    }
     let body = CursorReqBody {
         baton: None,
         batch: Batch {
@@ -448,6 +458,81 @@ async fn stream_shard(
         },
     };
     let mut cursor = client.cursor(&q.endpoint, &body).await?;
+    let streamed = stream_rows(&mut cursor, &node, q, opts, tx, handed_over).await;
+    // The cursor left a stream open on the node: close it now rather than
+    // let it wait for the node's idle expiry (not waited for: the rows are
+    // what the caller needs).
+    if let Some(baton) = cursor.baton().map(str::to_string) {
+        let client = client.clone();
+        let endpoint = q.endpoint.clone();
+        tokio::spawn(async move {
+            let close = PipelineReqBody {
+                baton: Some(baton),
+                requests: vec![StreamRequest::Close],
+            };
+            let _ = client.pipeline(&endpoint, &close).await;
+        });
+    }
+    streamed
+}
+
+/// One shard's rows through one self-closing pipeline request.
+async fn fetch_shard(
+    client: &HranaClient,
+    q: &ShardQuery,
+    opts: &ScanOptions,
+    tx: &flume::Sender<ScanMsg>,
+    handed_over: &mut bool,
+) -> Result<u64, NodeError> {
+    let node = NodeRef::from(&q.endpoint);
+    let body = PipelineReqBody {
+        baton: None,
+        requests: vec![
+            StreamRequest::Execute {
+                stmt: q.stmt.clone(),
+            },
+            StreamRequest::Close,
+        ],
+    };
+    let resp = client.pipeline(&q.endpoint, &body).await?;
+    if let Some(e) = crate::client::first_error(&resp) {
+        return Err(NodeError::sql(&node, e));
+    }
+    let result = match resp.results.into_iter().next() {
+        Some(StreamResult::Ok {
+            response: StreamResponse::Execute { result },
+        }) => result,
+        _ => return Err(NodeError::protocol(&node, "expected an execute result")),
+    };
+    if result.cols.len() != opts.columns || result.rows.iter().any(|r| r.len() != opts.columns) {
+        return Err(NodeError::protocol(
+            &node,
+            format!("result rows do not have {} columns", opts.columns),
+        ));
+    }
+    let rows = result.rows.len() as u64;
+    if rows > 0 {
+        *handed_over = true;
+        let _ = tx
+            .send_async(ScanMsg::Rows(RowChunk {
+                shard_id: q.shard_id,
+                rows: result.rows,
+            }))
+            .await;
+    }
+    Ok(rows)
+}
+
+/// Read a cursor's rows into the channel in chunks.
+async fn stream_rows(
+    cursor: &mut crate::client::CursorStream,
+    node: &NodeRef,
+    q: &ShardQuery,
+    opts: &ScanOptions,
+    tx: &flume::Sender<ScanMsg>,
+    handed_over: &mut bool,
+) -> Result<u64, NodeError> {
+    let node = node.clone();
     let per_chunk = opts.rows_per_chunk.max(1);
     let mut chunk = Vec::with_capacity(per_chunk);
     let mut rows = 0u64;
