@@ -47,10 +47,24 @@ sql "CREATE TABLE kv(id INTEGER PRIMARY KEY, v TEXT NOT NULL)"
 sql "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < $ROWS) INSERT INTO kv SELECT i, 'value-' || i FROM c"
 sql "CREATE TABLE ins(id INTEGER PRIMARY KEY, k INTEGER, v TEXT)"
 
-echo "== point selects: wrk -t2 -c8 -d$DURATION -s bench/node/select.lua http://127.0.0.1:$PORT/v2/pipeline"
-wrk -t2 -c8 -d"$DURATION" -s bench/node/select.lua "http://127.0.0.1:$PORT/v2/pipeline"
-echo "== single-row inserts: wrk -t2 -c8 -d$DURATION -s bench/node/insert.lua http://127.0.0.1:$PORT/v2/pipeline"
-wrk -t2 -c8 -d"$DURATION" -s bench/node/insert.lua "http://127.0.0.1:$PORT/v2/pipeline"
+# Runs wrk and adds the CPU time the node and wrk spent per request (from
+# /proc/PID/stat and /usr/bin/time): that cost does not depend on what else
+# the machine is running, unlike requests/s.
+bench() { # bench NAME LUA
+  local c0 c1 out n w
+  echo "== $1: wrk -t2 -c8 -d$DURATION -s bench/node/$2 http://127.0.0.1:$PORT/v2/pipeline"
+  c0=$(awk '{print $14+$15}' /proc/$NODE_PID/stat)
+  out=$( { /usr/bin/time -f "WRKCPU %U %S" wrk -t2 -c8 -d"$DURATION" -s bench/node/$2 "http://127.0.0.1:$PORT/v2/pipeline"; } 2>&1)
+  c1=$(awk '{print $14+$15}' /proc/$NODE_PID/stat)
+  echo "$out" | grep -v WRKCPU
+  n=$(echo "$out" | grep -oE '^ *[0-9]+ requests' | grep -oE '[0-9]+')
+  w=$(echo "$out" | grep WRKCPU | awk '{printf "%d", ($2+$3)*1e6}')
+  awk -v c="$((c1-c0))" -v n="$n" -v w="$w" -v hz="$(getconf CLK_TCK)" -v la="$(cut -d' ' -f1-3 /proc/loadavg)" \
+    'BEGIN { printf "  CPU per request: node %.1f us, wrk %.1f us; load average after: %s\n", c*1e6/hz/n, w/n, la }'
+
+}
+bench "point selects" select.lua
+bench "single-row inserts" insert.lua
 curl -fsS "http://127.0.0.1:$PORT/v2/pipeline" -H 'Content-Type: application/json' \
   -d '{"baton":null,"requests":[{"type":"execute","stmt":{"sql":"SELECT count(*) FROM ins"}},{"type":"close"}]}'; echo "  <- rows inserted"
 
