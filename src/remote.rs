@@ -21,16 +21,22 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 static EXECUTOR: OnceLock<Executor> = OnceLock::new();
 
+/// The backend's executor, with the session's current request deadline.
 fn executor() -> &'static Executor {
-    EXECUTOR.get_or_init(|| {
+    let timeout = gucs::request_timeout();
+    let executor = EXECUTOR.get_or_init(|| {
         let mut config = ExecutorConfig::default();
         config.client = ClientConfig {
-            request_timeout: gucs::request_timeout(),
-            idle_timeout: gucs::request_timeout(),
+            request_timeout: timeout,
+            // The silence allowed inside a streaming answer follows the
+            // request deadline (capped by this).
+            idle_timeout: Duration::from_secs(24 * 3600),
             ..ClientConfig::default()
         };
         Executor::new(config)
-    })
+    });
+    executor.set_request_timeout(timeout);
+    executor
 }
 
 pub fn endpoint(placement: &Placement, token: Option<String>) -> NodeEndpoint {

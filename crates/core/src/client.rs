@@ -10,6 +10,8 @@ use conductor_hrana::{
     CursorEntry, CursorReqBody, CursorRespBody, PipelineReqBody, PipelineRespBody,
 };
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where a node lives and how to authenticate to it.
@@ -194,6 +196,10 @@ const ERROR_EXCERPT_BYTES: usize = 512;
 pub struct HranaClient {
     http: reqwest::Client,
     config: ClientConfig,
+    /// The request deadline in milliseconds (also the longest silence of a
+    /// streaming body), changeable while the client is in use (a session
+    /// setting it): see [`HranaClient::set_request_timeout`].
+    timeout_ms: Arc<AtomicU64>,
 }
 
 impl HranaClient {
@@ -204,14 +210,29 @@ impl HranaClient {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
-            .read_timeout(config.idle_timeout)
             .pool_idle_timeout(config.pool_idle_timeout)
             .tcp_nodelay(true)
             // Loopback nodes must never be routed through an environment proxy.
             .no_proxy()
             .build()
             .map_err(std::io::Error::other)?;
-        Ok(HranaClient { http, config })
+        let timeout_ms = Arc::new(AtomicU64::new(config.request_timeout.as_millis() as u64));
+        Ok(HranaClient {
+            http,
+            config,
+            timeout_ms,
+        })
+    }
+
+    /// Change the deadline of requests started from now on (and the longest
+    /// silence allowed within a streaming answer).
+    pub fn set_request_timeout(&self, timeout: Duration) {
+        self.timeout_ms
+            .store(timeout.as_millis().max(1) as u64, Ordering::Relaxed);
+    }
+
+    fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed))
     }
 
     /// The configuration this client was built with.
@@ -228,7 +249,7 @@ impl HranaClient {
         body: &PipelineReqBody,
     ) -> Result<PipelineRespBody, NodeError> {
         let node = NodeRef::from(ep);
-        let deadline = self.config.request_timeout;
+        let deadline = self.request_timeout();
         let work = async {
             let json = serde_json::to_vec(body)
                 .map_err(|e| NodeError::protocol(&node, format!("cannot encode request: {e}")))?;
@@ -274,7 +295,7 @@ impl HranaClient {
         body: &CursorReqBody,
     ) -> Result<CursorStream, NodeError> {
         let node = NodeRef::from(ep);
-        let deadline = self.config.request_timeout;
+        let deadline = self.request_timeout();
         let json = serde_json::to_vec(body)
             .map_err(|e| NodeError::protocol(&node, format!("cannot encode request: {e}")))?;
         let send = self.post(ep, "v3/cursor", json).send();
@@ -293,7 +314,7 @@ impl HranaClient {
         let mut stream = CursorStream {
             node,
             resp,
-            idle_timeout: self.config.idle_timeout,
+            idle_timeout: self.request_timeout().min(self.config.idle_timeout),
             lines: LineReader::new(self.config.max_line_bytes),
             header: None,
             open_step: None,
@@ -311,7 +332,7 @@ impl HranaClient {
     /// `GET {url}/health`: `Ok` when the node answers 2xx.
     pub async fn health(&self, ep: &NodeEndpoint) -> Result<(), NodeError> {
         let node = NodeRef::from(ep);
-        let deadline = self.config.request_timeout;
+        let deadline = self.request_timeout();
         let mut req = self.http.get(endpoint_url(ep, "health")).timeout(deadline);
         if let Some(t) = &ep.token {
             req = req.bearer_auth(t);

@@ -231,6 +231,15 @@ impl Executor {
         }
     }
 
+    /// Set the deadline of requests started from now on (a session may
+    /// change it between statements).
+    pub fn set_request_timeout(&self, timeout: Duration) {
+        let guard = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(started) = guard.as_ref() {
+            started.client.set_request_timeout(timeout);
+        }
+    }
+
     /// Whether the runtime has been created.
     pub fn is_started(&self) -> bool {
         self.started.lock().map(|s| s.is_some()).unwrap_or(false)
