@@ -2153,20 +2153,13 @@ fn compare(local: &Outcome, sharded: &Outcome, ordered: bool) -> Option<String> 
 /// pattern occurs in the query text or in the description of the difference
 /// (which holds the error messages). A matching difference is printed with a
 /// KNOWN notice and listed in the summary, but does not fail the test.
-const KNOWN: &[(&str, &str)] = &[
-    // Found by this test (seed 2, 2026-11-26): every scan opens one Hrana
-    // stream per shard on /v3/cursor and never closes it; the streams only go
-    // away when the node expires them after 10 s idle (node /stats:
-    // streams_opened == /v3/cursor requests, streams_expired ~ the same). A
-    // busy session (e.g. a nested loop rescanning a foreign table) reaches
-    // the node's limit of 1024 open streams and every further request fails
-    // with HTTP 503 TOO_MANY_STREAMS. Not a pushdown difference; remove this
-    // entry once scans close their streams.
-    (
-        "TOO_MANY_STREAMS",
-        "scan streams leak until the node's idle timeout (node limit 1024)",
-    ),
-];
+// History: on 2026-11-26 this test (seed 2) found that every scan left one
+// Hrana stream per shard open until the node expired it (10 s idle), so a
+// busy session (a nested loop rescanning a foreign table) hit the node's
+// limit of 1024 open streams and failed with HTTP 503 TOO_MANY_STREAMS. It
+// was listed here as known until 2ed36a9 ("Scans close their cursor streams")
+// fixed it. The run prints the most streams seen open on each node.
+const KNOWN: &[(&str, &str)] = &[];
 
 /// `open_streams` of every node's `/stats`.
 fn open_streams(cluster: &Cluster) -> Vec<u64> {
