@@ -13,9 +13,10 @@
 //!   connection, so `BEGIN` … `COMMIT` spans requests) and cursors; they run
 //!   on blocking threads because a client decides how long they live.
 //! - A **checkpointer** thread: no connection checkpoints inside a commit
-//!   (`wal_autocheckpoint=0`); the checkpointer copies the WAL back into the
-//!   database in the background, so the fsyncs of a checkpoint never land on
-//!   a request.
+//!   (`wal_autocheckpoint=0`); every 100 ms, if the WAL changed, the
+//!   checkpointer copies it back into the database while holding the writer
+//!   connection, so the WAL restarts instead of growing and the fsyncs of a
+//!   checkpoint never land on an HTTP worker.
 
 use crate::config::{Config, Synchronous};
 use rusqlite::{Connection, OpenFlags};
@@ -30,9 +31,7 @@ use std::time::Duration;
 const STMT_CACHE_CAPACITY: usize = 256;
 /// Idle pooled connections kept for new streams and cursors.
 const POOL_MAX_IDLE: usize = 32;
-/// The checkpointer runs when the WAL has grown past this...
-const CHECKPOINT_WAL_BYTES: u64 = 4 * 1024 * 1024;
-/// ...checking this often.
+/// How often the checkpointer looks for new WAL content.
 const CHECKPOINT_PERIOD: Duration = Duration::from_millis(100);
 /// After a checkpoint the WAL file is truncated back to at most this.
 const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
@@ -102,7 +101,10 @@ impl Db {
         let wal = PathBuf::from(format!("{}-wal", path.display()));
         let checkpoint_thread = std::thread::Builder::new()
             .name("conductor-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, wal, stop_rx))
+            .spawn({
+                let writer = writer.clone();
+                move || checkpoint_loop(checkpointer, writer, wal, stop_rx)
+            })
             .expect("spawn checkpointer thread");
         Ok(Db {
             id: NEXT_DB_ID.fetch_add(1, Ordering::Relaxed),
@@ -243,20 +245,37 @@ fn open_connection(
     Ok(conn)
 }
 
-/// Checkpoints (PASSIVE: never blocks readers or writers) whenever the WAL
-/// has grown past `CHECKPOINT_WAL_BYTES`, until `stop` is dropped.
-fn checkpoint_loop(conn: Connection, wal: PathBuf, stop: mpsc::Receiver<()>) {
+/// Checkpoints every `CHECKPOINT_PERIOD` if the WAL changed, until `stop` is
+/// dropped. The checkpoint holds the writer connection meanwhile: with no
+/// frames appended during it, a PASSIVE checkpoint (which never waits for
+/// readers or streams) completes, and the next commit restarts the WAL from
+/// its beginning instead of growing it. Doing it here rather than inside a
+/// commit (SQLite's autocheckpoint) keeps its fsyncs off the HTTP workers.
+fn checkpoint_loop(
+    conn: Connection,
+    writer: Arc<Mutex<Connection>>,
+    wal: PathBuf,
+    stop: mpsc::Receiver<()>,
+) {
+    let stamp = || {
+        std::fs::metadata(&wal)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    let mut last = None;
     loop {
         match stop.recv_timeout(CHECKPOINT_PERIOD) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
-        let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-        if size < CHECKPOINT_WAL_BYTES {
-            continue;
+        let now = stamp();
+        if now.is_none() || now == last {
+            continue; // no WAL, or nothing written since the last checkpoint
         }
+        let _writer = writer.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::warn!(error = %e, "checkpoint failed");
         }
+        last = stamp();
     }
 }
