@@ -127,7 +127,7 @@ fn run_step(
         Ok(p) => p,
         Err(e) => return step_error(w, e),
     };
-    let readonly = prepared.readonly();
+    let before = conn.total_changes();
     let cols = exec::columns(&prepared);
     let ncols = cols.len();
     w.line(&CursorEntry::StepBegin { step, cols })?;
@@ -157,7 +157,7 @@ fn run_step(
     }
     drop(rows);
     w.line(&CursorEntry::StepEnd {
-        affected_row_count: if readonly { 0 } else { conn.changes() },
+        affected_row_count: exec::affected_rows(conn, before),
         last_insert_rowid: Some(conn.last_insert_rowid().to_string()),
     })?;
     Ok(true)

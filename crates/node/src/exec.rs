@@ -258,7 +258,7 @@ pub fn execute_prepared(
     prepared: &mut Statement<'_>,
     want_rows: bool,
 ) -> Result<StmtResult, Error> {
-    let readonly = prepared.readonly();
+    let before = conn.total_changes();
     let cols = columns(prepared);
     let ncols = cols.len();
     let mut rows_out = Vec::new();
@@ -276,10 +276,22 @@ pub fn execute_prepared(
     Ok(StmtResult {
         cols,
         rows: rows_out,
-        affected_row_count: if readonly { 0 } else { conn.changes() },
+        affected_row_count: affected_rows(conn, before),
         last_insert_rowid: Some(conn.last_insert_rowid().to_string()),
         ..Default::default()
     })
+}
+
+/// Rows changed by the statement that just ran, given `total_changes()`
+/// from before it. `changes()` alone would repeat the count of an earlier
+/// INSERT/UPDATE/DELETE after, say, a CREATE TABLE; `total_changes()` alone
+/// would count rows changed by triggers.
+pub fn affected_rows(conn: &Connection, total_changes_before: u64) -> u64 {
+    if conn.total_changes() == total_changes_before {
+        0
+    } else {
+        conn.changes()
+    }
 }
 
 /// Outcome of the steps run so far, for evaluating conditions.

@@ -98,6 +98,24 @@ fn execute_reports_counts_and_rowids() {
     assert_eq!(r["affected_row_count"], 2);
     let r = exec(a, "SELECT id, v FROM t ORDER BY id", vec![]);
     assert_eq!(r["affected_row_count"], 0);
+    // Not the count of the UPDATE before it: DDL changes no rows.
+    let body = pipeline(
+        a,
+        None,
+        vec![
+            execute("UPDATE t SET v = 'y'", vec![]),
+            execute("CREATE TABLE other(x)", vec![]),
+            close(),
+        ],
+    );
+    assert_eq!(
+        body["results"][0]["response"]["result"]["affected_row_count"],
+        3
+    );
+    assert_eq!(
+        body["results"][1]["response"]["result"]["affected_row_count"],
+        0
+    );
     assert_eq!(
         r["cols"],
         json!([{"name":"id","decltype":"INTEGER"},{"name":"v","decltype":"TEXT"}])
