@@ -809,3 +809,22 @@ fn the_wal_is_checkpointed_and_restarted() {
     assert!(size < 6 * 1024 * 1024, "WAL is {size} bytes");
     assert_eq!(count(a, "b"), 1000);
 }
+
+#[test]
+fn too_many_streams_is_503() {
+    let n = node_with(|c| c.max_streams = 2);
+    let a = n.addr();
+    let b1 = pipeline(a, None, vec![execute("SELECT 1", vec![])]);
+    let _b2 = pipeline(a, None, vec![execute("SELECT 1", vec![])]);
+    let r = post(
+        a,
+        "/v3/pipeline",
+        &json!({"baton": null, "requests": [execute("SELECT 1", vec![])]}),
+    );
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["code"], "TOO_MANY_STREAMS");
+    // Self-closing requests need no stream slot; closing one frees a slot.
+    exec(a, "SELECT 1", vec![]);
+    pipeline(a, b1["baton"].as_str(), vec![close()]);
+    pipeline(a, None, vec![execute("SELECT 1", vec![])]);
+}
