@@ -1462,6 +1462,29 @@ impl Analyzer<'_> {
                 (ast::Value::SingleQuotedString(text), Some(c)) => self.array_literal(c, text),
                 _ => Leaf::Opaque,
             },
+            // `ARRAY[a, b]::t[]` is `ARRAY[a::t, b::t]` (Postgres folds it
+            // into one array constant before the FDW sees it).
+            Expr::Cast {
+                kind,
+                expr,
+                data_type: ast::DataType::Array(elem),
+                format,
+            } if matches!(expr.as_ref(), Expr::Array(_)) => {
+                let (Expr::Array(arr), Some(t)) = (expr.as_ref(), array_elem_type(elem)) else {
+                    return Leaf::Opaque;
+                };
+                let items: Vec<Expr> = arr
+                    .elem
+                    .iter()
+                    .map(|e| Expr::Cast {
+                        kind: kind.clone(),
+                        expr: Box::new(e.clone()),
+                        data_type: t.clone(),
+                        format: format.clone(),
+                    })
+                    .collect();
+                self.in_list(scope, left, &items, false, false)
+            }
             Expr::Cast {
                 expr,
                 data_type: ast::DataType::Array(_),
@@ -1981,6 +2004,17 @@ fn peel_collate(e: &Expr) -> (&Expr, Option<String>) {
 fn placeholder(p: &str) -> Option<usize> {
     let n: usize = p.strip_prefix('$')?.parse().ok()?;
     n.checked_sub(1)
+}
+
+/// The element type of an array type (`bigint[]`, `ARRAY<bigint>`, …).
+fn array_elem_type(elem: &ast::ArrayElemTypeDef) -> Option<&ast::DataType> {
+    match elem {
+        ast::ArrayElemTypeDef::SquareBracket(t, _)
+        | ast::ArrayElemTypeDef::AngleBracket(t)
+        | ast::ArrayElemTypeDef::Parenthesis(t)
+        | ast::ArrayElemTypeDef::Qualified(t, _) => Some(t),
+        ast::ArrayElemTypeDef::None | ast::ArrayElemTypeDef::ParenthesisNotNull(_) => None,
+    }
 }
 
 fn string_lit(e: &Expr) -> Option<String> {
@@ -2799,6 +2833,12 @@ mod tests {
                 vec![Value::Integer(4), Value::Integer(5)],
             ),
             (
+                "age = ANY(ARRAY[4, '5']::int[])",
+                Some("\"age\" IN (?, ?)"),
+                vec![Value::Integer(4), Value::Integer(5)],
+            ),
+            ("age = ANY(ARRAY[4, 5]::text[])", None, vec![]),
+            (
                 "name LIKE 'a%_'",
                 Some("\"name\" GLOB ?"),
                 vec![Value::Text("a*?".into())],
@@ -3098,6 +3138,14 @@ mod tests {
             list.join(", ")
         ));
         assert_eq!(any, rows);
+        // … also with the array cast (folded to one constant by Postgres).
+        for ty in ["bigint", "int8", "integer"] {
+            let cast = ex(&format!(
+                "SELECT id FROM users WHERE id = ANY(ARRAY[{}]::{ty}[]) AND age = 3",
+                list.join(", ")
+            ));
+            assert_eq!(cast, rows, "::{ty}[]");
+        }
     }
 
     #[test]
