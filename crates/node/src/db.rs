@@ -19,6 +19,8 @@
 //!   checkpoint never land on an HTTP worker.
 
 use crate::config::{Config, Synchronous};
+use crate::writer;
+use conductor_hrana::Stmt;
 use rusqlite::{Connection, OpenFlags};
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -38,8 +40,6 @@ const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 static NEXT_DB_ID: AtomicU64 = AtomicU64::new(1);
 
-type WriterJob = Box<dyn FnOnce(&mut Connection) + Send>;
-
 pub struct Db {
     /// Distinguishes nodes sharing a process (tests) in thread-local readers.
     id: u64,
@@ -47,11 +47,12 @@ pub struct Db {
     busy_timeout: Duration,
     synchronous: Synchronous,
     writer: Arc<Mutex<Connection>>,
-    writer_tx: Mutex<Option<mpsc::Sender<WriterJob>>>,
+    writer_tx: Mutex<Option<mpsc::Sender<writer::Job>>>,
     /// Dropping the sender stops the checkpointer.
     checkpointer_stop: Mutex<Option<mpsc::Sender<()>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     pool: Mutex<Vec<Connection>>,
+    pub group_stats: Arc<writer::GroupStats>,
 }
 
 /// The result of trying a write on the worker thread.
@@ -86,17 +87,8 @@ impl Db {
         let checkpointer = open_connection(&path, busy_timeout, config.synchronous)?;
 
         let writer = Arc::new(Mutex::new(writer));
-        let (tx, rx) = mpsc::channel::<WriterJob>();
-        let w = writer.clone();
-        let writer_thread = std::thread::Builder::new()
-            .name("conductor-writer".into())
-            .spawn(move || {
-                for job in rx {
-                    let mut conn = w.lock().unwrap_or_else(|p| p.into_inner());
-                    job(&mut conn);
-                }
-            })
-            .expect("spawn writer thread");
+        let group_stats = Arc::new(writer::GroupStats::default());
+        let (tx, writer_thread) = writer::spawn(writer.clone(), group_stats.clone());
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let wal = PathBuf::from(format!("{}-wal", path.display()));
         let checkpoint_thread = std::thread::Builder::new()
@@ -116,6 +108,7 @@ impl Db {
             checkpointer_stop: Mutex::new(Some(stop_tx)),
             threads: Mutex::new(vec![writer_thread, checkpoint_thread]),
             pool: Mutex::new(Vec::new()),
+            group_stats,
         })
     }
 
@@ -130,10 +123,24 @@ impl Db {
         f: impl FnOnce(&mut Connection) -> R + Send + 'static,
     ) -> Option<R> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: WriterJob = Box::new(move |conn| {
+        let job = writer::Job::Any(Box::new(move |conn| {
             let _ = tx.send(f(conn));
-        });
+        }));
         self.writer_tx.lock().unwrap().as_ref()?.send(job).ok()?;
+        rx.await.ok()
+    }
+
+    /// Queues one INSERT/UPDATE/DELETE/REPLACE (see `writer::groupable`) as
+    /// its own autocommit transaction; it may share a commit with others
+    /// queued at the same time. `None` if the node is shutting down.
+    pub async fn lone_write(&self, stmt: Stmt) -> Option<writer::LoneResult> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer_tx
+            .lock()
+            .unwrap()
+            .as_ref()?
+            .send(writer::Job::Lone(stmt, tx))
+            .ok()?;
         rx.await.ok()
     }
 

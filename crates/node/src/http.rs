@@ -169,7 +169,10 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
             )
         }
         (&Method::GET, "/stats") => {
-            let body = node.stats.to_json(node.streams.open_count()).to_string();
+            let body = node
+                .stats
+                .to_json(node.streams.open_count(), &node.db.group_stats)
+                .to_string();
             return json(StatusCode::OK, body.into_bytes());
         }
         (&Method::POST, "/v2/pipeline" | "/v3/pipeline") => false,

@@ -21,6 +21,7 @@ mod http;
 mod node;
 mod stats;
 mod streams;
+mod writer;
 
 pub use config::{Config, Synchronous};
 pub use errors::sqlite_code_name;

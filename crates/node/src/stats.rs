@@ -1,6 +1,7 @@
 //! Counters served as JSON by `GET /stats`, so tests elsewhere can see how
 //! many requests reached the node and what they did.
 
+use crate::writer::GroupStats;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 #[derive(Default)]
@@ -29,7 +30,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn to_json(&self, open_streams: usize) -> serde_json::Value {
+    pub fn to_json(&self, open_streams: usize, groups: &GroupStats) -> serde_json::Value {
         let g = |c: &AtomicU64| c.load(Relaxed);
         let by_endpoint = serde_json::json!({
             "/v2/pipeline": g(&self.v2_pipeline),
@@ -64,6 +65,8 @@ impl Stats {
             "fast_read_pipelines": g(&self.fast_reads),
             "writer_pipelines": g(&self.writer_pipelines),
             "inline_write_pipelines": g(&self.inline_writes),
+            "group_commits": g(&groups.commits),
+            "group_committed_writes": g(&groups.writes),
             "responses_4xx": g(&self.status_4xx),
             "responses_5xx": g(&self.status_5xx),
         })

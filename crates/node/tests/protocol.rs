@@ -828,3 +828,64 @@ fn too_many_streams_is_503() {
     pipeline(a, b1["baton"].as_str(), vec![close()]);
     pipeline(a, None, vec![execute("SELECT 1", vec![])]);
 }
+
+#[test]
+fn concurrent_lone_writes_keep_their_own_results() {
+    // Lone INSERTs from many clients share commits (group commit); each
+    // still gets its own outcome, as if it had run alone.
+    let n = node();
+    let a = n.addr();
+    exec(
+        a,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER UNIQUE)",
+        vec![],
+    );
+    let hs: Vec<_> = (0..8)
+        .map(|w| {
+            std::thread::spawn(move || {
+                let (mut ok, mut dup) = (0, 0);
+                for i in 0..150i64 {
+                    // Keys collide across threads: 8 threads, 300 distinct keys.
+                    let k = (i * 2 + w % 2) % 300;
+                    let body = pipeline(
+                        a,
+                        None,
+                        vec![
+                            execute("INSERT INTO t(k) VALUES (?)", vec![int(k)]),
+                            close(),
+                        ],
+                    );
+                    let r = &body["results"][0];
+                    if r["type"] == "ok" {
+                        let rowid: i64 = r["response"]["result"]["last_insert_rowid"]
+                            .as_str()
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        let row = exec(a, "SELECT k FROM t WHERE id = ?", vec![int(rowid)]);
+                        assert_eq!(scalar(&row), k, "rowid {rowid} holds another key");
+                        ok += 1;
+                    } else {
+                        assert_eq!(r["error"]["code"], "SQLITE_CONSTRAINT_UNIQUE", "{r}");
+                        dup += 1;
+                    }
+                }
+                (ok, dup)
+            })
+        })
+        .collect();
+    let (mut ok, mut dup) = (0, 0);
+    for h in hs {
+        let (o, d) = h.join().unwrap();
+        ok += o;
+        dup += d;
+    }
+    assert_eq!(ok + dup, 1200);
+    assert_eq!(ok, 300, "each key inserted exactly once");
+    assert_eq!(count(a, "t"), 300);
+    let s = get(a, "/stats").json();
+    eprintln!(
+        "group commits: {} carrying {} writes",
+        s["group_commits"], s["group_committed_writes"]
+    );
+}
