@@ -92,6 +92,9 @@ class Result:
         self.lat = []       # every sample, ms
         self.rate = []      # rows/s per run
         self.hwm = None     # (before kB, after kB)
+        self.cpu_ticks = None       # W7: router backend CPU over all scans
+        self.threads = None         # W7: the same, per thread name
+        self.storage_ticks = None   # W7: nodes / shard Postgres CPU over all scans
         self.tx = 0
 
 
@@ -138,15 +141,26 @@ def timed(out, w, t, rows):
     r = Result(err)
     r.lat = sorted(times)
     r.rate = [rows / (ms / 1000.0) for ms in times if ms > 0]
-    hwm = os.path.join(base, "hwm_kb.txt")
-    if os.path.exists(hwm):
+    stats = os.path.join(base, "stats.txt")
+    if os.path.exists(stats):
         vals = {}
-        with open(hwm) as f:
+        with open(stats) as f:
             for line in f:
-                k, v = line.split()
-                vals[k] = int(v)
+                parts = line.split()
+                if len(parts) == 2 and parts[1].isdigit():
+                    vals[parts[0]] = int(parts[1])
+                elif len(parts) == 2 and parts[0].startswith("THREADS_"):
+                    vals[parts[0]] = {k: int(v) for k, v in
+                                      (kv.split("=", 1) for kv in parts[1].split(",") if "=" in kv)}
+        def delta(name):
+            b, e = vals.get(name + "_BEFORE"), vals.get(name + "_AFTER")
+            return None if b is None or e is None else e - b
         if "HWM_BEFORE" in vals and "HWM_AFTER" in vals:
             r.hwm = (vals["HWM_BEFORE"], vals["HWM_AFTER"])
+        r.cpu_ticks = delta("CPU")
+        tb, ta = vals.get("THREADS_BEFORE", {}), vals.get("THREADS_AFTER", {})
+        r.threads = {k: v - tb.get(k, 0) for k, v in ta.items()} if ta else None
+        r.storage_ticks = delta("STORAGE_CPU")
     return r
 
 
@@ -266,6 +280,65 @@ def svg_plot(points, path, delay_ms):
     out.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
+
+
+# ---- "why" notes: only what this run's own evidence (errors, EXPLAIN) shows ----------
+
+def why_notes(out, res, fails, meta, cpu, sto):
+    notes = []
+    if any("TOO_MANY_STREAMS" in e for _, t, e in fails if t == "conductor"):
+        notes.append(
+            "**Why conductor fails W1–W3 (HTTP 503 TOO_MANY_STREAMS).** Every shard read is a baton-less "
+            "`POST /v3/cursor` (`crates/core/src/executor.rs`). On the node that opens a Hrana stream (the "
+            "cursor's first line carries its baton), and the client never sends the `close` for it, so the "
+            "stream stays open until the node's idle timeout (`--stream-idle-timeout-ms`, 10 s). With the node's "
+            "limit of 1024 open streams, anything above ~100 shard reads per second per node fills the table "
+            "and further reads get 503. The fix belongs in the client (close the cursor's stream, or send the "
+            "read as a self-closing pipeline). `BENCH_NODE_OPTS='--stream-idle-timeout-ms 1000' bench/run.sh` "
+            "shortens the leak and gets figures meanwhile (the doc then shows the option).")
+    def explain(fn):
+        p = os.path.join(out, fn)
+        return read_text(p) if os.path.exists(p) else ""
+    ce, pe = explain("explain-conductor.txt"), explain("explain-peer.txt")
+    c_agg = re.search(r"Aggregate\s+Output: sum\(amount\)\s+->\s+Foreign Scan", ce)
+    p_agg = re.search(r"Aggregate\s+Output: sum\(items\.amount\)\s+->\s+Append", pe)
+    w5c, w5p = res["W5-sum"]["conductor"], res["W5-sum"]["peer"]
+    if c_agg and w5c and w5c.lat and w5p and w5p.lat and med(w5c.lat) > med(w5p.lat):
+        notes.append(
+            "**W5 and W7.** Neither conductor nor the peer pushes aggregates down in these plans (EXPLAIN below: "
+            "`Aggregate` above conductor's `Foreign Scan`" + (", and above the peer's `Append` of foreign scans" if p_agg else "")
+            + "): every row's aggregated columns travel to the router and are aggregated there, so W5, like the "
+            "W7 scan, measures how fast each system brings rows to the router. Aggregate pushdown (DESIGN §2, "
+            "merge of partial aggregates) would turn W5 into 16 small results.")
+    if cpu.get("conductor") and cpu.get("peer") and cpu["conductor"] > 2 * cpu["peer"]:
+        text = (f"**Where conductor's scan time goes (W7).** Per million rows scanned, the router backend used "
+                f"{cpu['conductor']:.2f} s of CPU under conductor against {cpu['peer']:.2f} s under the peer "
+                f"({cpu['conductor'] / cpu['peer']:.0f}×)")
+        if sto.get("conductor") is not None:
+            text += f"; conductor's 4 nodes used {sto['conductor']:.2f} s"
+            if sto.get("peer") is not None:
+                text += f" (the peer's shard Postgres {sto['peer']:.2f} s)"
+        th = res["W7"]["conductor"].threads or {}
+        io, pg = th.get("conductor-io"), th.get("postgres")
+        if io is not None and pg is not None and io + pg > 0:
+            text += (f". Of the backend's CPU, {io / (io + pg) * 100:.0f}% is on its `conductor-io` threads (where "
+                     "DESIGN §7 puts HTTP and decoding the nodes' JSON rows; which part of that dominates needs a "
+                     "profiler) and "
+                     f"{pg / (io + pg) * 100:.0f}% on Postgres' own thread (conversion to Datums, the executor, COPY)")
+        text += (". So the time goes to the extension's per-row path in the backend, not to the nodes; on this "
+                 "2-core machine that CPU is also taken away from the nodes and from everyone else.")
+        notes.append(text)
+    pw = explain("explain-peer-w6-16.txt")
+    m_app = re.search(r"Append \(actual time=[0-9.]+\.\.([0-9.]+)", pw)
+    m_exe = re.search(r"Execution Time: ([0-9.]+) ms", pw)
+    if m_app and m_exe:
+        notes.append(
+            f"**W6, the peer.** EXPLAIN ANALYZE of its 16-shard query (below): the async `Append` has every row after "
+            f"{float(m_app.group(1)):.0f} ms, the whole execution takes {float(m_exe.group(1)):.0f} ms. Only the "
+            "partitions' fetches overlap; postgres_fdw's other round trips (opening each remote transaction and "
+            "cursor, closing each cursor) happen one after another, 16 cursors over 4 connections, each "
+            f"paying the {meta['delay_ms']} ms.")
+    return notes
 
 
 # ---- the document ------------------------------------------------------------------
@@ -409,6 +482,19 @@ def main():
         mem[t] = (r.hwm[1] - r.hwm[0]) / 1024.0 if r and r.hwm else None
     a("| W7 whole-table scan | backend peak memory growth (VmHWM) | "
       + " | ".join(fmt(mem[t], " MB") if mem[t] is not None else "–" for t in TARGETS) + " | | |")
+    tck = float(meta.get("clk_tck", "100"))
+    def cpu_per_m(r, attr):
+        if r is None or getattr(r, attr) is None or not r.lat:
+            return None
+        return getattr(r, attr) / tck / (rows * len(r.lat)) * 1e6
+    cpu = {t: cpu_per_m(res["W7"][t], "cpu_ticks") for t in TARGETS}
+    sto = {t: cpu_per_m(res["W7"][t], "storage_ticks") for t in ["conductor", "peer"]}
+    a("| W7 whole-table scan | router backend CPU, s per 1M rows | "
+      + " | ".join(fmt(cpu[t], " s") if cpu[t] is not None else "–" for t in TARGETS)
+      + f" | {ratio(cpu['conductor'], cpu['peer'])} | {ratio(cpu['conductor'], cpu['local'])} |")
+    a("| W7 whole-table scan | storage CPU (nodes / shard Postgres), s per 1M rows | "
+      + " | ".join(fmt(sto[t], " s") if sto[t] is not None else "–" for t in ["conductor", "peer"])
+      + f" | – | {ratio(sto['conductor'], sto['peer'])} | |")
     a("")
     fails = [(w, t, r.error) for w, rt in res.items() for t, r in rt.items() if r is not None and r.error]
     if fails:
@@ -468,9 +554,8 @@ def main():
     else:
         a("| W8 rows/s ≥ the peer's | no figure | **not measured** |")
     a("")
-    notes_path = os.path.join(ROOT, "bench", "NOTES.md")
-    if os.path.exists(notes_path):
-        a(read_text(notes_path).strip())
+    for note in why_notes(out, res, fails, meta, cpu, sto):
+        a(note)
         a("")
 
     # ---- workloads
@@ -504,7 +589,11 @@ def main():
         a("")
     a("W7's memory figure is VmHWM (peak resident set) of the backend, read with "
       "`pg_read_file('/proc/self/status')` in the same session before the first scan (after a point lookup, so "
-      "the extension and its I/O runtime are already loaded) and after the last one.")
+      "the extension and its I/O runtime are already loaded) and after the last one. Its CPU figures are "
+      "utime + stime over the same interval: of the router backend (all its threads) from `/proc/self/stat`, "
+      "and of the storage side (conductor's 4 nodes; the peer's 4 shard postmasters and their children, which "
+      "include the backends serving postgres_fdw) from [`bench/cpu_ticks.sh`](../bench/cpu_ticks.sh) run by "
+      "psql's `\\!` inside the session; divided by the rows scanned.")
     a("")
 
     # ---- EXPLAIN

@@ -16,7 +16,8 @@
 # BASE..BASE+40 on 127.0.0.1, below the ephemeral range so tests' free ports
 # never collide), BENCH_DIR (work dir; default a new /var/tmp dir),
 # BENCH_NODE_OPTS (extra conductor-node options, recorded in the doc),
-# BENCH_KEEP=1 (keep the data dirs), BENCH_NO_BUILD=1 (use what is built and
+# BENCH_HOLD=1 (after the load, wait until $BENCH_DIR/hold is removed, to
+# query the cluster by hand), BENCH_KEEP=1 (keep the data dirs), BENCH_NO_BUILD=1 (use what is built and
 # installed), BENCH_NO_DOC=1 (don't touch docs/).
 #
 # Everything it starts (5 Postgres, 8 nodes, 1 proxy) runs on loopback and
@@ -26,7 +27,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 export PATH="$HOME/.cargo/bin:$PATH"
-COMMAND="${BENCH_COMMAND:-$( [ -n "${BENCH_QUICK:-}" ] && echo "BENCH_QUICK=1 " )bench/run.sh}"
+# The command as typed, with the BENCH_* settings it ran with (for the doc).
+COMMAND="$(env | grep -E '^BENCH_[A-Z_]+=' | grep -v '^BENCH_DIR=' | sort |
+    sed -E "s/^([A-Z_]+)=(.*)$/\1='\2'/; s/='([A-Za-z0-9_.-]*)'$/=\1/" | tr '\n' ' ')bench/run.sh"
 
 # ---- settings ------------------------------------------------------------------
 
@@ -60,7 +63,7 @@ TARGETS=(conductor peer local)
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 PG_BIN=$("$PG_CONFIG" --bindir)
 PG_USER=${CONDUCTOR_PG_USER:-postgres}
-NODE_BIN=$ROOT/target/release/conductor-node
+NODE_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/conductor-node
 
 PORT_BASE=${BENCH_PORT_BASE:-27500}
 ROUTER_PORT=$PORT_BASE                                   # the router Postgres
@@ -217,6 +220,7 @@ for i in 1 2 3 4; do start_pg "shard$i" "${SHARD_PORTS[$((i - 1))]}"; done
 log "starting 4 nodes (${NODE_PORTS[*]}) and 4 nodes with --delay-ms $DELAY_MS (${SLOW_NODE_PORTS[*]})"
 read -r -a NODE_OPTS <<<"$NODE_OPTIONS"
 for i in 1 2 3 4; do start_node "$i" "${NODE_PORTS[$((i - 1))]}" "${NODE_OPTS[@]}"; done
+NODE_PIDS=("${CHILD_PIDS[@]}")   # the 4 nodes of the main cluster (W7 reads their CPU time)
 for i in 1 2 3 4; do start_node "slow$i" "${SLOW_NODE_PORTS[$((i - 1))]}" --delay-ms "$DELAY_MS" "${NODE_OPTS[@]}"; done
 log "starting the delaying proxy (+$DELAY_MS ms) in front of the shard Postgres (${PROXY_PORTS[*]})"
 proxy_pairs=()
@@ -299,7 +303,7 @@ setup_conductor_db() { # db, node ports...
         i=$((i + 1))
     done
     router postgres -c "CREATE DATABASE $db"
-    router "$db" -c "$sql"
+    router "$db" -c "$sql" >/dev/null
 }
 
 # Empty `items` of one target (outside any timing).
@@ -426,6 +430,14 @@ for t in "${TARGETS[@]}"; do
     log "  items in $t: $n"
 done
 
+if [ -n "${BENCH_HOLD:-}" ]; then
+    # For poking at the loaded cluster by hand: the workloads wait until
+    # the hold file is removed (or the script is stopped).
+    touch "$BENCH_DIR/hold"
+    log "holding: psql -h 127.0.0.1 -p $ROUTER_PORT -U bench conductor|peer|local; rm $BENCH_DIR/hold to go on"
+    while [ -e "$BENCH_DIR/hold" ]; do sleep 1; done
+fi
+
 # ---- pgbench workloads ----------------------------------------------------------------
 
 # One pgbench run; its stdout and per-transaction log go to RAW/W/target/runN.
@@ -492,8 +504,31 @@ latency_workload W5-group w5_group.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
 
 log "W7: COPY (SELECT * FROM items) TO '/dev/null', $SCAN_RUNS runs per target"
 mkdir -p "$RAW/W7"
-echo "psql: one session per target: a point lookup (warm-up), VmHWM from /proc/self/status, then $SCAN_RUNS x bench/workloads/w7_scan.sql under \\timing, VmHWM again" >"$RAW/W7/client.txt"
+echo "psql: one session per target: a point lookup (warm-up), VmHWM and CPU time, then $SCAN_RUNS x bench/workloads/w7_scan.sql under \\timing, VmHWM and CPU time again" >"$RAW/W7/client.txt"
+# The backend's own figures, read by itself: peak RSS, and CPU time of all
+# its threads (utime + stime, fields 14-15 of /proc/self/stat, in ticks).
 HWM_SQL="SELECT substring(pg_read_file('/proc/self/status') from 'VmHWM:\\s+(\\d+)') AS hwm"
+CPU_SQL="SELECT split_part(substring(pg_read_file('/proc/self/stat') from '\\) (.*)\$'), ' ', 12)::bigint
+              + split_part(substring(pg_read_file('/proc/self/stat') from '\\) (.*)\$'), ' ', 13)::bigint AS cpu"
+# CPU ticks per thread name of the backend ("postgres" is Postgres' own
+# thread; conductor's I/O threads are "conductor-io").
+THREADS_SQL="SELECT string_agg(name || '=' || ticks, ',' ORDER BY name) AS threads FROM (
+    SELECT substring(st from '\\((.*)\\)') AS name,
+           sum(split_part(substring(st from '\\) (.*)\$'), ' ', 12)::bigint
+             + split_part(substring(st from '\\) (.*)\$'), ' ', 13)::bigint) AS ticks
+      FROM (SELECT pg_read_file('/proc/self/task/' || tid || '/stat') AS st
+              FROM pg_ls_dir('/proc/self/task') AS tid) AS t
+     GROUP BY 1) AS x"
+# CPU ticks of the storage side, printed from inside the session (psql \!):
+# conductor's 4 nodes; the peer's 4 shard postmasters and their children.
+storage_pids() { # target
+    case $1 in
+        conductor) echo "${NODE_PIDS[*]}" ;;
+        peer) for i in 1 2 3 4; do head -1 "$BENCH_DIR/pg-shard$i/data/postmaster.pid"; done | tr '\n' ' ' ;;
+        local) ;;
+    esac
+}
+echo "clk_tck=$(getconf CLK_TCK)" >>"$OUT/meta.txt"
 for t in "${TARGETS[@]}"; do
     dir=$RAW/W7/$t
     mkdir -p "$dir"
@@ -501,16 +536,26 @@ for t in "${TARGETS[@]}"; do
         echo "SELECT id FROM items WHERE id = 1;"
         echo "$HWM_SQL \\gset"
         echo "\\echo HWM_BEFORE :hwm"
+        echo "$CPU_SQL \\gset"
+        echo "\\echo CPU_BEFORE :cpu"
+        echo "$THREADS_SQL \\gset"
+        echo "\\echo THREADS_BEFORE :threads"
+        echo "\\! echo STORAGE_CPU_BEFORE \$($ROOT/bench/cpu_ticks.sh $(storage_pids "$t"))"
         echo "\\timing on"
         for _ in $(seq "$SCAN_RUNS"); do cat bench/workloads/w7_scan.sql; done
         echo "\\timing off"
+        echo "\\! echo STORAGE_CPU_AFTER \$($ROOT/bench/cpu_ticks.sh $(storage_pids "$t"))"
+        echo "$CPU_SQL \\gset"
+        echo "\\echo CPU_AFTER :cpu"
+        echo "$THREADS_SQL \\gset"
+        echo "\\echo THREADS_AFTER :threads"
         echo "$HWM_SQL \\gset"
         echo "\\echo HWM_AFTER :hwm"
     } >"$dir/session.sql"
     if router "$t" -At -f "$dir/session.sql" >"$dir/out.txt" 2>"$dir/stderr.txt"; then
         awk '/^Time:/ {print $2}' "$dir/out.txt" >"$dir/times_ms.txt"
-        awk '/^HWM_/ {print $1, $2}' "$dir/out.txt" >"$dir/hwm_kb.txt"
-        log "  W7 $t: $(tr '\n' ' ' <"$dir/times_ms.txt")ms; $(tr '\n' ' ' <"$dir/hwm_kb.txt")"
+        awk '/^(HWM|CPU|STORAGE_CPU|THREADS)_/ {print $1, $2}' "$dir/out.txt" >"$dir/stats.txt"
+        log "  W7 $t: $(tr '\n' ' ' <"$dir/times_ms.txt")ms; $(tr '\n' ' ' <"$dir/stats.txt")"
     else
         fail_note "$dir" "$dir/stderr.txt"
     fi
