@@ -185,7 +185,9 @@ mod tests {
         let (a, ra) = lone("INSERT INTO t(u) VALUES (1)");
         let (b, rb) = lone("INSERT INTO t(u) VALUES (1)");
         let (c, rc) = lone("INSERT INTO t(u) VALUES (2)");
-        commit_group(&conn, vec![a, b, c]);
+        let stats = GroupStats::default();
+        commit_group(&conn, vec![a, b, c], &stats);
+        assert_eq!(stats.writes.load(Ordering::Relaxed), 3);
         assert_eq!(
             ra.blocking_recv()
                 .unwrap()
