@@ -296,6 +296,21 @@ def why_notes(out, res, fails, meta, cpu, sto):
             "and further reads get 503. The fix belongs in the client (close the cursor's stream, or send the "
             "read as a self-closing pipeline). `BENCH_NODE_OPTS='--stream-idle-timeout-ms 1000' bench/run.sh` "
             "shortens the leak and gets figures meanwhile (the doc then shows the option).")
+    for w in ["W1", "W2"]:
+        c, p = res[w]["conductor"], res[w]["peer"]
+        if not (c and p and c.p50 and p.p50 and c.tps and p.tps) or c.error or p.error:
+            continue
+        c50, p50, c99, p99 = med(c.p50), med(p.p50), med(c.p99), med(p.p99)
+        if c50 <= 1.25 * p50 and c99 > 3 * p99 and med(c.tps) < med(p.tps):
+            mean_c = int(meta["clients"]) * 1000.0 / med(c.tps)
+            notes.append(
+                f"**{w}: the tail, not the median.** Conductor's median latency ({fmt(c50, ' ms')}) is close to the "
+                f"peer's ({fmt(p50, ' ms')}), but its p99 is {c99 / p99:.0f}× the peer's ({fmt(c99, ' ms')} against "
+                f"{fmt(p99, ' ms')}); with {meta['clients']} clients its TPS implies a mean of about "
+                f"{fmt(mean_c, ' ms')} per lookup, so a minority of slow lookups costs the throughput. What stalls "
+                "them is not established by this run (the machine was saturated; a rerun on an idle machine, and "
+                "per-shard timings from EXPLAIN ANALYZE of slow executions, would tell).")
+            break
     def explain(fn):
         p = os.path.join(out, fn)
         return read_text(p) if os.path.exists(p) else ""
