@@ -128,9 +128,6 @@ trap 'exit 143' TERM
 
 # ---- build ------------------------------------------------------------------------
 
-LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
-START_UTC=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
-
 if [ -z "${BENCH_NO_BUILD:-}" ]; then
     log "building conductor-node (release)"
     cargo build --release -p conductor-node
@@ -161,6 +158,10 @@ EXT_SO=$("$PG_BIN/pg_config" --pkglibdir)/conductor.so
 EXT_ID="conductor.so $(sha256sum "$EXT_SO" | cut -c1-12), installed $(date -u -r "$EXT_SO" '+%H:%M:%S UTC')"
 
 # ---- servers ------------------------------------------------------------------------
+
+# The run proper starts here (after the build).
+LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
+START_UTC=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in "$ROUTER_PORT" "${SHARD_PORTS[@]}" "${PROXY_PORTS[@]}" "${NODE_PORTS[@]}" "${SLOW_NODE_PORTS[@]}"; do
