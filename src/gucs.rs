@@ -1,6 +1,6 @@
 //! Configuration parameters (`SET conductor.…`).
 
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use std::time::Duration;
 
 /// Deadline of one shard request, in milliseconds.
@@ -9,7 +9,54 @@ pub static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 /// Rows per INSERT batch when neither the table nor the server sets `batch_size`.
 pub static DEFAULT_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
+/// What a read does when a shard's node fails.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum OnShardFailure {
+    /// The statement fails with an ERROR naming node and shard.
+    Error,
+    /// The rows of the reachable shards are returned with a WARNING naming
+    /// the missing shards. Writes never skip.
+    Skip,
+}
+
+pub static ON_SHARD_FAILURE: GucSetting<OnShardFailure> =
+    GucSetting::<OnShardFailure>::new(OnShardFailure::Error);
+
+/// Extra attempts of a read whose node failed transiently.
+pub static READ_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(2);
+
+/// First retry delay in milliseconds (doubled per attempt, with jitter).
+pub static RETRY_BACKOFF_MS: GucSetting<i32> = GucSetting::<i32>::new(50);
+
 pub fn init() {
+    GucRegistry::define_enum_guc(
+        c"conductor.on_shard_failure",
+        c"What a read does when a shard's node fails: error (default) or skip.",
+        c"With skip, a read returns the rows of the reachable shards and a WARNING naming the missing shards; writes always fail.",
+        &ON_SHARD_FAILURE,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"conductor.read_retries",
+        c"Extra attempts of a read whose node failed transiently.",
+        c"Connection refused or reset, HTTP 502/503/504 and timeouts are retried before any row of the shard was returned. Writes are retried only when the request never reached the node.",
+        &READ_RETRIES,
+        0,
+        10,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"conductor.retry_backoff",
+        c"Delay before the first retry of a failed request.",
+        c"Doubled for each further attempt, with random jitter.",
+        &RETRY_BACKOFF_MS,
+        1,
+        60_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_int_guc(
         c"conductor.request_timeout",
         c"Deadline of one request to a storage node.",

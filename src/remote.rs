@@ -52,6 +52,9 @@ pub fn endpoint(placement: &Placement, token: Option<String>) -> NodeEndpoint {
 pub fn scan(queries: Vec<ShardQuery>, columns: usize, bounded: bool) -> ScanHandle {
     let mut options = ScanOptions::new(columns);
     options.bounded = bounded;
+    options.retries = gucs::READ_RETRIES.get().max(0) as u32;
+    options.retry_backoff = Duration::from_millis(gucs::RETRY_BACKOFF_MS.get().max(1) as u64);
+    options.skip_failed = gucs::ON_SHARD_FAILURE.get() == gucs::OnShardFailure::Skip;
     executor().scan(queries, options)
 }
 

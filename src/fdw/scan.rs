@@ -333,6 +333,8 @@ struct ScanState {
     last_route: Option<Route>,
     /// Per-shard figures of finished executions, for EXPLAIN ANALYZE.
     shard_stats: Vec<ShardStats>,
+    /// Shards whose node failed while `conductor.on_shard_failure = skip`.
+    skipped: Vec<conductor_core::executor::ShardError>,
 }
 
 impl ScanState {
@@ -587,6 +589,7 @@ pub unsafe extern "C-unwind" fn begin_foreign_scan(
             current_shard: 0,
             last_route: None,
             shard_stats: Vec::new(),
+            skipped: Vec::new(),
         };
         // Nothing is sent before the first row is asked for, so EXPLAIN
         // without ANALYZE contacts no node.
@@ -632,11 +635,44 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
                 ScanPoll::Pending => {
                     pgrx::check_for_interrupts!();
                 }
-                ScanPoll::Done => state.finish(),
+                ScanPoll::Done => {
+                    state.finish();
+                    warn_skipped(&mut state.skipped);
+                }
+                ScanPoll::Failed(err)
+                    if err.shard_id.is_some()
+                        && crate::gucs::ON_SHARD_FAILURE.get()
+                            == crate::gucs::OnShardFailure::Skip =>
+                {
+                    state.skipped.push(err)
+                }
                 ScanPoll::Failed(err) => remote::report_shard_error(&err),
             }
         }
     }
+}
+
+/// `conductor.on_shard_failure = skip`: one WARNING naming every shard whose
+/// rows are missing (or incomplete, if its node failed mid-stream).
+fn warn_skipped(skipped: &mut Vec<conductor_core::executor::ShardError>) {
+    if skipped.is_empty() {
+        return;
+    }
+    let shards: Vec<String> = skipped
+        .iter()
+        .map(|e| format!("shard {}", e.shard_id.unwrap_or_default()))
+        .collect();
+    let details: Vec<String> = skipped.iter().map(|e| e.to_string()).collect();
+    raise(
+        PgSqlErrorCode::ERRCODE_WARNING,
+        format!(
+            "conductor: rows of {} are missing (conductor.on_shard_failure = skip)",
+            shards.join(", ")
+        ),
+    )
+    .detail(details.join("; "))
+    .warning();
+    skipped.clear();
 }
 
 unsafe fn store_row(state: &ScanState, slot: *mut pg_sys::TupleTableSlot, row: Vec<Value>) {

@@ -99,6 +99,10 @@ pub struct ScanOptions {
     /// request (execute + close) instead of a cursor stream, which saves
     /// the node a stream and the round trip that would close it.
     pub bounded: bool,
+    /// A failed shard does not stop the others: [`ScanHandle::next`]
+    /// reports it as `Failed` and the scan goes on (the caller's opt-in
+    /// degradation, `conductor.on_shard_failure = skip`).
+    pub skip_failed: bool,
 }
 
 impl ScanOptions {
@@ -111,6 +115,7 @@ impl ScanOptions {
             retries: 2,
             retry_backoff: Duration::from_millis(50),
             bounded: false,
+            skip_failed: false,
         }
     }
 }
@@ -134,7 +139,9 @@ pub enum ScanPoll {
     Pending,
     /// Every shard finished and every row was handed out.
     Done,
-    /// A shard failed; the scan is aborted. Later calls return `Done`.
+    /// A shard failed; the scan is aborted and later calls return `Done`
+    /// (with [`ScanOptions::skip_failed`], only that shard stopped and the
+    /// scan goes on).
     Failed(ShardError),
 }
 
@@ -292,6 +299,9 @@ impl Executor {
         };
         let capacity = opts.chunks_per_shard.max(1) * shards.len().max(1);
         let (tx, rx) = flume::bounded(capacity);
+        // Failures skip the queue of rows: a slow reader learns at once that
+        // a shard failed, not after draining every chunk before it.
+        let (failures_tx, failures) = flume::unbounded();
         let begin = Instant::now();
         let mut tasks = Vec::with_capacity(shards.len());
         let mut stats = Vec::with_capacity(shards.len());
@@ -309,11 +319,14 @@ impl Executor {
                 opts.clone(),
                 begin,
                 tx.clone(),
+                failures_tx.clone(),
             );
             tasks.push(started.runtime.spawn(task));
         }
         ScanHandle {
             rx,
+            failures,
+            skip_failed: opts.skip_failed,
             capacity,
             reported: vec![false; tasks.len()],
             remaining: tasks.len(),
@@ -364,7 +377,8 @@ impl Executor {
                 let result = loop {
                     match client.pipeline(&req.endpoint, &req.body).await {
                         Err(NodeError::Connect { .. }) if attempt < retries => {
-                            tokio::time::sleep(backoff * 2u32.saturating_pow(attempt)).await;
+                            tokio::time::sleep(jittered(backoff * 2u32.saturating_pow(attempt)))
+                                .await;
                             attempt += 1;
                         }
                         other => break other.map_err(|e| ShardError::new(req.shard_id, e)),
@@ -410,6 +424,18 @@ enum ScanMsg {
     },
 }
 
+/// `base` scaled by a random factor in [0.5, 1.5), so that many backends
+/// retrying the same node do not come back in lockstep.
+fn jittered(base: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded per process and per instance: enough entropy
+    // for spreading retries, no extra dependency.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    let factor = 0.5 + (h.finish() % 1000) as f64 / 1000.0;
+    base.mul_f64(factor)
+}
+
 async fn scan_shard(
     client: HranaClient,
     index: usize,
@@ -417,31 +443,37 @@ async fn scan_shard(
     opts: ScanOptions,
     begin: Instant,
     tx: flume::Sender<ScanMsg>,
+    failures: flume::Sender<ScanMsg>,
 ) {
     let mut attempt = 0;
     let result = loop {
         let mut handed_over = false;
         match stream_shard(&client, &q, &opts, &tx, &mut handed_over).await {
             Err(e) if !handed_over && e.is_transient() && attempt < opts.retries => {
-                tokio::time::sleep(opts.retry_backoff * 2u32.saturating_pow(attempt)).await;
+                tokio::time::sleep(jittered(opts.retry_backoff * 2u32.saturating_pow(attempt)))
+                    .await;
                 attempt += 1;
             }
             other => break other,
         }
     };
-    let msg = match result {
-        Ok(rows) => ScanMsg::Done {
-            index,
-            rows,
-            elapsed: begin.elapsed(),
-        },
-        Err(e) => ScanMsg::Failed {
-            index,
-            error: ShardError::new(Some(q.shard_id), e),
-        },
-    };
     // Err means the handle is gone: nobody is waiting any more.
-    let _ = tx.send_async(msg).await;
+    match result {
+        Ok(rows) => {
+            let done = ScanMsg::Done {
+                index,
+                rows,
+                elapsed: begin.elapsed(),
+            };
+            let _ = tx.send_async(done).await;
+        }
+        Err(e) => {
+            let _ = failures.send(ScanMsg::Failed {
+                index,
+                error: ShardError::new(Some(q.shard_id), e),
+            });
+        }
+    }
 }
 
 /// Stream one shard's rows into the channel in chunks; returns the row
@@ -617,6 +649,10 @@ async fn stream_rows(
 #[derive(Debug)]
 pub struct ScanHandle {
     rx: flume::Receiver<ScanMsg>,
+    /// Shard failures, delivered ahead of the rows (see `Executor::scan`).
+    failures: flume::Receiver<ScanMsg>,
+    /// See [`ScanOptions::skip_failed`].
+    skip_failed: bool,
     capacity: usize,
     tasks: Vec<JoinHandle<()>>,
     /// Per task: whether its final message (done/failed) was received.
@@ -640,8 +676,11 @@ impl fmt::Debug for ScanMsg {
 impl ScanHandle {
     fn failed(error: ShardError) -> Self {
         let (_, rx) = flume::bounded(1);
+        let (_, failures) = flume::unbounded();
         ScanHandle {
             rx,
+            failures,
+            skip_failed: false,
             capacity: 1,
             tasks: Vec::new(),
             reported: Vec::new(),
@@ -664,16 +703,25 @@ impl ScanHandle {
         }
         let deadline = Instant::now() + wait;
         loop {
+            if let Ok(ScanMsg::Failed { index, error }) = self.failures.try_recv() {
+                self.mark_reported(index);
+                if self.skip_failed {
+                    return ScanPoll::Failed(error);
+                }
+                return self.fail(error);
+            }
             if self.remaining == 0 {
                 self.finished = true;
                 return ScanPoll::Done;
             }
             let msg = match self.rx.recv_deadline(deadline) {
                 Ok(m) => m,
+                Err(flume::RecvTimeoutError::Timeout) if !self.failures.is_empty() => continue,
                 Err(flume::RecvTimeoutError::Timeout) => match self.dead_task() {
                     Some(e) => return self.fail(e),
                     None => return ScanPoll::Pending,
                 },
+                Err(flume::RecvTimeoutError::Disconnected) if !self.failures.is_empty() => continue,
                 // Unreachable while a task is unreported (each holds a sender).
                 Err(flume::RecvTimeoutError::Disconnected) => {
                     let e = self.dead_task().unwrap_or_else(|| {
@@ -697,6 +745,9 @@ impl ScanHandle {
                 }
                 ScanMsg::Failed { index, error } => {
                     self.mark_reported(index);
+                    if self.skip_failed {
+                        return ScanPoll::Failed(error);
+                    }
                     return self.fail(error);
                 }
             }
@@ -724,7 +775,7 @@ impl ScanHandle {
     fn dead_task(&mut self) -> Option<ShardError> {
         let dead =
             (0..self.tasks.len()).find(|&i| !self.reported[i] && self.tasks[i].is_finished())?;
-        if !self.rx.is_empty() {
+        if !self.rx.is_empty() || !self.failures.is_empty() {
             return None;
         }
         let s = &self.stats[dead];

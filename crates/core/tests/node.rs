@@ -471,3 +471,57 @@ fn health_of_a_real_node() {
     let err = rt.block_on(client.health(&ep)).expect_err("down");
     assert!(err.is_transient(), "{err}");
 }
+
+#[test]
+fn skip_failed_scans_return_the_reachable_shards() {
+    let live = node(|_| {});
+    let ep = endpoint(0, &live);
+    let ex = Executor::new(ExecutorConfig::default());
+    run_ok(
+        &ex,
+        vec![executes(
+            &ep,
+            Some(0),
+            vec![
+                Stmt::new("CREATE TABLE s_0000 (id INTEGER)", vec![]),
+                Stmt::new("INSERT INTO s_0000 VALUES (1), (2)", vec![]),
+            ],
+        )],
+    );
+    // Shard 1 lives on a node nobody listens for.
+    let dead = NodeEndpoint {
+        node_id: "node-dead".into(),
+        url: "http://127.0.0.1:1".into(),
+        token: None,
+    };
+    let queries = |skip: bool| {
+        let mut opts = ScanOptions::new(1);
+        opts.skip_failed = skip;
+        let q = |shard_id, endpoint: &NodeEndpoint| ShardQuery {
+            shard_id,
+            endpoint: endpoint.clone(),
+            stmt: Stmt::new("SELECT id FROM s_0000", vec![]),
+        };
+        ex.scan(vec![q(0, &ep), q(1, &dead)], opts)
+    };
+
+    // Default: the failure ends the scan.
+    let mut scan = queries(false);
+    assert!(scan_all(&mut scan).is_err());
+
+    // skip_failed: the dead shard is reported, the live one's rows arrive.
+    let mut scan = queries(true);
+    let end = Instant::now() + Duration::from_secs(30);
+    let (mut rows, mut failed) = (Vec::new(), Vec::new());
+    loop {
+        assert!(Instant::now() < end, "scan timed out");
+        match scan.next(POLL) {
+            ScanPoll::Rows(c) => rows.extend(c.rows),
+            ScanPoll::Pending => {}
+            ScanPoll::Done => break,
+            ScanPoll::Failed(e) => failed.push(e.shard_id),
+        }
+    }
+    assert_eq!(failed, vec![Some(1)]);
+    assert_eq!(rows.len(), 2);
+}

@@ -308,6 +308,11 @@ impl Cluster {
         }
     }
 
+    /// The process id of node `i` while it runs (to SIGSTOP/SIGCONT it).
+    pub fn node_pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(|c| c.id())
+    }
+
     /// Kills node `i` (SIGKILL, like a crash) and waits for it. Its data dir
     /// and port are kept for [`Cluster::start_node`]. No-op if stopped.
     pub fn stop_node(&mut self, i: usize) {
