@@ -32,7 +32,7 @@ stop:
 	scripts/cluster.sh stop
 
 status:
-	scripts/cluster.sh status
+	scripts/cluster.sh status || true
 
 ## make test: every test (format, unit, end-to-end)
 test: deps
