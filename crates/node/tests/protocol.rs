@@ -776,12 +776,17 @@ fn a_write_waits_for_a_streams_write_lock() {
     let baton = b["baton"].as_str().unwrap().to_owned();
     let t = Instant::now();
     let writer = std::thread::spawn(move || exec(a, "INSERT INTO t VALUES (2)", vec![]));
+    // A lone DDL statement tries the writer inline, finds the lock taken
+    // and is queued rather than failing.
+    let ddl = std::thread::spawn(move || exec(a, "CREATE TABLE t2(x)", vec![]));
     // Reads are not blocked by the open write transaction meanwhile.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(count(a, "t"), 0);
     pipeline(a, Some(&baton), vec![execute("COMMIT", vec![]), close()]);
     let r = writer.join().unwrap();
     assert_eq!(r["affected_row_count"], 1);
+    ddl.join().unwrap();
+    assert_eq!(count(a, "t2"), 0);
     assert!(t.elapsed() >= Duration::from_millis(300));
     assert_eq!(count(a, "t"), 2);
     let s = get(a, "/stats").json();
