@@ -72,15 +72,22 @@ $$;
 CREATE EVENT TRIGGER conductor_sql_drop ON sql_drop
     EXECUTE FUNCTION conductor._on_sql_drop();
 
+-- health, last_error: what the querying session has seen of the node
+-- (src/health.rs); a node it has not talked to yet shows as healthy.
 CREATE VIEW conductor.nodes AS
 SELECT s.srvname AS server,
        n.node_id,
        n.url,
        n.status,
        (SELECT count(*) FROM conductor.shard sh
-         WHERE sh.server_id = n.server_id AND sh.node_id = n.node_id) AS shards
+         WHERE sh.server_id = n.server_id AND sh.node_id = n.node_id) AS shards,
+       CASE WHEN coalesce(h.healthy, true) THEN 'healthy' ELSE 'unhealthy' END AS health,
+       coalesce(h.consecutive_failures, 0) AS consecutive_failures,
+       h.last_error,
+       h.last_error_at
   FROM conductor.node n
-  JOIN pg_catalog.pg_foreign_server s ON s.oid = n.server_id;
+  JOIN pg_catalog.pg_foreign_server s ON s.oid = n.server_id
+  LEFT JOIN conductor.node_health() h ON h.url = n.url;
 
 CREATE VIEW conductor.tables AS
 SELECT t.relid::regclass AS table_name,

@@ -22,6 +22,9 @@ pub enum OnShardFailure {
 pub static ON_SHARD_FAILURE: GucSetting<OnShardFailure> =
     GucSetting::<OnShardFailure>::new(OnShardFailure::Error);
 
+/// How long a node marked unhealthy is left alone, in milliseconds.
+pub static NODE_COOLDOWN_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
 /// Extra attempts of a read whose node failed transiently.
 pub static READ_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(2);
 
@@ -36,6 +39,16 @@ pub fn init() {
         &ON_SHARD_FAILURE,
         GucContext::Userset,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"conductor.node_cooldown",
+        c"How long a node that failed repeatedly is marked unhealthy.",
+        c"Statements that need it fail fast (or, with on_shard_failure = skip, reads leave its shards out) until the cool-down ends; then the node is tried again.",
+        &NODE_COOLDOWN_MS,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
         c"conductor.read_retries",

@@ -14,6 +14,7 @@ mod convert;
 mod errors;
 mod fdw;
 mod gucs;
+mod health;
 mod parse;
 mod remote;
 mod stats;

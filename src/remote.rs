@@ -5,6 +5,7 @@
 use crate::catalog::Placement;
 use crate::errors::raise;
 use crate::gucs;
+use crate::health;
 use conductor_core::client::{first_error, ClientConfig, NodeEndpoint, NodeError, NodeRef};
 use conductor_core::executor::{Executor, ExecutorConfig, ScanHandle, ScanOptions, ShardError};
 use conductor_hrana::{
@@ -80,15 +81,62 @@ pub fn execute_raw(
     requests: Vec<ShardRequest>,
     interruptible: bool,
 ) -> Vec<Result<PipelineRespBody, ShardError>> {
-    let mut handle = executor().execute(requests);
-    loop {
-        if let Some(results) = handle.wait(POLL_INTERVAL) {
-            return results;
-        }
-        if interruptible {
-            pgrx::check_for_interrupts!();
+    // A node cooling down after repeated failures is not contacted: its
+    // requests fail at once, as if the connection had been refused.
+    let mut results: Vec<Option<Result<PipelineRespBody, ShardError>>> = Vec::new();
+    let mut send = Vec::new();
+    let mut urls = Vec::new();
+    for r in requests {
+        urls.push(r.endpoint.url.clone());
+        match health::unavailable(&r.endpoint.url) {
+            Some(why) => results.push(Some(Err(ShardError::new(
+                r.shard_id,
+                NodeError::Connect {
+                    node: NodeRef::from(&r.endpoint),
+                    message: why,
+                },
+            )))),
+            None => {
+                results.push(None);
+                send.push(r);
+            }
         }
     }
+    let sent = if send.is_empty() {
+        Vec::new()
+    } else {
+        let mut handle = executor().execute(send);
+        loop {
+            if let Some(r) = handle.wait(POLL_INTERVAL) {
+                break r;
+            }
+            if interruptible {
+                pgrx::check_for_interrupts!();
+            }
+        }
+    };
+    let mut sent = sent.into_iter();
+    // One failure per node per call, however many of its shards failed.
+    let mut failed_urls = std::collections::BTreeSet::new();
+    results
+        .into_iter()
+        .zip(urls)
+        .map(|(r, url)| match r {
+            Some(early) => early,
+            None => {
+                let r = sent.next().expect("one result per sent request");
+                match &r {
+                    Ok(_) => health::record_success(&url),
+                    Err(e) => {
+                        if failed_urls.insert(url) {
+                            health::record_failure(e)
+                        }
+                    }
+                }
+                r
+            }
+        })
+        .collect()
 }
 
 fn execute_with(

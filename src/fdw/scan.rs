@@ -335,6 +335,8 @@ struct ScanState {
     shard_stats: Vec<ShardStats>,
     /// Shards whose node failed while `conductor.on_shard_failure = skip`.
     skipped: Vec<conductor_core::executor::ShardError>,
+    /// Nodes the running scan reads from (their health is recorded at the end).
+    scan_urls: Vec<String>,
 }
 
 impl ScanState {
@@ -413,7 +415,32 @@ impl ScanState {
             self.finished = true;
             return;
         }
+        let skip = crate::gucs::ON_SHARD_FAILURE.get() == crate::gucs::OnShardFailure::Skip;
+        let mut reachable = Vec::with_capacity(queries.len());
+        for q in queries {
+            match crate::health::unavailable(&q.endpoint.url) {
+                None => reachable.push(q),
+                Some(why) => {
+                    let err = conductor_core::executor::ShardError::new(
+                        Some(q.shard_id),
+                        conductor_core::client::NodeError::Connect {
+                            node: conductor_core::client::NodeRef::from(&q.endpoint),
+                            message: why,
+                        },
+                    );
+                    if !skip {
+                        remote::report_shard_error(&err);
+                    }
+                    self.skipped.push(err);
+                }
+            }
+        }
+        let queries = reachable;
+        self.scan_urls = queries.iter().map(|q| q.endpoint.url.clone()).collect();
         self.finished = queries.is_empty();
+        if self.finished {
+            warn_skipped(&mut self.skipped);
+        }
         // With no column needed (count(*)), select_sql asks for one NULL.
         self.handle =
             (!queries.is_empty()).then(|| remote::scan(queries, self.codecs.len().max(1), bounded));
@@ -590,6 +617,7 @@ pub unsafe extern "C-unwind" fn begin_foreign_scan(
             last_route: None,
             shard_stats: Vec::new(),
             skipped: Vec::new(),
+            scan_urls: Vec::new(),
         };
         // Nothing is sent before the first row is asked for, so EXPLAIN
         // without ANALYZE contacts no node.
@@ -637,6 +665,11 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
                 }
                 ScanPoll::Done => {
                     state.finish();
+                    for url in std::mem::take(&mut state.scan_urls) {
+                        if !state.skipped.iter().any(|e| e.url == url) {
+                            crate::health::record_success(&url);
+                        }
+                    }
                     warn_skipped(&mut state.skipped);
                 }
                 ScanPoll::Failed(err)
@@ -644,9 +677,16 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
                         && crate::gucs::ON_SHARD_FAILURE.get()
                             == crate::gucs::OnShardFailure::Skip =>
                 {
+                    // One failure per node per scan, however many shards.
+                    if !state.skipped.iter().any(|e| e.url == err.url) {
+                        crate::health::record_failure(&err);
+                    }
                     state.skipped.push(err)
                 }
-                ScanPoll::Failed(err) => remote::report_shard_error(&err),
+                ScanPoll::Failed(err) => {
+                    crate::health::record_failure(&err);
+                    remote::report_shard_error(&err)
+                }
             }
         }
     }

@@ -171,7 +171,11 @@ fn skip_returns_the_reachable_shards_with_a_warning_and_writes_never_skip() {
                 (SELECT shard_id FROM conductor.shards WHERE node_id = 'node-3')",
     );
     cluster.stop_node(3);
-    exec(&mut db, "SET conductor.read_retries = 0");
+    // No cool-down: this test is about skipping, not about health.
+    exec(
+        &mut db,
+        "SET conductor.read_retries = 0; SET conductor.node_cooldown = 0",
+    );
     // Default: an error.
     let e = expect_db_error(db.query("SELECT count(*) FROM f", &[]), "default");
     assert!(
@@ -380,4 +384,79 @@ fn garbage_answers_are_clear_errors_and_the_backend_survives() {
         &format!("SELECT conductor.update_node('cluster', 'node-0', '{real}')"),
     );
     assert_eq!(query_i64(&mut db, "SELECT count(*) FROM f"), 16);
+}
+
+#[test]
+fn a_failing_node_is_marked_unhealthy_fails_fast_and_comes_back() {
+    let (mut cluster, mut db) = setup(160);
+    exec(
+        &mut db,
+        "SET conductor.read_retries = 0; SET conductor.node_cooldown = '2s'",
+    );
+    cluster.stop_node(1);
+    // Repeated failures mark the node unhealthy...
+    for _ in 0..3 {
+        let e = expect_db_error(db.query("SELECT count(*) FROM f", &[]), "node down");
+        assert!(
+            e.detail().unwrap_or("").contains("node-1"),
+            "{}",
+            describe(&e)
+        );
+    }
+    let row = db
+        .query_one(
+            "SELECT health, consecutive_failures, last_error FROM conductor.nodes WHERE node_id = 'node-1'",
+            &[],
+        )
+        .unwrap();
+    let (health, failures, last_error): (String, i32, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    println!("node-1 after 3 failures: {health}, {failures} failures, last error {last_error:?}");
+    assert_eq!(health, "unhealthy");
+    assert!(failures >= 3);
+    assert!(last_error.unwrap_or_default().contains("node-1"));
+    // ...and statements that need it then fail fast, naming it.
+    let t = Instant::now();
+    let e = expect_db_error(db.query("SELECT count(*) FROM f", &[]), "fail fast");
+    let took = t.elapsed();
+    println!("fail fast: {took:?}: {}", describe(&e));
+    assert!(
+        e.detail().unwrap_or("").contains("marked unhealthy"),
+        "{}",
+        describe(&e)
+    );
+    assert!(took < Duration::from_millis(200), "{took:?}");
+    // Other nodes' shards still serve a routed read.
+    let healthy_key: i64 = query_i64(
+        &mut db,
+        "SELECT i::bigint FROM generate_series(1, 160) i
+          WHERE conductor.shard_for('f', i::bigint) IN
+                (SELECT shard_id FROM conductor.shards WHERE node_id <> 'node-1') LIMIT 1",
+    );
+    assert_eq!(
+        query_i64(
+            &mut db,
+            &format!("SELECT count(*) FROM f WHERE id = {healthy_key}")
+        ),
+        1
+    );
+    // The node comes back: after the cool-down it is used again, without
+    // a restart of anything on the Postgres side.
+    cluster.start_node(1);
+    std::thread::sleep(Duration::from_millis(2_100));
+    assert_eq!(query_i64(&mut db, "SELECT count(*) FROM f"), 160);
+    let health: String = db
+        .query_one(
+            "SELECT health FROM conductor.nodes WHERE node_id = 'node-1'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(health, "healthy");
+    // Writes reach the restarted node through the pool too.
+    exec(
+        &mut db,
+        "INSERT INTO f SELECT i, 'new' FROM generate_series(1000, 1100) i",
+    );
+    assert_eq!(query_i64(&mut db, "SELECT count(*) FROM f"), 261);
 }
