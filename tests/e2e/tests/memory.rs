@@ -91,6 +91,7 @@ fn run(rows: i64) {
     assert_eq!(query_i64(&mut scan, "SELECT count(*) FROM mem_users"), rows);
     let count_time = t.elapsed();
     let (after_count_hwm, _) = memory_kb(pid);
+    eprintln!("count(*) of {rows} rows in {count_time:?}: VmHWM {idle_hwm} kB idle, {warm_hwm} kB warm, {after_count_hwm} kB after");
     let t = Instant::now();
     let total_len = query_i64(
         &mut scan,
@@ -98,6 +99,7 @@ fn run(rows: i64) {
     );
     let sum_time = t.elapsed();
     let (after_sum_hwm, after_rss) = memory_kb(pid);
+    eprintln!("sum(length(email)) in {sum_time:?}: VmHWM {after_sum_hwm} kB after");
     // Independent expectation: sum of length('user' || i || '@example.com').
     let expected: i64 = (1..=rows)
         .map(|i| 4 + i.to_string().len() as i64 + 12)
