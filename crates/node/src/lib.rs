@@ -96,7 +96,9 @@ impl Drop for RunningNode {
 
 /// Starts a node on a new thread with its own runtime. Returns once it is
 /// listening (so `addr()` is final) or with the error that stopped it
-/// (address in use, database cannot be opened).
+/// (address in use, database cannot be opened). `threads == 0` means 2
+/// here. The node logs through whatever `tracing` subscriber the process
+/// has (`log_level` is only used by the binary).
 pub fn spawn(config: Config) -> std::io::Result<RunningNode> {
     let std_listener = std::net::TcpListener::bind(config.listen)?;
     std_listener.set_nonblocking(true)?;
