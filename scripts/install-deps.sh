@@ -16,6 +16,7 @@ PACKAGES=(
     libclang-dev clang         # bindgen, used by pgrx-pg-sys
     pkg-config libssl-dev      # common -sys crate needs (cargo-pgrx build)
     build-essential            # cc, make
+    wrk                        # HTTP load for bench/node (make bench)
 )
 
 log() { echo "install-deps: $*"; }
