@@ -25,6 +25,7 @@ pub mod code {
     pub const BODY_TOO_LARGE: &str = "BODY_TOO_LARGE";
     pub const INTERNAL: &str = "INTERNAL_ERROR";
     pub const VALUE_NOT_REPRESENTABLE: &str = "VALUE_NOT_REPRESENTABLE";
+    pub const RESPONSE_TOO_LARGE: &str = "RESPONSE_TOO_LARGE";
 }
 
 pub fn error(code: &str, message: impl Into<String>) -> Error {

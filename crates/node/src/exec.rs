@@ -13,6 +13,11 @@ use rusqlite::{Connection, Statement};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Largest result (roughly, in bytes of values) an `execute` collects in
+/// memory; a pipeline holds its whole response, so an accidental full scan
+/// must not take the node's memory with it. Cursors have no such limit.
+const MAX_RESULT_BYTES: usize = 128 << 20;
+
 /// Most SQL texts one stream may store with `store_sql`.
 const MAX_STORED_SQL: usize = 1000;
 
@@ -262,14 +267,30 @@ pub fn execute_prepared(
     let cols = columns(prepared);
     let ncols = cols.len();
     let mut rows_out = Vec::new();
+    let mut size = 0usize;
     let mut rows = prepared.raw_query();
     while let Some(row) = rows.next().map_err(from_sqlite)? {
         if want_rows {
             let mut out = Vec::with_capacity(ncols);
             for i in 0..ncols {
-                out.push(to_value(row.get_ref_unwrap(i))?);
+                let v = row.get_ref_unwrap(i);
+                size += match v {
+                    ValueRef::Text(b) | ValueRef::Blob(b) => b.len() + 32,
+                    _ => 32,
+                };
+                out.push(to_value(v)?);
             }
             rows_out.push(out);
+            if size > MAX_RESULT_BYTES {
+                return Err(errors::error(
+                    code::RESPONSE_TOO_LARGE,
+                    format!(
+                        "the result exceeds {} MiB; read large results through /v3/cursor, \
+                         which streams them",
+                        MAX_RESULT_BYTES >> 20
+                    ),
+                ));
+            }
         }
     }
     drop(rows);

@@ -894,3 +894,19 @@ fn concurrent_lone_writes_keep_their_own_results() {
         s["group_commits"], s["group_committed_writes"]
     );
 }
+
+#[test]
+fn a_huge_pipeline_result_is_an_error_not_an_outage() {
+    let n = node();
+    let a = n.addr();
+    // ~200 MiB of values: too much to collect for a pipeline response.
+    let e = exec_err(
+        a,
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 200) \
+         SELECT zeroblob(1048576) FROM c",
+        vec![],
+    );
+    assert_eq!(e["code"], "RESPONSE_TOO_LARGE", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("/v3/cursor"));
+    assert_eq!(get(a, "/health").status, 200);
+}
