@@ -2659,12 +2659,12 @@ fn reset_counters(db: &mut Client) {
     exec_ok(db, "SELECT conductor.reset_shard_requests()");
 }
 
-/// Foreign scans of a JSON plan: (relation, `Shards` property, actual loops
-/// when analyzed).
-fn foreign_scans(
-    plan: &conductor_e2e::serde_json::Value,
-    out: &mut Vec<(String, String, Option<u64>)>,
-) {
+/// A foreign scan of a JSON plan: (relation, `Shards` property, actual
+/// loops when analyzed).
+type ScanInfo = (String, String, Option<u64>);
+
+/// Foreign scans of a JSON plan.
+fn foreign_scans(plan: &conductor_e2e::serde_json::Value, out: &mut Vec<ScanInfo>) {
     if plan["Node Type"] == "Foreign Scan" {
         out.push((
             plan["Relation Name"].as_str().unwrap_or("?").to_string(),
@@ -2679,11 +2679,7 @@ fn foreign_scans(
     }
 }
 
-fn json_plan(
-    db: &mut Client,
-    options: &str,
-    sql: &str,
-) -> Result<Vec<(String, String, Option<u64>)>, (String, String)> {
+fn json_plan(db: &mut Client, options: &str, sql: &str) -> Result<Vec<ScanInfo>, (String, String)> {
     let rows = run_simple(db, &format!("EXPLAIN ({options}, FORMAT JSON) {sql}"))?;
     let v: conductor_e2e::serde_json::Value =
         conductor_e2e::serde_json::from_str(&rows.join("\n")).expect("EXPLAIN JSON");
@@ -2861,7 +2857,7 @@ fn explain_matches_execution() {
             param_scans += 1;
         }
         let tables: std::collections::BTreeSet<&String> = listed.keys().chain(got.keys()).collect();
-        let mut analyzed: Option<Vec<(String, String, Option<u64>)>> = None;
+        let mut analyzed: Option<Vec<ScanInfo>> = None;
         for t in tables {
             let empty = Default::default();
             let l = listed.get(t).unwrap_or(&empty);
