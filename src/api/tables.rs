@@ -4,8 +4,9 @@ use super::check_conductor_server;
 use crate::catalog::{cache, credentials::token_for, relation_columns, relation_display_name};
 use crate::errors::raise;
 use crate::fdw::options::table_option;
-use crate::remote::{self, transaction, ShardRequest};
+use crate::remote::{transaction, ShardRequest};
 use crate::xact;
+use crate::xact::streams::{self, NodeWork, ShardLabel};
 use conductor_core::client::NodeEndpoint;
 use conductor_core::placement::{shard_for as place, KeyValue, HASH_VERSION};
 use conductor_core::remote_sql::{create_table_sql, drop_table_sql, shard_table_name};
@@ -180,68 +181,44 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
         .collect();
     let pk: Vec<&str> = primary_key.iter().map(String::as_str).collect();
 
-    let mut per_node: BTreeMap<&str, (&NodeRow, Vec<String>)> = BTreeMap::new();
+    // The shard tables are created inside this transaction's remote
+    // transactions (SQLite DDL is transactional): they appear on the nodes
+    // when Postgres commits, and a failure anywhere, a ROLLBACK or a
+    // backend exit leaves none behind. It also keeps them behind any write
+    // lock this transaction already holds on a node.
+    let mut per_node: BTreeMap<&str, NodeWork> = BTreeMap::new();
     for (shard, node) in placement.iter().enumerate() {
         let table = shard_table_name(&remote_name, shard as u32);
         per_node
             .entry(node.node_id.as_str())
-            .or_insert_with(|| (node, Vec::new()))
-            .1
-            .push(table);
+            .or_insert_with(|| NodeWork {
+                key: (server_id.to_u32(), node.node_id.clone()),
+                endpoint: NodeEndpoint {
+                    node_id: node.node_id.clone(),
+                    url: node.url.clone(),
+                    token: token.clone(),
+                },
+                stmts: Vec::new(),
+            })
+            .stmts
+            .push((
+                ShardLabel {
+                    table: display.clone(),
+                    shard: shard as u32,
+                },
+                Stmt::new(create_table_sql(&table, &column_defs, &pk), vec![]),
+            ));
     }
-    let endpoint = |node: &NodeRow| NodeEndpoint {
-        node_id: node.node_id.clone(),
-        url: node.url.clone(),
-        token: token.clone(),
-    };
-    let drop_request = |node: &NodeRow, tables: &[String]| ShardRequest {
-        shard_id: None,
-        endpoint: endpoint(node),
-        body: transaction(
-            tables
-                .iter()
-                .map(|t| Stmt::new(drop_table_sql(t), vec![]))
-                .collect(),
-        ),
-    };
-    let creates: Vec<ShardRequest> = per_node
-        .values()
-        .map(|(node, tables)| ShardRequest {
-            shard_id: None,
-            endpoint: endpoint(node),
-            body: transaction(
-                tables
-                    .iter()
-                    .map(|t| Stmt::new(create_table_sql(t, &column_defs, &pk), vec![]))
-                    .collect(),
-            ),
-        })
-        .collect();
-    let results = remote::execute(creates);
-    let failure = results.iter().find_map(|r| r.as_ref().err()).cloned();
-    if let Some(err) = failure {
-        // Each node created all of its shard tables or none (one remote
-        // transaction per node): drop them where it succeeded.
-        let undo: Vec<ShardRequest> = per_node
-            .values()
-            .zip(&results)
-            .filter(|(_, r)| r.is_ok())
-            .map(|((node, tables), _)| drop_request(node, tables))
-            .collect();
-        remote::execute_uninterruptible(undo);
-        raise(
-            PgSqlErrorCode::ERRCODE_FDW_UNABLE_TO_CREATE_EXECUTION,
-            format!("could not create the shard tables of {display}"),
-        )
-        .detail(err.to_string())
-        .hint("Nothing was created; fix the node and try again.")
-        .error()
-    }
-    for (node, tables) in per_node.values() {
-        xact::on_abort(
-            format!("drop shard tables {} of {display}", tables.join(", ")),
-            drop_request(node, tables),
-        );
+    for result in streams::run(per_node.into_values().collect()) {
+        if let Err(err) = result {
+            raise(
+                PgSqlErrorCode::ERRCODE_FDW_UNABLE_TO_CREATE_EXECUTION,
+                format!("could not create the shard tables of {display}"),
+            )
+            .detail(err.to_string())
+            .hint("Nothing is left on any node; fix the node and try again.")
+            .error()
+        }
     }
 
     Spi::connect_mut(|client| -> Result<(), pgrx::spi::Error> {

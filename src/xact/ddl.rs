@@ -1,9 +1,9 @@
-//! Node DDL that must follow the Postgres transaction's outcome: shard
-//! tables created by a transaction (or subtransaction) that aborts are
-//! dropped again, and shard tables of a dropped distributed table are
-//! dropped only once the drop commits. Nodes are not transactional with
-//! Postgres, so this runs after the outcome is known and only warns on
-//! failure (an ERROR is impossible once a transaction has committed).
+//! Node DDL that waits for the Postgres transaction's outcome: the shard
+//! tables of a dropped distributed table are dropped only once the drop
+//! commits (and not at all if it, or its subtransaction, aborts). This runs
+//! after the commit, on connections of its own, and only warns on failure
+//! (an ERROR is impossible once a transaction has committed). Shard tables
+//! are *created* inside the remote transactions instead (`streams`).
 
 use crate::errors::raise;
 use crate::remote::ShardRequest;
@@ -12,14 +12,7 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
 
-#[derive(Clone, Copy, PartialEq)]
-enum When {
-    Commit,
-    Abort,
-}
-
 struct PendingDdl {
-    when: When,
     /// Transaction nesting level that queued it.
     level: i32,
     what: String,
@@ -30,27 +23,17 @@ thread_local! {
     static PENDING: RefCell<Vec<PendingDdl>> = const { RefCell::new(Vec::new()) };
 }
 
-fn queue(when: When, what: String, request: ShardRequest) {
+/// Run `request` once the top-level transaction commits.
+pub fn on_commit(what: String, request: ShardRequest) {
     // SAFETY: reads backend transaction state.
     let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
     PENDING.with(|p| {
         p.borrow_mut().push(PendingDdl {
-            when,
             level,
             what,
             request,
         })
     });
-}
-
-/// Run `request` if the current (sub)transaction aborts.
-pub fn on_abort(what: String, request: ShardRequest) {
-    queue(When::Abort, what, request);
-}
-
-/// Run `request` once the top-level transaction commits.
-pub fn on_commit(what: String, request: ShardRequest) {
-    queue(When::Commit, what, request);
 }
 
 /// Send the requests and wait for them without answering interrupts: this
@@ -89,35 +72,18 @@ fn take(filter: impl Fn(&PendingDdl) -> bool) -> Vec<PendingDdl> {
 
 /// The top-level transaction committed: run what waited for it.
 pub fn at_commit() {
-    let items = take(|_| true);
-    run_and_warn(
-        items
-            .into_iter()
-            .filter(|i| i.when == When::Commit)
-            .collect(),
-    );
+    run_and_warn(take(|_| true));
 }
 
-/// The top-level transaction aborted: undo what it created.
+/// The top-level transaction aborted: nothing it queued happens.
 pub fn at_abort() {
-    let items = take(|_| true);
-    run_and_warn(
-        items
-            .into_iter()
-            .filter(|i| i.when == When::Abort)
-            .collect(),
-    );
+    take(|_| true);
 }
 
-/// Subtransaction `level` aborted: undo what it (and its children) created.
+/// Subtransaction `level` aborted: what it (and its children) queued is
+/// forgotten.
 pub fn at_subabort(level: i32) {
-    let items = take(|i| i.level >= level);
-    run_and_warn(
-        items
-            .into_iter()
-            .filter(|i| i.when == When::Abort)
-            .collect(),
-    );
+    take(|i| i.level >= level);
 }
 
 /// Subtransaction `level` committed: its work now belongs to its parent.

@@ -1,13 +1,13 @@
 //! Work that follows the Postgres transaction's outcome: the remote write
 //! transactions on the nodes (`streams`) and node DDL that waits for commit
-//! or undoes itself on abort (`ddl`). One pair of callbacks dispatches both.
+//! (`ddl`). One pair of callbacks dispatches both.
 
 pub mod ddl;
 pub mod streams;
 
 use pgrx::prelude::*;
 
-pub use ddl::{on_abort, on_commit};
+pub use ddl::on_commit;
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {

@@ -69,6 +69,13 @@ pub struct Config {
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     pub stream_idle_timeout_ms: u64,
 
+    /// A cursor whose client reads nothing for this long is given up (its
+    /// read transaction would otherwise hold back WAL checkpoints forever).
+    /// Generous by default: a Postgres cursor paused between FETCHes is a
+    /// client that stops reading.
+    #[arg(long, default_value_t = 300_000, value_name = "MS")]
+    pub cursor_stall_timeout_ms: u64,
+
     /// Most streams open at once; a request opening one more gets 503.
     #[arg(long, default_value_t = 1024)]
     pub max_streams: usize,
@@ -123,6 +130,10 @@ impl Config {
 
     pub(crate) fn stream_idle_timeout(&self) -> Duration {
         Duration::from_millis(self.stream_idle_timeout_ms)
+    }
+
+    pub(crate) fn cursor_stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.cursor_stall_timeout_ms)
     }
 
     pub(crate) fn db_path(&self) -> PathBuf {

@@ -344,7 +344,7 @@ pub async fn cursor(node: &Arc<Node>, body: &[u8]) -> Result<mpsc::Receiver<Byte
                 return;
             }
         };
-        let stall = n.config.stream_idle_timeout();
+        let stall = n.config.cursor_stall_timeout();
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             cursor::run(
                 &state.conn,
