@@ -358,8 +358,8 @@ fn the_io_runtime_is_created_lazily_in_the_backend() {
 /// A scan whose consumer pauses: a Postgres cursor over a big table, read
 /// a little, then nothing for longer than a stream's idle expiry
 /// (conductor-node `--stream-idle-timeout-ms`, 10 s), then the rest. The
-/// node waits for a reader up to `--cursor-stall-timeout-ms` (5 min). The streamed result is bounded on both sides, so the node waits
-/// for the reader; the rows must all arrive.
+/// streamed result is bounded on both sides, so the node waits for the
+/// reader (up to `--cursor-stall-timeout-ms`, 5 min); every row must arrive.
 #[test]
 fn a_paused_scan_still_returns_every_row() {
     let cluster = Cluster::start(ClusterOptions {
