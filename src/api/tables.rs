@@ -177,7 +177,13 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
     let token = token_for(server_id);
     let column_defs: Vec<(&str, ColumnType, bool)> = columns
         .iter()
-        .map(|c| (c.name.as_str(), c.ty, primary_key.contains(&c.name)))
+        .map(|c| {
+            (
+                c.name.as_str(),
+                c.ty,
+                c.not_null || primary_key.contains(&c.name),
+            )
+        })
         .collect();
     let pk: Vec<&str> = primary_key.iter().map(String::as_str).collect();
 

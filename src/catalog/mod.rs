@@ -19,6 +19,9 @@ pub struct Column {
     pub ty: ColumnType,
     pub typoid: pg_sys::Oid,
     pub typmod: i32,
+    /// Declared NOT NULL: Postgres does not enforce constraints of foreign
+    /// tables, so the shard tables do.
+    pub not_null: bool,
 }
 
 /// One shard: where it lives and what its table is called there.
@@ -72,7 +75,7 @@ pub fn relation_columns(
 ) -> Result<Vec<Result<Column, (String, String)>>, pgrx::spi::Error> {
     let rows = client.select(
         "SELECT a.attnum, a.attname::text, a.atttypid, a.atttypmod,
-                format_type(a.atttypid, a.atttypmod)
+                format_type(a.atttypid, a.atttypmod), a.attnotnull
            FROM pg_catalog.pg_attribute a
           WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
           ORDER BY a.attnum",
@@ -86,6 +89,7 @@ pub fn relation_columns(
         let typoid: pg_sys::Oid = row.get(3)?.unwrap_or(pg_sys::Oid::INVALID);
         let typmod: i32 = row.get(4)?.unwrap_or(-1);
         let display: String = row.get(5)?.unwrap_or_default();
+        let not_null: bool = row.get(6)?.unwrap_or(false);
         columns.push(match column_type_of(typoid) {
             Some(ty) => Ok(Column {
                 attnum,
@@ -93,6 +97,7 @@ pub fn relation_columns(
                 ty,
                 typoid,
                 typmod,
+                not_null,
             }),
             None => Err((name, display)),
         });

@@ -76,7 +76,8 @@ fn setup(nodes: usize) -> (Cluster, Client) {
     (cluster, db)
 }
 
-const COLUMNS: &str = "id bigint NOT NULL, k integer, v text, f double precision, n numeric";
+const COLUMNS: &str =
+    "id bigint NOT NULL, k integer, v text NOT NULL DEFAULT '', f double precision, n numeric";
 
 /// One generated write statement, written for table `T` (replaced by the
 /// local and the sharded table's names).
@@ -84,7 +85,34 @@ fn write_statement(rng: &mut Rng, next_id: &mut i64) -> String {
     let id = |rng: &mut Rng| 1 + rng.below(400) as i64;
     let texts = ["'a'", "'B'", "'héllo'", "'x%y'", "NULL", "''", "'🙂'"];
     let ks = ["0", "1", "-5", "2147483600", "NULL", "42"];
-    match rng.below(12) {
+    match rng.below(14) {
+        12 => {
+            // COPY of a few rows (tab-separated), sometimes with a duplicate
+            let n = 1 + rng.below(20);
+            let mut lines = Vec::new();
+            for _ in 0..n {
+                *next_id += 1;
+                lines.push(format!("{}\t{}\tc{}", *next_id, rng.below(9), *next_id));
+            }
+            if rng.below(3) == 0 {
+                lines.push(format!("{}\t1\tdup", id(rng)));
+            }
+            // A server-side file: both tables load the very same bytes.
+            let path = std::env::temp_dir().join(format!(
+                "conductor-writes-{}-{}.tsv",
+                std::process::id(),
+                *next_id
+            ));
+            std::fs::write(&path, lines.join("\n") + "\n").expect("write COPY data");
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            format!("COPY T (id, k, v) FROM '{}'", path.display())
+        }
+        13 => {
+            // v is NOT NULL on both sides: fails alike (23502)
+            *next_id += 1;
+            format!("INSERT INTO T (id, k, v) VALUES ({}, 1, NULL)", *next_id)
+        }
         0 | 1 => {
             // multi-row VALUES, sometimes with RETURNING
             let n = 1 + rng.below(5);
@@ -179,7 +207,7 @@ fn random_write_sequences_match_a_local_table() {
     let mut failures = Vec::new();
     let mut statements = 0;
     let mut errors_alike = 0;
-    for round in 0..60 {
+    for round in 0..120 {
         // Some rounds run as a transaction that commits or rolls back.
         let txn = rng.below(3);
         let mut batch = Vec::new();
@@ -213,6 +241,16 @@ fn random_write_sequences_match_a_local_table() {
                 sharded.len()
             ));
             break;
+        }
+    }
+    let prefix = format!("conductor-writes-{}-", std::process::id());
+    for entry in std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
     let rows = query_i64(&mut db, "SELECT count(*) FROM s_w");
