@@ -20,7 +20,6 @@ use pgrx::prelude::*;
 use pgrx::{PgList, PgMemoryContexts, PgSqlErrorCode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::ffi::{CStr, CString};
 use std::rc::Rc;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -90,7 +89,7 @@ pub unsafe extern "C-unwind" fn plan_direct_modify(
             return false;
         }
         let topology = cache::table(relid);
-        let scan = ScanPlan::from_private((*fscan).fdw_private);
+        let scan: ScanPlan = super::private_to((*fscan).fdw_private);
         let mut exprs = (*fscan).fdw_exprs;
         let mut set = Vec::new();
         if update {
@@ -119,15 +118,10 @@ pub unsafe extern "C-unwind" fn plan_direct_modify(
             params: scan.params,
             set,
         };
-        let json = CString::new(serde_json::to_string(&direct).expect("plan serializes"))
-            .expect("JSON has no NUL");
         (*fscan).operation = operation;
         (*fscan).resultRelation = result_relation;
         (*fscan).fdw_exprs = exprs;
-        (*fscan).fdw_private = pg_sys::lappend(
-            std::ptr::null_mut(),
-            pg_sys::makeString(pg_sys::pstrdup(json.as_ptr())).cast(),
-        );
+        (*fscan).fdw_private = super::private_from(&direct);
         true
     }
 }
@@ -176,12 +170,7 @@ pub unsafe extern "C-unwind" fn begin_direct_modify(
         let fscan = (*node).ss.ps.plan as *mut pg_sys::ForeignScan;
         let relid = (*(*node).ss.ss_currentRelation).rd_id;
         let topology = cache::table(relid);
-        let json = PgList::<pg_sys::Node>::from_pg((*fscan).fdw_private)
-            .get_ptr(0)
-            .map(|s| CStr::from_ptr((*(s as *mut pg_sys::String)).sval))
-            .unwrap_or_else(|| error!("conductor: direct modify plan without conductor data"));
-        let plan: DirectPlan = serde_json::from_slice(json.to_bytes())
-            .unwrap_or_else(|e| error!("conductor: unreadable direct modify plan: {e}"));
+        let plan: DirectPlan = super::private_to((*fscan).fdw_private);
         let params = init_params((*fscan).fdw_exprs, node.cast());
         let set_columns: Vec<usize> = plan
             .set

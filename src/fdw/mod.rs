@@ -7,6 +7,41 @@ pub mod options;
 pub mod scan;
 
 use pgrx::prelude::*;
+use pgrx::PgList;
+use std::ffi::{CStr, CString};
+
+/// What planning hands to execution in a ForeignScan's fdw_private: one
+/// String node holding JSON, which survives plan copying and caching.
+///
+/// # Safety
+/// Must run in a backend; the list is palloc'd in CurrentMemoryContext.
+pub unsafe fn private_from<T: serde::Serialize>(value: &T) -> *mut pg_sys::List {
+    let json = CString::new(serde_json::to_string(value).expect("plan data serializes"))
+        .expect("JSON has no NUL");
+    // SAFETY: pstrdup copies into CurrentMemoryContext; makeString keeps it.
+    unsafe {
+        pg_sys::lappend(
+            std::ptr::null_mut(),
+            pg_sys::makeString(pg_sys::pstrdup(json.as_ptr())).cast(),
+        )
+    }
+}
+
+/// The value [`private_from`] stored.
+///
+/// # Safety
+/// `fdw_private` must be a list built by [`private_from`] for `T`.
+pub unsafe fn private_to<T: serde::de::DeserializeOwned>(fdw_private: *mut pg_sys::List) -> T {
+    // SAFETY: per the contract.
+    let json = unsafe {
+        PgList::<pg_sys::Node>::from_pg(fdw_private)
+            .get_ptr(0)
+            .map(|s| CStr::from_ptr((*(s as *mut pg_sys::String)).sval))
+            .unwrap_or_else(|| error!("conductor: foreign scan plan without conductor data"))
+    };
+    serde_json::from_slice(json.to_bytes())
+        .unwrap_or_else(|e| error!("conductor: unreadable foreign scan plan: {e}"))
+}
 
 #[pg_extern]
 fn conductor_fdw_handler() -> PgBox<pg_sys::FdwRoutine> {

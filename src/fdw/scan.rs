@@ -52,25 +52,6 @@ pub struct ScanPlan {
     pub params: Vec<ParamSpec>,
 }
 
-impl ScanPlan {
-    /// The plan stored in a ForeignScan's fdw_private.
-    ///
-    /// # Safety
-    /// `fdw_private` must be a list whose first element is the String node
-    /// get_foreign_plan stored.
-    pub unsafe fn from_private(fdw_private: *mut pg_sys::List) -> ScanPlan {
-        // SAFETY: per the contract.
-        let json = unsafe {
-            PgList::<pg_sys::Node>::from_pg(fdw_private)
-                .get_ptr(0)
-                .map(|s| CStr::from_ptr((*(s as *mut pg_sys::String)).sval))
-                .unwrap_or_else(|| error!("conductor: foreign scan plan without conductor data"))
-        };
-        serde_json::from_slice(json.to_bytes())
-            .unwrap_or_else(|e| error!("conductor: unreadable foreign scan plan: {e}"))
-    }
-}
-
 pub fn shard_key(topology: &TableTopology) -> ShardKey<'_> {
     ShardKey {
         column: topology.key_index,
@@ -117,6 +98,35 @@ fn scan_cost(shards: usize, rows: f64) -> (f64, f64) {
     let per_row = unsafe { pg_sys::cpu_tuple_cost } * 2.0;
     let startup = REQUEST_COST + PER_SHARD_COST * shards as f64;
     (startup, startup + rows * per_row)
+}
+
+/// Offer a scan path visiting `shards` shards and returning `rows` rows,
+/// parameterized by `required_outer` (null: not parameterized).
+unsafe fn add_scan_path(
+    root: *mut pg_sys::PlannerInfo,
+    baserel: *mut pg_sys::RelOptInfo,
+    rows: f64,
+    shards: usize,
+    required_outer: pg_sys::Relids,
+) {
+    let (startup, total) = scan_cost(shards, rows);
+    // SAFETY: planner structures valid for the callback; the path is
+    // palloc'd in the planner's context.
+    unsafe {
+        let path = pg_sys::create_foreignscan_path(
+            root,
+            baserel,
+            std::ptr::null_mut(),
+            rows,
+            startup,
+            total,
+            std::ptr::null_mut(),
+            required_outer,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        pg_sys::add_path(baserel, path.cast());
+    }
 }
 
 unsafe fn rte_relid(root: *mut pg_sys::PlannerInfo, relid: u32) -> pg_sys::Oid {
@@ -182,21 +192,13 @@ pub unsafe extern "C-unwind" fn get_foreign_paths(
     unsafe {
         let mut lowering = Lowering::new(&topology, (*baserel).relid);
         let (pushed, _) = lower_clauses(&mut lowering, (*baserel).baserestrictinfo);
-        let rows = (*baserel).rows;
-        let (startup, total) = scan_cost(planned_shards(&topology, &pushed), rows);
-        let path = pg_sys::create_foreignscan_path(
+        add_scan_path(
             root,
             baserel,
-            std::ptr::null_mut(),
-            rows,
-            startup,
-            total,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
+            (*baserel).rows,
+            planned_shards(&topology, &pushed),
             std::ptr::null_mut(),
         );
-        pg_sys::add_path(baserel, path.cast());
 
         // `key = outer.col` join clauses: a parameterized path that visits
         // one shard per outer row, for nested loops.
@@ -221,21 +223,13 @@ pub unsafe extern "C-unwind" fn get_foreign_paths(
                 continue;
             }
             let info = pg_sys::get_baserel_parampathinfo(root, baserel, required);
-            let rows = (*info).ppi_rows;
-            let (startup, total) = scan_cost(planned_shards(&topology, &preds), rows);
-            let path = pg_sys::create_foreignscan_path(
+            add_scan_path(
                 root,
                 baserel,
-                std::ptr::null_mut(),
-                rows,
-                startup,
-                total,
-                std::ptr::null_mut(),
+                (*info).ppi_rows,
+                planned_shards(&topology, &preds),
                 required,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
             );
-            pg_sys::add_path(baserel, path.cast());
         }
     }
 }
@@ -290,12 +284,7 @@ pub unsafe extern "C-unwind" fn get_foreign_plan(
             pushed,
             params: lowering.params.iter().map(|(_, s)| *s).collect(),
         };
-        let json = CString::new(serde_json::to_string(&plan).expect("plan serializes"))
-            .expect("JSON has no NUL");
-        let fdw_private = pg_sys::lappend(
-            std::ptr::null_mut(),
-            pg_sys::makeString(pg_sys::pstrdup(json.as_ptr())).cast(),
-        );
+        let fdw_private = super::private_from(&plan);
         pg_sys::make_foreignscan(
             tlist,
             local_quals,
@@ -589,7 +578,7 @@ pub unsafe extern "C-unwind" fn begin_foreign_scan(
         let plan_node = (*node).ss.ps.plan as *mut pg_sys::ForeignScan;
         let relid = (*(*node).ss.ss_currentRelation).rd_id;
         let topology = cache::table(relid);
-        let plan = ScanPlan::from_private((*plan_node).fdw_private);
+        let plan: ScanPlan = super::private_to((*plan_node).fdw_private);
         let codecs = plan
             .retrieved
             .iter()
