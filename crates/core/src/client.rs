@@ -650,6 +650,51 @@ mod tests {
         Ok(out)
     }
 
+    proptest::proptest! {
+        /// However a body is cut into chunks, the reader yields exactly its
+        /// lines, and never accepts a line over the limit.
+        #[test]
+        fn line_reader_is_independent_of_chunking(
+            body in proptest::collection::vec(
+                proptest::prop_oneof![proptest::strategy::Just(b'\n'), proptest::prelude::any::<u8>()],
+                0..400,
+            ),
+            cuts in proptest::collection::vec(0usize..400, 0..12),
+            max in 1usize..64,
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (body.len() + 1)).collect();
+            cuts.sort();
+            cuts.dedup();
+            let mut chunks: Vec<&[u8]> = Vec::new();
+            let mut from = 0;
+            for c in cuts.into_iter().chain([body.len()]) {
+                chunks.push(&body[from..c]);
+                from = c;
+            }
+            let expected: Vec<String> = {
+                let mut v: Vec<String> = body
+                    .split(|&b| b == b'\n')
+                    .map(|l| String::from_utf8_lossy(l).into_owned())
+                    .collect();
+                if v.last().is_some_and(|l| l.is_empty()) {
+                    v.pop();
+                }
+                v
+            };
+            let too_long = body.split(|&b| b == b'\n').any(|l| l.len() > max);
+            match lines(&chunks, max) {
+                Ok(got) => {
+                    proptest::prop_assert!(!too_long);
+                    proptest::prop_assert_eq!(got, expected);
+                }
+                Err(len) => {
+                    proptest::prop_assert!(too_long);
+                    proptest::prop_assert!(len > max);
+                }
+            }
+        }
+    }
+
     #[test]
     fn line_reader_splits_across_chunks() {
         assert_eq!(

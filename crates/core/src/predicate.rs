@@ -427,4 +427,50 @@ mod tests {
         assert_eq!(like_to_glob("x\\"), None);
         assert_eq!(like_to_glob("]").unwrap(), "]");
     }
+
+    proptest::proptest! {
+        /// Values never reach the SQL text, whatever they contain: the
+        /// statement is the same for every value, which travels only as an
+        /// argument; hostile column names are quoted and leave the
+        /// statement's shape alone.
+        #[test]
+        fn hostile_values_and_names_never_change_the_statement(
+            value in ".*",
+            name in ".*",
+            pattern in "[%_a-z'\";-]{0,12}",
+        ) {
+            let preds = |v: &str| {
+                vec![
+                    Pred::Cmp {
+                        column: 0,
+                        op: CmpOp::Eq,
+                        value: Operand::Const(Some(TypedValue::Text(v.to_string()))),
+                    },
+                    Pred::In {
+                        column: 1,
+                        list: ListOperand::Items(vec![Operand::Const(Some(TypedValue::Text(
+                            v.to_string(),
+                        )))]),
+                    },
+                    Pred::Glob {
+                        column: 1,
+                        pattern: like_to_glob(&pattern).unwrap_or_default(),
+                        negated: false,
+                    },
+                ]
+            };
+            proptest::prop_assume!(name != "k");
+            let (sql, args) = deparse(&preds(&value), &["k", &name], &[]).unwrap();
+            let (plain, _) = deparse(&preds("x"), &["k", &name], &[]).unwrap();
+            proptest::prop_assert_eq!(&sql, &plain);
+            proptest::prop_assert_eq!(args[0].clone(), Value::Text(value.clone()));
+            // The name is one quoted identifier: remove it and the
+            // statement is the fixed skeleton.
+            let quoted = crate::remote_sql::quote_ident(&name);
+            proptest::prop_assert_eq!(
+                sql.replace(&quoted, "N"),
+                r#""k" = ? AND N IN (?) AND N GLOB ?"#
+            );
+        }
+    }
 }
