@@ -22,6 +22,10 @@ pub enum OnShardFailure {
 pub static ON_SHARD_FAILURE: GucSetting<OnShardFailure> =
     GucSetting::<OnShardFailure>::new(OnShardFailure::Error);
 
+/// A PEM bundle of extra certificate authorities trusted for https:// nodes.
+pub static TLS_CA_FILE: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
+
 /// How long a node marked unhealthy is left alone, in milliseconds.
 pub static NODE_COOLDOWN_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
@@ -38,6 +42,14 @@ pub fn init() {
         c"With skip, a read returns the rows of the reachable shards and a WARNING naming the missing shards; writes always fail.",
         &ON_SHARD_FAILURE,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"conductor.tls_ca_file",
+        c"PEM file of certificate authorities trusted for https:// nodes, besides the system's.",
+        c"Read when the session first talks to a node.",
+        &TLS_CA_FILE,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(

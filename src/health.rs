@@ -33,10 +33,11 @@ fn cooldown() -> Duration {
     Duration::from_millis(crate::gucs::NODE_COOLDOWN_MS.get().max(0) as u64)
 }
 
-/// Whether a failure says something about the node rather than about the
-/// statement (an SQL error means the node is fine).
+/// Whether a failure says something about the node's health: it could not
+/// be reached, broke the connection, stayed silent or answered 5xx. An SQL
+/// error, a refused token (401) or a malformed request says nothing about it.
 fn is_node_failure(e: &NodeError) -> bool {
-    !matches!(e, NodeError::Sql { .. })
+    e.is_transient()
 }
 
 pub fn record_failure(err: &ShardError) {

@@ -32,12 +32,27 @@ fn executor() -> &'static Executor {
             // The silence allowed inside a streaming answer follows the
             // request deadline (capped by this).
             idle_timeout: Duration::from_secs(24 * 3600),
+            ca_pem: tls_ca_pem(),
             ..ClientConfig::default()
         };
         Executor::new(config)
     });
     executor.set_request_timeout(timeout);
     executor
+}
+
+/// The certificate authorities of `conductor.tls_ca_file`, if set.
+fn tls_ca_pem() -> Option<Vec<u8>> {
+    let path = gucs::TLS_CA_FILE.get()?;
+    let path = path.to_string_lossy().into_owned();
+    match std::fs::read(&path) {
+        Ok(pem) => Some(pem),
+        Err(e) => raise(
+            PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
+            format!("conductor.tls_ca_file: cannot read \"{path}\": {e}"),
+        )
+        .error(),
+    }
 }
 
 pub fn endpoint(placement: &Placement, token: Option<String>) -> NodeEndpoint {

@@ -294,17 +294,24 @@ pub fn commit_all() {
     // for every answer (each request has its deadline).
     let results = remote::execute_raw(requests, false);
     let mut committed = Vec::new();
+    // COMMIT was sent but no answer came back (the connection broke, the
+    // deadline passed): the node may or may not have committed.
+    let mut unknown: Vec<(NodeKey, BTreeSet<ShardLabel>, String)> = Vec::new();
     for ((key, touched), result) in sent.into_iter().zip(results) {
-        let error = match result {
-            Ok(resp) => conductor_core::client::first_error(&resp).map(|e| e.message.clone()),
-            Err(e) => Some(e.error.detail()),
-        };
-        match error {
-            None => committed.push((key, touched)),
-            Some(why) => failed.push((key, touched, why)),
+        match result {
+            Ok(resp) => match conductor_core::client::first_error(&resp) {
+                None => committed.push((key, touched)),
+                Some(e) => failed.push((key, touched, e.message.clone())),
+            },
+            Err(e) => match e.error {
+                NodeError::Connect { .. } | NodeError::Http { .. } | NodeError::Sql { .. } => {
+                    failed.push((key, touched, e.error.detail()))
+                }
+                _ => unknown.push((key, touched, e.error.detail())),
+            },
         }
     }
-    if failed.is_empty() {
+    if failed.is_empty() && unknown.is_empty() {
         return;
     }
     let list = |items: &[(NodeKey, BTreeSet<ShardLabel>)]| {
@@ -314,27 +321,37 @@ pub fn commit_all() {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let failed_list = failed
-        .iter()
-        .map(|((_, node), t, why)| format!("node {node} ({}): {why}", describe(t)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let with_reasons = |items: &[(NodeKey, BTreeSet<ShardLabel>, String)]| {
+        items
+            .iter()
+            .map(|((_, node), t, why)| format!("node {node} ({}): {why}", describe(t)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut outcome = Vec::new();
+    if !failed.is_empty() {
+        outcome.push(format!("Not committed: {}.", with_reasons(&failed)));
+    }
+    if !unknown.is_empty() {
+        outcome.push(format!(
+            "Outcome unknown (the node may have committed before its answer was lost): {}.",
+            with_reasons(&unknown)
+        ));
+    }
+    let outcome = outcome.join(" ");
     if !committed.is_empty() {
         raise(
             PgSqlErrorCode::ERRCODE_WARNING,
             "conductor: the transaction was committed on some nodes only",
         )
-        .detail(format!(
-            "Committed: {}. Not committed: {failed_list}.",
-            list(&committed)
-        ))
+        .detail(format!("Committed: {}. {outcome}", list(&committed)))
         .warning();
     }
     raise(
         PgSqlErrorCode::ERRCODE_FDW_ERROR,
         "conductor: could not commit the transaction on every node",
     )
-    .detail(format!("Not committed: {failed_list}."))
+    .detail(outcome)
     .error()
 }
 

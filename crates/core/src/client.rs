@@ -172,6 +172,9 @@ pub struct ClientConfig {
     pub max_body_bytes: usize,
     /// How long an unused keep-alive connection stays in the pool.
     pub pool_idle_timeout: Duration,
+    /// Extra trusted certificate authorities (PEM bundle) for `https://`
+    /// nodes, added to the system's: a cluster's private CA.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for ClientConfig {
@@ -183,6 +186,7 @@ impl Default for ClientConfig {
             max_line_bytes: 64 << 20,
             max_body_bytes: 256 << 20,
             pool_idle_timeout: Duration::from_secs(60),
+            ca_pem: None,
         }
     }
 }
@@ -208,7 +212,17 @@ impl HranaClient {
     pub fn new(config: ClientConfig) -> std::io::Result<Self> {
         // Err only means a provider is already installed, which is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &config.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("invalid CA certificates: {e}"),
+                )
+            })?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(config.pool_idle_timeout)
             .tcp_nodelay(true)

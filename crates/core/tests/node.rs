@@ -525,3 +525,122 @@ fn skip_failed_scans_return_the_reachable_shards() {
     assert_eq!(failed, vec![Some(1)]);
     assert_eq!(rows.len(), 2);
 }
+
+/// A private CA and a certificate it signed for 127.0.0.1, made with the
+/// openssl CLI: (CA certificate, node certificate, node key).
+fn private_ca(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let openssl = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run openssl");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.pem"],
+            &["-days", "2", "-subj", "/CN=conductor test CA"],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &["-keyout", "node.key", "-out", "node.csr"],
+            &["-subj", "/CN=localhost"],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "node.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "node.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("node.pem"),
+        dir.join("node.key"),
+    )
+}
+
+#[test]
+fn https_nodes_work_with_a_trusted_ca_and_fail_cleanly_without() {
+    let dir = std::env::temp_dir().join(format!("conductor-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = private_ca(&dir);
+    let n = node(|c| {
+        c.tls_cert = Some(cert.clone());
+        c.tls_key = Some(key.clone());
+    });
+    let ep = NodeEndpoint {
+        node_id: "tls".into(),
+        url: n.url().replacen("http://", "https://", 1),
+        token: None,
+    };
+    let with_ca = |ca: Option<Vec<u8>>| {
+        let mut config = ExecutorConfig::default();
+        config.client.ca_pem = ca;
+        Executor::new(config)
+    };
+    let select = |ex: &Executor| {
+        run(
+            ex,
+            vec![executes(&ep, None, vec![Stmt::new("SELECT 1", vec![])])],
+        )
+        .pop()
+        .unwrap()
+    };
+    // Trusting the cluster's CA: requests go over TLS.
+    let ex = with_ca(Some(std::fs::read(&ca).unwrap()));
+    let resp = select(&ex).expect("https request");
+    assert!(first_error(&resp).is_none());
+    // Without it the certificate is refused: a clear error, no panic.
+    let err = select(&with_ca(None)).expect_err("untrusted certificate");
+    assert!(err.to_string().contains("tls"), "{err}");
+    // Plain HTTP to the TLS port is an error too.
+    let plain = NodeEndpoint {
+        url: n.url(),
+        ..ep.clone()
+    };
+    let err = run(
+        &with_ca(None),
+        vec![executes(&plain, None, vec![Stmt::new("SELECT 1", vec![])])],
+    )
+    .pop()
+    .unwrap()
+    .expect_err("http to an https node");
+    println!("untrusted: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

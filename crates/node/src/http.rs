@@ -38,6 +38,37 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
+/// One HTTP/1.1 connection (plain or TLS) until it ends or the node stops.
+async fn serve_connection<IO>(
+    node: Arc<Node>,
+    io: IO,
+    peer: std::net::SocketAddr,
+    mut stop_rx: watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let node = node.clone();
+        async move { Ok::<_, Infallible>(handle(&node, req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = stop_rx.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
 /// requests finish (up to the configured timeout) and closes the node.
 pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
@@ -63,27 +94,14 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: impl Future
         let _ = stream.set_nodelay(true);
         let node = node.clone();
         let alive = alive.clone();
-        let mut stop_rx = stop_rx.clone();
+        let stop_rx = stop_rx.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let node = node.clone();
-                async move { Ok::<_, Infallible>(handle(&node, req).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => {
-                    if let Err(e) = res {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                _ = stop_rx.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+            match node.tls.clone() {
+                None => serve_connection(node, stream, peer, stop_rx).await,
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(tls) => serve_connection(node, tls, peer, stop_rx).await,
+                    Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                },
             }
             drop(alive);
         });

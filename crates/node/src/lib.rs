@@ -21,6 +21,7 @@ mod http;
 mod node;
 mod stats;
 mod streams;
+mod tls;
 mod writer;
 
 pub use config::{Config, Synchronous};

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 pub struct Node {
     pub config: Config,
+    /// Set when the node serves HTTPS (--tls-cert/--tls-key).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub db: Db,
     pub streams: Streams,
     pub stats: Stats,
@@ -27,7 +29,12 @@ impl Node {
                 config.data_dir.display()
             ))
         })?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            _ => None,
+        };
         Ok(Arc::new(Node {
+            tls,
             streams: Streams::new(config.max_streams, config.stream_idle_timeout()),
             auth: Auth::new(config.auth_token.as_deref()),
             stats: Stats::default(),

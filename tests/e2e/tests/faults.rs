@@ -460,3 +460,108 @@ fn a_failing_node_is_marked_unhealthy_fails_fast_and_comes_back() {
     );
     assert_eq!(query_i64(&mut db, "SELECT count(*) FROM f"), 261);
 }
+
+#[test]
+fn writes_under_node_kills_lose_nothing_and_apply_nothing_twice() {
+    let (mut cluster, mut db) = setup(0);
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE kw (id bigint NOT NULL, session int, seq int) SERVER cluster;
+         SELECT conductor.create_distributed_table('kw', 'id', shard_count => 8);",
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sessions: Vec<_> = (0..4)
+        .map(|s| {
+            let config = cluster.pg_config();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut c = config.connect(conductor_e2e::postgres::NoTls).unwrap();
+                // No cool-down: keep every node under load while it flaps.
+                c.batch_execute(
+                    "SET conductor.node_cooldown = 0; SET conductor.request_timeout = '3s'",
+                )
+                .unwrap();
+                let (mut ok, mut failed, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
+                let mut seq = 0i64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    seq += 1;
+                    let id = s as i64 * 1_000_000 + seq;
+                    match c.execute(
+                        "INSERT INTO kw VALUES ($1, $2, $3)",
+                        &[&id, &(s as i32), &(seq as i32)],
+                    ) {
+                        Ok(1) => ok.push(id),
+                        Ok(n) => panic!("INSERT reported {n} rows"),
+                        Err(e) => {
+                            let detail = e.as_db_error().and_then(|d| d.detail()).unwrap_or("");
+                            if detail.contains("Outcome unknown") {
+                                unknown.push(id)
+                            } else {
+                                failed.push(id)
+                            }
+                        }
+                    }
+                }
+                (ok, failed, unknown)
+            })
+        })
+        .collect();
+    // Kill and restart nodes while the sessions write.
+    let end = Instant::now() + Duration::from_secs(8);
+    let mut victim = 0;
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(400));
+        cluster.stop_node(victim);
+        std::thread::sleep(Duration::from_millis(300));
+        cluster.start_node(victim);
+        victim = (victim + 1) % cluster.node_count();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
+    for s in sessions {
+        let (o, f, u) = s.join().unwrap();
+        ok.extend(o);
+        failed.extend(f);
+        unknown.extend(u);
+    }
+    println!(
+        "under node kills: {} inserts succeeded, {} failed, {} with an unknown outcome",
+        ok.len(),
+        failed.len(),
+        unknown.len()
+    );
+    assert!(
+        !ok.is_empty() && !failed.is_empty(),
+        "the kills must hit some writes"
+    );
+    // Abandoned streams of killed connections have expired by now.
+    std::thread::sleep(Duration::from_secs(1));
+    let counts: std::collections::HashMap<i64, i64> = db
+        .query("SELECT id, count(*) FROM kw GROUP BY id", &[])
+        .unwrap_or_else(|e| panic!("{}", pg_err(&e)))
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for id in &ok {
+        assert_eq!(
+            counts.get(id),
+            Some(&1),
+            "acknowledged insert {id} present once"
+        );
+    }
+    for id in &failed {
+        assert_eq!(counts.get(id), None, "failed insert {id} left nothing");
+    }
+    for id in &unknown {
+        assert!(
+            counts.get(id).copied().unwrap_or(0) <= 1,
+            "in-doubt insert {id} at most once"
+        );
+    }
+    assert!(counts.values().all(|&n| n == 1), "no row twice");
+    assert_eq!(
+        counts.len(),
+        ok.len() + unknown.iter().filter(|id| counts.contains_key(id)).count(),
+        "nothing but what was acknowledged (or in doubt)"
+    );
+}
