@@ -8,7 +8,7 @@
 //! The record is per backend (no shared memory), so each session learns on
 //! its own; `conductor.nodes` shows the querying session's view.
 
-use conductor_core::client::NodeError;
+use conductor_core::client::{NodeEndpoint, NodeError, NodeRef};
 use conductor_core::executor::ShardError;
 use pgrx::prelude::*;
 use std::cell::RefCell;
@@ -64,8 +64,21 @@ pub fn record_success(url: &str) {
     });
 }
 
+/// The error a request to a node cooling down fails with at once (as if
+/// the connection had been refused: nothing was sent).
+pub fn refusal(endpoint: &NodeEndpoint, shard: Option<u32>) -> Option<ShardError> {
+    let why = unavailable(&endpoint.url)?;
+    Some(ShardError::new(
+        shard,
+        NodeError::Connect {
+            node: NodeRef::from(endpoint),
+            message: why,
+        },
+    ))
+}
+
 /// Why a node must not be contacted now, if it is cooling down.
-pub fn unavailable(url: &str) -> Option<String> {
+fn unavailable(url: &str) -> Option<String> {
     NODES.with(|n| {
         let nodes = n.borrow();
         let h = nodes.get(url)?;

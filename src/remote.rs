@@ -103,14 +103,8 @@ pub fn execute_raw(
     let mut urls = Vec::new();
     for r in requests {
         urls.push(r.endpoint.url.clone());
-        match health::unavailable(&r.endpoint.url) {
-            Some(why) => results.push(Some(Err(ShardError::new(
-                r.shard_id,
-                NodeError::Connect {
-                    node: NodeRef::from(&r.endpoint),
-                    message: why,
-                },
-            )))),
+        match health::refusal(&r.endpoint, r.shard_id) {
+            Some(refused) => results.push(Some(Err(refused))),
             None => {
                 results.push(None);
                 send.push(r);

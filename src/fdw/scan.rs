@@ -407,16 +407,9 @@ impl ScanState {
         let skip = crate::gucs::ON_SHARD_FAILURE.get() == crate::gucs::OnShardFailure::Skip;
         let mut reachable = Vec::with_capacity(queries.len());
         for q in queries {
-            match crate::health::unavailable(&q.endpoint.url) {
+            match crate::health::refusal(&q.endpoint, Some(q.shard_id)) {
                 None => reachable.push(q),
-                Some(why) => {
-                    let err = conductor_core::executor::ShardError::new(
-                        Some(q.shard_id),
-                        conductor_core::client::NodeError::Connect {
-                            node: conductor_core::client::NodeRef::from(&q.endpoint),
-                            message: why,
-                        },
-                    );
+                Some(err) => {
                     if !skip {
                         remote::report_shard_error(&err);
                     }
