@@ -378,10 +378,10 @@ def main():
       "Every figure below comes from that run; rerun the command to refresh this section "
       "(the rest of this file is left alone).")
     a("")
-    a("**The machine was shared while this ran**: other engineers were compiling and testing on it, "
-      f"load average {meta['loadavg_start']} at the start and {meta.get('loadavg_end', '?')} at the end "
-      f"on {meta['nproc']} cores. Absolute numbers are noisy; ratios between targets are steadier (runs are "
-      "interleaved across targets) but still affected. Final figures should be regenerated on an idle machine.")
+    a(f"Load average {meta['loadavg_start']} at the start and {meta.get('loadavg_end', '?')} at the end "
+      f"on {meta['nproc']} cores (the benchmark's own servers and pgbench share the machine; anything else "
+      "running shows here). Absolute numbers drift between runs on shared machines; ratios between targets "
+      "are steadier (runs are interleaved across targets).")
     a("")
     a("### Setup")
     a("")
