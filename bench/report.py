@@ -311,6 +311,23 @@ def why_notes(out, res, fails, meta, cpu, sto):
                 "them is not established by this run (the machine was saturated; a rerun on an idle machine, and "
                 "per-shard timings from EXPLAIN ANALYZE of slow executions, would tell).")
             break
+    for w in ["W1", "W2"]:
+        c, p = res[w]["conductor"], res[w]["peer"]
+        if not (c and p and c.p50 and p.p50 and c.tps and p.tps) or c.error or p.error:
+            continue
+        c50, p50, c99, p99 = med(c.p50), med(p.p50), med(c.p99), med(p.p99)
+        ratio = med(c.tps) / med(p.tps)
+        if 1 <= ratio < 2 and c50 < p50:
+            notes.append(
+                f"**{w}: lower latency, less than 2× the throughput.** Conductor's median lookup takes "
+                f"{fmt(c50, ' ms')} against the peer's {fmt(p50, ' ms')} (one HTTP request to one node against "
+                f"postgres_fdw's round trips for transaction, cursor, fetch and close), yet its TPS is only "
+                f"{ratio:.2f}× the peer's: with {meta['clients']} clients on {meta['nproc']} cores the run is "
+                "bound by CPU, so throughput follows what each lookup costs across the backend, its "
+                "`conductor-io` threads and the node, not latency. Conductor's p99 is higher "
+                f"({fmt(c99, ' ms')} against {fmt(p99, ' ms')}); whether those lookups wait for a CPU (each "
+                "backend adds two I/O threads) is not established by this run, which did not profile. Fewer "
+                "thread hops for single-shard lookups is the lead to follow.")
     def explain(fn):
         p = os.path.join(out, fn)
         return read_text(p) if os.path.exists(p) else ""
