@@ -22,9 +22,9 @@ fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-fn table_info(relid: pg_sys::Oid, topology: &TableTopology) -> TableInfo {
+fn table_info(topology: &TableTopology) -> TableInfo {
     TableInfo {
-        name: crate::catalog::relation_display_name(relid),
+        name: topology.display.clone(),
         columns: topology
             .columns
             .iter()
@@ -58,7 +58,7 @@ impl Catalog for PgCatalog {
         .ok()
         .flatten()?;
         let topology = cache::try_table(relid)?;
-        Some(table_info(relid, &topology))
+        Some(table_info(&topology))
     }
 
     fn default_collation_is_c(&self) -> bool {

@@ -37,6 +37,9 @@ pub struct Placement {
 #[derive(Debug)]
 pub struct TableTopology {
     pub relid: pg_sys::Oid,
+    /// `schema.table` as the user writes it, for messages (resolved once,
+    /// so no statement looks it up again).
+    pub display: String,
     pub server_id: pg_sys::Oid,
     pub remote_name: String,
     pub shard_count: u32,
@@ -191,6 +194,7 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
         }
         Ok(Some(TableTopology {
             relid,
+            display: relation_display_name(relid),
             server_id,
             remote_name,
             shard_count: shard_count as u32,

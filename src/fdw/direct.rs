@@ -244,7 +244,7 @@ impl DirectState {
         let names: Vec<&str> = topology.columns.iter().map(|c| c.name.as_str()).collect();
         let set_names: Vec<&str> = self.set_columns.iter().map(|&i| names[i]).collect();
         let token = crate::catalog::credentials::token_for(topology.server_id);
-        let table = crate::catalog::relation_display_name(topology.relid);
+        let table = topology.display.clone();
         let mut per_node: BTreeMap<&str, NodeWork> = BTreeMap::new();
         for &shard in routed.shards.keys() {
             let placement = &topology.shards[shard as usize];

@@ -36,7 +36,6 @@ fn identity_column(attnum: i16) -> CString {
 /// memory context.
 struct ModifyState {
     topology: Rc<TableTopology>,
-    display: String,
     /// One codec per column, in `topology.columns` order.
     codecs: Vec<ColumnCodec>,
     batch_size: i32,
@@ -56,7 +55,7 @@ struct ModifyState {
 impl ModifyState {
     fn label(&self, shard: u32) -> ShardLabel {
         ShardLabel {
-            table: self.display.clone(),
+            table: self.topology.display.clone(),
             shard,
         }
     }
@@ -161,7 +160,6 @@ unsafe fn begin(
                 .collect()
         };
         let state = ModifyState {
-            display: crate::catalog::relation_display_name(relid),
             topology,
             codecs,
             batch_size,
@@ -415,7 +413,7 @@ unsafe fn encode_row(state: &ModifyState, slot: *mut pg_sys::TupleTableSlot) -> 
                 PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
                 format!(
                     "shard key column \"{}\" of {} must not be null",
-                    key.name, state.display
+                    key.name, state.topology.display
                 ),
             )
             .detail("Every row is placed on a shard by its shard key.")
@@ -587,7 +585,7 @@ pub unsafe extern "C-unwind" fn exec_foreign_delete(
                     row,
                     &state.codecs,
                     state.topology.columns.iter().map(|c| c.attnum),
-                    || format!("{} shard {shard}", state.display),
+                    || format!("{} shard {shard}", state.topology.display),
                 );
             }
         }

@@ -430,7 +430,7 @@ impl ScanState {
 
     fn read_through_streams(&mut self, queries: Vec<ShardQuery>) {
         let server = self.topology.server_id.to_u32();
-        let table = crate::catalog::relation_display_name(self.topology.relid);
+        let table = self.topology.display.clone();
         let mut per_node: BTreeMap<String, NodeWork> = BTreeMap::new();
         for q in queries {
             per_node
