@@ -519,17 +519,11 @@ pub unsafe extern "C-unwind" fn exec_foreign_update(
     unsafe {
         let state = state(rinfo);
         let (shard, key_args) = identity(state, plan_slot);
-        pg_sys::slot_getallattrs(slot);
-        let natts = (*(*slot).tts_tupleDescriptor).natts as usize;
-        let values = std::slice::from_raw_parts((*slot).tts_values, natts);
-        let nulls = std::slice::from_raw_parts((*slot).tts_isnull, natts);
+        let mut row = encode_row(state, slot);
         let mut args: Vec<Value> = state
             .updated
             .iter()
-            .map(|&i| {
-                let a = state.topology.columns[i].attnum as usize - 1;
-                state.encode(i, values[a], nulls[a])
-            })
+            .map(|&i| std::mem::replace(&mut row[i], Value::Null))
             .collect();
         args.extend(key_args);
         let pk = state.column_names(&state.topology.primary_key);
