@@ -261,6 +261,15 @@ impl Cluster {
         }
     }
 
+    /// [`Cluster::start`], a connection, and [`Cluster::setup_conductor`]
+    /// with server `cluster`: what most tests begin with.
+    pub fn start_with_conductor(opts: ClusterOptions) -> (Cluster, postgres::Client) {
+        let cluster = Cluster::start(opts);
+        let mut client = cluster.client();
+        cluster.setup_conductor(&mut client, "cluster");
+        (cluster, client)
+    }
+
     /// Everything Postgres logged so far.
     pub fn pg_log(&self) -> String {
         fs::read_to_string(&self.pg_log).unwrap_or_default()

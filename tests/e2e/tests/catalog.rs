@@ -210,12 +210,10 @@ fn expect_round_robin(cluster: &Cluster, db: &mut postgres::Client, table: &str,
 
 #[test]
 fn create_and_drop_keep_nodes_and_catalog_consistent() {
-    let cluster = Cluster::start(ClusterOptions {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 4,
         ..Default::default()
     });
-    let mut db = cluster.client();
-    cluster.setup_conductor(&mut db, "cluster");
 
     // Create: exactly the shard tables, on the nodes the catalog says, with
     // the columns (typed) and the primary key.
@@ -354,12 +352,10 @@ fn create_and_drop_keep_nodes_and_catalog_consistent() {
 
 #[test]
 fn failed_create_leaves_nothing_behind() {
-    let mut cluster = Cluster::start(ClusterOptions {
+    let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 4,
         ..Default::default()
     });
-    let mut db = cluster.client();
-    cluster.setup_conductor(&mut db, "cluster");
     exec(
         &mut db,
         "CREATE FOREIGN TABLE fc (id bigint NOT NULL, v text) SERVER cluster",
@@ -435,12 +431,10 @@ fn failed_create_leaves_nothing_behind() {
 
 #[test]
 fn drop_server_cascade_and_the_node_api() {
-    let cluster = Cluster::start(ClusterOptions {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 3,
         ..Default::default()
     });
-    let mut db = cluster.client();
-    cluster.setup_conductor(&mut db, "cluster");
     exec(
         &mut db,
         "CREATE FOREIGN TABLE keep_me (id bigint NOT NULL) SERVER cluster;
@@ -616,12 +610,10 @@ fn drop_server_cascade_and_the_node_api() {
 
 #[test]
 fn validator_rejects_unknown_and_malformed_options() {
-    let cluster = Cluster::start(ClusterOptions {
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 1,
         ..Default::default()
     });
-    let mut db = cluster.client();
-    cluster.setup_conductor(&mut db, "cluster");
     for (sql, code, word) in [
         (
             "CREATE SERVER bad1 FOREIGN DATA WRAPPER conductor OPTIONS (foo 'bar')",
@@ -724,12 +716,10 @@ fn validator_rejects_unknown_and_malformed_options() {
 /// separate connection, which waits for the lock our own transaction holds.
 #[test]
 fn create_after_a_write_in_the_same_transaction() {
-    let cluster = Cluster::start(ClusterOptions {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 2,
         ..Default::default()
     });
-    let mut db = cluster.client();
-    cluster.setup_conductor(&mut db, "cluster");
     exec(
         &mut db,
         "CREATE FOREIGN TABLE w1 (id bigint NOT NULL) SERVER cluster;

@@ -2235,12 +2235,10 @@ fn setup(what: &str) -> Setup {
     );
     let started = Instant::now();
 
-    let cluster = Cluster::start(ClusterOptions {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 4,
         ..Default::default()
     });
-    let mut db = cluster.client();
-    cluster.setup_conductor(&mut db, "cluster");
     // A zone with DST and a fractional offset elsewhere keeps timestamptz honest.
     exec_ok(
         &mut db,
@@ -2999,12 +2997,10 @@ fn explain_matches_execution() {
 /// request counters) -- for SELECT, UPDATE and DELETE.
 #[test]
 fn generic_prepared_point_lookup_contacts_one_shard() {
-    let cluster = Cluster::start(ClusterOptions {
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 4,
         ..Default::default()
     });
-    let mut db = cluster.client();
-    cluster.setup_conductor(&mut db, "cluster");
     exec_ok(
         &mut db,
         "CREATE FOREIGN TABLE items (id bigint NOT NULL, v text, n integer) SERVER cluster;

@@ -138,12 +138,10 @@ fn tokens_come_from_the_user_mapping() {
 
 #[test]
 fn a_stopped_node_fails_the_scan_clearly_and_the_session_recovers() {
-    let mut cluster = Cluster::start(ClusterOptions {
+    let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 4,
         ..Default::default()
     });
-    let mut db = cluster.client();
-    cluster.setup_conductor(&mut db, "cluster");
     exec(
         &mut db,
         "CREATE FOREIGN TABLE down_t (id bigint NOT NULL, v text) SERVER cluster;

@@ -13,13 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn setup(rows: i64) -> (Cluster, conductor_e2e::postgres::Client) {
-    let cluster = Cluster::start(ClusterOptions {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 4,
         node_delay_ms: None,
         token: None,
     });
-    let mut db = cluster.client();
-    cluster.setup_conductor(&mut db, "cluster");
     exec(
         &mut db,
         &format!(

@@ -36,12 +36,10 @@ fn backend_pid(db: &mut postgres::Client) -> i32 {
 }
 
 fn run(rows: i64) {
-    let cluster = Cluster::start(ClusterOptions {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 4,
         ..Default::default()
     });
-    let mut db = cluster.client();
-    cluster.setup_conductor(&mut db, "cluster");
     exec(
         &mut db,
         "CREATE FOREIGN TABLE mem_users (id bigint NOT NULL, email text, name text,

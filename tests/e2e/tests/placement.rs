@@ -134,12 +134,10 @@ fn check_rows_on_their_shards(
 
 #[test]
 fn rows_sit_on_the_shard_shard_for_names() {
-    let cluster = Cluster::start(ClusterOptions {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 4,
         ..Default::default()
     });
-    let mut db = cluster.client();
-    cluster.setup_conductor(&mut db, "cluster");
     exec(
         &mut db,
         "CREATE FOREIGN TABLE pl_bigint (id bigint NOT NULL, v text) SERVER cluster;
@@ -181,12 +179,10 @@ fn rows_sit_on_the_shard_shard_for_names() {
 
 #[test]
 fn shard_for_matches_an_independent_implementation() {
-    let cluster = Cluster::start(ClusterOptions {
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 2,
         ..Default::default()
     });
-    let mut db = cluster.client();
-    cluster.setup_conductor(&mut db, "cluster");
     let counts = [1u32, 2, 3, 16, 100, 1000];
     for n in counts {
         exec(

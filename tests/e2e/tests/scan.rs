@@ -24,13 +24,11 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 #[test]
 fn sixteen_shards_of_late_nodes_take_one_late_answer() {
-    let cluster = Cluster::start(ClusterOptions {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 4,
         node_delay_ms: Some(DELAY_MS),
         token: None,
     });
-    let mut db = cluster.client();
-    cluster.setup_conductor(&mut db, "cluster");
     exec(
         &mut db,
         "CREATE FOREIGN TABLE par16 (id bigint NOT NULL, v text) SERVER cluster;
@@ -109,12 +107,10 @@ fn sixteen_shards_of_late_nodes_take_one_late_answer() {
 
 #[test]
 fn statement_timeout_and_cancel_stop_a_running_scan() {
-    let mut cluster = Cluster::start(ClusterOptions {
+    let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 4,
         ..Default::default()
     });
-    let mut db = cluster.client();
-    cluster.setup_conductor(&mut db, "cluster");
     exec(
         &mut db,
         "CREATE FOREIGN TABLE cancel_big (id bigint NOT NULL, payload text) SERVER cluster;
@@ -243,12 +239,10 @@ fn remote_sql(db: &mut conductor_e2e::postgres::Client, query: &str) -> String {
 
 #[test]
 fn only_needed_columns_are_fetched() {
-    let cluster = Cluster::start(ClusterOptions {
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 2,
         ..Default::default()
     });
-    let mut db = cluster.client();
-    cluster.setup_conductor(&mut db, "cluster");
     exec(
         &mut db,
         "CREATE FOREIGN TABLE users (id bigint NOT NULL, email text, name text,
@@ -306,12 +300,10 @@ fn threads(pid: i32) -> i64 {
 
 #[test]
 fn the_io_runtime_is_created_lazily_in_the_backend() {
-    let cluster = Cluster::start(ClusterOptions {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 2,
         ..Default::default()
     });
-    let mut db = cluster.client();
-    cluster.setup_conductor(&mut db, "cluster");
     exec(
         &mut db,
         "CREATE FOREIGN TABLE lazy_t (id bigint NOT NULL) SERVER cluster;
@@ -362,12 +354,10 @@ fn the_io_runtime_is_created_lazily_in_the_backend() {
 /// reader (up to `--cursor-stall-timeout-ms`, 5 min); every row must arrive.
 #[test]
 fn a_paused_scan_still_returns_every_row() {
-    let cluster = Cluster::start(ClusterOptions {
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 2,
         ..Default::default()
     });
-    let mut db = cluster.client();
-    cluster.setup_conductor(&mut db, "cluster");
     // 2 shards of ~60 MB each: far more than the socket buffers and
     // channels between a node and the backend hold.
     exec(

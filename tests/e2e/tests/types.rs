@@ -277,12 +277,10 @@ fn compare(client: &mut postgres::Client, local: &str, dist: &str, expect_rows: 
 
 #[test]
 fn every_supported_type_round_trips_exactly() {
-    let cluster = Cluster::start(ClusterOptions {
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 4,
         ..Default::default()
     });
-    let mut db = cluster.client();
-    cluster.setup_conductor(&mut db, "cluster");
     let defs = column_defs();
     exec(
         &mut db,
@@ -361,12 +359,10 @@ fn every_supported_type_round_trips_exactly() {
 
 #[test]
 fn unsupported_types_and_values_are_refused() {
-    let cluster = Cluster::start(ClusterOptions {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 2,
         ..Default::default()
     });
-    let mut db = cluster.client();
-    cluster.setup_conductor(&mut db, "cluster");
     exec(&mut db, "CREATE DOMAIN posint AS integer CHECK (VALUE > 0)");
 
     // Each unsupported column type is named in the error, nothing is created.
