@@ -66,14 +66,10 @@ fn sorted(mut rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
 }
 
 fn setup(nodes: usize) -> (Cluster, Client) {
-    let cluster = Cluster::start(ClusterOptions {
+    Cluster::start_with_conductor(ClusterOptions {
         nodes,
-        node_delay_ms: None,
-        token: None,
-    });
-    let mut db = cluster.client();
-    cluster.setup_conductor(&mut db, "cluster");
-    (cluster, db)
+        ..Default::default()
+    })
 }
 
 const COLUMNS: &str =
@@ -675,9 +671,16 @@ fn a_node_lost_at_commit_is_reported_with_what_committed() {
         .iter()
         .find(|n| n.contains("committed on some nodes only"))
         .unwrap_or_else(|| panic!("a WARNING names what committed: {notices:?}"));
+    // node-1's COMMIT may fail on a pooled connection the kill closed after
+    // the request was written: then its outcome is reported as unknown (it
+    // cannot be told apart from a node that committed and died); the count
+    // below shows what really happened.
     assert!(
         warning.contains("Committed: node node-0")
-            && warning.contains("Not committed: node node-1"),
+            && (warning.contains("Not committed: node node-1")
+                || warning.contains(
+                    "(the node may have committed before its answer was lost): node node-1"
+                )),
         "{warning}"
     );
     cluster.start_node(1);
