@@ -17,6 +17,11 @@ EXT_PROFILE ?=
 E2E_THREADS ?= 2
 # `cargo pgrx install` writes into Postgres' dirs: sudo unless root.
 SUDO_FLAG := $(if $(filter 0,$(shell id -u)),,--sudo)
+# The e2e tests run a private copy of Postgres 15 (scripts/test-pg.sh) with
+# the test build installed into it, so `make test` never replaces the build
+# the demo cluster loads from the system directories.
+TEST_PG_DIR ?= $(CURDIR)/target/test-pg
+TEST_PG_CONFIG = $(TEST_PG_DIR)/lib/postgresql/15/bin/pg_config
 
 .PHONY: deps demo stop status test unit e2e ext node bench fmt
 
@@ -46,10 +51,13 @@ unit:
 # The extension installed into Debian's Postgres 15 + the node binary, then
 # the end-to-end tests against them.
 e2e: ext node
-	cargo test -p conductor-e2e -- --test-threads=$(E2E_THREADS)
+	CONDUCTOR_PG_BINDIR=$(TEST_PG_DIR)/lib/postgresql/15/bin \
+		cargo test -p conductor-e2e -- --test-threads=$(E2E_THREADS)
 
+# The extension, installed into the tests' private Postgres copy.
 ext:
-	cargo pgrx install -p conductor --pg-config $(PG_CONFIG) $(EXT_PROFILE) $(SUDO_FLAG)
+	PG_CONFIG=$(PG_CONFIG) scripts/test-pg.sh $(TEST_PG_DIR) >/dev/null
+	cargo pgrx install -p conductor --pg-config $(TEST_PG_CONFIG) $(EXT_PROFILE)
 
 node:
 	cargo build -p conductor-node

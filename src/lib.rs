@@ -15,7 +15,6 @@ mod errors;
 mod fdw;
 mod gucs;
 mod health;
-mod parse;
 mod remote;
 mod stats;
 mod xact;

@@ -2,12 +2,12 @@
 //! on first use (never in the postmaster), and waits that keep answering
 //! cancel and statement_timeout.
 
-use crate::catalog::Placement;
 use crate::errors::raise;
 use crate::gucs;
 use crate::health;
 use conductor_core::client::{first_error, ClientConfig, NodeEndpoint, NodeError, NodeRef};
 use conductor_core::executor::{Executor, ExecutorConfig, ScanHandle, ScanOptions, ShardError};
+use conductor_core::topology::ShardLocation;
 use conductor_hrana::{
     Batch, BatchCond, BatchStep, PipelineReqBody, PipelineRespBody, Stmt, StreamRequest,
 };
@@ -55,7 +55,7 @@ fn tls_ca_pem() -> Option<Vec<u8>> {
     }
 }
 
-pub fn endpoint(placement: &Placement, token: Option<String>) -> NodeEndpoint {
+pub fn endpoint(placement: &ShardLocation, token: Option<String>) -> NodeEndpoint {
     NodeEndpoint {
         node_id: placement.node_id.clone(),
         url: placement.url.clone(),

@@ -1,70 +1,28 @@
 //! `conductor_explain(sql)`: which shards a statement visits and what each
-//! is sent, computed by the same router and deparser as execution (the
-//! sqlparser front end lives in `conductor_core::explain`).
+//! is sent. The statement is parsed, analyzed, rewritten and planned by
+//! Postgres itself (constants folded, equivalences derived, outer joins
+//! reduced exactly as when it runs), then every foreign scan, direct modify
+//! and insert of a distributed table in the plan yields the same shard plan
+//! execution builds from it. Nothing is executed and no node is contacted.
+//!
+//! Values execution evaluates when a scan starts (a stable function such as
+//! `now()`) are evaluated here the same way; values that exist only while
+//! the statement runs (a nested loop's outer row, rows an `INSERT … SELECT`
+//! produces) leave the route to execution: every shard it may reach is
+//! listed and the reason says so.
 
 use crate::catalog::{cache, TableTopology};
 use crate::errors::raise;
-use conductor_core::explain::{Catalog, PlanCache, ShardPlacement, TableInfo, TableName};
-use conductor_hrana::Value;
+use crate::fdw::direct::DirectPlan;
+use crate::fdw::lower::ParamSpec;
+use crate::fdw::scan::{eval_bindings, ScanPlan};
+use conductor_core::plan::{RouteKind, ShardPlan, StatementKind};
+use conductor_core::remote_sql::insert_sql;
+use conductor_hrana::{Stmt, Value};
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgSqlErrorCode};
-use std::cell::RefCell;
-
-thread_local! {
-    /// Parsed statements by query text (seed item 14).
-    static PLANS: RefCell<PlanCache> = RefCell::new(PlanCache::new(256));
-}
-
-/// Distributed tables as Postgres resolves their names (search_path).
-struct PgCatalog;
-
-fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-fn table_info(topology: &TableTopology) -> TableInfo {
-    TableInfo {
-        name: topology.display.clone(),
-        columns: topology
-            .columns
-            .iter()
-            .map(|c| (c.name.clone(), c.ty))
-            .collect(),
-        key_column: topology.key_index,
-        shard_count: topology.shard_count,
-        remote_name: topology.remote_name.clone(),
-        shards: topology
-            .shards
-            .iter()
-            .map(|p| ShardPlacement {
-                shard_id: p.shard_id,
-                node_id: p.node_id.clone(),
-                node_url: p.url.clone(),
-            })
-            .collect(),
-    }
-}
-
-impl Catalog for PgCatalog {
-    fn table(&self, name: &TableName) -> Option<TableInfo> {
-        let qualified = match &name.schema {
-            Some(s) => format!("{}.{}", quote(s), quote(&name.name)),
-            None => quote(&name.name),
-        };
-        let relid = Spi::get_one_with_args::<pg_sys::Oid>(
-            "SELECT to_regclass($1)::oid",
-            &[qualified.as_str().into()],
-        )
-        .ok()
-        .flatten()?;
-        let topology = cache::try_table(relid)?;
-        Some(table_info(&topology))
-    }
-
-    fn default_collation_is_c(&self) -> bool {
-        crate::parse::default_collation_is_c()
-    }
-}
+use pgrx::{JsonB, PgList, PgSqlErrorCode};
+use std::ffi::CString;
+use std::rc::Rc;
 
 fn args_json(args: &[Value]) -> serde_json::Value {
     use base64::Engine as _;
@@ -82,6 +40,8 @@ fn args_json(args: &[Value]) -> serde_json::Value {
             .collect(),
     )
 }
+
+type ExplainRow = (String, i32, String, String, String, JsonB, String);
 
 /// One row per target shard of every distributed table the statement
 /// reads or writes: where it lives, the SQL it is sent (values as `?`,
@@ -102,32 +62,403 @@ fn explain(
         name!(reason, String),
     ),
 > {
-    let rows = PLANS
-        .with(|p| p.borrow_mut().explain(sql, &PgCatalog, &[]))
-        .unwrap_or_else(|e| {
-            raise(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("conductor_explain: {e}"),
-            )
-            .error()
-        });
-    TableIterator::new(rows.into_iter().map(|r| {
-        (
-            r.table,
-            r.shard_id as i32,
-            r.node_id,
-            r.node_url,
-            r.remote_sql,
-            JsonB(args_json(&r.args)),
-            r.reason,
-        )
-    }))
+    let mut rows: Vec<ExplainRow> = Vec::new();
+    for (topology, plan, note) in plan_statement(sql) {
+        for s in &plan.statements {
+            let location = &topology.shards[s.shard_id as usize];
+            rows.push((
+                topology.name.clone(),
+                s.shard_id as i32,
+                location.node_id.clone(),
+                location.url.clone(),
+                s.stmt.sql.clone().unwrap_or_default(),
+                JsonB(args_json(&s.stmt.args)),
+                format!("{}{note}", plan.reason),
+            ));
+        }
+    }
+    TableIterator::new(rows)
 }
 
-/// conductor_explain's parsed-plan cache counters for this backend.
-pub fn plan_cache_counts() -> (i64, i64) {
-    PLANS.with(|p| {
-        let p = p.borrow();
-        (p.hits as i64, p.misses as i64)
-    })
+fn refuse(message: impl Into<String>) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        format!("conductor_explain: {}", message.into()),
+    )
+    .error()
+}
+
+/// Plan `sql` with Postgres' planner and collect the shard plans of the
+/// distributed tables in it, with a note on each plan's role.
+fn plan_statement(sql: &str) -> Vec<(Rc<TableTopology>, ShardPlan, String)> {
+    let text = CString::new(sql).unwrap_or_else(|_| refuse("the statement contains a NUL"));
+    // SAFETY: parse/analyze/plan allocate in the current memory context,
+    // which lives until this function returns; errors unwind through
+    // pg_guard'd code as Postgres ERRORs.
+    unsafe {
+        let raw = PgList::<pg_sys::RawStmt>::from_pg(pg_sys::pg_parse_query(text.as_ptr()));
+        if raw.len() != 1 {
+            refuse(format!("expected one statement, got {}", raw.len()));
+        }
+        let raw_stmt = raw.get_ptr(0).expect("one statement");
+        let queries = PgList::<pg_sys::Query>::from_pg(pg_sys::pg_analyze_and_rewrite_fixedparams(
+            raw_stmt,
+            text.as_ptr(),
+            std::ptr::null(),
+            0,
+            std::ptr::null_mut(),
+        ));
+        let mut out = Vec::new();
+        for query in queries.iter_ptr() {
+            if (*query).commandType == pg_sys::CmdType::CMD_UTILITY {
+                refuse("only SELECT, INSERT, UPDATE and DELETE can be explained");
+            }
+            let planned = pg_sys::pg_plan_query(query, text.as_ptr(), 0, std::ptr::null_mut());
+            let mut walker = Walker {
+                stmt: planned,
+                out: &mut out,
+            };
+            walker.plan((*planned).planTree, "");
+            for sub in PgList::<pg_sys::Plan>::from_pg((*planned).subplans).iter_ptr() {
+                walker.plan(sub, "");
+            }
+        }
+        out
+    }
+}
+
+struct Walker<'a> {
+    stmt: *mut pg_sys::PlannedStmt,
+    out: &'a mut Vec<(Rc<TableTopology>, ShardPlan, String)>,
+}
+
+fn is(node: *const pg_sys::Node, tag: pg_sys::NodeTag) -> bool {
+    // SAFETY: a valid node pointer or null.
+    !node.is_null() && unsafe { (*node).type_ } == tag
+}
+
+impl Walker<'_> {
+    /// The relation a range-table index of the statement names.
+    unsafe fn relid(&self, rti: u32) -> pg_sys::Oid {
+        // SAFETY: rti indexes the planned statement's range table.
+        unsafe {
+            let rte = PgList::<pg_sys::RangeTblEntry>::from_pg((*self.stmt).rtable)
+                .get_ptr(rti as usize - 1)
+                .expect("range table entry");
+            (*rte).relid
+        }
+    }
+
+    /// Visit a plan node and its children in plan order. `note` describes
+    /// the role of a foreign scan directly below a ModifyTable.
+    unsafe fn plan(&mut self, plan: *mut pg_sys::Plan, note: &str) {
+        use pg_sys::NodeTag::*;
+        if plan.is_null() {
+            return;
+        }
+        let node = plan as *mut pg_sys::Node;
+        // SAFETY: every cast follows a tag check; the planner's trees are
+        // well formed.
+        unsafe {
+            if is(node, T_ForeignScan) {
+                self.foreign_scan(plan as *mut pg_sys::ForeignScan, note);
+            }
+            if is(node, T_ModifyTable) {
+                let mt = plan as *mut pg_sys::ModifyTable;
+                let note = match (*mt).operation {
+                    pg_sys::CmdType::CMD_UPDATE => "; UPDATE changes the rows this scan returns",
+                    pg_sys::CmdType::CMD_DELETE => "; DELETE removes the rows this scan returns",
+                    _ => "",
+                };
+                if (*mt).operation == pg_sys::CmdType::CMD_INSERT {
+                    self.insert(mt);
+                }
+                self.plan((*plan).lefttree, note);
+                return;
+            }
+            let lists: &[*mut pg_sys::List] = if is(node, T_Append) {
+                &[(*(plan as *mut pg_sys::Append)).appendplans]
+            } else if is(node, T_MergeAppend) {
+                &[(*(plan as *mut pg_sys::MergeAppend)).mergeplans]
+            } else if is(node, T_BitmapAnd) {
+                &[(*(plan as *mut pg_sys::BitmapAnd)).bitmapplans]
+            } else if is(node, T_BitmapOr) {
+                &[(*(plan as *mut pg_sys::BitmapOr)).bitmapplans]
+            } else if is(node, T_CustomScan) {
+                &[(*(plan as *mut pg_sys::CustomScan)).custom_plans]
+            } else {
+                &[]
+            };
+            for list in lists {
+                for child in PgList::<pg_sys::Plan>::from_pg(*list).iter_ptr() {
+                    self.plan(child, "");
+                }
+            }
+            if is(node, T_SubqueryScan) {
+                self.plan((*(plan as *mut pg_sys::SubqueryScan)).subplan, "");
+            }
+            self.plan((*plan).lefttree, "");
+            self.plan((*plan).righttree, "");
+        }
+    }
+
+    unsafe fn foreign_scan(&mut self, fscan: *mut pg_sys::ForeignScan, note: &str) {
+        // SAFETY: a ForeignScan of the planned statement.
+        unsafe {
+            let rti = (*fscan).scan.scanrelid;
+            if rti == 0 {
+                return; // a join or upper relation pushed down whole: not ours
+            }
+            let Some(topology) = cache::try_table(self.relid(rti)) else {
+                return; // another wrapper's table, or not distributed
+            };
+            let exprs = (*fscan).fdw_exprs;
+            let (plan, note) = match (*fscan).operation {
+                pg_sys::CmdType::CMD_SELECT => {
+                    let scan: ScanPlan = crate::fdw::private_to((*fscan).fdw_private);
+                    let kind = scan.statement(&topology);
+                    let plan = match evaluate(exprs, &scan.params) {
+                        Some(bindings) => bound(&topology, &scan.pushed, &bindings, &kind),
+                        None => ShardPlan::template(&topology, &scan.pushed, &kind),
+                    };
+                    (plan, note.to_string())
+                }
+                _ => {
+                    let direct: DirectPlan = crate::fdw::private_to((*fscan).fdw_private);
+                    let n_where = direct.params.len();
+                    let set_specs = direct.statement(&topology, Vec::new()).clone();
+                    let values = match &set_specs {
+                        StatementKind::Update { set, .. } => {
+                            evaluate_row(exprs, n_where, set, &topology)
+                        }
+                        _ => Some(Vec::new()),
+                    };
+                    let bindings = evaluate(exprs, &direct.params);
+                    let plan = match (bindings, values) {
+                        (Some(b), Some(v)) => bound(
+                            &topology,
+                            &direct.pushed,
+                            &b,
+                            &direct.statement(&topology, v),
+                        ),
+                        _ => ShardPlan::template(&topology, &direct.pushed, &set_specs),
+                    };
+                    (
+                        plan,
+                        "; one statement per shard, no row is fetched".to_string(),
+                    )
+                }
+            };
+            let note = if plan.kind == RouteKind::AtExecution {
+                format!("{note}; a parameter known only when the statement runs decides the shards")
+            } else {
+                note
+            };
+            self.out.push((topology, plan, note));
+        }
+    }
+
+    /// INSERT: the rows of a VALUES list are routed here as execution
+    /// routes them; rows computed while the statement runs are routed then.
+    unsafe fn insert(&mut self, mt: *mut pg_sys::ModifyTable) {
+        // SAFETY: a ModifyTable of the planned statement.
+        unsafe {
+            let Some(rti) = PgList::<i32>::from_pg((*mt).resultRelations)
+                .iter_int()
+                .next()
+            else {
+                return;
+            };
+            let Some(topology) = cache::try_table(self.relid(rti as u32)) else {
+                return;
+            };
+            let plan = match insert_rows((*mt).plan.lefttree, &topology) {
+                Some(rows) => {
+                    ShardPlan::insert(&topology, rows).unwrap_or_else(|e| refuse(e.to_string()))
+                }
+                None => insert_template(&topology),
+            };
+            self.out.push((topology, plan, String::new()));
+        }
+    }
+}
+
+fn bound(
+    topology: &TableTopology,
+    pushed: &[conductor_core::predicate::Pred],
+    bindings: &[conductor_core::predicate::Binding],
+    kind: &StatementKind,
+) -> ShardPlan {
+    ShardPlan::build(topology, pushed, bindings, kind)
+        .unwrap_or_else(|e| refuse(format!("a pushed predicate cannot be sent: {e}")))
+}
+
+/// Every shard may receive the rows: they exist only at execution.
+fn insert_template(topology: &TableTopology) -> ShardPlan {
+    let names = topology.column_names();
+    ShardPlan {
+        kind: RouteKind::AtExecution,
+        reason: format!(
+            "INSERT: each row goes to the shard of its {}, known when the row is produced",
+            topology.key().name
+        ),
+        max_keys_per_shard: 0,
+        statements: topology
+            .shards
+            .iter()
+            .map(|s| conductor_core::plan::ShardStatement {
+                shard_id: s.shard_id,
+                stmt: Stmt::new(insert_sql(&s.remote_table, &names, 1), Vec::new()),
+            })
+            .collect(),
+    }
+}
+
+/// Whether an expression can be evaluated before the statement runs: no
+/// executor parameter (a nested loop's outer value, a subquery's result).
+unsafe fn evaluable(expr: *mut pg_sys::Node) -> bool {
+    // SAFETY: a planner expression tree.
+    unsafe {
+        !pg_sys::contain_subplans(expr)
+            && pg_sys::bms_is_empty(pg_sys::pull_paramids(expr.cast()))
+            && PgList::<pg_sys::Node>::from_pg(pg_sys::pull_var_clause(expr, 0)).is_empty()
+    }
+}
+
+/// Evaluate the first `specs.len()` of `exprs` as a scan does when it
+/// starts; None when one of them needs the running statement.
+unsafe fn evaluate(
+    exprs: *mut pg_sys::List,
+    specs: &[ParamSpec],
+) -> Option<Vec<conductor_core::predicate::Binding>> {
+    // SAFETY: fdw_exprs of a planned ForeignScan; the standalone context is
+    // freed before returning (values are converted to Rust first).
+    unsafe {
+        let all = PgList::<pg_sys::Node>::from_pg(exprs);
+        let mine: Vec<*mut pg_sys::Node> = all.iter_ptr().take(specs.len()).collect();
+        if mine.iter().any(|&e| !evaluable(e)) {
+            return None;
+        }
+        let mut list: *mut pg_sys::List = std::ptr::null_mut();
+        for &e in &mine {
+            list = pg_sys::lappend(list, e.cast());
+        }
+        let econtext = pg_sys::CreateStandaloneExprContext();
+        let states = crate::fdw::scan::init_params(list, std::ptr::null_mut());
+        let bindings = eval_bindings(&states, specs, econtext);
+        pg_sys::FreeExprContext(econtext, true);
+        Some(bindings)
+    }
+}
+
+/// Evaluate `exprs[skip..]` as the new values of columns `set` (encoded as
+/// the node stores them); None when one needs the running statement.
+unsafe fn evaluate_row(
+    exprs: *mut pg_sys::List,
+    skip: usize,
+    set: &[usize],
+    topology: &TableTopology,
+) -> Option<Vec<Value>> {
+    // SAFETY: as in evaluate().
+    unsafe {
+        let values: Vec<*mut pg_sys::Node> = PgList::<pg_sys::Node>::from_pg(exprs)
+            .iter_ptr()
+            .skip(skip)
+            .collect();
+        evaluate_values(&values, set, topology)
+    }
+}
+
+unsafe fn evaluate_values(
+    exprs: &[*mut pg_sys::Node],
+    columns: &[usize],
+    topology: &TableTopology,
+) -> Option<Vec<Value>> {
+    // SAFETY: planner expressions, evaluated in a standalone context freed
+    // before returning; datums are encoded into Rust values first.
+    unsafe {
+        if exprs.iter().any(|&e| !evaluable(e)) {
+            return None;
+        }
+        let econtext = pg_sys::CreateStandaloneExprContext();
+        let mut out = Vec::with_capacity(exprs.len());
+        for (&expr, &column) in exprs.iter().zip(columns) {
+            let state = pg_sys::ExecInitExpr(expr.cast(), std::ptr::null_mut());
+            let mut is_null = false;
+            let datum = pg_sys::ExecEvalExprSwitchContext(state, econtext, &mut is_null);
+            out.push(if is_null {
+                Value::Null
+            } else {
+                topology
+                    .codec(column)
+                    .encode(datum)
+                    .unwrap_or_else(|e| refuse(format!("conductor cannot store this value: {e}")))
+            });
+        }
+        pg_sys::FreeExprContext(econtext, true);
+        Some(out)
+    }
+}
+
+/// The rows an INSERT's subplan produces when they are constants (a
+/// `VALUES` list, with defaults filled in by the planner), each with every
+/// column in topology order; None when they are computed at execution.
+unsafe fn insert_rows(
+    subplan: *mut pg_sys::Plan,
+    topology: &TableTopology,
+) -> Option<Vec<Vec<Value>>> {
+    // SAFETY: the ModifyTable's subplan; its target list has one entry per
+    // attribute of the table (resno = attnum), as the planner builds
+    // INSERT target lists.
+    unsafe {
+        let node = subplan as *mut pg_sys::Node;
+        let tlist: Vec<*mut pg_sys::TargetEntry> =
+            PgList::<pg_sys::TargetEntry>::from_pg((*subplan).targetlist)
+                .iter_ptr()
+                .collect();
+        let column_of = |tle: *mut pg_sys::TargetEntry| topology.column_index((*tle).resno);
+        let columns: Vec<usize> = tlist.iter().filter_map(|&t| column_of(t)).collect();
+        if columns.len() != topology.columns.len() {
+            return None;
+        }
+        let reorder = |values: Vec<Value>| {
+            let mut row = vec![Value::Null; topology.columns.len()];
+            for (v, &c) in values.into_iter().zip(&columns) {
+                row[c] = v;
+            }
+            row
+        };
+        if is(node, pg_sys::NodeTag::T_Result) && (*subplan).lefttree.is_null() {
+            let exprs: Vec<*mut pg_sys::Node> = tlist
+                .iter()
+                .map(|&t| (*t).expr as *mut pg_sys::Node)
+                .collect();
+            return evaluate_values(&exprs, &columns, topology).map(|v| vec![reorder(v)]);
+        }
+        if is(node, pg_sys::NodeTag::T_ValuesScan) {
+            let scan = subplan as *mut pg_sys::ValuesScan;
+            let scanrelid = (*scan).scan.scanrelid as i32;
+            let mut rows = Vec::new();
+            for values in PgList::<pg_sys::List>::from_pg((*scan).values_lists).iter_ptr() {
+                let items: Vec<*mut pg_sys::Node> =
+                    PgList::<pg_sys::Node>::from_pg(values).iter_ptr().collect();
+                let mut exprs = Vec::with_capacity(tlist.len());
+                for &tle in &tlist {
+                    let e = (*tle).expr as *mut pg_sys::Node;
+                    exprs.push(
+                        if is(e, pg_sys::NodeTag::T_Var)
+                            && (*(e as *mut pg_sys::Var)).varno == scanrelid
+                        {
+                            *items.get((*(e as *mut pg_sys::Var)).varattno as usize - 1)?
+                        } else {
+                            e
+                        },
+                    );
+                }
+                rows.push(reorder(evaluate_values(&exprs, &columns, topology)?));
+            }
+            return Some(rows);
+        }
+        None
+    }
 }

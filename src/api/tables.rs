@@ -105,7 +105,7 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
         ))
         .error()
     }
-    let columns: Vec<_> = columns.into_iter().flatten().collect();
+    let columns: Vec<_> = columns.into_iter().flatten().map(|c| c.column).collect();
     let Some(key) = columns.iter().find(|c| c.name == shard_key) else {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
@@ -311,7 +311,7 @@ fn shard_for(tbl: PgRelation, key: AnyElement) -> i32 {
         )
         .error()
     }
-    place(&value, topology.shard_count) as i32
+    place(&value, topology.shard_count()) as i32
 }
 
 /// sql_drop: a distributed foreign table was dropped. Forget it now (the

@@ -132,11 +132,8 @@ fn cache_stats() -> TableIterator<
         name!(hits, i64),
         name!(misses, i64),
         name!(invalidations, i64),
-        name!(explain_plan_hits, i64),
-        name!(explain_plan_misses, i64),
     ),
 > {
     let s = stats();
-    let (plan_hits, plan_misses) = crate::api::explain::plan_cache_counts();
-    TableIterator::once((s.hits, s.misses, s.invalidations, plan_hits, plan_misses))
+    TableIterator::once((s.hits, s.misses, s.invalidations))
 }

@@ -5,68 +5,56 @@
 pub mod cache;
 pub mod credentials;
 
-use crate::convert::column_type_of;
+use crate::convert::{column_type_of, ColumnCodec};
 use conductor_core::remote_sql::shard_table_name;
-use conductor_core::types::ColumnType;
+use conductor_core::topology::{Column, ShardLocation, Topology};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-/// A column of a distributed table, as the foreign table declares it.
+/// A column as the catalog reads it: the core's column and its Postgres
+/// type (for converting values).
 #[derive(Debug, Clone)]
-pub struct Column {
-    pub attnum: i16,
-    pub name: String,
-    pub ty: ColumnType,
-    pub typoid: pg_sys::Oid,
+pub struct PgColumn {
+    pub column: Column,
+    pub pg_type: PgType,
+}
+
+/// A column's Postgres type and modifier.
+#[derive(Debug, Clone, Copy)]
+pub struct PgType {
+    pub oid: pg_sys::Oid,
     pub typmod: i32,
-    /// Declared NOT NULL: Postgres does not enforce constraints of foreign
-    /// tables, so the shard tables do.
-    pub not_null: bool,
 }
 
-/// One shard: where it lives and what its table is called there.
-#[derive(Debug, Clone)]
-pub struct Placement {
-    pub shard_id: u32,
-    pub node_id: String,
-    pub url: String,
-    pub remote_table: String,
-}
-
-/// Everything a statement needs to route and ship work for one table.
+/// Everything a statement needs to route and ship work for one table: the
+/// core's topology (which it dereferences to) and what only Postgres needs.
 #[derive(Debug)]
 pub struct TableTopology {
     pub relid: pg_sys::Oid,
-    /// `schema.table` as the user writes it, for messages (resolved once,
-    /// so no statement looks it up again).
-    pub display: String,
     pub server_id: pg_sys::Oid,
-    pub remote_name: String,
-    pub shard_count: u32,
-    /// Index into `columns` of the shard key.
-    pub key_index: usize,
-    /// Indexes into `columns` of the row identity (includes the shard key).
-    pub primary_key: Vec<usize>,
-    /// Non-dropped columns in attnum order.
-    pub columns: Vec<Column>,
-    /// Indexed by shard id.
-    pub shards: Vec<Placement>,
+    pub table: Topology,
+    /// One per column of `table.columns`.
+    pub pg_types: Vec<PgType>,
+}
+
+impl std::ops::Deref for TableTopology {
+    type Target = Topology;
+    fn deref(&self) -> &Topology {
+        &self.table
+    }
 }
 
 impl TableTopology {
-    pub fn key(&self) -> &Column {
-        &self.columns[self.key_index]
-    }
-
-    pub fn column_by_attnum(&self, attnum: i16) -> Option<&Column> {
-        self.columns.iter().find(|c| c.attnum == attnum)
-    }
-
-    pub fn node_count(&self) -> usize {
-        let mut nodes: Vec<&str> = self.shards.iter().map(|p| p.node_id.as_str()).collect();
-        nodes.sort_unstable();
-        nodes.dedup();
-        nodes.len()
+    /// The value converter of column `index`.
+    ///
+    /// # Safety
+    /// As [`ColumnCodec::new`]: in a transaction, with a memory context
+    /// that outlives the codec.
+    pub unsafe fn codec(&self, index: usize) -> ColumnCodec {
+        let c = &self.columns[index];
+        let t = self.pg_types[index];
+        // SAFETY: per the contract.
+        unsafe { ColumnCodec::new(&c.name, c.ty, t.oid, t.typmod) }
     }
 }
 
@@ -75,7 +63,7 @@ impl TableTopology {
 pub fn relation_columns(
     client: &SpiClient<'_>,
     relid: pg_sys::Oid,
-) -> Result<Vec<Result<Column, (String, String)>>, pgrx::spi::Error> {
+) -> Result<Vec<Result<PgColumn, (String, String)>>, pgrx::spi::Error> {
     let rows = client.select(
         "SELECT a.attnum, a.attname::text, a.atttypid, a.atttypmod,
                 format_type(a.atttypid, a.atttypmod), a.attnotnull
@@ -94,13 +82,17 @@ pub fn relation_columns(
         let display: String = row.get(5)?.unwrap_or_default();
         let not_null: bool = row.get(6)?.unwrap_or(false);
         columns.push(match column_type_of(typoid) {
-            Some(ty) => Ok(Column {
-                attnum,
-                name,
-                ty,
-                typoid,
-                typmod,
-                not_null,
+            Some(ty) => Ok(PgColumn {
+                column: Column {
+                    attnum,
+                    name,
+                    ty,
+                    not_null,
+                },
+                pg_type: PgType {
+                    oid: typoid,
+                    typmod,
+                },
             }),
             None => Err((name, display)),
         });
@@ -130,9 +122,13 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
         let primary_key_names: Vec<String> = row.get(6)?.unwrap_or_default();
 
         let mut columns = Vec::new();
+        let mut pg_types = Vec::new();
         for column in relation_columns(client, relid)? {
             match column {
-                Ok(c) => columns.push(c),
+                Ok(c) => {
+                    columns.push(c.column);
+                    pg_types.push(c.pg_type);
+                }
                 Err((name, ty)) => error!(
                     "column \"{name}\" of distributed table {} has type {ty}, which conductor cannot store",
                     relation_display_name(relid)
@@ -170,7 +166,7 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
         )?;
         for row in rows {
             let shard_id: i32 = row.get(1)?.unwrap_or_default();
-            shards.push(Placement {
+            shards.push(ShardLocation {
                 shard_id: shard_id as u32,
                 node_id: row.get(2)?.unwrap_or_default(),
                 url: row.get(3)?.unwrap_or_default(),
@@ -194,14 +190,16 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
         }
         Ok(Some(TableTopology {
             relid,
-            display: relation_display_name(relid),
             server_id,
-            remote_name,
-            shard_count: shard_count as u32,
-            key_index,
-            primary_key,
-            columns,
-            shards,
+            table: Topology {
+                name: relation_display_name(relid),
+                remote_name,
+                columns,
+                key_index,
+                primary_key,
+                shards,
+            },
+            pg_types,
         }))
     })
     .unwrap_or_else(|e| error!("conductor: could not read the topology catalog: {e}"))

@@ -7,30 +7,45 @@
 use crate::catalog::{cache, TableTopology};
 use crate::convert::ColumnCodec;
 use crate::errors::raise;
-use crate::fdw::scan::{eval_bindings, explain_text, init_params, shard_key, ScanPlan};
-use crate::parse::ParamSpec;
-use crate::remote;
-use crate::stats;
-use crate::xact::streams::{self, NodeWork, ShardLabel};
-use conductor_core::predicate::{deparse, deparse_template, Pred};
-use conductor_core::remote_sql::{delete_sql, update_sql};
-use conductor_core::router::route;
-use conductor_hrana::{Stmt, Value};
+use crate::fdw::lower::ParamSpec;
+use crate::fdw::scan::{bound_plan, eval_bindings, explain_plan, init_params, ScanPlan};
+use crate::xact::streams;
+use conductor_core::plan::{ShardPlan, StatementKind};
+use conductor_core::predicate::Pred;
+use conductor_hrana::Value;
 use pgrx::prelude::*;
 use pgrx::{PgList, PgMemoryContexts, PgSqlErrorCode};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 #[derive(Debug, Serialize, Deserialize)]
-struct DirectPlan {
-    update: bool,
-    pushed: Vec<Pred>,
+pub struct DirectPlan {
+    pub update: bool,
+    pub pushed: Vec<Pred>,
     /// The WHERE clause's runtime parameters: the first fdw_exprs.
-    params: Vec<ParamSpec>,
+    pub params: Vec<ParamSpec>,
     /// UPDATE: the columns assigned; their new values are the remaining
     /// fdw_exprs, in this order.
-    set: Vec<i16>,
+    pub set: Vec<i16>,
+}
+
+impl DirectPlan {
+    /// What each shard is sent, with the SET values when known.
+    pub fn statement(&self, topology: &TableTopology, values: Vec<Value>) -> StatementKind {
+        if !self.update {
+            return StatementKind::Delete;
+        }
+        let set = self
+            .set
+            .iter()
+            .map(|&a| {
+                topology
+                    .column_index(a)
+                    .unwrap_or_else(|| error!("conductor: column {a} is not in the topology"))
+            })
+            .collect();
+        StatementKind::Update { set, values }
+    }
 }
 
 fn is(node: *const pg_sys::Node, tag: pg_sys::NodeTag) -> bool {
@@ -146,13 +161,13 @@ struct DirectState {
     topology: Rc<TableTopology>,
     plan: DirectPlan,
     params: Vec<(*mut pg_sys::ExprState, pg_sys::Oid)>,
-    /// Indexes into topology.columns of the SET columns, and their codecs.
-    set_columns: Vec<usize>,
+    /// The codecs of the SET columns.
     set_codecs: Vec<ColumnCodec>,
     econtext: *mut pg_sys::ExprContext,
     estate: *mut pg_sys::EState,
     done: bool,
-    route: Option<conductor_core::router::Route>,
+    /// The shard plan that ran, for EXPLAIN ANALYZE.
+    last_plan: Option<ShardPlan>,
 }
 
 unsafe fn state<'a>(node: *mut pg_sys::ForeignScanState) -> &'a mut DirectState {
@@ -172,34 +187,19 @@ pub unsafe extern "C-unwind" fn begin_direct_modify(
         let topology = cache::table(relid);
         let plan: DirectPlan = super::private_to((*fscan).fdw_private);
         let params = init_params((*fscan).fdw_exprs, node.cast());
-        let set_columns: Vec<usize> = plan
-            .set
-            .iter()
-            .map(|&a| {
-                topology
-                    .columns
-                    .iter()
-                    .position(|c| c.attnum == a)
-                    .unwrap_or_else(|| error!("conductor: column {a} is not in the topology"))
-            })
-            .collect();
-        let set_codecs = set_columns
-            .iter()
-            .map(|&i| {
-                let c = &topology.columns[i];
-                ColumnCodec::new(&c.name, c.ty, c.typoid, c.typmod)
-            })
-            .collect();
+        let set_codecs = match plan.statement(&topology, Vec::new()) {
+            StatementKind::Update { set, .. } => set.iter().map(|&i| topology.codec(i)).collect(),
+            _ => Vec::new(),
+        };
         let state = DirectState {
             topology,
             plan,
             params,
-            set_columns,
             set_codecs,
             econtext: (*node).ss.ps.ps_ExprContext,
             estate: (*node).ss.ps.state,
             done: false,
-            route: None,
+            last_plan: None,
         };
         (*node).fdw_state = PgMemoryContexts::CurrentMemoryContext
             .leak_and_drop_on_delete(state)
@@ -233,69 +233,15 @@ impl DirectState {
             });
         }
         let topology = self.topology.clone();
-        let key = shard_key(&topology);
-        let routed = route(&self.plan.pushed, &key, &bindings).unwrap_or_else(|e| {
-            raise(
-                PgSqlErrorCode::ERRCODE_FDW_ERROR,
-                format!("conductor: cannot route the statement: {e}"),
-            )
-            .error()
-        });
-        let names: Vec<&str> = topology.columns.iter().map(|c| c.name.as_str()).collect();
-        let set_names: Vec<&str> = self.set_columns.iter().map(|&i| names[i]).collect();
-        let token = crate::catalog::credentials::token_for(topology.server_id);
-        let table = topology.display.clone();
-        let mut per_node: BTreeMap<&str, NodeWork> = BTreeMap::new();
-        for &shard in routed.shards.keys() {
-            let placement = &topology.shards[shard as usize];
-            let preds = routed.shard_preds(&self.plan.pushed, &key, shard);
-            let (where_sql, where_args) = deparse(&preds, &names, &bindings).unwrap_or_else(|e| {
-                raise(
-                    PgSqlErrorCode::ERRCODE_FDW_ERROR,
-                    format!("conductor: cannot build the shard statement: {e}"),
-                )
-                .error()
-            });
-            let where_sql = (!preds.is_empty()).then_some(where_sql.as_str());
-            let (sql, mut args) = if self.plan.update {
-                (
-                    update_sql(&placement.remote_table, &set_names, where_sql),
-                    set_values.clone(),
-                )
-            } else {
-                (
-                    delete_sql(&placement.remote_table, where_sql, &[]),
-                    Vec::new(),
-                )
-            };
-            args.extend(where_args);
-            per_node
-                .entry(placement.node_id.as_str())
-                .or_insert_with(|| NodeWork {
-                    key: (topology.server_id.to_u32(), placement.node_id.clone()),
-                    endpoint: remote::endpoint(placement, token.clone()),
-                    stmts: Vec::new(),
-                })
-                .stmts
-                .push((
-                    ShardLabel {
-                        table: table.clone(),
-                        shard,
-                    },
-                    Stmt::new(sql, args),
-                ));
-        }
-        stats::count_shard_requests(topology.relid, routed.shards.keys().copied());
-        let mut changed = 0u64;
-        for result in streams::run(per_node.into_values().collect()) {
-            match result {
-                Ok(results) => changed += results.iter().map(|r| r.affected_row_count).sum::<u64>(),
-                Err(err) => remote::report_shard_error(&err),
-            }
-        }
+        let statement = self.plan.statement(&topology, set_values);
+        let plan = bound_plan(&topology, &self.plan.pushed, &bindings, &statement);
+        let changed: u64 = streams::run_plan(&topology, &plan)
+            .iter()
+            .map(|(_, r)| r.affected_row_count)
+            .sum();
         // SAFETY: the executor's EState; direct modify reports its count here.
         unsafe { (*self.estate).es_processed += changed };
-        self.route = Some(routed);
+        self.last_plan = Some(plan);
     }
 }
 
@@ -325,45 +271,20 @@ pub unsafe extern "C-unwind" fn explain_direct_modify(
     // SAFETY: our state and the explain state.
     unsafe {
         let state = state(node);
-        let topology = &state.topology;
-        let key = shard_key(topology);
-        let routed = state
-            .route
-            .clone()
-            .or_else(|| route(&state.plan.pushed, &key, &[]).ok());
-        let shards = match &routed {
-            Some(r) => format!(
-                "{} of {} ({}), one statement each",
-                r.shards.len(),
-                topology.shard_count,
-                r.reason
-            ),
-            None => format!(
-                "chosen at execution from parameters, of {}",
-                topology.shard_count
+        let plan = match &state.last_plan {
+            Some(p) => p.clone(),
+            None => ShardPlan::template(
+                &state.topology,
+                &state.plan.pushed,
+                &state.plan.statement(&state.topology, Vec::new()),
             ),
         };
-        explain_text(c"Shards", &shards, es);
-        if (*es).verbose {
-            let names: Vec<&str> = topology.columns.iter().map(|c| c.name.as_str()).collect();
-            let shard = routed
-                .as_ref()
-                .and_then(|r| r.shards.keys().next().copied())
-                .unwrap_or(0);
-            let preds = match &routed {
-                Some(r) => r.shard_preds(&state.plan.pushed, &key, shard),
-                None => state.plan.pushed.clone(),
-            };
-            let where_sql = deparse_template(&preds, &names);
-            let where_sql = (!preds.is_empty()).then_some(where_sql.as_str());
-            let table = &topology.shards[shard as usize].remote_table;
-            let sql = if state.plan.update {
-                let set: Vec<&str> = state.set_columns.iter().map(|&i| names[i]).collect();
-                update_sql(table, &set, where_sql)
-            } else {
-                delete_sql(table, where_sql, &[])
-            };
-            explain_text(c"Remote SQL", &sql, es);
-        }
+        explain_plan(
+            &state.topology,
+            &plan,
+            state.plan.params.len(),
+            ", one statement each",
+            es,
+        );
     }
 }

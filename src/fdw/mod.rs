@@ -2,6 +2,7 @@
 //! callbacks; each group of callbacks lives in its own module.
 
 pub mod direct;
+pub mod lower;
 pub mod modify;
 pub mod options;
 pub mod scan;

@@ -12,17 +12,11 @@ use crate::convert::ColumnCodec;
 use crate::errors::raise;
 use crate::fdw::options::table_option;
 use crate::gucs;
-use crate::remote;
-use crate::xact::streams::{self, NodeWork, ShardLabel};
-use conductor_core::placement::{shard_for, KeyValue};
-use conductor_core::remote_sql::{
-    delete_sql, insert_sql, key_match_sql, max_rows_per_insert, update_sql,
-};
-use conductor_core::types::ColumnType;
-use conductor_hrana::{Stmt, StmtResult, Value};
+use crate::xact::streams;
+use conductor_core::plan::{PlanError, ShardPlan, StatementKind};
+use conductor_hrana::{StmtResult, Value};
 use pgrx::prelude::*;
 use pgrx::{PgList, PgMemoryContexts, PgSqlErrorCode};
-use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::rc::Rc;
 
@@ -53,50 +47,13 @@ struct ModifyState {
 }
 
 impl ModifyState {
-    fn label(&self, shard: u32) -> ShardLabel {
-        ShardLabel {
-            table: self.topology.display.clone(),
-            shard,
-        }
-    }
-
-    fn column_names(&self, indexes: &[usize]) -> Vec<&str> {
-        indexes
-            .iter()
-            .map(|&i| self.topology.columns[i].name.as_str())
-            .collect()
-    }
-
-    fn node_work(&self, per_shard: BTreeMap<u32, Vec<Stmt>>) -> Vec<NodeWork> {
-        let token = crate::catalog::credentials::token_for(self.topology.server_id);
-        let mut per_node: BTreeMap<&str, NodeWork> = BTreeMap::new();
-        for (shard, stmts) in per_shard {
-            let placement = &self.topology.shards[shard as usize];
-            let work = per_node
-                .entry(placement.node_id.as_str())
-                .or_insert_with(|| NodeWork {
-                    key: (self.topology.server_id.to_u32(), placement.node_id.clone()),
-                    endpoint: remote::endpoint(placement, token.clone()),
-                    stmts: Vec::new(),
-                });
-            work.stmts
-                .extend(stmts.into_iter().map(|s| (self.label(shard), s)));
-        }
-        per_node.into_values().collect()
-    }
-
-    /// Run the statements of each shard in the transaction; the results in
-    /// shard order (statements of one shard in order).
-    fn run(&self, per_shard: BTreeMap<u32, Vec<Stmt>>) -> Vec<StmtResult> {
-        let work = self.node_work(per_shard);
-        let mut results = Vec::new();
-        for result in streams::run(work) {
-            match result {
-                Ok(r) => results.extend(r),
-                Err(err) => remote::report_shard_error(&err),
-            }
-        }
-        results
+    /// Run a plan in the transaction; the first statement's result.
+    fn run(&self, plan: Result<ShardPlan, PlanError>) -> Option<StmtResult> {
+        let plan = plan.unwrap_or_else(|e| plan_error(&self.topology, e));
+        streams::run_plan(&self.topology, &plan)
+            .into_iter()
+            .next()
+            .map(|(_, r)| r)
     }
 
     /// A column's value as the node stores it; a value a node cannot hold
@@ -131,10 +88,8 @@ unsafe fn begin(
     unsafe {
         let relid = (*(*rinfo).ri_RelationDesc).rd_id;
         let topology = cache::table(relid);
-        let codecs = topology
-            .columns
-            .iter()
-            .map(|c| ColumnCodec::new(&c.name, c.ty, c.typoid, c.typmod))
+        let codecs = (0..topology.columns.len())
+            .map(|i| topology.codec(i))
             .collect();
         let batch_size = table_option(relid, "batch_size")
             .and_then(|v| v.trim().parse().ok())
@@ -189,6 +144,7 @@ pub unsafe extern "C-unwind" fn add_foreign_update_targets(
         let topology = cache::table((*target_relation).rd_id);
         for &i in &topology.primary_key {
             let c = &topology.columns[i];
+            let ty = topology.pg_types[i];
             let attr = (*(*target_relation).rd_att)
                 .attrs
                 .as_ptr()
@@ -196,8 +152,8 @@ pub unsafe extern "C-unwind" fn add_foreign_update_targets(
             let var = pg_sys::makeVar(
                 rtindex as i32,
                 c.attnum,
-                c.typoid,
-                c.typmod,
+                ty.oid,
+                ty.typmod,
                 (*attr).attcollation,
                 0,
             );
@@ -413,7 +369,7 @@ unsafe fn encode_row(state: &ModifyState, slot: *mut pg_sys::TupleTableSlot) -> 
                 PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
                 format!(
                     "shard key column \"{}\" of {} must not be null",
-                    key.name, state.topology.display
+                    key.name, state.topology.name
                 ),
             )
             .detail("Every row is placed on a shard by its shard key.")
@@ -432,66 +388,32 @@ unsafe fn encode_row(state: &ModifyState, slot: *mut pg_sys::TupleTableSlot) -> 
     }
 }
 
-/// The shard of an encoded row (its key column's stored value).
-fn shard_of_row(topology: &TableTopology, row: &[Value]) -> u32 {
-    shard_of_value(topology, &row[topology.key_index])
-}
-
-/// The shard a shard-key value belongs to (DESIGN §4), from its stored form.
-pub fn shard_of_value(topology: &TableTopology, value: &Value) -> u32 {
-    let key = match (topology.key().ty, value) {
-        (ColumnType::Int2 | ColumnType::Int4 | ColumnType::Int8, Value::Integer(i)) => {
-            KeyValue::Int(*i)
-        }
-        (ColumnType::Text | ColumnType::Varchar, Value::Text(s)) => KeyValue::Text(s),
-        (ColumnType::Uuid, Value::Text(s)) => KeyValue::Uuid(
-            conductor_core::types::uuid_from_text(s)
-                .unwrap_or_else(|e| error!("conductor: bad uuid shard key: {e}")),
-        ),
-        (ty, v) => error!("conductor: a {ty} shard key cannot be {v:?}"),
-    };
-    shard_for(&key, topology.shard_count)
+/// A row that cannot be placed is an ERROR naming the column.
+fn plan_error(topology: &TableTopology, e: PlanError) -> ! {
+    match e {
+        PlanError::NullKey { column } => raise(
+            PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
+            format!(
+                "shard key column \"{column}\" of {} must not be null",
+                topology.name
+            ),
+        )
+        .detail("Every row is placed on a shard by its shard key.")
+        .error(),
+        PlanError::BadKey(why) => error!("conductor: {why}"),
+    }
 }
 
 /// Route rows by key, group them per shard, and send each node its shards'
 /// multi-row INSERTs in one request, all nodes in parallel.
 fn send_rows(state: &ModifyState, rows: Vec<Vec<Value>>) {
-    let topology = &state.topology;
-    let names: Vec<&str> = topology.columns.iter().map(|c| c.name.as_str()).collect();
-    let per_statement = max_rows_per_insert(names.len());
-    let mut per_shard: BTreeMap<u32, Vec<Vec<Value>>> = BTreeMap::new();
-    for row in rows {
-        per_shard
-            .entry(shard_of_row(topology, &row))
-            .or_default()
-            .push(row);
-    }
-    let statements = per_shard
-        .into_iter()
-        .map(|(shard, rows)| {
-            let table = &topology.shards[shard as usize].remote_table;
-            let stmts = rows
-                .chunks(per_statement)
-                .map(|chunk| {
-                    let args = chunk.iter().flatten().cloned().collect();
-                    Stmt::new(insert_sql(table, &names, chunk.len()), args)
-                })
-                .collect();
-            crate::stats::count_shard_requests(topology.relid, [shard].into_iter());
-            (shard, stmts)
-        })
-        .collect();
-    state.run(statements);
+    state.run(ShardPlan::insert(&state.topology, rows));
 }
 
-/// The identity of the row being changed: its shard and the WHERE
-/// arguments (primary-key values in `topology.primary_key` order).
-unsafe fn identity(
-    state: &ModifyState,
-    plan_slot: *mut pg_sys::TupleTableSlot,
-) -> (u32, Vec<Value>) {
+/// The identity of the row being changed: its primary-key values in
+/// `topology.primary_key` order.
+unsafe fn identity(state: &ModifyState, plan_slot: *mut pg_sys::TupleTableSlot) -> Vec<Value> {
     let mut args = Vec::with_capacity(state.identity.len());
-    let mut shard = None;
     for (&column, &attno) in state.topology.primary_key.iter().zip(&state.identity) {
         let mut is_null = false;
         // SAFETY: attno is a junk attribute of the plan slot (found at begin).
@@ -499,13 +421,9 @@ unsafe fn identity(
         if is_null {
             error!("conductor: the row to change has a NULL key");
         }
-        let value = unsafe { state.encode(column, datum, false) };
-        if column == state.topology.key_index {
-            shard = Some(shard_of_value(&state.topology, &value));
-        }
-        args.push(value);
+        args.push(unsafe { state.encode(column, datum, false) });
     }
-    (shard.expect("the primary key contains the shard key"), args)
+    args
 }
 
 #[pg_guard]
@@ -518,22 +436,24 @@ pub unsafe extern "C-unwind" fn exec_foreign_update(
     // SAFETY: our state; slot holds the new row, plan_slot the identity.
     unsafe {
         let state = state(rinfo);
-        let (shard, key_args) = identity(state, plan_slot);
+        let identity = identity(state, plan_slot);
         let mut row = encode_row(state, slot);
-        let mut args: Vec<Value> = state
+        let values: Vec<Value> = state
             .updated
             .iter()
             .map(|&i| std::mem::replace(&mut row[i], Value::Null))
             .collect();
-        args.extend(key_args);
-        let pk = state.column_names(&state.topology.primary_key);
-        let sql = update_sql(
-            &state.topology.shards[shard as usize].remote_table,
-            &state.column_names(&state.updated),
-            Some(&key_match_sql(&pk)),
-        );
-        let results = state.run([(shard, vec![Stmt::new(sql, args)])].into());
-        if results.first().map(|r| r.affected_row_count).unwrap_or(0) == 0 {
+        let update = StatementKind::Update {
+            set: state.updated.clone(),
+            values,
+        };
+        let result = state.run(ShardPlan::by_identity(
+            &state.topology,
+            &update,
+            identity,
+            false,
+        ));
+        if result.map(|r| r.affected_row_count).unwrap_or(0) == 0 {
             return std::ptr::null_mut(); // the row is gone: not counted
         }
     }
@@ -551,21 +471,13 @@ pub unsafe extern "C-unwind" fn exec_foreign_delete(
     // deleted row for RETURNING.
     unsafe {
         let state = state(rinfo);
-        let (shard, args) = identity(state, plan_slot);
-        let pk = state.column_names(&state.topology.primary_key);
-        let all: Vec<usize> = (0..state.topology.columns.len()).collect();
-        let returning = if state.returning {
-            state.column_names(&all)
-        } else {
-            Vec::new()
-        };
-        let sql = delete_sql(
-            &state.topology.shards[shard as usize].remote_table,
-            Some(&key_match_sql(&pk)),
-            &returning,
-        );
-        let results = state.run([(shard, vec![Stmt::new(sql, args)])].into());
-        let Some(result) = results.first() else {
+        let identity = identity(state, plan_slot);
+        let Some(result) = state.run(ShardPlan::by_identity(
+            &state.topology,
+            &StatementKind::Delete,
+            identity,
+            state.returning,
+        )) else {
             return std::ptr::null_mut();
         };
         if result.affected_row_count == 0 {
@@ -579,7 +491,7 @@ pub unsafe extern "C-unwind" fn exec_foreign_delete(
                     row,
                     &state.codecs,
                     state.topology.columns.iter().map(|c| c.attnum),
-                    || format!("{} shard {shard}", state.topology.display),
+                    || format!("a deleted row of {}", state.topology.name),
                 );
             }
         }

@@ -7,19 +7,18 @@
 use crate::catalog::{cache, TableTopology};
 use crate::convert::ColumnCodec;
 use crate::errors::raise;
-use crate::parse::{deconstruct, Lowering, ParamSpec};
+use crate::fdw::lower::{deconstruct, Lowering, ParamSpec};
 use crate::remote;
 use crate::stats;
-use crate::xact::streams::{self, NodeWork, ShardLabel};
+use crate::xact::streams;
 use conductor_core::executor::{ScanHandle, ScanPoll, ShardQuery, ShardStats};
-use conductor_core::predicate::{deparse, deparse_template, Binding, Pred};
-use conductor_core::remote_sql::select_sql;
-use conductor_core::router::{route, Route, ShardKey};
-use conductor_hrana::{Stmt, Value};
+use conductor_core::plan::{RouteKind, ShardPlan, StatementKind};
+use conductor_core::predicate::{Binding, Pred};
+use conductor_hrana::Value;
 use pgrx::prelude::*;
 use pgrx::{PgList, PgMemoryContexts, PgSqlErrorCode};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::{CStr, CString};
 use std::rc::Rc;
 use std::time::Duration;
@@ -52,12 +51,40 @@ pub struct ScanPlan {
     pub params: Vec<ParamSpec>,
 }
 
-pub fn shard_key(topology: &TableTopology) -> ShardKey<'_> {
-    ShardKey {
-        column: topology.key_index,
-        name: &topology.key().name,
-        shard_count: topology.shard_count,
+impl ScanPlan {
+    /// What each shard is sent: the retrieved columns.
+    pub fn statement(&self, topology: &TableTopology) -> StatementKind {
+        StatementKind::Select {
+            columns: self
+                .retrieved
+                .iter()
+                .map(|&attnum| {
+                    topology.column_index(attnum).unwrap_or_else(|| {
+                        error!(
+                            "conductor: column {attnum} is not in the topology; re-plan the query"
+                        )
+                    })
+                })
+                .collect(),
+        }
     }
+}
+
+/// The shard plan of a scan or direct modify with its parameters bound; a
+/// failure (a value with no exact node form) is an ERROR.
+pub fn bound_plan(
+    topology: &TableTopology,
+    pushed: &[Pred],
+    bindings: &[Binding],
+    kind: &StatementKind,
+) -> ShardPlan {
+    ShardPlan::build(topology, pushed, bindings, kind).unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_FDW_ERROR,
+            format!("conductor: cannot build the shard statements: {e}"),
+        )
+        .error()
+    })
 }
 
 /// The restriction clauses of a base relation split into pushed IR and
@@ -87,9 +114,10 @@ unsafe fn lower_clauses(
 /// How many shards a pushed restriction visits, as far as planning knows:
 /// a key bound at run time is assumed to reach one shard.
 fn planned_shards(topology: &TableTopology, pushed: &[Pred]) -> usize {
-    match route(pushed, &shard_key(topology), &[]) {
-        Ok(r) => r.shards.len(),
-        Err(_) => 1,
+    let plan = ShardPlan::template(topology, pushed, &StatementKind::Delete);
+    match plan.kind {
+        RouteKind::AtExecution => 1,
+        _ => plan.statements.len(),
     }
 }
 
@@ -150,7 +178,7 @@ pub unsafe extern "C-unwind" fn get_foreign_rel_size(
             pg_sys::JoinType::JOIN_INNER,
             std::ptr::null_mut(),
         );
-        let total = ROWS_PER_SHARD_ESTIMATE * topology.shard_count as f64;
+        let total = ROWS_PER_SHARD_ESTIMATE * topology.shard_count() as f64;
         (*baserel).rows = pg_sys::clamp_row_est(total * selectivity);
     }
 }
@@ -298,28 +326,38 @@ pub unsafe extern "C-unwind" fn get_foreign_plan(
     }
 }
 
+/// Where a scan is in its life.
+enum Phase {
+    /// Nothing sent yet (EXPLAIN without ANALYZE never leaves this).
+    NotStarted,
+    /// Rows stream from every target shard.
+    Streaming(ScanHandle),
+    /// Rows read whole through this transaction's streams, per shard.
+    Materialized(VecDeque<(u32, Vec<Vec<Value>>)>),
+    /// Every row was handed out.
+    Finished,
+}
+
 /// A scan in progress. Lives in the executor's memory context: if the query
 /// fails, deleting that context drops it, which drops the executor handle
 /// and with it every in-flight request.
 struct ScanState {
     topology: Rc<TableTopology>,
     plan: ScanPlan,
+    statement: StatementKind,
     codecs: Vec<ColumnCodec>,
     /// Runtime parameters: their expression states and array element types.
     params: Vec<(*mut pg_sys::ExprState, pg_sys::Oid)>,
     econtext: *mut pg_sys::ExprContext,
-    handle: Option<ScanHandle>,
+    phase: Phase,
     /// The scan finds the rows an UPDATE/DELETE of this table changes: it
     /// reads inside the transaction that will write them.
     for_modify: bool,
-    started: bool,
-    finished: bool,
-    /// Rows read through this transaction's streams (see `start`).
-    materialized: VecDeque<(u32, Vec<Vec<Value>>)>,
+    /// The rows of one shard being handed out.
     rows: std::vec::IntoIter<Vec<Value>>,
     current_shard: u32,
-    /// The route of the latest execution, for EXPLAIN ANALYZE.
-    last_route: Option<Route>,
+    /// The shard plan of the latest execution, for EXPLAIN ANALYZE.
+    last_plan: Option<ShardPlan>,
     /// Per-shard figures of finished executions, for EXPLAIN ANALYZE.
     shard_stats: Vec<ShardStats>,
     /// Shards whose node failed while `conductor.on_shard_failure = skip`.
@@ -329,86 +367,45 @@ struct ScanState {
 }
 
 impl ScanState {
-    fn names(&self) -> Vec<&str> {
-        self.topology
-            .columns
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect()
-    }
-
-    fn retrieved_names(&self) -> Vec<&str> {
-        self.codecs.iter().map(|c| c.name.as_str()).collect()
-    }
-
-    /// Route with the current parameter values and start every target
+    /// Plan with the current parameter values and start every target
     /// shard's query.
     unsafe fn start(&mut self) {
         let bindings = unsafe { eval_bindings(&self.params, &self.plan.params, self.econtext) };
-        let key = shard_key(&self.topology);
-        let routed = route(&self.plan.pushed, &key, &bindings).unwrap_or_else(|e| {
-            raise(
-                PgSqlErrorCode::ERRCODE_FDW_ERROR,
-                format!("conductor: cannot route the scan: {e}"),
-            )
-            .error()
-        });
-        let token = crate::catalog::credentials::token_for(self.topology.server_id);
-        let names = self.names();
-        let retrieved = self.retrieved_names();
-        let mut queries = Vec::with_capacity(routed.shards.len());
-        for &shard in routed.shards.keys() {
-            let placement = &self.topology.shards[shard as usize];
-            let preds = routed.shard_preds(&self.plan.pushed, &key, shard);
-            let (where_sql, args) = deparse(&preds, &names, &bindings).unwrap_or_else(|e| {
-                raise(
-                    PgSqlErrorCode::ERRCODE_FDW_ERROR,
-                    format!("conductor: cannot build the shard query: {e}"),
-                )
-                .error()
-            });
-            let sql = select_sql(
-                &placement.remote_table,
-                &retrieved,
-                (!preds.is_empty()).then_some(where_sql.as_str()),
-            );
-            queries.push(ShardQuery {
-                shard_id: shard,
-                endpoint: remote::endpoint(placement, token.clone()),
-                stmt: Stmt::new(sql, args),
-            });
-        }
-        stats::count_shard_requests(self.topology.relid, routed.shards.keys().copied());
-        // Key values that are the whole primary key match at most one row
-        // each: such a lookup is fetched in one request, not streamed.
-        let bounded = routed.restricted
-            && self.topology.primary_key == [self.topology.key_index]
-            && routed
-                .shards
-                .values()
-                .all(|v| v.len() <= BOUNDED_LOOKUP_KEYS);
-        self.last_route = Some(routed);
-        self.started = true;
-        let server = self.topology.server_id.to_u32();
-        if self.for_modify
-            || queries
-                .iter()
-                .any(|q| streams::has_stream(&(server, q.endpoint.node_id.clone())))
-        {
+        let topology = self.topology.clone();
+        let plan = bound_plan(&topology, &self.plan.pushed, &bindings, &self.statement);
+        let server = topology.server_id.to_u32();
+        let reads_own_writes = plan
+            .by_node(&topology)
+            .iter()
+            .any(|n| streams::has_stream(&(server, n.location.node_id.clone())));
+        if self.for_modify || reads_own_writes {
             // This transaction has written to a node the scan needs (or
             // will write the rows it finds): read through its stream so the
             // scan sees those writes and holds the node's write lock. A
             // stream carries one request at a time, so these rows are
             // fetched whole rather than streamed.
-            self.read_through_streams(queries);
-            self.finished = true;
+            self.phase = Phase::Materialized(self.read_through_streams(&plan));
+            self.last_plan = Some(plan);
             return;
         }
+        stats::count_shard_requests(topology.relid, plan.shard_ids().into_iter());
+        // Key values that are the whole primary key match at most one row
+        // each: such a lookup is fetched in one request, not streamed.
+        let bounded = plan.max_keys_per_shard > 0
+            && topology.primary_key == [topology.key_index]
+            && plan.max_keys_per_shard <= BOUNDED_LOOKUP_KEYS;
+        let token = crate::catalog::credentials::token_for(topology.server_id);
         let skip = crate::gucs::ON_SHARD_FAILURE.get() == crate::gucs::OnShardFailure::Skip;
-        let mut reachable = Vec::with_capacity(queries.len());
-        for q in queries {
-            match crate::health::refusal(&q.endpoint, Some(q.shard_id)) {
-                None => reachable.push(q),
+        let mut queries = Vec::with_capacity(plan.statements.len());
+        for s in &plan.statements {
+            let location = &topology.shards[s.shard_id as usize];
+            let endpoint = remote::endpoint(location, token.clone());
+            match crate::health::refusal(&endpoint, Some(s.shard_id)) {
+                None => queries.push(ShardQuery {
+                    shard_id: s.shard_id,
+                    endpoint,
+                    stmt: s.stmt.clone(),
+                }),
                 Some(err) => {
                     if !skip {
                         remote::report_shard_error(&err);
@@ -417,66 +414,39 @@ impl ScanState {
                 }
             }
         }
-        let queries = reachable;
+        self.last_plan = Some(plan);
         self.scan_urls = queries.iter().map(|q| q.endpoint.url.clone()).collect();
-        self.finished = queries.is_empty();
-        if self.finished {
+        if queries.is_empty() {
+            self.phase = Phase::Finished;
             warn_skipped(&mut self.skipped);
+            return;
         }
-        // With no column needed (count(*)), select_sql asks for one NULL.
-        self.handle =
-            (!queries.is_empty()).then(|| remote::scan(queries, self.codecs.len().max(1), bounded));
+        // With no column needed (count(*)), the statement asks for one NULL.
+        self.phase = Phase::Streaming(remote::scan(queries, self.codecs.len().max(1), bounded));
     }
 
-    fn read_through_streams(&mut self, queries: Vec<ShardQuery>) {
-        let server = self.topology.server_id.to_u32();
-        let table = self.topology.display.clone();
-        let mut per_node: BTreeMap<String, NodeWork> = BTreeMap::new();
-        for q in queries {
-            per_node
-                .entry(q.endpoint.node_id.clone())
-                .or_insert_with(|| NodeWork {
-                    key: (server, q.endpoint.node_id.clone()),
-                    endpoint: q.endpoint.clone(),
-                    stmts: Vec::new(),
-                })
-                .stmts
-                .push((
-                    ShardLabel {
-                        table: table.clone(),
-                        shard: q.shard_id,
-                    },
-                    q.stmt,
-                ));
-        }
+    fn read_through_streams(&self, plan: &ShardPlan) -> VecDeque<(u32, Vec<Vec<Value>>)> {
         let width = self.codecs.len().max(1);
-        let works: Vec<NodeWork> = per_node.into_values().collect();
-        let shards: Vec<Vec<u32>> = works
-            .iter()
-            .map(|w| w.stmts.iter().map(|(l, _)| l.shard).collect())
-            .collect();
-        for (result, shards) in streams::run(works).into_iter().zip(shards) {
-            let results = result.unwrap_or_else(|e| remote::report_shard_error(&e));
-            for (shard, r) in shards.into_iter().zip(results) {
-                if r.rows.iter().any(|row| row.len() != width) {
-                    let p = &self.topology.shards[shard as usize];
-                    raise(
-                        PgSqlErrorCode::ERRCODE_FDW_INVALID_DATA_TYPE,
-                        "conductor: node returned rows of the wrong width",
-                    )
-                    .detail(format!("node {} ({}), shard {shard}", p.node_id, p.url))
-                    .error()
-                }
-                self.materialized.push_back((shard, r.rows));
+        let mut out = VecDeque::new();
+        for (shard, r) in streams::run_plan(&self.topology, plan) {
+            if r.rows.iter().any(|row| row.len() != width) {
+                let p = &self.topology.shards[shard as usize];
+                raise(
+                    PgSqlErrorCode::ERRCODE_FDW_INVALID_DATA_TYPE,
+                    "conductor: node returned rows of the wrong width",
+                )
+                .detail(format!("node {} ({}), shard {shard}", p.node_id, p.url))
+                .error()
             }
+            out.push_back((shard, r.rows));
         }
+        out
     }
 
     fn finish(&mut self) {
-        if let Some(handle) = self.handle.take() {
+        if let Phase::Streaming(handle) = std::mem::replace(&mut self.phase, Phase::Finished) {
             self.shard_stats.extend_from_slice(handle.stats());
         }
-        self.finished = true;
     }
 }
 
@@ -572,31 +542,24 @@ pub unsafe extern "C-unwind" fn begin_foreign_scan(
         let relid = (*(*node).ss.ss_currentRelation).rd_id;
         let topology = cache::table(relid);
         let plan: ScanPlan = super::private_to((*plan_node).fdw_private);
-        let codecs = plan
-            .retrieved
-            .iter()
-            .map(|&attnum| {
-                let c = topology.column_by_attnum(attnum).unwrap_or_else(|| {
-                    error!("conductor: column {attnum} is not in the topology; re-plan the query")
-                });
-                ColumnCodec::new(&c.name, c.ty, c.typoid, c.typmod)
-            })
-            .collect();
+        let statement = plan.statement(&topology);
+        let StatementKind::Select { columns } = &statement else {
+            unreachable!("a scan selects")
+        };
+        let codecs = columns.iter().map(|&i| topology.codec(i)).collect();
         let params = init_params((*plan_node).fdw_exprs, node.cast());
         let state = ScanState {
             topology,
             plan,
+            statement,
             codecs,
             params,
             econtext: (*node).ss.ps.ps_ExprContext,
-            handle: None,
+            phase: Phase::NotStarted,
             for_modify: feeds_modify(node),
-            started: false,
-            finished: false,
-            materialized: VecDeque::new(),
             rows: Vec::new().into_iter(),
             current_shard: 0,
-            last_route: None,
+            last_plan: None,
             shard_stats: Vec::new(),
             skipped: Vec::new(),
             scan_urls: Vec::new(),
@@ -624,20 +587,26 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
                 store_row(state, slot, row);
                 return slot;
             }
-            if let Some((shard, rows)) = state.materialized.pop_front() {
-                state.current_shard = shard;
-                state.rows = rows.into_iter();
-                continue;
-            }
-            if state.finished {
-                return slot;
-            }
-            if !state.started {
-                state.start();
-                continue;
-            }
-            let handle = state.handle.as_mut().expect("started above");
-            match handle.next(POLL_INTERVAL) {
+            let poll = match &mut state.phase {
+                Phase::Finished => return slot,
+                Phase::NotStarted => {
+                    state.start();
+                    continue;
+                }
+                Phase::Materialized(shards) => match shards.pop_front() {
+                    Some((shard, rows)) => {
+                        state.current_shard = shard;
+                        state.rows = rows.into_iter();
+                        continue;
+                    }
+                    None => {
+                        state.phase = Phase::Finished;
+                        continue;
+                    }
+                },
+                Phase::Streaming(handle) => handle.next(POLL_INTERVAL),
+            };
+            match poll {
                 ScanPoll::Rows(chunk) => {
                     state.current_shard = chunk.shard_id;
                     state.rows = chunk.rows.into_iter();
@@ -762,10 +731,7 @@ pub unsafe extern "C-unwind" fn re_scan_foreign_scan(node: *mut pg_sys::ForeignS
     // requests; parameters are re-evaluated and the scan re-routed.
     unsafe {
         let state = state(node);
-        state.handle = None;
-        state.started = false;
-        state.finished = false;
-        state.materialized.clear();
+        state.phase = Phase::NotStarted;
         state.rows = Vec::new().into_iter();
     }
 }
@@ -775,7 +741,7 @@ pub unsafe extern "C-unwind" fn end_foreign_scan(node: *mut pg_sys::ForeignScanS
     // SAFETY: our scan state (null when EXPLAIN without ANALYZE never began it).
     unsafe {
         if !(*node).fdw_state.is_null() {
-            state(node).handle = None;
+            state(node).phase = Phase::Finished;
         }
     }
 }
@@ -788,71 +754,13 @@ pub unsafe extern "C-unwind" fn explain_foreign_scan(
     // SAFETY: our scan state and the explain state are valid here.
     unsafe {
         let state = state(node);
-        let topology = &state.topology;
-        let key = shard_key(topology);
-        // After execution show the route taken; before it, the route the
-        // plan's constants give (the router only binds parameters that the
-        // key depends on, so this fails only when parameters decide it).
-        let planned = match &state.last_route {
-            Some(r) => Some(r.clone()),
-            None => route(&state.plan.pushed, &key, &[]).ok(),
+        // After execution show the plan that ran; before it, the plan as
+        // far as the plan's constants decide it.
+        let plan = match &state.last_plan {
+            Some(p) => p.clone(),
+            None => ShardPlan::template(&state.topology, &state.plan.pushed, &state.statement),
         };
-        match &planned {
-            Some(r) => {
-                let mut nodes: Vec<&str> = r
-                    .shards
-                    .keys()
-                    .map(|&s| topology.shards[s as usize].node_id.as_str())
-                    .collect();
-                nodes.sort_unstable();
-                nodes.dedup();
-                explain_text(
-                    c"Shards",
-                    &format!(
-                        "{} of {} ({}) on {}",
-                        r.shards.len(),
-                        topology.shard_count,
-                        r.reason,
-                        if nodes.is_empty() {
-                            "no node".to_string()
-                        } else {
-                            nodes.join(", ")
-                        }
-                    ),
-                    es,
-                );
-            }
-            None => explain_text(
-                c"Shards",
-                &format!(
-                    "chosen at execution from {} parameter(s), of {} on {} nodes",
-                    state.plan.params.len(),
-                    topology.shard_count,
-                    topology.node_count()
-                ),
-                es,
-            ),
-        }
-        if (*es).verbose {
-            let names = state.names();
-            let shard = planned
-                .as_ref()
-                .and_then(|r| r.shards.keys().next().copied())
-                .unwrap_or(0);
-            let preds = match &planned {
-                Some(r) => r.shard_preds(&state.plan.pushed, &key, shard),
-                None => state.plan.pushed.clone(),
-            };
-            // Values travel as arguments: the text shows `?` placeholders.
-            let where_sql = deparse_template(&preds, &names);
-            let table = &topology.shards[shard as usize].remote_table;
-            let sql = select_sql(
-                table,
-                &state.retrieved_names(),
-                (!preds.is_empty()).then_some(where_sql.as_str()),
-            );
-            explain_text(c"Remote SQL", &sql, es);
-        }
+        explain_plan(&state.topology, &plan, state.plan.params.len(), "", es);
         if (*es).analyze && !state.shard_stats.is_empty() {
             for s in &state.shard_stats {
                 let ms = s.elapsed.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
@@ -861,6 +769,64 @@ pub unsafe extern "C-unwind" fn explain_foreign_scan(
                     &format!(
                         "{} on {}: rows={} time={ms:.3} ms",
                         s.shard_id, s.node_id, s.rows
+                    ),
+                    es,
+                );
+            }
+        }
+    }
+}
+
+/// The EXPLAIN lines of a shard plan: which shards and nodes, and with
+/// VERBOSE what each node runs (the statement once when every shard runs
+/// the same one but for its table's name, else one line per shard).
+///
+/// # Safety
+/// `es` is the running EXPLAIN's state.
+pub unsafe fn explain_plan(
+    topology: &TableTopology,
+    plan: &ShardPlan,
+    params: usize,
+    suffix: &str,
+    es: *mut pg_sys::ExplainState,
+) {
+    let shards = match plan.kind {
+        RouteKind::AtExecution => format!(
+            "chosen at execution from {params} parameter(s), of {} on {} nodes{suffix}",
+            topology.shard_count(),
+            topology.node_ids().len()
+        ),
+        _ => format!("{}{suffix}", plan.summary(topology)),
+    };
+    // SAFETY: per the contract.
+    unsafe {
+        explain_text(c"Shards", &shards, es);
+        if !(*es).verbose {
+            return;
+        }
+        // Values travel as arguments: the text shows `?` placeholders.
+        let generic = |s: &conductor_core::plan::ShardStatement| {
+            let table = &topology.shards[s.shard_id as usize].remote_table;
+            s.stmt
+                .sql
+                .clone()
+                .unwrap_or_default()
+                .replace(&conductor_core::remote_sql::quote_ident(table), "<shard>")
+        };
+        let Some(first) = plan.statements.first() else {
+            return; // no shard: nothing is sent
+        };
+        let uniform = plan.statements.iter().all(|s| generic(s) == generic(first));
+        if uniform {
+            explain_text(c"Remote SQL", first.stmt.sql.as_deref().unwrap_or(""), es);
+        } else {
+            for s in &plan.statements {
+                explain_text(
+                    c"Remote SQL",
+                    &format!(
+                        "shard {}: {}",
+                        s.shard_id,
+                        s.stmt.sql.as_deref().unwrap_or("")
                     ),
                     es,
                 );

@@ -10,10 +10,12 @@
 //! COMMITs, one may be committed and the other not; the user then gets a
 //! WARNING naming both sides (README, "Transactions").
 
+use crate::catalog::TableTopology;
 use crate::errors::raise;
 use crate::remote::{self, ShardRequest};
 use conductor_core::client::{NodeEndpoint, NodeError, NodeRef};
 use conductor_core::executor::ShardError;
+use conductor_core::plan::ShardPlan;
 use conductor_hrana::{
     Batch, BatchCond, BatchStep, PipelineReqBody, PipelineRespBody, Stmt, StmtResult,
     StreamRequest, StreamResponse, StreamResult,
@@ -25,6 +27,48 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// A node of a server: (server oid, node id).
 pub type NodeKey = (u32, String);
+
+/// Run a shard plan of `topology` in this transaction's remote
+/// transactions: each node gets one request with its shards' statements,
+/// all nodes in parallel. Returns every statement's result with its shard,
+/// in plan order per node; a failure is raised as an ERROR naming node and
+/// shard.
+pub fn run_plan(topology: &TableTopology, plan: &ShardPlan) -> Vec<(u32, StmtResult)> {
+    let token = crate::catalog::credentials::token_for(topology.server_id);
+    let server = topology.server_id.to_u32();
+    let mut shards: Vec<Vec<u32>> = Vec::new();
+    let work: Vec<NodeWork> = plan
+        .by_node(topology)
+        .into_iter()
+        .map(|node| {
+            shards.push(node.statements.iter().map(|s| s.shard_id).collect());
+            NodeWork {
+                key: (server, node.location.node_id.clone()),
+                endpoint: remote::endpoint(node.location, token.clone()),
+                stmts: node
+                    .statements
+                    .into_iter()
+                    .map(|s| {
+                        (
+                            ShardLabel {
+                                table: topology.name.clone(),
+                                shard: s.shard_id,
+                            },
+                            s.stmt.clone(),
+                        )
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    crate::stats::count_shard_requests(topology.relid, plan.shard_ids().into_iter());
+    let mut out = Vec::with_capacity(plan.statements.len());
+    for (result, shards) in run(work).into_iter().zip(shards) {
+        let results = result.unwrap_or_else(|e| remote::report_shard_error(&e));
+        out.extend(shards.into_iter().zip(results));
+    }
+    out
+}
 
 /// Statements for one node, each tagged with the table and shard it acts
 /// on (for messages and the commit report).

@@ -1,18 +1,21 @@
-//! conductor's Postgres-free core (see docs/ARCHITECTURE.md and DESIGN.md §2).
+//! conductor's Postgres-free core (see docs/ARCHITECTURE.md).
 //!
 //! Nothing here links against Postgres, so `cargo test -p conductor-core`
 //! runs in seconds. The extension crate is a thin FFI layer over this API:
-//! it converts datums to [`types::TypedValue`], asks [`placement`] for shards,
-//! builds SQL with [`remote_sql`] and runs it through [`executor::Executor`].
+//! it describes a table as a [`topology::Topology`], lowers WHERE clauses
+//! into [`predicate`]s as the [`pushdown`] rulebook allows, asks
+//! [`plan::ShardPlan`] what each shard is sent and runs it through
+//! [`executor::Executor`].
 
 pub mod client;
 pub mod executor;
-pub mod explain;
-pub mod merge;
 pub mod placement;
+pub mod plan;
 pub mod predicate;
+pub mod pushdown;
 pub mod remote_sql;
 pub mod router;
+pub mod topology;
 pub mod types;
 
 pub use client::{HranaClient, NodeEndpoint, NodeError};

@@ -1,11 +1,12 @@
-//! The predicate IR both parse front ends lower a WHERE clause into: the FDW
-//! (Postgres planner nodes) and `conductor_explain` (sqlparser). It holds
-//! only what SQLite evaluates exactly as Postgres does; whatever a front end
-//! cannot express here stays a local filter in Postgres. The router reads
-//! the shard key's constraints from it, and [`deparse`] turns it into the
-//! WHERE clause a shard runs, values always as `?` arguments.
+//! The predicate IR the FDW lowers a scan's WHERE clause into (from
+//! Postgres planner nodes, as the pushdown rulebook allows). It holds only
+//! what SQLite evaluates exactly as Postgres does; whatever cannot be
+//! expressed here stays a local filter in Postgres. The router reads the
+//! shard key's constraints from it, and [`deparse`] turns it into the WHERE
+//! clause a shard runs, values always as `?` arguments and every column
+//! qualified with its shard table.
 
-use crate::remote_sql::quote_ident;
+use crate::remote_sql::qualified_column;
 use crate::types::TypedValue;
 use conductor_hrana::Value;
 use serde::{Deserialize, Serialize};
@@ -164,12 +165,14 @@ fn arg(value: Option<TypedValue>, column: &str) -> Result<Value, DeparseError> {
 }
 
 /// SQLite SQL for the conjunction of `preds`, with its arguments in order.
-/// `names[i]` is the name of column `i` on the shard table.
+/// `names[i]` is the name of column `i` on the shard table `table`.
 pub fn deparse(
     preds: &[Pred],
+    table: &str,
     names: &[&str],
     bindings: &[Binding],
 ) -> Result<(String, Vec<Value>), DeparseError> {
+    let names: Vec<String> = names.iter().map(|n| qualified_column(table, n)).collect();
     let mut sql = String::new();
     let mut args = Vec::new();
     for (i, p) in preds.iter().enumerate() {
@@ -178,7 +181,7 @@ pub fn deparse(
         }
         deparse_one(
             p,
-            names,
+            &names,
             Some(bindings),
             &mut sql,
             &mut args,
@@ -190,7 +193,8 @@ pub fn deparse(
 
 /// The SQL text of [`deparse`] before parameters are bound (for EXPLAIN of
 /// a generic plan): a parameter is `?`, an array parameter `(?…)`.
-pub fn deparse_template(preds: &[Pred], names: &[&str]) -> String {
+pub fn deparse_template(preds: &[Pred], table: &str, names: &[&str]) -> String {
+    let names: Vec<String> = names.iter().map(|n| qualified_column(table, n)).collect();
     let mut sql = String::new();
     let mut args = Vec::new();
     for (i, p) in preds.iter().enumerate() {
@@ -198,14 +202,15 @@ pub fn deparse_template(preds: &[Pred], names: &[&str]) -> String {
             sql.push_str(" AND ");
         }
         // Without bindings nothing can fail: values are not converted.
-        let _ = deparse_one(p, names, None, &mut sql, &mut args, preds.len() > 1);
+        let _ = deparse_one(p, &names, None, &mut sql, &mut args, preds.len() > 1);
     }
     sql
 }
 
+/// `names` are the columns' SQL references (quoted and qualified).
 fn deparse_one(
     pred: &Pred,
-    names: &[&str],
+    names: &[String],
     bindings: Option<&[Binding]>,
     sql: &mut String,
     args: &mut Vec<Value>,
@@ -224,8 +229,8 @@ fn deparse_one(
     match pred {
         Pred::Bool(b) => sql.push_str(if *b { "1" } else { "0" }),
         Pred::Cmp { column, op, value } => {
-            let name = names[*column];
-            sql.push_str(&quote_ident(name));
+            let name = names[*column].as_str();
+            sql.push_str(name);
             sql.push(' ');
             sql.push_str(op.sql());
             sql.push_str(" ?");
@@ -234,9 +239,9 @@ fn deparse_one(
             }
         }
         Pred::In { column, list } => {
-            let name = names[*column];
+            let name = names[*column].as_str();
             let Some(bindings) = bindings else {
-                sql.push_str(&quote_ident(name));
+                sql.push_str(name);
                 match list {
                     ListOperand::Items(items) => {
                         let marks = vec!["?"; items.len()].join(", ");
@@ -251,7 +256,7 @@ fn deparse_one(
                 None => sql.push_str("NULL"),
                 Some(items) if items.is_empty() => sql.push('0'),
                 Some(items) => {
-                    sql.push_str(&quote_ident(name));
+                    sql.push_str(name);
                     sql.push_str(" IN (");
                     for (i, v) in items.into_iter().enumerate() {
                         sql.push_str(if i == 0 { "?" } else { ", ?" });
@@ -262,7 +267,7 @@ fn deparse_one(
             }
         }
         Pred::IsNull { column, negated } => {
-            sql.push_str(&quote_ident(names[*column]));
+            sql.push_str(&names[*column]);
             sql.push_str(if *negated { " IS NOT NULL" } else { " IS NULL" });
         }
         Pred::Glob {
@@ -270,7 +275,7 @@ fn deparse_one(
             pattern,
             negated,
         } => {
-            sql.push_str(&quote_ident(names[*column]));
+            sql.push_str(&names[*column]);
             sql.push_str(if *negated { " NOT GLOB ?" } else { " GLOB ?" });
             args.push(Value::Text(pattern.clone()));
         }
@@ -374,10 +379,10 @@ mod tests {
             })),
         ];
         let bindings = [Binding::Value(Some(TypedValue::Text("z".into())))];
-        let (sql, args) = deparse(&preds, &["id", "na\"me"], &bindings).unwrap();
+        let (sql, args) = deparse(&preds, "t", &["id", "na\"me"], &bindings).unwrap();
         assert_eq!(
             sql,
-            r#""id" >= ? AND ("na""me" IS NULL OR "na""me" IN (?, ?)) AND NOT ("na""me" GLOB ?)"#
+            r#""t"."id" >= ? AND ("t"."na""me" IS NULL OR "t"."na""me" IN (?, ?)) AND NOT ("t"."na""me" GLOB ?)"#
         );
         assert_eq!(
             args,
@@ -397,7 +402,10 @@ mod tests {
             op: CmpOp::Eq,
             value: Operand::Param(2),
         }];
-        assert_eq!(deparse(&preds, &["id"], &[]), Err(DeparseError::Unbound(2)));
+        assert_eq!(
+            deparse(&preds, "t", &["id"], &[]),
+            Err(DeparseError::Unbound(2))
+        );
     }
 
     #[test]
@@ -406,13 +414,15 @@ mod tests {
             column: 0,
             list: ListOperand::Items(vec![]),
         };
-        assert_eq!(deparse(&[empty], &["id"], &[]).unwrap().0, "0");
+        assert_eq!(deparse(&[empty], "t", &["id"], &[]).unwrap().0, "0");
         let null = Pred::In {
             column: 0,
             list: ListOperand::Param(0),
         };
         assert_eq!(
-            deparse(&[null], &["id"], &[Binding::List(None)]).unwrap().0,
+            deparse(&[null], "t", &["id"], &[Binding::List(None)])
+                .unwrap()
+                .0,
             "NULL"
         );
     }
@@ -460,16 +470,16 @@ mod tests {
                 ]
             };
             proptest::prop_assume!(name != "k");
-            let (sql, args) = deparse(&preds(&value), &["k", &name], &[]).unwrap();
-            let (plain, _) = deparse(&preds("x"), &["k", &name], &[]).unwrap();
+            let (sql, args) = deparse(&preds(&value), "t", &["k", &name], &[]).unwrap();
+            let (plain, _) = deparse(&preds("x"), "t", &["k", &name], &[]).unwrap();
             proptest::prop_assert_eq!(&sql, &plain);
             proptest::prop_assert_eq!(args[0].clone(), Value::Text(value.clone()));
             // The name is one quoted identifier: remove it and the
             // statement is the fixed skeleton.
-            let quoted = crate::remote_sql::quote_ident(&name);
+            let quoted = crate::remote_sql::qualified_column("t", &name);
             proptest::prop_assert_eq!(
                 sql.replace(&quoted, "N"),
-                r#""k" = ? AND N IN (?) AND N GLOB ?"#
+                r#""t"."k" = ? AND N IN (?) AND N GLOB ?"#
             );
         }
     }

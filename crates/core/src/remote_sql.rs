@@ -30,6 +30,17 @@ pub fn quote_ident(name: &str) -> String {
     s
 }
 
+/// A column reference qualified with its table: `"users_0007"."email"`.
+/// SQLite reads an unqualified double-quoted name that matches no column as
+/// a string literal; a qualified one is always a column reference (or an
+/// error), so every column a statement reads is written this way.
+pub fn qualified_column(table: &str, column: &str) -> String {
+    let mut s = quote_ident(table);
+    s.push('.');
+    s.push_str(&quote_ident(column));
+    s
+}
+
 /// Name of the table holding shard `shard_id` of `base` on its node,
 /// e.g. `users_0007` (deterministic, DESIGN §5).
 pub fn shard_table_name(base: &str, shard_id: u32) -> String {
@@ -84,7 +95,7 @@ pub fn select_sql(table: &str, columns: &[&str], where_sql: Option<&str>) -> Str
     if columns.is_empty() {
         sql.push_str("NULL");
     } else {
-        push_list(&mut sql, columns);
+        push_qualified_list(&mut sql, table, columns);
     }
     let _ = write!(sql, " FROM {}", quote_ident(table));
     if let Some(w) = where_sql {
@@ -127,6 +138,15 @@ pub fn max_rows_per_insert(ncols: usize) -> usize {
     (SQLITE_MAX_HOST_PARAMETERS / ncols.max(1)).max(1)
 }
 
+fn push_qualified_list(sql: &mut String, table: &str, names: &[&str]) {
+    for (i, n) in names.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&qualified_column(table, n));
+    }
+}
+
 fn push_list(sql: &mut String, names: &[&str]) {
     for (i, n) in names.iter().enumerate() {
         if i > 0 {
@@ -160,16 +180,16 @@ pub fn delete_sql(table: &str, where_sql: Option<&str>, returning: &[&str]) -> S
     }
     if !returning.is_empty() {
         sql.push_str(" RETURNING ");
-        push_list(&mut sql, returning);
+        push_qualified_list(&mut sql, table, returning);
     }
     sql
 }
 
-/// `"a" = ? AND "b" = ?`: a row's identity by its key columns.
-pub fn key_match_sql(columns: &[&str]) -> String {
+/// `"t"."a" = ? AND "t"."b" = ?`: a row's identity by its key columns.
+pub fn key_match_sql(table: &str, columns: &[&str]) -> String {
     columns
         .iter()
-        .map(|c| format!("{} = ?", quote_ident(c)))
+        .map(|c| format!("{} = ?", qualified_column(table, c)))
         .collect::<Vec<_>>()
         .join(" AND ")
 }
@@ -217,8 +237,8 @@ mod tests {
         assert_eq!(drop_table_sql("t"), r#"DROP TABLE IF EXISTS "t""#);
         assert_eq!(select_sql("t", &[], None), r#"SELECT NULL FROM "t""#);
         assert_eq!(
-            select_sql("t", &["a", "b"], Some(r#""a" = ?"#)),
-            r#"SELECT "a", "b" FROM "t" WHERE "a" = ?"#
+            select_sql("t", &["a", "b"], Some(r#""t"."a" = ?"#)),
+            r#"SELECT "t"."a", "t"."b" FROM "t" WHERE "t"."a" = ?"#
         );
         assert_eq!(
             insert_sql("t", &["a", "b"], 2),
@@ -287,7 +307,7 @@ mod tests {
                 "CREATE TABLE I (I INTEGER NOT NULL, I TEXT, PRIMARY KEY (I))"
             );
             prop_assert_eq!(skeleton(&drop_table_sql(&t)), "DROP TABLE IF EXISTS I");
-            prop_assert_eq!(skeleton(&select_sql(&t, &[&a, &b], None)), "SELECT I, I FROM I");
+            prop_assert_eq!(skeleton(&select_sql(&t, &[&a, &b], None)), "SELECT I.I, I.I FROM I");
             let ins = insert_sql(&t, &[&a, &b], rows);
             let want = format!("INSERT INTO I (I, I) VALUES {}", vec!["(?, ?)"; rows].join(", "));
             prop_assert_eq!(skeleton(&ins), want);
@@ -300,12 +320,16 @@ mod tests {
     #[test]
     fn update_and_delete_statements() {
         assert_eq!(
-            update_sql("t_0001", &["a", "b\"c"], Some(&key_match_sql(&["id"]))),
-            r#"UPDATE "t_0001" SET "a" = ?, "b""c" = ? WHERE "id" = ?"#
+            update_sql(
+                "t_0001",
+                &["a", "b\"c"],
+                Some(&key_match_sql("t_0001", &["id"]))
+            ),
+            r#"UPDATE "t_0001" SET "a" = ?, "b""c" = ? WHERE "t_0001"."id" = ?"#
         );
         assert_eq!(
             delete_sql("t_0001", Some("\"id\" = ?"), &["id", "v"]),
-            r#"DELETE FROM "t_0001" WHERE "id" = ? RETURNING "id", "v""#
+            r#"DELETE FROM "t_0001" WHERE "id" = ? RETURNING "t_0001"."id", "t_0001"."v""#
         );
         assert_eq!(delete_sql("t", None, &[]), r#"DELETE FROM "t""#);
     }

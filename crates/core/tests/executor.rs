@@ -8,7 +8,6 @@ use conductor_core::executor::{
     ExecHandle, Executor, ExecutorConfig, ScanHandle, ScanOptions, ScanPoll, ShardQuery,
     ShardRequest,
 };
-use conductor_core::merge::{RowPoll, Union};
 use conductor_hrana::{PipelineReqBody, PipelineRespBody, Stmt, StreamRequest, Value};
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -379,36 +378,32 @@ fn sql_error_codes_reach_the_caller() {
 }
 
 #[test]
-fn union_yields_rows_one_by_one() {
+fn every_shards_rows_arrive_in_chunks() {
     let server = FakeServer::start(|_| Reply::Stream {
         delay: Duration::ZERO,
         lines: cursor_lines(600),
     });
     let ex = executor();
-    let scan = ex.scan(
+    let mut scan = ex.scan(
         (0..2).map(|s| query(s, &server.url)).collect(),
         ScanOptions::new(1),
     );
-    let mut union = Union::new(scan);
     let mut n = 0;
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         assert!(Instant::now() < end);
-        match union.next_row(POLL) {
-            RowPoll::Row { row, .. } => {
-                assert_eq!(row.len(), 1);
-                n += 1;
+        match scan.next(POLL) {
+            ScanPoll::Rows(chunk) => {
+                assert!(chunk.rows.iter().all(|row| row.len() == 1));
+                n += chunk.rows.len();
             }
-            RowPoll::Pending => {}
-            RowPoll::Done => break,
-            RowPoll::Failed(e) => panic!("{e}"),
+            ScanPoll::Pending => {}
+            ScanPoll::Done => break,
+            ScanPoll::Failed(e) => panic!("{e}"),
         }
     }
     assert_eq!(n, 1200);
-    assert_eq!(
-        union.scan().stats().iter().map(|s| s.rows).sum::<u64>(),
-        1200
-    );
+    assert_eq!(scan.stats().iter().map(|s| s.rows).sum::<u64>(), 1200);
 }
 
 #[test]

@@ -1,18 +1,9 @@
-//! parse: lower a scan's restriction clauses (Postgres planner expressions)
-//! into the core's predicate IR.
-//!
-//! A clause is lowered only when SQLite evaluates it exactly as Postgres
-//! does (DESIGN §6); everything else stays a local filter. The rules:
-//! - `column op value` with a built-in comparison operator, where both sides
-//!   are of one family that SQLite orders the same way: integers, floats
-//!   (finite constants only), booleans, bytea, uuid, and date, timestamp,
-//!   timestamptz each with itself. Text and varchar: `=` and `<>` under a
-//!   deterministic collation, ordering only under the C collation. numeric,
-//!   char(n), json and jsonb are never compared on a node.
-//! - `column = ANY(array)` / `column <> ALL(array)` under the same rules.
-//! - `column LIKE 'constant'` (and NOT LIKE) on text, as a case-sensitive GLOB.
-//! - `column IS [NOT] NULL`, a boolean column alone, AND / OR / NOT of
-//!   lowerable clauses.
+//! Lowering: a scan's restriction clauses (Postgres planner expressions)
+//! into the core's predicate IR, as far as the core's pushdown rulebook
+//! (`conductor_core::pushdown`) allows; everything else stays a local
+//! filter. This file only reads planner nodes: which operator a clause
+//! uses, the types of its sides and its input collation; whether a node may
+//! evaluate it is the rulebook's answer.
 //!
 //! A value side that is not a constant (a `$n` parameter, an outer relation's
 //! column in a parameterized nested loop, a stable function call) becomes a
@@ -22,6 +13,7 @@
 use crate::catalog::TableTopology;
 use crate::convert::{column_type_of, typed_from_datum};
 use conductor_core::predicate::{like_to_glob, CmpOp, ListOperand, Operand, Pred};
+use conductor_core::pushdown::{self, CollationClass};
 use conductor_core::types::{ColumnType, TypedValue};
 use pgrx::prelude::*;
 use pgrx::PgList;
@@ -83,70 +75,40 @@ pub fn default_collation_is_c() -> bool {
     is_c
 }
 
-fn collation_is_c(collid: pg_sys::Oid) -> bool {
-    collid == pg_sys::C_COLLATION_OID
+/// The rulebook's class of a comparison's input collation.
+fn collation_class(collid: pg_sys::Oid) -> CollationClass {
+    if collid == pg_sys::Oid::INVALID {
+        return CollationClass::C; // not a collatable type
+    }
+    // SAFETY: a syscache lookup of an existing collation.
+    if !unsafe { pg_sys::get_collation_isdeterministic(collid) } {
+        return CollationClass::Nondeterministic;
+    }
+    if collid == pg_sys::C_COLLATION_OID
         || collid == pg_sys::POSIX_COLLATION_OID
         || (collid == pg_sys::DEFAULT_COLLATION_OID && default_collation_is_c())
-}
-
-fn collation_is_deterministic(collid: pg_sys::Oid) -> bool {
-    // SAFETY: a syscache lookup of an existing collation.
-    collid == pg_sys::Oid::INVALID || unsafe { pg_sys::get_collation_isdeterministic(collid) }
-}
-
-/// Whether SQLite compares a `column` with an `operand` of these types with
-/// `op` exactly as Postgres does (see the module comment).
-fn comparable(column: ColumnType, operand: ColumnType, op: CmpOp, collid: pg_sys::Oid) -> bool {
-    use ColumnType::*;
-    let ints = |t| matches!(t, Int2 | Int4 | Int8);
-    let floats = |t| matches!(t, Float4 | Float8);
-    let texts = |t| matches!(t, Text | Varchar);
-    match (column, operand) {
-        (a, b) if ints(a) && ints(b) => true,
-        (a, b) if floats(a) && floats(b) => true,
-        (a, b) if texts(a) && texts(b) => {
-            collation_is_deterministic(collid)
-                && (matches!(op, CmpOp::Eq | CmpOp::Ne) || collation_is_c(collid))
-        }
-        (Bool, Bool) | (Bytea, Bytea) | (Uuid, Uuid) | (Date, Date) => true,
-        (Timestamp, Timestamp) | (Timestamptz, Timestamptz) => true,
-        _ => false,
+    {
+        CollationClass::C
+    } else {
+        CollationClass::Deterministic
     }
 }
 
-/// A built-in comparison operator's IR form.
-fn comparison(opno: pg_sys::Oid) -> Option<CmpOp> {
-    if opno.to_u32() >= pg_sys::FirstNormalObjectId {
-        return None; // user-defined operators can mean anything
-    }
-    // SAFETY: a syscache lookup; the name is copied before use.
-    let name = unsafe {
-        let p = pg_sys::get_opname(opno);
-        if p.is_null() {
-            return None;
-        }
-        CStr::from_ptr(p).to_str().ok()?.to_owned()
-    };
-    Some(match name.as_str() {
-        "=" => CmpOp::Eq,
-        "<>" => CmpOp::Ne,
-        "<" => CmpOp::Lt,
-        "<=" => CmpOp::Le,
-        ">" => CmpOp::Gt,
-        ">=" => CmpOp::Ge,
-        _ => return None,
-    })
-}
-
+/// A built-in operator's name (user-defined operators can mean anything,
+/// so they have none here).
 fn opname(opno: pg_sys::Oid) -> Option<String> {
     if opno.to_u32() >= pg_sys::FirstNormalObjectId {
         return None;
     }
-    // SAFETY: as in comparison().
+    // SAFETY: a syscache lookup; the name is copied before use.
     unsafe {
         let p = pg_sys::get_opname(opno);
         (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
     }
+}
+
+fn comparison(opno: pg_sys::Oid) -> Option<CmpOp> {
+    pushdown::comparison(&opname(opno)?)
 }
 
 impl<'a> Lowering<'a> {
@@ -311,10 +273,10 @@ impl<'a> Lowering<'a> {
             return None;
         };
         let name = opname(op.opno)?;
-        if name == "~~" || name == "!~~" {
-            return unsafe { self.like(left, right, name == "!~~", op.inputcollid) };
+        if let Some(negated) = pushdown::like_negation(&name) {
+            return unsafe { self.like(left, right, negated, op.inputcollid) };
         }
-        let cmp = comparison(op.opno)?;
+        let cmp = pushdown::comparison(&name)?;
         // column op value, or value op column (commuted).
         let (column, column_ty, value_node, cmp) = match unsafe { self.column(left) } {
             Some((c, t)) => (c, t, right, cmp),
@@ -324,7 +286,8 @@ impl<'a> Lowering<'a> {
             }
         };
         let (value, value_ty) = unsafe { self.operand(value_node) }?;
-        if !comparable(column_ty, value_ty, cmp, op.inputcollid) || !exact_operand(&value, value_ty)
+        if !pushdown::comparison_pushable(column_ty, value_ty, cmp, collation_class(op.inputcollid))
+            || !pushdown::operand_exact(&value, value_ty)
         {
             return None;
         }
@@ -343,11 +306,6 @@ impl<'a> Lowering<'a> {
         collid: pg_sys::Oid,
     ) -> Option<Pred> {
         let (column, ty) = unsafe { self.column(left) }?;
-        if !matches!(ty, ColumnType::Text | ColumnType::Varchar)
-            || !collation_is_deterministic(collid)
-        {
-            return None;
-        }
         let pattern = strip_relabel(right);
         if !is(pattern, pg_sys::NodeTag::T_Const) {
             return None;
@@ -355,10 +313,7 @@ impl<'a> Lowering<'a> {
         // SAFETY: tag checked.
         let c = unsafe { &*(pattern as *mut pg_sys::Const) };
         if c.constisnull
-            || !matches!(
-                column_type_of(c.consttype)?,
-                ColumnType::Text | ColumnType::Varchar
-            )
+            || !pushdown::like_pushable(ty, column_type_of(c.consttype)?, collation_class(collid))
         {
             return None;
         }
@@ -410,7 +365,8 @@ impl<'a> Lowering<'a> {
         unsafe {
             let element_type = pg_sys::get_element_type(pg_sys::exprType(node));
             let element_ty = column_type_of(element_type)?;
-            if !comparable(column_ty, element_ty, cmp, collid) {
+            let collation = collation_class(collid);
+            if !pushdown::comparison_pushable(column_ty, element_ty, cmp, collation) {
                 return None;
             }
             if is(node, pg_sys::NodeTag::T_Const) {
@@ -420,7 +376,10 @@ impl<'a> Lowering<'a> {
                 }
                 let items = deconstruct(c.constvalue, element_type, element_ty)?;
                 let operands = items.into_iter().map(Operand::Const).collect::<Vec<_>>();
-                if operands.iter().any(|o| !exact_operand(o, element_ty)) {
+                if operands
+                    .iter()
+                    .any(|o| !pushdown::operand_exact(o, element_ty))
+                {
                     return None;
                 }
                 return Some(ListOperand::Items(operands));
@@ -433,14 +392,16 @@ impl<'a> Lowering<'a> {
                 let mut operands = Vec::new();
                 for element in list_nodes(a.elements) {
                     let (operand, ty) = self.operand(element)?;
-                    if !comparable(column_ty, ty, cmp, collid) || !exact_operand(&operand, ty) {
+                    if !pushdown::comparison_pushable(column_ty, ty, cmp, collation)
+                        || !pushdown::operand_exact(&operand, ty)
+                    {
                         return None;
                     }
                     operands.push(operand);
                 }
                 return Some(ListOperand::Items(operands));
             }
-            if matches!(element_ty, ColumnType::Float4 | ColumnType::Float8)
+            if !pushdown::list_param_pushable(element_ty)
                 || self.mentions_scan(node)
                 || pg_sys::contain_volatile_functions(node)
                 || pg_sys::contain_subplans(node)
@@ -458,18 +419,6 @@ impl<'a> Lowering<'a> {
                 Operand::Const(_) => None,
             }
         }
-    }
-}
-
-/// Constants must have an exact SQLite form, and a float compared at run
-/// time could be NaN or infinite, which a node cannot hold: such operands
-/// stay local.
-fn exact_operand(operand: &Operand, ty: ColumnType) -> bool {
-    match operand {
-        Operand::Const(Some(TypedValue::Float4(f))) => f.is_finite(),
-        Operand::Const(Some(TypedValue::Float8(f))) => f.is_finite(),
-        Operand::Const(_) => true,
-        Operand::Param(_) => !matches!(ty, ColumnType::Float4 | ColumnType::Float8),
     }
 }
 

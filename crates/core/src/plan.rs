@@ -1,0 +1,610 @@
+//! The shard plan: for one statement on one distributed table, which shards
+//! it reaches (the route, as data, with its reason) and exactly what each is
+//! sent (SQL text with `?` placeholders and its arguments). Scans, direct and
+//! row-by-row modifies, inserts, EXPLAIN in all its forms and
+//! `conductor_explain` all read a plan built here; nothing else assembles
+//! shard statements.
+//!
+//! Every column reference in a plan's SQL is qualified with the shard table
+//! (`"users_0007"."email"`): SQLite reads an unqualified double-quoted name
+//! that matches no column as a string literal, while a qualified one is
+//! always a column, so a shard whose schema lags the foreign table's fails
+//! with "no such column" instead of returning the column's name as its value.
+
+use crate::placement::{shard_for, KeyValue};
+use crate::predicate::{deparse, deparse_template, Binding, DeparseError, Pred};
+use crate::remote_sql::{
+    delete_sql, insert_sql, key_match_sql, max_rows_per_insert, select_sql, update_sql,
+};
+use crate::router::{route, Route};
+use crate::topology::{ShardLocation, Topology};
+use crate::types::{uuid_from_text, ColumnType};
+use conductor_hrana::{Stmt, Value};
+use std::collections::BTreeMap;
+
+/// What every target shard of a routed statement runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatementKind {
+    /// `SELECT` of these columns (indexes into the topology's columns); with
+    /// none, one NULL per row (what `count(*)` needs).
+    Select { columns: Vec<usize> },
+    /// `UPDATE … SET` these columns to these values (the same for every row).
+    Update { set: Vec<usize>, values: Vec<Value> },
+    /// `DELETE`.
+    Delete,
+}
+
+/// How a plan's shards were chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// The predicate admits no row: nothing is sent.
+    NoShard,
+    /// Key equalities (or an identity) name one shard.
+    OneShard,
+    /// Key values (an IN list, an OR of equalities) name several shards.
+    SomeShards,
+    /// Nothing restricts the shard key.
+    AllShards,
+    /// The key depends on values known only when the statement runs (a
+    /// generic plan's `$n`, a nested loop's outer row): every shard is a
+    /// candidate until then.
+    AtExecution,
+}
+
+/// One statement for one shard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardStatement {
+    pub shard_id: u32,
+    pub stmt: Stmt,
+}
+
+/// The statements one node receives, in shard order.
+#[derive(Debug)]
+pub struct NodeStatements<'a> {
+    pub location: &'a ShardLocation,
+    pub statements: Vec<&'a ShardStatement>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardPlan {
+    pub kind: RouteKind,
+    /// Why these shards: "id = 42", "id IN (3 values) split over 2 shards",
+    /// "all shards: no usable predicate on id", …
+    pub reason: String,
+    /// The most key values any one shard was routed for (0 unless the key
+    /// restricted the route): a lookup of few primary keys per shard is
+    /// small enough to fetch whole.
+    pub max_keys_per_shard: usize,
+    /// Ascending shard id; a shard may have several statements (an insert
+    /// larger than one statement may carry).
+    pub statements: Vec<ShardStatement>,
+}
+
+fn column_list<'a>(topology: &'a Topology, indexes: &[usize]) -> Vec<&'a str> {
+    indexes
+        .iter()
+        .map(|&i| topology.columns[i].name.as_str())
+        .collect()
+}
+
+fn kind_of(route: &Route) -> RouteKind {
+    match (route.restricted, route.shards.len()) {
+        (false, _) => RouteKind::AllShards,
+        (true, 0) => RouteKind::NoShard,
+        (true, 1) => RouteKind::OneShard,
+        (true, _) => RouteKind::SomeShards,
+    }
+}
+
+impl ShardPlan {
+    /// Route `preds` (the pushed-down WHERE clause, a conjunction over the
+    /// topology's columns) with the statement's parameter values and build
+    /// every target shard's statement with its arguments.
+    pub fn build(
+        topology: &Topology,
+        preds: &[Pred],
+        bindings: &[Binding],
+        kind: &StatementKind,
+    ) -> Result<ShardPlan, DeparseError> {
+        let key = topology.shard_key();
+        let routed = route(preds, &key, bindings)?;
+        let names = topology.column_names();
+        let mut statements = Vec::with_capacity(routed.shards.len());
+        for &shard in routed.shards.keys() {
+            let table = &topology.shards[shard as usize].remote_table;
+            let mine = routed.shard_preds(preds, &key, shard);
+            let (where_sql, where_args) = deparse(&mine, table, &names, bindings)?;
+            let where_sql = (!mine.is_empty()).then_some(where_sql.as_str());
+            let (sql, mut args) = statement_sql(topology, table, kind, where_sql);
+            args.extend(where_args);
+            statements.push(ShardStatement {
+                shard_id: shard,
+                stmt: Stmt::new(sql, args),
+            });
+        }
+        Ok(ShardPlan {
+            kind: kind_of(&routed),
+            max_keys_per_shard: if routed.restricted {
+                routed.shards.values().map(Vec::len).max().unwrap_or(0)
+            } else {
+                0
+            },
+            reason: routed.reason,
+            statements,
+        })
+    }
+
+    /// The plan as far as planning knows it, for EXPLAIN before execution:
+    /// values are not bound (the SQL shows `?` and no argument is listed).
+    /// When parameters decide the route, every shard is listed and the kind
+    /// is [`RouteKind::AtExecution`].
+    pub fn template(topology: &Topology, preds: &[Pred], kind: &StatementKind) -> ShardPlan {
+        let key = topology.shard_key();
+        let names = topology.column_names();
+        let (plan_kind, reason, routed) = match route(preds, &key, &[]) {
+            Ok(r) => (kind_of(&r), r.reason.clone(), Some(r)),
+            Err(_) => (
+                RouteKind::AtExecution,
+                format!("chosen at execution: {} depends on a parameter", key.name),
+                None,
+            ),
+        };
+        let shards: Vec<u32> = match &routed {
+            Some(r) => r.shards.keys().copied().collect(),
+            None => (0..topology.shard_count()).collect(),
+        };
+        let statements = shards
+            .into_iter()
+            .map(|shard| {
+                let table = &topology.shards[shard as usize].remote_table;
+                let mine = match &routed {
+                    Some(r) => r.shard_preds(preds, &key, shard),
+                    None => preds.to_vec(),
+                };
+                let where_sql = deparse_template(&mine, table, &names);
+                let where_sql = (!mine.is_empty()).then_some(where_sql.as_str());
+                let (sql, _) = statement_sql(topology, table, kind, where_sql);
+                ShardStatement {
+                    shard_id: shard,
+                    stmt: Stmt::new(sql, Vec::new()),
+                }
+            })
+            .collect();
+        ShardPlan {
+            kind: plan_kind,
+            reason,
+            max_keys_per_shard: 0,
+            statements,
+        }
+    }
+
+    /// Rows to insert (every column, in topology order, as the node stores
+    /// them), routed by their key and sent as multi-row INSERTs, as many
+    /// per shard as SQLite's parameter limit requires.
+    pub fn insert(topology: &Topology, rows: Vec<Vec<Value>>) -> Result<ShardPlan, PlanError> {
+        let names = topology.column_names();
+        let per_statement = max_rows_per_insert(names.len());
+        let mut per_shard: BTreeMap<u32, Vec<Vec<Value>>> = BTreeMap::new();
+        let total = rows.len();
+        for row in rows {
+            let shard = shard_of_value(topology, &row[topology.key_index])?;
+            per_shard.entry(shard).or_default().push(row);
+        }
+        let mut statements = Vec::new();
+        for (&shard, rows) in &per_shard {
+            let table = &topology.shards[shard as usize].remote_table;
+            for chunk in rows.chunks(per_statement) {
+                let args = chunk.iter().flatten().cloned().collect();
+                statements.push(ShardStatement {
+                    shard_id: shard,
+                    stmt: Stmt::new(insert_sql(table, &names, chunk.len()), args),
+                });
+            }
+        }
+        Ok(ShardPlan {
+            kind: match per_shard.len() {
+                0 => RouteKind::NoShard,
+                1 => RouteKind::OneShard,
+                _ => RouteKind::SomeShards,
+            },
+            reason: format!(
+                "INSERT: {total} row{} by {}",
+                if total == 1 { "" } else { "s" },
+                topology.key().name
+            ),
+            max_keys_per_shard: 0,
+            statements,
+        })
+    }
+
+    /// Change one row found by its identity (the primary-key values, in
+    /// `topology.primary_key` order): `Update` sets its columns, `Delete`
+    /// removes it, returning every column when `returning`.
+    pub fn by_identity(
+        topology: &Topology,
+        kind: &StatementKind,
+        identity: Vec<Value>,
+        returning: bool,
+    ) -> Result<ShardPlan, PlanError> {
+        let key_at = topology
+            .primary_key
+            .iter()
+            .position(|&c| c == topology.key_index)
+            .expect("the primary key contains the shard key");
+        let shard = shard_of_value(topology, &identity[key_at])?;
+        let table = &topology.shards[shard as usize].remote_table;
+        let pk = column_list(topology, &topology.primary_key);
+        let where_sql = key_match_sql(table, &pk);
+        let (sql, mut args) = match kind {
+            StatementKind::Delete if returning => {
+                let all: Vec<usize> = (0..topology.columns.len()).collect();
+                (
+                    delete_sql(table, Some(&where_sql), &column_list(topology, &all)),
+                    Vec::new(),
+                )
+            }
+            _ => statement_sql(topology, table, kind, Some(&where_sql)),
+        };
+        args.extend(identity);
+        Ok(ShardPlan {
+            kind: RouteKind::OneShard,
+            reason: "the row's primary key".to_string(),
+            max_keys_per_shard: 1,
+            statements: vec![ShardStatement {
+                shard_id: shard,
+                stmt: Stmt::new(sql, args),
+            }],
+        })
+    }
+
+    /// The target shards, ascending, each once.
+    pub fn shard_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.statements.iter().map(|s| s.shard_id).collect();
+        ids.dedup();
+        ids
+    }
+
+    /// The statements grouped by the node holding their shard, in node id
+    /// order: what one request to each node carries.
+    pub fn by_node<'a>(&'a self, topology: &'a Topology) -> Vec<NodeStatements<'a>> {
+        let mut per_node: BTreeMap<&str, NodeStatements<'a>> = BTreeMap::new();
+        for s in &self.statements {
+            let location = &topology.shards[s.shard_id as usize];
+            per_node
+                .entry(location.node_id.as_str())
+                .or_insert_with(|| NodeStatements {
+                    location,
+                    statements: Vec::new(),
+                })
+                .statements
+                .push(s);
+        }
+        per_node.into_values().collect()
+    }
+
+    /// One line for EXPLAIN: "2 of 16 (id IN (3 values) split over 2
+    /// shards) on node-1, node-3".
+    pub fn summary(&self, topology: &Topology) -> String {
+        let ids = self.shard_ids();
+        let nodes: Vec<&str> = self
+            .by_node(topology)
+            .iter()
+            .map(|n| n.location.node_id.as_str())
+            .collect();
+        format!(
+            "{} of {} ({}) on {}",
+            ids.len(),
+            topology.shard_count(),
+            self.reason,
+            if nodes.is_empty() {
+                "no node".to_string()
+            } else {
+                nodes.join(", ")
+            }
+        )
+    }
+}
+
+/// The statement text for one shard table and the arguments that precede
+/// the WHERE clause's (an UPDATE's new values).
+fn statement_sql(
+    topology: &Topology,
+    table: &str,
+    kind: &StatementKind,
+    where_sql: Option<&str>,
+) -> (String, Vec<Value>) {
+    match kind {
+        StatementKind::Select { columns } => (
+            select_sql(table, &column_list(topology, columns), where_sql),
+            Vec::new(),
+        ),
+        StatementKind::Update { set, values } => (
+            update_sql(table, &column_list(topology, set), where_sql),
+            values.clone(),
+        ),
+        StatementKind::Delete => (delete_sql(table, where_sql, &[]), Vec::new()),
+    }
+}
+
+/// Why a row cannot be placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanError {
+    /// The shard key is NULL (every row needs a shard).
+    NullKey { column: String },
+    /// The stored form of the key is not one of its type.
+    BadKey(String),
+}
+
+impl std::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlanError::NullKey { column } => {
+                write!(f, "shard key column \"{column}\" must not be null")
+            }
+            PlanError::BadKey(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for PlanError {}
+
+/// The shard a shard-key value belongs to, from its stored form.
+pub fn shard_of_value(topology: &Topology, value: &Value) -> Result<u32, PlanError> {
+    let key = topology.key();
+    let placement_key = match (key.ty, value) {
+        (_, Value::Null) => {
+            return Err(PlanError::NullKey {
+                column: key.name.clone(),
+            })
+        }
+        (ColumnType::Int2 | ColumnType::Int4 | ColumnType::Int8, Value::Integer(i)) => {
+            KeyValue::Int(*i)
+        }
+        (ColumnType::Text | ColumnType::Varchar, Value::Text(s)) => KeyValue::Text(s),
+        (ColumnType::Uuid, Value::Text(s)) => KeyValue::Uuid(
+            uuid_from_text(s).map_err(|e| PlanError::BadKey(format!("bad uuid shard key: {e}")))?,
+        ),
+        (ty, v) => {
+            return Err(PlanError::BadKey(format!(
+                "a {ty} shard key cannot be {v:?}"
+            )))
+        }
+    };
+    Ok(shard_for(&placement_key, topology.shard_count()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::predicate::{CmpOp, ListOperand, Operand};
+    use crate::topology::Column;
+    use crate::types::TypedValue;
+    use proptest::prelude::*;
+
+    fn topology(shards: u32, key_ty: ColumnType) -> Topology {
+        let col = |attnum: i16, name: &str, ty| Column {
+            attnum,
+            name: name.into(),
+            ty,
+            not_null: attnum == 1,
+        };
+        Topology {
+            name: "public.t".into(),
+            remote_name: "t".into(),
+            columns: vec![
+                col(1, "k", key_ty),
+                col(2, "v", ColumnType::Text),
+                col(3, "n", ColumnType::Int4),
+            ],
+            key_index: 0,
+            primary_key: vec![0],
+            shards: (0..shards)
+                .map(|s| ShardLocation {
+                    shard_id: s,
+                    node_id: format!("node-{}", s % 3),
+                    url: format!("http://127.0.0.1:{}", 7000 + s % 3),
+                    remote_table: format!("t_{s:04}"),
+                })
+                .collect(),
+        }
+    }
+
+    fn int(i: i64) -> Operand {
+        Operand::Const(Some(TypedValue::Int8(i)))
+    }
+
+    fn eq(column: usize, value: Operand) -> Pred {
+        Pred::Cmp {
+            column,
+            op: CmpOp::Eq,
+            value,
+        }
+    }
+
+    fn select_all() -> StatementKind {
+        StatementKind::Select {
+            columns: vec![0, 1, 2],
+        }
+    }
+
+    #[test]
+    fn one_shard_lookup_is_one_qualified_statement() {
+        let t = topology(16, ColumnType::Int8);
+        let plan = ShardPlan::build(&t, &[eq(0, int(42))], &[], &select_all()).unwrap();
+        let shard = shard_for(&KeyValue::Int(42), 16);
+        assert_eq!(plan.kind, RouteKind::OneShard);
+        assert_eq!(plan.shard_ids(), vec![shard]);
+        assert_eq!(plan.max_keys_per_shard, 1);
+        let table = format!("t_{shard:04}");
+        assert_eq!(
+            plan.statements[0].stmt.sql.as_deref(),
+            Some(
+                format!(
+                    r#"SELECT "{table}"."k", "{table}"."v", "{table}"."n" FROM "{table}" WHERE "{table}"."k" = ?"#
+                )
+                .as_str()
+            )
+        );
+        assert_eq!(plan.statements[0].stmt.args, vec![Value::Integer(42)]);
+    }
+
+    #[test]
+    fn route_kinds() {
+        let t = topology(8, ColumnType::Int8);
+        let kind = |preds: &[Pred]| ShardPlan::build(&t, preds, &[], &select_all()).unwrap();
+        assert_eq!(kind(&[]).kind, RouteKind::AllShards);
+        assert_eq!(kind(&[]).statements.len(), 8);
+        assert_eq!(
+            kind(&[eq(0, int(1)), eq(0, int(2))]).kind,
+            RouteKind::NoShard
+        );
+        assert!(kind(&[eq(0, Operand::Const(None))]).statements.is_empty());
+        // Find two keys on different shards.
+        let a = 1;
+        let b = (2..100)
+            .find(|&k| shard_for(&KeyValue::Int(k), 8) != shard_for(&KeyValue::Int(a), 8))
+            .unwrap();
+        let list = Pred::In {
+            column: 0,
+            list: ListOperand::Items(vec![int(a), int(b)]),
+        };
+        let plan = kind(&[list]);
+        assert_eq!(plan.kind, RouteKind::SomeShards);
+        assert_eq!(plan.statements.len(), 2);
+        // Each shard gets only its own value.
+        for s in &plan.statements {
+            assert_eq!(s.stmt.args.len(), 1);
+        }
+    }
+
+    #[test]
+    fn template_before_execution() {
+        let t = topology(4, ColumnType::Int8);
+        let preds = [eq(0, Operand::Param(0)), eq(2, int(5))];
+        let plan = ShardPlan::template(&t, &preds, &select_all());
+        assert_eq!(plan.kind, RouteKind::AtExecution);
+        assert_eq!(plan.statements.len(), 4);
+        assert!(plan.statements.iter().all(|s| s.stmt.args.is_empty()));
+        // Bound, the same predicates reach one shard with two arguments.
+        let bound = ShardPlan::build(
+            &t,
+            &preds,
+            &[Binding::Value(Some(TypedValue::Int8(9)))],
+            &select_all(),
+        )
+        .unwrap();
+        assert_eq!(bound.kind, RouteKind::OneShard);
+        assert_eq!(
+            bound.statements[0].stmt.sql,
+            plan.statements[bound.statements[0].shard_id as usize]
+                .stmt
+                .sql
+        );
+        assert_eq!(bound.statements[0].stmt.args.len(), 2);
+        // A parameter off the key does not make the route wait.
+        let off_key = ShardPlan::template(&t, &[eq(2, Operand::Param(0))], &select_all());
+        assert_eq!(off_key.kind, RouteKind::AllShards);
+    }
+
+    #[test]
+    fn update_values_precede_where_arguments() {
+        let t = topology(4, ColumnType::Int8);
+        let kind = StatementKind::Update {
+            set: vec![1],
+            values: vec![Value::Text("x".into())],
+        };
+        let plan = ShardPlan::build(&t, &[eq(0, int(3))], &[], &kind).unwrap();
+        let s = &plan.statements[0];
+        let table = format!("t_{:04}", s.shard_id);
+        assert_eq!(
+            s.stmt.sql.as_deref().unwrap(),
+            format!(r#"UPDATE "{table}" SET "v" = ? WHERE "{table}"."k" = ?"#)
+        );
+        assert_eq!(
+            s.stmt.args,
+            vec![Value::Text("x".into()), Value::Integer(3)]
+        );
+        let del = ShardPlan::build(&t, &[], &[], &StatementKind::Delete).unwrap();
+        assert_eq!(del.statements.len(), 4);
+        assert_eq!(
+            del.statements[0].stmt.sql.as_deref(),
+            Some(r#"DELETE FROM "t_0000""#)
+        );
+    }
+
+    #[test]
+    fn inserts_route_every_row_and_group_by_node() {
+        let t = topology(16, ColumnType::Int8);
+        let rows: Vec<Vec<Value>> = (0..200)
+            .map(|i| vec![Value::Integer(i), Value::Null, Value::Integer(i * 2)])
+            .collect();
+        let plan = ShardPlan::insert(&t, rows).unwrap();
+        let mut placed = 0;
+        for s in &plan.statements {
+            let args = &s.stmt.args;
+            for row in args.chunks(3) {
+                let Value::Integer(k) = row[0] else { panic!() };
+                assert_eq!(shard_for(&KeyValue::Int(k), 16), s.shard_id);
+                placed += 1;
+            }
+        }
+        assert_eq!(placed, 200);
+        let nodes = plan.by_node(&t);
+        assert_eq!(nodes.len(), 3);
+        for n in &nodes {
+            assert!(n
+                .statements
+                .iter()
+                .all(|s| t.shards[s.shard_id as usize].node_id == n.location.node_id));
+        }
+        assert_eq!(
+            ShardPlan::insert(&t, vec![vec![Value::Null, Value::Null, Value::Null]]),
+            Err(PlanError::NullKey { column: "k".into() })
+        );
+    }
+
+    #[test]
+    fn identity_changes_reach_the_rows_shard() {
+        let t = topology(16, ColumnType::Text);
+        let plan = ShardPlan::by_identity(
+            &t,
+            &StatementKind::Delete,
+            vec![Value::Text("alice".into())],
+            true,
+        )
+        .unwrap();
+        let shard = shard_for(&KeyValue::Text("alice"), 16);
+        let table = format!("t_{shard:04}");
+        assert_eq!(plan.shard_ids(), vec![shard]);
+        assert_eq!(
+            plan.statements[0].stmt.sql.as_deref().unwrap(),
+            format!(
+                r#"DELETE FROM "{table}" WHERE "{table}"."k" = ? RETURNING "{table}"."k", "{table}"."v", "{table}"."n""#
+            )
+        );
+    }
+
+    proptest! {
+        /// Whatever keys an IN list holds, the plan sends each key to the
+        /// shard placement names, every key exactly once, and nothing else.
+        #[test]
+        fn in_lists_are_partitioned_exactly(keys in proptest::collection::vec(-1000i64..1000, 0..60), shards in 1u32..40) {
+            let t = topology(shards, ColumnType::Int8);
+            let list = Pred::In { column: 0, list: ListOperand::Items(keys.iter().map(|&k| int(k)).collect()) };
+            let plan = ShardPlan::build(&t, &[list], &[], &select_all()).unwrap();
+            let mut sent: Vec<i64> = Vec::new();
+            for s in &plan.statements {
+                for a in &s.stmt.args {
+                    let Value::Integer(k) = a else { panic!() };
+                    prop_assert_eq!(shard_for(&KeyValue::Int(*k), shards), s.shard_id);
+                    sent.push(*k);
+                }
+            }
+            let mut want = keys.clone();
+            want.sort();
+            want.dedup();
+            sent.sort();
+            prop_assert_eq!(sent, want);
+        }
+    }
+}

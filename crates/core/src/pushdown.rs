@@ -1,0 +1,248 @@
+//! The pushdown rulebook: which comparisons a node may evaluate because
+//! SQLite gives exactly the answer Postgres would. The FDW's lowering of
+//! planner expressions asks these functions and nothing else; a clause they
+//! refuse stays a local filter in Postgres, which costs speed, never
+//! correctness.
+//!
+//! How each family is stored on a node (`types.rs`) decides what is exact:
+//! - integers (all widths) are SQLite INTEGERs and compare as Postgres
+//!   integers do, across widths;
+//! - floats are REALs; comparisons are exact for finite values only (SQLite
+//!   has no NaN, and a NaN or infinite value never reaches a node), so a
+//!   float compared with a value known only at run time stays local;
+//! - booleans are 0/1, bytea are BLOBs (memcmp, as Postgres), uuids are
+//!   lowercase canonical text (byte order is uuid order);
+//! - date, timestamp and timestamptz are Postgres' internal integers: each
+//!   compares exactly with its own type only (across them Postgres converts
+//!   through the session time zone);
+//! - text and varchar are UTF-8 TEXT compared bytewise (SQLite's BINARY
+//!   collation): equality is exact under any deterministic collation,
+//!   ordering only under C (byte order = code point order for UTF-8); a
+//!   nondeterministic collation can make different strings equal, so
+//!   nothing is pushed under one;
+//! - numeric, char(n), json and jsonb are never compared on a node (text
+//!   form order is not value order; char(n) ignores trailing spaces).
+//!
+//! Operators are understood by meaning (the six comparisons and LIKE), never
+//! by name alone: the caller maps only built-in operators here.
+
+use crate::predicate::{CmpOp, Operand};
+use crate::types::{ColumnType, TypedValue};
+
+/// How a collation compares strings, as far as pushdown cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CollationClass {
+    /// Byte order (C, POSIX, or a database default that is C).
+    C,
+    /// Equal only when bytewise equal, ordered by locale rules.
+    Deterministic,
+    /// Different strings may compare equal (case- or accent-insensitive).
+    Nondeterministic,
+}
+
+/// Types that compare with each other the same way on both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Integer,
+    Float,
+    Bool,
+    Text,
+    Bytea,
+    Uuid,
+    Date,
+    Timestamp,
+    Timestamptz,
+    /// Never compared on a node.
+    Local,
+}
+
+pub fn family(ty: ColumnType) -> Family {
+    use ColumnType::*;
+    match ty {
+        Int2 | Int4 | Int8 => Family::Integer,
+        Float4 | Float8 => Family::Float,
+        Bool => Family::Bool,
+        Text | Varchar => Family::Text,
+        Bytea => Family::Bytea,
+        Uuid => Family::Uuid,
+        Date => Family::Date,
+        Timestamp => Family::Timestamp,
+        Timestamptz => Family::Timestamptz,
+        Numeric | Bpchar | Json | Jsonb => Family::Local,
+    }
+}
+
+/// The comparison an operator name denotes, for built-in operators.
+pub fn comparison(name: &str) -> Option<CmpOp> {
+    Some(match name {
+        "=" => CmpOp::Eq,
+        "<>" => CmpOp::Ne,
+        "<" => CmpOp::Lt,
+        "<=" => CmpOp::Le,
+        ">" => CmpOp::Gt,
+        ">=" => CmpOp::Ge,
+        _ => return None,
+    })
+}
+
+/// Whether a built-in operator name is LIKE (`Some(false)`) or NOT LIKE
+/// (`Some(true)`).
+pub fn like_negation(name: &str) -> Option<bool> {
+    match name {
+        "~~" => Some(false),
+        "!~~" => Some(true),
+        _ => None,
+    }
+}
+
+/// Whether `column op operand` gives Postgres' answer on a node, for a
+/// column and a value side of these types compared under `collation` (the
+/// operator's input collation).
+pub fn comparison_pushable(
+    column: ColumnType,
+    operand: ColumnType,
+    op: CmpOp,
+    collation: CollationClass,
+) -> bool {
+    let f = family(column);
+    if f == Family::Local || f != family(operand) {
+        return false;
+    }
+    if f != Family::Text {
+        return true;
+    }
+    match collation {
+        CollationClass::C => true,
+        CollationClass::Deterministic => matches!(op, CmpOp::Eq | CmpOp::Ne),
+        CollationClass::Nondeterministic => false,
+    }
+}
+
+/// Whether `column [NOT] LIKE constant` may become a case-sensitive GLOB.
+pub fn like_pushable(column: ColumnType, pattern: ColumnType, collation: CollationClass) -> bool {
+    family(column) == Family::Text
+        && family(pattern) == Family::Text
+        && collation != CollationClass::Nondeterministic
+}
+
+/// Whether a value side can be sent as it is: a constant needs an exact
+/// SQLite form (a finite float), and a float known only at run time might
+/// not have one, so it stays local.
+pub fn operand_exact(operand: &Operand, ty: ColumnType) -> bool {
+    match operand {
+        Operand::Const(Some(TypedValue::Float4(f))) => f.is_finite(),
+        Operand::Const(Some(TypedValue::Float8(f))) => f.is_finite(),
+        Operand::Const(_) => true,
+        Operand::Param(_) => family(ty) != Family::Float,
+    }
+}
+
+/// Whether an array of this element type may be bound at run time as the
+/// list of `column = ANY(…)`: its elements are checked only then, so floats
+/// (which might be NaN) stay local.
+pub fn list_param_pushable(element: ColumnType) -> bool {
+    family(element) != Family::Float
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ColumnType::*;
+
+    #[test]
+    fn families_compare_only_with_themselves() {
+        for a in ColumnType::ALL {
+            for b in ColumnType::ALL {
+                let pushed = comparison_pushable(a, b, CmpOp::Eq, CollationClass::C);
+                assert_eq!(
+                    pushed,
+                    family(a) == family(b) && family(a) != Family::Local,
+                    "{a} = {b}"
+                );
+            }
+        }
+        assert!(comparison_pushable(
+            Int2,
+            Int8,
+            CmpOp::Lt,
+            CollationClass::C
+        ));
+        assert!(!comparison_pushable(
+            Date,
+            Timestamp,
+            CmpOp::Eq,
+            CollationClass::C
+        ));
+        assert!(!comparison_pushable(
+            Timestamp,
+            Timestamptz,
+            CmpOp::Eq,
+            CollationClass::C
+        ));
+        assert!(comparison_pushable(
+            Timestamptz,
+            Timestamptz,
+            CmpOp::Ge,
+            CollationClass::Deterministic
+        ));
+    }
+
+    #[test]
+    fn text_depends_on_the_collation() {
+        for op in [
+            CmpOp::Eq,
+            CmpOp::Ne,
+            CmpOp::Lt,
+            CmpOp::Le,
+            CmpOp::Gt,
+            CmpOp::Ge,
+        ] {
+            let equality = matches!(op, CmpOp::Eq | CmpOp::Ne);
+            assert!(comparison_pushable(Text, Varchar, op, CollationClass::C));
+            assert_eq!(
+                comparison_pushable(Text, Text, op, CollationClass::Deterministic),
+                equality
+            );
+            assert!(!comparison_pushable(
+                Text,
+                Text,
+                op,
+                CollationClass::Nondeterministic
+            ));
+        }
+        // Collation never matters outside text.
+        assert!(comparison_pushable(
+            Int4,
+            Int4,
+            CmpOp::Lt,
+            CollationClass::Nondeterministic
+        ));
+        assert!(like_pushable(Text, Text, CollationClass::Deterministic));
+        assert!(!like_pushable(Text, Text, CollationClass::Nondeterministic));
+        assert!(!like_pushable(Bpchar, Text, CollationClass::C));
+    }
+
+    #[test]
+    fn non_finite_and_runtime_floats_stay_local() {
+        let c = |v| Operand::Const(Some(v));
+        assert!(operand_exact(&c(TypedValue::Float8(1.5)), Float8));
+        assert!(!operand_exact(&c(TypedValue::Float8(f64::NAN)), Float8));
+        assert!(!operand_exact(
+            &c(TypedValue::Float4(f32::INFINITY)),
+            Float4
+        ));
+        assert!(!operand_exact(&Operand::Param(0), Float8));
+        assert!(operand_exact(&Operand::Param(0), Int8));
+        assert!(operand_exact(&Operand::Const(None), Float8));
+        assert!(!list_param_pushable(Float4));
+        assert!(list_param_pushable(Uuid));
+    }
+
+    #[test]
+    fn operators_by_meaning() {
+        assert_eq!(comparison("<="), Some(CmpOp::Le));
+        assert_eq!(comparison("~~"), None);
+        assert_eq!(like_negation("!~~"), Some(true));
+        assert_eq!(like_negation("="), None);
+    }
+}
