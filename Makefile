@@ -62,7 +62,7 @@ ext:
 node:
 	cargo build -p conductor-node
 
-## make bench: conductor vs postgres_fdw partitions vs a local table (issue 6);
+## make bench: conductor vs postgres_fdw partitions vs a local table;
 ## writes docs/BENCHMARKS.md. BENCH_QUICK=1 for a short development run.
 bench: deps
 	bench/run.sh

@@ -340,8 +340,8 @@ def why_notes(out, res, fails, meta, cpu, sto):
             "**W5 and W7.** Neither conductor nor the peer pushes aggregates down in these plans (EXPLAIN below: "
             "`Aggregate` above conductor's `Foreign Scan`" + (", and above the peer's `Append` of foreign scans" if p_agg else "")
             + "): every row's aggregated columns travel to the router and are aggregated there, so W5, like the "
-            "W7 scan, measures how fast each system brings rows to the router. Aggregate pushdown (DESIGN §2, "
-            "merge of partial aggregates) would turn W5 into 16 small results.")
+            "W7 scan, measures how fast each system brings rows to the router. Aggregate pushdown (each shard "
+            "computing a partial aggregate that the router combines) would turn W5 into 16 small results.")
     if cpu.get("conductor") and cpu.get("peer") and cpu["conductor"] > 2 * cpu["peer"]:
         text = (f"**Where conductor's scan time goes (W7).** Per million rows scanned, the router backend used "
                 f"{cpu['conductor']:.2f} s of CPU under conductor against {cpu['peer']:.2f} s under the peer "
@@ -354,7 +354,7 @@ def why_notes(out, res, fails, meta, cpu, sto):
         io, pg = th.get("conductor-io"), th.get("postgres")
         if io is not None and pg is not None and io + pg > 0:
             text += (f". Of the backend's CPU, {io / (io + pg) * 100:.0f}% is on its `conductor-io` threads (where "
-                     "DESIGN §7 puts HTTP and decoding the nodes' JSON rows; which part of that dominates needs a "
+                     "the executor does HTTP and decodes the nodes' JSON rows; which part of that dominates needs a "
                      "profiler) and "
                      f"{pg / (io + pg) * 100:.0f}% on Postgres' own thread (conversion to Datums, the executor, COPY)")
         text += (". So the time goes to the extension's per-row path in the backend, not to the nodes; on this "
@@ -384,7 +384,7 @@ def main():
     a = L.append
 
     a(BEGIN)
-    a("## conductor vs postgres_fdw hash partitioning vs a local table (issue 6)")
+    a("## conductor vs postgres_fdw hash partitioning vs a local table")
     a("")
     if quick:
         a(f"> **Quick-mode run** (`BENCH_QUICK=1`: {rows:,} rows, {meta['seconds']} s runs): a development "
@@ -553,7 +553,7 @@ def main():
     a("")
 
     # ---- targets
-    a("### Against the targets of issue 6")
+    a("### Against the benchmark's targets")
     a("")
     a("| target | stands at | |")
     a("|---|---|---|")

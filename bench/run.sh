@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark of issue 6 (`make bench`): conductor side by side with its
+# The benchmark (`make bench`): conductor side by side with its
 # peer (a hash-partitioned table whose 16 partitions are postgres_fdw foreign
 # tables on 4 other Postgres instances, async_capable on) and with a plain
 # local table, on the same generated data, in one run. Writes the figures and

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Streaming memory check (issue 3): load N rows (default 10,000,000) into a
+# Streaming memory check: load N rows (default 10,000,000) into a
 # 16-shard table over four nodes, scan them (count(*), sum(length(email)),
 # a whole-row scan) and report the scanning backend's peak RSS growth
 # (VmHWM from /proc/<backend pid>/status) over an idle backend; fails if it

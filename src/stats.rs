@@ -1,4 +1,4 @@
-//! Per-backend counters of the work sent to the nodes (seed item 16): which
+//! Per-backend counters of the work sent to the nodes (metrics): which
 //! shards each scan contacted, so routing can be observed rather than
 //! assumed, and what `conductor.shard_requests()` reports.
 

@@ -163,6 +163,9 @@ impl Walker<'_> {
             if is(node, T_ForeignScan) {
                 self.foreign_scan(plan as *mut pg_sys::ForeignScan, note);
             }
+            if is(node, T_Result) && never_runs((*(plan as *mut pg_sys::Result)).resconstantqual) {
+                return; // a constant-false one-time filter: nothing below runs
+            }
             if is(node, T_ModifyTable) {
                 let mt = plan as *mut pg_sys::ModifyTable;
                 let note = match (*mt).operation {
@@ -272,14 +275,41 @@ impl Walker<'_> {
             let Some(topology) = cache::try_table(self.relid(rti as u32)) else {
                 return;
             };
-            let plan = match insert_rows((*mt).plan.lefttree, &topology) {
-                Some(rows) => {
-                    ShardPlan::insert(&topology, rows).unwrap_or_else(|e| refuse(e.to_string()))
-                }
-                None => insert_template(&topology),
+            let (plan, note) = match insert_rows((*mt).plan.lefttree, &topology) {
+                Some(rows) => (
+                    ShardPlan::insert(&topology, rows).unwrap_or_else(|e| refuse(e.to_string())),
+                    "",
+                ),
+                None => (
+                    insert_template(&topology),
+                    "; the rows are known only when the statement runs",
+                ),
             };
-            self.out.push((topology, plan, String::new()));
+            self.out.push((topology, plan, note.to_string()));
         }
+    }
+}
+
+/// Whether a Result's one-time filter is a constant that is not true (the
+/// planner proved the subtree returns nothing, e.g. `k = 'a' AND k = 'b'`).
+unsafe fn never_runs(quals: *mut pg_sys::Node) -> bool {
+    // SAFETY: a planner expression list (or a bare expression), or null.
+    unsafe {
+        let items: Vec<*mut pg_sys::Node> = if is(quals, pg_sys::NodeTag::T_List) {
+            PgList::<pg_sys::Node>::from_pg(quals.cast())
+                .iter_ptr()
+                .collect()
+        } else if quals.is_null() {
+            Vec::new()
+        } else {
+            vec![quals]
+        };
+        items.into_iter().any(|q| {
+            is(q, pg_sys::NodeTag::T_Const) && {
+                let c = &*(q as *mut pg_sys::Const);
+                c.constisnull || c.constvalue.value() & 0xff == 0
+            }
+        })
     }
 }
 
@@ -299,7 +329,7 @@ fn insert_template(topology: &TableTopology) -> ShardPlan {
     ShardPlan {
         kind: RouteKind::AtExecution,
         reason: format!(
-            "INSERT: each row goes to the shard of its {}, known when the row is produced",
+            "INSERT: each row goes to the shard of its {}",
             topology.key().name
         ),
         max_keys_per_shard: 0,

@@ -263,8 +263,8 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
     .unwrap_or_else(|e| error!("conductor: could not record the distributed table: {e}"));
 }
 
-/// The shard a key value belongs to: exactly DESIGN §4 (hash version 1), so
-/// any tool can reproduce placement.
+/// The shard a key value belongs to: exactly the placement hash, version 1
+/// (docs/ARCHITECTURE.md, Placement), so any tool can reproduce placement.
 #[pg_extern]
 fn shard_for(tbl: PgRelation, key: AnyElement) -> i32 {
     let topology = cache::table(tbl.oid());

@@ -1,8 +1,9 @@
 //! Foreign scans. Planning lowers the restriction into the predicate IR
-//! (`parse`), keeps what SQLite cannot evaluate exactly as a local filter,
+//! (`lower`), keeps what SQLite cannot evaluate exactly as a local filter,
 //! offers parameterized paths for `key = outer.col`, and records the IR in
-//! the plan. Execution binds the runtime parameters, routes (`QueryRouter`),
-//! sends every target shard's query at once and streams the rows back.
+//! the plan. Execution binds the runtime parameters, builds the shard plan
+//! (routing it), sends every target shard's query at once and streams the
+//! rows back.
 
 use crate::catalog::{cache, TableTopology};
 use crate::convert::ColumnCodec;

@@ -8,7 +8,7 @@
 //!
 //! There is no two-phase commit: if a node fails between two nodes'
 //! COMMITs, one may be committed and the other not; the user then gets a
-//! WARNING naming both sides (README, "Transactions").
+//! WARNING naming both sides (README, "Writes and transactions").
 
 use crate::catalog::TableTopology;
 use crate::errors::raise;

@@ -1,4 +1,5 @@
-//! Hrana-over-HTTP client for the storage nodes (HRANA.md).
+//! Hrana-over-HTTP client for the storage nodes (docs/ARCHITECTURE.md, The
+//! node protocol).
 //!
 //! One `reqwest::Client` (keep-alive pool) serves every node. Every request
 //! has a deadline; a cursor body is read chunk by chunk and split into lines

@@ -1,6 +1,6 @@
 //! ShardExecutor: runs shard requests in parallel on a private tokio
 //! runtime and hands results to the (single-threaded) caller over bounded
-//! channels (DESIGN §7).
+//! channels (docs/ARCHITECTURE.md, Execution inside a backend).
 //!
 //! - The runtime is created on first use, never at load time: Postgres'
 //!   postmaster forks backends, and threads do not survive a fork.

@@ -1,8 +1,8 @@
-//! Placement: which shard a shard-key value lives on (DESIGN §4, hash
-//! version 1). Other tools must reproduce this bit for bit, so the encoding
-//! and arithmetic here are exactly the spec's; the tests pin fixed vectors
-//! computed by an independent Python implementation
-//! (`tests/reference/placement_vectors.py`).
+//! Placement: which shard a shard-key value lives on (hash version 1,
+//! docs/ARCHITECTURE.md, Placement). Other tools must reproduce this bit for
+//! bit, so the encoding and arithmetic here are exactly the documented ones;
+//! the tests pin fixed vectors computed by an independent Python
+//! implementation (`tests/reference/placement_vectors.py`).
 
 /// The placement hash version implemented here; recorded per table so a
 /// later version can coexist with tables created under this one.
@@ -29,9 +29,10 @@ pub fn key_hash(key: &KeyValue) -> u64 {
     }
 }
 
-/// Jump consistent hash (Lamping & Veach 2014), exactly as DESIGN §4 writes
-/// it, including the f64 arithmetic. `buckets == 0` has no valid answer;
-/// it returns 0 rather than panicking (callers validate shard counts).
+/// Jump consistent hash (Lamping & Veach 2014), exactly as
+/// docs/ARCHITECTURE.md (Placement) writes it, including the f64
+/// arithmetic. `buckets == 0` has no valid answer; it returns 0 rather than
+/// panicking (callers validate shard counts).
 pub fn jump_consistent_hash(mut key: u64, buckets: u32) -> u32 {
     let n = i64::from(buckets);
     let mut b: i64 = -1;

@@ -42,7 +42,7 @@ pub fn qualified_column(table: &str, column: &str) -> String {
 }
 
 /// Name of the table holding shard `shard_id` of `base` on its node,
-/// e.g. `users_0007` (deterministic, DESIGN §5).
+/// e.g. `users_0007` (deterministic; docs/ARCHITECTURE.md, Shard tables).
 pub fn shard_table_name(base: &str, shard_id: u32) -> String {
     format!("{base}_{shard_id:04}")
 }

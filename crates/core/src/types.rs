@@ -129,7 +129,7 @@ impl ColumnType {
         }
     }
 
-    /// Whether this type may be a shard key (DESIGN §4).
+    /// Whether this type may be a shard key (docs/ARCHITECTURE.md, Placement).
     pub fn is_shard_key_type(&self) -> bool {
         use ColumnType::*;
         matches!(self, Int2 | Int4 | Int8 | Text | Varchar | Uuid)

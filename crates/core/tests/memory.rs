@@ -1,6 +1,7 @@
-//! Peak memory of a large scan stays bounded (issue: "a huge scan holds a
-//! bounded number of rows in memory"). Its own test binary, so no other
-//! test shares the process while it measures.
+//! Peak memory of a large scan stays bounded: a huge scan holds a bounded
+//! number of rows in memory (docs/ARCHITECTURE.md, Execution inside a
+//! backend). Its own test binary, so no other test shares the process while
+//! it measures.
 
 mod support;
 

@@ -1,5 +1,5 @@
-//! Differential test (issue 4, "How it is checked"): the judge of whether
-//! predicate pushdown is exact (DESIGN §6).
+//! Differential test: the judge of whether predicate pushdown is exact
+//! (docs/ARCHITECTURE.md, Pushdown).
 //!
 //! The same seeded, generated data is loaded into local Postgres tables
 //! (`l_items`, `l_orders`) and into sharded foreign tables (`items`: 16
@@ -976,7 +976,8 @@ impl<'a> Gen<'a> {
         }
     }
 
-    /// Type-specific traps (DESIGN §6).
+    /// Type-specific traps where SQLite and Postgres differ
+    /// (docs/ARCHITECTURE.md, Pushdown).
     fn special(&mut self, t: &Table, a: &str, name: &str, k: K) -> String {
         let col = format!("{a}{name}");
         let r = &mut self.rng;
@@ -2565,7 +2566,7 @@ fn comparison_detects_differences() {
 }
 
 // ---------------------------------------------------------------------------
-// Explain matches execution (issue 4, "How it is checked", second check)
+// Explain matches execution
 
 type ShardSet = BTreeMap<String, std::collections::BTreeSet<i32>>;
 
@@ -2701,17 +2702,6 @@ fn node_data_requests(cluster: &Cluster) -> Vec<u64> {
         .collect()
 }
 
-/// Where conductor_explain is known to list more shards than execution
-/// contacts (never fewer: a known entry matches only a widening): a pattern
-/// of the statement text, and why.
-const KNOWN_EXPLAIN: &[(&str, &str)] = &[(
-    " = NULL::",
-    "conductor_explain does not fold `col = NULL::t` to NULL; in WHERE the planner drops a \
-     NULL branch of an OR (find_duplicate_ors), so `i2 = NULL::smallint OR id = k` routes to \
-     id's shard at execution while explain lists every shard (its documented gap: no constant \
-     folding)",
-)];
-
 /// For every statement of the corpus (parameters bound as literals), the
 /// shards execution contacts (the per-backend request counters, fed where
 /// the shard requests are built) against the shards `conductor_explain`
@@ -2765,7 +2755,6 @@ fn explain_matches_execution() {
     let (mut exact, mut subset_equal, mut subset_strict) = (0usize, 0usize, 0usize);
     let mut param_scans = 0usize;
     let mut node_checks = 0usize;
-    let mut known = 0usize;
     let mut mismatches: Vec<String> = Vec::new();
     // The corpus (parameters bound), then statements planned as
     // parameterized nested loops, which the corpus rarely gets with a
@@ -2894,14 +2883,6 @@ fn explain_matches_execution() {
                 if verbose {
                     println!("[{qi}] {t}: contacted {g:?} ⊂ listed {l:?} (param {param}): {sql}");
                 }
-            } else if let Some((_, why)) = KNOWN_EXPLAIN
-                .iter()
-                .find(|(pat, _)| sql.contains(pat) && g.is_subset(l))
-            {
-                known += 1;
-                println!(
-                        "KNOWN (not counted, {why}): query #{qi}, table {t}: {sql}\n  listed {l:?}, contacted {g:?}"
-                    );
             } else {
                 let plan_text = run_simple(&mut db, &format!("EXPLAIN (VERBOSE, COSTS OFF) {sql}"))
                     .map(|rows| rows.join("\n    "))
@@ -2966,7 +2947,7 @@ fn explain_matches_execution() {
         queries.len()
     );
     println!(
-        "explain-matches: per (statement, table): {exact} equal where exact is required, {subset_equal} equal though a scan was chosen at execution, {subset_strict} strict subsets (allowed), {known} known widenings ({param_subsets} strict subsets from scans chosen at execution that contacted some shards), {} mismatches; {node_checks} node /stats cross-checks; total {:.1?}",
+        "explain-matches: per (statement, table): {exact} equal where exact is required, {subset_equal} equal though a scan was chosen at execution, {subset_strict} strict subsets (allowed) ({param_subsets} strict subsets from scans chosen at execution that contacted some shards), {} mismatches; {node_checks} node /stats cross-checks; total {:.1?}",
         mismatches.len(),
         started.elapsed()
     );
@@ -2990,11 +2971,11 @@ fn explain_matches_execution() {
     }
 }
 
-/// A generic prepared point lookup contacts one shard (issue 4, "How it is
-/// checked", third check): under force_generic_plan the plan cannot know the
-/// key, so EXPLAIN EXECUTE shows the shards chosen at execution, and each
-/// EXECUTE contacts exactly the shard `conductor.shard_for` names (the
-/// request counters) -- for SELECT, UPDATE and DELETE.
+/// A generic prepared point lookup contacts one shard: under
+/// force_generic_plan the plan cannot know the key, so EXPLAIN EXECUTE shows
+/// the shards chosen at execution, and each EXECUTE contacts exactly the
+/// shard `conductor.shard_for` names (the request counters) -- for SELECT,
+/// UPDATE and DELETE.
 #[test]
 fn generic_prepared_point_lookup_contacts_one_shard() {
     let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {

@@ -1,4 +1,4 @@
-//! Faults against real processes (issue 7): a node killed in the middle of
+//! Faults against real processes: a node killed in the middle of
 //! a scan, a stopped (SIGSTOP) node and deadlines, cancel while waiting on
 //! it, opt-in degradation, retries of reads, and a node that answers
 //! garbage.

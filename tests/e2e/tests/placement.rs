@@ -1,7 +1,8 @@
 //! Placement: every row sits on exactly the shard `conductor.shard_for`
 //! names (asked of the node directly, and no row anywhere else), and
-//! `conductor.shard_for` agrees with an independent implementation of
-//! DESIGN §4 written here from the spec.
+//! `conductor.shard_for` agrees with an independent implementation of the
+//! placement hash (docs/ARCHITECTURE.md, Placement) written here from its
+//! description.
 
 mod common;
 
@@ -9,7 +10,7 @@ use common::{exec, node_index, query_i64, shard_map};
 use conductor_e2e::{pg_err, postgres, serde_json, Cluster, ClusterOptions};
 use std::collections::BTreeMap;
 
-// ---- DESIGN §4, written independently of conductor-core ----------------
+// ---- Placement hash version 1, written independently of conductor-core --
 
 enum Key<'a> {
     Int(i64),

@@ -1,4 +1,4 @@
-//! Security (issue 7): https:// nodes with a private CA, node tokens kept
+//! Security: https:// nodes with a private CA, node tokens kept
 //! where only superusers and the mapping's user see them, and topology
 //! changes reserved to superusers or roles granted them.
 

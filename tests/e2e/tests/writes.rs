@@ -1,4 +1,4 @@
-//! Writes (issue 5): INSERT, COPY, UPDATE, DELETE routed by shard key and
+//! Writes: INSERT, COPY, UPDATE, DELETE routed by shard key and
 //! batched, inside the Postgres transaction.
 //!
 //! - a differential test: random write sequences applied to a local table

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Independent reference for conductor's placement hash, version 1 (DESIGN §4).
+"""Independent reference for conductor's placement hash, version 1
+(docs/ARCHITECTURE.md, Placement).
 
 Prints the fixed vectors hard-coded in crates/core/src/placement.rs tests.
 Needs the `xxhash` PyPI package (pip install xxhash); run:
@@ -14,7 +15,8 @@ MASK = (1 << 64) - 1
 
 
 def jump(key: int, buckets: int) -> int:
-    # Lamping & Veach 2014, with the exact float arithmetic of DESIGN §4.
+    # Lamping & Veach 2014, with the exact float arithmetic of
+    # docs/ARCHITECTURE.md, Placement.
     b, j = -1, 0
     while j < buckets:
         b = j
