@@ -58,12 +58,15 @@ impl TableTopology {
     }
 }
 
+/// A column conductor can store, or the (name, type) of one it cannot.
+pub type ColumnOrRefusal = Result<PgColumn, (String, String)>;
+
 /// The columns of any relation, with the conductor type of each; a column of
 /// a type conductor cannot store is returned as `Err((name, typname))`.
 pub fn relation_columns(
     client: &SpiClient<'_>,
     relid: pg_sys::Oid,
-) -> Result<Vec<Result<PgColumn, (String, String)>>, pgrx::spi::Error> {
+) -> Result<Vec<ColumnOrRefusal>, pgrx::spi::Error> {
     let rows = client.select(
         "SELECT a.attnum, a.attname::text, a.atttypid, a.atttypmod,
                 format_type(a.atttypid, a.atttypmod), a.attnotnull

@@ -332,7 +332,7 @@ enum Phase {
     /// Nothing sent yet (EXPLAIN without ANALYZE never leaves this).
     NotStarted,
     /// Rows stream from every target shard.
-    Streaming(ScanHandle),
+    Streaming(Box<ScanHandle>),
     /// Rows read whole through this transaction's streams, per shard.
     Materialized(VecDeque<(u32, Vec<Vec<Value>>)>),
     /// Every row was handed out.
@@ -423,7 +423,11 @@ impl ScanState {
             return;
         }
         // With no column needed (count(*)), the statement asks for one NULL.
-        self.phase = Phase::Streaming(remote::scan(queries, self.codecs.len().max(1), bounded));
+        self.phase = Phase::Streaming(Box::new(remote::scan(
+            queries,
+            self.codecs.len().max(1),
+            bounded,
+        )));
     }
 
     fn read_through_streams(&self, plan: &ShardPlan) -> VecDeque<(u32, Vec<Vec<Value>>)> {

@@ -369,7 +369,10 @@ mod tests {
         let mut want = vec![shard(1), shard(2)];
         want.sort();
         want.dedup();
-        assert_eq!(targets(&route(&[or.clone()], &KEY, &[]).unwrap()), want);
+        assert_eq!(
+            targets(&route(std::slice::from_ref(&or), &KEY, &[]).unwrap()),
+            want
+        );
         // OR with a non-key branch can be anything: all shards.
         let wide = Pred::Or(vec![eq(0, int(1)), eq(1, int(2))]);
         assert_eq!(route(&[wide], &KEY, &[]).unwrap().shards.len(), 16);
