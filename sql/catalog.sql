@@ -27,6 +27,10 @@ CREATE TABLE conductor.distributed_table (
     -- Placement hash version (docs/ARCHITECTURE.md, Placement); a table
     -- keeps the version it was created with.
     hash_version integer NOT NULL DEFAULT 1,
+    -- The columns the shard tables have ([{attnum, name, ty, typmod,
+    -- not_null}]): an ALTER of the foreign table is carried to the shards
+    -- as the difference between these and its new columns.
+    shard_columns jsonb NOT NULL DEFAULT '[]',
     UNIQUE (server_id, remote_name)
 );
 
@@ -45,4 +49,14 @@ CREATE TABLE conductor.shard (
 );
 CREATE INDEX shard_node_idx ON conductor.shard (server_id, node_id);
 
-REVOKE ALL ON conductor.node, conductor.distributed_table, conductor.shard FROM PUBLIC;
+-- Indexes every shard table carries (conductor.create_shard_index); on a
+-- node each is named <shard table>_<index_name>.
+CREATE TABLE conductor.shard_index (
+    index_name text PRIMARY KEY CHECK (length(index_name) BETWEEN 1 AND 48),
+    relid oid NOT NULL REFERENCES conductor.distributed_table ON DELETE CASCADE,
+    columns name[] NOT NULL,
+    is_unique boolean NOT NULL DEFAULT false
+);
+
+REVOKE ALL ON conductor.node, conductor.distributed_table, conductor.shard,
+    conductor.shard_index FROM PUBLIC;

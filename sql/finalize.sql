@@ -8,12 +8,15 @@ CREATE FOREIGN DATA WRAPPER conductor
 -- Topology is readable by everyone who may query a sharded table (a scan
 -- reads it to route); only superusers or explicitly granted roles change it.
 GRANT USAGE ON SCHEMA conductor TO PUBLIC;
-GRANT SELECT ON conductor.node, conductor.distributed_table, conductor.shard TO PUBLIC;
+GRANT SELECT ON conductor.node, conductor.distributed_table, conductor.shard,
+    conductor.shard_index TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION
     conductor.add_node(text, text, text),
     conductor.update_node(text, text, text),
     conductor.remove_node(text, text),
-    conductor.create_distributed_table(regclass, text, integer)
+    conductor.create_distributed_table(regclass, text, integer),
+    conductor.create_shard_index(regclass, text[], text, boolean),
+    conductor.drop_shard_index(text)
 FROM PUBLIC;
 
 -- Any committed change to the topology invalidates every backend's cache
@@ -72,6 +75,24 @@ $$;
 CREATE EVENT TRIGGER conductor_sql_drop ON sql_drop
     EXECUTE FUNCTION conductor._on_sql_drop();
 
+-- An ALTER of a distributed foreign table is carried to its shard tables in
+-- the same transaction, or refused (src/api/schema.rs).
+CREATE FUNCTION conductor._on_alter() RETURNS event_trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    rel oid;
+BEGIN
+    FOR rel IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
+               WHERE classid = 'pg_catalog.pg_class'::regclass
+    LOOP
+        PERFORM conductor._sync_shard_schema(rel);
+    END LOOP;
+END
+$$;
+CREATE EVENT TRIGGER conductor_alter ON ddl_command_end
+    WHEN TAG IN ('ALTER FOREIGN TABLE', 'ALTER TABLE')
+    EXECUTE FUNCTION conductor._on_alter();
+
 -- health, last_error: what the querying session has seen of the node
 -- (src/health.rs); a node it has not talked to yet shows as healthy.
 CREATE VIEW conductor.nodes AS
@@ -111,7 +132,15 @@ SELECT sh.relid::regclass AS table_name,
   JOIN conductor.distributed_table t USING (relid)
   JOIN conductor.node n ON n.server_id = sh.server_id AND n.node_id = sh.node_id;
 
-GRANT SELECT ON conductor.nodes, conductor.tables, conductor.shards TO PUBLIC;
+CREATE VIEW conductor.shard_indexes AS
+SELECT i.relid::regclass AS table_name,
+       i.index_name,
+       i.columns,
+       i.is_unique
+  FROM conductor.shard_index i;
+
+GRANT SELECT ON conductor.nodes, conductor.tables, conductor.shards,
+    conductor.shard_indexes TO PUBLIC;
 
 -- conductor_explain(sql) is callable without schema qualification: a thin
 -- wrapper in schema public (when the database has it) over conductor.explain.

@@ -239,3 +239,30 @@ unsafe fn text_datum(bytes: &[u8]) -> Datum {
         ))
     }
 }
+
+/// Evaluate an expression that needs no executor state (constants, immutable
+/// and stable functions: no Var, no executor Param) and encode its value as
+/// `codec`'s column stores it.
+///
+/// # Safety
+/// `expr` is a planned expression tree; runs inside a transaction.
+pub unsafe fn evaluate_standalone(
+    expr: *mut pg_sys::Node,
+    codec: &ColumnCodec,
+) -> Result<Value, ConvertError> {
+    // SAFETY: per the contract; the standalone context (and the datum in
+    // it) lives until the value has been encoded into Rust memory.
+    unsafe {
+        let econtext = pg_sys::CreateStandaloneExprContext();
+        let state = pg_sys::ExecInitExpr(expr.cast(), std::ptr::null_mut());
+        let mut is_null = false;
+        let datum = pg_sys::ExecEvalExprSwitchContext(state, econtext, &mut is_null);
+        let value = if is_null {
+            Ok(Value::Null)
+        } else {
+            codec.encode(datum)
+        };
+        pg_sys::FreeExprContext(econtext, true);
+        value
+    }
+}

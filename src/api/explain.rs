@@ -404,28 +404,18 @@ unsafe fn evaluate_values(
     columns: &[usize],
     topology: &TableTopology,
 ) -> Option<Vec<Value>> {
-    // SAFETY: planner expressions, evaluated in a standalone context freed
-    // before returning; datums are encoded into Rust values first.
+    // SAFETY: planner expressions of the planned statement.
     unsafe {
         if exprs.iter().any(|&e| !evaluable(e)) {
             return None;
         }
-        let econtext = pg_sys::CreateStandaloneExprContext();
         let mut out = Vec::with_capacity(exprs.len());
         for (&expr, &column) in exprs.iter().zip(columns) {
-            let state = pg_sys::ExecInitExpr(expr.cast(), std::ptr::null_mut());
-            let mut is_null = false;
-            let datum = pg_sys::ExecEvalExprSwitchContext(state, econtext, &mut is_null);
-            out.push(if is_null {
-                Value::Null
-            } else {
-                topology
-                    .codec(column)
-                    .encode(datum)
-                    .unwrap_or_else(|e| refuse(format!("conductor cannot store this value: {e}")))
-            });
+            out.push(
+                crate::convert::evaluate_standalone(expr, &topology.codec(column))
+                    .unwrap_or_else(|e| refuse(format!("conductor cannot store this value: {e}"))),
+            );
         }
-        pg_sys::FreeExprContext(econtext, true);
         Some(out)
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod explain;
 mod nodes;
+pub mod schema;
 mod tables;
 
 use crate::errors::raise;

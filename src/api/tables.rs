@@ -227,11 +227,18 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
         }
     }
 
+    let identity: Vec<i16> = columns
+        .iter()
+        .filter(|c| primary_key.contains(&c.name))
+        .map(|c| c.attnum)
+        .collect();
+    let shard_columns = super::schema::initial_shard_columns(relid, &identity);
     Spi::connect_mut(|client| -> Result<(), pgrx::spi::Error> {
         client.update(
             "INSERT INTO conductor.distributed_table
-                 (relid, server_id, remote_name, shard_key, primary_key, shard_count, hash_version)
-             VALUES ($1, $2, $3, $4::name, $5::name[], $6, $7)",
+                 (relid, server_id, remote_name, shard_key, primary_key, shard_count, hash_version,
+                  shard_columns)
+             VALUES ($1, $2, $3, $4::name, $5::name[], $6, $7, $8)",
             None,
             &[
                 relid.into(),
@@ -241,6 +248,7 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
                 primary_key.clone().into(),
                 shard_count.into(),
                 HASH_VERSION.into(),
+                shard_columns.into(),
             ],
         )?;
         client.update(

@@ -15,6 +15,7 @@ pub mod predicate;
 pub mod pushdown;
 pub mod remote_sql;
 pub mod router;
+pub mod schema;
 pub mod topology;
 pub mod types;
 

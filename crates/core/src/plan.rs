@@ -257,6 +257,32 @@ impl ShardPlan {
         })
     }
 
+    /// The same work on every shard (DDL, schema checks): `statements`
+    /// gives one shard table's statements from its name.
+    pub fn every_shard(
+        topology: &Topology,
+        reason: impl Into<String>,
+        statements: impl Fn(&str) -> Vec<Stmt>,
+    ) -> ShardPlan {
+        ShardPlan {
+            kind: RouteKind::AllShards,
+            reason: reason.into(),
+            max_keys_per_shard: 0,
+            statements: topology
+                .shards
+                .iter()
+                .flat_map(|location| {
+                    statements(&location.remote_table)
+                        .into_iter()
+                        .map(|stmt| ShardStatement {
+                            shard_id: location.shard_id,
+                            stmt,
+                        })
+                })
+                .collect(),
+        }
+    }
+
     /// The target shards, ascending, each once.
     pub fn shard_ids(&self) -> Vec<u32> {
         let mut ids: Vec<u32> = self.statements.iter().map(|s| s.shard_id).collect();

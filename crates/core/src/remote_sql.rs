@@ -82,6 +82,43 @@ pub fn create_table_sql(
     sql
 }
 
+/// An index every shard table of a distributed table carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardIndexDef {
+    /// The index's name in the catalog; on a node it is
+    /// `<shard table>_<name>` (index names are per database in SQLite).
+    pub name: String,
+    pub columns: Vec<String>,
+    pub unique: bool,
+}
+
+/// The name of an index on one shard table.
+pub fn shard_index_name(table: &str, index: &str) -> String {
+    format!("{table}_{index}")
+}
+
+/// `CREATE [UNIQUE] INDEX` of a shard index on one shard table.
+pub fn create_index_sql(table: &str, index: &ShardIndexDef) -> String {
+    let mut sql = format!(
+        "CREATE {}INDEX {} ON {} (",
+        if index.unique { "UNIQUE " } else { "" },
+        quote_ident(&shard_index_name(table, &index.name)),
+        quote_ident(table)
+    );
+    let cols: Vec<&str> = index.columns.iter().map(String::as_str).collect();
+    push_list(&mut sql, &cols);
+    sql.push(')');
+    sql
+}
+
+/// `DROP INDEX IF EXISTS` of a shard index on one shard table.
+pub fn drop_index_sql(table: &str, index: &str) -> String {
+    format!(
+        "DROP INDEX IF EXISTS {}",
+        quote_ident(&shard_index_name(table, index))
+    )
+}
+
 /// `DROP TABLE IF EXISTS` for a shard table.
 pub fn drop_table_sql(table: &str) -> String {
     format!("DROP TABLE IF EXISTS {}", quote_ident(table))
