@@ -910,3 +910,143 @@ fn a_huge_pipeline_result_is_an_error_not_an_outage() {
     assert!(e["message"].as_str().unwrap().contains("/v3/cursor"));
     assert_eq!(get(a, "/health").status, 200);
 }
+
+/// The error of a statement that must fail with "no such column" naming
+/// `name` (SQLite adds: `"name" - should this be a string literal in
+/// single-quotes?`).
+fn assert_no_such_column(error: &J, name: &str, what: &str) {
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("no such column") && message.contains(name),
+        "{what}: {error}"
+    );
+    assert_eq!(error["code"], "SQLITE_ERROR", "{what}: {error}");
+}
+
+/// SQLite's double-quoted string literals are off on every connection: a
+/// misspelt or missing column in double quotes is an error, never silently
+/// the string of its name. Checked on each kind of connection the node
+/// has: the worker's read connection (a self-closing query), the writer
+/// (a lone UPDATE is group-committed; other statements run inline or on
+/// the writer thread), a stream's pooled connection, and a cursor's.
+#[test]
+fn double_quoted_strings_are_identifiers_only() {
+    let n = node();
+    let a = n.addr();
+    exec(a, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)", vec![]);
+    exec(a, "INSERT INTO t VALUES (1, 'one'), (2, 'two')", vec![]);
+
+    // Reader: the SELECT list and the WHERE clause.
+    let e = exec_err(a, "SELECT \"missing_col\" FROM t", vec![]);
+    assert_no_such_column(&e, "missing_col", "select list");
+    let e = exec_err(a, "SELECT id FROM t WHERE \"missing\" = ?", vec![text("x")]);
+    assert_no_such_column(&e, "missing", "where clause");
+    // Double quotes still quote identifiers, and strings still work.
+    let r = exec(a, "SELECT \"v\", 'v' FROM t WHERE \"id\" = ?", vec![int(1)]);
+    assert_eq!(r["rows"], json!([[text("one"), text("v")]]));
+
+    // Writer: a lone UPDATE (group commit), in the WHERE clause and in SET.
+    let e = exec_err(
+        a,
+        "UPDATE t SET v = ? WHERE \"missing\" = ?",
+        vec![text("new"), text("missing")],
+    );
+    assert_no_such_column(&e, "missing", "update where");
+    let e = exec_err(a, "UPDATE t SET v = \"missing_col\" WHERE id = 1", vec![]);
+    assert_no_such_column(&e, "missing_col", "update set");
+    // Writer, several statements in one self-closing pipeline.
+    let body = pipeline(
+        a,
+        None,
+        vec![
+            execute("INSERT INTO t VALUES (3, 'three')", vec![]),
+            execute("DELETE FROM t WHERE \"missing\" = 'three'", vec![]),
+            close(),
+        ],
+    );
+    assert_eq!(body["results"][0]["type"], "ok", "{body}");
+    assert_no_such_column(&body["results"][1]["error"], "missing", "delete where");
+    // DDL (inline on the writer): an index on a double-quoted name that is
+    // no column would otherwise index a constant string.
+    let e = exec_err(a, "CREATE INDEX t_missing ON t(\"missing\")", vec![]);
+    assert_no_such_column(&e, "missing", "create index");
+    let e = exec_err(a, "CREATE TABLE c(x TEXT CHECK (x <> \"missing\"))", vec![]);
+    assert_no_such_column(&e, "missing", "check constraint");
+
+    // A stream's connection (baton).
+    let body = pipeline(
+        a,
+        None,
+        vec![execute("SELECT \"missing_col\" FROM t", vec![])],
+    );
+    assert_no_such_column(&body["results"][0]["error"], "missing_col", "stream");
+    let baton = body["baton"].as_str().unwrap().to_owned();
+    let body = pipeline(
+        a,
+        Some(&baton),
+        vec![
+            execute("UPDATE t SET v = 'x' WHERE \"missing\" = ?", vec![int(1)]),
+            close(),
+        ],
+    );
+    assert_no_such_column(&body["results"][0]["error"], "missing", "stream update");
+
+    // A cursor's connection.
+    let r = post(
+        a,
+        "/v3/cursor",
+        &json!({"baton": null, "batch": {"steps": [
+            {"stmt": {"sql": "SELECT \"missing_col\" FROM t"}},
+            {"stmt": {"sql": "SELECT id FROM t WHERE \"missing\" = 'x'"}},
+        ]}}),
+    );
+    assert_eq!(r.status, 200);
+    let lines = r.lines();
+    assert_eq!(lines[1]["type"], "step_error", "{lines:?}");
+    assert_no_such_column(&lines[1]["error"], "missing_col", "cursor select list");
+    assert_eq!(lines[2]["type"], "step_error", "{lines:?}");
+    assert_no_such_column(&lines[2]["error"], "missing", "cursor where");
+
+    // Nothing was changed by any of it.
+    let r = exec(a, "SELECT id, v FROM t ORDER BY id", vec![]);
+    assert_eq!(
+        r["rows"],
+        json!([
+            [int(1), text("one")],
+            [int(2), text("two")],
+            [int(3), text("three")]
+        ])
+    );
+}
+
+/// A database whose schema was written with double-quoted string literals
+/// (by another SQLite, before) still opens and works: SQLite accepts them
+/// while reading a stored schema, and the literal keeps its old meaning.
+#[test]
+fn a_legacy_schema_with_double_quoted_strings_still_loads() {
+    let config = conductor_node::Config::temp();
+    std::fs::create_dir_all(&config.data_dir).unwrap();
+    {
+        // SQLite's defaults: double-quoted strings allowed.
+        let db = rusqlite::Connection::open(config.data_dir.join("node.db")).unwrap();
+        db.execute_batch(
+            "CREATE TABLE legacy(x TEXT CHECK (x <> \"bad\"));
+             INSERT INTO legacy VALUES ('good');",
+        )
+        .unwrap();
+    }
+    let n = conductor_node::spawn(config).expect("spawn node");
+    let a = n.addr();
+    let r = exec(a, "SELECT x FROM legacy", vec![]);
+    assert_eq!(r["rows"], json!([[text("good")]]));
+    let e = exec_err(a, "INSERT INTO legacy VALUES ('bad')", vec![]);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("CHECK constraint failed"),
+        "{e}"
+    );
+    exec(a, "INSERT INTO legacy VALUES ('fine')", vec![]);
+    assert_eq!(count(a, "legacy"), 2);
+}
