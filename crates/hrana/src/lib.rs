@@ -141,6 +141,8 @@ pub struct StmtResult {
     pub affected_row_count: u64,
     #[serde(default, deserialize_with = "rowid::deserialize")]
     pub last_insert_rowid: Option<String>,
+    /// The statement's statistics, which sqld (and conductor-node) send in
+    /// every result; absent from older servers' answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows_read: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1050,3 +1050,110 @@ fn a_legacy_schema_with_double_quoted_strings_still_loads() {
     exec(a, "INSERT INTO legacy VALUES ('fine')", vec![]);
     assert_eq!(count(a, "legacy"), 2);
 }
+
+/// The statistics of a result: (rows_read, rows_written); its
+/// query_duration_ms must be a non-negative number.
+fn stats(result: &J) -> (u64, u64) {
+    let ms = result["query_duration_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no query_duration_ms in {result}"));
+    assert!((0.0..60_000.0).contains(&ms), "{result}");
+    (
+        result["rows_read"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no rows_read in {result}")),
+        result["rows_written"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no rows_written in {result}")),
+    )
+}
+
+/// Execute and batch step results carry sqld's statistics, `rows_read`,
+/// `rows_written` and `query_duration_ms`, with sqld's names and JSON types;
+/// a cached statement's counts do not add up over its runs; and the
+/// result still decodes as the client's `StmtResult`.
+#[test]
+fn results_carry_statistics_like_sqld() {
+    let n = node();
+    let a = n.addr();
+    let r = exec(a, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)", vec![]);
+    assert_eq!(stats(&r), (0, 0));
+    exec(
+        a,
+        "CREATE TABLE audit(id INTEGER PRIMARY KEY AUTOINCREMENT, what TEXT)",
+        vec![],
+    );
+    exec(
+        a,
+        "CREATE TRIGGER t_del AFTER DELETE ON t BEGIN INSERT INTO audit(what) VALUES ('del'); END",
+        vec![],
+    );
+    let r = exec(
+        a,
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 100) \
+         INSERT INTO t SELECT i, 'row ' || i FROM c",
+        vec![],
+    );
+    assert_eq!(r["affected_row_count"], 100);
+    assert_eq!(stats(&r).1, 100);
+
+    // A full scan reads every row, whether it returns them or not.
+    for _ in 0..2 {
+        let r = exec(a, "SELECT id, v FROM t", vec![]);
+        assert_eq!(stats(&r), (100, 0), "{r}");
+        let r = exec(a, "SELECT id FROM t WHERE v = 'none'", vec![]);
+        let (read, written) = stats(&r);
+        assert!((99..=100).contains(&read), "{r}");
+        assert_eq!(written, 0);
+    }
+    // A primary-key lookup reads its row.
+    let r = exec(a, "SELECT v FROM t WHERE id = ?", vec![int(7)]);
+    assert_eq!(stats(&r), (1, 0));
+    // Writes count their rows, and a trigger's.
+    let r = exec(a, "UPDATE t SET v = 'x' WHERE id <= ?", vec![int(10)]);
+    assert_eq!(stats(&r), (10, 10));
+    let r = exec(a, "DELETE FROM t WHERE id IN (1, 2)", vec![]);
+    assert_eq!(r["affected_row_count"], 2);
+    assert_eq!(stats(&r), (4, 4), "two deletions, two audit rows: {r}");
+
+    // Batch steps carry them too; a skipped step has no result.
+    let body = pipeline(
+        a,
+        None,
+        vec![
+            json!({"type": "batch", "batch": {"steps": [
+                {"stmt": {"sql": "SELECT count(*) FROM t WHERE v = 'x'"}},
+                {"stmt": {"sql": "INSERT INTO t VALUES (1000, 'new')"}},
+                {"stmt": {"sql": "SELECT 1"}, "condition": {"type": "error", "step": 1}},
+            ]}}),
+            close(),
+        ],
+    );
+    let steps = &body["results"][0]["response"]["result"]["step_results"];
+    assert_eq!(steps[0]["rows"][0][0]["value"], "8");
+    assert_eq!(stats(&steps[1]), (1, 1));
+    assert!(steps[2].is_null());
+    let (read, _) = stats(&steps[0]);
+    assert!(read >= 97, "{}", steps[0]);
+
+    // Numbers in JSON, as sqld writes them; and the client's types read them.
+    let raw = post(
+        a,
+        "/v3/pipeline",
+        &json!({"requests": [execute("SELECT v FROM t WHERE id = 1000", vec![]), close()]}),
+    );
+    let text = raw.text();
+    assert!(text.contains("\"rows_read\":1,"), "{text}");
+    assert!(text.contains("\"rows_written\":0,"), "{text}");
+    assert!(text.contains("\"query_duration_ms\":"), "{text}");
+    let decoded: conductor_hrana::PipelineRespBody = serde_json::from_slice(&raw.body).unwrap();
+    match &decoded.results[0] {
+        conductor_hrana::StreamResult::Ok {
+            response: conductor_hrana::StreamResponse::Execute { result },
+        } => {
+            assert_eq!((result.rows_read, result.rows_written), (Some(1), Some(0)));
+            assert!(result.query_duration_ms.is_some_and(|ms| ms >= 0.0));
+        }
+        other => panic!("{other:?}"),
+    }
+}
