@@ -13,6 +13,8 @@
 //! know decodes as [`StreamResponse::Unknown`]. What a client does need —
 //! values, rows, columns, the tag of a result — stays strictly validated.
 
+#[cfg(feature = "protobuf")]
+pub mod protobuf;
 mod value;
 
 pub use value::Value;

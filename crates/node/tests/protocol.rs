@@ -21,7 +21,9 @@ fn endpoints_answer() {
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["code"], "NOT_FOUND");
     assert_eq!(get(n.addr(), "/v3/pipeline").status, 405);
-    assert_eq!(get(n.addr(), "/v3-protobuf").status, 404);
+    // Protobuf is served beside JSON (tests/protobuf.rs).
+    assert_eq!(get(n.addr(), "/v3-protobuf").status, 200);
+    assert_eq!(get(n.addr(), "/v3-protobuf/nope").status, 404);
 }
 
 #[test]
