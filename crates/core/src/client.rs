@@ -1,11 +1,18 @@
-//! Hrana-over-HTTP client for the storage nodes (docs/ARCHITECTURE.md, The
-//! node protocol).
+//! Hrana-over-HTTP client for the storage nodes: conductor-node, or any
+//! libSQL server speaking Hrana 3 over HTTP, such as sqld
+//! (docs/ARCHITECTURE.md, The node protocol).
 //!
 //! One `reqwest::Client` (keep-alive pool) serves every node. Every request
 //! has a deadline; a cursor body is read chunk by chunk and split into lines
 //! with a maximum line length, so memory stays bounded however large the
 //! result. Whatever a node sends back, a malformed body is a
 //! [`NodeError::Protocol`], never a panic.
+//!
+//! Decoding follows the protocol's forward-compatibility rule: unknown
+//! fields are ignored, and cursor entries the client has no use for (sqld's
+//! `replication_index`, or a type a newer server adds) are skipped. What the
+//! client relies on — the result of every request, rows, values, the shape
+//! of a step — is still checked strictly.
 
 use conductor_hrana::{
     CursorEntry, CursorReqBody, CursorRespBody, PipelineReqBody, PipelineRespBody,
@@ -438,9 +445,9 @@ async fn http_error(node: &NodeRef, mut resp: reqwest::Response, deadline: Durat
     };
     // The status is what matters; a body that never comes is not worth waiting for.
     let _ = tokio::time::timeout(deadline.min(Duration::from_secs(5)), read).await;
-    let (message, code) = match serde_json::from_slice::<conductor_hrana::Error>(&body) {
-        Ok(e) => (e.message, e.code),
-        Err(_) => {
+    let (message, code) = match error_body(&body) {
+        Some(found) => found,
+        None => {
             let text = String::from_utf8_lossy(&body);
             let text = text.trim();
             let mut excerpt: String = text.chars().take(ERROR_EXCERPT_BYTES).collect();
@@ -459,6 +466,23 @@ async fn http_error(node: &NodeRef, mut resp: reqwest::Response, deadline: Durat
         message,
         code,
     }
+}
+
+/// The message and code of an error body: a Hrana `Error`
+/// (`{"message", "code"}`), or sqld's `{"error": "..."}` for failures outside
+/// the protocol (authentication, a missing database). `None` for anything
+/// else (plain text, say).
+fn error_body(body: &[u8]) -> Option<(String, Option<String>)> {
+    if let Ok(e) = serde_json::from_slice::<conductor_hrana::Error>(body) {
+        return Some((e.message, e.code));
+    }
+    #[derive(serde::Deserialize)]
+    struct Plain {
+        error: String,
+    }
+    serde_json::from_slice::<Plain>(body)
+        .ok()
+        .map(|p| (p.error, None))
 }
 
 async fn read_limited(
@@ -575,11 +599,19 @@ impl CursorStream {
         self.header.as_ref().and_then(|h| h.baton.as_deref())
     }
 
+    /// The `base_url` of the response's first line: where the server asks
+    /// later requests of this stream to go, if it named a place.
+    pub fn base_url(&self) -> Option<&str> {
+        self.header.as_ref().and_then(|h| h.base_url.as_deref())
+    }
+
     /// The next entry; `Ok(None)` at the clean end of the body. A body that
     /// ends mid-line or inside a step is a protocol error (truncated).
+    /// Entries the client need not understand are skipped (see
+    /// [`CursorEntry::decode`]).
     pub async fn next(&mut self) -> Result<Option<CursorEntry>, NodeError> {
-        let line = loop {
-            match self.next_line().await? {
+        let entry = loop {
+            let line = match self.next_line().await? {
                 None => {
                     if let Some(step) = self.open_step {
                         return Err(NodeError::protocol(
@@ -590,11 +622,19 @@ impl CursorStream {
                     return Ok(None);
                 }
                 Some(l) if l.iter().all(u8::is_ascii_whitespace) => continue,
-                Some(l) => break l,
+                Some(l) => l,
+            };
+            match CursorEntry::decode(&line) {
+                Ok(Some(entry)) => break entry,
+                Ok(None) => continue,
+                Err(e) => {
+                    return Err(NodeError::protocol(
+                        &self.node,
+                        format!("malformed cursor entry: {e}"),
+                    ))
+                }
             }
         };
-        let entry: CursorEntry = serde_json::from_slice(&line)
-            .map_err(|e| NodeError::protocol(&self.node, format!("malformed cursor entry: {e}")))?;
         match &entry {
             CursorEntry::StepBegin { step, .. } => self.open_step = Some(*step),
             CursorEntry::StepEnd { .. } | CursorEntry::StepError { .. } => self.open_step = None,

@@ -283,8 +283,9 @@ async fn cursor_garbage_is_a_protocol_error() {
         "{\"baton\":null,\"base_url\":null}\n{\"type\":\"step_begin\",\"step\":0,\"cols\":[]}\n{\"type\":\"ro",
         // truncated inside a step, at a line boundary
         "{\"baton\":null,\"base_url\":null}\n{\"type\":\"step_begin\",\"step\":0,\"cols\":[]}\n{\"type\":\"row\",\"row\":[]}\n",
-        // an entry of an unknown type
-        "{\"baton\":null,\"base_url\":null}\n{\"type\":\"martian\"}\n",
+        // an entry without a type (one of an unknown type is skipped:
+        // see sqld_interop.rs)
+        "{\"baton\":null,\"base_url\":null}\n{\"row\":[]}\n",
         // a bad value inside a row
         "{\"baton\":null,\"base_url\":null}\n{\"type\":\"step_begin\",\"step\":0,\"cols\":[]}\n{\"type\":\"row\",\"row\":[{\"type\":\"blob\",\"base64\":\"!!\"}]}\n",
         // binary junk

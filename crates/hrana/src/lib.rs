@@ -4,7 +4,17 @@
 //! encodes responses with them, conductor's client does the reverse. The
 //! authority is `docs/HRANA_3_SPEC.md` of tursodatabase/libsql; field names
 //! and tags here are exactly the spec's.
+//!
+//! Decoding is as tolerant as the spec asks of a peer: an unknown field is
+//! ignored everywhere (no type here denies unknown fields), so the extra
+//! fields a libSQL server (sqld) sends, such as `replication_index`, decode
+//! fine; cursor entries a client need not understand are skipped by
+//! [`CursorEntry::decode`]; a stream response of a type this crate does not
+//! know decodes as [`StreamResponse::Unknown`]. What a client does need —
+//! values, rows, columns, the tag of a result — stays strictly validated.
 
+#[cfg(feature = "protobuf")]
+pub mod protobuf;
 mod value;
 
 pub use value::Value;
@@ -71,13 +81,26 @@ pub enum StreamRequest {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StreamResponse {
     Close,
-    Execute { result: StmtResult },
-    Batch { result: BatchResult },
+    Execute {
+        result: StmtResult,
+    },
+    Batch {
+        result: BatchResult,
+    },
     Sequence,
-    Describe { result: DescribeResult },
+    Describe {
+        result: DescribeResult,
+    },
     StoreSql,
     CloseSql,
-    GetAutocommit { is_autocommit: bool },
+    GetAutocommit {
+        is_autocommit: bool,
+    },
+    /// A response of a type this crate does not know (a newer server's),
+    /// whatever its fields. Never sent; a caller that needs a particular
+    /// response treats it like any other unexpected one.
+    #[serde(other)]
+    Unknown,
 }
 
 /// One SQL statement with its arguments. Values always travel here, never
@@ -118,8 +141,10 @@ pub struct StmtResult {
     pub cols: Vec<Col>,
     pub rows: Vec<Vec<Value>>,
     pub affected_row_count: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "rowid::deserialize")]
     pub last_insert_rowid: Option<String>,
+    /// The statement's statistics, which sqld (and conductor-node) send in
+    /// every result; absent from older servers' answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows_read: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -212,7 +237,8 @@ pub enum CursorEntry {
     },
     StepEnd {
         affected_row_count: u64,
-        #[serde(default)]
+        /// A decimal string. sqld sends a JSON number here; either decodes.
+        #[serde(default, deserialize_with = "rowid::deserialize")]
         last_insert_rowid: Option<String>,
     },
     StepError {
@@ -225,4 +251,98 @@ pub enum CursorEntry {
     Error {
         error: Error,
     },
+}
+
+impl CursorEntry {
+    /// Decodes one line of a `/v3/cursor` body as a client should: `None`
+    /// for an entry it may skip — sqld's `replication_index` entry, or an
+    /// entry of a type this crate does not know — and an error for anything
+    /// malformed, including a known entry of the wrong shape.
+    pub fn decode(line: &[u8]) -> Result<Option<CursorEntry>, serde_json::Error> {
+        Ok(match serde_json::from_slice::<AnyCursorEntry>(line)? {
+            AnyCursorEntry::StepBegin { step, cols } => Some(CursorEntry::StepBegin { step, cols }),
+            AnyCursorEntry::StepEnd {
+                affected_row_count,
+                last_insert_rowid,
+            } => Some(CursorEntry::StepEnd {
+                affected_row_count,
+                last_insert_rowid,
+            }),
+            AnyCursorEntry::StepError { step, error } => {
+                Some(CursorEntry::StepError { step, error })
+            }
+            AnyCursorEntry::Row { row } => Some(CursorEntry::Row { row }),
+            AnyCursorEntry::Error { error } => Some(CursorEntry::Error { error }),
+            AnyCursorEntry::Skipped => None,
+        })
+    }
+}
+
+/// [`CursorEntry`] as it may arrive from any Hrana 3 server: the same
+/// entries, plus a catch-all for those a client skips.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum AnyCursorEntry {
+    StepBegin {
+        step: u32,
+        cols: Vec<Col>,
+    },
+    StepEnd {
+        affected_row_count: u64,
+        #[serde(default, deserialize_with = "rowid::deserialize")]
+        last_insert_rowid: Option<String>,
+    },
+    StepError {
+        step: u32,
+        error: Error,
+    },
+    Row {
+        row: Vec<Value>,
+    },
+    Error {
+        error: Error,
+    },
+    /// `replication_index` (sqld's last entry: the frame its answer reflects)
+    /// and any entry type a later protocol version adds.
+    #[serde(other)]
+    Skipped,
+}
+
+/// A `last_insert_rowid`: the spec's decimal string (taken as it is), or the
+/// JSON integer sqld writes in `step_end` (turned into its decimal string);
+/// `null` or absent is `None`.
+mod rowid {
+    use serde::de::{self, Deserializer, Visitor};
+    use std::fmt;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Option<String>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a rowid as a decimal string or an integer, or null")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_any(V)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Some(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                i64::try_from(v)
+                    .map(|v| Some(v.to_string()))
+                    .map_err(|_| E::custom(format!("rowid {v} is out of range")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Some(v.to_owned()))
+            }
+        }
+        d.deserialize_option(V)
+    }
 }

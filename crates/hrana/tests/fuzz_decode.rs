@@ -12,13 +12,22 @@ use proptest::prelude::*;
 const PIPELINE_OK: &str = include_str!("corpus/pipeline_ok.json");
 const PIPELINE_BATCH_ERROR: &str = include_str!("corpus/pipeline_batch_error.json");
 const CURSOR_BODY: &str = include_str!("corpus/cursor_body.ndjson");
+// Answers in sqld's shapes (see sqld_corpus.rs).
+const SQLD_PIPELINES: [&str; 3] = [
+    include_str!("corpus/sqld/pipeline_execute.json"),
+    include_str!("corpus/sqld/pipeline_batch.json"),
+    include_str!("corpus/sqld/pipeline_error.json"),
+];
+const SQLD_CURSOR: &str = include_str!("corpus/sqld/cursor.ndjson");
 
 fn corpus() -> Vec<Vec<u8>> {
     let mut c = vec![
         PIPELINE_OK.trim().as_bytes().to_vec(),
         PIPELINE_BATCH_ERROR.trim().as_bytes().to_vec(),
     ];
+    c.extend(SQLD_PIPELINES.iter().map(|p| p.trim().as_bytes().to_vec()));
     c.extend(CURSOR_BODY.lines().map(|l| l.as_bytes().to_vec()));
+    c.extend(SQLD_CURSOR.lines().map(|l| l.as_bytes().to_vec()));
     c
 }
 
@@ -28,6 +37,7 @@ fn decode_everything(bytes: &[u8]) {
     let _ = serde_json::from_slice::<PipelineReqBody>(bytes);
     let _ = serde_json::from_slice::<CursorRespBody>(bytes);
     let _ = serde_json::from_slice::<CursorEntry>(bytes);
+    let _ = CursorEntry::decode(bytes);
     let _ = serde_json::from_slice::<StreamResult>(bytes);
     let _ = serde_json::from_slice::<Value>(bytes);
     let _ = serde_json::from_slice::<Vec<Value>>(bytes);
@@ -122,7 +132,7 @@ proptest! {
 
     #[test]
     fn mutated_answers_never_panic(
-        which in 0usize..16,
+        which in 0usize..32,
         mutations in prop::collection::vec(mutation(), 1..6),
     ) {
         let corpus = corpus();

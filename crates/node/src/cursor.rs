@@ -1,16 +1,17 @@
 //! `/v3/cursor`: a batch whose rows are written out as SQLite produces them.
 //!
-//! Runs on a blocking thread and sends newline-delimited JSON in chunks of
+//! Runs on a blocking thread and sends newline-delimited JSON (or
+//! length-delimited Protobuf messages) in chunks of
 //! about `CHUNK_BYTES` through a bounded channel to the HTTP body, so the
 //! node holds at most `CHANNEL_CHUNKS + 1` chunks of a result however large
 //! the table is, and a slow client slows the scan instead of filling memory.
 
+use crate::encoding::Encoding;
 use crate::errors::from_sqlite;
 use crate::exec::{self, StepOutcomes, StreamCtx};
 use bytes::Bytes;
 use conductor_hrana::{Batch, CursorEntry, Error, Value};
 use rusqlite::Connection;
-use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -23,6 +24,7 @@ struct Disconnected;
 
 struct Writer<'a> {
     buf: Vec<u8>,
+    encoding: Encoding,
     tx: &'a mpsc::Sender<Bytes>,
     /// How long a client may leave a chunk unread before the cursor gives
     /// up (so a stalled client cannot pin a connection and its read
@@ -32,11 +34,17 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    fn line(&mut self, entry: &impl Serialize) -> Result<(), Disconnected> {
-        // Serializing our own entry types cannot fail, except for
-        // non-finite floats, which `to_value` already refused.
-        serde_json::to_writer(&mut self.buf, entry).expect("cursor entry serializes");
-        self.buf.push(b'\n');
+    fn line(&mut self, entry: &CursorEntry) -> Result<(), Disconnected> {
+        self.encoding.cursor_entry(entry, &mut self.buf);
+        self.written()
+    }
+
+    fn row(&mut self, row: &[Value]) -> Result<(), Disconnected> {
+        self.encoding.cursor_row(row, &mut self.buf);
+        self.written()
+    }
+
+    fn written(&mut self) -> Result<(), Disconnected> {
         if self.buf.len() >= CHUNK_BYTES {
             self.flush()?;
         }
@@ -60,29 +68,30 @@ impl Writer<'_> {
     }
 }
 
-/// A row entry borrowing its values, so one buffer serves every row.
-#[derive(Serialize)]
-struct RowEntry<'a> {
-    #[serde(rename = "type")]
-    ty: &'static str,
-    row: &'a [Value],
+/// Where a cursor's body goes, and how it is encoded.
+pub struct Output<'a> {
+    /// The response body's channel.
+    pub tx: &'a mpsc::Sender<Bytes>,
+    pub encoding: Encoding,
+    /// See `Writer::stall`.
+    pub stall: Duration,
 }
 
-/// Writes `first_line` then the batch's entries to `tx`. Call from a
-/// blocking-pool thread of the runtime.
+/// Writes `first_line` (the encoded `CursorRespBody`) then the batch's
+/// entries to `out`. Call from a blocking-pool thread of the runtime.
 pub fn run(
     conn: &Connection,
     ctx: &StreamCtx,
     batch: &Batch,
     first_line: Vec<u8>,
-    tx: &mpsc::Sender<Bytes>,
-    stall: Duration,
+    out: Output<'_>,
     statements: &AtomicU64,
 ) {
     let mut w = Writer {
         buf: first_line,
-        tx,
-        stall,
+        encoding: out.encoding,
+        tx: out.tx,
+        stall: out.stall,
         rt: tokio::runtime::Handle::current(),
     };
     let _ = run_steps(conn, ctx, batch, &mut w, statements).and_then(|()| w.flush());
@@ -150,10 +159,7 @@ fn run_step(
                 Err(e) => return step_error(w, e),
             }
         }
-        w.line(&RowEntry {
-            ty: "row",
-            row: &row_buf,
-        })?;
+        w.row(&row_buf)?;
     }
     drop(rows);
     w.line(&CursorEntry::StepEnd {
@@ -164,9 +170,8 @@ fn run_step(
 }
 
 /// The `error` entry for a cursor whose stream could not be set up.
-pub fn fatal(first_line: Vec<u8>, error: Error) -> Bytes {
+pub fn fatal(first_line: Vec<u8>, error: Error, encoding: Encoding) -> Bytes {
     let mut buf = first_line;
-    serde_json::to_writer(&mut buf, &CursorEntry::Error { error }).expect("serializes");
-    buf.push(b'\n');
+    encoding.cursor_entry(&CursorEntry::Error { error }, &mut buf);
     Bytes::from(buf)
 }

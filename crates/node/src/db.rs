@@ -21,6 +21,7 @@
 use crate::config::{Config, Synchronous};
 use crate::writer;
 use conductor_hrana::Stmt;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -243,6 +244,12 @@ fn open_connection(
             | OpenFlags::SQLITE_OPEN_URI,
     )?;
     conn.busy_timeout(busy_timeout)?;
+    // No double-quoted string literals: `"name"` is an identifier only, so a
+    // misspelt or missing column is "no such column", never silently the
+    // string 'name'. Schemas already stored with such literals still load
+    // (SQLite always accepts them while reading a schema).
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DQS_DML, false)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DQS_DDL, false)?;
     conn.pragma_update(None, "synchronous", synchronous.pragma_value())?;
     // Checkpoints belong to the checkpointer thread, not to commits.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;

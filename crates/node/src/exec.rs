@@ -9,9 +9,10 @@ use conductor_hrana::{
     StmtResult, StreamRequest, StreamResponse, StreamResult, Value,
 };
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, Statement};
+use rusqlite::{Connection, Statement, StatementStatus};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Largest result (roughly, in bytes of values) an `execute` collects in
 /// memory; a pipeline holds its whole response, so an accidental full scan
@@ -254,22 +255,30 @@ pub fn execute(
     sqls: &HashMap<i32, String>,
     stmt: &Stmt,
 ) -> Result<StmtResult, Error> {
+    let started = Instant::now();
     let mut prepared = prepare(conn, sqls, stmt)?;
-    execute_prepared(conn, &mut prepared, stmt.want_rows.unwrap_or(true))
+    execute_prepared(conn, &mut prepared, stmt.want_rows.unwrap_or(true), started)
 }
 
+/// Runs a prepared, bound statement. The result carries the statistics
+/// sqld reports (see [`Stats`]); `started` is when its preparation began.
 pub fn execute_prepared(
     conn: &Connection,
     prepared: &mut Statement<'_>,
     want_rows: bool,
+    started: Instant,
 ) -> Result<StmtResult, Error> {
     let before = conn.total_changes();
+    // A cached statement keeps its counters from earlier runs.
+    prepared.reset_status(StatementStatus::FullscanStep);
     let cols = columns(prepared);
     let ncols = cols.len();
     let mut rows_out = Vec::new();
+    let mut stepped = 0u64;
     let mut size = 0usize;
     let mut rows = prepared.raw_query();
     while let Some(row) = rows.next().map_err(from_sqlite)? {
+        stepped += 1;
         if want_rows {
             let mut out = Vec::with_capacity(ncols);
             for i in 0..ncols {
@@ -294,13 +303,61 @@ pub fn execute_prepared(
         }
     }
     drop(rows);
+    let stats = Stats::measure(conn, prepared, before, stepped, started);
     Ok(StmtResult {
         cols,
         rows: rows_out,
         affected_row_count: affected_rows(conn, before),
         last_insert_rowid: Some(conn.last_insert_rowid().to_string()),
-        ..Default::default()
+        rows_read: Some(stats.rows_read),
+        rows_written: Some(stats.rows_written),
+        query_duration_ms: Some(stats.query_duration_ms),
     })
+}
+
+/// The statistics of one statement, as sqld reports them in every
+/// `StmtResult` (`rows_read`, `rows_written`, `query_duration_ms`).
+///
+/// sqld takes the row counts from counters of its own SQLite fork, which
+/// plain SQLite does not keep, so they are measured here as:
+/// - `rows_written`: rows the statement inserted, updated or deleted,
+///   including through triggers and foreign-key actions (the growth of
+///   `sqlite3_total_changes`); index entries are not counted.
+/// - `rows_read`: an estimate, the largest of the rows the statement
+///   returned, the rows it wrote, and the steps it took through full table
+///   scans (`SQLITE_STMTSTATUS_FULLSCAN_STEP`); rows looked at through an
+///   index and then discarded are not counted.
+/// - `query_duration_ms`: wall time from preparing the statement to its
+///   last row, in milliseconds with microsecond resolution.
+pub struct Stats {
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub query_duration_ms: f64,
+}
+
+impl Stats {
+    /// Reads (and resets) the counters of `prepared`, which just ran to
+    /// completion, returning `stepped` rows; `total_changes_before` is
+    /// `total_changes()` from before it ran.
+    pub fn measure(
+        conn: &Connection,
+        prepared: &Statement<'_>,
+        total_changes_before: u64,
+        stepped: u64,
+        started: Instant,
+    ) -> Stats {
+        let rows_written = conn.total_changes().saturating_sub(total_changes_before);
+        let fullscan = prepared.reset_status(StatementStatus::FullscanStep).max(0) as u64;
+        Stats {
+            rows_read: stepped.max(rows_written).max(fullscan),
+            rows_written,
+            query_duration_ms: duration_ms(started.elapsed()),
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
 }
 
 /// Rows changed by the statement that just ran, given `total_changes()`

@@ -12,6 +12,7 @@
 
 use crate::cursor;
 use crate::db::Inline;
+use crate::encoding::Encoding;
 use crate::errors::{self, code};
 use crate::exec::{self, StreamCtx};
 use crate::node::Node;
@@ -32,10 +33,10 @@ use tokio::sync::mpsc;
 pub struct Failure(pub StatusCode, pub Error);
 
 impl Failure {
-    fn bad_request(e: Error) -> Failure {
+    pub fn bad_request(e: Error) -> Failure {
         Failure(StatusCode::BAD_REQUEST, e)
     }
-    fn internal(message: impl Into<String>) -> Failure {
+    pub fn internal(message: impl Into<String>) -> Failure {
         Failure(
             StatusCode::INTERNAL_SERVER_ERROR,
             errors::error(code::INTERNAL, message),
@@ -43,17 +44,12 @@ impl Failure {
     }
 }
 
-fn parse<'a, T: serde::Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, Failure> {
-    serde_json::from_slice(body).map_err(|e| {
-        Failure::bad_request(errors::error(
-            code::PROTOCOL_ERROR,
-            format!("invalid {what} request body: {e}"),
-        ))
-    })
-}
-
-pub async fn pipeline(node: &Arc<Node>, body: &[u8]) -> Result<Vec<u8>, Failure> {
-    let req: PipelineReqBody = parse(body, "pipeline")?;
+pub async fn pipeline(
+    node: &Arc<Node>,
+    body: &[u8],
+    encoding: Encoding,
+) -> Result<Vec<u8>, Failure> {
+    let req: PipelineReqBody = encoding.pipeline_request(body)?;
     let closes = req
         .requests
         .iter()
@@ -87,10 +83,7 @@ pub async fn pipeline(node: &Arc<Node>, body: &[u8]) -> Result<Vec<u8>, Failure>
             on_stream(node, lease, Some(state), req.requests).await?
         }
     };
-    let mut out = Vec::with_capacity(512);
-    serde_json::to_writer(&mut out, &resp)
-        .map_err(|e| Failure::internal(format!("encoding the response: {e}")))?;
-    Ok(out)
+    encoding.pipeline_response(resp)
 }
 
 fn too_many(e: Error) -> Failure {
@@ -314,8 +307,12 @@ async fn on_stream(
 }
 
 /// Starts a cursor and returns the receiving end of its body.
-pub async fn cursor(node: &Arc<Node>, body: &[u8]) -> Result<mpsc::Receiver<Bytes>, Failure> {
-    let req: CursorReqBody = parse(body, "cursor")?;
+pub async fn cursor(
+    node: &Arc<Node>,
+    body: &[u8],
+    encoding: Encoding,
+) -> Result<mpsc::Receiver<Bytes>, Failure> {
+    let req: CursorReqBody = encoding.cursor_request(body)?;
     let (lease, state) = match req.baton {
         None => {
             let lease = node.streams.open().map_err(too_many)?;
@@ -327,12 +324,14 @@ pub async fn cursor(node: &Arc<Node>, body: &[u8]) -> Result<mpsc::Receiver<Byte
             (lease, Some(state))
         }
     };
-    let mut first_line = serde_json::to_vec(&CursorRespBody {
-        baton: Some(lease.next_baton.clone()),
-        base_url: None,
-    })
-    .expect("serializes");
-    first_line.push(b'\n');
+    let mut first_line = Vec::with_capacity(256);
+    encoding.cursor_head(
+        &CursorRespBody {
+            baton: Some(lease.next_baton.clone()),
+            base_url: None,
+        },
+        &mut first_line,
+    );
     let (tx, rx) = mpsc::channel(cursor::CHANNEL_CHUNKS);
     let n = node.clone();
     tokio::task::spawn_blocking(move || {
@@ -340,7 +339,7 @@ pub async fn cursor(node: &Arc<Node>, body: &[u8]) -> Result<mpsc::Receiver<Byte
             Ok(s) => s,
             Err(e) => {
                 n.streams.finish(lease.id, None);
-                let _ = tx.blocking_send(cursor::fatal(first_line, e));
+                let _ = tx.blocking_send(cursor::fatal(first_line, e, encoding));
                 return;
             }
         };
@@ -351,8 +350,11 @@ pub async fn cursor(node: &Arc<Node>, body: &[u8]) -> Result<mpsc::Receiver<Byte
                 &state.ctx,
                 &req.batch,
                 first_line,
-                &tx,
-                stall,
+                cursor::Output {
+                    tx: &tx,
+                    encoding,
+                    stall,
+                },
                 &n.stats.statements,
             )
         }));

@@ -1,5 +1,6 @@
 //! HTTP/1.1 serving: accept loop, routing, auth, body limits, responses.
 
+use crate::encoding::Encoding;
 use crate::errors::{self, code};
 use crate::handlers::{self, Failure};
 use crate::node::Node;
@@ -146,9 +147,11 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         "/v2/pipeline" => (&s.v2_pipeline, true),
         "/v3/pipeline" => (&s.v3_pipeline, true),
         "/v3/cursor" => (&s.v3_cursor, true),
+        "/v3-protobuf/pipeline" => (&s.v3_protobuf_pipeline, true),
+        "/v3-protobuf/cursor" => (&s.v3_protobuf_cursor, true),
         "/health" => (&s.health, false),
         "/version" => (&s.version, false),
-        "/v2" | "/v3" => (&s.probe, false),
+        "/v2" | "/v3" | "/v3-protobuf" => (&s.probe, false),
         "/stats" => (&s.stats, true),
         _ => {
             s.other.fetch_add(1, Relaxed);
@@ -176,8 +179,13 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         );
     }
     let path = req.uri().path();
+    let encoding = if path.starts_with("/v3-protobuf/") {
+        Encoding::Protobuf
+    } else {
+        Encoding::Json
+    };
     let post = match (method, path) {
-        (&Method::GET, "/health") | (&Method::GET, "/v2") | (&Method::GET, "/v3") => {
+        (&Method::GET, "/health" | "/v2" | "/v3" | "/v3-protobuf") => {
             return text(StatusCode::OK, "ok\n")
         }
         (&Method::GET, "/version") => {
@@ -193,8 +201,8 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
                 .to_string();
             return json(StatusCode::OK, body.into_bytes());
         }
-        (&Method::POST, "/v2/pipeline" | "/v3/pipeline") => false,
-        (&Method::POST, "/v3/cursor") => true,
+        (&Method::POST, "/v2/pipeline" | "/v3/pipeline" | "/v3-protobuf/pipeline") => false,
+        (&Method::POST, "/v3/cursor" | "/v3-protobuf/cursor") => true,
         _ => {
             return error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -207,29 +215,29 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     };
     let body = match read_body(node, req).await {
         Ok(b) => b,
-        Err(Failure(status, e)) => return error(status, e),
+        Err(Failure(status, e)) => return encoded_error(status, e, encoding),
     };
     let delay = node.config.delay_ms;
     let result = if post {
-        handlers::cursor(node, &body).await.map(|rx| {
+        handlers::cursor(node, &body, encoding).await.map(|rx| {
             let mut r = Response::new(Either::Right(ChannelBody(rx)));
             r.headers_mut().insert(
                 CONTENT_TYPE,
-                HeaderValue::from_static("application/x-ndjson"),
+                HeaderValue::from_static(encoding.cursor_content_type()),
             );
             r
         })
     } else {
-        handlers::pipeline(node, &body)
+        handlers::pipeline(node, &body, encoding)
             .await
-            .map(|bytes| json(StatusCode::OK, bytes))
+            .map(|bytes| bytes_response(StatusCode::OK, bytes, encoding.content_type()))
     };
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     match result {
         Ok(r) => r,
-        Err(Failure(status, e)) => error(status, e),
+        Err(Failure(status, e)) => encoded_error(status, e, encoding),
     }
 }
 
@@ -270,10 +278,14 @@ async fn read_body(node: &Node, req: Request<Incoming>) -> Result<Bytes, Failure
 }
 
 fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    bytes_response(status, body, "application/json")
+}
+
+fn bytes_response(status: StatusCode, body: Vec<u8>, content_type: &'static str) -> Response<Body> {
     let mut r = Response::new(Either::Left(Full::new(Bytes::from(body))));
     *r.status_mut() = status;
     r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -288,6 +300,12 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 }
 
 fn error(status: StatusCode, e: Error) -> Response<Body> {
+    encoded_error(status, e, Encoding::Json)
+}
+
+/// The `Error` body of a request that failed as a whole, in the encoding
+/// of its endpoint (as sqld does).
+fn encoded_error(status: StatusCode, e: Error, encoding: Encoding) -> Response<Body> {
     tracing::warn!(status = status.as_u16(), code = ?e.code, message = %e.message, "request failed");
-    json(status, serde_json::to_vec(&e).expect("serializes"))
+    bytes_response(status, encoding.error_body(&e), encoding.content_type())
 }

@@ -1,5 +1,5 @@
 //! conductor-node: one SQLite database served over the libSQL remote
-//! protocol (Hrana over HTTP, JSON).
+//! protocol (Hrana 3 over HTTP, JSON and Protobuf).
 //!
 //! The binary is `conductor-node`; other crates' tests run a node in-process:
 //!
@@ -14,6 +14,7 @@ mod auth;
 mod config;
 mod cursor;
 mod db;
+mod encoding;
 mod errors;
 mod exec;
 mod handlers;

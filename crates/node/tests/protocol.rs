@@ -21,7 +21,9 @@ fn endpoints_answer() {
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["code"], "NOT_FOUND");
     assert_eq!(get(n.addr(), "/v3/pipeline").status, 405);
-    assert_eq!(get(n.addr(), "/v3-protobuf").status, 404);
+    // Protobuf is served beside JSON (tests/protobuf.rs).
+    assert_eq!(get(n.addr(), "/v3-protobuf").status, 200);
+    assert_eq!(get(n.addr(), "/v3-protobuf/nope").status, 404);
 }
 
 #[test]
@@ -909,4 +911,251 @@ fn a_huge_pipeline_result_is_an_error_not_an_outage() {
     assert_eq!(e["code"], "RESPONSE_TOO_LARGE", "{e}");
     assert!(e["message"].as_str().unwrap().contains("/v3/cursor"));
     assert_eq!(get(a, "/health").status, 200);
+}
+
+/// The error of a statement that must fail with "no such column" naming
+/// `name` (SQLite adds: `"name" - should this be a string literal in
+/// single-quotes?`).
+fn assert_no_such_column(error: &J, name: &str, what: &str) {
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("no such column") && message.contains(name),
+        "{what}: {error}"
+    );
+    assert_eq!(error["code"], "SQLITE_ERROR", "{what}: {error}");
+}
+
+/// SQLite's double-quoted string literals are off on every connection: a
+/// misspelt or missing column in double quotes is an error, never silently
+/// the string of its name. Checked on each kind of connection the node
+/// has: the worker's read connection (a self-closing query), the writer
+/// (a lone UPDATE is group-committed; other statements run inline or on
+/// the writer thread), a stream's pooled connection, and a cursor's.
+#[test]
+fn double_quoted_strings_are_identifiers_only() {
+    let n = node();
+    let a = n.addr();
+    exec(a, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)", vec![]);
+    exec(a, "INSERT INTO t VALUES (1, 'one'), (2, 'two')", vec![]);
+
+    // Reader: the SELECT list and the WHERE clause.
+    let e = exec_err(a, "SELECT \"missing_col\" FROM t", vec![]);
+    assert_no_such_column(&e, "missing_col", "select list");
+    let e = exec_err(a, "SELECT id FROM t WHERE \"missing\" = ?", vec![text("x")]);
+    assert_no_such_column(&e, "missing", "where clause");
+    // Double quotes still quote identifiers, and strings still work.
+    let r = exec(a, "SELECT \"v\", 'v' FROM t WHERE \"id\" = ?", vec![int(1)]);
+    assert_eq!(r["rows"], json!([[text("one"), text("v")]]));
+
+    // Writer: a lone UPDATE (group commit), in the WHERE clause and in SET.
+    let e = exec_err(
+        a,
+        "UPDATE t SET v = ? WHERE \"missing\" = ?",
+        vec![text("new"), text("missing")],
+    );
+    assert_no_such_column(&e, "missing", "update where");
+    let e = exec_err(a, "UPDATE t SET v = \"missing_col\" WHERE id = 1", vec![]);
+    assert_no_such_column(&e, "missing_col", "update set");
+    // Writer, several statements in one self-closing pipeline.
+    let body = pipeline(
+        a,
+        None,
+        vec![
+            execute("INSERT INTO t VALUES (3, 'three')", vec![]),
+            execute("DELETE FROM t WHERE \"missing\" = 'three'", vec![]),
+            close(),
+        ],
+    );
+    assert_eq!(body["results"][0]["type"], "ok", "{body}");
+    assert_no_such_column(&body["results"][1]["error"], "missing", "delete where");
+    // DDL (inline on the writer): an index on a double-quoted name that is
+    // no column would otherwise index a constant string.
+    let e = exec_err(a, "CREATE INDEX t_missing ON t(\"missing\")", vec![]);
+    assert_no_such_column(&e, "missing", "create index");
+    let e = exec_err(a, "CREATE TABLE c(x TEXT CHECK (x <> \"missing\"))", vec![]);
+    assert_no_such_column(&e, "missing", "check constraint");
+
+    // A stream's connection (baton).
+    let body = pipeline(
+        a,
+        None,
+        vec![execute("SELECT \"missing_col\" FROM t", vec![])],
+    );
+    assert_no_such_column(&body["results"][0]["error"], "missing_col", "stream");
+    let baton = body["baton"].as_str().unwrap().to_owned();
+    let body = pipeline(
+        a,
+        Some(&baton),
+        vec![
+            execute("UPDATE t SET v = 'x' WHERE \"missing\" = ?", vec![int(1)]),
+            close(),
+        ],
+    );
+    assert_no_such_column(&body["results"][0]["error"], "missing", "stream update");
+
+    // A cursor's connection.
+    let r = post(
+        a,
+        "/v3/cursor",
+        &json!({"baton": null, "batch": {"steps": [
+            {"stmt": {"sql": "SELECT \"missing_col\" FROM t"}},
+            {"stmt": {"sql": "SELECT id FROM t WHERE \"missing\" = 'x'"}},
+        ]}}),
+    );
+    assert_eq!(r.status, 200);
+    let lines = r.lines();
+    assert_eq!(lines[1]["type"], "step_error", "{lines:?}");
+    assert_no_such_column(&lines[1]["error"], "missing_col", "cursor select list");
+    assert_eq!(lines[2]["type"], "step_error", "{lines:?}");
+    assert_no_such_column(&lines[2]["error"], "missing", "cursor where");
+
+    // Nothing was changed by any of it.
+    let r = exec(a, "SELECT id, v FROM t ORDER BY id", vec![]);
+    assert_eq!(
+        r["rows"],
+        json!([
+            [int(1), text("one")],
+            [int(2), text("two")],
+            [int(3), text("three")]
+        ])
+    );
+}
+
+/// A database whose schema was written with double-quoted string literals
+/// (by another SQLite, before) still opens and works: SQLite accepts them
+/// while reading a stored schema, and the literal keeps its old meaning.
+#[test]
+fn a_legacy_schema_with_double_quoted_strings_still_loads() {
+    let config = conductor_node::Config::temp();
+    std::fs::create_dir_all(&config.data_dir).unwrap();
+    {
+        // SQLite's defaults: double-quoted strings allowed.
+        let db = rusqlite::Connection::open(config.data_dir.join("node.db")).unwrap();
+        db.execute_batch(
+            "CREATE TABLE legacy(x TEXT CHECK (x <> \"bad\"));
+             INSERT INTO legacy VALUES ('good');",
+        )
+        .unwrap();
+    }
+    let n = conductor_node::spawn(config).expect("spawn node");
+    let a = n.addr();
+    let r = exec(a, "SELECT x FROM legacy", vec![]);
+    assert_eq!(r["rows"], json!([[text("good")]]));
+    let e = exec_err(a, "INSERT INTO legacy VALUES ('bad')", vec![]);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("CHECK constraint failed"),
+        "{e}"
+    );
+    exec(a, "INSERT INTO legacy VALUES ('fine')", vec![]);
+    assert_eq!(count(a, "legacy"), 2);
+}
+
+/// The statistics of a result: (rows_read, rows_written); its
+/// query_duration_ms must be a non-negative number.
+fn stats(result: &J) -> (u64, u64) {
+    let ms = result["query_duration_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no query_duration_ms in {result}"));
+    assert!((0.0..60_000.0).contains(&ms), "{result}");
+    (
+        result["rows_read"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no rows_read in {result}")),
+        result["rows_written"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no rows_written in {result}")),
+    )
+}
+
+/// Execute and batch step results carry sqld's statistics, `rows_read`,
+/// `rows_written` and `query_duration_ms`, with sqld's names and JSON types;
+/// a cached statement's counts do not add up over its runs; and the
+/// result still decodes as the client's `StmtResult`.
+#[test]
+fn results_carry_statistics_like_sqld() {
+    let n = node();
+    let a = n.addr();
+    let r = exec(a, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)", vec![]);
+    assert_eq!(stats(&r), (0, 0));
+    exec(
+        a,
+        "CREATE TABLE audit(id INTEGER PRIMARY KEY AUTOINCREMENT, what TEXT)",
+        vec![],
+    );
+    exec(
+        a,
+        "CREATE TRIGGER t_del AFTER DELETE ON t BEGIN INSERT INTO audit(what) VALUES ('del'); END",
+        vec![],
+    );
+    let r = exec(
+        a,
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 100) \
+         INSERT INTO t SELECT i, 'row ' || i FROM c",
+        vec![],
+    );
+    assert_eq!(r["affected_row_count"], 100);
+    assert_eq!(stats(&r).1, 100);
+
+    // A full scan reads every row, whether it returns them or not.
+    for _ in 0..2 {
+        let r = exec(a, "SELECT id, v FROM t", vec![]);
+        assert_eq!(stats(&r), (100, 0), "{r}");
+        let r = exec(a, "SELECT id FROM t WHERE v = 'none'", vec![]);
+        let (read, written) = stats(&r);
+        assert!((99..=100).contains(&read), "{r}");
+        assert_eq!(written, 0);
+    }
+    // A primary-key lookup reads its row.
+    let r = exec(a, "SELECT v FROM t WHERE id = ?", vec![int(7)]);
+    assert_eq!(stats(&r), (1, 0));
+    // Writes count their rows, and a trigger's.
+    let r = exec(a, "UPDATE t SET v = 'x' WHERE id <= ?", vec![int(10)]);
+    assert_eq!(stats(&r), (10, 10));
+    let r = exec(a, "DELETE FROM t WHERE id IN (1, 2)", vec![]);
+    assert_eq!(r["affected_row_count"], 2);
+    assert_eq!(stats(&r), (4, 4), "two deletions, two audit rows: {r}");
+
+    // Batch steps carry them too; a skipped step has no result.
+    let body = pipeline(
+        a,
+        None,
+        vec![
+            json!({"type": "batch", "batch": {"steps": [
+                {"stmt": {"sql": "SELECT count(*) FROM t WHERE v = 'x'"}},
+                {"stmt": {"sql": "INSERT INTO t VALUES (1000, 'new')"}},
+                {"stmt": {"sql": "SELECT 1"}, "condition": {"type": "error", "step": 1}},
+            ]}}),
+            close(),
+        ],
+    );
+    let steps = &body["results"][0]["response"]["result"]["step_results"];
+    assert_eq!(steps[0]["rows"][0][0]["value"], "8");
+    assert_eq!(stats(&steps[1]), (1, 1));
+    assert!(steps[2].is_null());
+    let (read, _) = stats(&steps[0]);
+    assert!(read >= 97, "{}", steps[0]);
+
+    // Numbers in JSON, as sqld writes them; and the client's types read them.
+    let raw = post(
+        a,
+        "/v3/pipeline",
+        &json!({"requests": [execute("SELECT v FROM t WHERE id = 1000", vec![]), close()]}),
+    );
+    let text = raw.text();
+    assert!(text.contains("\"rows_read\":1,"), "{text}");
+    assert!(text.contains("\"rows_written\":0,"), "{text}");
+    assert!(text.contains("\"query_duration_ms\":"), "{text}");
+    let decoded: conductor_hrana::PipelineRespBody = serde_json::from_slice(&raw.body).unwrap();
+    match &decoded.results[0] {
+        conductor_hrana::StreamResult::Ok {
+            response: conductor_hrana::StreamResponse::Execute { result },
+        } => {
+            assert_eq!((result.rows_read, result.rows_written), (Some(1), Some(0)));
+            assert!(result.query_duration_ms.is_some_and(|ms| ms >= 0.0));
+        }
+        other => panic!("{other:?}"),
+    }
 }
