@@ -19,8 +19,10 @@ E2E_THREADS ?= 2
 SUDO_FLAG := $(if $(filter 0,$(shell id -u)),,--sudo)
 # The e2e tests run a private copy of Postgres 15 (scripts/test-pg.sh) with
 # the test build installed into it, so `make test` never replaces the build
-# the demo cluster loads from the system directories.
-TEST_PG_DIR ?= $(CURDIR)/target/test-pg
+# the demo cluster loads from the system directories. It lives outside the
+# checkout, which the Postgres user may not be able to enter; one per
+# checkout.
+TEST_PG_DIR ?= /var/tmp/conductor-test-pg-$(shell printf '%s' "$(CURDIR)" | md5sum | cut -c1-12)
 TEST_PG_CONFIG = $(TEST_PG_DIR)/lib/postgresql/15/bin/pg_config
 
 .PHONY: deps demo stop status test unit e2e ext node bench fmt

@@ -74,14 +74,6 @@ node_healthy() {
     [[ $status == *" 200"* ]]
 }
 
-all_up() {
-    pg_running || return 1
-    local i
-    for i in 1 2 3 4; do
-        node_pid "$i" >/dev/null || return 1
-    done
-}
-
 print_connect() {
     cat <<EOF
 
@@ -99,6 +91,11 @@ EOF
 
 # ---- start --------------------------------------------------------------------
 
+# What `build` found: whether the extension library, its SQL, or the node
+# binary differ from what was installed or running before.
+EXT_SO_CHANGED=0
+EXT_SQL_CHANGED=0
+
 build() {
     # CONDUCTOR_NO_BUILD=1: use what's already built and installed
     # (for working on this script without waiting for release builds).
@@ -108,10 +105,25 @@ build() {
     fi
     log "building conductor-node (release)"
     cargo build --release -p conductor-node
-    log "building and installing the extension (release) into $PG_CONFIG"
-    local sudo=()
-    if [ "$(id -u)" -ne 0 ]; then sudo=(--sudo); fi   # writes into /usr/share/postgresql
-    cargo pgrx install --release -p conductor --pg-config "$PG_CONFIG" "${sudo[@]}"
+    log "building the extension (release)"
+    local pkg=$CLUSTER_DIR/package
+    rm -rf "$pkg"
+    cargo pgrx package -p conductor --pg-config "$PG_CONFIG" --out-dir "$pkg" >/dev/null
+    local libdir sharedir sudo=()
+    libdir=$("$PG_CONFIG" --pkglibdir)
+    sharedir=$("$PG_CONFIG" --sharedir)/extension
+    if [ "$(id -u)" -ne 0 ]; then sudo=(sudo); fi   # writes into /usr/lib/postgresql
+    cmp -s "$pkg$libdir/conductor.so" "$libdir/conductor.so" || EXT_SO_CHANGED=1
+    local f
+    for f in "$pkg$sharedir"/conductor*; do
+        cmp -s "$f" "$sharedir/$(basename "$f")" || EXT_SQL_CHANGED=1
+    done
+    # `install` writes a new file (new inode) rather than rewriting the
+    # library in place, so backends still running the old build keep a
+    # consistent mapping until they exit.
+    "${sudo[@]}" install -m 0755 "$pkg$libdir/conductor.so" "$libdir/conductor.so"
+    "${sudo[@]}" install -m 0644 "$pkg$sharedir"/conductor* "$sharedir/"
+    log "installed the extension (release) into $libdir"
 }
 
 # The Postgres user must be able to reach PG_DIR. A checkout under a private
@@ -196,33 +208,57 @@ load_demo() {
 
 cmd_start() {
     mkdir -p "$CLUSTER_DIR"
-    if all_up && [ -f "$CLUSTER_DIR/demo-loaded" ]; then
-        log "already running; nothing to do"
-        print_connect
-        return
-    fi
     build
+    if [ "$EXT_SQL_CHANGED" = 1 ] && [ -f "$CLUSTER_DIR/demo-loaded" ]; then
+        # The catalog the demo database was created with no longer matches
+        # the extension (there are no upgrade scripts yet): start afresh.
+        log "the extension's SQL changed since the demo was loaded: resetting the demo cluster (its data included)"
+        cmd_reset
+        mkdir -p "$CLUSTER_DIR"
+    elif [ "$EXT_SO_CHANGED" = 1 ] && pg_running; then
+        log "restarting postgres: it now loads the build just installed"
+        as_pg "$PG_BINDIR/pg_ctl" -D "$(pg_real)/data" -m fast -w stop >/dev/null
+    fi
     start_pg
-    local i
-    for i in 1 2 3 4; do start_node "$i"; done
+    local i bin_id
+    bin_id=$(sha256sum "$NODE_BIN" 2>/dev/null | cut -c1-16)
+    for i in 1 2 3 4; do
+        if node_pid "$i" >/dev/null && [ "$(cat "$CLUSTER_DIR/node-$i.bin" 2>/dev/null)" != "$bin_id" ]; then
+            log "restarting node-$i: it now runs the conductor-node just built"
+            stop_node "$i"
+        fi
+        start_node "$i"
+        echo "$bin_id" >"$CLUSTER_DIR/node-$i.bin"
+    done
     load_demo
+    local profile
+    profile=$("${PSQL[@]}" -d conductor -tAc "SELECT profile FROM conductor.build_info()" 2>/dev/null || echo unknown)
+    log "the demo runs the $profile build of the extension"
     print_connect
 }
 
 # ---- stop / status / reset ------------------------------------------------------
 
+# Stop node i (SIGTERM, up to 5 s to exit cleanly, then SIGKILL); true if
+# it was running.
+stop_node() {
+    local pid
+    if pid=$(node_pid "$1"); then
+        kill -TERM "$pid"
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        log "stopped node-$1 (pid $pid)"
+        rm -f "$CLUSTER_DIR/node-$1.pid"
+        return 0
+    fi
+    rm -f "$CLUSTER_DIR/node-$1.pid"
+    return 1
+}
+
 cmd_stop() {
-    local i pid stopped=0
+    local i stopped=0
     for i in 1 2 3 4; do
-        if pid=$(node_pid "$i"); then
-            kill -TERM "$pid"
-            # Up to 5 s to exit cleanly, then SIGKILL.
-            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-            kill -KILL "$pid" 2>/dev/null || true
-            log "stopped node-$i (pid $pid)"
-            stopped=1
-        fi
-        rm -f "$CLUSTER_DIR/node-$i.pid"
+        if stop_node "$i"; then stopped=1; fi
     done
     if pg_running; then
         as_pg "$PG_BINDIR/pg_ctl" -D "$(pg_real)/data" -m fast -w stop >/dev/null

@@ -58,5 +58,18 @@ CREATE TABLE conductor.shard_index (
     is_unique boolean NOT NULL DEFAULT false
 );
 
+-- Shard tables left on a node that could not be reached when they were to
+-- be dropped; conductor.cleanup() drops them once it answers. The URL is
+-- kept in case the node (or its server) is forgotten meanwhile.
+CREATE TABLE conductor.cleanup (
+    server_id oid NOT NULL,
+    node_id text NOT NULL,
+    url text NOT NULL,
+    table_name text NOT NULL,
+    reason text NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (server_id, node_id, table_name)
+);
+
 REVOKE ALL ON conductor.node, conductor.distributed_table, conductor.shard,
-    conductor.shard_index FROM PUBLIC;
+    conductor.shard_index, conductor.cleanup FROM PUBLIC;

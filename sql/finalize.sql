@@ -16,7 +16,8 @@ REVOKE EXECUTE ON FUNCTION
     conductor.remove_node(text, text),
     conductor.create_distributed_table(regclass, text, integer),
     conductor.create_shard_index(regclass, text[], text, boolean),
-    conductor.drop_shard_index(text)
+    conductor.drop_shard_index(text),
+    conductor.cleanup()
 FROM PUBLIC;
 
 -- Any committed change to the topology invalidates every backend's cache
@@ -139,8 +140,13 @@ SELECT i.relid::regclass AS table_name,
        i.is_unique
   FROM conductor.shard_index i;
 
+CREATE VIEW conductor.cleanup_pending AS
+SELECT s.srvname AS server, c.node_id, c.url, c.table_name, c.reason, c.recorded_at
+  FROM conductor.cleanup c
+  LEFT JOIN pg_catalog.pg_foreign_server s ON s.oid = c.server_id;
+
 GRANT SELECT ON conductor.nodes, conductor.tables, conductor.shards,
-    conductor.shard_indexes TO PUBLIC;
+    conductor.shard_indexes, conductor.cleanup_pending TO PUBLIC;
 
 -- conductor_explain(sql) is callable without schema qualification: a thin
 -- wrapper in schema public (when the database has it) over conductor.explain.

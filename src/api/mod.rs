@@ -1,5 +1,6 @@
 //! The SQL API in schema conductor: nodes, distributed tables, placement.
 
+mod cleanup;
 pub mod explain;
 mod nodes;
 pub mod schema;
@@ -40,4 +41,19 @@ fn check_conductor_server(server_id: pg_sys::Oid, display: &str) {
         .detail(format!("It uses \"{fdw_name}\"."))
         .error()
     }
+}
+
+/// Which build of the extension this backend runs: its version and whether
+/// it is the optimized (release) or the debug build.
+#[pg_extern]
+fn build_info() -> TableIterator<'static, (name!(version, String), name!(profile, String))> {
+    TableIterator::once((
+        env!("CARGO_PKG_VERSION").to_string(),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .to_string(),
+    ))
 }

@@ -193,6 +193,43 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
     // backend exit leaves none behind. It also keeps them behind any write
     // lock this transaction already holds on a node.
     let mut per_node: BTreeMap<&str, NodeWork> = BTreeMap::new();
+    // Recorded leftovers of an earlier table with these shard names are
+    // dropped first, in the same remote transactions.
+    for node in &nodes {
+        let names: Vec<String> = placement
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.node_id == node.node_id)
+            .map(|(shard, _)| shard_table_name(&remote_name, shard as u32))
+            .collect();
+        let drops = super::cleanup::take_colliding(server_id, &node.node_id, &names);
+        if drops.is_empty() {
+            continue;
+        }
+        per_node.insert(
+            node.node_id.as_str(),
+            NodeWork {
+                key: (server_id.to_u32(), node.node_id.clone()),
+                endpoint: NodeEndpoint {
+                    node_id: node.node_id.clone(),
+                    url: node.url.clone(),
+                    token: token.clone(),
+                },
+                stmts: drops
+                    .into_iter()
+                    .map(|stmt| {
+                        (
+                            ShardLabel {
+                                table: display.clone(),
+                                shard: 0,
+                            },
+                            stmt,
+                        )
+                    })
+                    .collect(),
+            },
+        );
+    }
     for (shard, node) in placement.iter().enumerate() {
         let table = shard_table_name(&remote_name, shard as u32);
         per_node
@@ -359,13 +396,36 @@ fn forget_distributed_table(relid: pg_sys::Oid) {
             .push(shard_table_name(&remote_name, shard_id as u32));
     }
     for ((node_id, url), (server_id, tables)) in per_node {
+        let endpoint = NodeEndpoint {
+            node_id: node_id.clone(),
+            url: url.clone(),
+            token: token_for(server_id),
+        };
+        // A node that does not answer now keeps its shard tables: they are
+        // recorded (with this drop) for conductor.cleanup().
+        if let Err(err) = crate::remote::check_health(endpoint.clone()) {
+            super::cleanup::record(
+                server_id,
+                &node_id,
+                &url,
+                &tables,
+                "the node did not answer when the table was dropped",
+            );
+            raise(
+                PgSqlErrorCode::ERRCODE_WARNING,
+                format!(
+                    "conductor: node {node_id} did not answer; shard tables {} stay on it",
+                    tables.join(", ")
+                ),
+            )
+            .detail(err.to_string())
+            .hint("They are listed in conductor.cleanup_pending; run SELECT * FROM conductor.cleanup() once the node is back.")
+            .warning();
+            continue;
+        }
         let request = ShardRequest {
             shard_id: None,
-            endpoint: NodeEndpoint {
-                node_id: node_id.clone(),
-                url,
-                token: token_for(server_id),
-            },
+            endpoint,
             body: transaction(
                 tables
                     .iter()

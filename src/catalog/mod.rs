@@ -7,7 +7,7 @@ pub mod credentials;
 
 use crate::convert::{column_type_of, ColumnCodec};
 use conductor_core::remote_sql::shard_table_name;
-use conductor_core::topology::{Column, ShardLocation, Topology};
+use conductor_core::topology::{Column, ShardLocation, ShardStatus, Topology};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
@@ -159,7 +159,7 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
 
         let mut shards = Vec::with_capacity(shard_count as usize);
         let rows = client.select(
-            "SELECT s.shard_id, s.node_id, n.url
+            "SELECT s.shard_id, s.node_id, n.url, s.status
                FROM conductor.shard s
                JOIN conductor.node n USING (server_id, node_id)
               WHERE s.relid = $1
@@ -174,6 +174,8 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
                 node_id: row.get(2)?.unwrap_or_default(),
                 url: row.get(3)?.unwrap_or_default(),
                 remote_table: shard_table_name(&remote_name, shard_id as u32),
+                status: ShardStatus::from_catalog(&row.get::<String>(4)?.unwrap_or_default())
+                    .unwrap_or_else(|| error!("conductor: unknown shard status in the catalog")),
             });
         }
         if shards.len() != shard_count as usize

@@ -430,6 +430,7 @@ mod tests {
                     node_id: format!("node-{}", s % 3),
                     url: format!("http://127.0.0.1:{}", 7000 + s % 3),
                     remote_table: format!("t_{s:04}"),
+                    status: crate::topology::ShardStatus::Active,
                 })
                 .collect(),
         }

@@ -18,6 +18,28 @@ pub struct Column {
     pub not_null: bool,
 }
 
+/// Where a shard is in its life. Only `Active` shards exist until shards
+/// can move; the catalog already records the states of a move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardStatus {
+    Active,
+    /// Being copied away: still serves reads and writes.
+    RebalancingSource,
+    /// Receiving a copy: not yet read from.
+    RebalancingTarget,
+}
+
+impl ShardStatus {
+    pub fn from_catalog(status: &str) -> Option<ShardStatus> {
+        Some(match status {
+            "active" => ShardStatus::Active,
+            "rebalancing_source" => ShardStatus::RebalancingSource,
+            "rebalancing_target" => ShardStatus::RebalancingTarget,
+            _ => return None,
+        })
+    }
+}
+
 /// One shard: where it lives and what its table is called there.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShardLocation {
@@ -25,6 +47,7 @@ pub struct ShardLocation {
     pub node_id: String,
     pub url: String,
     pub remote_table: String,
+    pub status: ShardStatus,
 }
 
 /// Everything a statement needs to route and ship work for one table.

@@ -33,6 +33,7 @@ fn topology() -> Topology {
             node_id: "n".into(),
             url: "http://unused".into(),
             remote_table: "t_0000".into(),
+            status: conductor_core::topology::ShardStatus::Active,
         }],
     }
 }
