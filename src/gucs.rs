@@ -35,6 +35,9 @@ pub static READ_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// First retry delay in milliseconds (doubled per attempt, with jitter).
 pub static RETRY_BACKOFF_MS: GucSetting<i32> = GucSetting::<i32>::new(50);
 
+/// Most shard requests a scan keeps in flight to one node at a time.
+pub static MAX_REQUESTS_PER_NODE: GucSetting<i32> = GucSetting::<i32>::new(8);
+
 pub fn init() {
     GucRegistry::define_enum_guc(
         c"conductor.on_shard_failure",
@@ -69,6 +72,16 @@ pub fn init() {
         &READ_RETRIES,
         0,
         10,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"conductor.max_requests_per_node",
+        c"Most shard requests one scan keeps in flight to one node at a time.",
+        c"Shards beyond it wait for a slot, so the connections (and file descriptors) a backend holds toward a node stay bounded whatever the shard count; nodes are still read in parallel.",
+        &MAX_REQUESTS_PER_NODE,
+        1,
+        256,
         GucContext::Userset,
         GucFlags::default(),
     );

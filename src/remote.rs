@@ -71,6 +71,7 @@ pub fn scan(queries: Vec<ShardQuery>, columns: usize, bounded: bool) -> ScanHand
     options.retries = gucs::READ_RETRIES.get().max(0) as u32;
     options.retry_backoff = Duration::from_millis(gucs::RETRY_BACKOFF_MS.get().max(1) as u64);
     options.skip_failed = gucs::ON_SHARD_FAILURE.get() == gucs::OnShardFailure::Skip;
+    options.max_requests_per_node = gucs::MAX_REQUESTS_PER_NODE.get().max(1) as usize;
     executor().scan(queries, options)
 }
 

@@ -103,6 +103,10 @@ pub struct ScanOptions {
     /// reports it as `Failed` and the scan goes on (the caller's opt-in
     /// degradation, `conductor.on_shard_failure = skip`).
     pub skip_failed: bool,
+    /// Most shards of one node read at the same time (0: no limit). The
+    /// others wait for a slot, so a table of thousands of shards holds a
+    /// bounded number of connections and node streams per node.
+    pub max_requests_per_node: usize,
 }
 
 impl ScanOptions {
@@ -116,6 +120,7 @@ impl ScanOptions {
             retry_backoff: Duration::from_millis(50),
             bounded: false,
             skip_failed: false,
+            max_requests_per_node: 8,
         }
     }
 }
@@ -297,40 +302,52 @@ impl Executor {
                 ))
             }
         };
-        let capacity = opts.chunks_per_shard.max(1) * shards.len().max(1);
+        let groups = group_by_node(&shards, &opts);
+        // A group streams one shard at a time: groups bound what the
+        // channel must hold.
+        let capacity = opts.chunks_per_shard.max(1) * groups.len().max(1);
         let (tx, rx) = flume::bounded(capacity);
         // Failures skip the queue of rows: a slow reader learns at once that
         // a shard failed, not after draining every chunk before it.
         let (failures_tx, failures) = flume::unbounded();
         let begin = Instant::now();
-        let mut tasks = Vec::with_capacity(shards.len());
-        let mut stats = Vec::with_capacity(shards.len());
-        for (index, q) in shards.into_iter().enumerate() {
-            stats.push(ShardStats {
+        let stats: Vec<ShardStats> = shards
+            .iter()
+            .map(|q| ShardStats {
                 shard_id: q.shard_id,
                 node_id: q.endpoint.node_id.clone(),
                 rows: 0,
                 elapsed: None,
-            });
-            let task = scan_shard(
+            })
+            .collect();
+        let mut queries: Vec<Option<ShardQuery>> = shards.into_iter().map(Some).collect();
+        let mut tasks = Vec::with_capacity(groups.len());
+        let mut task_shards = Vec::with_capacity(groups.len());
+        for group in groups {
+            let members: Vec<(usize, ShardQuery)> = group
+                .iter()
+                .map(|&i| (i, queries[i].take().expect("each shard in one group")))
+                .collect();
+            let task = scan_group(
                 started.client.clone(),
-                index,
-                q,
+                members,
                 opts.clone(),
                 begin,
                 tx.clone(),
                 failures_tx.clone(),
             );
             tasks.push(started.runtime.spawn(task));
+            task_shards.push(group);
         }
         ScanHandle {
             rx,
             failures,
             skip_failed: opts.skip_failed,
             capacity,
-            reported: vec![false; tasks.len()],
-            remaining: tasks.len(),
+            reported: vec![false; stats.len()],
+            remaining: stats.len(),
             tasks,
+            task_shards,
             stats,
             finished: false,
             early_failure: None,
@@ -424,6 +441,262 @@ enum ScanMsg {
     },
 }
 
+/// The shards of a scan as the requests that carry them: per node at most
+/// `max_requests_per_node` requests, each a cursor whose batch reads its
+/// shards one after another (a node's connections and streams stay bounded
+/// whatever the shard count, while every node works in parallel). A lookup
+/// (`bounded`) keeps one request per shard.
+fn group_by_node(shards: &[ShardQuery], opts: &ScanOptions) -> Vec<Vec<usize>> {
+    if opts.bounded || opts.max_requests_per_node == 0 {
+        return (0..shards.len()).map(|i| vec![i]).collect();
+    }
+    let mut per_node: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (i, q) in shards.iter().enumerate() {
+        match per_node.iter_mut().find(|(url, _)| *url == q.endpoint.url) {
+            Some((_, v)) => v.push(i),
+            None => per_node.push((q.endpoint.url.as_str(), vec![i])),
+        }
+    }
+    let mut groups = Vec::new();
+    for (_, indexes) in per_node {
+        let n = indexes.len().min(opts.max_requests_per_node);
+        let mut node_groups: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (k, i) in indexes.into_iter().enumerate() {
+            node_groups[k % n].push(i);
+        }
+        groups.extend(node_groups);
+    }
+    groups
+}
+
+/// Read the shards of one group: a lone shard through [`scan_shard`]
+/// (with its retries), several through one cursor whose batch has a step
+/// per shard. Every shard ends with its own `Done` or `Failed`.
+async fn scan_group(
+    client: HranaClient,
+    members: Vec<(usize, ShardQuery)>,
+    opts: ScanOptions,
+    begin: Instant,
+    tx: flume::Sender<ScanMsg>,
+    failures: flume::Sender<ScanMsg>,
+) {
+    if members.len() == 1 {
+        let (index, q) = members.into_iter().next().expect("one member");
+        return scan_shard(client, index, q, opts, begin, tx, failures).await;
+    }
+    let mut attempt = 0;
+    loop {
+        let mut progress = GroupProgress::new(members.len());
+        let result = stream_group(
+            &client,
+            &members,
+            &opts,
+            begin,
+            &tx,
+            &failures,
+            &mut progress,
+        )
+        .await;
+        match result {
+            Err(e) if !progress.anything_sent() && e.is_transient() && attempt < opts.retries => {
+                tokio::time::sleep(jittered(opts.retry_backoff * 2u32.saturating_pow(attempt)))
+                    .await;
+                attempt += 1;
+            }
+            Err(e) => {
+                // The shards of the group that did not finish share the error.
+                for (k, (index, q)) in members.iter().enumerate() {
+                    if !progress.finished[k] {
+                        let _ = failures.send(ScanMsg::Failed {
+                            index: *index,
+                            error: ShardError::new(Some(q.shard_id), e.clone()),
+                        });
+                    }
+                }
+                return;
+            }
+            Ok(()) => return,
+        }
+    }
+}
+
+/// Which shards of a group have ended, and whether any message went out
+/// (after which a retry could duplicate rows).
+struct GroupProgress {
+    finished: Vec<bool>,
+    sent: bool,
+}
+
+impl GroupProgress {
+    fn new(n: usize) -> Self {
+        GroupProgress {
+            finished: vec![false; n],
+            sent: false,
+        }
+    }
+
+    fn anything_sent(&self) -> bool {
+        self.sent
+    }
+}
+
+async fn stream_group(
+    client: &HranaClient,
+    members: &[(usize, ShardQuery)],
+    opts: &ScanOptions,
+    begin: Instant,
+    tx: &flume::Sender<ScanMsg>,
+    failures: &flume::Sender<ScanMsg>,
+    progress: &mut GroupProgress,
+) -> Result<(), NodeError> {
+    let endpoint = &members[0].1.endpoint;
+    let node = NodeRef::from(endpoint);
+    let body = CursorReqBody {
+        baton: None,
+        batch: Batch {
+            steps: members
+                .iter()
+                .map(|(_, q)| BatchStep {
+                    stmt: q.stmt.clone(),
+                    condition: None,
+                })
+                .collect(),
+        },
+    };
+    let mut cursor = client.cursor(endpoint, &body).await?;
+    let per_chunk = opts.rows_per_chunk.max(1);
+    let mut chunk: Vec<Vec<Value>> = Vec::with_capacity(per_chunk);
+    let mut current: Option<usize> = None;
+    let mut rows = 0u64;
+    let result: Result<(), NodeError> = async {
+        while let Some(entry) = cursor.next().await? {
+            match entry {
+                CursorEntry::StepBegin { step, cols } => {
+                    let step = step as usize;
+                    if current.is_some() || step >= members.len() || progress.finished[step] {
+                        return Err(NodeError::protocol(
+                            &node,
+                            format!("unexpected step_begin of step {step}"),
+                        ));
+                    }
+                    if cols.len() != opts.columns {
+                        return Err(NodeError::protocol(
+                            &node,
+                            format!(
+                                "result has {} columns, expected {}",
+                                cols.len(),
+                                opts.columns
+                            ),
+                        ));
+                    }
+                    current = Some(step);
+                    rows = 0;
+                }
+                CursorEntry::Row { row } => {
+                    let Some(step) = current else {
+                        return Err(NodeError::protocol(&node, "row outside of a step"));
+                    };
+                    if row.len() != opts.columns {
+                        return Err(NodeError::protocol(
+                            &node,
+                            format!("row has {} columns, expected {}", row.len(), opts.columns),
+                        ));
+                    }
+                    chunk.push(row);
+                    rows += 1;
+                    if chunk.len() >= per_chunk {
+                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(per_chunk));
+                        progress.sent = true;
+                        let msg = ScanMsg::Rows(RowChunk {
+                            shard_id: members[step].1.shard_id,
+                            rows: full,
+                        });
+                        // Waits while the channel is full (backpressure).
+                        if tx.send_async(msg).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                CursorEntry::StepEnd { .. } => {
+                    let Some(step) = current.take() else {
+                        return Err(NodeError::protocol(&node, "step_end outside of a step"));
+                    };
+                    progress.sent = true;
+                    if !chunk.is_empty() {
+                        let msg = ScanMsg::Rows(RowChunk {
+                            shard_id: members[step].1.shard_id,
+                            rows: std::mem::replace(&mut chunk, Vec::with_capacity(per_chunk)),
+                        });
+                        if tx.send_async(msg).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    progress.finished[step] = true;
+                    let done = ScanMsg::Done {
+                        index: members[step].0,
+                        rows,
+                        elapsed: begin.elapsed(),
+                    };
+                    if tx.send_async(done).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                CursorEntry::StepError { step, error } => {
+                    let step = step as usize;
+                    if step >= members.len() || progress.finished[step] {
+                        return Err(NodeError::protocol(
+                            &node,
+                            format!("unexpected step_error of step {step}"),
+                        ));
+                    }
+                    current = None;
+                    chunk.clear();
+                    progress.sent = true;
+                    progress.finished[step] = true;
+                    let _ = failures.send(ScanMsg::Failed {
+                        index: members[step].0,
+                        error: ShardError::new(
+                            Some(members[step].1.shard_id),
+                            NodeError::sql(&node, &error),
+                        ),
+                    });
+                }
+                CursorEntry::Error { error } => return Err(NodeError::sql(&node, &error)),
+            }
+        }
+        if progress.finished.iter().any(|f| !f) {
+            return Err(NodeError::protocol(
+                &node,
+                "cursor stream ended before every step completed",
+            ));
+        }
+        Ok(())
+    }
+    .await;
+    close_cursor(client, endpoint, &cursor);
+    result
+}
+
+/// A cursor leaves a stream open on the node: close it now rather than let
+/// it wait for the node's idle expiry (not waited for).
+fn close_cursor(
+    client: &HranaClient,
+    endpoint: &NodeEndpoint,
+    cursor: &crate::client::CursorStream,
+) {
+    if let Some(baton) = cursor.baton().map(str::to_string) {
+        let client = client.clone();
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            let close = PipelineReqBody {
+                baton: Some(baton),
+                requests: vec![StreamRequest::Close],
+            };
+            let _ = client.pipeline(&endpoint, &close).await;
+        });
+    }
+}
+
 /// `base` scaled by a random factor in [0.5, 1.5), so that many backends
 /// retrying the same node do not come back in lockstep.
 fn jittered(base: Duration) -> Duration {
@@ -500,20 +773,7 @@ async fn stream_shard(
     };
     let mut cursor = client.cursor(&q.endpoint, &body).await?;
     let streamed = stream_rows(&mut cursor, &node, q, opts, tx, handed_over).await;
-    // The cursor left a stream open on the node: close it now rather than
-    // let it wait for the node's idle expiry (not waited for: the rows are
-    // what the caller needs).
-    if let Some(baton) = cursor.baton().map(str::to_string) {
-        let client = client.clone();
-        let endpoint = q.endpoint.clone();
-        tokio::spawn(async move {
-            let close = PipelineReqBody {
-                baton: Some(baton),
-                requests: vec![StreamRequest::Close],
-            };
-            let _ = client.pipeline(&endpoint, &close).await;
-        });
-    }
+    close_cursor(client, &q.endpoint, &cursor);
     streamed
 }
 
@@ -655,7 +915,9 @@ pub struct ScanHandle {
     skip_failed: bool,
     capacity: usize,
     tasks: Vec<JoinHandle<()>>,
-    /// Per task: whether its final message (done/failed) was received.
+    /// Per task: the shards (indexes) it reads.
+    task_shards: Vec<Vec<usize>>,
+    /// Per shard: whether its final message (done/failed) was received.
     reported: Vec<bool>,
     remaining: usize,
     stats: Vec<ShardStats>,
@@ -683,6 +945,7 @@ impl ScanHandle {
             skip_failed: false,
             capacity: 1,
             tasks: Vec::new(),
+            task_shards: Vec::new(),
             reported: Vec::new(),
             remaining: 0,
             stats: Vec::new(),
@@ -773,8 +1036,14 @@ impl ScanHandle {
     /// only when the channel looked empty; the task finished before the
     /// re-check of the channel below, so all it ever sent is visible.
     fn dead_task(&mut self) -> Option<ShardError> {
-        let dead =
-            (0..self.tasks.len()).find(|&i| !self.reported[i] && self.tasks[i].is_finished())?;
+        let dead = (0..self.tasks.len())
+            .filter(|&t| self.tasks[t].is_finished())
+            .find_map(|t| {
+                self.task_shards[t]
+                    .iter()
+                    .copied()
+                    .find(|&i| !self.reported[i])
+            })?;
         if !self.rx.is_empty() || !self.failures.is_empty() {
             return None;
         }

@@ -644,3 +644,107 @@ fn https_nodes_work_with_a_trusted_ca_and_fail_cleanly_without() {
     println!("untrusted: {err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Hundreds of shards on one node travel in a bounded number of cursor
+/// requests (one batch step per shard): every row arrives tagged with its
+/// shard, each shard's count is in the stats, and a shard whose statement
+/// fails is reported alone (the others' rows still arrive with skip).
+#[test]
+fn many_shards_share_a_bounded_number_of_requests_per_node() {
+    let n = node(|_| {});
+    let ep = endpoint(0, &n);
+    let ex = Executor::new(ExecutorConfig::default());
+    let shards = 300u32;
+    let mut setup = Vec::new();
+    for s in 0..shards {
+        let t = shard_table_name("m", s);
+        setup.push(Stmt::new(
+            format!("CREATE TABLE \"{t}\" (id INTEGER)"),
+            vec![],
+        ));
+        // Shard s holds s % 7 rows; shard 5 holds 600 (several chunks).
+        let rows = if s == 5 { 600 } else { s % 7 };
+        for r in 0..rows {
+            setup.push(Stmt::new(
+                format!("INSERT INTO \"{t}\" VALUES (?)"),
+                vec![Value::Integer(i64::from(s) * 1000 + i64::from(r))],
+            ));
+        }
+    }
+    run_ok(&ex, vec![executes(&ep, None, setup)]);
+    let before = cursor_requests(&n);
+    let queries = |missing: Option<u32>| {
+        (0..shards)
+            .map(|s| ShardQuery {
+                shard_id: s,
+                endpoint: ep.clone(),
+                stmt: Stmt::new(
+                    if Some(s) == missing {
+                        "SELECT id FROM no_such_table".to_string()
+                    } else {
+                        select_sql(&shard_table_name("m", s), &["id"], None)
+                    },
+                    vec![],
+                ),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut opts = ScanOptions::new(1);
+    opts.max_requests_per_node = 4;
+    let mut scan = ex.scan(queries(None), opts.clone());
+    let rows = scan_all(&mut scan).expect("scan succeeds");
+    let expected: u64 = (0..shards)
+        .map(|s| if s == 5 { 600 } else { u64::from(s % 7) })
+        .sum();
+    assert_eq!(rows.len() as u64, expected);
+    for (shard, row) in &rows {
+        let Value::Integer(v) = row[0] else { panic!() };
+        assert_eq!(v / 1000, i64::from(*shard), "row tagged with its shard");
+    }
+    for st in scan.stats() {
+        let want = if st.shard_id == 5 {
+            600
+        } else {
+            u64::from(st.shard_id % 7)
+        };
+        assert_eq!(st.rows, want, "shard {}", st.shard_id);
+    }
+    let cursors = cursor_requests(&n) - before;
+    assert!(
+        cursors <= 4,
+        "{cursors} cursor requests for {shards} shards"
+    );
+
+    // One shard's statement fails: an error naming it; with skip, only it
+    // is missing.
+    let mut scan = ex.scan(queries(Some(42)), opts.clone());
+    assert_eq!(scan_all(&mut scan).unwrap_err().shard_id, Some(42));
+    opts.skip_failed = true;
+    let mut scan = ex.scan(queries(Some(42)), opts);
+    let (mut got, mut failed) = (0u64, Vec::new());
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < end, "scan timed out");
+        match scan.next(POLL) {
+            ScanPoll::Rows(c) => got += c.rows.len() as u64,
+            ScanPoll::Pending => {}
+            ScanPoll::Done => break,
+            ScanPoll::Failed(e) => failed.push(e.shard_id),
+        }
+    }
+    assert_eq!(failed, vec![Some(42)]);
+    assert_eq!(got, expected - u64::from(42u32 % 7));
+}
+
+/// `/v3/cursor` requests the node has served (from its `/stats`).
+fn cursor_requests(n: &RunningNode) -> u64 {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(n.addr()).expect("connect");
+    conn.write_all(b"GET /stats HTTP/1.0\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).expect("read");
+    let body = text.split("\r\n\r\n").nth(1).expect("a body");
+    let stats: serde_json::Value = serde_json::from_str(body).expect("json");
+    stats["requests"]["/v3/cursor"].as_u64().expect("a count")
+}

@@ -42,6 +42,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub use libc;
 pub use postgres;
 pub use serde_json;
 use serde_json::{json, Value};
@@ -154,7 +155,7 @@ impl Cluster {
             .args(["-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off"])
             .args(["-c", "shared_buffers=64MB"])
-            .args(["-c", "max_connections=50"])
+            .args(["-c", "max_connections=120"])
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
