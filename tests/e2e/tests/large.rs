@@ -156,7 +156,18 @@ fn large_values_round_trip_or_name_the_node_limit() {
 
     // Nodes that accept 256 MiB bodies: 64 MiB text and bytea round-trip.
     for i in 0..cluster.node_count() {
-        cluster.restart_node_with_args(i, &["--max-body-bytes", "268435456"]);
+        // A debug build spends seconds converting a 64 MiB row between the
+        // fetch and the write of a row-by-row UPDATE: longer than the
+        // default 10 s a transaction's stream may sit idle.
+        cluster.restart_node_with_args(
+            i,
+            &[
+                "--max-body-bytes",
+                "268435456",
+                "--stream-idle-timeout-ms",
+                "120000",
+            ],
+        );
     }
     exec(
         &mut db,
