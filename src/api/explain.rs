@@ -16,8 +16,8 @@ use crate::errors::raise;
 use crate::fdw::direct::DirectPlan;
 use crate::fdw::lower::ParamSpec;
 use crate::fdw::scan::{eval_bindings, ScanPlan};
-use conductor_core::plan::{RouteKind, ShardPlan, StatementKind};
-use conductor_core::remote_sql::insert_sql;
+use conductor_core::plan::{OnConflict, RouteKind, ShardPlan, StatementKind};
+use conductor_core::remote_sql::{insert_do_nothing_sql, insert_sql};
 use conductor_hrana::{Stmt, Value};
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgList, PgSqlErrorCode};
@@ -275,13 +275,15 @@ impl Walker<'_> {
             let Some(topology) = cache::try_table(self.relid(rti as u32)) else {
                 return;
             };
+            let on_conflict = crate::fdw::modify::on_conflict_of(mt);
             let (plan, note) = match insert_rows((*mt).plan.lefttree, &topology) {
                 Some(rows) => (
-                    ShardPlan::insert(&topology, rows).unwrap_or_else(|e| refuse(e.to_string())),
+                    ShardPlan::insert_with(&topology, rows, on_conflict)
+                        .unwrap_or_else(|e| refuse(e.to_string())),
                     "",
                 ),
                 None => (
-                    insert_template(&topology),
+                    insert_template(&topology, on_conflict),
                     "; the rows are known only when the statement runs",
                 ),
             };
@@ -324,8 +326,12 @@ fn bound(
 }
 
 /// Every shard may receive the rows: they exist only at execution.
-fn insert_template(topology: &TableTopology) -> ShardPlan {
+fn insert_template(topology: &TableTopology, on_conflict: OnConflict) -> ShardPlan {
     let names = topology.column_names();
+    let sql_for = match on_conflict {
+        OnConflict::Error => insert_sql,
+        OnConflict::DoNothing => insert_do_nothing_sql,
+    };
     ShardPlan {
         kind: RouteKind::AtExecution,
         reason: format!(
@@ -338,7 +344,7 @@ fn insert_template(topology: &TableTopology) -> ShardPlan {
             .iter()
             .map(|s| conductor_core::plan::ShardStatement {
                 shard_id: s.shard_id,
-                stmt: Stmt::new(insert_sql(&s.remote_table, &names, 1), Vec::new()),
+                stmt: Stmt::new(sql_for(&s.remote_table, &names, 1), Vec::new()),
             })
             .collect(),
     }

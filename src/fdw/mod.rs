@@ -1,11 +1,13 @@
 //! The foreign-data wrapper: `conductor_fdw_handler` hands Postgres the
 //! callbacks; each group of callbacks lives in its own module.
 
+pub mod analyze;
 pub mod direct;
 pub mod lower;
 pub mod modify;
 pub mod options;
 pub mod scan;
+pub mod truncate;
 
 use pgrx::prelude::*;
 use pgrx::PgList;
@@ -76,6 +78,8 @@ fn conductor_fdw_handler() -> PgBox<pg_sys::FdwRoutine> {
     routine.ExplainDirectModify = Some(direct::explain_direct_modify);
     routine.BeginForeignInsert = Some(modify::begin_foreign_insert);
     routine.EndForeignInsert = Some(modify::end_foreign_insert);
+    routine.ExecForeignTruncate = Some(truncate::exec_foreign_truncate);
+    routine.AnalyzeForeignTable = Some(analyze::analyze_foreign_table);
 
     routine.into_pg_boxed()
 }

@@ -13,7 +13,7 @@ use crate::errors::raise;
 use crate::fdw::options::table_option;
 use crate::gucs;
 use crate::xact::streams;
-use conductor_core::plan::{PlanError, ShardPlan, StatementKind};
+use conductor_core::plan::{OnConflict, PlanError, ShardPlan, StatementKind};
 use conductor_hrana::{StmtResult, Value};
 use pgrx::prelude::*;
 use pgrx::{PgList, PgMemoryContexts, PgSqlErrorCode};
@@ -44,6 +44,9 @@ struct ModifyState {
     /// a time; sending them in batches is what makes it fast).
     buffered: Vec<Vec<Value>>,
     buffering: bool,
+    /// INSERT … ON CONFLICT DO NOTHING: rows whose primary key is already
+    /// on their shard are skipped and not counted.
+    on_conflict: OnConflict,
 }
 
 impl ModifyState {
@@ -123,6 +126,7 @@ unsafe fn begin(
             returning: false,
             buffered: Vec::new(),
             buffering,
+            on_conflict: OnConflict::Error,
         };
         (*rinfo).ri_FdwState = PgMemoryContexts::CurrentMemoryContext
             .leak_and_drop_on_delete(state)
@@ -191,8 +195,31 @@ pub unsafe extern "C-unwind" fn plan_foreign_modify(
             std::ptr::null_mut(),
             (!(*plan).returningLists.is_null()) as i32,
         );
+        let do_nothing = pg_sys::lappend_int(
+            std::ptr::null_mut(),
+            (on_conflict_of(plan) == OnConflict::DoNothing) as i32,
+        );
         let private = pg_sys::lappend(std::ptr::null_mut(), updated.cast());
-        pg_sys::lappend(private, returning.cast())
+        let private = pg_sys::lappend(private, returning.cast());
+        pg_sys::lappend(private, do_nothing.cast())
+    }
+}
+
+/// The conflict rule of an INSERT: `ON CONFLICT DO NOTHING` (Postgres
+/// accepts it on a foreign table only without a conflict target, which it
+/// leaves to the wrapper: here, the shard table's PRIMARY KEY) or none.
+/// `ON CONFLICT DO UPDATE` is refused by Postgres for foreign tables.
+///
+/// # Safety
+/// `plan` is a ModifyTable of a planned statement (or null).
+pub unsafe fn on_conflict_of(plan: *const pg_sys::ModifyTable) -> OnConflict {
+    // SAFETY: per the contract.
+    if !plan.is_null()
+        && unsafe { (*plan).onConflictAction } == pg_sys::OnConflictAction::ONCONFLICT_NOTHING
+    {
+        OnConflict::DoNothing
+    } else {
+        OnConflict::Error
     }
 }
 
@@ -232,6 +259,7 @@ pub unsafe extern "C-unwind" fn begin_foreign_modify(
         };
         let updated: Vec<i16> = ints(0).into_iter().map(|a| a as i16).collect();
         let returning = ints(1).first() == Some(&1);
+        let do_nothing = ints(2).first() == Some(&1);
         let tlist = if operation == pg_sys::CmdType::CMD_INSERT {
             std::ptr::null_mut()
         } else {
@@ -239,24 +267,36 @@ pub unsafe extern "C-unwind" fn begin_foreign_modify(
         };
         begin(rinfo, updated, tlist, false);
         state(rinfo).returning = returning;
+        if do_nothing {
+            state(rinfo).on_conflict = OnConflict::DoNothing;
+        }
     }
 }
 
 #[pg_guard]
 pub unsafe extern "C-unwind" fn begin_foreign_insert(
-    _mtstate: *mut pg_sys::ModifyTableState,
+    mtstate: *mut pg_sys::ModifyTableState,
     rinfo: *mut pg_sys::ResultRelInfo,
 ) {
-    // SAFETY: rinfo is valid. COPY (and tuple routing) insert row by row;
-    // rows are buffered unless each must come back at once.
+    // SAFETY: rinfo is valid; mtstate is null for COPY, else the INSERT
+    // routing rows into this partition. COPY (and tuple routing) insert row
+    // by row; rows are buffered unless each must come back at once, or
+    // each must be known inserted or skipped (ON CONFLICT DO NOTHING).
     unsafe {
+        let on_conflict = if mtstate.is_null() {
+            OnConflict::Error
+        } else {
+            on_conflict_of((*mtstate).ps.plan as *const pg_sys::ModifyTable)
+        };
         let triggers = (*rinfo).ri_TrigDesc;
         let row_triggers = !triggers.is_null()
             && ((*triggers).trig_insert_after_row || (*triggers).trig_insert_before_row);
         let buffering = (*rinfo).ri_projectReturning.is_null()
             && (*rinfo).ri_WithCheckOptions.is_null()
-            && !row_triggers;
+            && !row_triggers
+            && on_conflict == OnConflict::Error;
         begin(rinfo, Vec::new(), std::ptr::null_mut(), buffering);
+        state(rinfo).on_conflict = on_conflict;
     }
 }
 
@@ -329,8 +369,8 @@ pub unsafe extern "C-unwind" fn exec_foreign_insert(
                 let rows = std::mem::take(&mut state.buffered);
                 send_rows(state, rows);
             }
-        } else {
-            send_rows(state, vec![row]);
+        } else if send_rows(state, vec![row]) == 0 {
+            return std::ptr::null_mut(); // skipped by ON CONFLICT DO NOTHING
         }
     }
     slot
@@ -349,7 +389,12 @@ pub unsafe extern "C-unwind" fn exec_foreign_batch_insert(
         let state = state(rinfo);
         let slots_slice = std::slice::from_raw_parts(slots, *num_slots as usize);
         let rows = slots_slice.iter().map(|&s| encode_row(state, s)).collect();
-        send_rows(state, rows);
+        let inserted = send_rows(state, rows);
+        // Postgres counts the first *num_slots slots as inserted. A batch
+        // only runs without RETURNING and row triggers, so which slots they
+        // are does not matter, only how many (fewer under ON CONFLICT DO
+        // NOTHING).
+        *num_slots = inserted.min(*num_slots as u64) as i32;
     }
     slots
 }
@@ -405,9 +450,16 @@ fn plan_error(topology: &TableTopology, e: PlanError) -> ! {
 }
 
 /// Route rows by key, group them per shard, and send each node its shards'
-/// multi-row INSERTs in one request, all nodes in parallel.
-fn send_rows(state: &ModifyState, rows: Vec<Vec<Value>>) {
-    state.run(ShardPlan::insert(&state.topology, rows));
+/// multi-row INSERTs in one request, all nodes in parallel. Returns how
+/// many rows were inserted (all of them, unless ON CONFLICT DO NOTHING
+/// skipped some).
+fn send_rows(state: &ModifyState, rows: Vec<Vec<Value>>) -> u64 {
+    let plan = ShardPlan::insert_with(&state.topology, rows, state.on_conflict)
+        .unwrap_or_else(|e| plan_error(&state.topology, e));
+    streams::run_plan(&state.topology, &plan)
+        .iter()
+        .map(|(_, r)| r.affected_row_count)
+        .sum()
 }
 
 /// The identity of the row being changed: its primary-key values in

@@ -13,7 +13,7 @@ use crate::remote;
 use crate::stats;
 use crate::xact::streams;
 use conductor_core::executor::{ScanHandle, ScanPoll, ShardQuery, ShardStats};
-use conductor_core::plan::{RouteKind, ShardPlan, StatementKind};
+use conductor_core::plan::{planned_key_values, RouteKind, ShardPlan, StatementKind};
 use conductor_core::predicate::{Binding, Pred};
 use conductor_hrana::Value;
 use pgrx::prelude::*;
@@ -179,8 +179,26 @@ pub unsafe extern "C-unwind" fn get_foreign_rel_size(
             pg_sys::JoinType::JOIN_INNER,
             std::ptr::null_mut(),
         );
-        let total = ROWS_PER_SHARD_ESTIMATE * topology.shard_count() as f64;
-        (*baserel).rows = pg_sys::clamp_row_est(total * selectivity);
+        // reltuples once ANALYZE has run (-1 before: Postgres 14+), else a
+        // fixed guess per shard.
+        let total = if (*baserel).tuples >= 0.0 {
+            (*baserel).tuples
+        } else {
+            let guess = ROWS_PER_SHARD_ESTIMATE * topology.shard_count() as f64;
+            (*baserel).tuples = guess;
+            guess
+        };
+        let mut rows = total * selectivity;
+        // A lookup of constant keys when the shard key is the whole primary
+        // key returns at most one row per key, statistics or not.
+        if topology.primary_key == [topology.key_index] {
+            let mut lowering = Lowering::new(&topology, (*baserel).relid);
+            let (pushed, _) = lower_clauses(&mut lowering, (*baserel).baserestrictinfo);
+            if let Some(keys) = planned_key_values(&topology, &pushed) {
+                rows = rows.min(keys as f64);
+            }
+        }
+        (*baserel).rows = pg_sys::clamp_row_est(rows);
     }
 }
 

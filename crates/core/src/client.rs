@@ -191,8 +191,9 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
-            max_line_bytes: 64 << 20,
-            max_body_bytes: 256 << 20,
+            // A row carrying a 64 MiB bytea value is ~90 MB of JSON.
+            max_line_bytes: 256 << 20,
+            max_body_bytes: 512 << 20,
             pool_idle_timeout: Duration::from_secs(60),
             ca_pem: None,
         }
@@ -275,14 +276,18 @@ impl HranaClient {
         let work = async {
             let json = serde_json::to_vec(body)
                 .map_err(|e| NodeError::protocol(&node, format!("cannot encode request: {e}")))?;
-            let resp = self
-                .post(ep, "v3/pipeline", json)
-                .send()
-                .await
-                .map_err(|e| transport_error(&node, e, deadline))?;
+            let size = json.len();
+            let resp = match self.post(ep, "v3/pipeline", json).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    let err = transport_error(&node, e, deadline);
+                    return Err(diagnose_large_body(ep, &node, size, err).await);
+                }
+            };
             let status = resp.status();
             if !status.is_success() {
-                return Err(http_error(&node, resp, deadline).await);
+                let err = http_error(&node, resp, deadline).await;
+                return Err(explain_body_limit(&node, size, err));
             }
             let bytes = read_limited(&node, resp, self.config.max_body_bytes, deadline).await?;
             let parsed: PipelineRespBody = serde_json::from_slice(&bytes).map_err(|e| {
@@ -320,9 +325,14 @@ impl HranaClient {
         let deadline = self.request_timeout();
         let json = serde_json::to_vec(body)
             .map_err(|e| NodeError::protocol(&node, format!("cannot encode request: {e}")))?;
+        let size = json.len();
         let send = self.post(ep, "v3/cursor", json).send();
         let resp = match tokio::time::timeout(deadline, send).await {
-            Ok(r) => r.map_err(|e| transport_error(&node, e, deadline))?,
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                let err = transport_error(&node, e, deadline);
+                return Err(diagnose_large_body(ep, &node, size, err).await);
+            }
             Err(_) => {
                 return Err(NodeError::Timeout {
                     node,
@@ -331,7 +341,8 @@ impl HranaClient {
             }
         };
         if !resp.status().is_success() {
-            return Err(http_error(&node, resp, deadline).await);
+            let err = http_error(&node, resp, deadline).await;
+            return Err(explain_body_limit(&node, size, err));
         }
         let mut stream = CursorStream {
             node,
@@ -428,6 +439,108 @@ fn transport_error(node: &NodeRef, e: reqwest::Error, after: Duration) -> NodeEr
             message: error_chain(&e),
         }
     }
+}
+
+/// Request bodies at least this large are worth asking the node about when
+/// sending them failed: the node may have refused the size.
+const LARGE_BODY_BYTES: usize = 1 << 20;
+
+/// How long the size probe waits for the node's answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The node's body limit from its 413 message ("… larger than the limit of
+/// N bytes").
+fn limit_in(message: &str) -> Option<u64> {
+    let rest = &message[message.find("limit of ")? + "limit of ".len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// The error for a request body the node refuses as too large, naming the
+/// size, the node's limit and the conductor-node flag that raises it.
+fn body_too_large(node: &NodeRef, size: usize, limit: Option<u64>) -> NodeError {
+    let limit_text = match limit {
+        Some(l) => format!("its limit of {l} bytes"),
+        None => "its request size limit".to_string(),
+    };
+    NodeError::Http {
+        node: node.clone(),
+        status: 413,
+        message: format!(
+            "the request of {size} bytes is larger than {limit_text}; \
+             start conductor-node with --max-body-bytes {} (or more) to accept it",
+            size.next_power_of_two().max(size)
+        ),
+        code: Some("BODY_TOO_LARGE".into()),
+    }
+}
+
+/// A 413 answer, restated with the request size and the flag to raise.
+fn explain_body_limit(node: &NodeRef, size: usize, err: NodeError) -> NodeError {
+    match &err {
+        NodeError::Http {
+            status: 413,
+            message,
+            ..
+        } => body_too_large(node, size, limit_in(message)),
+        _ => err,
+    }
+}
+
+/// Sending a large body failed mid-way ("Broken pipe", "connection reset"):
+/// a node that refuses a body as too large answers 413 and closes the
+/// connection without reading it, so the client sees only a broken write.
+/// Ask the node: a request that declares the same Content-Length but sends
+/// no body gets the 413 (with the limit) at once. Other failures, and
+/// `https://` nodes (the probe speaks plain HTTP), keep the original error.
+async fn diagnose_large_body(
+    ep: &NodeEndpoint,
+    node: &NodeRef,
+    size: usize,
+    err: NodeError,
+) -> NodeError {
+    if size < LARGE_BODY_BYTES || !matches!(err, NodeError::Io { .. }) {
+        return err;
+    }
+    match tokio::time::timeout(PROBE_TIMEOUT, probe_body_limit(ep, size)).await {
+        Ok(Some(limit)) => body_too_large(node, size, Some(limit)),
+        _ => err,
+    }
+}
+
+/// The node's body limit if it refuses a body of `size` bytes (from the
+/// 413 it answers to the headers alone); None if it does not say so.
+async fn probe_body_limit(ep: &NodeEndpoint, size: usize) -> Option<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url = reqwest::Url::parse(&endpoint_url(ep, "v3/pipeline")).ok()?;
+    if url.scheme() != "http" {
+        return None;
+    }
+    let host = url.host_str()?;
+    let port = url.port_or_known_default()?;
+    let mut conn = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+    let mut head = format!(
+        "POST {} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {size}\r\nConnection: close\r\n",
+        url.path()
+    );
+    if let Some(t) = &ep.token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    head.push_str("\r\n");
+    conn.write_all(head.as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while answer.len() < 16 * 1024 {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    if !text.starts_with("HTTP/1.1 413") && !text.starts_with("HTTP/1.0 413") {
+        return None;
+    }
+    limit_in(&text)
 }
 
 /// Turn a non-2xx response into `NodeError::Http`, reading at most a small

@@ -14,7 +14,8 @@
 use crate::placement::{shard_for, KeyValue};
 use crate::predicate::{deparse, deparse_template, Binding, DeparseError, Pred};
 use crate::remote_sql::{
-    delete_sql, insert_sql, key_match_sql, max_rows_per_insert, select_sql, update_sql,
+    count_sql, delete_sql, insert_do_nothing_sql, insert_sql, key_match_sql, max_rows_per_insert,
+    sample_sql, select_sql, update_sql,
 };
 use crate::router::{route, Route};
 use crate::topology::{ShardLocation, Topology};
@@ -49,6 +50,18 @@ pub enum RouteKind {
     /// generic plan's `$n`, a nested loop's outer row): every shard is a
     /// candidate until then.
     AtExecution,
+}
+
+/// What an INSERT does with a row whose primary key is already on its
+/// shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnConflict {
+    /// The statement fails (a unique violation, SQLSTATE 23505).
+    #[default]
+    Error,
+    /// The row is skipped (`INSERT … ON CONFLICT DO NOTHING`); only the
+    /// rows actually inserted count.
+    DoNothing,
 }
 
 /// One statement for one shard.
@@ -182,6 +195,21 @@ impl ShardPlan {
     /// them), routed by their key and sent as multi-row INSERTs, as many
     /// per shard as SQLite's parameter limit requires.
     pub fn insert(topology: &Topology, rows: Vec<Vec<Value>>) -> Result<ShardPlan, PlanError> {
+        Self::insert_with(topology, rows, OnConflict::Error)
+    }
+
+    /// [`ShardPlan::insert`] with a conflict rule: under
+    /// [`OnConflict::DoNothing`] each statement is `INSERT … ON CONFLICT DO
+    /// NOTHING`, and its affected row count is the rows it inserted.
+    pub fn insert_with(
+        topology: &Topology,
+        rows: Vec<Vec<Value>>,
+        on_conflict: OnConflict,
+    ) -> Result<ShardPlan, PlanError> {
+        let sql_for = match on_conflict {
+            OnConflict::Error => insert_sql,
+            OnConflict::DoNothing => insert_do_nothing_sql,
+        };
         let names = topology.column_names();
         let per_statement = max_rows_per_insert(names.len());
         let mut per_shard: BTreeMap<u32, Vec<Vec<Value>>> = BTreeMap::new();
@@ -197,7 +225,7 @@ impl ShardPlan {
                 let args = chunk.iter().flatten().cloned().collect();
                 statements.push(ShardStatement {
                     shard_id: shard,
-                    stmt: Stmt::new(insert_sql(table, &names, chunk.len()), args),
+                    stmt: Stmt::new(sql_for(table, &names, chunk.len()), args),
                 });
             }
         }
@@ -208,9 +236,13 @@ impl ShardPlan {
                 _ => RouteKind::SomeShards,
             },
             reason: format!(
-                "INSERT: {total} row{} by {}",
+                "INSERT: {total} row{} by {}{}",
                 if total == 1 { "" } else { "s" },
-                topology.key().name
+                topology.key().name,
+                match on_conflict {
+                    OnConflict::Error => "",
+                    OnConflict::DoNothing => ", skipping conflicts",
+                }
             ),
             max_keys_per_shard: 0,
             statements,
@@ -283,6 +315,55 @@ impl ShardPlan {
         }
     }
 
+    /// TRUNCATE: `DELETE FROM` every shard table (SQLite empties a table
+    /// deleted without WHERE in one step). Run in the transaction's remote
+    /// transactions, it is undone by ROLLBACK like any write.
+    pub fn truncate(topology: &Topology) -> ShardPlan {
+        Self::every_shard(topology, "TRUNCATE: every shard", |t| {
+            vec![Stmt::new(delete_sql(t, None, &[]), Vec::new())]
+        })
+    }
+
+    /// ANALYZE, first pass: `SELECT count(*)` of every shard.
+    pub fn row_counts(topology: &Topology) -> ShardPlan {
+        Self::every_shard(topology, "ANALYZE: row count of every shard", |t| {
+            vec![Stmt::new(count_sql(t), Vec::new())]
+        })
+    }
+
+    /// ANALYZE, second pass: a uniform random sample of every column of
+    /// each listed shard, `(shard, rows)`: `ORDER BY random() LIMIT rows`.
+    /// Shards asked for no rows are left out.
+    pub fn sample(topology: &Topology, rows_per_shard: &[(u32, u64)]) -> ShardPlan {
+        let all: Vec<usize> = (0..topology.columns.len()).collect();
+        let names = column_list(topology, &all);
+        let mut wanted: Vec<(u32, u64)> = rows_per_shard
+            .iter()
+            .copied()
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        wanted.sort();
+        ShardPlan {
+            kind: if wanted.len() == topology.shards.len() {
+                RouteKind::AllShards
+            } else {
+                RouteKind::SomeShards
+            },
+            reason: "ANALYZE: random sample of every shard, proportional to its rows".into(),
+            max_keys_per_shard: 0,
+            statements: wanted
+                .into_iter()
+                .map(|(shard, n)| ShardStatement {
+                    shard_id: shard,
+                    stmt: Stmt::new(
+                        sample_sql(&topology.shards[shard as usize].remote_table, &names),
+                        vec![Value::Integer(n.min(i64::MAX as u64) as i64)],
+                    ),
+                })
+                .collect(),
+        }
+    }
+
     /// The target shards, ascending, each once.
     pub fn shard_ids(&self) -> Vec<u32> {
         let mut ids: Vec<u32> = self.statements.iter().map(|s| s.shard_id).collect();
@@ -329,6 +410,47 @@ impl ShardPlan {
             }
         )
     }
+}
+
+/// How many shard-key values a restriction names, as far as planning knows
+/// (constants only): `Some(n)` for `key = c` (1) or `key IN (n values)`,
+/// `None` when the key is unrestricted or decided by a parameter.
+pub fn planned_key_values(topology: &Topology, preds: &[Pred]) -> Option<usize> {
+    let routed = route(preds, &topology.shard_key(), &[]).ok()?;
+    routed
+        .restricted
+        .then(|| routed.shards.values().map(Vec::len).sum())
+}
+
+/// How many rows each shard gives to a sample of `target` rows in all,
+/// proportional to its share of `counts` (`(shard, rows)`): never more than
+/// a shard holds, and never more than `target` together.
+pub fn sample_sizes(counts: &[(u32, u64)], target: u64) -> Vec<(u32, u64)> {
+    let total: u64 = counts.iter().map(|&(_, n)| n).sum();
+    if total == 0 || target == 0 {
+        return Vec::new();
+    }
+    if total <= target {
+        return counts.to_vec();
+    }
+    let mut out: Vec<(u32, u64)> = counts
+        .iter()
+        .map(|&(s, n)| (s, (n as u128 * target as u128 / total as u128) as u64))
+        .collect();
+    // Hand out what flooring left over, largest shards first.
+    let mut left = target - out.iter().map(|&(_, n)| n).sum::<u64>();
+    let mut order: Vec<usize> = (0..counts.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(counts[i].1));
+    for i in order {
+        if left == 0 {
+            break;
+        }
+        if out[i].1 < counts[i].1 {
+            out[i].1 += 1;
+            left -= 1;
+        }
+    }
+    out
 }
 
 /// The statement text for one shard table and the arguments that precede
@@ -609,6 +731,123 @@ mod tests {
                 r#"DELETE FROM "{table}" WHERE "{table}"."k" = ? RETURNING "{table}"."k", "{table}"."v", "{table}"."n""#
             )
         );
+    }
+
+    #[test]
+    fn truncate_deletes_from_every_shard() {
+        let t = topology(4, ColumnType::Int8);
+        let plan = ShardPlan::truncate(&t);
+        assert_eq!(plan.kind, RouteKind::AllShards);
+        assert_eq!(plan.shard_ids(), vec![0, 1, 2, 3]);
+        for s in &plan.statements {
+            assert_eq!(
+                s.stmt.sql.as_deref().unwrap(),
+                format!(r#"DELETE FROM "t_{:04}""#, s.shard_id)
+            );
+            assert!(s.stmt.args.is_empty());
+        }
+        // One request per node, carrying that node's shards.
+        assert_eq!(plan.by_node(&t).len(), 3);
+    }
+
+    #[test]
+    fn insert_do_nothing_skips_conflicts() {
+        let t = topology(1, ColumnType::Int8);
+        let row = |i| vec![Value::Integer(i), Value::Null, Value::Null];
+        let plan = ShardPlan::insert_with(&t, vec![row(1), row(2)], OnConflict::DoNothing).unwrap();
+        assert_eq!(
+            plan.statements[0].stmt.sql.as_deref().unwrap(),
+            r#"INSERT INTO "t_0000" ("k", "v", "n") VALUES (?, ?, ?), (?, ?, ?) ON CONFLICT DO NOTHING"#
+        );
+        let plain = ShardPlan::insert(&t, vec![row(1)]).unwrap();
+        assert!(!plain.statements[0]
+            .stmt
+            .sql
+            .as_deref()
+            .unwrap()
+            .contains("CONFLICT"));
+    }
+
+    #[test]
+    fn analyze_counts_and_samples() {
+        let t = topology(3, ColumnType::Int8);
+        let counts = ShardPlan::row_counts(&t);
+        assert_eq!(
+            counts.statements[2].stmt.sql.as_deref().unwrap(),
+            r#"SELECT count(*) FROM "t_0002""#
+        );
+        let sizes = sample_sizes(&[(0, 1000), (1, 3000), (2, 0)], 400);
+        assert_eq!(sizes, vec![(0, 100), (1, 300), (2, 0)]);
+        let sizes = sample_sizes(&[(0, 1), (1, 1), (2, 1)], 2);
+        assert_eq!(sizes.iter().map(|s| s.1).sum::<u64>(), 2);
+        assert_eq!(sample_sizes(&[(0, 5)], 100), vec![(0, 5)]);
+        let plan = ShardPlan::sample(&t, &sizes);
+        assert_eq!(plan.statements.len(), 2);
+        let s = &ShardPlan::sample(&t, &[(1, 7)]).statements[0];
+        assert_eq!(
+            s.stmt.sql.as_deref().unwrap(),
+            r#"SELECT "t_0001"."k", "t_0001"."v", "t_0001"."n" FROM "t_0001" ORDER BY random() LIMIT ?"#
+        );
+        assert_eq!(s.stmt.args, vec![Value::Integer(7)]);
+    }
+
+    #[test]
+    fn planned_key_values_counts_constants() {
+        let t = topology(16, ColumnType::Int8);
+        assert_eq!(planned_key_values(&t, &[eq(0, int(1))]), Some(1));
+        let list = Pred::In {
+            column: 0,
+            list: ListOperand::Items((0..50).map(int).collect()),
+        };
+        assert_eq!(planned_key_values(&t, &[list]), Some(50));
+        assert_eq!(planned_key_values(&t, &[]), None);
+        assert_eq!(planned_key_values(&t, &[eq(0, Operand::Param(0))]), None);
+        assert_eq!(planned_key_values(&t, &[eq(2, int(1))]), None);
+    }
+
+    #[test]
+    fn long_in_lists_travel_as_one_json_argument() {
+        for (ty, item) in [
+            (
+                ColumnType::Int8,
+                (|i: i64| Operand::Const(Some(TypedValue::Int8(i)))) as fn(i64) -> Operand,
+            ),
+            (ColumnType::Text, |i: i64| {
+                Operand::Const(Some(TypedValue::Text(format!("k{i}"))))
+            }),
+        ] {
+            let t = topology(1, ty);
+            let n = 100_000;
+            let list = Pred::In {
+                column: 0,
+                list: ListOperand::Items((0..n).map(item).collect()),
+            };
+            let plan = ShardPlan::build(&t, &[list.clone()], &[], &select_all()).unwrap();
+            let s = &plan.statements[0];
+            assert!(s
+                .stmt
+                .sql
+                .as_deref()
+                .unwrap()
+                .ends_with(r#"WHERE "t_0000"."k" IN (SELECT value FROM json_each(?))"#));
+            assert_eq!(s.stmt.args.len(), 1);
+            let Value::Text(json) = &s.stmt.args[0] else {
+                panic!()
+            };
+            let parsed: Vec<serde_json::Value> = serde_json::from_str(json).unwrap();
+            assert_eq!(parsed.len(), n as usize);
+            // The template (EXPLAIN) shows the same statement.
+            let template = ShardPlan::template(&t, &[list], &select_all());
+            assert_eq!(template.statements[0].stmt.sql, s.stmt.sql);
+        }
+        // Short lists keep one argument per element.
+        let t = topology(1, ColumnType::Int8);
+        let short = Pred::In {
+            column: 0,
+            list: ListOperand::Items((0..10).map(int).collect()),
+        };
+        let plan = ShardPlan::build(&t, &[short], &[], &select_all()).unwrap();
+        assert_eq!(plan.statements[0].stmt.args.len(), 10);
     }
 
     proptest! {

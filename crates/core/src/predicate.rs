@@ -6,7 +6,7 @@
 //! clause a shard runs, values always as `?` arguments and every column
 //! qualified with its shard table.
 
-use crate::remote_sql::qualified_column;
+use crate::remote_sql::{in_json_sql, qualified_column};
 use crate::types::TypedValue;
 use conductor_hrana::Value;
 use serde::{Deserialize, Serialize};
@@ -164,6 +164,32 @@ fn arg(value: Option<TypedValue>, column: &str) -> Result<Value, DeparseError> {
     }
 }
 
+/// IN lists longer than this travel as one JSON array argument expanded on
+/// the node (`IN (SELECT value FROM json_each(?))`) instead of one `?` per
+/// element: a list of any length then fits SQLite's limit of 32,766
+/// arguments per statement, and the request carries one string instead of
+/// a typed value object per element. Shorter lists keep the plain `IN (?,
+/// …)` form.
+pub const IN_LIST_JSON_THRESHOLD: usize = 1000;
+
+/// The elements as one JSON array, when every one has an exact JSON form
+/// that `json_each` hands back with the same SQLite type: integers
+/// (INTEGER), text (TEXT) and NULL. Floats (whose decimal form SQLite
+/// re-parses) and blobs (no JSON form) give `None`, and such a list keeps
+/// one `?` per element.
+fn json_list(values: &[Value]) -> Option<String> {
+    let mut items = Vec::with_capacity(values.len());
+    for v in values {
+        items.push(match v {
+            Value::Null => serde_json::Value::Null,
+            Value::Integer(i) => serde_json::Value::from(*i),
+            Value::Text(t) => serde_json::Value::String(t.clone()),
+            Value::Float(_) | Value::Blob(_) => return None,
+        });
+    }
+    Some(serde_json::Value::Array(items).to_string())
+}
+
 /// SQLite SQL for the conjunction of `preds`, with its arguments in order.
 /// `names[i]` is the name of column `i` on the shard table `table`.
 pub fn deparse(
@@ -241,13 +267,15 @@ fn deparse_one(
         Pred::In { column, list } => {
             let name = names[*column].as_str();
             let Some(bindings) = bindings else {
-                sql.push_str(name);
                 match list {
+                    ListOperand::Items(items) if items.len() > IN_LIST_JSON_THRESHOLD => {
+                        sql.push_str(&in_json_sql(name));
+                    }
                     ListOperand::Items(items) => {
                         let marks = vec!["?"; items.len()].join(", ");
-                        sql.push_str(&format!(" IN ({marks})"));
+                        sql.push_str(&format!("{name} IN ({marks})"));
                     }
-                    ListOperand::Param(_) => sql.push_str(" IN (?…)"),
+                    ListOperand::Param(_) => sql.push_str(&format!("{name} IN (?…)")),
                 }
                 return Ok(());
             };
@@ -256,13 +284,28 @@ fn deparse_one(
                 None => sql.push_str("NULL"),
                 Some(items) if items.is_empty() => sql.push('0'),
                 Some(items) => {
-                    sql.push_str(name);
-                    sql.push_str(" IN (");
-                    for (i, v) in items.into_iter().enumerate() {
-                        sql.push_str(if i == 0 { "?" } else { ", ?" });
-                        args.push(arg(v, name)?);
+                    let values = items
+                        .into_iter()
+                        .map(|v| arg(v, name))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    match (values.len() > IN_LIST_JSON_THRESHOLD)
+                        .then(|| json_list(&values))
+                        .flatten()
+                    {
+                        Some(json) => {
+                            sql.push_str(&in_json_sql(name));
+                            args.push(Value::Text(json));
+                        }
+                        None => {
+                            sql.push_str(name);
+                            sql.push_str(" IN (");
+                            for (i, v) in values.into_iter().enumerate() {
+                                sql.push_str(if i == 0 { "?" } else { ", ?" });
+                                args.push(v);
+                            }
+                            sql.push(')');
+                        }
                     }
-                    sql.push(')');
                 }
             }
         }

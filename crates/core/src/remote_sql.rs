@@ -169,6 +169,39 @@ pub fn insert_sql(table: &str, columns: &[&str], rows: usize) -> String {
     sql
 }
 
+/// [`insert_sql`] whose rows are skipped, not refused, when they conflict
+/// with a row already there (a duplicate primary key): `… ON CONFLICT DO
+/// NOTHING`. Unlike `INSERT OR IGNORE` it skips only uniqueness conflicts;
+/// a NOT NULL violation still fails the statement, as in Postgres.
+pub fn insert_do_nothing_sql(table: &str, columns: &[&str], rows: usize) -> String {
+    let mut sql = insert_sql(table, columns, rows);
+    sql.push_str(" ON CONFLICT DO NOTHING");
+    sql
+}
+
+/// `SELECT count(*) FROM table`: a shard's row count (for ANALYZE).
+pub fn count_sql(table: &str) -> String {
+    format!("SELECT count(*) FROM {}", quote_ident(table))
+}
+
+/// `SELECT cols FROM table ORDER BY random() LIMIT ?`: a uniform random
+/// sample of a shard's rows (for ANALYZE); the limit is the argument.
+pub fn sample_sql(table: &str, columns: &[&str]) -> String {
+    let mut sql = select_sql(table, columns, None);
+    sql.push_str(" ORDER BY random() LIMIT ?");
+    sql
+}
+
+/// `column IN (SELECT value FROM json_each(?))`: an IN list of any length
+/// as one argument, a JSON array, so a list never runs into SQLite's
+/// host-parameter limit. `json_each` yields integers as INTEGER and strings
+/// as TEXT, and its `value` column has no affinity, so each element
+/// compares with the column exactly as a `?` argument of the same value
+/// would (the column's affinity and collation apply).
+pub fn in_json_sql(column_ref: &str) -> String {
+    format!("{column_ref} IN (SELECT value FROM json_each(?))")
+}
+
 /// Most rows one [`insert_sql`] statement may carry with `ncols` columns,
 /// under SQLite's host-parameter limit (at least 1).
 pub fn max_rows_per_insert(ncols: usize) -> usize {

@@ -64,6 +64,8 @@ struct Node {
     data_dir: PathBuf,
     log: PathBuf,
     delay_ms: Option<u64>,
+    /// More conductor-node flags (see [`Cluster::restart_node_with_args`]).
+    extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -121,6 +123,7 @@ impl Cluster {
                 log: cluster.dir.join(format!("node-{i}.log")),
                 data_dir,
                 delay_ms: opts.node_delay_ms,
+                extra_args: Vec::new(),
                 child: None,
             });
             cluster.start_node(i);
@@ -355,6 +358,7 @@ impl Cluster {
         if let Some(d) = node.delay_ms {
             cmd.arg("--delay-ms").arg(d.to_string());
         }
+        cmd.args(&node.extra_args);
         cmd.current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -384,6 +388,14 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// Restarts node `i` with these extra conductor-node flags (replacing
+    /// earlier ones), e.g. `["--max-body-bytes", "268435456"]`.
+    pub fn restart_node_with_args(&mut self, i: usize, args: &[&str]) {
+        self.stop_node(i);
+        self.nodes[i].extra_args = args.iter().map(|a| a.to_string()).collect();
+        self.start_node(i);
     }
 
     /// Restarts node `i` with a new `--delay-ms` (None: no delay).
