@@ -69,7 +69,7 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
 
     /// Largest accepted request body, in bytes; larger bodies get 413.
-    #[arg(long, default_value_t = 16 * 1024 * 1024, value_name = "BYTES")]
+    #[arg(long, default_value_t = 256 * 1024 * 1024, value_name = "BYTES")]
     pub max_body_bytes: usize,
 
     /// An interactive stream (baton) unused for this long expires: its open

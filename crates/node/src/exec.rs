@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// Largest result (roughly, in bytes of values) an `execute` collects in
 /// memory; a pipeline holds its whole response, so an accidental full scan
 /// must not take the node's memory with it. Cursors have no such limit.
-const MAX_RESULT_BYTES: usize = 128 << 20;
+const MAX_RESULT_BYTES: usize = 256 << 20;
 
 /// Most SQL texts one stream may store with `store_sql`.
 const MAX_STORED_SQL: usize = 1000;
