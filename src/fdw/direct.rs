@@ -9,7 +9,7 @@ use crate::convert::ColumnCodec;
 use crate::errors::raise;
 use crate::fdw::lower::ParamSpec;
 use crate::fdw::scan::{bound_plan, eval_bindings, explain_plan, init_params, ScanPlan};
-use crate::xact::streams;
+use crate::xact::{autocommit, streams};
 use conductor_core::plan::{ShardPlan, StatementKind};
 use conductor_core::predicate::Pred;
 use conductor_hrana::Value;
@@ -165,6 +165,8 @@ struct DirectState {
     set_codecs: Vec<ColumnCodec>,
     econtext: *mut pg_sys::ExprContext,
     estate: *mut pg_sys::EState,
+    /// The result relation (for the fast path's trigger check).
+    rinfo: *mut pg_sys::ResultRelInfo,
     done: bool,
     /// The shard plan that ran, for EXPLAIN ANALYZE.
     last_plan: Option<ShardPlan>,
@@ -198,6 +200,7 @@ pub unsafe extern "C-unwind" fn begin_direct_modify(
             set_codecs,
             econtext: (*node).ss.ps.ps_ExprContext,
             estate: (*node).ss.ps.state,
+            rinfo: (*node).resultRelInfo,
             done: false,
             last_plan: None,
         };
@@ -235,10 +238,13 @@ impl DirectState {
         let topology = self.topology.clone();
         let statement = self.plan.statement(&topology, set_values);
         let plan = bound_plan(&topology, &self.plan.pushed, &bindings, &statement);
-        let changed: u64 = streams::run_plan(&topology, &plan)
-            .iter()
-            .map(|(_, r)| r.affected_row_count)
-            .sum();
+        // SAFETY: the executor state of the running statement.
+        let alone = unsafe { autocommit::statement_is_alone(self.estate, self.rinfo) };
+        let results = alone
+            .then(|| autocommit::run_alone(&topology, &plan))
+            .flatten()
+            .unwrap_or_else(|| streams::run_plan(&topology, &plan));
+        let changed: u64 = results.iter().map(|(_, r)| r.affected_row_count).sum();
         // SAFETY: the executor's EState; direct modify reports its count here.
         unsafe { (*self.estate).es_processed += changed };
         self.last_plan = Some(plan);

@@ -47,6 +47,9 @@ struct ModifyState {
     /// INSERT … ON CONFLICT DO NOTHING: rows whose primary key is already
     /// on their shard are skipped and not counted.
     on_conflict: OnConflict,
+    /// A one-row INSERT alone in its transaction: sent to its node as one
+    /// self-contained request (`xact::autocommit`).
+    alone: bool,
 }
 
 impl ModifyState {
@@ -127,6 +130,7 @@ unsafe fn begin(
             buffered: Vec::new(),
             buffering,
             on_conflict: OnConflict::Error,
+            alone: false,
         };
         (*rinfo).ri_FdwState = PgMemoryContexts::CurrentMemoryContext
             .leak_and_drop_on_delete(state)
@@ -269,6 +273,15 @@ pub unsafe extern "C-unwind" fn begin_foreign_modify(
         state(rinfo).returning = returning;
         if do_nothing {
             state(rinfo).on_conflict = OnConflict::DoNothing;
+        }
+        // One row (a VALUES row or a SELECT without FROM: a Result with no
+        // input) and nothing else in the transaction.
+        if operation == pg_sys::CmdType::CMD_INSERT {
+            let subplan = (*(*mtstate).ps.lefttree).plan;
+            let one_row =
+                (*subplan).type_ == pg_sys::NodeTag::T_Result && (*subplan).lefttree.is_null();
+            state(rinfo).alone =
+                one_row && crate::xact::autocommit::statement_is_alone((*mtstate).ps.state, rinfo);
         }
     }
 }
@@ -456,10 +469,12 @@ fn plan_error(topology: &TableTopology, e: PlanError) -> ! {
 fn send_rows(state: &ModifyState, rows: Vec<Vec<Value>>) -> u64 {
     let plan = ShardPlan::insert_with(&state.topology, rows, state.on_conflict)
         .unwrap_or_else(|e| plan_error(&state.topology, e));
-    streams::run_plan(&state.topology, &plan)
-        .iter()
-        .map(|(_, r)| r.affected_row_count)
-        .sum()
+    let results = state
+        .alone
+        .then(|| crate::xact::autocommit::run_alone(&state.topology, &plan))
+        .flatten()
+        .unwrap_or_else(|| streams::run_plan(&state.topology, &plan));
+    results.iter().map(|(_, r)| r.affected_row_count).sum()
 }
 
 /// The identity of the row being changed: its primary-key values in

@@ -2,6 +2,7 @@
 //! transactions on the nodes (`streams`) and node DDL that waits for commit
 //! (`ddl`). One pair of callbacks dispatches both.
 
+pub mod autocommit;
 pub mod ddl;
 pub mod streams;
 

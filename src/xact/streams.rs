@@ -112,6 +112,11 @@ pub fn has_stream(key: &NodeKey) -> bool {
     STREAMS.with(|s| s.borrow().contains_key(key))
 }
 
+/// Whether this transaction holds a remote transaction on any node.
+pub fn any_open() -> bool {
+    STREAMS.with(|s| !s.borrow().is_empty())
+}
+
 /// Steps that run in order, each only if the previous one succeeded.
 fn chained(stmts: Vec<Stmt>) -> Batch {
     let steps = stmts

@@ -901,10 +901,10 @@ fn concurrent_lone_writes_keep_their_own_results() {
 fn a_huge_pipeline_result_is_an_error_not_an_outage() {
     let n = node();
     let a = n.addr();
-    // ~200 MiB of values: too much to collect for a pipeline response.
+    // ~300 MiB of values: too much to collect for a pipeline response.
     let e = exec_err(
         a,
-        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 200) \
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 300) \
          SELECT zeroblob(1048576) FROM c",
         vec![],
     );

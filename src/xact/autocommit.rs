@@ -1,0 +1,176 @@
+//! The fast path of a write that is alone in its transaction: a statement
+//! that is the whole of an implicit transaction (not inside BEGIN … COMMIT,
+//! not one of several statements sent in one query string), writes through
+//! one ModifyTable with no trigger on its table, no writable CTE, and
+//! reaches one node, goes to that node as one self-contained request: the
+//! node begins, executes, commits. Its write lock is held only while the
+//! node runs it, and the write costs one round trip instead of three
+//! (BEGIN + statement, COMMIT, close).
+//!
+//! Nothing of the Postgres transaction can fail after that request but the
+//! commit of a transaction that did nothing else, so the result is the same
+//! as the transactional path's. A connection that breaks after the request
+//! was sent leaves the outcome unknown, and the ERROR says so.
+
+use crate::catalog::TableTopology;
+use crate::errors::raise;
+use crate::remote::{self, transaction, ShardRequest};
+use crate::xact::streams;
+use conductor_core::client::NodeError;
+use conductor_core::plan::ShardPlan;
+use conductor_hrana::{
+    PipelineReqBody, PipelineRespBody, StmtResult, StreamRequest, StreamResponse, StreamResult,
+};
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+/// Whether the statement running in `estate`, writing `rinfo`, is alone in
+/// its transaction with nothing after it that could fail.
+///
+/// # Safety
+/// `estate` and `rinfo` are the running statement's executor state.
+pub unsafe fn statement_is_alone(
+    estate: *mut pg_sys::EState,
+    rinfo: *mut pg_sys::ResultRelInfo,
+) -> bool {
+    // SAFETY: per the contract; all reads of executor and transaction state.
+    unsafe {
+        if pg_sys::IsTransactionBlock()
+            || pg_sys::GetCurrentTransactionNestLevel() != 1
+            || streams::any_open()
+        {
+            return false;
+        }
+        let stmt = (*estate).es_plannedstmt;
+        if stmt.is_null() || (*stmt).hasModifyingCTE || !(*stmt).subplans.is_null() {
+            return false;
+        }
+        let top = (*stmt).planTree as *mut pg_sys::Node;
+        if top.is_null() || (*top).type_ != pg_sys::NodeTag::T_ModifyTable {
+            return false;
+        }
+        let mt = top as *mut pg_sys::ModifyTable;
+        if pg_sys::list_length((*mt).resultRelations) != 1 {
+            return false;
+        }
+        rinfo.is_null() || (*rinfo).ri_TrigDesc.is_null()
+    }
+}
+
+/// Run `plan` as one self-contained request when all of it is on one node;
+/// `None` (nothing sent) when it spans several nodes.
+pub fn run_alone(topology: &TableTopology, plan: &ShardPlan) -> Option<Vec<(u32, StmtResult)>> {
+    let by_node = plan.by_node(topology);
+    let [node] = &by_node[..] else {
+        return None;
+    };
+    let token = crate::catalog::credentials::token_for(topology.server_id);
+    let endpoint = remote::endpoint(node.location, token);
+    let shards: Vec<u32> = node.statements.iter().map(|s| s.shard_id).collect();
+    let stmts: Vec<_> = node.statements.iter().map(|s| s.stmt.clone()).collect();
+    let single = stmts.len() == 1;
+    let body = if single {
+        PipelineReqBody {
+            baton: None,
+            requests: vec![
+                StreamRequest::Execute {
+                    stmt: stmts[0].clone(),
+                },
+                StreamRequest::Close,
+            ],
+        }
+    } else {
+        transaction(stmts)
+    };
+    crate::stats::count_shard_requests(topology.relid, plan.shard_ids().into_iter());
+    let request = ShardRequest {
+        shard_id: shards.first().copied(),
+        endpoint,
+        body,
+    };
+    let resp = match remote::execute_raw(vec![request], true)
+        .pop()
+        .expect("one answer")
+    {
+        Ok(resp) => resp,
+        Err(e) => {
+            if matches!(e.error, NodeError::Connect { .. }) || e.error.sqlite_code().is_some() {
+                remote::report_shard_error(&e);
+            }
+            raise(
+                PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+                format!(
+                    "conductor: the outcome of the write on node {} is unknown",
+                    e.node_id
+                ),
+            )
+            .detail(format!(
+                "{e}. The statement ran alone in its transaction and was sent to the node as one request; the connection failed before its answer arrived, so it may or may not have been applied."
+            ))
+            .hint("Check the row before retrying.")
+            .error()
+        }
+    };
+    let results = match stmt_results(&resp, single, shards.len()) {
+        Ok(r) => r,
+        Err((shard_index, error)) => remote::report_shard_error(&conductor_core::ShardError::new(
+            shard_index.map(|i| shards[i]),
+            NodeError::Sql {
+                node: conductor_core::client::NodeRef::from(&remote::endpoint(node.location, None)),
+                message: error.message,
+                code: error.code,
+            },
+        )),
+    };
+    crate::health::record_success(&node.location.url);
+    Some(shards.into_iter().zip(results).collect())
+}
+
+/// The statements' results, or the failed one (its index among the
+/// statements when known) with the node's error.
+fn stmt_results(
+    resp: &PipelineRespBody,
+    single: bool,
+    n: usize,
+) -> Result<Vec<StmtResult>, (Option<usize>, conductor_hrana::Error)> {
+    let protocol = |message: &str| {
+        (
+            None,
+            conductor_hrana::Error {
+                message: message.to_string(),
+                code: None,
+            },
+        )
+    };
+    match resp.results.first() {
+        Some(StreamResult::Ok {
+            response: StreamResponse::Execute { result },
+        }) if single => Ok(vec![result.clone()]),
+        Some(StreamResult::Ok {
+            response: StreamResponse::Batch { result },
+        }) if !single => {
+            // Steps: BEGIN, the statements, COMMIT, ROLLBACK.
+            if let Some((i, e)) = result
+                .step_errors
+                .iter()
+                .enumerate()
+                .find_map(|(i, e)| e.as_ref().map(|e| (i, e)))
+            {
+                let index = (1..=n).contains(&i).then(|| i - 1);
+                return Err((index, e.clone()));
+            }
+            result
+                .step_results
+                .get(1..=n)
+                .ok_or_else(|| protocol("batch result has the wrong number of steps"))?
+                .iter()
+                .map(|r| {
+                    r.clone()
+                        .ok_or_else(|| protocol("a batch step was skipped"))
+                })
+                .collect()
+        }
+        Some(StreamResult::Error { error }) => Err((single.then_some(0), error.clone())),
+        _ => Err(protocol("unexpected answer to a write")),
+    }
+}
