@@ -52,8 +52,13 @@ unit:
 
 # The extension installed into Debian's Postgres 15 + the node binary, then
 # the end-to-end tests against them.
+# A real libSQL server (sqld) for tests/e2e/tests/sqld.rs, when one is
+# installed: `make test SQLD=/path/to/sqld`, else sqld on PATH or in
+# ~/.local/bin. Without one, that test says it was skipped.
+SQLD ?= $(firstword $(shell command -v sqld 2>/dev/null) $(wildcard $(HOME)/.local/bin/sqld))
+
 e2e: ext node
-	CONDUCTOR_PG_BINDIR=$(TEST_PG_DIR)/lib/postgresql/15/bin \
+	CONDUCTOR_PG_BINDIR=$(TEST_PG_DIR)/lib/postgresql/15/bin SQLD=$(SQLD) \
 		cargo test -p conductor-e2e -- --test-threads=$(E2E_THREADS)
 
 # The extension, installed into the tests' private Postgres copy.

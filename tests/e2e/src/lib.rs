@@ -78,6 +78,9 @@ pub struct Cluster {
     pg_log: PathBuf,
     pg: Option<Child>,
     node_bin: PathBuf,
+    /// The nodes are real libSQL servers (sqld at `node_bin`), not
+    /// conductor-node.
+    sqld: bool,
     token: Option<String>,
     nodes: Vec<Node>,
     http: ureq::Agent,
@@ -89,14 +92,30 @@ impl Cluster {
     /// Starts a fresh Postgres and `opts.nodes` nodes; panics (with the
     /// relevant log) if anything fails to come up.
     pub fn start(opts: ClusterOptions) -> Cluster {
-        sweep_stale_temp_dirs();
-        let dir = make_temp_dir("conductor-e2e");
-        let pg_bindir = pg_bindir();
         let node_bin = if opts.nodes > 0 {
             node_bin()
         } else {
             PathBuf::new()
         };
+        Cluster::start_nodes_of(opts, node_bin, false)
+    }
+
+    /// Like [`Cluster::start`] with real libSQL servers as the nodes: the
+    /// sqld binary at `sqld` (no token support: sqld authenticates with
+    /// JWTs).
+    pub fn start_sqld(nodes: usize, sqld: &Path) -> Cluster {
+        let opts = ClusterOptions {
+            nodes,
+            node_delay_ms: None,
+            token: None,
+        };
+        Cluster::start_nodes_of(opts, sqld.to_path_buf(), true)
+    }
+
+    fn start_nodes_of(opts: ClusterOptions, node_bin: PathBuf, sqld: bool) -> Cluster {
+        sweep_stale_temp_dirs();
+        let dir = make_temp_dir("conductor-e2e");
+        let pg_bindir = pg_bindir();
         let http = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(60)))
             .http_status_as_error(false)
@@ -109,6 +128,7 @@ impl Cluster {
             pg_port: 0,
             pg: None,
             node_bin,
+            sqld,
             token: opts.token.clone(),
             nodes: Vec::new(),
             http,
@@ -348,15 +368,23 @@ impl Cluster {
             .expect("open node log");
         let _ = writeln!(log, "==== e2e harness: starting node-{i} ====");
         let mut cmd = Command::new(&self.node_bin);
-        cmd.arg("--listen")
-            .arg(format!("127.0.0.1:{}", node.port))
-            .arg("--data-dir")
-            .arg(&node.data_dir);
-        if let Some(t) = &self.token {
-            cmd.arg("--auth-token").arg(t);
-        }
-        if let Some(d) = node.delay_ms {
-            cmd.arg("--delay-ms").arg(d.to_string());
+        if self.sqld {
+            cmd.arg("--http-listen-addr")
+                .arg(format!("127.0.0.1:{}", node.port))
+                .arg("--db-path")
+                .arg(node.data_dir.join("sqld"))
+                .arg("--no-welcome");
+        } else {
+            cmd.arg("--listen")
+                .arg(format!("127.0.0.1:{}", node.port))
+                .arg("--data-dir")
+                .arg(&node.data_dir);
+            if let Some(t) = &self.token {
+                cmd.arg("--auth-token").arg(t);
+            }
+            if let Some(d) = node.delay_ms {
+                cmd.arg("--delay-ms").arg(d.to_string());
+            }
         }
         cmd.args(&node.extra_args);
         cmd.current_dir(&self.dir)
