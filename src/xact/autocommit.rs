@@ -105,7 +105,7 @@ pub fn run_alone(topology: &TableTopology, plan: &ShardPlan) -> Option<Vec<(u32,
                 ),
             )
             .detail(format!(
-                "{e}. The statement ran alone in its transaction and was sent to the node as one request; the connection failed before its answer arrived, so it may or may not have been applied."
+                "Outcome unknown: {e}. The statement ran alone in its transaction and was sent to the node as one request; no answer arrived, so it may or may not have been applied."
             ))
             .hint("Check the row before retrying.")
             .error()
