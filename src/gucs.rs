@@ -36,9 +36,22 @@ pub static READ_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static RETRY_BACKOFF_MS: GucSetting<i32> = GucSetting::<i32>::new(50);
 
 /// Most shard requests a scan keeps in flight to one node at a time.
-pub static MAX_REQUESTS_PER_NODE: GucSetting<i32> = GucSetting::<i32>::new(8);
+pub static MAX_REQUESTS_PER_NODE: GucSetting<i32> = GucSetting::<i32>::new(1);
+/// Longest time a remote transaction may stay open without a statement
+/// sent to its node, in milliseconds (0: no limit).
+pub static REMOTE_XACT_IDLE_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(300_000);
 
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"conductor.remote_transaction_idle_timeout",
+        c"Longest time a transaction's open remote transaction on a node may go without a statement.",
+        c"Past it the node's transaction is rolled back (releasing its locks) and the next statement or COMMIT of the Postgres transaction fails. 0 disables the limit: remote transactions then live as long as the Postgres transaction.",
+        &REMOTE_XACT_IDLE_TIMEOUT_MS,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_enum_guc(
         c"conductor.on_shard_failure",
         c"What a read does when a shard's node fails: error (default) or skip.",
@@ -78,7 +91,7 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"conductor.max_requests_per_node",
         c"Most shard requests one scan keeps in flight to one node at a time.",
-        c"Shards beyond it wait for a slot, so the connections (and file descriptors) a backend holds toward a node stay bounded whatever the shard count; nodes are still read in parallel.",
+        c"1 (the default): a node's shards are read one after the other in one read transaction, so a scan sees one snapshot of each node. More reads a node's shards over that many parallel requests, each its own snapshot. Shards beyond it wait for a slot, so the connections (and file descriptors) a backend holds toward a node stay bounded whatever the shard count; nodes are always read in parallel.",
         &MAX_REQUESTS_PER_NODE,
         1,
         256,
@@ -119,4 +132,12 @@ pub fn init() {
 
 pub fn request_timeout() -> Duration {
     Duration::from_millis(REQUEST_TIMEOUT_MS.get().max(1) as u64)
+}
+
+/// `conductor.remote_transaction_idle_timeout`, None when off.
+pub fn remote_xact_idle_timeout() -> Option<Duration> {
+    match REMOTE_XACT_IDLE_TIMEOUT_MS.get() {
+        ms if ms <= 0 => None,
+        ms => Some(Duration::from_millis(ms as u64)),
+    }
 }

@@ -55,6 +55,19 @@ fn tls_ca_pem() -> Option<Vec<u8>> {
     }
 }
 
+/// How long an open remote transaction's stream may go unused before the
+/// I/O side renews it (well under the node's idle expiry, 10 s by default).
+pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Renew a remote transaction's stream from the I/O side until its keeper
+/// is finished (see `conductor_core::keepalive`).
+pub fn keep_alive(
+    endpoint: NodeEndpoint,
+    keeper: std::sync::Arc<conductor_core::keepalive::StreamKeeper>,
+) {
+    executor().keep_alive(endpoint, keeper, KEEPALIVE_EVERY);
+}
+
 pub fn endpoint(placement: &ShardLocation, token: Option<String>) -> NodeEndpoint {
     NodeEndpoint {
         node_id: placement.node_id.clone(),
@@ -72,6 +85,10 @@ pub fn scan(queries: Vec<ShardQuery>, columns: usize, bounded: bool) -> ScanHand
     options.retry_backoff = Duration::from_millis(gucs::RETRY_BACKOFF_MS.get().max(1) as u64);
     options.skip_failed = gucs::ON_SHARD_FAILURE.get() == gucs::OnShardFailure::Skip;
     options.max_requests_per_node = gucs::MAX_REQUESTS_PER_NODE.get().max(1) as usize;
+    // With one request per node (the default), a scan never mixes the
+    // before and after of one concurrent commit on a node: each node's
+    // shards are read in one read transaction.
+    options.one_snapshot_per_node = options.max_requests_per_node == 1;
     executor().scan(queries, options)
 }
 
@@ -228,6 +245,46 @@ fn sqlstate(err: &ShardError) -> PgSqlErrorCode {
 /// Raise a node's failure as a Postgres ERROR naming node and shard.
 pub fn report_shard_error(err: &ShardError) -> ! {
     let what = match &err.error {
+        NodeError::Sql { .. }
+            if err
+                .sqlite_code()
+                .is_some_and(|c| c.starts_with("SQLITE_BUSY_SNAPSHOT")) =>
+        {
+            let shard = err
+                .shard_id
+                .map(|s| format!(" (shard {s})"))
+                .unwrap_or_default();
+            raise(
+                PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                format!(
+                    "conductor: could not serialize access: node {}{shard} was changed by another transaction since this transaction read it",
+                    err.node_id
+                ),
+            )
+            .detail(err.to_string())
+            .hint("Retry the transaction.")
+            .error();
+        }
+        NodeError::Sql { .. }
+            if err.sqlite_code().is_some_and(|c| {
+                c.starts_with("SQLITE_BUSY") || c.starts_with("SQLITE_LOCKED")
+            }) =>
+        {
+            let shard = err
+                .shard_id
+                .map(|s| format!(" (shard {s})"))
+                .unwrap_or_default();
+            raise(
+                PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                format!(
+                    "conductor: node {}{shard} is busy: another transaction holds its write lock",
+                    err.node_id
+                ),
+            )
+            .detail(err.to_string())
+            .hint("Retry the transaction. pg_stat_activity shows the sessions whose transactions are open (state 'idle in transaction'); a transaction that wrote to a node keeps its write lock until it ends.")
+            .error();
+        }
         NodeError::Sql { message, .. } => message.clone(),
         NodeError::Connect { .. } => format!("could not connect to node {}", err.node_id),
         NodeError::Timeout { .. } => format!("node {} did not answer in time", err.node_id),

@@ -276,7 +276,7 @@ fn sync_shard_schema(relid: pg_sys::Oid) {
     if !change.is_empty() {
         let topology = cache::table(relid);
         let plan = ShardPlan::every_shard(&topology, "ALTER", |table| change.for_table(table));
-        streams::run_plan(&topology, &plan);
+        streams::run_plan(&topology, &plan, streams::Access::Write);
     }
 }
 
@@ -332,7 +332,7 @@ fn check_schema(
             ),
         ]
     });
-    let results = streams::run_plan(&topology, &plan);
+    let results = streams::run_plan(&topology, &plan, streams::Access::Write);
     let mut problems = Vec::new();
     for pair in results.chunks(2) {
         let [(shard, cols), (_, idx)] = pair else {
@@ -535,7 +535,7 @@ fn create_shard_index(
     let plan = ShardPlan::every_shard(&topology, "CREATE INDEX", |table| {
         vec![Stmt::new(create_index_sql(table, &def), vec![])]
     });
-    streams::run_plan(&topology, &plan);
+    streams::run_plan(&topology, &plan, streams::Access::Write);
     name
 }
 
@@ -559,5 +559,5 @@ fn drop_shard_index(name: &str) {
     let plan = ShardPlan::every_shard(&topology, "DROP INDEX", |table| {
         vec![Stmt::new(drop_index_sql(table, name), vec![])]
     });
-    streams::run_plan(&topology, &plan);
+    streams::run_plan(&topology, &plan, streams::Access::Write);
 }

@@ -209,6 +209,8 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
         per_node.insert(
             node.node_id.as_str(),
             NodeWork {
+                access: streams::Access::Write,
+                lock_table: None,
                 key: (server_id.to_u32(), node.node_id.clone()),
                 endpoint: NodeEndpoint {
                     node_id: node.node_id.clone(),
@@ -235,6 +237,8 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
         per_node
             .entry(node.node_id.as_str())
             .or_insert_with(|| NodeWork {
+                access: streams::Access::Write,
+                lock_table: None,
                 key: (server_id.to_u32(), node.node_id.clone()),
                 endpoint: NodeEndpoint {
                     node_id: node.node_id.clone(),

@@ -243,7 +243,7 @@ impl DirectState {
         let results = alone
             .then(|| autocommit::run_alone(&topology, &plan))
             .flatten()
-            .unwrap_or_else(|| streams::run_plan(&topology, &plan));
+            .unwrap_or_else(|| streams::run_plan(&topology, &plan, streams::Access::Write));
         let changed: u64 = results.iter().map(|(_, r)| r.affected_row_count).sum();
         // SAFETY: the executor's EState; direct modify reports its count here.
         unsafe { (*self.estate).es_processed += changed };

@@ -56,7 +56,7 @@ impl ModifyState {
     /// Run a plan in the transaction; the first statement's result.
     fn run(&self, plan: Result<ShardPlan, PlanError>) -> Option<StmtResult> {
         let plan = plan.unwrap_or_else(|e| plan_error(&self.topology, e));
-        streams::run_plan(&self.topology, &plan)
+        streams::run_plan(&self.topology, &plan, streams::Access::Write)
             .into_iter()
             .next()
             .map(|(_, r)| r)
@@ -473,7 +473,7 @@ fn send_rows(state: &ModifyState, rows: Vec<Vec<Value>>) -> u64 {
         .alone
         .then(|| crate::xact::autocommit::run_alone(&state.topology, &plan))
         .flatten()
-        .unwrap_or_else(|| streams::run_plan(&state.topology, &plan));
+        .unwrap_or_else(|| streams::run_plan(&state.topology, &plan, streams::Access::Write));
     results.iter().map(|(_, r)| r.affected_row_count).sum()
 }
 

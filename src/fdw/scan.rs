@@ -372,6 +372,10 @@ struct ScanState {
     /// The scan finds the rows an UPDATE/DELETE of this table changes: it
     /// reads inside the transaction that will write them.
     for_modify: bool,
+    /// The rows are locked (`FOR UPDATE`/`NO KEY UPDATE`/`SHARE`/`KEY
+    /// SHARE`) with this wait policy: the scan reads inside the node's write
+    /// transaction.
+    row_lock: Option<pg_sys::LockWaitPolicy::Type>,
     /// The rows of one shard being handed out.
     rows: std::vec::IntoIter<Vec<Value>>,
     current_shard: u32,
@@ -397,13 +401,29 @@ impl ScanState {
             .by_node(&topology)
             .iter()
             .any(|n| streams::has_stream(&(server, n.location.node_id.clone())));
-        if self.for_modify || reads_own_writes {
-            // This transaction has written to a node the scan needs (or
-            // will write the rows it finds): read through its stream so the
-            // scan sees those writes and holds the node's write lock. A
-            // stream carries one request at a time, so these rows are
+        if let Some(policy) = self.row_lock {
+            refuse_lock_policy(policy, &topology.name);
+        }
+        // SAFETY: reads backend transaction state.
+        let repeatable =
+            unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as std::ffi::c_int;
+        let access = if self.for_modify || self.row_lock.is_some() {
+            // Rows that will be written or are locked are read holding the
+            // node's write lock (BEGIN IMMEDIATE): concurrent writers and
+            // lockers of the node wait for this transaction.
+            Some(streams::Access::Write)
+        } else if repeatable || reads_own_writes {
+            // REPEATABLE READ / SERIALIZABLE: every read of a node in this
+            // transaction sees the snapshot its first read pinned. A
+            // transaction that wrote to a node reads its own writes.
+            Some(streams::Access::Read)
+        } else {
+            None
+        };
+        if let Some(access) = access {
+            // A stream carries one request at a time, so these rows are
             // fetched whole rather than streamed.
-            self.phase = Phase::Materialized(self.read_through_streams(&plan));
+            self.phase = Phase::Materialized(self.read_through_streams(&plan, access));
             self.last_plan = Some(plan);
             return;
         }
@@ -448,10 +468,14 @@ impl ScanState {
         )));
     }
 
-    fn read_through_streams(&self, plan: &ShardPlan) -> VecDeque<(u32, Vec<Vec<Value>>)> {
+    fn read_through_streams(
+        &self,
+        plan: &ShardPlan,
+        access: streams::Access,
+    ) -> VecDeque<(u32, Vec<Vec<Value>>)> {
         let width = self.codecs.len().max(1);
         let mut out = VecDeque::new();
-        for (shard, r) in streams::run_plan(&self.topology, plan) {
+        for (shard, r) in streams::run_plan(&self.topology, plan, access) {
             if r.rows.iter().any(|row| row.len() != width) {
                 let p = &self.topology.shards[shard as usize];
                 raise(
@@ -533,6 +557,48 @@ pub unsafe fn init_params(
     }
 }
 
+/// The row lock the statement takes on this scan's rows (`SELECT … FOR
+/// UPDATE` and friends), with its wait policy: the ExecRowMark of the
+/// scan's range table entry (Postgres gives a foreign table without
+/// GetForeignRowMarkType a ROW_MARK_COPY mark carrying the strength).
+unsafe fn row_lock(node: *mut pg_sys::ForeignScanState) -> Option<pg_sys::LockWaitPolicy::Type> {
+    // SAFETY: executor state of a scan node being initialized; InitPlan
+    // filled es_rowmarks (es_range_table_size entries) before any node.
+    unsafe {
+        let estate = (*node).ss.ps.state;
+        let plan = (*node).ss.ps.plan as *mut pg_sys::Scan;
+        let rti = (*plan).scanrelid as usize;
+        if (*estate).es_rowmarks.is_null()
+            || rti == 0
+            || rti > (*estate).es_range_table_size as usize
+        {
+            return None;
+        }
+        let erm = *(*estate).es_rowmarks.add(rti - 1);
+        if erm.is_null() || (*erm).strength == pg_sys::LockClauseStrength::LCS_NONE {
+            return None;
+        }
+        Some((*erm).waitPolicy)
+    }
+}
+
+/// NOWAIT and SKIP LOCKED cannot be honoured: a node's lock is taken by
+/// waiting (up to the node's busy timeout), never tried.
+fn refuse_lock_policy(policy: pg_sys::LockWaitPolicy::Type, table: &str) {
+    let clause = match policy {
+        pg_sys::LockWaitPolicy::LockWaitError => "NOWAIT",
+        pg_sys::LockWaitPolicy::LockWaitSkip => "SKIP LOCKED",
+        _ => return,
+    };
+    raise(
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        format!("conductor: {clause} is not supported on distributed table {table}"),
+    )
+    .detail("A row lock on a distributed table takes its node's write lock, waiting for other writers of the node.")
+    .hint(format!("Remove {clause}; the lock then waits up to the node's busy timeout."))
+    .error()
+}
+
 /// Whether this scan's relation is also the target of the statement's
 /// UPDATE or DELETE (its result relation is set up before its scan).
 unsafe fn feeds_modify(node: *mut pg_sys::ForeignScanState) -> bool {
@@ -580,6 +646,7 @@ pub unsafe extern "C-unwind" fn begin_foreign_scan(
             econtext: (*node).ss.ps.ps_ExprContext,
             phase: Phase::NotStarted,
             for_modify: feeds_modify(node),
+            row_lock: row_lock(node),
             rows: Vec::new().into_iter(),
             current_shard: 0,
             last_plan: None,

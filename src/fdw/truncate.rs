@@ -45,6 +45,10 @@ pub unsafe extern "C-unwind" fn exec_foreign_truncate(
     // Every table's shards in the same remote transactions: a failure on
     // any shard fails the statement, and the abort rolls back the rest.
     for topology in &topologies {
-        streams::run_plan(topology, &ShardPlan::truncate(topology));
+        streams::run_plan(
+            topology,
+            &ShardPlan::truncate(topology),
+            streams::Access::Write,
+        );
     }
 }

@@ -1,10 +1,22 @@
 //! Remote transactions: the writes of a Postgres transaction run on one Hrana
 //! stream per node (a stream is one SQLite connection), opened with BEGIN
-//! IMMEDIATE on
-//! the first statement that needs it, committed at pre-commit (all nodes in
-//! parallel) and rolled back on abort, as postgres_fdw does with its
-//! connections. Subtransactions map to SQLite savepoints `s<level>`, created
-//! lazily before the first statement that runs at a deeper level.
+//! IMMEDIATE on the first statement that needs it, committed at pre-commit
+//! (all nodes in parallel) and rolled back on abort, as postgres_fdw does
+//! with its connections. Subtransactions map to SQLite savepoints
+//! `s<level>`, created lazily before the first statement that runs at a
+//! deeper level.
+//!
+//! A transaction at REPEATABLE READ or SERIALIZABLE also reads through
+//! these streams: the first read of a node opens a read transaction there
+//! (`BEGIN`, deferred, whose first read pins a WAL snapshot) that lasts
+//! until the Postgres transaction ends. A later write (or row lock) on that
+//! node upgrades it to the node's write lock; if another writer committed
+//! since the snapshot, SQLite refuses with SQLITE_BUSY_SNAPSHOT, raised as a
+//! serialization failure (40001).
+//!
+//! While a transaction is open, the I/O side renews each stream so the node
+//! does not expire it (`conductor_core::keepalive`); the backend and the
+//! renewer share the stream's single-use baton through its keeper.
 //!
 //! There is no two-phase commit: if a node fails between two nodes'
 //! COMMITs, one may be committed and the other not; the user then gets a
@@ -15,6 +27,7 @@ use crate::errors::raise;
 use crate::remote::{self, ShardRequest};
 use conductor_core::client::{NodeEndpoint, NodeError, NodeRef};
 use conductor_core::executor::ShardError;
+use conductor_core::keepalive::{Lost, StreamKeeper};
 use conductor_core::plan::ShardPlan;
 use conductor_hrana::{
     Batch, BatchCond, BatchStep, PipelineReqBody, PipelineRespBody, Stmt, StmtResult,
@@ -24,6 +37,7 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// A node of a server: (server oid, node id).
 pub type NodeKey = (u32, String);
@@ -33,7 +47,11 @@ pub type NodeKey = (u32, String);
 /// all nodes in parallel. Returns every statement's result with its shard,
 /// in plan order per node; a failure is raised as an ERROR naming node and
 /// shard.
-pub fn run_plan(topology: &TableTopology, plan: &ShardPlan) -> Vec<(u32, StmtResult)> {
+pub fn run_plan(
+    topology: &TableTopology,
+    plan: &ShardPlan,
+    access: Access,
+) -> Vec<(u32, StmtResult)> {
     let token = crate::catalog::credentials::token_for(topology.server_id);
     let server = topology.server_id.to_u32();
     let mut shards: Vec<Vec<u32>> = Vec::new();
@@ -42,7 +60,13 @@ pub fn run_plan(topology: &TableTopology, plan: &ShardPlan) -> Vec<(u32, StmtRes
         .into_iter()
         .map(|node| {
             shards.push(node.statements.iter().map(|s| s.shard_id).collect());
+            let lock_table = node
+                .statements
+                .first()
+                .map(|s| topology.shards[s.shard_id as usize].remote_table.clone());
             NodeWork {
+                access,
+                lock_table,
                 key: (server, node.location.node_id.clone()),
                 endpoint: remote::endpoint(node.location, token.clone()),
                 stmts: node
@@ -73,6 +97,11 @@ pub fn run_plan(topology: &TableTopology, plan: &ShardPlan) -> Vec<(u32, StmtRes
 /// Statements for one node, each tagged with the table and shard it acts
 /// on (for messages and the commit report).
 pub struct NodeWork {
+    /// What the statements need of the node's transaction.
+    pub access: Access,
+    /// A table on the node, for upgrading a read transaction to a write
+    /// transaction before the statements (None: they upgrade it themselves).
+    pub lock_table: Option<String>,
     pub key: NodeKey,
     pub endpoint: NodeEndpoint,
     pub stmts: Vec<(ShardLabel, Stmt)>,
@@ -85,9 +114,23 @@ pub struct ShardLabel {
     pub shard: u32,
 }
 
+/// What a statement needs of its node's remote transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    /// A snapshot: `BEGIN` (deferred), pinned by its first read.
+    Read,
+    /// The node's write lock: `BEGIN IMMEDIATE`, or a read transaction
+    /// upgraded by its first write.
+    Write,
+}
+
 struct Stream {
     endpoint: NodeEndpoint,
-    baton: Option<String>,
+    /// The current baton, shared with the renewer (None until the node
+    /// answered the first request).
+    keeper: Option<Arc<StreamKeeper>>,
+    /// What the node's transaction holds.
+    access: Access,
     /// Deepest transaction nesting level with a savepoint on the node
     /// (1: just the top-level BEGIN).
     level: i32,
@@ -147,31 +190,85 @@ fn lost_error(endpoint: &NodeEndpoint, why: &str) -> ShardError {
 /// abort rolls the node back.
 pub fn run(work: Vec<NodeWork>) -> Vec<Result<Vec<StmtResult>, ShardError>> {
     let level = nest_level();
+    let idle_limit = crate::gucs::remote_xact_idle_timeout();
     let mut requests = Vec::with_capacity(work.len());
     let mut prefixes = Vec::with_capacity(work.len());
+    let mut began = Vec::with_capacity(work.len());
     STREAMS.with(|streams| {
         let mut streams = streams.borrow_mut();
         for w in &work {
             let stream = streams.entry(w.key.clone()).or_insert_with(|| Stream {
                 endpoint: w.endpoint.clone(),
-                baton: None,
+                keeper: None,
+                access: w.access,
                 level: 0,
                 lost: None,
                 touched: BTreeSet::new(),
             });
+            if stream.lost.is_none() {
+                if let Some(lost) = stream.keeper.as_ref().and_then(|k| k.lost()) {
+                    stream.lost = Some(lost.to_string());
+                }
+            }
             if let Some(why) = &stream.lost {
                 let why = why.clone();
+                let idle = stream
+                    .keeper
+                    .as_ref()
+                    .and_then(|k| k.lost())
+                    .filter(|l| matches!(l, Lost::Idle(_)));
                 drop(streams);
+                if let Some(Lost::Idle(limit)) = idle {
+                    report_idle(&w.key.1, limit);
+                }
                 remote::report_shard_error(&lost_error(&w.endpoint, &why));
             }
+            let baton = match &stream.keeper {
+                None => None,
+                Some(k) => match k.checkout() {
+                    Ok(b) => Some(b),
+                    Err(lost) => {
+                        stream.lost = Some(lost.to_string());
+                        drop(streams);
+                        if let Lost::Idle(limit) = lost {
+                            report_idle(&w.key.1, limit);
+                        }
+                        remote::report_shard_error(&lost_error(&w.endpoint, &lost.to_string()));
+                    }
+                },
+            };
             let mut stmts = Vec::with_capacity(w.stmts.len() + 2);
             if stream.level == 0 {
-                // IMMEDIATE takes the node's write lock now: a transaction
-                // that reads and then writes (UPDATE by row identity) cannot
-                // lose another session's update, and writers queue instead
-                // of failing at their first write.
-                stmts.push(Stmt::new("BEGIN IMMEDIATE", vec![]));
+                stmts.push(Stmt::new(
+                    match w.access {
+                        // IMMEDIATE takes the node's write lock now: a
+                        // transaction that reads and then writes (UPDATE by
+                        // row identity, FOR UPDATE) cannot lose another
+                        // session's update, and writers queue instead of
+                        // failing at their first write.
+                        Access::Write => "BEGIN IMMEDIATE",
+                        // Deferred: the first read pins a snapshot.
+                        Access::Read => "BEGIN",
+                    },
+                    vec![],
+                ));
+                stream.access = w.access;
+            } else if w.access == Access::Write && stream.access == Access::Read {
+                // Upgrade the read transaction to the write lock before
+                // anything else: a write statement that matches nothing still
+                // takes it, and fails with SQLITE_BUSY_SNAPSHOT if another
+                // writer committed since this transaction's snapshot.
+                if let Some(table) = &w.lock_table {
+                    stmts.push(Stmt::new(
+                        format!(
+                            "DELETE FROM {} WHERE 0",
+                            conductor_core::remote_sql::quote_ident(table)
+                        ),
+                        vec![],
+                    ));
+                }
             }
+            began.push(stream.level == 0);
             for l in (stream.level.max(1) + 1)..=level {
                 stmts.push(Stmt::new(format!("SAVEPOINT s{l}"), vec![]));
             }
@@ -181,7 +278,7 @@ pub fn run(work: Vec<NodeWork>) -> Vec<Result<Vec<StmtResult>, ShardError>> {
                 shard_id: w.stmts.first().map(|(l, _)| l.shard),
                 endpoint: w.endpoint.clone(),
                 body: PipelineReqBody {
-                    baton: stream.baton.take(),
+                    baton,
                     requests: vec![StreamRequest::Batch {
                         batch: chained(stmts),
                     }],
@@ -203,8 +300,20 @@ pub fn run(work: Vec<NodeWork>) -> Vec<Result<Vec<StmtResult>, ShardError>> {
         work.iter()
             .zip(results)
             .zip(prefixes)
-            .map(|((w, result), prefix)| {
+            .zip(began)
+            .map(|(((w, result), prefix), began)| {
                 let stream = streams.get_mut(&w.key).expect("registered above");
+                let baton = result.as_ref().ok().and_then(|r| r.baton.clone());
+                match &stream.keeper {
+                    Some(k) => k.checkin(baton.clone(), idle_limit),
+                    None => {
+                        if let Some(b) = &baton {
+                            let keeper = Arc::new(StreamKeeper::new(b.clone(), idle_limit));
+                            remote::keep_alive(stream.endpoint.clone(), keeper.clone());
+                            stream.keeper = Some(keeper);
+                        }
+                    }
+                }
                 let resp = match result {
                     Ok(resp) => resp,
                     Err(e) => {
@@ -212,18 +321,53 @@ pub fn run(work: Vec<NodeWork>) -> Vec<Result<Vec<StmtResult>, ShardError>> {
                         return Err(e);
                     }
                 };
-                let Some(baton) = resp.baton.clone() else {
+                if baton.is_none() {
                     let why = "the node closed the stream";
                     stream.lost = Some(why.into());
                     return Err(lost_error(&w.endpoint, why));
-                };
-                stream.baton = Some(baton);
+                }
                 stream.lost = None;
+                let results = batch_results(&resp, prefix, w);
+                if began && failed_step(&resp) == Some(0) {
+                    // BEGIN itself failed (the node's write lock stayed
+                    // taken): no transaction is open on the node; the next
+                    // statement begins again.
+                    return results;
+                }
                 stream.level = level.max(1);
-                batch_results(&resp, prefix, w)
+                if results.is_ok() {
+                    stream.access = stream.access.max(w.access);
+                }
+                results
             })
             .collect()
     })
+}
+
+/// The index of the first failed step of a node's batch.
+fn failed_step(resp: &PipelineRespBody) -> Option<usize> {
+    match resp.results.first() {
+        Some(StreamResult::Ok {
+            response: StreamResponse::Batch { result },
+        }) => result.step_errors.iter().position(|e| e.is_some()),
+        _ => None,
+    }
+}
+
+/// The transaction's remote transaction on `node` went without a statement
+/// for longer than `conductor.remote_transaction_idle_timeout` and was
+/// rolled back there.
+fn report_idle(node: &str, limit: std::time::Duration) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+        format!(
+            "conductor: the remote transaction on node {node} was rolled back after {} ms without a statement",
+            limit.as_millis()
+        ),
+    )
+    .detail("conductor.remote_transaction_idle_timeout bounds how long a transaction may keep a node's transaction open without sending it a statement; nothing of this transaction will be committed.")
+    .hint("Roll back and retry; raise conductor.remote_transaction_idle_timeout (0 disables it) for transactions that pause longer.")
+    .error()
 }
 
 /// The results of a node's statements (after the BEGIN/SAVEPOINT prefix),
@@ -265,7 +409,12 @@ fn batch_results(
         .enumerate()
         .find_map(|(i, e)| e.as_ref().map(|e| (i, e)))
     {
-        let shard = i.checked_sub(prefix).map(|j| work.stmts[j].0.shard);
+        // A failed prefix step (BEGIN, the upgrade to the write lock) is
+        // reported on the node's first shard.
+        let shard = i
+            .checked_sub(prefix)
+            .map(|j| work.stmts[j].0.shard)
+            .or_else(|| work.stmts.first().map(|(l, _)| l.shard));
         return Err(ShardError::new(
             shard,
             NodeError::Sql {
@@ -307,6 +456,31 @@ fn describe(labels: &BTreeSet<ShardLabel>) -> String {
 /// fails, the Postgres transaction fails too; if others had already
 /// committed, a WARNING names what was and was not committed.
 pub fn commit_all() {
+    // A node whose transaction is already gone (rolled back after the idle
+    // limit, a renewal that failed) fails the whole transaction before any
+    // node commits: the streams stay registered and the abort rolls every
+    // node back.
+    let lost = STREAMS.with(|s| {
+        s.borrow().iter().find_map(|((_, node), st)| {
+            let keeper_lost = st.keeper.as_ref().and_then(|k| k.lost());
+            match (&st.lost, keeper_lost) {
+                (_, Some(Lost::Idle(limit))) => Some((node.clone(), Err(limit))),
+                (Some(why), _) => Some((node.clone(), Ok(why.clone()))),
+                (None, Some(l)) => Some((node.clone(), Ok(l.to_string()))),
+                (None, None) => None,
+            }
+        })
+    });
+    match lost {
+        None => {}
+        Some((node, Err(limit))) => report_idle(&node, limit),
+        Some((node, Ok(why))) => raise(
+            PgSqlErrorCode::ERRCODE_FDW_ERROR,
+            format!("conductor: the transaction on node {node} was lost: {why}"),
+        )
+        .detail("Nothing of this transaction was committed on any node.")
+        .error(),
+    }
     let streams = STREAMS.with(|s| std::mem::take(&mut *s.borrow_mut()));
     if streams.is_empty() {
         return;
@@ -314,34 +488,35 @@ pub fn commit_all() {
     let mut failed: Vec<(NodeKey, BTreeSet<ShardLabel>, String)> = Vec::new();
     let mut sent: Vec<(NodeKey, BTreeSet<ShardLabel>)> = Vec::new();
     let mut requests = Vec::new();
+    // Read-only transactions (a snapshot) are ended, not committed: their
+    // outcome changes nothing.
+    let mut read_only = Vec::new();
     for (key, stream) in streams {
-        match (&stream.lost, &stream.baton) {
-            (None, Some(baton)) => {
-                requests.push(ShardRequest {
-                    shard_id: None,
-                    endpoint: stream.endpoint.clone(),
-                    body: PipelineReqBody {
-                        baton: Some(baton.clone()),
-                        requests: vec![
-                            StreamRequest::Execute {
-                                stmt: Stmt::new("COMMIT", vec![]),
-                            },
-                            StreamRequest::Close,
-                        ],
-                    },
-                });
+        let baton = match &stream.keeper {
+            Some(k) => k.finish().map_err(|l| l.to_string()),
+            None => Err("no stream".into()),
+        };
+        if stream.access == Access::Read {
+            if let Ok(baton) = baton {
+                read_only.push(end_request(&stream.endpoint, baton, "ROLLBACK"));
+            }
+            continue;
+        }
+        match (&stream.lost, baton) {
+            (None, Ok(baton)) => {
+                requests.push(end_request(&stream.endpoint, baton, "COMMIT"));
                 sent.push((key, stream.touched));
             }
-            (why, _) => failed.push((
-                key,
-                stream.touched,
-                why.clone().unwrap_or_else(|| "no stream".into()),
-            )),
+            (Some(why), _) => failed.push((key, stream.touched, why.clone())),
+            (None, Err(why)) => failed.push((key, stream.touched, why)),
         }
     }
+    let n_commits = requests.len();
+    requests.extend(read_only);
     // A cancel now could leave some nodes committed and others not: wait
     // for every answer (each request has its deadline).
-    let results = remote::execute_raw(requests, false);
+    let mut results = remote::execute_raw(requests, false);
+    results.truncate(n_commits);
     let mut committed = Vec::new();
     // COMMIT was sent but no answer came back (the connection broke, the
     // deadline passed): the node may or may not have committed.
@@ -411,25 +586,33 @@ pub fn rollback_all() {
     let streams = STREAMS.with(|s| std::mem::take(&mut *s.borrow_mut()));
     let requests: Vec<ShardRequest> = streams
         .into_values()
-        .filter(|s| s.lost.is_none())
         .filter_map(|s| {
-            Some(ShardRequest {
-                shard_id: None,
-                body: PipelineReqBody {
-                    baton: Some(s.baton?),
-                    requests: vec![
-                        StreamRequest::Execute {
-                            stmt: Stmt::new("ROLLBACK", vec![]),
-                        },
-                        StreamRequest::Close,
-                    ],
-                },
-                endpoint: s.endpoint,
-            })
+            // finish() also stops the renewer of a lost stream.
+            let baton = s.keeper.as_ref()?.finish().ok()?;
+            s.lost
+                .is_none()
+                .then(|| end_request(&s.endpoint, baton, "ROLLBACK"))
         })
         .collect();
     if !requests.is_empty() {
         remote::execute_raw(requests, false);
+    }
+}
+
+/// `statement` (COMMIT or ROLLBACK) and close, on a stream.
+fn end_request(endpoint: &NodeEndpoint, baton: String, statement: &str) -> ShardRequest {
+    ShardRequest {
+        shard_id: None,
+        endpoint: endpoint.clone(),
+        body: PipelineReqBody {
+            baton: Some(baton),
+            requests: vec![
+                StreamRequest::Execute {
+                    stmt: Stmt::new(statement, vec![]),
+                },
+                StreamRequest::Close,
+            ],
+        },
     }
 }
 
@@ -439,12 +622,15 @@ pub fn rollback_to(level: i32) {
         s.borrow_mut()
             .iter_mut()
             .filter(|(_, st)| st.level >= level && st.lost.is_none())
-            .filter_map(|(k, st)| Some((k.clone(), st.endpoint.clone(), st.baton.take()?)))
+            .filter_map(|(k, st)| match st.keeper.as_ref()?.checkout() {
+                Ok(baton) => Some((k.clone(), st.endpoint.clone(), baton)),
+                Err(lost) => {
+                    st.lost = Some(lost.to_string());
+                    None
+                }
+            })
             .collect()
     });
-    if targets.is_empty() {
-        return;
-    }
     let requests = targets
         .iter()
         .map(|(_, endpoint, baton)| ShardRequest {
@@ -468,14 +654,14 @@ pub fn rollback_to(level: i32) {
             let Some(stream) = streams.get_mut(&key) else {
                 continue;
             };
+            let ok = matches!(&result, Ok(resp) if resp.baton.is_some()
+                && conductor_core::client::first_error(resp).is_none());
+            let baton = result.as_ref().ok().and_then(|r| r.baton.clone());
+            if let Some(k) = &stream.keeper {
+                k.checkin(baton, crate::gucs::remote_xact_idle_timeout());
+            }
             match result {
-                Ok(resp)
-                    if resp.baton.is_some()
-                        && conductor_core::client::first_error(&resp).is_none() =>
-                {
-                    stream.baton = resp.baton;
-                    stream.level = level - 1;
-                }
+                _ if ok => stream.level = level - 1,
                 Ok(resp) => {
                     stream.lost = Some(
                         conductor_core::client::first_error(&resp)

@@ -107,6 +107,15 @@ pub struct ScanOptions {
     /// others wait for a slot, so a table of thousands of shards holds a
     /// bounded number of connections and node streams per node.
     pub max_requests_per_node: usize,
+    /// Read all of a node's shards in one read transaction: when a node
+    /// holds several target shards, they are read by one cursor whose
+    /// batch is `BEGIN`, one SELECT per shard, `COMMIT`, so the scan sees
+    /// one snapshot of that node (never the before of one shard and the
+    /// after of another of the same concurrent commit). The node's shards
+    /// are then read one after the other, whatever `max_requests_per_node`;
+    /// nodes still run in parallel. A node with one target shard is read as
+    /// without this (a lookup stays one request).
+    pub one_snapshot_per_node: bool,
 }
 
 impl ScanOptions {
@@ -121,6 +130,7 @@ impl ScanOptions {
             bounded: false,
             skip_failed: false,
             max_requests_per_node: 8,
+            one_snapshot_per_node: false,
         }
     }
 }
@@ -409,6 +419,68 @@ impl Executor {
     }
 }
 
+impl Executor {
+    /// Keep a remote transaction's stream alive until its owner finishes
+    /// it (see [`crate::keepalive`]): every `every`, an unused stream is
+    /// renewed with an empty request; past the keeper's idle limit it is
+    /// rolled back and closed. Runs on the executor's runtime, without the
+    /// caller's help.
+    pub fn keep_alive(
+        &self,
+        endpoint: NodeEndpoint,
+        keeper: Arc<crate::keepalive::StreamKeeper>,
+        every: Duration,
+    ) {
+        use crate::keepalive::Tick;
+        let Ok(started) = self.get() else {
+            return; // no runtime: the node's own expiry applies
+        };
+        let client = started.client.clone();
+        started.runtime.spawn(async move {
+            let step = (every / 4).max(Duration::from_millis(50));
+            loop {
+                tokio::time::sleep(step).await;
+                match keeper.tick(every) {
+                    Tick::Stop => return,
+                    Tick::Wait => continue,
+                    Tick::Renew(baton) => {
+                        let body = PipelineReqBody {
+                            baton: Some(baton),
+                            requests: vec![],
+                        };
+                        let result = match client.pipeline(&endpoint, &body).await {
+                            Ok(resp) => resp
+                                .baton
+                                .ok_or_else(|| "the node closed the stream".to_string()),
+                            Err(e) => Err(e.detail()),
+                        };
+                        keeper.renewed(result);
+                    }
+                    Tick::RollBack(baton) => {
+                        let body = PipelineReqBody {
+                            baton: Some(baton),
+                            requests: vec![
+                                StreamRequest::Execute {
+                                    stmt: Stmt::new("ROLLBACK", vec![]),
+                                },
+                                StreamRequest::Close,
+                            ],
+                        };
+                        // If this fails the node's own expiry rolls back.
+                        let _ = client.pipeline(&endpoint, &body).await;
+                        let limit = match keeper.lost() {
+                            Some(crate::keepalive::Lost::Idle(l)) => l,
+                            _ => Duration::ZERO,
+                        };
+                        keeper.rolled_back(limit);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
 impl Drop for Executor {
     fn drop(&mut self) {
         // Dropping a runtime from inside another runtime's context panics;
@@ -447,6 +519,17 @@ enum ScanMsg {
 /// whatever the shard count, while every node works in parallel). A lookup
 /// (`bounded`) keeps one request per shard.
 fn group_by_node(shards: &[ShardQuery], opts: &ScanOptions) -> Vec<Vec<usize>> {
+    if opts.one_snapshot_per_node {
+        // One group per node: one read transaction each.
+        let mut per_node: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, q) in shards.iter().enumerate() {
+            match per_node.iter_mut().find(|(url, _)| *url == q.endpoint.url) {
+                Some((_, v)) => v.push(i),
+                None => per_node.push((q.endpoint.url.as_str(), vec![i])),
+            }
+        }
+        return per_node.into_iter().map(|(_, v)| v).collect();
+    }
     if opts.bounded || opts.max_requests_per_node == 0 {
         return (0..shards.len()).map(|i| vec![i]).collect();
     }
@@ -551,29 +634,59 @@ async fn stream_group(
 ) -> Result<(), NodeError> {
     let endpoint = &members[0].1.endpoint;
     let node = NodeRef::from(endpoint);
+    let step = |stmt: Stmt| BatchStep {
+        stmt,
+        condition: None,
+    };
+    // One snapshot of the node: the shards' steps between BEGIN (deferred:
+    // the first SELECT pins the snapshot) and COMMIT.
+    let snapshot = opts.one_snapshot_per_node;
+    let mut steps = Vec::with_capacity(members.len() + 2);
+    if snapshot {
+        steps.push(step(Stmt::new("BEGIN", vec![])));
+    }
+    steps.extend(members.iter().map(|(_, q)| step(q.stmt.clone())));
+    if snapshot {
+        steps.push(step(Stmt::new("COMMIT", vec![])));
+    }
+    // The member a batch step reads (None: BEGIN or COMMIT).
+    let member = |step: u32| -> Option<usize> {
+        (step as usize)
+            .checked_sub(snapshot as usize)
+            .filter(|&i| i < members.len())
+    };
     let body = CursorReqBody {
         baton: None,
-        batch: Batch {
-            steps: members
-                .iter()
-                .map(|(_, q)| BatchStep {
-                    stmt: q.stmt.clone(),
-                    condition: None,
-                })
-                .collect(),
-        },
+        batch: Batch { steps },
     };
     let mut cursor = client.cursor(endpoint, &body).await?;
     let per_chunk = opts.rows_per_chunk.max(1);
     let mut chunk: Vec<Vec<Value>> = Vec::with_capacity(per_chunk);
     let mut current: Option<usize> = None;
+    // Inside the BEGIN or COMMIT step.
+    let mut in_control = false;
     let mut rows = 0u64;
     let result: Result<(), NodeError> = async {
         while let Some(entry) = cursor.next().await? {
             match entry {
+                CursorEntry::StepBegin { step, .. } if member(step).is_none() => {
+                    if current.is_some() || in_control || !snapshot {
+                        return Err(NodeError::protocol(
+                            &node,
+                            format!("unexpected step_begin of step {step}"),
+                        ));
+                    }
+                    in_control = true;
+                }
+                CursorEntry::StepEnd { .. } if in_control => in_control = false,
+                CursorEntry::StepError { step, error } if member(step).is_none() => {
+                    // BEGIN or COMMIT failed: the group's reads are not one
+                    // snapshot (or not ended): the whole group fails.
+                    return Err(NodeError::sql(&node, &error));
+                }
                 CursorEntry::StepBegin { step, cols } => {
-                    let step = step as usize;
-                    if current.is_some() || step >= members.len() || progress.finished[step] {
+                    let step = member(step).expect("a member step");
+                    if current.is_some() || in_control || progress.finished[step] {
                         return Err(NodeError::protocol(
                             &node,
                             format!("unexpected step_begin of step {step}"),
@@ -642,8 +755,8 @@ async fn stream_group(
                     }
                 }
                 CursorEntry::StepError { step, error } => {
-                    let step = step as usize;
-                    if step >= members.len() || progress.finished[step] {
+                    let step = member(step).expect("a member step");
+                    if progress.finished[step] {
                         return Err(NodeError::protocol(
                             &node,
                             format!("unexpected step_error of step {step}"),

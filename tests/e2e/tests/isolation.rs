@@ -1,0 +1,225 @@
+//! Isolation levels across the nodes.
+//!
+//! - REPEATABLE READ and SERIALIZABLE read the same snapshot of a node for
+//!   the whole transaction, while READ COMMITTED sees what committed since;
+//! - a REPEATABLE READ transaction that writes a node changed since its
+//!   snapshot fails with a serialization error (40001) naming node and shard;
+//! - a multi-shard scan in READ COMMITTED reads one snapshot per node: a sum
+//!   over rows of one node never changes while other sessions move amounts
+//!   between those rows.
+
+mod common;
+
+use common::{describe, exec, expect_db_error, query_i64};
+use conductor_e2e::postgres::Client;
+use conductor_e2e::{pg_err, Cluster, ClusterOptions};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn text(client: &mut Client, sql: &str) -> String {
+    client
+        .query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {}", pg_err(&e)))
+        .get(0)
+}
+
+fn setup(nodes: usize) -> (Cluster, Client) {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v text, n bigint) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 8);
+         INSERT INTO t SELECT i, 'before', 0 FROM generate_series(1, 40) i;",
+    );
+    (cluster, db)
+}
+
+#[test]
+fn repeatable_read_repeats_and_read_committed_does_not() {
+    let (cluster, mut db) = setup(2);
+    let mut other = cluster.client();
+    for level in ["REPEATABLE READ", "SERIALIZABLE", "READ COMMITTED"] {
+        exec(&mut db, "UPDATE t SET v = 'before' WHERE id = 7");
+        exec(&mut db, "DELETE FROM t WHERE id > 40");
+        exec(&mut db, &format!("BEGIN ISOLATION LEVEL {level}"));
+        let first = text(&mut db, "SELECT v FROM t WHERE id = 7");
+        let count_first = query_i64(&mut db, "SELECT count(*) FROM t");
+        assert_eq!(first, "before");
+        assert_eq!(count_first, 40);
+        // Another session commits a change to the row and new rows on every
+        // shard in between.
+        exec(&mut other, "UPDATE t SET v = 'after' WHERE id = 7");
+        exec(
+            &mut other,
+            "INSERT INTO t SELECT i, 'new', 0 FROM generate_series(41, 60) i",
+        );
+        let second = text(&mut db, "SELECT v FROM t WHERE id = 7");
+        let count_second = query_i64(&mut db, "SELECT count(*) FROM t");
+        exec(&mut db, "COMMIT");
+        if level == "READ COMMITTED" {
+            assert_eq!(second, "after", "{level} sees the committed change");
+            assert_eq!(count_second, 60, "{level} sees the new rows");
+        } else {
+            assert_eq!(second, "before", "{level} reads its snapshot again");
+            assert_eq!(count_second, 40, "{level}: no new rows appear");
+        }
+        assert_eq!(text(&mut db, "SELECT v FROM t WHERE id = 7"), "after");
+        println!("{level}: first {first}/{count_first}, second {second}/{count_second}");
+    }
+}
+
+#[test]
+fn repeatable_read_write_after_a_concurrent_change_is_a_serialization_failure() {
+    let (cluster, mut db) = setup(2);
+    let mut other = cluster.client();
+
+    // Read, another session changes the row, then write it: 40001.
+    exec(&mut db, "BEGIN ISOLATION LEVEL REPEATABLE READ");
+    assert_eq!(text(&mut db, "SELECT v FROM t WHERE id = 5"), "before");
+    exec(&mut other, "UPDATE t SET v = 'theirs' WHERE id = 5");
+    let e = expect_db_error(
+        db.batch_execute("UPDATE t SET v = 'mine' WHERE id = 5"),
+        "write after a concurrent change",
+    );
+    assert_eq!(e.code().code(), "40001", "{}", describe(&e));
+    let shard = query_i64(
+        &mut other,
+        "SELECT conductor.shard_for('t', 5::bigint)::bigint",
+    );
+    assert!(
+        e.message().contains("could not serialize access")
+            && e.message().contains("node node-")
+            && e.message().contains(&format!("shard {shard}")),
+        "{}",
+        describe(&e)
+    );
+    exec(&mut db, "ROLLBACK");
+    assert_eq!(text(&mut db, "SELECT v FROM t WHERE id = 5"), "theirs");
+
+    // The same with a row-by-row UPDATE (new value computed from the row).
+    exec(&mut db, "BEGIN ISOLATION LEVEL SERIALIZABLE");
+    assert_eq!(query_i64(&mut db, "SELECT n FROM t WHERE id = 6"), 0);
+    exec(&mut other, "UPDATE t SET n = n + 10 WHERE id = 6");
+    let e = expect_db_error(
+        db.batch_execute("UPDATE t SET n = n + 1 WHERE id = 6"),
+        "row-by-row write after a concurrent change",
+    );
+    assert_eq!(e.code().code(), "40001", "{}", describe(&e));
+    exec(&mut db, "ROLLBACK");
+    assert_eq!(query_i64(&mut db, "SELECT n FROM t WHERE id = 6"), 10);
+
+    // Without a concurrent change the read transaction upgrades and commits.
+    exec(&mut db, "BEGIN ISOLATION LEVEL REPEATABLE READ");
+    assert_eq!(query_i64(&mut db, "SELECT n FROM t WHERE id = 6"), 10);
+    exec(&mut db, "UPDATE t SET n = n + 1 WHERE id = 6");
+    assert_eq!(query_i64(&mut db, "SELECT n FROM t WHERE id = 6"), 11);
+    exec(&mut db, "COMMIT");
+    assert_eq!(query_i64(&mut other, "SELECT n FROM t WHERE id = 6"), 11);
+}
+
+/// Ids that live on distinct shards of `t` (all on the cluster's one node).
+fn ids_on_distinct_shards(db: &mut Client, count: usize) -> Vec<i64> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut ids = Vec::new();
+    for id in 1..=40i64 {
+        let shard = query_i64(
+            db,
+            &format!("SELECT conductor.shard_for('t', {id}::bigint)::bigint"),
+        );
+        if seen.insert(shard) {
+            ids.push(id);
+        }
+        if ids.len() == count {
+            break;
+        }
+    }
+    assert_eq!(ids.len(), count, "not enough distinct shards");
+    ids
+}
+
+#[test]
+fn a_multi_shard_scan_sees_one_snapshot_per_node() {
+    // One node: every shard of the scan lives on it.
+    let (cluster, mut db) = setup(1);
+    let ids = ids_on_distinct_shards(&mut db, 6);
+    let list = ids
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    exec(
+        &mut db,
+        &format!("UPDATE t SET n = 1000 WHERE id IN ({list})"),
+    );
+    let total = 1000 * ids.len() as i64;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let moves = Arc::new(AtomicU64::new(0));
+    let movers: Vec<_> = (0..2)
+        .map(|m| {
+            let config = cluster.pg_config();
+            let (stop, moves, ids) = (stop.clone(), moves.clone(), ids.clone());
+            std::thread::spawn(move || {
+                let mut c = config.connect(conductor_e2e::postgres::NoTls).unwrap();
+                let mut k = m;
+                while !stop.load(Ordering::Relaxed) {
+                    // Move 1 between rows of two different shards, one
+                    // transaction (one remote transaction on the node).
+                    let (a, b) = (ids[k % ids.len()], ids[(k + 1 + m) % ids.len()]);
+                    k += 1;
+                    let r = c.batch_execute(&format!(
+                        "BEGIN;
+                         UPDATE t SET n = n - 1 WHERE id = {a};
+                         UPDATE t SET n = n + 1 WHERE id = {b};
+                         COMMIT;"
+                    ));
+                    match r {
+                        Ok(()) => {
+                            moves.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            let _ = c.batch_execute("ROLLBACK");
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let sum_sql = format!("SELECT sum(n)::bigint FROM t WHERE id IN ({list}) OR n < 0");
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut reads = 0u64;
+    let mut bad = Vec::new();
+    while Instant::now() < deadline {
+        // READ COMMITTED, autocommit: each statement one snapshot per node.
+        let s = query_i64(&mut db, &sum_sql);
+        reads += 1;
+        if s != total {
+            bad.push(s);
+        }
+        // REPEATABLE READ: the same sum twice in one transaction.
+        exec(&mut db, "BEGIN ISOLATION LEVEL REPEATABLE READ");
+        let first = query_i64(&mut db, &sum_sql);
+        let second = query_i64(&mut db, &sum_sql);
+        exec(&mut db, "COMMIT");
+        reads += 2;
+        for s in [first, second] {
+            if s != total {
+                bad.push(s);
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for m in movers {
+        m.join().unwrap();
+    }
+    let moves = moves.load(Ordering::Relaxed);
+    println!("{reads} sums read while {moves} moves committed; wrong sums: {bad:?}");
+    assert!(bad.is_empty(), "a scan mixed snapshots: {bad:?}");
+    assert!(moves >= 20, "the movers barely ran ({moves} moves)");
+    assert_eq!(query_i64(&mut db, &sum_sql), total);
+}
