@@ -1,0 +1,163 @@
+//! Row locks on distributed tables: `SELECT … FOR UPDATE` (and NO KEY
+//! UPDATE, SHARE, KEY SHARE) reads inside the node's write transaction, so
+//! concurrent lockers of the node wait for each other and a read-modify-write
+//! under FOR UPDATE loses no update. NOWAIT and SKIP LOCKED are refused.
+
+mod common;
+
+use common::{describe, exec, expect_db_error, query_i64};
+use conductor_e2e::postgres::NoTls;
+use conductor_e2e::{pg_err, Cluster, ClusterOptions};
+use std::time::{Duration, Instant};
+
+fn setup() -> (Cluster, conductor_e2e::postgres::Client) {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v bigint) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 8);
+         INSERT INTO t SELECT i, 0 FROM generate_series(1, 20) i;",
+    );
+    (cluster, db)
+}
+
+#[test]
+fn two_sessions_incrementing_under_a_row_lock_lose_nothing() {
+    let (cluster, mut db) = setup();
+    for strength in [
+        "FOR UPDATE",
+        "FOR NO KEY UPDATE",
+        "FOR SHARE",
+        "FOR KEY SHARE",
+    ] {
+        exec(&mut db, "UPDATE t SET v = 0 WHERE id = 5");
+        let mut a = cluster.client();
+        exec(&mut a, "BEGIN");
+        let va = query_i64(&mut a, &format!("SELECT v FROM t WHERE id = 5 {strength}"));
+        // The second session's locking read must wait for the first.
+        let config = cluster.pg_config();
+        let sql = format!("SELECT v FROM t WHERE id = 5 {strength}");
+        let second = std::thread::spawn(move || {
+            let mut b = config.connect(NoTls).unwrap();
+            b.batch_execute("BEGIN").unwrap();
+            let started = Instant::now();
+            let vb: i64 = b
+                .query_one(&sql, &[])
+                .unwrap_or_else(|e| panic!("{sql}: {}", pg_err(&e)))
+                .get(0);
+            let waited = started.elapsed();
+            b.batch_execute(&format!("UPDATE t SET v = {} WHERE id = 5", vb + 1))
+                .unwrap();
+            b.batch_execute("COMMIT").unwrap();
+            (vb, waited)
+        });
+        let held = Duration::from_millis(700);
+        std::thread::sleep(held);
+        exec(&mut a, &format!("UPDATE t SET v = {} WHERE id = 5", va + 1));
+        exec(&mut a, "COMMIT");
+        let (vb, waited) = second.join().unwrap();
+        let end = query_i64(&mut db, "SELECT v FROM t WHERE id = 5");
+        println!(
+            "{strength}: first read {va}, second read {vb} after waiting {waited:?}; v = {end}"
+        );
+        assert_eq!(va, 0);
+        assert_eq!(
+            vb, 1,
+            "{strength}: the second locker read the first's commit"
+        );
+        assert_eq!(end, 2, "{strength}: no update lost");
+        assert!(
+            waited >= held - Duration::from_millis(200),
+            "{strength}: the second locker did not wait ({waited:?})"
+        );
+    }
+}
+
+#[test]
+fn eight_sessions_increment_exactly_as_often_as_they_commit() {
+    let (cluster, mut db) = setup();
+    const SESSIONS: usize = 8;
+    const INCREMENTS: usize = 50;
+    let started = Instant::now();
+    let workers: Vec<_> = (0..SESSIONS)
+        .map(|_| {
+            let config = cluster.pg_config();
+            std::thread::spawn(move || {
+                let mut c = config.connect(NoTls).unwrap();
+                let (mut committed, mut failed) = (0u64, 0u64);
+                for _ in 0..INCREMENTS {
+                    let r = (|| -> Result<(), conductor_e2e::postgres::Error> {
+                        c.batch_execute("BEGIN")?;
+                        let v: i64 = c
+                            .query_one("SELECT v FROM t WHERE id = 7 FOR UPDATE", &[])?
+                            .get(0);
+                        c.batch_execute(&format!("UPDATE t SET v = {} WHERE id = 7", v + 1))?;
+                        c.batch_execute("COMMIT")
+                    })();
+                    match r {
+                        Ok(()) => committed += 1,
+                        Err(e) => {
+                            // Only a lock wait past the node's busy timeout
+                            // may fail, as a serialization error.
+                            let code = e.as_db_error().map(|d| d.code().code().to_string());
+                            assert_eq!(code.as_deref(), Some("40001"), "{}", pg_err(&e));
+                            failed += 1;
+                            let _ = c.batch_execute("ROLLBACK");
+                        }
+                    }
+                }
+                (committed, failed)
+            })
+        })
+        .collect();
+    let (mut committed, mut failed) = (0, 0);
+    for w in workers {
+        let (c, f) = w.join().unwrap();
+        committed += c;
+        failed += f;
+    }
+    let v = query_i64(&mut db, "SELECT v FROM t WHERE id = 7");
+    println!(
+        "{SESSIONS} sessions x {INCREMENTS}: {committed} committed, {failed} failed, v = {v}, {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        v as u64, committed,
+        "every committed increment counted once"
+    );
+    assert!(
+        committed >= (SESSIONS * INCREMENTS) as u64 * 9 / 10,
+        "too many increments failed: {failed}"
+    );
+}
+
+#[test]
+fn nowait_and_skip_locked_are_refused() {
+    let (_cluster, mut db) = setup();
+    for clause in ["FOR UPDATE NOWAIT", "FOR SHARE SKIP LOCKED"] {
+        let e = expect_db_error(
+            db.query(&format!("SELECT v FROM t WHERE id = 1 {clause}"), &[]),
+            clause,
+        );
+        assert_eq!(e.code().code(), "0A000", "{}", describe(&e));
+        assert!(
+            e.message().contains(
+                clause
+                    .trim_start_matches("FOR UPDATE ")
+                    .trim_start_matches("FOR SHARE ")
+            ),
+            "{}",
+            describe(&e)
+        );
+    }
+    // A lock of another table of the query does not lock this one.
+    exec(&mut db, "CREATE TABLE l (id int); INSERT INTO l VALUES (1)");
+    let n = query_i64(
+        &mut db,
+        "SELECT count(*) FROM (SELECT 1 FROM t JOIN l ON t.id = l.id FOR UPDATE OF l) s",
+    );
+    assert_eq!(n, 1);
+}
