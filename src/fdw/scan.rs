@@ -412,11 +412,17 @@ impl ScanState {
             // node's write lock (BEGIN IMMEDIATE): concurrent writers and
             // lockers of the node wait for this transaction.
             Some(streams::Access::Write)
-        } else if repeatable || reads_own_writes {
+        } else if repeatable {
             // REPEATABLE READ / SERIALIZABLE: every read of a node in this
-            // transaction sees the snapshot its first read pinned. A
-            // transaction that wrote to a node reads its own writes.
+            // transaction sees the snapshot its first read pinned (and its
+            // own writes).
             Some(streams::Access::Read)
+        } else if reads_own_writes {
+            // READ COMMITTED in a transaction that wrote to a node the scan
+            // reads: it sees its writes there. The scan's other nodes are
+            // read holding their write lock too, which (unlike a pinned
+            // read snapshot) always sees what others committed before.
+            Some(streams::Access::Write)
         } else {
             None
         };
