@@ -587,11 +587,11 @@ pub fn rollback_all() {
     let requests: Vec<ShardRequest> = streams
         .into_values()
         .filter_map(|s| {
-            // finish() also stops the renewer of a lost stream.
+            // finish() also stops the renewer. A stream the backend gave up
+            // on (past the idle limit) still has its baton: roll it back
+            // now rather than leave its locks to the node's expiry.
             let baton = s.keeper.as_ref()?.finish().ok()?;
-            s.lost
-                .is_none()
-                .then(|| end_request(&s.endpoint, baton, "ROLLBACK"))
+            Some(end_request(&s.endpoint, baton, "ROLLBACK"))
         })
         .collect();
     if !requests.is_empty() {

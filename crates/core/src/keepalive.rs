@@ -31,6 +31,9 @@ pub enum Lost {
     Idle(Duration),
     /// A renewal failed (the node was unreachable, the stream had expired).
     Renewal(String),
+    /// The owner's own request never gave the baton back (it was
+    /// interrupted): the stream's state on the node is unknown.
+    Interrupted,
 }
 
 impl std::fmt::Display for Lost {
@@ -42,15 +45,23 @@ impl std::fmt::Display for Lost {
                 limit.as_millis()
             ),
             Lost::Renewal(why) => write!(f, "keeping it alive failed: {why}"),
+            Lost::Interrupted => write!(f, "a request to it was interrupted"),
         }
     }
+}
+
+/// Who has the baton out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    Owner,
+    Renewer,
 }
 
 #[derive(Debug)]
 struct State {
     baton: Option<String>,
-    /// Someone (owner or renewer) has the baton out.
-    busy: bool,
+    /// Who has the baton out, if anyone.
+    holder: Option<Holder>,
     /// The last request of either side (renewals count).
     last_request: Instant,
     /// The last statement of the owner (renewals do not count).
@@ -90,7 +101,7 @@ impl StreamKeeper {
         StreamKeeper {
             state: Mutex::new(State {
                 baton: Some(baton),
-                busy: false,
+                holder: None,
                 last_request: now,
                 last_statement: now,
                 idle_limit,
@@ -106,10 +117,12 @@ impl StreamKeeper {
     }
 
     /// Wait until the renewer is not sending (it holds the baton for one
-    /// short request, bounded by the request deadline).
+    /// short request, bounded by the request deadline). The owner never
+    /// waits for itself: if it still has the baton out, its request was
+    /// interrupted (see [`Lost::Interrupted`]).
     fn wait_idle(&self) -> MutexGuard<'_, State> {
         let mut s = self.lock();
-        while s.busy {
+        while s.holder == Some(Holder::Renewer) {
             s = self
                 .changed
                 .wait_timeout(s, Duration::from_millis(10))
@@ -127,6 +140,9 @@ impl StreamKeeper {
         if let Some(lost) = &s.lost {
             return Err(lost.clone());
         }
+        if s.holder == Some(Holder::Owner) {
+            return Err(Lost::Interrupted);
+        }
         if let Some(limit) = s.idle_limit {
             if s.last_statement.elapsed() > limit {
                 return Err(Lost::Idle(limit));
@@ -134,7 +150,7 @@ impl StreamKeeper {
         }
         match s.baton.take() {
             Some(b) => {
-                s.busy = true;
+                s.holder = Some(Holder::Owner);
                 Ok(b)
             }
             None => Err(Lost::Renewal("the stream has no baton".into())),
@@ -149,7 +165,7 @@ impl StreamKeeper {
         let mut s = self.lock();
         let now = Instant::now();
         s.baton = baton;
-        s.busy = false;
+        s.holder = None;
         s.last_request = now;
         s.last_statement = now;
         s.idle_limit = idle_limit;
@@ -165,6 +181,9 @@ impl StreamKeeper {
         s.closed = true;
         if let Some(lost) = &s.lost {
             return Err(lost.clone());
+        }
+        if s.holder == Some(Holder::Owner) {
+            return Err(Lost::Interrupted);
         }
         s.baton
             .take()
@@ -190,14 +209,14 @@ impl StreamKeeper {
         if s.closed || s.lost.is_some() {
             return Tick::Stop;
         }
-        if s.busy {
+        if s.holder.is_some() {
             return Tick::Wait;
         }
         if let Some(limit) = s.idle_limit {
             if s.last_statement.elapsed() > limit {
                 return match s.baton.take() {
                     Some(b) => {
-                        s.busy = true;
+                        s.holder = Some(Holder::Renewer);
                         Tick::RollBack(b)
                     }
                     None => Tick::Stop,
@@ -209,7 +228,7 @@ impl StreamKeeper {
         }
         match s.baton.take() {
             Some(b) => {
-                s.busy = true;
+                s.holder = Some(Holder::Renewer);
                 Tick::Renew(b)
             }
             None => Tick::Stop,
@@ -219,7 +238,7 @@ impl StreamKeeper {
     /// The renewer's request ended: the next baton, or why it failed.
     pub fn renewed(&self, result: Result<String, String>) {
         let mut s = self.lock();
-        s.busy = false;
+        s.holder = None;
         s.last_request = Instant::now();
         match result {
             Ok(b) => s.baton = Some(b),
@@ -232,7 +251,7 @@ impl StreamKeeper {
     /// The renewer rolled the stream back after the idle limit.
     pub fn rolled_back(&self, limit: Duration) {
         let mut s = self.lock();
-        s.busy = false;
+        s.holder = None;
         s.lost = Some(Lost::Idle(limit));
         drop(s);
         self.changed.notify_all();
@@ -274,6 +293,17 @@ mod tests {
         k.rolled_back(Duration::from_millis(20));
         assert_eq!(k.tick(Duration::ZERO), Tick::Stop);
         assert!(matches!(k.finish(), Err(Lost::Idle(_))));
+    }
+
+    #[test]
+    fn an_interrupted_owner_request_never_blocks_the_end() {
+        let k = StreamKeeper::new("b1".into(), None);
+        assert_eq!(k.checkout(), Ok("b1".into()));
+        // The owner's request was cancelled: the baton never came back.
+        assert_eq!(k.tick(Duration::ZERO), Tick::Wait);
+        assert_eq!(k.checkout(), Err(Lost::Interrupted));
+        assert_eq!(k.finish(), Err(Lost::Interrupted));
+        assert_eq!(k.tick(Duration::ZERO), Tick::Stop);
     }
 
     #[test]
