@@ -6,7 +6,9 @@
 //!   snapshot fails with a serialization error (40001) naming node and shard;
 //! - a multi-shard scan in READ COMMITTED reads one snapshot per node: a sum
 //!   over rows of one node never changes while other sessions move amounts
-//!   between those rows.
+//!   between those rows;
+//! - a point lookup in READ COMMITTED autocommit is still one request to
+//!   one node, and a multi-shard scan one cursor per node.
 
 mod common;
 
@@ -222,4 +224,57 @@ fn a_multi_shard_scan_sees_one_snapshot_per_node() {
     assert!(bad.is_empty(), "a scan mixed snapshots: {bad:?}");
     assert!(moves >= 20, "the movers barely ran ({moves} moves)");
     assert_eq!(query_i64(&mut db, &sum_sql), total);
+}
+
+/// Requests node `i` served so far, per endpoint path.
+fn node_requests(cluster: &Cluster, i: usize) -> std::collections::BTreeMap<String, u64> {
+    let (status, body) = cluster.node_get(i, "/stats").expect("GET /stats");
+    assert_eq!(status, 200, "{body}");
+    let v: conductor_e2e::serde_json::Value = conductor_e2e::serde_json::from_str(&body).unwrap();
+    v["requests"]
+        .as_object()
+        .expect("requests per path")
+        .iter()
+        .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+        .collect()
+}
+
+fn requests_between(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> std::collections::BTreeMap<String, u64> {
+    after
+        .iter()
+        .filter(|(k, _)| k.as_str() != "/stats")
+        .map(|(k, n)| (k.clone(), n - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+#[test]
+fn read_committed_point_lookups_cost_one_request() {
+    let (cluster, mut db) = setup(1);
+    // Warm up (runtime, connections, topology cache).
+    assert_eq!(text(&mut db, "SELECT v FROM t WHERE id = 3"), "before");
+    let before = node_requests(&cluster, 0);
+    assert_eq!(text(&mut db, "SELECT v FROM t WHERE id = 3"), "before");
+    let after = node_requests(&cluster, 0);
+    let lookup = requests_between(&before, &after);
+    println!("point lookup, READ COMMITTED autocommit: {lookup:?}");
+    assert_eq!(
+        lookup.values().sum::<u64>(),
+        1,
+        "one request for a point lookup: {lookup:?}"
+    );
+
+    // A scan of every shard (all on this node): one cursor, and the close
+    // of its stream.
+    let before = node_requests(&cluster, 0);
+    assert_eq!(query_i64(&mut db, "SELECT count(*) FROM t"), 40);
+    std::thread::sleep(Duration::from_millis(200)); // the close is not waited for
+    let after = node_requests(&cluster, 0);
+    let scan = requests_between(&before, &after);
+    println!("8-shard scan on one node: {scan:?}");
+    assert_eq!(scan.get("/v3/cursor").copied(), Some(1), "{scan:?}");
+    assert!(scan.values().sum::<u64>() <= 2, "{scan:?}");
 }

@@ -164,7 +164,7 @@ fn the_idle_timeout_rolls_back_and_fails_the_next_statement_or_commit() {
 
 #[test]
 fn a_killed_backend_stops_renewing_and_the_nodes_roll_it_back() {
-    let (cluster, mut db) = setup();
+    let (cluster, db) = setup();
     let mut victim = cluster.client();
     let pid: i32 = victim
         .query_one("SELECT pg_backend_pid()", &[])
