@@ -37,7 +37,6 @@ fn tokens_come_from_the_user_mapping() {
         nodes: 3,
         node_delay_ms: None,
         token: Some(TOKEN.into()),
-        node_args: Vec::new(),
     });
     let mut db = cluster.client();
     // Creates the user mapping with the token, then adds the nodes (which

@@ -61,7 +61,6 @@ fn conductor_explain_names_the_shards_execution_contacts() {
         nodes: 3,
         node_delay_ms: None,
         token: None,
-        node_args: Vec::new(),
     });
     exec(
         &mut db,
@@ -232,7 +231,6 @@ fn a_column_missing_on_the_shards_is_an_error_never_its_name() {
         nodes: 2,
         node_delay_ms: None,
         token: None,
-        node_args: Vec::new(),
     });
     exec(
         &mut db,

@@ -17,7 +17,6 @@ fn setup(rows: i64) -> (Cluster, conductor_e2e::postgres::Client) {
         nodes: 4,
         node_delay_ms: None,
         token: None,
-        node_args: Vec::new(),
     });
     exec(
         &mut db,

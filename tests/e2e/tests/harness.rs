@@ -34,7 +34,6 @@ fn token_delay_and_restart() {
         nodes: 2,
         node_delay_ms: None,
         token: Some("s3cret".into()),
-        node_args: Vec::new(),
     });
     assert_eq!(cluster.token(), Some("s3cret"));
     cluster.node_query(1, "CREATE TABLE kept (x INTEGER)", &[]);

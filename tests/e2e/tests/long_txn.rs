@@ -21,14 +21,14 @@ use std::time::{Duration, Instant};
 const NODE_EXPIRY: Duration = Duration::from_millis(2000);
 
 fn setup() -> (Cluster, Client) {
-    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+    let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 3,
-        node_args: vec![
-            "--stream-idle-timeout-ms".into(),
-            NODE_EXPIRY.as_millis().to_string(),
-        ],
         ..Default::default()
     });
+    let expiry = NODE_EXPIRY.as_millis().to_string();
+    for i in 0..cluster.node_count() {
+        cluster.restart_node_with_args(i, &["--stream-idle-timeout-ms", &expiry]);
+    }
     exec(
         &mut db,
         "CREATE FOREIGN TABLE t (id bigint NOT NULL, v text) SERVER cluster;

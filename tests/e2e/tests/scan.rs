@@ -28,7 +28,6 @@ fn sixteen_shards_of_late_nodes_take_one_late_answer() {
         nodes: 4,
         node_delay_ms: Some(DELAY_MS),
         token: None,
-        node_args: Vec::new(),
     });
     exec(
         &mut db,

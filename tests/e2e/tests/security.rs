@@ -161,7 +161,6 @@ fn tokens_and_topology_are_guarded() {
         nodes: 2,
         node_delay_ms: None,
         token: Some("s3cr3t-token".into()),
-        node_args: Vec::new(),
     });
     let mut admin = cluster.client();
     cluster.setup_conductor(&mut admin, "cluster");

@@ -8,7 +8,6 @@ fn postgres_and_nodes_come_up() {
         nodes: 2,
         node_delay_ms: None,
         token: None,
-        node_args: Vec::new(),
     });
 
     let mut db = cluster.client();
