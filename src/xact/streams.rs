@@ -196,6 +196,8 @@ pub fn run(work: Vec<NodeWork>) -> Vec<Result<Vec<StmtResult>, ShardError>> {
     let mut began = Vec::with_capacity(work.len());
     STREAMS.with(|streams| {
         let mut streams = streams.borrow_mut();
+        // First every node's state: a lost one fails the statement before
+        // any baton is taken out.
         for w in &work {
             let stream = streams.entry(w.key.clone()).or_insert_with(|| Stream {
                 endpoint: w.endpoint.clone(),
@@ -223,12 +225,25 @@ pub fn run(work: Vec<NodeWork>) -> Vec<Result<Vec<StmtResult>, ShardError>> {
                 }
                 remote::report_shard_error(&lost_error(&w.endpoint, &why));
             }
+        }
+        for (i, w) in work.iter().enumerate() {
+            let stream = streams.get_mut(&w.key).expect("registered above");
             let baton = match &stream.keeper {
                 None => None,
                 Some(k) => match k.checkout() {
                     Ok(b) => Some(b),
                     Err(lost) => {
+                        // Lost just now (a renewal failed): hand the batons
+                        // taken for the nodes before back, unused.
                         stream.lost = Some(lost.to_string());
+                        for (earlier, req) in work[..i].iter().zip(&mut requests) {
+                            let req: &mut ShardRequest = req;
+                            let st = streams.get_mut(&earlier.key).expect("registered above");
+                            if let Some(k) = &st.keeper {
+                                k.checkin(req.body.baton.take(), idle_limit);
+                            }
+                            st.lost = None;
+                        }
                         drop(streams);
                         if let Lost::Idle(limit) = lost {
                             report_idle(&w.key.1, limit);
