@@ -58,6 +58,7 @@ unit:
 SQLD ?= $(firstword $(shell command -v sqld 2>/dev/null) $(wildcard $(HOME)/.local/bin/sqld))
 
 e2e: ext node
+	@[ -n "$(SQLD)" ] || echo "e2e: no sqld binary found: tests/e2e/tests/sqld.rs is skipped (make test SQLD=/path/to/sqld runs it)"
 	CONDUCTOR_PG_BINDIR=$(TEST_PG_DIR)/lib/postgresql/15/bin SQLD=$(SQLD) \
 		cargo test -p conductor-e2e -- --test-threads=$(E2E_THREADS)
 

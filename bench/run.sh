@@ -501,6 +501,28 @@ latency_workload W5-count w5_count.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
 latency_workload W5-sum w5_sum.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
 latency_workload W5-group w5_group.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
 
+# W4i: W4 again with an index on the filtered column everywhere: a shard
+# index on every conductor shard, an index on every partition of the peer
+# (on its shard Postgres) and on the local table. Dropped afterwards so the
+# scans below measure the same tables as before.
+log "W4i: indexes on items(customer_id)"
+router conductor -c "SELECT conductor.create_shard_index('items', ARRAY['customer_id'], 'bench_customer')" >/dev/null
+router local -c "CREATE INDEX bench_customer ON items (customer_id)" -c "ANALYZE items" >/dev/null
+PEER_INDEX_SQL="DO \$\$ DECLARE t text; BEGIN
+    FOR t IN SELECT relname FROM pg_class WHERE relname LIKE 'items_p%' AND relkind = 'r' LOOP
+        EXECUTE format('CREATE INDEX %I ON %I (customer_id)', t || '_customer', t);
+        EXECUTE format('ANALYZE %I', t);
+    END LOOP; END \$\$"
+for i in 1 2 3 4; do psql_at "${SHARD_PORTS[$((i - 1))]}" shard -c "$PEER_INDEX_SQL" >/dev/null; done
+latency_workload W4i w4_filter.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
+router conductor -c "SELECT conductor.drop_shard_index('bench_customer')" >/dev/null
+router local -c "DROP INDEX bench_customer" >/dev/null
+PEER_DROP_SQL="DO \$\$ DECLARE t text; BEGIN
+    FOR t IN SELECT relname FROM pg_class WHERE relname LIKE 'items_p%' AND relkind = 'r' LOOP
+        EXECUTE format('DROP INDEX IF EXISTS %I', t || '_customer');
+    END LOOP; END \$\$"
+for i in 1 2 3 4; do psql_at "${SHARD_PORTS[$((i - 1))]}" shard -c "$PEER_DROP_SQL" >/dev/null; done
+
 # ---- W7: whole-table scan: rows/s and the backend's peak memory growth ----------------
 
 log "W7: COPY (SELECT * FROM items) TO '/dev/null', $SCAN_RUNS runs per target"

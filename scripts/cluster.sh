@@ -177,21 +177,44 @@ start_node() {
         log "node-$i already running (pid $pid, port $port)"
         return
     fi
+    # A node stopped a moment ago may still be finishing its requests: give
+    # the port up to 10 s to become free, and say who holds it otherwise.
+    local waited
+    for waited in $(seq 100); do
+        port_free "$port" && break
+        sleep 0.1
+    done
+    if ! port_free "$port"; then
+        die "port $port (node-$i) is in use by another process: $(port_owner "$port")"
+    fi
     mkdir -p "$CLUSTER_DIR/node-$i"
     log "starting node-$i on 127.0.0.1:$port"
+    local logfile=$CLUSTER_DIR/node-$i.log offset=0
+    [ -f "$logfile" ] && offset=$(wc -c <"$logfile")
     # setsid: its own session, so a Ctrl-C in this terminal later doesn't
     # reach it; it runs until `make stop`.
     setsid "$NODE_BIN" --listen "127.0.0.1:$port" --data-dir "$CLUSTER_DIR/node-$i" \
-        >>"$CLUSTER_DIR/node-$i.log" 2>&1 </dev/null &
+        >>"$logfile" 2>&1 </dev/null &
     echo $! >"$CLUSTER_DIR/node-$i.pid"
     local tries
     for tries in $(seq 100); do
-        if node_healthy "$port"; then return; fi
-        node_pid "$i" >/dev/null ||
-            { tail -n 20 "$CLUSTER_DIR/node-$i.log" >&2; die "node-$i exited"; }
+        if node_pid "$i" >/dev/null && node_healthy "$port"; then return; fi
+        if ! node_pid "$i" >/dev/null; then
+            # Only what this start wrote, not an earlier run's log.
+            tail -c +"$((offset + 1))" "$logfile" | tail -n 20 >&2
+            die "node-$i exited at startup (see above)"
+        fi
         sleep 0.1
     done
-    die "node-$i not healthy after 10s (see .cluster/node-$i.log)"
+    die "node-$i (pid $(cat "$CLUSTER_DIR/node-$i.pid")) did not answer /health on port $port within 10 s (see .cluster/node-$i.log)"
+}
+
+# Whether nothing listens on 127.0.0.1:PORT.
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Who listens on a port, as far as ss can tell.
+port_owner() {
+    ss -Hltnp "sport = :$1" 2>/dev/null | sed -E 's/.*users:\(\(("[^"]*",pid=[0-9]+).*/\1/' | head -n1
 }
 
 load_demo() {

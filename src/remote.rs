@@ -224,7 +224,19 @@ fn sqlstate(err: &ShardError) -> PgSqlErrorCode {
             c if c.starts_with("SQLITE_CONSTRAINT_NOTNULL") => ERRCODE_NOT_NULL_VIOLATION,
             c if c.starts_with("SQLITE_CONSTRAINT_CHECK") => ERRCODE_CHECK_VIOLATION,
             c if c.starts_with("SQLITE_CONSTRAINT_FOREIGNKEY") => ERRCODE_FOREIGN_KEY_VIOLATION,
-            c if c.starts_with("SQLITE_CONSTRAINT") => ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION,
+            // sqld sends the primary code only; SQLite's message names the kind.
+            c if c.starts_with("SQLITE_CONSTRAINT") => {
+                let message = err.error.detail();
+                if message.contains("UNIQUE constraint failed") {
+                    ERRCODE_UNIQUE_VIOLATION
+                } else if message.contains("NOT NULL constraint failed") {
+                    ERRCODE_NOT_NULL_VIOLATION
+                } else if message.contains("CHECK constraint failed") {
+                    ERRCODE_CHECK_VIOLATION
+                } else {
+                    ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION
+                }
+            }
             // Another session holds the node's write lock: retry the transaction.
             c if c.starts_with("SQLITE_BUSY") || c.starts_with("SQLITE_LOCKED") => {
                 ERRCODE_T_R_SERIALIZATION_FAILURE
