@@ -294,6 +294,9 @@ pub unsafe extern "C-unwind" fn get_foreign_plan(
     // SAFETY: planner structures are valid for the duration of the callback;
     // every list built here is palloc'd in the planner's memory context.
     unsafe {
+        if (*baserel).reloptkind == pg_sys::RelOptKind::RELOPT_UPPER_REL {
+            return super::upper::get_foreign_plan(_best_path, tlist, outer_plan);
+        }
         let scan_relid = (*baserel).relid;
         let topology = cache::table(rte_relid(root, scan_relid));
         let mut lowering = Lowering::new(&topology, scan_relid);
@@ -561,6 +564,9 @@ pub unsafe extern "C-unwind" fn begin_foreign_scan(
     // SAFETY: node is the executor's scan state; its plan is our ForeignScan
     // whose fdw_private get_foreign_plan built.
     unsafe {
+        if super::upper::is_upper(node) {
+            return super::upper::begin_foreign_scan(node);
+        }
         let plan_node = (*node).ss.ps.plan as *mut pg_sys::ForeignScan;
         let relid = (*(*node).ss.ss_currentRelation).rd_id;
         let topology = cache::table(relid);
@@ -602,6 +608,9 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
     // SAFETY: called by the executor with our scan state; the slot belongs to
     // the node and its arrays have natts entries.
     unsafe {
+        if super::upper::is_upper(node) {
+            return super::upper::iterate_foreign_scan(node);
+        }
         let state = state(node);
         let slot = (*node).ss.ss_ScanTupleSlot;
         pg_sys::ExecClearTuple(slot);
@@ -753,6 +762,9 @@ pub unsafe extern "C-unwind" fn re_scan_foreign_scan(node: *mut pg_sys::ForeignS
     // SAFETY: our scan state. Dropping the handle cancels in-flight
     // requests; parameters are re-evaluated and the scan re-routed.
     unsafe {
+        if super::upper::is_upper(node) {
+            return super::upper::re_scan_foreign_scan(node);
+        }
         let state = state(node);
         state.phase = Phase::NotStarted;
         state.rows = Vec::new().into_iter();
@@ -763,6 +775,9 @@ pub unsafe extern "C-unwind" fn re_scan_foreign_scan(node: *mut pg_sys::ForeignS
 pub unsafe extern "C-unwind" fn end_foreign_scan(node: *mut pg_sys::ForeignScanState) {
     // SAFETY: our scan state (null when EXPLAIN without ANALYZE never began it).
     unsafe {
+        if super::upper::is_upper(node) {
+            return super::upper::end_foreign_scan(node);
+        }
         if !(*node).fdw_state.is_null() {
             state(node).phase = Phase::Finished;
         }
@@ -776,6 +791,9 @@ pub unsafe extern "C-unwind" fn explain_foreign_scan(
 ) {
     // SAFETY: our scan state and the explain state are valid here.
     unsafe {
+        if super::upper::is_upper(node) {
+            return super::upper::explain_foreign_scan(node, es);
+        }
         let state = state(node);
         // After execution show the plan that ran; before it, the plan as
         // far as the plan's constants decide it.

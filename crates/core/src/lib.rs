@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod executor;
+pub mod merge;
 pub mod placement;
 pub mod plan;
 pub mod predicate;
