@@ -668,3 +668,60 @@ fn pushdown_happens() {
         "count(*) over {ROWS} rows, 8 shards: pushed {pushed:.2} ms, fetching rows {local:.2} ms"
     );
 }
+
+/// A quick measurement, not a check: `CONDUCTOR_AGG_BENCH_ROWS` rows
+/// (default 100000) in 16 shards on 3 nodes; best of 5 of count(*), a
+/// grouped aggregate and ORDER BY … LIMIT 10, pushed and not pushed (the
+/// same query over `OFFSET 0` subquery, which keeps the rows coming to
+/// Postgres).
+#[test]
+#[ignore]
+fn latency_before_and_after() {
+    let rows: i64 = std::env::var("CONDUCTOR_AGG_BENCH_ROWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        &format!(
+            "CREATE FOREIGN TABLE big (id bigint NOT NULL, g int, v bigint) SERVER cluster;
+             SELECT conductor.create_distributed_table('big', 'id', shard_count => 16);
+             INSERT INTO big SELECT i, i % 10, i * 7919 FROM generate_series(1, {rows}) i;"
+        ),
+    );
+    let mut time = |sql: &str| {
+        let _ = run(&mut db, sql).unwrap();
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t = Instant::now();
+            run(&mut db, sql).unwrap();
+            best = best.min(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        best
+    };
+    for (what, pushed, local) in [
+        (
+            "count(*)",
+            "SELECT count(*) FROM big",
+            "SELECT count(*) FROM (SELECT id FROM big OFFSET 0) s",
+        ),
+        (
+            "GROUP BY g: count, sum, avg",
+            "SELECT g, count(*), sum(v), avg(v) FROM big GROUP BY g",
+            "SELECT g, count(*), sum(v), avg(v) FROM (SELECT g, v FROM big OFFSET 0) s GROUP BY g",
+        ),
+        (
+            "ORDER BY v DESC LIMIT 10",
+            "SELECT id, v FROM big ORDER BY v DESC LIMIT 10",
+            "SELECT * FROM (SELECT id, v FROM big OFFSET 0) s ORDER BY v DESC LIMIT 10",
+        ),
+    ] {
+        let p = time(pushed);
+        let l = time(local);
+        eprintln!("{what} over {rows} rows, 16 shards: pushed {p:.1} ms, not pushed {l:.1} ms");
+    }
+}
