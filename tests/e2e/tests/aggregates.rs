@@ -557,6 +557,20 @@ fn pushdown_happens() {
         "SELECT id, sum(i4) FROM t GROUP BY id HAVING sum(i4) > 0",
         &["router concatenates the groups", "Filter: ("],
     );
+    // Integer sums past 64 bits, exact (SQLite's own sum() would raise).
+    assert_pushed(
+        &mut db,
+        "SELECT sum(i8), avg(i8) FROM t",
+        &["sum(\"t_0000\".\"i8\" >> 32)"],
+    );
+    let sharded = run(&mut db, "SELECT sum(i8), avg(i8) FROM t").unwrap();
+    let local = run(&mut db, "SELECT sum(i8), avg(i8) FROM l_t").unwrap();
+    assert_eq!(sharded, local);
+    let sum: i128 = sharded[0].split(" | ").next().unwrap().parse().unwrap();
+    assert!(
+        sum.abs() > i64::MAX as i128,
+        "sum {sum} should pass 64 bits"
+    );
     // ORDER BY (no Sort), LIMIT/OFFSET (no Limit), LIMIT alone.
     assert_pushed(
         &mut db,
