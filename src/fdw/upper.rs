@@ -335,8 +335,7 @@ unsafe fn add_grouping_path(
         let mut group_cols: Vec<(usize, u32, *mut pg_sys::Node)> = Vec::new();
         let mut group_exprs: *mut pg_sys::List = std::ptr::null_mut();
         for sgc in PgList::<pg_sys::SortGroupClause>::from_pg((*parse).groupClause).iter_ptr() {
-            let expr =
-                pg_sys::get_sortgroupclause_expr(sgc, (*parse).targetList) as *mut pg_sys::Node;
+            let expr = pg_sys::get_sortgroupclause_expr(sgc, (*parse).targetList);
             let Some((column, ty)) = base.column(expr) else {
                 return;
             };
@@ -547,6 +546,7 @@ unsafe fn sort_keys(
 
 /// A plain (not aggregated) upper scan of `target`'s columns, sorted by
 /// `keys`, limited by `limit`.
+#[allow(clippy::too_many_arguments)]
 unsafe fn add_plain_path(
     root: *mut pg_sys::PlannerInfo,
     rel: *mut pg_sys::RelOptInfo,
@@ -1009,9 +1009,12 @@ impl UpperState {
     unsafe fn start(&mut self) {
         let bindings = unsafe { eval_bindings(&self.params, &self.plan.params, self.econtext) };
         let topology = self.topology.clone();
-        let limit = match &self.plan.query.limit {
-            None => None,
-            Some(spec) => Some(match spec.values(&bindings) {
+        let limit = self
+            .plan
+            .query
+            .limit
+            .as_ref()
+            .map(|spec| match spec.values(&bindings) {
                 Ok(v) => v,
                 Err(LimitError::NegativeOffset) => raise(
                     PgSqlErrorCode::ERRCODE_INVALID_ROW_COUNT_IN_RESULT_OFFSET_CLAUSE,
@@ -1024,8 +1027,7 @@ impl UpperState {
                 )
                 .error(),
                 Err(LimitError::Bad(e)) => error!("conductor: bad LIMIT/OFFSET value: {e}"),
-            }),
-        };
+            });
         let LimitValues { count, offset } = limit.unwrap_or(LimitValues {
             count: None,
             offset: 0,

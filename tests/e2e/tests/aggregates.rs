@@ -583,6 +583,33 @@ fn pushdown_happens() {
         &["NULLS FIRST", "LIMIT ?", "then OFFSET/LIMIT"],
     );
     assert_pushed(&mut db, "SELECT * FROM t LIMIT 3", &["LIMIT ?"]);
+    // In a transaction that wrote to the nodes, pushed queries read
+    // through its remote transactions and see the writes.
+    exec(
+        &mut db,
+        "BEGIN; INSERT INTO t (id, g, i8) VALUES (100000, 3, 5), (100001, NULL, -5);",
+    );
+    assert_eq!(
+        run(&mut db, "SELECT count(*), max(id) FROM t").unwrap(),
+        vec![format!("{} | 100001", ROWS + 2)]
+    );
+    assert_eq!(
+        run(
+            &mut db,
+            "SELECT id FROM t ORDER BY id DESC LIMIT 2 OFFSET 1"
+        )
+        .unwrap(),
+        vec!["100000".to_string(), ROWS.to_string()]
+    );
+    exec(&mut db, "ROLLBACK");
+    assert_eq!(query_i64(&mut db, "SELECT count(*) FROM t"), ROWS);
+    // Negative LIMIT/OFFSET fail as in Postgres.
+    for (sql, code) in [
+        ("SELECT id FROM t ORDER BY id LIMIT -1", "2201W"),
+        ("SELECT id FROM t LIMIT 1 OFFSET -1", "2201X"),
+    ] {
+        assert_eq!(run(&mut db, sql), Err(code.to_string()), "{sql}");
+    }
     // What stays local.
     assert_local(&mut db, "SELECT sum(n) FROM t", "Aggregate");
     assert_local(
