@@ -146,8 +146,18 @@ impl Base {
         Operand::Param(self.params.len() - 1)
     }
 
-    fn startup_cost(&self) -> f64 {
-        REQUEST_COST + PER_SHARD_COST * self.shards as f64
+    /// Startup cost of an upper path. Each pushed stage is made cheaper than
+    /// the scan (and a pushed LIMIT cheaper than a pushed ORDER BY): the
+    /// shards send fewer rows and Postgres runs fewer nodes, which the row
+    /// terms alone cannot show for small estimates, where the paths would
+    /// cost the same within the planner's fuzz and the one added first (the
+    /// local plan) would stay.
+    fn startup_cost(&self, upper: UpperKind) -> f64 {
+        let scan = REQUEST_COST + PER_SHARD_COST * self.shards as f64;
+        match upper {
+            UpperKind::Aggregate | UpperKind::Ordered => scan * 0.9,
+            UpperKind::Limit => scan * 0.8,
+        }
     }
 }
 
@@ -463,7 +473,7 @@ unsafe fn add_grouping_path(
             )
             .min(base.rows)
         };
-        let startup = base.startup_cost();
+        let startup = base.startup_cost(UpperKind::Aggregate);
         let total = startup + groups * cpu_tuple_cost();
         let private = path_private(&plan, &scan_exprs, &base.params, having);
         let path = pg_sys::create_foreign_upper_path(
@@ -607,15 +617,8 @@ unsafe fn add_plain_path(
         // LIMIT pushed each shard stops at count + offset, so a Limit over
         // an ordered or plain scan (which still receives the shards'
         // buffered streams) costs more per row handed out.
-        // A shard that stops at count + offset rows also answers sooner
-        // than one streaming its whole result: without that the two plans
-        // cost the same within the planner's fuzz and the Limit stays.
         let per_row = if plan.query.limit.is_some() { 1.0 } else { 2.0 } * cpu_tuple_cost();
-        let startup = if plan.query.limit.is_some() {
-            base.startup_cost() * 0.9
-        } else {
-            base.startup_cost()
-        };
+        let startup = base.startup_cost(upper);
         let total = startup + rows * per_row;
         let private = path_private(&plan, &scan_exprs, &base.params, std::ptr::null_mut());
         let path = pg_sys::create_foreign_upper_path(
