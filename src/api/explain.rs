@@ -210,7 +210,13 @@ impl Walker<'_> {
         unsafe {
             let rti = (*fscan).scan.scanrelid;
             if rti == 0 {
-                return; // a join or upper relation pushed down whole: not ours
+                // Aggregates, ORDER BY or LIMIT pushed to the shards
+                // (src/fdw/upper.rs); any other scan without a relation is
+                // another wrapper's.
+                if let Some(upper) = crate::fdw::upper::plan_of(fscan) {
+                    self.upper_scan(fscan, upper, note);
+                }
+                return;
             }
             let Some(topology) = cache::try_table(self.relid(rti)) else {
                 return; // another wrapper's table, or not distributed
@@ -257,6 +263,33 @@ impl Walker<'_> {
             } else {
                 note
             };
+            self.out.push((topology, plan, note));
+        }
+    }
+
+    /// An upper scan: the same shard plan its execution builds.
+    unsafe fn upper_scan(
+        &mut self,
+        fscan: *mut pg_sys::ForeignScan,
+        upper: crate::fdw::upper::UpperPlan,
+        note: &str,
+    ) {
+        // SAFETY: a ForeignScan of the planned statement.
+        unsafe {
+            let Some(topology) = cache::try_table(pg_sys::Oid::from(upper.relid)) else {
+                return;
+            };
+            let kind = StatementKind::Pushed(upper.query.clone());
+            let plan = match evaluate((*fscan).fdw_exprs, &upper.params) {
+                Some(bindings) => bound(&topology, &upper.pushed, &bindings, &kind),
+                None => ShardPlan::template(&topology, &upper.pushed, &kind),
+            };
+            let mut note = format!("{note}; pushed: {}", upper.describe(&topology));
+            if plan.kind == RouteKind::AtExecution {
+                note.push_str(
+                    "; a parameter known only when the statement runs decides the shards",
+                );
+            }
             self.out.push((topology, plan, note));
         }
     }

@@ -76,7 +76,7 @@ pub fn default_collation_is_c() -> bool {
 }
 
 /// The rulebook's class of a comparison's input collation.
-fn collation_class(collid: pg_sys::Oid) -> CollationClass {
+pub fn collation_class(collid: pg_sys::Oid) -> CollationClass {
     if collid == pg_sys::Oid::INVALID {
         return CollationClass::C; // not a collatable type
     }

@@ -8,6 +8,7 @@ pub mod modify;
 pub mod options;
 pub mod scan;
 pub mod truncate;
+pub mod upper;
 
 use pgrx::prelude::*;
 use pgrx::PgList;
@@ -61,6 +62,7 @@ fn conductor_fdw_handler() -> PgBox<pg_sys::FdwRoutine> {
     routine.ReScanForeignScan = Some(scan::re_scan_foreign_scan);
     routine.EndForeignScan = Some(scan::end_foreign_scan);
     routine.ExplainForeignScan = Some(scan::explain_foreign_scan);
+    routine.GetForeignUpperPaths = Some(upper::get_foreign_upper_paths);
 
     routine.AddForeignUpdateTargets = Some(modify::add_foreign_update_targets);
     routine.PlanForeignModify = Some(modify::plan_foreign_modify);

@@ -112,6 +112,43 @@ unsafe fn lower_clauses(
     (pushed, local)
 }
 
+/// How a read of `plan` must run: through this transaction's remote
+/// transactions with this access, or (None) streamed outside any
+/// transaction. `writes` marks rows that will be written or are locked.
+pub fn read_access(
+    topology: &TableTopology,
+    plan: &ShardPlan,
+    writes: bool,
+) -> Option<streams::Access> {
+    let server = topology.server_id.to_u32();
+    let reads_own_writes = plan
+        .by_node(topology)
+        .iter()
+        .any(|n| streams::has_stream(&(server, n.location.node_id.clone())));
+    // SAFETY: reads backend transaction state.
+    let repeatable =
+        unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as std::ffi::c_int;
+    if writes {
+        // Rows that will be written or are locked are read holding the
+        // node's write lock (BEGIN IMMEDIATE): concurrent writers and
+        // lockers of the node wait for this transaction.
+        Some(streams::Access::Write)
+    } else if repeatable {
+        // REPEATABLE READ / SERIALIZABLE: every read of a node in this
+        // transaction sees the snapshot its first read pinned (and its own
+        // writes).
+        Some(streams::Access::Read)
+    } else if reads_own_writes {
+        // READ COMMITTED in a transaction that wrote to a node the scan
+        // reads: it sees its writes there. The scan's other nodes are read
+        // holding their write lock too, which (unlike a pinned read
+        // snapshot) always sees what others committed before.
+        Some(streams::Access::Write)
+    } else {
+        None
+    }
+}
+
 /// How many shards a pushed restriction visits, as far as planning knows:
 /// a key bound at run time is assumed to reach one shard.
 fn planned_shards(topology: &TableTopology, pushed: &[Pred]) -> usize {
@@ -294,6 +331,9 @@ pub unsafe extern "C-unwind" fn get_foreign_plan(
     // SAFETY: planner structures are valid for the duration of the callback;
     // every list built here is palloc'd in the planner's memory context.
     unsafe {
+        if (*baserel).reloptkind == pg_sys::RelOptKind::RELOPT_UPPER_REL {
+            return super::upper::get_foreign_plan(_best_path, tlist, outer_plan);
+        }
         let scan_relid = (*baserel).relid;
         let topology = cache::table(rte_relid(root, scan_relid));
         let mut lowering = Lowering::new(&topology, scan_relid);
@@ -396,36 +436,10 @@ impl ScanState {
         let bindings = unsafe { eval_bindings(&self.params, &self.plan.params, self.econtext) };
         let topology = self.topology.clone();
         let plan = bound_plan(&topology, &self.plan.pushed, &bindings, &self.statement);
-        let server = topology.server_id.to_u32();
-        let reads_own_writes = plan
-            .by_node(&topology)
-            .iter()
-            .any(|n| streams::has_stream(&(server, n.location.node_id.clone())));
         if let Some(policy) = self.row_lock {
             refuse_lock_policy(policy, &topology.name);
         }
-        // SAFETY: reads backend transaction state.
-        let repeatable =
-            unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as std::ffi::c_int;
-        let access = if self.for_modify || self.row_lock.is_some() {
-            // Rows that will be written or are locked are read holding the
-            // node's write lock (BEGIN IMMEDIATE): concurrent writers and
-            // lockers of the node wait for this transaction.
-            Some(streams::Access::Write)
-        } else if repeatable {
-            // REPEATABLE READ / SERIALIZABLE: every read of a node in this
-            // transaction sees the snapshot its first read pinned (and its
-            // own writes).
-            Some(streams::Access::Read)
-        } else if reads_own_writes {
-            // READ COMMITTED in a transaction that wrote to a node the scan
-            // reads: it sees its writes there. The scan's other nodes are
-            // read holding their write lock too, which (unlike a pinned
-            // read snapshot) always sees what others committed before.
-            Some(streams::Access::Write)
-        } else {
-            None
-        };
+        let access = read_access(&topology, &plan, self.for_modify || self.row_lock.is_some());
         if let Some(access) = access {
             // A stream carries one request at a time, so these rows are
             // fetched whole rather than streamed.
@@ -633,6 +647,9 @@ pub unsafe extern "C-unwind" fn begin_foreign_scan(
     // SAFETY: node is the executor's scan state; its plan is our ForeignScan
     // whose fdw_private get_foreign_plan built.
     unsafe {
+        if super::upper::is_upper(node) {
+            return super::upper::begin_foreign_scan(node);
+        }
         let plan_node = (*node).ss.ps.plan as *mut pg_sys::ForeignScan;
         let relid = (*(*node).ss.ss_currentRelation).rd_id;
         let topology = cache::table(relid);
@@ -675,6 +692,9 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
     // SAFETY: called by the executor with our scan state; the slot belongs to
     // the node and its arrays have natts entries.
     unsafe {
+        if super::upper::is_upper(node) {
+            return super::upper::iterate_foreign_scan(node);
+        }
         let state = state(node);
         let slot = (*node).ss.ss_ScanTupleSlot;
         pg_sys::ExecClearTuple(slot);
@@ -826,6 +846,9 @@ pub unsafe extern "C-unwind" fn re_scan_foreign_scan(node: *mut pg_sys::ForeignS
     // SAFETY: our scan state. Dropping the handle cancels in-flight
     // requests; parameters are re-evaluated and the scan re-routed.
     unsafe {
+        if super::upper::is_upper(node) {
+            return super::upper::re_scan_foreign_scan(node);
+        }
         let state = state(node);
         state.phase = Phase::NotStarted;
         state.rows = Vec::new().into_iter();
@@ -836,6 +859,9 @@ pub unsafe extern "C-unwind" fn re_scan_foreign_scan(node: *mut pg_sys::ForeignS
 pub unsafe extern "C-unwind" fn end_foreign_scan(node: *mut pg_sys::ForeignScanState) {
     // SAFETY: our scan state (null when EXPLAIN without ANALYZE never began it).
     unsafe {
+        if super::upper::is_upper(node) {
+            return super::upper::end_foreign_scan(node);
+        }
         if !(*node).fdw_state.is_null() {
             state(node).phase = Phase::Finished;
         }
@@ -849,6 +875,9 @@ pub unsafe extern "C-unwind" fn explain_foreign_scan(
 ) {
     // SAFETY: our scan state and the explain state are valid here.
     unsafe {
+        if super::upper::is_upper(node) {
+            return super::upper::explain_foreign_scan(node, es);
+        }
         let state = state(node);
         // After execution show the plan that ran; before it, the plan as
         // far as the plan's constants decide it.

@@ -1171,6 +1171,18 @@ impl ScanHandle {
         ))
     }
 
+    /// Whether every row of this shard has been returned by `next` (its
+    /// end, or its failure, was received after its last row): a merge of
+    /// sorted shard streams needs to know which shards can still send.
+    pub fn shard_finished(&self, shard_id: u32) -> bool {
+        self.finished
+            || self
+                .stats
+                .iter()
+                .zip(&self.reported)
+                .any(|(s, &r)| r && s.shard_id == shard_id)
+    }
+
     /// Per-shard figures; complete once `next` returned `Done`.
     pub fn stats(&self) -> &[ShardStats] {
         &self.stats

@@ -10,6 +10,7 @@
 pub mod client;
 pub mod executor;
 pub mod keepalive;
+pub mod merge;
 pub mod placement;
 pub mod plan;
 pub mod predicate;

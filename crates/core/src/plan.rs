@@ -12,15 +12,17 @@
 //! with "no such column" instead of returning the column's name as its value.
 
 use crate::placement::{shard_for, KeyValue};
-use crate::predicate::{deparse, deparse_template, Binding, DeparseError, Pred};
+use crate::predicate::{deparse, deparse_template, Binding, DeparseError, Operand, Pred};
 use crate::remote_sql::{
     count_sql, delete_sql, insert_do_nothing_sql, insert_sql, key_match_sql, max_rows_per_insert,
-    sample_sql, select_sql, update_sql,
+    qualified_column, quote_ident, sample_sql, select_sql, update_sql,
 };
 use crate::router::{route, Route};
 use crate::topology::{ShardLocation, Topology};
+use crate::types::TypedValue;
 use crate::types::{uuid_from_text, ColumnType};
 use conductor_hrana::{Stmt, Value};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// What every target shard of a routed statement runs.
@@ -33,6 +35,180 @@ pub enum StatementKind {
     Update { set: Vec<usize>, values: Vec<Value> },
     /// `DELETE`.
     Delete,
+    /// A SELECT with aggregates, GROUP BY, ORDER BY or LIMIT pushed to
+    /// every shard (the router merges the shards' answers: `merge.rs`).
+    Pushed(PushedQuery),
+}
+
+/// One column of a pushed SELECT list, over topology column indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoteExpr {
+    Column(usize),
+    /// `count(*)`
+    CountStar,
+    /// `count(col)`
+    Count(usize),
+    /// `sum(col >> 32)`: with [`RemoteExpr::SumLow`], an integer sum split
+    /// so that neither half can overflow SQLite's 64-bit sum (which raises
+    /// an error instead of widening); the router adds them in 128 bits.
+    SumHigh(usize),
+    /// `sum(col & 4294967295)`
+    SumLow(usize),
+    /// `sum(col)` (floats only: SQLite sums REALs as doubles)
+    Sum(usize),
+    Min(usize),
+    Max(usize),
+}
+
+/// One ORDER BY key of a pushed SELECT. NULLS FIRST/LAST is always written
+/// out: SQLite's default (NULLs first ascending) is not Postgres'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SortKey {
+    pub column: usize,
+    pub descending: bool,
+    pub nulls_first: bool,
+}
+
+/// LIMIT and OFFSET of a pushed SELECT (constants or runtime parameters of
+/// type bigint; a NULL count means no limit, a NULL offset none). Each shard
+/// is sent `LIMIT count + offset`; the router skips `offset` rows of the
+/// merged stream and stops after `count` more.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LimitSpec {
+    pub count: Operand,
+    pub offset: Operand,
+}
+
+/// LIMIT and OFFSET with their values bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitValues {
+    /// `None`: no limit.
+    pub count: Option<i64>,
+    pub offset: i64,
+}
+
+impl LimitValues {
+    /// Rows each shard must return so that the merge has every row of the
+    /// answer: the first `count + offset` of its own (None: all).
+    pub fn per_shard(&self) -> Option<i64> {
+        self.count.map(|c| c.saturating_add(self.offset))
+    }
+}
+
+/// Why LIMIT/OFFSET values are refused (Postgres' errors, same order: the
+/// offset is checked first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitError {
+    NegativeOffset,
+    NegativeCount,
+    Bad(DeparseError),
+}
+
+impl LimitSpec {
+    /// Bind the values as Postgres' Limit node would.
+    pub fn values(&self, bindings: &[Binding]) -> Result<LimitValues, LimitError> {
+        let int = |o: &Operand| -> Result<Option<i64>, LimitError> {
+            match crate::predicate::bind_value(o, bindings).map_err(LimitError::Bad)? {
+                None => Ok(None),
+                Some(TypedValue::Int8(v)) => Ok(Some(v)),
+                Some(TypedValue::Int4(v)) => Ok(Some(v.into())),
+                Some(TypedValue::Int2(v)) => Ok(Some(v.into())),
+                Some(other) => Err(LimitError::Bad(DeparseError::Unrepresentable(format!(
+                    "LIMIT/OFFSET value {other:?} is not an integer"
+                )))),
+            }
+        };
+        let offset = int(&self.offset)?.unwrap_or(0);
+        if offset < 0 {
+            return Err(LimitError::NegativeOffset);
+        }
+        let count = int(&self.count)?;
+        if count.is_some_and(|c| c < 0) {
+            return Err(LimitError::NegativeCount);
+        }
+        Ok(LimitValues { count, offset })
+    }
+}
+
+/// A SELECT pushed to every target shard whole: `SELECT select FROM shard
+/// [WHERE …] [GROUP BY group_by] [ORDER BY order_by] [LIMIT ?]`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct PushedQuery {
+    pub select: Vec<RemoteExpr>,
+    pub group_by: Vec<usize>,
+    pub order_by: Vec<SortKey>,
+    pub limit: Option<LimitSpec>,
+}
+
+impl PushedQuery {
+    fn sql(&self, topology: &Topology, table: &str, where_sql: Option<&str>) -> String {
+        let col = |c: usize| qualified_column(table, &topology.columns[c].name);
+        let exprs: Vec<String> = self
+            .select
+            .iter()
+            .map(|e| match *e {
+                RemoteExpr::Column(c) => col(c),
+                RemoteExpr::CountStar => "count(*)".to_string(),
+                RemoteExpr::Count(c) => format!("count({})", col(c)),
+                RemoteExpr::SumHigh(c) => format!("sum({} >> 32)", col(c)),
+                RemoteExpr::SumLow(c) => format!("sum({} & 4294967295)", col(c)),
+                RemoteExpr::Sum(c) => format!("sum({})", col(c)),
+                RemoteExpr::Min(c) => format!("min({})", col(c)),
+                RemoteExpr::Max(c) => format!("max({})", col(c)),
+            })
+            .collect();
+        let mut sql = format!(
+            "SELECT {} FROM {}",
+            if exprs.is_empty() {
+                "NULL".to_string()
+            } else {
+                exprs.join(", ")
+            },
+            quote_ident(table)
+        );
+        if let Some(w) = where_sql {
+            sql.push_str(" WHERE ");
+            sql.push_str(w);
+        }
+        if !self.group_by.is_empty() {
+            let cols: Vec<String> = self.group_by.iter().map(|&c| col(c)).collect();
+            sql.push_str(" GROUP BY ");
+            sql.push_str(&cols.join(", "));
+        }
+        if !self.order_by.is_empty() {
+            let keys: Vec<String> = self
+                .order_by
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{}{} NULLS {}",
+                        col(k.column),
+                        if k.descending { " DESC" } else { "" },
+                        if k.nulls_first { "FIRST" } else { "LAST" }
+                    )
+                })
+                .collect();
+            sql.push_str(" ORDER BY ");
+            sql.push_str(&keys.join(", "));
+        }
+        if self.limit.is_some() {
+            sql.push_str(" LIMIT ?");
+        }
+        sql
+    }
+
+    /// The arguments after the WHERE clause's: the per-shard row cap (-1,
+    /// SQLite's "no limit", when the count is NULL).
+    fn trailing_args(&self, bindings: &[Binding]) -> Result<Vec<Value>, DeparseError> {
+        match &self.limit {
+            None => Ok(Vec::new()),
+            Some(spec) => match spec.values(bindings) {
+                Ok(v) => Ok(vec![Value::Integer(v.per_shard().unwrap_or(-1))]),
+                Err(LimitError::Bad(e)) => Err(e),
+                Err(e) => Err(DeparseError::Unrepresentable(format!("{e:?}"))),
+            },
+        }
+    }
 }
 
 /// How a plan's shards were chosen.
@@ -130,6 +306,9 @@ impl ShardPlan {
             let where_sql = (!mine.is_empty()).then_some(where_sql.as_str());
             let (sql, mut args) = statement_sql(topology, table, kind, where_sql);
             args.extend(where_args);
+            if let StatementKind::Pushed(q) = kind {
+                args.extend(q.trailing_args(bindings)?);
+            }
             statements.push(ShardStatement {
                 shard_id: shard,
                 stmt: Stmt::new(sql, args),
@@ -471,6 +650,7 @@ fn statement_sql(
             values.clone(),
         ),
         StatementKind::Delete => (delete_sql(table, where_sql, &[]), Vec::new()),
+        StatementKind::Pushed(q) => (q.sql(topology, table, where_sql), Vec::new()),
     }
 }
 
@@ -848,6 +1028,78 @@ mod tests {
         };
         let plan = ShardPlan::build(&t, &[short], &[], &select_all()).unwrap();
         assert_eq!(plan.statements[0].stmt.args.len(), 10);
+    }
+
+    #[test]
+    fn pushed_selects_carry_aggregates_order_and_limit() {
+        let t = topology(4, ColumnType::Int8);
+        let q = PushedQuery {
+            select: vec![
+                RemoteExpr::Column(1),
+                RemoteExpr::CountStar,
+                RemoteExpr::SumHigh(2),
+                RemoteExpr::SumLow(2),
+                RemoteExpr::Max(1),
+            ],
+            group_by: vec![1],
+            order_by: vec![],
+            limit: None,
+        };
+        let plan = ShardPlan::build(&t, &[eq(2, int(5))], &[], &StatementKind::Pushed(q)).unwrap();
+        assert_eq!(plan.statements.len(), 4);
+        assert_eq!(
+            plan.statements[0].stmt.sql.as_deref().unwrap(),
+            r#"SELECT "t_0000"."v", count(*), sum("t_0000"."n" >> 32), sum("t_0000"."n" & 4294967295), max("t_0000"."v") FROM "t_0000" WHERE "t_0000"."n" = ? GROUP BY "t_0000"."v""#
+        );
+        let q = PushedQuery {
+            select: vec![RemoteExpr::Column(0), RemoteExpr::Column(2)],
+            group_by: vec![],
+            order_by: vec![
+                SortKey {
+                    column: 2,
+                    descending: true,
+                    nulls_first: true,
+                },
+                SortKey {
+                    column: 0,
+                    descending: false,
+                    nulls_first: false,
+                },
+            ],
+            limit: Some(LimitSpec {
+                count: Operand::Param(0),
+                offset: int(3),
+            }),
+        };
+        let kind = StatementKind::Pushed(q.clone());
+        let bind = |v: Option<i64>| [Binding::Value(v.map(TypedValue::Int8))];
+        let plan = ShardPlan::build(&t, &[], &bind(Some(10)), &kind).unwrap();
+        let s = &plan.statements[1].stmt;
+        assert_eq!(
+            s.sql.as_deref().unwrap(),
+            r#"SELECT "t_0001"."k", "t_0001"."n" FROM "t_0001" ORDER BY "t_0001"."n" DESC NULLS FIRST, "t_0001"."k" NULLS LAST LIMIT ?"#
+        );
+        assert_eq!(s.args, vec![Value::Integer(13)], "count + offset per shard");
+        // LIMIT NULL is no limit; negative values are Postgres' errors.
+        let plan = ShardPlan::build(&t, &[], &bind(None), &kind).unwrap();
+        assert_eq!(plan.statements[0].stmt.args, vec![Value::Integer(-1)]);
+        let spec = q.limit.clone().unwrap();
+        assert_eq!(spec.values(&bind(Some(-1))), Err(LimitError::NegativeCount));
+        let neg_offset = LimitSpec {
+            count: int(-1),
+            offset: int(-1),
+        };
+        assert_eq!(neg_offset.values(&[]), Err(LimitError::NegativeOffset));
+        assert!(ShardPlan::build(&t, &[], &bind(Some(-1)), &kind).is_err());
+        // Before execution the cap is a placeholder.
+        let template = ShardPlan::template(&t, &[], &kind);
+        assert!(template.statements[0]
+            .stmt
+            .sql
+            .as_deref()
+            .unwrap()
+            .ends_with("LIMIT ?"));
+        assert!(template.statements[0].stmt.args.is_empty());
     }
 
     proptest! {

@@ -23,9 +23,28 @@
 //! - numeric, char(n), json and jsonb are never compared on a node (text
 //!   form order is not value order; char(n) ignores trailing spaces).
 //!
+//! ORDER BY, GROUP BY and aggregates (pushed by the FDW's upper paths, the
+//! router merging what the shards return, `merge.rs`):
+//! - a sort key or grouping column may go to a node when SQLite orders
+//!   (groups) its stored values as Postgres does: every family that
+//!   compares exactly above, text only under C; numeric, char(n), json
+//!   never;
+//! - `count(*)` and `count(col)` of any type (NULL-ness is stored exactly);
+//!   `sum` of smallint/integer/bigint (sent as two half sums that cannot
+//!   overflow, combined exactly) and of double precision; `avg` of
+//!   integers (exact sum and count; the final division is Postgres' own
+//!   numeric division) and of floats; `min`/`max` of integers, floats,
+//!   date/timestamp/timestamptz and text under C. `sum(real)` stays local
+//!   (Postgres accumulates it in single precision), as does every other
+//!   aggregate, and any with DISTINCT, ORDER BY or FILTER. Float sums and
+//!   averages are the only results that may differ from Postgres', in the
+//!   last bits, because the additions happen in another order (SQLite
+//!   sums with compensation).
+//!
 //! Operators are understood by meaning (the six comparisons and LIKE), never
 //! by name alone: the caller maps only built-in operators here.
 
+use crate::merge::AggFunc;
 use crate::predicate::{CmpOp, Operand};
 use crate::types::{ColumnType, TypedValue};
 
@@ -144,10 +163,94 @@ pub fn list_param_pushable(element: ColumnType) -> bool {
     family(element) != Family::Float
 }
 
+/// Whether `ORDER BY column` (ascending or descending, NULLS FIRST or
+/// LAST, the type's default ordering) under `collation` may be done by the
+/// nodes, the router merging their sorted streams.
+pub fn sort_pushable(column: ColumnType, collation: CollationClass) -> bool {
+    match family(column) {
+        Family::Local => false,
+        Family::Text => collation == CollationClass::C,
+        _ => true,
+    }
+}
+
+/// Whether `GROUP BY column` may be done by the nodes: the same values are
+/// one group in SQLite and Postgres (and the router compares the groups
+/// the shards return bytewise).
+pub fn group_pushable(column: ColumnType, collation: CollationClass) -> bool {
+    sort_pushable(column, collation)
+}
+
+/// The pushed form of a built-in aggregate `name` applied to `*` (`arg`
+/// None) or to a column of this type whose input collation is
+/// `collation`; None when it stays local.
+pub fn aggregate(name: &str, arg: Option<(ColumnType, CollationClass)>) -> Option<AggFunc> {
+    use ColumnType::*;
+    let Some((ty, collation)) = arg else {
+        return (name == "count").then_some(AggFunc::CountStar);
+    };
+    Some(match (name, ty) {
+        ("count", _) => AggFunc::Count,
+        ("sum", Int2 | Int4) => AggFunc::SumInt,
+        ("sum", Int8) => AggFunc::SumBigint,
+        ("sum", Float8) => AggFunc::SumFloat,
+        ("avg", Int2 | Int4 | Int8) => AggFunc::AvgInt,
+        ("avg", Float4 | Float8) => AggFunc::AvgFloat,
+        ("min" | "max", _) => {
+            let ordered = match family(ty) {
+                Family::Integer
+                | Family::Float
+                | Family::Date
+                | Family::Timestamp
+                | Family::Timestamptz => true,
+                Family::Text => collation == CollationClass::C,
+                _ => false,
+            };
+            if !ordered {
+                return None;
+            }
+            if name == "min" {
+                AggFunc::Min
+            } else {
+                AggFunc::Max
+            }
+        }
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ColumnType::*;
+
+    #[test]
+    fn what_sorts_groups_and_aggregates_on_a_node() {
+        let c = CollationClass::C;
+        let d = CollationClass::Deterministic;
+        for ty in ColumnType::ALL {
+            let local = family(ty) == Family::Local;
+            assert_eq!(sort_pushable(ty, c), !local, "{ty}");
+            assert_eq!(group_pushable(ty, c), !local, "{ty}");
+            assert_eq!(aggregate("count", Some((ty, d))), Some(AggFunc::Count));
+        }
+        assert!(!sort_pushable(Text, d));
+        assert!(!group_pushable(Varchar, CollationClass::Nondeterministic));
+        assert_eq!(aggregate("count", None), Some(AggFunc::CountStar));
+        assert_eq!(aggregate("sum", None), None);
+        assert_eq!(aggregate("sum", Some((Int4, c))), Some(AggFunc::SumInt));
+        assert_eq!(aggregate("sum", Some((Int8, c))), Some(AggFunc::SumBigint));
+        assert_eq!(aggregate("sum", Some((Float4, c))), None);
+        assert_eq!(aggregate("sum", Some((Numeric, c))), None);
+        assert_eq!(aggregate("avg", Some((Int2, c))), Some(AggFunc::AvgInt));
+        assert_eq!(aggregate("avg", Some((Float4, c))), Some(AggFunc::AvgFloat));
+        assert_eq!(aggregate("min", Some((Text, c))), Some(AggFunc::Min));
+        assert_eq!(aggregate("max", Some((Text, d))), None);
+        assert_eq!(aggregate("max", Some((Numeric, c))), None);
+        assert_eq!(aggregate("max", Some((Bpchar, c))), None);
+        assert_eq!(aggregate("max", Some((Timestamptz, d))), Some(AggFunc::Max));
+        assert_eq!(aggregate("stddev", Some((Int4, c))), None);
+    }
 
     #[test]
     fn families_compare_only_with_themselves() {

@@ -1,0 +1,1398 @@
+//! Upper paths: aggregates, ORDER BY and LIMIT of a query over one
+//! distributed table, run on the shards (GetForeignUpperPaths).
+//!
+//! - `UPPERREL_GROUP_AGG`: count/sum/avg/min/max with an optional GROUP BY
+//!   on plain columns, as the rulebook allows (`pushdown::aggregate`,
+//!   `pushdown::group_pushable`). Every shard returns one row per group of
+//!   partial aggregates; the router combines them (`conductor_core::merge`)
+//!   or, when the grouping contains the shard key, finishes each row as it
+//!   arrives (every group lives on one shard). HAVING is evaluated by this
+//!   scan on the merged rows.
+//! - `UPPERREL_ORDERED`: ORDER BY plain columns whose SQLite order is
+//!   Postgres' (`pushdown::sort_pushable`): every shard sorts with explicit
+//!   NULLS FIRST/LAST and the router k-way merges the sorted streams as rows
+//!   arrive, so the path is sorted and Postgres adds no Sort.
+//! - `UPPERREL_FINAL`: LIMIT/OFFSET (constants or `$n`), with or without
+//!   that ORDER BY: each shard returns its first `count + offset` rows, the
+//!   router skips `offset` rows of the merged stream, returns `count` and
+//!   then drops the scan, which cancels the requests still running.
+//!
+//! Only a query on one base relation whose WHERE went to the nodes whole
+//! gets an upper path (a local filter must run before aggregation and
+//! LIMIT); anything the rulebook refuses leaves the work to Postgres above
+//! an ordinary foreign scan. The upper scan is a ForeignScan with
+//! `scanrelid = 0`: its tuple is described by `fdw_scan_tlist` (grouping
+//! columns and aggregates, or plain columns), and its fdw_private carries
+//! an [`UpperPlan`] as JSON.
+
+use crate::catalog::{cache, TableTopology};
+use crate::convert::{column_type_of, ColumnCodec};
+use crate::errors::raise;
+use crate::fdw::lower::{collation_class, Lowering, ParamSpec};
+use crate::fdw::scan::{eval_bindings, explain_plan, explain_text, init_params};
+use crate::remote;
+use crate::stats;
+use crate::xact::streams;
+use conductor_core::executor::{ScanHandle, ScanPoll, ShardError, ShardQuery, ShardStats};
+use conductor_core::merge::{AggFunc, AggSpec, Final, GroupMerge, KWayMerge, MergeKey};
+use conductor_core::plan::{
+    LimitError, LimitSpec, LimitValues, PushedQuery, RemoteExpr, RouteKind, ShardPlan, SortKey,
+    StatementKind,
+};
+use conductor_core::predicate::{Operand, Pred};
+use conductor_core::pushdown;
+use conductor_core::types::{ColumnType, TypedValue};
+use conductor_hrana::Value;
+use pgrx::prelude::*;
+use pgrx::{AnyNumeric, PgList, PgMemoryContexts, PgSqlErrorCode};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::ffi::CStr;
+use std::rc::Rc;
+use std::time::Duration;
+
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// Cost of one HTTP round trip (all shards go in parallel), as for scans.
+const REQUEST_COST: f64 = 100.0;
+const PER_SHARD_COST: f64 = 10.0;
+
+/// What an upper scan pushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpperKind {
+    /// Aggregates (with or without GROUP BY).
+    Aggregate,
+    /// ORDER BY without LIMIT.
+    Ordered,
+    /// LIMIT/OFFSET, with or without ORDER BY.
+    Limit,
+}
+
+/// What an upper ForeignScan carries from planning to execution.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpperPlan {
+    pub upper: UpperKind,
+    /// The foreign table.
+    pub relid: u32,
+    /// The WHERE clause (pushed whole).
+    pub pushed: Vec<Pred>,
+    /// One per fdw_exprs entry (WHERE parameters, then LIMIT/OFFSET).
+    pub params: Vec<ParamSpec>,
+    /// What every shard runs.
+    pub query: PushedQuery,
+    /// Aggregates: the grouping columns lead the shard's row, then each
+    /// aggregate's partial columns.
+    pub n_group: usize,
+    pub aggs: Vec<AggSpec>,
+    /// Every group lives on one shard (the grouping contains the shard
+    /// key): rows are finished as they arrive, no combining.
+    pub concat: bool,
+    /// ORDER BY as positions in the shard's row.
+    pub merge: Vec<MergeKey>,
+    /// Per scan-tuple column: its position in the merged row (grouping
+    /// values then one value per aggregate; or the shard's row).
+    pub slots: Vec<usize>,
+}
+
+fn is(node: *const pg_sys::Node, tag: pg_sys::NodeTag) -> bool {
+    // SAFETY: a valid node pointer or null.
+    !node.is_null() && unsafe { (*node).type_ } == tag
+}
+
+fn strip_relabel(mut node: *mut pg_sys::Node) -> *mut pg_sys::Node {
+    while is(node, pg_sys::NodeTag::T_RelabelType) {
+        // SAFETY: tag checked.
+        node = unsafe { (*(node as *mut pg_sys::RelabelType)).arg.cast() };
+    }
+    node
+}
+
+unsafe fn nodes(list: *mut pg_sys::List) -> Vec<*mut pg_sys::Node> {
+    // SAFETY: a List of nodes or NIL.
+    unsafe { PgList::<pg_sys::Node>::from_pg(list).iter_ptr().collect() }
+}
+
+/// The base relation an upper path would replace the scan of.
+struct Base {
+    topology: Rc<TableTopology>,
+    relid: u32,
+    pushed: Vec<Pred>,
+    params: Vec<(*mut pg_sys::Expr, ParamSpec)>,
+    rows: f64,
+    shards: usize,
+}
+
+impl Base {
+    /// The topology column index of a plain column of this relation.
+    unsafe fn column(&self, node: *mut pg_sys::Node) -> Option<(usize, ColumnType)> {
+        let node = strip_relabel(node);
+        if !is(node, pg_sys::NodeTag::T_Var) {
+            return None;
+        }
+        // SAFETY: tag checked.
+        let var = unsafe { &*(node as *mut pg_sys::Var) };
+        if var.varno as u32 != self.relid || var.varlevelsup != 0 || var.varattno <= 0 {
+            return None;
+        }
+        let index = self
+            .topology
+            .columns
+            .iter()
+            .position(|c| c.attnum == var.varattno)?;
+        Some((index, self.topology.columns[index].ty))
+    }
+
+    fn param(&mut self, expr: *mut pg_sys::Node, spec: ParamSpec) -> Operand {
+        self.params.push((expr.cast(), spec));
+        Operand::Param(self.params.len() - 1)
+    }
+
+    /// Startup cost of an upper path. Each pushed stage is made cheaper than
+    /// the scan (and a pushed LIMIT cheaper than a pushed ORDER BY): the
+    /// shards send fewer rows and Postgres runs fewer nodes, which the row
+    /// terms alone cannot show for small estimates, where the paths would
+    /// cost the same within the planner's fuzz and the one added first (the
+    /// local plan) would stay.
+    fn startup_cost(&self, upper: UpperKind) -> f64 {
+        let scan = REQUEST_COST + PER_SHARD_COST * self.shards as f64;
+        match upper {
+            UpperKind::Aggregate | UpperKind::Ordered => scan * 0.9,
+            UpperKind::Limit => scan * 0.8,
+        }
+    }
+}
+
+/// A SELECT on this one base relation of ours whose WHERE clause went to
+/// the nodes whole, or None.
+unsafe fn base(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo) -> Option<Base> {
+    // SAFETY: planner structures valid during the callback.
+    unsafe {
+        let parse = (*root).parse;
+        if rel.is_null()
+            || (*rel).reloptkind != pg_sys::RelOptKind::RELOPT_BASEREL
+            || (*parse).commandType != pg_sys::CmdType::CMD_SELECT
+            || !(*parse).rowMarks.is_null()
+            || (*parse).hasTargetSRFs
+            || !pg_sys::bms_is_empty((*rel).lateral_relids)
+            || pg_sys::is_dummy_rel(rel)
+        {
+            return None;
+        }
+        let rti = (*rel).relid;
+        let rte = *(*root).simple_rte_array.add(rti as usize);
+        let topology = cache::try_table((*rte).relid)?;
+        let mut lowering = Lowering::new(&topology, rti);
+        let mut pushed = Vec::new();
+        for rinfo in PgList::<pg_sys::RestrictInfo>::from_pg((*rel).baserestrictinfo).iter_ptr() {
+            if (*rinfo).pseudoconstant {
+                return None;
+            }
+            pushed.push(lowering.lower((*rinfo).clause.cast())?);
+        }
+        let params = lowering.params.clone();
+        let template = ShardPlan::template(&topology, &pushed, &StatementKind::Delete);
+        let shards = match template.kind {
+            RouteKind::AtExecution => 1,
+            _ => template.statements.len(),
+        };
+        Some(Base {
+            relid: rti,
+            rows: (*rel).rows,
+            topology,
+            pushed,
+            params,
+            shards,
+        })
+    }
+}
+
+/// A built-in function's name.
+unsafe fn builtin_name(oid: pg_sys::Oid) -> Option<String> {
+    if oid.to_u32() >= pg_sys::FirstNormalObjectId {
+        return None;
+    }
+    // SAFETY: syscache lookup; copied before use.
+    unsafe {
+        let p = pg_sys::get_func_name(oid);
+        (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+    }
+}
+
+/// The pushed form of an aggregate call, or None.
+unsafe fn agg_spec(base: &Base, aggref: *mut pg_sys::Aggref) -> Option<AggSpec> {
+    // SAFETY: a planner Aggref.
+    unsafe {
+        let a = &*aggref;
+        if !a.aggdistinct.is_null()
+            || !a.aggorder.is_null()
+            || !a.aggfilter.is_null()
+            || !a.aggdirectargs.is_null()
+            || a.aggvariadic
+            || a.agglevelsup != 0
+            || a.aggkind as u8 != b'n'
+            || a.aggsplit != pg_sys::AggSplit::AGGSPLIT_SIMPLE
+        {
+            return None;
+        }
+        let name = builtin_name(a.aggfnoid)?;
+        let spec = if a.aggstar {
+            AggSpec {
+                func: pushdown::aggregate(&name, None)?,
+                column: None,
+            }
+        } else {
+            let args = PgList::<pg_sys::TargetEntry>::from_pg(a.args);
+            if args.len() != 1 {
+                return None;
+            }
+            let tle = args.get_ptr(0)?;
+            let (column, ty) = base.column((*tle).expr.cast())?;
+            let func = pushdown::aggregate(&name, Some((ty, collation_class(a.inputcollid))))?;
+            AggSpec {
+                func,
+                column: Some(column),
+            }
+        };
+        // The result type must be the one the merge produces.
+        let want = match spec.func {
+            AggFunc::CountStar | AggFunc::Count | AggFunc::SumInt => Some(pg_sys::INT8OID),
+            AggFunc::SumBigint | AggFunc::AvgInt => Some(pg_sys::NUMERICOID),
+            AggFunc::SumFloat | AggFunc::AvgFloat => Some(pg_sys::FLOAT8OID),
+            AggFunc::Min | AggFunc::Max => None,
+        };
+        match want {
+            Some(oid) if a.aggtype != oid => None,
+            None if column_type_of(a.aggtype).is_none() => None,
+            _ => Some(spec),
+        }
+    }
+}
+
+fn cpu_tuple_cost() -> f64 {
+    // SAFETY: reading a planner GUC.
+    unsafe { pg_sys::cpu_tuple_cost }
+}
+
+/// The path's fdw_private: the plan as JSON, the scan tuple's expressions,
+/// the runtime parameters' expressions and the local quals (HAVING).
+unsafe fn path_private(
+    plan: &UpperPlan,
+    scan_exprs: &[*mut pg_sys::Node],
+    params: &[(*mut pg_sys::Expr, ParamSpec)],
+    quals: *mut pg_sys::List,
+) -> *mut pg_sys::List {
+    // SAFETY: lists palloc'd in the planner's context.
+    unsafe {
+        let mut list = super::private_from(plan);
+        let mut tl: *mut pg_sys::List = std::ptr::null_mut();
+        for &e in scan_exprs {
+            tl = pg_sys::lappend(tl, e.cast());
+        }
+        let mut px: *mut pg_sys::List = std::ptr::null_mut();
+        for (e, _) in params {
+            px = pg_sys::lappend(px, (*e).cast());
+        }
+        list = pg_sys::lappend(list, tl.cast());
+        list = pg_sys::lappend(list, px.cast());
+        list = pg_sys::lappend(list, quals.cast());
+        list
+    }
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn get_foreign_upper_paths(
+    root: *mut pg_sys::PlannerInfo,
+    stage: pg_sys::UpperRelationKind::Type,
+    input_rel: *mut pg_sys::RelOptInfo,
+    output_rel: *mut pg_sys::RelOptInfo,
+    extra: *mut std::ffi::c_void,
+) {
+    // SAFETY: planner structures valid during the callback.
+    unsafe {
+        match stage {
+            pg_sys::UpperRelationKind::UPPERREL_GROUP_AGG => {
+                add_grouping_path(root, input_rel, output_rel, extra.cast())
+            }
+            pg_sys::UpperRelationKind::UPPERREL_ORDERED => {
+                add_ordered_path(root, input_rel, output_rel)
+            }
+            pg_sys::UpperRelationKind::UPPERREL_FINAL => {
+                add_final_path(root, input_rel, output_rel, extra.cast())
+            }
+            _ => {}
+        }
+    }
+}
+
+unsafe fn add_grouping_path(
+    root: *mut pg_sys::PlannerInfo,
+    input_rel: *mut pg_sys::RelOptInfo,
+    grouped_rel: *mut pg_sys::RelOptInfo,
+    extra: *mut pg_sys::GroupPathExtraData,
+) {
+    // SAFETY: planner structures valid during the callback.
+    unsafe {
+        let parse = (*root).parse;
+        if extra.is_null()
+            || (*extra).patype != pg_sys::PartitionwiseAggregateType::PARTITIONWISE_AGGREGATE_NONE
+            || !(*parse).groupingSets.is_null()
+        {
+            return;
+        }
+        let Some(base) = base(root, input_rel) else {
+            return;
+        };
+        // GROUP BY: plain columns the rulebook groups exactly.
+        let mut group_cols: Vec<(usize, u32, *mut pg_sys::Node)> = Vec::new();
+        let mut group_exprs: *mut pg_sys::List = std::ptr::null_mut();
+        for sgc in PgList::<pg_sys::SortGroupClause>::from_pg((*parse).groupClause).iter_ptr() {
+            let expr = pg_sys::get_sortgroupclause_expr(sgc, (*parse).targetList);
+            let Some((column, ty)) = base.column(expr) else {
+                return;
+            };
+            let eq = builtin_opname((*sgc).eqop);
+            if eq.as_deref() != Some("=")
+                || !pushdown::group_pushable(ty, collation_class(pg_sys::exprCollation(expr)))
+            {
+                return;
+            }
+            group_cols.push((column, (*sgc).tleSortGroupRef, expr));
+            group_exprs = pg_sys::lappend(group_exprs, expr.cast());
+        }
+        // The scan tuple: grouping columns and aggregates the target and
+        // HAVING need.
+        let mut aggs: Vec<(AggSpec, *mut pg_sys::Node)> = Vec::new();
+        let mut scan_exprs: Vec<*mut pg_sys::Node> = Vec::new();
+        let mut slots: Vec<usize> = Vec::new();
+        let n_group = group_cols.len();
+        let mut add_item =
+            |node: *mut pg_sys::Node, aggs: &mut Vec<(AggSpec, *mut pg_sys::Node)>| -> bool {
+                if scan_exprs
+                    .iter()
+                    .any(|&e| pg_sys::equal(e.cast(), node.cast()))
+                {
+                    return true;
+                }
+                if is(node, pg_sys::NodeTag::T_Aggref) {
+                    let Some(spec) = agg_spec(&base, node.cast()) else {
+                        return false;
+                    };
+                    let at = match aggs
+                        .iter()
+                        .position(|(_, e)| pg_sys::equal((*e).cast(), node.cast()))
+                    {
+                        Some(i) => i,
+                        None => {
+                            aggs.push((spec, node));
+                            aggs.len() - 1
+                        }
+                    };
+                    scan_exprs.push(node);
+                    slots.push(n_group + at);
+                    return true;
+                }
+                // A column: only a grouping column can appear outside an aggregate.
+                match group_cols.iter().position(|(_, _, e)| {
+                    pg_sys::equal(strip_relabel(*e).cast(), strip_relabel(node).cast())
+                }) {
+                    Some(g) => {
+                        scan_exprs.push(node);
+                        slots.push(g);
+                        true
+                    }
+                    None => false,
+                }
+            };
+        let target = (*grouped_rel).reltarget;
+        let flags = (pg_sys::PVC_INCLUDE_AGGREGATES | pg_sys::PVC_RECURSE_PLACEHOLDERS) as i32;
+        for (i, expr) in nodes((*target).exprs).into_iter().enumerate() {
+            let sgref = if (*target).sortgrouprefs.is_null() {
+                0
+            } else {
+                *(*target).sortgrouprefs.add(i)
+            };
+            if sgref != 0 && group_cols.iter().any(|(_, r, _)| *r == sgref) {
+                if !add_item(expr, &mut aggs) {
+                    return;
+                }
+                continue;
+            }
+            if pg_sys::contain_subplans(expr) {
+                return;
+            }
+            for item in nodes(pg_sys::pull_var_clause(expr, flags)) {
+                if !add_item(item, &mut aggs) {
+                    return;
+                }
+            }
+        }
+        let having = (*extra).havingQual as *mut pg_sys::List;
+        if !having.is_null() {
+            if pg_sys::contain_subplans(having.cast()) {
+                return;
+            }
+            for item in nodes(pg_sys::pull_var_clause(having.cast(), flags)) {
+                if !add_item(item, &mut aggs) {
+                    return;
+                }
+            }
+        }
+        let key_index = base.topology.key_index;
+        let mut select: Vec<RemoteExpr> = group_cols
+            .iter()
+            .map(|(c, _, _)| RemoteExpr::Column(*c))
+            .collect();
+        for (spec, _) in &aggs {
+            select.extend(spec.remote_exprs());
+        }
+        let plan = UpperPlan {
+            upper: UpperKind::Aggregate,
+            relid: base.topology.relid.to_u32(),
+            pushed: base.pushed.clone(),
+            params: base.params.iter().map(|(_, s)| *s).collect(),
+            query: PushedQuery {
+                select,
+                group_by: group_cols.iter().map(|(c, _, _)| *c).collect(),
+                order_by: Vec::new(),
+                limit: None,
+            },
+            n_group,
+            aggs: aggs.iter().map(|(s, _)| *s).collect(),
+            concat: group_cols.iter().any(|(c, _, _)| *c == key_index),
+            merge: Vec::new(),
+            slots,
+        };
+        let groups = if n_group == 0 {
+            1.0
+        } else {
+            pg_sys::estimate_num_groups(
+                root,
+                group_exprs,
+                base.rows,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+            .min(base.rows)
+        };
+        let startup = base.startup_cost(UpperKind::Aggregate);
+        let total = startup + groups * cpu_tuple_cost();
+        let private = path_private(&plan, &scan_exprs, &base.params, having);
+        let path = pg_sys::create_foreign_upper_path(
+            root,
+            grouped_rel,
+            target,
+            groups,
+            startup,
+            total,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            private,
+        );
+        pg_sys::add_path(grouped_rel, path.cast());
+    }
+}
+
+fn builtin_opname(opno: pg_sys::Oid) -> Option<String> {
+    if opno.to_u32() >= pg_sys::FirstNormalObjectId {
+        return None;
+    }
+    // SAFETY: syscache lookup; copied before use.
+    unsafe {
+        let p = pg_sys::get_opname(opno);
+        (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+    }
+}
+
+/// The query's ORDER BY as pushed sort keys with each key's column Var, or
+/// None when a key is not a plain column the nodes sort as Postgres does.
+unsafe fn sort_keys(
+    root: *mut pg_sys::PlannerInfo,
+    base: &Base,
+) -> Option<Vec<(SortKey, *mut pg_sys::Node)>> {
+    // SAFETY: planner structures valid during the callback.
+    unsafe {
+        let mut keys = Vec::new();
+        for pk in PgList::<pg_sys::PathKey>::from_pg((*root).sort_pathkeys).iter_ptr() {
+            let ec = (*pk).pk_eclass;
+            if (*ec).ec_has_volatile {
+                return None;
+            }
+            let mut found = None;
+            for em in PgList::<pg_sys::EquivalenceMember>::from_pg((*ec).ec_members).iter_ptr() {
+                if (*em).em_is_const {
+                    continue;
+                }
+                let expr = (*em).em_expr as *mut pg_sys::Node;
+                if let Some((column, ty)) = base.column(expr) {
+                    found = Some((column, ty, expr));
+                    break;
+                }
+            }
+            let (column, ty, expr) = found?;
+            // The key's ordering must be the type's default btree order.
+            let opclass = pg_sys::GetDefaultOpClass(pg_sys::exprType(expr), pg_sys::BTREE_AM_OID);
+            if opclass == pg_sys::Oid::INVALID
+                || pg_sys::get_opclass_family(opclass) != (*pk).pk_opfamily
+                || !pushdown::sort_pushable(ty, collation_class((*ec).ec_collation))
+            {
+                return None;
+            }
+            let descending = match (*pk).pk_strategy as u32 {
+                pg_sys::BTLessStrategyNumber => false,
+                pg_sys::BTGreaterStrategyNumber => true,
+                _ => return None,
+            };
+            keys.push((
+                SortKey {
+                    column,
+                    descending,
+                    nulls_first: (*pk).pk_nulls_first,
+                },
+                strip_relabel(expr),
+            ));
+        }
+        Some(keys)
+    }
+}
+
+/// A plain (not aggregated) upper scan of `target`'s columns, sorted by
+/// `keys`, limited by `limit`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn add_plain_path(
+    root: *mut pg_sys::PlannerInfo,
+    rel: *mut pg_sys::RelOptInfo,
+    target: *mut pg_sys::PathTarget,
+    base: &Base,
+    keys: Vec<(SortKey, *mut pg_sys::Node)>,
+    limit: Option<LimitSpec>,
+    upper: UpperKind,
+    rows: f64,
+) {
+    // SAFETY: planner structures valid during the callback.
+    unsafe {
+        let mut scan_exprs: Vec<*mut pg_sys::Node> = Vec::new();
+        let mut columns: Vec<usize> = Vec::new();
+        let flags = pg_sys::PVC_RECURSE_PLACEHOLDERS as i32;
+        let mut vars = nodes(pg_sys::pull_var_clause((*target).exprs.cast(), flags));
+        vars.extend(keys.iter().map(|(_, v)| *v));
+        for var in vars {
+            let Some((column, _)) = base.column(var) else {
+                return; // a whole-row or system column, or another relation
+            };
+            if !columns.contains(&column) {
+                columns.push(column);
+                scan_exprs.push(var);
+            }
+        }
+        let merge = keys
+            .iter()
+            .map(|(k, _)| MergeKey {
+                position: columns.iter().position(|&c| c == k.column).expect("added"),
+                descending: k.descending,
+                nulls_first: k.nulls_first,
+            })
+            .collect();
+        let plan = UpperPlan {
+            upper,
+            relid: base.topology.relid.to_u32(),
+            pushed: base.pushed.clone(),
+            params: base.params.iter().map(|(_, s)| *s).collect(),
+            query: PushedQuery {
+                select: columns.iter().map(|&c| RemoteExpr::Column(c)).collect(),
+                group_by: Vec::new(),
+                order_by: keys.iter().map(|(k, _)| *k).collect(),
+                limit,
+            },
+            n_group: 0,
+            aggs: Vec::new(),
+            concat: false,
+            merge,
+            slots: (0..columns.len()).collect(),
+        };
+        let pathkeys = if keys.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            (*root).sort_pathkeys
+        };
+        // Rows cost as in a base scan (sent in full by every shard); with
+        // LIMIT pushed each shard stops at count + offset, so a Limit over
+        // an ordered or plain scan (which still receives the shards'
+        // buffered streams) costs more per row handed out.
+        let per_row = if plan.query.limit.is_some() { 1.0 } else { 2.0 } * cpu_tuple_cost();
+        let startup = base.startup_cost(upper);
+        let total = startup + rows * per_row;
+        let private = path_private(&plan, &scan_exprs, &base.params, std::ptr::null_mut());
+        let path = pg_sys::create_foreign_upper_path(
+            root,
+            rel,
+            target,
+            rows,
+            startup,
+            total,
+            pathkeys,
+            std::ptr::null_mut(),
+            private,
+        );
+        pg_sys::add_path(rel, path.cast());
+    }
+}
+
+/// Whether the query has a stage between the scan and ORDER BY/LIMIT.
+unsafe fn has_middle_stages(parse: *mut pg_sys::Query) -> bool {
+    // SAFETY: the planner's Query.
+    unsafe {
+        (*parse).hasAggs
+            || !(*parse).groupClause.is_null()
+            || !(*parse).groupingSets.is_null()
+            || !(*parse).havingQual.is_null()
+            || (*parse).hasWindowFuncs
+            || !(*parse).distinctClause.is_null()
+            || !(*parse).setOperations.is_null()
+    }
+}
+
+unsafe fn add_ordered_path(
+    root: *mut pg_sys::PlannerInfo,
+    input_rel: *mut pg_sys::RelOptInfo,
+    ordered_rel: *mut pg_sys::RelOptInfo,
+) {
+    // SAFETY: planner structures valid during the callback.
+    unsafe {
+        if has_middle_stages((*root).parse) {
+            return;
+        }
+        let Some(base) = base(root, input_rel) else {
+            return;
+        };
+        let Some(keys) = sort_keys(root, &base) else {
+            return;
+        };
+        if keys.is_empty() {
+            return;
+        }
+        let target = (*root).upper_targets[pg_sys::UpperRelationKind::UPPERREL_ORDERED as usize];
+        add_plain_path(
+            root,
+            ordered_rel,
+            target,
+            &base,
+            keys,
+            None,
+            UpperKind::Ordered,
+            base.rows,
+        );
+    }
+}
+
+/// A LIMIT or OFFSET expression as an operand: a constant, or a value
+/// evaluated when the scan starts (a `$n`).
+unsafe fn limit_operand(base: &mut Base, expr: *mut pg_sys::Node) -> Option<Operand> {
+    // SAFETY: a planner expression or null.
+    unsafe {
+        if expr.is_null() {
+            return Some(Operand::Const(None));
+        }
+        if pg_sys::exprType(expr) != pg_sys::INT8OID {
+            return None;
+        }
+        if is(expr, pg_sys::NodeTag::T_Const) {
+            let c = &*(expr as *mut pg_sys::Const);
+            return Some(Operand::Const(
+                (!c.constisnull).then(|| TypedValue::Int8(c.constvalue.value() as i64)),
+            ));
+        }
+        if pg_sys::contain_volatile_functions(expr)
+            || pg_sys::contain_subplans(expr)
+            || !PgList::<pg_sys::Node>::from_pg(pg_sys::pull_var_clause(expr, 0)).is_empty()
+        {
+            return None;
+        }
+        Some(base.param(
+            expr,
+            ParamSpec {
+                ty: ColumnType::Int8,
+                list: false,
+            },
+        ))
+    }
+}
+
+unsafe fn add_final_path(
+    root: *mut pg_sys::PlannerInfo,
+    input_rel: *mut pg_sys::RelOptInfo,
+    final_rel: *mut pg_sys::RelOptInfo,
+    extra: *mut pg_sys::FinalPathExtraData,
+) {
+    // SAFETY: planner structures valid during the callback.
+    unsafe {
+        let parse = (*root).parse;
+        if extra.is_null()
+            || !(*extra).limit_needed
+            || (*parse).limitOption == pg_sys::LimitOption::LIMIT_OPTION_WITH_TIES
+            || has_middle_stages(parse)
+        {
+            return;
+        }
+        // The base relation: the input itself, or below ORDER BY.
+        let rel = if (*parse).sortClause.is_null() {
+            input_rel
+        } else {
+            let mut relid = 0;
+            if !pg_sys::bms_get_singleton_member((*root).all_baserels, &mut relid) {
+                return;
+            }
+            *(*root).simple_rel_array.add(relid as usize)
+        };
+        let Some(mut base) = base(root, rel) else {
+            return;
+        };
+        let keys = if (*parse).sortClause.is_null() {
+            Vec::new()
+        } else {
+            match sort_keys(root, &base) {
+                Some(k) if !k.is_empty() => k,
+                _ => return,
+            }
+        };
+        let Some(count) = limit_operand(&mut base, (*parse).limitCount) else {
+            return;
+        };
+        let Some(offset) = limit_operand(&mut base, (*parse).limitOffset) else {
+            return;
+        };
+        let target = (*root).upper_targets[pg_sys::UpperRelationKind::UPPERREL_FINAL as usize];
+        let rows = if (*extra).limit_tuples > 0.0 {
+            (*extra).limit_tuples.min(base.rows)
+        } else {
+            base.rows
+        };
+        add_plain_path(
+            root,
+            final_rel,
+            target,
+            &base,
+            keys,
+            Some(LimitSpec { count, offset }),
+            UpperKind::Limit,
+            rows,
+        );
+    }
+}
+
+/// GetForeignPlan of an upper path.
+///
+/// # Safety
+/// Called from get_foreign_plan with a path built here.
+pub unsafe fn get_foreign_plan(
+    best_path: *mut pg_sys::ForeignPath,
+    tlist: *mut pg_sys::List,
+    outer_plan: *mut pg_sys::Plan,
+) -> *mut pg_sys::ForeignScan {
+    // SAFETY: the path's fdw_private was built by path_private.
+    unsafe {
+        let private = nodes((*best_path).fdw_private);
+        let json = private[0];
+        let scan_exprs = private[1] as *mut pg_sys::List;
+        let fdw_exprs = private[2] as *mut pg_sys::List;
+        let quals = private[3] as *mut pg_sys::List;
+        let mut scan_tlist: *mut pg_sys::List = std::ptr::null_mut();
+        for (i, e) in nodes(scan_exprs).into_iter().enumerate() {
+            let tle = pg_sys::makeTargetEntry(
+                pg_sys::copyObjectImpl(e.cast()).cast(),
+                (i + 1) as i16,
+                std::ptr::null_mut(),
+                false,
+            );
+            scan_tlist = pg_sys::lappend(scan_tlist, tle.cast());
+        }
+        pg_sys::make_foreignscan(
+            tlist,
+            quals,
+            0,
+            fdw_exprs,
+            pg_sys::lappend(std::ptr::null_mut(), json.cast()),
+            scan_tlist,
+            std::ptr::null_mut(),
+            outer_plan,
+        )
+    }
+}
+
+/// The upper plan of a ForeignScan, if it is one of ours.
+///
+/// # Safety
+/// `fscan` is a planned ForeignScan.
+pub unsafe fn plan_of(fscan: *mut pg_sys::ForeignScan) -> Option<UpperPlan> {
+    // SAFETY: per the contract.
+    unsafe {
+        if (*fscan).scan.scanrelid != 0 {
+            return None;
+        }
+        let first = PgList::<pg_sys::Node>::from_pg((*fscan).fdw_private).get_ptr(0)?;
+        if !is(first, pg_sys::NodeTag::T_String) {
+            return None;
+        }
+        let json = CStr::from_ptr((*(first as *mut pg_sys::String)).sval);
+        serde_json::from_slice(json.to_bytes()).ok()
+    }
+}
+
+impl UpperPlan {
+    /// What the nodes do and what the router does, for EXPLAIN and
+    /// conductor_explain.
+    pub fn describe(&self, topology: &TableTopology) -> String {
+        let name = |c: usize| topology.columns[c].name.clone();
+        let mut pushed = Vec::new();
+        if !self.aggs.is_empty() {
+            let aggs: Vec<String> = self
+                .aggs
+                .iter()
+                .map(|a| match a.column {
+                    None => "count(*)".to_string(),
+                    Some(c) => format!("{}({})", a.func.name(), name(c)),
+                })
+                .collect();
+            pushed.push(aggs.join(", "));
+        }
+        if !self.query.group_by.is_empty() {
+            let cols: Vec<String> = self.query.group_by.iter().map(|&c| name(c)).collect();
+            pushed.push(format!("GROUP BY {}", cols.join(", ")));
+        }
+        if !self.query.order_by.is_empty() {
+            let keys: Vec<String> = self
+                .query
+                .order_by
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{}{} NULLS {}",
+                        name(k.column),
+                        if k.descending { " DESC" } else { "" },
+                        if k.nulls_first { "FIRST" } else { "LAST" }
+                    )
+                })
+                .collect();
+            pushed.push(format!("ORDER BY {}", keys.join(", ")));
+        }
+        if self.query.limit.is_some() {
+            pushed.push("LIMIT (count + offset per shard)".to_string());
+        }
+        let router = match self.upper {
+            UpperKind::Aggregate if self.concat => {
+                "router concatenates the groups (each lives on one shard)"
+            }
+            UpperKind::Aggregate => "router combines the partial aggregates of each group",
+            UpperKind::Ordered => "router merges the sorted shard streams",
+            UpperKind::Limit if self.merge.is_empty() => {
+                "router applies OFFSET/LIMIT to the rows as they arrive"
+            }
+            UpperKind::Limit => "router merges the sorted shard streams, then OFFSET/LIMIT",
+        };
+        format!("{}; {router}", pushed.join(" "))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Execution.
+
+enum Phase {
+    NotStarted,
+    Streaming(Box<ScanHandle>),
+    Finished,
+}
+
+/// Combines what the shards return into the scan's rows.
+enum Merger {
+    /// Rows as they arrive.
+    Pass,
+    /// Sorted shard streams.
+    Sorted(KWayMerge),
+    /// Partial aggregates per group.
+    Groups(GroupMerge),
+}
+
+struct UpperState {
+    topology: Rc<TableTopology>,
+    plan: UpperPlan,
+    /// Per scan-tuple column; None for avg of integers (built by numeric
+    /// division).
+    codecs: Vec<Option<ColumnCodec>>,
+    params: Vec<(*mut pg_sys::ExprState, pg_sys::Oid)>,
+    econtext: *mut pg_sys::ExprContext,
+    phase: Phase,
+    merger: Merger,
+    /// Merged rows ready to be handed out.
+    ready: VecDeque<Vec<Final>>,
+    /// Rows still to skip (OFFSET) and to return (LIMIT; None: all).
+    to_skip: i64,
+    to_return: Option<i64>,
+    last_plan: Option<ShardPlan>,
+    shard_stats: Vec<ShardStats>,
+    skipped: Vec<ShardError>,
+    scan_urls: Vec<String>,
+}
+
+/// Whether a scan node is an upper scan (scanrelid 0).
+///
+/// # Safety
+/// `node` is a ForeignScanState of this wrapper.
+pub unsafe fn is_upper(node: *mut pg_sys::ForeignScanState) -> bool {
+    // SAFETY: per the contract.
+    unsafe { (*((*node).ss.ps.plan as *mut pg_sys::Scan)).scanrelid == 0 }
+}
+
+unsafe fn state<'a>(node: *mut pg_sys::ForeignScanState) -> &'a mut UpperState {
+    // SAFETY: set by begin_foreign_scan.
+    unsafe { &mut *((*node).fdw_state as *mut UpperState) }
+}
+
+/// # Safety
+/// BeginForeignScan of an upper scan.
+pub unsafe fn begin_foreign_scan(node: *mut pg_sys::ForeignScanState) {
+    // SAFETY: our plan; executor structures valid.
+    unsafe {
+        let fscan = (*node).ss.ps.plan as *mut pg_sys::ForeignScan;
+        let plan = plan_of(fscan)
+            .unwrap_or_else(|| error!("conductor: foreign scan plan without conductor data"));
+        let topology = cache::table(pg_sys::Oid::from(plan.relid));
+        let mut codecs = Vec::new();
+        for (i, tle) in PgList::<pg_sys::TargetEntry>::from_pg((*fscan).fdw_scan_tlist)
+            .iter_ptr()
+            .enumerate()
+        {
+            let expr = (*tle).expr as *mut pg_sys::Node;
+            let typoid = pg_sys::exprType(expr);
+            let is_avg_int = plan.upper == UpperKind::Aggregate
+                && plan.slots[i] >= plan.n_group
+                && plan.aggs[plan.slots[i] - plan.n_group].func == AggFunc::AvgInt;
+            if is_avg_int {
+                codecs.push(None);
+                continue;
+            }
+            let ty = column_type_of(typoid)
+                .unwrap_or_else(|| error!("conductor: unexpected type in an upper scan"));
+            codecs.push(Some(ColumnCodec::new(
+                &format!("column {}", i + 1),
+                ty,
+                typoid,
+                pg_sys::exprTypmod(expr),
+            )));
+        }
+        let params = init_params((*fscan).fdw_exprs, node.cast());
+        let state = UpperState {
+            topology,
+            plan,
+            codecs,
+            params,
+            econtext: (*node).ss.ps.ps_ExprContext,
+            phase: Phase::NotStarted,
+            merger: Merger::Pass,
+            ready: VecDeque::new(),
+            to_skip: 0,
+            to_return: None,
+            last_plan: None,
+            shard_stats: Vec::new(),
+            skipped: Vec::new(),
+            scan_urls: Vec::new(),
+        };
+        (*node).fdw_state = PgMemoryContexts::CurrentMemoryContext
+            .leak_and_drop_on_delete(state)
+            .cast();
+    }
+}
+
+fn merge_error(e: impl std::fmt::Display) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+        e.to_string(),
+    )
+    .error()
+}
+
+impl UpperState {
+    unsafe fn start(&mut self) {
+        let bindings = unsafe { eval_bindings(&self.params, &self.plan.params, self.econtext) };
+        let topology = self.topology.clone();
+        let limit = self
+            .plan
+            .query
+            .limit
+            .as_ref()
+            .map(|spec| match spec.values(&bindings) {
+                Ok(v) => v,
+                Err(LimitError::NegativeOffset) => raise(
+                    PgSqlErrorCode::ERRCODE_INVALID_ROW_COUNT_IN_RESULT_OFFSET_CLAUSE,
+                    "OFFSET must not be negative",
+                )
+                .error(),
+                Err(LimitError::NegativeCount) => raise(
+                    PgSqlErrorCode::ERRCODE_INVALID_ROW_COUNT_IN_LIMIT_CLAUSE,
+                    "LIMIT must not be negative",
+                )
+                .error(),
+                Err(LimitError::Bad(e)) => error!("conductor: bad LIMIT/OFFSET value: {e}"),
+            });
+        let LimitValues { count, offset } = limit.unwrap_or(LimitValues {
+            count: None,
+            offset: 0,
+        });
+        self.to_skip = offset;
+        self.to_return = count;
+        self.ready.clear();
+        let kind = StatementKind::Pushed(self.plan.query.clone());
+        let plan = crate::fdw::scan::bound_plan(&topology, &self.plan.pushed, &bindings, &kind);
+        let shards = plan.shard_ids();
+        self.merger = if !self.plan.aggs.is_empty() || self.plan.upper == UpperKind::Aggregate {
+            Merger::Groups(GroupMerge::new(self.plan.n_group, self.plan.aggs.clone()))
+        } else if !self.plan.merge.is_empty() {
+            Merger::Sorted(KWayMerge::new(
+                shards.iter().copied(),
+                self.plan.merge.clone(),
+            ))
+        } else {
+            Merger::Pass
+        };
+        if count == Some(0) {
+            // LIMIT 0: nothing to fetch (Postgres' Limit does not run its input).
+            self.last_plan = Some(plan);
+            self.phase = Phase::Finished;
+            return;
+        }
+        if let Some(access) = crate::fdw::scan::read_access(&topology, &plan, false) {
+            // Through this transaction's streams (whole): its own writes,
+            // its snapshot under REPEATABLE READ.
+            let results = streams::run_plan(&topology, &plan, access);
+            self.last_plan = Some(plan);
+            for (shard, r) in results {
+                unsafe { self.accept(shard, r.rows) };
+            }
+            for shard in shards {
+                self.shard_done(shard);
+            }
+            unsafe { self.finish_all() };
+            self.phase = Phase::Finished;
+            return;
+        }
+        stats::count_shard_requests(topology.relid, shards.iter().copied());
+        let token = crate::catalog::credentials::token_for(topology.server_id);
+        let skip = crate::gucs::ON_SHARD_FAILURE.get() == crate::gucs::OnShardFailure::Skip;
+        let mut queries = Vec::with_capacity(plan.statements.len());
+        for s in &plan.statements {
+            let location = &topology.shards[s.shard_id as usize];
+            let endpoint = remote::endpoint(location, token.clone());
+            match crate::health::refusal(&endpoint, Some(s.shard_id)) {
+                None => queries.push(ShardQuery {
+                    shard_id: s.shard_id,
+                    endpoint,
+                    stmt: s.stmt.clone(),
+                }),
+                Some(err) => {
+                    if !skip {
+                        remote::report_shard_error(&err);
+                    }
+                    self.shard_done(s.shard_id);
+                    self.skipped.push(err);
+                }
+            }
+        }
+        let width = self.plan.query.select.len().max(1);
+        self.last_plan = Some(plan);
+        self.scan_urls = queries.iter().map(|q| q.endpoint.url.clone()).collect();
+        if queries.is_empty() {
+            unsafe { self.finish_all() };
+            self.phase = Phase::Finished;
+            warn_skipped(&mut self.skipped);
+            return;
+        }
+        self.phase = Phase::Streaming(Box::new(remote::scan(queries, width, false)));
+    }
+
+    fn shard_done(&mut self, shard: u32) {
+        if let Merger::Sorted(m) = &mut self.merger {
+            m.finish(shard);
+        }
+    }
+
+    /// Rows of one shard.
+    unsafe fn accept(&mut self, shard: u32, rows: Vec<Vec<Value>>) {
+        let width = self.plan.query.select.len().max(1);
+        if rows.iter().any(|r| r.len() != width) {
+            let p = &self.topology.shards[shard as usize];
+            raise(
+                PgSqlErrorCode::ERRCODE_FDW_INVALID_DATA_TYPE,
+                "conductor: node returned rows of the wrong width",
+            )
+            .detail(format!("node {} ({}), shard {shard}", p.node_id, p.url))
+            .error()
+        }
+        match &mut self.merger {
+            Merger::Pass => self.ready.extend(
+                rows.into_iter()
+                    .map(|r| r.into_iter().map(Final::Value).collect()),
+            ),
+            Merger::Sorted(m) => m.push(shard, rows),
+            Merger::Groups(g) if self.plan.concat => {
+                for row in rows {
+                    let finished = g.finish_row(row).unwrap_or_else(|e| merge_error(e));
+                    self.ready.push_back(finished);
+                }
+            }
+            Merger::Groups(g) => {
+                for row in rows {
+                    g.push(row).unwrap_or_else(|e| merge_error(e));
+                }
+            }
+        }
+    }
+
+    /// Move what the merge can tell into `ready`.
+    fn drain_sorted(&mut self) {
+        if let Merger::Sorted(m) = &mut self.merger {
+            if let Phase::Streaming(handle) = &self.phase {
+                for shard in m.waiting_for() {
+                    if handle.shard_finished(shard) {
+                        m.finish(shard);
+                    }
+                }
+            }
+            while let Some((_, row)) = m.pop() {
+                self.ready
+                    .push_back(row.into_iter().map(Final::Value).collect());
+            }
+        }
+    }
+
+    /// Every shard has finished.
+    unsafe fn finish_all(&mut self) {
+        match std::mem::replace(&mut self.merger, Merger::Pass) {
+            Merger::Sorted(mut m) => {
+                m.finish_all();
+                while let Some((_, row)) = m.pop() {
+                    self.ready
+                        .push_back(row.into_iter().map(Final::Value).collect());
+                }
+            }
+            Merger::Groups(g) if !self.plan.concat => {
+                let rows = g.finish().unwrap_or_else(|e| merge_error(e));
+                self.ready.extend(rows);
+            }
+            _ => {}
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Phase::Streaming(handle) = std::mem::replace(&mut self.phase, Phase::Finished) {
+            // Dropping the handle cancels the requests still running.
+            self.shard_stats.extend_from_slice(handle.stats());
+        }
+        self.ready.clear();
+    }
+
+    /// The next row of the scan, or None at the end.
+    unsafe fn next_row(&mut self) -> Option<Vec<Final>> {
+        loop {
+            if self.to_return == Some(0) {
+                self.stop();
+                return None;
+            }
+            if let Some(row) = self.ready.pop_front() {
+                if self.to_skip > 0 {
+                    self.to_skip -= 1;
+                    continue;
+                }
+                if let Some(n) = &mut self.to_return {
+                    *n -= 1;
+                }
+                return Some(row);
+            }
+            let poll = match &mut self.phase {
+                Phase::Finished => return None,
+                Phase::NotStarted => {
+                    unsafe { self.start() };
+                    continue;
+                }
+                Phase::Streaming(handle) => handle.next(POLL_INTERVAL),
+            };
+            match poll {
+                ScanPoll::Rows(chunk) => unsafe { self.accept(chunk.shard_id, chunk.rows) },
+                ScanPoll::Pending => {
+                    pgrx::check_for_interrupts!();
+                }
+                ScanPoll::Done => {
+                    unsafe { self.finish_all() };
+                    if let Phase::Streaming(handle) =
+                        std::mem::replace(&mut self.phase, Phase::Finished)
+                    {
+                        self.shard_stats.extend_from_slice(handle.stats());
+                    }
+                    for url in std::mem::take(&mut self.scan_urls) {
+                        if !self.skipped.iter().any(|e| e.url == url) {
+                            crate::health::record_success(&url);
+                        }
+                    }
+                    warn_skipped(&mut self.skipped);
+                }
+                ScanPoll::Failed(err)
+                    if err.shard_id.is_some()
+                        && crate::gucs::ON_SHARD_FAILURE.get()
+                            == crate::gucs::OnShardFailure::Skip =>
+                {
+                    if !self.skipped.iter().any(|e| e.url == err.url) {
+                        crate::health::record_failure(&err);
+                    }
+                    if let Some(s) = err.shard_id {
+                        self.shard_done(s);
+                    }
+                    self.skipped.push(err)
+                }
+                ScanPoll::Failed(err) => {
+                    crate::health::record_failure(&err);
+                    remote::report_shard_error(&err)
+                }
+            }
+            self.drain_sorted();
+        }
+    }
+
+    /// Put a merged row into the scan slot.
+    unsafe fn store(&self, slot: *mut pg_sys::TupleTableSlot, row: Vec<Final>) {
+        // SAFETY: the slot's descriptor is fdw_scan_tlist's, one column per slot.
+        unsafe {
+            let natts = (*(*slot).tts_tupleDescriptor).natts as usize;
+            let values = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
+            let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, natts);
+            nulls.fill(true);
+            for (i, &at) in self.plan.slots.iter().enumerate().take(natts) {
+                let datum = match (&row[at], &self.codecs[i]) {
+                    (Final::Avg(None), _) => None,
+                    (Final::Avg(Some((sum, count))), _) => {
+                        // Postgres' own numeric division, as avg's final
+                        // function does: same value, same scale.
+                        let sum = AnyNumeric::try_from(sum.as_str())
+                            .unwrap_or_else(|e| error!("conductor: bad sum {sum}: {e}"));
+                        let avg = sum / AnyNumeric::from(*count);
+                        avg.into_datum()
+                    }
+                    (Final::Value(v), Some(codec)) => match codec.decode(v) {
+                        Ok(d) => d,
+                        Err(e) => raise(
+                            PgSqlErrorCode::ERRCODE_FDW_INVALID_DATA_TYPE,
+                            format!("conductor: node returned a value that does not fit: {e}"),
+                        )
+                        .error(),
+                    },
+                    (Final::Value(_), None) => error!("conductor: no codec for an upper column"),
+                };
+                if let Some(d) = datum {
+                    values[i] = d;
+                    nulls[i] = false;
+                }
+            }
+            pg_sys::ExecStoreVirtualTuple(slot);
+        }
+    }
+}
+
+fn warn_skipped(skipped: &mut Vec<ShardError>) {
+    if skipped.is_empty() {
+        return;
+    }
+    let shards: Vec<String> = skipped
+        .iter()
+        .map(|e| format!("shard {}", e.shard_id.unwrap_or_default()))
+        .collect();
+    let details: Vec<String> = skipped.iter().map(|e| e.to_string()).collect();
+    raise(
+        PgSqlErrorCode::ERRCODE_WARNING,
+        format!(
+            "conductor: rows of {} are missing (conductor.on_shard_failure = skip)",
+            shards.join(", ")
+        ),
+    )
+    .detail(details.join("; "))
+    .warning();
+    skipped.clear();
+}
+
+/// # Safety
+/// IterateForeignScan of an upper scan.
+pub unsafe fn iterate_foreign_scan(
+    node: *mut pg_sys::ForeignScanState,
+) -> *mut pg_sys::TupleTableSlot {
+    // SAFETY: our state and the node's scan slot.
+    unsafe {
+        let state = state(node);
+        let slot = (*node).ss.ss_ScanTupleSlot;
+        pg_sys::ExecClearTuple(slot);
+        if let Some(row) = state.next_row() {
+            state.store(slot, row);
+        }
+        slot
+    }
+}
+
+/// # Safety
+/// ReScanForeignScan of an upper scan.
+pub unsafe fn re_scan_foreign_scan(node: *mut pg_sys::ForeignScanState) {
+    // SAFETY: our state; dropping the handle cancels in-flight requests.
+    unsafe {
+        let state = state(node);
+        state.phase = Phase::NotStarted;
+        state.ready.clear();
+    }
+}
+
+/// # Safety
+/// EndForeignScan of an upper scan.
+pub unsafe fn end_foreign_scan(node: *mut pg_sys::ForeignScanState) {
+    // SAFETY: our state, if begun.
+    unsafe {
+        if !(*node).fdw_state.is_null() {
+            state(node).stop();
+        }
+    }
+}
+
+/// # Safety
+/// ExplainForeignScan of an upper scan.
+pub unsafe fn explain_foreign_scan(
+    node: *mut pg_sys::ForeignScanState,
+    es: *mut pg_sys::ExplainState,
+) {
+    // SAFETY: our state and the explain state.
+    unsafe {
+        let state = state(node);
+        let kind = StatementKind::Pushed(state.plan.query.clone());
+        let plan = match &state.last_plan {
+            Some(p) => p.clone(),
+            None => ShardPlan::template(&state.topology, &state.plan.pushed, &kind),
+        };
+        explain_text(
+            c"Relations",
+            &format!(
+                "{} on ({})",
+                match state.plan.upper {
+                    UpperKind::Aggregate => "Aggregate",
+                    UpperKind::Ordered => "Ordered",
+                    UpperKind::Limit => "Limit",
+                },
+                state.topology.name
+            ),
+            es,
+        );
+        explain_text(c"Pushed", &state.plan.describe(&state.topology), es);
+        explain_plan(&state.topology, &plan, state.plan.params.len(), "", es);
+        if (*es).analyze {
+            for s in &state.shard_stats {
+                let ms = s.elapsed.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
+                explain_text(
+                    c"Shard",
+                    &format!(
+                        "{} on {}: rows={} time={ms:.3} ms",
+                        s.shard_id, s.node_id, s.rows
+                    ),
+                    es,
+                );
+            }
+        }
+    }
+}
