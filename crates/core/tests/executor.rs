@@ -3,7 +3,7 @@
 
 mod support;
 
-use conductor_core::client::{ClientConfig, NodeEndpoint, NodeError};
+use conductor_core::client::{ClientConfig, NodeEndpoint, NodeError, WireEncoding};
 use conductor_core::executor::{
     ExecHandle, Executor, ExecutorConfig, ScanHandle, ScanOptions, ScanPoll, ShardQuery,
     ShardRequest,
@@ -21,6 +21,8 @@ fn executor() -> Executor {
         client: ClientConfig {
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(10),
+            // These scripted servers speak JSON only.
+            encoding: WireEncoding::Json,
             ..ClientConfig::default()
         },
         ..ExecutorConfig::default()
@@ -546,6 +548,11 @@ fn writes_retry_only_when_never_delivered() {
     let addr = url.trim_start_matches("http://").to_string();
     let ex = Executor::new(ExecutorConfig {
         retry_backoff: Duration::from_millis(300),
+        client: ClientConfig {
+            // This scripted server speaks JSON only.
+            encoding: WireEncoding::Json,
+            ..ClientConfig::default()
+        },
         ..ExecutorConfig::default()
     });
     let mut exec = ex.execute(vec![request(0, &url)]);

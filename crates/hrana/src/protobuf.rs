@@ -1031,6 +1031,147 @@ fn value_from_pb(p: Value) -> json::Value {
     json::Value::try_from(p).unwrap_or(json::Value::Null)
 }
 
+// ---- reading a Protobuf cursor body (clients) ----
+
+/// Cuts a `/v3-protobuf/cursor` body into its messages: each is
+/// length-delimited (a varint length, then that many bytes), the first a
+/// [`CursorRespBody`], every later one a [`CursorEntry`]. Bytes are fed as
+/// they arrive; at most one incomplete message (plus the chunk being split)
+/// is held, and a declared length over `max_frame` is refused before any of
+/// it is buffered.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    /// Start of the unconsumed bytes in `buf`.
+    start: usize,
+    max_frame: usize,
+}
+
+/// What [`FrameReader::next_frame`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A whole message: [`FrameReader::bytes`] of this range, valid until
+    /// the next [`FrameReader::feed`].
+    Full(std::ops::Range<usize>),
+    /// No whole message is buffered: feed more bytes.
+    Need,
+}
+
+/// A body that cannot be cut into messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// A length prefix that is not a varint of at most 64 bits.
+    BadLength,
+    /// A declared message length over the limit.
+    TooLarge(u64),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::BadLength => f.write_str("invalid length prefix"),
+            FrameError::TooLarge(n) => write!(f, "a message of {n} bytes"),
+        }
+    }
+}
+
+impl FrameReader {
+    /// A reader refusing messages longer than `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        FrameReader {
+            max_frame,
+            ..Default::default()
+        }
+    }
+
+    /// The longest message accepted.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Append bytes of the body (dropping the messages already taken).
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole message, if buffered.
+    pub fn next_frame(&mut self) -> Result<Frame, FrameError> {
+        let pending = &self.buf[self.start..];
+        let mut len: u64 = 0;
+        let mut prefix = 0;
+        loop {
+            let Some(&b) = pending.get(prefix) else {
+                return Ok(Frame::Need);
+            };
+            // The tenth byte of a varint may only hold the 64th bit.
+            if prefix == 9 && b > 1 {
+                return Err(FrameError::BadLength);
+            }
+            len |= u64::from(b & 0x7f) << (7 * prefix);
+            prefix += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        if len > self.max_frame as u64 {
+            return Err(FrameError::TooLarge(len));
+        }
+        let len = len as usize;
+        if pending.len() - prefix < len {
+            return Ok(Frame::Need);
+        }
+        let from = self.start + prefix;
+        self.start = from + len;
+        Ok(Frame::Full(from..from + len))
+    }
+
+    /// The bytes of a message [`next_frame`](Self::next_frame) returned.
+    pub fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
+        &self.buf[range]
+    }
+
+    /// Bytes received that make no whole message yet: at the end of the
+    /// body, anything but 0 means it was cut inside a message.
+    pub fn leftover(&self) -> usize {
+        self.buf.len() - self.start
+    }
+}
+
+/// Why a cursor entry could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// One message of a Protobuf cursor body after its header, as a client
+/// reads it: `None` for an entry to skip (sqld's `replication_index`, or a
+/// kind this crate does not know), an error for anything malformed. Unlike
+/// [`cursor_entry_from_pb`], a value of an unknown kind is an error (as in
+/// JSON), never read as NULL.
+pub fn decode_cursor_entry(bytes: &[u8]) -> Result<Option<json::CursorEntry>, DecodeError> {
+    use prost::Message as _;
+    let entry = CursorEntry::decode(bytes).map_err(|e| DecodeError(e.to_string()))?;
+    if let Some(cursor_entry::Entry::Row(row)) = entry.entry {
+        let row = row
+            .values
+            .into_iter()
+            .map(|v| json::Value::try_from(v).map_err(|e| DecodeError(e.0)))
+            .collect::<Result<_, _>>()?;
+        return Ok(Some(json::CursorEntry::Row { row }));
+    }
+    Ok(cursor_entry_from_pb(entry))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
