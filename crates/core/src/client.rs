@@ -629,6 +629,7 @@ impl HranaClient {
             },
             header: None,
             open_step: None,
+            width: 0,
         };
         let header = match stream.read_header().await {
             Ok(h) => h,
@@ -1119,6 +1120,8 @@ pub struct CursorStream {
     header: Option<CursorRespBody>,
     /// The step that began and has not ended; EOF inside a step is truncation.
     open_step: Option<u32>,
+    /// Columns of the last step begun: the expected width of its rows.
+    width: usize,
 }
 
 impl CursorStream {
@@ -1189,7 +1192,8 @@ impl CursorStream {
                     let Reader::Frames(frames) = &self.reader else {
                         unreachable!()
                     };
-                    pb::decode_cursor_entry(frames.bytes(range)).map_err(|e| e.to_string())
+                    pb::decode_cursor_entry_sized(frames.bytes(range), self.width)
+                        .map_err(|e| e.to_string())
                 }
             };
             match decoded {
@@ -1204,7 +1208,10 @@ impl CursorStream {
             }
         };
         match &entry {
-            CursorEntry::StepBegin { step, .. } => self.open_step = Some(*step),
+            CursorEntry::StepBegin { step, cols } => {
+                self.open_step = Some(*step);
+                self.width = cols.len();
+            }
             CursorEntry::StepEnd { .. } | CursorEntry::StepError { .. } => self.open_step = None,
             CursorEntry::Error { .. } => self.open_step = None,
             CursorEntry::Row { .. } => {}
