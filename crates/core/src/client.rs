@@ -354,6 +354,16 @@ impl HranaClient {
         })
     }
 
+    /// A client with its own connection pool, for use on another runtime
+    /// (a pool's connections are driven by the runtime that opened them),
+    /// sharing this one's settings, request deadline and known encodings.
+    pub fn with_own_pool(&self) -> std::io::Result<HranaClient> {
+        let mut c = HranaClient::new(self.config.clone())?;
+        c.timeout_ms = self.timeout_ms.clone();
+        c.known = self.known.clone();
+        Ok(c)
+    }
+
     /// Change the deadline of requests started from now on (and the longest
     /// silence allowed within a streaming answer).
     pub fn set_request_timeout(&self, timeout: Duration) {
