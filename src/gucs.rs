@@ -22,6 +22,21 @@ pub enum OnShardFailure {
 pub static ON_SHARD_FAILURE: GucSetting<OnShardFailure> =
     GucSetting::<OnShardFailure>::new(OnShardFailure::Error);
 
+/// The encoding of Hrana over HTTP spoken to the nodes.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum WireEncoding {
+    /// Protobuf where the node serves it (probed on the first request to
+    /// each node), JSON otherwise.
+    Auto,
+    /// Always JSON.
+    Json,
+    /// Always Protobuf.
+    Protobuf,
+}
+
+pub static WIRE_ENCODING: GucSetting<WireEncoding> =
+    GucSetting::<WireEncoding>::new(WireEncoding::Auto);
+
 /// A PEM bundle of extra certificate authorities trusted for https:// nodes.
 pub static TLS_CA_FILE: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
@@ -57,6 +72,14 @@ pub fn init() {
         c"What a read does when a shard's node fails: error (default) or skip.",
         c"With skip, a read returns the rows of the reachable shards and a WARNING naming the missing shards; writes always fail.",
         &ON_SHARD_FAILURE,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"conductor.wire_encoding",
+        c"Encoding of the requests to the nodes: auto (default), json or protobuf.",
+        c"auto speaks Protobuf to nodes that serve it and JSON to the others. Read when the session first talks to a node.",
+        &WIRE_ENCODING,
         GucContext::Userset,
         GucFlags::default(),
     );

@@ -5,7 +5,9 @@
 use crate::errors::raise;
 use crate::gucs;
 use crate::health;
-use conductor_core::client::{first_error, ClientConfig, NodeEndpoint, NodeError, NodeRef};
+use conductor_core::client::{
+    first_error, ClientConfig, NodeEndpoint, NodeError, NodeRef, WireEncoding,
+};
 use conductor_core::executor::{Executor, ExecutorConfig, ScanHandle, ScanOptions, ShardError};
 use conductor_core::topology::ShardLocation;
 use conductor_hrana::{
@@ -33,6 +35,11 @@ fn executor() -> &'static Executor {
             // request deadline (capped by this).
             idle_timeout: Duration::from_secs(24 * 3600),
             ca_pem: tls_ca_pem(),
+            encoding: match gucs::WIRE_ENCODING.get() {
+                gucs::WireEncoding::Auto => WireEncoding::Auto,
+                gucs::WireEncoding::Json => WireEncoding::Json,
+                gucs::WireEncoding::Protobuf => WireEncoding::Protobuf,
+            },
             ..ClientConfig::default()
         };
         Executor::new(config)

@@ -8,18 +8,33 @@
 //! result. Whatever a node sends back, a malformed body is a
 //! [`NodeError::Protocol`], never a panic.
 //!
+//! Both encodings of the protocol are spoken: Protobuf (`/v3-protobuf/*`,
+//! cursor entries as length-delimited messages) where the node serves it,
+//! JSON (`/v3/*`, cursor entries as lines) otherwise. With
+//! [`WireEncoding::Auto`] the first request to a node is sent in Protobuf
+//! and doubles as the probe: a Protobuf answer makes the client remember the
+//! node (by URL) as Protobuf; an answer saying the node does not know the
+//! encoding (HTTP 404, 405 or 415, or a JSON or text answer, to this or any
+//! later Protobuf request) makes it resend the request in JSON and remember
+//! the node as JSON-only. Requests are never resent after the node may have
+//! run them (see [`HranaClient::pipeline`]).
+//!
 //! Decoding follows the protocol's forward-compatibility rule: unknown
 //! fields are ignored, and cursor entries the client has no use for (sqld's
 //! `replication_index`, or a type a newer server adds) are skipped. What the
 //! client relies on — the result of every request, rows, values, the shape
 //! of a step — is still checked strictly.
 
+use conductor_hrana::protobuf as pb;
 use conductor_hrana::{
-    CursorEntry, CursorReqBody, CursorRespBody, PipelineReqBody, PipelineRespBody,
+    CursorEntry, CursorReqBody, CursorRespBody, PipelineReqBody, PipelineRespBody, StreamRequest,
+    StreamResponse, StreamResult,
 };
+use prost::Message as _;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Where a node lives and how to authenticate to it.
@@ -164,6 +179,62 @@ impl fmt::Display for NodeError {
 
 impl std::error::Error for NodeError {}
 
+/// Which encoding of Hrana over HTTP the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WireEncoding {
+    /// Protobuf where the node serves it, else JSON; decided per node on
+    /// its first request and remembered (see the module documentation).
+    #[default]
+    Auto,
+    /// Always JSON (`/v3/pipeline`, `/v3/cursor`).
+    Json,
+    /// Always Protobuf (`/v3-protobuf/pipeline`, `/v3-protobuf/cursor`);
+    /// a node that does not serve it fails every request.
+    Protobuf,
+}
+
+impl WireEncoding {
+    /// `auto`, `json` or `protobuf` (any case).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Some(WireEncoding::Auto),
+            "json" => Some(WireEncoding::Json),
+            "protobuf" => Some(WireEncoding::Protobuf),
+            _ => None,
+        }
+    }
+}
+
+/// The encoding of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Json,
+    Protobuf,
+}
+
+impl Encoding {
+    fn pipeline_path(self) -> &'static str {
+        match self {
+            Encoding::Json => "v3/pipeline",
+            Encoding::Protobuf => "v3-protobuf/pipeline",
+        }
+    }
+
+    fn cursor_path(self) -> &'static str {
+        match self {
+            Encoding::Json => "v3/cursor",
+            Encoding::Protobuf => "v3-protobuf/cursor",
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Json => "application/json",
+            Encoding::Protobuf => "application/x-protobuf",
+        }
+    }
+}
+
 /// Timeouts and limits of the client.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -183,6 +254,8 @@ pub struct ClientConfig {
     /// Extra trusted certificate authorities (PEM bundle) for `https://`
     /// nodes, added to the system's: a cluster's private CA.
     pub ca_pem: Option<Vec<u8>>,
+    /// The wire encoding (default: Protobuf where the node serves it).
+    pub encoding: WireEncoding,
 }
 
 impl Default for ClientConfig {
@@ -196,6 +269,7 @@ impl Default for ClientConfig {
             max_body_bytes: 512 << 20,
             pool_idle_timeout: Duration::from_secs(60),
             ca_pem: None,
+            encoding: WireEncoding::Auto,
         }
     }
 }
@@ -213,6 +287,38 @@ pub struct HranaClient {
     /// streaming body), changeable while the client is in use (a session
     /// setting it): see [`HranaClient::set_request_timeout`].
     timeout_ms: Arc<AtomicU64>,
+    /// With [`WireEncoding::Auto`]: the encoding each node (by URL) was
+    /// found to speak. A node not in the map has not answered yet.
+    known: Arc<Mutex<HashMap<String, Encoding>>>,
+}
+
+/// What a Protobuf attempt of a request came to.
+enum Attempt<T> {
+    Done(Result<T, NodeError>),
+    /// The node does not speak Protobuf and did not run the request:
+    /// resend it in JSON.
+    Fallback,
+}
+
+/// Whether an answer to a Protobuf request says that the node does not
+/// speak the encoding (so it cannot have run the request): no such
+/// endpoint, or an answer in another encoding.
+fn not_protobuf(status: reqwest::StatusCode, content_type: Option<&str>) -> bool {
+    if matches!(status.as_u16(), 404 | 405 | 415) {
+        return true;
+    }
+    status.is_success()
+        && content_type.is_some_and(|t| {
+            let t = t.to_ascii_lowercase();
+            t.contains("json") || t.starts_with("text/")
+        })
+}
+
+fn content_type(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 impl HranaClient {
@@ -244,7 +350,18 @@ impl HranaClient {
             http,
             config,
             timeout_ms,
+            known: Arc::default(),
         })
+    }
+
+    /// A client with its own connection pool, for use on another runtime
+    /// (a pool's connections are driven by the runtime that opened them),
+    /// sharing this one's settings, request deadline and known encodings.
+    pub fn with_own_pool(&self) -> std::io::Result<HranaClient> {
+        let mut c = HranaClient::new(self.config.clone())?;
+        c.timeout_ms = self.timeout_ms.clone();
+        c.known = self.known.clone();
+        Ok(c)
     }
 
     /// Change the deadline of requests started from now on (and the longest
@@ -263,9 +380,43 @@ impl HranaClient {
         &self.config
     }
 
-    /// `POST {url}/v3/pipeline`. Per-request errors inside the body are
-    /// returned as they are (see [`first_error`]); a reply whose result count
-    /// differs from the request count is a protocol error.
+    /// The encoding of the next request to `ep`, and whether it is the
+    /// node's first (the probe, see the module documentation).
+    fn encoding_for(&self, ep: &NodeEndpoint) -> (Encoding, bool) {
+        match self.config.encoding {
+            WireEncoding::Json => (Encoding::Json, false),
+            WireEncoding::Protobuf => (Encoding::Protobuf, false),
+            WireEncoding::Auto => {
+                let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                match known.get(node_key(ep)) {
+                    Some(e) => (*e, false),
+                    None => (Encoding::Protobuf, true),
+                }
+            }
+        }
+    }
+
+    fn remember(&self, ep: &NodeEndpoint, encoding: Encoding) {
+        if self.config.encoding == WireEncoding::Auto {
+            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            known.insert(node_key(ep).to_string(), encoding);
+        }
+    }
+
+    /// The encoding this client found `ep` to speak (`None` before its
+    /// first answer, and with a forced [`WireEncoding`]).
+    pub fn known_encoding(&self, ep: &NodeEndpoint) -> Option<Encoding> {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.get(node_key(ep)).copied()
+    }
+
+    /// `POST {url}/v3/pipeline` (or `/v3-protobuf/pipeline`). Per-request
+    /// errors inside the body are returned as they are (see
+    /// [`first_error`]); a reply whose result count differs from the request
+    /// count is a protocol error. With [`WireEncoding::Auto`] a request is
+    /// resent in JSON only when the answer shows the node did not read it
+    /// (404/405/415, or an answer in JSON); an answer that does not decode
+    /// is a protocol error, since the requests may have run.
     pub async fn pipeline(
         &self,
         ep: &NodeEndpoint,
@@ -274,36 +425,19 @@ impl HranaClient {
         let node = NodeRef::from(ep);
         let deadline = self.request_timeout();
         let work = async {
-            let json = serde_json::to_vec(body)
-                .map_err(|e| NodeError::protocol(&node, format!("cannot encode request: {e}")))?;
-            let size = json.len();
-            let resp = match self.post(ep, "v3/pipeline", json).send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    let err = transport_error(&node, e, deadline);
-                    return Err(diagnose_large_body(ep, &node, size, err).await);
+            let (encoding, probe) = self.encoding_for(ep);
+            if encoding == Encoding::Protobuf {
+                match self.pipeline_protobuf(ep, &node, body, deadline).await {
+                    Attempt::Done(r) => {
+                        if probe && r.is_ok() {
+                            self.remember(ep, Encoding::Protobuf);
+                        }
+                        return r;
+                    }
+                    Attempt::Fallback => self.remember(ep, Encoding::Json),
                 }
-            };
-            let status = resp.status();
-            if !status.is_success() {
-                let err = http_error(&node, resp, deadline).await;
-                return Err(explain_body_limit(&node, size, err));
             }
-            let bytes = read_limited(&node, resp, self.config.max_body_bytes, deadline).await?;
-            let parsed: PipelineRespBody = serde_json::from_slice(&bytes).map_err(|e| {
-                NodeError::protocol(&node, format!("malformed pipeline response: {e}"))
-            })?;
-            if parsed.results.len() != body.requests.len() {
-                return Err(NodeError::protocol(
-                    &node,
-                    format!(
-                        "pipeline response has {} results for {} requests",
-                        parsed.results.len(),
-                        body.requests.len()
-                    ),
-                ));
-            }
-            Ok(parsed)
+            self.pipeline_json(ep, &node, body, deadline).await
         };
         match tokio::time::timeout(deadline, work).await {
             Ok(r) => r,
@@ -314,52 +448,206 @@ impl HranaClient {
         }
     }
 
-    /// `POST {url}/v3/cursor`: waits for the response headers and the first
-    /// line, then hands back a stream of entries read as they arrive.
+    async fn pipeline_json(
+        &self,
+        ep: &NodeEndpoint,
+        node: &NodeRef,
+        body: &PipelineReqBody,
+        deadline: Duration,
+    ) -> Result<PipelineRespBody, NodeError> {
+        let json = serde_json::to_vec(body)
+            .map_err(|e| NodeError::protocol(node, format!("cannot encode request: {e}")))?;
+        let resp = self
+            .send(
+                ep,
+                node,
+                Encoding::Json.pipeline_path(),
+                Encoding::Json,
+                json,
+                deadline,
+            )
+            .await?;
+        if !resp.status().is_success() {
+            return Err(http_error(node, resp, deadline).await);
+        }
+        let bytes = read_limited(node, resp, self.config.max_body_bytes, deadline).await?;
+        let parsed: PipelineRespBody = serde_json::from_slice(&bytes)
+            .map_err(|e| NodeError::protocol(node, format!("malformed pipeline response: {e}")))?;
+        check_results(node, body, parsed)
+    }
+
+    async fn pipeline_protobuf(
+        &self,
+        ep: &NodeEndpoint,
+        node: &NodeRef,
+        body: &PipelineReqBody,
+        deadline: Duration,
+    ) -> Attempt<PipelineRespBody> {
+        let encoded = match encode_pipeline(body) {
+            Ok(b) => b,
+            Err(e) => return Attempt::Done(Err(NodeError::protocol(node, e))),
+        };
+        let path = Encoding::Protobuf.pipeline_path();
+        let resp = match self
+            .send(ep, node, path, Encoding::Protobuf, encoded, deadline)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return Attempt::Done(Err(e)),
+        };
+        if self.config.encoding == WireEncoding::Auto
+            && not_protobuf(resp.status(), content_type(&resp).as_deref())
+        {
+            return Attempt::Fallback;
+        }
+        if !resp.status().is_success() {
+            return Attempt::Done(Err(http_error(node, resp, deadline).await));
+        }
+        let r = async {
+            let bytes = read_limited(node, resp, self.config.max_body_bytes, deadline).await?;
+            let parsed = pb::PipelineRespBody::decode(&bytes[..]).map_err(|e| {
+                NodeError::protocol(node, format!("malformed Protobuf pipeline response: {e}"))
+            })?;
+            if !values_known(&parsed) {
+                return Err(NodeError::protocol(
+                    node,
+                    "malformed Protobuf pipeline response: a value of an unknown kind",
+                ));
+            }
+            check_results(node, body, parsed.into())
+        }
+        .await;
+        Attempt::Done(r)
+    }
+
+    /// POST a request body; a failure to send it is diagnosed (a body
+    /// over the node's limit), a 413 answer restated.
+    async fn send(
+        &self,
+        ep: &NodeEndpoint,
+        node: &NodeRef,
+        path: &str,
+        encoding: Encoding,
+        body: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<reqwest::Response, NodeError> {
+        let size = body.len();
+        let resp = match self.post(ep, path, encoding, body).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let err = transport_error(node, e, deadline);
+                return Err(diagnose_large_body(ep, node, size, err).await);
+            }
+        };
+        if resp.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
+            let err = http_error(node, resp, deadline).await;
+            return Err(explain_body_limit(node, size, err));
+        }
+        Ok(resp)
+    }
+
+    /// `POST {url}/v3/cursor` (or `/v3-protobuf/cursor`): waits for the
+    /// response headers and the first entry, then hands back a stream of
+    /// entries decoded as they arrive. With [`WireEncoding::Auto`], an
+    /// answer that is not Protobuf is resent in JSON, and so is a probe (the
+    /// node's first request) whose first frame does not decode: the cursors
+    /// conductor sends only read.
     pub async fn cursor(
         &self,
         ep: &NodeEndpoint,
         body: &CursorReqBody,
     ) -> Result<CursorStream, NodeError> {
         let node = NodeRef::from(ep);
+        let (encoding, probe) = self.encoding_for(ep);
+        if encoding == Encoding::Protobuf {
+            match self
+                .cursor_in(ep, &node, body, Encoding::Protobuf, probe)
+                .await
+            {
+                Attempt::Done(r) => {
+                    if probe && r.is_ok() {
+                        self.remember(ep, Encoding::Protobuf);
+                    }
+                    return r;
+                }
+                Attempt::Fallback => self.remember(ep, Encoding::Json),
+            }
+        }
+        match self.cursor_in(ep, &node, body, Encoding::Json, false).await {
+            Attempt::Done(r) => r,
+            Attempt::Fallback => unreachable!("only a Protobuf probe falls back"),
+        }
+    }
+
+    async fn cursor_in(
+        &self,
+        ep: &NodeEndpoint,
+        node: &NodeRef,
+        body: &CursorReqBody,
+        encoding: Encoding,
+        probe: bool,
+    ) -> Attempt<CursorStream> {
         let deadline = self.request_timeout();
-        let json = serde_json::to_vec(body)
-            .map_err(|e| NodeError::protocol(&node, format!("cannot encode request: {e}")))?;
-        let size = json.len();
-        let send = self.post(ep, "v3/cursor", json).send();
+        let encoded = match encoding {
+            Encoding::Json => serde_json::to_vec(body).map_err(|e| e.to_string()),
+            Encoding::Protobuf => encode_cursor(body),
+        };
+        let encoded = match encoded {
+            Ok(b) => b,
+            Err(e) => {
+                return Attempt::Done(Err(NodeError::protocol(
+                    node,
+                    format!("cannot encode request: {e}"),
+                )))
+            }
+        };
+        let send = self.send(
+            ep,
+            node,
+            encoding.cursor_path(),
+            encoding,
+            encoded,
+            deadline,
+        );
         let resp = match tokio::time::timeout(deadline, send).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                let err = transport_error(&node, e, deadline);
-                return Err(diagnose_large_body(ep, &node, size, err).await);
-            }
+            Ok(Err(e)) => return Attempt::Done(Err(e)),
             Err(_) => {
-                return Err(NodeError::Timeout {
-                    node,
+                return Attempt::Done(Err(NodeError::Timeout {
+                    node: node.clone(),
                     after: deadline,
-                })
+                }))
             }
         };
-        if !resp.status().is_success() {
-            let err = http_error(&node, resp, deadline).await;
-            return Err(explain_body_limit(&node, size, err));
+        if encoding == Encoding::Protobuf
+            && self.config.encoding == WireEncoding::Auto
+            && not_protobuf(resp.status(), content_type(&resp).as_deref())
+        {
+            return Attempt::Fallback;
         }
+        if !resp.status().is_success() {
+            return Attempt::Done(Err(http_error(node, resp, deadline).await));
+        }
+        let max = self.config.max_line_bytes;
         let mut stream = CursorStream {
-            node,
+            node: node.clone(),
             resp,
             idle_timeout: self.request_timeout().min(self.config.idle_timeout),
-            lines: LineReader::new(self.config.max_line_bytes),
+            reader: match encoding {
+                Encoding::Json => Reader::Lines(LineReader::new(max)),
+                Encoding::Protobuf => Reader::Frames(pb::FrameReader::new(max)),
+            },
             header: None,
             open_step: None,
+            width: 0,
         };
-        let first = stream.next_line().await?.ok_or_else(|| {
-            NodeError::protocol(&stream.node, "cursor response ended before its first line")
-        })?;
-        let header: CursorRespBody = serde_json::from_slice(&first).map_err(|e| {
-            NodeError::protocol(&stream.node, format!("malformed cursor header: {e}"))
-        })?;
+        let header = match stream.read_header().await {
+            Ok(h) => h,
+            Err(NodeError::Protocol { .. }) if probe => return Attempt::Fallback,
+            Err(e) => return Attempt::Done(Err(e)),
+        };
         stream.header = Some(header);
-        Ok(stream)
+        Attempt::Done(Ok(stream))
     }
 
     /// `GET {url}/health`: `Ok` when the node answers 2xx.
@@ -381,12 +669,18 @@ impl HranaClient {
         }
     }
 
-    fn post(&self, ep: &NodeEndpoint, path: &str, json: Vec<u8>) -> reqwest::RequestBuilder {
+    fn post(
+        &self,
+        ep: &NodeEndpoint,
+        path: &str,
+        encoding: Encoding,
+        body: Vec<u8>,
+    ) -> reqwest::RequestBuilder {
         let mut req = self
             .http
             .post(endpoint_url(ep, path))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(json);
+            .header(reqwest::header::CONTENT_TYPE, encoding.content_type())
+            .body(body);
         if let Some(t) = &ep.token {
             req = req.bearer_auth(t);
         }
@@ -405,6 +699,114 @@ pub fn first_error(resp: &PipelineRespBody) -> Option<&conductor_hrana::Error> {
         } => result.step_errors.iter().flatten().next(),
         StreamResult::Ok { .. } => None,
     })
+}
+
+/// The key of a node in the encoding cache: its URL without a trailing `/`.
+fn node_key(ep: &NodeEndpoint) -> &str {
+    ep.url.trim_end_matches('/')
+}
+
+/// A value the JSON encoding refuses (and so must the Protobuf one, which
+/// could carry it: the same request must mean the same in both).
+fn check_value(v: &conductor_hrana::Value) -> Result<(), String> {
+    match v {
+        conductor_hrana::Value::Float(f) if !f.is_finite() => {
+            Err("a non-finite float cannot be sent as a Hrana value".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_stmt(stmt: &conductor_hrana::Stmt) -> Result<(), String> {
+    stmt.args.iter().try_for_each(check_value)?;
+    stmt.named_args
+        .iter()
+        .try_for_each(|a| check_value(&a.value))
+}
+
+fn check_batch(batch: &conductor_hrana::Batch) -> Result<(), String> {
+    batch.steps.iter().try_for_each(|s| check_stmt(&s.stmt))
+}
+
+fn encode_pipeline(body: &PipelineReqBody) -> Result<Vec<u8>, String> {
+    for r in &body.requests {
+        match r {
+            StreamRequest::Execute { stmt } => check_stmt(stmt),
+            StreamRequest::Batch { batch } => check_batch(batch),
+            _ => Ok(()),
+        }
+        .map_err(|e| format!("cannot encode request: {e}"))?;
+    }
+    Ok(pb::PipelineReqBody::from(body.clone()).encode_to_vec())
+}
+
+fn encode_cursor(body: &CursorReqBody) -> Result<Vec<u8>, String> {
+    check_batch(&body.batch)?;
+    Ok(pb::CursorReqBody::from(body.clone()).encode_to_vec())
+}
+
+/// Whether every value of a Protobuf pipeline answer is of a kind this
+/// client knows (the conversion would read any other as NULL).
+fn values_known(resp: &pb::PipelineRespBody) -> bool {
+    use pb::stream_response::Response as R;
+    let rows_ok = |r: &pb::StmtResult| {
+        r.rows
+            .iter()
+            .all(|row| row.values.iter().all(|v| v.value.is_some()))
+    };
+    resp.results.iter().all(|r| match &r.result {
+        Some(pb::stream_result::Result::Ok(resp)) => match &resp.response {
+            Some(R::Execute(e)) => e.result.as_ref().is_none_or(rows_ok),
+            Some(R::Batch(b)) => b
+                .result
+                .as_ref()
+                .is_none_or(|b| b.step_results.values().all(rows_ok)),
+            _ => true,
+        },
+        _ => true,
+    })
+}
+
+/// A pipeline answer checked against its request: one result per request.
+/// A batch's result gets one slot per step: the Protobuf encoding sends
+/// only the steps that have a result or an error, so its results are padded
+/// to the batch's length (a result for a step the batch does not have is a
+/// protocol error).
+fn check_results(
+    node: &NodeRef,
+    body: &PipelineReqBody,
+    mut parsed: PipelineRespBody,
+) -> Result<PipelineRespBody, NodeError> {
+    if parsed.results.len() != body.requests.len() {
+        return Err(NodeError::protocol(
+            node,
+            format!(
+                "pipeline response has {} results for {} requests",
+                parsed.results.len(),
+                body.requests.len()
+            ),
+        ));
+    }
+    for (req, res) in body.requests.iter().zip(parsed.results.iter_mut()) {
+        if let (
+            StreamRequest::Batch { batch },
+            StreamResult::Ok {
+                response: StreamResponse::Batch { result },
+            },
+        ) = (req, res)
+        {
+            let steps = batch.steps.len();
+            if result.step_results.len() > steps || result.step_errors.len() > steps {
+                return Err(NodeError::protocol(
+                    node,
+                    format!("batch result has more steps than the {steps} sent"),
+                ));
+            }
+            result.step_results.resize(steps, None);
+            result.step_errors.resize(steps, None);
+        }
+    }
+    Ok(parsed)
 }
 
 fn endpoint_url(ep: &NodeEndpoint, path: &str) -> String {
@@ -547,6 +949,7 @@ async fn probe_body_limit(ep: &NodeEndpoint, size: usize) -> Option<u64> {
 /// excerpt of its body (which may be a Hrana error object or plain text).
 async fn http_error(node: &NodeRef, mut resp: reqwest::Response, deadline: Duration) -> NodeError {
     let status = resp.status().as_u16();
+    let protobuf = content_type(&resp).is_some_and(|t| t.contains("protobuf"));
     let mut body = Vec::new();
     let read = async {
         while body.len() < ERROR_EXCERPT_BYTES * 8 {
@@ -558,7 +961,12 @@ async fn http_error(node: &NodeRef, mut resp: reqwest::Response, deadline: Durat
     };
     // The status is what matters; a body that never comes is not worth waiting for.
     let _ = tokio::time::timeout(deadline.min(Duration::from_secs(5)), read).await;
-    let (message, code) = match error_body(&body) {
+    let decoded = if protobuf {
+        protobuf_error_body(&body).or_else(|| error_body(&body))
+    } else {
+        error_body(&body)
+    };
+    let (message, code) = match decoded {
         Some(found) => found,
         None => {
             let text = String::from_utf8_lossy(&body);
@@ -579,6 +987,14 @@ async fn http_error(node: &NodeRef, mut resp: reqwest::Response, deadline: Durat
         message,
         code,
     }
+}
+
+/// The message and code of a Protobuf `Error` body (what a node answers a
+/// failed `/v3-protobuf/*` request with); `None` if it does not decode or
+/// has no message.
+fn protobuf_error_body(body: &[u8]) -> Option<(String, Option<String>)> {
+    let e: conductor_hrana::Error = pb::Error::decode(body).ok()?.into();
+    (!e.message.is_empty()).then_some((e.message, e.code))
 }
 
 /// The message and code of an error body: a Hrana `Error`
@@ -693,17 +1109,29 @@ impl LineReader {
     }
 }
 
-/// The entries of a `/v3/cursor` response, decoded line by line as the body
-/// arrives. Dropping it closes the connection (the node stops producing).
+/// How a cursor body is cut into entries.
+#[derive(Debug)]
+enum Reader {
+    /// JSON: one entry per line.
+    Lines(LineReader),
+    /// Protobuf: one length-delimited message per entry.
+    Frames(pb::FrameReader),
+}
+
+/// The entries of a `/v3/cursor` (or `/v3-protobuf/cursor`) response,
+/// decoded one by one as the body arrives. Dropping it closes the
+/// connection (the node stops producing).
 #[derive(Debug)]
 pub struct CursorStream {
     node: NodeRef,
     resp: reqwest::Response,
     idle_timeout: Duration,
-    lines: LineReader,
+    reader: Reader,
     header: Option<CursorRespBody>,
     /// The step that began and has not ended; EOF inside a step is truncation.
     open_step: Option<u32>,
+    /// Columns of the last step begun: the expected width of its rows.
+    width: usize,
 }
 
 impl CursorStream {
@@ -718,26 +1146,67 @@ impl CursorStream {
         self.header.as_ref().and_then(|h| h.base_url.as_deref())
     }
 
+    /// The encoding of this stream's body.
+    pub fn encoding(&self) -> Encoding {
+        match self.reader {
+            Reader::Lines(_) => Encoding::Json,
+            Reader::Frames(_) => Encoding::Protobuf,
+        }
+    }
+
+    async fn read_header(&mut self) -> Result<CursorRespBody, NodeError> {
+        match self.reader {
+            Reader::Lines(_) => {
+                let first = self.next_line().await?.ok_or_else(|| {
+                    NodeError::protocol(&self.node, "cursor response ended before its first line")
+                })?;
+                serde_json::from_slice(&first).map_err(|e| {
+                    NodeError::protocol(&self.node, format!("malformed cursor header: {e}"))
+                })
+            }
+            Reader::Frames(_) => {
+                let range = self.next_frame().await?.ok_or_else(|| {
+                    NodeError::protocol(&self.node, "cursor response ended before its header")
+                })?;
+                let Reader::Frames(frames) = &self.reader else {
+                    unreachable!()
+                };
+                pb::CursorRespBody::decode(frames.bytes(range))
+                    .map(Into::into)
+                    .map_err(|e| {
+                        NodeError::protocol(&self.node, format!("malformed cursor header: {e}"))
+                    })
+            }
+        }
+    }
+
     /// The next entry; `Ok(None)` at the clean end of the body. A body that
-    /// ends mid-line or inside a step is a protocol error (truncated).
+    /// ends mid-entry or inside a step is a protocol error (truncated).
     /// Entries the client need not understand are skipped (see
-    /// [`CursorEntry::decode`]).
+    /// [`CursorEntry::decode`] and [`pb::cursor_entry_from_pb`]).
     pub async fn next(&mut self) -> Result<Option<CursorEntry>, NodeError> {
         let entry = loop {
-            let line = match self.next_line().await? {
-                None => {
-                    if let Some(step) = self.open_step {
-                        return Err(NodeError::protocol(
-                            &self.node,
-                            format!("cursor stream truncated inside step {step}"),
-                        ));
-                    }
-                    return Ok(None);
+            let decoded = match self.reader {
+                Reader::Lines(_) => {
+                    let line = match self.next_line().await? {
+                        None => return self.at_end(),
+                        Some(l) if l.iter().all(u8::is_ascii_whitespace) => continue,
+                        Some(l) => l,
+                    };
+                    CursorEntry::decode(&line).map_err(|e| e.to_string())
                 }
-                Some(l) if l.iter().all(u8::is_ascii_whitespace) => continue,
-                Some(l) => l,
+                Reader::Frames(_) => {
+                    let Some(range) = self.next_frame().await? else {
+                        return self.at_end();
+                    };
+                    let Reader::Frames(frames) = &self.reader else {
+                        unreachable!()
+                    };
+                    pb::decode_cursor_entry_sized(frames.bytes(range), self.width)
+                        .map_err(|e| e.to_string())
+                }
             };
-            match CursorEntry::decode(&line) {
+            match decoded {
                 Ok(Some(entry)) => break entry,
                 Ok(None) => continue,
                 Err(e) => {
@@ -749,7 +1218,10 @@ impl CursorStream {
             }
         };
         match &entry {
-            CursorEntry::StepBegin { step, .. } => self.open_step = Some(*step),
+            CursorEntry::StepBegin { step, cols } => {
+                self.open_step = Some(*step);
+                self.width = cols.len();
+            }
             CursorEntry::StepEnd { .. } | CursorEntry::StepError { .. } => self.open_step = None,
             CursorEntry::Error { .. } => self.open_step = None,
             CursorEntry::Row { .. } => {}
@@ -757,10 +1229,34 @@ impl CursorStream {
         Ok(Some(entry))
     }
 
+    fn at_end(&self) -> Result<Option<CursorEntry>, NodeError> {
+        if let Some(step) = self.open_step {
+            return Err(NodeError::protocol(
+                &self.node,
+                format!("cursor stream truncated inside step {step}"),
+            ));
+        }
+        Ok(None)
+    }
+
+    /// The next chunk of the body; `None` at its end.
+    async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, NodeError> {
+        match tokio::time::timeout(self.idle_timeout, self.resp.chunk()).await {
+            Err(_) => Err(NodeError::Timeout {
+                node: self.node.clone(),
+                after: self.idle_timeout,
+            }),
+            Ok(r) => r.map_err(|e| transport_error(&self.node, e, self.idle_timeout)),
+        }
+    }
+
     /// The next raw line; `None` at the end of the body.
     async fn next_line(&mut self) -> Result<Option<Vec<u8>>, NodeError> {
         loop {
-            match self.lines.next_line() {
+            let Reader::Lines(lines) = &mut self.reader else {
+                unreachable!("a JSON cursor reads lines")
+            };
+            match lines.next_line() {
                 Ok(Line::Full(l)) => return Ok(Some(l)),
                 Ok(Line::Need) => {}
                 Err(len) => {
@@ -768,30 +1264,75 @@ impl CursorStream {
                         &self.node,
                         format!(
                             "cursor line of {len}+ bytes exceeds the limit of {} bytes",
-                            self.lines.max_line
+                            lines.max_line
                         ),
                     ))
                 }
             }
-            let chunk = match tokio::time::timeout(self.idle_timeout, self.resp.chunk()).await {
-                Err(_) => {
-                    return Err(NodeError::Timeout {
-                        node: self.node.clone(),
-                        after: self.idle_timeout,
-                    })
-                }
-                Ok(r) => r.map_err(|e| transport_error(&self.node, e, self.idle_timeout))?,
+            let chunk = self.next_chunk().await?;
+            let Reader::Lines(lines) = &mut self.reader else {
+                unreachable!()
             };
             match chunk {
-                Some(bytes) => self.lines.feed(&bytes),
+                Some(bytes) => lines.feed(&bytes),
                 None => {
-                    let rest = self.lines.take_rest();
+                    let rest = lines.take_rest();
                     if rest.iter().all(u8::is_ascii_whitespace) {
                         return Ok(None);
                     }
                     // A last line without its newline: fine if it is whole
                     // JSON, truncation otherwise (the caller's parse says so).
                     return Ok(Some(rest));
+                }
+            }
+        }
+    }
+
+    /// The next whole message of a Protobuf body (its bytes in the frame
+    /// reader's buffer); `None` at a clean end of the body. A body that ends
+    /// inside a message is a protocol error.
+    async fn next_frame(&mut self) -> Result<Option<std::ops::Range<usize>>, NodeError> {
+        loop {
+            let Reader::Frames(frames) = &mut self.reader else {
+                unreachable!("a Protobuf cursor reads frames")
+            };
+            match frames.next_frame() {
+                Ok(pb::Frame::Full(r)) => return Ok(Some(r)),
+                Ok(pb::Frame::Need) => {}
+                Err(pb::FrameError::BadLength) => {
+                    return Err(NodeError::protocol(
+                        &self.node,
+                        "malformed cursor frame: invalid length prefix",
+                    ))
+                }
+                Err(pb::FrameError::TooLarge(len)) => {
+                    return Err(NodeError::protocol(
+                        &self.node,
+                        format!(
+                            "cursor entry of {len} bytes exceeds the limit of {} bytes",
+                            frames.max_frame()
+                        ),
+                    ))
+                }
+            }
+            let chunk = self.next_chunk().await?;
+            let Reader::Frames(frames) = &mut self.reader else {
+                unreachable!()
+            };
+            match chunk {
+                Some(bytes) => frames.feed(&bytes),
+                None => {
+                    let left = frames.leftover();
+                    if left == 0 {
+                        return Ok(None);
+                    }
+                    return Err(NodeError::protocol(
+                        &self.node,
+                        format!(
+                            "cursor stream truncated: the body ended inside an entry \
+                             ({left} bytes of it received)"
+                        ),
+                    ));
                 }
             }
         }

@@ -8,6 +8,10 @@
 //!   the caller. Every wait on the caller's side takes a timeout so the
 //!   backend can check for cancel between waits.
 //! - Dropping a handle aborts its tasks, which drops their HTTP requests.
+//! - A lookup of one shard (a bounded scan of a single shard) runs on the
+//!   caller's own thread instead, on a current-thread runtime driven by the
+//!   caller's waits ([`ExecutorConfig::direct_lookups`]): no hop to an I/O
+//!   thread and back for the one request.
 
 use crate::client::{ClientConfig, HranaClient, NodeEndpoint, NodeError, NodeRef};
 use conductor_hrana::{
@@ -33,6 +37,10 @@ pub struct ExecutorConfig {
     pub connect_retries: u32,
     /// Wait before the first retry; doubled for each further one.
     pub retry_backoff: Duration,
+    /// A bounded scan of one shard (a lookup) runs on the caller's thread,
+    /// within its [`ScanHandle::next`] waits, with its own connection pool,
+    /// rather than on the I/O threads.
+    pub direct_lookups: bool,
 }
 
 impl Default for ExecutorConfig {
@@ -42,6 +50,7 @@ impl Default for ExecutorConfig {
             worker_threads: 2,
             connect_retries: 2,
             retry_backoff: Duration::from_millis(50),
+            direct_lookups: true,
         }
     }
 }
@@ -53,6 +62,15 @@ pub struct Executor {
 }
 
 struct Started {
+    runtime: Runtime,
+    client: HranaClient,
+    /// For lookups on the caller's thread (`None` if it could not be built).
+    local: Option<Arc<Local>>,
+}
+
+/// A current-thread runtime, run only inside the caller's waits, and a
+/// client whose connections live on it.
+struct Local {
     runtime: Runtime,
     client: HranaClient,
 }
@@ -294,7 +312,25 @@ impl Executor {
             let _ctx = runtime.enter();
             HranaClient::new(self.config.client.clone())?
         };
-        let started = Arc::new(Started { runtime, client });
+        let local = signals::with_all_blocked(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .on_thread_start(signals::block_all)
+                .enable_all()
+                .build()
+        })
+        .ok()
+        .and_then(|runtime| {
+            let client = {
+                let _ctx = runtime.enter();
+                client.with_own_pool().ok()?
+            };
+            Some(Arc::new(Local { runtime, client }))
+        });
+        let started = Arc::new(Started {
+            runtime,
+            client,
+            local,
+        });
         *guard = Some(started.clone());
         Ok(started)
     }
@@ -331,6 +367,43 @@ impl Executor {
             })
             .collect();
         let mut queries: Vec<Option<ShardQuery>> = shards.into_iter().map(Some).collect();
+        // A lookup of one shard: its request runs on this thread, in the
+        // waits of `ScanHandle::next`. Not from inside a runtime, whose
+        // thread may not block.
+        let local = started.local.as_ref().filter(|_| {
+            self.config.direct_lookups
+                && opts.bounded
+                && queries.len() == 1
+                && tokio::runtime::Handle::try_current().is_err()
+        });
+        if let Some(local) = local {
+            let q = queries[0].take().expect("one shard");
+            let task = scan_group(
+                local.client.clone(),
+                vec![(0, q)],
+                opts.clone(),
+                begin,
+                tx,
+                failures_tx,
+            );
+            return ScanHandle {
+                rx,
+                failures,
+                skip_failed: opts.skip_failed,
+                capacity,
+                reported: vec![false; stats.len()],
+                remaining: stats.len(),
+                tasks: Vec::new(),
+                task_shards: Vec::new(),
+                stats,
+                finished: false,
+                early_failure: None,
+                direct: Some(Direct {
+                    local: local.clone(),
+                    task: Some(Box::pin(task)),
+                }),
+            };
+        }
         let mut tasks = Vec::with_capacity(groups.len());
         let mut task_shards = Vec::with_capacity(groups.len());
         for group in groups {
@@ -361,6 +434,7 @@ impl Executor {
             stats,
             finished: false,
             early_failure: None,
+            direct: None,
         }
     }
 
@@ -488,6 +562,9 @@ impl Drop for Executor {
         if let Some(started) = self.started.get_mut().ok().and_then(|s| s.take()) {
             if let Ok(s) = Arc::try_unwrap(started) {
                 s.runtime.shutdown_background();
+                if let Some(Ok(local)) = s.local.map(Arc::try_unwrap) {
+                    local.runtime.shutdown_background();
+                }
             }
         }
     }
@@ -1036,6 +1113,75 @@ pub struct ScanHandle {
     stats: Vec<ShardStats>,
     finished: bool,
     early_failure: Option<ShardError>,
+    /// A lookup run on the caller's thread (see `Executor::scan`).
+    direct: Option<Direct>,
+}
+
+/// The task of a lookup run on the caller's thread: polled only inside
+/// [`ScanHandle::next`], on the executor's current-thread runtime; it
+/// reports through the handle's channels like a spawned one.
+struct Direct {
+    local: Arc<Local>,
+    /// `None` once it finished (its senders dropped with it).
+    task: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+}
+
+impl fmt::Debug for Direct {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Direct")
+            .field("running", &self.task.is_some())
+            .finish()
+    }
+}
+
+impl Direct {
+    /// Drop the task (and with it its request), then let the runtime run
+    /// briefly so the connection's own task sees the request cancelled and
+    /// closes the connection, instead of holding it until the next lookup.
+    fn cancel(&mut self) {
+        if self.task.take().is_some() && tokio::runtime::Handle::try_current().is_err() {
+            let rt = &self.local.runtime;
+            signals::with_all_blocked(|| {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    rt.block_on(async {
+                        for _ in 0..4 {
+                            tokio::task::yield_now().await;
+                        }
+                    })
+                }));
+            });
+        }
+    }
+
+    /// Run the task until it finishes or `deadline` passes. `Err` if it
+    /// panicked (it is dropped then). Signals stay blocked meanwhile: one
+    /// sent to the process waits for the caller's thread, at most `deadline`
+    /// (Postgres' handlers must not run inside the runtime), and a thread the
+    /// runtime starts (name resolution) never takes one.
+    fn run_until(&mut self, deadline: Instant) -> Result<(), ()> {
+        let Some(task) = self.task.as_mut() else {
+            return Ok(());
+        };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let rt = &self.local.runtime;
+        let ran = signals::with_all_blocked(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // The timer is made inside the runtime, which it needs.
+                rt.block_on(async { tokio::time::timeout(wait, task.as_mut()).await })
+            }))
+        });
+        match ran {
+            Ok(Ok(())) => {
+                self.task = None;
+                Ok(())
+            }
+            Ok(Err(_elapsed)) => Ok(()),
+            Err(_) => {
+                self.task = None;
+                Err(())
+            }
+        }
+    }
 }
 
 impl fmt::Debug for ScanMsg {
@@ -1064,6 +1210,7 @@ impl ScanHandle {
             stats: Vec::new(),
             finished: false,
             early_failure: Some(error),
+            direct: None,
         }
     }
 
@@ -1079,6 +1226,25 @@ impl ScanHandle {
         }
         let deadline = Instant::now() + wait;
         loop {
+            if let Some(direct) = &mut self.direct {
+                if direct.run_until(deadline).is_err() {
+                    let e = self.stats.first().map(|s| {
+                        ShardError::internal(
+                            Some(s.shard_id),
+                            NodeRef {
+                                node_id: s.node_id.clone(),
+                                url: "-".into(),
+                            },
+                            "the request of this shard ended unexpectedly",
+                        )
+                    });
+                    if self.remaining > 0 {
+                        if let Some(e) = e {
+                            return self.fail(e);
+                        }
+                    }
+                }
+            }
             if let Ok(ScanMsg::Failed { index, error }) = self.failures.try_recv() {
                 self.mark_reported(index);
                 if self.skip_failed {
@@ -1183,6 +1349,13 @@ impl ScanHandle {
                 .any(|(s, &r)| r && s.shard_id == shard_id)
     }
 
+    /// Whether the scan's request runs on the caller's thread, inside
+    /// [`next`](ScanHandle::next) (a one-shard lookup, see
+    /// [`ExecutorConfig::direct_lookups`]).
+    pub fn runs_on_callers_thread(&self) -> bool {
+        self.direct.is_some()
+    }
+
     /// Per-shard figures; complete once `next` returned `Done`.
     pub fn stats(&self) -> &[ShardStats] {
         &self.stats
@@ -1204,6 +1377,9 @@ impl ScanHandle {
     pub fn abort(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(d) = &mut self.direct {
+            d.cancel();
         }
     }
 }

@@ -3,7 +3,9 @@
 
 mod support;
 
-use conductor_core::client::{first_error, ClientConfig, HranaClient, NodeEndpoint, NodeError};
+use conductor_core::client::{
+    first_error, ClientConfig, HranaClient, NodeEndpoint, NodeError, WireEncoding,
+};
 use conductor_hrana::{
     Batch, BatchStep, CursorEntry, CursorReqBody, PipelineReqBody, Stmt, StreamRequest, Value,
 };
@@ -23,6 +25,8 @@ fn client() -> HranaClient {
     HranaClient::new(ClientConfig {
         request_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(5),
+        // These scripted servers speak JSON only.
+        encoding: WireEncoding::Json,
         ..ClientConfig::default()
     })
     .expect("client")
@@ -183,6 +187,8 @@ async fn a_silent_node_times_out() {
     let server = FakeServer::start(|_| Reply::Hang);
     let client = HranaClient::new(ClientConfig {
         request_timeout: Duration::from_millis(300),
+        // These scripted servers speak JSON only.
+        encoding: WireEncoding::Json,
         ..ClientConfig::default()
     })
     .expect("client");
@@ -310,6 +316,8 @@ async fn cursor_lines_are_bounded() {
     });
     let client = HranaClient::new(ClientConfig {
         max_line_bytes: 1 << 20,
+        // These scripted servers speak JSON only.
+        encoding: WireEncoding::Json,
         ..ClientConfig::default()
     })
     .expect("client");

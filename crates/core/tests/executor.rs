@@ -3,7 +3,7 @@
 
 mod support;
 
-use conductor_core::client::{ClientConfig, NodeEndpoint, NodeError};
+use conductor_core::client::{ClientConfig, NodeEndpoint, NodeError, WireEncoding};
 use conductor_core::executor::{
     ExecHandle, Executor, ExecutorConfig, ScanHandle, ScanOptions, ScanPoll, ShardQuery,
     ShardRequest,
@@ -17,14 +17,20 @@ use support::{cursor_lines, cursor_text, FakeServer, Reply};
 const POLL: Duration = Duration::from_millis(50);
 
 fn executor() -> Executor {
-    Executor::new(ExecutorConfig {
+    Executor::new(executor_config())
+}
+
+fn executor_config() -> ExecutorConfig {
+    ExecutorConfig {
         client: ClientConfig {
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(10),
+            // These scripted servers speak JSON only.
+            encoding: WireEncoding::Json,
             ..ClientConfig::default()
         },
         ..ExecutorConfig::default()
-    })
+    }
 }
 
 fn query(shard_id: u32, url: &str) -> ShardQuery {
@@ -546,6 +552,11 @@ fn writes_retry_only_when_never_delivered() {
     let addr = url.trim_start_matches("http://").to_string();
     let ex = Executor::new(ExecutorConfig {
         retry_backoff: Duration::from_millis(300),
+        client: ClientConfig {
+            // This scripted server speaks JSON only.
+            encoding: WireEncoding::Json,
+            ..ClientConfig::default()
+        },
         ..ExecutorConfig::default()
     });
     let mut exec = ex.execute(vec![request(0, &url)]);
@@ -563,4 +574,104 @@ fn writes_retry_only_when_never_delivered() {
     let mut exec = ex.execute(vec![request(0, &server.url)]);
     assert!(wait_all(&mut exec, Duration::from_secs(10))[0].is_err());
     assert_eq!(server.requests().len(), 1);
+}
+
+/// A pipeline answer with one row of one integer column.
+fn lookup_answer(v: i64) -> Reply {
+    Reply::ok_json(json!({"baton": null, "base_url": null, "results": [
+        {"type": "ok", "response": {"type": "execute", "result": {
+            "cols": [{"name": "x"}],
+            "rows": [[{"type": "integer", "value": v.to_string()}]],
+            "affected_row_count": 0, "last_insert_rowid": null}}},
+        {"type": "ok", "response": {"type": "close"}}]}))
+}
+
+fn lookup_options() -> ScanOptions {
+    let mut o = ScanOptions::new(1);
+    o.bounded = true;
+    o
+}
+
+/// A lookup of one shard runs on the caller's thread, is retried like any
+/// read, and its rows arrive as with a spawned request.
+#[test]
+fn one_shard_lookups_run_on_the_callers_thread_and_are_retried() {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let c = calls.clone();
+    let server = FakeServer::start(move |_| {
+        if c.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::status(503, "warming up")
+        } else {
+            lookup_answer(42)
+        }
+    });
+    let ex = executor();
+    ex.start().expect("start");
+    let mut scan = ex.scan(vec![query(0, &server.url)], lookup_options());
+    assert!(scan.runs_on_callers_thread());
+    let rows = collect(&mut scan, Duration::from_secs(10)).expect("retried");
+    assert_eq!(rows, vec![(0, vec![Value::Integer(42)])]);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(scan.stats()[0].rows, 1);
+    // A scan of several shards, or of one unbounded, uses the I/O threads.
+    let two = ex.scan(
+        vec![query(0, &server.url), query(1, &server.url)],
+        lookup_options(),
+    );
+    assert!(!two.runs_on_callers_thread());
+    assert!(!ex
+        .scan(vec![query(0, &server.url)], ScanOptions::new(1))
+        .runs_on_callers_thread());
+
+    // A failure is the shard's, named.
+    let bad = FakeServer::start(|_| Reply::status(400, "bad request"));
+    let mut scan = ex.scan(vec![query(5, &bad.url)], lookup_options());
+    let err = collect(&mut scan, Duration::from_secs(10)).expect_err("fails");
+    assert!(err.contains("shard 5") && err.contains("HTTP 400"), "{err}");
+}
+
+/// A lookup waiting on a silent node answers every wait at once (the
+/// caller can check for cancel), and dropping it closes the connection.
+#[test]
+fn a_waiting_one_shard_lookup_is_interruptible_and_dropping_it_closes_the_connection() {
+    let server = FakeServer::start(|_| Reply::Hang);
+    let ex = executor();
+    let mut scan = ex.scan(vec![query(0, &server.url)], lookup_options());
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert!(matches!(
+            scan.next(Duration::from_millis(20)),
+            ScanPoll::Pending
+        ));
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    wait_until("the request arrives", Duration::from_secs(5), || {
+        server.requests().len() == 1
+    });
+    drop(scan);
+    // Nothing drives the dropped request any more: its socket is closed.
+    wait_until(
+        "server sees the client leave",
+        Duration::from_secs(2),
+        || server.observed.client_went_away.load(Ordering::SeqCst),
+    );
+}
+
+/// With `direct_lookups` off, a lookup runs on the I/O threads, with the
+/// same result.
+#[test]
+fn lookups_on_the_io_threads_give_the_same_rows() {
+    let server = FakeServer::start(|_| lookup_answer(-1));
+    let ex = Executor::new(ExecutorConfig {
+        direct_lookups: false,
+        ..executor_config()
+    });
+    let mut scan = ex.scan(vec![query(3, &server.url)], lookup_options());
+    assert!(!scan.runs_on_callers_thread());
+    let rows = collect(&mut scan, Duration::from_secs(10)).expect("rows");
+    assert_eq!(rows, vec![(3, vec![Value::Integer(-1)])]);
 }

@@ -5,7 +5,7 @@
 
 mod support;
 
-use conductor_core::client::NodeEndpoint;
+use conductor_core::client::{ClientConfig, NodeEndpoint, WireEncoding};
 use conductor_core::executor::{Executor, ExecutorConfig, ScanOptions, ScanPoll, ShardQuery};
 use conductor_hrana::Stmt;
 use std::time::{Duration, Instant};
@@ -41,7 +41,14 @@ fn scanning_200_mb_keeps_peak_memory_bounded() {
             lines: Box::new(head.into_iter().chain(rows).chain(tail)),
         }
     });
-    let ex = Executor::new(ExecutorConfig::default());
+    let ex = Executor::new(ExecutorConfig {
+        client: ClientConfig {
+            // This scripted server speaks JSON only.
+            encoding: WireEncoding::Json,
+            ..ClientConfig::default()
+        },
+        ..ExecutorConfig::default()
+    });
     ex.start().expect("start");
 
     // Reset the peak to the current resident size (Linux >= 4.0), so the

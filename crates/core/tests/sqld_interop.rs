@@ -5,7 +5,9 @@
 
 mod support;
 
-use conductor_core::client::{first_error, ClientConfig, HranaClient, NodeEndpoint, NodeError};
+use conductor_core::client::{
+    first_error, ClientConfig, HranaClient, NodeEndpoint, NodeError, WireEncoding,
+};
 use conductor_core::executor::{Executor, ExecutorConfig, ScanOptions, ScanPoll, ShardQuery};
 use conductor_hrana::{
     Batch, BatchStep, CursorEntry, CursorReqBody, PipelineReqBody, Stmt, StreamRequest,
@@ -35,6 +37,8 @@ fn client() -> HranaClient {
     HranaClient::new(ClientConfig {
         request_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(5),
+        // These scripted servers speak JSON only.
+        encoding: WireEncoding::Json,
         ..ClientConfig::default()
     })
     .expect("client")
@@ -259,6 +263,8 @@ fn executor() -> Executor {
         client: ClientConfig {
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(10),
+            // These scripted servers speak JSON only.
+            encoding: WireEncoding::Json,
             ..ClientConfig::default()
         },
         ..ExecutorConfig::default()

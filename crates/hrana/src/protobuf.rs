@@ -1031,6 +1031,258 @@ fn value_from_pb(p: Value) -> json::Value {
     json::Value::try_from(p).unwrap_or(json::Value::Null)
 }
 
+// ---- reading a Protobuf cursor body (clients) ----
+
+/// Cuts a `/v3-protobuf/cursor` body into its messages: each is
+/// length-delimited (a varint length, then that many bytes), the first a
+/// [`CursorRespBody`], every later one a [`CursorEntry`]. Bytes are fed as
+/// they arrive; at most one incomplete message (plus the chunk being split)
+/// is held, and a declared length over `max_frame` is refused before any of
+/// it is buffered.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    /// Start of the unconsumed bytes in `buf`.
+    start: usize,
+    max_frame: usize,
+}
+
+/// What [`FrameReader::next_frame`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A whole message: [`FrameReader::bytes`] of this range, valid until
+    /// the next [`FrameReader::feed`].
+    Full(std::ops::Range<usize>),
+    /// No whole message is buffered: feed more bytes.
+    Need,
+}
+
+/// A body that cannot be cut into messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// A length prefix that is not a varint of at most 64 bits.
+    BadLength,
+    /// A declared message length over the limit.
+    TooLarge(u64),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::BadLength => f.write_str("invalid length prefix"),
+            FrameError::TooLarge(n) => write!(f, "a message of {n} bytes"),
+        }
+    }
+}
+
+impl FrameReader {
+    /// A reader refusing messages longer than `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        FrameReader {
+            max_frame,
+            ..Default::default()
+        }
+    }
+
+    /// The longest message accepted.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Append bytes of the body (dropping the messages already taken).
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole message, if buffered.
+    pub fn next_frame(&mut self) -> Result<Frame, FrameError> {
+        let pending = &self.buf[self.start..];
+        let mut len: u64 = 0;
+        let mut prefix = 0;
+        loop {
+            let Some(&b) = pending.get(prefix) else {
+                return Ok(Frame::Need);
+            };
+            // The tenth byte of a varint may only hold the 64th bit.
+            if prefix == 9 && b > 1 {
+                return Err(FrameError::BadLength);
+            }
+            len |= u64::from(b & 0x7f) << (7 * prefix);
+            prefix += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        if len > self.max_frame as u64 {
+            return Err(FrameError::TooLarge(len));
+        }
+        let len = len as usize;
+        if pending.len() - prefix < len {
+            return Ok(Frame::Need);
+        }
+        let from = self.start + prefix;
+        self.start = from + len;
+        Ok(Frame::Full(from..from + len))
+    }
+
+    /// The bytes of a message [`next_frame`](Self::next_frame) returned.
+    pub fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
+        &self.buf[range]
+    }
+
+    /// Bytes received that make no whole message yet: at the end of the
+    /// body, anything but 0 means it was cut inside a message.
+    pub fn leftover(&self) -> usize {
+        self.buf.len() - self.start
+    }
+}
+
+/// Why a cursor entry could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// One message of a Protobuf cursor body after its header, as a client
+/// reads it: `None` for an entry to skip (sqld's `replication_index`, or a
+/// kind this crate does not know), an error for anything malformed. Unlike
+/// [`cursor_entry_from_pb`], a value of an unknown kind is an error (as in
+/// JSON), never read as NULL.
+pub fn decode_cursor_entry(bytes: &[u8]) -> Result<Option<json::CursorEntry>, DecodeError> {
+    decode_cursor_entry_sized(bytes, 0)
+}
+
+/// [`decode_cursor_entry`] with the expected width of a row (the columns
+/// of the step), so a row's values are allocated once.
+///
+/// A row entry in the shape servers send — the entry holds only `row`, the
+/// row only `values`, each value one known member — is decoded straight
+/// into [`json::Value`]s; anything else (unknown fields, a malformed or
+/// unusual encoding) goes through the generic decoder, which gives the same
+/// values for the same bytes and reports what is wrong.
+pub fn decode_cursor_entry_sized(
+    bytes: &[u8],
+    width: usize,
+) -> Result<Option<json::CursorEntry>, DecodeError> {
+    if let Some(row) = fast_row(bytes, width) {
+        return Ok(Some(json::CursorEntry::Row { row }));
+    }
+    decode_cursor_entry_generic(bytes)
+}
+
+/// A varint at `*pos` (at most 10 bytes, 64 bits); `None` if cut or too long.
+fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v: u64 = 0;
+    for i in 0..10 {
+        let b = *buf.get(*pos)?;
+        *pos += 1;
+        if i == 9 && b > 1 {
+            return None;
+        }
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// `len` bytes at `*pos` (after a length prefix).
+fn delimited<'a>(buf: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
+    let len = usize::try_from(varint(buf, pos)?).ok()?;
+    let end = pos.checked_add(len)?;
+    let out = buf.get(*pos..end)?;
+    *pos = end;
+    Some(out)
+}
+
+/// The fast path of [`decode_cursor_entry_sized`]: `None` for anything but
+/// a plainly encoded row entry.
+fn fast_row(bytes: &[u8], width: usize) -> Option<Vec<json::Value>> {
+    // CursorEntry { row (4, length-delimited) } and nothing else.
+    if bytes.first() != Some(&0x22) {
+        return None;
+    }
+    let mut pos = 1;
+    let row = delimited(bytes, &mut pos)?;
+    if pos != bytes.len() {
+        return None;
+    }
+    let mut values = Vec::with_capacity(width);
+    let mut pos = 0;
+    while pos < row.len() {
+        // Row { values (1, length-delimited) }.
+        if row[pos] != 0x0a {
+            return None;
+        }
+        pos += 1;
+        values.push(fast_value(delimited(row, &mut pos)?)?);
+    }
+    Some(values)
+}
+
+/// One `Value` message with known members only (the last one wins, as in
+/// any Protobuf decoder); `None` otherwise.
+fn fast_value(v: &[u8]) -> Option<json::Value> {
+    let mut out = None;
+    let mut pos = 0;
+    while pos < v.len() {
+        let tag = v[pos];
+        pos += 1;
+        out = Some(match tag {
+            // null (1): an empty message.
+            0x0a => {
+                if !delimited(v, &mut pos)?.is_empty() {
+                    return None;
+                }
+                json::Value::Null
+            }
+            // integer (2): sint64, zigzag.
+            0x10 => {
+                let z = varint(v, &mut pos)?;
+                json::Value::Integer(((z >> 1) as i64) ^ -((z & 1) as i64))
+            }
+            // float (3): double, fixed 8 bytes little-endian.
+            0x19 => {
+                let b: [u8; 8] = v.get(pos..pos + 8)?.try_into().ok()?;
+                pos += 8;
+                json::Value::Float(f64::from_le_bytes(b))
+            }
+            // text (4): UTF-8.
+            0x22 => json::Value::Text(std::str::from_utf8(delimited(v, &mut pos)?).ok()?.into()),
+            // blob (5).
+            0x2a => json::Value::Blob(delimited(v, &mut pos)?.to_vec()),
+            _ => return None,
+        });
+    }
+    out
+}
+
+/// The generic path of [`decode_cursor_entry_sized`] (prost's decoder).
+pub fn decode_cursor_entry_generic(bytes: &[u8]) -> Result<Option<json::CursorEntry>, DecodeError> {
+    use prost::Message as _;
+    let entry = CursorEntry::decode(bytes).map_err(|e| DecodeError(e.to_string()))?;
+    if let Some(cursor_entry::Entry::Row(row)) = entry.entry {
+        let row = row
+            .values
+            .into_iter()
+            .map(|v| json::Value::try_from(v).map_err(|e| DecodeError(e.0)))
+            .collect::<Result<_, _>>()?;
+        return Ok(Some(json::CursorEntry::Row { row }));
+    }
+    Ok(cursor_entry_from_pb(entry))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

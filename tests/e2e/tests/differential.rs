@@ -2694,10 +2694,16 @@ fn node_data_requests(cluster: &Cluster) -> Vec<u64> {
             let (_, body) = cluster.node_get(i, "/stats").expect("node /stats");
             let v: conductor_e2e::serde_json::Value =
                 conductor_e2e::serde_json::from_str(&body).expect("/stats JSON");
-            ["/v2/pipeline", "/v3/pipeline", "/v3/cursor"]
-                .iter()
-                .map(|e| v["requests"][e].as_u64().expect("/stats requests"))
-                .sum()
+            [
+                "/v2/pipeline",
+                "/v3/pipeline",
+                "/v3/cursor",
+                "/v3-protobuf/pipeline",
+                "/v3-protobuf/cursor",
+            ]
+            .iter()
+            .map(|e| v["requests"][e].as_u64().expect("/stats requests"))
+            .sum()
         })
         .collect()
 }

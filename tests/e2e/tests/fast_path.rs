@@ -17,10 +17,16 @@ fn node_requests(cluster: &Cluster) -> u64 {
             let (_, body) = cluster.node_get(i, "/stats").expect("stats");
             let v: conductor_e2e::serde_json::Value =
                 conductor_e2e::serde_json::from_str(&body).expect("json");
-            ["/v2/pipeline", "/v3/pipeline", "/v3/cursor"]
-                .iter()
-                .map(|k| v["requests"][k].as_u64().unwrap_or(0))
-                .sum::<u64>()
+            [
+                "/v2/pipeline",
+                "/v3/pipeline",
+                "/v3/cursor",
+                "/v3-protobuf/pipeline",
+                "/v3-protobuf/cursor",
+            ]
+            .iter()
+            .map(|k| v["requests"][k].as_u64().unwrap_or(0))
+            .sum::<u64>()
         })
         .sum()
 }

@@ -253,8 +253,9 @@ fn a_read_retries_a_node_that_comes_back() {
     assert_eq!(query_i64(&mut db, "SELECT count(*) FROM f"), 160);
 }
 
-/// A one-node "cluster" whose node answers the health check properly and
-/// everything else with `garbage`.
+/// A one-node "cluster" whose node answers the health check properly, the
+/// Protobuf endpoints with 404 (it speaks JSON only) and everything else
+/// with `garbage`.
 fn http(status: &str, content_type: &str, body: &str) -> Vec<u8> {
     format!(
         "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n{body}",
@@ -292,7 +293,11 @@ fn garbage_node(garbage: Vec<u8>) -> String {
                     reader.read_exact(&mut body).unwrap();
                     let body = String::from_utf8_lossy(&body);
                     let close_only = body.contains("\"close\"") && !body.contains("\"execute\"");
-                    let response: Vec<u8> = if close_only {
+                    // A JSON-only node: no Protobuf endpoints (the client
+                    // then speaks JSON to it, and gets the garbage).
+                    let response: Vec<u8> = if request_line.contains(" /v3-protobuf/") {
+                        http("404 Not Found", "text/plain", "not found")
+                    } else if close_only {
                         let json = br#"{"baton":null,"base_url":null,"results":[{"type":"ok","response":{"type":"close"}}]}"#;
                         let mut r = format!(
                             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
@@ -306,6 +311,9 @@ fn garbage_node(garbage: Vec<u8>) -> String {
                     };
                     if conn.write_all(&response).is_err() {
                         return;
+                    }
+                    if request_line.contains(" /v3-protobuf/") {
+                        continue;
                     }
                     if !close_only && !garbage.starts_with(b"HTTP/1.1 200") {
                         return;

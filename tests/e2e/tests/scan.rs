@@ -68,7 +68,11 @@ fn sixteen_shards_of_late_nodes_take_one_late_answer() {
                 assert_eq!(status, 200, "{body}");
                 let v: conductor_e2e::serde_json::Value =
                     conductor_e2e::serde_json::from_str(&body).unwrap();
-                v["requests"]["/v3/cursor"].as_u64().expect("cursor count")
+                // Conductor speaks Protobuf to the nodes; either encoding counts.
+                ["/v3/cursor", "/v3-protobuf/cursor"]
+                    .iter()
+                    .map(|e| v["requests"][e].as_u64().expect("cursor count"))
+                    .sum::<u64>()
             })
             .collect()
     };

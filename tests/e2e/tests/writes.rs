@@ -299,6 +299,7 @@ fn pipeline_requests(cluster: &Cluster) -> Vec<i64> {
             let v: Value = conductor_e2e::serde_json::from_str(&body).expect("stats json");
             v["requests"]["/v3/pipeline"].as_i64().unwrap_or(0)
                 + v["requests"]["/v2/pipeline"].as_i64().unwrap_or(0)
+                + v["requests"]["/v3-protobuf/pipeline"].as_i64().unwrap_or(0)
         })
         .collect()
 }
