@@ -15,7 +15,7 @@ use crate::fdw::options::table_option;
 use crate::xact::streams;
 use conductor_core::plan::ShardPlan;
 use conductor_core::remote_sql::{
-    create_index_sql, drop_index_sql, shard_index_name, ShardIndexDef,
+    create_index_sql, drop_index_sql, shard_index_name, ShardIndexDef, REFRESH_SCHEMA_SQL,
 };
 use conductor_core::schema::{plan_change, NewColumn, ShardColumn};
 use conductor_hrana::{Stmt, Value};
@@ -533,7 +533,10 @@ fn create_shard_index(
         unique: is_unique,
     };
     let plan = ShardPlan::every_shard(&topology, "CREATE INDEX", |table| {
-        vec![Stmt::new(create_index_sql(table, &def), vec![])]
+        vec![
+            Stmt::new(REFRESH_SCHEMA_SQL, vec![]),
+            Stmt::new(create_index_sql(table, &def), vec![]),
+        ]
     });
     streams::run_plan(&topology, &plan, streams::Access::Write);
     name
@@ -557,7 +560,10 @@ fn drop_shard_index(name: &str) {
     });
     let topology = cache::table(relid);
     let plan = ShardPlan::every_shard(&topology, "DROP INDEX", |table| {
-        vec![Stmt::new(drop_index_sql(table, name), vec![])]
+        vec![
+            Stmt::new(REFRESH_SCHEMA_SQL, vec![]),
+            Stmt::new(drop_index_sql(table, name), vec![]),
+        ]
     });
     streams::run_plan(&topology, &plan, streams::Access::Write);
 }

@@ -119,6 +119,13 @@ pub fn drop_index_sql(table: &str, index: &str) -> String {
     )
 }
 
+/// A read of the schema table, run before DDL on a connection another one
+/// may have changed the schema from: SQLite notices the changed schema
+/// cookie on it and reloads its cached schema. `ALTER TABLE … RENAME
+/// COLUMN` checks the column against that cache while it is parsed, before
+/// the cookie is checked, so a stale cache would refuse an existing column.
+pub const REFRESH_SCHEMA_SQL: &str = "SELECT count(*) FROM sqlite_master";
+
 /// `DROP TABLE IF EXISTS` for a shard table.
 pub fn drop_table_sql(table: &str) -> String {
     format!("DROP TABLE IF EXISTS {}", quote_ident(table))

@@ -14,7 +14,9 @@
 //! rename the new one, recreate its indexes, all inside the statement's
 //! remote transaction.
 
-use crate::remote_sql::{create_index_sql, create_table_sql, quote_ident, ShardIndexDef};
+use crate::remote_sql::{
+    create_index_sql, create_table_sql, quote_ident, ShardIndexDef, REFRESH_SCHEMA_SQL,
+};
 use crate::types::ColumnType;
 use conductor_hrana::{Stmt, Value};
 use serde::{Deserialize, Serialize};
@@ -86,10 +88,11 @@ impl SchemaChange {
         self.steps.is_empty()
     }
 
-    /// The statements for one shard table.
+    /// The statements for one shard table (after a read that refreshes the
+    /// connection's view of the schema).
     pub fn for_table(&self, table: &str) -> Vec<Stmt> {
         let quoted = quote_ident(table);
-        let mut out = Vec::new();
+        let mut out = vec![Stmt::new(REFRESH_SCHEMA_SQL, vec![])];
         for step in &self.steps {
             match step {
                 Step::Sql(sql, args) => {
@@ -379,12 +382,11 @@ mod tests {
         }
     }
 
+    /// The statements after the schema refresh that always comes first.
     fn sql(change: &SchemaChange) -> Vec<String> {
-        change
-            .for_table("t_0001")
-            .into_iter()
-            .map(|s| s.sql.unwrap())
-            .collect()
+        let stmts = change.for_table("t_0001");
+        assert_eq!(stmts[0].sql.as_deref(), Some(REFRESH_SCHEMA_SQL));
+        stmts.into_iter().skip(1).map(|s| s.sql.unwrap()).collect()
     }
 
     fn base() -> Vec<ShardColumn> {
@@ -414,7 +416,7 @@ mod tests {
                 r#"UPDATE "t_0001" SET "note" = ?"#,
             ]
         );
-        assert_eq!(c.for_table("t_0001")[2].args, vec![Value::Text("x".into())]);
+        assert_eq!(c.for_table("t_0001")[3].args, vec![Value::Text("x".into())]);
         let renamed = vec![
             new(col(1, "id", "int8", true)),
             new(col(2, "w", "text", false)),

@@ -93,7 +93,7 @@ const TYPES: &[&str] = &[
 
 #[test]
 fn random_alters_and_writes_match_a_local_table() {
-    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 3,
         node_delay_ms: None,
         token: None,
@@ -320,11 +320,28 @@ fn random_alters_and_writes_match_a_local_table() {
                 .err()
                 .map(|c| c.chars().take(2).collect::<String>())
         };
-        assert_eq!(
-            class(&l),
-            class(&d),
-            "step {step} (seed {seed}) `{what}`: local {l:?}, distributed {d:?}"
-        );
+        if class(&l) != class(&d) {
+            // What the catalog and every shard say, for the report.
+            let catalog = rows(
+                &mut db,
+                "SELECT shard_columns::text FROM conductor.distributed_table",
+            );
+            let mut shards = Vec::new();
+            for i in 0..cluster.node_count() {
+                for t in cluster.node_tables(i) {
+                    let cols = cluster.node_query(
+                        i,
+                        "SELECT group_concat(name, ',') FROM pragma_table_info(?)",
+                        &[conductor_e2e::serde_json::json!(t)],
+                    );
+                    shards.push(format!("node-{i} {t}: {cols:?}"));
+                }
+            }
+            panic!(
+                "step {step} (seed {seed}) `{what}`: local {l:?}, distributed {d:?}\ncatalog {catalog:?}\nshards:\n{}",
+                shards.join("\n")
+            );
+        }
         let lr = rows(&mut db, "SELECT * FROM l ORDER BY id").unwrap();
         let dr = rows(&mut db, "SELECT * FROM d ORDER BY id").unwrap();
         assert_eq!(
