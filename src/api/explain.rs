@@ -132,10 +132,7 @@ struct Walker<'a> {
     out: &'a mut Vec<(Rc<TableTopology>, ShardPlan, String)>,
 }
 
-fn is(node: *const pg_sys::Node, tag: pg_sys::NodeTag) -> bool {
-    // SAFETY: a valid node pointer or null.
-    !node.is_null() && unsafe { (*node).type_ } == tag
-}
+use crate::fdw::lower::is;
 
 impl Walker<'_> {
     /// The relation a range-table index of the statement names.

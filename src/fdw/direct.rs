@@ -48,10 +48,7 @@ impl DirectPlan {
     }
 }
 
-fn is(node: *const pg_sys::Node, tag: pg_sys::NodeTag) -> bool {
-    // SAFETY: a valid node pointer or null.
-    !node.is_null() && unsafe { (*node).type_ } == tag
-}
+use crate::fdw::lower::is;
 
 /// A SET value the node can receive as an argument: evaluated once per
 /// statement by Postgres, not depending on the row being changed.

@@ -37,12 +37,12 @@ pub struct Lowering<'a> {
     pub params: Vec<(*mut pg_sys::Expr, ParamSpec)>,
 }
 
-fn is(node: *const pg_sys::Node, tag: pg_sys::NodeTag) -> bool {
+pub(crate) fn is(node: *const pg_sys::Node, tag: pg_sys::NodeTag) -> bool {
     // SAFETY: callers pass valid node pointers (or null, checked here).
     !node.is_null() && unsafe { (*node).type_ } == tag
 }
 
-fn strip_relabel(mut node: *mut pg_sys::Node) -> *mut pg_sys::Node {
+pub(crate) fn strip_relabel(mut node: *mut pg_sys::Node) -> *mut pg_sys::Node {
     while is(node, pg_sys::NodeTag::T_RelabelType) {
         // SAFETY: the tag says it is a RelabelType.
         node = unsafe { (*(node as *mut pg_sys::RelabelType)).arg.cast() };
@@ -50,7 +50,7 @@ fn strip_relabel(mut node: *mut pg_sys::Node) -> *mut pg_sys::Node {
     node
 }
 
-unsafe fn list_nodes(list: *mut pg_sys::List) -> Vec<*mut pg_sys::Node> {
+pub(crate) unsafe fn list_nodes(list: *mut pg_sys::List) -> Vec<*mut pg_sys::Node> {
     // SAFETY: the caller passes a List of nodes (or NIL).
     unsafe { PgList::<pg_sys::Node>::from_pg(list).iter_ptr().collect() }
 }

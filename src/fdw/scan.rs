@@ -453,26 +453,8 @@ impl ScanState {
         let bounded = plan.max_keys_per_shard > 0
             && topology.primary_key == [topology.key_index]
             && plan.max_keys_per_shard <= BOUNDED_LOOKUP_KEYS;
-        let token = crate::catalog::credentials::token_for(topology.server_id);
-        let skip = crate::gucs::ON_SHARD_FAILURE.get() == crate::gucs::OnShardFailure::Skip;
-        let mut queries = Vec::with_capacity(plan.statements.len());
-        for s in &plan.statements {
-            let location = &topology.shards[s.shard_id as usize];
-            let endpoint = remote::endpoint(location, token.clone());
-            match crate::health::refusal(&endpoint, Some(s.shard_id)) {
-                None => queries.push(ShardQuery {
-                    shard_id: s.shard_id,
-                    endpoint,
-                    stmt: s.stmt.clone(),
-                }),
-                Some(err) => {
-                    if !skip {
-                        remote::report_shard_error(&err);
-                    }
-                    self.skipped.push(err);
-                }
-            }
-        }
+        let (queries, refused) = reachable_queries(&topology, &plan);
+        self.skipped.extend(refused);
         self.last_plan = Some(plan);
         self.scan_urls = queries.iter().map(|q| q.endpoint.url.clone()).collect();
         if queries.is_empty() {
@@ -759,9 +741,40 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
     }
 }
 
+/// The plan's statements as requests to nodes that are not cooling down;
+/// a refused one is an ERROR, or (under `conductor.on_shard_failure =
+/// skip`) returned to be reported as skipped.
+pub fn reachable_queries(
+    topology: &TableTopology,
+    plan: &ShardPlan,
+) -> (Vec<ShardQuery>, Vec<conductor_core::executor::ShardError>) {
+    let token = crate::catalog::credentials::token_for(topology.server_id);
+    let skip = crate::gucs::ON_SHARD_FAILURE.get() == crate::gucs::OnShardFailure::Skip;
+    let mut queries = Vec::with_capacity(plan.statements.len());
+    let mut refused = Vec::new();
+    for s in &plan.statements {
+        let location = &topology.shards[s.shard_id as usize];
+        let endpoint = remote::endpoint(location, token.clone());
+        match crate::health::refusal(&endpoint, Some(s.shard_id)) {
+            None => queries.push(ShardQuery {
+                shard_id: s.shard_id,
+                endpoint,
+                stmt: s.stmt.clone(),
+            }),
+            Some(err) => {
+                if !skip {
+                    remote::report_shard_error(&err);
+                }
+                refused.push(err);
+            }
+        }
+    }
+    (queries, refused)
+}
+
 /// `conductor.on_shard_failure = skip`: one WARNING naming every shard whose
 /// rows are missing (or incomplete, if its node failed mid-stream).
-fn warn_skipped(skipped: &mut Vec<conductor_core::executor::ShardError>) {
+pub fn warn_skipped(skipped: &mut Vec<conductor_core::executor::ShardError>) {
     if skipped.is_empty() {
         return;
     }

@@ -33,7 +33,7 @@ use crate::fdw::scan::{eval_bindings, explain_plan, explain_text, init_params};
 use crate::remote;
 use crate::stats;
 use crate::xact::streams;
-use conductor_core::executor::{ScanHandle, ScanPoll, ShardError, ShardQuery, ShardStats};
+use conductor_core::executor::{ScanHandle, ScanPoll, ShardError, ShardStats};
 use conductor_core::merge::{AggFunc, AggSpec, Final, GroupMerge, KWayMerge, MergeKey};
 use conductor_core::plan::{
     LimitError, LimitSpec, LimitValues, PushedQuery, RemoteExpr, RouteKind, ShardPlan, SortKey,
@@ -93,23 +93,8 @@ pub struct UpperPlan {
     pub slots: Vec<usize>,
 }
 
-fn is(node: *const pg_sys::Node, tag: pg_sys::NodeTag) -> bool {
-    // SAFETY: a valid node pointer or null.
-    !node.is_null() && unsafe { (*node).type_ } == tag
-}
-
-fn strip_relabel(mut node: *mut pg_sys::Node) -> *mut pg_sys::Node {
-    while is(node, pg_sys::NodeTag::T_RelabelType) {
-        // SAFETY: tag checked.
-        node = unsafe { (*(node as *mut pg_sys::RelabelType)).arg.cast() };
-    }
-    node
-}
-
-unsafe fn nodes(list: *mut pg_sys::List) -> Vec<*mut pg_sys::Node> {
-    // SAFETY: a List of nodes or NIL.
-    unsafe { PgList::<pg_sys::Node>::from_pg(list).iter_ptr().collect() }
-}
+use crate::fdw::lower::{is, list_nodes as nodes, strip_relabel};
+use crate::fdw::scan::{reachable_queries, warn_skipped};
 
 /// The base relation an upper path would replace the scan of.
 struct Base {
@@ -1073,26 +1058,12 @@ impl UpperState {
             return;
         }
         stats::count_shard_requests(topology.relid, shards.iter().copied());
-        let token = crate::catalog::credentials::token_for(topology.server_id);
-        let skip = crate::gucs::ON_SHARD_FAILURE.get() == crate::gucs::OnShardFailure::Skip;
-        let mut queries = Vec::with_capacity(plan.statements.len());
-        for s in &plan.statements {
-            let location = &topology.shards[s.shard_id as usize];
-            let endpoint = remote::endpoint(location, token.clone());
-            match crate::health::refusal(&endpoint, Some(s.shard_id)) {
-                None => queries.push(ShardQuery {
-                    shard_id: s.shard_id,
-                    endpoint,
-                    stmt: s.stmt.clone(),
-                }),
-                Some(err) => {
-                    if !skip {
-                        remote::report_shard_error(&err);
-                    }
-                    self.shard_done(s.shard_id);
-                    self.skipped.push(err);
-                }
+        let (queries, refused) = reachable_queries(&topology, &plan);
+        for err in refused {
+            if let Some(shard) = err.shard_id {
+                self.shard_done(shard);
             }
+            self.skipped.push(err);
         }
         let width = self.plan.query.select.len().max(1);
         self.last_plan = Some(plan);
@@ -1290,27 +1261,6 @@ impl UpperState {
             pg_sys::ExecStoreVirtualTuple(slot);
         }
     }
-}
-
-fn warn_skipped(skipped: &mut Vec<ShardError>) {
-    if skipped.is_empty() {
-        return;
-    }
-    let shards: Vec<String> = skipped
-        .iter()
-        .map(|e| format!("shard {}", e.shard_id.unwrap_or_default()))
-        .collect();
-    let details: Vec<String> = skipped.iter().map(|e| e.to_string()).collect();
-    raise(
-        PgSqlErrorCode::ERRCODE_WARNING,
-        format!(
-            "conductor: rows of {} are missing (conductor.on_shard_failure = skip)",
-            shards.join(", ")
-        ),
-    )
-    .detail(details.join("; "))
-    .warning();
-    skipped.clear();
 }
 
 /// # Safety
