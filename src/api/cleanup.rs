@@ -33,9 +33,9 @@ pub fn record(server_id: pg_sys::Oid, node_id: &str, url: &str, tables: &[String
 }
 
 /// Recorded leftovers on `node_id` among `tables`: they are forgotten here
-/// (in this transaction) and their DROPs returned, for the caller to run
+/// (in this transaction) and their names returned, for the caller to drop
 /// ahead of its own statements on that node.
-pub fn take_colliding(server_id: pg_sys::Oid, node_id: &str, tables: &[String]) -> Vec<Stmt> {
+pub fn take_colliding(server_id: pg_sys::Oid, node_id: &str, tables: &[String]) -> Vec<String> {
     let dropped: Vec<String> = Spi::connect_mut(|client| {
         client
             .update(
@@ -50,9 +50,6 @@ pub fn take_colliding(server_id: pg_sys::Oid, node_id: &str, tables: &[String]) 
     })
     .unwrap_or_else(|e| error!("conductor: could not read leftover shard tables: {e}"));
     dropped
-        .iter()
-        .map(|t| Stmt::new(drop_table_sql(t), vec![]))
-        .collect()
 }
 
 /// Drops every recorded leftover whose node answers and forgets it; one row

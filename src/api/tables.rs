@@ -195,6 +195,7 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
     let mut per_node: BTreeMap<&str, NodeWork> = BTreeMap::new();
     // Recorded leftovers of an earlier table with these shard names are
     // dropped first, in the same remote transactions.
+    let mut leftovers: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     for node in &nodes {
         let names: Vec<String> = placement
             .iter()
@@ -202,39 +203,19 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
             .filter(|(_, n)| n.node_id == node.node_id)
             .map(|(shard, _)| shard_table_name(&remote_name, shard as u32))
             .collect();
-        let drops = super::cleanup::take_colliding(server_id, &node.node_id, &names);
-        if drops.is_empty() {
-            continue;
-        }
-        per_node.insert(
-            node.node_id.as_str(),
-            NodeWork {
-                access: streams::Access::Write,
-                lock_table: None,
-                key: (server_id.to_u32(), node.node_id.clone()),
-                endpoint: NodeEndpoint {
-                    node_id: node.node_id.clone(),
-                    url: node.url.clone(),
-                    token: token.clone(),
-                },
-                stmts: drops
-                    .into_iter()
-                    .map(|stmt| {
-                        (
-                            ShardLabel {
-                                table: display.clone(),
-                                shard: 0,
-                            },
-                            stmt,
-                        )
-                    })
-                    .collect(),
-            },
-        );
+        leftovers.extend(super::cleanup::take_colliding(
+            server_id,
+            &node.node_id,
+            &names,
+        ));
     }
     for (shard, node) in placement.iter().enumerate() {
         let table = shard_table_name(&remote_name, shard as u32);
-        per_node
+        let label = ShardLabel {
+            table: display.clone(),
+            shard: shard as u32,
+        };
+        let work = per_node
             .entry(node.node_id.as_str())
             .or_insert_with(|| NodeWork {
                 access: streams::Access::Write,
@@ -246,15 +227,15 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
                     token: token.clone(),
                 },
                 stmts: Vec::new(),
-            })
-            .stmts
-            .push((
-                ShardLabel {
-                    table: display.clone(),
-                    shard: shard as u32,
-                },
-                Stmt::new(create_table_sql(&table, &column_defs, &pk), vec![]),
-            ));
+            });
+        if leftovers.contains(&table) {
+            work.stmts
+                .push((label.clone(), Stmt::new(drop_table_sql(&table), vec![])));
+        }
+        work.stmts.push((
+            label,
+            Stmt::new(create_table_sql(&table, &column_defs, &pk), vec![]),
+        ));
     }
     for result in streams::run(per_node.into_values().collect()) {
         if let Err(err) = result {
