@@ -133,6 +133,14 @@ fn random_alters_and_writes_match_a_local_table() {
          -> (Result<(), String>, Result<(), String>) {
             (sqlstate(db, local), sqlstate(db, dist))
         };
+        // The same ALTER clause on the local and the distributed table.
+        let alter = |db: &mut Client, clause: &str| {
+            both(
+                db,
+                &format!("ALTER TABLE l {clause}"),
+                &format!("ALTER FOREIGN TABLE d {clause}"),
+            )
+        };
         let choice = rng.below(10);
         let (l, d, what) = if choice < 4 {
             // An ALTER.
@@ -153,11 +161,7 @@ fn random_alters_and_writes_match_a_local_table() {
                         clause.push_str(" NOT NULL");
                     }
                     what = clause.clone();
-                    let r = both(
-                        &mut db,
-                        &format!("ALTER TABLE l {clause}"),
-                        &format!("ALTER FOREIGN TABLE d {clause}"),
-                    );
+                    let r = alter(&mut db, &clause);
                     if r.0.is_ok() {
                         cols.push(Col { name, ty, not_null });
                     }
@@ -167,11 +171,7 @@ fn random_alters_and_writes_match_a_local_table() {
                     let i = rng.below(cols.len() as u64) as usize;
                     let clause = format!("DROP COLUMN {}", cols[i].name);
                     what = clause.clone();
-                    let r = both(
-                        &mut db,
-                        &format!("ALTER TABLE l {clause}"),
-                        &format!("ALTER FOREIGN TABLE d {clause}"),
-                    );
+                    let r = alter(&mut db, &clause);
                     if r.0.is_ok() {
                         cols.remove(i);
                     }
@@ -183,11 +183,7 @@ fn random_alters_and_writes_match_a_local_table() {
                     let to = format!("r{next_col}");
                     let clause = format!("RENAME COLUMN {} TO {to}", cols[i].name);
                     what = clause.clone();
-                    let r = both(
-                        &mut db,
-                        &format!("ALTER TABLE l {clause}"),
-                        &format!("ALTER FOREIGN TABLE d {clause}"),
-                    );
+                    let r = alter(&mut db, &clause);
                     if r.0.is_ok() {
                         cols[i].name = to;
                     }
@@ -202,11 +198,7 @@ fn random_alters_and_writes_match_a_local_table() {
                         if set { "SET" } else { "DROP" }
                     );
                     what = clause.clone();
-                    let r = both(
-                        &mut db,
-                        &format!("ALTER TABLE l {clause}"),
-                        &format!("ALTER FOREIGN TABLE d {clause}"),
-                    );
+                    let r = alter(&mut db, &clause);
                     if r.0.is_ok() {
                         cols[i].not_null = set;
                     }
@@ -226,11 +218,7 @@ fn random_alters_and_writes_match_a_local_table() {
                             };
                             let clause = format!("ALTER COLUMN {} TYPE {to}", cols[i].name);
                             what = clause.clone();
-                            let r = both(
-                                &mut db,
-                                &format!("ALTER TABLE l {clause}"),
-                                &format!("ALTER FOREIGN TABLE d {clause}"),
-                            );
+                            let r = alter(&mut db, &clause);
                             if r.0.is_ok() {
                                 cols[i].ty = to;
                             }
