@@ -25,7 +25,7 @@ SUDO_FLAG := $(if $(filter 0,$(shell id -u)),,--sudo)
 TEST_PG_DIR ?= /var/tmp/conductor-test-pg-$(shell printf '%s' "$(CURDIR)" | md5sum | cut -c1-12)
 TEST_PG_CONFIG = $(TEST_PG_DIR)/lib/postgresql/15/bin/pg_config
 
-.PHONY: deps demo stop status test unit e2e ext node bench fmt
+.PHONY: deps demo stop status test unit e2e ext node bench bench-shards fmt
 
 deps:
 	scripts/install-deps.sh
@@ -74,6 +74,11 @@ node:
 ## writes docs/BENCHMARKS.md. BENCH_QUICK=1 for a short development run.
 bench: deps
 	bench/run.sh
+
+## make bench-shards: latency against shard count (16 … 4096 shards);
+## writes its section of docs/BENCHMARKS.md. BENCH_QUICK=1 for a short run.
+bench-shards: deps
+	bench/shard_count.sh
 
 fmt:
 	cargo fmt --all
