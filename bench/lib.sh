@@ -8,6 +8,13 @@
 log() { printf '%s bench: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 
+# The command as typed, with the BENCH_* settings it ran with (for the doc).
+command_line() { # script
+    { env | grep -E '^BENCH_[A-Z_]+=' | grep -v '^BENCH_DIR=' || true; } | sort |
+        sed -E "s/^([A-Z_]+)=(.*)$/\1='\2'/; s/='([A-Za-z0-9_.-]*)'$/=\1/" | tr '\n' ' '
+    printf '%s' "$1"
+}
+
 # ---- process bookkeeping and cleanup -----------------------------------------------
 
 CHILD_PIDS=()     # nodes and the proxy (started here, in the background)

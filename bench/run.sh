@@ -27,9 +27,6 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 export PATH="$HOME/.cargo/bin:$PATH"
-# The command as typed, with the BENCH_* settings it ran with (for the doc).
-COMMAND="$(env | grep -E '^BENCH_[A-Z_]+=' | grep -v '^BENCH_DIR=' | sort |
-    sed -E "s/^([A-Z_]+)=(.*)$/\1='\2'/; s/='([A-Za-z0-9_.-]*)'$/=\1/" | tr '\n' ' ')bench/run.sh"
 
 # ---- settings ------------------------------------------------------------------
 
@@ -83,6 +80,7 @@ RAW=$OUT/raw
 mkdir -p "$RAW"
 
 source "$ROOT/bench/lib.sh"
+COMMAND=$(command_line bench/run.sh)
 
 build_and_snapshot
 

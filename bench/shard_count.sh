@@ -19,8 +19,6 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 export PATH="$HOME/.cargo/bin:$PATH"
-COMMAND="$(env | grep -E '^BENCH_[A-Z_]+=' | grep -v '^BENCH_DIR=' | sort |
-    sed -E "s/^([A-Z_]+)=(.*)$/\1='\2'/; s/='([A-Za-z0-9_. -]*)'$/=\1/" | tr '\n' ' ')bench/shard_count.sh"
 
 if [ -n "${BENCH_QUICK:-}" ]; then
     MODE=quick
@@ -58,6 +56,7 @@ RAW=$OUT/raw
 mkdir -p "$RAW"
 
 source "$ROOT/bench/lib.sh"
+COMMAND=$(command_line bench/shard_count.sh)
 
 build_and_snapshot
 
