@@ -101,11 +101,24 @@ router conductor -c "$sql" >/dev/null
 # A new session: the library load, then three point lookups on keys of the
 # table, each under \timing (the first one reads the table's topology from
 # the catalog and opens the connection to its node).
-new_session_sql() {
+new_session_sql() { # table
     echo "\\timing on"
     echo "LOAD 'conductor';"
-    for k in 11 22 33; do echo "SELECT id, name FROM items WHERE id = $k;"; done
+    for k in 11 22 33; do echo "SELECT id, name FROM $1 WHERE id = $k;"; done
 }
+
+# The same new sessions on a local table of the same rows: what any
+# Postgres table's first query in a session costs (catalog caches).
+log "local table: load $ROWS rows, $SESSIONS new sessions"
+router conductor -c "CREATE TABLE items_local ($COLUMNS_SQL, PRIMARY KEY (id))" >/dev/null
+sed 's/INSERT INTO items /INSERT INTO items_local /' bench/workloads/load.sql |
+    router conductor -v rows="$ROWS" -v seed="$SEED" -f - >/dev/null
+router conductor -c "VACUUM ANALYZE items_local" >/dev/null
+mkdir -p "$RAW/local"
+for s in $(seq "$SESSIONS"); do
+    new_session_sql items_local | router conductor -f - | awk '/^Time:/ {print $2}' | tr '\n' ' ' >>"$RAW/local/sessions.txt"
+    echo >>"$RAW/local/sessions.txt"
+done
 
 for n in "${SHARD_COUNTS[@]}"; do
     dir=$RAW/$n
@@ -132,7 +145,7 @@ for n in "${SHARD_COUNTS[@]}"; do
         conductor >stdout.txt 2>stderr.txt) || die "$n shards: pgbench failed: $(cat "$dir/lookup/stderr.txt")"
 
     for s in $(seq "$SESSIONS"); do
-        new_session_sql | router conductor -f - | awk '/^Time:/ {print $2}' | tr '\n' ' ' >>"$dir/sessions.txt"
+        new_session_sql items | router conductor -f - | awk '/^Time:/ {print $2}' | tr '\n' ' ' >>"$dir/sessions.txt"
         echo >>"$dir/sessions.txt"
     done
     log "  $n shards: create $(cat "$dir/create_ms.txt") ms, load $(cat "$dir/load_ms.txt") ms," \

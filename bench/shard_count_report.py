@@ -127,6 +127,12 @@ def main():
           f"{fmt(med(d['count']), ' ms')} | {fmt(med(d['scan']), ' ms')} | "
           f"{fmt(pct(d['lookup'], 50), ' ms')} / {fmt(pct(d['lookup'], 99), ' ms')} | "
           f"{fmt(med(d['lib']), ' ms')} / {fmt(med(d['first']), ' ms')} / {fmt(med(d['later']), ' ms')} |")
+    local = sessions(os.path.join(out, "raw", "local", "sessions.txt"))
+    if local:
+        lf, ll = med([x[1] for x in local]), med([v for x in local for v in x[2]])
+        a(f"For comparison, the same new sessions on a local table of the same rows: first lookup "
+          f"{fmt(lf, ' ms')}, later ones {fmt(ll, ' ms')} ({lf / ll:.1f}×): a session's first query pays "
+          "for Postgres' catalog caches whatever the table.")
     a("")
     first, last = counts[0], counts[-1]
     grow = lambda k: (med(data[last][k]) - med(data[first][k])) / ((last - first) / 100.0)
