@@ -162,4 +162,74 @@ fn sqld_nodes_answer_like_a_local_table() {
     assert!(err.contains("node-1"), "{err}");
     cluster.start_node(1);
     same(&mut db, "SELECT count(*), sum(n) FROM {T}");
+
+    // Dropping the distributed table drops its shard tables on the nodes.
+    let shard_tables: Vec<String> = rows(
+        &mut db,
+        "SELECT remote_table FROM conductor.shards WHERE table_name = 'd'::regclass",
+    )
+    .unwrap()
+    .into_iter()
+    .map(|r| r[0].clone().unwrap())
+    .collect();
+    assert_eq!(shard_tables.len(), 8);
+    let on_nodes = |cluster: &Cluster| -> Vec<String> {
+        (0..cluster.node_count())
+            .flat_map(|i| cluster.node_tables(i))
+            .filter(|t| shard_tables.contains(t))
+            .collect()
+    };
+    assert_eq!(on_nodes(&cluster).len(), 8);
+    exec(&mut db, "DROP FOREIGN TABLE d");
+    assert_eq!(on_nodes(&cluster), Vec::<String>::new());
+}
+
+/// sqld expires a stream left idle for about 10 s (its transaction rolls
+/// back); conductor renews the streams of an open transaction, so one that
+/// pauses far longer still commits everything.
+#[test]
+fn a_transaction_outlives_sqlds_stream_expiry() {
+    let Some(sqld) = sqld_bin() else {
+        println!("SKIPPED: set SQLD=/path/to/sqld to run conductor against real libSQL servers");
+        return;
+    };
+    let cluster = Cluster::start_sqld(2, &sqld);
+    let mut db = cluster.client();
+    cluster.setup_conductor(&mut db, "cluster");
+    exec(
+        &mut db,
+        "CREATE TABLE l (id bigint PRIMARY KEY, v text);
+         CREATE FOREIGN TABLE d (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('d', 'id', shard_count => 4);",
+    );
+    exec(&mut db, "BEGIN");
+    same(
+        &mut db,
+        "INSERT INTO {T} SELECT i, 'long' FROM generate_series(1, 40) i RETURNING id",
+    );
+    std::thread::sleep(std::time::Duration::from_secs(15));
+    same(&mut db, "SELECT id, v FROM {T}");
+    same(
+        &mut db,
+        "UPDATE {T} SET v = 'later' WHERE id % 2 = 0 RETURNING id, v",
+    );
+    exec(&mut db, "COMMIT");
+    same(&mut db, "SELECT id, v FROM {T}");
+    // Counted on the sqld nodes themselves.
+    let shards = rows(
+        &mut db,
+        "SELECT node_id, remote_table FROM conductor.shards WHERE table_name = 'd'::regclass",
+    )
+    .unwrap();
+    let on_nodes: i64 = shards
+        .iter()
+        .map(|r| {
+            let node: usize = r[0].as_deref().unwrap()["node-".len()..].parse().unwrap();
+            let table = r[1].as_deref().unwrap();
+            cluster.node_query(node, &format!("SELECT count(*) FROM \"{table}\""), &[])[0][0]
+                .as_i64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(on_nodes, 40);
 }
