@@ -217,6 +217,14 @@ pub fn check_health(endpoint: NodeEndpoint) -> Result<(), ShardError> {
         .map(|_| ())
 }
 
+/// The code of sqld's answer when it rolled a transaction back because the
+/// transaction held the write lock while another writer waited (longer
+/// than sqld allows): the node's work of that transaction is gone.
+pub const TRANSACTION_TIMEOUT: &str = "TRANSACTION_TIMEOUT";
+
+/// What a user can do about [`TRANSACTION_TIMEOUT`].
+pub const LOCK_TIMEOUT_HINT: &str = "Retry the transaction. A libSQL server (sqld) ends a transaction that holds its write lock for a few seconds while another writer waits; keep transactions that write to such nodes short.";
+
 /// The SQLSTATE a node's failure maps to: SQLite constraint codes keep their
 /// meaning, transport failures are FDW connection errors.
 fn sqlstate(err: &ShardError) -> PgSqlErrorCode {
@@ -248,6 +256,9 @@ fn sqlstate(err: &ShardError) -> PgSqlErrorCode {
             c if c.starts_with("SQLITE_BUSY") || c.starts_with("SQLITE_LOCKED") => {
                 ERRCODE_T_R_SERIALIZATION_FAILURE
             }
+            // sqld rolled the transaction back to give its write lock to
+            // another writer: retry the transaction.
+            TRANSACTION_TIMEOUT => ERRCODE_T_R_SERIALIZATION_FAILURE,
             _ => ERRCODE_FDW_ERROR,
         };
     }
@@ -302,6 +313,22 @@ pub fn report_shard_error(err: &ShardError) -> ! {
             )
             .detail(err.to_string())
             .hint("Retry the transaction. pg_stat_activity shows the sessions whose transactions are open (state 'idle in transaction'); a transaction that wrote to a node keeps its write lock until it ends.")
+            .error();
+        }
+        NodeError::Sql { .. } if err.sqlite_code() == Some(TRANSACTION_TIMEOUT) => {
+            let shard = err
+                .shard_id
+                .map(|s| format!(" (shard {s})"))
+                .unwrap_or_default();
+            raise(
+                PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                format!(
+                    "conductor: node {}{shard} rolled this transaction back: it held the node's write lock while another transaction waited for it",
+                    err.node_id
+                ),
+            )
+            .detail(err.to_string())
+            .hint(LOCK_TIMEOUT_HINT)
             .error();
         }
         NodeError::Sql { message, .. } => message.clone(),

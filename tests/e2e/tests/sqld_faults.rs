@@ -349,3 +349,100 @@ fn a_sqld_that_does_not_answer_fails_at_the_deadline_and_cancel_works() {
     let [node, sqld] = kinds.map(|k| stopped(&k));
     assert_eq!(sqld, node);
 }
+
+/// Keys of table `f` on `node`, `n` of them.
+fn keys_on(db: &mut Client, node: &str, n: usize) -> Vec<i64> {
+    let shards = shard_map(db, "f");
+    (2_000_000..2_001_000i64)
+        .filter(|k| {
+            let s = query_i64(
+                db,
+                &format!("SELECT conductor.shard_for('f', {k}::bigint)::bigint"),
+            );
+            shards[&(s as i32)].0 == node
+        })
+        .take(n)
+        .collect()
+}
+
+/// A transaction holds node-1's write lock while another session's write
+/// waits for it; after a pause longer than either kind of node lets a
+/// writer wait, the transaction runs `then`. What the holder and the waiting
+/// writer got, the rows that exist afterwards, and the keys used (the
+/// holder's, the waiter's, the holder's second).
+type LockOutcome = (Result<(), String>, Result<(), String>, Vec<i64>, Vec<i64>);
+
+fn lock_holder_pauses(kind: &Kind, then: &str) -> LockOutcome {
+    let (cluster, mut db) = start(kind, 0, 1);
+    let keys = keys_on(&mut db, "node-1", 3);
+    let mut a = cluster.client();
+    exec(
+        &mut a,
+        &format!("BEGIN; INSERT INTO f VALUES ({}, 'a')", keys[0]),
+    );
+    let config = cluster.pg_config();
+    let waiter_key = keys[1];
+    let waiter = std::thread::spawn(move || {
+        let mut b = config.connect(NoTls).unwrap();
+        let t = Instant::now();
+        let r = b
+            .batch_execute(&format!("INSERT INTO f VALUES ({waiter_key}, 'b')"))
+            .map_err(|e| pg_err(&e));
+        (r, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_secs(8));
+    let then = then.replace("{K}", &keys[2].to_string());
+    let holder = a.batch_execute(&then).map_err(|e| pg_err(&e));
+    let _ = a.batch_execute("ROLLBACK");
+    let (waited, took) = waiter.join().unwrap();
+    println!(
+        "{kind:?}: {then}: the holder: {holder:?}; the waiting writer, after {took:?}: {waited:?}"
+    );
+    let ids: Vec<i64> = db
+        .query("SELECT id FROM f ORDER BY id", &[])
+        .unwrap_or_else(|e| panic!("{}", pg_err(&e)))
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    (holder, waited, ids, keys)
+}
+
+/// Which transaction gets a node's write lock differs: conductor-node
+/// makes the waiting writer give up (the holder keeps its transaction),
+/// sqld rolls the holder back and lets the waiting writer in. Either way
+/// the one that loses gets SQLSTATE 40001 (retry) naming the node and
+/// shard, and exactly the winner's writes exist.
+#[test]
+fn a_paused_lock_holder_and_a_waiting_writer_one_loses_with_40001() {
+    let Some(kinds) = kinds() else { return };
+    for then in ["COMMIT", "INSERT INTO f VALUES ({K}, 'c'); COMMIT"] {
+        for kind in &kinds {
+            let (holder, waiter, ids, keys) = lock_holder_pauses(kind, then);
+            let (loser, mut won) = match kind {
+                Kind::ConductorNode => {
+                    assert_eq!(holder, Ok(()), "{then}");
+                    let mut won = vec![keys[0]];
+                    if then.starts_with("INSERT") {
+                        won.push(keys[2]);
+                    }
+                    (waiter.expect_err("the waiting writer gives up"), won)
+                }
+                Kind::Sqld(_) => {
+                    assert_eq!(waiter, Ok(()), "{then}");
+                    (
+                        holder.expect_err("sqld rolled the holder back"),
+                        vec![keys[1]],
+                    )
+                }
+            };
+            assert!(loser.starts_with("ERROR 40001"), "{kind:?}: {loser}");
+            let detail = loser.split("DETAIL:").nth(1).unwrap_or("");
+            assert!(
+                detail.contains("node-1") && detail.contains("shard"),
+                "{kind:?}: {loser}"
+            );
+            won.sort();
+            assert_eq!(ids, won, "{kind:?}: {then}");
+        }
+    }
+}
