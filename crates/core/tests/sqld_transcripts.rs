@@ -992,6 +992,61 @@ async fn scenario(p: &mut Peer) {
     .await
     .unwrap();
 
+    // A transaction holds the write lock while another writer waits: sqld
+    // rolls the holder back and lets the waiter in (after some seconds on
+    // a live server).
+    let r = p
+        .pipeline(
+            "lock-holder",
+            on_stream(
+                None,
+                vec![
+                    Stmt::new("BEGIN IMMEDIATE", vec![]),
+                    Stmt::new(INSERT, vec![int(3000), text("holder"), int(0)]),
+                ],
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(first_error(&r).is_none(), "{r:?}");
+    let holder = r.baton.clone();
+    let r = p
+        .pipeline(
+            "lock-waiter",
+            one_request_transaction(vec![Stmt::new(
+                INSERT,
+                vec![int(3001), text("waiter"), int(0)],
+            )]),
+        )
+        .await
+        .unwrap();
+    assert!(first_error(&r).is_none(), "the waiter got the lock: {r:?}");
+    let r = p
+        .pipeline(
+            "lock-holder-commit",
+            exec_then_close(holder, Stmt::new("COMMIT", vec![])),
+        )
+        .await
+        .unwrap();
+    let e = request_error(&r, 0);
+    assert_eq!(e.code.as_deref(), Some("TRANSACTION_TIMEOUT"), "{e:?}");
+    assert!(is_close(&r, 1));
+    let r = p
+        .pipeline(
+            "lock-outcome",
+            exec_then_close(
+                None,
+                Stmt::new("SELECT id FROM t WHERE id IN (3000, 3001)", vec![]),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        execute_result(&r, 0).rows,
+        vec![vec![int(3001)]],
+        "the holder's insert was rolled back"
+    );
+
     // A stream left idle past the server's expiry.
     let r = p
         .pipeline(
