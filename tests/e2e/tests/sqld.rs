@@ -71,8 +71,22 @@ fn sqld_nodes_answer_like_a_local_table() {
         &mut db,
         "CREATE TABLE l (id bigint PRIMARY KEY, v text, n int, f float8, b bytea, ts timestamp);
          CREATE FOREIGN TABLE d (id bigint NOT NULL, v text, n int, f float8, b bytea, ts timestamp) SERVER cluster;
-         SELECT conductor.create_distributed_table('d', 'id', shard_count => 8);",
+         SELECT conductor.create_distributed_table('d', 'id', shard_count => 8);
+         CREATE TABLE lc (id bigint PRIMARY KEY, v text NOT NULL);
+         CREATE FOREIGN TABLE dc (id bigint NOT NULL, v text NOT NULL) SERVER cluster;
+         SELECT conductor.create_distributed_table('dc', 'id', shard_count => 4);",
     );
+    // Constraint violations the shards report (sqld names the kind only in
+    // its message).
+    for sql in [
+        "INSERT INTO {T}c VALUES (1, 'a'), (2, 'b')",
+        "INSERT INTO {T}c VALUES (3, NULL)",
+        "UPDATE {T}c SET v = NULL WHERE id = 1",
+        "INSERT INTO {T}c VALUES (2, 'again')",
+        "SELECT id, v FROM {T}c",
+    ] {
+        same(&mut db, sql);
+    }
     // Writes of every kind, on both.
     for sql in [
         "INSERT INTO {T} VALUES (1, 'a', 1, 1.5, '\\x00ff', '2024-01-01 10:00'), (2, NULL, NULL, NULL, NULL, NULL)",
