@@ -177,6 +177,31 @@ fn sqld_nodes_answer_like_a_local_table() {
     cluster.start_node(1);
     same(&mut db, "SELECT count(*), sum(n) FROM {T}");
 
+    // Long values: up to sqld's limit they round-trip; beyond it (it stores
+    // no value or row of more than 5,000,000 bytes, conductor-node far
+    // more) the INSERT is refused with a clear error.
+    same(
+        &mut db,
+        "INSERT INTO {T} (id, v, b) VALUES (400000, repeat('v', 2000000), decode(repeat('ab', 2000000), 'hex')) RETURNING id, length(v), length(b)",
+    );
+    same(
+        &mut db,
+        "SELECT id, length(v), md5(v), length(b), md5(b) FROM {T} WHERE id = 400000",
+    );
+    let err = rows(
+        &mut db,
+        "INSERT INTO d (id, b) VALUES (400001, decode(repeat('ab', 6000000), 'hex'))",
+    )
+    .expect_err("a value over sqld's limit");
+    println!("a 6,000,000-byte value: {err}");
+    assert!(err.starts_with("ERROR 54000"), "{err}");
+    let detail = err.split("DETAIL:").nth(1).unwrap_or("");
+    assert!(
+        detail.contains("node-") && detail.contains("shard"),
+        "{err}"
+    );
+    same(&mut db, "SELECT count(*) FROM {T} WHERE id > 300000");
+
     // Dropping the distributed table drops its shard tables on the nodes.
     let shard_tables: Vec<String> = rows(
         &mut db,
