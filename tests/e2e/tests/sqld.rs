@@ -2,8 +2,9 @@
 //! local table and over a distributed table on two sqld nodes agree —
 //! reads (100,000-row scans read row by row, pushdown), writes with
 //! RETURNING, COPY (and a COPY that fails), transactions, reads inside them
-//! and rollbacks — and a killed sqld is a clear error naming it (more
-//! faults in `sqld_faults.rs`).
+//! and rollbacks, constraint violations, schema changes, long values — and
+//! a killed sqld is a clear error naming it (more faults in
+//! `sqld_faults.rs`).
 //!
 //! Runs when `SQLD` names a sqld binary (`make test` passes it when one is
 //! installed); otherwise it says so and checks nothing.
@@ -84,6 +85,26 @@ fn sqld_nodes_answer_like_a_local_table() {
         "UPDATE {T}c SET v = NULL WHERE id = 1",
         "INSERT INTO {T}c VALUES (2, 'again')",
         "SELECT id, v FROM {T}c",
+    ] {
+        same(&mut db, sql);
+    }
+    // Schema changes reach the shards on sqld as on conductor-node.
+    for clause in [
+        "ADD COLUMN n int DEFAULT 7",
+        "RENAME COLUMN v TO w",
+        "ALTER COLUMN n SET NOT NULL",
+        "ALTER COLUMN n TYPE bigint",
+        "DROP COLUMN n",
+        "ADD COLUMN t timestamp",
+    ] {
+        exec(&mut db, &format!("ALTER TABLE lc {clause}"));
+        exec(&mut db, &format!("ALTER FOREIGN TABLE dc {clause}"));
+        same(&mut db, "SELECT * FROM {T}c");
+    }
+    for sql in [
+        "INSERT INTO {T}c VALUES (5, 'x', '2024-05-01 12:00') RETURNING *",
+        "UPDATE {T}c SET w = w || '!' WHERE id < 5 RETURNING *",
+        "SELECT * FROM {T}c WHERE w LIKE '%!' ORDER BY id",
     ] {
         same(&mut db, sql);
     }
