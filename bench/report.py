@@ -15,6 +15,8 @@ import sys
 BEGIN = "<!-- bench/run.sh: begin (generated; edit bench/report.py, not this section) -->"
 END = "<!-- bench/run.sh: end -->"
 TARGETS = ["conductor", "peer", "local"]
+# pgbench runs with 8 clients: TPS and p50/p99.
+THROUGHPUT = ["W1", "W2", "W3", "W12", "W13", "W14"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -441,7 +443,7 @@ def main():
 
     # ---- results
     res = {}
-    for w in ["W1", "W2", "W3"]:
+    for w in THROUGHPUT:
         res[w] = {t: throughput(out, w, t) for t in TARGETS}
     for w in ["W4", "W4i", "W5-count", "W5-sum", "W5-group"]:
         res[w] = {t: latency(out, w, t) for t in TARGETS}
@@ -470,7 +472,7 @@ def main():
 
     a("### Results")
     a("")
-    a("Each cell: median (min–max). Throughput workloads (W1–W3): "
+    a("Each cell: median (min–max). Throughput workloads (W1–W3, W12–W14): "
       f"{meta['runs']} pgbench runs of {meta['seconds']} s per target, interleaved, TPS median of the runs; "
       "p50/p99 are per-transaction latencies from pgbench's `--log`, median over the runs. Latency workloads: "
       "every execution is a sample. Ratios are conductor/peer and conductor/local of the medians: "
@@ -480,12 +482,14 @@ def main():
     a("|---|---|---|---|---|---|---|")
     names = {
         "W1": "W1 point lookup", "W2": "W2 point lookup, prepared generic plan", "W3": "W3 IN list of 10 keys",
+        "W12": "W12 UPDATE by key (autocommit)", "W13": "W13 INSERT of a new key (autocommit)",
+        "W14": "W14 BEGIN; SELECT; UPDATE by key; COMMIT",
         "W4": "W4 non-key filter, ~1% of rows", "W4i": "W4i the same with an index on the column",
         "W5-count": "W5 count(*)", "W5-sum": "W5 sum(amount)",
         "W5-group": "W5 GROUP BY flag", "W7": "W7 whole-table scan", "W8": "W8 INSERT … SELECT",
         "W6-1": "W6 1 shard (+delay)", "W6-4": "W6 4 shards (+delay)", "W6-16": "W6 16 shards (+delay)",
     }
-    for w in ["W1", "W2", "W3"]:
+    for w in THROUGHPUT:
         r = res[w]
         a(f"| {names[w]} | TPS | {cell(r['conductor'], 'tps')} | {cell(r['peer'], 'tps')} | {cell(r['local'], 'tps')} "
           f"| {ratio(value(r['conductor'], 'tps'), value(r['peer'], 'tps'))} "
@@ -566,6 +570,21 @@ def main():
             r = c / p
             verdict = "met" if r >= 2 else f"**behind**: {r:.2f}× instead of 2×, {(1 - r / 2) * 100:.0f}% short"
             a(f"| {w} TPS ≥ 2× the peer's | {fmt(c)} vs {fmt(p)} TPS = {r:.2f}× | {verdict} |")
+    for w, goal in [("W12", 2.0), ("W13", 2.0), ("W14", 1.5)]:
+        c, p = value(res[w]["conductor"], "tps"), value(res[w]["peer"], "tps")
+        if c is None or p is None:
+            a(f"| {w} TPS ≥ {goal:g}× the peer's | no figure | **not measured** |")
+        else:
+            r = c / p
+            verdict = "met" if r >= goal else f"**behind**: {r:.2f}× instead of {goal:g}×"
+            a(f"| {w} TPS ≥ {goal:g}× the peer's | {fmt(c)} vs {fmt(p)} TPS = {r:.2f}× | {verdict} |")
+        c99 = med(res[w]["conductor"].p99) if res[w]["conductor"] and not res[w]["conductor"].error else None
+        p99 = med(res[w]["peer"].p99) if res[w]["peer"] and not res[w]["peer"].error else None
+        if c99 is None or p99 is None:
+            a(f"| {w} p99 ≤ the peer's | no figure | **not measured** |")
+        else:
+            verdict = "met" if c99 <= p99 else f"**behind**: {c99 / p99:.2f}× the peer's p99"
+            a(f"| {w} p99 ≤ the peer's | {fmt(c99, ' ms')} vs {fmt(p99, ' ms')} | {verdict} |")
     c1, c16 = value(res["W6-1"]["conductor"], "lat"), value(res["W6-16"]["conductor"], "lat")
     if c1 and c16:
         r = c16 / c1
@@ -596,7 +615,8 @@ def main():
     a("")
     a("`<db>` is `conductor`, `peer` or `local` (W6: `conductor_w6`, `peer_w6`); pgbench connects to the "
       "router over TCP on 127.0.0.1 as a superuser. Each workload gets an unrecorded warm-up first "
-      "(2 s of the same pgbench for W1–W3, one execution for the others).")
+      "(2 s of the same pgbench for W1–W3 and W12–W14, one execution for the others). W12–W14 run last "
+      "on the main dataset, after every read workload, since they change and add rows.")
     a("")
     specs = [
         ("W1", "point lookup by key", ["w1_point.sql"]),
@@ -612,6 +632,9 @@ def main():
         ("W6-16", "16 shards (no key predicate), +delay", ["w6_16shards.sql"]),
         ("W7", "whole-table scan, rows/s and backend peak memory", ["w7_scan.sql"]),
         ("W8", "bulk load", ["load.sql"]),
+        ("W12", "single-row UPDATE by key, each statement its own transaction", ["w12_update.sql"]),
+        ("W13", "single-row INSERT of a random new key, each statement its own transaction", ["w13_insert.sql"]),
+        ("W14", "a transaction that reads a row by key, then updates it", ["w14_read_update.sql"]),
     ]
     for w, title, files in specs:
         a(f"**{w}** — {title}. Client: `{client(out, w)}`")

@@ -16,7 +16,8 @@
 # BASE..BASE+40 on 127.0.0.1, below the ephemeral range so tests' free ports
 # never collide), BENCH_DIR (work dir; default a new /var/tmp dir),
 # BENCH_NODE_OPTS (extra conductor-node options, recorded in the doc),
-# BENCH_HOLD=1 (after the load, wait until $BENCH_DIR/hold is removed, to
+# BENCH_ONLY (workloads to run, e.g. 'W12 W13 W14'; the load, W8, always
+# runs), BENCH_HOLD=1 (after the load, wait until $BENCH_DIR/hold is removed, to
 # query the cluster by hand), BENCH_KEEP=1 (keep the data dirs), BENCH_NO_BUILD=1 (use what is built and
 # installed), BENCH_NO_DOC=1 (don't touch docs/).
 #
@@ -81,6 +82,9 @@ OUT=$BENCH_DIR/out
 rm -rf "$OUT"
 RAW=$OUT/raw
 mkdir -p "$RAW"
+
+# Whether workload $1 is to run (BENCH_ONLY unset: all of them).
+want() { [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $1 "* ]]; }
 
 log() { printf '%s bench: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
@@ -493,18 +497,19 @@ latency_workload() { # workload script "targets" db-suffix -t|-T count [-D defin
     done
 }
 
-throughput_workload W1 w1_point.sql simple ""
-throughput_workload W2 w1_point.sql prepared "-c plan_cache_mode=force_generic_plan"
-throughput_workload W3 w3_in10.sql simple ""
-latency_workload W4 w4_filter.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
-latency_workload W5-count w5_count.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
-latency_workload W5-sum w5_sum.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
-latency_workload W5-group w5_group.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
+want W1 && throughput_workload W1 w1_point.sql simple ""
+want W2 && throughput_workload W2 w1_point.sql prepared "-c plan_cache_mode=force_generic_plan"
+want W3 && throughput_workload W3 w3_in10.sql simple ""
+want W4 && latency_workload W4 w4_filter.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
+want W5 && latency_workload W5-count w5_count.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
+want W5 && latency_workload W5-sum w5_sum.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
+want W5 && latency_workload W5-group w5_group.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
 
 # W4i: W4 again with an index on the filtered column everywhere: a shard
 # index on every conductor shard, an index on every partition of the peer
 # (on its shard Postgres) and on the local table. Dropped afterwards so the
 # scans below measure the same tables as before.
+if want W4i; then
 log "W4i: indexes on items(customer_id)"
 router conductor -c "SELECT conductor.create_shard_index('items', ARRAY['customer_id'], 'bench_customer')" >/dev/null
 router local -c "CREATE INDEX bench_customer ON items (customer_id)" -c "ANALYZE items" >/dev/null
@@ -522,9 +527,11 @@ PEER_DROP_SQL="DO \$\$ DECLARE t text; BEGIN
         EXECUTE format('DROP INDEX IF EXISTS %I', t || '_customer');
     END LOOP; END \$\$"
 for i in 1 2 3 4; do psql_at "${SHARD_PORTS[$((i - 1))]}" shard -c "$PEER_DROP_SQL" >/dev/null; done
+fi
 
 # ---- W7: whole-table scan: rows/s and the backend's peak memory growth ----------------
 
+if want W7; then
 log "W7: COPY (SELECT * FROM items) TO '/dev/null', $SCAN_RUNS runs per target"
 mkdir -p "$RAW/W7"
 echo "psql: one session per target: a point lookup (warm-up), VmHWM and CPU time, then $SCAN_RUNS x bench/workloads/w7_scan.sql under \\timing, VmHWM and CPU time again" >"$RAW/W7/client.txt"
@@ -583,9 +590,13 @@ for t in "${TARGETS[@]}"; do
         fail_note "$dir" "$dir/stderr.txt"
     fi
 done
+fi
 
 # ---- W6: fan-out under latency ---------------------------------------------------------
 
+W6_CUSTOMER=42
+
+if want W6; then
 log "W6: $W6_ROWS rows behind +$DELAY_MS ms per round trip (conductor_w6, peer_w6)"
 w6_setup() { # target
     if [ "$1" = conductor ]; then
@@ -634,13 +645,22 @@ read -r -a W6_KEYS <<<"$(awk '
     END { for (i = 1; i <= n; i++) printf "%s ", keys[i] }' "$OUT/w6_conductor_keys.txt" "$OUT/w6_peer_keys.txt")"
 [ "${#W6_KEYS[@]}" -eq 4 ] || die "W6: could not find 4 keys on 4 shards (got: ${W6_KEYS[*]})"
 echo "w6_keys=${W6_KEYS[*]}" >>"$OUT/meta.txt"
-W6_CUSTOMER=42
 for pair in "W6-1 w6_1shard.sql" "W6-4 w6_4shards.sql" "W6-16 w6_16shards.sql"; do
     read -r w script <<<"$pair"
     latency_workload "$w" "$script" "$W6_TARGETS" "_w6" -T "$W6_SECONDS" \
         -D k1="${W6_KEYS[0]}" -D k2="${W6_KEYS[1]}" -D k3="${W6_KEYS[2]}" -D k4="${W6_KEYS[3]}" \
         -D c="$W6_CUSTOMER"
 done
+fi
+
+# ---- W12-W14: OLTP writes --------------------------------------------------------------
+
+# Last of the workloads on the main dataset: they change rows (W12, W14) and
+# add rows (W13, as many as each target manages), which the reads above
+# must not see.
+want W12 && throughput_workload W12 w12_update.sql simple ""
+want W13 && throughput_workload W13 w13_insert.sql simple ""
+want W14 && throughput_workload W14 w14_read_update.sql simple ""
 
 # ---- EXPLAIN of every query, for the doc --------------------------------------------------
 
