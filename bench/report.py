@@ -50,8 +50,10 @@ def failed(path):
     return None
 
 
-def pgbench_run(path):
-    """(tps, [latency ms]) of one pgbench run directory."""
+def pgbench_run(path, failures=None):
+    """(tps, [latency ms]) of one pgbench run directory. Transactions the
+    log marks failed (a serialization failure or deadlock, which pgbench 15
+    counts and goes on) have no latency; they are counted in `failures`."""
     tps = None
     with open(os.path.join(path, "stdout.txt")) as f:
         for line in f:
@@ -64,8 +66,26 @@ def pgbench_run(path):
             for line in f:
                 parts = line.split()
                 if len(parts) >= 3:
-                    lat.append(int(parts[2]) / 1000.0)
+                    if parts[2].isdigit():
+                        lat.append(int(parts[2]) / 1000.0)
+                    elif failures is not None:
+                        failures.append(parts[2])
     return tps, sorted(lat)
+
+
+def node_stats(path):
+    """The conductor nodes' summed (lock waits, lock wait us, requests)
+    over one run, from the /stats taken before and after it."""
+    try:
+        with open(os.path.join(path, "node_stats_before.txt")) as f:
+            b = [int(x) for x in f.read().split()]
+        with open(os.path.join(path, "node_stats_after.txt")) as f:
+            e = [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        return None
+    if len(b) != 3 or len(e) != 3:
+        return None
+    return tuple(y - x for x, y in zip(b, e))
 
 
 def pct(sorted_values, p):
@@ -98,6 +118,9 @@ class Result:
         self.threads = None         # W7: the same, per thread name
         self.storage_ticks = None   # W7: nodes / shard Postgres CPU over all scans
         self.tx = 0
+        self.failed = []    # pgbench transactions logged as failed
+        self.lock_wait_ms_per_tx = []   # per run, conductor's nodes
+        self.requests_per_tx = []       # per run, conductor's nodes
 
 
 def throughput(out, w, t):
@@ -107,9 +130,13 @@ def throughput(out, w, t):
         err = failed(run)
         if err:
             return Result(err)
-        tps, lat = pgbench_run(run)
+        tps, lat = pgbench_run(run, r.failed)
         if tps is None or not lat:
             return Result("no result (see %s)" % run)
+        ns = node_stats(run)
+        if ns:
+            r.lock_wait_ms_per_tx.append(ns[1] / 1000.0 / (len(lat) + 0.0))
+            r.requests_per_tx.append(ns[2] / (len(lat) + 0.0))
         r.tps.append(tps)
         r.p50.append(pct(lat, 50))
         r.p99.append(pct(lat, 99))
@@ -419,8 +446,10 @@ def main():
       "(`id bigint` key, `customer_id int`, `name text`, `email text`, `amount numeric(12,2)`, "
       "`created timestamptz`, `flag bool`), so every workload runs the same SQL text on each:")
     a("")
-    a("- **conductor**: a foreign table, `create_distributed_table('items', 'id', shard_count => 16)` over 4 "
-      "`conductor-node` processes (SQLite, WAL; 4 shards each).")
+    n_nodes = int(meta.get("nodes", "4"))
+    a("- **conductor**: a foreign table, `create_distributed_table('items', 'id', shard_count => 16)` over "
+      f"{n_nodes} `conductor-node` processes (SQLite, WAL; {16 // n_nodes if 16 % n_nodes == 0 else '16/' + str(n_nodes)} "
+      "shards each, all shards of a node in its one database file).")
     a("- **peer**: `items` `PARTITION BY HASH (id)` with 16 partitions, each a postgres_fdw foreign table; "
       "partition *p* lives on shard Postgres *p* mod 4 (4 more Postgres 15 instances, 4 partitions each, each "
       "remote table with a primary key on `id`). Servers: `async_capable 'true'`, `use_remote_estimate 'false'` "
@@ -499,6 +528,13 @@ def main():
             a(f"| | {p} latency | " + " | ".join(spread(vals[t], " ms") if vals[t] else cell(r[t], "") for t in TARGETS)
               + f" | {ratio(med(vals['conductor'] or []), med(vals['peer'] or []))} "
               f"| {ratio(med(vals['conductor'] or []), med(vals['local'] or []))} |")
+        c = r["conductor"]
+        if w in ("W12", "W13", "W14") and c and c.requests_per_tx:
+            a(f"| | conductor's nodes, per transaction: requests; time waited for a write lock | "
+              f"{spread(c.requests_per_tx)}; {spread(c.lock_wait_ms_per_tx, ' ms')} | | | | |")
+        if any(r[t] and r[t].failed for t in TARGETS):
+            a(f"| | transactions failed (pgbench goes on after a serialization failure or deadlock) | "
+              + " | ".join(str(len(r[t].failed)) if r[t] else "–" for t in TARGETS) + " | | |")
     for w in ["W4", "W4i", "W5-count", "W5-sum", "W5-group"]:
         r = res[w]
         a(f"| {names[w]} | latency | " + " | ".join(cell(r[t], "lat") for t in TARGETS)

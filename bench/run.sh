@@ -12,8 +12,10 @@
 # Knobs (environment): BENCH_ROWS, BENCH_SECONDS (per throughput run),
 # BENCH_RUNS (throughput runs per target), BENCH_QUERY_RUNS (executions of
 # W4/W5), BENCH_SCAN_RUNS (W7), BENCH_LOAD_RUNS (W8), BENCH_W6_ROWS,
-# BENCH_W6_SECONDS, BENCH_DELAY_MS, BENCH_SEED, BENCH_PORT_BASE (ports
-# BASE..BASE+40 on 127.0.0.1, below the ephemeral range so tests' free ports
+# BENCH_W6_SECONDS, BENCH_DELAY_MS, BENCH_SEED, BENCH_NODES (conductor's
+# nodes, 4 by default, at most 16: with 16 every shard has a node, and so a
+# SQLite database and write lock, of its own), BENCH_PORT_BASE (ports
+# BASE..BASE+52 on 127.0.0.1, below the ephemeral range so tests' free ports
 # never collide), BENCH_DIR (work dir; default a new /var/tmp dir),
 # BENCH_NODE_OPTS (extra conductor-node options, recorded in the doc),
 # BENCH_ONLY (workloads to run, e.g. 'W12 W13 W14'; the load, W8, always
@@ -70,7 +72,12 @@ PORT_BASE=${BENCH_PORT_BASE:-27500}
 ROUTER_PORT=$PORT_BASE                                   # the router Postgres
 SHARD_PORTS=($((PORT_BASE + 1)) $((PORT_BASE + 2)) $((PORT_BASE + 3)) $((PORT_BASE + 4)))
 PROXY_PORTS=($((PORT_BASE + 11)) $((PORT_BASE + 12)) $((PORT_BASE + 13)) $((PORT_BASE + 14)))
-NODE_PORTS=($((PORT_BASE + 21)) $((PORT_BASE + 22)) $((PORT_BASE + 23)) $((PORT_BASE + 24)))
+N_NODES=${BENCH_NODES:-4}
+[ "$N_NODES" -ge 1 ] && [ "$N_NODES" -le 16 ] || { echo "bench: BENCH_NODES must be 1..16" >&2; exit 1; }
+NODE_PORTS=()
+for i in $(seq "$N_NODES"); do
+    if [ "$i" -le 4 ]; then NODE_PORTS+=($((PORT_BASE + 20 + i))); else NODE_PORTS+=($((PORT_BASE + 36 + i))); fi
+done
 SLOW_NODE_PORTS=($((PORT_BASE + 31)) $((PORT_BASE + 32)) $((PORT_BASE + 33)) $((PORT_BASE + 34)))
 
 if [ -z "${BENCH_DIR:-}" ]; then
@@ -222,10 +229,10 @@ start_node() { # name port [node options...]
 log "starting the router Postgres (127.0.0.1:$ROUTER_PORT) and 4 shard Postgres (${SHARD_PORTS[*]})"
 start_pg router "$ROUTER_PORT"
 for i in 1 2 3 4; do start_pg "shard$i" "${SHARD_PORTS[$((i - 1))]}"; done
-log "starting 4 nodes (${NODE_PORTS[*]}) and 4 nodes with --delay-ms $DELAY_MS (${SLOW_NODE_PORTS[*]})"
+log "starting $N_NODES nodes (${NODE_PORTS[*]}) and 4 nodes with --delay-ms $DELAY_MS (${SLOW_NODE_PORTS[*]})"
 read -r -a NODE_OPTS <<<"$NODE_OPTIONS"
-for i in 1 2 3 4; do start_node "$i" "${NODE_PORTS[$((i - 1))]}" "${NODE_OPTS[@]}"; done
-NODE_PIDS=("${CHILD_PIDS[@]}")   # the 4 nodes of the main cluster (W7 reads their CPU time)
+for i in $(seq "$N_NODES"); do start_node "$i" "${NODE_PORTS[$((i - 1))]}" "${NODE_OPTS[@]}"; done
+NODE_PIDS=("${CHILD_PIDS[@]}")   # the nodes of the main cluster (W7 reads their CPU time)
 for i in 1 2 3 4; do start_node "slow$i" "${SLOW_NODE_PORTS[$((i - 1))]}" --delay-ms "$DELAY_MS" "${NODE_OPTS[@]}"; done
 log "starting the delaying proxy (+$DELAY_MS ms) in front of the shard Postgres (${PROXY_PORTS[*]})"
 proxy_pairs=()
@@ -374,6 +381,7 @@ router postgres -c "CREATE DATABASE local"
     echo "w6_seconds=$W6_SECONDS"
     echo "delay_ms=$DELAY_MS"
     echo "node_options=${NODE_OPTIONS:-(defaults)}"
+    echo "nodes=$N_NODES"
     echo "clients=$CLIENTS"
     echo "threads=$THREADS"
     echo "pg_settings=$(echo "$PG_SETTINGS" | tr -s ' ')"
@@ -445,17 +453,36 @@ fi
 
 # ---- pgbench workloads ----------------------------------------------------------------
 
-# One pgbench run; its stdout and per-transaction log go to RAW/W/target/runN.
+# The main cluster's nodes' /stats, summed: "lock_waits lock_wait_us requests_total".
+node_stats() {
+    local port
+    for port in "${NODE_PORTS[@]}"; do
+        timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port &&
+            printf 'GET /stats HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 && cat <&3" 2>/dev/null |
+            sed -n '/^{/p'
+    done | python3 -c '
+import json, sys
+t = [0, 0, 0]
+for line in sys.stdin:
+    v = json.loads(line)
+    t[0] += v.get("lock_waits", 0); t[1] += v.get("lock_wait_us", 0); t[2] += v.get("requests_total", 0)
+print(*t)'
+}
+
+# One pgbench run; its stdout and per-transaction log go to RAW/W/target/runN
+# (for conductor also its nodes' /stats before and after).
 pgbench_run() { # workload target run db script [pgbench args...]
     local w=$1 t=$2 run=$3 db=$4 script=$5
     shift 5
     local dir=$RAW/$w/$t/run$run
     mkdir -p "$dir"
+    if [ "$t" = conductor ] && [ "$db" = conductor ]; then node_stats >"$dir/node_stats_before.txt" || true; fi
     if ! (cd "$dir" && pgbench -n -p "$ROUTER_PORT" --random-seed="$SEED" --log --log-prefix=tx \
             "$@" -f "$ROOT/bench/workloads/$script" "$db" >stdout.txt 2>stderr.txt); then
         fail_note "$dir" "$dir/stderr.txt"
         return 0
     fi
+    if [ "$t" = conductor ] && [ "$db" = conductor ]; then node_stats >"$dir/node_stats_after.txt" || true; fi
     log "  $w $t run $run: $(grep -E '^tps' "$dir/stdout.txt" | head -1)"
 }
 
@@ -470,15 +497,15 @@ client_line() { # workload env-prefix args...
 throughput_workload() { # workload script query-mode PGOPTIONS
     local w=$1 script=$2 mode=$3 pgoptions=$4 run t
     local args=(-c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -M "$mode" -D rows="$ROWS")
-    client_line "$w" "${pgoptions:+PGOPTIONS='$pgoptions' }" "${args[@]}" -f "bench/workloads/$script"
+    client_line "$w" "${pgoptions:+PGOPTIONS='$pgoptions' }" "${args[@]}" -D "run=<0 for the warm-up, then 1..$RUNS>" -f "bench/workloads/$script"
     log "$w: $script, ${args[*]}${pgoptions:+, PGOPTIONS='$pgoptions'}, $RUNS runs per target"
     for t in "${TARGETS[@]}"; do   # warm-up (caches, connections to the shards), not recorded
         PGOPTIONS=$pgoptions pgbench -n -p "$ROUTER_PORT" -c "$CLIENTS" -j "$THREADS" -T 2 \
-            -M "$mode" -D rows="$ROWS" -f "bench/workloads/$script" "$t" >/dev/null 2>&1 || true
+            -M "$mode" -D rows="$ROWS" -D run=0 -f "bench/workloads/$script" "$t" >/dev/null 2>&1 || true
     done
     for run in $(seq "$RUNS"); do   # targets interleaved, so drift hits all three alike
         for t in "${TARGETS[@]}"; do
-            PGOPTIONS=$pgoptions pgbench_run "$w" "$t" "$run" "$t" "$script" "${args[@]}"
+            PGOPTIONS=$pgoptions pgbench_run "$w" "$t" "$run" "$t" "$script" "${args[@]}" -D run="$run"
         done
     done
 }
@@ -670,7 +697,9 @@ explain_all() { # db file
     router "$1" -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT id, customer_id, name, email, amount, created, flag FROM items WHERE id = $k" \
         -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT id, customer_id, name, email, amount, created, flag FROM items WHERE id IN ($ks)" \
         -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT id, customer_id, name, amount FROM items WHERE customer_id > 5000 AND customer_id <= 6000" \
-        -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT sum(amount) FROM items" >"$2" 2>&1 || true
+        -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT sum(amount) FROM items" \
+        -c "EXPLAIN (VERBOSE, COSTS OFF) UPDATE items SET amount = amount + 1 WHERE id = $k" \
+        -c "EXPLAIN (VERBOSE, COSTS OFF) INSERT INTO items (id, customer_id, name, email, amount, created, flag) VALUES ($ROWS + 1, 42, 'new', 'new@example.com', 1.00, timestamptz '2024-06-01 00:00:00+00', true)" >"$2" 2>&1 || true
 }
 for t in "${TARGETS[@]}"; do explain_all "$t" "$OUT/explain-$t.txt"; done
 router conductor -c "PREPARE p(bigint) AS SELECT id, name FROM items WHERE id = \$1" \
