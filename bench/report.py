@@ -520,6 +520,9 @@ def main():
     }
     for w in THROUGHPUT:
         r = res[w]
+        if all(r[t] is None for t in TARGETS):
+            a(f"| {names[w]} | TPS | not run | not run | not run | – | – |")
+            continue
         a(f"| {names[w]} | TPS | {cell(r['conductor'], 'tps')} | {cell(r['peer'], 'tps')} | {cell(r['local'], 'tps')} "
           f"| {ratio(value(r['conductor'], 'tps'), value(r['peer'], 'tps'))} "
           f"| {ratio(value(r['conductor'], 'tps'), value(r['local'], 'tps'))} |")

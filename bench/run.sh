@@ -458,7 +458,7 @@ node_stats() {
     local port
     for port in "${NODE_PORTS[@]}"; do
         timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port &&
-            printf 'GET /stats HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 && cat <&3" 2>/dev/null |
+            printf 'GET /stats HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 && cat <&3 && echo" 2>/dev/null |
             sed -n '/^{/p'
     done | python3 -c '
 import json, sys

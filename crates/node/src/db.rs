@@ -253,6 +253,8 @@ fn open_connection(
     conn.pragma_update(None, "synchronous", synchronous.pragma_value())?;
     // Checkpoints belong to the checkpointer thread, not to commits.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // After wal_autocheckpoint, which sets the WAL hook this replaces.
+    lockwait::wake_waiters_on_release(&conn);
     // Whichever connection resets the WAL truncates a grown file.
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     conn.set_prepared_statement_cache_capacity(STMT_CACHE_CAPACITY);
