@@ -18,6 +18,7 @@
 use rusqlite::Connection;
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,14 @@ const MISSED_WAKEUP: Duration = Duration::from_millis(10);
 /// wait for it to change.
 static RELEASES: Mutex<u64> = Mutex::new(0);
 static RELEASED: Condvar = Condvar::new();
+
+/// Requests of this process waiting for a lock right now (for /stats).
+static WAITING: AtomicU64 = AtomicU64::new(0);
+
+/// How many requests are waiting for a lock right now.
+pub fn waiting() -> u64 {
+    WAITING.load(Ordering::Relaxed)
+}
 
 thread_local! {
     static WAITED: Cell<Duration> = const { Cell::new(Duration::ZERO) };
@@ -122,9 +131,11 @@ extern "C" fn busy(arg: *mut c_void, count: c_int) -> c_int {
         return 0;
     }
     let slice = (timeout - elapsed).min(MISSED_WAKEUP);
+    WAITING.fetch_add(1, Ordering::Relaxed);
     let guard = RELEASES.lock().unwrap_or_else(|p| p.into_inner());
     let seen = *guard;
     let _ = RELEASED.wait_timeout_while(guard, slice, |n| *n == seen);
+    WAITING.fetch_sub(1, Ordering::Relaxed);
     WAITED.with(|w| w.set(w.get() + now.elapsed()));
     1
 }

@@ -78,6 +78,7 @@ impl Stats {
             "inline_write_pipelines": g(&self.inline_writes),
             "lock_waits": g(&self.lock_waits),
             "lock_wait_us": g(&self.lock_wait_us),
+            "lock_waiting": crate::lockwait::waiting(),
             "group_commits": g(&groups.commits),
             "group_committed_writes": g(&groups.writes),
             "responses_4xx": g(&self.status_4xx),

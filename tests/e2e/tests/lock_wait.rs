@@ -8,7 +8,7 @@ mod common;
 use common::{exec, node_index};
 use conductor_e2e::postgres::NoTls;
 use conductor_e2e::{pg_err, serde_json, Cluster, ClusterOptions};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn setup() -> (Cluster, conductor_e2e::postgres::Client) {
     let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
@@ -45,13 +45,30 @@ fn keys_on_one_node(db: &mut conductor_e2e::postgres::Client) -> (String, i64, i
     (n1, k1, k2)
 }
 
-fn node_lock_waits(cluster: &Cluster, node: usize) -> (u64, u64) {
+fn node_stats(cluster: &Cluster, node: usize) -> serde_json::Value {
     let (_, body) = cluster.node_get(node, "/stats").expect("stats");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    serde_json::from_str(&body).expect("json")
+}
+
+/// (requests that waited, microseconds they waited) from the node's /stats.
+fn node_lock_waits(cluster: &Cluster, node: usize) -> (u64, u64) {
+    let v = node_stats(cluster, node);
     (
         v["lock_waits"].as_u64().expect("lock_waits"),
         v["lock_wait_us"].as_u64().expect("lock_wait_us"),
     )
+}
+
+/// Until the node says a request is waiting for its lock.
+fn until_a_request_waits(cluster: &Cluster, node: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node_stats(cluster, node)["lock_waiting"].as_u64() == Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no request waits on the node"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// The most milliseconds EXPLAIN's "Lock Wait" lines give `node` (a
@@ -125,8 +142,9 @@ fn a_write_that_waited_for_the_node_lock_shows_the_wait() {
             }
             plan.join("\n")
         });
-        // Long enough for the second write to reach the node and wait there.
-        std::thread::sleep(Duration::from_millis(700));
+        until_a_request_waits(&cluster, node_index(&node), what);
+        // Held a little longer, so the wait is not a rounding error.
+        std::thread::sleep(Duration::from_millis(50));
         exec(&mut a, "COMMIT");
         let plan = second.join().unwrap();
         println!("{what}:\n{plan}");
