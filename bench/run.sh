@@ -18,6 +18,7 @@
 # BASE..BASE+52 on 127.0.0.1, below the ephemeral range so tests' free ports
 # never collide), BENCH_DIR (work dir; default a new /var/tmp dir),
 # BENCH_NODE_OPTS (extra conductor-node options, recorded in the doc),
+# BENCH_NODE_BIN (another conductor-node build to run, e.g. to compare two),
 # BENCH_ONLY (workloads to run, e.g. 'W12 W13 W14'; the load, W8, always
 # runs), BENCH_HOLD=1 (after the load, wait until $BENCH_DIR/hold is removed, to
 # query the cluster by hand), BENCH_KEEP=1 (keep the data dirs), BENCH_NO_BUILD=1 (use what is built and
@@ -66,7 +67,7 @@ TARGETS=(conductor peer local)
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 PG_BIN=$("$PG_CONFIG" --bindir)
 PG_USER=${CONDUCTOR_PG_USER:-postgres}
-NODE_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/conductor-node
+NODE_BIN=${BENCH_NODE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/conductor-node}
 
 PORT_BASE=${BENCH_PORT_BASE:-27500}
 ROUTER_PORT=$PORT_BASE                                   # the router Postgres
@@ -367,7 +368,7 @@ router postgres -c "CREATE DATABASE local"
     echo "pgbench=$(pgbench --version)"
     echo "rustc=$(rustc --version 2>/dev/null || echo unknown)"
     echo "python=$(python3 --version 2>&1)"
-    echo "node=$("$NODE_BIN" --version 2>/dev/null || echo unknown)"
+    echo "node=$("$NODE_BIN" --version 2>/dev/null || echo unknown)${BENCH_NODE_BIN:+ ($NODE_BIN, $(sha256sum "$NODE_BIN" | cut -c1-12))}"
     echo "conductor_ext=$(router conductor -At -c "SELECT extversion FROM pg_extension WHERE extname = 'conductor'") ($EXT_ID)"
     echo "git=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src crates sql 2>/dev/null || echo ' (with uncommitted changes in src/crates/sql)')"
     echo "rows=$ROWS"
