@@ -196,3 +196,31 @@ fn a_write_that_did_not_wait_shows_no_wait() {
         .collect();
     assert!(!plain.iter().any(|l| l.contains("Lock Wait")), "{plain:?}");
 }
+
+#[test]
+fn reads_at_the_start_of_a_transaction_do_not_hold_the_write_lock() {
+    let (cluster, mut db) = setup();
+    let (node, held_key, key) = keys_on_one_node(&mut db);
+    for isolation in ["READ COMMITTED", "REPEATABLE READ"] {
+        let mut a = cluster.client();
+        exec(&mut a, &format!("BEGIN ISOLATION LEVEL {isolation}"));
+        let _ = a
+            .query(&format!("SELECT v FROM t WHERE id = {held_key}"), &[])
+            .unwrap();
+        // The reader's transaction is open (at REPEATABLE READ with a
+        // snapshot of the node): another session's write does not wait.
+        let plan: Vec<String> = db
+            .query(
+                &format!("EXPLAIN (ANALYZE, COSTS OFF) UPDATE t SET v = v + 1 WHERE id = {key}"),
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        println!("{isolation}:\n{plan}");
+        assert_eq!(lock_wait_ms(&plan, &node), Some(0.0), "{isolation}: {plan}");
+        exec(&mut a, "COMMIT");
+    }
+}
