@@ -446,11 +446,17 @@ impl ScanState {
         if let Some(access) = access {
             // A stream carries one request at a time, so these rows are
             // fetched whole rather than streamed.
-            let mut waits = std::mem::take(&mut self.lock_waits);
-            let rows = remote::recording_lock_waits(&mut waits, || {
+            let rows = if access == streams::Access::Write {
+                // Only a read that takes the write lock can wait for it.
+                let mut waits = std::mem::take(&mut self.lock_waits);
+                let rows = remote::recording_lock_waits(&mut waits, || {
+                    self.read_through_streams(&plan, access)
+                });
+                self.lock_waits = waits;
+                rows
+            } else {
                 self.read_through_streams(&plan, access)
-            });
-            self.lock_waits = waits;
+            };
             self.phase = Phase::Materialized(rows);
             self.last_plan = Some(plan);
             return;
