@@ -15,6 +15,8 @@ import sys
 BEGIN = "<!-- bench/run.sh: begin (generated; edit bench/report.py, not this section) -->"
 END = "<!-- bench/run.sh: end -->"
 TARGETS = ["conductor", "peer", "local"]
+# pgbench runs with 8 clients: TPS and p50/p99.
+THROUGHPUT = ["W1", "W2", "W3", "W12", "W13", "W14"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -48,8 +50,10 @@ def failed(path):
     return None
 
 
-def pgbench_run(path):
-    """(tps, [latency ms]) of one pgbench run directory."""
+def pgbench_run(path, failures=None):
+    """(tps, [latency ms]) of one pgbench run directory. Transactions the
+    log marks failed (a serialization failure or deadlock, which pgbench 15
+    counts and goes on) have no latency; they are counted in `failures`."""
     tps = None
     with open(os.path.join(path, "stdout.txt")) as f:
         for line in f:
@@ -62,8 +66,26 @@ def pgbench_run(path):
             for line in f:
                 parts = line.split()
                 if len(parts) >= 3:
-                    lat.append(int(parts[2]) / 1000.0)
+                    if parts[2].isdigit():
+                        lat.append(int(parts[2]) / 1000.0)
+                    elif failures is not None:
+                        failures.append(parts[2])
     return tps, sorted(lat)
+
+
+def node_stats(path):
+    """The conductor nodes' summed (lock waits, lock wait us, requests)
+    over one run, from the /stats taken before and after it."""
+    try:
+        with open(os.path.join(path, "node_stats_before.txt")) as f:
+            b = [int(x) for x in f.read().split()]
+        with open(os.path.join(path, "node_stats_after.txt")) as f:
+            e = [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        return None
+    if len(b) != 3 or len(e) != 3:
+        return None
+    return tuple(y - x for x, y in zip(b, e))
 
 
 def pct(sorted_values, p):
@@ -96,6 +118,9 @@ class Result:
         self.threads = None         # W7: the same, per thread name
         self.storage_ticks = None   # W7: nodes / shard Postgres CPU over all scans
         self.tx = 0
+        self.failed = []    # pgbench transactions logged as failed
+        self.lock_wait_ms_per_tx = []   # per run, conductor's nodes
+        self.requests_per_tx = []       # per run, conductor's nodes
 
 
 def throughput(out, w, t):
@@ -105,9 +130,13 @@ def throughput(out, w, t):
         err = failed(run)
         if err:
             return Result(err)
-        tps, lat = pgbench_run(run)
+        tps, lat = pgbench_run(run, r.failed)
         if tps is None or not lat:
             return Result("no result (see %s)" % run)
+        ns = node_stats(run)
+        if ns:
+            r.lock_wait_ms_per_tx.append(ns[1] / 1000.0 / (len(lat) + 0.0))
+            r.requests_per_tx.append(ns[2] / (len(lat) + 0.0))
         r.tps.append(tps)
         r.p50.append(pct(lat, 50))
         r.p99.append(pct(lat, 99))
@@ -417,8 +446,10 @@ def main():
       "(`id bigint` key, `customer_id int`, `name text`, `email text`, `amount numeric(12,2)`, "
       "`created timestamptz`, `flag bool`), so every workload runs the same SQL text on each:")
     a("")
-    a("- **conductor**: a foreign table, `create_distributed_table('items', 'id', shard_count => 16)` over 4 "
-      "`conductor-node` processes (SQLite, WAL; 4 shards each).")
+    n_nodes = int(meta.get("nodes", "4"))
+    a("- **conductor**: a foreign table, `create_distributed_table('items', 'id', shard_count => 16)` over "
+      f"{n_nodes} `conductor-node` processes (SQLite, WAL; {16 // n_nodes if 16 % n_nodes == 0 else '16/' + str(n_nodes)} "
+      "shards each, all shards of a node in its one database file).")
     a("- **peer**: `items` `PARTITION BY HASH (id)` with 16 partitions, each a postgres_fdw foreign table; "
       "partition *p* lives on shard Postgres *p* mod 4 (4 more Postgres 15 instances, 4 partitions each, each "
       "remote table with a primary key on `id`). Servers: `async_capable 'true'`, `use_remote_estimate 'false'` "
@@ -441,7 +472,7 @@ def main():
 
     # ---- results
     res = {}
-    for w in ["W1", "W2", "W3"]:
+    for w in THROUGHPUT:
         res[w] = {t: throughput(out, w, t) for t in TARGETS}
     for w in ["W4", "W4i", "W5-count", "W5-sum", "W5-group"]:
         res[w] = {t: latency(out, w, t) for t in TARGETS}
@@ -470,7 +501,7 @@ def main():
 
     a("### Results")
     a("")
-    a("Each cell: median (min–max). Throughput workloads (W1–W3): "
+    a("Each cell: median (min–max). Throughput workloads (W1–W3, W12–W14): "
       f"{meta['runs']} pgbench runs of {meta['seconds']} s per target, interleaved, TPS median of the runs; "
       "p50/p99 are per-transaction latencies from pgbench's `--log`, median over the runs. Latency workloads: "
       "every execution is a sample. Ratios are conductor/peer and conductor/local of the medians: "
@@ -480,13 +511,18 @@ def main():
     a("|---|---|---|---|---|---|---|")
     names = {
         "W1": "W1 point lookup", "W2": "W2 point lookup, prepared generic plan", "W3": "W3 IN list of 10 keys",
+        "W12": "W12 UPDATE by key (autocommit)", "W13": "W13 INSERT of a new key (autocommit)",
+        "W14": "W14 BEGIN; SELECT; UPDATE by key; COMMIT",
         "W4": "W4 non-key filter, ~1% of rows", "W4i": "W4i the same with an index on the column",
         "W5-count": "W5 count(*)", "W5-sum": "W5 sum(amount)",
         "W5-group": "W5 GROUP BY flag", "W7": "W7 whole-table scan", "W8": "W8 INSERT … SELECT",
         "W6-1": "W6 1 shard (+delay)", "W6-4": "W6 4 shards (+delay)", "W6-16": "W6 16 shards (+delay)",
     }
-    for w in ["W1", "W2", "W3"]:
+    for w in THROUGHPUT:
         r = res[w]
+        if all(r[t] is None for t in TARGETS):
+            a(f"| {names[w]} | TPS | not run | not run | not run | – | – |")
+            continue
         a(f"| {names[w]} | TPS | {cell(r['conductor'], 'tps')} | {cell(r['peer'], 'tps')} | {cell(r['local'], 'tps')} "
           f"| {ratio(value(r['conductor'], 'tps'), value(r['peer'], 'tps'))} "
           f"| {ratio(value(r['conductor'], 'tps'), value(r['local'], 'tps'))} |")
@@ -495,6 +531,13 @@ def main():
             a(f"| | {p} latency | " + " | ".join(spread(vals[t], " ms") if vals[t] else cell(r[t], "") for t in TARGETS)
               + f" | {ratio(med(vals['conductor'] or []), med(vals['peer'] or []))} "
               f"| {ratio(med(vals['conductor'] or []), med(vals['local'] or []))} |")
+        c = r["conductor"]
+        if w in ("W12", "W13", "W14") and c and c.requests_per_tx:
+            a(f"| | conductor's nodes, per transaction: requests; time waited for a write lock | "
+              f"{spread(c.requests_per_tx)}; {spread(c.lock_wait_ms_per_tx, ' ms')} | | | | |")
+        if any(r[t] and r[t].failed for t in TARGETS):
+            a(f"| | transactions failed (pgbench goes on after a serialization failure or deadlock) | "
+              + " | ".join(str(len(r[t].failed)) if r[t] else "–" for t in TARGETS) + " | | |")
     for w in ["W4", "W4i", "W5-count", "W5-sum", "W5-group"]:
         r = res[w]
         a(f"| {names[w]} | latency | " + " | ".join(cell(r[t], "lat") for t in TARGETS)
@@ -566,6 +609,21 @@ def main():
             r = c / p
             verdict = "met" if r >= 2 else f"**behind**: {r:.2f}× instead of 2×, {(1 - r / 2) * 100:.0f}% short"
             a(f"| {w} TPS ≥ 2× the peer's | {fmt(c)} vs {fmt(p)} TPS = {r:.2f}× | {verdict} |")
+    for w, goal in [("W12", 2.0), ("W13", 2.0), ("W14", 1.5)]:
+        c, p = value(res[w]["conductor"], "tps"), value(res[w]["peer"], "tps")
+        if c is None or p is None:
+            a(f"| {w} TPS ≥ {goal:g}× the peer's | no figure | **not measured** |")
+        else:
+            r = c / p
+            verdict = "met" if r >= goal else f"**behind**: {r:.2f}× instead of {goal:g}×"
+            a(f"| {w} TPS ≥ {goal:g}× the peer's | {fmt(c)} vs {fmt(p)} TPS = {r:.2f}× | {verdict} |")
+        c99 = med(res[w]["conductor"].p99) if res[w]["conductor"] and not res[w]["conductor"].error else None
+        p99 = med(res[w]["peer"].p99) if res[w]["peer"] and not res[w]["peer"].error else None
+        if c99 is None or p99 is None:
+            a(f"| {w} p99 ≤ the peer's | no figure | **not measured** |")
+        else:
+            verdict = "met" if c99 <= p99 else f"**behind**: {c99 / p99:.2f}× the peer's p99"
+            a(f"| {w} p99 ≤ the peer's | {fmt(c99, ' ms')} vs {fmt(p99, ' ms')} | {verdict} |")
     c1, c16 = value(res["W6-1"]["conductor"], "lat"), value(res["W6-16"]["conductor"], "lat")
     if c1 and c16:
         r = c16 / c1
@@ -596,7 +654,8 @@ def main():
     a("")
     a("`<db>` is `conductor`, `peer` or `local` (W6: `conductor_w6`, `peer_w6`); pgbench connects to the "
       "router over TCP on 127.0.0.1 as a superuser. Each workload gets an unrecorded warm-up first "
-      "(2 s of the same pgbench for W1–W3, one execution for the others).")
+      "(2 s of the same pgbench for W1–W3 and W12–W14, one execution for the others). W12–W14 run last "
+      "on the main dataset, after every read workload, since they change and add rows.")
     a("")
     specs = [
         ("W1", "point lookup by key", ["w1_point.sql"]),
@@ -612,6 +671,9 @@ def main():
         ("W6-16", "16 shards (no key predicate), +delay", ["w6_16shards.sql"]),
         ("W7", "whole-table scan, rows/s and backend peak memory", ["w7_scan.sql"]),
         ("W8", "bulk load", ["load.sql"]),
+        ("W12", "single-row UPDATE by key, each statement its own transaction", ["w12_update.sql"]),
+        ("W13", "single-row INSERT of a random new key, each statement its own transaction", ["w13_insert.sql"]),
+        ("W14", "a transaction that reads a row by key, then updates it", ["w14_read_update.sql"]),
     ]
     for w, title, files in specs:
         a(f"**{w}** — {title}. Client: `{client(out, w)}`")

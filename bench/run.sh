@@ -12,11 +12,15 @@
 # Knobs (environment): BENCH_ROWS, BENCH_SECONDS (per throughput run),
 # BENCH_RUNS (throughput runs per target), BENCH_QUERY_RUNS (executions of
 # W4/W5), BENCH_SCAN_RUNS (W7), BENCH_LOAD_RUNS (W8), BENCH_W6_ROWS,
-# BENCH_W6_SECONDS, BENCH_DELAY_MS, BENCH_SEED, BENCH_PORT_BASE (ports
-# BASE..BASE+40 on 127.0.0.1, below the ephemeral range so tests' free ports
+# BENCH_W6_SECONDS, BENCH_DELAY_MS, BENCH_SEED, BENCH_NODES (conductor's
+# nodes, 4 by default, at most 16: with 16 every shard has a node, and so a
+# SQLite database and write lock, of its own), BENCH_PORT_BASE (ports
+# BASE..BASE+52 on 127.0.0.1, below the ephemeral range so tests' free ports
 # never collide), BENCH_DIR (work dir; default a new /var/tmp dir),
 # BENCH_NODE_OPTS (extra conductor-node options, recorded in the doc),
-# BENCH_HOLD=1 (after the load, wait until $BENCH_DIR/hold is removed, to
+# BENCH_NODE_BIN (another conductor-node build to run, e.g. to compare two),
+# BENCH_ONLY (workloads to run, e.g. 'W12 W13 W14'; the load, W8, always
+# runs), BENCH_HOLD=1 (after the load, wait until $BENCH_DIR/hold is removed, to
 # query the cluster by hand), BENCH_KEEP=1 (keep the data dirs), BENCH_NO_BUILD=1 (use what is built and
 # installed), BENCH_NO_DOC=1 (don't touch docs/).
 #
@@ -60,13 +64,18 @@ TARGETS=(conductor peer local)
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 PG_BIN=$("$PG_CONFIG" --bindir)
 PG_USER=${CONDUCTOR_PG_USER:-postgres}
-NODE_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/conductor-node
+NODE_BIN=${BENCH_NODE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/conductor-node}
 
 PORT_BASE=${BENCH_PORT_BASE:-27500}
 ROUTER_PORT=$PORT_BASE                                   # the router Postgres
 SHARD_PORTS=($((PORT_BASE + 1)) $((PORT_BASE + 2)) $((PORT_BASE + 3)) $((PORT_BASE + 4)))
 PROXY_PORTS=($((PORT_BASE + 11)) $((PORT_BASE + 12)) $((PORT_BASE + 13)) $((PORT_BASE + 14)))
-NODE_PORTS=($((PORT_BASE + 21)) $((PORT_BASE + 22)) $((PORT_BASE + 23)) $((PORT_BASE + 24)))
+N_NODES=${BENCH_NODES:-4}
+[ "$N_NODES" -ge 1 ] && [ "$N_NODES" -le 16 ] || { echo "bench: BENCH_NODES must be 1..16" >&2; exit 1; }
+NODE_PORTS=()
+for i in $(seq "$N_NODES"); do
+    if [ "$i" -le 4 ]; then NODE_PORTS+=($((PORT_BASE + 20 + i))); else NODE_PORTS+=($((PORT_BASE + 36 + i))); fi
+done
 SLOW_NODE_PORTS=($((PORT_BASE + 31)) $((PORT_BASE + 32)) $((PORT_BASE + 33)) $((PORT_BASE + 34)))
 
 if [ -z "${BENCH_DIR:-}" ]; then
@@ -81,6 +90,9 @@ mkdir -p "$RAW"
 
 source "$ROOT/bench/lib.sh"
 COMMAND=$(command_line bench/run.sh)
+
+# Whether workload $1 is to run (BENCH_ONLY unset: all of them).
+want() { [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $1 "* ]]; }
 
 build_and_snapshot
 
@@ -99,10 +111,10 @@ init_template "5 instances"
 log "starting the router Postgres (127.0.0.1:$ROUTER_PORT) and 4 shard Postgres (${SHARD_PORTS[*]})"
 start_pg router "$ROUTER_PORT"
 for i in 1 2 3 4; do start_pg "shard$i" "${SHARD_PORTS[$((i - 1))]}"; done
-log "starting 4 nodes (${NODE_PORTS[*]}) and 4 nodes with --delay-ms $DELAY_MS (${SLOW_NODE_PORTS[*]})"
+log "starting $N_NODES nodes (${NODE_PORTS[*]}) and 4 nodes with --delay-ms $DELAY_MS (${SLOW_NODE_PORTS[*]})"
 read -r -a NODE_OPTS <<<"$NODE_OPTIONS"
-for i in 1 2 3 4; do start_node "$i" "${NODE_PORTS[$((i - 1))]}" "${NODE_OPTS[@]}"; done
-NODE_PIDS=("${CHILD_PIDS[@]}")   # the 4 nodes of the main cluster (W7 reads their CPU time)
+for i in $(seq "$N_NODES"); do start_node "$i" "${NODE_PORTS[$((i - 1))]}" "${NODE_OPTS[@]}"; done
+NODE_PIDS=("${CHILD_PIDS[@]}")   # the nodes of the main cluster (W7 reads their CPU time)
 for i in 1 2 3 4; do start_node "slow$i" "${SLOW_NODE_PORTS[$((i - 1))]}" --delay-ms "$DELAY_MS" "${NODE_OPTS[@]}"; done
 log "starting the delaying proxy (+$DELAY_MS ms) in front of the shard Postgres (${PROXY_PORTS[*]})"
 proxy_pairs=()
@@ -229,7 +241,7 @@ router postgres -c "CREATE DATABASE local"
     echo "pgbench=$(pgbench --version)"
     echo "rustc=$(rustc --version 2>/dev/null || echo unknown)"
     echo "python=$(python3 --version 2>&1)"
-    echo "node=$("$NODE_BIN" --version 2>/dev/null || echo unknown)"
+    echo "node=$("$NODE_BIN" --version 2>/dev/null || echo unknown)${BENCH_NODE_BIN:+ ($NODE_BIN, $(sha256sum "$NODE_BIN" | cut -c1-12))}"
     echo "conductor_ext=$(router conductor -At -c "SELECT extversion FROM pg_extension WHERE extname = 'conductor'") ($EXT_ID)"
     echo "git=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src crates sql 2>/dev/null || echo ' (with uncommitted changes in src/crates/sql)')"
     echo "rows=$ROWS"
@@ -243,6 +255,7 @@ router postgres -c "CREATE DATABASE local"
     echo "w6_seconds=$W6_SECONDS"
     echo "delay_ms=$DELAY_MS"
     echo "node_options=${NODE_OPTIONS:-(defaults)}"
+    echo "nodes=$N_NODES"
     echo "clients=$CLIENTS"
     echo "threads=$THREADS"
     echo "pg_settings=$(echo "$PG_SETTINGS" | tr -s ' ')"
@@ -289,17 +302,36 @@ fi
 
 # ---- pgbench workloads ----------------------------------------------------------------
 
-# One pgbench run; its stdout and per-transaction log go to RAW/W/target/runN.
+# The main cluster's nodes' /stats, summed: "lock_waits lock_wait_us requests_total".
+node_stats() {
+    local port
+    for port in "${NODE_PORTS[@]}"; do
+        timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port &&
+            printf 'GET /stats HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 && cat <&3 && echo" 2>/dev/null |
+            sed -n '/^{/p'
+    done | python3 -c '
+import json, sys
+t = [0, 0, 0]
+for line in sys.stdin:
+    v = json.loads(line)
+    t[0] += v.get("lock_waits", 0); t[1] += v.get("lock_wait_us", 0); t[2] += v.get("requests_total", 0)
+print(*t)'
+}
+
+# One pgbench run; its stdout and per-transaction log go to RAW/W/target/runN
+# (for conductor also its nodes' /stats before and after).
 pgbench_run() { # workload target run db script [pgbench args...]
     local w=$1 t=$2 run=$3 db=$4 script=$5
     shift 5
     local dir=$RAW/$w/$t/run$run
     mkdir -p "$dir"
+    if [ "$t" = conductor ] && [ "$db" = conductor ]; then node_stats >"$dir/node_stats_before.txt" || true; fi
     if ! (cd "$dir" && pgbench -n -p "$ROUTER_PORT" --random-seed="$SEED" --log --log-prefix=tx \
             "$@" -f "$ROOT/bench/workloads/$script" "$db" >stdout.txt 2>stderr.txt); then
         fail_note "$dir" "$dir/stderr.txt"
         return 0
     fi
+    if [ "$t" = conductor ] && [ "$db" = conductor ]; then node_stats >"$dir/node_stats_after.txt" || true; fi
     log "  $w $t run $run: $(grep -E '^tps' "$dir/stdout.txt" | head -1)"
 }
 
@@ -314,15 +346,15 @@ client_line() { # workload env-prefix args...
 throughput_workload() { # workload script query-mode PGOPTIONS
     local w=$1 script=$2 mode=$3 pgoptions=$4 run t
     local args=(-c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -M "$mode" -D rows="$ROWS")
-    client_line "$w" "${pgoptions:+PGOPTIONS='$pgoptions' }" "${args[@]}" -f "bench/workloads/$script"
+    client_line "$w" "${pgoptions:+PGOPTIONS='$pgoptions' }" "${args[@]}" -D "run=<0 for the warm-up, then 1..$RUNS>" -f "bench/workloads/$script"
     log "$w: $script, ${args[*]}${pgoptions:+, PGOPTIONS='$pgoptions'}, $RUNS runs per target"
     for t in "${TARGETS[@]}"; do   # warm-up (caches, connections to the shards), not recorded
         PGOPTIONS=$pgoptions pgbench -n -p "$ROUTER_PORT" -c "$CLIENTS" -j "$THREADS" -T 2 \
-            -M "$mode" -D rows="$ROWS" -f "bench/workloads/$script" "$t" >/dev/null 2>&1 || true
+            -M "$mode" -D rows="$ROWS" -D run=0 -f "bench/workloads/$script" "$t" >/dev/null 2>&1 || true
     done
     for run in $(seq "$RUNS"); do   # targets interleaved, so drift hits all three alike
         for t in "${TARGETS[@]}"; do
-            PGOPTIONS=$pgoptions pgbench_run "$w" "$t" "$run" "$t" "$script" "${args[@]}"
+            PGOPTIONS=$pgoptions pgbench_run "$w" "$t" "$run" "$t" "$script" "${args[@]}" -D run="$run"
         done
     done
 }
@@ -341,18 +373,19 @@ latency_workload() { # workload script "targets" db-suffix -t|-T count [-D defin
     done
 }
 
-throughput_workload W1 w1_point.sql simple ""
-throughput_workload W2 w1_point.sql prepared "-c plan_cache_mode=force_generic_plan"
-throughput_workload W3 w3_in10.sql simple ""
-latency_workload W4 w4_filter.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
-latency_workload W5-count w5_count.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
-latency_workload W5-sum w5_sum.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
-latency_workload W5-group w5_group.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
+want W1 && throughput_workload W1 w1_point.sql simple ""
+want W2 && throughput_workload W2 w1_point.sql prepared "-c plan_cache_mode=force_generic_plan"
+want W3 && throughput_workload W3 w3_in10.sql simple ""
+want W4 && latency_workload W4 w4_filter.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
+want W5 && latency_workload W5-count w5_count.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
+want W5 && latency_workload W5-sum w5_sum.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
+want W5 && latency_workload W5-group w5_group.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
 
 # W4i: W4 again with an index on the filtered column everywhere: a shard
 # index on every conductor shard, an index on every partition of the peer
 # (on its shard Postgres) and on the local table. Dropped afterwards so the
 # scans below measure the same tables as before.
+if want W4i; then
 log "W4i: indexes on items(customer_id)"
 router conductor -c "SELECT conductor.create_shard_index('items', ARRAY['customer_id'], 'bench_customer')" >/dev/null
 router local -c "CREATE INDEX bench_customer ON items (customer_id)" -c "ANALYZE items" >/dev/null
@@ -370,9 +403,11 @@ PEER_DROP_SQL="DO \$\$ DECLARE t text; BEGIN
         EXECUTE format('DROP INDEX IF EXISTS %I', t || '_customer');
     END LOOP; END \$\$"
 for i in 1 2 3 4; do psql_at "${SHARD_PORTS[$((i - 1))]}" shard -c "$PEER_DROP_SQL" >/dev/null; done
+fi
 
 # ---- W7: whole-table scan: rows/s and the backend's peak memory growth ----------------
 
+if want W7; then
 log "W7: COPY (SELECT * FROM items) TO '/dev/null', $SCAN_RUNS runs per target"
 mkdir -p "$RAW/W7"
 echo "psql: one session per target: a point lookup (warm-up), VmHWM and CPU time, then $SCAN_RUNS x bench/workloads/w7_scan.sql under \\timing, VmHWM and CPU time again" >"$RAW/W7/client.txt"
@@ -431,9 +466,13 @@ for t in "${TARGETS[@]}"; do
         fail_note "$dir" "$dir/stderr.txt"
     fi
 done
+fi
 
 # ---- W6: fan-out under latency ---------------------------------------------------------
 
+W6_CUSTOMER=42
+
+if want W6; then
 log "W6: $W6_ROWS rows behind +$DELAY_MS ms per round trip (conductor_w6, peer_w6)"
 w6_setup() { # target
     if [ "$1" = conductor ]; then
@@ -482,13 +521,22 @@ read -r -a W6_KEYS <<<"$(awk '
     END { for (i = 1; i <= n; i++) printf "%s ", keys[i] }' "$OUT/w6_conductor_keys.txt" "$OUT/w6_peer_keys.txt")"
 [ "${#W6_KEYS[@]}" -eq 4 ] || die "W6: could not find 4 keys on 4 shards (got: ${W6_KEYS[*]})"
 echo "w6_keys=${W6_KEYS[*]}" >>"$OUT/meta.txt"
-W6_CUSTOMER=42
 for pair in "W6-1 w6_1shard.sql" "W6-4 w6_4shards.sql" "W6-16 w6_16shards.sql"; do
     read -r w script <<<"$pair"
     latency_workload "$w" "$script" "$W6_TARGETS" "_w6" -T "$W6_SECONDS" \
         -D k1="${W6_KEYS[0]}" -D k2="${W6_KEYS[1]}" -D k3="${W6_KEYS[2]}" -D k4="${W6_KEYS[3]}" \
         -D c="$W6_CUSTOMER"
 done
+fi
+
+# ---- W12-W14: OLTP writes --------------------------------------------------------------
+
+# Last of the workloads on the main dataset: they change rows (W12, W14) and
+# add rows (W13, as many as each target manages), which the reads above
+# must not see.
+want W12 && throughput_workload W12 w12_update.sql simple ""
+want W13 && throughput_workload W13 w13_insert.sql simple ""
+want W14 && throughput_workload W14 w14_read_update.sql simple ""
 
 # ---- EXPLAIN of every query, for the doc --------------------------------------------------
 
@@ -498,7 +546,9 @@ explain_all() { # db file
     router "$1" -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT id, customer_id, name, email, amount, created, flag FROM items WHERE id = $k" \
         -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT id, customer_id, name, email, amount, created, flag FROM items WHERE id IN ($ks)" \
         -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT id, customer_id, name, amount FROM items WHERE customer_id > 5000 AND customer_id <= 6000" \
-        -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT sum(amount) FROM items" >"$2" 2>&1 || true
+        -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT sum(amount) FROM items" \
+        -c "EXPLAIN (VERBOSE, COSTS OFF) UPDATE items SET amount = amount + 1 WHERE id = $k" \
+        -c "EXPLAIN (VERBOSE, COSTS OFF) INSERT INTO items (id, customer_id, name, email, amount, created, flag) VALUES ($ROWS + 1, 42, 'new', 'new@example.com', 1.00, timestamptz '2024-06-01 00:00:00+00', true)" >"$2" 2>&1 || true
 }
 for t in "${TARGETS[@]}"; do explain_all "$t" "$OUT/explain-$t.txt"; done
 router conductor -c "PREPARE p(bigint) AS SELECT id, name FROM items WHERE id = \$1" \

@@ -14,6 +14,8 @@ use conductor_hrana::{
     Batch, BatchCond, BatchStep, PipelineReqBody, PipelineRespBody, Stmt, StreamRequest,
 };
 use pgrx::PgSqlErrorCode;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -114,6 +116,34 @@ pub fn execute_uninterruptible(
     execute_with(requests, false)
 }
 
+thread_local! {
+    /// While a statement records them: per node, the time its requests
+    /// waited for the node's write lock (as each node reported it).
+    static LOCK_WAITS: RefCell<Option<BTreeMap<String, Duration>>> = const { RefCell::new(None) };
+}
+
+/// Per node, the time the requests sent while running `f` waited for the
+/// node's write lock, added to `into` (every node that answered gets an
+/// entry, zero when it did not wait): for EXPLAIN ANALYZE.
+pub fn recording_lock_waits<R>(into: &mut BTreeMap<String, Duration>, f: impl FnOnce() -> R) -> R {
+    let outer = LOCK_WAITS.with(|w| w.replace(Some(BTreeMap::new())));
+    let r = f();
+    let mine = LOCK_WAITS.with(|w| w.replace(outer)).unwrap_or_default();
+    for (node, waited) in mine {
+        *into.entry(node).or_default() += waited;
+    }
+    r
+}
+
+/// "node-1 0.000 ms, node-2 12.345 ms", for EXPLAIN.
+pub fn describe_lock_waits(waits: &BTreeMap<String, Duration>) -> String {
+    waits
+        .iter()
+        .map(|(node, d)| format!("{node} {:.3} ms", d.as_secs_f64() * 1000.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Send every request at once and return the node's answers as they are
 /// (errors inside a pipeline stay in the body): for callers that need the
 /// baton or per-step results even when a step failed.
@@ -125,6 +155,7 @@ pub fn execute_raw(
     // requests fail at once, as if the connection had been refused.
     let mut results: Vec<Option<Result<PipelineRespBody, ShardError>>> = Vec::new();
     let mut send = Vec::new();
+    let mut send_nodes = Vec::new();
     let mut urls = Vec::new();
     for r in requests {
         urls.push(r.endpoint.url.clone());
@@ -132,6 +163,7 @@ pub fn execute_raw(
             Some(refused) => results.push(Some(Err(refused))),
             None => {
                 results.push(None);
+                send_nodes.push(r.endpoint.node_id.clone());
                 send.push(r);
             }
         }
@@ -149,6 +181,16 @@ pub fn execute_raw(
             }
         }
     };
+    LOCK_WAITS.with(|w| {
+        if let Some(waits) = w.borrow_mut().as_mut() {
+            for (r, node) in sent.iter().zip(&send_nodes) {
+                if let Ok(resp) = r {
+                    *waits.entry(node.clone()).or_default() +=
+                        Duration::from_micros(resp.lock_wait_us);
+                }
+            }
+        }
+    });
     let mut sent = sent.into_iter();
     // One failure per node per call, however many of its shards failed.
     let mut failed_urls = std::collections::BTreeSet::new();

@@ -8,7 +8,9 @@ use crate::catalog::{cache, TableTopology};
 use crate::convert::ColumnCodec;
 use crate::errors::raise;
 use crate::fdw::lower::ParamSpec;
-use crate::fdw::scan::{bound_plan, eval_bindings, explain_plan, init_params, ScanPlan};
+use crate::fdw::scan::{
+    bound_plan, eval_bindings, explain_plan, explain_text, init_params, ScanPlan,
+};
 use crate::xact::{autocommit, streams};
 use conductor_core::plan::{ShardPlan, StatementKind};
 use conductor_core::predicate::Pred;
@@ -167,6 +169,9 @@ struct DirectState {
     done: bool,
     /// The shard plan that ran, for EXPLAIN ANALYZE.
     last_plan: Option<ShardPlan>,
+    /// Per node, how long its requests waited for its write lock (EXPLAIN
+    /// ANALYZE).
+    lock_waits: std::collections::BTreeMap<String, std::time::Duration>,
 }
 
 unsafe fn state<'a>(node: *mut pg_sys::ForeignScanState) -> &'a mut DirectState {
@@ -200,6 +205,7 @@ pub unsafe extern "C-unwind" fn begin_direct_modify(
             rinfo: (*node).resultRelInfo,
             done: false,
             last_plan: None,
+            lock_waits: Default::default(),
         };
         (*node).fdw_state = PgMemoryContexts::CurrentMemoryContext
             .leak_and_drop_on_delete(state)
@@ -237,10 +243,12 @@ impl DirectState {
         let plan = bound_plan(&topology, &self.plan.pushed, &bindings, &statement);
         // SAFETY: the executor state of the running statement.
         let alone = unsafe { autocommit::statement_is_alone(self.estate, self.rinfo) };
-        let results = alone
-            .then(|| autocommit::run_alone(&topology, &plan))
-            .flatten()
-            .unwrap_or_else(|| streams::run_plan(&topology, &plan, streams::Access::Write));
+        let results = crate::remote::recording_lock_waits(&mut self.lock_waits, || {
+            alone
+                .then(|| autocommit::run_alone(&topology, &plan))
+                .flatten()
+                .unwrap_or_else(|| streams::run_plan(&topology, &plan, streams::Access::Write))
+        });
         let changed: u64 = results.iter().map(|(_, r)| r.affected_row_count).sum();
         // SAFETY: the executor's EState; direct modify reports its count here.
         unsafe { (*self.estate).es_processed += changed };
@@ -289,5 +297,12 @@ pub unsafe extern "C-unwind" fn explain_direct_modify(
             ", one statement each",
             es,
         );
+        if (*es).analyze && !state.lock_waits.is_empty() {
+            explain_text(
+                c"Lock Wait",
+                &crate::remote::describe_lock_waits(&state.lock_waits),
+                es,
+            );
+        }
     }
 }

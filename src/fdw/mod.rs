@@ -73,6 +73,7 @@ fn conductor_fdw_handler() -> PgBox<pg_sys::FdwRoutine> {
     routine.ExecForeignBatchInsert = Some(modify::exec_foreign_batch_insert);
     routine.GetForeignModifyBatchSize = Some(modify::get_foreign_modify_batch_size);
     routine.EndForeignModify = Some(modify::end_foreign_modify);
+    routine.ExplainForeignModify = Some(modify::explain_foreign_modify);
     routine.PlanDirectModify = Some(direct::plan_direct_modify);
     routine.BeginDirectModify = Some(direct::begin_direct_modify);
     routine.IterateDirectModify = Some(direct::iterate_direct_modify);

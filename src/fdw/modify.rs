@@ -17,8 +17,11 @@ use conductor_core::plan::{OnConflict, PlanError, ShardPlan, StatementKind};
 use conductor_hrana::{StmtResult, Value};
 use pgrx::prelude::*;
 use pgrx::{PgList, PgMemoryContexts, PgSqlErrorCode};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::rc::Rc;
+use std::time::Duration;
 
 /// Junk column names carrying a row's identity from the scan to the
 /// modify: `conductor_pk_<attnum>`.
@@ -50,16 +53,21 @@ struct ModifyState {
     /// A one-row INSERT alone in its transaction: sent to its node as one
     /// self-contained request (`xact::autocommit`).
     alone: bool,
+    /// Per node, how long its requests waited for its write lock (EXPLAIN
+    /// ANALYZE).
+    lock_waits: RefCell<BTreeMap<String, Duration>>,
 }
 
 impl ModifyState {
     /// Run a plan in the transaction; the first statement's result.
     fn run(&self, plan: Result<ShardPlan, PlanError>) -> Option<StmtResult> {
         let plan = plan.unwrap_or_else(|e| plan_error(&self.topology, e));
-        streams::run_plan(&self.topology, &plan, streams::Access::Write)
-            .into_iter()
-            .next()
-            .map(|(_, r)| r)
+        let mut waits = self.lock_waits.take();
+        let results = crate::remote::recording_lock_waits(&mut waits, || {
+            streams::run_plan(&self.topology, &plan, streams::Access::Write)
+        });
+        self.lock_waits.replace(waits);
+        results.into_iter().next().map(|(_, r)| r)
     }
 
     /// A column's value as the node stores it; a value a node cannot hold
@@ -131,6 +139,7 @@ unsafe fn begin(
             buffering,
             on_conflict: OnConflict::Error,
             alone: false,
+            lock_waits: Default::default(),
         };
         (*rinfo).ri_FdwState = PgMemoryContexts::CurrentMemoryContext
             .leak_and_drop_on_delete(state)
@@ -282,6 +291,33 @@ pub unsafe extern "C-unwind" fn begin_foreign_modify(
                 (*subplan).type_ == pg_sys::NodeTag::T_Result && (*subplan).lefttree.is_null();
             state(rinfo).alone =
                 one_row && crate::xact::autocommit::statement_is_alone((*mtstate).ps.state, rinfo);
+        }
+    }
+}
+
+/// EXPLAIN ANALYZE of an INSERT, or of an UPDATE/DELETE that changes rows
+/// one by one: per node, how long its requests waited for its write lock.
+#[pg_guard]
+pub unsafe extern "C-unwind" fn explain_foreign_modify(
+    _mtstate: *mut pg_sys::ModifyTableState,
+    rinfo: *mut pg_sys::ResultRelInfo,
+    _fdw_private: *mut pg_sys::List,
+    _subplan_index: i32,
+    es: *mut pg_sys::ExplainState,
+) {
+    // SAFETY: the explain state; ri_FdwState is ours once begun (EXPLAIN
+    // without ANALYZE may call this before any row was modified).
+    unsafe {
+        if !(*es).analyze || (*rinfo).ri_FdwState.is_null() {
+            return;
+        }
+        let waits = state(rinfo).lock_waits.borrow();
+        if !waits.is_empty() {
+            crate::fdw::scan::explain_text(
+                c"Lock Wait",
+                &crate::remote::describe_lock_waits(&waits),
+                es,
+            );
         }
     }
 }
@@ -469,11 +505,15 @@ fn plan_error(topology: &TableTopology, e: PlanError) -> ! {
 fn send_rows(state: &ModifyState, rows: Vec<Vec<Value>>) -> u64 {
     let plan = ShardPlan::insert_with(&state.topology, rows, state.on_conflict)
         .unwrap_or_else(|e| plan_error(&state.topology, e));
-    let results = state
-        .alone
-        .then(|| crate::xact::autocommit::run_alone(&state.topology, &plan))
-        .flatten()
-        .unwrap_or_else(|| streams::run_plan(&state.topology, &plan, streams::Access::Write));
+    let mut waits = state.lock_waits.take();
+    let results = crate::remote::recording_lock_waits(&mut waits, || {
+        state
+            .alone
+            .then(|| crate::xact::autocommit::run_alone(&state.topology, &plan))
+            .flatten()
+            .unwrap_or_else(|| streams::run_plan(&state.topology, &plan, streams::Access::Write))
+    });
+    state.lock_waits.replace(waits);
     results.iter().map(|(_, r)| r.affected_row_count).sum()
 }
 

@@ -423,6 +423,9 @@ struct ScanState {
     last_plan: Option<ShardPlan>,
     /// Per-shard figures of finished executions, for EXPLAIN ANALYZE.
     shard_stats: Vec<ShardStats>,
+    /// Reads inside the node's write transaction: per node, how long they
+    /// waited for its write lock (EXPLAIN ANALYZE).
+    lock_waits: std::collections::BTreeMap<String, Duration>,
     /// Shards whose node failed while `conductor.on_shard_failure = skip`.
     skipped: Vec<conductor_core::executor::ShardError>,
     /// Nodes the running scan reads from (their health is recorded at the end).
@@ -443,7 +446,18 @@ impl ScanState {
         if let Some(access) = access {
             // A stream carries one request at a time, so these rows are
             // fetched whole rather than streamed.
-            self.phase = Phase::Materialized(self.read_through_streams(&plan, access));
+            let rows = if access == streams::Access::Write {
+                // Only a read that takes the write lock can wait for it.
+                let mut waits = std::mem::take(&mut self.lock_waits);
+                let rows = remote::recording_lock_waits(&mut waits, || {
+                    self.read_through_streams(&plan, access)
+                });
+                self.lock_waits = waits;
+                rows
+            } else {
+                self.read_through_streams(&plan, access)
+            };
+            self.phase = Phase::Materialized(rows);
             self.last_plan = Some(plan);
             return;
         }
@@ -656,6 +670,7 @@ pub unsafe extern "C-unwind" fn begin_foreign_scan(
             current_shard: 0,
             last_plan: None,
             shard_stats: Vec::new(),
+            lock_waits: Default::default(),
             skipped: Vec::new(),
             scan_urls: Vec::new(),
         };
@@ -899,6 +914,13 @@ pub unsafe extern "C-unwind" fn explain_foreign_scan(
             None => ShardPlan::template(&state.topology, &state.plan.pushed, &state.statement),
         };
         explain_plan(&state.topology, &plan, state.plan.params.len(), "", es);
+        if (*es).analyze && !state.lock_waits.is_empty() {
+            explain_text(
+                c"Lock Wait",
+                &remote::describe_lock_waits(&state.lock_waits),
+                es,
+            );
+        }
         if (*es).analyze && !state.shard_stats.is_empty() {
             for s in &state.shard_stats {
                 let ms = s.elapsed.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);

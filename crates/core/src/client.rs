@@ -314,6 +314,16 @@ fn not_protobuf(status: reqwest::StatusCode, content_type: Option<&str>) -> bool
         })
 }
 
+/// The node's `x-conductor-lock-wait-us` header: how long the request
+/// waited for the node's write lock (0 when absent).
+fn lock_wait_us(resp: &reqwest::Response) -> u64 {
+    resp.headers()
+        .get("x-conductor-lock-wait-us")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn content_type(resp: &reqwest::Response) -> Option<String> {
     resp.headers()
         .get(reqwest::header::CONTENT_TYPE)
@@ -471,9 +481,11 @@ impl HranaClient {
         if !resp.status().is_success() {
             return Err(http_error(node, resp, deadline).await);
         }
+        let waited = lock_wait_us(&resp);
         let bytes = read_limited(node, resp, self.config.max_body_bytes, deadline).await?;
-        let parsed: PipelineRespBody = serde_json::from_slice(&bytes)
+        let mut parsed: PipelineRespBody = serde_json::from_slice(&bytes)
             .map_err(|e| NodeError::protocol(node, format!("malformed pipeline response: {e}")))?;
+        parsed.lock_wait_us = waited;
         check_results(node, body, parsed)
     }
 
@@ -504,6 +516,7 @@ impl HranaClient {
         if !resp.status().is_success() {
             return Attempt::Done(Err(http_error(node, resp, deadline).await));
         }
+        let waited = lock_wait_us(&resp);
         let r = async {
             let bytes = read_limited(node, resp, self.config.max_body_bytes, deadline).await?;
             let parsed = pb::PipelineRespBody::decode(&bytes[..]).map_err(|e| {
@@ -515,7 +528,9 @@ impl HranaClient {
                     "malformed Protobuf pipeline response: a value of an unknown kind",
                 ));
             }
-            check_results(node, body, parsed.into())
+            let mut parsed: PipelineRespBody = parsed.into();
+            parsed.lock_wait_us = waited;
+            check_results(node, body, parsed)
         }
         .await;
         Attempt::Done(r)

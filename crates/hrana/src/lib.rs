@@ -35,6 +35,11 @@ pub struct PipelineRespBody {
     pub baton: Option<String>,
     pub base_url: Option<String>,
     pub results: Vec<StreamResult>,
+    /// Not part of the body: how long the node says the request waited for
+    /// its write lock, from the `x-conductor-lock-wait-us` response header
+    /// (zero when absent; other servers do not send it).
+    #[serde(skip)]
+    pub lock_wait_us: u64,
 }
 
 /// One entry of `PipelineRespBody::results`, in request order.

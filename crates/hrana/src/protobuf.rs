@@ -862,6 +862,7 @@ impl From<PipelineRespBody> for json::PipelineRespBody {
             baton: p.baton,
             base_url: p.base_url,
             results: p.results.into_iter().map(Into::into).collect(),
+            lock_wait_us: 0,
         }
     }
 }

@@ -19,7 +19,7 @@
 //!   checkpoint never land on an HTTP worker.
 
 use crate::config::{Config, Synchronous};
-use crate::writer;
+use crate::{lockwait, writer};
 use conductor_hrana::Stmt;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
@@ -134,7 +134,7 @@ impl Db {
     /// Queues one INSERT/UPDATE/DELETE/REPLACE (see `writer::groupable`) as
     /// its own autocommit transaction; it may share a commit with others
     /// queued at the same time. `None` if the node is shutting down.
-    pub async fn lone_write(&self, stmt: Stmt) -> Option<writer::LoneResult> {
+    pub async fn lone_write(&self, stmt: Stmt) -> Option<writer::LoneReply> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.writer_tx
             .lock()
@@ -161,11 +161,11 @@ impl Db {
             Err(TryLockError::WouldBlock) => return Inline::Busy,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
         };
-        if conn.busy_timeout(Duration::ZERO).is_err() {
+        if lockwait::set_timeout(&conn, Duration::ZERO).is_err() {
             return Inline::Busy;
         }
         let r = f(&conn);
-        let _ = conn.busy_timeout(self.busy_timeout);
+        let _ = lockwait::set_timeout(&conn, self.busy_timeout);
         match r {
             Some(r) => Inline::Done(r),
             None => Inline::Busy,
@@ -243,7 +243,7 @@ fn open_connection(
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI,
     )?;
-    conn.busy_timeout(busy_timeout)?;
+    lockwait::set_timeout(&conn, busy_timeout)?;
     // No double-quoted string literals: `"name"` is an identifier only, so a
     // misspelt or missing column is "no such column", never silently the
     // string 'name'. Schemas already stored with such literals still load
@@ -253,6 +253,8 @@ fn open_connection(
     conn.pragma_update(None, "synchronous", synchronous.pragma_value())?;
     // Checkpoints belong to the checkpointer thread, not to commits.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // After wal_autocheckpoint, which sets the WAL hook this replaces.
+    lockwait::wake_waiters_on_release(&conn);
     // Whichever connection resets the WAL truncates a grown file.
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     conn.set_prepared_statement_cache_capacity(STMT_CACHE_CAPACITY);

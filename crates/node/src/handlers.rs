@@ -17,7 +17,7 @@ use crate::errors::{self, code};
 use crate::exec::{self, StreamCtx};
 use crate::node::Node;
 use crate::streams::{Lease, StreamState};
-use crate::writer;
+use crate::{lockwait, writer};
 use bytes::Bytes;
 use conductor_hrana::{
     CursorReqBody, CursorRespBody, Error, PipelineReqBody, PipelineRespBody, StreamRequest,
@@ -27,6 +27,7 @@ use hyper::StatusCode;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// A request that failed as a whole: an HTTP status and an `Error` body.
@@ -44,34 +45,41 @@ impl Failure {
     }
 }
 
+/// The encoded response and how long the request waited for the write
+/// lock.
 pub async fn pipeline(
     node: &Arc<Node>,
     body: &[u8],
     encoding: Encoding,
-) -> Result<Vec<u8>, Failure> {
+) -> Result<(Vec<u8>, Duration), Failure> {
     let req: PipelineReqBody = encoding.pipeline_request(body)?;
     let closes = req
         .requests
         .iter()
         .any(|r| matches!(r, StreamRequest::Close));
-    let resp = match req.baton {
+    let (resp, waited) = match req.baton {
         None if closes => {
-            let results = if let Some(results) = fast_read(node, &req.requests) {
-                results
+            let (results, waited) = if let Some(results) = fast_read(node, &req.requests) {
+                (results, Duration::ZERO)
             } else if let Some(stmt) = lone_dml(&req.requests) {
                 // Measured: queueing for group commit beats running it
                 // inline without a thread hop (one commit per statement).
                 grouped_write(node, stmt.clone()).await?
             } else if let Some(results) = inline_write(node, &req.requests) {
-                results
+                // Inline writes never wait (busy timeout off).
+                (results, Duration::ZERO)
             } else {
                 on_writer(node, req.requests).await?
             };
-            PipelineRespBody {
-                baton: None,
-                base_url: None,
-                results,
-            }
+            (
+                PipelineRespBody {
+                    baton: None,
+                    base_url: None,
+                    results,
+                    lock_wait_us: 0,
+                },
+                waited,
+            )
         }
         None => {
             let lease = node.streams.open().map_err(too_many)?;
@@ -83,7 +91,13 @@ pub async fn pipeline(
             on_stream(node, lease, Some(state), req.requests).await?
         }
     };
-    encoding.pipeline_response(resp)
+    if !waited.is_zero() {
+        node.stats.lock_waits.fetch_add(1, Relaxed);
+        node.stats
+            .lock_wait_us
+            .fetch_add(waited.as_micros() as u64, Relaxed);
+    }
+    Ok((encoding.pipeline_response(resp)?, waited))
 }
 
 fn too_many(e: Error) -> Failure {
@@ -151,25 +165,28 @@ fn lone_dml(requests: &[StreamRequest]) -> Option<&conductor_hrana::Stmt> {
 async fn grouped_write(
     node: &Node,
     stmt: conductor_hrana::Stmt,
-) -> Result<Vec<StreamResult>, Failure> {
+) -> Result<(Vec<StreamResult>, Duration), Failure> {
     node.stats.writer_pipelines.fetch_add(1, Relaxed);
     node.stats.statements.fetch_add(1, Relaxed);
-    let result = node
+    let (result, waited) = node
         .db
         .lone_write(stmt)
         .await
         .ok_or_else(|| Failure::internal("the node is shutting down"))?;
-    Ok(vec![
-        match result {
-            Ok(result) => StreamResult::Ok {
-                response: StreamResponse::Execute { result },
+    Ok((
+        vec![
+            match result {
+                Ok(result) => StreamResult::Ok {
+                    response: StreamResponse::Execute { result },
+                },
+                Err(error) => StreamResult::Error { error },
             },
-            Err(error) => StreamResult::Error { error },
-        },
-        StreamResult::Ok {
-            response: StreamResponse::Close,
-        },
-    ])
+            StreamResult::Ok {
+                response: StreamResponse::Close,
+            },
+        ],
+        waited,
+    ))
 }
 
 /// Runs a single-statement self-closing pipeline (`execute`, `close`) on the
@@ -221,17 +238,18 @@ fn inline_write(node: &Node, requests: &[StreamRequest]) -> Option<Vec<StreamRes
 async fn on_writer(
     node: &Arc<Node>,
     requests: Vec<StreamRequest>,
-) -> Result<Vec<StreamResult>, Failure> {
+) -> Result<(Vec<StreamResult>, Duration), Failure> {
     node.stats.writer_pipelines.fetch_add(1, Relaxed);
     let n = node.clone();
     node.db
         .with_writer(move |conn| {
+            lockwait::take();
             let mut ctx = StreamCtx::default();
             let results = exec::run_pipeline(conn, &mut ctx, &requests, &n.stats.statements);
             if !conn.is_autocommit() {
                 let _ = conn.execute_batch("ROLLBACK");
             }
-            results
+            (results, lockwait::take())
         })
         .await
         .ok_or_else(|| Failure::internal("the node is shutting down"))
@@ -258,7 +276,7 @@ async fn on_stream(
     lease: Lease,
     state: Option<StreamState>,
     requests: Vec<StreamRequest>,
-) -> Result<PipelineRespBody, Failure> {
+) -> Result<(PipelineRespBody, Duration), Failure> {
     let n = node.clone();
     // The blocking task hands the stream back itself: if the client goes
     // away and this future is dropped, the stream is still returned (or
@@ -272,9 +290,11 @@ async fn on_stream(
                 return Err(e);
             }
         };
+        lockwait::take();
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             exec::run_pipeline(&state.conn, &mut state.ctx, &requests, &n.stats.statements)
         }));
+        let waited = lockwait::take();
         let Ok(results) = run else {
             // Dropping the connection rolls its transaction back.
             n.streams.finish(id, None);
@@ -286,19 +306,23 @@ async fn on_stream(
         if state.ctx.closed {
             n.db.give_back(state.conn);
             n.streams.finish(id, None);
-            Ok((None, results))
+            Ok((None, results, waited))
         } else {
             n.streams.finish(id, Some(state));
-            Ok((Some(lease.next_baton), results))
+            Ok((Some(lease.next_baton), results, waited))
         }
     })
     .await;
     match joined {
-        Ok(Ok((baton, results))) => Ok(PipelineRespBody {
-            baton,
-            base_url: None,
-            results,
-        }),
+        Ok(Ok((baton, results, waited))) => Ok((
+            PipelineRespBody {
+                baton,
+                base_url: None,
+                results,
+                lock_wait_us: 0,
+            },
+            waited,
+        )),
         Ok(Err(e)) => Err(Failure(StatusCode::INTERNAL_SERVER_ERROR, e)),
         Err(_) => Err(Failure::internal(
             "internal error while executing the request",

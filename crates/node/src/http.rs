@@ -3,6 +3,7 @@
 use crate::encoding::Encoding;
 use crate::errors::{self, code};
 use crate::handlers::{self, Failure};
+use crate::lockwait;
 use crate::node::Node;
 use bytes::Bytes;
 use conductor_hrana::Error;
@@ -230,7 +231,16 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     } else {
         handlers::pipeline(node, &body, encoding)
             .await
-            .map(|bytes| bytes_response(StatusCode::OK, bytes, encoding.content_type()))
+            .map(|(bytes, waited)| {
+                let mut r = bytes_response(StatusCode::OK, bytes, encoding.content_type());
+                if !waited.is_zero() {
+                    r.headers_mut().insert(
+                        lockwait::HEADER,
+                        HeaderValue::from(waited.as_micros().max(1) as u64),
+                    );
+                }
+                r
+            })
     };
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;

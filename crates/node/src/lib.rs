@@ -19,6 +19,7 @@ mod errors;
 mod exec;
 mod handlers;
 mod http;
+mod lockwait;
 mod node;
 mod stats;
 mod streams;

@@ -25,6 +25,11 @@ pub struct Stats {
     /// Baton-less single-statement writes done on a worker thread with the
     /// writer connection.
     pub inline_writes: AtomicU64,
+    /// Pipelines that waited for the write lock (held by another
+    /// connection, e.g. a stream's open write transaction), and the time
+    /// they waited in all, in microseconds.
+    pub lock_waits: AtomicU64,
+    pub lock_wait_us: AtomicU64,
     pub streams_opened: AtomicU64,
     pub streams_expired: AtomicU64,
     pub status_4xx: AtomicU64,
@@ -71,6 +76,9 @@ impl Stats {
             "fast_read_pipelines": g(&self.fast_reads),
             "writer_pipelines": g(&self.writer_pipelines),
             "inline_write_pipelines": g(&self.inline_writes),
+            "lock_waits": g(&self.lock_waits),
+            "lock_wait_us": g(&self.lock_wait_us),
+            "lock_waiting": crate::lockwait::waiting(),
             "group_commits": g(&groups.commits),
             "group_committed_writes": g(&groups.writes),
             "responses_4xx": g(&self.status_4xx),

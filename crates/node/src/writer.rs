@@ -12,13 +12,14 @@
 //! COMMIT are detected, and the group is then re-run one statement at a time
 //! (nothing of it was committed, nothing answered).
 
-use crate::{errors, exec};
+use crate::{errors, exec, lockwait};
 use conductor_hrana::{Error, Stmt, StmtResult};
 use rusqlite::Connection;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Most lone writes sharing one commit.
@@ -26,11 +27,14 @@ const MAX_GROUP: usize = 128;
 
 pub type LoneResult = Result<StmtResult, Error>;
 
+/// A lone write's result and how long it waited for the write lock.
+pub type LoneReply = (LoneResult, Duration);
+
 pub enum Job {
     /// Runs alone, in queue order.
     Any(Box<dyn FnOnce(&mut Connection) + Send>),
     /// One data-changing statement in autocommit; may share a commit.
-    Lone(Stmt, oneshot::Sender<LoneResult>),
+    Lone(Stmt, oneshot::Sender<LoneReply>),
 }
 
 /// Whether a lone statement may share a commit: plain INSERT, UPDATE,
@@ -88,12 +92,15 @@ pub fn spawn(
     (tx, thread)
 }
 
-type Lone = (Stmt, oneshot::Sender<LoneResult>);
+type Lone = (Stmt, oneshot::Sender<LoneReply>);
 
+/// Runs a group of lone writes in one transaction. Each write's wait for
+/// the write lock is the group's (they all waited for the one BEGIN).
 fn commit_group(conn: &Connection, group: Vec<Lone>, stats: &GroupStats) {
     if group.len() < 2 {
         return one_by_one(conn, group);
     }
+    lockwait::take();
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let e = errors::from_sqlite(e);
         if e.code
@@ -103,8 +110,9 @@ fn commit_group(conn: &Connection, group: Vec<Lone>, stats: &GroupStats) {
             // The write lock stayed taken (by a stream) for the whole busy
             // timeout: each statement would have failed the same way, and
             // trying them one by one would wait that long for each.
+            let waited = lockwait::take();
             for (_, reply) in group {
-                let _ = reply.send(Err(e.clone()));
+                let _ = reply.send((Err(e.clone()), waited));
             }
             return;
         }
@@ -129,19 +137,21 @@ fn commit_group(conn: &Connection, group: Vec<Lone>, stats: &GroupStats) {
     stats
         .writes
         .fetch_add(group.len() as u64, Ordering::Relaxed);
+    let waited = lockwait::take();
     for ((_, reply), result) in group.into_iter().zip(results) {
-        let _ = reply.send(result);
+        let _ = reply.send((result, waited));
     }
 }
 
 fn one_by_one(conn: &Connection, group: Vec<Lone>) {
     let none = HashMap::new();
     for (stmt, reply) in group {
+        lockwait::take();
         let result = exec::execute(conn, &none, &stmt);
         if !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
-        let _ = reply.send(result);
+        let _ = reply.send((result, lockwait::take()));
     }
 }
 
@@ -172,7 +182,7 @@ mod tests {
         }
     }
 
-    fn lone(conn_sql: &str) -> (Lone, oneshot::Receiver<LoneResult>) {
+    fn lone(conn_sql: &str) -> (Lone, oneshot::Receiver<LoneReply>) {
         let (tx, rx) = oneshot::channel();
         ((Stmt::new(conn_sql, vec![]), tx), rx)
     }
@@ -191,14 +201,15 @@ mod tests {
         assert_eq!(
             ra.blocking_recv()
                 .unwrap()
+                .0
                 .unwrap()
                 .last_insert_rowid
                 .as_deref(),
             Some("1")
         );
-        let e = rb.blocking_recv().unwrap().unwrap_err();
+        let e = rb.blocking_recv().unwrap().0.unwrap_err();
         assert_eq!(e.code.as_deref(), Some("SQLITE_CONSTRAINT_UNIQUE"));
-        assert_eq!(rc.blocking_recv().unwrap().unwrap().affected_row_count, 1);
+        assert_eq!(rc.blocking_recv().unwrap().0.unwrap().affected_row_count, 1);
         assert!(conn.is_autocommit());
         let n: i64 = conn
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
@@ -215,9 +226,9 @@ mod tests {
         let (b, rb) = lone("INSERT OR ROLLBACK INTO t(u) VALUES (1)");
         let (c, rc) = lone("INSERT INTO t(u) VALUES (2)");
         commit_group(&conn, vec![a, b, c], &GroupStats::default());
-        assert!(ra.blocking_recv().unwrap().is_ok());
-        assert!(rb.blocking_recv().unwrap().is_err());
-        assert!(rc.blocking_recv().unwrap().is_ok());
+        assert!(ra.blocking_recv().unwrap().0.is_ok());
+        assert!(rb.blocking_recv().unwrap().0.is_err());
+        assert!(rc.blocking_recv().unwrap().0.is_ok());
         let n: i64 = conn
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();

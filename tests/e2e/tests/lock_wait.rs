@@ -1,0 +1,238 @@
+//! A write that waited for a node's write lock shows it: EXPLAIN ANALYZE
+//! prints "Lock Wait" with the time per node, and the node counts the wait
+//! in its /stats. One session holds a write transaction open on a node;
+//! another session's write to that node waits for it.
+
+mod common;
+
+use common::{exec, node_index};
+use conductor_e2e::postgres::NoTls;
+use conductor_e2e::{pg_err, serde_json, Cluster, ClusterOptions};
+use std::time::{Duration, Instant};
+
+fn setup() -> (Cluster, conductor_e2e::postgres::Client) {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v bigint) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 8);
+         INSERT INTO t SELECT i, 0 FROM generate_series(1, 40) i;",
+    );
+    (cluster, db)
+}
+
+/// The node of a key, and another key on a different shard of that node.
+fn keys_on_one_node(db: &mut conductor_e2e::postgres::Client) -> (String, i64, i64) {
+    let rows = db
+        .query(
+            "SELECT i::bigint, s.shard_id, s.node_id
+               FROM generate_series(1, 40) i
+               JOIN conductor.shards s ON s.table_name = 't'::regclass
+                                      AND s.shard_id = conductor.shard_for('t', i::bigint)
+              ORDER BY i",
+            &[],
+        )
+        .unwrap();
+    let (k1, s1, n1): (i64, i32, String) = (rows[0].get(0), rows[0].get(1), rows[0].get(2));
+    let k2 = rows
+        .iter()
+        .find(|r| r.get::<_, String>(2) == n1 && r.get::<_, i32>(1) != s1)
+        .map(|r| r.get::<_, i64>(0))
+        .expect("two shards of one node among 40 keys");
+    (n1, k1, k2)
+}
+
+fn node_stats(cluster: &Cluster, node: usize) -> serde_json::Value {
+    let (_, body) = cluster.node_get(node, "/stats").expect("stats");
+    serde_json::from_str(&body).expect("json")
+}
+
+/// (requests that waited, microseconds they waited) from the node's /stats.
+fn node_lock_waits(cluster: &Cluster, node: usize) -> (u64, u64) {
+    let v = node_stats(cluster, node);
+    (
+        v["lock_waits"].as_u64().expect("lock_waits"),
+        v["lock_wait_us"].as_u64().expect("lock_wait_us"),
+    )
+}
+
+/// Until the node says a request is waiting for its lock.
+fn until_a_request_waits(cluster: &Cluster, node: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node_stats(cluster, node)["lock_waiting"].as_u64() == Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no request waits on the node"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The most milliseconds EXPLAIN's "Lock Wait" lines give `node` (a
+/// row-by-row UPDATE has one for its scan, which reads holding the lock,
+/// and one for its modify).
+fn lock_wait_ms(plan: &str, node: &str) -> Option<f64> {
+    plan.lines()
+        .filter_map(|l| l.trim().strip_prefix("Lock Wait: "))
+        .flat_map(|l| l.split(", "))
+        .filter_map(|entry| {
+            let rest = entry.strip_prefix(node)?.strip_prefix(' ')?;
+            rest.strip_suffix(" ms")?.parse::<f64>().ok()
+        })
+        .reduce(f64::max)
+}
+
+#[test]
+fn a_write_that_waited_for_the_node_lock_shows_the_wait() {
+    let (cluster, mut db) = setup();
+    let (node, held_key, key) = keys_on_one_node(&mut db);
+    let new_key: i64 = db
+        .query_one(
+            "SELECT i FROM generate_series(1000::bigint, 2000) i
+               JOIN conductor.shards s ON s.table_name = 't'::regclass
+                                      AND s.shard_id = conductor.shard_for('t', i)
+              WHERE s.node_id = $1
+              ORDER BY i LIMIT 1",
+            &[&node],
+        )
+        .unwrap()
+        .get(0);
+    let cases = [
+        // Alone in its transaction: one request, run by the node's writer.
+        (
+            "fast-path UPDATE",
+            format!("EXPLAIN (ANALYZE, COSTS OFF) UPDATE t SET v = 7 WHERE id = {key}"),
+            false,
+        ),
+        (
+            "fast-path INSERT",
+            format!("EXPLAIN (ANALYZE, COSTS OFF) INSERT INTO t VALUES ({new_key}, 1)"),
+            false,
+        ),
+        // In a transaction: the row is read holding the write lock (its
+        // stream's BEGIN IMMEDIATE waits), then updated.
+        (
+            "row-by-row UPDATE in a transaction",
+            format!("EXPLAIN (ANALYZE, COSTS OFF) UPDATE t SET v = v + 1 WHERE id = {key}"),
+            true,
+        ),
+    ];
+    for (what, sql, in_transaction) in cases {
+        let (waits_before, _) = node_lock_waits(&cluster, node_index(&node));
+        let mut a = cluster.client();
+        exec(&mut a, "BEGIN");
+        exec(&mut a, &format!("UPDATE t SET v = 1 WHERE id = {held_key}"));
+        let config = cluster.pg_config();
+        let second = std::thread::spawn(move || {
+            let mut b = config.connect(NoTls).unwrap();
+            if in_transaction {
+                b.batch_execute("BEGIN").unwrap();
+            }
+            let plan: Vec<String> = b
+                .query(&sql, &[])
+                .unwrap_or_else(|e| panic!("{sql}: {}", pg_err(&e)))
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if in_transaction {
+                b.batch_execute("COMMIT").unwrap();
+            }
+            plan.join("\n")
+        });
+        until_a_request_waits(&cluster, node_index(&node), what);
+        // Held a little longer, so the wait is not a rounding error.
+        std::thread::sleep(Duration::from_millis(50));
+        exec(&mut a, "COMMIT");
+        let plan = second.join().unwrap();
+        println!("{what}:\n{plan}");
+        let waited = lock_wait_ms(&plan, &node)
+            .unwrap_or_else(|| panic!("{what}: no Lock Wait for {node} in\n{plan}"));
+        assert!(
+            waited > 0.0,
+            "{what}: the write waited for the lock, EXPLAIN says {waited} ms"
+        );
+        let (waits_after, us) = node_lock_waits(&cluster, node_index(&node));
+        assert!(
+            waits_after > waits_before && us > 0,
+            "{what}: the node's /stats count the wait ({waits_before} -> {waits_after}, {us} us)"
+        );
+    }
+    let v: i64 = db
+        .query_one(&format!("SELECT v FROM t WHERE id = {key}"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 8, "both writes to the key applied");
+}
+
+#[test]
+fn a_write_that_did_not_wait_shows_no_wait() {
+    let (_cluster, mut db) = setup();
+    let (node, _, key) = keys_on_one_node(&mut db);
+    let plan: Vec<String> = db
+        .query(
+            &format!("EXPLAIN (ANALYZE, COSTS OFF) UPDATE t SET v = 3 WHERE id = {key}"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    println!("{plan}");
+    // Nothing else writes: the node answered at once.
+    assert_eq!(lock_wait_ms(&plan, &node), Some(0.0), "{plan}");
+    // Plain EXPLAIN runs nothing and shows no wait.
+    let plain: Vec<String> = db
+        .query(
+            &format!("EXPLAIN (COSTS OFF) UPDATE t SET v = 3 WHERE id = {key}"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!plain.iter().any(|l| l.contains("Lock Wait")), "{plain:?}");
+}
+
+#[test]
+fn reads_at_the_start_of_a_transaction_do_not_hold_the_write_lock() {
+    let (cluster, mut db) = setup();
+    let (node, held_key, key) = keys_on_one_node(&mut db);
+    for isolation in ["READ COMMITTED", "REPEATABLE READ"] {
+        let mut a = cluster.client();
+        exec(&mut a, &format!("BEGIN ISOLATION LEVEL {isolation}"));
+        // A read (at REPEATABLE READ through the node transaction's
+        // snapshot) never waits for the write lock, and says nothing of it.
+        let read: Vec<String> = a
+            .query(
+                &format!("EXPLAIN (ANALYZE, COSTS OFF) SELECT v FROM t WHERE id = {held_key}"),
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            !read.iter().any(|l| l.contains("Lock Wait")),
+            "{isolation}: {read:?}"
+        );
+        // The reader's transaction is open (at REPEATABLE READ with a
+        // snapshot of the node): another session's write does not wait.
+        let plan: Vec<String> = db
+            .query(
+                &format!("EXPLAIN (ANALYZE, COSTS OFF) UPDATE t SET v = v + 1 WHERE id = {key}"),
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        println!("{isolation}:\n{plan}");
+        assert_eq!(lock_wait_ms(&plan, &node), Some(0.0), "{isolation}: {plan}");
+        exec(&mut a, "COMMIT");
+    }
+}
