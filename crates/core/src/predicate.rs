@@ -109,7 +109,7 @@ pub enum DeparseError {
     /// A parameter the predicate refers to was not bound (a front-end bug,
     /// or `conductor_explain` of a statement with `$n`).
     Unbound(usize),
-    /// A bound value has no exact SQLite form (a non-finite float).
+    /// A bound value has no exact SQLite form.
     Unrepresentable(String),
 }
 

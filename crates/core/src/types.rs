@@ -149,8 +149,9 @@ pub enum TypedValue {
     Int2(i16),
     Int4(i32),
     Int8(i64),
-    Float4(f32),
-    Float8(f64),
+    /// Serialized (in plans) by its bits: JSON has no NaN or infinity.
+    Float4(#[serde(with = "f32_bits")] f32),
+    Float8(#[serde(with = "f64_bits")] f64),
     /// Canonical text form (`numeric_out`), including `NaN` and `Infinity`.
     Numeric(String),
     Bool(bool),
@@ -260,6 +261,24 @@ impl TypedValue {
             ColumnType::Json | ColumnType::Jsonb => TypedValue::Json(text(value)?),
         };
         Ok(Some(decoded))
+    }
+}
+
+mod f32_bits {
+    pub fn serialize<S: serde::Serializer>(f: &f32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(f.to_bits())
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        <u32 as serde::Deserialize>::deserialize(d).map(f32::from_bits)
+    }
+}
+
+mod f64_bits {
+    pub fn serialize<S: serde::Serializer>(f: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(f.to_bits())
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        <u64 as serde::Deserialize>::deserialize(d).map(f64::from_bits)
     }
 }
 
@@ -526,6 +545,18 @@ mod tests {
         assert_eq!(wire, Value::Text(NAN_TEXT.into()));
         let decoded = TypedValue::from_value("c", ColumnType::Float4, &wire).unwrap();
         assert_eq!(float_bits(decoded), u64::from(f32::NAN.to_bits()));
+    }
+
+    #[test]
+    fn plans_carry_any_float() {
+        for f in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.0, 0.1] {
+            let json = serde_json::to_string(&TypedValue::Float8(f)).unwrap();
+            let back: TypedValue = serde_json::from_str(&json).unwrap();
+            assert_eq!(float_bits(Some(back)), f.to_bits(), "{json}");
+        }
+        let json = serde_json::to_string(&TypedValue::Float4(f32::NEG_INFINITY)).unwrap();
+        let back: TypedValue = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, TypedValue::Float4(f32::NEG_INFINITY));
     }
 
     #[test]

@@ -242,8 +242,9 @@ pub fn unrepresentable_in_json(row: &[Value]) -> Option<Error> {
         Value::Float(f) if !f.is_finite() => Some(errors::error(
             code::VALUE_NOT_REPRESENTABLE,
             format!(
-                "the result holds the float {f}, which the JSON encoding cannot represent \
-                 (the Protobuf encoding can)"
+                "the result holds the float {}, which the JSON encoding cannot represent \
+                 (the Protobuf encoding can)",
+                if *f > 0.0 { "Infinity" } else { "-Infinity" }
             ),
         )),
         _ => None,
