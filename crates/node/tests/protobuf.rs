@@ -301,7 +301,9 @@ fn corpus() -> Vec<Step> {
                 exec("SELECT ?", vec![]),
                 exec("SELECT 1", vec![Value::Integer(1)]),
                 exec("SELECT 1; SELECT 2", vec![]),
-                exec("SELECT 1 / 0, 1e308 * 10", vec![]),
+                // (A float infinity answers differently: see
+                // float_infinities_travel_in_protobuf_only.)
+                exec("SELECT abs(-9223372036854775808)", vec![]),
                 close.clone(),
             ],
         ),
