@@ -10,10 +10,11 @@
 //! - floats are REALs, ±Infinity included, and NaN is the text `'NaN'`:
 //!   SQLite orders numbers before text, so every comparison and sort is
 //!   Postgres' (-Infinity < numbers < Infinity < NaN, NaN = NaN, -0 = 0).
-//!   A comparison with an infinity stays local all the same, as does one
-//!   with a float known only at run time (it might be infinite): only the
-//!   Protobuf encoding can send an infinity, and the pushed statement must
-//!   run on either;
+//!   A comparison with an infinity is sent without it (`predicate.rs`
+//!   rewrites it against the largest finite double and the NaN text), so
+//!   it runs on either encoding of the protocol. So every value of these
+//!   families, constant or known only at run time (a parameter, an array
+//!   bound at execution), has an exact form to compare with;
 //! - booleans are 0/1, bytea are BLOBs (memcmp, as Postgres), uuids are
 //!   lowercase canonical text (byte order is uuid order);
 //! - date, timestamp and timestamptz are Postgres' internal integers: each
@@ -53,8 +54,8 @@
 //! by name alone: the caller maps only built-in operators here.
 
 use crate::merge::AggFunc;
-use crate::predicate::{CmpOp, Operand};
-use crate::types::{ColumnType, TypedValue};
+use crate::predicate::CmpOp;
+use crate::types::ColumnType;
 
 /// How a collation compares strings, as far as pushdown cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,25 +151,6 @@ pub fn like_pushable(column: ColumnType, pattern: ColumnType, collation: Collati
     family(column) == Family::Text
         && family(pattern) == Family::Text
         && collation != CollationClass::Nondeterministic
-}
-
-/// Whether a value side can be sent as an argument on either encoding of
-/// the protocol: not a float infinity (JSON has no form for it), and not a
-/// float known only at run time, which might be one.
-pub fn operand_exact(operand: &Operand, ty: ColumnType) -> bool {
-    match operand {
-        Operand::Const(Some(TypedValue::Float4(f))) => !f.is_infinite(),
-        Operand::Const(Some(TypedValue::Float8(f))) => !f.is_infinite(),
-        Operand::Const(_) => true,
-        Operand::Param(_) => family(ty) != Family::Float,
-    }
-}
-
-/// Whether an array of this element type may be bound at run time as the
-/// list of `column = ANY(…)`: its elements are known only then, so floats
-/// (which might be infinite, see [`operand_exact`]) stay local.
-pub fn list_param_pushable(element: ColumnType) -> bool {
-    family(element) != Family::Float
 }
 
 /// Whether `ORDER BY column` (ascending or descending, NULLS FIRST or
@@ -331,27 +313,6 @@ mod tests {
         assert!(like_pushable(Text, Text, CollationClass::Deterministic));
         assert!(!like_pushable(Text, Text, CollationClass::Nondeterministic));
         assert!(!like_pushable(Bpchar, Text, CollationClass::C));
-    }
-
-    #[test]
-    fn infinite_and_runtime_floats_stay_local() {
-        let c = |v| Operand::Const(Some(v));
-        assert!(operand_exact(&c(TypedValue::Float8(1.5)), Float8));
-        assert!(operand_exact(&c(TypedValue::Float8(f64::NAN)), Float8));
-        assert!(operand_exact(&c(TypedValue::Float4(f32::NAN)), Float4));
-        assert!(!operand_exact(
-            &c(TypedValue::Float8(f64::NEG_INFINITY)),
-            Float8
-        ));
-        assert!(!operand_exact(
-            &c(TypedValue::Float4(f32::INFINITY)),
-            Float4
-        ));
-        assert!(!operand_exact(&Operand::Param(0), Float8));
-        assert!(operand_exact(&Operand::Param(0), Int8));
-        assert!(operand_exact(&Operand::Const(None), Float8));
-        assert!(!list_param_pushable(Float4));
-        assert!(list_param_pushable(Uuid));
     }
 
     #[test]
