@@ -392,7 +392,8 @@ impl<'a> Lowering<'a> {
                 }
                 return Some(ListOperand::Items(operands));
             }
-            if self.mentions_scan(node)
+            if !pushdown::list_param_pushable(element_ty)
+                || self.mentions_scan(node)
                 || pg_sys::contain_volatile_functions(node)
                 || pg_sys::contain_subplans(node)
             {

@@ -13,8 +13,9 @@
 //!   A comparison with an infinity is sent without it (`predicate.rs`
 //!   rewrites it against the largest finite double and the NaN text), so
 //!   it runs on either encoding of the protocol. So every value of these
-//!   families, constant or known only at run time (a parameter, an array
-//!   bound at execution), has an exact form to compare with;
+//!   families, constant or a parameter, has an exact form to compare with
+//!   (an array parameter of floats stays local, see
+//!   [`list_param_pushable`]);
 //! - booleans are 0/1, bytea are BLOBs (memcmp, as Postgres), uuids are
 //!   lowercase canonical text (byte order is uuid order);
 //! - date, timestamp and timestamptz are Postgres' internal integers: each
@@ -151,6 +152,15 @@ pub fn like_pushable(column: ColumnType, pattern: ColumnType, collation: Collati
     family(column) == Family::Text
         && family(pattern) == Family::Text
         && collation != CollationClass::Nondeterministic
+}
+
+/// Whether an array of this element type may be bound at run time as the
+/// list of `column = ANY(…)`. Not floats: a list longer than SQLite's
+/// 32,766 arguments travels as one JSON argument, which floats cannot use
+/// (SQLite would re-parse their decimal form), and the array's length is
+/// known only when the statement runs.
+pub fn list_param_pushable(element: ColumnType) -> bool {
+    family(element) != Family::Float
 }
 
 /// Whether `ORDER BY column` (ascending or descending, NULLS FIRST or
@@ -313,6 +323,13 @@ mod tests {
         assert!(like_pushable(Text, Text, CollationClass::Deterministic));
         assert!(!like_pushable(Text, Text, CollationClass::Nondeterministic));
         assert!(!like_pushable(Bpchar, Text, CollationClass::C));
+    }
+
+    #[test]
+    fn float_arrays_bound_at_run_time_stay_local() {
+        assert!(!list_param_pushable(Float8));
+        assert!(list_param_pushable(Int8));
+        assert!(list_param_pushable(Timestamptz));
     }
 
     #[test]
