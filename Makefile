@@ -25,7 +25,7 @@ SUDO_FLAG := $(if $(filter 0,$(shell id -u)),,--sudo)
 TEST_PG_DIR ?= /var/tmp/conductor-test-pg-$(shell printf '%s' "$(CURDIR)" | md5sum | cut -c1-12)
 TEST_PG_CONFIG = $(TEST_PG_DIR)/lib/postgresql/15/bin/pg_config
 
-.PHONY: deps demo stop status test unit e2e ext node bench fmt
+.PHONY: deps demo stop status test unit e2e ext node bench bench-shards fmt
 
 deps:
 	scripts/install-deps.sh
@@ -52,13 +52,14 @@ unit:
 
 # The extension installed into Debian's Postgres 15 + the node binary, then
 # the end-to-end tests against them.
-# A real libSQL server (sqld) for tests/e2e/tests/sqld.rs, when one is
-# installed: `make test SQLD=/path/to/sqld`, else sqld on PATH or in
-# ~/.local/bin. Without one, that test says it was skipped.
+# A real libSQL server (sqld) for tests/e2e/tests/sqld.rs and
+# sqld_faults.rs, when one is installed: `make test SQLD=/path/to/sqld`, else
+# sqld on PATH or in ~/.local/bin. Without one, those tests say they were
+# skipped.
 SQLD ?= $(firstword $(shell command -v sqld 2>/dev/null) $(wildcard $(HOME)/.local/bin/sqld))
 
 e2e: ext node
-	@[ -n "$(SQLD)" ] || echo "e2e: no sqld binary found: tests/e2e/tests/sqld.rs is skipped (make test SQLD=/path/to/sqld runs it)"
+	@[ -n "$(SQLD)" ] || echo "e2e: no sqld binary found: tests/e2e/tests/sqld.rs and sqld_faults.rs are skipped (make test SQLD=/path/to/sqld runs them)"
 	CONDUCTOR_PG_BINDIR=$(TEST_PG_DIR)/lib/postgresql/15/bin SQLD=$(SQLD) \
 		cargo test -p conductor-e2e -- --test-threads=$(E2E_THREADS)
 
@@ -74,6 +75,11 @@ node:
 ## writes docs/BENCHMARKS.md. BENCH_QUICK=1 for a short development run.
 bench: deps
 	bench/run.sh
+
+## make bench-shards: latency against shard count (16 … 4096 shards);
+## writes its section of docs/BENCHMARKS.md. BENCH_QUICK=1 for a short run.
+bench-shards: deps
+	bench/shard_count.sh
 
 fmt:
 	cargo fmt --all

@@ -651,11 +651,16 @@ def main():
     a(END)
     section = "\n".join(L) + "\n"
 
-    # ---- splice into the doc, keeping everything else
+    splice_section(doc_path, BEGIN, END, section)
+
+
+def splice_section(doc_path, begin, end, section):
+    """Writes `section` (which starts with `begin` and ends with `end`) into
+    the doc in place of its previous copy, keeping everything else."""
     existing = read_text(doc_path) if os.path.exists(doc_path) else ""
-    if BEGIN in existing and END in existing:
-        head = existing[:existing.index(BEGIN)]
-        tail = existing[existing.index(END) + len(END):].lstrip("\n")
+    if begin in existing and end in existing:
+        head = existing[:existing.index(begin)]
+        tail = existing[existing.index(end) + len(end):].lstrip("\n")
         new = head + section + ("\n" + tail if tail else "")
     elif existing.strip():
         new = existing.rstrip("\n") + "\n\n" + section

@@ -229,6 +229,26 @@ pub fn check_health(endpoint: NodeEndpoint) -> Result<(), ShardError> {
         .map(|_| ())
 }
 
+/// The code of sqld's answer when it rolled a transaction back because the
+/// transaction held the write lock while another writer waited (longer
+/// than sqld allows): the node's work of that transaction is gone.
+pub const TRANSACTION_TIMEOUT: &str = "TRANSACTION_TIMEOUT";
+
+/// What a user can do about [`TRANSACTION_TIMEOUT`].
+pub const LOCK_TIMEOUT_HINT: &str = "Retry the transaction. A libSQL server (sqld) ends a transaction that holds its write lock for a few seconds while another writer waits; keep transactions that write to such nodes short.";
+
+/// Whether the node refused a value (or a row) longer than its SQLite
+/// allows: SQLite's own code, or sqld's refusal of such an argument
+/// (`ARGS_INVALID`, the reason named only in the message).
+fn too_big(err: &ShardError) -> bool {
+    match &err.error {
+        NodeError::Sql { message, code, .. } => {
+            code.as_deref() == Some("SQLITE_TOOBIG") || message.contains("string or blob too big")
+        }
+        _ => false,
+    }
+}
+
 /// The SQLSTATE a node's failure maps to: SQLite constraint codes keep their
 /// meaning, transport failures are FDW connection errors.
 fn sqlstate(err: &ShardError) -> PgSqlErrorCode {
@@ -260,6 +280,10 @@ fn sqlstate(err: &ShardError) -> PgSqlErrorCode {
             c if c.starts_with("SQLITE_BUSY") || c.starts_with("SQLITE_LOCKED") => {
                 ERRCODE_T_R_SERIALIZATION_FAILURE
             }
+            // sqld rolled the transaction back to give its write lock to
+            // another writer: retry the transaction.
+            TRANSACTION_TIMEOUT => ERRCODE_T_R_SERIALIZATION_FAILURE,
+            _ if too_big(err) => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             _ => ERRCODE_FDW_ERROR,
         };
     }
@@ -314,6 +338,38 @@ pub fn report_shard_error(err: &ShardError) -> ! {
             )
             .detail(err.to_string())
             .hint("Retry the transaction. pg_stat_activity shows the sessions whose transactions are open (state 'idle in transaction'); a transaction that wrote to a node keeps its write lock until it ends.")
+            .error();
+        }
+        NodeError::Sql { .. } if err.sqlite_code() == Some(TRANSACTION_TIMEOUT) => {
+            let shard = err
+                .shard_id
+                .map(|s| format!(" (shard {s})"))
+                .unwrap_or_default();
+            raise(
+                PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                format!(
+                    "conductor: node {}{shard} rolled this transaction back: it held the node's write lock while another transaction waited for it",
+                    err.node_id
+                ),
+            )
+            .detail(err.to_string())
+            .hint(LOCK_TIMEOUT_HINT)
+            .error();
+        }
+        NodeError::Sql { .. } if too_big(err) => {
+            let shard = err
+                .shard_id
+                .map(|s| format!(" (shard {s})"))
+                .unwrap_or_default();
+            raise(
+                sqlstate(err),
+                format!(
+                    "conductor: node {}{shard} refused a value: string or blob too big",
+                    err.node_id
+                ),
+            )
+            .detail(err.to_string())
+            .hint("The node's SQLite stores no value or row this long; a libSQL server (sqld 0.24.33) refuses values and rows of more than 5,000,000 bytes.")
             .error();
         }
         NodeError::Sql { message, .. } => message.clone(),

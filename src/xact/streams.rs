@@ -536,11 +536,18 @@ pub fn commit_all() {
     // COMMIT was sent but no answer came back (the connection broke, the
     // deadline passed): the node may or may not have committed.
     let mut unknown: Vec<(NodeKey, BTreeSet<ShardLabel>, String)> = Vec::new();
+    // COMMITs refused because the node had rolled the transaction back to
+    // give its write lock to another writer.
+    let mut lock_taken = 0;
     for ((key, touched), result) in sent.into_iter().zip(results) {
         match result {
             Ok(resp) => match conductor_core::client::first_error(&resp) {
                 None => committed.push((key, touched)),
-                Some(e) => failed.push((key, touched, e.message.clone())),
+                Some(e) => {
+                    lock_taken +=
+                        usize::from(e.code.as_deref() == Some(remote::TRANSACTION_TIMEOUT));
+                    failed.push((key, touched, e.message.clone()))
+                }
             },
             Err(e) => match e.error {
                 NodeError::Connect { .. } | NodeError::Http { .. } | NodeError::Sql { .. } => {
@@ -585,6 +592,17 @@ pub fn commit_all() {
         )
         .detail(format!("Committed: {}. {outcome}", list(&committed)))
         .warning();
+    }
+    if committed.is_empty() && unknown.is_empty() && lock_taken == failed.len() {
+        // Nothing committed anywhere, and only because of the lock: the
+        // transaction can simply be retried.
+        raise(
+            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            "conductor: could not commit the transaction: a node rolled it back while another transaction waited for its write lock",
+        )
+        .detail(format!("Nothing was committed. {outcome}"))
+        .hint(remote::LOCK_TIMEOUT_HINT)
+        .error()
     }
     raise(
         PgSqlErrorCode::ERRCODE_FDW_ERROR,

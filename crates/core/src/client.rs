@@ -327,16 +327,17 @@ impl HranaClient {
     pub fn new(config: ClientConfig) -> std::io::Result<Self> {
         // Err only means a provider is already installed, which is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder();
-        if let Some(pem) = &config.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+        let extra_roots = match &config.ca_pem {
+            Some(pem) => crate::tls::parse_pem_bundle(pem).map_err(|e| {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
                     format!("invalid CA certificates: {e}"),
                 )
-            })?;
-            builder = builder.tls_certs_merge(certs);
-        }
+            })?,
+            None => Vec::new(),
+        };
+        let tls = crate::tls::client_config(extra_roots).map_err(std::io::Error::other)?;
+        let builder = reqwest::Client::builder().tls_backend_preconfigured(tls);
         let http = builder
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(config.pool_idle_timeout)

@@ -1,7 +1,10 @@
-//! The client and the executor against answers in the exact shapes a libSQL
-//! server (sqld) sends, served verbatim by the scripted fake server: extra
-//! fields, `replication_index` cursor entries, numeric rowids and sqld's
-//! error bodies are understood; what the client needs is still checked.
+//! The client and the executor against hand-written answers in the shapes a
+//! libSQL server (sqld) sends, served verbatim by the scripted fake server,
+//! for the edge cases a recording does not produce (numeric rowids, a
+//! cursor's `error` entry, sqld's error bodies outside the protocol, entry
+//! types no server sends yet): they are understood, and what the client
+//! needs is still checked. What a real sqld answered to every request the
+//! client sends is replayed by `sqld_transcripts.rs`.
 
 mod support;
 

@@ -1,6 +1,8 @@
-//! Answers in the exact JSON shapes a libSQL server (sqld) writes — its
-//! serde encoding of the Hrana 3 types, extra fields included — decode to
-//! what they say. The bodies are in `tests/corpus/sqld/`.
+//! Answers in the JSON shapes a libSQL server (sqld) writes — its serde
+//! encoding of the Hrana 3 types, extra fields included — decode to what
+//! they say. The bodies in `tests/corpus/sqld/` are written by hand; what a
+//! real sqld answered is recorded under `crates/core/tests/fixtures/` and
+//! replayed through the client by `crates/core/tests/sqld_transcripts.rs`.
 
 use conductor_hrana::{
     CursorEntry, CursorRespBody, Error, PipelineRespBody, StmtResult, StreamResponse, StreamResult,

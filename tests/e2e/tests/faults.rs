@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{describe, exec, expect_db_error, query_i64};
+use common::{describe, exec, expect_db_error, query_i64, signal};
 use conductor_e2e::{pg_err, Cluster, ClusterOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -29,15 +29,8 @@ fn setup(rows: i64) -> (Cluster, conductor_e2e::postgres::Client) {
     (cluster, db)
 }
 
-fn signal(pid: u32, sig: i32) {
-    extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    // SAFETY: signalling a child process of this test.
-    assert_eq!(unsafe { kill(pid as i32, sig) }, 0, "kill({pid}, {sig})");
-}
-const SIGSTOP: i32 = 19;
-const SIGCONT: i32 = 18;
+const SIGSTOP: i32 = conductor_e2e::libc::SIGSTOP;
+const SIGCONT: i32 = conductor_e2e::libc::SIGCONT;
 
 #[test]
 fn a_node_killed_mid_scan_is_an_error_naming_it_and_the_session_recovers() {

@@ -47,6 +47,12 @@ pub enum Reply {
         delay: Duration,
         lines: Box<dyn Iterator<Item = Vec<u8>> + Send>,
     },
+    /// Status, content type and body exactly as given (a recorded answer).
+    Raw {
+        status: u16,
+        content_type: String,
+        body: Vec<u8>,
+    },
     /// Never answer; watch for the client to go away.
     Hang,
 }
@@ -205,6 +211,19 @@ async fn serve_one(
             }
             let head = format!(
                 "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            sock.write_all(head.as_bytes()).await?;
+            sock.write_all(&body).await?;
+            sock.shutdown().await
+        }
+        Reply::Raw {
+            status,
+            content_type,
+            body,
+        } => {
+            let head = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                 body.len()
             );
             sock.write_all(head.as_bytes()).await?;

@@ -104,3 +104,17 @@ pub fn catalog_rows_for_remote_name(client: &mut Client, remote_name: &str) -> (
         .unwrap_or_else(|e| panic!("catalog rows: {}", pg_err(&e)));
     (row.get(0), row.get(1))
 }
+
+/// The sqld binary named by `SQLD`, if it exists: the suites that run real
+/// libSQL servers as nodes check nothing without one.
+pub fn sqld_bin() -> Option<std::path::PathBuf> {
+    let path = std::path::PathBuf::from(std::env::var_os("SQLD")?);
+    path.exists().then_some(path)
+}
+
+/// Sends `sig` to a child process of this test (a node).
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: signalling a process this test started.
+    let r = unsafe { conductor_e2e::libc::kill(pid as i32, sig) };
+    assert_eq!(r, 0, "kill({pid}, {sig})");
+}
