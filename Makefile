@@ -52,14 +52,14 @@ unit:
 
 # The extension installed into Debian's Postgres 15 + the node binary, then
 # the end-to-end tests against them.
-# A real libSQL server (sqld) for tests/e2e/tests/sqld.rs and
-# sqld_faults.rs, when one is installed: `make test SQLD=/path/to/sqld`, else
+# A real libSQL server (sqld) for tests/e2e/tests/sqld.rs, sqld_faults.rs
+# and the sqld test of special_values.rs, when one is installed: `make test SQLD=/path/to/sqld`, else
 # sqld on PATH or in ~/.local/bin. Without one, those tests say they were
 # skipped.
 SQLD ?= $(firstword $(shell command -v sqld 2>/dev/null) $(wildcard $(HOME)/.local/bin/sqld))
 
 e2e: ext node
-	@[ -n "$(SQLD)" ] || echo "e2e: no sqld binary found: tests/e2e/tests/sqld.rs and sqld_faults.rs are skipped (make test SQLD=/path/to/sqld runs them)"
+	@[ -n "$(SQLD)" ] || echo "e2e: no sqld binary found: tests/e2e/tests/sqld.rs, sqld_faults.rs and the sqld test of special_values.rs are skipped (make test SQLD=/path/to/sqld runs them)"
 	CONDUCTOR_PG_BINDIR=$(TEST_PG_DIR)/lib/postgresql/15/bin SQLD=$(SQLD) \
 		cargo test -p conductor-e2e -- --test-threads=$(E2E_THREADS)
 

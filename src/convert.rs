@@ -5,6 +5,7 @@
 //! encoding. Values a node returns are checked, never trusted: a wrong type
 //! or an out-of-range integer is an error naming the column, not a crash.
 
+use crate::{gucs, remote};
 use conductor_core::types::{ColumnType, TypedValue};
 use conductor_hrana::Value;
 use pgrx::pg_sys::{self, Datum, Oid};
@@ -94,9 +95,24 @@ impl ColumnCodec {
             ty => unsafe { typed_from_datum(ty, datum) }
                 .ok_or_else(|| self.error("text is not valid UTF-8"))?,
         };
-        typed
+        let value = typed
             .to_value(&self.name)
-            .map_err(|e| self.error(e.to_string()))
+            .map_err(|e| self.error(e.to_string()))?;
+        match value {
+            // Said here, naming the column, rather than by the client when
+            // it cannot serialize the request.
+            Value::Float(f)
+                if !f.is_finite() && remote::wire_encoding() == gucs::WireEncoding::Json =>
+            {
+                let f = if f > 0.0 { "Infinity" } else { "-Infinity" };
+                Err(self.error(format!(
+                    "{f} cannot be sent to a node in the JSON encoding \
+                     (conductor.wire_encoding = json), whose numbers are finite; \
+                     the Protobuf encoding (auto or protobuf) carries it"
+                )))
+            }
+            value => Ok(value),
+        }
     }
 
     /// A node's value as a Postgres datum (None for NULL), allocated in

@@ -26,6 +26,18 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 static EXECUTOR: OnceLock<Executor> = OnceLock::new();
 
+/// `conductor.wire_encoding` as the executor read it (once per backend).
+static ENCODING: OnceLock<gucs::WireEncoding> = OnceLock::new();
+
+/// The encoding this backend speaks to the nodes: the setting read when it
+/// first talked to one, or the current one until then.
+pub fn wire_encoding() -> gucs::WireEncoding {
+    ENCODING
+        .get()
+        .copied()
+        .unwrap_or_else(|| gucs::WIRE_ENCODING.get())
+}
+
 /// The backend's executor, with the session's current request deadline.
 fn executor() -> &'static Executor {
     let timeout = gucs::request_timeout();
@@ -37,7 +49,7 @@ fn executor() -> &'static Executor {
             // request deadline (capped by this).
             idle_timeout: Duration::from_secs(24 * 3600),
             ca_pem: tls_ca_pem(),
-            encoding: match gucs::WIRE_ENCODING.get() {
+            encoding: match *ENCODING.get_or_init(|| gucs::WIRE_ENCODING.get()) {
                 gucs::WireEncoding::Auto => WireEncoding::Auto,
                 gucs::WireEncoding::Json => WireEncoding::Json,
                 gucs::WireEncoding::Protobuf => WireEncoding::Protobuf,

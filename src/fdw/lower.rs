@@ -287,7 +287,6 @@ impl<'a> Lowering<'a> {
         };
         let (value, value_ty) = unsafe { self.operand(value_node) }?;
         if !pushdown::comparison_pushable(column_ty, value_ty, cmp, collation_class(op.inputcollid))
-            || !pushdown::operand_exact(&value, value_ty)
         {
             return None;
         }
@@ -376,12 +375,6 @@ impl<'a> Lowering<'a> {
                 }
                 let items = deconstruct(c.constvalue, element_type, element_ty)?;
                 let operands = items.into_iter().map(Operand::Const).collect::<Vec<_>>();
-                if operands
-                    .iter()
-                    .any(|o| !pushdown::operand_exact(o, element_ty))
-                {
-                    return None;
-                }
                 return Some(ListOperand::Items(operands));
             }
             if is(node, pg_sys::NodeTag::T_ArrayExpr) {
@@ -392,9 +385,7 @@ impl<'a> Lowering<'a> {
                 let mut operands = Vec::new();
                 for element in list_nodes(a.elements) {
                     let (operand, ty) = self.operand(element)?;
-                    if !pushdown::comparison_pushable(column_ty, ty, cmp, collation)
-                        || !pushdown::operand_exact(&operand, ty)
-                    {
+                    if !pushdown::comparison_pushable(column_ty, ty, cmp, collation) {
                         return None;
                     }
                     operands.push(operand);

@@ -496,10 +496,7 @@ impl HranaClient {
         body: &PipelineReqBody,
         deadline: Duration,
     ) -> Attempt<PipelineRespBody> {
-        let encoded = match encode_pipeline(body) {
-            Ok(b) => b,
-            Err(e) => return Attempt::Done(Err(NodeError::protocol(node, e))),
-        };
+        let encoded = encode_pipeline(body);
         let path = Encoding::Protobuf.pipeline_path();
         let resp = match self
             .send(ep, node, path, Encoding::Protobuf, encoded, deadline)
@@ -606,7 +603,7 @@ impl HranaClient {
         let deadline = self.request_timeout();
         let encoded = match encoding {
             Encoding::Json => serde_json::to_vec(body).map_err(|e| e.to_string()),
-            Encoding::Protobuf => encode_cursor(body),
+            Encoding::Protobuf => Ok(encode_cursor(body)),
         };
         let encoded = match encoded {
             Ok(b) => b,
@@ -722,43 +719,14 @@ fn node_key(ep: &NodeEndpoint) -> &str {
     ep.url.trim_end_matches('/')
 }
 
-/// A value the JSON encoding refuses (and so must the Protobuf one, which
-/// could carry it: the same request must mean the same in both).
-fn check_value(v: &conductor_hrana::Value) -> Result<(), String> {
-    match v {
-        conductor_hrana::Value::Float(f) if !f.is_finite() => {
-            Err("a non-finite float cannot be sent as a Hrana value".into())
-        }
-        _ => Ok(()),
-    }
+// The Protobuf encoding carries every value (a float infinity too); the
+// JSON one refuses non-finite floats while serializing, saying why.
+fn encode_pipeline(body: &PipelineReqBody) -> Vec<u8> {
+    pb::PipelineReqBody::from(body.clone()).encode_to_vec()
 }
 
-fn check_stmt(stmt: &conductor_hrana::Stmt) -> Result<(), String> {
-    stmt.args.iter().try_for_each(check_value)?;
-    stmt.named_args
-        .iter()
-        .try_for_each(|a| check_value(&a.value))
-}
-
-fn check_batch(batch: &conductor_hrana::Batch) -> Result<(), String> {
-    batch.steps.iter().try_for_each(|s| check_stmt(&s.stmt))
-}
-
-fn encode_pipeline(body: &PipelineReqBody) -> Result<Vec<u8>, String> {
-    for r in &body.requests {
-        match r {
-            StreamRequest::Execute { stmt } => check_stmt(stmt),
-            StreamRequest::Batch { batch } => check_batch(batch),
-            _ => Ok(()),
-        }
-        .map_err(|e| format!("cannot encode request: {e}"))?;
-    }
-    Ok(pb::PipelineReqBody::from(body.clone()).encode_to_vec())
-}
-
-fn encode_cursor(body: &CursorReqBody) -> Result<Vec<u8>, String> {
-    check_batch(&body.batch)?;
-    Ok(pb::CursorReqBody::from(body.clone()).encode_to_vec())
+fn encode_cursor(body: &CursorReqBody) -> Vec<u8> {
+    pb::CursorReqBody::from(body.clone()).encode_to_vec()
 }
 
 /// Whether every value of a Protobuf pipeline answer is of a kind this

@@ -22,6 +22,7 @@
 //! Postgres' order, so this order is Postgres' too.
 
 use crate::plan::RemoteExpr;
+use crate::types::NAN_TEXT;
 use conductor_hrana::Value;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -258,8 +259,15 @@ impl AggSpec {
                 RemoteExpr::SumLow(c),
                 RemoteExpr::Count(c),
             ],
-            AggFunc::SumFloat => vec![RemoteExpr::Sum(c)],
-            AggFunc::AvgFloat => vec![RemoteExpr::Sum(c), RemoteExpr::Count(c)],
+            // min and max tell whether NaN or an infinity was summed (see
+            // `Specials`), which SQLite's sum cannot say.
+            AggFunc::SumFloat => vec![RemoteExpr::Sum(c), RemoteExpr::Min(c), RemoteExpr::Max(c)],
+            AggFunc::AvgFloat => vec![
+                RemoteExpr::Sum(c),
+                RemoteExpr::Count(c),
+                RemoteExpr::Min(c),
+                RemoteExpr::Max(c),
+            ],
             AggFunc::Min => vec![RemoteExpr::Min(c)],
             AggFunc::Max => vec![RemoteExpr::Max(c)],
         }
@@ -311,10 +319,14 @@ enum Partial {
         sum: i128,
         count: i64,
     },
-    Float(Option<f64>),
+    Float {
+        sum: Option<f64>,
+        specials: Specials,
+    },
     AvgFloat {
         sum: f64,
         count: i64,
+        specials: Specials,
     },
     Extreme(Value),
 }
@@ -351,6 +363,58 @@ fn split_sum(high: &Value, low: &Value) -> Result<Option<i128>, MergeError> {
     }
 }
 
+/// The non-finite values among a float column's, read from its stored
+/// min and max: the stored order is -Infinity < numbers < Infinity < NaN
+/// (`types.rs`), so NaN is present when the max is NaN, an infinity when
+/// the min or max is one. SQLite's sum cannot tell: it reads NaN (stored as
+/// text) as 0 and turns `Infinity + -Infinity` into NULL.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Specials {
+    nan: bool,
+    infinity: bool,
+    minus_infinity: bool,
+}
+
+impl Specials {
+    fn read(min: &Value, max: &Value) -> Result<Specials, MergeError> {
+        let is_nan = |v: &Value, what: &str| match v {
+            Value::Text(t) if t == NAN_TEXT => Ok(true),
+            Value::Text(_) | Value::Blob(_) => {
+                Err(MergeError::BadPartial(format!("{what} is {v:?}")))
+            }
+            _ => Ok(false),
+        };
+        is_nan(min, "min")?;
+        Ok(Specials {
+            nan: is_nan(max, "max")?,
+            infinity: matches!(max, Value::Float(f) if *f == f64::INFINITY),
+            minus_infinity: matches!(min, Value::Float(f) if *f == f64::NEG_INFINITY),
+        })
+    }
+
+    fn or(self, o: Specials) -> Specials {
+        Specials {
+            nan: self.nan || o.nan,
+            infinity: self.infinity || o.infinity,
+            minus_infinity: self.minus_infinity || o.minus_infinity,
+        }
+    }
+
+    /// What IEEE addition (Postgres' float sum, in any order) makes of
+    /// these values with finite ones: None when none was seen.
+    fn sum(self) -> Option<f64> {
+        if self.nan || (self.infinity && self.minus_infinity) {
+            Some(f64::NAN)
+        } else if self.infinity {
+            Some(f64::INFINITY)
+        } else if self.minus_infinity {
+            Some(f64::NEG_INFINITY)
+        } else {
+            None
+        }
+    }
+}
+
 fn add_opt<T: std::ops::Add<Output = T>>(a: Option<T>, b: Option<T>) -> Option<T> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a + b),
@@ -365,8 +429,15 @@ impl Partial {
             AggFunc::CountStar | AggFunc::Count => Partial::Count(0),
             AggFunc::SumInt | AggFunc::SumBigint => Partial::Int(None),
             AggFunc::AvgInt => Partial::AvgInt { sum: 0, count: 0 },
-            AggFunc::SumFloat => Partial::Float(None),
-            AggFunc::AvgFloat => Partial::AvgFloat { sum: 0.0, count: 0 },
+            AggFunc::SumFloat => Partial::Float {
+                sum: None,
+                specials: Specials::default(),
+            },
+            AggFunc::AvgFloat => Partial::AvgFloat {
+                sum: 0.0,
+                count: 0,
+                specials: Specials::default(),
+            },
             AggFunc::Min | AggFunc::Max => Partial::Extreme(Value::Null),
         }
     }
@@ -382,10 +453,14 @@ impl Partial {
                 sum: split_sum(&cols[0], &cols[1])?.unwrap_or(0),
                 count: int_of(&cols[2], "count")?.unwrap_or(0),
             },
-            AggFunc::SumFloat => Partial::Float(float_of(&cols[0], "sum")?),
+            AggFunc::SumFloat => Partial::Float {
+                sum: float_of(&cols[0], "sum")?,
+                specials: Specials::read(&cols[1], &cols[2])?,
+            },
             AggFunc::AvgFloat => Partial::AvgFloat {
                 sum: float_of(&cols[0], "sum")?.unwrap_or(0.0),
                 count: int_of(&cols[1], "count")?.unwrap_or(0),
+                specials: Specials::read(&cols[2], &cols[3])?,
             },
             AggFunc::Min | AggFunc::Max => Partial::Extreme(cols[0].clone()),
         })
@@ -401,13 +476,32 @@ impl Partial {
                     count: c + count,
                 }
             }
-            (Partial::Float(a), Partial::Float(b)) => Partial::Float(add_opt(a, b)),
-            (Partial::AvgFloat { sum: s, count: c }, Partial::AvgFloat { sum, count }) => {
+            (
+                Partial::Float {
+                    sum: a,
+                    specials: x,
+                },
+                Partial::Float { sum, specials },
+            ) => Partial::Float {
+                sum: add_opt(a, sum),
+                specials: x.or(specials),
+            },
+            (
                 Partial::AvgFloat {
-                    sum: s + sum,
-                    count: c + count,
-                }
-            }
+                    sum: s,
+                    count: c,
+                    specials: x,
+                },
+                Partial::AvgFloat {
+                    sum,
+                    count,
+                    specials,
+                },
+            ) => Partial::AvgFloat {
+                sum: s + sum,
+                count: c + count,
+                specials: x.or(specials),
+            },
             (Partial::Extreme(a), Partial::Extreme(b)) => Partial::Extreme(match (&a, &b) {
                 (Value::Null, _) => b,
                 (_, Value::Null) => a,
@@ -439,10 +533,21 @@ impl Partial {
             Partial::Int(Some(s)) => Final::Value(Value::Text(s.to_string())),
             Partial::AvgInt { count: 0, .. } => Final::Avg(None),
             Partial::AvgInt { sum, count } => Final::Avg(Some((sum.to_string(), count))),
-            Partial::Float(None) => Final::Value(Value::Null),
-            Partial::Float(Some(f)) => Final::Value(Value::Float(f)),
+            // The sum of a shard whose values included both infinities is
+            // NULL (SQLite's NaN); the specials decide then.
+            // A sum of negative zeros only is -0 in Postgres (its first
+            // value starts the sum) but +0 here: SQLite's sum starts from
+            // +0, and no SQLite function shows the sign of a zero.
+            Partial::Float { sum, specials } => match specials.sum().or(sum) {
+                None => Final::Value(Value::Null),
+                Some(f) => Final::Value(Value::Float(f)),
+            },
             Partial::AvgFloat { count: 0, .. } => Final::Value(Value::Null),
-            Partial::AvgFloat { sum, count } => Final::Value(Value::Float(sum / count as f64)),
+            Partial::AvgFloat {
+                sum,
+                count,
+                specials,
+            } => Final::Value(Value::Float(specials.sum().unwrap_or(sum / count as f64))),
             Partial::Extreme(v) => Final::Value(v),
         })
     }
@@ -893,6 +998,120 @@ mod tests {
         // A row of the wrong width is refused, not misread.
         let mut m = GroupMerge::new(1, aggs);
         assert!(matches!(m.push(vec![i(1)]), Err(MergeError::BadPartial(_))));
+    }
+
+    /// What a shard returns for `sum` and `avg` of a float column holding
+    /// `values` (stored forms, as SQLite computes it: NaN is text, read as
+    /// 0 by sum; a sum meeting both infinities is NULL).
+    fn float_partials(values: &[f64]) -> Vec<Value> {
+        use crate::types::float_value;
+        let stored: Vec<Value> = values.iter().map(|&f| float_value(f)).collect();
+        let min = stored
+            .iter()
+            .min_by(|a, b| compare_values(a, b))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let max = stored
+            .iter()
+            .max_by(|a, b| compare_values(a, b))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let sum: f64 = values
+            .iter()
+            .fold(0.0, |s, f| s + if f.is_nan() { 0.0 } else { *f });
+        let sum = if values.is_empty() || sum.is_nan() {
+            Value::Null
+        } else {
+            Value::Float(sum)
+        };
+        let count = i(values.len() as i64);
+        vec![sum.clone(), min.clone(), max.clone(), sum, count, min, max]
+    }
+
+    #[test]
+    fn float_sums_with_nan_and_infinities_are_postgres_sums() {
+        let aggs = vec![
+            AggSpec {
+                func: AggFunc::SumFloat,
+                column: Some(0),
+            },
+            AggSpec {
+                func: AggFunc::AvgFloat,
+                column: Some(0),
+            },
+        ];
+        let (inf, nan) = (f64::INFINITY, f64::NAN);
+        let cases: Vec<Vec<Vec<f64>>> = vec![
+            vec![vec![1.0, 2.0], vec![4.0]],
+            vec![vec![1.0, inf], vec![4.0]],
+            vec![vec![1.0, -inf], vec![]],
+            vec![vec![1.0, inf], vec![-inf]],
+            vec![vec![inf, -inf], vec![2.0]],
+            vec![vec![1.0], vec![nan, 2.0]],
+            vec![vec![nan], vec![inf]],
+            vec![vec![-inf], vec![nan]],
+            vec![vec![], vec![]],
+            vec![vec![-0.0, 3.0], vec![]],
+            vec![vec![-0.0], vec![0.0]],
+            vec![vec![1.5, -1.5], vec![-0.0]],
+        ];
+        for shards in cases {
+            let mut m = GroupMerge::new(0, aggs.clone());
+            for values in &shards {
+                if !values.is_empty() {
+                    m.push(float_partials(values)).unwrap();
+                }
+            }
+            let all: Vec<f64> = shards.iter().flatten().copied().collect();
+            // Postgres: plain IEEE addition in row order.
+            let want_sum = all.iter().copied().reduce(|a, b| a + b);
+            // avg's transition state starts from +0.
+            let want_avg = want_sum.map(|_| all.iter().fold(0.0, |s, f| s + f) / all.len() as f64);
+            let got = m.finish().unwrap();
+            let as_float = |f: &Final| match f {
+                Final::Value(Value::Float(f)) => Some(*f),
+                Final::Value(Value::Null) => None,
+                other => panic!("{other:?}"),
+            };
+            for (got, want) in [
+                (as_float(&got[0][0]), want_sum),
+                (as_float(&got[0][1]), want_avg),
+            ] {
+                match (got, want) {
+                    (Some(g), Some(w)) if w.is_nan() => assert!(g.is_nan(), "{shards:?}: {g}"),
+                    (g, w) => assert_eq!(g.map(f64::to_bits), w.map(f64::to_bits), "{shards:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn float_extremes_order_nan_last() {
+        let aggs = vec![
+            AggSpec {
+                func: AggFunc::Min,
+                column: Some(0),
+            },
+            AggSpec {
+                func: AggFunc::Max,
+                column: Some(0),
+            },
+        ];
+        let nan = Value::Text(NAN_TEXT.into());
+        let mut m = GroupMerge::new(0, aggs);
+        m.push(vec![Value::Float(1.0), nan.clone()]).unwrap();
+        m.push(vec![
+            Value::Float(f64::NEG_INFINITY),
+            Value::Float(f64::INFINITY),
+        ])
+        .unwrap();
+        assert_eq!(
+            m.finish().unwrap(),
+            vec![vec![
+                Final::Value(Value::Float(f64::NEG_INFINITY)),
+                Final::Value(nan)
+            ]]
+        );
     }
 
     #[test]

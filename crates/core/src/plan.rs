@@ -60,6 +60,22 @@ pub enum RemoteExpr {
     Max(usize),
 }
 
+impl RemoteExpr {
+    /// The SQL of this expression, `col(i)` naming column `i`.
+    pub fn sql(&self, col: impl Fn(usize) -> String) -> String {
+        match *self {
+            RemoteExpr::Column(c) => col(c),
+            RemoteExpr::CountStar => "count(*)".to_string(),
+            RemoteExpr::Count(c) => format!("count({})", col(c)),
+            RemoteExpr::SumHigh(c) => format!("sum({} >> 32)", col(c)),
+            RemoteExpr::SumLow(c) => format!("sum({} & 4294967295)", col(c)),
+            RemoteExpr::Sum(c) => format!("sum({})", col(c)),
+            RemoteExpr::Min(c) => format!("min({})", col(c)),
+            RemoteExpr::Max(c) => format!("max({})", col(c)),
+        }
+    }
+}
+
 /// One ORDER BY key of a pushed SELECT. NULLS FIRST/LAST is always written
 /// out: SQLite's default (NULLs first ascending) is not Postgres'.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,20 +159,7 @@ pub struct PushedQuery {
 impl PushedQuery {
     fn sql(&self, topology: &Topology, table: &str, where_sql: Option<&str>) -> String {
         let col = |c: usize| qualified_column(table, &topology.columns[c].name);
-        let exprs: Vec<String> = self
-            .select
-            .iter()
-            .map(|e| match *e {
-                RemoteExpr::Column(c) => col(c),
-                RemoteExpr::CountStar => "count(*)".to_string(),
-                RemoteExpr::Count(c) => format!("count({})", col(c)),
-                RemoteExpr::SumHigh(c) => format!("sum({} >> 32)", col(c)),
-                RemoteExpr::SumLow(c) => format!("sum({} & 4294967295)", col(c)),
-                RemoteExpr::Sum(c) => format!("sum({})", col(c)),
-                RemoteExpr::Min(c) => format!("min({})", col(c)),
-                RemoteExpr::Max(c) => format!("max({})", col(c)),
-            })
-            .collect();
+        let exprs: Vec<String> = self.select.iter().map(|e| e.sql(col)).collect();
         let mut sql = format!(
             "SELECT {} FROM {}",
             if exprs.is_empty() {

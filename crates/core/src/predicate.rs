@@ -7,7 +7,7 @@
 //! qualified with its shard table.
 
 use crate::remote_sql::{in_json_sql, qualified_column};
-use crate::types::TypedValue;
+use crate::types::{TypedValue, NAN_TEXT};
 use conductor_hrana::Value;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -109,7 +109,7 @@ pub enum DeparseError {
     /// A parameter the predicate refers to was not bound (a front-end bug,
     /// or `conductor_explain` of a statement with `$n`).
     Unbound(usize),
-    /// A bound value has no exact SQLite form (a non-finite float).
+    /// A bound value has no exact SQLite form.
     Unrepresentable(String),
 }
 
@@ -161,6 +161,49 @@ fn arg(value: Option<TypedValue>, column: &str) -> Result<Value, DeparseError> {
         Some(v) => v
             .to_value(column)
             .map_err(|e| DeparseError::Unrepresentable(e.to_string())),
+    }
+}
+
+/// `Some(true)` for a float +Infinity, `Some(false)` for -Infinity.
+fn float_infinity(v: &Option<TypedValue>) -> Option<bool> {
+    let f = match v {
+        Some(TypedValue::Float8(f)) => *f,
+        Some(TypedValue::Float4(f)) => f64::from(*f),
+        _ => return None,
+    };
+    f.is_infinite().then_some(f > 0.0)
+}
+
+/// `column op ±Infinity` for a float column, written without the infinity
+/// (which the JSON encoding cannot send) and exact on the stored forms:
+/// finite and infinite REALs, and the text `'NaN'`, which SQLite orders
+/// after every number. `M` is the largest finite double (above every
+/// finite float4 or float8), `N` the NaN text; each form is NULL exactly
+/// when the column is, so NOT keeps Postgres' three-valued logic.
+fn infinity_cmp(column: &str, op: CmpOp, positive: bool) -> (String, Vec<Value>) {
+    let max = || Value::Float(f64::MAX);
+    let neg_max = || Value::Float(-f64::MAX);
+    let nan = || Value::Text(NAN_TEXT.to_string());
+    let one = |o: &str, v: Value| (format!("{column} {o} ?"), vec![v]);
+    let two = |o1: &str, v1: Value, join: &str, o2: &str, v2: Value| {
+        (
+            format!("({column} {o1} ? {join} {column} {o2} ?)"),
+            vec![v1, v2],
+        )
+    };
+    match (positive, op) {
+        // Infinity: only NaN is above it.
+        (true, CmpOp::Eq) => two(">", max(), "AND", "<", nan()),
+        (true, CmpOp::Ne) => two("<=", max(), "OR", ">=", nan()),
+        (true, CmpOp::Lt) => one("<=", max()),
+        (true, CmpOp::Le) => one("<", nan()),
+        (true, CmpOp::Gt) => one(">=", nan()),
+        (true, CmpOp::Ge) => one(">", max()),
+        // -Infinity: below everything else.
+        (false, CmpOp::Eq | CmpOp::Le) => one("<", neg_max()),
+        (false, CmpOp::Ne | CmpOp::Gt) => one(">=", neg_max()),
+        (false, CmpOp::Lt) => two("<", neg_max(), "AND", ">", neg_max()),
+        (false, CmpOp::Ge) => two(">=", neg_max(), "OR", "<", neg_max()),
     }
 }
 
@@ -256,12 +299,25 @@ fn deparse_one(
         Pred::Bool(b) => sql.push_str(if *b { "1" } else { "0" }),
         Pred::Cmp { column, op, value } => {
             let name = names[*column].as_str();
+            let bound = match (bindings, value) {
+                (Some(bindings), _) => Some(bind_value(value, bindings)?),
+                (None, Operand::Const(v)) => Some(v.clone()),
+                (None, Operand::Param(_)) => None,
+            };
+            if let Some(positive) = bound.as_ref().and_then(float_infinity) {
+                let (cmp_sql, cmp_args) = infinity_cmp(name, *op, positive);
+                sql.push_str(&cmp_sql);
+                if bindings.is_some() {
+                    args.extend(cmp_args);
+                }
+                return Ok(());
+            }
             sql.push_str(name);
             sql.push(' ');
             sql.push_str(op.sql());
             sql.push_str(" ?");
-            if let Some(bindings) = bindings {
-                args.push(arg(bind_value(value, bindings)?, name)?);
+            if let Some(v) = bound.filter(|_| bindings.is_some()) {
+                args.push(arg(v, name)?);
             }
         }
         Pred::In { column, list } => {
@@ -283,6 +339,41 @@ fn deparse_one(
                 // `x = ANY(NULL::int[])` is NULL for every row.
                 None => sql.push_str("NULL"),
                 Some(items) if items.is_empty() => sql.push('0'),
+                Some(items) if items.iter().any(|v| float_infinity(v).is_some()) => {
+                    // `x IN (a, Infinity)` is `(x IN (a) OR x = Infinity)`,
+                    // NULL where the list alone would be.
+                    let (infinite, rest): (Vec<_>, Vec<_>) =
+                        items.into_iter().partition(|v| float_infinity(v).is_some());
+                    let mut signs: Vec<bool> = infinite.iter().filter_map(float_infinity).collect();
+                    signs.sort();
+                    signs.dedup();
+                    let mut terms = Vec::new();
+                    if !rest.is_empty() {
+                        let mut rest_sql = String::new();
+                        deparse_one(
+                            &Pred::In {
+                                column: *column,
+                                list: ListOperand::Items(
+                                    rest.into_iter().map(Operand::Const).collect(),
+                                ),
+                            },
+                            names,
+                            Some(bindings),
+                            &mut rest_sql,
+                            args,
+                            false,
+                        )?;
+                        terms.push(rest_sql);
+                    }
+                    for positive in signs {
+                        let (eq_sql, eq_args) = infinity_cmp(name, CmpOp::Eq, positive);
+                        terms.push(eq_sql);
+                        args.extend(eq_args);
+                    }
+                    sql.push('(');
+                    sql.push_str(&terms.join(" OR "));
+                    sql.push(')');
+                }
                 Some(items) => {
                     let values = items
                         .into_iter()

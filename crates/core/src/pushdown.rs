@@ -7,9 +7,15 @@
 //! How each family is stored on a node (`types.rs`) decides what is exact:
 //! - integers (all widths) are SQLite INTEGERs and compare as Postgres
 //!   integers do, across widths;
-//! - floats are REALs; comparisons are exact for finite values only (SQLite
-//!   has no NaN, and a NaN or infinite value never reaches a node), so a
-//!   float compared with a value known only at run time stays local;
+//! - floats are REALs, ±Infinity included, and NaN is the text `'NaN'`:
+//!   SQLite orders numbers before text, so every comparison and sort is
+//!   Postgres' (-Infinity < numbers < Infinity < NaN, NaN = NaN, -0 = 0).
+//!   A comparison with an infinity is sent without it (`predicate.rs`
+//!   rewrites it against the largest finite double and the NaN text), so
+//!   it runs on either encoding of the protocol. So every value of these
+//!   families, constant or a parameter, has an exact form to compare with
+//!   (an array parameter of floats stays local, see
+//!   [`list_param_pushable`]);
 //! - booleans are 0/1, bytea are BLOBs (memcmp, as Postgres), uuids are
 //!   lowercase canonical text (byte order is uuid order);
 //! - date, timestamp and timestamptz are Postgres' internal integers: each
@@ -33,20 +39,24 @@
 //!   `sum` of smallint/integer/bigint (sent as two half sums that cannot
 //!   overflow, combined exactly) and of double precision; `avg` of
 //!   integers (exact sum and count; the final division is Postgres' own
-//!   numeric division) and of floats; `min`/`max` of integers, floats,
+//!   numeric division) and of floats (each shard also returns the
+//!   column's min and max, which say whether NaN or an infinity was
+//!   summed, so the result is Postgres' NaN or infinity then);
+//!   `min`/`max` of integers, floats,
 //!   date/timestamp/timestamptz and text under C. `sum(real)` stays local
 //!   (Postgres accumulates it in single precision), as does every other
 //!   aggregate, and any with DISTINCT, ORDER BY or FILTER. Float sums and
 //!   averages are the only results that may differ from Postgres', in the
 //!   last bits, because the additions happen in another order (SQLite
-//!   sums with compensation).
+//!   sums with compensation), and in the sign of a sum of negative zeros
+//!   only (SQLite's sum starts from +0).
 //!
 //! Operators are understood by meaning (the six comparisons and LIKE), never
 //! by name alone: the caller maps only built-in operators here.
 
 use crate::merge::AggFunc;
-use crate::predicate::{CmpOp, Operand};
-use crate::types::{ColumnType, TypedValue};
+use crate::predicate::CmpOp;
+use crate::types::ColumnType;
 
 /// How a collation compares strings, as far as pushdown cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,21 +154,11 @@ pub fn like_pushable(column: ColumnType, pattern: ColumnType, collation: Collati
         && collation != CollationClass::Nondeterministic
 }
 
-/// Whether a value side can be sent as it is: a constant needs an exact
-/// SQLite form (a finite float), and a float known only at run time might
-/// not have one, so it stays local.
-pub fn operand_exact(operand: &Operand, ty: ColumnType) -> bool {
-    match operand {
-        Operand::Const(Some(TypedValue::Float4(f))) => f.is_finite(),
-        Operand::Const(Some(TypedValue::Float8(f))) => f.is_finite(),
-        Operand::Const(_) => true,
-        Operand::Param(_) => family(ty) != Family::Float,
-    }
-}
-
 /// Whether an array of this element type may be bound at run time as the
-/// list of `column = ANY(…)`: its elements are checked only then, so floats
-/// (which might be NaN) stay local.
+/// list of `column = ANY(…)`. Not floats: a list longer than SQLite's
+/// 32,766 arguments travels as one JSON argument, which floats cannot use
+/// (SQLite would re-parse their decimal form), and the array's length is
+/// known only when the statement runs.
 pub fn list_param_pushable(element: ColumnType) -> bool {
     family(element) != Family::Float
 }
@@ -326,19 +326,10 @@ mod tests {
     }
 
     #[test]
-    fn non_finite_and_runtime_floats_stay_local() {
-        let c = |v| Operand::Const(Some(v));
-        assert!(operand_exact(&c(TypedValue::Float8(1.5)), Float8));
-        assert!(!operand_exact(&c(TypedValue::Float8(f64::NAN)), Float8));
-        assert!(!operand_exact(
-            &c(TypedValue::Float4(f32::INFINITY)),
-            Float4
-        ));
-        assert!(!operand_exact(&Operand::Param(0), Float8));
-        assert!(operand_exact(&Operand::Param(0), Int8));
-        assert!(operand_exact(&Operand::Const(None), Float8));
-        assert!(!list_param_pushable(Float4));
-        assert!(list_param_pushable(Uuid));
+    fn float_arrays_bound_at_run_time_stay_local() {
+        assert!(!list_param_pushable(Float8));
+        assert!(list_param_pushable(Int8));
+        assert!(list_param_pushable(Timestamptz));
     }
 
     #[test]

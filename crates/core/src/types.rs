@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | int2, int4, int8 | INTEGER | the integer |
 //! | bool | INTEGER | 0 / 1 |
-//! | float4, float8 | (none) | the double (REAL); NaN/±Infinity are refused (Hrana's JSON cannot carry them, SQLite has no NaN). Declared without a type on purpose: a column with REAL affinity stores integral doubles as integers and turns `-0` into `0`; a column without affinity keeps the IEEE bits |
+//! | float4, float8 | (none) | the double (REAL), ±Infinity included; NaN (any NaN: Postgres treats them as one value) as the TEXT `'NaN'`, since SQLite turns a NaN REAL into NULL. SQLite orders numbers before text, so the stored order is Postgres' (-Infinity < numbers < Infinity < NaN) and `'NaN' = 'NaN'` holds. Only the Protobuf encoding carries ±Infinity; the JSON one cannot (its numbers are finite), see [`TypedValue::to_value`]. Declared without a type on purpose: a column with REAL affinity stores integral doubles as integers and turns `-0` into `0`; a column without affinity keeps the IEEE bits |
 //! | numeric | TEXT | Postgres' canonical text form; declared TEXT so SQLite's affinity never turns it into a lossy REAL |
 //! | text, varchar, bpchar | TEXT | the string (bpchar as Postgres outputs it) |
 //! | bytea | BLOB | the bytes |
@@ -149,8 +149,9 @@ pub enum TypedValue {
     Int2(i16),
     Int4(i32),
     Int8(i64),
-    Float4(f32),
-    Float8(f64),
+    /// Serialized (in plans) by its bits: JSON has no NaN or infinity.
+    Float4(#[serde(with = "f32_bits")] f32),
+    Float8(#[serde(with = "f64_bits")] f64),
     /// Canonical text form (`numeric_out`), including `NaN` and `Infinity`.
     Numeric(String),
     Bool(bool),
@@ -167,15 +168,18 @@ pub enum TypedValue {
 }
 
 impl TypedValue {
-    /// The Hrana value to send as a statement argument. Fails only for
-    /// non-finite floats, which neither Hrana's JSON nor SQLite can hold.
-    pub fn to_value(&self, column: &str) -> Result<Value, DecodeError> {
+    /// The Hrana value to send as a statement argument. A float infinity
+    /// is a REAL infinity, which only the Protobuf encoding of the protocol
+    /// can carry: the client refuses to send it in JSON, with that reason.
+    /// Never fails today; the `Result` keeps callers ready for a value that
+    /// has no stored form.
+    pub fn to_value(&self, _column: &str) -> Result<Value, DecodeError> {
         Ok(match self {
             TypedValue::Int2(v) => Value::Integer(i64::from(*v)),
             TypedValue::Int4(v) => Value::Integer(i64::from(*v)),
             TypedValue::Int8(v) => Value::Integer(*v),
-            TypedValue::Float4(v) => finite(column, ColumnType::Float4, f64::from(*v))?,
-            TypedValue::Float8(v) => finite(column, ColumnType::Float8, *v)?,
+            TypedValue::Float4(v) => float_value(f64::from(*v)),
+            TypedValue::Float8(v) => float_value(*v),
             TypedValue::Bool(b) => Value::Integer(i64::from(*b)),
             TypedValue::Numeric(s) | TypedValue::Text(s) | TypedValue::Json(s) => {
                 Value::Text(s.clone())
@@ -218,6 +222,7 @@ impl TypedValue {
             ColumnType::Float4 | ColumnType::Float8 => {
                 let f = match value {
                     Value::Float(f) => *f,
+                    Value::Text(s) if s == NAN_TEXT => f64::NAN,
                     // A REAL column may hand back an integral value as an
                     // integer (no STRICT tables); accept it when exact.
                     Value::Integer(i) if (*i as f64) as i64 == *i => *i as f64,
@@ -259,16 +264,34 @@ impl TypedValue {
     }
 }
 
-fn finite(column: &str, ty: ColumnType, f: f64) -> Result<Value, DecodeError> {
-    if f.is_finite() {
-        Ok(Value::Float(f))
+mod f32_bits {
+    pub fn serialize<S: serde::Serializer>(f: &f32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(f.to_bits())
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        <u32 as serde::Deserialize>::deserialize(d).map(f32::from_bits)
+    }
+}
+
+mod f64_bits {
+    pub fn serialize<S: serde::Serializer>(f: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(f.to_bits())
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        <u64 as serde::Deserialize>::deserialize(d).map(f64::from_bits)
+    }
+}
+
+/// How a float column stores NaN (see the module table).
+pub const NAN_TEXT: &str = "NaN";
+
+/// The stored form of a float: NaN (whatever its sign and payload, all one
+/// value to Postgres) as [`NAN_TEXT`], anything else as the REAL itself.
+pub fn float_value(f: f64) -> Value {
+    if f.is_nan() {
+        Value::Text(NAN_TEXT.to_string())
     } else {
-        Err(DecodeError::new(
-            column,
-            ty,
-            &Value::Float(f),
-            "NaN and Infinity cannot be stored on a node",
-        ))
+        Value::Float(f)
     }
 }
 
@@ -472,14 +495,108 @@ mod tests {
         }
     }
 
-    #[test]
-    fn non_finite_floats_are_refused() {
-        for f in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
-            let e = TypedValue::Float8(f).to_value("score").unwrap_err();
-            assert_eq!(e.column, "score");
-            assert_eq!(e.column_type, ColumnType::Float8);
+    fn float_bits(v: Option<TypedValue>) -> u64 {
+        match v {
+            Some(TypedValue::Float8(f)) => f.to_bits(),
+            Some(TypedValue::Float4(f)) => u64::from(f.to_bits()),
+            other => panic!("not a float: {other:?}"),
         }
-        assert!(TypedValue::Float4(f32::NAN).to_value("x").is_err());
+    }
+
+    #[test]
+    fn special_floats_round_trip() {
+        // Infinities are REALs: through Protobuf (which carries any double)
+        // they come back bit for bit; JSON cannot carry them at all.
+        for f in [f64::INFINITY, f64::NEG_INFINITY, -0.0, f64::MAX, -f64::MAX] {
+            let wire = TypedValue::Float8(f).to_value("c").unwrap();
+            assert_eq!(wire, Value::Float(f));
+            let bytes =
+                prost::Message::encode_to_vec(&conductor_hrana::protobuf::Value::from(&wire));
+            let pb: conductor_hrana::protobuf::Value = prost::Message::decode(&bytes[..]).unwrap();
+            let back = Value::try_from(pb).unwrap();
+            let decoded = TypedValue::from_value("c", ColumnType::Float8, &back).unwrap();
+            assert_eq!(float_bits(decoded), f.to_bits());
+            if f.is_infinite() {
+                assert!(serde_json::to_string(&wire).is_err());
+            }
+        }
+        for f in [f32::INFINITY, f32::NEG_INFINITY] {
+            let wire = TypedValue::Float4(f).to_value("c").unwrap();
+            let decoded = TypedValue::from_value("c", ColumnType::Float4, &wire).unwrap();
+            assert_eq!(float_bits(decoded), u64::from(f.to_bits()));
+        }
+        // Every NaN is the one text value, on either encoding, and reads
+        // back as Postgres' NaN.
+        let nans = [
+            f64::NAN,
+            -f64::NAN,
+            f64::from_bits(0x7ff0_0000_0000_0001),
+            f64::INFINITY - f64::INFINITY,
+        ];
+        for f in nans {
+            let wire = TypedValue::Float8(f).to_value("c").unwrap();
+            assert_eq!(wire, Value::Text(NAN_TEXT.into()));
+            let json = serde_json::to_string(&wire).unwrap();
+            let back: Value = serde_json::from_str(&json).unwrap();
+            let decoded = TypedValue::from_value("c", ColumnType::Float8, &back).unwrap();
+            assert_eq!(float_bits(decoded), f64::NAN.to_bits());
+        }
+        let wire = TypedValue::Float4(f32::NAN).to_value("c").unwrap();
+        assert_eq!(wire, Value::Text(NAN_TEXT.into()));
+        let decoded = TypedValue::from_value("c", ColumnType::Float4, &wire).unwrap();
+        assert_eq!(float_bits(decoded), u64::from(f32::NAN.to_bits()));
+    }
+
+    #[test]
+    fn plans_carry_any_float() {
+        for f in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.0, 0.1] {
+            let json = serde_json::to_string(&TypedValue::Float8(f)).unwrap();
+            let back: TypedValue = serde_json::from_str(&json).unwrap();
+            assert_eq!(float_bits(Some(back)), f.to_bits(), "{json}");
+        }
+        let json = serde_json::to_string(&TypedValue::Float4(f32::NEG_INFINITY)).unwrap();
+        let back: TypedValue = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, TypedValue::Float4(f32::NEG_INFINITY));
+    }
+
+    #[test]
+    fn only_the_nan_text_is_a_float() {
+        for bad in ["nan", "NAN", "Infinity", "1.5", ""] {
+            let e = TypedValue::from_value("c", ColumnType::Float8, &Value::Text(bad.into()))
+                .unwrap_err();
+            assert_eq!(e.column_type, ColumnType::Float8, "{bad}");
+        }
+    }
+
+    #[test]
+    fn stored_float_order_is_postgres_order() {
+        // Postgres: NULL aside, -Infinity < finite < Infinity < NaN; the
+        // stored forms sort the same way under SQLite's rules (numbers
+        // before text), which the merge's comparison reproduces.
+        let ordered = [
+            f64::NEG_INFINITY,
+            -f64::MAX,
+            -1.5,
+            0.0,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            f64::INFINITY,
+            f64::NAN,
+        ];
+        for (i, a) in ordered.iter().enumerate() {
+            for (j, b) in ordered.iter().enumerate() {
+                let (x, y) = (float_value(*a), float_value(*b));
+                assert_eq!(
+                    crate::merge::compare_values(&x, &y),
+                    i.cmp(&j),
+                    "{a} vs {b}"
+                );
+            }
+        }
+        assert_eq!(
+            crate::merge::compare_values(&float_value(-0.0), &float_value(0.0)),
+            std::cmp::Ordering::Equal
+        );
     }
 
     #[test]

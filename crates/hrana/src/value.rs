@@ -29,9 +29,7 @@ impl Serialize for Value {
             }
             Value::Float(f) => {
                 if !f.is_finite() {
-                    return Err(serde::ser::Error::custom(
-                        "a non-finite float cannot be sent as a Hrana value",
-                    ));
+                    return Err(serde::ser::Error::custom(NON_FINITE_JSON));
                 }
                 m.serialize_entry("type", "float")?;
                 m.serialize_entry("value", f)?;
@@ -52,11 +50,19 @@ impl Serialize for Value {
     }
 }
 
+/// Why a float is refused in JSON, whose numbers are finite (Protobuf
+/// carries any double).
+const NON_FINITE_JSON: &str =
+    "a non-finite float (Infinity or NaN) cannot travel in the JSON encoding of Hrana; \
+     the Protobuf encoding carries it";
+
 /// The `value` field of a value object before its type is known (the
 /// object's keys may come in any order): a string or a number, decoded
 /// directly rather than through `serde_json::Value`.
 enum Payload {
     None,
+    /// `null`: how sqld writes a float infinity in JSON, losing its sign.
+    Null,
     Str(String),
     Num(f64),
 }
@@ -83,6 +89,9 @@ impl<'de> Deserialize<'de> for Payload {
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Payload, E> {
                 Ok(Payload::Num(v as f64))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Payload, E> {
+                Ok(Payload::Null)
             }
         }
         d.deserialize_any(P)
@@ -122,6 +131,10 @@ impl<'de> Deserialize<'de> for Value {
                         Err(de::Error::custom("integer value must be a decimal string"))
                     }
                     ("float", Payload::Num(f)) => Ok(Value::Float(f)),
+                    ("float", Payload::Null) => Err(de::Error::custom(
+                        "a float without a value: a server writes a float infinity so in JSON, \
+                         whose numbers are finite (the Protobuf encoding carries it)",
+                    )),
                     ("float", _) => Err(de::Error::custom("float value must be a JSON number")),
                     ("text", Payload::Str(s)) => Ok(Value::Text(s)),
                     ("text", _) => Err(de::Error::custom("text value must be a string")),
@@ -189,6 +202,8 @@ mod tests {
             r#"{"type":"integer","value":"4.2"}"#,
             r#"{"type":"integer","value":"99999999999999999999"}"#,
             r#"{"type":"float","value":"1.5"}"#,
+            r#"{"type":"float","value":null}"#,
+            r#"{"type":"integer","value":null}"#,
             r#"{"type":"text","value":1}"#,
             r#"{"type":"blob","base64":"!!"}"#,
             r#"{"type":"bigint","value":"1"}"#,

@@ -154,9 +154,11 @@ fn run_step(
         }
         row_buf.clear();
         for i in 0..ncols {
-            match exec::to_value(row.get_ref_unwrap(i)) {
-                Ok(v) => row_buf.push(v),
-                Err(e) => return step_error(w, e),
+            row_buf.push(exec::to_value(row.get_ref_unwrap(i)));
+        }
+        if w.encoding == Encoding::Json {
+            if let Some(e) = exec::unrepresentable_in_json(&row_buf) {
+                return step_error(w, e);
             }
         }
         w.row(&row_buf)?;

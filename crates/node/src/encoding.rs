@@ -4,10 +4,12 @@
 //! shared; only the bytes differ.
 
 use crate::errors::{self, code};
+use crate::exec;
 use crate::handlers::Failure;
 use conductor_hrana::protobuf as pb;
 use conductor_hrana::{
-    CursorEntry, CursorReqBody, CursorRespBody, Error, PipelineReqBody, PipelineRespBody, Value,
+    CursorEntry, CursorReqBody, CursorRespBody, Error, PipelineReqBody, PipelineRespBody,
+    StmtResult, StreamResponse, StreamResult, Value,
 };
 use prost::Message as _;
 use serde::Serialize;
@@ -52,6 +54,7 @@ impl Encoding {
     pub fn pipeline_response(self, resp: PipelineRespBody) -> Result<Vec<u8>, Failure> {
         match self {
             Encoding::Json => {
+                let resp = without_non_finite(resp);
                 let mut out = Vec::with_capacity(512);
                 serde_json::to_writer(&mut out, &resp)
                     .map_err(|e| Failure::internal(format!("encoding the response: {e}")))?;
@@ -106,6 +109,39 @@ impl Encoding {
     }
 }
 
+/// The answer with every statement result that holds a float infinity
+/// (which JSON cannot represent) replaced by that statement's error.
+fn without_non_finite(mut resp: PipelineRespBody) -> PipelineRespBody {
+    let stmt_error = |r: &StmtResult| {
+        r.rows
+            .iter()
+            .find_map(|row| exec::unrepresentable_in_json(row))
+    };
+    for result in &mut resp.results {
+        match result {
+            StreamResult::Ok {
+                response: StreamResponse::Execute { result: r },
+            } => {
+                if let Some(error) = stmt_error(r) {
+                    *result = StreamResult::Error { error };
+                }
+            }
+            StreamResult::Ok {
+                response: StreamResponse::Batch { result: b },
+            } => {
+                for (r, e) in b.step_results.iter_mut().zip(b.step_errors.iter_mut()) {
+                    if let Some(error) = r.as_ref().and_then(stmt_error) {
+                        *r = None;
+                        *e = Some(error);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    resp
+}
+
 /// A row entry borrowing its values.
 #[derive(Serialize)]
 struct RowEntry<'a> {
@@ -116,7 +152,7 @@ struct RowEntry<'a> {
 
 fn json_line(item: &impl Serialize, out: &mut Vec<u8>) {
     // Serializing our own types cannot fail, except for non-finite floats,
-    // which `exec::to_value` already refused.
+    // which the cursor turns into a step error before writing a JSON row.
     serde_json::to_writer(&mut *out, item).expect("cursor entry serializes");
     out.push(b'\n');
 }

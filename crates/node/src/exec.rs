@@ -218,25 +218,36 @@ fn value_ref(v: &Value) -> ValueRef<'_> {
 }
 
 /// A SQLite value as a Hrana value. Text that is not UTF-8 (SQLite does not
-/// enforce it) is sent with replacement characters rather than failing; a
-/// non-finite float (SQLite can hold infinities) has no JSON form and is an
-/// error of its statement.
-pub fn to_value(v: ValueRef<'_>) -> Result<Value, Error> {
-    Ok(match v {
+/// enforce it) is sent with replacement characters rather than failing. A
+/// float infinity (SQLite can hold it) is kept: Protobuf carries it, and the
+/// JSON encoding turns it into an error of its statement
+/// ([`unrepresentable_in_json`]).
+pub fn to_value(v: ValueRef<'_>) -> Value {
+    match v {
         ValueRef::Null => Value::Null,
         ValueRef::Integer(i) => Value::Integer(i),
-        ValueRef::Real(f) if f.is_finite() => Value::Float(f),
-        ValueRef::Real(f) => {
-            return Err(errors::error(
-                code::VALUE_NOT_REPRESENTABLE,
-                format!("the result holds the float {f}, which JSON cannot represent"),
-            ))
-        }
+        ValueRef::Real(f) => Value::Float(f),
         ValueRef::Text(t) => Value::Text(match std::str::from_utf8(t) {
             Ok(s) => s.to_owned(),
             Err(_) => String::from_utf8_lossy(t).into_owned(),
         }),
         ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    }
+}
+
+/// The error of a statement whose result holds a value JSON has no form
+/// for (a float infinity), when it is to be sent in JSON.
+pub fn unrepresentable_in_json(row: &[Value]) -> Option<Error> {
+    row.iter().find_map(|v| match v {
+        Value::Float(f) if !f.is_finite() => Some(errors::error(
+            code::VALUE_NOT_REPRESENTABLE,
+            format!(
+                "the result holds the float {}, which the JSON encoding cannot represent \
+                 (the Protobuf encoding can)",
+                if *f > 0.0 { "Infinity" } else { "-Infinity" }
+            ),
+        )),
+        _ => None,
     })
 }
 
@@ -287,7 +298,7 @@ pub fn execute_prepared(
                     ValueRef::Text(b) | ValueRef::Blob(b) => b.len() + 32,
                     _ => 32,
                 };
-                out.push(to_value(v)?);
+                out.push(to_value(v));
             }
             rows_out.push(out);
             if size > MAX_RESULT_BYTES {
