@@ -737,6 +737,7 @@ async fn stream_group(
         batch: Batch { steps },
     };
     let mut cursor = client.cursor(endpoint, &body).await?;
+    let _closer = CursorCloser::new(client, endpoint, &cursor);
     let per_chunk = opts.rows_per_chunk.max(1);
     let mut chunk: Vec<Vec<Value>> = Vec::with_capacity(per_chunk);
     let mut current: Option<usize> = None;
@@ -863,26 +864,62 @@ async fn stream_group(
         Ok(())
     }
     .await;
-    close_cursor(client, endpoint, &cursor);
     result
 }
 
-/// A cursor leaves a stream open on the node: close it now rather than let
-/// it wait for the node's idle expiry (not waited for).
-fn close_cursor(
-    client: &HranaClient,
-    endpoint: &NodeEndpoint,
-    cursor: &crate::client::CursorStream,
-) {
-    if let Some(baton) = cursor.baton().map(str::to_string) {
-        let client = client.clone();
-        let endpoint = endpoint.clone();
-        tokio::spawn(async move {
+/// A cursor leaves a stream open on the node, holding one of its
+/// connections (sqld has 128, then answers 429) until the node's idle expiry
+/// unless it is closed. The guard closes it when dropped: when the cursor is
+/// done, and also when its task is aborted — the scan's consumer stopped
+/// early, or had every row before the cursor's trailing entries (sqld sends
+/// a replication index after the last step). The close is not waited for.
+/// sqld takes a stream back from its cursor only once it has sent the last
+/// entry (or seen the response dropped), and refuses a close that comes
+/// first as a reused baton (HTTP 400): that is retried for a moment.
+struct CursorCloser {
+    client: HranaClient,
+    endpoint: NodeEndpoint,
+    baton: Option<String>,
+}
+
+impl CursorCloser {
+    fn new(
+        client: &HranaClient,
+        endpoint: &NodeEndpoint,
+        cursor: &crate::client::CursorStream,
+    ) -> Self {
+        CursorCloser {
+            client: client.clone(),
+            endpoint: endpoint.clone(),
+            baton: cursor.baton().map(str::to_string),
+        }
+    }
+}
+
+impl Drop for CursorCloser {
+    fn drop(&mut self) {
+        // An aborted task is dropped by its runtime, so one is current here;
+        // none only while the runtime itself shuts down (the backend exits),
+        // when the node's expiry is left to do it.
+        let (Some(baton), Ok(runtime)) = (self.baton.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let client = self.client.clone();
+        let endpoint = self.endpoint.clone();
+        runtime.spawn(async move {
+            const RETRY_AFTER_MS: [u64; 7] = [1, 2, 5, 10, 20, 50, 100];
             let close = PipelineReqBody {
                 baton: Some(baton),
                 requests: vec![StreamRequest::Close],
             };
-            let _ = client.pipeline(&endpoint, &close).await;
+            for wait_ms in std::iter::once(0).chain(RETRY_AFTER_MS) {
+                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                match client.pipeline(&endpoint, &close).await {
+                    Err(NodeError::Http { status: 400, .. }) => continue,
+                    _ => return,
+                }
+            }
         });
     }
 }
@@ -962,9 +999,8 @@ async fn stream_shard(
         },
     };
     let mut cursor = client.cursor(&q.endpoint, &body).await?;
-    let streamed = stream_rows(&mut cursor, &node, q, opts, tx, handed_over).await;
-    close_cursor(client, &q.endpoint, &cursor);
-    streamed
+    let _closer = CursorCloser::new(client, &q.endpoint, &cursor);
+    stream_rows(&mut cursor, &node, q, opts, tx, handed_over).await
 }
 
 /// One shard's rows through one self-closing pipeline request.

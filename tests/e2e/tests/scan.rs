@@ -388,3 +388,47 @@ fn a_paused_scan_still_returns_every_row() {
     assert_eq!(first.len() + rest.len(), 120000);
     exec(&mut db, "COMMIT");
 }
+
+/// Scans close every cursor stream they open, in the session that runs
+/// them (the close is sent after the scan, not waited for): a node's open
+/// streams return to none without waiting for its idle expiry.
+#[test]
+fn scans_close_their_streams() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE streams (id bigint NOT NULL, v int) SERVER cluster;
+         SELECT conductor.create_distributed_table('streams', 'id', shard_count => 16);
+         INSERT INTO streams SELECT i, i % 100 FROM generate_series(1, 1000) i;",
+    );
+    let open = |cluster: &Cluster| -> Vec<u64> {
+        (0..cluster.node_count())
+            .map(|i| {
+                let (_, body) = cluster.node_get(i, "/stats").expect("node stats");
+                conductor_e2e::serde_json::from_str::<conductor_e2e::serde_json::Value>(&body)
+                    .expect("stats JSON")["open_streams"]
+                    .as_u64()
+                    .expect("open_streams")
+            })
+            .collect()
+    };
+    for _ in 0..200 {
+        let found = db
+            .query("SELECT id FROM streams WHERE v = 42", &[])
+            .unwrap();
+        assert_eq!(found.len(), 10);
+    }
+    // Well inside the nodes' 10 s idle expiry: only closes make this pass.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut streams = open(&cluster);
+    while streams.iter().any(|&n| n > 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        // The session stays open and idle: its closes were sent by its own
+        // I/O threads, not by a later statement.
+        streams = open(&cluster);
+    }
+    assert_eq!(streams, vec![0, 0], "streams left open after 200 scans");
+}

@@ -293,3 +293,29 @@ fn a_transaction_outlives_sqlds_stream_expiry() {
         .sum();
     assert_eq!(on_nodes, 40);
 }
+
+/// Every scan's cursor stream is closed, also when the scan has all its rows
+/// before sqld's trailing cursor entry: sqld holds a connection per open
+/// stream (128), so 600 scans within its 10 s expiry once ran out of them
+/// and were refused with HTTP 429 from about the 290th on.
+#[test]
+fn back_to_back_scans_leave_no_stream_open_on_sqld() {
+    let Some(sqld) = sqld_bin() else {
+        println!("SKIPPED: set SQLD=/path/to/sqld to run conductor against real libSQL servers");
+        return;
+    };
+    let cluster = Cluster::start_sqld(2, &sqld);
+    let mut db = cluster.client();
+    cluster.setup_conductor(&mut db, "cluster");
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE d (id bigint NOT NULL, v int) SERVER cluster;
+         SELECT conductor.create_distributed_table('d', 'id', shard_count => 16);
+         INSERT INTO d SELECT i, i % 100 FROM generate_series(1, 1000) i;",
+    );
+    for i in 0..600 {
+        let found = rows(&mut db, "SELECT id FROM d WHERE v = 42")
+            .unwrap_or_else(|e| panic!("scan {i}: {e}"));
+        assert_eq!(found.len(), 10, "scan {i}");
+    }
+}
