@@ -78,6 +78,9 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 PG_PORT='' NODE_PORTS='' SYS_PG_CONFIG=$PG_CONFIG
 trap cleanup EXIT
+# Exit (running cleanup, which also restores src/) on Ctrl-C or kill.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 read -r PG_PORT NODE_PORTS <<<"$(pick_ports)"
 SYS_PG_CONFIG=$(PG_CONFIG=$PG_CONFIG scripts/test-pg.sh "$WORK/system")
@@ -114,17 +117,18 @@ start=$SECONDS
 make --no-print-directory ext PG_CONFIG="$SYS_PG_CONFIG" TEST_PG_DIR="$WORK/test-pg" EXT_PROFILE= \
     >>"$OUT" 2>&1 || fail "make ext failed"
 say "  done in $((SECONDS - start)) s"
-test_lib=$(find "$WORK/test-pg" -name conductor.so -print -quit)
-[ -n "$test_lib" ] || fail "make ext installed no conductor.so under $WORK/test-pg"
-test_id=$(file_build_id "$test_lib")
-[ "$test_id" != "$installed_id" ] ||
-    fail "the tests' build has the demo's build id $test_id: this check could not tell them apart"
-
 read -r profile after_id <<<"$(loaded_build)"
 [ "$(file_build_id "$SYS_LIB")" = "$installed_id" ] ||
     fail "make ext replaced the demo's library $SYS_LIB (build $(file_build_id "$SYS_LIB"), was $installed_id)"
 [ "$profile" = release ] && [ "$after_id" = "$installed_id" ] ||
     fail "after make ext, a new demo session loads the $profile build $after_id, not the release build $installed_id"
+# And make ext did install a build that differs from the demo's, so the
+# comparison above could have failed.
+test_lib=$(find "$WORK/test-pg" -name conductor.so -print -quit)
+[ -n "$test_lib" ] || fail "make ext installed no conductor.so under $WORK/test-pg"
+test_id=$(file_build_id "$test_lib")
+[ "$test_id" != "$installed_id" ] ||
+    fail "the tests' build has the demo's build id $test_id: this check could not tell them apart"
 say "  after make ext the demo still loads the release build $after_id (the tests' build $test_id went to a copy of its own)"
 
 if [ -n "${CHECK_SOURCE_CHANGE:-}" ]; then

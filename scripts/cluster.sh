@@ -110,6 +110,8 @@ EOF
 # binary differ from what was installed or running before.
 EXT_SO_CHANGED=0
 EXT_SQL_CHANGED=0
+# The build id of the library `build` just made (empty if it did not build).
+BUILT_ID=
 
 build() {
     # CONDUCTOR_NO_BUILD=1: use what's already built and installed
@@ -131,6 +133,7 @@ build() {
     # (PG_CONFIG) may not.
     if [ ! -w "$libdir" ] || [ ! -w "$sharedir" ]; then sudo=(sudo); fi
     cmp -s "$pkg$libdir/conductor.so" "$libdir/conductor.so" || EXT_SO_CHANGED=1
+    BUILT_ID=$(file_build_id "$pkg$libdir/conductor.so")
     local f
     for f in "$pkg$sharedir"/conductor*; do
         cmp -s "$f" "$sharedir/$(basename "$f")" || EXT_SQL_CHANGED=1
@@ -294,18 +297,24 @@ cmd_start() {
 }
 
 # A new session of the demo loads the library just installed: say which
-# build it is, and fail if it is not the installed file (e.g. Postgres
-# loads from another directory than the one PG_CONFIG names).
+# build it is, and fail if it is not the one just built (e.g. Postgres loads
+# from another directory than the one PG_CONFIG names, or something else
+# installed over it meanwhile).
 check_build() {
-    local row profile loaded installed
+    local row profile loaded expected what
     # to_jsonb: a catalog loaded by an older build may lack build_id.
     row=$("${PSQL[@]}" -d conductor -tAc \
         "SELECT b.profile || ' ' || coalesce(to_jsonb(b)->>'build_id', '') FROM conductor.build_info() b") ||
         die "could not ask the demo which build it runs"
     read -r profile loaded <<<"$row"
-    installed=$(file_build_id "$("$PG_CONFIG" --pkglibdir)/conductor.so")
-    if [ -n "$installed" ] && [ -n "$loaded" ] && [ "$loaded" != "$installed" ]; then
-        die "a new session loads build $loaded, but $("$PG_CONFIG" --pkglibdir)/conductor.so is build $installed"
+    if [ -n "$BUILT_ID" ]; then
+        expected=$BUILT_ID what="the build just made"
+    else
+        expected=$(file_build_id "$("$PG_CONFIG" --pkglibdir)/conductor.so")
+        what="the installed $("$PG_CONFIG" --pkglibdir)/conductor.so"
+    fi
+    if [ -n "$expected" ] && [ "$loaded" != "$expected" ]; then
+        die "a new session of the demo loads build ${loaded:-(one without a build id)}, not $what ($expected)"
     fi
     log "the demo runs the $profile build of the extension${loaded:+ (build id $loaded)}"
 }
