@@ -50,7 +50,7 @@ test: deps
 unit:
 	cargo test
 
-# The extension installed into Debian's Postgres 15 + the node binary, then
+# The extension installed into the tests' copy of Postgres 15 + the node binary, then
 # the end-to-end tests against them.
 # A real libSQL server (sqld) for tests/e2e/tests/sqld.rs, when one is
 # installed: `make test SQLD=/path/to/sqld`, else sqld on PATH or in
@@ -73,10 +73,12 @@ node:
 # The demo's setup, then `make ext`: the demo must still load its release
 # build. Its cluster, ports and copy of Postgres are its own, so a running
 # demo is left alone. It builds the release build (shared with `make demo`
-# and `make bench`); CHECK_SOURCE_CHANGE=1 also checks `make demo` after a
-# change in src/ (two more release builds).
+# and `make bench`). CHECK_SOURCE_CHANGE=1 also checks `make demo` after a
+# change in src/: two more release builds of the extension, and it edits
+# the checkout meanwhile, so only under CI by default.
+CHECK_SOURCE_CHANGE ?= $(if $(filter true 1,$(CI)),1,)
 demo-check:
-	scripts/check-demo-build.sh
+	CHECK_SOURCE_CHANGE=$(CHECK_SOURCE_CHANGE) scripts/check-demo-build.sh
 
 ## make bench: conductor vs postgres_fdw partitions vs a local table;
 ## writes docs/BENCHMARKS.md. BENCH_QUICK=1 for a short development run.

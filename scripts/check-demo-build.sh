@@ -15,7 +15,8 @@
 # after a change in src/: it must rebuild, restart Postgres, say so, and
 # new sessions must run the new build; then the change is undone and the
 # cluster must come back to the first build. This costs two release builds
-# of the extension, so `make test` leaves it out.
+# of the extension and edits the checkout while it runs, so `make test`
+# does it only under CI (a fresh clone nobody edits).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -62,7 +63,7 @@ cleanup() {
     local status=$?
     if [ -d "$WORK/cluster" ]; then cluster reset >>"$OUT" 2>&1 || true; fi
     if [ -n "${SOURCE_BACKUP:-}" ] && [ -f "$SOURCE_BACKUP" ]; then
-        cp "$SOURCE_BACKUP" "$SOURCE_FILE"
+        restore_source
     fi
     rm -rf "$WORK"
     exit "$status"
@@ -131,14 +132,32 @@ test_id=$(file_build_id "$test_lib")
     fail "the tests' build has the demo's build id $test_id: this check could not tell them apart"
 say "  after make ext the demo still loads the release build $after_id (the tests' build $test_id went to a copy of its own)"
 
+# Puts the source file back, unless someone edited it meanwhile.
+restore_source() {
+    if cmp -s "$SOURCE_FILE" "$SOURCE_BACKUP"; then
+        :
+    elif cmp -s "$SOURCE_FILE" "$SOURCE_EDITED"; then
+        cp "$SOURCE_BACKUP" "$SOURCE_FILE"
+    else
+        local kept
+        kept=/var/tmp/$(basename "$SOURCE_FILE").orig.$$
+        cp "$SOURCE_BACKUP" "$kept"
+        echo "check-demo-build: $SOURCE_FILE was edited during the check; left as it is (the original is in $kept)" >&2
+    fi
+    rm -f "$SOURCE_BACKUP"
+}
+
 if [ -n "${CHECK_SOURCE_CHANGE:-}" ]; then
     SOURCE_FILE=$ROOT/src/api/mod.rs
     SOURCE_BACKUP=$WORK/mod.rs.orig
+    SOURCE_EDITED=$WORK/mod.rs.edited
     cp "$SOURCE_FILE" "$SOURCE_BACKUP"
     # A change that alters the library but not its SQL: a new string in a
     # function body.
-    sed -i "s|env!(\"CARGO_PKG_VERSION\").to_string(),|format!(\"{}{}\", env!(\"CARGO_PKG_VERSION\"), \"\"),|" "$SOURCE_FILE"
-    cmp -s "$SOURCE_FILE" "$SOURCE_BACKUP" && fail "the source edit did not apply"
+    sed "s|env!(\"CARGO_PKG_VERSION\").to_string(),|format!(\"{}{}\", env!(\"CARGO_PKG_VERSION\"), \"\"),|" \
+        "$SOURCE_BACKUP" >"$SOURCE_EDITED"
+    cmp -s "$SOURCE_EDITED" "$SOURCE_BACKUP" && fail "the source edit did not apply"
+    cp "$SOURCE_EDITED" "$SOURCE_FILE"
     say "make demo on the running cluster after a change in src/"
     start=$SECONDS
     cluster start >"$WORK/changed.log" 2>&1 || { cat "$WORK/changed.log" >>"$OUT"; fail "make demo after the change failed"; }
@@ -150,8 +169,7 @@ if [ -n "${CHECK_SOURCE_CHANGE:-}" ]; then
     [ "$changed_id" = "$(file_build_id "$SYS_LIB")" ] || fail "a new session loads $changed_id, not the installed build"
     say "  restarted postgres; new sessions run build $changed_id"
 
-    cp "$SOURCE_BACKUP" "$SOURCE_FILE"
-    rm -f "$SOURCE_BACKUP"
+    restore_source
     say "make demo after undoing the change"
     start=$SECONDS
     cluster start >"$WORK/reverted.log" 2>&1 || { cat "$WORK/reverted.log" >>"$OUT"; fail "make demo after the revert failed"; }

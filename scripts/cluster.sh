@@ -110,8 +110,13 @@ EOF
 # binary differ from what was installed or running before.
 EXT_SO_CHANGED=0
 EXT_SQL_CHANGED=0
-# The build id of the library `build` just made (empty if it did not build).
+# The build id of the library `build` just made and a hash of its SQL
+# (empty if it did not build).
 BUILT_ID=
+BUILT_SQL=
+
+# A hash of the extension's SQL files (control file and scripts) in DIR.
+ext_sql_hash() { cat "$1"/conductor* | sha256sum | cut -d' ' -f1; }
 
 build() {
     # CONDUCTOR_NO_BUILD=1: use what's already built and installed
@@ -132,12 +137,25 @@ build() {
     # The system's Postgres directories need root; a copy of Postgres
     # (PG_CONFIG) may not.
     if [ ! -w "$libdir" ] || [ ! -w "$sharedir" ]; then sudo=(sudo); fi
-    cmp -s "$pkg$libdir/conductor.so" "$libdir/conductor.so" || EXT_SO_CHANGED=1
     BUILT_ID=$(file_build_id "$pkg$libdir/conductor.so")
-    local f
-    for f in "$pkg$sharedir"/conductor*; do
-        cmp -s "$f" "$sharedir/$(basename "$f")" || EXT_SQL_CHANGED=1
-    done
+    BUILT_SQL=$(ext_sql_hash "$pkg$sharedir")
+    # Compared with what the cluster was started and loaded with, as
+    # recorded then, rather than with the installed files: another install
+    # into the same Postgres (another checkout's `make demo` or `make bench`)
+    # may have replaced those meanwhile.
+    if [ -f "$CLUSTER_DIR/running.build-id" ] && [ -n "$BUILT_ID" ]; then
+        [ "$(cat "$CLUSTER_DIR/running.build-id")" = "$BUILT_ID" ] || EXT_SO_CHANGED=1
+    else
+        cmp -s "$pkg$libdir/conductor.so" "$libdir/conductor.so" || EXT_SO_CHANGED=1
+    fi
+    if [ -f "$CLUSTER_DIR/loaded.sql-hash" ]; then
+        [ "$(cat "$CLUSTER_DIR/loaded.sql-hash")" = "$BUILT_SQL" ] || EXT_SQL_CHANGED=1
+    else
+        local f
+        for f in "$pkg$sharedir"/conductor*; do
+            cmp -s "$f" "$sharedir/$(basename "$f")" || EXT_SQL_CHANGED=1
+        done
+    fi
     # `install` writes a new file (new inode) rather than rewriting the
     # library in place, so backends still running the old build keep a
     # consistent mapping until they exit.
@@ -265,6 +283,7 @@ load_demo() {
     for i in 1 2 3 4; do vars+=(-v "node${i}_url=http://127.0.0.1:${NODE_PORTS[$((i - 1))]}"); done
     "${PSQL[@]}" -d conductor -v ON_ERROR_STOP=1 "${vars[@]}" -f scripts/demo.sql
     touch "$CLUSTER_DIR/demo-loaded"
+    echo "${BUILT_SQL:-$(ext_sql_hash "$("$PG_CONFIG" --sharedir)/extension")}" >"$CLUSTER_DIR/loaded.sql-hash"
 }
 
 cmd_start() {
@@ -316,6 +335,7 @@ check_build() {
     if [ -n "$expected" ] && [ "$loaded" != "$expected" ]; then
         die "a new session of the demo loads build ${loaded:-(one without a build id)}, not $what ($expected)"
     fi
+    echo "$loaded" >"$CLUSTER_DIR/running.build-id"
     log "the demo runs the $profile build of the extension${loaded:+ (build id $loaded)}"
 }
 
