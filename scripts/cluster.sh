@@ -257,10 +257,13 @@ start_node() {
         sleep 0.1
     done
     tail -c +"$((offset + 1))" "$logfile" | tail -n 20 >&2
-    if kill -0 "$pid" 2>/dev/null && ! node_pid "$i" >/dev/null; then
-        die "node-$i (pid $pid) is running but port $port answers for another process: $(port_owner "$port")"
+    if node_healthy "$port" && ! node_pid "$i" >/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        die "port $port (node-$i) answers for another process: $(port_owner "$port")"
     fi
-    die "node-$i (pid $pid) did not answer GET /health on 127.0.0.1:$port within ${timeout} s (its output so far is above; log: $(rel "$logfile"))"
+    # Not left running half-started: the next start begins afresh.
+    kill -TERM "$pid" 2>/dev/null || true
+    die "node-$i (pid $pid) did not answer GET /health on 127.0.0.1:$port within ${timeout} s, so it was stopped (CONDUCTOR_NODE_START_TIMEOUT sets the wait; its output is above; log: $(rel "$logfile"))"
 }
 
 # Whether nothing listens on 127.0.0.1:PORT.
