@@ -25,7 +25,7 @@ SUDO_FLAG := $(if $(filter 0,$(shell id -u)),,--sudo)
 TEST_PG_DIR ?= /var/tmp/conductor-test-pg-$(shell printf '%s' "$(CURDIR)" | md5sum | cut -c1-12)
 TEST_PG_CONFIG = $(TEST_PG_DIR)/lib/postgresql/15/bin/pg_config
 
-.PHONY: deps demo stop status test unit e2e ext node bench bench-shards fmt
+.PHONY: deps demo stop status test unit e2e ext node demo-check bench bench-shards fmt
 
 deps:
 	scripts/install-deps.sh
@@ -41,16 +41,16 @@ stop:
 status:
 	scripts/cluster.sh status || true
 
-## make test: every test (format, unit, end-to-end)
+## make test: every test (format, unit, end-to-end, the demo's build)
 test: deps
 	cargo fmt --all -- --check
-	$(MAKE) --no-print-directory unit e2e
+	$(MAKE) --no-print-directory unit e2e demo-check
 
 # Postgres-free crates (the workspace's default members): seconds.
 unit:
 	cargo test
 
-# The extension installed into Debian's Postgres 15 + the node binary, then
+# The extension installed into the tests' copy of Postgres 15 + the node binary, then
 # the end-to-end tests against them.
 # A real libSQL server (sqld) for tests/e2e/tests/sqld.rs, sqld_faults.rs
 # and the sqld test of special_values.rs, when one is installed: `make test SQLD=/path/to/sqld`, else
@@ -70,6 +70,16 @@ ext:
 
 node:
 	cargo build -p conductor-node
+
+# The demo's setup, then `make ext`: the demo must still load its release
+# build. Its cluster, ports and copy of Postgres are its own, so a running
+# demo is left alone. It builds the release build (shared with `make demo`
+# and `make bench`). CHECK_SOURCE_CHANGE=1 also checks `make demo` after a
+# change in src/: two more release builds of the extension, and it edits
+# the checkout meanwhile, so only under CI by default.
+CHECK_SOURCE_CHANGE ?= $(if $(filter true 1,$(CI)),1,)
+demo-check:
+	CHECK_SOURCE_CHANGE=$(CHECK_SOURCE_CHANGE) scripts/check-demo-build.sh
 
 ## make bench: conductor vs postgres_fdw partitions vs a local table;
 ## writes docs/BENCHMARKS.md. BENCH_QUICK=1 for a short development run.

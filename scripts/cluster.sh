@@ -5,6 +5,11 @@
 #   four conductor-node processes at 127.0.0.1:7401-7404.
 # Everything lives under ./.cluster/ (data, logs, pid files).
 #
+# CONDUCTOR_CLUSTER_DIR, CONDUCTOR_PG_PORT and CONDUCTOR_NODE_PORTS (four
+# ports, space-separated) put a second cluster beside the demo, and
+# PG_CONFIG picks the Postgres installation the extension goes into (the
+# demo-build check in scripts/check-demo-build.sh uses all four).
+#
 #   scripts/cluster.sh start    build, start what isn't running, load the demo data once
 #   scripts/cluster.sh stop     stop everything this script started
 #   scripts/cluster.sh status   what is running (exit 0 only if all of it)
@@ -16,9 +21,10 @@ cd "$ROOT"
 
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 PG_BINDIR=$("$PG_CONFIG" --bindir)
-PG_PORT=55432
-NODE_PORTS=(7401 7402 7403 7404)
-CLUSTER_DIR=$ROOT/.cluster
+PG_PORT=${CONDUCTOR_PG_PORT:-55432}
+read -r -a NODE_PORTS <<<"${CONDUCTOR_NODE_PORTS:-7401 7402 7403 7404}"
+[ "${#NODE_PORTS[@]}" -eq 4 ] || { echo "cluster: CONDUCTOR_NODE_PORTS must name 4 ports" >&2; exit 2; }
+CLUSTER_DIR=$(realpath -m "${CONDUCTOR_CLUSTER_DIR:-$ROOT/.cluster}")
 PG_DIR=$CLUSTER_DIR/pg            # owned by the Postgres user: data/ + postgres.log
 NODE_BIN=${CONDUCTOR_NODE_BIN:-$ROOT/target/release/conductor-node}
 PSQL=("$PG_BINDIR/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U conductor)
@@ -74,13 +80,22 @@ node_healthy() {
     [[ $status == *" 200"* ]]
 }
 
+# A path as the user should read it: relative to the checkout when inside.
+rel() { case $1 in "$ROOT"/*) echo "${1#"$ROOT"/}" ;; *) echo "$1" ;; esac; }
+
+# The GNU build id of an ELF file (what conductor.build_info() reports for
+# the library a backend loaded); empty if it has none or readelf is missing.
+file_build_id() {
+    readelf -n "$1" 2>/dev/null | sed -n 's/^ *Build ID: *\([0-9a-f]*\).*/\1/p' | head -n1
+}
+
 print_connect() {
     cat <<EOF
 
 conductor demo cluster is up:
   PostgreSQL 15  127.0.0.1:$PG_PORT  (database conductor, user conductor, no password)
-  nodes          http://127.0.0.1:7401 .. http://127.0.0.1:7404
-  logs           .cluster/pg/postgres.log, .cluster/node-N.log
+  nodes          http://127.0.0.1:${NODE_PORTS[0]} .. http://127.0.0.1:${NODE_PORTS[3]}
+  logs           $(rel "$PG_DIR")/postgres.log, $(rel "$CLUSTER_DIR")/node-N.log
 
 Connect with:
   psql -h 127.0.0.1 -p $PG_PORT -U conductor conductor
@@ -95,6 +110,13 @@ EOF
 # binary differ from what was installed or running before.
 EXT_SO_CHANGED=0
 EXT_SQL_CHANGED=0
+# The build id of the library `build` just made and a hash of its SQL
+# (empty if it did not build).
+BUILT_ID=
+BUILT_SQL=
+
+# A hash of the extension's SQL files (control file and scripts) in DIR.
+ext_sql_hash() { cat "$1"/conductor* | sha256sum | cut -d' ' -f1; }
 
 build() {
     # CONDUCTOR_NO_BUILD=1: use what's already built and installed
@@ -112,12 +134,28 @@ build() {
     local libdir sharedir sudo=()
     libdir=$("$PG_CONFIG" --pkglibdir)
     sharedir=$("$PG_CONFIG" --sharedir)/extension
-    if [ "$(id -u)" -ne 0 ]; then sudo=(sudo); fi   # writes into /usr/lib/postgresql
-    cmp -s "$pkg$libdir/conductor.so" "$libdir/conductor.so" || EXT_SO_CHANGED=1
-    local f
-    for f in "$pkg$sharedir"/conductor*; do
-        cmp -s "$f" "$sharedir/$(basename "$f")" || EXT_SQL_CHANGED=1
-    done
+    # The system's Postgres directories need root; a copy of Postgres
+    # (PG_CONFIG) may not.
+    if [ ! -w "$libdir" ] || [ ! -w "$sharedir" ]; then sudo=(sudo); fi
+    BUILT_ID=$(file_build_id "$pkg$libdir/conductor.so")
+    BUILT_SQL=$(ext_sql_hash "$pkg$sharedir")
+    # Compared with what the cluster was started and loaded with, as
+    # recorded then, rather than with the installed files: another install
+    # into the same Postgres (another checkout's `make demo` or `make bench`)
+    # may have replaced those meanwhile.
+    if [ -f "$CLUSTER_DIR/running.build-id" ] && [ -n "$BUILT_ID" ]; then
+        [ "$(cat "$CLUSTER_DIR/running.build-id")" = "$BUILT_ID" ] || EXT_SO_CHANGED=1
+    else
+        cmp -s "$pkg$libdir/conductor.so" "$libdir/conductor.so" || EXT_SO_CHANGED=1
+    fi
+    if [ -f "$CLUSTER_DIR/loaded.sql-hash" ]; then
+        [ "$(cat "$CLUSTER_DIR/loaded.sql-hash")" = "$BUILT_SQL" ] || EXT_SQL_CHANGED=1
+    else
+        local f
+        for f in "$pkg$sharedir"/conductor*; do
+            cmp -s "$f" "$sharedir/$(basename "$f")" || EXT_SQL_CHANGED=1
+        done
+    fi
     # `install` writes a new file (new inode) rather than rewriting the
     # library in place, so backends still running the old build keep a
     # consistent mapping until they exit.
@@ -137,7 +175,7 @@ prepare_pg_dir() {
         if ! as_pg test -w "$PG_DIR"; then
             rmdir "$PG_DIR"
             local alt
-            alt=/var/tmp/conductor-cluster-$(printf '%s' "$ROOT" | md5sum | cut -c1-12)
+            alt=/var/tmp/conductor-cluster-$(printf '%s' "$CLUSTER_DIR" | md5sum | cut -c1-12)
             log "$PG_USER can't reach $CLUSTER_DIR; keeping Postgres data in $alt"
             mkdir -p "$alt"
             chown "$PG_USER:" "$alt"
@@ -195,18 +233,37 @@ start_node() {
     # reach it; it runs until `make stop`.
     setsid "$NODE_BIN" --listen "127.0.0.1:$port" --data-dir "$CLUSTER_DIR/node-$i" \
         >>"$logfile" 2>&1 </dev/null &
-    echo $! >"$CLUSTER_DIR/node-$i.pid"
-    local tries
-    for tries in $(seq 100); do
-        if node_pid "$i" >/dev/null && node_healthy "$port"; then return; fi
-        if ! node_pid "$i" >/dev/null; then
+    pid=$!
+    echo "$pid" >"$CLUSTER_DIR/node-$i.pid"
+    # Up once /health answers. Until the child has exec'd, its command line
+    # is still this script's, so node_pid would not know it yet: whether it
+    # exited is asked of the process itself (kill -0), and `wait` gives its
+    # exit status.
+    local timeout=${CONDUCTOR_NODE_START_TIMEOUT:-30} deadline status
+    deadline=$((SECONDS + timeout))
+    while ((SECONDS < deadline)); do
+        if node_healthy "$port"; then
+            if node_pid "$i" >/dev/null; then return; fi
+            # Something else answers on the port (checked free above).
+            break
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            status=0
+            wait "$pid" || status=$?
             # Only what this start wrote, not an earlier run's log.
             tail -c +"$((offset + 1))" "$logfile" | tail -n 20 >&2
-            die "node-$i exited at startup (see above)"
+            die "node-$i exited at startup with status $status (its output is above; log: $(rel "$logfile"))"
         fi
         sleep 0.1
     done
-    die "node-$i (pid $(cat "$CLUSTER_DIR/node-$i.pid")) did not answer /health on port $port within 10 s (see .cluster/node-$i.log)"
+    tail -c +"$((offset + 1))" "$logfile" | tail -n 20 >&2
+    if node_healthy "$port" && ! node_pid "$i" >/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        die "port $port (node-$i) answers for another process: $(port_owner "$port")"
+    fi
+    # Not left running half-started: the next start begins afresh.
+    kill -TERM "$pid" 2>/dev/null || true
+    die "node-$i (pid $pid) did not answer GET /health on 127.0.0.1:$port within ${timeout} s, so it was stopped (CONDUCTOR_NODE_START_TIMEOUT sets the wait; its output is above; log: $(rel "$logfile"))"
 }
 
 # Whether nothing listens on 127.0.0.1:PORT.
@@ -225,8 +282,11 @@ load_demo() {
         die "the extension exists but the demo data didn't finish loading; run 'scripts/cluster.sh reset' and 'make demo' again"
     fi
     log "loading scripts/demo.sql"
-    "${PSQL[@]}" -d conductor -v ON_ERROR_STOP=1 -f scripts/demo.sql
+    local i vars=()
+    for i in 1 2 3 4; do vars+=(-v "node${i}_url=http://127.0.0.1:${NODE_PORTS[$((i - 1))]}"); done
+    "${PSQL[@]}" -d conductor -v ON_ERROR_STOP=1 "${vars[@]}" -f scripts/demo.sql
     touch "$CLUSTER_DIR/demo-loaded"
+    echo "${BUILT_SQL:-$(ext_sql_hash "$("$PG_CONFIG" --sharedir)/extension")}" >"$CLUSTER_DIR/loaded.sql-hash"
 }
 
 cmd_start() {
@@ -254,10 +314,32 @@ cmd_start() {
         echo "$bin_id" >"$CLUSTER_DIR/node-$i.bin"
     done
     load_demo
-    local profile
-    profile=$("${PSQL[@]}" -d conductor -tAc "SELECT profile FROM conductor.build_info()" 2>/dev/null || echo unknown)
-    log "the demo runs the $profile build of the extension"
+    check_build
     print_connect
+}
+
+# A new session of the demo loads the library just installed: say which
+# build it is, and fail if it is not the one just built (e.g. Postgres loads
+# from another directory than the one PG_CONFIG names, or something else
+# installed over it meanwhile).
+check_build() {
+    local row profile loaded expected what
+    # to_jsonb: a catalog loaded by an older build may lack build_id.
+    row=$("${PSQL[@]}" -d conductor -tAc \
+        "SELECT b.profile || ' ' || coalesce(to_jsonb(b)->>'build_id', '') FROM conductor.build_info() b") ||
+        die "could not ask the demo which build it runs"
+    read -r profile loaded <<<"$row"
+    if [ -n "$BUILT_ID" ]; then
+        expected=$BUILT_ID what="the build just made"
+    else
+        expected=$(file_build_id "$("$PG_CONFIG" --pkglibdir)/conductor.so")
+        what="the installed $("$PG_CONFIG" --pkglibdir)/conductor.so"
+    fi
+    if [ -n "$expected" ] && [ "$loaded" != "$expected" ]; then
+        die "a new session of the demo loads build ${loaded:-(one without a build id)}, not $what ($expected)"
+    fi
+    echo "$loaded" >"$CLUSTER_DIR/running.build-id"
+    log "the demo runs the $profile build of the extension${loaded:+ (build id $loaded)}"
 }
 
 # ---- stop / status / reset ------------------------------------------------------
@@ -313,7 +395,7 @@ cmd_reset() {
     # .cluster/pg may be a symlink to /var/tmp (see prepare_pg_dir).
     if [ -L "$PG_DIR" ]; then rm -rf "$(readlink "$PG_DIR")"; fi
     rm -rf "$CLUSTER_DIR"
-    log "removed .cluster"
+    log "removed $(rel "$CLUSTER_DIR")"
 }
 
 case "${1:-}" in

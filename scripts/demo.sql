@@ -1,5 +1,6 @@
 -- Sample sharded dataset for `make demo` (run by scripts/cluster.sh start,
--- once, into database `conductor`). Four nodes, one 16-shard table.
+-- once, into database `conductor`). Four nodes, one 16-shard table. The
+-- nodes' URLs come in as psql variables node1_url .. node4_url.
 \set ON_ERROR_STOP on
 -- Setup statements print nothing worth reading; show only the queries below.
 \o /dev/null
@@ -11,10 +12,10 @@ CREATE EXTENSION IF NOT EXISTS conductor;
 SET search_path = public;
 CREATE SERVER cluster FOREIGN DATA WRAPPER conductor;
 
-SELECT conductor.add_node('cluster', 'node-1', 'http://127.0.0.1:7401');
-SELECT conductor.add_node('cluster', 'node-2', 'http://127.0.0.1:7402');
-SELECT conductor.add_node('cluster', 'node-3', 'http://127.0.0.1:7403');
-SELECT conductor.add_node('cluster', 'node-4', 'http://127.0.0.1:7404');
+SELECT conductor.add_node('cluster', 'node-1', :'node1_url');
+SELECT conductor.add_node('cluster', 'node-2', :'node2_url');
+SELECT conductor.add_node('cluster', 'node-3', :'node3_url');
+SELECT conductor.add_node('cluster', 'node-4', :'node4_url');
 
 CREATE FOREIGN TABLE users (
     id         bigint NOT NULL,

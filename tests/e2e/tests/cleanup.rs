@@ -139,6 +139,25 @@ fn the_tests_run_a_build_installed_apart_from_the_demos() {
         .unwrap()
         .get(0);
     println!("the test cluster loads conductor ({profile}) from {libdir}");
+    // The build id a session reports is the one of the file it loaded.
+    let loaded: Option<String> = db
+        .query_one("SELECT build_id FROM conductor.build_info()", &[])
+        .unwrap()
+        .get(0);
+    let library = std::path::Path::new(&libdir).join("conductor.so");
+    if let Ok(out) = std::process::Command::new("readelf")
+        .arg("-n")
+        .arg(&library)
+        .output()
+    {
+        let notes = String::from_utf8_lossy(&out.stdout);
+        let on_disk = notes
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Build ID: "))
+            .map(str::to_string);
+        assert!(on_disk.is_some(), "no build id in {}", library.display());
+        assert_eq!(loaded, on_disk, "{}", library.display());
+    }
     if std::env::var_os("CONDUCTOR_PG_BINDIR").is_some() {
         // Under `make test`: the private copy, never the system's library
         // directory that the demo cluster loads from.
