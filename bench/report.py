@@ -443,7 +443,7 @@ def main():
     res = {}
     for w in ["W1", "W2", "W3"]:
         res[w] = {t: throughput(out, w, t) for t in TARGETS}
-    for w in ["W4", "W4i", "W5-count", "W5-sum", "W5-group"]:
+    for w in ["W4", "W4i", "W5-count", "W5-sum", "W5-group", "W9", "W10"]:
         res[w] = {t: latency(out, w, t) for t in TARGETS}
     for w in ["W6-1", "W6-4", "W6-16"]:
         res[w] = {t: latency(out, w, t) for t in ["conductor", "peer"]}
@@ -482,7 +482,8 @@ def main():
         "W1": "W1 point lookup", "W2": "W2 point lookup, prepared generic plan", "W3": "W3 IN list of 10 keys",
         "W4": "W4 non-key filter, ~1% of rows", "W4i": "W4i the same with an index on the column",
         "W5-count": "W5 count(*)", "W5-sum": "W5 sum(amount)",
-        "W5-group": "W5 GROUP BY flag", "W7": "W7 whole-table scan", "W8": "W8 INSERT … SELECT",
+        "W5-group": "W5 GROUP BY flag", "W9": "W9 ORDER BY created LIMIT 10",
+        "W10": "W10 GROUP BY customer_id top 10 by count", "W7": "W7 whole-table scan", "W8": "W8 INSERT … SELECT",
         "W6-1": "W6 1 shard (+delay)", "W6-4": "W6 4 shards (+delay)", "W6-16": "W6 16 shards (+delay)",
     }
     for w in ["W1", "W2", "W3"]:
@@ -495,7 +496,7 @@ def main():
             a(f"| | {p} latency | " + " | ".join(spread(vals[t], " ms") if vals[t] else cell(r[t], "") for t in TARGETS)
               + f" | {ratio(med(vals['conductor'] or []), med(vals['peer'] or []))} "
               f"| {ratio(med(vals['conductor'] or []), med(vals['local'] or []))} |")
-    for w in ["W4", "W4i", "W5-count", "W5-sum", "W5-group"]:
+    for w in ["W4", "W4i", "W5-count", "W5-sum", "W5-group", "W9", "W10"]:
         r = res[w]
         a(f"| {names[w]} | latency | " + " | ".join(cell(r[t], "lat") for t in TARGETS)
           + f" | {ratio(value(r['conductor'], 'lat'), value(r['peer'], 'lat'))} "
@@ -607,6 +608,8 @@ def main():
         ("W5-count", "count(*)", ["w5_count.sql"]),
         ("W5-sum", "sum", ["w5_sum.sql"]),
         ("W5-group", "GROUP BY", ["w5_group.sql"]),
+        ("W9", "ORDER BY a non-key column, LIMIT 10", ["w9_topn.sql"]),
+        ("W10", "GROUP BY a non-key column, top 10 groups by count", ["w10_group_topn.sql"]),
         ("W6-1", "1 shard, +delay", ["w6_1shard.sql"]),
         ("W6-4", "4 shards, +delay", ["w6_4shards.sql"]),
         ("W6-16", "16 shards (no key predicate), +delay", ["w6_16shards.sql"]),

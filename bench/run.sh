@@ -11,7 +11,7 @@
 #
 # Knobs (environment): BENCH_ROWS, BENCH_SECONDS (per throughput run),
 # BENCH_RUNS (throughput runs per target), BENCH_QUERY_RUNS (executions of
-# W4/W5), BENCH_SCAN_RUNS (W7), BENCH_LOAD_RUNS (W8), BENCH_W6_ROWS,
+# W4/W5/W9/W10), BENCH_SCAN_RUNS (W7), BENCH_LOAD_RUNS (W8), BENCH_W6_ROWS,
 # BENCH_W6_SECONDS, BENCH_DELAY_MS, BENCH_SEED, BENCH_PORT_BASE (ports
 # BASE..BASE+40 on 127.0.0.1, below the ephemeral range so tests' free ports
 # never collide), BENCH_DIR (work dir; default a new /var/tmp dir),
@@ -500,6 +500,8 @@ latency_workload W4 w4_filter.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
 latency_workload W5-count w5_count.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
 latency_workload W5-sum w5_sum.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
 latency_workload W5-group w5_group.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
+latency_workload W9 w9_topn.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
+latency_workload W10 w10_group_topn.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
 
 # W4i: W4 again with an index on the filtered column everywhere: a shard
 # index on every conductor shard, an index on every partition of the peer
@@ -650,7 +652,9 @@ explain_all() { # db file
     router "$1" -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT id, customer_id, name, email, amount, created, flag FROM items WHERE id = $k" \
         -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT id, customer_id, name, email, amount, created, flag FROM items WHERE id IN ($ks)" \
         -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT id, customer_id, name, amount FROM items WHERE customer_id > 5000 AND customer_id <= 6000" \
-        -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT sum(amount) FROM items" >"$2" 2>&1 || true
+        -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT sum(amount) FROM items" \
+        -c "EXPLAIN (VERBOSE, COSTS OFF) $(cat "$ROOT/bench/workloads/w9_topn.sql")" \
+        -c "EXPLAIN (VERBOSE, COSTS OFF) $(cat "$ROOT/bench/workloads/w10_group_topn.sql")" >"$2" 2>&1 || true
 }
 for t in "${TARGETS[@]}"; do explain_all "$t" "$OUT/explain-$t.txt"; done
 router conductor -c "PREPARE p(bigint) AS SELECT id, name FROM items WHERE id = \$1" \
