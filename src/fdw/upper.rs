@@ -232,6 +232,78 @@ unsafe fn implicit_and(clause: *mut pg_sys::Node) -> Vec<*mut pg_sys::Node> {
     }
 }
 
+const SORT_NOT_PUSHED: &str =
+    "ORDER BY: a key that is not a plain column the nodes sort as Postgres does";
+const LIMIT_NOT_PUSHED: &str = "LIMIT/OFFSET: a value that is neither a constant nor a parameter";
+
+/// Remember why a stage of the query stays in Postgres: the base scan's
+/// EXPLAIN shows it (the reasons live in the base rel's fdw_private, a
+/// list of strings, until its plan is made).
+unsafe fn not_pushed(root: *mut pg_sys::PlannerInfo, why: impl Into<String>) {
+    // SAFETY: planner structures valid during the callback; the list and
+    // strings are palloc'd in the planner's context.
+    unsafe {
+        let mut relid = 0;
+        if !pg_sys::bms_get_singleton_member((*root).all_baserels, &mut relid) {
+            return;
+        }
+        let rel = *(*root).simple_rel_array.add(relid as usize);
+        if rel.is_null() {
+            return;
+        }
+        let why = why.into();
+        if not_pushed_reasons(rel).contains(&why) {
+            return;
+        }
+        let Ok(c) = std::ffi::CString::new(why) else {
+            return;
+        };
+        let node = pg_sys::makeString(pg_sys::pstrdup(c.as_ptr()));
+        (*rel).fdw_private = pg_sys::lappend((*rel).fdw_private.cast(), node.cast()).cast();
+    }
+}
+
+/// What [`not_pushed`] recorded for a base rel.
+///
+/// # Safety
+/// `rel` is a base rel of this wrapper during planning.
+pub unsafe fn not_pushed_reasons(rel: *mut pg_sys::RelOptInfo) -> Vec<String> {
+    // SAFETY: per the contract; only not_pushed sets a base rel's fdw_private.
+    unsafe {
+        nodes((*rel).fdw_private.cast())
+            .into_iter()
+            .filter(|&n| is(n, pg_sys::NodeTag::T_String))
+            .map(|n| {
+                CStr::from_ptr((*(n as *mut pg_sys::String)).sval)
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect()
+    }
+}
+
+/// An aggregate call as EXPLAIN names it: `sum(numeric)`, with DISTINCT,
+/// ORDER BY or FILTER when it has them.
+unsafe fn aggref_text(aggref: *mut pg_sys::Aggref) -> String {
+    // SAFETY: a planner Aggref; format_procedure returns a palloc'd string.
+    unsafe {
+        let a = &*aggref;
+        let mut text = CStr::from_ptr(pg_sys::format_procedure(a.aggfnoid))
+            .to_string_lossy()
+            .into_owned();
+        if !a.aggdistinct.is_null() {
+            text.push_str(" with DISTINCT");
+        }
+        if !a.aggorder.is_null() {
+            text.push_str(" with ORDER BY");
+        }
+        if !a.aggfilter.is_null() {
+            text.push_str(" with FILTER");
+        }
+        text
+    }
+}
+
 /// A built-in function's name.
 unsafe fn builtin_name(oid: pg_sys::Oid) -> Option<String> {
     if oid.to_u32() >= pg_sys::FirstNormalObjectId {
@@ -380,9 +452,11 @@ unsafe fn add_grouping_path(
         let parse = (*root).parse;
         if extra.is_null()
             || (*extra).patype != pg_sys::PartitionwiseAggregateType::PARTITIONWISE_AGGREGATE_NONE
-            || !(*parse).groupingSets.is_null()
         {
             return;
+        }
+        if !(*parse).groupingSets.is_null() {
+            return not_pushed(root, "aggregates: GROUPING SETS");
         }
         let Some(mut base) = base(root, input_rel) else {
             return;
@@ -393,13 +467,19 @@ unsafe fn add_grouping_path(
         for sgc in PgList::<pg_sys::SortGroupClause>::from_pg((*parse).groupClause).iter_ptr() {
             let expr = pg_sys::get_sortgroupclause_expr(sgc, (*parse).targetList);
             let Some((column, ty)) = base.column(expr) else {
-                return;
+                return not_pushed(root, "aggregates: a GROUP BY item is not a plain column");
             };
             let eq = builtin_opname((*sgc).eqop);
             if eq.as_deref() != Some("=")
                 || !pushdown::group_pushable(ty, collation_class(pg_sys::exprCollation(expr)))
             {
-                return;
+                return not_pushed(
+                    root,
+                    format!(
+                        "aggregates: GROUP BY {} (the nodes do not group its values as Postgres does)",
+                        base.topology.columns[column].name
+                    ),
+                );
             }
             group_cols.push((column, (*sgc).tleSortGroupRef, expr));
             group_exprs = pg_sys::lappend(group_exprs, expr.cast());
@@ -429,6 +509,13 @@ unsafe fn add_grouping_path(
                     Some(i) => i,
                     None => {
                         let Some(spec) = agg_spec(base, &mut filters, node.cast()) else {
+                            not_pushed(
+                                root,
+                                format!(
+                                    "aggregates: {} has no exact form on the nodes",
+                                    aggref_text(node.cast())
+                                ),
+                            );
                             return false;
                         };
                         aggs.push((spec, node));
@@ -448,7 +535,13 @@ unsafe fn add_grouping_path(
                     slots.push(g);
                     true
                 }
-                None => false,
+                None => {
+                    not_pushed(
+                        root,
+                        "aggregates: an expression outside the aggregates is not a grouping column",
+                    );
+                    false
+                }
             }
         };
         let target = (*grouped_rel).reltarget;
@@ -466,7 +559,7 @@ unsafe fn add_grouping_path(
                 continue;
             }
             if pg_sys::contain_subplans(expr) {
-                return;
+                return not_pushed(root, "aggregates: a subquery in the target list");
             }
             for item in nodes(pg_sys::pull_var_clause(expr, flags)) {
                 if !add_item(item, &mut aggs, &mut base) {
@@ -477,7 +570,7 @@ unsafe fn add_grouping_path(
         let having = (*extra).havingQual as *mut pg_sys::List;
         if !having.is_null() {
             if pg_sys::contain_subplans(having.cast()) {
-                return;
+                return not_pushed(root, "aggregates: a subquery in HAVING");
             }
             for item in nodes(pg_sys::pull_var_clause(having.cast(), flags)) {
                 if !add_item(item, &mut aggs, &mut base) {
@@ -775,7 +868,7 @@ unsafe fn add_ordered_path(
             return;
         };
         let Some(keys) = sort_keys(root, &base) else {
-            return;
+            return not_pushed(root, SORT_NOT_PUSHED);
         };
         if keys.is_empty() {
             return;
@@ -867,14 +960,14 @@ unsafe fn add_final_path(
         } else {
             match sort_keys(root, &base) {
                 Some(k) if !k.is_empty() => k,
-                _ => return,
+                _ => return not_pushed(root, "LIMIT: below an ORDER BY that stays in Postgres"),
             }
         };
         let Some(count) = limit_operand(&mut base, (*parse).limitCount) else {
-            return;
+            return not_pushed(root, LIMIT_NOT_PUSHED);
         };
         let Some(offset) = limit_operand(&mut base, (*parse).limitOffset) else {
-            return;
+            return not_pushed(root, LIMIT_NOT_PUSHED);
         };
         let target = (*root).upper_targets[pg_sys::UpperRelationKind::UPPERREL_FINAL as usize];
         let rows = if (*extra).limit_tuples > 0.0 {

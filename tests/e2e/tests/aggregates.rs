@@ -845,6 +845,59 @@ fn pushdown_happens() {
         "HashAggregate",
     );
 
+    // The base scan's EXPLAIN says what stays in Postgres and why.
+    for (sql, why) in [
+        (
+            "SELECT sum(n) FROM t",
+            "Not pushed: aggregates: sum(numeric) has no exact form on the nodes",
+        ),
+        (
+            "SELECT max(n) FROM t",
+            "Not pushed: aggregates: max(numeric) has no exact form on the nodes",
+        ),
+        (
+            "SELECT count(*) FILTER (WHERE id % 2 = 0) FROM t",
+            "count() with FILTER has no exact form on the nodes",
+        ),
+        (
+            "SELECT id FROM t ORDER BY n LIMIT 3",
+            "Not pushed: ORDER BY: a key that is not a plain column the nodes sort as Postgres does",
+        ),
+        (
+            "SELECT c, count(*) FROM t GROUP BY c",
+            "Not pushed: aggregates: GROUP BY c (the nodes do not group its values as Postgres does)",
+        ),
+    ] {
+        let text = plan(&mut db, sql).join("\n");
+        assert!(text.contains(why), "{sql}:\n{text}");
+    }
+    // A generic plan: $n in FILTER, HAVING, LIMIT and OFFSET go to the shards.
+    exec(
+        &mut db,
+        "SET plan_cache_mode = force_generic_plan;
+         PREPARE top(bigint, bigint, int) AS SELECT k, count(*) FILTER (WHERE i4 > $3), bool_or(b) FROM o GROUP BY k HAVING count(i4) >= $3 ORDER BY 2 DESC, 1 LIMIT $1 OFFSET $2;
+         PREPARE ltop(bigint, bigint, int) AS SELECT k, count(*) FILTER (WHERE i4 > $3), bool_or(b) FROM l_o GROUP BY k HAVING count(i4) >= $3 ORDER BY 2 DESC, 1 LIMIT $1 OFFSET $2;",
+    );
+    assert_pushed(
+        &mut db,
+        "EXECUTE top(3, 1, 20)",
+        &[
+            "count(*) FILTER (WHERE \"o_0000\".\"i4\" > ?)",
+            "WHERE \"grouped\".\"c3\" >= ?",
+            "ORDER BY 2 DESC NULLS FIRST, 1 NULLS LAST LIMIT ?",
+        ],
+    );
+    for args in ["3, 1, 20", "0, 0, 0", "NULL, 2, 5", "100, 0, 41"] {
+        assert_eq!(
+            run(&mut db, &format!("EXECUTE top({args})")).unwrap(),
+            run(&mut db, &format!("EXECUTE ltop({args})")).unwrap(),
+            "{args}"
+        );
+    }
+    exec(
+        &mut db,
+        "DEALLOCATE top; DEALLOCATE ltop; RESET plan_cache_mode",
+    );
     // FILTER (by the WHERE rules) and the bool aggregates.
     assert_pushed(
         &mut db,
