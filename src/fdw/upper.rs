@@ -578,7 +578,6 @@ unsafe fn add_grouping_path(
                 }
             }
         }
-        drop(add_item);
         let key_index = base.topology.key_index;
         let concat = group_cols.iter().any(|(c, _, _)| *c == key_index);
         let mut select: Vec<RemoteExpr> = group_cols
@@ -1203,7 +1202,7 @@ unsafe fn add_grouped_final_path(
         if !plan.concat
             || !quals.is_null()
             || plan.query.limit.is_some()
-            || sorted != !plan.query.order_by.is_empty()
+            || sorted == plan.query.order_by.is_empty()
         {
             return;
         }
@@ -1366,7 +1365,7 @@ impl UpperPlan {
                 Some(_) => format!("{label} FILTER (WHERE …)"),
                 None => label,
             };
-            out.extend(std::iter::repeat(label).take(a.width()));
+            out.extend(std::iter::repeat_n(label, a.width()));
         }
         out
     }
