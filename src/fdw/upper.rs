@@ -197,7 +197,14 @@ unsafe fn base(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo) -> 
             if (*rinfo).pseudoconstant {
                 return None;
             }
-            pushed.push(lowering.lower((*rinfo).clause.cast())?);
+            let Some(pred) = lowering.lower((*rinfo).clause.cast()) else {
+                not_pushed(
+                    root,
+                    "aggregates, ORDER BY and LIMIT: a WHERE clause stays in Postgres and must run first",
+                );
+                return None;
+            };
+            pushed.push(pred);
         }
         let params = lowering.params.clone();
         let template = ShardPlan::template(&topology, &pushed, &StatementKind::Delete);
