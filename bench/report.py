@@ -337,11 +337,21 @@ def why_notes(out, res, fails, meta, cpu, sto):
     w5c, w5p = res["W5-sum"]["conductor"], res["W5-sum"]["peer"]
     if c_agg and w5c and w5c.lat and w5p and w5p.lat and med(w5c.lat) > med(w5p.lat):
         notes.append(
-            "**W5 and W7.** Neither conductor nor the peer pushes aggregates down in these plans (EXPLAIN below: "
-            "`Aggregate` above conductor's `Foreign Scan`" + (", and above the peer's `Append` of foreign scans" if p_agg else "")
-            + "): every row's aggregated columns travel to the router and are aggregated there, so W5, like the "
-            "W7 scan, measures how fast each system brings rows to the router. Aggregate pushdown (each shard "
-            "computing a partial aggregate that the router combines) would turn W5 into 16 small results.")
+            "**W5 sum and GROUP BY.** `sum(amount)` is a sum of numeric, which conductor does not push (the nodes "
+            "have no exact decimal sum; EXPLAIN below: `Aggregate` above conductor's `Foreign Scan`"
+            + (", and above the peer's `Append` of foreign scans" if p_agg else "")
+            + "): every row's amount travels to the router and is summed there, so these two rows, like the W7 "
+            "scan, measure how fast each system brings rows to the router. W5 count(*) is pushed: each shard "
+            "returns one row.")
+    w10 = res.get("W10", {})
+    w10c, w10p = w10.get("conductor"), w10.get("peer")
+    if w10c and w10c.lat and w10p and w10p.lat and med(w10c.lat) > med(w10p.lat):
+        notes.append(
+            "**W10.** customer_id has about as many values as `items` has rows, and the table is sharded by id, "
+            "so a customer's rows span shards: each shard returns one partial count per customer it holds "
+            "(about as many rows as it stores), the router combines them and Postgres sorts the merged groups "
+            "for the top 10. The row transfer is W7's; only a grouping that contains the shard key lets the "
+            "shards sort and limit their groups themselves.")
     if cpu.get("conductor") and cpu.get("peer") and cpu["conductor"] > 2 * cpu["peer"]:
         text = (f"**Where conductor's scan time goes (W7).** Per million rows scanned, the router backend used "
                 f"{cpu['conductor']:.2f} s of CPU under conductor against {cpu['peer']:.2f} s under the peer "
