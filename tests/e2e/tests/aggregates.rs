@@ -938,6 +938,20 @@ fn pushdown_happens() {
         run(&mut db, top).unwrap(),
         run(&mut db, &top.replace(" o ", " l_o ")).unwrap()
     );
+    let explained = run(
+        &mut db,
+        &format!("SELECT remote_sql, reason FROM conductor_explain($${top}$$)"),
+    )
+    .unwrap();
+    assert_eq!(explained.len(), 6, "{explained:?}");
+    for row in &explained {
+        assert!(
+            row.contains(") AS \"grouped\" WHERE")
+                && row.contains("LIMIT ?")
+                && row.contains("router merges the shards' sorted groups"),
+            "{row}"
+        );
+    }
     let lines = run(
         &mut db,
         &format!("EXPLAIN (ANALYZE, VERBOSE, COSTS OFF, TIMING OFF) {top}"),
