@@ -366,11 +366,21 @@ def why_notes(out, res, fails, meta, cpu, sto):
     w5c, w5p = res["W5-sum"]["conductor"], res["W5-sum"]["peer"]
     if c_agg and w5c and w5c.lat and w5p and w5p.lat and med(w5c.lat) > med(w5p.lat):
         notes.append(
-            "**W5 and W7.** Neither conductor nor the peer pushes aggregates down in these plans (EXPLAIN below: "
-            "`Aggregate` above conductor's `Foreign Scan`" + (", and above the peer's `Append` of foreign scans" if p_agg else "")
-            + "): every row's aggregated columns travel to the router and are aggregated there, so W5, like the "
-            "W7 scan, measures how fast each system brings rows to the router. Aggregate pushdown (each shard "
-            "computing a partial aggregate that the router combines) would turn W5 into 16 small results.")
+            "**W5 sum and GROUP BY.** `sum(amount)` is a sum of numeric, which conductor does not push (the nodes "
+            "have no exact decimal sum; EXPLAIN below: `Aggregate` above conductor's `Foreign Scan`"
+            + (", and above the peer's `Append` of foreign scans" if p_agg else "")
+            + "): every row's amount travels to the router and is summed there, so these two rows, like the W7 "
+            "scan, measure how fast each system brings rows to the router. W5 count(*) is pushed: each shard "
+            "returns one row.")
+    w10 = res.get("W10", {})
+    w10c, w10p = w10.get("conductor"), w10.get("peer")
+    if w10c and w10c.lat and w10p and w10p.lat and med(w10c.lat) > med(w10p.lat):
+        notes.append(
+            "**W10.** customer_id has about as many values as `items` has rows, and the table is sharded by id, "
+            "so a customer's rows span shards: each shard returns one partial count per customer it holds "
+            "(about as many rows as it stores), the router combines them and Postgres sorts the merged groups "
+            "for the top 10. The row transfer is W7's; only a grouping that contains the shard key lets the "
+            "shards sort and limit their groups themselves.")
     if cpu.get("conductor") and cpu.get("peer") and cpu["conductor"] > 2 * cpu["peer"]:
         text = (f"**Where conductor's scan time goes (W7).** Per million rows scanned, the router backend used "
                 f"{cpu['conductor']:.2f} s of CPU under conductor against {cpu['peer']:.2f} s under the peer "
@@ -474,7 +484,7 @@ def main():
     res = {}
     for w in THROUGHPUT:
         res[w] = {t: throughput(out, w, t) for t in TARGETS}
-    for w in ["W4", "W4i", "W5-count", "W5-sum", "W5-group"]:
+    for w in ["W4", "W4i", "W5-count", "W5-sum", "W5-group", "W9", "W10"]:
         res[w] = {t: latency(out, w, t) for t in TARGETS}
     for w in ["W6-1", "W6-4", "W6-16"]:
         res[w] = {t: latency(out, w, t) for t in ["conductor", "peer"]}
@@ -515,7 +525,8 @@ def main():
         "W14": "W14 BEGIN; SELECT; UPDATE by key; COMMIT",
         "W4": "W4 non-key filter, ~1% of rows", "W4i": "W4i the same with an index on the column",
         "W5-count": "W5 count(*)", "W5-sum": "W5 sum(amount)",
-        "W5-group": "W5 GROUP BY flag", "W7": "W7 whole-table scan", "W8": "W8 INSERT … SELECT",
+        "W5-group": "W5 GROUP BY flag", "W9": "W9 ORDER BY created LIMIT 10",
+        "W10": "W10 GROUP BY customer_id top 10 by count", "W7": "W7 whole-table scan", "W8": "W8 INSERT … SELECT",
         "W6-1": "W6 1 shard (+delay)", "W6-4": "W6 4 shards (+delay)", "W6-16": "W6 16 shards (+delay)",
     }
     for w in THROUGHPUT:
@@ -538,7 +549,7 @@ def main():
         if any(r[t] and r[t].failed for t in TARGETS):
             a(f"| | transactions failed (pgbench goes on after a serialization failure or deadlock) | "
               + " | ".join(str(len(r[t].failed)) if r[t] else "–" for t in TARGETS) + " | | |")
-    for w in ["W4", "W4i", "W5-count", "W5-sum", "W5-group"]:
+    for w in ["W4", "W4i", "W5-count", "W5-sum", "W5-group", "W9", "W10"]:
         r = res[w]
         a(f"| {names[w]} | latency | " + " | ".join(cell(r[t], "lat") for t in TARGETS)
           + f" | {ratio(value(r['conductor'], 'lat'), value(r['peer'], 'lat'))} "
@@ -666,6 +677,8 @@ def main():
         ("W5-count", "count(*)", ["w5_count.sql"]),
         ("W5-sum", "sum", ["w5_sum.sql"]),
         ("W5-group", "GROUP BY", ["w5_group.sql"]),
+        ("W9", "ORDER BY a non-key column, LIMIT 10", ["w9_topn.sql"]),
+        ("W10", "GROUP BY a non-key column, top 10 groups by count", ["w10_group_topn.sql"]),
         ("W6-1", "1 shard, +delay", ["w6_1shard.sql"]),
         ("W6-4", "4 shards, +delay", ["w6_4shards.sql"]),
         ("W6-16", "16 shards (no key predicate), +delay", ["w6_16shards.sql"]),

@@ -11,7 +11,7 @@
 #
 # Knobs (environment): BENCH_ROWS, BENCH_SECONDS (per throughput run),
 # BENCH_RUNS (throughput runs per target), BENCH_QUERY_RUNS (executions of
-# W4/W5), BENCH_SCAN_RUNS (W7), BENCH_LOAD_RUNS (W8), BENCH_W6_ROWS,
+# W4/W5/W9/W10), BENCH_SCAN_RUNS (W7), BENCH_LOAD_RUNS (W8), BENCH_W6_ROWS,
 # BENCH_W6_SECONDS, BENCH_DELAY_MS, BENCH_SEED, BENCH_NODES (conductor's
 # nodes, 4 by default, at most 16: with 16 every shard has a node, and so a
 # SQLite database and write lock, of its own), BENCH_PORT_BASE (ports
@@ -380,6 +380,8 @@ want W4 && latency_workload W4 w4_filter.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
 want W5 && latency_workload W5-count w5_count.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
 want W5 && latency_workload W5-sum w5_sum.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
 want W5 && latency_workload W5-group w5_group.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
+want W9 && latency_workload W9 w9_topn.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
+want W10 && latency_workload W10 w10_group_topn.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
 
 # W4i: W4 again with an index on the filtered column everywhere: a shard
 # index on every conductor shard, an index on every partition of the peer
@@ -547,6 +549,8 @@ explain_all() { # db file
         -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT id, customer_id, name, email, amount, created, flag FROM items WHERE id IN ($ks)" \
         -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT id, customer_id, name, amount FROM items WHERE customer_id > 5000 AND customer_id <= 6000" \
         -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT sum(amount) FROM items" \
+        -c "EXPLAIN (VERBOSE, COSTS OFF) $(cat "$ROOT/bench/workloads/w9_topn.sql")" \
+        -c "EXPLAIN (VERBOSE, COSTS OFF) $(cat "$ROOT/bench/workloads/w10_group_topn.sql")" \
         -c "EXPLAIN (VERBOSE, COSTS OFF) UPDATE items SET amount = amount + 1 WHERE id = $k" \
         -c "EXPLAIN (VERBOSE, COSTS OFF) INSERT INTO items (id, customer_id, name, email, amount, created, flag) VALUES ($ROWS + 1, 42, 'new', 'new@example.com', 1.00, timestamptz '2024-06-01 00:00:00+00', true)" >"$2" 2>&1 || true
 }

@@ -35,6 +35,10 @@ pub struct Lowering<'a> {
     scan_relid: i32,
     /// Expressions evaluated at scan start; `Operand::Param(i)` is `params[i]`.
     pub params: Vec<(*mut pg_sys::Expr, ParamSpec)>,
+    /// Lowering a HAVING clause: the "columns" are these expressions (the
+    /// grouped rows' grouping columns and aggregates, by position), with
+    /// the type of their values; the scan's own columns are none.
+    outputs: Option<Vec<(*mut pg_sys::Node, ColumnType)>>,
 }
 
 pub(crate) fn is(node: *const pg_sys::Node, tag: pg_sys::NodeTag) -> bool {
@@ -117,6 +121,20 @@ impl<'a> Lowering<'a> {
             topology,
             scan_relid: scan_relid as i32,
             params: Vec::new(),
+            outputs: None,
+        }
+    }
+
+    /// A lowering of clauses over grouped rows: `outputs[i]` (a grouping
+    /// column or an aggregate call, with its value's type) is column `i`.
+    pub fn over_outputs(
+        topology: &'a TableTopology,
+        scan_relid: u32,
+        outputs: Vec<(*mut pg_sys::Node, ColumnType)>,
+    ) -> Self {
+        Lowering {
+            outputs: Some(outputs),
+            ..Self::new(topology, scan_relid)
         }
     }
 
@@ -137,6 +155,12 @@ impl<'a> Lowering<'a> {
     /// The column index (into topology.columns) and type of a Var of this scan.
     unsafe fn column(&self, node: *mut pg_sys::Node) -> Option<(usize, ColumnType)> {
         let node = strip_relabel(node);
+        if let Some(outputs) = &self.outputs {
+            // SAFETY: equal() compares two valid expression trees.
+            return outputs.iter().enumerate().find_map(|(i, (e, ty))| {
+                unsafe { pg_sys::equal(strip_relabel(*e).cast(), node.cast()) }.then_some((i, *ty))
+            });
+        }
         if !is(node, pg_sys::NodeTag::T_Var) {
             return None;
         }

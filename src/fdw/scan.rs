@@ -50,6 +50,9 @@ pub struct ScanPlan {
     pub pushed: Vec<Pred>,
     /// One per fdw_exprs entry: how its value is converted.
     pub params: Vec<ParamSpec>,
+    /// Stages of the query above the scan that stay in Postgres, and why.
+    #[serde(default)]
+    pub not_pushed: Vec<String>,
 }
 
 impl ScanPlan {
@@ -370,6 +373,7 @@ pub unsafe extern "C-unwind" fn get_foreign_plan(
             retrieved,
             pushed,
             params: lowering.params.iter().map(|(_, s)| *s).collect(),
+            not_pushed: super::upper::not_pushed_reasons(baserel),
         };
         let fdw_private = super::private_from(&plan);
         pg_sys::make_foreignscan(
@@ -914,6 +918,9 @@ pub unsafe extern "C-unwind" fn explain_foreign_scan(
             None => ShardPlan::template(&state.topology, &state.plan.pushed, &state.statement),
         };
         explain_plan(&state.topology, &plan, state.plan.params.len(), "", es);
+        if !state.plan.not_pushed.is_empty() {
+            explain_text(c"Not pushed", &state.plan.not_pushed.join("; "), es);
+        }
         if (*es).analyze && !state.lock_waits.is_empty() {
             explain_text(
                 c"Lock Wait",

@@ -91,6 +91,10 @@ pub struct UpperPlan {
     /// Per scan-tuple column: its position in the merged row (grouping
     /// values then one value per aggregate; or the shard's row).
     pub slots: Vec<usize>,
+    /// Stages of the query above this scan that Postgres runs, and why
+    /// (for EXPLAIN).
+    #[serde(default)]
+    pub local: Vec<String>,
 }
 
 use crate::fdw::lower::{is, list_nodes as nodes, strip_relabel};
@@ -124,6 +128,28 @@ impl Base {
             .iter()
             .position(|c| c.attnum == var.varattno)?;
         Some((index, self.topology.columns[index].ty))
+    }
+
+    /// A clause over this relation's rows (an aggregate's FILTER) as the
+    /// scan's rules lower it, its runtime parameters added to the base's;
+    /// None when any part of it would stay local.
+    unsafe fn lower(&mut self, clause: *mut pg_sys::Node) -> Option<Vec<Pred>> {
+        let topology = self.topology.clone();
+        let mut lowering = Lowering::new(&topology, self.relid);
+        lowering.params = std::mem::take(&mut self.params);
+        let mut preds = Vec::new();
+        let mut ok = true;
+        for c in unsafe { implicit_and(clause) } {
+            match unsafe { lowering.lower(c) } {
+                Some(p) => preds.push(p),
+                None => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        self.params = lowering.params;
+        ok.then_some(preds)
     }
 
     fn param(&mut self, expr: *mut pg_sys::Node, spec: ParamSpec) -> Operand {
@@ -171,7 +197,14 @@ unsafe fn base(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo) -> 
             if (*rinfo).pseudoconstant {
                 return None;
             }
-            pushed.push(lowering.lower((*rinfo).clause.cast())?);
+            let Some(pred) = lowering.lower((*rinfo).clause.cast()) else {
+                not_pushed(
+                    root,
+                    "aggregates, ORDER BY and LIMIT: a WHERE clause stays in Postgres and must run first",
+                );
+                return None;
+            };
+            pushed.push(pred);
         }
         let params = lowering.params.clone();
         let template = ShardPlan::template(&topology, &pushed, &StatementKind::Delete);
@@ -190,6 +223,94 @@ unsafe fn base(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo) -> 
     }
 }
 
+/// The conjuncts of a boolean expression (an AND's arguments, or itself).
+unsafe fn implicit_and(clause: *mut pg_sys::Node) -> Vec<*mut pg_sys::Node> {
+    // SAFETY: a planner expression; the tag is checked before the cast.
+    unsafe {
+        if is(clause, pg_sys::NodeTag::T_BoolExpr)
+            && (*(clause as *mut pg_sys::BoolExpr)).boolop == pg_sys::BoolExprType::AND_EXPR
+        {
+            return nodes((*(clause as *mut pg_sys::BoolExpr)).args);
+        }
+        if is(clause, pg_sys::NodeTag::T_List) {
+            return nodes(clause.cast());
+        }
+        vec![clause]
+    }
+}
+
+const SORT_NOT_PUSHED: &str =
+    "ORDER BY: a key that is not a plain column the nodes sort as Postgres does";
+const LIMIT_NOT_PUSHED: &str = "LIMIT/OFFSET: a value that is neither a constant nor a parameter";
+
+/// Remember why a stage of the query stays in Postgres: the base scan's
+/// EXPLAIN shows it (the reasons live in the base rel's fdw_private, a
+/// list of strings, until its plan is made).
+unsafe fn not_pushed(root: *mut pg_sys::PlannerInfo, why: impl Into<String>) {
+    // SAFETY: planner structures valid during the callback; the list and
+    // strings are palloc'd in the planner's context.
+    unsafe {
+        let mut relid = 0;
+        if !pg_sys::bms_get_singleton_member((*root).all_baserels, &mut relid) {
+            return;
+        }
+        let rel = *(*root).simple_rel_array.add(relid as usize);
+        if rel.is_null() {
+            return;
+        }
+        let why = why.into();
+        if not_pushed_reasons(rel).contains(&why) {
+            return;
+        }
+        let Ok(c) = std::ffi::CString::new(why) else {
+            return;
+        };
+        let node = pg_sys::makeString(pg_sys::pstrdup(c.as_ptr()));
+        (*rel).fdw_private = pg_sys::lappend((*rel).fdw_private.cast(), node.cast()).cast();
+    }
+}
+
+/// What [`not_pushed`] recorded for a base rel.
+///
+/// # Safety
+/// `rel` is a base rel of this wrapper during planning.
+pub unsafe fn not_pushed_reasons(rel: *mut pg_sys::RelOptInfo) -> Vec<String> {
+    // SAFETY: per the contract; only not_pushed sets a base rel's fdw_private.
+    unsafe {
+        nodes((*rel).fdw_private.cast())
+            .into_iter()
+            .filter(|&n| is(n, pg_sys::NodeTag::T_String))
+            .map(|n| {
+                CStr::from_ptr((*(n as *mut pg_sys::String)).sval)
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect()
+    }
+}
+
+/// An aggregate call as EXPLAIN names it: `sum(numeric)`, with DISTINCT,
+/// ORDER BY or FILTER when it has them.
+unsafe fn aggref_text(aggref: *mut pg_sys::Aggref) -> String {
+    // SAFETY: a planner Aggref; format_procedure returns a palloc'd string.
+    unsafe {
+        let a = &*aggref;
+        let mut text = CStr::from_ptr(pg_sys::format_procedure(a.aggfnoid))
+            .to_string_lossy()
+            .into_owned();
+        if !a.aggdistinct.is_null() {
+            text.push_str(" with DISTINCT");
+        }
+        if !a.aggorder.is_null() {
+            text.push_str(" with ORDER BY");
+        }
+        if !a.aggfilter.is_null() {
+            text.push_str(" with FILTER");
+        }
+        text
+    }
+}
+
 /// A built-in function's name.
 unsafe fn builtin_name(oid: pg_sys::Oid) -> Option<String> {
     if oid.to_u32() >= pg_sys::FirstNormalObjectId {
@@ -202,14 +323,19 @@ unsafe fn builtin_name(oid: pg_sys::Oid) -> Option<String> {
     }
 }
 
-/// The pushed form of an aggregate call, or None.
-unsafe fn agg_spec(base: &Base, aggref: *mut pg_sys::Aggref) -> Option<AggSpec> {
+/// The pushed form of an aggregate call, or None. Its FILTER (WHERE …) is
+/// lowered by the scan's rules (its runtime parameters join the base's)
+/// into `filters`, which the spec points into.
+unsafe fn agg_spec(
+    base: &mut Base,
+    filters: &mut Vec<Vec<Pred>>,
+    aggref: *mut pg_sys::Aggref,
+) -> Option<AggSpec> {
     // SAFETY: a planner Aggref.
     unsafe {
         let a = &*aggref;
         if !a.aggdistinct.is_null()
             || !a.aggorder.is_null()
-            || !a.aggfilter.is_null()
             || !a.aggdirectargs.is_null()
             || a.aggvariadic
             || a.agglevelsup != 0
@@ -219,10 +345,11 @@ unsafe fn agg_spec(base: &Base, aggref: *mut pg_sys::Aggref) -> Option<AggSpec> 
             return None;
         }
         let name = builtin_name(a.aggfnoid)?;
-        let spec = if a.aggstar {
+        let mut spec = if a.aggstar {
             AggSpec {
                 func: pushdown::aggregate(&name, None)?,
                 column: None,
+                filter: None,
             }
         } else {
             let args = PgList::<pg_sys::TargetEntry>::from_pg(a.args);
@@ -235,6 +362,7 @@ unsafe fn agg_spec(base: &Base, aggref: *mut pg_sys::Aggref) -> Option<AggSpec> 
             AggSpec {
                 func,
                 column: Some(column),
+                filter: None,
             }
         };
         // The result type must be the one the merge produces.
@@ -242,13 +370,25 @@ unsafe fn agg_spec(base: &Base, aggref: *mut pg_sys::Aggref) -> Option<AggSpec> 
             AggFunc::CountStar | AggFunc::Count | AggFunc::SumInt => Some(pg_sys::INT8OID),
             AggFunc::SumBigint | AggFunc::AvgInt => Some(pg_sys::NUMERICOID),
             AggFunc::SumFloat | AggFunc::AvgFloat => Some(pg_sys::FLOAT8OID),
+            AggFunc::BoolAnd | AggFunc::BoolOr => Some(pg_sys::BOOLOID),
             AggFunc::Min | AggFunc::Max => None,
         };
         match want {
-            Some(oid) if a.aggtype != oid => None,
-            None if column_type_of(a.aggtype).is_none() => None,
-            _ => Some(spec),
+            Some(oid) if a.aggtype != oid => return None,
+            None if column_type_of(a.aggtype).is_none() => return None,
+            _ => {}
         }
+        if !a.aggfilter.is_null() {
+            let filter = base.lower(a.aggfilter.cast())?;
+            spec.filter = Some(match filters.iter().position(|f| *f == filter) {
+                Some(i) => i,
+                None => {
+                    filters.push(filter);
+                    filters.len() - 1
+                }
+            });
+        }
+        Some(spec)
     }
 }
 
@@ -262,7 +402,7 @@ fn cpu_tuple_cost() -> f64 {
 unsafe fn path_private(
     plan: &UpperPlan,
     scan_exprs: &[*mut pg_sys::Node],
-    params: &[(*mut pg_sys::Expr, ParamSpec)],
+    params: &[*mut pg_sys::Expr],
     quals: *mut pg_sys::List,
 ) -> *mut pg_sys::List {
     // SAFETY: lists palloc'd in the planner's context.
@@ -273,8 +413,8 @@ unsafe fn path_private(
             tl = pg_sys::lappend(tl, e.cast());
         }
         let mut px: *mut pg_sys::List = std::ptr::null_mut();
-        for (e, _) in params {
-            px = pg_sys::lappend(px, (*e).cast());
+        for &e in params {
+            px = pg_sys::lappend(px, e.cast());
         }
         list = pg_sys::lappend(list, tl.cast());
         list = pg_sys::lappend(list, px.cast());
@@ -319,11 +459,13 @@ unsafe fn add_grouping_path(
         let parse = (*root).parse;
         if extra.is_null()
             || (*extra).patype != pg_sys::PartitionwiseAggregateType::PARTITIONWISE_AGGREGATE_NONE
-            || !(*parse).groupingSets.is_null()
         {
             return;
         }
-        let Some(base) = base(root, input_rel) else {
+        if !(*parse).groupingSets.is_null() {
+            return not_pushed(root, "aggregates: GROUPING SETS");
+        }
+        let Some(mut base) = base(root, input_rel) else {
             return;
         };
         // GROUP BY: plain columns the rulebook groups exactly.
@@ -332,13 +474,19 @@ unsafe fn add_grouping_path(
         for sgc in PgList::<pg_sys::SortGroupClause>::from_pg((*parse).groupClause).iter_ptr() {
             let expr = pg_sys::get_sortgroupclause_expr(sgc, (*parse).targetList);
             let Some((column, ty)) = base.column(expr) else {
-                return;
+                return not_pushed(root, "aggregates: a GROUP BY item is not a plain column");
             };
             let eq = builtin_opname((*sgc).eqop);
             if eq.as_deref() != Some("=")
                 || !pushdown::group_pushable(ty, collation_class(pg_sys::exprCollation(expr)))
             {
-                return;
+                return not_pushed(
+                    root,
+                    format!(
+                        "aggregates: GROUP BY {} (the nodes do not group its values as Postgres does)",
+                        base.topology.columns[column].name
+                    ),
+                );
             }
             group_cols.push((column, (*sgc).tleSortGroupRef, expr));
             group_exprs = pg_sys::lappend(group_exprs, expr.cast());
@@ -346,47 +494,63 @@ unsafe fn add_grouping_path(
         // The scan tuple: grouping columns and aggregates the target and
         // HAVING need.
         let mut aggs: Vec<(AggSpec, *mut pg_sys::Node)> = Vec::new();
+        let mut filters: Vec<Vec<Pred>> = Vec::new();
         let mut scan_exprs: Vec<*mut pg_sys::Node> = Vec::new();
         let mut slots: Vec<usize> = Vec::new();
         let n_group = group_cols.len();
-        let mut add_item =
-            |node: *mut pg_sys::Node, aggs: &mut Vec<(AggSpec, *mut pg_sys::Node)>| -> bool {
-                if scan_exprs
+        let mut add_item = |node: *mut pg_sys::Node,
+                            aggs: &mut Vec<(AggSpec, *mut pg_sys::Node)>,
+                            base: &mut Base|
+         -> bool {
+            if scan_exprs
+                .iter()
+                .any(|&e| pg_sys::equal(e.cast(), node.cast()))
+            {
+                return true;
+            }
+            if is(node, pg_sys::NodeTag::T_Aggref) {
+                let at = match aggs
                     .iter()
-                    .any(|&e| pg_sys::equal(e.cast(), node.cast()))
+                    .position(|(_, e)| pg_sys::equal((*e).cast(), node.cast()))
                 {
-                    return true;
-                }
-                if is(node, pg_sys::NodeTag::T_Aggref) {
-                    let Some(spec) = agg_spec(&base, node.cast()) else {
-                        return false;
-                    };
-                    let at = match aggs
-                        .iter()
-                        .position(|(_, e)| pg_sys::equal((*e).cast(), node.cast()))
-                    {
-                        Some(i) => i,
-                        None => {
-                            aggs.push((spec, node));
-                            aggs.len() - 1
-                        }
-                    };
-                    scan_exprs.push(node);
-                    slots.push(n_group + at);
-                    return true;
-                }
-                // A column: only a grouping column can appear outside an aggregate.
-                match group_cols.iter().position(|(_, _, e)| {
-                    pg_sys::equal(strip_relabel(*e).cast(), strip_relabel(node).cast())
-                }) {
-                    Some(g) => {
-                        scan_exprs.push(node);
-                        slots.push(g);
-                        true
+                    Some(i) => i,
+                    None => {
+                        let Some(spec) = agg_spec(base, &mut filters, node.cast()) else {
+                            not_pushed(
+                                root,
+                                format!(
+                                    "aggregates: {} has no exact form on the nodes",
+                                    aggref_text(node.cast())
+                                ),
+                            );
+                            return false;
+                        };
+                        aggs.push((spec, node));
+                        aggs.len() - 1
                     }
-                    None => false,
+                };
+                scan_exprs.push(node);
+                slots.push(n_group + at);
+                return true;
+            }
+            // A column: only a grouping column can appear outside an aggregate.
+            match group_cols.iter().position(|(_, _, e)| {
+                pg_sys::equal(strip_relabel(*e).cast(), strip_relabel(node).cast())
+            }) {
+                Some(g) => {
+                    scan_exprs.push(node);
+                    slots.push(g);
+                    true
                 }
-            };
+                None => {
+                    not_pushed(
+                        root,
+                        "aggregates: an expression outside the aggregates is not a grouping column",
+                    );
+                    false
+                }
+            }
+        };
         let target = (*grouped_rel).reltarget;
         let flags = (pg_sys::PVC_INCLUDE_AGGREGATES | pg_sys::PVC_RECURSE_PLACEHOLDERS) as i32;
         for (i, expr) in nodes((*target).exprs).into_iter().enumerate() {
@@ -396,16 +560,16 @@ unsafe fn add_grouping_path(
                 *(*target).sortgrouprefs.add(i)
             };
             if sgref != 0 && group_cols.iter().any(|(_, r, _)| *r == sgref) {
-                if !add_item(expr, &mut aggs) {
+                if !add_item(expr, &mut aggs, &mut base) {
                     return;
                 }
                 continue;
             }
             if pg_sys::contain_subplans(expr) {
-                return;
+                return not_pushed(root, "aggregates: a subquery in the target list");
             }
             for item in nodes(pg_sys::pull_var_clause(expr, flags)) {
-                if !add_item(item, &mut aggs) {
+                if !add_item(item, &mut aggs, &mut base) {
                     return;
                 }
             }
@@ -413,39 +577,90 @@ unsafe fn add_grouping_path(
         let having = (*extra).havingQual as *mut pg_sys::List;
         if !having.is_null() {
             if pg_sys::contain_subplans(having.cast()) {
-                return;
+                return not_pushed(root, "aggregates: a subquery in HAVING");
             }
             for item in nodes(pg_sys::pull_var_clause(having.cast(), flags)) {
-                if !add_item(item, &mut aggs) {
+                if !add_item(item, &mut aggs, &mut base) {
                     return;
                 }
             }
         }
         let key_index = base.topology.key_index;
+        let concat = group_cols.iter().any(|(c, _, _)| *c == key_index);
         let mut select: Vec<RemoteExpr> = group_cols
             .iter()
             .map(|(c, _, _)| RemoteExpr::Column(*c))
             .collect();
+        let mut select_filter: Vec<Option<usize>> = vec![None; select.len()];
         for (spec, _) in &aggs {
-            select.extend(spec.remote_exprs());
+            for e in spec.remote_exprs() {
+                select.push(e);
+                select_filter.push(spec.filter);
+            }
         }
-        let plan = UpperPlan {
+        if filters.is_empty() {
+            select_filter.clear();
+        }
+        let mut plan = UpperPlan {
             upper: UpperKind::Aggregate,
             relid: base.topology.relid.to_u32(),
             pushed: base.pushed.clone(),
-            params: base.params.iter().map(|(_, s)| *s).collect(),
+            params: Vec::new(),
             query: PushedQuery {
                 select,
+                select_filter,
+                filters,
                 group_by: group_cols.iter().map(|(c, _, _)| *c).collect(),
-                order_by: Vec::new(),
-                limit: None,
+                ..Default::default()
             },
             n_group,
             aggs: aggs.iter().map(|(s, _)| *s).collect(),
-            concat: group_cols.iter().any(|(c, _, _)| *c == key_index),
+            concat,
             merge: Vec::new(),
             slots,
+            local: Vec::new(),
         };
+        // Every group on one shard: the HAVING clauses the rulebook passes
+        // run on the shards (a shard's count/min/max/bool value is the
+        // group's), the rest here.
+        let mut local_having: *mut pg_sys::List = std::ptr::null_mut();
+        if !having.is_null() {
+            let outputs = if concat {
+                plan.outputs(&base.topology, &scan_exprs)
+            } else {
+                Vec::new()
+            };
+            let topology = base.topology.clone();
+            let mut lowering = Lowering::over_outputs(&topology, base.relid, outputs);
+            lowering.params = std::mem::take(&mut base.params);
+            for clause in nodes(having) {
+                match concat.then(|| lowering.lower(clause)).flatten() {
+                    Some(p) => plan.query.having.push(p),
+                    None => local_having = pg_sys::lappend(local_having, clause.cast()),
+                }
+            }
+            base.params = lowering.params;
+        }
+        plan.params = base.params.iter().map(|(_, s)| *s).collect();
+        let sorted = !(*root).sort_pathkeys.is_null();
+        let limited = !(*parse).limitCount.is_null() || !(*parse).limitOffset.is_null();
+        if !local_having.is_null() {
+            plan.local.push(if concat {
+                "HAVING (a clause the shards cannot evaluate exactly)".into()
+            } else {
+                "HAVING, after the merge (a group's rows span shards)".into()
+            });
+        }
+        if !concat && (sorted || limited) {
+            plan.local
+                .push("ORDER BY/LIMIT, after the merge (a group's rows span shards)".into());
+        } else if sorted && grouped_sort_keys(root, &plan, &base.topology, &scan_exprs).is_none() {
+            plan.local
+                .push("ORDER BY (a key the shards do not sort as Postgres does)".into());
+        } else if limited && !local_having.is_null() {
+            plan.local
+                .push("LIMIT (above a HAVING that runs here)".into());
+        }
         let groups = if n_group == 0 {
             1.0
         } else {
@@ -460,7 +675,8 @@ unsafe fn add_grouping_path(
         };
         let startup = base.startup_cost(UpperKind::Aggregate);
         let total = startup + groups * cpu_tuple_cost();
-        let private = path_private(&plan, &scan_exprs, &base.params, having);
+        let param_exprs: Vec<*mut pg_sys::Expr> = base.params.iter().map(|(e, _)| *e).collect();
+        let private = path_private(&plan, &scan_exprs, &param_exprs, local_having);
         let path = pg_sys::create_foreign_upper_path(
             root,
             grouped_rel,
@@ -473,6 +689,8 @@ unsafe fn add_grouping_path(
             private,
         );
         pg_sys::add_path(grouped_rel, path.cast());
+        // ORDER BY and LIMIT above the groups start from this path.
+        (*grouped_rel).fdw_private = private.cast();
     }
 }
 
@@ -531,6 +749,7 @@ unsafe fn sort_keys(
                     column,
                     descending,
                     nulls_first: (*pk).pk_nulls_first,
+                    output: false,
                 },
                 strip_relabel(expr),
             ));
@@ -583,15 +802,16 @@ unsafe fn add_plain_path(
             params: base.params.iter().map(|(_, s)| *s).collect(),
             query: PushedQuery {
                 select: columns.iter().map(|&c| RemoteExpr::Column(c)).collect(),
-                group_by: Vec::new(),
                 order_by: keys.iter().map(|(k, _)| *k).collect(),
                 limit,
+                ..Default::default()
             },
             n_group: 0,
             aggs: Vec::new(),
             concat: false,
             merge,
             slots: (0..columns.len()).collect(),
+            local: Vec::new(),
         };
         let pathkeys = if keys.is_empty() {
             std::ptr::null_mut()
@@ -605,7 +825,8 @@ unsafe fn add_plain_path(
         let per_row = if plan.query.limit.is_some() { 1.0 } else { 2.0 } * cpu_tuple_cost();
         let startup = base.startup_cost(upper);
         let total = startup + rows * per_row;
-        let private = path_private(&plan, &scan_exprs, &base.params, std::ptr::null_mut());
+        let param_exprs: Vec<*mut pg_sys::Expr> = base.params.iter().map(|(e, _)| *e).collect();
+        let private = path_private(&plan, &scan_exprs, &param_exprs, std::ptr::null_mut());
         let path = pg_sys::create_foreign_upper_path(
             root,
             rel,
@@ -642,6 +863,10 @@ unsafe fn add_ordered_path(
 ) {
     // SAFETY: planner structures valid during the callback.
     unsafe {
+        if let Some(grouped) = stashed(input_rel) {
+            add_grouped_ordered_path(root, grouped, ordered_rel);
+            return;
+        }
         if has_middle_stages((*root).parse) {
             return;
         }
@@ -649,7 +874,7 @@ unsafe fn add_ordered_path(
             return;
         };
         let Some(keys) = sort_keys(root, &base) else {
-            return;
+            return not_pushed(root, SORT_NOT_PUSHED);
         };
         if keys.is_empty() {
             return;
@@ -713,8 +938,14 @@ unsafe fn add_final_path(
         if extra.is_null()
             || !(*extra).limit_needed
             || (*parse).limitOption == pg_sys::LimitOption::LIMIT_OPTION_WITH_TIES
-            || has_middle_stages(parse)
         {
+            return;
+        }
+        if let Some(grouped) = stashed(input_rel) {
+            add_grouped_final_path(root, grouped, final_rel, extra);
+            return;
+        }
+        if has_middle_stages(parse) {
             return;
         }
         // The base relation: the input itself, or below ORDER BY.
@@ -735,14 +966,14 @@ unsafe fn add_final_path(
         } else {
             match sort_keys(root, &base) {
                 Some(k) if !k.is_empty() => k,
-                _ => return,
+                _ => return not_pushed(root, "LIMIT: below an ORDER BY that stays in Postgres"),
             }
         };
         let Some(count) = limit_operand(&mut base, (*parse).limitCount) else {
-            return;
+            return not_pushed(root, LIMIT_NOT_PUSHED);
         };
         let Some(offset) = limit_operand(&mut base, (*parse).limitOffset) else {
-            return;
+            return not_pushed(root, LIMIT_NOT_PUSHED);
         };
         let target = (*root).upper_targets[pg_sys::UpperRelationKind::UPPERREL_FINAL as usize];
         let rows = if (*extra).limit_tuples > 0.0 {
@@ -760,6 +991,274 @@ unsafe fn add_final_path(
             UpperKind::Limit,
             rows,
         );
+    }
+}
+
+/// A pushed grouping (or grouping and ORDER BY) as the stages above it
+/// find it in their input rel's fdw_private: the path's private list.
+struct Stashed {
+    plan: UpperPlan,
+    scan_exprs: Vec<*mut pg_sys::Node>,
+    param_exprs: Vec<*mut pg_sys::Expr>,
+    /// What runs locally on the scan's rows (HAVING clauses not pushed).
+    quals: *mut pg_sys::List,
+    /// The groups the rel estimates.
+    rows: f64,
+}
+
+unsafe fn stashed(rel: *mut pg_sys::RelOptInfo) -> Option<Stashed> {
+    // SAFETY: the rel's fdw_private, when set on an upper rel, was set by
+    // add_grouping_path or add_grouped_ordered_path to a path's private list.
+    unsafe {
+        if rel.is_null()
+            || (*rel).reloptkind != pg_sys::RelOptKind::RELOPT_UPPER_REL
+            || (*rel).fdw_private.is_null()
+        {
+            return None;
+        }
+        let private = nodes((*rel).fdw_private.cast());
+        if private.len() != 4 || !is(private[0], pg_sys::NodeTag::T_String) {
+            return None;
+        }
+        let json = CStr::from_ptr((*(private[0] as *mut pg_sys::String)).sval);
+        let plan: UpperPlan = serde_json::from_slice(json.to_bytes()).ok()?;
+        Some(Stashed {
+            plan,
+            scan_exprs: nodes(private[1].cast()),
+            param_exprs: nodes(private[2].cast())
+                .into_iter()
+                .map(|e| e.cast())
+                .collect(),
+            quals: private[3].cast(),
+            rows: (*rel).rows,
+        })
+    }
+}
+
+/// The one base relation of the query, as an upper path sees it.
+unsafe fn single_base(root: *mut pg_sys::PlannerInfo) -> Option<Base> {
+    // SAFETY: planner structures valid during the callback.
+    unsafe {
+        let mut relid = 0;
+        if !pg_sys::bms_get_singleton_member((*root).all_baserels, &mut relid) {
+            return None;
+        }
+        base(root, *(*root).simple_rel_array.add(relid as usize))
+    }
+}
+
+/// Whether every column and aggregate `target` uses is in the scan tuple.
+unsafe fn target_covered(
+    target: *mut pg_sys::PathTarget,
+    scan_exprs: &[*mut pg_sys::Node],
+) -> bool {
+    // SAFETY: planner expressions.
+    unsafe {
+        let flags = (pg_sys::PVC_INCLUDE_AGGREGATES | pg_sys::PVC_RECURSE_PLACEHOLDERS) as i32;
+        nodes(pg_sys::pull_var_clause((*target).exprs.cast(), flags))
+            .into_iter()
+            .all(|item| {
+                scan_exprs
+                    .iter()
+                    .any(|&e| pg_sys::equal(e.cast(), item.cast()))
+            })
+    }
+}
+
+/// ORDER BY over groups that each live on one shard: every shard sorts
+/// its groups (by grouping columns, counts, min/max and bool values, which
+/// are final there) and the router merges the shards' sorted groups.
+unsafe fn add_grouped_ordered_path(
+    root: *mut pg_sys::PlannerInfo,
+    grouped: Stashed,
+    ordered_rel: *mut pg_sys::RelOptInfo,
+) {
+    // SAFETY: planner structures valid during the callback.
+    unsafe {
+        let Stashed {
+            mut plan,
+            scan_exprs,
+            param_exprs,
+            quals,
+            rows,
+        } = grouped;
+        if !plan.concat || !plan.query.order_by.is_empty() || plan.query.limit.is_some() {
+            return;
+        }
+        let Some(base) = single_base(root) else {
+            return;
+        };
+        let Some(keys) = grouped_sort_keys(root, &plan, &base.topology, &scan_exprs) else {
+            return;
+        };
+        if keys.is_empty() {
+            return;
+        }
+        let target = (*root).upper_targets[pg_sys::UpperRelationKind::UPPERREL_ORDERED as usize];
+        if !target_covered(target, &scan_exprs) {
+            return;
+        }
+        plan.query.order_by = keys.iter().map(|(k, _)| *k).collect();
+        plan.merge = keys.iter().map(|(_, m)| *m).collect();
+        let rows = rows.max(1.0);
+        let startup = base.startup_cost(UpperKind::Aggregate) * 0.95;
+        let total = startup + rows * cpu_tuple_cost();
+        let private = path_private(&plan, &scan_exprs, &param_exprs, quals);
+        let path = pg_sys::create_foreign_upper_path(
+            root,
+            ordered_rel,
+            target,
+            rows,
+            startup,
+            total,
+            (*root).sort_pathkeys,
+            std::ptr::null_mut(),
+            private,
+        );
+        pg_sys::add_path(ordered_rel, path.cast());
+        (*ordered_rel).fdw_private = private.cast();
+    }
+}
+
+/// The query's ORDER BY over grouped rows, as keys on the shards' rows
+/// (select positions), or None when a key is not one the shards sort as
+/// Postgres does.
+unsafe fn grouped_sort_keys(
+    root: *mut pg_sys::PlannerInfo,
+    plan: &UpperPlan,
+    topology: &TableTopology,
+    scan_exprs: &[*mut pg_sys::Node],
+) -> Option<Vec<(SortKey, MergeKey)>> {
+    // SAFETY: planner structures valid during the callback.
+    unsafe {
+        let mut keys = Vec::new();
+        for pk in PgList::<pg_sys::PathKey>::from_pg((*root).sort_pathkeys).iter_ptr() {
+            let ec = (*pk).pk_eclass;
+            if (*ec).ec_has_volatile {
+                return None;
+            }
+            let mut found = None;
+            for em in PgList::<pg_sys::EquivalenceMember>::from_pg((*ec).ec_members).iter_ptr() {
+                if (*em).em_is_const {
+                    continue;
+                }
+                let expr = strip_relabel((*em).em_expr as *mut pg_sys::Node);
+                let Some(i) = scan_exprs
+                    .iter()
+                    .position(|&e| pg_sys::equal(strip_relabel(e).cast(), expr.cast()))
+                else {
+                    continue;
+                };
+                if let Some((position, ty)) = plan.output_of_slot(plan.slots[i], topology) {
+                    found = Some((position, ty, expr));
+                    break;
+                }
+            }
+            let (position, ty, expr) = found?;
+            let opclass = pg_sys::GetDefaultOpClass(pg_sys::exprType(expr), pg_sys::BTREE_AM_OID);
+            if opclass == pg_sys::Oid::INVALID
+                || pg_sys::get_opclass_family(opclass) != (*pk).pk_opfamily
+                || !pushdown::sort_pushable(ty, collation_class((*ec).ec_collation))
+            {
+                return None;
+            }
+            let descending = match (*pk).pk_strategy as u32 {
+                pg_sys::BTLessStrategyNumber => false,
+                pg_sys::BTGreaterStrategyNumber => true,
+                _ => return None,
+            };
+            let nulls_first = (*pk).pk_nulls_first;
+            keys.push((
+                SortKey {
+                    column: position,
+                    descending,
+                    nulls_first,
+                    output: true,
+                },
+                MergeKey {
+                    position,
+                    descending,
+                    nulls_first,
+                },
+            ));
+        }
+        Some(keys)
+    }
+}
+
+/// LIMIT/OFFSET over groups that each live on one shard (sorted or not),
+/// when HAVING went to the shards whole: each shard returns its first
+/// count + offset groups, the router merges and stops.
+unsafe fn add_grouped_final_path(
+    root: *mut pg_sys::PlannerInfo,
+    grouped: Stashed,
+    final_rel: *mut pg_sys::RelOptInfo,
+    extra: *mut pg_sys::FinalPathExtraData,
+) {
+    // SAFETY: planner structures valid during the callback.
+    unsafe {
+        let parse = (*root).parse;
+        let Stashed {
+            mut plan,
+            scan_exprs,
+            param_exprs,
+            quals,
+            rows: groups,
+        } = grouped;
+        let sorted = !(*root).sort_pathkeys.is_null();
+        if !plan.concat
+            || !quals.is_null()
+            || plan.query.limit.is_some()
+            || sorted == plan.query.order_by.is_empty()
+        {
+            return;
+        }
+        let Some(mut base) = single_base(root) else {
+            return;
+        };
+        base.params = param_exprs
+            .iter()
+            .copied()
+            .zip(plan.params.iter().copied())
+            .collect();
+        let Some(count) = limit_operand(&mut base, (*parse).limitCount) else {
+            return;
+        };
+        let Some(offset) = limit_operand(&mut base, (*parse).limitOffset) else {
+            return;
+        };
+        let target = (*root).upper_targets[pg_sys::UpperRelationKind::UPPERREL_FINAL as usize];
+        if !target_covered(target, &scan_exprs) {
+            return;
+        }
+        plan.query.limit = Some(LimitSpec { count, offset });
+        plan.params = base.params.iter().map(|(_, s)| *s).collect();
+        let param_exprs: Vec<*mut pg_sys::Expr> = base.params.iter().map(|(e, _)| *e).collect();
+        let groups = groups.max(1.0);
+        let rows = if (*extra).limit_tuples > 0.0 {
+            (*extra).limit_tuples.min(groups)
+        } else {
+            groups
+        };
+        let startup = base.startup_cost(UpperKind::Aggregate) * 0.85;
+        let total = startup + rows * cpu_tuple_cost();
+        let private = path_private(&plan, &scan_exprs, &param_exprs, std::ptr::null_mut());
+        let path = pg_sys::create_foreign_upper_path(
+            root,
+            final_rel,
+            target,
+            rows,
+            startup,
+            total,
+            if sorted {
+                (*root).sort_pathkeys
+            } else {
+                std::ptr::null_mut()
+            },
+            std::ptr::null_mut(),
+            private,
+        );
+        pg_sys::add_path(final_rel, path.cast());
     }
 }
 
@@ -822,25 +1321,84 @@ pub unsafe fn plan_of(fscan: *mut pg_sys::ForeignScan) -> Option<UpperPlan> {
 }
 
 impl UpperPlan {
+    /// Where the value of a scan-tuple slot is in a shard's row, with its
+    /// type, when that value is final on the shard that holds the group (a
+    /// grouping column, or an aggregate whose partial is its value).
+    fn output_of_slot(&self, slot: usize, topology: &TableTopology) -> Option<(usize, ColumnType)> {
+        if slot < self.n_group {
+            return Some((slot, topology.columns[self.query.group_by[slot]].ty));
+        }
+        let a = slot - self.n_group;
+        let spec = self.aggs.get(a)?;
+        if !spec.func.final_on_one_shard() {
+            return None;
+        }
+        let position = self.n_group + self.aggs[..a].iter().map(AggSpec::width).sum::<usize>();
+        let ty = match spec.func {
+            AggFunc::CountStar | AggFunc::Count => ColumnType::Int8,
+            AggFunc::BoolAnd | AggFunc::BoolOr => ColumnType::Bool,
+            _ => topology.columns[spec.column?].ty,
+        };
+        Some((position, ty))
+    }
+
+    /// Per position of a shard's row: the scan-tuple expression whose
+    /// value it is, final on its shard (null where there is none), and the
+    /// value's type; what a HAVING pushed to the shards may compare.
+    fn outputs(
+        &self,
+        topology: &TableTopology,
+        scan_exprs: &[*mut pg_sys::Node],
+    ) -> Vec<(*mut pg_sys::Node, ColumnType)> {
+        let mut out = vec![(std::ptr::null_mut(), ColumnType::Int8); self.query.select.len()];
+        for (i, &slot) in self.slots.iter().enumerate() {
+            if let Some((position, ty)) = self.output_of_slot(slot, topology) {
+                out[position] = (scan_exprs[i], ty);
+            }
+        }
+        out
+    }
+
+    /// A readable name of each position of a shard's row.
+    fn labels(&self, topology: &TableTopology) -> Vec<String> {
+        let name = |c: usize| topology.columns[c].name.clone();
+        let mut out: Vec<String> = self.query.group_by.iter().map(|&c| name(c)).collect();
+        for a in &self.aggs {
+            let label = match a.column {
+                None => "count(*)".to_string(),
+                Some(c) => format!("{}({})", a.func.name(), name(c)),
+            };
+            let label = match a.filter {
+                Some(_) => format!("{label} FILTER (WHERE …)"),
+                None => label,
+            };
+            out.extend(std::iter::repeat_n(label, a.width()));
+        }
+        out
+    }
+
     /// What the nodes do and what the router does, for EXPLAIN and
     /// conductor_explain.
     pub fn describe(&self, topology: &TableTopology) -> String {
         let name = |c: usize| topology.columns[c].name.clone();
+        let labels = self.labels(topology);
         let mut pushed = Vec::new();
         if !self.aggs.is_empty() {
-            let aggs: Vec<String> = self
-                .aggs
-                .iter()
-                .map(|a| match a.column {
-                    None => "count(*)".to_string(),
-                    Some(c) => format!("{}({})", a.func.name(), name(c)),
-                })
-                .collect();
-            pushed.push(aggs.join(", "));
+            let aggs: Vec<String> = labels[self.n_group..].to_vec();
+            let mut aggs_unique: Vec<String> = Vec::new();
+            for a in aggs {
+                if aggs_unique.last() != Some(&a) {
+                    aggs_unique.push(a);
+                }
+            }
+            pushed.push(aggs_unique.join(", "));
         }
         if !self.query.group_by.is_empty() {
             let cols: Vec<String> = self.query.group_by.iter().map(|&c| name(c)).collect();
             pushed.push(format!("GROUP BY {}", cols.join(", ")));
+        }
+        if !self.query.having.is_empty() {
+            pushed.push("HAVING (per shard)".to_string());
         }
         if !self.query.order_by.is_empty() {
             let keys: Vec<String> = self
@@ -850,7 +1408,11 @@ impl UpperPlan {
                 .map(|k| {
                     format!(
                         "{}{} NULLS {}",
-                        name(k.column),
+                        if k.output {
+                            labels[k.column].clone()
+                        } else {
+                            name(k.column)
+                        },
                         if k.descending { " DESC" } else { "" },
                         if k.nulls_first { "FIRST" } else { "LAST" }
                     )
@@ -862,6 +1424,9 @@ impl UpperPlan {
             pushed.push("LIMIT (count + offset per shard)".to_string());
         }
         let router = match self.upper {
+            UpperKind::Aggregate if self.concat && !self.merge.is_empty() => {
+                "router merges the shards' sorted groups (each lives on one shard)"
+            }
             UpperKind::Aggregate if self.concat => {
                 "router concatenates the groups (each lives on one shard)"
             }
@@ -872,7 +1437,15 @@ impl UpperPlan {
             }
             UpperKind::Limit => "router merges the sorted shard streams, then OFFSET/LIMIT",
         };
-        format!("{}; {router}", pushed.join(" "))
+        if self.local.is_empty() {
+            format!("{}; {router}", pushed.join(" "))
+        } else {
+            format!(
+                "{}; {router}; in Postgres: {}",
+                pushed.join(" "),
+                self.local.join(", ")
+            )
+        }
     }
 }
 
@@ -893,6 +1466,30 @@ enum Merger {
     Sorted(KWayMerge),
     /// Partial aggregates per group.
     Groups(GroupMerge),
+    /// Groups that each live on one shard, every shard's sorted.
+    SortedGroups(KWayMerge, GroupMerge),
+}
+
+impl Merger {
+    fn sorted(&mut self) -> Option<&mut KWayMerge> {
+        match self {
+            Merger::Sorted(m) | Merger::SortedGroups(m, _) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The next row of the merged sorted streams, finished.
+    fn pop(&mut self) -> Option<Vec<Final>> {
+        match self {
+            Merger::Sorted(m) => m
+                .pop()
+                .map(|(_, row)| row.into_iter().map(Final::Value).collect()),
+            Merger::SortedGroups(m, g) => m
+                .pop()
+                .map(|(_, row)| g.finish_row(row).unwrap_or_else(|e| merge_error(e))),
+            _ => None,
+        }
+    }
 }
 
 struct UpperState {
@@ -1027,7 +1624,13 @@ impl UpperState {
         let plan = crate::fdw::scan::bound_plan(&topology, &self.plan.pushed, &bindings, &kind);
         let shards = plan.shard_ids();
         self.merger = if !self.plan.aggs.is_empty() || self.plan.upper == UpperKind::Aggregate {
-            Merger::Groups(GroupMerge::new(self.plan.n_group, self.plan.aggs.clone()))
+            let groups = GroupMerge::new(self.plan.n_group, self.plan.aggs.clone());
+            if self.plan.concat && !self.plan.merge.is_empty() {
+                let sorted = KWayMerge::new(shards.iter().copied(), self.plan.merge.clone());
+                Merger::SortedGroups(sorted, groups)
+            } else {
+                Merger::Groups(groups)
+            }
         } else if !self.plan.merge.is_empty() {
             Merger::Sorted(KWayMerge::new(
                 shards.iter().copied(),
@@ -1078,7 +1681,7 @@ impl UpperState {
     }
 
     fn shard_done(&mut self, shard: u32) {
-        if let Merger::Sorted(m) = &mut self.merger {
+        if let Some(m) = self.merger.sorted() {
             m.finish(shard);
         }
     }
@@ -1100,7 +1703,7 @@ impl UpperState {
                 rows.into_iter()
                     .map(|r| r.into_iter().map(Final::Value).collect()),
             ),
-            Merger::Sorted(m) => m.push(shard, rows),
+            Merger::Sorted(m) | Merger::SortedGroups(m, _) => m.push(shard, rows),
             Merger::Groups(g) if self.plan.concat => {
                 for row in rows {
                     let finished = g.finish_row(row).unwrap_or_else(|e| merge_error(e));
@@ -1117,7 +1720,7 @@ impl UpperState {
 
     /// Move what the merge can tell into `ready`.
     fn drain_sorted(&mut self) {
-        if let Merger::Sorted(m) = &mut self.merger {
+        if let Some(m) = self.merger.sorted() {
             if let Phase::Streaming(handle) = &self.phase {
                 for shard in m.waiting_for() {
                     if handle.shard_finished(shard) {
@@ -1125,9 +1728,8 @@ impl UpperState {
                     }
                 }
             }
-            while let Some((_, row)) = m.pop() {
-                self.ready
-                    .push_back(row.into_iter().map(Final::Value).collect());
+            while let Some(row) = self.merger.pop() {
+                self.ready.push_back(row);
             }
         }
     }
@@ -1135,11 +1737,12 @@ impl UpperState {
     /// Every shard has finished.
     unsafe fn finish_all(&mut self) {
         match std::mem::replace(&mut self.merger, Merger::Pass) {
-            Merger::Sorted(mut m) => {
-                m.finish_all();
-                while let Some((_, row)) = m.pop() {
-                    self.ready
-                        .push_back(row.into_iter().map(Final::Value).collect());
+            mut sorted @ (Merger::Sorted(_) | Merger::SortedGroups(..)) => {
+                if let Some(m) = sorted.sorted() {
+                    m.finish_all();
+                }
+                while let Some(row) = sorted.pop() {
+                    self.ready.push_back(row);
                 }
             }
             Merger::Groups(g) if !self.plan.concat => {

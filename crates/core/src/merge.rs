@@ -223,6 +223,11 @@ pub enum AggFunc {
     Min,
     /// `max` → the argument's type.
     Max,
+    /// `bool_and`/`every` → boolean: the minimum of the stored 0/1 values
+    /// (NULLs ignored, no value gives NULL, as Postgres).
+    BoolAnd,
+    /// `bool_or` → boolean: their maximum.
+    BoolOr,
 }
 
 impl AggFunc {
@@ -233,15 +238,35 @@ impl AggFunc {
             AggFunc::AvgInt | AggFunc::AvgFloat => "avg",
             AggFunc::Min => "min",
             AggFunc::Max => "max",
+            AggFunc::BoolAnd => "bool_and",
+            AggFunc::BoolOr => "bool_or",
         }
+    }
+
+    /// Whether a shard's partial is one column holding the final value when
+    /// the group lives on that shard alone, so that the shard can sort its
+    /// groups by it and filter them on it (HAVING).
+    pub fn final_on_one_shard(self) -> bool {
+        matches!(
+            self,
+            AggFunc::CountStar
+                | AggFunc::Count
+                | AggFunc::Min
+                | AggFunc::Max
+                | AggFunc::BoolAnd
+                | AggFunc::BoolOr
+        )
     }
 }
 
-/// One aggregate: its function and argument (a topology column index).
+/// One aggregate: its function and argument (a topology column index),
+/// and its FILTER (WHERE …) as an index into the pushed query's filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AggSpec {
     pub func: AggFunc,
     pub column: Option<usize>,
+    #[serde(default)]
+    pub filter: Option<usize>,
 }
 
 impl AggSpec {
@@ -268,12 +293,12 @@ impl AggSpec {
                 RemoteExpr::Min(c),
                 RemoteExpr::Max(c),
             ],
-            AggFunc::Min => vec![RemoteExpr::Min(c)],
-            AggFunc::Max => vec![RemoteExpr::Max(c)],
+            AggFunc::Min | AggFunc::BoolAnd => vec![RemoteExpr::Min(c)],
+            AggFunc::Max | AggFunc::BoolOr => vec![RemoteExpr::Max(c)],
         }
     }
 
-    fn width(&self) -> usize {
+    pub fn width(&self) -> usize {
         self.remote_exprs().len()
     }
 }
@@ -438,7 +463,9 @@ impl Partial {
                 count: 0,
                 specials: Specials::default(),
             },
-            AggFunc::Min | AggFunc::Max => Partial::Extreme(Value::Null),
+            AggFunc::Min | AggFunc::Max | AggFunc::BoolAnd | AggFunc::BoolOr => {
+                Partial::Extreme(Value::Null)
+            }
         }
     }
 
@@ -462,7 +489,9 @@ impl Partial {
                 count: int_of(&cols[1], "count")?.unwrap_or(0),
                 specials: Specials::read(&cols[2], &cols[3])?,
             },
-            AggFunc::Min | AggFunc::Max => Partial::Extreme(cols[0].clone()),
+            AggFunc::Min | AggFunc::Max | AggFunc::BoolAnd | AggFunc::BoolOr => {
+                Partial::Extreme(cols[0].clone())
+            }
         })
     }
 
@@ -507,7 +536,7 @@ impl Partial {
                 (_, Value::Null) => a,
                 _ => {
                     let o = compare_values(&b, &a);
-                    let take_b = if func == AggFunc::Min {
+                    let take_b = if matches!(func, AggFunc::Min | AggFunc::BoolAnd) {
                         o == Ordering::Less
                     } else {
                         o == Ordering::Greater
@@ -699,6 +728,40 @@ mod tests {
     }
 
     #[test]
+    fn bool_aggregates_ignore_nulls_and_are_null_without_values() {
+        let aggs = vec![
+            AggSpec {
+                func: AggFunc::BoolAnd,
+                column: Some(1),
+                filter: None,
+            },
+            AggSpec {
+                func: AggFunc::BoolOr,
+                column: Some(1),
+                filter: None,
+            },
+        ];
+        let mut m = GroupMerge::new(1, aggs);
+        // Group 1: shards saw {true}, {NULL only}, {false, true}.
+        m.push(vec![i(1), i(1), i(1)]).unwrap();
+        m.push(vec![i(1), Value::Null, Value::Null]).unwrap();
+        m.push(vec![i(1), i(0), i(1)]).unwrap();
+        // Group 2: no value anywhere.
+        m.push(vec![i(2), Value::Null, Value::Null]).unwrap();
+        // Group 3: only true.
+        m.push(vec![i(3), i(1), i(1)]).unwrap();
+        let v = |x: Value| Final::Value(x);
+        assert_eq!(
+            m.finish().unwrap(),
+            vec![
+                vec![v(i(1)), v(i(0)), v(i(1))],
+                vec![v(i(2)), v(Value::Null), v(Value::Null)],
+                vec![v(i(3)), v(i(1)), v(i(1))],
+            ]
+        );
+    }
+
+    #[test]
     fn value_order_is_sqlites() {
         assert_eq!(compare_values(&Value::Null, &i(-5)), Ordering::Less);
         assert_eq!(compare_values(&i(2), &Value::Float(1.5)), Ordering::Greater);
@@ -854,6 +917,7 @@ mod tests {
         .map(|func| AggSpec {
             func,
             column: Some(1),
+            filter: None,
         })
         .collect()
     }
@@ -864,10 +928,12 @@ mod tests {
             AggSpec {
                 func: AggFunc::SumBigint,
                 column: Some(0),
+                filter: None,
             },
             AggSpec {
                 func: AggFunc::AvgInt,
                 column: Some(0),
+                filter: None,
             },
         ];
         let mut m = GroupMerge::new(0, aggs.clone());
@@ -906,6 +972,7 @@ mod tests {
         let aggs = vec![AggSpec {
             func: AggFunc::SumInt,
             column: Some(0),
+            filter: None,
         }];
         let mut m = GroupMerge::new(0, aggs.clone());
         // Partials as if a shard held 2^32 + 1 values of i32::MAX … enough
@@ -952,18 +1019,22 @@ mod tests {
             AggSpec {
                 func: AggFunc::CountStar,
                 column: None,
+                filter: None,
             },
             AggSpec {
                 func: AggFunc::Min,
                 column: Some(1),
+                filter: None,
             },
             AggSpec {
                 func: AggFunc::Max,
                 column: Some(1),
+                filter: None,
             },
             AggSpec {
                 func: AggFunc::AvgFloat,
                 column: Some(1),
+                filter: None,
             },
         ];
         let mut m = GroupMerge::new(1, aggs.clone());
@@ -1034,10 +1105,12 @@ mod tests {
             AggSpec {
                 func: AggFunc::SumFloat,
                 column: Some(0),
+                filter: None,
             },
             AggSpec {
                 func: AggFunc::AvgFloat,
                 column: Some(0),
+                filter: None,
             },
         ];
         let (inf, nan) = (f64::INFINITY, f64::NAN);
@@ -1091,10 +1164,12 @@ mod tests {
             AggSpec {
                 func: AggFunc::Min,
                 column: Some(0),
+                filter: None,
             },
             AggSpec {
                 func: AggFunc::Max,
                 column: Some(0),
+                filter: None,
             },
         ];
         let nan = Value::Text(NAN_TEXT.into());
@@ -1119,6 +1194,7 @@ mod tests {
         let aggs = vec![AggSpec {
             func: AggFunc::CountStar,
             column: None,
+            filter: None,
         }];
         let mut m = GroupMerge::new(1, aggs);
         m.push(vec![Value::Float(0.0), i(1)]).unwrap();

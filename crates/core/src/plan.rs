@@ -80,9 +80,13 @@ impl RemoteExpr {
 /// out: SQLite's default (NULLs first ascending) is not Postgres'.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SortKey {
+    /// A topology column, or with `output` a position in the select list
+    /// (an aggregate's value: the groups are sorted after grouping).
     pub column: usize,
     pub descending: bool,
     pub nulls_first: bool,
+    #[serde(default)]
+    pub output: bool,
 }
 
 /// LIMIT and OFFSET of a pushed SELECT (constants or runtime parameters of
@@ -147,19 +151,90 @@ impl LimitSpec {
 }
 
 /// A SELECT pushed to every target shard whole: `SELECT select FROM shard
-/// [WHERE …] [GROUP BY group_by] [ORDER BY order_by] [LIMIT ?]`.
+/// [WHERE …] [GROUP BY group_by] [ORDER BY order_by] [LIMIT ?]`, or with a
+/// `having`, `SELECT * FROM (SELECT … GROUP BY …) WHERE having [ORDER BY …]
+/// [LIMIT ?]` (the grouped rows as a subquery whose columns the
+/// predicates name by position: the same predicate IR and deparser as a
+/// WHERE clause).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct PushedQuery {
     pub select: Vec<RemoteExpr>,
+    /// Per select item (or empty: none filtered): the index into `filters`
+    /// of the aggregate's FILTER (WHERE …).
+    #[serde(default)]
+    pub select_filter: Vec<Option<usize>>,
+    /// FILTER clauses, each a conjunction over topology columns.
+    #[serde(default)]
+    pub filters: Vec<Vec<Pred>>,
     pub group_by: Vec<usize>,
+    /// HAVING over select positions (only when every group lives on one
+    /// shard: then a shard's aggregate values are the final ones).
+    #[serde(default)]
+    pub having: Vec<Pred>,
     pub order_by: Vec<SortKey>,
     pub limit: Option<LimitSpec>,
 }
 
+/// The name of select position `i` in the subquery a HAVING reads.
+fn output_name(i: usize) -> String {
+    format!("c{i}")
+}
+
+const HAVING_ALIAS: &str = "grouped";
+
+/// A pushed statement's text and the arguments before and after the WHERE
+/// clause's.
+struct PushedSql {
+    sql: String,
+    leading: Vec<Value>,
+    trailing: Vec<Value>,
+}
+
 impl PushedQuery {
-    fn sql(&self, topology: &Topology, table: &str, where_sql: Option<&str>) -> String {
+    /// The statement for one shard table; `bindings` None: the template
+    /// (placeholders, no arguments).
+    fn render(
+        &self,
+        topology: &Topology,
+        table: &str,
+        where_sql: Option<&str>,
+        bindings: Option<&[Binding]>,
+    ) -> Result<PushedSql, DeparseError> {
         let col = |c: usize| qualified_column(table, &topology.columns[c].name);
-        let exprs: Vec<String> = self.select.iter().map(|e| e.sql(col)).collect();
+        let names = topology.column_names();
+        let mut leading = Vec::new();
+        let mut trailing = Vec::new();
+        let mut filter_sql = Vec::with_capacity(self.filters.len());
+        for f in &self.filters {
+            filter_sql.push(match bindings {
+                Some(b) => {
+                    let (sql, args) = deparse(f, table, &names, b)?;
+                    (sql, args)
+                }
+                None => (deparse_template(f, table, &names), Vec::new()),
+            });
+        }
+        let wrap = !self.having.is_empty();
+        let mut exprs: Vec<String> = Vec::with_capacity(self.select.len());
+        for (i, e) in self.select.iter().enumerate() {
+            let filter = self.select_filter.get(i).copied().flatten();
+            let filter_clause = match filter {
+                Some(f) => {
+                    let (sql, args) = &filter_sql[f];
+                    leading.extend(args.iter().cloned());
+                    format!(" FILTER (WHERE {sql})")
+                }
+                None => String::new(),
+            };
+            // An aggregate's text ends with its closing parenthesis, which
+            // FILTER follows.
+            let mut text = e.sql(&col) + &filter_clause;
+            if wrap {
+                text.push_str(" AS ");
+                text.push_str(&output_name(i));
+            }
+            exprs.push(text);
+        }
         let mut sql = format!(
             "SELECT {} FROM {}",
             if exprs.is_empty() {
@@ -178,6 +253,22 @@ impl PushedQuery {
             sql.push_str(" GROUP BY ");
             sql.push_str(&cols.join(", "));
         }
+        if wrap {
+            let outputs: Vec<String> = (0..self.select.len()).map(output_name).collect();
+            let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+            let having = match bindings {
+                Some(b) => {
+                    let (sql, args) = deparse(&self.having, HAVING_ALIAS, &outputs, b)?;
+                    trailing.extend(args);
+                    sql
+                }
+                None => deparse_template(&self.having, HAVING_ALIAS, &outputs),
+            };
+            sql = format!(
+                "SELECT * FROM ({sql}) AS {} WHERE {having}",
+                quote_ident(HAVING_ALIAS)
+            );
+        }
         if !self.order_by.is_empty() {
             let keys: Vec<String> = self
                 .order_by
@@ -185,7 +276,11 @@ impl PushedQuery {
                 .map(|k| {
                     format!(
                         "{}{} NULLS {}",
-                        col(k.column),
+                        if k.output {
+                            (k.column + 1).to_string()
+                        } else {
+                            col(k.column)
+                        },
                         if k.descending { " DESC" } else { "" },
                         if k.nulls_first { "FIRST" } else { "LAST" }
                     )
@@ -194,23 +289,23 @@ impl PushedQuery {
             sql.push_str(" ORDER BY ");
             sql.push_str(&keys.join(", "));
         }
-        if self.limit.is_some() {
+        if let Some(spec) = &self.limit {
             sql.push_str(" LIMIT ?");
+            // The per-shard row cap (-1, SQLite's "no limit", when the
+            // count is NULL).
+            if let Some(b) = bindings {
+                match spec.values(b) {
+                    Ok(v) => trailing.push(Value::Integer(v.per_shard().unwrap_or(-1))),
+                    Err(LimitError::Bad(e)) => return Err(e),
+                    Err(e) => return Err(DeparseError::Unrepresentable(format!("{e:?}"))),
+                }
+            }
         }
-        sql
-    }
-
-    /// The arguments after the WHERE clause's: the per-shard row cap (-1,
-    /// SQLite's "no limit", when the count is NULL).
-    fn trailing_args(&self, bindings: &[Binding]) -> Result<Vec<Value>, DeparseError> {
-        match &self.limit {
-            None => Ok(Vec::new()),
-            Some(spec) => match spec.values(bindings) {
-                Ok(v) => Ok(vec![Value::Integer(v.per_shard().unwrap_or(-1))]),
-                Err(LimitError::Bad(e)) => Err(e),
-                Err(e) => Err(DeparseError::Unrepresentable(format!("{e:?}"))),
-            },
-        }
+        Ok(PushedSql {
+            sql,
+            leading,
+            trailing,
+        })
     }
 }
 
@@ -307,11 +402,20 @@ impl ShardPlan {
             let mine = routed.shard_preds(preds, &key, shard);
             let (where_sql, where_args) = deparse(&mine, table, &names, bindings)?;
             let where_sql = (!mine.is_empty()).then_some(where_sql.as_str());
-            let (sql, mut args) = statement_sql(topology, table, kind, where_sql);
-            args.extend(where_args);
-            if let StatementKind::Pushed(q) = kind {
-                args.extend(q.trailing_args(bindings)?);
-            }
+            let (sql, args) = match kind {
+                StatementKind::Pushed(q) => {
+                    let p = q.render(topology, table, where_sql, Some(bindings))?;
+                    let mut args = p.leading;
+                    args.extend(where_args);
+                    args.extend(p.trailing);
+                    (p.sql, args)
+                }
+                _ => {
+                    let (sql, mut args) = statement_sql(topology, table, kind, where_sql);
+                    args.extend(where_args);
+                    (sql, args)
+                }
+            };
             statements.push(ShardStatement {
                 shard_id: shard,
                 stmt: Stmt::new(sql, args),
@@ -653,7 +757,12 @@ fn statement_sql(
             values.clone(),
         ),
         StatementKind::Delete => (delete_sql(table, where_sql, &[]), Vec::new()),
-        StatementKind::Pushed(q) => (q.sql(topology, table, where_sql), Vec::new()),
+        StatementKind::Pushed(q) => (
+            q.render(topology, table, where_sql, None)
+                .map(|p| p.sql)
+                .unwrap_or_default(),
+            Vec::new(),
+        ),
     }
 }
 
@@ -1045,8 +1154,7 @@ mod tests {
                 RemoteExpr::Max(1),
             ],
             group_by: vec![1],
-            order_by: vec![],
-            limit: None,
+            ..Default::default()
         };
         let plan = ShardPlan::build(&t, &[eq(2, int(5))], &[], &StatementKind::Pushed(q)).unwrap();
         assert_eq!(plan.statements.len(), 4);
@@ -1056,23 +1164,25 @@ mod tests {
         );
         let q = PushedQuery {
             select: vec![RemoteExpr::Column(0), RemoteExpr::Column(2)],
-            group_by: vec![],
             order_by: vec![
                 SortKey {
                     column: 2,
                     descending: true,
                     nulls_first: true,
+                    output: false,
                 },
                 SortKey {
                     column: 0,
                     descending: false,
                     nulls_first: false,
+                    output: false,
                 },
             ],
             limit: Some(LimitSpec {
                 count: Operand::Param(0),
                 offset: int(3),
             }),
+            ..Default::default()
         };
         let kind = StatementKind::Pushed(q.clone());
         let bind = |v: Option<i64>| [Binding::Value(v.map(TypedValue::Int8))];
@@ -1103,6 +1213,60 @@ mod tests {
             .unwrap()
             .ends_with("LIMIT ?"));
         assert!(template.statements[0].stmt.args.is_empty());
+    }
+
+    #[test]
+    fn filters_having_and_output_order_travel_as_arguments() {
+        let t = topology(2, ColumnType::Int8);
+        // count(*) FILTER (WHERE n > $0) and sum(n) FILTER (WHERE n > $0), grouped
+        // by the key, HAVING count > $1, ORDER BY the count, LIMIT 3.
+        let gt = |column, value| Pred::Cmp {
+            column,
+            op: CmpOp::Gt,
+            value,
+        };
+        let q = PushedQuery {
+            select: vec![
+                RemoteExpr::Column(0),
+                RemoteExpr::CountStar,
+                RemoteExpr::SumHigh(2),
+                RemoteExpr::SumLow(2),
+            ],
+            select_filter: vec![None, Some(0), Some(0), Some(0)],
+            filters: vec![vec![gt(2, Operand::Param(0))]],
+            group_by: vec![0],
+            having: vec![gt(1, Operand::Param(1))],
+            order_by: vec![SortKey {
+                column: 1,
+                descending: true,
+                nulls_first: true,
+                output: true,
+            }],
+            limit: Some(LimitSpec {
+                count: int(3),
+                offset: int(0),
+            }),
+        };
+        let bindings = [
+            Binding::Value(Some(TypedValue::Int8(10))),
+            Binding::Value(Some(TypedValue::Int8(20))),
+        ];
+        let kind = StatementKind::Pushed(q);
+        let plan = ShardPlan::build(&t, &[eq(2, int(5))], &bindings, &kind).unwrap();
+        let s = &plan.statements[0].stmt;
+        assert_eq!(
+            s.sql.as_deref().unwrap(),
+            r#"SELECT * FROM (SELECT "t_0000"."k" AS c0, count(*) FILTER (WHERE "t_0000"."n" > ?) AS c1, sum("t_0000"."n" >> 32) FILTER (WHERE "t_0000"."n" > ?) AS c2, sum("t_0000"."n" & 4294967295) FILTER (WHERE "t_0000"."n" > ?) AS c3 FROM "t_0000" WHERE "t_0000"."n" = ? GROUP BY "t_0000"."k") AS "grouped" WHERE "grouped"."c1" > ? ORDER BY 2 DESC NULLS FIRST LIMIT ?"#
+        );
+        let i = Value::Integer;
+        assert_eq!(s.args, vec![i(10), i(10), i(10), i(5), i(20), i(3)]);
+        let template = ShardPlan::template(&t, &[], &kind);
+        assert!(template.statements[0]
+            .stmt
+            .sql
+            .as_deref()
+            .unwrap()
+            .contains(r#"count(*) FILTER (WHERE "t_0000"."n" > ?)"#));
     }
 
     proptest! {

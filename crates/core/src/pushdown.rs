@@ -43,9 +43,16 @@
 //!   column's min and max, which say whether NaN or an infinity was
 //!   summed, so the result is Postgres' NaN or infinity then);
 //!   `min`/`max` of integers, floats,
-//!   date/timestamp/timestamptz and text under C. `sum(real)` stays local
+//!   date/timestamp/timestamptz and text under C; `bool_and`/`every` and
+//!   `bool_or` (the min and max of the stored 0/1). `sum(real)` stays local
 //!   (Postgres accumulates it in single precision), as does every other
-//!   aggregate, and any with DISTINCT, ORDER BY or FILTER. Float sums and
+//!   aggregate, and any with DISTINCT or ORDER BY. A FILTER (WHERE …) goes
+//!   with its aggregate when the WHERE rules above push every clause of it
+//!   (SQLite's FILTER keeps a row only when the condition is true, as
+//!   Postgres does). When every group lives on one shard (the grouping
+//!   contains the shard key), a shard's count/min/max/bool partial is the
+//!   group's final value, so the shard may also sort its groups by it and
+//!   filter them on it (HAVING, by the same comparison rules). Float sums and
 //!   averages are the only results that may differ from Postgres', in the
 //!   last bits, because the additions happen in another order (SQLite
 //!   sums with compensation), and in the sign of a sum of negative zeros
@@ -196,6 +203,8 @@ pub fn aggregate(name: &str, arg: Option<(ColumnType, CollationClass)>) -> Optio
         ("sum", Float8) => AggFunc::SumFloat,
         ("avg", Int2 | Int4 | Int8) => AggFunc::AvgInt,
         ("avg", Float4 | Float8) => AggFunc::AvgFloat,
+        ("bool_and" | "every", Bool) => AggFunc::BoolAnd,
+        ("bool_or", Bool) => AggFunc::BoolOr,
         ("min" | "max", _) => {
             let ordered = match family(ty) {
                 Family::Integer
@@ -250,6 +259,12 @@ mod tests {
         assert_eq!(aggregate("max", Some((Bpchar, c))), None);
         assert_eq!(aggregate("max", Some((Timestamptz, d))), Some(AggFunc::Max));
         assert_eq!(aggregate("stddev", Some((Int4, c))), None);
+        assert_eq!(
+            aggregate("bool_and", Some((Bool, d))),
+            Some(AggFunc::BoolAnd)
+        );
+        assert_eq!(aggregate("every", Some((Bool, d))), Some(AggFunc::BoolAnd));
+        assert_eq!(aggregate("bool_or", Some((Bool, d))), Some(AggFunc::BoolOr));
     }
 
     #[test]

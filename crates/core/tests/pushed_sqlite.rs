@@ -122,18 +122,22 @@ fn split_sums_are_exact_where_sqlite_sum_overflows() {
         AggSpec {
             func: AggFunc::CountStar,
             column: None,
+            filter: None,
         },
         AggSpec {
             func: AggFunc::SumBigint,
             column: Some(2),
+            filter: None,
         },
         AggSpec {
             func: AggFunc::AvgInt,
             column: Some(2),
+            filter: None,
         },
         AggSpec {
             func: AggFunc::Min,
             column: Some(2),
+            filter: None,
         },
     ];
     let mut select = vec![RemoteExpr::Column(1)];
@@ -143,8 +147,7 @@ fn split_sums_are_exact_where_sqlite_sum_overflows() {
     let query = PushedQuery {
         select,
         group_by: vec![1],
-        order_by: vec![],
-        limit: None,
+        ..Default::default()
     };
     let plan = ShardPlan::build(&t, &[], &[], &StatementKind::Pushed(query)).unwrap();
     let mut merge = GroupMerge::new(1, aggs);
@@ -194,23 +197,25 @@ fn sorted_limited_shards_merge_into_the_global_order() {
         for (count, offset) in [(Some(5), 0), (Some(7), 3), (None, 190), (Some(0), 2)] {
             let query = PushedQuery {
                 select: vec![RemoteExpr::Column(0), RemoteExpr::Column(2)],
-                group_by: vec![],
                 order_by: vec![
                     SortKey {
                         column: 2,
                         descending,
                         nulls_first,
+                        output: false,
                     },
                     SortKey {
                         column: 0,
                         descending: false,
                         nulls_first: false,
+                        output: false,
                     },
                 ],
                 limit: Some(LimitSpec {
                     count: Operand::Param(0),
                     offset: Operand::Param(1),
                 }),
+                ..Default::default()
             };
             let bindings = [
                 Binding::Value(count.map(TypedValue::Int8)),

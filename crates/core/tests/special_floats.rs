@@ -326,6 +326,7 @@ fn pushed_float_aggregates_give_postgres_answers() {
     .map(|func| AggSpec {
         func,
         column: Some(1),
+        filter: None,
     })
     .collect();
     // Subsets of the rows, each split over two "shards" (id ranges).

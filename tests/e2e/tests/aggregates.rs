@@ -3,12 +3,18 @@
 //!
 //! `generated_queries_match_a_local_table`: the same seeded data in a
 //! sharded foreign table (`t`, 8 shards on 3 nodes) and a local table
-//! (`l_t`), and an empty pair (`e` / `l_e`); several hundred generated
-//! queries (aggregates × GROUP BY × HAVING × ORDER BY × LIMIT/OFFSET, WHERE
+//! (`l_t`), and an empty pair (`e` / `l_e`); a table sharded by a key with
+//! many rows per value (`o`, 40 keys, some groups whose sums pass 64 bits
+//! and some with no boolean value) and its empty twin (`oe`), grouped by
+//! that key so that every group lives on one shard; several hundred
+//! generated queries (aggregates with and without FILTER, bool_and/bool_or
+//! × GROUP BY × HAVING × ORDER BY, aggregates first × LIMIT/OFFSET, WHERE
 //! clauses reaching one shard, some shards, all shards or none, every
 //! supported type with NULLs, integers whose sums pass 64 bits, prepared
-//! statements run with generic plans) must return the same rows on both
-//! sides, or fail with the same SQLSTATE. Float data are dyadic (exact in
+//! statements run with generic plans, `$n` in WHERE, FILTER, HAVING, LIMIT
+//! and OFFSET) must return the same rows on both sides, or fail with the
+//! same SQLSTATE; the pushed shapes they reach are counted (`FEATURES`) and
+//! each must occur. Float data are dyadic (exact in
 //! binary), so float sums do not depend on the order of additions and are
 //! compared exactly too.
 //!
@@ -57,6 +63,53 @@ const COLUMNS: &str = "id bigint NOT NULL, g integer, i2 smallint, i4 integer, i
      f4 real, f8 double precision, b boolean, s text, vc varchar(12), by bytea, u uuid, \
      d date, ts timestamp, tz timestamptz, n numeric, c char(3), j jsonb";
 
+const OCOLUMNS: &str = "k integer NOT NULL, id bigint NOT NULL, g integer, i4 integer, \
+     i8 bigint, b boolean, s text, f8 double precision, d date";
+
+/// Rows of `o`: 40 keys with many rows each, extreme integers in some
+/// groups so that a group's sum passes 64 bits, NULLs everywhere but the
+/// key.
+fn o_rows(rng: &mut Rng) -> Vec<String> {
+    let mut rows = Vec::new();
+    for id in 1..=1600i64 {
+        let k = rng.below(40);
+        let i8v = if k % 5 == 0 && rng.chance(0.6) {
+            rng.pick(&[i64::MAX, i64::MAX - 1, i64::MIN, 1 << 62])
+                .to_string()
+        } else {
+            (rng.below(2_000_001) as i64 - 1_000_000).to_string()
+        };
+        // Some groups with no true, no false or no value at all.
+        let b = if k % 7 == 1 || rng.chance(0.12) {
+            "NULL".to_string()
+        } else if k % 7 == 2 {
+            "true".to_string()
+        } else {
+            rng.chance(0.5).to_string()
+        };
+        let texts = ["a", "B", "b", "é", "Z", "ab", "", "zz"];
+        let values = [
+            rng.below(6).to_string(),
+            (rng.below(2001) as i64 - 1000).to_string(),
+            i8v,
+            format!("'{}'", rng.pick(&texts)),
+            format!("{}", (rng.below(8001) as f64 - 4000.0) / 8.0),
+            format!("date '2024-01-01' + {}", rng.below(20) as i64 - 10),
+        ];
+        let mut row = vec![k.to_string(), id.to_string()];
+        for v in values {
+            row.push(if rng.chance(0.12) {
+                "NULL".to_string()
+            } else {
+                v
+            });
+        }
+        row.insert(5, b);
+        rows.push(format!("({})", row.join(", ")));
+    }
+    rows
+}
+
 fn setup() -> (Cluster, Client, u64) {
     let seed = std::env::var("CONDUCTOR_AGG_SEED")
         .ok()
@@ -75,7 +128,13 @@ fn setup() -> (Cluster, Client, u64) {
              CREATE FOREIGN TABLE e ({COLUMNS}) SERVER cluster;
              SELECT conductor.create_distributed_table('e', 'id', shard_count => 4);
              CREATE TABLE l_t ({COLUMNS});
-             CREATE TABLE l_e ({COLUMNS});"
+             CREATE TABLE l_e ({COLUMNS});
+             CREATE FOREIGN TABLE o ({OCOLUMNS}) SERVER cluster OPTIONS (primary_key 'k, id');
+             SELECT conductor.create_distributed_table('o', 'k', shard_count => 6);
+             CREATE FOREIGN TABLE oe ({OCOLUMNS}) SERVER cluster OPTIONS (primary_key 'k, id');
+             SELECT conductor.create_distributed_table('oe', 'k', shard_count => 3);
+             CREATE TABLE l_o ({OCOLUMNS});
+             CREATE TABLE l_oe ({OCOLUMNS});"
         ),
     );
     let mut rng = Rng(seed | 1);
@@ -167,6 +226,13 @@ fn setup() -> (Cluster, Client, u64) {
             &format!("INSERT INTO t VALUES {v}; INSERT INTO l_t VALUES {v};"),
         );
     }
+    for chunk in o_rows(&mut rng).chunks(500) {
+        let v = chunk.join(",\n");
+        exec(
+            &mut db,
+            &format!("INSERT INTO o VALUES {v}; INSERT INTO l_o VALUES {v};"),
+        );
+    }
     (cluster, db, seed)
 }
 
@@ -234,6 +300,40 @@ const AGGS: &[&str] = &[
     "count(DISTINCT g)",
     "sum(i4) FILTER (WHERE b)",
     "bool_and(b)",
+    "bool_or(b)",
+    "every(b)",
+    "count(*) FILTER (WHERE g > 2)",
+    "sum(i8) FILTER (WHERE b)",
+    "bool_and(b) FILTER (WHERE i4 > 0)",
+    "min(d) FILTER (WHERE s = 'a')",
+    "avg(i2) FILTER (WHERE id IN (1, 2, 3, 500, 2999))",
+    "max(f8) FILTER (WHERE g IS NULL OR NOT b)",
+    "avg(i4) FILTER (WHERE id % 3 = 0)",
+];
+
+/// Aggregates over `o`, whose shard key `k` is in every grouping of the
+/// queries over it: each group lives on one shard.
+const OAGGS: &[&str] = &[
+    "count(*)",
+    "count(i4)",
+    "sum(i8)",
+    "sum(i4)",
+    "avg(i4)",
+    "min(i4)",
+    "max(i8)",
+    "max(d)",
+    "min(f8)",
+    "min(s COLLATE \"C\")",
+    "max(s)",
+    "bool_and(b)",
+    "bool_or(b)",
+    "every(b)",
+    "count(*) FILTER (WHERE g > 2)",
+    "sum(i8) FILTER (WHERE b)",
+    "min(i4) FILTER (WHERE s = 'a')",
+    "bool_or(b) FILTER (WHERE i4 < 0)",
+    "count(*) FILTER (WHERE i8 IS NULL)",
+    "max(i4) FILTER (WHERE id % 2 = 0)",
 ];
 
 const GROUPS: &[&str] = &[
@@ -259,7 +359,69 @@ const WHERES: &[&str] = &[
 fn gen(rng: &mut Rng, i: usize) -> Query {
     let table = if rng.chance(0.08) { "$E" } else { "$T" };
     let w = *rng.pick(WHERES);
-    match i % 3 {
+    match i % 4 {
+        // Groups that each live on one shard: HAVING, ORDER BY and LIMIT
+        // may run on the shards.
+        3 => {
+            let table = if rng.chance(0.08) { "$OE" } else { "$O" };
+            let w = *rng.pick(&[
+                "",
+                "",
+                "WHERE k = 7",
+                "WHERE k IN (1, 2, 30)",
+                "WHERE g > 2",
+                "WHERE k = -1",
+                "WHERE b",
+            ]);
+            let group = *rng.pick(&["k", "k", "k, g", "g, k", "k, b"]);
+            let n = 1 + rng.below(3) as usize;
+            let mut aggs: Vec<&str> = (0..n).map(|_| *rng.pick(OAGGS)).collect();
+            aggs.dedup();
+            let sel = format!("{group}, {}", aggs.join(", "));
+            let cols = sel.matches(", ").count() + 1;
+            let mut sql = format!("SELECT {sel} FROM {table} {w} GROUP BY {group}");
+            if rng.chance(0.4) {
+                let h = *rng.pick(&[
+                    "count(*) > 30",
+                    "bool_or(b)",
+                    "max(i8) IS NOT NULL",
+                    "min(i4) < 0 AND count(i4) >= 20",
+                    "sum(i4) > 0",
+                    "count(*) FILTER (WHERE b) >= 12",
+                    "max(s) <> 'a'",
+                    "min(d) >= date '2024-01-01'",
+                ]);
+                sql.push_str(&format!(" HAVING {h}"));
+            }
+            let ordered = rng.chance(0.8);
+            if ordered {
+                // First an aggregate, then every column: a total order.
+                let first =
+                    cols - rng.below((cols - group.matches(", ").count() - 1) as u64) as usize;
+                let dir = *rng.pick(&["", " DESC", " DESC NULLS LAST", " NULLS FIRST"]);
+                let all: Vec<String> = (1..=cols).map(|c| c.to_string()).collect();
+                sql.push_str(&format!(" ORDER BY {first}{dir}, {}", all.join(", ")));
+            }
+            match rng.below(4) {
+                0 => {}
+                1 => sql.push_str(&format!(" LIMIT {}", rng.below(12))),
+                2 => sql.push_str(&format!(
+                    " LIMIT {} OFFSET {}",
+                    rng.below(12),
+                    rng.below(20)
+                )),
+                _ => sql.push_str(&format!(" OFFSET {}", rng.below(40))),
+            }
+            if !ordered && (sql.contains(" LIMIT ") || sql.contains(" OFFSET ")) {
+                // Which groups is unspecified, how many is not.
+                sql = format!("SELECT count(*) FROM ({sql}) q");
+            }
+            Query {
+                sql,
+                ordered,
+                prepare: None,
+            }
+        }
         // Aggregates.
         0 | 1 => {
             let group = *rng.pick(GROUPS);
@@ -288,8 +450,12 @@ fn gen(rng: &mut Rng, i: usize) -> Query {
             let cols = sel.matches(", ").count() + 1;
             let ordered = rng.chance(0.4);
             if ordered {
+                // Any column first (an aggregate's, as in a top-N), then
+                // every column: a total order.
+                let first = 1 + rng.below(cols as u64);
+                let dir = *rng.pick(&["", " DESC", " DESC NULLS LAST"]);
                 let all: Vec<String> = (1..=cols).map(|c| c.to_string()).collect();
-                sql.push_str(&format!(" ORDER BY {}", all.join(", ")));
+                sql.push_str(&format!(" ORDER BY {first}{dir}, {}", all.join(", ")));
                 if rng.chance(0.6) {
                     sql.push_str(&format!(" LIMIT {}", rng.below(5)));
                     if rng.chance(0.5) {
@@ -368,11 +534,30 @@ fn gen(rng: &mut Rng, i: usize) -> Query {
                         prepare: Some((sql, args)),
                     }
                 }
-                2 => {
+                2 if rng.chance(0.5) => {
                     let sql = format!(
                         "SELECT g, count(*), sum(i8), avg(i4), min(s), max(d) FROM {table} WHERE id > $1 GROUP BY g ORDER BY 1, 2, 3, 4, 5, 6 LIMIT $2"
                     );
                     let args = format!("{}, {}", rng.below(3000), rng.below(9));
+                    Query {
+                        sql: sql.clone(),
+                        ordered: true,
+                        prepare: Some((sql, args)),
+                    }
+                }
+                // Generic plans over groups that each live on one shard: $n
+                // in FILTER, HAVING, LIMIT and OFFSET.
+                2 => {
+                    let o = if table == "$E" { "$OE" } else { "$O" };
+                    let sql = format!(
+                        "SELECT k, count(*) FILTER (WHERE i4 > $3), sum(i8) FILTER (WHERE g <> $3), bool_or(b) FROM {o} WHERE id > $3 * 20 GROUP BY k HAVING count(i4) >= $3 ORDER BY 2 DESC, 1 LIMIT $1 OFFSET $2"
+                    );
+                    let args = format!(
+                        "{}, {}, {}",
+                        rng.pick(&["0", "1", "5", "NULL", "30"]),
+                        rng.pick(&["0", "NULL", "4"]),
+                        rng.below(40)
+                    );
                     Query {
                         sql: sql.clone(),
                         ordered: true,
@@ -390,8 +575,17 @@ fn gen(rng: &mut Rng, i: usize) -> Query {
 }
 
 fn run_query(db: &mut Client, q: &Query, local: bool, tag: usize) -> (String, Outcome) {
-    let (t, e) = if local { ("l_t", "l_e") } else { ("t", "e") };
-    let fix = |s: &str| s.replace("$T", t).replace("$E", e);
+    let (t, e, o, oe) = if local {
+        ("l_t", "l_e", "l_o", "l_oe")
+    } else {
+        ("t", "e", "o", "oe")
+    };
+    let fix = |s: &str| {
+        s.replace("$T", t)
+            .replace("$E", e)
+            .replace("$OE", oe)
+            .replace("$O", o)
+    };
     match &q.prepare {
         None => {
             let sql = fix(&q.sql);
@@ -416,6 +610,19 @@ fn run_query(db: &mut Client, q: &Query, local: bool, tag: usize) -> (String, Ou
     }
 }
 
+/// Pushed shapes the generated queries must reach (EXPLAIN VERBOSE text).
+const FEATURES: &[&str] = &[
+    ") FILTER (WHERE ",
+    "min(\"t_0000\".\"b\")",
+    "router combines the partial aggregates",
+    "router concatenates the groups",
+    "router merges the shards' sorted groups",
+    "HAVING (per shard)",
+    ") AS \"grouped\" WHERE",
+    "LIMIT (count + offset per shard); router merges the shards' sorted groups",
+    "in Postgres: ORDER BY/LIMIT, after the merge",
+];
+
 #[test]
 fn generated_queries_match_a_local_table() {
     let (_cluster, mut db, seed) = setup();
@@ -428,6 +635,7 @@ fn generated_queries_match_a_local_table() {
     let mut mismatches = 0;
     let mut pushed = 0;
     let mut errors = 0;
+    let mut features = [0; FEATURES.len()];
     for i in 0..n {
         let q = gen(&mut rng, i);
         let (lsql, local) = run_query(&mut db, &q, true, i);
@@ -450,6 +658,12 @@ fn generated_queries_match_a_local_table() {
             let plan = run(&mut db, &format!("EXPLAIN (VERBOSE) {ssql}")).unwrap_or_default();
             if plan.iter().any(|l| l.contains("Pushed:")) {
                 pushed += 1;
+            }
+            let text = plan.join("\n");
+            for (i, what) in FEATURES.iter().enumerate() {
+                if text.contains(what) {
+                    features[i] += 1;
+                }
             }
         }
         if verbose {
@@ -485,10 +699,16 @@ fn generated_queries_match_a_local_table() {
     eprintln!(
         "{n} queries, {pushed} with an upper path pushed, {errors} failing alike on both sides, {mismatches} mismatches"
     );
+    for (what, count) in FEATURES.iter().zip(features) {
+        eprintln!("  {count} plans with {what:?}");
+    }
     assert_eq!(
         mismatches, 0,
         "{mismatches} of {n} queries differ (seed {seed})"
     );
+    for (what, count) in FEATURES.iter().zip(features) {
+        assert!(count > 0, "no generated plan has {what:?}");
+    }
     assert!(
         pushed > n / 4,
         "only {pushed} of {n} queries pushed anything"
@@ -629,6 +849,143 @@ fn pushdown_happens() {
         &mut db,
         "SELECT c, count(*) FROM t GROUP BY c",
         "HashAggregate",
+    );
+
+    // The base scan's EXPLAIN says what stays in Postgres and why.
+    for (sql, why) in [
+        (
+            "SELECT sum(n) FROM t",
+            "Not pushed: aggregates: sum(numeric) has no exact form on the nodes",
+        ),
+        (
+            "SELECT max(n) FROM t",
+            "Not pushed: aggregates: max(numeric) has no exact form on the nodes",
+        ),
+        (
+            "SELECT count(*) FROM t WHERE id % 2 = 0",
+            "Not pushed: aggregates, ORDER BY and LIMIT: a WHERE clause stays in Postgres and must run first",
+        ),
+        (
+            "SELECT count(*) FILTER (WHERE id % 2 = 0) FROM t",
+            "count() with FILTER has no exact form on the nodes",
+        ),
+        (
+            "SELECT id FROM t ORDER BY n LIMIT 3",
+            "Not pushed: ORDER BY: a key that is not a plain column the nodes sort as Postgres does",
+        ),
+        (
+            "SELECT c, count(*) FROM t GROUP BY c",
+            "Not pushed: aggregates: GROUP BY c (the nodes do not group its values as Postgres does)",
+        ),
+    ] {
+        let text = plan(&mut db, sql).join("\n");
+        assert!(text.contains(why), "{sql}:\n{text}");
+    }
+    // A generic plan: $n in FILTER, HAVING, LIMIT and OFFSET go to the shards.
+    exec(
+        &mut db,
+        "SET plan_cache_mode = force_generic_plan;
+         PREPARE top(bigint, bigint, int) AS SELECT k, count(*) FILTER (WHERE i4 > $3), bool_or(b) FROM o GROUP BY k HAVING count(i4) >= $3 ORDER BY 2 DESC, 1 LIMIT $1 OFFSET $2;
+         PREPARE ltop(bigint, bigint, int) AS SELECT k, count(*) FILTER (WHERE i4 > $3), bool_or(b) FROM l_o GROUP BY k HAVING count(i4) >= $3 ORDER BY 2 DESC, 1 LIMIT $1 OFFSET $2;",
+    );
+    assert_pushed(
+        &mut db,
+        "EXECUTE top(3, 1, 20)",
+        &[
+            "count(*) FILTER (WHERE \"o_0000\".\"i4\" > ?)",
+            "WHERE \"grouped\".\"c3\" >= ?",
+            "ORDER BY 2 DESC NULLS FIRST, 1 NULLS LAST LIMIT ?",
+        ],
+    );
+    for args in ["3, 1, 20", "0, 0, 0", "NULL, 2, 5", "100, 0, 41"] {
+        assert_eq!(
+            run(&mut db, &format!("EXECUTE top({args})")).unwrap(),
+            run(&mut db, &format!("EXECUTE ltop({args})")).unwrap(),
+            "{args}"
+        );
+    }
+    exec(
+        &mut db,
+        "DEALLOCATE top; DEALLOCATE ltop; RESET plan_cache_mode",
+    );
+    // FILTER (by the WHERE rules) and the bool aggregates.
+    assert_pushed(
+        &mut db,
+        "SELECT g, count(*) FILTER (WHERE i4 > 0), bool_and(b), every(b), bool_or(b) FILTER (WHERE s = 'a') FROM t GROUP BY g",
+        &[
+            "count(*) FILTER (WHERE \"t_0000\".\"i4\" > ?)",
+            "min(\"t_0000\".\"b\")",
+            "max(\"t_0000\".\"b\") FILTER (WHERE \"t_0000\".\"s\" = ?)",
+        ],
+    );
+    assert_local(
+        &mut db,
+        "SELECT count(*) FILTER (WHERE id % 2 = 0) FROM t",
+        "Aggregate",
+    );
+    // Groups that each live on one shard: HAVING, ORDER BY and LIMIT run
+    // on the shards, the router merges the sorted groups.
+    let top = "SELECT k, count(*) FROM o GROUP BY k HAVING count(*) > 30 ORDER BY count(*) DESC, k LIMIT 5";
+    assert_pushed(
+        &mut db,
+        top,
+        &[
+            "SELECT * FROM (SELECT \"o_0000\".\"k\" AS c0, count(*) AS c1 FROM \"o_0000\" GROUP BY \"o_0000\".\"k\") AS \"grouped\" WHERE \"grouped\".\"c1\" > ? ORDER BY 2 DESC NULLS FIRST, 1 NULLS LAST LIMIT ?",
+            "router merges the shards' sorted groups",
+        ],
+    );
+    assert_eq!(
+        run(&mut db, top).unwrap(),
+        run(&mut db, &top.replace(" o ", " l_o ")).unwrap()
+    );
+    let explained = run(
+        &mut db,
+        &format!("SELECT remote_sql, reason FROM conductor_explain($${top}$$)"),
+    )
+    .unwrap();
+    assert_eq!(explained.len(), 6, "{explained:?}");
+    for row in &explained {
+        assert!(
+            row.contains(") AS \"grouped\" WHERE")
+                && row.contains("LIMIT ?")
+                && row.contains("router merges the shards' sorted groups"),
+            "{row}"
+        );
+    }
+    let lines = run(
+        &mut db,
+        &format!("EXPLAIN (ANALYZE, VERBOSE, COSTS OFF, TIMING OFF) {top}"),
+    )
+    .unwrap();
+    for l in lines.iter().filter(|l| l.contains("Shard:")) {
+        let r: i64 = l
+            .split("rows=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(r <= 5, "{l}");
+    }
+    // A HAVING the shards cannot evaluate keeps LIMIT here; ORDER BY still
+    // goes to the shards.
+    assert_local(
+        &mut db,
+        "SELECT k, sum(i4) FROM o GROUP BY k HAVING sum(i4) > 0 ORDER BY count(*) DESC, k LIMIT 5",
+        "Limit",
+    );
+    // Groups spanning shards: the merge runs first, ORDER BY/LIMIT above
+    // it in Postgres, and EXPLAIN says why.
+    let text = plan(
+        &mut db,
+        "SELECT g, count(*) FROM t GROUP BY g ORDER BY count(*) DESC LIMIT 3",
+    )
+    .join("\n");
+    assert!(
+        text.contains("in Postgres: ORDER BY/LIMIT, after the merge (a group's rows span shards)"),
+        "{text}"
     );
 
     // One row per shard per group: each shard returns the groups it holds.
