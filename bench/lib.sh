@@ -58,27 +58,17 @@ trap 'exit 143' TERM
 
 # ---- build ------------------------------------------------------------------------
 
-# The release builds of the node and the extension, then the snapshot of
-# the Postgres installation the servers run from (sets PG_BIN, EXT_SO, EXT_ID).
+# The servers run from a private copy of the Postgres installation, into
+# which the release build of the extension is installed (sets PG_BIN,
+# EXT_SO, EXT_ID): the system directories are where a running demo cluster,
+# and anyone else's sessions, load conductor.so from, and a benchmark must
+# neither replace that build nor have it replaced under its own servers.
+# Postgres finds its share and lib dirs relative to its binary, so a copy
+# with the same layout is self-contained. With BENCH_NO_BUILD the copy keeps
+# the extension already installed in $PG_CONFIG's directories.
 build_and_snapshot() {
-    if [ -z "${BENCH_NO_BUILD:-}" ]; then
-        log "building conductor-node (release)"
-        cargo build --release -p conductor-node
-        log "installing the extension (release) into $PG_CONFIG"
-        sudo_flag=()
-        [ "$(id -u)" -eq 0 ] || sudo_flag=(--sudo)
-        cargo pgrx install --release -p conductor --pg-config "$PG_CONFIG" "${sudo_flag[@]}"
-    fi
-    [ -x "$NODE_BIN" ] || die "$NODE_BIN missing (run without BENCH_NO_BUILD)"
-    [ -f "$("$PG_CONFIG" --sharedir)/extension/conductor.control" ] || die "extension not installed"
     command -v pgbench >/dev/null || die "pgbench missing (postgresql-client-15)"
-
-    # Other engineers install their builds of the extension into the same
-    # Postgres while this runs, and every new backend loads conductor.so from
-    # disk. So the servers run from a private copy of the Postgres installation
-    # taken right after the install above (Postgres finds its share and lib dirs
-    # relative to its binary, so a copy with the same layout is self-contained).
-    log "snapshot of the Postgres 15 installation (with the extension just installed)"
+    log "private copy of the Postgres 15 installation in $BENCH_DIR/pginst"
     PG_INST=$BENCH_DIR/pginst
     rm -rf "$PG_INST"
     mkdir -p "$PG_INST/lib/postgresql" "$PG_INST/share/postgresql"
@@ -87,6 +77,14 @@ build_and_snapshot() {
     PG_BIN=$PG_INST/lib/postgresql/$(basename "$(cd "$PG_BIN/.." && pwd)")/bin
     [ "$("$PG_BIN/pg_config" --sharedir)" = "$PG_INST/share/postgresql/$(basename "$("$PG_CONFIG" --sharedir)")" ] ||
         die "the Postgres copy in $PG_INST is not relocatable"
+    if [ -z "${BENCH_NO_BUILD:-}" ]; then
+        log "building conductor-node (release)"
+        cargo build --release -p conductor-node
+        log "installing the extension (release) into the copy"
+        cargo pgrx install --release -p conductor --pg-config "$PG_BIN/pg_config"
+    fi
+    [ -x "$NODE_BIN" ] || die "$NODE_BIN missing (run without BENCH_NO_BUILD)"
+    [ -f "$("$PG_BIN/pg_config" --sharedir)/extension/conductor.control" ] || die "extension not installed"
     EXT_SO=$("$PG_BIN/pg_config" --pkglibdir)/conductor.so
     EXT_ID="conductor.so $(sha256sum "$EXT_SO" | cut -c1-12), installed $(date -u -r "$EXT_SO" '+%H:%M:%S UTC')"
 }
