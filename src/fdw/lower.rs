@@ -398,6 +398,9 @@ impl<'a> Lowering<'a> {
                     return None;
                 }
                 let items = deconstruct(c.constvalue, element_type, element_ty)?;
+                if !pushdown::list_pushable(element_ty, items.len()) {
+                    return None;
+                }
                 let operands = items.into_iter().map(Operand::Const).collect::<Vec<_>>();
                 return Some(ListOperand::Items(operands));
             }
@@ -413,6 +416,9 @@ impl<'a> Lowering<'a> {
                         return None;
                     }
                     operands.push(operand);
+                }
+                if !pushdown::list_pushable(element_ty, operands.len()) {
+                    return None;
                 }
                 return Some(ListOperand::Items(operands));
             }

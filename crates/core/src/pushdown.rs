@@ -170,6 +170,19 @@ pub fn list_param_pushable(element: ColumnType) -> bool {
     family(element) != Family::Float
 }
 
+/// Longest IN list of floats or bytea the nodes are sent. Other lists of
+/// any length travel as one JSON argument; these have no exact JSON form
+/// (SQLite would re-parse a float's decimal text; a blob has none), so each
+/// element is an argument of its own, and SQLite takes at most 32,766 per
+/// statement: three such lists still fit in one.
+pub const MAX_ARGUMENT_LIST: usize = 10_000;
+
+/// Whether an IN list of `len` known elements of this type may go to the
+/// nodes (a longer one of floats or bytea is evaluated by Postgres).
+pub fn list_pushable(element: ColumnType, len: usize) -> bool {
+    len <= MAX_ARGUMENT_LIST || !matches!(family(element), Family::Float | Family::Bytea)
+}
+
 /// Whether `ORDER BY column` (ascending or descending, NULLS FIRST or
 /// LAST, the type's default ordering) under `collation` may be done by the
 /// nodes, the router merging their sorted streams.
@@ -230,6 +243,18 @@ pub fn aggregate(name: &str, arg: Option<(ColumnType, CollationClass)>) -> Optio
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn long_float_and_bytea_lists_stay_in_postgres() {
+        use ColumnType::*;
+        for ty in [Float4, Float8, Bytea] {
+            assert!(list_pushable(ty, MAX_ARGUMENT_LIST));
+            assert!(!list_pushable(ty, MAX_ARGUMENT_LIST + 1));
+        }
+        for ty in [Int8, Text, Uuid, Date, Timestamptz, Bool] {
+            assert!(list_pushable(ty, 1_000_000));
+        }
+    }
+
     use super::*;
     use ColumnType::*;
 
