@@ -83,6 +83,7 @@ pub async fn pipeline(
             on_stream(node, lease, Some(state), req.requests).await?
         }
     };
+    node.stats.count_rows(&resp.results);
     encoding.pipeline_response(resp)
 }
 
@@ -212,7 +213,10 @@ fn inline_write(node: &Node, requests: &[StreamRequest]) -> Option<Vec<StreamRes
                 },
             ])
         }
-        Inline::Busy => None,
+        Inline::Busy => {
+            node.stats.write_lock_waits.fetch_add(1, Relaxed);
+            None
+        }
     }
 }
 
@@ -355,7 +359,7 @@ pub async fn cursor(
                     encoding,
                     stall,
                 },
-                &n.stats.statements,
+                &n.stats,
             )
         }));
         // After a panic the connection's state is unknown: drop it (that
