@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use conductor_e2e::postgres::{Client, NoTls};
 use conductor_e2e::{pg_err, Cluster, ClusterOptions, PG_SUPERUSER};
+use std::collections::BTreeMap;
 use std::process::Command;
 
 fn strings(client: &mut Client, sql: &str) -> Vec<String> {
@@ -234,4 +235,133 @@ fn dump_and_restore_keep_the_topology() {
         ),
         ["updated", "new"]
     );
+}
+
+/// The fields of the `conductor remote request` lines the server logged
+/// after the first `skip` of them: `key: value` pairs.
+fn remote_log(cluster: &Cluster, skip: usize) -> Vec<BTreeMap<String, String>> {
+    cluster
+        .pg_log()
+        .lines()
+        .filter_map(|l| l.split_once("conductor remote request: ").map(|(_, r)| r))
+        .skip(skip)
+        .map(|rest| {
+            rest.split("  ")
+                .map(|field| match field.split_once(": ") {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (field.to_string(), String::new()),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn remote_requests_are_logged_past_the_threshold() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        node_delay_ms: None,
+        token: None,
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE logged (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('logged', 'id', shard_count => 4);
+         INSERT INTO logged SELECT i, 'v' || i FROM generate_series(1, 100) i;
+         SELECT * FROM logged;",
+    );
+    assert!(remote_log(&cluster, 0).is_empty(), "off by default");
+
+    // Threshold 0: every request. A scan logs each shard with its rows.
+    exec(
+        &mut db,
+        "SET conductor.log_remote_statements_min_duration = 0",
+    );
+    let mark = remote_log(&cluster, 0).len();
+    assert_eq!(
+        db.query("SELECT id, v FROM logged", &[])
+            .unwrap_or_else(|e| panic!("{}", pg_err(&e)))
+            .len(),
+        100
+    );
+    let scan: Vec<_> = remote_log(&cluster, mark)
+        .into_iter()
+        .filter(|f| f.contains_key("scan of logged"))
+        .collect();
+    let logged: BTreeMap<i32, (String, i64)> = scan
+        .iter()
+        .map(|f| {
+            assert!(f["duration"].ends_with(" ms"), "{f:?}");
+            (
+                f["shard"].parse().unwrap(),
+                (f["node"].clone(), f["rows"].parse().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(logged.len(), scan.len(), "one line per shard: {scan:?}");
+    // The rows of each shard, computed locally; the node from the catalog.
+    let expected: BTreeMap<i32, (String, i64)> = db
+        .query(
+            "SELECT s.shard_id, s.node_id, count(i)
+               FROM conductor.shards s
+               LEFT JOIN generate_series(1, 100) i
+                 ON conductor.shard_for('logged', i::bigint) = s.shard_id
+              WHERE s.table_name = 'logged'::regclass
+              GROUP BY s.shard_id, s.node_id",
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{}", pg_err(&e)))
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    assert_eq!(logged, expected);
+
+    // A write names its shard and node, with the rows it changed.
+    let mark = remote_log(&cluster, 0).len();
+    exec(&mut db, "UPDATE logged SET v = 'x' WHERE id = 42");
+    let shard = query_i64(
+        &mut db,
+        "SELECT conductor.shard_for('logged', 42::bigint)::bigint",
+    );
+    let node: String = db
+        .query_one(
+            "SELECT node_id FROM conductor.shards
+              WHERE table_name = 'logged'::regclass AND shard_id = $1",
+            &[&(shard as i32)],
+        )
+        .unwrap()
+        .get(0);
+    let write = remote_log(&cluster, mark);
+    assert!(
+        write
+            .iter()
+            .any(|f| f.get("shard") == Some(&shard.to_string())
+                && f.get("node") == Some(&node)
+                && f.get("rows").map(String::as_str) == Some("1")),
+        "{write:?}"
+    );
+
+    // Past the threshold only.
+    exec(
+        &mut db,
+        "SET conductor.log_remote_statements_min_duration = '1h'",
+    );
+    let mark = remote_log(&cluster, 0).len();
+    exec(
+        &mut db,
+        "SELECT * FROM logged; UPDATE logged SET v = 'y' WHERE id = 42",
+    );
+    assert!(remote_log(&cluster, mark).is_empty());
+
+    // Only superusers set it, as log_min_duration_statement.
+    exec(&mut db, "CREATE ROLE plain LOGIN");
+    let mut config = cluster.pg_config();
+    config.user("plain");
+    let mut plain = config.connect(NoTls).unwrap();
+    exec(&mut plain, "SELECT * FROM conductor.cache_stats()");
+    let e = expect_db_error(
+        plain.batch_execute("SET conductor.log_remote_statements_min_duration = 0"),
+        "non-superuser sets the remote log threshold",
+    );
+    assert_eq!(e.code().code(), "42501", "{}", describe(&e));
 }
