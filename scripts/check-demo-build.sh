@@ -86,7 +86,7 @@ trap 'exit 143' TERM
 read -r PG_PORT NODE_PORTS <<<"$(pick_ports)"
 SYS_PG_CONFIG=$(PG_CONFIG=$PG_CONFIG scripts/test-pg.sh "$WORK/system")
 SYS_LIB=$("$SYS_PG_CONFIG" --pkglibdir)/conductor.so
-PSQL=("$("$SYS_PG_CONFIG" --bindir)/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U conductor -d conductor -tA)
+PSQL=("$("$SYS_PG_CONFIG" --bindir)/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d conductor -tA)
 
 file_build_id() {
     readelf -n "$1" 2>/dev/null | sed -n 's/^ *Build ID: *\([0-9a-f]*\).*/\1/p' | head -n1

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local demo cluster behind `make demo` / `make stop`:
 #   PostgreSQL 15 at 127.0.0.1:55432 (database `conductor`, superuser
-#   `conductor`, trust auth, loopback only) with the extension installed, and
+#   `postgres`, trust auth, loopback only) with the extension installed, and
 #   four conductor-node processes at 127.0.0.1:7401-7404.
 # Everything lives under ./.cluster/ (data, logs, pid files).
 #
@@ -27,7 +27,11 @@ read -r -a NODE_PORTS <<<"${CONDUCTOR_NODE_PORTS:-7401 7402 7403 7404}"
 CLUSTER_DIR=$(realpath -m "${CONDUCTOR_CLUSTER_DIR:-$ROOT/.cluster}")
 PG_DIR=$CLUSTER_DIR/pg            # owned by the Postgres user: data/ + postgres.log
 NODE_BIN=${CONDUCTOR_NODE_BIN:-$ROOT/target/release/conductor-node}
-PSQL=("$PG_BINDIR/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U conductor)
+# The superuser is not named `conductor`: the default search_path
+# ("$user", public) would then resolve to the extension's schema, and the
+# user's CREATE TABLE would land there instead of in public.
+PG_SUPERUSER=postgres
+PSQL=("$PG_BINDIR/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U "$PG_SUPERUSER")
 
 log() { echo "cluster: $*"; }
 die() { echo "cluster: error: $*" >&2; exit 1; }
@@ -93,12 +97,12 @@ print_connect() {
     cat <<EOF
 
 conductor demo cluster is up:
-  PostgreSQL 15  127.0.0.1:$PG_PORT  (database conductor, user conductor, no password)
+  PostgreSQL 15  127.0.0.1:$PG_PORT  (database conductor, user $PG_SUPERUSER, no password)
   nodes          http://127.0.0.1:${NODE_PORTS[0]} .. http://127.0.0.1:${NODE_PORTS[3]}
   logs           $(rel "$PG_DIR")/postgres.log, $(rel "$CLUSTER_DIR")/node-N.log
 
 Connect with:
-  psql -h 127.0.0.1 -p $PG_PORT -U conductor conductor
+  psql -h 127.0.0.1 -p $PG_PORT -U $PG_SUPERUSER conductor
 
 Stop it with: make stop
 EOF
@@ -194,7 +198,7 @@ start_pg() {
     if [ ! -f "$PG_DIR/data/PG_VERSION" ]; then
         log "initdb $PG_DIR/data"
         # -A trust: no password; safe because it only listens on loopback.
-        as_pg "$PG_BINDIR/initdb" -D "$(pg_real)/data" -U conductor -A trust \
+        as_pg "$PG_BINDIR/initdb" -D "$(pg_real)/data" -U "$PG_SUPERUSER" -A trust \
             -E UTF8 --locale=C >"$CLUSTER_DIR/initdb.log"
     fi
     log "starting postgres on 127.0.0.1:$PG_PORT"
@@ -204,9 +208,34 @@ start_pg() {
         -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=''" \
         start >/dev/null ||
         { tail -n 20 "$PG_DIR/postgres.log" >&2; die "postgres did not start"; }
+    rename_old_superuser
     if [ -z "$("${PSQL[@]}" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'conductor'")" ]; then
         "${PSQL[@]}" -d postgres -c "CREATE DATABASE conductor"
     fi
+}
+
+# Data dirs made by earlier versions of this script have the superuser
+# `conductor`: rename it (with its objects) to PG_SUPERUSER. A role can't
+# rename itself while connected, so through a temporary superuser.
+rename_old_superuser() {
+    local psql_old=("$PG_BINDIR/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -d postgres -v ON_ERROR_STOP=1)
+    if "${PSQL[@]}" -d postgres -tAc "SELECT 1" >/dev/null 2>&1 ||
+        ! "${psql_old[@]}" -U conductor -tAc "SELECT 1" >/dev/null 2>&1; then
+        return
+    fi
+    log "renaming the superuser conductor to $PG_SUPERUSER"
+    "${psql_old[@]}" -U conductor -c "CREATE ROLE conductor_rename SUPERUSER LOGIN"
+    "${psql_old[@]}" -U conductor_rename -c "ALTER ROLE conductor RENAME TO $PG_SUPERUSER"
+    "${psql_old[@]}" -U "$PG_SUPERUSER" -c "DROP ROLE conductor_rename"
+}
+
+# The README's session: as the superuser with the default search_path, a
+# new table must land in public.
+check_search_path() {
+    local schema
+    schema=$("${PSQL[@]}" -d conductor -tAc "SELECT current_schema()")
+    [ "$schema" = public ] ||
+        die "a table created as $PG_SUPERUSER in database conductor would land in schema '$schema', not public"
 }
 
 start_node() {
@@ -314,6 +343,7 @@ cmd_start() {
         echo "$bin_id" >"$CLUSTER_DIR/node-$i.bin"
     done
     load_demo
+    check_search_path
     check_build
     print_connect
 }

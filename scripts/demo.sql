@@ -6,10 +6,6 @@
 \o /dev/null
 
 CREATE EXTENSION IF NOT EXISTS conductor;
--- The demo's user is named `conductor`, like the extension's schema, so
--- "$user" in the default search_path would put the tables there; they
--- belong in public.
-SET search_path = public;
 CREATE SERVER cluster FOREIGN DATA WRAPPER conductor;
 
 SELECT conductor.add_node('cluster', 'node-1', :'node1_url');

@@ -1,11 +1,20 @@
 -- conductor's topology catalog. Ordinary tables in schema conductor; every
 -- backend caches what it reads and a change invalidates every backend's cache
 -- at commit (see the triggers at the end and src/catalog/cache.rs).
+--
+-- pg_dump dumps their rows (pg_extension_config_dump below) and recreates
+-- servers and foreign tables with new oids, so what the rows refer to must
+-- survive a restore: tables are regclass (dumped as names), and the server
+-- oids are recomputed when a row is inserted (sql/finalize.sql): from the
+-- server's name for nodes, from the foreign table for everything else.
 
 -- A storage node of a foreign server. Nodes belong to one server, so two
 -- clusters can live side by side in one database.
 CREATE TABLE conductor.node (
     server_id oid NOT NULL,
+    -- The server's name, kept up to date on ALTER SERVER ... RENAME: what
+    -- a restore finds the server by.
+    server_name name NOT NULL,
     node_id text NOT NULL CHECK (node_id ~ '^[A-Za-z0-9_.-]{1,63}$'),
     url text NOT NULL CHECK (url ~ '^https?://[^/\s]+/?$'),
     status text NOT NULL DEFAULT 'active'
@@ -15,7 +24,7 @@ CREATE TABLE conductor.node (
 
 -- A foreign table whose rows are hash-sharded over the nodes of its server.
 CREATE TABLE conductor.distributed_table (
-    relid oid PRIMARY KEY,
+    relid regclass PRIMARY KEY,
     server_id oid NOT NULL,
     -- Shard tables on the nodes are named <remote_name>_<shard id, 4 digits>.
     remote_name text NOT NULL,
@@ -37,7 +46,7 @@ CREATE TABLE conductor.distributed_table (
 -- Where each shard lives. status and target_node_id describe a move in
 -- progress: the source keeps serving while the target catches up.
 CREATE TABLE conductor.shard (
-    relid oid NOT NULL REFERENCES conductor.distributed_table ON DELETE CASCADE,
+    relid regclass NOT NULL REFERENCES conductor.distributed_table ON DELETE CASCADE,
     shard_id integer NOT NULL CHECK (shard_id >= 0),
     server_id oid NOT NULL,
     node_id text NOT NULL,
@@ -53,7 +62,7 @@ CREATE INDEX shard_node_idx ON conductor.shard (server_id, node_id);
 -- node each is named <shard table>_<index_name>.
 CREATE TABLE conductor.shard_index (
     index_name text PRIMARY KEY CHECK (length(index_name) BETWEEN 1 AND 48),
-    relid oid NOT NULL REFERENCES conductor.distributed_table ON DELETE CASCADE,
+    relid regclass NOT NULL REFERENCES conductor.distributed_table ON DELETE CASCADE,
     columns name[] NOT NULL,
     is_unique boolean NOT NULL DEFAULT false
 );
@@ -63,6 +72,7 @@ CREATE TABLE conductor.shard_index (
 -- kept in case the node (or its server) is forgotten meanwhile.
 CREATE TABLE conductor.cleanup (
     server_id oid NOT NULL,
+    server_name name,
     node_id text NOT NULL,
     url text NOT NULL,
     table_name text NOT NULL,
@@ -73,3 +83,9 @@ CREATE TABLE conductor.cleanup (
 
 REVOKE ALL ON conductor.node, conductor.distributed_table, conductor.shard,
     conductor.shard_index, conductor.cleanup FROM PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('conductor.node', '');
+SELECT pg_catalog.pg_extension_config_dump('conductor.distributed_table', '');
+SELECT pg_catalog.pg_extension_config_dump('conductor.shard', '');
+SELECT pg_catalog.pg_extension_config_dump('conductor.shard_index', '');
+SELECT pg_catalog.pg_extension_config_dump('conductor.cleanup', '');

@@ -36,6 +36,82 @@ CREATE TRIGGER topology_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
 CREATE TRIGGER topology_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
     ON conductor.shard FOR EACH STATEMENT EXECUTE FUNCTION conductor._topology_changed();
 
+-- Server oids in the catalog rows, recomputed on every insert, so rows that
+-- pg_restore copies in (with the oids of the dumped database) point at the
+-- restored servers. A node row names its server; a row that carries no
+-- name (an insert by conductor itself) gets it from the oid.
+CREATE FUNCTION conductor._resolve_node_server() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.server_name IS NULL THEN
+        NEW.server_name := (SELECT srvname FROM pg_catalog.pg_foreign_server
+                             WHERE oid = NEW.server_id);
+    ELSE
+        NEW.server_id := coalesce((SELECT oid FROM pg_catalog.pg_foreign_server
+                                    WHERE srvname = NEW.server_name), 0);
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER resolve_server BEFORE INSERT ON conductor.node
+    FOR EACH ROW EXECUTE FUNCTION conductor._resolve_node_server();
+-- A cleanup row outlives its server (the URL is what it needs then).
+CREATE TRIGGER resolve_server BEFORE INSERT ON conductor.cleanup
+    FOR EACH ROW EXECUTE FUNCTION conductor._resolve_node_server();
+
+-- A distributed table's server is its foreign table's, and so is each of
+-- its shards'. Its recorded columns are keyed by attnum, which a restore
+-- renumbers when the table had dropped columns: they are found again by
+-- name.
+CREATE FUNCTION conductor._resolve_table_server() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.server_id := (SELECT ftserver FROM pg_catalog.pg_foreign_table
+                       WHERE ftrelid = NEW.relid);
+    NEW.shard_columns := (
+        SELECT coalesce(jsonb_agg(CASE WHEN a.attnum IS NULL THEN c.col
+                                       ELSE jsonb_set(c.col, '{attnum}', to_jsonb(a.attnum)) END
+                                  ORDER BY c.i), '[]'::jsonb)
+          FROM jsonb_array_elements(NEW.shard_columns) WITH ORDINALITY AS c(col, i)
+          LEFT JOIN pg_catalog.pg_attribute a
+            ON a.attrelid = NEW.relid AND a.attname = c.col->>'name'
+           AND a.attnum > 0 AND NOT a.attisdropped);
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER resolve_server BEFORE INSERT ON conductor.distributed_table
+    FOR EACH ROW EXECUTE FUNCTION conductor._resolve_table_server();
+
+CREATE FUNCTION conductor._resolve_shard_server() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.server_id := (SELECT server_id FROM conductor.distributed_table
+                       WHERE relid = NEW.relid);
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER resolve_server BEFORE INSERT ON conductor.shard
+    FOR EACH ROW EXECUTE FUNCTION conductor._resolve_shard_server();
+
+-- ALTER SERVER ... RENAME: the node rows keep the name a restore needs.
+-- It fires for every server's ALTER, also by roles that may not write the
+-- catalog (a postgres_fdw server's owner), and only copies names from
+-- pg_foreign_server: hence SECURITY DEFINER.
+CREATE FUNCTION conductor._on_alter_server() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE conductor.node n SET server_name = s.srvname
+      FROM pg_catalog.pg_foreign_server s
+     WHERE s.oid = n.server_id AND n.server_name <> s.srvname;
+    UPDATE conductor.cleanup c SET server_name = s.srvname
+      FROM pg_catalog.pg_foreign_server s
+     WHERE s.oid = c.server_id AND c.server_name IS DISTINCT FROM s.srvname;
+END
+$$;
+CREATE EVENT TRIGGER conductor_alter_server ON ddl_command_end
+    WHEN TAG IN ('ALTER SERVER')
+    EXECUTE FUNCTION conductor._on_alter_server();
+
 -- Dropping a distributed foreign table (directly, or through DROP SERVER /
 -- DROP SCHEMA ... CASCADE) forgets it and drops its shard tables on the
 -- nodes when the transaction commits. Node tokens live in user mappings,

@@ -56,7 +56,21 @@ pub static MAX_REQUESTS_PER_NODE: GucSetting<i32> = GucSetting::<i32>::new(1);
 /// sent to its node, in milliseconds (0: no limit).
 pub static REMOTE_XACT_IDLE_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(300_000);
 
+/// Remote requests taking at least this long are logged, in milliseconds
+/// (-1: none, 0: all).
+pub static LOG_REMOTE_MIN_DURATION_MS: GucSetting<i32> = GucSetting::<i32>::new(-1);
+
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"conductor.log_remote_statements_min_duration",
+        c"Logs each request to a node that took at least this long, with node, shard, duration and rows.",
+        c"-1 (the default) logs none, 0 logs every request. A scan's shard counts from the start of the scan to the shard's last row; other requests sent together count the time until all of them answered.",
+        &LOG_REMOTE_MIN_DURATION_MS,
+        -1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_int_guc(
         c"conductor.remote_transaction_idle_timeout",
         c"Longest time a transaction's open remote transaction on a node may go without a statement.",

@@ -8,16 +8,19 @@ use crate::health;
 use conductor_core::client::{
     first_error, ClientConfig, NodeEndpoint, NodeError, NodeRef, WireEncoding,
 };
-use conductor_core::executor::{Executor, ExecutorConfig, ScanHandle, ScanOptions, ShardError};
+use conductor_core::executor::{
+    Executor, ExecutorConfig, ScanHandle, ScanOptions, ShardError, ShardStats,
+};
 use conductor_core::topology::ShardLocation;
 use conductor_hrana::{
-    Batch, BatchCond, BatchStep, PipelineReqBody, PipelineRespBody, Stmt, StreamRequest,
+    Batch, BatchCond, BatchStep, PipelineReqBody, PipelineRespBody, Stmt, StmtResult,
+    StreamRequest, StreamResponse, StreamResult,
 };
 use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use conductor_core::executor::{ShardQuery, ShardRequest};
 
@@ -180,6 +183,15 @@ pub fn execute_raw(
             }
         }
     }
+    let log_min = log_min_duration();
+    let logged: Vec<(Option<u32>, String)> = match log_min {
+        Some(_) => send
+            .iter()
+            .map(|r| (r.shard_id, r.endpoint.node_id.clone()))
+            .collect(),
+        None => Vec::new(),
+    };
+    let started = Instant::now();
     let sent = if send.is_empty() {
         Vec::new()
     } else {
@@ -203,6 +215,14 @@ pub fn execute_raw(
             }
         }
     });
+    if let Some(min) = log_min {
+        let elapsed = started.elapsed();
+        if elapsed >= min {
+            for ((shard, node_id), r) in logged.iter().zip(&sent) {
+                log_request(elapsed, node_id, *shard, r);
+            }
+        }
+    }
     let mut sent = sent.into_iter();
     // One failure per node per call, however many of its shards failed.
     let mut failed_urls = std::collections::BTreeSet::new();
@@ -225,6 +245,88 @@ pub fn execute_raw(
             }
         })
         .collect()
+}
+
+/// `conductor.log_remote_statements_min_duration`, when logging is on.
+fn log_min_duration() -> Option<Duration> {
+    let ms = gucs::LOG_REMOTE_MIN_DURATION_MS.get();
+    (ms >= 0).then(|| Duration::from_millis(ms as u64))
+}
+
+fn shard_text(shard: Option<u32>) -> String {
+    shard.map_or_else(|| "none".to_string(), |s| s.to_string())
+}
+
+/// Rows a statement returned, or else the rows it changed.
+fn result_rows(r: &StmtResult) -> u64 {
+    if r.rows.is_empty() {
+        r.affected_row_count
+    } else {
+        r.rows.len() as u64
+    }
+}
+
+fn log_request(
+    elapsed: Duration,
+    node_id: &str,
+    shard: Option<u32>,
+    result: &Result<PipelineRespBody, ShardError>,
+) {
+    let ms = elapsed.as_secs_f64() * 1000.0;
+    let shard = shard_text(shard);
+    match result {
+        Ok(body) => {
+            let (mut rows, mut statements, mut errors) = (0u64, 0usize, 0usize);
+            let mut node_ms = 0.0;
+            let mut add = |r: &StmtResult| {
+                rows += result_rows(r);
+                statements += 1;
+                node_ms += r.query_duration_ms.unwrap_or(0.0);
+            };
+            for result in &body.results {
+                match result {
+                    StreamResult::Ok {
+                        response: StreamResponse::Execute { result },
+                    } => add(result),
+                    StreamResult::Ok {
+                        response: StreamResponse::Batch { result },
+                    } => {
+                        result.step_results.iter().flatten().for_each(&mut add);
+                        errors += result.step_errors.iter().flatten().count();
+                    }
+                    StreamResult::Error { .. } => errors += 1,
+                    _ => {}
+                }
+            }
+            pgrx::log!(
+                "conductor remote request: duration: {ms:.3} ms  node: {node_id}  shard: {shard}  \
+                 rows: {rows}  statements: {statements}  errors: {errors}  node time: {node_ms:.3} ms"
+            );
+        }
+        Err(e) => pgrx::log!(
+            "conductor remote request: duration: {ms:.3} ms  node: {node_id}  shard: {shard}  failed: {e}"
+        ),
+    }
+}
+
+/// Logs the shards of a finished scan of `table` that took at least
+/// `conductor.log_remote_statements_min_duration`.
+pub fn log_scan(table: &str, stats: &[ShardStats]) {
+    let Some(min) = log_min_duration() else {
+        return;
+    };
+    for s in stats {
+        let Some(elapsed) = s.elapsed.filter(|e| *e >= min) else {
+            continue;
+        };
+        pgrx::log!(
+            "conductor remote request: duration: {:.3} ms  node: {}  shard: {}  rows: {}  scan of {table}",
+            elapsed.as_secs_f64() * 1000.0,
+            s.node_id,
+            s.shard_id,
+            s.rows
+        );
+    }
 }
 
 fn execute_with(

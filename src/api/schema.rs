@@ -546,7 +546,7 @@ fn create_shard_index(
 #[pg_extern]
 fn drop_shard_index(name: &str) {
     let relid = Spi::get_one_with_args::<pg_sys::Oid>(
-        "DELETE FROM conductor.shard_index WHERE index_name = $1 RETURNING relid",
+        "DELETE FROM conductor.shard_index WHERE index_name = $1 RETURNING relid::oid",
         &[name.into()],
     )
     .ok()

@@ -512,6 +512,7 @@ impl ScanState {
 
     fn finish(&mut self) {
         if let Phase::Streaming(handle) = std::mem::replace(&mut self.phase, Phase::Finished) {
+            crate::remote::log_scan(&self.topology.table.name, handle.stats());
             self.shard_stats.extend_from_slice(handle.stats());
         }
     }

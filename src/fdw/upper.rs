@@ -1756,6 +1756,7 @@ impl UpperState {
     fn stop(&mut self) {
         if let Phase::Streaming(handle) = std::mem::replace(&mut self.phase, Phase::Finished) {
             // Dropping the handle cancels the requests still running.
+            crate::remote::log_scan(&self.topology.table.name, handle.stats());
             self.shard_stats.extend_from_slice(handle.stats());
         }
         self.ready.clear();
@@ -1796,6 +1797,7 @@ impl UpperState {
                     if let Phase::Streaming(handle) =
                         std::mem::replace(&mut self.phase, Phase::Finished)
                     {
+                        crate::remote::log_scan(&self.topology.table.name, handle.stats());
                         self.shard_stats.extend_from_slice(handle.stats());
                     }
                     for url in std::mem::take(&mut self.scan_urls) {

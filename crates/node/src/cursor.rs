@@ -9,10 +9,11 @@
 use crate::encoding::Encoding;
 use crate::errors::from_sqlite;
 use crate::exec::{self, StepOutcomes, StreamCtx};
+use crate::stats::Stats;
 use bytes::Bytes;
 use conductor_hrana::{Batch, CursorEntry, Error, Value};
 use rusqlite::Connection;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -85,7 +86,7 @@ pub fn run(
     batch: &Batch,
     first_line: Vec<u8>,
     out: Output<'_>,
-    statements: &AtomicU64,
+    stats: &Stats,
 ) {
     let mut w = Writer {
         buf: first_line,
@@ -94,7 +95,7 @@ pub fn run(
         stall: out.stall,
         rt: tokio::runtime::Handle::current(),
     };
-    let _ = run_steps(conn, ctx, batch, &mut w, statements).and_then(|()| w.flush());
+    let _ = run_steps(conn, ctx, batch, &mut w, stats).and_then(|()| w.flush());
 }
 
 fn run_steps(
@@ -102,7 +103,7 @@ fn run_steps(
     ctx: &StreamCtx,
     batch: &Batch,
     w: &mut Writer<'_>,
-    statements: &AtomicU64,
+    stats: &Stats,
 ) -> Result<(), Disconnected> {
     let mut outcomes = StepOutcomes::new(batch.steps.len());
     for (i, step) in batch.steps.iter().enumerate() {
@@ -113,8 +114,8 @@ fn run_steps(
                 Err(error) => return w.line(&CursorEntry::Error { error }),
             }
         }
-        statements.fetch_add(1, Ordering::Relaxed);
-        let ok = run_step(conn, ctx, i as u32, &step.stmt, w)?;
+        stats.statements.fetch_add(1, Ordering::Relaxed);
+        let ok = run_step(conn, ctx, i as u32, &step.stmt, w, stats)?;
         outcomes.record(i, ok);
     }
     Ok(())
@@ -127,6 +128,7 @@ fn run_step(
     step: u32,
     stmt: &conductor_hrana::Stmt,
     w: &mut Writer<'_>,
+    stats: &Stats,
 ) -> Result<bool, Disconnected> {
     let step_error = |w: &mut Writer<'_>, error: Error| {
         w.line(&CursorEntry::StepError { step, error })
@@ -143,12 +145,14 @@ fn run_step(
     let want_rows = stmt.want_rows.unwrap_or(true);
     let mut row_buf: Vec<Value> = Vec::with_capacity(ncols);
     let mut rows = prepared.raw_query();
+    let mut stepped = 0u64;
     loop {
         let row = match rows.next() {
             Ok(Some(row)) => row,
             Ok(None) => break,
             Err(e) => return step_error(w, from_sqlite(e)),
         };
+        stepped += 1;
         if !want_rows {
             continue;
         }
@@ -164,6 +168,8 @@ fn run_step(
         w.row(&row_buf)?;
     }
     drop(rows);
+    let written = conn.total_changes().saturating_sub(before);
+    stats.add_rows(stepped.max(written), written);
     w.line(&CursorEntry::StepEnd {
         affected_row_count: exec::affected_rows(conn, before),
         last_insert_rowid: Some(conn.last_insert_rowid().to_string()),

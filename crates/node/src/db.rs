@@ -24,7 +24,7 @@ use conductor_hrana::Stmt;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 use std::cell::RefCell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, TryLockError};
 use std::thread::JoinHandle;
@@ -63,7 +63,18 @@ pub enum Inline<R> {
     Busy,
 }
 
+fn wal_path(db: &Path) -> PathBuf {
+    PathBuf::from(format!("{}-wal", db.display()))
+}
+
 impl Db {
+    /// Bytes in the write-ahead log file now (0 when there is none).
+    pub fn wal_bytes(&self) -> u64 {
+        std::fs::metadata(wal_path(&self.path))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
     /// Creates the data directory, opens the database in WAL mode and starts
     /// the writer and checkpointer threads.
     pub fn open(config: &Config) -> rusqlite::Result<Db> {
@@ -91,7 +102,7 @@ impl Db {
         let group_stats = Arc::new(writer::GroupStats::default());
         let (tx, writer_thread) = writer::spawn(writer.clone(), group_stats.clone());
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        let wal = wal_path(&path);
         let checkpoint_thread = std::thread::Builder::new()
             .name("conductor-checkpoint".into())
             .spawn({

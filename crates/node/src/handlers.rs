@@ -91,6 +91,7 @@ pub async fn pipeline(
             on_stream(node, lease, Some(state), req.requests).await?
         }
     };
+    node.stats.count_rows(&resp.results);
     if !waited.is_zero() {
         node.stats.lock_waits.fetch_add(1, Relaxed);
         node.stats
@@ -229,7 +230,10 @@ fn inline_write(node: &Node, requests: &[StreamRequest]) -> Option<Vec<StreamRes
                 },
             ])
         }
-        Inline::Busy => None,
+        Inline::Busy => {
+            node.stats.write_lock_waits.fetch_add(1, Relaxed);
+            None
+        }
     }
 }
 
@@ -379,7 +383,7 @@ pub async fn cursor(
                     encoding,
                     stall,
                 },
-                &n.stats.statements,
+                &n.stats,
             )
         }));
         // After a panic the connection's state is unknown: drop it (that

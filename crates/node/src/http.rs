@@ -5,6 +5,7 @@ use crate::errors::{self, code};
 use crate::handlers::{self, Failure};
 use crate::lockwait;
 use crate::node::Node;
+use crate::stats::{Endpoint, Gauges};
 use bytes::Bytes;
 use conductor_hrana::Error;
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -17,7 +18,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -127,35 +127,23 @@ async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     // (Failures are logged at warn where they happen, with their message.)
     let what = (tracing::enabled!(tracing::Level::DEBUG))
         .then(|| (req.method().clone(), req.uri().path().to_owned()));
-    let resp = route(node, req).await;
+    let endpoint = Endpoint::of_path(req.uri().path());
+    let resp = route(node, req, endpoint).await;
     let status = resp.status();
-    if status.is_client_error() {
-        node.stats.status_4xx.fetch_add(1, Relaxed);
-    } else if status.is_server_error() {
-        node.stats.status_5xx.fetch_add(1, Relaxed);
-    }
+    let elapsed = start.elapsed();
+    node.stats.record(endpoint, status.as_u16(), elapsed);
     if let Some((method, path)) = what {
-        let micros = start.elapsed().as_micros() as u64;
+        let micros = elapsed.as_micros() as u64;
         tracing::debug!(%method, %path, status = status.as_u16(), micros, "request");
     }
     resp
 }
 
-async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
-    let s = &node.stats;
+async fn route(node: &Arc<Node>, req: Request<Incoming>, endpoint: Endpoint) -> Response<Body> {
     let method = req.method();
-    let (counter, needs_auth) = match req.uri().path() {
-        "/v2/pipeline" => (&s.v2_pipeline, true),
-        "/v3/pipeline" => (&s.v3_pipeline, true),
-        "/v3/cursor" => (&s.v3_cursor, true),
-        "/v3-protobuf/pipeline" => (&s.v3_protobuf_pipeline, true),
-        "/v3-protobuf/cursor" => (&s.v3_protobuf_cursor, true),
-        "/health" => (&s.health, false),
-        "/version" => (&s.version, false),
-        "/v2" | "/v3" | "/v3-protobuf" => (&s.probe, false),
-        "/stats" => (&s.stats, true),
-        _ => {
-            s.other.fetch_add(1, Relaxed);
+    let needs_auth = match endpoint {
+        Endpoint::HEALTH | Endpoint::VERSION | Endpoint::PROBE => false,
+        Endpoint::OTHER => {
             return error(
                 StatusCode::NOT_FOUND,
                 errors::error(
@@ -164,8 +152,8 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
                 ),
             );
         }
+        _ => true,
     };
-    counter.fetch_add(1, Relaxed);
     if needs_auth
         && !node
             .auth
@@ -201,6 +189,20 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
                 .to_json(node.streams.open_count(), &node.db.group_stats)
                 .to_string();
             return json(StatusCode::OK, body.into_bytes());
+        }
+        (&Method::GET, "/metrics") => {
+            let gauges = Gauges {
+                open_streams: node.streams.open_count(),
+                open_transactions: node.streams.in_transaction_count(),
+                wal_bytes: node.db.wal_bytes(),
+            };
+            let body = node.stats.to_prometheus(&gauges, &node.db.group_stats);
+            let mut r = Response::new(Either::Left(Full::new(Bytes::from(body))));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            return r;
         }
         (&Method::POST, "/v2/pipeline" | "/v3/pipeline" | "/v3-protobuf/pipeline") => false,
         (&Method::POST, "/v3/cursor" | "/v3-protobuf/cursor") => true,

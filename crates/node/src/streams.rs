@@ -34,6 +34,8 @@ struct Slot {
     last_used: Instant,
     /// `None` while a request is using the stream.
     state: Option<StreamState>,
+    /// Whether its connection was inside a transaction when last handed in.
+    in_transaction: bool,
 }
 
 /// A stream checked out for one request.
@@ -104,6 +106,7 @@ impl Streams {
                 seq: 1,
                 last_used: Instant::now(),
                 state: None,
+                in_transaction: false,
             },
         );
         Ok(Lease {
@@ -164,6 +167,7 @@ impl Streams {
         match state {
             Some(state) => {
                 if let Some(slot) = slots.get_mut(&id) {
+                    slot.in_transaction = !state.conn.is_autocommit();
                     slot.state = Some(state);
                     slot.last_used = Instant::now();
                 }
@@ -198,6 +202,13 @@ impl Streams {
 
     pub fn open_count(&self) -> usize {
         self.slots.lock().unwrap().len()
+    }
+
+    /// Open streams whose connection is inside a transaction (as of the end
+    /// of their last request).
+    pub fn in_transaction_count(&self) -> usize {
+        let slots = self.slots.lock().unwrap();
+        slots.values().filter(|s| s.in_transaction).count()
     }
 }
 

@@ -15,7 +15,9 @@
 //! - Postgres runs as an unprivileged user (`postgres`, or `$CONDUCTOR_PG_USER`)
 //!   when the tests run as root, because Postgres refuses to run as root. It
 //!   listens on 127.0.0.1 only, trust auth, database `conductor`, superuser
-//!   `conductor`, `--locale=C --encoding=UTF8`, fsync off.
+//!   `postgres` (as a user would connect: a role named `conductor` would
+//!   put unqualified new tables in the extension's schema through
+//!   "$user"), `--locale=C --encoding=UTF8`, fsync off.
 //! - The extension must already be installed into that Postgres
 //!   (`make test` does `cargo pgrx install`); [`Cluster::extension_installed`]
 //!   tells.
@@ -87,6 +89,9 @@ pub struct Cluster {
 }
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The superuser the tests connect as.
+pub const PG_SUPERUSER: &str = "postgres";
 
 impl Cluster {
     /// Starts a fresh Postgres and `opts.nodes` nodes; panics (with the
@@ -213,20 +218,20 @@ impl Cluster {
         self.pg_port
     }
 
-    /// `postgresql://conductor@127.0.0.1:PORT/conductor` (for psql or libpq).
+    /// `postgresql://postgres@127.0.0.1:PORT/conductor` (for psql or libpq).
     pub fn pg_url(&self) -> String {
         format!(
-            "postgresql://conductor@127.0.0.1:{}/conductor",
+            "postgresql://{PG_SUPERUSER}@127.0.0.1:{}/conductor",
             self.pg_port
         )
     }
 
-    /// Connection settings for database `conductor`, user `conductor`.
+    /// Connection settings for database `conductor`, user `postgres`.
     pub fn pg_config(&self) -> postgres::Config {
         let mut c = postgres::Config::new();
         c.host("127.0.0.1")
             .port(self.pg_port)
-            .user("conductor")
+            .user(PG_SUPERUSER)
             .dbname("conductor")
             .connect_timeout(Duration::from_secs(5));
         c
@@ -548,6 +553,11 @@ impl Cluster {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// The directory of this Postgres' programs (pg_dump, pg_restore, …).
+    pub fn pg_bindir(&self) -> &Path {
+        &self.pg_bindir
+    }
 }
 
 impl Drop for Cluster {
@@ -745,7 +755,7 @@ fn chown_to_pg_user(path: &Path) {
     }
 }
 
-/// An initdb'd data dir (user `conductor`, database `conductor`, trust),
+/// An initdb'd data dir (user `postgres`, database `conductor`, trust),
 /// made once and reused by every cluster (copied with `cp -a`): initdb is
 /// the slowest part of a cluster start. Cached across runs in /tmp, keyed by
 /// the Postgres binary's identity; built under a temp name, then renamed.
@@ -761,7 +771,7 @@ fn pg_template(bindir: &Path) -> PathBuf {
                 .map(|(u, _)| u)
                 .unwrap_or(unsafe { libc::geteuid() });
             let key = format!("{}-{}-{}-u{owner}", meta.ino(), meta.size(), meta.mtime());
-            let root = PathBuf::from(format!("/tmp/conductor-e2e-pgtemplate-v1-{key}"));
+            let root = PathBuf::from(format!("/tmp/conductor-e2e-pgtemplate-v2-{key}"));
             let data = root.join("data");
             if root.join("ready").exists() {
                 return data;
@@ -776,7 +786,7 @@ fn pg_template(bindir: &Path) -> PathBuf {
                     .arg(&wdata)
                     .args([
                         "-U",
-                        "conductor",
+                        PG_SUPERUSER,
                         "-A",
                         "trust",
                         "-E",

@@ -17,7 +17,7 @@ fn postgres_and_nodes_come_up() {
         .query_one("SELECT current_user::text", &[])
         .unwrap()
         .get(0);
-    assert_eq!(user, "conductor");
+    assert_eq!(user, conductor_e2e::PG_SUPERUSER);
 
     for i in 0..cluster.node_count() {
         let (status, _) = cluster.node_get(i, "/health").unwrap();
