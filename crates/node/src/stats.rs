@@ -293,7 +293,7 @@ impl Stats {
             );
         }
 
-        let counters: [(&str, &str, u64); 11] = [
+        let counters: [(&str, &str, u64); 13] = [
             (
                 "conductor_node_statements_total",
                 "SQL statements executed.",
