@@ -18,6 +18,13 @@
 use std::cmp::Ordering;
 use std::fmt;
 
+/// The names conductor-node registers its decimal aggregates under: the
+/// sum, and the minimum and maximum by the order above, each of numeric
+/// text, returning numeric text.
+pub const SUM_FUNCTION: &str = "conductor_decimal_sum";
+pub const MIN_FUNCTION: &str = "conductor_decimal_min";
+pub const MAX_FUNCTION: &str = "conductor_decimal_max";
+
 /// A numeric value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decimal {

@@ -8,15 +8,14 @@
 //! them when the node is added and pushes these aggregates only to nodes
 //! that answered.
 
-use conductor_hrana::decimal::{Decimal, DecimalSum};
+use conductor_hrana::decimal::{
+    Decimal, DecimalSum, MAX_FUNCTION as DECIMAL_MAX, MIN_FUNCTION as DECIMAL_MIN,
+    SUM_FUNCTION as DECIMAL_SUM,
+};
 use rusqlite::functions::{Aggregate, Context, FunctionFlags};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, Error, Result};
 use std::cmp::Ordering;
-
-pub const DECIMAL_SUM: &str = "conductor_decimal_sum";
-pub const DECIMAL_MIN: &str = "conductor_decimal_min";
-pub const DECIMAL_MAX: &str = "conductor_decimal_max";
 
 fn decimal_arg(ctx: &Context<'_>, function: &str) -> Result<Option<Decimal>> {
     let parsed = match ctx.get_raw(0) {
