@@ -925,6 +925,37 @@ fn pushdown_happens() {
         verbose.contains(first.as_str()),
         "{first} not in\n{verbose}"
     );
+    assert_eq!(
+        run(
+            &mut db,
+            "SELECT count(*) FILTER (WHERE decimal_aggregates) FROM conductor.nodes"
+        )
+        .unwrap(),
+        vec!["3".to_string()]
+    );
+    // The rows with infinities and NaN, alone and with finite values.
+    let mut specials = std::collections::BTreeSet::new();
+    for w in ["id > 2950", "id > 2950 AND id <= 2975", "id > 2900"] {
+        let sql = format!(
+            "SELECT g, sum(m), avg(m), min(m), max(m) FROM t WHERE {w} GROUP BY g ORDER BY 1"
+        );
+        let text = plan(&mut db, &sql).join("\n");
+        assert!(text.contains("conductor_decimal_min("), "{text}");
+        let sharded = run(&mut db, &sql).unwrap();
+        assert_eq!(
+            sharded,
+            run(&mut db, &sql.replace(" t ", " l_t ")).unwrap(),
+            "{sql}"
+        );
+        specials.extend(
+            sharded
+                .iter()
+                .flat_map(|r| r.split(" | ").map(str::to_string)),
+        );
+    }
+    for v in ["NaN", "Infinity", "-Infinity"] {
+        assert!(specials.contains(v), "no {v} in {specials:?}");
+    }
     let sum = "SELECT sum(m) FILTER (WHERE id <= 2950), sum(n), avg(n) FROM t";
     let sharded = run(&mut db, sum).unwrap();
     assert_eq!(sharded, run(&mut db, &sum.replace(" t", " l_t")).unwrap());
