@@ -454,7 +454,7 @@ mod tests {
                     prop_assert_eq!(units(&text), expect);
                     let max_scale = vals.iter().map(|(t, _)| t.split_once('.').map_or(0, |(_, f)| f.len())).max().unwrap();
                     prop_assert_eq!(text.split_once('.').map_or(0, |(_, f)| f.len()), max_scale);
-                    prop_assert!(!text.starts_with("-0") || text.trim_start_matches(['-', '0', '.']).len() > 0);
+                    prop_assert!(!text.starts_with("-0") || !text.trim_start_matches(['-', '0', '.']).is_empty());
                 }
             }
             for (x, ux) in &vals {
