@@ -525,13 +525,16 @@ unsafe fn add_grouping_path(
                     Some(i) => i,
                     None => {
                         let Some(spec) = agg_spec(base, &mut filters, node.cast()) else {
-                            not_pushed(
-                                root,
-                                format!(
-                                    "aggregates: {} has no exact form on the nodes",
-                                    aggref_text(node.cast())
-                                ),
-                            );
+                            let text = aggref_text(node.cast());
+                            let numeric = ["sum", "avg", "min", "max"]
+                                .iter()
+                                .any(|f| text.starts_with(&format!("{f}(numeric)")));
+                            let why = if numeric && !base.topology.decimal_aggregates {
+                                "needs conductor-node's decimal aggregates, which a node of the table lacks"
+                            } else {
+                                "has no exact form on the nodes"
+                            };
+                            not_pushed(root, format!("aggregates: {text} {why}"));
                             return false;
                         };
                         aggs.push((spec, node));

@@ -229,7 +229,7 @@ fn sqld_nodes_answer_like_a_local_table() {
     .collect::<Vec<_>>()
     .join("\n");
     assert!(
-        plan.contains("Not pushed: aggregates: sum(numeric) has no exact form on the nodes")
+        plan.contains("Not pushed: aggregates: sum(numeric) needs conductor-node's decimal aggregates, which a node of the table lacks")
             && !plan.contains("conductor_decimal"),
         "{plan}"
     );
