@@ -10,7 +10,9 @@
 //! generated queries (aggregates with and without FILTER, bool_and/bool_or
 //! × GROUP BY × HAVING × ORDER BY, aggregates first × LIMIT/OFFSET, WHERE
 //! clauses reaching one shard, some shards, all shards or none, every
-//! supported type with NULLs, integers whose sums pass 64 bits, prepared
+//! supported type with NULLs, integers whose sums pass 64 bits, numerics
+//! of up to 38 integer and 12 fraction digits with NaN and infinities
+//! (through conductor-node's decimal aggregates), prepared
 //! statements run with generic plans, `$n` in WHERE, FILTER, HAVING, LIMIT
 //! and OFFSET) must return the same rows on both sides, or fail with the
 //! same SQLSTATE; the pushed shapes they reach are counted (`FEATURES`) and
@@ -22,7 +24,9 @@
 //! local Aggregate/Sort/Limit above the foreign scan and the remote SQL
 //! carries the aggregates, ORDER BY and LIMIT; EXPLAIN ANALYZE shows each
 //! shard returning one row per group it holds; conductor_explain shows the
-//! same remote SQL; and the time of count(*) over the table with and
+//! same remote SQL; numeric aggregates are pushed while every node of the
+//! table has the decimal aggregates and stay local when one lacks them;
+//! and the time of count(*) over the table with and
 //! without pushdown is printed.
 //!
 //! Environment: `CONDUCTOR_AGG_SEED`, `CONDUCTOR_AGG_QUERIES` (default 600),
@@ -933,6 +937,33 @@ fn pushdown_happens() {
         .unwrap(),
         vec!["3".to_string()]
     );
+    // One node without them keeps the table's numeric aggregates local;
+    // update_node asks the node again.
+    exec(
+        &mut db,
+        "UPDATE conductor.node SET decimal_aggregates = false WHERE node_id = 'node-1'",
+    );
+    let text = plan(&mut db, numeric).join("\n");
+    assert!(
+        text.contains("Not pushed: aggregates: sum(numeric) needs conductor-node's decimal aggregates, which a node of the table lacks")
+            && !text.contains("conductor_decimal"),
+        "{text}"
+    );
+    assert_eq!(
+        run(&mut db, &format!("{numeric} ORDER BY 1")).unwrap(),
+        run(
+            &mut db,
+            &format!("{} ORDER BY 1", numeric.replace(" t ", " l_t "))
+        )
+        .unwrap()
+    );
+    exec(
+        &mut db,
+        "SELECT conductor.update_node('cluster', 'node-1', (SELECT url FROM conductor.nodes WHERE node_id = 'node-1'))",
+    );
+    assert!(plan(&mut db, numeric)
+        .join("\n")
+        .contains("conductor_decimal_sum("));
     // The rows with infinities and NaN, alone and with finite values.
     let mut specials = std::collections::BTreeSet::new();
     for w in ["id > 2950", "id > 2950 AND id <= 2975", "id > 2900"] {
