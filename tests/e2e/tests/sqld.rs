@@ -2,8 +2,9 @@
 //! local table and over a distributed table on two sqld nodes agree —
 //! reads (100,000-row scans read row by row, pushdown), writes with
 //! RETURNING, COPY (and a COPY that fails), transactions, reads inside them
-//! and rollbacks, constraint violations, schema changes, long values — and
-//! a killed sqld is a clear error naming it (more faults in
+//! and rollbacks, constraint violations, schema changes, long values,
+//! numeric aggregates (local: sqld lacks conductor-node's decimal
+//! aggregates) — and a killed sqld is a clear error naming it (more faults in
 //! `sqld_faults.rs`).
 //!
 //! Runs when `SQLD` names a sqld binary (`make test` passes it when one is
