@@ -19,6 +19,10 @@ CREATE TABLE conductor.node (
     url text NOT NULL CHECK (url ~ '^https?://[^/\s]+/?$'),
     status text NOT NULL DEFAULT 'active'
         CHECK (status IN ('active', 'disabled')),
+    -- The node offers conductor-node's exact decimal aggregates (probed by
+    -- add_node/update_node); a table's numeric sum/avg/min/max go to its
+    -- nodes only when all of them do.
+    decimal_aggregates boolean NOT NULL DEFAULT false,
     PRIMARY KEY (server_id, node_id)
 );
 

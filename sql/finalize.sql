@@ -182,7 +182,8 @@ SELECT s.srvname AS server,
        CASE WHEN coalesce(h.healthy, true) THEN 'healthy' ELSE 'unhealthy' END AS health,
        coalesce(h.consecutive_failures, 0) AS consecutive_failures,
        h.last_error,
-       h.last_error_at
+       h.last_error_at,
+       n.decimal_aggregates
   FROM conductor.node n
   JOIN pg_catalog.pg_foreign_server s ON s.oid = n.server_id
   LEFT JOIN conductor.node_health() h ON h.url = n.url;

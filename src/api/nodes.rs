@@ -65,6 +65,53 @@ fn require_reachable(server_id: pg_sys::Oid, node_id: &str, url: &str) {
     }
 }
 
+/// Whether the node runs conductor-node's exact decimal aggregates, asked
+/// once here so that planning never calls a node: a node without them (a
+/// plain sqld answers "no such function") or any failure of the probe
+/// means no, which only keeps numeric aggregates local.
+fn offers_decimal_aggregates(server_id: pg_sys::Oid, node_id: &str, url: &str) -> bool {
+    use conductor_core::executor::ShardRequest;
+    use conductor_hrana::{
+        decimal, PipelineReqBody, Stmt, StreamRequest, StreamResponse, StreamResult, Value,
+    };
+    let endpoint = NodeEndpoint {
+        node_id: node_id.to_string(),
+        url: url.to_string(),
+        token: token_for(server_id),
+    };
+    let sql = format!(
+        "SELECT {}(x), {}(x), {}(x) FROM (SELECT ? AS x UNION ALL SELECT ?)",
+        decimal::SUM_FUNCTION,
+        decimal::MIN_FUNCTION,
+        decimal::MAX_FUNCTION
+    );
+    let request = ShardRequest {
+        shard_id: None,
+        endpoint,
+        body: PipelineReqBody {
+            baton: None,
+            requests: vec![
+                StreamRequest::Execute {
+                    stmt: Stmt::new(
+                        sql,
+                        vec![Value::Text("-1.5".into()), Value::Text("2".into())],
+                    ),
+                },
+                StreamRequest::Close,
+            ],
+        },
+    };
+    let Some(Ok(body)) = remote::execute(vec![request]).pop() else {
+        return false;
+    };
+    let want = ["0.5", "-1.5", "2"].map(|t| Value::Text(t.to_string()));
+    matches!(
+        body.results.first(),
+        Some(StreamResult::Ok { response: StreamResponse::Execute { result } })
+            if result.rows.len() == 1 && result.rows[0] == want
+    )
+}
+
 /// Register a storage node of a conductor server.
 #[pg_extern]
 fn add_node(server: &str, node_id: &str, url: &str) {
@@ -87,9 +134,16 @@ fn add_node(server: &str, node_id: &str, url: &str) {
         .error()
     }
     require_reachable(server_id, node_id, &url);
+    let decimal = offers_decimal_aggregates(server_id, node_id, &url);
     Spi::run_with_args(
-        "INSERT INTO conductor.node (server_id, node_id, url) VALUES ($1, $2, $3)",
-        &[server_id.into(), node_id.into(), url.as_str().into()],
+        "INSERT INTO conductor.node (server_id, node_id, url, decimal_aggregates)
+         VALUES ($1, $2, $3, $4)",
+        &[
+            server_id.into(),
+            node_id.into(),
+            url.as_str().into(),
+            decimal.into(),
+        ],
     )
     .unwrap_or_else(|e| error!("conductor: could not add node: {e}"));
 }
@@ -102,9 +156,16 @@ fn update_node(server: &str, node_id: &str, url: &str) {
     let url = check_url(url);
     require_known(server_id, server, node_id);
     require_reachable(server_id, node_id, &url);
+    let decimal = offers_decimal_aggregates(server_id, node_id, &url);
     Spi::run_with_args(
-        "UPDATE conductor.node SET url = $3 WHERE server_id = $1 AND node_id = $2",
-        &[server_id.into(), node_id.into(), url.as_str().into()],
+        "UPDATE conductor.node SET url = $3, decimal_aggregates = $4
+          WHERE server_id = $1 AND node_id = $2",
+        &[
+            server_id.into(),
+            node_id.into(),
+            url.as_str().into(),
+            decimal.into(),
+        ],
     )
     .unwrap_or_else(|e| error!("conductor: could not update node: {e}"));
 }

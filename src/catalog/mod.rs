@@ -35,6 +35,8 @@ pub struct TableTopology {
     pub table: Topology,
     /// One per column of `table.columns`.
     pub pg_types: Vec<PgType>,
+    /// Every node holding a shard offers the exact decimal aggregates.
+    pub decimal_aggregates: bool,
 }
 
 impl std::ops::Deref for TableTopology {
@@ -158,8 +160,9 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
             .collect();
 
         let mut shards = Vec::with_capacity(shard_count as usize);
+        let mut decimal_aggregates = true;
         let rows = client.select(
-            "SELECT s.shard_id, s.node_id, n.url, s.status
+            "SELECT s.shard_id, s.node_id, n.url, s.status, n.decimal_aggregates
                FROM conductor.shard s
                JOIN conductor.node n USING (server_id, node_id)
               WHERE s.relid = $1
@@ -169,6 +172,7 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
         )?;
         for row in rows {
             let shard_id: i32 = row.get(1)?.unwrap_or_default();
+            decimal_aggregates &= row.get::<bool>(5)?.unwrap_or(false);
             shards.push(ShardLocation {
                 shard_id: shard_id as u32,
                 node_id: row.get(2)?.unwrap_or_default(),
@@ -205,6 +209,7 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
                 shards,
             },
             pg_types,
+            decimal_aggregates,
         }))
     })
     .unwrap_or_else(|e| error!("conductor: could not read the topology catalog: {e}"))

@@ -347,7 +347,7 @@ unsafe fn agg_spec(
         let name = builtin_name(a.aggfnoid)?;
         let mut spec = if a.aggstar {
             AggSpec {
-                func: pushdown::aggregate(&name, None)?,
+                func: pushdown::aggregate(&name, None, false)?,
                 column: None,
                 filter: None,
             }
@@ -358,7 +358,11 @@ unsafe fn agg_spec(
             }
             let tle = args.get_ptr(0)?;
             let (column, ty) = base.column((*tle).expr.cast())?;
-            let func = pushdown::aggregate(&name, Some((ty, collation_class(a.inputcollid))))?;
+            let func = pushdown::aggregate(
+                &name,
+                Some((ty, collation_class(a.inputcollid))),
+                base.topology.decimal_aggregates,
+            )?;
             AggSpec {
                 func,
                 column: Some(column),
@@ -368,7 +372,12 @@ unsafe fn agg_spec(
         // The result type must be the one the merge produces.
         let want = match spec.func {
             AggFunc::CountStar | AggFunc::Count | AggFunc::SumInt => Some(pg_sys::INT8OID),
-            AggFunc::SumBigint | AggFunc::AvgInt => Some(pg_sys::NUMERICOID),
+            AggFunc::SumBigint
+            | AggFunc::AvgInt
+            | AggFunc::SumDecimal
+            | AggFunc::AvgDecimal
+            | AggFunc::MinDecimal
+            | AggFunc::MaxDecimal => Some(pg_sys::NUMERICOID),
             AggFunc::SumFloat | AggFunc::AvgFloat => Some(pg_sys::FLOAT8OID),
             AggFunc::BoolAnd | AggFunc::BoolOr => Some(pg_sys::BOOLOID),
             AggFunc::Min | AggFunc::Max => None,
@@ -516,13 +525,16 @@ unsafe fn add_grouping_path(
                     Some(i) => i,
                     None => {
                         let Some(spec) = agg_spec(base, &mut filters, node.cast()) else {
-                            not_pushed(
-                                root,
-                                format!(
-                                    "aggregates: {} has no exact form on the nodes",
-                                    aggref_text(node.cast())
-                                ),
-                            );
+                            let text = aggref_text(node.cast());
+                            let numeric = ["sum", "avg", "min", "max"]
+                                .iter()
+                                .any(|f| text.starts_with(&format!("{f}(numeric)")));
+                            let why = if numeric && !base.topology.decimal_aggregates {
+                                "needs conductor-node's decimal aggregates, which a node of the table lacks"
+                            } else {
+                                "has no exact form on the nodes"
+                            };
+                            not_pushed(root, format!("aggregates: {text} {why}"));
                             return false;
                         };
                         aggs.push((spec, node));
@@ -1495,8 +1507,8 @@ impl Merger {
 struct UpperState {
     topology: Rc<TableTopology>,
     plan: UpperPlan,
-    /// Per scan-tuple column; None for avg of integers (built by numeric
-    /// division).
+    /// Per scan-tuple column; None for avg of integers or numeric (built
+    /// by numeric division).
     codecs: Vec<Option<ColumnCodec>>,
     params: Vec<(*mut pg_sys::ExprState, pg_sys::Oid)>,
     econtext: *mut pg_sys::ExprContext,
@@ -1543,10 +1555,13 @@ pub unsafe fn begin_foreign_scan(node: *mut pg_sys::ForeignScanState) {
         {
             let expr = (*tle).expr as *mut pg_sys::Node;
             let typoid = pg_sys::exprType(expr);
-            let is_avg_int = plan.upper == UpperKind::Aggregate
+            let is_exact_avg = plan.upper == UpperKind::Aggregate
                 && plan.slots[i] >= plan.n_group
-                && plan.aggs[plan.slots[i] - plan.n_group].func == AggFunc::AvgInt;
-            if is_avg_int {
+                && matches!(
+                    plan.aggs[plan.slots[i] - plan.n_group].func,
+                    AggFunc::AvgInt | AggFunc::AvgDecimal
+                );
+            if is_exact_avg {
                 codecs.push(None);
                 continue;
             }

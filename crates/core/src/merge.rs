@@ -23,6 +23,7 @@
 
 use crate::plan::RemoteExpr;
 use crate::types::NAN_TEXT;
+use conductor_hrana::decimal::{Decimal, DecimalSum};
 use conductor_hrana::Value;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -228,16 +229,25 @@ pub enum AggFunc {
     BoolAnd,
     /// `bool_or` → boolean: their maximum.
     BoolOr,
+    /// `sum` of numeric → numeric, by the nodes' exact decimal sum.
+    SumDecimal,
+    /// `avg` of numeric → numeric: exact sum and count, divided by the
+    /// caller with Postgres' numeric division (as for integers).
+    AvgDecimal,
+    /// `min` of numeric, by numeric order (the stored text's order is not).
+    MinDecimal,
+    /// `max` of numeric.
+    MaxDecimal,
 }
 
 impl AggFunc {
     pub fn name(self) -> &'static str {
         match self {
             AggFunc::CountStar | AggFunc::Count => "count",
-            AggFunc::SumInt | AggFunc::SumBigint | AggFunc::SumFloat => "sum",
-            AggFunc::AvgInt | AggFunc::AvgFloat => "avg",
-            AggFunc::Min => "min",
-            AggFunc::Max => "max",
+            AggFunc::SumInt | AggFunc::SumBigint | AggFunc::SumFloat | AggFunc::SumDecimal => "sum",
+            AggFunc::AvgInt | AggFunc::AvgFloat | AggFunc::AvgDecimal => "avg",
+            AggFunc::Min | AggFunc::MinDecimal => "min",
+            AggFunc::Max | AggFunc::MaxDecimal => "max",
             AggFunc::BoolAnd => "bool_and",
             AggFunc::BoolOr => "bool_or",
         }
@@ -245,7 +255,8 @@ impl AggFunc {
 
     /// Whether a shard's partial is one column holding the final value when
     /// the group lives on that shard alone, so that the shard can sort its
-    /// groups by it and filter them on it (HAVING).
+    /// groups by it and filter them on it (HAVING). Not a numeric's
+    /// min/max: a node would sort and compare its text.
     pub fn final_on_one_shard(self) -> bool {
         matches!(
             self,
@@ -295,6 +306,10 @@ impl AggSpec {
             ],
             AggFunc::Min | AggFunc::BoolAnd => vec![RemoteExpr::Min(c)],
             AggFunc::Max | AggFunc::BoolOr => vec![RemoteExpr::Max(c)],
+            AggFunc::SumDecimal => vec![RemoteExpr::DecimalSum(c)],
+            AggFunc::AvgDecimal => vec![RemoteExpr::DecimalSum(c), RemoteExpr::Count(c)],
+            AggFunc::MinDecimal => vec![RemoteExpr::DecimalMin(c)],
+            AggFunc::MaxDecimal => vec![RemoteExpr::DecimalMax(c)],
         }
     }
 
@@ -310,7 +325,8 @@ pub enum Final {
     /// bigint as Integer, numeric as its text, double precision as Float,
     /// min/max and grouping values as the shard returned them.
     Value(Value),
-    /// `avg` of integers: the exact sum (decimal text) and the count, or
+    /// `avg` of integers or numeric: the exact sum (decimal text, possibly
+    /// `NaN` or an infinity) and the count, or
     /// `None` (SQL NULL) when there were no values.
     Avg(Option<(String, i64)>),
 }
@@ -354,6 +370,30 @@ enum Partial {
         specials: Specials,
     },
     Extreme(Value),
+    Decimal(DecimalSum),
+    AvgDecimal {
+        sum: DecimalSum,
+        count: i64,
+    },
+    DecimalExtreme(Option<Decimal>),
+}
+
+fn decimal_of(v: &Value, what: &str) -> Result<Option<Decimal>, MergeError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Text(t) => Decimal::parse(t)
+            .map(Some)
+            .ok_or_else(|| MergeError::BadPartial(format!("{what} is {t:?}"))),
+        other => Err(MergeError::BadPartial(format!("{what} is {other:?}"))),
+    }
+}
+
+fn decimal_sum_of(v: &Value) -> Result<DecimalSum, MergeError> {
+    let mut sum = DecimalSum::default();
+    if let Some(d) = decimal_of(v, "decimal sum")? {
+        sum.add(&d);
+    }
+    Ok(sum)
 }
 
 fn int_of(v: &Value, what: &str) -> Result<Option<i64>, MergeError> {
@@ -466,6 +506,12 @@ impl Partial {
             AggFunc::Min | AggFunc::Max | AggFunc::BoolAnd | AggFunc::BoolOr => {
                 Partial::Extreme(Value::Null)
             }
+            AggFunc::SumDecimal => Partial::Decimal(DecimalSum::default()),
+            AggFunc::AvgDecimal => Partial::AvgDecimal {
+                sum: DecimalSum::default(),
+                count: 0,
+            },
+            AggFunc::MinDecimal | AggFunc::MaxDecimal => Partial::DecimalExtreme(None),
         }
     }
 
@@ -491,6 +537,14 @@ impl Partial {
             },
             AggFunc::Min | AggFunc::Max | AggFunc::BoolAnd | AggFunc::BoolOr => {
                 Partial::Extreme(cols[0].clone())
+            }
+            AggFunc::SumDecimal => Partial::Decimal(decimal_sum_of(&cols[0])?),
+            AggFunc::AvgDecimal => Partial::AvgDecimal {
+                sum: decimal_sum_of(&cols[0])?,
+                count: int_of(&cols[1], "count")?.unwrap_or(0),
+            },
+            AggFunc::MinDecimal | AggFunc::MaxDecimal => {
+                Partial::DecimalExtreme(decimal_of(&cols[0], func.name())?)
             }
         })
     }
@@ -548,6 +602,37 @@ impl Partial {
                     }
                 }
             }),
+            (Partial::Decimal(mut a), Partial::Decimal(b)) => {
+                a.merge(&b);
+                Partial::Decimal(a)
+            }
+            (
+                Partial::AvgDecimal {
+                    sum: mut s,
+                    count: c,
+                },
+                Partial::AvgDecimal { sum, count },
+            ) => {
+                s.merge(&sum);
+                Partial::AvgDecimal {
+                    sum: s,
+                    count: c + count,
+                }
+            }
+            (Partial::DecimalExtreme(a), Partial::DecimalExtreme(b)) => {
+                Partial::DecimalExtreme(match (a, b) {
+                    (None, b) => b,
+                    (a, None) => a,
+                    (Some(a), Some(b)) => {
+                        let keep = if func == AggFunc::MinDecimal {
+                            Ordering::Less
+                        } else {
+                            Ordering::Greater
+                        };
+                        Some(if b.cmp(&a) == keep { b } else { a })
+                    }
+                })
+            }
             (a, _) => a, // same spec, same variant: unreachable
         };
     }
@@ -578,6 +663,22 @@ impl Partial {
                 specials,
             } => Final::Value(Value::Float(specials.sum().unwrap_or(sum / count as f64))),
             Partial::Extreme(v) => Final::Value(v),
+            Partial::Decimal(sum) => Final::Value(
+                sum.value()
+                    .map_or(Value::Null, |v| Value::Text(v.to_string())),
+            ),
+            Partial::AvgDecimal { count: 0, .. } => Final::Avg(None),
+            Partial::AvgDecimal { sum, count } => match sum.value() {
+                Some(v) => Final::Avg(Some((v.to_string(), count))),
+                None => {
+                    return Err(MergeError::BadPartial(
+                        "a count of values without their sum".into(),
+                    ))
+                }
+            },
+            Partial::DecimalExtreme(v) => {
+                Final::Value(v.map_or(Value::Null, |v| Value::Text(v.to_string())))
+            }
         })
     }
 }
@@ -762,6 +863,95 @@ mod tests {
     }
 
     #[test]
+    fn numeric_partials_merge_exactly_and_in_numeric_order() {
+        let spec = |func| AggSpec {
+            func,
+            column: Some(1),
+            filter: None,
+        };
+        let aggs = vec![
+            spec(AggFunc::SumDecimal),
+            spec(AggFunc::AvgDecimal),
+            spec(AggFunc::MinDecimal),
+            spec(AggFunc::MaxDecimal),
+        ];
+        assert_eq!(GroupMerge::width(1, &aggs), 6);
+        let t = |s: &str| Value::Text(s.into());
+        let n = Value::Null;
+        let mut m = GroupMerge::new(1, aggs);
+        // Group 1: three shards, sums past any fixed width, scales 2 and 3.
+        m.push(vec![
+            i(1),
+            t("99999999999999999999999.99"),
+            t("99999999999999999999999.99"),
+            i(1),
+            t("99999999999999999999999.99"),
+            t("99999999999999999999999.99"),
+        ])
+        .unwrap();
+        m.push(vec![i(1), t("0.011"), t("0.011"), i(2), t("-5"), t("10")])
+            .unwrap();
+        m.push(vec![i(1), n.clone(), n.clone(), i(0), n.clone(), n.clone()])
+            .unwrap();
+        // Group 2: an infinity on each side is NaN; NaN is the maximum.
+        m.push(vec![
+            i(2),
+            t("Infinity"),
+            t("Infinity"),
+            i(1),
+            t("Infinity"),
+            t("Infinity"),
+        ])
+        .unwrap();
+        m.push(vec![
+            i(2),
+            t("-Infinity"),
+            t("-Infinity"),
+            i(1),
+            t("-Infinity"),
+            t("NaN"),
+        ])
+        .unwrap();
+        // Group 3: no value at all.
+        m.push(vec![i(3), n.clone(), n.clone(), i(0), n.clone(), n.clone()])
+            .unwrap();
+        let v = |x: Value| Final::Value(x);
+        let avg = |s: &str, c: i64| Final::Avg(Some((s.to_string(), c)));
+        assert_eq!(
+            m.finish().unwrap(),
+            vec![
+                vec![
+                    v(i(1)),
+                    v(t("100000000000000000000000.001")),
+                    avg("100000000000000000000000.001", 3),
+                    v(t("-5")),
+                    v(t("99999999999999999999999.99"))
+                ],
+                vec![
+                    v(i(2)),
+                    v(t("NaN")),
+                    avg("NaN", 2),
+                    v(t("-Infinity")),
+                    v(t("NaN"))
+                ],
+                vec![
+                    v(i(3)),
+                    v(n.clone()),
+                    Final::Avg(None),
+                    v(n.clone()),
+                    v(n.clone())
+                ],
+            ]
+        );
+        let mut bad = GroupMerge::new(0, vec![spec(AggFunc::SumDecimal)]);
+        assert!(matches!(
+            bad.push(vec![t("1e3")]),
+            Err(MergeError::BadPartial(_))
+        ));
+        assert!(!AggFunc::MaxDecimal.final_on_one_shard());
+    }
+
+    #[test]
     fn value_order_is_sqlites() {
         assert_eq!(compare_values(&Value::Null, &i(-5)), Ordering::Less);
         assert_eq!(compare_values(&i(2), &Value::Float(1.5)), Ordering::Greater);
@@ -894,6 +1084,23 @@ mod tests {
                     }
                     RemoteExpr::Sum(_) if non_null.is_empty() => Value::Null,
                     RemoteExpr::Sum(_) => Value::Float(non_null.iter().map(|&v| v as f64).sum()),
+                    // The node's decimal aggregates, over the values' text.
+                    RemoteExpr::DecimalSum(_) if non_null.is_empty() => Value::Null,
+                    RemoteExpr::DecimalSum(_) => Value::Text(
+                        non_null
+                            .iter()
+                            .map(|&v| v as i128)
+                            .sum::<i128>()
+                            .to_string(),
+                    ),
+                    RemoteExpr::DecimalMin(_) => non_null
+                        .iter()
+                        .min()
+                        .map_or(Value::Null, |v| Value::Text(v.to_string())),
+                    RemoteExpr::DecimalMax(_) => non_null
+                        .iter()
+                        .max()
+                        .map_or(Value::Null, |v| Value::Text(v.to_string())),
                     RemoteExpr::Column(_) => unreachable!(),
                 });
             }
@@ -1214,6 +1421,8 @@ mod tests {
                 .into_iter()
                 .filter(|a| matches!(a.func, AggFunc::CountStar | AggFunc::Count | AggFunc::SumBigint
                     | AggFunc::AvgInt | AggFunc::Min | AggFunc::Max))
+                .chain([AggFunc::SumDecimal, AggFunc::AvgDecimal, AggFunc::MinDecimal, AggFunc::MaxDecimal]
+                    .map(|func| AggSpec { func, column: Some(1), filter: None }))
                 .collect();
             let mut m = GroupMerge::new(1, aggs.clone());
             let mut per: std::collections::BTreeMap<(u32, i64), Vec<Option<i64>>> = Default::default();
@@ -1247,6 +1456,11 @@ mod tests {
                 let max = nn.iter().max().map(|&v| i(v as i64)).unwrap_or(Value::Null);
                 prop_assert_eq!(&row[5], &Final::Value(min));
                 prop_assert_eq!(&row[6], &Final::Value(max));
+                prop_assert_eq!(&row[7], &row[3]);
+                prop_assert_eq!(&row[8], &row[4]);
+                let text = |v: Option<&i128>| v.map_or(Value::Null, |v| Value::Text(v.to_string()));
+                prop_assert_eq!(&row[9], &Final::Value(text(nn.iter().min())));
+                prop_assert_eq!(&row[10], &Final::Value(text(nn.iter().max())));
             }
         }
     }

@@ -21,7 +21,7 @@ use crate::router::{route, Route};
 use crate::topology::{ShardLocation, Topology};
 use crate::types::TypedValue;
 use crate::types::{uuid_from_text, ColumnType};
-use conductor_hrana::{Stmt, Value};
+use conductor_hrana::{decimal, Stmt, Value};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -58,6 +58,13 @@ pub enum RemoteExpr {
     Sum(usize),
     Min(usize),
     Max(usize),
+    /// conductor-node's exact sum of numeric text (see
+    /// `conductor_hrana::decimal`); only nodes that offer it get it.
+    DecimalSum(usize),
+    /// conductor-node's numeric minimum (numeric order, not text order).
+    DecimalMin(usize),
+    /// conductor-node's numeric maximum.
+    DecimalMax(usize),
 }
 
 impl RemoteExpr {
@@ -72,6 +79,9 @@ impl RemoteExpr {
             RemoteExpr::Sum(c) => format!("sum({})", col(c)),
             RemoteExpr::Min(c) => format!("min({})", col(c)),
             RemoteExpr::Max(c) => format!("max({})", col(c)),
+            RemoteExpr::DecimalSum(c) => format!("{}({})", decimal::SUM_FUNCTION, col(c)),
+            RemoteExpr::DecimalMin(c) => format!("{}({})", decimal::MIN_FUNCTION, col(c)),
+            RemoteExpr::DecimalMax(c) => format!("{}({})", decimal::MAX_FUNCTION, col(c)),
         }
     }
 }

@@ -44,7 +44,13 @@
 //!   summed, so the result is Postgres' NaN or infinity then);
 //!   `min`/`max` of integers, floats,
 //!   date/timestamp/timestamptz and text under C; `bool_and`/`every` and
-//!   `bool_or` (the min and max of the stored 0/1). `sum(real)` stays local
+//!   `bool_or` (the min and max of the stored 0/1). `sum`, `avg`, `min` and
+//!   `max` of numeric only where every node of the table offers
+//!   conductor-node's exact decimal aggregates (`conductor_hrana::decimal`:
+//!   any precision, Postgres' scale, NaN and infinity rules; the router
+//!   adds the partial sums with the same arithmetic and divides avg's
+//!   with Postgres' numeric division); a plain sqld has none, so numeric
+//!   stays local there. `sum(real)` stays local
 //!   (Postgres accumulates it in single precision), as does every other
 //!   aggregate, and any with DISTINCT or ORDER BY. A FILTER (WHERE …) goes
 //!   with its aggregate when the WHERE rules above push every clause of it
@@ -204,7 +210,12 @@ pub fn group_pushable(column: ColumnType, collation: CollationClass) -> bool {
 /// The pushed form of a built-in aggregate `name` applied to `*` (`arg`
 /// None) or to a column of this type whose input collation is
 /// `collation`; None when it stays local.
-pub fn aggregate(name: &str, arg: Option<(ColumnType, CollationClass)>) -> Option<AggFunc> {
+/// `decimal`: every node of the table offers the exact decimal aggregates.
+pub fn aggregate(
+    name: &str,
+    arg: Option<(ColumnType, CollationClass)>,
+    decimal: bool,
+) -> Option<AggFunc> {
     use ColumnType::*;
     let Some((ty, collation)) = arg else {
         return (name == "count").then_some(AggFunc::CountStar);
@@ -218,6 +229,10 @@ pub fn aggregate(name: &str, arg: Option<(ColumnType, CollationClass)>) -> Optio
         ("avg", Float4 | Float8) => AggFunc::AvgFloat,
         ("bool_and" | "every", Bool) => AggFunc::BoolAnd,
         ("bool_or", Bool) => AggFunc::BoolOr,
+        ("sum", Numeric) if decimal => AggFunc::SumDecimal,
+        ("avg", Numeric) if decimal => AggFunc::AvgDecimal,
+        ("min", Numeric) if decimal => AggFunc::MinDecimal,
+        ("max", Numeric) if decimal => AggFunc::MaxDecimal,
         ("min" | "max", _) => {
             let ordered = match family(ty) {
                 Family::Integer
@@ -266,30 +281,67 @@ mod tests {
             let local = family(ty) == Family::Local;
             assert_eq!(sort_pushable(ty, c), !local, "{ty}");
             assert_eq!(group_pushable(ty, c), !local, "{ty}");
-            assert_eq!(aggregate("count", Some((ty, d))), Some(AggFunc::Count));
+            assert_eq!(
+                aggregate("count", Some((ty, d)), false),
+                Some(AggFunc::Count)
+            );
         }
         assert!(!sort_pushable(Text, d));
         assert!(!group_pushable(Varchar, CollationClass::Nondeterministic));
-        assert_eq!(aggregate("count", None), Some(AggFunc::CountStar));
-        assert_eq!(aggregate("sum", None), None);
-        assert_eq!(aggregate("sum", Some((Int4, c))), Some(AggFunc::SumInt));
-        assert_eq!(aggregate("sum", Some((Int8, c))), Some(AggFunc::SumBigint));
-        assert_eq!(aggregate("sum", Some((Float4, c))), None);
-        assert_eq!(aggregate("sum", Some((Numeric, c))), None);
-        assert_eq!(aggregate("avg", Some((Int2, c))), Some(AggFunc::AvgInt));
-        assert_eq!(aggregate("avg", Some((Float4, c))), Some(AggFunc::AvgFloat));
-        assert_eq!(aggregate("min", Some((Text, c))), Some(AggFunc::Min));
-        assert_eq!(aggregate("max", Some((Text, d))), None);
-        assert_eq!(aggregate("max", Some((Numeric, c))), None);
-        assert_eq!(aggregate("max", Some((Bpchar, c))), None);
-        assert_eq!(aggregate("max", Some((Timestamptz, d))), Some(AggFunc::Max));
-        assert_eq!(aggregate("stddev", Some((Int4, c))), None);
+        assert_eq!(aggregate("count", None, false), Some(AggFunc::CountStar));
+        assert_eq!(aggregate("sum", None, false), None);
         assert_eq!(
-            aggregate("bool_and", Some((Bool, d))),
+            aggregate("sum", Some((Int4, c)), false),
+            Some(AggFunc::SumInt)
+        );
+        assert_eq!(
+            aggregate("sum", Some((Int8, c)), false),
+            Some(AggFunc::SumBigint)
+        );
+        assert_eq!(aggregate("sum", Some((Float4, c)), false), None);
+        assert_eq!(aggregate("sum", Some((Numeric, c)), false), None);
+        assert_eq!(
+            aggregate("avg", Some((Int2, c)), false),
+            Some(AggFunc::AvgInt)
+        );
+        assert_eq!(
+            aggregate("avg", Some((Float4, c)), false),
+            Some(AggFunc::AvgFloat)
+        );
+        assert_eq!(aggregate("min", Some((Text, c)), false), Some(AggFunc::Min));
+        assert_eq!(aggregate("max", Some((Text, d)), false), None);
+        assert_eq!(aggregate("max", Some((Numeric, c)), false), None);
+        assert_eq!(aggregate("max", Some((Bpchar, c)), false), None);
+        assert_eq!(
+            aggregate("max", Some((Timestamptz, d)), false),
+            Some(AggFunc::Max)
+        );
+        assert_eq!(aggregate("stddev", Some((Int4, c)), false), None);
+        assert_eq!(
+            aggregate("bool_and", Some((Bool, d)), false),
             Some(AggFunc::BoolAnd)
         );
-        assert_eq!(aggregate("every", Some((Bool, d))), Some(AggFunc::BoolAnd));
-        assert_eq!(aggregate("bool_or", Some((Bool, d))), Some(AggFunc::BoolOr));
+        assert_eq!(
+            aggregate("every", Some((Bool, d)), false),
+            Some(AggFunc::BoolAnd)
+        );
+        assert_eq!(
+            aggregate("bool_or", Some((Bool, d)), false),
+            Some(AggFunc::BoolOr)
+        );
+        // numeric only where the nodes have the exact decimal aggregates
+        let n = Some((Numeric, d));
+        assert_eq!(aggregate("sum", n, true), Some(AggFunc::SumDecimal));
+        assert_eq!(aggregate("avg", n, true), Some(AggFunc::AvgDecimal));
+        assert_eq!(aggregate("min", n, true), Some(AggFunc::MinDecimal));
+        assert_eq!(aggregate("max", n, true), Some(AggFunc::MaxDecimal));
+        assert_eq!(aggregate("avg", n, false), None);
+        assert_eq!(aggregate("min", n, false), None);
+        assert_eq!(
+            aggregate("sum", Some((Int8, d)), true),
+            Some(AggFunc::SumBigint)
+        );
+        assert_eq!(aggregate("max", Some((Bpchar, c)), true), None);
     }
 
     #[test]

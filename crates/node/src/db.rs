@@ -269,6 +269,7 @@ fn open_connection(
     // Whichever connection resets the WAL truncates a grown file.
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     conn.set_prepared_statement_cache_capacity(STMT_CACHE_CAPACITY);
+    crate::functions::register(&conn)?;
     Ok(conn)
 }
 

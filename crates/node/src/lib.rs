@@ -17,6 +17,7 @@ mod db;
 mod encoding;
 mod errors;
 mod exec;
+mod functions;
 mod handlers;
 mod http;
 mod lockwait;

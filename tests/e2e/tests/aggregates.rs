@@ -10,7 +10,9 @@
 //! generated queries (aggregates with and without FILTER, bool_and/bool_or
 //! × GROUP BY × HAVING × ORDER BY, aggregates first × LIMIT/OFFSET, WHERE
 //! clauses reaching one shard, some shards, all shards or none, every
-//! supported type with NULLs, integers whose sums pass 64 bits, prepared
+//! supported type with NULLs, integers whose sums pass 64 bits, numerics
+//! of up to 38 integer and 12 fraction digits with NaN and infinities
+//! (through conductor-node's decimal aggregates), prepared
 //! statements run with generic plans, `$n` in WHERE, FILTER, HAVING, LIMIT
 //! and OFFSET) must return the same rows on both sides, or fail with the
 //! same SQLSTATE; the pushed shapes they reach are counted (`FEATURES`) and
@@ -22,7 +24,9 @@
 //! local Aggregate/Sort/Limit above the foreign scan and the remote SQL
 //! carries the aggregates, ORDER BY and LIMIT; EXPLAIN ANALYZE shows each
 //! shard returning one row per group it holds; conductor_explain shows the
-//! same remote SQL; and the time of count(*) over the table with and
+//! same remote SQL; numeric aggregates are pushed while every node of the
+//! table has the decimal aggregates and stay local when one lacks them;
+//! and the time of count(*) over the table with and
 //! without pushdown is printed.
 //!
 //! Environment: `CONDUCTOR_AGG_SEED`, `CONDUCTOR_AGG_QUERIES` (default 600),
@@ -61,10 +65,39 @@ impl Rng {
 
 const COLUMNS: &str = "id bigint NOT NULL, g integer, i2 smallint, i4 integer, i8 bigint, \
      f4 real, f8 double precision, b boolean, s text, vc varchar(12), by bytea, u uuid, \
-     d date, ts timestamp, tz timestamptz, n numeric, c char(3), j jsonb";
+     d date, ts timestamp, tz timestamptz, n numeric, c char(3), j jsonb, m numeric";
 
 const OCOLUMNS: &str = "k integer NOT NULL, id bigint NOT NULL, g integer, i4 integer, \
-     i8 bigint, b boolean, s text, f8 double precision, d date";
+     i8 bigint, b boolean, s text, f8 double precision, d date, m numeric";
+
+/// A numeric of up to 38 integer digits and up to 12 fraction digits,
+/// either sign, as a literal. Its last fraction digit is never 0, so equal
+/// values have equal text (Postgres' min/max of 1.0 and 1.00 depends on
+/// the order it reads them).
+fn decimal(rng: &mut Rng) -> String {
+    let mut s = String::new();
+    if rng.chance(0.5) {
+        s.push('-');
+    }
+    if rng.chance(0.2) {
+        let digits = 20 + rng.below(19);
+        s.push_str(&(1 + rng.below(9)).to_string());
+        for _ in 1..digits {
+            s.push_str(&rng.below(10).to_string());
+        }
+    } else {
+        s.push_str(&rng.below(100_000).to_string());
+    }
+    let scale = *rng.pick(&[0, 0, 1, 2, 2, 3, 6, 12]);
+    if scale > 0 {
+        s.push('.');
+        for _ in 1..scale {
+            s.push_str(&rng.below(10).to_string());
+        }
+        s.push_str(&(1 + rng.below(9)).to_string());
+    }
+    s
+}
 
 /// Rows of `o`: 40 keys with many rows each, extreme integers in some
 /// groups so that a group's sum passes 64 bits, NULLs everywhere but the
@@ -105,6 +138,11 @@ fn o_rows(rng: &mut Rng) -> Vec<String> {
             });
         }
         row.insert(5, b);
+        row.push(if rng.chance(0.12) {
+            "NULL".to_string()
+        } else {
+            decimal(rng)
+        });
         rows.push(format!("({})", row.join(", ")));
     }
     rows
@@ -216,6 +254,18 @@ fn setup() -> (Cluster, Client, u64) {
             null!(rng, format!("{}.{}", rng.below(100), 1 + rng.below(9))),
             null!(rng, format!("'{}'", rng.pick(&["x", "y ", "zz"]))),
             null!(rng, format!("'{{\"k\": {}}}'", rng.below(3))),
+            // Infinities among the last 50 rows, NaN among the last 25
+            // (the aggregates over m FILTER some of them out).
+            null!(
+                rng,
+                if id > ROWS - 25 && rng.chance(0.4) {
+                    "'NaN'".to_string()
+                } else if id > ROWS - 50 && rng.chance(0.5) {
+                    rng.pick(&["'Infinity'", "'-Infinity'"]).to_string()
+                } else {
+                    decimal(&mut rng)
+                }
+            ),
         ];
         values.push(format!("({})", row.join(", ")));
     }
@@ -309,6 +359,20 @@ const AGGS: &[&str] = &[
     "avg(i2) FILTER (WHERE id IN (1, 2, 3, 500, 2999))",
     "max(f8) FILTER (WHERE g IS NULL OR NOT b)",
     "avg(i4) FILTER (WHERE id % 3 = 0)",
+    "sum(n)",
+    "avg(n)",
+    "min(n)",
+    "sum(m)",
+    "avg(m)",
+    "min(m)",
+    "max(m)",
+    "sum(m) FILTER (WHERE id <= 2950)",
+    "avg(m) FILTER (WHERE id <= 2950)",
+    "min(m) FILTER (WHERE id <= 2950)",
+    "max(m) FILTER (WHERE id <= 2950)",
+    "sum(m) FILTER (WHERE id <= 2975)",
+    "avg(m) FILTER (WHERE id <= 2975)",
+    "max(m) FILTER (WHERE id <= 2975)",
 ];
 
 /// Aggregates over `o`, whose shard key `k` is in every grouping of the
@@ -334,6 +398,10 @@ const OAGGS: &[&str] = &[
     "bool_or(b) FILTER (WHERE i4 < 0)",
     "count(*) FILTER (WHERE i8 IS NULL)",
     "max(i4) FILTER (WHERE id % 2 = 0)",
+    "sum(m)",
+    "avg(m)",
+    "min(m)",
+    "max(m) FILTER (WHERE b)",
 ];
 
 const GROUPS: &[&str] = &[
@@ -444,6 +512,7 @@ fn gen(rng: &mut Rng, i: usize) -> Query {
                     "max(i8) IS NOT NULL",
                     "avg(i2) < 10",
                     "min(s) <> 'a'",
+                    "sum(m) FILTER (WHERE id <= 2950) > 0",
                 ]);
                 sql.push_str(&format!(" HAVING {h}"));
             }
@@ -621,6 +690,8 @@ const FEATURES: &[&str] = &[
     ") AS \"grouped\" WHERE",
     "LIMIT (count + offset per shard); router merges the shards' sorted groups",
     "in Postgres: ORDER BY/LIMIT, after the merge",
+    "conductor_decimal_sum(\"t_0000\".\"m\") FILTER (WHERE ",
+    "conductor_decimal_max(\"o_0000\".\"m\")",
 ];
 
 #[test]
@@ -830,8 +901,100 @@ fn pushdown_happens() {
     ] {
         assert_eq!(run(&mut db, sql), Err(code.to_string()), "{sql}");
     }
+    // numeric: the nodes' exact decimal aggregates, merged exactly.
+    let numeric =
+        "SELECT g, sum(m), avg(m), min(m), max(m) FILTER (WHERE id <= 2950) FROM t GROUP BY g";
+    assert_pushed(
+        &mut db,
+        numeric,
+        &[
+            "conductor_decimal_sum(\"t_0000\".\"m\"), count(\"t_0000\".\"m\")",
+            "conductor_decimal_min(\"t_0000\".\"m\")",
+            "conductor_decimal_max(\"t_0000\".\"m\") FILTER (WHERE \"t_0000\".\"id\" <= ?)",
+            "Pushed: sum(m), avg(m), min(m), max(m) FILTER (WHERE …)",
+        ],
+    );
+    let explained = run(
+        &mut db,
+        &format!("SELECT remote_sql FROM conductor_explain($${numeric}$$)"),
+    )
+    .unwrap();
+    let verbose = plan(&mut db, numeric).join("\n");
+    assert_eq!(explained.len(), 8, "{explained:?}");
+    for remote in &explained {
+        assert!(remote.contains("conductor_decimal_sum("), "{remote}");
+    }
+    let first = explained.iter().find(|r| r.contains("\"t_0000\"")).unwrap();
+    assert!(
+        verbose.contains(first.as_str()),
+        "{first} not in\n{verbose}"
+    );
+    assert_eq!(
+        run(
+            &mut db,
+            "SELECT count(*) FILTER (WHERE decimal_aggregates) FROM conductor.nodes"
+        )
+        .unwrap(),
+        vec!["3".to_string()]
+    );
+    // One node without them keeps the table's numeric aggregates local;
+    // update_node asks the node again.
+    exec(
+        &mut db,
+        "UPDATE conductor.node SET decimal_aggregates = false WHERE node_id = 'node-1'",
+    );
+    let text = plan(&mut db, numeric).join("\n");
+    assert!(
+        text.contains("Not pushed: aggregates: sum(numeric) needs conductor-node's decimal aggregates, which a node of the table lacks")
+            && !text.contains("conductor_decimal"),
+        "{text}"
+    );
+    assert_eq!(
+        run(&mut db, &format!("{numeric} ORDER BY 1")).unwrap(),
+        run(
+            &mut db,
+            &format!("{} ORDER BY 1", numeric.replace(" t ", " l_t "))
+        )
+        .unwrap()
+    );
+    exec(
+        &mut db,
+        "SELECT conductor.update_node('cluster', 'node-1', (SELECT url FROM conductor.nodes WHERE node_id = 'node-1'))",
+    );
+    assert!(plan(&mut db, numeric)
+        .join("\n")
+        .contains("conductor_decimal_sum("));
+    // The rows with infinities and NaN, alone and with finite values.
+    let mut specials = std::collections::BTreeSet::new();
+    for w in ["id > 2950", "id > 2950 AND id <= 2975", "id > 2900"] {
+        let sql = format!(
+            "SELECT g, sum(m), avg(m), min(m), max(m) FROM t WHERE {w} GROUP BY g ORDER BY 1"
+        );
+        let text = plan(&mut db, &sql).join("\n");
+        assert!(text.contains("conductor_decimal_min("), "{text}");
+        let sharded = run(&mut db, &sql).unwrap();
+        assert_eq!(
+            sharded,
+            run(&mut db, &sql.replace(" t ", " l_t ")).unwrap(),
+            "{sql}"
+        );
+        specials.extend(
+            sharded
+                .iter()
+                .flat_map(|r| r.split(" | ").map(str::to_string)),
+        );
+    }
+    for v in ["NaN", "Infinity", "-Infinity"] {
+        assert!(specials.contains(v), "no {v} in {specials:?}");
+    }
+    let sum = "SELECT sum(m) FILTER (WHERE id <= 2950), sum(n), avg(n) FROM t";
+    let sharded = run(&mut db, sum).unwrap();
+    assert_eq!(sharded, run(&mut db, &sum.replace(" t", " l_t")).unwrap());
+    assert!(
+        sharded[0].split(" | ").next().unwrap().len() > 30,
+        "{sharded:?}"
+    );
     // What stays local.
-    assert_local(&mut db, "SELECT sum(n) FROM t", "Aggregate");
     assert_local(
         &mut db,
         "SELECT count(*) FROM t WHERE id % 2 = 0",
@@ -854,12 +1017,8 @@ fn pushdown_happens() {
     // The base scan's EXPLAIN says what stays in Postgres and why.
     for (sql, why) in [
         (
-            "SELECT sum(n) FROM t",
-            "Not pushed: aggregates: sum(numeric) has no exact form on the nodes",
-        ),
-        (
-            "SELECT max(n) FROM t",
-            "Not pushed: aggregates: max(numeric) has no exact form on the nodes",
+            "SELECT sum(f4) FROM t",
+            "Not pushed: aggregates: sum(real) has no exact form on the nodes",
         ),
         (
             "SELECT count(*) FROM t WHERE id % 2 = 0",

@@ -2,8 +2,9 @@
 //! local table and over a distributed table on two sqld nodes agree —
 //! reads (100,000-row scans read row by row, pushdown), writes with
 //! RETURNING, COPY (and a COPY that fails), transactions, reads inside them
-//! and rollbacks, constraint violations, schema changes, long values — and
-//! a killed sqld is a clear error naming it (more faults in
+//! and rollbacks, constraint violations, schema changes, long values,
+//! numeric aggregates (local: sqld lacks conductor-node's decimal
+//! aggregates) — and a killed sqld is a clear error naming it (more faults in
 //! `sqld_faults.rs`).
 //!
 //! Runs when `SQLD` names a sqld binary (`make test` passes it when one is
@@ -190,6 +191,49 @@ fn sqld_nodes_answer_like_a_local_table() {
     )
     .unwrap();
     assert_eq!(explain, vec![vec![Some("1".to_string())]]);
+
+    // numeric aggregates: sqld has no exact decimal aggregates (the probe
+    // of add_node recorded that), so they run in Postgres over the rows.
+    let offers = rows(
+        &mut db,
+        "SELECT node_id, decimal_aggregates FROM conductor.nodes ORDER BY 1",
+    )
+    .unwrap();
+    assert!(
+        offers.iter().all(|r| r[1].as_deref() == Some("f")),
+        "{offers:?}"
+    );
+    exec(
+        &mut db,
+        "CREATE TABLE ln (id bigint PRIMARY KEY, g int, x numeric);
+         CREATE FOREIGN TABLE dn (id bigint NOT NULL, g int, x numeric) SERVER cluster;
+         SELECT conductor.create_distributed_table('dn', 'id', shard_count => 4);",
+    );
+    same(
+        &mut db,
+        "INSERT INTO {T}n SELECT i, i % 3, (i * 7919 % 1000 - 500) * 1000000000000.0001 + i / 8.0 FROM generate_series(1, 300) i",
+    );
+    same(
+        &mut db,
+        "INSERT INTO {T}n VALUES (1001, 0, 'NaN'), (1002, 1, 'Infinity'), (1003, 2, NULL)",
+    );
+    let grouped = "SELECT g, sum(x), avg(x), min(x), max(x) FROM {T}n GROUP BY g";
+    same(&mut db, grouped);
+    same(&mut db, "SELECT sum(x), min(x) FROM {T}n WHERE id <= 300");
+    let plan = rows(
+        &mut db,
+        &format!("EXPLAIN (VERBOSE) {}", grouped.replace("{T}", "d")),
+    )
+    .unwrap()
+    .into_iter()
+    .map(|r| r[0].clone().unwrap_or_default())
+    .collect::<Vec<_>>()
+    .join("\n");
+    assert!(
+        plan.contains("Not pushed: aggregates: sum(numeric) needs conductor-node's decimal aggregates, which a node of the table lacks")
+            && !plan.contains("conductor_decimal"),
+        "{plan}"
+    );
 
     // A killed sqld: a clear error naming it; back, everything works.
     cluster.stop_node(1);

@@ -1,0 +1,156 @@
+//! SQL functions conductor-node adds to SQLite: exact aggregates over
+//! numeric values stored as Postgres' numeric text (see
+//! `conductor_hrana::decimal`), so a router can push `sum`, `avg`, `min`
+//! and `max` of numeric to the node and merge the partials exactly.
+//! Each returns the text form of its result (NULL over no value; NULLs
+//! are skipped) and fails on a value that is not a decimal, never
+//! guessing one. A plain sqld lacks them; conductor probes a node for
+//! them when the node is added and pushes these aggregates only to nodes
+//! that answered.
+
+use conductor_hrana::decimal::{
+    Decimal, DecimalSum, MAX_FUNCTION as DECIMAL_MAX, MIN_FUNCTION as DECIMAL_MIN,
+    SUM_FUNCTION as DECIMAL_SUM,
+};
+use rusqlite::functions::{Aggregate, Context, FunctionFlags};
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, Error, Result};
+use std::cmp::Ordering;
+
+fn decimal_arg(ctx: &Context<'_>, function: &str) -> Result<Option<Decimal>> {
+    let parsed = match ctx.get_raw(0) {
+        ValueRef::Null => return Ok(None),
+        ValueRef::Text(t) => std::str::from_utf8(t).ok().and_then(Decimal::parse),
+        ValueRef::Integer(i) => Some(Decimal::from_i64(i)),
+        ValueRef::Real(_) | ValueRef::Blob(_) => None,
+    };
+    parsed
+        .map(Some)
+        .ok_or_else(|| Error::UserFunctionError(format!("{function}: not a decimal value").into()))
+}
+
+struct Sum;
+
+impl Aggregate<DecimalSum, Option<String>> for Sum {
+    fn init(&self, _: &mut Context<'_>) -> Result<DecimalSum> {
+        Ok(DecimalSum::default())
+    }
+
+    fn step(&self, ctx: &mut Context<'_>, acc: &mut DecimalSum) -> Result<()> {
+        if let Some(v) = decimal_arg(ctx, DECIMAL_SUM)? {
+            acc.add(&v);
+        }
+        Ok(())
+    }
+
+    fn finalize(&self, _: &mut Context<'_>, acc: Option<DecimalSum>) -> Result<Option<String>> {
+        Ok(acc.and_then(|a| a.value()).map(|v| v.to_string()))
+    }
+}
+
+/// min (keep = Less) or max (keep = Greater); of equal values the first
+/// is kept.
+struct Extreme {
+    keep: Ordering,
+    name: &'static str,
+}
+
+impl Aggregate<Option<Decimal>, Option<String>> for Extreme {
+    fn init(&self, _: &mut Context<'_>) -> Result<Option<Decimal>> {
+        Ok(None)
+    }
+
+    fn step(&self, ctx: &mut Context<'_>, acc: &mut Option<Decimal>) -> Result<()> {
+        if let Some(v) = decimal_arg(ctx, self.name)? {
+            if acc.as_ref().is_none_or(|a| v.cmp(a) == self.keep) {
+                *acc = Some(v);
+            }
+        }
+        Ok(())
+    }
+
+    fn finalize(
+        &self,
+        _: &mut Context<'_>,
+        acc: Option<Option<Decimal>>,
+    ) -> Result<Option<String>> {
+        Ok(acc.flatten().map(|v| v.to_string()))
+    }
+}
+
+pub fn register(conn: &Connection) -> Result<()> {
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_aggregate_function(DECIMAL_SUM, 1, flags, Sum)?;
+    conn.create_aggregate_function(
+        DECIMAL_MIN,
+        1,
+        flags,
+        Extreme {
+            keep: Ordering::Less,
+            name: DECIMAL_MIN,
+        },
+    )?;
+    conn.create_aggregate_function(
+        DECIMAL_MAX,
+        1,
+        flags,
+        Extreme {
+            keep: Ordering::Greater,
+            name: DECIMAL_MAX,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(conn: &Connection, sql: &str) -> Option<String> {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn decimal_aggregates_in_sql() {
+        let conn = Connection::open_in_memory().unwrap();
+        register(&conn).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (g INTEGER, x TEXT);
+             INSERT INTO t VALUES (1, '1.50'), (1, '-0.255'), (1, NULL),
+               (2, '123456789012345678901234567890.1'), (2, '0.000000000000000000009'),
+               (3, 'NaN'), (3, '-Infinity'), (3, '7'), (4, NULL);",
+        )
+        .unwrap();
+        let q = |f: &str, g: i64| one(&conn, &format!("SELECT {f}(x) FROM t WHERE g = {g}"));
+        assert_eq!(q(DECIMAL_SUM, 1).as_deref(), Some("1.245"));
+        assert_eq!(
+            q(DECIMAL_SUM, 2).as_deref(),
+            Some("123456789012345678901234567890.100000000000000000009")
+        );
+        assert_eq!(q(DECIMAL_SUM, 3).as_deref(), Some("NaN"));
+        assert_eq!(q(DECIMAL_SUM, 4), None);
+        assert_eq!(q(DECIMAL_SUM, 5), None);
+        assert_eq!(q(DECIMAL_MIN, 1).as_deref(), Some("-0.255"));
+        assert_eq!(q(DECIMAL_MAX, 1).as_deref(), Some("1.50"));
+        assert_eq!(q(DECIMAL_MIN, 3).as_deref(), Some("-Infinity"));
+        assert_eq!(q(DECIMAL_MAX, 3).as_deref(), Some("NaN"));
+        assert_eq!(q(DECIMAL_MAX, 4), None);
+        assert_eq!(
+            one(
+                &conn,
+                "SELECT conductor_decimal_sum(x) FILTER (WHERE g = 1) FROM t"
+            )
+            .as_deref(),
+            Some("1.245")
+        );
+        let err = conn
+            .query_row("SELECT conductor_decimal_sum('1e5')", [], |r| {
+                r.get::<_, Option<String>>(0)
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("not a decimal"), "{err}");
+        assert_eq!(
+            one(&conn, "SELECT conductor_decimal_sum(2)").as_deref(),
+            Some("2")
+        );
+    }
+}
