@@ -352,11 +352,12 @@ def why_notes(out, res, fails, meta, cpu, sto):
                 f"{fmt(c50, ' ms')} against the peer's {fmt(p50, ' ms')} (one HTTP request to one node against "
                 f"postgres_fdw's round trips for transaction, cursor, fetch and close), yet its TPS is only "
                 f"{ratio:.2f}× the peer's: with {meta['clients']} clients on {meta['nproc']} cores the run is "
-                "bound by CPU, so throughput follows what each lookup costs across the backend, its "
-                "`conductor-io` threads and the node, not latency. Conductor's p99 is higher "
-                f"({fmt(c99, ' ms')} against {fmt(p99, ' ms')}); whether those lookups wait for a CPU (each "
-                "backend adds two I/O threads) is not established by this run, which did not profile. Fewer "
-                "thread hops for single-shard lookups is the lead to follow.")
+                "bound by CPU, so throughput follows what each lookup costs across the backend and the node, "
+                "not latency (a one-shard lookup runs on the backend's own thread; where its CPU goes is "
+                "profiled in \"Where a point lookup's CPU goes\" above). "
+                + (f"Conductor's p99 is higher ({fmt(c99, ' ms')} against {fmt(p99, ' ms')})."
+                   if c99 > p99 else
+                   f"Its p99 is lower too ({fmt(c99, ' ms')} against {fmt(p99, ' ms')})."))
     def explain(fn):
         p = os.path.join(out, fn)
         return read_text(p) if os.path.exists(p) else ""
@@ -366,8 +367,8 @@ def why_notes(out, res, fails, meta, cpu, sto):
     w5c, w5p = res["W5-sum"]["conductor"], res["W5-sum"]["peer"]
     if c_agg and w5c and w5c.lat and w5p and w5p.lat and med(w5c.lat) > med(w5p.lat):
         notes.append(
-            "**W5 sum and GROUP BY.** `sum(amount)` is a sum of numeric, which conductor does not push (the nodes "
-            "have no exact decimal sum; EXPLAIN below: `Aggregate` above conductor's `Foreign Scan`"
+            "**W5 sum and GROUP BY.** `sum(amount)` is a sum of numeric, which conductor did not push in this "
+            "run (it needs conductor-node's exact decimal aggregates on every node of the table; EXPLAIN below: `Aggregate` above conductor's `Foreign Scan`"
             + (", and above the peer's `Append` of foreign scans" if p_agg else "")
             + "): every row's amount travels to the router and is summed there, so these two rows, like the W7 "
             "scan, measure how fast each system brings rows to the router. W5 count(*) is pushed: each shard "
