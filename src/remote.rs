@@ -13,8 +13,7 @@ use conductor_core::executor::{
 };
 use conductor_core::topology::ShardLocation;
 use conductor_hrana::{
-    Batch, BatchCond, BatchStep, PipelineReqBody, PipelineRespBody, Stmt, StmtResult,
-    StreamRequest, StreamResponse, StreamResult,
+    PipelineReqBody, PipelineRespBody, StmtResult, StreamRequest, StreamResponse, StreamResult,
 };
 use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
@@ -524,37 +523,4 @@ pub fn report_shard_error(err: &ShardError) -> ! {
     raise(sqlstate(err), format!("conductor: {what}"))
         .detail(err.to_string())
         .error()
-}
-
-/// Statements run on one node as one transaction: each only if the previous
-/// one succeeded, COMMIT at the end, ROLLBACK if anything failed, then the
-/// stream is closed.
-pub fn transaction(statements: Vec<Stmt>) -> PipelineReqBody {
-    let mut steps = vec![BatchStep {
-        stmt: Stmt::new("BEGIN", vec![]),
-        condition: None,
-    }];
-    for stmt in statements.into_iter().chain([Stmt::new("COMMIT", vec![])]) {
-        let prev = steps.len() as u32 - 1;
-        steps.push(BatchStep {
-            stmt,
-            condition: Some(BatchCond::Ok { step: prev }),
-        });
-    }
-    let commit = steps.len() as u32 - 1;
-    steps.push(BatchStep {
-        stmt: Stmt::new("ROLLBACK", vec![]),
-        condition: Some(BatchCond::Not {
-            cond: Box::new(BatchCond::Ok { step: commit }),
-        }),
-    });
-    PipelineReqBody {
-        baton: None,
-        requests: vec![
-            StreamRequest::Batch {
-                batch: Batch { steps },
-            },
-            StreamRequest::Close,
-        ],
-    }
 }

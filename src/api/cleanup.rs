@@ -6,7 +6,8 @@
 
 use crate::catalog::credentials::token_for;
 use crate::errors::raise;
-use crate::remote::{self, transaction, ShardRequest};
+use crate::remote::{self, ShardRequest};
+use conductor_core::client::one_request_transaction;
 use conductor_core::client::NodeEndpoint;
 use conductor_core::remote_sql::drop_table_sql;
 use conductor_hrana::Stmt;
@@ -110,7 +111,7 @@ fn cleanup() -> TableIterator<
                     None
                 },
             },
-            body: transaction(
+            body: one_request_transaction(
                 tables
                     .iter()
                     .map(|t| Stmt::new(drop_table_sql(t), vec![]))

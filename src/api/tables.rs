@@ -4,9 +4,10 @@ use super::check_conductor_server;
 use crate::catalog::{cache, credentials::token_for, relation_columns, relation_display_name};
 use crate::errors::raise;
 use crate::fdw::options::table_option;
-use crate::remote::{transaction, ShardRequest};
+use crate::remote::ShardRequest;
 use crate::xact;
 use crate::xact::streams::{self, NodeWork, ShardLabel};
+use conductor_core::client::one_request_transaction;
 use conductor_core::client::NodeEndpoint;
 use conductor_core::placement::{shard_for as place, KeyValue, HASH_VERSION};
 use conductor_core::remote_sql::{create_table_sql, drop_table_sql, shard_table_name};
@@ -411,7 +412,7 @@ fn forget_distributed_table(relid: pg_sys::Oid) {
         let request = ShardRequest {
             shard_id: None,
             endpoint,
-            body: transaction(
+            body: one_request_transaction(
                 tables
                     .iter()
                     .map(|t| Stmt::new(drop_table_sql(t), vec![]))

@@ -14,8 +14,9 @@
 
 use crate::catalog::TableTopology;
 use crate::errors::raise;
-use crate::remote::{self, transaction, ShardRequest};
+use crate::remote::{self, ShardRequest};
 use crate::xact::streams;
+use conductor_core::client::one_request_transaction;
 use conductor_core::client::NodeError;
 use conductor_core::plan::ShardPlan;
 use conductor_hrana::{
@@ -80,7 +81,7 @@ pub fn run_alone(topology: &TableTopology, plan: &ShardPlan) -> Option<Vec<(u32,
             ],
         }
     } else {
-        transaction(stmts)
+        one_request_transaction(stmts)
     };
     crate::stats::count_shard_requests(topology.relid, plan.shard_ids().into_iter());
     let request = ShardRequest {

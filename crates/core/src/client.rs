@@ -27,8 +27,8 @@
 
 use conductor_hrana::protobuf as pb;
 use conductor_hrana::{
-    CursorEntry, CursorReqBody, CursorRespBody, PipelineReqBody, PipelineRespBody, StreamRequest,
-    StreamResponse, StreamResult,
+    Batch, BatchCond, BatchStep, CursorEntry, CursorReqBody, CursorRespBody, PipelineReqBody,
+    PipelineRespBody, Stmt, StreamRequest, StreamResponse, StreamResult,
 };
 use prost::Message as _;
 use std::collections::HashMap;
@@ -698,6 +698,39 @@ impl HranaClient {
             req = req.bearer_auth(t);
         }
         req
+    }
+}
+
+/// Statements run on one node as one transaction: each only if the previous
+/// one succeeded, COMMIT at the end, ROLLBACK if anything failed, then the
+/// stream is closed.
+pub fn one_request_transaction(statements: Vec<Stmt>) -> PipelineReqBody {
+    let mut steps = vec![BatchStep {
+        stmt: Stmt::new("BEGIN", vec![]),
+        condition: None,
+    }];
+    for stmt in statements.into_iter().chain([Stmt::new("COMMIT", vec![])]) {
+        let prev = steps.len() as u32 - 1;
+        steps.push(BatchStep {
+            stmt,
+            condition: Some(BatchCond::Ok { step: prev }),
+        });
+    }
+    let commit = steps.len() as u32 - 1;
+    steps.push(BatchStep {
+        stmt: Stmt::new("ROLLBACK", vec![]),
+        condition: Some(BatchCond::Not {
+            cond: Box::new(BatchCond::Ok { step: commit }),
+        }),
+    });
+    PipelineReqBody {
+        baton: None,
+        requests: vec![
+            StreamRequest::Batch {
+                batch: Batch { steps },
+            },
+            StreamRequest::Close,
+        ],
     }
 }
 

@@ -21,7 +21,8 @@ mod support;
 
 use base64::Engine as _;
 use conductor_core::client::{
-    first_error, ClientConfig, HranaClient, NodeEndpoint, NodeError, WireEncoding,
+    first_error, one_request_transaction, ClientConfig, HranaClient, NodeEndpoint, NodeError,
+    WireEncoding,
 };
 use conductor_core::executor::{Executor, ExecutorConfig, ScanOptions, ScanPoll, ShardQuery};
 use conductor_hrana::protobuf as pb;
@@ -428,39 +429,6 @@ fn exec_then_close(baton: Option<String>, stmt: Stmt) -> PipelineReqBody {
     PipelineReqBody {
         baton,
         requests: vec![StreamRequest::Execute { stmt }, StreamRequest::Close],
-    }
-}
-
-/// A self-contained transaction in one request (the extension's write to a
-/// single node): BEGIN, each statement if the previous succeeded, COMMIT,
-/// and ROLLBACK unless the COMMIT succeeded; then close.
-fn one_request_transaction(statements: Vec<Stmt>) -> PipelineReqBody {
-    let mut steps = vec![BatchStep {
-        stmt: Stmt::new("BEGIN", vec![]),
-        condition: None,
-    }];
-    for stmt in statements.into_iter().chain([Stmt::new("COMMIT", vec![])]) {
-        let prev = steps.len() as u32 - 1;
-        steps.push(BatchStep {
-            stmt,
-            condition: Some(BatchCond::Ok { step: prev }),
-        });
-    }
-    let commit = steps.len() as u32 - 1;
-    steps.push(BatchStep {
-        stmt: Stmt::new("ROLLBACK", vec![]),
-        condition: Some(BatchCond::Not {
-            cond: Box::new(BatchCond::Ok { step: commit }),
-        }),
-    });
-    PipelineReqBody {
-        baton: None,
-        requests: vec![
-            StreamRequest::Batch {
-                batch: Batch { steps },
-            },
-            StreamRequest::Close,
-        ],
     }
 }
 
