@@ -448,73 +448,37 @@ pub fn report_shard_error(err: &ShardError) -> ! {
                 .sqlite_code()
                 .is_some_and(|c| c.starts_with("SQLITE_BUSY_SNAPSHOT")) =>
         {
-            let shard = err
-                .shard_id
-                .map(|s| format!(" (shard {s})"))
-                .unwrap_or_default();
-            raise(
+            refusal(
+                err,
                 PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
-                format!(
-                    "conductor: could not serialize access: node {}{shard} was changed by another transaction since this transaction read it",
-                    err.node_id
-                ),
+                "could not serialize access: node {node} was changed by another transaction since this transaction read it",
+                "Retry the transaction.",
             )
-            .detail(err.to_string())
-            .hint("Retry the transaction.")
-            .error();
         }
         NodeError::Sql { .. }
             if err.sqlite_code().is_some_and(|c| {
                 c.starts_with("SQLITE_BUSY") || c.starts_with("SQLITE_LOCKED")
             }) =>
         {
-            let shard = err
-                .shard_id
-                .map(|s| format!(" (shard {s})"))
-                .unwrap_or_default();
-            raise(
+            refusal(
+                err,
                 PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
-                format!(
-                    "conductor: node {}{shard} is busy: another transaction holds its write lock",
-                    err.node_id
-                ),
+                "node {node} is busy: another transaction holds its write lock",
+                "Retry the transaction. pg_stat_activity shows the sessions whose transactions are open (state 'idle in transaction'); a transaction that wrote to a node keeps its write lock until it ends.",
             )
-            .detail(err.to_string())
-            .hint("Retry the transaction. pg_stat_activity shows the sessions whose transactions are open (state 'idle in transaction'); a transaction that wrote to a node keeps its write lock until it ends.")
-            .error();
         }
-        NodeError::Sql { .. } if err.sqlite_code() == Some(TRANSACTION_TIMEOUT) => {
-            let shard = err
-                .shard_id
-                .map(|s| format!(" (shard {s})"))
-                .unwrap_or_default();
-            raise(
-                PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
-                format!(
-                    "conductor: node {}{shard} rolled this transaction back: it held the node's write lock while another transaction waited for it",
-                    err.node_id
-                ),
-            )
-            .detail(err.to_string())
-            .hint(LOCK_TIMEOUT_HINT)
-            .error();
-        }
-        NodeError::Sql { .. } if too_big(err) => {
-            let shard = err
-                .shard_id
-                .map(|s| format!(" (shard {s})"))
-                .unwrap_or_default();
-            raise(
-                sqlstate(err),
-                format!(
-                    "conductor: node {}{shard} refused a value: string or blob too big",
-                    err.node_id
-                ),
-            )
-            .detail(err.to_string())
-            .hint("The node's SQLite stores no value or row this long; a libSQL server (sqld 0.24.33) refuses values and rows of more than 5,000,000 bytes.")
-            .error();
-        }
+        NodeError::Sql { .. } if err.sqlite_code() == Some(TRANSACTION_TIMEOUT) => refusal(
+            err,
+            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            "node {node} rolled this transaction back: it held the node's write lock while another transaction waited for it",
+            LOCK_TIMEOUT_HINT,
+        ),
+        NodeError::Sql { .. } if too_big(err) => refusal(
+            err,
+            sqlstate(err),
+            "node {node} refused a value: string or blob too big",
+            "The node's SQLite stores no value or row this long; a libSQL server (sqld 0.24.33) refuses values and rows of more than 5,000,000 bytes.",
+        ),
         NodeError::Sql { message, .. } => message.clone(),
         NodeError::Connect { .. } => format!("could not connect to node {}", err.node_id),
         NodeError::Timeout { .. } => format!("node {} did not answer in time", err.node_id),
@@ -523,4 +487,22 @@ pub fn report_shard_error(err: &ShardError) -> ! {
     raise(sqlstate(err), format!("conductor: {what}"))
         .detail(err.to_string())
         .error()
+}
+
+/// An ERROR for a node's refusal that the user can act on: `message` with
+/// `{node}` standing for "<node> (shard N)", the node's own words as
+/// DETAIL, and what to do as HINT.
+fn refusal(err: &ShardError, code: PgSqlErrorCode, message: &str, hint: &str) -> ! {
+    let shard = err
+        .shard_id
+        .map(|s| format!(" (shard {s})"))
+        .unwrap_or_default();
+    let node = format!("{}{shard}", err.node_id);
+    raise(
+        code,
+        format!("conductor: {}", message.replace("{node}", &node)),
+    )
+    .detail(err.to_string())
+    .hint(hint)
+    .error()
 }
