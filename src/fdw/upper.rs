@@ -743,19 +743,7 @@ unsafe fn sort_keys(
                 }
             }
             let (column, ty, expr) = found?;
-            // The key's ordering must be the type's default btree order.
-            let opclass = pg_sys::GetDefaultOpClass(pg_sys::exprType(expr), pg_sys::BTREE_AM_OID);
-            if opclass == pg_sys::Oid::INVALID
-                || pg_sys::get_opclass_family(opclass) != (*pk).pk_opfamily
-                || !pushdown::sort_pushable(ty, collation_class((*ec).ec_collation))
-            {
-                return None;
-            }
-            let descending = match (*pk).pk_strategy as u32 {
-                pg_sys::BTLessStrategyNumber => false,
-                pg_sys::BTGreaterStrategyNumber => true,
-                _ => return None,
-            };
+            let descending = sort_direction(pk, expr, ty)?;
             keys.push((
                 SortKey {
                     column,
@@ -1167,18 +1155,7 @@ unsafe fn grouped_sort_keys(
                 }
             }
             let (position, ty, expr) = found?;
-            let opclass = pg_sys::GetDefaultOpClass(pg_sys::exprType(expr), pg_sys::BTREE_AM_OID);
-            if opclass == pg_sys::Oid::INVALID
-                || pg_sys::get_opclass_family(opclass) != (*pk).pk_opfamily
-                || !pushdown::sort_pushable(ty, collation_class((*ec).ec_collation))
-            {
-                return None;
-            }
-            let descending = match (*pk).pk_strategy as u32 {
-                pg_sys::BTLessStrategyNumber => false,
-                pg_sys::BTGreaterStrategyNumber => true,
-                _ => return None,
-            };
+            let descending = sort_direction(pk, expr, ty)?;
             let nulls_first = (*pk).pk_nulls_first;
             keys.push((
                 SortKey {
@@ -1963,6 +1940,36 @@ pub unsafe fn explain_foreign_scan(
                     es,
                 );
             }
+        }
+    }
+}
+
+/// Whether the nodes can sort `expr` (of conductor type `ty`) as the
+/// pathkey asks, and then whether descending: the ordering must be the
+/// type's default btree order, the rulebook must push a sort of it under
+/// the pathkey's collation, and the strategy plain < or >.
+///
+/// # Safety
+/// `pk` is a valid PathKey of the planner and `expr` a valid expression.
+unsafe fn sort_direction(
+    pk: *mut pg_sys::PathKey,
+    expr: *mut pg_sys::Node,
+    ty: ColumnType,
+) -> Option<bool> {
+    // SAFETY: per the contract; pk_eclass of a PathKey is never null.
+    unsafe {
+        let ec = (*pk).pk_eclass;
+        let opclass = pg_sys::GetDefaultOpClass(pg_sys::exprType(expr), pg_sys::BTREE_AM_OID);
+        if opclass == pg_sys::Oid::INVALID
+            || pg_sys::get_opclass_family(opclass) != (*pk).pk_opfamily
+            || !pushdown::sort_pushable(ty, collation_class((*ec).ec_collation))
+        {
+            return None;
+        }
+        match (*pk).pk_strategy as u32 {
+            pg_sys::BTLessStrategyNumber => Some(false),
+            pg_sys::BTGreaterStrategyNumber => Some(true),
+            _ => None,
         }
     }
 }
