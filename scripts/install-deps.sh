@@ -2,7 +2,7 @@
 # Installs what building and testing conductor needs, and only what is
 # missing, so a second run takes seconds:
 #   - Debian packages: PostgreSQL 15 server + headers, clang/libclang (pgrx's
-#     bindgen), a C toolchain.
+#     bindgen), a C toolchain, wrk, and Node.js with npm unless present.
 #   - cargo-pgrx 0.18.1 (must match the pgrx version in Cargo.toml).
 #   - `cargo pgrx init` pointed at Debian's Postgres 15 (no download).
 # The Rust toolchain itself is expected to be there (rustup).
@@ -32,6 +32,13 @@ for p in "${PACKAGES[@]}"; do
         missing+=("$p")
     fi
 done
+# Node.js and npm run the official @libsql/client test against
+# conductor-node (crates/node/tests/official_client.rs). Any install that
+# provides both commands will do (Debian's, or NodeSource's whose nodejs
+# bundles npm); Debian's packages only when one is missing.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    missing+=(nodejs npm)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     log "apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
