@@ -12,6 +12,7 @@ use conductor_core::executor::{
     Executor, ExecutorConfig, ScanHandle, ScanOptions, ShardError, ShardStats,
 };
 use conductor_core::topology::ShardLocation;
+use conductor_hrana::decimal;
 use conductor_hrana::{
     PipelineReqBody, PipelineRespBody, StmtResult, StreamRequest, StreamResponse, StreamResult,
 };
@@ -478,6 +479,20 @@ pub fn report_shard_error(err: &ShardError) -> ! {
             sqlstate(err),
             "node {node} refused a value: string or blob too big",
             "The node's SQLite stores no value or row this long; a libSQL server (sqld 0.24.33) refuses values and rows of more than 5,000,000 bytes.",
+        ),
+        // What an UPDATE computed on the node (`SetExpr`) refused as
+        // Postgres would have.
+        NodeError::Sql { message, .. } if message.contains("integer overflow") => refusal(
+            err,
+            PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+            "integer out of range: a new value computed on node {node} does not fit its column's type",
+            "Nothing was changed by this statement.",
+        ),
+        NodeError::Sql { message, .. } if message.contains(decimal::FIELD_OVERFLOW) => refusal(
+            err,
+            PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+            "numeric field overflow: a new value computed on node {node} does not fit its column's precision",
+            "Nothing was changed by this statement.",
         ),
         NodeError::Sql { message, .. } => message.clone(),
         NodeError::Connect { .. } => format!("could not connect to node {}", err.node_id),

@@ -12,6 +12,7 @@
 //! listed and the reason says so.
 
 use crate::catalog::{cache, TableTopology};
+use crate::convert::ColumnCodec;
 use crate::errors::raise;
 use crate::fdw::direct::DirectPlan;
 use crate::fdw::lower::ParamSpec;
@@ -234,8 +235,8 @@ impl Walker<'_> {
                     let n_where = direct.params.len();
                     let set_specs = direct.statement(&topology, Vec::new()).clone();
                     let values = match &set_specs {
-                        StatementKind::Update { set, .. } => {
-                            evaluate_row(exprs, n_where, set, &topology)
+                        StatementKind::Update { .. } => {
+                            evaluate_row(exprs, n_where, &direct.operand_codecs(&topology))
                         }
                         _ => Some(Vec::new()),
                     };
@@ -417,13 +418,12 @@ unsafe fn evaluate(
     }
 }
 
-/// Evaluate `exprs[skip..]` as the new values of columns `set` (encoded as
-/// the node stores them); None when one needs the running statement.
+/// Evaluate `exprs[skip..]` as the operands of an UPDATE's SET (encoded by
+/// `codecs`); None when one needs the running statement.
 unsafe fn evaluate_row(
     exprs: *mut pg_sys::List,
     skip: usize,
-    set: &[usize],
-    topology: &TableTopology,
+    codecs: &[ColumnCodec],
 ) -> Option<Vec<Value>> {
     // SAFETY: as in evaluate().
     unsafe {
@@ -431,14 +431,13 @@ unsafe fn evaluate_row(
             .iter_ptr()
             .skip(skip)
             .collect();
-        evaluate_values(&values, set, topology)
+        evaluate_values(&values, codecs)
     }
 }
 
 unsafe fn evaluate_values(
     exprs: &[*mut pg_sys::Node],
-    columns: &[usize],
-    topology: &TableTopology,
+    codecs: &[ColumnCodec],
 ) -> Option<Vec<Value>> {
     // SAFETY: planner expressions of the planned statement.
     unsafe {
@@ -446,9 +445,9 @@ unsafe fn evaluate_values(
             return None;
         }
         let mut out = Vec::with_capacity(exprs.len());
-        for (&expr, &column) in exprs.iter().zip(columns) {
+        for (&expr, codec) in exprs.iter().zip(codecs) {
             out.push(
-                crate::convert::evaluate_standalone(expr, &topology.codec(column))
+                crate::convert::evaluate_standalone(expr, codec)
                     .unwrap_or_else(|e| refuse(format!("conductor cannot store this value: {e}"))),
             );
         }
@@ -477,6 +476,7 @@ unsafe fn insert_rows(
         if columns.len() != topology.columns.len() {
             return None;
         }
+        let codecs: Vec<ColumnCodec> = columns.iter().map(|&c| topology.codec(c)).collect();
         let reorder = |values: Vec<Value>| {
             let mut row = vec![Value::Null; topology.columns.len()];
             for (v, &c) in values.into_iter().zip(&columns) {
@@ -489,7 +489,7 @@ unsafe fn insert_rows(
                 .iter()
                 .map(|&t| (*t).expr as *mut pg_sys::Node)
                 .collect();
-            return evaluate_values(&exprs, &columns, topology).map(|v| vec![reorder(v)]);
+            return evaluate_values(&exprs, &codecs).map(|v| vec![reorder(v)]);
         }
         if is(node, pg_sys::NodeTag::T_ValuesScan) {
             let scan = subplan as *mut pg_sys::ValuesScan;
@@ -511,7 +511,7 @@ unsafe fn insert_rows(
                         },
                     );
                 }
-                rows.push(reorder(evaluate_values(&exprs, &columns, topology)?));
+                rows.push(reorder(evaluate_values(&exprs, &codecs)?));
             }
             return Some(rows);
         }

@@ -65,10 +65,11 @@ fn require_reachable(server_id: pg_sys::Oid, node_id: &str, url: &str) {
     }
 }
 
-/// Whether the node runs conductor-node's exact decimal aggregates, asked
-/// once here so that planning never calls a node: a node without them (a
-/// plain sqld answers "no such function") or any failure of the probe
-/// means no, which only keeps numeric aggregates local.
+/// Whether the node runs conductor-node's exact decimal aggregates and
+/// arithmetic, asked once here so that planning never calls a node: a
+/// node without them (a plain sqld answers "no such function") or any
+/// failure of the probe means no, which only keeps numeric aggregates and
+/// numeric `SET n = n + x` in Postgres.
 fn offers_decimal_aggregates(server_id: pg_sys::Oid, node_id: &str, url: &str) -> bool {
     use conductor_core::executor::ShardRequest;
     use conductor_hrana::{
@@ -80,10 +81,13 @@ fn offers_decimal_aggregates(server_id: pg_sys::Oid, node_id: &str, url: &str) -
         token: token_for(server_id),
     };
     let sql = format!(
-        "SELECT {}(x), {}(x), {}(x) FROM (SELECT ? AS x UNION ALL SELECT ?)",
+        "SELECT {}(x), {}(x), {}(x), {}(min(x), max(x), 4, 2), {}(min(x), max(x), NULL, NULL) \
+         FROM (SELECT ? AS x UNION ALL SELECT ?)",
         decimal::SUM_FUNCTION,
         decimal::MIN_FUNCTION,
-        decimal::MAX_FUNCTION
+        decimal::MAX_FUNCTION,
+        decimal::ADD_FUNCTION,
+        decimal::SUB_FUNCTION,
     );
     let request = ShardRequest {
         shard_id: None,
@@ -104,7 +108,8 @@ fn offers_decimal_aggregates(server_id: pg_sys::Oid, node_id: &str, url: &str) -
     let Some(Ok(body)) = remote::execute(vec![request]).pop() else {
         return false;
     };
-    let want = ["0.5", "-1.5", "2"].map(|t| Value::Text(t.to_string()));
+    // min/max of the texts are SQLite's text order: "-1.5", "2".
+    let want = ["0.5", "-1.5", "2", "0.50", "-3.5"].map(|t| Value::Text(t.to_string()));
     matches!(
         body.results.first(),
         Some(StreamResult::Ok { response: StreamResponse::Execute { result } })

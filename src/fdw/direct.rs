@@ -1,8 +1,10 @@
 //! Direct modify: an UPDATE or DELETE whose WHERE clause went to the nodes
-//! whole, and whose new values do not depend on the row, runs as one
+//! whole, and whose new values either do not depend on the row or are one
+//! of the shapes the node computes exactly (`SET n = n + 1` over integers
+//! or numeric, `SET s = s || 'x'` over text: `SetExpr`), runs as one
 //! statement per target shard (routed like a scan) without fetching rows.
-//! Anything else (a local filter, `SET x = x + 1`, RETURNING, row triggers)
-//! takes the row-by-row path in `modify.rs`.
+//! Anything else (a local filter, other expressions of the row, RETURNING,
+//! row triggers) takes the row-by-row path in `modify.rs`.
 
 use crate::catalog::{cache, TableTopology};
 use crate::convert::ColumnCodec;
@@ -12,8 +14,9 @@ use crate::fdw::scan::{
     bound_plan, eval_bindings, explain_plan, explain_text, init_params, ScanPlan,
 };
 use crate::xact::{autocommit, streams};
-use conductor_core::plan::{ShardPlan, StatementKind};
+use conductor_core::plan::{ArithOp, SetExpr, ShardPlan, StatementKind};
 use conductor_core::predicate::Pred;
+use conductor_core::types::ColumnType;
 use conductor_hrana::Value;
 use pgrx::prelude::*;
 use pgrx::{PgList, PgMemoryContexts, PgSqlErrorCode};
@@ -26,9 +29,11 @@ pub struct DirectPlan {
     pub pushed: Vec<Pred>,
     /// The WHERE clause's runtime parameters: the first fdw_exprs.
     pub params: Vec<ParamSpec>,
-    /// UPDATE: the columns assigned; their new values are the remaining
+    /// UPDATE: the columns assigned and how each new value is computed on
+    /// the node from its operand; the operands are the remaining
     /// fdw_exprs, in this order.
     pub set: Vec<i16>,
+    pub exprs: Vec<SetExpr>,
 }
 
 impl DirectPlan {
@@ -46,7 +51,42 @@ impl DirectPlan {
                     .unwrap_or_else(|| error!("conductor: column {a} is not in the topology"))
             })
             .collect();
-        StatementKind::Update { set, values }
+        StatementKind::Update {
+            set,
+            exprs: self.exprs.clone(),
+            values,
+        }
+    }
+
+    /// The converters of the SET operands: a plain value as its column
+    /// stores it; an operand of arithmetic as a bigint (the planner casts
+    /// it), of concatenation as text, of decimal arithmetic as numeric.
+    ///
+    /// # Safety
+    /// As [`ColumnCodec::new`].
+    pub unsafe fn operand_codecs(&self, topology: &TableTopology) -> Vec<ColumnCodec> {
+        let Some(set) = self.update.then_some(&self.set) else {
+            return Vec::new();
+        };
+        set.iter()
+            .enumerate()
+            .map(|(i, &attnum)| {
+                let (ty, oid) = match self.exprs.get(i).copied().unwrap_or(SetExpr::Value) {
+                    SetExpr::Value => {
+                        let column = topology.column_index(attnum).unwrap_or_else(|| {
+                            error!("conductor: column {attnum} is not in the topology")
+                        });
+                        // SAFETY: per the contract.
+                        return unsafe { topology.codec(column) };
+                    }
+                    SetExpr::Integer { .. } => (ColumnType::Int8, pg_sys::INT8OID),
+                    SetExpr::Concat { .. } => (ColumnType::Text, pg_sys::TEXTOID),
+                    SetExpr::Decimal { .. } => (ColumnType::Numeric, pg_sys::NUMERICOID),
+                };
+                // SAFETY: per the contract.
+                unsafe { ColumnCodec::new("operand", ty, oid, -1) }
+            })
+            .collect()
     }
 }
 
@@ -69,6 +109,239 @@ unsafe fn row_independent(expr: *mut pg_sys::Node, result_relation: i32) -> bool
                 is(v, pg_sys::NodeTag::T_Var) && (*(v as *mut pg_sys::Var)).varno != result_relation
             })
     }
+}
+
+/// `expr` without binary-compatible relabelling (varchar read as text).
+unsafe fn unlabelled(mut expr: *mut pg_sys::Node) -> *mut pg_sys::Node {
+    // SAFETY: planner expression trees.
+    unsafe {
+        while is(expr, pg_sys::NodeTag::T_RelabelType) {
+            expr = (*(expr as *mut pg_sys::RelabelType)).arg as *mut pg_sys::Node;
+        }
+        expr
+    }
+}
+
+/// The single argument of an implicit cast by `funcs`, else None.
+unsafe fn implicit_cast_arg(expr: *mut pg_sys::Node, funcs: &[u32]) -> Option<*mut pg_sys::Node> {
+    // SAFETY: planner expression trees.
+    unsafe {
+        if !is(expr, pg_sys::NodeTag::T_FuncExpr) {
+            return None;
+        }
+        let f = expr as *mut pg_sys::FuncExpr;
+        let args = PgList::<pg_sys::Node>::from_pg((*f).args);
+        ((*f).funcformat == pg_sys::CoercionForm::COERCE_IMPLICIT_CAST
+            && funcs.contains(&(*f).funcid.to_u32()))
+        .then(|| args.get_ptr(0))
+        .flatten()
+    }
+}
+
+/// Casts between smallint, integer and bigint around a computed value
+/// assigned to a column of another width (whose range then also holds).
+const INTEGER_CASTS: [u32; 6] = [
+    pg_sys::F_INT4_INT2,
+    pg_sys::F_INT8_INT2,
+    pg_sys::F_INT8_INT4,
+    pg_sys::F_INT2_INT4,
+    pg_sys::F_INT2_INT8,
+    pg_sys::F_INT4_INT8,
+];
+/// The widening ones, which never fail: around a column inside the value.
+const INTEGER_WIDENING: [u32; 3] = [
+    pg_sys::F_INT4_INT2,
+    pg_sys::F_INT8_INT2,
+    pg_sys::F_INT8_INT4,
+];
+const INTEGER_ADD: [u32; 9] = [
+    pg_sys::F_INT2PL,
+    pg_sys::F_INT4PL,
+    pg_sys::F_INT8PL,
+    pg_sys::F_INT24PL,
+    pg_sys::F_INT42PL,
+    pg_sys::F_INT48PL,
+    pg_sys::F_INT84PL,
+    pg_sys::F_INT28PL,
+    pg_sys::F_INT82PL,
+];
+const INTEGER_SUBTRACT: [u32; 9] = [
+    pg_sys::F_INT2MI,
+    pg_sys::F_INT4MI,
+    pg_sys::F_INT8MI,
+    pg_sys::F_INT24MI,
+    pg_sys::F_INT42MI,
+    pg_sys::F_INT48MI,
+    pg_sys::F_INT84MI,
+    pg_sys::F_INT28MI,
+    pg_sys::F_INT82MI,
+];
+
+fn integer_range(ty: ColumnType) -> Option<(i64, i64)> {
+    match ty {
+        ColumnType::Int2 => Some((i16::MIN.into(), i16::MAX.into())),
+        ColumnType::Int4 => Some((i32::MIN.into(), i32::MAX.into())),
+        ColumnType::Int8 => Some((i64::MIN, i64::MAX)),
+        _ => None,
+    }
+}
+
+fn integer_type_of(oid: pg_sys::Oid) -> Option<ColumnType> {
+    match oid {
+        pg_sys::INT2OID => Some(ColumnType::Int2),
+        pg_sys::INT4OID => Some(ColumnType::Int4),
+        pg_sys::INT8OID => Some(ColumnType::Int8),
+        _ => None,
+    }
+}
+
+/// A new value of column `target` that depends on the row but is one of
+/// the shapes the node computes exactly (`SetExpr`): the shape and the
+/// operand Postgres evaluates once (cast to the operand type the shape's
+/// codec expects). None for anything else.
+unsafe fn row_dependent(
+    expr: *mut pg_sys::Node,
+    result_relation: i32,
+    target: usize,
+    topology: &TableTopology,
+) -> Option<(SetExpr, *mut pg_sys::Node)> {
+    // SAFETY: planner expression trees; new nodes are built in the
+    // planner's memory context.
+    unsafe {
+        let target_ty = topology.columns[target].ty;
+        let target_typmod = topology.pg_types[target].typmod;
+        // The assignment cast Postgres added around the expression.
+        let mut typmod = None;
+        let body = match target_ty {
+            ColumnType::Int2 | ColumnType::Int4 | ColumnType::Int8 => {
+                implicit_cast_arg(expr, &INTEGER_CASTS).unwrap_or(expr)
+            }
+            ColumnType::Numeric if topology.decimal_aggregates => {
+                if target_typmod == -1 {
+                    expr
+                } else {
+                    let (precision, scale) = numeric_typmod(target_typmod)?;
+                    typmod = Some((precision, scale));
+                    if !is(expr, pg_sys::NodeTag::T_FuncExpr)
+                        || (*(expr as *mut pg_sys::FuncExpr)).funcid.to_u32()
+                            != pg_sys::F_NUMERIC_NUMERIC_INT4
+                    {
+                        return None;
+                    }
+                    PgList::<pg_sys::Node>::from_pg((*(expr as *mut pg_sys::FuncExpr)).args)
+                        .get_ptr(0)?
+                }
+            }
+            ColumnType::Text => unlabelled(expr),
+            ColumnType::Varchar if target_typmod == -1 => unlabelled(expr),
+            _ => return None,
+        };
+        if !is(body, pg_sys::NodeTag::T_OpExpr) {
+            return None;
+        }
+        let opexpr = body as *mut pg_sys::OpExpr;
+        pg_sys::set_opfuncid(opexpr);
+        let func = (*opexpr).opfuncid.to_u32();
+        let result_type = (*opexpr).opresulttype;
+        let args = PgList::<pg_sys::Node>::from_pg((*opexpr).args);
+        let (Some(left), Some(right)) = (args.get_ptr(0), args.get_ptr(1)) else {
+            return None;
+        };
+        // Which side is a column of the row being changed, and which.
+        let column_of = |e: *mut pg_sys::Node| -> Option<usize> {
+            let e = unlabelled(implicit_cast_arg(e, &INTEGER_WIDENING).unwrap_or(e));
+            if !is(e, pg_sys::NodeTag::T_Var) {
+                return None;
+            }
+            let v = e as *mut pg_sys::Var;
+            ((*v).varno == result_relation && (*v).varlevelsup == 0)
+                .then(|| topology.column_index((*v).varattno))
+                .flatten()
+        };
+        let (column, operand, column_first) = match (column_of(left), column_of(right)) {
+            (Some(c), None) if row_independent(right, result_relation) => (c, right, true),
+            (None, Some(c)) if row_independent(left, result_relation) => (c, left, false),
+            _ => return None,
+        };
+        let source_ty = topology.columns[column].ty;
+        let arith = |func: u32, add: &[u32], subtract: &[u32]| {
+            if add.contains(&func) {
+                Some(ArithOp::Add)
+            } else if subtract.contains(&func) {
+                Some(ArithOp::Subtract)
+            } else {
+                None
+            }
+        };
+        let shape = match target_ty {
+            ColumnType::Int2 | ColumnType::Int4 | ColumnType::Int8 => {
+                let op = arith(func, &INTEGER_ADD, &INTEGER_SUBTRACT)?;
+                integer_range(source_ty)?;
+                // Postgres computes in the operator's result type, then
+                // assigns to the column: the narrower range holds.
+                let (tmin, tmax) = integer_range(target_ty)?;
+                let (rmin, rmax) = integer_range(integer_type_of(result_type)?)?;
+                SetExpr::Integer {
+                    column,
+                    op,
+                    column_first,
+                    min: tmin.max(rmin),
+                    max: tmax.min(rmax),
+                }
+            }
+            ColumnType::Numeric => {
+                if source_ty != ColumnType::Numeric {
+                    return None;
+                }
+                SetExpr::Decimal {
+                    column,
+                    op: arith(func, &[pg_sys::F_NUMERIC_ADD], &[pg_sys::F_NUMERIC_SUB])?,
+                    column_first,
+                    typmod,
+                }
+            }
+            _ => {
+                if func != pg_sys::F_TEXTCAT
+                    || !matches!(source_ty, ColumnType::Text | ColumnType::Varchar)
+                {
+                    return None;
+                }
+                SetExpr::Concat {
+                    column,
+                    column_first,
+                }
+            }
+        };
+        let operand = match shape {
+            SetExpr::Integer { .. } if pg_sys::exprType(operand) != pg_sys::INT8OID => {
+                pg_sys::coerce_to_target_type(
+                    std::ptr::null_mut(),
+                    operand,
+                    pg_sys::exprType(operand),
+                    pg_sys::INT8OID,
+                    -1,
+                    pg_sys::CoercionContext::COERCION_IMPLICIT,
+                    pg_sys::CoercionForm::COERCE_IMPLICIT_CAST,
+                    -1,
+                )
+            }
+            _ => operand,
+        };
+        (!operand.is_null()).then_some((shape, operand))
+    }
+}
+
+/// `numeric(precision, scale)` of a numeric type modifier, when the scale
+/// is within 0..=precision (Postgres 15 also allows negative scales and
+/// scales above the precision; those stay on the row-by-row path).
+fn numeric_typmod(typmod: i32) -> Option<(u32, u32)> {
+    let t = typmod.checked_sub(pg_sys::VARHDRSZ as i32)?;
+    if t < 0 {
+        return None;
+    }
+    let precision = (t >> 16) & 0xffff;
+    let scale = ((t & 0x7ff) ^ 1024) - 1024;
+    (0 <= scale && scale <= precision).then_some((precision as u32, scale as u32))
 }
 
 #[pg_guard]
@@ -106,6 +379,7 @@ pub unsafe extern "C-unwind" fn plan_direct_modify(
         let scan: ScanPlan = super::private_to((*fscan).fdw_private);
         let mut exprs = (*fscan).fdw_exprs;
         let mut set = Vec::new();
+        let mut set_exprs = Vec::new();
         if update {
             let mut tlist: *mut pg_sys::List = std::ptr::null_mut();
             let mut attrs: *mut pg_sys::List = std::ptr::null_mut();
@@ -119,11 +393,20 @@ pub unsafe extern "C-unwind" fn plan_direct_modify(
                 .zip(attnums)
             {
                 let expr = (*tle).expr as *mut pg_sys::Node;
-                if !row_independent(expr, result_relation as i32) {
-                    return false;
-                }
-                exprs = pg_sys::lappend(exprs, expr.cast());
+                let (shape, operand) = if row_independent(expr, result_relation as i32) {
+                    (SetExpr::Value, expr)
+                } else {
+                    let Some(target) = topology.column_index(attnum as i16) else {
+                        return false;
+                    };
+                    match row_dependent(expr, result_relation as i32, target, &topology) {
+                        Some(found) => found,
+                        None => return false,
+                    }
+                };
+                exprs = pg_sys::lappend(exprs, operand.cast());
                 set.push(attnum as i16);
+                set_exprs.push(shape);
             }
         }
         let direct = DirectPlan {
@@ -131,6 +414,7 @@ pub unsafe extern "C-unwind" fn plan_direct_modify(
             pushed: scan.pushed,
             params: scan.params,
             set,
+            exprs: set_exprs,
         };
         (*fscan).operation = operation;
         (*fscan).resultRelation = result_relation;
@@ -191,10 +475,7 @@ pub unsafe extern "C-unwind" fn begin_direct_modify(
         let topology = cache::table(relid);
         let plan: DirectPlan = super::private_to((*fscan).fdw_private);
         let params = init_params((*fscan).fdw_exprs, node.cast());
-        let set_codecs = match plan.statement(&topology, Vec::new()) {
-            StatementKind::Update { set, .. } => set.iter().map(|&i| topology.codec(i)).collect(),
-            _ => Vec::new(),
-        };
+        let set_codecs = plan.operand_codecs(&topology);
         let state = DirectState {
             topology,
             plan,

@@ -552,6 +552,7 @@ pub unsafe extern "C-unwind" fn exec_foreign_update(
             .collect();
         let update = StatementKind::Update {
             set: state.updated.clone(),
+            exprs: Vec::new(),
             values,
         };
         let result = state.run(ShardPlan::by_identity(

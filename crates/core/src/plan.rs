@@ -31,13 +31,158 @@ pub enum StatementKind {
     /// `SELECT` of these columns (indexes into the topology's columns); with
     /// none, one NULL per row (what `count(*)` needs).
     Select { columns: Vec<usize> },
-    /// `UPDATE … SET` these columns to these values (the same for every row).
-    Update { set: Vec<usize>, values: Vec<Value> },
+    /// `UPDATE … SET` these columns: `set[i]` to what `exprs[i]` computes
+    /// from `values[i]` (a value Postgres evaluated once for the
+    /// statement); no `exprs` means every column is set to its value.
+    Update {
+        set: Vec<usize>,
+        exprs: Vec<SetExpr>,
+        values: Vec<Value>,
+    },
     /// `DELETE`.
     Delete,
     /// A SELECT with aggregates, GROUP BY, ORDER BY or LIMIT pushed to
     /// every shard (the router merges the shards' answers: `merge.rs`).
     Pushed(PushedQuery),
+}
+
+/// How an UPDATE computes a column's new value on the node from its
+/// operand (a value Postgres evaluated once for the statement), so a new
+/// value that depends on the row (`SET n = n + 1`) needs no round trip to
+/// fetch the row. Each shape is exact: the node computes what Postgres
+/// would, or fails where Postgres would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetExpr {
+    /// The operand itself.
+    Value,
+    /// `column ± operand` or `operand ± column` over integers. A result
+    /// outside `[min, max]` (the column type's range) fails on the node
+    /// with SQLite's "integer overflow" (from `abs` of the smallest
+    /// 64-bit integer), where Postgres raises "out of range".
+    Integer {
+        column: usize,
+        op: ArithOp,
+        column_first: bool,
+        min: i64,
+        max: i64,
+    },
+    /// `column || operand` or `operand || column` over text (NULL if
+    /// either is NULL, in SQLite as in Postgres).
+    Concat { column: usize, column_first: bool },
+    /// numeric `column ± operand` or `operand ± column` through
+    /// conductor-node's exact decimal functions, assigned to
+    /// `numeric(precision, scale)` when the column has a type modifier.
+    Decimal {
+        column: usize,
+        op: ArithOp,
+        column_first: bool,
+        typmod: Option<(u32, u32)>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ArithOp {
+    Add,
+    Subtract,
+}
+
+/// What SQLite's `abs` refuses with "integer overflow": the statement's
+/// way to fail when an integer result leaves its column's range.
+const OVERFLOW_PROBE: i64 = i64::MIN;
+
+impl SetExpr {
+    /// The SQL computing the new value in `table` and its arguments (the
+    /// operand among them, possibly twice).
+    fn render(
+        &self,
+        topology: &Topology,
+        table: &str,
+        operand: Option<&Value>,
+    ) -> (String, Vec<Value>) {
+        let column = |c: usize| qualified_column(table, &topology.columns[c].name);
+        let operand = operand.cloned();
+        let ordered = |c: usize, first: bool, op: &str| {
+            if first {
+                format!("{} {op} ?", column(c))
+            } else {
+                format!("? {op} {}", column(c))
+            }
+        };
+        let args = |values: Vec<Value>| -> Vec<Value> {
+            // A template (values not known yet) shows the SQL only.
+            if operand.is_some() {
+                values
+            } else {
+                Vec::new()
+            }
+        };
+        let v = operand.clone().unwrap_or(Value::Null);
+        match *self {
+            SetExpr::Value => ("?".to_string(), args(vec![v])),
+            SetExpr::Integer {
+                column: c,
+                op,
+                column_first,
+                min,
+                max,
+            } => {
+                // SQLite turns a 64-bit overflow into a real, which may
+                // round back onto the range's edge: only an integer in
+                // range is a result.
+                let e = ordered(c, column_first, op.sql());
+                (
+                    format!(
+                        "CASE WHEN {e} IS NULL THEN NULL \
+                         WHEN typeof({e}) = 'integer' AND {e} BETWEEN ? AND ? THEN {e} \
+                         ELSE abs(?) END"
+                    ),
+                    args(vec![
+                        v.clone(),
+                        v.clone(),
+                        v.clone(),
+                        Value::Integer(min),
+                        Value::Integer(max),
+                        v,
+                        Value::Integer(OVERFLOW_PROBE),
+                    ]),
+                )
+            }
+            SetExpr::Concat {
+                column: c,
+                column_first,
+            } => (ordered(c, column_first, "||"), args(vec![v])),
+            SetExpr::Decimal {
+                column: c,
+                op,
+                column_first,
+                typmod,
+            } => {
+                let function = match op {
+                    ArithOp::Add => decimal::ADD_FUNCTION,
+                    ArithOp::Subtract => decimal::SUB_FUNCTION,
+                };
+                let operands = if column_first {
+                    format!("{}, ?", column(c))
+                } else {
+                    format!("?, {}", column(c))
+                };
+                let (p, s) = match typmod {
+                    Some((p, s)) => (Value::Integer(p.into()), Value::Integer(s.into())),
+                    None => (Value::Null, Value::Null),
+                };
+                (format!("{function}({operands}, ?, ?)"), args(vec![v, p, s]))
+            }
+        }
+    }
+}
+
+impl ArithOp {
+    fn sql(self) -> &'static str {
+        match self {
+            ArithOp::Add => "+",
+            ArithOp::Subtract => "-",
+        }
+    }
 }
 
 /// One column of a pushed SELECT list, over topology column indexes.
@@ -762,10 +907,20 @@ fn statement_sql(
             select_sql(table, &column_list(topology, columns), where_sql),
             Vec::new(),
         ),
-        StatementKind::Update { set, values } => (
-            update_sql(table, &column_list(topology, set), where_sql),
-            values.clone(),
-        ),
+        StatementKind::Update { set, exprs, values } => {
+            let mut args = Vec::new();
+            let assignments: Vec<(&str, String)> = set
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| {
+                    let expr = exprs.get(i).copied().unwrap_or(SetExpr::Value);
+                    let (sql, a) = expr.render(topology, table, values.get(i));
+                    args.extend(a);
+                    (topology.columns[c].name.as_str(), sql)
+                })
+                .collect();
+            (update_sql(table, &assignments, where_sql), args)
+        }
         StatementKind::Delete => (delete_sql(table, where_sql, &[]), Vec::new()),
         StatementKind::Pushed(q) => (
             q.render(topology, table, where_sql, None)
@@ -962,6 +1117,7 @@ mod tests {
         let t = topology(4, ColumnType::Int8);
         let kind = StatementKind::Update {
             set: vec![1],
+            exprs: Vec::new(),
             values: vec![Value::Text("x".into())],
         };
         let plan = ShardPlan::build(&t, &[eq(0, int(3))], &[], &kind).unwrap();

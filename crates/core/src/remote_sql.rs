@@ -233,15 +233,15 @@ fn push_list(sql: &mut String, names: &[&str]) {
     }
 }
 
-/// `UPDATE table SET a = ?, b = ? [WHERE where_sql]`: the SET values are the
-/// statement's first arguments, the WHERE clause's follow.
-pub fn update_sql(table: &str, set_columns: &[&str], where_sql: Option<&str>) -> String {
+/// `UPDATE table SET a = <value sql>, … [WHERE where_sql]`: the SET
+/// values' arguments come first, the WHERE clause's follow.
+pub fn update_sql(table: &str, assignments: &[(&str, String)], where_sql: Option<&str>) -> String {
     let mut sql = format!("UPDATE {} SET ", quote_ident(table));
-    for (i, c) in set_columns.iter().enumerate() {
+    for (i, (c, value)) in assignments.iter().enumerate() {
         if i > 0 {
             sql.push_str(", ");
         }
-        let _ = write!(sql, "{} = ?", quote_ident(c));
+        let _ = write!(sql, "{} = {value}", quote_ident(c));
     }
     if let Some(w) = where_sql {
         let _ = write!(sql, " WHERE {w}");
@@ -399,7 +399,7 @@ mod tests {
         assert_eq!(
             update_sql(
                 "t_0001",
-                &["a", "b\"c"],
+                &[("a", "?".into()), ("b\"c", "?".into())],
                 Some(&key_match_sql("t_0001", &["id"]))
             ),
             r#"UPDATE "t_0001" SET "a" = ?, "b""c" = ? WHERE "t_0001"."id" = ?"#

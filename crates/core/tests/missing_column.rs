@@ -94,6 +94,7 @@ fn a_missing_column_is_an_error_on_a_sqlite_with_double_quoted_strings() {
             &[],
             &StatementKind::Update {
                 set: vec![1],
+                exprs: Vec::new(),
                 values: vec![Value::Text("x".into())],
             },
         ),

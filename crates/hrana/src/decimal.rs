@@ -24,6 +24,18 @@ use std::fmt;
 pub const SUM_FUNCTION: &str = "conductor_decimal_sum";
 pub const MIN_FUNCTION: &str = "conductor_decimal_min";
 pub const MAX_FUNCTION: &str = "conductor_decimal_max";
+/// The names of conductor-node's scalar sum and difference of two numeric
+/// texts, `(a, b, precision, scale)`: Postgres' `numeric + numeric`
+/// (`-`) and then, when precision is not NULL, the assignment to a
+/// `numeric(precision, scale)` column ([`Decimal::with_typmod`]), so an
+/// `UPDATE ... SET amount = amount + 1` runs on the node and stores what
+/// Postgres would have stored, or fails as Postgres would.
+pub const ADD_FUNCTION: &str = "conductor_decimal_add";
+pub const SUB_FUNCTION: &str = "conductor_decimal_sub";
+
+/// The message a value that does not fit a `numeric(precision, scale)`
+/// fails with, on the node as in Postgres.
+pub const FIELD_OVERFLOW: &str = "numeric field overflow";
 
 /// A numeric value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +210,89 @@ impl Decimal {
         Decimal::parse(&v.to_string()).expect("an integer is a decimal")
     }
 
+    /// `self + o` as Postgres' `numeric_add`: the larger scale, exactly;
+    /// NaN with a NaN or with both infinities, else an infinity wins.
+    pub fn plus(&self, o: &Decimal) -> Decimal {
+        let mut sum = DecimalSum::default();
+        sum.add(self);
+        sum.add(o);
+        sum.value().expect("a sum of two values")
+    }
+
+    /// `-self` (NaN stays NaN; zero has no sign).
+    pub fn negated(&self) -> Decimal {
+        match self {
+            Decimal::NaN => Decimal::NaN,
+            Decimal::Infinity => Decimal::NegInfinity,
+            Decimal::NegInfinity => Decimal::Infinity,
+            Decimal::Finite(f) => {
+                let mut f = f.clone();
+                f.neg = !f.neg && !f.is_zero();
+                Decimal::Finite(f)
+            }
+        }
+    }
+
+    /// The value a `numeric(precision, scale)` column stores for `self`
+    /// (Postgres' `apply_typmod`, 0 ≤ scale ≤ precision): rounded half away
+    /// from zero to `scale` digits, refused when it needs more than
+    /// `precision - scale` integer digits or is infinite; NaN fits any.
+    /// The error is Postgres' DETAIL for [`FIELD_OVERFLOW`].
+    pub fn with_typmod(&self, precision: u32, scale: u32) -> Result<Decimal, String> {
+        let f = match self {
+            Decimal::NaN => return Ok(Decimal::NaN),
+            Decimal::Infinity | Decimal::NegInfinity => {
+                return Err(format!(
+                "A field with precision {precision}, scale {scale} cannot hold an infinite value."
+            ))
+            }
+            Decimal::Finite(f) => f,
+        };
+        let mut f = f.clone();
+        if f.scale > scale {
+            let drop = (f.scale - scale) as usize;
+            let round_up = f.digits.get(drop - 1).is_some_and(|&d| d >= 5);
+            f.digits = f.digits.get(drop..).map(<[u8]>::to_vec).unwrap_or_default();
+            f.scale = scale;
+            if round_up {
+                let mut i = 0;
+                loop {
+                    if i == f.digits.len() {
+                        f.digits.push(1);
+                        break;
+                    }
+                    if f.digits[i] == 9 {
+                        f.digits[i] = 0;
+                        i += 1;
+                    } else {
+                        f.digits[i] += 1;
+                        break;
+                    }
+                }
+            }
+            while f.digits.last() == Some(&0) {
+                f.digits.pop();
+            }
+            if f.is_zero() {
+                f.neg = false;
+            }
+        } else {
+            f.rescale(scale);
+        }
+        let integer_digits = precision - scale;
+        if f.top() > integer_digits as i64 {
+            let bound = if integer_digits == 0 {
+                "1".to_string()
+            } else {
+                format!("10^{integer_digits}")
+            };
+            return Err(format!(
+                "A field with precision {precision}, scale {scale} must round to an absolute value less than {bound}."
+            ));
+        }
+        Ok(Decimal::Finite(f))
+    }
+
     fn rank(&self) -> u8 {
         match self {
             Decimal::NegInfinity => 0,
@@ -321,6 +416,50 @@ mod tests {
             s.add(&d(v));
         }
         s.value().map(|v| v.to_string())
+    }
+
+    #[test]
+    fn sums_and_differences_as_numeric_add() {
+        let add = |a: &str, b: &str| d(a).plus(&d(b)).to_string();
+        let sub = |a: &str, b: &str| d(a).plus(&d(b).negated()).to_string();
+        assert_eq!(add("1.50", "1"), "2.50");
+        assert_eq!(add("-1.5", "1.5"), "0.0");
+        assert_eq!(sub("1", "1.25"), "-0.25");
+        assert_eq!(sub("0", "0.00"), "0.00");
+        assert_eq!(add("Infinity", "-Infinity"), "NaN");
+        assert_eq!(sub("Infinity", "Infinity"), "NaN");
+        assert_eq!(sub("5", "-Infinity"), "Infinity");
+        assert_eq!(add("NaN", "1"), "NaN");
+        assert_eq!(sub("NaN", "NaN"), "NaN");
+    }
+
+    #[test]
+    fn assignment_to_numeric_typmod() {
+        let fit = |v: &str, p: u32, s: u32| d(v).with_typmod(p, s).map(|x| x.to_string());
+        assert_eq!(fit("1.005", 12, 2).unwrap(), "1.01");
+        assert_eq!(fit("-1.005", 12, 2).unwrap(), "-1.01");
+        assert_eq!(fit("-0.004", 12, 2).unwrap(), "0.00");
+        assert_eq!(
+            fit("9.995", 3, 2).unwrap_err(),
+            "A field with precision 3, scale 2 must round to an absolute value less than 10^1."
+        );
+        assert_eq!(fit("9.994", 3, 2).unwrap(), "9.99");
+        assert_eq!(
+            fit("99999999.995", 10, 2).unwrap_err(),
+            "A field with precision 10, scale 2 must round to an absolute value less than 10^8."
+        );
+        assert_eq!(fit("0.5", 2, 2).unwrap(), "0.50");
+        assert_eq!(
+            fit("1", 2, 2).unwrap_err(),
+            "A field with precision 2, scale 2 must round to an absolute value less than 1."
+        );
+        assert_eq!(fit("7", 5, 0).unwrap(), "7");
+        assert_eq!(fit("2.5", 5, 0).unwrap(), "3");
+        assert_eq!(fit("NaN", 5, 2).unwrap(), "NaN");
+        assert_eq!(
+            fit("-Infinity", 5, 2).unwrap_err(),
+            "A field with precision 5, scale 2 cannot hold an infinite value."
+        );
     }
 
     #[test]

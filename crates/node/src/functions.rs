@@ -1,7 +1,9 @@
 //! SQL functions conductor-node adds to SQLite: exact aggregates over
 //! numeric values stored as Postgres' numeric text (see
 //! `conductor_hrana::decimal`), so a router can push `sum`, `avg`, `min`
-//! and `max` of numeric to the node and merge the partials exactly.
+//! and `max` of numeric to the node and merge the partials exactly, and
+//! the exact sum and difference of two such values assigned to a
+//! `numeric(p, s)` column, so `SET amount = amount + 1` runs on the node.
 //! Each returns the text form of its result (NULL over no value; NULLs
 //! are skipped) and fails on a value that is not a decimal, never
 //! guessing one. A plain sqld lacks them; conductor probes a node for
@@ -9,8 +11,8 @@
 //! that answered.
 
 use conductor_hrana::decimal::{
-    Decimal, DecimalSum, MAX_FUNCTION as DECIMAL_MAX, MIN_FUNCTION as DECIMAL_MIN,
-    SUM_FUNCTION as DECIMAL_SUM,
+    Decimal, DecimalSum, ADD_FUNCTION as DECIMAL_ADD, FIELD_OVERFLOW, MAX_FUNCTION as DECIMAL_MAX,
+    MIN_FUNCTION as DECIMAL_MIN, SUB_FUNCTION as DECIMAL_SUB, SUM_FUNCTION as DECIMAL_SUM,
 };
 use rusqlite::functions::{Aggregate, Context, FunctionFlags};
 use rusqlite::types::ValueRef;
@@ -18,7 +20,11 @@ use rusqlite::{Connection, Error, Result};
 use std::cmp::Ordering;
 
 fn decimal_arg(ctx: &Context<'_>, function: &str) -> Result<Option<Decimal>> {
-    let parsed = match ctx.get_raw(0) {
+    decimal_arg_at(ctx, 0, function)
+}
+
+fn decimal_arg_at(ctx: &Context<'_>, index: usize, function: &str) -> Result<Option<Decimal>> {
+    let parsed = match ctx.get_raw(index) {
         ValueRef::Null => return Ok(None),
         ValueRef::Text(t) => std::str::from_utf8(t).ok().and_then(Decimal::parse),
         ValueRef::Integer(i) => Some(Decimal::from_i64(i)),
@@ -78,8 +84,36 @@ impl Aggregate<Option<Decimal>, Option<String>> for Extreme {
     }
 }
 
+/// `a ± b` (NULL if either is NULL), then assigned to `numeric(precision,
+/// scale)` unless precision is NULL.
+fn add_or_subtract(ctx: &Context<'_>, subtract: bool) -> Result<Option<String>> {
+    let name = if subtract { DECIMAL_SUB } else { DECIMAL_ADD };
+    let (Some(a), Some(b)) = (decimal_arg_at(ctx, 0, name)?, decimal_arg_at(ctx, 1, name)?) else {
+        return Ok(None);
+    };
+    let b = if subtract { b.negated() } else { b };
+    let result = a.plus(&b);
+    let typmod: (Option<i64>, Option<i64>) = (ctx.get(2)?, ctx.get(3)?);
+    let result = match typmod {
+        (None, _) => result,
+        (Some(p), Some(s)) if 0 <= s && s <= p && p <= 1000 => {
+            result.with_typmod(p as u32, s as u32).map_err(|detail| {
+                Error::UserFunctionError(format!("{FIELD_OVERFLOW}: {detail}").into())
+            })?
+        }
+        _ => {
+            return Err(Error::UserFunctionError(
+                format!("{name}: unsupported precision and scale {typmod:?}").into(),
+            ))
+        }
+    };
+    Ok(Some(result.to_string()))
+}
+
 pub fn register(conn: &Connection) -> Result<()> {
     let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_scalar_function(DECIMAL_ADD, 4, flags, |ctx| add_or_subtract(ctx, false))?;
+    conn.create_scalar_function(DECIMAL_SUB, 4, flags, |ctx| add_or_subtract(ctx, true))?;
     conn.create_aggregate_function(DECIMAL_SUM, 1, flags, Sum)?;
     conn.create_aggregate_function(
         DECIMAL_MIN,
@@ -107,6 +141,37 @@ mod tests {
 
     fn one(conn: &Connection, sql: &str) -> Option<String> {
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn decimal_sum_and_difference_in_sql() {
+        let conn = Connection::open_in_memory().unwrap();
+        register(&conn).unwrap();
+        assert_eq!(
+            one(&conn, "SELECT conductor_decimal_add('1.25', 1, 12, 2)").as_deref(),
+            Some("2.25")
+        );
+        assert_eq!(
+            one(
+                &conn,
+                "SELECT conductor_decimal_sub('1', '0.125', NULL, NULL)"
+            )
+            .as_deref(),
+            Some("0.875")
+        );
+        assert_eq!(
+            one(&conn, "SELECT conductor_decimal_add(NULL, 1, 12, 2)"),
+            None
+        );
+        let err = conn
+            .query_row(
+                "SELECT conductor_decimal_add('9.99', '0.01', 3, 2)",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with(FIELD_OVERFLOW), "{err}");
     }
 
     #[test]

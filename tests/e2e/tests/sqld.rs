@@ -116,6 +116,9 @@ fn sqld_nodes_answer_like_a_local_table() {
         "INSERT INTO {T} VALUES (100001, 'r', 5, 0, NULL, NULL) RETURNING id, v, n",
         "UPDATE {T} SET v = v || '!' WHERE id % 1000 = 0 RETURNING id, v",
         "UPDATE {T} SET n = n + 1 WHERE id BETWEEN 10 AND 20",
+        // computed on the node, out of range refused as Postgres does
+        "UPDATE {T} SET v = '<' || v WHERE id % 1000 = 1",
+        "UPDATE {T} SET n = n + 2147483600 WHERE id BETWEEN 30 AND 300",
         "DELETE FROM {T} WHERE id % 777 = 0 RETURNING id",
         "DELETE FROM {T} WHERE id = 5",
         "INSERT INTO {T} VALUES (1, 'dup', 0, 0, NULL, NULL)",

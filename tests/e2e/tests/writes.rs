@@ -159,15 +159,18 @@ fn write_statement(rng: &mut Rng, next_id: &mut i64) -> String {
             rng.below(50),
             id(rng)
         ),
+        // computed on the nodes without RETURNING, row by row with it
         5 => format!(
-            "UPDATE T SET k = k + 1 WHERE id IN ({}, {}, {}) RETURNING id, k",
+            "UPDATE T SET k = k + 1, n = n - 0.5 WHERE id IN ({}, {}, {}){}",
             id(rng),
             id(rng),
-            id(rng)
+            id(rng),
+            rng.pick(&["", " RETURNING id, k, n"])
         ),
         6 => format!(
-            "UPDATE T SET v = v || '!' WHERE k = {} RETURNING id, v",
-            rng.pick(&["0", "1", "42"])
+            "UPDATE T SET v = v || '!' WHERE k = {}{}",
+            rng.pick(&["0", "1", "42"]),
+            rng.pick(&["", " RETURNING id, v"])
         ),
         7 => format!("DELETE FROM T WHERE id = {} RETURNING *", id(rng)),
         8 => format!("DELETE FROM T WHERE k = {}", rng.pick(&["-5", "3"])),
