@@ -3,8 +3,10 @@
 //! of the shapes the node computes exactly (`SET n = n + 1` over integers
 //! or numeric, `SET s = s || 'x'` over text: `SetExpr`), runs as one
 //! statement per target shard (routed like a scan) without fetching rows.
-//! Anything else (a local filter, other expressions of the row, RETURNING,
-//! row triggers) takes the row-by-row path in `modify.rs`.
+//! With RETURNING the shards return every column of the changed rows
+//! (SQLite's `RETURNING`) and Postgres computes its RETURNING list over
+//! them. Anything else (a local filter, other expressions of the row, row
+//! triggers) takes the row-by-row path in `modify.rs`.
 
 use crate::catalog::{cache, TableTopology};
 use crate::convert::ColumnCodec;
@@ -34,13 +36,17 @@ pub struct DirectPlan {
     /// fdw_exprs, in this order.
     pub set: Vec<i16>,
     pub exprs: Vec<SetExpr>,
+    /// The statement has RETURNING: the shards return the changed rows.
+    pub returning: bool,
 }
 
 impl DirectPlan {
     /// What each shard is sent, with the SET values when known.
     pub fn statement(&self, topology: &TableTopology, values: Vec<Value>) -> StatementKind {
         if !self.update {
-            return StatementKind::Delete;
+            return StatementKind::Delete {
+                returning: self.returning,
+            };
         }
         let set = self
             .set
@@ -55,6 +61,7 @@ impl DirectPlan {
             set,
             exprs: self.exprs.clone(),
             values,
+            returning: self.returning,
         }
     }
 
@@ -360,9 +367,7 @@ pub unsafe extern "C-unwind" fn plan_direct_modify(
             pg_sys::CmdType::CMD_DELETE => false,
             _ => return false,
         };
-        if !(*plan).returningLists.is_null() {
-            return false;
-        }
+        let returning = !(*plan).returningLists.is_null();
         let subplan = (*plan).plan.lefttree as *mut pg_sys::Node;
         if !is(subplan, pg_sys::NodeTag::T_ForeignScan) {
             return false;
@@ -409,18 +414,48 @@ pub unsafe extern "C-unwind" fn plan_direct_modify(
                 set_exprs.push(shape);
             }
         }
+        if returning && update {
+            returned_values_as_output(fscan, result_relation, relid, &set);
+        }
         let direct = DirectPlan {
             update,
             pushed: scan.pushed,
             params: scan.params,
             set,
             exprs: set_exprs,
+            returning,
         };
         (*fscan).operation = operation;
         (*fscan).resultRelation = result_relation;
         (*fscan).fdw_exprs = exprs;
         (*fscan).fdw_private = super::private_from(&direct);
         true
+    }
+}
+
+/// Make the scan's output columns the new values as the shards returned
+/// them. The executor projects the scan's target list over each returned
+/// row; left as the SET expressions, `n + 1` would be computed again over
+/// the new `n` (and could even overflow).
+unsafe fn returned_values_as_output(
+    fscan: *mut pg_sys::ForeignScan,
+    result_relation: pg_sys::Index,
+    relid: pg_sys::Oid,
+    set: &[i16],
+) {
+    // SAFETY: the plan's target list, being built by the planner: its
+    // non-junk entries are the new values of `set`, in that order.
+    unsafe {
+        let entries = PgList::<pg_sys::TargetEntry>::from_pg((*fscan).scan.plan.targetlist);
+        let new_values = entries.iter_ptr().filter(|&tle| !(*tle).resjunk);
+        for (tle, &attnum) in new_values.zip(set) {
+            let mut ty = pg_sys::InvalidOid;
+            let mut typmod = -1;
+            let mut collation = pg_sys::InvalidOid;
+            pg_sys::get_atttypetypmodcoll(relid, attnum, &mut ty, &mut typmod, &mut collation);
+            (*tle).expr =
+                pg_sys::makeVar(result_relation as _, attnum, ty, typmod, collation, 0).cast();
+        }
     }
 }
 
@@ -446,6 +481,10 @@ struct DirectState {
     params: Vec<(*mut pg_sys::ExprState, pg_sys::Oid)>,
     /// The codecs of the SET columns.
     set_codecs: Vec<ColumnCodec>,
+    /// RETURNING: the changed rows the shards returned, not yet handed
+    /// to the executor, and the codecs of every column.
+    returned: std::collections::VecDeque<Vec<Value>>,
+    row_codecs: Vec<ColumnCodec>,
     econtext: *mut pg_sys::ExprContext,
     estate: *mut pg_sys::EState,
     /// The result relation (for the fast path's trigger check).
@@ -476,11 +515,20 @@ pub unsafe extern "C-unwind" fn begin_direct_modify(
         let plan: DirectPlan = super::private_to((*fscan).fdw_private);
         let params = init_params((*fscan).fdw_exprs, node.cast());
         let set_codecs = plan.operand_codecs(&topology);
+        let row_codecs = if plan.returning {
+            (0..topology.columns.len())
+                .map(|i| topology.codec(i))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let state = DirectState {
             topology,
             plan,
             params,
             set_codecs,
+            returned: Default::default(),
+            row_codecs,
             econtext: (*node).ss.ps.ps_ExprContext,
             estate: (*node).ss.ps.state,
             rinfo: (*node).resultRelInfo,
@@ -530,9 +578,15 @@ impl DirectState {
                 .flatten()
                 .unwrap_or_else(|| streams::run_plan(&topology, &plan, streams::Access::Write))
         });
-        let changed: u64 = results.iter().map(|(_, r)| r.affected_row_count).sum();
-        // SAFETY: the executor's EState; direct modify reports its count here.
-        unsafe { (*self.estate).es_processed += changed };
+        if self.plan.returning {
+            // Counted as the executor takes them.
+            self.returned = results.into_iter().flat_map(|(_, r)| r.rows).collect();
+        } else {
+            let changed: u64 = results.iter().map(|(_, r)| r.affected_row_count).sum();
+            // SAFETY: the executor's EState; direct modify reports its
+            // count here.
+            unsafe { (*self.estate).es_processed += changed };
+        }
         self.last_plan = Some(plan);
     }
 }
@@ -548,7 +602,25 @@ pub unsafe extern "C-unwind" fn iterate_direct_modify(
             state.done = true;
             state.run();
         }
-        pg_sys::ExecClearTuple((*node).ss.ss_ScanTupleSlot)
+        let slot = (*node).ss.ss_ScanTupleSlot;
+        let Some(row) = state.returned.pop_front() else {
+            return pg_sys::ExecClearTuple(slot);
+        };
+        crate::fdw::scan::store_values(
+            slot,
+            &row,
+            &state.row_codecs,
+            state.topology.columns.iter().map(|c| c.attnum),
+            || format!("a row changed in {}", state.topology.name),
+        );
+        (*state.estate).es_processed += 1;
+        // The RETURNING list is computed over this row (ModifyTable passes
+        // no tuple of its own for a direct modify).
+        let projection = (*state.rinfo).ri_projectReturning;
+        if !projection.is_null() {
+            (*(*projection).pi_exprContext).ecxt_scantuple = slot;
+        }
+        slot
     }
 }
 

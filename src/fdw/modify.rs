@@ -554,13 +554,10 @@ pub unsafe extern "C-unwind" fn exec_foreign_update(
             set: state.updated.clone(),
             exprs: Vec::new(),
             values,
+            // Postgres has the new row: its RETURNING needs nothing back.
+            returning: false,
         };
-        let result = state.run(ShardPlan::by_identity(
-            &state.topology,
-            &update,
-            identity,
-            false,
-        ));
+        let result = state.run(ShardPlan::by_identity(&state.topology, &update, identity));
         if result.map(|r| r.affected_row_count).unwrap_or(0) == 0 {
             return std::ptr::null_mut(); // the row is gone: not counted
         }
@@ -582,9 +579,10 @@ pub unsafe extern "C-unwind" fn exec_foreign_delete(
         let identity = identity(state, plan_slot);
         let Some(result) = state.run(ShardPlan::by_identity(
             &state.topology,
-            &StatementKind::Delete,
+            &StatementKind::Delete {
+                returning: state.returning,
+            },
             identity,
-            state.returning,
         )) else {
             return std::ptr::null_mut();
         };

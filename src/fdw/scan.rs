@@ -155,7 +155,11 @@ pub fn read_access(
 /// How many shards a pushed restriction visits, as far as planning knows:
 /// a key bound at run time is assumed to reach one shard.
 fn planned_shards(topology: &TableTopology, pushed: &[Pred]) -> usize {
-    let plan = ShardPlan::template(topology, pushed, &StatementKind::Delete);
+    let plan = ShardPlan::template(
+        topology,
+        pushed,
+        &StatementKind::Delete { returning: false },
+    );
     match plan.kind {
         RouteKind::AtExecution => 1,
         _ => plan.statements.len(),

@@ -207,7 +207,11 @@ unsafe fn base(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo) -> 
             pushed.push(pred);
         }
         let params = lowering.params.clone();
-        let template = ShardPlan::template(&topology, &pushed, &StatementKind::Delete);
+        let template = ShardPlan::template(
+            &topology,
+            &pushed,
+            &StatementKind::Delete { returning: false },
+        );
         let shards = match template.kind {
             RouteKind::AtExecution => 1,
             _ => template.statements.len(),

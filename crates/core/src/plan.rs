@@ -34,13 +34,15 @@ pub enum StatementKind {
     /// `UPDATE … SET` these columns: `set[i]` to what `exprs[i]` computes
     /// from `values[i]` (a value Postgres evaluated once for the
     /// statement); no `exprs` means every column is set to its value.
+    /// With `returning`, every column of each changed row comes back.
     Update {
         set: Vec<usize>,
         exprs: Vec<SetExpr>,
         values: Vec<Value>,
+        returning: bool,
     },
-    /// `DELETE`.
-    Delete,
+    /// `DELETE`, returning every column of each deleted row when asked.
+    Delete { returning: bool },
     /// A SELECT with aggregates, GROUP BY, ORDER BY or LIMIT pushed to
     /// every shard (the router merges the shards' answers: `merge.rs`).
     Pushed(PushedQuery),
@@ -522,6 +524,10 @@ pub struct ShardPlan {
     pub statements: Vec<ShardStatement>,
 }
 
+fn every_column(topology: &Topology) -> Vec<&str> {
+    topology.columns.iter().map(|c| c.name.as_str()).collect()
+}
+
 fn column_list<'a>(topology: &'a Topology, indexes: &[usize]) -> Vec<&'a str> {
     indexes
         .iter()
@@ -692,12 +698,11 @@ impl ShardPlan {
 
     /// Change one row found by its identity (the primary-key values, in
     /// `topology.primary_key` order): `Update` sets its columns, `Delete`
-    /// removes it, returning every column when `returning`.
+    /// removes it.
     pub fn by_identity(
         topology: &Topology,
         kind: &StatementKind,
         identity: Vec<Value>,
-        returning: bool,
     ) -> Result<ShardPlan, PlanError> {
         let key_at = topology
             .primary_key
@@ -708,16 +713,7 @@ impl ShardPlan {
         let table = &topology.shards[shard as usize].remote_table;
         let pk = column_list(topology, &topology.primary_key);
         let where_sql = key_match_sql(table, &pk);
-        let (sql, mut args) = match kind {
-            StatementKind::Delete if returning => {
-                let all: Vec<usize> = (0..topology.columns.len()).collect();
-                (
-                    delete_sql(table, Some(&where_sql), &column_list(topology, &all)),
-                    Vec::new(),
-                )
-            }
-            _ => statement_sql(topology, table, kind, Some(&where_sql)),
-        };
+        let (sql, mut args) = statement_sql(topology, table, kind, Some(&where_sql));
         args.extend(identity);
         Ok(ShardPlan {
             kind: RouteKind::OneShard,
@@ -907,7 +903,12 @@ fn statement_sql(
             select_sql(table, &column_list(topology, columns), where_sql),
             Vec::new(),
         ),
-        StatementKind::Update { set, exprs, values } => {
+        StatementKind::Update {
+            set,
+            exprs,
+            values,
+            returning,
+        } => {
             let mut args = Vec::new();
             let assignments: Vec<(&str, String)> = set
                 .iter()
@@ -919,9 +920,21 @@ fn statement_sql(
                     (topology.columns[c].name.as_str(), sql)
                 })
                 .collect();
-            (update_sql(table, &assignments, where_sql), args)
+            let returned = if *returning {
+                every_column(topology)
+            } else {
+                Vec::new()
+            };
+            (update_sql(table, &assignments, where_sql, &returned), args)
         }
-        StatementKind::Delete => (delete_sql(table, where_sql, &[]), Vec::new()),
+        StatementKind::Delete { returning } => {
+            let returned = if *returning {
+                every_column(topology)
+            } else {
+                Vec::new()
+            };
+            (delete_sql(table, where_sql, &returned), Vec::new())
+        }
         StatementKind::Pushed(q) => (
             q.render(topology, table, where_sql, None)
                 .map(|p| p.sql)
@@ -1119,6 +1132,7 @@ mod tests {
             set: vec![1],
             exprs: Vec::new(),
             values: vec![Value::Text("x".into())],
+            returning: false,
         };
         let plan = ShardPlan::build(&t, &[eq(0, int(3))], &[], &kind).unwrap();
         let s = &plan.statements[0];
@@ -1131,7 +1145,8 @@ mod tests {
             s.stmt.args,
             vec![Value::Text("x".into()), Value::Integer(3)]
         );
-        let del = ShardPlan::build(&t, &[], &[], &StatementKind::Delete).unwrap();
+        let del =
+            ShardPlan::build(&t, &[], &[], &StatementKind::Delete { returning: false }).unwrap();
         assert_eq!(del.statements.len(), 4);
         assert_eq!(
             del.statements[0].stmt.sql.as_deref(),
@@ -1175,9 +1190,8 @@ mod tests {
         let t = topology(16, ColumnType::Text);
         let plan = ShardPlan::by_identity(
             &t,
-            &StatementKind::Delete,
+            &StatementKind::Delete { returning: true },
             vec![Value::Text("alice".into())],
-            true,
         )
         .unwrap();
         let shard = shard_for(&KeyValue::Text("alice"), 16);

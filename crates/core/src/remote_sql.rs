@@ -233,9 +233,14 @@ fn push_list(sql: &mut String, names: &[&str]) {
     }
 }
 
-/// `UPDATE table SET a = <value sql>, … [WHERE where_sql]`: the SET
-/// values' arguments come first, the WHERE clause's follow.
-pub fn update_sql(table: &str, assignments: &[(&str, String)], where_sql: Option<&str>) -> String {
+/// `UPDATE table SET a = <value sql>, … [WHERE where_sql] [RETURNING
+/// cols]`: the SET values' arguments come first, the WHERE clause's follow.
+pub fn update_sql(
+    table: &str,
+    assignments: &[(&str, String)],
+    where_sql: Option<&str>,
+    returning: &[&str],
+) -> String {
     let mut sql = format!("UPDATE {} SET ", quote_ident(table));
     for (i, (c, value)) in assignments.iter().enumerate() {
         if i > 0 {
@@ -245,6 +250,10 @@ pub fn update_sql(table: &str, assignments: &[(&str, String)], where_sql: Option
     }
     if let Some(w) = where_sql {
         let _ = write!(sql, " WHERE {w}");
+    }
+    if !returning.is_empty() {
+        sql.push_str(" RETURNING ");
+        push_qualified_list(&mut sql, table, returning);
     }
     sql
 }
@@ -400,7 +409,8 @@ mod tests {
             update_sql(
                 "t_0001",
                 &[("a", "?".into()), ("b\"c", "?".into())],
-                Some(&key_match_sql("t_0001", &["id"]))
+                Some(&key_match_sql("t_0001", &["id"])),
+                &[]
             ),
             r#"UPDATE "t_0001" SET "a" = ?, "b""c" = ? WHERE "t_0001"."id" = ?"#
         );

@@ -86,7 +86,7 @@ fn a_missing_column_is_an_error_on_a_sqlite_with_double_quoted_strings() {
             &t,
             std::slice::from_ref(&note_is),
             &[],
-            &StatementKind::Delete,
+            &StatementKind::Delete { returning: false },
         ),
         ShardPlan::build(
             &t,
@@ -96,6 +96,7 @@ fn a_missing_column_is_an_error_on_a_sqlite_with_double_quoted_strings() {
                 set: vec![1],
                 exprs: Vec::new(),
                 values: vec![Value::Text("x".into())],
+                returning: false,
             },
         ),
     ];

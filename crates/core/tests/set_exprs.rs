@@ -72,6 +72,7 @@ fn run(
             set: vec![column],
             exprs: vec![expr],
             values: vec![operand],
+            returning: false,
         },
     )
     .unwrap();

@@ -22,6 +22,27 @@ fn outcome(db: &mut Client, sql: &str) -> Result<(), String> {
     })
 }
 
+/// The rows a statement returns (sorted, as text), or its SQLSTATE.
+fn returned(db: &mut Client, sql: &str) -> Result<Vec<Vec<String>>, String> {
+    let messages = db.simple_query(sql).map_err(|e| match e.as_db_error() {
+        Some(d) => d.code().code().to_string(),
+        None => e.to_string(),
+    })?;
+    let mut rows: Vec<Vec<String>> = messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("∅").to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect();
+    rows.sort();
+    Ok(rows)
+}
+
 fn rows(db: &mut Client, table: &str) -> Vec<Vec<String>> {
     db.simple_query(&format!("SELECT * FROM {table} ORDER BY id"))
         .unwrap()
@@ -114,11 +135,17 @@ fn computed_updates_match_a_local_table() {
     ];
     let mut pushed = 0;
     for &(set, on_nodes) in sets {
-        for filter in ["", " WHERE id = 5", " WHERE id IN (2, 3)"] {
-            let local = outcome(&mut db, &format!("UPDATE local SET {set}{filter}"));
+        for filter in [
+            "",
+            " WHERE id = 5",
+            " WHERE id IN (2, 3)",
+            " WHERE id = 6 RETURNING *",
+            " WHERE id <> 4 RETURNING id, i - 1, t, n",
+        ] {
+            let local = returned(&mut db, &format!("UPDATE local SET {set}{filter}"));
             let sql = format!("UPDATE sharded SET {set}{filter}");
             let plan = remote_sql(&mut db, &sql);
-            let remote = outcome(&mut db, &sql);
+            let remote = returned(&mut db, &sql);
             assert_eq!(local, remote, "{sql}");
             assert_eq!(
                 rows(&mut db, "local"),
@@ -139,6 +166,31 @@ fn computed_updates_match_a_local_table() {
         );
     }
     assert!(pushed > 0);
+    // RETURNING sees the new values once: `i + 1000` is not computed
+    // again over the returned row (which would overflow here).
+    for table in ["local", "sharded"] {
+        exec(
+            &mut db,
+            &format!("UPDATE {table} SET i = 2147482000 WHERE id = 1"),
+        );
+    }
+    let sql = |t: &str| format!("UPDATE {t} SET i = i + 1000 WHERE id = 1 RETURNING i");
+    let want = returned(&mut db, &sql("local"));
+    assert_eq!(want, Ok(vec![vec!["2147483000".to_string()]]));
+    assert_eq!(returned(&mut db, &sql("sharded")), want);
+    for filter in ["WHERE id = 3", "WHERE id > 2"] {
+        let local = returned(&mut db, &format!("DELETE FROM local {filter} RETURNING *"));
+        let remote = returned(
+            &mut db,
+            &format!("DELETE FROM sharded {filter} RETURNING *"),
+        );
+        assert_eq!(local, remote, "DELETE {filter}");
+    }
+    assert_eq!(rows(&mut db, "local"), rows(&mut db, "sharded"));
+    exec(
+        &mut db,
+        "INSERT INTO sharded SELECT * FROM local WHERE false",
+    );
     // In a transaction: a failed computed UPDATE undoes nothing but
     // itself, and the transaction fails as Postgres' would.
     for table in ["local", "sharded"] {

@@ -65,6 +65,8 @@ fn a_lone_one_node_write_is_one_request() {
         ("UPDATE t SET v = 'a' WHERE id = 5", 1),
         // A new value computed from the row, on the node.
         ("UPDATE t SET v = v || '!' WHERE id = 9", 1),
+        ("UPDATE t SET v = v || '?' WHERE id = 10 RETURNING id, v", 1),
+        ("DELETE FROM t WHERE id = 11 RETURNING *", 1),
         ("INSERT INTO t VALUES (1000, 'new')", 1),
         ("DELETE FROM t WHERE id = 7", 1),
         ("INSERT INTO t VALUES (1001, 'r') RETURNING id, v", 1),
@@ -76,6 +78,8 @@ fn a_lone_one_node_write_is_one_request() {
     }
     assert_eq!(value(&mut db, 5).as_deref(), Some("a"));
     assert_eq!(value(&mut db, 9).as_deref(), Some("v9!"));
+    assert_eq!(value(&mut db, 10).as_deref(), Some("v10?"));
+    assert_eq!(value(&mut db, 11), None);
     assert_eq!(value(&mut db, 1000).as_deref(), Some("new"));
     assert_eq!(value(&mut db, 7), None);
 
