@@ -2,6 +2,7 @@
 
 mod cleanup;
 pub mod explain;
+mod moves;
 mod nodes;
 pub mod schema;
 mod tables;

@@ -224,6 +224,19 @@ fn sync_shard_schema(relid: pg_sys::Oid) {
             default_not_constant,
         });
     }
+    let moving = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM conductor.shard WHERE relid = $1 AND status <> 'active')",
+        &[relid.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if moving {
+        refuse(
+            relid,
+            "a shard of it is being moved (conductor.shard_moves); alter it once the move is done",
+        );
+    }
     let shard_indexes = indexes(relid);
     let change = plan_change(&rec.columns, &new_columns, key, &identity, &shard_indexes)
         .unwrap_or_else(|why| refuse(relid, why));
