@@ -4,6 +4,9 @@
 //! returns. A move killed, cut off from its target or past its write-block
 //! limit leaves the source authoritative and can be run again.
 
+mod common;
+
+use common::sqld_bin;
 use conductor_e2e::postgres::{self, Client};
 use conductor_e2e::{pg_err, Cluster, ClusterOptions};
 use std::collections::HashMap;
@@ -531,6 +534,32 @@ fn failed_moves_leave_the_source_authoritative() {
     exec(&mut db, "CALL conductor.move_shard('t', 0, 'node-2')");
     assert_same_rows(&mut db, "t", "t_local");
     assert_nodes_match_catalog(&cluster, &mut db, "t");
+    // 4. The move is cancelled while it copies: it undoes itself.
+    let cfg = cluster.pg_config();
+    let mover = std::thread::spawn(move || {
+        let mut c = cfg.connect(postgres::NoTls).unwrap();
+        c.batch_execute("CALL conductor.move_shard('t', 2, 'node-1')")
+            .map_err(|e| sqlstate(&e))
+    });
+    // Shard 2 is on node-2 (slow): its copy's reads take a while.
+    let pid = wait_for_copy(&mut db, 2);
+    db.execute("SELECT pg_cancel_backend($1)", &[&pid]).unwrap();
+    assert_eq!(mover.join().unwrap(), Err("57014".to_string()));
+    assert!(move_objects(&cluster).is_empty());
+    assert!(!cluster.node_tables(1).contains(&"t_0002".to_string()));
+    let (phase, cleaned_up): (String, bool) = {
+        let r = db
+            .query_one(
+                "SELECT phase, cleaned FROM conductor.shard_moves ORDER BY move_id DESC LIMIT 1",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((phase.as_str(), cleaned_up), ("aborted", true));
+    assert_same_rows(&mut db, "t", "t_local");
+    assert_nodes_match_catalog(&cluster, &mut db, "t");
+
     let phases: Vec<String> = db
         .query(
             "SELECT phase FROM conductor.shard_moves ORDER BY move_id",
@@ -540,5 +569,51 @@ fn failed_moves_leave_the_source_authoritative() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(phases, ["aborted", "done", "aborted", "aborted", "done"]);
+    assert_eq!(
+        phases,
+        ["aborted", "done", "aborted", "aborted", "done", "aborted"]
+    );
+}
+
+/// On real libSQL servers (sqld): change capture, the write block and the
+/// catalog switch work the same; moves under a writing and reading session
+/// lose nothing.
+#[test]
+fn a_shard_moves_between_sqld_nodes() {
+    let Some(sqld) = sqld_bin() else {
+        println!("SKIPPED: set SQLD=/path/to/sqld to run conductor against real libSQL servers");
+        return;
+    };
+    let cluster = Cluster::start_sqld(2, &sqld);
+    let mut db = cluster.client();
+    cluster.setup_conductor(&mut db, "cluster");
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v bigint, s text) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 4);
+         CREATE TABLE t_local (id bigint PRIMARY KEY, v bigint, s text);
+         INSERT INTO t SELECT i * 2, i, 'initial' FROM generate_series(0, 2999) i;
+         INSERT INTO t_local SELECT * FROM t;",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let retries = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (cfg, stop, ops, retries) = (
+            cluster.pg_config(),
+            stop.clone(),
+            ops.clone(),
+            retries.clone(),
+        );
+        std::thread::spawn(move || worker(cfg, 0, stop, ops, retries))
+    };
+    while ops.load(Ordering::Relaxed) < 50 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    exec(&mut db, "CALL conductor.move_shard('t', 0, 'node-1')");
+    exec(&mut db, "CALL conductor.move_shard('t', 1, 'node-0')");
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("the writer failed");
+    assert_same_rows(&mut db, "t", "t_local");
+    assert_nodes_match_catalog(&cluster, &mut db, "t");
 }
