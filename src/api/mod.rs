@@ -2,7 +2,7 @@
 
 mod cleanup;
 pub mod explain;
-mod moves;
+pub mod moves;
 mod nodes;
 pub mod schema;
 mod tables;

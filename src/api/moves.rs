@@ -299,6 +299,31 @@ fn lock_table(relid: pg_sys::Oid) {
     unsafe { pg_sys::LockRelationOid(relid, pg_sys::ShareUpdateExclusiveLock as pg_sys::LOCKMODE) };
 }
 
+/// Refuse a change of a table's shard tables while one of its shards is
+/// moving: the target's copy was created from the source's schema when the
+/// move began and would miss it. Waits for a running move step first.
+pub fn refuse_while_moving(relid: pg_sys::Oid, what: &str) {
+    lock_table(relid);
+    let moving = Spi::get_one_with_args::<i32>(
+        "SELECT shard_id FROM conductor.shard WHERE relid = $1 AND status <> 'active'
+          ORDER BY shard_id LIMIT 1",
+        &[relid.into()],
+    )
+    .ok()
+    .flatten();
+    if let Some(shard) = moving {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+            format!(
+                "cannot {what} {}: its shard {shard} is being moved",
+                crate::catalog::relation_display_name(relid)
+            ),
+        )
+        .hint("Retry once the move is done (conductor.shard_moves shows it); a move that died is cleaned up by conductor.cleanup_moves().")
+        .error()
+    }
+}
+
 /// The tables to move together with `tbl`: a co-location group moves as
 /// one. Until tables can be co-located, that is the table itself.
 #[pg_extern(name = "_move_group")]
@@ -791,7 +816,7 @@ fn cut_over(m: &Move) {
     )
     .unwrap_or_else(|e| error!("conductor: could not switch the shard: {e}"));
     m.set(
-        "phase = 'switched', block_ms = $2, changes_pending = 0, switched_at = now()",
+        "phase = 'switched', block_ms = $2, changes_pending = 0, switched_at = clock_timestamp()",
         vec![block_ms.into()],
     );
 }
@@ -801,7 +826,7 @@ fn cut_over(m: &Move) {
 fn finish(m: &Move) {
     let mut tables = vec![m.table.clone()];
     tables.extend(mv::source_leftovers(&m.table));
-    if !older_transactions_ended(m) {
+    if !older_transactions_ended() {
         let ep = m.source_ep();
         super::cleanup::record(
             m.server_id,
@@ -865,17 +890,20 @@ const OLD_TRANSACTIONS_WAIT: Duration = Duration::from_secs(5);
 
 /// Whether every client transaction that began before the catalog switched
 /// has ended (waiting for them a while).
-fn older_transactions_ended(m: &Move) -> bool {
+fn older_transactions_ended() -> bool {
     let give_up = Instant::now() + OLD_TRANSACTIONS_WAIT;
     loop {
         // pg_stat_activity is read once per transaction unless cleared.
         Spi::run("SELECT pg_catalog.pg_stat_clear_snapshot()")
             .unwrap_or_else(|e| error!("conductor: {e}"));
+        // This transaction began after the switch committed (a step of its
+        // own), and so did every transaction that began after it: those
+        // load the new location.
         let older = Spi::get_one_with_args::<i64>(
-            "SELECT count(*) FROM pg_catalog.pg_stat_activity a, conductor.shard_move m
-              WHERE m.move_id = $1 AND a.pid <> pg_catalog.pg_backend_pid()
-                AND a.backend_type = 'client backend' AND a.xact_start < m.switched_at",
-            &[m.id.into()],
+            "SELECT count(*) FROM pg_catalog.pg_stat_activity a
+              WHERE a.pid <> pg_catalog.pg_backend_pid()
+                AND a.backend_type = 'client backend' AND a.xact_start < now()",
+            &[],
         )
         .ok()
         .flatten()

@@ -409,6 +409,25 @@ fn failed_moves_leave_the_source_authoritative() {
          UPDATE t_local SET v = 'after kill' WHERE conductor.shard_for('t', id) = 1 AND id % 7 = 0;",
     );
     assert_same_rows(&mut db, "t", "t_local");
+    // Routing and conductor_explain keep the shard on its source.
+    let (node, reason): (String, String) = {
+        let r = db
+            .query_one(
+                "SELECT node_id, reason FROM conductor_explain(
+                    'SELECT * FROM t WHERE id = ' ||
+                    (SELECT min(i) FROM generate_series(1, 100) i WHERE conductor.shard_for('t', i) = 1))",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(node, "node-1");
+    assert!(reason.contains("moving to node node-2"), "{reason}");
+    // The shard tables' schema cannot change under a move.
+    let err = db
+        .batch_execute("ALTER FOREIGN TABLE t ADD COLUMN w integer")
+        .expect_err("refused while a shard moves");
+    assert_eq!(sqlstate(&err), "55006", "{}", pg_err(&err));
     let cleaned: Vec<(String, String)> = db
         .query(
             "SELECT table_name, outcome FROM conductor.cleanup_moves()",
