@@ -579,6 +579,46 @@ fn failed_moves_leave_the_source_authoritative() {
     assert_same_rows(&mut db, "t", "t_local");
     assert_nodes_match_catalog(&cluster, &mut db, "t");
 
+    // 5. The source node fails while the shard is copied from it: the
+    // move is abandoned; its capture stays on the source until it answers.
+    cluster.set_node_delay(2, None);
+    cluster.set_node_delay(0, Some(40));
+    let cfg = cluster.pg_config();
+    let mover = std::thread::spawn(move || {
+        let mut c = cfg.connect(postgres::NoTls).unwrap();
+        c.batch_execute("CALL conductor.move_shard('t', 2, 'node-0')")
+            .map_err(|e| pg_err(&e))
+    });
+    wait_for_copy(&mut db, 2);
+    cluster.stop_node(2);
+    let err = mover
+        .join()
+        .unwrap()
+        .expect_err("a move from a failed node fails");
+    assert!(err.contains("node-2"), "{err}");
+    cluster.start_node(2);
+    let (phase, cleaned_up): (String, bool) = {
+        let r = db
+            .query_one(
+                "SELECT phase, cleaned FROM conductor.shard_moves ORDER BY move_id DESC LIMIT 1",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((phase.as_str(), cleaned_up), ("aborted", false));
+    assert_same_rows(&mut db, "t", "t_local");
+    let cleaned: Vec<String> = db
+        .query("SELECT outcome FROM conductor.cleanup_moves()", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(cleaned, ["undone"]);
+    assert!(move_objects(&cluster).is_empty());
+    assert!(!cluster.node_tables(0).contains(&"t_0002".to_string()));
+    assert_nodes_match_catalog(&cluster, &mut db, "t");
+
     let phases: Vec<String> = db
         .query(
             "SELECT phase FROM conductor.shard_moves ORDER BY move_id",
@@ -590,7 +630,7 @@ fn failed_moves_leave_the_source_authoritative() {
         .collect();
     assert_eq!(
         phases,
-        ["aborted", "done", "aborted", "aborted", "done", "aborted"]
+        ["aborted", "done", "aborted", "aborted", "done", "aborted", "aborted"]
     );
 }
 
@@ -635,4 +675,100 @@ fn a_shard_moves_between_sqld_nodes() {
     writer.join().expect("the writer failed");
     assert_same_rows(&mut db, "t", "t_local");
     assert_nodes_match_catalog(&cluster, &mut db, "t");
+}
+
+/// A transaction that began before a move switched over may still hold the
+/// shard's old location: the old copy is kept (fenced, recorded for
+/// conductor.cleanup()) while it runs, a write there is refused as
+/// retryable, and the transaction's write lands on the new copy.
+#[test]
+fn a_transaction_older_than_the_switch_never_writes_the_old_copy() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        node_delay_ms: None,
+        token: None,
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 3);
+         CREATE TABLE t_local (id bigint PRIMARY KEY, v text);
+         INSERT INTO t SELECT i, 'row ' || i FROM generate_series(1, 1000) i;
+         INSERT INTO t_local SELECT * FROM t;",
+    );
+    let key_in = |db: &mut Client, shard: i32| -> i64 {
+        db.query_one(
+            "SELECT min(i)::bigint FROM generate_series(1, 100) i WHERE conductor.shard_for('t', i) = $1",
+            &[&shard],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let (key, other) = (key_in(&mut db, 0), key_in(&mut db, 1));
+    // A transaction that has written the table (shard 1, on node-1) keeps
+    // the topology it started with for its later statements.
+    let mut old = cluster.client();
+    old.batch_execute("BEGIN").unwrap();
+    old.execute("UPDATE t SET v = v WHERE id = $1", &[&other])
+        .unwrap();
+
+    // The move finishes; the old copy stays, fenced, while `old` is open.
+    exec(&mut db, "CALL conductor.move_shard('t', 0, 'node-2')");
+    let pending: Vec<(String, String)> = db
+        .query(
+            "SELECT node_id, table_name FROM conductor.cleanup_pending",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(
+        pending.contains(&("node-0".to_string(), "t_0000".to_string())),
+        "{pending:?}"
+    );
+
+    // The old copy refuses writes: what a write holding the old location
+    // meets there, asked of the node directly.
+    let refused = cluster
+        .try_node_query(
+            0,
+            "UPDATE t_0000 SET v = 'stale' WHERE id = ?",
+            &[serde_json::json!(key)],
+        )
+        .expect_err("the old copy is fenced");
+    assert!(
+        refused.contains("conductor: shard is being moved"),
+        "{refused}"
+    );
+    // Through conductor, the open transaction's write either meets the
+    // fence (40001; its retry is a new transaction, which reaches the new
+    // location) or already reaches the new location; never the old copy.
+    match old.execute("UPDATE t SET v = 'updated' WHERE id = $1", &[&key]) {
+        Ok(n) => {
+            assert_eq!(n, 1);
+            old.batch_execute("COMMIT").unwrap();
+        }
+        Err(err) => {
+            assert_eq!(sqlstate(&err), "40001", "{}", pg_err(&err));
+            let e = pg_err(&err);
+            assert!(e.contains("node-0") && e.contains("shard 0"), "{e}");
+            old.batch_execute("ROLLBACK").unwrap();
+            old.execute("UPDATE t SET v = 'updated' WHERE id = $1", &[&key])
+                .unwrap();
+        }
+    }
+    db.execute("UPDATE t_local SET v = 'updated' WHERE id = $1", &[&key])
+        .unwrap();
+    let on_old = cluster.node_query(
+        0,
+        "SELECT v FROM t_0000 WHERE id = ?",
+        &[serde_json::json!(key)],
+    );
+    assert_eq!(on_old, [[serde_json::json!(format!("row {key}"))]]);
+    assert_same_rows(&mut db, "t", "t_local");
+    exec(&mut db, "SELECT * FROM conductor.cleanup()");
+    assert!(!cluster.node_tables(0).contains(&"t_0000".to_string()));
+    assert!(cluster.node_tables(2).contains(&"t_0000".to_string()));
+    assert_same_rows(&mut db, "t", "t_local");
 }
