@@ -352,6 +352,15 @@ fn running_elsewhere(id: i64) -> Option<i32> {
 /// changed. NULL when the shard is already on `to_node`.
 #[pg_extern(name = "_move_start")]
 fn move_start(tbl: pg_sys::Oid, shard: i32, to_node: &str) -> Option<i64> {
+    // SAFETY: reads the transaction state.
+    if unsafe { pg_sys::IsTransactionBlock() } {
+        raise(
+            PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
+            "a shard move cannot run inside a transaction block",
+        )
+        .hint("Each step of a move commits: CALL it outside BEGIN ... COMMIT.")
+        .error()
+    }
     let topology = cache::table(tbl);
     let display = topology.name.clone();
     if shard < 0 || shard as u32 >= topology.shard_count() {

@@ -381,6 +381,26 @@ fn failed_moves_leave_the_source_authoritative() {
     // Slow requests to node-2 stretch each copy step.
     cluster.set_node_delay(2, Some(40));
 
+    // A move commits step by step: not inside a transaction block.
+    let err = db
+        .batch_execute("BEGIN; CALL conductor.move_shard('t', 1, 'node-2')")
+        .expect_err("refused in a transaction block");
+    assert_eq!(sqlstate(&err), "25001", "{}", pg_err(&err));
+    exec(&mut db, "ROLLBACK");
+    // Predictable failures are refused before anything changes.
+    for (call, state) in [
+        ("CALL conductor.move_shard('t', 1, 'node-9')", "42704"),
+        ("CALL conductor.move_shard('t', 7, 'node-2')", "22023"),
+    ] {
+        let err = db.batch_execute(call).expect_err(call);
+        assert_eq!(sqlstate(&err), state, "{call}: {}", pg_err(&err));
+    }
+    let moves: i64 = db
+        .query_one("SELECT count(*) FROM conductor.shard_moves", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(moves, 0);
+
     // 1. The moving backend is killed while it copies.
     let cfg = cluster.pg_config();
     let mover = std::thread::spawn(move || {
