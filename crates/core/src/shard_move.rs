@@ -240,34 +240,17 @@ impl Checksum {
     }
 }
 
-/// XXH3 of a row's values, each tagged with its storage class so that
-/// `1` and `'1'` differ.
-pub fn row_hash(row: &[Value]) -> u64 {
-    let mut bytes = Vec::with_capacity(64);
-    for v in row {
-        match v {
-            Value::Null => bytes.push(0),
-            Value::Integer(i) => {
-                bytes.push(1);
-                bytes.extend_from_slice(&i.to_le_bytes());
-            }
-            Value::Float(f) => {
-                bytes.push(2);
-                bytes.extend_from_slice(&f.to_bits().to_le_bytes());
-            }
-            Value::Text(s) => {
-                bytes.push(3);
-                bytes.extend_from_slice(&(s.len() as u64).to_le_bytes());
-                bytes.extend_from_slice(s.as_bytes());
-            }
-            Value::Blob(b) => {
-                bytes.push(4);
-                bytes.extend_from_slice(&(b.len() as u64).to_le_bytes());
-                bytes.extend_from_slice(b);
-            }
-        }
-    }
-    xxhash_rust::xxh3::xxh3_64(&bytes)
+pub use conductor_hrana::checksum::row_hash;
+
+/// `SELECT count(*), conductor_row_checksum(cols) FROM t`: a shard's
+/// [`Checksum`] computed on a node that offers the aggregate.
+pub fn checksum_sql(shard_table: &str, columns: &[&str]) -> String {
+    format!(
+        "SELECT count(*), {}({}) FROM {}",
+        conductor_hrana::checksum::CHECKSUM_FUNCTION,
+        qualified_list(shard_table, columns),
+        quote_ident(shard_table)
+    )
 }
 
 /// A key as a map key (values are not `Ord`: floats).

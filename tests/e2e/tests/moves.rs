@@ -262,7 +262,10 @@ fn shards_move_while_sessions_write_and_read() {
     wait_ops(before + 100);
     stop.store(true, Ordering::Relaxed);
     for w in workers {
-        w.join().expect("a worker failed");
+        if w.join().is_err() {
+            eprintln!("{}", cluster.pg_log());
+            panic!("a worker failed");
+        }
     }
 
     assert_same_rows(&mut db, "t", "t_local");
