@@ -549,14 +549,11 @@ fn move_step(id: i64) -> String {
         "catching_up" => {
             let shape = Shape::of(m.relid);
             let (src, tgt) = (m.source_ep(), m.target_ep());
-            let mut pending = i64::MAX;
             for _ in 0..CATCH_UP_ROUNDS {
-                pending = catch_up_round(&m, &shape, &src, &tgt);
-                if pending <= CUT_OVER_LAG {
+                if catch_up_round(&m, &shape, &src, &tgt) <= CUT_OVER_LAG {
                     break;
                 }
             }
-            let _ = pending;
             "cutting_over"
         }
         "cutting_over" => {

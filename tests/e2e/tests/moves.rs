@@ -795,3 +795,99 @@ fn a_transaction_older_than_the_switch_never_writes_the_old_copy() {
     assert!(cluster.node_tables(2).contains(&"t_0000".to_string()));
     assert_same_rows(&mut db, "t", "t_local");
 }
+
+/// A rebalance whose move fails half-way stops there: the moves before it
+/// are done, the failed one is undone, and running it again finishes.
+#[test]
+fn a_rebalance_that_fails_half_way_is_run_again() {
+    let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        node_delay_ms: None,
+        token: None,
+    });
+    exec(&mut db, "SELECT conductor.remove_node('cluster', 'node-2')");
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 6);
+         CREATE TABLE t_local (id bigint PRIMARY KEY, v text);
+         INSERT INTO t SELECT i, 'row ' || i FROM generate_series(1, 60000) i;
+         INSERT INTO t_local SELECT * FROM t;
+         SET conductor.node_cooldown = 0;",
+    );
+    let url = cluster.node_url(2);
+    db.execute(
+        "SELECT conductor.add_node('cluster', 'node-2', $1)",
+        &[&url],
+    )
+    .unwrap();
+    // The new node is slow: the first move's copy takes a while.
+    cluster.set_node_delay(2, Some(40));
+    let cfg = cluster.pg_config();
+    let rebalance = std::thread::spawn(move || {
+        let mut c = cfg.connect(postgres::NoTls).unwrap();
+        c.batch_execute("CALL conductor.rebalance('cluster')")
+            .map_err(|e| pg_err(&e))
+    });
+    let first: i32 = {
+        let mut shard = None;
+        for _ in 0..6000 {
+            let r = db
+                .query(
+                    "SELECT shard_id FROM conductor.shard_move
+                      WHERE phase = 'copying' AND rows_copied > 0
+                        AND (SELECT count(*) FROM conductor.shard_move WHERE phase = 'done') = 1",
+                    &[],
+                )
+                .unwrap();
+            if let Some(r) = r.first() {
+                shard = Some(r.get(0));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        shard.expect("the rebalance's second move started copying")
+    };
+    cluster.stop_node(2);
+    rebalance
+        .join()
+        .unwrap()
+        .expect_err("the rebalance stops at the failed move");
+    cluster.start_node(2);
+    let moving: i64 = db
+        .query_one(
+            "SELECT count(*) FROM conductor.shards WHERE status <> 'active'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(moving, 0, "the failed move of shard {first} was undone");
+    let on_node2: i64 = db
+        .query_one(
+            "SELECT count(*) FROM conductor.shards WHERE node_id = 'node-2'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(on_node2, 1, "the move before it stays done");
+    assert_same_rows(&mut db, "t", "t_local");
+    exec(&mut db, "SELECT * FROM conductor.cleanup()");
+    cluster.set_node_delay(2, None);
+    exec(&mut db, "CALL conductor.rebalance('cluster')");
+    let per_node: Vec<i64> = db
+        .query(
+            "SELECT count(*) FROM conductor.shards GROUP BY node_id ORDER BY node_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(per_node, [2, 2, 2]);
+    assert!(db
+        .query("SELECT * FROM conductor.rebalance_plan('cluster')", &[])
+        .unwrap()
+        .is_empty());
+    assert_same_rows(&mut db, "t", "t_local");
+    assert_nodes_match_catalog(&cluster, &mut db, "t");
+}
