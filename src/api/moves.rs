@@ -103,24 +103,29 @@ impl Move {
 }
 
 fn endpoint(server_id: pg_sys::Oid, node_id: &str) -> NodeEndpoint {
-    let url = Spi::get_one_with_args::<String>(
-        "SELECT url FROM conductor.node WHERE server_id = $1 AND node_id = $2",
-        &[server_id.into(), node_id.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| {
+    known_endpoint(server_id, node_id).unwrap_or_else(|| {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             format!("node \"{node_id}\" does not exist"),
         )
         .error()
-    });
-    NodeEndpoint {
+    })
+}
+
+/// The node's address, if the catalog still knows it (a move's record
+/// may outlive a node removed since).
+fn known_endpoint(server_id: pg_sys::Oid, node_id: &str) -> Option<NodeEndpoint> {
+    let url = Spi::get_one_with_args::<String>(
+        "SELECT url FROM conductor.node WHERE server_id = $1 AND node_id = $2",
+        &[server_id.into(), node_id.into()],
+    )
+    .ok()
+    .flatten()?;
+    Some(NodeEndpoint {
         node_id: node_id.to_string(),
         url,
         token: token_for(server_id),
-    }
+    })
 }
 
 /// Statements as one node transaction that writes: it takes the node's
@@ -854,6 +859,14 @@ fn cut_over(m: &Move) {
 fn finish(m: &Move) {
     let mut tables = vec![m.table.clone()];
     tables.extend(mv::source_leftovers(&m.table));
+    if known_endpoint(m.server_id, &m.source).is_none() {
+        // The old source was removed from the catalog: nothing to reach.
+        m.set(
+            "phase = 'done', cleaned = true, finished_at = now()",
+            vec![],
+        );
+        return;
+    }
     if !older_transactions_ended() {
         let ep = m.source_ep();
         super::cleanup::record(
@@ -952,20 +965,24 @@ fn older_transactions_ended() -> bool {
 fn undo(m: &Move) -> Result<(), String> {
     let current = m.current_node();
     let mut kept = Ok(());
-    if current.as_deref() == Some(m.source.as_str()) || current.is_none() {
+    // A node the catalog no longer knows holds nothing conductor can reach.
+    let source = known_endpoint(m.server_id, &m.source);
+    let target = known_endpoint(m.server_id, &m.target);
+    if let Some(ep) =
+        source.filter(|_| current.as_deref() == Some(m.source.as_str()) || current.is_none())
+    {
         let teardown = mv::capture_teardown_sql(&m.table)
             .into_iter()
             .map(|s| Stmt::new(s, vec![]))
             .collect();
-        if let Err(e) = txn(&m.source_ep(), m.shard(), teardown) {
+        if let Err(e) = txn(&ep, m.shard(), teardown) {
             kept = Err(format!(
                 "change capture on node {} stays until it answers: {e}",
                 m.source
             ));
         }
     }
-    if current.as_deref() != Some(m.target.as_str()) {
-        let ep = m.target_ep();
+    if let Some(ep) = target.filter(|_| current.as_deref() != Some(m.target.as_str())) {
         if txn(
             &ep,
             m.shard(),
