@@ -432,6 +432,41 @@ fn failed_moves_leave_the_source_authoritative() {
          UPDATE t_local SET v = 'after kill' WHERE conductor.shard_for('t', id) = 1 AND id % 7 = 0;",
     );
     assert_same_rows(&mut db, "t", "t_local");
+    // The write block holds only its shard: with a block row in force on
+    // node-1 (as a cut-over inserts it), writes to shard 1 are refused as
+    // retryable, naming node and shard, while a table sharing node-1 is
+    // written; without it, shard 1 is written again.
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE u (id bigint NOT NULL) SERVER cluster;
+         SELECT conductor.create_distributed_table('u', 'id', shard_count => 3);",
+    );
+    cluster.node_query(
+        1,
+        "INSERT INTO t_0001__move_block (until) VALUES (julianday('now') + 1)",
+        &[],
+    );
+    let in_shard_1: i64 = db
+        .query_one(
+            "SELECT min(i)::bigint FROM generate_series(1, 100) i WHERE conductor.shard_for('t', i) = 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let err = db
+        .execute("UPDATE t SET v = v WHERE id = $1", &[&in_shard_1])
+        .expect_err("blocked");
+    assert_eq!(sqlstate(&err), "40001", "{}", pg_err(&err));
+    let e = pg_err(&err);
+    assert!(
+        e.contains("node-1 (shard 1)") && e.contains("being moved"),
+        "{e}"
+    );
+    exec(&mut db, "INSERT INTO u SELECT generate_series(1, 30)");
+    cluster.node_query(1, "DELETE FROM t_0001__move_block", &[]);
+    db.execute("UPDATE t SET v = v WHERE id = $1", &[&in_shard_1])
+        .unwrap();
+
     // Routing and conductor_explain keep the shard on its source.
     let (node, reason): (String, String) = {
         let r = db
