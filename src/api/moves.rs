@@ -42,13 +42,14 @@ struct Move {
     table: String,
     phase: String,
     last_key: Option<serde_json::Value>,
+    changes_pending: i64,
 }
 
 fn load_move(id: i64) -> Move {
     Spi::connect(|client| {
         let rows = client.select(
             "SELECT move_id, relid::oid, shard_id, server_id, source_node, target_node,
-                    remote_table, phase, last_key
+                    remote_table, phase, last_key, changes_pending
                FROM conductor.shard_move WHERE move_id = $1",
             None,
             &[id.into()],
@@ -67,6 +68,7 @@ fn load_move(id: i64) -> Move {
             table: r.get(7)?.unwrap_or_default(),
             phase: r.get(8)?.unwrap_or_default(),
             last_key: r.get::<JsonB>(9)?.map(|j| j.0),
+            changes_pending: r.get(10)?.unwrap_or_default(),
         })
     })
     .unwrap_or_else(|e| error!("conductor: could not read move {id}: {e}"))
@@ -554,12 +556,22 @@ fn move_step(id: i64) -> String {
         "catching_up" => {
             let shape = Shape::of(m.relid);
             let (src, tgt) = (m.source_ep(), m.target_ep());
+            let mut pending = 0;
             for _ in 0..CATCH_UP_ROUNDS {
-                if catch_up_round(&m, &shape, &src, &tgt) <= CUT_OVER_LAG {
+                pending = catch_up_round(&m, &shape, &src, &tgt);
+                if pending <= CUT_OVER_LAG {
                     break;
                 }
             }
-            "cutting_over"
+            // Another step while the backlog shrinks; once it does not
+            // (writes come faster than they are replayed), the cut-over is
+            // tried and the block's limit decides.
+            let first_step = m.changes_pending == 0;
+            if pending > CUT_OVER_LAG && (first_step || pending < m.changes_pending) {
+                "catching_up"
+            } else {
+                "cutting_over"
+            }
         }
         "cutting_over" => {
             cut_over(&m);
