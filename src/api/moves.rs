@@ -342,16 +342,24 @@ fn move_group(tbl: pg_sys::Oid) -> SetOfIterator<'static, pg_sys::Oid> {
 fn running_elsewhere(id: i64) -> Option<i32> {
     Spi::run("SELECT pg_catalog.pg_stat_clear_snapshot()")
         .unwrap_or_else(|e| error!("conductor: {e}"));
-    Spi::get_one_with_args::<i32>(
-        "SELECT m.pid FROM conductor.shard_move m
-           JOIN pg_catalog.pg_stat_activity a
-             ON a.pid = m.pid AND a.backend_start = m.backend_start
-          WHERE m.move_id = $1 AND m.pid <> pg_catalog.pg_backend_pid()
-            AND a.state = 'active'",
-        &[id.into()],
-    )
-    .ok()
-    .flatten()
+    // A role that may not see another role's sessions reads NULL for their
+    // start and state: such a move counts as running.
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT m.pid FROM conductor.shard_move m
+               JOIN pg_catalog.pg_stat_activity a ON a.pid = m.pid
+              WHERE m.move_id = $1 AND m.pid <> pg_catalog.pg_backend_pid()
+                AND (a.backend_start IS NULL OR a.backend_start = m.backend_start)
+                AND (a.state IS NULL OR a.state = 'active')",
+            None,
+            &[id.into()],
+        )?;
+        match rows.into_iter().next() {
+            Some(r) => r.get::<i32>(1),
+            None => Ok(None),
+        }
+    })
+    .unwrap_or_else(|e| error!("conductor: could not read pg_stat_activity: {e}"))
 }
 
 /// Checks, cleanup of earlier moves of the shard, and the move's record:
@@ -955,7 +963,10 @@ fn older_transactions_ended() -> bool {
         let older = Spi::get_one_with_args::<i64>(
             "SELECT count(*) FROM pg_catalog.pg_stat_activity a
               WHERE a.pid <> pg_catalog.pg_backend_pid()
-                AND a.backend_type = 'client backend' AND a.xact_start < now()",
+                AND a.backend_type = 'client backend'
+                AND (a.xact_start < now()
+                     -- a session this role may not see: assumed older
+                     OR (a.xact_start IS NULL AND a.state IS NULL))",
             &[],
         )
         .unwrap_or_else(|e| error!("conductor: could not read pg_stat_activity: {e}"))
