@@ -93,3 +93,45 @@ SELECT pg_catalog.pg_extension_config_dump('conductor.distributed_table', '');
 SELECT pg_catalog.pg_extension_config_dump('conductor.shard', '');
 SELECT pg_catalog.pg_extension_config_dump('conductor.shard_index', '');
 SELECT pg_catalog.pg_extension_config_dump('conductor.cleanup', '');
+
+-- Shard moves, running and past (conductor.move_shard; docs/ARCHITECTURE.md,
+-- Moving shards). A row is written before a move touches any node, and
+-- everything a move creates on a node is named after the shard table, so
+-- what a move that died left behind is found from its row alone. phase:
+-- starting, copying, catching_up, cutting_over, switched (the catalog points
+-- at the target; set in the same transaction), done, aborted. cleaned: the
+-- move left nothing on any node (or what it left is in conductor.cleanup).
+CREATE SEQUENCE conductor.shard_move_seq;
+CREATE TABLE conductor.shard_move (
+    move_id bigint PRIMARY KEY DEFAULT nextval('conductor.shard_move_seq'),
+    relid regclass NOT NULL,
+    shard_id integer NOT NULL,
+    server_id oid NOT NULL,
+    source_node text NOT NULL,
+    target_node text NOT NULL,
+    remote_table text NOT NULL,
+    phase text NOT NULL DEFAULT 'starting'
+        CHECK (phase IN ('starting', 'copying', 'catching_up', 'cutting_over',
+                         'switched', 'done', 'aborted')),
+    -- The primary key of the last row copied (Hrana values as JSON).
+    last_key jsonb,
+    rows_copied bigint NOT NULL DEFAULT 0,
+    changes_applied bigint NOT NULL DEFAULT 0,
+    changes_pending bigint NOT NULL DEFAULT 0,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    block_ms double precision,
+    -- When the catalog switched to the target: the old copy is dropped
+    -- once every transaction older than that has ended.
+    switched_at timestamptz,
+    finished_at timestamptz,
+    error text,
+    -- The backend running the move: a move whose backend is gone or idle
+    -- is no longer running and may be cleaned up.
+    pid integer,
+    backend_start timestamptz,
+    cleaned boolean NOT NULL DEFAULT false
+);
+CREATE INDEX shard_move_shard_idx ON conductor.shard_move (relid, shard_id);
+REVOKE ALL ON conductor.shard_move, conductor.shard_move_seq FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('conductor.shard_move', '');
+SELECT pg_catalog.pg_extension_config_dump('conductor.shard_move_seq', '');

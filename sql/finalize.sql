@@ -238,3 +238,123 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Shard moves (src/api/moves.rs; docs/ARCHITECTURE.md, Moving shards). A
+-- move is a procedure because each of its steps commits: its progress is
+-- visible to other sessions, and what it has done on the nodes is recorded
+-- before the next step, so a backend that dies leaves a record the next
+-- move or conductor.cleanup_moves() acts on. A step that fails is undone
+-- (the source stays authoritative) before the error is raised again.
+CREATE PROCEDURE conductor._move_one(tbl regclass, shard integer, to_node text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    m bigint;
+    phase text;
+    failed boolean := false;
+    st text;
+    msg text;
+    det text;
+    hnt text;
+BEGIN
+    m := conductor._move_start(tbl, shard, to_node);
+    COMMIT;
+    IF m IS NULL THEN
+        RETURN; -- already there
+    END IF;
+    LOOP
+        BEGIN
+            phase := conductor._move_step(m);
+        EXCEPTION WHEN query_canceled OR others THEN
+            GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
+                det = PG_EXCEPTION_DETAIL, hnt = PG_EXCEPTION_HINT;
+            failed := true;
+        END;
+        IF failed THEN
+            PERFORM conductor._move_abort(m, msg);
+            COMMIT;
+            RAISE EXCEPTION USING ERRCODE = st, MESSAGE = msg,
+                DETAIL = concat_ws(E'\n', nullif(det, ''),
+                    format('Move %s of shard %s of %s to node %s was abandoned; the source copy stays authoritative.',
+                           m, shard, tbl, to_node)),
+                HINT = coalesce(nullif(hnt, ''),
+                    'conductor.shard_moves shows the move; CALL conductor.move_shard() again once the cause is fixed.');
+        END IF;
+        COMMIT;
+        EXIT WHEN phase = 'done';
+    END LOOP;
+END
+$$;
+
+CREATE PROCEDURE conductor.move_shard(tbl regclass, shard integer, to_node text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    t regclass;
+BEGIN
+    -- A co-location group's shard moves with it, table by table.
+    FOREACH t IN ARRAY ARRAY(SELECT g::regclass FROM conductor._move_group(tbl) g) LOOP
+        CALL conductor._move_one(t, shard, to_node);
+    END LOOP;
+END
+$$;
+
+CREATE PROCEDURE conductor.rebalance(server text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    mv record;
+BEGIN
+    -- The plan is read whole before the first move commits (the loop's
+    -- cursor is made holdable), so it is the plan of the start.
+    FOR mv IN SELECT * FROM conductor.rebalance_plan(server) LOOP
+        CALL conductor.move_shard(mv.table_name, mv.shard_id, mv.target_node);
+    END LOOP;
+END
+$$;
+
+CREATE PROCEDURE conductor.drain_node(server text, node_id text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM conductor._drain_mark(server, node_id);
+    COMMIT;
+    CALL conductor.rebalance(server);
+END
+$$;
+
+CREATE FUNCTION conductor.rebalance_plan(server text)
+RETURNS TABLE (table_name regclass, shard_id integer, source_node text, target_node text)
+LANGUAGE sql VOLATILE
+AS 'SELECT relid::regclass, shard_id, source_node, target_node FROM conductor._rebalance_plan(server)';
+
+REVOKE EXECUTE ON PROCEDURE
+    conductor.move_shard(regclass, integer, text),
+    conductor._move_one(regclass, integer, text),
+    conductor.rebalance(text),
+    conductor.drain_node(text, text)
+FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION
+    conductor._move_start(oid, integer, text),
+    conductor._move_group(oid),
+    conductor._rebalance_plan(text),
+    conductor._move_step(bigint),
+    conductor._move_abort(bigint, text),
+    conductor._drain_mark(text, text),
+    conductor.cleanup_moves(),
+    conductor.rebalance_plan(text)
+FROM PUBLIC;
+
+CREATE VIEW conductor.shard_moves AS
+SELECT m.move_id,
+       m.relid AS table_name,
+       m.shard_id,
+       m.source_node,
+       m.target_node,
+       m.phase,
+       m.rows_copied,
+       m.changes_applied,
+       m.changes_pending,
+       m.started_at,
+       m.finished_at,
+       m.block_ms,
+       m.error,
+       m.cleaned
+  FROM conductor.shard_move m;
+GRANT SELECT ON conductor.shard_moves TO PUBLIC;

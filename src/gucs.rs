@@ -60,7 +60,21 @@ pub static REMOTE_XACT_IDLE_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new
 /// (-1: none, 0: all).
 pub static LOG_REMOTE_MIN_DURATION_MS: GucSetting<i32> = GucSetting::<i32>::new(-1);
 
+/// Longest time a shard move may block writes to the shard, in
+/// milliseconds: the block expires on the node by itself after it.
+pub static MOVE_WRITE_BLOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"conductor.move_write_block_timeout",
+        c"Longest time a shard move blocks writes to the shard it moves.",
+        c"The block expires on the source node by itself after this time, even if the moving backend dies. A move whose last catch-up and comparison of both copies take longer is abandoned and writes resume on the source.",
+        &MOVE_WRITE_BLOCK_TIMEOUT_MS,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_int_guc(
         c"conductor.log_remote_statements_min_duration",
         c"Logs each request to a node that took at least this long, with node, shard, duration and rows.",

@@ -444,6 +444,16 @@ fn sqlstate(err: &ShardError) -> PgSqlErrorCode {
 /// Raise a node's failure as a Postgres ERROR naming node and shard.
 pub fn report_shard_error(err: &ShardError) -> ! {
     let what = match &err.error {
+        NodeError::Sql { message, .. }
+            if message.contains(conductor_core::shard_move::FENCE_MESSAGE) =>
+        {
+            refusal(
+                err,
+                PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                "shard {node} is being moved: writes to it are paused while the move switches over",
+                "Retry the transaction: it then writes the shard where the catalog places it. A move's write block lasts at most conductor.move_write_block_timeout; if it persists, the move died while switching over: run SELECT * FROM conductor.cleanup_moves().",
+            )
+        }
         NodeError::Sql { .. }
             if err
                 .sqlite_code()

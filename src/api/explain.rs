@@ -74,11 +74,32 @@ fn explain(
                 location.url.clone(),
                 s.stmt.sql.clone().unwrap_or_default(),
                 JsonB(args_json(&s.stmt.args)),
-                format!("{}{note}", plan.reason),
+                format!(
+                    "{}{note}{}",
+                    plan.reason,
+                    moving_note(&topology, s.shard_id)
+                ),
             ));
         }
     }
     TableIterator::new(rows)
+}
+
+/// A shard being moved is served by its source until the move switches
+/// over: said so, with the node it is moving to.
+fn moving_note(topology: &TableTopology, shard_id: u32) -> String {
+    use conductor_core::topology::ShardStatus;
+    if topology.shards[shard_id as usize].status == ShardStatus::Active {
+        return String::new();
+    }
+    let target = Spi::get_one_with_args::<String>(
+        "SELECT target_node_id FROM conductor.shard WHERE relid = $1 AND shard_id = $2",
+        &[topology.relid.into(), (shard_id as i32).into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    format!("; shard {shard_id} is moving to node {target}: its source serves it until the move switches over")
 }
 
 fn refuse(message: impl Into<String>) -> ! {

@@ -2,6 +2,7 @@
 
 mod cleanup;
 pub mod explain;
+pub mod moves;
 mod nodes;
 pub mod schema;
 mod tables;

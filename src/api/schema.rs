@@ -224,6 +224,7 @@ fn sync_shard_schema(relid: pg_sys::Oid) {
             default_not_constant,
         });
     }
+    super::moves::refuse_while_moving(relid, "alter");
     let shard_indexes = indexes(relid);
     let change = plan_change(&rec.columns, &new_columns, key, &identity, &shard_indexes)
         .unwrap_or_else(|why| refuse(relid, why));
@@ -487,6 +488,7 @@ fn create_shard_index(
         )
         .error()
     }
+    super::moves::refuse_while_moving(relid, "index");
     let topology = cache::table(relid);
     for c in &columns {
         if !topology.columns.iter().any(|t| &t.name == c) {
@@ -558,6 +560,7 @@ fn drop_shard_index(name: &str) {
         )
         .error()
     });
+    super::moves::refuse_while_moving(relid, "drop an index of");
     let topology = cache::table(relid);
     let plan = ShardPlan::every_shard(&topology, "DROP INDEX", |table| {
         vec![

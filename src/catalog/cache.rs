@@ -28,6 +28,12 @@ thread_local! {
     /// Oid of conductor.distributed_table, the relation whose invalidation
     /// means "the topology changed". Learned on first load.
     static CATALOG_RELID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::Oid::INVALID) };
+    /// Bumped by every invalidation of the topology, or of the table being
+    /// loaded: a topology whose load saw it change is not kept (see
+    /// `try_table`).
+    static GENERATION: Cell<u64> = const { Cell::new(0) };
+    /// The table `try_table` is loading.
+    static LOADING: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::Oid::INVALID) };
 }
 
 fn bump(f: impl FnOnce(&mut CacheStats)) {
@@ -50,8 +56,20 @@ pub fn try_table(relid: pg_sys::Oid) -> Option<Rc<TableTopology>> {
     }
     bump(|s| s.misses += 1);
     remember_catalog_relid();
-    let loaded = Rc::new(load_table(relid)?);
-    TABLES.with(|t| t.borrow_mut().insert(relid, loaded.clone()));
+    // Reading the catalog locks its tables, which delivers invalidations
+    // queued meanwhile, but the rows are read with the statement's snapshot,
+    // which may predate the change they announce (a shard move's switch):
+    // kept, such a topology would outlive the invalidation that should have
+    // dropped it. It serves this statement only (which the old location's
+    // fence refuses if it writes there); the next one loads again.
+    let generation = GENERATION.with(|g| g.get());
+    let outer = LOADING.with(|l| l.replace(relid));
+    let loaded = load_table(relid);
+    LOADING.with(|l| l.set(outer));
+    let loaded = Rc::new(loaded?);
+    if GENERATION.with(|g| g.get()) == generation {
+        TABLES.with(|t| t.borrow_mut().insert(relid, loaded.clone()));
+    }
     Some(loaded)
 }
 
@@ -99,6 +117,9 @@ fn invalidate_topology_cache() {
 #[pg_guard]
 unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     let catalog = CATALOG_RELID.with(|c| c.get());
+    if relid == pg_sys::Oid::INVALID || relid == catalog || relid == LOADING.with(|l| l.get()) {
+        GENERATION.with(|g| g.set(g.get() + 1));
+    }
     TABLES.with(|t| {
         let mut tables = t.borrow_mut();
         if relid == pg_sys::Oid::INVALID || relid == catalog {

@@ -18,6 +18,7 @@ pub mod pushdown;
 pub mod remote_sql;
 pub mod router;
 pub mod schema;
+pub mod shard_move;
 pub mod tls;
 pub mod topology;
 pub mod types;

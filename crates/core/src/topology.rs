@@ -18,14 +18,17 @@ pub struct Column {
     pub not_null: bool,
 }
 
-/// Where a shard is in its life. Only `Active` shards exist until shards
-/// can move; the catalog already records the states of a move.
+/// Where a shard is in its life (docs/ARCHITECTURE.md, Moving shards).
+/// Routing is the same for all: a shard is read and written where the
+/// catalog places it, which during a move is the source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShardStatus {
     Active,
     /// Being copied away: still serves reads and writes.
     RebalancingSource,
-    /// Receiving a copy: not yet read from.
+    /// Receiving a copy: not yet read from. conductor's moves keep one
+    /// row per shard (the source's, with the target beside it) and never
+    /// set it; the catalog accepts it.
     RebalancingTarget,
 }
 

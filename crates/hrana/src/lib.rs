@@ -13,6 +13,7 @@
 //! know decodes as [`StreamResponse::Unknown`]. What a client does need —
 //! values, rows, columns, the tag of a result — stays strictly validated.
 
+pub mod checksum;
 pub mod decimal;
 #[cfg(feature = "protobuf")]
 pub mod protobuf;

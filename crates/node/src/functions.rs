@@ -1,4 +1,5 @@
-//! SQL functions conductor-node adds to SQLite: exact aggregates over
+//! SQL functions conductor-node adds to SQLite: the row checksum shard
+//! moves compare copies by, and exact aggregates over
 //! numeric values stored as Postgres' numeric text (see
 //! `conductor_hrana::decimal`), so a router can push `sum`, `avg`, `min`
 //! and `max` of numeric to the node and merge the partials exactly, and
@@ -10,6 +11,7 @@
 //! them when the node is added and pushes these aggregates only to nodes
 //! that answered.
 
+use conductor_hrana::checksum::{RowHasher, CHECKSUM_FUNCTION};
 use conductor_hrana::decimal::{
     Decimal, DecimalSum, ADD_FUNCTION as DECIMAL_ADD, FIELD_OVERFLOW, MAX_FUNCTION as DECIMAL_MAX,
     MIN_FUNCTION as DECIMAL_MIN, SUB_FUNCTION as DECIMAL_SUB, SUM_FUNCTION as DECIMAL_SUM,
@@ -110,10 +112,40 @@ fn add_or_subtract(ctx: &Context<'_>, subtract: bool) -> Result<Option<String>> 
     Ok(Some(result.to_string()))
 }
 
+/// `conductor_row_checksum(col, …)`: the sum a shard move compares both
+/// copies by (`conductor_hrana::checksum`), computed without sending rows.
+struct RowChecksum;
+
+impl Aggregate<u64, i64> for RowChecksum {
+    fn init(&self, _: &mut Context<'_>) -> Result<u64> {
+        Ok(0)
+    }
+
+    fn step(&self, ctx: &mut Context<'_>, acc: &mut u64) -> Result<()> {
+        let mut h = RowHasher::default();
+        for i in 0..ctx.len() {
+            match ctx.get_raw(i) {
+                ValueRef::Null => h.null(),
+                ValueRef::Integer(v) => h.integer(v),
+                ValueRef::Real(v) => h.float(v),
+                ValueRef::Text(t) => h.text(t),
+                ValueRef::Blob(b) => h.blob(b),
+            }
+        }
+        *acc = acc.wrapping_add(h.finish());
+        Ok(())
+    }
+
+    fn finalize(&self, _: &mut Context<'_>, acc: Option<u64>) -> Result<i64> {
+        Ok(acc.unwrap_or(0) as i64)
+    }
+}
+
 pub fn register(conn: &Connection) -> Result<()> {
     let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
     conn.create_scalar_function(DECIMAL_ADD, 4, flags, |ctx| add_or_subtract(ctx, false))?;
     conn.create_scalar_function(DECIMAL_SUB, 4, flags, |ctx| add_or_subtract(ctx, true))?;
+    conn.create_aggregate_function(CHECKSUM_FUNCTION, -1, flags, RowChecksum)?;
     conn.create_aggregate_function(DECIMAL_SUM, 1, flags, Sum)?;
     conn.create_aggregate_function(
         DECIMAL_MIN,
@@ -138,6 +170,42 @@ pub fn register(conn: &Connection) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn row_checksum_in_sql_is_the_sum_of_row_hashes() {
+        use conductor_hrana::checksum::row_hash;
+        use conductor_hrana::Value;
+        let conn = Connection::open_in_memory().unwrap();
+        register(&conn).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (a, b);
+             INSERT INTO t VALUES (1, 'x'), (2.5, NULL), ('1', x'00ff'), (-7, 'é');",
+        )
+        .unwrap();
+        let rows = [
+            [Value::Integer(1), Value::Text("x".into())],
+            [Value::Float(2.5), Value::Null],
+            [Value::Text("1".into()), Value::Blob(vec![0, 255])],
+            [Value::Integer(-7), Value::Text("é".into())],
+        ];
+        let want = rows
+            .iter()
+            .fold(0u64, |acc, r| acc.wrapping_add(row_hash(r)));
+        let got: i64 = conn
+            .query_row("SELECT conductor_row_checksum(a, b) FROM t", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(got as u64, want);
+        let none: i64 = conn
+            .query_row(
+                "SELECT conductor_row_checksum(a, b) FROM t WHERE 0",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(none, 0);
+    }
 
     fn one(conn: &Connection, sql: &str) -> Option<String> {
         conn.query_row(sql, [], |r| r.get(0)).unwrap()

@@ -1,0 +1,928 @@
+//! Online shard moves: shards move, by hand, by rebalancing and by
+//! draining a node, while several sessions write and read; no write is
+//! lost and the table returns the rows a local table given the same writes
+//! returns. A move killed, cut off from its target or past its write-block
+//! limit leaves the source authoritative and can be run again.
+
+mod common;
+
+use common::sqld_bin;
+use conductor_e2e::postgres::{self, Client};
+use conductor_e2e::{pg_err, Cluster, ClusterOptions};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn exec(db: &mut Client, sql: &str) {
+    db.batch_execute(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {}", pg_err(&e)));
+}
+
+fn sqlstate(e: &postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
+/// Every row of `table` as text, in key order.
+fn rows(db: &mut Client, table: &str) -> Vec<String> {
+    db.query(&format!("SELECT x::text FROM {table} x ORDER BY id"), &[])
+        .unwrap_or_else(|e| panic!("read {table}: {}", pg_err(&e)))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn assert_same_rows(db: &mut Client, table: &str, local: &str) {
+    let a = rows(db, table);
+    let b = rows(db, local);
+    assert_eq!(a.len(), b.len(), "{table} and {local} differ in row count");
+    assert!(a == b, "{table} and {local} differ");
+}
+
+/// (shard, node, status) of every shard of `table`.
+fn placement(db: &mut Client, table: &str) -> Vec<(i32, String, String)> {
+    db.query(
+        "SELECT shard_id, node_id, status FROM conductor.shards
+          WHERE table_name = $1::text::regclass ORDER BY shard_id",
+        &[&table],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+/// Each shard table is on the node the catalog names and nowhere else, and
+/// no node keeps anything a move creates.
+fn assert_nodes_match_catalog(cluster: &Cluster, db: &mut Client, table: &str) {
+    let placed = placement(db, table);
+    for i in 0..cluster.node_count() {
+        let tables = cluster.node_tables(i);
+        assert!(
+            !tables.iter().any(|t| t.contains("__move_")),
+            "node-{i} keeps move objects: {tables:?}"
+        );
+        for (shard, node, status) in &placed {
+            assert_eq!(status, "active");
+            let name = format!("{table}_{shard:04}");
+            assert_eq!(
+                tables.contains(&name),
+                node == &cluster.node_id(i),
+                "{name} on node-{i}; the catalog says {node}"
+            );
+        }
+    }
+}
+
+/// A tiny deterministic generator (no dependency for it).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Runs `sql` until it succeeds, retrying only the failures a move makes
+/// retryable (40001); any other failure fails the test.
+fn retrying<T>(
+    what: &str,
+    retries: &AtomicU64,
+    mut f: impl FnMut() -> Result<T, postgres::Error>,
+) -> T {
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if sqlstate(&e) == "40001" => {
+                retries.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("{what}: {}", pg_err(&e)),
+        }
+    }
+}
+
+const WRITERS: u64 = 4;
+const KEYS: u64 = 4000;
+
+/// One session: writes its own keys (id % WRITERS = w) through conductor
+/// and the same statements to the local table, and reads its keys back
+/// through conductor, which must return what it last wrote.
+fn worker(
+    cfg: postgres::Config,
+    w: u64,
+    stop: Arc<AtomicBool>,
+    ops: Arc<AtomicU64>,
+    retries: Arc<AtomicU64>,
+) {
+    let mut db = cfg.connect(postgres::NoTls).unwrap();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w + 1));
+    let mut expected: HashMap<i64, (i64, String)> = db
+        .query(
+            "SELECT id, v, s FROM t_local WHERE id % $1 = $2",
+            &[&(WRITERS as i64), &(w as i64)],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) || n < 50 {
+        n += 1;
+        let id = ((rng.next() % (KEYS / WRITERS)) * WRITERS + w) as i64;
+        let s = format!("w{w}-{n}");
+        let roll = rng.next() % 8;
+        match expected.get(&id).cloned() {
+            None => {
+                for table in ["t", "t_local"] {
+                    let sql = format!("INSERT INTO {table} (id, v, s) VALUES ($1, 0, $2)");
+                    retrying(&sql, &retries, || db.execute(&sql, &[&id, &s]));
+                }
+                expected.insert(id, (0, s));
+            }
+            Some((v, _)) if roll < 4 => {
+                for table in ["t", "t_local"] {
+                    let sql = format!("UPDATE {table} SET v = v + 1, s = $2 WHERE id = $1");
+                    let changed = retrying(&sql, &retries, || db.execute(&sql, &[&id, &s]));
+                    assert_eq!(changed, 1, "{sql} for {id}");
+                }
+                expected.insert(id, (v + 1, s));
+            }
+            Some(_) if roll < 6 => {
+                for table in ["t", "t_local"] {
+                    let sql = format!("DELETE FROM {table} WHERE id = $1");
+                    let changed = retrying(&sql, &retries, || db.execute(&sql, &[&id]));
+                    assert_eq!(changed, 1, "{sql} for {id}");
+                }
+                expected.remove(&id);
+            }
+            Some(want) => {
+                let got = retrying("read", &retries, || {
+                    db.query("SELECT v, s FROM t WHERE id = $1", &[&id])
+                });
+                assert_eq!(got.len(), 1, "key {id} is missing");
+                let have: (i64, String) = (got[0].get(0), got[0].get(1));
+                assert_eq!(have, want, "key {id} reads an old value");
+            }
+        }
+        ops.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn shards_move_while_sessions_write_and_read() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        node_delay_ms: None,
+        token: None,
+    });
+    // Start on two nodes; the third is added later, as a cluster grows.
+    exec(&mut db, "SELECT conductor.remove_node('cluster', 'node-2')");
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v bigint, s text) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 8);
+         CREATE TABLE t_local (id bigint PRIMARY KEY, v bigint, s text);
+         INSERT INTO t SELECT i * 2, i, 'initial' FROM generate_series(0, 1499) i;
+         INSERT INTO t_local SELECT i * 2, i, 'initial' FROM generate_series(0, 1499) i;",
+    );
+    let url = cluster.node_url(2);
+    db.execute(
+        "SELECT conductor.add_node('cluster', 'node-2', $1)",
+        &[&url],
+    )
+    .unwrap();
+
+    let plan: Vec<(String, i32, String, String)> = db
+        .query(
+            "SELECT table_name::text, shard_id, source_node, target_node
+               FROM conductor.rebalance_plan('cluster')",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        plan.len(),
+        2,
+        "8 shards over 3 nodes: two move to the new one: {plan:?}"
+    );
+    assert!(plan.iter().all(|p| p.3 == "node-2"));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let retries = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (cfg, stop, ops, retries) = (
+                cluster.pg_config(),
+                stop.clone(),
+                ops.clone(),
+                retries.clone(),
+            );
+            std::thread::spawn(move || worker(cfg, w, stop, ops, retries))
+        })
+        .collect();
+    let wait_ops = |at_least: u64| {
+        while ops.load(Ordering::Relaxed) < at_least {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_ops(200);
+    exec(&mut db, "CALL conductor.rebalance('cluster')");
+    let before = ops.load(Ordering::Relaxed);
+    wait_ops(before + 100);
+    // By hand, a shard back and forth.
+    let (shard, from): (i32, String) = {
+        let r = db
+            .query_one(
+                "SELECT shard_id, node_id FROM conductor.shards
+                  WHERE table_name = 't'::regclass AND node_id = 'node-0' ORDER BY shard_id LIMIT 1",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    exec(
+        &mut db,
+        &format!("CALL conductor.move_shard('t', {shard}, 'node-1')"),
+    );
+    exec(
+        &mut db,
+        &format!("CALL conductor.move_shard('t', {shard}, '{from}')"),
+    );
+    let before = ops.load(Ordering::Relaxed);
+    wait_ops(before + 100);
+    // Drain node-1 and remove it: its shards go to the others.
+    exec(&mut db, "CALL conductor.drain_node('cluster', 'node-1')");
+    let before = ops.load(Ordering::Relaxed);
+    wait_ops(before + 100);
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        if w.join().is_err() {
+            eprintln!("{}", cluster.pg_log());
+            panic!("a worker failed");
+        }
+    }
+
+    assert_same_rows(&mut db, "t", "t_local");
+    for r in db
+        .query(
+            "SELECT shard_id, source_node, target_node, rows_copied, changes_applied, block_ms
+               FROM conductor.shard_moves ORDER BY move_id",
+            &[],
+        )
+        .unwrap()
+    {
+        let (s, f, t, c, a, b): (i32, String, String, i64, i64, Option<f64>) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        eprintln!("moved shard {s} {f} -> {t}: {c} rows copied, {a} changes replayed, writes blocked {b:?} ms");
+    }
+    eprintln!(
+        "{} operations, {} retried",
+        ops.load(Ordering::Relaxed),
+        retries.load(Ordering::Relaxed)
+    );
+    let moves: Vec<(String, i64)> = db
+        .query(
+            "SELECT phase, rows_copied FROM conductor.shard_moves ORDER BY move_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(moves.len() >= 5, "{moves:?}");
+    assert!(moves.iter().all(|(p, _)| p == "done"), "{moves:?}");
+    assert!(moves.iter().all(|(_, n)| *n > 0), "{moves:?}");
+    let on_node1: i64 = db
+        .query_one(
+            "SELECT count(*) FROM conductor.shards WHERE node_id = 'node-1'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(on_node1, 0, "node-1 was drained");
+    exec(&mut db, "SELECT conductor.remove_node('cluster', 'node-1')");
+    assert_nodes_match_catalog(&cluster, &mut db, "t");
+    // Nothing left to clean.
+    let leftovers: i64 = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM conductor.cleanup_moves())
+                  + (SELECT count(*) FROM conductor.cleanup_pending)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(leftovers, 0);
+    // Reads and writes go on after the moves.
+    exec(
+        &mut db,
+        "UPDATE t SET v = v * 2 WHERE id % 3 = 0; UPDATE t_local SET v = v * 2 WHERE id % 3 = 0;",
+    );
+    assert_same_rows(&mut db, "t", "t_local");
+}
+
+/// Polls until move of `shard` has copied some rows; returns the pid of the
+/// backend running it.
+fn wait_for_copy(db: &mut Client, shard: i32) -> i32 {
+    for _ in 0..6000 {
+        let r = db
+            .query(
+                "SELECT m.pid FROM conductor.shard_move m
+                  WHERE m.shard_id = $1 AND m.phase = 'copying' AND m.rows_copied > 0",
+                &[&shard],
+            )
+            .unwrap();
+        if let Some(r) = r.first() {
+            return r.get(0);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("the move of shard {shard} never started copying");
+}
+
+fn move_objects(cluster: &Cluster) -> Vec<(usize, String)> {
+    (0..cluster.node_count())
+        .flat_map(|i| {
+            cluster
+                .node_tables(i)
+                .into_iter()
+                .filter(|t| t.contains("__move_"))
+                .map(move |t| (i, t))
+        })
+        .collect()
+}
+
+#[test]
+fn failed_moves_leave_the_source_authoritative() {
+    let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        node_delay_ms: None,
+        token: None,
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 3);
+         CREATE TABLE t_local (id bigint PRIMARY KEY, v text);
+         INSERT INTO t SELECT i, 'row ' || i FROM generate_series(1, 45000) i;
+         INSERT INTO t_local SELECT * FROM t;
+         SET conductor.node_cooldown = 0;",
+    );
+    // Shard i starts on node-i.
+    assert_eq!(
+        placement(&mut db, "t")
+            .iter()
+            .map(|p| p.1.clone())
+            .collect::<Vec<_>>(),
+        ["node-0", "node-1", "node-2"]
+    );
+    // Slow requests to node-2 stretch each copy step.
+    cluster.set_node_delay(2, Some(40));
+
+    // A move commits step by step: not inside a transaction block.
+    let err = db
+        .batch_execute("BEGIN; CALL conductor.move_shard('t', 1, 'node-2')")
+        .expect_err("refused in a transaction block");
+    assert_eq!(sqlstate(&err), "25001", "{}", pg_err(&err));
+    exec(&mut db, "ROLLBACK");
+    // Predictable failures are refused before anything changes.
+    for (call, state) in [
+        ("CALL conductor.move_shard('t', 1, 'node-9')", "42704"),
+        ("CALL conductor.move_shard('t', 7, 'node-2')", "22023"),
+    ] {
+        let err = db.batch_execute(call).expect_err(call);
+        assert_eq!(sqlstate(&err), state, "{call}: {}", pg_err(&err));
+    }
+    let moves: i64 = db
+        .query_one("SELECT count(*) FROM conductor.shard_moves", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(moves, 0);
+
+    // 1. The moving backend is killed while it copies.
+    let cfg = cluster.pg_config();
+    let mover = std::thread::spawn(move || {
+        let mut c = cfg.connect(postgres::NoTls).unwrap();
+        c.batch_execute("CALL conductor.move_shard('t', 1, 'node-2')")
+    });
+    let pid = wait_for_copy(&mut db, 1);
+    db.execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    assert!(mover.join().unwrap().is_err(), "the killed move failed");
+    let shown: (String, Option<String>) = {
+        let r = db
+            .query_one(
+                "SELECT status, target_node_id FROM conductor.shards
+                  WHERE table_name = 't'::regclass AND shard_id = 1",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(shown, ("rebalancing_source".into(), Some("node-2".into())));
+    // The source serves reads and writes meanwhile.
+    exec(
+        &mut db,
+        "UPDATE t SET v = 'after kill' WHERE conductor.shard_for('t', id) = 1 AND id % 7 = 0;
+         UPDATE t_local SET v = 'after kill' WHERE conductor.shard_for('t', id) = 1 AND id % 7 = 0;",
+    );
+    assert_same_rows(&mut db, "t", "t_local");
+    // The write block holds only its shard: with a block row in force on
+    // node-1 (as a cut-over inserts it), writes to shard 1 are refused as
+    // retryable, naming node and shard, while a table sharing node-1 is
+    // written; without it, shard 1 is written again.
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE u (id bigint NOT NULL) SERVER cluster;
+         SELECT conductor.create_distributed_table('u', 'id', shard_count => 3);",
+    );
+    cluster.node_query(
+        1,
+        "INSERT INTO t_0001__move_block (until) VALUES (julianday('now') + 1)",
+        &[],
+    );
+    let in_shard_1: i64 = db
+        .query_one(
+            "SELECT min(i)::bigint FROM generate_series(1, 100) i WHERE conductor.shard_for('t', i) = 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let err = db
+        .execute("UPDATE t SET v = v WHERE id = $1", &[&in_shard_1])
+        .expect_err("blocked");
+    assert_eq!(sqlstate(&err), "40001", "{}", pg_err(&err));
+    let e = pg_err(&err);
+    assert!(
+        e.contains("node-1 (shard 1)") && e.contains("being moved"),
+        "{e}"
+    );
+    exec(&mut db, "INSERT INTO u SELECT generate_series(1, 30)");
+    cluster.node_query(1, "DELETE FROM t_0001__move_block", &[]);
+    db.execute("UPDATE t SET v = v WHERE id = $1", &[&in_shard_1])
+        .unwrap();
+
+    // Routing and conductor_explain keep the shard on its source.
+    let (node, reason): (String, String) = {
+        let r = db
+            .query_one(
+                "SELECT node_id, reason FROM conductor_explain(
+                    'SELECT * FROM t WHERE id = ' ||
+                    (SELECT min(i) FROM generate_series(1, 100) i WHERE conductor.shard_for('t', i) = 1))",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(node, "node-1");
+    assert!(reason.contains("moving to node node-2"), "{reason}");
+    // The shard tables' schema cannot change under a move.
+    let err = db
+        .batch_execute("ALTER FOREIGN TABLE t ADD COLUMN w integer")
+        .expect_err("refused while a shard moves");
+    assert_eq!(sqlstate(&err), "55006", "{}", pg_err(&err));
+    let cleaned: Vec<(String, String)> = db
+        .query(
+            "SELECT table_name, outcome FROM conductor.cleanup_moves()",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(cleaned, [("t".to_string(), "undone".to_string())]);
+    assert!(move_objects(&cluster).is_empty());
+    assert!(!cluster.node_tables(2).contains(&"t_0001".to_string()));
+    // Run again, it moves; writes made while it copies reach the target.
+    // By key, so that only shard 1 is written.
+    let keys = |db: &mut Client, filter: &str| -> Vec<i64> {
+        db.query_one(
+            &format!(
+                "SELECT coalesce(array_agg(i::bigint), '{{}}'::bigint[]) FROM generate_series(1, 50300) i
+                  WHERE conductor.shard_for('t', i) = 1 AND {filter}"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let (updated, deleted, inserted) = (
+        keys(&mut db, "i <= 45000 AND i % 5 = 0"),
+        keys(&mut db, "i <= 45000 AND i % 11 = 1"),
+        keys(&mut db, "i > 50000"),
+    );
+    let cfg = cluster.pg_config();
+    let mover = std::thread::spawn(move || {
+        let mut c = cfg.connect(postgres::NoTls).unwrap();
+        c.batch_execute("CALL conductor.move_shard('t', 1, 'node-2')")
+            .map_err(|e| pg_err(&e))
+    });
+    wait_for_copy(&mut db, 1);
+    // Writes that meet the move's write block are refused as retryable.
+    let retries = AtomicU64::new(0);
+    for table in ["t", "t_local"] {
+        let sql = format!("UPDATE {table} SET v = 'during copy' WHERE id = ANY($1)");
+        retrying(&sql, &retries, || db.execute(&sql, &[&updated]));
+        let sql = format!("DELETE FROM {table} WHERE id = ANY($1)");
+        retrying(&sql, &retries, || db.execute(&sql, &[&deleted]));
+        let sql = format!(
+            "INSERT INTO {table} SELECT i, 'inserted during copy' FROM unnest($1::bigint[]) i"
+        );
+        retrying(&sql, &retries, || db.execute(&sql, &[&inserted]));
+    }
+    mover.join().unwrap().expect("the move succeeds");
+    let applied: i64 = db
+        .query_one(
+            "SELECT changes_applied FROM conductor.shard_moves ORDER BY move_id DESC LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(applied > 0, "changes made during the copy were replayed");
+    assert_same_rows(&mut db, "t", "t_local");
+    assert_nodes_match_catalog(&cluster, &mut db, "t");
+
+    // 2. The target node fails while the shard is copied to it.
+    let cfg = cluster.pg_config();
+    let mover = std::thread::spawn(move || {
+        let mut c = cfg.connect(postgres::NoTls).unwrap();
+        c.batch_execute("CALL conductor.move_shard('t', 0, 'node-2')")
+            .map_err(|e| pg_err(&e))
+    });
+    wait_for_copy(&mut db, 0);
+    cluster.stop_node(2);
+    let err = mover
+        .join()
+        .unwrap()
+        .expect_err("a move to a failed node fails");
+    assert!(err.contains("node-2"), "{err}");
+    let (phase, cleaned_up): (String, bool) = {
+        let r = db
+            .query_one(
+                "SELECT phase, cleaned FROM conductor.shard_moves ORDER BY move_id DESC LIMIT 1",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((phase.as_str(), cleaned_up), ("aborted", true));
+    assert_eq!(
+        placement(&mut db, "t")[0],
+        (0, "node-0".into(), "active".into())
+    );
+    // Its partial copy waits on the failed node, recorded.
+    let pending: Vec<(String, String)> = db
+        .query(
+            "SELECT node_id, table_name FROM conductor.cleanup_pending",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(pending, [("node-2".to_string(), "t_0000".to_string())]);
+    cluster.start_node(2);
+    exec(&mut db, "SELECT * FROM conductor.cleanup()");
+    assert!(!cluster.node_tables(2).contains(&"t_0000".to_string()));
+    assert!(move_objects(&cluster).is_empty());
+    assert_same_rows(&mut db, "t", "t_local");
+
+    // 3. The write block's limit is exceeded: the move is abandoned and
+    // writes resume on the source at once.
+    exec(&mut db, "SET conductor.move_write_block_timeout = 1");
+    let err = db
+        .batch_execute("CALL conductor.move_shard('t', 0, 'node-2')")
+        .expect_err("the block limit cannot be met");
+    assert_eq!(sqlstate(&err), "55P03", "{}", pg_err(&err));
+    exec(
+        &mut db,
+        "INSERT INTO t SELECT i, 'after timeout' FROM generate_series(45001, 45100) i;
+         INSERT INTO t_local SELECT i, 'after timeout' FROM generate_series(45001, 45100) i;
+         RESET conductor.move_write_block_timeout;",
+    );
+    assert!(move_objects(&cluster).is_empty());
+    assert!(!cluster.node_tables(2).contains(&"t_0000".to_string()));
+    assert_same_rows(&mut db, "t", "t_local");
+    exec(&mut db, "CALL conductor.move_shard('t', 0, 'node-2')");
+    assert_same_rows(&mut db, "t", "t_local");
+    assert_nodes_match_catalog(&cluster, &mut db, "t");
+    // 4. The move is cancelled while it copies: it undoes itself.
+    let cfg = cluster.pg_config();
+    let mover = std::thread::spawn(move || {
+        let mut c = cfg.connect(postgres::NoTls).unwrap();
+        c.batch_execute("CALL conductor.move_shard('t', 2, 'node-1')")
+            .map_err(|e| sqlstate(&e))
+    });
+    // Shard 2 is on node-2 (slow): its copy's reads take a while.
+    let pid = wait_for_copy(&mut db, 2);
+    db.execute("SELECT pg_cancel_backend($1)", &[&pid]).unwrap();
+    assert_eq!(mover.join().unwrap(), Err("57014".to_string()));
+    assert!(move_objects(&cluster).is_empty());
+    assert!(!cluster.node_tables(1).contains(&"t_0002".to_string()));
+    let (phase, cleaned_up): (String, bool) = {
+        let r = db
+            .query_one(
+                "SELECT phase, cleaned FROM conductor.shard_moves ORDER BY move_id DESC LIMIT 1",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((phase.as_str(), cleaned_up), ("aborted", true));
+    assert_same_rows(&mut db, "t", "t_local");
+    assert_nodes_match_catalog(&cluster, &mut db, "t");
+
+    // 5. The source node fails while the shard is copied from it: the
+    // move is abandoned; its capture stays on the source until it answers.
+    cluster.set_node_delay(2, None);
+    cluster.set_node_delay(0, Some(40));
+    let cfg = cluster.pg_config();
+    let mover = std::thread::spawn(move || {
+        let mut c = cfg.connect(postgres::NoTls).unwrap();
+        c.batch_execute("CALL conductor.move_shard('t', 2, 'node-0')")
+            .map_err(|e| pg_err(&e))
+    });
+    wait_for_copy(&mut db, 2);
+    cluster.stop_node(2);
+    let err = mover
+        .join()
+        .unwrap()
+        .expect_err("a move from a failed node fails");
+    assert!(err.contains("node-2"), "{err}");
+    cluster.start_node(2);
+    let (phase, cleaned_up): (String, bool) = {
+        let r = db
+            .query_one(
+                "SELECT phase, cleaned FROM conductor.shard_moves ORDER BY move_id DESC LIMIT 1",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((phase.as_str(), cleaned_up), ("aborted", false));
+    assert_same_rows(&mut db, "t", "t_local");
+    let cleaned: Vec<String> = db
+        .query("SELECT outcome FROM conductor.cleanup_moves()", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(cleaned, ["undone"]);
+    assert!(move_objects(&cluster).is_empty());
+    assert!(!cluster.node_tables(0).contains(&"t_0002".to_string()));
+    assert_nodes_match_catalog(&cluster, &mut db, "t");
+
+    let phases: Vec<String> = db
+        .query(
+            "SELECT phase FROM conductor.shard_moves ORDER BY move_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        phases,
+        ["aborted", "done", "aborted", "aborted", "done", "aborted", "aborted"]
+    );
+}
+
+/// On real libSQL servers (sqld): change capture, the write block and the
+/// catalog switch work the same; moves under a writing and reading session
+/// lose nothing.
+#[test]
+fn a_shard_moves_between_sqld_nodes() {
+    let Some(sqld) = sqld_bin() else {
+        println!("SKIPPED: set SQLD=/path/to/sqld to run conductor against real libSQL servers");
+        return;
+    };
+    let cluster = Cluster::start_sqld(2, &sqld);
+    let mut db = cluster.client();
+    cluster.setup_conductor(&mut db, "cluster");
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v bigint, s text) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 4);
+         CREATE TABLE t_local (id bigint PRIMARY KEY, v bigint, s text);
+         INSERT INTO t SELECT i * 2, i, 'initial' FROM generate_series(0, 2999) i;
+         INSERT INTO t_local SELECT * FROM t;",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let retries = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (cfg, stop, ops, retries) = (
+            cluster.pg_config(),
+            stop.clone(),
+            ops.clone(),
+            retries.clone(),
+        );
+        std::thread::spawn(move || worker(cfg, 0, stop, ops, retries))
+    };
+    while ops.load(Ordering::Relaxed) < 50 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    exec(&mut db, "CALL conductor.move_shard('t', 0, 'node-1')");
+    exec(&mut db, "CALL conductor.move_shard('t', 1, 'node-0')");
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("the writer failed");
+    assert_same_rows(&mut db, "t", "t_local");
+    assert_nodes_match_catalog(&cluster, &mut db, "t");
+}
+
+/// A transaction that began before a move switched over may still hold the
+/// shard's old location: the old copy is kept (fenced, recorded for
+/// conductor.cleanup()) while it runs, a write there is refused as
+/// retryable, and the transaction's write lands on the new copy.
+#[test]
+fn a_transaction_older_than_the_switch_never_writes_the_old_copy() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        node_delay_ms: None,
+        token: None,
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 3);
+         CREATE TABLE t_local (id bigint PRIMARY KEY, v text);
+         INSERT INTO t SELECT i, 'row ' || i FROM generate_series(1, 1000) i;
+         INSERT INTO t_local SELECT * FROM t;",
+    );
+    let key_in = |db: &mut Client, shard: i32| -> i64 {
+        db.query_one(
+            "SELECT min(i)::bigint FROM generate_series(1, 100) i WHERE conductor.shard_for('t', i) = $1",
+            &[&shard],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let (key, other) = (key_in(&mut db, 0), key_in(&mut db, 1));
+    // A transaction that has written the table (shard 1, on node-1) keeps
+    // the topology it started with for its later statements.
+    let mut old = cluster.client();
+    old.batch_execute("BEGIN").unwrap();
+    old.execute("UPDATE t SET v = v WHERE id = $1", &[&other])
+        .unwrap();
+
+    // The move finishes; the old copy stays, fenced, while `old` is open.
+    exec(&mut db, "CALL conductor.move_shard('t', 0, 'node-2')");
+    let pending: Vec<(String, String)> = db
+        .query(
+            "SELECT node_id, table_name FROM conductor.cleanup_pending",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(
+        pending.contains(&("node-0".to_string(), "t_0000".to_string())),
+        "{pending:?}"
+    );
+
+    // The old copy refuses writes: what a write holding the old location
+    // meets there, asked of the node directly.
+    let refused = cluster
+        .try_node_query(
+            0,
+            "UPDATE t_0000 SET v = 'stale' WHERE id = ?",
+            &[serde_json::json!(key)],
+        )
+        .expect_err("the old copy is fenced");
+    assert!(
+        refused.contains("conductor: shard is being moved"),
+        "{refused}"
+    );
+    // Through conductor, the open transaction's write either meets the
+    // fence (40001; its retry is a new transaction, which reaches the new
+    // location) or already reaches the new location; never the old copy.
+    match old.execute("UPDATE t SET v = 'updated' WHERE id = $1", &[&key]) {
+        Ok(n) => {
+            assert_eq!(n, 1);
+            old.batch_execute("COMMIT").unwrap();
+        }
+        Err(err) => {
+            assert_eq!(sqlstate(&err), "40001", "{}", pg_err(&err));
+            let e = pg_err(&err);
+            assert!(e.contains("node-0") && e.contains("shard 0"), "{e}");
+            old.batch_execute("ROLLBACK").unwrap();
+            old.execute("UPDATE t SET v = 'updated' WHERE id = $1", &[&key])
+                .unwrap();
+        }
+    }
+    db.execute("UPDATE t_local SET v = 'updated' WHERE id = $1", &[&key])
+        .unwrap();
+    let on_old = cluster.node_query(
+        0,
+        "SELECT v FROM t_0000 WHERE id = ?",
+        &[serde_json::json!(key)],
+    );
+    assert_eq!(on_old, [[serde_json::json!(format!("row {key}"))]]);
+    assert_same_rows(&mut db, "t", "t_local");
+    exec(&mut db, "SELECT * FROM conductor.cleanup()");
+    assert!(!cluster.node_tables(0).contains(&"t_0000".to_string()));
+    assert!(cluster.node_tables(2).contains(&"t_0000".to_string()));
+    assert_same_rows(&mut db, "t", "t_local");
+}
+
+/// A rebalance whose move fails half-way stops there: the moves before it
+/// are done, the failed one is undone, and running it again finishes.
+#[test]
+fn a_rebalance_that_fails_half_way_is_run_again() {
+    let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        node_delay_ms: None,
+        token: None,
+    });
+    exec(&mut db, "SELECT conductor.remove_node('cluster', 'node-2')");
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 6);
+         CREATE TABLE t_local (id bigint PRIMARY KEY, v text);
+         INSERT INTO t SELECT i, 'row ' || i FROM generate_series(1, 60000) i;
+         INSERT INTO t_local SELECT * FROM t;
+         SET conductor.node_cooldown = 0;",
+    );
+    let url = cluster.node_url(2);
+    db.execute(
+        "SELECT conductor.add_node('cluster', 'node-2', $1)",
+        &[&url],
+    )
+    .unwrap();
+    // The new node is slow: the first move's copy takes a while.
+    cluster.set_node_delay(2, Some(40));
+    let cfg = cluster.pg_config();
+    let rebalance = std::thread::spawn(move || {
+        let mut c = cfg.connect(postgres::NoTls).unwrap();
+        c.batch_execute("CALL conductor.rebalance('cluster')")
+            .map_err(|e| pg_err(&e))
+    });
+    let first: i32 = {
+        let mut shard = None;
+        for _ in 0..6000 {
+            let r = db
+                .query(
+                    "SELECT shard_id FROM conductor.shard_move
+                      WHERE phase = 'copying' AND rows_copied > 0
+                        AND (SELECT count(*) FROM conductor.shard_move WHERE phase = 'done') = 1",
+                    &[],
+                )
+                .unwrap();
+            if let Some(r) = r.first() {
+                shard = Some(r.get(0));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        shard.expect("the rebalance's second move started copying")
+    };
+    cluster.stop_node(2);
+    rebalance
+        .join()
+        .unwrap()
+        .expect_err("the rebalance stops at the failed move");
+    cluster.start_node(2);
+    let moving: i64 = db
+        .query_one(
+            "SELECT count(*) FROM conductor.shards WHERE status <> 'active'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(moving, 0, "the failed move of shard {first} was undone");
+    let on_node2: i64 = db
+        .query_one(
+            "SELECT count(*) FROM conductor.shards WHERE node_id = 'node-2'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(on_node2, 1, "the move before it stays done");
+    assert_same_rows(&mut db, "t", "t_local");
+    exec(&mut db, "SELECT * FROM conductor.cleanup()");
+    cluster.set_node_delay(2, None);
+    exec(&mut db, "CALL conductor.rebalance('cluster')");
+    let per_node: Vec<i64> = db
+        .query(
+            "SELECT count(*) FROM conductor.shards GROUP BY node_id ORDER BY node_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(per_node, [2, 2, 2]);
+    assert!(db
+        .query("SELECT * FROM conductor.rebalance_plan('cluster')", &[])
+        .unwrap()
+        .is_empty());
+    assert_same_rows(&mut db, "t", "t_local");
+    assert_nodes_match_catalog(&cluster, &mut db, "t");
+}
