@@ -5,6 +5,7 @@ pub mod explain;
 mod nodes;
 pub mod schema;
 mod tables;
+mod vindex;
 
 use crate::errors::raise;
 use pgrx::prelude::*;

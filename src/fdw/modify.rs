@@ -289,8 +289,11 @@ pub unsafe extern "C-unwind" fn begin_foreign_modify(
             let subplan = (*(*mtstate).ps.lefttree).plan;
             let one_row =
                 (*subplan).type_ == pg_sys::NodeTag::T_Result && (*subplan).lefttree.is_null();
-            state(rinfo).alone =
-                one_row && crate::xact::autocommit::statement_is_alone((*mtstate).ps.state, rinfo);
+            // A table with virtual indexes writes its rows in the
+            // transaction's remote transactions, after their entries.
+            state(rinfo).alone = one_row
+                && state(rinfo).topology.virtual_indexes.is_empty()
+                && crate::xact::autocommit::statement_is_alone((*mtstate).ps.state, rinfo);
         }
     }
 }
@@ -503,6 +506,17 @@ fn plan_error(topology: &TableTopology, e: PlanError) -> ! {
 /// many rows were inserted (all of them, unless ON CONFLICT DO NOTHING
 /// skipped some).
 fn send_rows(state: &ModifyState, rows: Vec<Vec<Value>>) -> u64 {
+    let t = &state.topology;
+    // Virtual index entries are durable before the rows they point at can
+    // commit (src/vindex.rs).
+    let pending = (!t.virtual_indexes.is_empty()).then(|| {
+        let owners = crate::vindex::owners(t, &rows);
+        let pairs: Vec<(u32, &[Value])> = owners
+            .into_iter()
+            .zip(rows.iter().map(Vec::as_slice))
+            .collect();
+        crate::vindex::before_write(t, &pairs, &crate::vindex::all(t), true)
+    });
     let plan = ShardPlan::insert_with(&state.topology, rows, state.on_conflict)
         .unwrap_or_else(|e| plan_error(&state.topology, e));
     let mut waits = state.lock_waits.take();
@@ -514,6 +528,9 @@ fn send_rows(state: &ModifyState, rows: Vec<Vec<Value>>) -> u64 {
             .unwrap_or_else(|| streams::run_plan(&state.topology, &plan, streams::Access::Write))
     });
     state.lock_waits.replace(waits);
+    if let Some(pending) = pending {
+        crate::vindex::after_write(t, pending);
+    }
     results.iter().map(|(_, r)| r.affected_row_count).sum()
 }
 
@@ -545,6 +562,9 @@ pub unsafe extern "C-unwind" fn exec_foreign_update(
         let state = state(rinfo);
         let identity = identity(state, plan_slot);
         let mut row = encode_row(state, slot);
+        let touched = crate::vindex::touched(&state.topology, &state.updated);
+        let pending =
+            (!touched.is_empty()).then(|| index_update(state, &identity, &mut row, &touched));
         let values: Vec<Value> = state
             .updated
             .iter()
@@ -560,11 +580,54 @@ pub unsafe extern "C-unwind" fn exec_foreign_update(
             identity,
             false,
         ));
+        if let Some(pending) = pending {
+            crate::vindex::after_write(&state.topology, pending);
+        }
         if result.map(|r| r.affected_row_count).unwrap_or(0) == 0 {
             return std::ptr::null_mut(); // the row is gone: not counted
         }
     }
     slot
+}
+
+/// The entries of a row's new values for the virtual indexes an UPDATE
+/// touches, written before the row changes. An index with columns the
+/// UPDATE does not set reads their current values from the row first.
+fn index_update(
+    state: &ModifyState,
+    identity: &[Value],
+    row: &mut [Value],
+    touched: &[usize],
+) -> crate::vindex::Pending {
+    let t = &state.topology;
+    let missing: Vec<usize> = touched
+        .iter()
+        .flat_map(|&i| t.virtual_indexes[i].columns.iter().copied())
+        .filter(|c| !state.updated.contains(c))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !missing.is_empty() {
+        let read = StatementKind::Select {
+            columns: missing.clone(),
+        };
+        if let Some(current) = state.run(ShardPlan::by_identity(t, &read, identity.to_vec(), false))
+        {
+            if let Some(values) = current.rows.first() {
+                for (c, v) in missing.iter().zip(values) {
+                    row[*c] = v.clone();
+                }
+            }
+        }
+    }
+    let key_at = t
+        .primary_key
+        .iter()
+        .position(|&c| c == t.key_index)
+        .expect("the primary key contains the shard key");
+    let owner = conductor_core::plan::shard_of_value(t, &identity[key_at])
+        .unwrap_or_else(|e| plan_error(t, e));
+    crate::vindex::before_write(t, &[(owner, &*row)], touched, false)
 }
 
 #[pg_guard]

@@ -21,6 +21,7 @@ pub mod schema;
 pub mod tls;
 pub mod topology;
 pub mod types;
+pub mod vindex;
 
 pub use client::{HranaClient, NodeEndpoint, NodeError};
 pub use executor::{Executor, ShardError};

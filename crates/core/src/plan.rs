@@ -348,6 +348,13 @@ pub enum OnConflict {
     DoNothing,
 }
 
+/// The shards a virtual index found for a statement's values, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Within {
+    pub shards: std::collections::BTreeSet<u32>,
+    pub reason: String,
+}
+
 /// One statement for one shard.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShardStatement {
@@ -403,8 +410,28 @@ impl ShardPlan {
         bindings: &[Binding],
         kind: &StatementKind,
     ) -> Result<ShardPlan, DeparseError> {
+        Self::build_within(topology, preds, bindings, kind, None)
+    }
+
+    /// [`ShardPlan::build`] when a virtual index named the only shards that
+    /// can hold matching rows: a route the shard key does not restrict
+    /// visits those shards only.
+    pub fn build_within(
+        topology: &Topology,
+        preds: &[Pred],
+        bindings: &[Binding],
+        kind: &StatementKind,
+        within: Option<&Within>,
+    ) -> Result<ShardPlan, DeparseError> {
         let key = topology.shard_key();
-        let routed = route(preds, &key, bindings)?;
+        let mut routed = route(preds, &key, bindings)?;
+        if let Some(w) = within.filter(|_| !routed.restricted) {
+            routed = Route {
+                shards: w.shards.iter().map(|&s| (s, Vec::new())).collect(),
+                restricted: true,
+                reason: w.reason.clone(),
+            };
+        }
         let names = topology.column_names();
         let mut statements = Vec::with_capacity(routed.shards.len());
         for &shard in routed.shards.keys() {
