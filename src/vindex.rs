@@ -138,9 +138,11 @@ fn read_at_once(t: &TableTopology, jobs: Vec<Job>) -> Vec<Vec<StmtResult>> {
         .collect()
 }
 
-/// Reads through this transaction's stream where it has one on the node
-/// (so its own uncommitted entries and rows count), else at once. Jobs on
-/// one node share one request (a stream takes one request at a time).
+/// Reads through this transaction's stream where it holds the node's write
+/// lock (so its own uncommitted entries and rows count), else the latest
+/// committed state: entries only grow, so the latest holds the entry of
+/// every row any earlier snapshot of this transaction sees. Jobs on one node
+/// share one request (a stream takes one request at a time).
 fn read(t: &TableTopology, jobs: Vec<Job>) -> Vec<Vec<StmtResult>> {
     let counts: Vec<usize> = jobs.iter().map(|j| j.stmts.len()).collect();
     let mut merged: BTreeMap<NodeKey, Job> = BTreeMap::new();
@@ -160,7 +162,7 @@ fn read(t: &TableTopology, jobs: Vec<Job>) -> Vec<Vec<StmtResult>> {
     let mut keys_mine = Vec::new();
     let mut keys_other = Vec::new();
     for (k, j) in merged {
-        if streams::has_stream(&k) {
+        if streams::holds_write(&k) {
             keys_mine.push(k);
             mine.push(j);
         } else {
@@ -214,6 +216,9 @@ fn execute_results(resp: &PipelineRespBody) -> Vec<StmtResult> {
 #[derive(Default)]
 pub struct Pending {
     recheck: Vec<(usize, u32, Entry)>,
+    /// Rows (by position) an INSERT … ON CONFLICT DO NOTHING skips: their
+    /// unique value is taken.
+    pub skipped: BTreeSet<usize>,
 }
 
 /// The owner shard of each row (every column, stored form), by its key.
@@ -248,12 +253,15 @@ fn duplicate(t: &TableTopology, ix: &VirtualIndex, e: &Entry, holder: u32) -> ! 
 
 /// Write the entries of rows about to be written (owner shard, every
 /// column in topology order), before the rows: `indexes` limits it to
-/// those indexes (an UPDATE's touched ones).
+/// those indexes (an UPDATE's touched ones). With `skip_conflicts` (INSERT
+/// … ON CONFLICT DO NOTHING) a row whose unique value is taken is listed in
+/// `Pending::skipped` instead of failing.
 pub fn before_write(
     t: &TableTopology,
     rows: &[(u32, &[Value])],
     indexes: &[usize],
     inserting: bool,
+    skip_conflicts: bool,
 ) -> Pending {
     let mut pending = Pending::default();
     if indexes.is_empty() {
@@ -261,27 +269,17 @@ pub fn before_write(
     }
     let mut mine: BTreeMap<NodeKey, (Job, BTreeSet<NodeKey>)> = BTreeMap::new();
     let mut other: BTreeMap<NodeKey, Job> = BTreeMap::new();
-    let mut unique: Vec<(usize, u32, Entry)> = Vec::new();
+    let mut unique: Vec<usize> = Vec::new();
     for &i in indexes {
         let ix = &t.virtual_indexes[i];
         let entries = ix
             .entries_of(t, rows.iter().map(|(s, r)| (*s, *r)))
             .unwrap_or_else(|e| error!("conductor: {e}"));
+        if ix.unique {
+            unique.push(i);
+            continue;
+        }
         for (lshard, set) in entries {
-            if ix.unique {
-                // Two rows of this statement with one value on two shards.
-                let mut seen: BTreeMap<&[vindex::EntryValue], u32> = BTreeMap::new();
-                for e in &set {
-                    if let Some(&other_owner) = seen.get(e.values.as_slice()) {
-                        if other_owner != e.owner {
-                            duplicate(t, ix, e, other_owner);
-                        }
-                    }
-                    seen.insert(&e.values, e.owner);
-                }
-                unique.extend(set.into_iter().map(|e| (i, lshard, e)));
-                continue;
-            }
             let table = ix.lookup_table(t, lshard);
             let refs: Vec<&Entry> = set.iter().collect();
             let stmts = ix.insert_entries_stmts(&table, &refs);
@@ -326,15 +324,48 @@ pub fn before_write(
         Access::Write,
     );
     at_once(t, other.into_values().collect());
-    for (i, lshard, e) in unique {
-        claim(t, i, lshard, &e, inserting, &mut pending);
+    for i in unique {
+        let ix = &t.virtual_indexes[i];
+        let types = ix.types(t);
+        // Two rows of this statement with one value on two shards conflict
+        // with each other; on one shard, the local unique index decides.
+        let mut seen: BTreeMap<Vec<vindex::EntryValue>, u32> = BTreeMap::new();
+        for (ri, (owner, row)) in rows.iter().enumerate() {
+            if pending.skipped.contains(&ri) {
+                continue;
+            }
+            let values: Vec<Value> = ix.columns.iter().map(|&c| row[c].clone()).collect();
+            let Some(lshard) = vindex::lookup_shard(&types, &values, t.shard_count())
+                .unwrap_or_else(|e| error!("conductor: {e}"))
+            else {
+                continue; // a NULL: never a conflict
+            };
+            let e = Entry {
+                values: values.into_iter().map(vindex::EntryValue).collect(),
+                owner: *owner,
+            };
+            let verdict = match seen.get(&e.values) {
+                Some(&o) if o != *owner => Err(o),
+                Some(_) => Ok(()),
+                None => claim(t, i, lshard, &e, inserting, &mut pending),
+            };
+            match verdict {
+                Ok(()) => {
+                    seen.insert(e.values.clone(), *owner);
+                }
+                Err(_) if skip_conflicts => {
+                    pending.skipped.insert(ri);
+                }
+                Err(holder) => duplicate(t, ix, &e, holder),
+            }
+        }
     }
     pending
 }
 
 /// Make a unique value's entry point at `e.owner`: insert it, or take over
 /// an entry whose owner shard does not hold the value (a row deleted, or a
-/// write that never committed), or fail with 23505 when it does.
+/// write that never committed); the shard holding it when it does.
 fn claim(
     t: &TableTopology,
     i: usize,
@@ -342,10 +373,12 @@ fn claim(
     e: &Entry,
     inserting: bool,
     pending: &mut Pending,
-) {
+) -> Result<(), u32> {
     let ix = &t.virtual_indexes[i];
     let table = ix.lookup_table(t, lshard);
     let lkey = node_key(t, lshard);
+    // An entry committed at once is checked again after the row is written.
+    let mut committed_at_once = false;
     for _ in 0..8 {
         let refs = [e];
         let mut stmts = ix.insert_entries_stmts(&table, &refs);
@@ -359,7 +392,7 @@ fn claim(
             streams::commit_before(&lkey, &[node_key(t, e.owner)].into());
             in_streams(t, vec![job], Access::Write)
         } else {
-            pending.recheck.push((i, lshard, e.clone()));
+            committed_at_once = true;
             at_once(t, vec![job])
         };
         let holder = results
@@ -375,12 +408,15 @@ fn claim(
         };
         if holder == e.owner {
             if inserting && probe(t, ix, holder, e) {
-                duplicate(t, ix, e, holder);
+                return Err(holder);
             }
-            return;
+            if committed_at_once {
+                pending.recheck.push((i, lshard, e.clone()));
+            }
+            return Ok(());
         }
         if !take_over(t, ix, lshard, e, holder) {
-            duplicate(t, ix, e, holder);
+            return Err(holder);
         }
     }
     raise(
@@ -573,7 +609,9 @@ pub fn after_write(t: &TableTopology, pending: Pending) {
                 Some(Value::Integer(s)) => duplicate(t, ix, e, *s as u32),
                 _ => {
                     let mut again = Pending::default();
-                    claim(t, *i, *lshard, e, false, &mut again);
+                    if let Err(holder) = claim(t, *i, *lshard, e, false, &mut again) {
+                        duplicate(t, ix, e, holder);
+                    }
                 }
             }
         } else if rows.is_empty() {
@@ -586,7 +624,7 @@ pub fn after_write(t: &TableTopology, pending: Pending) {
                 }
                 row
             };
-            before_write(t, &[(owner, &row)], &[*i], false);
+            before_write(t, &[(owner, &row)], &[*i], false, false);
         }
     }
 }

@@ -308,7 +308,7 @@ fn vidx_backfill_step(name: &str) -> bool {
     let pairs: Vec<(u32, &[Value])> = full.iter().map(|r| (shard, r.as_slice())).collect();
     // The rows are committed already: their entries only need to exist
     // before the index is ready.
-    crate::vindex::before_write(&t, &pairs, &[i], false);
+    crate::vindex::before_write(&t, &pairs, &[i], false, false);
     let done_shard = rows.len() < BACKFILL_CHUNK;
     let position = if done_shard {
         None

@@ -515,8 +515,23 @@ fn send_rows(state: &ModifyState, rows: Vec<Vec<Value>>) -> u64 {
             .into_iter()
             .zip(rows.iter().map(Vec::as_slice))
             .collect();
-        crate::vindex::before_write(t, &pairs, &crate::vindex::all(t), true)
+        crate::vindex::before_write(
+            t,
+            &pairs,
+            &crate::vindex::all(t),
+            true,
+            state.on_conflict == OnConflict::DoNothing,
+        )
     });
+    let rows = match &pending {
+        Some(p) if !p.skipped.is_empty() => rows
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !p.skipped.contains(i))
+            .map(|(_, r)| r)
+            .collect(),
+        _ => rows,
+    };
     let plan = ShardPlan::insert_with(&state.topology, rows, state.on_conflict)
         .unwrap_or_else(|e| plan_error(&state.topology, e));
     let mut waits = state.lock_waits.take();
@@ -627,7 +642,7 @@ fn index_update(
         .expect("the primary key contains the shard key");
     let owner = conductor_core::plan::shard_of_value(t, &identity[key_at])
         .unwrap_or_else(|e| plan_error(t, e));
-    crate::vindex::before_write(t, &[(owner, &*row)], touched, false)
+    crate::vindex::before_write(t, &[(owner, &*row)], touched, false, false)
 }
 
 #[pg_guard]

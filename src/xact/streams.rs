@@ -240,6 +240,16 @@ pub fn has_stream(key: &NodeKey) -> bool {
     STREAMS.with(|s| s.borrow().contains_key(key))
 }
 
+/// Whether this transaction holds the node's write lock (its stream wrote
+/// there or opened with BEGIN IMMEDIATE).
+pub fn holds_write(key: &NodeKey) -> bool {
+    STREAMS.with(|s| {
+        s.borrow()
+            .get(key)
+            .is_some_and(|st| st.access == Access::Write && st.level > 0)
+    })
+}
+
 /// Whether this transaction holds a remote transaction on any node.
 pub fn any_open() -> bool {
     STREAMS.with(|s| !s.borrow().is_empty())

@@ -473,6 +473,25 @@ fn unique_values() {
         assert!(d.message().contains("acct_login"), "{}", pg_err(&e));
         assert!(d.detail().unwrap_or("").contains("'ann'"), "{}", pg_err(&e));
     }
+    // ON CONFLICT DO NOTHING skips a row whose unique value is taken, as
+    // Postgres does for any unique constraint.
+    let skipped = db
+        .execute(
+            &format!(
+                "INSERT INTO acct VALUES ({}, 'ann', 0), (4, 'fresh', 4) ON CONFLICT DO NOTHING",
+                other.unwrap()
+            ),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(skipped, 1, "only the row with a free value is inserted");
+    assert_eq!(
+        query_i64(
+            &mut db,
+            "SELECT count(*) FROM acct WHERE login IN ('ann', 'fresh')"
+        ),
+        2
+    );
     // Changing a row to a taken value is refused too.
     let e = db
         .batch_execute("UPDATE acct SET login = 'ann' WHERE id = 2")
@@ -588,24 +607,24 @@ fn concurrent_writers_never_lose_entries() {
                     let id = |rng: &mut Rng| rng.below(200) as i64;
                     let mut sql = String::from("BEGIN;");
                     for _ in 0..1 + rng.below(3) {
-                        sql.push_str(&match rng.below(6) {
-                            0 | 1 => format!(
+                        sql.push_str(&match rng.below(8) {
+                            0..=3 => format!(
                                 "INSERT INTO ev VALUES ({}, {}, 'c{}') ON CONFLICT DO NOTHING;",
                                 id(&mut rng) + 1000 * (t as i64 + 1),
                                 rng.below(20),
                                 rng.below(300)
                             ),
-                            2 => format!(
+                            4 => format!(
                                 "UPDATE ev SET k = {} WHERE id = {};",
                                 rng.below(20),
                                 id(&mut rng) + 1000 * (rng.below(8) as i64 + 1)
                             ),
-                            3 => format!(
+                            5 => format!(
                                 "UPDATE ev SET code = 'c{}' WHERE k = {};",
                                 rng.below(300),
                                 rng.below(20)
                             ),
-                            4 => format!("DELETE FROM ev WHERE k = {};", rng.below(20)),
+                            6 => format!("DELETE FROM ev WHERE k = {};", rng.below(20)),
                             _ => format!(
                                 "DELETE FROM ev WHERE id = {};",
                                 id(&mut rng) + 1000 * (rng.below(8) as i64 + 1)
