@@ -752,3 +752,110 @@ fn a_node_down_at_commit_leaves_no_row_without_its_entry() {
         println!("node {down} down at commit: row committed {row2}, extras {extra}");
     }
 }
+
+/// Building over existing rows while other sessions write: the build waits
+/// for older transactions, writes during the backfill keep their entries,
+/// the index becomes ready complete. A cancelled build is failed, routing
+/// ignores it, and it can be dropped. An indexed column cannot be altered.
+#[test]
+fn build_while_writing_and_cancel() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE bw (id bigint NOT NULL, k int) SERVER cluster;
+         SELECT conductor.create_distributed_table('bw', 'id', 2);
+         INSERT INTO bw SELECT g, g % 100 FROM generate_series(1, 6000) g;",
+    );
+    let config = cluster.pg_config();
+    let builder = {
+        let config = config.clone();
+        std::thread::spawn(move || {
+            let mut b = config.connect(conductor_e2e::postgres::NoTls).unwrap();
+            b.batch_execute("CALL conductor.create_virtual_index('bw', ARRAY['k'], false, 'bw_k')")
+                .map_err(|e| pg_err(&e))
+        })
+    };
+    let mut next = 10_000i64;
+    while !builder.is_finished() {
+        exec(
+            &mut db,
+            &format!(
+                "INSERT INTO bw VALUES ({next}, {}); UPDATE bw SET k = k + 1 WHERE id = {}",
+                next % 100,
+                next % 6000 + 1
+            ),
+        );
+        next += 1;
+    }
+    builder.join().unwrap().expect("build");
+    println!("rows written during the build: {}", next - 10_000);
+    let status = rows(
+        &mut db,
+        "SELECT status, shards_backfilled, rows_backfilled >= 6000 FROM conductor.virtual_indexes",
+    )
+    .unwrap();
+    // 2 shards of about 3000 rows: the backfill walked each in chunks.
+    assert_eq!(status, ["ready|2|t"]);
+    assert_eq!(verify(&mut db, "bw_k", false).0, 0, "no missing entry");
+    for k in [0, 7, 99] {
+        let routed = rows(&mut db, &format!("SELECT id FROM bw WHERE k = {k}")).unwrap();
+        let full = rows(&mut db, &format!("SELECT id FROM bw WHERE k + 0 = {k}")).unwrap();
+        assert_eq!(routed, full, "k = {k}");
+    }
+
+    // A build waiting for an older transaction, cancelled.
+    let mut holder = cluster.client();
+    holder.batch_execute("BEGIN; SELECT 1").unwrap();
+    let builder = {
+        let config = config.clone();
+        std::thread::spawn(move || {
+            let mut b = config.connect(conductor_e2e::postgres::NoTls).unwrap();
+            b.batch_execute("SET application_name = 'vidx_builder'")
+                .unwrap();
+            b.batch_execute("CALL conductor.create_virtual_index('bw', ARRAY['k'], false, 'bw_k2')")
+                .map_err(|e| e.code().map(|c| c.code().to_string()))
+        })
+    };
+    loop {
+        let waiting = query_i64(
+            &mut db,
+            "SELECT count(*) FROM conductor.virtual_index WHERE index_name = 'bw_k2'",
+        );
+        if waiting == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    exec(
+        &mut db,
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'vidx_builder'",
+    );
+    assert_eq!(builder.join().unwrap(), Err(Some("57014".into())));
+    holder.batch_execute("COMMIT").unwrap();
+    let status = rows(
+        &mut db,
+        "SELECT status FROM conductor.virtual_indexes WHERE index_name = 'bw_k2'",
+    )
+    .unwrap();
+    assert_eq!(status, ["failed"]);
+    exec(&mut db, "SELECT conductor.drop_virtual_index('bw_k2')");
+
+    // An indexed column cannot be dropped, renamed or retyped.
+    for alter in [
+        "ALTER FOREIGN TABLE bw DROP COLUMN k",
+        "ALTER FOREIGN TABLE bw RENAME COLUMN k TO kk",
+        "ALTER FOREIGN TABLE bw ALTER COLUMN k TYPE bigint",
+    ] {
+        let e = db.batch_execute(alter).unwrap_err();
+        assert_eq!(
+            e.code().map(|c| c.code()),
+            Some("0A000"),
+            "{alter}: {}",
+            pg_err(&e)
+        );
+    }
+    exec(&mut db, "ALTER FOREIGN TABLE bw ADD COLUMN note text");
+}
