@@ -1,8 +1,9 @@
 //! Remote transactions: the writes of a Postgres transaction run on one Hrana
 //! stream per node (a stream is one SQLite connection), opened with BEGIN
 //! IMMEDIATE on the first statement that needs it, committed at pre-commit
-//! (all nodes in parallel) and rolled back on abort, as postgres_fdw does
-//! with its connections. Subtransactions map to SQLite savepoints
+//! (all nodes in parallel, or in waves when virtual index entries must
+//! commit before the rows they point at: `commit_before`) and rolled back
+//! on abort, as postgres_fdw does with its connections. Subtransactions map to SQLite savepoints
 //! `s<level>`, created lazily before the first statement that runs at a
 //! deeper level.
 //!

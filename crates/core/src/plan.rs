@@ -906,6 +906,32 @@ mod tests {
     }
 
     #[test]
+    fn a_virtual_index_narrows_only_an_unrestricted_route() {
+        let t = topology(16, ColumnType::Int8);
+        let within = Within {
+            shards: [3, 9].into(),
+            reason: "v through virtual index t_v: 1 value found on 2 shards".into(),
+        };
+        let by_v = [eq(1, Operand::Const(Some(TypedValue::Text("x".into()))))];
+        let p = ShardPlan::build_within(&t, &by_v, &[], &select_all(), Some(&within)).unwrap();
+        assert_eq!(p.shard_ids(), vec![3, 9]);
+        assert_eq!(p.kind, RouteKind::SomeShards);
+        assert_eq!(p.reason, within.reason);
+        // The shard key decides by itself when it restricts the route.
+        let by_key = [eq(0, int(42)), by_v[0].clone()];
+        let p = ShardPlan::build_within(&t, &by_key, &[], &select_all(), Some(&within)).unwrap();
+        assert_eq!(p.kind, RouteKind::OneShard);
+        // No entry: no shard.
+        let none = Within {
+            shards: Default::default(),
+            reason: "none".into(),
+        };
+        let p = ShardPlan::build_within(&t, &by_v, &[], &select_all(), Some(&none)).unwrap();
+        assert_eq!(p.kind, RouteKind::NoShard);
+        assert!(p.statements.is_empty());
+    }
+
+    #[test]
     fn one_shard_lookup_is_one_qualified_statement() {
         let t = topology(16, ColumnType::Int8);
         let plan = ShardPlan::build(&t, &[eq(0, int(42))], &[], &select_all()).unwrap();

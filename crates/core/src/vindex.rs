@@ -466,6 +466,9 @@ pub fn display_values<'a>(values: impl Iterator<Item = &'a Value>) -> String {
     }
 }
 
+/// Value tuples (stored form) grouped by lookup shard.
+pub type TuplesByLookupShard = BTreeMap<u32, Vec<Vec<Value>>>;
+
 /// The value tuples a conjunction admits for `index` (stored form, grouped
 /// by lookup shard), or None when it does not restrict every indexed column
 /// to a finite list of at most [`MAX_LOOKUP_VALUES`] tuples.
@@ -474,7 +477,7 @@ pub fn admitted(
     index: &VirtualIndex,
     preds: &[Pred],
     bindings: &[Binding],
-) -> Result<Option<BTreeMap<u32, Vec<Vec<Value>>>>, DeparseError> {
+) -> Result<Option<TuplesByLookupShard>, DeparseError> {
     let mut per_column: Vec<Vec<Value>> = Vec::with_capacity(index.columns.len());
     for &c in &index.columns {
         let Some(values) = crate::router::admitted_values(preds, c, bindings)? else {
@@ -593,6 +596,120 @@ mod tests {
         assert!(lookup_shard(&t, &[Value::Text("x".into()), Value::Null], 4)
             .unwrap()
             .is_none());
+    }
+
+    fn topology() -> Topology {
+        use crate::topology::{Column, ShardLocation, ShardStatus};
+        let col = |attnum: i16, name: &str, ty| Column {
+            attnum,
+            name: name.into(),
+            ty,
+            not_null: attnum == 1,
+        };
+        Topology {
+            name: "public.t".into(),
+            remote_name: "t".into(),
+            columns: vec![
+                col(1, "id", ColumnType::Int8),
+                col(2, "email", ColumnType::Text),
+                col(3, "n", ColumnType::Int4),
+            ],
+            key_index: 0,
+            primary_key: vec![0],
+            shards: (0..8)
+                .map(|s| ShardLocation {
+                    shard_id: s,
+                    node_id: format!("node-{}", s % 2),
+                    url: format!("http://127.0.0.1:{}", 7000 + s % 2),
+                    remote_table: format!("t_{s:04}"),
+                    status: ShardStatus::Active,
+                })
+                .collect(),
+        }
+    }
+
+    fn index(name: &str, columns: Vec<usize>, status: IndexStatus) -> VirtualIndex {
+        VirtualIndex {
+            name: name.into(),
+            columns,
+            unique: false,
+            status,
+        }
+    }
+
+    fn eq(column: usize, v: TypedValue) -> Pred {
+        Pred::Cmp {
+            column,
+            op: crate::predicate::CmpOp::Eq,
+            value: crate::predicate::Operand::Const(Some(v)),
+        }
+    }
+
+    #[test]
+    fn the_narrowest_ready_index_routes_and_the_shard_key_wins() {
+        let t = topology();
+        let ixs = [
+            index("a_n", vec![2], IndexStatus::Ready),
+            index("b_email_n", vec![1, 2], IndexStatus::Ready),
+            index("c_email", vec![1], IndexStatus::Building),
+        ];
+        let email = eq(1, TypedValue::Text("a@b".into()));
+        let n = eq(2, TypedValue::Int4(7));
+        assert_eq!(
+            usable(&t, &ixs, &[email.clone(), n.clone()]).unwrap().name,
+            "b_email_n"
+        );
+        assert_eq!(usable(&t, &ixs, &[n.clone()]).unwrap().name, "a_n");
+        // A building index is never used; the shard key routes by itself.
+        assert!(usable(&t, &ixs, &[email.clone()]).is_none());
+        let key = eq(0, TypedValue::Int8(1));
+        assert!(usable(&t, &ixs, &[n.clone(), key]).is_none());
+        // A parameter restricts the column too (bound at execution).
+        let param = Pred::Cmp {
+            column: 2,
+            op: crate::predicate::CmpOp::Eq,
+            value: crate::predicate::Operand::Param(0),
+        };
+        assert_eq!(usable(&t, &ixs, &[param.clone()]).unwrap().name, "a_n");
+        let bound = admitted(
+            &t,
+            &ixs[0],
+            &[param],
+            &[Binding::Value(Some(TypedValue::Int4(7)))],
+        )
+        .unwrap()
+        .unwrap();
+        let want = lookup_shard(&[ColumnType::Int4], &[Value::Integer(7)], 8)
+            .unwrap()
+            .unwrap();
+        assert_eq!(bound, [(want, vec![vec![Value::Integer(7)]])].into());
+    }
+
+    #[test]
+    fn composite_lists_are_the_product_of_the_columns() {
+        let t = topology();
+        let ix = index("b", vec![1, 2], IndexStatus::Ready);
+        let emails = Pred::In {
+            column: 1,
+            list: crate::predicate::ListOperand::Items(vec![
+                crate::predicate::Operand::Const(Some(TypedValue::Text("x".into()))),
+                crate::predicate::Operand::Const(Some(TypedValue::Text("y".into()))),
+            ]),
+        };
+        let n = eq(2, TypedValue::Int4(1));
+        let got = admitted(&t, &ix, &[emails, n], &[]).unwrap().unwrap();
+        let tuples: usize = got.values().map(Vec::len).sum();
+        assert_eq!(tuples, 2);
+        // `email = NULL` admits nothing: no lookup, no shard.
+        let none = Pred::Cmp {
+            column: 1,
+            op: crate::predicate::CmpOp::Eq,
+            value: crate::predicate::Operand::Const(None),
+        };
+        let got = admitted(&t, &ix, &[none, eq(2, TypedValue::Int4(1))], &[])
+            .unwrap()
+            .unwrap();
+        assert!(got.is_empty());
     }
 
     #[test]
