@@ -56,7 +56,17 @@ struct ModifyState {
     /// Per node, how long its requests waited for its write lock (EXPLAIN
     /// ANALYZE).
     lock_waits: RefCell<BTreeMap<String, Duration>>,
+    /// A table with virtual indexes: rows whose entries are written, sent
+    /// at the end of the statement (or every `DEFER_ROWS`), so every entry
+    /// of the statement is written before any of its rows takes a node's
+    /// write lock (src/vindex.rs).
+    deferred: RefCell<Vec<Vec<Value>>>,
+    deferred_pending: RefCell<Vec<crate::vindex::Pending>>,
 }
+
+/// Most rows of one INSERT or COPY held back while their entries are
+/// written (see `ModifyState::deferred`).
+const DEFER_ROWS: usize = 100_000;
 
 impl ModifyState {
     /// Run a plan in the transaction; the first statement's result.
@@ -140,6 +150,8 @@ unsafe fn begin(
             on_conflict: OnConflict::Error,
             alone: false,
             lock_waits: Default::default(),
+            deferred: Default::default(),
+            deferred_pending: Default::default(),
         };
         (*rinfo).ri_FdwState = PgMemoryContexts::CurrentMemoryContext
             .leak_and_drop_on_delete(state)
@@ -379,6 +391,27 @@ unsafe fn flush(rinfo: *mut pg_sys::ResultRelInfo) {
         if !rows.is_empty() {
             send_rows(state, rows);
         }
+        send_deferred(state);
+    }
+}
+
+/// Send the rows held back while their virtual index entries were written,
+/// then recheck those entries.
+fn send_deferred(state: &ModifyState) {
+    let rows = state.deferred.take();
+    let pending = state.deferred_pending.take();
+    let chunk = state.batch_size.max(1) as usize;
+    for part in rows.chunks(chunk) {
+        let plan = ShardPlan::insert_with(&state.topology, part.to_vec(), state.on_conflict)
+            .unwrap_or_else(|e| plan_error(&state.topology, e));
+        let mut waits = state.lock_waits.take();
+        crate::remote::recording_lock_waits(&mut waits, || {
+            streams::run_plan(&state.topology, &plan, streams::Access::Write)
+        });
+        state.lock_waits.replace(waits);
+    }
+    for p in pending {
+        crate::vindex::after_write(&state.topology, p);
     }
 }
 
@@ -531,6 +564,20 @@ fn send_rows(state: &ModifyState, rows: Vec<Vec<Value>>) -> u64 {
             .map(|(_, r)| r)
             .collect(),
         _ => rows,
+    };
+    let pending = match pending {
+        Some(p) if state.on_conflict == OnConflict::Error => {
+            // Every row is inserted or the statement fails: its count is
+            // known now.
+            let n = rows.len() as u64;
+            state.deferred.borrow_mut().extend(rows);
+            state.deferred_pending.borrow_mut().push(p);
+            if state.deferred.borrow().len() >= DEFER_ROWS {
+                send_deferred(state);
+            }
+            return n;
+        }
+        other => other,
     };
     let plan = ShardPlan::insert_with(&state.topology, rows, state.on_conflict)
         .unwrap_or_else(|e| plan_error(&state.topology, e));
