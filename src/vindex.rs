@@ -504,7 +504,7 @@ fn unless_held(
     let lkey = node_key(t, lshard);
     let shard_table = t.shards[holder as usize].remote_table.clone();
     let update = change;
-    let write_entry = |_: bool| {
+    let write_entry = || {
         let job = Job {
             shard: lshard,
             lock_table: table.clone(),
@@ -534,7 +534,7 @@ fn unless_held(
         if found {
             return false;
         }
-        write_entry(false);
+        write_entry();
         return true;
     }
     // A short transaction of its own on the holder's node.
@@ -563,7 +563,7 @@ fn unless_held(
                 stmt: update.clone(),
             });
         } else {
-            write_entry(false);
+            write_entry();
         }
     }
     end.push(StreamRequest::Execute {

@@ -143,6 +143,7 @@ fn predicate(rng: &mut Rng) -> String {
 /// Runs generated queries on both tables: same rows; the nodes scanned the
 /// shards holding matching rows (`exact`) or at least those.
 fn check_queries(cluster: &Cluster, db: &mut Client, rng: &mut Rng, n: usize, exact: bool) {
+    let mut total = 0;
     for q in 0..n {
         let pred = predicate(rng);
         let local = rows(db, &format!("SELECT * FROM l_people WHERE {pred}")).unwrap();
@@ -150,6 +151,7 @@ fn check_queries(cluster: &Cluster, db: &mut Client, rng: &mut Rng, n: usize, ex
         let remote = rows(db, &format!("SELECT * FROM people WHERE {pred}"))
             .unwrap_or_else(|e| panic!("query {q}: {pred}: {e}"));
         let scanned = scans(cluster) - before;
+        total += scanned;
         assert_eq!(local, remote, "query {q}: {pred}");
         let indexed = pred.split(" AND note").next().unwrap_or(&pred);
         let holding = query_i64(
@@ -168,6 +170,10 @@ fn check_queries(cluster: &Cluster, db: &mut Client, rng: &mut Rng, n: usize, ex
             assert!(scanned < 16, "query {q}: {pred}: every shard scanned");
         }
     }
+    println!(
+        "{n} queries through virtual indexes scanned {total} shards ({} without them)",
+        n * 16
+    );
 }
 
 /// Generic prepared plans: `$1` bound at execution routes through the index.
