@@ -5,13 +5,14 @@
 //! shard) committed in the index's lookup table. Writes keep it by making
 //! every entry durable before the row it points at can commit:
 //!
-//! - an entry whose lookup node has no transaction of ours open is written
-//!   and committed at once, in its own one-request transaction, before the
-//!   row is written;
-//! - an entry whose lookup node already has this transaction's remote
-//!   transaction is written in it, and the commit order makes that node
-//!   commit before the nodes of the rows it points at (`streams::
-//!   commit_before`); the same node is one atomic commit.
+//! - an entry whose lookup node's write lock this transaction does not hold
+//!   is written and committed at once, in its own one-request transaction,
+//!   before the row is written;
+//! - an entry whose lookup node's write lock this transaction holds (a
+//!   second connection would wait for it forever) is written in that
+//!   node's remote transaction, and the commit order makes that node commit
+//!   before the nodes of the rows it points at (`streams::commit_before`);
+//!   the same node is one atomic commit.
 //!
 //! Entries are removed only by `verify_virtual_index(…, repair)`, and only
 //! while holding the write lock of the owner's node and seeing no row there;
@@ -284,7 +285,7 @@ pub fn before_write(
             let refs: Vec<&Entry> = set.iter().collect();
             let stmts = ix.insert_entries_stmts(&table, &refs);
             let key = node_key(t, lshard);
-            if streams::has_stream(&key) {
+            if streams::holds_write(&key) {
                 let (job, owners) = mine.entry(key).or_insert_with(|| {
                     (
                         Job {
@@ -388,7 +389,7 @@ fn claim(
             lock_table: table.clone(),
             stmts,
         };
-        let results = if streams::has_stream(&lkey) {
+        let results = if streams::holds_write(&lkey) {
             streams::commit_before(&lkey, &[node_key(t, e.owner)].into());
             in_streams(t, vec![job], Access::Write)
         } else {
@@ -510,7 +511,7 @@ fn unless_held(
             lock_table: table.clone(),
             stmts: vec![update.clone()],
         };
-        if streams::has_stream(&lkey) {
+        if streams::holds_write(&lkey) {
             if let Some(owner) = new_owner {
                 streams::commit_before(&lkey, &[node_key(t, owner)].into());
             }
@@ -519,7 +520,7 @@ fn unless_held(
             at_once(t, vec![job]);
         }
     };
-    if streams::has_stream(&hkey) {
+    if streams::holds_write(&hkey) {
         // Our own transaction holds the lock: probe through it (as write,
         // so a read snapshot is upgraded to the lock).
         let job = Job {
@@ -555,7 +556,7 @@ fn unless_held(
     let found = execute_results(&resp)
         .get(1)
         .is_some_and(|r| !r.rows.is_empty());
-    let same_node = hkey == lkey && !streams::has_stream(&lkey);
+    let same_node = hkey == lkey && !streams::holds_write(&lkey);
     let mut end = Vec::new();
     if !found {
         if same_node {
