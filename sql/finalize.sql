@@ -9,7 +9,7 @@ CREATE FOREIGN DATA WRAPPER conductor
 -- reads it to route); only superusers or explicitly granted roles change it.
 GRANT USAGE ON SCHEMA conductor TO PUBLIC;
 GRANT SELECT ON conductor.node, conductor.distributed_table, conductor.shard,
-    conductor.shard_index TO PUBLIC;
+    conductor.shard_index, conductor.virtual_index TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION
     conductor.add_node(text, text, text),
     conductor.update_node(text, text, text),

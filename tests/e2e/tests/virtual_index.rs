@@ -545,6 +545,33 @@ fn unique_values() {
     let (missing, _, _) = verify(&mut db, "acct_login", false);
     assert_eq!(missing, 0);
 
+    // A role that may only read and insert routes through the index and
+    // meets its uniqueness too (the catalog is readable by everyone).
+    exec(
+        &mut db,
+        "CREATE ROLE reader LOGIN; GRANT USAGE ON FOREIGN SERVER cluster TO reader;
+         GRANT SELECT, INSERT ON acct TO reader;",
+    );
+    let mut config = cluster.pg_config();
+    config.user("reader");
+    let mut reader = config.connect(conductor_e2e::postgres::NoTls).unwrap();
+    assert_eq!(
+        query_i64(&mut reader, "SELECT count(*) FROM acct WHERE login = 'ann'"),
+        1
+    );
+    let e = reader
+        .batch_execute("INSERT INTO acct VALUES (7000, 'ann', 0)")
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("23505"), "{}", pg_err(&e));
+    assert_eq!(
+        rows(
+            &mut reader,
+            "SELECT index_name, status FROM conductor.virtual_indexes"
+        )
+        .unwrap(),
+        ["acct_login|ready"]
+    );
+
     // A unique index over duplicates fails, names one, and is left failed.
     exec(
         &mut db,
