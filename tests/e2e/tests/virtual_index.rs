@@ -341,6 +341,30 @@ fn routing_matches_a_local_table() {
     check_queries(&cluster, &mut db, &mut rng, 120, true);
     check_generic(&cluster, &mut db, &mut rng);
 
+    // Text collations follow shard-key routing: equality under a
+    // deterministic collation is looked up; under a nondeterministic one
+    // it is not sent to the nodes at all, so every shard is read and
+    // Postgres compares.
+    exec(
+        &mut db,
+        "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)",
+    );
+    for (pred, routed) in [
+        ("email = 'u37@x.org' COLLATE \"C\"", true),
+        ("email = 'U37@X.ORG' COLLATE ci", false),
+    ] {
+        let local = rows(&mut db, &format!("SELECT id FROM l_people WHERE {pred}")).unwrap();
+        let before = scans(&cluster);
+        let remote = rows(&mut db, &format!("SELECT id FROM people WHERE {pred}")).unwrap();
+        let scanned = scans(&cluster) - before;
+        assert_eq!(local, remote, "{pred}");
+        if routed {
+            assert_eq!(scanned, local.len() as u64, "{pred}");
+        } else {
+            assert_eq!(scanned, 16, "{pred}");
+        }
+    }
+
     // EXPLAIN and conductor_explain name the index.
     let plan = rows(
         &mut db,
