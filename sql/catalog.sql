@@ -135,3 +135,28 @@ CREATE INDEX shard_move_shard_idx ON conductor.shard_move (relid, shard_id);
 REVOKE ALL ON conductor.shard_move, conductor.shard_move_seq FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('conductor.shard_move', '');
 SELECT pg_catalog.pg_extension_config_dump('conductor.shard_move_seq', '');
+
+-- Virtual indexes (conductor.create_virtual_index): for each value of the
+-- columns, which shards hold it. The entries live on the nodes, in lookup
+-- tables <remote_name>_vx_<index_name>_<shard id> placed like the table's
+-- shards (docs/ARCHITECTURE.md, Virtual indexes). status: 'building' (writes
+-- keep entries, routing ignores it, backfill_shards of the table's shards are
+-- done), 'ready' (routing uses it), 'failed' (a build that did not finish).
+CREATE TABLE conductor.virtual_index (
+    index_name text PRIMARY KEY CHECK (index_name ~ '^[A-Za-z0-9_]{1,40}$'),
+    relid regclass NOT NULL REFERENCES conductor.distributed_table ON DELETE CASCADE,
+    columns name[] NOT NULL,
+    is_unique boolean NOT NULL DEFAULT false,
+    status text NOT NULL DEFAULT 'building'
+        CHECK (status IN ('building', 'ready', 'failed')),
+    -- The backend running the build; a 'building' index whose builder is
+    -- gone is shown as failed.
+    builder_pid integer,
+    backfill_shards integer NOT NULL DEFAULT 0,
+    backfill_rows bigint NOT NULL DEFAULT 0,
+    -- The primary key of the last row backfilled on the current shard.
+    backfill_position jsonb,
+    failure text
+);
+REVOKE ALL ON conductor.virtual_index FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('conductor.virtual_index', '');

@@ -9,7 +9,7 @@ CREATE FOREIGN DATA WRAPPER conductor
 -- reads it to route); only superusers or explicitly granted roles change it.
 GRANT USAGE ON SCHEMA conductor TO PUBLIC;
 GRANT SELECT ON conductor.node, conductor.distributed_table, conductor.shard,
-    conductor.shard_index TO PUBLIC;
+    conductor.shard_index, conductor.virtual_index TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION
     conductor.add_node(text, text, text),
     conductor.update_node(text, text, text),
@@ -17,7 +17,13 @@ REVOKE EXECUTE ON FUNCTION
     conductor.create_distributed_table(regclass, text, integer),
     conductor.create_shard_index(regclass, text[], text, boolean),
     conductor.drop_shard_index(text),
-    conductor.cleanup()
+    conductor.cleanup(),
+    conductor._vidx_begin(regclass, text[], boolean, text),
+    conductor._vidx_backfill_step(text),
+    conductor._vidx_finish(text),
+    conductor._vidx_fail(text, text),
+    conductor.drop_virtual_index(text),
+    conductor.verify_virtual_index(text, boolean)
 FROM PUBLIC;
 
 -- Any committed change to the topology invalidates every backend's cache
@@ -35,6 +41,8 @@ CREATE TRIGGER topology_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
     ON conductor.distributed_table FOR EACH STATEMENT EXECUTE FUNCTION conductor._topology_changed();
 CREATE TRIGGER topology_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
     ON conductor.shard FOR EACH STATEMENT EXECUTE FUNCTION conductor._topology_changed();
+CREATE TRIGGER topology_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON conductor.virtual_index FOR EACH STATEMENT EXECUTE FUNCTION conductor._topology_changed();
 
 -- Server oids in the catalog rows, recomputed on every insert, so rows that
 -- pg_restore copies in (with the oids of the dumped database) point at the
@@ -222,8 +230,81 @@ SELECT s.srvname AS server, c.node_id, c.url, c.table_name, c.reason, c.recorded
   FROM conductor.cleanup c
   LEFT JOIN pg_catalog.pg_foreign_server s ON s.oid = c.server_id;
 
+-- status: a build whose backend no longer runs it (cancelled, or the
+-- session died) shows as failed; entries are counted on the nodes now.
+CREATE VIEW conductor.virtual_indexes AS
+SELECT v.relid::regclass AS table_name,
+       v.index_name,
+       v.columns,
+       v.is_unique,
+       CASE WHEN v.status = 'building' AND NOT EXISTS (
+                SELECT FROM pg_catalog.pg_stat_activity a
+                 WHERE a.pid = v.builder_pid AND a.state = 'active')
+            THEN 'failed' ELSE v.status END AS status,
+       CASE WHEN v.status = 'failed' THEN NULL
+            ELSE conductor.virtual_index_entries(v.index_name) END AS entries,
+       v.backfill_shards AS shards_backfilled,
+       t.shard_count AS shards,
+       v.backfill_rows AS rows_backfilled,
+       v.failure
+  FROM conductor.virtual_index v
+  JOIN conductor.distributed_table t USING (relid);
+
+-- Builds an index without blocking writes: each step commits. CALL it
+-- outside a transaction block.
+CREATE PROCEDURE conductor.create_virtual_index(
+    tbl regclass, columns text[], is_unique boolean DEFAULT false, name text DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+    ix text;
+    started timestamptz;
+    done boolean := false;
+    failure text;
+    failure_state text;
+    failure_detail text;
+BEGIN
+    ix := conductor._vidx_begin(tbl, columns, is_unique, name);
+    COMMIT;
+    -- A transaction that began before the index was recorded may still
+    -- write without knowing it: wait for every such one to end, as CREATE
+    -- INDEX CONCURRENTLY does; every later write keeps the entries.
+    started := pg_catalog.clock_timestamp();
+    LOOP
+        PERFORM pg_catalog.pg_stat_clear_snapshot();
+        EXIT WHEN NOT EXISTS (
+            SELECT FROM pg_catalog.pg_stat_activity
+             WHERE pid <> pg_catalog.pg_backend_pid()
+               AND backend_type = 'client backend'
+               AND xact_start < started);
+        PERFORM pg_catalog.pg_sleep(0.05);
+    END LOOP;
+    LOOP
+        BEGIN
+            done := conductor._vidx_backfill_step(ix);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT,
+                                    failure_state = RETURNED_SQLSTATE,
+                                    failure_detail = PG_EXCEPTION_DETAIL;
+        END;
+        IF failure IS NOT NULL THEN
+            PERFORM conductor._vidx_fail(ix, failure);
+            COMMIT;
+            RAISE EXCEPTION USING ERRCODE = failure_state, MESSAGE = failure,
+                DETAIL = coalesce(failure_detail, ''),
+                HINT = format('Virtual index %s is left failed; drop it with conductor.drop_virtual_index(%L).', ix, ix);
+        END IF;
+        COMMIT;
+        EXIT WHEN done;
+    END LOOP;
+    PERFORM conductor._vidx_finish(ix);
+    COMMIT;
+END
+$$;
+REVOKE EXECUTE ON PROCEDURE conductor.create_virtual_index(regclass, text[], boolean, text)
+    FROM PUBLIC;
+
 GRANT SELECT ON conductor.nodes, conductor.tables, conductor.shards,
-    conductor.shard_indexes, conductor.cleanup_pending TO PUBLIC;
+    conductor.shard_indexes, conductor.cleanup_pending, conductor.virtual_indexes TO PUBLIC;
 
 -- conductor_explain(sql) is callable without schema qualification: a thin
 -- wrapper in schema public (when the database has it) over conductor.explain.

@@ -17,6 +17,7 @@ mod gucs;
 mod health;
 mod remote;
 mod stats;
+mod vindex;
 mod xact;
 
 ::pgrx::pg_module_magic!();

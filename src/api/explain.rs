@@ -247,7 +247,11 @@ impl Walker<'_> {
                     let kind = scan.statement(&topology);
                     let plan = match evaluate(exprs, &scan.params) {
                         Some(bindings) => bound(&topology, &scan.pushed, &bindings, &kind),
-                        None => ShardPlan::template(&topology, &scan.pushed, &kind),
+                        None => {
+                            let mut p = ShardPlan::template(&topology, &scan.pushed, &kind);
+                            crate::vindex::annotate(&topology, &scan.pushed, &mut p);
+                            p
+                        }
                     };
                     (plan, note.to_string())
                 }
@@ -301,7 +305,11 @@ impl Walker<'_> {
             let kind = StatementKind::Pushed(upper.query.clone());
             let plan = match evaluate((*fscan).fdw_exprs, &upper.params) {
                 Some(bindings) => bound(&topology, &upper.pushed, &bindings, &kind),
-                None => ShardPlan::template(&topology, &upper.pushed, &kind),
+                None => {
+                    let mut p = ShardPlan::template(&topology, &upper.pushed, &kind);
+                    crate::vindex::annotate(&topology, &upper.pushed, &mut p);
+                    p
+                }
             };
             let mut note = format!("{note}; pushed: {}", upper.describe(&topology));
             if plan.kind == RouteKind::AtExecution {
@@ -373,8 +381,10 @@ fn bound(
     bindings: &[conductor_core::predicate::Binding],
     kind: &StatementKind,
 ) -> ShardPlan {
-    ShardPlan::build(topology, pushed, bindings, kind)
-        .unwrap_or_else(|e| refuse(format!("a pushed predicate cannot be sent: {e}")))
+    let mut plan = ShardPlan::build(topology, pushed, bindings, kind)
+        .unwrap_or_else(|e| refuse(format!("a pushed predicate cannot be sent: {e}")));
+    crate::vindex::annotate(topology, pushed, &mut plan);
+    plan
 }
 
 /// Every shard may receive the rows: they exist only at execution.

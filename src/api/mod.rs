@@ -6,6 +6,7 @@ pub mod moves;
 mod nodes;
 pub mod schema;
 mod tables;
+mod vindex;
 
 use crate::errors::raise;
 use pgrx::prelude::*;

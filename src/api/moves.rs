@@ -388,6 +388,20 @@ fn move_start(tbl: pg_sys::Oid, shard: i32, to_node: &str) -> Option<i64> {
         )
         .error()
     }
+    if !topology.virtual_indexes.is_empty() {
+        // A virtual index's lookup tables live beside the table's shards
+        // and would have to move with them, entries and all; until moves
+        // carry them, a move would leave entries where routing no longer
+        // looks.
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("cannot move shards of {display}: it has virtual indexes"),
+        )
+        .hint(
+            "Drop its virtual indexes (conductor.drop_virtual_index), move, and create them again.",
+        )
+        .error()
+    }
     let server_id = topology.server_id;
     lock_table(tbl);
     let target_status = Spi::get_one_with_args::<String>(

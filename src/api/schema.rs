@@ -159,6 +159,47 @@ fn refuse(relid: pg_sys::Oid, why: impl std::fmt::Display) -> ! {
     .error()
 }
 
+/// A virtual index names its columns and stores their values: dropping,
+/// renaming or retyping one of them is refused while the index exists.
+fn refuse_indexed_column_change(relid: pg_sys::Oid, rec: &Recorded) {
+    let indexed: Vec<(String, Vec<String>)> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT index_name, columns::text[] FROM conductor.virtual_index WHERE relid = $1",
+                None,
+                &[relid.into()],
+            )?
+            .map(|row| {
+                Ok((
+                    row.get::<String>(1)?.unwrap_or_default(),
+                    row.get::<Vec<String>>(2)?.unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error!("conductor: could not read the virtual indexes: {e}"));
+    if indexed.is_empty() {
+        return;
+    }
+    let now = Spi::connect(|client| relation_columns(client, relid))
+        .unwrap_or_else(|e| error!("conductor: could not read the columns: {e}"));
+    for (index, columns) in indexed {
+        for c in columns {
+            let before = rec.columns.iter().find(|r| r.name == c).map(|r| &r.ty);
+            let after = now.iter().find_map(|col| match col {
+                Ok(p) if p.column.name == c => Some(p.column.ty.pg_name().to_string()),
+                _ => None,
+            });
+            if after.is_none() || before != after.as_ref() {
+                refuse(
+                    relid,
+                    format!("column \"{c}\" is in virtual index \"{index}\"; drop the index first"),
+                );
+            }
+        }
+    }
+}
+
 /// Runs at the end of every ALTER of a foreign table (event trigger): brings
 /// the shard tables of a distributed table to its new columns, in this
 /// transaction's remote transactions, or refuses the change.
@@ -178,6 +219,7 @@ fn sync_shard_schema(relid: pg_sys::Oid) {
             );
         }
     }
+    refuse_indexed_column_change(relid, &rec);
     let attnum_of = |name: &str| {
         rec.columns
             .iter()

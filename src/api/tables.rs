@@ -373,13 +373,32 @@ fn forget_distributed_table(relid: pg_sys::Oid) {
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
     .unwrap_or_else(|e| error!("conductor: could not read the dropped table's shards: {e}"));
+    // Its virtual indexes' lookup tables sit beside its shards.
+    let indexes: Vec<String> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT index_name FROM conductor.virtual_index WHERE relid = $1",
+                None,
+                &[relid.into()],
+            )?
+            .map(|row| Ok(row.get::<String>(1)?.unwrap_or_default()))
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error!("conductor: could not read the dropped table's indexes: {e}"));
     let mut per_node: BTreeMap<(String, String), (pg_sys::Oid, Vec<String>)> = BTreeMap::new();
     for (remote_name, server_id, shard_id, node_id, url) in rows {
-        per_node
+        let tables = &mut per_node
             .entry((node_id, url))
             .or_insert_with(|| (server_id, Vec::new()))
-            .1
-            .push(shard_table_name(&remote_name, shard_id as u32));
+            .1;
+        tables.push(shard_table_name(&remote_name, shard_id as u32));
+        for ix in &indexes {
+            tables.push(conductor_core::vindex::lookup_table_name(
+                &remote_name,
+                ix,
+                shard_id as u32,
+            ));
+        }
     }
     for ((node_id, url), (server_id, tables)) in per_node {
         let endpoint = NodeEndpoint {

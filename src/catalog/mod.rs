@@ -8,6 +8,7 @@ pub mod credentials;
 use crate::convert::{column_type_of, ColumnCodec};
 use conductor_core::remote_sql::shard_table_name;
 use conductor_core::topology::{Column, ShardLocation, ShardStatus, Topology};
+use conductor_core::vindex::{IndexStatus, VirtualIndex};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
@@ -37,6 +38,8 @@ pub struct TableTopology {
     pub pg_types: Vec<PgType>,
     /// Every node holding a shard offers the exact decimal aggregates.
     pub decimal_aggregates: bool,
+    /// Its virtual indexes that writes maintain (building or ready).
+    pub virtual_indexes: Vec<VirtualIndex>,
 }
 
 impl std::ops::Deref for TableTopology {
@@ -197,6 +200,40 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
                 relation_display_name(relid)
             );
         }
+        let mut virtual_indexes = Vec::new();
+        let rows = client.select(
+            "SELECT index_name, columns::text[], is_unique, status
+               FROM conductor.virtual_index
+              WHERE relid = $1 AND status IN ('building', 'ready')
+              ORDER BY index_name",
+            None,
+            &[relid.into()],
+        )?;
+        for row in rows {
+            let name: String = row.get(1)?.unwrap_or_default();
+            let names: Vec<String> = row.get(2)?.unwrap_or_default();
+            let columns = names
+                .iter()
+                .map(|n| {
+                    columns.iter().position(|c| &c.name == n).unwrap_or_else(|| {
+                        error!(
+                            "column \"{n}\" of virtual index {name} of {} no longer exists",
+                            relation_display_name(relid)
+                        )
+                    })
+                })
+                .collect();
+            virtual_indexes.push(VirtualIndex {
+                name,
+                columns,
+                unique: row.get(3)?.unwrap_or(false),
+                status: if row.get::<String>(4)?.as_deref() == Some("ready") {
+                    IndexStatus::Ready
+                } else {
+                    IndexStatus::Building
+                },
+            });
+        }
         Ok(Some(TableTopology {
             relid,
             server_id,
@@ -210,6 +247,7 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
             },
             pg_types,
             decimal_aggregates,
+            virtual_indexes,
         }))
     })
     .unwrap_or_else(|e| error!("conductor: could not read the topology catalog: {e}"))

@@ -393,6 +393,15 @@ pub unsafe extern "C-unwind" fn plan_direct_modify(
             if attnums.contains(&(topology.key().attnum as i32)) {
                 return false; // the row-by-row path refuses it with a clear error
             }
+            // A virtual index's entries are written before the row changes,
+            // which needs the row: row by row.
+            if topology.virtual_indexes.iter().any(|ix| {
+                ix.columns
+                    .iter()
+                    .any(|&c| attnums.contains(&(topology.columns[c].attnum as i32)))
+            }) {
+                return false;
+            }
             for (tle, attnum) in PgList::<pg_sys::TargetEntry>::from_pg(tlist)
                 .iter_ptr()
                 .zip(attnums)

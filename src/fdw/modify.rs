@@ -56,7 +56,17 @@ struct ModifyState {
     /// Per node, how long its requests waited for its write lock (EXPLAIN
     /// ANALYZE).
     lock_waits: RefCell<BTreeMap<String, Duration>>,
+    /// A table with virtual indexes: rows whose entries are written, sent
+    /// at the end of the statement (or every `DEFER_ROWS`), so every entry
+    /// of the statement is written before any of its rows takes a node's
+    /// write lock (src/vindex.rs).
+    deferred: RefCell<Vec<Vec<Value>>>,
+    deferred_pending: RefCell<Vec<crate::vindex::Pending>>,
 }
+
+/// Most rows of one INSERT or COPY held back while their entries are
+/// written (see `ModifyState::deferred`).
+const DEFER_ROWS: usize = 100_000;
 
 impl ModifyState {
     /// Run a plan in the transaction; the first statement's result.
@@ -140,6 +150,8 @@ unsafe fn begin(
             on_conflict: OnConflict::Error,
             alone: false,
             lock_waits: Default::default(),
+            deferred: Default::default(),
+            deferred_pending: Default::default(),
         };
         (*rinfo).ri_FdwState = PgMemoryContexts::CurrentMemoryContext
             .leak_and_drop_on_delete(state)
@@ -289,8 +301,11 @@ pub unsafe extern "C-unwind" fn begin_foreign_modify(
             let subplan = (*(*mtstate).ps.lefttree).plan;
             let one_row =
                 (*subplan).type_ == pg_sys::NodeTag::T_Result && (*subplan).lefttree.is_null();
-            state(rinfo).alone =
-                one_row && crate::xact::autocommit::statement_is_alone((*mtstate).ps.state, rinfo);
+            // A table with virtual indexes writes its rows in the
+            // transaction's remote transactions, after their entries.
+            state(rinfo).alone = one_row
+                && state(rinfo).topology.virtual_indexes.is_empty()
+                && crate::xact::autocommit::statement_is_alone((*mtstate).ps.state, rinfo);
         }
     }
 }
@@ -376,6 +391,27 @@ unsafe fn flush(rinfo: *mut pg_sys::ResultRelInfo) {
         if !rows.is_empty() {
             send_rows(state, rows);
         }
+        send_deferred(state);
+    }
+}
+
+/// Send the rows held back while their virtual index entries were written,
+/// then recheck those entries.
+fn send_deferred(state: &ModifyState) {
+    let rows = state.deferred.take();
+    let pending = state.deferred_pending.take();
+    let chunk = state.batch_size.max(1) as usize;
+    for part in rows.chunks(chunk) {
+        let plan = ShardPlan::insert_with(&state.topology, part.to_vec(), state.on_conflict)
+            .unwrap_or_else(|e| plan_error(&state.topology, e));
+        let mut waits = state.lock_waits.take();
+        crate::remote::recording_lock_waits(&mut waits, || {
+            streams::run_plan(&state.topology, &plan, streams::Access::Write)
+        });
+        state.lock_waits.replace(waits);
+    }
+    for p in pending {
+        crate::vindex::after_write(&state.topology, p);
     }
 }
 
@@ -503,6 +539,46 @@ fn plan_error(topology: &TableTopology, e: PlanError) -> ! {
 /// many rows were inserted (all of them, unless ON CONFLICT DO NOTHING
 /// skipped some).
 fn send_rows(state: &ModifyState, rows: Vec<Vec<Value>>) -> u64 {
+    let t = &state.topology;
+    // Virtual index entries are durable before the rows they point at can
+    // commit (src/vindex.rs).
+    let pending = (!t.virtual_indexes.is_empty()).then(|| {
+        let owners = crate::vindex::owners(t, &rows);
+        let pairs: Vec<(u32, &[Value])> = owners
+            .into_iter()
+            .zip(rows.iter().map(Vec::as_slice))
+            .collect();
+        crate::vindex::before_write(
+            t,
+            &pairs,
+            &crate::vindex::all(t),
+            true,
+            state.on_conflict == OnConflict::DoNothing,
+        )
+    });
+    let rows = match &pending {
+        Some(p) if !p.skipped.is_empty() => rows
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !p.skipped.contains(i))
+            .map(|(_, r)| r)
+            .collect(),
+        _ => rows,
+    };
+    let pending = match pending {
+        Some(p) if state.on_conflict == OnConflict::Error => {
+            // Every row is inserted or the statement fails: its count is
+            // known now.
+            let n = rows.len() as u64;
+            state.deferred.borrow_mut().extend(rows);
+            state.deferred_pending.borrow_mut().push(p);
+            if state.deferred.borrow().len() >= DEFER_ROWS {
+                send_deferred(state);
+            }
+            return n;
+        }
+        other => other,
+    };
     let plan = ShardPlan::insert_with(&state.topology, rows, state.on_conflict)
         .unwrap_or_else(|e| plan_error(&state.topology, e));
     let mut waits = state.lock_waits.take();
@@ -514,6 +590,9 @@ fn send_rows(state: &ModifyState, rows: Vec<Vec<Value>>) -> u64 {
             .unwrap_or_else(|| streams::run_plan(&state.topology, &plan, streams::Access::Write))
     });
     state.lock_waits.replace(waits);
+    if let Some(pending) = pending {
+        crate::vindex::after_write(t, pending);
+    }
     results.iter().map(|(_, r)| r.affected_row_count).sum()
 }
 
@@ -545,6 +624,9 @@ pub unsafe extern "C-unwind" fn exec_foreign_update(
         let state = state(rinfo);
         let identity = identity(state, plan_slot);
         let mut row = encode_row(state, slot);
+        let touched = crate::vindex::touched(&state.topology, &state.updated);
+        let pending =
+            (!touched.is_empty()).then(|| index_update(state, &identity, &mut row, &touched));
         let values: Vec<Value> = state
             .updated
             .iter()
@@ -558,11 +640,53 @@ pub unsafe extern "C-unwind" fn exec_foreign_update(
             returning: false,
         };
         let result = state.run(ShardPlan::by_identity(&state.topology, &update, identity));
+        if let Some(pending) = pending {
+            crate::vindex::after_write(&state.topology, pending);
+        }
         if result.map(|r| r.affected_row_count).unwrap_or(0) == 0 {
             return std::ptr::null_mut(); // the row is gone: not counted
         }
     }
     slot
+}
+
+/// The entries of a row's new values for the virtual indexes an UPDATE
+/// touches, written before the row changes. An index with columns the
+/// UPDATE does not set reads their current values from the row first.
+fn index_update(
+    state: &ModifyState,
+    identity: &[Value],
+    row: &mut [Value],
+    touched: &[usize],
+) -> crate::vindex::Pending {
+    let t = &state.topology;
+    let missing: Vec<usize> = touched
+        .iter()
+        .flat_map(|&i| t.virtual_indexes[i].columns.iter().copied())
+        .filter(|c| !state.updated.contains(c))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !missing.is_empty() {
+        let read = StatementKind::Select {
+            columns: missing.clone(),
+        };
+        if let Some(current) = state.run(ShardPlan::by_identity(t, &read, identity.to_vec())) {
+            if let Some(values) = current.rows.first() {
+                for (c, v) in missing.iter().zip(values) {
+                    row[*c] = v.clone();
+                }
+            }
+        }
+    }
+    let key_at = t
+        .primary_key
+        .iter()
+        .position(|&c| c == t.key_index)
+        .expect("the primary key contains the shard key");
+    let owner = conductor_core::plan::shard_of_value(t, &identity[key_at])
+        .unwrap_or_else(|e| plan_error(t, e));
+    crate::vindex::before_write(t, &[(owner, &*row)], touched, false, false)
 }
 
 #[pg_guard]

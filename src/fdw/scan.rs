@@ -82,7 +82,8 @@ pub fn bound_plan(
     bindings: &[Binding],
     kind: &StatementKind,
 ) -> ShardPlan {
-    ShardPlan::build(topology, pushed, bindings, kind).unwrap_or_else(|e| {
+    let within = crate::vindex::within(topology, pushed, bindings);
+    ShardPlan::build_within(topology, pushed, bindings, kind, within.as_ref()).unwrap_or_else(|e| {
         raise(
             PgSqlErrorCode::ERRCODE_FDW_ERROR,
             format!("conductor: cannot build the shard statements: {e}"),
@@ -920,7 +921,12 @@ pub unsafe extern "C-unwind" fn explain_foreign_scan(
         // far as the plan's constants decide it.
         let plan = match &state.last_plan {
             Some(p) => p.clone(),
-            None => ShardPlan::template(&state.topology, &state.plan.pushed, &state.statement),
+            None => {
+                let mut p =
+                    ShardPlan::template(&state.topology, &state.plan.pushed, &state.statement);
+                crate::vindex::annotate(&state.topology, &state.plan.pushed, &mut p);
+                p
+            }
         };
         explain_plan(&state.topology, &plan, state.plan.params.len(), "", es);
         if !state.plan.not_pushed.is_empty() {
@@ -963,6 +969,12 @@ pub unsafe fn explain_plan(
     es: *mut pg_sys::ExplainState,
 ) {
     let shards = match plan.kind {
+        RouteKind::AtExecution if plan.reason.contains("through virtual index") => format!(
+            "{}, of {} on {} nodes{suffix}",
+            plan.reason,
+            topology.shard_count(),
+            topology.node_ids().len()
+        ),
         RouteKind::AtExecution => format!(
             "chosen at execution from {params} parameter(s), of {} on {} nodes{suffix}",
             topology.shard_count(),

@@ -1915,7 +1915,11 @@ pub unsafe fn explain_foreign_scan(
         let kind = StatementKind::Pushed(state.plan.query.clone());
         let plan = match &state.last_plan {
             Some(p) => p.clone(),
-            None => ShardPlan::template(&state.topology, &state.plan.pushed, &kind),
+            None => {
+                let mut p = ShardPlan::template(&state.topology, &state.plan.pushed, &kind);
+                crate::vindex::annotate(&state.topology, &state.plan.pushed, &mut p);
+                p
+            }
         };
         explain_text(
             c"Relations",

@@ -1,8 +1,9 @@
 //! Remote transactions: the writes of a Postgres transaction run on one Hrana
 //! stream per node (a stream is one SQLite connection), opened with BEGIN
 //! IMMEDIATE on the first statement that needs it, committed at pre-commit
-//! (all nodes in parallel) and rolled back on abort, as postgres_fdw does
-//! with its connections. Subtransactions map to SQLite savepoints
+//! (all nodes in parallel, or in waves when virtual index entries must
+//! commit before the rows they point at: `commit_before`) and rolled back
+//! on abort, as postgres_fdw does with its connections. Subtransactions map to SQLite savepoints
 //! `s<level>`, created lazily before the first statement that runs at a
 //! deeper level.
 //!
@@ -143,6 +144,91 @@ struct Stream {
 
 thread_local! {
     static STREAMS: RefCell<BTreeMap<NodeKey, Stream>> = const { RefCell::new(BTreeMap::new()) };
+    /// Commit order this transaction must keep: (a, b) means node a's
+    /// transaction commits before node b's (a holds virtual index entries of
+    /// rows on b: docs/ARCHITECTURE.md, Virtual indexes).
+    static ORDER: RefCell<BTreeSet<(NodeKey, NodeKey)>> = const { RefCell::new(BTreeSet::new()) };
+}
+
+/// Whether `to` is reachable from `from` over the recorded commit order.
+fn reaches(order: &BTreeSet<(NodeKey, NodeKey)>, from: &NodeKey, to: &NodeKey) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![from.clone()];
+    while let Some(n) = todo.pop() {
+        if &n == to {
+            return true;
+        }
+        if seen.insert(n.clone()) {
+            todo.extend(
+                order
+                    .iter()
+                    .filter(|(a, _)| *a == n)
+                    .map(|(_, b)| b.clone()),
+            );
+        }
+    }
+    false
+}
+
+/// Record that `first`'s transaction must commit before each of `then`.
+/// An order that contradicts one recorded earlier cannot be kept (each node
+/// commits once): the statement fails before it writes anything, as a
+/// serialization failure the client may retry.
+pub fn commit_before(first: &NodeKey, then: &BTreeSet<NodeKey>) {
+    ORDER.with(|o| {
+        let mut order = o.borrow_mut();
+        for t in then {
+            if t == first || order.contains(&(first.clone(), t.clone())) {
+                continue;
+            }
+            if reaches(&order, t, first) {
+                drop(order);
+                raise(
+                    PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                    "conductor: this transaction's virtual index entries cannot be committed in a safe order",
+                )
+                .detail(format!(
+                    "Node {} must commit before node {} (it holds index entries of rows there), and an earlier statement of the transaction needs the opposite order.",
+                    first.1, t.1
+                ))
+                .hint("Retry the transaction; writing the rows in fewer statements (or in separate transactions) avoids it.")
+                .error()
+            }
+            order.insert((first.clone(), t.clone()));
+        }
+    })
+}
+
+/// The nodes grouped by commit wave: every node after all nodes it must
+/// follow.
+fn commit_waves(keys: &[NodeKey]) -> Vec<Vec<NodeKey>> {
+    let order = ORDER.with(|o| std::mem::take(&mut *o.borrow_mut()));
+    let mut wave: BTreeMap<NodeKey, usize> = keys.iter().map(|k| (k.clone(), 0)).collect();
+    // The order is acyclic (commit_before refuses cycles): relaxing edges
+    // as often as there are nodes settles every wave.
+    for _ in 0..keys.len() {
+        let mut changed = false;
+        for (a, b) in &order {
+            let (Some(&wa), Some(&wb)) = (wave.get(a), wave.get(b)) else {
+                continue;
+            };
+            if wb <= wa {
+                wave.insert(b.clone(), wa + 1);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut out: Vec<Vec<NodeKey>> = Vec::new();
+    for (k, w) in wave {
+        if out.len() <= w {
+            out.resize(w + 1, Vec::new());
+        }
+        out[w].push(k);
+    }
+    out
 }
 
 fn nest_level() -> i32 {
@@ -153,6 +239,16 @@ fn nest_level() -> i32 {
 /// Whether this transaction has a stream open on the node.
 pub fn has_stream(key: &NodeKey) -> bool {
     STREAMS.with(|s| s.borrow().contains_key(key))
+}
+
+/// Whether this transaction holds the node's write lock (its stream wrote
+/// there or opened with BEGIN IMMEDIATE).
+pub fn holds_write(key: &NodeKey) -> bool {
+    STREAMS.with(|s| {
+        s.borrow()
+            .get(key)
+            .is_some_and(|st| st.access == Access::Write && st.level > 0)
+    })
 }
 
 /// Whether this transaction holds a remote transaction on any node.
@@ -498,6 +594,7 @@ pub fn commit_all() {
     }
     let streams = STREAMS.with(|s| std::mem::take(&mut *s.borrow_mut()));
     if streams.is_empty() {
+        ORDER.with(|o| o.borrow_mut().clear());
         return;
     }
     let mut failed: Vec<(NodeKey, BTreeSet<ShardLabel>, String)> = Vec::new();
@@ -526,12 +623,55 @@ pub fn commit_all() {
             (None, Err(why)) => failed.push((key, stream.touched, why)),
         }
     }
-    let n_commits = requests.len();
-    requests.extend(read_only);
-    // A cancel now could leave some nodes committed and others not: wait
-    // for every answer (each request has its deadline).
-    let mut results = remote::execute_raw(requests, false);
-    results.truncate(n_commits);
+    // Nodes commit in waves when virtual index entries must be durable
+    // before the rows they point at; after a failed wave nothing later
+    // commits (its rows would have no entries), it is rolled back.
+    let keys: Vec<NodeKey> = sent.iter().map(|(k, _)| k.clone()).collect();
+    let waves = commit_waves(&keys);
+    let mut pending: BTreeMap<NodeKey, (ShardRequest, BTreeSet<ShardLabel>)> = sent
+        .into_iter()
+        .zip(requests)
+        .map(|((k, t), r)| (k, (r, t)))
+        .collect();
+    let mut sent = Vec::new();
+    let mut results = Vec::new();
+    let mut stop = false;
+    for wave in waves {
+        let mut reqs = Vec::new();
+        for k in wave {
+            let Some((req, touched)) = pending.remove(&k) else {
+                continue;
+            };
+            if stop {
+                let mut rollback = req;
+                if let Some(StreamRequest::Execute { stmt }) = rollback.body.requests.first_mut() {
+                    *stmt = Stmt::new("ROLLBACK", vec![]);
+                }
+                remote::execute_raw(vec![rollback], false);
+                failed.push((
+                    k,
+                    touched,
+                    "not committed: a node holding virtual index entries of its rows failed to commit first".into(),
+                ));
+                continue;
+            }
+            reqs.push(req);
+            sent.push((k, touched));
+        }
+        if reqs.is_empty() {
+            continue;
+        }
+        // A cancel now could leave some nodes committed and others not: wait
+        // for every answer (each request has its deadline).
+        let wave_results = remote::execute_raw(reqs, false);
+        stop = wave_results
+            .iter()
+            .any(|r| !matches!(r, Ok(resp) if conductor_core::client::first_error(resp).is_none()));
+        results.extend(wave_results);
+    }
+    if !read_only.is_empty() {
+        remote::execute_raw(read_only, false);
+    }
     let mut committed = Vec::new();
     // COMMIT was sent but no answer came back (the connection broke, the
     // deadline passed): the node may or may not have committed.
@@ -616,6 +756,7 @@ pub fn commit_all() {
 /// never raises an error; a node that cannot be reached rolls back by
 /// itself when the stream expires.
 pub fn rollback_all() {
+    ORDER.with(|o| o.borrow_mut().clear());
     let streams = STREAMS.with(|s| std::mem::take(&mut *s.borrow_mut()));
     let requests: Vec<ShardRequest> = streams
         .into_values()

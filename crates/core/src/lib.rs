@@ -22,6 +22,7 @@ pub mod shard_move;
 pub mod tls;
 pub mod topology;
 pub mod types;
+pub mod vindex;
 
 pub use client::{HranaClient, NodeEndpoint, NodeError};
 pub use executor::{Executor, ShardError};

@@ -495,6 +495,13 @@ pub enum OnConflict {
     DoNothing,
 }
 
+/// The shards a virtual index found for a statement's values, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Within {
+    pub shards: std::collections::BTreeSet<u32>,
+    pub reason: String,
+}
+
 /// One statement for one shard.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShardStatement {
@@ -554,8 +561,28 @@ impl ShardPlan {
         bindings: &[Binding],
         kind: &StatementKind,
     ) -> Result<ShardPlan, DeparseError> {
+        Self::build_within(topology, preds, bindings, kind, None)
+    }
+
+    /// [`ShardPlan::build`] when a virtual index named the only shards that
+    /// can hold matching rows: a route the shard key does not restrict
+    /// visits those shards only.
+    pub fn build_within(
+        topology: &Topology,
+        preds: &[Pred],
+        bindings: &[Binding],
+        kind: &StatementKind,
+        within: Option<&Within>,
+    ) -> Result<ShardPlan, DeparseError> {
         let key = topology.shard_key();
-        let routed = route(preds, &key, bindings)?;
+        let mut routed = route(preds, &key, bindings)?;
+        if let Some(w) = within.filter(|_| !routed.restricted) {
+            routed = Route {
+                shards: w.shards.iter().map(|&s| (s, Vec::new())).collect(),
+                restricted: true,
+                reason: w.reason.clone(),
+            };
+        }
         let names = topology.column_names();
         let mut statements = Vec::with_capacity(routed.shards.len());
         for &shard in routed.shards.keys() {
@@ -1044,6 +1071,32 @@ mod tests {
         StatementKind::Select {
             columns: vec![0, 1, 2],
         }
+    }
+
+    #[test]
+    fn a_virtual_index_narrows_only_an_unrestricted_route() {
+        let t = topology(16, ColumnType::Int8);
+        let within = Within {
+            shards: [3, 9].into(),
+            reason: "v through virtual index t_v: 1 value found on 2 shards".into(),
+        };
+        let by_v = [eq(1, Operand::Const(Some(TypedValue::Text("x".into()))))];
+        let p = ShardPlan::build_within(&t, &by_v, &[], &select_all(), Some(&within)).unwrap();
+        assert_eq!(p.shard_ids(), vec![3, 9]);
+        assert_eq!(p.kind, RouteKind::SomeShards);
+        assert_eq!(p.reason, within.reason);
+        // The shard key decides by itself when it restricts the route.
+        let by_key = [eq(0, int(42)), by_v[0].clone()];
+        let p = ShardPlan::build_within(&t, &by_key, &[], &select_all(), Some(&within)).unwrap();
+        assert_eq!(p.kind, RouteKind::OneShard);
+        // No entry: no shard.
+        let none = Within {
+            shards: Default::default(),
+            reason: "none".into(),
+        };
+        let p = ShardPlan::build_within(&t, &by_v, &[], &select_all(), Some(&none)).unwrap();
+        assert_eq!(p.kind, RouteKind::NoShard);
+        assert!(p.statements.is_empty());
     }
 
     #[test]

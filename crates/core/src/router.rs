@@ -184,6 +184,32 @@ fn key_set(pred: &Pred, key: &ShardKey, bindings: &[Binding]) -> Result<KeySet, 
     })
 }
 
+/// The values a conjunction admits for column `column` (integers widened
+/// to bigint), or None when it does not restrict the column to a finite
+/// list; empty when it admits none. Virtual indexes route with it, so their
+/// values are read exactly as a shard key's.
+pub fn admitted_values(
+    preds: &[Pred],
+    column: usize,
+    bindings: &[Binding],
+) -> Result<Option<Vec<TypedValue>>, DeparseError> {
+    let key = ShardKey {
+        column,
+        name: "",
+        shard_count: 1,
+    };
+    Ok(match key_set(&Pred::And(preds.to_vec()), &key, bindings)? {
+        KeySet::All => None,
+        KeySet::Only(keys) => Some(keys.iter().map(Key::typed).collect()),
+    })
+}
+
+/// Whether a conjunction restricts `column` to a finite list, now or once
+/// its parameters are bound.
+pub fn restricts(preds: &[Pred], column: usize) -> bool {
+    !matches!(admitted_values(preds, column, &[]), Ok(None))
+}
+
 /// Route the conjunction `preds` (the pushed-down WHERE clause of one
 /// table) over `key.shard_count` shards.
 pub fn route(preds: &[Pred], key: &ShardKey, bindings: &[Binding]) -> Result<Route, DeparseError> {

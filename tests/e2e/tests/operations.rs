@@ -107,6 +107,11 @@ fn dump_and_restore_keep_the_topology() {
          INSERT INTO other VALUES ('a', 1), ('b', 2);
          ALTER SERVER cluster RENAME TO fleet;",
     );
+    // A virtual index (its procedure commits, so it is called alone).
+    exec(
+        &mut db,
+        "CALL conductor.create_virtual_index('other', ARRAY['x'], true, 'other_x')",
+    );
     let before = snapshot(&mut db);
     assert_eq!(before.0.len(), 300);
     let node_tables = all_node_tables(&cluster);
@@ -201,6 +206,22 @@ fn dump_and_restore_keep_the_topology() {
         ),
         ["(items,items_n,{n})"]
     );
+    assert_eq!(
+        rows(
+            &mut restored,
+            "SELECT table_name::text, index_name, columns, is_unique, status
+               FROM conductor.virtual_indexes"
+        ),
+        ["(other,other_x,{x},t,ready)"]
+    );
+    assert_eq!(
+        rows(&mut restored, "SELECT * FROM other WHERE x = 2"),
+        rows(&mut db, "SELECT * FROM other WHERE x = 2")
+    );
+    let e = restored
+        .batch_execute("INSERT INTO other VALUES ('c', 2)")
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("23505"), "{}", pg_err(&e));
     assert_eq!(all_node_tables(&cluster), node_tables);
 
     // Writes and schema changes work in the restored database, and reach

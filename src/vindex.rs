@@ -1,0 +1,729 @@
+//! Virtual indexes: keeping their entries on the nodes as rows are written,
+//! and routing through them (docs/ARCHITECTURE.md, Virtual indexes).
+//!
+//! The invariant: a row committed on its shard has its entry (value…,
+//! shard) committed in the index's lookup table. Writes keep it by making
+//! every entry durable before the row it points at can commit:
+//!
+//! - an entry whose lookup node's write lock this transaction does not hold
+//!   is written and committed at once, in its own one-request transaction,
+//!   before the row is written;
+//! - an entry whose lookup node's write lock this transaction holds (a
+//!   second connection would wait for it forever) is written in that
+//!   node's remote transaction, and the commit order makes that node commit
+//!   before the nodes of the rows it points at (`streams::commit_before`);
+//!   the same node is one atomic commit.
+//!
+//! Entries are removed only by `verify_virtual_index(…, repair)`, and only
+//! while holding the write lock of the owner's node and seeing no row there;
+//! a writer therefore rechecks, once its rows are written (holding that same
+//! lock), that its entries committed at once are still there.
+
+use crate::catalog::TableTopology;
+use crate::errors::raise;
+use crate::remote::{self, ShardRequest};
+use crate::xact::streams::{self, Access, NodeKey, NodeWork, ShardLabel};
+use conductor_core::client::one_request_transaction;
+use conductor_core::plan::Within;
+use conductor_core::predicate::{Binding, Pred};
+use conductor_core::vindex::{self, Entry, VirtualIndex};
+use conductor_hrana::{
+    PipelineReqBody, PipelineRespBody, Stmt, StmtResult, StreamRequest, StreamResponse,
+    StreamResult, Value,
+};
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::collections::{BTreeMap, BTreeSet};
+
+fn node_key(t: &TableTopology, shard: u32) -> NodeKey {
+    (
+        t.server_id.to_u32(),
+        t.shards[shard as usize].node_id.clone(),
+    )
+}
+
+fn endpoint(t: &TableTopology, shard: u32) -> conductor_core::NodeEndpoint {
+    remote::endpoint(
+        &t.shards[shard as usize],
+        crate::catalog::credentials::token_for(t.server_id),
+    )
+}
+
+/// Statements for the node of `shard` (any shard of the table on that node).
+struct Job {
+    shard: u32,
+    lock_table: String,
+    stmts: Vec<Stmt>,
+}
+
+fn label(t: &TableTopology, shard: u32) -> ShardLabel {
+    ShardLabel {
+        table: t.name.clone(),
+        shard,
+    }
+}
+
+/// Run each job in this transaction's remote transaction on its node (all
+/// nodes in parallel); per job, its statements' results.
+fn in_streams(t: &TableTopology, jobs: Vec<Job>, access: Access) -> Vec<Vec<StmtResult>> {
+    if jobs.is_empty() {
+        return Vec::new();
+    }
+    let work = jobs
+        .into_iter()
+        .map(|j| NodeWork {
+            access,
+            lock_table: Some(j.lock_table),
+            key: node_key(t, j.shard),
+            endpoint: endpoint(t, j.shard),
+            stmts: j
+                .stmts
+                .into_iter()
+                .map(|s| (label(t, j.shard), s))
+                .collect(),
+        })
+        .collect();
+    streams::run(work)
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| remote::report_shard_error(&e)))
+        .collect()
+}
+
+/// Run each job as its own one-request transaction on its node, committed
+/// when the answer arrives (all nodes in parallel).
+fn at_once(t: &TableTopology, jobs: Vec<Job>) -> Vec<Vec<StmtResult>> {
+    let counts: Vec<usize> = jobs.iter().map(|j| j.stmts.len()).collect();
+    let requests = jobs
+        .into_iter()
+        .map(|j| ShardRequest {
+            shard_id: Some(j.shard),
+            endpoint: endpoint(t, j.shard),
+            body: one_request_transaction(j.stmts),
+        })
+        .collect();
+    remote::execute(requests)
+        .into_iter()
+        .zip(counts)
+        .map(|(r, n)| {
+            let resp = r.unwrap_or_else(|e| remote::report_shard_error(&e));
+            batch_steps(&resp, 1, n)
+        })
+        .collect()
+}
+
+/// Plain reads on nodes without a transaction of ours: each job one
+/// self-closing request.
+fn read_at_once(t: &TableTopology, jobs: Vec<Job>) -> Vec<Vec<StmtResult>> {
+    let requests = jobs
+        .into_iter()
+        .map(|j| ShardRequest {
+            shard_id: Some(j.shard),
+            endpoint: endpoint(t, j.shard),
+            body: PipelineReqBody {
+                baton: None,
+                requests: j
+                    .stmts
+                    .into_iter()
+                    .map(|stmt| StreamRequest::Execute { stmt })
+                    .chain([StreamRequest::Close])
+                    .collect(),
+            },
+        })
+        .collect();
+    remote::execute(requests)
+        .into_iter()
+        .map(|r| {
+            let resp = r.unwrap_or_else(|e| remote::report_shard_error(&e));
+            execute_results(&resp)
+        })
+        .collect()
+}
+
+/// Reads through this transaction's stream where it holds the node's write
+/// lock (so its own uncommitted entries and rows count), else the latest
+/// committed state: entries only grow, so the latest holds the entry of
+/// every row any earlier snapshot of this transaction sees. Jobs on one node
+/// share one request (a stream takes one request at a time).
+fn read(t: &TableTopology, jobs: Vec<Job>) -> Vec<Vec<StmtResult>> {
+    let counts: Vec<usize> = jobs.iter().map(|j| j.stmts.len()).collect();
+    let mut merged: BTreeMap<NodeKey, Job> = BTreeMap::new();
+    let mut place = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        let key = node_key(t, j.shard);
+        let m = merged.entry(key.clone()).or_insert_with(|| Job {
+            shard: j.shard,
+            lock_table: j.lock_table.clone(),
+            stmts: Vec::new(),
+        });
+        place.push((key, m.stmts.len()));
+        m.stmts.extend(j.stmts);
+    }
+    let mut mine = Vec::new();
+    let mut other = Vec::new();
+    let mut keys_mine = Vec::new();
+    let mut keys_other = Vec::new();
+    for (k, j) in merged {
+        if streams::holds_write(&k) {
+            keys_mine.push(k);
+            mine.push(j);
+        } else {
+            keys_other.push(k);
+            other.push(j);
+        }
+    }
+    let mut results: BTreeMap<NodeKey, Vec<StmtResult>> = BTreeMap::new();
+    results.extend(keys_mine.into_iter().zip(in_streams(t, mine, Access::Read)));
+    results.extend(keys_other.into_iter().zip(read_at_once(t, other)));
+    place
+        .into_iter()
+        .zip(counts)
+        .map(|((k, at), n)| {
+            results
+                .get(&k)
+                .map(|r| r.iter().skip(at).take(n).cloned().collect())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn batch_steps(resp: &PipelineRespBody, from: usize, n: usize) -> Vec<StmtResult> {
+    match resp.results.first() {
+        Some(StreamResult::Ok {
+            response: StreamResponse::Batch { result },
+        }) => result
+            .step_results
+            .iter()
+            .skip(from)
+            .take(n)
+            .map(|r| r.clone().unwrap_or_default())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn execute_results(resp: &PipelineRespBody) -> Vec<StmtResult> {
+    resp.results
+        .iter()
+        .filter_map(|r| match r {
+            StreamResult::Ok {
+                response: StreamResponse::Execute { result },
+            } => Some(result.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Entries committed at once, to check again once the rows are written.
+#[derive(Default)]
+pub struct Pending {
+    recheck: Vec<(usize, u32, Entry)>,
+    /// Rows (by position) an INSERT … ON CONFLICT DO NOTHING skips: their
+    /// unique value is taken.
+    pub skipped: BTreeSet<usize>,
+}
+
+/// The owner shard of each row (every column, stored form), by its key.
+pub fn owners(t: &TableTopology, rows: &[Vec<Value>]) -> Vec<u32> {
+    rows.iter()
+        .map(|r| {
+            conductor_core::plan::shard_of_value(t, &r[t.key_index])
+                .unwrap_or_else(|e| error!("conductor: {e}"))
+        })
+        .collect()
+}
+
+fn duplicate(t: &TableTopology, ix: &VirtualIndex, e: &Entry, holder: u32) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+        format!(
+            "duplicate key value violates unique virtual index \"{}\"",
+            ix.name
+        ),
+    )
+    .detail(format!(
+        "Key ({})=({}) already exists in {} on shard {holder} (node {}).",
+        ix.column_names(t).join(", "),
+        vindex::display_values(e.values.iter().map(|v| &v.0))
+            .trim_start_matches('(')
+            .trim_end_matches(')'),
+        t.name,
+        t.shards[holder as usize].node_id
+    ))
+    .error()
+}
+
+/// Write the entries of rows about to be written (owner shard, every
+/// column in topology order), before the rows: `indexes` limits it to
+/// those indexes (an UPDATE's touched ones). With `skip_conflicts` (INSERT
+/// … ON CONFLICT DO NOTHING) a row whose unique value is taken is listed in
+/// `Pending::skipped` instead of failing.
+pub fn before_write(
+    t: &TableTopology,
+    rows: &[(u32, &[Value])],
+    indexes: &[usize],
+    inserting: bool,
+    skip_conflicts: bool,
+) -> Pending {
+    let mut pending = Pending::default();
+    if indexes.is_empty() {
+        return pending;
+    }
+    let mut mine: BTreeMap<NodeKey, (Job, BTreeSet<NodeKey>)> = BTreeMap::new();
+    let mut other: BTreeMap<NodeKey, Job> = BTreeMap::new();
+    let mut unique: Vec<usize> = Vec::new();
+    for &i in indexes {
+        let ix = &t.virtual_indexes[i];
+        let entries = ix
+            .entries_of(t, rows.iter().map(|(s, r)| (*s, *r)))
+            .unwrap_or_else(|e| error!("conductor: {e}"));
+        if ix.unique {
+            unique.push(i);
+            continue;
+        }
+        for (lshard, set) in entries {
+            let table = ix.lookup_table(t, lshard);
+            let refs: Vec<&Entry> = set.iter().collect();
+            let stmts = ix.insert_entries_stmts(&table, &refs);
+            let key = node_key(t, lshard);
+            if streams::holds_write(&key) {
+                let (job, owners) = mine.entry(key).or_insert_with(|| {
+                    (
+                        Job {
+                            shard: lshard,
+                            lock_table: table.clone(),
+                            stmts: Vec::new(),
+                        },
+                        BTreeSet::new(),
+                    )
+                });
+                job.stmts.extend(stmts);
+                owners.extend(set.iter().map(|e| node_key(t, e.owner)));
+            } else {
+                other
+                    .entry(key)
+                    .or_insert_with(|| Job {
+                        shard: lshard,
+                        lock_table: table.clone(),
+                        stmts: Vec::new(),
+                    })
+                    .stmts
+                    .extend(stmts);
+                pending
+                    .recheck
+                    .extend(set.into_iter().map(|e| (i, lshard, e)));
+            }
+        }
+    }
+    // The order first: a contradiction fails the statement before anything
+    // is written.
+    for (key, (_, owners)) in &mine {
+        streams::commit_before(key, owners);
+    }
+    in_streams(
+        t,
+        mine.into_values().map(|(j, _)| j).collect(),
+        Access::Write,
+    );
+    at_once(t, other.into_values().collect());
+    for i in unique {
+        let ix = &t.virtual_indexes[i];
+        let types = ix.types(t);
+        // Two rows of this statement with one value on two shards conflict
+        // with each other; on one shard, the local unique index decides.
+        let mut seen: BTreeMap<Vec<vindex::EntryValue>, u32> = BTreeMap::new();
+        for (ri, (owner, row)) in rows.iter().enumerate() {
+            if pending.skipped.contains(&ri) {
+                continue;
+            }
+            let values: Vec<Value> = ix.columns.iter().map(|&c| row[c].clone()).collect();
+            let Some(lshard) = vindex::lookup_shard(&types, &values, t.shard_count())
+                .unwrap_or_else(|e| error!("conductor: {e}"))
+            else {
+                continue; // a NULL: never a conflict
+            };
+            let e = Entry {
+                values: values.into_iter().map(vindex::EntryValue).collect(),
+                owner: *owner,
+            };
+            let verdict = match seen.get(&e.values) {
+                Some(&o) if o != *owner => Err(o),
+                Some(_) => Ok(()),
+                None => claim(t, i, lshard, &e, inserting, &mut pending),
+            };
+            match verdict {
+                Ok(()) => {
+                    seen.insert(e.values.clone(), *owner);
+                }
+                Err(_) if skip_conflicts => {
+                    pending.skipped.insert(ri);
+                }
+                Err(holder) => duplicate(t, ix, &e, holder),
+            }
+        }
+    }
+    pending
+}
+
+/// Make a unique value's entry point at `e.owner`: insert it, or take over
+/// an entry whose owner shard does not hold the value (a row deleted, or a
+/// write that never committed); the shard holding it when it does.
+fn claim(
+    t: &TableTopology,
+    i: usize,
+    lshard: u32,
+    e: &Entry,
+    inserting: bool,
+    pending: &mut Pending,
+) -> Result<(), u32> {
+    let ix = &t.virtual_indexes[i];
+    let table = ix.lookup_table(t, lshard);
+    let lkey = node_key(t, lshard);
+    // An entry committed at once is checked again after the row is written.
+    let mut committed_at_once = false;
+    for _ in 0..8 {
+        let refs = [e];
+        let mut stmts = ix.insert_entries_stmts(&table, &refs);
+        stmts.push(ix.owners_stmt(&table, e));
+        let job = Job {
+            shard: lshard,
+            lock_table: table.clone(),
+            stmts,
+        };
+        let results = if streams::holds_write(&lkey) {
+            streams::commit_before(&lkey, &[node_key(t, e.owner)].into());
+            in_streams(t, vec![job], Access::Write)
+        } else {
+            committed_at_once = true;
+            at_once(t, vec![job])
+        };
+        let holder = results
+            .first()
+            .and_then(|r| r.last())
+            .and_then(|r| r.rows.first())
+            .and_then(|row| match row.first() {
+                Some(Value::Integer(s)) => Some(*s as u32),
+                _ => None,
+            });
+        let Some(holder) = holder else {
+            continue; // removed meanwhile by a repair: insert again
+        };
+        if holder == e.owner {
+            if inserting && probe(t, ix, holder, e) {
+                return Err(holder);
+            }
+            if committed_at_once {
+                pending.recheck.push((i, lshard, e.clone()));
+            }
+            return Ok(());
+        }
+        if !take_over(t, ix, lshard, e, holder) {
+            return Err(holder);
+        }
+    }
+    raise(
+        PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+        format!(
+            "conductor: could not claim a value of unique virtual index \"{}\"",
+            ix.name
+        ),
+    )
+    .detail("Concurrent writers kept changing its entry.")
+    .error()
+}
+
+/// Whether shard `shard` holds a row with the entry's values (as this
+/// transaction sees it).
+fn probe(t: &TableTopology, ix: &VirtualIndex, shard: u32, e: &Entry) -> bool {
+    let shard_table = &t.shards[shard as usize].remote_table;
+    let job = Job {
+        shard,
+        lock_table: shard_table.clone(),
+        stmts: vec![ix.probe_stmt(t, shard_table, e)],
+    };
+    read(t, vec![job])
+        .first()
+        .and_then(|r| r.first())
+        .is_some_and(|r| !r.rows.is_empty())
+}
+
+/// One request on a temporary stream.
+fn on_stream(
+    t: &TableTopology,
+    shard: u32,
+    baton: Option<String>,
+    requests: Vec<StreamRequest>,
+) -> PipelineRespBody {
+    let req = ShardRequest {
+        shard_id: Some(shard),
+        endpoint: endpoint(t, shard),
+        body: PipelineReqBody { baton, requests },
+    };
+    remote::execute(vec![req])
+        .pop()
+        .expect("one answer")
+        .unwrap_or_else(|e| remote::report_shard_error(&e))
+}
+
+/// With the write lock of the stale holder's node (so no write of a row
+/// there is in flight), check that `holder` has no row with the value and
+/// move the entry to `e.owner`. False when the holder has the row.
+fn take_over(t: &TableTopology, ix: &VirtualIndex, lshard: u32, e: &Entry, holder: u32) -> bool {
+    let table = ix.lookup_table(t, lshard);
+    let update = ix.take_over_stmt(&table, e, holder);
+    let stale = Entry {
+        values: e.values.clone(),
+        owner: holder,
+    };
+    unless_held(t, ix, lshard, &stale, update, Some(e.owner))
+}
+
+/// Remove an entry whose owner shard does not hold its value (checked with
+/// the owner node's write lock). False when the owner holds it after all.
+pub fn remove_extra(t: &TableTopology, i: usize, lshard: u32, e: &Entry) -> bool {
+    let ix = &t.virtual_indexes[i];
+    let table = ix.lookup_table(t, lshard);
+    let delete = ix.delete_entry_stmt(&table, e);
+    unless_held(t, ix, lshard, e, delete, None)
+}
+
+/// Run `change` on lookup shard `lshard` only if shard `e.owner` holds no
+/// row with the entry's values, deciding while holding the write lock of
+/// that shard's node: a write of such a row is either committed (and seen)
+/// or not yet begun (and its writer rechecks its entry afterwards).
+/// `new_owner`: the shard the changed entry points at (for commit order).
+fn unless_held(
+    t: &TableTopology,
+    ix: &VirtualIndex,
+    lshard: u32,
+    e: &Entry,
+    change: Stmt,
+    new_owner: Option<u32>,
+) -> bool {
+    let table = ix.lookup_table(t, lshard);
+    let holder = e.owner;
+    let hkey = node_key(t, holder);
+    let lkey = node_key(t, lshard);
+    let shard_table = t.shards[holder as usize].remote_table.clone();
+    let update = change;
+    let write_entry = || {
+        let job = Job {
+            shard: lshard,
+            lock_table: table.clone(),
+            stmts: vec![update.clone()],
+        };
+        if streams::holds_write(&lkey) {
+            if let Some(owner) = new_owner {
+                streams::commit_before(&lkey, &[node_key(t, owner)].into());
+            }
+            in_streams(t, vec![job], Access::Write);
+        } else {
+            at_once(t, vec![job]);
+        }
+    };
+    if streams::holds_write(&hkey) {
+        // Our own transaction holds the lock: probe through it (as write,
+        // so a read snapshot is upgraded to the lock).
+        let job = Job {
+            shard: holder,
+            lock_table: shard_table.clone(),
+            stmts: vec![ix.probe_stmt(t, &shard_table, e)],
+        };
+        let found = in_streams(t, vec![job], Access::Write)
+            .first()
+            .and_then(|r| r.first())
+            .is_some_and(|r| !r.rows.is_empty());
+        if found {
+            return false;
+        }
+        write_entry();
+        return true;
+    }
+    // A short transaction of its own on the holder's node.
+    let resp = on_stream(
+        t,
+        holder,
+        None,
+        vec![
+            StreamRequest::Execute {
+                stmt: Stmt::new("BEGIN IMMEDIATE", vec![]),
+            },
+            StreamRequest::Execute {
+                stmt: ix.probe_stmt(t, &shard_table, e),
+            },
+        ],
+    );
+    let baton = resp.baton.clone();
+    let found = execute_results(&resp)
+        .get(1)
+        .is_some_and(|r| !r.rows.is_empty());
+    let same_node = hkey == lkey && !streams::holds_write(&lkey);
+    let mut end = Vec::new();
+    if !found {
+        if same_node {
+            end.push(StreamRequest::Execute {
+                stmt: update.clone(),
+            });
+        } else {
+            write_entry();
+        }
+    }
+    end.push(StreamRequest::Execute {
+        stmt: Stmt::new("COMMIT", vec![]),
+    });
+    end.push(StreamRequest::Close);
+    on_stream(t, holder, baton, end);
+    !found
+}
+
+/// After the rows are written (this transaction now holds their nodes'
+/// write locks): entries committed at once that a repair removed meanwhile
+/// are written again, and a unique value taken over meanwhile is a
+/// duplicate.
+pub fn after_write(t: &TableTopology, pending: Pending) {
+    if pending.recheck.is_empty() {
+        return;
+    }
+    let jobs: Vec<Job> = pending
+        .recheck
+        .iter()
+        .map(|(i, lshard, e)| {
+            let ix = &t.virtual_indexes[*i];
+            let table = ix.lookup_table(t, *lshard);
+            Job {
+                shard: *lshard,
+                lock_table: table.clone(),
+                stmts: vec![if ix.unique {
+                    ix.owners_stmt(&table, e)
+                } else {
+                    ix.entry_stmt(&table, e)
+                }],
+            }
+        })
+        .collect();
+    let results = read(t, jobs);
+    for ((i, lshard, e), r) in pending.recheck.iter().zip(results) {
+        let ix = &t.virtual_indexes[*i];
+        let rows = r.first().map(|r| r.rows.clone()).unwrap_or_default();
+        if ix.unique {
+            match rows.first().and_then(|row| row.first()) {
+                Some(Value::Integer(s)) if *s as u32 == e.owner => {}
+                Some(Value::Integer(s)) => duplicate(t, ix, e, *s as u32),
+                _ => {
+                    let mut again = Pending::default();
+                    if let Err(holder) = claim(t, *i, *lshard, e, false, &mut again) {
+                        duplicate(t, ix, e, holder);
+                    }
+                }
+            }
+        } else if rows.is_empty() {
+            let owner = e.owner;
+            let row: Vec<Value> = {
+                // Rebuild a row carrying just the indexed values.
+                let mut row = vec![Value::Null; t.columns.len()];
+                for (c, v) in ix.columns.iter().zip(&e.values) {
+                    row[*c] = v.0.clone();
+                }
+                row
+            };
+            before_write(t, &[(owner, &row)], &[*i], false, false);
+        }
+    }
+}
+
+/// The indexes writes maintain (all of the table's, building or ready).
+pub fn all(t: &TableTopology) -> Vec<usize> {
+    (0..t.virtual_indexes.len()).collect()
+}
+
+/// The indexes an UPDATE of `updated` (column indexes) changes.
+pub fn touched(t: &TableTopology, updated: &[usize]) -> Vec<usize> {
+    t.virtual_indexes
+        .iter()
+        .enumerate()
+        .filter(|(_, ix)| ix.columns.iter().any(|c| updated.contains(c)))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The shards a ready virtual index names for a scan's predicate, looked up
+/// on the nodes now (parameters bound); None when no index applies.
+pub fn within(t: &TableTopology, preds: &[Pred], bindings: &[Binding]) -> Option<Within> {
+    let ix = vindex::usable(t, &t.virtual_indexes, preds)?;
+    let by_lookup = vindex::admitted(t, ix, preds, bindings).ok()??;
+    let n_values: usize = by_lookup.values().map(Vec::len).sum();
+    let mut per_node: BTreeMap<NodeKey, Job> = BTreeMap::new();
+    for (lshard, tuples) in &by_lookup {
+        let table = ix.lookup_table(t, *lshard);
+        per_node
+            .entry(node_key(t, *lshard))
+            .or_insert_with(|| Job {
+                shard: *lshard,
+                lock_table: table.clone(),
+                stmts: Vec::new(),
+            })
+            .stmts
+            .extend(ix.lookup_stmts(&table, tuples));
+    }
+    let mut shards = BTreeSet::new();
+    for r in read(t, per_node.into_values().collect()) {
+        for res in r {
+            for row in res.rows {
+                if let Some(Value::Integer(s)) = row.first() {
+                    if (*s as usize) < t.shards.len() {
+                        shards.insert(*s as u32);
+                    }
+                }
+            }
+        }
+    }
+    let reason = format!(
+        "{} through virtual index {}: {n_values} value{} found on {} shard{}",
+        ix.column_names(t).join(", "),
+        ix.name,
+        if n_values == 1 { "" } else { "s" },
+        shards.len(),
+        if shards.len() == 1 { "" } else { "s" },
+    );
+    Some(Within { shards, reason })
+}
+
+/// For EXPLAIN without execution: the index a scan will be routed through.
+pub fn planned(t: &TableTopology, preds: &[Pred]) -> Option<String> {
+    let ix = vindex::usable(t, &t.virtual_indexes, preds)?;
+    Some(format!(
+        "{} through virtual index {}: shards looked up when the statement runs",
+        ix.column_names(t).join(", "),
+        ix.name
+    ))
+}
+
+/// A plan made before execution (EXPLAIN, conductor_explain) that will be
+/// routed through a virtual index says so.
+pub fn annotate(t: &TableTopology, preds: &[Pred], plan: &mut conductor_core::plan::ShardPlan) {
+    if plan.kind != conductor_core::plan::RouteKind::AllShards {
+        return;
+    }
+    if let Some(reason) = planned(t, preds) {
+        plan.kind = conductor_core::plan::RouteKind::AtExecution;
+        plan.reason = reason;
+    }
+}
+
+/// One statement's rows from shard `shard`'s node (through this
+/// transaction's stream when it has one there).
+pub fn read_one(t: &TableTopology, shard: u32, stmt: Stmt) -> Vec<Vec<Value>> {
+    let table = t.shards[shard as usize].remote_table.clone();
+    read(
+        t,
+        vec![Job {
+            shard,
+            lock_table: table,
+            stmts: vec![stmt],
+        }],
+    )
+    .into_iter()
+    .next()
+    .and_then(|r| r.into_iter().next())
+    .map(|r| r.rows)
+    .unwrap_or_default()
+}
