@@ -93,3 +93,18 @@ SELECT pg_catalog.pg_extension_config_dump('conductor.distributed_table', '');
 SELECT pg_catalog.pg_extension_config_dump('conductor.shard', '');
 SELECT pg_catalog.pg_extension_config_dump('conductor.shard_index', '');
 SELECT pg_catalog.pg_extension_config_dump('conductor.cleanup', '');
+
+-- Co-location groups. Tables of one group have shard i on the same node
+-- for every i (the placement of a new member is copied from the group, and
+-- a shard move moves the group's shard i together), so a join on their
+-- shard keys runs per shard on the nodes. A table's own group is a fresh
+-- number; conductor.create_distributed_table(colocate_with => ...) joins
+-- an existing one.
+CREATE SEQUENCE conductor.colocation_id_seq AS integer;
+ALTER TABLE conductor.distributed_table
+    ADD COLUMN colocation_id integer NOT NULL
+        DEFAULT nextval('conductor.colocation_id_seq');
+CREATE INDEX distributed_table_colocation_idx
+    ON conductor.distributed_table (colocation_id);
+REVOKE ALL ON SEQUENCE conductor.colocation_id_seq FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('conductor.colocation_id_seq', '');

@@ -14,7 +14,7 @@ REVOKE EXECUTE ON FUNCTION
     conductor.add_node(text, text, text),
     conductor.update_node(text, text, text),
     conductor.remove_node(text, text),
-    conductor.create_distributed_table(regclass, text, integer),
+    conductor.create_distributed_table(regclass, text, integer, text),
     conductor.create_shard_index(regclass, text[], text, boolean),
     conductor.drop_shard_index(text),
     conductor.cleanup()
@@ -194,7 +194,8 @@ SELECT t.relid::regclass AS table_name,
        t.remote_name,
        t.shard_key,
        t.shard_count,
-       t.hash_version
+       t.hash_version,
+       t.colocation_id
   FROM conductor.distributed_table t
   JOIN pg_catalog.pg_foreign_server s ON s.oid = t.server_id;
 

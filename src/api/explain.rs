@@ -207,6 +207,9 @@ impl Walker<'_> {
         unsafe {
             let rti = (*fscan).scan.scanrelid;
             if rti == 0 {
+                if crate::fdw::join::is_join_scan(fscan) {
+                    return self.join_scan(fscan, note);
+                }
                 // Aggregates, ORDER BY or LIMIT pushed to the shards
                 // (src/fdw/upper.rs); any other scan without a relation is
                 // another wrapper's.
@@ -261,6 +264,39 @@ impl Walker<'_> {
                 note
             };
             self.out.push((topology, plan, note));
+        }
+    }
+
+    /// A pushed join: the same shard plan its execution builds, listed
+    /// under the outer table (whose shard locations both tables share).
+    unsafe fn join_scan(&mut self, fscan: *mut pg_sys::ForeignScan, note: &str) {
+        // SAFETY: a ForeignScan of the planned statement.
+        unsafe {
+            let scan: ScanPlan = crate::fdw::private_to((*fscan).fdw_private);
+            let Some(join) = &scan.join else {
+                return;
+            };
+            let (Some(outer), Some(inner)) = (
+                cache::try_table(pg_sys::Oid::from(join.outer)),
+                cache::try_table(pg_sys::Oid::from(join.inner)),
+            ) else {
+                return;
+            };
+            let plan = match evaluate((*fscan).fdw_exprs, &scan.params) {
+                Some(bindings) => ShardPlan::join(&outer, &inner, &join.query, &bindings)
+                    .unwrap_or_else(|e| refuse(format!("cannot build the shard statements: {e}"))),
+                None => ShardPlan::join_template(&outer, &inner, &join.query),
+            };
+            let mut note = format!(
+                "{note}; {}",
+                crate::fdw::join::describe(join, &outer, &inner)
+            );
+            if plan.kind == RouteKind::AtExecution {
+                note.push_str(
+                    "; a parameter known only when the statement runs decides the shards",
+                );
+            }
+            self.out.push((outer, plan, note));
         }
     }
 

@@ -44,14 +44,115 @@ fn active_nodes(server_id: pg_sys::Oid) -> Vec<NodeRow> {
     .unwrap_or_else(|e| error!("conductor: could not read nodes: {e}"))
 }
 
+/// Every node of a server, whatever its status: a group's shards stay on
+/// their nodes.
+fn server_nodes(server_id: pg_sys::Oid) -> Vec<NodeRow> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT node_id, url FROM conductor.node WHERE server_id = $1 ORDER BY node_id",
+                None,
+                &[server_id.into()],
+            )?
+            .map(|row| {
+                Ok(NodeRow {
+                    node_id: row.get::<String>(1)?.unwrap_or_default(),
+                    url: row.get::<String>(2)?.unwrap_or_default(),
+                })
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error!("conductor: could not read nodes: {e}"))
+}
+
+/// A relation named as SQL names it (`'orders'`, `'s.orders'`), as regclass
+/// input does.
+fn resolve_relation(name: &str) -> pg_sys::Oid {
+    Spi::get_one_with_args::<pg_sys::Oid>("SELECT $1::regclass::oid", &[name.into()])
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| invalid(format!("colocate_with: relation \"{name}\" does not exist")))
+}
+
 fn invalid(message: String) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message).error()
 }
 
+/// The shard count of a table created without one (and without a group to
+/// take it from).
+const DEFAULT_SHARDS: i32 = 16;
+
+/// A co-location group a new table may join: its number, shard count, the
+/// placement family of its shard key, and its shard→node map.
+struct Group {
+    colocation_id: i32,
+    shard_count: i32,
+    key_type: ColumnType,
+    nodes: Vec<String>,
+    display: String,
+}
+
+/// The groups of a server (one member each: they all share the map), or
+/// the group of one table.
+fn groups(server_id: pg_sys::Oid, of_table: Option<pg_sys::Oid>) -> Vec<Group> {
+    let rows = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT DISTINCT ON (t.colocation_id) t.relid, t.colocation_id, t.shard_count,
+                        (SELECT array_agg(s.node_id ORDER BY s.shard_id)
+                           FROM conductor.shard s WHERE s.relid = t.relid)
+                   FROM conductor.distributed_table t
+                  WHERE t.server_id = $1 AND ($2::oid IS NULL OR t.relid = $2::oid)
+                  ORDER BY t.colocation_id, t.relid",
+                None,
+                &[server_id.into(), of_table.into()],
+            )?
+            .map(|row| {
+                Ok((
+                    row.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::Oid::INVALID),
+                    row.get::<i32>(2)?.unwrap_or_default(),
+                    row.get::<i32>(3)?.unwrap_or_default(),
+                    row.get::<Vec<String>>(4)?.unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error!("conductor: could not read co-location groups: {e}"));
+    rows.into_iter()
+        .filter_map(|(relid, colocation_id, shard_count, nodes)| {
+            let topology = cache::try_table(relid)?;
+            Some(Group {
+                colocation_id,
+                shard_count,
+                key_type: topology.key().ty,
+                nodes,
+                display: relation_display_name(relid),
+            })
+        })
+        .collect()
+}
+
+/// Shard keys whose values land on the same shard for equal values: the
+/// placement hash encodes every integer width alike, and text like varchar.
+fn same_placement(a: ColumnType, b: ColumnType) -> bool {
+    conductor_core::pushdown::family(a) == conductor_core::pushdown::family(b)
+}
+
 /// Shard a foreign table by `shard_key` over the active nodes of its server:
 /// create the shard tables on the nodes, then record the placement.
+///
+/// `colocate_with`: `'default'` joins an existing co-location group of the
+/// server whose shard count and key placement match and whose shards sit
+/// where a new table's would (so the default never moves a shard elsewhere
+/// than it would go alone); `'none'` starts a new group; a table name joins
+/// that table's group, taking its shard count and shard→node map.
 #[pg_extern]
-fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: default!(i32, 16)) {
+fn create_distributed_table(
+    tbl: PgRelation,
+    shard_key: &str,
+    shard_count: default!(Option<i32>, "NULL"),
+    colocate_with: default!(&str, "'default'"),
+) {
     let relid = tbl.oid();
     let display = relation_display_name(relid);
     if tbl.rd_rel.is_null()
@@ -83,6 +184,33 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
         .detail("SQLite stores text as UTF-8.")
         .error()
     }
+    let explicit_group = match colocate_with {
+        "default" | "none" => None,
+        name => {
+            let other = resolve_relation(name);
+            if cache::try_table(other).is_none() {
+                invalid(format!(
+                    "colocate_with: {} is not a distributed table",
+                    relation_display_name(other)
+                ));
+            }
+            let group = groups(server_id, Some(other)).pop().unwrap_or_else(|| {
+                invalid(format!(
+                    "colocate_with: {} belongs to another server than {display}",
+                    relation_display_name(other)
+                ))
+            });
+            Some(group)
+        }
+    };
+    let shard_count = match (&explicit_group, shard_count) {
+        (Some(g), Some(n)) if n != g.shard_count => invalid(format!(
+            "shard_count {n} differs from the {} shards of {}, which {display} is to be co-located with",
+            g.shard_count, g.display
+        )),
+        (Some(g), _) => g.shard_count,
+        (None, n) => n.unwrap_or(DEFAULT_SHARDS),
+    };
     if !(1..=MAX_SHARDS).contains(&shard_count) {
         invalid(format!(
             "shard_count must be between 1 and {MAX_SHARDS}, not {shard_count}"
@@ -124,6 +252,14 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
         )
         .hint("A shard key is smallint, integer, bigint, text, varchar or uuid.")
         .error()
+    }
+    if let Some(g) = &explicit_group {
+        if !same_placement(g.key_type, key.ty) {
+            invalid(format!(
+                "shard key \"{shard_key}\" ({}) is placed differently from the shard key of {} ({}), which {display} is to be co-located with",
+                key.ty, g.display, g.key_type
+            ));
+        }
     }
 
     let primary_key: Vec<String> = match table_option(relid, "primary_key") {
@@ -171,10 +307,47 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
         .error()
     }
 
-    // Round-robin placement over the active nodes.
-    let placement: Vec<&NodeRow> = (0..shard_count as usize)
+    // Round-robin placement over the active nodes, unless the table joins a
+    // group: then its shard i goes where the group's shard i is.
+    let round_robin: Vec<&NodeRow> = (0..shard_count as usize)
         .map(|shard| &nodes[shard % nodes.len()])
         .collect();
+    let group = explicit_group.or_else(|| {
+        (colocate_with == "default")
+            .then(|| {
+                groups(server_id, None).into_iter().find(|g| {
+                    g.shard_count == shard_count
+                        && same_placement(g.key_type, key.ty)
+                        && g.nodes
+                            .iter()
+                            .zip(&round_robin)
+                            .all(|(a, b)| *a == b.node_id)
+                })
+            })
+            .flatten()
+    });
+    let all_nodes;
+    let placement: Vec<&NodeRow> = match &group {
+        None => round_robin,
+        Some(g) => {
+            all_nodes = server_nodes(server_id);
+            g.nodes
+                .iter()
+                .map(|id| {
+                    all_nodes
+                        .iter()
+                        .find(|n| &n.node_id == id)
+                        .unwrap_or_else(|| {
+                            error!(
+                                "conductor: node {id} of {} is not in the catalog",
+                                g.display
+                            )
+                        })
+                })
+                .collect()
+        }
+    };
+    let colocation_id = group.as_ref().map(|g| g.colocation_id);
     let token = token_for(server_id);
     let column_defs: Vec<(&str, ColumnType, bool)> = columns
         .iter()
@@ -260,8 +433,9 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
         client.update(
             "INSERT INTO conductor.distributed_table
                  (relid, server_id, remote_name, shard_key, primary_key, shard_count, hash_version,
-                  shard_columns)
-             VALUES ($1, $2, $3, $4::name, $5::name[], $6, $7, $8)",
+                  shard_columns, colocation_id)
+             VALUES ($1, $2, $3, $4::name, $5::name[], $6, $7, $8,
+                     coalesce($9, nextval('conductor.colocation_id_seq')::integer))",
             None,
             &[
                 relid.into(),
@@ -272,6 +446,7 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
                 shard_count.into(),
                 HASH_VERSION.into(),
                 shard_columns.into(),
+                colocation_id.into(),
             ],
         )?;
         client.update(

@@ -37,6 +37,9 @@ pub struct TableTopology {
     pub pg_types: Vec<PgType>,
     /// Every node holding a shard offers the exact decimal aggregates.
     pub decimal_aggregates: bool,
+    /// The co-location group (`conductor.distributed_table.colocation_id`):
+    /// tables of one group have shard i on the same node.
+    pub colocation_id: i32,
 }
 
 impl std::ops::Deref for TableTopology {
@@ -110,7 +113,7 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
     Spi::connect(|client| -> Result<Option<TableTopology>, pgrx::spi::Error> {
         let table = client.select(
             "SELECT server_id, remote_name, shard_key::text, shard_count, hash_version,
-                    primary_key::text[]
+                    primary_key::text[], colocation_id
                FROM conductor.distributed_table WHERE relid = $1",
             Some(1),
             &[relid.into()],
@@ -125,6 +128,7 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
         let shard_count: i32 = row.get(4)?.unwrap_or_default();
         let hash_version: i32 = row.get(5)?.unwrap_or(1);
         let primary_key_names: Vec<String> = row.get(6)?.unwrap_or_default();
+        let colocation_id: i32 = row.get(7)?.unwrap_or_default();
 
         let mut columns = Vec::new();
         let mut pg_types = Vec::new();
@@ -210,6 +214,7 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
             },
             pg_types,
             decimal_aggregates,
+            colocation_id,
         }))
     })
     .unwrap_or_else(|e| error!("conductor: could not read the topology catalog: {e}"))

@@ -1508,7 +1508,10 @@ struct UpperState {
 /// `node` is a ForeignScanState of this wrapper.
 pub unsafe fn is_upper(node: *mut pg_sys::ForeignScanState) -> bool {
     // SAFETY: per the contract.
-    unsafe { (*((*node).ss.ps.plan as *mut pg_sys::Scan)).scanrelid == 0 }
+    unsafe {
+        let plan = (*node).ss.ps.plan as *mut pg_sys::ForeignScan;
+        (*plan).scan.scanrelid == 0 && !super::join::is_join_scan(plan)
+    }
 }
 
 unsafe fn state<'a>(node: *mut pg_sys::ForeignScanState) -> &'a mut UpperState {

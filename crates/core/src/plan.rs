@@ -12,12 +12,15 @@
 //! with "no such column" instead of returning the column's name as its value.
 
 use crate::placement::{shard_for, KeyValue};
-use crate::predicate::{deparse, deparse_template, Binding, DeparseError, Operand, Pred};
+use crate::predicate::{
+    deparse, deparse_refs, deparse_refs_template, deparse_template, Binding, DeparseError, Operand,
+    Pred,
+};
 use crate::remote_sql::{
     count_sql, delete_sql, insert_do_nothing_sql, insert_sql, key_match_sql, max_rows_per_insert,
     qualified_column, quote_ident, sample_sql, select_sql, update_sql,
 };
-use crate::router::{route, Route};
+use crate::router::{route, Route, ShardKey};
 use crate::topology::{ShardLocation, Topology};
 use crate::types::TypedValue;
 use crate::types::{uuid_from_text, ColumnType};
@@ -316,6 +319,152 @@ impl PushedQuery {
             leading,
             trailing,
         })
+    }
+}
+
+/// How the two tables of a pushed join are joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinType {
+    Inner,
+    /// Every row of the outer table, with NULLs where no inner row matches.
+    Left,
+}
+
+/// A join of two co-located tables run per shard as one SQL join: shard i
+/// of the outer table joined with shard i of the inner one, on the node
+/// that holds both. Columns are numbered over the join: the outer table's
+/// columns first (`0..n`), then the inner table's (`n + i`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinQuery {
+    pub join_type: JoinType,
+    /// The SELECT list (join column numbers); none selects one NULL.
+    pub outputs: Vec<usize>,
+    /// The ON condition: the join clauses and, for a LEFT join, the inner
+    /// table's own restriction (which filters inner rows before the join).
+    pub on: Vec<Pred>,
+    /// The WHERE clause: every other pushed condition.
+    pub filter: Vec<Pred>,
+}
+
+/// Alias of the outer table in a join's SQL (a self-join names one table
+/// twice, so columns are qualified by alias, never by table).
+pub const JOIN_OUTER_ALIAS: &str = "r1";
+pub const JOIN_INNER_ALIAS: &str = "r2";
+
+impl JoinQuery {
+    /// The conditions whose shard-key constraints decide which shards can
+    /// have result rows: all of them for an inner join; for a LEFT join only
+    /// the WHERE (an ON condition never removes an outer row).
+    fn routing(&self) -> Vec<Pred> {
+        let mut preds = self.filter.clone();
+        if self.join_type == JoinType::Inner {
+            preds.extend(self.on.iter().cloned());
+        }
+        preds
+    }
+
+    fn keys<'a>(outer: &'a Topology, inner: &'a Topology) -> [ShardKey<'a>; 2] {
+        let mut inner_key = inner.shard_key();
+        inner_key.column += outer.columns.len();
+        [outer.shard_key(), inner_key]
+    }
+
+    /// The route: the intersection of what the outer and the inner shard key
+    /// admit (the join's key equality makes them equal on every result row),
+    /// and which key's IN lists may be split per shard (the one that alone
+    /// decided the route: 0 outer, 1 inner).
+    fn route(
+        &self,
+        outer: &Topology,
+        inner: &Topology,
+        bindings: &[Binding],
+    ) -> Result<(Route, Option<usize>), DeparseError> {
+        let preds = self.routing();
+        let [ok, ik] = Self::keys(outer, inner);
+        let a = route(&preds, &ok, bindings)?;
+        let b = route(&preds, &ik, bindings)?;
+        Ok(match (a.restricted, b.restricted) {
+            (true, false) => (a, Some(0)),
+            (false, _) => (b, Some(1)),
+            (true, true) => (
+                Route {
+                    shards: a
+                        .shards
+                        .into_iter()
+                        .filter(|(s, _)| b.shards.contains_key(s))
+                        .collect(),
+                    restricted: true,
+                    reason: format!("{} and {}", a.reason, b.reason),
+                },
+                None,
+            ),
+        })
+    }
+
+    /// The conjuncts of `list` shard `shard` runs: when one key decided the
+    /// route, its IN lists keep only the values that live there (only in
+    /// the conditions the route was computed from).
+    fn shard_list(
+        &self,
+        list: &[Pred],
+        routed: bool,
+        keys: [ShardKey; 2],
+        route: &(Route, Option<usize>),
+        shard: u32,
+    ) -> Vec<Pred> {
+        match route.1 {
+            Some(k) if routed => route.0.shard_preds(list, &keys[k], shard),
+            _ => list.to_vec(),
+        }
+    }
+
+    fn refs(outer: &Topology, inner: &Topology) -> Vec<String> {
+        outer
+            .columns
+            .iter()
+            .map(|c| qualified_column(JOIN_OUTER_ALIAS, &c.name))
+            .chain(
+                inner
+                    .columns
+                    .iter()
+                    .map(|c| qualified_column(JOIN_INNER_ALIAS, &c.name)),
+            )
+            .collect()
+    }
+
+    /// The SQL of one shard with the ON and WHERE texts given.
+    fn sql(
+        &self,
+        outer: &Topology,
+        inner: &Topology,
+        shard: u32,
+        on: &str,
+        filter: &str,
+    ) -> String {
+        let refs = Self::refs(outer, inner);
+        let list: Vec<&str> = self.outputs.iter().map(|&c| refs[c].as_str()).collect();
+        let mut sql = format!(
+            "SELECT {} FROM {} AS {} {} {} AS {} ON {}",
+            if list.is_empty() {
+                "NULL".to_string()
+            } else {
+                list.join(", ")
+            },
+            quote_ident(&outer.shards[shard as usize].remote_table),
+            quote_ident(JOIN_OUTER_ALIAS),
+            match self.join_type {
+                JoinType::Inner => "JOIN",
+                JoinType::Left => "LEFT JOIN",
+            },
+            quote_ident(&inner.shards[shard as usize].remote_table),
+            quote_ident(JOIN_INNER_ALIAS),
+            if on.is_empty() { "1" } else { on },
+        );
+        if !filter.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(filter);
+        }
+        sql
     }
 }
 
@@ -657,6 +806,104 @@ impl ShardPlan {
                     ),
                 })
                 .collect(),
+        }
+    }
+
+    /// A pushed join of two co-located tables (same shard count, shard i of
+    /// both on one node): routed by the shard-key constraints of either
+    /// side, one SQL join per target shard. The plan's shard locations are
+    /// the outer table's.
+    pub fn join(
+        outer: &Topology,
+        inner: &Topology,
+        query: &JoinQuery,
+        bindings: &[Binding],
+    ) -> Result<ShardPlan, DeparseError> {
+        let routed = query.route(outer, inner, bindings)?;
+        let refs = JoinQuery::refs(outer, inner);
+        let inner_routes = query.join_type == JoinType::Inner;
+        let mut statements = Vec::with_capacity(routed.0.shards.len());
+        for &shard in routed.0.shards.keys() {
+            let keys = JoinQuery::keys(outer, inner);
+            let on = query.shard_list(&query.on, inner_routes, keys, &routed, shard);
+            let keys = JoinQuery::keys(outer, inner);
+            let filter = query.shard_list(&query.filter, true, keys, &routed, shard);
+            let (on_sql, mut args) = deparse_refs(&on, &refs, bindings)?;
+            let (filter_sql, filter_args) = deparse_refs(&filter, &refs, bindings)?;
+            args.extend(filter_args);
+            statements.push(ShardStatement {
+                shard_id: shard,
+                stmt: Stmt::new(query.sql(outer, inner, shard, &on_sql, &filter_sql), args),
+            });
+        }
+        Ok(ShardPlan {
+            kind: kind_of(&routed.0),
+            max_keys_per_shard: 0,
+            reason: routed.0.reason,
+            statements,
+        })
+    }
+
+    /// [`ShardPlan::join`] as far as planning knows it (no values bound).
+    pub fn join_template(outer: &Topology, inner: &Topology, query: &JoinQuery) -> ShardPlan {
+        let refs = JoinQuery::refs(outer, inner);
+        let (kind, reason, routed) = match query.route(outer, inner, &[]) {
+            Ok(r) => (kind_of(&r.0), r.0.reason.clone(), Some(r)),
+            Err(_) => (
+                RouteKind::AtExecution,
+                format!(
+                    "chosen at execution: {} or {} depends on a parameter",
+                    outer.key().name,
+                    inner.key().name
+                ),
+                None,
+            ),
+        };
+        let shards: Vec<u32> = match &routed {
+            Some(r) => r.0.shards.keys().copied().collect(),
+            None => (0..outer.shard_count()).collect(),
+        };
+        let inner_routes = query.join_type == JoinType::Inner;
+        let statements = shards
+            .into_iter()
+            .map(|shard| {
+                let (on, filter) = match &routed {
+                    Some(r) => (
+                        query.shard_list(
+                            &query.on,
+                            inner_routes,
+                            JoinQuery::keys(outer, inner),
+                            r,
+                            shard,
+                        ),
+                        query.shard_list(
+                            &query.filter,
+                            true,
+                            JoinQuery::keys(outer, inner),
+                            r,
+                            shard,
+                        ),
+                    ),
+                    None => (query.on.clone(), query.filter.clone()),
+                };
+                let sql = query.sql(
+                    outer,
+                    inner,
+                    shard,
+                    &deparse_refs_template(&on, &refs),
+                    &deparse_refs_template(&filter, &refs),
+                );
+                ShardStatement {
+                    shard_id: shard,
+                    stmt: Stmt::new(sql, Vec::new()),
+                }
+            })
+            .collect();
+        ShardPlan {
+            kind,
+            reason,
+            max_keys_per_shard: 0,
+            statements,
         }
     }
 
