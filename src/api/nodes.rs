@@ -146,6 +146,7 @@ fn add_node(server: &str, node_id: &str, url: &str) {
         ],
     )
     .unwrap_or_else(|e| error!("conductor: could not add node: {e}"));
+    super::tables::copy_reference_tables(server_id, node_id, &url);
 }
 
 /// Point an existing node id at a new address (the node's data must be

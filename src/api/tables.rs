@@ -153,6 +153,27 @@ fn create_distributed_table(
     shard_count: default!(Option<i32>, "NULL"),
     colocate_with: default!(&str, "'default'"),
 ) {
+    distribute(tbl, Some(shard_key), shard_count, colocate_with);
+}
+
+/// Replicate a foreign table to every active node of its server: one full
+/// copy (one shard table, `<remote_name>_0000`) on each. Reads go to one
+/// healthy node; writes go to every node in the statement's transaction;
+/// a node added later receives a copy. A join of a distributed table with
+/// it runs per shard of the distributed table.
+#[pg_extern]
+fn create_reference_table(tbl: PgRelation) {
+    distribute(tbl, None, Some(1), "none");
+}
+
+/// create_distributed_table, or (no shard key) create_reference_table.
+fn distribute(
+    tbl: PgRelation,
+    shard_key: Option<&str>,
+    shard_count: Option<i32>,
+    colocate_with: &str,
+) {
+    let reference = shard_key.is_none();
     let relid = tbl.oid();
     let display = relation_display_name(relid);
     if tbl.rd_rel.is_null()
@@ -235,6 +256,17 @@ fn create_distributed_table(
         .error()
     }
     let columns: Vec<_> = columns.into_iter().flatten().map(|c| c.column).collect();
+    // A reference table's "shard key" is the first column of its primary key
+    // (every row is on its one shard; the key only names the identity).
+    let option_key = table_option(relid, "primary_key")
+        .and_then(|list| list.split(',').next().map(|c| c.trim().to_string()));
+    let shard_key: &str = match shard_key {
+        Some(k) => k,
+        None => option_key
+            .as_deref()
+            .or_else(|| columns.first().map(|c| c.name.as_str()))
+            .unwrap_or_else(|| invalid(format!("{display} has no columns"))),
+    };
     let Some(key) = columns.iter().find(|c| c.name == shard_key) else {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
@@ -348,6 +380,17 @@ fn create_distributed_table(
         }
     };
     let colocation_id = group.as_ref().map(|g| g.colocation_id);
+    // Where shard tables are created: each shard on its node, or for a
+    // reference table its one shard on every active node.
+    let creations: Vec<(u32, &NodeRow)> = if reference {
+        nodes.iter().map(|n| (0, n)).collect()
+    } else {
+        placement
+            .iter()
+            .enumerate()
+            .map(|(shard, n)| (shard as u32, *n))
+            .collect()
+    };
     let token = token_for(server_id);
     let column_defs: Vec<(&str, ColumnType, bool)> = columns
         .iter()
@@ -371,11 +414,10 @@ fn create_distributed_table(
     // dropped first, in the same remote transactions.
     let mut leftovers: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     for node in &nodes {
-        let names: Vec<String> = placement
+        let names: Vec<String> = creations
             .iter()
-            .enumerate()
             .filter(|(_, n)| n.node_id == node.node_id)
-            .map(|(shard, _)| shard_table_name(&remote_name, shard as u32))
+            .map(|&(shard, _)| shard_table_name(&remote_name, shard))
             .collect();
         leftovers.extend(super::cleanup::take_colliding(
             server_id,
@@ -383,11 +425,11 @@ fn create_distributed_table(
             &names,
         ));
     }
-    for (shard, node) in placement.iter().enumerate() {
-        let table = shard_table_name(&remote_name, shard as u32);
+    for &(shard, node) in &creations {
+        let table = shard_table_name(&remote_name, shard);
         let label = ShardLabel {
             table: display.clone(),
-            shard: shard as u32,
+            shard,
         };
         let work = per_node
             .entry(node.node_id.as_str())
@@ -464,6 +506,22 @@ fn create_distributed_table(
                 shard_count.into(),
             ],
         )?;
+        if reference {
+            client.update(
+                "INSERT INTO conductor.reference_placement (relid, server_id, node_id)
+                 SELECT $1, $2, unnest($3::text[])",
+                None,
+                &[
+                    relid.into(),
+                    server_id.into(),
+                    nodes
+                        .iter()
+                        .map(|n| n.node_id.clone())
+                        .collect::<Vec<String>>()
+                        .into(),
+                ],
+            )?;
+        }
         Ok(())
     })
     .unwrap_or_else(|e| error!("conductor: could not record the distributed table: {e}"));
@@ -530,7 +588,10 @@ fn forget_distributed_table(relid: pg_sys::Oid) {
             .select(
                 "SELECT t.remote_name, t.server_id, s.shard_id, n.node_id, n.url
                    FROM conductor.distributed_table t
-                   JOIN conductor.shard s USING (relid)
+                   JOIN (SELECT relid, shard_id, server_id, node_id FROM conductor.shard
+                         UNION
+                         SELECT relid, 0, server_id, node_id FROM conductor.reference_placement) s
+                        USING (relid)
                    JOIN conductor.node n ON n.server_id = s.server_id AND n.node_id = s.node_id
                   WHERE t.relid = $1",
                 None,
@@ -614,4 +675,83 @@ fn forget_server(server_id: pg_sys::Oid) {
         &[server_id.into()],
     )
     .unwrap_or_else(|e| error!("conductor: could not forget the dropped server's nodes: {e}"));
+}
+
+/// A node joins the server: every reference table of the server is copied
+/// to it inside this transaction (its copies are read holding their write
+/// locks, so no write slips between the read and the commit), and the new
+/// node is recorded as one of its copies.
+pub fn copy_reference_tables(server_id: pg_sys::Oid, node_id: &str, url: &str) {
+    let relids = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT DISTINCT relid::oid FROM conductor.reference_placement
+                  WHERE server_id = $1 ORDER BY 1",
+                None,
+                &[server_id.into()],
+            )?
+            .map(|row| Ok(row.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::Oid::INVALID)))
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error!("conductor: could not read reference tables: {e}"));
+    for relid in relids {
+        let topology = cache::table(relid);
+        let all: Vec<usize> = (0..topology.columns.len()).collect();
+        let read = conductor_core::plan::ShardPlan::build(
+            &topology,
+            &[],
+            &[],
+            &conductor_core::plan::StatementKind::Select { columns: all },
+        )
+        .unwrap_or_else(|e| error!("conductor: {e}"));
+        let rows: Vec<Vec<conductor_hrana::Value>> =
+            streams::run_plan(&topology, &read, streams::Access::Write)
+                .into_iter()
+                .flat_map(|(_, r)| r.rows)
+                .collect();
+
+        let mut copy = (*topology).clone();
+        copy.replicas.clear();
+        copy.table.shards[0].node_id = node_id.to_string();
+        copy.table.shards[0].url = url.to_string();
+        let table = copy.shards[0].remote_table.clone();
+        let column_defs: Vec<(&str, ColumnType, bool)> = copy
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                (
+                    c.name.as_str(),
+                    c.ty,
+                    c.not_null || copy.primary_key.contains(&i),
+                )
+            })
+            .collect();
+        let pk: Vec<&str> = copy
+            .primary_key
+            .iter()
+            .map(|&i| copy.columns[i].name.as_str())
+            .collect();
+        let create = conductor_core::plan::ShardPlan {
+            kind: conductor_core::plan::RouteKind::OneShard,
+            reason: format!("a copy of reference table {} for node {node_id}", copy.name),
+            max_keys_per_shard: 0,
+            statements: vec![conductor_core::plan::ShardStatement {
+                shard_id: 0,
+                stmt: Stmt::new(create_table_sql(&table, &column_defs, &pk), vec![]),
+            }],
+        };
+        streams::run_plan(&copy, &create, streams::Access::Write);
+        if !rows.is_empty() {
+            let insert = conductor_core::plan::ShardPlan::insert(&copy, rows)
+                .unwrap_or_else(|e| error!("conductor: {e}"));
+            streams::run_plan(&copy, &insert, streams::Access::Write);
+        }
+        Spi::run_with_args(
+            "INSERT INTO conductor.reference_placement (relid, server_id, node_id)
+             VALUES ($1, $2, $3)",
+            &[relid.into(), server_id.into(), node_id.into()],
+        )
+        .unwrap_or_else(|e| error!("conductor: could not record the copy: {e}"));
+    }
 }

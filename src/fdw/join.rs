@@ -173,6 +173,26 @@ fn colocation_refusal(outer: &TableTopology, inner: &TableTopology) -> Option<St
     None
 }
 
+/// Why a distributed table cannot be joined per shard with a reference
+/// table, or None when every node holding one of its shards has a copy.
+fn reference_refusal(outer: &TableTopology, inner: &TableTopology) -> Option<String> {
+    if outer.server_id != inner.server_id {
+        return Some("the tables are on different servers".into());
+    }
+    let missing: Vec<&str> = outer
+        .node_ids()
+        .into_iter()
+        .filter(|n| !inner.replicas.iter().any(|r| r.node_id == *n))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "reference table {} has no copy on {}",
+            inner.name,
+            missing.join(", ")
+        )
+    })
+}
+
 /// What the planner hands over in the path's fdw_private until the plan
 /// is made: the ScanPlan JSON, the local quals, fdw_exprs, the scan tlist.
 unsafe fn path_private(
@@ -236,7 +256,19 @@ pub unsafe extern "C-unwind" fn get_foreign_join_paths(
         if (*root).hasPseudoConstantQuals {
             return refuse("a condition without columns stays in Postgres".into());
         }
-        if let Some(why) = colocation_refusal(&outer, &inner) {
+        if outer.is_reference() {
+            // An inner join is also offered with the sides swapped.
+            return refuse(format!(
+                "{} is a reference table on the outer side",
+                outer.name
+            ));
+        }
+        let inner_reference = inner.is_reference();
+        if inner_reference {
+            if let Some(why) = reference_refusal(&outer, &inner) {
+                return refuse(why);
+            }
+        } else if let Some(why) = colocation_refusal(&outer, &inner) {
             return refuse(why);
         }
 
@@ -299,7 +331,7 @@ pub unsafe extern "C-unwind" fn get_foreign_join_paths(
                     )
             }
         };
-        if !equated {
+        if !equated && !inner_reference {
             return refuse(format!(
                 "the join condition does not equate the shard keys {} and {}",
                 outer.key().name,
@@ -345,6 +377,7 @@ pub unsafe extern "C-unwind" fn get_foreign_join_paths(
             outputs,
             on,
             filter,
+            inner_reference,
         };
         let template = ShardPlan::join_template(&outer, &inner, &query);
         let shards = match template.kind {
@@ -431,6 +464,18 @@ pub unsafe fn get_foreign_plan(
 
 /// The EXPLAIN line of a pushed join.
 pub fn describe(spec: &JoinSpec, outer: &TableTopology, inner: &TableTopology) -> String {
+    if spec.query.inner_reference {
+        return format!(
+            "{} join of {} with reference table {} per shard of {}",
+            match spec.query.join_type {
+                JoinType::Inner => "inner",
+                JoinType::Left => "left",
+            },
+            outer.name,
+            inner.name,
+            outer.name
+        );
+    }
     format!(
         "{} join of {} and {} per shard (co-location group {})",
         match spec.query.join_type {

@@ -453,7 +453,7 @@ impl ScanState {
     /// shard's query.
     unsafe fn start(&mut self) {
         let bindings = unsafe { eval_bindings(&self.params, &self.plan.params, self.econtext) };
-        let topology = self.topology.clone();
+        let topology = self.topology.for_reads();
         let plan = match (&self.inner, &self.plan.join) {
             (Some(inner), Some(join)) => ShardPlan::join(&topology, inner, &join.query, &bindings)
                 .unwrap_or_else(|e| {
@@ -488,7 +488,7 @@ impl ScanState {
             return;
         }
         stats::count_shard_requests(topology.relid, plan.shard_ids().into_iter());
-        if let Some(inner) = &self.inner {
+        if let Some(inner) = self.inner.as_ref().filter(|t| !t.is_reference()) {
             stats::count_shard_requests(inner.relid, plan.shard_ids().into_iter());
         }
         // Key values that are the whole primary key match at most one row
@@ -1065,7 +1065,13 @@ pub unsafe fn explain_plan_tables(
         let generic = |s: &conductor_core::plan::ShardStatement| {
             let mut sql = s.stmt.sql.clone().unwrap_or_default();
             for t in tables {
-                let table = &t.shards[s.shard_id as usize].remote_table;
+                // A reference table's one shard is joined with every shard.
+                let i = if t.shards.len() == 1 {
+                    0
+                } else {
+                    s.shard_id as usize
+                };
+                let table = &t.shards[i].remote_table;
                 sql = sql.replace(&conductor_core::remote_sql::quote_ident(table), "<shard>");
             }
             sql

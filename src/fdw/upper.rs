@@ -1588,7 +1588,7 @@ fn merge_error(e: impl std::fmt::Display) -> ! {
 impl UpperState {
     unsafe fn start(&mut self) {
         let bindings = unsafe { eval_bindings(&self.params, &self.plan.params, self.econtext) };
-        let topology = self.topology.clone();
+        let topology = self.topology.for_reads();
         let limit = self
             .plan
             .query

@@ -344,6 +344,11 @@ pub struct JoinQuery {
     pub on: Vec<Pred>,
     /// The WHERE clause: every other pushed condition.
     pub filter: Vec<Pred>,
+    /// The inner table is a reference table: its one shard is on every
+    /// node, so shard i of the outer table joins with it there, and its key
+    /// says nothing about the outer table's shards.
+    #[serde(default)]
+    pub inner_reference: bool,
 }
 
 /// Alias of the outer table in a join's SQL (a self-join names one table
@@ -382,6 +387,9 @@ impl JoinQuery {
         let preds = self.routing();
         let [ok, ik] = Self::keys(outer, inner);
         let a = route(&preds, &ok, bindings)?;
+        if self.inner_reference {
+            return Ok((a, Some(0)));
+        }
         let b = route(&preds, &ik, bindings)?;
         Ok(match (a.restricted, b.restricted) {
             (true, false) => (a, Some(0)),
@@ -456,7 +464,14 @@ impl JoinQuery {
                 JoinType::Inner => "JOIN",
                 JoinType::Left => "LEFT JOIN",
             },
-            quote_ident(&inner.shards[shard as usize].remote_table),
+            quote_ident(
+                &inner.shards[if self.inner_reference {
+                    0
+                } else {
+                    shard as usize
+                }]
+                .remote_table
+            ),
             quote_ident(JOIN_INNER_ALIAS),
             if on.is_empty() { "1" } else { on },
         );

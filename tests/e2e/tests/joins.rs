@@ -55,6 +55,7 @@ const ORDERS: &str =
 const LINES: &str =
     "customer_id bigint NOT NULL, line_id integer NOT NULL, order_id bigint, qty integer, note text";
 const CUSTOMERS: &str = "customer_id integer NOT NULL, name text, tier smallint";
+const TIERS: &str = "tier smallint NOT NULL, label text, rate integer";
 const OTHER: &str = "customer_id integer NOT NULL, order_id bigint NOT NULL, amount integer";
 
 fn null_or(rng: &mut Rng, p: f64, v: String) -> String {
@@ -84,7 +85,10 @@ fn setup(seed: u64) -> (Cluster, Client) {
              CREATE TABLE l_orders ({ORDERS});
              CREATE TABLE l_lines ({LINES});
              CREATE TABLE l_customers ({CUSTOMERS});
-             CREATE TABLE l_other ({OTHER});"
+             CREATE FOREIGN TABLE tiers ({TIERS}) SERVER cluster;
+             SELECT conductor.create_reference_table('tiers');
+             CREATE TABLE l_other ({OTHER});
+             CREATE TABLE l_tiers ({TIERS});"
         ),
     );
     let mut rng = Rng(seed | 1);
@@ -148,7 +152,11 @@ fn setup(seed: u64) -> (Cluster, Client) {
             lines.push(format!("({lc}, {line_id}, {lo}, {qty}, {note})"));
         }
     }
+    let tiers: Vec<String> = (0..3)
+        .map(|t| format!("({t}, {}, {})", ["'std'", "NULL", "'gold'"][t], t * 5))
+        .collect();
     for (t, rows) in [
+        ("tiers", &tiers),
         ("customers", &customers),
         ("orders", &orders),
         ("lines", &lines),
@@ -283,7 +291,74 @@ struct Query {
     local: String,
 }
 
+/// A join of a distributed table with the reference table `tiers`.
+fn generate_reference(rng: &mut Rng) -> Query {
+    let (a, on) = *rng.pick(&[
+        (&T_CUSTOMERS, "x.tier = y.tier"),
+        (&T_CUSTOMERS, "x.tier = y.tier AND y.rate > 0"),
+        (&T_ORDERS, "x.amount % 4 = y.tier"),
+        (&T_LINES, "x.qty = y.rate"),
+        (&T_LINES, "x.qty = y.tier AND x.note = y.label"),
+    ]);
+    let join = if rng.chance(0.5) { "LEFT JOIN" } else { "JOIN" };
+    let param = rng.chance(0.2);
+    let mut filters = Vec::new();
+    if param || rng.chance(0.6) {
+        filters.push(side_filter(rng, a, "x", param));
+    }
+    if rng.chance(0.3) {
+        filters.push(
+            rng.pick(&["y.label IS NULL", "y.rate < 7", "y.label = 'gold'"])
+                .to_string(),
+        );
+    }
+    let mut cols: Vec<String> = Vec::new();
+    for c in a.columns {
+        if rng.chance(0.5) {
+            cols.push(format!("x.{c}"));
+        }
+    }
+    for c in ["y.tier", "y.label", "y.rate"] {
+        if rng.chance(0.5) {
+            cols.push(c.to_string());
+        }
+    }
+    let select = if cols.is_empty() {
+        "count(*)".to_string()
+    } else {
+        cols.join(", ")
+    };
+    let sql_of = |prefix: &str| {
+        let mut sql = format!(
+            "SELECT {select} FROM {prefix}{} x {join} {prefix}tiers y ON {on}",
+            a.name
+        );
+        if !filters.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&filters.join(" AND "));
+        }
+        sql
+    };
+    let (c, l) = (sql_of(""), sql_of("l_"));
+    if param {
+        let v = 1 + rng.below(45);
+        let wrap = |s: String| format!("PREPARE q(integer) AS {s}; EXECUTE q({v}); DEALLOCATE q");
+        Query {
+            conductor: wrap(c),
+            local: wrap(l),
+        }
+    } else {
+        Query {
+            conductor: c,
+            local: l,
+        }
+    }
+}
+
 fn generate(rng: &mut Rng) -> Query {
+    if rng.chance(0.2) {
+        return generate_reference(rng);
+    }
     let pairs: [(&Table, &Table); 7] = [
         (&T_ORDERS, &T_LINES),
         (&T_LINES, &T_ORDERS),
@@ -477,6 +552,7 @@ fn generated_joins_match_local_tables() {
     let mut rng = Rng(seed.rotate_left(17) | 1);
     let mut mismatches = Vec::new();
     let (mut pushed, mut pushed_left, mut pushed_param, mut not_pushed) = (0, 0, 0, 0);
+    let mut pushed_reference = 0;
     for k in 0..n {
         let q = generate(&mut rng);
         let got = run(&mut db, &q.conductor);
@@ -490,6 +566,9 @@ fn generated_joins_match_local_tables() {
             }
             if q.conductor.starts_with("PREPARE") {
                 pushed_param += 1;
+            }
+            if plan.contains("with reference table") {
+                pushed_reference += 1;
             }
         } else {
             not_pushed += 1;
@@ -507,7 +586,7 @@ fn generated_joins_match_local_tables() {
         }
     }
     eprintln!(
-        "joins: {n} queries, {pushed} pushed ({pushed_left} LEFT, {pushed_param} with a generic plan's parameter), {not_pushed} at the router"
+        "joins: {n} queries, {pushed} pushed ({pushed_left} LEFT, {pushed_param} with a generic plan's parameter, {pushed_reference} with a reference table), {not_pushed} at the router"
     );
     assert!(
         mismatches.is_empty(),
@@ -516,7 +595,7 @@ fn generated_joins_match_local_tables() {
         mismatches.join("\n")
     );
     assert!(pushed >= n / 3, "too few joins pushed: {pushed} of {n}");
-    assert!(pushed_left > 0 && pushed_param > 0 && not_pushed > 0);
+    assert!(pushed_left > 0 && pushed_param > 0 && pushed_reference > 0 && not_pushed > 0);
 
     // One customer: one shard request at the nodes; all customers: one
     // request per node holding shards; not co-located: both tables' scans.
@@ -643,5 +722,150 @@ fn colocation_groups() {
     let map_g = shard_map(&mut db, "g");
     for (shard, (node, _)) in &map_d {
         assert_eq!(&map_g[shard].0, node, "g shard {shard}");
+    }
+}
+
+/// The rows of a reference table's copy on node `i`, sorted.
+fn copy_on(cluster: &Cluster, i: usize) -> Vec<String> {
+    let mut rows: Vec<String> = cluster
+        .node_query(i, "SELECT * FROM \"ref_0000\"", &[])
+        .iter()
+        .map(|r| format!("{r:?}"))
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn reference_tables() {
+    let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 4,
+        ..Default::default()
+    });
+    // node-3 joins later.
+    exec(
+        &mut db,
+        "SELECT conductor.remove_node('cluster', 'node-3');
+         CREATE FOREIGN TABLE ref (id integer NOT NULL, v text, n integer) SERVER cluster;
+         SELECT conductor.create_reference_table('ref');
+         CREATE TABLE l_ref (id integer NOT NULL, v text, n integer);
+         CREATE FOREIGN TABLE d (k integer NOT NULL, ref_id integer) SERVER cluster;
+         SELECT conductor.create_distributed_table('d', 'k', shard_count => 6);
+         CREATE TABLE l_d (k integer NOT NULL, ref_id integer);",
+    );
+    assert_eq!(
+        query_i64(&mut db, "SELECT count(*) FROM conductor.tables WHERE table_name = 'ref'::regclass AND reference"),
+        1
+    );
+    let both = |db: &mut Client, sql: &str| {
+        exec(
+            db,
+            &format!(
+                "{sql}; {}",
+                sql.replace(" ref", " l_ref").replace(" d ", " l_d ")
+            ),
+        );
+    };
+    both(
+        &mut db,
+        "INSERT INTO ref SELECT g, 'v' || g, g % 3 FROM generate_series(1, 50) g",
+    );
+    both(
+        &mut db,
+        "INSERT INTO d SELECT g, g % 60 FROM generate_series(1, 300) g",
+    );
+    both(&mut db, "UPDATE ref SET n = n + 10 WHERE id % 4 = 0");
+    both(&mut db, "DELETE FROM ref WHERE id > 45");
+    exec(
+        &mut db,
+        "BEGIN; INSERT INTO ref VALUES (100, 'x', 1); UPDATE ref SET v = 'y' WHERE id = 1; COMMIT;
+         BEGIN; INSERT INTO l_ref VALUES (100, 'x', 1); UPDATE l_ref SET v = 'y' WHERE id = 1; COMMIT;",
+    );
+    let expected = copy_on(&cluster, 0);
+    assert_eq!(expected.len(), 46);
+    for i in 1..3 {
+        assert_eq!(copy_on(&cluster, i), expected, "copy on node-{i}");
+    }
+    assert!(!cluster.node_tables(3).contains(&"ref_0000".to_string()));
+
+    // Reads go to one copy; joins run per shard of d.
+    for sql in [
+        "SELECT * FROM ref",
+        "SELECT x.k, r.v FROM d x JOIN ref r ON x.ref_id = r.id",
+        "SELECT x.k, r.v FROM d x LEFT JOIN ref r ON x.ref_id = r.id AND r.n > 5",
+        "SELECT x.k, r.v FROM d x JOIN ref r ON x.ref_id = r.id WHERE x.k = 7",
+    ] {
+        let local = sql.replace(" ref", " l_ref").replace(" d x", " l_d x");
+        assert_eq!(run(&mut db, sql), run(&mut db, &local), "{sql}");
+    }
+    let plan = explain(
+        &mut db,
+        "SELECT x.k, r.v FROM d x JOIN ref r ON x.ref_id = r.id WHERE x.k = 7",
+    );
+    assert!(
+        plan.contains("with reference table") && plan.contains("Shards: 1 of 6"),
+        "{plan}"
+    );
+
+    // A node that fails in the middle of a transaction: the statement, or
+    // the commit, fails, and every copy is as before.
+    exec(&mut db, "BEGIN; INSERT INTO ref VALUES (200, 'a', 1)");
+    cluster.stop_node(1);
+    let r = db.batch_execute("INSERT INTO ref VALUES (201, 'b', 2); COMMIT");
+    if r.is_err() {
+        let _ = db.batch_execute("ROLLBACK");
+    }
+    assert!(r.is_err(), "a write with a copy's node down must fail");
+    cluster.start_node(1);
+    for i in 0..3 {
+        assert_eq!(
+            copy_on(&cluster, i),
+            expected,
+            "copy on node-{i} after the failed transaction"
+        );
+    }
+    // The node is down at COMMIT: every node is asked before any commits,
+    // so nothing is committed anywhere.
+    let mut db = cluster.client();
+    exec(&mut db, "BEGIN; INSERT INTO ref VALUES (300, 'c', 3)");
+    cluster.stop_node(2);
+    let r = db.batch_execute("COMMIT");
+    cluster.start_node(2);
+    assert!(r.is_err(), "COMMIT with a copy's node down must fail");
+    for i in 0..3 {
+        assert_eq!(
+            copy_on(&cluster, i),
+            expected,
+            "copy on node-{i} after the failed commit"
+        );
+    }
+
+    // A node added later receives a copy.
+    let mut db = cluster.client();
+    db.execute(
+        "SELECT conductor.add_node('cluster', 'node-3', $1)",
+        &[&cluster.node_url(3)],
+    )
+    .unwrap_or_else(|e| panic!("add_node: {}", pg_err(&e)));
+    assert_eq!(
+        copy_on(&cluster, 3),
+        copy_on(&cluster, 0),
+        "the new node's copy"
+    );
+    exec(&mut db, "INSERT INTO ref VALUES (400, 'z', 4)");
+    for i in 1..4 {
+        assert_eq!(
+            copy_on(&cluster, i),
+            copy_on(&cluster, 0),
+            "copy on node-{i}"
+        );
+    }
+    exec(&mut db, "DROP FOREIGN TABLE ref");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for i in 0..4 {
+        assert!(
+            !cluster.node_tables(i).contains(&"ref_0000".to_string()),
+            "node-{i} keeps ref_0000"
+        );
     }
 }
