@@ -253,6 +253,14 @@ pub unsafe extern "C-unwind" fn get_foreign_join_paths(
             note(outerrel, &why);
             note(innerrel, &why);
         };
+        // A placeholder (an expression of a subquery below an outer join)
+        // evaluated at this join would have to be computed on the nodes.
+        let placeholder = PgList::<pg_sys::PlaceHolderInfo>::from_pg((*root).placeholder_list)
+            .iter_ptr()
+            .any(|ph| pg_sys::bms_is_subset((*ph).ph_eval_at, (*joinrel).relids));
+        if placeholder {
+            return refuse("an expression of a subquery below an outer join".into());
+        }
         if (*root).hasPseudoConstantQuals {
             return refuse("a condition without columns stays in Postgres".into());
         }
