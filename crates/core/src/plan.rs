@@ -1126,6 +1126,140 @@ mod tests {
         Operand::Const(Some(TypedValue::Int8(i)))
     }
 
+    /// A second table of the same shape and shard count, named `u`.
+    fn other(shards: u32) -> Topology {
+        let mut t = topology(shards, ColumnType::Int8);
+        t.name = "public.u".into();
+        t.remote_name = "u".into();
+        for s in &mut t.shards {
+            s.remote_table = format!("u_{:04}", s.shard_id);
+        }
+        t
+    }
+
+    fn key_join(join_type: JoinType, on: Vec<Pred>, filter: Vec<Pred>) -> JoinQuery {
+        let mut on_all = vec![Pred::Columns {
+            left: 0,
+            op: CmpOp::Eq,
+            right: 3,
+        }];
+        on_all.extend(on);
+        JoinQuery {
+            join_type,
+            outputs: vec![1, 4],
+            on: on_all,
+            filter,
+            inner_reference: false,
+        }
+    }
+
+    #[test]
+    fn a_join_runs_per_shard_with_aliases() {
+        let (t, u) = (topology(4, ColumnType::Int8), other(4));
+        let q = key_join(JoinType::Inner, vec![], vec![]);
+        let plan = ShardPlan::join(&t, &u, &q, &[]).unwrap();
+        assert_eq!(plan.kind, RouteKind::AllShards);
+        assert_eq!(plan.statements.len(), 4);
+        assert_eq!(
+            plan.statements[2].stmt.sql.as_deref(),
+            Some(
+                "SELECT \"r1\".\"v\", \"r2\".\"v\" FROM \"t_0002\" AS \"r1\" JOIN \"u_0002\" AS \"r2\" \
+                 ON \"r1\".\"k\" = \"r2\".\"k\""
+            )
+        );
+        let left = key_join(JoinType::Left, vec![eq(5, int(1))], vec![eq(2, int(7))]);
+        let plan = ShardPlan::join(&t, &u, &left, &[]).unwrap();
+        let sql = plan.statements[0].stmt.sql.clone().unwrap();
+        assert!(
+            sql.contains("LEFT JOIN \"u_0000\" AS \"r2\" ON \"r1\".\"k\" = \"r2\".\"k\" AND \"r2\".\"n\" = ?")
+                && sql.ends_with("WHERE \"r1\".\"n\" = ?"),
+            "{sql}"
+        );
+        // ON arguments first, then the WHERE's.
+        assert_eq!(
+            plan.statements[0].stmt.args,
+            vec![Value::Integer(1), Value::Integer(7)]
+        );
+    }
+
+    #[test]
+    fn either_key_routes_an_inner_join() {
+        let (t, u) = (topology(16, ColumnType::Int8), other(16));
+        let shard = |k: i64| shard_for(&KeyValue::Int(k), 16);
+        for q in [
+            key_join(JoinType::Inner, vec![], vec![eq(0, int(42))]),
+            key_join(JoinType::Inner, vec![], vec![eq(3, int(42))]),
+            key_join(JoinType::Inner, vec![eq(3, int(42))], vec![]),
+            key_join(JoinType::Left, vec![], vec![eq(3, int(42))]),
+        ] {
+            let plan = ShardPlan::join(&t, &u, &q, &[]).unwrap();
+            assert_eq!(plan.kind, RouteKind::OneShard, "{q:?}");
+            assert_eq!(plan.shard_ids(), vec![shard(42)]);
+        }
+        // An ON condition of a LEFT join removes no outer row: all shards.
+        let q = key_join(JoinType::Left, vec![eq(3, int(42))], vec![]);
+        assert_eq!(
+            ShardPlan::join(&t, &u, &q, &[]).unwrap().kind,
+            RouteKind::AllShards
+        );
+        // Both keys restricted: the intersection, lists left whole.
+        let list = |c: usize, ks: &[i64]| Pred::In {
+            column: c,
+            list: ListOperand::Items(ks.iter().map(|&k| int(k)).collect()),
+        };
+        let q = key_join(
+            JoinType::Inner,
+            vec![],
+            vec![list(0, &[1, 2, 3, 4, 5]), list(3, &[5, 6, 7])],
+        );
+        let plan = ShardPlan::join(&t, &u, &q, &[]).unwrap();
+        let want: std::collections::BTreeSet<u32> = [1, 2, 3, 4, 5]
+            .iter()
+            .map(|&k| shard(k))
+            .filter(|s| [5, 6, 7].iter().any(|&k| shard(k) == *s))
+            .collect();
+        assert_eq!(plan.shard_ids(), want.into_iter().collect::<Vec<_>>());
+        for s in &plan.statements {
+            let sql = s.stmt.sql.as_deref().unwrap();
+            assert!(sql.contains("\"r2\".\"k\" IN (?, ?, ?)"), "{sql}");
+        }
+        // One key restricted by a list: each shard gets its own values.
+        let q = key_join(
+            JoinType::Inner,
+            vec![],
+            vec![list(0, &[1, 2, 3, 4, 5, 6, 7, 8])],
+        );
+        let plan = ShardPlan::join(&t, &u, &q, &[]).unwrap();
+        let total: usize = plan.statements.iter().map(|s| s.stmt.args.len()).sum();
+        assert_eq!(total, 8);
+    }
+
+    #[test]
+    fn a_reference_table_joins_every_shard_with_its_one_shard() {
+        let t = topology(4, ColumnType::Int8);
+        let mut r = other(1);
+        r.remote_name = "r".into();
+        r.shards[0].remote_table = "r_0000".into();
+        let q = JoinQuery {
+            join_type: JoinType::Inner,
+            outputs: vec![1, 4],
+            on: vec![Pred::Columns {
+                left: 2,
+                op: CmpOp::Eq,
+                right: 3,
+            }],
+            filter: vec![eq(3, int(42))],
+            inner_reference: true,
+        };
+        let plan = ShardPlan::join(&t, &r, &q, &[]).unwrap();
+        // The reference table's key does not route the distributed table.
+        assert_eq!(plan.kind, RouteKind::AllShards);
+        for s in &plan.statements {
+            let sql = s.stmt.sql.as_deref().unwrap();
+            assert!(sql.contains("JOIN \"r_0000\" AS \"r2\""), "{sql}");
+        }
+    }
+
     fn eq(column: usize, value: Operand) -> Pred {
         Pred::Cmp {
             column,
