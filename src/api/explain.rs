@@ -268,7 +268,7 @@ impl Walker<'_> {
     }
 
     /// A pushed join: the same shard plan its execution builds, listed
-    /// under the outer table (whose shard locations both tables share).
+    /// under both tables (which share their shard locations).
     unsafe fn join_scan(&mut self, fscan: *mut pg_sys::ForeignScan, note: &str) {
         // SAFETY: a ForeignScan of the planned statement.
         unsafe {
@@ -295,6 +295,11 @@ impl Walker<'_> {
                 note.push_str(
                     "; a parameter known only when the statement runs decides the shards",
                 );
+            }
+            // Shard i of both tables is read: both are listed (a reference
+            // table's copy on each node is not a shard of its own).
+            if !join.query.inner_reference {
+                self.out.push((inner, plan.clone(), note.clone()));
             }
             self.out.push((outer, plan, note));
         }

@@ -654,17 +654,27 @@ fn generated_joins_match_local_tables() {
         plan.contains("JOIN") && plan.contains("AS \"r2\" ON"),
         "EXPLAIN VERBOSE shows the per-shard join: {plan}"
     );
-    let ce: Vec<String> = db
-        .query("SELECT remote_sql FROM conductor_explain($1)", &[&one])
+    // conductor_explain lists the shard under both tables, with the one
+    // statement that reads both.
+    let ce: Vec<(String, i32, String)> = db
+        .query(
+            "SELECT table_name, shard_id, remote_sql FROM conductor_explain($1) ORDER BY 1",
+            &[&one],
+        )
         .unwrap_or_else(|e| panic!("conductor_explain: {}", pg_err(&e)))
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    assert_eq!(ce.len(), 1, "{ce:?}");
-    assert!(
-        ce[0].contains(" JOIN ") && ce[0].contains("\"lines_"),
+    assert_eq!(ce.len(), 2, "{ce:?}");
+    assert_eq!(
+        (ce[0].0.as_str(), ce[1].0.as_str()),
+        ("lines", "orders"),
         "{ce:?}"
     );
+    for (_, s, sql) in &ce {
+        assert_eq!(*s, shard, "{ce:?}");
+        assert!(sql.contains(" JOIN ") && sql.contains("\"lines_"), "{ce:?}");
+    }
     let plan = explain(
         &mut db,
         "SELECT * FROM orders o JOIN other t ON o.customer_id = t.customer_id",
