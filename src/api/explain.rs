@@ -314,6 +314,39 @@ impl Walker<'_> {
     ) {
         // SAFETY: a ForeignScan of the planned statement.
         unsafe {
+            if let Some(join) = &upper.join {
+                let (Some(outer), Some(inner)) = (
+                    cache::try_table(pg_sys::Oid::from(join.outer)),
+                    cache::try_table(pg_sys::Oid::from(join.inner)),
+                ) else {
+                    return;
+                };
+                let bindings = evaluate((*fscan).fdw_exprs, &upper.params);
+                let plan = ShardPlan::join_pushed(
+                    &outer,
+                    &inner,
+                    &join.query,
+                    &upper.query,
+                    bindings.as_deref(),
+                )
+                .unwrap_or_else(|e| refuse(format!("cannot build the shard statements: {e}")));
+                let combined = crate::fdw::join::combined(&outer, &inner);
+                let mut note = format!(
+                    "{note}; {}; pushed: {}",
+                    crate::fdw::join::describe(join, &outer, &inner),
+                    upper.describe(&combined)
+                );
+                if plan.kind == RouteKind::AtExecution {
+                    note.push_str(
+                        "; a parameter known only when the statement runs decides the shards",
+                    );
+                }
+                if !join.query.inner_reference {
+                    self.out.push((inner, plan.clone(), note.clone()));
+                }
+                self.out.push((outer, plan, note));
+                return;
+            }
             let Some(topology) = cache::try_table(pg_sys::Oid::from(upper.relid)) else {
                 return;
             };

@@ -39,6 +39,10 @@ pub struct JoinSpec {
     pub outer: u32,
     pub inner: u32,
     pub query: JoinQuery,
+    /// The range-table indexes of the outer and inner table in the query
+    /// that planned the join (an upper path over it maps Vars by them).
+    #[serde(default)]
+    pub rtis: (u32, u32),
 }
 
 /// The second element of a join scan's fdw_private: tells it apart from an
@@ -405,6 +409,7 @@ pub unsafe extern "C-unwind" fn get_foreign_join_paths(
                 outer: outer.relid.to_u32(),
                 inner: inner.relid.to_u32(),
                 query,
+                rtis: (outer_rti, inner_rti),
             }),
         };
         let rows = (*joinrel).rows;
@@ -467,6 +472,58 @@ pub unsafe fn get_foreign_plan(
             std::ptr::null_mut(),
             outer_plan,
         )
+    }
+}
+
+/// The join's rows as one table for the upper paths: the outer table's
+/// columns, then the inner table's (the join's column numbering), on the
+/// outer table's shards.
+pub fn combined(outer: &TableTopology, inner: &TableTopology) -> TableTopology {
+    let mut t = outer.clone();
+    t.table.name = format!("{} JOIN {}", outer.name, inner.name);
+    t.table.columns.extend(inner.columns.iter().cloned());
+    t.pg_types.extend(inner.pg_types.iter().copied());
+    t.decimal_aggregates &= inner.decimal_aggregates;
+    t
+}
+
+/// The pushed join a join rel's path of this wrapper carries: its spec,
+/// the expressions of its runtime parameters and whether any clause stays
+/// local above it. None when the rel has no such path.
+///
+/// # Safety
+/// `rel` is a join rel during planning.
+pub unsafe fn pushed_join(
+    rel: *mut pg_sys::RelOptInfo,
+) -> Option<(ScanPlan, Vec<*mut pg_sys::Expr>, bool)> {
+    // SAFETY: per the contract; only get_foreign_join_paths builds foreign
+    // paths on a join rel of this wrapper (path_private).
+    unsafe {
+        if (*rel).reloptkind != pg_sys::RelOptKind::RELOPT_JOINREL {
+            return None;
+        }
+        for path in PgList::<pg_sys::Path>::from_pg((*rel).pathlist).iter_ptr() {
+            if (*path).pathtype != pg_sys::NodeTag::T_ForeignScan {
+                continue;
+            }
+            let private = list_nodes((*(path as *mut pg_sys::ForeignPath)).fdw_private);
+            if private.len() != 4 || !is(private[0], pg_sys::NodeTag::T_String) {
+                continue;
+            }
+            let json = std::ffi::CStr::from_ptr((*(private[0] as *mut pg_sys::String)).sval);
+            let Ok(plan) = serde_json::from_slice::<ScanPlan>(json.to_bytes()) else {
+                continue;
+            };
+            if plan.join.is_none() {
+                continue;
+            }
+            let exprs = list_nodes(private[2].cast())
+                .into_iter()
+                .map(|e| e.cast())
+                .collect();
+            return Some((plan, exprs, !private[1].is_null()));
+        }
+        None
     }
 }
 

@@ -213,18 +213,31 @@ impl PushedQuery {
         where_sql: Option<&str>,
         bindings: Option<&[Binding]>,
     ) -> Result<PushedSql, DeparseError> {
-        let col = |c: usize| qualified_column(table, &topology.columns[c].name);
-        let names = topology.column_names();
+        let refs: Vec<String> = topology
+            .columns
+            .iter()
+            .map(|c| qualified_column(table, &c.name))
+            .collect();
+        self.render_from(&refs, &quote_ident(table), where_sql, bindings)
+    }
+
+    /// [`PushedQuery::render`] over any FROM clause (a table, a pushed
+    /// join), its columns given as their SQL references.
+    fn render_from(
+        &self,
+        refs: &[String],
+        from: &str,
+        where_sql: Option<&str>,
+        bindings: Option<&[Binding]>,
+    ) -> Result<PushedSql, DeparseError> {
+        let col = |c: usize| refs[c].clone();
         let mut leading = Vec::new();
         let mut trailing = Vec::new();
         let mut filter_sql = Vec::with_capacity(self.filters.len());
         for f in &self.filters {
             filter_sql.push(match bindings {
-                Some(b) => {
-                    let (sql, args) = deparse(f, table, &names, b)?;
-                    (sql, args)
-                }
-                None => (deparse_template(f, table, &names), Vec::new()),
+                Some(b) => deparse_refs(f, refs, b)?,
+                None => (deparse_refs_template(f, refs), Vec::new()),
             });
         }
         let wrap = !self.having.is_empty();
@@ -255,7 +268,7 @@ impl PushedQuery {
             } else {
                 exprs.join(", ")
             },
-            quote_ident(table)
+            from
         );
         if let Some(w) = where_sql {
             sql.push_str(" WHERE ");
@@ -452,12 +465,25 @@ impl JoinQuery {
         let refs = Self::refs(outer, inner);
         let list: Vec<&str> = self.outputs.iter().map(|&c| refs[c].as_str()).collect();
         let mut sql = format!(
-            "SELECT {} FROM {} AS {} {} {} AS {} ON {}",
+            "SELECT {} FROM {}",
             if list.is_empty() {
                 "NULL".to_string()
             } else {
                 list.join(", ")
             },
+            self.from(outer, inner, shard, on)
+        );
+        if !filter.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(filter);
+        }
+        sql
+    }
+
+    /// The FROM clause of one shard: both shard tables joined.
+    fn from(&self, outer: &Topology, inner: &Topology, shard: u32, on: &str) -> String {
+        format!(
+            "{} AS {} {} {} AS {} ON {}",
             quote_ident(&outer.shards[shard as usize].remote_table),
             quote_ident(JOIN_OUTER_ALIAS),
             match self.join_type {
@@ -474,12 +500,7 @@ impl JoinQuery {
             ),
             quote_ident(JOIN_INNER_ALIAS),
             if on.is_empty() { "1" } else { on },
-        );
-        if !filter.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(filter);
-        }
-        sql
+        )
     }
 }
 
@@ -920,6 +941,81 @@ impl ShardPlan {
             max_keys_per_shard: 0,
             statements,
         }
+    }
+
+    /// A pushed join with aggregates, GROUP BY, HAVING, ORDER BY or LIMIT
+    /// on top (`query` over the join's column space): the join's route,
+    /// one statement per target shard. `bindings` None: the template.
+    pub fn join_pushed(
+        outer: &Topology,
+        inner: &Topology,
+        join: &JoinQuery,
+        query: &PushedQuery,
+        bindings: Option<&[Binding]>,
+    ) -> Result<ShardPlan, DeparseError> {
+        let refs = JoinQuery::refs(outer, inner);
+        let (kind, reason, routed) =
+            match (join.route(outer, inner, bindings.unwrap_or(&[])), bindings) {
+                (Ok(r), _) => (kind_of(&r.0), r.0.reason.clone(), Some(r)),
+                (Err(e), Some(_)) => return Err(e),
+                (Err(_), None) => (
+                    RouteKind::AtExecution,
+                    format!(
+                        "chosen at execution: {} or {} depends on a parameter",
+                        outer.key().name,
+                        inner.key().name
+                    ),
+                    None,
+                ),
+            };
+        let shards: Vec<u32> = match &routed {
+            Some(r) => r.0.shards.keys().copied().collect(),
+            None => (0..outer.shard_count()).collect(),
+        };
+        let inner_routes = join.join_type == JoinType::Inner;
+        let mut statements = Vec::with_capacity(shards.len());
+        for shard in shards {
+            let (on, filter) = match &routed {
+                Some(r) => (
+                    join.shard_list(
+                        &join.on,
+                        inner_routes,
+                        JoinQuery::keys(outer, inner),
+                        r,
+                        shard,
+                    ),
+                    join.shard_list(&join.filter, true, JoinQuery::keys(outer, inner), r, shard),
+                ),
+                None => (join.on.clone(), join.filter.clone()),
+            };
+            let ((on_sql, on_args), (filter_sql, filter_args)) = match bindings {
+                Some(b) => (
+                    deparse_refs(&on, &refs, b)?,
+                    deparse_refs(&filter, &refs, b)?,
+                ),
+                None => (
+                    (deparse_refs_template(&on, &refs), Vec::new()),
+                    (deparse_refs_template(&filter, &refs), Vec::new()),
+                ),
+            };
+            let from = join.from(outer, inner, shard, &on_sql);
+            let where_sql = (!filter.is_empty()).then_some(filter_sql.as_str());
+            let p = query.render_from(&refs, &from, where_sql, bindings)?;
+            let mut args = p.leading;
+            args.extend(on_args);
+            args.extend(filter_args);
+            args.extend(p.trailing);
+            statements.push(ShardStatement {
+                shard_id: shard,
+                stmt: Stmt::new(p.sql, if bindings.is_some() { args } else { Vec::new() }),
+            });
+        }
+        Ok(ShardPlan {
+            kind,
+            reason,
+            max_keys_per_shard: 0,
+            statements,
+        })
     }
 
     /// The target shards, ascending, each once.

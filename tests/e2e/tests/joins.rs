@@ -432,10 +432,51 @@ fn generate(rng: &mut Rng) -> Query {
         out.push(format!("y.{c}"));
     }
     let count = out.is_empty() || rng.chance(0.1);
-    let select = if count {
-        "count(*)".to_string()
+    // Aggregates over the join (pushed with it when the nodes compute them
+    // exactly), grouped or not.
+    let aggregate = !count && rng.chance(0.2);
+    let (select, group) = if count {
+        ("count(*)".to_string(), String::new())
+    } else if aggregate {
+        let num = |t: &Table, alias: &str| {
+            ["amount", "qty", "tier", "order_id"]
+                .iter()
+                .find(|c| t.columns.contains(c))
+                .map(|c| format!("{alias}.{c}"))
+        };
+        let mut aggs = vec!["count(*)".to_string()];
+        for (t, alias) in [(a, "x"), (b, "y")] {
+            if let Some(c) = num(t, alias) {
+                aggs.push(format!("sum({c})"));
+                aggs.push(format!("max({c})"));
+                aggs.push(format!("count({c})"));
+            }
+        }
+        let key = if using {
+            "customer_id"
+        } else {
+            "x.customer_id"
+        };
+        match rng.below(3) {
+            0 => (aggs.join(", "), String::new()),
+            1 => (
+                format!("{key}, {}", aggs.join(", ")),
+                format!(" GROUP BY {key}"),
+            ),
+            _ => {
+                let g = if b.columns.contains(&"note") {
+                    "y.note"
+                } else {
+                    "y.customer_id"
+                };
+                (
+                    format!("{g}, {}", aggs.join(", ")),
+                    format!(" GROUP BY {g}"),
+                )
+            }
+        }
     } else {
-        out.join(", ")
+        (out.join(", "), String::new())
     };
     let sql_of = |prefix: &str| {
         let from = if natural {
@@ -448,6 +489,7 @@ fn generate(rng: &mut Rng) -> Query {
             sql.push_str(" WHERE ");
             sql.push_str(&filters.join(" AND "));
         }
+        sql.push_str(&group);
         sql
     };
     let (c, l) = (sql_of(""), sql_of("l_"));
@@ -552,6 +594,7 @@ fn generated_joins_match_local_tables() {
     let mut rng = Rng(seed.rotate_left(17) | 1);
     let mut mismatches = Vec::new();
     let (mut pushed, mut pushed_left, mut pushed_param, mut not_pushed) = (0, 0, 0, 0);
+    let mut pushed_aggregate = 0;
     let mut pushed_reference = 0;
     // Shapes the generator does not make: three tables, a subquery's
     // expression below an outer join, RIGHT and FULL joins, a join whose
@@ -599,6 +642,9 @@ fn generated_joins_match_local_tables() {
             if plan.contains("with reference table") {
                 pushed_reference += 1;
             }
+            if plan.contains("Relations: Aggregate") {
+                pushed_aggregate += 1;
+            }
         } else {
             not_pushed += 1;
         }
@@ -615,7 +661,7 @@ fn generated_joins_match_local_tables() {
         }
     }
     eprintln!(
-        "joins: {n} queries, {pushed} pushed ({pushed_left} LEFT, {pushed_param} with a generic plan's parameter, {pushed_reference} with a reference table), {not_pushed} at the router"
+        "joins: {n} queries, {pushed} pushed ({pushed_left} LEFT, {pushed_param} with a generic plan's parameter, {pushed_reference} with a reference table, {pushed_aggregate} with their aggregates), {not_pushed} at the router"
     );
     assert!(
         mismatches.is_empty(),
@@ -624,7 +670,13 @@ fn generated_joins_match_local_tables() {
         mismatches.join("\n")
     );
     assert!(pushed >= n / 3, "too few joins pushed: {pushed} of {n}");
-    assert!(pushed_left > 0 && pushed_param > 0 && pushed_reference > 0 && not_pushed > 0);
+    assert!(
+        pushed_left > 0
+            && pushed_param > 0
+            && pushed_reference > 0
+            && pushed_aggregate > 0
+            && not_pushed > 0
+    );
 
     // One customer: one shard request at the nodes; all customers: one
     // request per node holding shards; not co-located: both tables' scans.
