@@ -412,9 +412,11 @@ pub unsafe extern "C-unwind" fn get_foreign_join_paths(
                 rtis: (outer_rti, inner_rti),
             }),
         };
+        // The nodes join; the router only receives the joined rows (a
+        // join in Postgres pays for both tables' rows and the join itself).
         let rows = (*joinrel).rows;
         let startup = REQUEST_COST + PER_SHARD_COST * shards as f64;
-        let total = startup + rows * pg_sys::cpu_tuple_cost * 2.0;
+        let total = startup + rows * pg_sys::cpu_tuple_cost;
         let path = pg_sys::create_foreign_join_path(
             root,
             joinrel,
@@ -502,8 +504,12 @@ pub unsafe fn pushed_join(
         if (*rel).reloptkind != pg_sys::RelOptKind::RELOPT_JOINREL {
             return None;
         }
-        for path in PgList::<pg_sys::Path>::from_pg((*rel).pathlist).iter_ptr() {
-            if (*path).pathtype != pg_sys::NodeTag::T_ForeignScan {
+        for mut path in PgList::<pg_sys::Path>::from_pg((*rel).pathlist).iter_ptr() {
+            // The final scan/join target wraps the paths in projections.
+            while is(path.cast(), pg_sys::NodeTag::T_ProjectionPath) {
+                path = (*(path as *mut pg_sys::ProjectionPath)).subpath;
+            }
+            if !is(path.cast(), pg_sys::NodeTag::T_ForeignPath) {
                 continue;
             }
             let private = list_nodes((*(path as *mut pg_sys::ForeignPath)).fdw_private);

@@ -29,7 +29,7 @@ use crate::catalog::{cache, TableTopology};
 use crate::convert::{column_type_of, ColumnCodec};
 use crate::errors::raise;
 use crate::fdw::lower::{collation_class, Lowering, ParamSpec};
-use crate::fdw::scan::{eval_bindings, explain_plan, explain_text, init_params};
+use crate::fdw::scan::{eval_bindings, explain_text, init_params};
 use crate::remote;
 use crate::stats;
 use crate::xact::streams;
@@ -2059,7 +2059,11 @@ pub unsafe fn explain_foreign_scan(
             explain_text(c"Join", &super::join::describe(join, outer, inner), es);
         }
         explain_text(c"Pushed", &state.plan.describe(&state.topology), es);
-        explain_plan(&state.topology, &plan, state.plan.params.len(), "", es);
+        let mut tables = vec![&*state.topology];
+        if let Some((_, inner)) = &state.sides {
+            tables.push(inner);
+        }
+        crate::fdw::scan::explain_plan_tables(&tables, &plan, state.plan.params.len(), "", es);
         if (*es).analyze {
             for s in &state.shard_stats {
                 let ms = s.elapsed.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
