@@ -415,14 +415,16 @@ def why_notes(out, res, fails, meta, cpu, sto):
 
 # ---- the document ------------------------------------------------------------------
 
-W11 = ["W11-point", "W11-one", "W11-all"]
+W11 = ["W11-point", "W11-scan", "W11-one", "W11-all"]
 W11_NAMES = {
     "W11-point": "W11 point lookup, one client (the yardstick of W11-one)",
+    "W11-scan": "W11 one customer's orders, no join (the join's read path)",
     "W11-one": "W11 orders JOIN order_lines, one customer",
     "W11-all": "W11 orders JOIN order_lines, all customers, aggregated",
 }
 W11_SPECS = [
     ("W11-point", "W1's point lookup by key, one client: what W11-one is measured against", ["w11_point.sql"]),
+    ("W11-scan", "one random customer's orders, no join: a one-shard read of several rows, as the join's", ["w11_scan_one.sql"]),
     ("W11-one", "orders JOIN order_lines on the shard key (and order_id) for one random customer", ["w11_join_one.sql"]),
     ("W11-all", "the same join for all customers, aggregated", ["w11_join_all.sql"]),
 ]

@@ -594,12 +594,15 @@ if want W11; then
         if guard "$OUT/w11-setup-$t.err" w11_setup "$t"; then
             W11_TARGETS+="$t "
         else
-            for w in W11-point W11-one W11-all; do fail_note "$RAW/$w/$t/run1" "$OUT/w11-setup-$t.err"; done
+            for w in W11-point W11-scan W11-one W11-all; do fail_note "$RAW/$w/$t/run1" "$OUT/w11-setup-$t.err"; done
         fi
     done
     # A single-client point lookup (W1's query), the one-customer join's
     # yardstick under the same client settings.
     latency_workload W11-point w11_point.sql "$W11_TARGETS" "" -t "$((QUERY_RUNS * 20))" -D rows="$ROWS"
+    # One customer's orders alone: the same read path as the join's
+    # (a one-shard scan of several rows), without the join.
+    latency_workload W11-scan w11_scan_one.sql "$W11_TARGETS" "" -t "$((QUERY_RUNS * 20))" -D customers="$W11_CUSTOMERS"
     latency_workload W11-one w11_join_one.sql "$W11_TARGETS" "" -t "$((QUERY_RUNS * 20))" -D customers="$W11_CUSTOMERS"
     latency_workload W11-all w11_join_all.sql "$W11_TARGETS" "" -t "$QUERY_RUNS"
     for t in $W11_TARGETS; do
