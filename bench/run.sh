@@ -253,6 +253,7 @@ router postgres -c "CREATE DATABASE local"
     echo "scan_runs=$SCAN_RUNS"
     echo "load_runs=$LOAD_RUNS"
     echo "w6_seconds=$W6_SECONDS"
+    echo "only=${BENCH_ONLY:-}"
     echo "delay_ms=$DELAY_MS"
     echo "node_options=${NODE_OPTIONS:-(defaults)}"
     echo "nodes=$N_NODES"
@@ -529,6 +530,85 @@ for pair in "W6-1 w6_1shard.sql" "W6-4 w6_4shards.sql" "W6-16 w6_16shards.sql"; 
         -D k1="${W6_KEYS[0]}" -D k2="${W6_KEYS[1]}" -D k3="${W6_KEYS[2]}" -D k4="${W6_KEYS[3]}" \
         -D c="$W6_CUSTOMER"
 done
+fi
+
+# ---- W11: joins on the shard key ---------------------------------------------------------
+
+# orders and order_lines, both keyed by customer_id: conductor co-locates
+# them (colocate_with); the peer hash-partitions both by customer_id into 16
+# postgres_fdw partitions each, partition p of both on shard Postgres
+# (p % 4) + 1, and joins them partitionwise (enable_partitionwise_join and
+# enable_partitionwise_aggregate on, so postgres_fdw can push each
+# partition pair's join to its server); local holds plain tables.
+W11_CUSTOMERS=$((ROWS / 100))
+ORDERS_SQL="customer_id integer NOT NULL, order_id bigint NOT NULL, amount integer, created timestamptz"
+LINES_SQL="customer_id integer NOT NULL, order_id bigint NOT NULL, line_no integer NOT NULL, sku text, qty integer"
+w11_setup() { # target
+    local sql p
+    case $1 in
+        conductor)
+            router conductor \
+                -c "CREATE FOREIGN TABLE orders ($ORDERS_SQL) SERVER cluster OPTIONS (primary_key 'customer_id, order_id')" \
+                -c "SELECT conductor.create_distributed_table('orders', 'customer_id', shard_count => 16)" \
+                -c "CREATE FOREIGN TABLE order_lines ($LINES_SQL) SERVER cluster OPTIONS (primary_key 'customer_id, order_id, line_no')" \
+                -c "SELECT conductor.create_distributed_table('order_lines', 'customer_id', colocate_with => 'orders')" >/dev/null ;;
+        peer)
+            for i in 1 2 3 4; do
+                sql=""
+                for p in $(seq 0 15); do
+                    [ "$(peer_server_of "$p")" = "$i" ] || continue
+                    sql+="CREATE TABLE $(printf 'orders_p%02d' "$p") ($ORDERS_SQL, PRIMARY KEY (customer_id, order_id));
+                          CREATE TABLE $(printf 'order_lines_p%02d' "$p") ($LINES_SQL, PRIMARY KEY (customer_id, order_id, line_no));"
+                done
+                psql_at "${SHARD_PORTS[$((i - 1))]}" shard -c "$sql"
+            done
+            sql="CREATE TABLE orders ($ORDERS_SQL) PARTITION BY HASH (customer_id);
+                 CREATE TABLE order_lines ($LINES_SQL) PARTITION BY HASH (customer_id);"
+            for p in $(seq 0 15); do
+                for t in orders order_lines; do
+                    sql+="CREATE FOREIGN TABLE $(printf '%s_p%02d' "$t" "$p") PARTITION OF $t
+                              FOR VALUES WITH (MODULUS 16, REMAINDER $p)
+                              SERVER shard$(peer_server_of "$p") OPTIONS (table_name '$(printf '%s_p%02d' "$t" "$p")');"
+                done
+            done
+            sql+="ALTER DATABASE peer SET enable_partitionwise_join = on;
+                  ALTER DATABASE peer SET enable_partitionwise_aggregate = on;"
+            router peer -c "$sql" ;;
+        local)
+            router local -c "CREATE TABLE orders ($ORDERS_SQL, PRIMARY KEY (customer_id, order_id))" \
+                -c "CREATE TABLE order_lines ($LINES_SQL, PRIMARY KEY (customer_id, order_id, line_no))" ;;
+    esac
+    timed_psql "$1" bench/workloads/w11_load.sql -v customers="$W11_CUSTOMERS" -v seed="$SEED" >/dev/null
+    case $1 in
+        peer)
+            for i in 1 2 3 4; do psql_at "${SHARD_PORTS[$((i - 1))]}" shard -c "VACUUM ANALYZE"; done
+            router peer -c "ANALYZE orders" -c "ANALYZE order_lines" ;;
+        local) router local -c "VACUUM ANALYZE orders" -c "VACUUM ANALYZE order_lines" ;;
+    esac
+}
+if want W11; then
+    log "W11: orders ($((W11_CUSTOMERS * 10)) rows) JOIN order_lines ($((W11_CUSTOMERS * 40)) rows) on customer_id, $W11_CUSTOMERS customers"
+    echo "w11_customers=$W11_CUSTOMERS" >>"$OUT/meta.txt"
+    W11_TARGETS=""
+    for t in "${TARGETS[@]}"; do
+        if guard "$OUT/w11-setup-$t.err" w11_setup "$t"; then
+            W11_TARGETS+="$t "
+        else
+            for w in W11-point W11-scan W11-one W11-all; do fail_note "$RAW/$w/$t/run1" "$OUT/w11-setup-$t.err"; done
+        fi
+    done
+    # A single-client point lookup (W1's query), the one-customer join's
+    # yardstick under the same client settings.
+    latency_workload W11-point w11_point.sql "$W11_TARGETS" "" -t "$((QUERY_RUNS * 20))" -D rows="$ROWS"
+    # One customer's orders alone: the same read path as the join's
+    # (a one-shard scan of several rows), without the join.
+    latency_workload W11-scan w11_scan_one.sql "$W11_TARGETS" "" -t "$((QUERY_RUNS * 20))" -D customers="$W11_CUSTOMERS"
+    latency_workload W11-one w11_join_one.sql "$W11_TARGETS" "" -t "$((QUERY_RUNS * 20))" -D customers="$W11_CUSTOMERS"
+    latency_workload W11-all w11_join_all.sql "$W11_TARGETS" "" -t "$QUERY_RUNS"
+    for t in $W11_TARGETS; do
+        router "$t" -c "EXPLAIN (VERBOSE, COSTS OFF) $(sed 's/:c$/42/; s/:c;/42;/; /^\\set/d' bench/workloads/w11_join_one.sql)" \
+            -c "EXPLAIN (VERBOSE, COSTS OFF) $(cat bench/workloads/w11_join_all.sql)" >"$OUT/explain-w11-$t.txt" 2>&1 || true
+    done
 fi
 
 # ---- W12-W14: OLTP writes --------------------------------------------------------------

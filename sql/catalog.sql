@@ -160,3 +160,33 @@ CREATE TABLE conductor.virtual_index (
 );
 REVOKE ALL ON conductor.virtual_index FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('conductor.virtual_index', '');
+
+-- Co-location groups. Tables of one group have shard i on the same node
+-- for every i (the placement of a new member is copied from the group, and
+-- a shard move moves the group's shard i together), so a join on their
+-- shard keys runs per shard on the nodes. A table's own group is a fresh
+-- number; conductor.create_distributed_table(colocate_with => ...) joins
+-- an existing one.
+CREATE SEQUENCE conductor.colocation_id_seq AS integer;
+ALTER TABLE conductor.distributed_table
+    ADD COLUMN colocation_id integer NOT NULL
+        DEFAULT nextval('conductor.colocation_id_seq');
+CREATE INDEX distributed_table_colocation_idx
+    ON conductor.distributed_table (colocation_id);
+REVOKE ALL ON SEQUENCE conductor.colocation_id_seq FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('conductor.colocation_id_seq', '');
+
+-- Reference tables: a distributed_table of one shard whose shard table
+-- (<remote_name>_0000) is copied in full on every node listed here. Reads
+-- go to one of them; writes go to all of them in the statement's
+-- transaction; conductor.add_node copies the table to a new node. The
+-- conductor.shard row of shard 0 names the node reads prefer.
+CREATE TABLE conductor.reference_placement (
+    relid regclass NOT NULL REFERENCES conductor.distributed_table ON DELETE CASCADE,
+    server_id oid NOT NULL,
+    node_id text NOT NULL,
+    PRIMARY KEY (relid, node_id),
+    FOREIGN KEY (server_id, node_id) REFERENCES conductor.node ON UPDATE CASCADE
+);
+REVOKE ALL ON conductor.reference_placement FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('conductor.reference_placement', '');

@@ -9,12 +9,13 @@ CREATE FOREIGN DATA WRAPPER conductor
 -- reads it to route); only superusers or explicitly granted roles change it.
 GRANT USAGE ON SCHEMA conductor TO PUBLIC;
 GRANT SELECT ON conductor.node, conductor.distributed_table, conductor.shard,
-    conductor.shard_index, conductor.virtual_index TO PUBLIC;
+    conductor.shard_index, conductor.virtual_index, conductor.reference_placement TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION
     conductor.add_node(text, text, text),
     conductor.update_node(text, text, text),
     conductor.remove_node(text, text),
-    conductor.create_distributed_table(regclass, text, integer),
+    conductor.create_distributed_table(regclass, text, integer, text),
+    conductor.create_reference_table(regclass),
     conductor.create_shard_index(regclass, text[], text, boolean),
     conductor.drop_shard_index(text),
     conductor.cleanup(),
@@ -100,6 +101,10 @@ END
 $$;
 CREATE TRIGGER resolve_server BEFORE INSERT ON conductor.shard
     FOR EACH ROW EXECUTE FUNCTION conductor._resolve_shard_server();
+CREATE TRIGGER resolve_server BEFORE INSERT ON conductor.reference_placement
+    FOR EACH ROW EXECUTE FUNCTION conductor._resolve_shard_server();
+CREATE TRIGGER topology_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON conductor.reference_placement FOR EACH STATEMENT EXECUTE FUNCTION conductor._topology_changed();
 
 -- ALTER SERVER ... RENAME: the node rows keep the name a restore needs.
 -- It fires for every server's ALTER, also by roles that may not write the
@@ -202,7 +207,9 @@ SELECT t.relid::regclass AS table_name,
        t.remote_name,
        t.shard_key,
        t.shard_count,
-       t.hash_version
+       t.hash_version,
+       t.colocation_id,
+       EXISTS (SELECT FROM conductor.reference_placement r WHERE r.relid = t.relid) AS reference
   FROM conductor.distributed_table t
   JOIN pg_catalog.pg_foreign_server s ON s.oid = t.server_id;
 

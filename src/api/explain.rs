@@ -229,6 +229,9 @@ impl Walker<'_> {
         unsafe {
             let rti = (*fscan).scan.scanrelid;
             if rti == 0 {
+                if crate::fdw::join::is_join_scan(fscan) {
+                    return self.join_scan(fscan, note);
+                }
                 // Aggregates, ORDER BY or LIMIT pushed to the shards
                 // (src/fdw/upper.rs); any other scan without a relation is
                 // another wrapper's.
@@ -290,6 +293,44 @@ impl Walker<'_> {
         }
     }
 
+    /// A pushed join: the same shard plan its execution builds, listed
+    /// under both tables (which share their shard locations).
+    unsafe fn join_scan(&mut self, fscan: *mut pg_sys::ForeignScan, note: &str) {
+        // SAFETY: a ForeignScan of the planned statement.
+        unsafe {
+            let scan: ScanPlan = crate::fdw::private_to((*fscan).fdw_private);
+            let Some(join) = &scan.join else {
+                return;
+            };
+            let (Some(outer), Some(inner)) = (
+                cache::try_table(pg_sys::Oid::from(join.outer)),
+                cache::try_table(pg_sys::Oid::from(join.inner)),
+            ) else {
+                return;
+            };
+            let plan = match evaluate((*fscan).fdw_exprs, &scan.params) {
+                Some(bindings) => ShardPlan::join(&outer, &inner, &join.query, &bindings)
+                    .unwrap_or_else(|e| refuse(format!("cannot build the shard statements: {e}"))),
+                None => ShardPlan::join_template(&outer, &inner, &join.query),
+            };
+            let mut note = format!(
+                "{note}; {}",
+                crate::fdw::join::describe(join, &outer, &inner)
+            );
+            if plan.kind == RouteKind::AtExecution {
+                note.push_str(
+                    "; a parameter known only when the statement runs decides the shards",
+                );
+            }
+            // Shard i of both tables is read: both are listed (a reference
+            // table's copy on each node is not a shard of its own).
+            if !join.query.inner_reference {
+                self.out.push((inner, plan.clone(), note.clone()));
+            }
+            self.out.push((outer, plan, note));
+        }
+    }
+
     /// An upper scan: the same shard plan its execution builds.
     unsafe fn upper_scan(
         &mut self,
@@ -299,6 +340,39 @@ impl Walker<'_> {
     ) {
         // SAFETY: a ForeignScan of the planned statement.
         unsafe {
+            if let Some(join) = &upper.join {
+                let (Some(outer), Some(inner)) = (
+                    cache::try_table(pg_sys::Oid::from(join.outer)),
+                    cache::try_table(pg_sys::Oid::from(join.inner)),
+                ) else {
+                    return;
+                };
+                let bindings = evaluate((*fscan).fdw_exprs, &upper.params);
+                let plan = ShardPlan::join_pushed(
+                    &outer,
+                    &inner,
+                    &join.query,
+                    &upper.query,
+                    bindings.as_deref(),
+                )
+                .unwrap_or_else(|e| refuse(format!("cannot build the shard statements: {e}")));
+                let combined = crate::fdw::join::combined(&outer, &inner);
+                let mut note = format!(
+                    "{note}; {}; pushed: {}",
+                    crate::fdw::join::describe(join, &outer, &inner),
+                    upper.describe(&combined)
+                );
+                if plan.kind == RouteKind::AtExecution {
+                    note.push_str(
+                        "; a parameter known only when the statement runs decides the shards",
+                    );
+                }
+                if !join.query.inner_reference {
+                    self.out.push((inner, plan.clone(), note.clone()));
+                }
+                self.out.push((outer, plan, note));
+                return;
+            }
             let Some(topology) = cache::try_table(pg_sys::Oid::from(upper.relid)) else {
                 return;
             };

@@ -331,11 +331,68 @@ pub fn refuse_while_moving(relid: pg_sys::Oid, what: &str) {
     }
 }
 
-/// The tables to move together with `tbl`: a co-location group moves as
-/// one. Until tables can be co-located, that is the table itself.
+/// The tables to move together with `tbl`: its co-location group (shard i
+/// of every member lives on one node, and stays so), `tbl` first. Checked
+/// here, before any member moves, so a group never ends up split by a
+/// refusal: a reference table has a copy on every node and nothing to move,
+/// and a table with virtual indexes cannot move yet.
 #[pg_extern(name = "_move_group")]
 fn move_group(tbl: pg_sys::Oid) -> SetOfIterator<'static, pg_sys::Oid> {
-    SetOfIterator::new(vec![tbl])
+    let members: Vec<pg_sys::Oid> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT m.relid::oid FROM conductor.distributed_table t
+                   JOIN conductor.distributed_table m
+                     ON m.colocation_id = t.colocation_id AND m.server_id = t.server_id
+                  WHERE t.relid = $1
+                  ORDER BY m.relid::oid = $1 DESC, m.relid::oid",
+                None,
+                &[tbl.into()],
+            )?
+            .map(|r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)))
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error!("conductor: could not read the co-location group: {e}"));
+    if members.is_empty() {
+        raise(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!(
+                "{} is not a distributed table",
+                crate::catalog::relation_display_name(tbl)
+            ),
+        )
+        .error()
+    }
+    for &m in &members {
+        let topology = cache::table(m);
+        if topology.is_reference() {
+            raise(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!(
+                    "{} is a reference table: it has a copy on every node, nothing to move",
+                    topology.name
+                ),
+            )
+            .error()
+        }
+        if !topology.virtual_indexes.is_empty() {
+            raise(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("cannot move shards of {}: it has virtual indexes", topology.name),
+            )
+            .detail(if m == tbl {
+                String::new()
+            } else {
+                format!(
+                    "It is co-located with {} and moves with it.",
+                    crate::catalog::relation_display_name(tbl)
+                )
+            })
+            .hint("Drop its virtual indexes (conductor.drop_virtual_index), move, and create them again.")
+            .error()
+        }
+    }
+    SetOfIterator::new(members)
 }
 
 /// Whether another backend is running move `id` now.
@@ -1163,9 +1220,20 @@ fn rebalance_plan(
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()?;
         let shards = client
             .select(
-                "SELECT s.relid::oid::bigint, s.shard_id, s.node_id
+                // One unit per co-location group's shard (its members move
+                // together), weighing as many shards; reference tables and
+                // tables with virtual indexes do not move.
+                "SELECT min(s.relid::oid)::bigint, s.shard_id, s.node_id, count(*)
                    FROM conductor.shard s
-                  WHERE s.server_id = $1 ORDER BY 1, 2",
+                   JOIN conductor.distributed_table t ON t.relid = s.relid
+                  WHERE s.server_id = $1
+                    AND NOT EXISTS (SELECT 1 FROM conductor.reference_placement r
+                                     WHERE r.relid = s.relid)
+                    AND NOT EXISTS (SELECT 1 FROM conductor.distributed_table g
+                                      JOIN conductor.virtual_index v ON v.relid = g.relid
+                                     WHERE g.colocation_id = t.colocation_id)
+                  GROUP BY t.colocation_id, s.shard_id, s.node_id
+                  ORDER BY 1, 2",
                 None,
                 &[server_id.into()],
             )?
@@ -1174,7 +1242,7 @@ fn rebalance_plan(
                     table: r.get::<i64>(1)?.unwrap_or_default(),
                     shard_id: r.get::<i32>(2)?.unwrap_or_default() as u32,
                     node: r.get::<String>(3)?.unwrap_or_default(),
-                    weight: 1,
+                    weight: r.get::<i64>(4)?.unwrap_or(1) as u64,
                 })
             })
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()?;

@@ -151,6 +151,7 @@ fn add_node(server: &str, node_id: &str, url: &str) {
         ],
     )
     .unwrap_or_else(|e| error!("conductor: could not add node: {e}"));
+    super::tables::copy_reference_tables(server_id, node_id, &url);
 }
 
 /// Point an existing node id at a new address (the node's data must be
@@ -175,11 +176,27 @@ fn update_node(server: &str, node_id: &str, url: &str) {
     .unwrap_or_else(|e| error!("conductor: could not update node: {e}"));
 }
 
-/// Forget a node that holds no shards.
+/// Forget a node that holds no shards. Its copies of reference tables that
+/// have copies elsewhere are forgotten with it (they stay on the node);
+/// reads of such a table then prefer another copy.
 #[pg_extern]
 fn remove_node(server: &str, node_id: &str) {
     let server_id = conductor_server(server);
     require_known(server_id, server, node_id);
+    Spi::run_with_args(
+        "UPDATE conductor.shard s
+            SET node_id = (SELECT min(r.node_id) FROM conductor.reference_placement r
+                            WHERE r.relid = s.relid AND r.node_id <> $2)
+          WHERE s.server_id = $1 AND s.node_id = $2
+            AND EXISTS (SELECT FROM conductor.reference_placement r
+                         WHERE r.relid = s.relid AND r.node_id <> $2);
+         DELETE FROM conductor.reference_placement r
+          WHERE r.server_id = $1 AND r.node_id = $2
+            AND EXISTS (SELECT FROM conductor.reference_placement o
+                         WHERE o.relid = r.relid AND o.node_id <> $2)",
+        &[server_id.into(), node_id.into()],
+    )
+    .unwrap_or_else(|e| error!("conductor: could not forget the node's reference copies: {e}"));
     let shards = Spi::get_one_with_args::<i64>(
         "SELECT count(*) FROM conductor.shard WHERE server_id = $1 AND node_id = $2",
         &[server_id.into(), node_id.into()],

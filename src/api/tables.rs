@@ -44,14 +44,136 @@ fn active_nodes(server_id: pg_sys::Oid) -> Vec<NodeRow> {
     .unwrap_or_else(|e| error!("conductor: could not read nodes: {e}"))
 }
 
+/// Every node of a server, whatever its status: a group's shards stay on
+/// their nodes.
+fn server_nodes(server_id: pg_sys::Oid) -> Vec<NodeRow> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT node_id, url FROM conductor.node WHERE server_id = $1 ORDER BY node_id",
+                None,
+                &[server_id.into()],
+            )?
+            .map(|row| {
+                Ok(NodeRow {
+                    node_id: row.get::<String>(1)?.unwrap_or_default(),
+                    url: row.get::<String>(2)?.unwrap_or_default(),
+                })
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error!("conductor: could not read nodes: {e}"))
+}
+
+/// A relation named as SQL names it (`'orders'`, `'s.orders'`), as regclass
+/// input does.
+fn resolve_relation(name: &str) -> pg_sys::Oid {
+    Spi::get_one_with_args::<pg_sys::Oid>("SELECT $1::regclass::oid", &[name.into()])
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| invalid(format!("colocate_with: relation \"{name}\" does not exist")))
+}
+
 fn invalid(message: String) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message).error()
 }
 
+/// The shard count of a table created without one (and without a group to
+/// take it from).
+const DEFAULT_SHARDS: i32 = 16;
+
+/// A co-location group a new table may join: its number, shard count, the
+/// placement family of its shard key, and its shard→node map.
+struct Group {
+    colocation_id: i32,
+    shard_count: i32,
+    key_type: ColumnType,
+    nodes: Vec<String>,
+    display: String,
+}
+
+/// The groups of a server (one member each: they all share the map), or
+/// the group of one table.
+fn groups(server_id: pg_sys::Oid, of_table: Option<pg_sys::Oid>) -> Vec<Group> {
+    let rows = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT DISTINCT ON (t.colocation_id) t.relid, t.colocation_id, t.shard_count,
+                        (SELECT array_agg(s.node_id ORDER BY s.shard_id)
+                           FROM conductor.shard s WHERE s.relid = t.relid)
+                   FROM conductor.distributed_table t
+                  WHERE t.server_id = $1 AND ($2::oid IS NULL OR t.relid = $2::oid)
+                  ORDER BY t.colocation_id, t.relid",
+                None,
+                &[server_id.into(), of_table.into()],
+            )?
+            .map(|row| {
+                Ok((
+                    row.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::Oid::INVALID),
+                    row.get::<i32>(2)?.unwrap_or_default(),
+                    row.get::<i32>(3)?.unwrap_or_default(),
+                    row.get::<Vec<String>>(4)?.unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error!("conductor: could not read co-location groups: {e}"));
+    rows.into_iter()
+        .filter_map(|(relid, colocation_id, shard_count, nodes)| {
+            let topology = cache::try_table(relid)?;
+            Some(Group {
+                colocation_id,
+                shard_count,
+                key_type: topology.key().ty,
+                nodes,
+                display: relation_display_name(relid),
+            })
+        })
+        .collect()
+}
+
+/// Shard keys whose values land on the same shard for equal values: the
+/// placement hash encodes every integer width alike, and text like varchar.
+fn same_placement(a: ColumnType, b: ColumnType) -> bool {
+    conductor_core::pushdown::family(a) == conductor_core::pushdown::family(b)
+}
+
 /// Shard a foreign table by `shard_key` over the active nodes of its server:
 /// create the shard tables on the nodes, then record the placement.
+///
+/// `colocate_with`: `'default'` joins an existing co-location group of the
+/// server whose shard count and key placement match and whose shards sit
+/// where a new table's would (so the default never moves a shard elsewhere
+/// than it would go alone); `'none'` starts a new group; a table name joins
+/// that table's group, taking its shard count and shard→node map.
 #[pg_extern]
-fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: default!(i32, 16)) {
+fn create_distributed_table(
+    tbl: PgRelation,
+    shard_key: &str,
+    shard_count: default!(Option<i32>, "NULL"),
+    colocate_with: default!(&str, "'default'"),
+) {
+    distribute(tbl, Some(shard_key), shard_count, colocate_with);
+}
+
+/// Replicate a foreign table to every active node of its server: one full
+/// copy (one shard table, `<remote_name>_0000`) on each. Reads go to one
+/// healthy node; writes go to every node in the statement's transaction;
+/// a node added later receives a copy. A join of a distributed table with
+/// it runs per shard of the distributed table.
+#[pg_extern]
+fn create_reference_table(tbl: PgRelation) {
+    distribute(tbl, None, Some(1), "none");
+}
+
+/// create_distributed_table, or (no shard key) create_reference_table.
+fn distribute(
+    tbl: PgRelation,
+    shard_key: Option<&str>,
+    shard_count: Option<i32>,
+    colocate_with: &str,
+) {
+    let reference = shard_key.is_none();
     let relid = tbl.oid();
     let display = relation_display_name(relid);
     if tbl.rd_rel.is_null()
@@ -83,6 +205,33 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
         .detail("SQLite stores text as UTF-8.")
         .error()
     }
+    let explicit_group = match colocate_with {
+        "default" | "none" => None,
+        name => {
+            let other = resolve_relation(name);
+            if cache::try_table(other).is_none() {
+                invalid(format!(
+                    "colocate_with: {} is not a distributed table",
+                    relation_display_name(other)
+                ));
+            }
+            let group = groups(server_id, Some(other)).pop().unwrap_or_else(|| {
+                invalid(format!(
+                    "colocate_with: {} belongs to another server than {display}",
+                    relation_display_name(other)
+                ))
+            });
+            Some(group)
+        }
+    };
+    let shard_count = match (&explicit_group, shard_count) {
+        (Some(g), Some(n)) if n != g.shard_count => invalid(format!(
+            "shard_count {n} differs from the {} shards of {}, which {display} is to be co-located with",
+            g.shard_count, g.display
+        )),
+        (Some(g), _) => g.shard_count,
+        (None, n) => n.unwrap_or(DEFAULT_SHARDS),
+    };
     if !(1..=MAX_SHARDS).contains(&shard_count) {
         invalid(format!(
             "shard_count must be between 1 and {MAX_SHARDS}, not {shard_count}"
@@ -107,6 +256,17 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
         .error()
     }
     let columns: Vec<_> = columns.into_iter().flatten().map(|c| c.column).collect();
+    // A reference table's "shard key" is the first column of its primary key
+    // (every row is on its one shard; the key only names the identity).
+    let option_key = table_option(relid, "primary_key")
+        .and_then(|list| list.split(',').next().map(|c| c.trim().to_string()));
+    let shard_key: &str = match shard_key {
+        Some(k) => k,
+        None => option_key
+            .as_deref()
+            .or_else(|| columns.first().map(|c| c.name.as_str()))
+            .unwrap_or_else(|| invalid(format!("{display} has no columns"))),
+    };
     let Some(key) = columns.iter().find(|c| c.name == shard_key) else {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
@@ -124,6 +284,14 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
         )
         .hint("A shard key is smallint, integer, bigint, text, varchar or uuid.")
         .error()
+    }
+    if let Some(g) = &explicit_group {
+        if !same_placement(g.key_type, key.ty) {
+            invalid(format!(
+                "shard key \"{shard_key}\" ({}) is placed differently from the shard key of {} ({}), which {display} is to be co-located with",
+                key.ty, g.display, g.key_type
+            ));
+        }
     }
 
     let primary_key: Vec<String> = match table_option(relid, "primary_key") {
@@ -171,10 +339,58 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
         .error()
     }
 
-    // Round-robin placement over the active nodes.
-    let placement: Vec<&NodeRow> = (0..shard_count as usize)
+    // Round-robin placement over the active nodes, unless the table joins a
+    // group: then its shard i goes where the group's shard i is.
+    let round_robin: Vec<&NodeRow> = (0..shard_count as usize)
         .map(|shard| &nodes[shard % nodes.len()])
         .collect();
+    let group = explicit_group.or_else(|| {
+        (colocate_with == "default")
+            .then(|| {
+                groups(server_id, None).into_iter().find(|g| {
+                    g.shard_count == shard_count
+                        && same_placement(g.key_type, key.ty)
+                        && g.nodes
+                            .iter()
+                            .zip(&round_robin)
+                            .all(|(a, b)| *a == b.node_id)
+                })
+            })
+            .flatten()
+    });
+    let all_nodes;
+    let placement: Vec<&NodeRow> = match &group {
+        None => round_robin,
+        Some(g) => {
+            all_nodes = server_nodes(server_id);
+            g.nodes
+                .iter()
+                .map(|id| {
+                    all_nodes
+                        .iter()
+                        .find(|n| &n.node_id == id)
+                        .unwrap_or_else(|| {
+                            error!(
+                                "conductor: node {id} of {} is not in the catalog",
+                                g.display
+                            )
+                        })
+                })
+                .collect()
+        }
+    };
+    let colocation_id = group.as_ref().map(|g| g.colocation_id);
+    // Where shard tables are created: each shard on its node, or for a
+    // reference table its one shard on every active node.
+    let creations: Vec<(u32, &NodeRow)> = if reference {
+        nodes.iter().map(|n| (0, n)).collect()
+    } else {
+        placement
+            .iter()
+            .enumerate()
+            .map(|(shard, n)| (shard as u32, *n))
+            .collect()
+    };
     let token = token_for(server_id);
     let column_defs: Vec<(&str, ColumnType, bool)> = columns
         .iter()
@@ -198,11 +414,10 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
     // dropped first, in the same remote transactions.
     let mut leftovers: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     for node in &nodes {
-        let names: Vec<String> = placement
+        let names: Vec<String> = creations
             .iter()
-            .enumerate()
             .filter(|(_, n)| n.node_id == node.node_id)
-            .map(|(shard, _)| shard_table_name(&remote_name, shard as u32))
+            .map(|&(shard, _)| shard_table_name(&remote_name, shard))
             .collect();
         leftovers.extend(super::cleanup::take_colliding(
             server_id,
@@ -210,11 +425,11 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
             &names,
         ));
     }
-    for (shard, node) in placement.iter().enumerate() {
-        let table = shard_table_name(&remote_name, shard as u32);
+    for &(shard, node) in &creations {
+        let table = shard_table_name(&remote_name, shard);
         let label = ShardLabel {
             table: display.clone(),
-            shard: shard as u32,
+            shard,
         };
         let work = per_node
             .entry(node.node_id.as_str())
@@ -260,8 +475,9 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
         client.update(
             "INSERT INTO conductor.distributed_table
                  (relid, server_id, remote_name, shard_key, primary_key, shard_count, hash_version,
-                  shard_columns)
-             VALUES ($1, $2, $3, $4::name, $5::name[], $6, $7, $8)",
+                  shard_columns, colocation_id)
+             VALUES ($1, $2, $3, $4::name, $5::name[], $6, $7, $8,
+                     coalesce($9, nextval('conductor.colocation_id_seq')::integer))",
             None,
             &[
                 relid.into(),
@@ -272,6 +488,7 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
                 shard_count.into(),
                 HASH_VERSION.into(),
                 shard_columns.into(),
+                colocation_id.into(),
             ],
         )?;
         client.update(
@@ -289,6 +506,22 @@ fn create_distributed_table(tbl: PgRelation, shard_key: &str, shard_count: defau
                 shard_count.into(),
             ],
         )?;
+        if reference {
+            client.update(
+                "INSERT INTO conductor.reference_placement (relid, server_id, node_id)
+                 SELECT $1, $2, unnest($3::text[])",
+                None,
+                &[
+                    relid.into(),
+                    server_id.into(),
+                    nodes
+                        .iter()
+                        .map(|n| n.node_id.clone())
+                        .collect::<Vec<String>>()
+                        .into(),
+                ],
+            )?;
+        }
         Ok(())
     })
     .unwrap_or_else(|e| error!("conductor: could not record the distributed table: {e}"));
@@ -355,7 +588,10 @@ fn forget_distributed_table(relid: pg_sys::Oid) {
             .select(
                 "SELECT t.remote_name, t.server_id, s.shard_id, n.node_id, n.url
                    FROM conductor.distributed_table t
-                   JOIN conductor.shard s USING (relid)
+                   JOIN (SELECT relid, shard_id, server_id, node_id FROM conductor.shard
+                         UNION
+                         SELECT relid, 0, server_id, node_id FROM conductor.reference_placement) s
+                        USING (relid)
                    JOIN conductor.node n ON n.server_id = s.server_id AND n.node_id = s.node_id
                   WHERE t.relid = $1",
                 None,
@@ -458,4 +694,83 @@ fn forget_server(server_id: pg_sys::Oid) {
         &[server_id.into()],
     )
     .unwrap_or_else(|e| error!("conductor: could not forget the dropped server's nodes: {e}"));
+}
+
+/// A node joins the server: every reference table of the server is copied
+/// to it inside this transaction (its copies are read holding their write
+/// locks, so no write slips between the read and the commit), and the new
+/// node is recorded as one of its copies.
+pub fn copy_reference_tables(server_id: pg_sys::Oid, node_id: &str, url: &str) {
+    let relids = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT DISTINCT relid::oid FROM conductor.reference_placement
+                  WHERE server_id = $1 ORDER BY 1",
+                None,
+                &[server_id.into()],
+            )?
+            .map(|row| Ok(row.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::Oid::INVALID)))
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error!("conductor: could not read reference tables: {e}"));
+    for relid in relids {
+        let topology = cache::table(relid);
+        let all: Vec<usize> = (0..topology.columns.len()).collect();
+        let read = conductor_core::plan::ShardPlan::build(
+            &topology,
+            &[],
+            &[],
+            &conductor_core::plan::StatementKind::Select { columns: all },
+        )
+        .unwrap_or_else(|e| error!("conductor: {e}"));
+        let rows: Vec<Vec<conductor_hrana::Value>> =
+            streams::run_plan(&topology, &read, streams::Access::Write)
+                .into_iter()
+                .flat_map(|(_, r)| r.rows)
+                .collect();
+
+        let mut copy = (*topology).clone();
+        copy.replicas.clear();
+        copy.table.shards[0].node_id = node_id.to_string();
+        copy.table.shards[0].url = url.to_string();
+        let table = copy.shards[0].remote_table.clone();
+        let column_defs: Vec<(&str, ColumnType, bool)> = copy
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                (
+                    c.name.as_str(),
+                    c.ty,
+                    c.not_null || copy.primary_key.contains(&i),
+                )
+            })
+            .collect();
+        let pk: Vec<&str> = copy
+            .primary_key
+            .iter()
+            .map(|&i| copy.columns[i].name.as_str())
+            .collect();
+        let create = conductor_core::plan::ShardPlan {
+            kind: conductor_core::plan::RouteKind::OneShard,
+            reason: format!("a copy of reference table {} for node {node_id}", copy.name),
+            max_keys_per_shard: 0,
+            statements: vec![conductor_core::plan::ShardStatement {
+                shard_id: 0,
+                stmt: Stmt::new(create_table_sql(&table, &column_defs, &pk), vec![]),
+            }],
+        };
+        streams::run_plan(&copy, &create, streams::Access::Write);
+        if !rows.is_empty() {
+            let insert = conductor_core::plan::ShardPlan::insert(&copy, rows)
+                .unwrap_or_else(|e| error!("conductor: {e}"));
+            streams::run_plan(&copy, &insert, streams::Access::Write);
+        }
+        Spi::run_with_args(
+            "INSERT INTO conductor.reference_placement (relid, server_id, node_id)
+             VALUES ($1, $2, $3)",
+            &[relid.into(), server_id.into(), node_id.into()],
+        )
+        .unwrap_or_else(|e| error!("conductor: could not record the copy: {e}"));
+    }
 }

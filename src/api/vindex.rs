@@ -116,6 +116,14 @@ fn vidx_begin(
         )
         .error()
     };
+    if t.is_reference() {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("{display} is a reference table: every node holds all its rows, a read of it visits one node"),
+        )
+        .hint("Use conductor.create_shard_index for a local index on its copies.")
+        .error()
+    }
     if columns.is_empty() {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,

@@ -29,7 +29,7 @@ pub struct PgType {
 
 /// Everything a statement needs to route and ship work for one table: the
 /// core's topology (which it dereferences to) and what only Postgres needs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TableTopology {
     pub relid: pg_sys::Oid,
     pub server_id: pg_sys::Oid,
@@ -40,6 +40,13 @@ pub struct TableTopology {
     pub decimal_aggregates: bool,
     /// Its virtual indexes that writes maintain (building or ready).
     pub virtual_indexes: Vec<VirtualIndex>,
+    /// The co-location group (`conductor.distributed_table.colocation_id`):
+    /// tables of one group have shard i on the same node.
+    pub colocation_id: i32,
+    /// A reference table's copies (`conductor.reference_placement`): its one
+    /// shard on each of these nodes, all written, one read. Empty for a
+    /// distributed table.
+    pub replicas: Vec<ShardLocation>,
 }
 
 impl std::ops::Deref for TableTopology {
@@ -50,6 +57,35 @@ impl std::ops::Deref for TableTopology {
 }
 
 impl TableTopology {
+    pub fn is_reference(&self) -> bool {
+        !self.replicas.is_empty()
+    }
+
+    /// The topology a read uses: of a reference table, with its shard on
+    /// the first copy whose node is not cooling down after failures (the
+    /// catalog's preferred node first).
+    pub fn for_reads(self: &std::rc::Rc<Self>) -> std::rc::Rc<Self> {
+        if !self.is_reference() {
+            return self.clone();
+        }
+        let token = credentials::token_for(self.server_id);
+        let preferred = &self.shards[0];
+        let healthy = |l: &ShardLocation| {
+            crate::health::refusal(&crate::remote::endpoint(l, token.clone()), Some(0)).is_none()
+        };
+        if healthy(preferred) {
+            return self.clone();
+        }
+        match self.replicas.iter().find(|l| healthy(l)) {
+            Some(l) => {
+                let mut t = (**self).clone();
+                t.table.shards[0] = l.clone();
+                std::rc::Rc::new(t)
+            }
+            None => self.clone(),
+        }
+    }
+
     /// The value converter of column `index`.
     ///
     /// # Safety
@@ -113,7 +149,7 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
     Spi::connect(|client| -> Result<Option<TableTopology>, pgrx::spi::Error> {
         let table = client.select(
             "SELECT server_id, remote_name, shard_key::text, shard_count, hash_version,
-                    primary_key::text[]
+                    primary_key::text[], colocation_id
                FROM conductor.distributed_table WHERE relid = $1",
             Some(1),
             &[relid.into()],
@@ -128,6 +164,7 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
         let shard_count: i32 = row.get(4)?.unwrap_or_default();
         let hash_version: i32 = row.get(5)?.unwrap_or(1);
         let primary_key_names: Vec<String> = row.get(6)?.unwrap_or_default();
+        let colocation_id: i32 = row.get(7)?.unwrap_or_default();
 
         let mut columns = Vec::new();
         let mut pg_types = Vec::new();
@@ -183,6 +220,25 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
                 remote_table: shard_table_name(&remote_name, shard_id as u32),
                 status: ShardStatus::from_catalog(&row.get::<String>(4)?.unwrap_or_default())
                     .unwrap_or_else(|| error!("conductor: unknown shard status in the catalog")),
+            });
+        }
+        let mut replicas = Vec::new();
+        let rows = client.select(
+            "SELECT r.node_id, n.url
+               FROM conductor.reference_placement r
+               JOIN conductor.node n USING (server_id, node_id)
+              WHERE r.relid = $1
+              ORDER BY r.node_id",
+            None,
+            &[relid.into()],
+        )?;
+        for row in rows {
+            replicas.push(ShardLocation {
+                shard_id: 0,
+                node_id: row.get(1)?.unwrap_or_default(),
+                url: row.get(2)?.unwrap_or_default(),
+                remote_table: shard_table_name(&remote_name, 0),
+                status: ShardStatus::Active,
             });
         }
         if shards.len() != shard_count as usize
@@ -248,6 +304,8 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
             pg_types,
             decimal_aggregates,
             virtual_indexes,
+            colocation_id,
+            replicas,
         }))
     })
     .unwrap_or_else(|e| error!("conductor: could not read the topology catalog: {e}"))

@@ -39,6 +39,10 @@ pub struct Lowering<'a> {
     /// grouped rows' grouping columns and aggregates, by position), with
     /// the type of their values; the scan's own columns are none.
     outputs: Option<Vec<(*mut pg_sys::Node, ColumnType)>>,
+    /// Lowering the clauses of a join: the inner table and its range-table
+    /// index; its columns follow the outer table's (`plan::JoinQuery`), and
+    /// a comparison of two columns may be pushed.
+    inner: Option<(&'a TableTopology, i32)>,
 }
 
 pub(crate) fn is(node: *const pg_sys::Node, tag: pg_sys::NodeTag) -> bool {
@@ -122,6 +126,21 @@ impl<'a> Lowering<'a> {
             scan_relid: scan_relid as i32,
             params: Vec::new(),
             outputs: None,
+            inner: None,
+        }
+    }
+
+    /// A lowering of the clauses of a join of the outer table `topology`
+    /// (range-table index `outer_relid`) with `inner`.
+    pub fn over_join(
+        topology: &'a TableTopology,
+        outer_relid: u32,
+        inner: &'a TableTopology,
+        inner_relid: u32,
+    ) -> Self {
+        Lowering {
+            inner: Some((inner, inner_relid as i32)),
+            ..Self::new(topology, outer_relid)
         }
     }
 
@@ -166,15 +185,19 @@ impl<'a> Lowering<'a> {
         }
         // SAFETY: tag checked.
         let var = unsafe { &*(node as *mut pg_sys::Var) };
-        if var.varno != self.scan_relid || var.varlevelsup != 0 || var.varattno <= 0 {
+        if var.varlevelsup != 0 || var.varattno <= 0 {
             return None;
         }
-        let index = self
-            .topology
+        let (topology, offset) = match self.inner {
+            _ if var.varno == self.scan_relid => (self.topology, 0),
+            Some((inner, relid)) if var.varno == relid => (inner, self.topology.columns.len()),
+            _ => return None,
+        };
+        let index = topology
             .columns
             .iter()
             .position(|c| c.attnum == var.varattno)?;
-        Some((index, self.topology.columns[index].ty))
+        Some((offset + index, topology.columns[index].ty))
     }
 
     /// Whether an expression mentions a column of this scan.
@@ -189,7 +212,8 @@ impl<'a> Lowering<'a> {
                 .any(|v| {
                     let var = &*(v as *mut pg_sys::Var);
                     is(v, pg_sys::NodeTag::T_Var)
-                        && var.varno == self.scan_relid
+                        && (var.varno == self.scan_relid
+                            || self.inner.is_some_and(|(_, relid)| var.varno == relid))
                         && var.varlevelsup == 0
                 })
         }
@@ -301,6 +325,23 @@ impl<'a> Lowering<'a> {
             return unsafe { self.like(left, right, negated, op.inputcollid) };
         }
         let cmp = pushdown::comparison(&name)?;
+        if self.inner.is_some() {
+            if let (Some((l, lt)), Some((r, rt))) =
+                unsafe { (self.column(left), self.column(right)) }
+            {
+                return pushdown::columns_comparison_pushable(
+                    lt,
+                    rt,
+                    cmp,
+                    collation_class(op.inputcollid),
+                )
+                .then_some(Pred::Columns {
+                    left: l,
+                    op: cmp,
+                    right: r,
+                });
+            }
+        }
         // column op value, or value op column (commuted).
         let (column, column_ty, value_node, cmp) = match unsafe { self.column(left) } {
             Some((c, t)) => (c, t, right, cmp),

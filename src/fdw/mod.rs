@@ -3,6 +3,7 @@
 
 pub mod analyze;
 pub mod direct;
+pub mod join;
 pub mod lower;
 pub mod modify;
 pub mod options;
@@ -63,6 +64,7 @@ fn conductor_fdw_handler() -> PgBox<pg_sys::FdwRoutine> {
     routine.EndForeignScan = Some(scan::end_foreign_scan);
     routine.ExplainForeignScan = Some(scan::explain_foreign_scan);
     routine.GetForeignUpperPaths = Some(upper::get_foreign_upper_paths);
+    routine.GetForeignJoinPaths = Some(join::get_foreign_join_paths);
 
     routine.AddForeignUpdateTargets = Some(modify::add_foreign_update_targets);
     routine.PlanForeignModify = Some(modify::plan_foreign_modify);

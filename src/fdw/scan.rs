@@ -53,6 +53,10 @@ pub struct ScanPlan {
     /// Stages of the query above the scan that stay in Postgres, and why.
     #[serde(default)]
     pub not_pushed: Vec<String>,
+    /// A pushed join (`join.rs`): then `retrieved` numbers the scan
+    /// tuple's columns and `pushed` is empty; the join says what runs.
+    #[serde(default)]
+    pub join: Option<super::join::JoinSpec>,
 }
 
 impl ScanPlan {
@@ -342,6 +346,9 @@ pub unsafe extern "C-unwind" fn get_foreign_plan(
         if (*baserel).reloptkind == pg_sys::RelOptKind::RELOPT_UPPER_REL {
             return super::upper::get_foreign_plan(_best_path, tlist, outer_plan);
         }
+        if (*baserel).reloptkind == pg_sys::RelOptKind::RELOPT_JOINREL {
+            return super::join::get_foreign_plan(_best_path, tlist, outer_plan);
+        }
         let scan_relid = (*baserel).relid;
         let topology = cache::table(rte_relid(root, scan_relid));
         let mut lowering = Lowering::new(&topology, scan_relid);
@@ -379,6 +386,7 @@ pub unsafe extern "C-unwind" fn get_foreign_plan(
             pushed,
             params: lowering.params.iter().map(|(_, s)| *s).collect(),
             not_pushed: super::upper::not_pushed_reasons(baserel),
+            join: None,
         };
         let fdw_private = super::private_from(&plan);
         pg_sys::make_foreignscan(
@@ -410,7 +418,11 @@ enum Phase {
 /// fails, deleting that context drops it, which drops the executor handle
 /// and with it every in-flight request.
 struct ScanState {
+    /// The scanned table; of a pushed join, the outer table (whose shard
+    /// locations are the inner table's too).
     topology: Rc<TableTopology>,
+    /// The inner table of a pushed join.
+    inner: Option<Rc<TableTopology>>,
     plan: ScanPlan,
     statement: StatementKind,
     codecs: Vec<ColumnCodec>,
@@ -446,8 +458,18 @@ impl ScanState {
     /// shard's query.
     unsafe fn start(&mut self) {
         let bindings = unsafe { eval_bindings(&self.params, &self.plan.params, self.econtext) };
-        let topology = self.topology.clone();
-        let plan = bound_plan(&topology, &self.plan.pushed, &bindings, &self.statement);
+        let topology = self.topology.for_reads();
+        let plan = match (&self.inner, &self.plan.join) {
+            (Some(inner), Some(join)) => ShardPlan::join(&topology, inner, &join.query, &bindings)
+                .unwrap_or_else(|e| {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_FDW_ERROR,
+                        format!("conductor: cannot build the shard statements: {e}"),
+                    )
+                    .error()
+                }),
+            _ => bound_plan(&topology, &self.plan.pushed, &bindings, &self.statement),
+        };
         if let Some(policy) = self.row_lock {
             refuse_lock_policy(policy, &topology.name);
         }
@@ -471,6 +493,9 @@ impl ScanState {
             return;
         }
         stats::count_shard_requests(topology.relid, plan.shard_ids().into_iter());
+        if let Some(inner) = self.inner.as_ref().filter(|t| !t.is_reference()) {
+            stats::count_shard_requests(inner.relid, plan.shard_ids().into_iter());
+        }
         // Key values that are the whole primary key match at most one row
         // each: such a lookup is fetched in one request, not streamed.
         let bounded = plan.max_keys_per_shard > 0
@@ -513,6 +538,17 @@ impl ScanState {
             out.push_back((shard, r.rows));
         }
         out
+    }
+
+    /// The shard plan as far as planning decides it (EXPLAIN before
+    /// execution).
+    fn template(&self) -> ShardPlan {
+        match (&self.inner, &self.plan.join) {
+            (Some(inner), Some(join)) => {
+                ShardPlan::join_template(&self.topology, inner, &join.query)
+            }
+            _ => ShardPlan::template(&self.topology, &self.plan.pushed, &self.statement),
+        }
     }
 
     fn finish(&mut self) {
@@ -657,17 +693,44 @@ pub unsafe extern "C-unwind" fn begin_foreign_scan(
             return super::upper::begin_foreign_scan(node);
         }
         let plan_node = (*node).ss.ps.plan as *mut pg_sys::ForeignScan;
-        let relid = (*(*node).ss.ss_currentRelation).rd_id;
-        let topology = cache::table(relid);
         let plan: ScanPlan = super::private_to((*plan_node).fdw_private);
-        let statement = plan.statement(&topology);
-        let StatementKind::Select { columns } = &statement else {
-            unreachable!("a scan selects")
+        let (topology, inner, statement, codecs) = match &plan.join {
+            Some(join) => {
+                let outer = cache::table(pg_sys::Oid::from(join.outer));
+                let inner = cache::table(pg_sys::Oid::from(join.inner));
+                let n = outer.columns.len();
+                let codecs = join
+                    .query
+                    .outputs
+                    .iter()
+                    .map(|&c| {
+                        if c < n {
+                            outer.codec(c)
+                        } else {
+                            inner.codec(c - n)
+                        }
+                    })
+                    .collect();
+                let statement = StatementKind::Select {
+                    columns: Vec::new(),
+                };
+                (outer, Some(inner), statement, codecs)
+            }
+            None => {
+                let relid = (*(*node).ss.ss_currentRelation).rd_id;
+                let topology = cache::table(relid);
+                let statement = plan.statement(&topology);
+                let StatementKind::Select { columns } = &statement else {
+                    unreachable!("a scan selects")
+                };
+                let codecs = columns.iter().map(|&i| topology.codec(i)).collect();
+                (topology, None, statement, codecs)
+            }
         };
-        let codecs = columns.iter().map(|&i| topology.codec(i)).collect();
         let params = init_params((*plan_node).fdw_exprs, node.cast());
         let state = ScanState {
             topology,
+            inner,
             plan,
             statement,
             codecs,
@@ -922,13 +985,24 @@ pub unsafe extern "C-unwind" fn explain_foreign_scan(
         let plan = match &state.last_plan {
             Some(p) => p.clone(),
             None => {
-                let mut p =
-                    ShardPlan::template(&state.topology, &state.plan.pushed, &state.statement);
-                crate::vindex::annotate(&state.topology, &state.plan.pushed, &mut p);
+                let mut p = state.template();
+                // A pushed join is routed by its shard keys only.
+                if state.plan.join.is_none() {
+                    crate::vindex::annotate(&state.topology, &state.plan.pushed, &mut p);
+                }
                 p
             }
         };
-        explain_plan(&state.topology, &plan, state.plan.params.len(), "", es);
+        if let (Some(inner), Some(join)) = (&state.inner, &state.plan.join) {
+            explain_text(
+                c"Join",
+                &super::join::describe(join, &state.topology, inner),
+                es,
+            );
+        }
+        let mut tables = vec![&*state.topology];
+        tables.extend(state.inner.as_deref());
+        explain_plan_tables(&tables, &plan, state.plan.params.len(), "", es);
         if !state.plan.not_pushed.is_empty() {
             explain_text(c"Not pushed", &state.plan.not_pushed.join("; "), es);
         }
@@ -968,6 +1042,23 @@ pub unsafe fn explain_plan(
     suffix: &str,
     es: *mut pg_sys::ExplainState,
 ) {
+    // SAFETY: per the contract.
+    unsafe { explain_plan_tables(&[topology], plan, params, suffix, es) }
+}
+
+/// [`explain_plan`] of a plan whose statements name a shard of each of
+/// `tables` (the first one's locations): a pushed join.
+///
+/// # Safety
+/// `es` is the running EXPLAIN's state.
+pub unsafe fn explain_plan_tables(
+    tables: &[&TableTopology],
+    plan: &ShardPlan,
+    params: usize,
+    suffix: &str,
+    es: *mut pg_sys::ExplainState,
+) {
+    let topology = tables[0];
     let shards = match plan.kind {
         RouteKind::AtExecution if plan.reason.contains("through virtual index") => format!(
             "{}, of {} on {} nodes{suffix}",
@@ -990,12 +1081,18 @@ pub unsafe fn explain_plan(
         }
         // Values travel as arguments: the text shows `?` placeholders.
         let generic = |s: &conductor_core::plan::ShardStatement| {
-            let table = &topology.shards[s.shard_id as usize].remote_table;
-            s.stmt
-                .sql
-                .clone()
-                .unwrap_or_default()
-                .replace(&conductor_core::remote_sql::quote_ident(table), "<shard>")
+            let mut sql = s.stmt.sql.clone().unwrap_or_default();
+            for t in tables {
+                // A reference table's one shard is joined with every shard.
+                let i = if t.shards.len() == 1 {
+                    0
+                } else {
+                    s.shard_id as usize
+                };
+                let table = &t.shards[i].remote_table;
+                sql = sql.replace(&conductor_core::remote_sql::quote_ident(table), "<shard>");
+            }
+            sql
         };
         let Some(first) = plan.statements.first() else {
             return; // no shard: nothing is sent

@@ -29,7 +29,7 @@ use crate::catalog::{cache, TableTopology};
 use crate::convert::{column_type_of, ColumnCodec};
 use crate::errors::raise;
 use crate::fdw::lower::{collation_class, Lowering, ParamSpec};
-use crate::fdw::scan::{eval_bindings, explain_plan, explain_text, init_params};
+use crate::fdw::scan::{eval_bindings, explain_text, init_params};
 use crate::remote;
 use crate::stats;
 use crate::xact::streams;
@@ -39,7 +39,7 @@ use conductor_core::plan::{
     LimitError, LimitSpec, LimitValues, PushedQuery, RemoteExpr, RouteKind, ShardPlan, SortKey,
     StatementKind,
 };
-use conductor_core::predicate::{Operand, Pred};
+use conductor_core::predicate::{Binding, Operand, Pred};
 use conductor_core::pushdown;
 use conductor_core::types::{ColumnType, TypedValue};
 use conductor_hrana::Value;
@@ -95,6 +95,10 @@ pub struct UpperPlan {
     /// (for EXPLAIN).
     #[serde(default)]
     pub local: Vec<String>,
+    /// Over a pushed join: `query` reads the join's column space (the
+    /// outer table's columns, then the inner's) and `pushed` is empty.
+    #[serde(default)]
+    pub join: Option<super::join::JoinSpec>,
 }
 
 use crate::fdw::lower::{is, list_nodes as nodes, strip_relabel};
@@ -102,12 +106,22 @@ use crate::fdw::scan::{reachable_queries, warn_skipped};
 
 /// The base relation an upper path would replace the scan of.
 struct Base {
+    /// The table; over a pushed join, both tables as one (`join::combined`).
     topology: Rc<TableTopology>,
     relid: u32,
+    join: Option<JoinBase>,
     pushed: Vec<Pred>,
     params: Vec<(*mut pg_sys::Expr, ParamSpec)>,
     rows: f64,
     shards: usize,
+}
+
+/// A pushed join under the upper path.
+struct JoinBase {
+    spec: super::join::JoinSpec,
+    outer: Rc<TableTopology>,
+    inner: Rc<TableTopology>,
+    inner_relid: u32,
 }
 
 impl Base {
@@ -119,14 +133,23 @@ impl Base {
         }
         // SAFETY: tag checked.
         let var = unsafe { &*(node as *mut pg_sys::Var) };
-        if var.varno as u32 != self.relid || var.varlevelsup != 0 || var.varattno <= 0 {
+        if var.varlevelsup != 0 || var.varattno <= 0 {
             return None;
         }
-        let index = self
-            .topology
-            .columns
-            .iter()
-            .position(|c| c.attnum == var.varattno)?;
+        // The columns of the relation the Var is of, in the topology.
+        let range = match &self.join {
+            _ if var.varno as u32 == self.relid => {
+                0..self.topology.columns.len()
+                    - self.join.as_ref().map_or(0, |j| j.inner.columns.len())
+            }
+            Some(j) if var.varno as u32 == j.inner_relid => {
+                j.outer.columns.len()..self.topology.columns.len()
+            }
+            _ => return None,
+        };
+        let index = range
+            .clone()
+            .find(|&i| self.topology.columns[i].attnum == var.varattno)?;
         Some((index, self.topology.columns[index].ty))
     }
 
@@ -135,7 +158,16 @@ impl Base {
     /// None when any part of it would stay local.
     unsafe fn lower(&mut self, clause: *mut pg_sys::Node) -> Option<Vec<Pred>> {
         let topology = self.topology.clone();
-        let mut lowering = Lowering::new(&topology, self.relid);
+        let sides = self
+            .join
+            .as_ref()
+            .map(|j| (j.outer.clone(), j.inner.clone(), j.inner_relid));
+        let mut lowering = match &sides {
+            Some((outer, inner, inner_relid)) => {
+                Lowering::over_join(outer, self.relid, inner, *inner_relid)
+            }
+            None => Lowering::new(&topology, self.relid),
+        };
         lowering.params = std::mem::take(&mut self.params);
         let mut preds = Vec::new();
         let mut ok = true;
@@ -178,6 +210,9 @@ unsafe fn base(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo) -> 
     // SAFETY: planner structures valid during the callback.
     unsafe {
         let parse = (*root).parse;
+        if !rel.is_null() && (*rel).reloptkind == pg_sys::RelOptKind::RELOPT_JOINREL {
+            return join_base(root, rel);
+        }
         if rel.is_null()
             || (*rel).reloptkind != pg_sys::RelOptKind::RELOPT_BASEREL
             || (*parse).commandType != pg_sys::CmdType::CMD_SELECT
@@ -220,8 +255,61 @@ unsafe fn base(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo) -> 
             relid: rti,
             rows: (*rel).rows,
             topology,
+            join: None,
             pushed,
             params,
+            shards,
+        })
+    }
+}
+
+/// A SELECT over a join pushed to the shards whose conditions all went to
+/// the nodes (a local one must run before the aggregates), or None.
+unsafe fn join_base(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo) -> Option<Base> {
+    // SAFETY: planner structures valid during the callback.
+    unsafe {
+        let parse = (*root).parse;
+        if (*parse).commandType != pg_sys::CmdType::CMD_SELECT
+            || !(*parse).rowMarks.is_null()
+            || (*parse).hasTargetSRFs
+            || !pg_sys::bms_is_empty((*rel).lateral_relids)
+        {
+            return None;
+        }
+        let (plan, exprs, local) = super::join::pushed_join(rel)?;
+        let spec = plan.join?;
+        if local {
+            not_pushed(
+                root,
+                "aggregates: a condition of the join stays in Postgres and must run first",
+            );
+            return None;
+        }
+        let (outer_rti, inner_rti) = spec.rtis;
+        if !pg_sys::bms_is_member(outer_rti as i32, (*rel).relids)
+            || !pg_sys::bms_is_member(inner_rti as i32, (*rel).relids)
+        {
+            return None;
+        }
+        let outer = cache::try_table(pg_sys::Oid::from(spec.outer))?;
+        let inner = cache::try_table(pg_sys::Oid::from(spec.inner))?;
+        let template = ShardPlan::join_template(&outer, &inner, &spec.query);
+        let shards = match template.kind {
+            RouteKind::AtExecution => 1,
+            _ => template.statements.len(),
+        };
+        Some(Base {
+            topology: Rc::new(super::join::combined(&outer, &inner)),
+            relid: outer_rti,
+            join: Some(JoinBase {
+                spec,
+                outer,
+                inner,
+                inner_relid: inner_rti,
+            }),
+            pushed: Vec::new(),
+            params: exprs.into_iter().zip(plan.params).collect(),
+            rows: (*rel).rows,
             shards,
         })
     }
@@ -635,6 +723,7 @@ unsafe fn add_grouping_path(
             merge: Vec::new(),
             slots,
             local: Vec::new(),
+            join: base.join.as_ref().map(|j| j.spec.clone()),
         };
         // Every group on one shard: the HAVING clauses the rulebook passes
         // run on the shards (a shard's count/min/max/bool value is the
@@ -816,6 +905,7 @@ unsafe fn add_plain_path(
             merge,
             slots: (0..columns.len()).collect(),
             local: Vec::new(),
+            join: None,
         };
         let pathkeys = if keys.is_empty() {
             std::ptr::null_mut()
@@ -1486,7 +1576,10 @@ impl Merger {
 }
 
 struct UpperState {
+    /// The table; over a pushed join, both as one (`join::combined`).
     topology: Rc<TableTopology>,
+    /// Over a pushed join: the outer and the inner table.
+    sides: Option<(Rc<TableTopology>, Rc<TableTopology>)>,
     plan: UpperPlan,
     /// Per scan-tuple column; None for avg of integers or numeric (built
     /// by numeric division).
@@ -1512,7 +1605,10 @@ struct UpperState {
 /// `node` is a ForeignScanState of this wrapper.
 pub unsafe fn is_upper(node: *mut pg_sys::ForeignScanState) -> bool {
     // SAFETY: per the contract.
-    unsafe { (*((*node).ss.ps.plan as *mut pg_sys::Scan)).scanrelid == 0 }
+    unsafe {
+        let plan = (*node).ss.ps.plan as *mut pg_sys::ForeignScan;
+        (*plan).scan.scanrelid == 0 && !super::join::is_join_scan(plan)
+    }
 }
 
 unsafe fn state<'a>(node: *mut pg_sys::ForeignScanState) -> &'a mut UpperState {
@@ -1528,7 +1624,16 @@ pub unsafe fn begin_foreign_scan(node: *mut pg_sys::ForeignScanState) {
         let fscan = (*node).ss.ps.plan as *mut pg_sys::ForeignScan;
         let plan = plan_of(fscan)
             .unwrap_or_else(|| error!("conductor: foreign scan plan without conductor data"));
-        let topology = cache::table(pg_sys::Oid::from(plan.relid));
+        let sides = plan.join.as_ref().map(|j| {
+            (
+                cache::table(pg_sys::Oid::from(j.outer)),
+                cache::table(pg_sys::Oid::from(j.inner)),
+            )
+        });
+        let topology = match &sides {
+            Some((outer, inner)) => Rc::new(super::join::combined(outer, inner)),
+            None => cache::table(pg_sys::Oid::from(plan.relid)),
+        };
         let mut codecs = Vec::new();
         for (i, tle) in PgList::<pg_sys::TargetEntry>::from_pg((*fscan).fdw_scan_tlist)
             .iter_ptr()
@@ -1558,6 +1663,7 @@ pub unsafe fn begin_foreign_scan(node: *mut pg_sys::ForeignScanState) {
         let params = init_params((*fscan).fdw_exprs, node.cast());
         let state = UpperState {
             topology,
+            sides,
             plan,
             codecs,
             params,
@@ -1587,9 +1693,29 @@ fn merge_error(e: impl std::fmt::Display) -> ! {
 }
 
 impl UpperState {
+    /// What every shard runs, with the statement's parameters bound
+    /// (`None`: the template, for EXPLAIN before execution).
+    fn shard_plan(&self, topology: &TableTopology, bindings: Option<&[Binding]>) -> ShardPlan {
+        let kind = StatementKind::Pushed(self.plan.query.clone());
+        match (&self.sides, &self.plan.join, bindings) {
+            (Some((outer, inner)), Some(join), b) => {
+                ShardPlan::join_pushed(outer, inner, &join.query, &self.plan.query, b)
+                    .unwrap_or_else(|e| {
+                        raise(
+                            PgSqlErrorCode::ERRCODE_FDW_ERROR,
+                            format!("conductor: cannot build the shard statements: {e}"),
+                        )
+                        .error()
+                    })
+            }
+            (_, _, Some(b)) => crate::fdw::scan::bound_plan(topology, &self.plan.pushed, b, &kind),
+            (_, _, None) => ShardPlan::template(topology, &self.plan.pushed, &kind),
+        }
+    }
+
     unsafe fn start(&mut self) {
         let bindings = unsafe { eval_bindings(&self.params, &self.plan.params, self.econtext) };
-        let topology = self.topology.clone();
+        let topology = self.topology.for_reads();
         let limit = self
             .plan
             .query
@@ -1616,8 +1742,7 @@ impl UpperState {
         self.to_skip = offset;
         self.to_return = count;
         self.ready.clear();
-        let kind = StatementKind::Pushed(self.plan.query.clone());
-        let plan = crate::fdw::scan::bound_plan(&topology, &self.plan.pushed, &bindings, &kind);
+        let plan = self.shard_plan(&topology, Some(&bindings));
         let shards = plan.shard_ids();
         self.merger = if !self.plan.aggs.is_empty() || self.plan.upper == UpperKind::Aggregate {
             let groups = GroupMerge::new(self.plan.n_group, self.plan.aggs.clone());
@@ -1657,6 +1782,11 @@ impl UpperState {
             return;
         }
         stats::count_shard_requests(topology.relid, shards.iter().copied());
+        if let (Some((_, inner)), Some(join)) = (&self.sides, &self.plan.join) {
+            if !join.query.inner_reference {
+                stats::count_shard_requests(inner.relid, shards.iter().copied());
+            }
+        }
         let (queries, refused) = reachable_queries(&topology, &plan);
         for err in refused {
             if let Some(shard) = err.shard_id {
@@ -1912,12 +2042,14 @@ pub unsafe fn explain_foreign_scan(
     // SAFETY: our state and the explain state.
     unsafe {
         let state = state(node);
-        let kind = StatementKind::Pushed(state.plan.query.clone());
         let plan = match &state.last_plan {
             Some(p) => p.clone(),
             None => {
-                let mut p = ShardPlan::template(&state.topology, &state.plan.pushed, &kind);
-                crate::vindex::annotate(&state.topology, &state.plan.pushed, &mut p);
+                let mut p = state.shard_plan(&state.topology, None);
+                // A pushed join is routed by its shard keys only.
+                if state.plan.join.is_none() {
+                    crate::vindex::annotate(&state.topology, &state.plan.pushed, &mut p);
+                }
                 p
             }
         };
@@ -1934,8 +2066,15 @@ pub unsafe fn explain_foreign_scan(
             ),
             es,
         );
+        if let (Some((outer, inner)), Some(join)) = (&state.sides, &state.plan.join) {
+            explain_text(c"Join", &super::join::describe(join, outer, inner), es);
+        }
         explain_text(c"Pushed", &state.plan.describe(&state.topology), es);
-        explain_plan(&state.topology, &plan, state.plan.params.len(), "", es);
+        let mut tables = vec![&*state.topology];
+        if let Some((_, inner)) = &state.sides {
+            tables.push(inner);
+        }
+        crate::fdw::scan::explain_plan_tables(&tables, &plan, state.plan.params.len(), "", es);
         if (*es).analyze {
             for s in &state.shard_stats {
                 let ms = s.elapsed.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);

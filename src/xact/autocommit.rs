@@ -61,6 +61,9 @@ pub unsafe fn statement_is_alone(
 /// Run `plan` as one self-contained request when all of it is on one node;
 /// `None` (nothing sent) when it spans several nodes.
 pub fn run_alone(topology: &TableTopology, plan: &ShardPlan) -> Option<Vec<(u32, StmtResult)>> {
+    if topology.is_reference() {
+        return None; // every copy is written, in the transaction's streams
+    }
     let by_node = plan.by_node(topology);
     let [node] = &by_node[..] else {
         return None;

@@ -56,8 +56,30 @@ pub fn run_plan(
     let token = crate::catalog::credentials::token_for(topology.server_id);
     let server = topology.server_id.to_u32();
     let mut shards: Vec<Vec<u32>> = Vec::new();
-    let work: Vec<NodeWork> = plan
-        .by_node(topology)
+    // A reference table's statements go to every copy when they write, in
+    // this transaction's remote transaction on each node, so all copies
+    // commit or none does (as far as the nodes' commits allow); a read
+    // goes to the one copy the topology names.
+    let by_node = plan.by_node(topology);
+    let copies: Vec<conductor_core::plan::NodeStatements> =
+        if topology.is_reference() && access == Access::Write {
+            let statements: Vec<_> = by_node.into_iter().flat_map(|n| n.statements).collect();
+            topology
+                .replicas
+                .iter()
+                .map(|location| conductor_core::plan::NodeStatements {
+                    location,
+                    statements: statements.clone(),
+                })
+                .collect()
+        } else {
+            by_node
+        };
+    let first_copy = topology.is_reference() && access == Access::Write;
+    if first_copy {
+        REFERENCE_WRITTEN.with(|f| f.set(true));
+    }
+    let work: Vec<NodeWork> = copies
         .into_iter()
         .map(|node| {
             shards.push(node.statements.iter().map(|s| s.shard_id).collect());
@@ -88,9 +110,12 @@ pub fn run_plan(
         .collect();
     crate::stats::count_shard_requests(topology.relid, plan.shard_ids().into_iter());
     let mut out = Vec::with_capacity(plan.statements.len());
-    for (result, shards) in run(work).into_iter().zip(shards) {
+    for (i, (result, shards)) in run(work).into_iter().zip(shards).enumerate() {
         let results = result.unwrap_or_else(|e| remote::report_shard_error(&e));
-        out.extend(shards.into_iter().zip(results));
+        // Every copy ran the same statements: one copy's results count.
+        if !first_copy || i == 0 {
+            out.extend(shards.into_iter().zip(results));
+        }
     }
     out
 }
@@ -148,6 +173,9 @@ thread_local! {
     /// transaction commits before node b's (a holds virtual index entries of
     /// rows on b: docs/ARCHITECTURE.md, Virtual indexes).
     static ORDER: RefCell<BTreeSet<(NodeKey, NodeKey)>> = const { RefCell::new(BTreeSet::new()) };
+    /// The transaction wrote a reference table: its copies must commit on
+    /// every node or on none, so every node is asked first (commit_all).
+    static REFERENCE_WRITTEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Whether `to` is reachable from `from` over the recorded commit order.
@@ -592,6 +620,9 @@ pub fn commit_all() {
         .detail("Nothing of this transaction was committed on any node.")
         .error(),
     }
+    if REFERENCE_WRITTEN.with(|f| f.replace(false)) {
+        check_writers_alive();
+    }
     let streams = STREAMS.with(|s| std::mem::take(&mut *s.borrow_mut()));
     if streams.is_empty() {
         ORDER.with(|o| o.borrow_mut().clear());
@@ -752,11 +783,58 @@ pub fn commit_all() {
     .error()
 }
 
+/// Before the COMMITs of a transaction that wrote a reference table: one
+/// round trip on every node's write transaction, so that a node that
+/// stopped answering fails the transaction while no node has committed
+/// (the copies then stay equal). A node that fails between this answer
+/// and its COMMIT is the window no protocol without two-phase commit
+/// closes; the WARNING of commit_all names it.
+fn check_writers_alive() {
+    let probes: Vec<NodeWork> = STREAMS.with(|s| {
+        s.borrow()
+            .iter()
+            .filter(|(_, st)| st.access == Access::Write && st.lost.is_none())
+            .map(|(key, st)| NodeWork {
+                access: Access::Write,
+                lock_table: None,
+                key: key.clone(),
+                endpoint: st.endpoint.clone(),
+                stmts: vec![(
+                    ShardLabel {
+                        table: "a reference table's copy".into(),
+                        shard: 0,
+                    },
+                    Stmt::new("SELECT 1", vec![]),
+                )],
+            })
+            .collect()
+    });
+    if probes.len() < 2 {
+        return;
+    }
+    for result in run(probes) {
+        if let Err(e) = result {
+            raise(
+                PgSqlErrorCode::ERRCODE_FDW_ERROR,
+                format!(
+                    "conductor: node {} did not answer before COMMIT",
+                    e.node_id
+                ),
+            )
+            .detail(format!(
+                "The transaction wrote a reference table, whose copies commit on every node or none; nothing was committed on any node. {e}"
+            ))
+            .error()
+        }
+    }
+}
+
 /// Abort: roll every node back. Runs while the transaction ends, so it
 /// never raises an error; a node that cannot be reached rolls back by
 /// itself when the stream expires.
 pub fn rollback_all() {
     ORDER.with(|o| o.borrow_mut().clear());
+    REFERENCE_WRITTEN.with(|f| f.set(false));
     let streams = STREAMS.with(|s| std::mem::take(&mut *s.borrow_mut()));
     let requests: Vec<ShardRequest> = streams
         .into_values()

@@ -12,12 +12,15 @@
 //! with "no such column" instead of returning the column's name as its value.
 
 use crate::placement::{shard_for, KeyValue};
-use crate::predicate::{deparse, deparse_template, Binding, DeparseError, Operand, Pred};
+use crate::predicate::{
+    deparse, deparse_refs, deparse_refs_template, deparse_template, Binding, DeparseError, Operand,
+    Pred,
+};
 use crate::remote_sql::{
     count_sql, delete_sql, insert_do_nothing_sql, insert_sql, key_match_sql, max_rows_per_insert,
     qualified_column, quote_ident, sample_sql, select_sql, update_sql,
 };
-use crate::router::{route, Route};
+use crate::router::{route, Route, ShardKey};
 use crate::topology::{ShardLocation, Topology};
 use crate::types::TypedValue;
 use crate::types::{uuid_from_text, ColumnType};
@@ -357,18 +360,31 @@ impl PushedQuery {
         where_sql: Option<&str>,
         bindings: Option<&[Binding]>,
     ) -> Result<PushedSql, DeparseError> {
-        let col = |c: usize| qualified_column(table, &topology.columns[c].name);
-        let names = topology.column_names();
+        let refs: Vec<String> = topology
+            .columns
+            .iter()
+            .map(|c| qualified_column(table, &c.name))
+            .collect();
+        self.render_from(&refs, &quote_ident(table), where_sql, bindings)
+    }
+
+    /// [`PushedQuery::render`] over any FROM clause (a table, a pushed
+    /// join), its columns given as their SQL references.
+    fn render_from(
+        &self,
+        refs: &[String],
+        from: &str,
+        where_sql: Option<&str>,
+        bindings: Option<&[Binding]>,
+    ) -> Result<PushedSql, DeparseError> {
+        let col = |c: usize| refs[c].clone();
         let mut leading = Vec::new();
         let mut trailing = Vec::new();
         let mut filter_sql = Vec::with_capacity(self.filters.len());
         for f in &self.filters {
             filter_sql.push(match bindings {
-                Some(b) => {
-                    let (sql, args) = deparse(f, table, &names, b)?;
-                    (sql, args)
-                }
-                None => (deparse_template(f, table, &names), Vec::new()),
+                Some(b) => deparse_refs(f, refs, b)?,
+                None => (deparse_refs_template(f, refs), Vec::new()),
             });
         }
         let wrap = !self.having.is_empty();
@@ -399,7 +415,7 @@ impl PushedQuery {
             } else {
                 exprs.join(", ")
             },
-            quote_ident(table)
+            from
         );
         if let Some(w) = where_sql {
             sql.push_str(" WHERE ");
@@ -463,6 +479,175 @@ impl PushedQuery {
             leading,
             trailing,
         })
+    }
+}
+
+/// How the two tables of a pushed join are joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinType {
+    Inner,
+    /// Every row of the outer table, with NULLs where no inner row matches.
+    Left,
+}
+
+/// A join of two co-located tables run per shard as one SQL join: shard i
+/// of the outer table joined with shard i of the inner one, on the node
+/// that holds both. Columns are numbered over the join: the outer table's
+/// columns first (`0..n`), then the inner table's (`n + i`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinQuery {
+    pub join_type: JoinType,
+    /// The SELECT list (join column numbers); none selects one NULL.
+    pub outputs: Vec<usize>,
+    /// The ON condition: the join clauses and, for a LEFT join, the inner
+    /// table's own restriction (which filters inner rows before the join).
+    pub on: Vec<Pred>,
+    /// The WHERE clause: every other pushed condition.
+    pub filter: Vec<Pred>,
+    /// The inner table is a reference table: its one shard is on every
+    /// node, so shard i of the outer table joins with it there, and its key
+    /// says nothing about the outer table's shards.
+    #[serde(default)]
+    pub inner_reference: bool,
+}
+
+/// Alias of the outer table in a join's SQL (a self-join names one table
+/// twice, so columns are qualified by alias, never by table).
+pub const JOIN_OUTER_ALIAS: &str = "r1";
+pub const JOIN_INNER_ALIAS: &str = "r2";
+
+impl JoinQuery {
+    /// The conditions whose shard-key constraints decide which shards can
+    /// have result rows: all of them for an inner join; for a LEFT join only
+    /// the WHERE (an ON condition never removes an outer row).
+    fn routing(&self) -> Vec<Pred> {
+        let mut preds = self.filter.clone();
+        if self.join_type == JoinType::Inner {
+            preds.extend(self.on.iter().cloned());
+        }
+        preds
+    }
+
+    fn keys<'a>(outer: &'a Topology, inner: &'a Topology) -> [ShardKey<'a>; 2] {
+        let mut inner_key = inner.shard_key();
+        inner_key.column += outer.columns.len();
+        [outer.shard_key(), inner_key]
+    }
+
+    /// The route: the intersection of what the outer and the inner shard key
+    /// admit (the join's key equality makes them equal on every result row),
+    /// and which key's IN lists may be split per shard (the one that alone
+    /// decided the route: 0 outer, 1 inner).
+    fn route(
+        &self,
+        outer: &Topology,
+        inner: &Topology,
+        bindings: &[Binding],
+    ) -> Result<(Route, Option<usize>), DeparseError> {
+        let preds = self.routing();
+        let [ok, ik] = Self::keys(outer, inner);
+        let a = route(&preds, &ok, bindings)?;
+        if self.inner_reference {
+            return Ok((a, Some(0)));
+        }
+        let b = route(&preds, &ik, bindings)?;
+        Ok(match (a.restricted, b.restricted) {
+            (true, false) => (a, Some(0)),
+            (false, _) => (b, Some(1)),
+            (true, true) => (
+                Route {
+                    shards: a
+                        .shards
+                        .into_iter()
+                        .filter(|(s, _)| b.shards.contains_key(s))
+                        .collect(),
+                    restricted: true,
+                    reason: format!("{} and {}", a.reason, b.reason),
+                },
+                None,
+            ),
+        })
+    }
+
+    /// The conjuncts of `list` shard `shard` runs: when one key decided the
+    /// route, its IN lists keep only the values that live there (only in
+    /// the conditions the route was computed from).
+    fn shard_list(
+        &self,
+        list: &[Pred],
+        routed: bool,
+        keys: [ShardKey; 2],
+        route: &(Route, Option<usize>),
+        shard: u32,
+    ) -> Vec<Pred> {
+        match route.1 {
+            Some(k) if routed => route.0.shard_preds(list, &keys[k], shard),
+            _ => list.to_vec(),
+        }
+    }
+
+    fn refs(outer: &Topology, inner: &Topology) -> Vec<String> {
+        outer
+            .columns
+            .iter()
+            .map(|c| qualified_column(JOIN_OUTER_ALIAS, &c.name))
+            .chain(
+                inner
+                    .columns
+                    .iter()
+                    .map(|c| qualified_column(JOIN_INNER_ALIAS, &c.name)),
+            )
+            .collect()
+    }
+
+    /// The SQL of one shard with the ON and WHERE texts given.
+    fn sql(
+        &self,
+        outer: &Topology,
+        inner: &Topology,
+        shard: u32,
+        on: &str,
+        filter: &str,
+    ) -> String {
+        let refs = Self::refs(outer, inner);
+        let list: Vec<&str> = self.outputs.iter().map(|&c| refs[c].as_str()).collect();
+        let mut sql = format!(
+            "SELECT {} FROM {}",
+            if list.is_empty() {
+                "NULL".to_string()
+            } else {
+                list.join(", ")
+            },
+            self.from(outer, inner, shard, on)
+        );
+        if !filter.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(filter);
+        }
+        sql
+    }
+
+    /// The FROM clause of one shard: both shard tables joined.
+    fn from(&self, outer: &Topology, inner: &Topology, shard: u32, on: &str) -> String {
+        format!(
+            "{} AS {} {} {} AS {} ON {}",
+            quote_ident(&outer.shards[shard as usize].remote_table),
+            quote_ident(JOIN_OUTER_ALIAS),
+            match self.join_type {
+                JoinType::Inner => "JOIN",
+                JoinType::Left => "LEFT JOIN",
+            },
+            quote_ident(
+                &inner.shards[if self.inner_reference {
+                    0
+                } else {
+                    shard as usize
+                }]
+                .remote_table
+            ),
+            quote_ident(JOIN_INNER_ALIAS),
+            if on.is_empty() { "1" } else { on },
+        )
     }
 }
 
@@ -828,6 +1013,179 @@ impl ShardPlan {
         }
     }
 
+    /// A pushed join of two co-located tables (same shard count, shard i of
+    /// both on one node): routed by the shard-key constraints of either
+    /// side, one SQL join per target shard. The plan's shard locations are
+    /// the outer table's.
+    pub fn join(
+        outer: &Topology,
+        inner: &Topology,
+        query: &JoinQuery,
+        bindings: &[Binding],
+    ) -> Result<ShardPlan, DeparseError> {
+        let routed = query.route(outer, inner, bindings)?;
+        let refs = JoinQuery::refs(outer, inner);
+        let inner_routes = query.join_type == JoinType::Inner;
+        let mut statements = Vec::with_capacity(routed.0.shards.len());
+        for &shard in routed.0.shards.keys() {
+            let keys = JoinQuery::keys(outer, inner);
+            let on = query.shard_list(&query.on, inner_routes, keys, &routed, shard);
+            let keys = JoinQuery::keys(outer, inner);
+            let filter = query.shard_list(&query.filter, true, keys, &routed, shard);
+            let (on_sql, mut args) = deparse_refs(&on, &refs, bindings)?;
+            let (filter_sql, filter_args) = deparse_refs(&filter, &refs, bindings)?;
+            args.extend(filter_args);
+            statements.push(ShardStatement {
+                shard_id: shard,
+                stmt: Stmt::new(query.sql(outer, inner, shard, &on_sql, &filter_sql), args),
+            });
+        }
+        Ok(ShardPlan {
+            kind: kind_of(&routed.0),
+            max_keys_per_shard: 0,
+            reason: routed.0.reason,
+            statements,
+        })
+    }
+
+    /// [`ShardPlan::join`] as far as planning knows it (no values bound).
+    pub fn join_template(outer: &Topology, inner: &Topology, query: &JoinQuery) -> ShardPlan {
+        let refs = JoinQuery::refs(outer, inner);
+        let (kind, reason, routed) = match query.route(outer, inner, &[]) {
+            Ok(r) => (kind_of(&r.0), r.0.reason.clone(), Some(r)),
+            Err(_) => (
+                RouteKind::AtExecution,
+                format!(
+                    "chosen at execution: {} or {} depends on a parameter",
+                    outer.key().name,
+                    inner.key().name
+                ),
+                None,
+            ),
+        };
+        let shards: Vec<u32> = match &routed {
+            Some(r) => r.0.shards.keys().copied().collect(),
+            None => (0..outer.shard_count()).collect(),
+        };
+        let inner_routes = query.join_type == JoinType::Inner;
+        let statements = shards
+            .into_iter()
+            .map(|shard| {
+                let (on, filter) = match &routed {
+                    Some(r) => (
+                        query.shard_list(
+                            &query.on,
+                            inner_routes,
+                            JoinQuery::keys(outer, inner),
+                            r,
+                            shard,
+                        ),
+                        query.shard_list(
+                            &query.filter,
+                            true,
+                            JoinQuery::keys(outer, inner),
+                            r,
+                            shard,
+                        ),
+                    ),
+                    None => (query.on.clone(), query.filter.clone()),
+                };
+                let sql = query.sql(
+                    outer,
+                    inner,
+                    shard,
+                    &deparse_refs_template(&on, &refs),
+                    &deparse_refs_template(&filter, &refs),
+                );
+                ShardStatement {
+                    shard_id: shard,
+                    stmt: Stmt::new(sql, Vec::new()),
+                }
+            })
+            .collect();
+        ShardPlan {
+            kind,
+            reason,
+            max_keys_per_shard: 0,
+            statements,
+        }
+    }
+
+    /// A pushed join with aggregates, GROUP BY, HAVING, ORDER BY or LIMIT
+    /// on top (`query` over the join's column space): the join's route,
+    /// one statement per target shard. `bindings` None: the template.
+    pub fn join_pushed(
+        outer: &Topology,
+        inner: &Topology,
+        join: &JoinQuery,
+        query: &PushedQuery,
+        bindings: Option<&[Binding]>,
+    ) -> Result<ShardPlan, DeparseError> {
+        let refs = JoinQuery::refs(outer, inner);
+        let (kind, reason, routed) =
+            match (join.route(outer, inner, bindings.unwrap_or(&[])), bindings) {
+                (Ok(r), _) => (kind_of(&r.0), r.0.reason.clone(), Some(r)),
+                (Err(e), Some(_)) => return Err(e),
+                (Err(_), None) => (
+                    RouteKind::AtExecution,
+                    format!(
+                        "chosen at execution: {} or {} depends on a parameter",
+                        outer.key().name,
+                        inner.key().name
+                    ),
+                    None,
+                ),
+            };
+        let shards: Vec<u32> = match &routed {
+            Some(r) => r.0.shards.keys().copied().collect(),
+            None => (0..outer.shard_count()).collect(),
+        };
+        let inner_routes = join.join_type == JoinType::Inner;
+        let mut statements = Vec::with_capacity(shards.len());
+        for shard in shards {
+            let (on, filter) = match &routed {
+                Some(r) => (
+                    join.shard_list(
+                        &join.on,
+                        inner_routes,
+                        JoinQuery::keys(outer, inner),
+                        r,
+                        shard,
+                    ),
+                    join.shard_list(&join.filter, true, JoinQuery::keys(outer, inner), r, shard),
+                ),
+                None => (join.on.clone(), join.filter.clone()),
+            };
+            let ((on_sql, on_args), (filter_sql, filter_args)) = match bindings {
+                Some(b) => (
+                    deparse_refs(&on, &refs, b)?,
+                    deparse_refs(&filter, &refs, b)?,
+                ),
+                None => (
+                    (deparse_refs_template(&on, &refs), Vec::new()),
+                    (deparse_refs_template(&filter, &refs), Vec::new()),
+                ),
+            };
+            let from = join.from(outer, inner, shard, &on_sql);
+            let where_sql = (!filter.is_empty()).then_some(filter_sql.as_str());
+            let p = query.render_from(&refs, &from, where_sql, bindings)?;
+            let mut args = p.leading;
+            args.extend(on_args);
+            args.extend(filter_args);
+            args.extend(p.trailing);
+            statements.push(ShardStatement {
+                shard_id: shard,
+                stmt: Stmt::new(p.sql, if bindings.is_some() { args } else { Vec::new() }),
+            });
+        }
+        Ok(ShardPlan {
+            kind,
+            reason,
+            max_keys_per_shard: 0,
+            statements,
+        })
+    }
+
     /// The target shards, ascending, each once.
     pub fn shard_ids(&self) -> Vec<u32> {
         let mut ids: Vec<u32> = self.statements.iter().map(|s| s.shard_id).collect();
@@ -1057,6 +1415,140 @@ mod tests {
 
     fn int(i: i64) -> Operand {
         Operand::Const(Some(TypedValue::Int8(i)))
+    }
+
+    /// A second table of the same shape and shard count, named `u`.
+    fn other(shards: u32) -> Topology {
+        let mut t = topology(shards, ColumnType::Int8);
+        t.name = "public.u".into();
+        t.remote_name = "u".into();
+        for s in &mut t.shards {
+            s.remote_table = format!("u_{:04}", s.shard_id);
+        }
+        t
+    }
+
+    fn key_join(join_type: JoinType, on: Vec<Pred>, filter: Vec<Pred>) -> JoinQuery {
+        let mut on_all = vec![Pred::Columns {
+            left: 0,
+            op: CmpOp::Eq,
+            right: 3,
+        }];
+        on_all.extend(on);
+        JoinQuery {
+            join_type,
+            outputs: vec![1, 4],
+            on: on_all,
+            filter,
+            inner_reference: false,
+        }
+    }
+
+    #[test]
+    fn a_join_runs_per_shard_with_aliases() {
+        let (t, u) = (topology(4, ColumnType::Int8), other(4));
+        let q = key_join(JoinType::Inner, vec![], vec![]);
+        let plan = ShardPlan::join(&t, &u, &q, &[]).unwrap();
+        assert_eq!(plan.kind, RouteKind::AllShards);
+        assert_eq!(plan.statements.len(), 4);
+        assert_eq!(
+            plan.statements[2].stmt.sql.as_deref(),
+            Some(
+                "SELECT \"r1\".\"v\", \"r2\".\"v\" FROM \"t_0002\" AS \"r1\" JOIN \"u_0002\" AS \"r2\" \
+                 ON \"r1\".\"k\" = \"r2\".\"k\""
+            )
+        );
+        let left = key_join(JoinType::Left, vec![eq(5, int(1))], vec![eq(2, int(7))]);
+        let plan = ShardPlan::join(&t, &u, &left, &[]).unwrap();
+        let sql = plan.statements[0].stmt.sql.clone().unwrap();
+        assert!(
+            sql.contains("LEFT JOIN \"u_0000\" AS \"r2\" ON \"r1\".\"k\" = \"r2\".\"k\" AND \"r2\".\"n\" = ?")
+                && sql.ends_with("WHERE \"r1\".\"n\" = ?"),
+            "{sql}"
+        );
+        // ON arguments first, then the WHERE's.
+        assert_eq!(
+            plan.statements[0].stmt.args,
+            vec![Value::Integer(1), Value::Integer(7)]
+        );
+    }
+
+    #[test]
+    fn either_key_routes_an_inner_join() {
+        let (t, u) = (topology(16, ColumnType::Int8), other(16));
+        let shard = |k: i64| shard_for(&KeyValue::Int(k), 16);
+        for q in [
+            key_join(JoinType::Inner, vec![], vec![eq(0, int(42))]),
+            key_join(JoinType::Inner, vec![], vec![eq(3, int(42))]),
+            key_join(JoinType::Inner, vec![eq(3, int(42))], vec![]),
+            key_join(JoinType::Left, vec![], vec![eq(3, int(42))]),
+        ] {
+            let plan = ShardPlan::join(&t, &u, &q, &[]).unwrap();
+            assert_eq!(plan.kind, RouteKind::OneShard, "{q:?}");
+            assert_eq!(plan.shard_ids(), vec![shard(42)]);
+        }
+        // An ON condition of a LEFT join removes no outer row: all shards.
+        let q = key_join(JoinType::Left, vec![eq(3, int(42))], vec![]);
+        assert_eq!(
+            ShardPlan::join(&t, &u, &q, &[]).unwrap().kind,
+            RouteKind::AllShards
+        );
+        // Both keys restricted: the intersection, lists left whole.
+        let list = |c: usize, ks: &[i64]| Pred::In {
+            column: c,
+            list: ListOperand::Items(ks.iter().map(|&k| int(k)).collect()),
+        };
+        let q = key_join(
+            JoinType::Inner,
+            vec![],
+            vec![list(0, &[1, 2, 3, 4, 5]), list(3, &[5, 6, 7])],
+        );
+        let plan = ShardPlan::join(&t, &u, &q, &[]).unwrap();
+        let want: std::collections::BTreeSet<u32> = [1, 2, 3, 4, 5]
+            .iter()
+            .map(|&k| shard(k))
+            .filter(|s| [5, 6, 7].iter().any(|&k| shard(k) == *s))
+            .collect();
+        assert_eq!(plan.shard_ids(), want.into_iter().collect::<Vec<_>>());
+        for s in &plan.statements {
+            let sql = s.stmt.sql.as_deref().unwrap();
+            assert!(sql.contains("\"r2\".\"k\" IN (?, ?, ?)"), "{sql}");
+        }
+        // One key restricted by a list: each shard gets its own values.
+        let q = key_join(
+            JoinType::Inner,
+            vec![],
+            vec![list(0, &[1, 2, 3, 4, 5, 6, 7, 8])],
+        );
+        let plan = ShardPlan::join(&t, &u, &q, &[]).unwrap();
+        let total: usize = plan.statements.iter().map(|s| s.stmt.args.len()).sum();
+        assert_eq!(total, 8);
+    }
+
+    #[test]
+    fn a_reference_table_joins_every_shard_with_its_one_shard() {
+        let t = topology(4, ColumnType::Int8);
+        let mut r = other(1);
+        r.remote_name = "r".into();
+        r.shards[0].remote_table = "r_0000".into();
+        let q = JoinQuery {
+            join_type: JoinType::Inner,
+            outputs: vec![1, 4],
+            on: vec![Pred::Columns {
+                left: 2,
+                op: CmpOp::Eq,
+                right: 3,
+            }],
+            filter: vec![eq(3, int(42))],
+            inner_reference: true,
+        };
+        let plan = ShardPlan::join(&t, &r, &q, &[]).unwrap();
+        // The reference table's key does not route the distributed table.
+        assert_eq!(plan.kind, RouteKind::AllShards);
+        for s in &plan.statements {
+            let sql = s.stmt.sql.as_deref().unwrap();
+            assert!(sql.contains("JOIN \"r_0000\" AS \"r2\""), "{sql}");
+        }
     }
 
     fn eq(column: usize, value: Operand) -> Pred {

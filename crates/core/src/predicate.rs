@@ -101,6 +101,13 @@ pub enum Pred {
     And(Vec<Pred>),
     Or(Vec<Pred>),
     Not(Box<Pred>),
+    /// `left op right`: two columns of a join, each of its own table
+    /// (indexes into the join's column space, see `plan::JoinQuery`).
+    Columns {
+        left: usize,
+        op: CmpOp,
+        right: usize,
+    },
 }
 
 /// Why a predicate cannot be turned into shard SQL.
@@ -242,6 +249,16 @@ pub fn deparse(
     bindings: &[Binding],
 ) -> Result<(String, Vec<Value>), DeparseError> {
     let names: Vec<String> = names.iter().map(|n| qualified_column(table, n)).collect();
+    deparse_refs(preds, &names, bindings)
+}
+
+/// [`deparse`] over columns given as their SQL references (quoted and
+/// qualified), e.g. the columns of both sides of a join.
+pub fn deparse_refs(
+    preds: &[Pred],
+    names: &[String],
+    bindings: &[Binding],
+) -> Result<(String, Vec<Value>), DeparseError> {
     let mut sql = String::new();
     let mut args = Vec::new();
     for (i, p) in preds.iter().enumerate() {
@@ -250,7 +267,7 @@ pub fn deparse(
         }
         deparse_one(
             p,
-            &names,
+            names,
             Some(bindings),
             &mut sql,
             &mut args,
@@ -264,6 +281,11 @@ pub fn deparse(
 /// a generic plan): a parameter is `?`, an array parameter `(?…)`.
 pub fn deparse_template(preds: &[Pred], table: &str, names: &[&str]) -> String {
     let names: Vec<String> = names.iter().map(|n| qualified_column(table, n)).collect();
+    deparse_refs_template(preds, &names)
+}
+
+/// [`deparse_template`] over columns given as their SQL references.
+pub fn deparse_refs_template(preds: &[Pred], names: &[String]) -> String {
     let mut sql = String::new();
     let mut args = Vec::new();
     for (i, p) in preds.iter().enumerate() {
@@ -271,7 +293,7 @@ pub fn deparse_template(preds: &[Pred], table: &str, names: &[&str]) -> String {
             sql.push_str(" AND ");
         }
         // Without bindings nothing can fail: values are not converted.
-        let _ = deparse_one(p, &names, None, &mut sql, &mut args, preds.len() > 1);
+        let _ = deparse_one(p, names, None, &mut sql, &mut args, preds.len() > 1);
     }
     sql
 }
@@ -440,6 +462,13 @@ fn deparse_one(
             sql.push_str("NOT (");
             deparse_one(p, names, bindings, sql, args, false)?;
             sql.push(')');
+        }
+        Pred::Columns { left, op, right } => {
+            sql.push_str(&names[*left]);
+            sql.push(' ');
+            sql.push_str(op.sql());
+            sql.push(' ');
+            sql.push_str(&names[*right]);
         }
     }
     Ok(())

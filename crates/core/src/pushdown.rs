@@ -160,6 +160,19 @@ pub fn comparison_pushable(
     }
 }
 
+/// Whether `left op right`, two columns of a pushed join (each stored by
+/// its own type), gives Postgres' answer on a node: the stored forms of one
+/// family compare as their values do, exactly as a column compares with a
+/// value of its family (NULL on either side is unknown in both).
+pub fn columns_comparison_pushable(
+    left: ColumnType,
+    right: ColumnType,
+    op: CmpOp,
+    collation: CollationClass,
+) -> bool {
+    comparison_pushable(left, right, op, collation)
+}
+
 /// Whether `column [NOT] LIKE constant` may become a case-sensitive GLOB.
 pub fn like_pushable(column: ColumnType, pattern: ColumnType, collation: CollationClass) -> bool {
     family(column) == Family::Text

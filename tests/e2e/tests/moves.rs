@@ -439,7 +439,7 @@ fn failed_moves_leave_the_source_authoritative() {
     exec(
         &mut db,
         "CREATE FOREIGN TABLE u (id bigint NOT NULL) SERVER cluster;
-         SELECT conductor.create_distributed_table('u', 'id', shard_count => 3);",
+         SELECT conductor.create_distributed_table('u', 'id', shard_count => 3, colocate_with => 'none');",
     );
     cluster.node_query(
         1,
@@ -925,4 +925,135 @@ fn a_rebalance_that_fails_half_way_is_run_again() {
         .is_empty());
     assert_same_rows(&mut db, "t", "t_local");
     assert_nodes_match_catalog(&cluster, &mut db, "t");
+}
+
+/// Co-located tables move together (shard i of each stays on one node, so
+/// their joins keep running on the nodes), a rebalance moves a group's
+/// shard as one unit, and what cannot move is refused before anything
+/// moves: a reference table, a group with a virtual index.
+#[test]
+fn co_located_tables_move_together() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE orders (id bigint NOT NULL, amount int) SERVER cluster;
+         CREATE FOREIGN TABLE lines (id bigint NOT NULL, line int NOT NULL, qty int) SERVER cluster
+             OPTIONS (primary_key 'id,line');
+         SELECT conductor.create_distributed_table('orders', 'id', shard_count => 4, colocate_with => 'none');
+         SELECT conductor.create_distributed_table('lines', 'id', shard_count => 4, colocate_with => 'orders');
+         CREATE TABLE l_orders (id bigint PRIMARY KEY, amount int);
+         CREATE TABLE l_lines (id bigint, line int, qty int, PRIMARY KEY (id, line));
+         INSERT INTO l_orders SELECT i, i % 97 FROM generate_series(1, 400) i;
+         INSERT INTO l_lines SELECT i, j, i * j % 13 FROM generate_series(1, 400) i, generate_series(1, 3) j;
+         INSERT INTO orders SELECT * FROM l_orders;
+         INSERT INTO lines SELECT * FROM l_lines;
+         CREATE FOREIGN TABLE countries (code text NOT NULL, name text) SERVER cluster;
+         SELECT conductor.create_reference_table('countries');",
+    );
+    let join = |t1: &str, t2: &str| {
+        format!(
+            "SELECT o.id, o.amount, sum(l.qty) FROM {t1} o JOIN {t2} l ON l.id = o.id
+              GROUP BY o.id, o.amount ORDER BY o.id"
+        )
+    };
+    let result = |db: &mut Client, sql: &str| -> Vec<String> {
+        db.query(&format!("SELECT x::text FROM ({sql}) x"), &[])
+            .unwrap_or_else(|e| panic!("{sql}: {}", pg_err(&e)))
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let want = result(&mut db, &join("l_orders", "l_lines"));
+    let nodes: Vec<String> = placement(&mut db, "orders")
+        .iter()
+        .map(|p| p.1.clone())
+        .collect();
+    let shard = 1;
+    let target = ["node-0", "node-1", "node-2"]
+        .into_iter()
+        .find(|n| *n != nodes[shard])
+        .unwrap();
+    exec(
+        &mut db,
+        &format!("CALL conductor.move_shard('orders', {shard}, '{target}')"),
+    );
+    let moved_orders = placement(&mut db, "orders");
+    let moved_lines = placement(&mut db, "lines");
+    assert_eq!(moved_orders[shard].1, target);
+    let map = |p: &[(i32, String, String)]| p.iter().map(|x| x.1.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        map(&moved_orders),
+        map(&moved_lines),
+        "the group moved as one"
+    );
+    assert_nodes_match_catalog(&cluster, &mut db, "orders");
+    assert_nodes_match_catalog(&cluster, &mut db, "lines");
+    // Still co-located: the join runs on the nodes and agrees.
+    let plan: Vec<String> = db
+        .query(
+            &format!("EXPLAIN (VERBOSE, COSTS OFF) {}", join("orders", "lines")),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        plan.iter().any(|l| l.contains("JOIN")),
+        "join pushed after the move:\n{}",
+        plan.join("\n")
+    );
+    assert_eq!(result(&mut db, &join("orders", "lines")), want);
+    assert_same_rows(&mut db, "orders", "l_orders");
+
+    // A rebalance plans one move per group shard, naming one member.
+    let planned: Vec<String> = db
+        .query(
+            "SELECT table_name::text FROM conductor.rebalance_plan('cluster')",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // (The move above left node-0 with three group shards, another node
+    // with none.)
+    assert!(
+        !planned.is_empty() && planned.iter().all(|t| t == "orders"),
+        "one unit per group shard: {planned:?}"
+    );
+    exec(&mut db, "CALL conductor.rebalance('cluster')");
+    assert_eq!(
+        map(&placement(&mut db, "orders")),
+        map(&placement(&mut db, "lines"))
+    );
+    assert_eq!(result(&mut db, &join("orders", "lines")), want);
+
+    // Refused before anything moves.
+    let err = db
+        .batch_execute(&format!(
+            "CALL conductor.move_shard('countries', 0, '{target}')"
+        ))
+        .expect_err("a reference table does not move");
+    assert_eq!(sqlstate(&err), "0A000", "{}", pg_err(&err));
+    exec(
+        &mut db,
+        "CALL conductor.create_virtual_index('lines', ARRAY['qty'])",
+    );
+    let before = map(&placement(&mut db, "orders"));
+    let other = ["node-0", "node-1", "node-2"]
+        .into_iter()
+        .find(|n| *n != before[0])
+        .unwrap();
+    let err = db
+        .batch_execute(&format!(
+            "CALL conductor.move_shard('orders', 0, '{other}')"
+        ))
+        .expect_err("a group member has a virtual index");
+    assert_eq!(sqlstate(&err), "0A000", "{}", pg_err(&err));
+    assert_eq!(map(&placement(&mut db, "orders")), before, "nothing moved");
+    assert_eq!(map(&placement(&mut db, "lines")), before);
 }
