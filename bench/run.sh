@@ -109,7 +109,7 @@ done
 init_template "5 instances"
 
 log "starting the router Postgres (127.0.0.1:$ROUTER_PORT) and 4 shard Postgres (${SHARD_PORTS[*]})"
-start_pg router "$ROUTER_PORT"
+start_pg router "$ROUTER_PORT" "-c shared_preload_libraries=conductor"
 for i in 1 2 3 4; do start_pg "shard$i" "${SHARD_PORTS[$((i - 1))]}"; done
 log "starting $N_NODES nodes (${NODE_PORTS[*]}) and 4 nodes with --delay-ms $DELAY_MS (${SLOW_NODE_PORTS[*]})"
 read -r -a NODE_OPTS <<<"$NODE_OPTIONS"

@@ -205,7 +205,7 @@ start_pg() {
     # No Unix socket (unix_socket_directories=''): only TCP on loopback, and
     # no socket path length limit to trip over in deep checkouts.
     as_pg "$PG_BINDIR/pg_ctl" -D "$(pg_real)/data" -l "$(pg_real)/postgres.log" -w -t 60 \
-        -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=''" \
+        -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c shared_preload_libraries=conductor" \
         start >/dev/null ||
         { tail -n 20 "$PG_DIR/postgres.log" >&2; die "postgres did not start"; }
     rename_old_superuser

@@ -60,7 +60,18 @@ pub static REMOTE_XACT_IDLE_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new
 /// (-1: none, 0: all).
 pub static LOG_REMOTE_MIN_DURATION_MS: GucSetting<i32> = GucSetting::<i32>::new(-1);
 
+/// Whether statements, nodes and shards are counted in shared memory.
+pub static TRACK_STATS: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 pub fn init() {
+    GucRegistry::define_bool_guc(
+        c"conductor.track_stats",
+        c"Counts statements, node requests and shard accesses in shared memory.",
+        c"The counts are what conductor.stat_statements, stat_nodes, stat_shards and stat_shard_keys show; they exist when conductor is in shared_preload_libraries. Node health is shared either way.",
+        &TRACK_STATS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"conductor.log_remote_statements_min_duration",
         c"Logs each request to a node that took at least this long, with node, shard, duration and rows.",

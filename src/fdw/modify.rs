@@ -503,6 +503,11 @@ fn plan_error(topology: &TableTopology, e: PlanError) -> ! {
 /// many rows were inserted (all of them, unless ON CONFLICT DO NOTHING
 /// skipped some).
 fn send_rows(state: &ModifyState, rows: Vec<Vec<Value>>) -> u64 {
+    if rows.len() <= crate::stats::KEYS_PER_STATEMENT {
+        for row in &rows {
+            crate::stats::key_value(state.topology.relid, &row[state.topology.key_index]);
+        }
+    }
     let plan = ShardPlan::insert_with(&state.topology, rows, state.on_conflict)
         .unwrap_or_else(|e| plan_error(&state.topology, e));
     let mut waits = state.lock_waits.take();

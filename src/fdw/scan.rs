@@ -465,7 +465,17 @@ impl ScanState {
             self.last_plan = Some(plan);
             return;
         }
-        stats::count_shard_requests(topology.relid, plan.shard_ids().into_iter());
+        stats::plan_sent(
+            topology.relid,
+            topology.shards.len(),
+            &plan.shard_ids(),
+            false,
+        );
+        if matches!(plan.kind, RouteKind::OneShard | RouteKind::SomeShards)
+            && plan.max_keys_per_shard * plan.statements.len() <= stats::KEYS_PER_STATEMENT
+        {
+            stats::routed_keys(&topology, &self.plan.pushed, &bindings);
+        }
         // Key values that are the whole primary key match at most one row
         // each: such a lookup is fetched in one request, not streamed.
         let bounded = plan.max_keys_per_shard > 0
@@ -513,6 +523,7 @@ impl ScanState {
     fn finish(&mut self) {
         if let Phase::Streaming(handle) = std::mem::replace(&mut self.phase, Phase::Finished) {
             crate::remote::log_scan(&self.topology.table.name, handle.stats());
+            crate::remote::count_scan(self.topology.relid, &self.scan_urls, handle.stats());
             self.shard_stats.extend_from_slice(handle.stats());
         }
     }
@@ -749,11 +760,13 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
                     // One failure per node per scan, however many shards.
                     if !state.skipped.iter().any(|e| e.url == err.url) {
                         crate::health::record_failure(&err);
+                        crate::remote::count_failed(&err);
                     }
                     state.skipped.push(err)
                 }
                 ScanPoll::Failed(err) => {
                     crate::health::record_failure(&err);
+                    crate::remote::count_failed(&err);
                     remote::report_shard_error(&err)
                 }
             }

@@ -1652,7 +1652,7 @@ impl UpperState {
             self.phase = Phase::Finished;
             return;
         }
-        stats::count_shard_requests(topology.relid, shards.iter().copied());
+        stats::plan_sent(topology.relid, topology.shards.len(), &shards, false);
         let (queries, refused) = reachable_queries(&topology, &plan);
         for err in refused {
             if let Some(shard) = err.shard_id {
@@ -1790,6 +1790,11 @@ impl UpperState {
                         std::mem::replace(&mut self.phase, Phase::Finished)
                     {
                         crate::remote::log_scan(&self.topology.table.name, handle.stats());
+                        crate::remote::count_scan(
+                            self.topology.relid,
+                            &self.scan_urls,
+                            handle.stats(),
+                        );
                         self.shard_stats.extend_from_slice(handle.stats());
                     }
                     for url in std::mem::take(&mut self.scan_urls) {
@@ -1806,6 +1811,7 @@ impl UpperState {
                 {
                     if !self.skipped.iter().any(|e| e.url == err.url) {
                         crate::health::record_failure(&err);
+                        crate::remote::count_failed(&err);
                     }
                     if let Some(s) = err.shard_id {
                         self.shard_done(s);
@@ -1814,6 +1820,7 @@ impl UpperState {
                 }
                 ScanPoll::Failed(err) => {
                     crate::health::record_failure(&err);
+                    crate::remote::count_failed(&err);
                     remote::report_shard_error(&err)
                 }
             }

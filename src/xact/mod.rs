@@ -22,6 +22,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             crate::catalog::credentials::forget_remembered();
         }
         XACT_EVENT_ABORT => {
+            crate::stats::at_abort();
             streams::rollback_all();
             ddl::at_abort();
             crate::catalog::credentials::forget_remembered();

@@ -85,11 +85,19 @@ pub fn run_plan(
             }
         })
         .collect();
-    crate::stats::count_shard_requests(topology.relid, plan.shard_ids().into_iter());
+    crate::stats::plan_sent(
+        topology.relid,
+        topology.shards.len(),
+        &plan.shard_ids(),
+        access == Access::Write,
+    );
     let mut out = Vec::with_capacity(plan.statements.len());
     for (result, shards) in run(work).into_iter().zip(shards) {
         let results = result.unwrap_or_else(|e| remote::report_shard_error(&e));
         out.extend(shards.into_iter().zip(results));
+    }
+    for (shard, r) in &out {
+        crate::stats::shard_rows(topology.relid, *shard, remote::result_rows(r));
     }
     out
 }
