@@ -4,6 +4,7 @@ mod cleanup;
 pub mod explain;
 mod nodes;
 pub mod schema;
+mod sizes;
 mod tables;
 
 use crate::errors::raise;

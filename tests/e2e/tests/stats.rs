@@ -301,3 +301,58 @@ fn without_preloading_the_views_say_how_to_enable_them() {
         3
     );
 }
+
+#[test]
+fn shard_sizes_asks_the_nodes() {
+    let (_cluster, mut db) = setup();
+    // The same ids in a local table: where each should live.
+    exec(
+        &mut db,
+        "CREATE TABLE local_ids AS SELECT i::bigint AS id FROM generate_series(1, 40) i;
+         INSERT INTO f SELECT i, repeat('y', 2000) FROM generate_series(1001, 1100) i;
+         INSERT INTO local_ids SELECT i FROM generate_series(1001, 1100) i;",
+    );
+    let expected: BTreeMap<i32, i64> = db
+        .query(
+            "SELECT s.shard, count(l.id)
+               FROM generate_series(0, 7) s(shard)
+               LEFT JOIN local_ids l ON conductor.shard_for('f', l.id) = s.shard
+              GROUP BY s.shard",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let sizes = db
+        .query(
+            "SELECT z.shard_id, z.rows, z.bytes, z.node_id = s.node_id
+               FROM conductor.shard_sizes('f') z
+               JOIN conductor.shards s ON s.table_name = 'f'::regclass AND s.shard_id = z.shard_id",
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("shard_sizes: {}", pg_err(&e)));
+    let got: BTreeMap<i32, i64> = sizes.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, expected);
+    for r in &sizes {
+        let (shard, rows, bytes, same_node): (i32, i64, Option<i64>, bool) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        assert!(same_node, "shard {shard}");
+        let bytes = bytes.unwrap_or_else(|| panic!("conductor-node reports bytes (shard {shard})"));
+        // Every row carries 2,000 bytes or a few: the pages hold at least that.
+        assert!(bytes > 0, "shard {shard}");
+        if rows > 0 {
+            let big: i64 = query_i64(
+                &mut db,
+                &format!(
+                    "SELECT count(*) FROM local_ids WHERE id > 1000
+                        AND conductor.shard_for('f', id) = {shard}"
+                ),
+            );
+            assert!(
+                bytes >= big * 2000,
+                "shard {shard}: {bytes} bytes for {big} wide rows"
+            );
+        }
+    }
+}
