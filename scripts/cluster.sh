@@ -138,6 +138,12 @@ build() {
     local libdir sharedir sudo=()
     libdir=$("$PG_CONFIG" --pkglibdir)
     sharedir=$("$PG_CONFIG" --sharedir)/extension
+    # Released versions' install scripts (the package has the current one
+    # and the upgrade scripts): a database can start at one and upgrade.
+    local released
+    for released in sql/conductor--*.sql; do
+        case $released in sql/conductor--*--*) ;; *) cp "$released" "$pkg$sharedir/" ;; esac
+    done
     # The system's Postgres directories need root; a copy of Postgres
     # (PG_CONFIG) may not.
     if [ ! -w "$libdir" ] || [ ! -w "$sharedir" ]; then sudo=(sudo); fi

@@ -365,6 +365,13 @@ fn with_acc(relid: u32, f: impl FnOnce(&mut Acc)) {
             None => {
                 if c.tables.is_empty() {
                     c.text = query_text();
+                    if c.top == 0 {
+                        // A utility statement (COPY, TRUNCATE, a DDL's
+                        // node work): no executor hook saw it start.
+                        // SAFETY: reads the backend's own status entry.
+                        c.queryid = unsafe { pg_sys::pgstat_get_my_query_id() } as i64;
+                        c.started = Some(Instant::now());
+                    }
                 }
                 c.tables.push(Acc {
                     relid,
@@ -475,6 +482,14 @@ fn reset_shard_requests() {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i32) {
+    // A utility statement's figures, if one ran before this statement in
+    // the same transaction.
+    if CURRENT.with(|c| {
+        let c = c.borrow();
+        c.top == 0 && !c.tables.is_empty()
+    }) {
+        flush(true);
+    }
     CURRENT.with(|c| {
         let mut c = c.borrow_mut();
         if c.top == 0 {
@@ -510,6 +525,14 @@ unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
 /// as a call).
 pub fn at_abort() {
     flush(false);
+}
+
+/// At commit: a utility statement's figures (executed statements were
+/// counted when their executor ended).
+pub fn at_commit() {
+    if CURRENT.with(|c| !c.borrow().tables.is_empty()) {
+        flush(true);
+    }
 }
 
 /// The text of the statement the backend runs, cut to what is kept.
