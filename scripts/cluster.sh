@@ -329,7 +329,8 @@ cmd_start() {
     build
     if [ "$EXT_SQL_CHANGED" = 1 ] && [ -f "$CLUSTER_DIR/demo-loaded" ]; then
         # The catalog the demo database was created with no longer matches
-        # the extension (there are no upgrade scripts yet): start afresh.
+        # the extension; the demo's data is sample data, loaded afresh
+        # rather than upgraded.
         log "the extension's SQL changed since the demo was loaded: resetting the demo cluster (its data included)"
         cmd_reset
         mkdir -p "$CLUSTER_DIR"
