@@ -50,6 +50,8 @@ split() { # what: functions | finalize
                 skipping = 0
                 for (i = 1; i <= n; i++) {
                     line = lines[i]
+                    # Source positions change with every edit: left out.
+                    if (line ~ /^-- src\// || line ~ /^-- conductor::/) continue
                     if (kind == "functions") sub(/^CREATE  FUNCTION/, "CREATE OR REPLACE FUNCTION", line)
                     if (kind == "finalize" && line ~ /^CREATE FOREIGN DATA WRAPPER conductor/) skipping = 1
                     if (!skipping) print line

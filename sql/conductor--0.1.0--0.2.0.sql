@@ -78,8 +78,6 @@ SELECT pg_catalog.pg_extension_config_dump('conductor.shard', '');
 SELECT pg_catalog.pg_extension_config_dump('conductor.shard_index', '');
 SELECT pg_catalog.pg_extension_config_dump('conductor.cleanup', '');
 
--- src/api/tables.rs:351
--- conductor::api::tables::_forget_distributed_table
 CREATE OR REPLACE FUNCTION "_forget_distributed_table"(
 	"relid" oid /* pg_sys :: Oid */
 ) RETURNS void
@@ -87,8 +85,6 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'forget_distributed_table_wrapper';
 
--- src/api/tables.rs:435
--- conductor::api::tables::_forget_server
 CREATE OR REPLACE FUNCTION "_forget_server"(
 	"server_id" oid /* pg_sys :: Oid */
 ) RETURNS void
@@ -96,22 +92,16 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'forget_server_wrapper';
 
--- src/catalog/cache.rs:92
--- conductor::catalog::cache::_invalidate_topology_cache
 CREATE OR REPLACE FUNCTION "_invalidate_topology_cache"() RETURNS void
 STRICT 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'invalidate_topology_cache_wrapper';
 
--- src/catalog/credentials.rs:69
--- conductor::catalog::credentials::_remember_node_credentials
 CREATE OR REPLACE FUNCTION "_remember_node_credentials"() RETURNS void
 STRICT 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'remember_node_credentials_wrapper';
 
--- src/api/schema.rs:296
--- conductor::api::schema::_shard_columns_of
 CREATE OR REPLACE FUNCTION "_shard_columns_of"(
 	"tbl" regclass /* PgRelation */
 ) RETURNS jsonb /* JsonB */
@@ -119,8 +109,6 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_shard_columns_of_wrapper';
 
--- src/stats.rs:1059
--- conductor::stats::_stat_nodes
 CREATE OR REPLACE FUNCTION "_stat_nodes"() RETURNS TABLE (
 	"url" TEXT,  /* String */
 	"node_id" TEXT,  /* String */
@@ -128,6 +116,8 @@ CREATE OR REPLACE FUNCTION "_stat_nodes"() RETURNS TABLE (
 	"errors" bigint,  /* i64 */
 	"timeouts" bigint,  /* i64 */
 	"rows" bigint,  /* i64 */
+	"bytes_out" bigint,  /* i64 */
+	"bytes_in" bigint,  /* i64 */
 	"p50_ms" double precision,  /* Option < f64 > */
 	"p95_ms" double precision,  /* Option < f64 > */
 	"p99_ms" double precision,  /* Option < f64 > */
@@ -137,8 +127,6 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_stat_nodes_wrapper';
 
--- src/stats.rs:1136
--- conductor::stats::_stat_shard_keys
 CREATE OR REPLACE FUNCTION "_stat_shard_keys"() RETURNS TABLE (
 	"table_name" oid,  /* pg_sys :: Oid */
 	"key_value" TEXT,  /* String */
@@ -149,8 +137,6 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_stat_shard_keys_wrapper';
 
--- src/stats.rs:1098
--- conductor::stats::_stat_shards
 CREATE OR REPLACE FUNCTION "_stat_shards"() RETURNS TABLE (
 	"table_name" oid,  /* pg_sys :: Oid */
 	"shard_id" INT,  /* i32 */
@@ -162,8 +148,6 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_stat_shards_wrapper';
 
--- src/stats.rs:953
--- conductor::stats::_stat_statements
 CREATE OR REPLACE FUNCTION "_stat_statements"() RETURNS TABLE (
 	"queryid" bigint,  /* i64 */
 	"table_name" oid,  /* pg_sys :: Oid */
@@ -184,8 +168,6 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_stat_statements_wrapper';
 
--- src/api/schema.rs:165
--- conductor::api::schema::_sync_shard_schema
 CREATE OR REPLACE FUNCTION "_sync_shard_schema"(
 	"relid" oid /* pg_sys :: Oid */
 ) RETURNS void
@@ -193,8 +175,6 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'sync_shard_schema_wrapper';
 
--- src/api/nodes.rs:116
--- conductor::api::nodes::add_node
 CREATE OR REPLACE FUNCTION "add_node"(
 	"server" TEXT, /* & str */
 	"node_id" TEXT, /* & str */
@@ -204,8 +184,6 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'add_node_wrapper';
 
--- src/api/mod.rs:53
--- conductor::api::build_info
 CREATE OR REPLACE FUNCTION "build_info"() RETURNS TABLE (
 	"version" TEXT,  /* String */
 	"profile" TEXT,  /* String */
@@ -215,8 +193,6 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'build_info_wrapper';
 
--- src/catalog/cache.rs:128
--- conductor::catalog::cache::cache_stats
 CREATE OR REPLACE FUNCTION "cache_stats"() RETURNS TABLE (
 	"hits" bigint,  /* i64 */
 	"misses" bigint,  /* i64 */
@@ -226,8 +202,6 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'cache_stats_wrapper';
 
--- src/api/schema.rs:319
--- conductor::api::schema::check_schema
 CREATE OR REPLACE FUNCTION "check_schema"(
 	"tbl" regclass /* PgRelation */
 ) RETURNS TABLE (
@@ -239,8 +213,6 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'check_schema_wrapper';
 
--- src/api/cleanup.rs:58
--- conductor::api::cleanup::cleanup
 CREATE OR REPLACE FUNCTION "cleanup"() RETURNS TABLE (
 	"node_id" TEXT,  /* String */
 	"table_name" TEXT,  /* String */
@@ -250,15 +222,11 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'cleanup_wrapper';
 
--- src/fdw/mod.rs:50
--- conductor::fdw::conductor_fdw_handler
 CREATE OR REPLACE FUNCTION "conductor_fdw_handler"() RETURNS fdw_handler /* PgBox < pg_sys :: FdwRoutine > */
 STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'conductor_fdw_handler_wrapper';
 
--- src/fdw/options.rs:80
--- conductor::fdw::options::conductor_fdw_validator
 CREATE OR REPLACE FUNCTION "conductor_fdw_validator"(
 	"options" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
 	"catalog" oid /* Option < pg_sys :: Oid > */
@@ -266,8 +234,6 @@ CREATE OR REPLACE FUNCTION "conductor_fdw_validator"(
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'conductor_fdw_validator_wrapper';
 
--- src/api/tables.rs:53
--- conductor::api::tables::create_distributed_table
 CREATE OR REPLACE FUNCTION "create_distributed_table"(
 	"tbl" regclass, /* PgRelation */
 	"shard_key" TEXT, /* & str */
@@ -277,8 +243,6 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'create_distributed_table_wrapper';
 
--- src/api/schema.rs:491
--- conductor::api::schema::create_shard_index
 CREATE OR REPLACE FUNCTION "create_shard_index"(
 	"tbl" regclass, /* PgRelation */
 	"columns" TEXT[], /* Vec < String > */
@@ -288,8 +252,6 @@ CREATE OR REPLACE FUNCTION "create_shard_index"(
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'create_shard_index_wrapper';
 
--- src/api/schema.rs:570
--- conductor::api::schema::drop_shard_index
 CREATE OR REPLACE FUNCTION "drop_shard_index"(
 	"name" TEXT /* & str */
 ) RETURNS void
@@ -297,8 +259,6 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'drop_shard_index_wrapper';
 
--- src/api/explain.rs:50
--- conductor::api::explain::explain
 CREATE OR REPLACE FUNCTION "explain"(
 	"sql" TEXT /* & str */
 ) RETURNS TABLE (
@@ -314,8 +274,6 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'explain_wrapper';
 
--- src/health.rs:182
--- conductor::health::node_health
 CREATE OR REPLACE FUNCTION "node_health"() RETURNS TABLE (
 	"url" TEXT,  /* String */
 	"healthy" bool,  /* bool */
@@ -327,8 +285,6 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'node_health_wrapper';
 
--- src/api/nodes.rs:174
--- conductor::api::nodes::remove_node
 CREATE OR REPLACE FUNCTION "remove_node"(
 	"server" TEXT, /* & str */
 	"node_id" TEXT /* & str */
@@ -337,15 +293,11 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'remove_node_wrapper';
 
--- src/stats.rs:476
--- conductor::stats::reset_shard_requests
 CREATE OR REPLACE FUNCTION "reset_shard_requests"() RETURNS void
 STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'reset_shard_requests_wrapper';
 
--- src/api/tables.rs:299
--- conductor::api::tables::shard_for
 CREATE OR REPLACE FUNCTION "shard_for"(
 	"tbl" regclass, /* PgRelation */
 	"key" anyelement /* AnyElement */
@@ -354,8 +306,6 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'shard_for_wrapper';
 
--- src/stats.rs:457
--- conductor::stats::shard_requests
 CREATE OR REPLACE FUNCTION "shard_requests"() RETURNS TABLE (
 	"table_name" oid,  /* pg_sys :: Oid */
 	"shard_id" INT,  /* i32 */
@@ -365,8 +315,6 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'shard_requests_wrapper';
 
--- src/api/sizes.rs:35
--- conductor::api::sizes::shard_sizes
 CREATE OR REPLACE FUNCTION "shard_sizes"(
 	"tbl" regclass /* pgrx :: PgRelation */
 ) RETURNS TABLE (
@@ -379,22 +327,16 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'shard_sizes_wrapper';
 
--- src/stats.rs:1023
--- conductor::stats::stat_reset
 CREATE OR REPLACE FUNCTION "stat_reset"() RETURNS void
 STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'stat_reset_wrapper';
 
--- src/stats.rs:1012
--- conductor::stats::stat_statements_reset
 CREATE OR REPLACE FUNCTION "stat_statements_reset"() RETURNS void
 STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'stat_statements_reset_wrapper';
 
--- src/api/nodes.rs:153
--- conductor::api::nodes::update_node
 CREATE OR REPLACE FUNCTION "update_node"(
 	"server" TEXT, /* & str */
 	"node_id" TEXT, /* & str */
@@ -409,7 +351,6 @@ AS 'MODULE_PATHNAME', 'update_node_wrapper';
 -- (0.1.0 carried no ALTER to the shards).
 UPDATE conductor.distributed_table SET shard_columns = conductor._shard_columns_of(relid);
 
--- src/lib.rs:25
 -- finalize
 -- Objects that need the extension's C functions: the FDW itself, the
 -- catalog's invalidation triggers, drop handling and the views.
@@ -650,7 +591,7 @@ SELECT s.queryid, s.table_name::regclass AS table_name, s.query, s.calls, s.rows
 
 CREATE VIEW conductor.stat_nodes AS
 SELECT s.node_id, s.url, s.requests, s.errors, s.timeouts, s.rows,
-       s.p50_ms, s.p95_ms, s.p99_ms, s.in_flight,
+       s.bytes_out, s.bytes_in, s.p50_ms, s.p95_ms, s.p99_ms, s.in_flight,
        CASE WHEN coalesce(h.healthy, true) THEN 'healthy' ELSE 'unhealthy' END AS health
   FROM conductor._stat_nodes() s
   LEFT JOIN conductor.node_health() h ON h.url = s.url;

@@ -240,7 +240,7 @@ SELECT s.queryid, s.table_name::regclass AS table_name, s.query, s.calls, s.rows
 
 CREATE VIEW conductor.stat_nodes AS
 SELECT s.node_id, s.url, s.requests, s.errors, s.timeouts, s.rows,
-       s.p50_ms, s.p95_ms, s.p99_ms, s.in_flight,
+       s.bytes_out, s.bytes_in, s.p50_ms, s.p95_ms, s.p99_ms, s.in_flight,
        CASE WHEN coalesce(h.healthy, true) THEN 'healthy' ELSE 'unhealthy' END AS health
   FROM conductor._stat_nodes() s
   LEFT JOIN conductor.node_health() h ON h.url = s.url;

@@ -20,6 +20,9 @@
 //! (`Acc`); they reach shared memory when the top-level executor ends (or
 //! the transaction aborts).
 
+// Another module's hook may raise an ERROR: the boundary turns its longjmp
+// into an unwind through these frames.
+use pgrx::pg_sys::submodules::ffi::pg_guard_ffi_boundary;
 use pgrx::prelude::*;
 use std::cell::{RefCell, UnsafeCell};
 use std::collections::BTreeMap;
@@ -99,6 +102,8 @@ pub struct Node {
     errors: AtomicU64,
     timeouts: AtomicU64,
     rows: AtomicU64,
+    bytes_out: AtomicU64,
+    bytes_in: AtomicU64,
     in_flight: AtomicI64,
     hist: [AtomicU64; BUCKETS],
     /// Health (src/health.rs).
@@ -190,6 +195,8 @@ pub fn init() {
         // Statements are keyed by Postgres' query id, which is computed
         // only when a module asks for it (as pg_stat_statements does).
         pg_sys::EnableQueryId();
+        // Backends inherit it from the postmaster.
+        let _ = conductor_core::client::TRAFFIC.set(traffic);
     }
 }
 
@@ -197,7 +204,7 @@ pub fn init() {
 unsafe extern "C-unwind" fn shmem_request() {
     unsafe {
         if let Some(prev) = PREV_SHMEM_REQUEST {
-            prev();
+            pg_guard_ffi_boundary(|| prev());
         }
         pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Shared>());
         pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), 3);
@@ -208,7 +215,7 @@ unsafe extern "C-unwind" fn shmem_request() {
 unsafe extern "C-unwind" fn shmem_startup() {
     unsafe {
         if let Some(prev) = PREV_SHMEM_STARTUP {
-            prev();
+            pg_guard_ffi_boundary(|| prev());
         }
         let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
         pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
@@ -501,7 +508,7 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
     });
     unsafe {
         match PREV_EXECUTOR_START {
-            Some(prev) => prev(query_desc, eflags),
+            Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc, eflags)),
             None => pg_sys::standard_ExecutorStart(query_desc, eflags),
         }
     }
@@ -515,7 +522,7 @@ unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
     }
     unsafe {
         match PREV_EXECUTOR_END {
-            Some(prev) => prev(query_desc),
+            Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc)),
             None => pg_sys::standard_ExecutorEnd(query_desc),
         }
     }
@@ -689,6 +696,20 @@ pub fn node(url: &str, name: &str) -> Option<&'static Node> {
     Some(e)
 }
 
+/// Bytes sent to and received from the node at `url`: called by the core's
+/// client on the I/O threads, so only atomics (the node's entry exists: it
+/// is claimed before its requests are sent).
+fn traffic(url: &str, sent: u64, received: u64) {
+    if let Some(e) = find_node(url) {
+        if sent > 0 {
+            e.bytes_out.fetch_add(sent, Ordering::Relaxed);
+        }
+        if received > 0 {
+            e.bytes_in.fetch_add(received, Ordering::Relaxed);
+        }
+    }
+}
+
 fn bucket(elapsed: Duration) -> usize {
     let us = elapsed.as_secs_f64() * 1e6;
     if us <= BUCKET_BASE_US {
@@ -740,6 +761,18 @@ pub fn node_request(url: &str, name: &str, elapsed: Option<Duration>, rows: u64,
 pub struct InFlight(Vec<&'static Node>);
 
 impl InFlight {
+    /// One request per distinct node (a scan reads a node's shards in one
+    /// request, or a few).
+    pub fn per_node<'a>(nodes: impl Iterator<Item = (&'a str, &'a str)>) -> InFlight {
+        let mut seen: Vec<(&str, &str)> = Vec::new();
+        for n in nodes {
+            if !seen.iter().any(|s| s.0 == n.0) {
+                seen.push(n);
+            }
+        }
+        InFlight::new(seen.into_iter())
+    }
+
     pub fn new<'a>(nodes: impl Iterator<Item = (&'a str, &'a str)>) -> InFlight {
         if !enabled() || shared().is_none() {
             return InFlight(Vec::new());
@@ -1025,7 +1058,14 @@ fn stat_reset() {
     stat_statements_reset();
     let sh = shared_or_error();
     for (_, _, e) in nodes() {
-        for c in [&e.requests, &e.errors, &e.timeouts, &e.rows] {
+        for c in [
+            &e.requests,
+            &e.errors,
+            &e.timeouts,
+            &e.rows,
+            &e.bytes_out,
+            &e.bytes_in,
+        ] {
             c.store(0, Ordering::Relaxed);
         }
         for c in &e.hist {
@@ -1049,6 +1089,8 @@ type NodeRow = (
     i64,
     i64,
     i64,
+    i64,
+    i64,
     Option<f64>,
     Option<f64>,
     Option<f64>,
@@ -1066,6 +1108,8 @@ fn _stat_nodes() -> TableIterator<
         name!(errors, i64),
         name!(timeouts, i64),
         name!(rows, i64),
+        name!(bytes_out, i64),
+        name!(bytes_in, i64),
         name!(p50_ms, Option<f64>),
         name!(p95_ms, Option<f64>),
         name!(p99_ms, Option<f64>),
@@ -1084,6 +1128,8 @@ fn _stat_nodes() -> TableIterator<
                 e.errors.load(Ordering::Relaxed) as i64,
                 e.timeouts.load(Ordering::Relaxed) as i64,
                 e.rows.load(Ordering::Relaxed) as i64,
+                e.bytes_out.load(Ordering::Relaxed) as i64,
+                e.bytes_in.load(Ordering::Relaxed) as i64,
                 percentile(&hist, 0.50),
                 percentile(&hist, 0.95),
                 percentile(&hist, 0.99),

@@ -434,6 +434,8 @@ struct ScanState {
     skipped: Vec<conductor_core::executor::ShardError>,
     /// Nodes the running scan reads from (their health is recorded at the end).
     scan_urls: Vec<String>,
+    /// The running scan's requests, counted as in flight to their nodes.
+    in_flight: Option<crate::stats::InFlight>,
 }
 
 impl ScanState {
@@ -485,6 +487,10 @@ impl ScanState {
         self.skipped.extend(refused);
         self.last_plan = Some(plan);
         self.scan_urls = queries.iter().map(|q| q.endpoint.url.clone()).collect();
+        self.in_flight =
+            Some(crate::stats::InFlight::per_node(queries.iter().map(|q| {
+                (q.endpoint.url.as_str(), q.endpoint.node_id.as_str())
+            })));
         if queries.is_empty() {
             self.phase = Phase::Finished;
             warn_skipped(&mut self.skipped);
@@ -689,6 +695,7 @@ pub unsafe extern "C-unwind" fn begin_foreign_scan(
             lock_waits: Default::default(),
             skipped: Vec::new(),
             scan_urls: Vec::new(),
+            in_flight: None,
         };
         // Nothing is sent before the first row is asked for, so EXPLAIN
         // without ANALYZE contacts no node.
@@ -745,6 +752,7 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
                 }
                 ScanPoll::Done => {
                     state.finish();
+                    state.in_flight = None;
                     for url in std::mem::take(&mut state.scan_urls) {
                         if !state.skipped.iter().any(|e| e.url == url) {
                             crate::health::record_success(&url);

@@ -1500,6 +1500,8 @@ struct UpperState {
     shard_stats: Vec<ShardStats>,
     skipped: Vec<ShardError>,
     scan_urls: Vec<String>,
+    /// The running scan's requests, counted as in flight to their nodes.
+    in_flight: Option<crate::stats::InFlight>,
 }
 
 /// Whether a scan node is an upper scan (scanrelid 0).
@@ -1567,6 +1569,7 @@ pub unsafe fn begin_foreign_scan(node: *mut pg_sys::ForeignScanState) {
             shard_stats: Vec::new(),
             skipped: Vec::new(),
             scan_urls: Vec::new(),
+            in_flight: None,
         };
         (*node).fdw_state = PgMemoryContexts::CurrentMemoryContext
             .leak_and_drop_on_delete(state)
@@ -1663,6 +1666,10 @@ impl UpperState {
         let width = self.plan.query.select.len().max(1);
         self.last_plan = Some(plan);
         self.scan_urls = queries.iter().map(|q| q.endpoint.url.clone()).collect();
+        self.in_flight =
+            Some(crate::stats::InFlight::per_node(queries.iter().map(|q| {
+                (q.endpoint.url.as_str(), q.endpoint.node_id.as_str())
+            })));
         if queries.is_empty() {
             unsafe { self.finish_all() };
             self.phase = Phase::Finished;
@@ -1797,6 +1804,7 @@ impl UpperState {
                         );
                         self.shard_stats.extend_from_slice(handle.stats());
                     }
+                    self.in_flight = None;
                     for url in std::mem::take(&mut self.scan_urls) {
                         if !self.skipped.iter().any(|e| e.url == url) {
                             crate::health::record_success(&url);

@@ -155,7 +155,8 @@ fn a_second_session_reads_what_the_first_ran() {
     // than the slowest statement the client saw (buckets are sqrt(2) wide).
     let nodes = other
         .query(
-            "SELECT node_id, requests, errors, p50_ms, p95_ms, p99_ms, in_flight
+            "SELECT node_id, requests, errors, p50_ms, p95_ms, p99_ms, in_flight,
+                    bytes_out, bytes_in
                FROM conductor.stat_nodes ORDER BY node_id",
             &[],
         )
@@ -166,6 +167,11 @@ fn a_second_session_reads_what_the_first_ran() {
         let (id, reqs, errors): (String, i64, i64) = (n.get(0), n.get(1), n.get(2));
         let (p50, p95, p99): (f64, f64, f64) = (n.get(3), n.get(4), n.get(5));
         let in_flight: i64 = n.get(6);
+        let (bytes_out, bytes_in): (i64, i64) = (n.get(7), n.get(8));
+        assert!(
+            bytes_out > 0 && bytes_in > 0,
+            "{id}: {bytes_out} bytes out, {bytes_in} in"
+        );
         println!("{id}: {reqs} requests, p50 {p50:.3} p95 {p95:.3} p99 {p99:.3} ms, slowest statement {slowest:?}");
         assert_eq!((errors, in_flight), (0, 0));
         assert!(0.0 < p50 && p50 <= p95 && p95 <= p99, "{id}");
