@@ -251,16 +251,49 @@ fn a_node_one_session_found_down_fails_fast_in_another() {
               WHERE table_name = 'f'::regclass AND query LIKE 'SELECT count(*)%'",
         );
         assert_eq!(failed, 4, "three timeouts and one refusal");
+
+        // The cool-down over, the first session to need the node probes
+        // it (its request waits on the stopped node); the others keep
+        // failing fast meanwhile instead of each sending a probe.
+        std::thread::sleep(COOLDOWN + Duration::from_secs(1));
+        let config = cluster.pg_config();
+        let prober = std::thread::spawn(move || {
+            let mut c = config.connect(conductor_e2e::postgres::NoTls).unwrap();
+            c.batch_execute("SET conductor.request_timeout = '60s'")
+                .unwrap();
+            c.query_one("SELECT count(*) FROM f", &[])
+                .map(|r| r.get::<_, i64>(0))
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while query_i64(
+            &mut other,
+            "SELECT in_flight FROM conductor.stat_nodes WHERE node_id = 'node-1'",
+        ) == 0
+        {
+            assert!(Instant::now() < deadline, "the probe never started");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let e = expect_db_error(
+            other.query("SELECT count(*) FROM f", &[]),
+            "while another session probes",
+        );
+        println!("while probing: {}", describe(&e));
+        assert!(
+            e.detail()
+                .unwrap_or("")
+                .contains("another session is checking whether it is back"),
+            "{}",
+            describe(&e)
+        );
+        signal(pid, conductor_e2e::libc::SIGCONT);
+        // The probe is answered once the node runs again.
+        assert_eq!(prober.join().unwrap().map_err(|e| pg_err(&e)), Ok(40));
     }));
     signal(pid, conductor_e2e::libc::SIGCONT);
     if let Err(p) = result {
         std::panic::resume_unwind(p);
     }
-    // Once the cool-down is over, one session probes the node, finds it
-    // back, and every session sees it healthy.
-    std::thread::sleep(COOLDOWN + Duration::from_secs(1));
-    let mut third = cluster.client();
-    assert_eq!(query_i64(&mut third, "SELECT count(*) FROM f"), 40);
+    // One success made it healthy for every session.
     let health: String = db
         .query_one(
             "SELECT health FROM conductor.nodes WHERE node_id = 'node-1'",
@@ -270,6 +303,8 @@ fn a_node_one_session_found_down_fails_fast_in_another() {
         .get(0);
     assert_eq!(health, "healthy");
     assert_eq!(query_i64(&mut db, "SELECT count(*) FROM f"), 40);
+    let mut third = cluster.client();
+    assert_eq!(query_i64(&mut third, "SELECT count(*) FROM f"), 40);
 }
 
 #[test]

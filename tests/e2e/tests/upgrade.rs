@@ -195,7 +195,7 @@ fn update_from_each_released_version_keeps_tables_working() {
                 &mut b,
                 "SELECT extversion FROM pg_extension WHERE extname = 'conductor'"
             ),
-            [version.clone()]
+            std::slice::from_ref(&version)
         );
 
         // The same schema as a fresh install, object by object.
