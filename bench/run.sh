@@ -391,8 +391,9 @@ stats_overhead() { # workload script query-mode PGOPTIONS
         done
     done
 }
-want W1 && stats_overhead W1 w1_point.sql simple ""
-want W2 && stats_overhead W2 w1_point.sql prepared "-c plan_cache_mode=force_generic_plan"
+# (BENCH_ONLY='W1-stats W2-stats' runs these alone.)
+{ want W1 || want W1-stats; } && stats_overhead W1 w1_point.sql simple ""
+{ want W2 || want W2-stats; } && stats_overhead W2 w1_point.sql prepared "-c plan_cache_mode=force_generic_plan"
 want W3 && throughput_workload W3 w3_in10.sql simple ""
 want W4 && latency_workload W4 w4_filter.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
 want W5 && latency_workload W5-count w5_count.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"

@@ -61,18 +61,42 @@ struct StmtKey {
 
 #[repr(C)]
 struct Statement {
-    calls: u64,
-    rows: u64,
-    total_us: u64,
-    max_us: u64,
-    remote_us: u64,
-    one_shard: u64,
-    some_shards: u64,
-    all_shards: u64,
-    retries: u64,
-    errors: u64,
+    // Added to under the shared statement lock (many backends at once);
+    // the entry is claimed, reset and its text set under the exclusive one.
+    calls: AtomicU64,
+    rows: AtomicU64,
+    total_us: AtomicU64,
+    max_us: AtomicU64,
+    remote_us: AtomicU64,
+    one_shard: AtomicU64,
+    some_shards: AtomicU64,
+    all_shards: AtomicU64,
+    retries: AtomicU64,
+    errors: AtomicU64,
     query_len: u32,
     query: [u8; QUERY_TEXT],
+}
+
+impl Statement {
+    fn add(&self, acc: &Acc, call: Option<u64>) {
+        let add = |c: &AtomicU64, v: u64| {
+            if v > 0 {
+                c.fetch_add(v, Ordering::Relaxed);
+            }
+        };
+        if let Some(us) = call {
+            add(&self.calls, 1);
+            add(&self.total_us, us);
+            self.max_us.fetch_max(us, Ordering::Relaxed);
+        }
+        add(&self.rows, acc.rows);
+        add(&self.remote_us, acc.remote_us);
+        add(&self.one_shard, acc.one_shard);
+        add(&self.some_shards, acc.some_shards);
+        add(&self.all_shards, acc.all_shards);
+        add(&self.retries, acc.retries);
+        add(&self.errors, acc.errors);
+    }
 }
 
 #[repr(C)]
@@ -271,6 +295,10 @@ impl Held {
         unsafe { pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
         Held(lock)
     }
+    fn try_exclusive(lock: *mut pg_sys::LWLock) -> Option<Held> {
+        unsafe { pg_sys::LWLockConditionalAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE) }
+            .then_some(Held(lock))
+    }
     fn shared(lock: *mut pg_sys::LWLock) -> Held {
         unsafe { pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED) };
         Held(lock)
@@ -343,18 +371,33 @@ struct Acc {
     errors: u64,
 }
 
-#[derive(Default)]
 struct Current {
     /// The top-level QueryDesc being executed (as an address).
     top: usize,
     queryid: i64,
     started: Option<Instant>,
     tables: Vec<Acc>,
-    /// The statement's text (its start), read when it first reached a node.
-    text: Option<String>,
     /// Index in `tables` of the table whose plan was sent last: remote time
     /// and errors are its.
     last: Option<usize>,
+    /// The start of the statement's text, copied when it first reached a
+    /// node (at abort the backend no longer knows its query).
+    text: [u8; QUERY_TEXT],
+    text_len: usize,
+}
+
+impl Default for Current {
+    fn default() -> Self {
+        Current {
+            top: 0,
+            queryid: 0,
+            started: None,
+            tables: Vec::new(),
+            last: None,
+            text: [0; QUERY_TEXT],
+            text_len: 0,
+        }
+    }
 }
 
 thread_local! {
@@ -371,7 +414,8 @@ fn with_acc(relid: u32, f: impl FnOnce(&mut Acc)) {
             Some(i) => i,
             None => {
                 if c.tables.is_empty() {
-                    c.text = query_text();
+                    let c = &mut *c;
+                    c.text_len = query_text(&mut c.text);
                     if c.top == 0 {
                         // A utility statement (COPY, TRUNCATE, a DDL's
                         // node work): no executor hook saw it start.
@@ -543,18 +587,19 @@ pub fn at_commit() {
 }
 
 /// The text of the statement the backend runs, cut to what is kept.
-fn query_text() -> Option<String> {
+fn query_text(into: &mut [u8; QUERY_TEXT]) -> usize {
     // SAFETY: the backend's current query string (or NULL).
     let text = unsafe { pg_sys::debug_query_string };
     if text.is_null() {
-        return None;
+        return 0;
     }
     let bytes = unsafe { std::ffi::CStr::from_ptr(text) }.to_bytes();
     let mut end = bytes.len().min(QUERY_TEXT);
     while end > 0 && end < bytes.len() && (bytes[end] & 0xC0) == 0x80 {
         end -= 1;
     }
-    Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
+    into[..end].copy_from_slice(&bytes[..end]);
+    end
 }
 
 /// Move the statement's figures into shared memory.
@@ -567,59 +612,58 @@ fn flush(completed: bool) {
         return;
     };
     let elapsed = current.started.map(|s| micros(s.elapsed())).unwrap_or(0);
-    let text = current.text.as_deref();
+    let call = completed.then_some(elapsed);
+    let find = |keys: &[StmtKey], relid: u32| {
+        keys.iter()
+            .position(|k| k.used != 0 && k.queryid == current.queryid && k.relid == relid)
+    };
+    // Known entries are added to under the shared lock; only a new entry
+    // takes the exclusive one.
+    let mut missing = Vec::new();
+    {
+        let _lock = Held::shared(sh.stmt_lock);
+        // SAFETY: the statement lock is held; counters are atomics.
+        let table: &StmtTable = unsafe { &*sh.stmts.get() };
+        for acc in &current.tables {
+            match find(&table.keys, acc.relid) {
+                Some(i) => table.stmts[i].add(acc, call),
+                None => missing.push(acc),
+            }
+        }
+    }
+    if missing.is_empty() {
+        return;
+    }
     let _lock = Held::exclusive(sh.stmt_lock);
     // SAFETY: the statement lock is held exclusively.
     let table = unsafe { guarded(&sh.stmts) };
-    let StmtTable {
-        keys,
-        stmts,
-        evictions,
-    } = table;
-    for acc in &current.tables {
-        let found = keys
-            .iter()
-            .position(|k| k.used != 0 && k.queryid == current.queryid && k.relid == acc.relid);
-        let i = match found {
+    for acc in missing {
+        let i = match find(&table.keys, acc.relid) {
             Some(i) => i,
             None => {
-                let i = match keys.iter().position(|k| k.used == 0) {
+                let i = match table.keys.iter().position(|k| k.used == 0) {
                     Some(i) => i,
                     None => {
-                        *evictions += 1;
+                        table.evictions += 1;
                         (0..MAX_STATEMENTS)
-                            .min_by_key(|&i| stmts[i].calls)
+                            .min_by_key(|&i| table.stmts[i].calls.load(Ordering::Relaxed))
                             .expect("entries")
                     }
                 };
-                keys[i] = StmtKey {
+                table.keys[i] = StmtKey {
                     queryid: current.queryid,
                     relid: acc.relid,
                     used: 1,
                 };
                 // SAFETY: all-zero is a valid Statement.
-                stmts[i] = unsafe { std::mem::zeroed() };
+                table.stmts[i] = unsafe { std::mem::zeroed() };
+                let s = &mut table.stmts[i];
+                s.query[..current.text_len].copy_from_slice(&current.text[..current.text_len]);
+                s.query_len = current.text_len as u32;
                 i
             }
         };
-        let s = &mut stmts[i];
-        if s.query_len == 0 {
-            if let Some(t) = text {
-                s.query_len = copy_text(&mut s.query, t);
-            }
-        }
-        if completed {
-            s.calls += 1;
-            s.total_us += elapsed;
-            s.max_us = s.max_us.max(elapsed);
-        }
-        s.rows += acc.rows;
-        s.remote_us += acc.remote_us;
-        s.one_shard += acc.one_shard;
-        s.some_shards += acc.some_shards;
-        s.all_shards += acc.all_shards;
-        s.retries += acc.retries;
-        s.errors += acc.errors;
+        table.stmts[i].add(acc, call);
     }
 }
 
@@ -932,7 +976,11 @@ fn key_load(relid: pg_sys::Oid, text: &str) {
     };
     let relid = relid.to_u32();
     let hash = hash_str(text);
-    let _lock = Held::exclusive(sh.key_lock);
+    // A sample is dropped rather than waited for: the sketch is an
+    // estimate, and a statement should not queue behind another's update.
+    let Some(_lock) = Held::try_exclusive(sh.key_lock) else {
+        return;
+    };
     // SAFETY: the key lock is held exclusively.
     let KeyTable { count, keys } = unsafe { guarded(&sh.keys) };
     let n = *count as usize;
@@ -1006,8 +1054,8 @@ fn _stat_statements() -> TableIterator<
     let sh = shared_or_error();
     let rows: Vec<StatementRow> = {
         let _lock = Held::shared(sh.stmt_lock);
-        // SAFETY: the statement lock is held.
-        let table = unsafe { guarded(&sh.stmts) };
+        // SAFETY: the statement lock is held; counters are atomics.
+        let table: &StmtTable = unsafe { &*sh.stmts.get() };
         table
             .keys
             .iter()
@@ -1015,25 +1063,27 @@ fn _stat_statements() -> TableIterator<
             .filter(|(k, _)| k.used != 0)
             .map(|(k, s)| {
                 let ms = |us: u64| us as f64 / 1000.0;
+                let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                let (calls, total) = (get(&s.calls), get(&s.total_us));
                 (
                     k.queryid,
                     pg_sys::Oid::from(k.relid),
                     (s.query_len > 0).then(|| text_of(&s.query, s.query_len)),
-                    s.calls as i64,
-                    s.rows as i64,
-                    ms(s.total_us),
-                    if s.calls > 0 {
-                        ms(s.total_us) / s.calls as f64
+                    calls as i64,
+                    get(&s.rows) as i64,
+                    ms(total),
+                    if calls > 0 {
+                        ms(total) / calls as f64
                     } else {
                         0.0
                     },
-                    ms(s.max_us),
-                    ms(s.remote_us),
-                    s.one_shard as i64,
-                    s.some_shards as i64,
-                    s.all_shards as i64,
-                    s.retries as i64,
-                    s.errors as i64,
+                    ms(get(&s.max_us)),
+                    ms(get(&s.remote_us)),
+                    get(&s.one_shard) as i64,
+                    get(&s.some_shards) as i64,
+                    get(&s.all_shards) as i64,
+                    get(&s.retries) as i64,
+                    get(&s.errors) as i64,
                 )
             })
             .collect()
