@@ -296,8 +296,9 @@ impl Held {
         Held(lock)
     }
     fn try_exclusive(lock: *mut pg_sys::LWLock) -> Option<Held> {
+        // Only a lock acquired may become a guard (its drop releases it).
         unsafe { pg_sys::LWLockConditionalAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE) }
-            .then_some(Held(lock))
+            .then(|| Held(lock))
     }
     fn shared(lock: *mut pg_sys::LWLock) -> Held {
         unsafe { pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED) };
