@@ -24,8 +24,10 @@ SUDO_FLAG := $(if $(filter 0,$(shell id -u)),,--sudo)
 # checkout.
 TEST_PG_DIR ?= /var/tmp/conductor-test-pg-$(shell printf '%s' "$(CURDIR)" | md5sum | cut -c1-12)
 TEST_PG_CONFIG = $(TEST_PG_DIR)/lib/postgresql/15/bin/pg_config
+# sql/conductor--<version>.sql: the install scripts of released versions.
+RELEASED_SCRIPTS = $(wildcard sql/conductor--*.sql)
 
-.PHONY: deps demo stop status test unit e2e ext node demo-check bench bench-shards fmt
+.PHONY: deps demo stop status test unit e2e ext node demo-check bench bench-shards fmt released-scripts
 
 deps:
 	scripts/install-deps.sh
@@ -67,6 +69,14 @@ e2e: ext node
 ext:
 	PG_CONFIG=$(PG_CONFIG) scripts/test-pg.sh $(TEST_PG_DIR) >/dev/null
 	cargo pgrx install -p conductor --pg-config $(TEST_PG_CONFIG) $(EXT_PROFILE)
+	$(MAKE) --no-print-directory released-scripts PG_CONFIG_FOR=$(TEST_PG_CONFIG)
+
+# The install scripts of released versions (cargo pgrx installs the current
+# version's and the upgrade scripts only), so a database can be created at a
+# released version and upgraded with ALTER EXTENSION conductor UPDATE.
+PG_CONFIG_FOR ?= $(PG_CONFIG)
+released-scripts:
+	install -m 0644 $(RELEASED_SCRIPTS) "$$($(PG_CONFIG_FOR) --sharedir)/extension/"
 
 node:
 	cargo build -p conductor-node

@@ -108,14 +108,14 @@ PG_SETTINGS="-c listen_addresses=127.0.0.1 -c unix_socket_directories='' \
 -c shared_buffers=256MB -c synchronous_commit=off -c max_wal_size=8GB \
 -c checkpoint_timeout=1h -c max_connections=100"
 
-start_pg() { # name port
+start_pg() { # name port [more postgres options]
     local dir=$BENCH_DIR/pg-$1
     mkdir -p "$dir"
     cp -a "$BENCH_DIR/template/data" "$dir/data"
     chown "$PG_USER:" "$dir"
     PG_DIRS+=("$dir/data")
     as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 120 \
-        -o "-p $2 $PG_SETTINGS" start >/dev/null ||
+        -o "-p $2 $PG_SETTINGS ${3:-}" start >/dev/null ||
         { tail -n 20 "$dir/postgres.log" >&2; die "postgres $1 did not start"; }
 }
 

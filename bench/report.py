@@ -779,6 +779,27 @@ def main():
     else:
         a("| W8 rows/s ≥ the peer's | no figure | **not measured** |")
     a("")
+    stats_rows = []
+    for w in ["W1", "W2"]:
+        on, off = throughput(out, w + "-stats", "on"), throughput(out, w + "-stats", "off")
+        if on is None or off is None or on.error or off.error:
+            continue
+        t_on, t_off = med(on.tps), med(off.tps)
+        stats_rows.append(
+            f"| {w} | {spread(on.tps)} | {spread(off.tps)} | {(t_on / t_off - 1) * 100:+.1f}% "
+            f"| {fmt(med(on.p50))} / {fmt(med(off.p50))} | {fmt(med(on.p99))} / {fmt(med(off.p99))} |")
+    if stats_rows:
+        a("### Shared statistics: on against off")
+        a("")
+        a("conductor alone, `conductor.track_stats` on (the default: statements, node requests and shard "
+          "accesses counted in shared memory) and off, runs interleaved; TPS median (min–max) of the runs, "
+          "latency medians of the runs' p50 and p99 in ms.")
+        a("")
+        a("| workload | TPS on | TPS off | on vs off | p50 on / off | p99 on / off |")
+        a("|---|---|---|---|---|---|")
+        for row in stats_rows:
+            a(row)
+        a("")
     for note in why_notes(out, res, fails, meta, cpu, sto):
         a(note)
         a("")

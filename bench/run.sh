@@ -109,7 +109,7 @@ done
 init_template "5 instances"
 
 log "starting the router Postgres (127.0.0.1:$ROUTER_PORT) and 4 shard Postgres (${SHARD_PORTS[*]})"
-start_pg router "$ROUTER_PORT"
+start_pg router "$ROUTER_PORT" "-c shared_preload_libraries=conductor"
 for i in 1 2 3 4; do start_pg "shard$i" "${SHARD_PORTS[$((i - 1))]}"; done
 log "starting $N_NODES nodes (${NODE_PORTS[*]}) and 4 nodes with --delay-ms $DELAY_MS (${SLOW_NODE_PORTS[*]})"
 read -r -a NODE_OPTS <<<"$NODE_OPTIONS"
@@ -376,6 +376,25 @@ latency_workload() { # workload script "targets" db-suffix -t|-T count [-D defin
 
 want W1 && throughput_workload W1 w1_point.sql simple ""
 want W2 && throughput_workload W2 w1_point.sql prepared "-c plan_cache_mode=force_generic_plan"
+
+# W1 and W2 on conductor with its shared statistics on (the default) and
+# off (conductor.track_stats), runs interleaved so drift hits both alike:
+# what the counting costs.
+stats_overhead() { # workload script query-mode PGOPTIONS
+    local w=$1-stats script=$2 mode=$3 pgoptions=$4 run setting
+    local args=(-c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -M "$mode" -D rows="$ROWS")
+    client_line "$w" "PGOPTIONS='$pgoptions -c conductor.track_stats=<on|off>' " "${args[@]}" -D "run=<1..$RUNS>" -f "bench/workloads/$script"
+    log "$w: $script with conductor.track_stats on and off, $RUNS runs each"
+    for run in $(seq "$RUNS"); do
+        for setting in on off; do
+            PGOPTIONS="$pgoptions -c conductor.track_stats=$setting" \
+                pgbench_run "$w" "$setting" "$run" conductor "$script" "${args[@]}" -D run="$run"
+        done
+    done
+}
+# (BENCH_ONLY='W1-stats W2-stats' runs these alone.)
+{ want W1 || want W1-stats; } && stats_overhead W1 w1_point.sql simple ""
+{ want W2 || want W2-stats; } && stats_overhead W2 w1_point.sql prepared "-c plan_cache_mode=force_generic_plan"
 want W3 && throughput_workload W3 w3_in10.sql simple ""
 want W4 && latency_workload W4 w4_filter.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
 want W5 && latency_workload W5-count w5_count.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"

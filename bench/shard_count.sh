@@ -67,7 +67,7 @@ for p in "$ROUTER_PORT" "${NODE_PORTS[@]}"; do
 done
 init_template "the router"
 log "starting the router Postgres (127.0.0.1:$ROUTER_PORT) and 4 nodes (${NODE_PORTS[*]})"
-start_pg router "$ROUTER_PORT"
+start_pg router "$ROUTER_PORT" "-c shared_preload_libraries=conductor"
 for i in 1 2 3 4; do start_node "$i" "${NODE_PORTS[$((i - 1))]}"; done
 
 export PGHOST=127.0.0.1 PGUSER=bench PGCONNECT_TIMEOUT=10

@@ -138,6 +138,12 @@ build() {
     local libdir sharedir sudo=()
     libdir=$("$PG_CONFIG" --pkglibdir)
     sharedir=$("$PG_CONFIG" --sharedir)/extension
+    # Released versions' install scripts (the package has the current one
+    # and the upgrade scripts): a database can start at one and upgrade.
+    local released
+    for released in sql/conductor--*.sql; do
+        case $released in sql/conductor--*--*) ;; *) cp "$released" "$pkg$sharedir/" ;; esac
+    done
     # The system's Postgres directories need root; a copy of Postgres
     # (PG_CONFIG) may not.
     if [ ! -w "$libdir" ] || [ ! -w "$sharedir" ]; then sudo=(sudo); fi
@@ -205,7 +211,7 @@ start_pg() {
     # No Unix socket (unix_socket_directories=''): only TCP on loopback, and
     # no socket path length limit to trip over in deep checkouts.
     as_pg "$PG_BINDIR/pg_ctl" -D "$(pg_real)/data" -l "$(pg_real)/postgres.log" -w -t 60 \
-        -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=''" \
+        -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c shared_preload_libraries=conductor" \
         start >/dev/null ||
         { tail -n 20 "$PG_DIR/postgres.log" >&2; die "postgres did not start"; }
     rename_old_superuser
@@ -323,7 +329,8 @@ cmd_start() {
     build
     if [ "$EXT_SQL_CHANGED" = 1 ] && [ -f "$CLUSTER_DIR/demo-loaded" ]; then
         # The catalog the demo database was created with no longer matches
-        # the extension (there are no upgrade scripts yet): start afresh.
+        # the extension; the demo's data is sample data, loaded afresh
+        # rather than upgraded.
         log "the extension's SQL changed since the demo was loaded: resetting the demo cluster (its data included)"
         cmd_reset
         mkdir -p "$CLUSTER_DIR"

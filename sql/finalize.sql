@@ -183,8 +183,10 @@ CREATE EVENT TRIGGER conductor_alter ON ddl_command_end
     WHEN TAG IN ('ALTER FOREIGN TABLE', 'ALTER TABLE')
     EXECUTE FUNCTION conductor._on_alter();
 
--- health, last_error: what the querying session has seen of the node
--- (src/health.rs); a node it has not talked to yet shows as healthy.
+-- health, last_error: what the sessions have seen of the node (shared
+-- memory; without conductor in shared_preload_libraries, what the querying
+-- session has seen; src/health.rs); a node not talked to yet shows as
+-- healthy.
 CREATE VIEW conductor.nodes AS
 SELECT s.srvname AS server,
        n.node_id,
@@ -312,6 +314,37 @@ REVOKE EXECUTE ON PROCEDURE conductor.create_virtual_index(regclass, text[], boo
 
 GRANT SELECT ON conductor.nodes, conductor.tables, conductor.shards,
     conductor.shard_indexes, conductor.cleanup_pending, conductor.virtual_indexes TO PUBLIC;
+
+-- Shared statistics (src/stats.rs): they exist when conductor is in
+-- shared_preload_libraries; otherwise reading a view raises an error that
+-- says how to enable them. Statement texts and shard-key values may show
+-- other users' data: those two are readable by superusers and roles granted
+-- SELECT only.
+CREATE VIEW conductor.stat_statements AS
+SELECT s.queryid, s.table_name::regclass AS table_name, s.query, s.calls, s.rows,
+       s.total_time_ms, s.mean_time_ms, s.max_time_ms, s.remote_time_ms,
+       s.one_shard, s.some_shards, s.all_shards, s.retries, s.errors
+  FROM conductor._stat_statements() s;
+
+CREATE VIEW conductor.stat_nodes AS
+SELECT s.node_id, s.url, s.requests, s.errors, s.timeouts, s.rows,
+       s.bytes_out, s.bytes_in, s.p50_ms, s.p95_ms, s.p99_ms, s.in_flight,
+       CASE WHEN coalesce(h.healthy, true) THEN 'healthy' ELSE 'unhealthy' END AS health
+  FROM conductor._stat_nodes() s
+  LEFT JOIN conductor.node_health() h ON h.url = s.url;
+
+CREATE VIEW conductor.stat_shards AS
+SELECT s.table_name::regclass AS table_name, s.shard_id, sh.node_id,
+       s.reads, s.writes, s.rows
+  FROM conductor._stat_shards() s
+  LEFT JOIN conductor.shard sh ON sh.relid = s.table_name::regclass AND sh.shard_id = s.shard_id;
+
+CREATE VIEW conductor.stat_shard_keys AS
+SELECT s.table_name::regclass AS table_name, s.key_value, s.statements, s.overcount_max
+  FROM conductor._stat_shard_keys() s;
+
+GRANT SELECT ON conductor.stat_nodes, conductor.stat_shards TO PUBLIC;
+REVOKE EXECUTE ON FUNCTION conductor.stat_statements_reset(), conductor.stat_reset() FROM PUBLIC;
 
 -- conductor_explain(sql) is callable without schema qualification: a thin
 -- wrapper in schema public (when the database has it) over conductor.explain.

@@ -63,8 +63,18 @@ pub static LOG_REMOTE_MIN_DURATION_MS: GucSetting<i32> = GucSetting::<i32>::new(
 /// Longest time a shard move may block writes to the shard, in
 /// milliseconds: the block expires on the node by itself after it.
 pub static MOVE_WRITE_BLOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+/// Whether statements, nodes and shards are counted in shared memory.
+pub static TRACK_STATS: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 pub fn init() {
+    GucRegistry::define_bool_guc(
+        c"conductor.track_stats",
+        c"Counts statements, node requests and shard accesses in shared memory.",
+        c"The counts are what conductor.stat_statements, stat_nodes, stat_shards and stat_shard_keys show; they exist when conductor is in shared_preload_libraries. Node health is shared either way.",
+        &TRACK_STATS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"conductor.move_write_block_timeout",
         c"Longest time a shard move blocks writes to the shard it moves.",

@@ -5,14 +5,20 @@
 //! cool-down ends the next statement tries the node again, and one success
 //! makes it healthy: a node that comes back is used without a restart.
 //!
-//! The record is per backend (no shared memory), so each session learns on
-//! its own; `conductor.nodes` shows the querying session's view.
+//! With the library in `shared_preload_libraries` the record is in shared
+//! memory (the node entries of `src/stats.rs`): once one session marks a
+//! node down, every session fails fast on it, and when the cool-down ends
+//! one session probes it (it claims the probe; the others keep failing
+//! fast until its answer, or until the probe's request deadline passed).
+//! Without it the record is per backend, so each session learns on its
+//! own; `conductor.nodes` shows the querying session's view then.
 
 use conductor_core::client::{NodeEndpoint, NodeError, NodeRef};
 use conductor_core::executor::ShardError;
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Consecutive transport failures that mark a node unhealthy.
@@ -42,6 +48,18 @@ fn is_node_failure(e: &NodeError) -> bool {
 
 pub fn record_failure(err: &ShardError) {
     if !is_node_failure(&err.error) {
+        // The node answered: whatever it refused, it is up.
+        record_success(&err.url);
+        return;
+    }
+    if let Some(e) = crate::stats::node(&err.url, &err.node_id) {
+        let failures = e.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        crate::stats::set_last_error(e, &err.to_string());
+        if failures >= FAILURES_TO_MARK_DOWN {
+            let until = now_us() + cooldown().as_micros() as i64;
+            e.down_until_us.store(until, Ordering::Release);
+        }
+        e.probe_since_us.store(0, Ordering::Release);
         return;
     }
     NODES.with(|n| {
@@ -56,6 +74,19 @@ pub fn record_failure(err: &ShardError) {
 }
 
 pub fn record_success(url: &str) {
+    if crate::stats::is_shared() {
+        if let Some(e) = crate::stats::find_node(url) {
+            if e.failures.load(Ordering::Acquire) != 0
+                || e.down_until_us.load(Ordering::Acquire) != 0
+                || e.probe_since_us.load(Ordering::Acquire) != 0
+            {
+                e.failures.store(0, Ordering::Release);
+                e.down_until_us.store(0, Ordering::Release);
+                e.probe_since_us.store(0, Ordering::Release);
+            }
+        }
+        return;
+    }
     NODES.with(|n| {
         if let Some(h) = n.borrow_mut().get_mut(url) {
             h.consecutive_failures = 0;
@@ -79,6 +110,9 @@ pub fn refusal(endpoint: &NodeEndpoint, shard: Option<u32>) -> Option<ShardError
 
 /// Why a node must not be contacted now, if it is cooling down.
 fn unavailable(url: &str) -> Option<String> {
+    if crate::stats::is_shared() {
+        return unavailable_shared(url);
+    }
     NODES.with(|n| {
         let nodes = n.borrow();
         let h = nodes.get(url)?;
@@ -96,7 +130,55 @@ fn unavailable(url: &str) -> Option<String> {
     })
 }
 
-/// This session's view of every node it has talked to, by URL.
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn unavailable_shared(url: &str) -> Option<String> {
+    let e = crate::stats::find_node(url)?;
+    let until = e.down_until_us.load(Ordering::Acquire);
+    if until == 0 {
+        return None;
+    }
+    let now = now_us();
+    let why = |what: String| {
+        Some(format!(
+            "marked unhealthy after {} consecutive failures; {what}. Last error: {}",
+            e.failures.load(Ordering::Acquire),
+            crate::stats::last_error(e).unwrap_or_else(|| "-".to_string())
+        ))
+    };
+    if now < until {
+        return why(format!("retried in {:.1} s", (until - now) as f64 / 1e6));
+    }
+    // The cool-down is over: one session probes the node, the others wait
+    // for its answer (or for its request deadline, should it never come).
+    // SAFETY: the backend's own pid, set before any query runs.
+    let me = unsafe { pg_sys::MyProcPid };
+    let since = e.probe_since_us.load(Ordering::Acquire);
+    let limit = crate::gucs::request_timeout().as_micros() as i64 + 1_000_000;
+    if since != 0 && now - since < limit {
+        if e.probe_pid.load(Ordering::Acquire) == me {
+            return None;
+        }
+        return why("another session is checking whether it is back".to_string());
+    }
+    match e
+        .probe_since_us
+        .compare_exchange(since, now, Ordering::AcqRel, Ordering::Acquire)
+    {
+        Ok(_) => {
+            e.probe_pid.store(me, Ordering::Release);
+            None
+        }
+        Err(_) => why("another session is checking whether it is back".to_string()),
+    }
+}
+
+/// Every session's view (shared memory) or this session's, by URL.
 #[pg_extern]
 fn node_health() -> TableIterator<
     'static,
@@ -108,6 +190,26 @@ fn node_health() -> TableIterator<
         name!(last_error_at, Option<pgrx::datum::TimestampWithTimeZone>),
     ),
 > {
+    if crate::stats::is_shared() {
+        let now = now_us();
+        let rows: Vec<_> = crate::stats::nodes()
+            .into_iter()
+            .map(|(url, _, e)| {
+                let down = e.down_until_us.load(Ordering::Acquire);
+                let failed_at = e.last_error_at_us.load(Ordering::Acquire);
+                (
+                    url,
+                    !(down != 0 && down > now),
+                    e.failures.load(Ordering::Acquire) as i32,
+                    crate::stats::last_error(e),
+                    (failed_at != 0)
+                        .then(|| to_timestamp(failed_at as f64 / 1e6))
+                        .flatten(),
+                )
+            })
+            .collect();
+        return TableIterator::new(rows);
+    }
     let rows: Vec<_> = NODES.with(|n| {
         n.borrow()
             .iter()

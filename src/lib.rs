@@ -38,6 +38,7 @@ pub extern "C-unwind" fn _PG_init() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
     gucs::init();
+    stats::init();
     catalog::cache::register_invalidation_callbacks();
     xact::register_callbacks();
 }

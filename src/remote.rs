@@ -171,6 +171,7 @@ pub fn execute_raw(
     let mut results: Vec<Option<Result<PipelineRespBody, ShardError>>> = Vec::new();
     let mut send = Vec::new();
     let mut send_nodes = Vec::new();
+    let mut send_urls = Vec::new();
     let mut urls = Vec::new();
     for r in requests {
         urls.push(r.endpoint.url.clone());
@@ -179,6 +180,7 @@ pub fn execute_raw(
             None => {
                 results.push(None);
                 send_nodes.push(r.endpoint.node_id.clone());
+                send_urls.push(r.endpoint.url.clone());
                 send.push(r);
             }
         }
@@ -195,6 +197,10 @@ pub fn execute_raw(
     let sent = if send.is_empty() {
         Vec::new()
     } else {
+        let _in_flight = crate::stats::InFlight::new(
+            send.iter()
+                .map(|r| (r.endpoint.url.as_str(), r.endpoint.node_id.as_str())),
+        );
         let mut handle = executor().execute(send);
         loop {
             if let Some(r) = handle.wait(POLL_INTERVAL) {
@@ -205,6 +211,20 @@ pub fn execute_raw(
             }
         }
     };
+    if !sent.is_empty() {
+        let elapsed = started.elapsed();
+        crate::stats::remote_time(elapsed);
+        for ((r, node), url) in sent.iter().zip(&send_nodes).zip(&send_urls) {
+            let (rows, outcome) = match r {
+                Ok(body) => (body_rows(body), crate::stats::Outcome::Ok),
+                Err(e) if matches!(e.error, NodeError::Timeout { .. }) => {
+                    (0, crate::stats::Outcome::TimedOut)
+                }
+                Err(_) => (0, crate::stats::Outcome::Failed),
+            };
+            crate::stats::node_request(url, node, Some(elapsed), rows, outcome);
+        }
+    }
     LOCK_WAITS.with(|w| {
         if let Some(waits) = w.borrow_mut().as_mut() {
             for (r, node) in sent.iter().zip(&send_nodes) {
@@ -257,8 +277,32 @@ fn shard_text(shard: Option<u32>) -> String {
     shard.map_or_else(|| "none".to_string(), |s| s.to_string())
 }
 
+/// Rows the statements of a node's answer returned or changed.
+fn body_rows(body: &PipelineRespBody) -> u64 {
+    let mut rows = 0;
+    for result in &body.results {
+        match result {
+            StreamResult::Ok {
+                response: StreamResponse::Execute { result },
+            } => rows += result_rows(result),
+            StreamResult::Ok {
+                response: StreamResponse::Batch { result },
+            } => {
+                rows += result
+                    .step_results
+                    .iter()
+                    .flatten()
+                    .map(result_rows)
+                    .sum::<u64>()
+            }
+            _ => {}
+        }
+    }
+    rows
+}
+
 /// Rows a statement returned, or else the rows it changed.
-fn result_rows(r: &StmtResult) -> u64 {
+pub fn result_rows(r: &StmtResult) -> u64 {
     if r.rows.is_empty() {
         r.affected_row_count
     } else {
@@ -307,6 +351,44 @@ fn log_request(
             "conductor remote request: duration: {ms:.3} ms  node: {node_id}  shard: {shard}  failed: {e}"
         ),
     }
+}
+
+/// Counts a finished scan of table `relid`: per shard its rows, per node
+/// its requests (`urls` in the order of the scan's queries, as `stats`).
+pub fn count_scan(relid: pgrx::pg_sys::Oid, urls: &[String], stats: &[ShardStats]) {
+    let mut longest = Duration::ZERO;
+    // With one request per node, a node's shards were one request (one
+    // snapshot): it lasted until its last shard's last row.
+    let per_node = gucs::MAX_REQUESTS_PER_NODE.get() <= 1;
+    let mut requests: Vec<(&str, &str, Duration, u64)> = Vec::new();
+    for (s, url) in stats.iter().zip(urls) {
+        crate::stats::shard_rows(relid, s.shard_id, s.rows);
+        let Some(e) = s.elapsed else {
+            continue;
+        };
+        longest = longest.max(e);
+        match requests.iter_mut().find(|r| per_node && r.0 == url) {
+            Some(r) => {
+                r.2 = r.2.max(e);
+                r.3 += s.rows;
+            }
+            None => requests.push((url, &s.node_id, e, s.rows)),
+        }
+    }
+    for (url, node, elapsed, rows) in requests {
+        crate::stats::node_request(url, node, Some(elapsed), rows, crate::stats::Outcome::Ok);
+    }
+    crate::stats::remote_time(longest);
+}
+
+/// Counts a scan's failed shard request against its node.
+pub fn count_failed(err: &ShardError) {
+    let outcome = if matches!(err.error, NodeError::Timeout { .. }) {
+        crate::stats::Outcome::TimedOut
+    } else {
+        crate::stats::Outcome::Failed
+    };
+    crate::stats::node_request(&err.url, &err.node_id, None, 0, outcome);
 }
 
 /// Logs the shards of a finished scan of `table` that took at least
@@ -443,6 +525,7 @@ fn sqlstate(err: &ShardError) -> PgSqlErrorCode {
 
 /// Raise a node's failure as a Postgres ERROR naming node and shard.
 pub fn report_shard_error(err: &ShardError) -> ! {
+    crate::stats::error();
     let what = match &err.error {
         NodeError::Sql { message, .. }
             if message.contains(conductor_core::shard_move::FENCE_MESSAGE) =>

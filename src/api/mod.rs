@@ -5,6 +5,7 @@ pub mod explain;
 pub mod moves;
 mod nodes;
 pub mod schema;
+mod sizes;
 mod tables;
 mod vindex;
 

@@ -332,6 +332,30 @@ pub fn initial_shard_columns(relid: pg_sys::Oid, identity: &[i16]) -> JsonB {
     JsonB(serde_json::to_value(columns).expect("serializable"))
 }
 
+/// The shard columns of a distributed table as its foreign table's columns
+/// describe them now (its recorded primary key is the row identity): what
+/// an extension upgrade records for tables distributed before the catalog
+/// kept them.
+#[pg_extern]
+fn _shard_columns_of(tbl: PgRelation) -> JsonB {
+    let relid = tbl.oid();
+    let identity: Vec<i16> = Spi::connect(|client| -> Result<Vec<i16>, pgrx::spi::Error> {
+        client
+            .select(
+                "SELECT a.attnum FROM conductor.distributed_table t
+                   JOIN pg_catalog.pg_attribute a
+                     ON a.attrelid = t.relid AND a.attname = ANY (t.primary_key)
+                  WHERE t.relid = $1 AND a.attnum > 0 AND NOT a.attisdropped",
+                None,
+                &[relid.into()],
+            )?
+            .map(|row| Ok(row.get(1)?.unwrap_or_default()))
+            .collect()
+    })
+    .unwrap_or_else(|e| error!("conductor: could not read the primary key: {e}"));
+    initial_shard_columns(relid, &identity)
+}
+
 /// Every shard's columns and indexes compared with what the foreign table
 /// and the catalog say it should have: one row per difference (none when
 /// every shard is in order).

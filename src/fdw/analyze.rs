@@ -54,7 +54,12 @@ fn read_plan(topology: &TableTopology, plan: &ShardPlan) -> Vec<(u32, StmtResult
             },
         })
         .collect();
-    crate::stats::count_shard_requests(topology.relid, plan.shard_ids().into_iter());
+    crate::stats::plan_sent(
+        topology.relid,
+        topology.shards.len(),
+        &plan.shard_ids(),
+        false,
+    );
     let shards: Vec<u32> = plan.statements.iter().map(|s| s.shard_id).collect();
     remote::execute(requests)
         .into_iter()

@@ -539,6 +539,11 @@ fn plan_error(topology: &TableTopology, e: PlanError) -> ! {
 /// many rows were inserted (all of them, unless ON CONFLICT DO NOTHING
 /// skipped some).
 fn send_rows(state: &ModifyState, rows: Vec<Vec<Value>>) -> u64 {
+    if rows.len() <= crate::stats::KEYS_PER_STATEMENT {
+        for row in &rows {
+            crate::stats::key_value(state.topology.relid, &row[state.topology.key_index]);
+        }
+    }
     let t = &state.topology;
     // Virtual index entries are durable before the rows they point at can
     // commit (src/vindex.rs).

@@ -451,6 +451,8 @@ struct ScanState {
     skipped: Vec<conductor_core::executor::ShardError>,
     /// Nodes the running scan reads from (their health is recorded at the end).
     scan_urls: Vec<String>,
+    /// The running scan's requests, counted as in flight to their nodes.
+    in_flight: Option<crate::stats::InFlight>,
 }
 
 impl ScanState {
@@ -492,9 +494,21 @@ impl ScanState {
             self.last_plan = Some(plan);
             return;
         }
-        stats::count_shard_requests(topology.relid, plan.shard_ids().into_iter());
+        stats::plan_sent(
+            topology.relid,
+            topology.shards.len(),
+            &plan.shard_ids(),
+            false,
+        );
+        // A pushed join reads the inner table's shards too (a reference
+        // table's one copy is not a shard of interest).
         if let Some(inner) = self.inner.as_ref().filter(|t| !t.is_reference()) {
-            stats::count_shard_requests(inner.relid, plan.shard_ids().into_iter());
+            stats::plan_sent(inner.relid, inner.shards.len(), &plan.shard_ids(), false);
+        }
+        if matches!(plan.kind, RouteKind::OneShard | RouteKind::SomeShards)
+            && plan.max_keys_per_shard * plan.statements.len() <= stats::KEYS_PER_STATEMENT
+        {
+            stats::routed_keys(&topology, &self.plan.pushed, &bindings);
         }
         // Key values that are the whole primary key match at most one row
         // each: such a lookup is fetched in one request, not streamed.
@@ -505,6 +519,10 @@ impl ScanState {
         self.skipped.extend(refused);
         self.last_plan = Some(plan);
         self.scan_urls = queries.iter().map(|q| q.endpoint.url.clone()).collect();
+        self.in_flight =
+            Some(crate::stats::InFlight::per_node(queries.iter().map(|q| {
+                (q.endpoint.url.as_str(), q.endpoint.node_id.as_str())
+            })));
         if queries.is_empty() {
             self.phase = Phase::Finished;
             warn_skipped(&mut self.skipped);
@@ -554,6 +572,7 @@ impl ScanState {
     fn finish(&mut self) {
         if let Phase::Streaming(handle) = std::mem::replace(&mut self.phase, Phase::Finished) {
             crate::remote::log_scan(&self.topology.table.name, handle.stats());
+            crate::remote::count_scan(self.topology.relid, &self.scan_urls, handle.stats());
             self.shard_stats.extend_from_slice(handle.stats());
         }
     }
@@ -746,6 +765,7 @@ pub unsafe extern "C-unwind" fn begin_foreign_scan(
             lock_waits: Default::default(),
             skipped: Vec::new(),
             scan_urls: Vec::new(),
+            in_flight: None,
         };
         // Nothing is sent before the first row is asked for, so EXPLAIN
         // without ANALYZE contacts no node.
@@ -802,6 +822,7 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
                 }
                 ScanPoll::Done => {
                     state.finish();
+                    state.in_flight = None;
                     for url in std::mem::take(&mut state.scan_urls) {
                         if !state.skipped.iter().any(|e| e.url == url) {
                             crate::health::record_success(&url);
@@ -817,11 +838,13 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
                     // One failure per node per scan, however many shards.
                     if !state.skipped.iter().any(|e| e.url == err.url) {
                         crate::health::record_failure(&err);
+                        crate::remote::count_failed(&err);
                     }
                     state.skipped.push(err)
                 }
                 ScanPoll::Failed(err) => {
                     crate::health::record_failure(&err);
+                    crate::remote::count_failed(&err);
                     remote::report_shard_error(&err)
                 }
             }

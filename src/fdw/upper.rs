@@ -1597,6 +1597,8 @@ struct UpperState {
     shard_stats: Vec<ShardStats>,
     skipped: Vec<ShardError>,
     scan_urls: Vec<String>,
+    /// The running scan's requests, counted as in flight to their nodes.
+    in_flight: Option<crate::stats::InFlight>,
 }
 
 /// Whether a scan node is an upper scan (scanrelid 0).
@@ -1677,6 +1679,7 @@ pub unsafe fn begin_foreign_scan(node: *mut pg_sys::ForeignScanState) {
             shard_stats: Vec::new(),
             skipped: Vec::new(),
             scan_urls: Vec::new(),
+            in_flight: None,
         };
         (*node).fdw_state = PgMemoryContexts::CurrentMemoryContext
             .leak_and_drop_on_delete(state)
@@ -1781,10 +1784,10 @@ impl UpperState {
             self.phase = Phase::Finished;
             return;
         }
-        stats::count_shard_requests(topology.relid, shards.iter().copied());
+        stats::plan_sent(topology.relid, topology.shards.len(), &shards, false);
         if let (Some((_, inner)), Some(join)) = (&self.sides, &self.plan.join) {
             if !join.query.inner_reference {
-                stats::count_shard_requests(inner.relid, shards.iter().copied());
+                stats::plan_sent(inner.relid, inner.shards.len(), &shards, false);
             }
         }
         let (queries, refused) = reachable_queries(&topology, &plan);
@@ -1797,6 +1800,10 @@ impl UpperState {
         let width = self.plan.query.select.len().max(1);
         self.last_plan = Some(plan);
         self.scan_urls = queries.iter().map(|q| q.endpoint.url.clone()).collect();
+        self.in_flight =
+            Some(crate::stats::InFlight::per_node(queries.iter().map(|q| {
+                (q.endpoint.url.as_str(), q.endpoint.node_id.as_str())
+            })));
         if queries.is_empty() {
             unsafe { self.finish_all() };
             self.phase = Phase::Finished;
@@ -1924,8 +1931,14 @@ impl UpperState {
                         std::mem::replace(&mut self.phase, Phase::Finished)
                     {
                         crate::remote::log_scan(&self.topology.table.name, handle.stats());
+                        crate::remote::count_scan(
+                            self.topology.relid,
+                            &self.scan_urls,
+                            handle.stats(),
+                        );
                         self.shard_stats.extend_from_slice(handle.stats());
                     }
+                    self.in_flight = None;
                     for url in std::mem::take(&mut self.scan_urls) {
                         if !self.skipped.iter().any(|e| e.url == url) {
                             crate::health::record_success(&url);
@@ -1940,6 +1953,7 @@ impl UpperState {
                 {
                     if !self.skipped.iter().any(|e| e.url == err.url) {
                         crate::health::record_failure(&err);
+                        crate::remote::count_failed(&err);
                     }
                     if let Some(s) = err.shard_id {
                         self.shard_done(s);
@@ -1948,6 +1962,7 @@ impl UpperState {
                 }
                 ScanPoll::Failed(err) => {
                     crate::health::record_failure(&err);
+                    crate::remote::count_failed(&err);
                     remote::report_shard_error(&err)
                 }
             }

@@ -86,7 +86,7 @@ pub fn run_alone(topology: &TableTopology, plan: &ShardPlan) -> Option<Vec<(u32,
     } else {
         one_request_transaction(stmts)
     };
-    crate::stats::count_shard_requests(topology.relid, plan.shard_ids().into_iter());
+    crate::stats::plan_sent(topology.relid, topology.shards.len(), &shards, true);
     let request = ShardRequest {
         shard_id: shards.first().copied(),
         endpoint,
@@ -127,6 +127,9 @@ pub fn run_alone(topology: &TableTopology, plan: &ShardPlan) -> Option<Vec<(u32,
         )),
     };
     crate::health::record_success(&node.location.url);
+    for (shard, r) in shards.iter().zip(&results) {
+        crate::stats::shard_rows(topology.relid, *shard, remote::result_rows(r));
+    }
     Some(shards.into_iter().zip(results).collect())
 }
 

@@ -18,10 +18,12 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
         XACT_EVENT_PRE_COMMIT => streams::commit_all(),
         XACT_EVENT_PRE_PREPARE => streams::refuse_prepare(),
         XACT_EVENT_COMMIT => {
+            crate::stats::at_commit();
             ddl::at_commit();
             crate::catalog::credentials::forget_remembered();
         }
         XACT_EVENT_ABORT => {
+            crate::stats::at_abort();
             streams::rollback_all();
             ddl::at_abort();
             crate::catalog::credentials::forget_remembered();

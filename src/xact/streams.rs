@@ -108,7 +108,12 @@ pub fn run_plan(
             }
         })
         .collect();
-    crate::stats::count_shard_requests(topology.relid, plan.shard_ids().into_iter());
+    crate::stats::plan_sent(
+        topology.relid,
+        topology.shards.len(),
+        &plan.shard_ids(),
+        access == Access::Write,
+    );
     let mut out = Vec::with_capacity(plan.statements.len());
     for (i, (result, shards)) in run(work).into_iter().zip(shards).enumerate() {
         let results = result.unwrap_or_else(|e| remote::report_shard_error(&e));
@@ -116,6 +121,9 @@ pub fn run_plan(
         if !first_copy || i == 0 {
             out.extend(shards.into_iter().zip(results));
         }
+    }
+    for (shard, r) in &out {
+        crate::stats::shard_rows(topology.relid, *shard, remote::result_rows(r));
     }
     out
 }

@@ -48,6 +48,18 @@ pub struct NodeEndpoint {
     pub token: Option<String>,
 }
 
+/// Where the bytes sent to and received from the nodes are reported: a
+/// function of (node URL, bytes sent, bytes received) the embedding process
+/// installs once. It is called on the I/O threads, so it must not call into
+/// the host (the extension adds to atomics in shared memory).
+pub static TRAFFIC: std::sync::OnceLock<fn(&str, u64, u64)> = std::sync::OnceLock::new();
+
+fn count_traffic(url: &str, sent: u64, received: u64) {
+    if let Some(report) = TRAFFIC.get() {
+        report(url, sent, received);
+    }
+}
+
 /// Names a node in errors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRef {
@@ -546,7 +558,10 @@ impl HranaClient {
     ) -> Result<reqwest::Response, NodeError> {
         let size = body.len();
         let resp = match self.post(ep, path, encoding, body).send().await {
-            Ok(r) => r,
+            Ok(r) => {
+                count_traffic(&ep.url, size as u64, 0);
+                r
+            }
             Err(e) => {
                 let err = transport_error(node, e, deadline);
                 return Err(diagnose_large_body(ep, node, size, err).await);
@@ -1049,6 +1064,7 @@ async fn read_limited(
                 format!("response body exceeds {max} bytes"),
             ));
         }
+        count_traffic(&node.url, 0, c.len() as u64);
         body.extend_from_slice(&c);
     }
     Ok(body)
@@ -1263,7 +1279,13 @@ impl CursorStream {
                 node: self.node.clone(),
                 after: self.idle_timeout,
             }),
-            Ok(r) => r.map_err(|e| transport_error(&self.node, e, self.idle_timeout)),
+            Ok(r) => {
+                let chunk = r.map_err(|e| transport_error(&self.node, e, self.idle_timeout))?;
+                if let Some(c) = &chunk {
+                    count_traffic(&self.node.url, 0, c.len() as u64);
+                }
+                Ok(chunk)
+            }
         }
     }
 

@@ -24,6 +24,10 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
+/// Retried requests (every executor of the process): the extension reads
+/// the difference across a statement's requests for its statistics.
+pub static RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Executor settings.
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
@@ -480,6 +484,7 @@ impl Executor {
                         Err(NodeError::Connect { .. }) if attempt < retries => {
                             tokio::time::sleep(jittered(backoff * 2u32.saturating_pow(attempt)))
                                 .await;
+                            RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             attempt += 1;
                         }
                         other => break other.map_err(|e| ShardError::new(req.shard_id, e)),
@@ -661,6 +666,7 @@ async fn scan_group(
             Err(e) if !progress.anything_sent() && e.is_transient() && attempt < opts.retries => {
                 tokio::time::sleep(jittered(opts.retry_backoff * 2u32.saturating_pow(attempt)))
                     .await;
+                RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 attempt += 1;
             }
             Err(e) => {
@@ -952,6 +958,7 @@ async fn scan_shard(
             Err(e) if !handed_over && e.is_transient() && attempt < opts.retries => {
                 tokio::time::sleep(jittered(opts.retry_backoff * 2u32.saturating_pow(attempt)))
                     .await;
+                RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 attempt += 1;
             }
             other => break other,

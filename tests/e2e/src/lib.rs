@@ -170,8 +170,38 @@ impl Cluster {
         fs::create_dir_all(&sock).expect("create socket dir");
         chown_to_pg_user(&sock);
         self.pg_port = free_port();
-        let log = File::create(&self.pg_log).expect("create postgres.log");
+        // Shared statistics and node health need the library loaded at
+        // server start, as an installation that uses them configures it.
+        let preload = if self.extension_installed() {
+            "conductor"
+        } else {
+            ""
+        };
+        self.launch_postgres(&[&format!("shared_preload_libraries={preload}")]);
+    }
+
+    /// Stops Postgres (fast shutdown) and starts it again on the same data
+    /// and port with `settings` (`name=value`) instead of the default
+    /// `shared_preload_libraries`.
+    pub fn restart_postgres_with(&mut self, settings: &[&str]) {
+        if let Some(mut pg) = self.pg.take() {
+            kill_and_wait(&mut pg, libc::SIGINT, Duration::from_secs(30));
+        }
+        self.launch_postgres(settings);
+    }
+
+    fn launch_postgres(&mut self, settings: &[&str]) {
+        let data = self.dir.join("pgdata");
+        let sock = self.dir.join("sock");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.pg_log)
+            .expect("open postgres.log");
         let mut cmd = pg_command(&self.pg_bindir.join("postgres"));
+        for setting in settings {
+            cmd.arg("-c").arg(setting);
+        }
         cmd.arg("-D")
             .arg(&data)
             .arg("-p")

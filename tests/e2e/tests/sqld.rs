@@ -366,3 +366,37 @@ fn back_to_back_scans_leave_no_stream_open_on_sqld() {
         assert_eq!(found.len(), 10, "scan {i}");
     }
 }
+
+#[test]
+fn shard_sizes_on_sqld_nodes() {
+    let Some(sqld) = sqld_bin() else {
+        println!("SKIPPED: set SQLD=/path/to/sqld to run conductor against real libSQL servers");
+        return;
+    };
+    let cluster = Cluster::start_sqld(2, &sqld);
+    let mut db = cluster.client();
+    cluster.setup_conductor(&mut db, "cluster");
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE s (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('s', 'id', shard_count => 4);
+         INSERT INTO s SELECT i, 'v' || i FROM generate_series(1, 100) i;
+         CREATE TABLE ls AS SELECT i::bigint AS id FROM generate_series(1, 100) i;",
+    );
+    let sizes = rows(
+        &mut db,
+        "SELECT z.shard_id, z.rows, z.bytes IS NULL OR z.bytes > 0
+           FROM conductor.shard_sizes('s') z ORDER BY z.shard_id",
+    )
+    .unwrap();
+    let expected = rows(
+        &mut db,
+        "SELECT s.shard, count(l.id), true
+           FROM generate_series(0, 3) s(shard)
+           LEFT JOIN ls l ON conductor.shard_for('s', l.id) = s.shard
+          GROUP BY s.shard ORDER BY s.shard",
+    )
+    .unwrap();
+    println!("sqld shard sizes: {sizes:?}");
+    assert_eq!(sizes, expected);
+}
