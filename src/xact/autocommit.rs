@@ -60,10 +60,75 @@ pub unsafe fn statement_is_alone(
 
 /// Run `plan` as one self-contained request when all of it is on one node;
 /// `None` (nothing sent) when it spans several nodes.
+///
+/// A shard that a move is switching over refuses writes for a moment (its
+/// write block, at most `conductor.move_write_block_timeout`), and after
+/// the switch its old copy refuses them for good. Such a refusal changed
+/// nothing (the node ran the request as one transaction), and this session
+/// holds no lock on the node, so the write waits here: it sleeps, takes in
+/// the catalog change the move committed, and sends the same statements to
+/// wherever the shard now is.
 pub fn run_alone(topology: &TableTopology, plan: &ShardPlan) -> Option<Vec<(u32, StmtResult)>> {
     if topology.is_reference() {
         return None; // every copy is written, in the transaction's streams
     }
+    let limit = std::time::Duration::from_millis(
+        crate::gucs::MOVE_WRITE_BLOCK_TIMEOUT_MS.get().max(0) as u64,
+    ) + std::time::Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(2);
+    let mut refreshed: Option<std::rc::Rc<TableTopology>> = None;
+    loop {
+        let current = refreshed.as_deref().unwrap_or(topology);
+        match send_alone(current, plan)? {
+            Ok(results) => return Some(results),
+            Err(e) if is_moving(&e) && started.elapsed() < limit => {
+                wait_interruptibly(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                // SAFETY: between node requests no catalog tuple is held.
+                // The queued invalidations (the move's catalog switch) drop
+                // the topology cache, and the catalog is read again under a
+                // new snapshot: the statement's own predates the switch.
+                // (At REPEATABLE READ the transaction's snapshot is kept,
+                // and the write fails once the wait is over.) An ERROR in
+                // between pops the snapshot with the transaction's abort.
+                unsafe {
+                    pg_sys::AcceptInvalidationMessages();
+                    pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+                }
+                refreshed = Some(crate::catalog::cache::table(topology.relid));
+                unsafe { pg_sys::PopActiveSnapshot() };
+            }
+            Err(e) => remote::report_shard_error(&e),
+        }
+    }
+}
+
+fn is_moving(e: &conductor_core::ShardError) -> bool {
+    matches!(&e.error, NodeError::Sql { message, .. }
+        if message.contains(conductor_core::shard_move::FENCE_MESSAGE))
+}
+
+/// Sleep `pause`, answering cancel and statement_timeout meanwhile.
+fn wait_interruptibly(pause: std::time::Duration) {
+    let until = std::time::Instant::now() + pause;
+    loop {
+        pgrx::check_for_interrupts!();
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(std::time::Duration::from_millis(5)));
+    }
+}
+
+/// One attempt of [`run_alone`]: the results, or the node's refusal of
+/// the request (nothing applied); `None` when the plan spans nodes. A
+/// request whose outcome is unknown is an ERROR here.
+fn send_alone(
+    topology: &TableTopology,
+    plan: &ShardPlan,
+) -> Option<Result<Vec<(u32, StmtResult)>, conductor_core::ShardError>> {
     let by_node = plan.by_node(topology);
     let [node] = &by_node[..] else {
         return None;
@@ -99,7 +164,7 @@ pub fn run_alone(topology: &TableTopology, plan: &ShardPlan) -> Option<Vec<(u32,
         Ok(resp) => resp,
         Err(e) => {
             if matches!(e.error, NodeError::Connect { .. }) || e.error.sqlite_code().is_some() {
-                remote::report_shard_error(&e);
+                return Some(Err(e));
             }
             raise(
                 PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
@@ -117,20 +182,25 @@ pub fn run_alone(topology: &TableTopology, plan: &ShardPlan) -> Option<Vec<(u32,
     };
     let results = match stmt_results(&resp, single, shards.len()) {
         Ok(r) => r,
-        Err((shard_index, error)) => remote::report_shard_error(&conductor_core::ShardError::new(
-            shard_index.map(|i| shards[i]),
-            NodeError::Sql {
-                node: conductor_core::client::NodeRef::from(&remote::endpoint(node.location, None)),
-                message: error.message,
-                code: error.code,
-            },
-        )),
+        Err((shard_index, error)) => {
+            return Some(Err(conductor_core::ShardError::new(
+                shard_index.map(|i| shards[i]),
+                NodeError::Sql {
+                    node: conductor_core::client::NodeRef::from(&remote::endpoint(
+                        node.location,
+                        None,
+                    )),
+                    message: error.message,
+                    code: error.code,
+                },
+            )))
+        }
     };
     crate::health::record_success(&node.location.url);
     for (shard, r) in shards.iter().zip(&results) {
         crate::stats::shard_rows(topology.relid, *shard, remote::result_rows(r));
     }
-    Some(shards.into_iter().zip(results).collect())
+    Some(Ok(shards.into_iter().zip(results).collect()))
 }
 
 /// The statements' results, or the failed one (its index among the
