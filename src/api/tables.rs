@@ -103,6 +103,8 @@ fn groups(server_id: pg_sys::Oid, of_table: Option<pg_sys::Oid>) -> Vec<Group> {
                            FROM conductor.shard s WHERE s.relid = t.relid)
                    FROM conductor.distributed_table t
                   WHERE t.server_id = $1 AND ($2::oid IS NULL OR t.relid = $2::oid)
+                    AND NOT EXISTS (SELECT 1 FROM conductor.reference_placement r
+                                     WHERE r.relid = t.relid)
                   ORDER BY t.colocation_id, t.relid",
                 None,
                 &[server_id.into(), of_table.into()],
@@ -142,10 +144,10 @@ fn same_placement(a: ColumnType, b: ColumnType) -> bool {
 /// create the shard tables on the nodes, then record the placement.
 ///
 /// `colocate_with`: `'default'` joins an existing co-location group of the
-/// server whose shard count and key placement match and whose shards sit
-/// where a new table's would (so the default never moves a shard elsewhere
-/// than it would go alone); `'none'` starts a new group; a table name joins
-/// that table's group, taking its shard count and shard→node map.
+/// server whose shard count and key placement match and whose shards are
+/// all on active nodes (taking its shard→node map, also after the group
+/// was rebalanced); `'none'` starts a new group; a table name joins that
+/// table's group, taking its shard count and shard→node map.
 #[pg_extern]
 fn create_distributed_table(
     tbl: PgRelation,
@@ -209,11 +211,16 @@ fn distribute(
         "default" | "none" => None,
         name => {
             let other = resolve_relation(name);
-            if cache::try_table(other).is_none() {
-                invalid(format!(
+            match cache::try_table(other) {
+                None => invalid(format!(
                     "colocate_with: {} is not a distributed table",
                     relation_display_name(other)
-                ));
+                )),
+                Some(t) if t.is_reference() => invalid(format!(
+                    "colocate_with: {} is a reference table (a copy on every node): any distributed table joins it on the nodes",
+                    relation_display_name(other)
+                )),
+                Some(_) => {}
             }
             let group = groups(server_id, Some(other)).pop().unwrap_or_else(|| {
                 invalid(format!(
@@ -344,19 +351,35 @@ fn distribute(
     let round_robin: Vec<&NodeRow> = (0..shard_count as usize)
         .map(|shard| &nodes[shard % nodes.len()])
         .collect();
+    // The default: the first group of the same shard count and key
+    // placement whose shards are all on active nodes (preferring one laid
+    // out as round robin would lay out this table), so related tables join
+    // per shard unless told 'none', also after their group was rebalanced.
     let group = explicit_group.or_else(|| {
-        (colocate_with == "default")
-            .then(|| {
-                groups(server_id, None).into_iter().find(|g| {
-                    g.shard_count == shard_count
-                        && same_placement(g.key_type, key.ty)
-                        && g.nodes
-                            .iter()
-                            .zip(&round_robin)
-                            .all(|(a, b)| *a == b.node_id)
-                })
+        if colocate_with != "default" {
+            return None;
+        }
+        let mut candidates: Vec<Group> = groups(server_id, None)
+            .into_iter()
+            .filter(|g| {
+                g.shard_count == shard_count
+                    && same_placement(g.key_type, key.ty)
+                    && g.nodes.len() == shard_count as usize
+                    && g.nodes
+                        .iter()
+                        .all(|id| nodes.iter().any(|n| &n.node_id == id))
             })
-            .flatten()
+            .collect();
+        let laid_out_alike = candidates.iter().position(|g| {
+            g.nodes
+                .iter()
+                .zip(&round_robin)
+                .all(|(a, b)| *a == b.node_id)
+        });
+        match laid_out_alike {
+            Some(i) => Some(candidates.swap_remove(i)),
+            None => candidates.into_iter().next(),
+        }
     });
     let all_nodes;
     let placement: Vec<&NodeRow> = match &group {

@@ -1031,6 +1031,34 @@ fn co_located_tables_move_together() {
         map(&placement(&mut db, "lines"))
     );
     assert_eq!(result(&mut db, &join("orders", "lines")), want);
+    // A table created later joins the group by default, where the group
+    // is now (not where round robin would put it); a reference table is
+    // no group to join.
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE returns (id bigint NOT NULL, why text) SERVER cluster;
+         SELECT conductor.create_distributed_table('returns', 'id', shard_count => 4);",
+    );
+    assert_eq!(
+        map(&placement(&mut db, "returns")),
+        map(&placement(&mut db, "orders"))
+    );
+    let groups: i64 = db
+        .query_one(
+            "SELECT count(DISTINCT colocation_id) FROM conductor.tables
+              WHERE table_name IN ('orders'::regclass, 'lines'::regclass, 'returns'::regclass)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(groups, 1);
+    let err = db
+        .batch_execute(
+            "CREATE FOREIGN TABLE notes (code text NOT NULL) SERVER cluster;
+             SELECT conductor.create_distributed_table('notes', 'code', colocate_with => 'countries')",
+        )
+        .expect_err("a reference table is no group");
+    assert_eq!(sqlstate(&err), "22023", "{}", pg_err(&err));
 
     // Refused before anything moves.
     let err = db
