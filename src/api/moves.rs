@@ -567,6 +567,49 @@ fn move_start(tbl: pg_sys::Oid, shard: i32, to_node: &str) -> Option<i64> {
         ))
         .error()
     }
+    // Room: the target's free space (conductor-node's conductor_free_bytes,
+    // less its --reserve-bytes) must hold the copy and the write-ahead log
+    // it goes through, twice the shard's pages on the source. A node that
+    // cannot tell (a libSQL server has neither the function nor dbstat) is
+    // not checked.
+    let name = Value::Text(table.clone());
+    let needed = query(
+        &src,
+        shard as u32,
+        Stmt::new(super::sizes::BYTES_SQL, vec![name.clone(), name]),
+    )
+    .ok()
+    .map(|rows| int_of(rows.first().and_then(|r| r.first())).saturating_mul(2));
+    let free = query(
+        &tgt,
+        shard as u32,
+        Stmt::new(
+            format!(
+                "SELECT {}()",
+                conductor_hrana::checksum::FREE_BYTES_FUNCTION
+            ),
+            vec![],
+        ),
+    )
+    .ok()
+    .and_then(|rows| match rows.first().and_then(|r| r.first()) {
+        Some(Value::Integer(i)) => Some(*i),
+        _ => None,
+    });
+    if let (Some(needed), Some(free)) = (needed, free) {
+        if free < needed {
+            raise(
+                PgSqlErrorCode::ERRCODE_DISK_FULL,
+                format!("cannot move shard {shard} of {display}: node \"{to_node}\" has too little free space"),
+            )
+            .detail(format!(
+                "The shard takes {needed_half} bytes on node \"{source}\"; the copy needs about {needed} (the table and its write-ahead log), and node \"{to_node}\" has {free} bytes free beyond its reserve.",
+                needed_half = needed / 2
+            ))
+            .hint("Free space on the node, or move the shard to another node.")
+            .error()
+        }
+    }
     // The target must not hold a table of that name, unless it is a
     // recorded leftover (dropped when the copy starts).
     let names = serde_json::to_string(&[&table]).expect("json");
@@ -1221,9 +1264,10 @@ fn rebalance_plan(
         let shards = client
             .select(
                 // One unit per co-location group's shard (its members move
-                // together), weighing as many shards; reference tables and
-                // tables with virtual indexes do not move.
-                "SELECT min(s.relid::oid)::bigint, s.shard_id, s.node_id, count(*)
+                // together); reference tables and tables with virtual
+                // indexes do not move.
+                "SELECT min(s.relid::oid)::bigint, s.shard_id, s.node_id, count(*),
+                        array_agg(t.remote_name::text)
                    FROM conductor.shard s
                    JOIN conductor.distributed_table t ON t.relid = s.relid
                   WHERE s.server_id = $1
@@ -1238,17 +1282,47 @@ fn rebalance_plan(
                 &[server_id.into()],
             )?
             .map(|r| {
-                Ok(mv::PlacedShard {
-                    table: r.get::<i64>(1)?.unwrap_or_default(),
-                    shard_id: r.get::<i32>(2)?.unwrap_or_default() as u32,
-                    node: r.get::<String>(3)?.unwrap_or_default(),
-                    weight: r.get::<i64>(4)?.unwrap_or(1) as u64,
-                })
+                let shard_id = r.get::<i32>(2)?.unwrap_or_default() as u32;
+                let tables: Vec<String> = r.get::<Vec<String>>(5)?.unwrap_or_default();
+                Ok((
+                    mv::PlacedShard {
+                        table: r.get::<i64>(1)?.unwrap_or_default(),
+                        shard_id,
+                        node: r.get::<String>(3)?.unwrap_or_default(),
+                        weight: r.get::<i64>(4)?.unwrap_or(1) as u64,
+                    },
+                    tables
+                        .iter()
+                        .map(|base| conductor_core::remote_sql::shard_table_name(base, shard_id))
+                        .collect::<Vec<_>>(),
+                ))
             })
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()?;
         Ok::<_, pgrx::spi::Error>((nodes, shards))
     })
     .unwrap_or_else(|e| error!("conductor: could not read the placement: {e}"));
+    // By size when every node holding a unit can tell its tables' bytes;
+    // else by count.
+    let shards: Vec<mv::PlacedShard<i64>> = match table_bytes(server_id, &shards) {
+        Some(bytes) => shards
+            .into_iter()
+            .map(|(mut unit, tables)| {
+                let on_node = &bytes[&unit.node];
+                unit.weight = tables
+                    .iter()
+                    .map(|t| on_node.get(t).copied().unwrap_or(0))
+                    .sum::<u64>()
+                    .max(1);
+                unit
+            })
+            .collect(),
+        None => {
+            pgrx::notice!(
+                "conductor: rebalancing by shard count: a node could not report its shards' sizes"
+            );
+            shards.into_iter().map(|(unit, _)| unit).collect()
+        }
+    };
     let plan = mv::plan_rebalance(&nodes, &shards);
     TableIterator::new(plan.into_iter().map(|p| {
         (
@@ -1258,6 +1332,39 @@ fn rebalance_plan(
             p.to,
         )
     }))
+}
+
+/// The bytes of every table (with its indexes) on each node holding one of
+/// `units`, from SQLite's dbstat; None if a node cannot tell.
+fn table_bytes(
+    server_id: pg_sys::Oid,
+    units: &[(mv::PlacedShard<i64>, Vec<String>)],
+) -> Option<std::collections::HashMap<String, std::collections::HashMap<String, u64>>> {
+    let nodes: std::collections::BTreeSet<&str> =
+        units.iter().map(|(u, _)| u.node.as_str()).collect();
+    let requests: Vec<ShardRequest> = nodes
+        .iter()
+        .map(|n| {
+            query_req(
+                &endpoint(server_id, n),
+                0,
+                Stmt::new(mv::TABLE_BYTES_SQL, vec![]),
+            )
+        })
+        .collect();
+    let mut out = std::collections::HashMap::new();
+    for (node, answer) in nodes.iter().zip(remote::execute(requests)) {
+        let rows = rows_of(answer).ok()?;
+        let sizes = rows
+            .into_iter()
+            .filter_map(|r| match (r.first(), r.get(1)) {
+                (Some(Value::Text(t)), Some(Value::Integer(b))) => Some((t.clone(), *b as u64)),
+                _ => None,
+            })
+            .collect();
+        out.insert(node.to_string(), sizes);
+    }
+    Some(out)
 }
 
 /// drain_node's first step: the node takes no more shards (new tables,

@@ -12,7 +12,7 @@ use pgrx::prelude::*;
 /// The pages of a shard table and its indexes, from SQLite's `dbstat`
 /// virtual table (conductor-node's SQLite has it; a node whose SQLite lacks
 /// it answers with an error, and the shard's bytes are unknown).
-const BYTES_SQL: &str = "SELECT coalesce(sum(pgsize), 0) FROM dbstat \
+pub const BYTES_SQL: &str = "SELECT coalesce(sum(pgsize), 0) FROM dbstat \
      WHERE name = ? OR name IN (SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = ?)";
 
 fn integer(result: Option<&StreamResult>) -> Option<i64> {

@@ -266,6 +266,13 @@ pub fn key_fingerprint(key: &[Value]) -> Vec<u8> {
     out
 }
 
+/// Bytes of every table of a node's database with its indexes, from
+/// SQLite's dbstat (one row per table; a libSQL server lacks dbstat and
+/// answers with an error): what the rebalance planner weighs shards by.
+pub const TABLE_BYTES_SQL: &str = "SELECT coalesce(s.tbl_name, d.name), sum(d.pgsize) \
+     FROM dbstat AS d LEFT JOIN sqlite_schema AS s ON s.type = 'index' AND s.name = d.name \
+     WHERE d.aggregate = TRUE GROUP BY 1";
+
 /// One unit the planner may move: shard `shard_id` of a table (or of a
 /// co-location group, which moves as one), with its weight (the number of
 /// tables it stands for, or its size when known).
@@ -289,9 +296,9 @@ pub struct PlannedMove<K> {
 /// The moves that leave no shard on a node outside `nodes` and even out
 /// the weight over `nodes`: every shard on another node goes to the
 /// lightest node, then a shard of the heaviest node goes to the lightest
-/// while that narrows the gap. Deterministic: ties go to the first node id
-/// and to the table with the most shards on the node, then the highest
-/// shard id.
+/// while that narrows the gap — the one whose weight is closest to half
+/// the gap. Deterministic: ties go to the first node id and to the table
+/// with the most shards on the node, then the highest shard id.
 pub fn plan_rebalance<K: Clone + Ord>(
     nodes: &[String],
     shards: &[PlacedShard<K>],
@@ -354,9 +361,13 @@ pub fn plan_rebalance<K: Clone + Ord>(
             .filter(|(_, s)| s.node == heavy && s.weight > 0)
             // Moving it must narrow the gap.
             .filter(|(_, s)| light_load + s.weight < heavy_load)
+            // The unit closest to half the gap evens out the most (all
+            // alike when weights are counts), then as described above.
             .max_by(|(_, a), (_, b)| {
-                per_table[&a.table]
-                    .cmp(&per_table[&b.table])
+                let off_half = |w: u64| (heavy_load - light_load).abs_diff(2 * w);
+                off_half(b.weight)
+                    .cmp(&off_half(a.weight))
+                    .then(per_table[&a.table].cmp(&per_table[&b.table]))
                     .then(b.table.cmp(&a.table))
                     .then(a.shard_id.cmp(&b.shard_id))
             })
@@ -406,6 +417,37 @@ mod tests {
         n.iter()
             .map(|node| at.iter().filter(|p| &p.node == node).count() as u64)
             .collect()
+    }
+
+    #[test]
+    fn by_size_the_unit_that_halves_the_gap_moves() {
+        // a: one big shard and three small ones on n1; n2 empty.
+        let mut s: Vec<PlacedShard<String>> = (0..4).map(|i| shard("a", i, "n1")).collect();
+        s[0].weight = 90;
+        for x in &mut s[1..] {
+            x.weight = 10;
+        }
+        let plan = plan_rebalance(&nodes(&["n1", "n2"]), &s);
+        // 120 on n1: the 90 is nearest half the gap (60); after it, 30/90,
+        // and no unit on n2 narrows that gap.
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        assert_eq!(plan[0].shard_id, 0);
+        // Small ones: several move where one would not even out.
+        s[0].weight = 30;
+        for x in &mut s[1..] {
+            x.weight = 30;
+        }
+        s.push(shard("b", 0, "n1"));
+        s[4].weight = 120;
+        // n1: 240, n2: 0. The 120 halves it exactly and goes alone.
+        let plan = plan_rebalance(&nodes(&["n1", "n2"]), &s);
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        assert_eq!((plan[0].table.as_str(), plan[0].shard_id), ("b", 0));
+        s[4].weight = 10;
+        // n1: 130: two 30s (60/70) even it out; the 10 stays.
+        let plan = plan_rebalance(&nodes(&["n1", "n2"]), &s);
+        assert_eq!(plan.len(), 2, "{plan:?}");
+        assert!(plan.iter().all(|m| m.table == "a"), "{plan:?}");
     }
 
     #[test]

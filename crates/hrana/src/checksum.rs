@@ -13,6 +13,11 @@ use crate::Value;
 /// rows).
 pub const CHECKSUM_FUNCTION: &str = "conductor_row_checksum";
 
+/// The function conductor-node registers that answers how many bytes its
+/// database's file system has free (less the node's `--reserve-bytes`):
+/// what a shard move checks before it copies a shard there.
+pub const FREE_BYTES_FUNCTION: &str = "conductor_free_bytes";
+
 /// One row's hash, fed value by value.
 #[derive(Default)]
 pub struct RowHasher {

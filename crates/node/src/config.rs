@@ -98,6 +98,12 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = Synchronous::Normal)]
     pub synchronous: Synchronous,
 
+    /// Disk space the node keeps for itself, in bytes: the SQL function
+    /// `conductor_free_bytes()` reports what is available beyond it, so a
+    /// shard move that would eat into it is refused before it starts.
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    pub reserve_bytes: u64,
+
     /// Test knob: delay every pipeline/cursor response by N ms, for latency
     /// and fan-out tests. An async sleep: it never blocks a thread.
     #[arg(long, default_value_t = 0, value_name = "N")]

@@ -45,8 +45,7 @@ pub struct Db {
     /// Distinguishes nodes sharing a process (tests) in thread-local readers.
     id: u64,
     path: PathBuf,
-    busy_timeout: Duration,
-    synchronous: Synchronous,
+    opening: Opening,
     writer: Arc<Mutex<Connection>>,
     writer_tx: Mutex<Option<mpsc::Sender<writer::Job>>>,
     /// Dropping the sender stops the checkpointer.
@@ -86,7 +85,12 @@ impl Db {
         })?;
         let path = config.db_path();
         let busy_timeout = Duration::from_millis(config.busy_timeout_ms);
-        let writer = open_connection(&path, busy_timeout, config.synchronous)?;
+        let opening = Opening {
+            busy_timeout,
+            synchronous: config.synchronous,
+            reserve_bytes: config.reserve_bytes,
+        };
+        let writer = open_connection(&path, &opening)?;
         // journal_mode is persistent in the file; setting it once here makes
         // every later connection WAL.
         let mode: String = writer.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -96,7 +100,7 @@ impl Db {
                 Some(format!("could not switch the database to WAL (got {mode})")),
             ));
         }
-        let checkpointer = open_connection(&path, busy_timeout, config.synchronous)?;
+        let checkpointer = open_connection(&path, &opening)?;
 
         let writer = Arc::new(Mutex::new(writer));
         let group_stats = Arc::new(writer::GroupStats::default());
@@ -113,8 +117,7 @@ impl Db {
         Ok(Db {
             id: NEXT_DB_ID.fetch_add(1, Ordering::Relaxed),
             path,
-            busy_timeout,
-            synchronous: config.synchronous,
+            opening,
             writer,
             writer_tx: Mutex::new(Some(tx)),
             checkpointer_stop: Mutex::new(Some(stop_tx)),
@@ -125,7 +128,7 @@ impl Db {
     }
 
     fn open_connection(&self) -> rusqlite::Result<Connection> {
-        open_connection(&self.path, self.busy_timeout, self.synchronous)
+        open_connection(&self.path, &self.opening)
     }
 
     /// Runs `f` on the writer thread with the writer connection. `None` if
@@ -164,7 +167,7 @@ impl Db {
     /// work to the writer thread. Never under `synchronous=FULL`, where every
     /// commit waits for an fsync.
     pub fn try_write_inline<R>(&self, f: impl FnOnce(&Connection) -> Option<R>) -> Inline<R> {
-        if self.synchronous == Synchronous::Full {
+        if self.opening.synchronous == Synchronous::Full {
             return Inline::Busy;
         }
         let conn = match self.writer.try_lock() {
@@ -176,7 +179,7 @@ impl Db {
             return Inline::Busy;
         }
         let r = f(&conn);
-        let _ = lockwait::set_timeout(&conn, self.busy_timeout);
+        let _ = lockwait::set_timeout(&conn, self.opening.busy_timeout);
         match r {
             Some(r) => Inline::Done(r),
             None => Inline::Busy,
@@ -242,11 +245,20 @@ impl Db {
     }
 }
 
-fn open_connection(
-    path: &std::path::Path,
+/// How every connection of a database is set up.
+#[derive(Clone, Copy)]
+struct Opening {
     busy_timeout: Duration,
     synchronous: Synchronous,
-) -> rusqlite::Result<Connection> {
+    reserve_bytes: u64,
+}
+
+fn open_connection(path: &std::path::Path, opening: &Opening) -> rusqlite::Result<Connection> {
+    let Opening {
+        busy_timeout,
+        synchronous,
+        reserve_bytes,
+    } = *opening;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -269,7 +281,7 @@ fn open_connection(
     // Whichever connection resets the WAL truncates a grown file.
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     conn.set_prepared_statement_cache_capacity(STMT_CACHE_CAPACITY);
-    crate::functions::register(&conn)?;
+    crate::functions::register(&conn, reserve_bytes)?;
     Ok(conn)
 }
 

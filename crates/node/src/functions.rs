@@ -11,7 +11,7 @@
 //! them when the node is added and pushes these aggregates only to nodes
 //! that answered.
 
-use conductor_hrana::checksum::{RowHasher, CHECKSUM_FUNCTION};
+use conductor_hrana::checksum::{RowHasher, CHECKSUM_FUNCTION, FREE_BYTES_FUNCTION};
 use conductor_hrana::decimal::{
     Decimal, DecimalSum, ADD_FUNCTION as DECIMAL_ADD, FIELD_OVERFLOW, MAX_FUNCTION as DECIMAL_MAX,
     MIN_FUNCTION as DECIMAL_MIN, SUB_FUNCTION as DECIMAL_SUB, SUM_FUNCTION as DECIMAL_SUM,
@@ -141,8 +141,43 @@ impl Aggregate<u64, i64> for RowChecksum {
     }
 }
 
-pub fn register(conn: &Connection) -> Result<()> {
+/// Bytes available to unprivileged writers on the file system holding
+/// `path`, less `reserve`; None when the system cannot tell.
+fn free_bytes(path: &std::path::Path, reserve: u64) -> Option<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs reads a NUL-terminated path and writes only into the
+    // struct it is given, which lives across the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let available = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    Some(available.saturating_sub(reserve).min(i64::MAX as u64) as i64)
+}
+
+/// Registers conductor-node's SQL functions on a connection of the
+/// database file; `reserve_bytes` is the space `conductor_free_bytes()`
+/// keeps out of its answer (`--reserve-bytes`).
+pub fn register(conn: &Connection, reserve_bytes: u64) -> Result<()> {
     let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    // The database file's directory (an in-memory database has none: NULL).
+    let data_dir = conn.path().filter(|p| !p.is_empty()).map(|p| {
+        std::path::Path::new(p)
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf()
+    });
+    conn.create_scalar_function(
+        FREE_BYTES_FUNCTION,
+        0,
+        FunctionFlags::SQLITE_UTF8,
+        move |_| {
+            Ok(data_dir
+                .as_deref()
+                .and_then(|d| free_bytes(d, reserve_bytes)))
+        },
+    )?;
     conn.create_scalar_function(DECIMAL_ADD, 4, flags, |ctx| add_or_subtract(ctx, false))?;
     conn.create_scalar_function(DECIMAL_SUB, 4, flags, |ctx| add_or_subtract(ctx, true))?;
     conn.create_aggregate_function(CHECKSUM_FUNCTION, -1, flags, RowChecksum)?;
@@ -176,7 +211,7 @@ mod tests {
         use conductor_hrana::checksum::row_hash;
         use conductor_hrana::Value;
         let conn = Connection::open_in_memory().unwrap();
-        register(&conn).unwrap();
+        register(&conn, 0).unwrap();
         conn.execute_batch(
             "CREATE TABLE t (a, b);
              INSERT INTO t VALUES (1, 'x'), (2.5, NULL), ('1', x'00ff'), (-7, 'é');",
@@ -212,9 +247,34 @@ mod tests {
     }
 
     #[test]
+    fn free_bytes_of_the_database_file_system() {
+        let dir = std::env::temp_dir().join(format!("conductor-free-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("db.sqlite");
+        let free = |reserve| {
+            let conn = Connection::open(&path).unwrap();
+            register(&conn, reserve).unwrap();
+            conn.query_row("SELECT conductor_free_bytes()", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .unwrap()
+        };
+        let all = free(0).expect("a real file system answers");
+        assert!(all > 0);
+        assert_eq!(free(u64::MAX), Some(0), "the reserve is kept out");
+        let memory = Connection::open_in_memory().unwrap();
+        register(&memory, 0).unwrap();
+        let none: Option<i64> = memory
+            .query_row("SELECT conductor_free_bytes()", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(none, None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn decimal_sum_and_difference_in_sql() {
         let conn = Connection::open_in_memory().unwrap();
-        register(&conn).unwrap();
+        register(&conn, 0).unwrap();
         assert_eq!(
             one(&conn, "SELECT conductor_decimal_add('1.25', 1, 12, 2)").as_deref(),
             Some("2.25")
@@ -245,7 +305,7 @@ mod tests {
     #[test]
     fn decimal_aggregates_in_sql() {
         let conn = Connection::open_in_memory().unwrap();
-        register(&conn).unwrap();
+        register(&conn, 0).unwrap();
         conn.execute_batch(
             "CREATE TABLE t (g INTEGER, x TEXT);
              INSERT INTO t VALUES (1, '1.50'), (1, '-0.255'), (1, NULL),

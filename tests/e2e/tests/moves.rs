@@ -1183,3 +1183,75 @@ fn lone_writes_wait_for_a_move_instead_of_failing() {
     assert_eq!(inserted, inserts, "every insert landed");
     assert_nodes_match_catalog(&cluster, &mut db, "t");
 }
+
+/// A move checks the target's room first (conductor-node's free space less
+/// its `--reserve-bytes`, against twice the shard's pages), and a rebalance
+/// weighs shards by their size on the nodes: a big table's shards move
+/// before a small table's.
+#[test]
+fn moves_check_room_and_rebalancing_weighs_sizes() {
+    let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        ..Default::default()
+    });
+    exec(&mut db, "SELECT conductor.remove_node('cluster', 'node-2')");
+    // The small table first: ordered by count alone, its shards would be
+    // the first to go.
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE small (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('small', 'id', shard_count => 4, colocate_with => 'none');
+         INSERT INTO small SELECT i, 'x' FROM generate_series(1, 8) i;
+         CREATE FOREIGN TABLE big (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('big', 'id', shard_count => 4, colocate_with => 'none');
+         INSERT INTO big SELECT i, repeat('y', 500) FROM generate_series(1, 8000) i;",
+    );
+    let url = cluster.node_url(2);
+    db.execute(
+        "SELECT conductor.add_node('cluster', 'node-2', $1)",
+        &[&url],
+    )
+    .unwrap();
+    let planned: Vec<String> = db
+        .query(
+            "SELECT table_name::text FROM conductor.rebalance_plan('cluster')",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        planned.first().map(String::as_str) == Some("big"),
+        "by size a shard of big goes first: {planned:?}"
+    );
+
+    // Room: node-2 keeps (nearly) all its disk for itself.
+    cluster.restart_node_with_args(2, &["--reserve-bytes", "18446744073709551615"]);
+    let big_shard: i32 = db
+        .query_one(
+            "SELECT shard_id FROM conductor.shards WHERE table_name = 'big'::regclass
+              ORDER BY shard_id LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let err = db
+        .batch_execute(&format!(
+            "CALL conductor.move_shard('big', {big_shard}, 'node-2')"
+        ))
+        .expect_err("no room on node-2");
+    assert_eq!(sqlstate(&err), "53100", "{}", pg_err(&err));
+    assert!(pg_err(&err).contains("free space"), "{}", pg_err(&err));
+    let recorded: i64 = db
+        .query_one("SELECT count(*) FROM conductor.shard_moves", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, 0, "refused before anything was recorded");
+    cluster.restart_node_with_args(2, &[]);
+    exec(
+        &mut db,
+        &format!("CALL conductor.move_shard('big', {big_shard}, 'node-2')"),
+    );
+    assert_nodes_match_catalog(&cluster, &mut db, "big");
+}
