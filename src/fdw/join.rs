@@ -449,16 +449,7 @@ pub unsafe fn get_foreign_plan(
         let local = private[1] as *mut pg_sys::List;
         let fdw_exprs = private[2] as *mut pg_sys::List;
         let tlist_exprs = private[3] as *mut pg_sys::List;
-        let mut scan_tlist: *mut pg_sys::List = std::ptr::null_mut();
-        for (i, e) in list_nodes(tlist_exprs).into_iter().enumerate() {
-            let tle = pg_sys::makeTargetEntry(
-                pg_sys::copyObjectImpl(e.cast()).cast(),
-                (i + 1) as i16,
-                std::ptr::null_mut(),
-                false,
-            );
-            scan_tlist = pg_sys::lappend(scan_tlist, tle.cast());
-        }
+        let scan_tlist = super::scan_tlist(tlist_exprs);
         let mut fdw_private = pg_sys::lappend(std::ptr::null_mut(), json.cast());
         fdw_private = pg_sys::lappend(
             fdw_private,

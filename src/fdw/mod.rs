@@ -88,3 +88,26 @@ fn conductor_fdw_handler() -> PgBox<pg_sys::FdwRoutine> {
 
     routine.into_pg_boxed()
 }
+
+/// The `fdw_scan_tlist` of a pushed join or upper rel: one target entry per
+/// expression the nodes return, in order (copies: the plan owns them).
+///
+/// # Safety
+/// `exprs` is a List of planner expression nodes (or NIL); called while
+/// planning, in the planner's memory context.
+pub(crate) unsafe fn scan_tlist(exprs: *mut pg_sys::List) -> *mut pg_sys::List {
+    // SAFETY: per the contract.
+    unsafe {
+        let mut tlist: *mut pg_sys::List = std::ptr::null_mut();
+        for (i, e) in lower::list_nodes(exprs).into_iter().enumerate() {
+            let tle = pg_sys::makeTargetEntry(
+                pg_sys::copyObjectImpl(e.cast()).cast(),
+                (i + 1) as i16,
+                std::ptr::null_mut(),
+                false,
+            );
+            tlist = pg_sys::lappend(tlist, tle.cast());
+        }
+        tlist
+    }
+}

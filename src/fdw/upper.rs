@@ -1361,16 +1361,7 @@ pub unsafe fn get_foreign_plan(
         let scan_exprs = private[1] as *mut pg_sys::List;
         let fdw_exprs = private[2] as *mut pg_sys::List;
         let quals = private[3] as *mut pg_sys::List;
-        let mut scan_tlist: *mut pg_sys::List = std::ptr::null_mut();
-        for (i, e) in nodes(scan_exprs).into_iter().enumerate() {
-            let tle = pg_sys::makeTargetEntry(
-                pg_sys::copyObjectImpl(e.cast()).cast(),
-                (i + 1) as i16,
-                std::ptr::null_mut(),
-                false,
-            );
-            scan_tlist = pg_sys::lappend(scan_tlist, tle.cast());
-        }
+        let scan_tlist = super::scan_tlist(scan_exprs);
         pg_sys::make_foreignscan(
             tlist,
             quals,

@@ -2,33 +2,15 @@
 //! that node (the node begins, executes and commits); anything else keeps
 //! the remote transaction. Counted with the nodes' own request counters.
 
+mod common;
+
+use common::exec;
 use conductor_e2e::postgres::Client;
 use conductor_e2e::{pg_err, Cluster, ClusterOptions};
 
-fn exec(db: &mut Client, sql: &str) {
-    db.batch_execute(sql)
-        .unwrap_or_else(|e| panic!("{sql}: {}", pg_err(&e)));
-}
-
 /// Data requests (pipelines and cursors) every node has served so far.
 fn node_requests(cluster: &Cluster) -> u64 {
-    (0..cluster.node_count())
-        .map(|i| {
-            let (_, body) = cluster.node_get(i, "/stats").expect("stats");
-            let v: conductor_e2e::serde_json::Value =
-                conductor_e2e::serde_json::from_str(&body).expect("json");
-            [
-                "/v2/pipeline",
-                "/v3/pipeline",
-                "/v3/cursor",
-                "/v3-protobuf/pipeline",
-                "/v3-protobuf/cursor",
-            ]
-            .iter()
-            .map(|k| v["requests"][k].as_u64().unwrap_or(0))
-            .sum::<u64>()
-        })
-        .sum()
+    common::node_requests(cluster).iter().sum()
 }
 
 fn requests_for(cluster: &Cluster, db: &mut Client, sql: &str) -> u64 {

@@ -24,7 +24,7 @@
 
 mod common;
 
-use common::{exec, expect_db_error, query_i64, shard_map};
+use common::{exec, expect_db_error, node_requests, query_i64, shard_map};
 use conductor_e2e::postgres::{Client, SimpleQueryMessage};
 use conductor_e2e::{pg_err, Cluster, ClusterOptions};
 
@@ -526,27 +526,6 @@ fn explain(db: &mut Client, sql: &str) -> String {
         .map(render)
         .unwrap_or_else(|e| panic!("EXPLAIN {sql}: {}", pg_err(&e)))
         .join("\n")
-}
-
-/// Requests on each node's data endpoints (pipelines and cursors).
-fn node_requests(cluster: &Cluster) -> Vec<u64> {
-    (0..cluster.node_count())
-        .map(|i| {
-            let (_, body) = cluster.node_get(i, "/stats").expect("node /stats");
-            let v: conductor_e2e::serde_json::Value =
-                conductor_e2e::serde_json::from_str(&body).expect("/stats JSON");
-            [
-                "/v2/pipeline",
-                "/v3/pipeline",
-                "/v3/cursor",
-                "/v3-protobuf/pipeline",
-                "/v3-protobuf/cursor",
-            ]
-            .iter()
-            .map(|e| v["requests"][e].as_u64().unwrap_or(0))
-            .sum::<u64>()
-        })
-        .collect()
 }
 
 /// Runs `sql` and returns the nodes its requests reached (by the nodes'

@@ -118,3 +118,25 @@ pub fn signal(pid: u32, sig: i32) {
     let r = unsafe { conductor_e2e::libc::kill(pid as i32, sig) };
     assert_eq!(r, 0, "kill({pid}, {sig})");
 }
+
+/// Requests each node has served on its data endpoints (pipelines and
+/// cursors) so far, by its own counters (`/stats`).
+pub fn node_requests(cluster: &Cluster) -> Vec<u64> {
+    (0..cluster.node_count())
+        .map(|i| {
+            let (_, body) = cluster.node_get(i, "/stats").expect("node /stats");
+            let v: conductor_e2e::serde_json::Value =
+                conductor_e2e::serde_json::from_str(&body).expect("/stats JSON");
+            [
+                "/v2/pipeline",
+                "/v3/pipeline",
+                "/v3/cursor",
+                "/v3-protobuf/pipeline",
+                "/v3-protobuf/cursor",
+            ]
+            .iter()
+            .map(|e| v["requests"][e].as_u64().unwrap_or(0))
+            .sum::<u64>()
+        })
+        .collect()
+}
