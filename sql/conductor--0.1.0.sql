@@ -35,7 +35,7 @@ CREATE TABLE conductor.distributed_table (
     -- shard tables' PRIMARY KEY, used by UPDATE/DELETE that fetch rows first.
     primary_key name[] NOT NULL,
     shard_count integer NOT NULL CHECK (shard_count BETWEEN 1 AND 4096),
-    -- Placement hash (DESIGN §4); a table keeps the version it was created with.
+    -- Placement hash version (docs/ARCHITECTURE.md, Placement); a table keeps the version it was created with.
     hash_version integer NOT NULL DEFAULT 1,
     UNIQUE (server_id, remote_name)
 );
