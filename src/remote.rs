@@ -27,6 +27,20 @@ pub use conductor_core::executor::{ShardQuery, ShardRequest};
 /// How long the backend blocks before checking for interrupts again.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
+/// Sleep `pause` while answering cancel and statement_timeout (checked
+/// every `POLL_INTERVAL`).
+pub fn sleep_interruptibly(pause: Duration) {
+    let until = Instant::now() + pause;
+    loop {
+        pgrx::check_for_interrupts!();
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(POLL_INTERVAL));
+    }
+}
+
 static EXECUTOR: OnceLock<Executor> = OnceLock::new();
 
 /// `conductor.wire_encoding` as the executor read it (once per backend).

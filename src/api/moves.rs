@@ -175,8 +175,7 @@ fn transaction(
         {
             Err(e) if attempt < BUSY_RETRIES && is_busy(&e) => {
                 attempt += 1;
-                std::thread::sleep(Duration::from_millis(50 * attempt as u64));
-                pgrx::check_for_interrupts!();
+                remote::sleep_interruptibly(Duration::from_millis(50 * attempt as u64));
             }
             r => break r?,
         }
@@ -1091,8 +1090,7 @@ fn older_transactions_ended() -> bool {
         if Instant::now() >= give_up {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(10));
-        pgrx::check_for_interrupts!();
+        remote::sleep_interruptibly(Duration::from_millis(10));
     }
 }
 

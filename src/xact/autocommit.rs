@@ -83,7 +83,7 @@ pub fn run_alone(topology: &TableTopology, plan: &ShardPlan) -> Option<Vec<(u32,
         match send_alone(current, plan)? {
             Ok(results) => return Some(results),
             Err(e) if is_moving(&e) && started.elapsed() < limit => {
-                wait_interruptibly(pause);
+                remote::sleep_interruptibly(pause);
                 pause = (pause * 2).min(std::time::Duration::from_millis(50));
                 // SAFETY: between node requests no catalog tuple is held.
                 // The queued invalidations (the move's catalog switch) drop
@@ -107,19 +107,6 @@ pub fn run_alone(topology: &TableTopology, plan: &ShardPlan) -> Option<Vec<(u32,
 fn is_moving(e: &conductor_core::ShardError) -> bool {
     matches!(&e.error, NodeError::Sql { message, .. }
         if message.contains(conductor_core::shard_move::FENCE_MESSAGE))
-}
-
-/// Sleep `pause`, answering cancel and statement_timeout meanwhile.
-fn wait_interruptibly(pause: std::time::Duration) {
-    let until = std::time::Instant::now() + pause;
-    loop {
-        pgrx::check_for_interrupts!();
-        let left = until.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::sleep(left.min(std::time::Duration::from_millis(5)));
-    }
 }
 
 /// One attempt of [`run_alone`]: the results, or the node's refusal of
