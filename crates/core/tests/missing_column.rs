@@ -6,46 +6,20 @@
 
 use conductor_core::plan::{ShardPlan, StatementKind};
 use conductor_core::predicate::{CmpOp, Operand, Pred};
-use conductor_core::topology::{Column, ShardLocation, Topology};
+use conductor_core::topology::Topology;
 use conductor_core::types::{ColumnType, TypedValue};
 use conductor_hrana::Value;
 
-fn topology() -> Topology {
-    let col = |attnum, name: &str, ty| Column {
-        attnum,
-        name: name.into(),
-        ty,
-        not_null: false,
-    };
-    Topology {
-        name: "t".into(),
-        remote_name: "t".into(),
-        // "note" was added to the foreign table but never reached the shard.
-        columns: vec![
-            col(1, "id", ColumnType::Int8),
-            col(2, "v", ColumnType::Text),
-            col(3, "note", ColumnType::Text),
-        ],
-        key_index: 0,
-        primary_key: vec![0],
-        shards: vec![ShardLocation {
-            shard_id: 0,
-            node_id: "n".into(),
-            url: "http://unused".into(),
-            remote_table: "t_0000".into(),
-            status: conductor_core::topology::ShardStatus::Active,
-        }],
-    }
-}
+mod plain_sqlite;
+use plain_sqlite::{one_shard_table, to_sqlite};
 
-fn to_sql(v: &Value) -> rusqlite::types::Value {
-    match v {
-        Value::Null => rusqlite::types::Value::Null,
-        Value::Integer(i) => rusqlite::types::Value::Integer(*i),
-        Value::Float(f) => rusqlite::types::Value::Real(*f),
-        Value::Text(s) => rusqlite::types::Value::Text(s.clone()),
-        Value::Blob(b) => rusqlite::types::Value::Blob(b.clone()),
-    }
+fn topology() -> Topology {
+    // "note" was added to the foreign table but never reached the shard.
+    one_shard_table(&[
+        ("id", ColumnType::Int8),
+        ("v", ColumnType::Text),
+        ("note", ColumnType::Text),
+    ])
 }
 
 #[test]
@@ -104,7 +78,7 @@ fn a_missing_column_is_an_error_on_a_sqlite_with_double_quoted_strings() {
         let plan = plan.unwrap();
         let stmt = &plan.statements[0].stmt;
         let sql = stmt.sql.as_deref().unwrap();
-        let args: Vec<rusqlite::types::Value> = stmt.args.iter().map(to_sql).collect();
+        let args: Vec<rusqlite::types::Value> = stmt.args.iter().map(to_sqlite).collect();
         let err = db
             .prepare(sql)
             .and_then(|mut s| s.execute(rusqlite::params_from_iter(args)).map(|_| ()))

@@ -6,45 +6,19 @@
 //! NULL operands give NULL.
 
 use conductor_core::plan::{ArithOp, SetExpr, ShardPlan, StatementKind};
-use conductor_core::topology::{Column, ShardLocation, Topology};
+use conductor_core::topology::Topology;
 use conductor_core::types::ColumnType;
 use conductor_hrana::Value;
 
-fn topology() -> Topology {
-    let col = |attnum, name: &str, ty| Column {
-        attnum,
-        name: name.into(),
-        ty,
-        not_null: false,
-    };
-    Topology {
-        name: "t".into(),
-        remote_name: "t".into(),
-        columns: vec![
-            col(1, "id", ColumnType::Int8),
-            col(2, "n", ColumnType::Int4),
-            col(3, "s", ColumnType::Text),
-        ],
-        key_index: 0,
-        primary_key: vec![0],
-        shards: vec![ShardLocation {
-            shard_id: 0,
-            node_id: "n".into(),
-            url: "http://unused".into(),
-            remote_table: "t_0000".into(),
-            status: conductor_core::topology::ShardStatus::Active,
-        }],
-    }
-}
+mod plain_sqlite;
+use plain_sqlite::{one_shard_table, to_sqlite};
 
-fn to_sql(v: &Value) -> rusqlite::types::Value {
-    match v {
-        Value::Null => rusqlite::types::Value::Null,
-        Value::Integer(i) => rusqlite::types::Value::Integer(*i),
-        Value::Float(f) => rusqlite::types::Value::Real(*f),
-        Value::Text(s) => rusqlite::types::Value::Text(s.clone()),
-        Value::Blob(b) => rusqlite::types::Value::Blob(b.clone()),
-    }
+fn topology() -> Topology {
+    one_shard_table(&[
+        ("id", ColumnType::Int8),
+        ("n", ColumnType::Int4),
+        ("s", ColumnType::Text),
+    ])
 }
 
 /// Run `SET column = expr(operand)` on the one row holding `start`;
@@ -77,7 +51,7 @@ fn run(
     )
     .unwrap();
     let stmt = &plan.statements[0].stmt;
-    let args: Vec<rusqlite::types::Value> = stmt.args.iter().map(to_sql).collect();
+    let args: Vec<rusqlite::types::Value> = stmt.args.iter().map(to_sqlite).collect();
     db.execute(
         stmt.sql.as_deref().unwrap(),
         rusqlite::params_from_iter(args),

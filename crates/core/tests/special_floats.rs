@@ -16,6 +16,9 @@ use conductor_hrana::Value;
 use rusqlite::types::ValueRef;
 use std::cmp::Ordering;
 
+mod plain_sqlite;
+use plain_sqlite::to_sqlite;
+
 const VALUES: [f64; 11] = [
     f64::NAN,
     f64::INFINITY,
@@ -59,16 +62,6 @@ const OPS: [CmpOp; 6] = [
     CmpOp::Gt,
     CmpOp::Ge,
 ];
-
-fn to_sqlite(v: &Value) -> rusqlite::types::Value {
-    match v {
-        Value::Null => rusqlite::types::Value::Null,
-        Value::Integer(i) => rusqlite::types::Value::Integer(*i),
-        Value::Float(f) => rusqlite::types::Value::Real(*f),
-        Value::Text(t) => rusqlite::types::Value::Text(t.clone()),
-        Value::Blob(b) => rusqlite::types::Value::Blob(b.clone()),
-    }
-}
 
 fn from_sqlite(v: ValueRef<'_>) -> Value {
     match v {
