@@ -156,7 +156,11 @@ CREATE TABLE conductor.virtual_index (
     backfill_rows bigint NOT NULL DEFAULT 0,
     -- The primary key of the last row backfilled on the current shard.
     backfill_position jsonb,
-    failure text
+    failure text,
+    -- Whether the lookup tables live in each node's lookup database (a
+    -- second SQLite file with its own write lock, conductor-node's
+    -- /lookup endpoints) rather than beside the shards (nodes without one).
+    lookup_database boolean NOT NULL DEFAULT false
 );
 REVOKE ALL ON conductor.virtual_index FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('conductor.virtual_index', '');

@@ -3,11 +3,14 @@
 //!
 //! The invariant: a row committed on its shard has its entry (value…,
 //! shard) committed in the index's lookup table. Writes keep it by making
-//! every entry durable before the row it points at can commit:
+//! every entry durable before the row it points at can commit. Lookup
+//! tables live in the nodes' lookup databases (their own write locks, which
+//! no transaction holds across requests) where the nodes have them, beside
+//! the shards otherwise (sqld):
 //!
 //! - an entry whose lookup node's write lock this transaction does not hold
-//!   is written and committed at once, in its own one-request transaction,
-//!   before the row is written;
+//!   (always, in a lookup database) is written and committed at once, in
+//!   its own one-request transaction, before the row is written;
 //! - an entry whose lookup node's write lock this transaction holds (a
 //!   second connection would wait for it forever) is written in that
 //!   node's remote transaction, and the commit order makes that node commit
@@ -49,11 +52,91 @@ fn endpoint(t: &TableTopology, shard: u32) -> conductor_core::NodeEndpoint {
     )
 }
 
-/// Statements for the node of `shard` (any shard of the table on that node).
+/// Which database of a shard's node a job runs on.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Database {
+    /// The node's database holding the shard tables.
+    Shards,
+    /// The node's lookup database: its own file and write lock, so entries
+    /// can be committed at once while this transaction holds the shard
+    /// tables' lock.
+    Lookup,
+}
+
+/// Where an index's lookup tables live.
+pub fn lookup_database(ix: &VirtualIndex) -> Database {
+    if ix.lookup_database {
+        Database::Lookup
+    } else {
+        Database::Shards
+    }
+}
+
+/// The remote transaction key of `database` on `shard`'s node.
+fn key_in(t: &TableTopology, shard: u32, database: Database) -> NodeKey {
+    let (server, node) = node_key(t, shard);
+    match database {
+        Database::Shards => (server, node),
+        Database::Lookup => (server, lookup_node_name(&node)),
+    }
+}
+
+/// The name errors and statistics give a node's lookup database.
+pub fn lookup_node_name(node_id: &str) -> String {
+    format!("{node_id} (lookup database)")
+}
+
+/// The endpoint of `database` on `shard`'s node.
+pub fn endpoint_in(
+    t: &TableTopology,
+    shard: u32,
+    database: Database,
+) -> conductor_core::NodeEndpoint {
+    let mut e = endpoint(t, shard);
+    if database == Database::Lookup {
+        e.url = vindex::lookup_database_url(&e.url);
+        e.node_id = lookup_node_name(&e.node_id);
+    }
+    e
+}
+
+/// Statements for the node of `shard` (any shard of the table on that
+/// node), in one of its databases.
 struct Job {
     shard: u32,
+    database: Database,
     lock_table: String,
     stmts: Vec<Stmt>,
+}
+
+impl Job {
+    /// On the node of shard `shard`, in its shard tables' database.
+    fn on_shard(t: &TableTopology, shard: u32, stmts: Vec<Stmt>) -> Job {
+        Job {
+            shard,
+            database: Database::Shards,
+            lock_table: t.shards[shard as usize].remote_table.clone(),
+            stmts,
+        }
+    }
+
+    /// On index `ix`'s lookup shard `lshard`, wherever its lookup tables live.
+    fn on_lookup(t: &TableTopology, ix: &VirtualIndex, lshard: u32, stmts: Vec<Stmt>) -> Job {
+        Job {
+            shard: lshard,
+            database: lookup_database(ix),
+            lock_table: ix.lookup_table(t, lshard),
+            stmts,
+        }
+    }
+
+    fn key(&self, t: &TableTopology) -> NodeKey {
+        key_in(t, self.shard, self.database)
+    }
+
+    fn endpoint(&self, t: &TableTopology) -> conductor_core::NodeEndpoint {
+        endpoint_in(t, self.shard, self.database)
+    }
 }
 
 fn label(t: &TableTopology, shard: u32) -> ShardLabel {
@@ -73,9 +156,9 @@ fn in_streams(t: &TableTopology, jobs: Vec<Job>, access: Access) -> Vec<Vec<Stmt
         .into_iter()
         .map(|j| NodeWork {
             access,
+            key: j.key(t),
+            endpoint: j.endpoint(t),
             lock_table: Some(j.lock_table),
-            key: node_key(t, j.shard),
-            endpoint: endpoint(t, j.shard),
             stmts: j
                 .stmts
                 .into_iter()
@@ -97,7 +180,7 @@ fn at_once(t: &TableTopology, jobs: Vec<Job>) -> Vec<Vec<StmtResult>> {
         .into_iter()
         .map(|j| ShardRequest {
             shard_id: Some(j.shard),
-            endpoint: endpoint(t, j.shard),
+            endpoint: j.endpoint(t),
             body: one_request_transaction(j.stmts),
         })
         .collect();
@@ -118,7 +201,7 @@ fn read_at_once(t: &TableTopology, jobs: Vec<Job>) -> Vec<Vec<StmtResult>> {
         .into_iter()
         .map(|j| ShardRequest {
             shard_id: Some(j.shard),
-            endpoint: endpoint(t, j.shard),
+            endpoint: j.endpoint(t),
             body: PipelineReqBody {
                 baton: None,
                 requests: j
@@ -149,9 +232,10 @@ fn read(t: &TableTopology, jobs: Vec<Job>) -> Vec<Vec<StmtResult>> {
     let mut merged: BTreeMap<NodeKey, Job> = BTreeMap::new();
     let mut place = Vec::with_capacity(jobs.len());
     for j in jobs {
-        let key = node_key(t, j.shard);
+        let key = j.key(t);
         let m = merged.entry(key.clone()).or_insert_with(|| Job {
             shard: j.shard,
+            database: j.database,
             lock_table: j.lock_table.clone(),
             stmts: Vec::new(),
         });
@@ -284,30 +368,14 @@ pub fn before_write(
             let table = ix.lookup_table(t, lshard);
             let refs: Vec<&Entry> = set.iter().collect();
             let stmts = ix.insert_entries_stmts(&table, &refs);
-            let key = node_key(t, lshard);
+            let job = Job::on_lookup(t, ix, lshard, Vec::new());
+            let key = job.key(t);
             if streams::holds_write(&key) {
-                let (job, owners) = mine.entry(key).or_insert_with(|| {
-                    (
-                        Job {
-                            shard: lshard,
-                            lock_table: table.clone(),
-                            stmts: Vec::new(),
-                        },
-                        BTreeSet::new(),
-                    )
-                });
+                let (job, owners) = mine.entry(key).or_insert_with(|| (job, BTreeSet::new()));
                 job.stmts.extend(stmts);
                 owners.extend(set.iter().map(|e| node_key(t, e.owner)));
             } else {
-                other
-                    .entry(key)
-                    .or_insert_with(|| Job {
-                        shard: lshard,
-                        lock_table: table.clone(),
-                        stmts: Vec::new(),
-                    })
-                    .stmts
-                    .extend(stmts);
+                other.entry(key).or_insert(job).stmts.extend(stmts);
                 pending
                     .recheck
                     .extend(set.into_iter().map(|e| (i, lshard, e)));
@@ -377,18 +445,14 @@ fn claim(
 ) -> Result<(), u32> {
     let ix = &t.virtual_indexes[i];
     let table = ix.lookup_table(t, lshard);
-    let lkey = node_key(t, lshard);
+    let lkey = key_in(t, lshard, lookup_database(ix));
     // An entry committed at once is checked again after the row is written.
     let mut committed_at_once = false;
     for _ in 0..8 {
         let refs = [e];
         let mut stmts = ix.insert_entries_stmts(&table, &refs);
         stmts.push(ix.owners_stmt(&table, e));
-        let job = Job {
-            shard: lshard,
-            lock_table: table.clone(),
-            stmts,
-        };
+        let job = Job::on_lookup(t, ix, lshard, stmts);
         let results = if streams::holds_write(&lkey) {
             streams::commit_before(&lkey, &[node_key(t, e.owner)].into());
             in_streams(t, vec![job], Access::Write)
@@ -435,11 +499,7 @@ fn claim(
 /// transaction sees it).
 fn probe(t: &TableTopology, ix: &VirtualIndex, shard: u32, e: &Entry) -> bool {
     let shard_table = &t.shards[shard as usize].remote_table;
-    let job = Job {
-        shard,
-        lock_table: shard_table.clone(),
-        stmts: vec![ix.probe_stmt(t, shard_table, e)],
-    };
+    let job = Job::on_shard(t, shard, vec![ix.probe_stmt(t, shard_table, e)]);
     read(t, vec![job])
         .first()
         .and_then(|r| r.first())
@@ -499,18 +559,13 @@ fn unless_held(
     change: Stmt,
     new_owner: Option<u32>,
 ) -> bool {
-    let table = ix.lookup_table(t, lshard);
     let holder = e.owner;
     let hkey = node_key(t, holder);
-    let lkey = node_key(t, lshard);
+    let lkey = key_in(t, lshard, lookup_database(ix));
     let shard_table = t.shards[holder as usize].remote_table.clone();
     let update = change;
     let write_entry = || {
-        let job = Job {
-            shard: lshard,
-            lock_table: table.clone(),
-            stmts: vec![update.clone()],
-        };
+        let job = Job::on_lookup(t, ix, lshard, vec![update.clone()]);
         if streams::holds_write(&lkey) {
             if let Some(owner) = new_owner {
                 streams::commit_before(&lkey, &[node_key(t, owner)].into());
@@ -523,11 +578,7 @@ fn unless_held(
     if streams::holds_write(&hkey) {
         // Our own transaction holds the lock: probe through it (as write,
         // so a read snapshot is upgraded to the lock).
-        let job = Job {
-            shard: holder,
-            lock_table: shard_table.clone(),
-            stmts: vec![ix.probe_stmt(t, &shard_table, e)],
-        };
+        let job = Job::on_shard(t, holder, vec![ix.probe_stmt(t, &shard_table, e)]);
         let found = in_streams(t, vec![job], Access::Write)
             .first()
             .and_then(|r| r.first())
@@ -589,15 +640,12 @@ pub fn after_write(t: &TableTopology, pending: Pending) {
         .map(|(i, lshard, e)| {
             let ix = &t.virtual_indexes[*i];
             let table = ix.lookup_table(t, *lshard);
-            Job {
-                shard: *lshard,
-                lock_table: table.clone(),
-                stmts: vec![if ix.unique {
-                    ix.owners_stmt(&table, e)
-                } else {
-                    ix.entry_stmt(&table, e)
-                }],
-            }
+            let stmt = if ix.unique {
+                ix.owners_stmt(&table, e)
+            } else {
+                ix.entry_stmt(&table, e)
+            };
+            Job::on_lookup(t, ix, *lshard, vec![stmt])
         })
         .collect();
     let results = read(t, jobs);
@@ -654,13 +702,10 @@ pub fn within(t: &TableTopology, preds: &[Pred], bindings: &[Binding]) -> Option
     let mut per_node: BTreeMap<NodeKey, Job> = BTreeMap::new();
     for (lshard, tuples) in &by_lookup {
         let table = ix.lookup_table(t, *lshard);
+        let job = Job::on_lookup(t, ix, *lshard, Vec::new());
         per_node
-            .entry(node_key(t, *lshard))
-            .or_insert_with(|| Job {
-                shard: *lshard,
-                lock_table: table.clone(),
-                stmts: Vec::new(),
-            })
+            .entry(job.key(t))
+            .or_insert(job)
             .stmts
             .extend(ix.lookup_stmts(&table, tuples));
     }
@@ -709,21 +754,56 @@ pub fn annotate(t: &TableTopology, preds: &[Pred], plan: &mut conductor_core::pl
     }
 }
 
+/// Statements on every lookup shard in `database` (the lookup tables' DDL),
+/// in this transaction's remote transactions: `stmts(lshard, lookup table)`.
+pub fn on_every_lookup_shard(
+    t: &TableTopology,
+    database: Database,
+    index: &str,
+    stmts: impl Fn(u32, &str) -> Vec<Stmt>,
+) {
+    let mut per_node: BTreeMap<NodeKey, Job> = BTreeMap::new();
+    for lshard in 0..t.shard_count() {
+        let table = vindex::lookup_table_name(&t.remote_name, index, lshard);
+        let job = Job {
+            shard: lshard,
+            database,
+            lock_table: table.clone(),
+            stmts: Vec::new(),
+        };
+        per_node
+            .entry(job.key(t))
+            .or_insert(job)
+            .stmts
+            .extend(stmts(lshard, &table));
+    }
+    in_streams(t, per_node.into_values().collect(), Access::Write);
+}
+
+/// Whether every node of the table serves a lookup database (conductor-node
+/// does; sqld does not).
+pub fn nodes_have_lookup_databases(t: &TableTopology) -> bool {
+    let mut seen = BTreeSet::new();
+    t.shards
+        .iter()
+        .filter(|s| seen.insert(s.node_id.clone()))
+        .all(|s| remote::check_health(endpoint_in(t, s.shard_id, Database::Lookup)).is_ok())
+}
+
 /// One statement's rows from shard `shard`'s node (through this
 /// transaction's stream when it has one there).
 pub fn read_one(t: &TableTopology, shard: u32, stmt: Stmt) -> Vec<Vec<Value>> {
-    let table = t.shards[shard as usize].remote_table.clone();
-    read(
-        t,
-        vec![Job {
-            shard,
-            lock_table: table,
-            stmts: vec![stmt],
-        }],
-    )
-    .into_iter()
-    .next()
-    .and_then(|r| r.into_iter().next())
-    .map(|r| r.rows)
-    .unwrap_or_default()
+    read_in(t, shard, Database::Shards, stmt)
+}
+
+/// One statement's rows from `database` on shard `shard`'s node.
+pub fn read_in(t: &TableTopology, shard: u32, database: Database, stmt: Stmt) -> Vec<Vec<Value>> {
+    let mut job = Job::on_shard(t, shard, vec![stmt]);
+    job.database = database;
+    read(t, vec![job])
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next())
+        .map(|r| r.rows)
+        .unwrap_or_default()
 }

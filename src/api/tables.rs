@@ -633,31 +633,50 @@ fn forget_distributed_table(relid: pg_sys::Oid) {
     })
     .unwrap_or_else(|e| error!("conductor: could not read the dropped table's shards: {e}"));
     // Its virtual indexes' lookup tables sit beside its shards.
-    let indexes: Vec<String> = Spi::connect(|client| {
+    let indexes: Vec<(String, bool)> = Spi::connect(|client| {
         client
             .select(
-                "SELECT index_name FROM conductor.virtual_index WHERE relid = $1",
+                "SELECT index_name, lookup_database FROM conductor.virtual_index WHERE relid = $1",
                 None,
                 &[relid.into()],
             )?
-            .map(|row| Ok(row.get::<String>(1)?.unwrap_or_default()))
+            .map(|row| {
+                Ok((
+                    row.get::<String>(1)?.unwrap_or_default(),
+                    row.get::<bool>(2)?.unwrap_or(false),
+                ))
+            })
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
     .unwrap_or_else(|e| error!("conductor: could not read the dropped table's indexes: {e}"));
     let mut per_node: BTreeMap<(String, String), (pg_sys::Oid, Vec<String>)> = BTreeMap::new();
     for (remote_name, server_id, shard_id, node_id, url) in rows {
-        let tables = &mut per_node
+        for (ix, lookup_database) in &indexes {
+            // A lookup database is reached (and recorded for cleanup) as a
+            // node of its own name and URL.
+            let place = if *lookup_database {
+                (
+                    crate::vindex::lookup_node_name(&node_id),
+                    conductor_core::vindex::lookup_database_url(&url),
+                )
+            } else {
+                (node_id.clone(), url.clone())
+            };
+            per_node
+                .entry(place)
+                .or_insert_with(|| (server_id, Vec::new()))
+                .1
+                .push(conductor_core::vindex::lookup_table_name(
+                    &remote_name,
+                    ix,
+                    shard_id as u32,
+                ));
+        }
+        per_node
             .entry((node_id, url))
             .or_insert_with(|| (server_id, Vec::new()))
-            .1;
-        tables.push(shard_table_name(&remote_name, shard_id as u32));
-        for ix in &indexes {
-            tables.push(conductor_core::vindex::lookup_table_name(
-                &remote_name,
-                ix,
-                shard_id as u32,
-            ));
-        }
+            .1
+            .push(shard_table_name(&remote_name, shard_id as u32));
     }
     for ((node_id, url), (server_id, tables)) in per_node {
         let endpoint = NodeEndpoint {

@@ -198,35 +198,44 @@ fn vidx_begin(
             refuse_local_duplicates(&t, &name, &idx, s);
         }
     }
+    let lookup_database = crate::vindex::nodes_have_lookup_databases(&t);
     Spi::run_with_args(
-        "INSERT INTO conductor.virtual_index (index_name, relid, columns, is_unique, builder_pid)
-         VALUES ($1, $2, $3::name[], $4, pg_catalog.pg_backend_pid())",
+        "INSERT INTO conductor.virtual_index
+                (index_name, relid, columns, is_unique, builder_pid, lookup_database)
+         VALUES ($1, $2, $3::name[], $4, pg_catalog.pg_backend_pid(), $5)",
         &[
             name.as_str().into(),
             relid.into(),
             columns.clone().into(),
             is_unique.into(),
+            lookup_database.into(),
         ],
     )
     .unwrap_or_else(|e| error!("conductor: could not record the virtual index: {e}"));
     let types: Vec<_> = idx.iter().map(|&i| t.columns[i].ty).collect();
     let local = local_index(&name, columns, is_unique);
-    on_every_shard(&t, "CREATE VIRTUAL INDEX", |shard, table| {
+    on_every_shard(&t, "CREATE VIRTUAL INDEX", |_, table| {
         vec![
             Stmt::new(REFRESH_SCHEMA_SQL, vec![]),
-            Stmt::new(
-                vindex::create_lookup_sql(
-                    &vindex::lookup_table_name(&t.remote_name, &name, shard),
-                    &types,
-                    is_unique,
-                ),
-                vec![],
-            ),
             Stmt::new(create_index_sql(table, &local), vec![]),
+        ]
+    });
+    crate::vindex::on_every_lookup_shard(&t, database(lookup_database), &name, |_, lookup| {
+        vec![
+            Stmt::new(REFRESH_SCHEMA_SQL, vec![]),
+            Stmt::new(vindex::create_lookup_sql(lookup, &types, is_unique), vec![]),
         ]
     });
     invalidate_plans(relid);
     name
+}
+
+fn database(lookup_database: bool) -> crate::vindex::Database {
+    if lookup_database {
+        crate::vindex::Database::Lookup
+    } else {
+        crate::vindex::Database::Shards
+    }
 }
 
 /// The table and catalog state of an index.
@@ -235,12 +244,13 @@ struct Recorded {
     status: String,
     shards_done: i32,
     position: Option<JsonB>,
+    lookup_database: bool,
 }
 
 fn recorded(name: &str) -> Recorded {
     Spi::connect(|client| {
         let rows = client.select(
-            "SELECT relid::oid, status, backfill_shards, backfill_position
+            "SELECT relid::oid, status, backfill_shards, backfill_position, lookup_database
                FROM conductor.virtual_index WHERE index_name = $1",
             Some(1),
             &[name.into()],
@@ -254,6 +264,7 @@ fn recorded(name: &str) -> Recorded {
             status: row.get(2)?.unwrap_or_default(),
             shards_done: row.get(3)?.unwrap_or_default(),
             position: row.get(4)?,
+            lookup_database: row.get(5)?.unwrap_or(false),
         }))
     })
     .unwrap_or_else(|e| error!("conductor: could not read the virtual index catalog: {e}"))
@@ -388,15 +399,14 @@ fn drop_virtual_index(name: &str) {
     )
     .unwrap_or_else(|e| error!("conductor: could not forget the virtual index: {e}"));
     let local = format!("vx_{name}");
-    on_every_shard(&t, "DROP VIRTUAL INDEX", |shard, table| {
+    on_every_shard(&t, "DROP VIRTUAL INDEX", |_, table| {
         vec![
             Stmt::new(REFRESH_SCHEMA_SQL, vec![]),
-            Stmt::new(
-                drop_table_sql(&vindex::lookup_table_name(&t.remote_name, name, shard)),
-                vec![],
-            ),
             Stmt::new(drop_index_sql(table, &local), vec![]),
         ]
+    });
+    crate::vindex::on_every_lookup_shard(&t, database(rec.lookup_database), name, |_, lookup| {
+        vec![Stmt::new(drop_table_sql(lookup), vec![])]
     });
     invalidate_plans(rec.relid);
 }
@@ -409,9 +419,10 @@ fn virtual_index_entries(name: &str) -> i64 {
     let mut n = 0i64;
     for s in 0..t.shard_count() {
         let table = vindex::lookup_table_name(&t.remote_name, name, s);
-        let rows = crate::vindex::read_one(
+        let rows = crate::vindex::read_in(
             &t,
             s,
+            database(rec.lookup_database),
             Stmt::new(
                 format!(
                     "SELECT count(*) FROM {}",
@@ -471,7 +482,8 @@ fn verify_virtual_index(
     let n = ix.columns.len();
     for s in 0..t.shard_count() {
         let table = ix.lookup_table(&t, s);
-        for row in crate::vindex::read_one(&t, s, ix.all_entries_stmt(&table)) {
+        let stmt = ix.all_entries_stmt(&table);
+        for row in crate::vindex::read_in(&t, s, crate::vindex::lookup_database(ix), stmt) {
             let owner = match row.get(n) {
                 Some(Value::Integer(o)) => *o as u32,
                 _ => continue,

@@ -258,7 +258,7 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
         }
         let mut virtual_indexes = Vec::new();
         let rows = client.select(
-            "SELECT index_name, columns::text[], is_unique, status
+            "SELECT index_name, columns::text[], is_unique, status, lookup_database
                FROM conductor.virtual_index
               WHERE relid = $1 AND status IN ('building', 'ready')
               ORDER BY index_name",
@@ -288,6 +288,7 @@ pub fn load_table(relid: pg_sys::Oid) -> Option<TableTopology> {
                 } else {
                     IndexStatus::Building
                 },
+                lookup_database: row.get(5)?.unwrap_or(false),
             });
         }
         Ok(Some(TableTopology {

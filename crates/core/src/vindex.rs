@@ -41,6 +41,17 @@ pub struct VirtualIndex {
     pub columns: Vec<usize>,
     pub unique: bool,
     pub status: IndexStatus,
+    /// The lookup tables live in each node's lookup database
+    /// ([`lookup_database_url`]), whose write lock is not the shard tables'
+    /// one; otherwise (a node without one, e.g. sqld) beside the shards.
+    pub lookup_database: bool,
+}
+
+/// The base URL of a node's lookup database: the node's URL with
+/// `/lookup`, under which conductor-node serves the same protocol on a
+/// second SQLite file.
+pub fn lookup_database_url(node_url: &str) -> String {
+    format!("{}/lookup", node_url.trim_end_matches('/'))
 }
 
 /// The lookup table of `index` beside shard `shard` of a table whose shard
@@ -634,6 +645,7 @@ mod tests {
             columns,
             unique: false,
             status,
+            lookup_database: true,
         }
     }
 

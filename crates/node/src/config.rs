@@ -153,4 +153,11 @@ impl Config {
     pub(crate) fn db_path(&self) -> PathBuf {
         self.data_dir.join("node.db")
     }
+
+    /// The lookup database (`/lookup/…` endpoints): a second SQLite file
+    /// with its own write lock, for virtual-index entries, so a transaction
+    /// holding the shard tables' write lock can still commit entries first.
+    pub(crate) fn lookup_db_path(&self) -> PathBuf {
+        self.data_dir.join("lookup.db")
+    }
 }

@@ -76,14 +76,13 @@ impl Db {
 
     /// Creates the data directory, opens the database in WAL mode and starts
     /// the writer and checkpointer threads.
-    pub fn open(config: &Config) -> rusqlite::Result<Db> {
+    pub fn open(config: &Config, path: PathBuf) -> rusqlite::Result<Db> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
                 Some(format!("cannot create {}: {e}", config.data_dir.display())),
             )
         })?;
-        let path = config.db_path();
         let busy_timeout = Duration::from_millis(config.busy_timeout_ms);
         let opening = Opening {
             busy_timeout,

@@ -75,6 +75,7 @@ async fn serve_connection<IO>(
 /// requests finish (up to the configured timeout) and closes the node.
 pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let reaper = tokio::spawn(node.clone().reap_streams());
+    let lookup_reaper = node.lookup.clone().map(|l| tokio::spawn(l.reap_streams()));
     // Each connection task holds a clone of `alive`; when all are dropped,
     // `drained.recv()` returns None.
     let (alive, mut drained) = mpsc::channel::<()>(1);
@@ -117,6 +118,9 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: impl Future
         tracing::warn!("in-flight requests did not finish in time; closing anyway");
     }
     reaper.abort();
+    if let Some(r) = lookup_reaper {
+        r.abort();
+    }
     node.close().await;
     tracing::info!("stopped");
 }
@@ -127,8 +131,16 @@ async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     // (Failures are logged at warn where they happen, with their message.)
     let what = (tracing::enabled!(tracing::Level::DEBUG))
         .then(|| (req.method().clone(), req.uri().path().to_owned()));
-    let endpoint = Endpoint::of_path(req.uri().path());
-    let resp = route(node, req, endpoint).await;
+    // `/lookup/…` is the same protocol on the lookup database.
+    let (node, path) = match req.uri().path().strip_prefix("/lookup") {
+        Some(rest) if rest.starts_with('/') => match &node.lookup {
+            Some(lookup) => (lookup, rest.to_owned()),
+            None => (node, req.uri().path().to_owned()),
+        },
+        _ => (node, req.uri().path().to_owned()),
+    };
+    let endpoint = Endpoint::of_path(&path);
+    let resp = route(node, req, endpoint, &path).await;
     let status = resp.status();
     let elapsed = start.elapsed();
     node.stats.record(endpoint, status.as_u16(), elapsed);
@@ -139,7 +151,12 @@ async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     resp
 }
 
-async fn route(node: &Arc<Node>, req: Request<Incoming>, endpoint: Endpoint) -> Response<Body> {
+async fn route(
+    node: &Arc<Node>,
+    req: Request<Incoming>,
+    endpoint: Endpoint,
+    path: &str,
+) -> Response<Body> {
     let method = req.method();
     let needs_auth = match endpoint {
         Endpoint::HEALTH | Endpoint::VERSION | Endpoint::PROBE => false,
@@ -167,7 +184,6 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>, endpoint: Endpoint) -> 
             ),
         );
     }
-    let path = req.uri().path();
     let encoding = if path.starts_with("/v3-protobuf/") {
         Encoding::Protobuf
     } else {

@@ -19,15 +19,24 @@ pub struct Node {
     pub streams: Streams,
     pub stats: Stats,
     pub auth: Auth,
+    /// The lookup database's node (`/lookup/…`): same listener, token and
+    /// settings, its own file, connections, streams and statistics.
+    pub lookup: Option<Arc<Node>>,
 }
 
 impl Node {
     pub fn open(config: Config) -> std::io::Result<Arc<Node>> {
-        let db = Db::open(&config).map_err(|e| {
-            std::io::Error::other(format!(
-                "cannot open the database in {}: {e}",
-                config.data_dir.display()
-            ))
+        let lookup = Node::open_file(config.clone(), config.lookup_db_path(), None)?;
+        Node::open_file(config.clone(), config.db_path(), Some(lookup))
+    }
+
+    fn open_file(
+        config: Config,
+        path: std::path::PathBuf,
+        lookup: Option<Arc<Node>>,
+    ) -> std::io::Result<Arc<Node>> {
+        let db = Db::open(&config, path.clone()).map_err(|e| {
+            std::io::Error::other(format!("cannot open the database {}: {e}", path.display()))
         })?;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
@@ -40,6 +49,7 @@ impl Node {
             stats: Stats::default(),
             db,
             config,
+            lookup,
         }))
     }
 
@@ -73,6 +83,9 @@ impl Node {
     /// After the HTTP side has drained: roll back and close every stream,
     /// stop the writer, close the database.
     pub async fn close(self: Arc<Node>) {
+        if let Some(lookup) = self.lookup.clone() {
+            Box::pin(lookup.close()).await;
+        }
         let node = self.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let open = node.streams.take_all();

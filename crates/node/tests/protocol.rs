@@ -1159,3 +1159,73 @@ fn results_carry_statistics_like_sqld() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `/lookup/…` serves the same protocol on a second database file with a
+/// write lock of its own: a transaction holding the main database's write
+/// lock does not keep a write on the lookup database waiting, and the two
+/// databases' tables are separate.
+#[test]
+fn the_lookup_database_has_its_own_tables_and_write_lock() {
+    let n = node();
+    let a = n.addr();
+    exec(a, "CREATE TABLE t(id INTEGER PRIMARY KEY)", vec![]);
+    let on_lookup = |requests: Vec<J>, baton: Option<&str>| {
+        let r = post(
+            a,
+            "/lookup/v3/pipeline",
+            &json!({"baton": baton, "requests": requests}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    };
+    on_lookup(
+        vec![
+            execute("CREATE TABLE e(v TEXT PRIMARY KEY)", vec![]),
+            close(),
+        ],
+        None,
+    );
+    let main_tx = pipeline(
+        a,
+        None,
+        vec![
+            execute("BEGIN IMMEDIATE", vec![]),
+            execute("INSERT INTO t VALUES (1)", vec![]),
+        ],
+    );
+    let baton = main_tx["baton"].as_str().unwrap().to_owned();
+    let t = Instant::now();
+    let r = on_lookup(
+        vec![
+            execute("BEGIN IMMEDIATE", vec![]),
+            execute("INSERT INTO e VALUES ('x')", vec![]),
+            execute("COMMIT", vec![]),
+            close(),
+        ],
+        None,
+    );
+    assert_eq!(r["results"][1]["type"], "ok", "{r}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "the lookup write did not wait for the main database's lock"
+    );
+    pipeline(a, Some(&baton), vec![execute("COMMIT", vec![]), close()]);
+    // Each database sees only its own tables.
+    let missing = exec_err(a, "SELECT count(*) FROM e", vec![]);
+    assert!(missing.to_string().contains("no such table"), "{missing}");
+    let r = on_lookup(
+        vec![execute("SELECT count(*) FROM t", vec![]), close()],
+        None,
+    );
+    assert_eq!(r["results"][0]["type"], "error", "{r}");
+    let r = on_lookup(
+        vec![execute("SELECT count(*) FROM e", vec![]), close()],
+        None,
+    );
+    assert_eq!(scalar(&r["results"][0]["response"]["result"]), 1);
+    assert_eq!(count(a, "t"), 1);
+    // The lookup database answers health probes and keeps its own stats.
+    assert_eq!(get(a, "/lookup/v3").status, 200);
+    let s = get(a, "/lookup/stats").json();
+    assert!(s["requests"]["/v3/pipeline"].as_u64().unwrap() >= 4, "{s}");
+}
