@@ -462,6 +462,50 @@ fn routing_matches_a_local_table() {
     assert!(common::all_node_tables(&cluster)
         .iter()
         .all(|(_, t)| !t.contains("_vx_people_tag_vidx")));
+    let lookups = lookup_tables(&cluster);
+    assert!(
+        lookups.iter().any(|t| t.contains("_vx_people_email_vidx")),
+        "{lookups:?}"
+    );
+    assert!(
+        lookups.iter().all(|t| !t.contains("_vx_people_tag_vidx")),
+        "{lookups:?}"
+    );
+    // Dropping the table drops its lookup tables too.
+    exec(&mut db, "DROP FOREIGN TABLE people");
+    let lookups = lookup_tables(&cluster);
+    assert!(
+        lookups.iter().all(|t| !t.contains("_vx_people")),
+        "{lookups:?}"
+    );
+}
+
+/// The tables in every node's lookup database.
+fn lookup_tables(cluster: &Cluster) -> Vec<String> {
+    let body = conductor_e2e::serde_json::json!({
+        "baton": null,
+        "requests": [
+            {"type": "execute", "stmt": {
+                "sql": "SELECT name FROM sqlite_master WHERE type = 'table'",
+                "want_rows": true,
+            }},
+            {"type": "close"},
+        ],
+    });
+    let mut out = Vec::new();
+    for i in 0..cluster.node_count() {
+        let (status, resp) = cluster
+            .node_post(i, "/lookup/v2/pipeline", &body)
+            .expect("lookup database answers");
+        assert_eq!(status, 200, "{resp}");
+        for row in resp["results"][0]["response"]["result"]["rows"]
+            .as_array()
+            .expect("rows")
+        {
+            out.push(row[0]["value"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    out
 }
 
 #[test]
