@@ -807,3 +807,157 @@ pub fn read_in(t: &TableTopology, shard: u32, database: Database, stmt: Stmt) ->
         .map(|r| r.rows)
         .unwrap_or_default()
 }
+
+/// At most this many observed extras are queued per transaction (each
+/// costs three requests at commit).
+const MAX_OBSERVED_EXTRAS: usize = 16;
+
+/// A scan routed through a virtual index by nothing but the index's
+/// equalities, with the value tuples it looked up: a shard it visits that
+/// sends no row holds none of them.
+pub struct IndexRoute {
+    index: usize,
+    /// (lookup shard, value tuple)
+    tuples: Vec<(u32, Vec<Value>)>,
+}
+
+/// The index route of a scan's predicate, when every pushed predicate is
+/// one of the index's equalities and it looks up at most a few tuples.
+pub fn index_route(t: &TableTopology, preds: &[Pred], bindings: &[Binding]) -> Option<IndexRoute> {
+    let ix = vindex::usable(t, &t.virtual_indexes, preds)?;
+    if preds.len() != ix.columns.len() {
+        return None; // other conditions may leave a holding shard empty
+    }
+    let index = t.virtual_indexes.iter().position(|i| i.name == ix.name)?;
+    let tuples: Vec<(u32, Vec<Value>)> = vindex::admitted(t, ix, preds, bindings)
+        .ok()??
+        .into_iter()
+        .flat_map(|(lshard, ts)| ts.into_iter().map(move |v| (lshard, v)))
+        .collect();
+    (tuples.len() <= 4).then_some(IndexRoute { index, tuples })
+}
+
+/// An entry a read found pointing at a shard that sent no row for its
+/// value (a deleted row's, a rolled-back write's): removed after the
+/// transaction commits if that shard, probed holding its node's write lock,
+/// still has no such row (the same check as `remove_extra`).
+struct ObservedExtra {
+    holder: conductor_core::NodeEndpoint,
+    holder_shard: u32,
+    probe: Stmt,
+    lookup: conductor_core::NodeEndpoint,
+    lshard: u32,
+    delete: Stmt,
+    /// The lookup table is in the holder's database (no lookup database):
+    /// the delete runs inside the holder's transaction.
+    same_database: bool,
+}
+
+thread_local! {
+    static OBSERVED: std::cell::RefCell<Vec<ObservedExtra>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A scan routed by `route` ran to its end and the shards `empty` sent no
+/// row: the entries of its tuples that point at them are queued for
+/// removal once the transaction commits.
+pub fn observe_empty_shards(t: &TableTopology, route: &IndexRoute, empty: &[u32]) {
+    let ix = &t.virtual_indexes[route.index];
+    let database = lookup_database(ix);
+    OBSERVED.with(|o| {
+        let mut observed = o.borrow_mut();
+        for &shard in empty {
+            for (lshard, tuple) in &route.tuples {
+                if observed.len() >= MAX_OBSERVED_EXTRAS {
+                    return;
+                }
+                let e = Entry {
+                    values: tuple.iter().cloned().map(vindex::EntryValue).collect(),
+                    owner: shard,
+                };
+                let shard_table = &t.shards[shard as usize].remote_table;
+                observed.push(ObservedExtra {
+                    holder: endpoint(t, shard),
+                    holder_shard: shard,
+                    probe: ix.probe_stmt(t, shard_table, &e),
+                    lookup: endpoint_in(t, *lshard, database),
+                    lshard: *lshard,
+                    delete: ix.delete_entry_stmt(&ix.lookup_table(t, *lshard), &e),
+                    same_database: key_in(t, *lshard, database) == node_key(t, shard),
+                });
+            }
+        }
+    });
+}
+
+/// The transaction committed (its remote transactions are over): remove
+/// the extras its reads observed. Failures are ignored — an extra only
+/// costs a wasted probe, and a later read observes it again; nothing here
+/// may raise an ERROR.
+pub fn repair_observed() {
+    for x in OBSERVED.with(|o| std::mem::take(&mut *o.borrow_mut())) {
+        repair_observed_one(x);
+    }
+}
+
+/// The transaction aborted: its observations are dropped.
+pub fn forget_observed() {
+    OBSERVED.with(|o| o.borrow_mut().clear());
+}
+
+fn repair_observed_one(x: ObservedExtra) {
+    let execute = |shard: u32, endpoint: &conductor_core::NodeEndpoint, body| {
+        remote::execute_uninterruptible(vec![ShardRequest {
+            shard_id: Some(shard),
+            endpoint: endpoint.clone(),
+            body,
+        }])
+        .pop()
+        .and_then(Result::ok)
+    };
+    let Some(resp) = execute(
+        x.holder_shard,
+        &x.holder,
+        PipelineReqBody {
+            baton: None,
+            requests: vec![
+                StreamRequest::Execute {
+                    stmt: Stmt::new("BEGIN IMMEDIATE", vec![]),
+                },
+                StreamRequest::Execute { stmt: x.probe },
+            ],
+        },
+    ) else {
+        return;
+    };
+    let locked_and_empty = resp.results.len() == 2
+        && resp
+            .results
+            .iter()
+            .all(|r| matches!(r, StreamResult::Ok { .. }))
+        && execute_results(&resp)
+            .get(1)
+            .is_some_and(|r| r.rows.is_empty());
+    let mut end = Vec::new();
+    if locked_and_empty {
+        if x.same_database {
+            end.push(StreamRequest::Execute { stmt: x.delete });
+        } else {
+            execute(x.lshard, &x.lookup, one_request_transaction(vec![x.delete]));
+        }
+    }
+    end.push(StreamRequest::Execute {
+        stmt: Stmt::new("COMMIT", vec![]),
+    });
+    end.push(StreamRequest::Close);
+    if resp.baton.is_some() {
+        execute(
+            x.holder_shard,
+            &x.holder,
+            PipelineReqBody {
+                baton: resp.baton,
+                requests: end,
+            },
+        );
+    }
+}

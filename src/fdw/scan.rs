@@ -453,6 +453,9 @@ struct ScanState {
     scan_urls: Vec<String>,
     /// The running scan's requests, counted as in flight to their nodes.
     in_flight: Option<crate::stats::InFlight>,
+    /// The running scan is routed through a virtual index by its
+    /// equalities alone: a shard that sends no row points at an extra entry.
+    index_route: Option<crate::vindex::IndexRoute>,
 }
 
 impl ScanState {
@@ -515,6 +518,11 @@ impl ScanState {
         let bounded = plan.max_keys_per_shard > 0
             && topology.primary_key == [topology.key_index]
             && plan.max_keys_per_shard <= BOUNDED_LOOKUP_KEYS;
+        self.index_route = if self.inner.is_none() {
+            crate::vindex::index_route(&topology, &self.plan.pushed, &bindings)
+        } else {
+            None
+        };
         let (queries, refused) = reachable_queries(&topology, &plan);
         self.skipped.extend(refused);
         self.last_plan = Some(plan);
@@ -573,6 +581,17 @@ impl ScanState {
         if let Phase::Streaming(handle) = std::mem::replace(&mut self.phase, Phase::Finished) {
             crate::remote::log_scan(&self.topology.table.name, handle.stats());
             crate::remote::count_scan(self.topology.relid, &self.scan_urls, handle.stats());
+            if let Some(route) = self.index_route.take() {
+                let empty: Vec<u32> = handle
+                    .stats()
+                    .iter()
+                    .filter(|s| s.rows == 0 && s.elapsed.is_some())
+                    .map(|s| s.shard_id)
+                    .collect();
+                if !empty.is_empty() {
+                    crate::vindex::observe_empty_shards(&self.topology, &route, &empty);
+                }
+            }
             self.shard_stats.extend_from_slice(handle.stats());
         }
     }
@@ -766,6 +785,7 @@ pub unsafe extern "C-unwind" fn begin_foreign_scan(
             skipped: Vec::new(),
             scan_urls: Vec::new(),
             in_flight: None,
+            index_route: None,
         };
         // Nothing is sent before the first row is asked for, so EXPLAIN
         // without ANALYZE contacts no node.

@@ -20,12 +20,14 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
         XACT_EVENT_COMMIT => {
             crate::stats::at_commit();
             ddl::at_commit();
+            crate::vindex::repair_observed();
             crate::catalog::credentials::forget_remembered();
         }
         XACT_EVENT_ABORT => {
             crate::stats::at_abort();
             streams::rollback_all();
             ddl::at_abort();
+            crate::vindex::forget_observed();
             crate::catalog::credentials::forget_remembered();
         }
         _ => {}

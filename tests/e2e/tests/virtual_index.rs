@@ -17,7 +17,8 @@
 //!
 //! `concurrent_writers_never_lose_entries`: 8 sessions of random writes
 //! (rollbacks, UPDATEs of indexed columns, unique conflicts, sessions
-//! terminated mid-transaction); then `verify_virtual_index` finds no
+//! terminated mid-transaction) and reads that remove the extras they meet;
+//! then `verify_virtual_index` finds no
 //! missing entry and every row is found through each index.
 //!
 //! `per_row_updates_across_nodes_and_a_backend_killed_mid_commit`: UPDATEs
@@ -755,6 +756,13 @@ fn concurrent_writers_never_lose_entries() {
                               LIMIT 1",
                         );
                     }
+                    // Reads through both indexes between the writes:
+                    // the extras they meet are removed as they commit.
+                    let _ = db.batch_execute(&format!(
+                        "SELECT id FROM ev WHERE k = {}; SELECT id FROM ev WHERE code = 'c{}'",
+                        rng.below(20),
+                        rng.below(300)
+                    ));
                     if db.batch_execute(&sql).is_err() {
                         failures += 1;
                         if db.is_closed() {
@@ -1166,4 +1174,67 @@ fn per_row_updates_across_nodes_and_a_backend_killed_mid_commit() {
             assert!(found.contains(r), "{r} not found through {pred}: {found:?}");
         }
     }
+}
+
+/// A read through an index that visits a shard whose row is gone (a
+/// DELETE leaves its entry behind) removes that entry once it commits:
+/// after every value was read once, verify finds no extra, and a value
+/// with no row visits no shard.
+#[test]
+fn reads_remove_the_extras_they_meet() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE TABLE l_ex (id bigint PRIMARY KEY, email text);
+         CREATE FOREIGN TABLE ex (id bigint NOT NULL, email text) SERVER cluster;
+         SELECT conductor.create_distributed_table('ex', 'id', 8);
+         INSERT INTO l_ex SELECT g, 'e' || (g % 50) FROM generate_series(1, 100) g;
+         INSERT INTO ex SELECT * FROM l_ex;",
+    );
+    exec(
+        &mut db,
+        "CALL conductor.create_virtual_index('ex', ARRAY['email'], false, 'ex_email')",
+    );
+    for t in ["l_ex", "ex"] {
+        exec(
+            &mut db,
+            &format!("DELETE FROM {t} WHERE id <= 30 OR id % 10 = 3"),
+        );
+    }
+    let (missing, extra, _) = verify(&mut db, "ex_email", false);
+    assert_eq!(missing, 0);
+    assert!(extra > 10, "the DELETE left extras: {extra}");
+    // One read of each value (each its own transaction).
+    for v in 0..50 {
+        let pred = format!("email = 'e{v}'");
+        assert_eq!(
+            rows(&mut db, &format!("SELECT id FROM ex WHERE {pred}")).unwrap(),
+            rows(&mut db, &format!("SELECT id FROM l_ex WHERE {pred}")).unwrap(),
+            "{pred}"
+        );
+    }
+    assert_eq!(verify(&mut db, "ex_email", false), (0, 0, 0));
+    // e13 lost both its rows (ids 13 and 63): its lookup now finds no shard.
+    assert_eq!(
+        query_i64(&mut db, "SELECT count(*) FROM l_ex WHERE email = 'e13'"),
+        0
+    );
+    let before = scans(&cluster);
+    rows(&mut db, "SELECT id FROM ex WHERE email = 'e13'").unwrap();
+    assert_eq!(scans(&cluster) - before, 0);
+    // A read inside a transaction that rolls back removes nothing.
+    exec(
+        &mut db,
+        "DELETE FROM ex WHERE id = 44; DELETE FROM l_ex WHERE id = 44",
+    );
+    exec(
+        &mut db,
+        "BEGIN; SELECT id FROM ex WHERE email = 'e44'; ROLLBACK",
+    );
+    assert_eq!(verify(&mut db, "ex_email", false).1, 1);
+    exec(&mut db, "SELECT id FROM ex WHERE email = 'e44'");
+    assert_eq!(verify(&mut db, "ex_email", false), (0, 0, 0));
 }
