@@ -8,10 +8,12 @@
 //!   the caller. Every wait on the caller's side takes a timeout so the
 //!   backend can check for cancel between waits.
 //! - Dropping a handle aborts its tasks, which drops their HTTP requests.
-//! - A lookup of one shard (a bounded scan of a single shard) runs on the
-//!   caller's own thread instead, on a current-thread runtime driven by the
-//!   caller's waits ([`ExecutorConfig::direct_lookups`]): no hop to an I/O
-//!   thread and back for the one request.
+//! - A lookup of one shard (a bounded scan of a single shard), and an
+//!   [`Executor::execute`] of a single request (a one-shard write, a
+//!   node's statement or commit), run on the caller's own thread instead,
+//!   on a current-thread runtime driven by the caller's waits
+//!   ([`ExecutorConfig::direct_lookups`]): no hop to an I/O thread and back
+//!   for the one request.
 
 use crate::client::{ClientConfig, HranaClient, NodeEndpoint, NodeError, NodeRef};
 use conductor_hrana::{
@@ -41,9 +43,10 @@ pub struct ExecutorConfig {
     pub connect_retries: u32,
     /// Wait before the first retry; doubled for each further one.
     pub retry_backoff: Duration,
-    /// A bounded scan of one shard (a lookup) runs on the caller's thread,
-    /// within its [`ScanHandle::next`] waits, with its own connection pool,
-    /// rather than on the I/O threads.
+    /// A bounded scan of one shard (a lookup) and an execute of a single
+    /// request run on the caller's thread, within its waits
+    /// ([`ScanHandle::next`], [`ExecHandle::wait`]), with their own
+    /// connection pool, rather than on the I/O threads.
     pub direct_lookups: bool,
 }
 
@@ -77,6 +80,28 @@ struct Started {
 struct Local {
     runtime: Runtime,
     client: HranaClient,
+}
+
+impl Local {
+    /// Let the runtime look at its sockets before a request: it runs only
+    /// inside the caller's waits, so a pooled connection the node closed
+    /// while it was idle is noticed (and left out of the pool) only now —
+    /// otherwise the request would be written to it and fail, and a write
+    /// cannot be retried once sent.
+    fn notice_closed_connections(&self) {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return;
+        }
+        signals::with_all_blocked(|| {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.runtime.block_on(async {
+                    for _ in 0..2 {
+                        tokio::task::yield_now().await;
+                    }
+                })
+            }));
+        });
+    }
 }
 
 impl fmt::Debug for Executor {
@@ -381,6 +406,7 @@ impl Executor {
                 && tokio::runtime::Handle::try_current().is_err()
         });
         if let Some(local) = local {
+            local.notice_closed_connections();
             let q = queries[0].take().expect("one shard");
             let task = scan_group(
                 local.client.clone(),
@@ -455,6 +481,7 @@ impl Executor {
                 .collect(),
             results: (0..n).map(|_| None).collect(),
             missing: n,
+            direct: None,
         };
         let started = match self.get() {
             Ok(s) => s,
@@ -474,10 +501,22 @@ impl Executor {
         // Each task sends exactly one message, so capacity n never blocks.
         let (tx, rx) = flume::bounded(n.max(1));
         let (retries, backoff) = (self.config.connect_retries, self.config.retry_backoff);
+        // One request: it runs on this thread, in the waits of
+        // `ExecHandle::wait`. Not from inside a runtime, whose thread may
+        // not block.
+        let local = started.local.as_ref().filter(|_| {
+            self.config.direct_lookups && n == 1 && tokio::runtime::Handle::try_current().is_err()
+        });
+        if let Some(local) = local {
+            local.notice_closed_connections();
+        }
         for (index, req) in requests.into_iter().enumerate() {
-            let client = started.client.clone();
+            let client = match local {
+                Some(local) => local.client.clone(),
+                None => started.client.clone(),
+            };
             let tx = tx.clone();
-            handle.tasks.push(started.runtime.spawn(async move {
+            let task = async move {
                 let mut attempt = 0;
                 let result = loop {
                     match client.pipeline(&req.endpoint, &req.body).await {
@@ -491,7 +530,16 @@ impl Executor {
                     }
                 };
                 let _ = tx.send((index, result));
-            }));
+            };
+            match local {
+                Some(local) => {
+                    handle.direct = Some(Direct {
+                        local: local.clone(),
+                        task: Some(Box::pin(task)),
+                    })
+                }
+                None => handle.tasks.push(started.runtime.spawn(task)),
+            }
         }
         handle.rx = Some(rx);
         handle
@@ -1441,6 +1489,8 @@ pub struct ExecHandle {
     meta: Vec<(Option<u32>, NodeRef)>,
     results: Vec<Option<Result<PipelineRespBody, ShardError>>>,
     missing: usize,
+    /// The one request, run on the caller's thread within `wait`.
+    direct: Option<Direct>,
 }
 
 impl ExecHandle {
@@ -1449,6 +1499,19 @@ impl ExecHandle {
     /// later calls return `Some` of an empty vector.
     pub fn wait(&mut self, wait: Duration) -> Option<Vec<Result<PipelineRespBody, ShardError>>> {
         let deadline = Instant::now() + wait;
+        if let Some(direct) = self.direct.as_mut() {
+            if direct.run_until(deadline).is_err() && self.missing > 0 {
+                let (shard, node) = self.meta[0].clone();
+                self.store(
+                    0,
+                    Err(ShardError::internal(
+                        shard,
+                        node,
+                        "the I/O task of this request ended unexpectedly",
+                    )),
+                );
+            }
+        }
         if let Some(rx) = self.rx.clone() {
             while self.missing > 0 {
                 match rx.recv_deadline(deadline) {
@@ -1512,6 +1575,9 @@ impl Drop for ExecHandle {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(d) = &mut self.direct {
+            d.cancel();
         }
     }
 }
