@@ -464,12 +464,35 @@ W15_CONDUCTOR = [c for c, _ in W15_CONFIGS if c.startswith("conductor")]
 W15_EXPLAINS = [(f"W15 {label}", f"explain-w15-{c}.txt") for c, label in W15_CONFIGS if c != "conductor-shard-index"]
 
 
+def w15_one(out, config):
+    """(email lookups, key lookups) of a configuration's one-client run,
+    whose log tells the two scripts apart (script 0: w15_email.sql, 1:
+    w15_key.sql); None when it did not run."""
+    run = os.path.join(out, "raw", "W15-one", config, "run1")
+    if not os.path.isdir(run):
+        return None, None
+    err = failed(run)
+    if err:
+        return Result(err), Result(err)
+    lat = {"0": [], "1": []}
+    for log in glob.glob(os.path.join(run, "tx.*")):
+        with open(log) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 4 and parts[2].isdigit() and parts[3] in lat:
+                    lat[parts[3]].append(int(parts[2]) / 1000.0)
+    results = []
+    for k in ["0", "1"]:
+        r = Result() if lat[k] else Result("no result (see %s)" % run)
+        r.lat = sorted(lat[k])
+        results.append(r)
+    return tuple(results)
+
+
 def w15_shards(out, config):
     """(shard reads, other Hrana requests) per lookup at conductor's nodes,
-    from the counting run of one configuration, or a Result with its error.
-    Only the first is shown: the others mix the index lookups with the
-    cursors' closes, which are sent without waiting and may arrive after
-    the count."""
+    from the counting run of one configuration; a Result with its error;
+    None when it did not run."""
     base = os.path.join(out, "raw", "W15-shards", config)
     if not os.path.isdir(base):
         return None
@@ -487,23 +510,13 @@ def w15_shards(out, config):
     return ((e[0] - b[0]) / n, (e[1] - b[1]) / n)
 
 
-def w15_requests(out, w, config, r):
-    """Requests conductor's nodes answered per transaction of a one-client
-    run, at the default settings."""
-    ns = node_stats(os.path.join(out, "raw", w, config, "run1"))
-    return ns[2] / len(r.lat) if ns and _ok(r) and r.lat else None
-
-
 def w15_results(out):
-    one = {c: latency(out, "W15-one", c) for c, _ in W15_CONFIGS}
-    key = {t: latency(out, "W15-key", t) for t in TARGETS}
+    one = {c: w15_one(out, c) for c, _ in W15_CONFIGS}
     return {
         "tps": {c: throughput(out, "W15", c) for c, _ in W15_CONFIGS},
-        "one": one,
-        "key": key,
-        "shards": {c: w15_shards(out, c) for c in W15_CONDUCTOR},
-        "requests": {c: w15_requests(out, "W15-one", c, one[c]) for c in W15_CONDUCTOR},
-        "key_requests": w15_requests(out, "W15-key", "conductor", key["conductor"]),
+        "one": {c: one[c][0] for c in one},
+        "key": {c: one[c][1] for c in one},
+        "shards": {c: w15_shards(out, c) for c in W15_CONDUCTOR + ["key"]},
     }
 
 
@@ -518,13 +531,7 @@ def w15_peer_partitions(out):
 
 
 def _ok(r):
-    return r is not None and not isinstance(r, tuple) and not (r.error and not (r.tps or r.lat))
-
-
-def w15_key_of(w, config):
-    """The key lookup a configuration's email lookup is measured against:
-    the same target's (conductor's one run serves its three configurations)."""
-    return w["key"].get("conductor" if config.startswith("conductor") else config)
+    return isinstance(r, Result) and not (r.error and not (r.tps or r.lat))
 
 
 def w15_table(out, meta):
@@ -554,14 +561,11 @@ def w15_table(out, meta):
             "–" if c == "conductor-shard-index" else cell(w["tps"][c], lambda r, p=p: spread(getattr(r, p), " ms"))
             for c in cols) + " |")
     a("| latency, one client | " + " | ".join(cell(w["one"][c], lambda r: spread(r.lat, " ms")) for c in cols) + " |")
-    a("| key lookup, one client: the yardstick (`WHERE id = $1`, the transaction otherwise the same; "
-      "conductor's measured once, with the virtual index in place) | " + " | ".join(
-        cell(w15_key_of(w, c), lambda r: spread(r.lat, " ms")) for c in cols) + " |")
-
-    def one_ratio(c):
-        o, k = w["one"][c], w15_key_of(w, c)
-        return ratio(med(o.lat), med(k.lat)) if _ok(o) and _ok(k) else "–"
-    a("| email lookup ÷ key lookup, one client (medians) | " + " | ".join(one_ratio(c) for c in cols) + " |")
+    a("| key lookup in the same one-client run: the yardstick | " + " | ".join(
+        cell(w["key"][c], lambda r: spread(r.lat, " ms")) for c in cols) + " |")
+    a("| email lookup ÷ key lookup, one client (medians) | " + " | ".join(
+        ratio(med(w["one"][c].lat), med(w["key"][c].lat)) if _ok(w["one"][c]) and _ok(w["key"][c]) else "–"
+        for c in cols) + " |")
 
     def shards_cell(c):
         if c == "peer":
@@ -576,19 +580,15 @@ def w15_table(out, meta):
             return "**failed**"
         return fmt(s[0])
     a("| shards read per lookup (counted at the nodes) | " + " | ".join(shards_cell(c) for c in cols) + " |")
-    a("| conductor's nodes: requests per transaction, one client (one shard read per node, the close of its "
-      "cursor, the virtual-index lookup) | " + " | ".join(
-          fmt(w["requests"][c]) if c in W15_CONDUCTOR and w["requests"][c] is not None else "–" for c in cols) + " |")
-    if w["key_requests"] is not None:
-        a("| conductor's nodes: requests per transaction of the key lookup (the yardstick), one client | "
-          + " | ".join(fmt(w["key_requests"]) if c in W15_CONDUCTOR else "–" for c in cols) + " |")
+    a("| conductor's nodes: requests per transaction, 8 clients | " + " | ".join(
+        spread(w["tps"][c].requests_per_tx) if c in W15_CONDUCTOR and _ok(w["tps"][c]) and w["tps"][c].requests_per_tx
+        else "–" for c in cols) + " |")
     tv, tn = w["tps"]["conductor-virtual-index"], w["tps"]["conductor"]
     if _ok(tv) and _ok(tn):
         a(f"| TPS with the virtual index ÷ without any index | | | {ratio(med(tv.tps), med(tn.tps))} | | |")
     a("")
-    fails = [(label, r.error) for part in ("tps", "one") for c, label in W15_CONFIGS
-             for r in [w[part][c]] if r is not None and r.error]
-    fails += [(f"{t} key lookup", r.error) for t, r in w["key"].items() if r is not None and r.error]
+    fails = [(f"{label}, {part}", r.error) for part, what in [("tps", "8 clients"), ("one", "one client")]
+             for c, label in W15_CONFIGS for r in [w[part][c]] if r is not None and r.error]
     fails += [(f"{c} shard count", r.error) for c, r in w["shards"].items() if isinstance(r, Result) and r.error]
     if fails:
         a("**W15 failures** (the error as the client printed it):")
@@ -603,14 +603,16 @@ def w15_table(out, meta):
           f"{int(meta['rows']):,} rows" + (f"; `conductor.virtual_indexes` then showed {ix[0]} {ix[1]} with "
                                           f"{int(ix[2]):,} entries." if len(ix) == 3 and ix[2].isdigit() else "."))
         a("")
-    o, k = w["one"]["conductor-virtual-index"], w["key"]["conductor"]
-    rv, rk = w["requests"]["conductor-virtual-index"], w["key_requests"]
-    if _ok(o) and _ok(k) and rv is not None and rk is not None and med(o.lat) > 1.5 * med(k.lat):
+    o, k = w["one"]["conductor-virtual-index"], w["key"]["conductor-virtual-index"]
+    sv, sk = w["shards"]["conductor-virtual-index"], w["shards"]["key"]
+    if (_ok(o) and _ok(k) and isinstance(sv, tuple) and isinstance(sk, tuple)
+            and med(o.lat) > 1.5 * med(k.lat)):
         a(f"**W15 latency against a key lookup.** Through the virtual index a lookup took {fmt(med(o.lat), ' ms')} "
-          f"against a key lookup's {fmt(med(k.lat), ' ms')}, and conductor's nodes answered {fmt(rv)} requests per "
-          f"transaction against {fmt(rk)}: the index lookup (which shards hold the value) is a request of its own "
-          "that must be answered before the shard read is sent, so the email lookup waits for two round trips "
-          "where the key lookup waits for one.")
+          f"against a key lookup's {fmt(med(k.lat), ' ms')}. In the count, it made {fmt(sv[0] + sv[1])} requests to "
+          f"the nodes ({fmt(sv[0])} shard read, the rest the virtual-index lookup and the close of the read's "
+          f"cursor) where a key lookup made {fmt(sk[0] + sk[1])}: the index lookup (which shards hold the value) "
+          "must be answered before the shard read is sent, so the email lookup waits for two round trips where "
+          "the key lookup waits for one.")
         a("")
     return L
 
@@ -627,7 +629,7 @@ def w15_goals(out):
         r = med(v.tps) / med(n.tps)
         verdict = "met" if r >= 5 else f"**behind**: {r:.2f}× instead of 5×"
         lines.append(f"| {goal} | {fmt(med(v.tps))} vs {fmt(med(n.tps))} TPS = {r:.2f}× | {verdict} |")
-    o, k = w["one"]["conductor-virtual-index"], w["key"]["conductor"]
+    o, k = w["one"]["conductor-virtual-index"], w["key"]["conductor-virtual-index"]
     goal = "W15 latency with a virtual index ≤ 1.5× a key lookup's"
     if not (_ok(o) and _ok(k)):
         lines.append(f"| {goal} | no figure | **not measured** |")
@@ -646,20 +648,21 @@ def w15_spec(out):
       "one existing row by its email. pgbench's `\\set` makes only numbers, so each transaction first computes a "
       "random row's email on the router with load.sql's formula (`SELECT … AS email \\gset`: a query of no table, "
       "in the target's own database), then runs the lookup with the email as a parameter (`-M prepared`: `$1`). "
-      "Every target runs the same two statements, and the yardstick (`w15_key.sql`) is the same transaction with "
-      "`WHERE id = $1` instead. Setups, each its natural best: the peer has an ordinary index on email on every "
-      "partition's remote table, the local table one on email (both from the start of W15); conductor is measured "
-      "with no index on email (every shard read whole), with `conductor.create_shard_index('items', "
-      "ARRAY['email'])` alone (the local SQLite index in every shard that a virtual index also creates; every shard "
-      "still read; one client only), and after `CALL conductor.create_virtual_index('items', ARRAY['email'])` (the "
-      "lookup asks the value's lookup shard which shards hold it, then reads those). The 8-client runs without and "
-      "with the virtual index are not interleaved (the index is built in between); the peer's and local's are "
-      "interleaved with the first. Everything is dropped afterwards. Shards read per lookup are counted at "
-      "conductor's nodes (`GET /stats`: cursor requests; with `conductor.max_requests_per_node = 16` every shard "
-      "read is a cursor of its own, while at the default a node's shards share one); the peer's from its plan.")
+      "Every target runs the same two statements. The yardstick (`w15_key.sql`) is the same transaction with "
+      "`WHERE id = $1` instead; the one-client runs draw either script at random for each transaction, so the "
+      "email lookup and its yardstick are measured at the same moment of the machine. Setups, each its natural "
+      "best: the peer has an ordinary index on email on every partition's remote table, the local table one on "
+      "email (both from the start of W15); conductor is measured with no index on email (every shard read whole), "
+      "with `conductor.create_shard_index('items', ARRAY['email'])` alone (the local SQLite index in every shard "
+      "that a virtual index also creates; every shard still read; one client only), and after `CALL "
+      "conductor.create_virtual_index('items', ARRAY['email'])` (the lookup asks the value's lookup shard which "
+      "shards hold it, then reads those). The 8-client runs without and with the virtual index are not "
+      "interleaved (the index is built in between); the peer's and local's are interleaved with the first. "
+      "Everything is dropped afterwards. Shards read per lookup are counted at conductor's nodes (`GET /stats`: "
+      "cursor requests; with `conductor.max_requests_per_node = 16` every shard read is a cursor of its own, "
+      "while at the default a node's shards share one); the peer's from its plan.")
     a("")
-    for w, what in [("W15", "8 clients"), ("W15-one", "one client"), ("W15-key", "the yardstick, one client"),
-                    ("W15-shards", "the shard count")]:
+    for w, what in [("W15", "8 clients"), ("W15-one", "one client, both scripts"), ("W15-shards", "the count")]:
         a(f"- {what}: `{client(out, w)}`")
     a("")
     a("```sql")

@@ -656,7 +656,7 @@ fi
 # table), their natural best setup, before any W15 run. All dropped after,
 # so W12-W14 write to the tables they would have met without W15.
 W15_ARGS=(-M prepared -D rows="$ROWS" -D seed="$SEED")
-W15_TX=$((QUERY_RUNS * 20))   # one-client transactions per configuration
+W15_TX=$((QUERY_RUNS * 40))   # one-client transactions per configuration, both scripts
 W15_COUNT_TX=$QUERY_RUNS      # transactions of the shard count
 
 # 8 clients, runs interleaved over the "label:db" pairs given.
@@ -673,10 +673,14 @@ w15_throughput() { # "label:db ..."
     done
 }
 
-# One client, every transaction a sample.
-w15_latency() { # workload script label db
-    pgbench -n -p "$ROUTER_PORT" -c 1 -t 1 "${W15_ARGS[@]}" -f "bench/workloads/$2" "$4" >/dev/null 2>&1 || true
-    pgbench_run "$1" "$3" 1 "$4" "$2" -c 1 -j 1 -t "$W15_TX" "${W15_ARGS[@]}"
+# One client, every transaction a sample: the email lookup (script 0 in
+# pgbench's log) and its yardstick, the key lookup (script 1), drawn at
+# random in one run, so both meet the same moment of a noisy machine.
+w15_one() { # label db
+    local scripts=(-f bench/workloads/w15_email.sql -f bench/workloads/w15_key.sql)
+    pgbench -n -p "$ROUTER_PORT" -c 1 -t 4 "${W15_ARGS[@]}" "${scripts[@]}" "$2" >/dev/null 2>&1 || true
+    pgbench_run W15-one "$1" 1 "$2" w15_key.sql@1 -c 1 -j 1 -t "$W15_TX" "${W15_ARGS[@]}" \
+        -f "$ROOT/bench/workloads/w15_email.sql@1"
 }
 
 # The nodes' shard reads and other Hrana requests, summed: "cursors
@@ -696,13 +700,13 @@ print(*t)'
 # The shards each lookup reads, counted at the nodes: with
 # conductor.max_requests_per_node = 16 every shard read is a cursor request
 # of its own (at the default 1, a node's shards share one).
-w15_shards() { # label
-    local dir=$RAW/W15-shards/$1
+w15_shards() { # label [script]
+    local dir=$RAW/W15-shards/$1 script=${2:-w15_email.sql}
     mkdir -p "$dir"
     echo "$W15_COUNT_TX" >"$dir/transactions.txt"
     node_reads >"$dir/before.txt"
     if ! PGOPTIONS='-c conductor.max_requests_per_node=16' pgbench -n -p "$ROUTER_PORT" --random-seed="$SEED" \
-            -c 1 -j 1 -t "$W15_COUNT_TX" "${W15_ARGS[@]}" -f bench/workloads/w15_email.sql conductor \
+            -c 1 -j 1 -t "$W15_COUNT_TX" "${W15_ARGS[@]}" -f "bench/workloads/$script" conductor \
             >"$dir/stdout.txt" 2>"$dir/stderr.txt"; then
         fail_note "$dir" "$dir/stderr.txt"
         return 0
@@ -724,22 +728,21 @@ if want W15; then
     peer_indexes create email email
     echo "w15_count_tx=$W15_COUNT_TX" >>"$OUT/meta.txt"
     client_line W15 "" -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" "${W15_ARGS[@]}" -f bench/workloads/w15_email.sql
-    client_line W15-one "" -c 1 -j 1 -t "$W15_TX" "${W15_ARGS[@]}" -f bench/workloads/w15_email.sql
-    client_line W15-key "" -c 1 -j 1 -t "$W15_TX" "${W15_ARGS[@]}" -f bench/workloads/w15_key.sql
+    client_line W15-one "" -c 1 -j 1 -t "$W15_TX" "${W15_ARGS[@]}" \
+        -f bench/workloads/w15_email.sql@1 -f bench/workloads/w15_key.sql@1
     mkdir -p "$RAW/W15-shards"
-    echo "PGOPTIONS='-c conductor.max_requests_per_node=16' pgbench -n --random-seed=$SEED -c 1 -j 1 -t $W15_COUNT_TX ${W15_ARGS[*]} -f bench/workloads/w15_email.sql conductor, the nodes' GET /stats before and after" \
+    echo "PGOPTIONS='-c conductor.max_requests_per_node=16' pgbench -n --random-seed=$SEED -c 1 -j 1 -t $W15_COUNT_TX ${W15_ARGS[*]} -f bench/workloads/w15_email.sql (or w15_key.sql) conductor, the nodes' GET /stats before and after" \
         >"$RAW/W15-shards/client.txt"
 
     # Without any index on email.
     w15_throughput "conductor:conductor peer:peer local:local"
-    for t in "${TARGETS[@]}"; do w15_latency W15-one w15_email.sql "$t" "$t"; done
-    for t in peer local; do w15_latency W15-key w15_key.sql "$t" "$t"; done
+    for t in "${TARGETS[@]}"; do w15_one "$t" "$t"; done
     w15_shards conductor
     for t in "${TARGETS[@]}"; do w15_explain "$t" "$t"; done
 
     # A shard index alone.
     router conductor -c "SELECT conductor.create_shard_index('items', ARRAY['email'], 'bench_email')" >/dev/null
-    w15_latency W15-one w15_email.sql conductor-shard-index conductor
+    w15_one conductor-shard-index conductor
     w15_shards conductor-shard-index
     router conductor -c "SELECT conductor.drop_shard_index('bench_email')" >/dev/null
 
@@ -751,15 +754,14 @@ if want W15; then
         echo "w15_index=$(router conductor -At -F ' ' -c "SELECT index_name, status, entries FROM conductor.virtual_indexes")" >>"$OUT/meta.txt"
         log "  $(tail -n 2 "$OUT/meta.txt" | tr '\n' ' ')"
         w15_throughput "conductor-virtual-index:conductor"
-        w15_latency W15-one w15_email.sql conductor-virtual-index conductor
-        w15_latency W15-key w15_key.sql conductor conductor
+        w15_one conductor-virtual-index conductor
         w15_shards conductor-virtual-index
+        w15_shards key w15_key.sql
         w15_explain conductor-virtual-index conductor
         router conductor -c "SELECT conductor.drop_virtual_index(index_name) FROM conductor.virtual_indexes" >/dev/null
     else
         for w in W15 W15-one; do fail_note "$RAW/$w/conductor-virtual-index/run1" "$OUT/w15-vindex.err"; done
         fail_note "$RAW/W15-shards/conductor-virtual-index" "$OUT/w15-vindex.err"
-        w15_latency W15-key w15_key.sql conductor conductor
     fi
 
     router local -c "DROP INDEX bench_email" >/dev/null
