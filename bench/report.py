@@ -451,6 +451,229 @@ def w11_goals(res, value):
     return lines
 
 
+# ---- W15: lookup by a non-key column through a virtual index ---------------------
+
+W15_CONFIGS = [
+    ("conductor", "conductor, no index on email"),
+    ("conductor-shard-index", "conductor, shard index on email"),
+    ("conductor-virtual-index", "conductor, virtual index on email"),
+    ("peer", "peer, index on email"),
+    ("local", "local, index on email"),
+]
+W15_CONDUCTOR = [c for c, _ in W15_CONFIGS if c.startswith("conductor")]
+W15_EXPLAINS = [(f"W15 {label}", f"explain-w15-{c}.txt") for c, label in W15_CONFIGS if c != "conductor-shard-index"]
+
+
+def w15_one(out, config):
+    """(email lookups, key lookups) of a configuration's one-client run,
+    whose log tells the two scripts apart (script 0: w15_email.sql, 1:
+    w15_key.sql); None when it did not run."""
+    run = os.path.join(out, "raw", "W15-one", config, "run1")
+    if not os.path.isdir(run):
+        return None, None
+    err = failed(run)
+    if err:
+        return Result(err), Result(err)
+    lat = {"0": [], "1": []}
+    for log in glob.glob(os.path.join(run, "tx.*")):
+        with open(log) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 4 and parts[2].isdigit() and parts[3] in lat:
+                    lat[parts[3]].append(int(parts[2]) / 1000.0)
+    results = []
+    for k in ["0", "1"]:
+        r = Result() if lat[k] else Result("no result (see %s)" % run)
+        r.lat = sorted(lat[k])
+        results.append(r)
+    return tuple(results)
+
+
+def w15_shards(out, config):
+    """(shard reads, other Hrana requests) per lookup at conductor's nodes,
+    from the counting run of one configuration; a Result with its error;
+    None when it did not run."""
+    base = os.path.join(out, "raw", "W15-shards", config)
+    if not os.path.isdir(base):
+        return None
+    err = failed(base)
+    if err:
+        return Result(err)
+    try:
+        n = int(read_text(os.path.join(base, "transactions.txt")).split()[0])
+        b = [int(x) for x in read_text(os.path.join(base, "before.txt")).split()]
+        e = [int(x) for x in read_text(os.path.join(base, "after.txt")).split()]
+    except (OSError, ValueError, IndexError):
+        return Result("no result (see %s)" % base)
+    if n <= 0 or len(b) != 2 or len(e) != 2:
+        return Result("no result (see %s)" % base)
+    return ((e[0] - b[0]) / n, (e[1] - b[1]) / n)
+
+
+def w15_results(out):
+    one = {c: w15_one(out, c) for c, _ in W15_CONFIGS}
+    return {
+        "tps": {c: throughput(out, "W15", c) for c, _ in W15_CONFIGS},
+        "one": {c: one[c][0] for c in one},
+        "key": {c: one[c][1] for c in one},
+        "shards": {c: w15_shards(out, c) for c in W15_CONDUCTOR + ["key"]},
+    }
+
+
+def w15_peer_partitions(out):
+    """The peer's foreign scans in the plan of its email lookup (EXPLAIN
+    ANALYZE, taken in the run): one remote query per partition."""
+    p = os.path.join(out, "explain-w15-peer.txt")
+    if not os.path.exists(p):
+        return None
+    n = len(re.findall(r"Foreign Scan on ", read_text(p)))
+    return n or None
+
+
+def _ok(r):
+    return isinstance(r, Result) and not (r.error and not (r.tps or r.lat))
+
+
+def w15_table(out, meta):
+    """W15's own table: the conductor configurations beside the peer and
+    local, as lines of markdown."""
+    w = w15_results(out)
+    if all(v is None for part in w.values() for v in part.values()):
+        return []
+    L = []
+    a = L.append
+
+    def cell(r, f):
+        if r is None:
+            return "not run"
+        if r.error and not (r.tps or r.lat):
+            return "**failed**"
+        return f(r)
+
+    cols = [c for c, _ in W15_CONFIGS]
+    a("| W15 lookup by email | " + " | ".join(label for _, label in W15_CONFIGS) + " |")
+    a("|---|" + "---|" * len(cols))
+    a("| TPS, 8 clients | " + " | ".join(
+        "– (one client only)" if c == "conductor-shard-index" else cell(w["tps"][c], lambda r: spread(r.tps))
+        for c in cols) + " |")
+    for p in ["p50", "p99"]:
+        a(f"| {p} latency, 8 clients | " + " | ".join(
+            "–" if c == "conductor-shard-index" else cell(w["tps"][c], lambda r, p=p: spread(getattr(r, p), " ms"))
+            for c in cols) + " |")
+    a("| latency, one client | " + " | ".join(cell(w["one"][c], lambda r: spread(r.lat, " ms")) for c in cols) + " |")
+    a("| key lookup in the same one-client run: the yardstick | " + " | ".join(
+        cell(w["key"][c], lambda r: spread(r.lat, " ms")) for c in cols) + " |")
+    a("| email lookup ÷ key lookup, one client (medians) | " + " | ".join(
+        ratio(med(w["one"][c].lat), med(w["key"][c].lat)) if _ok(w["one"][c]) and _ok(w["key"][c]) else "–"
+        for c in cols) + " |")
+
+    def shards_cell(c):
+        if c == "peer":
+            n = w15_peer_partitions(out)
+            return f"{n} (partitions in its plan)" if n else "–"
+        if c not in W15_CONDUCTOR:
+            return "–"
+        s = w["shards"][c]
+        if s is None:
+            return "not run"
+        if not isinstance(s, tuple):
+            return "**failed**"
+        return fmt(s[0])
+    a("| shards read per lookup (counted at the nodes) | " + " | ".join(shards_cell(c) for c in cols) + " |")
+    a("| conductor's nodes: requests per transaction, 8 clients | " + " | ".join(
+        spread(w["tps"][c].requests_per_tx) if c in W15_CONDUCTOR and _ok(w["tps"][c]) and w["tps"][c].requests_per_tx
+        else "–" for c in cols) + " |")
+    tv, tn = w["tps"]["conductor-virtual-index"], w["tps"]["conductor"]
+    if _ok(tv) and _ok(tn):
+        a(f"| TPS with the virtual index ÷ without any index | | | {ratio(med(tv.tps), med(tn.tps))} | | |")
+    a("")
+    fails = [(f"{label}, {part}", r.error) for part, what in [("tps", "8 clients"), ("one", "one client")]
+             for c, label in W15_CONFIGS for r in [w[part][c]] if r is not None and r.error]
+    fails += [(f"{c} shard count", r.error) for c, r in w["shards"].items() if isinstance(r, Result) and r.error]
+    if fails:
+        a("**W15 failures** (the error as the client printed it):")
+        a("")
+        for label, e in fails:
+            a(f"- {label}: `{e}`")
+        a("")
+    build = meta.get("w15_build_ms")
+    ix = meta.get("w15_index", "").split()
+    if build:
+        a(f"`CALL conductor.create_virtual_index('items', ARRAY['email'])` took {float(build) / 1000:.1f} s over the "
+          f"{int(meta['rows']):,} rows" + (f"; `conductor.virtual_indexes` then showed {ix[0]} {ix[1]} with "
+                                          f"{int(ix[2]):,} entries." if len(ix) == 3 and ix[2].isdigit() else "."))
+        a("")
+    o, k = w["one"]["conductor-virtual-index"], w["key"]["conductor-virtual-index"]
+    sv, sk = w["shards"]["conductor-virtual-index"], w["shards"]["key"]
+    if (_ok(o) and _ok(k) and isinstance(sv, tuple) and isinstance(sk, tuple)
+            and med(o.lat) > 1.5 * med(k.lat)):
+        a(f"**W15 latency against a key lookup.** Through the virtual index a lookup took {fmt(med(o.lat), ' ms')} "
+          f"against a key lookup's {fmt(med(k.lat), ' ms')}. In the count, it made {fmt(sv[0] + sv[1])} requests to "
+          f"the nodes ({fmt(sv[0])} shard read, the rest the virtual-index lookup and the close of the read's "
+          f"cursor) where a key lookup made {fmt(sk[0] + sk[1])}: the index lookup (which shards hold the value) "
+          "must be answered before the shard read is sent, so the email lookup waits for two round trips where "
+          "the key lookup waits for one.")
+        a("")
+    return L
+
+
+def w15_goals(out):
+    """The W15 rows of the targets table."""
+    w = w15_results(out)
+    lines = []
+    v, n = w["tps"]["conductor-virtual-index"], w["tps"]["conductor"]
+    goal = "W15 TPS with a virtual index ≥ 5× without one"
+    if not (_ok(v) and _ok(n)):
+        lines.append(f"| {goal} | no figure | **not measured** |")
+    else:
+        r = med(v.tps) / med(n.tps)
+        verdict = "met" if r >= 5 else f"**behind**: {r:.2f}× instead of 5×"
+        lines.append(f"| {goal} | {fmt(med(v.tps))} vs {fmt(med(n.tps))} TPS = {r:.2f}× | {verdict} |")
+    o, k = w["one"]["conductor-virtual-index"], w["key"]["conductor-virtual-index"]
+    goal = "W15 latency with a virtual index ≤ 1.5× a key lookup's"
+    if not (_ok(o) and _ok(k)):
+        lines.append(f"| {goal} | no figure | **not measured** |")
+    else:
+        r = med(o.lat) / med(k.lat)
+        verdict = "met" if r <= 1.5 else f"**behind**: {r:.2f}× instead of ≤ 1.5×"
+        lines.append(f"| {goal} | {fmt(med(o.lat))} ms vs {fmt(med(k.lat))} ms = {r:.2f}× | {verdict} |")
+    return lines
+
+
+def w15_spec(out):
+    """W15's description for the workloads section."""
+    L = []
+    a = L.append
+    a("**W15** — lookup by a non-key column: `items` is sharded (partitioned) by id, and each transaction looks up "
+      "one existing row by its email. pgbench's `\\set` makes only numbers, so each transaction first computes a "
+      "random row's email on the router with load.sql's formula (`SELECT … AS email \\gset`: a query of no table, "
+      "in the target's own database), then runs the lookup with the email as a parameter (`-M prepared`: `$1`). "
+      "Every target runs the same two statements. The yardstick (`w15_key.sql`) is the same transaction with "
+      "`WHERE id = $1` instead; the one-client runs draw either script at random for each transaction, so the "
+      "email lookup and its yardstick are measured at the same moment of the machine. Setups, each its natural "
+      "best: the peer has an ordinary index on email on every partition's remote table, the local table one on "
+      "email (both from the start of W15); conductor is measured with no index on email (every shard read whole), "
+      "with `conductor.create_shard_index('items', ARRAY['email'])` alone (the local SQLite index in every shard "
+      "that a virtual index also creates; every shard still read; one client only), and after `CALL "
+      "conductor.create_virtual_index('items', ARRAY['email'])` (the lookup asks the value's lookup shard which "
+      "shards hold it, then reads those). The 8-client runs without and with the virtual index are not "
+      "interleaved (the index is built in between); the peer's and local's are interleaved with the first. "
+      "Everything is dropped afterwards. Shards read per lookup are counted at conductor's nodes (`GET /stats`: "
+      "cursor requests; with `conductor.max_requests_per_node = 16` every shard read is a cursor of its own, "
+      "while at the default a node's shards share one); the peer's from its plan.")
+    a("")
+    for w, what in [("W15", "8 clients"), ("W15-one", "one client, both scripts"), ("W15-shards", "the count")]:
+        a(f"- {what}: `{client(out, w)}`")
+    a("")
+    a("```sql")
+    a(workload_sql("w15_email.sql"))
+    a("-- w15_key.sql")
+    a(workload_sql("w15_key.sql"))
+    a("```")
+    a("")
+    return L
+
+
 def partial_section(out, meta, only):
     """A run of some workloads only (BENCH_ONLY): their figures in a section
     of their own, so the full run's section stays as it was."""
@@ -465,7 +688,8 @@ def partial_section(out, meta, only):
       f"the start and {meta.get('loadavg_end', '?')} at the end on {meta['nproc']} cores; git {meta['git']}. "
       "Targets as in the full run above (conductor: 16 shards over "
       f"{meta.get('nodes', '4')} nodes; peer: 16 postgres_fdw hash partitions on 4 Postgres; local). "
-      "Each cell: median (min–max) of every execution, one client.")
+      "Each cell: median (min–max) of every execution, one client"
+      + (" (W15's 8-client rows: of the runs)." if "W15" in only else "."))
     a("")
     if "W11" in only:
         a(f"W11 data: {int(meta.get('w11_customers', 0)):,} customers, "
@@ -475,11 +699,10 @@ def partial_section(out, meta, only):
           "(16 partitions each, partition p of both on the same server) with `enable_partitionwise_join` and "
           "`enable_partitionwise_aggregate` on.")
         a("")
-    a("| workload | metric | conductor | peer | local | conductor/peer | conductor/local |")
-    a("|---|---|---|---|---|---|---|")
+    rows = []
     res = {}
     for w in sorted(os.listdir(os.path.join(out, "raw"))):
-        if w == "W8" or not any(w == o or w.startswith(o + "-") for o in only):
+        if w == "W8" or w.startswith("W15") or not any(w == o or w.startswith(o + "-") for o in only):
             continue
         res[w] = {t: latency(out, w, t) for t in TARGETS}
         r = res[w]
@@ -490,9 +713,33 @@ def partial_section(out, meta, only):
         for t in TARGETS:
             x = r[t]
             cells.append("not run" if x is None else ("**failed**" if x.error and not x.lat else spread(x.lat, " ms")))
-        a(f"| {W11_NAMES.get(w, w)} | latency | " + " | ".join(cells)
-          + f" | {ratio(v(r['conductor']), v(r['peer']))} | {ratio(v(r['conductor']), v(r['local']))} |")
-    a("")
+        rows.append(f"| {W11_NAMES.get(w, w)} | latency | " + " | ".join(cells)
+                    + f" | {ratio(v(r['conductor']), v(r['peer']))} | {ratio(v(r['conductor']), v(r['local']))} |")
+    if rows:
+        a("| workload | metric | conductor | peer | local | conductor/peer | conductor/local |")
+        a("|---|---|---|---|---|---|---|")
+        L.extend(rows)
+        a("")
+    if "W15" in only:
+        L.extend(w15_table(out, meta))
+        a("| target | stands at | |")
+        a("|---|---|---|")
+        for line in w15_goals(out):
+            a(line)
+        a("")
+        L.extend(w15_spec(out))
+        for label, fn in W15_EXPLAINS:
+            p = os.path.join(out, fn)
+            if not os.path.exists(p):
+                continue
+            a(f"<details><summary>EXPLAIN {html.escape(label)}</summary>")
+            a("")
+            a("```")
+            a(read_text(p).rstrip())
+            a("```")
+            a("")
+            a("</details>")
+            a("")
     if "W11" in only and all(w in res for w in W11):
         a("| target | stands at | |")
         a("|---|---|---|")
@@ -589,7 +836,7 @@ def main():
     a("")
     a(f"All 5 Postgres instances: `{meta['pg_settings']}`; jit={meta['jit']}, "
       f"max_parallel_workers_per_gather={meta['max_parallel_workers_per_gather']} (defaults). "
-      "No secondary indexes anywhere. After the load: `VACUUM ANALYZE` of the local table and of the peer's "
+      "No secondary indexes, except those W4i and W15 create for their own runs and drop after. After the load: `VACUUM ANALYZE` of the local table and of the peer's "
       "remote tables, `ANALYZE` of the peer's partitioned table.")
     a("")
     a(f"W6 runs against copies with {int(meta['w6_rows']):,} rows behind {meta['delay_ms']} ms of extra latency per "
@@ -727,6 +974,14 @@ def main():
     rel_svg = os.path.relpath(svg_path, os.path.dirname(os.path.abspath(doc_path)))
     a(f"![W6: latency vs shards touched]({rel_svg})")
     a("")
+    w15 = w15_table(out, meta)
+    if w15:
+        a("### W15: lookup by a non-key column")
+        a("")
+        a("Each cell: median (min–max). 8 clients: TPS median of the runs, p50/p99 the medians of the runs'; one "
+          "client: every transaction a sample. How the configurations are set up: W15 under Workloads below.")
+        a("")
+        L.extend(w15)
 
     # ---- targets
     a("### Against the benchmark's targets")
@@ -757,6 +1012,8 @@ def main():
             verdict = "met" if c99 <= p99 else f"**behind**: {c99 / p99:.2f}× the peer's p99"
             a(f"| {w} p99 ≤ the peer's | {fmt(c99, ' ms')} vs {fmt(p99, ' ms')} | {verdict} |")
     for line in w11_goals(res, value):
+        a(line)
+    for line in w15_goals(out):
         a(line)
     c1, c16 = value(res["W6-1"]["conductor"], "lat"), value(res["W6-16"]["conductor"], "lat")
     if c1 and c16:
@@ -809,7 +1066,7 @@ def main():
     a("")
     a("`<db>` is `conductor`, `peer` or `local` (W6: `conductor_w6`, `peer_w6`); pgbench connects to the "
       "router over TCP on 127.0.0.1 as a superuser. Each workload gets an unrecorded warm-up first "
-      "(2 s of the same pgbench for W1–W3 and W12–W14, one execution for the others). W12–W14 run last "
+      "(2 s of the same pgbench for W1–W3, W12–W14 and W15's 8-client runs, one execution for the others). W12–W14 run last "
       "on the main dataset, after every read workload, since they change and add rows.")
     a("")
     specs = [
@@ -840,6 +1097,7 @@ def main():
             a(workload_sql(fn))
         a("```")
         a("")
+    L.extend(w15_spec(out))
     a("W7's memory figure is VmHWM (peak resident set) of the backend, read with "
       "`pg_read_file('/proc/self/status')` in the same session before the first scan (after a point lookup, so "
       "the extension and its I/O runtime are already loaded) and after the last one. Its CPU figures are "
@@ -855,7 +1113,7 @@ def main():
     for label, fn in [("conductor", "explain-conductor.txt"), ("conductor, generic plan (W2)", "explain-conductor-generic.txt"),
                       ("peer", "explain-peer.txt"), ("local", "explain-local.txt"),
                       ("conductor W6, 16 shards (ANALYZE)", "explain-conductor-w6-16.txt"),
-                      ("peer W6, 16 shards (ANALYZE)", "explain-peer-w6-16.txt")] + W11_EXPLAINS:
+                      ("peer W6, 16 shards (ANALYZE)", "explain-peer-w6-16.txt")] + W11_EXPLAINS + W15_EXPLAINS:
         p = os.path.join(out, fn)
         if not os.path.exists(p):
             continue

@@ -11,7 +11,8 @@
 #
 # Knobs (environment): BENCH_ROWS, BENCH_SECONDS (per throughput run),
 # BENCH_RUNS (throughput runs per target), BENCH_QUERY_RUNS (executions of
-# W4/W5/W9/W10), BENCH_SCAN_RUNS (W7), BENCH_LOAD_RUNS (W8), BENCH_W6_ROWS,
+# W4/W5/W9/W10; 20 times that for the one-client runs of W11 and W15),
+# BENCH_SCAN_RUNS (W7), BENCH_LOAD_RUNS (W8), BENCH_W6_ROWS,
 # BENCH_W6_SECONDS, BENCH_DELAY_MS, BENCH_SEED, BENCH_NODES (conductor's
 # nodes, 4 by default, at most 16: with 16 every shard has a node, and so a
 # SQLite database and write lock, of its own), BENCH_PORT_BASE (ports
@@ -303,14 +304,19 @@ fi
 
 # ---- pgbench workloads ----------------------------------------------------------------
 
-# The main cluster's nodes' /stats, summed: "lock_waits lock_wait_us requests_total".
-node_stats() {
+# The main cluster's nodes' /stats, one JSON line per node.
+node_stats_json() {
     local port
     for port in "${NODE_PORTS[@]}"; do
         timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port &&
             printf 'GET /stats HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 && cat <&3 && echo" 2>/dev/null |
             sed -n '/^{/p'
-    done | python3 -c '
+    done
+}
+
+# The same, summed: "lock_waits lock_wait_us requests_total".
+node_stats() {
+    node_stats_json | python3 -c '
 import json, sys
 t = [0, 0, 0]
 for line in sys.stdin:
@@ -326,13 +332,13 @@ pgbench_run() { # workload target run db script [pgbench args...]
     shift 5
     local dir=$RAW/$w/$t/run$run
     mkdir -p "$dir"
-    if [ "$t" = conductor ] && [ "$db" = conductor ]; then node_stats >"$dir/node_stats_before.txt" || true; fi
+    if [[ $t == conductor* ]] && [ "$db" = conductor ]; then node_stats >"$dir/node_stats_before.txt" || true; fi
     if ! (cd "$dir" && pgbench -n -p "$ROUTER_PORT" --random-seed="$SEED" --log --log-prefix=tx \
             "$@" -f "$ROOT/bench/workloads/$script" "$db" >stdout.txt 2>stderr.txt); then
         fail_note "$dir" "$dir/stderr.txt"
         return 0
     fi
-    if [ "$t" = conductor ] && [ "$db" = conductor ]; then node_stats >"$dir/node_stats_after.txt" || true; fi
+    if [[ $t == conductor* ]] && [ "$db" = conductor ]; then node_stats >"$dir/node_stats_after.txt" || true; fi
     log "  $w $t run $run: $(grep -E '^tps' "$dir/stdout.txt" | head -1)"
 }
 
@@ -403,6 +409,23 @@ want W5 && latency_workload W5-group w5_group.sql "${TARGETS[*]}" "" -t "$QUERY_
 want W9 && latency_workload W9 w9_topn.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
 want W10 && latency_workload W10 w10_group_topn.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
 
+# An index on one column of every peer partition's remote table (named
+# <partition>_<suffix>, analyzed after), or its drop.
+peer_indexes() { # create|drop column suffix
+    local sql i
+    if [ "$1" = create ]; then
+        sql="EXECUTE format('CREATE INDEX %I ON %I ($2)', t || '_$3', t); EXECUTE format('ANALYZE %I', t);"
+    else
+        sql="EXECUTE format('DROP INDEX IF EXISTS %I', t || '_$3');"
+    fi
+    for i in 1 2 3 4; do
+        psql_at "${SHARD_PORTS[$((i - 1))]}" shard -c "DO \$\$ DECLARE t text; BEGIN
+            FOR t IN SELECT relname FROM pg_class WHERE relname LIKE 'items_p%' AND relkind = 'r' LOOP
+                $sql
+            END LOOP; END \$\$" >/dev/null
+    done
+}
+
 # W4i: W4 again with an index on the filtered column everywhere: a shard
 # index on every conductor shard, an index on every partition of the peer
 # (on its shard Postgres) and on the local table. Dropped afterwards so the
@@ -411,20 +434,11 @@ if want W4i; then
 log "W4i: indexes on items(customer_id)"
 router conductor -c "SELECT conductor.create_shard_index('items', ARRAY['customer_id'], 'bench_customer')" >/dev/null
 router local -c "CREATE INDEX bench_customer ON items (customer_id)" -c "ANALYZE items" >/dev/null
-PEER_INDEX_SQL="DO \$\$ DECLARE t text; BEGIN
-    FOR t IN SELECT relname FROM pg_class WHERE relname LIKE 'items_p%' AND relkind = 'r' LOOP
-        EXECUTE format('CREATE INDEX %I ON %I (customer_id)', t || '_customer', t);
-        EXECUTE format('ANALYZE %I', t);
-    END LOOP; END \$\$"
-for i in 1 2 3 4; do psql_at "${SHARD_PORTS[$((i - 1))]}" shard -c "$PEER_INDEX_SQL" >/dev/null; done
+peer_indexes create customer_id customer
 latency_workload W4i w4_filter.sql "${TARGETS[*]}" "" -t "$QUERY_RUNS"
 router conductor -c "SELECT conductor.drop_shard_index('bench_customer')" >/dev/null
 router local -c "DROP INDEX bench_customer" >/dev/null
-PEER_DROP_SQL="DO \$\$ DECLARE t text; BEGIN
-    FOR t IN SELECT relname FROM pg_class WHERE relname LIKE 'items_p%' AND relkind = 'r' LOOP
-        EXECUTE format('DROP INDEX IF EXISTS %I', t || '_customer');
-    END LOOP; END \$\$"
-for i in 1 2 3 4; do psql_at "${SHARD_PORTS[$((i - 1))]}" shard -c "$PEER_DROP_SQL" >/dev/null; done
+peer_indexes drop customer_id customer
 fi
 
 # ---- W7: whole-table scan: rows/s and the backend's peak memory growth ----------------
@@ -628,6 +642,130 @@ if want W11; then
         router "$t" -c "EXPLAIN (VERBOSE, COSTS OFF) $(sed 's/:c$/42/; s/:c;/42;/; /^\\set/d' bench/workloads/w11_join_one.sql)" \
             -c "EXPLAIN (VERBOSE, COSTS OFF) $(cat bench/workloads/w11_join_all.sql)" >"$OUT/explain-w11-$t.txt" 2>&1 || true
     done
+fi
+
+# ---- W15: lookup by a non-key column through a virtual index ------------------------------
+
+# SELECT … FROM items WHERE email = $1 for an existing email (sharded by id,
+# so the key says nothing about where it is). conductor three ways: without
+# any index on email (every shard read in full), with a shard index alone
+# (conductor.create_shard_index: the local SQLite index a virtual index
+# also creates, every shard still visited; one client only), and with
+# conductor.create_virtual_index('items', ARRAY['email']). The peer and the
+# local table get an ordinary index on email (on every partition's remote
+# table), their natural best setup, before any W15 run. All dropped after,
+# so W12-W14 write to the tables they would have met without W15.
+W15_ARGS=(-M prepared -D rows="$ROWS" -D seed="$SEED")
+W15_TX=$((QUERY_RUNS * 40))   # one-client transactions per configuration, both scripts
+W15_COUNT_TX=$QUERY_RUNS      # transactions of the shard count
+
+# 8 clients, runs interleaved over the "label:db" pairs given.
+w15_throughput() { # "label:db ..."
+    local pairs=$1 args=(-c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" "${W15_ARGS[@]}") pair run
+    for pair in $pairs; do   # warm-up, not recorded
+        pgbench -n -p "$ROUTER_PORT" -c "$CLIENTS" -j "$THREADS" -T 2 "${W15_ARGS[@]}" \
+            -f bench/workloads/w15_email.sql "${pair#*:}" >/dev/null 2>&1 || true
+    done
+    for run in $(seq "$RUNS"); do
+        for pair in $pairs; do
+            pgbench_run W15 "${pair%%:*}" "$run" "${pair#*:}" w15_email.sql "${args[@]}"
+        done
+    done
+}
+
+# One client, every transaction a sample: the email lookup (script 0 in
+# pgbench's log) and its yardstick, the key lookup (script 1), drawn at
+# random in one run, so both meet the same moment of a noisy machine.
+w15_one() { # label db
+    local scripts=(-f bench/workloads/w15_email.sql -f bench/workloads/w15_key.sql)
+    pgbench -n -p "$ROUTER_PORT" -c 1 -t 4 "${W15_ARGS[@]}" "${scripts[@]}" "$2" >/dev/null 2>&1 || true
+    pgbench_run W15-one "$1" 1 "$2" w15_key.sql@1 -c 1 -j 1 -t "$W15_TX" "${W15_ARGS[@]}" \
+        -f "$ROOT/bench/workloads/w15_email.sql@1"
+}
+
+# The nodes' shard reads and other Hrana requests, summed: "cursors
+# pipelines". A shard read is a cursor request; a virtual-index lookup, and
+# the close that ends a cursor's stream, are pipeline requests.
+node_reads() {
+    node_stats_json | python3 -c '
+import json, sys
+t = [0, 0]
+for line in sys.stdin:
+    r = json.loads(line).get("requests", {})
+    t[0] += r.get("/v3/cursor", 0) + r.get("/v3-protobuf/cursor", 0)
+    t[1] += r.get("/v2/pipeline", 0) + r.get("/v3/pipeline", 0) + r.get("/v3-protobuf/pipeline", 0)
+print(*t)'
+}
+
+# The shards each lookup reads, counted at the nodes: with
+# conductor.max_requests_per_node = 16 every shard read is a cursor request
+# of its own (at the default 1, a node's shards share one).
+w15_shards() { # label [script]
+    local dir=$RAW/W15-shards/$1 script=${2:-w15_email.sql}
+    mkdir -p "$dir"
+    echo "$W15_COUNT_TX" >"$dir/transactions.txt"
+    node_reads >"$dir/before.txt"
+    if ! PGOPTIONS='-c conductor.max_requests_per_node=16' pgbench -n -p "$ROUTER_PORT" --random-seed="$SEED" \
+            -c 1 -j 1 -t "$W15_COUNT_TX" "${W15_ARGS[@]}" -f "bench/workloads/$script" conductor \
+            >"$dir/stdout.txt" 2>"$dir/stderr.txt"; then
+        fail_note "$dir" "$dir/stderr.txt"
+        return 0
+    fi
+    node_reads >"$dir/after.txt"
+    log "  W15 shards $1: $(paste -d' ' "$dir/before.txt" "$dir/after.txt" |
+        awk -v n="$W15_COUNT_TX" '{printf "%.2f shard reads, %.2f other requests per query", ($3 - $1) / n, ($4 - $2) / n}')"
+}
+
+w15_explain() { # label db
+    router "$2" -c "EXPLAIN (ANALYZE, VERBOSE, COSTS OFF, TIMING OFF, SUMMARY OFF)
+        SELECT id, customer_id, name, email, amount, created, flag FROM items
+         WHERE email = substr(md5('$SEED:email:42'), 1, 16) || '@example.com'" >"$OUT/explain-w15-$1.txt" 2>&1 || true
+}
+
+if want W15; then
+    log "W15: SELECT … FROM items WHERE email = \$1 (prepared), indexes on email on the peer and local"
+    router local -c "CREATE INDEX bench_email ON items (email)" -c "ANALYZE items" >/dev/null
+    peer_indexes create email email
+    echo "w15_count_tx=$W15_COUNT_TX" >>"$OUT/meta.txt"
+    client_line W15 "" -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" "${W15_ARGS[@]}" -f bench/workloads/w15_email.sql
+    client_line W15-one "" -c 1 -j 1 -t "$W15_TX" "${W15_ARGS[@]}" \
+        -f bench/workloads/w15_email.sql@1 -f bench/workloads/w15_key.sql@1
+    mkdir -p "$RAW/W15-shards"
+    echo "PGOPTIONS='-c conductor.max_requests_per_node=16' pgbench -n --random-seed=$SEED -c 1 -j 1 -t $W15_COUNT_TX ${W15_ARGS[*]} -f bench/workloads/w15_email.sql (or w15_key.sql) conductor, the nodes' GET /stats before and after" \
+        >"$RAW/W15-shards/client.txt"
+
+    # Without any index on email.
+    w15_throughput "conductor:conductor peer:peer local:local"
+    for t in "${TARGETS[@]}"; do w15_one "$t" "$t"; done
+    w15_shards conductor
+    for t in "${TARGETS[@]}"; do w15_explain "$t" "$t"; done
+
+    # A shard index alone.
+    router conductor -c "SELECT conductor.create_shard_index('items', ARRAY['email'], 'bench_email')" >/dev/null
+    w15_one conductor-shard-index conductor
+    w15_shards conductor-shard-index
+    router conductor -c "SELECT conductor.drop_shard_index('bench_email')" >/dev/null
+
+    # The virtual index.
+    log "W15: CALL conductor.create_virtual_index('items', ARRAY['email'])"
+    if guard "$OUT/w15-vindex.err" router conductor -c '\timing on' \
+            -c "CALL conductor.create_virtual_index('items', ARRAY['email'])" >"$OUT/w15-vindex.out"; then
+        echo "w15_build_ms=$(awk '/^Time:/ {print $2}' "$OUT/w15-vindex.out" | tail -1)" >>"$OUT/meta.txt"
+        echo "w15_index=$(router conductor -At -F ' ' -c "SELECT index_name, status, entries FROM conductor.virtual_indexes")" >>"$OUT/meta.txt"
+        log "  $(tail -n 2 "$OUT/meta.txt" | tr '\n' ' ')"
+        w15_throughput "conductor-virtual-index:conductor"
+        w15_one conductor-virtual-index conductor
+        w15_shards conductor-virtual-index
+        w15_shards key w15_key.sql
+        w15_explain conductor-virtual-index conductor
+        router conductor -c "SELECT conductor.drop_virtual_index(index_name) FROM conductor.virtual_indexes" >/dev/null
+    else
+        for w in W15 W15-one; do fail_note "$RAW/$w/conductor-virtual-index/run1" "$OUT/w15-vindex.err"; done
+        fail_note "$RAW/W15-shards/conductor-virtual-index" "$OUT/w15-vindex.err"
+    fi
+
+    router local -c "DROP INDEX bench_email" >/dev/null
+    peer_indexes drop email email
 fi
 
 # ---- W12-W14: OLTP writes --------------------------------------------------------------
