@@ -490,7 +490,7 @@ def w15_one(out, config):
 
 
 def w15_shards(out, config):
-    """(shard reads, other Hrana requests) per lookup at conductor's nodes,
+    """(shard reads, virtual-index lookups) per lookup at conductor's nodes,
     from the counting run of one configuration; a Result with its error;
     None when it did not run."""
     base = os.path.join(out, "raw", "W15-shards", config)
@@ -599,7 +599,7 @@ def w15_table(out, meta):
     build = meta.get("w15_build_ms")
     ix = meta.get("w15_index", "").split()
     if build:
-        a(f"`CALL conductor.create_virtual_index('items', ARRAY['email'])` took {float(build) / 1000:.1f} s over the "
+        a(f"`CALL conductor.create_virtual_index('items', ARRAY['email'], true)` took {float(build) / 1000:.1f} s over the "
           f"{int(meta['rows']):,} rows" + (f"; `conductor.virtual_indexes` then showed {ix[0]} {ix[1]} with "
                                           f"{int(ix[2]):,} entries." if len(ix) == 3 and ix[2].isdigit() else "."))
         a("")
@@ -608,11 +608,10 @@ def w15_table(out, meta):
     if (_ok(o) and _ok(k) and isinstance(sv, tuple) and isinstance(sk, tuple)
             and med(o.lat) > 1.5 * med(k.lat)):
         a(f"**W15 latency against a key lookup.** Through the virtual index a lookup took {fmt(med(o.lat), ' ms')} "
-          f"against a key lookup's {fmt(med(k.lat), ' ms')}. In the count, it made {fmt(sv[0] + sv[1])} requests to "
-          f"the nodes ({fmt(sv[0])} shard read, the rest the virtual-index lookup and the close of the read's "
-          f"cursor) where a key lookup made {fmt(sk[0] + sk[1])}: the index lookup (which shards hold the value) "
-          "must be answered before the shard read is sent, so the email lookup waits for two round trips where "
-          "the key lookup waits for one.")
+          f"against a key lookup's {fmt(med(k.lat), ' ms')}. In the count, it made {fmt(sv[1])} virtual-index "
+          f"lookup and {fmt(sv[0])} shard read per query where a key lookup made {fmt(sk[0])} shard read: the index "
+          "lookup (which shards hold the value) must be answered before the shard read is sent, so the email "
+          "lookup waits for two round trips where the key lookup waits for one.")
         a("")
     return L
 
@@ -655,12 +654,14 @@ def w15_spec(out):
       "email (both from the start of W15); conductor is measured with no index on email (every shard read whole), "
       "with `conductor.create_shard_index('items', ARRAY['email'])` alone (the local SQLite index in every shard "
       "that a virtual index also creates; every shard still read; one client only), and after `CALL "
-      "conductor.create_virtual_index('items', ARRAY['email'])` (the lookup asks the value's lookup shard which "
+      "conductor.create_virtual_index('items', ARRAY['email'], true)` (the lookup asks the value's lookup shard which "
       "shards hold it, then reads those). The 8-client runs without and with the virtual index are not "
       "interleaved (the index is built in between); the peer's and local's are interleaved with the first. "
       "Everything is dropped afterwards. Shards read per lookup are counted at conductor's nodes (`GET /stats`: "
-      "cursor requests; with `conductor.max_requests_per_node = 16` every shard read is a cursor of its own, "
-      "while at the default a node's shards share one); the peer's from its plan.")
+      "statements run on the shard databases; with `conductor.max_requests_per_node = 16` every shard read is a "
+      "request with its one statement, while at the default a node's shards share one read transaction), and "
+      "virtual-index lookups as requests to the nodes' lookup databases (`GET /lookup/stats`); the peer's "
+      "shards from its plan.")
     a("")
     for w, what in [("W15", "8 clients"), ("W15-one", "one client, both scripts"), ("W15-shards", "the count")]:
         a(f"- {what}: `{client(out, w)}`")

@@ -305,11 +305,11 @@ fi
 # ---- pgbench workloads ----------------------------------------------------------------
 
 # The main cluster's nodes' /stats, one JSON line per node.
-node_stats_json() {
-    local port
+node_stats_json() { # [path: /stats, or /lookup/stats for the lookup databases]
+    local port path=${1:-/stats}
     for port in "${NODE_PORTS[@]}"; do
         timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port &&
-            printf 'GET /stats HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 && cat <&3 && echo" 2>/dev/null |
+            printf 'GET $path HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 && cat <&3 && echo" 2>/dev/null |
             sed -n '/^{/p'
     done
 }
@@ -651,7 +651,7 @@ fi
 # any index on email (every shard read in full), with a shard index alone
 # (conductor.create_shard_index: the local SQLite index a virtual index
 # also creates, every shard still visited; one client only), and with
-# conductor.create_virtual_index('items', ARRAY['email']). The peer and the
+# conductor.create_virtual_index('items', ARRAY['email'], true). The peer and the
 # local table get an ordinary index on email (on every partition's remote
 # table), their natural best setup, before any W15 run. All dropped after,
 # so W12-W14 write to the tables they would have met without W15.
@@ -683,23 +683,26 @@ w15_one() { # label db
         -f "$ROOT/bench/workloads/w15_email.sql@1"
 }
 
-# The nodes' shard reads and other Hrana requests, summed: "cursors
-# pipelines". A shard read is a cursor request; a virtual-index lookup, and
-# the close that ends a cursor's stream, are pipeline requests.
+# The nodes' shard reads and virtual-index lookups, summed: "statements
+# lookups". A shard read is one statement on a node's shard database
+# (a cursor, or a one-request read); a virtual-index lookup is a request to
+# a node's lookup database (GET /lookup/stats).
 node_reads() {
-    node_stats_json | python3 -c '
+    { node_stats_json; node_stats_json /lookup/stats | sed 's/^/L/'; } | python3 -c '
 import json, sys
 t = [0, 0]
 for line in sys.stdin:
-    r = json.loads(line).get("requests", {})
-    t[0] += r.get("/v3/cursor", 0) + r.get("/v3-protobuf/cursor", 0)
-    t[1] += r.get("/v2/pipeline", 0) + r.get("/v3/pipeline", 0) + r.get("/v3-protobuf/pipeline", 0)
+    if line.startswith("L"):
+        t[1] += json.loads(line[1:]).get("requests_total", 0)
+    else:
+        t[0] += json.loads(line).get("statements_executed", 0)
 print(*t)'
 }
 
 # The shards each lookup reads, counted at the nodes: with
-# conductor.max_requests_per_node = 16 every shard read is a cursor request
-# of its own (at the default 1, a node's shards share one).
+# conductor.max_requests_per_node = 16 every shard read is a request of its
+# own with its one statement (at the default 1, a node's shards share one
+# read transaction, whose BEGIN and COMMIT would count too).
 w15_shards() { # label [script]
     local dir=$RAW/W15-shards/$1 script=${2:-w15_email.sql}
     mkdir -p "$dir"
@@ -713,7 +716,7 @@ w15_shards() { # label [script]
     fi
     node_reads >"$dir/after.txt"
     log "  W15 shards $1: $(paste -d' ' "$dir/before.txt" "$dir/after.txt" |
-        awk -v n="$W15_COUNT_TX" '{printf "%.2f shard reads, %.2f other requests per query", ($3 - $1) / n, ($4 - $2) / n}')"
+        awk -v n="$W15_COUNT_TX" '{printf "%.2f shard reads, %.2f lookup requests per query", ($3 - $1) / n, ($4 - $2) / n}')"
 }
 
 w15_explain() { # label db
@@ -747,9 +750,9 @@ if want W15; then
     router conductor -c "SELECT conductor.drop_shard_index('bench_email')" >/dev/null
 
     # The virtual index.
-    log "W15: CALL conductor.create_virtual_index('items', ARRAY['email'])"
+    log "W15: CALL conductor.create_virtual_index('items', ARRAY['email'], true)"
     if guard "$OUT/w15-vindex.err" router conductor -c '\timing on' \
-            -c "CALL conductor.create_virtual_index('items', ARRAY['email'])" >"$OUT/w15-vindex.out"; then
+            -c "CALL conductor.create_virtual_index('items', ARRAY['email'], true)" >"$OUT/w15-vindex.out"; then
         echo "w15_build_ms=$(awk '/^Time:/ {print $2}' "$OUT/w15-vindex.out" | tail -1)" >>"$OUT/meta.txt"
         echo "w15_index=$(router conductor -At -F ' ' -c "SELECT index_name, status, entries FROM conductor.virtual_indexes")" >>"$OUT/meta.txt"
         log "  $(tail -n 2 "$OUT/meta.txt" | tr '\n' ' ')"

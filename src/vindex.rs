@@ -808,6 +808,18 @@ pub fn read_in(t: &TableTopology, shard: u32, database: Database, stmt: Stmt) ->
         .unwrap_or_default()
 }
 
+/// How many value tuples a scan looks up through a ready unique virtual
+/// index, when it is routed through one: each matches at most one row of
+/// the table, so the shards' answers are small and need no streaming.
+pub fn unique_lookups(t: &TableTopology, preds: &[Pred], bindings: &[Binding]) -> Option<usize> {
+    let ix = vindex::usable(t, &t.virtual_indexes, preds)?;
+    if !ix.unique {
+        return None;
+    }
+    let tuples = vindex::admitted(t, ix, preds, bindings).ok()??;
+    Some(tuples.values().map(Vec::len).sum())
+}
+
 /// At most this many observed extras are queued per transaction (each
 /// costs three requests at commit).
 const MAX_OBSERVED_EXTRAS: usize = 16;
@@ -822,7 +834,7 @@ pub struct IndexRoute {
 }
 
 /// The index route of a scan's predicate, when every pushed predicate is
-/// one of the index's equalities and it looks up at most a few tuples.
+/// one of the index's equalities and it looks up one value tuple.
 pub fn index_route(t: &TableTopology, preds: &[Pred], bindings: &[Binding]) -> Option<IndexRoute> {
     let ix = vindex::usable(t, &t.virtual_indexes, preds)?;
     if preds.len() != ix.columns.len() {
@@ -834,7 +846,9 @@ pub fn index_route(t: &TableTopology, preds: &[Pred], bindings: &[Binding]) -> O
         .into_iter()
         .flat_map(|(lshard, ts)| ts.into_iter().map(move |v| (lshard, v)))
         .collect();
-    (tuples.len() <= 4).then_some(IndexRoute { index, tuples })
+    // With one value every shard visited was named by one of its entries;
+    // with several, a shard's emptiness does not say whose entry was extra.
+    (tuples.len() == 1).then_some(IndexRoute { index, tuples })
 }
 
 /// An entry a read found pointing at a shard that sent no row for its

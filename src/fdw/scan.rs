@@ -513,11 +513,15 @@ impl ScanState {
         {
             stats::routed_keys(&topology, &self.plan.pushed, &bindings);
         }
-        // Key values that are the whole primary key match at most one row
-        // each: such a lookup is fetched in one request, not streamed.
-        let bounded = plan.max_keys_per_shard > 0
+        // Key values that are the whole primary key, and values of a unique
+        // virtual index, match at most one row each: such a lookup is
+        // fetched in one request, not streamed.
+        let bounded = (plan.max_keys_per_shard > 0
             && topology.primary_key == [topology.key_index]
-            && plan.max_keys_per_shard <= BOUNDED_LOOKUP_KEYS;
+            && plan.max_keys_per_shard <= BOUNDED_LOOKUP_KEYS)
+            || (self.inner.is_none()
+                && crate::vindex::unique_lookups(&topology, &self.plan.pushed, &bindings)
+                    .is_some_and(|n| n <= BOUNDED_LOOKUP_KEYS));
         self.index_route = if self.inner.is_none() {
             crate::vindex::index_route(&topology, &self.plan.pushed, &bindings)
         } else {

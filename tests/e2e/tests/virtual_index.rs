@@ -69,8 +69,10 @@ fn rows(db: &mut Client, sql: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// Shard scans the nodes have served (one cursor per shard with
-/// `conductor.max_requests_per_node` above the shards per node).
+/// Shard reads the nodes' shard databases have served: streamed scans (one
+/// cursor per shard with `conductor.max_requests_per_node` above the shards
+/// per node) and one-request reads (a unique index's values); index lookups
+/// go to the lookup databases.
 fn scans(cluster: &Cluster) -> u64 {
     (0..cluster.node_count())
         .map(|i| {
@@ -78,10 +80,11 @@ fn scans(cluster: &Cluster) -> u64 {
             assert_eq!(status, 200, "{body}");
             let v: conductor_e2e::serde_json::Value =
                 conductor_e2e::serde_json::from_str(&body).unwrap();
-            ["/v3/cursor", "/v3-protobuf/cursor"]
+            let cursors: u64 = ["/v3/cursor", "/v3-protobuf/cursor"]
                 .iter()
                 .map(|e| v["requests"][e].as_u64().unwrap_or(0))
-                .sum::<u64>()
+                .sum();
+            cursors + v["fast_read_pipelines"].as_u64().expect("fast_read_pipelines")
         })
         .sum()
 }
