@@ -84,7 +84,10 @@ fn scans(cluster: &Cluster) -> u64 {
                 .iter()
                 .map(|e| v["requests"][e].as_u64().unwrap_or(0))
                 .sum();
-            cursors + v["fast_read_pipelines"].as_u64().expect("fast_read_pipelines")
+            cursors
+                + v["fast_read_pipelines"]
+                    .as_u64()
+                    .expect("fast_read_pipelines")
         })
         .sum()
 }
