@@ -693,7 +693,8 @@ import json, sys
 t = [0, 0]
 for line in sys.stdin:
     if line.startswith("L"):
-        t[1] += json.loads(line[1:]).get("requests_total", 0)
+        r = json.loads(line[1:]).get("requests", {})
+        t[1] += r.get("/v2/pipeline", 0) + r.get("/v3/pipeline", 0) + r.get("/v3-protobuf/pipeline", 0)
     else:
         t[0] += json.loads(line).get("statements_executed", 0)
 print(*t)'

@@ -394,42 +394,175 @@ pub fn before_write(
     );
     at_once(t, other.into_values().collect());
     for i in unique {
-        let ix = &t.virtual_indexes[i];
-        let types = ix.types(t);
-        // Two rows of this statement with one value on two shards conflict
-        // with each other; on one shard, the local unique index decides.
-        let mut seen: BTreeMap<Vec<vindex::EntryValue>, u32> = BTreeMap::new();
-        for (ri, (owner, row)) in rows.iter().enumerate() {
-            if pending.skipped.contains(&ri) {
-                continue;
+        claim_all(t, i, rows, inserting, skip_conflicts, &mut pending);
+    }
+    pending
+}
+
+/// The entries of unique index `i` for `rows`, claimed together: one
+/// request per lookup node inserts them and reads their owners, one per
+/// owner shard probes for rows already holding the values (INSERT); only an
+/// entry another shard holds (or one a repair removed meanwhile) goes
+/// through `claim` alone. A row whose value is taken fails (or, with
+/// `skip_conflicts`, is listed in `Pending::skipped`), in row order.
+fn claim_all(
+    t: &TableTopology,
+    i: usize,
+    rows: &[(u32, &[Value])],
+    inserting: bool,
+    skip_conflicts: bool,
+    pending: &mut Pending,
+) {
+    let ix = &t.virtual_indexes[i];
+    let types = ix.types(t);
+    // Two rows of this statement with one value on two shards conflict
+    // with each other; on one shard, the local unique index decides, and
+    // the later row shares the first one's verdict.
+    struct Wanted {
+        lshard: u32,
+        entry: Entry,
+    }
+    let mut wanted: Vec<Wanted> = Vec::new();
+    let mut first: BTreeMap<Vec<vindex::EntryValue>, usize> = BTreeMap::new();
+    // Per row in order: its entry's verdict, or the wanted entry it shares.
+    enum Fate {
+        Conflict(Entry, u32),
+        As(usize),
+    }
+    let mut fates: Vec<(usize, Fate)> = Vec::new();
+    for (ri, (owner, row)) in rows.iter().enumerate() {
+        if pending.skipped.contains(&ri) {
+            continue;
+        }
+        let values: Vec<Value> = ix.columns.iter().map(|&c| row[c].clone()).collect();
+        let Some(lshard) = vindex::lookup_shard(&types, &values, t.shard_count())
+            .unwrap_or_else(|e| error!("conductor: {e}"))
+        else {
+            continue; // a NULL: never a conflict
+        };
+        let entry = Entry {
+            values: values.into_iter().map(vindex::EntryValue).collect(),
+            owner: *owner,
+        };
+        match first.get(&entry.values) {
+            Some(&w) if wanted[w].entry.owner != *owner => {
+                let holder = wanted[w].entry.owner;
+                fates.push((ri, Fate::Conflict(entry, holder)));
             }
-            let values: Vec<Value> = ix.columns.iter().map(|&c| row[c].clone()).collect();
-            let Some(lshard) = vindex::lookup_shard(&types, &values, t.shard_count())
-                .unwrap_or_else(|e| error!("conductor: {e}"))
-            else {
-                continue; // a NULL: never a conflict
-            };
-            let e = Entry {
-                values: values.into_iter().map(vindex::EntryValue).collect(),
-                owner: *owner,
-            };
-            let verdict = match seen.get(&e.values) {
-                Some(&o) if o != *owner => Err(o),
-                Some(_) => Ok(()),
-                None => claim(t, i, lshard, &e, inserting, &mut pending),
-            };
-            match verdict {
-                Ok(()) => {
-                    seen.insert(e.values.clone(), *owner);
-                }
-                Err(_) if skip_conflicts => {
-                    pending.skipped.insert(ri);
-                }
-                Err(holder) => duplicate(t, ix, &e, holder),
+            Some(&w) => fates.push((ri, Fate::As(w))),
+            None => {
+                first.insert(entry.values.clone(), wanted.len());
+                fates.push((ri, Fate::As(wanted.len())));
+                wanted.push(Wanted { lshard, entry });
             }
         }
     }
-    pending
+    if wanted.is_empty() {
+        return;
+    }
+    // Insert every entry and read its owner: one job per lookup node.
+    let mut jobs: BTreeMap<NodeKey, (Job, BTreeSet<NodeKey>)> = BTreeMap::new();
+    let mut at: Vec<(NodeKey, usize)> = Vec::with_capacity(wanted.len());
+    let mut by_lshard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (w, x) in wanted.iter().enumerate() {
+        by_lshard.entry(x.lshard).or_default().push(w);
+    }
+    at.resize(wanted.len(), (Default::default(), 0));
+    for (lshard, ws) in &by_lshard {
+        let table = ix.lookup_table(t, *lshard);
+        let job = Job::on_lookup(t, ix, *lshard, Vec::new());
+        let key = job.key(t);
+        let (job, owners) = jobs
+            .entry(key.clone())
+            .or_insert_with(|| (job, BTreeSet::new()));
+        let refs: Vec<&Entry> = ws.iter().map(|&w| &wanted[w].entry).collect();
+        job.stmts.extend(ix.insert_entries_stmts(&table, &refs));
+        for &w in ws {
+            at[w] = (key.clone(), job.stmts.len());
+            job.stmts.push(ix.owners_stmt(&table, &wanted[w].entry));
+            owners.insert(node_key(t, wanted[w].entry.owner));
+        }
+    }
+    let (mine, other): (Vec<_>, Vec<_>) = jobs
+        .into_iter()
+        .partition(|(key, _)| streams::holds_write(key));
+    for (key, (_, owners)) in &mine {
+        streams::commit_before(key, owners);
+    }
+    let at_once_keys: BTreeSet<NodeKey> = other.iter().map(|(k, _)| k.clone()).collect();
+    let mut results: BTreeMap<NodeKey, Vec<StmtResult>> = BTreeMap::new();
+    let (mine_keys, mine_jobs): (Vec<_>, Vec<_>) =
+        mine.into_iter().map(|(k, (j, _))| (k, j)).unzip();
+    results.extend(
+        mine_keys
+            .into_iter()
+            .zip(in_streams(t, mine_jobs, Access::Write)),
+    );
+    let (other_keys, other_jobs): (Vec<_>, Vec<_>) =
+        other.into_iter().map(|(k, (j, _))| (k, j)).unzip();
+    results.extend(other_keys.into_iter().zip(at_once(t, other_jobs)));
+    // Entries held by their own shard now: an INSERT still probes that shard
+    // for a row already holding the value (all probes of a shard in one
+    // request); the rest are claimed one by one.
+    let mut verdicts: Vec<Option<Result<(), u32>>> = vec![None; wanted.len()];
+    let mut probes: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (w, x) in wanted.iter().enumerate() {
+        let (key, pos) = &at[w];
+        let holder = results
+            .get(key)
+            .and_then(|r| r.get(*pos))
+            .and_then(|r| r.rows.first())
+            .and_then(|row| match row.first() {
+                Some(Value::Integer(s)) => Some(*s as u32),
+                _ => None,
+            });
+        if holder == Some(x.entry.owner) {
+            if at_once_keys.contains(key) {
+                pending.recheck.push((i, x.lshard, x.entry.clone()));
+            }
+            if inserting {
+                probes.entry(x.entry.owner).or_default().push(w);
+            } else {
+                verdicts[w] = Some(Ok(()));
+            }
+        } else {
+            verdicts[w] = Some(claim(t, i, x.lshard, &x.entry, inserting, pending));
+        }
+    }
+    let probe_jobs: Vec<(u32, Vec<usize>)> = probes.into_iter().collect();
+    let found = read(
+        t,
+        probe_jobs
+            .iter()
+            .map(|(shard, ws)| {
+                let table = &t.shards[*shard as usize].remote_table;
+                let stmts = ws
+                    .iter()
+                    .map(|&w| ix.probe_stmt(t, table, &wanted[w].entry))
+                    .collect();
+                Job::on_shard(t, *shard, stmts)
+            })
+            .collect(),
+    );
+    for ((shard, ws), r) in probe_jobs.iter().zip(found) {
+        for (k, &w) in ws.iter().enumerate() {
+            let held = r.get(k).is_some_and(|r| !r.rows.is_empty());
+            verdicts[w] = Some(if held { Err(*shard) } else { Ok(()) });
+        }
+    }
+    for (ri, fate) in fates {
+        let (entry, verdict) = match fate {
+            Fate::Conflict(entry, holder) => (entry, Err(holder)),
+            Fate::As(w) => (wanted[w].entry.clone(), verdicts[w].unwrap_or(Ok(()))),
+        };
+        match verdict {
+            Ok(()) => {}
+            Err(_) if skip_conflicts => {
+                pending.skipped.insert(ri);
+            }
+            Err(holder) => duplicate(t, ix, &entry, holder),
+        }
+    }
 }
 
 /// Make a unique value's entry point at `e.owner`: insert it, or take over

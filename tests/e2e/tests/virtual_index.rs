@@ -21,6 +21,9 @@
 //! then `verify_virtual_index` finds no
 //! missing entry and every row is found through each index.
 //!
+//! `concurrent_inserts_of_one_unique_value_one_wins`: two sessions insert
+//! one value at the same moment on different shards; one gets 23505.
+//!
 //! `per_row_updates_across_nodes_and_a_backend_killed_mid_commit`: UPDATEs
 //! setting indexed columns to per-row values whose entries live on the
 //! other node agree with a local table; a backend SIGKILLed between two
@@ -812,10 +815,9 @@ fn concurrent_writers_never_lose_entries() {
 }
 
 /// A node that fails at commit never leaves a committed row without its
-/// entry: an entry written in the remote transaction of a node that also
-/// holds rows of this transaction commits before the rows it points at, so
-/// when that node is down, the rows' node does not commit either; when the
-/// rows' node is down, the entry is only an extra.
+/// entry: the entry was committed in the node's lookup database before the
+/// row was written, so whichever node is down at commit, a committed row has
+/// its entry, and an entry whose row did not commit is only an extra.
 #[test]
 fn a_node_down_at_commit_leaves_no_row_without_its_entry() {
     let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
@@ -1243,4 +1245,79 @@ fn reads_remove_the_extras_they_meet() {
     assert_eq!(verify(&mut db, "ex_email", false).1, 1);
     exec(&mut db, "SELECT id FROM ex WHERE email = 'e44'");
     assert_eq!(verify(&mut db, "ex_email", false), (0, 0, 0));
+}
+
+/// Two sessions insert the same value of a unique index at the same moment,
+/// on rows of different shards: exactly one succeeds, the other gets 23505.
+#[test]
+fn concurrent_inserts_of_one_unique_value_one_wins() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE uq (id bigint NOT NULL, login text) SERVER cluster;
+         SELECT conductor.create_distributed_table('uq', 'id', 8);",
+    );
+    exec(
+        &mut db,
+        "CALL conductor.create_virtual_index('uq', ARRAY['login'], true, 'uq_login')",
+    );
+    // Pairs of ids on different shards.
+    let shard = |db: &mut Client, id: i64| {
+        query_i64(
+            db,
+            &format!("SELECT conductor.shard_for('uq', {id}::bigint)::bigint"),
+        )
+    };
+    let mut pairs = Vec::new();
+    let mut id = 1;
+    while pairs.len() < 20 {
+        let (a, b) = (id, id + 1);
+        id += 2;
+        if shard(&mut db, a) != shard(&mut db, b) {
+            pairs.push((a, b));
+        }
+    }
+    let config = cluster.pg_config();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let sessions: Vec<_> = [0usize, 1]
+        .into_iter()
+        .map(|side| {
+            let (config, barrier, pairs) = (config.clone(), barrier.clone(), pairs.clone());
+            std::thread::spawn(move || {
+                let mut db = config.connect(conductor_e2e::postgres::NoTls).unwrap();
+                pairs
+                    .iter()
+                    .enumerate()
+                    .map(|(n, (a, b))| {
+                        let id = if side == 0 { a } else { b };
+                        barrier.wait();
+                        db.batch_execute(&format!("INSERT INTO uq VALUES ({id}, 'same{n}')"))
+                            .map_err(|e| e.code().map(|c| c.code().to_string()))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let outcomes: Vec<Vec<Result<(), Option<String>>>> =
+        sessions.into_iter().map(|s| s.join().unwrap()).collect();
+    for n in 0..pairs.len() {
+        let (a, b) = (&outcomes[0][n], &outcomes[1][n]);
+        assert!(
+            a.is_ok() != b.is_ok(),
+            "value same{n}: exactly one insert succeeds: {a:?} {b:?}"
+        );
+        let failed = if a.is_ok() { b } else { a };
+        assert_eq!(failed, &Err(Some("23505".into())), "value same{n}");
+        assert_eq!(
+            query_i64(
+                &mut db,
+                &format!("SELECT count(*) FROM uq WHERE login = 'same{n}'")
+            ),
+            1
+        );
+    }
+    assert_eq!(verify(&mut db, "uq_login", false).0, 0);
 }
