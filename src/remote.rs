@@ -59,6 +59,7 @@ pub fn wire_encoding() -> gucs::WireEncoding {
 fn executor() -> &'static Executor {
     let timeout = gucs::request_timeout();
     let executor = EXECUTOR.get_or_init(|| {
+        register_exit_callback();
         let mut config = ExecutorConfig::default();
         config.client = ClientConfig {
             request_timeout: timeout,
@@ -104,6 +105,28 @@ pub fn keep_alive(
     keeper: std::sync::Arc<conductor_core::keepalive::StreamKeeper>,
 ) {
     executor().keep_alive(endpoint, keeper, KEEPALIVE_EVERY);
+}
+
+/// See `Executor::remove_extra_in_background` (virtual-index extras).
+pub fn remove_extra_in_background(extra: conductor_core::executor::ExtraEntry) {
+    executor().remove_extra_in_background(extra);
+}
+
+/// At process exit: let background removals finish (bounded by the request
+/// deadline), so none is cut while it holds a node's write lock.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn finish_background(_code: i32, _arg: pgrx::pg_sys::Datum) {
+    if let Some(executor) = EXECUTOR.get() {
+        executor.wait_for_background(gucs::request_timeout().min(Duration::from_secs(5)));
+    }
+}
+
+/// Registered when the backend creates its executor (not in _PG_init: a
+/// backend forked from the postmaster starts with an empty exit list).
+fn register_exit_callback() {
+    // SAFETY: called once per process, from the get_or_init below; the
+    // callback only waits on an atomic counter of this process.
+    unsafe { pgrx::pg_sys::on_proc_exit(Some(finish_background), pgrx::pg_sys::Datum::from(0)) };
 }
 
 pub fn endpoint(placement: &ShardLocation, token: Option<String>) -> NodeEndpoint {

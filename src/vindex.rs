@@ -984,24 +984,10 @@ pub fn index_route(t: &TableTopology, preds: &[Pred], bindings: &[Binding]) -> O
     (tuples.len() == 1).then_some(IndexRoute { index, tuples })
 }
 
-/// An entry a read found pointing at a shard that sent no row for its
-/// value (a deleted row's, a rolled-back write's): removed after the
-/// transaction commits if that shard, probed holding its node's write lock,
-/// still has no such row (the same check as `remove_extra`).
-struct ObservedExtra {
-    holder: conductor_core::NodeEndpoint,
-    holder_shard: u32,
-    probe: Stmt,
-    lookup: conductor_core::NodeEndpoint,
-    lshard: u32,
-    delete: Stmt,
-    /// The lookup table is in the holder's database (no lookup database):
-    /// the delete runs inside the holder's transaction.
-    same_database: bool,
-}
-
 thread_local! {
-    static OBSERVED: std::cell::RefCell<Vec<ObservedExtra>> =
+    /// Entries a read of this transaction found pointing at a shard that
+    /// sent no row for their value.
+    static OBSERVED: std::cell::RefCell<Vec<conductor_core::executor::ExtraEntry>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -1023,12 +1009,10 @@ pub fn observe_empty_shards(t: &TableTopology, route: &IndexRoute, empty: &[u32]
                     owner: shard,
                 };
                 let shard_table = &t.shards[shard as usize].remote_table;
-                observed.push(ObservedExtra {
+                observed.push(conductor_core::executor::ExtraEntry {
                     holder: endpoint(t, shard),
-                    holder_shard: shard,
                     probe: ix.probe_stmt(t, shard_table, &e),
                     lookup: endpoint_in(t, *lshard, database),
-                    lshard: *lshard,
                     delete: ix.delete_entry_stmt(&ix.lookup_table(t, *lshard), &e),
                     same_database: key_in(t, *lshard, database) == node_key(t, shard),
                 });
@@ -1037,74 +1021,17 @@ pub fn observe_empty_shards(t: &TableTopology, route: &IndexRoute, empty: &[u32]
     });
 }
 
-/// The transaction committed (its remote transactions are over): remove
-/// the extras its reads observed. Failures are ignored — an extra only
-/// costs a wasted probe, and a later read observes it again; nothing here
-/// may raise an ERROR.
+/// The transaction committed (its remote transactions are over): the
+/// extras its reads observed are removed in the background
+/// (`Executor::remove_extra_in_background`), so the commit never waits for
+/// a node's write lock.
 pub fn repair_observed() {
     for x in OBSERVED.with(|o| std::mem::take(&mut *o.borrow_mut())) {
-        repair_observed_one(x);
+        remote::remove_extra_in_background(x);
     }
 }
 
 /// The transaction aborted: its observations are dropped.
 pub fn forget_observed() {
     OBSERVED.with(|o| o.borrow_mut().clear());
-}
-
-fn repair_observed_one(x: ObservedExtra) {
-    let execute = |shard: u32, endpoint: &conductor_core::NodeEndpoint, body| {
-        remote::execute_uninterruptible(vec![ShardRequest {
-            shard_id: Some(shard),
-            endpoint: endpoint.clone(),
-            body,
-        }])
-        .pop()
-        .and_then(Result::ok)
-    };
-    let Some(resp) = execute(
-        x.holder_shard,
-        &x.holder,
-        PipelineReqBody {
-            baton: None,
-            requests: vec![
-                StreamRequest::Execute {
-                    stmt: Stmt::new("BEGIN IMMEDIATE", vec![]),
-                },
-                StreamRequest::Execute { stmt: x.probe },
-            ],
-        },
-    ) else {
-        return;
-    };
-    let locked_and_empty = resp.results.len() == 2
-        && resp
-            .results
-            .iter()
-            .all(|r| matches!(r, StreamResult::Ok { .. }))
-        && execute_results(&resp)
-            .get(1)
-            .is_some_and(|r| r.rows.is_empty());
-    let mut end = Vec::new();
-    if locked_and_empty {
-        if x.same_database {
-            end.push(StreamRequest::Execute { stmt: x.delete });
-        } else {
-            execute(x.lshard, &x.lookup, one_request_transaction(vec![x.delete]));
-        }
-    }
-    end.push(StreamRequest::Execute {
-        stmt: Stmt::new("COMMIT", vec![]),
-    });
-    end.push(StreamRequest::Close);
-    if resp.baton.is_some() {
-        execute(
-            x.holder_shard,
-            &x.holder,
-            PipelineReqBody {
-                baton: resp.baton,
-                requests: end,
-            },
-        );
-    }
 }

@@ -546,7 +546,69 @@ impl Executor {
     }
 }
 
+/// Background tasks running (their count drops when a task ends or is
+/// dropped).
+static BACKGROUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+struct Background;
+
+impl Background {
+    fn start() -> Background {
+        BACKGROUND.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Background
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        BACKGROUND.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A virtual-index entry a read found pointing at a shard that sent no row
+/// for its value (a deleted row's, a write that never committed).
+#[derive(Debug, Clone)]
+pub struct ExtraEntry {
+    /// The node of the shard the entry points at.
+    pub holder: NodeEndpoint,
+    /// Reads that shard's rows with the entry's value.
+    pub probe: Stmt,
+    /// The node (database) holding the entry.
+    pub lookup: NodeEndpoint,
+    /// Deletes the entry.
+    pub delete: Stmt,
+    /// The entry is in the holder's database: the delete runs inside the
+    /// holder's transaction (a second connection would wait for its lock).
+    pub same_database: bool,
+}
+
 impl Executor {
+    /// Remove `extra` on the I/O threads, without the caller waiting: holding
+    /// the holder node's write lock (`BEGIN IMMEDIATE`, so no write of such
+    /// a row is in flight there), probe for a row with the value and, if
+    /// none, delete the entry before the lock is released. A writer whose
+    /// row comes later rechecks its entry under that lock and writes it
+    /// again. Failures are ignored: an extra only costs a wasted probe.
+    pub fn remove_extra_in_background(&self, extra: ExtraEntry) {
+        let Ok(started) = self.get() else { return };
+        let client = started.client.clone();
+        let running = Background::start();
+        started.runtime.spawn(async move {
+            remove_extra(client, extra).await;
+            drop(running);
+        });
+    }
+
+    /// Wait (up to `limit`) for the background work to end: a process about
+    /// to exit must not cut a removal between taking a node's write lock and
+    /// releasing it (the node would keep it until the stream expires).
+    pub fn wait_for_background(&self, limit: Duration) {
+        let until = Instant::now() + limit;
+        while BACKGROUND.load(std::sync::atomic::Ordering::Acquire) > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Keep a remote transaction's stream alive until its owner finishes
     /// it (see [`crate::keepalive`]): every `every`, an unused stream is
     /// renewed with an empty request; past the keeper's idle limit it is
@@ -1478,6 +1540,55 @@ impl ScanHandle {
 impl Drop for ScanHandle {
     fn drop(&mut self) {
         self.abort();
+    }
+}
+
+async fn remove_extra(client: HranaClient, x: ExtraEntry) {
+    let execute = |stmt: Stmt| StreamRequest::Execute { stmt };
+    let begin = PipelineReqBody {
+        baton: None,
+        requests: vec![
+            execute(Stmt::new("BEGIN IMMEDIATE", vec![])),
+            execute(x.probe),
+        ],
+    };
+    let Ok(resp) = client.pipeline(&x.holder, &begin).await else {
+        return;
+    };
+    let empty = |r: &StreamResult| match r {
+        StreamResult::Ok {
+            response: StreamResponse::Execute { result },
+        } => result.rows.is_empty(),
+        _ => false,
+    };
+    let locked_and_empty = resp.results.len() == 2
+        && matches!(resp.results[0], StreamResult::Ok { .. })
+        && empty(&resp.results[1]);
+    let mut end = Vec::new();
+    if locked_and_empty {
+        if x.same_database {
+            end.push(execute(x.delete));
+        } else {
+            let _ = client
+                .pipeline(
+                    &x.lookup,
+                    &crate::client::one_request_transaction(vec![x.delete]),
+                )
+                .await;
+        }
+    }
+    end.push(execute(Stmt::new("COMMIT", vec![])));
+    end.push(StreamRequest::Close);
+    if resp.baton.is_some() {
+        let _ = client
+            .pipeline(
+                &x.holder,
+                &PipelineReqBody {
+                    baton: resp.baton,
+                    requests: end,
+                },
+            )
+            .await;
     }
 }
 
