@@ -505,6 +505,9 @@ fn claim_all(
     // for a row already holding the value (all probes of a shard in one
     // request); the rest are claimed one by one.
     let mut verdicts: Vec<Option<Result<(), u32>>> = vec![None; wanted.len()];
+    // Entries committed at once, to check again after the rows are written
+    // (only those whose claim succeeds).
+    let mut recheck = vec![false; wanted.len()];
     let mut probes: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     for (w, x) in wanted.iter().enumerate() {
         let (key, pos) = &at[w];
@@ -517,9 +520,7 @@ fn claim_all(
                 _ => None,
             });
         if holder == Some(x.entry.owner) {
-            if at_once_keys.contains(key) {
-                pending.recheck.push((i, x.lshard, x.entry.clone()));
-            }
+            recheck[w] = at_once_keys.contains(key);
             if inserting {
                 probes.entry(x.entry.owner).or_default().push(w);
             } else {
@@ -548,6 +549,11 @@ fn claim_all(
         for (k, &w) in ws.iter().enumerate() {
             let held = r.get(k).is_some_and(|r| !r.rows.is_empty());
             verdicts[w] = Some(if held { Err(*shard) } else { Ok(()) });
+        }
+    }
+    for (w, x) in wanted.iter().enumerate() {
+        if recheck[w] && verdicts[w] == Some(Ok(())) {
+            pending.recheck.push((i, x.lshard, x.entry.clone()));
         }
     }
     for (ri, fate) in fates {
@@ -917,10 +923,25 @@ pub fn on_every_lookup_shard(
 /// does; sqld does not).
 pub fn nodes_have_lookup_databases(t: &TableTopology) -> bool {
     let mut seen = BTreeSet::new();
-    t.shards
-        .iter()
-        .filter(|s| seen.insert(s.node_id.clone()))
-        .all(|s| remote::check_health(endpoint_in(t, s.shard_id, Database::Lookup)).is_ok())
+    let mut all = true;
+    for s in t.shards.iter().filter(|s| seen.insert(s.node_id.clone())) {
+        match remote::check_health(endpoint_in(t, s.shard_id, Database::Lookup)) {
+            Ok(()) => {}
+            // The node answered that it has no such endpoint.
+            Err(e)
+                if matches!(
+                    e.error,
+                    conductor_core::client::NodeError::Http { status: 404, .. }
+                ) =>
+            {
+                all = false
+            }
+            // Unreachable or failing now: deciding without it would fix the
+            // index's placement on a guess.
+            Err(e) => remote::report_shard_error(&e),
+        }
+    }
+    all
 }
 
 /// One statement's rows from shard `shard`'s node (through this
@@ -1009,12 +1030,25 @@ pub fn observe_empty_shards(t: &TableTopology, route: &IndexRoute, empty: &[u32]
                     owner: shard,
                 };
                 let shard_table = &t.shards[shard as usize].remote_table;
+                let same_database = key_in(t, *lshard, database) == node_key(t, shard);
+                // Beside the shards (sqld), a removal holding the holder's
+                // lock while it waits for another node's could stall a
+                // writer holding that one: reads remove only extras of the
+                // same database there.
+                if database == Database::Shards && !same_database {
+                    continue;
+                }
+                let lookup_table = ix.lookup_table(t, *lshard);
+                let Some(reinsert) = ix.insert_entries_stmts(&lookup_table, &[&e]).pop() else {
+                    continue;
+                };
                 observed.push(conductor_core::executor::ExtraEntry {
                     holder: endpoint(t, shard),
                     probe: ix.probe_stmt(t, shard_table, &e),
                     lookup: endpoint_in(t, *lshard, database),
-                    delete: ix.delete_entry_stmt(&ix.lookup_table(t, *lshard), &e),
-                    same_database: key_in(t, *lshard, database) == node_key(t, shard),
+                    delete: ix.delete_entry_stmt(&lookup_table, &e),
+                    reinsert,
+                    same_database,
                 });
             }
         }

@@ -577,6 +577,9 @@ pub struct ExtraEntry {
     pub lookup: NodeEndpoint,
     /// Deletes the entry.
     pub delete: Stmt,
+    /// Writes the entry again (`ON CONFLICT DO NOTHING`): sent when the
+    /// delete may have landed after the holder's lock was released.
+    pub reinsert: Stmt,
     /// The entry is in the holder's database: the delete runs inside the
     /// holder's transaction (a second connection would wait for its lock).
     pub same_database: bool,
@@ -1565,31 +1568,61 @@ async fn remove_extra(client: HranaClient, x: ExtraEntry) {
         && matches!(resp.results[0], StreamResult::Ok { .. })
         && empty(&resp.results[1]);
     let mut end = Vec::new();
+    // Whether the delete is known to have run while the holder's lock was
+    // held; otherwise (an error, no answer: it may still run later) the
+    // entry is written again once the holder's transaction is over.
+    let mut deleted_under_lock = true;
     if locked_and_empty {
         if x.same_database {
             end.push(execute(x.delete));
         } else {
-            let _ = client
+            deleted_under_lock = client
                 .pipeline(
                     &x.lookup,
                     &crate::client::one_request_transaction(vec![x.delete]),
                 )
-                .await;
+                .await
+                .is_ok_and(|r| all_ok(&r));
         }
     }
     end.push(execute(Stmt::new("COMMIT", vec![])));
     end.push(StreamRequest::Close);
-    if resp.baton.is_some() {
-        let _ = client
+    let committed = match resp.baton {
+        Some(baton) => client
             .pipeline(
                 &x.holder,
                 &PipelineReqBody {
-                    baton: resp.baton,
+                    baton: Some(baton),
                     requests: end,
                 },
             )
+            .await
+            .is_ok_and(|r| all_ok(&r)),
+        None => false,
+    };
+    if locked_and_empty && !(deleted_under_lock && committed) {
+        // The holder's lock may have ended (its stream expired) before the
+        // delete: a row written since has its entry only if it is written
+        // again. An extra is harmless.
+        let _ = client
+            .pipeline(
+                &x.lookup,
+                &crate::client::one_request_transaction(vec![x.reinsert]),
+            )
             .await;
     }
+}
+
+/// Every request of a pipeline answer, and every step of its batches,
+/// succeeded.
+fn all_ok(resp: &PipelineRespBody) -> bool {
+    resp.results.iter().all(|r| match r {
+        StreamResult::Ok {
+            response: StreamResponse::Batch { result },
+        } => result.step_errors.iter().all(Option::is_none),
+        StreamResult::Ok { .. } => true,
+        _ => false,
+    })
 }
 
 /// Results of [`Executor::execute`]. Drop to cancel.

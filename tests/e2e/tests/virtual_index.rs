@@ -1072,10 +1072,11 @@ fn sqld_nodes_keep_and_use_virtual_indexes() {
 /// multi-row UPDATE setting indexed columns to per-row values (alone and in
 /// a transaction) succeeds and agrees with a local table, and a backend
 /// SIGKILLed while one node has committed and the other is stopped
-/// (SIGSTOP) leaves every committed row findable through the indexes.
+/// (SIGSTOP, then killed, so it never commits) leaves every committed row
+/// findable through the indexes.
 #[test]
 fn per_row_updates_across_nodes_and_a_backend_killed_mid_commit() {
-    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+    let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 2,
         ..Default::default()
     });
@@ -1144,10 +1145,24 @@ fn per_row_updates_across_nodes_and_a_backend_killed_mid_commit() {
     let commit = std::thread::spawn(move || victim.batch_execute("COMMIT").map_err(|e| pg_err(&e)));
     std::thread::sleep(std::time::Duration::from_millis(500));
     common::signal(pid as u32, conductor_e2e::libc::SIGKILL);
-    common::signal(node1, conductor_e2e::libc::SIGCONT);
     assert!(commit.join().unwrap().is_err(), "the backend was killed");
-    // The postmaster restarts every backend after one is killed.
+    // Node 1 never commits: it dies (SIGKILL) before it reads the COMMIT,
+    // and its uncommitted transaction is gone when it comes back.
+    cluster.stop_node(1);
+    cluster.start_node(1);
+    // The postmaster restarts every backend after one is killed: wait for
+    // that before connecting (a connection made earlier is cut by it).
     let started = std::time::Instant::now();
+    while !cluster
+        .pg_log()
+        .contains("all server processes terminated; reinitializing")
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the postmaster did not restart its backends"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let mut db = loop {
         let last = match cluster.try_client() {
             Ok(mut c) => match c.batch_execute("SELECT 1") {
@@ -1171,6 +1186,10 @@ fn per_row_updates_across_nodes_and_a_backend_killed_mid_commit() {
     assert_eq!(now.len(), 400);
     let moved = now.iter().filter(|r| r.contains("|x")).count();
     println!("after the kill: {moved} of 200 rows carry the victim's update");
+    assert!(
+        0 < moved && moved < 200,
+        "node 0 committed and node 1 did not: {moved} of 200"
+    );
     for r in now.iter().take(220).step_by(7) {
         let f: Vec<&str> = r.split('|').collect();
         for pred in [format!("k = {}", f[1]), format!("email = '{}'", f[2])] {
