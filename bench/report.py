@@ -729,18 +729,7 @@ def partial_section(out, meta, only):
             a(line)
         a("")
         L.extend(w15_spec(out))
-        for label, fn in W15_EXPLAINS:
-            p = os.path.join(out, fn)
-            if not os.path.exists(p):
-                continue
-            a(f"<details><summary>EXPLAIN {html.escape(label)}</summary>")
-            a("")
-            a("```")
-            a(read_text(p).rstrip())
-            a("```")
-            a("")
-            a("</details>")
-            a("")
+        L.extend(explain_details(out, W15_EXPLAINS, "EXPLAIN "))
     if "W11" in only and all(w in res for w in W11):
         a("| target | stands at | |")
         a("|---|---|---|")
@@ -755,18 +744,7 @@ def partial_section(out, meta, only):
                 a(workload_sql(fn))
             a("```")
             a("")
-        for label, fn in W11_EXPLAINS:
-            p = os.path.join(out, fn)
-            if not os.path.exists(p):
-                continue
-            a(f"<details><summary>EXPLAIN {html.escape(label)}</summary>")
-            a("")
-            a("```")
-            a(read_text(p).rstrip())
-            a("```")
-            a("")
-            a("</details>")
-            a("")
+        L.extend(explain_details(out, W11_EXPLAINS, "EXPLAIN "))
     a(end)
     return "\n".join(L) + "\n"
 
@@ -1111,25 +1089,27 @@ def main():
     # ---- EXPLAIN
     a("### EXPLAIN of the queries (from this run)")
     a("")
-    for label, fn in [("conductor", "explain-conductor.txt"), ("conductor, generic plan (W2)", "explain-conductor-generic.txt"),
-                      ("peer", "explain-peer.txt"), ("local", "explain-local.txt"),
-                      ("conductor W6, 16 shards (ANALYZE)", "explain-conductor-w6-16.txt"),
-                      ("peer W6, 16 shards (ANALYZE)", "explain-peer-w6-16.txt")] + W11_EXPLAINS + W15_EXPLAINS:
-        p = os.path.join(out, fn)
-        if not os.path.exists(p):
-            continue
-        a(f"<details><summary>{html.escape(label)}</summary>")
-        a("")
-        a("```")
-        a(read_text(p).rstrip())
-        a("```")
-        a("")
-        a("</details>")
-        a("")
+    L.extend(explain_details(out, [
+        ("conductor", "explain-conductor.txt"), ("conductor, generic plan (W2)", "explain-conductor-generic.txt"),
+        ("peer", "explain-peer.txt"), ("local", "explain-local.txt"),
+        ("conductor W6, 16 shards (ANALYZE)", "explain-conductor-w6-16.txt"),
+        ("peer W6, 16 shards (ANALYZE)", "explain-peer-w6-16.txt")] + W11_EXPLAINS + W15_EXPLAINS))
     a(END)
     section = "\n".join(L) + "\n"
 
     splice_section(doc_path, BEGIN, END, section)
+
+
+def explain_details(out, explains, prefix=""):
+    """A collapsed block per (label, file) of EXPLAIN output the run wrote."""
+    lines = []
+    for label, fn in explains:
+        p = os.path.join(out, fn)
+        if not os.path.exists(p):
+            continue
+        lines += [f"<details><summary>{prefix}{html.escape(label)}</summary>", "", "```",
+                  read_text(p).rstrip(), "```", "", "</details>", ""]
+    return lines
 
 
 def splice_section(doc_path, begin, end, section):
