@@ -915,21 +915,12 @@ fn percentile(hist: &[u64; BUCKETS], p: f64) -> Option<f64> {
 /// update per row).
 pub const KEYS_PER_STATEMENT: usize = 16;
 
-/// The shard-key values a routed read names (its route is computed again:
-/// the plan keeps only the shards).
-pub fn routed_keys(
-    topology: &crate::catalog::TableTopology,
-    preds: &[conductor_core::predicate::Pred],
-    bindings: &[conductor_core::predicate::Binding],
-) {
+/// The shard-key values a routed read names (its plan's keys).
+pub fn routed_keys(relid: pg_sys::Oid, keys: &[conductor_core::types::TypedValue]) {
     if !enabled() || shared().is_none() {
         return;
     }
-    let Ok(route) = conductor_core::router::route(preds, &topology.table.shard_key(), bindings)
-    else {
-        return;
-    };
-    for v in route.shards.values().flatten() {
+    for v in keys {
         use conductor_core::types::TypedValue::*;
         let text = match v {
             Int2(i) => i.to_string(),
@@ -939,7 +930,7 @@ pub fn routed_keys(
             Uuid(u) => uuid_text(u),
             _ => continue,
         };
-        key_load(topology.relid, &text);
+        key_load(relid, &text);
     }
 }
 

@@ -832,14 +832,54 @@ pub fn touched(t: &TableTopology, updated: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-/// The shards a ready virtual index names for a scan's predicate, looked up
-/// on the nodes now (parameters bound); None when no index applies.
-pub fn within(t: &TableTopology, preds: &[Pred], bindings: &[Binding]) -> Option<Within> {
+/// A scan's predicate routed through a ready virtual index (parameters
+/// bound): the index and the value tuples to look up, by lookup shard.
+pub struct IndexRoute {
+    index: usize,
+    tuples: vindex::TuplesByLookupShard,
+    /// Every pushed predicate is one of the index's equalities.
+    only_equalities: bool,
+}
+
+/// The index route of a scan's predicate; None when no ready index applies.
+pub fn index_route(t: &TableTopology, preds: &[Pred], bindings: &[Binding]) -> Option<IndexRoute> {
     let ix = vindex::usable(t, &t.virtual_indexes, preds)?;
-    let by_lookup = vindex::admitted(t, ix, preds, bindings).ok()??;
-    let n_values: usize = by_lookup.values().map(Vec::len).sum();
+    let index = t.virtual_indexes.iter().position(|i| i.name == ix.name)?;
+    let tuples = vindex::admitted(t, ix, preds, bindings).ok()??;
+    Some(IndexRoute {
+        index,
+        tuples,
+        only_equalities: preds.len() == ix.columns.len(),
+    })
+}
+
+impl IndexRoute {
+    fn values(&self) -> usize {
+        self.tuples.values().map(Vec::len).sum()
+    }
+
+    /// How many values a unique index looks up (each matches at most one
+    /// row of the table, so the shards' answers need no streaming); None
+    /// for a non-unique index.
+    pub fn unique_values(&self, t: &TableTopology) -> Option<usize> {
+        t.virtual_indexes[self.index].unique.then(|| self.values())
+    }
+
+    /// Whether a visited shard that sends no row proves its entry extra:
+    /// one value (every shard visited was named by one of its entries; with
+    /// several, emptiness does not say whose entry was extra) and no other
+    /// condition that could leave a holding shard empty.
+    pub fn observes_extras(&self) -> bool {
+        self.only_equalities && self.values() == 1
+    }
+}
+
+/// The shards `route` names, looked up on the nodes now.
+pub fn within(t: &TableTopology, route: &IndexRoute) -> Within {
+    let ix = &t.virtual_indexes[route.index];
+    let n_values = route.values();
     let mut per_node: BTreeMap<NodeKey, Job> = BTreeMap::new();
-    for (lshard, tuples) in &by_lookup {
+    for (lshard, tuples) in &route.tuples {
         let table = ix.lookup_table(t, *lshard);
         let job = Job::on_lookup(t, ix, *lshard, Vec::new());
         per_node
@@ -868,7 +908,7 @@ pub fn within(t: &TableTopology, preds: &[Pred], bindings: &[Binding]) -> Option
         shards.len(),
         if shards.len() == 1 { "" } else { "s" },
     );
-    Some(Within { shards, reason })
+    Within { shards, reason }
 }
 
 /// For EXPLAIN without execution: the index a scan will be routed through.
@@ -962,48 +1002,9 @@ pub fn read_in(t: &TableTopology, shard: u32, database: Database, stmt: Stmt) ->
         .unwrap_or_default()
 }
 
-/// How many value tuples a scan looks up through a ready unique virtual
-/// index, when it is routed through one: each matches at most one row of
-/// the table, so the shards' answers are small and need no streaming.
-pub fn unique_lookups(t: &TableTopology, preds: &[Pred], bindings: &[Binding]) -> Option<usize> {
-    let ix = vindex::usable(t, &t.virtual_indexes, preds)?;
-    if !ix.unique {
-        return None;
-    }
-    let tuples = vindex::admitted(t, ix, preds, bindings).ok()??;
-    Some(tuples.values().map(Vec::len).sum())
-}
-
 /// At most this many observed extras are queued per transaction (each
 /// costs three requests at commit).
 const MAX_OBSERVED_EXTRAS: usize = 16;
-
-/// A scan routed through a virtual index by nothing but the index's
-/// equalities, with the value tuples it looked up: a shard it visits that
-/// sends no row holds none of them.
-pub struct IndexRoute {
-    index: usize,
-    /// (lookup shard, value tuple)
-    tuples: Vec<(u32, Vec<Value>)>,
-}
-
-/// The index route of a scan's predicate, when every pushed predicate is
-/// one of the index's equalities and it looks up one value tuple.
-pub fn index_route(t: &TableTopology, preds: &[Pred], bindings: &[Binding]) -> Option<IndexRoute> {
-    let ix = vindex::usable(t, &t.virtual_indexes, preds)?;
-    if preds.len() != ix.columns.len() {
-        return None; // other conditions may leave a holding shard empty
-    }
-    let index = t.virtual_indexes.iter().position(|i| i.name == ix.name)?;
-    let tuples: Vec<(u32, Vec<Value>)> = vindex::admitted(t, ix, preds, bindings)
-        .ok()??
-        .into_iter()
-        .flat_map(|(lshard, ts)| ts.into_iter().map(move |v| (lshard, v)))
-        .collect();
-    // With one value every shard visited was named by one of its entries;
-    // with several, a shard's emptiness does not say whose entry was extra.
-    (tuples.len() == 1).then_some(IndexRoute { index, tuples })
-}
 
 thread_local! {
     /// Entries a read of this transaction found pointing at a shard that
@@ -1020,8 +1021,12 @@ pub fn observe_empty_shards(t: &TableTopology, route: &IndexRoute, empty: &[u32]
     let database = lookup_database(ix);
     OBSERVED.with(|o| {
         let mut observed = o.borrow_mut();
+        let tuples = route
+            .tuples
+            .iter()
+            .flat_map(|(lshard, ts)| ts.iter().map(move |t| (lshard, t)));
         for &shard in empty {
-            for (lshard, tuple) in &route.tuples {
+            for (lshard, tuple) in tuples.clone() {
                 if observed.len() >= MAX_OBSERVED_EXTRAS {
                     return;
                 }

@@ -475,6 +475,7 @@ fn insert_template(topology: &TableTopology, on_conflict: OnConflict) -> ShardPl
             topology.key().name
         ),
         max_keys_per_shard: 0,
+        keys: Vec::new(),
         statements: topology
             .shards
             .iter()

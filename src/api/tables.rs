@@ -797,6 +797,7 @@ pub fn copy_reference_tables(server_id: pg_sys::Oid, node_id: &str, url: &str) {
             kind: conductor_core::plan::RouteKind::OneShard,
             reason: format!("a copy of reference table {} for node {node_id}", copy.name),
             max_keys_per_shard: 0,
+            keys: Vec::new(),
             statements: vec![conductor_core::plan::ShardStatement {
                 shard_id: 0,
                 stmt: Stmt::new(create_table_sql(&table, &column_defs, &pk), vec![]),

@@ -50,6 +50,7 @@ fn on_every_shard(t: &TableTopology, reason: &str, stmts: impl Fn(u32, &str) -> 
         kind: RouteKind::AllShards,
         reason: reason.to_string(),
         max_keys_per_shard: 0,
+        keys: Vec::new(),
         statements,
     };
     streams::run_plan(t, &plan, streams::Access::Write);

@@ -86,14 +86,28 @@ pub fn bound_plan(
     bindings: &[Binding],
     kind: &StatementKind,
 ) -> ShardPlan {
-    let within = crate::vindex::within(topology, pushed, bindings);
-    ShardPlan::build_within(topology, pushed, bindings, kind, within.as_ref()).unwrap_or_else(|e| {
-        raise(
-            PgSqlErrorCode::ERRCODE_FDW_ERROR,
-            format!("conductor: cannot build the shard statements: {e}"),
-        )
-        .error()
-    })
+    bound_plan_routed(topology, pushed, bindings, kind).0
+}
+
+/// [`bound_plan`], and the virtual-index route it took (its shards looked
+/// up on the nodes), if any.
+fn bound_plan_routed(
+    topology: &TableTopology,
+    pushed: &[Pred],
+    bindings: &[Binding],
+    kind: &StatementKind,
+) -> (ShardPlan, Option<crate::vindex::IndexRoute>) {
+    let route = crate::vindex::index_route(topology, pushed, bindings);
+    let within = route.as_ref().map(|r| crate::vindex::within(topology, r));
+    let plan = ShardPlan::build_within(topology, pushed, bindings, kind, within.as_ref())
+        .unwrap_or_else(|e| {
+            raise(
+                PgSqlErrorCode::ERRCODE_FDW_ERROR,
+                format!("conductor: cannot build the shard statements: {e}"),
+            )
+            .error()
+        });
+    (plan, route)
 }
 
 /// The restriction clauses of a base relation split into pushed IR and
@@ -464,16 +478,18 @@ impl ScanState {
     unsafe fn start(&mut self) {
         let bindings = unsafe { eval_bindings(&self.params, &self.plan.params, self.econtext) };
         let topology = self.topology.for_reads();
-        let plan = match (&self.inner, &self.plan.join) {
-            (Some(inner), Some(join)) => ShardPlan::join(&topology, inner, &join.query, &bindings)
-                .unwrap_or_else(|e| {
+        let (plan, index_route) = match (&self.inner, &self.plan.join) {
+            (Some(inner), Some(join)) => (
+                ShardPlan::join(&topology, inner, &join.query, &bindings).unwrap_or_else(|e| {
                     raise(
                         PgSqlErrorCode::ERRCODE_FDW_ERROR,
                         format!("conductor: cannot build the shard statements: {e}"),
                     )
                     .error()
                 }),
-            _ => bound_plan(&topology, &self.plan.pushed, &bindings, &self.statement),
+                None,
+            ),
+            _ => bound_plan_routed(&topology, &self.plan.pushed, &bindings, &self.statement),
         };
         if let Some(policy) = self.row_lock {
             refuse_lock_policy(policy, &topology.name);
@@ -508,10 +524,8 @@ impl ScanState {
         if let Some(inner) = self.inner.as_ref().filter(|t| !t.is_reference()) {
             stats::plan_sent(inner.relid, inner.shards.len(), &plan.shard_ids(), false);
         }
-        if matches!(plan.kind, RouteKind::OneShard | RouteKind::SomeShards)
-            && plan.max_keys_per_shard * plan.statements.len() <= stats::KEYS_PER_STATEMENT
-        {
-            stats::routed_keys(&topology, &self.plan.pushed, &bindings);
+        if plan.keys.len() <= stats::KEYS_PER_STATEMENT {
+            stats::routed_keys(topology.relid, &plan.keys);
         }
         // Key values that are the whole primary key, and values of a unique
         // virtual index, match at most one row each: such a lookup is
@@ -519,14 +533,11 @@ impl ScanState {
         let bounded = (plan.max_keys_per_shard > 0
             && topology.primary_key == [topology.key_index]
             && plan.max_keys_per_shard <= BOUNDED_LOOKUP_KEYS)
-            || (self.inner.is_none()
-                && crate::vindex::unique_lookups(&topology, &self.plan.pushed, &bindings)
-                    .is_some_and(|n| n <= BOUNDED_LOOKUP_KEYS));
-        self.index_route = if self.inner.is_none() {
-            crate::vindex::index_route(&topology, &self.plan.pushed, &bindings)
-        } else {
-            None
-        };
+            || index_route
+                .as_ref()
+                .and_then(|r| r.unique_values(&topology))
+                .is_some_and(|n| n <= BOUNDED_LOOKUP_KEYS);
+        self.index_route = index_route.filter(crate::vindex::IndexRoute::observes_extras);
         let (queries, refused) = reachable_queries(&topology, &plan);
         self.skipped.extend(refused);
         self.last_plan = Some(plan);

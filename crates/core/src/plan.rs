@@ -586,6 +586,64 @@ impl JoinQuery {
         }
     }
 
+    /// The route with values bound (`Some`; a value that cannot be routed
+    /// is an error), or as far as planning knows it (`None`: a key that
+    /// depends on a parameter is chosen at execution, every shard listed).
+    fn target(
+        &self,
+        outer: &Topology,
+        inner: &Topology,
+        bindings: Option<&[Binding]>,
+    ) -> Result<JoinTarget, DeparseError> {
+        let routed = match (self.route(outer, inner, bindings.unwrap_or(&[])), bindings) {
+            (Ok(r), _) => r,
+            (Err(e), Some(_)) => return Err(e),
+            (Err(_), None) => {
+                return Ok(JoinTarget {
+                    kind: RouteKind::AtExecution,
+                    reason: format!(
+                        "chosen at execution: {} or {} depends on a parameter",
+                        outer.key().name,
+                        inner.key().name
+                    ),
+                    shards: (0..outer.shard_count()).collect(),
+                    routed: None,
+                })
+            }
+        };
+        Ok(JoinTarget {
+            kind: kind_of(&routed.0),
+            reason: routed.0.reason.clone(),
+            shards: routed.0.shards.keys().copied().collect(),
+            routed: Some(routed),
+        })
+    }
+
+    /// The ON and WHERE conjuncts shard `shard` runs: IN lists of the key
+    /// that decided the route cut to its values there (an outer join's ON
+    /// does not route, so it keeps them whole).
+    fn shard_conditions(
+        &self,
+        outer: &Topology,
+        inner: &Topology,
+        routed: Option<&(Route, Option<usize>)>,
+        shard: u32,
+    ) -> (Vec<Pred>, Vec<Pred>) {
+        match routed {
+            Some(r) => (
+                self.shard_list(
+                    &self.on,
+                    self.join_type == JoinType::Inner,
+                    Self::keys(outer, inner),
+                    r,
+                    shard,
+                ),
+                self.shard_list(&self.filter, true, Self::keys(outer, inner), r, shard),
+            ),
+            None => (self.on.clone(), self.filter.clone()),
+        }
+    }
+
     fn refs(outer: &Topology, inner: &Topology) -> Vec<String> {
         outer
             .columns
@@ -711,6 +769,9 @@ pub struct ShardPlan {
     /// restricted the route): a lookup of few primary keys per shard is
     /// small enough to fetch whole.
     pub max_keys_per_shard: usize,
+    /// The shard-key values the route names (empty unless the key
+    /// restricted the route), for the statistics of busy keys.
+    pub keys: Vec<TypedValue>,
     /// Ascending shard id; a shard may have several statements (an insert
     /// larger than one statement may carry).
     pub statements: Vec<ShardStatement>,
@@ -801,6 +862,11 @@ impl ShardPlan {
             } else {
                 0
             },
+            keys: if routed.restricted {
+                routed.shards.values().flatten().cloned().collect()
+            } else {
+                Vec::new()
+            },
             reason: routed.reason,
             statements,
         })
@@ -846,6 +912,7 @@ impl ShardPlan {
             kind: plan_kind,
             reason,
             max_keys_per_shard: 0,
+            keys: Vec::new(),
             statements,
         }
     }
@@ -904,6 +971,7 @@ impl ShardPlan {
                 }
             ),
             max_keys_per_shard: 0,
+            keys: Vec::new(),
             statements,
         })
     }
@@ -931,6 +999,7 @@ impl ShardPlan {
             kind: RouteKind::OneShard,
             reason: "the row's primary key".to_string(),
             max_keys_per_shard: 1,
+            keys: Vec::new(),
             statements: vec![ShardStatement {
                 shard_id: shard,
                 stmt: Stmt::new(sql, args),
@@ -949,6 +1018,7 @@ impl ShardPlan {
             kind: RouteKind::AllShards,
             reason: reason.into(),
             max_keys_per_shard: 0,
+            keys: Vec::new(),
             statements: topology
                 .shards
                 .iter()
@@ -1000,6 +1070,7 @@ impl ShardPlan {
             },
             reason: "ANALYZE: random sample of every shard, proportional to its rows".into(),
             max_keys_per_shard: 0,
+            keys: Vec::new(),
             statements: wanted
                 .into_iter()
                 .map(|(shard, n)| ShardStatement {
@@ -1023,17 +1094,35 @@ impl ShardPlan {
         query: &JoinQuery,
         bindings: &[Binding],
     ) -> Result<ShardPlan, DeparseError> {
-        let routed = query.route(outer, inner, bindings)?;
+        Self::join_with(outer, inner, query, Some(bindings))
+    }
+
+    /// [`ShardPlan::join`] as far as planning knows it (no values bound).
+    pub fn join_template(outer: &Topology, inner: &Topology, query: &JoinQuery) -> ShardPlan {
+        // Without values nothing fails: a key that depends on a parameter is
+        // chosen at execution and conditions show `?`.
+        Self::join_with(outer, inner, query, None).unwrap_or_else(|e| ShardPlan {
+            kind: RouteKind::AtExecution,
+            reason: e.to_string(),
+            max_keys_per_shard: 0,
+            keys: Vec::new(),
+            statements: Vec::new(),
+        })
+    }
+
+    fn join_with(
+        outer: &Topology,
+        inner: &Topology,
+        query: &JoinQuery,
+        bindings: Option<&[Binding]>,
+    ) -> Result<ShardPlan, DeparseError> {
         let refs = JoinQuery::refs(outer, inner);
-        let inner_routes = query.join_type == JoinType::Inner;
-        let mut statements = Vec::with_capacity(routed.0.shards.len());
-        for &shard in routed.0.shards.keys() {
-            let keys = JoinQuery::keys(outer, inner);
-            let on = query.shard_list(&query.on, inner_routes, keys, &routed, shard);
-            let keys = JoinQuery::keys(outer, inner);
-            let filter = query.shard_list(&query.filter, true, keys, &routed, shard);
-            let (on_sql, mut args) = deparse_refs(&on, &refs, bindings)?;
-            let (filter_sql, filter_args) = deparse_refs(&filter, &refs, bindings)?;
+        let target = query.target(outer, inner, bindings)?;
+        let mut statements = Vec::with_capacity(target.shards.len());
+        for &shard in &target.shards {
+            let (on, filter) = query.shard_conditions(outer, inner, target.routed.as_ref(), shard);
+            let ((on_sql, mut args), (filter_sql, filter_args)) =
+                deparse_on_filter(&on, &filter, &refs, bindings)?;
             args.extend(filter_args);
             statements.push(ShardStatement {
                 shard_id: shard,
@@ -1041,74 +1130,12 @@ impl ShardPlan {
             });
         }
         Ok(ShardPlan {
-            kind: kind_of(&routed.0),
+            kind: target.kind,
+            reason: target.reason,
             max_keys_per_shard: 0,
-            reason: routed.0.reason,
+            keys: Vec::new(),
             statements,
         })
-    }
-
-    /// [`ShardPlan::join`] as far as planning knows it (no values bound).
-    pub fn join_template(outer: &Topology, inner: &Topology, query: &JoinQuery) -> ShardPlan {
-        let refs = JoinQuery::refs(outer, inner);
-        let (kind, reason, routed) = match query.route(outer, inner, &[]) {
-            Ok(r) => (kind_of(&r.0), r.0.reason.clone(), Some(r)),
-            Err(_) => (
-                RouteKind::AtExecution,
-                format!(
-                    "chosen at execution: {} or {} depends on a parameter",
-                    outer.key().name,
-                    inner.key().name
-                ),
-                None,
-            ),
-        };
-        let shards: Vec<u32> = match &routed {
-            Some(r) => r.0.shards.keys().copied().collect(),
-            None => (0..outer.shard_count()).collect(),
-        };
-        let inner_routes = query.join_type == JoinType::Inner;
-        let statements = shards
-            .into_iter()
-            .map(|shard| {
-                let (on, filter) = match &routed {
-                    Some(r) => (
-                        query.shard_list(
-                            &query.on,
-                            inner_routes,
-                            JoinQuery::keys(outer, inner),
-                            r,
-                            shard,
-                        ),
-                        query.shard_list(
-                            &query.filter,
-                            true,
-                            JoinQuery::keys(outer, inner),
-                            r,
-                            shard,
-                        ),
-                    ),
-                    None => (query.on.clone(), query.filter.clone()),
-                };
-                let sql = query.sql(
-                    outer,
-                    inner,
-                    shard,
-                    &deparse_refs_template(&on, &refs),
-                    &deparse_refs_template(&filter, &refs),
-                );
-                ShardStatement {
-                    shard_id: shard,
-                    stmt: Stmt::new(sql, Vec::new()),
-                }
-            })
-            .collect();
-        ShardPlan {
-            kind,
-            reason,
-            max_keys_per_shard: 0,
-            statements,
-        }
     }
 
     /// A pushed join with aggregates, GROUP BY, HAVING, ORDER BY or LIMIT
@@ -1122,50 +1149,12 @@ impl ShardPlan {
         bindings: Option<&[Binding]>,
     ) -> Result<ShardPlan, DeparseError> {
         let refs = JoinQuery::refs(outer, inner);
-        let (kind, reason, routed) =
-            match (join.route(outer, inner, bindings.unwrap_or(&[])), bindings) {
-                (Ok(r), _) => (kind_of(&r.0), r.0.reason.clone(), Some(r)),
-                (Err(e), Some(_)) => return Err(e),
-                (Err(_), None) => (
-                    RouteKind::AtExecution,
-                    format!(
-                        "chosen at execution: {} or {} depends on a parameter",
-                        outer.key().name,
-                        inner.key().name
-                    ),
-                    None,
-                ),
-            };
-        let shards: Vec<u32> = match &routed {
-            Some(r) => r.0.shards.keys().copied().collect(),
-            None => (0..outer.shard_count()).collect(),
-        };
-        let inner_routes = join.join_type == JoinType::Inner;
-        let mut statements = Vec::with_capacity(shards.len());
-        for shard in shards {
-            let (on, filter) = match &routed {
-                Some(r) => (
-                    join.shard_list(
-                        &join.on,
-                        inner_routes,
-                        JoinQuery::keys(outer, inner),
-                        r,
-                        shard,
-                    ),
-                    join.shard_list(&join.filter, true, JoinQuery::keys(outer, inner), r, shard),
-                ),
-                None => (join.on.clone(), join.filter.clone()),
-            };
-            let ((on_sql, on_args), (filter_sql, filter_args)) = match bindings {
-                Some(b) => (
-                    deparse_refs(&on, &refs, b)?,
-                    deparse_refs(&filter, &refs, b)?,
-                ),
-                None => (
-                    (deparse_refs_template(&on, &refs), Vec::new()),
-                    (deparse_refs_template(&filter, &refs), Vec::new()),
-                ),
-            };
+        let target = join.target(outer, inner, bindings)?;
+        let mut statements = Vec::with_capacity(target.shards.len());
+        for &shard in &target.shards {
+            let (on, filter) = join.shard_conditions(outer, inner, target.routed.as_ref(), shard);
+            let ((on_sql, on_args), (filter_sql, filter_args)) =
+                deparse_on_filter(&on, &filter, &refs, bindings)?;
             let from = join.from(outer, inner, shard, &on_sql);
             let where_sql = (!filter.is_empty()).then_some(filter_sql.as_str());
             let p = query.render_from(&refs, &from, where_sql, bindings)?;
@@ -1179,9 +1168,10 @@ impl ShardPlan {
             });
         }
         Ok(ShardPlan {
-            kind,
-            reason,
+            kind: target.kind,
+            reason: target.reason,
             max_keys_per_shard: 0,
+            keys: Vec::new(),
             statements,
         })
     }
@@ -1374,6 +1364,34 @@ pub fn shard_of_value(topology: &Topology, value: &Value) -> Result<u32, PlanErr
         }
     };
     Ok(shard_for(&placement_key, topology.shard_count()))
+}
+
+/// Where a pushed join goes: see `JoinQuery::target`.
+struct JoinTarget {
+    kind: RouteKind,
+    reason: String,
+    shards: Vec<u32>,
+    routed: Option<(Route, Option<usize>)>,
+}
+
+/// An ON or WHERE list deparsed: SQL and its arguments.
+type Deparsed = (String, Vec<Value>);
+
+/// A join's ON and WHERE conjuncts as SQL with their arguments (`?` and no
+/// arguments without values).
+fn deparse_on_filter(
+    on: &[Pred],
+    filter: &[Pred],
+    refs: &[String],
+    bindings: Option<&[Binding]>,
+) -> Result<(Deparsed, Deparsed), DeparseError> {
+    Ok(match bindings {
+        Some(b) => (deparse_refs(on, refs, b)?, deparse_refs(filter, refs, b)?),
+        None => (
+            (deparse_refs_template(on, refs), Vec::new()),
+            (deparse_refs_template(filter, refs), Vec::new()),
+        ),
+    })
 }
 
 #[cfg(test)]
