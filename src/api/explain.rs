@@ -313,22 +313,32 @@ impl Walker<'_> {
                     .unwrap_or_else(|e| refuse(format!("cannot build the shard statements: {e}"))),
                 None => ShardPlan::join_template(&outer, &inner, &join.query),
             };
-            let mut note = format!(
+            let note = format!(
                 "{note}; {}",
                 crate::fdw::join::describe(join, &outer, &inner)
             );
-            if plan.kind == RouteKind::AtExecution {
-                note.push_str(
-                    "; a parameter known only when the statement runs decides the shards",
-                );
-            }
-            // Shard i of both tables is read: both are listed (a reference
-            // table's copy on each node is not a shard of its own).
-            if !join.query.inner_reference {
-                self.out.push((inner, plan.clone(), note.clone()));
-            }
-            self.out.push((outer, plan, note));
+            self.push_join(outer, inner, join.query.inner_reference, plan, note);
         }
+    }
+
+    /// A pushed join's plan, listed under both tables: shard i of both is
+    /// read (a reference table's copy on each node is not a shard of its
+    /// own).
+    fn push_join(
+        &mut self,
+        outer: Rc<TableTopology>,
+        inner: Rc<TableTopology>,
+        inner_reference: bool,
+        plan: ShardPlan,
+        mut note: String,
+    ) {
+        if plan.kind == RouteKind::AtExecution {
+            note.push_str("; a parameter known only when the statement runs decides the shards");
+        }
+        if !inner_reference {
+            self.out.push((inner, plan.clone(), note.clone()));
+        }
+        self.out.push((outer, plan, note));
     }
 
     /// An upper scan: the same shard plan its execution builds.
@@ -357,20 +367,12 @@ impl Walker<'_> {
                 )
                 .unwrap_or_else(|e| refuse(format!("cannot build the shard statements: {e}")));
                 let combined = crate::fdw::join::combined(&outer, &inner);
-                let mut note = format!(
+                let note = format!(
                     "{note}; {}; pushed: {}",
                     crate::fdw::join::describe(join, &outer, &inner),
                     upper.describe(&combined)
                 );
-                if plan.kind == RouteKind::AtExecution {
-                    note.push_str(
-                        "; a parameter known only when the statement runs decides the shards",
-                    );
-                }
-                if !join.query.inner_reference {
-                    self.out.push((inner, plan.clone(), note.clone()));
-                }
-                self.out.push((outer, plan, note));
+                self.push_join(outer, inner, join.query.inner_reference, plan, note);
                 return;
             }
             let Some(topology) = cache::try_table(pg_sys::Oid::from(upper.relid)) else {

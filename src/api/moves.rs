@@ -1001,23 +1001,17 @@ fn finish(m: &Move) {
         return;
     }
     if !older_transactions_ended() {
-        let ep = m.source_ep();
-        super::cleanup::record(
-            m.server_id,
-            &m.source,
-            &ep.url,
+        keep_old_copy(
+            m,
             &tables,
             "the old copy of a moved shard, kept while transactions older than the move ran",
-        );
-        raise(
-            PgSqlErrorCode::ERRCODE_WARNING,
             format!(
                 "conductor: the old copy of shard {} stays on node {} (fenced) while older transactions run",
                 m.shard_id, m.source
             ),
-        )
-        .hint("It is listed in conductor.cleanup_pending; SELECT * FROM conductor.cleanup() drops it.")
-        .warning();
+            None,
+            "It is listed in conductor.cleanup_pending; SELECT * FROM conductor.cleanup() drops it.",
+        );
         m.set(
             "phase = 'done', cleaned = true, finished_at = now()",
             vec![],
@@ -1033,29 +1027,40 @@ fn finish(m: &Move) {
             .collect(),
     );
     if let Err(err) = result {
-        let ep = m.source_ep();
-        super::cleanup::record(
-            m.server_id,
-            &m.source,
-            &ep.url,
+        keep_old_copy(
+            m,
             &tables,
             "the old copy of a moved shard; its node did not answer",
-        );
-        raise(
-            PgSqlErrorCode::ERRCODE_WARNING,
             format!(
                 "conductor: node {} did not answer; the old copy of shard {} stays on it (fenced)",
                 m.source, m.shard_id
             ),
-        )
-        .detail(err.to_string())
-        .hint("It is listed in conductor.cleanup_pending; SELECT * FROM conductor.cleanup() drops it once the node is back.")
-        .warning();
+            Some(err.to_string()),
+            "It is listed in conductor.cleanup_pending; SELECT * FROM conductor.cleanup() drops it once the node is back.",
+        );
     }
     m.set(
         "phase = 'done', cleaned = true, finished_at = now()",
         vec![],
     );
+}
+
+/// The old copy stays on the source (fenced): recorded for
+/// `conductor.cleanup()`, with a WARNING saying why.
+fn keep_old_copy(
+    m: &Move,
+    tables: &[String],
+    reason: &str,
+    warning: String,
+    detail: Option<String>,
+    hint: &str,
+) {
+    super::cleanup::record(m.server_id, &m.source, &m.source_ep().url, tables, reason);
+    let mut w = raise(PgSqlErrorCode::ERRCODE_WARNING, warning);
+    if let Some(d) = detail {
+        w = w.detail(d);
+    }
+    w.hint(hint).warning();
 }
 
 /// How long the old copy's drop waits for transactions that began before

@@ -24,35 +24,25 @@ struct NodeRow {
     url: String,
 }
 
+/// The server's active nodes, by node id.
 fn active_nodes(server_id: pg_sys::Oid) -> Vec<NodeRow> {
-    Spi::connect(|client| {
-        client
-            .select(
-                "SELECT node_id, url FROM conductor.node
-                  WHERE server_id = $1 AND status = 'active' ORDER BY node_id",
-                None,
-                &[server_id.into()],
-            )?
-            .map(|row| {
-                Ok(NodeRow {
-                    node_id: row.get::<String>(1)?.unwrap_or_default(),
-                    url: row.get::<String>(2)?.unwrap_or_default(),
-                })
-            })
-            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-    })
-    .unwrap_or_else(|e| error!("conductor: could not read nodes: {e}"))
+    nodes_where(server_id, true)
 }
 
 /// Every node of a server, whatever its status: a group's shards stay on
 /// their nodes.
 fn server_nodes(server_id: pg_sys::Oid) -> Vec<NodeRow> {
+    nodes_where(server_id, false)
+}
+
+fn nodes_where(server_id: pg_sys::Oid, active_only: bool) -> Vec<NodeRow> {
     Spi::connect(|client| {
         client
             .select(
-                "SELECT node_id, url FROM conductor.node WHERE server_id = $1 ORDER BY node_id",
+                "SELECT node_id, url FROM conductor.node
+                  WHERE server_id = $1 AND (NOT $2 OR status = 'active') ORDER BY node_id",
                 None,
-                &[server_id.into()],
+                &[server_id.into(), active_only.into()],
             )?
             .map(|row| {
                 Ok(NodeRow {
