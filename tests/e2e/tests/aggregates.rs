@@ -34,34 +34,12 @@
 
 mod common;
 
-use common::{exec, query_i64};
+use common::{exec, query_i64, Rng};
 use conductor_e2e::postgres::{Client, SimpleQueryMessage};
 use conductor_e2e::{Cluster, ClusterOptions};
 use std::time::Instant;
 
 const ROWS: i64 = 3000;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len() as u64) as usize]
-    }
-}
 
 const COLUMNS: &str = "id bigint NOT NULL, g integer, i2 smallint, i4 integer, i8 bigint, \
      f4 real, f8 double precision, b boolean, s text, vc varchar(12), by bytea, u uuid, \

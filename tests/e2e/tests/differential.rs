@@ -29,6 +29,9 @@
 //! - `CONDUCTOR_DIFF_ONLY=<i>[,<j>…]`: run only these query numbers (the data
 //!   and the query texts are the same as in a full run with the same seed).
 
+mod common;
+
+use common::Rng;
 use conductor_e2e::postgres::{self, types::ToSql, Client, SimpleQueryMessage};
 use conductor_e2e::{pg_err, Cluster, ClusterOptions};
 use std::collections::BTreeMap;
@@ -42,39 +45,6 @@ const ORDER_ROWS: usize = 3000;
 
 // ---------------------------------------------------------------------------
 // PRNG: xorshift64*, seeded through splitmix64. Tiny, fixed, reproducible.
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        Rng(if z == 0 { 0x1234_5678 } else { z })
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    /// Inclusive range.
-    fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.next() % ((hi - lo) as u64 + 1)) as i64
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64) / ((1u64 << 53) as f64) < p
-    }
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len() as u64) as usize]
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Schema and data

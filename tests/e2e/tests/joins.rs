@@ -24,31 +24,9 @@
 
 mod common;
 
-use common::{exec, expect_db_error, node_requests, query_i64, shard_map};
+use common::{exec, expect_db_error, node_requests, query_i64, shard_map, Rng};
 use conductor_e2e::postgres::{Client, SimpleQueryMessage};
 use conductor_e2e::{pg_err, Cluster, ClusterOptions};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len() as u64) as usize]
-    }
-}
 
 const ORDERS: &str =
     "customer_id integer NOT NULL, order_id bigint NOT NULL, amount integer, note text, status varchar(10)";
