@@ -1194,7 +1194,7 @@ fn the_lookup_database_has_its_own_tables_and_write_lock() {
         ],
     );
     let baton = main_tx["baton"].as_str().unwrap().to_owned();
-    let t = Instant::now();
+    // Sharing the lock, BEGIN IMMEDIATE would fail after the busy timeout.
     let r = on_lookup(
         vec![
             execute("BEGIN IMMEDIATE", vec![]),
@@ -1204,11 +1204,9 @@ fn the_lookup_database_has_its_own_tables_and_write_lock() {
         ],
         None,
     );
-    assert_eq!(r["results"][1]["type"], "ok", "{r}");
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "the lookup write did not wait for the main database's lock"
-    );
+    for i in 0..3 {
+        assert_eq!(r["results"][i]["type"], "ok", "{r}");
+    }
     pipeline(a, Some(&baton), vec![execute("COMMIT", vec![]), close()]);
     // Each database sees only its own tables.
     let missing = exec_err(a, "SELECT count(*) FROM e", vec![]);

@@ -1270,10 +1270,9 @@ fn reads_remove_the_extras_they_meet() {
     exec(&mut short, "SELECT id FROM ex WHERE email = 'e44'");
     drop(short);
     settle(&mut db, "ex_email", 0);
-    // No node write lock was left behind: a write goes through at once.
-    let started = std::time::Instant::now();
+    // No node write lock was left behind: a write to the table succeeds
+    // (it would fail after the node's busy timeout behind a stuck lock).
     exec(&mut db, "INSERT INTO ex VALUES (1000, 'e44')");
-    assert!(started.elapsed() < std::time::Duration::from_secs(3));
 }
 
 /// Wait (up to 10 s) until `index` has `extras` extra entries and none
