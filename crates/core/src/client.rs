@@ -302,7 +302,14 @@ pub struct HranaClient {
     /// With [`WireEncoding::Auto`]: the encoding each node (by URL) was
     /// found to speak. A node not in the map has not answered yet.
     known: Arc<Mutex<HashMap<String, Encoding>>>,
+    /// Parsed request URLs by their text: parsing one (host, IDNA) costs
+    /// more than the rest of building a small request.
+    urls: Arc<Mutex<HashMap<String, reqwest::Url>>>,
 }
+
+/// Parsed URLs kept per client at most (a server has a few nodes, each a
+/// few paths); past it the cache starts over.
+const MAX_CACHED_URLS: usize = 1024;
 
 /// What a Protobuf attempt of a request came to.
 enum Attempt<T> {
@@ -374,6 +381,7 @@ impl HranaClient {
             config,
             timeout_ms,
             known: Arc::default(),
+            urls: Arc::default(),
         })
     }
 
@@ -384,6 +392,7 @@ impl HranaClient {
         let mut c = HranaClient::new(self.config.clone())?;
         c.timeout_ms = self.timeout_ms.clone();
         c.known = self.known.clone();
+        c.urls = self.urls.clone();
         Ok(c)
     }
 
@@ -682,7 +691,11 @@ impl HranaClient {
     pub async fn health(&self, ep: &NodeEndpoint) -> Result<(), NodeError> {
         let node = NodeRef::from(ep);
         let deadline = self.request_timeout();
-        let mut req = self.http.get(endpoint_url(ep, "health")).timeout(deadline);
+        let mut req = match self.url(ep, "health") {
+            Ok(url) => self.http.get(url),
+            Err(text) => self.http.get(text),
+        }
+        .timeout(deadline);
         if let Some(t) = &ep.token {
             req = req.bearer_auth(t);
         }
@@ -697,6 +710,26 @@ impl HranaClient {
         }
     }
 
+    /// The URL of `path` on `ep`, parsed once. Text that does not parse is
+    /// handed on as it is, for reqwest to report.
+    fn url(&self, ep: &NodeEndpoint, path: &str) -> Result<reqwest::Url, String> {
+        let text = endpoint_url(ep, path);
+        let mut urls = self.urls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(url) = urls.get(&text) {
+            return Ok(url.clone());
+        }
+        match reqwest::Url::parse(&text) {
+            Ok(url) => {
+                if urls.len() >= MAX_CACHED_URLS {
+                    urls.clear();
+                }
+                urls.insert(text, url.clone());
+                Ok(url)
+            }
+            Err(_) => Err(text),
+        }
+    }
+
     fn post(
         &self,
         ep: &NodeEndpoint,
@@ -704,9 +737,11 @@ impl HranaClient {
         encoding: Encoding,
         body: Vec<u8>,
     ) -> reqwest::RequestBuilder {
-        let mut req = self
-            .http
-            .post(endpoint_url(ep, path))
+        let req = match self.url(ep, path) {
+            Ok(url) => self.http.post(url),
+            Err(text) => self.http.post(text),
+        };
+        let mut req = req
             .header(reqwest::header::CONTENT_TYPE, encoding.content_type())
             .body(body);
         if let Some(t) = &ep.token {

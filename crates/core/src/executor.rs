@@ -71,6 +71,7 @@ pub struct Executor {
 struct Started {
     runtime: Runtime,
     client: HranaClient,
+    renewer: Arc<Renewer>,
     /// For lookups on the caller's thread (`None` if it could not be built).
     local: Option<Arc<Local>>,
 }
@@ -358,6 +359,7 @@ impl Executor {
         let started = Arc::new(Started {
             runtime,
             client,
+            renewer: Arc::default(),
             local,
         });
         *guard = Some(started.clone());
@@ -616,60 +618,139 @@ impl Executor {
     /// it (see [`crate::keepalive`]): every `every`, an unused stream is
     /// renewed with an empty request; past the keeper's idle limit it is
     /// rolled back and closed. Runs on the executor's runtime, without the
-    /// caller's help.
+    /// caller's help. One renewer task looks after every kept stream of the
+    /// executor: registering a stream only adds it to a list, so the usual
+    /// transaction, over in milliseconds, costs no wake-up of an I/O thread.
     pub fn keep_alive(
         &self,
         endpoint: NodeEndpoint,
         keeper: Arc<crate::keepalive::StreamKeeper>,
         every: Duration,
     ) {
-        use crate::keepalive::Tick;
         let Ok(started) = self.get() else {
             return; // no runtime: the node's own expiry applies
         };
-        let client = started.client.clone();
-        started.runtime.spawn(async move {
-            let step = (every / 4).max(Duration::from_millis(50));
-            loop {
-                tokio::time::sleep(step).await;
-                match keeper.tick(every) {
-                    Tick::Stop => return,
-                    Tick::Wait => continue,
-                    Tick::Renew(baton) => {
-                        let body = PipelineReqBody {
-                            baton: Some(baton),
-                            requests: vec![],
-                        };
-                        let result = match client.pipeline(&endpoint, &body).await {
-                            Ok(resp) => resp
-                                .baton
-                                .ok_or_else(|| "the node closed the stream".to_string()),
-                            Err(e) => Err(e.detail()),
-                        };
-                        keeper.renewed(result);
-                    }
-                    Tick::RollBack(baton) => {
-                        let body = PipelineReqBody {
-                            baton: Some(baton),
-                            requests: vec![
-                                StreamRequest::Execute {
-                                    stmt: Stmt::new("ROLLBACK", vec![]),
-                                },
-                                StreamRequest::Close,
-                            ],
-                        };
-                        // If this fails the node's own expiry rolls back.
-                        let _ = client.pipeline(&endpoint, &body).await;
-                        let limit = match keeper.lost() {
-                            Some(crate::keepalive::Lost::Idle(l)) => l,
-                            _ => Duration::ZERO,
-                        };
-                        keeper.rolled_back(limit);
-                        return;
-                    }
-                }
-            }
+        let renewer = started.renewer.clone();
+        let mut kept = renewer.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.push(Kept {
+            endpoint,
+            keeper,
+            every,
         });
+        // Under the list's lock, so the renewer cannot stop in between.
+        let start = !renewer
+            .running
+            .swap(true, std::sync::atomic::Ordering::AcqRel);
+        drop(kept);
+        if start {
+            let client = started.client.clone();
+            started.runtime.spawn(renew_kept_streams(renewer, client));
+        }
+    }
+}
+
+/// The streams an executor keeps alive, looked after by one task.
+#[derive(Default)]
+struct Renewer {
+    kept: Mutex<Vec<Kept>>,
+    /// Whether the task runs; changed only with `kept` locked.
+    running: std::sync::atomic::AtomicBool,
+}
+
+struct Kept {
+    endpoint: NodeEndpoint,
+    keeper: Arc<crate::keepalive::StreamKeeper>,
+    every: Duration,
+}
+
+/// Ticks past which a renewer with nothing to keep ends (a busy backend's
+/// next stream comes sooner and finds it still running).
+const RENEWER_IDLE_TICKS: u32 = 8;
+
+/// The renewer task: at each tick, asks every kept stream's keeper what to
+/// do; a renewal or rollback is sent on a task of its own, so a slow node
+/// does not delay the others. Streams whose owner finished them leave the
+/// list.
+async fn renew_kept_streams(renewer: Arc<Renewer>, client: HranaClient) {
+    use crate::keepalive::Tick;
+    let mut idle_ticks = 0;
+    let mut step = Duration::from_millis(50);
+    loop {
+        tokio::time::sleep(step).await;
+        let mut actions = Vec::new();
+        {
+            let mut kept = renewer.kept.lock().unwrap_or_else(|p| p.into_inner());
+            kept.retain(|k| match k.keeper.tick(k.every) {
+                Tick::Stop => false,
+                Tick::Wait => true,
+                tick => {
+                    actions.push((tick, k.endpoint.clone(), k.keeper.clone()));
+                    true
+                }
+            });
+            if kept.is_empty() {
+                idle_ticks += 1;
+                if idle_ticks >= RENEWER_IDLE_TICKS {
+                    renewer
+                        .running
+                        .store(false, std::sync::atomic::Ordering::Release);
+                    return;
+                }
+            } else {
+                idle_ticks = 0;
+                step = kept
+                    .iter()
+                    .map(|k| (k.every / 4).max(Duration::from_millis(50)))
+                    .min()
+                    .unwrap_or(step);
+            }
+        }
+        for (tick, endpoint, keeper) in actions {
+            tokio::spawn(renew_once(client.clone(), endpoint, keeper, tick));
+        }
+    }
+}
+
+async fn renew_once(
+    client: HranaClient,
+    endpoint: NodeEndpoint,
+    keeper: Arc<crate::keepalive::StreamKeeper>,
+    tick: crate::keepalive::Tick,
+) {
+    use crate::keepalive::Tick;
+    match tick {
+        Tick::Renew(baton) => {
+            let body = PipelineReqBody {
+                baton: Some(baton),
+                requests: vec![],
+            };
+            let result = match client.pipeline(&endpoint, &body).await {
+                Ok(resp) => resp
+                    .baton
+                    .ok_or_else(|| "the node closed the stream".to_string()),
+                Err(e) => Err(e.detail()),
+            };
+            keeper.renewed(result);
+        }
+        Tick::RollBack(baton) => {
+            let body = PipelineReqBody {
+                baton: Some(baton),
+                requests: vec![
+                    StreamRequest::Execute {
+                        stmt: Stmt::new("ROLLBACK", vec![]),
+                    },
+                    StreamRequest::Close,
+                ],
+            };
+            // If this fails the node's own expiry rolls back.
+            let _ = client.pipeline(&endpoint, &body).await;
+            let limit = match keeper.lost() {
+                Some(crate::keepalive::Lost::Idle(l)) => l,
+                _ => Duration::ZERO,
+            };
+            keeper.rolled_back(limit);
+        }
+        Tick::Wait | Tick::Stop => {}
     }
 }
 
