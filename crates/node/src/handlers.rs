@@ -281,44 +281,26 @@ async fn on_stream(
     state: Option<StreamState>,
     requests: Vec<StreamRequest>,
 ) -> Result<(PipelineRespBody, Duration), Failure> {
-    let n = node.clone();
-    // The blocking task hands the stream back itself: if the client goes
-    // away and this future is dropped, the stream is still returned (or
-    // forgotten), never left checked out.
-    let joined = tokio::task::spawn_blocking(move || {
-        let id = lease.id;
-        let mut state = match stream_state(&n, state) {
-            Ok(s) => s,
-            Err(e) => {
-                n.streams.finish(id, None);
-                return Err(e);
-            }
-        };
-        lockwait::take();
-        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            exec::run_pipeline(&state.conn, &mut state.ctx, &requests, &n.stats.statements)
-        }));
-        let waited = lockwait::take();
-        let Ok(results) = run else {
-            // Dropping the connection rolls its transaction back.
-            n.streams.finish(id, None);
-            return Err(errors::error(
-                code::INTERNAL,
-                "internal error while executing the request",
-            ));
-        };
-        if state.ctx.closed {
-            n.db.give_back(state.conn);
-            n.streams.finish(id, None);
-            Ok((None, results, waited))
-        } else {
-            n.streams.finish(id, Some(state));
-            Ok((Some(lease.next_baton), results, waited))
+    let ran = match state {
+        // A stream that holds the write lock waits for no lock: its
+        // statements run here, without the hop to a blocking thread and
+        // back (a transaction's later statements and its COMMIT).
+        Some(state) if holds_write_lock(&state.conn) => {
+            node.stats.inline_stream_pipelines.fetch_add(1, Relaxed);
+            run_on_stream(node, lease, Some(state), requests)
         }
-    })
-    .await;
-    match joined {
-        Ok(Ok((baton, results, waited))) => Ok((
+        state => {
+            let n = node.clone();
+            // The blocking task hands the stream back itself: if the client
+            // goes away and this future is dropped, the stream is still
+            // returned (or forgotten), never left checked out.
+            tokio::task::spawn_blocking(move || run_on_stream(&n, lease, state, requests))
+                .await
+                .map_err(|_| Failure::internal("internal error while executing the request"))?
+        }
+    };
+    match ran {
+        Ok((baton, results, waited)) => Ok((
             PipelineRespBody {
                 baton,
                 base_url: None,
@@ -327,10 +309,56 @@ async fn on_stream(
             },
             waited,
         )),
-        Ok(Err(e)) => Err(Failure(StatusCode::INTERNAL_SERVER_ERROR, e)),
-        Err(_) => Err(Failure::internal(
+        Err(e) => Err(Failure(StatusCode::INTERNAL_SERVER_ERROR, e)),
+    }
+}
+
+/// Whether the connection is inside a transaction that holds its
+/// database's write lock (nothing it runs waits for another connection).
+fn holds_write_lock(conn: &rusqlite::Connection) -> bool {
+    matches!(
+        conn.transaction_state(None::<&str>),
+        Ok(rusqlite::TransactionState::Write)
+    )
+}
+
+/// Runs a stream's requests on its connection (taking one from the pool for
+/// a new stream) and hands the stream back: the next baton, or none if the
+/// requests closed it.
+fn run_on_stream(
+    n: &Node,
+    lease: Lease,
+    state: Option<StreamState>,
+    requests: Vec<StreamRequest>,
+) -> Result<(Option<String>, Vec<StreamResult>, Duration), Error> {
+    let id = lease.id;
+    let mut state = match stream_state(n, state) {
+        Ok(s) => s,
+        Err(e) => {
+            n.streams.finish(id, None);
+            return Err(e);
+        }
+    };
+    lockwait::take();
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        exec::run_pipeline(&state.conn, &mut state.ctx, &requests, &n.stats.statements)
+    }));
+    let waited = lockwait::take();
+    let Ok(results) = run else {
+        // Dropping the connection rolls its transaction back.
+        n.streams.finish(id, None);
+        return Err(errors::error(
+            code::INTERNAL,
             "internal error while executing the request",
-        )),
+        ));
+    };
+    if state.ctx.closed {
+        n.db.give_back(state.conn);
+        n.streams.finish(id, None);
+        Ok((None, results, waited))
+    } else {
+        n.streams.finish(id, Some(state));
+        Ok((Some(lease.next_baton), results, waited))
     }
 }
 

@@ -103,6 +103,9 @@ pub struct Stats {
     /// Baton-less single-statement writes done on a worker thread with the
     /// writer connection.
     pub inline_writes: AtomicU64,
+    /// Stream pipelines run on a worker thread because their stream held
+    /// the write lock (the others run on a blocking thread).
+    pub inline_stream_pipelines: AtomicU64,
     /// Pipelines that waited for the write lock (held by another
     /// connection, e.g. a stream's open write transaction), and the time
     /// they waited in all, in microseconds.
@@ -128,6 +131,7 @@ impl Default for Stats {
             fast_reads: AtomicU64::new(0),
             writer_pipelines: AtomicU64::new(0),
             inline_writes: AtomicU64::new(0),
+            inline_stream_pipelines: AtomicU64::new(0),
             lock_waits: AtomicU64::new(0),
             lock_wait_us: AtomicU64::new(0),
             write_lock_waits: AtomicU64::new(0),
@@ -231,6 +235,7 @@ impl Stats {
             "fast_read_pipelines": g(&self.fast_reads),
             "writer_pipelines": g(&self.writer_pipelines),
             "inline_write_pipelines": g(&self.inline_writes),
+            "inline_stream_pipelines": g(&self.inline_stream_pipelines),
             "lock_waits": g(&self.lock_waits),
             "lock_wait_us": g(&self.lock_wait_us),
             "lock_waiting": crate::lockwait::waiting(),
@@ -293,7 +298,7 @@ impl Stats {
             );
         }
 
-        let counters: [(&str, &str, u64); 13] = [
+        let counters: [(&str, &str, u64); 14] = [
             (
                 "conductor_node_statements_total",
                 "SQL statements executed.",
@@ -333,6 +338,11 @@ impl Stats {
                 "conductor_node_inline_write_pipelines_total",
                 "Single-statement writes done on a worker thread with the writer connection.",
                 self.inline_writes.load(Relaxed),
+            ),
+            (
+                "conductor_node_inline_stream_pipelines_total",
+                "Stream pipelines run on a worker thread because their stream held the write lock.",
+                self.inline_stream_pipelines.load(Relaxed),
             ),
             (
                 "conductor_node_write_lock_waits_total",
