@@ -502,9 +502,37 @@ pub fn looks_like_query(sql: &str) -> bool {
     starts(b"select") || starts(b"with") || starts(b"values")
 }
 
+/// Whether `sql` only ends a transaction or a savepoint (COMMIT, END,
+/// ROLLBACK, RELEASE): quick for a connection that holds the write lock.
+pub fn ends_transaction(sql: &str) -> bool {
+    let s = sql
+        .trim_start_matches(|c: char| c.is_ascii_whitespace())
+        .as_bytes();
+    let starts = |kw: &[u8]| {
+        s.len() >= kw.len()
+            && s[..kw.len()].eq_ignore_ascii_case(kw)
+            && s.get(kw.len())
+                .is_none_or(|c| !c.is_ascii_alphanumeric() && *c != b'_')
+    };
+    !sql.contains(';')
+        && (starts(b"commit") || starts(b"end") || starts(b"rollback") || starts(b"release"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transaction_end_detection() {
+        assert!(ends_transaction("COMMIT"));
+        assert!(ends_transaction(" rollback to s2"));
+        assert!(ends_transaction("RELEASE s1"));
+        assert!(ends_transaction("END TRANSACTION"));
+        assert!(!ends_transaction("COMMIT; DELETE FROM t"));
+        assert!(!ends_transaction("ENDx"));
+        assert!(!ends_transaction("UPDATE t SET v = 1"));
+        assert!(!ends_transaction("-- c\nCOMMIT"));
+    }
 
     #[test]
     fn query_detection() {

@@ -282,10 +282,11 @@ async fn on_stream(
     requests: Vec<StreamRequest>,
 ) -> Result<(PipelineRespBody, Duration), Failure> {
     let ran = match state {
-        // A stream that holds the write lock waits for no lock: its
-        // statements run here, without the hop to a blocking thread and
-        // back (a transaction's later statements and its COMMIT).
-        Some(state) if holds_write_lock(&state.conn) => {
+        // Ending a transaction that holds the write lock waits for no lock
+        // and takes no time worth a thread: it runs here, without the hop
+        // to a blocking thread and back. Other statements may run long, and
+        // would hold up every request queued on this worker thread.
+        Some(state) if only_ends_transaction(&requests) && holds_write_lock(&state.conn) => {
             node.stats.inline_stream_pipelines.fetch_add(1, Relaxed);
             run_on_stream(node, lease, Some(state), requests)
         }
@@ -311,6 +312,18 @@ async fn on_stream(
         )),
         Err(e) => Err(Failure(StatusCode::INTERNAL_SERVER_ERROR, e)),
     }
+}
+
+/// Whether every statement of the pipeline ends a transaction or savepoint.
+fn only_ends_transaction(requests: &[StreamRequest]) -> bool {
+    let ends =
+        |stmt: &conductor_hrana::Stmt| stmt.sql.as_deref().is_some_and(exec::ends_transaction);
+    requests.iter().all(|r| match r {
+        StreamRequest::Close | StreamRequest::GetAutocommit => true,
+        StreamRequest::Execute { stmt } => ends(stmt),
+        StreamRequest::Batch { batch } => batch.steps.iter().all(|s| ends(&s.stmt)),
+        _ => false,
+    })
 }
 
 /// Whether the connection is inside a transaction that holds its

@@ -103,8 +103,9 @@ pub struct Stats {
     /// Baton-less single-statement writes done on a worker thread with the
     /// writer connection.
     pub inline_writes: AtomicU64,
-    /// Stream pipelines run on a worker thread because their stream held
-    /// the write lock (the others run on a blocking thread).
+    /// Stream pipelines that only end a transaction holding the write lock
+    /// (COMMIT, ROLLBACK), run on a worker thread (the others run on a
+    /// blocking thread).
     pub inline_stream_pipelines: AtomicU64,
     /// Pipelines that waited for the write lock (held by another
     /// connection, e.g. a stream's open write transaction), and the time
@@ -341,7 +342,7 @@ impl Stats {
             ),
             (
                 "conductor_node_inline_stream_pipelines_total",
-                "Stream pipelines run on a worker thread because their stream held the write lock.",
+                "Stream pipelines that only end a write transaction (COMMIT, ROLLBACK), run on a worker thread.",
                 self.inline_stream_pipelines.load(Relaxed),
             ),
             (
