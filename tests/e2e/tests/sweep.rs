@@ -1,0 +1,1939 @@
+//! A sweep of hand-written statements a user would plausibly write, run
+//! over the same data in local Postgres tables and in distributed tables
+//! (16 shards over three nodes): every statement must give the same rows
+//! (as multisets, or in order when it ends with a total ORDER BY), the same
+//! row counts, or fail with the same SQLSTATE on both sides.
+//!
+//! Reads go through the simple protocol (text results), through the
+//! extended protocol with typed parameters, and as server-side prepared
+//! statements run often enough to get a generic plan; writes run as
+//! sequences (transactions, savepoints, errors) after which the tables'
+//! contents must agree too.
+//!
+//! Every mismatch is printed and the test fails at the end with the list,
+//! so one run shows them all.
+
+mod common;
+
+use common::Rng;
+use conductor_e2e::postgres::{types::ToSql, Client, SimpleQueryMessage};
+use conductor_e2e::{pg_err, Cluster, ClusterOptions};
+use std::fmt::Write as _;
+use std::io::Read as _;
+
+const COLUMNS: &str = "id bigint NOT NULL, g integer, i integer, b bigint, sm smallint, \
+     n numeric, n2 numeric(12,3), f double precision, r real, s text, v varchar(12), \
+     flag boolean, d date, ts timestamp, tz timestamptz, u uuid, j jsonb, by bytea";
+
+const U_COLUMNS: &str = "id bigint NOT NULL, t_id bigint, val integer, note text";
+const K_COLUMNS: &str = "k text NOT NULL, n integer";
+
+/// The local twin of each distributed table: `{t}` -> `l_t`.
+const TABLES: &[&str] = &["t", "u", "k"];
+
+type Rows = Vec<Vec<Option<String>>>;
+
+/// What one statement gave: rows and row counts, or a SQLSTATE (and the
+/// message, shown but not compared).
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    Ok(Rows, Vec<u64>),
+    Err(String, String),
+}
+
+struct Sweep {
+    db: Client,
+    agreed: usize,
+    failures: Vec<String>,
+}
+
+fn subst(sql: &str, local: bool) -> String {
+    let mut out = sql.to_string();
+    for t in TABLES {
+        let name = if local {
+            format!("l_{t}")
+        } else {
+            t.to_string()
+        };
+        out = out.replace(&format!("{{{t}}}"), &name);
+    }
+    out
+}
+
+/// True when the statement has an ORDER BY outside parentheses (the rows'
+/// order then matters).
+fn top_level_order_by(sql: &str) -> bool {
+    let mut depth = 0i32;
+    let bytes = sql.as_bytes();
+    let mut in_str = false;
+    for (i, &c) in bytes.iter().enumerate() {
+        match c {
+            b'\'' => in_str = !in_str,
+            b'(' if !in_str => depth += 1,
+            b')' if !in_str => depth -= 1,
+            b'O' if !in_str && depth == 0 && sql[i..].starts_with("ORDER BY") => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+fn failed(e: &conductor_e2e::postgres::Error) -> Outcome {
+    match e.as_db_error() {
+        Some(db) => Outcome::Err(db.code().code().to_string(), pg_err(e)),
+        None => Outcome::Err(format!("client error: {e}"), String::new()),
+    }
+}
+
+fn simple(db: &mut Client, sql: &str) -> Outcome {
+    match db.simple_query(sql) {
+        Ok(msgs) => {
+            let mut rows = Vec::new();
+            let mut counts = Vec::new();
+            for m in msgs {
+                match m {
+                    SimpleQueryMessage::Row(r) => {
+                        rows.push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                    }
+                    SimpleQueryMessage::CommandComplete(n) => counts.push(n),
+                    _ => {}
+                }
+            }
+            Outcome::Ok(rows, counts)
+        }
+        Err(e) => failed(&e),
+    }
+}
+
+/// Extended protocol: every output column must be text (cast in the query).
+fn extended(db: &mut Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Outcome {
+    match db.query(sql, params) {
+        Ok(rows) => Outcome::Ok(
+            rows.iter()
+                .map(|r| {
+                    (0..r.len())
+                        .map(|i| r.get::<_, Option<String>>(i))
+                        .collect()
+                })
+                .collect(),
+            vec![],
+        ),
+        Err(e) => failed(&e),
+    }
+}
+
+fn normalize(o: &Outcome, ordered: bool) -> Outcome {
+    match o {
+        Outcome::Ok(rows, counts) => {
+            let mut rows = rows.clone();
+            if !ordered {
+                rows.sort();
+            }
+            Outcome::Ok(rows, counts.clone())
+        }
+        Outcome::Err(code, _) => Outcome::Err(code.clone(), String::new()),
+    }
+}
+
+fn show(o: &Outcome) -> String {
+    match o {
+        Outcome::Ok(rows, counts) => {
+            let mut s = format!("{} rows, counts {counts:?}", rows.len());
+            for r in rows.iter().take(8) {
+                write!(s, "\n      {r:?}").unwrap();
+            }
+            s
+        }
+        Outcome::Err(code, msg) => format!("ERROR {code}: {msg}"),
+    }
+}
+
+impl Sweep {
+    fn record(&mut self, what: &str, local: Outcome, dist: Outcome, ordered: bool) {
+        let (l, d) = (normalize(&local, ordered), normalize(&dist, ordered));
+        if l == d {
+            self.agreed += 1;
+        } else {
+            let mut first_diff = String::new();
+            if let (Outcome::Ok(lr, _), Outcome::Ok(dr, _)) = (&l, &d) {
+                if let Some(i) = (0..lr.len().max(dr.len())).find(|&i| lr.get(i) != dr.get(i)) {
+                    first_diff = format!(
+                        "\n    first difference at row {i}: local {:?} / conductor {:?}",
+                        lr.get(i),
+                        dr.get(i)
+                    );
+                }
+            }
+            let msg = format!(
+                "MISMATCH {what}\n    local: {}\n    conductor: {}{first_diff}",
+                show(&local),
+                show(&dist)
+            );
+            println!("{msg}");
+            self.failures.push(msg);
+        }
+    }
+
+    /// A statement through the simple protocol on both sides.
+    fn q(&mut self, sql: &str) {
+        let ordered = top_level_order_by(sql);
+        let local = simple(&mut self.db, &subst(sql, true));
+        let dist = simple(&mut self.db, &subst(sql, false));
+        self.record(sql, local, dist, ordered);
+    }
+
+    /// A statement conductor refuses by design (documented), with this
+    /// SQLSTATE; it is not run on the local tables.
+    fn refused(&mut self, sql: &str, code: &str) {
+        match simple(&mut self.db, &subst(sql, false)) {
+            Outcome::Err(c, _) if c == code => self.agreed += 1,
+            other => {
+                let msg = format!("REFUSAL EXPECTED ({code}) {sql}\n    got: {}", show(&other));
+                println!("{msg}");
+                self.failures.push(msg);
+            }
+        }
+    }
+
+    /// A statement through the extended protocol with typed parameters.
+    fn p(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) {
+        let ordered = top_level_order_by(sql);
+        let local = extended(&mut self.db, &subst(sql, true), params);
+        let dist = extended(&mut self.db, &subst(sql, false), params);
+        self.record(&format!("{sql} with {params:?}"), local, dist, ordered);
+    }
+
+    /// A server-side prepared statement (`PREPARE name AS body`) run with
+    /// each argument list (the text inside `EXECUTE name(…)`), more times
+    /// than Postgres needs to switch to a generic plan.
+    fn prepared(&mut self, name: &str, body: &str, args: &[&str]) {
+        let ordered = top_level_order_by(body);
+        for (side, local) in [("l", true), ("d", false)] {
+            let sql = format!("PREPARE {name}_{side} AS {}", subst(body, local));
+            if let Outcome::Err(_, e) = simple(&mut self.db, &sql) {
+                self.failures.push(format!("PREPARE failed ({e}): {sql}"));
+                return;
+            }
+        }
+        for round in 0..2 {
+            for a in args {
+                let local = simple(&mut self.db, &format!("EXECUTE {name}_l({a})"));
+                let dist = simple(&mut self.db, &format!("EXECUTE {name}_d({a})"));
+                self.record(
+                    &format!("{body} EXECUTE({a}) round {round}"),
+                    local,
+                    dist,
+                    ordered,
+                );
+            }
+        }
+        simple(
+            &mut self.db,
+            &format!("DEALLOCATE {name}_l; DEALLOCATE {name}_d"),
+        );
+    }
+
+    /// A sequence of statements run first on the local tables, then on the
+    /// distributed ones, each compared; then the tables' contents.
+    fn script(&mut self, what: &str, stmts: &[&str]) {
+        let mut results = [Vec::new(), Vec::new()];
+        for (side, local) in [(0, true), (1, false)] {
+            for s in stmts {
+                results[side].push(simple(&mut self.db, &subst(s, local)));
+            }
+            // Leave no transaction open whatever happened.
+            simple(&mut self.db, "ROLLBACK");
+        }
+        let [l, d] = results;
+        for ((s, lo), dout) in stmts.iter().zip(l).zip(d) {
+            let ordered = top_level_order_by(s);
+            self.record(&format!("[{what}] {s}"), lo, dout, ordered);
+        }
+        self.contents(what);
+    }
+
+    fn contents(&mut self, what: &str) {
+        for (t, key) in [("t", "id"), ("u", "id"), ("k", "k")] {
+            let sql = format!("SELECT * FROM {{{t}}} ORDER BY {key}");
+            let local = simple(&mut self.db, &subst(&sql, true));
+            let dist = simple(&mut self.db, &subst(&sql, false));
+            self.record(&format!("[{what}] contents of {t}"), local, dist, true);
+        }
+    }
+}
+
+const TEXTS: &[&str] = &[
+    "",
+    "abc",
+    "ABC",
+    "Abc",
+    "a%c",
+    "a_c",
+    "abxc",
+    "100%",
+    "it's",
+    "O'Brien",
+    "back\\slash",
+    "x\\%y",
+    "Émile",
+    "émile",
+    "zoë",
+    "🦀crab",
+    "日本語",
+    "straße",
+    " lead",
+    "trail ",
+    "a\tb",
+    "line\nbreak",
+    "a*b",
+    "[ab]",
+    "NULL",
+    "12",
+    "9",
+    "-3",
+];
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn lit(v: Option<String>) -> String {
+    v.unwrap_or_else(|| "NULL".into())
+}
+
+/// One row of `t` as SQL literals, deterministic from `id`.
+fn t_row(rng: &mut Rng, id: i64) -> String {
+    let nul = |rng: &mut Rng| rng.chance(0.12);
+    let g = if nul(rng) {
+        None
+    } else {
+        Some(rng.range(0, 9).to_string())
+    };
+    let i = if nul(rng) {
+        None
+    } else {
+        Some(
+            match rng.below(12) {
+                0 => 2147483647,
+                1 => -2147483648,
+                2 => 0,
+                _ => rng.range(-1000, 1000),
+            }
+            .to_string(),
+        )
+    };
+    let b = if nul(rng) {
+        None
+    } else {
+        Some(
+            match rng.below(12) {
+                0 => i64::MAX,
+                1 => i64::MIN,
+                2 => 4_000_000_000_000_000_000,
+                _ => rng.range(-100_000_000_000, 100_000_000_000),
+            }
+            .to_string(),
+        )
+    };
+    let sm = if nul(rng) {
+        None
+    } else {
+        Some(
+            match rng.below(12) {
+                0 => 32767,
+                1 => -32768,
+                _ => rng.range(-300, 300),
+            }
+            .to_string(),
+        )
+    };
+    let n = if nul(rng) {
+        None
+    } else {
+        Some(quote(match rng.below(14) {
+            0 => "NaN",
+            1 => "123456789012345678901234567890.123456789",
+            2 => "-0.5",
+            3 => "1.5",
+            4 => "2.5",
+            5 => "0.000000001",
+            6 => "-99999999999999999999",
+            7 => "1.10",
+            8 => "0",
+            9 => "3.14159",
+            10 => "-7",
+            11 => "1e10",
+            12 => "Infinity",
+            _ => "42.000",
+        }))
+    };
+    let n2 = if nul(rng) {
+        None
+    } else {
+        Some(format!(
+            "{}.{:03}",
+            rng.range(-99999, 99999),
+            rng.range(0, 999)
+        ))
+    };
+    let f = if nul(rng) {
+        None
+    } else {
+        Some(match rng.below(14) {
+            0 => "'NaN'".into(),
+            1 => "'Infinity'".into(),
+            2 => "'-Infinity'".into(),
+            3 => "'-0'".into(),
+            4 => "1e100".into(),
+            5 => "1e-300".into(),
+            6 => "0.1".into(),
+            7 => "0".into(),
+            _ => format!("{}.{}", rng.range(-5000, 5000), rng.range(0, 99)),
+        })
+    };
+    let r = if nul(rng) {
+        None
+    } else {
+        Some(match rng.below(10) {
+            0 => "'NaN'".into(),
+            1 => "1e36".into(),
+            2 => "0.1".into(),
+            _ => format!("{}.5", rng.range(-500, 500)),
+        })
+    };
+    let s = if nul(rng) {
+        None
+    } else {
+        Some(quote(*rng.pick(TEXTS)))
+    };
+    let v = if nul(rng) {
+        None
+    } else {
+        let t: String = rng.pick(TEXTS).chars().take(12).collect();
+        Some(quote(&t))
+    };
+    let flag = if nul(rng) {
+        None
+    } else {
+        Some(rng.chance(0.5).to_string())
+    };
+    let d = if nul(rng) {
+        None
+    } else {
+        Some(match rng.below(20) {
+            0 => "'infinity'".into(),
+            1 => "'-infinity'".into(),
+            2 => "'0001-01-01 BC'".into(),
+            _ => format!(
+                "'{}-{:02}-{:02}'",
+                rng.range(1990, 2030),
+                rng.range(1, 12),
+                rng.range(1, 28)
+            ),
+        })
+    };
+    let ts = if nul(rng) {
+        None
+    } else {
+        Some(format!(
+            "'{}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}'",
+            rng.range(1999, 2026),
+            rng.range(1, 12),
+            rng.range(1, 28),
+            rng.range(0, 23),
+            rng.range(0, 59),
+            rng.range(0, 59),
+            rng.range(0, 999999)
+        ))
+    };
+    let tz = if nul(rng) {
+        None
+    } else {
+        Some(match rng.below(20) {
+            0 => "'infinity'".into(),
+            _ => format!(
+                "'{}-{:02}-{:02} {:02}:{:02}:{:02}{}'",
+                rng.range(1999, 2026),
+                rng.range(1, 12),
+                rng.range(1, 28),
+                rng.range(0, 23),
+                rng.range(0, 59),
+                rng.range(0, 59),
+                rng.pick(&["+00", "-05", "+05:30", "+14", "-12"])
+            ),
+        })
+    };
+    let u = if nul(rng) {
+        None
+    } else {
+        Some(format!(
+            "'{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}'",
+            rng.next() as u32,
+            rng.next() as u16,
+            rng.below(4096),
+            rng.below(4096),
+            rng.next() & 0xffff_ffff_ffff
+        ))
+    };
+    let j = if nul(rng) {
+        None
+    } else {
+        Some(quote(match rng.below(10) {
+            0 => r#"{"a": 1, "b": [1, 2, 3]}"#,
+            1 => r#"{"a": "x", "tags": ["red", "blue"]}"#,
+            2 => r#"{"a": null}"#,
+            3 => r#"[1, "two", null, {"three": 3}]"#,
+            4 => r#""just a string""#,
+            5 => "42",
+            6 => r#"{"nested": {"deep": {"x": 1.50}}}"#,
+            7 => r#"{"a": 2, "é": "ü", "q": "it's"}"#,
+            8 => "{}",
+            _ => r#"{"a": 1.0e2, "b": true}"#,
+        }))
+    };
+    let by = if nul(rng) {
+        None
+    } else {
+        Some(match rng.below(6) {
+            0 => "''::bytea".into(),
+            1 => r"'\x00'::bytea".into(),
+            2 => r"'\xdeadbeef'::bytea".into(),
+            3 => r"'\x00ff00'::bytea".into(),
+            _ => format!("'\\x{:08x}'::bytea", rng.next() as u32),
+        })
+    };
+    format!(
+        "({id}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+        lit(g),
+        lit(i),
+        lit(b),
+        lit(sm),
+        lit(n),
+        lit(n2),
+        lit(f),
+        lit(r),
+        lit(s),
+        lit(v),
+        lit(flag),
+        lit(d),
+        lit(ts),
+        lit(tz),
+        lit(u),
+        lit(j),
+        lit(by)
+    )
+}
+
+fn load(sw: &mut Sweep) {
+    let mut rng = Rng::new(0x5EE9_2026);
+    let mut t_rows = Vec::new();
+    for id in 1..=300i64 {
+        // Negative and huge keys too.
+        let key = match id {
+            1 => i64::MIN,
+            2 => i64::MAX,
+            3 => 0,
+            4..=20 => -id,
+            _ => id,
+        };
+        t_rows.push(t_row(&mut rng, key));
+    }
+    let mut u_rows = Vec::new();
+    for id in 1..=400i64 {
+        let t_id = if rng.chance(0.1) {
+            "NULL".to_string()
+        } else {
+            rng.range(-30, 330).to_string()
+        };
+        let val = if rng.chance(0.1) {
+            "NULL".to_string()
+        } else {
+            rng.range(-50, 50).to_string()
+        };
+        let note = if rng.chance(0.1) {
+            "NULL".to_string()
+        } else {
+            quote(*rng.pick(TEXTS))
+        };
+        // Half the ids are those of t (a co-located join finds them).
+        let uid = if id % 2 == 0 { id / 2 + 20 } else { 1000 + id };
+        u_rows.push(format!("({uid}, {t_id}, {val}, {note})"));
+    }
+    let mut k_rows = Vec::new();
+    for (i, s) in TEXTS.iter().enumerate() {
+        k_rows.push(format!("({}, {i})", quote(s)));
+    }
+    let setup = format!(
+        "CREATE TABLE l_t ({COLUMNS}, PRIMARY KEY (id));
+         CREATE FOREIGN TABLE t ({COLUMNS}) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 16);
+         CREATE TABLE l_u ({U_COLUMNS}, PRIMARY KEY (id));
+         CREATE FOREIGN TABLE u ({U_COLUMNS}) SERVER cluster;
+         SELECT conductor.create_distributed_table('u', 'id', shard_count => 16);
+         CREATE TABLE l_k ({K_COLUMNS}, PRIMARY KEY (k));
+         CREATE FOREIGN TABLE k ({K_COLUMNS}) SERVER cluster;
+         SELECT conductor.create_distributed_table('k', 'k', shard_count => 16);
+         CREATE TABLE cats (code integer, name text);
+         INSERT INTO cats SELECT x, 'cat ' || x FROM generate_series(-2, 9) x;
+         INSERT INTO cats VALUES (NULL, 'no code');"
+    );
+    sw.db
+        .batch_execute(&setup)
+        .unwrap_or_else(|e| panic!("setup: {}", pg_err(&e)));
+    for (name, rows) in [("t", &t_rows), ("u", &u_rows), ("k", &k_rows)] {
+        for chunk in rows.chunks(100) {
+            for target in [format!("l_{name}"), name.to_string()] {
+                let sql = format!("INSERT INTO {target} VALUES {}", chunk.join(", "));
+                sw.db
+                    .batch_execute(&sql)
+                    .unwrap_or_else(|e| panic!("load {target}: {}", pg_err(&e)));
+            }
+        }
+    }
+    sw.db
+        .batch_execute("ANALYZE l_t; ANALYZE l_u; ANALYZE l_k; ANALYZE t; ANALYZE u; ANALYZE k")
+        .unwrap_or_else(|e| panic!("analyze: {}", pg_err(&e)));
+    sw.contents("load");
+}
+
+fn where_clauses(sw: &mut Sweep) {
+    let preds = [
+        "i = 0",
+        "i <> 0",
+        "i < 0",
+        "i >= -5 AND i <= 5",
+        "i BETWEEN -10 AND 10",
+        "i NOT BETWEEN -10 AND 10",
+        "i BETWEEN SYMMETRIC 10 AND -10",
+        "i IN (1, 2, 3, 2147483647)",
+        "i NOT IN (1, 2, 3)",
+        "i NOT IN (1, NULL)",
+        "i IN (NULL)",
+        "i = ANY ('{1,2,3}'::int[])",
+        "i <> ALL ('{1,2,3}'::int[])",
+        "i = ANY ('{1,NULL}'::int[])",
+        "i IS NULL",
+        "i IS NOT NULL",
+        "i IS DISTINCT FROM 0",
+        "i IS NOT DISTINCT FROM NULL",
+        "i IS DISTINCT FROM g",
+        "b > 3000000000",
+        "b = 9223372036854775807",
+        "b = -9223372036854775808",
+        "b < i",
+        "b = i::bigint",
+        "sm > 100",
+        "sm = 32767",
+        "sm < i",
+        "sm = 1.5",
+        "i = 1.0",
+        "i > 2.5",
+        "b > 1e18",
+        "i::numeric = 0.0",
+        "n = 1.5",
+        "n > 1",
+        "n = 'NaN'",
+        "n > 'Infinity'::numeric",
+        "n IS NULL",
+        "n2 > 100.5",
+        "n2 = round(n2, 1)",
+        "f > 0",
+        "f = 'NaN'",
+        "f <> f",
+        "f = 'Infinity'",
+        "f = '-Infinity'",
+        "f = 0",
+        "f = -0.0",
+        "f < 1e-200 AND f > 0",
+        "f > 0.1",
+        "f = 0.1",
+        "r = 0.1",
+        "r = 0.1::real",
+        "r > 3e38",
+        "r = 'NaN'",
+        "f = r",
+        "f > i",
+        "s = ''",
+        "s <> ''",
+        "s = 'abc'",
+        "s < 'b'",
+        "s >= 'É'",
+        "s > 'a' COLLATE \"C\"",
+        "s = 'ABC' COLLATE \"C\"",
+        "s LIKE 'a%'",
+        "s LIKE 'a\\%c'",
+        "s LIKE 'a_c'",
+        "s LIKE '%\\\\%'",
+        "s LIKE '%!%%' ESCAPE '!'",
+        "s LIKE '%'",
+        "s LIKE ''",
+        "s NOT LIKE '%a%'",
+        "s LIKE '[ab]'",
+        "s LIKE 'a*b'",
+        "s LIKE '%🦀%'",
+        "s LIKE '_'",
+        "s LIKE '__'",
+        "s ILIKE 'ABC'",
+        "s ILIKE 'é%'",
+        "s NOT ILIKE '%B%'",
+        "s ~ '^a'",
+        "s ~* '^a'",
+        "s !~ 'b'",
+        "s ~ '\\d+'",
+        "s SIMILAR TO '(a|b)%'",
+        "s LIKE 'x\\\\\\%y'",
+        "lower(s) = 'abc'",
+        "upper(s) = 'ÉMILE'",
+        "length(s) = 3",
+        "char_length(s) > 5",
+        "octet_length(s) > 5",
+        "substr(s, 2, 2) = 'bc'",
+        "substring(s from 1 for 1) = 'a'",
+        "trim(s) = 'lead'",
+        "rtrim(s) = 'trail'",
+        "btrim(s, 'a') = 'bc'",
+        "concat(s, v) = 'abcabc'",
+        "s || v = 'abcabc'",
+        "s || NULL IS NULL",
+        "position('b' in s) = 2",
+        "strpos(s, 'c') > 0",
+        "replace(s, 'a', 'b') = 'bbc'",
+        "left(s, 1) = 'a'",
+        "right(s, 1) = 'c'",
+        "reverse(s) = 'cba'",
+        "s = v",
+        "s < v",
+        "v = 'abc'",
+        "v LIKE 'a%'",
+        "v > 'm'",
+        "starts_with(s, 'a')",
+        "s IN ('abc', 'ABC', '', NULL)",
+        "s NOT IN ('abc', 'ABC')",
+        "s IS NULL OR s = ''",
+        "coalesce(s, 'none') = 'none'",
+        "nullif(s, '') IS NULL",
+        "CASE WHEN i > 0 THEN 'pos' WHEN i < 0 THEN 'neg' END = 'pos'",
+        "CASE WHEN i > 0 THEN 'pos' WHEN i < 0 THEN 'neg' END IS NULL",
+        "coalesce(i, g, -1) = -1",
+        "greatest(i, g) > 5",
+        "least(i, g) < 0",
+        "s::text = '12'",
+        "i::text = '0'",
+        "i::text LIKE '-%'",
+        "f::text = 'NaN'",
+        "flag",
+        "NOT flag",
+        "flag IS TRUE",
+        "flag IS NOT TRUE",
+        "flag IS FALSE",
+        "flag IS NOT FALSE",
+        "flag IS UNKNOWN",
+        "flag = true",
+        "flag <> false",
+        "flag AND i > 0",
+        "flag OR i > 0",
+        "NOT (flag AND i > 0)",
+        "NOT (flag OR i > 0)",
+        "(i > 0) = flag",
+        "(i > 0) IS NOT DISTINCT FROM flag",
+        "d = '2020-01-01'",
+        "d > '2020-01-01'",
+        "d < '2000-01-01'",
+        "d = 'infinity'",
+        "d > now() - interval '1000 years'",
+        "d BETWEEN '2000-01-01' AND '2010-12-31'",
+        "d > '2020-01-01'::timestamp",
+        "d > '2020-01-01 00:00:00+00'::timestamptz",
+        "extract(year from d) = 2020",
+        "extract(dow from d) = 0",
+        "date_part('month', d) = 2",
+        "date_trunc('month', d) = '2020-02-01'",
+        "d + 1 > '2025-01-01'",
+        "d - 1 < '1995-01-01'",
+        "d + interval '1 month' > '2025-01-01'",
+        "ts > '2020-01-01'",
+        "ts < '2001-06-01 12:00'",
+        "ts::date = '2020-05-05'",
+        "ts > d",
+        "date_trunc('year', ts) = '2010-01-01'",
+        "extract(hour from ts) = 12",
+        "extract(epoch from ts) > 1e9",
+        "tz > '2020-01-01 00:00:00+00'",
+        "tz < '2005-01-01'",
+        "tz = 'infinity'",
+        "tz > ts",
+        "tz::date = '2020-05-05'",
+        "extract(hour from tz) < 3",
+        "date_trunc('day', tz) = '2020-05-05'",
+        "tz AT TIME ZONE 'UTC' > '2020-01-01'",
+        "u = '00000000-0000-0000-0000-000000000000'",
+        "u > '80000000-0000-0000-0000-000000000000'",
+        "u::text LIKE 'a%'",
+        "u IS NULL",
+        "j -> 'a' = '1'",
+        "j ->> 'a' = 'x'",
+        "j ->> 'a' IS NULL",
+        "j @> '{\"a\": 1}'",
+        "j @> '{\"tags\": [\"red\"]}'",
+        "j <@ '{\"a\": 1, \"b\": [1,2,3]}'",
+        "j ? 'a'",
+        "j ?| array['a', 'nested']",
+        "j ?& array['a', 'b']",
+        "j #> '{nested,deep,x}' = '1.5'",
+        "j #>> '{nested,deep,x}' = '1.50'",
+        "jsonb_typeof(j) = 'array'",
+        "j -> 0 = '1'",
+        "j = '{}'",
+        "j = '{\"a\": 100}'",
+        "j::text LIKE '%é%'",
+        "by = '\\x00'",
+        "by = ''",
+        "by > '\\x80'",
+        "by < '\\x00ff'",
+        "length(by) = 0",
+        "by LIKE '\\x00%'::bytea",
+        "encode(by, 'hex') LIKE 'de%'",
+        "id = 5",
+        "id = -9223372036854775808",
+        "id = 9223372036854775807",
+        "id IN (5, 6, 7, 100000)",
+        "id = 5 OR id = 77",
+        "id = 5 AND id = 6",
+        "id = NULL",
+        "id IN (NULL)",
+        "id > 290",
+        "id < -10",
+        "id = 5.0",
+        "id = 5.5",
+        "id::text = '5'",
+        "id = ANY ('{1,2,3,-5}'::bigint[])",
+        "id = ANY ('{}'::bigint[])",
+        "id = ANY (ARRAY[1, NULL]::bigint[])",
+        "id % 7 = 0",
+        "id / 3 = 10",
+        "-id = 5",
+        "abs(id) = 5",
+        "id BETWEEN 10 AND 20 AND i > 0",
+        "(id = 5 OR i = 0) AND flag",
+        "i + 1 > 0",
+        "i * 2 > 1000",
+        "i - g > 0",
+        "i / 2 = 0",
+        "i % 3 = 1",
+        "-i > 0",
+        "abs(i) > 500",
+        "i & 1 = 1",
+        "i >> 1 = 3",
+        "b + 1 > 0",
+        "sm + sm > 0",
+        "sm * 200 > 0",
+        "f + 1 > 1",
+        "f * 2 > 100",
+        "f / 2 < 0",
+        "sqrt(abs(f)) > 10",
+        "floor(f) = 0",
+        "round(f) = 0",
+        "trunc(f) = 0",
+        "ceil(f) = 1",
+        "n + 1 > 2",
+        "n * 2 = 3",
+        "round(n) = 2",
+        "round(n, 1) = 1.5",
+        "trunc(n) = 1",
+        "n2 / 3 > 5",
+        "random() < 2",
+        "true",
+        "false",
+        "NULL",
+        "1 = 1",
+        "i > (SELECT min(code) FROM cats)",
+        "g IN (SELECT code FROM cats WHERE code > 5)",
+        "g NOT IN (SELECT code FROM cats)",
+        "g NOT IN (SELECT code FROM cats WHERE code IS NOT NULL)",
+        "EXISTS (SELECT 1 FROM cats WHERE code = g)",
+        "NOT EXISTS (SELECT 1 FROM cats WHERE code = g)",
+        "id IN (SELECT t_id FROM {u} WHERE val > 40)",
+        "id NOT IN (SELECT t_id FROM {u})",
+        "id NOT IN (SELECT t_id FROM {u} WHERE t_id IS NOT NULL)",
+        "EXISTS (SELECT 1 FROM {u} WHERE {u}.t_id = x.id AND val < 0)",
+        "i = (SELECT max(val) FROM {u})",
+        "i > ALL (SELECT val FROM {u} WHERE val IS NOT NULL)",
+        "i < ANY (SELECT val FROM {u})",
+        "row(g, i) = row(1, 2)",
+        "(g, i) > (5, 0)",
+        "(g, i) IN ((1, 2), (3, 4))",
+    ];
+    for p in preds {
+        sw.q(&format!("SELECT id FROM {{t}} x WHERE {p}"));
+    }
+    // A few through the extended protocol with every column rendered.
+    for p in &preds[..40] {
+        sw.p(&format!("SELECT x::text FROM {{t}} x WHERE {p}"), &[]);
+    }
+}
+
+fn expressions(sw: &mut Sweep) {
+    let exprs = [
+        "i + 1",
+        "i - 1",
+        "i * 2",
+        "i / 3",
+        "i % 3",
+        "-i",
+        "i / 0",
+        "i % 0",
+        "i * 1000000",
+        "i + 2147483647",
+        "b * 2",
+        "b + 1",
+        "b - 1",
+        "-b",
+        "abs(b)",
+        "abs(i)",
+        "sm * sm",
+        "sm * 1000",
+        "sm + 32767",
+        "-sm",
+        "sm / 0",
+        "i::smallint",
+        "b::int",
+        "f::int",
+        "f::bigint",
+        "n2::int",
+        "round(n2)::bigint",
+        "r::int",
+        "i / 2.0",
+        "i::numeric / 3",
+        "b::numeric * b",
+        "f / 0",
+        "f * 1e308",
+        "n / 3",
+        "n / 0",
+        "n % 2",
+        "round(n, 2)",
+        "round(n2)",
+        "n2 * n2",
+        "n::float8",
+        "f::numeric",
+        "f::text",
+        "r::text",
+        "r::float8",
+        "f::real",
+        "i::real / 7",
+        "(f + 1)::text",
+        "round(f::numeric, 3)",
+        "power(2, i % 10)",
+        "sqrt(f)",
+        "ln(f)",
+        "exp(i)",
+        "mod(i, 7)",
+        "div(i, 7)",
+        "width_bucket(i, -1000, 1000, 10)",
+        "length(s)",
+        "octet_length(s)",
+        "upper(s)",
+        "lower(s)",
+        "initcap(s)",
+        "s || '!'",
+        "s || i",
+        "concat(s, '-', i, '-', NULL)",
+        "concat_ws(',', s, v, NULL)",
+        "substr(s, 2)",
+        "substr(s, 0, 2)",
+        "substr(s, -1, 3)",
+        "left(s, -1)",
+        "lpad(s, 5, '*')",
+        "rpad(s, 2)",
+        "repeat(s, 2)",
+        "replace(s, '''', '\"')",
+        "split_part(s, 'b', 1)",
+        "translate(s, 'abc', 'xyz')",
+        "quote_literal(s)",
+        "quote_ident(s)",
+        "md5(s)",
+        "ascii(s)",
+        "s::varchar(3)",
+        "v::char(3)",
+        "format('%s|%L', s, v)",
+        "regexp_replace(s, '[a-c]', 'X', 'g')",
+        "s COLLATE \"C\" < 'b'",
+        "coalesce(s, v, '?')",
+        "nullif(i, 0)",
+        "CASE i WHEN 0 THEN 'zero' WHEN 1 THEN 'one' ELSE 'many' END",
+        "CASE WHEN flag THEN i ELSE -i END",
+        "flag AND NULL",
+        "flag OR NULL",
+        "NOT flag",
+        "flag::int",
+        "flag::text",
+        "i > 0 AND flag",
+        "d + 30",
+        "d - '2000-01-01'::date",
+        "d + interval '1 day'",
+        "d::timestamptz",
+        "d::text",
+        "to_char(d, 'YYYY-MM-DD Day')",
+        "extract(isodow from d)",
+        "date_trunc('week', d)",
+        "age('2030-01-01', d)",
+        "ts::text",
+        "ts::timestamptz",
+        "ts + interval '1 hour'",
+        "ts - interval '1 month'",
+        "date_trunc('hour', ts)",
+        "extract(epoch from ts)",
+        "extract(microseconds from ts)",
+        "to_char(ts, 'YYYY-MM-DD HH24:MI:SS.US')",
+        "tz::text",
+        "tz::timestamp",
+        "tz::date",
+        "tz AT TIME ZONE 'America/New_York'",
+        "date_trunc('day', tz)",
+        "extract(hour from tz)",
+        "extract(epoch from tz)",
+        "tz - ts",
+        "u::text",
+        "upper(u::text)",
+        "j",
+        "j::text",
+        "j -> 'a'",
+        "j ->> 'a'",
+        "j -> 'b' -> 1",
+        "j #> '{nested,deep}'",
+        "j - 'a'",
+        "j || '{\"z\": 0}'",
+        "jsonb_typeof(j)",
+        "jsonb_array_length(CASE WHEN jsonb_typeof(j) = 'array' THEN j END)",
+        "jsonb_pretty(j)",
+        "j ? 'a'",
+        "by",
+        "by::text",
+        "length(by)",
+        "encode(by, 'base64')",
+        "encode(by, 'escape')",
+        "md5(by)",
+        "by || '\\xff'::bytea",
+        "get_byte(by, 0)",
+        "ARRAY[i, g]",
+        "ARRAY[s, v]",
+        "row(i, s)",
+        "to_jsonb(s)",
+        "pg_typeof(i)::text",
+    ];
+    for e in exprs {
+        sw.q(&format!("SELECT id, {e} FROM {{t}} x"));
+    }
+    for e in &exprs[..30] {
+        sw.q(&format!("SELECT id FROM {{t}} x WHERE {e} IS NOT NULL"));
+    }
+}
+
+fn aggregates(sw: &mut Sweep) {
+    let aggs = [
+        "count(*)",
+        "count(i)",
+        "count(DISTINCT i)",
+        "count(DISTINCT s)",
+        "count(DISTINCT (g, flag))",
+        "sum(i)",
+        "sum(b)",
+        "sum(sm)",
+        "sum(n)",
+        "sum(n2)",
+        "sum(f)",
+        "sum(r)",
+        "sum(i::bigint * 1000000000)",
+        "avg(i)",
+        "avg(b)",
+        "avg(sm)",
+        "avg(n)",
+        "avg(n2)",
+        "avg(f)",
+        "min(i)",
+        "max(i)",
+        "min(b)",
+        "max(b)",
+        "min(n)",
+        "max(n)",
+        "min(n2)",
+        "max(n2)",
+        "min(f)",
+        "max(f)",
+        "min(r)",
+        "max(r)",
+        "min(s)",
+        "max(s)",
+        "min(s COLLATE \"C\")",
+        "max(v)",
+        "min(d)",
+        "max(d)",
+        "min(ts)",
+        "max(ts)",
+        "min(tz)",
+        "max(tz)",
+        "bool_and(flag)",
+        "bool_or(flag)",
+        "every(flag)",
+        "count(*) FILTER (WHERE flag)",
+        "sum(i) FILTER (WHERE i > 0)",
+        "max(i) FILTER (WHERE s LIKE 'a%')",
+        "string_agg(s, ',' ORDER BY id)",
+        "string_agg(DISTINCT s, '|' ORDER BY s)",
+        "array_agg(i ORDER BY id)",
+        "array_agg(DISTINCT g ORDER BY g)",
+        "jsonb_agg(j ORDER BY id)",
+        "json_object_agg(id, s ORDER BY id)",
+        "stddev(i)",
+        "variance(i)",
+        "stddev_pop(n)",
+        "bit_and(i)",
+        "bit_or(i)",
+        "min(u::text)",
+        "sum(i) / count(*)",
+        "sum(i)::numeric / nullif(count(i), 0)",
+        "avg(i)::numeric(10,2)",
+        "round(avg(n2), 2)",
+        "percentile_cont(0.5) WITHIN GROUP (ORDER BY i)",
+        "mode() WITHIN GROUP (ORDER BY g)",
+        "count(*) + sum(g)",
+        "max(length(s))",
+        "sum(CASE WHEN flag THEN 1 ELSE 0 END)",
+        "sum(i) OVER ()",
+    ];
+    for a in aggs {
+        // Whole table, empty set, grouped, grouped on the key.
+        if !a.contains("OVER") {
+            sw.q(&format!("SELECT {a} FROM {{t}}"));
+            sw.q(&format!("SELECT {a} FROM {{t}} WHERE id > 100000"));
+            sw.q(&format!("SELECT g, {a} FROM {{t}} GROUP BY g"));
+            sw.q(&format!(
+                "SELECT flag, {a} FROM {{t}} WHERE i > 0 GROUP BY flag"
+            ));
+        } else {
+            sw.q(&format!("SELECT id, {a} FROM {{t}}"));
+        }
+    }
+    let more = [
+        "SELECT count(*) FROM {t} WHERE s IS NULL",
+        "SELECT sum(b) FROM {t} WHERE b > 0",
+        "SELECT sum(b) FROM {t} WHERE b < 0",
+        "SELECT sum(i) FROM {t} WHERE i > 0",
+        "SELECT avg(i) FROM {t} WHERE i IN (1, 2)",
+        "SELECT sum(sm::int * 100000) FROM {t}",
+        "SELECT g % 3, count(*) FROM {t} GROUP BY g % 3",
+        "SELECT g + 1 AS h, sum(i) FROM {t} GROUP BY h",
+        "SELECT lower(s), count(*) FROM {t} GROUP BY lower(s)",
+        "SELECT s, count(*) FROM {t} GROUP BY s",
+        "SELECT v, count(*) FROM {t} GROUP BY v",
+        "SELECT n, count(*) FROM {t} GROUP BY n",
+        "SELECT f, count(*) FROM {t} GROUP BY f",
+        "SELECT r, count(*) FROM {t} GROUP BY r",
+        "SELECT flag, count(*) FROM {t} GROUP BY flag",
+        "SELECT d, count(*) FROM {t} GROUP BY d",
+        "SELECT date_trunc('year', ts), count(*) FROM {t} GROUP BY 1",
+        "SELECT extract(year from d), count(*) FROM {t} GROUP BY 1",
+        "SELECT u, count(*) FROM {t} GROUP BY u",
+        "SELECT j, count(*) FROM {t} GROUP BY j",
+        "SELECT by, count(*) FROM {t} GROUP BY by",
+        "SELECT j ->> 'a', count(*) FROM {t} GROUP BY 1",
+        "SELECT g, flag, count(*), sum(i) FROM {t} GROUP BY g, flag",
+        "SELECT g, flag, count(*) FROM {t} GROUP BY ROLLUP (g, flag)",
+        "SELECT g, flag, count(*) FROM {t} GROUP BY CUBE (g, flag)",
+        "SELECT g, count(*) FROM {t} GROUP BY GROUPING SETS ((g), ())",
+        "SELECT g, count(*) FROM {t} GROUP BY g HAVING count(*) > 30",
+        "SELECT g, count(*) FROM {t} GROUP BY g HAVING sum(i) > 0",
+        "SELECT g, count(*) FROM {t} GROUP BY g HAVING max(s) > 'm'",
+        "SELECT g, count(*) FROM {t} GROUP BY g HAVING bool_or(flag)",
+        "SELECT g FROM {t} GROUP BY g HAVING count(DISTINCT s) > 5",
+        "SELECT id, count(*) FROM {t} GROUP BY id HAVING count(*) > 1",
+        "SELECT id, max(i) FROM {t} GROUP BY id HAVING max(i) > 990",
+        "SELECT count(*) FROM {t} HAVING count(*) > 1000",
+        "SELECT count(*), sum(i) FROM {t} HAVING sum(i) IS NOT NULL",
+        "SELECT g, count(*) FROM {t} GROUP BY g ORDER BY count(*) DESC, g NULLS FIRST LIMIT 3",
+        "SELECT g, sum(b) FROM {t} GROUP BY g ORDER BY 2 DESC NULLS LAST, 1 NULLS LAST",
+        "SELECT g, avg(i) FROM {t} GROUP BY g ORDER BY avg(i) NULLS FIRST, g NULLS FIRST",
+        "SELECT id, count(*) FROM {t} GROUP BY id ORDER BY count(*) DESC, id LIMIT 5",
+        "SELECT id % 4, count(*) FROM {t} GROUP BY 1",
+        "SELECT sum(x) FROM (SELECT i AS x FROM {t} WHERE i > 0) s",
+        "SELECT count(*) FROM (SELECT DISTINCT g FROM {t}) s",
+        "SELECT avg(c) FROM (SELECT g, count(*) AS c FROM {t} GROUP BY g) s",
+        "SELECT count(*) FROM {t} WHERE lower(s) = 'abc'",
+        "SELECT sum(i) FROM {t} WHERE s LIKE '%a%'",
+        "SELECT max(i), min(i) FROM {t} WHERE f = 'NaN'",
+        "SELECT count(*), count(f), round(sum(f)::numeric, 6), round(avg(f)::numeric, 6) FROM {t} WHERE f <> 'NaN' AND f > '-Infinity' AND f < 'Infinity' AND abs(f) < 1e300",
+        "SELECT sum(n), avg(n) FROM {t} WHERE n <> 'NaN'",
+        "SELECT sum(n), avg(n), min(n), max(n) FROM {t} WHERE n <> 'NaN' AND n <> 'Infinity'",
+        "SELECT g, sum(n), avg(n2), min(n2), max(n2) FROM {t} GROUP BY g",
+        "SELECT g, string_agg(s, ',' ORDER BY s, id) FROM {t} GROUP BY g",
+        "SELECT g, array_agg(id ORDER BY id) FROM {t} GROUP BY g",
+        "SELECT sum(i), sum(i) FILTER (WHERE g = 1), count(*) FILTER (WHERE s = '') FROM {t}",
+        "SELECT count(*) FILTER (WHERE s ILIKE 'a%') FROM {t}",
+        "SELECT max(i) FILTER (WHERE n > 1) FROM {t}",
+        "SELECT sum(b) FROM {t} GROUP BY g",
+        "SELECT sum(i) FROM {t} WHERE i = 2147483647",
+        "SELECT sum(i * 2) FROM {t}",
+        "SELECT sum(b * 2) FROM {t}",
+        "SELECT avg(b) FROM {t} WHERE b = 9223372036854775807",
+        "SELECT max(i) + 1 FROM {t}",
+        "SELECT min(id), max(id) FROM {t}",
+        "SELECT count(*) FROM {t} WHERE id = 5",
+        "SELECT sum(i) FROM {t} WHERE id IN (5, 6, 7, 8)",
+        "SELECT count(*), min(s), max(s) FROM {t} WHERE id = 123456",
+        "SELECT bool_and(i > 0), bool_or(i > 0) FROM {t}",
+        "SELECT bool_and(flag) FROM {t} WHERE flag IS NULL",
+        "SELECT count(DISTINCT g), count(DISTINCT flag) FROM {t}",
+        "SELECT count(*) FROM {t} x JOIN {u} y ON x.id = y.id",
+        "SELECT x.g, count(*), sum(y.val) FROM {t} x JOIN {u} y ON x.id = y.id GROUP BY x.g",
+        "SELECT x.g, count(*) FROM {t} x JOIN {u} y ON x.id = y.id WHERE y.val > 0 GROUP BY x.g HAVING count(*) > 1",
+        "SELECT count(*), count(y.id) FROM {t} x LEFT JOIN {u} y ON x.id = y.id",
+        "SELECT count(*) FROM {t} x JOIN {u} y ON x.id = y.t_id",
+    ];
+    for q in more {
+        sw.q(q);
+    }
+}
+
+fn ordering(sw: &mut Sweep) {
+    let qs = [
+        "SELECT id FROM {t} ORDER BY id",
+        "SELECT id FROM {t} ORDER BY id DESC",
+        "SELECT id, i FROM {t} ORDER BY i, id",
+        "SELECT id, i FROM {t} ORDER BY i NULLS FIRST, id",
+        "SELECT id, i FROM {t} ORDER BY i DESC, id",
+        "SELECT id, i FROM {t} ORDER BY i DESC NULLS LAST, id",
+        "SELECT id, i FROM {t} ORDER BY i ASC NULLS LAST, id DESC",
+        "SELECT id, f FROM {t} ORDER BY f, id",
+        "SELECT id, f FROM {t} ORDER BY f DESC NULLS LAST, id",
+        "SELECT id, r FROM {t} ORDER BY r, id",
+        "SELECT id, n FROM {t} ORDER BY n, id",
+        "SELECT id, n FROM {t} ORDER BY n DESC NULLS LAST, id",
+        "SELECT id, n2 FROM {t} ORDER BY n2, id",
+        "SELECT id, s FROM {t} ORDER BY s, id",
+        "SELECT id, s FROM {t} ORDER BY s COLLATE \"C\" DESC, id",
+        "SELECT id, s FROM {t} ORDER BY lower(s), id",
+        "SELECT id, s FROM {t} ORDER BY length(s) DESC, s, id",
+        "SELECT id, v FROM {t} ORDER BY v NULLS FIRST, id",
+        "SELECT id, flag FROM {t} ORDER BY flag, id",
+        "SELECT id, flag FROM {t} ORDER BY flag DESC, id",
+        "SELECT id, d FROM {t} ORDER BY d, id",
+        "SELECT id, ts FROM {t} ORDER BY ts DESC, id",
+        "SELECT id, tz FROM {t} ORDER BY tz, id",
+        "SELECT id, u FROM {t} ORDER BY u, id",
+        "SELECT id, by FROM {t} ORDER BY by, id",
+        "SELECT id, j FROM {t} ORDER BY j, id",
+        "SELECT id, b FROM {t} ORDER BY b, id",
+        "SELECT id, sm FROM {t} ORDER BY sm DESC, id DESC",
+        "SELECT id, i + g AS x FROM {t} ORDER BY x, id",
+        "SELECT id, i FROM {t} ORDER BY 2, 1",
+        "SELECT id FROM {t} ORDER BY id LIMIT 10",
+        "SELECT id FROM {t} ORDER BY id DESC LIMIT 10 OFFSET 5",
+        "SELECT id FROM {t} ORDER BY id LIMIT 0",
+        "SELECT id FROM {t} ORDER BY id OFFSET 295",
+        "SELECT id FROM {t} ORDER BY id LIMIT ALL",
+        "SELECT id FROM {t} ORDER BY id LIMIT NULL",
+        "SELECT id FROM {t} ORDER BY id LIMIT -1",
+        "SELECT id FROM {t} ORDER BY id OFFSET -1",
+        "SELECT id FROM {t} ORDER BY id FETCH FIRST 3 ROWS ONLY",
+        "SELECT * FROM (SELECT id, g FROM {t} ORDER BY g FETCH FIRST 3 ROWS WITH TIES) s",
+        "SELECT id, i FROM {t} WHERE i > 0 ORDER BY i, id LIMIT 7",
+        "SELECT id, s FROM {t} WHERE s LIKE 'a%' ORDER BY s, id LIMIT 3",
+        "SELECT id, f FROM {t} WHERE f > 0 ORDER BY f DESC, id LIMIT 5",
+        "SELECT id, i FROM {t} ORDER BY i NULLS FIRST, id LIMIT 5",
+        "SELECT id, d FROM {t} ORDER BY d DESC NULLS FIRST, id LIMIT 5",
+        "SELECT id, tz FROM {t} ORDER BY tz DESC, id LIMIT 5",
+        "SELECT count(*) FROM (SELECT id FROM {t} LIMIT 10) s",
+        "SELECT count(*) FROM (SELECT id FROM {t} OFFSET 290) s",
+        "SELECT DISTINCT g FROM {t}",
+        "SELECT DISTINCT g FROM {t} ORDER BY g",
+        "SELECT DISTINCT g, flag FROM {t} ORDER BY g, flag",
+        "SELECT DISTINCT s FROM {t}",
+        "SELECT DISTINCT lower(s) FROM {t}",
+        "SELECT DISTINCT n FROM {t}",
+        "SELECT DISTINCT f FROM {t}",
+        "SELECT DISTINCT j FROM {t}",
+        "SELECT DISTINCT ON (g) g, id, i FROM {t} ORDER BY g, id",
+        "SELECT DISTINCT ON (g) g, id, i FROM {t} ORDER BY g, i DESC NULLS LAST, id",
+        "SELECT DISTINCT ON (flag) flag, s FROM {t} ORDER BY flag, s, id",
+        "SELECT id, row_number() OVER (ORDER BY id) FROM {t}",
+        "SELECT id, rank() OVER (PARTITION BY g ORDER BY i, id) FROM {t}",
+        "SELECT id, dense_rank() OVER (ORDER BY g) FROM {t}",
+        "SELECT id, sum(i) OVER (PARTITION BY g) FROM {t}",
+        "SELECT id, sum(i) OVER (PARTITION BY g ORDER BY id) FROM {t}",
+        "SELECT id, avg(i) OVER (ORDER BY id ROWS BETWEEN 2 PRECEDING AND 2 FOLLOWING) FROM {t}",
+        "SELECT id, lag(i) OVER (ORDER BY id), lead(s, 2) OVER (ORDER BY id) FROM {t}",
+        "SELECT id, first_value(s) OVER (PARTITION BY g ORDER BY id) FROM {t}",
+        "SELECT id, count(*) OVER (PARTITION BY flag) FROM {t}",
+        "SELECT id, ntile(4) OVER (ORDER BY id) FROM {t}",
+        "SELECT * FROM (SELECT id, row_number() OVER (PARTITION BY g ORDER BY id) AS rn FROM {t}) s WHERE rn <= 2",
+        "SELECT id, percent_rank() OVER (ORDER BY i NULLS FIRST, id) FROM {t}",
+    ];
+    for q in qs {
+        sw.q(q);
+    }
+}
+
+fn queries(sw: &mut Sweep) {
+    let qs = [
+        "SELECT * FROM {t}",
+        "SELECT * FROM {t} WHERE id = 5",
+        "SELECT * FROM {t} x WHERE x.* IS NOT NULL",
+        "SELECT x FROM {t} x WHERE id < 0",
+        "SELECT to_jsonb(x) FROM {t} x WHERE id > 280",
+        "SELECT row_to_json(x)::text FROM {t} x WHERE id BETWEEN 100 AND 110",
+        "SELECT count(*) FROM {t} x, {t} y WHERE x.id = y.id",
+        "SELECT x.id, y.id FROM {t} x JOIN {u} y ON x.id = y.id",
+        "SELECT x.id, y.id, y.note FROM {t} x LEFT JOIN {u} y ON x.id = y.id",
+        "SELECT x.id, y.id FROM {t} x RIGHT JOIN {u} y ON x.id = y.id",
+        "SELECT x.id, y.id FROM {t} x FULL JOIN {u} y ON x.id = y.id",
+        "SELECT x.id, y.id FROM {t} x JOIN {u} y ON x.id = y.t_id",
+        "SELECT x.id, y.id FROM {t} x LEFT JOIN {u} y ON x.id = y.t_id AND y.val > 0",
+        "SELECT x.id, y.id FROM {t} x JOIN {u} y USING (id)",
+        "SELECT * FROM {t} x NATURAL JOIN {u} y",
+        "SELECT x.id, y.val FROM {t} x JOIN {u} y ON x.id = y.id WHERE x.i > 0 AND y.val < 0",
+        "SELECT x.id, y.val FROM {t} x JOIN {u} y ON x.id = y.id AND x.s = y.note",
+        "SELECT x.id, y.val FROM {t} x JOIN {u} y ON x.id = y.id WHERE x.s LIKE '%a%' OR y.note ILIKE '%A%'",
+        "SELECT x.id, y.val FROM {t} x LEFT JOIN {u} y ON x.id = y.id WHERE y.id IS NULL",
+        "SELECT x.id, y.val FROM {t} x LEFT JOIN {u} y ON x.id = y.id AND y.note = ''",
+        "SELECT x.id, y.val FROM {t} x JOIN {u} y ON x.id = y.id WHERE x.id = 50",
+        "SELECT x.id, y.val FROM {t} x JOIN {u} y ON x.id = y.id WHERE x.id IN (25, 26, 27)",
+        "SELECT x.id, y.val FROM {t} x JOIN {u} y ON x.id = y.id ORDER BY x.id LIMIT 5",
+        "SELECT x.id, x.s FROM {t} x JOIN {u} y ON x.id = y.id ORDER BY x.id",
+        "SELECT x.id FROM {t} x JOIN {u} y ON x.id = y.id ORDER BY x.id DESC LIMIT 3 OFFSET 2",
+        "SELECT y.id, y.note FROM {t} x JOIN {u} y ON x.id = y.id ORDER BY y.id",
+        "SELECT x.id, y.val FROM {t} x LEFT JOIN {u} y ON x.id = y.id ORDER BY x.id NULLS FIRST",
+        "SELECT x.i FROM {t} x JOIN {u} y ON x.id = y.id ORDER BY x.i, x.id LIMIT 4",
+        "SELECT count(*) FROM (SELECT x.id FROM {t} x JOIN {u} y ON x.id = y.id LIMIT 1000) s",
+        "SELECT count(*) FROM (SELECT x.id FROM {t} x LEFT JOIN {u} y ON x.id = y.id LIMIT 1000) s",
+        "SELECT count(*) FROM (SELECT x.id FROM {t} x JOIN {u} y ON x.id = y.id OFFSET 3) s",
+        "SELECT x.id, y.val FROM {t} x JOIN {u} y ON x.id = y.id WHERE x.id > 100 ORDER BY x.id LIMIT 3",
+        "SELECT x.id, c.name FROM {t} x JOIN cats c ON c.code = x.g",
+        "SELECT x.id, c.name FROM {t} x LEFT JOIN cats c ON c.code = x.g WHERE x.id < 30",
+        "SELECT c.code, count(x.id) FROM cats c LEFT JOIN {t} x ON c.code = x.g GROUP BY c.code",
+        "SELECT x.id FROM {t} x JOIN {t} y ON x.i = y.i AND x.id <> y.id",
+        "SELECT x.id, k.n FROM {t} x JOIN {k} k ON k.k = x.s",
+        "SELECT x.id, k.n FROM {t} x JOIN {k} k ON k.k = x.s COLLATE \"C\"",
+        "SELECT id FROM {t} WHERE id < 0 UNION SELECT id FROM {u} WHERE id < 30",
+        "SELECT g FROM {t} UNION ALL SELECT val FROM {u}",
+        "SELECT g FROM {t} INTERSECT SELECT val FROM {u}",
+        "SELECT g FROM {t} EXCEPT SELECT val FROM {u}",
+        "SELECT s FROM {t} UNION SELECT note FROM {u} ORDER BY 1 NULLS FIRST",
+        "WITH c AS (SELECT g, count(*) n FROM {t} GROUP BY g) SELECT * FROM c WHERE n > 25",
+        "WITH c AS MATERIALIZED (SELECT * FROM {t} WHERE i > 0) SELECT count(*), sum(i) FROM c",
+        "WITH RECURSIVE r(x) AS (SELECT min(id) FROM {t} WHERE id > 0 UNION ALL SELECT (SELECT min(id) FROM {t} WHERE id > r.x) FROM r WHERE r.x < 40) SELECT * FROM r",
+        "SELECT id, (SELECT count(*) FROM {u} y WHERE y.t_id = x.id) FROM {t} x WHERE id < 40",
+        "SELECT id, (SELECT max(val) FROM {u} y WHERE y.id = x.id) FROM {t} x",
+        "SELECT id FROM {t} x WHERE i = (SELECT max(i) FROM {t})",
+        "SELECT id FROM {t} x WHERE i > (SELECT avg(i) FROM {t} y WHERE y.g = x.g)",
+        "SELECT (SELECT count(*) FROM {t}) - (SELECT count(*) FROM {u})",
+        "SELECT * FROM {t} x, LATERAL (SELECT count(*) FROM {u} y WHERE y.t_id = x.id) l WHERE x.id BETWEEN 20 AND 30",
+        "SELECT id, unnest(ARRAY[i, g]) FROM {t}",
+        "SELECT id, generate_series(1, 2) FROM {t} WHERE id < 0",
+        "SELECT * FROM {t} WHERE id = (SELECT 5)",
+        "SELECT * FROM {t} WHERE id = (SELECT min(id) FROM {u})",
+        "SELECT * FROM {t} WHERE id IN (SELECT id FROM {u} WHERE val = 7)",
+        "SELECT id FROM {t} FOR UPDATE",
+        "SELECT id FROM {t} WHERE id = 5 FOR SHARE",
+        "SELECT k, n FROM {k} WHERE k = 'é'",
+        "SELECT k, n FROM {k} WHERE k = 'Émile'",
+        "SELECT k, n FROM {k} WHERE k = ''",
+        "SELECT k, n FROM {k} WHERE k IN ('abc', 'ABC', 'zoë', 'nope')",
+        "SELECT k, n FROM {k} WHERE k > 'a'",
+        "SELECT k, n FROM {k} WHERE k LIKE 'a%'",
+        "SELECT k, n FROM {k} WHERE k = 'trail'",
+        "SELECT k, n FROM {k} WHERE k = 'trail '",
+        "SELECT k, n FROM {k} WHERE k = 'it''s'",
+        "SELECT k, n FROM {k} WHERE k = 'back\\slash'",
+        "SELECT k, n FROM {k} ORDER BY k",
+        "SELECT k, n FROM {k} ORDER BY k DESC LIMIT 4",
+        "SELECT k, n FROM {k} WHERE k = 12::text",
+        "SELECT k FROM {k} WHERE k::int > 0",
+        "SELECT 1/0 FROM {t} WHERE id = 5",
+        "SELECT i / (g - g) FROM {t}",
+        "SELECT id FROM {t} WHERE i / g > 1",
+        "SELECT id FROM {t} WHERE 1 / (i - i) = 1",
+        "SELECT id FROM {t} WHERE i * 100000 > 0",
+        "SELECT id FROM {t} WHERE b * 10 > 0",
+        "SELECT id FROM {t} WHERE sm * 1000 > 0",
+        "SELECT id FROM {t} WHERE i + 1 > 0 AND i < 2147483647",
+        "SELECT id FROM {t} WHERE s::int > 0",
+        "SELECT id FROM {t} WHERE s::int > 0 AND s ~ '^-?[0-9]+$'",
+        "SELECT id FROM {t} WHERE n::int > 0",
+        "SELECT id FROM {t} WHERE f::int > 0",
+        "SELECT id FROM {t} WHERE j ->> 'a' = '1'",
+        "SELECT id FROM {t} WHERE (j ->> 'a')::int = 1",
+        "SELECT id FROM {t} WHERE log(f) > 1",
+        "SELECT id FROM {t} WHERE sqrt(i) > 1",
+        "SELECT id FROM {t} WHERE ts > 'garbage'",
+        "SELECT id FROM {t} WHERE u = 'not-a-uuid'",
+        "SELECT id FROM {t} WHERE i = 'x'",
+        "SELECT id FROM {t} WHERE nosuchcol = 1",
+        "SELECT id FROM {t} WHERE i = 99999999999",
+        "SELECT id FROM {t} WHERE sm = 99999",
+        "SELECT id FROM {t} WHERE sm = 99999::int",
+        "SELECT id FROM {t} WHERE id = 99999999999999999999",
+        "SELECT id FROM {t} WHERE id = 1e30",
+        "SELECT id FROM {t} WHERE i = 1e30",
+        "SELECT id FROM {t} WHERE f = 1e400",
+        "SELECT id FROM {t} WHERE f > 1e308 * 10",
+        "SELECT id FROM {t} WHERE s = 'abc' COLLATE \"und-x-icu\"",
+        "SELECT id FROM {t} WHERE s < 'b' COLLATE \"und-x-icu\"",
+        "SELECT id, s FROM {t} ORDER BY s COLLATE \"und-x-icu\", id",
+        "SELECT id FROM {t} WHERE s = 'ABC' COLLATE \"POSIX\"",
+    ];
+    for q in qs {
+        sw.q(q);
+    }
+}
+
+fn extended_protocol(sw: &mut Sweep) {
+    sw.p("SELECT id::text, s FROM {t} WHERE id = $1", &[&5i64]);
+    sw.p("SELECT id::text, s FROM {t} WHERE id = $1", &[&i64::MIN]);
+    sw.p("SELECT id::text FROM {t} WHERE i = $1", &[&0i32]);
+    sw.p(
+        "SELECT id::text FROM {t} WHERE i > $1 AND i < $2",
+        &[&-10i32, &10i32],
+    );
+    sw.p(
+        "SELECT id::text FROM {t} WHERE b > $1",
+        &[&3_000_000_000i64],
+    );
+    sw.p("SELECT id::text FROM {t} WHERE s = $1", &[&"abc"]);
+    sw.p("SELECT id::text FROM {t} WHERE s = $1", &[&""]);
+    sw.p("SELECT id::text FROM {t} WHERE s = $1", &[&"it's"]);
+    sw.p("SELECT id::text FROM {t} WHERE s = $1", &[&"back\\slash"]);
+    sw.p("SELECT id::text FROM {t} WHERE s LIKE $1", &[&"a%"]);
+    sw.p("SELECT id::text FROM {t} WHERE s LIKE $1", &[&"%\\%%"]);
+    sw.p("SELECT id::text FROM {t} WHERE s ILIKE $1", &[&"%É%"]);
+    sw.p("SELECT id::text FROM {t} WHERE s = $1", &[&None::<String>]);
+    sw.p(
+        "SELECT id::text FROM {t} WHERE s IS NOT DISTINCT FROM $1",
+        &[&None::<String>],
+    );
+    sw.p("SELECT id::text FROM {t} WHERE i = $1", &[&None::<i32>]);
+    sw.p("SELECT id::text FROM {t} WHERE f = $1", &[&f64::NAN]);
+    sw.p("SELECT id::text FROM {t} WHERE f = $1", &[&f64::INFINITY]);
+    sw.p("SELECT id::text FROM {t} WHERE f = $1", &[&-0.0f64]);
+    sw.p("SELECT id::text FROM {t} WHERE f > $1", &[&0.1f64]);
+    sw.p("SELECT id::text FROM {t} WHERE r = $1", &[&0.1f32]);
+    sw.p("SELECT id::text FROM {t} WHERE flag = $1", &[&true]);
+    sw.p(
+        "SELECT id::text FROM {t} WHERE flag IS DISTINCT FROM $1",
+        &[&true],
+    );
+    sw.p("SELECT id::text FROM {t} WHERE by = $1", &[&vec![0u8]]);
+    sw.p(
+        "SELECT id::text FROM {t} WHERE by = $1",
+        &[&Vec::<u8>::new()],
+    );
+    sw.p("SELECT id::text FROM {t} WHERE by > $1", &[&vec![0x80u8]]);
+    sw.p(
+        "SELECT id::text FROM {t} WHERE id = ANY($1)",
+        &[&vec![1i64, 5, 50, -7]],
+    );
+    sw.p(
+        "SELECT id::text FROM {t} WHERE i = ANY($1)",
+        &[&vec![Some(0i32), None]],
+    );
+    sw.p(
+        "SELECT id::text FROM {t} WHERE s = ANY($1)",
+        &[&vec!["abc", "", "zoë"]],
+    );
+    sw.p("SELECT id::text FROM {t} WHERE id = $1::bigint", &[&"12"]);
+    sw.p("SELECT id::text FROM {t} WHERE id = $1::int", &[&"12"]);
+    sw.p("SELECT id::text FROM {t} WHERE i = $1::int", &[&"notanint"]);
+    sw.p("SELECT id::text FROM {t} WHERE n = $1::numeric", &[&"1.50"]);
+    sw.p("SELECT id::text FROM {t} WHERE n > $1::numeric", &[&"1e5"]);
+    sw.p(
+        "SELECT id::text FROM {t} WHERE d = $1::date",
+        &[&"2020-02-02"],
+    );
+    sw.p(
+        "SELECT id::text FROM {t} WHERE d > $1::date",
+        &[&"2020-02-02"],
+    );
+    sw.p(
+        "SELECT id::text FROM {t} WHERE ts > $1::timestamp",
+        &[&"2020-02-02 10:00"],
+    );
+    sw.p(
+        "SELECT id::text FROM {t} WHERE tz > $1::timestamptz",
+        &[&"2020-02-02 10:00+03"],
+    );
+    sw.p(
+        "SELECT id::text FROM {t} WHERE u = $1::uuid",
+        &[&"00000000-0000-0000-0000-000000000000"],
+    );
+    sw.p("SELECT id::text FROM {t} WHERE u::text > $1", &[&"8"]);
+    sw.p(
+        "SELECT id::text FROM {t} WHERE j @> $1::jsonb",
+        &[&r#"{"a": 1}"#],
+    );
+    sw.p(
+        "SELECT id::text FROM {t} WHERE j ->> $1 = $2",
+        &[&"a", &"x"],
+    );
+    sw.p("SELECT id::text FROM {t} ORDER BY id LIMIT $1", &[&5i64]);
+    sw.p(
+        "SELECT id::text FROM {t} ORDER BY id LIMIT $1 OFFSET $2",
+        &[&5i64, &10i64],
+    );
+    sw.p("SELECT id::text FROM {t} ORDER BY id LIMIT $1", &[&-1i64]);
+    sw.p(
+        "SELECT id::text FROM {t} ORDER BY id LIMIT $1",
+        &[&None::<i64>],
+    );
+    sw.p(
+        "SELECT count(*)::text, sum(i)::text FROM {t} WHERE g = $1",
+        &[&3i32],
+    );
+    sw.p(
+        "SELECT g::text, count(*)::text FROM {t} WHERE i > $1 GROUP BY g",
+        &[&0i32],
+    );
+    sw.p(
+        "SELECT g::text, count(*)::text FROM {t} GROUP BY g HAVING count(*) > $1",
+        &[&28i64],
+    );
+    sw.p(
+        "SELECT id::text FROM {t} WHERE i + $1 > 0",
+        &[&2147483647i32],
+    );
+    sw.p("SELECT (i / $1)::text FROM {t}", &[&0i32]);
+    sw.p("SELECT ($1 || s) FROM {t}", &[&"x"]);
+    sw.p("SELECT k FROM {k} WHERE k = $1", &[&"Émile"]);
+    sw.p("SELECT k FROM {k} WHERE k = $1", &[&"trail "]);
+    sw.p(
+        "SELECT k FROM {k} WHERE k = ANY($1)",
+        &[&vec!["abc", "日本語", "nope"]],
+    );
+    sw.p(
+        "SELECT x.id::text FROM {t} x JOIN {u} y ON x.id = y.id WHERE y.val > $1",
+        &[&10i32],
+    );
+    sw.p(
+        "SELECT x.id::text FROM {t} x JOIN {u} y ON x.id = y.id WHERE x.id = $1",
+        &[&30i64],
+    );
+
+    // Server-side prepared statements, past the switch to a generic plan.
+    sw.prepared(
+        "p1",
+        "SELECT id, s FROM {t} WHERE id = $1",
+        &["5", "-5", "0", "9223372036854775807", "NULL", "123456"],
+    );
+    sw.prepared(
+        "p2",
+        "SELECT id FROM {t} WHERE i > $1 AND s LIKE $2",
+        &["0, 'a%'", "-1000, '%'", "NULL, 'a%'", "5, '%\\%%'"],
+    );
+    sw.prepared(
+        "p3",
+        "SELECT g, count(*), sum(b), avg(i) FROM {t} WHERE g > $1 GROUP BY g",
+        &["0", "5", "100", "-1"],
+    );
+    sw.prepared(
+        "p4",
+        "SELECT id FROM {t} ORDER BY id LIMIT $1 OFFSET $2",
+        &["3, 0", "3, 297", "0, 0", "NULL, 295"],
+    );
+    sw.prepared(
+        "p5",
+        "SELECT id FROM {t} WHERE id = ANY($1::bigint[])",
+        &["'{1,2,3}'", "'{}'", "'{5,NULL}'", "NULL"],
+    );
+    sw.prepared(
+        "p6",
+        "SELECT id, i / $1 FROM {t} WHERE id < 0",
+        &["1", "0", "-1"],
+    );
+    sw.prepared(
+        "p7",
+        "SELECT k, n FROM {k} WHERE k = $1",
+        &["'abc'", "''", "'🦀crab'", "'ABC'"],
+    );
+    sw.prepared(
+        "p8",
+        "SELECT x.id, y.val FROM {t} x JOIN {u} y ON x.id = y.id WHERE x.id = $1",
+        &["25", "26", "1001"],
+    );
+    sw.prepared(
+        "p9",
+        "SELECT id FROM {t} WHERE tz > $1::timestamptz ORDER BY tz, id LIMIT 5",
+        &["'2010-01-01'", "'2020-06-01 00:00+05'"],
+    );
+    sw.prepared(
+        "p10",
+        "SELECT id FROM {t} WHERE f > $1",
+        &["'NaN'", "'-Infinity'", "0", "1e307"],
+    );
+    sw.prepared(
+        "p11",
+        "UPDATE {u} SET val = val + $2 WHERE id = $1 RETURNING id, val",
+        &["21, 1", "21, 1", "1001, -5", "99999, 1"],
+    );
+    sw.prepared(
+        "p12",
+        "SELECT id, sm + $1 FROM {t} WHERE id < -10",
+        &["1::smallint", "32767::smallint", "0::smallint"],
+    );
+}
+
+fn sessions(sw: &mut Sweep) {
+    // Time zones change how timestamptz reads and prints.
+    for zone in [
+        "UTC",
+        "America/Los_Angeles",
+        "Asia/Kolkata",
+        "Pacific/Kiritimati",
+        "-12",
+    ] {
+        simple(&mut sw.db, &format!("SET TimeZone = '{zone}'"));
+        sw.q("SELECT id, tz FROM {t}");
+        sw.q("SELECT id, tz::date, tz::time, tz::timestamp FROM {t}");
+        sw.q("SELECT id FROM {t} WHERE tz::date = '2020-05-05'");
+        sw.q("SELECT id FROM {t} WHERE tz > '2020-01-01 00:00'");
+        sw.q("SELECT id FROM {t} WHERE tz > '2020-01-01 00:00'::timestamp");
+        sw.q("SELECT id FROM {t} WHERE ts > '2020-01-01 00:00+00'::timestamptz");
+        sw.q("SELECT id FROM {t} WHERE d < '2020-01-01 00:00+00'::timestamptz");
+        sw.q("SELECT id FROM {t} WHERE tz > d");
+        sw.q("SELECT date_trunc('day', tz), count(*) FROM {t} GROUP BY 1");
+        sw.q("SELECT extract(hour from tz), count(*) FROM {t} GROUP BY 1");
+        sw.q("SELECT min(tz), max(tz) FROM {t}");
+        sw.q("SELECT min(tz)::text, max(tz)::text, min(ts)::text FROM {t}");
+        sw.q("SELECT id, tz FROM {t} ORDER BY tz, id LIMIT 10");
+        sw.q("SELECT id FROM {t} WHERE tz > now() - interval '10 years'");
+        sw.q("SELECT id FROM {t} WHERE tz::text LIKE '2020%'");
+        sw.q("SELECT id FROM {t} WHERE to_char(tz, 'HH24') = '00'");
+    }
+    simple(&mut sw.db, "RESET TimeZone");
+    for style in ["ISO, DMY", "SQL, MDY", "German", "Postgres, YMD"] {
+        simple(&mut sw.db, &format!("SET DateStyle = '{style}'"));
+        sw.q("SELECT id, d, ts, tz FROM {t} WHERE id < 0");
+        sw.q("SELECT id FROM {t} WHERE d > '03/04/2020'");
+    }
+    simple(&mut sw.db, "RESET DateStyle");
+    for digits in ["0", "3", "-15"] {
+        simple(&mut sw.db, &format!("SET extra_float_digits = {digits}"));
+        sw.q("SELECT id, f, r FROM {t}");
+        sw.q("SELECT sum(f), avg(r), min(f), max(r) FROM {t} WHERE id < 0");
+    }
+    simple(&mut sw.db, "RESET extra_float_digits");
+    simple(&mut sw.db, "SET bytea_output = 'escape'");
+    sw.q("SELECT id, by FROM {t}");
+    simple(&mut sw.db, "RESET bytea_output");
+    simple(&mut sw.db, "SET IntervalStyle = 'iso_8601'");
+    sw.q("SELECT id, tz - ts FROM {t}");
+    simple(&mut sw.db, "RESET IntervalStyle");
+    simple(
+        &mut sw.db,
+        "SET enable_hashagg = off; SET enable_sort = off",
+    );
+    sw.q("SELECT g, count(*) FROM {t} GROUP BY g");
+    sw.q("SELECT DISTINCT s FROM {t}");
+    simple(&mut sw.db, "RESET enable_hashagg; RESET enable_sort");
+    simple(&mut sw.db, "SET plan_cache_mode = force_generic_plan");
+    sw.prepared(
+        "g1",
+        "SELECT id, i FROM {t} WHERE id = $1 OR i = $2",
+        &["5, 0", "-5, NULL"],
+    );
+    sw.prepared(
+        "g2",
+        "SELECT count(*) FROM {t} WHERE s = $1",
+        &["'abc'", "''", "NULL"],
+    );
+    sw.prepared(
+        "g3",
+        "SELECT id FROM {t} ORDER BY s, id LIMIT $1",
+        &["4", "0"],
+    );
+    simple(&mut sw.db, "RESET plan_cache_mode");
+}
+
+fn cursors_and_copy(sw: &mut Sweep) {
+    for body in [
+        "SELECT id, s FROM {t} ORDER BY id",
+        "SELECT id, i FROM {t} WHERE i > 0 ORDER BY i, id",
+    ] {
+        sw.script(
+            "cursor",
+            &[
+                "BEGIN",
+                &format!("DECLARE c CURSOR FOR {body}"),
+                "FETCH 5 FROM c",
+                "FETCH 1 FROM c",
+                "MOVE 10 IN c",
+                "FETCH 3 FROM c",
+                "FETCH ALL FROM c",
+                "FETCH 1 FROM c",
+                "CLOSE c",
+                &format!("DECLARE s SCROLL CURSOR FOR {body}"),
+                "FETCH LAST FROM s",
+                "FETCH ABSOLUTE 3 FROM s",
+                "FETCH BACKWARD 2 FROM s",
+                "FETCH PRIOR FROM s",
+                "FETCH RELATIVE 7 FROM s",
+                "COMMIT",
+            ],
+        );
+    }
+    sw.script(
+        "cursor with hold",
+        &[
+            "DECLARE h CURSOR WITH HOLD FOR SELECT id FROM {t} ORDER BY id",
+            "FETCH 3 FROM h",
+            "FETCH 2 FROM h",
+            "CLOSE h",
+        ],
+    );
+    for q in [
+        "COPY (SELECT * FROM {t}) TO STDOUT",
+        "COPY (SELECT id, s, j FROM {t} WHERE i > 0) TO STDOUT WITH (FORMAT csv, HEADER)",
+        "COPY (SELECT id, by, f FROM {t}) TO STDOUT WITH (FORMAT text, NULL 'nil')",
+        "COPY {t} TO STDOUT",
+    ] {
+        let mut outs = Vec::new();
+        for local in [true, false] {
+            let sql = subst(q, local);
+            let out = match sw.db.copy_out(&sql) {
+                Ok(mut r) => {
+                    let mut s = String::new();
+                    r.read_to_string(&mut s).unwrap();
+                    let mut lines: Vec<String> = s.lines().map(str::to_string).collect();
+                    lines.sort();
+                    Outcome::Ok(lines.into_iter().map(|l| vec![Some(l)]).collect(), vec![])
+                }
+                Err(e) => failed(&e),
+            };
+            outs.push(out);
+        }
+        let d = outs.pop().unwrap();
+        let l = outs.pop().unwrap();
+        if q == "COPY {t} TO STDOUT" {
+            // COPY of a foreign table is refused by Postgres: a clear error.
+            if matches!(d, Outcome::Err(..)) {
+                sw.agreed += 1;
+            } else {
+                sw.record(q, l, d, false);
+            }
+        } else {
+            sw.record(q, l, d, false);
+        }
+    }
+}
+
+fn writes(sw: &mut Sweep) {
+    // Documented refusals: clear errors, nothing changed.
+    sw.refused("SELECT id FROM {t} WHERE id = 5 FOR UPDATE NOWAIT", "0A000");
+    sw.refused("SELECT id FROM {t} TABLESAMPLE SYSTEM (100)", "0A000");
+    sw.refused(
+        "INSERT INTO {t} (id, s) VALUES (1052, 'x') ON CONFLICT (id) DO NOTHING",
+        "42P10",
+    );
+    sw.refused(
+        "INSERT INTO {t} (id, s) VALUES (1053, 'x') ON CONFLICT (id) DO UPDATE SET s = 'y'",
+        "42P10",
+    );
+    sw.refused("UPDATE {t} SET id = id + 1 WHERE id = 140", "0A000");
+    sw.refused("UPDATE {k} SET k = 'renamed' WHERE k = 'abc'", "0A000");
+    sw.contents("refusals");
+    sw.script(
+        "inserts",
+        &[
+            "INSERT INTO {t} (id, i, s) VALUES (1000, 1, 'new')",
+            "INSERT INTO {t} (id, i, s, n, n2, f) VALUES (1001, NULL, 'it''s \\ \"q\"', 1.23456789, 1.23456, '-0') RETURNING id, s, n, n2, f",
+            "INSERT INTO {t} (id, s, v) VALUES (1002, '日本🦀', 'éééééééééééé') RETURNING *",
+            "INSERT INTO {t} (id, v) VALUES (1003, 'this is way too long for twelve')",
+            "INSERT INTO {t} (id, n2) VALUES (1004, 1234567890.5)",
+            "INSERT INTO {t} (id, n2) VALUES (1005, 123456789.9999)",
+            "INSERT INTO {t} (id, n2) VALUES (1006, 1.0005) RETURNING n2",
+            "INSERT INTO {t} (id, n2) VALUES (1007, -1.0005) RETURNING n2",
+            "INSERT INTO {t} (id, i) VALUES (1008, 2147483648)",
+            "INSERT INTO {t} (id, sm) VALUES (1009, 40000)",
+            "INSERT INTO {t} (id, i) VALUES (1010, 2.5) RETURNING i",
+            "INSERT INTO {t} (id, i) VALUES (1011, 3.5) RETURNING i",
+            "INSERT INTO {t} (id, i) VALUES (1012, -2.5) RETURNING i",
+            "INSERT INTO {t} (id, b) VALUES (1013, '9223372036854775807') RETURNING b",
+            "INSERT INTO {t} (id, f, r) VALUES (1014, 'NaN', '-Infinity') RETURNING f, r",
+            "INSERT INTO {t} (id, r) VALUES (1015, 1e39)",
+            "INSERT INTO {t} (id, tz, ts, d) VALUES (1016, '2024-02-29 23:59:59.999999+14', '2024-02-29 23:59:59.999999', '2024-02-29') RETURNING tz, ts, d",
+            "INSERT INTO {t} (id, d) VALUES (1017, '2023-02-29')",
+            "INSERT INTO {t} (id, u) VALUES (1018, 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11') RETURNING u",
+            "INSERT INTO {t} (id, j) VALUES (1019, '{\"b\": 1, \"a\": [true, null, 1.0]}') RETURNING j, j -> 'a'",
+            "INSERT INTO {t} (id, j) VALUES (1020, '{bad json')",
+            "INSERT INTO {t} (id, by) VALUES (1021, '\\x00010203'), (1022, 'abc\\000'::bytea) RETURNING by",
+            "INSERT INTO {t} (id, by) VALUES (1023, E'\\\\x00'::bytea) RETURNING by",
+            "INSERT INTO {t} (id, s) VALUES (1, 'dup')",
+            "INSERT INTO {t} (id, s) VALUES (1030, 'a'), (1030, 'b')",
+            "INSERT INTO {t} (id) VALUES (NULL)",
+            "INSERT INTO {t} (i) VALUES (1)",
+            "INSERT INTO {t} (id, i) SELECT id + 2000, i FROM {t} WHERE id BETWEEN 10 AND 20",
+            "INSERT INTO {t} (id, i) SELECT id + 3000, i * 2 FROM {t} WHERE i < 0 RETURNING id, i",
+            "INSERT INTO {t} (id, i) SELECT id, i FROM {t} WHERE id = 5",
+            "INSERT INTO {t} (id, s) VALUES (1040, NULL), (1041, ''), (1042, ' ') RETURNING id, s, s IS NULL",
+            "INSERT INTO {t} VALUES (1043) RETURNING *",
+            "INSERT INTO {t} (id, s) VALUES (1050, 'x') ON CONFLICT DO NOTHING RETURNING id",
+            "INSERT INTO {t} (id, s) VALUES (1050, 'y') ON CONFLICT DO NOTHING RETURNING id",
+            "INSERT INTO {t} (id, s) VALUES (1051, 'a'), (1051, 'b'), (5, 'c') ON CONFLICT DO NOTHING RETURNING id, s",
+            "INSERT INTO {t} (id, s) SELECT id, 'again' FROM {t} WHERE id < 0 ON CONFLICT DO NOTHING",
+            "INSERT INTO {k} VALUES ('new key ✓', 1), ('', 2)",
+            "INSERT INTO {k} VALUES ('NEW KEY ✓', 1) RETURNING k",
+            "INSERT INTO {k} VALUES (NULL, 1)",
+        ],
+    );
+    sw.script(
+        "updates",
+        &[
+            "UPDATE {t} SET i = i + 1 WHERE id = 5 RETURNING id, i",
+            "UPDATE {t} SET i = i + 1 WHERE i = 2147483647",
+            "UPDATE {t} SET sm = sm * 2 WHERE sm > 20000",
+            "UPDATE {t} SET b = b - 1 WHERE b = -9223372036854775808",
+            "UPDATE {t} SET i = i * 2 WHERE id BETWEEN 30 AND 40 RETURNING id, i",
+            "UPDATE {t} SET s = s || '!' WHERE s LIKE 'a%' RETURNING id, s",
+            "UPDATE {t} SET s = upper(s) WHERE id < 0 RETURNING id, s",
+            "UPDATE {t} SET s = NULL WHERE id = 50 RETURNING s",
+            "UPDATE {t} SET v = v || 'xxxxxxxxxxxxxx' WHERE id = 60",
+            "UPDATE {t} SET n = n + 1 WHERE n > 0 AND n <> 'NaN' RETURNING id, n",
+            "UPDATE {t} SET n2 = n2 * 1000 WHERE id = 70",
+            "UPDATE {t} SET n2 = n2 + 0.0004 WHERE id BETWEEN 70 AND 80 RETURNING n2",
+            "UPDATE {t} SET n2 = n2 + 99999999 WHERE id = 71",
+            "UPDATE {t} SET f = f / 0 WHERE id = 72",
+            "UPDATE {t} SET f = f * 2, r = r / 2 WHERE id BETWEEN 80 AND 90 RETURNING f, r",
+            "UPDATE {t} SET d = d + 1, ts = ts + interval '1 day', tz = tz - interval '1 hour' WHERE id BETWEEN 90 AND 100 RETURNING d, ts, tz",
+            "UPDATE {t} SET j = j || '{\"new\": 1}' WHERE jsonb_typeof(j) = 'object' RETURNING id, j",
+            "UPDATE {t} SET by = by || '\\x00'::bytea WHERE id BETWEEN 100 AND 105 RETURNING by",
+            "UPDATE {t} SET flag = NOT flag WHERE flag IS NOT NULL AND id > 250 RETURNING id, flag",
+            "UPDATE {t} SET flag = NULL WHERE id = 251",
+            "UPDATE {t} SET i = (SELECT max(val) FROM {u}) WHERE id = 110 RETURNING i",
+            "UPDATE {t} SET i = (SELECT val FROM {u} WHERE {u}.id = {t}.id) WHERE id BETWEEN 111 AND 130 RETURNING id, i",
+            "UPDATE {t} SET g = 99 WHERE id IN (SELECT t_id FROM {u} WHERE val = 7) RETURNING id",
+            "UPDATE {t} x SET s = y.note FROM {u} y WHERE y.id = x.id AND y.val > 45 RETURNING x.id, x.s",
+            "UPDATE {t} SET s = 'z', i = 0 WHERE id = 99999 RETURNING *",
+            "UPDATE {t} SET i = 1 / (i - i) WHERE id = 141",
+            "UPDATE {t} SET i = i WHERE id > 0",
+            "UPDATE {t} SET s = 'tab\there', v = 'q''uote' WHERE id = 142 RETURNING s, v",
+            "UPDATE {t} SET i = DEFAULT WHERE id = 143 RETURNING i",
+            "UPDATE {t} SET (i, g) = (g, i) WHERE id BETWEEN 150 AND 160 RETURNING id, i, g",
+            "UPDATE {k} SET n = n + 100 WHERE k = 'abc' RETURNING k, n",
+        ],
+    );
+    sw.script(
+        "deletes",
+        &[
+            "DELETE FROM {t} WHERE id = 170 RETURNING id, s",
+            "DELETE FROM {t} WHERE id = 99999 RETURNING id",
+            "DELETE FROM {t} WHERE i < -900 RETURNING id, i",
+            "DELETE FROM {t} WHERE s = '' RETURNING id",
+            "DELETE FROM {t} WHERE s ILIKE 'É%' RETURNING id",
+            "DELETE FROM {t} WHERE id IN (SELECT t_id FROM {u} WHERE val = -3) RETURNING id",
+            "DELETE FROM {t} x USING {u} y WHERE x.id = y.id AND y.val = 3 RETURNING x.id",
+            "DELETE FROM {t} WHERE f = 'NaN' RETURNING id",
+            "DELETE FROM {t} WHERE 1 / (id % 1000 - 175) > 100",
+            "DELETE FROM {k} WHERE k IN ('', 'zoë') RETURNING k",
+        ],
+    );
+    sw.script(
+        "transactions",
+        &[
+            "BEGIN",
+            "INSERT INTO {t} (id, s) VALUES (5000, 'in txn')",
+            "UPDATE {t} SET s = 'changed' WHERE id = 180",
+            "SELECT id, s FROM {t} WHERE id IN (5000, 180)",
+            "ROLLBACK",
+            "SELECT id, s FROM {t} WHERE id IN (5000, 180)",
+            "BEGIN",
+            "INSERT INTO {t} (id, s) VALUES (5001, 'kept')",
+            "SAVEPOINT a",
+            "INSERT INTO {t} (id, s) VALUES (5002, 'dropped')",
+            "UPDATE {t} SET i = -1 WHERE id = 181",
+            "SELECT id, s, i FROM {t} WHERE id IN (5001, 5002, 181)",
+            "ROLLBACK TO SAVEPOINT a",
+            "SELECT id, s, i FROM {t} WHERE id IN (5001, 5002, 181)",
+            "SAVEPOINT b",
+            "INSERT INTO {t} (id, s) VALUES (5001, 'duplicate')",
+            "SELECT 1",
+            "ROLLBACK TO b",
+            "INSERT INTO {t} (id, s) VALUES (5003, 'after error')",
+            "RELEASE SAVEPOINT b",
+            "DELETE FROM {t} WHERE id = 182 RETURNING id",
+            "COMMIT",
+            "SELECT id, s FROM {t} WHERE id BETWEEN 5000 AND 5010 OR id = 182",
+            "BEGIN",
+            "INSERT INTO {t} (id, s) VALUES (5004, 'fails later')",
+            "INSERT INTO {t} (id, s) VALUES (5004, 'dup')",
+            "SELECT 1",
+            "COMMIT",
+            "SELECT id FROM {t} WHERE id = 5004",
+            "BEGIN",
+            "UPDATE {t} SET i = i + 1 WHERE id = 183 RETURNING i",
+            "UPDATE {t} SET i = i + 1 WHERE id = 183 RETURNING i",
+            "SELECT i FROM {t} WHERE id = 183",
+            "SELECT count(*), sum(i) FROM {t}",
+            "DELETE FROM {t} WHERE id > 5000",
+            "SELECT count(*) FROM {t} WHERE id > 5000",
+            "COMMIT",
+            "BEGIN ISOLATION LEVEL REPEATABLE READ",
+            "SELECT count(*) FROM {t}",
+            "INSERT INTO {t} (id) VALUES (6000)",
+            "SELECT count(*) FROM {t}",
+            "COMMIT",
+            "BEGIN READ ONLY",
+            "INSERT INTO {t} (id) VALUES (6001)",
+            "ROLLBACK",
+            "TRUNCATE {k}",
+            "SELECT count(*) FROM {k}",
+            "BEGIN",
+            "INSERT INTO {k} VALUES ('a', 1), ('b', 2)",
+            "TRUNCATE {k}",
+            "INSERT INTO {k} VALUES ('c', 3)",
+            "ROLLBACK",
+            "SELECT count(*) FROM {k}",
+            "INSERT INTO {k} VALUES ('x', 1), ('y', 2)",
+        ],
+    );
+    sw.script(
+        "multi-statement",
+        &[
+            "INSERT INTO {u} (id, val) VALUES (7000, 1); UPDATE {u} SET val = 2 WHERE id = 7000; SELECT val FROM {u} WHERE id = 7000",
+            "INSERT INTO {u} (id, val) VALUES (7001, 1); INSERT INTO {u} (id, val) VALUES (7001, 1)",
+            "SELECT count(*) FROM {u} WHERE id >= 7000",
+            "WITH d AS (DELETE FROM {u} WHERE id = 7000 RETURNING *) SELECT count(*) FROM d",
+            "WITH i AS (INSERT INTO {u} (id, val) VALUES (7002, 5) RETURNING *) SELECT * FROM i",
+            "UPDATE {u} SET val = val + 1 WHERE id >= 7000 RETURNING id, val",
+        ],
+    );
+}
+
+#[test]
+fn hand_written_statements_agree_with_a_local_table() {
+    let (cluster, db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        ..Default::default()
+    });
+    let mut sw = Sweep {
+        db,
+        agreed: 0,
+        failures: Vec::new(),
+    };
+    load(&mut sw);
+    where_clauses(&mut sw);
+    expressions(&mut sw);
+    aggregates(&mut sw);
+    ordering(&mut sw);
+    queries(&mut sw);
+    extended_protocol(&mut sw);
+    sessions(&mut sw);
+    cursors_and_copy(&mut sw);
+    writes(&mut sw);
+    // The backend is alive and the nodes still answer.
+    sw.q("SELECT count(*) FROM {t}");
+    drop(cluster);
+    println!("{} statements agree", sw.agreed);
+    assert!(
+        sw.failures.is_empty(),
+        "{} of {} statements disagree:\n{}",
+        sw.failures.len(),
+        sw.failures.len() + sw.agreed,
+        sw.failures.join("\n")
+    );
+}
