@@ -2028,6 +2028,10 @@ pub unsafe fn re_scan_foreign_scan(node: *mut pg_sys::ForeignScanState) {
         let state = state(node);
         state.phase = Phase::NotStarted;
         state.ready.clear();
+        // The last run's LIMIT may be used up: a used-up count would end
+        // the next run before it starts (start() sets both again).
+        state.to_return = None;
+        state.to_skip = 0;
     }
 }
 

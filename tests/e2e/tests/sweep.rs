@@ -23,7 +23,8 @@ use std::io::Read as _;
 
 const COLUMNS: &str = "id bigint NOT NULL, g integer, i integer, b bigint, sm smallint, \
      n numeric, n2 numeric(12,3), f double precision, r real, s text, v varchar(12), \
-     flag boolean, d date, ts timestamp, tz timestamptz, u uuid, j jsonb, by bytea";
+     flag boolean, d date, ts timestamp, tz timestamptz, u uuid, j jsonb, by bytea, \
+     c char(5), sc text COLLATE \"und-x-icu\", sci text COLLATE ci";
 
 const U_COLUMNS: &str = "id bigint NOT NULL, t_id bigint, val integer, note text";
 const K_COLUMNS: &str = "k text NOT NULL, n integer";
@@ -502,8 +503,24 @@ fn t_row(rng: &mut Rng, id: i64) -> String {
             _ => format!("'\\x{:08x}'::bytea", rng.next() as u32),
         })
     };
+    let c = if nul(rng) {
+        None
+    } else {
+        let t: String = rng.pick(TEXTS).chars().take(5).collect();
+        Some(quote(&t))
+    };
+    let sc = if nul(rng) {
+        None
+    } else {
+        Some(quote(*rng.pick(TEXTS)))
+    };
+    let sci = if nul(rng) {
+        None
+    } else {
+        Some(quote(*rng.pick(TEXTS)))
+    };
     format!(
-        "({id}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+        "({id}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
         lit(g),
         lit(i),
         lit(b),
@@ -520,7 +537,10 @@ fn t_row(rng: &mut Rng, id: i64) -> String {
         lit(tz),
         lit(u),
         lit(j),
-        lit(by)
+        lit(by),
+        lit(c),
+        lit(sc),
+        lit(sci)
     )
 }
 
@@ -564,7 +584,8 @@ fn load(sw: &mut Sweep) {
         k_rows.push(format!("({}, {i})", quote(s)));
     }
     let setup = format!(
-        "CREATE TABLE l_t ({COLUMNS}, PRIMARY KEY (id));
+        "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+         CREATE TABLE l_t ({COLUMNS}, PRIMARY KEY (id));
          CREATE FOREIGN TABLE t ({COLUMNS}) SERVER cluster;
          SELECT conductor.create_distributed_table('t', 'id', shard_count => 16);
          CREATE TABLE l_u ({U_COLUMNS}, PRIMARY KEY (id));
@@ -1126,7 +1147,7 @@ fn aggregates(sw: &mut Sweep) {
         "SELECT s, count(*) FROM {t} GROUP BY s",
         "SELECT v, count(*) FROM {t} GROUP BY v",
         "SELECT n, count(*) FROM {t} GROUP BY n",
-        "SELECT f, count(*) FROM {t} GROUP BY f",
+        "SELECT abs(f), count(*) FROM {t} GROUP BY f",
         "SELECT r, count(*) FROM {t} GROUP BY r",
         "SELECT flag, count(*) FROM {t} GROUP BY flag",
         "SELECT d, count(*) FROM {t} GROUP BY d",
@@ -1249,7 +1270,7 @@ fn ordering(sw: &mut Sweep) {
         "SELECT DISTINCT s FROM {t}",
         "SELECT DISTINCT lower(s) FROM {t}",
         "SELECT DISTINCT n FROM {t}",
-        "SELECT DISTINCT f FROM {t}",
+        "SELECT abs(f) FROM (SELECT DISTINCT f FROM {t}) s",
         "SELECT DISTINCT j FROM {t}",
         "SELECT DISTINCT ON (g) g, id, i FROM {t} ORDER BY g, id",
         "SELECT DISTINCT ON (g) g, id, i FROM {t} ORDER BY g, i DESC NULLS LAST, id",
@@ -1357,7 +1378,7 @@ fn queries(sw: &mut Sweep) {
         "SELECT id FROM {t} WHERE i + 1 > 0 AND i < 2147483647",
         "SELECT id FROM {t} WHERE s::int > 0",
         "SELECT id FROM {t} WHERE s::int > 0 AND s ~ '^-?[0-9]+$'",
-        "SELECT id FROM {t} WHERE n::int > 0",
+        "SELECT id FROM {t} WHERE n::int > 0 AND n BETWEEN -1e9 AND 1e9",
         "SELECT id FROM {t} WHERE f::int > 0",
         "SELECT id FROM {t} WHERE j ->> 'a' = '1'",
         "SELECT id FROM {t} WHERE (j ->> 'a')::int = 1",
@@ -1929,6 +1950,638 @@ fn writes(sw: &mut Sweep) {
     );
 }
 
+fn collations_and_types(sw: &mut Sweep) {
+    let preds = [
+        "c = 'ab'",
+        "c = 'ab   '",
+        "c = ''",
+        "c < 'b'",
+        "c LIKE 'a%'",
+        "c LIKE 'ab'",
+        "c LIKE 'ab %'",
+        "c IN ('ab', 'abc', '')",
+        "c IS NULL",
+        "c = s",
+        "c::text = 'ab'",
+        "length(c) = 2",
+        "c || 'x' = 'abx'",
+        "sc = 'abc'",
+        "sc < 'b'",
+        "sc > 'É'",
+        "sc BETWEEN 'a' AND 'b'",
+        "sc LIKE 'a%'",
+        "sc IN ('abc', 'ABC')",
+        "sc = 'abc' COLLATE \"C\"",
+        "sc < 'b' COLLATE \"C\"",
+        "sci = 'abc'",
+        "sci = 'ABC'",
+        "sci <> 'abc'",
+        "sci = 'EMILE'",
+        "sci = 'émile'",
+        "sci IN ('abc', 'zoë')",
+        "sci < 'b'",
+        "sci LIKE 'a%'",
+        "sci = 'abc' COLLATE \"C\"",
+        "sci IS NOT NULL",
+        "v = 'abc'",
+        "v = 'abc '",
+        "v < 'b'",
+        "v LIKE '%c'",
+        "v = c",
+        "v::char(3) = 'abc'",
+    ];
+    for p in preds {
+        sw.q(&format!("SELECT id FROM {{t}} x WHERE {p}"));
+    }
+    let qs = [
+        "SELECT id, c, length(c), c::text, octet_length(c) FROM {t}",
+        "SELECT c, count(*) FROM {t} GROUP BY c",
+        "SELECT sc, count(*) FROM {t} GROUP BY sc",
+        "SELECT lower(sci), count(*) FROM {t} GROUP BY sci",
+        "SELECT count(DISTINCT sci), count(DISTINCT sc), count(DISTINCT c) FROM {t}",
+        "SELECT lower(sci) FROM (SELECT DISTINCT sci FROM {t}) s",
+        "SELECT min(c), max(c), min(sc), max(sc) FROM {t}",
+        "SELECT lower(min(sci)), lower(max(sci)) FROM {t} WHERE sci IN ('abc', 'zoë', 'NULL')",
+        "SELECT g, min(sc), max(sc) FROM {t} GROUP BY g",
+        "SELECT id, sc FROM {t} ORDER BY sc, id",
+        "SELECT id, sc FROM {t} ORDER BY sc DESC NULLS LAST, id LIMIT 7",
+        "SELECT id, c FROM {t} ORDER BY c, id",
+        "SELECT id, c FROM {t} ORDER BY c DESC, id LIMIT 5",
+        "SELECT id, sc FROM {t} ORDER BY sc COLLATE \"C\", id",
+        "SELECT id FROM {t} WHERE sc > 'm' ORDER BY sc, id LIMIT 5",
+        "SELECT sc, count(*) FROM {t} GROUP BY sc ORDER BY sc NULLS FIRST",
+        "SELECT x.id, y.id FROM {t} x JOIN {t} y ON x.sci = y.s WHERE x.id < 0",
+        "SELECT x.id FROM {t} x JOIN {u} y ON x.id = y.id WHERE x.sc < 'b'",
+        "SELECT x.id FROM {t} x JOIN {u} y ON x.id = y.id WHERE x.sci = 'abc'",
+        "SELECT x.id FROM {t} x JOIN {u} y ON x.id = y.id AND x.sci = y.note",
+        "SELECT count(*) FROM {t} x JOIN {u} y ON x.id = y.id AND x.c = 'ab'",
+    ];
+    for q in qs {
+        sw.q(q);
+    }
+}
+
+fn more_reads(sw: &mut Sweep) {
+    let long_keys: Vec<String> = (-1500..1500).map(|i| (i * 7).to_string()).collect();
+    let long_ints: Vec<String> = (-1200..1200).map(|i| i.to_string()).collect();
+    let long_texts: Vec<String> = TEXTS
+        .iter()
+        .cycle()
+        .take(1500)
+        .enumerate()
+        .map(|(i, t)| {
+            if i % 3 == 0 {
+                quote(t)
+            } else {
+                quote(&format!("{t}{i}"))
+            }
+        })
+        .collect();
+    let qs = vec![
+        format!(
+            "SELECT id FROM {{t}} WHERE id IN ({})",
+            long_keys.join(", ")
+        ),
+        format!(
+            "SELECT id FROM {{t}} WHERE id NOT IN ({})",
+            long_keys.join(", ")
+        ),
+        format!("SELECT id FROM {{t}} WHERE i IN ({})", long_ints.join(", ")),
+        format!(
+            "SELECT id FROM {{t}} WHERE s IN ({})",
+            long_texts.join(", ")
+        ),
+        format!("SELECT k FROM {{k}} WHERE k IN ({})", long_texts.join(", ")),
+        format!(
+            "SELECT count(*), sum(i) FROM {{t}} WHERE id = ANY ('{{{}}}'::bigint[])",
+            long_keys.join(",")
+        ),
+        format!(
+            "SELECT id FROM {{t}} WHERE id IN ({}) AND i > 0 ORDER BY id LIMIT 5",
+            long_keys.join(", ")
+        ),
+    ];
+    for q in &qs {
+        sw.q(q);
+    }
+    let qs = [
+        "SELECT id FROM {t} WHERE id = 5::smallint",
+        "SELECT id FROM {t} WHERE id = 5::int",
+        "SELECT id FROM {t} WHERE id = '5'",
+        "SELECT id FROM {t} WHERE id = 5::numeric",
+        "SELECT id FROM {t} WHERE id = 5.0::float8",
+        "SELECT id FROM {t} WHERE id IN (5::int, 6::smallint, 7::bigint)",
+        "SELECT id FROM {t} WHERE id IN (5, 6.5)",
+        "SELECT id FROM {t} WHERE id = ANY ('{5,6}'::int[])",
+        "SELECT id FROM {t} WHERE id = ANY ('{5,6}'::numeric[])",
+        "SELECT id FROM {t} WHERE id = ANY (ARRAY[5, 6.0])",
+        "SELECT id FROM {t} WHERE i IN (1::bigint, 3000000000)",
+        "SELECT id FROM {t} WHERE i = ANY ('{1,3000000000}'::bigint[])",
+        "SELECT id FROM {t} WHERE sm IN (1, 100000)",
+        "SELECT id FROM {t} WHERE sm = ANY ('{1,100000}'::int[])",
+        "SELECT id FROM {t} WHERE i < 3000000000",
+        "SELECT id FROM {t} WHERE i > -3000000000 AND i < 0",
+        "SELECT id FROM {t} WHERE b < 9.3e18",
+        "SELECT id FROM {t} WHERE b >= 9223372036854775807.5",
+        "SELECT id FROM {t} WHERE b = 4e18",
+        "SELECT id FROM {t} WHERE b = 4000000000000000000::float8",
+        "SELECT id FROM {t} WHERE b::float8 = 4e18",
+        "SELECT id FROM {t} WHERE f = i",
+        "SELECT id FROM {t} WHERE f < b",
+        "SELECT id FROM {t} WHERE r < 0.5::float8",
+        "SELECT id FROM {t} WHERE r = 306.5",
+        "SELECT id FROM {t} WHERE f IN (0, 'NaN', 'Infinity')",
+        "SELECT id FROM {t} WHERE f NOT IN (0, 'NaN')",
+        "SELECT id FROM {t} WHERE f BETWEEN '-Infinity' AND 0",
+        "SELECT id FROM {t} WHERE f > 'Infinity'",
+        "SELECT id FROM {t} WHERE f >= 'NaN'",
+        "SELECT id FROM {t} WHERE f <> 'NaN' AND f > 1",
+        "SELECT id FROM {t} WHERE d = '2020-01-01'::timestamp",
+        "SELECT id FROM {t} WHERE d < 'infinity'",
+        "SELECT id FROM {t} WHERE d > '-infinity'",
+        "SELECT id FROM {t} WHERE d <= '0001-01-01 BC'",
+        "SELECT id FROM {t} WHERE ts > 'infinity'",
+        "SELECT id FROM {t} WHERE ts < 'infinity'",
+        "SELECT id FROM {t} WHERE tz < 'infinity'",
+        "SELECT id FROM {t} WHERE tz >= '-infinity'",
+        "SELECT id FROM {t} WHERE d IN ('2020-01-01', 'infinity')",
+        "SELECT id FROM {t} WHERE tz IN ('infinity', '2009-04-13 04:02:35+00')",
+        "SELECT id FROM {t} WHERE u IN ('00000000-0000-0000-0000-000000000000', 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11')",
+        "SELECT id FROM {t} WHERE u < 'a0000000-0000-0000-0000-000000000000'",
+        "SELECT id FROM {t} WHERE u::text < 'a'",
+        "SELECT id FROM {t} WHERE by IN ('\\x00', '\\xdeadbeef')",
+        "SELECT id FROM {t} WHERE by BETWEEN '\\x00' AND '\\x7f'",
+        "SELECT id FROM {t} WHERE flag IN (true, NULL)",
+        "SELECT id FROM {t} WHERE flag NOT IN (true)",
+        "SELECT id FROM {t} WHERE flag < true",
+        "SELECT id FROM {t} WHERE flag > i > 0",
+        "SELECT id FROM {t} WHERE s LIKE '%\\'",
+        "SELECT id FROM {t} WHERE s LIKE 'a?b'",
+        "SELECT id FROM {t} WHERE s LIKE '%]%'",
+        "SELECT id FROM {t} WHERE s LIKE '%^%'",
+        "SELECT id FROM {t} WHERE s LIKE 'É%'",
+        "SELECT id FROM {t} WHERE s LIKE '%ß'",
+        "SELECT id FROM {t} WHERE s LIKE 'a\\_c'",
+        "SELECT id FROM {t} WHERE s LIKE 'a#_c' ESCAPE '#'",
+        "SELECT id FROM {t} WHERE s LIKE 'a_c' ESCAPE ''",
+        "SELECT id FROM {t} WHERE s LIKE '%\t%'",
+        "SELECT id FROM {t} WHERE s LIKE '%\n%'",
+        "SELECT id FROM {t} WHERE s NOT LIKE '' AND s NOT LIKE '_%_'",
+        "SELECT id FROM {t} WHERE s LIKE i::text",
+        "SELECT id FROM {t} WHERE s LIKE NULL",
+        "SELECT id FROM {t} WHERE v LIKE 'a_c%'",
+        "SELECT id FROM {t} WHERE s ~~ 'a%' AND s !~~ 'ab%'",
+        "SELECT id FROM {t} WHERE s ~~* 'É%'",
+        "SELECT id FROM {t} WHERE s = ANY ('{abc,\"\",NULL}'::text[])",
+        "SELECT id FROM {t} WHERE s <> ALL ('{abc,ABC}'::text[])",
+        "SELECT id FROM {t} WHERE s = 'abc' OR i IS NULL OR f = 'NaN'",
+        "SELECT id FROM {t} WHERE NOT (s = 'abc')",
+        "SELECT id FROM {t} WHERE NOT (s <> 'abc' OR i > 0)",
+        "SELECT id FROM {t} WHERE (s = 'abc') IS NOT TRUE",
+        "SELECT id FROM {t} WHERE (i > 0) IS UNKNOWN",
+        "SELECT id FROM {t} WHERE (i > 0 OR NULL) IS NULL",
+        "SELECT id FROM {t} WHERE CASE WHEN i > 0 THEN flag ELSE NOT flag END",
+        "SELECT id FROM {t} WHERE coalesce(flag, false)",
+        "SELECT id FROM {t} WHERE id > 0 AND id < 50 AND NOT (id IN (10, 20, 30))",
+        "SELECT id FROM {t} WHERE id = 5 OR id IS NULL",
+        "SELECT id FROM {t} WHERE id IS NOT NULL AND id < -15",
+        "SELECT id FROM {t} WHERE id BETWEEN 9223372036854775800 AND 9223372036854775807",
+        "SELECT id FROM {t} WHERE id < -9223372036854775807",
+        "SELECT id FROM {t} WHERE id + 1 > 9223372036854775806",
+        "SELECT id FROM {t} WHERE -id < 0",
+        "SELECT id FROM {t} WHERE abs(id) < 3",
+        "SELECT id FROM {t} WHERE i > (SELECT 10)",
+        "SELECT id FROM {t} WHERE s = (SELECT name FROM cats WHERE code = 3)",
+        "SELECT id FROM {t} WHERE g = (SELECT code FROM cats WHERE code > 100)",
+        "SELECT id FROM {t} WHERE g = (SELECT code FROM cats)",
+        "SELECT id FROM {t} WHERE id = (SELECT id FROM {u})",
+        "SELECT id FROM {t} WHERE id = (SELECT id FROM {u} WHERE val > 100)",
+        "SELECT id FROM {t} WHERE d > current_date - 36500",
+        "SELECT id FROM {t} WHERE tz < '2100-01-01'::timestamptz AND tz > now() - interval '100 years'",
+        "SELECT id FROM {t} WHERE ts < localtimestamp + interval '100 years'",
+        "SELECT id, i FROM {t} WHERE i = 0 ORDER BY id FOR UPDATE",
+        "SELECT x.id, count(*) FROM {t} x JOIN {u} y ON x.id = y.id GROUP BY x.id ORDER BY x.id LIMIT 5",
+        "SELECT x.id, count(*) FROM {t} x JOIN {u} y ON x.id = y.id GROUP BY x.id ORDER BY count(*) DESC, x.id LIMIT 3",
+        "SELECT x.g, sum(y.val), min(y.note), max(x.s) FROM {t} x JOIN {u} y ON x.id = y.id GROUP BY x.g ORDER BY 1 NULLS FIRST",
+        "SELECT x.id, max(y.val) FROM {t} x JOIN {u} y ON x.id = y.id GROUP BY x.id HAVING max(y.val) > 10",
+        "SELECT count(*) FILTER (WHERE y.val > 0), sum(x.i) FILTER (WHERE x.flag) FROM {t} x JOIN {u} y ON x.id = y.id",
+        "SELECT count(*), avg(y.val), sum(x.b) FROM {t} x LEFT JOIN {u} y ON x.id = y.id",
+        "SELECT x.flag, count(y.id) FROM {t} x LEFT JOIN {u} y ON x.id = y.id GROUP BY x.flag",
+        "SELECT x.id, y.val FROM {t} x LEFT JOIN {u} y ON x.id = y.id WHERE y.val IS NULL OR y.val > 40",
+        "SELECT x.id, y.val FROM {t} x LEFT JOIN {u} y ON x.id = y.id AND y.val > 0 WHERE x.id < 40",
+        "SELECT x.id, y.val FROM {t} x JOIN {u} y ON x.id = y.id AND y.val > x.i",
+        "SELECT x.id, y.val FROM {t} x JOIN {u} y ON x.id = y.id WHERE coalesce(y.val, 0) = 0",
+        "SELECT x.id, y.val FROM {t} x JOIN {u} y ON y.id = x.id AND x.id = 30",
+        "SELECT x.id, y.val FROM {t} x, {u} y WHERE x.id = y.id AND y.id IN (21, 1001, 40)",
+        "SELECT x.id FROM {t} x JOIN {u} y ON x.id = y.id JOIN {u} z ON z.id = y.id",
+        "SELECT x.id, z.code FROM {t} x JOIN {u} y ON x.id = y.id JOIN cats z ON z.code = x.g",
+        "SELECT x.id, y.val FROM {t} x JOIN {u} y ON x.id = y.id WHERE y.note LIKE '%a%'",
+        "SELECT x.id, y.val FROM {t} x JOIN {u} y ON x.id = y.id WHERE y.note = x.s",
+        "SELECT DISTINCT x.g FROM {t} x JOIN {u} y ON x.id = y.id",
+        "SELECT x.id, row_number() OVER (ORDER BY y.val NULLS FIRST, x.id) FROM {t} x JOIN {u} y ON x.id = y.id",
+        "SELECT x.id, y.val FROM {t} x JOIN {u} y ON x.id = y.id ORDER BY y.val NULLS FIRST, x.id",
+        "SELECT x.id, y.val FROM {t} x JOIN {u} y ON x.id = y.id ORDER BY y.val DESC NULLS LAST, x.id LIMIT 3",
+        "SELECT x.id, y.id FROM {t} x JOIN {u} y ON x.id = y.id + 0",
+        "SELECT x.id, y.id FROM {t} x JOIN {u} y ON x.id::text = y.id::text",
+        "SELECT id, count(*), min(s), max(s), sum(i) FROM {t} GROUP BY id HAVING count(*) > 0 ORDER BY id LIMIT 4",
+        "SELECT id, max(i) FROM {t} GROUP BY id HAVING max(i) > 900 ORDER BY max(i) DESC, id",
+        "SELECT id, min(f) FROM {t} GROUP BY id HAVING min(f) > 1000 ORDER BY min(f), id LIMIT 3",
+        "SELECT id, bool_and(flag) FROM {t} GROUP BY id HAVING bool_and(flag) ORDER BY id DESC LIMIT 3",
+        "SELECT id, count(s) FROM {t} GROUP BY id HAVING count(s) = 0 ORDER BY id",
+        "SELECT id, sum(b) FROM {t} GROUP BY id ORDER BY sum(b) DESC NULLS LAST, id LIMIT 3",
+        "SELECT g, count(*) FROM {t} GROUP BY g ORDER BY g DESC NULLS FIRST LIMIT 3 OFFSET 1",
+        "SELECT g, count(*) FROM {t} WHERE s = 'abc' GROUP BY g",
+        "SELECT g, count(*) FROM {t} WHERE i > 0 AND s LIKE '%a%' GROUP BY g HAVING count(*) >= 1 ORDER BY g NULLS FIRST",
+        "SELECT flag, min(d), max(ts), min(tz), max(u::text) FROM {t} GROUP BY flag",
+        "SELECT by, count(*) FROM {t} GROUP BY by ORDER BY by NULLS FIRST",
+        "SELECT u, count(*) FROM {t} GROUP BY u ORDER BY u NULLS LAST LIMIT 3",
+        "SELECT abs(f), count(*) FROM {t} GROUP BY f ORDER BY f NULLS FIRST",
+        "SELECT d, count(*) FROM {t} GROUP BY d ORDER BY d DESC NULLS LAST LIMIT 5",
+        "SELECT sum(i), avg(i), min(i), max(i), count(i) FROM {t} WHERE g = 999",
+        "SELECT g, sum(i), avg(i) FROM {t} WHERE g = 999 GROUP BY g",
+        "SELECT sum(sm), avg(sm), sum(b), avg(b) FROM {t}",
+        "SELECT avg(i)::text, avg(b)::text, avg(sm)::text FROM {t}",
+        "SELECT sum(i)::numeric / count(i), avg(i::numeric) FROM {t}",
+        "SELECT min(n), max(n), sum(n2), avg(n2) FROM {t} GROUP BY flag",
+        "SELECT count(*) FROM {t} WHERE i IS NOT NULL AND i IS NULL",
+        "SELECT max(id) FROM {t} WHERE id < 0",
+        "SELECT min(s), max(s) FROM {t} WHERE s <> ''",
+        "SELECT min(v), max(v) FROM {t}",
+        "SELECT min(j::text), max(by) FROM {t}",
+        "SELECT count(*) FROM {t} WHERE j IS NULL",
+        "SELECT count(*), count(j), count(by), count(u), count(tz) FROM {t}",
+        "SELECT count(*) FROM {t} GROUP BY () HAVING count(*) > 0",
+        "SELECT 1 FROM {t} HAVING count(*) > 0",
+        "SELECT count(*) FROM {t} WHERE false",
+        "SELECT sum(i) FROM {t} WHERE NULL",
+        "SELECT g, count(*) FROM {t} WHERE false GROUP BY g",
+        "SELECT count(*) FROM {t} LIMIT 0",
+        "SELECT count(*) FROM {t} OFFSET 1",
+        "SELECT g, count(*) FROM {t} GROUP BY g LIMIT 0",
+    ];
+    for q in qs {
+        sw.q(q);
+    }
+}
+
+fn typed_writes(sw: &mut Sweep) {
+    // Parameters in binary form, through the extended protocol.
+    let mut outs = Vec::new();
+    for local in [true, false] {
+        let sql = subst(
+            "INSERT INTO {t} (id, g, i, b, sm, f, r, s, v, flag, by, n, n2, d, tz, u, j) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::numeric, \
+             $13::text::numeric, $14::text::date, $15::text::timestamptz, $16::text::uuid, \
+             $17::text::jsonb) RETURNING id::text, i::text, f::text, r::text, s, by::text, n::text, n2::text, tz::text",
+            local,
+        );
+        let mut got = Vec::new();
+        let rows: [(
+            i64,
+            Option<i32>,
+            i32,
+            i64,
+            i16,
+            f64,
+            f32,
+            &str,
+            Option<&str>,
+            bool,
+            Vec<u8>,
+            &str,
+            &str,
+            &str,
+            &str,
+            &str,
+            &str,
+        ); 4] = [
+            (
+                8000,
+                Some(1),
+                i32::MAX,
+                i64::MIN,
+                i16::MIN,
+                f64::NAN,
+                f32::INFINITY,
+                "it's \\ \"x\"",
+                None,
+                true,
+                vec![0, 255, 0],
+                "NaN",
+                "123456789.0005",
+                "2024-02-29",
+                "2024-02-29 12:00:00+05:30",
+                "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
+                r#"{"k": [1, {"z": null}]}"#,
+            ),
+            (
+                8001,
+                None,
+                i32::MIN,
+                i64::MAX,
+                i16::MAX,
+                -0.0,
+                f32::NEG_INFINITY,
+                "",
+                Some(""),
+                false,
+                vec![],
+                "-0.000",
+                "-0.0004",
+                "infinity",
+                "-infinity",
+                "00000000-0000-0000-0000-000000000000",
+                "null",
+            ),
+            (
+                8002,
+                Some(9),
+                0,
+                0,
+                0,
+                f64::MIN_POSITIVE,
+                f32::MIN_POSITIVE,
+                "日本🦀\u{7f}",
+                Some("abcdefghijkl"),
+                true,
+                vec![0x5c, 0x27],
+                "1e-20",
+                "99999999.9995",
+                "1999-12-31",
+                "1999-12-31 23:59:59.999999-12",
+                "ffffffff-ffff-ffff-ffff-ffffffffffff",
+                r#""\u00e9""#,
+            ),
+            (
+                8003,
+                Some(2),
+                -1,
+                -1,
+                -1,
+                1e308,
+                3.4e38,
+                "x",
+                Some("abcdefghijklm"),
+                false,
+                vec![1],
+                "1",
+                "1",
+                "2000-01-01",
+                "2000-01-01",
+                "00000000-0000-0000-0000-000000000001",
+                "[]",
+            ),
+        ];
+        for r in &rows {
+            let res = sw.db.query(
+                &sql,
+                &[
+                    &r.0, &r.1, &r.2, &r.3, &r.4, &r.5, &r.6, &r.7, &r.8, &r.9, &r.10, &r.11,
+                    &r.12, &r.13, &r.14, &r.15, &r.16,
+                ],
+            );
+            got.push(match res {
+                Ok(rows) => Outcome::Ok(
+                    rows.iter()
+                        .map(|row| {
+                            (0..row.len())
+                                .map(|i| row.get::<_, Option<String>>(i))
+                                .collect()
+                        })
+                        .collect(),
+                    vec![],
+                ),
+                Err(e) => failed(&e),
+            });
+        }
+        outs.push(got);
+    }
+    let d = outs.pop().unwrap();
+    let l = outs.pop().unwrap();
+    for (i, (lo, dout)) in l.into_iter().zip(d).enumerate() {
+        sw.record(&format!("typed insert {i}"), lo, dout, false);
+    }
+    sw.p(
+        "UPDATE {t} SET s = $2, f = $3, i = i + $4 WHERE id = $1 RETURNING s, f::text, i::text",
+        &[&8000i64, &"new's", &0.5f64, &-1i32],
+    );
+    sw.p(
+        "UPDATE {t} SET i = i + $2 WHERE id = $1 RETURNING i::text",
+        &[&8000i64, &1i32],
+    );
+    sw.p(
+        "UPDATE {t} SET b = b - $2 WHERE id = $1 RETURNING b::text",
+        &[&8000i64, &1i64],
+    );
+    sw.p(
+        "UPDATE {t} SET sm = sm + $2 WHERE id = $1 RETURNING sm::text",
+        &[&8001i64, &1i16],
+    );
+    sw.p(
+        "UPDATE {t} SET n2 = n2 + $2::text::numeric WHERE id = $1 RETURNING n2::text",
+        &[&8002i64, &"0.0005"],
+    );
+    sw.p(
+        "UPDATE {t} SET n2 = n2 + $2::text::numeric WHERE id = $1 RETURNING n2::text",
+        &[&8003i64, &"0.0005"],
+    );
+    sw.p(
+        "UPDATE {t} SET s = s || $2 WHERE id = ANY($1) RETURNING id::text, s",
+        &[&vec![8000i64, 8001, 8002], &"+"],
+    );
+    sw.p(
+        "UPDATE {t} SET v = v || $2 WHERE id = ANY($1) RETURNING id::text, v",
+        &[&vec![8001i64, 8002], &"+"],
+    );
+    sw.p(
+        "DELETE FROM {t} WHERE id = $1 RETURNING id::text, s",
+        &[&8003i64],
+    );
+    sw.p(
+        "DELETE FROM {t} WHERE id = $1 RETURNING id::text",
+        &[&None::<i64>],
+    );
+    sw.p(
+        "INSERT INTO {t} (id, s) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING id::text",
+        &[&8000i64, &"dup"],
+    );
+    sw.p(
+        "INSERT INTO {t} (id, s) VALUES ($1, $2) RETURNING id::text",
+        &[&8000i64, &"dup"],
+    );
+    sw.p(
+        "INSERT INTO {t} (id, s) VALUES ($1, $2) RETURNING id::text",
+        &[&None::<i64>, &"null key"],
+    );
+    sw.p(
+        "INSERT INTO {k} (k, n) VALUES ($1, $2) RETURNING k",
+        &[&"parametrized ✓", &1i32],
+    );
+    sw.p(
+        "UPDATE {k} SET n = n * $2 WHERE k = $1 RETURNING k, n::text",
+        &[&"parametrized ✓", &1000000i32],
+    );
+    sw.p(
+        "UPDATE {k} SET n = n * $2 WHERE k = $1 RETURNING k, n::text",
+        &[&"parametrized ✓", &1000000i32],
+    );
+    sw.contents("typed writes");
+    sw.script(
+        "more writes",
+        &[
+            "UPDATE {t} SET i = i + 1, g = g - 1 WHERE id BETWEEN 200 AND 210 RETURNING *, i * 2, s || '?'",
+            "UPDATE {t} SET s = CASE WHEN i > 0 THEN 'pos' ELSE 'neg' END WHERE id BETWEEN 211 AND 220 RETURNING id, s",
+            "UPDATE {t} SET tz = tz + interval '1 day' WHERE tz < '2005-01-01' RETURNING id, tz",
+            "UPDATE {t} SET f = 'NaN' WHERE f = 0 RETURNING id",
+            "UPDATE {t} SET f = -f WHERE f IS NOT NULL AND id < 0 RETURNING id, f",
+            "UPDATE {t} SET n = n * 2 WHERE n = 'NaN' OR n = 'Infinity' RETURNING id, n",
+            "UPDATE {t} SET n2 = 123456789.9996 WHERE id = 221",
+            "UPDATE {t} SET n2 = -0.0005 WHERE id = 222 RETURNING n2",
+            "UPDATE {t} SET i = i - 2147483647 WHERE i < -1000",
+            "UPDATE {t} SET b = b + 1 WHERE b > 9223372036854775000",
+            "UPDATE {t} SET b = -b WHERE b < -9223372036854775000",
+            "UPDATE {t} SET sm = sm - 1 WHERE sm = -32768",
+            "UPDATE {t} SET i = NULL, s = NULL, j = NULL WHERE id = 223 RETURNING *",
+            "UPDATE {t} SET j = 'null'::jsonb WHERE id = 224 RETURNING j, j IS NULL",
+            "UPDATE {t} SET by = decode('00ff', 'hex') WHERE id = 225 RETURNING by",
+            "UPDATE {t} SET c = 'xy', sc = 'Zz', sci = 'ABC' WHERE id = 226 RETURNING c, sc, sci, c = 'xy   '",
+            "UPDATE {t} SET s = s WHERE s = 'nothing matches' RETURNING id",
+            "UPDATE {t} SET i = i + 1 WHERE s LIKE 'a%' AND i < 100 RETURNING id, i",
+            "UPDATE {t} SET i = i + 1 WHERE sci = 'abc' RETURNING id, i",
+            "UPDATE {t} SET i = i + 1 WHERE sc < 'b' RETURNING id, i",
+            "UPDATE {t} SET i = -i WHERE f = 'NaN' RETURNING id, i",
+            "UPDATE {t} SET i = i + 1 WHERE id IN (SELECT id FROM {u} WHERE val < -45) RETURNING id",
+            "UPDATE {t} x SET i = y.val FROM {u} y WHERE x.id = y.t_id AND y.val = 0 RETURNING x.id",
+            "DELETE FROM {t} WHERE sci = 'ABC' RETURNING id",
+            "DELETE FROM {t} WHERE c = 'ab' RETURNING id",
+            "DELETE FROM {t} WHERE j @> '{\"a\": 1}' RETURNING id",
+            "DELETE FROM {t} WHERE by = '\\x00' RETURNING id",
+            "DELETE FROM {t} WHERE tz = 'infinity' RETURNING id",
+            "DELETE FROM {t} WHERE d = '-infinity' OR d = 'infinity' RETURNING id, d",
+            "DELETE FROM {t} WHERE u > 'f0000000-0000-0000-0000-000000000000' RETURNING id",
+            "DELETE FROM {t} WHERE id IN (SELECT max(id) FROM {t}) RETURNING id",
+            "INSERT INTO {t} (id, s) SELECT -id, s FROM {t} WHERE id BETWEEN 230 AND 240 RETURNING id, s",
+            "INSERT INTO {t} SELECT * FROM {t} WHERE id = 241",
+            "INSERT INTO {t} SELECT id + 100000, g, i, b, sm, n, n2, f, r, s, v, flag, d, ts, tz, u, j, by, c, sc, sci FROM {t} WHERE id > 280",
+            "INSERT INTO {t} (id, s) VALUES (90000, 'a'), (90001, 'b'), (90002, NULL) RETURNING id",
+            "INSERT INTO {t} (id, s) SELECT x, 'gen' FROM generate_series(100, 110) x ON CONFLICT DO NOTHING RETURNING id",
+            "INSERT INTO {t} (id, i) VALUES (90003, (SELECT max(i) FROM {t}))",
+            "INSERT INTO {t} (id, s) VALUES (90004, repeat('long text ', 10000))",
+            "SELECT id, length(s), md5(s) FROM {t} WHERE id = 90004",
+            "INSERT INTO {t} (id, by) VALUES (90005, decode(repeat('00ff', 50000), 'hex'))",
+            "SELECT id, length(by), md5(by) FROM {t} WHERE id = 90005",
+            "UPDATE {t} SET s = s || 'tail' WHERE id = 90004 RETURNING length(s)",
+            "DELETE FROM {t} WHERE id BETWEEN 90000 AND 90010 RETURNING id",
+            "DELETE FROM {t} WHERE id > 100000",
+        ],
+    );
+    sw.script(
+        "constraints",
+        &[
+            "ALTER TABLE {u} ALTER COLUMN note SET NOT NULL",
+            "UPDATE {u} SET note = '' WHERE note IS NULL",
+            "ALTER TABLE {u} ALTER COLUMN note SET NOT NULL",
+            "INSERT INTO {u} (id, val, note) VALUES (9000, 1, NULL)",
+            "INSERT INTO {u} (id, val) VALUES (9001, 1)",
+            "UPDATE {u} SET note = NULL WHERE id = 21",
+            "INSERT INTO {u} (id, val, note) VALUES (9002, 1, 'ok') RETURNING *",
+            "INSERT INTO {u} (id, val, note) VALUES (9003, 1, 'ok'), (9004, 2, NULL)",
+            "SELECT count(*) FROM {u} WHERE id >= 9000",
+            "ALTER TABLE {u} ALTER COLUMN note DROP NOT NULL",
+            "INSERT INTO {u} (id, val, note) VALUES (9005, 1, NULL)",
+        ],
+    );
+}
+
+/// The same statements under planner settings that pick other plans:
+/// parameterized nested loops (a scan rescanned per outer row), merge
+/// joins, parallel plans.
+fn plans(sw: &mut Sweep) {
+    let qs = [
+        "SELECT c.code, x.id, x.s FROM cats c JOIN {t} x ON x.id = c.code",
+        "SELECT c.code, x.id FROM cats c JOIN {t} x ON x.g = c.code WHERE x.i > 0",
+        "SELECT c.code, x.id FROM cats c LEFT JOIN {t} x ON x.id = c.code AND x.i > 0",
+        "SELECT c.code, k.k FROM cats c JOIN {k} k ON k.n = c.code",
+        "SELECT c.code, k.n FROM cats c JOIN {k} k ON k.k = c.code::text",
+        "SELECT c.code, (SELECT count(*) FROM {t} x WHERE x.g = c.code) FROM cats c",
+        "SELECT c.code, (SELECT sum(i) FROM {t} x WHERE x.id = c.code) FROM cats c",
+        "SELECT c.code, (SELECT max(s) FROM {t} x WHERE x.g = c.code AND x.s LIKE 'a%') FROM cats c",
+        "SELECT c.code, (SELECT x.id FROM {t} x WHERE x.g = c.code ORDER BY x.id LIMIT 1) FROM cats c",
+        "SELECT c.code, (SELECT x.id FROM {t} x WHERE x.g = c.code ORDER BY x.i DESC NULLS LAST, x.id LIMIT 1 OFFSET 1) FROM cats c",
+        "SELECT c.code, (SELECT count(*) FROM {t} x JOIN {u} y ON x.id = y.id WHERE x.g = c.code) FROM cats c",
+        "SELECT c.code, l.* FROM cats c, LATERAL (SELECT x.id, x.s FROM {t} x WHERE x.g = c.code ORDER BY x.id DESC LIMIT 2) l",
+        "SELECT c.code, l.* FROM cats c, LATERAL (SELECT count(*), min(x.id) FROM {t} x WHERE x.id > c.code * 30) l",
+        "SELECT c.code FROM cats c WHERE EXISTS (SELECT 1 FROM {t} x WHERE x.id = c.code AND x.flag)",
+        "SELECT c.code FROM cats c WHERE c.code IN (SELECT g FROM {t} WHERE i < 0)",
+        "SELECT c.code FROM cats c WHERE c.code NOT IN (SELECT g FROM {t} WHERE g IS NOT NULL AND i > 900)",
+        "SELECT x.id, y.id FROM {t} x JOIN {u} y ON x.id = y.t_id WHERE y.id < 1100",
+        "SELECT x.id, y.id FROM {u} y JOIN {t} x ON x.id = y.t_id AND x.s = y.note",
+        "SELECT x.id, y.id FROM {t} x JOIN {u} y ON x.id = y.id",
+        "SELECT x.id, y.id FROM {t} x LEFT JOIN {u} y ON x.id = y.id WHERE x.id < 60",
+        "SELECT x.id FROM {t} x WHERE x.id IN (SELECT t_id FROM {u} WHERE val BETWEEN 0 AND 5)",
+        "SELECT x.id FROM {t} x WHERE NOT EXISTS (SELECT 1 FROM {u} y WHERE y.t_id = x.id)",
+        "SELECT x.id, k.n FROM {t} x JOIN {k} k ON k.k = x.s",
+        "SELECT g, count(*) FROM {t} GROUP BY g",
+        "SELECT count(*), sum(i), avg(b) FROM {t}",
+        "SELECT id, s FROM {t} ORDER BY s, id LIMIT 10",
+        "SELECT DISTINCT g FROM {t}",
+        "SELECT * FROM {t} WHERE id > 250",
+    ];
+    let settings: [(&str, &str); 4] = [
+        ("default", ""),
+        (
+            "nested loops",
+            "SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_material = off",
+        ),
+        (
+            "merge joins",
+            "SET enable_hashjoin = off; SET enable_nestloop = off; SET enable_hashagg = off",
+        ),
+        (
+            "parallel",
+            "SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; \
+             SET min_parallel_table_scan_size = 0; SET max_parallel_workers_per_gather = 2; \
+             SET force_parallel_mode = on",
+        ),
+    ];
+    for (what, set) in settings {
+        if !set.is_empty() {
+            sw.db
+                .batch_execute(set)
+                .unwrap_or_else(|e| panic!("{what}: {}", pg_err(&e)));
+        }
+        for q in qs {
+            sw.q(q);
+        }
+        sw.db.batch_execute("RESET ALL").unwrap();
+    }
+    // Views, and writes through CTEs.
+    sw.db
+        .batch_execute(
+            "CREATE VIEW l_tv AS SELECT id, g, i, s FROM l_t WHERE i > 0;
+             CREATE VIEW tv AS SELECT id, g, i, s FROM t WHERE i > 0;",
+        )
+        .unwrap();
+    for q in [
+        "SELECT * FROM {t}v WHERE g = 3",
+        "SELECT g, count(*) FROM {t}v GROUP BY g",
+        "SELECT * FROM {t}v ORDER BY i DESC, id LIMIT 4",
+        "SELECT v.id, y.val FROM {t}v v JOIN {u} y ON v.id = y.id",
+    ] {
+        sw.q(q);
+    }
+    sw.script(
+        "writable CTEs",
+        &[
+            "WITH m AS (UPDATE {u} SET val = val + 1 WHERE val > 45 RETURNING id, val) SELECT count(*), sum(val) FROM m",
+            "WITH d AS (DELETE FROM {u} WHERE val < -48 RETURNING *) INSERT INTO {u} (id, t_id, val, note) SELECT id + 50000, t_id, -val, note FROM d RETURNING id, val",
+            "WITH a AS (SELECT id FROM {t} WHERE i > 990) UPDATE {u} SET note = 'touched' WHERE id IN (SELECT id FROM a) RETURNING id",
+            "WITH x AS (INSERT INTO {k} VALUES ('cte ✓', 5) RETURNING *) UPDATE {k} SET n = n + 1 WHERE k = 'x' RETURNING k, n",
+            "UPDATE {t}v SET i = i + 1 WHERE id = 25 RETURNING id, i",
+        ],
+    );
+}
+
 #[test]
 fn hand_written_statements_agree_with_a_local_table() {
     let (cluster, db) = Cluster::start_with_conductor(ClusterOptions {
@@ -1949,7 +2602,11 @@ fn hand_written_statements_agree_with_a_local_table() {
     extended_protocol(&mut sw);
     sessions(&mut sw);
     cursors_and_copy(&mut sw);
+    collations_and_types(&mut sw);
+    more_reads(&mut sw);
+    plans(&mut sw);
     writes(&mut sw);
+    typed_writes(&mut sw);
     // The backend is alive and the nodes still answer.
     sw.q("SELECT count(*) FROM {t}");
     drop(cluster);
