@@ -2582,6 +2582,117 @@ fn plans(sw: &mut Sweep) {
     );
 }
 
+/// Reads inside a transaction that wrote: they go through the
+/// transaction's own remote transactions and must see its writes.
+fn in_transaction(sw: &mut Sweep) {
+    let reads = [
+        "SELECT count(*), sum(i), min(s), max(s) FROM {t}",
+        "SELECT g, count(*), sum(b), avg(i) FROM {t} GROUP BY g",
+        "SELECT id, i FROM {t} ORDER BY i DESC NULLS LAST, id LIMIT 5",
+        "SELECT id, s FROM {t} ORDER BY s, id LIMIT 5 OFFSET 3",
+        "SELECT id FROM {t} WHERE id IN (1, 2, 3, 5, 7000, 7001)",
+        "SELECT id, count(*) FROM {t} GROUP BY id HAVING count(*) > 0 ORDER BY id DESC LIMIT 3",
+        "SELECT x.id, y.val FROM {t} x JOIN {u} y ON x.id = y.id WHERE x.id < 40",
+        "SELECT x.g, count(*) FROM {t} x JOIN {u} y ON x.id = y.id GROUP BY x.g",
+        "SELECT c.code, (SELECT x.id FROM {t} x WHERE x.g = c.code ORDER BY x.id LIMIT 1) FROM cats c",
+        "SELECT c.code, (SELECT count(*) FROM {t} x WHERE x.g = c.code) FROM cats c",
+        "SELECT k, n FROM {k} ORDER BY k",
+    ];
+    let mut stmts: Vec<&str> = vec![
+        "BEGIN",
+        "INSERT INTO {t} (id, g, i, s) VALUES (7000, 1, 5000, 'zzz in txn'), (7001, NULL, -5000, '')",
+        "UPDATE {t} SET i = i + 1, s = s || '*' WHERE id BETWEEN 20 AND 40",
+        "DELETE FROM {t} WHERE id BETWEEN 41 AND 45",
+        "INSERT INTO {u} (id, val) VALUES (7000, 1)",
+        "INSERT INTO {k} VALUES ('txn ✓', 77)",
+    ];
+    stmts.extend(reads);
+    stmts.extend([
+        "SAVEPOINT s1",
+        "UPDATE {t} SET g = 3 WHERE id < 0",
+        "DELETE FROM {k}",
+    ]);
+    stmts.extend(reads);
+    stmts.push("ROLLBACK TO SAVEPOINT s1");
+    stmts.extend(reads);
+    stmts.extend(["TRUNCATE {u}", "SELECT count(*) FROM {u}"]);
+    stmts.extend(reads);
+    stmts.push("ROLLBACK");
+    stmts.extend(reads);
+    sw.script("reads in a transaction", &stmts);
+
+    let mut stmts: Vec<&str> = vec![
+        "BEGIN ISOLATION LEVEL REPEATABLE READ",
+        "SELECT count(*) FROM {t}",
+        "UPDATE {t} SET i = 1 WHERE id = 50",
+    ];
+    stmts.extend(reads);
+    stmts.push("COMMIT");
+    sw.script("repeatable read", &stmts);
+
+    // Cursors over pushed aggregates, ORDER BY and LIMIT.
+    sw.script(
+        "cursors over pushed stages",
+        &[
+            "BEGIN",
+            "DECLARE a SCROLL CURSOR FOR SELECT g, count(*) FROM {t} GROUP BY g ORDER BY g NULLS FIRST",
+            "FETCH 3 FROM a",
+            "FETCH BACKWARD 2 FROM a",
+            "FETCH LAST FROM a",
+            "DECLARE b SCROLL CURSOR FOR SELECT id, s FROM {t} ORDER BY s DESC NULLS LAST, id LIMIT 10 OFFSET 2",
+            "FETCH 4 FROM b",
+            "FETCH ABSOLUTE 1 FROM b",
+            "FETCH ALL FROM b",
+            "FETCH BACKWARD ALL FROM b",
+            "DECLARE c NO SCROLL CURSOR FOR SELECT x.id, y.val FROM {t} x JOIN {u} y ON x.id = y.id ORDER BY x.id",
+            "FETCH 5 FROM c",
+            "FETCH BACKWARD 1 FROM c",
+            "COMMIT",
+        ],
+    );
+}
+
+/// COPY FROM the same text into both tables, then their contents.
+fn copy_in(sw: &mut Sweep) {
+    let good = "500000\t1\t2\t3\t4\t1.50\t2.125\t0.5\t0.25\tcopied\tv\tt\t2020-01-01\t2020-01-01 10:00:00\t2020-01-01 10:00:00+03\t00000000-0000-0000-0000-00000000abcd\t{\"c\": 1}\t\\\\x00ff\tab\tsc\tsci\n\
+                500001\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\tNaN\t-Infinity\ttab\\there\\\\back\t\\N\tf\tinfinity\t\\N\t\\N\t\\N\t[1,2]\t\\\\x\t\\N\t\\N\t\\N\n";
+    let bad_type = "500002\t1\tnot a number\t3\t4\t1\t2\t0\t0\ts\tv\tt\t2020-01-01\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n";
+    let dup = "500003\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n\
+               500003\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n";
+    let null_key = "\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n";
+    let csv = "id,s,v,n2\n500010,\"quoted, \"\"comma\"\"\",\"\",1.0005\n500011,,\"\",\n";
+    for (what, sql, data) in [
+        ("copy good rows", "COPY {t} FROM STDIN", good),
+        ("copy a bad value", "COPY {t} FROM STDIN", bad_type),
+        ("copy a duplicate key", "COPY {t} FROM STDIN", dup),
+        ("copy a NULL key", "COPY {t} FROM STDIN", null_key),
+        (
+            "copy csv",
+            "COPY {t} (id, s, v, n2) FROM STDIN WITH (FORMAT csv, HEADER)",
+            csv,
+        ),
+    ] {
+        let mut outs = Vec::new();
+        for local in [true, false] {
+            let sql = subst(sql, local);
+            let res = sw.db.copy_in(&sql).and_then(|mut w| {
+                use std::io::Write as _;
+                w.write_all(data.as_bytes()).unwrap();
+                w.finish()
+            });
+            outs.push(match res {
+                Ok(n) => Outcome::Ok(vec![], vec![n]),
+                Err(e) => failed(&e),
+            });
+        }
+        let d = outs.pop().unwrap();
+        let l = outs.pop().unwrap();
+        println!("{what}: {}", show(&l));
+        sw.record(what, l, d, false);
+        sw.contents(what);
+    }
+}
+
 #[test]
 fn hand_written_statements_agree_with_a_local_table() {
     let (cluster, db) = Cluster::start_with_conductor(ClusterOptions {
@@ -2607,6 +2718,8 @@ fn hand_written_statements_agree_with_a_local_table() {
     plans(&mut sw);
     writes(&mut sw);
     typed_writes(&mut sw);
+    in_transaction(&mut sw);
+    copy_in(&mut sw);
     // The backend is alive and the nodes still answer.
     sw.q("SELECT count(*) FROM {t}");
     drop(cluster);
