@@ -2693,12 +2693,8 @@ fn copy_in(sw: &mut Sweep) {
     }
 }
 
-#[test]
-fn hand_written_statements_agree_with_a_local_table() {
-    let (cluster, db) = Cluster::start_with_conductor(ClusterOptions {
-        nodes: 3,
-        ..Default::default()
-    });
+/// Every part of the sweep over one cluster's nodes.
+fn sweep(cluster: &Cluster, db: Client) {
     let mut sw = Sweep {
         db,
         agreed: 0,
@@ -2722,7 +2718,7 @@ fn hand_written_statements_agree_with_a_local_table() {
     copy_in(&mut sw);
     // The backend is alive and the nodes still answer.
     sw.q("SELECT count(*) FROM {t}");
-    drop(cluster);
+    let _ = cluster;
     println!("{} statements agree", sw.agreed);
     assert!(
         sw.failures.is_empty(),
@@ -2731,4 +2727,26 @@ fn hand_written_statements_agree_with_a_local_table() {
         sw.failures.len() + sw.agreed,
         sw.failures.join("\n")
     );
+}
+
+#[test]
+fn hand_written_statements_agree_with_a_local_table() {
+    let (cluster, db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        ..Default::default()
+    });
+    sweep(&cluster, db);
+}
+
+/// The same over real libSQL servers (sqld) as the nodes.
+#[test]
+fn hand_written_statements_agree_on_sqld_nodes() {
+    let Some(sqld) = common::sqld_bin() else {
+        println!("SKIPPED: set SQLD=/path/to/sqld to run against real libSQL servers");
+        return;
+    };
+    let cluster = Cluster::start_sqld(3, &sqld);
+    let mut db = cluster.client();
+    cluster.setup_conductor(&mut db, "cluster");
+    sweep(&cluster, db);
 }
