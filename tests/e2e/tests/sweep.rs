@@ -183,6 +183,15 @@ impl Sweep {
         self.record(sql, local, dist, ordered);
     }
 
+    /// A statement whose rows must come back in the same order on both
+    /// sides though it has no ORDER BY (INSERT … RETURNING: clients pair
+    /// the returned rows with the rows they sent).
+    fn q_ordered(&mut self, sql: &str) {
+        let local = simple(&mut self.db, &subst(sql, true));
+        let dist = simple(&mut self.db, &subst(sql, false));
+        self.record(&format!("(in order) {sql}"), local, dist, true);
+    }
+
     /// A statement conductor refuses by design (documented), with this
     /// SQLSTATE; it is not run on the local tables.
     fn refused(&mut self, sql: &str, code: &str) {
@@ -2693,6 +2702,39 @@ fn copy_in(sw: &mut Sweep) {
     }
 }
 
+fn returning_order(sw: &mut Sweep) {
+    let values: Vec<String> = (0..40)
+        .map(|i| format!("({}, 'r{i}')", 600000 + (i * 7919) % 1000))
+        .collect();
+    let many: Vec<String> = (0..2500)
+        .map(|i| format!("({}, 'm{i}')", 700000 + (i * 7919) % 5000))
+        .collect();
+    for q in [
+        format!("INSERT INTO {{t}} (id, s) VALUES {} RETURNING id, s", values.join(", ")),
+        "INSERT INTO {t} (id, s) VALUES (610003, 'a'), (610001, 'b'), (610002, 'c'), (610000, 'd') RETURNING id".to_string(),
+        "INSERT INTO {t} (id, s) SELECT id + 620000, s FROM {t} WHERE id BETWEEN 1 AND 60 ORDER BY id DESC RETURNING id".to_string(),
+        "INSERT INTO {t} (id, s) VALUES (610001, 'dup'), (630000, 'new'), (610002, 'dup'), (630001, 'new') ON CONFLICT DO NOTHING RETURNING id, s".to_string(),
+        format!("INSERT INTO {{t}} (id, s) VALUES {} RETURNING id, s", many.join(", ")),
+        "UPDATE {t} SET s = s || '!' WHERE id BETWEEN 600000 AND 600100 RETURNING id, s".to_string(),
+        "DELETE FROM {t} WHERE id >= 600000 RETURNING id".to_string(),
+    ] {
+        if q.starts_with("INSERT") {
+            sw.q_ordered(&q);
+        } else {
+            sw.q(&q);
+        }
+    }
+    sw.db.batch_execute("SET conductor.batch_size = 7").unwrap();
+    sw.q_ordered(&format!(
+        "INSERT INTO {{t}} (id, s) VALUES {} RETURNING id, s",
+        values.join(", ")
+    ));
+    sw.q_ordered("INSERT INTO {t} (id, s) SELECT id + 620000, s FROM {t} WHERE id BETWEEN 1 AND 60 ORDER BY id DESC ON CONFLICT DO NOTHING RETURNING id");
+    sw.q("DELETE FROM {t} WHERE id >= 600000 RETURNING id");
+    sw.db.batch_execute("RESET conductor.batch_size").unwrap();
+    sw.contents("returning order");
+}
+
 /// Every part of the sweep over one cluster's nodes.
 fn sweep(cluster: &Cluster, db: Client) {
     let mut sw = Sweep {
@@ -2716,6 +2758,7 @@ fn sweep(cluster: &Cluster, db: Client) {
     typed_writes(&mut sw);
     in_transaction(&mut sw);
     copy_in(&mut sw);
+    returning_order(&mut sw);
     // The backend is alive and the nodes still answer.
     sw.q("SELECT count(*) FROM {t}");
     let _ = cluster;
