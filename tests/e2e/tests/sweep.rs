@@ -16,7 +16,8 @@
 mod common;
 
 use common::Rng;
-use conductor_e2e::postgres::{types::ToSql, Client, SimpleQueryMessage};
+use conductor_e2e::postgres::types::{ToSql, Type};
+use conductor_e2e::postgres::{Client, SimpleQueryMessage};
 use conductor_e2e::{pg_err, Cluster, ClusterOptions};
 use std::fmt::Write as _;
 use std::io::Read as _;
@@ -211,6 +212,49 @@ impl Sweep {
         let local = extended(&mut self.db, &subst(sql, true), params);
         let dist = extended(&mut self.db, &subst(sql, false), params);
         self.record(&format!("{sql} with {params:?}"), local, dist, ordered);
+    }
+
+    /// Through the extended protocol with the parameters' types given by
+    /// the client (as drivers do: a varchar for strings, int2/int4 for
+    /// small integers), run more times than a generic plan needs.
+    fn typed(&mut self, sql: &str, types: &[Type], params: &[&(dyn ToSql + Sync)]) {
+        let ordered = top_level_order_by(sql);
+        let mut outs = Vec::new();
+        for local in [true, false] {
+            let text = subst(sql, local);
+            let mut got = Vec::new();
+            match self.db.prepare_typed(&text, types) {
+                Ok(stmt) => {
+                    for _ in 0..7 {
+                        got.push(match self.db.query(&stmt, params) {
+                            Ok(rows) => Outcome::Ok(
+                                rows.iter()
+                                    .map(|r| {
+                                        (0..r.len())
+                                            .map(|i| r.get::<_, Option<String>>(i))
+                                            .collect()
+                                    })
+                                    .collect(),
+                                vec![],
+                            ),
+                            Err(e) => failed(&e),
+                        });
+                    }
+                }
+                Err(e) => got.push(failed(&e)),
+            }
+            outs.push(got);
+        }
+        let d = outs.pop().unwrap();
+        let l = outs.pop().unwrap();
+        for (i, (lo, dout)) in l.into_iter().zip(d).enumerate() {
+            self.record(
+                &format!("{sql} typed {types:?} with {params:?}, run {i}"),
+                lo,
+                dout,
+                ordered,
+            );
+        }
     }
 
     /// A server-side prepared statement (`PREPARE name AS body`) run with
@@ -2735,6 +2779,282 @@ fn returning_order(sw: &mut Sweep) {
     sw.contents("returning order");
 }
 
+fn driver_types(sw: &mut Sweep) {
+    sw.typed(
+        "SELECT id::text, s FROM {t} WHERE s = $1",
+        &[Type::VARCHAR],
+        &[&"abc"],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE s LIKE $1",
+        &[Type::VARCHAR],
+        &[&"a%"],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE s LIKE $1",
+        &[Type::TEXT],
+        &[&"abc\\"],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE v = $1",
+        &[Type::TEXT],
+        &[&"abc"],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE v = $1",
+        &[Type::VARCHAR],
+        &[&"abc"],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE c = $1",
+        &[Type::VARCHAR],
+        &[&"ab"],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE c = $1",
+        &[Type::BPCHAR],
+        &[&"ab"],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE c = $1",
+        &[Type::TEXT],
+        &[&"ab"],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE sci = $1",
+        &[Type::VARCHAR],
+        &[&"ABC"],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE sc < $1",
+        &[Type::VARCHAR],
+        &[&"b"],
+    );
+    sw.typed(
+        "SELECT k FROM {k} WHERE k = $1",
+        &[Type::VARCHAR],
+        &[&"abc"],
+    );
+    sw.typed("SELECT k FROM {k} WHERE k = $1", &[Type::BPCHAR], &[&"abc"]);
+    sw.typed(
+        "SELECT k FROM {k} WHERE k = $1",
+        &[Type::BPCHAR],
+        &[&"trail "],
+    );
+    sw.typed(
+        "SELECT k FROM {k} WHERE k IN ($1, $2)",
+        &[Type::VARCHAR, Type::TEXT],
+        &[&"abc", &"zoë"],
+    );
+    sw.typed(
+        "SELECT k FROM {k} WHERE k = ANY($1)",
+        &[Type::VARCHAR_ARRAY],
+        &[&vec!["abc", "9"]],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE id = $1",
+        &[Type::INT2],
+        &[&5i16],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE id = $1",
+        &[Type::INT4],
+        &[&-5i32],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE id IN ($1, $2)",
+        &[Type::INT2, Type::INT4],
+        &[&5i16, &77i32],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE id = ANY($1)",
+        &[Type::INT4_ARRAY],
+        &[&vec![5i32, 6, 7]],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE id = $1",
+        &[Type::FLOAT8],
+        &[&5.0f64],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE id = $1",
+        &[Type::FLOAT8],
+        &[&5.5f64],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE id = $1::bigint",
+        &[Type::TEXT],
+        &[&"5"],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE i = $1",
+        &[Type::INT8],
+        &[&3_000_000_000i64],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE i = $1",
+        &[Type::INT8],
+        &[&0i64],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE i < $1",
+        &[Type::INT2],
+        &[&-900i16],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE sm = $1",
+        &[Type::INT8],
+        &[&100_000i64],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE sm > $1",
+        &[Type::INT4],
+        &[&200i32],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE b = $1",
+        &[Type::INT4],
+        &[&0i32],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE f = $1",
+        &[Type::FLOAT4],
+        &[&0.1f32],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE r = $1",
+        &[Type::FLOAT8],
+        &[&0.1f64],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE r > $1",
+        &[Type::FLOAT8],
+        &[&300.0f64],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE f > $1",
+        &[Type::INT4],
+        &[&100i32],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE i > $1",
+        &[Type::FLOAT8],
+        &[&2.5f64],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE n > $1",
+        &[Type::FLOAT8],
+        &[&1.5f64],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE n = $1",
+        &[Type::INT4],
+        &[&0i32],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE flag = $1",
+        &[Type::BOOL],
+        &[&false],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE by = $1",
+        &[Type::BYTEA],
+        &[&vec![0xdeu8, 0xad, 0xbe, 0xef]],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE d > $1",
+        &[Type::TEXT],
+        &[&"2020-01-01"],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE d > $1::date",
+        &[Type::TEXT],
+        &[&"2020-01-01"],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE tz > $1::timestamptz",
+        &[Type::VARCHAR],
+        &[&"2020-01-01 00:00:00+02"],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE u = $1::uuid",
+        &[Type::VARCHAR],
+        &[&"A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} WHERE j @> $1::jsonb",
+        &[Type::TEXT],
+        &[&"{\"a\": 1}"],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} ORDER BY id LIMIT $1",
+        &[Type::INT4],
+        &[&3i32],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} ORDER BY id LIMIT $1 OFFSET $2",
+        &[Type::INT2, Type::INT8],
+        &[&3i16, &5i64],
+    );
+    sw.typed(
+        "SELECT id::text FROM {t} ORDER BY id LIMIT $1",
+        &[Type::NUMERIC],
+        &[&None::<String>],
+    );
+    sw.typed(
+        "SELECT g::text, count(*)::text FROM {t} WHERE s = $1 GROUP BY g",
+        &[Type::VARCHAR],
+        &[&"abc"],
+    );
+    sw.typed("SELECT id::text, count(*)::text FROM {t} GROUP BY id HAVING count(*) > $1 ORDER BY id LIMIT 3", &[Type::INT4], &[&0i32]);
+    sw.typed(
+        "SELECT x.id::text FROM {t} x JOIN {u} y ON x.id = y.id WHERE y.note = $1",
+        &[Type::VARCHAR],
+        &[&"abc"],
+    );
+    sw.typed(
+        "SELECT x.id::text FROM {t} x JOIN {u} y ON x.id = y.id WHERE x.id = $1",
+        &[Type::INT4],
+        &[&30i32],
+    );
+    sw.typed(
+        "UPDATE {t} SET s = $2 WHERE id = $1 RETURNING id::text, s",
+        &[Type::INT4, Type::VARCHAR],
+        &[&30i32, &"from a driver"],
+    );
+    sw.typed(
+        "UPDATE {t} SET i = i + $2 WHERE id = $1 RETURNING i::text",
+        &[Type::INT2, Type::INT2],
+        &[&31i16, &1i16],
+    );
+    sw.typed(
+        "UPDATE {t} SET b = b + $2 WHERE id = $1 RETURNING b::text",
+        &[Type::INT8, Type::INT4],
+        &[&32i64, &1i32],
+    );
+    sw.typed(
+        "UPDATE {t} SET n = n + $2 WHERE id = $1 AND n <> 'NaN' RETURNING n::text",
+        &[Type::INT8, Type::INT4],
+        &[&33i64, &1i32],
+    );
+    sw.typed(
+        "UPDATE {t} SET v = v || $2 WHERE id = $1 RETURNING v",
+        &[Type::INT8, Type::VARCHAR],
+        &[&34i64, &"+"],
+    );
+    sw.typed(
+        "DELETE FROM {t} WHERE id = $1 RETURNING id::text",
+        &[Type::INT4],
+        &[&35i32],
+    );
+    sw.typed(
+        "INSERT INTO {k} (k, n) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING k",
+        &[Type::VARCHAR, Type::INT2],
+        &[&"driver ✓", &1i16],
+    );
+    sw.contents("driver-typed writes");
+}
+
 /// Every part of the sweep over one cluster's nodes.
 fn sweep(cluster: &Cluster, db: Client) {
     let mut sw = Sweep {
@@ -2759,6 +3079,7 @@ fn sweep(cluster: &Cluster, db: Client) {
     in_transaction(&mut sw);
     copy_in(&mut sw);
     returning_order(&mut sw);
+    driver_types(&mut sw);
     // The backend is alive and the nodes still answer.
     sw.q("SELECT count(*) FROM {t}");
     let _ = cluster;
