@@ -45,6 +45,8 @@ enum Outcome {
 
 struct Sweep {
     db: Client,
+    /// Explain every SELECT too.
+    explain: bool,
     agreed: usize,
     failures: Vec<String>,
 }
@@ -176,11 +178,53 @@ impl Sweep {
         }
     }
 
-    /// A statement through the simple protocol on both sides.
+    /// A statement through the simple protocol on both sides. A SELECT is
+    /// also explained (plain, VERBOSE, ANALYZE, and by conductor_explain):
+    /// that must work whenever it works on the local tables (ANALYZE:
+    /// fail with the statement's SQLSTATE).
     fn q(&mut self, sql: &str) {
         let ordered = top_level_order_by(sql);
         let local = simple(&mut self.db, &subst(sql, true));
         let dist = simple(&mut self.db, &subst(sql, false));
+        let select = sql.starts_with("SELECT") || sql.starts_with("WITH");
+        if select && self.explain {
+            let code = |o: &Outcome| match o {
+                Outcome::Ok(..) => None,
+                Outcome::Err(c, _) => Some(c.clone()),
+            };
+            let dsql = subst(sql, false);
+            for (how, must_fail_with) in [
+                ("EXPLAIN (VERBOSE) ", None),
+                ("EXPLAIN (ANALYZE, VERBOSE) ", code(&dist)),
+            ] {
+                let lx = simple(&mut self.db, &format!("{how}{}", subst(sql, true)));
+                let dx = simple(&mut self.db, &format!("{how}{dsql}"));
+                let ok = match (&lx, &dx) {
+                    (Outcome::Err(..), _) => true,
+                    (Outcome::Ok(..), Outcome::Ok(..)) => must_fail_with.is_none(),
+                    (Outcome::Ok(..), Outcome::Err(c, _)) => must_fail_with.as_ref() == Some(c),
+                };
+                if ok {
+                    self.agreed += 1;
+                } else {
+                    let msg = format!("{how}{sql}\n    conductor: {}", show(&dx));
+                    println!("EXPLAIN FAILED {msg}");
+                    self.failures.push(msg);
+                }
+            }
+            let cx = simple(
+                &mut self.db,
+                &format!("SELECT count(*) FROM conductor_explain({})", quote(&dsql)),
+            );
+            match (&local, &cx) {
+                (Outcome::Ok(..), Outcome::Err(..)) => {
+                    let msg = format!("conductor_explain of {sql}\n    {}", show(&cx));
+                    println!("EXPLAIN FAILED {msg}");
+                    self.failures.push(msg);
+                }
+                _ => self.agreed += 1,
+            }
+        }
         self.record(sql, local, dist, ordered);
     }
 
@@ -3056,9 +3100,10 @@ fn driver_types(sw: &mut Sweep) {
 }
 
 /// Every part of the sweep over one cluster's nodes.
-fn sweep(cluster: &Cluster, db: Client) {
+fn sweep(cluster: &Cluster, db: Client, explain: bool) {
     let mut sw = Sweep {
         db,
+        explain,
         agreed: 0,
         failures: Vec::new(),
     };
@@ -3099,7 +3144,7 @@ fn hand_written_statements_agree_with_a_local_table() {
         nodes: 3,
         ..Default::default()
     });
-    sweep(&cluster, db);
+    sweep(&cluster, db, true);
 }
 
 /// The same over real libSQL servers (sqld) as the nodes.
@@ -3112,5 +3157,5 @@ fn hand_written_statements_agree_on_sqld_nodes() {
     let cluster = Cluster::start_sqld(3, &sqld);
     let mut db = cluster.client();
     cluster.setup_conductor(&mut db, "cluster");
-    sweep(&cluster, db);
+    sweep(&cluster, db, false);
 }
