@@ -344,6 +344,9 @@ impl Sweep {
         }
         let [l, d] = results;
         for ((s, lo), dout) in stmts.iter().zip(l).zip(d) {
+            if std::env::var_os("SWEEP_VERBOSE").is_some() {
+                println!("[{what}] {s}: {}", show(&dout));
+            }
             let ordered = top_level_order_by(s);
             self.record(&format!("[{what}] {s}"), lo, dout, ordered);
         }
@@ -351,7 +354,7 @@ impl Sweep {
     }
 
     fn contents(&mut self, what: &str) {
-        for (t, key) in [("t", "id"), ("u", "id"), ("k", "k")] {
+        for (t, key) in [("t", "1"), ("u", "id"), ("k", "k")] {
             let sql = format!("SELECT * FROM {{{t}}} ORDER BY {key}");
             let local = simple(&mut self.db, &subst(&sql, true));
             let dist = simple(&mut self.db, &subst(&sql, false));
@@ -3099,6 +3102,61 @@ fn driver_types(sw: &mut Sweep) {
     sw.contents("driver-typed writes");
 }
 
+/// Statements after the tables' columns changed (a dropped column leaves a
+/// gap in the attribute numbers; a renamed shard key routes by its new name).
+fn schema_changes(sw: &mut Sweep) {
+    sw.script(
+        "alter",
+        &[
+            "ALTER TABLE {t} DROP COLUMN v",
+            "ALTER TABLE {t} DROP COLUMN r",
+            "ALTER TABLE {t} ADD COLUMN extra integer DEFAULT 42",
+            "ALTER TABLE {t} ADD COLUMN extra2 text NOT NULL DEFAULT 'dflt'",
+            "ALTER TABLE {t} RENAME COLUMN s TO s2",
+            "ALTER TABLE {t} ALTER COLUMN sm TYPE integer",
+            "ALTER TABLE {t} RENAME COLUMN id TO key_id",
+        ],
+    );
+    let qs = [
+        "SELECT * FROM {t}",
+        "SELECT key_id, s2, extra, extra2, sm FROM {t} WHERE key_id = 5",
+        "SELECT key_id FROM {t} WHERE key_id IN (5, 6, -7) AND extra = 42",
+        "SELECT key_id, sm FROM {t} WHERE sm > 200 ORDER BY sm, key_id",
+        "SELECT extra2, count(*), sum(extra), max(s2), min(sm) FROM {t} GROUP BY extra2",
+        "SELECT g, count(*), sum(i) FROM {t} GROUP BY g ORDER BY g NULLS FIRST",
+        "SELECT key_id, count(*) FROM {t} GROUP BY key_id ORDER BY key_id DESC LIMIT 3",
+        "SELECT key_id, s2 FROM {t} ORDER BY s2, key_id LIMIT 5",
+        "SELECT x.key_id, y.val FROM {t} x JOIN {u} y ON x.key_id = y.id WHERE x.extra = 42",
+        "SELECT x.g, count(*) FROM {t} x JOIN {u} y ON x.key_id = y.id GROUP BY x.g",
+        "SELECT key_id, sci, c FROM {t} WHERE sci = 'abc' AND c = 'ab'",
+    ];
+    for q in qs {
+        sw.q(q);
+    }
+    sw.script(
+        "after alter",
+        &[
+            "INSERT INTO {t} (key_id, s2) VALUES (800000, 'defaults') RETURNING *",
+            "INSERT INTO {t} (key_id, s2, extra, extra2) VALUES (800001, 'given', NULL, 'x') RETURNING *",
+            "INSERT INTO {t} (key_id, extra2) VALUES (800002, NULL)",
+            "UPDATE {t} SET extra = extra + 1 WHERE key_id BETWEEN 20 AND 30 RETURNING key_id, extra",
+            "UPDATE {t} SET sm = sm + 100000 WHERE key_id = 40 RETURNING sm",
+            "UPDATE {t} SET s2 = s2 || '#' WHERE key_id = 41 RETURNING s2",
+            "UPDATE {t} SET extra2 = NULL WHERE key_id = 42",
+            "DELETE FROM {t} WHERE key_id = 800000 RETURNING key_id, extra, extra2",
+            "ALTER TABLE {t} ALTER COLUMN extra SET NOT NULL",
+            "UPDATE {t} SET extra = 0 WHERE extra IS NULL",
+            "ALTER TABLE {t} ALTER COLUMN extra SET NOT NULL",
+            "UPDATE {t} SET extra = NULL WHERE key_id = 43",
+            "INSERT INTO {t} (key_id, extra) VALUES (800003, NULL)",
+            "SELECT count(*), sum(extra) FROM {t}",
+        ],
+    );
+    for q in qs {
+        sw.q(q);
+    }
+}
+
 /// Every part of the sweep over one cluster's nodes.
 fn sweep(cluster: &Cluster, db: Client, explain: bool) {
     let mut sw = Sweep {
@@ -3125,6 +3183,7 @@ fn sweep(cluster: &Cluster, db: Client, explain: bool) {
     copy_in(&mut sw);
     returning_order(&mut sw);
     driver_types(&mut sw);
+    schema_changes(&mut sw);
     // The backend is alive and the nodes still answer.
     sw.q("SELECT count(*) FROM {t}");
     let _ = cluster;
