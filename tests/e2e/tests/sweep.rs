@@ -31,7 +31,7 @@ const U_COLUMNS: &str = "id bigint NOT NULL, t_id bigint, val integer, note text
 const K_COLUMNS: &str = "k text NOT NULL, n integer";
 
 /// The local twin of each distributed table: `{t}` -> `l_t`.
-const TABLES: &[&str] = &["t", "u", "k"];
+const TABLES: &[&str] = &["t", "u", "k", "rf"];
 
 type Rows = Vec<Vec<Option<String>>>;
 
@@ -354,7 +354,7 @@ impl Sweep {
     }
 
     fn contents(&mut self, what: &str) {
-        for (t, key) in [("t", "1"), ("u", "id"), ("k", "k")] {
+        for (t, key) in [("t", "1"), ("u", "id"), ("k", "k"), ("rf", "code")] {
             let sql = format!("SELECT * FROM {{{t}}} ORDER BY {key}");
             let local = simple(&mut self.db, &subst(&sql, true));
             let dist = simple(&mut self.db, &subst(&sql, false));
@@ -694,6 +694,13 @@ fn load(sw: &mut Sweep) {
          CREATE TABLE l_k ({K_COLUMNS}, PRIMARY KEY (k));
          CREATE FOREIGN TABLE k ({K_COLUMNS}) SERVER cluster;
          SELECT conductor.create_distributed_table('k', 'k', shard_count => 16);
+         CREATE TABLE l_rf (code integer NOT NULL, name text, weight real, PRIMARY KEY (code));
+         CREATE FOREIGN TABLE rf (code integer NOT NULL, name text, weight real) SERVER cluster;
+         SELECT conductor.create_reference_table('rf');
+         INSERT INTO l_rf SELECT x, 'ref ' || x, x / 4.0 FROM generate_series(-3, 12) x;
+         INSERT INTO rf SELECT * FROM l_rf;
+         INSERT INTO l_rf VALUES (100, NULL, NULL), (101, '', 'NaN');
+         INSERT INTO rf VALUES (100, NULL, NULL), (101, '', 'NaN');
          CREATE TABLE cats (code integer, name text);
          INSERT INTO cats SELECT x, 'cat ' || x FROM generate_series(-2, 9) x;
          INSERT INTO cats VALUES (NULL, 'no code');"
@@ -3157,6 +3164,51 @@ fn schema_changes(sw: &mut Sweep) {
     }
 }
 
+/// A reference table (a copy on every node): alone, joined with a
+/// distributed table (pushed per shard), and written.
+fn reference_table(sw: &mut Sweep) {
+    let qs = [
+        "SELECT * FROM {rf}",
+        "SELECT * FROM {rf} WHERE code = 3",
+        "SELECT * FROM {rf} WHERE name LIKE 'ref 1%'",
+        "SELECT * FROM {rf} ORDER BY weight DESC NULLS LAST, code LIMIT 4",
+        "SELECT count(*), sum(code), avg(weight), min(name), max(name) FROM {rf}",
+        "SELECT code % 3, count(*) FROM {rf} GROUP BY 1",
+        "SELECT x.id, r.name FROM {t} x JOIN {rf} r ON r.code = x.g",
+        "SELECT x.id, r.name FROM {t} x JOIN {rf} r ON r.code = x.g WHERE x.id < 30 AND r.weight > 0.5",
+        "SELECT x.id, r.name FROM {t} x LEFT JOIN {rf} r ON r.code = x.g",
+        "SELECT x.id, r.name FROM {t} x LEFT JOIN {rf} r ON r.code = x.g AND r.name LIKE '%1%'",
+        "SELECT x.id, r.name FROM {rf} r LEFT JOIN {t} x ON r.code = x.g",
+        "SELECT x.id, r.name FROM {t} x RIGHT JOIN {rf} r ON r.code = x.g",
+        "SELECT r.name, count(*), sum(x.i) FROM {t} x JOIN {rf} r ON r.code = x.g GROUP BY r.name",
+        "SELECT x.g, count(r.code) FROM {t} x LEFT JOIN {rf} r ON r.code = x.g GROUP BY x.g",
+        "SELECT count(*) FROM {t} x JOIN {rf} r ON r.code = x.i",
+        "SELECT x.id, r.code FROM {t} x JOIN {rf} r ON r.code = x.g WHERE x.id = 25",
+        "SELECT x.id, r.code FROM {t} x JOIN {rf} r ON r.code = x.g ORDER BY x.id LIMIT 5",
+        "SELECT x.id, r.code FROM {t} x JOIN {rf} r ON r.weight = x.f",
+        "SELECT x.id FROM {t} x WHERE x.g IN (SELECT code FROM {rf} WHERE weight > 1)",
+        "SELECT x.id, y.id, r.name FROM {t} x JOIN {u} y ON x.id = y.id JOIN {rf} r ON r.code = x.g",
+    ];
+    for q in qs {
+        sw.q(q);
+    }
+    sw.script(
+        "reference writes",
+        &[
+            "INSERT INTO {rf} VALUES (200, 'new', 1.5) RETURNING *",
+            "INSERT INTO {rf} VALUES (200, 'dup', 1)",
+            "UPDATE {rf} SET name = upper(name) WHERE code < 3 RETURNING code, name",
+            "UPDATE {rf} SET weight = weight * 2 WHERE code BETWEEN 3 AND 6",
+            "DELETE FROM {rf} WHERE code = 7 RETURNING *",
+            "BEGIN",
+            "UPDATE {rf} SET name = 'in txn' WHERE code = 8",
+            "SELECT x.id, r.name FROM {t} x JOIN {rf} r ON r.code = x.g WHERE r.code = 8",
+            "ROLLBACK",
+            "SELECT x.id, r.name FROM {t} x JOIN {rf} r ON r.code = x.g WHERE r.code IN (1, 8)",
+        ],
+    );
+}
+
 /// Every part of the sweep over one cluster's nodes.
 fn sweep(cluster: &Cluster, db: Client, explain: bool) {
     let mut sw = Sweep {
@@ -3177,6 +3229,7 @@ fn sweep(cluster: &Cluster, db: Client, explain: bool) {
     collations_and_types(&mut sw);
     more_reads(&mut sw);
     plans(&mut sw);
+    reference_table(&mut sw);
     writes(&mut sw);
     typed_writes(&mut sw);
     in_transaction(&mut sw);
