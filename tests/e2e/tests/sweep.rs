@@ -31,7 +31,7 @@ const U_COLUMNS: &str = "id bigint NOT NULL, t_id bigint, val integer, note text
 const K_COLUMNS: &str = "k text NOT NULL, n integer";
 
 /// The local twin of each distributed table: `{t}` -> `l_t`.
-const TABLES: &[&str] = &["t", "u", "k", "rf"];
+const TABLES: &[&str] = &["t", "u", "k", "rf", "sk", "ik", "uk", "vk"];
 
 type Rows = Vec<Vec<Option<String>>>;
 
@@ -354,7 +354,16 @@ impl Sweep {
     }
 
     fn contents(&mut self, what: &str) {
-        for (t, key) in [("t", "1"), ("u", "id"), ("k", "k"), ("rf", "code")] {
+        for (t, key) in [
+            ("t", "1"),
+            ("u", "id"),
+            ("k", "k"),
+            ("rf", "code"),
+            ("sk", "1"),
+            ("ik", "1"),
+            ("uk", "1"),
+            ("vk", "1"),
+        ] {
             let sql = format!("SELECT * FROM {{{t}}} ORDER BY {key}");
             let local = simple(&mut self.db, &subst(&sql, true));
             let dist = simple(&mut self.db, &subst(&sql, false));
@@ -702,6 +711,30 @@ fn load(sw: &mut Sweep) {
          INSERT INTO l_rf VALUES (100, NULL, NULL), (101, '', 'NaN');
          INSERT INTO rf VALUES (100, NULL, NULL), (101, '', 'NaN');
          CREATE TABLE cats (code integer, name text);
+         CREATE TABLE l_sk (key smallint NOT NULL PRIMARY KEY, n integer);
+         CREATE FOREIGN TABLE sk (key smallint NOT NULL, n integer) SERVER cluster;
+         SELECT conductor.create_distributed_table('sk', 'key', shard_count => 8, colocate_with => 'none');
+         CREATE TABLE l_ik (key integer NOT NULL PRIMARY KEY, n integer);
+         CREATE FOREIGN TABLE ik (key integer NOT NULL, n integer) SERVER cluster;
+         SELECT conductor.create_distributed_table('ik', 'key', shard_count => 8, colocate_with => 'none');
+         CREATE TABLE l_uk (key uuid NOT NULL PRIMARY KEY, n integer);
+         CREATE FOREIGN TABLE uk (key uuid NOT NULL, n integer) SERVER cluster;
+         SELECT conductor.create_distributed_table('uk', 'key', shard_count => 8);
+         CREATE TABLE l_vk (key varchar(10) NOT NULL PRIMARY KEY, n integer);
+         CREATE FOREIGN TABLE vk (key varchar(10) NOT NULL, n integer) SERVER cluster;
+         SELECT conductor.create_distributed_table('vk', 'key', shard_count => 8);
+         INSERT INTO l_sk SELECT x, x FROM generate_series(-20, 20) x;
+         INSERT INTO l_sk VALUES (32767, 1), (-32768, 2);
+         INSERT INTO sk SELECT * FROM l_sk;
+         INSERT INTO l_ik SELECT x, x FROM generate_series(-20, 20) x;
+         INSERT INTO l_ik VALUES (2147483647, 1), (-2147483648, 2);
+         INSERT INTO ik SELECT * FROM l_ik;
+         INSERT INTO l_uk SELECT ('00000000-0000-4000-a000-' || lpad(to_hex(x), 12, '0'))::uuid, x FROM generate_series(0, 40) x;
+         INSERT INTO l_uk VALUES ('A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', -1);
+         INSERT INTO uk SELECT * FROM l_uk;
+         INSERT INTO l_vk SELECT 'v' || x, x FROM generate_series(0, 40) x;
+         INSERT INTO l_vk VALUES ('', 100), ('Émile', 101), ('a b ', 102);
+         INSERT INTO vk SELECT * FROM l_vk;
          INSERT INTO cats SELECT x, 'cat ' || x FROM generate_series(-2, 9) x;
          INSERT INTO cats VALUES (NULL, 'no code');"
     );
@@ -1864,6 +1897,10 @@ fn writes(sw: &mut Sweep) {
     );
     sw.refused("UPDATE {t} SET id = id + 1 WHERE id = 140", "0A000");
     sw.refused("UPDATE {k} SET k = 'renamed' WHERE k = 'abc'", "0A000");
+    sw.refused(
+        "MERGE INTO {t} x USING cats c ON x.id = c.code WHEN MATCHED THEN UPDATE SET g = 1",
+        "0A000",
+    );
     sw.contents("refusals");
     // Float sums past the largest double fail in Postgres.
     sw.script(
@@ -3209,6 +3246,205 @@ fn reference_table(sw: &mut Sweep) {
     );
 }
 
+/// Pushed stages under rescans, init plans and the stages above them.
+fn combinations(sw: &mut Sweep) {
+    let qs = [
+        "SELECT c.code, l.* FROM cats c, LATERAL (SELECT id FROM {t} ORDER BY id LIMIT c.code) l",
+        "SELECT c.code, l.* FROM cats c, LATERAL (SELECT id FROM {t} ORDER BY id DESC LIMIT 2 OFFSET c.code) l",
+        "SELECT c.code, l.* FROM cats c, LATERAL (SELECT id FROM {t} WHERE i > c.code * 100 ORDER BY i, id LIMIT 1) l",
+        "SELECT c.code, l.* FROM cats c, LATERAL (SELECT id, count(*) FROM {t} WHERE g = c.code GROUP BY id ORDER BY id DESC LIMIT 2) l",
+        "SELECT c.code, l.* FROM cats c, LATERAL (SELECT g, count(*) FROM {t} WHERE i > c.code GROUP BY g ORDER BY count(*) DESC, g NULLS FIRST LIMIT 1) l",
+        "SELECT c.code, l.* FROM cats c, LATERAL (SELECT id, max(i) FROM {t} GROUP BY id HAVING max(i) > c.code * 100 ORDER BY id LIMIT 2) l",
+        "SELECT c.code, l.* FROM cats c, LATERAL (SELECT s FROM {t} WHERE g = c.code ORDER BY s DESC NULLS LAST, id LIMIT 1) l",
+        "SELECT c.code, l.* FROM cats c LEFT JOIN LATERAL (SELECT id FROM {t} WHERE g = c.code ORDER BY id LIMIT 1) l ON true",
+        "SELECT c.code, (SELECT max(y.val) FROM {t} x JOIN {u} y ON x.id = y.id WHERE x.g = c.code) FROM cats c",
+        "SELECT c.code, (SELECT count(*) FROM {t} x WHERE x.id > c.code AND x.id < c.code + 20) FROM cats c",
+        "SELECT id FROM {t} ORDER BY id LIMIT (SELECT count(*) FROM cats)",
+        "SELECT id FROM {t} ORDER BY id OFFSET (SELECT max(code) FROM cats) LIMIT 3",
+        "SELECT id FROM {t} WHERE i > (SELECT avg(val) FROM {u}) ORDER BY id LIMIT 5",
+        "SELECT g, count(*), rank() OVER (ORDER BY count(*) DESC, g NULLS FIRST) FROM {t} GROUP BY g",
+        "SELECT g, sum(i), sum(sum(i)) OVER () FROM {t} GROUP BY g",
+        "SELECT DISTINCT count(*) FROM {t} GROUP BY g",
+        "SELECT generate_series(1, count(*)::int) FROM {t} WHERE id < -15",
+        "SELECT count(*) FROM {t} GROUP BY g HAVING g > 3",
+        "SELECT sum(i), sum(i), count(*) FILTER (WHERE i > 0), count(*) FILTER (WHERE i > 0) FROM {t}",
+        "SELECT sum(i) + 1, count(*) * 2, coalesce(max(s), 'none'), max(b) - min(b) FROM {t} WHERE b BETWEEN -1000 AND 1000",
+        "SELECT max(i) - min(i) FROM {t}",
+        "SELECT max(b) + 1 FROM {t}",
+        "SELECT sum(i) * 1000000000 FROM {t}",
+        "SELECT avg(i) FILTER (WHERE false), sum(i) FILTER (WHERE false), count(*) FILTER (WHERE false) FROM {t}",
+        "SELECT bool_and(i > 0), bool_or(s LIKE 'a%') FROM {t}",
+        "SELECT count(DISTINCT id), count(id), count(*) FROM {t}",
+        "SELECT g, count(*) FROM {t} WHERE id = 5 GROUP BY g",
+        "SELECT id, count(*) FROM {t} WHERE id = 5 GROUP BY id",
+        "SELECT id, sum(i) FROM {t} WHERE id IN (5, 6, 77) GROUP BY id HAVING sum(i) IS NOT NULL",
+        "SELECT g, array_agg(id ORDER BY id) FILTER (WHERE i > 0) FROM {t} GROUP BY g",
+        "SELECT g, percentile_disc(0.5) WITHIN GROUP (ORDER BY i) FROM {t} GROUP BY g",
+        "SELECT x.g, count(*) FROM {t} x JOIN {u} y ON x.id = y.id GROUP BY x.g HAVING count(*) > 2 ORDER BY count(*) DESC, x.g LIMIT 3",
+        "SELECT x.id, sum(y.val) FROM {t} x JOIN {u} y ON x.id = y.id GROUP BY x.id ORDER BY sum(y.val) DESC NULLS LAST, x.id LIMIT 4",
+        "SELECT count(*) FROM (SELECT g, count(*) FROM {t} GROUP BY g ORDER BY g LIMIT 3) s",
+        "SELECT * FROM (SELECT id, i FROM {t} ORDER BY i DESC NULLS LAST, id LIMIT 10) a JOIN (SELECT id, val FROM {u} ORDER BY id LIMIT 100) b USING (id)",
+        "SELECT * FROM (SELECT id FROM {t} ORDER BY id LIMIT 5) a UNION ALL SELECT * FROM (SELECT id FROM {t} ORDER BY id DESC LIMIT 5) b",
+        "(SELECT id FROM {t} ORDER BY id LIMIT 3) UNION (SELECT id FROM {u} ORDER BY id LIMIT 3)",
+        "SELECT id FROM {t} WHERE id IN (SELECT id FROM {t} ORDER BY i DESC NULLS LAST, id LIMIT 5)",
+        "SELECT (SELECT id FROM {t} ORDER BY id LIMIT 1), (SELECT id FROM {t} ORDER BY id DESC LIMIT 1)",
+        "SELECT id FROM {t} ORDER BY id LIMIT 3 FOR UPDATE",
+        "SELECT g, count(*) FROM {t} GROUP BY g FOR UPDATE",
+    ];
+    for q in qs {
+        sw.q(q);
+    }
+    sw.script(
+        "bulk updates",
+        &[
+            "UPDATE {t} x SET s = v.s FROM (VALUES (21, 'one'), (22, 'two'), (99999, 'none')) v(id, s) WHERE x.id = v.id RETURNING x.id, x.s",
+            "UPDATE {t} x SET i = v.i FROM (VALUES (23::bigint, 1), (24, NULL)) v(id, i) WHERE x.id = v.id RETURNING x.id, x.i",
+            "DELETE FROM {t} x USING cats c WHERE x.id = c.code + 100 RETURNING x.id",
+            "UPDATE {t} SET g = c.code FROM cats c WHERE {t}.id = c.code + 200 RETURNING {t}.id, {t}.g",
+            "INSERT INTO {t} (id, s) SELECT code + 300000, name FROM cats WHERE code IS NOT NULL RETURNING id, s",
+            "INSERT INTO {t} DEFAULT VALUES",
+            "INSERT INTO {t} (id, s) VALUES (NULL, 'x') ON CONFLICT DO NOTHING",
+            "DELETE FROM {t} WHERE id >= 300000",
+        ],
+    );
+}
+
+/// Routing on shard keys of every key type, with values of other types
+/// and values outside the key's range (which match nothing).
+fn key_types(sw: &mut Sweep) {
+    let qs = [
+        "SELECT * FROM {sk} WHERE key = 5",
+        "SELECT * FROM {sk} WHERE key = 5::bigint",
+        "SELECT * FROM {sk} WHERE key = 65541",
+        "SELECT * FROM {sk} WHERE key = -65531",
+        "SELECT * FROM {sk} WHERE key = 4294967301",
+        "SELECT * FROM {sk} WHERE key IN (5, 65541, 32767, -32768)",
+        "SELECT * FROM {sk} WHERE key = ANY ('{5,65541}'::int[])",
+        "SELECT * FROM {sk} WHERE key = 5.0",
+        "SELECT * FROM {sk} WHERE key = 32768",
+        "SELECT * FROM {sk} WHERE key > 32766",
+        "SELECT * FROM {sk} WHERE key < -32767",
+        "SELECT * FROM {sk} WHERE key = '5'",
+        "SELECT * FROM {sk} WHERE key = '65541'",
+        "SELECT key, count(*) FROM {sk} GROUP BY key HAVING count(*) > 0 ORDER BY key LIMIT 3",
+        "SELECT * FROM {ik} WHERE key = 5",
+        "SELECT * FROM {ik} WHERE key = 4294967301",
+        "SELECT * FROM {ik} WHERE key = -4294967291",
+        "SELECT * FROM {ik} WHERE key = 2147483648",
+        "SELECT * FROM {ik} WHERE key IN (5, 4294967301, 2147483647)",
+        "SELECT * FROM {ik} WHERE key = ANY ('{5,4294967301}'::bigint[])",
+        "SELECT * FROM {ik} WHERE key = 5::smallint",
+        "SELECT * FROM {ik} WHERE key = 18446744073709551621",
+        "SELECT * FROM {ik} WHERE key = 5.5",
+        "SELECT * FROM {ik} WHERE key = 1e10",
+        "SELECT * FROM {ik} WHERE key = -2147483648",
+        "SELECT * FROM {ik} WHERE key BETWEEN 2147483640 AND 2147483650",
+        "SELECT * FROM {uk} WHERE key = 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'",
+        "SELECT * FROM {uk} WHERE key = 'a0eebc999c0b4ef8bb6d6bb9bd380a11'",
+        "SELECT * FROM {uk} WHERE key = '{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}'",
+        "SELECT * FROM {uk} WHERE key IN ('00000000-0000-4000-a000-000000000005', '00000000-0000-4000-A000-00000000000A')",
+        "SELECT * FROM {uk} WHERE key::text = '00000000-0000-4000-a000-000000000005'",
+        "SELECT * FROM {uk} WHERE key = 'not a uuid'",
+        "SELECT * FROM {uk} ORDER BY key DESC LIMIT 3",
+        "SELECT * FROM {vk} WHERE key = 'v5'",
+        "SELECT * FROM {vk} WHERE key = 'v5'::text",
+        "SELECT * FROM {vk} WHERE key = 'v5'::char(5)",
+        "SELECT * FROM {vk} WHERE key = 'v5 '",
+        "SELECT * FROM {vk} WHERE key = 'a b '",
+        "SELECT * FROM {vk} WHERE key = 'a b'",
+        "SELECT * FROM {vk} WHERE key = ''",
+        "SELECT * FROM {vk} WHERE key = 'Émile'",
+        "SELECT * FROM {vk} WHERE key = 'émile'",
+        "SELECT * FROM {vk} WHERE key IN ('v1', 'v2', 'nope', NULL)",
+        "SELECT * FROM {vk} WHERE key = 'this is longer than ten'",
+        "SELECT * FROM {vk} WHERE key LIKE 'v1%'",
+        "SELECT * FROM {vk} ORDER BY key LIMIT 5",
+    ];
+    for q in qs {
+        sw.q(q);
+    }
+    sw.p("SELECT key::text FROM {sk} WHERE key = $1", &[&5i16]);
+    sw.typed(
+        "SELECT key::text FROM {sk} WHERE key = $1",
+        &[Type::INT4],
+        &[&65541i32],
+    );
+    sw.typed(
+        "SELECT key::text FROM {sk} WHERE key = $1",
+        &[Type::INT8],
+        &[&4294967301i64],
+    );
+    sw.typed(
+        "SELECT key::text FROM {sk} WHERE key = ANY($1)",
+        &[Type::INT8_ARRAY],
+        &[&vec![5i64, 65541]],
+    );
+    sw.typed(
+        "SELECT key::text FROM {ik} WHERE key = $1",
+        &[Type::INT8],
+        &[&4294967301i64],
+    );
+    sw.typed(
+        "SELECT key::text FROM {ik} WHERE key = $1",
+        &[Type::INT8],
+        &[&-4294967291i64],
+    );
+    sw.typed(
+        "SELECT key::text FROM {ik} WHERE key IN ($1, $2)",
+        &[Type::INT8, Type::INT2],
+        &[&4294967301i64, &5i16],
+    );
+    sw.typed(
+        "SELECT key::text FROM {ik} WHERE key = ANY($1)",
+        &[Type::INT8_ARRAY],
+        &[&vec![5i64, 4294967301, -4294967291]],
+    );
+    sw.typed(
+        "SELECT key::text FROM {uk} WHERE key = $1::uuid",
+        &[Type::TEXT],
+        &[&"A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"],
+    );
+    sw.typed(
+        "SELECT key::text FROM {vk} WHERE key = $1",
+        &[Type::TEXT],
+        &[&"v5"],
+    );
+    sw.typed(
+        "SELECT key::text FROM {vk} WHERE key = $1",
+        &[Type::BPCHAR],
+        &[&"v5 "],
+    );
+    sw.prepared(
+        "k1",
+        "SELECT * FROM {ik} WHERE key = $1",
+        &["5", "4294967301", "-2147483648", "NULL"],
+    );
+    sw.prepared(
+        "k2",
+        "SELECT * FROM {sk} WHERE key = $1::bigint",
+        &["5", "65541", "-32768"],
+    );
+    sw.script(
+        "key type writes",
+        &[
+            "INSERT INTO {sk} VALUES (65541, 1)",
+            "INSERT INTO {sk} VALUES (100, 1), (101, 2) RETURNING *",
+            "UPDATE {sk} SET n = n + 1 WHERE key = 65541",
+            "UPDATE {ik} SET n = n + 1 WHERE key = 4294967301 RETURNING *",
+            "UPDATE {ik} SET n = n + 1 WHERE key IN (5, 4294967301) RETURNING *",
+            "DELETE FROM {ik} WHERE key = -4294967291 RETURNING *",
+            "DELETE FROM {sk} WHERE key = ANY ('{6,65542}'::int[]) RETURNING *",
+            "INSERT INTO {uk} VALUES ('FFFFFFFF-0000-4000-A000-000000000000', 5) RETURNING *",
+            "UPDATE {uk} SET n = 0 WHERE key = 'ffffffff-0000-4000-a000-000000000000' RETURNING *",
+            "INSERT INTO {vk} VALUES ('v5', 1)",
+            "INSERT INTO {vk} VALUES ('v5 ', 1) RETURNING *",
+            "INSERT INTO {vk} VALUES ('too long for ten', 1)",
+            "INSERT INTO {vk} VALUES ('trimmed      '::varchar(10), 1) RETURNING key, length(key)",
+            "DELETE FROM {vk} WHERE key = 'v5 ' RETURNING *",
+        ],
+    );
+}
+
 /// Every part of the sweep over one cluster's nodes.
 fn sweep(cluster: &Cluster, db: Client, explain: bool) {
     let mut sw = Sweep {
@@ -3230,6 +3466,8 @@ fn sweep(cluster: &Cluster, db: Client, explain: bool) {
     more_reads(&mut sw);
     plans(&mut sw);
     reference_table(&mut sw);
+    combinations(&mut sw);
+    key_types(&mut sw);
     writes(&mut sw);
     typed_writes(&mut sw);
     in_transaction(&mut sw);
