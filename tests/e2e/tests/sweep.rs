@@ -3445,6 +3445,90 @@ fn key_types(sw: &mut Sweep) {
     );
 }
 
+/// Row and statement triggers, and a view WITH CHECK OPTION, on both
+/// tables: the rows written are the triggers' (a BEFORE trigger changes
+/// or skips them), and what the triggers saw is the same.
+fn triggers(sw: &mut Sweep) {
+    sw.db
+        .batch_execute(
+            "CREATE TABLE trig_log (tbl text, op text, id bigint, val integer, note text);
+             CREATE FUNCTION trig_before() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF TG_OP = 'DELETE' THEN
+                 IF OLD.val = 13 THEN RETURN NULL; END IF;
+                 RETURN OLD;
+               END IF;
+               IF NEW.val = 13 THEN RETURN NULL; END IF;
+               NEW.note := coalesce(NEW.note, '') || '+' || lower(TG_OP);
+               IF TG_OP = 'UPDATE' THEN NEW.val := NEW.val * 10; END IF;
+               RETURN NEW;
+             END $$;
+             CREATE FUNCTION trig_after() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF TG_OP = 'DELETE' THEN
+                 INSERT INTO trig_log VALUES (TG_TABLE_NAME, TG_OP, OLD.id, OLD.val, OLD.note);
+               ELSE
+                 INSERT INTO trig_log VALUES (TG_TABLE_NAME, TG_OP, NEW.id, NEW.val, NEW.note);
+               END IF;
+               RETURN NULL;
+             END $$;
+             CREATE FUNCTION trig_stmt() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               INSERT INTO trig_log VALUES (TG_TABLE_NAME, 'statement ' || TG_OP, NULL, NULL, TG_WHEN);
+               RETURN NULL;
+             END $$;
+             CREATE TRIGGER b BEFORE INSERT OR UPDATE OR DELETE ON l_u FOR EACH ROW EXECUTE FUNCTION trig_before();
+             CREATE TRIGGER b BEFORE INSERT OR UPDATE OR DELETE ON u FOR EACH ROW EXECUTE FUNCTION trig_before();
+             CREATE TRIGGER a AFTER INSERT OR UPDATE OR DELETE ON l_u FOR EACH ROW EXECUTE FUNCTION trig_after();
+             CREATE TRIGGER a AFTER INSERT OR UPDATE OR DELETE ON u FOR EACH ROW EXECUTE FUNCTION trig_after();
+             CREATE TRIGGER s AFTER INSERT OR UPDATE OR DELETE ON l_u FOR EACH STATEMENT EXECUTE FUNCTION trig_stmt();
+             CREATE TRIGGER s AFTER INSERT OR UPDATE OR DELETE ON u FOR EACH STATEMENT EXECUTE FUNCTION trig_stmt();
+             CREATE VIEW l_uv AS SELECT * FROM l_u WHERE val > 0 WITH CHECK OPTION;
+             CREATE VIEW uv AS SELECT * FROM u WHERE val > 0 WITH CHECK OPTION;",
+        )
+        .unwrap_or_else(|e| panic!("triggers: {}", pg_err(&e)));
+    sw.script(
+        "triggers",
+        &[
+            "INSERT INTO {u} (id, val, note) VALUES (20000, 1, 'x'), (20001, 13, 'skipped'), (20002, 2, NULL) RETURNING *",
+            "UPDATE {u} SET val = val + 1 WHERE id = 20000 RETURNING *",
+            "UPDATE {u} SET val = 13 WHERE id = 20002 RETURNING *",
+            "UPDATE {u} SET val = val + 1 WHERE id BETWEEN 21 AND 30 RETURNING id, val, note",
+            "UPDATE {u} SET note = note || '!' WHERE id BETWEEN 31 AND 35",
+            "DELETE FROM {u} WHERE id BETWEEN 36 AND 40 RETURNING id",
+            "UPDATE {u} SET val = 13 WHERE id = 41",
+            "DELETE FROM {u} WHERE id = 41 RETURNING *",
+            "INSERT INTO {u} (id, val) VALUES (20003, 5) ON CONFLICT DO NOTHING RETURNING *",
+            "INSERT INTO {u} (id, val) VALUES (20003, 6) ON CONFLICT DO NOTHING RETURNING *",
+            "BEGIN",
+            "UPDATE {u} SET val = 0 WHERE id = 42",
+            "ROLLBACK",
+            "SELECT op, id, val, note FROM trig_log WHERE tbl = '{u}'",
+            "INSERT INTO {u}v (id, val) VALUES (20010, 1) RETURNING *",
+            "INSERT INTO {u}v (id, val) VALUES (20011, -1)",
+            "UPDATE {u}v SET val = -val WHERE id = 20010",
+            "UPDATE {u}v SET val = val + 1 WHERE id = 20010 RETURNING *",
+            "DELETE FROM {u}v WHERE id = 20010 RETURNING *",
+            "SELECT count(*) FROM {u}v",
+            "CREATE FUNCTION {u}_move_key() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.id := NEW.id + 1; RETURN NEW; END $$",
+            "CREATE TRIGGER aa_move BEFORE UPDATE ON {u} FOR EACH ROW WHEN (NEW.val = 999) EXECUTE FUNCTION {u}_move_key()",
+        ],
+    );
+    // A trigger that changes the shard key: refused, nothing changed.
+    sw.refused("UPDATE {u} SET val = 999 WHERE id = 43", "0A000");
+    sw.db
+        .batch_execute("DROP TRIGGER aa_move ON l_u; DROP TRIGGER aa_move ON u")
+        .unwrap();
+    sw.contents("trigger changing the key");
+    sw.db
+        .batch_execute(
+            "DROP VIEW l_uv; DROP VIEW uv;
+             DROP TRIGGER b ON l_u; DROP TRIGGER b ON u; DROP TRIGGER a ON l_u; DROP TRIGGER a ON u;
+             DROP TRIGGER s ON l_u; DROP TRIGGER s ON u;",
+        )
+        .unwrap();
+}
+
 /// Every part of the sweep over one cluster's nodes.
 fn sweep(cluster: &Cluster, db: Client, explain: bool) {
     let mut sw = Sweep {
@@ -3474,6 +3558,7 @@ fn sweep(cluster: &Cluster, db: Client, explain: bool) {
     copy_in(&mut sw);
     returning_order(&mut sw);
     driver_types(&mut sw);
+    triggers(&mut sw);
     schema_changes(&mut sw);
     // The backend is alive and the nodes still answer.
     sw.q("SELECT count(*) FROM {t}");
