@@ -215,6 +215,13 @@ pub unsafe extern "C-unwind" fn plan_foreign_modify(
             // A BEFORE ROW UPDATE trigger may change any column of the new
             // row, not only the SET targets: every column but the row's
             // identity is sent then (as postgres_fdw does).
+            // Stored generated columns are computed by Postgres from the
+            // new row: they change with the columns they depend on.
+            for a in stored_generated_attnums(relid) {
+                if !attnums.contains(&a) {
+                    attnums.push(a);
+                }
+            }
             if has_before_update_row_trigger(relid) {
                 for (i, c) in topology.columns.iter().enumerate() {
                     if !topology.primary_key.contains(&i) && !attnums.contains(&(c.attnum as i32)) {
@@ -255,6 +262,29 @@ pub unsafe fn on_conflict_of(plan: *const pg_sys::ModifyTable) -> OnConflict {
         OnConflict::DoNothing
     } else {
         OnConflict::Error
+    }
+}
+
+/// The attribute numbers of the relation's stored generated columns.
+///
+/// # Safety
+/// The caller holds a lock on the relation (planning a statement on it).
+pub unsafe fn stored_generated_attnums(relid: pg_sys::Oid) -> Vec<i32> {
+    // SAFETY: per the contract; the relation is closed again.
+    unsafe {
+        let rel = pg_sys::RelationIdGetRelation(relid);
+        let td = (*rel).rd_att;
+        let found = (*td)
+            .attrs
+            .as_slice((*td).natts as usize)
+            .iter()
+            .filter(|a| {
+                !a.attisdropped && a.attgenerated as u8 == pg_sys::ATTRIBUTE_GENERATED_STORED
+            })
+            .map(|a| a.attnum as i32)
+            .collect();
+        pg_sys::RelationClose(rel);
+        found
     }
 }
 

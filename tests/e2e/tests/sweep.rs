@@ -3529,6 +3529,52 @@ fn triggers(sw: &mut Sweep) {
         .unwrap();
 }
 
+/// Stored generated columns: Postgres computes them, the table stores
+/// them (an UPDATE of the columns they depend on changes them too).
+fn generated_columns(sw: &mut Sweep) {
+    let cols = "id bigint NOT NULL, a integer, b text, \
+                twice integer GENERATED ALWAYS AS (a * 2) STORED, \
+                label text GENERATED ALWAYS AS (coalesce(b, '?') || ':' || a) STORED";
+    let setup = format!(
+        "CREATE TABLE l_gen ({cols}, PRIMARY KEY (id));
+         CREATE FOREIGN TABLE gen ({cols}) SERVER cluster;
+         SELECT conductor.create_distributed_table('gen', 'id', shard_count => 4);"
+    );
+    if let Err(e) = sw.db.batch_execute(&setup) {
+        // A clear refusal is acceptable; a crash is not.
+        let code = e.as_db_error().map(|d| d.code().code().to_string());
+        println!("generated columns refused: {}", pg_err(&e));
+        if code.as_deref() == Some("XX000") || code.is_none() {
+            sw.failures
+                .push(format!("generated columns: {}", pg_err(&e)));
+        }
+        return;
+    }
+    let stmts = [
+        "INSERT INTO {gen} (id, a, b) VALUES (1, 1, 'x'), (2, NULL, NULL), (3, 3, 'z') RETURNING *",
+        "INSERT INTO {gen} (id, a, twice) VALUES (4, 4, 5)",
+        "UPDATE {gen} SET a = a + 10 WHERE id = 1 RETURNING *",
+        "UPDATE {gen} SET b = 'changed' WHERE id IN (2, 3) RETURNING *",
+        "UPDATE {gen} SET a = 7 RETURNING *",
+        "UPDATE {gen} SET twice = 1",
+        "SELECT * FROM {gen} WHERE twice = 14",
+        "SELECT label, count(*) FROM {gen} GROUP BY label",
+        "DELETE FROM {gen} WHERE id = 3 RETURNING *",
+        "SELECT * FROM {gen} ORDER BY id",
+    ];
+    let mut outs = [Vec::new(), Vec::new()];
+    for (side, local) in [(0, true), (1, false)] {
+        for q in stmts {
+            let q = q.replace("{gen}", if local { "l_gen" } else { "gen" });
+            outs[side].push(simple(&mut sw.db, &q));
+        }
+    }
+    let [l, d] = outs;
+    for ((q, lo), dout) in stmts.iter().zip(l).zip(d) {
+        sw.record(q, lo, dout, top_level_order_by(q));
+    }
+}
+
 /// Every part of the sweep over one cluster's nodes.
 fn sweep(cluster: &Cluster, db: Client, explain: bool) {
     let mut sw = Sweep {
@@ -3559,6 +3605,7 @@ fn sweep(cluster: &Cluster, db: Client, explain: bool) {
     returning_order(&mut sw);
     driver_types(&mut sw);
     triggers(&mut sw);
+    generated_columns(&mut sw);
     schema_changes(&mut sw);
     // The backend is alive and the nodes still answer.
     sw.q("SELECT count(*) FROM {t}");
