@@ -3575,6 +3575,128 @@ fn generated_columns(sw: &mut Sweep) {
     }
 }
 
+/// Run `setup` (with `{x}` standing for `l_` on the local side and nothing
+/// on the distributed one); a clear refusal is accepted, a crash is not.
+/// True when both sides were set up.
+fn setup_both(sw: &mut Sweep, what: &str, local: &str, dist: &str) -> bool {
+    sw.db
+        .batch_execute(local)
+        .unwrap_or_else(|e| panic!("{what} (local): {}", pg_err(&e)));
+    match sw.db.batch_execute(dist) {
+        Ok(()) => true,
+        Err(e) => {
+            let code = e.as_db_error().map(|d| d.code().code().to_string());
+            println!("{what} refused: {}", pg_err(&e));
+            if code.as_deref() == Some("XX000") || code.is_none() {
+                sw.failures.push(format!("{what}: {}", pg_err(&e)));
+            }
+            false
+        }
+    }
+}
+
+/// Tables users build around distributed ones: sequences for keys,
+/// domains, partitions that are distributed tables.
+fn table_shapes(sw: &mut Sweep) {
+    if setup_both(
+        sw,
+        "sequence key",
+        "CREATE SEQUENCE l_sq_seq; CREATE TABLE l_sq (id bigint NOT NULL DEFAULT nextval('l_sq_seq') PRIMARY KEY, v text, n integer DEFAULT 7);",
+        "CREATE SEQUENCE sq_seq; CREATE FOREIGN TABLE sq (id bigint NOT NULL DEFAULT nextval('sq_seq'), v text, n integer DEFAULT 7) SERVER cluster;
+         SELECT conductor.create_distributed_table('sq', 'id', shard_count => 4);",
+    ) {
+        for q in [
+            "INSERT INTO {sq} (v) VALUES ('a'), ('b'), ('c') RETURNING *",
+            "INSERT INTO {sq} (v) SELECT 'x' || g FROM generate_series(1, 20) g RETURNING id, v",
+            "INSERT INTO {sq} DEFAULT VALUES RETURNING *",
+            "INSERT INTO {sq} (id, v) VALUES (DEFAULT, 'd'), (1000, 'e') RETURNING *",
+            "UPDATE {sq} SET n = DEFAULT, v = upper(v) WHERE id < 5 RETURNING *",
+            "SELECT * FROM {sq} ORDER BY id",
+        ] {
+            let mut outs = Vec::new();
+            for local in [true, false] {
+                let q = q.replace("{sq}", if local { "l_sq" } else { "sq" });
+                outs.push(simple(&mut sw.db, &q));
+            }
+            let d = outs.pop().unwrap();
+            let l = outs.pop().unwrap();
+            sw.record(q, l, d, top_level_order_by(q));
+        }
+    }
+    if setup_both(
+        sw,
+        "domain column",
+        "CREATE DOMAIN posint AS integer CHECK (VALUE > 0); CREATE DOMAIN short_text AS varchar(5);
+         CREATE TABLE l_dm (id bigint NOT NULL PRIMARY KEY, p posint, s short_text);",
+        "CREATE FOREIGN TABLE dm (id bigint NOT NULL, p posint, s short_text) SERVER cluster;
+         SELECT conductor.create_distributed_table('dm', 'id', shard_count => 4);",
+    ) {
+        for q in [
+            "INSERT INTO {dm} VALUES (1, 5, 'abc'), (2, 7, NULL), (3, NULL, 'xyz') RETURNING *",
+            "INSERT INTO {dm} VALUES (4, -1, 'a')",
+            "INSERT INTO {dm} VALUES (5, 1, 'toolong')",
+            "UPDATE {dm} SET p = p - 10 WHERE id = 1",
+            "UPDATE {dm} SET p = p + 1 WHERE id = 1 RETURNING *",
+            "SELECT * FROM {dm} WHERE p > 5",
+            "SELECT * FROM {dm} WHERE s = 'abc'",
+            "SELECT sum(p), max(s) FROM {dm}",
+            "SELECT * FROM {dm} ORDER BY p NULLS FIRST, id",
+        ] {
+            let mut outs = Vec::new();
+            for local in [true, false] {
+                let q = q.replace("{dm}", if local { "l_dm" } else { "dm" });
+                outs.push(simple(&mut sw.db, &q));
+            }
+            let d = outs.pop().unwrap();
+            let l = outs.pop().unwrap();
+            sw.record(q, l, d, top_level_order_by(q));
+        }
+    }
+    if setup_both(
+        sw,
+        "distributed partitions",
+        "CREATE TABLE l_pt (id bigint NOT NULL, region text NOT NULL, v integer, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE l_pt_eu PARTITION OF l_pt FOR VALUES IN ('eu');
+         CREATE TABLE l_pt_us PARTITION OF l_pt FOR VALUES IN ('us');
+         CREATE TABLE l_pt_other PARTITION OF l_pt DEFAULT;",
+        "CREATE TABLE pt (id bigint NOT NULL, region text NOT NULL, v integer) PARTITION BY LIST (region);
+         CREATE FOREIGN TABLE pt_eu PARTITION OF pt FOR VALUES IN ('eu') SERVER cluster;
+         SELECT conductor.create_distributed_table('pt_eu', 'id', shard_count => 4, colocate_with => 'none');
+         CREATE FOREIGN TABLE pt_us PARTITION OF pt FOR VALUES IN ('us') SERVER cluster;
+         SELECT conductor.create_distributed_table('pt_us', 'id', shard_count => 4, colocate_with => 'none');
+         CREATE TABLE pt_other PARTITION OF pt DEFAULT;",
+    ) {
+        for q in [
+            "INSERT INTO {pt} VALUES (1, 'eu', 10), (2, 'us', 20), (3, 'asia', 30), (4, 'eu', NULL) RETURNING *",
+            "INSERT INTO {pt} SELECT g, CASE g % 3 WHEN 0 THEN 'eu' WHEN 1 THEN 'us' ELSE 'mars' END, g FROM generate_series(10, 60) g",
+            "INSERT INTO {pt} VALUES (1, 'eu', 0)",
+            "SELECT * FROM {pt}",
+            "SELECT tableoid::regclass::text LIKE '%eu', count(*) FROM {pt} GROUP BY 1",
+            "SELECT region, count(*), sum(v) FROM {pt} GROUP BY region",
+            "SELECT * FROM {pt} WHERE region = 'eu' AND id < 20",
+            "SELECT * FROM {pt} WHERE id = 2",
+            "SELECT * FROM {pt} ORDER BY v DESC NULLS LAST, id LIMIT 5",
+            "UPDATE {pt} SET v = v + 1 WHERE region = 'us' RETURNING *",
+            "UPDATE {pt} SET v = -v WHERE id IN (3, 4, 12) RETURNING *",
+            // Postgres checks no partition constraint on a foreign
+            // partition's UPDATE: the row stays where it is (both sides
+            // show the same rows, not the same partitions).
+            "UPDATE {pt} SET region = 'us' WHERE id = 1",
+            "DELETE FROM {pt} WHERE v > 50 RETURNING *",
+            "SELECT * FROM {pt} ORDER BY id",
+        ] {
+            let mut outs = Vec::new();
+            for local in [true, false] {
+                let q = q.replace("{pt}", if local { "l_pt" } else { "pt" });
+                outs.push(simple(&mut sw.db, &q));
+            }
+            let d = outs.pop().unwrap();
+            let l = outs.pop().unwrap();
+            sw.record(q, l, d, top_level_order_by(q));
+        }
+    }
+}
+
 /// Every part of the sweep over one cluster's nodes.
 fn sweep(cluster: &Cluster, db: Client, explain: bool) {
     let mut sw = Sweep {
@@ -3606,6 +3728,7 @@ fn sweep(cluster: &Cluster, db: Client, explain: bool) {
     driver_types(&mut sw);
     triggers(&mut sw);
     generated_columns(&mut sw);
+    table_shapes(&mut sw);
     schema_changes(&mut sw);
     // The backend is alive and the nodes still answer.
     sw.q("SELECT count(*) FROM {t}");
