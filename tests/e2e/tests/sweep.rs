@@ -3734,6 +3734,67 @@ fn timed(what: &str, sw: &mut Sweep, part: fn(&mut Sweep)) {
     println!("{what}: {:.1?}", started.elapsed());
 }
 
+/// A second session that used the tables before another session changed
+/// their columns sees the new columns (its cached table definitions are
+/// invalidated), also through statements it prepared before.
+fn second_session(sw: &mut Sweep, mut other: Client) {
+    let warm = [
+        "SELECT count(*), sum(i) FROM {t}",
+        "SELECT key_id, g FROM {t} WHERE key_id = 5",
+        "SELECT g, count(*) FROM {t} GROUP BY g",
+    ];
+    std::mem::swap(&mut sw.db, &mut other);
+    for q in warm {
+        sw.q(q);
+    }
+    for (side, local) in [("l", true), ("d", false)] {
+        let sql = subst(
+            "PREPARE w_{side} AS SELECT key_id, g FROM {t} WHERE key_id = $1",
+            local,
+        )
+        .replace("{side}", side);
+        simple(&mut sw.db, &sql);
+    }
+    std::mem::swap(&mut sw.db, &mut other);
+    sw.script(
+        "columns changed by another session",
+        &[
+            "ALTER TABLE {t} ADD COLUMN late integer DEFAULT 5",
+            "ALTER TABLE {t} RENAME COLUMN g TO g2",
+            "ALTER TABLE {t} DROP COLUMN b",
+        ],
+    );
+    std::mem::swap(&mut sw.db, &mut other);
+    for q in [
+        "SELECT key_id, late, g2 FROM {t} WHERE key_id < 0",
+        "SELECT * FROM {t} WHERE key_id = 5",
+        "SELECT g2, count(*), sum(late) FROM {t} GROUP BY g2",
+        "SELECT key_id, late FROM {t} ORDER BY g2 NULLS FIRST, key_id LIMIT 5",
+        "SELECT b FROM {t} LIMIT 1",
+    ] {
+        sw.q(q);
+    }
+    for arg in ["5", "-5"] {
+        let l = simple(&mut sw.db, &format!("EXECUTE w_l({arg})"));
+        let d = simple(&mut sw.db, &format!("EXECUTE w_d({arg})"));
+        sw.record(
+            &format!("EXECUTE prepared before the change ({arg})"),
+            l,
+            d,
+            false,
+        );
+    }
+    sw.script(
+        "writes after another session's change",
+        &[
+            "UPDATE {t} SET late = late + 1, g2 = 0 WHERE key_id BETWEEN -10 AND 10 RETURNING key_id, late, g2",
+            "INSERT INTO {t} (key_id, late) VALUES (900000, NULL) RETURNING key_id, late, g2",
+            "DELETE FROM {t} WHERE key_id = 900000 RETURNING *",
+        ],
+    );
+    std::mem::swap(&mut sw.db, &mut other);
+}
+
 /// Every part of the sweep over one cluster's nodes.
 fn sweep(cluster: &Cluster, db: Client, explain: bool) {
     let mut sw = Sweep {
@@ -3767,9 +3828,9 @@ fn sweep(cluster: &Cluster, db: Client, explain: bool) {
     timed("generated_columns", &mut sw, generated_columns);
     timed("table_shapes", &mut sw, table_shapes);
     timed("schema_changes", &mut sw, schema_changes);
+    second_session(&mut sw, cluster.client());
     // The backend is alive and the nodes still answer.
     sw.q("SELECT count(*) FROM {t}");
-    let _ = cluster;
     println!("{} statements agree", sw.agreed);
     assert!(
         sw.failures.is_empty(),
