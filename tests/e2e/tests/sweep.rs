@@ -3795,6 +3795,64 @@ fn second_session(sw: &mut Sweep, mut other: Client) {
     std::mem::swap(&mut sw.db, &mut other);
 }
 
+/// Functions that read and write the tables while a scan of them streams
+/// (nested executors in one backend), and plpgsql loops over them.
+fn functions(sw: &mut Sweep) {
+    for side in ["l_", ""] {
+        let sql = format!(
+            "CREATE FUNCTION {side}u_val(k bigint) RETURNS integer LANGUAGE plpgsql STABLE AS $$
+             DECLARE r integer;
+             BEGIN SELECT val INTO r FROM {side}u WHERE id = k; RETURN r; END $$;
+             CREATE FUNCTION {side}u_count(lo integer) RETURNS bigint LANGUAGE sql STABLE AS
+               'SELECT count(*) FROM {side}u WHERE val > lo';
+             CREATE FUNCTION {side}bump(k bigint) RETURNS integer LANGUAGE plpgsql AS $$
+             DECLARE r integer;
+             BEGIN UPDATE {side}u SET val = coalesce(val, 0) + 1 WHERE id = k RETURNING val INTO r; RETURN r; END $$;
+             CREATE FUNCTION {side}walk() RETURNS TABLE (n bigint, total bigint, last_id bigint) LANGUAGE plpgsql AS $$
+             DECLARE rec record;
+             BEGIN
+               n := 0; total := 0;
+               FOR rec IN SELECT id, val FROM {side}u ORDER BY id LOOP
+                 n := n + 1; total := total + coalesce(rec.val, 0); last_id := rec.id;
+                 IF rec.val = 7 THEN
+                   UPDATE {side}u SET note = 'walked' WHERE id = rec.id;
+                 END IF;
+               END LOOP;
+               RETURN NEXT;
+             END $$;"
+        );
+        sw.db
+            .batch_execute(&sql)
+            .unwrap_or_else(|e| panic!("functions: {}", pg_err(&e)));
+    }
+    for q in [
+        "SELECT id, {f}u_val(id) FROM {u} WHERE id < 60",
+        "SELECT x.id, {f}u_val(x.id) FROM {t} x WHERE x.id BETWEEN 20 AND 80",
+        "SELECT code, {f}u_count(code) FROM cats",
+        "SELECT id FROM {u} WHERE val > {f}u_count(40) - 400",
+        "SELECT sum({f}u_val(id)) FROM {u}",
+    ] {
+        let l = simple(&mut sw.db, &subst(&q.replace("{f}", "l_"), true));
+        let d = simple(&mut sw.db, &subst(&q.replace("{f}", ""), false));
+        sw.record(q, l, d, top_level_order_by(q));
+    }
+    for q in [
+        "SELECT {f}walk()",
+        "SELECT id, {f}bump(id) FROM {u} WHERE id BETWEEN 21 AND 40",
+        "SELECT {f}bump(id) FROM generate_series(21, 30) id",
+        "BEGIN; SELECT {f}bump(25), {f}bump(25); SELECT {f}walk(); COMMIT",
+        "SELECT * FROM {u} WHERE id BETWEEN 21 AND 40 OR note = 'walked'",
+    ] {
+        let l = simple(&mut sw.db, &subst(&q.replace("{f}", "l_"), true));
+        let d = simple(&mut sw.db, &subst(&q.replace("{f}", ""), false));
+        if std::env::var_os("SWEEP_VERBOSE").is_some() {
+            println!("[functions] {q}: {}", show(&d));
+        }
+        sw.record(q, l, d, top_level_order_by(q));
+    }
+    sw.contents("functions");
+}
+
 /// Every part of the sweep over one cluster's nodes.
 fn sweep(cluster: &Cluster, db: Client, explain: bool) {
     let mut sw = Sweep {
@@ -3826,6 +3884,7 @@ fn sweep(cluster: &Cluster, db: Client, explain: bool) {
     timed("driver_types", &mut sw, driver_types);
     timed("triggers", &mut sw, triggers);
     timed("generated_columns", &mut sw, generated_columns);
+    timed("functions", &mut sw, functions);
     timed("table_shapes", &mut sw, table_shapes);
     timed("schema_changes", &mut sw, schema_changes);
     second_session(&mut sw, cluster.client());
