@@ -1391,6 +1391,15 @@ fn ordering(sw: &mut Sweep) {
         "SELECT id FROM {t} ORDER BY id LIMIT 0",
         "SELECT id FROM {t} ORDER BY id OFFSET 295",
         "SELECT id FROM {t} ORDER BY id LIMIT ALL",
+        "SELECT id FROM {t} ORDER BY id LIMIT 9223372036854775807 OFFSET 290",
+        "SELECT id FROM {t} ORDER BY id LIMIT 9223372036854775807 OFFSET 9223372036854775807",
+        "SELECT id FROM {t} ORDER BY id LIMIT 1 OFFSET 9223372036854775807",
+        "SELECT id FROM {t} ORDER BY id DESC LIMIT 9223372036854775806 OFFSET 2",
+        "SELECT count(*) FROM (SELECT id FROM {t} LIMIT 9223372036854775807 OFFSET 295) s",
+        "SELECT count(*) FROM (SELECT id FROM {t} OFFSET 9223372036854775807) s",
+        "SELECT g, count(*) FROM {t} GROUP BY g ORDER BY g NULLS FIRST LIMIT 9223372036854775807 OFFSET 3",
+        "SELECT id, count(*) FROM {t} GROUP BY id ORDER BY id LIMIT 9223372036854775807 OFFSET 297",
+        "SELECT id FROM {t} ORDER BY id LIMIT 2147483648 OFFSET 4294967296",
         "SELECT id FROM {t} ORDER BY id LIMIT NULL",
         "SELECT id FROM {t} ORDER BY id LIMIT -1",
         "SELECT id FROM {t} ORDER BY id OFFSET -1",
@@ -1695,7 +1704,15 @@ fn extended_protocol(sw: &mut Sweep) {
     sw.prepared(
         "p4",
         "SELECT id FROM {t} ORDER BY id LIMIT $1 OFFSET $2",
-        &["3, 0", "3, 297", "0, 0", "NULL, 295"],
+        &[
+            "3, 0",
+            "3, 297",
+            "0, 0",
+            "NULL, 295",
+            "9223372036854775807, 296",
+            "9223372036854775807, 9223372036854775807",
+            "1, 9223372036854775807",
+        ],
     );
     sw.prepared(
         "p5",
