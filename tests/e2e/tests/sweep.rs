@@ -3700,6 +3700,53 @@ fn table_shapes(sw: &mut Sweep) {
             sw.record(q, l, d, top_level_order_by(q));
         }
     }
+    for (what, coll) in [("case-insensitive key", "ci"), ("ICU key", "\"und-x-icu\"")] {
+        let local = format!(
+            "CREATE TABLE l_ck (k text COLLATE {coll} NOT NULL PRIMARY KEY, n integer);
+             INSERT INTO l_ck VALUES ('abc', 1), ('Émile', 2), ('zoë', 3), ('b', 4);"
+        );
+        let dist = format!(
+            "CREATE FOREIGN TABLE ck (k text COLLATE {coll} NOT NULL, n integer) SERVER cluster;
+             SELECT conductor.create_distributed_table('ck', 'k', shard_count => 8, colocate_with => 'none');
+             INSERT INTO ck VALUES ('abc', 1), ('Émile', 2), ('zoë', 3), ('b', 4);"
+        );
+        if setup_both(sw, what, &local, &dist) {
+            for q in [
+                "SELECT * FROM {ck} WHERE k = 'abc'",
+                "SELECT * FROM {ck} WHERE k = 'ABC'",
+                "SELECT * FROM {ck} WHERE k = 'emile'",
+                "SELECT * FROM {ck} WHERE k = 'ÉMILE'",
+                "SELECT * FROM {ck} WHERE k IN ('ABC', 'ZOË')",
+                "SELECT * FROM {ck} WHERE k = ANY ('{ABC,B}')",
+                "SELECT * FROM {ck} WHERE k < 'c'",
+                "SELECT * FROM {ck} ORDER BY k",
+                "SELECT k, count(*) FROM {ck} GROUP BY k",
+                "INSERT INTO {ck} VALUES ('ABC', 5)",
+                "UPDATE {ck} SET n = n + 10 WHERE k = 'ZOË' RETURNING *",
+                "DELETE FROM {ck} WHERE k = 'B' RETURNING *",
+                "SELECT * FROM {ck}",
+            ] {
+                let l = simple(&mut sw.db, &q.replace("{ck}", "l_ck"));
+                let d = simple(&mut sw.db, &q.replace("{ck}", "ck"));
+                sw.record(&format!("{what}: {q}"), l, d, top_level_order_by(q));
+            }
+        }
+        // Nor can the key take such a collation later.
+        if what == "ICU key" {
+            match simple(
+                &mut sw.db,
+                "ALTER TABLE ck ALTER COLUMN k TYPE text COLLATE ci",
+            ) {
+                Outcome::Err(c, _) if c == "0A000" => sw.agreed += 1,
+                other => sw
+                    .failures
+                    .push(format!("key collation changed to ci: {}", show(&other))),
+            }
+        }
+        sw.db
+            .batch_execute("DROP TABLE IF EXISTS l_ck; DROP FOREIGN TABLE IF EXISTS ck")
+            .unwrap();
+    }
     if setup_both(
         sw,
         "distributed partitions",
