@@ -248,6 +248,18 @@ fn sync_shard_schema(relid: pg_sys::Oid) {
             );
         }
     }
+    // Keys are told apart by their bytes on the nodes (see
+    // create_distributed_table): a key column cannot take a collation
+    // under which different strings are equal.
+    if identity
+        .iter()
+        .any(|&a| super::tables::nondeterministic_attribute(relid, a))
+    {
+        refuse(
+            relid,
+            "a shard key or primary key column cannot have a nondeterministic collation",
+        );
+    }
     let now = shard_columns_now(relid, &identity);
     let mut new_columns = Vec::with_capacity(now.len());
     for (column, typoid) in now {

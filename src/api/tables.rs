@@ -64,6 +64,28 @@ fn resolve_relation(name: &str) -> pg_sys::Oid {
         .unwrap_or_else(|| invalid(format!("colocate_with: relation \"{name}\" does not exist")))
 }
 
+/// Whether column `name` of `relid` compares under a nondeterministic
+/// collation.
+fn nondeterministic_collation(relid: pg_sys::Oid, name: &str) -> bool {
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a catalog lookup of an existing relation's attribute.
+    let attnum = unsafe { pg_sys::get_attnum(relid, cname.as_ptr()) };
+    attnum > 0 && nondeterministic_attribute(relid, attnum)
+}
+
+/// Whether attribute `attnum` of `relid` compares under a nondeterministic
+/// collation.
+pub fn nondeterministic_attribute(relid: pg_sys::Oid, attnum: i16) -> bool {
+    // SAFETY: catalog lookups of an existing relation's attribute.
+    unsafe {
+        let (mut typ, mut typmod, mut coll) = (pg_sys::Oid::INVALID, 0, pg_sys::Oid::INVALID);
+        pg_sys::get_atttypetypmodcoll(relid, attnum, &mut typ, &mut typmod, &mut coll);
+        coll != pg_sys::Oid::INVALID && !pg_sys::get_collation_isdeterministic(coll)
+    }
+}
+
 fn invalid(message: String) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message).error()
 }
@@ -306,6 +328,23 @@ fn distribute(
         invalid(format!(
             "the primary key of {display} must contain the shard key \"{shard_key}\""
         ));
+    }
+    // The nodes place and tell apart keys by their bytes: under a
+    // nondeterministic collation different strings are one key in Postgres
+    // ('ABC' = 'abc'), which two shards (or one shard's unique index) would
+    // hold as two rows.
+    for column in &primary_key {
+        if nondeterministic_collation(relid, column) {
+            raise(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!(
+                    "key column \"{column}\" of {display} has a nondeterministic collation"
+                ),
+            )
+            .detail("The nodes compare keys byte by byte; this collation makes different strings equal.")
+            .hint("Use a deterministic collation for the shard key and primary key columns.")
+            .error()
+        }
     }
 
     let remote_name = table_option(relid, "table_name").unwrap_or_else(|| tbl.name().to_string());

@@ -380,6 +380,11 @@ pub unsafe extern "C-unwind" fn plan_direct_modify(
         if has_row_triggers(relid, update) {
             return false;
         }
+        // Postgres computes stored generated columns from each new row;
+        // the row-by-row path sends them.
+        if update && !super::modify::stored_generated_attnums(relid).is_empty() {
+            return false;
+        }
         let topology = cache::table(relid);
         let scan: ScanPlan = super::private_to((*fscan).fdw_private);
         let mut exprs = (*fscan).fdw_exprs;

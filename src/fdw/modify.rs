@@ -210,8 +210,25 @@ pub unsafe extern "C-unwind" fn plan_foreign_modify(
             let mut tlist: *mut pg_sys::List = std::ptr::null_mut();
             let mut attrs: *mut pg_sys::List = std::ptr::null_mut();
             pg_sys::get_translated_update_targetlist(root, result_relation, &mut tlist, &mut attrs);
-            let attnums: Vec<i32> = PgList::<i32>::from_pg(attrs).iter_int().collect();
+            let mut attnums: Vec<i32> = PgList::<i32>::from_pg(attrs).iter_int().collect();
             refuse_key_update(&topology, &attnums);
+            // A BEFORE ROW UPDATE trigger may change any column of the new
+            // row, not only the SET targets: every column but the row's
+            // identity is sent then (as postgres_fdw does).
+            // Stored generated columns are computed by Postgres from the
+            // new row: they change with the columns they depend on.
+            for a in stored_generated_attnums(relid) {
+                if !attnums.contains(&a) {
+                    attnums.push(a);
+                }
+            }
+            if has_before_update_row_trigger(relid) {
+                for (i, c) in topology.columns.iter().enumerate() {
+                    if !topology.primary_key.contains(&i) && !attnums.contains(&(c.attnum as i32)) {
+                        attnums.push(c.attnum as i32);
+                    }
+                }
+            }
             for a in attnums {
                 updated = pg_sys::lappend_int(updated, a);
             }
@@ -245,6 +262,40 @@ pub unsafe fn on_conflict_of(plan: *const pg_sys::ModifyTable) -> OnConflict {
         OnConflict::DoNothing
     } else {
         OnConflict::Error
+    }
+}
+
+/// The attribute numbers of the relation's stored generated columns.
+///
+/// # Safety
+/// The caller holds a lock on the relation (planning a statement on it).
+pub unsafe fn stored_generated_attnums(relid: pg_sys::Oid) -> Vec<i32> {
+    // SAFETY: per the contract; the relation is closed again.
+    unsafe {
+        let rel = pg_sys::RelationIdGetRelation(relid);
+        let td = (*rel).rd_att;
+        let found = (*td)
+            .attrs
+            .as_slice((*td).natts as usize)
+            .iter()
+            .filter(|a| {
+                !a.attisdropped && a.attgenerated as u8 == pg_sys::ATTRIBUTE_GENERATED_STORED
+            })
+            .map(|a| a.attnum as i32)
+            .collect();
+        pg_sys::RelationClose(rel);
+        found
+    }
+}
+
+unsafe fn has_before_update_row_trigger(relid: pg_sys::Oid) -> bool {
+    // SAFETY: the planner holds a lock on the relation; it is closed again.
+    unsafe {
+        let rel = pg_sys::RelationIdGetRelation(relid);
+        let t = (*rel).trigdesc;
+        let found = !t.is_null() && (*t).trig_update_before_row;
+        pg_sys::RelationClose(rel);
+        found
     }
 }
 
@@ -629,6 +680,24 @@ pub unsafe extern "C-unwind" fn exec_foreign_update(
         let state = state(rinfo);
         let identity = identity(state, plan_slot);
         let mut row = encode_row(state, slot);
+        // The new row's identity is the old one unless a BEFORE ROW trigger
+        // changed it: the UPDATE would then change a key it cannot.
+        let t = &state.topology;
+        for (j, &i) in t.primary_key.iter().enumerate() {
+            if !state.updated.contains(&i) && row[i] != identity[j] {
+                if i == t.key_index {
+                    refuse_key_update(t, &[t.key().attnum as i32]);
+                }
+                raise(
+                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "cannot change the primary key column \"{}\" in a trigger",
+                        t.columns[i].name
+                    ),
+                )
+                .error()
+            }
+        }
         let touched = crate::vindex::touched(&state.topology, &state.updated);
         let pending =
             (!touched.is_empty()).then(|| index_update(state, &identity, &mut row, &touched));

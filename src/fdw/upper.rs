@@ -964,7 +964,9 @@ unsafe fn add_ordered_path(
         if has_middle_stages((*root).parse) {
             return;
         }
-        let Some(base) = base(root, input_rel) else {
+        // A plain path reads one table's rows: over a pushed join it would
+        // drop the join (ORDER BY and LIMIT over a join run in Postgres).
+        let Some(base) = base(root, input_rel).filter(|b| b.join.is_none()) else {
             return;
         };
         let Some(keys) = sort_keys(root, &base) else {
@@ -1052,7 +1054,8 @@ unsafe fn add_final_path(
             }
             *(*root).simple_rel_array.add(relid as usize)
         };
-        let Some(mut base) = base(root, rel) else {
+        // As for ORDER BY: a plain path cannot stand for a pushed join.
+        let Some(mut base) = base(root, rel).filter(|b| b.join.is_none()) else {
             return;
         };
         let keys = if (*parse).sortClause.is_null() {
@@ -2025,6 +2028,10 @@ pub unsafe fn re_scan_foreign_scan(node: *mut pg_sys::ForeignScanState) {
         let state = state(node);
         state.phase = Phase::NotStarted;
         state.ready.clear();
+        // The last run's LIMIT may be used up: a used-up count would end
+        // the next run before it starts (start() sets both again).
+        state.to_return = None;
+        state.to_skip = 0;
     }
 }
 

@@ -338,6 +338,9 @@ pub enum MergeError {
     BadPartial(String),
     /// The result does not fit bigint (Postgres: "bigint out of range").
     BigintOutOfRange,
+    /// A float sum of finite values past the largest double (Postgres:
+    /// "value out of range: overflow").
+    FloatOverflow,
 }
 
 impl fmt::Display for MergeError {
@@ -345,6 +348,7 @@ impl fmt::Display for MergeError {
         match self {
             MergeError::BadPartial(why) => write!(f, "unexpected partial aggregate: {why}"),
             MergeError::BigintOutOfRange => f.write_str("bigint out of range"),
+            MergeError::FloatOverflow => f.write_str("value out of range: overflow"),
         }
     }
 }
@@ -438,6 +442,8 @@ struct Specials {
     nan: bool,
     infinity: bool,
     minus_infinity: bool,
+    /// Any value at all (the min is not NULL).
+    values: bool,
 }
 
 impl Specials {
@@ -454,6 +460,7 @@ impl Specials {
             nan: is_nan(max, "max")?,
             infinity: matches!(max, Value::Float(f) if *f == f64::INFINITY),
             minus_infinity: matches!(min, Value::Float(f) if *f == f64::NEG_INFINITY),
+            values: !matches!(min, Value::Null),
         })
     }
 
@@ -462,6 +469,7 @@ impl Specials {
             nan: self.nan || o.nan,
             infinity: self.infinity || o.infinity,
             minus_infinity: self.minus_infinity || o.minus_infinity,
+            values: self.values || o.values,
         }
     }
 
@@ -530,11 +538,17 @@ impl Partial {
                 sum: float_of(&cols[0], "sum")?,
                 specials: Specials::read(&cols[1], &cols[2])?,
             },
-            AggFunc::AvgFloat => Partial::AvgFloat {
-                sum: float_of(&cols[0], "sum")?.unwrap_or(0.0),
-                count: int_of(&cols[1], "count")?.unwrap_or(0),
-                specials: Specials::read(&cols[2], &cols[3])?,
-            },
+            AggFunc::AvgFloat => {
+                let count = int_of(&cols[1], "count")?.unwrap_or(0);
+                // A NULL sum of values is SQLite's NaN (an overflow of
+                // finite values, or opposite infinities).
+                let none = if count == 0 { 0.0 } else { f64::NAN };
+                Partial::AvgFloat {
+                    sum: float_of(&cols[0], "sum")?.unwrap_or(none),
+                    count,
+                    specials: Specials::read(&cols[2], &cols[3])?,
+                }
+            }
             AggFunc::Min | AggFunc::Max | AggFunc::BoolAnd | AggFunc::BoolOr => {
                 Partial::Extreme(cols[0].clone())
             }
@@ -652,16 +666,26 @@ impl Partial {
             // A sum of negative zeros only is -0 in Postgres (its first
             // value starts the sum) but +0 here: SQLite's sum starts from
             // +0, and no SQLite function shows the sign of a zero.
-            Partial::Float { sum, specials } => match specials.sum().or(sum) {
-                None => Final::Value(Value::Null),
+            // Finite values only whose sum is not finite (or NULL, SQLite's
+            // NaN) overflowed: Postgres fails as it adds them, in any order
+            // but at the boundary.
+            Partial::Float { sum, specials } => match specials.sum() {
                 Some(f) => Final::Value(Value::Float(f)),
+                None if specials.values && !sum.is_some_and(f64::is_finite) => {
+                    return Err(MergeError::FloatOverflow)
+                }
+                None => Final::Value(sum.map_or(Value::Null, Value::Float)),
             },
             Partial::AvgFloat { count: 0, .. } => Final::Value(Value::Null),
             Partial::AvgFloat {
                 sum,
                 count,
                 specials,
-            } => Final::Value(Value::Float(specials.sum().unwrap_or(sum / count as f64))),
+            } => match specials.sum() {
+                Some(f) => Final::Value(Value::Float(f)),
+                None if !sum.is_finite() => return Err(MergeError::FloatOverflow),
+                None => Final::Value(Value::Float(sum / count as f64)),
+            },
             Partial::Extreme(v) => Final::Value(v),
             Partial::Decimal(sum) => Final::Value(
                 sum.value()
@@ -1360,6 +1384,44 @@ mod tests {
                 match (got, want) {
                     (Some(g), Some(w)) if w.is_nan() => assert!(g.is_nan(), "{shards:?}: {g}"),
                     (g, w) => assert_eq!(g.map(f64::to_bits), w.map(f64::to_bits), "{shards:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn float_sums_past_the_largest_double_fail_as_in_postgres() {
+        let aggs = |func| {
+            vec![AggSpec {
+                func,
+                column: Some(0),
+                filter: None,
+            }]
+        };
+        let big = f64::MAX / 2.0 * 1.5;
+        for (shards, overflows) in [
+            (vec![vec![big], vec![big]], true),
+            (vec![vec![big, big], vec![]], true),
+            (vec![vec![big, -big, big, big]], true),
+            (vec![vec![-big], vec![-big, 1.0]], true),
+            (vec![vec![big], vec![-big]], false),
+            (vec![vec![big, f64::INFINITY], vec![big]], false),
+            (vec![vec![big, f64::NAN], vec![big]], false),
+            (vec![vec![], vec![]], false),
+        ] {
+            for (func, width) in [(AggFunc::SumFloat, 0..3), (AggFunc::AvgFloat, 3..7)] {
+                let mut m = GroupMerge::new(0, aggs(func));
+                for values in &shards {
+                    if !values.is_empty() {
+                        m.push(float_partials(values)[width.clone()].to_vec())
+                            .unwrap();
+                    }
+                }
+                let got = m.finish();
+                if overflows {
+                    assert_eq!(got, Err(MergeError::FloatOverflow), "{func:?} {shards:?}");
+                } else {
+                    assert!(got.is_ok(), "{func:?} {shards:?}: {got:?}");
                 }
             }
         }
