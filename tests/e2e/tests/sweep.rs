@@ -3356,6 +3356,7 @@ fn combinations(sw: &mut Sweep) {
             "DELETE FROM {t} x USING cats c WHERE x.id = c.code + 100 RETURNING x.id",
             "UPDATE {t} SET g = c.code FROM cats c WHERE {t}.id = c.code + 200 RETURNING {t}.id, {t}.g",
             "INSERT INTO {t} (id, s) SELECT code + 300000, name FROM cats WHERE code IS NOT NULL RETURNING id, s",
+            "UPDATE {t} SET (i, g) = (SELECT val, val FROM {u} WHERE {u}.id = {t}.id) WHERE id BETWEEN 76 AND 90 RETURNING id, i, g",
             "INSERT INTO {t} DEFAULT VALUES",
             "INSERT INTO {t} (id, s) VALUES (NULL, 'x') ON CONFLICT DO NOTHING",
             "DELETE FROM {t} WHERE id >= 300000",
