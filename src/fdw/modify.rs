@@ -62,6 +62,10 @@ struct ModifyState {
     /// write lock (src/vindex.rs).
     deferred: RefCell<Vec<Vec<Value>>>,
     deferred_pending: RefCell<Vec<crate::vindex::Pending>>,
+    /// UPDATE: the rows (identities) this statement changed. A join can
+    /// hand a row to the UPDATE more than once; as for a local table, only
+    /// the first changes it and is counted.
+    changed: std::collections::HashSet<String>,
 }
 
 /// Most rows of one INSERT or COPY held back while their entries are
@@ -152,6 +156,7 @@ unsafe fn begin(
             lock_waits: Default::default(),
             deferred: Default::default(),
             deferred_pending: Default::default(),
+            changed: Default::default(),
         };
         (*rinfo).ri_FdwState = PgMemoryContexts::CurrentMemoryContext
             .leak_and_drop_on_delete(state)
@@ -679,6 +684,9 @@ pub unsafe extern "C-unwind" fn exec_foreign_update(
     unsafe {
         let state = state(rinfo);
         let identity = identity(state, plan_slot);
+        if !state.changed.insert(format!("{identity:?}")) {
+            return std::ptr::null_mut(); // already changed by this statement
+        }
         let mut row = encode_row(state, slot);
         // The new row's identity is the old one unless a BEFORE ROW trigger
         // changed it: the UPDATE would then change a key it cannot.
