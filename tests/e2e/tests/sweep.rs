@@ -1925,6 +1925,44 @@ fn writes(sw: &mut Sweep) {
         "0A000",
     );
     sw.contents("refusals");
+    // Odd corners: a clear error or an answer, never a crash.
+    for q in [
+        "SELECT ctid, xmin, tableoid > 0 FROM {t} WHERE id = 5",
+        "SELECT id FROM {t} WHERE ctid = '(0,1)'",
+        "SELECT count(*) FROM {t} x WHERE x IS NOT NULL",
+        "SELECT x FROM {t} x WHERE id = 5",
+        "SELECT * FROM ONLY {t} WHERE id = 5",
+        "SELECT a, b FROM {t} AS x(a, b) WHERE a = 5",
+        "DELETE FROM {t} WHERE ctid = '(0,1)'",
+        "UPDATE {t} SET i = i WHERE ctid = '(0,1)'",
+        "LOCK TABLE {t} IN SHARE MODE",
+        "CREATE INDEX ON {t} (i)",
+        "VACUUM {t}",
+        "ANALYZE {t}",
+        "CLUSTER {t}",
+        "REINDEX TABLE {t}",
+        "SELECT * FROM {t} FOR UPDATE SKIP LOCKED",
+        "BEGIN; DECLARE cc CURSOR FOR SELECT id FROM {t} WHERE id = 5 FOR UPDATE; FETCH 1 FROM cc; UPDATE {t} SET i = 1 WHERE CURRENT OF cc; COMMIT",
+        "BEGIN; DECLARE cd CURSOR FOR SELECT id FROM {t} WHERE id = 6; FETCH 1 FROM cd; DELETE FROM {t} WHERE CURRENT OF cd; COMMIT",
+        "PREPARE TRANSACTION 'x'",
+        "SELECT pg_advisory_xact_lock(1), count(*) FROM {t}",
+        "SELECT * FROM {t} WHERE id = 5 AND pg_sleep(0) IS NOT NULL",
+        "SELECT id FROM {t} WHERE id = 5::regclass::oid::bigint",
+    ] {
+        let d = simple(&mut sw.db, &subst(q, false));
+        simple(&mut sw.db, "ROLLBACK");
+        match &d {
+            Outcome::Err(c, m) if c == "XX000" || c.starts_with("client") => {
+                sw.failures.push(format!("{q}: {m}"))
+            }
+            _ => sw.agreed += 1,
+        }
+        if !matches!(simple(&mut sw.db, "SELECT 1"), Outcome::Ok(..)) {
+            sw.failures.push(format!("{q}: the session is gone"));
+            return;
+        }
+    }
+    sw.contents("odd corners");
     // Numeric values far past 64 bits and far below 1, through the
     // pushed exact decimal aggregates.
     sw.script(
