@@ -2866,6 +2866,38 @@ fn in_transaction(sw: &mut Sweep) {
     stmts.push("COMMIT");
     sw.script("repeatable read", &stmts);
 
+    // Several cursors open at once, fetched in turns (their scans stream
+    // from the same nodes), before and after the transaction wrote.
+    let mut stmts: Vec<&str> = vec![
+        "BEGIN",
+        "DECLARE a CURSOR FOR SELECT id, s FROM {t} ORDER BY id",
+        "DECLARE b CURSOR FOR SELECT id, val FROM {u} ORDER BY val NULLS FIRST, id",
+        "DECLARE c CURSOR FOR SELECT g, count(*) FROM {t} GROUP BY g ORDER BY g NULLS FIRST",
+        "DECLARE d CURSOR FOR SELECT x.id, y.val FROM {t} x JOIN {u} y ON x.id = y.id ORDER BY x.id",
+    ];
+    for _ in 0..3 {
+        stmts.extend([
+            "FETCH 7 FROM a",
+            "FETCH 5 FROM b",
+            "FETCH 2 FROM c",
+            "FETCH 4 FROM d",
+        ]);
+    }
+    stmts.extend([
+        "UPDATE {t} SET s = 'during cursors' WHERE id BETWEEN 100 AND 110",
+        "DECLARE e CURSOR FOR SELECT id, s FROM {t} WHERE id BETWEEN 95 AND 115 ORDER BY id",
+        "FETCH 3 FROM e",
+        "FETCH 50 FROM a",
+        "FETCH 3 FROM e",
+        "FETCH ALL FROM b",
+        "FETCH ALL FROM e",
+        "FETCH ALL FROM a",
+        "FETCH ALL FROM c",
+        "FETCH ALL FROM d",
+        "ROLLBACK",
+    ]);
+    sw.script("interleaved cursors", &stmts);
+
     // Cursors over pushed aggregates, ORDER BY and LIMIT.
     sw.script(
         "cursors over pushed stages",
