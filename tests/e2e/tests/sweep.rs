@@ -1756,6 +1756,38 @@ fn extended_protocol(sw: &mut Sweep) {
         &["21, 1", "21, 1", "1001, -5", "99999, 1"],
     );
     sw.prepared(
+        "w1",
+        "INSERT INTO {u} (id, t_id, val, note) VALUES ($1, $2, $3, $4) RETURNING *",
+        &[
+            "40001, 5, 1, 'a'",
+            "40002, NULL, NULL, NULL",
+            "40003, 7, -1, ''",
+            "NULL, 1, 1, 'null key'",
+            "40004, 1, 2147483647, 'max'",
+        ],
+    );
+    sw.prepared(
+        "w2",
+        "INSERT INTO {u} (id, val) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING id, val",
+        &["40001, 9", "40010, 10", "40011, 11"],
+    );
+    sw.prepared(
+        "w3",
+        "UPDATE {u} SET note = $2, val = val * $3 WHERE id = $1 RETURNING id, val, note",
+        &[
+            "40001, 'x', 2",
+            "40004, 'y', 2",
+            "40002, NULL, 5",
+            "1, 'none', 1",
+        ],
+    );
+    sw.prepared(
+        "w4",
+        "DELETE FROM {u} WHERE id = ANY($1::bigint[]) RETURNING id",
+        &["'{40010, 40011}'", "'{}'", "NULL"],
+    );
+    sw.contents("prepared writes");
+    sw.prepared(
         "p12",
         "SELECT id, sm + $1 FROM {t} WHERE id < -10",
         &["1::smallint", "32767::smallint", "0::smallint"],
