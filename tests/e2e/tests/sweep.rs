@@ -1847,6 +1847,22 @@ fn sessions(sw: &mut Sweep) {
     sw.q("SELECT g, count(*) FROM {t} GROUP BY g");
     sw.q("SELECT DISTINCT s FROM {t}");
     simple(&mut sw.db, "RESET enable_hashagg; RESET enable_sort");
+    // Several requests per node (each shard its own request).
+    simple(&mut sw.db, "SET conductor.max_requests_per_node = 8");
+    for q in [
+        "SELECT * FROM {t}",
+        "SELECT id, s FROM {t} ORDER BY s, id",
+        "SELECT id FROM {t} ORDER BY id DESC LIMIT 7 OFFSET 3",
+        "SELECT g, count(*), sum(b), avg(i), min(s), max(f) FROM {t} GROUP BY g",
+        "SELECT id, count(*) FROM {t} GROUP BY id HAVING count(*) > 0 ORDER BY id LIMIT 5",
+        "SELECT x.id, y.val FROM {t} x JOIN {u} y ON x.id = y.id",
+        "SELECT x.g, count(*) FROM {t} x JOIN {u} y ON x.id = y.id GROUP BY x.g",
+        "SELECT id FROM {t} WHERE id IN (1, 5, 77, -9, 250)",
+        "SELECT c.code, (SELECT x.id FROM {t} x WHERE x.g = c.code ORDER BY x.id LIMIT 1) FROM cats c",
+    ] {
+        sw.q(q);
+    }
+    simple(&mut sw.db, "RESET conductor.max_requests_per_node");
     simple(&mut sw.db, "SET plan_cache_mode = force_generic_plan");
     sw.prepared(
         "g1",
