@@ -104,7 +104,10 @@ use crate::fdw::lower::is;
 unsafe fn row_independent(expr: *mut pg_sys::Node, result_relation: i32) -> bool {
     // SAFETY: planner expression trees.
     unsafe {
-        if pg_sys::contain_volatile_functions(expr) || pg_sys::contain_subplans(expr) {
+        if pg_sys::contain_volatile_functions(expr)
+            || pg_sys::contain_subplans(expr)
+            || contains_executor_param(expr)
+        {
             return false;
         }
         let flags = pg_sys::PVC_RECURSE_AGGREGATES
@@ -116,6 +119,34 @@ unsafe fn row_independent(expr: *mut pg_sys::Node, result_relation: i32) -> bool
                 is(v, pg_sys::NodeTag::T_Var) && (*(v as *mut pg_sys::Var)).varno != result_relation
             })
     }
+}
+
+/// Whether `expr` reads a value a plan node sets while the statement runs:
+/// `SET (a, b) = (SELECT …)` reads the sub-select's columns per row
+/// (PARAM_MULTIEXPR, later PARAM_EXEC), which no Var shows.
+unsafe fn contains_executor_param(expr: *mut pg_sys::Node) -> bool {
+    unsafe extern "C-unwind" fn walker(
+        node: *mut pg_sys::Node,
+        context: *mut std::ffi::c_void,
+    ) -> bool {
+        // SAFETY: called by expression_tree_walker on valid nodes.
+        unsafe {
+            if node.is_null() {
+                return false;
+            }
+            if is(node, pg_sys::NodeTag::T_Param) {
+                let kind = (*(node as *mut pg_sys::Param)).paramkind;
+                if kind == pg_sys::ParamKind::PARAM_EXEC
+                    || kind == pg_sys::ParamKind::PARAM_MULTIEXPR
+                {
+                    return true;
+                }
+            }
+            pg_sys::expression_tree_walker(node, Some(walker), context)
+        }
+    }
+    // SAFETY: a planner expression tree.
+    unsafe { walker(expr, std::ptr::null_mut()) }
 }
 
 /// `expr` without binary-compatible relabelling (varchar read as text).

@@ -62,6 +62,11 @@ struct ModifyState {
     /// write lock (src/vindex.rs).
     deferred: RefCell<Vec<Vec<Value>>>,
     deferred_pending: RefCell<Vec<crate::vindex::Pending>>,
+    /// UPDATE: the rows (identities) this statement changed. A join can
+    /// hand a row to the UPDATE more than once; as for a local table, only
+    /// the first changes it and is counted.
+    changed: std::collections::HashSet<String>,
+    track_changed: bool,
 }
 
 /// Most rows of one INSERT or COPY held back while their entries are
@@ -152,6 +157,8 @@ unsafe fn begin(
             lock_waits: Default::default(),
             deferred: Default::default(),
             deferred_pending: Default::default(),
+            changed: Default::default(),
+            track_changed: false,
         };
         (*rinfo).ri_FdwState = PgMemoryContexts::CurrentMemoryContext
             .leak_and_drop_on_delete(state)
@@ -343,6 +350,13 @@ pub unsafe extern "C-unwind" fn begin_foreign_modify(
         };
         begin(rinfo, updated, tlist, false);
         state(rinfo).returning = returning;
+        // Only a join under the UPDATE can hand it a row twice; a scan of
+        // the table alone needs no memory of the rows it changed.
+        state(rinfo).track_changed = operation == pg_sys::CmdType::CMD_UPDATE
+            && !crate::fdw::lower::is(
+                (*(*mtstate).ps.lefttree).plan.cast(),
+                pg_sys::NodeTag::T_ForeignScan,
+            );
         if do_nothing {
             state(rinfo).on_conflict = OnConflict::DoNothing;
         }
@@ -679,6 +693,9 @@ pub unsafe extern "C-unwind" fn exec_foreign_update(
     unsafe {
         let state = state(rinfo);
         let identity = identity(state, plan_slot);
+        if state.track_changed && !state.changed.insert(format!("{identity:?}")) {
+            return std::ptr::null_mut(); // already changed by this statement
+        }
         let mut row = encode_row(state, slot);
         // The new row's identity is the old one unless a BEFORE ROW trigger
         // changed it: the UPDATE would then change a key it cannot.

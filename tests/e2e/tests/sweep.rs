@@ -1756,6 +1756,38 @@ fn extended_protocol(sw: &mut Sweep) {
         &["21, 1", "21, 1", "1001, -5", "99999, 1"],
     );
     sw.prepared(
+        "w1",
+        "INSERT INTO {u} (id, t_id, val, note) VALUES ($1, $2, $3, $4) RETURNING *",
+        &[
+            "40001, 5, 1, 'a'",
+            "40002, NULL, NULL, NULL",
+            "40003, 7, -1, ''",
+            "NULL, 1, 1, 'null key'",
+            "40004, 1, 2147483647, 'max'",
+        ],
+    );
+    sw.prepared(
+        "w2",
+        "INSERT INTO {u} (id, val) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING id, val",
+        &["40001, 9", "40010, 10", "40011, 11"],
+    );
+    sw.prepared(
+        "w3",
+        "UPDATE {u} SET note = $2, val = val * $3 WHERE id = $1 RETURNING id, val, note",
+        &[
+            "40001, 'x', 2",
+            "40004, 'y', 2",
+            "40002, NULL, 5",
+            "1, 'none', 1",
+        ],
+    );
+    sw.prepared(
+        "w4",
+        "DELETE FROM {u} WHERE id = ANY($1::bigint[]) RETURNING id",
+        &["'{40010, 40011}'", "'{}'", "NULL"],
+    );
+    sw.contents("prepared writes");
+    sw.prepared(
         "p12",
         "SELECT id, sm + $1 FROM {t} WHERE id < -10",
         &["1::smallint", "32767::smallint", "0::smallint"],
@@ -1815,6 +1847,22 @@ fn sessions(sw: &mut Sweep) {
     sw.q("SELECT g, count(*) FROM {t} GROUP BY g");
     sw.q("SELECT DISTINCT s FROM {t}");
     simple(&mut sw.db, "RESET enable_hashagg; RESET enable_sort");
+    // Several requests per node (each shard its own request).
+    simple(&mut sw.db, "SET conductor.max_requests_per_node = 8");
+    for q in [
+        "SELECT * FROM {t}",
+        "SELECT id, s FROM {t} ORDER BY s, id",
+        "SELECT id FROM {t} ORDER BY id DESC LIMIT 7 OFFSET 3",
+        "SELECT g, count(*), sum(b), avg(i), min(s), max(f) FROM {t} GROUP BY g",
+        "SELECT id, count(*) FROM {t} GROUP BY id HAVING count(*) > 0 ORDER BY id LIMIT 5",
+        "SELECT x.id, y.val FROM {t} x JOIN {u} y ON x.id = y.id",
+        "SELECT x.g, count(*) FROM {t} x JOIN {u} y ON x.id = y.id GROUP BY x.g",
+        "SELECT id FROM {t} WHERE id IN (1, 5, 77, -9, 250)",
+        "SELECT c.code, (SELECT x.id FROM {t} x WHERE x.g = c.code ORDER BY x.id LIMIT 1) FROM cats c",
+    ] {
+        sw.q(q);
+    }
+    simple(&mut sw.db, "RESET conductor.max_requests_per_node");
     simple(&mut sw.db, "SET plan_cache_mode = force_generic_plan");
     sw.prepared(
         "g1",
@@ -1925,6 +1973,44 @@ fn writes(sw: &mut Sweep) {
         "0A000",
     );
     sw.contents("refusals");
+    // Odd corners: a clear error or an answer, never a crash.
+    for q in [
+        "SELECT ctid, xmin, tableoid > 0 FROM {t} WHERE id = 5",
+        "SELECT id FROM {t} WHERE ctid = '(0,1)'",
+        "SELECT count(*) FROM {t} x WHERE x IS NOT NULL",
+        "SELECT x FROM {t} x WHERE id = 5",
+        "SELECT * FROM ONLY {t} WHERE id = 5",
+        "SELECT a, b FROM {t} AS x(a, b) WHERE a = 5",
+        "DELETE FROM {t} WHERE ctid = '(0,1)'",
+        "UPDATE {t} SET i = i WHERE ctid = '(0,1)'",
+        "LOCK TABLE {t} IN SHARE MODE",
+        "CREATE INDEX ON {t} (i)",
+        "VACUUM {t}",
+        "ANALYZE {t}",
+        "CLUSTER {t}",
+        "REINDEX TABLE {t}",
+        "SELECT * FROM {t} FOR UPDATE SKIP LOCKED",
+        "BEGIN; DECLARE cc CURSOR FOR SELECT id FROM {t} WHERE id = 5 FOR UPDATE; FETCH 1 FROM cc; UPDATE {t} SET i = 1 WHERE CURRENT OF cc; COMMIT",
+        "BEGIN; DECLARE cd CURSOR FOR SELECT id FROM {t} WHERE id = 6; FETCH 1 FROM cd; DELETE FROM {t} WHERE CURRENT OF cd; COMMIT",
+        "PREPARE TRANSACTION 'x'",
+        "SELECT pg_advisory_xact_lock(1), count(*) FROM {t}",
+        "SELECT * FROM {t} WHERE id = 5 AND pg_sleep(0) IS NOT NULL",
+        "SELECT id FROM {t} WHERE id = 5::regclass::oid::bigint",
+    ] {
+        let d = simple(&mut sw.db, &subst(q, false));
+        simple(&mut sw.db, "ROLLBACK");
+        match &d {
+            Outcome::Err(c, m) if c == "XX000" || c.starts_with("client") => {
+                sw.failures.push(format!("{q}: {m}"))
+            }
+            _ => sw.agreed += 1,
+        }
+        if !matches!(simple(&mut sw.db, "SELECT 1"), Outcome::Ok(..)) {
+            sw.failures.push(format!("{q}: the session is gone"));
+            return;
+        }
+    }
+    sw.contents("odd corners");
     // Numeric values far past 64 bits and far below 1, through the
     // pushed exact decimal aggregates.
     sw.script(
@@ -2828,6 +2914,38 @@ fn in_transaction(sw: &mut Sweep) {
     stmts.push("COMMIT");
     sw.script("repeatable read", &stmts);
 
+    // Several cursors open at once, fetched in turns (their scans stream
+    // from the same nodes), before and after the transaction wrote.
+    let mut stmts: Vec<&str> = vec![
+        "BEGIN",
+        "DECLARE a CURSOR FOR SELECT id, s FROM {t} ORDER BY id",
+        "DECLARE b CURSOR FOR SELECT id, val FROM {u} ORDER BY val NULLS FIRST, id",
+        "DECLARE c CURSOR FOR SELECT g, count(*) FROM {t} GROUP BY g ORDER BY g NULLS FIRST",
+        "DECLARE d CURSOR FOR SELECT x.id, y.val FROM {t} x JOIN {u} y ON x.id = y.id ORDER BY x.id",
+    ];
+    for _ in 0..3 {
+        stmts.extend([
+            "FETCH 7 FROM a",
+            "FETCH 5 FROM b",
+            "FETCH 2 FROM c",
+            "FETCH 4 FROM d",
+        ]);
+    }
+    stmts.extend([
+        "UPDATE {t} SET s = 'during cursors' WHERE id BETWEEN 100 AND 110",
+        "DECLARE e CURSOR FOR SELECT id, s FROM {t} WHERE id BETWEEN 95 AND 115 ORDER BY id",
+        "FETCH 3 FROM e",
+        "FETCH 50 FROM a",
+        "FETCH 3 FROM e",
+        "FETCH ALL FROM b",
+        "FETCH ALL FROM e",
+        "FETCH ALL FROM a",
+        "FETCH ALL FROM c",
+        "FETCH ALL FROM d",
+        "ROLLBACK",
+    ]);
+    sw.script("interleaved cursors", &stmts);
+
     // Cursors over pushed aggregates, ORDER BY and LIMIT.
     sw.script(
         "cursors over pushed stages",
@@ -3337,6 +3455,19 @@ fn combinations(sw: &mut Sweep) {
         "SELECT x.g, count(*) FROM {t} x JOIN {u} y ON x.id = y.id GROUP BY x.g HAVING count(*) > 2 ORDER BY count(*) DESC, x.g LIMIT 3",
         "SELECT x.id, sum(y.val) FROM {t} x JOIN {u} y ON x.id = y.id GROUP BY x.id ORDER BY sum(y.val) DESC NULLS LAST, x.id LIMIT 4",
         "SELECT count(*) FROM (SELECT g, count(*) FROM {t} GROUP BY g ORDER BY g LIMIT 3) s",
+        "SELECT y.val, count(*), count(y.id), sum(x.i) FROM {t} x LEFT JOIN {u} y ON x.id = y.id GROUP BY y.val",
+        "SELECT y.note, count(*) FROM {t} x LEFT JOIN {u} y ON x.id = y.id GROUP BY y.note HAVING count(*) > 1",
+        "SELECT x.g, min(y.val), max(y.val), avg(y.val), bool_or(y.val > 0) FROM {t} x LEFT JOIN {u} y ON x.id = y.id GROUP BY x.g",
+        "SELECT x.g, count(*) FILTER (WHERE y.id IS NULL), count(y.note) FILTER (WHERE y.val > 0) FROM {t} x LEFT JOIN {u} y ON x.id = y.id GROUP BY x.g",
+        "SELECT x.id, count(y.id) FROM {t} x LEFT JOIN {u} y ON x.id = y.id GROUP BY x.id HAVING count(y.id) = 0 ORDER BY x.id LIMIT 5",
+        "SELECT count(*), sum(y.val) FROM {t} x LEFT JOIN {u} y ON x.id = y.id AND y.val > 0 WHERE x.i > 0",
+        "SELECT id FROM {t} WHERE s = ANY (string_to_array('abc,ABC,,zoë', ','))",
+        "SELECT id FROM {t} WHERE id = ANY (string_to_array('5,6,-7', ',')::bigint[])",
+        "SELECT id FROM {t} WHERE i = ANY (ARRAY(SELECT code FROM cats))",
+        "SELECT id FROM {t} WHERE id = ANY (ARRAY(SELECT id FROM {u} WHERE val = 7))",
+        "SELECT id FROM {t} WHERE s = lower('ABC')",
+        "SELECT id FROM {t} WHERE d = current_date",
+        "SELECT id FROM {t} WHERE ts < now()::timestamp AND tz < now() + interval '100 years'",
         "SELECT * FROM (SELECT id, i FROM {t} ORDER BY i DESC NULLS LAST, id LIMIT 10) a JOIN (SELECT id, val FROM {u} ORDER BY id LIMIT 100) b USING (id)",
         "SELECT * FROM (SELECT id FROM {t} ORDER BY id LIMIT 5) a UNION ALL SELECT * FROM (SELECT id FROM {t} ORDER BY id DESC LIMIT 5) b",
         "(SELECT id FROM {t} ORDER BY id LIMIT 3) UNION (SELECT id FROM {u} ORDER BY id LIMIT 3)",
@@ -3356,6 +3487,11 @@ fn combinations(sw: &mut Sweep) {
             "DELETE FROM {t} x USING cats c WHERE x.id = c.code + 100 RETURNING x.id",
             "UPDATE {t} SET g = c.code FROM cats c WHERE {t}.id = c.code + 200 RETURNING {t}.id, {t}.g",
             "INSERT INTO {t} (id, s) SELECT code + 300000, name FROM cats WHERE code IS NOT NULL RETURNING id, s",
+            "UPDATE {t} x SET g = 5 FROM {u} y WHERE x.id = y.t_id AND y.t_id BETWEEN 20 AND 60",
+            "UPDATE {t} x SET i = x.i + 1 FROM {u} y WHERE x.id = y.t_id AND y.t_id BETWEEN 20 AND 60 RETURNING x.id, x.i",
+            "UPDATE {t} x SET i = x.i + 1 FROM cats c WHERE x.id BETWEEN 61 AND 70 AND c.code > 5 RETURNING x.id, x.i",
+            "DELETE FROM {t} x USING cats c WHERE x.id BETWEEN 71 AND 75 AND c.code > 5 RETURNING x.id",
+            "UPDATE {t} SET (i, g) = (SELECT val, val FROM {u} WHERE {u}.id = {t}.id) WHERE id BETWEEN 76 AND 90 RETURNING id, i, g",
             "INSERT INTO {t} DEFAULT VALUES",
             "INSERT INTO {t} (id, s) VALUES (NULL, 'x') ON CONFLICT DO NOTHING",
             "DELETE FROM {t} WHERE id >= 300000",
