@@ -108,16 +108,7 @@ fn too_many(e: Error) -> Failure {
 /// Runs a query-only, self-closing pipeline on this worker thread's read
 /// connection; `None` if it may write (or the reader is unavailable).
 fn fast_read(node: &Node, requests: &[StreamRequest]) -> Option<Vec<StreamResult>> {
-    let stmts_are_queries = requests.iter().all(|r| match r {
-        StreamRequest::Close | StreamRequest::GetAutocommit => true,
-        StreamRequest::Execute { stmt } => stmt.sql.as_deref().is_some_and(exec::looks_like_query),
-        StreamRequest::Batch { batch } => batch
-            .steps
-            .iter()
-            .all(|s| s.stmt.sql.as_deref().is_some_and(exec::looks_like_query)),
-        _ => false,
-    });
-    if !stmts_are_queries {
+    if !every_statement(requests, exec::looks_like_query) {
         return None;
     }
     node.db
@@ -286,7 +277,10 @@ async fn on_stream(
         // and takes no time worth a thread: it runs here, without the hop
         // to a blocking thread and back. Other statements may run long, and
         // would hold up every request queued on this worker thread.
-        Some(state) if only_ends_transaction(&requests) && holds_write_lock(&state.conn) => {
+        Some(state)
+            if every_statement(&requests, exec::ends_transaction)
+                && holds_write_lock(&state.conn) =>
+        {
             node.stats.inline_stream_pipelines.fetch_add(1, Relaxed);
             run_on_stream(node, lease, Some(state), requests)
         }
@@ -314,14 +308,14 @@ async fn on_stream(
     }
 }
 
-/// Whether every statement of the pipeline ends a transaction or savepoint.
-fn only_ends_transaction(requests: &[StreamRequest]) -> bool {
-    let ends =
-        |stmt: &conductor_hrana::Stmt| stmt.sql.as_deref().is_some_and(exec::ends_transaction);
+/// Whether the pipeline's requests are statements (or close and
+/// autocommit queries) and every statement's SQL satisfies `sql_is`.
+fn every_statement(requests: &[StreamRequest], sql_is: fn(&str) -> bool) -> bool {
+    let ok = |stmt: &conductor_hrana::Stmt| stmt.sql.as_deref().is_some_and(sql_is);
     requests.iter().all(|r| match r {
         StreamRequest::Close | StreamRequest::GetAutocommit => true,
-        StreamRequest::Execute { stmt } => ends(stmt),
-        StreamRequest::Batch { batch } => batch.steps.iter().all(|s| ends(&s.stmt)),
+        StreamRequest::Execute { stmt } => ok(stmt),
+        StreamRequest::Batch { batch } => batch.steps.iter().all(|s| ok(&s.stmt)),
         _ => false,
     })
 }
