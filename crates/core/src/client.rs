@@ -2,7 +2,10 @@
 //! libSQL server speaking Hrana 3 over HTTP, such as sqld
 //! (docs/ARCHITECTURE.md, The node protocol).
 //!
-//! One `reqwest::Client` (keep-alive pool) serves every node. Every request
+//! Plain `http://` nodes are spoken to through [`crate::http1`] (a lean
+//! keep-alive pool: a one-row write's request costs the router a third of
+//! what it costs through reqwest); `https://` nodes through one
+//! `reqwest::Client` with rustls. Every request
 //! has a deadline; a cursor body is read chunk by chunk and split into lines
 //! with a maximum line length, so memory stays bounded however large the
 //! result. Whatever a node sends back, a malformed body is a
@@ -289,11 +292,14 @@ impl Default for ClientConfig {
 /// How much of an error body we keep for the message.
 const ERROR_EXCERPT_BYTES: usize = 512;
 
-/// Hrana client over one keep-alive connection pool. Cheap to share
-/// (`reqwest::Client` is an `Arc` inside); must be used within a tokio runtime.
+/// Hrana client over keep-alive connection pools (one for `http://`
+/// nodes, reqwest's for `https://`). Cheap to share (both are `Arc`s
+/// inside); must be used within one tokio runtime, the one its
+/// connections were opened on.
 #[derive(Debug, Clone)]
 pub struct HranaClient {
     http: reqwest::Client,
+    plain: crate::http1::Pool,
     config: ClientConfig,
     /// The request deadline in milliseconds (also the longest silence of a
     /// streaming body), changeable while the client is in use (a session
@@ -322,32 +328,68 @@ enum Attempt<T> {
 /// Whether an answer to a Protobuf request says that the node does not
 /// speak the encoding (so it cannot have run the request): no such
 /// endpoint, or an answer in another encoding.
-fn not_protobuf(status: reqwest::StatusCode, content_type: Option<&str>) -> bool {
-    if matches!(status.as_u16(), 404 | 405 | 415) {
+fn not_protobuf(status: u16, content_type: Option<&str>) -> bool {
+    if matches!(status, 404 | 405 | 415) {
         return true;
     }
-    status.is_success()
+    is_success(status)
         && content_type.is_some_and(|t| {
             let t = t.to_ascii_lowercase();
             t.contains("json") || t.starts_with("text/")
         })
 }
 
-/// The node's `x-conductor-lock-wait-us` header: how long the request
-/// waited for the node's write lock (0 when absent).
-fn lock_wait_us(resp: &reqwest::Response) -> u64 {
-    resp.headers()
-        .get("x-conductor-lock-wait-us")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+fn is_success(status: u16) -> bool {
+    (200..300).contains(&status)
 }
 
-fn content_type(resp: &reqwest::Response) -> Option<String> {
-    resp.headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+/// A node's answer, from either transport.
+#[derive(Debug)]
+enum Response {
+    Plain(crate::http1::Response),
+    Reqwest(reqwest::Response),
+}
+
+impl Response {
+    fn status(&self) -> u16 {
+        match self {
+            Response::Plain(r) => r.status(),
+            Response::Reqwest(r) => r.status().as_u16(),
+        }
+    }
+
+    /// Header `name` (lower case), if present and text.
+    fn header(&self, name: &str) -> Option<&str> {
+        match self {
+            Response::Plain(r) => r.header(name),
+            Response::Reqwest(r) => r.headers().get(name).and_then(|v| v.to_str().ok()),
+        }
+    }
+
+    /// The node's `x-conductor-lock-wait-us` header: how long the request
+    /// waited for the node's write lock (0 when absent).
+    fn lock_wait_us(&self) -> u64 {
+        self.header("x-conductor-lock-wait-us")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn content_type(&self) -> Option<&str> {
+        self.header("content-type")
+    }
+
+    /// The next piece of the body, `None` at its end; `after` is what a
+    /// timeout of the caller's would be reported as.
+    async fn chunk(
+        &mut self,
+        node: &NodeRef,
+        after: Duration,
+    ) -> Result<Option<bytes::Bytes>, NodeError> {
+        match self {
+            Response::Plain(r) => r.chunk().await.map_err(|e| plain_error(node, e)),
+            Response::Reqwest(r) => r.chunk().await.map_err(|e| transport_error(node, e, after)),
+        }
+    }
 }
 
 impl HranaClient {
@@ -376,8 +418,10 @@ impl HranaClient {
             .build()
             .map_err(std::io::Error::other)?;
         let timeout_ms = Arc::new(AtomicU64::new(config.request_timeout.as_millis() as u64));
+        let plain = crate::http1::Pool::new(config.connect_timeout, config.pool_idle_timeout);
         Ok(HranaClient {
             http,
+            plain,
             config,
             timeout_ms,
             known: Arc::default(),
@@ -499,10 +543,10 @@ impl HranaClient {
                 deadline,
             )
             .await?;
-        if !resp.status().is_success() {
+        if !is_success(resp.status()) {
             return Err(http_error(node, resp, deadline).await);
         }
-        let waited = lock_wait_us(&resp);
+        let waited = resp.lock_wait_us();
         let bytes = read_limited(node, resp, self.config.max_body_bytes, deadline).await?;
         let mut parsed: PipelineRespBody = serde_json::from_slice(&bytes)
             .map_err(|e| NodeError::protocol(node, format!("malformed pipeline response: {e}")))?;
@@ -527,14 +571,14 @@ impl HranaClient {
             Err(e) => return Attempt::Done(Err(e)),
         };
         if self.config.encoding == WireEncoding::Auto
-            && not_protobuf(resp.status(), content_type(&resp).as_deref())
+            && not_protobuf(resp.status(), resp.content_type())
         {
             return Attempt::Fallback;
         }
-        if !resp.status().is_success() {
+        if !is_success(resp.status()) {
             return Attempt::Done(Err(http_error(node, resp, deadline).await));
         }
-        let waited = lock_wait_us(&resp);
+        let waited = resp.lock_wait_us();
         let r = async {
             let bytes = read_limited(node, resp, self.config.max_body_bytes, deadline).await?;
             let parsed = pb::PipelineRespBody::decode(&bytes[..]).map_err(|e| {
@@ -564,19 +608,27 @@ impl HranaClient {
         encoding: Encoding,
         body: Vec<u8>,
         deadline: Duration,
-    ) -> Result<reqwest::Response, NodeError> {
+    ) -> Result<Response, NodeError> {
         let size = body.len();
-        let resp = match self.post(ep, path, encoding, body).send().await {
+        let sent = self
+            .request(
+                "POST",
+                ep,
+                node,
+                path,
+                Some(encoding.content_type()),
+                body,
+                deadline,
+            )
+            .await;
+        let resp = match sent {
             Ok(r) => {
                 count_traffic(&ep.url, size as u64, 0);
                 r
             }
-            Err(e) => {
-                let err = transport_error(node, e, deadline);
-                return Err(diagnose_large_body(ep, node, size, err).await);
-            }
+            Err(err) => return Err(diagnose_large_body(ep, node, size, err).await),
         };
-        if resp.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
+        if resp.status() == 413 {
             let err = http_error(node, resp, deadline).await;
             return Err(explain_body_limit(node, size, err));
         }
@@ -658,11 +710,11 @@ impl HranaClient {
         };
         if encoding == Encoding::Protobuf
             && self.config.encoding == WireEncoding::Auto
-            && not_protobuf(resp.status(), content_type(&resp).as_deref())
+            && not_protobuf(resp.status(), resp.content_type())
         {
             return Attempt::Fallback;
         }
-        if !resp.status().is_success() {
+        if !is_success(resp.status()) {
             return Attempt::Done(Err(http_error(node, resp, deadline).await));
         }
         let max = self.config.max_line_bytes;
@@ -691,22 +743,81 @@ impl HranaClient {
     pub async fn health(&self, ep: &NodeEndpoint) -> Result<(), NodeError> {
         let node = NodeRef::from(ep);
         let deadline = self.request_timeout();
-        let mut req = match self.url(ep, "health") {
-            Ok(url) => self.http.get(url),
-            Err(text) => self.http.get(text),
+        let asked = self.request("GET", ep, &node, "health", None, Vec::new(), deadline);
+        let mut resp = match tokio::time::timeout(deadline, asked).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(NodeError::Timeout {
+                    node,
+                    after: deadline,
+                })
+            }
+        };
+        if !is_success(resp.status()) {
+            return Err(http_error(&node, resp, deadline).await);
         }
-        .timeout(deadline);
+        // Read to the end, so the connection can be used again.
+        let drained = async {
+            while resp.chunk(&node, deadline).await?.is_some() {}
+            Ok(())
+        };
+        match tokio::time::timeout(deadline, drained).await {
+            Ok(r) => r,
+            Err(_) => Err(NodeError::Timeout {
+                node,
+                after: deadline,
+            }),
+        }
+    }
+
+    /// Send one request and wait for its answer's head: `http://` nodes
+    /// through [`crate::http1`], others (and URLs that do not parse, for
+    /// reqwest to report) through reqwest.
+    #[allow(clippy::too_many_arguments)]
+    async fn request(
+        &self,
+        method: &str,
+        ep: &NodeEndpoint,
+        node: &NodeRef,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<Response, NodeError> {
+        let url = self.url(ep, path);
+        if let Ok(url) = &url {
+            if url.scheme() == "http" {
+                let req = crate::http1::Request {
+                    method,
+                    url,
+                    content_type,
+                    bearer: ep.token.as_deref(),
+                    body: &body,
+                };
+                return match self.plain.send(req).await {
+                    Ok(r) => Ok(Response::Plain(r)),
+                    Err(e) => Err(plain_error(node, e)),
+                };
+            }
+        }
+        let method = if method == "GET" {
+            reqwest::Method::GET
+        } else {
+            reqwest::Method::POST
+        };
+        let mut req = match url {
+            Ok(url) => self.http.request(method, url),
+            Err(text) => self.http.request(method, text),
+        };
+        if let Some(t) = content_type {
+            req = req.header(reqwest::header::CONTENT_TYPE, t);
+        }
         if let Some(t) = &ep.token {
             req = req.bearer_auth(t);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| transport_error(&node, e, deadline))?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(http_error(&node, resp, deadline).await)
+        match req.body(body).send().await {
+            Ok(r) => Ok(Response::Reqwest(r)),
+            Err(e) => Err(transport_error(node, e, deadline)),
         }
     }
 
@@ -728,26 +839,6 @@ impl HranaClient {
             }
             Err(_) => Err(text),
         }
-    }
-
-    fn post(
-        &self,
-        ep: &NodeEndpoint,
-        path: &str,
-        encoding: Encoding,
-        body: Vec<u8>,
-    ) -> reqwest::RequestBuilder {
-        let req = match self.url(ep, path) {
-            Ok(url) => self.http.post(url),
-            Err(text) => self.http.post(text),
-        };
-        let mut req = req
-            .header(reqwest::header::CONTENT_TYPE, encoding.content_type())
-            .body(body);
-        if let Some(t) = &ep.token {
-            req = req.bearer_auth(t);
-        }
-        req
     }
 }
 
@@ -893,6 +984,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+fn plain_error(node: &NodeRef, e: crate::http1::Error) -> NodeError {
+    let node = node.clone();
+    match e {
+        crate::http1::Error::Connect(message) => NodeError::Connect { node, message },
+        crate::http1::Error::Io(message) => NodeError::Io { node, message },
+        crate::http1::Error::Protocol(message) => NodeError::Protocol {
+            node,
+            message: format!("not an HTTP answer: {message}"),
+        },
+    }
+}
+
 fn transport_error(node: &NodeRef, e: reqwest::Error, after: Duration) -> NodeError {
     let node = node.clone();
     if e.is_timeout() {
@@ -1014,13 +1117,13 @@ async fn probe_body_limit(ep: &NodeEndpoint, size: usize) -> Option<u64> {
 
 /// Turn a non-2xx response into `NodeError::Http`, reading at most a small
 /// excerpt of its body (which may be a Hrana error object or plain text).
-async fn http_error(node: &NodeRef, mut resp: reqwest::Response, deadline: Duration) -> NodeError {
-    let status = resp.status().as_u16();
-    let protobuf = content_type(&resp).is_some_and(|t| t.contains("protobuf"));
+async fn http_error(node: &NodeRef, mut resp: Response, deadline: Duration) -> NodeError {
+    let status = resp.status();
+    let protobuf = resp.content_type().is_some_and(|t| t.contains("protobuf"));
     let mut body = Vec::new();
     let read = async {
         while body.len() < ERROR_EXCERPT_BYTES * 8 {
-            match resp.chunk().await {
+            match resp.chunk(node, deadline).await {
                 Ok(Some(c)) => body.extend_from_slice(&c),
                 _ => break,
             }
@@ -1083,16 +1186,12 @@ fn error_body(body: &[u8]) -> Option<(String, Option<String>)> {
 
 async fn read_limited(
     node: &NodeRef,
-    mut resp: reqwest::Response,
+    mut resp: Response,
     max: usize,
     deadline: Duration,
 ) -> Result<Vec<u8>, NodeError> {
     let mut body = Vec::new();
-    while let Some(c) = resp
-        .chunk()
-        .await
-        .map_err(|e| transport_error(node, e, deadline))?
-    {
+    while let Some(c) = resp.chunk(node, deadline).await? {
         if body.len() + c.len() > max {
             return Err(NodeError::protocol(
                 node,
@@ -1192,7 +1291,7 @@ enum Reader {
 #[derive(Debug)]
 pub struct CursorStream {
     node: NodeRef,
-    resp: reqwest::Response,
+    resp: Response,
     idle_timeout: Duration,
     reader: Reader,
     header: Option<CursorRespBody>,
@@ -1309,13 +1408,14 @@ impl CursorStream {
 
     /// The next chunk of the body; `None` at its end.
     async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, NodeError> {
-        match tokio::time::timeout(self.idle_timeout, self.resp.chunk()).await {
+        let next = self.resp.chunk(&self.node, self.idle_timeout);
+        match tokio::time::timeout(self.idle_timeout, next).await {
             Err(_) => Err(NodeError::Timeout {
                 node: self.node.clone(),
                 after: self.idle_timeout,
             }),
             Ok(r) => {
-                let chunk = r.map_err(|e| transport_error(&self.node, e, self.idle_timeout))?;
+                let chunk = r?;
                 if let Some(c) = &chunk {
                     count_traffic(&self.node.url, 0, c.len() as u64);
                 }

@@ -88,9 +88,10 @@ impl Local {
     /// inside the caller's waits, so a pooled connection the node closed
     /// while it was idle is noticed (and left out of the pool) only now —
     /// otherwise the request would be written to it and fail, and a write
-    /// cannot be retried once sent.
-    fn notice_closed_connections(&self) {
-        if tokio::runtime::Handle::try_current().is_ok() {
+    /// cannot be retried once sent. Plain `http://` connections are checked
+    /// by their pool when taken (see `http1`): only reqwest's need this.
+    fn notice_closed_connections(&self, endpoint: &NodeEndpoint) {
+        if endpoint.url.starts_with("http://") || tokio::runtime::Handle::try_current().is_ok() {
             return;
         }
         signals::with_all_blocked(|| {
@@ -408,7 +409,7 @@ impl Executor {
                 && tokio::runtime::Handle::try_current().is_err()
         });
         if let Some(local) = local {
-            local.notice_closed_connections();
+            local.notice_closed_connections(&queries[0].as_ref().expect("one shard").endpoint);
             let q = queries[0].take().expect("one shard");
             let task = scan_group(
                 local.client.clone(),
@@ -510,7 +511,7 @@ impl Executor {
             self.config.direct_lookups && n == 1 && tokio::runtime::Handle::try_current().is_err()
         });
         if let Some(local) = local {
-            local.notice_closed_connections();
+            local.notice_closed_connections(&requests[0].endpoint);
         }
         for (index, req) in requests.into_iter().enumerate() {
             let client = match local {

@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod executor;
+pub mod http1;
 pub mod keepalive;
 pub mod merge;
 pub mod placement;
