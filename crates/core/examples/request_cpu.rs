@@ -62,7 +62,9 @@ fn measure(name: &str, n: usize, mut one: impl FnMut()) {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let url = args.next().expect("usage: request_cpu <node URL> [requests]");
+    let url = args
+        .next()
+        .expect("usage: request_cpu <node URL> [requests]");
     let n: usize = args.next().map_or(20_000, |s| s.parse().expect("a count"));
     let ep = NodeEndpoint {
         node_id: "node".into(),
@@ -112,10 +114,14 @@ fn main() {
                 .expect("sent");
             assert!(resp.status().is_success(), "{}", resp.status());
             let bytes = resp.bytes().await.expect("answer");
-            let answer: conductor_hrana::PipelineRespBody = pb::PipelineRespBody::decode(&bytes[..])
-                .expect("Protobuf answer")
-                .into();
-            assert!(conductor_core::client::first_error(&answer).is_none(), "{answer:?}");
+            let answer: conductor_hrana::PipelineRespBody =
+                pb::PipelineRespBody::decode(&bytes[..])
+                    .expect("Protobuf answer")
+                    .into();
+            assert!(
+                conductor_core::client::first_error(&answer).is_none(),
+                "{answer:?}"
+            );
         })
     };
     // Alternate, so both see the same machine.

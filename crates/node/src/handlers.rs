@@ -61,13 +61,15 @@ pub async fn pipeline(
         None if closes => {
             let (results, waited) = if let Some(results) = fast_read(node, &req.requests) {
                 (results, Duration::ZERO)
-            } else if let Some(stmt) = lone_dml(&req.requests) {
-                // Measured: queueing for group commit beats running it
-                // inline without a thread hop (one commit per statement).
-                grouped_write(node, stmt.clone()).await?
             } else if let Some(results) = inline_write(node, &req.requests) {
-                // Inline writes never wait (busy timeout off).
+                // Inline writes never wait (busy timeout off). Measured
+                // with 8 pgbench clients updating by key (A/B, nodes
+                // swapped): 93–95 µs of node CPU per write this way,
+                // 122–153 µs when every lone write went to the writer
+                // thread; group commit still takes what finds it busy.
                 (results, Duration::ZERO)
+            } else if let Some(stmt) = lone_dml(&req.requests) {
+                grouped_write(node, stmt.clone()).await?
             } else {
                 on_writer(node, req.requests).await?
             };
