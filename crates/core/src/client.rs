@@ -264,7 +264,10 @@ pub struct ClientConfig {
     pub max_line_bytes: usize,
     /// Largest pipeline response body accepted.
     pub max_body_bytes: usize,
-    /// How long an unused keep-alive connection stays in the pool.
+    /// How long an unused keep-alive connection stays in the pool. Below
+    /// the 30 s after which hyper-based servers (conductor-node, sqld)
+    /// close an idle connection, so a connection is not reused just as the
+    /// node closes it (a write sent on it would have an unknown outcome).
     pub pool_idle_timeout: Duration,
     /// Extra trusted certificate authorities (PEM bundle) for `https://`
     /// nodes, added to the system's: a cluster's private CA.
@@ -282,7 +285,7 @@ impl Default for ClientConfig {
             // A row carrying a 64 MiB bytea value is ~90 MB of JSON.
             max_line_bytes: 256 << 20,
             max_body_bytes: 512 << 20,
-            pool_idle_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(20),
             ca_pem: None,
             encoding: WireEncoding::Auto,
         }
