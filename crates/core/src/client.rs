@@ -3,8 +3,8 @@
 //! (docs/ARCHITECTURE.md, The node protocol).
 //!
 //! Plain `http://` nodes are spoken to through [`crate::http1`] (a lean
-//! keep-alive pool: a one-row write's request costs the router a third of
-//! what it costs through reqwest); `https://` nodes through one
+//! keep-alive pool: a one-row write's request costs the router about half
+//! the CPU it costs through reqwest); `https://` nodes through one
 //! `reqwest::Client` with rustls. Every request
 //! has a deadline; a cursor body is read chunk by chunk and split into lines
 //! with a maximum line length, so memory stays bounded however large the
@@ -342,6 +342,10 @@ fn not_protobuf(status: u16, content_type: Option<&str>) -> bool {
         })
 }
 
+fn is_plain(url: &reqwest::Url) -> bool {
+    url.scheme() == "http"
+}
+
 fn is_success(status: u16) -> bool {
     (200..300).contains(&status)
 }
@@ -615,7 +619,7 @@ impl HranaClient {
         let size = body.len();
         let sent = self
             .request(
-                "POST",
+                reqwest::Method::POST,
                 ep,
                 node,
                 path,
@@ -746,7 +750,15 @@ impl HranaClient {
     pub async fn health(&self, ep: &NodeEndpoint) -> Result<(), NodeError> {
         let node = NodeRef::from(ep);
         let deadline = self.request_timeout();
-        let asked = self.request("GET", ep, &node, "health", None, Vec::new(), deadline);
+        let asked = self.request(
+            reqwest::Method::GET,
+            ep,
+            &node,
+            "health",
+            None,
+            Vec::new(),
+            deadline,
+        );
         let mut resp = match tokio::time::timeout(deadline, asked).await {
             Ok(r) => r?,
             Err(_) => {
@@ -779,7 +791,7 @@ impl HranaClient {
     #[allow(clippy::too_many_arguments)]
     async fn request(
         &self,
-        method: &str,
+        method: reqwest::Method,
         ep: &NodeEndpoint,
         node: &NodeRef,
         path: &str,
@@ -789,7 +801,7 @@ impl HranaClient {
     ) -> Result<Response, NodeError> {
         let url = self.url(ep, path);
         if let Ok(url) = &url {
-            if url.scheme() == "http" {
+            if is_plain(url) {
                 let req = crate::http1::Request {
                     method,
                     url,
@@ -803,11 +815,6 @@ impl HranaClient {
                 };
             }
         }
-        let method = if method == "GET" {
-            reqwest::Method::GET
-        } else {
-            reqwest::Method::POST
-        };
         let mut req = match url {
             Ok(url) => self.http.request(method, url),
             Err(text) => self.http.request(method, text),
@@ -822,6 +829,13 @@ impl HranaClient {
             Ok(r) => Ok(Response::Reqwest(r)),
             Err(e) => Err(transport_error(node, e, deadline)),
         }
+    }
+
+    /// Whether requests to `ep` go through [`crate::http1`], whose pool
+    /// checks a connection before reusing it (reqwest's notices a closed
+    /// one only when its runtime runs).
+    pub fn is_plain_http(&self, ep: &NodeEndpoint) -> bool {
+        self.url(ep, "").is_ok_and(|url| is_plain(&url))
     }
 
     /// The URL of `path` on `ep`, parsed once. Text that does not parse is

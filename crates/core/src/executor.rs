@@ -91,7 +91,7 @@ impl Local {
     /// cannot be retried once sent. Plain `http://` connections are checked
     /// by their pool when taken (see `http1`): only reqwest's need this.
     fn notice_closed_connections(&self, endpoint: &NodeEndpoint) {
-        if endpoint.url.starts_with("http://") || tokio::runtime::Handle::try_current().is_ok() {
+        if self.client.is_plain_http(endpoint) || tokio::runtime::Handle::try_current().is_ok() {
             return;
         }
         signals::with_all_blocked(|| {
