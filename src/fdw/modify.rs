@@ -65,7 +65,7 @@ struct ModifyState {
     /// UPDATE: the rows (identities) this statement changed. A join can
     /// hand a row to the UPDATE more than once; as for a local table, only
     /// the first changes it and is counted.
-    changed: std::collections::HashSet<String>,
+    changed: std::collections::HashSet<Vec<u8>>,
     track_changed: bool,
 }
 
@@ -693,7 +693,11 @@ pub unsafe extern "C-unwind" fn exec_foreign_update(
     unsafe {
         let state = state(rinfo);
         let identity = identity(state, plan_slot);
-        if state.track_changed && !state.changed.insert(format!("{identity:?}")) {
+        if state.track_changed
+            && !state
+                .changed
+                .insert(conductor_hrana::checksum::row_bytes(&identity))
+        {
             return std::ptr::null_mut(); // already changed by this statement
         }
         let mut row = encode_row(state, slot);
