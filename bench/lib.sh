@@ -126,12 +126,22 @@ node_healthy() {
     [[ $status == *" 200"* ]]
 }
 
+# Worker threads for each of $1 nodes sharing this machine: its share of the
+# cores (at least one). A node's default, one per core, is for a node alone
+# on its machine; several on one machine each waking a thread per core spend
+# CPU waking each other's idle threads.
+node_threads() {
+    local share=$(($(nproc) / $1))
+    echo $((share > 0 ? share : 1))
+}
+
 start_node() { # name port [node options...]
     local name=$1 port=$2 pid
     shift 2
     mkdir -p "$BENCH_DIR/node-$name"
     "$NODE_BIN" --listen "127.0.0.1:$port" --data-dir "$BENCH_DIR/node-$name" \
-        --log-level warn "$@" >"$OUT/node-$name.log" 2>&1 </dev/null &
+        --log-level warn --threads "${BENCH_NODE_THREADS:-$NODE_THREADS}" "$@" \
+        >"$OUT/node-$name.log" 2>&1 </dev/null &
     pid=$!
     CHILD_PIDS+=("$pid")
     for _ in $(seq 100); do

@@ -793,7 +793,10 @@ def main():
     a(f"| Postgres | {meta['postgres']} |")
     a(f"| client | {meta['pgbench']}, on the same machine over loopback TCP |")
     a(f"| conductor | extension {meta['conductor_ext']} (release build), {meta['node']} (release), git {meta['git']}; {meta['rustc']} |")
-    a(f"| node options | {meta.get('node_options', '(defaults)')} (W6 nodes also `--delay-ms {meta['delay_ms']}`) |")
+    threads = meta.get("node_threads")
+    a(f"| node options | {meta.get('node_options', '(defaults)')} (W6 nodes also `--delay-ms {meta['delay_ms']}`)"
+      + (f"; every node `--threads {threads}`, its share of the {meta['nproc']} cores (`bench/lib.sh` "
+         f"`node_threads`)" if threads else "") + " |")
     a(f"| date | {meta['start_utc']} |")
     a(f"| command | `{meta['command']}` (`make bench` runs `bench/run.sh`) |")
     a(f"| data | `items`, {rows:,} rows, seed {meta['seed']}, generated in SQL by [`bench/workloads/load.sql`](../bench/workloads/load.sql); rows counted after the load: conductor {meta.get('count_conductor')}, peer {meta.get('count_peer')}, local {meta.get('count_local')} |")

@@ -91,6 +91,7 @@ mkdir -p "$RAW"
 
 source "$ROOT/bench/lib.sh"
 COMMAND=$(command_line bench/run.sh)
+NODE_THREADS=$(node_threads "$N_NODES")
 
 # Whether workload $1 is to run (BENCH_ONLY unset: all of them).
 want() { [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $1 "* ]]; }
@@ -258,6 +259,7 @@ router postgres -c "CREATE DATABASE local"
     echo "delay_ms=$DELAY_MS"
     echo "node_options=${NODE_OPTIONS:-(defaults)}"
     echo "nodes=$N_NODES"
+    echo "node_threads=${BENCH_NODE_THREADS:-$NODE_THREADS}"
     echo "clients=$CLIENTS"
     echo "threads=$THREADS"
     echo "pg_settings=$(echo "$PG_SETTINGS" | tr -s ' ')"

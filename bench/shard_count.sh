@@ -57,6 +57,7 @@ mkdir -p "$RAW"
 
 source "$ROOT/bench/lib.sh"
 COMMAND=$(command_line bench/shard_count.sh)
+NODE_THREADS=$(node_threads 4)
 
 build_and_snapshot
 

@@ -266,7 +266,12 @@ start_node() {
     [ -f "$logfile" ] && offset=$(wc -c <"$logfile")
     # setsid: its own session, so a Ctrl-C in this terminal later doesn't
     # reach it; it runs until `make stop`.
+    # The four nodes share this machine: each gets its share of the cores
+    # as worker threads (a node's default, one per core, is for a node alone
+    # on its machine).
+    local threads=$(($(nproc) / 4))
     setsid "$NODE_BIN" --listen "127.0.0.1:$port" --data-dir "$CLUSTER_DIR/node-$i" \
+        --threads "${CONDUCTOR_NODE_THREADS:-$((threads > 0 ? threads : 1))}" \
         >>"$logfile" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >"$CLUSTER_DIR/node-$i.pid"
