@@ -858,30 +858,10 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
                 ScanPoll::Done => {
                     state.finish();
                     state.in_flight = None;
-                    for url in std::mem::take(&mut state.scan_urls) {
-                        if !state.skipped.iter().any(|e| e.url == url) {
-                            crate::health::record_success(&url);
-                        }
-                    }
-                    warn_skipped(&mut state.skipped);
+                    scan_done(std::mem::take(&mut state.scan_urls), &mut state.skipped);
                 }
-                ScanPoll::Failed(err)
-                    if err.shard_id.is_some()
-                        && crate::gucs::ON_SHARD_FAILURE.get()
-                            == crate::gucs::OnShardFailure::Skip =>
-                {
-                    // One failure per node per scan, however many shards.
-                    if !state.skipped.iter().any(|e| e.url == err.url) {
-                        crate::health::record_failure(&err);
-                        crate::remote::count_failed(&err);
-                    }
-                    state.skipped.push(err)
-                }
-                ScanPoll::Failed(err) => {
-                    crate::health::record_failure(&err);
-                    crate::remote::count_failed(&err);
-                    remote::report_shard_error(&err)
-                }
+                ScanPoll::Failed(err) if skippable(&err) => skip_failed(err, &mut state.skipped),
+                ScanPoll::Failed(err) => fail_scan(&err),
             }
         }
     }
@@ -920,6 +900,44 @@ pub fn reachable_queries(
 
 /// `conductor.on_shard_failure = skip`: one WARNING naming every shard whose
 /// rows are missing (or incomplete, if its node failed mid-stream).
+/// A scan read to its end: the nodes it read from answered (all but those
+/// of the skipped shards), then the warning naming the skipped shards.
+pub fn scan_done(urls: Vec<String>, skipped: &mut Vec<conductor_core::executor::ShardError>) {
+    for url in urls {
+        if !skipped.iter().any(|e| e.url == url) {
+            crate::health::record_success(&url);
+        }
+    }
+    warn_skipped(skipped);
+}
+
+/// Whether the scan goes on without the failed shard
+/// (`conductor.on_shard_failure = skip`; a failure of no one shard never).
+pub fn skippable(err: &conductor_core::executor::ShardError) -> bool {
+    err.shard_id.is_some()
+        && crate::gucs::ON_SHARD_FAILURE.get() == crate::gucs::OnShardFailure::Skip
+}
+
+/// Goes on without a failed shard; its node's failure counts once per
+/// scan, however many of its shards failed.
+pub fn skip_failed(
+    err: conductor_core::executor::ShardError,
+    skipped: &mut Vec<conductor_core::executor::ShardError>,
+) {
+    if !skipped.iter().any(|e| e.url == err.url) {
+        crate::health::record_failure(&err);
+        crate::remote::count_failed(&err);
+    }
+    skipped.push(err)
+}
+
+/// A failed shard ends the statement: counted against its node, raised.
+pub fn fail_scan(err: &conductor_core::executor::ShardError) -> ! {
+    crate::health::record_failure(err);
+    crate::remote::count_failed(err);
+    remote::report_shard_error(err)
+}
+
 pub fn warn_skipped(skipped: &mut Vec<conductor_core::executor::ShardError>) {
     if skipped.is_empty() {
         return;

@@ -102,7 +102,9 @@ pub struct UpperPlan {
 }
 
 use crate::fdw::lower::{is, list_nodes as nodes, strip_relabel};
-use crate::fdw::scan::{reachable_queries, warn_skipped};
+use crate::fdw::scan::{
+    fail_scan, reachable_queries, scan_done, skip_failed, skippable, warn_skipped,
+};
 
 /// The base relation an upper path would replace the scan of.
 struct Base {
@@ -405,12 +407,23 @@ unsafe fn aggref_text(aggref: *mut pg_sys::Aggref) -> String {
 
 /// A built-in function's name.
 unsafe fn builtin_name(oid: pg_sys::Oid) -> Option<String> {
+    // SAFETY: a syscache lookup by OID.
+    unsafe { builtin_object_name(oid, pg_sys::get_func_name) }
+}
+
+/// The name `lookup` (a syscache lookup returning a palloc'd name or NULL)
+/// finds for a built-in object; None for user-defined ones, whose names
+/// say nothing of what they do.
+unsafe fn builtin_object_name(
+    oid: pg_sys::Oid,
+    lookup: unsafe fn(pg_sys::Oid) -> *mut std::ffi::c_char,
+) -> Option<String> {
     if oid.to_u32() >= pg_sys::FirstNormalObjectId {
         return None;
     }
-    // SAFETY: syscache lookup; copied before use.
+    // SAFETY: per the contract; the name is copied before use.
     unsafe {
-        let p = pg_sys::get_func_name(oid);
+        let p = lookup(oid);
         (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
     }
 }
@@ -800,14 +813,8 @@ unsafe fn add_grouping_path(
 }
 
 fn builtin_opname(opno: pg_sys::Oid) -> Option<String> {
-    if opno.to_u32() >= pg_sys::FirstNormalObjectId {
-        return None;
-    }
-    // SAFETY: syscache lookup; copied before use.
-    unsafe {
-        let p = pg_sys::get_opname(opno);
-        (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
-    }
+    // SAFETY: a syscache lookup by OID.
+    unsafe { builtin_object_name(opno, pg_sys::get_opname) }
 }
 
 /// The query's ORDER BY as pushed sort keys with each key's column Var, or
@@ -1933,32 +1940,15 @@ impl UpperState {
                         self.shard_stats.extend_from_slice(handle.stats());
                     }
                     self.in_flight = None;
-                    for url in std::mem::take(&mut self.scan_urls) {
-                        if !self.skipped.iter().any(|e| e.url == url) {
-                            crate::health::record_success(&url);
-                        }
-                    }
-                    warn_skipped(&mut self.skipped);
+                    scan_done(std::mem::take(&mut self.scan_urls), &mut self.skipped);
                 }
-                ScanPoll::Failed(err)
-                    if err.shard_id.is_some()
-                        && crate::gucs::ON_SHARD_FAILURE.get()
-                            == crate::gucs::OnShardFailure::Skip =>
-                {
-                    if !self.skipped.iter().any(|e| e.url == err.url) {
-                        crate::health::record_failure(&err);
-                        crate::remote::count_failed(&err);
-                    }
+                ScanPoll::Failed(err) if skippable(&err) => {
                     if let Some(s) = err.shard_id {
                         self.shard_done(s);
                     }
-                    self.skipped.push(err)
+                    skip_failed(err, &mut self.skipped)
                 }
-                ScanPoll::Failed(err) => {
-                    crate::health::record_failure(&err);
-                    crate::remote::count_failed(&err);
-                    remote::report_shard_error(&err)
-                }
+                ScanPoll::Failed(err) => fail_scan(&err),
             }
             self.drain_sorted();
         }

@@ -971,16 +971,7 @@ async fn stream_group(
                             format!("unexpected step_begin of step {step}"),
                         ));
                     }
-                    if cols.len() != opts.columns {
-                        return Err(NodeError::protocol(
-                            &node,
-                            format!(
-                                "result has {} columns, expected {}",
-                                cols.len(),
-                                opts.columns
-                            ),
-                        ));
-                    }
+                    check_width(&node, "result", cols.len(), opts.columns)?;
                     current = Some(step);
                     rows = 0;
                 }
@@ -988,12 +979,7 @@ async fn stream_group(
                     let Some(step) = current else {
                         return Err(NodeError::protocol(&node, "row outside of a step"));
                     };
-                    if row.len() != opts.columns {
-                        return Err(NodeError::protocol(
-                            &node,
-                            format!("row has {} columns, expected {}", row.len(), opts.columns),
-                        ));
-                    }
+                    check_width(&node, "row", row.len(), opts.columns)?;
                     chunk.push(row);
                     rows += 1;
                     if chunk.len() >= per_chunk {
@@ -1252,6 +1238,19 @@ async fn fetch_shard(
     Ok(rows)
 }
 
+/// A result or row of a shard's answer has as many columns as the SELECT
+/// asked for; a node answering otherwise is out of step with the plan.
+fn check_width(node: &NodeRef, what: &str, got: usize, expected: usize) -> Result<(), NodeError> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(NodeError::protocol(
+            node,
+            format!("{what} has {got} columns, expected {expected}"),
+        ))
+    }
+}
+
 /// Read a cursor's rows into the channel in chunks.
 async fn stream_rows(
     cursor: &mut crate::client::CursorStream,
@@ -1273,28 +1272,14 @@ async fn stream_rows(
                 if began {
                     return Err(NodeError::protocol(&node, "more than one step_begin"));
                 }
-                if cols.len() != opts.columns {
-                    return Err(NodeError::protocol(
-                        &node,
-                        format!(
-                            "result has {} columns, expected {}",
-                            cols.len(),
-                            opts.columns
-                        ),
-                    ));
-                }
+                check_width(&node, "result", cols.len(), opts.columns)?;
                 began = true;
             }
             CursorEntry::Row { row } => {
                 if !began || ended {
                     return Err(NodeError::protocol(&node, "row outside of a step"));
                 }
-                if row.len() != opts.columns {
-                    return Err(NodeError::protocol(
-                        &node,
-                        format!("row has {} columns, expected {}", row.len(), opts.columns),
-                    ));
-                }
+                check_width(&node, "row", row.len(), opts.columns)?;
                 chunk.push(row);
                 rows += 1;
                 if chunk.len() >= per_chunk {
