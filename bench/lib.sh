@@ -127,9 +127,10 @@ node_healthy() {
 }
 
 # Worker threads for each of $1 nodes sharing this machine: its share of the
-# cores (at least one). A node's default, one per core, is for a node alone
-# on its machine; several on one machine each waking a thread per core spend
-# CPU waking each other's idle threads.
+# cores (at least one; BENCH_NODE_THREADS overrides it). A node's default,
+# one per core, is for a node alone on its machine: several on one machine,
+# each with a thread per core, spend CPU waking idle threads of their own
+# for every request.
 node_threads() {
     local share=$(($(nproc) / $1))
     echo $((share > 0 ? share : 1))

@@ -264,12 +264,12 @@ start_node() {
     log "starting node-$i on 127.0.0.1:$port"
     local logfile=$CLUSTER_DIR/node-$i.log offset=0
     [ -f "$logfile" ] && offset=$(wc -c <"$logfile")
-    # setsid: its own session, so a Ctrl-C in this terminal later doesn't
-    # reach it; it runs until `make stop`.
     # The four nodes share this machine: each gets its share of the cores
     # as worker threads (a node's default, one per core, is for a node alone
-    # on its machine).
+    # on its machine). CONDUCTOR_NODE_THREADS overrides it.
     local threads=$(($(nproc) / 4))
+    # setsid: its own session, so a Ctrl-C in this terminal later doesn't
+    # reach it; it runs until `make stop`.
     setsid "$NODE_BIN" --listen "127.0.0.1:$port" --data-dir "$CLUSTER_DIR/node-$i" \
         --threads "${CONDUCTOR_NODE_THREADS:-$((threads > 0 ? threads : 1))}" \
         >>"$logfile" 2>&1 </dev/null &
