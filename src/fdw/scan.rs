@@ -13,7 +13,9 @@ use crate::remote;
 use crate::stats;
 use crate::xact::streams;
 use conductor_core::executor::{ScanHandle, ScanPoll, ShardQuery, ShardStats};
-use conductor_core::plan::{planned_key_values, RouteKind, ShardPlan, StatementKind};
+use conductor_core::plan::{
+    planned_key_values, planned_shards, RouteKind, ShardPlan, StatementKind,
+};
 use conductor_core::predicate::{Binding, Pred};
 use conductor_hrana::Value;
 use pgrx::prelude::*;
@@ -168,20 +170,6 @@ pub fn read_access(
         Some(streams::Access::Write)
     } else {
         None
-    }
-}
-
-/// How many shards a pushed restriction visits, as far as planning knows:
-/// a key bound at run time is assumed to reach one shard.
-fn planned_shards(topology: &TableTopology, pushed: &[Pred]) -> usize {
-    let plan = ShardPlan::template(
-        topology,
-        pushed,
-        &StatementKind::Delete { returning: false },
-    );
-    match plan.kind {
-        RouteKind::AtExecution => 1,
-        _ => plan.statements.len(),
     }
 }
 

@@ -1224,6 +1224,13 @@ impl ShardPlan {
     }
 }
 
+/// How many shards a restriction visits, as far as planning knows (what
+/// [`ShardPlan::template`] would list, without rendering any SQL): a key
+/// bound at run time is assumed to reach one shard.
+pub fn planned_shards(topology: &Topology, preds: &[Pred]) -> usize {
+    route(preds, &topology.shard_key(), &[]).map_or(1, |routed| routed.shards.len())
+}
+
 /// How many shard-key values a restriction names, as far as planning knows
 /// (constants only): `Some(n)` for `key = c` (1) or `key IN (n values)`,
 /// `None` when the key is unrestricted or decided by a parameter.
@@ -1824,6 +1831,38 @@ mod tests {
             r#"SELECT "t_0001"."k", "t_0001"."v", "t_0001"."n" FROM "t_0001" ORDER BY random() LIMIT ?"#
         );
         assert_eq!(s.stmt.args, vec![Value::Integer(7)]);
+    }
+
+    #[test]
+    fn planned_shards_agrees_with_the_template() {
+        let t = topology(16, ColumnType::Int8);
+        let kind = StatementKind::Delete { returning: false };
+        let cases = [
+            vec![eq(0, int(1))],
+            vec![Pred::In {
+                column: 0,
+                list: ListOperand::Items((0..50).map(int).collect()),
+            }],
+            vec![],
+            vec![eq(2, int(1))],
+            vec![eq(0, int(1)), eq(0, int(2))],
+        ];
+        for preds in &cases {
+            let template = ShardPlan::template(&t, preds, &kind);
+            assert_eq!(
+                planned_shards(&t, preds),
+                template.statements.len(),
+                "{preds:?}"
+            );
+        }
+        // A key bound at run time: one shard assumed, where the template
+        // lists every shard it might be.
+        let param = [eq(0, Operand::Param(0))];
+        assert_eq!(
+            ShardPlan::template(&t, &param, &kind).kind,
+            RouteKind::AtExecution
+        );
+        assert_eq!(planned_shards(&t, &param), 1);
     }
 
     #[test]
