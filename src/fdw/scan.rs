@@ -12,7 +12,7 @@ use crate::fdw::lower::{deconstruct, Lowering, ParamSpec};
 use crate::remote;
 use crate::stats;
 use crate::xact::streams;
-use conductor_core::executor::{ScanHandle, ScanPoll, ShardQuery, ShardStats};
+use conductor_core::executor::{ScanHandle, ScanPoll, ShardError, ShardQuery, ShardStats};
 use conductor_core::plan::{
     planned_key_values, planned_shards, RouteKind, ShardPlan, StatementKind,
 };
@@ -450,7 +450,7 @@ struct ScanState {
     /// waited for its write lock (EXPLAIN ANALYZE).
     lock_waits: std::collections::BTreeMap<String, Duration>,
     /// Shards whose node failed while `conductor.on_shard_failure = skip`.
-    skipped: Vec<conductor_core::executor::ShardError>,
+    skipped: Vec<ShardError>,
     /// Nodes the running scan reads from (their health is recorded at the end).
     scan_urls: Vec<String>,
     /// The running scan's requests, counted as in flight to their nodes.
@@ -861,7 +861,7 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
 pub fn reachable_queries(
     topology: &TableTopology,
     plan: &ShardPlan,
-) -> (Vec<ShardQuery>, Vec<conductor_core::executor::ShardError>) {
+) -> (Vec<ShardQuery>, Vec<ShardError>) {
     let token = crate::catalog::credentials::token_for(topology.server_id);
     let skip = crate::gucs::ON_SHARD_FAILURE.get() == crate::gucs::OnShardFailure::Skip;
     let mut queries = Vec::with_capacity(plan.statements.len());
@@ -886,11 +886,9 @@ pub fn reachable_queries(
     (queries, refused)
 }
 
-/// `conductor.on_shard_failure = skip`: one WARNING naming every shard whose
-/// rows are missing (or incomplete, if its node failed mid-stream).
 /// A scan read to its end: the nodes it read from answered (all but those
 /// of the skipped shards), then the warning naming the skipped shards.
-pub fn scan_done(urls: Vec<String>, skipped: &mut Vec<conductor_core::executor::ShardError>) {
+pub fn scan_done(urls: Vec<String>, skipped: &mut Vec<ShardError>) {
     for url in urls {
         if !skipped.iter().any(|e| e.url == url) {
             crate::health::record_success(&url);
@@ -901,17 +899,14 @@ pub fn scan_done(urls: Vec<String>, skipped: &mut Vec<conductor_core::executor::
 
 /// Whether the scan goes on without the failed shard
 /// (`conductor.on_shard_failure = skip`; a failure of no one shard never).
-pub fn skippable(err: &conductor_core::executor::ShardError) -> bool {
+pub fn skippable(err: &ShardError) -> bool {
     err.shard_id.is_some()
         && crate::gucs::ON_SHARD_FAILURE.get() == crate::gucs::OnShardFailure::Skip
 }
 
 /// Goes on without a failed shard; its node's failure counts once per
 /// scan, however many of its shards failed.
-pub fn skip_failed(
-    err: conductor_core::executor::ShardError,
-    skipped: &mut Vec<conductor_core::executor::ShardError>,
-) {
+pub fn skip_failed(err: ShardError, skipped: &mut Vec<ShardError>) {
     if !skipped.iter().any(|e| e.url == err.url) {
         crate::health::record_failure(&err);
         crate::remote::count_failed(&err);
@@ -920,13 +915,15 @@ pub fn skip_failed(
 }
 
 /// A failed shard ends the statement: counted against its node, raised.
-pub fn fail_scan(err: &conductor_core::executor::ShardError) -> ! {
+pub fn fail_scan(err: &ShardError) -> ! {
     crate::health::record_failure(err);
     crate::remote::count_failed(err);
     remote::report_shard_error(err)
 }
 
-pub fn warn_skipped(skipped: &mut Vec<conductor_core::executor::ShardError>) {
+/// `conductor.on_shard_failure = skip`: one WARNING naming every shard whose
+/// rows are missing (or incomplete, if its node failed mid-stream).
+pub fn warn_skipped(skipped: &mut Vec<ShardError>) {
     if skipped.is_empty() {
         return;
     }
