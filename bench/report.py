@@ -675,6 +675,51 @@ def w15_spec(out):
     return L
 
 
+def cell(r, kind):
+    """A result's table cell: its spread of `kind` (tps, lat, rate)."""
+    if r is None:
+        return "not run"
+    if r.error and not (r.tps or r.lat):
+        return "**failed**"
+    if kind == "tps":
+        return spread(r.tps)
+    if kind == "lat":
+        return spread(r.lat, " ms")
+    if kind == "rate":
+        return spread(r.rate)
+    return "–"
+
+
+def value(r, kind):
+    """The median of a result's `kind`, or None if it failed."""
+    if r is None or (r.error and not (r.tps or r.lat)):
+        return None
+    return {"tps": med(r.tps), "lat": med(r.lat), "rate": med(r.rate)}[kind]
+
+
+def throughput_rows(w, name, r):
+    """The table rows of a throughput workload (8 clients): TPS, p50, p99,
+    and for the write workloads what conductor's nodes counted."""
+    if all(r[t] is None for t in TARGETS):
+        return [f"| {name} | TPS | not run | not run | not run | – | – |"]
+    rows = [f"| {name} | TPS | {cell(r['conductor'], 'tps')} | {cell(r['peer'], 'tps')} | {cell(r['local'], 'tps')} "
+            f"| {ratio(value(r['conductor'], 'tps'), value(r['peer'], 'tps'))} "
+            f"| {ratio(value(r['conductor'], 'tps'), value(r['local'], 'tps'))} |"]
+    for p in ["p50", "p99"]:
+        vals = {t: (getattr(r[t], p) if r[t] and getattr(r[t], p) else None) for t in TARGETS}
+        rows.append(f"| | {p} latency | " + " | ".join(spread(vals[t], " ms") if vals[t] else cell(r[t], "") for t in TARGETS)
+                    + f" | {ratio(med(vals['conductor'] or []), med(vals['peer'] or []))} "
+                    f"| {ratio(med(vals['conductor'] or []), med(vals['local'] or []))} |")
+    c = r["conductor"]
+    if w in ("W12", "W13", "W14") and c and c.requests_per_tx:
+        rows.append(f"| | conductor's nodes, per transaction: requests; time waited for a write lock | "
+                    f"{spread(c.requests_per_tx)}; {spread(c.lock_wait_ms_per_tx, ' ms')} | | | | |")
+    if any(r[t] and r[t].failed for t in TARGETS):
+        rows.append("| | transactions failed (pgbench goes on after a serialization failure or deadlock) | "
+                    + " | ".join(str(len(r[t].failed)) if r[t] else "–" for t in TARGETS) + " | | |")
+    return rows
+
+
 def partial_section(out, meta, only):
     """A run of some workloads only (BENCH_ONLY): their figures in a section
     of their own, so the full run's section stays as it was."""
@@ -689,8 +734,11 @@ def partial_section(out, meta, only):
       f"the start and {meta.get('loadavg_end', '?')} at the end on {meta['nproc']} cores; git {meta['git']}. "
       "Targets as in the full run above (conductor: 16 shards over "
       f"{meta.get('nodes', '4')} nodes; peer: 16 postgres_fdw hash partitions on 4 Postgres; local). "
-      "Each cell: median (min–max) of every execution, one client"
-      + (" (W15's 8-client rows: of the runs)." if "W15" in only else "."))
+      "Each cell: median (min–max); latency workloads: of every execution, one client"
+      + (" (W15's 8-client rows: of the runs)" if "W15" in only else "")
+      + f"; throughput workloads (W1–W3, W12–W14): {meta['runs']} pgbench runs of {meta['seconds']} s per target "
+      "with 8 clients, TPS median of the runs, p50/p99 per-transaction latencies from pgbench's `--log`, median "
+      "over the runs.")
     a("")
     if "W11" in only:
         a(f"W11 data: {int(meta.get('w11_customers', 0)):,} customers, "
@@ -704,6 +752,9 @@ def partial_section(out, meta, only):
     res = {}
     for w in sorted(os.listdir(os.path.join(out, "raw"))):
         if w == "W8" or w.startswith("W15") or not any(w == o or w.startswith(o + "-") for o in only):
+            continue
+        if w in THROUGHPUT:
+            rows.extend(throughput_rows(w, w, {t: throughput(out, w, t) for t in TARGETS}))
             continue
         res[w] = {t: latency(out, w, t) for t in TARGETS}
         r = res[w]
@@ -840,24 +891,6 @@ def main():
     res["W7"] = {t: timed(out, "W7", t, rows) for t in TARGETS}
     res["W8"] = {t: timed(out, "W8", t, rows) for t in TARGETS}
 
-    def cell(r, kind):
-        if r is None:
-            return "not run"
-        if r.error and not (r.tps or r.lat):
-            return "**failed**"
-        if kind == "tps":
-            return spread(r.tps)
-        if kind == "lat":
-            return spread(r.lat, " ms")
-        if kind == "rate":
-            return spread(r.rate)
-        return "–"
-
-    def value(r, kind):
-        if r is None or (r.error and not (r.tps or r.lat)):
-            return None
-        return {"tps": med(r.tps), "lat": med(r.lat), "rate": med(r.rate)}[kind]
-
     a("### Results")
     a("")
     a("Each cell: median (min–max). Throughput workloads (W1–W3, W12–W14): "
@@ -880,25 +913,7 @@ def main():
         "W6-1": "W6 1 shard (+delay)", "W6-4": "W6 4 shards (+delay)", "W6-16": "W6 16 shards (+delay)",
     }
     for w in THROUGHPUT:
-        r = res[w]
-        if all(r[t] is None for t in TARGETS):
-            a(f"| {names[w]} | TPS | not run | not run | not run | – | – |")
-            continue
-        a(f"| {names[w]} | TPS | {cell(r['conductor'], 'tps')} | {cell(r['peer'], 'tps')} | {cell(r['local'], 'tps')} "
-          f"| {ratio(value(r['conductor'], 'tps'), value(r['peer'], 'tps'))} "
-          f"| {ratio(value(r['conductor'], 'tps'), value(r['local'], 'tps'))} |")
-        for p in ["p50", "p99"]:
-            vals = {t: (getattr(r[t], p) if r[t] and getattr(r[t], p) else None) for t in TARGETS}
-            a(f"| | {p} latency | " + " | ".join(spread(vals[t], " ms") if vals[t] else cell(r[t], "") for t in TARGETS)
-              + f" | {ratio(med(vals['conductor'] or []), med(vals['peer'] or []))} "
-              f"| {ratio(med(vals['conductor'] or []), med(vals['local'] or []))} |")
-        c = r["conductor"]
-        if w in ("W12", "W13", "W14") and c and c.requests_per_tx:
-            a(f"| | conductor's nodes, per transaction: requests; time waited for a write lock | "
-              f"{spread(c.requests_per_tx)}; {spread(c.lock_wait_ms_per_tx, ' ms')} | | | | |")
-        if any(r[t] and r[t].failed for t in TARGETS):
-            a(f"| | transactions failed (pgbench goes on after a serialization failure or deadlock) | "
-              + " | ".join(str(len(r[t].failed)) if r[t] else "–" for t in TARGETS) + " | | |")
+        L.extend(throughput_rows(w, names[w], res[w]))
     for w in ["W4", "W4i", "W5-count", "W5-sum", "W5-group", "W9", "W10"] + W11:
         r = res[w]
         a(f"| {names[w]} | latency | " + " | ".join(cell(r[t], "lat") for t in TARGETS)
