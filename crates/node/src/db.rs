@@ -302,7 +302,7 @@ fn open_connection(path: &std::path::Path, opening: &Opening) -> rusqlite::Resul
 /// key on four nodes (docs/BENCHMARKS.md, "Checkpoints"): holding the
 /// writer through a whole checkpoint every 100 ms stalled each node's
 /// writes for ~4.5 ms ten times a second, and the 99th percentile latency
-/// was about 1.6 times what it is this way.
+/// was 1.5–1.8 times what it is this way.
 fn checkpoint_loop(
     conn: Connection,
     writer: Arc<Mutex<Connection>>,
