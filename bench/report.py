@@ -736,9 +736,11 @@ def partial_section(out, meta, only):
       f"{meta.get('nodes', '4')} nodes; peer: 16 postgres_fdw hash partitions on 4 Postgres; local). "
       "Each cell: median (min–max); latency workloads: of every execution, one client"
       + (" (W15's 8-client rows: of the runs)" if "W15" in only else "")
-      + f"; throughput workloads (W1–W3, W12–W14): {meta['runs']} pgbench runs of {meta['seconds']} s per target "
-      "with 8 clients, TPS median of the runs, p50/p99 per-transaction latencies from pgbench's `--log`, median "
-      "over the runs.")
+      + (f"; throughput workloads ({', '.join(w for w in THROUGHPUT if w in only)}): {meta['runs']} pgbench "
+         f"runs of {meta['seconds']} s per target with 8 clients, TPS median of the runs, p50/p99 "
+         "per-transaction latencies from pgbench's `--log`, median over the runs" if set(THROUGHPUT) & set(only)
+         else "")
+      + ".")
     a("")
     if "W11" in only:
         a(f"W11 data: {int(meta.get('w11_customers', 0)):,} customers, "

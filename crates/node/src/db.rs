@@ -336,11 +336,7 @@ fn checkpoint_loop(
                 break;
             };
             // Fewer copied than before: the WAL restarted meanwhile.
-            let this_pass = if copied >= copied_before {
-                copied - copied_before
-            } else {
-                copied
-            };
+            let this_pass = copied.checked_sub(copied_before).unwrap_or(copied);
             copied_before = copied;
             if this_pass <= SMALL_CHECKPOINT_FRAMES {
                 break;

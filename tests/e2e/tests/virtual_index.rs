@@ -876,6 +876,14 @@ fn a_node_down_at_commit_leaves_no_row_without_its_entry() {
     }
 }
 
+/// Whether `e` is the 40001 a cross-node deadlock ends with (the node's
+/// busy timeout; nothing written), to be retried at most 3 times.
+fn retry_deadlock(e: &conductor_e2e::postgres::Error, retried: &mut u32) -> bool {
+    let again = e.code().map(|c| c.code()) == Some("40001") && *retried < 3;
+    *retried += u32::from(again);
+    again
+}
+
 /// Building over existing rows while other sessions write: the build waits
 /// for older transactions, writes during the backfill keep their entries,
 /// the index becomes ready complete. A cancelled build is failed, routing
@@ -904,9 +912,7 @@ fn build_while_writing_and_cancel() {
                 ) {
                     // The deadlock below can end on this side instead: its
                     // first step, which failed, committed nothing.
-                    Err(e) if e.code().map(|c| c.code()) == Some("40001") && retried < 3 => {
-                        retried += 1
-                    }
+                    Err(e) if retry_deadlock(&e, &mut retried) => {}
                     done => return done.map_err(|e| pg_err(&e)),
                 }
             }
@@ -927,7 +933,7 @@ fn build_while_writing_and_cancel() {
             // node's write lock and wait for the other's. The node's busy
             // timeout ends that with 40001 and nothing written, on either
             // side: retried, as its hint says.
-            Err(e) if e.code().map(|c| c.code()) == Some("40001") && retried < 3 => retried += 1,
+            Err(e) if retry_deadlock(&e, &mut retried) => {}
             Err(e) => panic!("{write}: {}", pg_err(&e)),
         }
     }
