@@ -178,12 +178,7 @@ impl Db {
             Err(TryLockError::WouldBlock) => return Inline::Busy,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
         };
-        if lockwait::set_timeout(&conn, Duration::ZERO).is_err() {
-            return Inline::Busy;
-        }
-        let r = f(&conn);
-        let _ = lockwait::set_timeout(&conn, self.opening.busy_timeout);
-        match r {
+        match self.without_waiting(&conn, || f(&conn)).flatten() {
             Some(r) => Inline::Done(r),
             None => Inline::Busy,
         }
@@ -209,6 +204,22 @@ impl Db {
             };
             Ok(f(&readers[pos].1))
         })
+    }
+
+    /// An idle pooled connection, if there is one (never opens one, so it
+    /// may be called on a worker thread).
+    pub fn idle_conn(&self) -> Option<Connection> {
+        self.pool.lock().unwrap().pop()
+    }
+
+    /// Runs `f` on `conn` with SQLite's busy timeout off (a lock held
+    /// elsewhere fails at once with SQLITE_BUSY), then turns it back on.
+    /// `None` if the timeout could not be switched off (nothing ran).
+    pub fn without_waiting<R>(&self, conn: &Connection, f: impl FnOnce() -> R) -> Option<R> {
+        lockwait::set_timeout(conn, Duration::ZERO).ok()?;
+        let r = f();
+        let _ = lockwait::set_timeout(conn, self.opening.busy_timeout);
+        Some(r)
     }
 
     /// A general connection for a stream or cursor (blocking: call from a

@@ -8,7 +8,9 @@
 //!   commit); another lone statement (DDL, …) runs right here when the
 //!   writer is free; anything else (or when busy) is queued.
 //! - Anything that keeps or continues a stream: the stream's own connection,
-//!   on a blocking thread.
+//!   on a blocking thread — except what cannot wait for another connection
+//!   (ending a transaction that holds the write lock; a transaction's first
+//!   write while the lock is free), which runs here.
 
 use crate::cursor;
 use crate::db::Inline;
@@ -20,8 +22,8 @@ use crate::streams::{Lease, StreamState};
 use crate::{lockwait, writer};
 use bytes::Bytes;
 use conductor_hrana::{
-    CursorReqBody, CursorRespBody, Error, PipelineReqBody, PipelineRespBody, StreamRequest,
-    StreamResponse, StreamResult,
+    BatchCond, CursorReqBody, CursorRespBody, Error, PipelineReqBody, PipelineRespBody,
+    StreamRequest, StreamResponse, StreamResult,
 };
 use hyper::StatusCode;
 use std::collections::HashMap;
@@ -286,15 +288,29 @@ async fn on_stream(
             node.stats.inline_stream_pipelines.fetch_add(1, Relaxed);
             run_on_stream(node, lease, Some(state), requests)
         }
-        state => {
-            let n = node.clone();
-            // The blocking task hands the stream back itself: if the client
-            // goes away and this future is dropped, the stream is still
-            // returned (or forgotten), never left checked out.
-            tokio::task::spawn_blocking(move || run_on_stream(&n, lease, state, requests))
-                .await
-                .map_err(|_| Failure::internal("internal error while executing the request"))?
-        }
+        // A transaction's first write, when the write lock is free: it
+        // waits for nothing either, so it runs here too.
+        None if opens_write_transaction(&requests) => match node.db.idle_conn() {
+            Some(conn) => match open_without_waiting(node, conn, &requests) {
+                Opened::Ran(state, results) => {
+                    node.stats.inline_stream_pipelines.fetch_add(1, Relaxed);
+                    Ok(hand_back(node, lease, state, results, Duration::ZERO))
+                }
+                Opened::Busy(conn) => {
+                    let state = StreamState {
+                        conn,
+                        ctx: StreamCtx::default(),
+                    };
+                    on_blocking_thread(node, lease, Some(state), requests).await?
+                }
+                Opened::Failed => {
+                    node.streams.finish(lease.id, None);
+                    Err(internal_error())
+                }
+            },
+            None => on_blocking_thread(node, lease, None, requests).await?,
+        },
+        state => on_blocking_thread(node, lease, state, requests).await?,
     };
     match ran {
         Ok((baton, results, waited)) => Ok((
@@ -308,6 +324,110 @@ async fn on_stream(
         )),
         Err(e) => Err(Failure(StatusCode::INTERNAL_SERVER_ERROR, e)),
     }
+}
+
+async fn on_blocking_thread(
+    node: &Arc<Node>,
+    lease: Lease,
+    state: Option<StreamState>,
+    requests: Vec<StreamRequest>,
+) -> Result<Result<(Option<String>, Vec<StreamResult>, Duration), Error>, Failure> {
+    let n = node.clone();
+    // The blocking task hands the stream back itself: if the client goes
+    // away and this future is dropped, the stream is still returned (or
+    // forgotten), never left checked out.
+    tokio::task::spawn_blocking(move || run_on_stream(&n, lease, state, requests))
+        .await
+        .map_err(|_| Failure::internal("internal error while executing the request"))
+}
+
+/// Whether a new stream's pipeline is one batch that begins a write
+/// transaction and then only runs plain INSERT/UPDATE/DELETE/REPLACE, each
+/// step only if the one before it succeeded — how a transaction's first
+/// write to a node arrives. If its `BEGIN IMMEDIATE` fails, nothing else
+/// ran.
+fn opens_write_transaction(requests: &[StreamRequest]) -> bool {
+    let [StreamRequest::Batch { batch }] = requests else {
+        return false;
+    };
+    let Some((first, rest)) = batch.steps.split_first() else {
+        return false;
+    };
+    first.condition.is_none()
+        && first
+            .stmt
+            .sql
+            .as_deref()
+            .is_some_and(|sql| sql.trim().eq_ignore_ascii_case("BEGIN IMMEDIATE"))
+        && !rest.is_empty()
+        && rest.iter().enumerate().all(|(i, step)| {
+            step.condition == Some(BatchCond::Ok { step: i as u32 })
+                && step.stmt.sql.as_deref().is_some_and(writer::groupable)
+        })
+}
+
+/// What [`open_without_waiting`] did.
+enum Opened {
+    /// It ran; the stream's state and the pipeline's results.
+    Ran(StreamState, Vec<StreamResult>),
+    /// The write lock was taken: nothing ran, here is the connection back.
+    Busy(rusqlite::Connection),
+    /// It panicked; the connection was dropped (which rolls it back).
+    Failed,
+}
+
+/// Runs a pipeline that [`opens_write_transaction`] on `conn` here on the
+/// worker thread, with the busy timeout off: if the write lock is taken,
+/// its `BEGIN IMMEDIATE` fails at once and nothing else runs, and the
+/// connection comes back for the pipeline to run on a blocking thread,
+/// where it may wait. Once it holds the lock, nothing in it waits for
+/// another connection.
+fn open_without_waiting(
+    node: &Node,
+    conn: rusqlite::Connection,
+    requests: &[StreamRequest],
+) -> Opened {
+    let mut state = StreamState {
+        conn,
+        ctx: StreamCtx::default(),
+    };
+    // Statements are counted only for the run whose results are kept.
+    let statements = std::sync::atomic::AtomicU64::new(0);
+    let ran = node.db.without_waiting(&state.conn, || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            exec::run_pipeline(&state.conn, &mut state.ctx, requests, &statements)
+        }))
+    });
+    match ran {
+        None => Opened::Busy(state.conn),
+        Some(Err(_)) => Opened::Failed,
+        Some(Ok(results)) if began_busy(&results) && state.conn.is_autocommit() => {
+            Opened::Busy(state.conn)
+        }
+        Some(Ok(results)) => {
+            node.stats
+                .statements
+                .fetch_add(statements.into_inner(), Relaxed);
+            Opened::Ran(state, results)
+        }
+    }
+}
+
+/// Whether the batch's first step (its BEGIN) failed for a lock held
+/// elsewhere.
+fn began_busy(results: &[StreamResult]) -> bool {
+    let [StreamResult::Ok {
+        response: StreamResponse::Batch { result },
+    }] = results
+    else {
+        return false;
+    };
+    result.step_errors.first().is_some_and(|e| {
+        e.as_ref().is_some_and(|e| {
+            let code = e.code.as_deref().unwrap_or("");
+            code.starts_with("SQLITE_BUSY") || code.starts_with("SQLITE_LOCKED")
+        })
+    })
 }
 
 /// Whether the pipeline's requests are statements (or close and
@@ -356,19 +476,32 @@ fn run_on_stream(
     let Ok(results) = run else {
         // Dropping the connection rolls its transaction back.
         n.streams.finish(id, None);
-        return Err(errors::error(
-            code::INTERNAL,
-            "internal error while executing the request",
-        ));
+        return Err(internal_error());
     };
+    Ok(hand_back(n, lease, state, results, waited))
+}
+
+/// Returns a stream after its requests ran: kept for its next baton, or,
+/// if they closed it, its connection back to the pool.
+fn hand_back(
+    n: &Node,
+    lease: Lease,
+    state: StreamState,
+    results: Vec<StreamResult>,
+    waited: Duration,
+) -> (Option<String>, Vec<StreamResult>, Duration) {
     if state.ctx.closed {
         n.db.give_back(state.conn);
-        n.streams.finish(id, None);
-        Ok((None, results, waited))
+        n.streams.finish(lease.id, None);
+        (None, results, waited)
     } else {
-        n.streams.finish(id, Some(state));
-        Ok((Some(lease.next_baton), results, waited))
+        n.streams.finish(lease.id, Some(state));
+        (Some(lease.next_baton), results, waited)
     }
+}
+
+fn internal_error() -> Error {
+    errors::error(code::INTERNAL, "internal error while executing the request")
 }
 
 /// Starts a cursor and returns the receiving end of its body.

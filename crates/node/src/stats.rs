@@ -103,9 +103,10 @@ pub struct Stats {
     /// Baton-less single-statement writes done on a worker thread with the
     /// writer connection.
     pub inline_writes: AtomicU64,
-    /// Stream pipelines that only end a transaction holding the write lock
-    /// (COMMIT, ROLLBACK), run on a worker thread (the others run on a
-    /// blocking thread).
+    /// Stream pipelines run on a worker thread (the others run on a
+    /// blocking thread): those that only end a transaction holding the
+    /// write lock (COMMIT, ROLLBACK), and a transaction's first write when
+    /// the lock was free.
     pub inline_stream_pipelines: AtomicU64,
     /// Pipelines that waited for the write lock (held by another
     /// connection, e.g. a stream's open write transaction), and the time
@@ -342,7 +343,7 @@ impl Stats {
             ),
             (
                 "conductor_node_inline_stream_pipelines_total",
-                "Stream pipelines that only end a write transaction (COMMIT, ROLLBACK), run on a worker thread.",
+                "Stream pipelines run on a worker thread: ending a write transaction (COMMIT, ROLLBACK), or a transaction's first write while the write lock was free.",
                 self.inline_stream_pipelines.load(Relaxed),
             ),
             (

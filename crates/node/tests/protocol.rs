@@ -1228,3 +1228,73 @@ fn the_lookup_database_has_its_own_tables_and_write_lock() {
     let s = get(a, "/lookup/stats").json();
     assert!(s["requests"]["/v3/pipeline"].as_u64().unwrap() >= 4, "{s}");
 }
+
+/// A transaction's first write arrives as one batch, `BEGIN IMMEDIATE` and
+/// then its statements, each on the success of the one before. With the
+/// write lock free it runs on the worker thread; with the lock held by
+/// another stream it waits its turn (on a blocking thread) instead of
+/// failing, and both transactions commit.
+#[test]
+fn a_transactions_first_write_runs_at_once_or_waits_its_turn() {
+    let n = node();
+    let a = n.addr();
+    exec(a, "CREATE TABLE t(id INTEGER PRIMARY KEY)", vec![]);
+    let open = move |id: i64| {
+        let batch = json!({"type": "batch", "batch": {"steps": [
+            {"stmt": {"sql": "BEGIN IMMEDIATE"}},
+            {"stmt": {"sql": "INSERT INTO t VALUES (?)", "args": [int(id)]},
+             "condition": {"type": "ok", "step": 0}},
+        ]}});
+        pipeline(a, None, vec![batch])
+    };
+    let inline = || {
+        get(a, "/stats").json()["inline_stream_pipelines"]
+            .as_u64()
+            .unwrap()
+    };
+    let commit = |baton: &str| pipeline(a, Some(baton), vec![execute("COMMIT", vec![]), close()]);
+
+    // A stream's connection comes from the pool (a new one is opened on a
+    // blocking thread): one stream first, so one is there.
+    let warm = pipeline(a, None, vec![execute("BEGIN", vec![])]);
+    pipeline(
+        a,
+        warm["baton"].as_str(),
+        vec![execute("COMMIT", vec![]), close()],
+    );
+    let before = inline();
+
+    let first = open(1);
+    let errors = &first["results"][0]["response"]["result"]["step_errors"];
+    assert!(errors.as_array().unwrap().iter().all(J::is_null), "{first}");
+    let holder = first["baton"]
+        .as_str()
+        .expect("the stream stays open")
+        .to_owned();
+    assert_eq!(
+        inline(),
+        before + 1,
+        "the first write ran on the worker thread"
+    );
+
+    let waiter = std::thread::spawn(move || open(2));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !waiter.is_finished(),
+        "the second transaction waits for the lock"
+    );
+    assert_eq!(count(a, "t"), 0, "nothing committed yet");
+    commit(&holder);
+    let second = waiter.join().unwrap();
+    let errors = &second["results"][0]["response"]["result"]["step_errors"];
+    assert!(
+        errors.as_array().unwrap().iter().all(J::is_null),
+        "{second}"
+    );
+    commit(second["baton"].as_str().unwrap());
+    assert_eq!(count(a, "t"), 2);
+    let s = get(a, "/stats").json();
+    // The first write and the two COMMITs; the second write waited.
+    assert_eq!(s["inline_stream_pipelines"], before + 3, "{s}");
+    assert!(s["lock_waits"].as_u64().unwrap() >= 1, "{s}");
+}
