@@ -170,7 +170,8 @@ impl Db {
     /// work to the writer thread. Never under `synchronous=FULL`, where every
     /// commit waits for an fsync.
     pub fn try_write_inline<R>(&self, f: impl FnOnce(&Connection) -> Option<R>) -> Inline<R> {
-        if self.opening.synchronous == Synchronous::Full {
+        // Not past writes already waiting for the lock: they go first.
+        if self.opening.synchronous == Synchronous::Full || lockwait::waiting() > 0 {
             return Inline::Busy;
         }
         let conn = match self.writer.try_lock() {

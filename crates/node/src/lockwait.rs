@@ -9,14 +9,23 @@
 //! counts it in `/stats`.
 //!
 //! A waiter does not sleep through a fixed back-off: every commit and
-//! rollback on the node's connections wakes the waiters (SQLite's WAL hook
-//! runs after the commit released the write lock, its rollback hook after
-//! the rollback did), so the next writer takes the lock as soon as it is
-//! free instead of up to 100 ms later. A wake-up missed in the instant
-//! between a failed attempt and the wait costs at most `MISSED_WAKEUP`.
+//! rollback on the node's connections wakes the waiters of that database
+//! (SQLite's WAL hook runs after the commit released the write lock, its
+//! rollback hook after the rollback did), so the next writer takes the lock
+//! as soon as it is free instead of up to 100 ms later. A wake-up missed in
+//! the instant between a failed attempt and the wait costs at most
+//! `MISSED_WAKEUP`.
+//!
+//! Waiters take their turns in arrival order: each wait draws a ticket, and
+//! a release lets only the oldest waiter of its database try again (the
+//! others go on waiting), so no waiter loses the lock over and over to
+//! later ones. A writer that finds the lock free takes it without asking;
+//! only the node's paths that would otherwise skip the queue altogether
+//! (the worker-thread writes) check [`waiting`] first.
 
 use rusqlite::Connection;
 use std::cell::Cell;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -30,10 +39,58 @@ pub const HEADER: &str = "x-conductor-lock-wait-us";
 /// woken.
 const MISSED_WAKEUP: Duration = Duration::from_millis(10);
 
-/// Counts lock releases (commits and rollbacks) in this process; waiters
-/// wait for it to change.
-static RELEASES: Mutex<u64> = Mutex::new(0);
-static RELEASED: Condvar = Condvar::new();
+/// The waiters of one database file.
+struct Queue {
+    state: Mutex<QueueState>,
+    released: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    /// Lock releases (commits and rollbacks) so far.
+    releases: u64,
+    /// The last release a waiter tried the lock at.
+    tried: u64,
+    next_ticket: u64,
+    /// Tickets of the waits in progress; the first is the next to try.
+    waiting: BTreeSet<u64>,
+}
+
+/// A connection's busy handler argument: its database's queue and its
+/// timeout.
+struct Handler {
+    queue: &'static Queue,
+    timeout: Duration,
+}
+
+/// The queue of the database at `path`, made on first use and kept for the
+/// life of the process (a node opens a handful of database files).
+fn queue(path: &str) -> &'static Queue {
+    static QUEUES: Mutex<Option<HashMap<String, &'static Queue>>> = Mutex::new(None);
+    let mut queues = QUEUES.lock().unwrap_or_else(|p| p.into_inner());
+    queues
+        .get_or_insert_with(HashMap::new)
+        .entry(path.to_owned())
+        .or_insert_with(|| {
+            Box::leak(Box::new(Queue {
+                state: Mutex::new(QueueState::default()),
+                released: Condvar::new(),
+            }))
+        })
+}
+
+/// The handler for `path` with `timeout`, likewise kept (one per database
+/// and timeout in use).
+fn handler(path: &str, timeout: Duration) -> &'static Handler {
+    static HANDLERS: Mutex<Option<HashMap<(String, Duration), &'static Handler>>> =
+        Mutex::new(None);
+    let queue = queue(path);
+    let mut handlers = HANDLERS.lock().unwrap_or_else(|p| p.into_inner());
+    handlers
+        .get_or_insert_with(HashMap::new)
+        .entry((path.to_owned(), timeout))
+        .or_insert_with(|| Box::leak(Box::new(Handler { queue, timeout })))
+}
 
 /// Requests of this process waiting for a lock right now (for /stats).
 static WAITING: AtomicU64 = AtomicU64::new(0);
@@ -45,8 +102,9 @@ pub fn waiting() -> u64 {
 
 thread_local! {
     static WAITED: Cell<Duration> = const { Cell::new(Duration::ZERO) };
-    /// When the current wait began (the busy handler's first call for it).
-    static WAIT_START: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// When the current wait began (the busy handler's first call for it)
+    /// and its ticket.
+    static CURRENT_WAIT: Cell<Option<(Instant, u64)>> = const { Cell::new(None) };
 }
 
 /// The time this thread waited for locks since the last call (and resets it).
@@ -57,14 +115,14 @@ pub fn take() -> Duration {
 /// Installs the counting busy handler with `timeout` (zero: fail at once
 /// with SQLITE_BUSY, as `busy_timeout(0)` does).
 pub fn set_timeout(conn: &Connection, timeout: Duration) -> rusqlite::Result<()> {
-    let ms = timeout.as_millis().min(c_int::MAX as u128) as usize;
     // SAFETY: the handle is this open connection's; the callback's argument
-    // is the timeout itself (no pointer to keep alive).
+    // is a `Handler` that lives as long as the process.
     let rc = unsafe {
-        if ms == 0 {
+        if timeout.is_zero() {
             rusqlite::ffi::sqlite3_busy_handler(conn.handle(), None, std::ptr::null_mut())
         } else {
-            rusqlite::ffi::sqlite3_busy_handler(conn.handle(), Some(busy), ms as *mut c_void)
+            let h: *const Handler = handler(conn.path().unwrap_or(""), timeout);
+            rusqlite::ffi::sqlite3_busy_handler(conn.handle(), Some(busy), h as *mut c_void)
         }
     };
     if rc == rusqlite::ffi::SQLITE_OK {
@@ -77,64 +135,103 @@ pub fn set_timeout(conn: &Connection, timeout: Duration) -> rusqlite::Result<()>
     }
 }
 
-/// Wakes the connections waiting for a lock (called after every commit and
-/// rollback of a connection that [`wake_waiters_on_release`] watches).
-fn released() {
-    *RELEASES.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-    RELEASED.notify_all();
+/// Wakes the waiters of `queue`'s database (after a commit or rollback of
+/// one of its connections that [`wake_waiters_on_release`] watches).
+fn released(queue: &Queue) {
+    queue
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .releases += 1;
+    queue.released.notify_all();
 }
 
-/// Makes every commit and rollback of `conn` wake the waiters. Replaces
-/// the connection's WAL hook: call it after `wal_autocheckpoint` is set
-/// (which installs its own), and only on connections that never
-/// auto-checkpoint.
+/// Makes every commit and rollback of `conn` wake the waiters of its
+/// database. Replaces the connection's WAL hook: call it after
+/// `wal_autocheckpoint` is set (which installs its own), and only on
+/// connections that never auto-checkpoint.
 pub fn wake_waiters_on_release(conn: &Connection) {
-    // SAFETY: the handle is this open connection's; the callbacks use no
-    // argument.
+    let queue: *const Queue = queue(conn.path().unwrap_or(""));
+    // SAFETY: the handle is this open connection's; the callbacks' argument
+    // is a `Queue` that lives as long as the process.
     unsafe {
-        rusqlite::ffi::sqlite3_wal_hook(conn.handle(), Some(after_commit), std::ptr::null_mut());
+        rusqlite::ffi::sqlite3_wal_hook(conn.handle(), Some(after_commit), queue as *mut c_void);
         rusqlite::ffi::sqlite3_rollback_hook(
             conn.handle(),
             Some(after_rollback),
-            std::ptr::null_mut(),
+            queue as *mut c_void,
         );
     }
 }
 
 extern "C" fn after_commit(
-    _: *mut c_void,
+    queue: *mut c_void,
     _: *mut rusqlite::ffi::sqlite3,
     _: *const c_char,
     _: c_int,
 ) -> c_int {
-    released();
+    // SAFETY: the argument given in `wake_waiters_on_release`.
+    released(unsafe { &*(queue as *const Queue) });
     rusqlite::ffi::SQLITE_OK
 }
 
-extern "C" fn after_rollback(_: *mut c_void) {
-    released();
+extern "C" fn after_rollback(queue: *mut c_void) {
+    // SAFETY: the argument given in `wake_waiters_on_release`.
+    released(unsafe { &*(queue as *const Queue) });
 }
 
 /// SQLite calls this while a lock it needs is held elsewhere; nonzero means
 /// "try again". `count` is 0 on the first call of a wait.
 extern "C" fn busy(arg: *mut c_void, count: c_int) -> c_int {
-    let timeout = Duration::from_millis(arg as usize as u64);
+    // SAFETY: the argument given in `set_timeout`.
+    let Handler { queue, timeout } = unsafe { &*(arg as *const Handler) };
     let now = Instant::now();
-    let start = WAIT_START.with(|s| {
-        if count == 0 || s.get().is_none() {
-            s.set(Some(now));
+    let (start, ticket) = CURRENT_WAIT.with(|w| match w.get() {
+        Some(current) if count > 0 => current,
+        _ => {
+            let mut state = queue.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.next_ticket += 1;
+            let current = (now, state.next_ticket);
+            w.set(Some(current));
+            current
         }
-        s.get().unwrap_or(now)
     });
-    let elapsed = now.duration_since(start);
-    if elapsed >= timeout {
+    if now.duration_since(start) >= *timeout {
         return 0;
     }
-    let slice = (timeout - elapsed).min(MISSED_WAKEUP);
+    let give_up = start + *timeout;
     WAITING.fetch_add(1, Ordering::Relaxed);
-    let guard = RELEASES.lock().unwrap_or_else(|p| p.into_inner());
-    let seen = *guard;
-    let _ = RELEASED.wait_timeout_while(guard, slice, |n| *n == seen);
+    let mut state = queue.state.lock().unwrap_or_else(|p| p.into_inner());
+    state.waiting.insert(ticket);
+    // First in line, try again at the first release no earlier waiter has
+    // tried for, or after `MISSED_WAKEUP` without one (the release may
+    // have come between the failed attempt and this wait). The others only
+    // wait their turn.
+    let mut head_since: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now >= give_up {
+            break;
+        }
+        if state.waiting.first() == Some(&ticket) {
+            if state.releases > state.tried {
+                state.tried = state.releases;
+                break;
+            }
+            let since = *head_since.get_or_insert(now);
+            if now >= since + MISSED_WAKEUP {
+                break;
+            }
+        }
+        let wait = (give_up - now).min(MISSED_WAKEUP);
+        state = queue
+            .released
+            .wait_timeout(state, wait)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+    state.waiting.remove(&ticket);
+    drop(state);
     WAITING.fetch_sub(1, Ordering::Relaxed);
     WAITED.with(|w| w.set(w.get() + now.elapsed()));
     1
@@ -194,6 +291,59 @@ mod tests {
         a.execute_batch("BEGIN IMMEDIATE").unwrap();
         assert!(b.execute_batch("BEGIN IMMEDIATE").is_err());
         assert_eq!(take(), Duration::ZERO, "a zero timeout does not wait");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Waiters get the lock in the order they began waiting: a later
+    /// waiter never overtakes an earlier one at a release (without the
+    /// queue, each release is a race between the woken threads).
+    #[test]
+    fn waiters_take_the_lock_in_arrival_order() {
+        let dir = std::env::temp_dir().join(format!("lockwait-order-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("db");
+        let holder = Connection::open(&path).unwrap();
+        holder
+            .execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(round, who)")
+            .unwrap();
+        wake_waiters_on_release(&holder);
+        for round in 0..10 {
+            holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+            let waiters: Vec<_> = ["first", "second", "third"]
+                .into_iter()
+                .map(|who| {
+                    let path = path.clone();
+                    let w = std::thread::spawn(move || {
+                        let c = Connection::open(&path).unwrap();
+                        set_timeout(&c, Duration::from_secs(10)).unwrap();
+                        wake_waiters_on_release(&c);
+                        c.execute_batch("BEGIN IMMEDIATE").unwrap();
+                        c.execute("INSERT INTO t VALUES (?1, ?2)", (round, who))
+                            .unwrap();
+                        // Hold the lock a moment: the others are woken by
+                        // the release meanwhile and must not take it.
+                        std::thread::sleep(Duration::from_millis(5));
+                        c.execute_batch("COMMIT").unwrap();
+                    });
+                    // The next one arrives once this one waits.
+                    std::thread::sleep(Duration::from_millis(20));
+                    w
+                })
+                .collect();
+            holder.execute_batch("COMMIT").unwrap();
+            for w in waiters {
+                w.join().unwrap();
+            }
+            let order: Vec<String> = holder
+                .prepare("SELECT who FROM t WHERE round = ?1 ORDER BY rowid")
+                .unwrap()
+                .query_map([round], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(order, ["first", "second", "third"], "round {round}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
