@@ -3889,6 +3889,64 @@ fn table_shapes(sw: &mut Sweep) {
             .batch_execute("DROP TABLE IF EXISTS l_ck; DROP FOREIGN TABLE IF EXISTS ck")
             .unwrap();
     }
+    // Key columns whose equal values have one stored form (a numeric with
+    // a scale, char(n)) keep their uniqueness on the nodes as Postgres does;
+    // those with several (1.0 = 1.00, 'a' = 'a ' as bpchar, jsonb numbers)
+    // are refused, as a primary key, a unique index, and by a later ALTER.
+    if setup_both(
+        sw,
+        "keys of numeric(p, s) and char(n)",
+        "CREATE TABLE l_nk (id bigint NOT NULL, n numeric(10,2) NOT NULL, c char(3) NOT NULL, m numeric, PRIMARY KEY (id, n, c));
+         CREATE UNIQUE INDEX ON l_nk (id, m);",
+        "CREATE FOREIGN TABLE nk (id bigint NOT NULL, n numeric(10,2) NOT NULL, c char(3) NOT NULL, m numeric) SERVER cluster OPTIONS (primary_key 'id,n,c');
+         SELECT conductor.create_distributed_table('nk', 'id', shard_count => 4, colocate_with => 'none');",
+    ) {
+        for q in [
+            "INSERT INTO {nk} VALUES (1, 1.0, 'a', 1.0) RETURNING *",
+            "INSERT INTO {nk} VALUES (1, 1.00, 'a', NULL)",
+            "INSERT INTO {nk} VALUES (1, 1, 'a  ', NULL)",
+            "INSERT INTO {nk} VALUES (1, 1.001, 'a ', NULL) ON CONFLICT DO NOTHING RETURNING *",
+            "INSERT INTO {nk} VALUES (1, 2, 'a', NULL), (1, 2.000, 'a', NULL)",
+            "SELECT * FROM {nk}",
+        ] {
+            let l = simple(&mut sw.db, &q.replace("{nk}", "l_nk"));
+            let d = simple(&mut sw.db, &q.replace("{nk}", "nk"));
+            sw.record(q, l, d, top_level_order_by(q));
+        }
+        sw.refused(
+            "SELECT conductor.create_shard_index('nk', ARRAY['id', 'm'], is_unique => true)",
+            "0A000",
+        );
+        sw.refused("ALTER FOREIGN TABLE nk ALTER COLUMN n TYPE numeric", "0A000");
+        sw.db
+            .batch_execute("DROP TABLE l_nk; DROP FOREIGN TABLE nk")
+            .unwrap();
+    }
+    for (ty, key) in [
+        ("numeric", "id, x"),
+        ("bpchar", "id, x"),
+        ("jsonb", "id, x"),
+        ("text COLLATE ci", "id, x"),
+    ] {
+        sw.refused(
+            &format!(
+                "CREATE FOREIGN TABLE rk (id bigint NOT NULL, x {ty} NOT NULL) SERVER cluster OPTIONS (primary_key '{key}');
+                 SELECT conductor.create_distributed_table('rk', 'id', shard_count => 4, colocate_with => 'none')"
+            ),
+            "0A000",
+        );
+    }
+    sw.db
+        .batch_execute(
+            "CREATE FOREIGN TABLE rk (id bigint NOT NULL, s text COLLATE ci) SERVER cluster;
+             SELECT conductor.create_distributed_table('rk', 'id', shard_count => 4, colocate_with => 'none');",
+        )
+        .unwrap_or_else(|e| panic!("rk: {}", pg_err(&e)));
+    sw.refused(
+        "CALL conductor.create_virtual_index('rk', ARRAY['s'], is_unique => true)",
+        "0A000",
+    );
+    sw.db.batch_execute("DROP FOREIGN TABLE rk").unwrap();
     if setup_both(
         sw,
         "distributed partitions",
