@@ -3785,6 +3785,75 @@ fn setup_both(sw: &mut Sweep, what: &str, local: &str, dist: &str) -> bool {
     }
 }
 
+/// A statement never sees its own changes, nor a cursor the changes made
+/// after it was declared (Postgres' snapshot rule), while a node holds only
+/// the rows' current versions: a read that would see such a change is
+/// refused (0A000) and changes nothing; reads of other rows, and of the
+/// changes of earlier statements, agree.
+fn own_changes(sw: &mut Sweep) {
+    if !setup_both(
+        sw,
+        "own changes",
+        "CREATE TABLE l_oc (id bigint NOT NULL PRIMARY KEY, val integer);
+         INSERT INTO l_oc SELECT x, x FROM generate_series(1, 100) x;",
+        "CREATE FOREIGN TABLE oc (id bigint NOT NULL, val integer) SERVER cluster;
+         SELECT conductor.create_distributed_table('oc', 'id', shard_count => 4, colocate_with => 'none');
+         INSERT INTO oc SELECT x, x FROM generate_series(1, 100) x;",
+    ) {
+        return;
+    }
+    for sql in [
+        "WITH ins AS (INSERT INTO oc VALUES (1000, 1) RETURNING id) SELECT count(*) FROM oc, ins",
+        "WITH d AS (DELETE FROM oc WHERE id < 10 RETURNING id) SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM oc WHERE id < 20)",
+        "WITH u AS (UPDATE oc SET val = 0 WHERE id BETWEEN 20 AND 29 RETURNING id) SELECT (SELECT count(*) FROM u), (SELECT sum(val) FROM oc WHERE id BETWEEN 20 AND 29)",
+        "WITH u AS (UPDATE oc SET val = -val WHERE id = 40 RETURNING id) SELECT val FROM oc WHERE id = (SELECT id FROM u)",
+        "WITH u AS (UPDATE oc SET val = 0 WHERE id = 41 RETURNING id) UPDATE oc SET val = val + 1 WHERE id = 41",
+        "UPDATE oc x SET val = (SELECT count(*) FROM oc y WHERE y.val < x.val) WHERE id <= 10",
+        "BEGIN; DECLARE c CURSOR FOR SELECT id, val FROM oc WHERE id BETWEEN 50 AND 52; UPDATE oc SET val = 0 WHERE id = 51; FETCH ALL FROM c; COMMIT",
+        "BEGIN; DECLARE c CURSOR FOR SELECT sum(val) FROM oc; DELETE FROM oc WHERE id > 90; FETCH ALL FROM c; COMMIT",
+    ] {
+        sw.refused(sql, "0A000");
+        simple(&mut sw.db, "ROLLBACK");
+    }
+    let script = [
+        "WITH u AS (UPDATE {oc} SET val = val + 1 WHERE id = 1 RETURNING id) SELECT (SELECT count(*) FROM u), (SELECT val FROM {oc} WHERE id = 2)",
+        "BEGIN",
+        "DECLARE c CURSOR FOR SELECT id, val FROM {oc} WHERE id = 5",
+        "UPDATE {oc} SET val = 0 WHERE id = 6",
+        "FETCH ALL FROM c",
+        "UPDATE {oc} SET val = 1 WHERE id = 7",
+        "DECLARE d CURSOR FOR SELECT id, val FROM {oc} WHERE id BETWEEN 6 AND 8",
+        "FETCH ALL FROM d",
+        "COMMIT",
+        "UPDATE {oc} SET val = val * 2 WHERE id < 20",
+        "SELECT sum(val) FROM {oc} WHERE id < 20",
+        "SET enable_hashjoin = off",
+        "SET enable_mergejoin = off",
+        "UPDATE {oc} x SET val = x.val + 100 FROM (VALUES (8), (8), (9)) v(id) WHERE x.id = v.id RETURNING x.id, x.val",
+        "DELETE FROM {oc} x USING (VALUES (10), (10), (11)) v(id) WHERE x.id = v.id RETURNING x.id",
+        "RESET enable_hashjoin",
+        "RESET enable_mergejoin",
+    ];
+    let mut results = [Vec::new(), Vec::new()];
+    for (side, local) in [(0, true), (1, false)] {
+        for q in script {
+            let q = q.replace("{oc}", if local { "l_oc" } else { "oc" });
+            results[side].push(simple(&mut sw.db, &q));
+        }
+        simple(&mut sw.db, "ROLLBACK");
+    }
+    let [l, d] = results;
+    for ((q, lo), dout) in script.iter().zip(l).zip(d) {
+        sw.record(&format!("[own changes] {q}"), lo, dout, false);
+    }
+    let l = simple(&mut sw.db, "SELECT * FROM l_oc ORDER BY id");
+    let d = simple(&mut sw.db, "SELECT * FROM oc ORDER BY id");
+    sw.record("[own changes] contents", l, d, true);
+    sw.db
+        .batch_execute("DROP TABLE l_oc; DROP FOREIGN TABLE oc")
+        .unwrap();
+}
+
 /// Tables users build around distributed ones: sequences for keys,
 /// domains, partitions that are distributed tables.
 fn table_shapes(sw: &mut Sweep) {
@@ -4207,6 +4276,7 @@ fn sweep(cluster: &Cluster, db: Client, full: bool) {
         ("generated_columns", generated_columns, true),
         ("functions", functions, false),
         ("table_shapes", table_shapes, false),
+        ("own_changes", own_changes, true),
         ("schema_changes", schema_changes, true),
     ];
     for (what, part, on_sqld) in parts {
