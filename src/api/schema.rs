@@ -77,6 +77,23 @@ fn indexes(relid: pg_sys::Oid) -> Vec<ShardIndexDef> {
     .unwrap_or_else(|e| error!("conductor: could not read the shard indexes: {e}"))
 }
 
+/// The columns of the table's unique virtual indexes.
+fn unique_virtual_index_columns(relid: pg_sys::Oid) -> Vec<String> {
+    Spi::connect(|client| -> Result<Vec<String>, pgrx::spi::Error> {
+        let mut columns = Vec::new();
+        let rows = client.select(
+            "SELECT columns::text[] FROM conductor.virtual_index WHERE relid = $1 AND is_unique",
+            None,
+            &[relid.into()],
+        )?;
+        for row in rows {
+            columns.extend(row.get::<Vec<String>>(1)?.unwrap_or_default());
+        }
+        Ok(columns)
+    })
+    .unwrap_or_else(|e| error!("conductor: could not read the virtual indexes: {e}"))
+}
+
 /// The foreign table's columns as its shard tables must have them: a
 /// column is NOT NULL there when declared so or part of the row identity.
 /// Unsupported types are refused by the caller through `plan_change`.
@@ -248,17 +265,27 @@ fn sync_shard_schema(relid: pg_sys::Oid) {
             );
         }
     }
-    // Keys are told apart by their bytes on the nodes (see
-    // create_distributed_table): a key column cannot take a collation
-    // under which different strings are equal.
-    if identity
-        .iter()
-        .any(|&a| super::tables::nondeterministic_attribute(relid, a))
-    {
-        refuse(
-            relid,
-            "a shard key or primary key column cannot have a nondeterministic collation",
-        );
+    // Keys are told apart by their stored form on the nodes (see
+    // create_distributed_table): a column of the primary key or of a
+    // unique index cannot take a collation or a type under which equal
+    // values are stored differently (numeric(10,2) to numeric would let
+    // 1.0 and 1.00 both in).
+    let mut keyed = identity.clone();
+    let unique_columns = indexes(relid)
+        .into_iter()
+        .filter(|ix| ix.unique)
+        .flat_map(|ix| ix.columns)
+        .chain(unique_virtual_index_columns(relid));
+    keyed.extend(unique_columns.filter_map(|c| attnum_of(&c)));
+    for attnum in keyed {
+        if let Some((why, _, _)) = super::tables::unique_key_refusal(relid, attnum) {
+            let name = rec
+                .columns
+                .iter()
+                .find(|c| c.attnum == attnum)
+                .map_or("?", |c| c.name.as_str());
+            refuse(relid, format!("key column \"{name}\" {why}"));
+        }
     }
     let now = shard_columns_now(relid, &identity);
     let mut new_columns = Vec::with_capacity(now.len());
@@ -587,6 +614,11 @@ fn create_shard_index(
             rec.shard_key
         ))
         .error()
+    }
+    if is_unique {
+        for c in &columns {
+            super::tables::refuse_unique_key_column(relid, c, "unique index column");
+        }
     }
     let name = name.unwrap_or_else(|| format!("{}_idx", columns.join("_")));
     if name.is_empty() || name.len() > 48 {

@@ -64,26 +64,71 @@ fn resolve_relation(name: &str) -> pg_sys::Oid {
         .unwrap_or_else(|| invalid(format!("colocate_with: relation \"{name}\" does not exist")))
 }
 
-/// Whether column `name` of `relid` compares under a nondeterministic
-/// collation.
-fn nondeterministic_collation(relid: pg_sys::Oid, name: &str) -> bool {
-    let Ok(cname) = std::ffi::CString::new(name) else {
-        return false;
-    };
-    // SAFETY: a catalog lookup of an existing relation's attribute.
-    let attnum = unsafe { pg_sys::get_attnum(relid, cname.as_ptr()) };
-    attnum > 0 && nondeterministic_attribute(relid, attnum)
-}
-
-/// Whether attribute `attnum` of `relid` compares under a nondeterministic
-/// collation.
-pub fn nondeterministic_attribute(relid: pg_sys::Oid, attnum: i16) -> bool {
-    // SAFETY: catalog lookups of an existing relation's attribute.
+/// Why attribute `attnum` of `relid` cannot be in a key the nodes keep
+/// unique (the primary key, a unique index), as (reason, detail, hint), or
+/// None. The nodes tell key values apart by their stored form: values
+/// Postgres' `=` calls equal must have one, so neither a collation under
+/// which different strings are equal nor a type whose equal values are
+/// stored differently (`ColumnType::equal_values_stored_alike`) can be
+/// keyed.
+pub fn unique_key_refusal(
+    relid: pg_sys::Oid,
+    attnum: i16,
+) -> Option<(String, &'static str, &'static str)> {
+    if attnum <= 0 {
+        return None; // no such column: the caller reports that
+    }
+    // SAFETY: catalog lookups of an existing relation's attribute; the
+    // type's name is copied before use.
     unsafe {
         let (mut typ, mut typmod, mut coll) = (pg_sys::Oid::INVALID, 0, pg_sys::Oid::INVALID);
         pg_sys::get_atttypetypmodcoll(relid, attnum, &mut typ, &mut typmod, &mut coll);
-        coll != pg_sys::Oid::INVALID && !pg_sys::get_collation_isdeterministic(coll)
+        if coll != pg_sys::Oid::INVALID && !pg_sys::get_collation_isdeterministic(coll) {
+            return Some((
+                "has a nondeterministic collation".into(),
+                "The nodes compare keys byte by byte; this collation makes different strings equal.",
+                "Use a deterministic collation for key columns.",
+            ));
+        }
+        let ty = crate::convert::column_type_of(typ)?;
+        if ty.equal_values_stored_alike(typmod) {
+            return None;
+        }
+        let name = std::ffi::CStr::from_ptr(pg_sys::format_type_with_typemod(typ, typmod))
+            .to_string_lossy()
+            .into_owned();
+        Some((
+            format!("has type {name}, whose equal values can be stored differently"),
+            "The nodes compare keys by their stored form: 1.0 and 1.00 (numeric), 'a' and 'a ' (bpchar) are equal in Postgres but stored as different values.",
+            "Declare numeric with a scale (numeric(p, s)) or char with a length, or leave the column out of the key.",
+        ))
     }
+}
+
+/// Raises the error of [`unique_key_refusal`] for column `name` of `relid`
+/// (a "key column", "unique index column", …) when it has one.
+pub fn refuse_unique_key_column(relid: pg_sys::Oid, name: &str, what: &str) {
+    if let Some((why, detail, hint)) = unique_key_refusal(relid, attnum_of(relid, name)) {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!(
+                "{what} \"{name}\" of {} {why}",
+                relation_display_name(relid)
+            ),
+        )
+        .detail(detail)
+        .hint(hint)
+        .error()
+    }
+}
+
+/// The attribute number of column `name` of `relid` (0 when there is none).
+pub fn attnum_of(relid: pg_sys::Oid, name: &str) -> i16 {
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return 0;
+    };
+    // SAFETY: a catalog lookup of an existing relation.
+    unsafe { pg_sys::get_attnum(relid, cname.as_ptr()) }
 }
 
 fn invalid(message: String) -> ! {
@@ -329,22 +374,12 @@ fn distribute(
             "the primary key of {display} must contain the shard key \"{shard_key}\""
         ));
     }
-    // The nodes place and tell apart keys by their bytes: under a
-    // nondeterministic collation different strings are one key in Postgres
-    // ('ABC' = 'abc'), which two shards (or one shard's unique index) would
-    // hold as two rows.
+    // The nodes place and tell apart keys by their stored form: values
+    // that are one key in Postgres ('ABC' = 'abc' under a case-insensitive
+    // collation, 1.0 = 1.00) would be two rows on two shards, or in one
+    // shard's primary key.
     for column in &primary_key {
-        if nondeterministic_collation(relid, column) {
-            raise(
-                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                format!(
-                    "key column \"{column}\" of {display} has a nondeterministic collation"
-                ),
-            )
-            .detail("The nodes compare keys byte by byte; this collation makes different strings equal.")
-            .hint("Use a deterministic collation for the shard key and primary key columns.")
-            .error()
-        }
+        refuse_unique_key_column(relid, column, "key column");
     }
 
     let remote_name = table_option(relid, "table_name").unwrap_or_else(|| tbl.name().to_string());

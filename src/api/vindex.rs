@@ -155,6 +155,9 @@ fn vidx_begin(
             .detail("Virtual index values are placed by the shard-key hash: smallint, integer, bigint, text, varchar and uuid.")
             .error()
         }
+        if is_unique {
+            crate::api::tables::refuse_unique_key_column(relid, c, "unique index column");
+        }
         if idx.contains(&i) {
             raise(
                 PgSqlErrorCode::ERRCODE_DUPLICATE_COLUMN,

@@ -15,7 +15,7 @@ use crate::fdw::lower::ParamSpec;
 use crate::fdw::scan::{
     bound_plan, eval_bindings, explain_plan, explain_text, init_params, ScanPlan,
 };
-use crate::xact::{autocommit, streams};
+use crate::xact::{autocommit, changed, streams};
 use conductor_core::plan::{ArithOp, SetExpr, ShardPlan, StatementKind};
 use conductor_core::predicate::Pred;
 use conductor_core::types::ColumnType;
@@ -615,6 +615,11 @@ impl DirectState {
         let topology = self.topology.clone();
         let statement = self.plan.statement(&topology, set_values);
         let plan = bound_plan(&topology, &self.plan.pushed, &bindings, &statement);
+        // The node finds the rows to change in their current state: not
+        // when a WITH of this statement changed them already.
+        changed::check_read(&topology, &plan, true);
+        // SAFETY: the executor state of the running statement.
+        changed::record_routed(&topology, &plan, unsafe { (*self.estate).es_output_cid });
         // SAFETY: the executor state of the running statement.
         let alone = unsafe { autocommit::statement_is_alone(self.estate, self.rinfo) };
         let results = crate::remote::recording_lock_waits(&mut self.lock_waits, || {

@@ -12,7 +12,7 @@ use crate::convert::ColumnCodec;
 use crate::errors::raise;
 use crate::fdw::options::table_option;
 use crate::gucs;
-use crate::xact::streams;
+use crate::xact::{changed, streams};
 use conductor_core::plan::{OnConflict, PlanError, ShardPlan, StatementKind};
 use conductor_hrana::{StmtResult, Value};
 use pgrx::prelude::*;
@@ -67,6 +67,9 @@ struct ModifyState {
     /// the first changes it and is counted.
     changed: std::collections::HashSet<Vec<u8>>,
     track_changed: bool,
+    /// The statement's command id, which its changes are recorded with
+    /// (`xact::changed`).
+    cid: pg_sys::CommandId,
 }
 
 /// Most rows of one INSERT or COPY held back while their entries are
@@ -83,6 +86,20 @@ impl ModifyState {
         });
         self.lock_waits.replace(waits);
         results.into_iter().next().map(|(_, r)| r)
+    }
+
+    /// Run a plan that changes the row with this identity (primary-key
+    /// values): recorded as a change of its key first (`xact::changed`).
+    fn change(&self, plan: Result<ShardPlan, PlanError>, identity: &[Value]) -> Option<StmtResult> {
+        let plan = plan.unwrap_or_else(|e| plan_error(&self.topology, e));
+        let t = &self.topology;
+        let key_at = t
+            .primary_key
+            .iter()
+            .position(|&c| c == t.key_index)
+            .expect("the primary key contains the shard key");
+        changed::record_rows(t, &plan, [&identity[key_at]], self.cid);
+        self.run(Ok(plan))
     }
 
     /// A column's value as the node stores it; a value a node cannot hold
@@ -106,11 +123,13 @@ unsafe fn state<'a>(rinfo: *mut pg_sys::ResultRelInfo) -> &'a mut ModifyState {
     unsafe { &mut *((*rinfo).ri_FdwState as *mut ModifyState) }
 }
 
+/// `cid`: the command id the statement writes with (`xact::changed`).
 unsafe fn begin(
     rinfo: *mut pg_sys::ResultRelInfo,
     updated_attnums: Vec<i16>,
     subplan_tlist: *mut pg_sys::List,
     buffering: bool,
+    cid: pg_sys::CommandId,
 ) {
     // SAFETY: rinfo is the executor's result relation for our foreign table;
     // the subplan's target list carries the identity junk columns.
@@ -159,6 +178,7 @@ unsafe fn begin(
             deferred_pending: Default::default(),
             changed: Default::default(),
             track_changed: false,
+            cid,
         };
         (*rinfo).ri_FdwState = PgMemoryContexts::CurrentMemoryContext
             .leak_and_drop_on_delete(state)
@@ -348,7 +368,13 @@ pub unsafe extern "C-unwind" fn begin_foreign_modify(
         } else {
             (*(*(*mtstate).ps.lefttree).plan).targetlist
         };
-        begin(rinfo, updated, tlist, false);
+        begin(
+            rinfo,
+            updated,
+            tlist,
+            false,
+            (*(*mtstate).ps.state).es_output_cid,
+        );
         state(rinfo).returning = returning;
         // Only a join under the UPDATE can hand it a row twice; a scan of
         // the table alone needs no memory of the rows it changed.
@@ -412,6 +438,13 @@ pub unsafe extern "C-unwind" fn begin_foreign_insert(
     // by row; rows are buffered unless each must come back at once, or
     // each must be known inserted or skipped (ON CONFLICT DO NOTHING).
     unsafe {
+        // COPY's command id, taken before anything here runs SPI (which
+        // advances the current command id).
+        let cid = if mtstate.is_null() {
+            changed::current_command()
+        } else {
+            (*(*mtstate).ps.state).es_output_cid
+        };
         let on_conflict = if mtstate.is_null() {
             OnConflict::Error
         } else {
@@ -424,7 +457,7 @@ pub unsafe extern "C-unwind" fn begin_foreign_insert(
             && (*rinfo).ri_WithCheckOptions.is_null()
             && !row_triggers
             && on_conflict == OnConflict::Error;
-        begin(rinfo, Vec::new(), std::ptr::null_mut(), buffering);
+        begin(rinfo, Vec::new(), std::ptr::null_mut(), buffering, cid);
         state(rinfo).on_conflict = on_conflict;
     }
 }
@@ -469,6 +502,13 @@ fn send_deferred(state: &ModifyState) {
     for part in rows.chunks(chunk) {
         let plan = ShardPlan::insert_with(&state.topology, part.to_vec(), state.on_conflict)
             .unwrap_or_else(|e| plan_error(&state.topology, e));
+        let key = state.topology.key_index;
+        changed::record_rows(
+            &state.topology,
+            &plan,
+            part.iter().map(|r| &r[key]),
+            state.cid,
+        );
         let mut waits = state.lock_waits.take();
         crate::remote::recording_lock_waits(&mut waits, || {
             streams::run_plan(&state.topology, &plan, streams::Access::Write)
@@ -649,8 +689,10 @@ fn send_rows(state: &ModifyState, rows: Vec<Vec<Value>>) -> u64 {
         }
         other => other,
     };
+    let keys: Vec<Value> = rows.iter().map(|r| r[t.key_index].clone()).collect();
     let plan = ShardPlan::insert_with(&state.topology, rows, state.on_conflict)
         .unwrap_or_else(|e| plan_error(&state.topology, e));
+    changed::record_rows(t, &plan, &keys, state.cid);
     let mut waits = state.lock_waits.take();
     let results = crate::remote::recording_lock_waits(&mut waits, || {
         state
@@ -734,7 +776,10 @@ pub unsafe extern "C-unwind" fn exec_foreign_update(
             // Postgres has the new row: its RETURNING needs nothing back.
             returning: false,
         };
-        let result = state.run(ShardPlan::by_identity(&state.topology, &update, identity));
+        let result = state.change(
+            ShardPlan::by_identity(&state.topology, &update, identity.clone()),
+            &identity,
+        );
         if let Some(pending) = pending {
             crate::vindex::after_write(&state.topology, pending);
         }
@@ -796,13 +841,16 @@ pub unsafe extern "C-unwind" fn exec_foreign_delete(
     unsafe {
         let state = state(rinfo);
         let identity = identity(state, plan_slot);
-        let Some(result) = state.run(ShardPlan::by_identity(
-            &state.topology,
-            &StatementKind::Delete {
-                returning: state.returning,
-            },
-            identity,
-        )) else {
+        let Some(result) = state.change(
+            ShardPlan::by_identity(
+                &state.topology,
+                &StatementKind::Delete {
+                    returning: state.returning,
+                },
+                identity.clone(),
+            ),
+            &identity,
+        ) else {
             return std::ptr::null_mut();
         };
         if result.affected_row_count == 0 {

@@ -11,7 +11,7 @@ use crate::errors::raise;
 use crate::fdw::lower::{deconstruct, Lowering, ParamSpec};
 use crate::remote;
 use crate::stats;
-use crate::xact::streams;
+use crate::xact::{changed, streams};
 use conductor_core::executor::{ScanHandle, ScanPoll, ShardError, ShardQuery, ShardStats};
 use conductor_core::plan::{
     planned_key_values, planned_shards, RouteKind, ShardPlan, StatementKind,
@@ -435,6 +435,12 @@ struct ScanState {
     /// The scan finds the rows an UPDATE/DELETE of this table changes: it
     /// reads inside the transaction that will write them.
     for_modify: bool,
+    /// Refuse to read rows changed since the statement's (or cursor's)
+    /// snapshot (`xact::changed`). Not for the scan that feeds this
+    /// table's own UPDATE/DELETE, which meets a row it changed only when a
+    /// join hands it over twice, and then skips it as Postgres does; but
+    /// it is when a WITH of the statement may have changed the rows.
+    check_changes: bool,
     /// The rows are locked (`FOR UPDATE`/`NO KEY UPDATE`/`SHARE`/`KEY
     /// SHARE`) with this wait policy: the scan reads inside the node's write
     /// transaction.
@@ -481,6 +487,12 @@ impl ScanState {
         };
         if let Some(policy) = self.row_lock {
             refuse_lock_policy(policy, &topology.name);
+        }
+        if self.check_changes {
+            changed::check_read(&topology, &plan, true);
+            if let Some(inner) = &self.inner {
+                changed::check_read(inner, &plan, false);
+            }
         }
         let access = read_access(&topology, &plan, self.for_modify || self.row_lock.is_some());
         if let Some(access) = access {
@@ -717,6 +729,15 @@ unsafe fn feeds_modify(node: *mut pg_sys::ForeignScanState) -> bool {
     }
 }
 
+/// Whether the running statement has a data-modifying WITH.
+unsafe fn modifying_cte(node: *mut pg_sys::ForeignScanState) -> bool {
+    // SAFETY: executor state of a scan node being initialized.
+    unsafe {
+        let stmt = (*(*node).ss.ps.state).es_plannedstmt;
+        !stmt.is_null() && (*stmt).hasModifyingCTE
+    }
+}
+
 unsafe fn state<'a>(node: *mut pg_sys::ForeignScanState) -> &'a mut ScanState {
     // SAFETY: fdw_state was set by begin_foreign_scan to a live ScanState.
     unsafe { &mut *((*node).fdw_state as *mut ScanState) }
@@ -779,6 +800,7 @@ pub unsafe extern "C-unwind" fn begin_foreign_scan(
             econtext: (*node).ss.ps.ps_ExprContext,
             phase: Phase::NotStarted,
             for_modify: feeds_modify(node),
+            check_changes: !feeds_modify(node) || modifying_cte(node),
             row_lock: row_lock(node),
             rows: Vec::new().into_iter(),
             current_shard: 0,

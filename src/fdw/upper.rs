@@ -32,7 +32,7 @@ use crate::fdw::lower::{collation_class, Lowering, ParamSpec};
 use crate::fdw::scan::{eval_bindings, explain_text, init_params};
 use crate::remote;
 use crate::stats;
-use crate::xact::streams;
+use crate::xact::{changed, streams};
 use conductor_core::executor::{ScanHandle, ScanPoll, ShardError, ShardStats};
 use conductor_core::merge::{AggFunc, AggSpec, Final, GroupMerge, KWayMerge, MergeKey};
 use conductor_core::plan::{
@@ -1769,6 +1769,10 @@ impl UpperState {
             self.last_plan = Some(plan);
             self.phase = Phase::Finished;
             return;
+        }
+        changed::check_read(&topology, &plan, true);
+        if let Some((_, inner)) = &self.sides {
+            changed::check_read(inner, &plan, false);
         }
         if let Some(access) = crate::fdw::scan::read_access(&topology, &plan, false) {
             // Through this transaction's streams (whole): its own writes,

@@ -3,6 +3,7 @@
 //! (`ddl`). One pair of callbacks dispatches both.
 
 pub mod autocommit;
+pub mod changed;
 pub mod ddl;
 pub mod streams;
 
@@ -22,6 +23,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             ddl::at_commit();
             crate::vindex::repair_observed();
             crate::catalog::credentials::forget_remembered();
+            changed::forget();
         }
         XACT_EVENT_ABORT => {
             crate::stats::at_abort();
@@ -29,6 +31,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             ddl::at_abort();
             crate::vindex::forget_observed();
             crate::catalog::credentials::forget_remembered();
+            changed::forget();
         }
         _ => {}
     }

@@ -134,6 +134,23 @@ impl ColumnType {
         use ColumnType::*;
         matches!(self, Int2 | Int4 | Int8 | Text | Varchar | Uuid)
     }
+
+    /// Whether values that Postgres' `=` calls equal always have one
+    /// stored form in a column of this type with type modifier `typmod`.
+    /// A node keeps a primary key or unique index unique by comparing
+    /// stored forms, so only such columns can be in one. Not numeric
+    /// without a declared scale (`1.0` and `1.00` are equal, stored as
+    /// their own text), bpchar without a length (trailing blanks are kept
+    /// but `=` ignores them), jsonb (a number inside keeps its scale) or
+    /// json (which has no `=` at all).
+    pub fn equal_values_stored_alike(&self, typmod: i32) -> bool {
+        use ColumnType::*;
+        match self {
+            Numeric | Bpchar => typmod != -1,
+            Json | Jsonb => false,
+            _ => true,
+        }
+    }
 }
 
 impl fmt::Display for ColumnType {
@@ -398,6 +415,23 @@ pub fn uuid_from_text(s: &str) -> Result<[u8; 16], UuidParseError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn keys_need_one_stored_form_per_value() {
+        use ColumnType::*;
+        for ty in ColumnType::ALL {
+            let alike = ty.equal_values_stored_alike(-1);
+            assert_eq!(
+                alike,
+                !matches!(ty, Numeric | Bpchar | Json | Jsonb),
+                "{ty}"
+            );
+        }
+        // numeric(10,2) and char(5): the modifier fixes the scale and length.
+        assert!(Numeric.equal_values_stored_alike(655366));
+        assert!(Bpchar.equal_values_stored_alike(9));
+        assert!(!Jsonb.equal_values_stored_alike(4));
+    }
+
     use super::*;
 
     #[test]

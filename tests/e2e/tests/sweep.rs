@@ -3785,6 +3785,75 @@ fn setup_both(sw: &mut Sweep, what: &str, local: &str, dist: &str) -> bool {
     }
 }
 
+/// A statement never sees its own changes, nor a cursor the changes made
+/// after it was declared (Postgres' snapshot rule), while a node holds only
+/// the rows' current versions: a read that would see such a change is
+/// refused (0A000) and changes nothing; reads of other rows, and of the
+/// changes of earlier statements, agree.
+fn own_changes(sw: &mut Sweep) {
+    if !setup_both(
+        sw,
+        "own changes",
+        "CREATE TABLE l_oc (id bigint NOT NULL PRIMARY KEY, val integer);
+         INSERT INTO l_oc SELECT x, x FROM generate_series(1, 100) x;",
+        "CREATE FOREIGN TABLE oc (id bigint NOT NULL, val integer) SERVER cluster;
+         SELECT conductor.create_distributed_table('oc', 'id', shard_count => 4, colocate_with => 'none');
+         INSERT INTO oc SELECT x, x FROM generate_series(1, 100) x;",
+    ) {
+        return;
+    }
+    for sql in [
+        "WITH ins AS (INSERT INTO oc VALUES (1000, 1) RETURNING id) SELECT count(*) FROM oc, ins",
+        "WITH d AS (DELETE FROM oc WHERE id < 10 RETURNING id) SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM oc WHERE id < 20)",
+        "WITH u AS (UPDATE oc SET val = 0 WHERE id BETWEEN 20 AND 29 RETURNING id) SELECT (SELECT count(*) FROM u), (SELECT sum(val) FROM oc WHERE id BETWEEN 20 AND 29)",
+        "WITH u AS (UPDATE oc SET val = -val WHERE id = 40 RETURNING id) SELECT val FROM oc WHERE id = (SELECT id FROM u)",
+        "WITH u AS (UPDATE oc SET val = 0 WHERE id = 41 RETURNING id) UPDATE oc SET val = val + 1 WHERE id = 41",
+        "UPDATE oc x SET val = (SELECT count(*) FROM oc y WHERE y.val < x.val) WHERE id <= 10",
+        "BEGIN; DECLARE c CURSOR FOR SELECT id, val FROM oc WHERE id BETWEEN 50 AND 52; UPDATE oc SET val = 0 WHERE id = 51; FETCH ALL FROM c; COMMIT",
+        "BEGIN; DECLARE c CURSOR FOR SELECT sum(val) FROM oc; DELETE FROM oc WHERE id > 90; FETCH ALL FROM c; COMMIT",
+    ] {
+        sw.refused(sql, "0A000");
+        simple(&mut sw.db, "ROLLBACK");
+    }
+    let script = [
+        "WITH u AS (UPDATE {oc} SET val = val + 1 WHERE id = 1 RETURNING id) SELECT (SELECT count(*) FROM u), (SELECT val FROM {oc} WHERE id = 2)",
+        "BEGIN",
+        "DECLARE c CURSOR FOR SELECT id, val FROM {oc} WHERE id = 5",
+        "UPDATE {oc} SET val = 0 WHERE id = 6",
+        "FETCH ALL FROM c",
+        "UPDATE {oc} SET val = 1 WHERE id = 7",
+        "DECLARE d CURSOR FOR SELECT id, val FROM {oc} WHERE id BETWEEN 6 AND 8",
+        "FETCH ALL FROM d",
+        "COMMIT",
+        "UPDATE {oc} SET val = val * 2 WHERE id < 20",
+        "SELECT sum(val) FROM {oc} WHERE id < 20",
+        "SET enable_hashjoin = off",
+        "SET enable_mergejoin = off",
+        "UPDATE {oc} x SET val = x.val + 100 FROM (VALUES (8), (8), (9)) v(id) WHERE x.id = v.id RETURNING x.id, x.val",
+        "DELETE FROM {oc} x USING (VALUES (10), (10), (11)) v(id) WHERE x.id = v.id RETURNING x.id",
+        "RESET enable_hashjoin",
+        "RESET enable_mergejoin",
+    ];
+    let mut results = [Vec::new(), Vec::new()];
+    for (side, local) in [(0, true), (1, false)] {
+        for q in script {
+            let q = q.replace("{oc}", if local { "l_oc" } else { "oc" });
+            results[side].push(simple(&mut sw.db, &q));
+        }
+        simple(&mut sw.db, "ROLLBACK");
+    }
+    let [l, d] = results;
+    for ((q, lo), dout) in script.iter().zip(l).zip(d) {
+        sw.record(&format!("[own changes] {q}"), lo, dout, false);
+    }
+    let l = simple(&mut sw.db, "SELECT * FROM l_oc ORDER BY id");
+    let d = simple(&mut sw.db, "SELECT * FROM oc ORDER BY id");
+    sw.record("[own changes] contents", l, d, true);
+    sw.db
+        .batch_execute("DROP TABLE l_oc; DROP FOREIGN TABLE oc")
+        .unwrap();
+}
+
 /// Tables users build around distributed ones: sequences for keys,
 /// domains, partitions that are distributed tables.
 fn table_shapes(sw: &mut Sweep) {
@@ -3889,6 +3958,64 @@ fn table_shapes(sw: &mut Sweep) {
             .batch_execute("DROP TABLE IF EXISTS l_ck; DROP FOREIGN TABLE IF EXISTS ck")
             .unwrap();
     }
+    // Key columns whose equal values have one stored form (a numeric with
+    // a scale, char(n)) keep their uniqueness on the nodes as Postgres does;
+    // those with several (1.0 = 1.00, 'a' = 'a ' as bpchar, jsonb numbers)
+    // are refused, as a primary key, a unique index, and by a later ALTER.
+    if setup_both(
+        sw,
+        "keys of numeric(p, s) and char(n)",
+        "CREATE TABLE l_nk (id bigint NOT NULL, n numeric(10,2) NOT NULL, c char(3) NOT NULL, m numeric, PRIMARY KEY (id, n, c));
+         CREATE UNIQUE INDEX ON l_nk (id, m);",
+        "CREATE FOREIGN TABLE nk (id bigint NOT NULL, n numeric(10,2) NOT NULL, c char(3) NOT NULL, m numeric) SERVER cluster OPTIONS (primary_key 'id,n,c');
+         SELECT conductor.create_distributed_table('nk', 'id', shard_count => 4, colocate_with => 'none');",
+    ) {
+        for q in [
+            "INSERT INTO {nk} VALUES (1, 1.0, 'a', 1.0) RETURNING *",
+            "INSERT INTO {nk} VALUES (1, 1.00, 'a', NULL)",
+            "INSERT INTO {nk} VALUES (1, 1, 'a  ', NULL)",
+            "INSERT INTO {nk} VALUES (1, 1.001, 'a ', NULL) ON CONFLICT DO NOTHING RETURNING *",
+            "INSERT INTO {nk} VALUES (1, 2, 'a', NULL), (1, 2.000, 'a', NULL)",
+            "SELECT * FROM {nk}",
+        ] {
+            let l = simple(&mut sw.db, &q.replace("{nk}", "l_nk"));
+            let d = simple(&mut sw.db, &q.replace("{nk}", "nk"));
+            sw.record(q, l, d, top_level_order_by(q));
+        }
+        sw.refused(
+            "SELECT conductor.create_shard_index('nk', ARRAY['id', 'm'], is_unique => true)",
+            "0A000",
+        );
+        sw.refused("ALTER FOREIGN TABLE nk ALTER COLUMN n TYPE numeric", "0A000");
+        sw.db
+            .batch_execute("DROP TABLE l_nk; DROP FOREIGN TABLE nk")
+            .unwrap();
+    }
+    for (ty, key) in [
+        ("numeric", "id, x"),
+        ("bpchar", "id, x"),
+        ("jsonb", "id, x"),
+        ("text COLLATE ci", "id, x"),
+    ] {
+        sw.refused(
+            &format!(
+                "CREATE FOREIGN TABLE rk (id bigint NOT NULL, x {ty} NOT NULL) SERVER cluster OPTIONS (primary_key '{key}');
+                 SELECT conductor.create_distributed_table('rk', 'id', shard_count => 4, colocate_with => 'none')"
+            ),
+            "0A000",
+        );
+    }
+    sw.db
+        .batch_execute(
+            "CREATE FOREIGN TABLE rk (id bigint NOT NULL, s text COLLATE ci) SERVER cluster;
+             SELECT conductor.create_distributed_table('rk', 'id', shard_count => 4, colocate_with => 'none');",
+        )
+        .unwrap_or_else(|e| panic!("rk: {}", pg_err(&e)));
+    sw.refused(
+        "CALL conductor.create_virtual_index('rk', ARRAY['s'], is_unique => true)",
+        "0A000",
+    );
+    sw.db.batch_execute("DROP FOREIGN TABLE rk").unwrap();
     if setup_both(
         sw,
         "distributed partitions",
@@ -4149,6 +4276,7 @@ fn sweep(cluster: &Cluster, db: Client, full: bool) {
         ("generated_columns", generated_columns, true),
         ("functions", functions, false),
         ("table_shapes", table_shapes, false),
+        ("own_changes", own_changes, true),
         ("schema_changes", schema_changes, true),
     ];
     for (what, part, on_sqld) in parts {
