@@ -1,6 +1,7 @@
 //! The fast path of a write that is alone in its transaction: a statement
 //! that is the whole of an implicit transaction (not inside BEGIN … COMMIT,
-//! not one of several statements sent in one query string), writes through
+//! not one of several statements sent in one query string or pipeline, not
+//! run by a function or trigger), writes through
 //! one ModifyTable with no trigger on its table, no writable CTE, and
 //! reaches one node, goes to that node as one self-contained request: the
 //! node begins, executes, commits. Its write lock is held only while the
@@ -14,6 +15,7 @@
 
 use crate::catalog::TableTopology;
 use crate::errors::raise;
+use crate::fdw::lower::{is, strip_relabel};
 use crate::remote::{self, ShardRequest};
 use crate::xact::streams;
 use conductor_core::client::one_request_transaction;
@@ -28,6 +30,15 @@ use pgrx::PgSqlErrorCode;
 /// Whether the statement running in `estate`, writing `rinfo`, is alone in
 /// its transaction with nothing after it that could fail.
 ///
+/// The write is committed on its node before the statement ends, so
+/// everything that could still fail in the Postgres transaction rules it
+/// out: a statement run by a function, a DO block or a trigger (SPI: the
+/// caller goes on after it), a rule's extra statements, a RETURNING
+/// expression or a view's WITH CHECK OPTION evaluated over the written
+/// row, a trigger on a partitioned parent, and the next statement of an
+/// extended-protocol pipeline (Execute messages before one Sync share one
+/// implicit transaction).
+///
 /// # Safety
 /// `estate` and `rinfo` are the running statement's executor state.
 pub unsafe fn statement_is_alone(
@@ -39,6 +50,7 @@ pub unsafe fn statement_is_alone(
         if pg_sys::IsTransactionBlock()
             || pg_sys::GetCurrentTransactionNestLevel() != 1
             || streams::any_open()
+            || pg_sys::MyXactFlags & pg_sys::XACT_FLAGS_PIPELINING as i32 != 0
         {
             return false;
         }
@@ -46,15 +58,105 @@ pub unsafe fn statement_is_alone(
         if stmt.is_null() || (*stmt).hasModifyingCTE || !(*stmt).subplans.is_null() {
             return false;
         }
+        if !runs_alone_in_client_portal(stmt) {
+            return false;
+        }
         let top = (*stmt).planTree as *mut pg_sys::Node;
         if top.is_null() || (*top).type_ != pg_sys::NodeTag::T_ModifyTable {
             return false;
         }
         let mt = top as *mut pg_sys::ModifyTable;
-        if pg_sys::list_length((*mt).resultRelations) != 1 {
+        if pg_sys::list_length((*mt).resultRelations) != 1
+            || (*mt).rootRelation != 0
+            || !(*mt).withCheckOptionLists.is_null()
+        {
             return false;
         }
-        rinfo.is_null() || (*rinfo).ri_TrigDesc.is_null()
+        // Read from the plan: the executor sets up the result relation's
+        // RETURNING and WITH CHECK OPTION after BeginForeignModify.
+        let returning = if (*mt).returningLists.is_null() {
+            std::ptr::null_mut()
+        } else {
+            pg_sys::list_nth((*mt).returningLists, 0) as *mut pg_sys::List
+        };
+        returning_cannot_fail(returning) && (rinfo.is_null() || (*rinfo).ri_TrigDesc.is_null())
+    }
+}
+
+/// Whether `stmt` is the one statement of the portal the client is running
+/// and the client's transaction ends with it.
+///
+/// # Safety
+/// Reads the backend's active portal and, for a portal of the extended
+/// protocol, peeks at the client connection's already received bytes.
+unsafe fn runs_alone_in_client_portal(stmt: *mut pg_sys::PlannedStmt) -> bool {
+    // SAFETY: ActivePortal is the portal being run (null outside one); its
+    // statement list belongs to it.
+    unsafe {
+        let portal = pg_sys::ActivePortal;
+        if portal.is_null()
+            || pg_sys::list_length((*portal).stmts) != 1
+            || pg_sys::list_nth((*portal).stmts, 0) as *mut pg_sys::PlannedStmt != stmt
+        {
+            return false;
+        }
+        // A simple Query: its statements are its transaction (several of
+        // them are an implicit transaction block, seen above).
+        if (*portal).cplan.is_null() {
+            return true;
+        }
+        // A portal from a prepared plan: a Bind of the extended protocol
+        // (or SQL EXECUTE). Its transaction ends at the next Sync, so the
+        // statement is alone only if that Sync has already arrived; a
+        // client that sends it later gets the transactional path.
+        pg_sys::whereToSendOutput == pg_sys::CommandDest::DestRemote && next_message_is_sync()
+    }
+}
+
+/// Whether the client's next protocol message, already received, is Sync.
+/// Only bytes already in the connection's buffer are looked at: this never
+/// waits for the client.
+///
+/// # Safety
+/// Called between protocol messages (while one executes).
+unsafe fn next_message_is_sync() -> bool {
+    extern "C-unwind" {
+        // libpq/libpq.h of the backend.
+        fn pq_is_reading_msg() -> bool;
+        fn pq_buffer_has_data() -> bool;
+        fn pq_startmsgread();
+        fn pq_peekbyte() -> std::ffi::c_int;
+        fn pq_endmsgread();
+    }
+    // SAFETY: no message is being read (checked), and the buffer holds
+    // bytes, so the peek neither reads the socket nor fails; the reading
+    // state is restored right after.
+    unsafe {
+        if pq_is_reading_msg() || !pq_buffer_has_data() {
+            return false;
+        }
+        pq_startmsgread();
+        let next = pq_peekbyte();
+        pq_endmsgread();
+        next == b'S' as std::ffi::c_int
+    }
+}
+
+/// Whether computing the RETURNING list over the written row cannot fail:
+/// plain columns and constants (`RETURNING *`, `RETURNING id`). Anything
+/// else (`1/x`, a cast, a function) could fail after the node committed.
+///
+/// # Safety
+/// `list` is a RETURNING target list (or null).
+unsafe fn returning_cannot_fail(list: *mut pg_sys::List) -> bool {
+    // SAFETY: a target list of the running statement.
+    unsafe {
+        pgrx::PgList::<pg_sys::TargetEntry>::from_pg(list)
+            .iter_ptr()
+            .all(|tle| {
+                let e = strip_relabel((*tle).expr.cast());
+                is(e, pg_sys::NodeTag::T_Var) || is(e, pg_sys::NodeTag::T_Const)
+            })
     }
 }
 

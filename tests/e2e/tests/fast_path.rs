@@ -112,3 +112,109 @@ fn a_lone_one_node_write_is_one_request() {
     assert_eq!(value(&mut db, first).as_deref(), Some("both"));
     assert_eq!(value(&mut db, last).as_deref(), Some("both"));
 }
+
+/// SQLSTATE of a statement that failed, or "ok".
+fn outcome(db: &mut Client, sql: &str) -> String {
+    match db.batch_execute(sql) {
+        Ok(()) => "ok".into(),
+        Err(e) => e
+            .as_db_error()
+            .map(|d| d.code().code().to_string())
+            .unwrap_or_else(|| format!("client error: {e}")),
+    }
+}
+
+fn contents(db: &mut Client, table: &str) -> Vec<(i64, Option<String>)> {
+    db.query(&format!("SELECT id, v FROM {table} ORDER BY id"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// A one-node write whose Postgres transaction goes on after it (a function
+/// or DO block that fails later, a RETURNING expression or a view's CHECK
+/// OPTION that fails over the written row, the next statement of a
+/// pipeline) must not be committed on its own: afterwards the distributed
+/// table holds what a local table holds.
+#[test]
+fn a_write_the_transaction_outlives_is_undone_with_it() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        node_delay_ms: None,
+        token: None,
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 8);
+         CREATE TABLE l (id bigint PRIMARY KEY, v text);
+         INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, 20) i;
+         INSERT INTO l SELECT i, 'v' || i FROM generate_series(1, 20) i;
+         CREATE VIEW t_short AS SELECT * FROM t WHERE length(v) < 5 WITH CHECK OPTION;
+         CREATE VIEW l_short AS SELECT * FROM l WHERE length(v) < 5 WITH CHECK OPTION;
+         CREATE FUNCTION write_then_fail(sql text) RETURNS void LANGUAGE plpgsql AS
+           $$ BEGIN EXECUTE sql; RAISE EXCEPTION 'after the write' USING ERRCODE = 'P0001'; END $$;",
+    );
+    let statements = [
+        "SELECT write_then_fail('INSERT INTO {T} VALUES (100, ''f'')')",
+        "SELECT write_then_fail('UPDATE {T} SET v = ''f'' WHERE id = 3')",
+        "DO $$ BEGIN DELETE FROM {T} WHERE id = 4; PERFORM 1 / 0; END $$",
+        "INSERT INTO {T} VALUES (101, '') RETURNING 1 / length(v)",
+        "UPDATE {T} SET v = '' WHERE id = 5 RETURNING 1 / length(v)",
+        "DELETE FROM {T} WHERE id = 6 RETURNING 1 / (id - 6)",
+        "INSERT INTO {T}_short VALUES (102, 'too long')",
+        // What can still fail is plain columns: the fast path stays.
+        "INSERT INTO {T} VALUES (103, 'r') RETURNING id, v",
+    ];
+    for sql in statements {
+        let local = outcome(&mut db, &sql.replace("{T}", "l"));
+        let dist = outcome(&mut db, &sql.replace("{T}", "t"));
+        assert_eq!(dist, local, "{sql}");
+        assert_eq!(
+            contents(&mut db, "t"),
+            contents(&mut db, "l"),
+            "after {sql}"
+        );
+    }
+
+    // Execute messages before one Sync are one implicit transaction: the
+    // second one's failure undoes the first (pgbench sends a pipeline so).
+    for table in ["l", "t"] {
+        let script = cluster.dir().join(format!("pipeline_{table}.sql"));
+        std::fs::write(
+            &script,
+            format!(
+                "\\startpipeline\nINSERT INTO {table} VALUES (200, 'p');\n\
+                 UPDATE {table} SET v = 'p' WHERE id = 7;\n\
+                 INSERT INTO {table} VALUES (1, 'dup');\n\\endpipeline\n"
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(cluster.pg_bindir().join("pgbench"))
+            .args(["-n", "-M", "extended", "-t", "1", "-f"])
+            .arg(&script)
+            .arg(cluster.pg_url())
+            .output()
+            .expect("run pgbench");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("duplicate key") || stderr.contains("UNIQUE"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(
+        contents(&mut db, "t"),
+        contents(&mut db, "l"),
+        "after the pipeline"
+    );
+
+    // A lone statement through the extended protocol (Bind, Execute and
+    // Sync sent together) is still one request.
+    exec(&mut db, "SELECT * FROM t WHERE id = 8");
+    let before = node_requests(&cluster);
+    db.execute("UPDATE t SET v = $1 WHERE id = $2", &[&"x", &8i64])
+        .unwrap();
+    assert_eq!(node_requests(&cluster) - before, 1, "extended protocol");
+    assert_eq!(value(&mut db, 8).as_deref(), Some("x"));
+}
