@@ -640,14 +640,17 @@ pub fn commit_all() {
     let mut sent: Vec<(NodeKey, BTreeSet<ShardLabel>)> = Vec::new();
     let mut requests = Vec::new();
     // Read-only transactions (a snapshot) are ended, not committed: their
-    // outcome changes nothing.
+    // outcome changes nothing. So are streams without a transaction.
     let mut read_only = Vec::new();
     for (key, stream) in streams {
         let baton = match &stream.keeper {
             Some(k) => k.finish().map_err(|l| l.to_string()),
             None => Err("no stream".into()),
         };
-        if stream.access == Access::Read {
+        // Level 0: the stream's BEGIN failed (the node's write lock stayed
+        // taken, and a savepoint caught the error), so no transaction is
+        // open there and there is nothing to commit; COMMIT would fail.
+        if stream.access == Access::Read || stream.level == 0 {
             if let Ok(baton) = baton {
                 read_only.push(end_request(&stream.endpoint, baton, "ROLLBACK"));
             }

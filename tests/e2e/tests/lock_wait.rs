@@ -236,3 +236,72 @@ fn reads_at_the_start_of_a_transaction_do_not_hold_the_write_lock() {
         exec(&mut a, "COMMIT");
     }
 }
+
+/// A write that gave up waiting for a node's write lock, caught by a
+/// savepoint, leaves the transaction committable: its COMMIT succeeds with
+/// the transaction's other writes, as a local table's does after a lock
+/// timeout caught the same way.
+#[test]
+fn a_lock_timeout_rolled_back_to_a_savepoint_still_commits() {
+    let (mut cluster, mut db) = setup();
+    for i in 0..cluster.node_count() {
+        cluster.restart_node_with_args(i, &["--busy-timeout-ms", "300"]);
+    }
+    exec(
+        &mut db,
+        "CREATE TABLE l (id bigint PRIMARY KEY, v bigint);
+         INSERT INTO l SELECT i, 0 FROM generate_series(1, 40) i;",
+    );
+    let (node, held, _) = keys_on_one_node(&mut db);
+    let other: i64 = db
+        .query_one(
+            "SELECT min(i)::bigint FROM generate_series(1, 40) i
+               JOIN conductor.shards s ON s.table_name = 't'::regclass
+                                      AND s.shard_id = conductor.shard_for('t', i::bigint)
+              WHERE s.node_id <> $1",
+            &[&node],
+        )
+        .unwrap()
+        .get(0);
+    let mut outcomes = Vec::new();
+    for table in ["l", "t"] {
+        let mut holder = cluster.client();
+        exec(
+            &mut holder,
+            &format!("BEGIN; UPDATE {table} SET v = 1 WHERE id = {held}"),
+        );
+        let mut run = |sql: &str| match db.batch_execute(sql) {
+            Ok(()) => "ok".to_string(),
+            Err(e) => e.as_db_error().map_or("client error".into(), |d| {
+                // The lock wait fails with the system's own SQLSTATE.
+                if sql.contains("SET v = 3") {
+                    "failed".into()
+                } else {
+                    d.code().code().to_string()
+                }
+            }),
+        };
+        let steps = [
+            "SET lock_timeout = '300ms'".to_string(),
+            "BEGIN".to_string(),
+            format!("UPDATE {table} SET v = 2 WHERE id = {other}"),
+            "SAVEPOINT s".to_string(),
+            format!("UPDATE {table} SET v = 3 WHERE id = {held}"),
+            "ROLLBACK TO SAVEPOINT s".to_string(),
+            "COMMIT".to_string(),
+            "RESET lock_timeout".to_string(),
+        ];
+        let got: Vec<String> = steps.iter().map(|s| run(s)).collect();
+        exec(&mut holder, "COMMIT");
+        outcomes.push(got);
+    }
+    assert_eq!(outcomes[1], outcomes[0], "statement outcomes (t vs l)");
+    let rows = |db: &mut conductor_e2e::postgres::Client, table: &str| -> Vec<(i64, i64)> {
+        db.query(&format!("SELECT id, v FROM {table} ORDER BY id"), &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    assert_eq!(rows(&mut db, "t"), rows(&mut db, "l"));
+}
