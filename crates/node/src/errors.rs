@@ -36,6 +36,13 @@ pub fn error(code: &str, message: impl Into<String>) -> Error {
 }
 
 /// A rusqlite error as the protocol reports it.
+/// Whether a statement failed only because a lock it needed was held by
+/// another connection (it changed nothing, so it may run again).
+pub fn lock_was_taken(e: &Error) -> bool {
+    let code = e.code.as_deref().unwrap_or("");
+    code.starts_with("SQLITE_BUSY") || code.starts_with("SQLITE_LOCKED")
+}
+
 pub fn from_sqlite(e: rusqlite::Error) -> Error {
     match e {
         rusqlite::Error::SqliteFailure(err, msg) => {

@@ -194,13 +194,9 @@ fn inline_write(node: &Node, requests: &[StreamRequest]) -> Option<Vec<StreamRes
     };
     let outcome = node.db.try_write_inline(|conn| {
         let result = exec::execute(conn, &HashMap::new(), stmt);
-        if let Err(e) = &result {
-            // A statement that could not get the write lock changed
-            // nothing: it is safe to run it again on the writer thread.
-            let code = e.code.as_deref().unwrap_or("");
-            if code.starts_with("SQLITE_BUSY") || code.starts_with("SQLITE_LOCKED") {
-                return None;
-            }
+        if result.as_ref().is_err_and(errors::lock_was_taken) {
+            // It changed nothing: it can run again on the writer thread.
+            return None;
         }
         if !conn.is_autocommit() {
             // e.g. a lone BEGIN: the stream ends with this request.
@@ -425,12 +421,10 @@ fn began_busy(results: &[StreamResult]) -> bool {
     else {
         return false;
     };
-    result.step_errors.first().is_some_and(|e| {
-        e.as_ref().is_some_and(|e| {
-            let code = e.code.as_deref().unwrap_or("");
-            code.starts_with("SQLITE_BUSY") || code.starts_with("SQLITE_LOCKED")
-        })
-    })
+    result
+        .step_errors
+        .first()
+        .is_some_and(|e| e.as_ref().is_some_and(errors::lock_was_taken))
 }
 
 /// Whether the pipeline's requests are statements (or close and
