@@ -692,7 +692,13 @@ fn send_rows(state: &ModifyState, rows: Vec<Vec<Value>>) -> u64 {
     let keys: Vec<Value> = rows.iter().map(|r| r[t.key_index].clone()).collect();
     let plan = ShardPlan::insert_with(&state.topology, rows, state.on_conflict)
         .unwrap_or_else(|e| plan_error(&state.topology, e));
-    changed::record_rows(t, &plan, &keys, state.cid);
+    // Rows ON CONFLICT DO NOTHING skips change nothing (known only once
+    // the nodes answered): a get-or-create's read of an existing key in
+    // the same statement is then no read of a hidden change.
+    let skippable = state.on_conflict == OnConflict::DoNothing;
+    if !skippable {
+        changed::record_rows(t, &plan, &keys, state.cid);
+    }
     let mut waits = state.lock_waits.take();
     let results = crate::remote::recording_lock_waits(&mut waits, || {
         state
@@ -705,7 +711,11 @@ fn send_rows(state: &ModifyState, rows: Vec<Vec<Value>>) -> u64 {
     if let Some(pending) = pending {
         crate::vindex::after_write(t, pending);
     }
-    results.iter().map(|(_, r)| r.affected_row_count).sum()
+    let inserted = results.iter().map(|(_, r)| r.affected_row_count).sum();
+    if skippable && inserted > 0 {
+        changed::record_rows(t, &plan, &keys, state.cid);
+    }
+    inserted
 }
 
 /// The identity of the row being changed: its primary-key values in

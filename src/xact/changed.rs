@@ -1,5 +1,5 @@
-//! Which shards (and, for the latest command, which keys) this transaction
-//! changed, so a read never returns a change Postgres would hide from it.
+//! Which shards and keys this transaction changed, so a read never returns
+//! a change Postgres would hide from it.
 //!
 //! A node keeps one current version of each row. Postgres shows a statement
 //! the rows as they were when it began, not the changes it makes itself: a
@@ -11,10 +11,11 @@
 //!
 //! A change is recorded with the command id of the statement that made it
 //! (Postgres' own visibility rule: a snapshot sees what commands before its
-//! `curcid` did). For the latest command the shard-key values it wrote are
-//! kept too, so that a statement reading rows by key (a nested loop's
-//! lookups while an UPDATE … FROM changes other keys) is refused only when
-//! it reads a key it changed.
+//! `curcid` did). The shard-key values written are kept too, each with the
+//! latest command that changed it, so that a read by key (a nested loop's
+//! lookups while an UPDATE … FROM changes other keys, a cursor declared
+//! before writes of other keys) is refused only when it reads a key changed
+//! since its snapshot.
 
 use crate::catalog::TableTopology;
 use crate::errors::raise;
@@ -24,7 +25,7 @@ use conductor_hrana::Value;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// A shard-key value as written (an integer of any width, or text: uuids
 /// as their stored text).
@@ -55,19 +56,62 @@ impl Key {
     }
 }
 
-/// Beyond this many keys per shard and command, a change counts as one of
-/// the whole shard (bounded memory for bulk writes).
+/// Beyond this many keys per shard, the earlier commands' changes there
+/// count as changes of any of its rows, and beyond this many of the latest
+/// command's, its too (bounded memory for bulk writes).
 const MAX_KEYS: usize = 10_000;
 
+/// What this transaction changed in one shard, by command: a read by key
+/// whose snapshot predates several later writes of other keys (a cursor
+/// declared before them) still meets none of them.
+#[derive(Default)]
 struct Change {
     /// The latest command that changed the shard.
-    cid: pg_sys::CommandId,
-    /// The keys that command changed; None: any row of the shard.
-    keys: Option<BTreeSet<Key>>,
+    latest: pg_sys::CommandId,
+    /// The latest command that changed rows whose keys are not known.
+    any_row: Option<pg_sys::CommandId>,
+    /// Per key changed, the latest command that changed it.
+    keys: BTreeMap<Key, pg_sys::CommandId>,
+}
+
+impl Change {
+    /// Keep only the latest command's keys, or none when they alone are too
+    /// many: the others become a change of any row by the latest of their
+    /// commands. The running statement's reads by key (the lookups of a
+    /// nested loop under a bulk UPDATE) stay allowed as long as possible.
+    fn forget_keys(&mut self) {
+        let latest = self.latest;
+        if let Some(&older) = self.keys.values().filter(|&&c| c < latest).max() {
+            self.any_row = Some(self.any_row.map_or(older, |c| c.max(older)));
+            self.keys.retain(|_, c| *c == latest);
+        }
+        if self.keys.len() > MAX_KEYS {
+            self.keys.clear();
+            self.any_row = Some(latest);
+        }
+    }
+
+    /// Whether a read with a snapshot of command `curcid` would see one of
+    /// these changes hidden from it, reading rows with these keys (None:
+    /// any rows).
+    fn hides(&self, curcid: pg_sys::CommandId, read: Option<&[Key]>) -> bool {
+        if self.latest < curcid {
+            return false; // all by earlier commands: visible
+        }
+        match read {
+            None => true,
+            Some(read) => {
+                self.any_row.is_some_and(|cid| cid >= curcid)
+                    || read
+                        .iter()
+                        .any(|k| self.keys.get(k).is_some_and(|&cid| cid >= curcid))
+            }
+        }
+    }
 }
 
 thread_local! {
-    /// (table oid, shard) -> its latest change in this transaction.
+    /// (table oid, shard) -> what this transaction changed there.
     static CHANGED: RefCell<BTreeMap<(u32, u32), Change>> = const { RefCell::new(BTreeMap::new()) };
 }
 
@@ -92,24 +136,19 @@ fn record(
     CHANGED.with(|c| {
         let mut changed = c.borrow_mut();
         for shard in shards {
-            let entry = changed.entry((relid, shard)).or_insert(Change {
-                cid,
-                keys: Some(BTreeSet::new()),
-            });
-            if entry.cid != cid {
-                *entry = Change {
-                    cid,
-                    keys: Some(BTreeSet::new()),
-                };
-            }
-            match (&mut entry.keys, keys) {
-                (Some(set), Some(keys)) => {
-                    set.extend(keys.iter().cloned());
-                    if set.len() > MAX_KEYS {
-                        entry.keys = None;
+            let entry = changed.entry((relid, shard)).or_default();
+            entry.latest = entry.latest.max(cid);
+            match keys {
+                Some(keys) => {
+                    for k in keys {
+                        let at = entry.keys.entry(k.clone()).or_insert(cid);
+                        *at = (*at).max(cid);
+                    }
+                    if entry.keys.len() > MAX_KEYS {
+                        entry.forget_keys();
                     }
                 }
-                (slot, _) => *slot = None,
+                None => entry.any_row = Some(entry.any_row.map_or(cid, |c| c.max(cid))),
             }
         }
     });
@@ -164,19 +203,9 @@ pub fn check_read(topology: &TableTopology, plan: &ShardPlan, by_key: bool) {
     let hidden = CHANGED.with(|c| {
         let changed = c.borrow();
         shards.into_iter().find(|&shard| {
-            let Some(change) = changed.get(&(relid, shard)) else {
-                return false;
-            };
-            if change.cid < curcid {
-                return false; // an earlier command's change: visible
-            }
-            if change.cid > curcid {
-                return true;
-            }
-            match (&change.keys, &read_keys) {
-                (Some(written), Some(read)) => read.iter().any(|k| written.contains(k)),
-                _ => true,
-            }
+            changed
+                .get(&(relid, shard))
+                .is_some_and(|change| change.hides(curcid, read_keys.as_deref()))
         })
     });
     if let Some(shard) = hidden {
