@@ -740,6 +740,62 @@ fn a_statement_does_not_read_its_own_writes() {
     }
 }
 
+/// COPY FROM is a write like any other for what reads may see: a cursor
+/// declared before a COPY into the same table gives what a local table's
+/// cursor gives (the rows as they were) or is refused (0A000), and the
+/// statements after the COPY see its rows.
+#[test]
+fn a_cursor_declared_before_a_copy_does_not_see_its_rows() {
+    let (_cluster, mut db) = setup(2);
+    exec(
+        &mut db,
+        "CREATE TABLE l_c (id bigint PRIMARY KEY, v integer);
+         CREATE FOREIGN TABLE s_c (id bigint NOT NULL, v integer) SERVER cluster;
+         SELECT conductor.create_distributed_table('s_c', 'id', shard_count => 4);
+         INSERT INTO l_c SELECT i, i FROM generate_series(1, 10) i;
+         INSERT INTO s_c SELECT i, i FROM generate_series(1, 10) i;",
+    );
+    for (cursor, what) in [
+        ("SELECT id, v FROM {T} WHERE id = 20", "by key"),
+        ("SELECT id, v FROM {T} ORDER BY id", "whole table"),
+    ] {
+        let mut outcome = Vec::new();
+        for t in ["l_c", "s_c"] {
+            exec(&mut db, "BEGIN");
+            exec(
+                &mut db,
+                &format!("DECLARE c CURSOR FOR {}", cursor.replace("{T}", t)),
+            );
+            let mut w = db.copy_in(&format!("COPY {t} FROM STDIN")).unwrap();
+            std::io::Write::write_all(&mut w, b"20\t200\n21\t210\n").unwrap();
+            w.finish().unwrap();
+            let fetched = rows_text(&mut db, "FETCH ALL FROM c");
+            let after = rows_text(
+                &mut db,
+                &format!("SELECT id, v FROM {t} WHERE id >= 20 ORDER BY id"),
+            );
+            exec(&mut db, "ROLLBACK");
+            outcome.push((fetched, after));
+        }
+        let (local, dist) = (&outcome[0], &outcome[1]);
+        assert!(
+            dist.0 == local.0 || dist.0 == Err("ERROR 0A000".into()),
+            "{what}: the cursor gave {:?}, a local table's gives {:?}",
+            dist.0,
+            local.0
+        );
+        // The refused FETCH aborted the distributed transaction; when it
+        // was not refused, a later statement sees the copied rows.
+        if dist.0.is_ok() {
+            assert_eq!(dist.1, local.1, "{what}: a read after the COPY");
+        }
+    }
+    assert_eq!(
+        rows_text(&mut db, "SELECT count(*) FROM s_c"),
+        Ok(vec![vec!["10".to_string()]])
+    );
+}
+
 /// What applications do every day around their own writes gives what a
 /// local table gives, never the 0A000 refusal of a read that would see a
 /// change hidden from it: a unit of work (insert, read back, update, read),
