@@ -160,6 +160,57 @@ unsafe fn returning_cannot_fail(list: *mut pg_sys::List) -> bool {
     }
 }
 
+thread_local! {
+    /// `QueryCancelHoldoffCount` as [`hold_cancel`] left it, while it holds.
+    static CANCEL_HELD: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// Keep query cancel (a client's cancel request, `statement_timeout`)
+/// pending, from before a self-committing request is sent until
+/// [`release_cancel`] (at the latest when the transaction ends): the
+/// statement then reports what the node did, and a cancel that arrived
+/// meanwhile is as late as one arriving during COMMIT. A cancel already
+/// pending is honored first, before anything is sent. Termination
+/// (`pg_terminate_backend`) is not held.
+fn hold_cancel() {
+    pgrx::check_for_interrupts!();
+    if CANCEL_HELD.get().is_some() {
+        return;
+    }
+    // SAFETY: the backend's own counter (HOLD_CANCEL_INTERRUPTS).
+    let count = unsafe {
+        pg_sys::QueryCancelHoldoffCount += 1;
+        pg_sys::QueryCancelHoldoffCount
+    };
+    CANCEL_HELD.set(Some(count));
+}
+
+/// Undo [`hold_cancel`]: when the node refused the request, and when the
+/// transaction aborts. An ERROR has already reset the counter (errfinish
+/// zeroes it), so it is lowered only if it is still where the hold left it.
+pub fn release_cancel() {
+    if let Some(count) = CANCEL_HELD.take() {
+        // SAFETY: the backend's own counter (RESUME_CANCEL_INTERRUPTS).
+        unsafe {
+            if pg_sys::QueryCancelHoldoffCount == count {
+                pg_sys::QueryCancelHoldoffCount -= 1;
+            }
+        }
+    }
+}
+
+/// Undo [`hold_cancel`] when the transaction commits: a cancel that
+/// arrived while it held came for the statement that has now finished, so
+/// it is dropped, as Postgres ignores one that arrives after a command
+/// completed (it must not cancel the next statement of a pipeline).
+pub fn release_cancel_at_commit() {
+    if CANCEL_HELD.get().is_some() {
+        release_cancel();
+        // SAFETY: the backend's own flag; only set by signal handlers.
+        unsafe { std::ptr::write_volatile(&raw mut pg_sys::QueryCancelPending, 0) };
+    }
+}
+
 /// Run `plan` as one self-contained request when all of it is on one node;
 /// `None` (nothing sent) when it spans several nodes.
 ///
@@ -246,6 +297,12 @@ fn send_alone(
         endpoint,
         body,
     };
+    // Once sent, the request commits on the node whatever this backend
+    // does: a cancel or statement_timeout must not end the statement as
+    // failed (and its transaction as rolled back) while the node may
+    // still apply it. So cancel waits from here to the end of the
+    // transaction, unless the node refused the request (nothing applied).
+    hold_cancel();
     let resp = match remote::execute_raw(vec![request], true)
         .pop()
         .expect("one answer")
@@ -253,6 +310,7 @@ fn send_alone(
         Ok(resp) => resp,
         Err(e) => {
             if matches!(e.error, NodeError::Connect { .. }) || e.error.sqlite_code().is_some() {
+                release_cancel();
                 return Some(Err(e));
             }
             raise(
@@ -272,6 +330,7 @@ fn send_alone(
     let results = match stmt_results(&resp, single, shards.len()) {
         Ok(r) => r,
         Err((shard_index, error)) => {
+            release_cancel();
             return Some(Err(conductor_core::ShardError::new(
                 shard_index.map(|i| shards[i]),
                 NodeError::Sql {
@@ -282,7 +341,7 @@ fn send_alone(
                     message: error.message,
                     code: error.code,
                 },
-            )))
+            )));
         }
     };
     crate::health::record_success(&node.location.url);

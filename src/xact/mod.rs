@@ -19,6 +19,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
         XACT_EVENT_PRE_COMMIT => streams::commit_all(),
         XACT_EVENT_PRE_PREPARE => streams::refuse_prepare(),
         XACT_EVENT_COMMIT => {
+            autocommit::release_cancel_at_commit();
             crate::stats::at_commit();
             ddl::at_commit();
             crate::vindex::repair_observed();
@@ -26,6 +27,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             changed::forget();
         }
         XACT_EVENT_ABORT => {
+            autocommit::release_cancel();
             crate::stats::at_abort();
             streams::rollback_all();
             ddl::at_abort();

@@ -334,10 +334,63 @@ async fn on_blocking_thread(
     let n = node.clone();
     // The blocking task hands the stream back itself: if the client goes
     // away and this future is dropped, the stream is still returned (or
-    // forgotten), never left checked out.
-    tokio::task::spawn_blocking(move || run_on_stream(&n, lease, state, requests))
-        .await
-        .map_err(|_| Failure::internal("internal error while executing the request"))
+    // forgotten), never left checked out. Its next baton is then never
+    // delivered, so nothing can continue the stream: it is closed as soon
+    // as both the request has run and the client is known gone, rolling
+    // its transaction back, rather than holding the write lock it may have
+    // taken (after waiting for it) until it expires.
+    let id = lease.id;
+    let watch = Arc::new(std::sync::Mutex::new(Abandon::default()));
+    let mut guard = AbandonOnDrop {
+        node: node.clone(),
+        id,
+        watch: watch.clone(),
+        armed: true,
+    };
+    let ran = tokio::task::spawn_blocking(move || {
+        let ran = run_on_stream(&n, lease, state, requests);
+        let mut w = watch.lock().unwrap();
+        w.ran = true;
+        if w.abandoned {
+            n.close_stream(id);
+        }
+        ran
+    })
+    .await
+    .map_err(|_| Failure::internal("internal error while executing the request"));
+    guard.armed = false;
+    ran
+}
+
+/// Whether a stream's request has run and whether its client went away.
+#[derive(Default)]
+struct Abandon {
+    ran: bool,
+    abandoned: bool,
+}
+
+/// Dropped with a request's future when its client goes away before the
+/// answer: closes the stream once the request has run.
+struct AbandonOnDrop {
+    node: Arc<Node>,
+    id: u64,
+    watch: Arc<std::sync::Mutex<Abandon>>,
+    /// Cleared once the answer is handed to the HTTP side.
+    armed: bool,
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut w = self.watch.lock().unwrap();
+        w.abandoned = true;
+        if w.ran {
+            let (node, id) = (self.node.clone(), self.id);
+            tokio::task::spawn_blocking(move || node.close_stream(id));
+        }
+    }
 }
 
 /// Whether a new stream's pipeline is one batch that begins a write

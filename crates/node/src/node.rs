@@ -80,6 +80,15 @@ impl Node {
         }
     }
 
+    /// Closes an idle stream whose client can no longer continue it (it
+    /// went away before receiving the stream's next baton), rolling its
+    /// transaction back; on a blocking thread.
+    pub fn close_stream(&self, id: u64) {
+        if let Some(s) = self.streams.take(id) {
+            self.db.give_back(s.conn);
+        }
+    }
+
     /// After the HTTP side has drained: roll back and close every stream,
     /// stop the writer, close the database.
     pub async fn close(self: Arc<Node>) {

@@ -178,6 +178,15 @@ impl Streams {
         }
     }
 
+    /// Removes a stream that is not checked out; its state, for the caller
+    /// to roll back.
+    pub fn take(&self, id: u64) -> Option<StreamState> {
+        let mut slots = self.slots.lock().unwrap();
+        let state = slots.get_mut(&id)?.state.take()?;
+        slots.remove(&id);
+        Some(state)
+    }
+
     /// Removes the streams idle for longer than the timeout; the caller rolls
     /// their transactions back (off the async threads).
     pub fn take_expired(&self) -> Vec<StreamState> {

@@ -218,3 +218,196 @@ fn a_write_the_transaction_outlives_is_undone_with_it() {
     assert_eq!(node_requests(&cluster) - before, 1, "extended protocol");
     assert_eq!(value(&mut db, 8).as_deref(), Some("x"));
 }
+
+/// The protocol messages a driver's pipeline sends for `sql` run alone
+/// (psycopg's `conn.pipeline()` with a sync after each statement): Parse,
+/// Bind, Execute, Sync of the unnamed statement and portal.
+fn extended_query(sql: &str) -> Vec<u8> {
+    fn message(out: &mut Vec<u8>, kind: u8, body: &[u8]) {
+        out.push(kind);
+        out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        out.extend_from_slice(body);
+    }
+    let mut out = Vec::new();
+    let mut parse = vec![0u8]; // unnamed statement
+    parse.extend_from_slice(sql.as_bytes());
+    parse.extend_from_slice(&[0, 0, 0]); // no parameter types
+    message(&mut out, b'P', &parse);
+    // Unnamed portal and statement, no parameters, text results.
+    message(&mut out, b'B', &[0, 0, 0, 0, 0, 0, 0, 0]);
+    message(&mut out, b'E', &[0, 0, 0, 0, 0]); // unnamed portal, all rows
+    message(&mut out, b'S', &[]);
+    out
+}
+
+/// A connection speaking the wire protocol by hand, so that several
+/// statements can be sent in one write before any answer is read.
+struct Wire(std::net::TcpStream);
+
+impl Wire {
+    fn connect(cluster: &Cluster) -> Wire {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", cluster.pg_port())).unwrap();
+        let mut body = 196608i32.to_be_bytes().to_vec(); // protocol 3.0
+        body.extend_from_slice(b"user\0postgres\0database\0conductor\0\0");
+        let mut startup = (body.len() as i32 + 4).to_be_bytes().to_vec();
+        startup.extend_from_slice(&body);
+        std::io::Write::write_all(&mut s, &startup).unwrap();
+        let mut wire = Wire(s);
+        assert_eq!(wire.until_ready(), vec![Ok(String::new())], "startup");
+        wire
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        std::io::Write::write_all(&mut self.0, bytes).unwrap();
+    }
+
+    /// Reads messages up to the next ReadyForQuery: each statement's
+    /// command tag or SQLSTATE.
+    fn until_ready(&mut self) -> Vec<Result<String, String>> {
+        use std::io::Read;
+        let mut outcomes = Vec::new();
+        let mut tag = String::new();
+        loop {
+            let mut head = [0u8; 5];
+            self.0.read_exact(&mut head).unwrap();
+            let len = i32::from_be_bytes(head[1..5].try_into().unwrap()) as usize - 4;
+            let mut body = vec![0u8; len];
+            self.0.read_exact(&mut body).unwrap();
+            match head[0] {
+                b'C' => tag = String::from_utf8_lossy(&body[..len - 1]).into_owned(),
+                b'E' => {
+                    let code = body
+                        .split(|b| *b == 0)
+                        .find(|f| f.first() == Some(&b'C'))
+                        .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+                        .unwrap_or_default();
+                    outcomes.push(Err(code));
+                    tag.clear();
+                }
+                b'Z' => {
+                    if outcomes.is_empty() || !tag.is_empty() {
+                        outcomes.push(Ok(std::mem::take(&mut tag)));
+                    }
+                    return outcomes;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A one-node write alone in its transaction is committed by the node
+/// once sent, so a cancel or statement_timeout that arrives while it waits
+/// for the node (here for another transaction's write lock) must not end
+/// the statement as failed: the client would take the write for rolled
+/// back while the node applies it once the lock frees. The statement waits
+/// for the node's answer and reports it; a pipelined next statement is not
+/// cancelled in its place.
+#[test]
+fn a_cancel_while_a_lone_write_waits_for_the_node_reports_what_the_node_did() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        node_delay_ms: None,
+        token: None,
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, k bigint) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 4);
+         INSERT INTO t SELECT i, 0 FROM generate_series(1, 10) i;",
+    );
+    let k = |db: &mut Client| -> i64 {
+        db.query_one("SELECT k FROM t WHERE id = 1", &[])
+            .unwrap()
+            .get(0)
+    };
+    // Another transaction holds the node's write lock for a second, then
+    // commits; meanwhile `write` sends the lone write and is cancelled.
+    let with_lock_held = |write: &dyn Fn() -> Result<String, String>| {
+        let mut holder = cluster.client();
+        exec(&mut holder, "BEGIN; UPDATE t SET k = k + 100 WHERE id = 1");
+        let commit = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(1000));
+            holder.batch_execute("COMMIT").unwrap();
+        });
+        let outcome = write();
+        commit.join().unwrap();
+        outcome
+    };
+    let code = |r: Result<u64, conductor_e2e::postgres::Error>| match r {
+        Ok(n) => Ok(format!("UPDATE {n}")),
+        Err(e) => Err(e.code().map(|c| c.code().to_string()).unwrap_or_default()),
+    };
+
+    let cases: [(&str, Box<dyn Fn() -> Result<String, String>>); 3] = [
+        (
+            "statement_timeout, simple query",
+            Box::new(|| {
+                let mut w = cluster.client();
+                exec(&mut w, "SET statement_timeout = '300ms'");
+                code(w.execute("UPDATE t SET k = k + 1 WHERE id = 1", &[]))
+            }),
+        ),
+        (
+            "statement_timeout, extended protocol",
+            Box::new(|| {
+                let mut w = cluster.client();
+                exec(&mut w, "SET statement_timeout = '300ms'");
+                code(w.execute("UPDATE t SET k = k + $1 WHERE id = $2", &[&1i64, &1i64]))
+            }),
+        ),
+        (
+            "cancel request",
+            Box::new(|| {
+                let mut w = cluster.client();
+                let token = w.cancel_token();
+                let cancel = std::thread::spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    token.cancel_query(conductor_e2e::postgres::NoTls).unwrap();
+                });
+                let r = code(w.execute("UPDATE t SET k = k + 1 WHERE id = 1", &[]));
+                cancel.join().unwrap();
+                r
+            }),
+        ),
+    ];
+    for (what, write) in cases {
+        let before = k(&mut db);
+        let outcome = with_lock_held(write.as_ref());
+        let after = k(&mut db);
+        println!("{what}: {outcome:?}, k {before} -> {after}");
+        match &outcome {
+            Ok(tag) => assert_eq!(
+                (tag.as_str(), after),
+                ("UPDATE 1", before + 101),
+                "{what}: the write succeeded"
+            ),
+            Err(code) => assert_eq!(
+                after,
+                before + 100,
+                "{what}: the write failed with {code}, yet the node applied it"
+            ),
+        }
+    }
+
+    // A pipeline: the lone write, its Sync, then a query, sent at once.
+    let before = k(&mut db);
+    let outcome = with_lock_held(&|| {
+        let mut w = Wire::connect(&cluster);
+        w.send(&extended_query("SET statement_timeout = '300ms'"));
+        assert_eq!(w.until_ready(), vec![Ok("SET".to_string())]);
+        let mut both = extended_query("UPDATE t SET k = k + 1 WHERE id = 1");
+        both.extend(extended_query("SELECT 42"));
+        w.send(&both);
+        let write = w.until_ready();
+        let next = w.until_ready();
+        assert_eq!(next, vec![Ok("SELECT 1".to_string())], "the next statement");
+        write.into_iter().next().unwrap()
+    });
+    let after = k(&mut db);
+    println!("pipeline: {outcome:?}, k {before} -> {after}");
+    match &outcome {
+        Ok(tag) => assert_eq!((tag.as_str(), after), ("UPDATE 1", before + 101)),
+        Err(code) => assert_eq!(after, before + 100, "failed with {code}, yet applied"),
+    }
+}

@@ -305,3 +305,58 @@ fn a_lock_timeout_rolled_back_to_a_savepoint_still_commits() {
     };
     assert_eq!(rows(&mut db, "t"), rows(&mut db, "l"));
 }
+
+/// A transaction whose write to a node is cancelled while it waits for the
+/// node's write lock cannot roll that node back (its request holds the
+/// stream's baton): the node finishes the request once the lock frees. It
+/// then closes the stream, whose next baton nobody received, instead of
+/// keeping the lock until the stream expires, so other sessions' writes go
+/// on at once, as with a local table, and the cancelled write stays undone.
+#[test]
+fn a_write_cancelled_while_waiting_for_the_node_lock_does_not_keep_it() {
+    let (cluster, mut db) = setup();
+    exec(
+        &mut db,
+        "CREATE TABLE l (id bigint PRIMARY KEY, v bigint);
+         INSERT INTO l SELECT i, 0 FROM generate_series(1, 40) i;",
+    );
+    let (_, held, _) = keys_on_one_node(&mut db);
+    let mut outcomes = Vec::new();
+    for table in ["l", "t"] {
+        let mut holder = cluster.client();
+        exec(
+            &mut holder,
+            &format!("BEGIN; UPDATE {table} SET v = v + 100 WHERE id = {held}"),
+        );
+        let mut w = cluster.client();
+        exec(&mut w, "BEGIN");
+        let token = w.cancel_token();
+        let canceller = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            token.cancel_query(NoTls).unwrap();
+        });
+        let cancelled = w
+            .batch_execute(&format!("UPDATE {table} SET v = v + 1 WHERE id = {held}"))
+            .map_err(|e| e.code().map(|c| c.code().to_string()));
+        canceller.join().unwrap();
+        exec(&mut w, "ROLLBACK");
+        exec(&mut holder, "COMMIT");
+        // The lock is free: a write of another session goes through at once.
+        let started = Instant::now();
+        let next = db
+            .batch_execute(&format!("UPDATE {table} SET v = v + 5 WHERE id = {held}"))
+            .map_err(|e| pg_err(&e));
+        let took = started.elapsed();
+        println!("{table}: cancelled write {cancelled:?}, next write {next:?} in {took:?}");
+        assert!(
+            took < Duration::from_secs(2),
+            "{table}: the next write waited {took:?}"
+        );
+        let v: i64 = db
+            .query_one(&format!("SELECT v FROM {table} WHERE id = {held}"), &[])
+            .unwrap()
+            .get(0);
+        outcomes.push((cancelled, next, v));
+    }
+    assert_eq!(outcomes[1], outcomes[0], "t vs l");
+}
