@@ -207,9 +207,14 @@ impl Db {
         })
     }
 
-    /// An idle pooled connection, if there is one (never opens one, so it
-    /// may be called on a worker thread).
-    pub fn idle_conn(&self) -> Option<Connection> {
+    /// An idle pooled connection for a transaction's first write to try on
+    /// the worker thread, if there is one and no write waits for the lock
+    /// (those go first, as with [`Db::try_write_inline`]). Never opens one,
+    /// so it may be called on a worker thread.
+    pub fn idle_conn_for_write(&self) -> Option<Connection> {
+        if lockwait::waiting() > 0 {
+            return None;
+        }
         self.pool.lock().unwrap().pop()
     }
 

@@ -287,28 +287,26 @@ async fn on_stream(
         // A transaction's first write, when the write lock is free (and no
         // write waits for it, to go first): it waits for nothing either, so
         // it runs here too.
-        None if opens_write_transaction(&requests) && lockwait::waiting() == 0 => {
-            match node.db.idle_conn() {
-                Some(conn) => match open_without_waiting(node, conn, &requests) {
-                    Opened::Ran(state, results) => {
-                        node.stats.inline_stream_pipelines.fetch_add(1, Relaxed);
-                        Ok(hand_back(node, lease, state, results, Duration::ZERO))
-                    }
-                    Opened::Busy(conn) => {
-                        let state = StreamState {
-                            conn,
-                            ctx: StreamCtx::default(),
-                        };
-                        on_blocking_thread(node, lease, Some(state), requests).await?
-                    }
-                    Opened::Failed => {
-                        node.streams.finish(lease.id, None);
-                        Err(internal_error())
-                    }
-                },
-                None => on_blocking_thread(node, lease, None, requests).await?,
-            }
-        }
+        None if opens_write_transaction(&requests) => match node.db.idle_conn_for_write() {
+            Some(conn) => match open_without_waiting(node, conn, &requests) {
+                Opened::Ran(state, results) => {
+                    node.stats.inline_stream_pipelines.fetch_add(1, Relaxed);
+                    Ok(hand_back(node, lease, state, results, Duration::ZERO))
+                }
+                Opened::Busy(conn) => {
+                    let state = StreamState {
+                        conn,
+                        ctx: StreamCtx::default(),
+                    };
+                    on_blocking_thread(node, lease, Some(state), requests).await?
+                }
+                Opened::Failed => {
+                    node.streams.finish(lease.id, None);
+                    Err(internal_error())
+                }
+            },
+            None => on_blocking_thread(node, lease, None, requests).await?,
+        },
         state => on_blocking_thread(node, lease, state, requests).await?,
     };
     match ran {
