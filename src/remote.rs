@@ -137,11 +137,29 @@ pub fn endpoint(placement: &ShardLocation, token: Option<String>) -> NodeEndpoin
     }
 }
 
-/// Start a parallel scan of every shard in `queries`. `bounded`: each
-/// shard returns a few rows, fetched in one request instead of streamed.
-pub fn scan(queries: Vec<ShardQuery>, columns: usize, bounded: bool) -> ScanHandle {
+/// What a scan's caller knows of how many rows each shard returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardRows {
+    /// A few (a lookup by key): each shard fetched in one request.
+    Few,
+    /// Any number, and the statements have no LIMIT of their own: a lone
+    /// shard is first asked for at most [`SMALL_SCAN_ROWS`] in one
+    /// request, and streamed only if it has more.
+    Unknown,
+    /// Any number (the statements may carry a LIMIT): streamed.
+    Streamed,
+}
+
+/// The most rows a lone shard of unknown size is fetched whole with (a
+/// tenant's rows, one customer's orders joined with their lines); past
+/// it, the shard is streamed, and that first request was wasted.
+pub const SMALL_SCAN_ROWS: usize = 500;
+
+/// Start a parallel scan of every shard in `queries`.
+pub fn scan(queries: Vec<ShardQuery>, columns: usize, rows: ShardRows) -> ScanHandle {
     let mut options = ScanOptions::new(columns);
-    options.bounded = bounded;
+    options.bounded = rows == ShardRows::Few;
+    options.small_first = (rows == ShardRows::Unknown).then_some(SMALL_SCAN_ROWS);
     options.retries = gucs::READ_RETRIES.get().max(0) as u32;
     options.retry_backoff = Duration::from_millis(gucs::RETRY_BACKOFF_MS.get().max(1) as u64);
     options.skip_failed = gucs::ON_SHARD_FAILURE.get() == gucs::OnShardFailure::Skip;

@@ -555,7 +555,11 @@ impl ScanState {
         self.phase = Phase::Streaming(Box::new(remote::scan(
             queries,
             self.codecs.len().max(1),
-            bounded,
+            if bounded {
+                remote::ShardRows::Few
+            } else {
+                remote::ShardRows::Unknown
+            },
         )));
     }
 

@@ -1815,7 +1815,14 @@ impl UpperState {
             warn_skipped(&mut self.skipped);
             return;
         }
-        self.phase = Phase::Streaming(Box::new(remote::scan(queries, width, false)));
+        // Without a LIMIT of its own, a lone shard's answer (one group's
+        // aggregates, a tenant's rows in order) is usually small.
+        let rows = if self.plan.query.limit.is_none() {
+            remote::ShardRows::Unknown
+        } else {
+            remote::ShardRows::Streamed
+        };
+        self.phase = Phase::Streaming(Box::new(remote::scan(queries, width, rows)));
     }
 
     fn shard_done(&mut self, shard: u32) {

@@ -148,6 +148,14 @@ pub struct ScanOptions {
     /// request (execute + close) instead of a cursor stream, which saves
     /// the node a stream and the round trip that would close it.
     pub bounded: bool,
+    /// A lone shard whose row count is not known (a tenant's rows, a
+    /// join of one customer): it is first asked, in one self-closing
+    /// request on the caller's thread like a lookup, for at most this
+    /// many rows plus one (its SELECT, which must have no LIMIT of its
+    /// own, with `LIMIT` appended). If that many come, none is kept and
+    /// the shard is streamed from the start through a cursor on the I/O
+    /// threads, as without this. Ignored for several shards.
+    pub small_first: Option<usize>,
     /// A failed shard does not stop the others: [`ScanHandle::next`]
     /// reports it as `Failed` and the scan goes on (the caller's opt-in
     /// degradation, `conductor.on_shard_failure = skip`).
@@ -177,6 +185,7 @@ impl ScanOptions {
             retries: 2,
             retry_backoff: Duration::from_millis(50),
             bounded: false,
+            small_first: None,
             skip_failed: false,
             max_requests_per_node: 8,
             one_snapshot_per_node: false,
@@ -404,21 +413,35 @@ impl Executor {
         // thread may not block.
         let local = started.local.as_ref().filter(|_| {
             self.config.direct_lookups
-                && opts.bounded
+                && (opts.bounded || opts.small_first.is_some())
                 && queries.len() == 1
                 && tokio::runtime::Handle::try_current().is_err()
         });
         if let Some(local) = local {
             local.notice_closed_connections(&queries[0].as_ref().expect("one shard").endpoint);
             let q = queries[0].take().expect("one shard");
-            let task = scan_group(
-                local.client.clone(),
-                vec![(0, q)],
-                opts.clone(),
-                begin,
-                tx,
-                failures_tx,
-            );
+            let handoff = Arc::new(Mutex::new(None));
+            let task: DirectTask = match opts.small_first.filter(|_| !opts.bounded) {
+                Some(rows) => Box::pin(small_shard_first(
+                    local.client.clone(),
+                    (started.runtime.handle().clone(), started.client.clone()),
+                    handoff.clone(),
+                    rows,
+                    q,
+                    opts.clone(),
+                    begin,
+                    tx,
+                    failures_tx,
+                )),
+                None => Box::pin(scan_group(
+                    local.client.clone(),
+                    vec![(0, q)],
+                    opts.clone(),
+                    begin,
+                    tx,
+                    failures_tx,
+                )),
+            };
             return ScanHandle {
                 rx,
                 failures,
@@ -433,7 +456,8 @@ impl Executor {
                 early_failure: None,
                 direct: Some(Direct {
                     local: local.clone(),
-                    task: Some(Box::pin(task)),
+                    task: Some(task),
+                    handoff,
                 }),
             };
         }
@@ -539,6 +563,7 @@ impl Executor {
                     handle.direct = Some(Direct {
                         local: local.clone(),
                         task: Some(Box::pin(task)),
+                        handoff: Arc::default(),
                     })
                 }
                 None => handle.tasks.push(started.runtime.spawn(task)),
@@ -1199,13 +1224,23 @@ async fn fetch_shard(
     tx: &flume::Sender<ScanMsg>,
     handed_over: &mut bool,
 ) -> Result<u64, NodeError> {
+    let rows = fetch_rows(client, q, &q.stmt, opts.columns).await?;
+    Ok(hand_over(q, rows, tx, handed_over).await)
+}
+
+/// The rows of `stmt` (one shard's SELECT) through one self-closing
+/// pipeline request, each `columns` wide.
+async fn fetch_rows(
+    client: &HranaClient,
+    q: &ShardQuery,
+    stmt: &Stmt,
+    columns: usize,
+) -> Result<Vec<Vec<Value>>, NodeError> {
     let node = NodeRef::from(&q.endpoint);
     let body = PipelineReqBody {
         baton: None,
         requests: vec![
-            StreamRequest::Execute {
-                stmt: q.stmt.clone(),
-            },
+            StreamRequest::Execute { stmt: stmt.clone() },
             StreamRequest::Close,
         ],
     };
@@ -1219,23 +1254,88 @@ async fn fetch_shard(
         }) => result,
         _ => return Err(NodeError::protocol(&node, "expected an execute result")),
     };
-    if result.cols.len() != opts.columns || result.rows.iter().any(|r| r.len() != opts.columns) {
+    if result.cols.len() != columns || result.rows.iter().any(|r| r.len() != columns) {
         return Err(NodeError::protocol(
             &node,
-            format!("result rows do not have {} columns", opts.columns),
+            format!("result rows do not have {columns} columns"),
         ));
     }
-    let rows = result.rows.len() as u64;
-    if rows > 0 {
+    Ok(result.rows)
+}
+
+/// Hands a shard's fetched rows to the channel as one chunk; their count.
+async fn hand_over(
+    q: &ShardQuery,
+    rows: Vec<Vec<Value>>,
+    tx: &flume::Sender<ScanMsg>,
+    handed_over: &mut bool,
+) -> u64 {
+    let n = rows.len() as u64;
+    if n > 0 {
         *handed_over = true;
         let _ = tx
             .send_async(ScanMsg::Rows(RowChunk {
                 shard_id: q.shard_id,
-                rows: result.rows,
+                rows,
             }))
             .await;
     }
-    Ok(rows)
+    n
+}
+
+/// A lone shard of unknown size (see [`ScanOptions::small_first`]): at
+/// most `small` rows come whole in one request on the caller's thread;
+/// more, and the shard is streamed from the start by a task on the I/O
+/// runtime (its cursor's close needs a runtime that keeps running), which
+/// reports through the same channels.
+#[allow(clippy::too_many_arguments)]
+async fn small_shard_first(
+    client: HranaClient,
+    (io, io_client): (tokio::runtime::Handle, HranaClient),
+    handoff: Arc<Mutex<Option<JoinHandle<()>>>>,
+    small: usize,
+    q: ShardQuery,
+    opts: ScanOptions,
+    begin: Instant,
+    tx: flume::Sender<ScanMsg>,
+    failures: flume::Sender<ScanMsg>,
+) {
+    let limited = crate::remote_sql::with_row_limit(&q.stmt, small as u64 + 1);
+    let mut attempt = 0;
+    let fetched = loop {
+        match fetch_rows(&client, &q, &limited, opts.columns).await {
+            Err(e) if e.is_transient() && attempt < opts.retries => {
+                tokio::time::sleep(jittered(opts.retry_backoff * 2u32.saturating_pow(attempt)))
+                    .await;
+                RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                attempt += 1;
+            }
+            other => break other,
+        }
+    };
+    match fetched {
+        Ok(rows) if rows.len() <= small => {
+            let rows = hand_over(&q, rows, &tx, &mut false).await;
+            let done = ScanMsg::Done {
+                index: 0,
+                rows,
+                elapsed: begin.elapsed(),
+            };
+            let _ = tx.send_async(done).await;
+        }
+        Ok(_) => {
+            let mut opts = opts;
+            opts.small_first = None;
+            let task = io.spawn(scan_shard(io_client, 0, q, opts, begin, tx, failures));
+            *handoff.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        }
+        Err(e) => {
+            let _ = failures.send(ScanMsg::Failed {
+                index: 0,
+                error: ShardError::new(Some(q.shard_id), e),
+            });
+        }
+    }
 }
 
 /// A result or row of a shard's answer has as many columns as the SELECT
@@ -1346,8 +1446,13 @@ pub struct ScanHandle {
 struct Direct {
     local: Arc<Local>,
     /// `None` once it finished (its senders dropped with it).
-    task: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    task: Option<DirectTask>,
+    /// The I/O task a small-first shard handed its stream to, if it had
+    /// more rows (aborted with the scan, like the spawned tasks).
+    handoff: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
+
+type DirectTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl fmt::Debug for Direct {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -1362,6 +1467,14 @@ impl Direct {
     /// briefly so the connection's own task sees the request cancelled and
     /// closes the connection, instead of holding it until the next lookup.
     fn cancel(&mut self) {
+        if let Some(t) = self
+            .handoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            t.abort();
+        }
         if self.task.take().is_some() && tokio::runtime::Handle::try_current().is_err() {
             let rt = &self.local.runtime;
             signals::with_all_blocked(|| {

@@ -199,6 +199,20 @@ pub fn sample_sql(table: &str, columns: &[&str]) -> String {
     sql
 }
 
+/// A SELECT that has no LIMIT of its own, asking for at most `rows` rows:
+/// ` LIMIT ?` appended, the count its last argument (the statement's
+/// arguments are positional, so the new `?` is the last one).
+pub fn with_row_limit(stmt: &conductor_hrana::Stmt, rows: u64) -> conductor_hrana::Stmt {
+    let mut limited = stmt.clone();
+    if let Some(sql) = limited.sql.as_mut() {
+        sql.push_str(" LIMIT ?");
+    }
+    limited.args.push(conductor_hrana::Value::Integer(
+        rows.min(i64::MAX as u64) as i64
+    ));
+    limited
+}
+
 /// `column IN (SELECT value FROM json_each(?))`: an IN list of any length
 /// as one argument, a JSON array, so a list never runs into SQLite's
 /// host-parameter limit. `json_each` yields integers as INTEGER and strings

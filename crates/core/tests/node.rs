@@ -752,3 +752,73 @@ fn cursor_requests(n: &RunningNode) -> u64 {
         .map(|e| stats["requests"][e].as_u64().expect("a count"))
         .sum()
 }
+
+/// A lone shard of unknown size (`small_first`): a few rows come whole in
+/// one request on the caller's thread, no cursor; more than the threshold
+/// come through a cursor, every row once and in the node's order (none of
+/// the first request's); a shard that fails is still named.
+#[test]
+fn a_small_lone_shard_is_one_request_and_a_large_one_is_streamed() {
+    let n = node(|_| {});
+    let ep = endpoint(0, &n);
+    let ex = Executor::new(ExecutorConfig::default());
+    let t = shard_table_name("tenant", 3);
+    let mut setup = vec![Stmt::new(
+        format!("CREATE TABLE \"{t}\" (tenant INTEGER, id INTEGER)"),
+        vec![],
+    )];
+    // Tenant 1 has 4 rows, tenant 2 has 700.
+    for (tenant, rows) in [(1, 4), (2, 700)] {
+        for id in 0..rows {
+            setup.push(Stmt::new(
+                format!("INSERT INTO \"{t}\" VALUES (?, ?)"),
+                vec![Value::Integer(tenant), Value::Integer(id)],
+            ));
+        }
+    }
+    run_ok(&ex, vec![executes(&ep, None, setup)]);
+    let query = |tenant: i64| ShardQuery {
+        shard_id: 3,
+        endpoint: ep.clone(),
+        stmt: Stmt::new(
+            format!(
+                "{} ORDER BY \"id\"",
+                select_sql(&t, &["id"], Some("\"tenant\" = ?"))
+            ),
+            vec![Value::Integer(tenant)],
+        ),
+    };
+    let mut opts = ScanOptions::new(1);
+    opts.small_first = Some(10);
+    let ids = |rows: Vec<(u32, Vec<Value>)>| -> Vec<i64> {
+        rows.into_iter()
+            .map(|(shard, r)| {
+                assert_eq!(shard, 3);
+                let Value::Integer(v) = r[0] else {
+                    panic!("{r:?}")
+                };
+                v
+            })
+            .collect()
+    };
+
+    let before = cursor_requests(&n);
+    let mut scan = ex.scan(vec![query(1)], opts.clone());
+    assert!(scan.runs_on_callers_thread());
+    assert_eq!(ids(scan_all(&mut scan).expect("small")), vec![0, 1, 2, 3]);
+    assert_eq!(scan.stats()[0].rows, 4);
+    assert_eq!(cursor_requests(&n), before, "a small shard needs no cursor");
+
+    let mut scan = ex.scan(vec![query(2)], opts.clone());
+    assert_eq!(
+        ids(scan_all(&mut scan).expect("large")),
+        (0..700).collect::<Vec<_>>()
+    );
+    assert_eq!(scan.stats()[0].rows, 700);
+    assert_eq!(cursor_requests(&n), before + 1, "a large shard is streamed");
+
+    let mut bad = query(1);
+    bad.stmt = Stmt::new("SELECT id FROM no_such_table", vec![]);
+    let mut scan = ex.scan(vec![bad], opts);
+    assert_eq!(scan_all(&mut scan).unwrap_err().shard_id, Some(3));
+}
