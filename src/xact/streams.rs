@@ -315,12 +315,63 @@ fn lost_error(endpoint: &NodeEndpoint, why: &str) -> ShardError {
     )
 }
 
-/// Run each node's statements on its transaction stream, all nodes in
-/// parallel; per node, the results of its statements in order, or the first
-/// error (naming the shard whose statement failed). A failed statement has
-/// no effect on the node; the caller raises an ERROR, and the transaction's
-/// abort rolls the node back.
+/// Run each node's statements on its transaction stream; per node, the
+/// results of its statements in order, or the first error (naming the shard
+/// whose statement failed). A failed statement has no effect on the node;
+/// the caller raises an ERROR, and the transaction's abort rolls the node
+/// back.
+///
+/// Nodes whose write lock this transaction already holds, and reads, go
+/// out all at once. Write locks it must still take are taken one node after
+/// the other, in the order of the nodes' keys, the first of them together
+/// with the rest: a statement waits for a node's lock only while it holds
+/// no lock it took after that node's in the order. Two statements that
+/// each need the same nodes' locks (an UPDATE of rows on two nodes from two
+/// sessions) then queue on the first node instead of each taking one node
+/// and waiting for the other until the busy timeout fails them both. Once
+/// a node fails, the nodes after it are not sent their statements; they
+/// report the same error.
 pub fn run(work: Vec<NodeWork>) -> Vec<Result<Vec<StmtResult>, ShardError>> {
+    let mut taking: Vec<usize> = (0..work.len())
+        .filter(|&i| work[i].access == Access::Write && !holds_write(&work[i].key))
+        .collect();
+    if taking.len() < 2 {
+        return run_together(work);
+    }
+    taking.sort_by(|&a, &b| work[a].key.cmp(&work[b].key));
+    // Round 0: everything that waits for no lock, and the first lock.
+    let mut round_of = vec![0usize; work.len()];
+    for (round, &i) in taking.iter().enumerate() {
+        round_of[i] = round;
+    }
+    let rounds = taking.len();
+    let mut items: Vec<Option<NodeWork>> = work.into_iter().map(Some).collect();
+    let mut out: Vec<Option<Result<Vec<StmtResult>, ShardError>>> =
+        (0..items.len()).map(|_| None).collect();
+    let mut failure: Option<ShardError> = None;
+    for round in 0..rounds {
+        let indices: Vec<usize> = (0..items.len()).filter(|&i| round_of[i] == round).collect();
+        let batch: Vec<NodeWork> = indices
+            .iter()
+            .map(|&i| items[i].take().expect("each item runs once"))
+            .collect();
+        for (i, result) in indices.into_iter().zip(run_together(batch)) {
+            if let Err(e) = &result {
+                failure.get_or_insert_with(|| e.clone());
+            }
+            out[i] = Some(result);
+        }
+        if failure.is_some() {
+            break;
+        }
+    }
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(failure.clone().expect("a round failed before this one"))))
+        .collect()
+}
+
+/// [`run`] for nodes that may all be sent their statements at once.
+fn run_together(work: Vec<NodeWork>) -> Vec<Result<Vec<StmtResult>, ShardError>> {
     let level = nest_level();
     let idle_limit = crate::gucs::remote_xact_idle_timeout();
     let mut requests = Vec::with_capacity(work.len());
