@@ -280,3 +280,43 @@ fn read_committed_point_lookups_cost_one_request() {
     assert_eq!(cursors, 1, "{scan:?}");
     assert!(scan.values().sum::<u64>() <= 2, "{scan:?}");
 }
+
+/// PREPARE TRANSACTION is refused for a transaction that dropped a
+/// distributed table: its shard tables are dropped when it commits, in this
+/// session, which a prepared transaction never does. (Accepted, the drop
+/// stayed queued in the session and ran at its next commit, so a ROLLBACK
+/// PREPARED brought back a table whose shard tables were gone.)
+#[test]
+fn prepare_transaction_of_a_drop_is_refused_and_the_table_survives() {
+    let (mut cluster, _) = setup(2);
+    cluster.restart_postgres_with(&[
+        "shared_preload_libraries=conductor",
+        "max_prepared_transactions=4",
+    ]);
+    let mut db = cluster.client();
+    exec(&mut db, "BEGIN; DROP FOREIGN TABLE t");
+    let prepared = db.batch_execute("PREPARE TRANSACTION 'drop_t'");
+    let _ = db.batch_execute("ROLLBACK");
+    // Whatever PREPARE did, the session's next commit must not drop the
+    // shard tables, and the prepared transaction (if any) is undone.
+    exec(&mut db, "BEGIN; CREATE TABLE after_prepare (i int); COMMIT");
+    let _ = db.batch_execute("ROLLBACK PREPARED 'drop_t'");
+    let count = db
+        .query_one("SELECT count(*) FROM t", &[])
+        .map(|r| r.get::<_, i64>(0))
+        .map_err(|e| pg_err(&e));
+    assert_eq!(count, Ok(40), "the table's rows after the PREPARE");
+    let e = expect_db_error(prepared, "PREPARE TRANSACTION after a drop");
+    assert_eq!(e.code().code(), "0A000", "{}", describe(&e));
+    assert_eq!(
+        query_i64(&mut db, "SELECT count(*) FROM pg_prepared_xacts"),
+        0
+    );
+    // A transaction that only read the nodes in READ COMMITTED (no remote
+    // transaction) prepares and commits as in Postgres.
+    exec(&mut db, "BEGIN");
+    assert_eq!(query_i64(&mut db, "SELECT count(*) FROM t"), 40);
+    exec(&mut db, "PREPARE TRANSACTION 'read_t'");
+    exec(&mut db, "COMMIT PREPARED 'read_t'");
+    assert_eq!(query_i64(&mut db, "SELECT count(*) FROM t"), 40);
+}
