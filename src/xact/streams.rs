@@ -115,10 +115,67 @@ pub fn run_plan(
         access == Access::Write,
     );
     let mut out = Vec::with_capacity(plan.statements.len());
+    // A read in READ COMMITTED goes through this transaction's stream only
+    // where it holds the node's write lock (to see its own writes there);
+    // every other node is read in a transaction of its own, as a READ
+    // COMMITTED statement outside a transaction is: it waits for no write
+    // lock and pins no snapshot beyond the statement.
+    // SAFETY: reads backend transaction state.
+    let repeatable =
+        unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as std::ffi::c_int;
+    let (work, shards, outside): (Vec<NodeWork>, Vec<Vec<u32>>, Vec<(NodeWork, Vec<u32>)>) =
+        if access == Access::Read && !repeatable {
+            let (mine, outside): (Vec<_>, Vec<_>) = work
+                .into_iter()
+                .zip(shards)
+                .partition(|(w, _)| holds_write(&w.key));
+            let (work, shards) = mine.into_iter().unzip();
+            (work, shards, outside)
+        } else {
+            (work, shards, Vec::new())
+        };
     for (i, (result, shards)) in run(work).into_iter().zip(shards).enumerate() {
         let results = result.unwrap_or_else(|e| remote::report_shard_error(&e));
         // Every copy ran the same statements: one copy's results count.
         if !first_copy || i == 0 {
+            out.extend(shards.into_iter().zip(results));
+        }
+    }
+    if !outside.is_empty() {
+        let mut requests = Vec::with_capacity(outside.len());
+        let mut expect = Vec::with_capacity(outside.len());
+        for (w, shards) in outside {
+            expect.push((w.endpoint.clone(), shards));
+            requests.push(ShardRequest {
+                shard_id: w.stmts.first().map(|(l, _)| l.shard),
+                endpoint: w.endpoint,
+                body: conductor_core::client::one_request_transaction(
+                    w.stmts.into_iter().map(|(_, s)| s).collect(),
+                ),
+            });
+        }
+        for (result, (endpoint, shards)) in remote::execute(requests).into_iter().zip(expect) {
+            let resp = result.unwrap_or_else(|e| remote::report_shard_error(&e));
+            // Step 0 is the BEGIN; the shards' statements follow it.
+            let results = match resp.results.first() {
+                Some(StreamResult::Ok {
+                    response: StreamResponse::Batch { result },
+                }) if result.step_results.len() > shards.len() => result.step_results
+                    [1..=shards.len()]
+                    .iter()
+                    .cloned()
+                    .collect::<Option<Vec<StmtResult>>>(),
+                _ => None,
+            };
+            let Some(results) = results else {
+                remote::report_shard_error(&ShardError::new(
+                    shards.first().copied(),
+                    NodeError::Protocol {
+                        node: NodeRef::from(&endpoint),
+                        message: "a read's batch result lacks a statement's result".into(),
+                    },
+                ))
+            };
             out.extend(shards.into_iter().zip(results));
         }
     }

@@ -360,3 +360,88 @@ fn a_write_cancelled_while_waiting_for_the_node_lock_does_not_keep_it() {
     }
     assert_eq!(outcomes[1], outcomes[0], "t vs l");
 }
+
+/// A key of `t` on each node, in node order.
+fn key_per_node(db: &mut conductor_e2e::postgres::Client) -> Vec<i64> {
+    db.query(
+        "SELECT min(i)::bigint
+           FROM generate_series(1, 40) i
+           JOIN conductor.shards s ON s.table_name = 't'::regclass
+                                  AND s.shard_id = conductor.shard_for('t', i::bigint)
+          GROUP BY s.node_id ORDER BY s.node_id",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// A plain read in a READ COMMITTED transaction that wrote to one node sees
+/// its writes there and reads the other nodes without waiting for their
+/// write locks. Two such transactions, each holding one node's lock, read
+/// the whole table at once, as on a local table. (Reading the other nodes
+/// holding their write lock made each wait for the other until the busy
+/// timeout failed one of them with 40001, its writes rolled back.)
+#[test]
+fn reads_after_a_write_do_not_wait_for_other_nodes_write_locks() {
+    let (cluster, mut db) = setup();
+    exec(
+        &mut db,
+        "CREATE TABLE l (id bigint PRIMARY KEY, v bigint);
+         INSERT INTO l SELECT i, 0 FROM generate_series(1, 40) i;",
+    );
+    let keys = key_per_node(&mut db);
+    assert_eq!(keys.len(), 2);
+    for table in ["l", "t"] {
+        let mut sessions: Vec<_> = (0..2).map(|_| cluster.client()).collect();
+        for (s, key) in sessions.iter_mut().zip(&keys) {
+            exec(
+                s,
+                &format!("BEGIN; UPDATE {table} SET v = 7 WHERE id = {key}"),
+            );
+        }
+        let both_read = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let readers: Vec<_> = sessions
+            .into_iter()
+            .map(|mut s| {
+                let both_read = both_read.clone();
+                std::thread::spawn(move || {
+                    let started = Instant::now();
+                    let read = s
+                        .query_one(
+                            &format!("SELECT count(*), sum(v)::bigint FROM {table}"),
+                            &[],
+                        )
+                        .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
+                        .map_err(|e| pg_err(&e));
+                    let rows = s
+                        .query(&format!("SELECT id, v FROM {table} WHERE v = 7"), &[])
+                        .map(|rows| rows.len())
+                        .map_err(|e| pg_err(&e));
+                    let took = started.elapsed();
+                    both_read.wait();
+                    let commit = s.batch_execute("COMMIT").map_err(|e| pg_err(&e));
+                    (read, rows, took, commit)
+                })
+            })
+            .collect();
+        for r in readers {
+            let (read, rows, took, commit) = r.join().unwrap();
+            println!("{table}: {read:?} {rows:?} in {took:?}, {commit:?}");
+            // Each sees its own write (and not the other's, uncommitted).
+            assert_eq!(read, Ok((40, 7)), "{table}");
+            assert_eq!(rows, Ok(1), "{table}");
+            assert_eq!(commit, Ok(()), "{table}");
+            assert!(
+                took < Duration::from_secs(2),
+                "{table}: the reads took {took:?}"
+            );
+        }
+        let sum: i64 = db
+            .query_one(&format!("SELECT sum(v)::bigint FROM {table}"), &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(sum, 14, "{table}: both transactions committed");
+    }
+}
