@@ -389,13 +389,41 @@ fn lost_error(endpoint: &NodeEndpoint, why: &str) -> ShardError {
 /// a node fails, the nodes after it are not sent their statements; they
 /// report the same error.
 pub fn run(work: Vec<NodeWork>) -> Vec<Result<Vec<StmtResult>, ShardError>> {
-    let mut taking: Vec<usize> = (0..work.len())
-        .filter(|&i| work[i].access == Access::Write && !holds_write(&work[i].key))
-        .collect();
+    let taking = |work: &[NodeWork]| -> Vec<usize> {
+        let mut taking: Vec<usize> = (0..work.len())
+            .filter(|&i| work[i].access == Access::Write && !holds_write(&work[i].key))
+            .collect();
+        taking.sort_by(|&a, &b| work[a].key.cmp(&work[b].key));
+        taking
+    };
+    if let Some(limit) = remote::lock_timeout() {
+        // Postgres' lock_timeout bounds each wait for a node's write lock:
+        // the lock is taken by a request that does nothing else (BEGIN
+        // IMMEDIATE), so the wait can be given up without giving up a
+        // statement the node may have run. A read transaction's upgrade
+        // never waits (SQLite refuses it at once when the lock is taken).
+        for i in taking(&work) {
+            let w = &work[i];
+            if STREAMS.with(|s| s.borrow().get(&w.key).is_some_and(|st| st.level > 0)) {
+                continue;
+            }
+            let lock = NodeWork {
+                access: Access::Write,
+                lock_table: None,
+                key: w.key.clone(),
+                endpoint: w.endpoint.clone(),
+                stmts: Vec::new(),
+            };
+            let taken = remote::within_lock_timeout(limit, &w.key.1, || run_together(vec![lock]));
+            if let Some(Err(e)) = taken.into_iter().next() {
+                return work.iter().map(|_| Err(e.clone())).collect();
+            }
+        }
+    }
+    let taking = taking(&work);
     if taking.len() < 2 {
         return run_together(work);
     }
-    taking.sort_by(|&a, &b| work[a].key.cmp(&work[b].key));
     // Round 0: everything that waits for no lock, and the first lock.
     let mut round_of = vec![0usize; work.len()];
     for (round, &i) in taking.iter().enumerate() {
@@ -989,6 +1017,15 @@ fn end_request(endpoint: &NodeEndpoint, baton: String, statement: &str) -> Shard
 
 /// Subtransaction `level` aborted: roll each node back to its savepoint.
 pub fn rollback_to(level: i32) {
+    // A stream whose first request was given up before any answer (a
+    // cancel, lock_timeout) holds nothing of this transaction that can
+    // commit: the node rolls back what that request began once it has run
+    // (its client gone), or when the stream expires. Forget it, so that the
+    // transaction can go on and commit, as Postgres' does after ROLLBACK TO.
+    STREAMS.with(|s| {
+        s.borrow_mut()
+            .retain(|_, st| st.keeper.is_some() || st.level > 0)
+    });
     let targets: Vec<(NodeKey, NodeEndpoint, String)> = STREAMS.with(|s| {
         s.borrow_mut()
             .iter_mut()

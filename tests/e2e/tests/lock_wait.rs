@@ -445,3 +445,78 @@ fn reads_after_a_write_do_not_wait_for_other_nodes_write_locks() {
         assert_eq!(sum, 14, "{table}: both transactions committed");
     }
 }
+
+/// `lock_timeout` bounds a wait for a node's write lock as it bounds a
+/// wait for a row lock: the statement fails with 55P03 once it passes (not
+/// after the node's busy timeout), a savepoint catches it, the transaction
+/// commits its other writes, and the given-up waits keep no lock.
+#[test]
+fn lock_timeout_bounds_the_wait_for_a_node_lock() {
+    let (cluster, mut db) = setup();
+    exec(
+        &mut db,
+        "CREATE TABLE l (id bigint PRIMARY KEY, v bigint);
+         INSERT INTO l SELECT i, 0 FROM generate_series(1, 40) i;",
+    );
+    let keys = key_per_node(&mut db);
+    let (held, other) = (keys[0], keys[1]);
+    let mut outcomes = Vec::new();
+    for table in ["l", "t"] {
+        let mut holder = cluster.client();
+        exec(
+            &mut holder,
+            &format!("BEGIN; UPDATE {table} SET v = v + 100 WHERE id = {held}"),
+        );
+        let mut w = cluster.client();
+        let steps = [
+            "SET lock_timeout = '300ms'".to_string(),
+            format!("UPDATE {table} SET v = v + 1 WHERE id = {held}"),
+            "BEGIN".to_string(),
+            format!("UPDATE {table} SET v = v + 2 WHERE id = {other}"),
+            "SAVEPOINT s".to_string(),
+            format!("SELECT v FROM {table} WHERE id = {held} FOR UPDATE"),
+            "ROLLBACK TO SAVEPOINT s".to_string(),
+            format!("UPDATE {table} SET v = v + 4 WHERE id = {held}"),
+            "ROLLBACK TO SAVEPOINT s".to_string(),
+            "COMMIT".to_string(),
+        ];
+        let mut got = Vec::new();
+        for step in &steps {
+            let started = Instant::now();
+            let outcome = match w.batch_execute(step) {
+                Ok(()) => "ok".to_string(),
+                Err(e) => e
+                    .code()
+                    .map_or_else(|| pg_err(&e), |c| c.code().to_string()),
+            };
+            let took = started.elapsed();
+            assert!(
+                took < Duration::from_secs(2),
+                "{table}: {step} took {took:?} ({outcome})"
+            );
+            got.push(outcome);
+        }
+        exec(&mut holder, "COMMIT");
+        // Nothing of the given-up waits holds the lock now.
+        let started = Instant::now();
+        exec(
+            &mut w,
+            &format!("UPDATE {table} SET v = v + 8 WHERE id = {held}"),
+        );
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(2), "{table}: {took:?}");
+        let rows: Vec<(i64, i64)> = db
+            .query(
+                &format!("SELECT id, v FROM {table} WHERE id IN ({held}, {other}) ORDER BY id"),
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        println!("{table}: {got:?} {rows:?}");
+        outcomes.push((got, rows));
+    }
+    assert_eq!(outcomes[0].0[1], "55P03", "the local table's lock timeout");
+    assert_eq!(outcomes[1], outcomes[0], "t vs l");
+}
