@@ -190,6 +190,57 @@ thread_local! {
     /// While a statement records them: per node, the time its requests
     /// waited for the node's write lock (as each node reported it).
     static LOCK_WAITS: RefCell<Option<BTreeMap<String, Duration>>> = const { RefCell::new(None) };
+    /// While a request only takes a node's write lock: when Postgres'
+    /// `lock_timeout` runs out, and the node's name.
+    static LOCK_DEADLINE: RefCell<Option<(Instant, Duration, String)>> = const { RefCell::new(None) };
+}
+
+/// Postgres' `lock_timeout`, when set.
+pub fn lock_timeout() -> Option<Duration> {
+    // SAFETY: reads a GUC variable of this backend.
+    let ms = unsafe { pgrx::pg_sys::LockTimeout };
+    (ms > 0).then(|| Duration::from_millis(ms as u64))
+}
+
+/// Run `f`, whose requests only wait for `node`'s write lock, failing the
+/// statement as Postgres' `lock_timeout` does (55P03) when `limit` passes
+/// before they are answered. The abandoned request is left to the node,
+/// like a cancelled one.
+pub fn within_lock_timeout<R>(limit: Duration, node: &str, f: impl FnOnce() -> R) -> R {
+    struct Reset(Option<(Instant, Duration, String)>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            let outer = self.0.take();
+            LOCK_DEADLINE.with(|d| *d.borrow_mut() = outer);
+        }
+    }
+    let outer = LOCK_DEADLINE.with(|d| {
+        d.borrow_mut()
+            .replace((Instant::now() + limit, limit, node.to_string()))
+    });
+    let _reset = Reset(outer);
+    f()
+}
+
+/// Raise 55P03 if the lock wait of [`within_lock_timeout`] ran out.
+fn check_lock_deadline() {
+    let expired = LOCK_DEADLINE.with(|d| {
+        d.borrow()
+            .as_ref()
+            .filter(|(deadline, _, _)| Instant::now() >= *deadline)
+            .map(|(_, limit, node)| (*limit, node.clone()))
+    });
+    if let Some((limit, node)) = expired {
+        raise(
+            PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+            "canceling statement due to lock timeout",
+        )
+        .detail(format!(
+            "conductor: waited {} ms for the write lock of node {node} (lock_timeout).",
+            limit.as_millis()
+        ))
+        .error()
+    }
 }
 
 /// Per node, the time the requests sent while running `f` waited for the
@@ -263,6 +314,7 @@ pub fn execute_raw(
             }
             if interruptible {
                 pgrx::check_for_interrupts!();
+                check_lock_deadline();
             }
         }
     };

@@ -841,8 +841,24 @@ pub struct IndexRoute {
     only_equalities: bool,
 }
 
+/// Whether this transaction's reads may be routed through virtual
+/// indexes: not in REPEATABLE READ or SERIALIZABLE. The entries are read as
+/// they are now, not in the snapshot a node's shards are read in: an entry
+/// of a row the snapshot still holds may have been removed since (the row
+/// changed or was deleted, and a read or a repair removed the extra
+/// entry), and a row committed after the lookup may be in a snapshot taken
+/// after it. Such a transaction's scans visit every shard the shard key
+/// allows.
+fn routes_reads() -> bool {
+    // SAFETY: reads backend transaction state.
+    unsafe { pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as std::ffi::c_int }
+}
+
 /// The index route of a scan's predicate; None when no ready index applies.
 pub fn index_route(t: &TableTopology, preds: &[Pred], bindings: &[Binding]) -> Option<IndexRoute> {
+    if !routes_reads() {
+        return None;
+    }
     let ix = vindex::usable(t, &t.virtual_indexes, preds)?;
     let index = t.virtual_indexes.iter().position(|i| i.name == ix.name)?;
     let tuples = vindex::admitted(t, ix, preds, bindings).ok()??;
@@ -913,6 +929,9 @@ pub fn within(t: &TableTopology, route: &IndexRoute) -> Within {
 
 /// For EXPLAIN without execution: the index a scan will be routed through.
 pub fn planned(t: &TableTopology, preds: &[Pred]) -> Option<String> {
+    if !routes_reads() {
+        return None;
+    }
     let ix = vindex::usable(t, &t.virtual_indexes, preds)?;
     Some(format!(
         "{} through virtual index {}: shards looked up when the statement runs",

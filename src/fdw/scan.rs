@@ -165,9 +165,9 @@ pub fn read_access(
     } else if reads_own_writes {
         // READ COMMITTED in a transaction that wrote to a node the scan
         // reads: it sees its writes there. The scan's other nodes are read
-        // holding their write lock too, which (unlike a pinned read
-        // snapshot) always sees what others committed before.
-        Some(streams::Access::Write)
+        // as outside a transaction (`streams::run_plan`): a plain read never
+        // waits for another transaction's write lock.
+        Some(streams::Access::Read)
     } else {
         None
     }

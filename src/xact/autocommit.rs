@@ -47,9 +47,12 @@ pub unsafe fn statement_is_alone(
 ) -> bool {
     // SAFETY: per the contract; all reads of executor and transaction state.
     unsafe {
+        // With lock_timeout set, a write takes the node's lock in a request
+        // of its own, whose wait can be bounded (streams::run).
         if pg_sys::IsTransactionBlock()
             || pg_sys::GetCurrentTransactionNestLevel() != 1
             || streams::any_open()
+            || remote::lock_timeout().is_some()
             || pg_sys::MyXactFlags & pg_sys::XACT_FLAGS_PIPELINING as i32 != 0
         {
             return false;

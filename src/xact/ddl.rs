@@ -80,6 +80,24 @@ pub fn at_abort() {
     take(|_| true);
 }
 
+/// PREPARE TRANSACTION cannot carry what waits for the commit: the queue
+/// lives in this backend, while COMMIT PREPARED or ROLLBACK PREPARED may
+/// run in any session, or never. Left queued, it would run at this
+/// session's next commit, whatever became of the prepared transaction.
+pub fn refuse_prepare() {
+    let what = PENDING.with(|p| p.borrow().first().map(|i| i.what.clone()));
+    if let Some(what) = what {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "cannot PREPARE a transaction that dropped a distributed table",
+        )
+        .detail(format!(
+            "The shard tables are dropped on the nodes when the transaction commits in this session (pending: {what}); a prepared transaction is committed later, possibly by another session."
+        ))
+        .error()
+    }
+}
+
 /// Subtransaction `level` aborted: what it (and its children) queued is
 /// forgotten.
 pub fn at_subabort(level: i32) {

@@ -17,7 +17,10 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
     match event {
         // The last moment an ERROR can still abort the transaction.
         XACT_EVENT_PRE_COMMIT => streams::commit_all(),
-        XACT_EVENT_PRE_PREPARE => streams::refuse_prepare(),
+        XACT_EVENT_PRE_PREPARE => {
+            streams::refuse_prepare();
+            ddl::refuse_prepare();
+        }
         XACT_EVENT_COMMIT => {
             autocommit::release_cancel_at_commit();
             crate::stats::at_commit();

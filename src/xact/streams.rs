@@ -115,10 +115,67 @@ pub fn run_plan(
         access == Access::Write,
     );
     let mut out = Vec::with_capacity(plan.statements.len());
+    // A read in READ COMMITTED goes through this transaction's stream only
+    // where it holds the node's write lock (to see its own writes there);
+    // every other node is read in a transaction of its own, as a READ
+    // COMMITTED statement outside a transaction is: it waits for no write
+    // lock and pins no snapshot beyond the statement.
+    // SAFETY: reads backend transaction state.
+    let repeatable =
+        unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as std::ffi::c_int;
+    let (work, shards, outside): (Vec<NodeWork>, Vec<Vec<u32>>, Vec<(NodeWork, Vec<u32>)>) =
+        if access == Access::Read && !repeatable {
+            let (mine, outside): (Vec<_>, Vec<_>) = work
+                .into_iter()
+                .zip(shards)
+                .partition(|(w, _)| holds_write(&w.key));
+            let (work, shards) = mine.into_iter().unzip();
+            (work, shards, outside)
+        } else {
+            (work, shards, Vec::new())
+        };
     for (i, (result, shards)) in run(work).into_iter().zip(shards).enumerate() {
         let results = result.unwrap_or_else(|e| remote::report_shard_error(&e));
         // Every copy ran the same statements: one copy's results count.
         if !first_copy || i == 0 {
+            out.extend(shards.into_iter().zip(results));
+        }
+    }
+    if !outside.is_empty() {
+        let mut requests = Vec::with_capacity(outside.len());
+        let mut expect = Vec::with_capacity(outside.len());
+        for (w, shards) in outside {
+            expect.push((w.endpoint.clone(), shards));
+            requests.push(ShardRequest {
+                shard_id: w.stmts.first().map(|(l, _)| l.shard),
+                endpoint: w.endpoint,
+                body: conductor_core::client::one_request_transaction(
+                    w.stmts.into_iter().map(|(_, s)| s).collect(),
+                ),
+            });
+        }
+        for (result, (endpoint, shards)) in remote::execute(requests).into_iter().zip(expect) {
+            let resp = result.unwrap_or_else(|e| remote::report_shard_error(&e));
+            // Step 0 is the BEGIN; the shards' statements follow it.
+            let results = match resp.results.first() {
+                Some(StreamResult::Ok {
+                    response: StreamResponse::Batch { result },
+                }) if result.step_results.len() > shards.len() => result.step_results
+                    [1..=shards.len()]
+                    .iter()
+                    .cloned()
+                    .collect::<Option<Vec<StmtResult>>>(),
+                _ => None,
+            };
+            let Some(results) = results else {
+                remote::report_shard_error(&ShardError::new(
+                    shards.first().copied(),
+                    NodeError::Protocol {
+                        node: NodeRef::from(&endpoint),
+                        message: "a read's batch result lacks a statement's result".into(),
+                    },
+                ))
+            };
             out.extend(shards.into_iter().zip(results));
         }
     }
@@ -315,12 +372,91 @@ fn lost_error(endpoint: &NodeEndpoint, why: &str) -> ShardError {
     )
 }
 
-/// Run each node's statements on its transaction stream, all nodes in
-/// parallel; per node, the results of its statements in order, or the first
-/// error (naming the shard whose statement failed). A failed statement has
-/// no effect on the node; the caller raises an ERROR, and the transaction's
-/// abort rolls the node back.
+/// Run each node's statements on its transaction stream; per node, the
+/// results of its statements in order, or the first error (naming the shard
+/// whose statement failed). A failed statement has no effect on the node;
+/// the caller raises an ERROR, and the transaction's abort rolls the node
+/// back.
+///
+/// Nodes whose write lock this transaction already holds, and reads, go
+/// out all at once. Write locks it must still take are taken one node after
+/// the other, in the order of the nodes' keys, the first of them together
+/// with the rest: a statement waits for a node's lock only while it holds
+/// no lock it took after that node's in the order. Two statements that
+/// each need the same nodes' locks (an UPDATE of rows on two nodes from two
+/// sessions) then queue on the first node instead of each taking one node
+/// and waiting for the other until the busy timeout fails them both. Once
+/// a node fails, the nodes after it are not sent their statements; they
+/// report the same error.
 pub fn run(work: Vec<NodeWork>) -> Vec<Result<Vec<StmtResult>, ShardError>> {
+    let taking = |work: &[NodeWork]| -> Vec<usize> {
+        let mut taking: Vec<usize> = (0..work.len())
+            .filter(|&i| work[i].access == Access::Write && !holds_write(&work[i].key))
+            .collect();
+        taking.sort_by(|&a, &b| work[a].key.cmp(&work[b].key));
+        taking
+    };
+    if let Some(limit) = remote::lock_timeout() {
+        // Postgres' lock_timeout bounds each wait for a node's write lock:
+        // the lock is taken by a request that does nothing else (BEGIN
+        // IMMEDIATE), so the wait can be given up without giving up a
+        // statement the node may have run. A read transaction's upgrade
+        // never waits (SQLite refuses it at once when the lock is taken).
+        for i in taking(&work) {
+            let w = &work[i];
+            if STREAMS.with(|s| s.borrow().get(&w.key).is_some_and(|st| st.level > 0)) {
+                continue;
+            }
+            let lock = NodeWork {
+                access: Access::Write,
+                lock_table: None,
+                key: w.key.clone(),
+                endpoint: w.endpoint.clone(),
+                stmts: Vec::new(),
+            };
+            let taken = remote::within_lock_timeout(limit, &w.key.1, || run_together(vec![lock]));
+            if let Some(Err(e)) = taken.into_iter().next() {
+                return work.iter().map(|_| Err(e.clone())).collect();
+            }
+        }
+    }
+    let taking = taking(&work);
+    if taking.len() < 2 {
+        return run_together(work);
+    }
+    // Round 0: everything that waits for no lock, and the first lock.
+    let mut round_of = vec![0usize; work.len()];
+    for (round, &i) in taking.iter().enumerate() {
+        round_of[i] = round;
+    }
+    let rounds = taking.len();
+    let mut items: Vec<Option<NodeWork>> = work.into_iter().map(Some).collect();
+    let mut out: Vec<Option<Result<Vec<StmtResult>, ShardError>>> =
+        (0..items.len()).map(|_| None).collect();
+    let mut failure: Option<ShardError> = None;
+    for round in 0..rounds {
+        let indices: Vec<usize> = (0..items.len()).filter(|&i| round_of[i] == round).collect();
+        let batch: Vec<NodeWork> = indices
+            .iter()
+            .map(|&i| items[i].take().expect("each item runs once"))
+            .collect();
+        for (i, result) in indices.into_iter().zip(run_together(batch)) {
+            if let Err(e) = &result {
+                failure.get_or_insert_with(|| e.clone());
+            }
+            out[i] = Some(result);
+        }
+        if failure.is_some() {
+            break;
+        }
+    }
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(failure.clone().expect("a round failed before this one"))))
+        .collect()
+}
+
+/// [`run`] for nodes that may all be sent their statements at once.
+fn run_together(work: Vec<NodeWork>) -> Vec<Result<Vec<StmtResult>, ShardError>> {
     let level = nest_level();
     let idle_limit = crate::gucs::remote_xact_idle_timeout();
     let mut requests = Vec::with_capacity(work.len());
@@ -881,6 +1017,15 @@ fn end_request(endpoint: &NodeEndpoint, baton: String, statement: &str) -> Shard
 
 /// Subtransaction `level` aborted: roll each node back to its savepoint.
 pub fn rollback_to(level: i32) {
+    // A stream whose first request was given up before any answer (a
+    // cancel, lock_timeout) holds nothing of this transaction that can
+    // commit: the node rolls back what that request began once it has run
+    // (its client gone), or when the stream expires. Forget it, so that the
+    // transaction can go on and commit, as Postgres' does after ROLLBACK TO.
+    STREAMS.with(|s| {
+        s.borrow_mut()
+            .retain(|_, st| st.keeper.is_some() || st.level > 0)
+    });
     let targets: Vec<(NodeKey, NodeEndpoint, String)> = STREAMS.with(|s| {
         s.borrow_mut()
             .iter_mut()

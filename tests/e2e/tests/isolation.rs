@@ -280,3 +280,96 @@ fn read_committed_point_lookups_cost_one_request() {
     assert_eq!(cursors, 1, "{scan:?}");
     assert!(scan.values().sum::<u64>() <= 2, "{scan:?}");
 }
+
+/// PREPARE TRANSACTION is refused for a transaction that dropped a
+/// distributed table: its shard tables are dropped when it commits, in this
+/// session, which a prepared transaction never does. (Accepted, the drop
+/// stayed queued in the session and ran at its next commit, so a ROLLBACK
+/// PREPARED brought back a table whose shard tables were gone.)
+#[test]
+fn prepare_transaction_of_a_drop_is_refused_and_the_table_survives() {
+    let (mut cluster, _) = setup(2);
+    cluster.restart_postgres_with(&[
+        "shared_preload_libraries=conductor",
+        "max_prepared_transactions=4",
+    ]);
+    let mut db = cluster.client();
+    exec(&mut db, "BEGIN; DROP FOREIGN TABLE t");
+    let prepared = db.batch_execute("PREPARE TRANSACTION 'drop_t'");
+    // Whatever PREPARE did, the session's next commit must not drop the
+    // shard tables, and the prepared transaction (if any) is undone. (No
+    // ROLLBACK here: its abort would forget what the drop queued.)
+    exec(&mut db, "BEGIN; CREATE TABLE after_prepare (i int); COMMIT");
+    let _ = db.batch_execute("ROLLBACK PREPARED 'drop_t'");
+    let count = db
+        .query_one("SELECT count(*) FROM t", &[])
+        .map(|r| r.get::<_, i64>(0))
+        .map_err(|e| pg_err(&e));
+    assert_eq!(count, Ok(40), "the table's rows after the PREPARE");
+    let e = expect_db_error(prepared, "PREPARE TRANSACTION after a drop");
+    assert_eq!(e.code().code(), "0A000", "{}", describe(&e));
+    assert_eq!(
+        query_i64(&mut db, "SELECT count(*) FROM pg_prepared_xacts"),
+        0
+    );
+    // A transaction that only read the nodes in READ COMMITTED (no remote
+    // transaction) prepares and commits as in Postgres.
+    exec(&mut db, "BEGIN");
+    assert_eq!(query_i64(&mut db, "SELECT count(*) FROM t"), 40);
+    exec(&mut db, "PREPARE TRANSACTION 'read_t'");
+    exec(&mut db, "COMMIT PREPARED 'read_t'");
+    assert_eq!(query_i64(&mut db, "SELECT count(*) FROM t"), 40);
+}
+
+/// A REPEATABLE READ transaction reads a row by a virtually indexed column
+/// as its snapshot has it, even after another session changed the value
+/// and a third one's read removed the entry that became extra: the entries
+/// are not part of the nodes' snapshots, so such a transaction does not
+/// route through them. A write by that column to the row meets the
+/// concurrent change (40001), as in Postgres.
+#[test]
+fn repeatable_read_finds_its_snapshot_rows_by_a_virtual_index() {
+    let (cluster, mut db) = setup(2);
+    exec(&mut db, "UPDATE t SET v = 'e' || id");
+    exec(
+        &mut db,
+        "CALL conductor.create_virtual_index('t', ARRAY['v'])",
+    );
+    let mut other = cluster.client();
+    for level in ["REPEATABLE READ", "SERIALIZABLE"] {
+        exec(&mut db, "UPDATE t SET v = 'e5' WHERE id = 5");
+        exec(&mut db, &format!("BEGIN ISOLATION LEVEL {level}"));
+        assert_eq!(text(&mut db, "SELECT v FROM t WHERE id = 5"), "e5");
+        exec(&mut other, "UPDATE t SET v = 'moved' WHERE id = 5");
+        // A read by the old value finds no row and removes its entry once
+        // it commits.
+        let found = other.query("SELECT id FROM t WHERE v = 'e5'", &[]).unwrap();
+        assert!(found.is_empty());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while query_i64(
+            &mut other,
+            "SELECT entries FROM conductor.virtual_indexes WHERE table_name = 't'::regclass",
+        ) > 40
+        {
+            assert!(Instant::now() < deadline, "the extra entry was not removed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let by_value = query_i64(&mut db, "SELECT count(*) FROM t WHERE v = 'e5'");
+        let by_expression = query_i64(&mut db, "SELECT count(*) FROM t WHERE v || '' = 'e5'");
+        assert_eq!(
+            (by_value, by_expression),
+            (1, 1),
+            "{level}: the snapshot's row, found by the indexed column and without it"
+        );
+        let e = expect_db_error(
+            db.batch_execute("UPDATE t SET n = 1 WHERE v = 'e5'"),
+            "an update of a row changed since the snapshot",
+        );
+        assert_eq!(e.code().code(), "40001", "{level}: {}", describe(&e));
+        exec(&mut db, "ROLLBACK");
+        assert_eq!(
+            query_i64(&mut db, "SELECT count(*) FROM t WHERE v = 'e5'"),
+            0
+        );
+    }
+}

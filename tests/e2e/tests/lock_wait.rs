@@ -360,3 +360,163 @@ fn a_write_cancelled_while_waiting_for_the_node_lock_does_not_keep_it() {
     }
     assert_eq!(outcomes[1], outcomes[0], "t vs l");
 }
+
+/// A key of `t` on each node, in node order.
+fn key_per_node(db: &mut conductor_e2e::postgres::Client) -> Vec<i64> {
+    db.query(
+        "SELECT min(i)::bigint
+           FROM generate_series(1, 40) i
+           JOIN conductor.shards s ON s.table_name = 't'::regclass
+                                  AND s.shard_id = conductor.shard_for('t', i::bigint)
+          GROUP BY s.node_id ORDER BY s.node_id",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// A plain read in a READ COMMITTED transaction that wrote to one node sees
+/// its writes there and reads the other nodes without waiting for their
+/// write locks. Two such transactions, each holding one node's lock, read
+/// the whole table at once, as on a local table. (Reading the other nodes
+/// holding their write lock made each wait for the other until the busy
+/// timeout failed one of them with 40001, its writes rolled back.)
+#[test]
+fn reads_after_a_write_do_not_wait_for_other_nodes_write_locks() {
+    let (cluster, mut db) = setup();
+    exec(
+        &mut db,
+        "CREATE TABLE l (id bigint PRIMARY KEY, v bigint);
+         INSERT INTO l SELECT i, 0 FROM generate_series(1, 40) i;",
+    );
+    let keys = key_per_node(&mut db);
+    assert_eq!(keys.len(), 2);
+    for table in ["l", "t"] {
+        let mut sessions: Vec<_> = (0..2).map(|_| cluster.client()).collect();
+        for (s, key) in sessions.iter_mut().zip(&keys) {
+            exec(
+                s,
+                &format!("BEGIN; UPDATE {table} SET v = 7 WHERE id = {key}"),
+            );
+        }
+        let both_read = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let readers: Vec<_> = sessions
+            .into_iter()
+            .map(|mut s| {
+                let both_read = both_read.clone();
+                std::thread::spawn(move || {
+                    let started = Instant::now();
+                    let read = s
+                        .query_one(
+                            &format!("SELECT count(*), sum(v)::bigint FROM {table}"),
+                            &[],
+                        )
+                        .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
+                        .map_err(|e| pg_err(&e));
+                    let rows = s
+                        .query(&format!("SELECT id, v FROM {table} WHERE v = 7"), &[])
+                        .map(|rows| rows.len())
+                        .map_err(|e| pg_err(&e));
+                    let took = started.elapsed();
+                    both_read.wait();
+                    let commit = s.batch_execute("COMMIT").map_err(|e| pg_err(&e));
+                    (read, rows, took, commit)
+                })
+            })
+            .collect();
+        for r in readers {
+            let (read, rows, took, commit) = r.join().unwrap();
+            println!("{table}: {read:?} {rows:?} in {took:?}, {commit:?}");
+            // Each sees its own write (and not the other's, uncommitted).
+            assert_eq!(read, Ok((40, 7)), "{table}");
+            assert_eq!(rows, Ok(1), "{table}");
+            assert_eq!(commit, Ok(()), "{table}");
+            assert!(
+                took < Duration::from_secs(2),
+                "{table}: the reads took {took:?}"
+            );
+        }
+        let sum: i64 = db
+            .query_one(&format!("SELECT sum(v)::bigint FROM {table}"), &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(sum, 14, "{table}: both transactions committed");
+    }
+}
+
+/// `lock_timeout` bounds a wait for a node's write lock as it bounds a
+/// wait for a row lock: the statement fails with 55P03 once it passes (not
+/// after the node's busy timeout), a savepoint catches it, the transaction
+/// commits its other writes, and the given-up waits keep no lock.
+#[test]
+fn lock_timeout_bounds_the_wait_for_a_node_lock() {
+    let (cluster, mut db) = setup();
+    exec(
+        &mut db,
+        "CREATE TABLE l (id bigint PRIMARY KEY, v bigint);
+         INSERT INTO l SELECT i, 0 FROM generate_series(1, 40) i;",
+    );
+    let keys = key_per_node(&mut db);
+    let (held, other) = (keys[0], keys[1]);
+    let mut outcomes = Vec::new();
+    for table in ["l", "t"] {
+        let mut holder = cluster.client();
+        exec(
+            &mut holder,
+            &format!("BEGIN; UPDATE {table} SET v = v + 100 WHERE id = {held}"),
+        );
+        let mut w = cluster.client();
+        let steps = [
+            "SET lock_timeout = '300ms'".to_string(),
+            format!("UPDATE {table} SET v = v + 1 WHERE id = {held}"),
+            "BEGIN".to_string(),
+            format!("UPDATE {table} SET v = v + 2 WHERE id = {other}"),
+            "SAVEPOINT s".to_string(),
+            format!("SELECT v FROM {table} WHERE id = {held} FOR UPDATE"),
+            "ROLLBACK TO SAVEPOINT s".to_string(),
+            format!("UPDATE {table} SET v = v + 4 WHERE id = {held}"),
+            "ROLLBACK TO SAVEPOINT s".to_string(),
+            "COMMIT".to_string(),
+        ];
+        let mut got = Vec::new();
+        for step in &steps {
+            let started = Instant::now();
+            let outcome = match w.batch_execute(step) {
+                Ok(()) => "ok".to_string(),
+                Err(e) => e
+                    .code()
+                    .map_or_else(|| pg_err(&e), |c| c.code().to_string()),
+            };
+            let took = started.elapsed();
+            assert!(
+                took < Duration::from_secs(2),
+                "{table}: {step} took {took:?} ({outcome})"
+            );
+            got.push(outcome);
+        }
+        exec(&mut holder, "COMMIT");
+        // Nothing of the given-up waits holds the lock now.
+        let started = Instant::now();
+        exec(
+            &mut w,
+            &format!("UPDATE {table} SET v = v + 8 WHERE id = {held}"),
+        );
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(2), "{table}: {took:?}");
+        let rows: Vec<(i64, i64)> = db
+            .query(
+                &format!("SELECT id, v FROM {table} WHERE id IN ({held}, {other}) ORDER BY id"),
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        println!("{table}: {got:?} {rows:?}");
+        outcomes.push((got, rows));
+    }
+    assert_eq!(outcomes[0].0[1], "55P03", "the local table's lock timeout");
+    assert_eq!(outcomes[1], outcomes[0], "t vs l");
+}

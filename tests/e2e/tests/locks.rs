@@ -161,3 +161,95 @@ fn nowait_and_skip_locked_are_refused() {
     );
     assert_eq!(n, 1);
 }
+
+/// Two keys of `t` whose shards are on different nodes.
+fn keys_on_two_nodes(db: &mut conductor_e2e::postgres::Client) -> (i64, i64) {
+    let row = db
+        .query_one(
+            "SELECT min(i) FILTER (WHERE s.node_id = 'node-0')::bigint,
+                    min(i) FILTER (WHERE s.node_id = 'node-1')::bigint
+               FROM generate_series(1, 20) i
+               JOIN conductor.shards s ON s.table_name = 't'::regclass
+                                      AND s.shard_id = conductor.shard_for('t', i::bigint)",
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("keys on two nodes: {}", pg_err(&e)));
+    (row.get(0), row.get(1))
+}
+
+/// A statement that writes (or locks) rows on two nodes takes both nodes'
+/// write locks. Sessions running such statements at once queue for them as
+/// for row locks of a local table: every statement succeeds, none waits for
+/// the node's busy timeout. (Sent to both nodes at once, two such statements
+/// could each take one node and wait for the other until the busy timeout
+/// failed them both with 40001.)
+#[test]
+fn sessions_writing_the_same_two_nodes_queue_instead_of_deadlocking() {
+    let (cluster, mut db) = setup();
+    exec(
+        &mut db,
+        "CREATE TABLE l (id bigint PRIMARY KEY, v bigint);
+         INSERT INTO l SELECT i, 0 FROM generate_series(1, 20) i;",
+    );
+    let (a, b) = keys_on_two_nodes(&mut db);
+    const SESSIONS: usize = 8;
+    const ROUNDS: usize = 10;
+    for table in ["l", "t"] {
+        let started = Instant::now();
+        let workers: Vec<_> = (0..SESSIONS)
+            .map(|_| {
+                let config = cluster.pg_config();
+                std::thread::spawn(move || {
+                    let mut c = config.connect(NoTls).unwrap();
+                    let mut errors = Vec::new();
+                    let mut slowest = Duration::ZERO;
+                    for round in 0..ROUNDS {
+                        let sql = if round % 2 == 0 {
+                            format!("UPDATE {table} SET v = v + 1 WHERE id IN ({a}, {b})")
+                        } else {
+                            format!(
+                                "BEGIN;
+                                 SELECT v FROM {table} WHERE id IN ({a}, {b}) FOR UPDATE;
+                                 UPDATE {table} SET v = v + 1 WHERE id IN ({a}, {b});
+                                 COMMIT"
+                            )
+                        };
+                        let t0 = Instant::now();
+                        if let Err(e) = c.batch_execute(&sql) {
+                            errors.push(pg_err(&e));
+                            let _ = c.batch_execute("ROLLBACK");
+                        }
+                        slowest = slowest.max(t0.elapsed());
+                    }
+                    (errors, slowest)
+                })
+            })
+            .collect();
+        let mut errors = Vec::new();
+        let mut slowest = Duration::ZERO;
+        for w in workers {
+            let (e, s) = w.join().unwrap();
+            errors.extend(e);
+            slowest = slowest.max(s);
+        }
+        let sums = query_i64(
+            &mut db,
+            &format!("SELECT sum(v)::bigint FROM {table} WHERE id IN ({a}, {b})"),
+        );
+        println!(
+            "{table}: {} errors, slowest statement {slowest:?}, sum {sums}, {:?}",
+            errors.len(),
+            started.elapsed()
+        );
+        assert!(errors.is_empty(), "{table}: {errors:#?}");
+        assert_eq!(
+            sums,
+            (2 * SESSIONS * ROUNDS) as i64,
+            "{table}: every increment counted"
+        );
+        assert!(
+            slowest < Duration::from_secs(3),
+            "{table}: a statement waited {slowest:?}"
+        );
+    }
+}
