@@ -548,10 +548,7 @@ impl Executor {
                 let result = loop {
                     match client.pipeline(&req.endpoint, &req.body).await {
                         Err(NodeError::Connect { .. }) if attempt < retries => {
-                            tokio::time::sleep(jittered(backoff * 2u32.saturating_pow(attempt)))
-                                .await;
-                            RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            attempt += 1;
+                            back_off(backoff, &mut attempt).await;
                         }
                         other => break other.map_err(|e| ShardError::new(req.shard_id, e)),
                     }
@@ -884,10 +881,7 @@ async fn scan_group(
         .await;
         match result {
             Err(e) if !progress.anything_sent() && e.is_transient() && attempt < opts.retries => {
-                tokio::time::sleep(jittered(opts.retry_backoff * 2u32.saturating_pow(attempt)))
-                    .await;
-                RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                attempt += 1;
+                back_off(opts.retry_backoff, &mut attempt).await;
             }
             Err(e) => {
                 // The shards of the group that did not finish share the error.
@@ -1136,6 +1130,14 @@ impl Drop for CursorCloser {
     }
 }
 
+/// Waits before retry number `attempt` (the back-off doubling from
+/// `base`, jittered), counts it, and moves `attempt` on.
+async fn back_off(base: Duration, attempt: &mut u32) {
+    tokio::time::sleep(jittered(base * 2u32.saturating_pow(*attempt))).await;
+    RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    *attempt += 1;
+}
+
 /// `base` scaled by a random factor in [0.5, 1.5), so that many backends
 /// retrying the same node do not come back in lockstep.
 fn jittered(base: Duration) -> Duration {
@@ -1162,10 +1164,7 @@ async fn scan_shard(
         let mut handed_over = false;
         match stream_shard(&client, &q, &opts, &tx, &mut handed_over).await {
             Err(e) if !handed_over && e.is_transient() && attempt < opts.retries => {
-                tokio::time::sleep(jittered(opts.retry_backoff * 2u32.saturating_pow(attempt)))
-                    .await;
-                RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                attempt += 1;
+                back_off(opts.retry_backoff, &mut attempt).await;
             }
             other => break other,
         }
@@ -1305,10 +1304,7 @@ async fn small_shard_first(
     let fetched = loop {
         match fetch_rows(&client, &q, &limited, opts.columns).await {
             Err(e) if e.is_transient() && attempt < opts.retries => {
-                tokio::time::sleep(jittered(opts.retry_backoff * 2u32.saturating_pow(attempt)))
-                    .await;
-                RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                attempt += 1;
+                back_off(opts.retry_backoff, &mut attempt).await;
             }
             other => break other,
         }
