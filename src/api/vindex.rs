@@ -29,6 +29,30 @@ fn local_index(name: &str, columns: Vec<String>, unique: bool) -> ShardIndexDef 
     }
 }
 
+/// The local indexes of `relid`'s virtual indexes (every status: a failed
+/// index keeps its local index until it is dropped), which a shard table
+/// rebuilt by an ALTER must get again.
+pub fn local_indexes(relid: pg_sys::Oid) -> Vec<ShardIndexDef> {
+    Spi::connect(|client| -> Result<Vec<ShardIndexDef>, pgrx::spi::Error> {
+        client
+            .select(
+                "SELECT index_name, columns::text[], is_unique
+                   FROM conductor.virtual_index WHERE relid = $1 ORDER BY index_name",
+                None,
+                &[relid.into()],
+            )?
+            .map(|row| {
+                Ok(local_index(
+                    &row.get::<String>(1)?.unwrap_or_default(),
+                    row.get(2)?.unwrap_or_default(),
+                    row.get(3)?.unwrap_or(false),
+                ))
+            })
+            .collect()
+    })
+    .unwrap_or_else(|e| error!("conductor: could not read the virtual indexes: {e}"))
+}
+
 fn invalidate_plans(relid: pg_sys::Oid) {
     // SAFETY: queues a relcache invalidation of the foreign table (sent at
     // commit), which makes cached plans of it be planned again.

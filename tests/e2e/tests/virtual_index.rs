@@ -1390,3 +1390,121 @@ fn concurrent_inserts_of_one_unique_value_one_wins() {
     }
     assert_eq!(verify(&mut db, "uq_login", false).0, 0);
 }
+
+/// An ALTER that rebuilds the shard tables (SET / DROP NOT NULL, ADD COLUMN
+/// … NOT NULL) keeps the local index every shard has for a virtual index:
+/// a unique index still refuses a second row with a value on the shard
+/// that holds it (INSERT of two rows, UPDATE), which only that local index
+/// catches.
+#[test]
+fn a_rebuilding_alter_keeps_the_local_indexes() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE acct (id bigint NOT NULL, login text, n int) SERVER cluster;
+         SELECT conductor.create_distributed_table('acct', 'id', 2);",
+    );
+    exec(
+        &mut db,
+        "CALL conductor.create_virtual_index('acct', ARRAY['login'], true, 'acct_login')",
+    );
+    exec(
+        &mut db,
+        "CALL conductor.create_virtual_index('acct', ARRAY['n'], false, 'acct_n')",
+    );
+    // Keys of shard 0.
+    let ids: Vec<i64> = (1..200i64)
+        .filter(|id| {
+            query_i64(
+                &mut db,
+                &format!("SELECT conductor.shard_for('acct', {id}::bigint)::bigint"),
+            ) == 0
+        })
+        .take(4)
+        .collect();
+    exec(
+        &mut db,
+        &format!(
+            "INSERT INTO acct VALUES ({}, 'ann', 1), ({}, 'bob', 2)",
+            ids[0], ids[1]
+        ),
+    );
+    let local_indexes = |cluster: &Cluster| -> Vec<String> {
+        let mut names: Vec<String> = (0..cluster.node_count())
+            .flat_map(|i| {
+                cluster.node_query(
+                    i,
+                    "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE '%vx_%'",
+                    &[],
+                )
+            })
+            .map(|r| r[0].as_str().unwrap_or_default().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = local_indexes(&cluster);
+    assert_eq!(
+        before.len(),
+        4,
+        "two local indexes on each shard: {before:?}"
+    );
+    // check_schema knows them: nothing to report.
+    assert_eq!(
+        query_i64(
+            &mut db,
+            "SELECT count(*) FROM conductor.check_schema('acct')"
+        ),
+        0
+    );
+    for alter in [
+        "ALTER FOREIGN TABLE acct ALTER COLUMN n SET NOT NULL",
+        "ALTER FOREIGN TABLE acct ALTER COLUMN n DROP NOT NULL",
+        "ALTER FOREIGN TABLE acct ADD COLUMN flag boolean NOT NULL DEFAULT false",
+    ] {
+        exec(&mut db, alter);
+        assert_eq!(local_indexes(&cluster), before, "after {alter}");
+        let e = db
+            .batch_execute(&format!(
+                "UPDATE acct SET login = 'ann' WHERE id = {}",
+                ids[1]
+            ))
+            .unwrap_err();
+        assert_eq!(
+            e.code().map(|c| c.code()),
+            Some("23505"),
+            "UPDATE to a taken value after {alter}: {}",
+            pg_err(&e)
+        );
+        let e = db
+            .batch_execute(&format!(
+                "INSERT INTO acct (id, login, n) VALUES ({}, 'cy', 3), ({}, 'cy', 4)",
+                ids[2], ids[3]
+            ))
+            .unwrap_err();
+        assert_eq!(
+            e.code().map(|c| c.code()),
+            Some("23505"),
+            "two rows with one value after {alter}: {}",
+            pg_err(&e)
+        );
+        assert_eq!(
+            query_i64(
+                &mut db,
+                "SELECT count(*) FROM acct WHERE login IN ('ann', 'cy')"
+            ),
+            1,
+            "after {alter}"
+        );
+    }
+    assert_eq!(
+        query_i64(
+            &mut db,
+            "SELECT count(*) FROM conductor.check_schema('acct')"
+        ),
+        0
+    );
+}
