@@ -981,6 +981,9 @@ fn cut_over(m: &Move) {
         &[m.relid.into(), m.shard_id.into(), m.target.as_str().into()],
     )
     .unwrap_or_else(|e| error!("conductor: could not switch the shard: {e}"));
+    // Cached plans of the table are planned again: a join pushed to the
+    // nodes was planned for where both tables' shards were.
+    super::vindex::invalidate_plans(m.relid);
     m.set(
         "phase = 'switched', block_ms = $2, changes_pending = 0, switched_at = clock_timestamp()",
         vec![block_ms.into()],

@@ -53,7 +53,7 @@ pub fn local_indexes(relid: pg_sys::Oid) -> Vec<ShardIndexDef> {
     .unwrap_or_else(|e| error!("conductor: could not read the virtual indexes: {e}"))
 }
 
-fn invalidate_plans(relid: pg_sys::Oid) {
+pub(crate) fn invalidate_plans(relid: pg_sys::Oid) {
     // SAFETY: queues a relcache invalidation of the foreign table (sent at
     // commit), which makes cached plans of it be planned again.
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };

@@ -1255,3 +1255,123 @@ fn moves_check_room_and_rebalancing_weighs_sizes() {
     );
     assert_nodes_match_catalog(&cluster, &mut db, "big");
 }
+
+/// A join pushed to the nodes depends on where both tables' shards are: a
+/// prepared statement's cached plan of it is planned again once a move
+/// changes that. Here a group move dies between its members' switches,
+/// leaving the group split (one member's shard on the target, the other's
+/// partial copy beside it): a session that prepared the join before reads
+/// every row, never the partial copy, and after `cleanup_moves()` and the
+/// move that reunites the group the join is pushed again.
+#[test]
+fn cached_join_plans_follow_moves() {
+    let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE orders (id bigint NOT NULL, amount int) SERVER cluster;
+         CREATE FOREIGN TABLE lines (id bigint NOT NULL, qty int) SERVER cluster;
+         SELECT conductor.create_distributed_table('orders', 'id', shard_count => 2, colocate_with => 'none');
+         SELECT conductor.create_distributed_table('lines', 'id', shard_count => 2, colocate_with => 'orders');
+         INSERT INTO orders SELECT i, 1 FROM generate_series(1, 20000) i;
+         INSERT INTO lines SELECT i, 2 FROM generate_series(1, 20000) i;",
+    );
+    assert_eq!(
+        placement(&mut db, "lines")[0],
+        (0, "node-0".into(), "active".into())
+    );
+    // A long-lived session with the join prepared: rows of the join, and
+    // an aggregate over it.
+    let mut app = cluster.client();
+    exec(
+        &mut app,
+        "PREPARE rows_of AS SELECT o.id, l.qty FROM orders o JOIN lines l ON l.id = o.id;
+         PREPARE totals AS SELECT count(*), sum(l.qty) FROM orders o JOIN lines l USING (id);",
+    );
+    let check = |app: &mut Client, pushed: bool, when: &str| {
+        let n = app
+            .query("EXECUTE rows_of", &[])
+            .unwrap_or_else(|e| panic!("{when}: {}", pg_err(&e)))
+            .len();
+        assert_eq!(n, 20000, "{when}: rows of the join");
+        let r = app
+            .query_one("EXECUTE totals", &[])
+            .unwrap_or_else(|e| panic!("{when}: {}", pg_err(&e)));
+        let (count, sum): (i64, i64) = (r.get(0), r.get(1));
+        assert_eq!((count, sum), (20000, 40000), "{when}: totals of the join");
+        let plan: Vec<String> = app
+            .query("EXPLAIN (VERBOSE, COSTS OFF) EXECUTE rows_of", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(
+            plan.iter().any(|l| l.contains(" JOIN ")),
+            pushed,
+            "{when}: join pushed = {pushed}:\n{}",
+            plan.join("\n")
+        );
+    };
+    check(&mut app, true, "before the move");
+
+    // Slow answers from node-1 stretch the copy of lines' shard 0.
+    cluster.set_node_delay(1, Some(40));
+    let cfg = cluster.pg_config();
+    let mover = std::thread::spawn(move || {
+        let mut c = cfg.connect(postgres::NoTls).unwrap();
+        c.batch_execute("CALL conductor.move_shard('orders', 0, 'node-1')")
+    });
+    let pid: i32 = (0..6000)
+        .find_map(|_| {
+            let r = db
+                .query(
+                    "SELECT pid FROM conductor.shard_move
+                      WHERE relid = 'lines'::regclass AND phase = 'copying' AND rows_copied > 0",
+                    &[],
+                )
+                .unwrap();
+            if r.is_empty() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            r.first().map(|r| r.get(0))
+        })
+        .expect("the move of lines' shard 0 copies");
+    db.execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    assert!(mover.join().unwrap().is_err(), "the killed move failed");
+    cluster.set_node_delay(1, None);
+    assert_eq!(placement(&mut db, "orders")[0].1, "node-1");
+    assert_eq!(
+        placement(&mut db, "lines")[0],
+        (0, "node-0".into(), "rebalancing_source".into())
+    );
+    assert!(
+        cluster.node_tables(1).contains(&"lines_0000".to_string()),
+        "lines' partial copy is on node-1"
+    );
+    check(&mut app, false, "with the group split and a partial copy");
+
+    let cleaned: Vec<String> = db
+        .query("SELECT outcome FROM conductor.cleanup_moves()", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(cleaned, ["undone"]);
+    check(&mut app, false, "with the group split");
+
+    exec(&mut db, "CALL conductor.move_shard('lines', 0, 'node-1')");
+    assert_eq!(
+        placement(&mut db, "orders")
+            .iter()
+            .map(|p| p.1.clone())
+            .collect::<Vec<_>>(),
+        placement(&mut db, "lines")
+            .iter()
+            .map(|p| p.1.clone())
+            .collect::<Vec<_>>()
+    );
+    check(&mut app, true, "with the group together again");
+}
