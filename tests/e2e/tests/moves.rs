@@ -1375,3 +1375,135 @@ fn cached_join_plans_follow_moves() {
     );
     check(&mut app, true, "with the group together again");
 }
+
+/// A virtual index's lookup tables are placed with the table's shards, so
+/// a move and a virtual index's build never overlap, whichever waits for
+/// the other's first step: a move that waited for a build's first step
+/// (which records the index and creates its lookup tables) is refused, and
+/// so is a build that waited for a move's first step. Neither leaves a
+/// lookup table behind on a shard's old node.
+#[test]
+fn a_move_and_a_virtual_index_build_never_overlap() {
+    let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, email text) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 2);
+         INSERT INTO t SELECT i, 'e' || i FROM generate_series(1, 1000) i;",
+    );
+    assert_eq!(placement(&mut db, "t")[0].1, "node-0");
+    // Waits until backend `pid` waits for a lock.
+    let waits_for_lock = |db: &mut Client, pid: i32| {
+        for _ in 0..2000 {
+            let waiting: bool = db
+                .query_one(
+                    "SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1",
+                    &[&pid],
+                )
+                .unwrap()
+                .get(0);
+            if waiting {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("backend {pid} never waited for a lock");
+    };
+
+    // 1. The build's first step holds the table while the move starts.
+    let mut build = cluster.client();
+    exec(
+        &mut build,
+        "BEGIN; SELECT conductor._vidx_begin('t', ARRAY['email'], false, 't_email')",
+    );
+    let mut mover = cluster.client();
+    let mover_pid: i32 = mover
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let moving = std::thread::spawn(move || {
+        mover
+            .batch_execute("CALL conductor.move_shard('t', 0, 'node-1')")
+            .map_err(|e| (sqlstate(&e), pg_err(&e)))
+    });
+    waits_for_lock(&mut db, mover_pid);
+    exec(&mut build, "COMMIT");
+    let (state, err) = moving
+        .join()
+        .unwrap()
+        .expect_err("a move of a table with a virtual index is refused");
+    assert_eq!(state, "0A000", "{err}");
+    assert_eq!(
+        placement(&mut db, "t")[0],
+        (0, "node-0".into(), "active".into())
+    );
+    exec(&mut db, "SELECT conductor.drop_virtual_index('t_email')");
+
+    // 2. The move's first step holds the table while the build starts
+    // (slow answers from node-1 stretch that step).
+    cluster.set_node_delay(1, Some(100));
+    let mut mover = cluster.client();
+    let mover_pid: i32 = mover
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let moving = std::thread::spawn(move || {
+        mover
+            .batch_execute("CALL conductor.move_shard('t', 0, 'node-1')")
+            .map_err(|e| pg_err(&e))
+    });
+    for _ in 0..2000 {
+        let holds: bool = db
+            .query_one(
+                "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = $1 AND relation = 't'::regclass
+                                   AND mode = 'ShareUpdateExclusiveLock' AND granted)",
+                &[&mover_pid],
+            )
+            .unwrap()
+            .get(0);
+        if holds {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut builder = cluster.client();
+    let builder_pid: i32 = builder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let building = std::thread::spawn(move || {
+        builder
+            .batch_execute("CALL conductor.create_virtual_index('t', ARRAY['email'])")
+            .map_err(|e| (sqlstate(&e), pg_err(&e)))
+    });
+    waits_for_lock(&mut db, builder_pid);
+    let (state, err) = building
+        .join()
+        .unwrap()
+        .expect_err("a build while a shard moves is refused");
+    assert_eq!(state, "55006", "{err}");
+    moving.join().unwrap().expect("the move goes on");
+    cluster.set_node_delay(1, None);
+    let indexes: i64 = db
+        .query_one("SELECT count(*) FROM conductor.virtual_index", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(indexes, 0);
+    assert_nodes_match_catalog(&cluster, &mut db, "t");
+    for i in 0..cluster.node_count() {
+        let lookups: Vec<String> = cluster
+            .node_tables(i)
+            .into_iter()
+            .filter(|t| t.contains("_vx_"))
+            .collect();
+        assert!(lookups.is_empty(), "node-{i} keeps {lookups:?}");
+    }
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM t WHERE email = 'e5'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
