@@ -419,6 +419,19 @@ fn vidx_fail(name: &str, why: &str) {
 /// index of every shard (in this transaction).
 #[pg_extern]
 fn drop_virtual_index(name: &str) {
+    // As DROP INDEX does, wait for the statements that read or write the
+    // table and make later ones wait for this transaction: a writer that
+    // knew the index would write its entries into lookup tables dropped
+    // here and fail with "no such table"; after the commit, statements
+    // plan without it.
+    // SAFETY: a lock on a relation in a transaction, released at its end.
+    unsafe {
+        pg_sys::LockRelationOid(
+            recorded(name).relid,
+            pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE,
+        )
+    };
+    // Read again after the wait (a concurrent drop).
     let rec = recorded(name);
     let t = cache::table(rec.relid);
     Spi::run_with_args(

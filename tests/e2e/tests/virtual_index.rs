@@ -1508,3 +1508,84 @@ fn a_rebuilding_alter_keeps_the_local_indexes() {
         0
     );
 }
+
+/// Dropping a virtual index waits for the statements using its table and
+/// makes later ones wait for it, as DROP INDEX does: a write that knew the
+/// index never meets its dropped lookup tables ("no such table"), and every
+/// write lands.
+#[test]
+fn dropping_an_index_while_writing() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, email text) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', 4);",
+    );
+    exec(
+        &mut db,
+        "CALL conductor.create_virtual_index('t', ARRAY['email'], false, 't_email')",
+    );
+    // A session that wrote (and cached the index) before the drop.
+    let mut writer = cluster.client();
+    exec(&mut writer, "INSERT INTO t VALUES (1, 'e1')");
+    let writer_pid: i32 = writer
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    exec(
+        &mut db,
+        "BEGIN; SELECT conductor.drop_virtual_index('t_email')",
+    );
+    let writing = std::thread::spawn(move || {
+        for i in 2..=40i64 {
+            writer
+                .execute(
+                    "INSERT INTO t VALUES ($1::bigint, 'e' || $1::bigint)",
+                    &[&i],
+                )
+                .map_err(|e| pg_err(&e))?;
+        }
+        Ok::<_, String>(writer)
+    });
+    // The writer waits for the drop's transaction (not for a node's lock).
+    for _ in 0..2000 {
+        let waits = query_i64(
+            &mut db,
+            &format!("SELECT count(*) FROM pg_locks WHERE pid = {writer_pid} AND NOT granted"),
+        );
+        if waits > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    exec(&mut db, "COMMIT");
+    let mut writer = writing.join().unwrap().expect("writes after the drop land");
+    assert_eq!(query_i64(&mut writer, "SELECT count(*) FROM t"), 40);
+    assert_eq!(
+        query_i64(&mut db, "SELECT count(*) FROM t WHERE email = 'e33'"),
+        1
+    );
+    assert!(lookup_tables(&cluster).is_empty(), "lookup tables dropped");
+
+    // The other way round: the drop waits for a transaction that wrote.
+    exec(
+        &mut db,
+        "CALL conductor.create_virtual_index('t', ARRAY['email'], true, 't_email')",
+    );
+    exec(&mut writer, "BEGIN; INSERT INTO t VALUES (41, 'e41')");
+    let cfg = cluster.pg_config();
+    let dropping = std::thread::spawn(move || {
+        let mut c = cfg.connect(conductor_e2e::postgres::NoTls).unwrap();
+        c.batch_execute("SELECT conductor.drop_virtual_index('t_email')")
+            .map_err(|e| pg_err(&e))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    exec(&mut writer, "INSERT INTO t VALUES (42, 'e42'); COMMIT");
+    dropping.join().unwrap().expect("the drop goes on");
+    assert_eq!(query_i64(&mut db, "SELECT count(*) FROM t"), 42);
+    assert!(lookup_tables(&cluster).is_empty(), "lookup tables dropped");
+}
