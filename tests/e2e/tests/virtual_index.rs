@@ -620,10 +620,13 @@ fn unique_values() {
             exec(&mut db, &format!("DELETE FROM acct WHERE id = {other_id}"));
         }
     }
-    // A deleted row frees its value (its entry is taken over).
+    // A deleted row frees its value (its entry is taken over) once the
+    // DELETE committed (in its own transaction: see
+    // a_unique_value_removed_and_rewritten_in_one_transaction).
+    exec(&mut db, "DELETE FROM acct WHERE id = 1");
     exec(
         &mut db,
-        &format!("DELETE FROM acct WHERE id = 1; INSERT INTO acct VALUES ({other_id}, 'ann', 9)"),
+        &format!("INSERT INTO acct VALUES ({other_id}, 'ann', 9)"),
     );
     assert_eq!(
         query_i64(&mut db, "SELECT count(*) FROM acct WHERE login = 'ann'"),
@@ -1588,4 +1591,110 @@ fn dropping_an_index_while_writing() {
     dropping.join().unwrap().expect("the drop goes on");
     assert_eq!(query_i64(&mut db, "SELECT count(*) FROM t"), 42);
     assert!(lookup_tables(&cluster).is_empty(), "lookup tables dropped");
+}
+
+/// A transaction that removes a unique value from a row (DELETE, or an
+/// UPDATE of the value) and then writes the value on another shard would
+/// move the value's entry, committed at once, away from a row its rollback
+/// brings back. It is refused instead (0A000, nothing written), so after
+/// the rollback the row is still found through the index and the value is
+/// still unique; on the same shard, or once the removal committed, the
+/// value is written as usual.
+#[test]
+fn a_unique_value_removed_and_rewritten_in_one_transaction() {
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE acct (id bigint NOT NULL, login text) SERVER cluster;
+         SELECT conductor.create_distributed_table('acct', 'id', 4);",
+    );
+    exec(
+        &mut db,
+        "CALL conductor.create_virtual_index('acct', ARRAY['login'], true, 'acct_login')",
+    );
+    let shard_of = |db: &mut Client, id: i64| {
+        query_i64(
+            db,
+            &format!("SELECT conductor.shard_for('acct', {id}::bigint)::bigint"),
+        )
+    };
+    let a = 1i64;
+    let same = (2..200)
+        .find(|&i| shard_of(&mut db, i) == shard_of(&mut db, a))
+        .unwrap();
+    let other = (2..200)
+        .find(|&i| shard_of(&mut db, i) != shard_of(&mut db, a))
+        .unwrap();
+    let third = (2..200)
+        .find(|&i| {
+            let s = shard_of(&mut db, i);
+            s != shard_of(&mut db, a) && s != shard_of(&mut db, other)
+        })
+        .unwrap();
+    exec(&mut db, &format!("INSERT INTO acct VALUES ({a}, 'ann')"));
+    let found = |db: &mut Client| -> Vec<String> {
+        rows(db, "SELECT id FROM acct WHERE login = 'ann'").unwrap()
+    };
+    for (removal, write) in [
+        (
+            format!("DELETE FROM acct WHERE id = {a}"),
+            format!("INSERT INTO acct VALUES ({other}, 'ann')"),
+        ),
+        (
+            format!("UPDATE acct SET login = 'bob' WHERE id = {a}"),
+            format!("INSERT INTO acct VALUES ({other}, 'ann')"),
+        ),
+        (
+            format!("DELETE FROM acct WHERE id = {a}"),
+            format!("INSERT INTO acct VALUES ({other}, 'x'); UPDATE acct SET login = 'ann' WHERE id = {other}"),
+        ),
+    ] {
+        for savepoint in [false, true] {
+            exec(&mut db, "BEGIN");
+            if savepoint {
+                exec(&mut db, "SAVEPOINT s");
+            }
+            exec(&mut db, &removal);
+            let e = db.batch_execute(&write).unwrap_err();
+            assert_eq!(
+                e.code().map(|c| c.code()),
+                Some("0A000"),
+                "{removal}; {write}: {}",
+                pg_err(&e)
+            );
+            exec(
+                &mut db,
+                if savepoint {
+                    "ROLLBACK TO SAVEPOINT s; COMMIT"
+                } else {
+                    "ROLLBACK"
+                },
+            );
+            assert_eq!(found(&mut db), [a.to_string()], "after {removal}; {write}");
+            let (missing, _, _) = verify(&mut db, "acct_login", false);
+            assert_eq!(missing, 0, "after {removal}; {write}");
+            let e = db
+                .batch_execute(&format!("INSERT INTO acct VALUES ({third}, 'ann')"))
+                .unwrap_err();
+            assert_eq!(e.code().map(|c| c.code()), Some("23505"), "{}", pg_err(&e));
+        }
+    }
+    // On the same shard the value moves within the transaction.
+    exec(
+        &mut db,
+        &format!("BEGIN; DELETE FROM acct WHERE id = {a}; INSERT INTO acct VALUES ({same}, 'ann'); COMMIT"),
+    );
+    assert_eq!(found(&mut db), [same.to_string()]);
+    // Once the removal committed, to another shard too.
+    exec(&mut db, &format!("DELETE FROM acct WHERE id = {same}"));
+    exec(
+        &mut db,
+        &format!("BEGIN; INSERT INTO acct VALUES ({other}, 'ann'); COMMIT"),
+    );
+    assert_eq!(found(&mut db), [other.to_string()]);
+    let (missing, _, _) = verify(&mut db, "acct_login", false);
+    assert_eq!(missing, 0);
 }
