@@ -1507,3 +1507,74 @@ fn a_move_and_a_virtual_index_build_never_overlap() {
         .get(0);
     assert_eq!(n, 1);
 }
+
+/// A lone write to two shards of one node waits out a move of one of them
+/// like a write to one shard: once the switch is seen its shards are on two
+/// nodes, and it goes to both in one transaction, not to the old copy.
+#[test]
+fn a_lone_write_to_two_shards_of_a_node_waits_for_a_move() {
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v bigint) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 4);
+         INSERT INTO t SELECT i, 0 FROM generate_series(1, 4000) i;",
+    );
+    // Shards 0 and 2 start on node-0.
+    let key_of = |db: &mut Client, shard: i32| -> i64 {
+        db.query_one(
+            "SELECT min(i)::bigint FROM generate_series(1, 100) i WHERE conductor.shard_for('t', i::bigint) = $1",
+            &[&shard],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let keys = vec![key_of(&mut db, 0), key_of(&mut db, 2)];
+    let p = placement(&mut db, "t");
+    assert_eq!((p[0].1.as_str(), p[2].1.as_str()), ("node-0", "node-0"));
+    // Rounds of: a writer updates both rows while shard 0 moves away from
+    // shard 2's node (its writes go to one node until the switch); shard 0
+    // comes back with no write running (a write to two nodes meets the
+    // block and fails, as documented).
+    let mut total = 0;
+    for _ in 0..3 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let cfg = _cluster.pg_config();
+        let (stop2, keys2) = (stop.clone(), keys.clone());
+        let writer = std::thread::spawn(move || {
+            let mut c = cfg.connect(postgres::NoTls).unwrap();
+            let (mut done, mut errors) = (0i64, Vec::new());
+            while !stop2.load(Ordering::Relaxed) {
+                match c.execute("UPDATE t SET v = v + 1 WHERE id = ANY($1)", &[&keys2]) {
+                    Ok(n) => {
+                        assert_eq!(n, 2);
+                        done += 1;
+                    }
+                    Err(e) => errors.push(pg_err(&e)),
+                }
+            }
+            (done, errors)
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        exec(&mut db, "CALL conductor.move_shard('t', 0, 'node-1')");
+        std::thread::sleep(Duration::from_millis(50));
+        stop.store(true, Ordering::Relaxed);
+        let (done, errors) = writer.join().unwrap();
+        assert!(
+            errors.is_empty(),
+            "lone writes failed during the move: {errors:?}"
+        );
+        total += done;
+        exec(&mut db, "CALL conductor.move_shard('t', 0, 'node-0')");
+    }
+    let sums: Vec<i64> = db
+        .query("SELECT v FROM t WHERE id = ANY($1) ORDER BY id", &[&keys])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(sums, [total, total], "every write landed once on both rows");
+}
