@@ -1578,3 +1578,50 @@ fn a_lone_write_to_two_shards_of_a_node_waits_for_a_move() {
         .collect();
     assert_eq!(sums, [total, total], "every write landed once on both rows");
 }
+
+/// A move cancelled after its catalog switch (while it waits for older
+/// transactions before dropping the old copy) says that the shard moved,
+/// not that the source stays authoritative; `cleanup_moves()` finishes it.
+#[test]
+fn a_move_cancelled_after_its_switch_says_the_shard_moved() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v int) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 2);
+         INSERT INTO t SELECT i, 0 FROM generate_series(1, 1000) i;",
+    );
+    // A transaction older than the switch: the old copy's drop waits for it
+    // (up to 5 s), and the statement timeout ends the wait.
+    let mut old = cluster.client();
+    exec(&mut old, "BEGIN; SELECT count(*) FROM t");
+    exec(&mut db, "SET statement_timeout = '3s'");
+    let err = db
+        .batch_execute("CALL conductor.move_shard('t', 0, 'node-1')")
+        .expect_err("cancelled");
+    exec(&mut db, "RESET statement_timeout");
+    assert_eq!(sqlstate(&err), "57014", "{}", pg_err(&err));
+    let e = pg_err(&err);
+    assert!(
+        e.contains("had switched") && !e.contains("stays authoritative"),
+        "{e}"
+    );
+    assert_eq!(
+        placement(&mut db, "t")[0],
+        (0, "node-1".into(), "active".into())
+    );
+    exec(&mut old, "COMMIT");
+    let cleaned: Vec<String> = db
+        .query("SELECT outcome FROM conductor.cleanup_moves()", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(cleaned, ["finished"]);
+    assert_nodes_match_catalog(&cluster, &mut db, "t");
+    let n: i64 = db.query_one("SELECT count(*) FROM t", &[]).unwrap().get(0);
+    assert_eq!(n, 1000);
+}
