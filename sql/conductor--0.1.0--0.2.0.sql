@@ -975,6 +975,15 @@ BEGIN
         IF failed THEN
             PERFORM conductor._move_abort(m, msg);
             COMMIT;
+            -- A failure after the catalog switched (while the old copy is
+            -- dropped) leaves the shard moved.
+            IF phase = 'switched' THEN
+                RAISE EXCEPTION USING ERRCODE = st, MESSAGE = msg,
+                    DETAIL = concat_ws(E'\n', nullif(det, ''),
+                        format('Move %s of shard %s of %s to node %s had switched: the shard is on node %s; its old copy is left on the source, fenced.',
+                               m, shard, tbl, to_node, to_node)),
+                    HINT = 'SELECT * FROM conductor.cleanup_moves() drops the old copy.';
+            END IF;
             RAISE EXCEPTION USING ERRCODE = st, MESSAGE = msg,
                 DETAIL = concat_ws(E'\n', nullif(det, ''),
                     format('Move %s of shard %s of %s to node %s was abandoned; the source copy stays authoritative.',

@@ -645,6 +645,22 @@ fn probe(t: &TableTopology, ix: &VirtualIndex, shard: u32, e: &Entry) -> bool {
         .is_some_and(|r| !r.rows.is_empty())
 }
 
+/// Whether shard `shard`'s committed state (not this transaction's) holds
+/// a row with the entry's values.
+fn committed_row_holds(
+    t: &TableTopology,
+    ix: &VirtualIndex,
+    shard: u32,
+    shard_table: &str,
+    e: &Entry,
+) -> bool {
+    let job = Job::on_shard(t, shard, vec![ix.probe_stmt(t, shard_table, e)]);
+    read_at_once(t, vec![job])
+        .first()
+        .and_then(|r| r.first())
+        .is_some_and(|r| !r.rows.is_empty())
+}
+
 /// One request on a temporary stream.
 fn on_stream(
     t: &TableTopology,
@@ -724,6 +740,34 @@ fn unless_held(
             .is_some_and(|r| !r.rows.is_empty());
         if found {
             return false;
+        }
+        // This transaction may itself have removed the row (a DELETE, or an
+        // UPDATE of the value, not committed): an entry changed at once
+        // would outlive a rollback that brings the row back, which would
+        // then have no entry. The committed state tells (no other writer
+        // commits on that node while this transaction holds its lock).
+        if !streams::holds_write(&lkey) && committed_row_holds(t, ix, holder, &shard_table, e) {
+            if new_owner.is_none() {
+                return false; // not an extra: kept
+            }
+            raise(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!(
+                    "conductor: a value of unique virtual index \"{}\" cannot move to another shard in the transaction that removed it",
+                    ix.name
+                ),
+            )
+            .detail(format!(
+                "Key ({})=({}) is held by a committed row on shard {holder} (node {}) of {} that this transaction deleted or changed; its entry would have to move before this transaction commits.",
+                ix.column_names(t).join(", "),
+                vindex::display_values(e.values.iter().map(|v| &v.0))
+                    .trim_start_matches('(')
+                    .trim_end_matches(')'),
+                t.shards[holder as usize].node_id,
+                t.name
+            ))
+            .hint("Commit the DELETE or UPDATE first, then write the value in another transaction.")
+            .error()
         }
         write_entry();
         return true;

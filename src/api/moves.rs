@@ -444,7 +444,19 @@ fn move_start(tbl: pg_sys::Oid, shard: i32, to_node: &str) -> Option<i64> {
         )
         .error()
     }
-    if !topology.virtual_indexes.is_empty() {
+    let server_id = topology.server_id;
+    lock_table(tbl);
+    // From the catalog, after the lock: the topology read above predates a
+    // build whose first step (recording the index and creating its lookup
+    // tables beside the shards) held the lock meanwhile.
+    let indexed = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT FROM conductor.virtual_index WHERE relid = $1)",
+        &[tbl.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if indexed {
         // A virtual index's lookup tables live beside the table's shards
         // and would have to move with them, entries and all; until moves
         // carry them, a move would leave entries where routing no longer
@@ -458,8 +470,6 @@ fn move_start(tbl: pg_sys::Oid, shard: i32, to_node: &str) -> Option<i64> {
         )
         .error()
     }
-    let server_id = topology.server_id;
-    lock_table(tbl);
     let target_status = Spi::get_one_with_args::<String>(
         "SELECT status FROM conductor.node WHERE server_id = $1 AND node_id = $2",
         &[server_id.into(), to_node.into()],
@@ -981,6 +991,9 @@ fn cut_over(m: &Move) {
         &[m.relid.into(), m.shard_id.into(), m.target.as_str().into()],
     )
     .unwrap_or_else(|e| error!("conductor: could not switch the shard: {e}"));
+    // Cached plans of the table are planned again: a join pushed to the
+    // nodes was planned for where both tables' shards were.
+    super::vindex::invalidate_plans(m.relid);
     m.set(
         "phase = 'switched', block_ms = $2, changes_pending = 0, switched_at = clock_timestamp()",
         vec![block_ms.into()],

@@ -307,7 +307,16 @@ fn sync_shard_schema(relid: pg_sys::Oid) {
     }
     super::moves::refuse_while_moving(relid, "alter");
     let shard_indexes = indexes(relid);
-    let change = plan_change(&rec.columns, &new_columns, key, &identity, &shard_indexes)
+    // A rebuilt shard table gets every index it had: the shard indexes and
+    // the local index of each virtual index (a unique one is what refuses a
+    // second row with a value on the shard holding it). Their columns
+    // cannot be dropped or renamed (refused above).
+    let rebuilt_indexes: Vec<ShardIndexDef> = shard_indexes
+        .iter()
+        .cloned()
+        .chain(super::vindex::local_indexes(relid))
+        .collect();
+    let change = plan_change(&rec.columns, &new_columns, key, &identity, &rebuilt_indexes)
         .unwrap_or_else(|why| refuse(relid, why));
 
     // Record what the shards will have, with renames applied to the key,
@@ -422,7 +431,9 @@ fn check_schema(
     };
     let topology = cache::table(relid);
     let expected = expected_columns(&topology, &rec);
-    let shard_indexes = indexes(relid);
+    // The shard indexes and the local index of each virtual index.
+    let mut shard_indexes = indexes(relid);
+    shard_indexes.extend(super::vindex::local_indexes(relid));
     let plan = ShardPlan::every_shard(&topology, "check_schema", |table| {
         vec![
             Stmt::new(

@@ -29,7 +29,31 @@ fn local_index(name: &str, columns: Vec<String>, unique: bool) -> ShardIndexDef 
     }
 }
 
-fn invalidate_plans(relid: pg_sys::Oid) {
+/// The local indexes of `relid`'s virtual indexes (every status: a failed
+/// index keeps its local index until it is dropped), which a shard table
+/// rebuilt by an ALTER must get again.
+pub fn local_indexes(relid: pg_sys::Oid) -> Vec<ShardIndexDef> {
+    Spi::connect(|client| -> Result<Vec<ShardIndexDef>, pgrx::spi::Error> {
+        client
+            .select(
+                "SELECT index_name, columns::text[], is_unique
+                   FROM conductor.virtual_index WHERE relid = $1 ORDER BY index_name",
+                None,
+                &[relid.into()],
+            )?
+            .map(|row| {
+                Ok(local_index(
+                    &row.get::<String>(1)?.unwrap_or_default(),
+                    row.get(2)?.unwrap_or_default(),
+                    row.get(3)?.unwrap_or(false),
+                ))
+            })
+            .collect()
+    })
+    .unwrap_or_else(|e| error!("conductor: could not read the virtual indexes: {e}"))
+}
+
+pub(crate) fn invalidate_plans(relid: pg_sys::Oid) {
     // SAFETY: queues a relcache invalidation of the foreign table (sent at
     // commit), which makes cached plans of it be planned again.
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
@@ -395,6 +419,19 @@ fn vidx_fail(name: &str, why: &str) {
 /// index of every shard (in this transaction).
 #[pg_extern]
 fn drop_virtual_index(name: &str) {
+    // As DROP INDEX does, wait for the statements that read or write the
+    // table and make later ones wait for this transaction: a writer that
+    // knew the index would write its entries into lookup tables dropped
+    // here and fail with "no such table"; after the commit, statements
+    // plan without it.
+    // SAFETY: a lock on a relation in a transaction, released at its end.
+    unsafe {
+        pg_sys::LockRelationOid(
+            recorded(name).relid,
+            pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE,
+        )
+    };
+    // Read again after the wait (a concurrent drop).
     let rec = recorded(name);
     let t = cache::table(rec.relid);
     Spi::run_with_args(

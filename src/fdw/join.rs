@@ -177,6 +177,32 @@ fn colocation_refusal(outer: &TableTopology, inner: &TableTopology) -> Option<St
     None
 }
 
+/// At execution, before any node is asked: the tables of a join planned to
+/// run per shard still allow it. A shard move that committed after the
+/// plan was made (a cached plan is planned again once the move's switch
+/// reaches this backend, so only a move racing the statement) may have
+/// split them: run as planned, the join would read a shard table where the
+/// other table's shard no longer is (a partial copy, or none).
+pub fn check_still_pushable(outer: &TableTopology, inner: &TableTopology) {
+    let why = if inner.is_reference() {
+        reference_refusal(outer, inner)
+    } else {
+        colocation_refusal(outer, inner)
+    };
+    if let Some(why) = why {
+        crate::errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            format!(
+                "conductor: the join of {} and {} was planned to run on the nodes, but {why}",
+                outer.name, inner.name
+            ),
+        )
+        .detail("A shard move changed where their shards are after the statement was planned.")
+        .hint("Retry the statement.")
+        .error()
+    }
+}
+
 /// Why a distributed table cannot be joined per shard with a reference
 /// table, or None when every node holding one of its shards has a copy.
 fn reference_refusal(outer: &TableTopology, inner: &TableTopology) -> Option<String> {

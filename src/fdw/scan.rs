@@ -764,6 +764,7 @@ pub unsafe extern "C-unwind" fn begin_foreign_scan(
             Some(join) => {
                 let outer = cache::table(pg_sys::Oid::from(join.outer));
                 let inner = cache::table(pg_sys::Oid::from(join.inner));
+                super::join::check_still_pushable(&outer, &inner);
                 let n = outer.columns.len();
                 let codecs = join
                     .query

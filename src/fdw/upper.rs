@@ -1628,10 +1628,12 @@ pub unsafe fn begin_foreign_scan(node: *mut pg_sys::ForeignScanState) {
         let plan = plan_of(fscan)
             .unwrap_or_else(|| error!("conductor: foreign scan plan without conductor data"));
         let sides = plan.join.as_ref().map(|j| {
-            (
+            let (outer, inner) = (
                 cache::table(pg_sys::Oid::from(j.outer)),
                 cache::table(pg_sys::Oid::from(j.inner)),
-            )
+            );
+            super::join::check_still_pushable(&outer, &inner);
+            (outer, inner)
         });
         let topology = match &sides {
             Some((outer, inner)) => Rc::new(super::join::combined(outer, inner)),

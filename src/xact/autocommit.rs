@@ -223,7 +223,8 @@ pub fn release_cancel_at_commit() {
 /// nothing (the node ran the request as one transaction), and this session
 /// holds no lock on the node, so the write waits here: it sleeps, takes in
 /// the catalog change the move committed, and sends the same statements to
-/// wherever the shard now is.
+/// wherever the shard now is (in the transaction's streams, when the move
+/// left the statement's shards on several nodes).
 pub fn run_alone(topology: &TableTopology, plan: &ShardPlan) -> Option<Vec<(u32, StmtResult)>> {
     if topology.is_reference() {
         return None; // every copy is written, in the transaction's streams
@@ -236,7 +237,13 @@ pub fn run_alone(topology: &TableTopology, plan: &ShardPlan) -> Option<Vec<(u32,
     let mut refreshed: Option<std::rc::Rc<TableTopology>> = None;
     loop {
         let current = refreshed.as_deref().unwrap_or(topology);
-        match send_alone(current, plan)? {
+        let Some(sent) = send_alone(current, plan) else {
+            // The switch put the statement's shards on several nodes: it
+            // runs in the transaction's streams, where they now are (the
+            // caller's topology would send it to the old copy's fence).
+            return refreshed.map(|t| streams::run_plan(&t, plan, streams::Access::Write));
+        };
+        match sent {
             Ok(results) => return Some(results),
             Err(e) if is_moving(&e) && started.elapsed() < limit => {
                 remote::sleep_interruptibly(pause);

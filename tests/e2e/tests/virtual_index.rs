@@ -620,10 +620,13 @@ fn unique_values() {
             exec(&mut db, &format!("DELETE FROM acct WHERE id = {other_id}"));
         }
     }
-    // A deleted row frees its value (its entry is taken over).
+    // A deleted row frees its value (its entry is taken over) once the
+    // DELETE committed (in its own transaction: see
+    // a_unique_value_removed_and_rewritten_in_one_transaction).
+    exec(&mut db, "DELETE FROM acct WHERE id = 1");
     exec(
         &mut db,
-        &format!("DELETE FROM acct WHERE id = 1; INSERT INTO acct VALUES ({other_id}, 'ann', 9)"),
+        &format!("INSERT INTO acct VALUES ({other_id}, 'ann', 9)"),
     );
     assert_eq!(
         query_i64(&mut db, "SELECT count(*) FROM acct WHERE login = 'ann'"),
@@ -1389,4 +1392,309 @@ fn concurrent_inserts_of_one_unique_value_one_wins() {
         );
     }
     assert_eq!(verify(&mut db, "uq_login", false).0, 0);
+}
+
+/// An ALTER that rebuilds the shard tables (SET / DROP NOT NULL, ADD COLUMN
+/// … NOT NULL) keeps the local index every shard has for a virtual index:
+/// a unique index still refuses a second row with a value on the shard
+/// that holds it (INSERT of two rows, UPDATE), which only that local index
+/// catches.
+#[test]
+fn a_rebuilding_alter_keeps_the_local_indexes() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE acct (id bigint NOT NULL, login text, n int) SERVER cluster;
+         SELECT conductor.create_distributed_table('acct', 'id', 2);",
+    );
+    exec(
+        &mut db,
+        "CALL conductor.create_virtual_index('acct', ARRAY['login'], true, 'acct_login')",
+    );
+    exec(
+        &mut db,
+        "CALL conductor.create_virtual_index('acct', ARRAY['n'], false, 'acct_n')",
+    );
+    // Keys of shard 0.
+    let ids: Vec<i64> = (1..200i64)
+        .filter(|id| {
+            query_i64(
+                &mut db,
+                &format!("SELECT conductor.shard_for('acct', {id}::bigint)::bigint"),
+            ) == 0
+        })
+        .take(4)
+        .collect();
+    exec(
+        &mut db,
+        &format!(
+            "INSERT INTO acct VALUES ({}, 'ann', 1), ({}, 'bob', 2)",
+            ids[0], ids[1]
+        ),
+    );
+    let local_indexes = |cluster: &Cluster| -> Vec<String> {
+        let mut names: Vec<String> = (0..cluster.node_count())
+            .flat_map(|i| {
+                cluster.node_query(
+                    i,
+                    "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE '%vx_%'",
+                    &[],
+                )
+            })
+            .map(|r| r[0].as_str().unwrap_or_default().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = local_indexes(&cluster);
+    assert_eq!(
+        before.len(),
+        4,
+        "two local indexes on each shard: {before:?}"
+    );
+    // check_schema knows them: nothing to report.
+    assert_eq!(
+        query_i64(
+            &mut db,
+            "SELECT count(*) FROM conductor.check_schema('acct')"
+        ),
+        0
+    );
+    for alter in [
+        "ALTER FOREIGN TABLE acct ALTER COLUMN n SET NOT NULL",
+        "ALTER FOREIGN TABLE acct ALTER COLUMN n DROP NOT NULL",
+        "ALTER FOREIGN TABLE acct ADD COLUMN flag boolean NOT NULL DEFAULT false",
+    ] {
+        exec(&mut db, alter);
+        assert_eq!(local_indexes(&cluster), before, "after {alter}");
+        let e = db
+            .batch_execute(&format!(
+                "UPDATE acct SET login = 'ann' WHERE id = {}",
+                ids[1]
+            ))
+            .unwrap_err();
+        assert_eq!(
+            e.code().map(|c| c.code()),
+            Some("23505"),
+            "UPDATE to a taken value after {alter}: {}",
+            pg_err(&e)
+        );
+        let e = db
+            .batch_execute(&format!(
+                "INSERT INTO acct (id, login, n) VALUES ({}, 'cy', 3), ({}, 'cy', 4)",
+                ids[2], ids[3]
+            ))
+            .unwrap_err();
+        assert_eq!(
+            e.code().map(|c| c.code()),
+            Some("23505"),
+            "two rows with one value after {alter}: {}",
+            pg_err(&e)
+        );
+        assert_eq!(
+            query_i64(
+                &mut db,
+                "SELECT count(*) FROM acct WHERE login IN ('ann', 'cy')"
+            ),
+            1,
+            "after {alter}"
+        );
+    }
+    assert_eq!(
+        query_i64(
+            &mut db,
+            "SELECT count(*) FROM conductor.check_schema('acct')"
+        ),
+        0
+    );
+}
+
+/// Dropping a virtual index waits for the statements using its table and
+/// makes later ones wait for it, as DROP INDEX does: a write that knew the
+/// index never meets its dropped lookup tables ("no such table"), and every
+/// write lands.
+#[test]
+fn dropping_an_index_while_writing() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, email text) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', 4);",
+    );
+    exec(
+        &mut db,
+        "CALL conductor.create_virtual_index('t', ARRAY['email'], false, 't_email')",
+    );
+    // A session that wrote (and cached the index) before the drop.
+    let mut writer = cluster.client();
+    exec(&mut writer, "INSERT INTO t VALUES (1, 'e1')");
+    let writer_pid: i32 = writer
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    exec(
+        &mut db,
+        "BEGIN; SELECT conductor.drop_virtual_index('t_email')",
+    );
+    let writing = std::thread::spawn(move || {
+        for i in 2..=40i64 {
+            writer
+                .execute(
+                    "INSERT INTO t VALUES ($1::bigint, 'e' || $1::bigint)",
+                    &[&i],
+                )
+                .map_err(|e| pg_err(&e))?;
+        }
+        Ok::<_, String>(writer)
+    });
+    // The writer waits for the drop's transaction (not for a node's lock).
+    for _ in 0..2000 {
+        let waits = query_i64(
+            &mut db,
+            &format!("SELECT count(*) FROM pg_locks WHERE pid = {writer_pid} AND NOT granted"),
+        );
+        if waits > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    exec(&mut db, "COMMIT");
+    let mut writer = writing.join().unwrap().expect("writes after the drop land");
+    assert_eq!(query_i64(&mut writer, "SELECT count(*) FROM t"), 40);
+    assert_eq!(
+        query_i64(&mut db, "SELECT count(*) FROM t WHERE email = 'e33'"),
+        1
+    );
+    assert!(lookup_tables(&cluster).is_empty(), "lookup tables dropped");
+
+    // The other way round: the drop waits for a transaction that wrote.
+    exec(
+        &mut db,
+        "CALL conductor.create_virtual_index('t', ARRAY['email'], true, 't_email')",
+    );
+    exec(&mut writer, "BEGIN; INSERT INTO t VALUES (41, 'e41')");
+    let cfg = cluster.pg_config();
+    let dropping = std::thread::spawn(move || {
+        let mut c = cfg.connect(conductor_e2e::postgres::NoTls).unwrap();
+        c.batch_execute("SELECT conductor.drop_virtual_index('t_email')")
+            .map_err(|e| pg_err(&e))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    exec(&mut writer, "INSERT INTO t VALUES (42, 'e42'); COMMIT");
+    dropping.join().unwrap().expect("the drop goes on");
+    assert_eq!(query_i64(&mut db, "SELECT count(*) FROM t"), 42);
+    assert!(lookup_tables(&cluster).is_empty(), "lookup tables dropped");
+}
+
+/// A transaction that removes a unique value from a row (DELETE, or an
+/// UPDATE of the value) and then writes the value on another shard would
+/// move the value's entry, committed at once, away from a row its rollback
+/// brings back. It is refused instead (0A000, nothing written), so after
+/// the rollback the row is still found through the index and the value is
+/// still unique; on the same shard, or once the removal committed, the
+/// value is written as usual.
+#[test]
+fn a_unique_value_removed_and_rewritten_in_one_transaction() {
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE acct (id bigint NOT NULL, login text) SERVER cluster;
+         SELECT conductor.create_distributed_table('acct', 'id', 4);",
+    );
+    exec(
+        &mut db,
+        "CALL conductor.create_virtual_index('acct', ARRAY['login'], true, 'acct_login')",
+    );
+    let shard_of = |db: &mut Client, id: i64| {
+        query_i64(
+            db,
+            &format!("SELECT conductor.shard_for('acct', {id}::bigint)::bigint"),
+        )
+    };
+    let a = 1i64;
+    let same = (2..200)
+        .find(|&i| shard_of(&mut db, i) == shard_of(&mut db, a))
+        .unwrap();
+    let other = (2..200)
+        .find(|&i| shard_of(&mut db, i) != shard_of(&mut db, a))
+        .unwrap();
+    let third = (2..200)
+        .find(|&i| {
+            let s = shard_of(&mut db, i);
+            s != shard_of(&mut db, a) && s != shard_of(&mut db, other)
+        })
+        .unwrap();
+    exec(&mut db, &format!("INSERT INTO acct VALUES ({a}, 'ann')"));
+    let found = |db: &mut Client| -> Vec<String> {
+        rows(db, "SELECT id FROM acct WHERE login = 'ann'").unwrap()
+    };
+    for (removal, write) in [
+        (
+            format!("DELETE FROM acct WHERE id = {a}"),
+            format!("INSERT INTO acct VALUES ({other}, 'ann')"),
+        ),
+        (
+            format!("UPDATE acct SET login = 'bob' WHERE id = {a}"),
+            format!("INSERT INTO acct VALUES ({other}, 'ann')"),
+        ),
+        (
+            format!("DELETE FROM acct WHERE id = {a}"),
+            format!("INSERT INTO acct VALUES ({other}, 'x'); UPDATE acct SET login = 'ann' WHERE id = {other}"),
+        ),
+    ] {
+        for savepoint in [false, true] {
+            exec(&mut db, "BEGIN");
+            if savepoint {
+                exec(&mut db, "SAVEPOINT s");
+            }
+            exec(&mut db, &removal);
+            let e = db.batch_execute(&write).unwrap_err();
+            assert_eq!(
+                e.code().map(|c| c.code()),
+                Some("0A000"),
+                "{removal}; {write}: {}",
+                pg_err(&e)
+            );
+            exec(
+                &mut db,
+                if savepoint {
+                    "ROLLBACK TO SAVEPOINT s; COMMIT"
+                } else {
+                    "ROLLBACK"
+                },
+            );
+            assert_eq!(found(&mut db), [a.to_string()], "after {removal}; {write}");
+            let (missing, _, _) = verify(&mut db, "acct_login", false);
+            assert_eq!(missing, 0, "after {removal}; {write}");
+            let e = db
+                .batch_execute(&format!("INSERT INTO acct VALUES ({third}, 'ann')"))
+                .unwrap_err();
+            assert_eq!(e.code().map(|c| c.code()), Some("23505"), "{}", pg_err(&e));
+        }
+    }
+    // On the same shard the value moves within the transaction.
+    exec(
+        &mut db,
+        &format!("BEGIN; DELETE FROM acct WHERE id = {a}; INSERT INTO acct VALUES ({same}, 'ann'); COMMIT"),
+    );
+    assert_eq!(found(&mut db), [same.to_string()]);
+    // Once the removal committed, to another shard too.
+    exec(&mut db, &format!("DELETE FROM acct WHERE id = {same}"));
+    exec(
+        &mut db,
+        &format!("BEGIN; INSERT INTO acct VALUES ({other}, 'ann'); COMMIT"),
+    );
+    assert_eq!(found(&mut db), [other.to_string()]);
+    let (missing, _, _) = verify(&mut db, "acct_login", false);
+    assert_eq!(missing, 0);
 }
