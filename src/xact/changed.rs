@@ -19,7 +19,7 @@
 
 use crate::catalog::TableTopology;
 use crate::errors::raise;
-use conductor_core::plan::ShardPlan;
+use conductor_core::plan::{shard_of_value, ShardPlan};
 use conductor_core::types::{uuid_to_text, TypedValue};
 use conductor_hrana::Value;
 use pgrx::prelude::*;
@@ -154,15 +154,34 @@ fn record(
     });
 }
 
-/// [`record`] for a plan that writes rows by their stored key values.
+/// [`record`] for a plan that writes rows by their stored key values: each
+/// key in its own shard's record (a batch of rows spans many shards).
 pub fn record_rows<'a>(
     topology: &TableTopology,
     plan: &ShardPlan,
     key_values: impl IntoIterator<Item = &'a Value>,
     cid: pg_sys::CommandId,
 ) {
-    let keys: Option<Vec<Key>> = key_values.into_iter().map(Key::stored).collect();
-    record(topology, plan.shard_ids(), keys.as_deref(), cid);
+    let values: Vec<&Value> = key_values.into_iter().collect();
+    let keys: Option<Vec<Key>> = values.iter().map(|v| Key::stored(v)).collect();
+    let Some(keys) = keys else {
+        return record(topology, plan.shard_ids(), None, cid);
+    };
+    if topology.is_reference() {
+        return record(topology, plan.shard_ids(), Some(&keys), cid);
+    }
+    let mut per_shard: BTreeMap<u32, Vec<Key>> = BTreeMap::new();
+    for (value, key) in values.into_iter().zip(keys) {
+        match shard_of_value(topology, value) {
+            Ok(shard) => per_shard.entry(shard).or_default().push(key),
+            // Not a placeable key (the plan would have refused it): the
+            // plan's shards, any of their rows.
+            Err(_) => return record(topology, plan.shard_ids(), None, cid),
+        }
+    }
+    for (shard, keys) in per_shard {
+        record(topology, [shard], Some(&keys), cid);
+    }
 }
 
 /// [`record`] for a plan routed like a scan (an UPDATE or DELETE run on the
