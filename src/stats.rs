@@ -1022,6 +1022,28 @@ type StatementRow = (
     i64,
 );
 
+/// The functions behind the views that show other sessions' statement
+/// texts and key values answer whoever may read the view (a view's
+/// functions run as the querying role, so EXECUTE alone cannot guard them).
+fn require_view_privilege(view: &str) {
+    let allowed = Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.has_table_privilege($1, 'SELECT')",
+        &[view.into()],
+    )
+    .unwrap_or_else(|e| error!("conductor: could not check the privileges on {view}: {e}"))
+    .unwrap_or(false);
+    if !allowed {
+        crate::errors::raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied for view {view}"),
+        )
+        .hint(format!(
+            "It shows other sessions' statements: superusers and roles granted SELECT on {view} read it."
+        ))
+        .error()
+    }
+}
+
 /// Per query id and table: behind `conductor.stat_statements`.
 #[pg_extern]
 fn _stat_statements() -> TableIterator<
@@ -1043,6 +1065,7 @@ fn _stat_statements() -> TableIterator<
         name!(errors, i64),
     ),
 > {
+    require_view_privilege("conductor.stat_statements");
     let sh = shared_or_error();
     let rows: Vec<StatementRow> = {
         let _lock = Held::shared(sh.stmt_lock);
@@ -1231,6 +1254,7 @@ fn _stat_shard_keys() -> TableIterator<
         name!(overcount_max, i64),
     ),
 > {
+    require_view_privilege("conductor.stat_shard_keys");
     let sh = shared_or_error();
     let rows: Vec<_> = {
         let _lock = Held::shared(sh.key_lock);

@@ -138,6 +138,24 @@ fn new_column_default(
     let Some(adbin) = adbin else {
         return Ok(None);
     };
+    // A generated column's expression reads the row's other columns: it
+    // cannot be evaluated alone, and the nodes cannot compute it for the
+    // rows they hold.
+    let generated = Spi::get_one_with_args::<bool>(
+        "SELECT attgenerated <> '' FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum = $2",
+        &[relid.into(), column.attnum.into()],
+    )
+    .unwrap_or_else(|e| error!("conductor: could not read the new column: {e}"))
+    .unwrap_or(false);
+    if generated {
+        refuse(
+            relid,
+            format!(
+                "column \"{}\" is generated, and the rows already on the shards cannot compute it",
+                column.name
+            ),
+        );
+    }
     let text = CString::new(adbin).expect("a node tree has no NUL");
     let ty = column.column_type().expect("a supported type");
     // SAFETY: pg_attrdef.adbin is a node tree of this column's default;

@@ -670,6 +670,12 @@ fn shard_for(tbl: PgRelation, key: AnyElement) -> i32 {
 /// nodes once the transaction commits.
 #[pg_extern(name = "_forget_distributed_table")]
 fn forget_distributed_table(relid: pg_sys::Oid) {
+    // The event trigger runs for every dropped foreign table, also other
+    // wrappers' tables dropped by roles that may not write the catalog:
+    // only a distributed table's drop touches it.
+    if !catalog_has_row("distributed_table", "relid", relid) {
+        return;
+    }
     let rows = Spi::connect(|client| {
         client
             .select(
@@ -795,11 +801,26 @@ fn forget_distributed_table(relid: pg_sys::Oid) {
 /// sql_drop: a server was dropped (its tables were handled one by one).
 #[pg_extern(name = "_forget_server")]
 fn forget_server(server_id: pg_sys::Oid) {
+    // Every dropped server comes here; only one with nodes is forgotten.
+    if !catalog_has_row("node", "server_id", server_id) {
+        return;
+    }
     Spi::run_with_args(
         "DELETE FROM conductor.node WHERE server_id = $1",
         &[server_id.into()],
     )
     .unwrap_or_else(|e| error!("conductor: could not forget the dropped server's nodes: {e}"));
+}
+
+/// Whether conductor.<table> has a row whose <column> is `oid` (the
+/// catalog is readable by every role; writing it is not).
+fn catalog_has_row(table: &str, column: &str, oid: pg_sys::Oid) -> bool {
+    Spi::get_one_with_args::<bool>(
+        &format!("SELECT EXISTS (SELECT FROM conductor.{table} WHERE {column} = $1)"),
+        &[oid.into()],
+    )
+    .unwrap_or_else(|e| error!("conductor: could not read conductor.{table}: {e}"))
+    .unwrap_or(false)
 }
 
 /// A node joins the server: every reference table of the server is copied

@@ -398,6 +398,13 @@ fn alters_roll_back_refuse_clearly_and_survive_a_dead_node() {
             "ALTER FOREIGN TABLE t OPTIONS (ADD table_name 'other')",
             "table_name",
         ),
+        // A local table computes a stored generated column for its rows;
+        // the shards cannot (and its expression reads the row: it cannot be
+        // evaluated alone as a default is).
+        (
+            "ALTER FOREIGN TABLE t ADD COLUMN twice bigint GENERATED ALWAYS AS (id * 2) STORED",
+            "generated",
+        ),
     ] {
         let err = db.batch_execute(sql).expect_err(sql);
         let text = pg_err(&err);

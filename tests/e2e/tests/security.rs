@@ -248,3 +248,111 @@ fn tokens_and_topology_are_guarded() {
         )
         .unwrap_or_else(|e| panic!("granted update_node: {}", pg_err(&e)));
 }
+
+/// conductor's drop handling runs for every DROP in the database: a role
+/// that is not a superuser still drops its own foreign tables and servers
+/// of another wrapper (and its undistributed tables on a conductor
+/// server), while a distributed table stays out of its reach.
+#[test]
+fn other_roles_drop_their_own_foreign_objects() {
+    let (cluster, mut admin) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        node_delay_ms: None,
+        token: None,
+    });
+    exec(
+        &mut admin,
+        "CREATE FOREIGN TABLE public.t (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('public.t', 'id', shard_count => 4);
+         INSERT INTO public.t VALUES (1, 'a'), (2, 'b');
+         CREATE FOREIGN DATA WRAPPER other_fdw;
+         CREATE ROLE carol LOGIN;
+         GRANT USAGE ON FOREIGN DATA WRAPPER other_fdw TO carol;
+         GRANT USAGE ON FOREIGN SERVER cluster TO carol;
+         GRANT CREATE ON SCHEMA public TO carol;
+         GRANT CREATE ON DATABASE conductor TO carol;
+         GRANT SELECT ON public.t TO carol;",
+    );
+    let mut config = cluster.pg_config();
+    config.user("carol");
+    let mut carol = config.connect(conductor_e2e::postgres::NoTls).unwrap();
+    for sql in [
+        "CREATE SERVER elsewhere FOREIGN DATA WRAPPER other_fdw;
+         CREATE FOREIGN TABLE public.remote_a (x int) SERVER elsewhere;
+         DROP FOREIGN TABLE public.remote_a;",
+        "CREATE SCHEMA carols;
+         CREATE FOREIGN TABLE carols.remote_b (x int) SERVER elsewhere;
+         DROP SCHEMA carols CASCADE;",
+        "CREATE FOREIGN TABLE public.remote_c (x int) SERVER elsewhere;
+         DROP SERVER elsewhere CASCADE;",
+        "CREATE FOREIGN TABLE public.undistributed (id bigint) SERVER cluster;
+         DROP FOREIGN TABLE public.undistributed;",
+    ] {
+        carol
+            .batch_execute(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {}", pg_err(&e)));
+    }
+    // The distributed table is not carol's to drop, and its rows stay.
+    let e = expect_db_error(carol.batch_execute("DROP FOREIGN TABLE public.t"), "drop t");
+    assert_eq!(e.code().code(), "42501", "{}", describe(&e));
+    assert_eq!(query_i64(&mut carol, "SELECT count(*) FROM public.t"), 2);
+    assert_eq!(
+        query_i64(&mut admin, "SELECT count(*) FROM conductor.shard"),
+        4
+    );
+}
+
+/// conductor.stat_statements and stat_shard_keys show other sessions'
+/// statement texts and key values: the functions behind them answer only
+/// the roles that may read the views.
+#[test]
+fn statement_texts_and_key_values_stay_behind_their_views() {
+    let (cluster, mut admin) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        node_delay_ms: None,
+        token: None,
+    });
+    exec(
+        &mut admin,
+        "CREATE FOREIGN TABLE public.t (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('public.t', 'id', shard_count => 4);
+         INSERT INTO public.t VALUES (1, 'a');
+         CREATE ROLE erin LOGIN; CREATE ROLE frank LOGIN;
+         GRANT SELECT ON conductor.stat_statements, conductor.stat_shard_keys TO frank;",
+    );
+    exec(
+        &mut admin,
+        "SELECT * FROM public.t WHERE id = 4242 AND v = 'private-text'",
+    );
+    let connect = |user: &str| {
+        let mut config = cluster.pg_config();
+        config.user(user);
+        config.connect(conductor_e2e::postgres::NoTls).unwrap()
+    };
+    let mut erin = connect("erin");
+    for sql in [
+        "SELECT * FROM conductor.stat_statements",
+        "SELECT * FROM conductor.stat_shard_keys",
+        "SELECT * FROM conductor._stat_statements()",
+        "SELECT * FROM conductor._stat_shard_keys()",
+    ] {
+        let e = expect_db_error(erin.query(sql, &[]), sql);
+        assert_eq!(e.code().code(), "42501", "{sql}: {}", describe(&e));
+    }
+    // A role granted the views reads them (and so the functions behind).
+    let mut frank = connect("frank");
+    assert_eq!(
+        query_i64(
+            &mut frank,
+            "SELECT count(*) FROM conductor.stat_statements WHERE query LIKE '%private-text%'"
+        ),
+        1
+    );
+    assert_eq!(
+        query_i64(
+            &mut frank,
+            "SELECT count(*) FROM conductor.stat_shard_keys WHERE key_value = '4242'"
+        ),
+        1
+    );
+}
