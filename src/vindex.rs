@@ -316,6 +316,17 @@ pub fn owners(t: &TableTopology, rows: &[Vec<Value>]) -> Vec<u32> {
         .collect()
 }
 
+/// `(columns)=(values)` of an entry, as Postgres shows a key in DETAIL.
+fn key_display(t: &TableTopology, ix: &VirtualIndex, e: &Entry) -> String {
+    format!(
+        "({})=({})",
+        ix.column_names(t).join(", "),
+        vindex::display_values(e.values.iter().map(|v| &v.0))
+            .trim_start_matches('(')
+            .trim_end_matches(')')
+    )
+}
+
 fn duplicate(t: &TableTopology, ix: &VirtualIndex, e: &Entry, holder: u32) -> ! {
     raise(
         PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
@@ -325,11 +336,8 @@ fn duplicate(t: &TableTopology, ix: &VirtualIndex, e: &Entry, holder: u32) -> ! 
         ),
     )
     .detail(format!(
-        "Key ({})=({}) already exists in {} on shard {holder} (node {}).",
-        ix.column_names(t).join(", "),
-        vindex::display_values(e.values.iter().map(|v| &v.0))
-            .trim_start_matches('(')
-            .trim_end_matches(')'),
+        "Key {} already exists in {} on shard {holder} (node {}).",
+        key_display(t, ix, e),
         t.name,
         t.shards[holder as usize].node_id
     ))
@@ -758,11 +766,8 @@ fn unless_held(
                 ),
             )
             .detail(format!(
-                "Key ({})=({}) is held by a committed row on shard {holder} (node {}) of {} that this transaction deleted or changed; its entry would have to move before this transaction commits.",
-                ix.column_names(t).join(", "),
-                vindex::display_values(e.values.iter().map(|v| &v.0))
-                    .trim_start_matches('(')
-                    .trim_end_matches(')'),
+                "Key {} is held by a committed row on shard {holder} (node {}) of {} that this transaction deleted or changed; its entry would have to move before this transaction commits.",
+                key_display(t, ix, e),
                 t.shards[holder as usize].node_id,
                 t.name
             ))
