@@ -138,12 +138,14 @@ pub fn set_timeout(conn: &Connection, timeout: Duration) -> rusqlite::Result<()>
 /// Wakes the waiters of `queue`'s database (after a commit or rollback of
 /// one of its connections that [`wake_waiters_on_release`] watches).
 fn released(queue: &Queue) {
-    queue
-        .state
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .releases += 1;
-    queue.released.notify_all();
+    let mut state = queue.state.lock().unwrap_or_else(|p| p.into_inner());
+    state.releases += 1;
+    // A notify is a futex system call even when nobody waits, and this runs
+    // at every commit; a waiter that registers after this sees the new
+    // release count under the same mutex before it sleeps.
+    if !state.waiting.is_empty() {
+        queue.released.notify_all();
+    }
 }
 
 /// Makes every commit and rollback of `conn` wake the waiters of its
