@@ -27,6 +27,7 @@ use crate::errors::raise;
 use crate::remote::{self, ShardRequest};
 use crate::xact::streams::{self, Access, NodeKey, NodeWork, ShardLabel};
 use conductor_core::client::one_request_transaction;
+use conductor_core::executor::ShardError;
 use conductor_core::plan::Within;
 use conductor_core::predicate::{Binding, Pred};
 use conductor_core::vindex::{self, Entry, VirtualIndex};
@@ -197,6 +198,14 @@ fn at_once(t: &TableTopology, jobs: Vec<Job>) -> Vec<Vec<StmtResult>> {
 /// Plain reads on nodes without a transaction of ours: each job one
 /// self-closing request.
 fn read_at_once(t: &TableTopology, jobs: Vec<Job>) -> Vec<Vec<StmtResult>> {
+    try_read_at_once(t, jobs)
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| remote::report_shard_error(&e)))
+        .collect()
+}
+
+/// [`read_at_once`], each node's failure returned instead of raised.
+fn try_read_at_once(t: &TableTopology, jobs: Vec<Job>) -> Vec<Result<Vec<StmtResult>, ShardError>> {
     let requests = jobs
         .into_iter()
         .map(|j| ShardRequest {
@@ -215,10 +224,7 @@ fn read_at_once(t: &TableTopology, jobs: Vec<Job>) -> Vec<Vec<StmtResult>> {
         .collect();
     remote::execute(requests)
         .into_iter()
-        .map(|r| {
-            let resp = r.unwrap_or_else(|e| remote::report_shard_error(&e));
-            execute_results(&resp)
-        })
+        .map(|r| r.map(|resp| execute_results(&resp)))
         .collect()
 }
 
@@ -228,6 +234,15 @@ fn read_at_once(t: &TableTopology, jobs: Vec<Job>) -> Vec<Vec<StmtResult>> {
 /// every row any earlier snapshot of this transaction sees. Jobs on one node
 /// share one request (a stream takes one request at a time).
 fn read(t: &TableTopology, jobs: Vec<Job>) -> Vec<Vec<StmtResult>> {
+    try_read(t, jobs)
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| remote::report_shard_error(&e)))
+        .collect()
+}
+
+/// [`read`], the failure of a node read outside this transaction returned
+/// instead of raised (a node this transaction writes fails it).
+fn try_read(t: &TableTopology, jobs: Vec<Job>) -> Vec<Result<Vec<StmtResult>, ShardError>> {
     let counts: Vec<usize> = jobs.iter().map(|j| j.stmts.len()).collect();
     let mut merged: BTreeMap<NodeKey, Job> = BTreeMap::new();
     let mut place = Vec::with_capacity(jobs.len());
@@ -255,17 +270,20 @@ fn read(t: &TableTopology, jobs: Vec<Job>) -> Vec<Vec<StmtResult>> {
             other.push(j);
         }
     }
-    let mut results: BTreeMap<NodeKey, Vec<StmtResult>> = BTreeMap::new();
-    results.extend(keys_mine.into_iter().zip(in_streams(t, mine, Access::Read)));
-    results.extend(keys_other.into_iter().zip(read_at_once(t, other)));
+    let mut results: BTreeMap<NodeKey, Result<Vec<StmtResult>, ShardError>> = BTreeMap::new();
+    results.extend(
+        keys_mine
+            .into_iter()
+            .zip(in_streams(t, mine, Access::Read).into_iter().map(Ok)),
+    );
+    results.extend(keys_other.into_iter().zip(try_read_at_once(t, other)));
     place
         .into_iter()
         .zip(counts)
-        .map(|((k, at), n)| {
-            results
-                .get(&k)
-                .map(|r| r.iter().skip(at).take(n).cloned().collect())
-                .unwrap_or_default()
+        .map(|((k, at), n)| match results.get(&k) {
+            Some(Ok(r)) => Ok(r.iter().skip(at).take(n).cloned().collect()),
+            Some(Err(e)) => Err(e.clone()),
+            None => Ok(Vec::new()),
         })
         .collect()
 }
@@ -1068,6 +1086,37 @@ pub fn read_in(t: &TableTopology, shard: u32, database: Database, stmt: Stmt) ->
         .and_then(|r| r.into_iter().next())
         .map(|r| r.rows)
         .unwrap_or_default()
+}
+
+/// The entries in the lookup tables of index `name` of `t`, stored in
+/// `database`: every shard's table counted, one request per node, the nodes
+/// in parallel. A node read outside this transaction that cannot answer is
+/// returned rather than raised, so a report over all indexes can go on.
+pub fn count_entries(t: &TableTopology, name: &str, database: Database) -> Result<i64, ShardError> {
+    let jobs = (0..t.shard_count())
+        .map(|s| {
+            let table = vindex::lookup_table_name(&t.remote_name, name, s);
+            let count = Stmt::new(
+                format!(
+                    "SELECT count(*) FROM {}",
+                    conductor_core::remote_sql::quote_ident(&table)
+                ),
+                vec![],
+            );
+            let mut job = Job::on_shard(t, s, vec![count]);
+            job.database = database;
+            job
+        })
+        .collect();
+    let mut n = 0;
+    for counted in try_read(t, jobs) {
+        for r in counted? {
+            if let Some(Value::Integer(c)) = r.rows.first().and_then(|row| row.first()) {
+                n += c;
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// At most this many observed extras are queued per transaction (each

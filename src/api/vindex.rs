@@ -452,31 +452,25 @@ fn drop_virtual_index(name: &str) {
     invalidate_plans(rec.relid);
 }
 
-/// The number of entries in an index's lookup tables (read now).
+/// The number of entries in an index's lookup tables (read now); NULL with
+/// a WARNING naming the node when one cannot be read, so that
+/// `conductor.virtual_indexes` still lists every index while a node is down.
 #[pg_extern]
-fn virtual_index_entries(name: &str) -> i64 {
+fn virtual_index_entries(name: &str) -> Option<i64> {
     let rec = recorded(name);
     let t = cache::table(rec.relid);
-    let mut n = 0i64;
-    for s in 0..t.shard_count() {
-        let table = vindex::lookup_table_name(&t.remote_name, name, s);
-        let rows = crate::vindex::read_in(
-            &t,
-            s,
-            database(rec.lookup_database),
-            Stmt::new(
-                format!(
-                    "SELECT count(*) FROM {}",
-                    conductor_core::remote_sql::quote_ident(&table)
-                ),
-                vec![],
-            ),
-        );
-        if let Some(Value::Integer(c)) = rows.first().and_then(|r| r.first()) {
-            n += c;
+    match crate::vindex::count_entries(&t, name, database(rec.lookup_database)) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            raise(
+                PgSqlErrorCode::ERRCODE_WARNING,
+                format!("conductor: the entries of virtual index {name} cannot be counted now"),
+            )
+            .detail(e.to_string())
+            .warning();
+            None
         }
     }
-    n
 }
 
 /// Recounts an index from the shards: entries no row has (`extra`), rows

@@ -879,6 +879,61 @@ fn a_node_down_at_commit_leaves_no_row_without_its_entry() {
     }
 }
 
+/// `conductor.virtual_indexes` lists every index while a node is down:
+/// the entries it cannot count are NULL, with a WARNING naming the node,
+/// and the count is back once the node is.
+#[test]
+fn the_index_list_stays_readable_with_a_node_down() {
+    let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE vl (id bigint NOT NULL, k bigint) SERVER cluster;
+         SELECT conductor.create_distributed_table('vl', 'id', 8);
+         INSERT INTO vl SELECT i, i * 3 FROM generate_series(1, 50) i;",
+    );
+    exec(
+        &mut db,
+        "CALL conductor.create_virtual_index('vl', ARRAY['k'], false, 'vl_k')",
+    );
+    let entries = "SELECT entries FROM conductor.virtual_indexes WHERE index_name = 'vl_k'";
+    assert_eq!(query_i64(&mut db, entries), 50);
+    let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = warnings.clone();
+    let mut config = cluster.pg_config();
+    config.notice_callback(move |n| {
+        sink.lock()
+            .unwrap()
+            .push(format!("{} | {}", n.message(), n.detail().unwrap_or("")))
+    });
+    let mut other = config.connect(conductor_e2e::postgres::NoTls).unwrap();
+    exec(
+        &mut other,
+        "SET conductor.read_retries = 0; SET conductor.node_cooldown = 0",
+    );
+    cluster.stop_node(1);
+    let rows = other
+        .query(
+            "SELECT index_name, status, entries FROM conductor.virtual_indexes",
+            &[],
+        )
+        .expect("the list is readable with a node down");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, String>(0), "vl_k");
+    assert_eq!(rows[0].get::<_, String>(1), "ready");
+    assert_eq!(rows[0].get::<_, Option<i64>>(2), None);
+    let seen = warnings.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|w| w.contains("vl_k") && w.contains("node-1")),
+        "{seen:?}"
+    );
+    cluster.start_node(1);
+    assert_eq!(query_i64(&mut other, entries), 50);
+}
+
 /// Whether `e` is the 40001 a cross-node deadlock ends with (the node's
 /// busy timeout; nothing written), to be retried at most 3 times.
 fn retry_deadlock(e: &conductor_e2e::postgres::Error, retried: &mut u32) -> bool {
