@@ -348,36 +348,39 @@ fn sync_shard_schema(relid: pg_sys::Oid) {
             .unwrap_or_else(|| name.to_string())
     };
     let columns: Vec<ShardColumn> = new_columns.into_iter().map(|n| n.column).collect();
-    Spi::connect_mut(|client| -> Result<(), pgrx::spi::Error> {
-        client.update(
-            "UPDATE conductor.distributed_table
+    let owner = crate::catalog::current_user_owns(relid);
+    crate::catalog::writing_as_extension_owner(owner, || {
+        Spi::connect_mut(|client| -> Result<(), pgrx::spi::Error> {
+            client.update(
+                "UPDATE conductor.distributed_table
                 SET shard_columns = $2, shard_key = $3::name, primary_key = $4::name[]
               WHERE relid = $1",
-            None,
-            &[
-                relid.into(),
-                JsonB(serde_json::to_value(&columns).expect("serializable")).into(),
-                renamed(&rec.shard_key).into(),
-                rec.primary_key
-                    .iter()
-                    .map(|n| renamed(n))
-                    .collect::<Vec<String>>()
-                    .into(),
-            ],
-        )?;
-        for ix in &shard_indexes {
-            let cols: Vec<String> = ix.columns.iter().map(|c| renamed(c)).collect();
-            if cols != ix.columns {
-                client.update(
+                None,
+                &[
+                    relid.into(),
+                    JsonB(serde_json::to_value(&columns).expect("serializable")).into(),
+                    renamed(&rec.shard_key).into(),
+                    rec.primary_key
+                        .iter()
+                        .map(|n| renamed(n))
+                        .collect::<Vec<String>>()
+                        .into(),
+                ],
+            )?;
+            for ix in &shard_indexes {
+                let cols: Vec<String> = ix.columns.iter().map(|c| renamed(c)).collect();
+                if cols != ix.columns {
+                    client.update(
                     "UPDATE conductor.shard_index SET columns = $2::name[] WHERE index_name = $1",
                     None,
                     &[ix.name.as_str().into(), cols.into()],
                 )?;
+                }
             }
-        }
-        Ok(())
-    })
-    .unwrap_or_else(|e| error!("conductor: could not record the shard schema: {e}"));
+            Ok(())
+        })
+        .unwrap_or_else(|e| error!("conductor: could not record the shard schema: {e}"))
+    });
 
     // The shard tables follow (after the catalog, so the topology is read
     // with the new names); a failure on any node fails the ALTER, and the

@@ -676,6 +676,9 @@ fn forget_distributed_table(relid: pg_sys::Oid) {
     if !catalog_has_row("distributed_table", "relid", relid) {
         return;
     }
+    // The drop was Postgres' to allow (the table's owner may drop it); the
+    // catalog rows it leaves behind are forgotten as the extension's owner.
+    let dropped = crate::catalog::relation_is_gone(relid);
     let rows = Spi::connect(|client| {
         client
             .select(
@@ -757,13 +760,15 @@ fn forget_distributed_table(relid: pg_sys::Oid) {
         // A node that does not answer now keeps its shard tables: they are
         // recorded (with this drop) for conductor.cleanup().
         if let Err(err) = crate::remote::check_health(endpoint.clone()) {
-            super::cleanup::record(
-                server_id,
-                &node_id,
-                &url,
-                &tables,
-                "the node did not answer when the table was dropped",
-            );
+            crate::catalog::writing_as_extension_owner(dropped, || {
+                super::cleanup::record(
+                    server_id,
+                    &node_id,
+                    &url,
+                    &tables,
+                    "the node did not answer when the table was dropped",
+                )
+            });
             raise(
                 PgSqlErrorCode::ERRCODE_WARNING,
                 format!(
@@ -791,11 +796,13 @@ fn forget_distributed_table(relid: pg_sys::Oid) {
             request,
         );
     }
-    Spi::run_with_args(
-        "DELETE FROM conductor.distributed_table WHERE relid = $1",
-        &[relid.into()],
-    )
-    .unwrap_or_else(|e| error!("conductor: could not forget the dropped table: {e}"));
+    crate::catalog::writing_as_extension_owner(dropped, || {
+        Spi::run_with_args(
+            "DELETE FROM conductor.distributed_table WHERE relid = $1",
+            &[relid.into()],
+        )
+        .unwrap_or_else(|e| error!("conductor: could not forget the dropped table: {e}"))
+    });
 }
 
 /// sql_drop: a server was dropped (its tables were handled one by one).
@@ -805,11 +812,18 @@ fn forget_server(server_id: pg_sys::Oid) {
     if !catalog_has_row("node", "server_id", server_id) {
         return;
     }
-    Spi::run_with_args(
-        "DELETE FROM conductor.node WHERE server_id = $1",
-        &[server_id.into()],
-    )
-    .unwrap_or_else(|e| error!("conductor: could not forget the dropped server's nodes: {e}"));
+    // SAFETY: a catalog lookup inside a transaction; NULL when the server
+    // does not exist (any more: its DROP was Postgres' to allow).
+    let dropped = unsafe {
+        pg_sys::GetForeignServerExtended(server_id, pg_sys::FSV_MISSING_OK as u16).is_null()
+    };
+    crate::catalog::writing_as_extension_owner(dropped, || {
+        Spi::run_with_args(
+            "DELETE FROM conductor.node WHERE server_id = $1",
+            &[server_id.into()],
+        )
+        .unwrap_or_else(|e| error!("conductor: could not forget the dropped server's nodes: {e}"))
+    });
 }
 
 /// Whether conductor.<table> has a row whose <column> is `oid` (the

@@ -327,3 +327,55 @@ pub fn type_display_name(typoid: pg_sys::Oid) -> String {
         .flatten()
         .unwrap_or_else(|| format!("type {}", typoid.to_u32()))
 }
+
+/// Runs `f` with the rights of the extension's owner when `authorized`,
+/// else as the current user. For the catalog writes that carry out a DDL
+/// statement Postgres has already allowed — a table owner's ALTER or DROP
+/// of a distributed table — since the catalog is writable by superusers
+/// only and a table's owner need not be one. Only the catalog work goes
+/// here: the nodes are still reached with the current user's credentials.
+pub fn writing_as_extension_owner<R>(authorized: bool, f: impl FnOnce() -> R) -> R {
+    if !authorized {
+        return f();
+    }
+    let owner = Spi::get_one::<pg_sys::Oid>(
+        "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'conductor'",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| error!("conductor: the extension's owner is unknown"));
+    /// Puts the user back also when `f` raises (Postgres' abort would too).
+    struct Restore(pg_sys::Oid, i32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: sets two backend globals back to what they were.
+            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) }
+        }
+    }
+    let (mut user, mut context) = (pg_sys::Oid::INVALID, 0);
+    // SAFETY: reads and sets backend globals, as a SECURITY DEFINER
+    // function call does; SECURITY_LOCAL_USERID_CHANGE keeps SET ROLE and
+    // SET SESSION AUTHORIZATION from being used meanwhile.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    let _restore = Restore(user, context);
+    f()
+}
+
+/// Whether the current user owns relation `relid` (and so may ALTER it).
+pub fn current_user_owns(relid: pg_sys::Oid) -> bool {
+    // SAFETY: a catalog lookup inside a transaction.
+    unsafe { pg_sys::pg_class_ownercheck(relid, pg_sys::GetUserId()) }
+}
+
+/// Whether relation `relid` no longer exists (dropped in this transaction,
+/// which Postgres allowed).
+pub fn relation_is_gone(relid: pg_sys::Oid) -> bool {
+    // SAFETY: a syscache lookup; 0 for a relation that does not exist.
+    unsafe { pg_sys::get_rel_relkind(relid) == 0 }
+}

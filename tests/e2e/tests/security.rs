@@ -356,3 +356,78 @@ fn statement_texts_and_key_values_stay_behind_their_views() {
         1
     );
 }
+
+/// A distributed table's owner need not be a superuser to ALTER or DROP
+/// it: the catalog follows the DDL Postgres allowed. A role that does not
+/// own the table is still refused, also when it calls the catalog's
+/// functions directly.
+#[test]
+fn a_tables_owner_alters_and_drops_it() {
+    let (cluster, mut admin) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        node_delay_ms: None,
+        token: None,
+    });
+    exec(
+        &mut admin,
+        "CREATE ROLE dave LOGIN; CREATE ROLE eve LOGIN;
+         GRANT USAGE ON FOREIGN SERVER cluster TO dave, eve;
+         CREATE FOREIGN TABLE public.dt (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('public.dt', 'id', shard_count => 4);
+         ALTER FOREIGN TABLE public.dt OWNER TO dave;
+         GRANT SELECT, INSERT ON public.dt TO eve;",
+    );
+    let connect = |user: &str| {
+        let mut config = cluster.pg_config();
+        config.user(user);
+        config.connect(conductor_e2e::postgres::NoTls).unwrap()
+    };
+    let mut dave = connect("dave");
+    let mut eve = connect("eve");
+    let rows = |c: &mut conductor_e2e::postgres::Client, sql: &str| -> Vec<String> {
+        c.query(sql, &[])
+            .unwrap_or_else(|e| panic!("{sql}: {}", pg_err(&e)))
+            .iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| r.get::<_, Option<String>>(i).unwrap_or("NULL".into()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect()
+    };
+    for sql in [
+        "INSERT INTO public.dt VALUES (1, 'a'), (2, 'b')",
+        "ALTER FOREIGN TABLE public.dt ADD COLUMN w int DEFAULT 7",
+        "ALTER FOREIGN TABLE public.dt RENAME COLUMN v TO vv",
+        "UPDATE public.dt SET vv = 'c', w = 8 WHERE id = 2",
+    ] {
+        dave.batch_execute(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {}", pg_err(&e)));
+    }
+    assert_eq!(
+        rows(
+            &mut dave,
+            "SELECT id::text, vv, w::text FROM public.dt ORDER BY id"
+        ),
+        ["1,a,7", "2,c,8"]
+    );
+    for sql in [
+        "ALTER FOREIGN TABLE public.dt ADD COLUMN z int",
+        "SELECT conductor._sync_shard_schema('public.dt'::regclass::oid)",
+        "SELECT conductor._forget_distributed_table('public.dt'::regclass::oid)",
+        "DROP FOREIGN TABLE public.dt",
+    ] {
+        let e = expect_db_error(eve.batch_execute(sql), sql);
+        assert_eq!(e.code().code(), "42501", "{sql}: {}", describe(&e));
+    }
+    assert_eq!(query_i64(&mut eve, "SELECT count(*) FROM public.dt"), 2);
+    assert_eq!(common::shard_tables_on_nodes(&cluster, "dt").len(), 4);
+    dave.batch_execute("DROP FOREIGN TABLE public.dt")
+        .unwrap_or_else(|e| panic!("drop: {}", pg_err(&e)));
+    assert_eq!(
+        query_i64(&mut admin, "SELECT count(*) FROM conductor.shard"),
+        0
+    );
+    assert!(common::shard_tables_on_nodes(&cluster, "dt").is_empty());
+}
