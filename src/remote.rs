@@ -193,13 +193,49 @@ thread_local! {
     /// While a request only takes a node's write lock: when Postgres'
     /// `lock_timeout` runs out, and the node's name.
     static LOCK_DEADLINE: RefCell<Option<(Instant, Duration, String)>> = const { RefCell::new(None) };
+    /// While a scan locks the rows of this relation NOWAIT.
+    static NOWAIT: RefCell<Option<String>> = const { RefCell::new(None) };
 }
+
+/// How long a lock request under NOWAIT may go unanswered before the lock
+/// counts as held by another transaction. A free lock is answered within a
+/// round trip, far below this even on a loaded machine; a request cannot
+/// tell "held" from "slow" any sooner.
+const NOWAIT_GRACE: Duration = Duration::from_millis(100);
 
 /// Postgres' `lock_timeout`, when set.
 pub fn lock_timeout() -> Option<Duration> {
     // SAFETY: reads a GUC variable of this backend.
     let ms = unsafe { pgrx::pg_sys::LockTimeout };
     (ms > 0).then(|| Duration::from_millis(ms as u64))
+}
+
+/// How long a wait for a node's write lock may last before the statement
+/// fails (55P03): [`NOWAIT_GRACE`] under a row lock's NOWAIT, else
+/// Postgres' `lock_timeout`; `None`: up to the node's busy timeout.
+pub fn lock_wait_limit() -> Option<Duration> {
+    if NOWAIT.with(|n| n.borrow().is_some()) {
+        Some(NOWAIT_GRACE)
+    } else {
+        lock_timeout()
+    }
+}
+
+/// Run `f`, the scan of `relation` under `FOR UPDATE/SHARE … NOWAIT`: a
+/// node write lock held by another transaction fails the statement as
+/// Postgres' NOWAIT does for a locked row (55P03) instead of waiting: a
+/// lock request unanswered after [`NOWAIT_GRACE`] is given up.
+pub fn locking_nowait<R>(relation: &str, f: impl FnOnce() -> R) -> R {
+    struct Reset(Option<String>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            let outer = self.0.take();
+            NOWAIT.with(|n| *n.borrow_mut() = outer);
+        }
+    }
+    let outer = NOWAIT.with(|n| n.borrow_mut().replace(relation.to_string()));
+    let _reset = Reset(outer);
+    f()
 }
 
 /// Run `f`, whose requests only wait for `node`'s write lock, failing the
@@ -230,17 +266,28 @@ fn check_lock_deadline() {
             .filter(|(deadline, _, _)| Instant::now() >= *deadline)
             .map(|(_, limit, node)| (*limit, node.clone()))
     });
-    if let Some((limit, node)) = expired {
+    let Some((limit, node)) = expired else {
+        return;
+    };
+    if let Some(relation) = NOWAIT.with(|n| n.borrow().clone()) {
         raise(
             PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
-            "canceling statement due to lock timeout",
+            format!("could not obtain lock on row in relation \"{relation}\""),
         )
         .detail(format!(
-            "conductor: waited {} ms for the write lock of node {node} (lock_timeout).",
-            limit.as_millis()
+            "conductor: the write lock of node {node}, which locks the rows of its shards, is held by another transaction (NOWAIT)."
         ))
         .error()
     }
+    raise(
+        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+        "canceling statement due to lock timeout",
+    )
+    .detail(format!(
+        "conductor: waited {} ms for the write lock of node {node} (lock_timeout).",
+        limit.as_millis()
+    ))
+    .error()
 }
 
 /// Per node, the time the requests sent while running `f` waited for the

@@ -485,8 +485,8 @@ impl ScanState {
             ),
             _ => bound_plan_routed(&topology, &self.plan.pushed, &bindings, &self.statement),
         };
-        if let Some(policy) = self.row_lock {
-            refuse_lock_policy(policy, &topology.name);
+        if self.row_lock == Some(pg_sys::LockWaitPolicy::LockWaitSkip) {
+            refuse_skip_locked(&topology.name);
         }
         if self.check_changes {
             changed::check_read(&topology, &plan, true);
@@ -501,8 +501,15 @@ impl ScanState {
             let rows = if access == streams::Access::Write {
                 // Only a read that takes the write lock can wait for it.
                 let mut waits = std::mem::take(&mut self.lock_waits);
+                let nowait = self.row_lock == Some(pg_sys::LockWaitPolicy::LockWaitError);
                 let rows = remote::recording_lock_waits(&mut waits, || {
-                    self.read_through_streams(&plan, access)
+                    if nowait {
+                        remote::locking_nowait(&topology.name, || {
+                            self.read_through_streams(&plan, access)
+                        })
+                    } else {
+                        self.read_through_streams(&plan, access)
+                    }
                 });
                 self.lock_waits = waits;
                 rows
@@ -701,20 +708,16 @@ unsafe fn row_lock(node: *mut pg_sys::ForeignScanState) -> Option<pg_sys::LockWa
     }
 }
 
-/// NOWAIT and SKIP LOCKED cannot be honoured: a node's lock is taken by
-/// waiting (up to the node's busy timeout), never tried.
-fn refuse_lock_policy(policy: pg_sys::LockWaitPolicy::Type, table: &str) {
-    let clause = match policy {
-        pg_sys::LockWaitPolicy::LockWaitError => "NOWAIT",
-        pg_sys::LockWaitPolicy::LockWaitSkip => "SKIP LOCKED",
-        _ => return,
-    };
+/// SKIP LOCKED is refused: the rows of a node whose write lock another
+/// transaction holds would have to be left out of the scan, which streams
+/// cannot do yet (a lock request given up leaves its stream unusable).
+fn refuse_skip_locked(table: &str) {
     raise(
         PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-        format!("conductor: {clause} is not supported on distributed table {table}"),
+        format!("conductor: SKIP LOCKED is not supported on distributed table {table}"),
     )
     .detail("A row lock on a distributed table takes its node's write lock, waiting for other writers of the node.")
-    .hint(format!("Remove {clause}; the lock then waits up to the node's busy timeout."))
+    .hint("Remove SKIP LOCKED, or use NOWAIT to fail at once instead of waiting.")
     .error()
 }
 

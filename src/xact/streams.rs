@@ -396,8 +396,9 @@ pub fn run(work: Vec<NodeWork>) -> Vec<Result<Vec<StmtResult>, ShardError>> {
         taking.sort_by(|&a, &b| work[a].key.cmp(&work[b].key));
         taking
     };
-    if let Some(limit) = remote::lock_timeout() {
-        // Postgres' lock_timeout bounds each wait for a node's write lock:
+    if let Some(limit) = remote::lock_wait_limit() {
+        // Postgres' lock_timeout (or a row lock's NOWAIT) bounds each wait
+        // for a node's write lock:
         // the lock is taken by a request that does nothing else (BEGIN
         // IMMEDIATE), so the wait can be given up without giving up a
         // statement the node may have run. A read transaction's upgrade

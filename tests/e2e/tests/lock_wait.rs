@@ -520,3 +520,88 @@ fn lock_timeout_bounds_the_wait_for_a_node_lock() {
     assert_eq!(outcomes[0].0[1], "55P03", "the local table's lock timeout");
     assert_eq!(outcomes[1], outcomes[0], "t vs l");
 }
+
+/// `FOR UPDATE/SHARE … NOWAIT` fails at once with 55P03 when another
+/// transaction holds the lock, as on a local table: for a distributed table
+/// the lock is its node's write lock, so the rows compared are on different
+/// nodes. A savepoint catches the failure and the transaction commits its
+/// other writes; the given-up request keeps no lock; NOWAIT takes a free
+/// lock and one this transaction already holds.
+#[test]
+fn nowait_fails_at_once_when_the_lock_is_held() {
+    let (cluster, mut db) = setup();
+    exec(
+        &mut db,
+        "CREATE TABLE l (id bigint PRIMARY KEY, v bigint);
+         INSERT INTO l SELECT i, 0 FROM generate_series(1, 40) i;",
+    );
+    let keys = key_per_node(&mut db);
+    let (held, other) = (keys[0], keys[1]);
+    let mut outcomes = Vec::new();
+    for table in ["l", "t"] {
+        let mut holder = cluster.client();
+        exec(
+            &mut holder,
+            &format!("BEGIN; UPDATE {table} SET v = v + 100 WHERE id = {held}"),
+        );
+        let mut w = cluster.client();
+        let steps = [
+            format!("SELECT v FROM {table} WHERE id = {held} FOR UPDATE NOWAIT"),
+            format!("SELECT v FROM {table} WHERE id = {other} FOR UPDATE NOWAIT"),
+            "BEGIN".to_string(),
+            format!("UPDATE {table} SET v = v + 2 WHERE id = {other}"),
+            format!("SELECT v FROM {table} WHERE id = {other} FOR SHARE NOWAIT"),
+            "SAVEPOINT s".to_string(),
+            format!("SELECT v FROM {table} WHERE id = {held} FOR SHARE NOWAIT"),
+            "ROLLBACK TO SAVEPOINT s".to_string(),
+            "COMMIT".to_string(),
+        ];
+        let mut got = Vec::new();
+        for step in &steps {
+            let started = Instant::now();
+            let outcome = match w.batch_execute(step) {
+                Ok(()) => "ok".to_string(),
+                Err(e) => {
+                    if let Some(d) = e.as_db_error() {
+                        if d.code().code() == "55P03" {
+                            assert!(
+                                d.message().contains(&format!("relation \"{table}\"")),
+                                "{table}: {}",
+                                pg_err(&e)
+                            );
+                        }
+                    }
+                    e.code()
+                        .map_or_else(|| pg_err(&e), |c| c.code().to_string())
+                }
+            };
+            let took = started.elapsed();
+            assert!(
+                took < Duration::from_secs(2),
+                "{table}: {step} took {took:?} ({outcome})"
+            );
+            got.push(outcome);
+        }
+        exec(&mut holder, "COMMIT");
+        // Nothing of the given-up requests holds the lock now.
+        let started = Instant::now();
+        exec(
+            &mut w,
+            &format!("SELECT v FROM {table} WHERE id = {held} FOR UPDATE NOWAIT"),
+        );
+        assert!(started.elapsed() < Duration::from_secs(2), "{table}");
+        let rows: Vec<(i64, i64)> = db
+            .query(
+                &format!("SELECT id, v FROM {table} WHERE id IN ({held}, {other}) ORDER BY id"),
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        println!("{table}: {got:?} {rows:?}");
+        outcomes.push((got, rows));
+    }
+    assert_eq!(outcomes[0].0[0], "55P03", "the local table's NOWAIT");
+    assert_eq!(outcomes[1], outcomes[0], "t vs l");
+}

@@ -1,7 +1,7 @@
 //! Row locks on distributed tables: `SELECT … FOR UPDATE` (and NO KEY
 //! UPDATE, SHARE, KEY SHARE) reads inside the node's write transaction, so
 //! concurrent lockers of the node wait for each other and a read-modify-write
-//! under FOR UPDATE loses no update. NOWAIT and SKIP LOCKED are refused.
+//! under FOR UPDATE loses no update. SKIP LOCKED is refused (NOWAIT: lock_wait.rs).
 
 mod common;
 
@@ -135,9 +135,9 @@ fn eight_sessions_increment_exactly_as_often_as_they_commit() {
 }
 
 #[test]
-fn nowait_and_skip_locked_are_refused() {
+fn skip_locked_is_refused() {
     let (_cluster, mut db) = setup();
-    for clause in ["FOR UPDATE NOWAIT", "FOR SHARE SKIP LOCKED"] {
+    for clause in ["FOR UPDATE SKIP LOCKED", "FOR SHARE SKIP LOCKED"] {
         let e = expect_db_error(
             db.query(&format!("SELECT v FROM t WHERE id = 1 {clause}"), &[]),
             clause,

@@ -1509,6 +1509,8 @@ fn queries(sw: &mut Sweep) {
         "SELECT * FROM {t} WHERE id IN (SELECT id FROM {u} WHERE val = 7)",
         "SELECT id FROM {t} FOR UPDATE",
         "SELECT id FROM {t} WHERE id = 5 FOR SHARE",
+        "SELECT id FROM {t} WHERE id = 5 FOR UPDATE NOWAIT",
+        "SELECT id FROM {t} WHERE id IN (5, 6, 7) FOR SHARE NOWAIT",
         "SELECT k, n FROM {k} WHERE k = 'é'",
         "SELECT k, n FROM {k} WHERE k = 'Émile'",
         "SELECT k, n FROM {k} WHERE k = ''",
@@ -1956,7 +1958,6 @@ fn cursors_and_copy(sw: &mut Sweep) {
 
 fn writes(sw: &mut Sweep) {
     // Documented refusals: clear errors, nothing changed.
-    sw.refused("SELECT id FROM {t} WHERE id = 5 FOR UPDATE NOWAIT", "0A000");
     sw.refused("SELECT id FROM {t} TABLESAMPLE SYSTEM (100)", "0A000");
     sw.refused(
         "INSERT INTO {t} (id, s) VALUES (1052, 'x') ON CONFLICT (id) DO NOTHING",
