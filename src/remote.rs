@@ -17,7 +17,7 @@ use conductor_hrana::{
     PipelineReqBody, PipelineRespBody, StmtResult, StreamRequest, StreamResponse, StreamResult,
 };
 use pgrx::PgSqlErrorCode;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -190,11 +190,28 @@ thread_local! {
     /// While a statement records them: per node, the time its requests
     /// waited for the node's write lock (as each node reported it).
     static LOCK_WAITS: RefCell<Option<BTreeMap<String, Duration>>> = const { RefCell::new(None) };
-    /// While a request only takes a node's write lock: when Postgres'
-    /// `lock_timeout` runs out, and the node's name.
-    static LOCK_DEADLINE: RefCell<Option<(Instant, Duration, String)>> = const { RefCell::new(None) };
-    /// While a scan locks the rows of this relation NOWAIT.
-    static NOWAIT: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// While a request only takes a node's write lock: when its wait runs
+    /// out, the limit, the node's name, and whether the request is then
+    /// given up quietly (SKIP LOCKED) rather than failing the statement.
+    static LOCK_DEADLINE: RefCell<Option<LockDeadline>> = const { RefCell::new(None) };
+    /// Set when a request of [`unless_lock_held`] was given up.
+    static GAVE_UP: Cell<bool> = const { Cell::new(false) };
+    /// While a scan locks the rows of this relation NOWAIT or SKIP LOCKED.
+    static ROW_LOCK_WAIT: RefCell<Option<(String, RowLockWait)>> = const { RefCell::new(None) };
+}
+
+struct LockDeadline {
+    at: Instant,
+    limit: Duration,
+    node: String,
+    give_up: bool,
+}
+
+/// A row lock's wait policy other than waiting.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RowLockWait {
+    NoWait,
+    SkipLocked,
 }
 
 /// How long a lock request under NOWAIT may go unanswered before the lock
@@ -214,26 +231,32 @@ pub fn lock_timeout() -> Option<Duration> {
 /// fails (55P03): [`NOWAIT_GRACE`] under a row lock's NOWAIT, else
 /// Postgres' `lock_timeout`; `None`: up to the node's busy timeout.
 pub fn lock_wait_limit() -> Option<Duration> {
-    if NOWAIT.with(|n| n.borrow().is_some()) {
+    if ROW_LOCK_WAIT.with(|n| n.borrow().is_some()) {
         Some(NOWAIT_GRACE)
     } else {
         lock_timeout()
     }
 }
 
-/// Run `f`, the scan of `relation` under `FOR UPDATE/SHARE … NOWAIT`: a
-/// node write lock held by another transaction fails the statement as
-/// Postgres' NOWAIT does for a locked row (55P03) instead of waiting: a
-/// lock request unanswered after [`NOWAIT_GRACE`] is given up.
-pub fn locking_nowait<R>(relation: &str, f: impl FnOnce() -> R) -> R {
-    struct Reset(Option<String>);
+/// Whether the running scan locks its rows SKIP LOCKED.
+pub fn skipping_locked() -> bool {
+    ROW_LOCK_WAIT.with(|n| matches!(*n.borrow(), Some((_, RowLockWait::SkipLocked))))
+}
+
+/// Run `f`, the scan of `relation` under `FOR UPDATE/SHARE … NOWAIT` or
+/// `SKIP LOCKED`, where a node write lock held by another transaction is
+/// not waited for: a lock request unanswered after [`NOWAIT_GRACE`] is
+/// given up, and NOWAIT then fails the statement as Postgres does for a
+/// locked row (55P03), SKIP LOCKED leaves that node's rows out.
+pub fn locking_rows<R>(relation: &str, wait: RowLockWait, f: impl FnOnce() -> R) -> R {
+    struct Reset(Option<(String, RowLockWait)>);
     impl Drop for Reset {
         fn drop(&mut self) {
             let outer = self.0.take();
-            NOWAIT.with(|n| *n.borrow_mut() = outer);
+            ROW_LOCK_WAIT.with(|n| *n.borrow_mut() = outer);
         }
     }
-    let outer = NOWAIT.with(|n| n.borrow_mut().replace(relation.to_string()));
+    let outer = ROW_LOCK_WAIT.with(|n| n.borrow_mut().replace((relation.to_string(), wait)));
     let _reset = Reset(outer);
     f()
 }
@@ -243,7 +266,21 @@ pub fn locking_nowait<R>(relation: &str, f: impl FnOnce() -> R) -> R {
 /// before they are answered. The abandoned request is left to the node,
 /// like a cancelled one.
 pub fn within_lock_timeout<R>(limit: Duration, node: &str, f: impl FnOnce() -> R) -> R {
-    struct Reset(Option<(Instant, Duration, String)>);
+    with_lock_deadline(limit, node, false, f)
+}
+
+/// Run `f`, whose requests only wait for `node`'s write lock, giving them
+/// up when `limit` passes before they are answered: `None` then (the lock
+/// is held by another transaction; the requests' results are errors), else
+/// `f`'s result.
+pub fn unless_lock_held<R>(limit: Duration, node: &str, f: impl FnOnce() -> R) -> Option<R> {
+    GAVE_UP.with(|g| g.set(false));
+    let r = with_lock_deadline(limit, node, true, f);
+    (!GAVE_UP.with(|g| g.replace(false))).then_some(r)
+}
+
+fn with_lock_deadline<R>(limit: Duration, node: &str, give_up: bool, f: impl FnOnce() -> R) -> R {
+    struct Reset(Option<LockDeadline>);
     impl Drop for Reset {
         fn drop(&mut self) {
             let outer = self.0.take();
@@ -251,25 +288,35 @@ pub fn within_lock_timeout<R>(limit: Duration, node: &str, f: impl FnOnce() -> R
         }
     }
     let outer = LOCK_DEADLINE.with(|d| {
-        d.borrow_mut()
-            .replace((Instant::now() + limit, limit, node.to_string()))
+        d.borrow_mut().replace(LockDeadline {
+            at: Instant::now() + limit,
+            limit,
+            node: node.to_string(),
+            give_up,
+        })
     });
     let _reset = Reset(outer);
     f()
 }
 
-/// Raise 55P03 if the lock wait of [`within_lock_timeout`] ran out.
-fn check_lock_deadline() {
+/// Whether the lock wait of [`with_lock_deadline`] ran out: raises 55P03
+/// for NOWAIT and `lock_timeout`; true when the requests are to be given
+/// up quietly.
+fn lock_deadline_passed() -> bool {
     let expired = LOCK_DEADLINE.with(|d| {
         d.borrow()
             .as_ref()
-            .filter(|(deadline, _, _)| Instant::now() >= *deadline)
-            .map(|(_, limit, node)| (*limit, node.clone()))
+            .filter(|d| Instant::now() >= d.at)
+            .map(|d| (d.limit, d.node.clone(), d.give_up))
     });
-    let Some((limit, node)) = expired else {
-        return;
+    let Some((limit, node, give_up)) = expired else {
+        return false;
     };
-    if let Some(relation) = NOWAIT.with(|n| n.borrow().clone()) {
+    if give_up {
+        GAVE_UP.with(|g| g.set(true));
+        return true;
+    }
+    if let Some((relation, _)) = ROW_LOCK_WAIT.with(|n| n.borrow().clone()) {
         raise(
             PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
             format!("could not obtain lock on row in relation \"{relation}\""),
@@ -361,7 +408,28 @@ pub fn execute_raw(
             }
             if interruptible {
                 pgrx::check_for_interrupts!();
-                check_lock_deadline();
+                if lock_deadline_passed() {
+                    // Given up (SKIP LOCKED): the requests are abandoned like
+                    // cancelled ones, and nothing is counted against the
+                    // nodes, whose locks are merely taken.
+                    drop(handle);
+                    let mut sent = send_nodes.into_iter().zip(send_urls);
+                    return results
+                        .into_iter()
+                        .map(|r| {
+                            r.unwrap_or_else(|| {
+                                let (node_id, url) = sent.next().expect("one per sent request");
+                                Err(ShardError::new(
+                                    None,
+                                    NodeError::Timeout {
+                                        node: NodeRef { node_id, url },
+                                        after: POLL_INTERVAL,
+                                    },
+                                ))
+                            })
+                        })
+                        .collect();
+                }
             }
         }
     };

@@ -485,9 +485,6 @@ impl ScanState {
             ),
             _ => bound_plan_routed(&topology, &self.plan.pushed, &bindings, &self.statement),
         };
-        if self.row_lock == Some(pg_sys::LockWaitPolicy::LockWaitSkip) {
-            refuse_skip_locked(&topology.name);
-        }
         if self.check_changes {
             changed::check_read(&topology, &plan, true);
             if let Some(inner) = &self.inner {
@@ -501,15 +498,20 @@ impl ScanState {
             let rows = if access == streams::Access::Write {
                 // Only a read that takes the write lock can wait for it.
                 let mut waits = std::mem::take(&mut self.lock_waits);
-                let nowait = self.row_lock == Some(pg_sys::LockWaitPolicy::LockWaitError);
-                let rows = remote::recording_lock_waits(&mut waits, || {
-                    if nowait {
-                        remote::locking_nowait(&topology.name, || {
-                            self.read_through_streams(&plan, access)
-                        })
-                    } else {
-                        self.read_through_streams(&plan, access)
+                let wait = match self.row_lock {
+                    Some(pg_sys::LockWaitPolicy::LockWaitError) => {
+                        Some(remote::RowLockWait::NoWait)
                     }
+                    Some(pg_sys::LockWaitPolicy::LockWaitSkip) => {
+                        Some(remote::RowLockWait::SkipLocked)
+                    }
+                    _ => None,
+                };
+                let rows = remote::recording_lock_waits(&mut waits, || match wait {
+                    Some(wait) => remote::locking_rows(&topology.name, wait, || {
+                        self.read_through_streams(&plan, access)
+                    }),
+                    None => self.read_through_streams(&plan, access),
                 });
                 self.lock_waits = waits;
                 rows
@@ -706,19 +708,6 @@ unsafe fn row_lock(node: *mut pg_sys::ForeignScanState) -> Option<pg_sys::LockWa
         }
         Some((*erm).waitPolicy)
     }
-}
-
-/// SKIP LOCKED is refused: the rows of a node whose write lock another
-/// transaction holds would have to be left out of the scan, which streams
-/// cannot do yet (a lock request given up leaves its stream unusable).
-fn refuse_skip_locked(table: &str) {
-    raise(
-        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-        format!("conductor: SKIP LOCKED is not supported on distributed table {table}"),
-    )
-    .detail("A row lock on a distributed table takes its node's write lock, waiting for other writers of the node.")
-    .hint("Remove SKIP LOCKED, or use NOWAIT to fail at once instead of waiting.")
-    .error()
 }
 
 /// Whether this scan's relation is also the target of the statement's

@@ -397,12 +397,13 @@ pub fn run(work: Vec<NodeWork>) -> Vec<Result<Vec<StmtResult>, ShardError>> {
         taking
     };
     if let Some(limit) = remote::lock_wait_limit() {
-        // Postgres' lock_timeout (or a row lock's NOWAIT) bounds each wait
-        // for a node's write lock:
+        // Postgres' lock_timeout (or a row lock's NOWAIT or SKIP LOCKED)
+        // bounds each wait for a node's write lock:
         // the lock is taken by a request that does nothing else (BEGIN
         // IMMEDIATE), so the wait can be given up without giving up a
         // statement the node may have run. A read transaction's upgrade
         // never waits (SQLite refuses it at once when the lock is taken).
+        let mut skipped = Vec::new();
         for i in taking(&work) {
             let w = &work[i];
             if STREAMS.with(|s| s.borrow().get(&w.key).is_some_and(|st| st.level > 0)) {
@@ -415,10 +416,29 @@ pub fn run(work: Vec<NodeWork>) -> Vec<Result<Vec<StmtResult>, ShardError>> {
                 endpoint: w.endpoint.clone(),
                 stmts: Vec::new(),
             };
-            let taken = remote::within_lock_timeout(limit, &w.key.1, || run_together(vec![lock]));
+            let taken = if remote::skipping_locked() {
+                match remote::unless_lock_held(limit, &w.key.1, || run_together(vec![lock])) {
+                    Some(taken) => taken,
+                    None => {
+                        // SKIP LOCKED: another transaction holds the node's
+                        // lock, so its rows are left out. The given-up
+                        // request is the stream's only one (it holds no
+                        // transaction of ours): forgetting the stream
+                        // leaves the node as if never asked.
+                        STREAMS.with(|s| s.borrow_mut().remove(&w.key));
+                        skipped.push(i);
+                        continue;
+                    }
+                }
+            } else {
+                remote::within_lock_timeout(limit, &w.key.1, || run_together(vec![lock]))
+            };
             if let Some(Err(e)) = taken.into_iter().next() {
                 return work.iter().map(|_| Err(e.clone())).collect();
             }
+        }
+        if !skipped.is_empty() {
+            return skipping(work, &skipped);
         }
     }
     let taking = taking(&work);
@@ -626,6 +646,34 @@ fn run_together(work: Vec<NodeWork>) -> Vec<Result<Vec<StmtResult>, ShardError>>
             })
             .collect()
     })
+}
+
+/// `work` without the items at `skipped` (nodes whose lock another
+/// transaction holds, under SKIP LOCKED), which get empty results.
+fn skipping(work: Vec<NodeWork>, skipped: &[usize]) -> Vec<Result<Vec<StmtResult>, ShardError>> {
+    let empty: Vec<Option<Vec<StmtResult>>> = work
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            skipped
+                .contains(&i)
+                .then(|| vec![StmtResult::default(); w.stmts.len()])
+        })
+        .collect();
+    let rest: Vec<NodeWork> = work
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !skipped.contains(i))
+        .map(|(_, w)| w)
+        .collect();
+    let mut ran = run(rest).into_iter();
+    empty
+        .into_iter()
+        .map(|e| match e {
+            Some(empty) => Ok(empty),
+            None => ran.next().expect("one result per item run"),
+        })
+        .collect()
 }
 
 /// The index of the first failed step of a node's batch.

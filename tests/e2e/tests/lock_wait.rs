@@ -522,13 +522,14 @@ fn lock_timeout_bounds_the_wait_for_a_node_lock() {
 }
 
 /// `FOR UPDATE/SHARE … NOWAIT` fails at once with 55P03 when another
-/// transaction holds the lock, as on a local table: for a distributed table
-/// the lock is its node's write lock, so the rows compared are on different
-/// nodes. A savepoint catches the failure and the transaction commits its
-/// other writes; the given-up request keeps no lock; NOWAIT takes a free
-/// lock and one this transaction already holds.
+/// transaction holds the lock, and `SKIP LOCKED` leaves the locked rows
+/// out, as on a local table: for a distributed table the lock is its node's
+/// write lock, so the rows compared are on different nodes. A savepoint
+/// catches the failure and the transaction commits its other writes; the
+/// given-up requests keep no lock; both take a free lock and one this
+/// transaction already holds.
 #[test]
-fn nowait_fails_at_once_when_the_lock_is_held() {
+fn nowait_and_skip_locked_do_not_wait_for_a_held_lock() {
     let (cluster, mut db) = setup();
     exec(
         &mut db,
@@ -554,7 +555,16 @@ fn nowait_fails_at_once_when_the_lock_is_held() {
             "SAVEPOINT s".to_string(),
             format!("SELECT v FROM {table} WHERE id = {held} FOR SHARE NOWAIT"),
             "ROLLBACK TO SAVEPOINT s".to_string(),
+            format!(
+                "UPDATE {table} SET v = v + 1000 WHERE id IN \
+                 (SELECT id FROM {table} WHERE id IN ({held}, {other}) FOR UPDATE SKIP LOCKED)"
+            ),
             "COMMIT".to_string(),
+            format!(
+                "DO $$ BEGIN IF (SELECT count(*) FROM (SELECT id FROM {table} \
+                 WHERE id IN ({held}, {other}) FOR UPDATE SKIP LOCKED) s) <> 1 \
+                 THEN RAISE EXCEPTION 'skip locked'; END IF; END $$"
+            ),
         ];
         let mut got = Vec::new();
         for step in &steps {
@@ -604,4 +614,68 @@ fn nowait_fails_at_once_when_the_lock_is_held() {
     }
     assert_eq!(outcomes[0].0[0], "55P03", "the local table's NOWAIT");
     assert_eq!(outcomes[1], outcomes[0], "t vs l");
+}
+
+/// A job queue on a distributed table: workers take one job at a time with
+/// `FOR UPDATE SKIP LOCKED`, none waits for another's lock, and every job
+/// is done exactly once.
+#[test]
+fn skip_locked_hands_each_job_to_one_worker() {
+    let (cluster, mut db) = setup();
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE jobs (id bigint NOT NULL, done_by int) SERVER cluster;
+         SELECT conductor.create_distributed_table('jobs', 'id', 8);
+         INSERT INTO jobs SELECT i, NULL FROM generate_series(1, 60) i;",
+    );
+    const WORKERS: i32 = 4;
+    let started = Instant::now();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|me| {
+            let config = cluster.pg_config();
+            std::thread::spawn(move || {
+                let mut c = config.connect(NoTls).unwrap();
+                let mut done = 0;
+                loop {
+                    let mut tx = c.transaction().unwrap();
+                    let job = tx
+                        .query_opt(
+                            "SELECT id FROM jobs WHERE done_by IS NULL \
+                             ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                            &[],
+                        )
+                        .unwrap_or_else(|e| panic!("worker {me}: {}", pg_err(&e)));
+                    let Some(job) = job else {
+                        drop(tx);
+                        let left: i64 = c
+                            .query_one("SELECT count(*) FROM jobs WHERE done_by IS NULL", &[])
+                            .unwrap()
+                            .get(0);
+                        if left == 0 {
+                            return done;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    let id: i64 = job.get(0);
+                    let n = tx
+                        .execute(
+                            "UPDATE jobs SET done_by = $1 WHERE id = $2 AND done_by IS NULL",
+                            &[&me, &id],
+                        )
+                        .unwrap();
+                    assert_eq!(n, 1, "worker {me}: job {id} was done already");
+                    tx.commit().unwrap();
+                    done += 1;
+                }
+            })
+        })
+        .collect();
+    let per_worker: Vec<i32> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    println!("{per_worker:?} in {:?}", started.elapsed());
+    assert_eq!(per_worker.iter().sum::<i32>(), 60);
+    let row = db
+        .query_one("SELECT count(*), count(done_by) FROM jobs", &[])
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (60, 60));
 }

@@ -1511,6 +1511,7 @@ fn queries(sw: &mut Sweep) {
         "SELECT id FROM {t} WHERE id = 5 FOR SHARE",
         "SELECT id FROM {t} WHERE id = 5 FOR UPDATE NOWAIT",
         "SELECT id FROM {t} WHERE id IN (5, 6, 7) FOR SHARE NOWAIT",
+        "SELECT id FROM {t} WHERE id IN (5, 6, 7) ORDER BY id FOR UPDATE SKIP LOCKED",
         "SELECT k, n FROM {k} WHERE k = 'é'",
         "SELECT k, n FROM {k} WHERE k = 'Émile'",
         "SELECT k, n FROM {k} WHERE k = ''",
