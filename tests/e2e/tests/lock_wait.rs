@@ -446,21 +446,36 @@ fn reads_after_a_write_do_not_wait_for_other_nodes_write_locks() {
     }
 }
 
-/// `lock_timeout` bounds a wait for a node's write lock as it bounds a
-/// wait for a row lock: the statement fails with 55P03 once it passes (not
-/// after the node's busy timeout), a savepoint catches it, the transaction
-/// commits its other writes, and the given-up waits keep no lock.
-#[test]
-fn lock_timeout_bounds_the_wait_for_a_node_lock() {
-    let (cluster, mut db) = setup();
+/// What one session's steps gave on one table while another session held
+/// a row of it: each step's outcome ("ok" or its SQLSTATE) and the two
+/// rows' final values.
+#[derive(Debug, PartialEq)]
+struct HeldRowRun {
+    outcomes: Vec<String>,
+    rows: Vec<(i64, i64)>,
+}
+
+/// Runs `steps(table)` in a new session on the local table `l` and on `t`
+/// while another session holds row `held` of it (an UPDATE of its open
+/// transaction; `other` is on another node), each step under 2 s, then
+/// `after(table)` once that session committed, also under 2 s (no lock of
+/// the given-up waits is left); `check_error` sees every error a step
+/// raised. Rows 1–40 of `l` hold 0, like `t`'s.
+fn with_a_held_row(
+    cluster: &Cluster,
+    db: &mut conductor_e2e::postgres::Client,
+    steps: impl Fn(&str, i64, i64) -> Vec<String>,
+    after: impl Fn(&str, i64) -> String,
+    check_error: impl Fn(&str, &conductor_e2e::postgres::error::DbError),
+) -> Vec<HeldRowRun> {
     exec(
-        &mut db,
+        db,
         "CREATE TABLE l (id bigint PRIMARY KEY, v bigint);
          INSERT INTO l SELECT i, 0 FROM generate_series(1, 40) i;",
     );
-    let keys = key_per_node(&mut db);
+    let keys = key_per_node(db);
     let (held, other) = (keys[0], keys[1]);
-    let mut outcomes = Vec::new();
+    let mut runs = Vec::new();
     for table in ["l", "t"] {
         let mut holder = cluster.client();
         exec(
@@ -468,41 +483,29 @@ fn lock_timeout_bounds_the_wait_for_a_node_lock() {
             &format!("BEGIN; UPDATE {table} SET v = v + 100 WHERE id = {held}"),
         );
         let mut w = cluster.client();
-        let steps = [
-            "SET lock_timeout = '300ms'".to_string(),
-            format!("UPDATE {table} SET v = v + 1 WHERE id = {held}"),
-            "BEGIN".to_string(),
-            format!("UPDATE {table} SET v = v + 2 WHERE id = {other}"),
-            "SAVEPOINT s".to_string(),
-            format!("SELECT v FROM {table} WHERE id = {held} FOR UPDATE"),
-            "ROLLBACK TO SAVEPOINT s".to_string(),
-            format!("UPDATE {table} SET v = v + 4 WHERE id = {held}"),
-            "ROLLBACK TO SAVEPOINT s".to_string(),
-            "COMMIT".to_string(),
-        ];
-        let mut got = Vec::new();
-        for step in &steps {
+        let mut outcomes = Vec::new();
+        for step in steps(table, held, other) {
             let started = Instant::now();
-            let outcome = match w.batch_execute(step) {
+            let outcome = match w.batch_execute(&step) {
                 Ok(()) => "ok".to_string(),
-                Err(e) => e
-                    .code()
-                    .map_or_else(|| pg_err(&e), |c| c.code().to_string()),
+                Err(e) => {
+                    if let Some(d) = e.as_db_error() {
+                        check_error(table, d);
+                    }
+                    e.code()
+                        .map_or_else(|| pg_err(&e), |c| c.code().to_string())
+                }
             };
             let took = started.elapsed();
             assert!(
                 took < Duration::from_secs(2),
                 "{table}: {step} took {took:?} ({outcome})"
             );
-            got.push(outcome);
+            outcomes.push(outcome);
         }
         exec(&mut holder, "COMMIT");
-        // Nothing of the given-up waits holds the lock now.
         let started = Instant::now();
-        exec(
-            &mut w,
-            &format!("UPDATE {table} SET v = v + 8 WHERE id = {held}"),
-        );
+        exec(&mut w, &after(table, held));
         let took = started.elapsed();
         assert!(took < Duration::from_secs(2), "{table}: {took:?}");
         let rows: Vec<(i64, i64)> = db
@@ -514,11 +517,44 @@ fn lock_timeout_bounds_the_wait_for_a_node_lock() {
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-        println!("{table}: {got:?} {rows:?}");
-        outcomes.push((got, rows));
+        println!("{table}: {outcomes:?} {rows:?}");
+        runs.push(HeldRowRun { outcomes, rows });
     }
-    assert_eq!(outcomes[0].0[1], "55P03", "the local table's lock timeout");
-    assert_eq!(outcomes[1], outcomes[0], "t vs l");
+    runs
+}
+
+/// `lock_timeout` bounds a wait for a node's write lock as it bounds a
+/// wait for a row lock: the statement fails with 55P03 once it passes (not
+/// after the node's busy timeout), a savepoint catches it, the transaction
+/// commits its other writes, and the given-up waits keep no lock.
+#[test]
+fn lock_timeout_bounds_the_wait_for_a_node_lock() {
+    let (cluster, mut db) = setup();
+    let runs = with_a_held_row(
+        &cluster,
+        &mut db,
+        |table, held, other| {
+            vec![
+                "SET lock_timeout = '300ms'".to_string(),
+                format!("UPDATE {table} SET v = v + 1 WHERE id = {held}"),
+                "BEGIN".to_string(),
+                format!("UPDATE {table} SET v = v + 2 WHERE id = {other}"),
+                "SAVEPOINT s".to_string(),
+                format!("SELECT v FROM {table} WHERE id = {held} FOR UPDATE"),
+                "ROLLBACK TO SAVEPOINT s".to_string(),
+                format!("UPDATE {table} SET v = v + 4 WHERE id = {held}"),
+                "ROLLBACK TO SAVEPOINT s".to_string(),
+                "COMMIT".to_string(),
+            ]
+        },
+        |table, held| format!("UPDATE {table} SET v = v + 8 WHERE id = {held}"),
+        |_, _| {},
+    );
+    assert_eq!(
+        runs[0].outcomes[1], "55P03",
+        "the local table's lock timeout"
+    );
+    assert_eq!(runs[1], runs[0], "t vs l");
 }
 
 /// `FOR UPDATE/SHARE … NOWAIT` fails at once with 55P03 when another
@@ -531,89 +567,44 @@ fn lock_timeout_bounds_the_wait_for_a_node_lock() {
 #[test]
 fn nowait_and_skip_locked_do_not_wait_for_a_held_lock() {
     let (cluster, mut db) = setup();
-    exec(
+    let runs = with_a_held_row(
+        &cluster,
         &mut db,
-        "CREATE TABLE l (id bigint PRIMARY KEY, v bigint);
-         INSERT INTO l SELECT i, 0 FROM generate_series(1, 40) i;",
+        |table, held, other| {
+            vec![
+                format!("SELECT v FROM {table} WHERE id = {held} FOR UPDATE NOWAIT"),
+                format!("SELECT v FROM {table} WHERE id = {other} FOR UPDATE NOWAIT"),
+                "BEGIN".to_string(),
+                format!("UPDATE {table} SET v = v + 2 WHERE id = {other}"),
+                format!("SELECT v FROM {table} WHERE id = {other} FOR SHARE NOWAIT"),
+                "SAVEPOINT s".to_string(),
+                format!("SELECT v FROM {table} WHERE id = {held} FOR SHARE NOWAIT"),
+                "ROLLBACK TO SAVEPOINT s".to_string(),
+                format!(
+                    "UPDATE {table} SET v = v + 1000 WHERE id IN \
+                     (SELECT id FROM {table} WHERE id IN ({held}, {other}) FOR UPDATE SKIP LOCKED)"
+                ),
+                "COMMIT".to_string(),
+                format!(
+                    "DO $$ BEGIN IF (SELECT count(*) FROM (SELECT id FROM {table} \
+                     WHERE id IN ({held}, {other}) FOR UPDATE SKIP LOCKED) s) <> 1 \
+                     THEN RAISE EXCEPTION 'skip locked'; END IF; END $$"
+                ),
+            ]
+        },
+        |table, held| format!("SELECT v FROM {table} WHERE id = {held} FOR UPDATE NOWAIT"),
+        |table, e| {
+            if e.code().code() == "55P03" {
+                assert!(
+                    e.message().contains(&format!("relation \"{table}\"")),
+                    "{table}: {}",
+                    e.message()
+                );
+            }
+        },
     );
-    let keys = key_per_node(&mut db);
-    let (held, other) = (keys[0], keys[1]);
-    let mut outcomes = Vec::new();
-    for table in ["l", "t"] {
-        let mut holder = cluster.client();
-        exec(
-            &mut holder,
-            &format!("BEGIN; UPDATE {table} SET v = v + 100 WHERE id = {held}"),
-        );
-        let mut w = cluster.client();
-        let steps = [
-            format!("SELECT v FROM {table} WHERE id = {held} FOR UPDATE NOWAIT"),
-            format!("SELECT v FROM {table} WHERE id = {other} FOR UPDATE NOWAIT"),
-            "BEGIN".to_string(),
-            format!("UPDATE {table} SET v = v + 2 WHERE id = {other}"),
-            format!("SELECT v FROM {table} WHERE id = {other} FOR SHARE NOWAIT"),
-            "SAVEPOINT s".to_string(),
-            format!("SELECT v FROM {table} WHERE id = {held} FOR SHARE NOWAIT"),
-            "ROLLBACK TO SAVEPOINT s".to_string(),
-            format!(
-                "UPDATE {table} SET v = v + 1000 WHERE id IN \
-                 (SELECT id FROM {table} WHERE id IN ({held}, {other}) FOR UPDATE SKIP LOCKED)"
-            ),
-            "COMMIT".to_string(),
-            format!(
-                "DO $$ BEGIN IF (SELECT count(*) FROM (SELECT id FROM {table} \
-                 WHERE id IN ({held}, {other}) FOR UPDATE SKIP LOCKED) s) <> 1 \
-                 THEN RAISE EXCEPTION 'skip locked'; END IF; END $$"
-            ),
-        ];
-        let mut got = Vec::new();
-        for step in &steps {
-            let started = Instant::now();
-            let outcome = match w.batch_execute(step) {
-                Ok(()) => "ok".to_string(),
-                Err(e) => {
-                    if let Some(d) = e.as_db_error() {
-                        if d.code().code() == "55P03" {
-                            assert!(
-                                d.message().contains(&format!("relation \"{table}\"")),
-                                "{table}: {}",
-                                pg_err(&e)
-                            );
-                        }
-                    }
-                    e.code()
-                        .map_or_else(|| pg_err(&e), |c| c.code().to_string())
-                }
-            };
-            let took = started.elapsed();
-            assert!(
-                took < Duration::from_secs(2),
-                "{table}: {step} took {took:?} ({outcome})"
-            );
-            got.push(outcome);
-        }
-        exec(&mut holder, "COMMIT");
-        // Nothing of the given-up requests holds the lock now.
-        let started = Instant::now();
-        exec(
-            &mut w,
-            &format!("SELECT v FROM {table} WHERE id = {held} FOR UPDATE NOWAIT"),
-        );
-        assert!(started.elapsed() < Duration::from_secs(2), "{table}");
-        let rows: Vec<(i64, i64)> = db
-            .query(
-                &format!("SELECT id, v FROM {table} WHERE id IN ({held}, {other}) ORDER BY id"),
-                &[],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        println!("{table}: {got:?} {rows:?}");
-        outcomes.push((got, rows));
-    }
-    assert_eq!(outcomes[0].0[0], "55P03", "the local table's NOWAIT");
-    assert_eq!(outcomes[1], outcomes[0], "t vs l");
+    assert_eq!(runs[0].outcomes[0], "55P03", "the local table's NOWAIT");
+    assert_eq!(runs[1], runs[0], "t vs l");
 }
 
 /// A job queue on a distributed table: workers take one job at a time with
