@@ -50,10 +50,28 @@ pub(crate) fn is(node: *const pg_sys::Node, tag: pg_sys::NodeTag) -> bool {
     !node.is_null() && unsafe { (*node).type_ } == tag
 }
 
+/// `node` without the relabellings that keep the meaning of its values
+/// (varchar read as text, a COLLATE clause). A binary-compatible cast into
+/// another pushdown family stays: text or varchar read as bpchar compares,
+/// sorts and groups without trailing spaces, an integer read as oid orders
+/// unsigned, so `t::bpchar` must not be taken for the column `t`.
 pub(crate) fn strip_relabel(mut node: *mut pg_sys::Node) -> *mut pg_sys::Node {
     while is(node, pg_sys::NodeTag::T_RelabelType) {
-        // SAFETY: the tag says it is a RelabelType.
-        node = unsafe { (*(node as *mut pg_sys::RelabelType)).arg.cast() };
+        // SAFETY: the tag says it is a RelabelType; its arg is an expression.
+        let (to, arg) = unsafe {
+            let r = node as *mut pg_sys::RelabelType;
+            ((*r).resulttype, (*r).arg as *mut pg_sys::Node)
+        };
+        // SAFETY: exprType reads a valid expression node.
+        let from = unsafe { pg_sys::exprType(arg) };
+        let same_family = match (column_type_of(to), column_type_of(from)) {
+            (Some(to), Some(from)) => pushdown::family(to) == pushdown::family(from),
+            _ => false,
+        };
+        if !same_family {
+            break;
+        }
+        node = arg;
     }
     node
 }
