@@ -1083,7 +1083,21 @@ unsafe fn add_final_path(
         let rows = if (*extra).limit_tuples > 0.0 {
             (*extra).limit_tuples.min(base.rows)
         } else {
-            base.rows
+            // A count or offset known only at execution ($n): the rows
+            // Postgres estimates for its own Limit node (a tenth of the
+            // input for an unknown count). Claiming every row instead made
+            // a local Limit over the scan look cheaper, and the LIMIT of a
+            // generic plan stayed in Postgres.
+            let mut rows = base.rows;
+            let (mut startup, mut total) = (0.0, 0.0);
+            pg_sys::adjust_limit_rows_costs(
+                &mut rows,
+                &mut startup,
+                &mut total,
+                (*extra).offset_est,
+                (*extra).count_est,
+            );
+            rows
         };
         add_plain_path(
             root,
