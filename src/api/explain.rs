@@ -422,7 +422,7 @@ impl Walker<'_> {
             let (plan, note) = match insert_rows((*mt).plan.lefttree, &topology) {
                 Some(rows) => (
                     ShardPlan::insert_with(&topology, rows, on_conflict)
-                        .unwrap_or_else(|e| refuse(e.to_string())),
+                        .unwrap_or_else(|e| crate::fdw::modify::plan_error(&topology, e)),
                     "",
                 ),
                 None => (

@@ -273,11 +273,12 @@ fn a_column_missing_on_the_shards_is_an_error_never_its_name() {
     assert_eq!(n, 11);
 }
 
-/// A negative LIMIT or OFFSET pushed to the shards: conductor_explain fails
-/// with the error the statement fails with when it runs (SQLSTATE and
-/// message), not with one about sending the value.
+/// A statement that fails before it reaches a node (a negative LIMIT or
+/// OFFSET pushed to the shards, a VALUES row without a shard key): its
+/// conductor_explain fails with the statement's own error (SQLSTATE and
+/// message), not with one about building the shard statements.
 #[test]
-fn a_negative_limit_fails_as_the_statement_would() {
+fn conductor_explain_fails_as_the_statement_would() {
     let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
         nodes: 2,
         ..Default::default()
@@ -295,6 +296,8 @@ fn a_negative_limit_fails_as_the_statement_would() {
         "SELECT id FROM t ORDER BY id LIMIT -2 OFFSET -1",
         "SELECT id, count(*) FROM t GROUP BY id ORDER BY id LIMIT -1",
         "SELECT id, count(*) FROM t GROUP BY id ORDER BY count(*) DESC, id OFFSET -3",
+        "INSERT INTO t VALUES (NULL, 1)",
+        "INSERT INTO t VALUES (100, 1), (NULL, 2) ON CONFLICT DO NOTHING",
     ] {
         let ran = db.query(sql, &[]).expect_err(sql);
         let ran = ran.as_db_error().unwrap_or_else(|| panic!("{sql}: {ran}"));
