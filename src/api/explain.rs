@@ -380,7 +380,14 @@ impl Walker<'_> {
             };
             let kind = StatementKind::Pushed(upper.query.clone());
             let plan = match evaluate((*fscan).fdw_exprs, &upper.params) {
-                Some(bindings) => bound(&topology, &upper.pushed, &bindings, &kind),
+                Some(bindings) => {
+                    // A negative LIMIT fails the statement when it starts:
+                    // the same error here, not one about sending it.
+                    if let Some(spec) = &upper.query.limit {
+                        crate::fdw::upper::limit_values(spec, &bindings);
+                    }
+                    bound(&topology, &upper.pushed, &bindings, &kind)
+                }
                 None => {
                     let mut p = ShardPlan::template(&topology, &upper.pushed, &kind);
                     crate::vindex::annotate(&topology, &upper.pushed, &mut p);
@@ -415,7 +422,7 @@ impl Walker<'_> {
             let (plan, note) = match insert_rows((*mt).plan.lefttree, &topology) {
                 Some(rows) => (
                     ShardPlan::insert_with(&topology, rows, on_conflict)
-                        .unwrap_or_else(|e| refuse(e.to_string())),
+                        .unwrap_or_else(|e| crate::fdw::modify::plan_error(&topology, e)),
                     "",
                 ),
                 None => (

@@ -624,7 +624,7 @@ unsafe fn encode_row(state: &ModifyState, slot: *mut pg_sys::TupleTableSlot) -> 
 }
 
 /// A row that cannot be placed is an ERROR naming the column.
-fn plan_error(topology: &TableTopology, e: PlanError) -> ! {
+pub fn plan_error(topology: &TableTopology, e: PlanError) -> ! {
     match e {
         PlanError::NullKey { column } => raise(
             PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,

@@ -1083,7 +1083,21 @@ unsafe fn add_final_path(
         let rows = if (*extra).limit_tuples > 0.0 {
             (*extra).limit_tuples.min(base.rows)
         } else {
-            base.rows
+            // A count or offset known only at execution ($n): the rows
+            // Postgres estimates for its own Limit node (a tenth of the
+            // input for an unknown count). Claiming every row instead made
+            // a local Limit over the scan look cheaper, and the LIMIT of a
+            // generic plan stayed in Postgres.
+            let mut rows = base.rows;
+            let (mut startup, mut total) = (0.0, 0.0);
+            pg_sys::adjust_limit_rows_costs(
+                &mut rows,
+                &mut startup,
+                &mut total,
+                (*extra).offset_est,
+                (*extra).count_est,
+            );
+            rows
         };
         add_plain_path(
             root,
@@ -1698,6 +1712,25 @@ fn merge_error(e: impl std::fmt::Display) -> ! {
     .error()
 }
 
+/// A pushed LIMIT/OFFSET's values, or Postgres' own error for a negative
+/// one (what its Limit node raises when the clause stays local).
+pub fn limit_values(spec: &LimitSpec, bindings: &[Binding]) -> LimitValues {
+    match spec.values(bindings) {
+        Ok(v) => v,
+        Err(LimitError::NegativeOffset) => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_ROW_COUNT_IN_RESULT_OFFSET_CLAUSE,
+            "OFFSET must not be negative",
+        )
+        .error(),
+        Err(LimitError::NegativeCount) => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_ROW_COUNT_IN_LIMIT_CLAUSE,
+            "LIMIT must not be negative",
+        )
+        .error(),
+        Err(LimitError::Bad(e)) => error!("conductor: bad LIMIT/OFFSET value: {e}"),
+    }
+}
+
 impl UpperState {
     /// What every shard runs, with the statement's parameters bound
     /// (`None`: the template, for EXPLAIN before execution).
@@ -1727,20 +1760,7 @@ impl UpperState {
             .query
             .limit
             .as_ref()
-            .map(|spec| match spec.values(&bindings) {
-                Ok(v) => v,
-                Err(LimitError::NegativeOffset) => raise(
-                    PgSqlErrorCode::ERRCODE_INVALID_ROW_COUNT_IN_RESULT_OFFSET_CLAUSE,
-                    "OFFSET must not be negative",
-                )
-                .error(),
-                Err(LimitError::NegativeCount) => raise(
-                    PgSqlErrorCode::ERRCODE_INVALID_ROW_COUNT_IN_LIMIT_CLAUSE,
-                    "LIMIT must not be negative",
-                )
-                .error(),
-                Err(LimitError::Bad(e)) => error!("conductor: bad LIMIT/OFFSET value: {e}"),
-            });
+            .map(|spec| limit_values(spec, &bindings));
         let LimitValues { count, offset } = limit.unwrap_or(LimitValues {
             count: None,
             offset: 0,

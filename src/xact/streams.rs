@@ -362,6 +362,54 @@ fn chained(stmts: Vec<Stmt>) -> Batch {
     Batch { steps }
 }
 
+/// Whether two node URLs reach the same database: the catalog stores them
+/// without a trailing `/`, which the client tolerates either way.
+fn same_database(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
+/// Two registered nodes (of two servers, or two node ids of one) at one
+/// address are one SQLite database with one write lock. Each node key gets
+/// its own remote transaction, so the second would wait for the first's
+/// lock, held by this very transaction, until the node's busy timeout
+/// failed it as "busy" (a retry can only fail the same way).
+fn refuse_second_writer(key: &NodeKey, holder: &NodeKey, url: &str) -> ! {
+    let name = |k: &NodeKey| format!("node \"{}\" of server \"{}\"", k.1, server_name(k.0));
+    let message = format!(
+        "conductor cannot write through {} in this transaction: \
+         {} at the same address already holds its write lock",
+        name(key),
+        name(holder)
+    );
+    raise(PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED, message)
+        .detail(format!(
+            "Both are registered at {url}; a transaction writes a node through one node id only."
+        ))
+        .hint(
+            "Write the tables of each node id in a transaction of its own, \
+             or register the node once.",
+        )
+        .error()
+}
+
+fn server_name(server_id: u32) -> String {
+    // SAFETY: the transaction holding streams of this server keeps its
+    // foreign tables (and so the server) in use; missing_ok returns null
+    // rather than raising for a server dropped in this transaction.
+    unsafe {
+        let server = pg_sys::GetForeignServerExtended(
+            pg_sys::Oid::from(server_id),
+            pg_sys::FSV_MISSING_OK as _,
+        );
+        if server.is_null() {
+            return server_id.to_string();
+        }
+        std::ffi::CStr::from_ptr((*server).servername)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
 fn lost_error(endpoint: &NodeEndpoint, why: &str) -> ShardError {
     ShardError::new(
         None,
@@ -488,6 +536,23 @@ fn run_together(work: Vec<NodeWork>) -> Vec<Result<Vec<StmtResult>, ShardError>>
         // First every node's state: a lost one fails the statement before
         // any baton is taken out.
         for w in &work {
+            let writes_anew = w.access == Access::Write
+                && streams.get(&w.key).is_none_or(|s| s.access == Access::Read);
+            if writes_anew {
+                let twin = streams
+                    .iter()
+                    .find(|(k, s)| {
+                        **k != w.key
+                            && s.access == Access::Write
+                            && s.lost.is_none()
+                            && same_database(&s.endpoint.url, &w.endpoint.url)
+                    })
+                    .map(|(k, _)| k.clone());
+                if let Some(twin) = twin {
+                    drop(streams);
+                    refuse_second_writer(&w.key, &twin, &w.endpoint.url);
+                }
+            }
             let stream = streams.entry(w.key.clone()).or_insert_with(|| Stream {
                 endpoint: w.endpoint.clone(),
                 keeper: None,

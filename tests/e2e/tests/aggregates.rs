@@ -1041,9 +1041,32 @@ fn pushdown_happens() {
             "{args}"
         );
     }
+    // Over plain rows too: a generic plan's LIMIT $1 (unordered or under a
+    // pushed ORDER BY) goes to the shards, as a constant one does.
     exec(
         &mut db,
-        "DEALLOCATE top; DEALLOCATE ltop; RESET plan_cache_mode",
+        "PREPARE first(bigint, bigint) AS SELECT id, i4 FROM t ORDER BY id LIMIT $1 OFFSET $2;
+         PREPARE lfirst(bigint, bigint) AS SELECT id, i4 FROM l_t ORDER BY id LIMIT $1 OFFSET $2;
+         PREPARE anyrows(bigint) AS SELECT id FROM t LIMIT $1;",
+    );
+    assert_pushed(
+        &mut db,
+        "EXECUTE first(3, 1)",
+        &["ORDER BY \"t_0000\".\"id\" NULLS LAST LIMIT ?"],
+    );
+    assert_pushed(&mut db, "EXECUTE anyrows(3)", &["FROM \"t_0000\" LIMIT ?"]);
+    for args in ["3, 1", "0, 0", "NULL, 2", "5, NULL", "100, 0"] {
+        assert_eq!(
+            run(&mut db, &format!("EXECUTE first({args})")).unwrap(),
+            run(&mut db, &format!("EXECUTE lfirst({args})")).unwrap(),
+            "{args}"
+        );
+    }
+    assert_eq!(run(&mut db, "EXECUTE anyrows(4)").unwrap().len(), 4);
+    exec(
+        &mut db,
+        "DEALLOCATE top; DEALLOCATE ltop; DEALLOCATE first; DEALLOCATE lfirst; \
+         DEALLOCATE anyrows; RESET plan_cache_mode",
     );
     // FILTER (by the WHERE rules) and the bool aggregates.
     assert_pushed(

@@ -272,3 +272,45 @@ fn a_column_missing_on_the_shards_is_an_error_never_its_name() {
         .get(0);
     assert_eq!(n, 11);
 }
+
+/// A statement that fails before it reaches a node (a negative LIMIT or
+/// OFFSET pushed to the shards, a VALUES row without a shard key): its
+/// conductor_explain fails with the statement's own error (SQLSTATE and
+/// message), not with one about building the shard statements.
+#[test]
+fn conductor_explain_fails_as_the_statement_would() {
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, g integer) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 4);
+         INSERT INTO t SELECT i, i % 3 FROM generate_series(1, 20) i;",
+    );
+    for sql in [
+        "SELECT id FROM t LIMIT -1",
+        "SELECT id FROM t OFFSET -1",
+        "SELECT id FROM t ORDER BY id LIMIT -2 OFFSET 1",
+        "SELECT id FROM t ORDER BY id LIMIT -2 OFFSET -1",
+        "SELECT id, count(*) FROM t GROUP BY id ORDER BY id LIMIT -1",
+        "SELECT id, count(*) FROM t GROUP BY id ORDER BY count(*) DESC, id OFFSET -3",
+        "INSERT INTO t VALUES (NULL, 1)",
+        "INSERT INTO t VALUES (100, 1), (NULL, 2) ON CONFLICT DO NOTHING",
+    ] {
+        let ran = db.query(sql, &[]).expect_err(sql);
+        let ran = ran.as_db_error().unwrap_or_else(|| panic!("{sql}: {ran}"));
+        let explained = db
+            .query("SELECT * FROM conductor_explain($1)", &[&sql])
+            .expect_err(sql);
+        let explained = explained
+            .as_db_error()
+            .unwrap_or_else(|| panic!("conductor_explain({sql}): {explained}"));
+        assert_eq!(
+            (explained.code(), explained.message()),
+            (ran.code(), ran.message()),
+            "{sql}"
+        );
+    }
+}

@@ -236,3 +236,90 @@ fn sessions_writing_the_same_two_nodes_queue_instead_of_deadlocking() {
         );
     }
 }
+
+/// Two servers may register the same nodes (their tables named apart on
+/// them). Each registered node id has its own remote transaction, and a
+/// node's database has one write lock: a transaction that wrote through one
+/// server and then writes the same node through the other is refused at
+/// once, instead of waiting for its own lock until the busy timeout and
+/// failing as if another session held it. Reads through both, and writes
+/// through each in its own transaction, work.
+#[test]
+fn one_transaction_writing_a_node_through_two_servers_is_refused_at_once() {
+    let (cluster, mut db) = setup();
+    exec(
+        &mut db,
+        "CREATE SERVER cluster2 FOREIGN DATA WRAPPER conductor",
+    );
+    for i in 0..cluster.node_count() {
+        db.execute(
+            "SELECT conductor.add_node('cluster2', $1, $2)",
+            &[&format!("other-{i}"), &cluster.node_url(i)],
+        )
+        .unwrap_or_else(|e| panic!("add_node cluster2: {}", pg_err(&e)));
+    }
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE u (id bigint NOT NULL, v bigint) SERVER cluster2
+             OPTIONS (table_name 'u_remote');
+         SELECT conductor.create_distributed_table('u', 'id', shard_count => 8);
+         INSERT INTO u SELECT i, 0 FROM generate_series(1, 20) i;",
+    );
+    // One statement per implicit transaction: a query string of several
+    // statements is one transaction.
+    for sql in [
+        "UPDATE t SET v = v + 1",
+        "UPDATE u SET v = v + 1",
+        "BEGIN;
+         UPDATE t SET v = v + 1;
+         SELECT count(*) FROM u;
+         COMMIT;",
+        "BEGIN ISOLATION LEVEL REPEATABLE READ;
+         SELECT count(*) FROM t;
+         SELECT count(*) FROM u;
+         UPDATE u SET v = v + 1;
+         COMMIT;",
+    ] {
+        exec(&mut db, sql);
+    }
+    assert_eq!(query_i64(&mut db, "SELECT sum(v)::bigint FROM t"), 40);
+    assert_eq!(query_i64(&mut db, "SELECT sum(v)::bigint FROM u"), 40);
+
+    for (what, setup_sql, sql) in [
+        (
+            "a second statement",
+            "UPDATE t SET v = v + 1",
+            "UPDATE u SET v = v + 1",
+        ),
+        (
+            "one statement",
+            "SELECT 1",
+            "WITH a AS (UPDATE t SET v = v + 1 RETURNING id)
+             UPDATE u SET v = v + 1 WHERE id IN (SELECT id FROM a)",
+        ),
+        (
+            "row locks",
+            "SELECT v FROM u FOR UPDATE",
+            "SELECT v FROM t FOR UPDATE",
+        ),
+    ] {
+        exec(&mut db, "BEGIN");
+        exec(&mut db, setup_sql);
+        let started = Instant::now();
+        let e = expect_db_error(db.execute(sql, &[]), what);
+        let took = started.elapsed();
+        assert_eq!(e.code().code(), "0A000", "{what}: {}", describe(&e));
+        assert!(
+            e.message().contains("cluster2") && e.message().contains("\"cluster\""),
+            "{what}: {}",
+            describe(&e)
+        );
+        assert!(
+            took < Duration::from_secs(3),
+            "{what}: refused after {took:?}"
+        );
+        exec(&mut db, "ROLLBACK");
+    }
+    assert_eq!(query_i64(&mut db, "SELECT sum(v)::bigint FROM t"), 40);
+    assert_eq!(query_i64(&mut db, "SELECT sum(v)::bigint FROM u"), 40);
+}
