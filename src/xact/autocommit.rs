@@ -103,16 +103,32 @@ unsafe fn runs_alone_in_client_portal(stmt: *mut pg_sys::PlannedStmt) -> bool {
         {
             return false;
         }
+        // A function's cursor (PL/pgSQL `FOR r IN INSERT … RETURNING`, `FOR
+        // r IN EXECUTE …`, a PL/Python cursor) is a portal of its own,
+        // active while the client's statement that called the function
+        // still runs and may still fail. Only the client's portal runs the
+        // client's statement text: exec_simple_query hands the portal the
+        // very string it logs, exec_execute_message logs a copy of the
+        // portal's.
+        let client_text = pg_sys::debug_query_string;
+        let text = (*portal).sourceText;
+        if client_text.is_null() || text.is_null() {
+            return false;
+        }
         // A simple Query: its statements are its transaction (several of
-        // them are an implicit transaction block, seen above).
+        // them are an implicit transaction block, seen above). A function's
+        // cursor over an unsaved plan (`FOR … IN EXECUTE`) has no cplan
+        // either, but a text of its own.
         if (*portal).cplan.is_null() {
-            return true;
+            return std::ptr::eq(text, client_text);
         }
         // A portal from a prepared plan: a Bind of the extended protocol
         // (or SQL EXECUTE). Its transaction ends at the next Sync, so the
         // statement is alone only if that Sync has already arrived; a
         // client that sends it later gets the transactional path.
-        pg_sys::whereToSendOutput == pg_sys::CommandDest::DestRemote && next_message_is_sync()
+        pg_sys::whereToSendOutput == pg_sys::CommandDest::DestRemote
+            && std::ffi::CStr::from_ptr(text) == std::ffi::CStr::from_ptr(client_text)
+            && next_message_is_sync()
     }
 }
 

@@ -154,8 +154,25 @@ fn a_write_the_transaction_outlives_is_undone_with_it() {
          CREATE VIEW t_short AS SELECT * FROM t WHERE length(v) < 5 WITH CHECK OPTION;
          CREATE VIEW l_short AS SELECT * FROM l WHERE length(v) < 5 WITH CHECK OPTION;
          CREATE FUNCTION write_then_fail(sql text) RETURNS void LANGUAGE plpgsql AS
-           $$ BEGIN EXECUTE sql; RAISE EXCEPTION 'after the write' USING ERRCODE = 'P0001'; END $$;",
+           $$ BEGIN EXECUTE sql; RAISE EXCEPTION 'after the write' USING ERRCODE = 'P0001'; END $$;
+         CREATE FUNCTION loop_then_fail(sql text) RETURNS void LANGUAGE plpgsql AS
+           $$ DECLARE r record; BEGIN
+                FOR r IN EXECUTE sql LOOP END LOOP;
+                RAISE EXCEPTION 'after the write' USING ERRCODE = 'P0001';
+              END $$;",
     );
+    for table in ["l", "t"] {
+        exec(
+            &mut db,
+            &format!(
+                "CREATE FUNCTION static_loop_{table}(k bigint) RETURNS void LANGUAGE plpgsql AS
+                   $$ DECLARE r record; BEGIN
+                        FOR r IN INSERT INTO {table} VALUES (k, 's') RETURNING id LOOP END LOOP;
+                        RAISE EXCEPTION 'after the write' USING ERRCODE = 'P0001';
+                      END $$;"
+            ),
+        );
+    }
     let statements = [
         "SELECT write_then_fail('INSERT INTO {T} VALUES (100, ''f'')')",
         "SELECT write_then_fail('UPDATE {T} SET v = ''f'' WHERE id = 3')",
@@ -176,6 +193,45 @@ fn a_write_the_transaction_outlives_is_undone_with_it() {
             contents(&mut db, "l"),
             "after {sql}"
         );
+    }
+
+    // A function's cursor over a write (a PL/pgSQL FOR loop over a query
+    // with RETURNING, static or EXECUTEd) is a portal of its own; the
+    // function goes on after it. Sent as a simple Query and through the
+    // extended protocol (Bind, Execute and Sync together).
+    let looped = [
+        "SELECT loop_then_fail('INSERT INTO {T} VALUES (110, ''c'') RETURNING id')",
+        "SELECT loop_then_fail('UPDATE {T} SET v = ''c'' WHERE id = 9 RETURNING id')",
+        "SELECT loop_then_fail('DELETE FROM {T} WHERE id = 10 RETURNING id')",
+        "DO $$ DECLARE r record; BEGIN \
+           FOR r IN EXECUTE 'INSERT INTO {T} VALUES (111, ''d'') RETURNING id' LOOP END LOOP; \
+           PERFORM 1 / 0; END $$",
+        "SELECT static_loop_{T}(112)",
+    ];
+    for sql in looped {
+        for extended in [false, true] {
+            let run = |db: &mut Client, sql: &str| {
+                if extended {
+                    match db.execute(sql, &[]) {
+                        Ok(_) => "ok".to_string(),
+                        Err(e) => e
+                            .as_db_error()
+                            .map(|d| d.code().code().to_string())
+                            .unwrap_or_else(|| format!("client error: {e}")),
+                    }
+                } else {
+                    outcome(db, sql)
+                }
+            };
+            let local = run(&mut db, &sql.replace("{T}", "l"));
+            let dist = run(&mut db, &sql.replace("{T}", "t"));
+            assert_eq!(dist, local, "{sql} (extended: {extended})");
+            assert_eq!(
+                contents(&mut db, "t"),
+                contents(&mut db, "l"),
+                "after {sql} (extended: {extended})"
+            );
+        }
     }
 
     // Execute messages before one Sync are one implicit transaction: the
