@@ -164,12 +164,18 @@ unsafe fn next_message_is_sync() -> bool {
 /// Whether computing the RETURNING list over the written row cannot fail:
 /// plain columns and constants (`RETURNING *`, `RETURNING id`). Anything
 /// else (`1/x`, a cast, a function) could fail after the node committed.
+/// So could sending a text to a client whose encoding differs from the
+/// database's (22P05 for a character the client's encoding lacks).
 ///
 /// # Safety
 /// `list` is a RETURNING target list (or null).
 unsafe fn returning_cannot_fail(list: *mut pg_sys::List) -> bool {
-    // SAFETY: a target list of the running statement.
+    // SAFETY: a target list of the running statement; the encodings are
+    // the session's.
     unsafe {
+        if !list.is_null() && pg_sys::pg_get_client_encoding() != pg_sys::GetDatabaseEncoding() {
+            return false;
+        }
         pgrx::PgList::<pg_sys::TargetEntry>::from_pg(list)
             .iter_ptr()
             .all(|tle| {

@@ -195,6 +195,34 @@ fn a_write_the_transaction_outlives_is_undone_with_it() {
         );
     }
 
+    // RETURNING sends the written row to the client, converted to its
+    // encoding: a character that encoding lacks fails the statement.
+    exec(
+        &mut db,
+        "UPDATE l SET v = U&'\\20AC' WHERE id = 12; UPDATE t SET v = U&'\\20AC' WHERE id = 12",
+    );
+    for sql in [
+        "INSERT INTO {T} VALUES (105, U&'\\20AC') RETURNING id, v",
+        "UPDATE {T} SET v = U&'\\20AC!' WHERE id = 13 RETURNING v",
+        "DELETE FROM {T} WHERE id = 12 RETURNING *",
+    ] {
+        let mut outcomes = Vec::new();
+        for table in ["l", "t"] {
+            exec(&mut db, "SET client_encoding = 'LATIN1'");
+            outcomes.push(outcome(&mut db, &sql.replace("{T}", table)));
+            exec(&mut db, "RESET client_encoding");
+        }
+        assert_eq!(
+            outcomes[1], outcomes[0],
+            "{sql} with client_encoding LATIN1"
+        );
+        assert_eq!(
+            contents(&mut db, "t"),
+            contents(&mut db, "l"),
+            "after {sql} with client_encoding LATIN1"
+        );
+    }
+
     // A function's cursor over a write (a PL/pgSQL FOR loop over a query
     // with RETURNING, static or EXECUTEd) is a portal of its own; the
     // function goes on after it. Sent as a simple Query and through the
