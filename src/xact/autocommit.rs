@@ -251,6 +251,16 @@ pub fn run_alone(topology: &TableTopology, plan: &ShardPlan) -> Option<Vec<(u32,
     if topology.is_reference() {
         return None; // every copy is written, in the transaction's streams
     }
+    // A function of the statement that wrote a local table (a VALUES or
+    // SET expression, evaluated by now) leaves the Postgres transaction
+    // something that can still fail at COMMIT after the node committed: a
+    // deferred constraint, a serialization failure. Writing assigns the
+    // transaction an id; so does nextval() now and then, which only costs
+    // that statement the one-request path.
+    // SAFETY: reads the backend's transaction state.
+    if unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::TransactionId::INVALID {
+        return None;
+    }
     let limit = std::time::Duration::from_millis(
         crate::gucs::MOVE_WRITE_BLOCK_TIMEOUT_MS.get().max(0) as u64,
     ) + std::time::Duration::from_secs(1);

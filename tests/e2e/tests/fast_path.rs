@@ -155,6 +155,10 @@ fn a_write_the_transaction_outlives_is_undone_with_it() {
          CREATE VIEW l_short AS SELECT * FROM l WHERE length(v) < 5 WITH CHECK OPTION;
          CREATE FUNCTION write_then_fail(sql text) RETURNS void LANGUAGE plpgsql AS
            $$ BEGIN EXECUTE sql; RAISE EXCEPTION 'after the write' USING ERRCODE = 'P0001'; END $$;
+         CREATE TABLE parent (id int PRIMARY KEY);
+         CREATE TABLE child (parent_id int REFERENCES parent DEFERRABLE INITIALLY DEFERRED);
+         CREATE FUNCTION orphan_child() RETURNS text LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO child VALUES (999); RETURN 'o'; END $$;
          CREATE FUNCTION loop_then_fail(sql text) RETURNS void LANGUAGE plpgsql AS
            $$ DECLARE r record; BEGIN
                 FOR r IN EXECUTE sql LOOP END LOOP;
@@ -181,6 +185,11 @@ fn a_write_the_transaction_outlives_is_undone_with_it() {
         "UPDATE {T} SET v = '' WHERE id = 5 RETURNING 1 / length(v)",
         "DELETE FROM {T} WHERE id = 6 RETURNING 1 / (id - 6)",
         "INSERT INTO {T}_short VALUES (102, 'too long')",
+        // A local write of the statement whose deferred check fails at
+        // COMMIT.
+        "INSERT INTO {T} VALUES (106, orphan_child())",
+        "UPDATE {T} SET v = orphan_child() WHERE id = 14",
+        "DELETE FROM {T} WHERE id = 15 AND orphan_child() = 'o'",
         // What can still fail is plain columns: the fast path stays.
         "INSERT INTO {T} VALUES (103, 'r') RETURNING id, v",
     ];
