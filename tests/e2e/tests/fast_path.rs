@@ -173,6 +173,14 @@ fn a_write_the_transaction_outlives_is_undone_with_it() {
                    $$ DECLARE r record; BEGIN
                         FOR r IN INSERT INTO {table} VALUES (k, 's') RETURNING id LOOP END LOOP;
                         RAISE EXCEPTION 'after the write' USING ERRCODE = 'P0001';
+                      END $$;
+                 CREATE PROCEDURE committing_loop_{table}() LANGUAGE plpgsql AS
+                   $$ DECLARE r record; BEGIN
+                        FOR r IN INSERT INTO {table} VALUES (120, 'kept') RETURNING id LOOP END LOOP;
+                        COMMIT;
+                        FOR r IN EXECUTE 'INSERT INTO {table} VALUES (121, ''lost'') RETURNING id'
+                          LOOP END LOOP;
+                        RAISE EXCEPTION 'after the write' USING ERRCODE = 'P0001';
                       END $$;"
             ),
         );
@@ -244,6 +252,9 @@ fn a_write_the_transaction_outlives_is_undone_with_it() {
            FOR r IN EXECUTE 'INSERT INTO {T} VALUES (111, ''d'') RETURNING id' LOOP END LOOP; \
            PERFORM 1 / 0; END $$",
         "SELECT static_loop_{T}(112)",
+        // A procedure's statements after its COMMIT are a transaction of
+        // their own, which the failure rolls back.
+        "CALL committing_loop_{T}()",
     ];
     for sql in looped {
         for extended in [false, true] {
