@@ -506,6 +506,22 @@ fn distribute(
             .filter(|(_, n)| n.node_id == node.node_id)
             .map(|&(shard, _)| shard_table_name(&remote_name, shard))
             .collect();
+        // A table dropped earlier in this transaction keeps its shard
+        // tables until COMMIT, and the drop would then take the new ones.
+        if let Some(table) = xact::ddl::dropped_at_commit(&node.url, &names).first() {
+            raise(
+                PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+                format!(
+                    "conductor: shard table {table} on node {} is dropped when this transaction commits",
+                    node.node_id
+                ),
+            )
+            .detail(format!(
+                "A distributed table dropped in this transaction keeps its shard tables on the nodes until COMMIT; {display} would create shard tables of the same names."
+            ))
+            .hint("Commit the DROP first, or give the new table another table_name option.")
+            .error()
+        }
         leftovers.extend(super::cleanup::take_colliding(
             server_id,
             &node.node_id,
@@ -793,6 +809,7 @@ fn forget_distributed_table(relid: pg_sys::Oid) {
         };
         xact::on_commit(
             format!("drop shard tables {} on node {node_id}", tables.join(", ")),
+            tables,
             request,
         );
     }

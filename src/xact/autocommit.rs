@@ -103,16 +103,32 @@ unsafe fn runs_alone_in_client_portal(stmt: *mut pg_sys::PlannedStmt) -> bool {
         {
             return false;
         }
+        // A function's cursor (PL/pgSQL `FOR r IN INSERT … RETURNING`, `FOR
+        // r IN EXECUTE …`, a PL/Python cursor) is a portal of its own,
+        // active while the client's statement that called the function
+        // still runs and may still fail. Only the client's portal runs the
+        // client's statement text: exec_simple_query hands the portal the
+        // very string it logs, exec_execute_message logs a copy of the
+        // portal's.
+        let client_text = pg_sys::debug_query_string;
+        let text = (*portal).sourceText;
+        if client_text.is_null() || text.is_null() {
+            return false;
+        }
         // A simple Query: its statements are its transaction (several of
-        // them are an implicit transaction block, seen above).
+        // them are an implicit transaction block, seen above). A function's
+        // cursor over an unsaved plan (`FOR … IN EXECUTE`) has no cplan
+        // either, but a text of its own.
         if (*portal).cplan.is_null() {
-            return true;
+            return std::ptr::eq(text, client_text);
         }
         // A portal from a prepared plan: a Bind of the extended protocol
         // (or SQL EXECUTE). Its transaction ends at the next Sync, so the
         // statement is alone only if that Sync has already arrived; a
         // client that sends it later gets the transactional path.
-        pg_sys::whereToSendOutput == pg_sys::CommandDest::DestRemote && next_message_is_sync()
+        pg_sys::whereToSendOutput == pg_sys::CommandDest::DestRemote
+            && std::ffi::CStr::from_ptr(text) == std::ffi::CStr::from_ptr(client_text)
+            && next_message_is_sync()
     }
 }
 
@@ -148,12 +164,18 @@ unsafe fn next_message_is_sync() -> bool {
 /// Whether computing the RETURNING list over the written row cannot fail:
 /// plain columns and constants (`RETURNING *`, `RETURNING id`). Anything
 /// else (`1/x`, a cast, a function) could fail after the node committed.
+/// So could sending a text to a client whose encoding differs from the
+/// database's (22P05 for a character the client's encoding lacks).
 ///
 /// # Safety
 /// `list` is a RETURNING target list (or null).
 unsafe fn returning_cannot_fail(list: *mut pg_sys::List) -> bool {
-    // SAFETY: a target list of the running statement.
+    // SAFETY: a target list of the running statement; the encodings are
+    // the session's.
     unsafe {
+        if !list.is_null() && pg_sys::pg_get_client_encoding() != pg_sys::GetDatabaseEncoding() {
+            return false;
+        }
         pgrx::PgList::<pg_sys::TargetEntry>::from_pg(list)
             .iter_ptr()
             .all(|tle| {
@@ -228,6 +250,16 @@ pub fn release_cancel_at_commit() {
 pub fn run_alone(topology: &TableTopology, plan: &ShardPlan) -> Option<Vec<(u32, StmtResult)>> {
     if topology.is_reference() {
         return None; // every copy is written, in the transaction's streams
+    }
+    // A function of the statement that wrote a local table (a VALUES or
+    // SET expression, evaluated by now) leaves the Postgres transaction
+    // something that can still fail at COMMIT after the node committed: a
+    // deferred constraint, a serialization failure. Writing assigns the
+    // transaction an id; so does nextval() now and then, which only costs
+    // that statement the one-request path.
+    // SAFETY: reads the backend's transaction state.
+    if unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::TransactionId::INVALID {
+        return None;
     }
     let limit = std::time::Duration::from_millis(
         crate::gucs::MOVE_WRITE_BLOCK_TIMEOUT_MS.get().max(0) as u64,

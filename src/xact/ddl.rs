@@ -16,6 +16,8 @@ struct PendingDdl {
     /// Transaction nesting level that queued it.
     level: i32,
     what: String,
+    /// The shard tables the request drops, on the node it goes to.
+    tables: Vec<String>,
     request: ShardRequest,
 }
 
@@ -23,17 +25,33 @@ thread_local! {
     static PENDING: RefCell<Vec<PendingDdl>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Run `request` once the top-level transaction commits.
-pub fn on_commit(what: String, request: ShardRequest) {
+/// Run `request`, which drops `tables` on its node, once the top-level
+/// transaction commits.
+pub fn on_commit(what: String, tables: Vec<String>, request: ShardRequest) {
     // SAFETY: reads backend transaction state.
     let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
     PENDING.with(|p| {
         p.borrow_mut().push(PendingDdl {
             level,
             what,
+            tables,
             request,
         })
     });
+}
+
+/// Which of `tables` on the node at `url` this transaction drops when it
+/// commits.
+pub fn dropped_at_commit(url: &str, tables: &[String]) -> Vec<String> {
+    PENDING.with(|p| {
+        p.borrow()
+            .iter()
+            .filter(|i| i.request.endpoint.url == url)
+            .flat_map(|i| i.tables.iter())
+            .filter(|t| tables.contains(t))
+            .cloned()
+            .collect()
+    })
 }
 
 /// Send the requests and wait for them without answering interrupts: this

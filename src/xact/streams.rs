@@ -34,6 +34,7 @@ use conductor_hrana::{
     Batch, BatchCond, BatchStep, PipelineReqBody, PipelineRespBody, Stmt, StmtResult,
     StreamRequest, StreamResponse, StreamResult,
 };
+use pgrx::pg_sys::submodules::ffi::pg_guard_ffi_boundary;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
@@ -849,6 +850,25 @@ fn describe(labels: &BTreeSet<ShardLabel>) -> String {
         .join("; ")
 }
 
+/// A SERIALIZABLE transaction that wrote local tables can still fail
+/// Postgres' commit-time check (40001, "canceled on identification as a
+/// pivot, during commit attempt"), which CommitTransaction runs after this
+/// callback, when the nodes would have committed already. Run it now, as
+/// PREPARE TRANSACTION does: once it passes, the transaction counts as
+/// prepared for the other serializable transactions, which then fail
+/// themselves rather than this one, so the check run again at the commit
+/// passes.
+fn check_serializable() {
+    extern "C-unwind" {
+        // storage/predicate.h of the backend.
+        fn PreCommit_CheckForSerializationFailure();
+    }
+    // SAFETY: called while the transaction commits, where CommitTransaction
+    // calls it too; it returns at once outside SERIALIZABLE, and raises an
+    // ERROR (the transaction then aborts, and so do the nodes') otherwise.
+    unsafe { pg_guard_ffi_boundary(|| PreCommit_CheckForSerializationFailure()) }
+}
+
 /// Pre-commit: COMMIT every node's transaction, in parallel. If any node
 /// fails, the Postgres transaction fails too; if others had already
 /// committed, a WARNING names what was and was not committed.
@@ -880,6 +900,9 @@ pub fn commit_all() {
     }
     if REFERENCE_WRITTEN.with(|f| f.replace(false)) {
         check_writers_alive();
+    }
+    if any_open() {
+        check_serializable();
     }
     let streams = STREAMS.with(|s| std::mem::take(&mut *s.borrow_mut()));
     if streams.is_empty() {

@@ -282,6 +282,43 @@ fn create_and_drop_keep_nodes_and_catalog_consistent() {
         "after commit"
     );
 
+    // Dropped and created again in one transaction: the drop of the old
+    // shard tables waits for COMMIT, where it would take the new ones of
+    // the same names. The create is refused for that reason, and nothing
+    // changes; once the DROP is committed, the create works.
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE cd_r (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('cd_r', 'id', shard_count => 4);
+         INSERT INTO cd_r SELECT i, 'old' FROM generate_series(1, 20) i;",
+    );
+    exec(
+        &mut db,
+        "BEGIN; DROP FOREIGN TABLE cd_r;
+         CREATE FOREIGN TABLE cd_r (id bigint NOT NULL, v text) SERVER cluster;",
+    );
+    let err = expect_db_error(
+        db.simple_query(
+            "SELECT conductor.create_distributed_table('cd_r', 'id', shard_count => 4)",
+        ),
+        "create again after a drop in the same transaction",
+    );
+    let text = describe(&err);
+    assert_eq!(err.code().code(), "55006", "{text}");
+    assert!(text.contains("COMMIT"), "says why: {text}");
+    exec(&mut db, "ROLLBACK");
+    assert_eq!(
+        query_i64(&mut db, "SELECT count(*) FROM cd_r WHERE v = 'old'"),
+        20
+    );
+    exec(&mut db, "DROP FOREIGN TABLE cd_r");
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE cd_r (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('cd_r', 'id', shard_count => 4);",
+    );
+    assert_eq!(query_i64(&mut db, "SELECT count(*) FROM cd_r"), 0);
+
     // Create rolled back: no shard tables, no catalog rows. The shard
     // tables are created inside the transaction's remote transactions: the
     // transaction itself uses them, nobody else sees them before commit.

@@ -154,8 +154,37 @@ fn a_write_the_transaction_outlives_is_undone_with_it() {
          CREATE VIEW t_short AS SELECT * FROM t WHERE length(v) < 5 WITH CHECK OPTION;
          CREATE VIEW l_short AS SELECT * FROM l WHERE length(v) < 5 WITH CHECK OPTION;
          CREATE FUNCTION write_then_fail(sql text) RETURNS void LANGUAGE plpgsql AS
-           $$ BEGIN EXECUTE sql; RAISE EXCEPTION 'after the write' USING ERRCODE = 'P0001'; END $$;",
+           $$ BEGIN EXECUTE sql; RAISE EXCEPTION 'after the write' USING ERRCODE = 'P0001'; END $$;
+         CREATE TABLE parent (id int PRIMARY KEY);
+         CREATE TABLE child (parent_id int REFERENCES parent DEFERRABLE INITIALLY DEFERRED);
+         CREATE FUNCTION orphan_child() RETURNS text LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO child VALUES (999); RETURN 'o'; END $$;
+         CREATE FUNCTION loop_then_fail(sql text) RETURNS void LANGUAGE plpgsql AS
+           $$ DECLARE r record; BEGIN
+                FOR r IN EXECUTE sql LOOP END LOOP;
+                RAISE EXCEPTION 'after the write' USING ERRCODE = 'P0001';
+              END $$;",
     );
+    for table in ["l", "t"] {
+        exec(
+            &mut db,
+            &format!(
+                "CREATE FUNCTION static_loop_{table}(k bigint) RETURNS void LANGUAGE plpgsql AS
+                   $$ DECLARE r record; BEGIN
+                        FOR r IN INSERT INTO {table} VALUES (k, 's') RETURNING id LOOP END LOOP;
+                        RAISE EXCEPTION 'after the write' USING ERRCODE = 'P0001';
+                      END $$;
+                 CREATE PROCEDURE committing_loop_{table}() LANGUAGE plpgsql AS
+                   $$ DECLARE r record; BEGIN
+                        FOR r IN INSERT INTO {table} VALUES (120, 'kept') RETURNING id LOOP END LOOP;
+                        COMMIT;
+                        FOR r IN EXECUTE 'INSERT INTO {table} VALUES (121, ''lost'') RETURNING id'
+                          LOOP END LOOP;
+                        RAISE EXCEPTION 'after the write' USING ERRCODE = 'P0001';
+                      END $$;"
+            ),
+        );
+    }
     let statements = [
         "SELECT write_then_fail('INSERT INTO {T} VALUES (100, ''f'')')",
         "SELECT write_then_fail('UPDATE {T} SET v = ''f'' WHERE id = 3')",
@@ -164,6 +193,11 @@ fn a_write_the_transaction_outlives_is_undone_with_it() {
         "UPDATE {T} SET v = '' WHERE id = 5 RETURNING 1 / length(v)",
         "DELETE FROM {T} WHERE id = 6 RETURNING 1 / (id - 6)",
         "INSERT INTO {T}_short VALUES (102, 'too long')",
+        // A local write of the statement whose deferred check fails at
+        // COMMIT.
+        "INSERT INTO {T} VALUES (106, orphan_child())",
+        "UPDATE {T} SET v = orphan_child() WHERE id = 14",
+        "DELETE FROM {T} WHERE id = 15 AND orphan_child() = 'o'",
         // What can still fail is plain columns: the fast path stays.
         "INSERT INTO {T} VALUES (103, 'r') RETURNING id, v",
     ];
@@ -176,6 +210,76 @@ fn a_write_the_transaction_outlives_is_undone_with_it() {
             contents(&mut db, "l"),
             "after {sql}"
         );
+    }
+
+    // RETURNING sends the written row to the client, converted to its
+    // encoding: a character that encoding lacks fails the statement.
+    exec(
+        &mut db,
+        "UPDATE l SET v = U&'\\20AC' WHERE id = 12; UPDATE t SET v = U&'\\20AC' WHERE id = 12",
+    );
+    for sql in [
+        "INSERT INTO {T} VALUES (105, U&'\\20AC') RETURNING id, v",
+        "UPDATE {T} SET v = U&'\\20AC!' WHERE id = 13 RETURNING v",
+        "DELETE FROM {T} WHERE id = 12 RETURNING *",
+    ] {
+        let mut outcomes = Vec::new();
+        for table in ["l", "t"] {
+            exec(&mut db, "SET client_encoding = 'LATIN1'");
+            outcomes.push(outcome(&mut db, &sql.replace("{T}", table)));
+            exec(&mut db, "RESET client_encoding");
+        }
+        assert_eq!(
+            outcomes[1], outcomes[0],
+            "{sql} with client_encoding LATIN1"
+        );
+        assert_eq!(
+            contents(&mut db, "t"),
+            contents(&mut db, "l"),
+            "after {sql} with client_encoding LATIN1"
+        );
+    }
+
+    // A function's cursor over a write (a PL/pgSQL FOR loop over a query
+    // with RETURNING, static or EXECUTEd) is a portal of its own; the
+    // function goes on after it. Sent as a simple Query and through the
+    // extended protocol (Bind, Execute and Sync together).
+    let looped = [
+        "SELECT loop_then_fail('INSERT INTO {T} VALUES (110, ''c'') RETURNING id')",
+        "SELECT loop_then_fail('UPDATE {T} SET v = ''c'' WHERE id = 9 RETURNING id')",
+        "SELECT loop_then_fail('DELETE FROM {T} WHERE id = 10 RETURNING id')",
+        "DO $$ DECLARE r record; BEGIN \
+           FOR r IN EXECUTE 'INSERT INTO {T} VALUES (111, ''d'') RETURNING id' LOOP END LOOP; \
+           PERFORM 1 / 0; END $$",
+        "SELECT static_loop_{T}(112)",
+        // A procedure's statements after its COMMIT are a transaction of
+        // their own, which the failure rolls back.
+        "CALL committing_loop_{T}()",
+    ];
+    for sql in looped {
+        for extended in [false, true] {
+            let run = |db: &mut Client, sql: &str| {
+                if extended {
+                    match db.execute(sql, &[]) {
+                        Ok(_) => "ok".to_string(),
+                        Err(e) => e
+                            .as_db_error()
+                            .map(|d| d.code().code().to_string())
+                            .unwrap_or_else(|| format!("client error: {e}")),
+                    }
+                } else {
+                    outcome(db, sql)
+                }
+            };
+            let local = run(&mut db, &sql.replace("{T}", "l"));
+            let dist = run(&mut db, &sql.replace("{T}", "t"));
+            assert_eq!(dist, local, "{sql} (extended: {extended})");
+            assert_eq!(
+                contents(&mut db, "t"),
+                contents(&mut db, "l"),
+                "after {sql} (extended: {extended})"
+            );
+        }
     }
 
     // Execute messages before one Sync are one implicit transaction: the

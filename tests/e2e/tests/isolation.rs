@@ -373,3 +373,61 @@ fn repeatable_read_finds_its_snapshot_rows_by_a_virtual_index() {
         );
     }
 }
+
+/// A SERIALIZABLE transaction that also wrote local tables can fail
+/// Postgres' commit-time check (write skew: it is the pivot of a
+/// dangerous structure whose other transaction committed first). It must
+/// then leave nothing on the nodes either, as it leaves nothing locally.
+#[test]
+fn a_serializable_commit_that_fails_its_check_commits_nothing_on_the_nodes() {
+    let (cluster, mut db) = setup(2);
+    exec(
+        &mut db,
+        "CREATE TABLE acc (id int, grp int, v int);
+         INSERT INTO acc VALUES (1, 1, 100), (2, 1, 100);
+         CREATE TABLE lt (id bigint PRIMARY KEY, v text, n bigint);",
+    );
+    for table in ["lt", "t"] {
+        exec(&mut db, "UPDATE acc SET v = 100");
+        let mut t1 = cluster.client();
+        let mut t2 = cluster.client();
+        exec(
+            &mut t1,
+            "BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT sum(v) FROM acc WHERE grp = 1;",
+        );
+        exec(
+            &mut t2,
+            "BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT sum(v) FROM acc WHERE grp = 1;",
+        );
+        exec(
+            &mut t1,
+            &format!(
+                "UPDATE acc SET v = v - 150 WHERE id = 1;
+                 INSERT INTO {table} VALUES (1001, 'skew', 1), (1002, 'skew', 2), (1003, 'skew', 3);"
+            ),
+        );
+        exec(&mut t2, "UPDATE acc SET v = v - 150 WHERE id = 2; COMMIT;");
+        let err = expect_db_error(t1.batch_execute("COMMIT"), "the pivot's COMMIT");
+        assert_eq!(err.code().code(), "40001", "{table}: {}", describe(&err));
+        assert_eq!(
+            query_i64(
+                &mut db,
+                &format!("SELECT count(*) FROM {table} WHERE id > 1000")
+            ),
+            0,
+            "{table}: rows of the failed transaction"
+        );
+    }
+    // Without the dangerous structure, the same transaction commits both.
+    exec(
+        &mut db,
+        "BEGIN ISOLATION LEVEL SERIALIZABLE;
+         UPDATE acc SET v = v + 1 WHERE id = 1;
+         INSERT INTO t VALUES (1001, 'ok', 1);
+         COMMIT;",
+    );
+    assert_eq!(
+        query_i64(&mut db, "SELECT count(*) FROM t WHERE id = 1001"),
+        1
+    );
+}
