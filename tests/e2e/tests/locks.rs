@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{exec, query_i64};
+use common::{describe, exec, expect_db_error, query_i64};
 use conductor_e2e::postgres::NoTls;
 use conductor_e2e::{pg_err, Cluster, ClusterOptions};
 use std::time::{Duration, Instant};
