@@ -855,9 +855,9 @@ fn catalog_has_row(table: &str, column: &str, oid: pg_sys::Oid) -> bool {
 }
 
 /// A node joins the server: every reference table of the server is copied
-/// to it inside this transaction (its copies are read holding their write
-/// locks, so no write slips between the read and the commit), and the new
-/// node is recorded as one of its copies.
+/// to it inside this transaction (each table locked against writers until
+/// it commits, so no write slips between the read and the commit or misses
+/// the new copy), and the new node is recorded as one of its copies.
 pub fn copy_reference_tables(server_id: pg_sys::Oid, node_id: &str, url: &str) {
     let relids = Spi::connect(|client| {
         client
@@ -872,6 +872,14 @@ pub fn copy_reference_tables(server_id: pg_sys::Oid, node_id: &str, url: &str) {
     })
     .unwrap_or_else(|e| error!("conductor: could not read reference tables: {e}"));
     for relid in relids {
+        // A writer plans its copies from the topology it saw when it took
+        // its lock on the table: one that began before this transaction
+        // commits would write every copy but the new one. SHARE conflicts
+        // with the writers' ROW EXCLUSIVE (and TRUNCATE's and ALTER's
+        // locks): running writers finish first, whose rows the copy then
+        // reads, and later ones wait for this commit and see the new copy.
+        // SAFETY: a lock on a relation in a transaction, released at its end.
+        unsafe { pg_sys::LockRelationOid(relid, pg_sys::ShareLock as pg_sys::LOCKMODE) };
         let topology = cache::table(relid);
         let all: Vec<usize> = (0..topology.columns.len()).collect();
         let read = conductor_core::plan::ShardPlan::build(

@@ -836,6 +836,73 @@ fn copy_on(cluster: &Cluster, i: usize) -> Vec<String> {
     rows
 }
 
+/// Writes to a reference table that run while `add_node` copies it, in
+/// either order, reach every copy: the new node's too.
+#[test]
+fn writes_during_add_node_reach_the_new_copy() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "SELECT conductor.remove_node('cluster', 'node-2');
+         CREATE FOREIGN TABLE ref (id integer NOT NULL, v text, n integer) SERVER cluster;
+         SELECT conductor.create_reference_table('ref');
+         INSERT INTO ref VALUES (1, 'a', 1), (2, 'b', 2);",
+    );
+    let add_node = "SELECT conductor.add_node('cluster', 'node-2', $1)";
+    let url = cluster.node_url(2);
+
+    // add_node first: a writer that starts before it commits.
+    exec(&mut db, "BEGIN");
+    db.execute(add_node, &[&url])
+        .unwrap_or_else(|e| panic!("add_node: {}", pg_err(&e)));
+    let mut writer = cluster.client();
+    let write = std::thread::spawn(move || {
+        writer
+            .batch_execute(
+                "INSERT INTO ref VALUES (3, 'c', 3);
+                 UPDATE ref SET n = 10 WHERE id = 1;
+                 DELETE FROM ref WHERE id = 2;",
+            )
+            .map_err(|e| pg_err(&e))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    exec(&mut db, "COMMIT");
+    write.join().unwrap().expect("the concurrent write");
+    let expected = copy_on(&cluster, 0);
+    assert_eq!(expected.len(), 2, "{expected:?}");
+    for i in 1..3 {
+        assert_eq!(copy_on(&cluster, i), expected, "copy on node-{i}");
+    }
+
+    // A writer first: add_node copies what it committed.
+    exec(&mut db, "SELECT conductor.remove_node('cluster', 'node-2')");
+    cluster.node_query(2, "DROP TABLE ref_0000", &[]);
+    let mut writer = cluster.client();
+    exec(
+        &mut writer,
+        "BEGIN; INSERT INTO ref VALUES (4, 'd', 4); UPDATE ref SET v = 'z' WHERE id = 3",
+    );
+    let mut adder = cluster.client();
+    let url = cluster.node_url(2);
+    let add = std::thread::spawn(move || {
+        adder
+            .execute(add_node, &[&url])
+            .map(|_| ())
+            .map_err(|e| pg_err(&e))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    exec(&mut writer, "COMMIT");
+    add.join().unwrap().expect("the concurrent add_node");
+    let expected = copy_on(&cluster, 0);
+    assert_eq!(expected.len(), 3, "{expected:?}");
+    for i in 1..3 {
+        assert_eq!(copy_on(&cluster, i), expected, "copy on node-{i}");
+    }
+}
+
 #[test]
 fn reference_tables() {
     let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
