@@ -56,7 +56,9 @@ fn recorded(relid: pg_sys::Oid) -> Option<Recorded> {
     .unwrap_or_else(|e| error!("conductor: could not read the distributed table: {e}"))
 }
 
-fn indexes(relid: pg_sys::Oid) -> Vec<ShardIndexDef> {
+/// The shard indexes every shard table (every copy of a reference table)
+/// of `relid` carries.
+pub(crate) fn indexes(relid: pg_sys::Oid) -> Vec<ShardIndexDef> {
     Spi::connect(|client| -> Result<Vec<ShardIndexDef>, pgrx::spi::Error> {
         client
             .select(

@@ -10,7 +10,9 @@ use crate::xact::streams::{self, NodeWork, ShardLabel};
 use conductor_core::client::one_request_transaction;
 use conductor_core::client::NodeEndpoint;
 use conductor_core::placement::{shard_for as place, KeyValue, HASH_VERSION};
-use conductor_core::remote_sql::{create_table_sql, drop_table_sql, shard_table_name};
+use conductor_core::remote_sql::{
+    create_index_sql, create_table_sql, drop_table_sql, shard_table_name,
+};
 use conductor_core::types::ColumnType;
 use conductor_hrana::Stmt;
 use pgrx::prelude::*;
@@ -899,7 +901,6 @@ pub fn copy_reference_tables(server_id: pg_sys::Oid, node_id: &str, url: &str) {
         copy.replicas.clear();
         copy.table.shards[0].node_id = node_id.to_string();
         copy.table.shards[0].url = url.to_string();
-        let table = copy.shards[0].remote_table.clone();
         let column_defs: Vec<(&str, ColumnType, bool)> = copy
             .columns
             .iter()
@@ -917,16 +918,18 @@ pub fn copy_reference_tables(server_id: pg_sys::Oid, node_id: &str, url: &str) {
             .iter()
             .map(|&i| copy.columns[i].name.as_str())
             .collect();
-        let create = conductor_core::plan::ShardPlan {
-            kind: conductor_core::plan::RouteKind::OneShard,
-            reason: format!("a copy of reference table {} for node {node_id}", copy.name),
-            max_keys_per_shard: 0,
-            keys: Vec::new(),
-            statements: vec![conductor_core::plan::ShardStatement {
-                shard_id: 0,
-                stmt: Stmt::new(create_table_sql(&table, &column_defs, &pk), vec![]),
-            }],
-        };
+        // The copy carries the shard indexes the other copies have.
+        let indexes = super::schema::indexes(relid);
+        let create = conductor_core::plan::ShardPlan::every_shard(
+            &copy,
+            format!("a copy of reference table {} for node {node_id}", copy.name),
+            |table| {
+                std::iter::once(create_table_sql(table, &column_defs, &pk))
+                    .chain(indexes.iter().map(|ix| create_index_sql(table, ix)))
+                    .map(|sql| Stmt::new(sql, vec![]))
+                    .collect()
+            },
+        );
         streams::run_plan(&copy, &create, streams::Access::Write);
         if !rows.is_empty() {
             let insert = conductor_core::plan::ShardPlan::insert(&copy, rows)

@@ -1007,8 +1007,13 @@ fn reference_tables() {
         );
     }
 
-    // A node added later receives a copy.
+    // A node added later receives a copy, with the copies' shard indexes.
     let mut db = cluster.client();
+    exec(
+        &mut db,
+        "SELECT conductor.create_shard_index('ref', ARRAY['v'], 'ref_v');
+         SELECT conductor.create_shard_index('ref', ARRAY['id', 'n'], 'ref_id_n', true);",
+    );
     db.execute(
         "SELECT conductor.add_node('cluster', 'node-3', $1)",
         &[&cluster.node_url(3)],
@@ -1019,6 +1024,15 @@ fn reference_tables() {
         copy_on(&cluster, 0),
         "the new node's copy"
     );
+    let indexes = |i: usize| {
+        cluster.node_query(
+            i,
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ref_0000' AND sql IS NOT NULL ORDER BY name",
+            &[],
+        )
+    };
+    assert_eq!(indexes(0).len(), 2, "{:?}", indexes(0));
+    assert_eq!(indexes(3), indexes(0), "the new node's indexes");
     exec(&mut db, "INSERT INTO ref VALUES (400, 'z', 4)");
     for i in 1..4 {
         assert_eq!(
