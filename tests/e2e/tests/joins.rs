@@ -1033,6 +1033,26 @@ fn reference_tables() {
     };
     assert_eq!(indexes(0).len(), 2, "{:?}", indexes(0));
     assert_eq!(indexes(3), indexes(0), "the new node's indexes");
+    // check_schema looks at every copy: one changed by hand is reported.
+    assert_eq!(
+        query_i64(
+            &mut db,
+            "SELECT count(*) FROM conductor.check_schema('ref')"
+        ),
+        0
+    );
+    cluster.node_query(3, "DROP INDEX ref_0000_ref_v", &[]);
+    assert_eq!(
+        run(
+            &mut db,
+            "SELECT node_id, problem FROM conductor.check_schema('ref')"
+        ),
+        run(
+            &mut db,
+            "SELECT 'node-3', 'index \"ref_0000_ref_v\" is missing'"
+        ),
+    );
+    cluster.node_query(3, "CREATE INDEX ref_0000_ref_v ON ref_0000 (v)", &[]);
     exec(&mut db, "INSERT INTO ref VALUES (400, 'z', 4)");
     for i in 1..4 {
         assert_eq!(
