@@ -26,6 +26,36 @@ struct NodeRow {
     url: String,
 }
 
+/// `add_node` and `create_reference_table` exclude each other: run at the
+/// same time, neither sees the other's uncommitted catalog rows, and the
+/// new table gets no copy on the new node. `add_node` takes SHARE ROW
+/// EXCLUSIVE on `conductor.node`, `create_reference_table` SHARE; the
+/// second waits for the first to commit. Then `f` runs with a new snapshot,
+/// which (in READ COMMITTED) sees what the wait was for: the statement's
+/// own was taken before it.
+pub fn with_node_catalog_locked<T>(adding_node: bool, f: impl FnOnce() -> T) -> T {
+    let mode = if adding_node {
+        pg_sys::ShareRowExclusiveLock
+    } else {
+        pg_sys::ShareLock
+    };
+    // Taken directly, not with LOCK TABLE: a role granted these functions
+    // need not hold the table privileges LOCK TABLE asks for.
+    let node = Spi::get_one::<pg_sys::Oid>("SELECT 'conductor.node'::regclass::oid")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| error!("conductor: conductor.node is missing"));
+    // SAFETY: a lock on a relation in a transaction, released at its end.
+    unsafe { pg_sys::LockRelationOid(node, mode as pg_sys::LOCKMODE) };
+    // SAFETY: pushed and popped around `f`; an error in between is cleaned
+    // up with the aborted transaction's snapshot stack.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    let result = f();
+    // SAFETY: the snapshot pushed above is the active one again.
+    unsafe { pg_sys::PopActiveSnapshot() };
+    result
+}
+
 /// The server's active nodes, by node id.
 fn active_nodes(server_id: pg_sys::Oid) -> Vec<NodeRow> {
     nodes_where(server_id, true)
@@ -402,7 +432,11 @@ fn distribute(
         .error()
     }
 
-    let nodes = active_nodes(server_id);
+    let nodes = if reference {
+        with_node_catalog_locked(false, || active_nodes(server_id))
+    } else {
+        active_nodes(server_id)
+    };
     if nodes.is_empty() {
         raise(
             PgSqlErrorCode::ERRCODE_FDW_UNABLE_TO_ESTABLISH_CONNECTION,

@@ -901,6 +901,68 @@ fn writes_during_add_node_reach_the_new_copy() {
     for i in 1..3 {
         assert_eq!(copy_on(&cluster, i), expected, "copy on node-{i}");
     }
+
+    // A reference table created while add_node runs gets a copy on the
+    // new node too, in either order.
+    for create_first in [true, false] {
+        exec(
+            &mut db,
+            "SELECT conductor.remove_node('cluster', 'node-2');
+             DROP FOREIGN TABLE IF EXISTS ref2;",
+        );
+        for table in ["ref_0000", "ref2_0000"] {
+            cluster.node_query(2, &format!("DROP TABLE IF EXISTS {table}"), &[]);
+        }
+        let mut creator = cluster.client();
+        let create = "BEGIN;
+             CREATE FOREIGN TABLE ref2 (id integer NOT NULL, v text) SERVER cluster;
+             SELECT conductor.create_reference_table('ref2');
+             INSERT INTO ref2 VALUES (1, 'a');";
+        let mut adder = cluster.client();
+        let url = cluster.node_url(2);
+        let other = if create_first {
+            exec(&mut creator, create);
+            std::thread::spawn(move || {
+                adder
+                    .execute(add_node, &[&url])
+                    .map(|_| ())
+                    .map_err(|e| pg_err(&e))
+            })
+        } else {
+            exec(&mut adder, "BEGIN");
+            adder
+                .execute(add_node, &[&url])
+                .unwrap_or_else(|e| panic!("add_node: {}", pg_err(&e)));
+            std::thread::spawn(move || adder.batch_execute("COMMIT").map_err(|e| pg_err(&e)))
+        };
+        if create_first {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            exec(&mut creator, "COMMIT");
+            other.join().unwrap().expect("the concurrent add_node");
+        } else {
+            let create = std::thread::spawn(move || {
+                creator
+                    .batch_execute(&format!("{create} COMMIT"))
+                    .map_err(|e| pg_err(&e))
+            });
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            other.join().unwrap().expect("add_node's commit");
+            create.join().unwrap().expect("the concurrent create");
+        }
+        assert_eq!(
+            query_i64(
+                &mut db,
+                "SELECT count(*) FROM conductor.reference_placement WHERE relid = 'ref2'::regclass"
+            ),
+            3,
+            "create first: {create_first}"
+        );
+        assert_eq!(
+            cluster.node_query(2, "SELECT count(*) FROM ref2_0000", &[]),
+            cluster.node_query(0, "SELECT count(*) FROM ref2_0000", &[]),
+            "create first: {create_first}"
+        );
+    }
 }
 
 #[test]
