@@ -916,6 +916,11 @@ pub fn copy_reference_tables(server_id: pg_sys::Oid, node_id: &str, url: &str) {
         // reads, and later ones wait for this commit and see the new copy.
         // SAFETY: a lock on a relation in a transaction, released at its end.
         unsafe { pg_sys::LockRelationOid(relid, pg_sys::ShareLock as pg_sys::LOCKMODE) };
+        // A DROP this lock waited for has committed: nothing to copy.
+        // SAFETY: a catalog lookup, current since the lock was taken.
+        if unsafe { pg_sys::get_rel_name(relid) }.is_null() {
+            continue;
+        }
         let topology = cache::table(relid);
         let all: Vec<usize> = (0..topology.columns.len()).collect();
         let read = conductor_core::plan::ShardPlan::build(

@@ -963,6 +963,28 @@ fn writes_during_add_node_reach_the_new_copy() {
             "create first: {create_first}"
         );
     }
+
+    // A reference table dropped while add_node waits for it is left out.
+    exec(&mut db, "SELECT conductor.remove_node('cluster', 'node-2')");
+    for table in ["ref_0000", "ref2_0000"] {
+        cluster.node_query(2, &format!("DROP TABLE IF EXISTS {table}"), &[]);
+    }
+    exec(&mut db, "BEGIN; DROP FOREIGN TABLE ref2");
+    let mut adder = cluster.client();
+    let url = cluster.node_url(2);
+    let add = std::thread::spawn(move || {
+        adder
+            .execute(add_node, &[&url])
+            .map(|_| ())
+            .map_err(|e| pg_err(&e))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    exec(&mut db, "COMMIT");
+    add.join()
+        .unwrap()
+        .expect("add_node while a reference table is dropped");
+    assert_eq!(copy_on(&cluster, 2), copy_on(&cluster, 0));
+    assert!(!cluster.node_tables(2).contains(&"ref2_0000".to_string()));
 }
 
 #[test]
