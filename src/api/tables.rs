@@ -969,6 +969,34 @@ pub fn copy_reference_tables(server_id: pg_sys::Oid, node_id: &str, url: &str) {
                     .collect()
             },
         );
+        // A table of that name is typically the copy this node kept when it
+        // was removed from the server: say so rather than fail on CREATE.
+        let table = copy.shards[0].remote_table.clone();
+        let exists = conductor_core::plan::ShardPlan::every_shard(
+            &copy,
+            format!("is {table} on node {node_id}"),
+            |table| {
+                vec![Stmt::new(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                    vec![conductor_hrana::Value::Text(table.to_string())],
+                )]
+            },
+        );
+        if streams::run_plan(&copy, &exists, streams::Access::Write)
+            .iter()
+            .any(|(_, r)| !r.rows.is_empty())
+        {
+            raise(
+                PgSqlErrorCode::ERRCODE_DUPLICATE_TABLE,
+                format!(
+                    "node \"{node_id}\" already has a table \"{table}\", where the copy of reference table {} would go",
+                    copy.name
+                ),
+            )
+            .detail("remove_node leaves a node's copies of reference tables on it; this may be one, as it was then.")
+            .hint("Drop the table on the node (or add an empty node) and add the node again.")
+            .error()
+        }
         streams::run_plan(&copy, &create, streams::Access::Write);
         if !rows.is_empty() {
             let insert = conductor_core::plan::ShardPlan::insert(&copy, rows)

@@ -1168,6 +1168,28 @@ fn reference_tables() {
         query_i64(&mut db, "SELECT count(*) FROM ref WHERE id = 500"),
         1
     );
+    // Added again, the node still holds the copy it kept: refused, naming
+    // node and table, with nothing recorded.
+    let e = db
+        .execute(
+            "SELECT conductor.add_node('cluster', 'node-3', $1)",
+            &[&cluster.node_url(3)],
+        )
+        .unwrap_err();
+    let db_error = e.as_db_error().expect("an ERROR");
+    assert_eq!(db_error.code().code(), "42P07", "{}", pg_err(&e));
+    assert!(
+        db_error.message().contains("node-3") && db_error.message().contains("ref_0000"),
+        "{}",
+        pg_err(&e)
+    );
+    assert_eq!(
+        query_i64(
+            &mut db,
+            "SELECT count(*) FROM conductor.nodes WHERE node_id = 'node-3'"
+        ),
+        0
+    );
     exec(&mut db, "DROP FOREIGN TABLE ref");
     std::thread::sleep(std::time::Duration::from_millis(300));
     for i in 0..3 {
