@@ -907,20 +907,28 @@ pub fn copy_reference_tables(server_id: pg_sys::Oid, node_id: &str, url: &str) {
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
     .unwrap_or_else(|e| error!("conductor: could not read reference tables: {e}"));
+    // A writer plans its copies from the topology it saw when it took its
+    // lock on the table: one that began before this transaction commits
+    // would write every copy but the new one. SHARE conflicts with the
+    // writers' ROW EXCLUSIVE (and TRUNCATE's and ALTER's locks): running
+    // writers finish first, whose rows the copy then reads, and later ones
+    // wait for this commit and see the new copy. Every table is locked
+    // before any node is written: a DROP committing while this waits drops
+    // its shard tables with the nodes' write locks, which this transaction
+    // would otherwise hold.
+    let relids: Vec<pg_sys::Oid> = relids
+        .into_iter()
+        .filter(|&relid| {
+            // SAFETY: a lock on a relation in a transaction, released at its
+            // end; then a catalog lookup, current since the lock was taken
+            // (a DROP this lock waited for has committed: nothing to copy).
+            unsafe {
+                pg_sys::LockRelationOid(relid, pg_sys::ShareLock as pg_sys::LOCKMODE);
+                !pg_sys::get_rel_name(relid).is_null()
+            }
+        })
+        .collect();
     for relid in relids {
-        // A writer plans its copies from the topology it saw when it took
-        // its lock on the table: one that began before this transaction
-        // commits would write every copy but the new one. SHARE conflicts
-        // with the writers' ROW EXCLUSIVE (and TRUNCATE's and ALTER's
-        // locks): running writers finish first, whose rows the copy then
-        // reads, and later ones wait for this commit and see the new copy.
-        // SAFETY: a lock on a relation in a transaction, released at its end.
-        unsafe { pg_sys::LockRelationOid(relid, pg_sys::ShareLock as pg_sys::LOCKMODE) };
-        // A DROP this lock waited for has committed: nothing to copy.
-        // SAFETY: a catalog lookup, current since the lock was taken.
-        if unsafe { pg_sys::get_rel_name(relid) }.is_null() {
-            continue;
-        }
         let topology = cache::table(relid);
         let all: Vec<usize> = (0..topology.columns.len()).collect();
         let read = conductor_core::plan::ShardPlan::build(

@@ -984,7 +984,18 @@ fn writes_during_add_node_reach_the_new_copy() {
         .unwrap()
         .expect("add_node while a reference table is dropped");
     assert_eq!(copy_on(&cluster, 2), copy_on(&cluster, 0));
-    assert!(!cluster.node_tables(2).contains(&"ref2_0000".to_string()));
+    // The DROP's commit dropped its shard tables: add_node held no node's
+    // write lock while it waited.
+    for i in 0..3 {
+        assert!(
+            !cluster.node_tables(i).contains(&"ref2_0000".to_string()),
+            "node-{i} keeps ref2_0000"
+        );
+    }
+    assert_eq!(
+        query_i64(&mut db, "SELECT count(*) FROM conductor.cleanup_pending"),
+        0
+    );
 }
 
 #[test]
