@@ -123,6 +123,12 @@ fn add_node(server: &str, node_id: &str, url: &str) {
     let server_id = conductor_server(server);
     check_node_id(node_id);
     let url = check_url(url);
+    super::tables::with_node_catalog_locked(true, || {
+        add_node_locked(server, server_id, node_id, url)
+    })
+}
+
+fn add_node_locked(server: &str, server_id: pg_sys::Oid, node_id: &str, url: String) {
     let exists = Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT 1 FROM conductor.node WHERE server_id = $1 AND node_id = $2)",
         &[server_id.into(), node_id.into()],

@@ -56,7 +56,9 @@ fn recorded(relid: pg_sys::Oid) -> Option<Recorded> {
     .unwrap_or_else(|e| error!("conductor: could not read the distributed table: {e}"))
 }
 
-fn indexes(relid: pg_sys::Oid) -> Vec<ShardIndexDef> {
+/// The shard indexes every shard table (every copy of a reference table)
+/// of `relid` carries.
+pub(crate) fn indexes(relid: pg_sys::Oid) -> Vec<ShardIndexDef> {
     Spi::connect(|client| -> Result<Vec<ShardIndexDef>, pgrx::spi::Error> {
         client
             .select(
@@ -470,13 +472,33 @@ fn check_schema(
             ),
         ]
     });
-    let results = streams::run_plan(&topology, &plan, streams::Access::Write);
+    // A write plan of a reference table answers with one copy's results:
+    // each copy is asked on its own, so that one that differs is reported.
+    let copies: Vec<crate::catalog::TableTopology> = if topology.is_reference() {
+        topology
+            .replicas
+            .iter()
+            .map(|location| {
+                let mut copy = (*topology).clone();
+                copy.replicas.clear();
+                copy.table.shards[0] = location.clone();
+                copy
+            })
+            .collect()
+    } else {
+        vec![(*topology).clone()]
+    };
+    let mut results = Vec::new();
+    for copy in &copies {
+        for (shard, result) in streams::run_plan(copy, &plan, streams::Access::Write) {
+            results.push((copy.shards[shard as usize].clone(), shard, result));
+        }
+    }
     let mut problems = Vec::new();
     for pair in results.chunks(2) {
-        let [(shard, cols), (_, idx)] = pair else {
+        let [(location, shard, cols), (_, _, idx)] = pair else {
             continue;
         };
-        let location = &topology.shards[*shard as usize];
         let mut say = |p: String| problems.push((*shard as i32, location.node_id.clone(), p));
         let have: Vec<(String, String, bool, i64)> = cols
             .rows

@@ -10,7 +10,9 @@ use crate::xact::streams::{self, NodeWork, ShardLabel};
 use conductor_core::client::one_request_transaction;
 use conductor_core::client::NodeEndpoint;
 use conductor_core::placement::{shard_for as place, KeyValue, HASH_VERSION};
-use conductor_core::remote_sql::{create_table_sql, drop_table_sql, shard_table_name};
+use conductor_core::remote_sql::{
+    create_index_sql, create_table_sql, drop_table_sql, shard_table_name,
+};
 use conductor_core::types::ColumnType;
 use conductor_hrana::Stmt;
 use pgrx::prelude::*;
@@ -22,6 +24,36 @@ const MAX_SHARDS: i32 = 4096;
 struct NodeRow {
     node_id: String,
     url: String,
+}
+
+/// `add_node` and `create_reference_table` exclude each other: run at the
+/// same time, neither sees the other's uncommitted catalog rows, and the
+/// new table gets no copy on the new node. `add_node` takes SHARE ROW
+/// EXCLUSIVE on `conductor.node`, `create_reference_table` SHARE; the
+/// second waits for the first to commit. Then `f` runs with a new snapshot,
+/// which (in READ COMMITTED) sees what the wait was for: the statement's
+/// own was taken before it.
+pub fn with_node_catalog_locked<T>(adding_node: bool, f: impl FnOnce() -> T) -> T {
+    let mode = if adding_node {
+        pg_sys::ShareRowExclusiveLock
+    } else {
+        pg_sys::ShareLock
+    };
+    // Taken directly, not with LOCK TABLE: a role granted these functions
+    // need not hold the table privileges LOCK TABLE asks for.
+    let node = Spi::get_one::<pg_sys::Oid>("SELECT 'conductor.node'::regclass::oid")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| error!("conductor: conductor.node is missing"));
+    // SAFETY: a lock on a relation in a transaction, released at its end.
+    unsafe { pg_sys::LockRelationOid(node, mode as pg_sys::LOCKMODE) };
+    // SAFETY: pushed and popped around `f`; an error in between is cleaned
+    // up with the aborted transaction's snapshot stack.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    let result = f();
+    // SAFETY: the snapshot pushed above is the active one again.
+    unsafe { pg_sys::PopActiveSnapshot() };
+    result
 }
 
 /// The server's active nodes, by node id.
@@ -400,7 +432,11 @@ fn distribute(
         .error()
     }
 
-    let nodes = active_nodes(server_id);
+    let nodes = if reference {
+        with_node_catalog_locked(false, || active_nodes(server_id))
+    } else {
+        active_nodes(server_id)
+    };
     if nodes.is_empty() {
         raise(
             PgSqlErrorCode::ERRCODE_FDW_UNABLE_TO_ESTABLISH_CONNECTION,
@@ -855,9 +891,9 @@ fn catalog_has_row(table: &str, column: &str, oid: pg_sys::Oid) -> bool {
 }
 
 /// A node joins the server: every reference table of the server is copied
-/// to it inside this transaction (its copies are read holding their write
-/// locks, so no write slips between the read and the commit), and the new
-/// node is recorded as one of its copies.
+/// to it inside this transaction (each table locked against writers until
+/// it commits, so no write slips between the read and the commit or misses
+/// the new copy), and the new node is recorded as one of its copies.
 pub fn copy_reference_tables(server_id: pg_sys::Oid, node_id: &str, url: &str) {
     let relids = Spi::connect(|client| {
         client
@@ -871,6 +907,27 @@ pub fn copy_reference_tables(server_id: pg_sys::Oid, node_id: &str, url: &str) {
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
     .unwrap_or_else(|e| error!("conductor: could not read reference tables: {e}"));
+    // A writer plans its copies from the topology it saw when it took its
+    // lock on the table: one that began before this transaction commits
+    // would write every copy but the new one. SHARE conflicts with the
+    // writers' ROW EXCLUSIVE (and TRUNCATE's and ALTER's locks): running
+    // writers finish first, whose rows the copy then reads, and later ones
+    // wait for this commit and see the new copy. Every table is locked
+    // before any node is written: a DROP committing while this waits drops
+    // its shard tables with the nodes' write locks, which this transaction
+    // would otherwise hold.
+    let relids: Vec<pg_sys::Oid> = relids
+        .into_iter()
+        .filter(|&relid| {
+            // SAFETY: a lock on a relation in a transaction, released at its
+            // end; then a catalog lookup, current since the lock was taken
+            // (a DROP this lock waited for has committed: nothing to copy).
+            unsafe {
+                pg_sys::LockRelationOid(relid, pg_sys::ShareLock as pg_sys::LOCKMODE);
+                !pg_sys::get_rel_name(relid).is_null()
+            }
+        })
+        .collect();
     for relid in relids {
         let topology = cache::table(relid);
         let all: Vec<usize> = (0..topology.columns.len()).collect();
@@ -891,7 +948,6 @@ pub fn copy_reference_tables(server_id: pg_sys::Oid, node_id: &str, url: &str) {
         copy.replicas.clear();
         copy.table.shards[0].node_id = node_id.to_string();
         copy.table.shards[0].url = url.to_string();
-        let table = copy.shards[0].remote_table.clone();
         let column_defs: Vec<(&str, ColumnType, bool)> = copy
             .columns
             .iter()
@@ -909,16 +965,46 @@ pub fn copy_reference_tables(server_id: pg_sys::Oid, node_id: &str, url: &str) {
             .iter()
             .map(|&i| copy.columns[i].name.as_str())
             .collect();
-        let create = conductor_core::plan::ShardPlan {
-            kind: conductor_core::plan::RouteKind::OneShard,
-            reason: format!("a copy of reference table {} for node {node_id}", copy.name),
-            max_keys_per_shard: 0,
-            keys: Vec::new(),
-            statements: vec![conductor_core::plan::ShardStatement {
-                shard_id: 0,
-                stmt: Stmt::new(create_table_sql(&table, &column_defs, &pk), vec![]),
-            }],
-        };
+        // The copy carries the shard indexes the other copies have.
+        let indexes = super::schema::indexes(relid);
+        let create = conductor_core::plan::ShardPlan::every_shard(
+            &copy,
+            format!("a copy of reference table {} for node {node_id}", copy.name),
+            |table| {
+                std::iter::once(create_table_sql(table, &column_defs, &pk))
+                    .chain(indexes.iter().map(|ix| create_index_sql(table, ix)))
+                    .map(|sql| Stmt::new(sql, vec![]))
+                    .collect()
+            },
+        );
+        // A table of that name is typically the copy this node kept when it
+        // was removed from the server: say so rather than fail on CREATE.
+        let table = copy.shards[0].remote_table.clone();
+        let exists = conductor_core::plan::ShardPlan::every_shard(
+            &copy,
+            format!("is {table} on node {node_id}"),
+            |table| {
+                vec![Stmt::new(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                    vec![conductor_hrana::Value::Text(table.to_string())],
+                )]
+            },
+        );
+        if streams::run_plan(&copy, &exists, streams::Access::Write)
+            .iter()
+            .any(|(_, r)| !r.rows.is_empty())
+        {
+            raise(
+                PgSqlErrorCode::ERRCODE_DUPLICATE_TABLE,
+                format!(
+                    "node \"{node_id}\" already has a table \"{table}\", where the copy of reference table {} would go",
+                    copy.name
+                ),
+            )
+            .detail("remove_node leaves a node's copies of reference tables on it; this may be one, as it was then.")
+            .hint("Drop the table on the node (or add an empty node) and add the node again.")
+            .error()
+        }
         streams::run_plan(&copy, &create, streams::Access::Write);
         if !rows.is_empty() {
             let insert = conductor_core::plan::ShardPlan::insert(&copy, rows)

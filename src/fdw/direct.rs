@@ -38,6 +38,10 @@ pub struct DirectPlan {
     pub exprs: Vec<SetExpr>,
     /// The statement has RETURNING: the shards return the changed rows.
     pub returning: bool,
+    /// The rows changed are the statement's count (its command tag): not
+    /// for a data-modifying WITH, whose rows the main statement does not
+    /// count.
+    pub sets_tag: bool,
 }
 
 impl DirectPlan {
@@ -469,6 +473,7 @@ pub unsafe extern "C-unwind" fn plan_direct_modify(
             set,
             exprs: set_exprs,
             returning,
+            sets_tag: (*plan).canSetTag,
         };
         (*fscan).operation = operation;
         (*fscan).resultRelation = result_relation;
@@ -631,7 +636,7 @@ impl DirectState {
         if self.plan.returning {
             // Counted as the executor takes them.
             self.returned = results.into_iter().flat_map(|(_, r)| r.rows).collect();
-        } else {
+        } else if self.plan.sets_tag {
             let changed: u64 = results.iter().map(|(_, r)| r.affected_row_count).sum();
             // SAFETY: the executor's EState; direct modify reports its
             // count here.
@@ -663,7 +668,9 @@ pub unsafe extern "C-unwind" fn iterate_direct_modify(
             state.topology.columns.iter().map(|c| c.attnum),
             || format!("a row changed in {}", state.topology.name),
         );
-        (*state.estate).es_processed += 1;
+        if state.plan.sets_tag {
+            (*state.estate).es_processed += 1;
+        }
         // The RETURNING list is computed over this row (ModifyTable passes
         // no tuple of its own for a direct modify).
         let projection = (*state.rinfo).ri_projectReturning;

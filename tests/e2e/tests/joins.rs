@@ -836,6 +836,168 @@ fn copy_on(cluster: &Cluster, i: usize) -> Vec<String> {
     rows
 }
 
+/// Writes to a reference table that run while `add_node` copies it, in
+/// either order, reach every copy: the new node's too.
+#[test]
+fn writes_during_add_node_reach_the_new_copy() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "SELECT conductor.remove_node('cluster', 'node-2');
+         CREATE FOREIGN TABLE ref (id integer NOT NULL, v text, n integer) SERVER cluster;
+         SELECT conductor.create_reference_table('ref');
+         INSERT INTO ref VALUES (1, 'a', 1), (2, 'b', 2);",
+    );
+    let add_node = "SELECT conductor.add_node('cluster', 'node-2', $1)";
+    let url = cluster.node_url(2);
+
+    // add_node first: a writer that starts before it commits.
+    exec(&mut db, "BEGIN");
+    db.execute(add_node, &[&url])
+        .unwrap_or_else(|e| panic!("add_node: {}", pg_err(&e)));
+    let mut writer = cluster.client();
+    let write = std::thread::spawn(move || {
+        writer
+            .batch_execute(
+                "INSERT INTO ref VALUES (3, 'c', 3);
+                 UPDATE ref SET n = 10 WHERE id = 1;
+                 DELETE FROM ref WHERE id = 2;",
+            )
+            .map_err(|e| pg_err(&e))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    exec(&mut db, "COMMIT");
+    write.join().unwrap().expect("the concurrent write");
+    let expected = copy_on(&cluster, 0);
+    assert_eq!(expected.len(), 2, "{expected:?}");
+    for i in 1..3 {
+        assert_eq!(copy_on(&cluster, i), expected, "copy on node-{i}");
+    }
+
+    // A writer first: add_node copies what it committed.
+    exec(&mut db, "SELECT conductor.remove_node('cluster', 'node-2')");
+    cluster.node_query(2, "DROP TABLE ref_0000", &[]);
+    let mut writer = cluster.client();
+    exec(
+        &mut writer,
+        "BEGIN; INSERT INTO ref VALUES (4, 'd', 4); UPDATE ref SET v = 'z' WHERE id = 3",
+    );
+    let mut adder = cluster.client();
+    let url = cluster.node_url(2);
+    let add = std::thread::spawn(move || {
+        adder
+            .execute(add_node, &[&url])
+            .map(|_| ())
+            .map_err(|e| pg_err(&e))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    exec(&mut writer, "COMMIT");
+    add.join().unwrap().expect("the concurrent add_node");
+    let expected = copy_on(&cluster, 0);
+    assert_eq!(expected.len(), 3, "{expected:?}");
+    for i in 1..3 {
+        assert_eq!(copy_on(&cluster, i), expected, "copy on node-{i}");
+    }
+
+    // A reference table created while add_node runs gets a copy on the
+    // new node too, in either order.
+    for create_first in [true, false] {
+        exec(
+            &mut db,
+            "SELECT conductor.remove_node('cluster', 'node-2');
+             DROP FOREIGN TABLE IF EXISTS ref2;",
+        );
+        for table in ["ref_0000", "ref2_0000"] {
+            cluster.node_query(2, &format!("DROP TABLE IF EXISTS {table}"), &[]);
+        }
+        let mut creator = cluster.client();
+        let create = "BEGIN;
+             CREATE FOREIGN TABLE ref2 (id integer NOT NULL, v text) SERVER cluster;
+             SELECT conductor.create_reference_table('ref2');
+             INSERT INTO ref2 VALUES (1, 'a');";
+        let mut adder = cluster.client();
+        let url = cluster.node_url(2);
+        let other = if create_first {
+            exec(&mut creator, create);
+            std::thread::spawn(move || {
+                adder
+                    .execute(add_node, &[&url])
+                    .map(|_| ())
+                    .map_err(|e| pg_err(&e))
+            })
+        } else {
+            exec(&mut adder, "BEGIN");
+            adder
+                .execute(add_node, &[&url])
+                .unwrap_or_else(|e| panic!("add_node: {}", pg_err(&e)));
+            std::thread::spawn(move || adder.batch_execute("COMMIT").map_err(|e| pg_err(&e)))
+        };
+        if create_first {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            exec(&mut creator, "COMMIT");
+            other.join().unwrap().expect("the concurrent add_node");
+        } else {
+            let create = std::thread::spawn(move || {
+                creator
+                    .batch_execute(&format!("{create} COMMIT"))
+                    .map_err(|e| pg_err(&e))
+            });
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            other.join().unwrap().expect("add_node's commit");
+            create.join().unwrap().expect("the concurrent create");
+        }
+        assert_eq!(
+            query_i64(
+                &mut db,
+                "SELECT count(*) FROM conductor.reference_placement WHERE relid = 'ref2'::regclass"
+            ),
+            3,
+            "create first: {create_first}"
+        );
+        assert_eq!(
+            cluster.node_query(2, "SELECT count(*) FROM ref2_0000", &[]),
+            cluster.node_query(0, "SELECT count(*) FROM ref2_0000", &[]),
+            "create first: {create_first}"
+        );
+    }
+
+    // A reference table dropped while add_node waits for it is left out.
+    exec(&mut db, "SELECT conductor.remove_node('cluster', 'node-2')");
+    for table in ["ref_0000", "ref2_0000"] {
+        cluster.node_query(2, &format!("DROP TABLE IF EXISTS {table}"), &[]);
+    }
+    exec(&mut db, "BEGIN; DROP FOREIGN TABLE ref2");
+    let mut adder = cluster.client();
+    let url = cluster.node_url(2);
+    let add = std::thread::spawn(move || {
+        adder
+            .execute(add_node, &[&url])
+            .map(|_| ())
+            .map_err(|e| pg_err(&e))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    exec(&mut db, "COMMIT");
+    add.join()
+        .unwrap()
+        .expect("add_node while a reference table is dropped");
+    assert_eq!(copy_on(&cluster, 2), copy_on(&cluster, 0));
+    // The DROP's commit dropped its shard tables: add_node held no node's
+    // write lock while it waited.
+    for i in 0..3 {
+        assert!(
+            !cluster.node_tables(i).contains(&"ref2_0000".to_string()),
+            "node-{i} keeps ref2_0000"
+        );
+    }
+    assert_eq!(
+        query_i64(&mut db, "SELECT count(*) FROM conductor.cleanup_pending"),
+        0
+    );
+}
+
 #[test]
 fn reference_tables() {
     let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
@@ -940,8 +1102,13 @@ fn reference_tables() {
         );
     }
 
-    // A node added later receives a copy.
+    // A node added later receives a copy, with the copies' shard indexes.
     let mut db = cluster.client();
+    exec(
+        &mut db,
+        "SELECT conductor.create_shard_index('ref', ARRAY['v'], 'ref_v');
+         SELECT conductor.create_shard_index('ref', ARRAY['id', 'n'], 'ref_id_n', true);",
+    );
     db.execute(
         "SELECT conductor.add_node('cluster', 'node-3', $1)",
         &[&cluster.node_url(3)],
@@ -952,6 +1119,35 @@ fn reference_tables() {
         copy_on(&cluster, 0),
         "the new node's copy"
     );
+    let indexes = |i: usize| {
+        cluster.node_query(
+            i,
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ref_0000' AND sql IS NOT NULL ORDER BY name",
+            &[],
+        )
+    };
+    assert_eq!(indexes(0).len(), 2, "{:?}", indexes(0));
+    assert_eq!(indexes(3), indexes(0), "the new node's indexes");
+    // check_schema looks at every copy: one changed by hand is reported.
+    assert_eq!(
+        query_i64(
+            &mut db,
+            "SELECT count(*) FROM conductor.check_schema('ref')"
+        ),
+        0
+    );
+    cluster.node_query(3, "DROP INDEX ref_0000_ref_v", &[]);
+    assert_eq!(
+        run(
+            &mut db,
+            "SELECT node_id, problem FROM conductor.check_schema('ref')"
+        ),
+        run(
+            &mut db,
+            "SELECT 'node-3', 'index \"ref_0000_ref_v\" is missing'"
+        ),
+    );
+    cluster.node_query(3, "CREATE INDEX ref_0000_ref_v ON ref_0000 (v)", &[]);
     exec(&mut db, "INSERT INTO ref VALUES (400, 'z', 4)");
     for i in 1..4 {
         assert_eq!(
@@ -982,6 +1178,28 @@ fn reference_tables() {
     assert_eq!(
         query_i64(&mut db, "SELECT count(*) FROM ref WHERE id = 500"),
         1
+    );
+    // Added again, the node still holds the copy it kept: refused, naming
+    // node and table, with nothing recorded.
+    let e = db
+        .execute(
+            "SELECT conductor.add_node('cluster', 'node-3', $1)",
+            &[&cluster.node_url(3)],
+        )
+        .unwrap_err();
+    let db_error = e.as_db_error().expect("an ERROR");
+    assert_eq!(db_error.code().code(), "42P07", "{}", pg_err(&e));
+    assert!(
+        db_error.message().contains("node-3") && db_error.message().contains("ref_0000"),
+        "{}",
+        pg_err(&e)
+    );
+    assert_eq!(
+        query_i64(
+            &mut db,
+            "SELECT count(*) FROM conductor.nodes WHERE node_id = 'node-3'"
+        ),
+        0
     );
     exec(&mut db, "DROP FOREIGN TABLE ref");
     std::thread::sleep(std::time::Duration::from_millis(300));

@@ -740,6 +740,52 @@ fn a_statement_does_not_read_its_own_writes() {
     }
 }
 
+/// The command tag counts the main statement's rows only, as for a local
+/// table: not those a data-modifying WITH changed on the nodes (with or
+/// without RETURNING), for a distributed and a reference table alike.
+#[test]
+fn a_data_modifying_with_is_not_counted_in_the_command_tag() {
+    let (_cluster, mut db) = setup(2);
+    exec(
+        &mut db,
+        "CREATE TABLE l_w (id bigint PRIMARY KEY, v integer);
+         CREATE FOREIGN TABLE d_w (id bigint NOT NULL, v integer) SERVER cluster;
+         SELECT conductor.create_distributed_table('d_w', 'id', shard_count => 4);
+         CREATE FOREIGN TABLE r_w (id bigint NOT NULL, v integer) SERVER cluster;
+         SELECT conductor.create_reference_table('r_w');
+         CREATE TABLE l_out (id bigint, v integer);",
+    );
+    let statements = [
+        "INSERT INTO {T} SELECT i, i FROM generate_series(1, 20) i",
+        "WITH d AS (DELETE FROM {T} WHERE id IN (1, 2) RETURNING *) \
+         INSERT INTO {T} SELECT id + 100, v FROM d",
+        "WITH d AS (DELETE FROM {T} WHERE id = 3) INSERT INTO l_out VALUES (0, 0)",
+        "WITH u AS (UPDATE {T} SET v = v + 1 WHERE id BETWEEN 5 AND 7 RETURNING *) \
+         INSERT INTO l_out SELECT * FROM u",
+        "WITH u AS (UPDATE {T} SET v = 0 WHERE id > 10) INSERT INTO l_out VALUES (1, 1), (2, 2)",
+        "WITH d AS (DELETE FROM {T} WHERE id = 9 RETURNING id) UPDATE l_out SET v = v WHERE id = 0",
+        "WITH u AS (UPDATE {T} SET v = v + 1 WHERE id > 15 RETURNING id) SELECT count(*) FROM u",
+    ];
+    for table in ["d_w", "r_w"] {
+        exec(&mut db, "TRUNCATE l_w, l_out");
+        for sql in statements {
+            let local = db
+                .execute(&sql.replace("{T}", "l_w"), &[])
+                .unwrap_or_else(|e| panic!("{sql}: {}", pg_err(&e)));
+            let dist = db
+                .execute(&sql.replace("{T}", table), &[])
+                .unwrap_or_else(|e| panic!("{table}: {sql}: {}", pg_err(&e)));
+            assert_eq!(dist, local, "{table}: {sql}");
+        }
+        assert_eq!(
+            rows_text(&mut db, &format!("SELECT * FROM {table} ORDER BY id")),
+            rows_text(&mut db, "SELECT * FROM l_w ORDER BY id"),
+            "{table}"
+        );
+        exec(&mut db, &format!("TRUNCATE {table}"));
+    }
+}
+
 /// COPY FROM is a write like any other for what reads may see: a cursor
 /// declared before a COPY into the same table gives what a local table's
 /// cursor gives (the rows as they were) or is refused (0A000), and the
