@@ -418,6 +418,32 @@ fn running_elsewhere(id: i64) -> Option<i32> {
     .unwrap_or_else(|e| error!("conductor: could not read pg_stat_activity: {e}"))
 }
 
+/// The target must be an active node of the server, at the start and at
+/// every step until the switch: drain_node (which disables it) and
+/// remove_node wait for the row lock taken here, so a node drained or
+/// removed during a move never receives the shard.
+fn require_active_target(server_id: pg_sys::Oid, to_node: &str, display: &str) {
+    let target_status = Spi::get_one_with_args::<String>(
+        "SELECT status FROM conductor.node WHERE server_id = $1 AND node_id = $2 FOR SHARE",
+        &[server_id.into(), to_node.into()],
+    )
+    .ok()
+    .flatten();
+    match target_status.as_deref() {
+        None => raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("node \"{to_node}\" does not exist in the server of {display}"),
+        )
+        .error(),
+        Some("active") => {}
+        Some(s) => raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("node \"{to_node}\" is {s}: shards are not moved to it"),
+        )
+        .error(),
+    }
+}
+
 /// Checks, cleanup of earlier moves of the shard, and the move's record:
 /// everything a predictable failure would stop happens before any node is
 /// changed. NULL when the shard is already on `to_node`.
@@ -470,25 +496,7 @@ fn move_start(tbl: pg_sys::Oid, shard: i32, to_node: &str) -> Option<i64> {
         )
         .error()
     }
-    let target_status = Spi::get_one_with_args::<String>(
-        "SELECT status FROM conductor.node WHERE server_id = $1 AND node_id = $2",
-        &[server_id.into(), to_node.into()],
-    )
-    .ok()
-    .flatten();
-    match target_status.as_deref() {
-        None => raise(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("node \"{to_node}\" does not exist in the server of {display}"),
-        )
-        .error(),
-        Some("active") => {}
-        Some(s) => raise(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("node \"{to_node}\" is {s}: shards are not moved to it"),
-        )
-        .error(),
-    }
+    require_active_target(server_id, to_node, &display);
     // The shard's row lock serializes moves of one shard.
     Spi::run_with_args(
         "SELECT 1 FROM conductor.shard WHERE relid = $1 AND shard_id = $2 FOR UPDATE",
@@ -672,6 +680,13 @@ fn move_start(tbl: pg_sys::Oid, shard: i32, to_node: &str) -> Option<i64> {
 fn move_step(id: i64) -> String {
     let m = load_move(id);
     lock_table(m.relid);
+    if !matches!(m.phase.as_str(), "switched" | "done") {
+        require_active_target(
+            m.server_id,
+            &m.target,
+            &crate::catalog::relation_display_name(m.relid),
+        );
+    }
     let next = match m.phase.as_str() {
         "starting" => {
             capture(&m);
