@@ -681,6 +681,26 @@ fn move_step(id: i64) -> String {
     let m = load_move(id);
     lock_table(m.relid);
     if !matches!(m.phase.as_str(), "switched" | "done") {
+        // DROP goes ahead between two steps; the step would otherwise fail
+        // on the missing shard table, in the node's words.
+        let dropped = Spi::get_one_with_args::<bool>(
+            "SELECT NOT EXISTS (SELECT FROM conductor.distributed_table WHERE relid = $1)",
+            &[m.relid.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+        if dropped {
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                format!(
+                    "the table of shard {} ({} on node \"{}\") was dropped during its move",
+                    m.shard_id, m.table, m.source
+                ),
+            )
+            .hint("There is nothing left to move: what the move made on the nodes is removed now.")
+            .error()
+        }
         require_active_target(
             m.server_id,
             &m.target,

@@ -1000,6 +1000,67 @@ fn a_node_drained_or_removed_during_a_move_onto_it_gets_no_shard() {
     assert_same_rows(&mut db, "t", "t_local");
 }
 
+/// A table dropped while one of its shards moves: the move stops at its
+/// next step saying so, removes what it made on the nodes, and a table of
+/// that name can be created again.
+#[test]
+fn a_table_dropped_during_a_move_stops_the_move_clearly() {
+    let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        node_delay_ms: None,
+        token: None,
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 3);
+         INSERT INTO t SELECT i, 'row ' || i FROM generate_series(1, 45000) i;
+         SET conductor.node_cooldown = 0;",
+    );
+    cluster.set_node_delay(2, Some(40));
+    let cfg = cluster.pg_config();
+    let mover = std::thread::spawn(move || {
+        let mut c = cfg.connect(postgres::NoTls).unwrap();
+        c.batch_execute("CALL conductor.move_shard('t', 1, 'node-2')")
+    });
+    wait_for_copy(&mut db, 1);
+    exec(&mut db, "DROP FOREIGN TABLE t");
+    let err = mover.join().unwrap().expect_err("the move stops");
+    assert_eq!(sqlstate(&err), "42P01", "{}", pg_err(&err));
+    let e = pg_err(&err);
+    assert!(
+        e.contains("t_0001") && e.contains("dropped") && !e.contains("again"),
+        "{e}"
+    );
+    cluster.set_node_delay(2, None);
+    for i in 0..cluster.node_count() {
+        let left = cluster.node_tables(i);
+        assert!(
+            !left.iter().any(|t| t.starts_with("t_")),
+            "node-{i}: {left:?}"
+        );
+    }
+    let unfinished: i64 = db
+        .query_one(
+            "SELECT count(*) FROM conductor.shard_moves WHERE NOT cleaned",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(unfinished, 0);
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 3);
+         CREATE TABLE t_local (id bigint PRIMARY KEY, v text);
+         INSERT INTO t SELECT i, 'new ' || i FROM generate_series(1, 300) i;
+         INSERT INTO t_local SELECT * FROM t;",
+    );
+    exec(&mut db, "CALL conductor.move_shard('t', 1, 'node-2')");
+    assert_same_rows(&mut db, "t", "t_local");
+    assert_nodes_match_catalog(&cluster, &mut db, "t");
+}
+
 /// Co-located tables move together (shard i of each stays on one node, so
 /// their joins keep running on the nodes), a rebalance moves a group's
 /// shard as one unit, and what cannot move is refused before anything
