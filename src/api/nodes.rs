@@ -228,11 +228,24 @@ fn remove_node(server: &str, node_id: &str) {
     .flatten()
     .unwrap_or(0);
     if shards > 0 {
+        let named = Spi::get_one_with_args::<String>(
+            "SELECT string_agg(format('shard %s of %s', shard_id, relid::regclass), ', '
+                               ORDER BY relid::regclass::text, shard_id)
+               FROM (SELECT relid, shard_id FROM conductor.shard
+                      WHERE server_id = $1 AND node_id = $2
+                      ORDER BY relid::regclass::text, shard_id LIMIT 10) s",
+            &[server_id.into(), node_id.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        let more = if shards > 10 { ", …" } else { "" };
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
             format!("node \"{node_id}\" still holds {shards} shards"),
         )
-        .hint("Move its shards to other nodes or drop their tables first.")
+        .detail(format!("It holds {named}{more}."))
+        .hint("Move its shards to other nodes (CALL conductor.drain_node()) or drop their tables first; a table with virtual indexes moves only once they are dropped.")
         .error()
     }
     Spi::run_with_args(

@@ -1218,6 +1218,43 @@ fn co_located_tables_move_together() {
     assert_eq!(sqlstate(&err), "0A000", "{}", pg_err(&err));
     assert_eq!(map(&placement(&mut db, "orders")), before, "nothing moved");
     assert_eq!(map(&placement(&mut db, "lines")), before);
+    // Asked of the indexed table itself, the refusal has no empty DETAIL.
+    let err = db
+        .batch_execute(&format!("CALL conductor.move_shard('lines', 0, '{other}')"))
+        .expect_err("a table with a virtual index");
+    let db_err = err.as_db_error().expect("a server error");
+    assert_eq!(db_err.detail(), None, "{}", pg_err(&err));
+
+    // Draining a node leaves the group's shards on it: the drain says so,
+    // naming them, and so does remove_node.
+    let warnings = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = warnings.clone();
+    let mut config = cluster.pg_config();
+    config.notice_callback(move |n| sink.lock().unwrap().push(n.message().to_string()));
+    let mut op = config.connect(postgres::NoTls).unwrap();
+    let drained = before[0].clone();
+    exec(
+        &mut op,
+        &format!("CALL conductor.drain_node('cluster', '{drained}')"),
+    );
+    let warned = warnings.lock().unwrap().clone();
+    assert!(
+        warned.iter().any(|w| w.contains(&format!("\"{drained}\""))
+            && w.contains("shard 0 of orders")
+            && w.contains("shard 0 of lines")),
+        "{warned:?}"
+    );
+    let err = db
+        .batch_execute(&format!(
+            "SELECT conductor.remove_node('cluster', '{drained}')"
+        ))
+        .expect_err("the node keeps the group's shards");
+    assert_eq!(sqlstate(&err), "55006", "{}", pg_err(&err));
+    let e = pg_err(&err);
+    assert!(
+        e.contains("shard 0 of lines") && e.contains("shard 0 of orders"),
+        "{e}"
+    );
 }
 
 /// A write alone in its transaction waits out a move's switch-over instead
