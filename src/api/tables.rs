@@ -872,6 +872,12 @@ pub fn copy_reference_tables(server_id: pg_sys::Oid, node_id: &str, url: &str) {
     })
     .unwrap_or_else(|e| error!("conductor: could not read reference tables: {e}"));
     for relid in relids {
+        // A write that planned with the copies known before this node was
+        // added would miss the new copy: EXCLUSIVE waits for the
+        // transactions writing the table now and holds back new writers
+        // until the new copy is in the catalog they plan with.
+        // SAFETY: a lock on a relation in a transaction, released at its end.
+        unsafe { pg_sys::LockRelationOid(relid, pg_sys::ExclusiveLock as pg_sys::LOCKMODE) };
         let topology = cache::table(relid);
         let all: Vec<usize> = (0..topology.columns.len()).collect();
         let read = conductor_core::plan::ShardPlan::build(
