@@ -915,16 +915,38 @@ pub fn copy_reference_tables(server_id: pg_sys::Oid, node_id: &str, url: &str) {
             .iter()
             .map(|&i| copy.columns[i].name.as_str())
             .collect();
-        let create = conductor_core::plan::ShardPlan {
+        // A node removed earlier keeps its copies (remove_node leaves them):
+        // conductor does not overwrite a table it cannot tell it made.
+        let on_node = |stmt: Stmt| conductor_core::plan::ShardPlan {
             kind: conductor_core::plan::RouteKind::OneShard,
             reason: format!("a copy of reference table {} for node {node_id}", copy.name),
             max_keys_per_shard: 0,
             keys: Vec::new(),
-            statements: vec![conductor_core::plan::ShardStatement {
-                shard_id: 0,
-                stmt: Stmt::new(create_table_sql(&table, &column_defs, &pk), vec![]),
-            }],
+            statements: vec![conductor_core::plan::ShardStatement { shard_id: 0, stmt }],
         };
+        let existing = on_node(Stmt::new(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+            vec![conductor_hrana::Value::Text(table.clone())],
+        ));
+        if streams::run_plan(&copy, &existing, streams::Access::Write)
+            .iter()
+            .any(|(_, r)| !r.rows.is_empty())
+        {
+            raise(
+                PgSqlErrorCode::ERRCODE_DUPLICATE_TABLE,
+                format!(
+                    "cannot add node \"{node_id}\": it already has a table {table}, where the copy of reference table {} would go",
+                    copy.name
+                ),
+            )
+            .detail("A node removed with conductor.remove_node() keeps its copies of reference tables; this one may be such a copy, or another table of that name.")
+            .hint(format!("Drop {table} on the node if it is not needed, then add the node again."))
+            .error()
+        }
+        let create = on_node(Stmt::new(
+            create_table_sql(&table, &column_defs, &pk),
+            vec![],
+        ));
         streams::run_plan(&copy, &create, streams::Access::Write);
         if !rows.is_empty() {
             let insert = conductor_core::plan::ShardPlan::insert(&copy, rows)

@@ -1059,3 +1059,47 @@ fn a_node_added_while_a_reference_table_is_written_gets_every_row() {
         );
     }
 }
+
+/// A node removed while it held a copy of a reference table keeps that
+/// copy; adding it again is refused clearly, naming the table, and works
+/// once the table is dropped there.
+#[test]
+fn a_removed_node_added_again_says_which_old_copy_is_in_the_way() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE ref (id integer NOT NULL, v text, n integer) SERVER cluster;
+         SELECT conductor.create_reference_table('ref');
+         INSERT INTO ref SELECT g, 'v' || g, g FROM generate_series(1, 20) g;
+         SELECT conductor.remove_node('cluster', 'node-2');
+         INSERT INTO ref VALUES (21, 'after', 0);",
+    );
+    let url = cluster.node_url(2);
+    let add = |db: &mut Client| {
+        db.execute(
+            "SELECT conductor.add_node('cluster', 'node-2', $1)",
+            &[&url],
+        )
+    };
+    let e = expect_db_error(add(&mut db), "add_node with the old copy in the way");
+    assert_eq!(e.code().code(), "42P07", "{}", e.message());
+    assert!(
+        e.message().contains("node-2") && e.message().contains("ref_0000"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(
+        query_i64(
+            &mut db,
+            "SELECT count(*) FROM conductor.node WHERE node_id = 'node-2'"
+        ),
+        0
+    );
+    cluster.node_query(2, "DROP TABLE ref_0000", &[]);
+    add(&mut db).unwrap_or_else(|e| panic!("add_node: {}", pg_err(&e)));
+    assert_eq!(copy_on(&cluster, 2), copy_on(&cluster, 0));
+    assert_eq!(copy_on(&cluster, 0).len(), 21);
+}
