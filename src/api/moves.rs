@@ -375,20 +375,18 @@ fn move_group(tbl: pg_sys::Oid) -> SetOfIterator<'static, pg_sys::Oid> {
             .error()
         }
         if !topology.virtual_indexes.is_empty() {
-            raise(
+            let mut refusal = raise(
                 PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
                 format!("cannot move shards of {}: it has virtual indexes", topology.name),
             )
-            .detail(if m == tbl {
-                String::new()
-            } else {
-                format!(
+            .hint("Drop its virtual indexes (conductor.drop_virtual_index), move, and create them again.");
+            if m != tbl {
+                refusal = refusal.detail(format!(
                     "It is co-located with {} and moves with it.",
                     crate::catalog::relation_display_name(tbl)
-                )
-            })
-            .hint("Drop its virtual indexes (conductor.drop_virtual_index), move, and create them again.")
-            .error()
+                ));
+            }
+            refusal.error()
         }
     }
     SetOfIterator::new(members)
@@ -416,6 +414,32 @@ fn running_elsewhere(id: i64) -> Option<i32> {
         }
     })
     .unwrap_or_else(|e| error!("conductor: could not read pg_stat_activity: {e}"))
+}
+
+/// The target must be an active node of the server, at the start and at
+/// every step until the switch: drain_node (which disables it) and
+/// remove_node wait for the row lock taken here, so a node drained or
+/// removed during a move never receives the shard.
+fn require_active_target(server_id: pg_sys::Oid, to_node: &str, display: &str) {
+    let target_status = Spi::get_one_with_args::<String>(
+        "SELECT status FROM conductor.node WHERE server_id = $1 AND node_id = $2 FOR SHARE",
+        &[server_id.into(), to_node.into()],
+    )
+    .ok()
+    .flatten();
+    match target_status.as_deref() {
+        None => raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("node \"{to_node}\" does not exist in the server of {display}"),
+        )
+        .error(),
+        Some("active") => {}
+        Some(s) => raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("node \"{to_node}\" is {s}: shards are not moved to it"),
+        )
+        .error(),
+    }
 }
 
 /// Checks, cleanup of earlier moves of the shard, and the move's record:
@@ -470,25 +494,7 @@ fn move_start(tbl: pg_sys::Oid, shard: i32, to_node: &str) -> Option<i64> {
         )
         .error()
     }
-    let target_status = Spi::get_one_with_args::<String>(
-        "SELECT status FROM conductor.node WHERE server_id = $1 AND node_id = $2",
-        &[server_id.into(), to_node.into()],
-    )
-    .ok()
-    .flatten();
-    match target_status.as_deref() {
-        None => raise(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("node \"{to_node}\" does not exist in the server of {display}"),
-        )
-        .error(),
-        Some("active") => {}
-        Some(s) => raise(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("node \"{to_node}\" is {s}: shards are not moved to it"),
-        )
-        .error(),
-    }
+    require_active_target(server_id, to_node, &display);
     // The shard's row lock serializes moves of one shard.
     Spi::run_with_args(
         "SELECT 1 FROM conductor.shard WHERE relid = $1 AND shard_id = $2 FOR UPDATE",
@@ -672,6 +678,33 @@ fn move_start(tbl: pg_sys::Oid, shard: i32, to_node: &str) -> Option<i64> {
 fn move_step(id: i64) -> String {
     let m = load_move(id);
     lock_table(m.relid);
+    if !matches!(m.phase.as_str(), "switched" | "done") {
+        // DROP goes ahead between two steps; the step would otherwise fail
+        // on the missing shard table, in the node's words.
+        let dropped = Spi::get_one_with_args::<bool>(
+            "SELECT NOT EXISTS (SELECT FROM conductor.distributed_table WHERE relid = $1)",
+            &[m.relid.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+        if dropped {
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                format!(
+                    "the table of shard {} ({} on node \"{}\") was dropped during its move",
+                    m.shard_id, m.table, m.source
+                ),
+            )
+            .hint("There is nothing left to move: what the move made on the nodes is removed now.")
+            .error()
+        }
+        require_active_target(
+            m.server_id,
+            &m.target,
+            &crate::catalog::relation_display_name(m.relid),
+        );
+    }
     let next = match m.phase.as_str() {
         "starting" => {
             capture(&m);
@@ -1339,6 +1372,7 @@ fn rebalance_plan(
             shards.into_iter().map(|(unit, _)| unit).collect()
         }
     };
+    warn_of_unmovable_shards(server_id);
     let plan = mv::plan_rebalance(&nodes, &shards);
     TableIterator::new(plan.into_iter().map(|p| {
         (
@@ -1348,6 +1382,55 @@ fn rebalance_plan(
             p.to,
         )
     }))
+}
+
+/// The plan leaves the shards of tables with virtual indexes where they
+/// are; on a node that is not active (drain_node) they stay behind, and
+/// remove_node will refuse the node: say so now, naming them.
+fn warn_of_unmovable_shards(server_id: pg_sys::Oid) {
+    let stuck: Vec<(String, String)> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT s.node_id, format('shard %s of %s', s.shard_id, s.relid::regclass)
+                   FROM conductor.shard s
+                   JOIN conductor.node n ON n.server_id = s.server_id AND n.node_id = s.node_id
+                   JOIN conductor.distributed_table t ON t.relid = s.relid
+                  WHERE s.server_id = $1 AND n.status <> 'active'
+                    AND NOT EXISTS (SELECT 1 FROM conductor.reference_placement r
+                                     WHERE r.relid = s.relid)
+                    AND EXISTS (SELECT 1 FROM conductor.distributed_table g
+                                  JOIN conductor.virtual_index v ON v.relid = g.relid
+                                 WHERE g.colocation_id = t.colocation_id)
+                  ORDER BY s.node_id, s.relid::regclass::text, s.shard_id",
+                None,
+                &[server_id.into()],
+            )?
+            .map(|r| {
+                Ok((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error!("conductor: could not read the placement: {e}"));
+    let mut by_node: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (node, shard) in stuck {
+        by_node.entry(node).or_default().push(shard);
+    }
+    for (node, shards) in by_node {
+        raise(
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!(
+                "conductor: node \"{node}\" is not active but keeps {} shard(s) that cannot move: {}",
+                shards.len(),
+                shards.join(", ")
+            ),
+        )
+        .detail("Shards of tables with virtual indexes (and of the tables co-located with them) do not move.")
+        .hint("Drop the virtual indexes (conductor.drop_virtual_index), rebalance, and create them again.")
+        .warning();
+    }
 }
 
 /// The bytes of every table (with its indexes) on each node holding one of

@@ -189,6 +189,29 @@ fn update_node(server: &str, node_id: &str, url: &str) {
 fn remove_node(server: &str, node_id: &str) {
     let server_id = conductor_server(server);
     require_known(server_id, server, node_id);
+    // A move's step holds the target's row lock (FOR SHARE) until it
+    // commits; once this lock is ours, every move onto the node is recorded
+    // below, and none starts until this transaction ends.
+    Spi::run_with_args(
+        "SELECT FROM conductor.node WHERE server_id = $1 AND node_id = $2 FOR UPDATE",
+        &[server_id.into(), node_id.into()],
+    )
+    .unwrap_or_else(|e| error!("conductor: could not lock the node: {e}"));
+    let moving_in = Spi::get_one_with_args::<String>(
+        "SELECT format('shard %s of %s', shard_id, relid::regclass) FROM conductor.shard
+          WHERE server_id = $1 AND target_node_id = $2 ORDER BY relid, shard_id LIMIT 1",
+        &[server_id.into(), node_id.into()],
+    )
+    .ok()
+    .flatten();
+    if let Some(shard) = moving_in {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+            format!("node \"{node_id}\" is the target of a move of {shard}"),
+        )
+        .hint("Wait for the move to finish (conductor.shard_moves shows it) and move the shard off the node, or, for a move whose backend ended, run SELECT * FROM conductor.cleanup_moves() first.")
+        .error()
+    }
     Spi::run_with_args(
         "UPDATE conductor.shard s
             SET node_id = (SELECT min(r.node_id) FROM conductor.reference_placement r
@@ -211,11 +234,24 @@ fn remove_node(server: &str, node_id: &str) {
     .flatten()
     .unwrap_or(0);
     if shards > 0 {
+        let named = Spi::get_one_with_args::<String>(
+            "SELECT string_agg(format('shard %s of %s', shard_id, relid::regclass), ', '
+                               ORDER BY relid::regclass::text, shard_id)
+               FROM (SELECT relid, shard_id FROM conductor.shard
+                      WHERE server_id = $1 AND node_id = $2
+                      ORDER BY relid::regclass::text, shard_id LIMIT 10) s",
+            &[server_id.into(), node_id.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        let more = if shards > 10 { ", …" } else { "" };
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
             format!("node \"{node_id}\" still holds {shards} shards"),
         )
-        .hint("Move its shards to other nodes or drop their tables first.")
+        .detail(format!("It holds {named}{more}."))
+        .hint("Move its shards to other nodes (CALL conductor.drain_node()) or drop their tables first; a table with virtual indexes moves only once they are dropped.")
         .error()
     }
     Spi::run_with_args(

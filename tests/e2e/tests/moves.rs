@@ -927,6 +927,140 @@ fn a_rebalance_that_fails_half_way_is_run_again() {
     assert_nodes_match_catalog(&cluster, &mut db, "t");
 }
 
+/// The node a shard moves to stays a node that takes shards until the
+/// switch: removing it is refused while the move runs, and draining it
+/// abandons the move, so the shard never lands on a node that is being
+/// emptied or forgotten.
+#[test]
+fn a_node_drained_or_removed_during_a_move_onto_it_gets_no_shard() {
+    let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 4,
+        node_delay_ms: None,
+        token: None,
+    });
+    exec(&mut db, "SELECT conductor.remove_node('cluster', 'node-3')");
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 3);
+         CREATE TABLE t_local (id bigint PRIMARY KEY, v text);
+         INSERT INTO t SELECT i, 'row ' || i FROM generate_series(1, 45000) i;
+         INSERT INTO t_local SELECT * FROM t;
+         SET conductor.node_cooldown = 0;",
+    );
+    let url = cluster.node_url(3);
+    db.execute(
+        "SELECT conductor.add_node('cluster', 'node-3', $1)",
+        &[&url],
+    )
+    .unwrap();
+    // A slow target stretches the copy.
+    cluster.set_node_delay(3, Some(40));
+    let cfg = cluster.pg_config();
+    let mover = std::thread::spawn(move || {
+        let mut c = cfg.connect(postgres::NoTls).unwrap();
+        c.batch_execute("CALL conductor.move_shard('t', 1, 'node-3')")
+    });
+    wait_for_copy(&mut db, 1);
+    let err = db
+        .batch_execute("SELECT conductor.remove_node('cluster', 'node-3')")
+        .expect_err("the node receives a shard");
+    assert_eq!(sqlstate(&err), "55006", "{}", pg_err(&err));
+    let e = pg_err(&err);
+    assert!(e.contains("target of a move of shard 1 of t"), "{e}");
+    // Draining the target waits for the running step; the move's next
+    // step finds the node disabled and undoes the move.
+    exec(&mut db, "CALL conductor.drain_node('cluster', 'node-3')");
+    let err = mover
+        .join()
+        .unwrap()
+        .expect_err("the move onto a drained node is abandoned");
+    assert_eq!(sqlstate(&err), "55000", "{}", pg_err(&err));
+    let e = pg_err(&err);
+    assert!(
+        e.contains("node \"node-3\" is disabled") && e.contains("was abandoned"),
+        "{e}"
+    );
+    cluster.set_node_delay(3, None);
+    exec(
+        &mut db,
+        "UPDATE t SET v = 'after' WHERE conductor.shard_for('t', id) = 1 AND id % 5 = 0;
+         UPDATE t_local SET v = 'after' WHERE conductor.shard_for('t', id) = 1 AND id % 5 = 0;",
+    );
+    assert_eq!(
+        placement(&mut db, "t")
+            .iter()
+            .map(|p| p.1.clone())
+            .collect::<Vec<_>>(),
+        ["node-0", "node-1", "node-2"]
+    );
+    assert_same_rows(&mut db, "t", "t_local");
+    assert_nodes_match_catalog(&cluster, &mut db, "t");
+    exec(&mut db, "SELECT conductor.remove_node('cluster', 'node-3')");
+    assert_same_rows(&mut db, "t", "t_local");
+}
+
+/// A table dropped while one of its shards moves: the move stops at its
+/// next step saying so, removes what it made on the nodes, and a table of
+/// that name can be created again.
+#[test]
+fn a_table_dropped_during_a_move_stops_the_move_clearly() {
+    let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        node_delay_ms: None,
+        token: None,
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 3);
+         INSERT INTO t SELECT i, 'row ' || i FROM generate_series(1, 45000) i;
+         SET conductor.node_cooldown = 0;",
+    );
+    cluster.set_node_delay(2, Some(40));
+    let cfg = cluster.pg_config();
+    let mover = std::thread::spawn(move || {
+        let mut c = cfg.connect(postgres::NoTls).unwrap();
+        c.batch_execute("CALL conductor.move_shard('t', 1, 'node-2')")
+    });
+    wait_for_copy(&mut db, 1);
+    exec(&mut db, "DROP FOREIGN TABLE t");
+    let err = mover.join().unwrap().expect_err("the move stops");
+    assert_eq!(sqlstate(&err), "42P01", "{}", pg_err(&err));
+    let e = pg_err(&err);
+    assert!(
+        e.contains("t_0001") && e.contains("dropped") && !e.contains("again"),
+        "{e}"
+    );
+    cluster.set_node_delay(2, None);
+    for i in 0..cluster.node_count() {
+        let left = cluster.node_tables(i);
+        assert!(
+            !left.iter().any(|t| t.starts_with("t_")),
+            "node-{i}: {left:?}"
+        );
+    }
+    let unfinished: i64 = db
+        .query_one(
+            "SELECT count(*) FROM conductor.shard_moves WHERE NOT cleaned",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(unfinished, 0);
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 3);
+         CREATE TABLE t_local (id bigint PRIMARY KEY, v text);
+         INSERT INTO t SELECT i, 'new ' || i FROM generate_series(1, 300) i;
+         INSERT INTO t_local SELECT * FROM t;",
+    );
+    exec(&mut db, "CALL conductor.move_shard('t', 1, 'node-2')");
+    assert_same_rows(&mut db, "t", "t_local");
+    assert_nodes_match_catalog(&cluster, &mut db, "t");
+}
+
 /// Co-located tables move together (shard i of each stays on one node, so
 /// their joins keep running on the nodes), a rebalance moves a group's
 /// shard as one unit, and what cannot move is refused before anything
@@ -1084,6 +1218,43 @@ fn co_located_tables_move_together() {
     assert_eq!(sqlstate(&err), "0A000", "{}", pg_err(&err));
     assert_eq!(map(&placement(&mut db, "orders")), before, "nothing moved");
     assert_eq!(map(&placement(&mut db, "lines")), before);
+    // Asked of the indexed table itself, the refusal has no empty DETAIL.
+    let err = db
+        .batch_execute(&format!("CALL conductor.move_shard('lines', 0, '{other}')"))
+        .expect_err("a table with a virtual index");
+    let db_err = err.as_db_error().expect("a server error");
+    assert_eq!(db_err.detail(), None, "{}", pg_err(&err));
+
+    // Draining a node leaves the group's shards on it: the drain says so,
+    // naming them, and so does remove_node.
+    let warnings = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = warnings.clone();
+    let mut config = cluster.pg_config();
+    config.notice_callback(move |n| sink.lock().unwrap().push(n.message().to_string()));
+    let mut op = config.connect(postgres::NoTls).unwrap();
+    let drained = before[0].clone();
+    exec(
+        &mut op,
+        &format!("CALL conductor.drain_node('cluster', '{drained}')"),
+    );
+    let warned = warnings.lock().unwrap().clone();
+    assert!(
+        warned.iter().any(|w| w.contains(&format!("\"{drained}\""))
+            && w.contains("shard 0 of orders")
+            && w.contains("shard 0 of lines")),
+        "{warned:?}"
+    );
+    let err = db
+        .batch_execute(&format!(
+            "SELECT conductor.remove_node('cluster', '{drained}')"
+        ))
+        .expect_err("the node keeps the group's shards");
+    assert_eq!(sqlstate(&err), "55006", "{}", pg_err(&err));
+    let e = pg_err(&err);
+    assert!(
+        e.contains("shard 0 of lines") && e.contains("shard 0 of orders"),
+        "{e}"
+    );
 }
 
 /// A write alone in its transaction waits out a move's switch-over instead
