@@ -192,6 +192,81 @@ fn a_second_session_reads_what_the_first_ran() {
     );
 }
 
+/// calls, rows, one shard, all shards of the statements whose text starts
+/// with `start`.
+fn figures(db: &mut Client, start: &str) -> (i64, i64, i64, i64) {
+    let r = db
+        .query_one(
+            "SELECT coalesce(sum(calls), 0)::bigint, coalesce(sum(rows), 0)::bigint,
+                    coalesce(sum(one_shard), 0)::bigint, coalesce(sum(all_shards), 0)::bigint
+               FROM conductor.stat_statements
+              WHERE table_name = 'f'::regclass AND query LIKE $1 || '%'",
+            &[&start],
+        )
+        .unwrap_or_else(|e| panic!("stat_statements {start}: {}", pg_err(&e)));
+    (r.get(0), r.get(1), r.get(2), r.get(3))
+}
+
+#[test]
+fn statements_after_a_rollback_to_savepoint_or_between_fetches_count_as_their_own() {
+    let (_cluster, mut db) = setup();
+    exec(&mut db, "SELECT conductor.stat_reset()");
+    // A statement that fails after reading one shard, rolled back to a
+    // savepoint: no executor end follows it.
+    exec(&mut db, "BEGIN");
+    exec(&mut db, "SAVEPOINT s");
+    let e = expect_db_error(
+        db.batch_execute("SELECT v::int FROM f WHERE id = 3"),
+        "cast of a text value",
+    );
+    assert_eq!(e.code().code(), "22P02", "{}", describe(&e));
+    for sql in [
+        "ROLLBACK TO s",
+        "SELECT count(*) FROM f",
+        "SELECT count(*) FROM f",
+        "COMMIT",
+    ] {
+        exec(&mut db, sql);
+    }
+    assert_eq!(
+        figures(&mut db, "SELECT v::int"),
+        (0, 0, 1, 0),
+        "the failed statement: no call, the one shard it reached"
+    );
+    assert_eq!(
+        figures(&mut db, "SELECT count(*)"),
+        (2, 2 * SHARDS, 0, 2),
+        "both counts, each over every shard"
+    );
+
+    // Statements run while a cursor is open are not the cursor's.
+    exec(&mut db, "SELECT conductor.stat_reset()");
+    for sql in [
+        "BEGIN",
+        "DECLARE c CURSOR FOR SELECT * FROM f WHERE id = 5",
+        "FETCH 1 FROM c",
+        "SELECT v FROM f WHERE id = 6",
+        "SELECT v FROM f WHERE id = 7",
+        "FETCH 1 FROM c",
+        "CLOSE c",
+        "COMMIT",
+    ] {
+        exec(&mut db, sql);
+    }
+    assert_eq!(
+        figures(&mut db, "SELECT v FROM f"),
+        (2, 2, 2, 0),
+        "the lookups between the fetches"
+    );
+    // The cursor's statement is named by the fetch that first reached a node.
+    let cursor = figures(&mut db, "FETCH");
+    assert_eq!(
+        (cursor.0, cursor.2),
+        (1, 1),
+        "the cursor: one call, one shard"
+    );
+}
+
 #[test]
 fn a_node_one_session_found_down_fails_fast_in_another() {
     let (cluster, mut db) = setup();
