@@ -1094,17 +1094,7 @@ pub unsafe extern "C-unwind" fn explain_foreign_scan(
             );
         }
         if (*es).analyze && !state.shard_stats.is_empty() {
-            for s in &state.shard_stats {
-                let ms = s.elapsed.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
-                explain_text(
-                    c"Shard",
-                    &format!(
-                        "{} on {}: rows={} time={ms:.3} ms",
-                        s.shard_id, s.node_id, s.rows
-                    ),
-                    es,
-                );
-            }
+            explain_shard_stats(&state.shard_stats, es);
         }
     }
 }
@@ -1181,18 +1171,66 @@ pub unsafe fn explain_plan_tables(
         if uniform {
             explain_text(c"Remote SQL", first.stmt.sql.as_deref().unwrap_or(""), es);
         } else {
-            for s in &plan.statements {
-                explain_text(
-                    c"Remote SQL",
-                    &format!(
+            let lines: Vec<String> = plan
+                .statements
+                .iter()
+                .map(|s| {
+                    format!(
                         "shard {}: {}",
                         s.shard_id,
                         s.stmt.sql.as_deref().unwrap_or("")
-                    ),
-                    es,
-                );
-            }
+                    )
+                })
+                .collect();
+            explain_lines(c"Remote SQL", &lines, es);
         }
+    }
+}
+
+/// The EXPLAIN ANALYZE line of each shard a scan read: its rows and time.
+///
+/// # Safety
+/// `es` is the running EXPLAIN's state.
+pub unsafe fn explain_shard_stats(stats: &[ShardStats], es: *mut pg_sys::ExplainState) {
+    let lines: Vec<String> = stats
+        .iter()
+        .map(|s| {
+            let ms = s.elapsed.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
+            format!(
+                "{} on {}: rows={} time={ms:.3} ms",
+                s.shard_id, s.node_id, s.rows
+            )
+        })
+        .collect();
+    // SAFETY: per the contract.
+    unsafe { explain_lines(c"Shard", &lines, es) };
+}
+
+/// One EXPLAIN property per shard: a line each in the text format, one
+/// list in the structured ones, where a repeated key would leave JSON and
+/// YAML readers with the last shard's value only.
+///
+/// # Safety
+/// `es` is the running EXPLAIN's state.
+pub unsafe fn explain_lines(label: &CStr, values: &[String], es: *mut pg_sys::ExplainState) {
+    if values.is_empty() {
+        return;
+    }
+    // SAFETY: per the contract.
+    unsafe {
+        if (*es).format == pg_sys::ExplainFormat::EXPLAIN_FORMAT_TEXT {
+            for v in values {
+                explain_text(label, v, es);
+            }
+            return;
+        }
+        let mut list: *mut pg_sys::List = std::ptr::null_mut();
+        for v in values {
+            let v = CString::new(v.replace('\0', "")).expect("NULs removed");
+            // pstrdup: the list outlives `v`, in the EXPLAIN's memory context.
+            list = pg_sys::lappend(list, pg_sys::pstrdup(v.as_ptr()).cast());
+        }
+        pg_sys::ExplainPropertyList(label.as_ptr(), list, es);
     }
 }
 

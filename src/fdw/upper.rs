@@ -2112,17 +2112,7 @@ pub unsafe fn explain_foreign_scan(
         }
         crate::fdw::scan::explain_plan_tables(&tables, &plan, state.plan.params.len(), "", es);
         if (*es).analyze {
-            for s in &state.shard_stats {
-                let ms = s.elapsed.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
-                explain_text(
-                    c"Shard",
-                    &format!(
-                        "{} on {}: rows={} time={ms:.3} ms",
-                        s.shard_id, s.node_id, s.rows
-                    ),
-                    es,
-                );
-            }
+            crate::fdw::scan::explain_shard_stats(&state.shard_stats, es);
         }
     }
 }

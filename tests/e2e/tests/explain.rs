@@ -314,3 +314,85 @@ fn conductor_explain_fails_as_the_statement_would() {
         );
     }
 }
+
+/// The "Plan" object of a JSON EXPLAIN's top node (descending into the
+/// first child until `key` appears).
+fn plan_with(text: &str, key: &str) -> conductor_e2e::serde_json::Value {
+    let v: conductor_e2e::serde_json::Value =
+        conductor_e2e::serde_json::from_str(text).expect("EXPLAIN JSON");
+    let mut plan = v[0]["Plan"].clone();
+    while plan.get(key).is_none() {
+        plan = plan["Plans"][0].clone();
+        assert!(!plan.is_null(), "no {key} in {text}");
+    }
+    plan
+}
+
+#[test]
+fn structured_explain_lists_every_shard() {
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        node_delay_ms: None,
+        token: None,
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE ti (id bigint NOT NULL, n int) SERVER cluster;
+         SELECT conductor.create_distributed_table('ti', 'id', shard_count => 8);
+         INSERT INTO ti SELECT i, i % 5 FROM generate_series(1, 100) i;",
+    );
+    let explain_json = |db: &mut Client, sql: &str| -> String {
+        let sql = format!("EXPLAIN (ANALYZE, VERBOSE, FORMAT JSON) {sql}");
+        let msgs = db
+            .simple_query(&sql)
+            .unwrap_or_else(|e| panic!("{sql}: {}", pg_err(&e)));
+        msgs.iter()
+            .find_map(|m| match m {
+                conductor_e2e::postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .expect("one row")
+    };
+    // A scan and a pushed aggregate: one "Shard" entry per shard read, in
+    // a list a JSON reader keeps whole (a repeated key keeps only one).
+    for sql in ["SELECT * FROM ti", "SELECT n, count(*) FROM ti GROUP BY n"] {
+        let text = explain_json(&mut db, sql);
+        let shards = plan_with(&text, "Shard")["Shard"].clone();
+        let listed = shards.as_array().map(|a| a.len());
+        assert_eq!(listed, Some(8), "{sql}: {shards}");
+    }
+    // An IN list split over shards: each shard's own statement.
+    let ids: Vec<i64> = (1..=20).collect();
+    let shards: BTreeSet<i64> = ids
+        .iter()
+        .map(|id| {
+            db.query_one(
+                "SELECT conductor.shard_for('ti', $1::bigint)::bigint",
+                &[id],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+        })
+        .collect();
+    let list = ids
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let text = explain_json(&mut db, &format!("SELECT * FROM ti WHERE id IN ({list})"));
+    let remote = plan_with(&text, "Remote SQL")["Remote SQL"].clone();
+    let per_shard = remote.as_array().map(|a| a.len());
+    assert_eq!(per_shard, Some(shards.len()), "{remote}");
+    // The text format keeps a line per shard.
+    let lines: Vec<String> = db
+        .query("EXPLAIN (ANALYZE, VERBOSE) SELECT * FROM ti", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let shard_lines = lines
+        .iter()
+        .filter(|l| l.trim_start().starts_with("Shard: "))
+        .count();
+    assert_eq!(shard_lines, 8, "{lines:#?}");
+}
