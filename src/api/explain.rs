@@ -19,6 +19,7 @@ use crate::fdw::lower::ParamSpec;
 use crate::fdw::scan::{eval_bindings, ScanPlan};
 use conductor_core::plan::{OnConflict, RouteKind, ShardPlan, StatementKind};
 use conductor_core::remote_sql::{insert_do_nothing_sql, insert_sql};
+use conductor_core::topology::ShardLocation;
 use conductor_hrana::{Stmt, Value};
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgList, PgSqlErrorCode};
@@ -44,6 +45,9 @@ fn args_json(args: &[Value]) -> serde_json::Value {
 
 type ExplainRow = (String, i32, String, String, String, JsonB, String);
 
+/// A table's shard plan in the statement, why, and whether it writes.
+type Planned = (Rc<TableTopology>, ShardPlan, String, bool);
+
 /// One row per target shard of every distributed table the statement
 /// reads or writes: where it lives, the SQL it is sent (values as `?`,
 /// listed in `args`) and why it is a target. Also callable unqualified as
@@ -64,22 +68,29 @@ fn explain(
     ),
 > {
     let mut rows: Vec<ExplainRow> = Vec::new();
-    for (topology, plan, note) in plan_statement(sql) {
+    for (topology, plan, note, write) in plan_statement(sql) {
         for s in &plan.statements {
-            let location = &topology.shards[s.shard_id as usize];
-            rows.push((
-                topology.name.clone(),
-                s.shard_id as i32,
-                location.node_id.clone(),
-                location.url.clone(),
-                s.stmt.sql.clone().unwrap_or_default(),
-                JsonB(args_json(&s.stmt.args)),
-                format!(
-                    "{}{note}{}",
-                    plan.reason,
-                    moving_note(&topology, s.shard_id)
-                ),
-            ));
+            // A write to a reference table runs on every copy.
+            let locations: Vec<&ShardLocation> = if write && topology.is_reference() {
+                topology.replicas.iter().collect()
+            } else {
+                vec![&topology.shards[s.shard_id as usize]]
+            };
+            for location in locations {
+                rows.push((
+                    topology.name.clone(),
+                    s.shard_id as i32,
+                    location.node_id.clone(),
+                    location.url.clone(),
+                    s.stmt.sql.clone().unwrap_or_default(),
+                    JsonB(args_json(&s.stmt.args)),
+                    format!(
+                        "{}{note}{}",
+                        plan.reason,
+                        moving_note(&topology, s.shard_id)
+                    ),
+                ));
+            }
         }
     }
     TableIterator::new(rows)
@@ -112,7 +123,8 @@ fn refuse(message: impl Into<String>) -> ! {
 
 /// Plan `sql` with Postgres' planner and collect the shard plans of the
 /// distributed tables in it, with a note on each plan's role.
-fn plan_statement(sql: &str) -> Vec<(Rc<TableTopology>, ShardPlan, String)> {
+/// Each target table's shard plan, why, and whether it writes.
+fn plan_statement(sql: &str) -> Vec<Planned> {
     let text = CString::new(sql).unwrap_or_else(|_| refuse("the statement contains a NUL"));
     // SAFETY: parse/analyze/plan allocate in the current memory context,
     // which lives until this function returns; errors unwind through
@@ -151,7 +163,7 @@ fn plan_statement(sql: &str) -> Vec<(Rc<TableTopology>, ShardPlan, String)> {
 
 struct Walker<'a> {
     stmt: *mut pg_sys::PlannedStmt,
-    out: &'a mut Vec<(Rc<TableTopology>, ShardPlan, String)>,
+    out: &'a mut Vec<Planned>,
 }
 
 use crate::fdw::lower::is;
@@ -244,6 +256,8 @@ impl Walker<'_> {
                 return; // another wrapper's table, or not distributed
             };
             let exprs = (*fscan).fdw_exprs;
+            // Below a ModifyTable: the rows it returns are then changed.
+            let modifies = !note.is_empty();
             let (plan, note) = match (*fscan).operation {
                 pg_sys::CmdType::CMD_SELECT => {
                     let scan: ScanPlan = crate::fdw::private_to((*fscan).fdw_private);
@@ -284,12 +298,24 @@ impl Walker<'_> {
                     )
                 }
             };
-            let note = if plan.kind == RouteKind::AtExecution {
+            let mut note = if plan.kind == RouteKind::AtExecution {
                 format!("{note}; a parameter known only when the statement runs decides the shards")
             } else {
                 note
             };
-            self.out.push((topology, plan, note));
+            let write = (*fscan).operation != pg_sys::CmdType::CMD_SELECT;
+            if !write && modifies && topology.is_reference() {
+                note.push_str(&format!(
+                    "; each changed row is then written to every copy (on {})",
+                    topology
+                        .replicas
+                        .iter()
+                        .map(|l| l.node_id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            self.out.push((topology, plan, note, write));
         }
     }
 
@@ -336,9 +362,9 @@ impl Walker<'_> {
             note.push_str("; a parameter known only when the statement runs decides the shards");
         }
         if !inner_reference {
-            self.out.push((inner, plan.clone(), note.clone()));
+            self.out.push((inner, plan.clone(), note.clone(), false));
         }
-        self.out.push((outer, plan, note));
+        self.out.push((outer, plan, note, false));
     }
 
     /// An upper scan: the same shard plan its execution builds.
@@ -400,7 +426,7 @@ impl Walker<'_> {
                     "; a parameter known only when the statement runs decides the shards",
                 );
             }
-            self.out.push((topology, plan, note));
+            self.out.push((topology, plan, note, false));
         }
     }
 
@@ -430,7 +456,7 @@ impl Walker<'_> {
                     "; the rows are known only when the statement runs",
                 ),
             };
-            self.out.push((topology, plan, note.to_string()));
+            self.out.push((topology, plan, note.to_string(), true));
         }
     }
 }

@@ -396,3 +396,59 @@ fn structured_explain_lists_every_shard() {
         .count();
     assert_eq!(shard_lines, 8, "{lines:#?}");
 }
+
+/// Requests each node received on its data endpoints so far.
+fn node_requests(cluster: &Cluster) -> Vec<u64> {
+    (0..cluster.node_count())
+        .map(|i| {
+            let (_, body) = cluster.node_get(i, "/stats").expect("node /stats");
+            let v: conductor_e2e::serde_json::Value =
+                conductor_e2e::serde_json::from_str(&body).expect("/stats JSON");
+            v["requests"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter(|(e, _)| e.contains("pipeline") || e.contains("cursor"))
+                        .map(|(_, n)| n.as_u64().unwrap_or(0))
+                        .sum()
+                })
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+#[test]
+fn conductor_explain_names_every_copy_a_reference_table_write_reaches() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        node_delay_ms: None,
+        token: None,
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE r (id int NOT NULL, name text) SERVER cluster;
+         SELECT conductor.create_reference_table('r');
+         INSERT INTO r SELECT i, 'r' || i FROM generate_series(1, 10) i;",
+    );
+    for sql in [
+        "SELECT * FROM r WHERE id = 3",
+        "INSERT INTO r VALUES (50, 'n')",
+        "UPDATE r SET name = 'x' WHERE id = 1",
+        "DELETE FROM r WHERE id = 2 RETURNING *",
+    ] {
+        let listed: BTreeSet<String> = db
+            .query("SELECT node_id FROM conductor_explain($1)", &[&sql])
+            .unwrap_or_else(|e| panic!("conductor_explain({sql}): {}", pg_err(&e)))
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let before = node_requests(&cluster);
+        exec(&mut db, sql);
+        let after = node_requests(&cluster);
+        let reached: BTreeSet<String> = (0..cluster.node_count())
+            .filter(|&i| after[i] > before[i])
+            .map(|i| cluster.node_id(i))
+            .collect();
+        assert_eq!(listed, reached, "{sql}");
+    }
+}
