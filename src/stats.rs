@@ -505,8 +505,7 @@ pub fn shard_rows(relid: pg_sys::Oid, shard: u32, rows: u64) {
 /// Time the backend spent on the nodes for the plan sent last (called when
 /// its requests ended, which is also when their retries are known).
 pub fn remote_time(elapsed: Duration) {
-    let retries = conductor_core::executor::RETRIES.load(Ordering::Relaxed);
-    let new = retries - SEEN_RETRIES.with(|s| s.replace(retries));
+    let new = new_retries();
     if enabled() && shared().is_some() {
         with_last(|a| {
             a.remote_us += micros(elapsed);
@@ -515,10 +514,23 @@ pub fn remote_time(elapsed: Duration) {
     }
 }
 
+/// Requests the executor sent again since the last look: the plan sent
+/// last's, whether it ended in [`remote_time`] or in [`error`].
+fn new_retries() -> u64 {
+    let retries = conductor_core::executor::RETRIES.load(Ordering::Relaxed);
+    retries - SEEN_RETRIES.with(|s| s.replace(retries))
+}
+
 /// The plan sent last failed on a node.
 pub fn error() {
+    // Taken even when not counted, so that a later plan is not charged
+    // with this one's retries.
+    let new = new_retries();
     if enabled() && shared().is_some() {
-        with_last(|a| a.errors += 1);
+        with_last(|a| {
+            a.errors += 1;
+            a.retries += new;
+        });
     }
 }
 

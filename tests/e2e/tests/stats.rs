@@ -268,6 +268,45 @@ fn statements_after_a_rollback_to_savepoint_or_between_fetches_count_as_their_ow
 }
 
 #[test]
+fn a_failed_statements_retries_are_its_own() {
+    let (mut cluster, mut db) = setup();
+    let on_node_0 = query_i64(
+        &mut db,
+        "SELECT id::bigint FROM generate_series(1, 40) id
+          WHERE (SELECT node_id FROM conductor.shards
+                  WHERE table_name = 'f'::regclass
+                    AND shard_id = conductor.shard_for('f', id::bigint)) = 'node-0'
+          LIMIT 1",
+    );
+    exec(
+        &mut db,
+        "SET conductor.read_retries = 2; SET conductor.retry_backoff = '1ms';
+         SELECT conductor.stat_reset()",
+    );
+    cluster.stop_node(1);
+    // Refused connections are retried, then the statement fails.
+    let e = expect_db_error(
+        db.batch_execute("SELECT count(*) FROM f"),
+        "a count with node-1 down",
+    );
+    assert_eq!(e.code().code(), "HV00N", "{}", describe(&e));
+    // A statement that needs no retry.
+    exec(&mut db, &format!("SELECT v FROM f WHERE id = {on_node_0}"));
+    let retries_errors = |db: &mut Client, start: &str| {
+        let r = db
+            .query_one(
+                "SELECT retries, errors FROM conductor.stat_statements
+                  WHERE table_name = 'f'::regclass AND query LIKE $1 || '%'",
+                &[&start],
+            )
+            .unwrap_or_else(|e| panic!("stat_statements {start}: {}", pg_err(&e)));
+        (r.get::<_, i64>(0), r.get::<_, i64>(1))
+    };
+    assert_eq!(retries_errors(&mut db, "SELECT count(*)"), (2, 1));
+    assert_eq!(retries_errors(&mut db, "SELECT v FROM f"), (0, 0));
+}
+
+#[test]
 fn a_node_one_session_found_down_fails_fast_in_another() {
     let (cluster, mut db) = setup();
     let pid = cluster.node_pid(1).expect("node-1 runs");
