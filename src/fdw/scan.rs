@@ -1112,6 +1112,23 @@ pub unsafe fn explain_plan(
     suffix: &str,
     es: *mut pg_sys::ExplainState,
 ) {
+    // A direct write to a reference table runs on every copy.
+    if topology.is_reference() && plan.kind != RouteKind::AtExecution {
+        let copies: Vec<&str> = topology
+            .replicas
+            .iter()
+            .map(|l| l.node_id.as_str())
+            .collect();
+        let shards = format!(
+            "{} of {} ({}) on every copy: {}{suffix}",
+            plan.shard_ids().len(),
+            topology.shard_count(),
+            plan.reason,
+            copies.join(", ")
+        );
+        // SAFETY: per the contract.
+        return unsafe { explain_shards(&[topology], plan, &shards, es) };
+    }
     // SAFETY: per the contract.
     unsafe { explain_plan_tables(&[topology], plan, params, suffix, es) }
 }
@@ -1144,8 +1161,22 @@ pub unsafe fn explain_plan_tables(
         _ => format!("{}{suffix}", plan.summary(topology)),
     };
     // SAFETY: per the contract.
+    unsafe { explain_shards(tables, plan, &shards, es) }
+}
+
+/// The `Shards` line, and with VERBOSE the statements sent.
+///
+/// # Safety
+/// `es` is the running EXPLAIN's state.
+unsafe fn explain_shards(
+    tables: &[&TableTopology],
+    plan: &ShardPlan,
+    shards: &str,
+    es: *mut pg_sys::ExplainState,
+) {
+    // SAFETY: per the contract.
     unsafe {
-        explain_text(c"Shards", &shards, es);
+        explain_text(c"Shards", shards, es);
         if !(*es).verbose {
             return;
         }

@@ -442,6 +442,13 @@ fn conductor_explain_names_every_copy_a_reference_table_write_reaches() {
             .iter()
             .map(|r| r.get(0))
             .collect();
+        // EXPLAIN's Shards line (an INSERT has none): the nodes it names.
+        let shards_line: Option<String> = db
+            .query(&format!("EXPLAIN {sql}"), &[])
+            .unwrap_or_else(|e| panic!("EXPLAIN {sql}: {}", pg_err(&e)))
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .find(|l| l.trim_start().starts_with("Shards:"));
         let before = node_requests(&cluster);
         exec(&mut db, sql);
         let after = node_requests(&cluster);
@@ -450,5 +457,12 @@ fn conductor_explain_names_every_copy_a_reference_table_write_reaches() {
             .map(|i| cluster.node_id(i))
             .collect();
         assert_eq!(listed, reached, "{sql}");
+        if let Some(line) = shards_line {
+            let named: BTreeSet<String> = (0..cluster.node_count())
+                .map(|i| cluster.node_id(i))
+                .filter(|id| line.contains(id.as_str()))
+                .collect();
+            assert_eq!(named, reached, "EXPLAIN {sql}: {line}");
+        }
     }
 }
