@@ -122,8 +122,9 @@ fn refuse(message: impl Into<String>) -> ! {
 }
 
 /// Plan `sql` with Postgres' planner and collect the shard plans of the
-/// distributed tables in it, with a note on each plan's role.
-/// Each target table's shard plan, why, and whether it writes.
+/// distributed tables in it, with a note on each plan's role and whether it
+/// writes. `EXECUTE name(args)` plans the prepared statement with those
+/// values, as its custom plan is.
 fn plan_statement(sql: &str) -> Vec<Planned> {
     let text = CString::new(sql).unwrap_or_else(|_| refuse("the statement contains a NUL"));
     // SAFETY: parse/analyze/plan allocate in the current memory context,
@@ -134,12 +135,28 @@ fn plan_statement(sql: &str) -> Vec<Planned> {
         if raw.len() != 1 {
             refuse(format!("expected one statement, got {}", raw.len()));
         }
-        let raw_stmt = raw.get_ptr(0).expect("one statement");
+        let mut raw_stmt = raw.get_ptr(0).expect("one statement");
+        let mut source = text.as_ptr();
+        let (mut param_types, mut params, mut bound): (
+            *mut pg_sys::Oid,
+            i32,
+            pg_sys::ParamListInfo,
+        ) = (std::ptr::null_mut(), 0, std::ptr::null_mut());
+        if is((*raw_stmt).stmt, pg_sys::NodeTag::T_ExecuteStmt) {
+            let execute = (*raw_stmt).stmt as *mut pg_sys::ExecuteStmt;
+            let prepared = pg_sys::FetchPreparedStatement((*execute).name, true);
+            let plansource = (*prepared).plansource;
+            bound = execute_params(execute, plansource, source);
+            raw_stmt = (*plansource).raw_parse_tree;
+            source = (*plansource).query_string;
+            param_types = (*plansource).param_types;
+            params = (*plansource).num_params;
+        }
         let queries = PgList::<pg_sys::Query>::from_pg(pg_sys::pg_analyze_and_rewrite_fixedparams(
             raw_stmt,
-            text.as_ptr(),
-            std::ptr::null(),
-            0,
+            source,
+            param_types,
+            params,
             std::ptr::null_mut(),
         ));
         let mut out = Vec::new();
@@ -147,7 +164,7 @@ fn plan_statement(sql: &str) -> Vec<Planned> {
             if (*query).commandType == pg_sys::CmdType::CMD_UTILITY {
                 refuse("only SELECT, INSERT, UPDATE and DELETE can be explained");
             }
-            let planned = pg_sys::pg_plan_query(query, text.as_ptr(), 0, std::ptr::null_mut());
+            let planned = pg_sys::pg_plan_query(query, source, 0, bound);
             let mut walker = Walker {
                 stmt: planned,
                 out: &mut out,
@@ -159,6 +176,100 @@ fn plan_statement(sql: &str) -> Vec<Planned> {
         }
         out
     }
+}
+
+/// The values of `EXECUTE name(args)`, coerced to the prepared statement's
+/// parameter types and evaluated (as Postgres' EvaluateParams does), as
+/// constants the planner folds into the plan.
+///
+/// # Safety
+/// `execute` is a parsed EXECUTE of `plansource`; `text` its source text.
+unsafe fn execute_params(
+    execute: *mut pg_sys::ExecuteStmt,
+    plansource: *mut pg_sys::CachedPlanSource,
+    text: *const std::ffi::c_char,
+) -> pg_sys::ParamListInfo {
+    // SAFETY: per the contract; everything is allocated in the current
+    // memory context, which outlives the planning.
+    unsafe {
+        let expected = (*plansource).num_params;
+        let args = PgList::<pg_sys::Node>::from_pg((*execute).params);
+        if args.len() != expected as usize {
+            raise(
+                PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+                format!(
+                    "wrong number of parameters for prepared statement \"{}\"",
+                    std::ffi::CStr::from_ptr((*execute).name).to_string_lossy()
+                ),
+            )
+            .detail(format!(
+                "Expected {expected} parameters but got {}.",
+                args.len()
+            ))
+            .error();
+        }
+        if expected == 0 {
+            return std::ptr::null_mut();
+        }
+        let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
+        (*pstate).p_sourcetext = text;
+        let bound = pg_sys::makeParamList(expected);
+        let slots = (*bound).params.as_mut_slice(expected as usize);
+        for (i, arg) in args.iter_ptr().enumerate() {
+            let want = *(*plansource).param_types.add(i);
+            let expr = pg_sys::transformExpr(
+                pstate,
+                arg,
+                pg_sys::ParseExprKind::EXPR_KIND_EXECUTE_PARAMETER,
+            );
+            let given = pg_sys::exprType(expr);
+            let expr = pg_sys::coerce_to_target_type(
+                pstate,
+                expr,
+                given,
+                want,
+                -1,
+                pg_sys::CoercionContext::COERCION_ASSIGNMENT,
+                pg_sys::CoercionForm::COERCE_IMPLICIT_CAST,
+                -1,
+            );
+            if expr.is_null() {
+                raise(
+                    PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                    format!(
+                        "parameter ${} of type {} cannot be coerced to the expected type {}",
+                        i + 1,
+                        type_name(given),
+                        type_name(want)
+                    ),
+                )
+                .hint("You will need to rewrite or cast the expression.")
+                .error();
+            }
+            pg_sys::assign_expr_collations(pstate, expr);
+            let expr = pg_sys::expression_planner(expr.cast());
+            // The context is a child of the current one, freed with it: the
+            // value lives in its memory until planning is done.
+            let econtext = pg_sys::CreateStandaloneExprContext();
+            let state = pg_sys::ExecInitExpr(expr, std::ptr::null_mut());
+            let mut is_null = false;
+            let datum = pg_sys::ExecEvalExprSwitchContext(state, econtext, &mut is_null);
+            slots[i] = pg_sys::ParamExternData {
+                value: datum,
+                isnull: is_null,
+                pflags: pg_sys::PARAM_FLAG_CONST as u16,
+                ptype: want,
+            };
+        }
+        bound
+    }
+}
+
+fn type_name(oid: pg_sys::Oid) -> String {
+    // SAFETY: format_type_be returns a palloc'd name of any type oid.
+    unsafe { std::ffi::CStr::from_ptr(pg_sys::format_type_be(oid)) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 struct Walker<'a> {

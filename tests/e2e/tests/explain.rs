@@ -466,3 +466,59 @@ fn conductor_explain_names_every_copy_a_reference_table_write_reaches() {
         }
     }
 }
+
+#[test]
+fn conductor_explain_of_execute_routes_by_the_values_given() {
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        node_delay_ms: None,
+        token: None,
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE ti (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('ti', 'id', shard_count => 8);
+         INSERT INTO ti SELECT i, 'v' || i FROM generate_series(1, 100) i;
+         PREPARE sel(bigint) AS SELECT * FROM ti WHERE id = $1;
+         PREPARE two(bigint, bigint) AS SELECT count(*) FROM ti WHERE id IN ($1, $2);
+         PREPARE upd(text, bigint) AS UPDATE ti SET v = $1 WHERE id = $2 RETURNING id;
+         PREPARE del(int) AS DELETE FROM ti WHERE id = $1 + 1;
+         PREPARE ins(bigint, text) AS INSERT INTO ti VALUES ($1, $2);",
+    );
+    // Run each often enough for Postgres to switch to its generic plan.
+    let statements = [
+        "EXECUTE sel(7)",
+        "EXECUTE sel('12')",
+        "EXECUTE two(3, 40)",
+        "EXECUTE upd('x', 9)",
+        "EXECUTE del(20)",
+        "EXECUTE ins(500, 'new')",
+    ];
+    for round in 0..7 {
+        for sql in statements {
+            let (l, reasons) = listed(&mut db, sql);
+            exec(&mut db, "SELECT conductor.reset_shard_requests()");
+            exec(&mut db, &format!("BEGIN; {sql}; ROLLBACK"));
+            let c = contacted(&mut db);
+            assert_eq!(l, c, "round {round}: {sql}: {reasons:?}");
+        }
+    }
+    // What EXECUTE itself refuses, conductor_explain refuses the same way.
+    for sql in [
+        "EXECUTE sel(1, 2)",
+        "EXECUTE sel('x'::text)",
+        "EXECUTE nope(1)",
+    ] {
+        let direct = db.batch_execute(sql).expect_err(sql);
+        let explained = db
+            .query("SELECT * FROM conductor_explain($1)", &[&sql])
+            .expect_err(sql);
+        let code = |e: &conductor_e2e::postgres::Error| e.code().map(|c| c.code().to_string());
+        assert_eq!(
+            code(&explained),
+            code(&direct),
+            "{sql}: {}",
+            pg_err(&explained)
+        );
+    }
+}
