@@ -265,6 +265,15 @@ unsafe fn execute_params(
     }
 }
 
+/// Why a plan's shards are left to execution, when they are: a parameter's
+/// value, unless a virtual index lookup (its reason says so) decides them.
+fn at_execution(plan: &ShardPlan) -> &'static str {
+    if plan.kind != RouteKind::AtExecution || plan.reason.contains("through virtual index") {
+        return "";
+    }
+    "; a parameter known only when the statement runs decides the shards"
+}
+
 fn type_name(oid: pg_sys::Oid) -> String {
     // SAFETY: format_type_be returns a palloc'd name of any type oid.
     unsafe { std::ffi::CStr::from_ptr(pg_sys::format_type_be(oid)) }
@@ -409,11 +418,7 @@ impl Walker<'_> {
                     )
                 }
             };
-            let mut note = if plan.kind == RouteKind::AtExecution {
-                format!("{note}; a parameter known only when the statement runs decides the shards")
-            } else {
-                note
-            };
+            let mut note = format!("{note}{}", at_execution(&plan));
             let write = (*fscan).operation != pg_sys::CmdType::CMD_SELECT;
             if !write && modifies && topology.is_reference() {
                 note.push_str(&format!(
@@ -469,9 +474,7 @@ impl Walker<'_> {
         plan: ShardPlan,
         mut note: String,
     ) {
-        if plan.kind == RouteKind::AtExecution {
-            note.push_str("; a parameter known only when the statement runs decides the shards");
-        }
+        note.push_str(at_execution(&plan));
         if !inner_reference {
             self.out.push((inner, plan.clone(), note.clone(), false));
         }
@@ -532,11 +535,7 @@ impl Walker<'_> {
                 }
             };
             let mut note = format!("{note}; pushed: {}", upper.describe(&topology));
-            if plan.kind == RouteKind::AtExecution {
-                note.push_str(
-                    "; a parameter known only when the statement runs decides the shards",
-                );
-            }
+            note.push_str(at_execution(&plan));
             self.out.push((topology, plan, note, false));
         }
     }
