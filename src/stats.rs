@@ -419,8 +419,8 @@ thread_local! {
     /// Statements whose executor was started but is not running: open
     /// cursors while other statements run between their fetches.
     static PARKED: RefCell<Vec<Current>> = const { RefCell::new(Vec::new()) };
-    /// Executors running (ExecutorRun, ExecutorFinish) in this backend: a
-    /// statement started inside one is part of it.
+    /// Executors at work (in ExecutorStart, Run, Finish or End) in this
+    /// backend: a statement started inside one is part of it.
     static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
     /// `executor::RETRIES` when this backend last looked.
     static SEEN_RETRIES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
@@ -639,12 +639,14 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
             c.level = nest_level();
         });
     }
-    unsafe {
+    // Queries the executor's start runs (catalog reads of a foreign scan's
+    // setup) are part of the statement.
+    running(|| unsafe {
         match PREV_EXECUTOR_START {
             Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc, eflags)),
             None => pg_sys::standard_ExecutorStart(query_desc, eflags),
         }
-    }
+    })
 }
 
 #[pg_guard]
@@ -688,12 +690,12 @@ unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
     }) {
         flush_statement(parked, true);
     }
-    unsafe {
+    running(|| unsafe {
         match PREV_EXECUTOR_END {
             Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc)),
             None => pg_sys::standard_ExecutorEnd(query_desc),
         }
-    }
+    })
 }
 
 /// At transaction abort: the failed statement's figures and those of the
