@@ -681,6 +681,15 @@ unsafe extern "C-unwind" fn executor_finish(query_desc: *mut pg_sys::QueryDesc) 
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
     let desc = query_desc as usize;
+    // The statement is current while its nodes end: a scan its reader left
+    // early counts its requests then.
+    activate(query_desc);
+    running(|| unsafe {
+        match PREV_EXECUTOR_END {
+            Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc)),
+            None => pg_sys::standard_ExecutorEnd(query_desc),
+        }
+    });
     if CURRENT.with(|c| c.borrow().top == desc) {
         flush(true);
     } else if let Some(parked) = PARKED.with(|p| {
@@ -690,12 +699,6 @@ unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
     }) {
         flush_statement(parked, true);
     }
-    running(|| unsafe {
-        match PREV_EXECUTOR_END {
-            Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc)),
-            None => pg_sys::standard_ExecutorEnd(query_desc),
-        }
-    })
 }
 
 /// At transaction abort: the failed statement's figures and those of the

@@ -605,6 +605,19 @@ impl ScanState {
         }
     }
 
+    /// Ends a scan its reader leaves before the last row (a LIMIT or EXISTS
+    /// satisfied in Postgres, a cursor closed, a rescan): the requests it
+    /// sent count as far as they got. Dropping the handle cancels them.
+    fn stop(&mut self) {
+        if let Phase::Streaming(handle) = std::mem::replace(&mut self.phase, Phase::Finished) {
+            let stats = handle.stats_at_end();
+            crate::remote::log_scan(&self.topology.table.name, &stats);
+            crate::remote::count_scan(self.topology.relid, &self.scan_urls, &stats);
+            self.shard_stats.extend(stats);
+        }
+        self.in_flight = None;
+    }
+
     fn finish(&mut self) {
         if let Phase::Streaming(handle) = std::mem::replace(&mut self.phase, Phase::Finished) {
             crate::remote::log_scan(&self.topology.table.name, handle.stats());
@@ -1031,6 +1044,7 @@ pub unsafe extern "C-unwind" fn re_scan_foreign_scan(node: *mut pg_sys::ForeignS
             return super::upper::re_scan_foreign_scan(node);
         }
         let state = state(node);
+        state.stop();
         state.phase = Phase::NotStarted;
         state.rows = Vec::new().into_iter();
     }
@@ -1044,7 +1058,7 @@ pub unsafe extern "C-unwind" fn end_foreign_scan(node: *mut pg_sys::ForeignScanS
             return super::upper::end_foreign_scan(node);
         }
         if !(*node).fdw_state.is_null() {
-            state(node).phase = Phase::Finished;
+            state(node).stop();
         }
     }
 }

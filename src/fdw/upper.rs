@@ -1922,9 +1922,12 @@ impl UpperState {
 
     fn stop(&mut self) {
         if let Phase::Streaming(handle) = std::mem::replace(&mut self.phase, Phase::Finished) {
-            // Dropping the handle cancels the requests still running.
-            crate::remote::log_scan(&self.topology.table.name, handle.stats());
-            self.shard_stats.extend_from_slice(handle.stats());
+            // Dropping the handle cancels the requests still running; they
+            // count as far as they got.
+            let stats = handle.stats_at_end();
+            crate::remote::log_scan(&self.topology.table.name, &stats);
+            crate::remote::count_scan(self.topology.relid, &self.scan_urls, &stats);
+            self.shard_stats.extend(stats);
         }
         self.ready.clear();
     }

@@ -307,6 +307,58 @@ fn a_failed_statements_retries_are_its_own() {
 }
 
 #[test]
+fn scans_left_before_their_last_row_are_counted() {
+    let (_cluster, mut db) = setup();
+    exec(
+        &mut db,
+        "INSERT INTO f SELECT i, 'w' || i FROM generate_series(100, 3000) i",
+    );
+    exec(&mut db, "SELECT conductor.stat_reset()");
+    // A filter Postgres keeps (no LIMIT pushed): its LIMIT, an EXISTS and a
+    // cursor closed early stop reading before the shards' last rows.
+    for sql in [
+        "SELECT * FROM f WHERE v ~ '^w' LIMIT 1",
+        "SELECT EXISTS (SELECT 1 FROM f WHERE v ~ '^w')",
+        "BEGIN; DECLARE c CURSOR FOR SELECT * FROM f; FETCH 2 FROM c; CLOSE c; COMMIT",
+    ] {
+        exec(&mut db, sql);
+    }
+    // Every scan read every node in one request.
+    let requests: Vec<(String, i64)> = db
+        .query(
+            "SELECT node_id, requests FROM conductor.stat_nodes ORDER BY node_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for (node, n) in &requests {
+        assert_eq!(*n, 3, "{node}: {requests:?}");
+    }
+    let (statement_rows, shard_rows) = (
+        query_i64(
+            &mut db,
+            "SELECT sum(rows)::bigint FROM conductor.stat_statements WHERE table_name = 'f'::regclass",
+        ),
+        query_i64(
+            &mut db,
+            "SELECT sum(rows)::bigint FROM conductor.stat_shards WHERE table_name = 'f'::regclass",
+        ),
+    );
+    assert!(statement_rows >= 3, "rows received: {statement_rows}");
+    assert_eq!(statement_rows, shard_rows);
+    // Each statement is its own entry, counted once.
+    assert_eq!(
+        query_i64(
+            &mut db,
+            "SELECT sum(calls)::bigint FROM conductor.stat_statements WHERE table_name = 'f'::regclass"
+        ),
+        3
+    );
+}
+
+#[test]
 fn a_node_one_session_found_down_fails_fast_in_another() {
     let (cluster, mut db) = setup();
     let pid = cluster.node_pid(1).expect("node-1 runs");
