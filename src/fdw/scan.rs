@@ -609,8 +609,15 @@ impl ScanState {
     /// satisfied in Postgres, a cursor closed, a rescan): the requests it
     /// sent count as far as they got. Dropping the handle cancels them.
     fn stop(&mut self) {
+        self.stop_failed(None)
+    }
+
+    /// [`stop`](Self::stop) at a shard's failure: the failed node's request
+    /// is counted as failed, not here.
+    fn stop_failed(&mut self, failed: Option<&str>) {
         if let Phase::Streaming(handle) = std::mem::replace(&mut self.phase, Phase::Finished) {
-            let stats = handle.stats_at_end();
+            let stats =
+                crate::remote::stats_without(handle.stats_at_end(), &self.scan_urls, failed);
             crate::remote::log_scan(&self.topology.table.name, &stats);
             crate::remote::count_scan(self.topology.relid, &self.scan_urls, &stats);
             self.shard_stats.extend(stats);
@@ -881,7 +888,11 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
                     scan_done(std::mem::take(&mut state.scan_urls), &mut state.skipped);
                 }
                 ScanPoll::Failed(err) if skippable(&err) => skip_failed(err, &mut state.skipped),
-                ScanPoll::Failed(err) => fail_scan(&err),
+                ScanPoll::Failed(err) => {
+                    // The other nodes' requests were sent: they count.
+                    state.stop_failed(Some(&err.url));
+                    fail_scan(&err)
+                }
             }
         }
     }

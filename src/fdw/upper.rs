@@ -1921,10 +1921,17 @@ impl UpperState {
     }
 
     fn stop(&mut self) {
+        self.stop_failed(None)
+    }
+
+    /// [`stop`](Self::stop) at a shard's failure: the failed node's request
+    /// is counted as failed, not here.
+    fn stop_failed(&mut self, failed: Option<&str>) {
         if let Phase::Streaming(handle) = std::mem::replace(&mut self.phase, Phase::Finished) {
             // Dropping the handle cancels the requests still running; they
             // count as far as they got.
-            let stats = handle.stats_at_end();
+            let stats =
+                crate::remote::stats_without(handle.stats_at_end(), &self.scan_urls, failed);
             crate::remote::log_scan(&self.topology.table.name, &stats);
             crate::remote::count_scan(self.topology.relid, &self.scan_urls, &stats);
             self.shard_stats.extend(stats);
@@ -1984,7 +1991,11 @@ impl UpperState {
                     }
                     skip_failed(err, &mut self.skipped)
                 }
-                ScanPoll::Failed(err) => fail_scan(&err),
+                ScanPoll::Failed(err) => {
+                    // The other nodes' requests were sent: they count.
+                    self.stop_failed(Some(&err.url));
+                    fail_scan(&err)
+                }
             }
             self.drain_sorted();
         }

@@ -304,6 +304,24 @@ fn a_failed_statements_retries_are_its_own() {
     };
     assert_eq!(retries_errors(&mut db, "SELECT count(*)"), (2, 1));
     assert_eq!(retries_errors(&mut db, "SELECT v FROM f"), (0, 0));
+    // The failed count's requests to the nodes that answered count too.
+    let requests: Vec<(String, i64, i64)> = db
+        .query(
+            "SELECT node_id, requests, errors FROM conductor.stat_nodes ORDER BY node_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        requests,
+        vec![
+            ("node-0".to_string(), 2, 0),
+            ("node-1".to_string(), 1, 1),
+            ("node-2".to_string(), 1, 0)
+        ]
+    );
 }
 
 #[test]
