@@ -13,9 +13,13 @@ pub static DEFAULT_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum OnShardFailure {
     /// The statement fails with an ERROR naming node and shard.
+    // Named as documented (and as SHOW prints them): lowercase, like
+    // Postgres' own enum settings.
+    #[name = c"error"]
     Error,
     /// The rows of the reachable shards are returned with a WARNING naming
     /// the missing shards. Writes never skip.
+    #[name = c"skip"]
     Skip,
 }
 
@@ -27,10 +31,13 @@ pub static ON_SHARD_FAILURE: GucSetting<OnShardFailure> =
 pub enum WireEncoding {
     /// Protobuf where the node serves it (probed on the first request to
     /// each node), JSON otherwise.
+    #[name = c"auto"]
     Auto,
     /// Always JSON.
+    #[name = c"json"]
     Json,
     /// Always Protobuf.
+    #[name = c"protobuf"]
     Protobuf,
 }
 

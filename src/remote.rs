@@ -575,6 +575,23 @@ fn log_request(
     }
 }
 
+/// `stats` (in the order of `urls`) without the shards of node `failed`:
+/// its request failed and is counted so.
+pub fn stats_without(
+    mut stats: Vec<ShardStats>,
+    urls: &[String],
+    failed: Option<&str>,
+) -> Vec<ShardStats> {
+    if let Some(failed) = failed {
+        for (s, url) in stats.iter_mut().zip(urls) {
+            if url == failed {
+                s.elapsed = None;
+            }
+        }
+    }
+    stats
+}
+
 /// Counts a finished scan of table `relid`: per shard its rows, per node
 /// its requests (`urls` in the order of the scan's queries, as `stats`).
 pub fn count_scan(relid: pgrx::pg_sys::Oid, urls: &[String], stats: &[ShardStats]) {

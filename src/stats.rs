@@ -18,7 +18,9 @@
 //!
 //! Within a statement the backend adds up its plans' figures per table
 //! (`Acc`); they reach shared memory when the top-level executor ends (or
-//! the transaction aborts).
+//! the transaction, or the savepoint the statement ran in, is rolled back).
+//! An open cursor's figures are kept aside while other statements run
+//! between its fetches.
 
 // Another module's hook may raise an ERROR: the boundary turns its longjmp
 // into an unwind through these frames.
@@ -197,6 +199,8 @@ static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
 static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
 static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
 static mut PREV_EXECUTOR_END: pg_sys::ExecutorEnd_hook_type = None;
+static mut PREV_EXECUTOR_RUN: pg_sys::ExecutorRun_hook_type = None;
+static mut PREV_EXECUTOR_FINISH: pg_sys::ExecutorFinish_hook_type = None;
 
 const TRANCHE: &std::ffi::CStr = c"conductor";
 
@@ -216,6 +220,10 @@ pub fn init() {
         pg_sys::ExecutorStart_hook = Some(executor_start);
         PREV_EXECUTOR_END = pg_sys::ExecutorEnd_hook;
         pg_sys::ExecutorEnd_hook = Some(executor_end);
+        PREV_EXECUTOR_RUN = pg_sys::ExecutorRun_hook;
+        pg_sys::ExecutorRun_hook = Some(executor_run);
+        PREV_EXECUTOR_FINISH = pg_sys::ExecutorFinish_hook;
+        pg_sys::ExecutorFinish_hook = Some(executor_finish);
         // Statements are keyed by Postgres' query id, which is computed
         // only when a module asks for it (as pg_stat_statements does).
         pg_sys::EnableQueryId();
@@ -377,6 +385,9 @@ struct Current {
     top: usize,
     queryid: i64,
     started: Option<Instant>,
+    /// The transaction nest level the statement last ran at: a rollback
+    /// to a savepoint at or below it ends the statement unfinished.
+    level: i32,
     tables: Vec<Acc>,
     /// Index in `tables` of the table whose plan was sent last: remote time
     /// and errors are its.
@@ -393,6 +404,7 @@ impl Default for Current {
             top: 0,
             queryid: 0,
             started: None,
+            level: 0,
             tables: Vec::new(),
             last: None,
             text: [0; QUERY_TEXT],
@@ -404,6 +416,12 @@ impl Default for Current {
 thread_local! {
     static SHARD_REQUESTS: RefCell<BTreeMap<(u32, u32), i64>> = const { RefCell::new(BTreeMap::new()) };
     static CURRENT: RefCell<Current> = RefCell::new(Current::default());
+    /// Statements whose executor was started but is not running: open
+    /// cursors while other statements run between their fetches.
+    static PARKED: RefCell<Vec<Current>> = const { RefCell::new(Vec::new()) };
+    /// Executors at work (in ExecutorStart, Run, Finish or End) in this
+    /// backend: a statement started inside one is part of it.
+    static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
     /// `executor::RETRIES` when this backend last looked.
     static SEEN_RETRIES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
@@ -487,8 +505,7 @@ pub fn shard_rows(relid: pg_sys::Oid, shard: u32, rows: u64) {
 /// Time the backend spent on the nodes for the plan sent last (called when
 /// its requests ended, which is also when their retries are known).
 pub fn remote_time(elapsed: Duration) {
-    let retries = conductor_core::executor::RETRIES.load(Ordering::Relaxed);
-    let new = retries - SEEN_RETRIES.with(|s| s.replace(retries));
+    let new = new_retries();
     if enabled() && shared().is_some() {
         with_last(|a| {
             a.remote_us += micros(elapsed);
@@ -497,10 +514,23 @@ pub fn remote_time(elapsed: Duration) {
     }
 }
 
+/// Requests the executor sent again since the last look: the plan sent
+/// last's, whether it ended in [`remote_time`] or in [`error`].
+fn new_retries() -> u64 {
+    let retries = conductor_core::executor::RETRIES.load(Ordering::Relaxed);
+    retries - SEEN_RETRIES.with(|s| s.replace(retries))
+}
+
 /// The plan sent last failed on a node.
 pub fn error() {
+    // Taken even when not counted, so that a later plan is not charged
+    // with this one's retries.
+    let new = new_retries();
     if enabled() && shared().is_some() {
-        with_last(|a| a.errors += 1);
+        with_last(|a| {
+            a.errors += 1;
+            a.retries += new;
+        });
     }
 }
 
@@ -532,6 +562,58 @@ fn reset_shard_requests() {
 
 // ---- the executor hooks ------------------------------------------------
 
+fn nest_level() -> i32 {
+    // SAFETY: reads backend transaction state.
+    unsafe { pg_sys::GetCurrentTransactionNestLevel() }
+}
+
+/// Counts the executors running while `f` runs; an ERROR unwinds through
+/// the guard, so the count stays right after a caught error.
+fn running<T>(f: impl FnOnce() -> T) -> T {
+    struct Depth;
+    impl Drop for Depth {
+        fn drop(&mut self) {
+            DEPTH.with(|d| d.set(d.get() - 1));
+        }
+    }
+    DEPTH.with(|d| d.set(d.get() + 1));
+    let _depth = Depth;
+    f()
+}
+
+/// Makes the statement of `query_desc` the one figures are added to when
+/// it runs at top level: an open cursor's fetches between other statements.
+fn activate(query_desc: *mut pg_sys::QueryDesc) {
+    if DEPTH.with(|d| d.get()) != 0 {
+        return;
+    }
+    let desc = query_desc as usize;
+    CURRENT.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.top != desc {
+            let parked = PARKED.with(|p| {
+                let mut p = p.borrow_mut();
+                let i = p.iter().position(|s| s.top == desc)?;
+                Some(p.swap_remove(i))
+            });
+            if let Some(parked) = parked {
+                let previous = std::mem::replace(&mut *c, parked);
+                park(previous);
+            }
+        }
+        if c.top == desc {
+            c.level = nest_level();
+        }
+    });
+}
+
+/// Keeps a started statement's figures aside while another one runs.
+fn park(current: Current) {
+    if current.top != 0 {
+        PARKED.with(|p| p.borrow_mut().push(current));
+    }
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i32) {
     // A utility statement's figures, if one ran before this statement in
@@ -542,41 +624,114 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
     }) {
         flush(true);
     }
-    CURRENT.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.top == 0 {
+    // Started inside a running executor (a function's query), the statement
+    // is part of the running one; at top level it is a statement of its own,
+    // also while a cursor's statement is open.
+    if DEPTH.with(|d| d.get()) == 0 {
+        let open = CURRENT.with(|c| std::mem::take(&mut *c.borrow_mut()));
+        park(open);
+        CURRENT.with(|c| {
+            let mut c = c.borrow_mut();
             c.top = query_desc as usize;
             // SAFETY: the executor hands a valid QueryDesc.
             c.queryid = unsafe { (*(*query_desc).plannedstmt).queryId } as i64;
             c.started = Some(Instant::now());
-        }
-    });
-    unsafe {
+            c.level = nest_level();
+        });
+    }
+    // Queries the executor's start runs (catalog reads of a foreign scan's
+    // setup) are part of the statement.
+    running(|| unsafe {
         match PREV_EXECUTOR_START {
             Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc, eflags)),
             None => pg_sys::standard_ExecutorStart(query_desc, eflags),
         }
-    }
+    })
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_run(
+    query_desc: *mut pg_sys::QueryDesc,
+    direction: pg_sys::ScanDirection::Type,
+    count: u64,
+    execute_once: bool,
+) {
+    activate(query_desc);
+    running(|| unsafe {
+        match PREV_EXECUTOR_RUN {
+            Some(prev) => {
+                pg_guard_ffi_boundary(|| prev(query_desc, direction, count, execute_once))
+            }
+            None => pg_sys::standard_ExecutorRun(query_desc, direction, count, execute_once),
+        }
+    })
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_finish(query_desc: *mut pg_sys::QueryDesc) {
+    activate(query_desc);
+    running(|| unsafe {
+        match PREV_EXECUTOR_FINISH {
+            Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc)),
+            None => pg_sys::standard_ExecutorFinish(query_desc),
+        }
+    })
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
-    let top = CURRENT.with(|c| c.borrow().top == query_desc as usize);
-    if top {
-        flush(true);
-    }
-    unsafe {
+    let desc = query_desc as usize;
+    // The statement is current while its nodes end: a scan its reader left
+    // early counts its requests then.
+    activate(query_desc);
+    running(|| unsafe {
         match PREV_EXECUTOR_END {
             Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc)),
             None => pg_sys::standard_ExecutorEnd(query_desc),
         }
+    });
+    if CURRENT.with(|c| c.borrow().top == desc) {
+        flush(true);
+    } else if let Some(parked) = PARKED.with(|p| {
+        let mut p = p.borrow_mut();
+        let i = p.iter().position(|s| s.top == desc)?;
+        Some(p.swap_remove(i))
+    }) {
+        flush_statement(parked, true);
     }
 }
 
-/// At transaction abort: the failed statement's figures (it is not counted
-/// as a call).
+/// At transaction abort: the failed statement's figures and those of the
+/// cursors still open (none is counted as a call).
 pub fn at_abort() {
+    // No executor survives a transaction's abort.
+    DEPTH.with(|d| d.set(0));
     flush(false);
+    for parked in PARKED.with(|p| std::mem::take(&mut *p.borrow_mut())) {
+        flush_statement(parked, false);
+    }
+}
+
+/// At the rollback of subtransaction `level`: the statements that ran in it
+/// end there (no executor end follows), unfinished.
+pub fn at_subabort(level: i32) {
+    if CURRENT.with(|c| {
+        let c = c.borrow();
+        c.top != 0 && c.level >= level
+    }) {
+        flush(false);
+    }
+    let ended: Vec<Current> = PARKED.with(|p| {
+        let mut p = p.borrow_mut();
+        let (ended, kept) = std::mem::take(&mut *p)
+            .into_iter()
+            .partition(|s| s.level >= level);
+        *p = kept;
+        ended
+    });
+    for parked in ended {
+        flush_statement(parked, false);
+    }
 }
 
 /// At commit: a utility statement's figures (executed statements were
@@ -584,6 +739,11 @@ pub fn at_abort() {
 pub fn at_commit() {
     if CURRENT.with(|c| !c.borrow().tables.is_empty()) {
         flush(true);
+    }
+    // A cursor's executor ends before the commit event: whatever is left
+    // never finished.
+    for parked in PARKED.with(|p| std::mem::take(&mut *p.borrow_mut())) {
+        flush_statement(parked, false);
     }
 }
 
@@ -603,9 +763,14 @@ fn query_text(into: &mut [u8; QUERY_TEXT]) -> usize {
     end
 }
 
-/// Move the statement's figures into shared memory.
+/// Move the running statement's figures into shared memory.
 fn flush(completed: bool) {
     let current = CURRENT.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    flush_statement(current, completed);
+}
+
+/// Move a statement's figures into shared memory.
+fn flush_statement(current: Current, completed: bool) {
     if current.tables.is_empty() {
         return;
     }

@@ -19,6 +19,7 @@ use crate::fdw::lower::ParamSpec;
 use crate::fdw::scan::{eval_bindings, ScanPlan};
 use conductor_core::plan::{OnConflict, RouteKind, ShardPlan, StatementKind};
 use conductor_core::remote_sql::{insert_do_nothing_sql, insert_sql};
+use conductor_core::topology::ShardLocation;
 use conductor_hrana::{Stmt, Value};
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgList, PgSqlErrorCode};
@@ -44,6 +45,9 @@ fn args_json(args: &[Value]) -> serde_json::Value {
 
 type ExplainRow = (String, i32, String, String, String, JsonB, String);
 
+/// A table's shard plan in the statement, why, and whether it writes.
+type Planned = (Rc<TableTopology>, ShardPlan, String, bool);
+
 /// One row per target shard of every distributed table the statement
 /// reads or writes: where it lives, the SQL it is sent (values as `?`,
 /// listed in `args`) and why it is a target. Also callable unqualified as
@@ -64,22 +68,29 @@ fn explain(
     ),
 > {
     let mut rows: Vec<ExplainRow> = Vec::new();
-    for (topology, plan, note) in plan_statement(sql) {
+    for (topology, plan, note, write) in plan_statement(sql) {
         for s in &plan.statements {
-            let location = &topology.shards[s.shard_id as usize];
-            rows.push((
-                topology.name.clone(),
-                s.shard_id as i32,
-                location.node_id.clone(),
-                location.url.clone(),
-                s.stmt.sql.clone().unwrap_or_default(),
-                JsonB(args_json(&s.stmt.args)),
-                format!(
-                    "{}{note}{}",
-                    plan.reason,
-                    moving_note(&topology, s.shard_id)
-                ),
-            ));
+            // A write to a reference table runs on every copy.
+            let locations: Vec<&ShardLocation> = if write && topology.is_reference() {
+                topology.replicas.iter().collect()
+            } else {
+                vec![&topology.shards[s.shard_id as usize]]
+            };
+            for location in locations {
+                rows.push((
+                    topology.name.clone(),
+                    s.shard_id as i32,
+                    location.node_id.clone(),
+                    location.url.clone(),
+                    s.stmt.sql.clone().unwrap_or_default(),
+                    JsonB(args_json(&s.stmt.args)),
+                    format!(
+                        "{}{note}{}",
+                        plan.reason,
+                        moving_note(&topology, s.shard_id)
+                    ),
+                ));
+            }
         }
     }
     TableIterator::new(rows)
@@ -111,8 +122,10 @@ fn refuse(message: impl Into<String>) -> ! {
 }
 
 /// Plan `sql` with Postgres' planner and collect the shard plans of the
-/// distributed tables in it, with a note on each plan's role.
-fn plan_statement(sql: &str) -> Vec<(Rc<TableTopology>, ShardPlan, String)> {
+/// distributed tables in it, with a note on each plan's role and whether it
+/// writes. `EXECUTE name(args)` plans the prepared statement with those
+/// values, as its custom plan is.
+fn plan_statement(sql: &str) -> Vec<Planned> {
     let text = CString::new(sql).unwrap_or_else(|_| refuse("the statement contains a NUL"));
     // SAFETY: parse/analyze/plan allocate in the current memory context,
     // which lives until this function returns; errors unwind through
@@ -122,12 +135,28 @@ fn plan_statement(sql: &str) -> Vec<(Rc<TableTopology>, ShardPlan, String)> {
         if raw.len() != 1 {
             refuse(format!("expected one statement, got {}", raw.len()));
         }
-        let raw_stmt = raw.get_ptr(0).expect("one statement");
+        let mut raw_stmt = raw.get_ptr(0).expect("one statement");
+        let mut source = text.as_ptr();
+        let (mut param_types, mut params, mut bound): (
+            *mut pg_sys::Oid,
+            i32,
+            pg_sys::ParamListInfo,
+        ) = (std::ptr::null_mut(), 0, std::ptr::null_mut());
+        if is((*raw_stmt).stmt, pg_sys::NodeTag::T_ExecuteStmt) {
+            let execute = (*raw_stmt).stmt as *mut pg_sys::ExecuteStmt;
+            let prepared = pg_sys::FetchPreparedStatement((*execute).name, true);
+            let plansource = (*prepared).plansource;
+            bound = execute_params(execute, plansource, source);
+            raw_stmt = (*plansource).raw_parse_tree;
+            source = (*plansource).query_string;
+            param_types = (*plansource).param_types;
+            params = (*plansource).num_params;
+        }
         let queries = PgList::<pg_sys::Query>::from_pg(pg_sys::pg_analyze_and_rewrite_fixedparams(
             raw_stmt,
-            text.as_ptr(),
-            std::ptr::null(),
-            0,
+            source,
+            param_types,
+            params,
             std::ptr::null_mut(),
         ));
         let mut out = Vec::new();
@@ -135,7 +164,7 @@ fn plan_statement(sql: &str) -> Vec<(Rc<TableTopology>, ShardPlan, String)> {
             if (*query).commandType == pg_sys::CmdType::CMD_UTILITY {
                 refuse("only SELECT, INSERT, UPDATE and DELETE can be explained");
             }
-            let planned = pg_sys::pg_plan_query(query, text.as_ptr(), 0, std::ptr::null_mut());
+            let planned = pg_sys::pg_plan_query(query, source, 0, bound);
             let mut walker = Walker {
                 stmt: planned,
                 out: &mut out,
@@ -149,9 +178,112 @@ fn plan_statement(sql: &str) -> Vec<(Rc<TableTopology>, ShardPlan, String)> {
     }
 }
 
+/// The values of `EXECUTE name(args)`, coerced to the prepared statement's
+/// parameter types and evaluated (as Postgres' EvaluateParams does), as
+/// constants the planner folds into the plan.
+///
+/// # Safety
+/// `execute` is a parsed EXECUTE of `plansource`; `text` its source text.
+unsafe fn execute_params(
+    execute: *mut pg_sys::ExecuteStmt,
+    plansource: *mut pg_sys::CachedPlanSource,
+    text: *const std::ffi::c_char,
+) -> pg_sys::ParamListInfo {
+    // SAFETY: per the contract; everything is allocated in the current
+    // memory context, which outlives the planning.
+    unsafe {
+        let expected = (*plansource).num_params;
+        let args = PgList::<pg_sys::Node>::from_pg((*execute).params);
+        if args.len() != expected as usize {
+            raise(
+                PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+                format!(
+                    "wrong number of parameters for prepared statement \"{}\"",
+                    std::ffi::CStr::from_ptr((*execute).name).to_string_lossy()
+                ),
+            )
+            .detail(format!(
+                "Expected {expected} parameters but got {}.",
+                args.len()
+            ))
+            .error();
+        }
+        if expected == 0 {
+            return std::ptr::null_mut();
+        }
+        let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
+        (*pstate).p_sourcetext = text;
+        let bound = pg_sys::makeParamList(expected);
+        let slots = (*bound).params.as_mut_slice(expected as usize);
+        for (i, arg) in args.iter_ptr().enumerate() {
+            let want = *(*plansource).param_types.add(i);
+            let expr = pg_sys::transformExpr(
+                pstate,
+                arg,
+                pg_sys::ParseExprKind::EXPR_KIND_EXECUTE_PARAMETER,
+            );
+            let given = pg_sys::exprType(expr);
+            let expr = pg_sys::coerce_to_target_type(
+                pstate,
+                expr,
+                given,
+                want,
+                -1,
+                pg_sys::CoercionContext::COERCION_ASSIGNMENT,
+                pg_sys::CoercionForm::COERCE_IMPLICIT_CAST,
+                -1,
+            );
+            if expr.is_null() {
+                raise(
+                    PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                    format!(
+                        "parameter ${} of type {} cannot be coerced to the expected type {}",
+                        i + 1,
+                        type_name(given),
+                        type_name(want)
+                    ),
+                )
+                .hint("You will need to rewrite or cast the expression.")
+                .error();
+            }
+            pg_sys::assign_expr_collations(pstate, expr);
+            let expr = pg_sys::expression_planner(expr.cast());
+            // The context is a child of the current one, freed with it: the
+            // value lives in its memory until planning is done.
+            let econtext = pg_sys::CreateStandaloneExprContext();
+            let state = pg_sys::ExecInitExpr(expr, std::ptr::null_mut());
+            let mut is_null = false;
+            let datum = pg_sys::ExecEvalExprSwitchContext(state, econtext, &mut is_null);
+            slots[i] = pg_sys::ParamExternData {
+                value: datum,
+                isnull: is_null,
+                pflags: pg_sys::PARAM_FLAG_CONST as u16,
+                ptype: want,
+            };
+        }
+        bound
+    }
+}
+
+/// Why a plan's shards are left to execution, when they are: a parameter's
+/// value, unless a virtual index lookup (its reason says so) decides them.
+fn at_execution(plan: &ShardPlan) -> &'static str {
+    if plan.kind != RouteKind::AtExecution || plan.reason.contains("through virtual index") {
+        return "";
+    }
+    "; a parameter known only when the statement runs decides the shards"
+}
+
+fn type_name(oid: pg_sys::Oid) -> String {
+    // SAFETY: format_type_be returns a palloc'd name of any type oid.
+    unsafe { std::ffi::CStr::from_ptr(pg_sys::format_type_be(oid)) }
+        .to_string_lossy()
+        .into_owned()
+}
+
 struct Walker<'a> {
     stmt: *mut pg_sys::PlannedStmt,
-    out: &'a mut Vec<(Rc<TableTopology>, ShardPlan, String)>,
+    out: &'a mut Vec<Planned>,
 }
 
 use crate::fdw::lower::is;
@@ -244,6 +376,8 @@ impl Walker<'_> {
                 return; // another wrapper's table, or not distributed
             };
             let exprs = (*fscan).fdw_exprs;
+            // Below a ModifyTable: the rows it returns are then changed.
+            let modifies = !note.is_empty();
             let (plan, note) = match (*fscan).operation {
                 pg_sys::CmdType::CMD_SELECT => {
                     let scan: ScanPlan = crate::fdw::private_to((*fscan).fdw_private);
@@ -284,12 +418,20 @@ impl Walker<'_> {
                     )
                 }
             };
-            let note = if plan.kind == RouteKind::AtExecution {
-                format!("{note}; a parameter known only when the statement runs decides the shards")
-            } else {
-                note
-            };
-            self.out.push((topology, plan, note));
+            let mut note = format!("{note}{}", at_execution(&plan));
+            let write = (*fscan).operation != pg_sys::CmdType::CMD_SELECT;
+            if !write && modifies && topology.is_reference() {
+                note.push_str(&format!(
+                    "; each changed row is then written to every copy (on {})",
+                    topology
+                        .replicas
+                        .iter()
+                        .map(|l| l.node_id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            self.out.push((topology, plan, note, write));
         }
     }
 
@@ -332,13 +474,11 @@ impl Walker<'_> {
         plan: ShardPlan,
         mut note: String,
     ) {
-        if plan.kind == RouteKind::AtExecution {
-            note.push_str("; a parameter known only when the statement runs decides the shards");
-        }
+        note.push_str(at_execution(&plan));
         if !inner_reference {
-            self.out.push((inner, plan.clone(), note.clone()));
+            self.out.push((inner, plan.clone(), note.clone(), false));
         }
-        self.out.push((outer, plan, note));
+        self.out.push((outer, plan, note, false));
     }
 
     /// An upper scan: the same shard plan its execution builds.
@@ -395,12 +535,8 @@ impl Walker<'_> {
                 }
             };
             let mut note = format!("{note}; pushed: {}", upper.describe(&topology));
-            if plan.kind == RouteKind::AtExecution {
-                note.push_str(
-                    "; a parameter known only when the statement runs decides the shards",
-                );
-            }
-            self.out.push((topology, plan, note));
+            note.push_str(at_execution(&plan));
+            self.out.push((topology, plan, note, false));
         }
     }
 
@@ -430,7 +566,7 @@ impl Walker<'_> {
                     "; the rows are known only when the statement runs",
                 ),
             };
-            self.out.push((topology, plan, note.to_string()));
+            self.out.push((topology, plan, note.to_string(), true));
         }
     }
 }

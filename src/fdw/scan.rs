@@ -605,6 +605,26 @@ impl ScanState {
         }
     }
 
+    /// Ends a scan its reader leaves before the last row (a LIMIT or EXISTS
+    /// satisfied in Postgres, a cursor closed, a rescan): the requests it
+    /// sent count as far as they got. Dropping the handle cancels them.
+    fn stop(&mut self) {
+        self.stop_failed(None)
+    }
+
+    /// [`stop`](Self::stop) at a shard's failure: the failed node's request
+    /// is counted as failed, not here.
+    fn stop_failed(&mut self, failed: Option<&str>) {
+        if let Phase::Streaming(handle) = std::mem::replace(&mut self.phase, Phase::Finished) {
+            let stats =
+                crate::remote::stats_without(handle.stats_at_end(), &self.scan_urls, failed);
+            crate::remote::log_scan(&self.topology.table.name, &stats);
+            crate::remote::count_scan(self.topology.relid, &self.scan_urls, &stats);
+            self.shard_stats.extend(stats);
+        }
+        self.in_flight = None;
+    }
+
     fn finish(&mut self) {
         if let Phase::Streaming(handle) = std::mem::replace(&mut self.phase, Phase::Finished) {
             crate::remote::log_scan(&self.topology.table.name, handle.stats());
@@ -868,7 +888,11 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
                     scan_done(std::mem::take(&mut state.scan_urls), &mut state.skipped);
                 }
                 ScanPoll::Failed(err) if skippable(&err) => skip_failed(err, &mut state.skipped),
-                ScanPoll::Failed(err) => fail_scan(&err),
+                ScanPoll::Failed(err) => {
+                    // The other nodes' requests were sent: they count.
+                    state.stop_failed(Some(&err.url));
+                    fail_scan(&err)
+                }
             }
         }
     }
@@ -1031,6 +1055,7 @@ pub unsafe extern "C-unwind" fn re_scan_foreign_scan(node: *mut pg_sys::ForeignS
             return super::upper::re_scan_foreign_scan(node);
         }
         let state = state(node);
+        state.stop();
         state.phase = Phase::NotStarted;
         state.rows = Vec::new().into_iter();
     }
@@ -1044,7 +1069,7 @@ pub unsafe extern "C-unwind" fn end_foreign_scan(node: *mut pg_sys::ForeignScanS
             return super::upper::end_foreign_scan(node);
         }
         if !(*node).fdw_state.is_null() {
-            state(node).phase = Phase::Finished;
+            state(node).stop();
         }
     }
 }
@@ -1094,17 +1119,7 @@ pub unsafe extern "C-unwind" fn explain_foreign_scan(
             );
         }
         if (*es).analyze && !state.shard_stats.is_empty() {
-            for s in &state.shard_stats {
-                let ms = s.elapsed.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
-                explain_text(
-                    c"Shard",
-                    &format!(
-                        "{} on {}: rows={} time={ms:.3} ms",
-                        s.shard_id, s.node_id, s.rows
-                    ),
-                    es,
-                );
-            }
+            explain_shard_stats(&state.shard_stats, es);
         }
     }
 }
@@ -1122,6 +1137,23 @@ pub unsafe fn explain_plan(
     suffix: &str,
     es: *mut pg_sys::ExplainState,
 ) {
+    // A direct write to a reference table runs on every copy.
+    if topology.is_reference() && plan.kind != RouteKind::AtExecution {
+        let copies: Vec<&str> = topology
+            .replicas
+            .iter()
+            .map(|l| l.node_id.as_str())
+            .collect();
+        let shards = format!(
+            "{} of {} ({}) on every copy: {}{suffix}",
+            plan.shard_ids().len(),
+            topology.shard_count(),
+            plan.reason,
+            copies.join(", ")
+        );
+        // SAFETY: per the contract.
+        return unsafe { explain_shards(&[topology], plan, &shards, es) };
+    }
     // SAFETY: per the contract.
     unsafe { explain_plan_tables(&[topology], plan, params, suffix, es) }
 }
@@ -1154,8 +1186,22 @@ pub unsafe fn explain_plan_tables(
         _ => format!("{}{suffix}", plan.summary(topology)),
     };
     // SAFETY: per the contract.
+    unsafe { explain_shards(tables, plan, &shards, es) }
+}
+
+/// The `Shards` line, and with VERBOSE the statements sent.
+///
+/// # Safety
+/// `es` is the running EXPLAIN's state.
+unsafe fn explain_shards(
+    tables: &[&TableTopology],
+    plan: &ShardPlan,
+    shards: &str,
+    es: *mut pg_sys::ExplainState,
+) {
+    // SAFETY: per the contract.
     unsafe {
-        explain_text(c"Shards", &shards, es);
+        explain_text(c"Shards", shards, es);
         if !(*es).verbose {
             return;
         }
@@ -1181,18 +1227,66 @@ pub unsafe fn explain_plan_tables(
         if uniform {
             explain_text(c"Remote SQL", first.stmt.sql.as_deref().unwrap_or(""), es);
         } else {
-            for s in &plan.statements {
-                explain_text(
-                    c"Remote SQL",
-                    &format!(
+            let lines: Vec<String> = plan
+                .statements
+                .iter()
+                .map(|s| {
+                    format!(
                         "shard {}: {}",
                         s.shard_id,
                         s.stmt.sql.as_deref().unwrap_or("")
-                    ),
-                    es,
-                );
-            }
+                    )
+                })
+                .collect();
+            explain_lines(c"Remote SQL", &lines, es);
         }
+    }
+}
+
+/// The EXPLAIN ANALYZE line of each shard a scan read: its rows and time.
+///
+/// # Safety
+/// `es` is the running EXPLAIN's state.
+pub unsafe fn explain_shard_stats(stats: &[ShardStats], es: *mut pg_sys::ExplainState) {
+    let lines: Vec<String> = stats
+        .iter()
+        .map(|s| {
+            let ms = s.elapsed.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
+            format!(
+                "{} on {}: rows={} time={ms:.3} ms",
+                s.shard_id, s.node_id, s.rows
+            )
+        })
+        .collect();
+    // SAFETY: per the contract.
+    unsafe { explain_lines(c"Shard", &lines, es) };
+}
+
+/// One EXPLAIN property per shard: a line each in the text format, one
+/// list in the structured ones, where a repeated key would leave JSON and
+/// YAML readers with the last shard's value only.
+///
+/// # Safety
+/// `es` is the running EXPLAIN's state.
+pub unsafe fn explain_lines(label: &CStr, values: &[String], es: *mut pg_sys::ExplainState) {
+    if values.is_empty() {
+        return;
+    }
+    // SAFETY: per the contract.
+    unsafe {
+        if (*es).format == pg_sys::ExplainFormat::EXPLAIN_FORMAT_TEXT {
+            for v in values {
+                explain_text(label, v, es);
+            }
+            return;
+        }
+        let mut list: *mut pg_sys::List = std::ptr::null_mut();
+        for v in values {
+            let v = CString::new(v.replace('\0', "")).expect("NULs removed");
+            // pstrdup: the list outlives `v`, in the EXPLAIN's memory context.
+            list = pg_sys::lappend(list, pg_sys::pstrdup(v.as_ptr()).cast());
+        }
+        pg_sys::ExplainPropertyList(label.as_ptr(), list, es);
     }
 }
 

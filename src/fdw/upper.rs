@@ -1921,10 +1921,20 @@ impl UpperState {
     }
 
     fn stop(&mut self) {
+        self.stop_failed(None)
+    }
+
+    /// [`stop`](Self::stop) at a shard's failure: the failed node's request
+    /// is counted as failed, not here.
+    fn stop_failed(&mut self, failed: Option<&str>) {
         if let Phase::Streaming(handle) = std::mem::replace(&mut self.phase, Phase::Finished) {
-            // Dropping the handle cancels the requests still running.
-            crate::remote::log_scan(&self.topology.table.name, handle.stats());
-            self.shard_stats.extend_from_slice(handle.stats());
+            // Dropping the handle cancels the requests still running; they
+            // count as far as they got.
+            let stats =
+                crate::remote::stats_without(handle.stats_at_end(), &self.scan_urls, failed);
+            crate::remote::log_scan(&self.topology.table.name, &stats);
+            crate::remote::count_scan(self.topology.relid, &self.scan_urls, &stats);
+            self.shard_stats.extend(stats);
         }
         self.ready.clear();
     }
@@ -1981,7 +1991,11 @@ impl UpperState {
                     }
                     skip_failed(err, &mut self.skipped)
                 }
-                ScanPoll::Failed(err) => fail_scan(&err),
+                ScanPoll::Failed(err) => {
+                    // The other nodes' requests were sent: they count.
+                    self.stop_failed(Some(&err.url));
+                    fail_scan(&err)
+                }
             }
             self.drain_sorted();
         }
@@ -2112,17 +2126,7 @@ pub unsafe fn explain_foreign_scan(
         }
         crate::fdw::scan::explain_plan_tables(&tables, &plan, state.plan.params.len(), "", es);
         if (*es).analyze {
-            for s in &state.shard_stats {
-                let ms = s.elapsed.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
-                explain_text(
-                    c"Shard",
-                    &format!(
-                        "{} on {}: rows={} time={ms:.3} ms",
-                        s.shard_id, s.node_id, s.rows
-                    ),
-                    es,
-                );
-            }
+            crate::fdw::scan::explain_shard_stats(&state.shard_stats, es);
         }
     }
 }

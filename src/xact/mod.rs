@@ -54,6 +54,7 @@ unsafe extern "C-unwind" fn on_subxact(
     let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
     match event {
         SUBXACT_EVENT_ABORT_SUB => {
+            crate::stats::at_subabort(level);
             streams::rollback_to(level);
             ddl::at_subabort(level);
         }

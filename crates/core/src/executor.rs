@@ -459,6 +459,7 @@ impl Executor {
                     task: Some(task),
                     handoff,
                 }),
+                begin,
             };
         }
         let mut tasks = Vec::with_capacity(groups.len());
@@ -492,6 +493,7 @@ impl Executor {
             finished: false,
             early_failure: None,
             direct: None,
+            begin,
         }
     }
 
@@ -1434,6 +1436,8 @@ pub struct ScanHandle {
     early_failure: Option<ShardError>,
     /// A lookup run on the caller's thread (see `Executor::scan`).
     direct: Option<Direct>,
+    /// When the scan was started: the `elapsed` of its shard stats.
+    begin: Instant,
 }
 
 /// The task of a lookup run on the caller's thread: polled only inside
@@ -1543,6 +1547,7 @@ impl ScanHandle {
             finished: false,
             early_failure: Some(error),
             direct: None,
+            begin: Instant::now(),
         }
     }
 
@@ -1605,7 +1610,21 @@ impl ScanHandle {
                 }
             };
             match msg {
-                ScanMsg::Rows(c) => return ScanPoll::Rows(c),
+                ScanMsg::Rows(c) => {
+                    // Rows so far, for a scan its reader ends early; the
+                    // shard's done message sets the total.
+                    let reported = &self.reported;
+                    if let Some(s) = self
+                        .stats
+                        .iter_mut()
+                        .enumerate()
+                        .find(|(i, s)| s.shard_id == c.shard_id && !reported[*i])
+                        .map(|(_, s)| s)
+                    {
+                        s.rows += c.rows.len() as u64;
+                    }
+                    return ScanPoll::Rows(c);
+                }
                 ScanMsg::Done {
                     index,
                     rows,
@@ -1691,6 +1710,25 @@ impl ScanHandle {
     /// Per-shard figures; complete once `next` returned `Done`.
     pub fn stats(&self) -> &[ShardStats] {
         &self.stats
+    }
+
+    /// Per-shard figures of a scan its reader ends before `Done` (a LIMIT
+    /// or EXISTS above it was satisfied, a cursor closed): a shard still
+    /// running counts the rows received so far, until now. Failed shards
+    /// stay without `elapsed`.
+    pub fn stats_at_end(&self) -> Vec<ShardStats> {
+        let now = self.begin.elapsed();
+        self.stats
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut s = s.clone();
+                if !self.reported.get(i).copied().unwrap_or(true) {
+                    s.elapsed = Some(now);
+                }
+                s
+            })
+            .collect()
     }
 
     /// Chunks waiting in the channel now (never more than [`capacity`]).

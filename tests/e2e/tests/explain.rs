@@ -314,3 +314,211 @@ fn conductor_explain_fails_as_the_statement_would() {
         );
     }
 }
+
+/// The "Plan" object of a JSON EXPLAIN's top node (descending into the
+/// first child until `key` appears).
+fn plan_with(text: &str, key: &str) -> conductor_e2e::serde_json::Value {
+    let v: conductor_e2e::serde_json::Value =
+        conductor_e2e::serde_json::from_str(text).expect("EXPLAIN JSON");
+    let mut plan = v[0]["Plan"].clone();
+    while plan.get(key).is_none() {
+        plan = plan["Plans"][0].clone();
+        assert!(!plan.is_null(), "no {key} in {text}");
+    }
+    plan
+}
+
+#[test]
+fn structured_explain_lists_every_shard() {
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        node_delay_ms: None,
+        token: None,
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE ti (id bigint NOT NULL, n int) SERVER cluster;
+         SELECT conductor.create_distributed_table('ti', 'id', shard_count => 8);
+         INSERT INTO ti SELECT i, i % 5 FROM generate_series(1, 100) i;",
+    );
+    let explain_json = |db: &mut Client, sql: &str| -> String {
+        let sql = format!("EXPLAIN (ANALYZE, VERBOSE, FORMAT JSON) {sql}");
+        let msgs = db
+            .simple_query(&sql)
+            .unwrap_or_else(|e| panic!("{sql}: {}", pg_err(&e)));
+        msgs.iter()
+            .find_map(|m| match m {
+                conductor_e2e::postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .expect("one row")
+    };
+    // A scan and a pushed aggregate: one "Shard" entry per shard read, in
+    // a list a JSON reader keeps whole (a repeated key keeps only one).
+    for sql in ["SELECT * FROM ti", "SELECT n, count(*) FROM ti GROUP BY n"] {
+        let text = explain_json(&mut db, sql);
+        let shards = plan_with(&text, "Shard")["Shard"].clone();
+        let listed = shards.as_array().map(|a| a.len());
+        assert_eq!(listed, Some(8), "{sql}: {shards}");
+    }
+    // An IN list split over shards: each shard's own statement.
+    let ids: Vec<i64> = (1..=20).collect();
+    let shards: BTreeSet<i64> = ids
+        .iter()
+        .map(|id| {
+            db.query_one(
+                "SELECT conductor.shard_for('ti', $1::bigint)::bigint",
+                &[id],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+        })
+        .collect();
+    let list = ids
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let text = explain_json(&mut db, &format!("SELECT * FROM ti WHERE id IN ({list})"));
+    let remote = plan_with(&text, "Remote SQL")["Remote SQL"].clone();
+    let per_shard = remote.as_array().map(|a| a.len());
+    assert_eq!(per_shard, Some(shards.len()), "{remote}");
+    // The text format keeps a line per shard.
+    let lines: Vec<String> = db
+        .query("EXPLAIN (ANALYZE, VERBOSE) SELECT * FROM ti", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let shard_lines = lines
+        .iter()
+        .filter(|l| l.trim_start().starts_with("Shard: "))
+        .count();
+    assert_eq!(shard_lines, 8, "{lines:#?}");
+}
+
+/// Requests each node received on its data endpoints so far.
+fn node_requests(cluster: &Cluster) -> Vec<u64> {
+    (0..cluster.node_count())
+        .map(|i| {
+            let (_, body) = cluster.node_get(i, "/stats").expect("node /stats");
+            let v: conductor_e2e::serde_json::Value =
+                conductor_e2e::serde_json::from_str(&body).expect("/stats JSON");
+            v["requests"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter(|(e, _)| e.contains("pipeline") || e.contains("cursor"))
+                        .map(|(_, n)| n.as_u64().unwrap_or(0))
+                        .sum()
+                })
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+#[test]
+fn conductor_explain_names_every_copy_a_reference_table_write_reaches() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        node_delay_ms: None,
+        token: None,
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE r (id int NOT NULL, name text) SERVER cluster;
+         SELECT conductor.create_reference_table('r');
+         INSERT INTO r SELECT i, 'r' || i FROM generate_series(1, 10) i;",
+    );
+    for sql in [
+        "SELECT * FROM r WHERE id = 3",
+        "INSERT INTO r VALUES (50, 'n')",
+        "UPDATE r SET name = 'x' WHERE id = 1",
+        "DELETE FROM r WHERE id = 2 RETURNING *",
+    ] {
+        let listed: BTreeSet<String> = db
+            .query("SELECT node_id FROM conductor_explain($1)", &[&sql])
+            .unwrap_or_else(|e| panic!("conductor_explain({sql}): {}", pg_err(&e)))
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        // EXPLAIN's Shards line (an INSERT has none): the nodes it names.
+        let shards_line: Option<String> = db
+            .query(&format!("EXPLAIN {sql}"), &[])
+            .unwrap_or_else(|e| panic!("EXPLAIN {sql}: {}", pg_err(&e)))
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .find(|l| l.trim_start().starts_with("Shards:"));
+        let before = node_requests(&cluster);
+        exec(&mut db, sql);
+        let after = node_requests(&cluster);
+        let reached: BTreeSet<String> = (0..cluster.node_count())
+            .filter(|&i| after[i] > before[i])
+            .map(|i| cluster.node_id(i))
+            .collect();
+        assert_eq!(listed, reached, "{sql}");
+        if let Some(line) = shards_line {
+            let named: BTreeSet<String> = (0..cluster.node_count())
+                .map(|i| cluster.node_id(i))
+                .filter(|id| line.contains(id.as_str()))
+                .collect();
+            assert_eq!(named, reached, "EXPLAIN {sql}: {line}");
+        }
+    }
+}
+
+#[test]
+fn conductor_explain_of_execute_routes_by_the_values_given() {
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        node_delay_ms: None,
+        token: None,
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE ti (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('ti', 'id', shard_count => 8);
+         INSERT INTO ti SELECT i, 'v' || i FROM generate_series(1, 100) i;
+         PREPARE sel(bigint) AS SELECT * FROM ti WHERE id = $1;
+         PREPARE two(bigint, bigint) AS SELECT count(*) FROM ti WHERE id IN ($1, $2);
+         PREPARE upd(text, bigint) AS UPDATE ti SET v = $1 WHERE id = $2 RETURNING id;
+         PREPARE del(int) AS DELETE FROM ti WHERE id = $1 + 1;
+         PREPARE ins(bigint, text) AS INSERT INTO ti VALUES ($1, $2);",
+    );
+    // Run each often enough for Postgres to switch to its generic plan.
+    let statements = [
+        "EXECUTE sel(7)",
+        "EXECUTE sel('12')",
+        "EXECUTE two(3, 40)",
+        "EXECUTE upd('x', 9)",
+        "EXECUTE del(20)",
+        "EXECUTE ins(500, 'new')",
+    ];
+    for round in 0..7 {
+        for sql in statements {
+            let (l, reasons) = listed(&mut db, sql);
+            exec(&mut db, "SELECT conductor.reset_shard_requests()");
+            exec(&mut db, &format!("BEGIN; {sql}; ROLLBACK"));
+            let c = contacted(&mut db);
+            assert_eq!(l, c, "round {round}: {sql}: {reasons:?}");
+        }
+    }
+    // What EXECUTE itself refuses, conductor_explain refuses the same way.
+    for sql in [
+        "EXECUTE sel(1, 2)",
+        "EXECUTE sel('x'::text)",
+        "EXECUTE nope(1)",
+    ] {
+        let direct = db.batch_execute(sql).expect_err(sql);
+        let explained = db
+            .query("SELECT * FROM conductor_explain($1)", &[&sql])
+            .expect_err(sql);
+        let code = |e: &conductor_e2e::postgres::Error| e.code().map(|c| c.code().to_string());
+        assert_eq!(
+            code(&explained),
+            code(&direct),
+            "{sql}: {}",
+            pg_err(&explained)
+        );
+    }
+}

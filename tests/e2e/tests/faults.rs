@@ -564,3 +564,59 @@ fn writes_under_node_kills_lose_nothing_and_apply_nothing_twice() {
         "nothing but what was acknowledged (or in doubt)"
     );
 }
+
+/// Every setting of the README's table shows its documented default, and
+/// the enum ones take and show their documented (lowercase) values.
+#[test]
+fn settings_show_their_documented_defaults_and_values() {
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 1,
+        node_delay_ms: None,
+        token: None,
+    });
+    let show = |db: &mut conductor_e2e::postgres::Client, name: &str| -> String {
+        db.query_one(&format!("SHOW conductor.{name}"), &[])
+            .unwrap_or_else(|e| panic!("SHOW {name}: {}", pg_err(&e)))
+            .get(0)
+    };
+    for (name, documented) in [
+        ("request_timeout", "30s"),
+        ("batch_size", "1000"),
+        ("on_shard_failure", "error"),
+        ("read_retries", "2"),
+        ("retry_backoff", "50ms"),
+        ("node_cooldown", "10s"),
+        ("track_stats", "on"),
+        ("max_requests_per_node", "1"),
+        ("remote_transaction_idle_timeout", "5min"),
+        ("log_remote_statements_min_duration", "-1"),
+        ("move_write_block_timeout", "10s"),
+        ("wire_encoding", "auto"),
+    ] {
+        assert_eq!(show(&mut db, name), documented, "conductor.{name}");
+    }
+    for (name, values) in [
+        ("on_shard_failure", &["skip", "error"][..]),
+        ("wire_encoding", &["json", "protobuf", "auto"][..]),
+    ] {
+        for v in values {
+            exec(&mut db, &format!("SET conductor.{name} = {v}"));
+            assert_eq!(show(&mut db, name), *v, "conductor.{name}");
+        }
+        let listed: Vec<String> = db
+            .query_one(
+                "SELECT enumvals::text[] FROM pg_settings WHERE name = $1",
+                &[&format!("conductor.{name}")],
+            )
+            .unwrap()
+            .get(0);
+        let mut expected: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+        expected.sort();
+        let mut listed_sorted = listed.clone();
+        listed_sorted.sort();
+        assert_eq!(
+            listed_sorted, expected,
+            "pg_settings.enumvals of conductor.{name}"
+        );
+    }
+}

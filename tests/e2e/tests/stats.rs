@@ -192,6 +192,190 @@ fn a_second_session_reads_what_the_first_ran() {
     );
 }
 
+/// calls, rows, one shard, all shards of the statements whose text starts
+/// with `start`.
+fn figures(db: &mut Client, start: &str) -> (i64, i64, i64, i64) {
+    let r = db
+        .query_one(
+            "SELECT coalesce(sum(calls), 0)::bigint, coalesce(sum(rows), 0)::bigint,
+                    coalesce(sum(one_shard), 0)::bigint, coalesce(sum(all_shards), 0)::bigint
+               FROM conductor.stat_statements
+              WHERE table_name = 'f'::regclass AND query LIKE $1 || '%'",
+            &[&start],
+        )
+        .unwrap_or_else(|e| panic!("stat_statements {start}: {}", pg_err(&e)));
+    (r.get(0), r.get(1), r.get(2), r.get(3))
+}
+
+#[test]
+fn statements_after_a_rollback_to_savepoint_or_between_fetches_count_as_their_own() {
+    let (_cluster, mut db) = setup();
+    exec(&mut db, "SELECT conductor.stat_reset()");
+    // A statement that fails after reading one shard, rolled back to a
+    // savepoint: no executor end follows it.
+    exec(&mut db, "BEGIN");
+    exec(&mut db, "SAVEPOINT s");
+    let e = expect_db_error(
+        db.batch_execute("SELECT v::int FROM f WHERE id = 3"),
+        "cast of a text value",
+    );
+    assert_eq!(e.code().code(), "22P02", "{}", describe(&e));
+    for sql in [
+        "ROLLBACK TO s",
+        "SELECT count(*) FROM f",
+        "SELECT count(*) FROM f",
+        "COMMIT",
+    ] {
+        exec(&mut db, sql);
+    }
+    assert_eq!(
+        figures(&mut db, "SELECT v::int"),
+        (0, 0, 1, 0),
+        "the failed statement: no call, the one shard it reached"
+    );
+    assert_eq!(
+        figures(&mut db, "SELECT count(*)"),
+        (2, 2 * SHARDS, 0, 2),
+        "both counts, each over every shard"
+    );
+
+    // Statements run while a cursor is open are not the cursor's.
+    exec(&mut db, "SELECT conductor.stat_reset()");
+    for sql in [
+        "BEGIN",
+        "DECLARE c CURSOR FOR SELECT * FROM f WHERE id = 5",
+        "FETCH 1 FROM c",
+        "SELECT v FROM f WHERE id = 6",
+        "SELECT v FROM f WHERE id = 7",
+        "FETCH 1 FROM c",
+        "CLOSE c",
+        "COMMIT",
+    ] {
+        exec(&mut db, sql);
+    }
+    assert_eq!(
+        figures(&mut db, "SELECT v FROM f"),
+        (2, 2, 2, 0),
+        "the lookups between the fetches"
+    );
+    // The cursor's statement is named by the fetch that first reached a node.
+    let cursor = figures(&mut db, "FETCH");
+    assert_eq!(
+        (cursor.0, cursor.2),
+        (1, 1),
+        "the cursor: one call, one shard"
+    );
+}
+
+#[test]
+fn a_failed_statements_retries_are_its_own() {
+    let (mut cluster, mut db) = setup();
+    let on_node_0 = query_i64(
+        &mut db,
+        "SELECT id::bigint FROM generate_series(1, 40) id
+          WHERE (SELECT node_id FROM conductor.shards
+                  WHERE table_name = 'f'::regclass
+                    AND shard_id = conductor.shard_for('f', id::bigint)) = 'node-0'
+          LIMIT 1",
+    );
+    exec(
+        &mut db,
+        "SET conductor.read_retries = 2; SET conductor.retry_backoff = '1ms';
+         SELECT conductor.stat_reset()",
+    );
+    cluster.stop_node(1);
+    // Refused connections are retried, then the statement fails.
+    let e = expect_db_error(
+        db.batch_execute("SELECT count(*) FROM f"),
+        "a count with node-1 down",
+    );
+    assert_eq!(e.code().code(), "HV00N", "{}", describe(&e));
+    // A statement that needs no retry.
+    exec(&mut db, &format!("SELECT v FROM f WHERE id = {on_node_0}"));
+    let retries_errors = |db: &mut Client, start: &str| {
+        let r = db
+            .query_one(
+                "SELECT retries, errors FROM conductor.stat_statements
+                  WHERE table_name = 'f'::regclass AND query LIKE $1 || '%'",
+                &[&start],
+            )
+            .unwrap_or_else(|e| panic!("stat_statements {start}: {}", pg_err(&e)));
+        (r.get::<_, i64>(0), r.get::<_, i64>(1))
+    };
+    assert_eq!(retries_errors(&mut db, "SELECT count(*)"), (2, 1));
+    assert_eq!(retries_errors(&mut db, "SELECT v FROM f"), (0, 0));
+    // The failed count's requests to the nodes that answered count too.
+    let requests: Vec<(String, i64, i64)> = db
+        .query(
+            "SELECT node_id, requests, errors FROM conductor.stat_nodes ORDER BY node_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        requests,
+        vec![
+            ("node-0".to_string(), 2, 0),
+            ("node-1".to_string(), 1, 1),
+            ("node-2".to_string(), 1, 0)
+        ]
+    );
+}
+
+#[test]
+fn scans_left_before_their_last_row_are_counted() {
+    let (_cluster, mut db) = setup();
+    exec(
+        &mut db,
+        "INSERT INTO f SELECT i, 'w' || i FROM generate_series(100, 3000) i",
+    );
+    exec(&mut db, "SELECT conductor.stat_reset()");
+    // A filter Postgres keeps (no LIMIT pushed): its LIMIT, an EXISTS and a
+    // cursor closed early stop reading before the shards' last rows.
+    for sql in [
+        "SELECT * FROM f WHERE v ~ '^w' LIMIT 1",
+        "SELECT EXISTS (SELECT 1 FROM f WHERE v ~ '^w')",
+        "BEGIN; DECLARE c CURSOR FOR SELECT * FROM f; FETCH 2 FROM c; CLOSE c; COMMIT",
+    ] {
+        exec(&mut db, sql);
+    }
+    // Every scan read every node in one request.
+    let requests: Vec<(String, i64)> = db
+        .query(
+            "SELECT node_id, requests FROM conductor.stat_nodes ORDER BY node_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for (node, n) in &requests {
+        assert_eq!(*n, 3, "{node}: {requests:?}");
+    }
+    let (statement_rows, shard_rows) = (
+        query_i64(
+            &mut db,
+            "SELECT sum(rows)::bigint FROM conductor.stat_statements WHERE table_name = 'f'::regclass",
+        ),
+        query_i64(
+            &mut db,
+            "SELECT sum(rows)::bigint FROM conductor.stat_shards WHERE table_name = 'f'::regclass",
+        ),
+    );
+    assert!(statement_rows >= 3, "rows received: {statement_rows}");
+    assert_eq!(statement_rows, shard_rows);
+    // Each statement is its own entry, counted once.
+    assert_eq!(
+        query_i64(
+            &mut db,
+            "SELECT sum(calls)::bigint FROM conductor.stat_statements WHERE table_name = 'f'::regclass"
+        ),
+        3
+    );
+}
+
 #[test]
 fn a_node_one_session_found_down_fails_fast_in_another() {
     let (cluster, mut db) = setup();

@@ -408,6 +408,8 @@ fn routing_matches_a_local_table() {
         reasons.contains("virtual index people_tag_vidx"),
         "{reasons}"
     );
+    // A literal looked up in the index: no parameter decides the shards.
+    assert!(!reasons.contains("parameter"), "{reasons}");
 
     // UPDATE of indexed columns (row by row) and of other columns (direct,
     // routed through an index), DELETE through an index.
