@@ -575,13 +575,19 @@ fn log_request(
     }
 }
 
-/// `stats` (in the order of `urls`) without the shards of node `failed`:
-/// its request failed and is counted so.
-pub fn stats_without(
-    mut stats: Vec<ShardStats>,
+/// Counts (and logs) the scan of `table` behind `handle` as far as it got,
+/// when its reader leaves it before the last row (a LIMIT or EXISTS
+/// satisfied in Postgres, a cursor closed, a rescan) or a shard failed:
+/// the requests of node `failed` are left out (counted as failed
+/// elsewhere). `urls` are the scan's queries' nodes, in order. Dropping
+/// the handle afterwards cancels what still runs.
+pub fn count_stopped_scan(
+    handle: &ScanHandle,
+    table: &crate::catalog::TableTopology,
     urls: &[String],
     failed: Option<&str>,
 ) -> Vec<ShardStats> {
+    let mut stats = handle.stats_at_end();
     if let Some(failed) = failed {
         for (s, url) in stats.iter_mut().zip(urls) {
             if url == failed {
@@ -589,6 +595,8 @@ pub fn stats_without(
             }
         }
     }
+    log_scan(&table.table.name, &stats);
+    count_scan(table.relid, urls, &stats);
     stats
 }
 

@@ -1928,12 +1928,8 @@ impl UpperState {
     /// is counted as failed, not here.
     fn stop_failed(&mut self, failed: Option<&str>) {
         if let Phase::Streaming(handle) = std::mem::replace(&mut self.phase, Phase::Finished) {
-            // Dropping the handle cancels the requests still running; they
-            // count as far as they got.
             let stats =
-                crate::remote::stats_without(handle.stats_at_end(), &self.scan_urls, failed);
-            crate::remote::log_scan(&self.topology.table.name, &stats);
-            crate::remote::count_scan(self.topology.relid, &self.scan_urls, &stats);
+                crate::remote::count_stopped_scan(&handle, &self.topology, &self.scan_urls, failed);
             self.shard_stats.extend(stats);
         }
         self.ready.clear();
