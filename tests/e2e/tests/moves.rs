@@ -831,33 +831,47 @@ fn a_transaction_older_than_the_switch_never_writes_the_old_copy() {
     assert_same_rows(&mut db, "t", "t_local");
 }
 
+/// A cluster of `nodes` nodes whose last one joins empty and slow (40 ms
+/// per request) after `t` (`shards` shards, ids 1..=`rows`) and its local
+/// twin `t_local` were loaded on the others; node cool-down off.
+fn with_an_empty_slow_node(nodes: usize, shards: i32, rows: i64) -> (Cluster, Client) {
+    let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes,
+        node_delay_ms: None,
+        token: None,
+    });
+    let last = nodes - 1;
+    exec(
+        &mut db,
+        &format!("SELECT conductor.remove_node('cluster', 'node-{last}')"),
+    );
+    exec(
+        &mut db,
+        &format!(
+            "CREATE FOREIGN TABLE t (id bigint NOT NULL, v text) SERVER cluster;
+             SELECT conductor.create_distributed_table('t', 'id', shard_count => {shards});
+             CREATE TABLE t_local (id bigint PRIMARY KEY, v text);
+             INSERT INTO t SELECT i, 'row ' || i FROM generate_series(1, {rows}) i;
+             INSERT INTO t_local SELECT * FROM t;
+             SET conductor.node_cooldown = 0;"
+        ),
+    );
+    let url = cluster.node_url(last);
+    db.execute(
+        &format!("SELECT conductor.add_node('cluster', 'node-{last}', $1)"),
+        &[&url],
+    )
+    .unwrap();
+    cluster.set_node_delay(last, Some(40));
+    (cluster, db)
+}
+
 /// A rebalance whose move fails half-way stops there: the moves before it
 /// are done, the failed one is undone, and running it again finishes.
 #[test]
 fn a_rebalance_that_fails_half_way_is_run_again() {
-    let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
-        nodes: 3,
-        node_delay_ms: None,
-        token: None,
-    });
-    exec(&mut db, "SELECT conductor.remove_node('cluster', 'node-2')");
-    exec(
-        &mut db,
-        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v text) SERVER cluster;
-         SELECT conductor.create_distributed_table('t', 'id', shard_count => 6);
-         CREATE TABLE t_local (id bigint PRIMARY KEY, v text);
-         INSERT INTO t SELECT i, 'row ' || i FROM generate_series(1, 60000) i;
-         INSERT INTO t_local SELECT * FROM t;
-         SET conductor.node_cooldown = 0;",
-    );
-    let url = cluster.node_url(2);
-    db.execute(
-        "SELECT conductor.add_node('cluster', 'node-2', $1)",
-        &[&url],
-    )
-    .unwrap();
     // The new node is slow: the first move's copy takes a while.
-    cluster.set_node_delay(2, Some(40));
+    let (mut cluster, mut db) = with_an_empty_slow_node(3, 6, 60000);
     let cfg = cluster.pg_config();
     let rebalance = std::thread::spawn(move || {
         let mut c = cfg.connect(postgres::NoTls).unwrap();
@@ -933,29 +947,8 @@ fn a_rebalance_that_fails_half_way_is_run_again() {
 /// emptied or forgotten.
 #[test]
 fn a_node_drained_or_removed_during_a_move_onto_it_gets_no_shard() {
-    let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
-        nodes: 4,
-        node_delay_ms: None,
-        token: None,
-    });
-    exec(&mut db, "SELECT conductor.remove_node('cluster', 'node-3')");
-    exec(
-        &mut db,
-        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v text) SERVER cluster;
-         SELECT conductor.create_distributed_table('t', 'id', shard_count => 3);
-         CREATE TABLE t_local (id bigint PRIMARY KEY, v text);
-         INSERT INTO t SELECT i, 'row ' || i FROM generate_series(1, 45000) i;
-         INSERT INTO t_local SELECT * FROM t;
-         SET conductor.node_cooldown = 0;",
-    );
-    let url = cluster.node_url(3);
-    db.execute(
-        "SELECT conductor.add_node('cluster', 'node-3', $1)",
-        &[&url],
-    )
-    .unwrap();
     // A slow target stretches the copy.
-    cluster.set_node_delay(3, Some(40));
+    let (mut cluster, mut db) = with_an_empty_slow_node(4, 3, 45000);
     let cfg = cluster.pg_config();
     let mover = std::thread::spawn(move || {
         let mut c = cfg.connect(postgres::NoTls).unwrap();
