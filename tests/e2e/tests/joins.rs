@@ -853,6 +853,17 @@ fn writes_during_add_node_reach_the_new_copy() {
     );
     let add_node = "SELECT conductor.add_node('cluster', 'node-2', $1)";
     let url = cluster.node_url(2);
+    // add_node in a session of its own, answered when it commits.
+    let add_in_background = |cluster: &Cluster| {
+        let mut adder = cluster.client();
+        let url = cluster.node_url(2);
+        std::thread::spawn(move || {
+            adder
+                .execute(add_node, &[&url])
+                .map(|_| ())
+                .map_err(|e| pg_err(&e))
+        })
+    };
 
     // add_node first: a writer that starts before it commits.
     exec(&mut db, "BEGIN");
@@ -885,14 +896,7 @@ fn writes_during_add_node_reach_the_new_copy() {
         &mut writer,
         "BEGIN; INSERT INTO ref VALUES (4, 'd', 4); UPDATE ref SET v = 'z' WHERE id = 3",
     );
-    let mut adder = cluster.client();
-    let url = cluster.node_url(2);
-    let add = std::thread::spawn(move || {
-        adder
-            .execute(add_node, &[&url])
-            .map(|_| ())
-            .map_err(|e| pg_err(&e))
-    });
+    let add = add_in_background(&cluster);
     std::thread::sleep(std::time::Duration::from_millis(500));
     exec(&mut writer, "COMMIT");
     add.join().unwrap().expect("the concurrent add_node");
@@ -970,14 +974,7 @@ fn writes_during_add_node_reach_the_new_copy() {
         cluster.node_query(2, &format!("DROP TABLE IF EXISTS {table}"), &[]);
     }
     exec(&mut db, "BEGIN; DROP FOREIGN TABLE ref2");
-    let mut adder = cluster.client();
-    let url = cluster.node_url(2);
-    let add = std::thread::spawn(move || {
-        adder
-            .execute(add_node, &[&url])
-            .map(|_| ())
-            .map_err(|e| pg_err(&e))
-    });
+    let add = add_in_background(&cluster);
     std::thread::sleep(std::time::Duration::from_millis(500));
     exec(&mut db, "COMMIT");
     add.join()
