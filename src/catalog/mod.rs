@@ -62,28 +62,36 @@ impl TableTopology {
     }
 
     /// The topology a read uses: of a reference table, with its shard on
-    /// the first copy whose node is not cooling down after failures (the
-    /// catalog's preferred node first).
-    pub fn for_reads(self: &std::rc::Rc<Self>) -> std::rc::Rc<Self> {
-        if !self.is_reference() {
-            return self.clone();
-        }
-        let token = credentials::token_for(self.server_id);
-        let preferred = &self.shards[0];
-        let healthy = |l: &ShardLocation| {
-            crate::health::refusal(&crate::remote::endpoint(l, token.clone()), Some(0)).is_none()
-        };
-        if healthy(preferred) {
-            return self.clone();
-        }
-        match self.replicas.iter().find(|l| healthy(l)) {
-            Some(l) => {
+    /// the first copy whose node is not cooling down after failures and
+    /// not among `failed` (node URLs that failed this read already), the
+    /// catalog's preferred node first.
+    pub fn for_reads(self: &std::rc::Rc<Self>, failed: &[String]) -> std::rc::Rc<Self> {
+        match self.read_copy(failed) {
+            Some(l) if *l != self.shards[0] => {
                 let mut t = (**self).clone();
                 t.table.shards[0] = l.clone();
                 std::rc::Rc::new(t)
             }
-            None => self.clone(),
+            _ => self.clone(),
         }
+    }
+
+    /// The copy [`for_reads`](Self::for_reads) reads a reference table
+    /// from; `None` if every copy's node failed or is cooling down (or the
+    /// table is distributed).
+    pub fn read_copy(&self, failed: &[String]) -> Option<&ShardLocation> {
+        if !self.is_reference() {
+            return None;
+        }
+        let token = credentials::token_for(self.server_id);
+        let healthy = |l: &&ShardLocation| {
+            !failed.contains(&l.url)
+                && crate::health::refusal(&crate::remote::endpoint(l, token.clone()), Some(0))
+                    .is_none()
+        };
+        std::iter::once(&self.shards[0])
+            .chain(&self.replicas)
+            .find(healthy)
     }
 
     /// The value converter of column `index`.

@@ -457,6 +457,12 @@ struct ScanState {
     lock_waits: std::collections::BTreeMap<String, Duration>,
     /// Shards whose node failed while `conductor.on_shard_failure = skip`.
     skipped: Vec<ShardError>,
+    /// Copies of a reference table whose node failed this read before it
+    /// sent a row (node URLs): the read goes on from another copy.
+    failed_copies: Vec<String>,
+    /// The running scan has handed rows out (it can no longer start over
+    /// on another copy).
+    delivered: bool,
     /// Nodes the running scan reads from (their health is recorded at the end).
     scan_urls: Vec<String>,
     /// The running scan's requests, counted as in flight to their nodes.
@@ -471,7 +477,8 @@ impl ScanState {
     /// shard's query.
     unsafe fn start(&mut self) {
         let bindings = unsafe { eval_bindings(&self.params, &self.plan.params, self.econtext) };
-        let topology = self.topology.for_reads();
+        let topology = self.topology.for_reads(&self.failed_copies);
+        self.delivered = false;
         let (plan, index_route) = match (&self.inner, &self.plan.join) {
             (Some(inner), Some(join)) => (
                 ShardPlan::join(&topology, inner, &join.query, &bindings).unwrap_or_else(|e| {
@@ -823,6 +830,8 @@ pub unsafe extern "C-unwind" fn begin_foreign_scan(
             shard_stats: Vec::new(),
             lock_waits: Default::default(),
             skipped: Vec::new(),
+            failed_copies: Vec::new(),
+            delivered: false,
             scan_urls: Vec::new(),
             in_flight: None,
             index_route: None,
@@ -875,6 +884,7 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
             match poll {
                 ScanPoll::Rows(chunk) => {
                     state.current_shard = chunk.shard_id;
+                    state.delivered |= !chunk.rows.is_empty();
                     state.rows = chunk.rows.into_iter();
                 }
                 ScanPoll::Pending => {
@@ -884,6 +894,17 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
                     state.finish();
                     state.in_flight = None;
                     scan_done(std::mem::take(&mut state.scan_urls), &mut state.skipped);
+                }
+                ScanPoll::Failed(err)
+                    if fails_over(
+                        &state.topology,
+                        &err,
+                        state.delivered,
+                        &mut state.failed_copies,
+                    ) =>
+                {
+                    state.stop_failed(Some(&err.url));
+                    state.phase = Phase::NotStarted;
                 }
                 ScanPoll::Failed(err) if skippable(&err) => skip_failed(err, &mut state.skipped),
                 ScanPoll::Failed(err) => {
@@ -953,6 +974,32 @@ pub fn skip_failed(err: ShardError, skipped: &mut Vec<ShardError>) {
         crate::remote::count_failed(&err);
     }
     skipped.push(err)
+}
+
+/// Whether a read of a reference table whose copy failed goes on from
+/// another copy: the node could not serve it (unreachable, broke off,
+/// silent, 5xx), no row of it was handed out yet, and a copy whose node has
+/// not failed this read and is not cooling down remains. The failure then
+/// counts against its node, and `failed` names it. An SQL error is the
+/// statement's own, the same on every copy: it ends the read.
+pub fn fails_over(
+    topology: &TableTopology,
+    err: &ShardError,
+    delivered: bool,
+    failed: &mut Vec<String>,
+) -> bool {
+    if !topology.is_reference() || delivered || !err.error.is_transient() {
+        return false;
+    }
+    failed.push(err.url.clone());
+    if topology.read_copy(failed).is_none() {
+        // None left: the read fails (or is skipped) as any other.
+        failed.pop();
+        return false;
+    }
+    crate::health::record_failure(err);
+    crate::remote::count_failed(err);
+    true
 }
 
 /// A failed shard ends the statement: counted against its node, raised.

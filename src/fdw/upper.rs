@@ -103,7 +103,7 @@ pub struct UpperPlan {
 
 use crate::fdw::lower::{is, list_nodes as nodes, strip_relabel};
 use crate::fdw::scan::{
-    fail_scan, reachable_queries, scan_done, skip_failed, skippable, warn_skipped,
+    fail_scan, fails_over, reachable_queries, scan_done, skip_failed, skippable, warn_skipped,
 };
 
 /// The base relation an upper path would replace the scan of.
@@ -1611,6 +1611,10 @@ struct UpperState {
     last_plan: Option<ShardPlan>,
     shard_stats: Vec<ShardStats>,
     skipped: Vec<ShardError>,
+    /// As the plain scan's: copies of a reference table that failed this
+    /// read, and whether the running scan received rows.
+    failed_copies: Vec<String>,
+    delivered: bool,
     scan_urls: Vec<String>,
     /// The running scan's requests, counted as in flight to their nodes.
     in_flight: Option<crate::stats::InFlight>,
@@ -1695,6 +1699,8 @@ pub unsafe fn begin_foreign_scan(node: *mut pg_sys::ForeignScanState) {
             last_plan: None,
             shard_stats: Vec::new(),
             skipped: Vec::new(),
+            failed_copies: Vec::new(),
+            delivered: false,
             scan_urls: Vec::new(),
             in_flight: None,
         };
@@ -1754,7 +1760,8 @@ impl UpperState {
 
     unsafe fn start(&mut self) {
         let bindings = unsafe { eval_bindings(&self.params, &self.plan.params, self.econtext) };
-        let topology = self.topology.for_reads();
+        let topology = self.topology.for_reads(&self.failed_copies);
+        self.delivered = false;
         let limit = self
             .plan
             .query
@@ -1961,7 +1968,10 @@ impl UpperState {
                 Phase::Streaming(handle) => handle.next(POLL_INTERVAL),
             };
             match poll {
-                ScanPoll::Rows(chunk) => unsafe { self.accept(chunk.shard_id, chunk.rows) },
+                ScanPoll::Rows(chunk) => {
+                    self.delivered |= !chunk.rows.is_empty();
+                    unsafe { self.accept(chunk.shard_id, chunk.rows) }
+                }
                 ScanPoll::Pending => {
                     pgrx::check_for_interrupts!();
                 }
@@ -1980,6 +1990,17 @@ impl UpperState {
                     }
                     self.in_flight = None;
                     scan_done(std::mem::take(&mut self.scan_urls), &mut self.skipped);
+                }
+                ScanPoll::Failed(err)
+                    if fails_over(
+                        &self.topology,
+                        &err,
+                        self.delivered,
+                        &mut self.failed_copies,
+                    ) =>
+                {
+                    self.stop_failed(Some(&err.url));
+                    self.phase = Phase::NotStarted;
                 }
                 ScanPoll::Failed(err) if skippable(&err) => {
                     if let Some(s) = err.shard_id {

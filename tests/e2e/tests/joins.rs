@@ -1211,6 +1211,59 @@ fn reference_tables() {
 /// Writes to a reference table that run while a node is added reach the
 /// new node's copy too: add_node holds the table's writers back until the
 /// new copy is in the catalog, so none writes only the copies it knew.
+/// A read of a reference table whose copy's node is down goes on from
+/// another copy: the rows a healthy cluster returns, under either
+/// `conductor.on_shard_failure`, whether the read is a lookup, a stream of
+/// many rows, a pushed aggregate or a sorted LIMIT. With every copy down
+/// it fails as any read of a down node.
+#[test]
+fn a_reference_read_goes_to_another_copy_when_its_node_is_down() {
+    let (mut cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 3,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE ref (id integer NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_reference_table('ref');
+         INSERT INTO ref SELECT g, 'v' || g FROM generate_series(1, 700) g;",
+    );
+    let queries = [
+        "SELECT id, v FROM ref",
+        "SELECT v FROM ref WHERE id = 7",
+        "SELECT count(*), sum(id) FROM ref",
+        "SELECT id FROM ref ORDER BY id DESC LIMIT 3",
+    ];
+    let healthy: Vec<Outcome> = queries.iter().map(|q| run(&mut db, q)).collect();
+    assert_eq!(healthy[0].as_ref().map(Vec::len), Ok(700));
+    let read_node = |db: &mut Client| -> usize {
+        let node = &shard_map(db, "ref")[&0].0;
+        node.trim_start_matches("node-").parse().unwrap()
+    };
+    let first = read_node(&mut db);
+    cluster.stop_node(first);
+    for policy in ["error", "skip"] {
+        for (q, want) in queries.iter().zip(&healthy) {
+            // A new session each time: none has seen the node fail yet.
+            let mut c = cluster.client();
+            exec(
+                &mut c,
+                &format!("SET conductor.on_shard_failure = {policy}"),
+            );
+            assert_eq!(&run(&mut c, q), want, "{policy}, node-{first} down: {q}");
+        }
+    }
+    // Every copy down: the read fails, naming a node.
+    for i in 0..3 {
+        if i != first {
+            cluster.stop_node(i);
+        }
+    }
+    let mut c = cluster.client();
+    let e = expect_db_error(c.query("SELECT * FROM ref", &[]), "every copy down");
+    assert_eq!(e.code().code(), "HV00N", "{}", e.message());
+}
+
 #[test]
 fn a_node_added_while_a_reference_table_is_written_gets_every_row() {
     use std::sync::atomic::{AtomicBool, Ordering};
