@@ -391,11 +391,12 @@ pub unsafe extern "C-unwind" fn plan_direct_modify(
     root: *mut pg_sys::PlannerInfo,
     plan: *mut pg_sys::ModifyTable,
     result_relation: pg_sys::Index,
-    _subplan_index: i32,
+    subplan_index: i32,
 ) -> bool {
     // SAFETY: planner structures valid for the callback; lists are built in
     // the planner's memory context.
     unsafe {
+        super::modify::refuse_returned_system_columns(root, plan, result_relation, subplan_index);
         let operation = (*plan).operation;
         let update = match operation {
             pg_sys::CmdType::CMD_UPDATE => true,

@@ -48,6 +48,52 @@ pub unsafe fn private_to<T: serde::de::DeserializeOwned>(fdw_private: *mut pg_sy
         .unwrap_or_else(|e| error!("conductor: unreadable foreign scan plan: {e}"))
 }
 
+/// A conductor table's rows live on the nodes: they have no physical
+/// address and no transaction stamps. Postgres would read `ctid` as the same
+/// invalid address for every row (so `DELETE … WHERE ctid IN (SELECT ctid …
+/// LIMIT 1)` would match them all) and fails deep in the executor on `xmin`
+/// and the others; a query naming one is refused while it is planned.
+/// `tableoid` is Postgres' own and is fine.
+///
+/// # Safety
+/// `exprs` is an expression tree or a List of them (or null), valid while
+/// planning or starting a statement.
+pub(crate) unsafe fn refuse_system_columns(exprs: *mut pg_sys::Node, table: &str) {
+    // SAFETY: per the contract; pull_var_clause returns a new list of the
+    // tree's own Vars.
+    let vars = unsafe {
+        let flags = pg_sys::PVC_RECURSE_AGGREGATES
+            | pg_sys::PVC_RECURSE_WINDOWFUNCS
+            | pg_sys::PVC_RECURSE_PLACEHOLDERS;
+        lower::list_nodes(pg_sys::pull_var_clause(exprs, flags as i32))
+    };
+    for v in vars {
+        // SAFETY: pull_var_clause returns only Var nodes with these flags.
+        let attno = unsafe { (*(v as *mut pg_sys::Var)).varattno };
+        if attno < 0 && attno != pg_sys::TableOidAttributeNumber as i16 {
+            // SAFETY: attno is a system attribute number.
+            let name = unsafe {
+                CStr::from_ptr(
+                    (*pg_sys::SystemAttributeDefinition(attno))
+                        .attname
+                        .data
+                        .as_ptr(),
+                )
+            };
+            crate::errors::raise(
+                pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!(
+                    "conductor table {table} has no system column \"{}\"",
+                    name.to_string_lossy()
+                ),
+            )
+            .detail("Its rows live on the storage nodes, which give them no physical address or transaction stamps.")
+            .hint("Identify rows by their primary key.")
+            .error()
+        }
+    }
+}
+
 #[pg_extern]
 fn conductor_fdw_handler() -> PgBox<pg_sys::FdwRoutine> {
     // SAFETY: alloc_node returns a zeroed FdwRoutine node in

@@ -224,7 +224,7 @@ pub unsafe extern "C-unwind" fn plan_foreign_modify(
     root: *mut pg_sys::PlannerInfo,
     plan: *mut pg_sys::ModifyTable,
     result_relation: pg_sys::Index,
-    _subplan_index: i32,
+    subplan_index: i32,
 ) -> *mut pg_sys::List {
     // SAFETY: planner structures are valid for the duration of the callback.
     // fdw_private: [updated attnums, [returning as 0/1]] (RETURNING is not
@@ -238,7 +238,10 @@ pub unsafe extern "C-unwind" fn plan_foreign_modify(
             let mut attrs: *mut pg_sys::List = std::ptr::null_mut();
             pg_sys::get_translated_update_targetlist(root, result_relation, &mut tlist, &mut attrs);
             let mut attnums: Vec<i32> = PgList::<i32>::from_pg(attrs).iter_int().collect();
-            refuse_key_update(&topology, &attnums);
+            // An assigned shard key is compared with the row's own, row by
+            // row (exec_foreign_update): assigning a row its own key, as
+            // ORMs that write every column do, changes nothing.
+            attnums.retain(|&a| a != topology.key().attnum as i32);
             // A BEFORE ROW UPDATE trigger may change any column of the new
             // row, not only the SET targets: every column but the row's
             // identity is sent then (as postgres_fdw does).
@@ -260,6 +263,7 @@ pub unsafe extern "C-unwind" fn plan_foreign_modify(
                 updated = pg_sys::lappend_int(updated, a);
             }
         }
+        refuse_returned_system_columns(root, plan, result_relation, subplan_index);
         let returning = pg_sys::lappend_int(
             std::ptr::null_mut(),
             (!(*plan).returningLists.is_null()) as i32,
@@ -271,6 +275,32 @@ pub unsafe extern "C-unwind" fn plan_foreign_modify(
         let private = pg_sys::lappend(std::ptr::null_mut(), updated.cast());
         let private = pg_sys::lappend(private, returning.cast());
         pg_sys::lappend(private, do_nothing.cast())
+    }
+}
+
+/// RETURNING of a system column: refused as in a scan
+/// (`refuse_system_columns`). Checked while planning the modify, pushed
+/// or not: RETURNING reads the written row, not the scan's.
+///
+/// # Safety
+/// Planner structures of the statement being planned.
+pub unsafe fn refuse_returned_system_columns(
+    root: *mut pg_sys::PlannerInfo,
+    plan: *mut pg_sys::ModifyTable,
+    result_relation: pg_sys::Index,
+    subplan_index: i32,
+) {
+    // SAFETY: per the contract; returningLists has one list per result
+    // relation when it is not empty.
+    unsafe {
+        if (*plan).returningLists.is_null() {
+            return;
+        }
+        let relid = (**(*root).simple_rte_array.add(result_relation as usize)).relid;
+        crate::fdw::refuse_system_columns(
+            pg_sys::list_nth((*plan).returningLists, subplan_index).cast(),
+            &cache::table(relid).name,
+        );
     }
 }
 
@@ -450,6 +480,25 @@ pub unsafe extern "C-unwind" fn begin_foreign_insert(
         } else {
             on_conflict_of((*mtstate).ps.plan as *const pg_sys::ModifyTable)
         };
+        let name = || cache::table((*(*rinfo).ri_RelationDesc).rd_id).name.clone();
+        // An UPDATE of a partitioned table moving rows into a conductor
+        // partition that it also updates: one result relation cannot be
+        // both a row-by-row (or pushed) UPDATE and an INSERT at once.
+        if !mtstate.is_null()
+            && (*mtstate).operation == pg_sys::CmdType::CMD_UPDATE
+            && ((*rinfo).ri_usesFdwDirectModify || !(*rinfo).ri_FdwState.is_null())
+        {
+            raise(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!(
+                    "cannot move rows into conductor table {} while the same UPDATE changes it",
+                    name()
+                ),
+            )
+            .hint("Update the rows that change partition with a statement that does not also update this partition, or DELETE them and INSERT them.")
+            .error()
+        }
+        crate::fdw::refuse_system_columns((*rinfo).ri_returningList.cast(), &name());
         let triggers = (*rinfo).ri_TrigDesc;
         let row_triggers = !triggers.is_null()
             && ((*triggers).trig_insert_after_row || (*triggers).trig_insert_before_row);
@@ -753,8 +802,10 @@ pub unsafe extern "C-unwind" fn exec_foreign_update(
             return std::ptr::null_mut(); // already changed by this statement
         }
         let mut row = encode_row(state, slot);
-        // The new row's identity is the old one unless a BEFORE ROW trigger
-        // changed it: the UPDATE would then change a key it cannot.
+        // The new row's identity is the old one unless the UPDATE assigns
+        // the shard key a different value (the key is compared here, not
+        // sent) or a BEFORE ROW trigger changed it: the UPDATE would then
+        // change a key it cannot.
         let t = &state.topology;
         for (j, &i) in t.primary_key.iter().enumerate() {
             if !state.updated.contains(&i) && row[i] != identity[j] {
@@ -774,13 +825,20 @@ pub unsafe extern "C-unwind" fn exec_foreign_update(
         let touched = crate::vindex::touched(&state.topology, &state.updated);
         let pending =
             (!touched.is_empty()).then(|| index_update(state, &identity, &mut row, &touched));
-        let values: Vec<Value> = state
-            .updated
+        // Only the shard key was assigned, and its own value (checked
+        // above): the row is still written, with its key, so that it is
+        // locked and counted as Postgres would.
+        let set = if state.updated.is_empty() {
+            vec![t.key_index]
+        } else {
+            state.updated.clone()
+        };
+        let values: Vec<Value> = set
             .iter()
             .map(|&i| std::mem::replace(&mut row[i], Value::Null))
             .collect();
         let update = StatementKind::Update {
-            set: state.updated.clone(),
+            set,
             exprs: Vec::new(),
             values,
             // Postgres has the new row: its RETURNING needs nothing back.

@@ -996,3 +996,189 @@ fn everyday_writes_and_reads_are_not_refused() {
         assert_eq!(dist.1, local.1, "after {script:?}");
     }
 }
+
+/// Every row of a query as text, sorted: what a table holds, to compare
+/// before and after a statement that must change nothing.
+fn contents(db: &mut Client, sql: &str) -> Vec<Vec<String>> {
+    sorted(rows_text(db, sql).unwrap_or_else(|e| panic!("{sql}: {e}")))
+}
+
+/// A conductor table's rows have no physical address: a query naming
+/// `ctid` (or `xmin` and the other system columns) is refused while it is
+/// planned, never answered with the same made-up address for every row,
+/// which made `DELETE … WHERE ctid IN (SELECT ctid … LIMIT 1)` delete the
+/// whole table. `tableoid` works.
+#[test]
+fn system_columns_are_refused_and_change_nothing() {
+    let (_cluster, mut db) = setup(2);
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 4);
+         INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, 20) i;
+         CREATE TABLE pt (id bigint NOT NULL, region text NOT NULL, v text) PARTITION BY LIST (region);
+         CREATE FOREIGN TABLE pt_eu PARTITION OF pt FOR VALUES IN ('eu') SERVER cluster;
+         SELECT conductor.create_distributed_table('pt_eu', 'id', shard_count => 4, colocate_with => 'none');
+         CREATE TABLE pt_other PARTITION OF pt DEFAULT;
+         INSERT INTO pt VALUES (1, 'eu', 'a'), (2, 'us', 'b'), (3, 'asia', 'c');",
+    );
+    let before = contents(&mut db, "SELECT * FROM t");
+    let pt_before = contents(&mut db, "SELECT * FROM pt");
+    for sql in [
+        "DELETE FROM t WHERE ctid IN (SELECT ctid FROM t LIMIT 1)",
+        "DELETE FROM t WHERE ctid = (SELECT ctid FROM t WHERE id = 1)",
+        "SELECT ctid, id FROM t",
+        "SELECT id FROM t WHERE ctid = '(0,1)'",
+        "SELECT xmin, id FROM t WHERE id = 1",
+        "SELECT cmax FROM t",
+        "SELECT a.id FROM t a JOIN t b ON a.ctid = b.ctid",
+        "UPDATE t SET v = 'x' WHERE id = 1 RETURNING ctid",
+        "DELETE FROM t WHERE id = 2 RETURNING ctid, v",
+        "INSERT INTO t VALUES (100, 'n') RETURNING ctid",
+        "INSERT INTO t SELECT 101, 'n' RETURNING xmin",
+        "INSERT INTO pt VALUES (100, 'eu', 'n') RETURNING ctid",
+        "DELETE FROM pt WHERE ctid IN (SELECT ctid FROM pt_eu LIMIT 1)",
+    ] {
+        let e = expect_db_error(db.simple_query(sql), sql);
+        assert_eq!(e.code().code(), "0A000", "{sql}: {}", describe(&e));
+        assert!(
+            e.message().contains("system column"),
+            "{sql}: {}",
+            describe(&e)
+        );
+    }
+    assert_eq!(contents(&mut db, "SELECT * FROM t"), before);
+    assert_eq!(contents(&mut db, "SELECT * FROM pt"), pt_before);
+    // A local partition's ctid is Postgres' own.
+    assert_eq!(
+        query_i64(&mut db, "SELECT count(ctid) FROM pt_other"),
+        2,
+        "ctid of a local partition"
+    );
+    assert_eq!(
+        contents(
+            &mut db,
+            "SELECT tableoid::regclass::text, id FROM pt WHERE id IN (1, 2)"
+        ),
+        vec![
+            vec!["pt_eu".to_string(), "1".to_string()],
+            vec!["pt_other".to_string(), "2".to_string()],
+        ]
+    );
+}
+
+/// Assigning a row's shard key its own value (as ORMs that write every
+/// column do) is an ordinary UPDATE; a new value is refused row by row
+/// and changes nothing.
+#[test]
+fn a_shard_key_assigned_its_own_value_is_not_a_key_change() {
+    let (_cluster, mut db) = setup(2);
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE t (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('t', 'id', shard_count => 4);
+         CREATE TABLE l (id bigint PRIMARY KEY, v text);
+         INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, 20) i;
+         INSERT INTO l SELECT i, 'v' || i FROM generate_series(1, 20) i;",
+    );
+    for sql in [
+        "UPDATE {T} SET id = id, v = 'a' WHERE id = 1 RETURNING *",
+        "UPDATE {T} SET id = 2 WHERE id = 2 RETURNING *",
+        "UPDATE {T} SET id = id WHERE id BETWEEN 3 AND 6",
+        "UPDATE {T} SET v = v || '!', id = id * 1 WHERE id > 15 RETURNING id, v",
+        "UPDATE {T} x SET id = o.id, v = 'j' FROM (VALUES (7), (8)) o(id) WHERE x.id = o.id",
+        "UPDATE {T} SET id = id WHERE id = 999",
+    ] {
+        let local = rows_text(&mut db, &sql.replace("{T}", "l"));
+        let dist = rows_text(&mut db, &sql.replace("{T}", "t"));
+        assert_eq!(dist.map(sorted), local.map(sorted), "{sql}");
+        let tag = |db: &mut Client, t: &str| -> Vec<u64> {
+            db.simple_query(&sql.replace("{T}", t))
+                .unwrap()
+                .into_iter()
+                .filter_map(|m| match m {
+                    SimpleQueryMessage::CommandComplete(n) => Some(n),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(tag(&mut db, "t"), tag(&mut db, "l"), "count of {sql}");
+    }
+    // As an ORM sends it: every column, typed parameters.
+    for t in ["l", "t"] {
+        let sql = format!("UPDATE {t} SET id = $1, v = $2 WHERE id = $1");
+        for i in 0..7i64 {
+            let n = db
+                .execute(&sql, &[&(10 + i), &format!("orm{i}")])
+                .unwrap_or_else(|e| panic!("{sql}: {}", pg_err(&e)));
+            assert_eq!(n, 1, "{sql}");
+        }
+    }
+    let before = contents(&mut db, "SELECT * FROM t");
+    assert_eq!(before, contents(&mut db, "SELECT * FROM l"));
+    for sql in [
+        "UPDATE t SET id = id + 1 WHERE id = 20",
+        "UPDATE t SET id = 5 WHERE id IN (5, 6)",
+        "UPDATE t SET id = 1, v = 'z' WHERE id = 2",
+    ] {
+        let e = expect_db_error(db.simple_query(sql), sql);
+        assert_eq!(e.code().code(), "0A000", "{sql}: {}", describe(&e));
+        assert!(e.message().contains("shard key"), "{sql}: {}", describe(&e));
+    }
+    let e = expect_db_error(
+        db.execute("UPDATE t SET id = $1 WHERE id = $2", &[&3i64, &4i64]),
+        "a new key by parameter",
+    );
+    assert_eq!(e.code().code(), "0A000", "{}", describe(&e));
+    assert_eq!(contents(&mut db, "SELECT * FROM t"), before);
+}
+
+/// An UPDATE of a partitioned table that would move rows into a conductor
+/// partition it also updates is refused and changes nothing; moving rows
+/// into a conductor partition the UPDATE does not otherwise touch works.
+#[test]
+fn rows_moved_into_a_conductor_partition_by_an_update() {
+    let (_cluster, mut db) = setup(2);
+    exec(
+        &mut db,
+        "CREATE TABLE pt (id bigint NOT NULL, region text NOT NULL, v text) PARTITION BY LIST (region);
+         CREATE FOREIGN TABLE pt_eu PARTITION OF pt FOR VALUES IN ('eu') SERVER cluster;
+         SELECT conductor.create_distributed_table('pt_eu', 'id', shard_count => 4);
+         CREATE TABLE pt_other PARTITION OF pt DEFAULT;
+         INSERT INTO pt VALUES (1, 'eu', 'a'), (2, 'us', 'b'), (3, 'asia', 'c'), (4, 'us', 'd');",
+    );
+    let before = contents(&mut db, "SELECT tableoid::regclass::text, * FROM pt");
+    for sql in [
+        "UPDATE pt SET region = 'eu' WHERE id = 2",
+        "UPDATE pt SET region = 'eu', v = v || '!' WHERE id IN (1, 2)",
+        "UPDATE pt SET region = 'eu' WHERE id = 2 RETURNING *",
+    ] {
+        let e = expect_db_error(db.simple_query(sql), sql);
+        assert_eq!(e.code().code(), "0A000", "{sql}: {}", describe(&e));
+    }
+    assert_eq!(
+        contents(&mut db, "SELECT tableoid::regclass::text, * FROM pt"),
+        before
+    );
+    // pt_eu is pruned from the UPDATE (region <> 'eu'): only a target.
+    exec(
+        &mut db,
+        "UPDATE pt SET region = 'eu' WHERE region = 'us' AND id = 2",
+    );
+    assert_eq!(
+        contents(&mut db, "SELECT tableoid::regclass::text, * FROM pt"),
+        vec![
+            vec!["pt_eu", "1", "eu", "a"],
+            vec!["pt_eu", "2", "eu", "b"],
+            vec!["pt_other", "3", "asia", "c"],
+            vec!["pt_other", "4", "us", "d"],
+        ]
+        .into_iter()
+        .map(|r| r.into_iter().map(String::from).collect::<Vec<_>>())
+        .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        query_i64(&mut db, "SELECT count(*) FROM pt_eu WHERE id = 2"),
+        1
+    );
+}
