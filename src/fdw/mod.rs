@@ -59,8 +59,68 @@ pub unsafe fn private_to<T: serde::de::DeserializeOwned>(fdw_private: *mut pg_sy
 /// `exprs` is an expression tree or a List of them (or null), valid while
 /// planning or starting a statement.
 pub(crate) unsafe fn refuse_system_columns(exprs: *mut pg_sys::Node, table: &str) {
-    // SAFETY: per the contract; pull_var_clause returns a new list of the
-    // tree's own Vars.
+    // SAFETY: per the contract.
+    unsafe { refuse_system_columns_of(exprs, None, table) }
+}
+
+/// [`refuse_system_columns`] for the scan of a partition (or inheritance
+/// child) `rti`: Postgres asks every partition for `ctid` when a row lock
+/// or a join needs its local siblings' (a conductor partition's row lock
+/// uses the whole row), so the query as written decides — its columns of
+/// the partition or of the parents it was expanded from.
+///
+/// # Safety
+/// Planner structures of the query being planned; `rti` is a child rel.
+pub(crate) unsafe fn refuse_written_system_columns(
+    root: *mut pg_sys::PlannerInfo,
+    rti: pg_sys::Index,
+    table: &str,
+) {
+    // SAFETY: per the contract: append_rel_array has an entry for every
+    // child rel; the query's expressions are preprocessed (no SubLinks).
+    unsafe {
+        let mut varnos = vec![rti as i32];
+        let mut at = rti;
+        while !(*root).append_rel_array.is_null() {
+            let info = *(*root).append_rel_array.add(at as usize);
+            if info.is_null() {
+                break;
+            }
+            at = (*info).parent_relid;
+            varnos.push(at as i32);
+        }
+        // The planner adds its row marks' junk `ctid<n>` columns to the
+        // query's own target list: those are not the query's.
+        let mark_columns: Vec<String> = PgList::<pg_sys::PlanRowMark>::from_pg((*root).rowMarks)
+            .iter_ptr()
+            .map(|rc| format!("ctid{}", (*rc).rowmarkId))
+            .collect();
+        let parse = (*root).parse;
+        for tle in PgList::<pg_sys::TargetEntry>::from_pg((*parse).targetList).iter_ptr() {
+            let mark_column = (*tle).resjunk
+                && !(*tle).resname.is_null()
+                && mark_columns
+                    .iter()
+                    .any(|m| CStr::from_ptr((*tle).resname).to_bytes() == m.as_bytes());
+            if !mark_column {
+                refuse_system_columns_of((*tle).expr.cast(), Some(&varnos), table);
+            }
+        }
+        for exprs in [
+            (*parse).jointree.cast(),
+            (*parse).returningList.cast(),
+            (*parse).havingQual,
+        ] {
+            refuse_system_columns_of(exprs, Some(&varnos), table);
+        }
+    }
+}
+
+/// Refuse a system column (but `tableoid`) of the tree's Vars, of every
+/// Var or of those of `varnos`.
+unsafe fn refuse_system_columns_of(exprs: *mut pg_sys::Node, varnos: Option<&[i32]>, table: &str) {
+    // SAFETY: the callers' contracts; pull_var_clause returns a new list of
+    // the tree's own (level 0) Vars.
     let vars = unsafe {
         let flags = pg_sys::PVC_RECURSE_AGGREGATES
             | pg_sys::PVC_RECURSE_WINDOWFUNCS
@@ -69,28 +129,33 @@ pub(crate) unsafe fn refuse_system_columns(exprs: *mut pg_sys::Node, table: &str
     };
     for v in vars {
         // SAFETY: pull_var_clause returns only Var nodes with these flags.
-        let attno = unsafe { (*(v as *mut pg_sys::Var)).varattno };
-        if attno < 0 && attno != pg_sys::TableOidAttributeNumber as i16 {
-            // SAFETY: attno is a system attribute number.
-            let name = unsafe {
-                CStr::from_ptr(
-                    (*pg_sys::SystemAttributeDefinition(attno))
-                        .attname
-                        .data
-                        .as_ptr(),
-                )
-            };
-            crate::errors::raise(
-                pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                format!(
-                    "conductor table {table} has no system column \"{}\"",
-                    name.to_string_lossy()
-                ),
-            )
-            .detail("Its rows live on the storage nodes, which give them no physical address or transaction stamps.")
-            .hint("Identify rows by their primary key.")
-            .error()
+        let var = unsafe { &*(v as *mut pg_sys::Var) };
+        let attno = var.varattno;
+        if attno >= 0
+            || attno == pg_sys::TableOidAttributeNumber as i16
+            || varnos.is_some_and(|n| !n.contains(&var.varno))
+        {
+            continue;
         }
+        // SAFETY: attno is a system attribute number.
+        let name = unsafe {
+            CStr::from_ptr(
+                (*pg_sys::SystemAttributeDefinition(attno))
+                    .attname
+                    .data
+                    .as_ptr(),
+            )
+        };
+        crate::errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!(
+                "conductor table {table} has no system column \"{}\"",
+                name.to_string_lossy()
+            ),
+        )
+        .detail("Its rows live on the storage nodes, which give them no physical address or transaction stamps.")
+        .hint("Identify rows by their primary key.")
+        .error()
     }
 }
 

@@ -223,11 +223,15 @@ pub unsafe extern "C-unwind" fn get_foreign_rel_size(
     let topology = cache::table(relid);
     // SAFETY: planner structures are valid for the duration of the callback.
     unsafe {
-        crate::fdw::refuse_system_columns((*(*baserel).reltarget).exprs.cast(), &topology.name);
-        crate::fdw::refuse_system_columns(
-            pg_sys::extract_actual_clauses((*baserel).baserestrictinfo, false).cast(),
-            &topology.name,
-        );
+        if (*baserel).reloptkind == pg_sys::RelOptKind::RELOPT_OTHER_MEMBER_REL {
+            crate::fdw::refuse_written_system_columns(root, (*baserel).relid, &topology.name);
+        } else {
+            crate::fdw::refuse_system_columns((*(*baserel).reltarget).exprs.cast(), &topology.name);
+            crate::fdw::refuse_system_columns(
+                pg_sys::extract_actual_clauses((*baserel).baserestrictinfo, false).cast(),
+                &topology.name,
+            );
+        }
         let selectivity = pg_sys::clauselist_selectivity(
             root,
             (*baserel).baserestrictinfo,

@@ -1049,6 +1049,49 @@ fn system_columns_are_refused_and_change_nothing() {
     }
     assert_eq!(contents(&mut db, "SELECT * FROM t"), before);
     assert_eq!(contents(&mut db, "SELECT * FROM pt"), pt_before);
+    // Row locks and joins of a partitioned table with a conductor
+    // partition ask Postgres for the local partitions' ctid: not refused.
+    exec(
+        &mut db,
+        "CREATE TABLE other (id bigint PRIMARY KEY, w text);
+         INSERT INTO other VALUES (1, 'o1'), (2, 'o2'), (3, 'o3');",
+    );
+    assert_eq!(
+        contents(&mut db, "SELECT id, v FROM pt ORDER BY id FOR UPDATE"),
+        contents(&mut db, "SELECT id, v FROM pt")
+    );
+    assert_eq!(
+        contents(
+            &mut db,
+            "BEGIN; SELECT p.id, o.w FROM pt p JOIN other o USING (id) FOR UPDATE OF p, o; COMMIT"
+        ),
+        vec![
+            vec!["1".to_string(), "o1".to_string()],
+            vec!["2".to_string(), "o2".to_string()],
+            vec!["3".to_string(), "o3".to_string()],
+        ]
+    );
+    exec(
+        &mut db,
+        "UPDATE other o SET w = p.v FROM pt p WHERE p.id = o.id;
+         DELETE FROM other o USING pt p WHERE p.id = o.id AND p.region = 'eu';",
+    );
+    assert_eq!(
+        contents(&mut db, "SELECT * FROM other"),
+        vec![
+            vec!["2".to_string(), "b".to_string()],
+            vec!["3".to_string(), "c".to_string()],
+        ]
+    );
+    for sql in [
+        "SELECT ctid FROM pt",
+        "SELECT id FROM pt WHERE ctid = '(0,1)' FOR UPDATE",
+        "DELETE FROM pt WHERE ctid IN (SELECT ctid FROM pt LIMIT 1)",
+    ] {
+        let e = expect_db_error(db.simple_query(sql), sql);
+        assert_eq!(e.code().code(), "0A000", "{sql}: {}", describe(&e));
+    }
+    assert_eq!(contents(&mut db, "SELECT * FROM pt"), pt_before);
     // A local partition's ctid is Postgres' own.
     assert_eq!(
         query_i64(&mut db, "SELECT count(ctid) FROM pt_other"),
