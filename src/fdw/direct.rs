@@ -434,6 +434,14 @@ pub unsafe extern "C-unwind" fn plan_direct_modify(
             if attnums.contains(&(topology.key().attnum as i32)) {
                 return false; // the row-by-row path refuses it with a clear error
             }
+            // A partition's new rows are checked against its bounds, row
+            // by row.
+            if super::modify::partition_bound_attnums(relid)
+                .iter()
+                .any(|a| attnums.contains(a))
+            {
+                return false;
+            }
             // A virtual index's entries are written before the row changes,
             // which needs the row: row by row.
             if topology.virtual_indexes.iter().any(|ix| {

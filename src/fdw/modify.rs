@@ -345,6 +345,79 @@ pub unsafe fn stored_generated_attnums(relid: pg_sys::Oid) -> Vec<i32> {
     }
 }
 
+/// The attribute numbers of the columns the relation's partition bounds
+/// (its own and its ancestors') constrain; empty unless it is a partition.
+///
+/// # Safety
+/// The caller holds a lock on the relation (planning a statement on it).
+pub unsafe fn partition_bound_attnums(relid: pg_sys::Oid) -> Vec<i32> {
+    extern "C-unwind" {
+        // utils/partcache.h
+        fn RelationGetPartitionQual(rel: pg_sys::Relation) -> *mut pg_sys::List;
+    }
+    // SAFETY: per the contract; the relation is closed again, and the
+    // qual (a copy, in the current memory context) is only read.
+    unsafe {
+        let rel = pg_sys::RelationIdGetRelation(relid);
+        let mut attnums = Vec::new();
+        if (*(*rel).rd_rel).relispartition {
+            let qual = RelationGetPartitionQual(rel);
+            let mut columns: *mut pg_sys::Bitmapset = std::ptr::null_mut();
+            pg_sys::pull_varattnos(qual.cast(), 1, &mut columns);
+            let mut member = -1;
+            loop {
+                member = pg_sys::bms_next_member(columns, member);
+                if member < 0 {
+                    break;
+                }
+                attnums.push(member + pg_sys::FirstLowInvalidHeapAttributeNumber);
+            }
+        }
+        pg_sys::RelationClose(rel);
+        attnums
+    }
+}
+
+/// A row written into a conductor table that is a partition must lie
+/// within its bounds. Postgres checks them for local partitions only
+/// (the foreign data wrapper's business otherwise): a row outside them
+/// would sit where no query that prunes partitions finds it. A row an
+/// UPDATE of the partitioned parent moves to another partition is
+/// refused, as Postgres cannot move a row out of a foreign partition;
+/// any other is a partition constraint violation (23514), as for a local
+/// partition.
+///
+/// # Safety
+/// `rinfo` is the executor's result relation for our foreign table and
+/// `slot` holds a row of it.
+unsafe fn check_partition_bounds(
+    estate: *mut pg_sys::EState,
+    rinfo: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+    update: bool,
+) {
+    // SAFETY: per the contract; ExecPartitionCheck builds the check in
+    // the query's memory context on first use.
+    unsafe {
+        if !(*(*(*rinfo).ri_RelationDesc).rd_rel).relispartition
+            || pg_sys::ExecPartitionCheck(rinfo, slot, estate, false)
+        {
+            return;
+        }
+        if update && !(*rinfo).ri_RootResultRelInfo.is_null() {
+            let name = cache::table((*(*rinfo).ri_RelationDesc).rd_id).name.clone();
+            raise(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("cannot move rows out of conductor table {name} into another partition"),
+            )
+            .detail("The UPDATE gives a row of this partition a partition key value outside its bounds.")
+            .hint("DELETE the rows and INSERT them through the partitioned table.")
+            .error()
+        }
+        pg_sys::ExecPartitionCheckEmitError(rinfo, slot, estate);
+    }
+}
+
 unsafe fn has_before_update_row_trigger(relid: pg_sys::Oid) -> bool {
     // SAFETY: the planner holds a lock on the relation; it is closed again.
     unsafe {
@@ -593,13 +666,14 @@ pub unsafe extern "C-unwind" fn get_foreign_modify_batch_size(
 
 #[pg_guard]
 pub unsafe extern "C-unwind" fn exec_foreign_insert(
-    _estate: *mut pg_sys::EState,
+    estate: *mut pg_sys::EState,
     rinfo: *mut pg_sys::ResultRelInfo,
     slot: *mut pg_sys::TupleTableSlot,
     _plan_slot: *mut pg_sys::TupleTableSlot,
 ) -> *mut pg_sys::TupleTableSlot {
     // SAFETY: our state and a slot of our relation.
     unsafe {
+        check_partition_bounds(estate, rinfo, slot, false);
         let state = state(rinfo);
         let row = encode_row(state, slot);
         if state.buffering {
@@ -617,7 +691,7 @@ pub unsafe extern "C-unwind" fn exec_foreign_insert(
 
 #[pg_guard]
 pub unsafe extern "C-unwind" fn exec_foreign_batch_insert(
-    _estate: *mut pg_sys::EState,
+    estate: *mut pg_sys::EState,
     rinfo: *mut pg_sys::ResultRelInfo,
     slots: *mut *mut pg_sys::TupleTableSlot,
     _plan_slots: *mut *mut pg_sys::TupleTableSlot,
@@ -627,6 +701,9 @@ pub unsafe extern "C-unwind" fn exec_foreign_batch_insert(
     unsafe {
         let state = state(rinfo);
         let slots_slice = std::slice::from_raw_parts(slots, *num_slots as usize);
+        for &s in slots_slice {
+            check_partition_bounds(estate, rinfo, s, false);
+        }
         let rows = slots_slice.iter().map(|&s| encode_row(state, s)).collect();
         let inserted = send_rows(state, rows);
         // Postgres counts the first *num_slots slots as inserted. A batch
@@ -785,13 +862,14 @@ unsafe fn identity(state: &ModifyState, plan_slot: *mut pg_sys::TupleTableSlot) 
 
 #[pg_guard]
 pub unsafe extern "C-unwind" fn exec_foreign_update(
-    _estate: *mut pg_sys::EState,
+    estate: *mut pg_sys::EState,
     rinfo: *mut pg_sys::ResultRelInfo,
     slot: *mut pg_sys::TupleTableSlot,
     plan_slot: *mut pg_sys::TupleTableSlot,
 ) -> *mut pg_sys::TupleTableSlot {
     // SAFETY: our state; slot holds the new row, plan_slot the identity.
     unsafe {
+        check_partition_bounds(estate, rinfo, slot, true);
         let state = state(rinfo);
         let identity = identity(state, plan_slot);
         if state.track_changed

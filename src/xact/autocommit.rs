@@ -51,7 +51,6 @@ pub unsafe fn statement_is_alone(
         // of its own, whose wait can be bounded (streams::run).
         if pg_sys::IsTransactionBlock()
             || pg_sys::GetCurrentTransactionNestLevel() != 1
-            || streams::any_open()
             || remote::lock_timeout().is_some()
             || pg_sys::MyXactFlags & pg_sys::XACT_FLAGS_PIPELINING as i32 != 0
         {
@@ -259,6 +258,16 @@ pub fn run_alone(topology: &TableTopology, plan: &ShardPlan) -> Option<Vec<(u32,
     // that statement the one-request path.
     // SAFETY: reads the backend's transaction state.
     if unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::TransactionId::INVALID {
+        return None;
+    }
+    // Likewise a remote transaction open by now: one such function wrote
+    // (or locked rows, or read at REPEATABLE READ) through conductor. Its
+    // node work commits only with the Postgres transaction, and on this
+    // statement's node it holds the write lock a self-contained request
+    // would wait for until the busy timeout. Checked here, when the
+    // statement's values have been computed, not when it began: an
+    // INSERT's VALUES row runs its functions after the executor started.
+    if streams::any_open() {
         return None;
     }
     let limit = std::time::Duration::from_millis(

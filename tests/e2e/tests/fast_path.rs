@@ -174,6 +174,8 @@ fn a_write_the_transaction_outlives_is_undone_with_it() {
                         FOR r IN INSERT INTO {table} VALUES (k, 's') RETURNING id LOOP END LOOP;
                         RAISE EXCEPTION 'after the write' USING ERRCODE = 'P0001';
                       END $$;
+                 CREATE FUNCTION touch_all_{table}() RETURNS text LANGUAGE plpgsql AS
+                   $$ BEGIN UPDATE {table} SET v = v || '+'; RETURN 'w'; END $$;
                  CREATE PROCEDURE committing_loop_{table}() LANGUAGE plpgsql AS
                    $$ DECLARE r record; BEGIN
                         FOR r IN INSERT INTO {table} VALUES (120, 'kept') RETURNING id LOOP END LOOP;
@@ -198,6 +200,9 @@ fn a_write_the_transaction_outlives_is_undone_with_it() {
         "INSERT INTO {T} VALUES (106, orphan_child())",
         "UPDATE {T} SET v = orphan_child() WHERE id = 14",
         "DELETE FROM {T} WHERE id = 15 AND orphan_child() = 'o'",
+        // A write of the statement's own function through conductor (it
+        // holds the write lock of every node it wrote until COMMIT).
+        "INSERT INTO {T} VALUES (107, touch_all_{T}())",
         // What can still fail is plain columns: the fast path stays.
         "INSERT INTO {T} VALUES (103, 'r') RETURNING id, v",
     ];

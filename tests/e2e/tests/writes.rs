@@ -1225,3 +1225,92 @@ fn rows_moved_into_a_conductor_partition_by_an_update() {
         1
     );
 }
+
+/// Postgres checks partition bounds only for local partitions: a row
+/// written into a conductor partition outside its bounds would stay there,
+/// where no query that prunes partitions finds it. An INSERT or UPDATE of
+/// the partition itself fails as for a local partition (23514); an UPDATE
+/// of the partitioned table that would move rows out of a conductor
+/// partition is refused (0A000). Neither changes anything.
+#[test]
+fn rows_outside_a_conductor_partitions_bounds_are_refused() {
+    let (_cluster, mut db) = setup(2);
+    exec(
+        &mut db,
+        "CREATE TABLE pt (id bigint NOT NULL, region text NOT NULL, v text) PARTITION BY LIST (region);
+         CREATE FOREIGN TABLE pt_eu PARTITION OF pt FOR VALUES IN ('eu') SERVER cluster;
+         SELECT conductor.create_distributed_table('pt_eu', 'id', shard_count => 4);
+         CREATE TABLE pt_other PARTITION OF pt DEFAULT;
+         CREATE TABLE lpt (id bigint NOT NULL, region text NOT NULL, v text) PARTITION BY LIST (region);
+         CREATE TABLE lpt_eu PARTITION OF lpt FOR VALUES IN ('eu');
+         CREATE TABLE lpt_other PARTITION OF lpt DEFAULT;",
+    );
+    for t in ["pt", "lpt"] {
+        exec(
+            &mut db,
+            &format!("INSERT INTO {t} SELECT i, CASE WHEN i % 2 = 0 THEN 'eu' ELSE 'us' END, 'v' || i FROM generate_series(1, 12) i"),
+        );
+    }
+    let both = |db: &mut Client, sql: &str| -> (String, String) {
+        let code =
+            |r: Result<Vec<Vec<String>>, String>| r.map(|_| "ok".to_string()).unwrap_or_else(|e| e);
+        let local = code(rows_text(db, &sql.replace("{T}", "lpt")));
+        let dist = code(rows_text(db, &sql.replace("{T}", "pt")));
+        (local, dist)
+    };
+    let contents_agree = |db: &mut Client, after: &str| {
+        for q in [
+            "SELECT id, region, v FROM {T}",
+            "SELECT id FROM {T} WHERE region = 'us'",
+            "SELECT id FROM {T} WHERE region = 'eu'",
+        ] {
+            assert_eq!(
+                contents(db, &q.replace("{T}", "pt")),
+                contents(db, &q.replace("{T}", "lpt")),
+                "{q} after {after}"
+            );
+        }
+    };
+    // The partition itself: the same error as a local partition's.
+    for sql in [
+        "UPDATE {T}_eu SET region = 'us' WHERE id = 2",
+        "UPDATE {T}_eu SET region = 'u' || 's', v = 'x' WHERE id IN (2, 4)",
+        "UPDATE {T}_eu SET region = upper(region) WHERE id = 6",
+        "INSERT INTO {T}_eu VALUES (100, 'us', 'x')",
+        "INSERT INTO {T}_eu SELECT 101, 'us', 'x'",
+        "INSERT INTO {T}_eu VALUES (102, 'eu', 'ok'), (103, 'us', 'bad')",
+        "INSERT INTO {T}_eu SELECT i, 'us', 'x' FROM generate_series(104, 110) i",
+    ] {
+        let (local, dist) = both(&mut db, sql);
+        assert_eq!(local, "ERROR 23514", "{sql}");
+        assert_eq!(dist, local, "{sql}");
+        contents_agree(&mut db, sql);
+    }
+    // Through the partitioned table, a local partition's rows move; a
+    // conductor partition's cannot.
+    let before = contents(&mut db, "SELECT tableoid::regclass::text, * FROM pt");
+    for sql in [
+        "UPDATE pt SET region = 'us' WHERE region = 'eu' AND id = 2",
+        "UPDATE pt SET region = 'us', v = v || '!' WHERE id IN (2, 3)",
+        "UPDATE pt SET region = upper(region) WHERE region = 'eu'",
+        "UPDATE pt SET region = 'us' WHERE id = 4 RETURNING *",
+    ] {
+        let e = expect_db_error(db.simple_query(sql), sql);
+        assert_eq!(e.code().code(), "0A000", "{sql}: {}", describe(&e));
+    }
+    assert_eq!(
+        contents(&mut db, "SELECT tableoid::regclass::text, * FROM pt"),
+        before
+    );
+    // Rows that stay within the bounds are written as before.
+    for sql in [
+        "UPDATE {T}_eu SET region = 'eu', v = 'same' WHERE id = 2",
+        "UPDATE {T} SET v = v || '?' WHERE region = 'eu' AND id < 7",
+        "INSERT INTO {T}_eu VALUES (200, 'eu', 'in')",
+        "INSERT INTO {T} VALUES (201, 'eu', 'routed'), (202, 'us', 'local')",
+    ] {
+        let (local, dist) = both(&mut db, sql);
+        assert_eq!((local.as_str(), dist.as_str()), ("ok", "ok"), "{sql}");
+        contents_agree(&mut db, sql);
+    }
+}
