@@ -253,15 +253,10 @@ pub unsafe extern "C-unwind" fn get_foreign_join_paths(
     // here is palloc'd in the planner's context.
     unsafe {
         let parse = (*root).parse;
-        let base = |r: *mut pg_sys::RelOptInfo| {
-            (*r).reloptkind == pg_sys::RelOptKind::RELOPT_BASEREL
-                && pg_sys::bms_is_empty((*r).lateral_relids)
-                && !pg_sys::is_dummy_rel(r)
-        };
         if (*parse).commandType != pg_sys::CmdType::CMD_SELECT
             || !(*parse).rowMarks.is_null()
-            || !base(outerrel)
-            || !base(innerrel)
+            || !super::rel_is_one_table(root, outerrel)
+            || !super::rel_is_one_table(root, innerrel)
             || !pg_sys::bms_is_empty((*joinrel).lateral_relids)
         {
             return;

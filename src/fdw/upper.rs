@@ -215,13 +215,10 @@ unsafe fn base(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo) -> 
         if !rel.is_null() && (*rel).reloptkind == pg_sys::RelOptKind::RELOPT_JOINREL {
             return join_base(root, rel);
         }
-        if rel.is_null()
-            || (*rel).reloptkind != pg_sys::RelOptKind::RELOPT_BASEREL
+        if !super::rel_is_one_table(root, rel)
             || (*parse).commandType != pg_sys::CmdType::CMD_SELECT
             || !(*parse).rowMarks.is_null()
             || (*parse).hasTargetSRFs
-            || !pg_sys::bms_is_empty((*rel).lateral_relids)
-            || pg_sys::is_dummy_rel(rel)
         {
             return None;
         }
