@@ -104,7 +104,8 @@ pub fn default_collation_is_c() -> bool {
 /// The rulebook's class of a comparison's input collation.
 pub fn collation_class(collid: pg_sys::Oid) -> CollationClass {
     if collid == pg_sys::Oid::INVALID {
-        return CollationClass::C; // not a collatable type
+        // A type without collations, or text between conflicting ones.
+        return CollationClass::Unresolved;
     }
     // SAFETY: a syscache lookup of an existing collation.
     if !unsafe { pg_sys::get_collation_isdeterministic(collid) } {

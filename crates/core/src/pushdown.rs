@@ -80,6 +80,11 @@ pub enum CollationClass {
     Deterministic,
     /// Different strings may compare equal (case- or accent-insensitive).
     Nondeterministic,
+    /// No collation: a type that has none (collation never matters outside
+    /// text), or text whose sides carry different implicit collations,
+    /// which Postgres refuses to compare (SQLSTATE 42P22) rather than
+    /// picking one; so no text comparison, sort or group goes to a node.
+    Unresolved,
 }
 
 /// Types that compare with each other the same way on both sides.
@@ -156,7 +161,7 @@ pub fn comparison_pushable(
     match collation {
         CollationClass::C => true,
         CollationClass::Deterministic => matches!(op, CmpOp::Eq | CmpOp::Ne),
-        CollationClass::Nondeterministic => false,
+        CollationClass::Nondeterministic | CollationClass::Unresolved => false,
     }
 }
 
@@ -177,7 +182,7 @@ pub fn columns_comparison_pushable(
 pub fn like_pushable(column: ColumnType, pattern: ColumnType, collation: CollationClass) -> bool {
     family(column) == Family::Text
         && family(pattern) == Family::Text
-        && collation != CollationClass::Nondeterministic
+        && matches!(collation, CollationClass::C | CollationClass::Deterministic)
 }
 
 /// Whether an array of this element type may be bound at run time as the
@@ -418,6 +423,22 @@ mod tests {
                 CollationClass::Nondeterministic
             ));
         }
+        // Conflicting implicit collations: Postgres raises an error.
+        for op in [CmpOp::Eq, CmpOp::Lt] {
+            assert!(!comparison_pushable(
+                Text,
+                Text,
+                op,
+                CollationClass::Unresolved
+            ));
+        }
+        assert!(!like_pushable(Text, Text, CollationClass::Unresolved));
+        assert!(!sort_pushable(Text, CollationClass::Unresolved));
+        assert!(!group_pushable(Varchar, CollationClass::Unresolved));
+        assert_eq!(
+            aggregate("max", Some((Text, CollationClass::Unresolved)), false),
+            None
+        );
         // Collation never matters outside text.
         assert!(comparison_pushable(
             Int4,
@@ -425,6 +446,15 @@ mod tests {
             CmpOp::Lt,
             CollationClass::Nondeterministic
         ));
+        for ty in [Int8, Float8, Bool, Bytea, Uuid, Date, Timestamptz] {
+            assert!(comparison_pushable(
+                ty,
+                ty,
+                CmpOp::Lt,
+                CollationClass::Unresolved
+            ));
+            assert!(sort_pushable(ty, CollationClass::Unresolved));
+        }
         assert!(like_pushable(Text, Text, CollationClass::Deterministic));
         assert!(!like_pushable(Text, Text, CollationClass::Nondeterministic));
         assert!(!like_pushable(Bpchar, Text, CollationClass::C));
