@@ -95,7 +95,9 @@ fn conductor_fdw_handler() -> PgBox<pg_sys::FdwRoutine> {
 /// empty and has no lateral references. An inheritance parent (a table
 /// other tables inherit from, read without ONLY) is a base relation too,
 /// but its rows are an Append of its own and its children's, which the
-/// shards do not hold.
+/// shards do not hold. One whose children were all dropped is still
+/// planned as an Append (`pg_class.relhassubclass` stays set until the
+/// next ANALYZE), of itself alone: its rows are the table's.
 ///
 /// # Safety
 /// `root` and `rel` are valid planner structures (`rel` may be null).
@@ -103,7 +105,8 @@ pub(crate) unsafe fn rel_is_one_table(
     root: *mut pg_sys::PlannerInfo,
     rel: *mut pg_sys::RelOptInfo,
 ) -> bool {
-    // SAFETY: per the contract; a base rel's relid indexes simple_rte_array.
+    // SAFETY: per the contract; a base rel's relid indexes simple_rte_array,
+    // and append_rel_list is a List of AppendRelInfo.
     unsafe {
         if rel.is_null()
             || (*rel).reloptkind != pg_sys::RelOptKind::RELOPT_BASEREL
@@ -113,7 +116,15 @@ pub(crate) unsafe fn rel_is_one_table(
             return false;
         }
         let rte = *(*root).simple_rte_array.add((*rel).relid as usize);
-        !(*rte).inh
+        if !(*rte).inh {
+            return true;
+        }
+        // The parent is a member of its own Append; any other is a child.
+        let members = PgList::<pg_sys::AppendRelInfo>::from_pg((*root).append_rel_list)
+            .iter_ptr()
+            .filter(|&info| (*info).parent_relid == (*rel).relid)
+            .count();
+        members <= 1
     }
 }
 
