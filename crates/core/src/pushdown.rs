@@ -201,10 +201,30 @@ pub fn list_param_pushable(element: ColumnType) -> bool {
 /// statement: three such lists still fit in one.
 pub const MAX_ARGUMENT_LIST: usize = 10_000;
 
+/// Most arguments the float and bytea IN lists of one statement may take
+/// together: three lists of [`MAX_ARGUMENT_LIST`], so that the statement's
+/// other arguments still fit in SQLite's 32,766.
+pub const MAX_LIST_ARGUMENTS: usize = 3 * MAX_ARGUMENT_LIST;
+
+/// The arguments an IN list of `len` known elements of this type takes in
+/// a statement, one per element (floats and bytea; other long lists travel
+/// as one JSON argument and count for nothing here).
+pub fn list_arguments(element: ColumnType, len: usize) -> usize {
+    match family(element) {
+        Family::Float | Family::Bytea => len,
+        _ => 0,
+    }
+}
+
 /// Whether an IN list of `len` known elements of this type may go to the
-/// nodes (a longer one of floats or bytea is evaluated by Postgres).
-pub fn list_pushable(element: ColumnType, len: usize) -> bool {
-    len <= MAX_ARGUMENT_LIST || !matches!(family(element), Family::Float | Family::Bytea)
+/// nodes, its text written `copies` times in the statement (an aggregate's
+/// FILTER once per partial result), when the statement's lists pushed
+/// before it take `taken` arguments (see [`list_arguments`]). A longer one
+/// of floats or bytea, or one that would take the statement past
+/// [`MAX_LIST_ARGUMENTS`], is evaluated by Postgres.
+pub fn list_pushable(element: ColumnType, len: usize, copies: usize, taken: usize) -> bool {
+    let own = list_arguments(element, len);
+    own == 0 || (len <= MAX_ARGUMENT_LIST && taken + own * copies <= MAX_LIST_ARGUMENTS)
 }
 
 /// Whether `ORDER BY column` (ascending or descending, NULLS FIRST or
@@ -280,11 +300,17 @@ mod tests {
     fn long_float_and_bytea_lists_stay_in_postgres() {
         use ColumnType::*;
         for ty in [Float4, Float8, Bytea] {
-            assert!(list_pushable(ty, MAX_ARGUMENT_LIST));
-            assert!(!list_pushable(ty, MAX_ARGUMENT_LIST + 1));
+            assert!(list_pushable(ty, MAX_ARGUMENT_LIST, 1, 0));
+            assert!(!list_pushable(ty, MAX_ARGUMENT_LIST + 1, 1, 0));
+            // The statement's lists together stay below SQLite's limit.
+            let taken = MAX_LIST_ARGUMENTS - 9_000;
+            assert!(list_pushable(ty, 9_000, 1, taken));
+            assert!(!list_pushable(ty, 9_001, 1, taken));
+            assert!(!list_pushable(ty, 8_000, 4, 0));
         }
         for ty in [Int8, Text, Uuid, Date, Timestamptz, Bool] {
-            assert!(list_pushable(ty, 1_000_000));
+            assert!(list_pushable(ty, 1_000_000, 4, MAX_LIST_ARGUMENTS));
+            assert_eq!(list_arguments(ty, 1_000_000), 0);
         }
     }
 

@@ -1,7 +1,9 @@
 //! Large inputs: IN lists and arrays of any length (100,000 elements on 1-
 //! and 16-shard tables keyed by bigint, text and uuid agree with a local
 //! table: long lists travel as one JSON argument, not one SQLite variable
-//! per element), and large values (64 MiB text and bytea round-trip when
+//! per element; lists of floats and bytea, which take one variable per
+//! element, stay in Postgres once a statement's lists would pass SQLite's
+//! limit), and large values (64 MiB text and bytea round-trip when
 //! the node accepts bodies that large; beyond its limit the ERROR names the
 //! node, its limit and the conductor-node flag that raises it).
 
@@ -33,6 +35,22 @@ const LIST: i64 = 100_000;
 /// `int4send(i)` as hex: the big-endian bytes of `i`.
 fn hex4(i: i32) -> String {
     i.to_be_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 9,000 float literals: `step`, 2 × `step`, …
+fn floats(step: f64) -> String {
+    (1..=9_000)
+        .map(|i| format!("{}", i as f64 * step))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// 9,000 bytea literals: `int4send` of `step`, 2 × `step`, …
+fn blobs(step: i32) -> String {
+    (1..=9_000)
+        .map(|i: i32| format!("'\\x{}'::bytea", hex4(i * step)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[test]
@@ -106,6 +124,23 @@ fn long_in_lists_and_arrays_agree_with_a_local_table() {
                     .map(|i: i32| format!("'\\x{}'::bytea", hex4(i * 3)))
                     .collect::<Vec<_>>()
                     .join(", ")
+            ),
+            // lists of floats and bytea short enough to be pushed one by
+            // one, whose arguments together would pass SQLite's limit
+            // (four lists of 9,000; a FILTER's list is written once per
+            // partial result, four for avg): the lists that no longer fit
+            // are filtered by Postgres (never an error)
+            format!(
+                "SELECT count(*), coalesce(sum(n), 0) FROM {{T}} WHERE f IN ({f9}) AND b IN ({b9}) AND (f IN ({f9b}) OR b IN ({b9b}))",
+                f9 = floats(3.0),
+                b9 = blobs(3),
+                f9b = floats(4.5),
+                b9b = blobs(5),
+            ),
+            format!(
+                "SELECT count(*), avg(f) FILTER (WHERE f IN ({})), count(*) FILTER (WHERE b IN ({})) FROM {{T}}",
+                floats(3.0),
+                blobs(3)
             ),
             // the list combined with other conditions
             format!(
