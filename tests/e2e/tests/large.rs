@@ -3,9 +3,11 @@
 //! table: long lists travel as one JSON argument, not one SQLite variable
 //! per element; lists of floats and bytea, which take one variable per
 //! element, stay in Postgres once a statement's lists would pass SQLite's
-//! limit), and large values (64 MiB text and bytea round-trip when
-//! the node accepts bodies that large; beyond its limit the ERROR names the
-//! node, its limit and the conductor-node flag that raises it).
+//! limit), conditions of thousands of ORed or ANDed terms (in WHERE, an
+//! aggregate's FILTER, a join's ON and HAVING, beyond SQLite's expression
+//! depth of 1,000), and large values (64 MiB text and bytea round-trip
+//! when the node accepts bodies that large; beyond its limit the ERROR
+//! names the node, its limit and the conductor-node flag that raises it).
 
 mod common;
 
@@ -184,6 +186,82 @@ fn long_in_lists_and_arrays_agree_with_a_local_table() {
             assert_eq!(deleted as i64, want);
         }
     }
+}
+
+/// An OR (or AND) of thousands of terms, as an ORM writes a batch of
+/// lookups, goes to the nodes as one condition that SQLite can parse (it
+/// refuses expressions more than 1,000 deep) and answers as Postgres.
+#[test]
+fn long_or_and_and_chains_agree_with_a_local_table() {
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    let columns = "id bigint NOT NULL, k integer NOT NULL, n integer, s text";
+    exec(
+        &mut db,
+        &format!(
+            "CREATE TABLE l_c ({columns});
+             CREATE FOREIGN TABLE c ({columns}) SERVER cluster OPTIONS (primary_key 'id, k');
+             SELECT conductor.create_distributed_table('c', 'id', shard_count => 4);
+             CREATE TABLE l_c2 ({columns});
+             CREATE FOREIGN TABLE c2 ({columns}) SERVER cluster OPTIONS (primary_key 'id, k');
+             SELECT conductor.create_distributed_table('c2', 'id', colocate_with => 'c');
+             INSERT INTO l_c SELECT i % 500, i, i % 3000, 's' || (i % 4000) FROM generate_series(1, 6000) i;
+             INSERT INTO l_c2 SELECT * FROM l_c WHERE k % 3 = 0;
+             INSERT INTO c SELECT * FROM l_c;
+             INSERT INTO c2 SELECT * FROM l_c2;"
+        ),
+    );
+    let any = |template: &str, terms: i32| {
+        (0..terms)
+            .map(|i| template.replace("{i}", &(i * 2).to_string()))
+            .collect::<Vec<_>>()
+    };
+    let statements = [
+        format!(
+            "SELECT count(*), sum(n) FROM {{c}} WHERE {}",
+            any("n = {i}", 2_500).join(" OR ")
+        ),
+        format!(
+            "SELECT count(*) FROM {{c}} WHERE {}",
+            any("(id = {i} AND n > 100)", 1_500).join(" OR ")
+        ),
+        format!(
+            "SELECT count(*) FROM {{c}} WHERE NOT ({})",
+            any("s = 's{i}'", 2_500).join(" OR ")
+        ),
+        format!(
+            "SELECT count(*) FROM {{c}} WHERE {}",
+            any("n <> {i}", 2_500).join(" AND ")
+        ),
+        format!(
+            "SELECT id % 7, count(*) FILTER (WHERE {}) FROM {{c}} GROUP BY 1",
+            any("n = {i}", 2_000).join(" OR ")
+        ),
+        format!(
+            "SELECT count(*), count(b.k) FROM {{c}} a LEFT JOIN {{c2}} b ON a.id = b.id AND a.k = b.k AND ({})",
+            any("b.n = {i}", 2_000).join(" OR ")
+        ),
+        format!(
+            "SELECT id, count(*) FROM {{c}} GROUP BY id HAVING {}",
+            any("max(n) = {i}", 2_000).join(" OR ")
+        ),
+    ];
+    let mut mismatches = Vec::new();
+    for sql in &statements {
+        let mut local = texts(&mut db, &sql.replace("{c}", "l_c").replace("{c2}", "l_c2"));
+        let mut dist = texts(&mut db, &sql.replace("{c}", "c").replace("{c2}", "c2"));
+        local.sort();
+        dist.sort();
+        if local != dist {
+            mismatches.push(format!(
+                "{}…\n  local: {local:?}\n  conductor: {dist:?}",
+                &sql[..120]
+            ));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }
 
 #[test]
