@@ -43,6 +43,11 @@ pub struct JoinSpec {
     /// that planned the join (an upper path over it maps Vars by them).
     #[serde(default)]
     pub rtis: (u32, u32),
+    /// Arguments the float and bytea IN lists of its conditions take
+    /// (`Lowering::list_arguments`), which an aggregate's FILTER pushed
+    /// with the join adds to.
+    #[serde(default)]
+    pub list_arguments: usize,
 }
 
 /// The second element of a join scan's fdw_private: tells it apart from an
@@ -253,15 +258,10 @@ pub unsafe extern "C-unwind" fn get_foreign_join_paths(
     // here is palloc'd in the planner's context.
     unsafe {
         let parse = (*root).parse;
-        let base = |r: *mut pg_sys::RelOptInfo| {
-            (*r).reloptkind == pg_sys::RelOptKind::RELOPT_BASEREL
-                && pg_sys::bms_is_empty((*r).lateral_relids)
-                && !pg_sys::is_dummy_rel(r)
-        };
         if (*parse).commandType != pg_sys::CmdType::CMD_SELECT
             || !(*parse).rowMarks.is_null()
-            || !base(outerrel)
-            || !base(innerrel)
+            || !super::rel_is_one_table(root, outerrel)
+            || !super::rel_is_one_table(root, innerrel)
             || !pg_sys::bms_is_empty((*joinrel).lateral_relids)
         {
             return;
@@ -436,6 +436,7 @@ pub unsafe extern "C-unwind" fn get_foreign_join_paths(
                 inner: inner.relid.to_u32(),
                 query,
                 rtis: (outer_rti, inner_rti),
+                list_arguments: lowering.list_arguments,
             }),
         };
         // The nodes join; the router only receives the joined rows (a

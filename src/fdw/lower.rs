@@ -43,6 +43,13 @@ pub struct Lowering<'a> {
     /// index; its columns follow the outer table's (`plan::JoinQuery`), and
     /// a comparison of two columns may be pushed.
     inner: Option<(&'a TableTopology, i32)>,
+    /// Arguments the float and bytea IN lists pushed so far take in the
+    /// statement (`pushdown::list_arguments`), counted over every clause
+    /// lowered for it.
+    pub list_arguments: usize,
+    /// How many times the clauses being lowered are written in the
+    /// statement (an aggregate's FILTER, once per partial result).
+    pub copies: usize,
 }
 
 pub(crate) fn is(node: *const pg_sys::Node, tag: pg_sys::NodeTag) -> bool {
@@ -104,7 +111,8 @@ pub fn default_collation_is_c() -> bool {
 /// The rulebook's class of a comparison's input collation.
 pub fn collation_class(collid: pg_sys::Oid) -> CollationClass {
     if collid == pg_sys::Oid::INVALID {
-        return CollationClass::C; // not a collatable type
+        // A type without collations, or text between conflicting ones.
+        return CollationClass::Unresolved;
     }
     // SAFETY: a syscache lookup of an existing collation.
     if !unsafe { pg_sys::get_collation_isdeterministic(collid) } {
@@ -145,6 +153,8 @@ impl<'a> Lowering<'a> {
             params: Vec::new(),
             outputs: None,
             inner: None,
+            list_arguments: 0,
+            copies: 1,
         }
     }
 
@@ -181,10 +191,11 @@ impl<'a> Lowering<'a> {
     /// # Safety
     /// `clause` must be a valid expression tree of the planner.
     pub unsafe fn lower(&mut self, clause: *mut pg_sys::Node) -> Option<Pred> {
-        let mark = self.params.len();
+        let (mark, list_arguments) = (self.params.len(), self.list_arguments);
         let lowered = unsafe { self.pred(clause) };
         if lowered.is_none() {
             self.params.truncate(mark);
+            self.list_arguments = list_arguments;
         }
         lowered
     }
@@ -434,6 +445,16 @@ impl<'a> Lowering<'a> {
         })
     }
 
+    /// Whether an IN list of `len` elements of this type may be pushed
+    /// with the lists pushed before it; if so, its arguments are counted.
+    fn take_list_arguments(&mut self, element: ColumnType, len: usize) -> bool {
+        if !pushdown::list_pushable(element, len, self.copies, self.list_arguments) {
+            return false;
+        }
+        self.list_arguments += pushdown::list_arguments(element, len) * self.copies;
+        true
+    }
+
     /// The elements of the array side of `= ANY(…)`.
     unsafe fn array_items(
         &mut self,
@@ -457,7 +478,7 @@ impl<'a> Lowering<'a> {
                     return None;
                 }
                 let items = deconstruct(c.constvalue, element_type, element_ty)?;
-                if !pushdown::list_pushable(element_ty, items.len()) {
+                if !self.take_list_arguments(element_ty, items.len()) {
                     return None;
                 }
                 let operands = items.into_iter().map(Operand::Const).collect::<Vec<_>>();
@@ -476,7 +497,7 @@ impl<'a> Lowering<'a> {
                     }
                     operands.push(operand);
                 }
-                if !pushdown::list_pushable(element_ty, operands.len()) {
+                if !self.take_list_arguments(element_ty, operands.len()) {
                     return None;
                 }
                 return Some(ListOperand::Items(operands));

@@ -200,6 +200,45 @@ fn conductor_fdw_handler() -> PgBox<pg_sys::FdwRoutine> {
     routine.into_pg_boxed()
 }
 
+/// Whether a planner rel stands for the rows of its one foreign table and
+/// nothing else, so that a join or the aggregates, ORDER BY and LIMIT above
+/// it may run on that table's shards: a base relation that is not proven
+/// empty and has no lateral references. An inheritance parent (a table
+/// other tables inherit from, read without ONLY) is a base relation too,
+/// but its rows are an Append of its own and its children's, which the
+/// shards do not hold. One whose children were all dropped is still
+/// planned as an Append (`pg_class.relhassubclass` stays set until the
+/// next ANALYZE), of itself alone: its rows are the table's.
+///
+/// # Safety
+/// `root` and `rel` are valid planner structures (`rel` may be null).
+pub(crate) unsafe fn rel_is_one_table(
+    root: *mut pg_sys::PlannerInfo,
+    rel: *mut pg_sys::RelOptInfo,
+) -> bool {
+    // SAFETY: per the contract; a base rel's relid indexes simple_rte_array,
+    // and append_rel_list is a List of AppendRelInfo.
+    unsafe {
+        if rel.is_null()
+            || (*rel).reloptkind != pg_sys::RelOptKind::RELOPT_BASEREL
+            || !pg_sys::bms_is_empty((*rel).lateral_relids)
+            || pg_sys::is_dummy_rel(rel)
+        {
+            return false;
+        }
+        let rte = *(*root).simple_rte_array.add((*rel).relid as usize);
+        if !(*rte).inh {
+            return true;
+        }
+        // The parent is a member of its own Append; any other is a child.
+        let members = PgList::<pg_sys::AppendRelInfo>::from_pg((*root).append_rel_list)
+            .iter_ptr()
+            .filter(|&info| (*info).parent_relid == (*rel).relid)
+            .count();
+        members <= 1
+    }
+}
+
 /// The `fdw_scan_tlist` of a pushed join or upper rel: one target entry per
 /// expression the nodes return, in order (copies: the plan owns them).
 ///

@@ -114,6 +114,9 @@ struct Base {
     join: Option<JoinBase>,
     pushed: Vec<Pred>,
     params: Vec<(*mut pg_sys::Expr, ParamSpec)>,
+    /// Arguments the float and bytea IN lists pushed so far take in the
+    /// statement (`Lowering::list_arguments`).
+    list_arguments: usize,
     rows: f64,
     shards: usize,
 }
@@ -155,10 +158,11 @@ impl Base {
         Some((index, self.topology.columns[index].ty))
     }
 
-    /// A clause over this relation's rows (an aggregate's FILTER) as the
-    /// scan's rules lower it, its runtime parameters added to the base's;
-    /// None when any part of it would stay local.
-    unsafe fn lower(&mut self, clause: *mut pg_sys::Node) -> Option<Vec<Pred>> {
+    /// A clause over this relation's rows (an aggregate's FILTER, written
+    /// `copies` times in the statement) as the scan's rules lower it, its
+    /// runtime parameters added to the base's; None when any part of it
+    /// would stay local.
+    unsafe fn lower(&mut self, clause: *mut pg_sys::Node, copies: usize) -> Option<Vec<Pred>> {
         let topology = self.topology.clone();
         let sides = self
             .join
@@ -171,6 +175,8 @@ impl Base {
             None => Lowering::new(&topology, self.relid),
         };
         lowering.params = std::mem::take(&mut self.params);
+        lowering.list_arguments = self.list_arguments;
+        lowering.copies = copies;
         let mut preds = Vec::new();
         let mut ok = true;
         for c in unsafe { implicit_and(clause) } {
@@ -183,6 +189,9 @@ impl Base {
             }
         }
         self.params = lowering.params;
+        if ok {
+            self.list_arguments = lowering.list_arguments;
+        }
         ok.then_some(preds)
     }
 
@@ -215,13 +224,10 @@ unsafe fn base(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo) -> 
         if !rel.is_null() && (*rel).reloptkind == pg_sys::RelOptKind::RELOPT_JOINREL {
             return join_base(root, rel);
         }
-        if rel.is_null()
-            || (*rel).reloptkind != pg_sys::RelOptKind::RELOPT_BASEREL
+        if !super::rel_is_one_table(root, rel)
             || (*parse).commandType != pg_sys::CmdType::CMD_SELECT
             || !(*parse).rowMarks.is_null()
             || (*parse).hasTargetSRFs
-            || !pg_sys::bms_is_empty((*rel).lateral_relids)
-            || pg_sys::is_dummy_rel(rel)
         {
             return None;
         }
@@ -244,6 +250,7 @@ unsafe fn base(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo) -> 
             pushed.push(pred);
         }
         let params = lowering.params.clone();
+        let list_arguments = lowering.list_arguments;
         let template = ShardPlan::template(
             &topology,
             &pushed,
@@ -260,6 +267,7 @@ unsafe fn base(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo) -> 
             join: None,
             pushed,
             params,
+            list_arguments,
             shards,
         })
     }
@@ -300,9 +308,11 @@ unsafe fn join_base(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo
             RouteKind::AtExecution => 1,
             _ => template.statements.len(),
         };
+        let list_arguments = spec.list_arguments;
         Some(Base {
             topology: Rc::new(super::join::combined(&outer, &inner)),
             relid: outer_rti,
+            list_arguments,
             join: Some(JoinBase {
                 spec,
                 outer,
@@ -493,7 +503,7 @@ unsafe fn agg_spec(
             _ => {}
         }
         if !a.aggfilter.is_null() {
-            let filter = base.lower(a.aggfilter.cast())?;
+            let filter = base.lower(a.aggfilter.cast(), spec.width())?;
             spec.filter = Some(match filters.iter().position(|f| *f == filter) {
                 Some(i) => i,
                 None => {
@@ -751,6 +761,7 @@ unsafe fn add_grouping_path(
             let topology = base.topology.clone();
             let mut lowering = Lowering::over_outputs(&topology, base.relid, outputs);
             lowering.params = std::mem::take(&mut base.params);
+            lowering.list_arguments = base.list_arguments;
             for clause in nodes(having) {
                 match concat.then(|| lowering.lower(clause)).flatten() {
                     Some(p) => plan.query.having.push(p),
@@ -758,6 +769,7 @@ unsafe fn add_grouping_path(
                 }
             }
             base.params = lowering.params;
+            base.list_arguments = lowering.list_arguments;
         }
         plan.params = base.params.iter().map(|(_, s)| *s).collect();
         let sorted = !(*root).sort_pathkeys.is_null();

@@ -261,19 +261,15 @@ pub fn deparse_refs(
 ) -> Result<(String, Vec<Value>), DeparseError> {
     let mut sql = String::new();
     let mut args = Vec::new();
-    for (i, p) in preds.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(" AND ");
-        }
-        deparse_one(
-            p,
-            names,
-            Some(bindings),
-            &mut sql,
-            &mut args,
-            preds.len() > 1,
-        )?;
-    }
+    deparse_joined(
+        preds,
+        " AND ",
+        names,
+        Some(bindings),
+        &mut sql,
+        &mut args,
+        preds.len() > 1,
+    )?;
     Ok((sql, args))
 }
 
@@ -288,14 +284,58 @@ pub fn deparse_template(preds: &[Pred], table: &str, names: &[&str]) -> String {
 pub fn deparse_refs_template(preds: &[Pred], names: &[String]) -> String {
     let mut sql = String::new();
     let mut args = Vec::new();
+    // Without bindings nothing can fail: values are not converted.
+    let _ = deparse_joined(
+        preds,
+        " AND ",
+        names,
+        None,
+        &mut sql,
+        &mut args,
+        preds.len() > 1,
+    );
+    sql
+}
+
+/// Terms of an AND or OR written one after the other; longer ones are
+/// grouped (see [`deparse_joined`]).
+const CHAIN_MAX: usize = 64;
+
+/// `preds` joined by `joiner` (`" AND "` or `" OR "`), each parenthesized
+/// when `parenthesize`. SQLite parses `a OR b OR c …` into a tree as deep
+/// as the chain is long and refuses one deeper than 1,000 ("Expression
+/// tree is too large"), as an ORM's OR of a few thousand key lookups
+/// would be; AND and OR are associative (in three-valued logic too), so a
+/// chain longer than [`CHAIN_MAX`] is written as its two halves, each
+/// parenthesized and split the same way: the same condition, about
+/// `CHAIN_MAX + log2(len)` deep.
+fn deparse_joined(
+    preds: &[Pred],
+    joiner: &str,
+    names: &[String],
+    bindings: Option<&[Binding]>,
+    sql: &mut String,
+    args: &mut Vec<Value>,
+    parenthesize: bool,
+) -> Result<(), DeparseError> {
+    if preds.len() > CHAIN_MAX {
+        let (first, second) = preds.split_at(preds.len() / 2);
+        sql.push('(');
+        deparse_joined(first, joiner, names, bindings, sql, args, true)?;
+        sql.push(')');
+        sql.push_str(joiner);
+        sql.push('(');
+        deparse_joined(second, joiner, names, bindings, sql, args, true)?;
+        sql.push(')');
+        return Ok(());
+    }
     for (i, p) in preds.iter().enumerate() {
         if i > 0 {
-            sql.push_str(" AND ");
+            sql.push_str(joiner);
         }
-        // Without bindings nothing can fail: values are not converted.
-        let _ = deparse_one(p, names, None, &mut sql, &mut args, preds.len() > 1);
+        deparse_one(p, names, bindings, sql, args, parenthesize)?;
     }
-    sql
+    Ok(())
 }
 
 /// `names` are the columns' SQL references (quoted and qualified).
@@ -450,12 +490,7 @@ fn deparse_one(
                 return Ok(());
             }
             open(sql);
-            for (i, p) in ps.iter().enumerate() {
-                if i > 0 {
-                    sql.push_str(joiner);
-                }
-                deparse_one(p, names, bindings, sql, args, true)?;
-            }
+            deparse_joined(ps, joiner, names, bindings, sql, args, true)?;
             close(sql);
         }
         Pred::Not(p) => {
@@ -556,6 +591,41 @@ mod tests {
                 Value::Text("x*".into())
             ]
         );
+    }
+
+    #[test]
+    fn long_chains_are_written_as_balanced_groups() {
+        let eq = |i: i64| Pred::Cmp {
+            column: 0,
+            op: CmpOp::Eq,
+            value: int(i),
+        };
+        // Short: one chain, as always.
+        let short = Pred::Or((0..3).map(eq).collect());
+        let (sql, _) = deparse(&[short], "t", &["x"], &[]).unwrap();
+        assert_eq!(sql, r#""t"."x" = ? OR "t"."x" = ? OR "t"."x" = ?"#);
+        // Long: every value in order, no chain longer than CHAIN_MAX, and
+        // nesting that grows with the logarithm of the length.
+        let n = 5_000;
+        let long = Pred::Or((0..n).map(eq).collect());
+        let (sql, args) = deparse(&[long.clone(), long], "t", &["x"], &[]).unwrap();
+        let values: Vec<Value> = (0..n).chain(0..n).map(Value::Integer).collect();
+        assert_eq!(args, values);
+        let mut depth: usize = 0;
+        let mut deepest = 0;
+        for c in sql.chars() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            deepest = deepest.max(depth);
+        }
+        assert_eq!(depth, 0);
+        assert!(deepest <= 2 + 8, "{deepest}");
+        for chain in sql.split(['(', ')']) {
+            assert!(chain.matches(" OR ").count() < CHAIN_MAX, "{chain}");
+        }
     }
 
     #[test]

@@ -80,6 +80,11 @@ pub enum CollationClass {
     Deterministic,
     /// Different strings may compare equal (case- or accent-insensitive).
     Nondeterministic,
+    /// No collation: a type that has none (collation never matters outside
+    /// text), or text whose sides carry different implicit collations,
+    /// which Postgres refuses to compare (SQLSTATE 42P22) rather than
+    /// picking one; so no text comparison, sort or group goes to a node.
+    Unresolved,
 }
 
 /// Types that compare with each other the same way on both sides.
@@ -156,7 +161,7 @@ pub fn comparison_pushable(
     match collation {
         CollationClass::C => true,
         CollationClass::Deterministic => matches!(op, CmpOp::Eq | CmpOp::Ne),
-        CollationClass::Nondeterministic => false,
+        CollationClass::Nondeterministic | CollationClass::Unresolved => false,
     }
 }
 
@@ -177,7 +182,7 @@ pub fn columns_comparison_pushable(
 pub fn like_pushable(column: ColumnType, pattern: ColumnType, collation: CollationClass) -> bool {
     family(column) == Family::Text
         && family(pattern) == Family::Text
-        && collation != CollationClass::Nondeterministic
+        && matches!(collation, CollationClass::C | CollationClass::Deterministic)
 }
 
 /// Whether an array of this element type may be bound at run time as the
@@ -196,10 +201,30 @@ pub fn list_param_pushable(element: ColumnType) -> bool {
 /// statement: three such lists still fit in one.
 pub const MAX_ARGUMENT_LIST: usize = 10_000;
 
+/// Most arguments the float and bytea IN lists of one statement may take
+/// together: three lists of [`MAX_ARGUMENT_LIST`], so that the statement's
+/// other arguments still fit in SQLite's 32,766.
+pub const MAX_LIST_ARGUMENTS: usize = 3 * MAX_ARGUMENT_LIST;
+
+/// The arguments an IN list of `len` known elements of this type takes in
+/// a statement, one per element (floats and bytea; other long lists travel
+/// as one JSON argument and count for nothing here).
+pub fn list_arguments(element: ColumnType, len: usize) -> usize {
+    match family(element) {
+        Family::Float | Family::Bytea => len,
+        _ => 0,
+    }
+}
+
 /// Whether an IN list of `len` known elements of this type may go to the
-/// nodes (a longer one of floats or bytea is evaluated by Postgres).
-pub fn list_pushable(element: ColumnType, len: usize) -> bool {
-    len <= MAX_ARGUMENT_LIST || !matches!(family(element), Family::Float | Family::Bytea)
+/// nodes, its text written `copies` times in the statement (an aggregate's
+/// FILTER once per partial result), when the statement's lists pushed
+/// before it take `taken` arguments (see [`list_arguments`]). A longer one
+/// of floats or bytea, or one that would take the statement past
+/// [`MAX_LIST_ARGUMENTS`], is evaluated by Postgres.
+pub fn list_pushable(element: ColumnType, len: usize, copies: usize, taken: usize) -> bool {
+    let own = list_arguments(element, len);
+    own == 0 || (len <= MAX_ARGUMENT_LIST && taken + own * copies <= MAX_LIST_ARGUMENTS)
 }
 
 /// Whether `ORDER BY column` (ascending or descending, NULLS FIRST or
@@ -275,11 +300,17 @@ mod tests {
     fn long_float_and_bytea_lists_stay_in_postgres() {
         use ColumnType::*;
         for ty in [Float4, Float8, Bytea] {
-            assert!(list_pushable(ty, MAX_ARGUMENT_LIST));
-            assert!(!list_pushable(ty, MAX_ARGUMENT_LIST + 1));
+            assert!(list_pushable(ty, MAX_ARGUMENT_LIST, 1, 0));
+            assert!(!list_pushable(ty, MAX_ARGUMENT_LIST + 1, 1, 0));
+            // The statement's lists together stay below SQLite's limit.
+            let taken = MAX_LIST_ARGUMENTS - 9_000;
+            assert!(list_pushable(ty, 9_000, 1, taken));
+            assert!(!list_pushable(ty, 9_001, 1, taken));
+            assert!(!list_pushable(ty, 8_000, 4, 0));
         }
         for ty in [Int8, Text, Uuid, Date, Timestamptz, Bool] {
-            assert!(list_pushable(ty, 1_000_000));
+            assert!(list_pushable(ty, 1_000_000, 4, MAX_LIST_ARGUMENTS));
+            assert_eq!(list_arguments(ty, 1_000_000), 0);
         }
     }
 
@@ -418,6 +449,22 @@ mod tests {
                 CollationClass::Nondeterministic
             ));
         }
+        // Conflicting implicit collations: Postgres raises an error.
+        for op in [CmpOp::Eq, CmpOp::Lt] {
+            assert!(!comparison_pushable(
+                Text,
+                Text,
+                op,
+                CollationClass::Unresolved
+            ));
+        }
+        assert!(!like_pushable(Text, Text, CollationClass::Unresolved));
+        assert!(!sort_pushable(Text, CollationClass::Unresolved));
+        assert!(!group_pushable(Varchar, CollationClass::Unresolved));
+        assert_eq!(
+            aggregate("max", Some((Text, CollationClass::Unresolved)), false),
+            None
+        );
         // Collation never matters outside text.
         assert!(comparison_pushable(
             Int4,
@@ -425,6 +472,15 @@ mod tests {
             CmpOp::Lt,
             CollationClass::Nondeterministic
         ));
+        for ty in [Int8, Float8, Bool, Bytea, Uuid, Date, Timestamptz] {
+            assert!(comparison_pushable(
+                ty,
+                ty,
+                CmpOp::Lt,
+                CollationClass::Unresolved
+            ));
+            assert!(sort_pushable(ty, CollationClass::Unresolved));
+        }
         assert!(like_pushable(Text, Text, CollationClass::Deterministic));
         assert!(!like_pushable(Text, Text, CollationClass::Nondeterministic));
         assert!(!like_pushable(Bpchar, Text, CollationClass::C));

@@ -19,6 +19,10 @@
 //! refuses a different shard count or key type, takes the group's shard
 //! count and its shard→node map.
 //!
+//! `text_of_conflicting_collations_is_refused_as_postgres_refuses_it`: a
+//! comparison of text columns of different implicit collations fails with
+//! Postgres' 42P22 instead of being answered by the nodes.
+//!
 //! Environment: `CONDUCTOR_JOIN_SEED`, `CONDUCTOR_JOIN_QUERIES` (default
 //! 400), `CONDUCTOR_JOIN_VERBOSE=1`.
 
@@ -814,6 +818,54 @@ fn keys_and_columns_read_as_bpchar_join_as_bpchar() {
             &sql.replace("{tk}", "l_tk").replace("{tv}", "l_tv"),
         );
         let dist = run(&mut db, &sql.replace("{tk}", "tk").replace("{tv}", "tv"));
+        if local != dist {
+            mismatches.push(format!("{sql}\n  local: {local:?}\n  conductor: {dist:?}"));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+/// Text columns whose implicit collations differ (here C and POSIX, which
+/// compare alike) cannot be compared: Postgres raises 42P22 rather than
+/// pick one. Such a comparison is never sent to the nodes, which would
+/// answer it, whether it is a condition of a pushed join or the outer
+/// value of a parameterized scan; a COLLATE clause settles it as usual.
+#[test]
+fn text_of_conflicting_collations_is_refused_as_postgres_refuses_it() {
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    let columns = r#"k text COLLATE "C" NOT NULL, c text COLLATE "C", p text COLLATE "POSIX""#;
+    exec(
+        &mut db,
+        &format!(
+            "CREATE TABLE l_cc ({columns});
+             CREATE FOREIGN TABLE cc ({columns}) SERVER cluster;
+             SELECT conductor.create_distributed_table('cc', 'k', shard_count => 4);
+             INSERT INTO l_cc VALUES ('a', 'a', 'a'), ('b', 'a', 'b'), ('c', 'b', 'a'), ('d', NULL, 'a');
+             INSERT INTO cc SELECT * FROM l_cc;"
+        ),
+    );
+    let statements = [
+        "SELECT a.k FROM {cc} a JOIN {cc} b ON a.k = b.k AND a.c = b.p",
+        "SELECT a.k FROM {cc} a LEFT JOIN {cc} b ON a.k = b.k AND a.c < b.p",
+        "SELECT a.k FROM {cc} a JOIN {cc} b ON a.k = b.k WHERE a.p LIKE b.c",
+        "SELECT a.k FROM {cc} a JOIN {cc} b ON a.k = b.k AND a.c = b.p COLLATE \"C\"",
+        "SELECT a.k FROM {cc} a JOIN {cc} b ON a.k = b.k AND a.c < b.p COLLATE \"POSIX\"",
+        // A nested loop whose inner scan looks its shard key up by the
+        // outer row's value.
+        "SELECT a.k, b.k FROM l_cc a JOIN {cc} b ON b.k = a.p",
+        "SELECT a.k, b.k FROM l_cc a JOIN {cc} b ON b.k = a.p COLLATE \"C\"",
+    ];
+    exec(
+        &mut db,
+        "SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_material = off",
+    );
+    let mut mismatches = Vec::new();
+    for sql in statements {
+        let local = run(&mut db, &sql.replace("{cc}", "l_cc"));
+        let dist = run(&mut db, &sql.replace("{cc}", "cc"));
         if local != dist {
             mismatches.push(format!("{sql}\n  local: {local:?}\n  conductor: {dist:?}"));
         }
