@@ -282,10 +282,10 @@ pub fn commit_before(first: &NodeKey, then: &BTreeSet<NodeKey>) {
                     "conductor: this transaction's virtual index entries cannot be committed in a safe order",
                 )
                 .detail(format!(
-                    "Node {} must commit before node {} (it holds index entries of rows there), and an earlier statement of the transaction needs the opposite order.",
+                    "Node {} must commit before node {} (it holds index entries of rows there), and rows this transaction wrote earlier (in this statement or an earlier one) need the opposite order.",
                     first.1, t.1
                 ))
-                .hint("Retry the transaction; writing the rows in fewer statements (or in separate transactions) avoids it.")
+                .hint("Retry the transaction; writing these rows in separate transactions (one row per transaction always works) avoids it.")
                 .error()
             }
             order.insert((first.clone(), t.clone()));

@@ -1,7 +1,9 @@
 //! Faults with real libSQL servers (sqld) as the nodes, each run the same
 //! way on conductor-node: a node killed in the middle of a scan, killed in
 //! the middle of a transaction, restarted, and stopped (a node that does not
-//! answer: the request deadline, statement_timeout and cancel). What the
+//! answer: the request deadline, statement_timeout and cancel), and lock
+//! contention (a paused holder and a waiting writer; a lock request given
+//! up by NOWAIT or lock_timeout, which sqld still serves). What the
 //! user sees — SQLSTATE, message, a DETAIL naming node and shard — must be
 //! the same with both kinds of node.
 //!
@@ -459,6 +461,86 @@ fn a_paused_lock_holder_and_a_waiting_writer_one_loses_with_40001() {
             );
             won.sort();
             assert_eq!(ids, won, "{kind:?}: {then}");
+        }
+    }
+}
+
+/// A transaction holds node-1's write lock; another session's statement
+/// asks for it and gives up at once (`waiter`: NOWAIT, or a short
+/// `lock_timeout` writing a key of node-1); the holder goes on after a pause longer than sqld lets
+/// a writer wait, writes again and commits. What the holder got and the
+/// rows that exist afterwards, with the holder's two keys.
+fn holder_after_a_given_up_waiter(
+    kind: &Kind,
+    waiter: &str,
+) -> (Result<(), String>, Vec<i64>, Vec<i64>) {
+    let (cluster, mut db) = start(kind, 0, 1);
+    let keys = keys_on(&mut db, "node-1", 3);
+    let waiter = waiter.replace("{W}", &keys[2].to_string());
+    let mut a = cluster.client();
+    exec(
+        &mut a,
+        &format!("BEGIN; INSERT INTO f VALUES ({}, 'a')", keys[0]),
+    );
+    let mut b = cluster.client();
+    let t = Instant::now();
+    let gave_up = b.batch_execute(&waiter).map_err(|e| pg_err(&e));
+    let took = t.elapsed();
+    assert!(
+        gave_up
+            .as_ref()
+            .is_err_and(|e| e.starts_with("ERROR 55P03")),
+        "{kind:?}: {waiter}: {gave_up:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "{kind:?}: {waiter}: waited {took:?}"
+    );
+    std::thread::sleep(Duration::from_secs(7));
+    let holder = a
+        .batch_execute(&format!("INSERT INTO f VALUES ({}, 'c'); COMMIT", keys[1]))
+        .map_err(|e| pg_err(&e));
+    let _ = a.batch_execute("ROLLBACK");
+    println!("{kind:?}: {waiter}: the holder: {holder:?}");
+    let ids: Vec<i64> = db
+        .query("SELECT id FROM f ORDER BY id", &[])
+        .unwrap_or_else(|e| panic!("{}", pg_err(&e)))
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    (holder, ids, keys[..2].to_vec())
+}
+
+/// A lock request that conductor gave up (NOWAIT, lock_timeout) cannot be
+/// withdrawn from the node: sqld still counts it as a waiting writer and
+/// rolls the holder back after a few seconds (40001 naming node and shard,
+/// nothing of the holder committed, nothing of the waiter either), while
+/// on conductor-node the holder commits. The README says so.
+#[test]
+fn a_given_up_lock_request_still_rolls_a_sqld_holder_back() {
+    let Some(kinds) = kinds() else { return };
+    for waiter in [
+        "SELECT id FROM f ORDER BY id FOR UPDATE NOWAIT",
+        "SET lock_timeout = '300ms'; INSERT INTO f VALUES ({W}, 'b')",
+    ] {
+        for kind in &kinds {
+            let (holder, ids, keys) = holder_after_a_given_up_waiter(kind, waiter);
+            match kind {
+                Kind::ConductorNode => {
+                    assert_eq!(holder, Ok(()), "{waiter}");
+                    assert_eq!(ids, keys, "{waiter}");
+                }
+                Kind::Sqld(_) => {
+                    let e = holder.expect_err("sqld rolled the holder back");
+                    assert!(e.starts_with("ERROR 40001"), "{waiter}: {e}");
+                    let detail = e.split("DETAIL:").nth(1).unwrap_or("");
+                    assert!(
+                        detail.contains("node-1") && detail.contains("shard"),
+                        "{waiter}: {e}"
+                    );
+                    assert_eq!(ids, Vec::<i64>::new(), "{waiter}");
+                }
+            }
         }
     }
 }

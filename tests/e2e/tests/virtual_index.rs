@@ -1152,6 +1152,46 @@ fn sqld_nodes_keep_and_use_virtual_indexes() {
     }
 }
 
+/// On sqld, one autocommit UPDATE whose rows and new indexed values cross
+/// the two nodes both ways cannot order its commits: it fails with 40001
+/// before anything is written, and the DETAIL says that the conflicting
+/// order comes from rows written earlier, possibly by this very statement
+/// (the transaction has no other).
+#[test]
+fn sqld_one_update_crossing_nodes_both_ways_says_why_it_cannot_commit() {
+    let Some(sqld) = common::sqld_bin() else {
+        println!("SKIPPED: set SQLD=/path/to/sqld to run against real libSQL servers");
+        return;
+    };
+    let cluster = Cluster::start_sqld(2, &sqld);
+    let mut db = cluster.client();
+    cluster.setup_conductor(&mut db, "cluster");
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE x (id bigint NOT NULL, n bigint) SERVER cluster;
+         SELECT conductor.create_distributed_table('x', 'id', 8);
+         INSERT INTO x SELECT g, g FROM generate_series(1, 200) g;",
+    );
+    exec(
+        &mut db,
+        "CALL conductor.create_virtual_index('x', ARRAY['n'], false, 'x_n')",
+    );
+    let e = db
+        .batch_execute("UPDATE x SET n = n + 1000 + id")
+        .expect_err("entries on both nodes pointing at rows of the other");
+    assert_eq!(e.code().map(|c| c.code()), Some("40001"), "{}", pg_err(&e));
+    let detail = e.as_db_error().and_then(|d| d.detail()).unwrap_or("");
+    assert!(
+        detail.contains("in this statement or an earlier one"),
+        "{}",
+        pg_err(&e)
+    );
+    assert_eq!(
+        rows(&mut db, "SELECT count(*) FROM x WHERE n > 1000").unwrap(),
+        rows(&mut db, "SELECT 0").unwrap()
+    );
+}
+
 /// Rows on both nodes whose new values' entries live on the other node: a
 /// multi-row UPDATE setting indexed columns to per-row values (alone and in
 /// a transaction) succeeds and agrees with a local table, and a backend
