@@ -48,21 +48,6 @@ pub unsafe fn private_to<T: serde::de::DeserializeOwned>(fdw_private: *mut pg_sy
         .unwrap_or_else(|e| error!("conductor: unreadable foreign scan plan: {e}"))
 }
 
-/// A conductor table's rows live on the nodes: they have no physical
-/// address and no transaction stamps. Postgres would read `ctid` as the same
-/// invalid address for every row (so `DELETE … WHERE ctid IN (SELECT ctid …
-/// LIMIT 1)` would match them all) and fails deep in the executor on `xmin`
-/// and the others; a query naming one is refused while it is planned.
-/// `tableoid` is Postgres' own and is fine.
-///
-/// # Safety
-/// `exprs` is an expression tree or a List of them (or null), valid while
-/// planning or starting a statement.
-pub(crate) unsafe fn refuse_system_columns(exprs: *mut pg_sys::Node, table: &str) {
-    // SAFETY: per the contract.
-    unsafe { refuse_system_columns_of(exprs, None, table) }
-}
-
 /// [`refuse_system_columns`] for the scan of a partition (or inheritance
 /// child) `rti`: Postgres asks every partition for `ctid` when a row lock
 /// or a join needs its local siblings' (a conductor partition's row lock
@@ -103,7 +88,7 @@ pub(crate) unsafe fn refuse_written_system_columns(
                     .iter()
                     .any(|m| CStr::from_ptr((*tle).resname).to_bytes() == m.as_bytes());
             if !mark_column {
-                refuse_system_columns_of((*tle).expr.cast(), Some(&varnos), table);
+                refuse_system_columns((*tle).expr.cast(), Some(&varnos), table);
             }
         }
         for exprs in [
@@ -111,16 +96,29 @@ pub(crate) unsafe fn refuse_written_system_columns(
             (*parse).returningList.cast(),
             (*parse).havingQual,
         ] {
-            refuse_system_columns_of(exprs, Some(&varnos), table);
+            refuse_system_columns(exprs, Some(&varnos), table);
         }
     }
 }
 
-/// Refuse a system column (but `tableoid`) of the tree's Vars, of every
-/// Var or of those of `varnos`.
-unsafe fn refuse_system_columns_of(exprs: *mut pg_sys::Node, varnos: Option<&[i32]>, table: &str) {
-    // SAFETY: the callers' contracts; pull_var_clause returns a new list of
-    // the tree's own (level 0) Vars.
+/// A conductor table's rows live on the nodes: they have no physical
+/// address and no transaction stamps. Postgres would read `ctid` as the same
+/// invalid address for every row (so `DELETE … WHERE ctid IN (SELECT ctid …
+/// LIMIT 1)` would match them all) and fails deep in the executor on `xmin`
+/// and the others; a query naming one is refused while it is planned.
+/// `tableoid` is Postgres' own and is fine. Refused among the tree's Vars:
+/// every one, or those of `varnos`.
+///
+/// # Safety
+/// `exprs` is an expression tree or a List of them (or null), valid while
+/// planning or starting a statement.
+pub(crate) unsafe fn refuse_system_columns(
+    exprs: *mut pg_sys::Node,
+    varnos: Option<&[i32]>,
+    table: &str,
+) {
+    // SAFETY: per the contract; pull_var_clause returns a new list of the
+    // tree's own (level 0) Vars.
     let vars = unsafe {
         let flags = pg_sys::PVC_RECURSE_AGGREGATES
             | pg_sys::PVC_RECURSE_WINDOWFUNCS

@@ -299,6 +299,7 @@ pub unsafe fn refuse_returned_system_columns(
         let relid = (**(*root).simple_rte_array.add(result_relation as usize)).relid;
         crate::fdw::refuse_system_columns(
             pg_sys::list_nth((*plan).returningLists, subplan_index).cast(),
+            None,
             &cache::table(relid).name,
         );
     }
@@ -399,9 +400,19 @@ unsafe fn check_partition_bounds(
     // SAFETY: per the contract; ExecPartitionCheck builds the check in
     // the query's memory context on first use.
     unsafe {
-        if !(*(*(*rinfo).ri_RelationDesc).rd_rel).relispartition
-            || pg_sys::ExecPartitionCheck(rinfo, slot, estate, false)
-        {
+        if !(*(*(*rinfo).ri_RelationDesc).rd_rel).relispartition {
+            return;
+        }
+        // A row routed through the partitioned table was placed by its
+        // bounds; only a BEFORE ROW trigger of the partition can change it
+        // since (Postgres skips the check for a local partition the same way).
+        if !update && !(*rinfo).ri_RootResultRelInfo.is_null() {
+            let triggers = (*rinfo).ri_TrigDesc;
+            if triggers.is_null() || !(*triggers).trig_insert_before_row {
+                return;
+            }
+        }
+        if pg_sys::ExecPartitionCheck(rinfo, slot, estate, false) {
             return;
         }
         if update && !(*rinfo).ri_RootResultRelInfo.is_null() {
@@ -571,7 +582,9 @@ pub unsafe extern "C-unwind" fn begin_foreign_insert(
             .hint("Update the rows that change partition with a statement that does not also update this partition, or DELETE them and INSERT them.")
             .error()
         }
-        crate::fdw::refuse_system_columns((*rinfo).ri_returningList.cast(), &name());
+        if !(*rinfo).ri_returningList.is_null() {
+            crate::fdw::refuse_system_columns((*rinfo).ri_returningList.cast(), None, &name());
+        }
         let triggers = (*rinfo).ri_TrigDesc;
         let row_triggers = !triggers.is_null()
             && ((*triggers).trig_insert_after_row || (*triggers).trig_insert_before_row);

@@ -226,9 +226,14 @@ pub unsafe extern "C-unwind" fn get_foreign_rel_size(
         if (*baserel).reloptkind == pg_sys::RelOptKind::RELOPT_OTHER_MEMBER_REL {
             crate::fdw::refuse_written_system_columns(root, (*baserel).relid, &topology.name);
         } else {
-            crate::fdw::refuse_system_columns((*(*baserel).reltarget).exprs.cast(), &topology.name);
+            crate::fdw::refuse_system_columns(
+                (*(*baserel).reltarget).exprs.cast(),
+                None,
+                &topology.name,
+            );
             crate::fdw::refuse_system_columns(
                 pg_sys::extract_actual_clauses((*baserel).baserestrictinfo, false).cast(),
+                None,
                 &topology.name,
             );
         }
