@@ -1003,6 +1003,39 @@ fn contents(db: &mut Client, sql: &str) -> Vec<Vec<String>> {
     sorted(rows_text(db, sql).unwrap_or_else(|e| panic!("{sql}: {e}")))
 }
 
+/// Expected rows, written as string slices.
+fn expected(rows: &[&[&str]]) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|r| r.iter().map(|v| v.to_string()).collect())
+        .collect()
+}
+
+/// Each statement fails with `code` and a message containing `says`, and
+/// `snapshot` reads the same rows afterwards: a refusal changes nothing.
+fn refused_changing_nothing(
+    db: &mut Client,
+    snapshot: &str,
+    code: &str,
+    says: &str,
+    statements: &[&str],
+) {
+    let before = contents(db, snapshot);
+    for sql in statements {
+        let e = expect_db_error(db.simple_query(sql), sql);
+        assert_eq!(e.code().code(), code, "{sql}: {}", describe(&e));
+        assert!(e.message().contains(says), "{sql}: {}", describe(&e));
+    }
+    assert_eq!(contents(db, snapshot), before, "after {statements:?}");
+}
+
+/// A partitioned table `pt` (partition key `region`) with the conductor
+/// partition `pt_eu` and the local default partition `pt_other`.
+const PARTITIONED: &str =
+    "CREATE TABLE pt (id bigint NOT NULL, region text NOT NULL, v text) PARTITION BY LIST (region);
+     CREATE FOREIGN TABLE pt_eu PARTITION OF pt FOR VALUES IN ('eu') SERVER cluster;
+     SELECT conductor.create_distributed_table('pt_eu', 'id', shard_count => 4, colocate_with => 'none');
+     CREATE TABLE pt_other PARTITION OF pt DEFAULT;";
+
 /// A conductor table's rows have no physical address: a query naming
 /// `ctid` (or `xmin` and the other system columns) is refused while it is
 /// planned, never answered with the same made-up address for every row,
@@ -1015,40 +1048,39 @@ fn system_columns_are_refused_and_change_nothing() {
         &mut db,
         "CREATE FOREIGN TABLE t (id bigint NOT NULL, v text) SERVER cluster;
          SELECT conductor.create_distributed_table('t', 'id', shard_count => 4);
-         INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, 20) i;
-         CREATE TABLE pt (id bigint NOT NULL, region text NOT NULL, v text) PARTITION BY LIST (region);
-         CREATE FOREIGN TABLE pt_eu PARTITION OF pt FOR VALUES IN ('eu') SERVER cluster;
-         SELECT conductor.create_distributed_table('pt_eu', 'id', shard_count => 4, colocate_with => 'none');
-         CREATE TABLE pt_other PARTITION OF pt DEFAULT;
-         INSERT INTO pt VALUES (1, 'eu', 'a'), (2, 'us', 'b'), (3, 'asia', 'c');",
+         INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, 20) i;",
     );
-    let before = contents(&mut db, "SELECT * FROM t");
-    let pt_before = contents(&mut db, "SELECT * FROM pt");
-    for sql in [
-        "DELETE FROM t WHERE ctid IN (SELECT ctid FROM t LIMIT 1)",
-        "DELETE FROM t WHERE ctid = (SELECT ctid FROM t WHERE id = 1)",
-        "SELECT ctid, id FROM t",
-        "SELECT id FROM t WHERE ctid = '(0,1)'",
-        "SELECT xmin, id FROM t WHERE id = 1",
-        "SELECT cmax FROM t",
-        "SELECT a.id FROM t a JOIN t b ON a.ctid = b.ctid",
-        "UPDATE t SET v = 'x' WHERE id = 1 RETURNING ctid",
-        "DELETE FROM t WHERE id = 2 RETURNING ctid, v",
-        "INSERT INTO t VALUES (100, 'n') RETURNING ctid",
-        "INSERT INTO t SELECT 101, 'n' RETURNING xmin",
-        "INSERT INTO pt VALUES (100, 'eu', 'n') RETURNING ctid",
-        "DELETE FROM pt WHERE ctid IN (SELECT ctid FROM pt_eu LIMIT 1)",
-    ] {
-        let e = expect_db_error(db.simple_query(sql), sql);
-        assert_eq!(e.code().code(), "0A000", "{sql}: {}", describe(&e));
-        assert!(
-            e.message().contains("system column"),
-            "{sql}: {}",
-            describe(&e)
-        );
-    }
-    assert_eq!(contents(&mut db, "SELECT * FROM t"), before);
-    assert_eq!(contents(&mut db, "SELECT * FROM pt"), pt_before);
+    exec(&mut db, PARTITIONED);
+    exec(
+        &mut db,
+        "INSERT INTO pt VALUES (1, 'eu', 'a'), (2, 'us', 'b'), (3, 'asia', 'c')",
+    );
+    let both = "SELECT 't', id, v FROM t UNION ALL SELECT region, id, v FROM pt";
+    refused_changing_nothing(
+        &mut db,
+        both,
+        "0A000",
+        "system column",
+        &[
+            "DELETE FROM t WHERE ctid IN (SELECT ctid FROM t LIMIT 1)",
+            "DELETE FROM t WHERE ctid = (SELECT ctid FROM t WHERE id = 1)",
+            "SELECT ctid, id FROM t",
+            "SELECT id FROM t WHERE ctid = '(0,1)'",
+            "SELECT xmin, id FROM t WHERE id = 1",
+            "SELECT cmax FROM t",
+            "SELECT a.id FROM t a JOIN t b ON a.ctid = b.ctid",
+            "UPDATE t SET v = 'x' WHERE id = 1 RETURNING ctid",
+            "DELETE FROM t WHERE id = 2 RETURNING ctid, v",
+            "INSERT INTO t VALUES (100, 'n') RETURNING ctid",
+            "INSERT INTO t SELECT 101, 'n' RETURNING xmin",
+            "INSERT INTO pt VALUES (100, 'eu', 'n') RETURNING ctid",
+            "DELETE FROM pt WHERE ctid IN (SELECT ctid FROM pt_eu LIMIT 1)",
+            // Named through the partitioned table.
+            "SELECT ctid FROM pt",
+            "SELECT id FROM pt WHERE ctid = '(0,1)' FOR UPDATE",
+            "DELETE FROM pt WHERE ctid IN (SELECT ctid FROM pt LIMIT 1)",
+        ],
+    );
     // Row locks and joins of a partitioned table with a conductor
     // partition ask Postgres for the local partitions' ctid: not refused.
     exec(
@@ -1065,11 +1097,7 @@ fn system_columns_are_refused_and_change_nothing() {
             &mut db,
             "BEGIN; SELECT p.id, o.w FROM pt p JOIN other o USING (id) FOR UPDATE OF p, o; COMMIT"
         ),
-        vec![
-            vec!["1".to_string(), "o1".to_string()],
-            vec!["2".to_string(), "o2".to_string()],
-            vec!["3".to_string(), "o3".to_string()],
-        ]
+        expected(&[&["1", "o1"], &["2", "o2"], &["3", "o3"]])
     );
     exec(
         &mut db,
@@ -1078,20 +1106,8 @@ fn system_columns_are_refused_and_change_nothing() {
     );
     assert_eq!(
         contents(&mut db, "SELECT * FROM other"),
-        vec![
-            vec!["2".to_string(), "b".to_string()],
-            vec!["3".to_string(), "c".to_string()],
-        ]
+        expected(&[&["2", "b"], &["3", "c"]])
     );
-    for sql in [
-        "SELECT ctid FROM pt",
-        "SELECT id FROM pt WHERE ctid = '(0,1)' FOR UPDATE",
-        "DELETE FROM pt WHERE ctid IN (SELECT ctid FROM pt LIMIT 1)",
-    ] {
-        let e = expect_db_error(db.simple_query(sql), sql);
-        assert_eq!(e.code().code(), "0A000", "{sql}: {}", describe(&e));
-    }
-    assert_eq!(contents(&mut db, "SELECT * FROM pt"), pt_before);
     // A local partition's ctid is Postgres' own.
     assert_eq!(
         query_i64(&mut db, "SELECT count(ctid) FROM pt_other"),
@@ -1103,10 +1119,7 @@ fn system_columns_are_refused_and_change_nothing() {
             &mut db,
             "SELECT tableoid::regclass::text, id FROM pt WHERE id IN (1, 2)"
         ),
-        vec![
-            vec!["pt_eu".to_string(), "1".to_string()],
-            vec!["pt_other".to_string(), "2".to_string()],
-        ]
+        expected(&[&["pt_eu", "1"], &["pt_other", "2"]])
     );
 }
 
@@ -1159,15 +1172,17 @@ fn a_shard_key_assigned_its_own_value_is_not_a_key_change() {
     }
     let before = contents(&mut db, "SELECT * FROM t");
     assert_eq!(before, contents(&mut db, "SELECT * FROM l"));
-    for sql in [
-        "UPDATE t SET id = id + 1 WHERE id = 20",
-        "UPDATE t SET id = 5 WHERE id IN (5, 6)",
-        "UPDATE t SET id = 1, v = 'z' WHERE id = 2",
-    ] {
-        let e = expect_db_error(db.simple_query(sql), sql);
-        assert_eq!(e.code().code(), "0A000", "{sql}: {}", describe(&e));
-        assert!(e.message().contains("shard key"), "{sql}: {}", describe(&e));
-    }
+    refused_changing_nothing(
+        &mut db,
+        "SELECT * FROM t",
+        "0A000",
+        "shard key",
+        &[
+            "UPDATE t SET id = id + 1 WHERE id = 20",
+            "UPDATE t SET id = 5 WHERE id IN (5, 6)",
+            "UPDATE t SET id = 1, v = 'z' WHERE id = 2",
+        ],
+    );
     let e = expect_db_error(
         db.execute("UPDATE t SET id = $1 WHERE id = $2", &[&3i64, &4i64]),
         "a new key by parameter",
@@ -1182,43 +1197,35 @@ fn a_shard_key_assigned_its_own_value_is_not_a_key_change() {
 #[test]
 fn rows_moved_into_a_conductor_partition_by_an_update() {
     let (_cluster, mut db) = setup(2);
+    exec(&mut db, PARTITIONED);
     exec(
         &mut db,
-        "CREATE TABLE pt (id bigint NOT NULL, region text NOT NULL, v text) PARTITION BY LIST (region);
-         CREATE FOREIGN TABLE pt_eu PARTITION OF pt FOR VALUES IN ('eu') SERVER cluster;
-         SELECT conductor.create_distributed_table('pt_eu', 'id', shard_count => 4);
-         CREATE TABLE pt_other PARTITION OF pt DEFAULT;
-         INSERT INTO pt VALUES (1, 'eu', 'a'), (2, 'us', 'b'), (3, 'asia', 'c'), (4, 'us', 'd');",
+        "INSERT INTO pt VALUES (1, 'eu', 'a'), (2, 'us', 'b'), (3, 'asia', 'c'), (4, 'us', 'd')",
     );
-    let before = contents(&mut db, "SELECT tableoid::regclass::text, * FROM pt");
-    for sql in [
-        "UPDATE pt SET region = 'eu' WHERE id = 2",
-        "UPDATE pt SET region = 'eu', v = v || '!' WHERE id IN (1, 2)",
-        "UPDATE pt SET region = 'eu' WHERE id = 2 RETURNING *",
-    ] {
-        let e = expect_db_error(db.simple_query(sql), sql);
-        assert_eq!(e.code().code(), "0A000", "{sql}: {}", describe(&e));
-    }
-    assert_eq!(
-        contents(&mut db, "SELECT tableoid::regclass::text, * FROM pt"),
-        before
+    refused_changing_nothing(
+        &mut db,
+        "SELECT tableoid::regclass::text, * FROM pt",
+        "0A000",
+        "while the same UPDATE changes it",
+        &[
+            "UPDATE pt SET region = 'eu' WHERE id = 2",
+            "UPDATE pt SET region = 'eu', v = v || '!' WHERE id IN (1, 2)",
+            "UPDATE pt SET region = 'eu' WHERE id = 2 RETURNING *",
+        ],
     );
-    // pt_eu is pruned from the UPDATE (region <> 'eu'): only a target.
+    // pt_eu is pruned from the UPDATE (region = 'us'): only a target.
     exec(
         &mut db,
         "UPDATE pt SET region = 'eu' WHERE region = 'us' AND id = 2",
     );
     assert_eq!(
         contents(&mut db, "SELECT tableoid::regclass::text, * FROM pt"),
-        vec![
-            vec!["pt_eu", "1", "eu", "a"],
-            vec!["pt_eu", "2", "eu", "b"],
-            vec!["pt_other", "3", "asia", "c"],
-            vec!["pt_other", "4", "us", "d"],
-        ]
-        .into_iter()
-        .map(|r| r.into_iter().map(String::from).collect::<Vec<_>>())
-        .collect::<Vec<_>>()
+        expected(&[
+            &["pt_eu", "1", "eu", "a"],
+            &["pt_eu", "2", "eu", "b"],
+            &["pt_other", "3", "asia", "c"],
+            &["pt_other", "4", "us", "d"],
+        ])
     );
     assert_eq!(
         query_i64(&mut db, "SELECT count(*) FROM pt_eu WHERE id = 2"),
@@ -1237,13 +1244,12 @@ fn rows_outside_a_conductor_partitions_bounds_are_refused() {
     let (_cluster, mut db) = setup(2);
     exec(
         &mut db,
-        "CREATE TABLE pt (id bigint NOT NULL, region text NOT NULL, v text) PARTITION BY LIST (region);
-         CREATE FOREIGN TABLE pt_eu PARTITION OF pt FOR VALUES IN ('eu') SERVER cluster;
-         SELECT conductor.create_distributed_table('pt_eu', 'id', shard_count => 4);
-         CREATE TABLE pt_other PARTITION OF pt DEFAULT;
+        &format!(
+            "{PARTITIONED}
          CREATE TABLE lpt (id bigint NOT NULL, region text NOT NULL, v text) PARTITION BY LIST (region);
          CREATE TABLE lpt_eu PARTITION OF lpt FOR VALUES IN ('eu');
-         CREATE TABLE lpt_other PARTITION OF lpt DEFAULT;",
+         CREATE TABLE lpt_other PARTITION OF lpt DEFAULT;"
+        ),
     );
     for t in ["pt", "lpt"] {
         exec(
@@ -1288,19 +1294,17 @@ fn rows_outside_a_conductor_partitions_bounds_are_refused() {
     }
     // Through the partitioned table, a local partition's rows move; a
     // conductor partition's cannot.
-    let before = contents(&mut db, "SELECT tableoid::regclass::text, * FROM pt");
-    for sql in [
-        "UPDATE pt SET region = 'us' WHERE region = 'eu' AND id = 2",
-        "UPDATE pt SET region = 'us', v = v || '!' WHERE id IN (2, 3)",
-        "UPDATE pt SET region = upper(region) WHERE region = 'eu'",
-        "UPDATE pt SET region = 'us' WHERE id = 4 RETURNING *",
-    ] {
-        let e = expect_db_error(db.simple_query(sql), sql);
-        assert_eq!(e.code().code(), "0A000", "{sql}: {}", describe(&e));
-    }
-    assert_eq!(
-        contents(&mut db, "SELECT tableoid::regclass::text, * FROM pt"),
-        before
+    refused_changing_nothing(
+        &mut db,
+        "SELECT tableoid::regclass::text, * FROM pt",
+        "0A000",
+        "cannot move rows out of conductor table",
+        &[
+            "UPDATE pt SET region = 'us' WHERE region = 'eu' AND id = 2",
+            "UPDATE pt SET region = 'us', v = v || '!' WHERE id IN (2, 3)",
+            "UPDATE pt SET region = upper(region) WHERE region = 'eu'",
+            "UPDATE pt SET region = 'us' WHERE id = 4 RETURNING *",
+        ],
     );
     // Rows that stay within the bounds are written as before.
     for sql in [
