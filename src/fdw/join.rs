@@ -43,11 +43,10 @@ pub struct JoinSpec {
     /// that planned the join (an upper path over it maps Vars by them).
     #[serde(default)]
     pub rtis: (u32, u32),
-    /// Arguments the float and bytea IN lists of its conditions take
-    /// (`Lowering::list_arguments`), which an aggregate's FILTER pushed
-    /// with the join adds to.
+    /// The most arguments its conditions bind (`Lowering::arguments`),
+    /// which an aggregate's FILTER pushed with the join adds to.
     #[serde(default)]
-    pub list_arguments: usize,
+    pub arguments: usize,
 }
 
 /// The second element of a join scan's fdw_private: tells it apart from an
@@ -436,7 +435,7 @@ pub unsafe extern "C-unwind" fn get_foreign_join_paths(
                 inner: inner.relid.to_u32(),
                 query,
                 rtis: (outer_rti, inner_rti),
-                list_arguments: lowering.list_arguments,
+                arguments: lowering.arguments,
             }),
         };
         // The nodes join; the router only receives the joined rows (a

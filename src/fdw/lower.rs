@@ -12,7 +12,9 @@
 
 use crate::catalog::TableTopology;
 use crate::convert::{column_type_of, typed_from_datum};
-use conductor_core::predicate::{like_to_glob, CmpOp, ListOperand, Operand, Pred};
+use conductor_core::predicate::{
+    like_to_glob, CmpOp, ListOperand, Operand, Pred, MAX_CONDITION_ARGUMENTS,
+};
 use conductor_core::pushdown::{self, CollationClass};
 use conductor_core::types::{ColumnType, TypedValue};
 use pgrx::prelude::*;
@@ -43,10 +45,11 @@ pub struct Lowering<'a> {
     /// index; its columns follow the outer table's (`plan::JoinQuery`), and
     /// a comparison of two columns may be pushed.
     inner: Option<(&'a TableTopology, i32)>,
-    /// Arguments the float and bytea IN lists pushed so far take in the
-    /// statement (`pushdown::list_arguments`), counted over every clause
-    /// lowered for it.
-    pub list_arguments: usize,
+    /// The most arguments the clauses pushed so far bind in the statement
+    /// (`Pred::max_arguments`, times `copies`), counted over every clause
+    /// lowered for it: a clause that would take it past
+    /// `MAX_CONDITION_ARGUMENTS` stays in Postgres.
+    pub arguments: usize,
     /// How many times the clauses being lowered are written in the
     /// statement (an aggregate's FILTER, once per partial result).
     pub copies: usize,
@@ -153,7 +156,7 @@ impl<'a> Lowering<'a> {
             params: Vec::new(),
             outputs: None,
             inner: None,
-            list_arguments: 0,
+            arguments: 0,
             copies: 1,
         }
     }
@@ -191,11 +194,19 @@ impl<'a> Lowering<'a> {
     /// # Safety
     /// `clause` must be a valid expression tree of the planner.
     pub unsafe fn lower(&mut self, clause: *mut pg_sys::Node) -> Option<Pred> {
-        let (mark, list_arguments) = (self.params.len(), self.list_arguments);
-        let lowered = unsafe { self.pred(clause) };
+        let mark = self.params.len();
+        let lowered = unsafe { self.pred(clause) }.filter(|pred| {
+            let params = &self.params;
+            let json_param = |i: usize| pushdown::travels_as_json(params[i].1.ty);
+            let arguments = self.arguments + pred.max_arguments(&json_param) * self.copies;
+            let fits = arguments <= MAX_CONDITION_ARGUMENTS;
+            if fits {
+                self.arguments = arguments;
+            }
+            fits
+        });
         if lowered.is_none() {
             self.params.truncate(mark);
-            self.list_arguments = list_arguments;
         }
         lowered
     }
@@ -300,7 +311,7 @@ impl<'a> Lowering<'a> {
                 }
                 return match b.boolop {
                     pg_sys::BoolExprType::AND_EXPR => Some(Pred::And(children)),
-                    pg_sys::BoolExprType::OR_EXPR => Some(Pred::Or(children)),
+                    pg_sys::BoolExprType::OR_EXPR => Some(Pred::any_of(children)),
                     pg_sys::BoolExprType::NOT_EXPR if children.len() == 1 => {
                         Some(Pred::Not(Box::new(children.pop()?)))
                     }
@@ -445,16 +456,6 @@ impl<'a> Lowering<'a> {
         })
     }
 
-    /// Whether an IN list of `len` elements of this type may be pushed
-    /// with the lists pushed before it; if so, its arguments are counted.
-    fn take_list_arguments(&mut self, element: ColumnType, len: usize) -> bool {
-        if !pushdown::list_pushable(element, len, self.copies, self.list_arguments) {
-            return false;
-        }
-        self.list_arguments += pushdown::list_arguments(element, len) * self.copies;
-        true
-    }
-
     /// The elements of the array side of `= ANY(…)`.
     unsafe fn array_items(
         &mut self,
@@ -478,9 +479,6 @@ impl<'a> Lowering<'a> {
                     return None;
                 }
                 let items = deconstruct(c.constvalue, element_type, element_ty)?;
-                if !self.take_list_arguments(element_ty, items.len()) {
-                    return None;
-                }
                 let operands = items.into_iter().map(Operand::Const).collect::<Vec<_>>();
                 return Some(ListOperand::Items(operands));
             }
@@ -496,9 +494,6 @@ impl<'a> Lowering<'a> {
                         return None;
                     }
                     operands.push(operand);
-                }
-                if !self.take_list_arguments(element_ty, operands.len()) {
-                    return None;
                 }
                 return Some(ListOperand::Items(operands));
             }

@@ -114,9 +114,9 @@ struct Base {
     join: Option<JoinBase>,
     pushed: Vec<Pred>,
     params: Vec<(*mut pg_sys::Expr, ParamSpec)>,
-    /// Arguments the float and bytea IN lists pushed so far take in the
-    /// statement (`Lowering::list_arguments`).
-    list_arguments: usize,
+    /// The most arguments the conditions pushed so far bind in the
+    /// statement (`Lowering::arguments`).
+    arguments: usize,
     rows: f64,
     shards: usize,
 }
@@ -175,7 +175,7 @@ impl Base {
             None => Lowering::new(&topology, self.relid),
         };
         lowering.params = std::mem::take(&mut self.params);
-        lowering.list_arguments = self.list_arguments;
+        lowering.arguments = self.arguments;
         lowering.copies = copies;
         let mut preds = Vec::new();
         let mut ok = true;
@@ -190,7 +190,7 @@ impl Base {
         }
         self.params = lowering.params;
         if ok {
-            self.list_arguments = lowering.list_arguments;
+            self.arguments = lowering.arguments;
         }
         ok.then_some(preds)
     }
@@ -250,7 +250,7 @@ unsafe fn base(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo) -> 
             pushed.push(pred);
         }
         let params = lowering.params.clone();
-        let list_arguments = lowering.list_arguments;
+        let arguments = lowering.arguments;
         let template = ShardPlan::template(
             &topology,
             &pushed,
@@ -267,7 +267,7 @@ unsafe fn base(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo) -> 
             join: None,
             pushed,
             params,
-            list_arguments,
+            arguments,
             shards,
         })
     }
@@ -308,11 +308,11 @@ unsafe fn join_base(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo
             RouteKind::AtExecution => 1,
             _ => template.statements.len(),
         };
-        let list_arguments = spec.list_arguments;
+        let arguments = spec.arguments;
         Some(Base {
             topology: Rc::new(super::join::combined(&outer, &inner)),
             relid: outer_rti,
-            list_arguments,
+            arguments,
             join: Some(JoinBase {
                 spec,
                 outer,
@@ -761,7 +761,7 @@ unsafe fn add_grouping_path(
             let topology = base.topology.clone();
             let mut lowering = Lowering::over_outputs(&topology, base.relid, outputs);
             lowering.params = std::mem::take(&mut base.params);
-            lowering.list_arguments = base.list_arguments;
+            lowering.arguments = base.arguments;
             for clause in nodes(having) {
                 match concat.then(|| lowering.lower(clause)).flatten() {
                     Some(p) => plan.query.having.push(p),
@@ -769,7 +769,7 @@ unsafe fn add_grouping_path(
                 }
             }
             base.params = lowering.params;
-            base.list_arguments = lowering.list_arguments;
+            base.arguments = lowering.arguments;
         }
         plan.params = base.params.iter().map(|(_, s)| *s).collect();
         let sorted = !(*root).sort_pathkeys.is_null();

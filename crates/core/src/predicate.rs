@@ -110,6 +110,127 @@ pub enum Pred {
     },
 }
 
+/// The most arguments (`?`) the conditions pushed into one statement may
+/// bind together. SQLite takes at most 32,766 per statement; the rest is
+/// room for the statement's other arguments (a LIMIT, the values of an
+/// UPDATE's SET). A condition that would take a statement past it is
+/// evaluated by Postgres instead.
+pub const MAX_CONDITION_ARGUMENTS: usize = 30_000;
+
+impl Pred {
+    /// An OR of `terms`, the equalities of one column with values (and
+    /// its IN lists) gathered into one IN list: `c = 1 OR d = 2 OR c = 3`
+    /// is `c IN (1, 3) OR d = 2`. IN is defined as that OR, NULLs
+    /// included, so the rows are the same; but a node evaluates a list by
+    /// lookup where it would try each term in turn (an ORM's batch of a
+    /// thousand lookups), one list on the shard key is split per shard
+    /// like any other, and a long list of integers or text travels as one
+    /// argument instead of one per term.
+    pub fn any_of(terms: Vec<Pred>) -> Pred {
+        // Per column, in order of first appearance: the position of its
+        // first term, and its values.
+        let mut lists: Vec<(usize, usize, Vec<Operand>, usize)> = Vec::new();
+        let mut kept: Vec<Option<Pred>> = Vec::with_capacity(terms.len());
+        for term in terms {
+            let (column, values) = match term {
+                Pred::Cmp {
+                    column,
+                    op: CmpOp::Eq,
+                    value,
+                } => (column, vec![value]),
+                Pred::In {
+                    column,
+                    list: ListOperand::Items(items),
+                } => (column, items),
+                other => {
+                    kept.push(Some(other));
+                    continue;
+                }
+            };
+            match lists.iter_mut().find(|(c, ..)| *c == column) {
+                Some((_, _, list, merged)) => {
+                    list.extend(values);
+                    *merged += 1;
+                }
+                None => {
+                    lists.push((column, kept.len(), values, 1));
+                    kept.push(None);
+                }
+            }
+        }
+        for (column, at, values, terms) in lists {
+            kept[at] = Some(if terms == 1 && values.len() == 1 {
+                Pred::Cmp {
+                    column,
+                    op: CmpOp::Eq,
+                    value: values.into_iter().next().expect("one value"),
+                }
+            } else {
+                Pred::In {
+                    column,
+                    list: ListOperand::Items(values),
+                }
+            });
+        }
+        let mut terms: Vec<Pred> = kept.into_iter().flatten().collect();
+        if terms.len() == 1 {
+            terms.pop().expect("one term")
+        } else {
+            Pred::Or(terms)
+        }
+    }
+
+    /// The most arguments [`deparse`] can bind for this predicate.
+    /// `json_param(i)` says whether parameter `i`'s values travel as
+    /// integers or text (the forms a long IN list sends as one JSON
+    /// argument; not floats, whose infinities also take two arguments, nor
+    /// bytea).
+    pub fn max_arguments(&self, json_param: &dyn Fn(usize) -> bool) -> usize {
+        let one = |operand: &Operand| match operand {
+            Operand::Const(v) if json_value(v) => 1,
+            Operand::Param(i) if json_param(*i) => 1,
+            // a float's ±Infinity is two comparisons (infinity_cmp)
+            _ => 2,
+        };
+        match self {
+            Pred::Bool(_) | Pred::IsNull { .. } | Pred::Columns { .. } => 0,
+            Pred::Cmp { value, .. } => one(value),
+            Pred::Glob { .. } => 1,
+            Pred::In {
+                list: ListOperand::Items(items),
+                ..
+            } => {
+                // one per element, or one for all of a long JSON list; a
+                // list with infinities also compares with each sign (two
+                // arguments apiece)
+                match items.iter().all(|o| one(o) == 1) {
+                    true if items.len() > IN_LIST_JSON_THRESHOLD => 1,
+                    true => items.len(),
+                    false => items.len() + 4,
+                }
+            }
+            // Bound at execution: one argument per element up to the JSON
+            // threshold, one in all past it (only lists whose values travel
+            // as JSON are bound at run time: `pushdown::list_param_pushable`).
+            Pred::In {
+                list: ListOperand::Param(_),
+                ..
+            } => IN_LIST_JSON_THRESHOLD,
+            Pred::And(ps) | Pred::Or(ps) => ps.iter().map(|p| p.max_arguments(json_param)).sum(),
+            Pred::Not(p) => p.max_arguments(json_param),
+        }
+    }
+}
+
+/// Whether a constant travels as an integer, text or NULL (see
+/// [`json_list`]).
+fn json_value(v: &Option<TypedValue>) -> bool {
+    match v {
+        None => true,
+        Some(v) => matches!(v.to_value(""), Ok(Value::Integer(_) | Value::Text(_))),
+    }
+}
+
 /// Why a predicate cannot be turned into shard SQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeparseError {
@@ -658,6 +779,152 @@ mod tests {
                 .0,
             "NULL"
         );
+    }
+
+    fn eq(column: usize, value: Operand) -> Pred {
+        Pred::Cmp {
+            column,
+            op: CmpOp::Eq,
+            value,
+        }
+    }
+
+    fn float(f: f64) -> Operand {
+        Operand::Const(Some(TypedValue::Float8(f)))
+    }
+
+    #[test]
+    fn an_or_of_equalities_is_an_in_list_per_column() {
+        let null = Operand::Const(None);
+        let merged = Pred::any_of(vec![
+            eq(0, int(1)),
+            eq(1, int(2)),
+            Pred::IsNull {
+                column: 2,
+                negated: false,
+            },
+            eq(0, null.clone()),
+            Pred::In {
+                column: 0,
+                list: ListOperand::Items(vec![int(3), Operand::Param(0)]),
+            },
+        ]);
+        assert_eq!(
+            merged,
+            Pred::Or(vec![
+                Pred::In {
+                    column: 0,
+                    list: ListOperand::Items(vec![int(1), null, int(3), Operand::Param(0)]),
+                },
+                eq(1, int(2)),
+                Pred::IsNull {
+                    column: 2,
+                    negated: false,
+                },
+            ])
+        );
+        // One term per column stays as written; a lone term is no OR.
+        let apart = Pred::any_of(vec![eq(0, int(1)), eq(1, int(2))]);
+        assert_eq!(apart, Pred::Or(vec![eq(0, int(1)), eq(1, int(2))]));
+        assert_eq!(
+            Pred::any_of(vec![eq(0, int(1)), eq(0, int(2))]),
+            Pred::In {
+                column: 0,
+                list: ListOperand::Items(vec![int(1), int(2)]),
+            }
+        );
+        // Other comparisons are not equalities with a list.
+        let ranges = vec![
+            Pred::Cmp {
+                column: 0,
+                op: CmpOp::Lt,
+                value: int(1),
+            },
+            Pred::Cmp {
+                column: 0,
+                op: CmpOp::Gt,
+                value: int(9),
+            },
+        ];
+        assert_eq!(Pred::any_of(ranges.clone()), Pred::Or(ranges));
+        // What SQLite is sent: the same rows' condition as one list.
+        let (sql, args) = deparse(
+            &[Pred::any_of((0..3).map(|i| eq(0, int(i))).collect())],
+            "t",
+            &["k"],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(sql, r#""t"."k" IN (?, ?, ?)"#);
+        assert_eq!(args.len(), 3);
+    }
+
+    #[test]
+    fn arguments_are_counted_as_deparse_binds_them() {
+        let ints = |n: i64| ListOperand::Items((0..n).map(int).collect());
+        let floats = |n: i64| ListOperand::Items((0..n).map(|i| float(i as f64)).collect());
+        let never = |_: usize| false;
+        let cases = vec![
+            (eq(0, int(1)), 1),
+            (eq(0, float(f64::INFINITY)), 2),
+            (
+                Pred::In {
+                    column: 0,
+                    list: ints(1000),
+                },
+                1000,
+            ),
+            (
+                Pred::In {
+                    column: 0,
+                    list: ints(1001),
+                },
+                1,
+            ),
+            (
+                Pred::In {
+                    column: 0,
+                    list: ListOperand::Items(vec![
+                        float(1.0),
+                        float(f64::INFINITY),
+                        float(-f64::INFINITY),
+                    ]),
+                },
+                7,
+            ),
+            (
+                Pred::Not(Box::new(Pred::And(vec![
+                    Pred::In {
+                        column: 0,
+                        list: floats(5000),
+                    },
+                    Pred::Glob {
+                        column: 1,
+                        pattern: "a*".into(),
+                        negated: false,
+                    },
+                    Pred::IsNull {
+                        column: 1,
+                        negated: true,
+                    },
+                ]))),
+                5005,
+            ),
+        ];
+        for (i, (pred, bound)) in cases.into_iter().enumerate() {
+            assert_eq!(pred.max_arguments(&never), bound, "case {i}");
+            // The bound holds for what deparse binds.
+            let (_, args) = deparse(std::slice::from_ref(&pred), "t", &["a", "b"], &[]).unwrap();
+            assert!(args.len() <= bound, "case {i}: {} arguments", args.len());
+        }
+        let param = eq(0, Operand::Param(0));
+        assert_eq!(param.max_arguments(&|_| true), 1);
+        assert_eq!(param.max_arguments(&never), 2);
+        let list = Pred::In {
+            column: 0,
+            list: ListOperand::Param(0),
+        };
+        assert_eq!(list.max_arguments(&|_| true), IN_LIST_JSON_THRESHOLD);
     }
 
     #[test]

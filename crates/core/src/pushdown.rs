@@ -185,46 +185,21 @@ pub fn like_pushable(column: ColumnType, pattern: ColumnType, collation: Collati
         && matches!(collation, CollationClass::C | CollationClass::Deterministic)
 }
 
+/// Whether values of this type travel to the nodes as integers or text,
+/// the forms a long IN list sends as one JSON argument (SQLite would
+/// re-parse a float's decimal text; a blob has no JSON form). See
+/// `Pred::max_arguments`.
+pub fn travels_as_json(ty: ColumnType) -> bool {
+    !matches!(family(ty), Family::Float | Family::Bytea)
+}
+
 /// Whether an array of this element type may be bound at run time as the
-/// list of `column = ANY(…)`. Not floats: a list longer than SQLite's
-/// 32,766 arguments travels as one JSON argument, which floats cannot use
-/// (SQLite would re-parse their decimal form), and the array's length is
-/// known only when the statement runs.
+/// list of `column = ANY(…)`: only one whose values travel as JSON, since
+/// the array's length is known only when the statement runs, and a longer
+/// list of any other type would need an argument per element, past
+/// SQLite's 32,766.
 pub fn list_param_pushable(element: ColumnType) -> bool {
-    family(element) != Family::Float
-}
-
-/// Longest IN list of floats or bytea the nodes are sent. Other lists of
-/// any length travel as one JSON argument; these have no exact JSON form
-/// (SQLite would re-parse a float's decimal text; a blob has none), so each
-/// element is an argument of its own, and SQLite takes at most 32,766 per
-/// statement: three such lists still fit in one.
-pub const MAX_ARGUMENT_LIST: usize = 10_000;
-
-/// Most arguments the float and bytea IN lists of one statement may take
-/// together: three lists of [`MAX_ARGUMENT_LIST`], so that the statement's
-/// other arguments still fit in SQLite's 32,766.
-pub const MAX_LIST_ARGUMENTS: usize = 3 * MAX_ARGUMENT_LIST;
-
-/// The arguments an IN list of `len` known elements of this type takes in
-/// a statement, one per element (floats and bytea; other long lists travel
-/// as one JSON argument and count for nothing here).
-pub fn list_arguments(element: ColumnType, len: usize) -> usize {
-    match family(element) {
-        Family::Float | Family::Bytea => len,
-        _ => 0,
-    }
-}
-
-/// Whether an IN list of `len` known elements of this type may go to the
-/// nodes, its text written `copies` times in the statement (an aggregate's
-/// FILTER once per partial result), when the statement's lists pushed
-/// before it take `taken` arguments (see [`list_arguments`]). A longer one
-/// of floats or bytea, or one that would take the statement past
-/// [`MAX_LIST_ARGUMENTS`], is evaluated by Postgres.
-pub fn list_pushable(element: ColumnType, len: usize, copies: usize, taken: usize) -> bool {
-    let own = list_arguments(element, len);
-    own == 0 || (len <= MAX_ARGUMENT_LIST && taken + own * copies <= MAX_LIST_ARGUMENTS)
+    travels_as_json(element)
 }
 
 /// Whether `ORDER BY column` (ascending or descending, NULLS FIRST or
@@ -297,20 +272,15 @@ pub fn aggregate(
 #[cfg(test)]
 mod tests {
     #[test]
-    fn long_float_and_bytea_lists_stay_in_postgres() {
+    fn only_lists_of_integers_and_text_are_bound_at_run_time() {
         use ColumnType::*;
         for ty in [Float4, Float8, Bytea] {
-            assert!(list_pushable(ty, MAX_ARGUMENT_LIST, 1, 0));
-            assert!(!list_pushable(ty, MAX_ARGUMENT_LIST + 1, 1, 0));
-            // The statement's lists together stay below SQLite's limit.
-            let taken = MAX_LIST_ARGUMENTS - 9_000;
-            assert!(list_pushable(ty, 9_000, 1, taken));
-            assert!(!list_pushable(ty, 9_001, 1, taken));
-            assert!(!list_pushable(ty, 8_000, 4, 0));
+            assert!(!travels_as_json(ty));
+            assert!(!list_param_pushable(ty));
         }
         for ty in [Int8, Text, Uuid, Date, Timestamptz, Bool] {
-            assert!(list_pushable(ty, 1_000_000, 4, MAX_LIST_ARGUMENTS));
-            assert_eq!(list_arguments(ty, 1_000_000), 0);
+            assert!(travels_as_json(ty));
+            assert!(list_param_pushable(ty));
         }
     }
 

@@ -179,6 +179,28 @@ fn long_in_lists_and_arrays_agree_with_a_local_table() {
                     .get(0);
                 assert_eq!(got, want, "bound array, {shards} shards");
             }
+            // A bound array of 40,000 bytea values in a generic plan (in a
+            // custom one it is a constant): no JSON form, so more arguments
+            // than SQLite takes; Postgres filters (never an error).
+            exec(&mut db, "SET plan_cache_mode = force_generic_plan");
+            let blobs: Vec<Vec<u8>> = (1..=40_000)
+                .map(|i: i32| (i * 3).to_be_bytes().to_vec())
+                .collect();
+            let want_blobs: i64 = db
+                .query_one("SELECT count(*) FROM l_int WHERE b = ANY($1)", &[&blobs])
+                .unwrap()
+                .get(0);
+            for shards in [1, 16] {
+                let got: i64 = db
+                    .query_one(
+                        &format!("SELECT count(*) FROM d_int_{shards} WHERE b = ANY($1)"),
+                        &[&blobs],
+                    )
+                    .unwrap_or_else(|e| panic!("{}", pg_err(&e)))
+                    .get(0);
+                assert_eq!(got, want_blobs, "bound bytea array, {shards} shards");
+            }
+            exec(&mut db, "RESET plan_cache_mode");
             // And DELETE with such a list reaches exactly those rows.
             let deleted = db
                 .execute("DELETE FROM d_int_16 WHERE k = ANY($1)", &[&keys])
@@ -246,6 +268,26 @@ fn long_or_and_and_chains_agree_with_a_local_table() {
         format!(
             "SELECT id, count(*) FROM {{c}} GROUP BY id HAVING {}",
             any("max(n) = {i}", 2_000).join(" OR ")
+        ),
+        // equalities of the key, some among other terms: one list, split
+        // per shard
+        format!(
+            "SELECT count(*), sum(n) FROM {{c}} WHERE {} OR s = 's7' OR id = 499",
+            any("id = {i}", 120).join(" OR ")
+        ),
+        // more values than SQLite takes arguments in one statement (601
+        // per term, none common to all terms, which Postgres would take
+        // out of the OR): Postgres evaluates the condition
+        format!(
+            "SELECT count(*), sum(n) FROM {{c}} WHERE {}",
+            (0..60)
+                .map(|i| format!(
+                    "(id = {} AND n IN ({}))",
+                    i * 8,
+                    (0..600).map(|v| (v * 5 + i).to_string()).collect::<Vec<_>>().join(", ")
+                ))
+                .collect::<Vec<_>>()
+                .join(" OR ")
         ),
     ];
     let mut mismatches = Vec::new();
