@@ -223,3 +223,60 @@ fn a_killed_backend_stops_renewing_and_the_nodes_roll_it_back() {
     assert_eq!(rows_on_nodes(&cluster, 401, 430), 0, "rolled back");
     assert_eq!(rows_on_nodes(&cluster, 501, 530), 30);
 }
+
+/// A statement cancelled (here by statement_timeout) while a node runs its
+/// request inside a transaction block leaves that node's transaction in
+/// doubt: the node rolls it back, the writes of earlier statements with it,
+/// and ROLLBACK TO SAVEPOINT cannot bring them back. The transaction's next
+/// statement on that node, or its COMMIT, must say so plainly, commit
+/// nothing, and leave the session usable after ROLLBACK.
+#[test]
+fn a_statement_cancelled_while_its_node_runs_it_loses_that_nodes_transaction_clearly() {
+    let (mut cluster, mut db) = setup();
+    // Every answer comes 1 s after the node ran the request: a 300 ms
+    // statement_timeout gives up a request the node has already run.
+    for i in 0..cluster.node_count() {
+        cluster.set_node_delay(i, Some(1000));
+    }
+    for next in [
+        "UPDATE t SET v = 'after' WHERE id = 1",
+        "SELECT count(*) FROM t WHERE id = 1",
+        "COMMIT",
+    ] {
+        exec(&mut db, "BEGIN");
+        exec(&mut db, "INSERT INTO t VALUES (1, 'before')");
+        exec(&mut db, "SAVEPOINT s");
+        exec(&mut db, "SET LOCAL statement_timeout = '300ms'");
+        let e = expect_db_error(
+            db.batch_execute("UPDATE t SET v = 'cancelled' WHERE id = 1"),
+            "the timed-out UPDATE",
+        );
+        assert_eq!(e.code().code(), "57014", "{}", describe(&e));
+        exec(&mut db, "ROLLBACK TO SAVEPOINT s");
+        exec(&mut db, "SET LOCAL statement_timeout = 0");
+        let e = expect_db_error(db.batch_execute(next), next);
+        println!("{next}: {}", describe(&e));
+        assert_eq!(e.code().code(), "HV000", "{next}: {}", describe(&e));
+        assert!(
+            e.message().contains("the transaction on node node-")
+                && e.message()
+                    .contains("was lost: a request to it was interrupted"),
+            "{next}: {}",
+            describe(&e)
+        );
+        assert!(
+            e.hint()
+                .is_some_and(|h| h.contains("Roll back the transaction")),
+            "{next}: {}",
+            describe(&e)
+        );
+        exec(&mut db, "ROLLBACK");
+        assert_eq!(
+            rows_on_nodes(&cluster, 1, 1),
+            0,
+            "{next}: nothing committed"
+        );
+    }
+    exec(&mut db, "INSERT INTO t VALUES (1, 'later')");
+    assert_eq!(rows_on_nodes(&cluster, 1, 1), 1);
+}
