@@ -899,12 +899,15 @@ pub fn commit_all() {
     // A node whose transaction is already gone (rolled back after the idle
     // limit, a renewal that failed) fails the whole transaction before any
     // node commits: the streams stay registered and the abort rolls every
-    // node back.
+    // node back. A node this transaction only read (a snapshot, ended
+    // rather than committed) lost nothing that COMMIT needs, unless the
+    // idle limit, which promises that nothing commits, ended it.
     let lost = STREAMS.with(|s| {
         s.borrow().iter().find_map(|((_, node), st)| {
             let keeper_lost = st.keeper.as_ref().and_then(|k| k.lost());
             match (&st.lost, keeper_lost) {
                 (_, Some(Lost::Idle(limit))) => Some((node.clone(), Err(limit))),
+                _ if st.access == Access::Read => None,
                 (Some(why), _) => Some((node.clone(), Ok(why.clone()))),
                 (None, Some(l)) => Some((node.clone(), Ok(l.to_string()))),
                 (None, None) => None,
