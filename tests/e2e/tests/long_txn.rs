@@ -9,7 +9,10 @@
 //!   the remote transactions (other writers proceed), and the next statement
 //!   or COMMIT fails with a clear error, committing nothing;
 //! - a backend killed inside an open transaction stops renewing: the nodes
-//!   roll it back within their expiry and another writer proceeds.
+//!   roll it back within their expiry and another writer proceeds;
+//! - a statement cancelled while a node runs its request loses that node's
+//!   transaction: the next statement there and COMMIT say so plainly,
+//!   unless the transaction only read that node, which COMMIT skips.
 
 mod common;
 
