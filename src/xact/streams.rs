@@ -411,6 +411,12 @@ fn server_name(server_id: u32) -> String {
     }
 }
 
+/// Why a stream whose request was given up before its answer is lost: the
+/// node runs the request anyway and, its client gone, rolls the whole
+/// transaction back.
+const INTERRUPTED: &str =
+    "a request to it was interrupted (a cancel or statement_timeout while the node ran it)";
+
 fn lost_error(endpoint: &NodeEndpoint, why: &str) -> ShardError {
     ShardError::new(
         None,
@@ -578,7 +584,7 @@ fn run_together(work: Vec<NodeWork>) -> Vec<Result<Vec<StmtResult>, ShardError>>
                 if let Some(Lost::Idle(limit)) = idle {
                     report_idle(&w.key.1, limit);
                 }
-                remote::report_shard_error(&lost_error(&w.endpoint, &why));
+                report_lost(&w.key.1, &why);
             }
         }
         for (i, w) in work.iter().enumerate() {
@@ -603,7 +609,7 @@ fn run_together(work: Vec<NodeWork>) -> Vec<Result<Vec<StmtResult>, ShardError>>
                         if let Lost::Idle(limit) = lost {
                             report_idle(&w.key.1, limit);
                         }
-                        remote::report_shard_error(&lost_error(&w.endpoint, &lost.to_string()));
+                        report_lost(&w.key.1, &lost.to_string());
                     }
                 },
             };
@@ -659,7 +665,7 @@ fn run_together(work: Vec<NodeWork>) -> Vec<Result<Vec<StmtResult>, ShardError>>
                 .extend(w.stmts.iter().map(|(l, _)| l.clone()));
             // Until the answer arrives the stream is in doubt: a cancel now
             // leaves it lost, and the transaction must not commit.
-            stream.lost = Some("a request to it was interrupted".into());
+            stream.lost = Some(INTERRUPTED.into());
         }
     });
 
@@ -750,6 +756,23 @@ fn failed_step(resp: &PipelineRespBody) -> Option<usize> {
         }) => result.step_errors.iter().position(|e| e.is_some()),
         _ => None,
     }
+}
+
+/// A node's transaction is gone (a request to it was interrupted, a renewal
+/// failed): it took this transaction's work on that node with it, so the
+/// transaction can only roll back. Raised by its next statement on that
+/// node and by its COMMIT alike, whichever comes first.
+fn report_lost(node: &str, why: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_FDW_ERROR,
+        format!("conductor: the transaction on node {node} was lost: {why}"),
+    )
+    .detail(
+        "Nothing of this transaction was committed on any node, and nothing of it can be \
+         (ROLLBACK TO SAVEPOINT does not bring back what the node rolled back).",
+    )
+    .hint("Roll back the transaction and retry it.")
+    .error()
 }
 
 /// The transaction's remote transaction on `node` went without a statement
@@ -876,12 +899,15 @@ pub fn commit_all() {
     // A node whose transaction is already gone (rolled back after the idle
     // limit, a renewal that failed) fails the whole transaction before any
     // node commits: the streams stay registered and the abort rolls every
-    // node back.
+    // node back. A node this transaction only read (a snapshot, ended
+    // rather than committed) lost nothing that COMMIT needs, unless the
+    // idle limit, which promises that nothing commits, ended it.
     let lost = STREAMS.with(|s| {
         s.borrow().iter().find_map(|((_, node), st)| {
             let keeper_lost = st.keeper.as_ref().and_then(|k| k.lost());
             match (&st.lost, keeper_lost) {
                 (_, Some(Lost::Idle(limit))) => Some((node.clone(), Err(limit))),
+                _ if st.access == Access::Read => None,
                 (Some(why), _) => Some((node.clone(), Ok(why.clone()))),
                 (None, Some(l)) => Some((node.clone(), Ok(l.to_string()))),
                 (None, None) => None,
@@ -891,12 +917,7 @@ pub fn commit_all() {
     match lost {
         None => {}
         Some((node, Err(limit))) => report_idle(&node, limit),
-        Some((node, Ok(why))) => raise(
-            PgSqlErrorCode::ERRCODE_FDW_ERROR,
-            format!("conductor: the transaction on node {node} was lost: {why}"),
-        )
-        .detail("Nothing of this transaction was committed on any node.")
-        .error(),
+        Some((node, Ok(why))) => report_lost(&node, &why),
     }
     if REFERENCE_WRITTEN.with(|f| f.replace(false)) {
         check_writers_alive();

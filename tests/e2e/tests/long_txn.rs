@@ -9,7 +9,10 @@
 //!   the remote transactions (other writers proceed), and the next statement
 //!   or COMMIT fails with a clear error, committing nothing;
 //! - a backend killed inside an open transaction stops renewing: the nodes
-//!   roll it back within their expiry and another writer proceeds.
+//!   roll it back within their expiry and another writer proceeds;
+//! - a statement cancelled while a node runs its request loses that node's
+//!   transaction: the next statement there and COMMIT say so plainly,
+//!   unless the transaction only read that node, which COMMIT skips.
 
 mod common;
 
@@ -222,4 +225,113 @@ fn a_killed_backend_stops_renewing_and_the_nodes_roll_it_back() {
     );
     assert_eq!(rows_on_nodes(&cluster, 401, 430), 0, "rolled back");
     assert_eq!(rows_on_nodes(&cluster, 501, 530), 30);
+}
+
+/// A statement cancelled (here by statement_timeout) while a node runs its
+/// request inside a transaction block leaves that node's transaction in
+/// doubt: the node rolls it back, the writes of earlier statements with it,
+/// and ROLLBACK TO SAVEPOINT cannot bring them back. The transaction's next
+/// statement on that node, or its COMMIT, must say so plainly, commit
+/// nothing, and leave the session usable after ROLLBACK.
+#[test]
+fn a_statement_cancelled_while_its_node_runs_it_loses_that_nodes_transaction_clearly() {
+    let (mut cluster, mut db) = setup();
+    // Every answer comes 1 s after the node ran the request: a 300 ms
+    // statement_timeout gives up a request the node has already run.
+    for i in 0..cluster.node_count() {
+        cluster.set_node_delay(i, Some(1000));
+    }
+    for next in [
+        "UPDATE t SET v = 'after' WHERE id = 1",
+        "SELECT count(*) FROM t WHERE id = 1",
+        "COMMIT",
+    ] {
+        exec(&mut db, "BEGIN");
+        exec(&mut db, "INSERT INTO t VALUES (1, 'before')");
+        exec(&mut db, "SAVEPOINT s");
+        exec(&mut db, "SET LOCAL statement_timeout = '300ms'");
+        let e = expect_db_error(
+            db.batch_execute("UPDATE t SET v = 'cancelled' WHERE id = 1"),
+            "the timed-out UPDATE",
+        );
+        assert_eq!(e.code().code(), "57014", "{}", describe(&e));
+        exec(&mut db, "ROLLBACK TO SAVEPOINT s");
+        exec(&mut db, "SET LOCAL statement_timeout = 0");
+        let e = expect_db_error(db.batch_execute(next), next);
+        println!("{next}: {}", describe(&e));
+        assert_eq!(e.code().code(), "HV000", "{next}: {}", describe(&e));
+        assert!(
+            e.message().contains("the transaction on node node-")
+                && e.message()
+                    .contains("was lost: a request to it was interrupted"),
+            "{next}: {}",
+            describe(&e)
+        );
+        assert!(
+            e.hint()
+                .is_some_and(|h| h.contains("Roll back the transaction")),
+            "{next}: {}",
+            describe(&e)
+        );
+        exec(&mut db, "ROLLBACK");
+        assert_eq!(
+            rows_on_nodes(&cluster, 1, 1),
+            0,
+            "{next}: nothing committed"
+        );
+    }
+    exec(&mut db, "INSERT INTO t VALUES (1, 'later')");
+    assert_eq!(rows_on_nodes(&cluster, 1, 1), 1);
+}
+
+/// The same loss on a node a REPEATABLE READ transaction only read: its
+/// snapshot there is gone, so a later read of that node fails, but it held
+/// nothing to commit, so the transaction's writes on other nodes commit as
+/// they do on Postgres after ROLLBACK TO SAVEPOINT.
+#[test]
+fn a_cancelled_read_loses_only_the_snapshot_of_a_node_the_transaction_read() {
+    let (mut cluster, mut db) = setup();
+    let node_of = |db: &mut Client, id: i64| -> String {
+        db.query_one(
+            "SELECT node_id FROM conductor.shards
+              WHERE table_name = 't'::regclass AND shard_id = conductor.shard_for('t', $1::bigint)",
+            &[&id],
+        )
+        .unwrap_or_else(|e| panic!("node of {id}: {}", pg_err(&e)))
+        .get(0)
+    };
+    let written = 1_i64;
+    let read = (2..100_i64)
+        .find(|&id| node_of(&mut db, id) != node_of(&mut db, written))
+        .expect("a key on another node");
+    exec(&mut db, &format!("INSERT INTO t VALUES ({read}, 'old')"));
+    for i in 0..cluster.node_count() {
+        cluster.set_node_delay(i, Some(1000));
+    }
+    for end in ["read", "COMMIT"] {
+        exec(&mut db, "BEGIN ISOLATION LEVEL REPEATABLE READ");
+        let seen = format!("SELECT count(*) FROM t WHERE id = {read}");
+        assert_eq!(query_i64(&mut db, &seen), 1);
+        exec(
+            &mut db,
+            &format!("INSERT INTO t VALUES ({written}, '{end}')"),
+        );
+        exec(&mut db, "SAVEPOINT s");
+        exec(&mut db, "SET LOCAL statement_timeout = '300ms'");
+        let e = expect_db_error(db.batch_execute(&seen), "the timed-out read");
+        assert_eq!(e.code().code(), "57014", "{}", describe(&e));
+        exec(&mut db, "ROLLBACK TO SAVEPOINT s");
+        exec(&mut db, "SET LOCAL statement_timeout = 0");
+        if end == "read" {
+            let e = expect_db_error(db.batch_execute(&seen), "a read of the lost snapshot");
+            assert_eq!(e.code().code(), "HV000", "{}", describe(&e));
+            assert!(e.message().contains("was lost"), "{}", describe(&e));
+            exec(&mut db, "ROLLBACK");
+            assert_eq!(rows_on_nodes(&cluster, written, written), 0);
+        } else {
+            db.batch_execute("COMMIT")
+                .unwrap_or_else(|e| panic!("COMMIT after a lost read: {}", pg_err(&e)));
+            assert_eq!(rows_on_nodes(&cluster, written, written), 1);
+        }
+    }
 }
