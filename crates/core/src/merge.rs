@@ -643,7 +643,10 @@ impl Partial {
                         } else {
                             Ordering::Greater
                         };
-                        Some(if b.cmp(&a) == keep { b } else { a })
+                        // Of equal values of different scales the later
+                        // partial's, as Postgres' numeric_smaller and
+                        // numeric_larger keep the later value.
+                        Some(if b.cmp(&a) != keep.reverse() { b } else { a })
                     }
                 })
             }
@@ -939,6 +942,11 @@ mod tests {
         // Group 3: no value at all.
         m.push(vec![i(3), n.clone(), n.clone(), i(0), n.clone(), n.clone()])
             .unwrap();
+        // Group 4: equal extremes of different scales: the later partial's.
+        m.push(vec![i(4), t("3.50"), t("3.50"), i(2), t("1.0"), t("2.50")])
+            .unwrap();
+        m.push(vec![i(4), t("3.5"), t("3.5"), i(2), t("1.00"), t("2.5")])
+            .unwrap();
         let v = |x: Value| Final::Value(x);
         let avg = |s: &str, c: i64| Final::Avg(Some((s.to_string(), c)));
         assert_eq!(
@@ -964,6 +972,13 @@ mod tests {
                     Final::Avg(None),
                     v(n.clone()),
                     v(n.clone())
+                ],
+                vec![
+                    v(i(4)),
+                    v(t("7.00")),
+                    avg("7.00", 4),
+                    v(t("1.00")),
+                    v(t("2.5"))
                 ],
             ]
         );

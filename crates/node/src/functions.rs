@@ -56,8 +56,10 @@ impl Aggregate<DecimalSum, Option<String>> for Sum {
     }
 }
 
-/// min (keep = Less) or max (keep = Greater); of equal values the first
-/// is kept.
+/// min (keep = Less) or max (keep = Greater). Of equal values of different
+/// scales (`0.00`, `0.000`) the later is kept, as Postgres'
+/// `numeric_smaller` and `numeric_larger` do, so a shard's rows give the
+/// value Postgres would show over the same rows in the same order.
 struct Extreme {
     keep: Ordering,
     name: &'static str,
@@ -70,7 +72,7 @@ impl Aggregate<Option<Decimal>, Option<String>> for Extreme {
 
     fn step(&self, ctx: &mut Context<'_>, acc: &mut Option<Decimal>) -> Result<()> {
         if let Some(v) = decimal_arg(ctx, self.name)? {
-            if acc.as_ref().is_none_or(|a| v.cmp(a) == self.keep) {
+            if acc.as_ref().is_none_or(|a| v.cmp(a) != self.keep.reverse()) {
                 *acc = Some(v);
             }
         }
@@ -310,7 +312,8 @@ mod tests {
             "CREATE TABLE t (g INTEGER, x TEXT);
              INSERT INTO t VALUES (1, '1.50'), (1, '-0.255'), (1, NULL),
                (2, '123456789012345678901234567890.1'), (2, '0.000000000000000000009'),
-               (3, 'NaN'), (3, '-Infinity'), (3, '7'), (4, NULL);",
+               (3, 'NaN'), (3, '-Infinity'), (3, '7'), (4, NULL),
+               (6, '0.00'), (6, '0.000'), (6, '-1.0'), (6, '-1');",
         )
         .unwrap();
         let q = |f: &str, g: i64| one(&conn, &format!("SELECT {f}(x) FROM t WHERE g = {g}"));
@@ -327,6 +330,9 @@ mod tests {
         assert_eq!(q(DECIMAL_MIN, 3).as_deref(), Some("-Infinity"));
         assert_eq!(q(DECIMAL_MAX, 3).as_deref(), Some("NaN"));
         assert_eq!(q(DECIMAL_MAX, 4), None);
+        // Equal values: the later one, as Postgres keeps it.
+        assert_eq!(q(DECIMAL_MIN, 6).as_deref(), Some("-1"));
+        assert_eq!(q(DECIMAL_MAX, 6).as_deref(), Some("0.000"));
         assert_eq!(
             one(
                 &conn,
