@@ -237,11 +237,35 @@ fn refuse_indexed_column_change(relid: pg_sys::Oid, rec: &Recorded) {
     }
 }
 
-/// Runs at the end of every ALTER of a foreign table (event trigger): brings
-/// the shard tables of a distributed table to its new columns, in this
-/// transaction's remote transactions, or refuses the change.
+/// Runs at the end of every ALTER of a table (event trigger): brings the
+/// shard tables of a distributed table to its new columns, in this
+/// transaction's remote transactions, or refuses the change. An ALTER of a
+/// partitioned or inherited table changes its descendants too, yet the
+/// event trigger reports only the table it names, so every descendant that
+/// is distributed is brought along as well.
 #[pg_extern(name = "_sync_shard_schema")]
 fn sync_shard_schema(relid: pg_sys::Oid) {
+    let tables: Vec<pg_sys::Oid> = Spi::connect(|client| {
+        client
+            .select(
+                "WITH RECURSIVE tree(relid) AS (
+                     SELECT $1::oid
+                     UNION
+                     SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.relid)
+                 SELECT relid FROM tree",
+                None,
+                &[relid.into()],
+            )?
+            .map(|row| Ok(row.get::<pg_sys::Oid>(1)?.unwrap_or(relid)))
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error!("conductor: could not read the inheritance tree: {e}"));
+    for table in tables {
+        sync_table_shard_schema(table);
+    }
+}
+
+fn sync_table_shard_schema(relid: pg_sys::Oid) {
     let Some(rec) = recorded(relid) else {
         return; // not distributed
     };
@@ -281,7 +305,10 @@ fn sync_shard_schema(relid: pg_sys::Oid) {
         {
             refuse(
                 relid,
-                "the primary_key option cannot change once the table is distributed",
+                format!(
+                    "the primary_key option cannot change once the table is distributed (the shard tables' key is '{}')",
+                    rec.primary_key.join(",")
+                ),
             );
         }
     }
@@ -391,6 +418,27 @@ fn sync_shard_schema(relid: pg_sys::Oid) {
         let topology = cache::table(relid);
         let plan = ShardPlan::every_shard(&topology, "ALTER", |table| change.for_table(table));
         streams::run_plan(&topology, &plan, streams::Access::Write);
+    }
+
+    // The primary_key option names the key's columns: it follows their
+    // renames, or every later ALTER would find it changed and be refused
+    // (and a restore would read the old names). The nested ALTER comes
+    // back here, finds the option equal to the catalog and changes nothing.
+    if let Some(option) = table_option(relid, "primary_key") {
+        let names: Vec<&str> = option.split(',').map(str::trim).collect();
+        let followed: Vec<String> = names.iter().map(|n| renamed(n)).collect();
+        if followed.iter().zip(&names).any(|(new, old)| new != old) {
+            let alter = Spi::get_one_with_args::<String>(
+                "SELECT format('ALTER FOREIGN TABLE %s OPTIONS (SET primary_key %L)', $1::regclass, $2)",
+                &[relid.into(), followed.join(",").into()],
+            )
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| error!("conductor: could not name the table"));
+            Spi::run(&alter).unwrap_or_else(|e| {
+                error!("conductor: could not rename the primary_key option's columns: {e}")
+            });
+        }
     }
 }
 

@@ -68,7 +68,23 @@ pub fn try_table(relid: pg_sys::Oid) -> Option<Rc<TableTopology>> {
     LOADING.with(|l| l.set(outer));
     let loaded = Rc::new(loaded?);
     if GENERATION.with(|g| g.get()) == generation {
-        TABLES.with(|t| t.borrow_mut().insert(relid, loaded.clone()));
+        // The invalidations were taken in before this load began too (when
+        // the statement locked the table, after its snapshot was taken):
+        // the entry kept is read under a snapshot taken now, which sees
+        // every change whose invalidation this backend has processed, so
+        // the next transaction does not reuse a location a move has left.
+        // SAFETY: the snapshot is pushed and popped around the reads; an
+        // ERROR in between pops it with the transaction's abort.
+        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
+        LOADING.with(|l| l.replace(relid));
+        let current = load_table(relid);
+        LOADING.with(|l| l.set(outer));
+        unsafe { pg_sys::PopActiveSnapshot() };
+        if let Some(current) = current {
+            if GENERATION.with(|g| g.get()) == generation {
+                TABLES.with(|t| t.borrow_mut().insert(relid, Rc::new(current)));
+            }
+        }
     }
     Some(loaded)
 }

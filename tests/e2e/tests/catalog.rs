@@ -775,3 +775,85 @@ fn create_after_a_write_in_the_same_transaction() {
     assert_eq!(query_i64(&mut db, "SELECT count(*) FROM w2"), 10);
     assert_eq!(shard_tables_on_nodes(&cluster, "w2").len(), 4);
 }
+
+/// A statement takes its snapshot before it locks its table, so a topology
+/// change committed in between is delivered to it (the invalidation drops
+/// the cache) but not visible to its catalog reads. What it loads then may
+/// serve that statement, but the next transaction must see the change
+/// (a shard move's switch: the old copy is dropped once no older
+/// transaction runs, and a stale location would reach it).
+#[test]
+fn a_change_committed_while_a_statement_waits_for_its_lock_is_not_cached_stale() {
+    let (cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE lagging (id bigint NOT NULL, v text) SERVER cluster;
+         SELECT conductor.create_distributed_table('lagging', 'id', shard_count => 1);
+         INSERT INTO lagging VALUES (1, 'a');",
+    );
+    let node_of = |db: &mut postgres::Client| -> String {
+        db.query_one(
+            "SELECT node_id FROM conductor.explain('SELECT * FROM lagging WHERE id = 1')",
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("explain: {}", pg_err(&e)))
+        .get(0)
+    };
+    let before = node_of(&mut db);
+    let other = if before == "node-0" {
+        "node-1"
+    } else {
+        "node-0"
+    };
+
+    let mut holder = cluster.client();
+    exec(
+        &mut holder,
+        // (Foreign tables cannot be LOCKed; an ALTER locks them exclusively.)
+        "BEGIN; ALTER FOREIGN TABLE lagging ALTER COLUMN v SET DEFAULT 'x';",
+    );
+    let mut reader = cluster.client();
+    let reader_pid = query_i64(&mut reader, "SELECT pg_backend_pid()::bigint");
+    let waiting = std::thread::spawn(move || {
+        // Its outcome does not matter: the catalog change is not a real
+        // move, so the shard table is not where the catalog now says.
+        let _ = reader.simple_query("SELECT count(*) FROM lagging");
+        reader
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while query_i64(
+        &mut db,
+        &format!("SELECT count(*) FROM pg_locks WHERE pid = {reader_pid} AND NOT granted"),
+    ) == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the read never waited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The catalog says the shard is elsewhere (as a move's switch would);
+    // the reader's snapshot predates it.
+    exec(
+        &mut holder,
+        &format!(
+            "UPDATE conductor.shard SET node_id = '{other}' WHERE relid = 'lagging'::regclass;
+             COMMIT;"
+        ),
+    );
+    let mut reader = waiting.join().unwrap();
+    assert_eq!(
+        node_of(&mut reader),
+        other,
+        "the reader's next transaction routes by the committed catalog"
+    );
+    exec(
+        &mut db,
+        &format!(
+            "UPDATE conductor.shard SET node_id = '{before}' WHERE relid = 'lagging'::regclass"
+        ),
+    );
+}

@@ -521,3 +521,125 @@ fn shard_indexes_are_created_checked_renamed_and_dropped() {
     let n = rows(&mut db, "SELECT count(*) FROM u WHERE n = 3").unwrap();
     assert_eq!(n, vec![vec![Some("14".to_string())]]);
 }
+
+/// Renaming a column the `primary_key` option names renames it in the
+/// option too: later ALTERs still work, and the rows are still found by
+/// their (renamed) key.
+#[test]
+fn renamed_primary_key_columns_keep_later_alters_working() {
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    let setup = "CREATE {kind} {t} (id bigint NOT NULL, sub int NOT NULL, v text) {server};
+                 INSERT INTO {t} VALUES (1, 1, 'a'), (1, 2, 'b'), (2, 1, 'c');
+                 ALTER {alter} {t} RENAME COLUMN sub TO sub2;
+                 ALTER {alter} {t} ADD COLUMN w int;
+                 ALTER {alter} {t} RENAME COLUMN id TO id2;
+                 ALTER {alter} {t} ADD COLUMN x text DEFAULT 'x';
+                 UPDATE {t} SET w = sub2 * 10 WHERE id2 = 1 AND sub2 = 2;
+                 DELETE FROM {t} WHERE id2 = 2 AND sub2 = 1;";
+    exec(
+        &mut db,
+        "CREATE FOREIGN TABLE pk (id bigint NOT NULL, sub int NOT NULL, v text)
+             SERVER cluster OPTIONS (primary_key 'id, sub');
+         SELECT conductor.create_distributed_table('pk', 'id', shard_count => 4);",
+    );
+    let distributed = setup
+        .lines()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("{alter}", "FOREIGN TABLE")
+        .replace("{t}", "pk");
+    exec(&mut db, &distributed);
+    exec(
+        &mut db,
+        &setup
+            .replace("{kind}", "TABLE")
+            .replace("{alter}", "TABLE")
+            .replace("{server}", "")
+            .replace("{t}", "pk_local")
+            .replace(
+                "sub int NOT NULL, v text)",
+                "sub int NOT NULL, v text, PRIMARY KEY (id, sub))",
+            ),
+    );
+    let all = "SELECT id2, sub2, v, w, x FROM {t} ORDER BY id2, sub2";
+    assert_eq!(
+        rows(&mut db, &all.replace("{t}", "pk")).unwrap(),
+        rows(&mut db, &all.replace("{t}", "pk_local")).unwrap()
+    );
+    assert_eq!(
+        rows(
+            &mut db,
+            "SELECT primary_key::text, shard_key::text FROM conductor.distributed_table
+              WHERE relid = 'pk'::regclass"
+        )
+        .unwrap(),
+        [[Some("{id2,sub2}".into()), Some("id2".into())]]
+    );
+    assert_eq!(
+        rows(
+            &mut db,
+            "SELECT ftoptions::text FROM pg_foreign_table WHERE ftrelid = 'pk'::regclass"
+        )
+        .unwrap(),
+        [[Some(r#"{"primary_key=id2,sub2"}"#.into())]]
+    );
+    assert!(schema_problems(&mut db, "pk").is_empty());
+}
+
+/// An ALTER of a partitioned table changes its conductor partitions too;
+/// their shard tables follow (or the ALTER is refused for them).
+#[test]
+fn alters_of_a_partitioned_table_reach_its_conductor_partitions() {
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE TABLE parent (id bigint NOT NULL, v text) PARTITION BY RANGE (id);
+         CREATE FOREIGN TABLE remote_part PARTITION OF parent FOR VALUES FROM (0) TO (1000)
+             SERVER cluster;
+         SELECT conductor.create_distributed_table('remote_part', 'id', shard_count => 4);
+         CREATE TABLE local_part PARTITION OF parent FOR VALUES FROM (1000) TO (2000);
+         CREATE TABLE mirror (id bigint NOT NULL, v text);
+         INSERT INTO parent VALUES (1, 'a'), (2, NULL), (1500, 'b');
+         INSERT INTO mirror VALUES (1, 'a'), (2, NULL), (1500, 'b');",
+    );
+    for alter in [
+        "ADD COLUMN w int DEFAULT 7",
+        "RENAME COLUMN v TO v2",
+        "ALTER COLUMN w TYPE bigint",
+        "ADD COLUMN gone text",
+        "DROP COLUMN gone",
+    ] {
+        exec(&mut db, &format!("ALTER TABLE parent {alter}"));
+        exec(&mut db, &format!("ALTER TABLE mirror {alter}"));
+        assert!(
+            schema_problems(&mut db, "remote_part").is_empty(),
+            "after {alter}"
+        );
+    }
+    exec(
+        &mut db,
+        "INSERT INTO parent VALUES (3, 'c', 9), (1600, 'd', 10);
+         INSERT INTO mirror VALUES (3, 'c', 9), (1600, 'd', 10);
+         UPDATE parent SET w = w + 1 WHERE v2 IS NOT NULL;
+         UPDATE mirror SET w = w + 1 WHERE v2 IS NOT NULL;",
+    );
+    let all = "SELECT id, v2, w FROM {t} ORDER BY id";
+    assert_eq!(
+        rows(&mut db, &all.replace("{t}", "parent")).unwrap(),
+        rows(&mut db, &all.replace("{t}", "mirror")).unwrap()
+    );
+    // A change the shards cannot follow is refused for the partition, and
+    // nothing changes.
+    assert_eq!(
+        sqlstate(&mut db, "ALTER TABLE parent ALTER COLUMN w TYPE smallint"),
+        Err("0A000".into())
+    );
+    assert!(schema_problems(&mut db, "remote_part").is_empty());
+}
