@@ -497,7 +497,7 @@ impl<'a> Lowering<'a> {
                 }
                 return Some(ListOperand::Items(operands));
             }
-            if !pushdown::list_param_pushable(element_ty)
+            if !pushdown::travels_as_json(element_ty)
                 || self.mentions_scan(node)
                 || pg_sys::contain_volatile_functions(node)
                 || pg_sys::contain_subplans(node)

@@ -211,7 +211,7 @@ impl Pred {
             }
             // Bound at execution: one argument per element up to the JSON
             // threshold, one in all past it (only lists whose values travel
-            // as JSON are bound at run time: `pushdown::list_param_pushable`).
+            // as JSON are bound at run time: `pushdown::travels_as_json`).
             Pred::In {
                 list: ListOperand::Param(_),
                 ..
@@ -223,12 +223,14 @@ impl Pred {
 }
 
 /// Whether a constant travels as an integer, text or NULL (see
-/// [`json_list`]).
+/// [`json_list`] and `pushdown::travels_as_json`), judged by its variant
+/// alone: a float (even one whose form is the text 'NaN') or a blob counts
+/// as one that does not.
 fn json_value(v: &Option<TypedValue>) -> bool {
-    match v {
-        None => true,
-        Some(v) => matches!(v.to_value(""), Ok(Value::Integer(_) | Value::Text(_))),
-    }
+    !matches!(
+        v,
+        Some(TypedValue::Float4(_) | TypedValue::Float8(_) | TypedValue::Bytea(_))
+    )
 }
 
 /// Why a predicate cannot be turned into shard SQL.

@@ -15,7 +15,7 @@
 //!   it runs on either encoding of the protocol. So every value of these
 //!   families, constant or a parameter, has an exact form to compare with
 //!   (an array parameter of floats stays local, see
-//!   [`list_param_pushable`]);
+//!   [`travels_as_json`]);
 //! - booleans are 0/1, bytea are BLOBs (memcmp, as Postgres), uuids are
 //!   lowercase canonical text (byte order is uuid order);
 //! - date, timestamp and timestamptz are Postgres' internal integers: each
@@ -188,18 +188,12 @@ pub fn like_pushable(column: ColumnType, pattern: ColumnType, collation: Collati
 /// Whether values of this type travel to the nodes as integers or text,
 /// the forms a long IN list sends as one JSON argument (SQLite would
 /// re-parse a float's decimal text; a blob has no JSON form). See
-/// `Pred::max_arguments`.
+/// `Pred::max_arguments`. Only an array of such elements may be bound at
+/// run time as the list of `column = ANY(…)`: its length is known only
+/// when the statement runs, and a longer list of any other type would need
+/// an argument per element, past SQLite's 32,766.
 pub fn travels_as_json(ty: ColumnType) -> bool {
     !matches!(family(ty), Family::Float | Family::Bytea)
-}
-
-/// Whether an array of this element type may be bound at run time as the
-/// list of `column = ANY(…)`: only one whose values travel as JSON, since
-/// the array's length is known only when the statement runs, and a longer
-/// list of any other type would need an argument per element, past
-/// SQLite's 32,766.
-pub fn list_param_pushable(element: ColumnType) -> bool {
-    travels_as_json(element)
 }
 
 /// Whether `ORDER BY column` (ascending or descending, NULLS FIRST or
@@ -276,11 +270,9 @@ mod tests {
         use ColumnType::*;
         for ty in [Float4, Float8, Bytea] {
             assert!(!travels_as_json(ty));
-            assert!(!list_param_pushable(ty));
         }
         for ty in [Int8, Text, Uuid, Date, Timestamptz, Bool] {
             assert!(travels_as_json(ty));
-            assert!(list_param_pushable(ty));
         }
     }
 
@@ -458,9 +450,9 @@ mod tests {
 
     #[test]
     fn float_arrays_bound_at_run_time_stay_local() {
-        assert!(!list_param_pushable(Float8));
-        assert!(list_param_pushable(Int8));
-        assert!(list_param_pushable(Timestamptz));
+        assert!(!travels_as_json(Float8));
+        assert!(travels_as_json(Int8));
+        assert!(travels_as_json(Timestamptz));
     }
 
     #[test]
