@@ -78,16 +78,31 @@ pub struct Output<'a> {
     pub stall: Duration,
 }
 
+/// The last chunk of a cursor's body, held back by [`run`]. The caller hands
+/// the stream back first and sends this after: a client that has read the
+/// whole body then finds the stream free for its next request (a close
+/// sent at once would otherwise race the hand-back and be refused as busy).
+pub struct Tail<'a>(Option<Writer<'a>>);
+
+impl Tail<'_> {
+    pub fn send(self) {
+        if let Some(mut w) = self.0 {
+            let _ = w.flush();
+        }
+    }
+}
+
 /// Writes `first_line` (the encoded `CursorRespBody`) then the batch's
-/// entries to `out`. Call from a blocking-pool thread of the runtime.
-pub fn run(
+/// entries to `out`, all but the last chunk (see [`Tail`]). Call from a
+/// blocking-pool thread of the runtime.
+pub fn run<'a>(
     conn: &Connection,
     ctx: &StreamCtx,
     batch: &Batch,
     first_line: Vec<u8>,
-    out: Output<'_>,
+    out: Output<'a>,
     stats: &Stats,
-) {
+) -> Tail<'a> {
     let mut w = Writer {
         buf: first_line,
         encoding: out.encoding,
@@ -95,7 +110,10 @@ pub fn run(
         stall: out.stall,
         rt: tokio::runtime::Handle::current(),
     };
-    let _ = run_steps(conn, ctx, batch, &mut w, stats).and_then(|()| w.flush());
+    match run_steps(conn, ctx, batch, &mut w, stats) {
+        Ok(()) => Tail(Some(w)),
+        Err(Disconnected) => Tail(None),
+    }
 }
 
 fn run_steps(

@@ -604,9 +604,15 @@ pub async fn cursor(
                 &n.stats,
             )
         }));
-        // After a panic the connection's state is unknown: drop it (that
-        // rolls back) and forget the stream.
-        n.streams.finish(lease.id, run.is_ok().then_some(state));
+        match run {
+            Ok(tail) => {
+                n.streams.finish(lease.id, Some(state));
+                tail.send();
+            }
+            // After a panic the connection's state is unknown: drop it
+            // (that rolls back) and forget the stream.
+            Err(_) => n.streams.finish(lease.id, None),
+        }
     });
     Ok(rx)
 }

@@ -506,6 +506,55 @@ fn cursor_streams_steps_and_rows() {
     );
 }
 
+/// A client that has read a cursor's last entry may use its baton at once:
+/// the node hands the stream back before the body's last bytes leave (the
+/// client need not wait for the end of the HTTP body).
+#[test]
+fn a_cursor_read_to_its_last_entry_leaves_its_stream_free() {
+    use std::io::{Read, Write};
+    let n = node();
+    let a = n.addr();
+    exec(a, "CREATE TABLE t(id INTEGER PRIMARY KEY)", vec![]);
+    let body =
+        json!({"baton": null, "batch": {"steps": [{"stmt": {"sql": "SELECT count(*) FROM t"}}]}})
+            .to_string();
+    for _ in 0..1000 {
+        let mut s = std::net::TcpStream::connect(a).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "POST /v3/cursor HTTP/1.1\r\nHost: {a}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&raw).contains("step_end") {
+            let got = s.read(&mut buf).unwrap();
+            assert!(
+                got > 0,
+                "the cursor ended early: {}",
+                String::from_utf8_lossy(&raw)
+            );
+            raw.extend_from_slice(&buf[..got]);
+        }
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let baton = text
+            .split("\"baton\":\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a baton")
+            .to_owned();
+        let closed = post(
+            a,
+            "/v3/pipeline",
+            &json!({"baton": baton, "requests": [close()]}),
+        );
+        assert_eq!(closed.status, 200, "{}", closed.text());
+    }
+    assert_eq!(get(a, "/stats").json()["open_streams"], 0);
+}
+
 #[test]
 fn cursor_on_an_open_transaction() {
     let n = node();
