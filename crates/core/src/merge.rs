@@ -372,6 +372,8 @@ enum Partial {
         sum: f64,
         count: i64,
         specials: Specials,
+        /// The finite extremes, for [`squares_overflow`].
+        spread: Spread,
     },
     Extreme(Value),
     Decimal(DecimalSum),
@@ -488,6 +490,61 @@ impl Specials {
     }
 }
 
+/// The least and greatest finite values of a float avg's input.
+///
+/// Postgres' float avg keeps, beside the sum, the running sum of squared
+/// deviations that stddev and variance use (float8_accum), and raises
+/// "value out of range: overflow" when it becomes infinite from finite
+/// values. Its terms depend on the order the rows are added in, which the
+/// shards' partials do not keep; the largest any order can reach is bounded
+/// by the spread of the values, so an average whose bound overflows is the
+/// same ERROR. Postgres adding the rows in another order may still answer
+/// when the bound is just past the largest float.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Spread {
+    least: Option<f64>,
+    greatest: Option<f64>,
+}
+
+impl Spread {
+    fn read(min: &Value, max: &Value) -> Spread {
+        let finite = |v: &Value| match v {
+            Value::Float(f) if f.is_finite() => Some(*f),
+            Value::Integer(i) => Some(*i as f64),
+            _ => None,
+        };
+        Spread {
+            least: finite(min),
+            greatest: finite(max),
+        }
+    }
+
+    fn or(self, o: Spread) -> Spread {
+        let pick = |a: Option<f64>, b: Option<f64>, f: fn(f64, f64) -> f64| match (a, b) {
+            (Some(a), Some(b)) => Some(f(a, b)),
+            (a, None) => a,
+            (None, b) => b,
+        };
+        Spread {
+            least: pick(self.least, o.least, f64::min),
+            greatest: pick(self.greatest, o.greatest, f64::max),
+        }
+    }
+
+    /// Whether the sum of squared deviations of `count` values this far
+    /// apart can overflow: a value added as the k-th deviates from the mean
+    /// of all k by at most (k-1)/k of the spread; float8_accum squares k
+    /// times that deviation, at most ((k-1)·spread)², and adds the square
+    /// over k(k-1), so the sum stays below that square for k = `count`.
+    fn squares_overflow(self, count: i64) -> bool {
+        let (Some(least), Some(greatest)) = (self.least, self.greatest) else {
+            return false;
+        };
+        let spread = greatest - least;
+        !((count as f64 - 1.0) * spread).powi(2).is_finite()
+    }
+}
+
 fn add_opt<T: std::ops::Add<Output = T>>(a: Option<T>, b: Option<T>) -> Option<T> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a + b),
@@ -510,6 +567,7 @@ impl Partial {
                 sum: 0.0,
                 count: 0,
                 specials: Specials::default(),
+                spread: Spread::default(),
             },
             AggFunc::Min | AggFunc::Max | AggFunc::BoolAnd | AggFunc::BoolOr => {
                 Partial::Extreme(Value::Null)
@@ -547,6 +605,7 @@ impl Partial {
                     sum: float_of(&cols[0], "sum")?.unwrap_or(none),
                     count,
                     specials: Specials::read(&cols[2], &cols[3])?,
+                    spread: Spread::read(&cols[2], &cols[3]),
                 }
             }
             AggFunc::Min | AggFunc::Max | AggFunc::BoolAnd | AggFunc::BoolOr => {
@@ -588,16 +647,19 @@ impl Partial {
                     sum: s,
                     count: c,
                     specials: x,
+                    spread: r,
                 },
                 Partial::AvgFloat {
                     sum,
                     count,
                     specials,
+                    spread,
                 },
             ) => Partial::AvgFloat {
                 sum: s + sum,
                 count: c + count,
                 specials: x.or(specials),
+                spread: r.or(spread),
             },
             (Partial::Extreme(a), Partial::Extreme(b)) => Partial::Extreme(match (&a, &b) {
                 (Value::Null, _) => b,
@@ -684,9 +746,12 @@ impl Partial {
                 sum,
                 count,
                 specials,
+                spread,
             } => match specials.sum() {
                 Some(f) => Final::Value(Value::Float(f)),
-                None if !sum.is_finite() => return Err(MergeError::FloatOverflow),
+                None if !sum.is_finite() || spread.squares_overflow(count) => {
+                    return Err(MergeError::FloatOverflow)
+                }
                 None => Final::Value(Value::Float(sum / count as f64)),
             },
             Partial::Extreme(v) => Final::Value(v),
@@ -1414,17 +1479,27 @@ mod tests {
             }]
         };
         let big = f64::MAX / 2.0 * 1.5;
-        for (shards, overflows) in [
-            (vec![vec![big], vec![big]], true),
-            (vec![vec![big, big], vec![]], true),
-            (vec![vec![big, -big, big, big]], true),
-            (vec![vec![-big], vec![-big, 1.0]], true),
-            (vec![vec![big], vec![-big]], false),
-            (vec![vec![big, f64::INFINITY], vec![big]], false),
-            (vec![vec![big, f64::NAN], vec![big]], false),
-            (vec![vec![], vec![]], false),
+        // (shards' values, sum overflows, avg overflows): avg also keeps
+        // the sum of squared deviations (float8_accum), which overflows
+        // when the values are far enough apart, whatever their sum.
+        for (shards, sum_overflows, avg_overflows) in [
+            (vec![vec![big], vec![big]], true, true),
+            (vec![vec![big, big], vec![]], true, true),
+            (vec![vec![big, -big, big, big]], true, true),
+            (vec![vec![-big], vec![-big, 1.0]], true, true),
+            (vec![vec![big], vec![-big]], false, true),
+            (vec![vec![1e300], vec![0.0]], false, true),
+            (vec![vec![1e300, 0.0]], false, true),
+            (vec![vec![1e154], vec![0.0]], false, false),
+            (vec![vec![1e200, 1e200], vec![1e200]], false, false),
+            (vec![vec![big, f64::INFINITY], vec![big]], false, false),
+            (vec![vec![big, f64::NAN], vec![big]], false, false),
+            (vec![vec![], vec![]], false, false),
         ] {
-            for (func, width) in [(AggFunc::SumFloat, 0..3), (AggFunc::AvgFloat, 3..7)] {
+            for (func, width, overflows) in [
+                (AggFunc::SumFloat, 0..3, sum_overflows),
+                (AggFunc::AvgFloat, 3..7, avg_overflows),
+            ] {
                 let mut m = GroupMerge::new(0, aggs(func));
                 for values in &shards {
                     if !values.is_empty() {

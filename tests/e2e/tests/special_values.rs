@@ -591,6 +591,48 @@ fn special_values_agree_with_a_local_table() {
     differential(&cluster);
 }
 
+/// A float avg keeps the sum of squared deviations beside the sum
+/// (float8_accum) and fails when it overflows from finite values far apart,
+/// even when their sum and average are finite: pushed to the shards, it
+/// fails the same way.
+#[test]
+fn float_avg_of_values_far_apart_overflows_as_in_postgres() {
+    let (_cluster, mut db) = Cluster::start_with_conductor(ClusterOptions {
+        nodes: 2,
+        ..Default::default()
+    });
+    exec(
+        &mut db,
+        "CREATE TABLE l (id bigint, g int, x double precision);
+         CREATE FOREIGN TABLE d (id bigint, g int, x double precision) SERVER cluster;
+         SELECT conductor.create_distributed_table('d', 'id', shard_count => 4);
+         INSERT INTO l VALUES (1, 1, 1e300), (2, 1, 0), (3, 2, 1e154), (4, 2, 0),
+                              (5, 3, 1e200), (6, 3, 1e200);
+         INSERT INTO d SELECT * FROM l;",
+    );
+    for sql in [
+        "SELECT avg(x) FROM {T} WHERE g = 1",
+        "SELECT g, avg(x) FROM {T} GROUP BY g",
+    ] {
+        for t in ["l", "d"] {
+            let q = sql.replace("{T}", t);
+            let e = expect_db_error(db.query(&q, &[]), &q);
+            assert_eq!(e.code().code(), "22003", "{q}: {}", describe(&e));
+        }
+    }
+    for sql in [
+        "SELECT avg(x) FROM {T} WHERE g = 2",
+        "SELECT avg(x), sum(x) FROM {T} WHERE g = 3",
+        "SELECT g, avg(x) FROM {T} WHERE g > 1 GROUP BY g ORDER BY g",
+        "SELECT sum(x) FROM {T}",
+    ] {
+        let [local, distributed] = ["l", "d"].map(|t| {
+            rows(&mut db, &sql.replace("{T}", t)).unwrap_or_else(|e| panic!("{sql} on {t}: {e}"))
+        });
+        assert_eq!(distributed, local, "{sql}");
+    }
+}
+
 #[test]
 fn json_encoding_refuses_float_infinities_and_agrees_otherwise() {
     let (cluster, mut setup) = Cluster::start_with_conductor(ClusterOptions {
