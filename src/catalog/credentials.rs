@@ -5,7 +5,7 @@
 
 use crate::fdw::options::def_elems;
 use pgrx::prelude::*;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 thread_local! {
@@ -14,12 +14,102 @@ thread_local! {
     /// Tokens captured at the start of a DROP, for dropping shard tables
     /// after a DROP SERVER CASCADE has already removed the user mappings.
     static REMEMBERED: RefCell<HashMap<pg_sys::Oid, Option<String>>> = RefCell::new(HashMap::new());
+    /// The role whose mapping a running executor callback reads with; see
+    /// [`ActingUser`].
+    static ACTING_USER: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::Oid::INVALID) };
 }
 
-/// The token the current user presents to the nodes of `server_id`, if any.
+/// While alive, node tokens come from the user mapping of the role Postgres
+/// checks a relation's permissions as: a view's owner for the tables the
+/// view reads (the range table entry's `checkAsUser`), else the current
+/// user — as postgres_fdw picks its mapping. Set by the executor callbacks
+/// around their remote work; nests, and restores on drop (also when an
+/// ERROR unwinds).
+pub struct ActingUser {
+    previous: pg_sys::Oid,
+}
+
+impl ActingUser {
+    /// For range table entry `rti` of the running statement.
+    ///
+    /// # Safety
+    /// `estate` is a running statement's executor state and `rti` one of
+    /// its range table indexes.
+    /// An index outside the range table (none, or a routed partition's
+    /// 0 without a root) acts as the current user.
+    pub unsafe fn for_rte(estate: *mut pg_sys::EState, rti: pg_sys::Index) -> ActingUser {
+        // SAFETY: per the contract; es_range_table lists the statement's
+        // range table entries, for the 1-based indexes.
+        let check_as = unsafe {
+            if estate.is_null() || rti == 0 {
+                None
+            } else {
+                pgrx::PgList::<pg_sys::RangeTblEntry>::from_pg((*estate).es_range_table)
+                    .get_ptr(rti as usize - 1)
+                    .map(|rte| (*rte).checkAsUser)
+            }
+        }
+        .unwrap_or(pg_sys::Oid::INVALID);
+        let previous = ACTING_USER.with(|u| u.replace(check_as));
+        ActingUser { previous }
+    }
+
+    /// For the relation a foreign scan reads: its own range table entry, or
+    /// for a join or aggregate pushed down, its lowest-numbered base
+    /// relation's (the pushdown requires all of them to act as one role).
+    ///
+    /// # Safety
+    /// `node` is a running foreign scan's state.
+    pub unsafe fn for_scan(node: *mut pg_sys::ForeignScanState) -> ActingUser {
+        // SAFETY: per the contract: the node's plan is its ForeignScan.
+        unsafe {
+            let plan = (*node).ss.ps.plan as *mut pg_sys::ForeignScan;
+            let rti = match (*plan).scan.scanrelid {
+                0 => pg_sys::bms_next_member((*plan).fs_relids, -1) as pg_sys::Index,
+                rti => rti,
+            };
+            Self::for_rte((*node).ss.ps.state, rti)
+        }
+    }
+
+    /// For the table a ModifyTable writes through `rinfo`.
+    ///
+    /// # Safety
+    /// `estate` and `rinfo` are the running statement's.
+    /// A partition that tuple routing reached has no entry of its own: its
+    /// root's counts, as for postgres_fdw.
+    pub unsafe fn for_result(
+        estate: *mut pg_sys::EState,
+        rinfo: *mut pg_sys::ResultRelInfo,
+    ) -> ActingUser {
+        // SAFETY: per the contract; the root result relation, when set,
+        // is the statement's too.
+        unsafe {
+            let mut rti = (*rinfo).ri_RangeTableIndex;
+            if rti == 0 && !(*rinfo).ri_RootResultRelInfo.is_null() {
+                rti = (*(*rinfo).ri_RootResultRelInfo).ri_RangeTableIndex;
+            }
+            Self::for_rte(estate, rti)
+        }
+    }
+}
+
+impl Drop for ActingUser {
+    fn drop(&mut self) {
+        ACTING_USER.with(|u| u.set(self.previous));
+    }
+}
+
+/// The token presented to the nodes of `server_id`, if any: from the user
+/// mapping of the acting role ([`ActingUser`]), else of the current user.
 pub fn token_for(server_id: pg_sys::Oid) -> Option<String> {
-    // SAFETY: GetUserId only reads backend state.
-    let user = unsafe { pg_sys::GetUserId() };
+    let acting = ACTING_USER.with(|u| u.get());
+    let user = if acting != pg_sys::Oid::INVALID {
+        acting
+    } else {
+        // SAFETY: GetUserId only reads backend state.
+        unsafe { pg_sys::GetUserId() }
+    };
     if let Some(cached) = TOKENS.with(|t| t.borrow().get(&(server_id, user)).cloned()) {
         return cached;
     }

@@ -8,6 +8,7 @@
 //! them. Anything else (a local filter, other expressions of the row, row
 //! triggers) takes the row-by-row path in `modify.rs`.
 
+use crate::catalog::credentials::ActingUser;
 use crate::catalog::{cache, TableTopology};
 use crate::convert::ColumnCodec;
 use crate::errors::raise;
@@ -664,6 +665,7 @@ pub unsafe extern "C-unwind" fn iterate_direct_modify(
         let state = state(node);
         if !state.done {
             state.done = true;
+            let _acting = ActingUser::for_result(state.estate, state.rinfo);
             state.run();
         }
         let slot = (*node).ss.ss_ScanTupleSlot;

@@ -7,6 +7,7 @@
 //! nodes in parallel. Everything runs in the Postgres transaction's remote
 //! transaction (`xact::streams`): committed at commit, rolled back on abort.
 
+use crate::catalog::credentials::ActingUser;
 use crate::catalog::{cache, TableTopology};
 use crate::convert::ColumnCodec;
 use crate::errors::raise;
@@ -466,6 +467,7 @@ pub unsafe extern "C-unwind" fn begin_foreign_modify(
     // SAFETY: executor structures; fdw_private is what plan_foreign_modify
     // returned; the subplan (outer plan of ModifyTable) is initialized.
     unsafe {
+        let _acting = ActingUser::for_result((*mtstate).ps.state, rinfo);
         let operation = (*mtstate).operation;
         let private = PgList::<pg_sys::List>::from_pg(fdw_private);
         let ints = |i: usize| -> Vec<i32> {
@@ -552,6 +554,12 @@ pub unsafe extern "C-unwind" fn begin_foreign_insert(
     // by row; rows are buffered unless each must come back at once, or
     // each must be known inserted or skipped (ON CONFLICT DO NOTHING).
     unsafe {
+        let estate = if mtstate.is_null() {
+            std::ptr::null_mut()
+        } else {
+            (*mtstate).ps.state
+        };
+        let _acting = ActingUser::for_result(estate, rinfo);
         // COPY's command id, taken before anything here runs SPI (which
         // advances the current command id).
         let cid = if mtstate.is_null() {
@@ -599,18 +607,26 @@ pub unsafe extern "C-unwind" fn begin_foreign_insert(
 
 #[pg_guard]
 pub unsafe extern "C-unwind" fn end_foreign_modify(
-    _estate: *mut pg_sys::EState,
+    estate: *mut pg_sys::EState,
     rinfo: *mut pg_sys::ResultRelInfo,
 ) {
-    unsafe { flush(rinfo) }
+    // SAFETY: the statement's executor state and result relation.
+    unsafe {
+        let _acting = ActingUser::for_result(estate, rinfo);
+        flush(rinfo)
+    }
 }
 
 #[pg_guard]
 pub unsafe extern "C-unwind" fn end_foreign_insert(
-    _estate: *mut pg_sys::EState,
+    estate: *mut pg_sys::EState,
     rinfo: *mut pg_sys::ResultRelInfo,
 ) {
-    unsafe { flush(rinfo) }
+    // SAFETY: the statement's executor state and result relation.
+    unsafe {
+        let _acting = ActingUser::for_result(estate, rinfo);
+        flush(rinfo)
+    }
 }
 
 unsafe fn flush(rinfo: *mut pg_sys::ResultRelInfo) {
@@ -686,6 +702,7 @@ pub unsafe extern "C-unwind" fn exec_foreign_insert(
 ) -> *mut pg_sys::TupleTableSlot {
     // SAFETY: our state and a slot of our relation.
     unsafe {
+        let _acting = ActingUser::for_result(estate, rinfo);
         check_partition_bounds(estate, rinfo, slot, false);
         let state = state(rinfo);
         let row = encode_row(state, slot);
@@ -712,6 +729,7 @@ pub unsafe extern "C-unwind" fn exec_foreign_batch_insert(
 ) -> *mut *mut pg_sys::TupleTableSlot {
     // SAFETY: Postgres passes num_slots valid slots.
     unsafe {
+        let _acting = ActingUser::for_result(estate, rinfo);
         let state = state(rinfo);
         let slots_slice = std::slice::from_raw_parts(slots, *num_slots as usize);
         for &s in slots_slice {
@@ -882,6 +900,7 @@ pub unsafe extern "C-unwind" fn exec_foreign_update(
 ) -> *mut pg_sys::TupleTableSlot {
     // SAFETY: our state; slot holds the new row, plan_slot the identity.
     unsafe {
+        let _acting = ActingUser::for_result(estate, rinfo);
         check_partition_bounds(estate, rinfo, slot, true);
         let state = state(rinfo);
         let identity = identity(state, plan_slot);
@@ -990,7 +1009,7 @@ fn index_update(
 
 #[pg_guard]
 pub unsafe extern "C-unwind" fn exec_foreign_delete(
-    _estate: *mut pg_sys::EState,
+    estate: *mut pg_sys::EState,
     rinfo: *mut pg_sys::ResultRelInfo,
     slot: *mut pg_sys::TupleTableSlot,
     plan_slot: *mut pg_sys::TupleTableSlot,
@@ -998,6 +1017,7 @@ pub unsafe extern "C-unwind" fn exec_foreign_delete(
     // SAFETY: our state; plan_slot carries the identity, slot receives the
     // deleted row for RETURNING.
     unsafe {
+        let _acting = ActingUser::for_result(estate, rinfo);
         let state = state(rinfo);
         let identity = identity(state, plan_slot);
         let Some(result) = state.change(

@@ -5,6 +5,7 @@
 //! (routing it), sends every target shard's query at once and streams the
 //! rows back.
 
+use crate::catalog::credentials::ActingUser;
 use crate::catalog::{cache, TableTopology};
 use crate::convert::ColumnCodec;
 use crate::errors::raise;
@@ -865,6 +866,7 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
     // SAFETY: called by the executor with our scan state; the slot belongs to
     // the node and its arrays have natts entries.
     unsafe {
+        let _acting = ActingUser::for_scan(node);
         if super::upper::is_upper(node) {
             return super::upper::iterate_foreign_scan(node);
         }
@@ -1110,6 +1112,7 @@ pub unsafe extern "C-unwind" fn re_scan_foreign_scan(node: *mut pg_sys::ForeignS
     // SAFETY: our scan state. Dropping the handle cancels in-flight
     // requests; parameters are re-evaluated and the scan re-routed.
     unsafe {
+        let _acting = ActingUser::for_scan(node);
         if super::upper::is_upper(node) {
             return super::upper::re_scan_foreign_scan(node);
         }
@@ -1124,6 +1127,7 @@ pub unsafe extern "C-unwind" fn re_scan_foreign_scan(node: *mut pg_sys::ForeignS
 pub unsafe extern "C-unwind" fn end_foreign_scan(node: *mut pg_sys::ForeignScanState) {
     // SAFETY: our scan state (null when EXPLAIN without ANALYZE never began it).
     unsafe {
+        let _acting = ActingUser::for_scan(node);
         if super::upper::is_upper(node) {
             return super::upper::end_foreign_scan(node);
         }

@@ -223,6 +223,57 @@ fn tokens_and_topology_are_guarded() {
     let e = expect_db_error(bob.query("SELECT count(*) FROM public.t", &[]), "no token");
     assert!(e.detail().unwrap_or("").contains("401"), "{}", describe(&e));
 
+    // Through a view, the view owner's mapping counts (the role Postgres
+    // checks the table's permissions as), as with postgres_fdw: bob reads
+    // and writes through the superuser's view with its token, in scans,
+    // pushed-down aggregates and joins, direct and row-by-row writes, and
+    // both kinds of transaction.
+    exec(
+        &mut admin,
+        "CREATE VIEW public.t_admin AS SELECT * FROM public.t;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON public.t_admin TO bob;
+         CREATE VIEW public.t_bob AS SELECT * FROM public.t;
+         ALTER VIEW public.t_bob OWNER TO bob;
+         GRANT SELECT ON public.t_bob TO alice;",
+    );
+    exec(
+        &mut bob,
+        "INSERT INTO public.t_admin VALUES (2, 'b'), (3, 'c')",
+    );
+    exec(
+        &mut bob,
+        "UPDATE public.t_admin SET v = v || '!' WHERE id = 2",
+    );
+    exec(
+        &mut bob,
+        "BEGIN; UPDATE public.t_admin SET v = upper(v) WHERE id IN (2, 3) AND v <> 'zz';
+         DELETE FROM public.t_admin WHERE id = 3; COMMIT",
+    );
+    assert_eq!(
+        query_i64(&mut bob, "SELECT count(*) FROM public.t_admin"),
+        2
+    );
+    assert_eq!(
+        query_i64(
+            &mut bob,
+            "SELECT count(*) FROM public.t_admin a JOIN public.t_admin b USING (id)
+              WHERE a.v = 'B!'"
+        ),
+        1
+    );
+    let rows = bob
+        .query("SELECT id, v FROM public.t_admin ORDER BY id", &[])
+        .unwrap_or_else(|e| panic!("bob through the view: {}", pg_err(&e)));
+    let rows: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(rows, vec![(1, "a".to_string()), (2, "B!".to_string())]);
+    // A view bob owns reads with bob's mapping, which he does not have,
+    // whoever queries it.
+    let e = expect_db_error(
+        alice.query("SELECT count(*) FROM public.t_bob", &[]),
+        "the view owner has no token",
+    );
+    assert!(e.detail().unwrap_or("").contains("401"), "{}", describe(&e));
+
     // Topology is for superusers (or roles granted it).
     for sql in [
         "SELECT conductor.add_node('cluster', 'evil', 'http://127.0.0.1:1')",
