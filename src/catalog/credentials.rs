@@ -30,13 +30,12 @@ pub struct ActingUser {
 }
 
 impl ActingUser {
-    /// For range table entry `rti` of the running statement.
+    /// For range table entry `rti` of the running statement. An index
+    /// outside the range table (none, or a routed partition's 0 without a
+    /// root) acts as the current user.
     ///
     /// # Safety
-    /// `estate` is a running statement's executor state and `rti` one of
-    /// its range table indexes.
-    /// An index outside the range table (none, or a routed partition's
-    /// 0 without a root) acts as the current user.
+    /// `estate` is a running statement's executor state (or null).
     pub unsafe fn for_rte(estate: *mut pg_sys::EState, rti: pg_sys::Index) -> ActingUser {
         // SAFETY: per the contract; es_range_table lists the statement's
         // range table entries, for the 1-based indexes.
@@ -72,12 +71,12 @@ impl ActingUser {
         }
     }
 
-    /// For the table a ModifyTable writes through `rinfo`.
+    /// For the table a ModifyTable writes through `rinfo`. A partition
+    /// that tuple routing reached has no entry of its own: its root's
+    /// counts, as for postgres_fdw.
     ///
     /// # Safety
     /// `estate` and `rinfo` are the running statement's.
-    /// A partition that tuple routing reached has no entry of its own: its
-    /// root's counts, as for postgres_fdw.
     pub unsafe fn for_result(
         estate: *mut pg_sys::EState,
         rinfo: *mut pg_sys::ResultRelInfo,

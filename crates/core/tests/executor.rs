@@ -61,32 +61,41 @@ fn collect(scan: &mut ScanHandle, limit: Duration) -> Result<Vec<(u32, Vec<Value
     }
 }
 
-/// The blocked-signal mask of a thread, from /proc (`SigBlk:` in hex).
-fn blocked_signals(task_dir: &std::path::Path) -> u64 {
-    let status = std::fs::read_to_string(task_dir.join("status")).expect("task status");
-    status
+/// The blocked-signal mask of a thread, from /proc (`SigBlk:` in hex);
+/// None once the thread has ended.
+fn blocked_signals(task_dir: &std::path::Path) -> Option<u64> {
+    let status = std::fs::read_to_string(task_dir.join("status")).ok()?;
+    let mask = status
         .lines()
         .find_map(|l| l.strip_prefix("SigBlk:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .expect("SigBlk")
+        .expect("SigBlk");
+    Some(mask)
 }
 
 #[test]
 fn executor_starts_lazily_with_named_threads_that_block_signals() {
     let me = std::path::PathBuf::from("/proc/thread-self");
-    let mask_before = blocked_signals(&me);
+    let mask_before = blocked_signals(&me).expect("our own mask");
     let ex = executor();
     assert!(!ex.is_started());
     ex.start().expect("start");
     assert!(ex.is_started());
     // Our own mask is restored after the threads were spawned.
-    assert_eq!(blocked_signals(&me), mask_before);
-    let io_threads: Vec<std::path::PathBuf> = std::fs::read_dir("/proc/self/task")
+    assert_eq!(blocked_signals(&me), Some(mask_before));
+    // The masks of the I/O threads alive now: other tests of this process
+    // run executors too, whose threads may end between the listing and the
+    // read (this test's own live as long as `ex`).
+    let io_threads: Vec<(std::path::PathBuf, u64)> = std::fs::read_dir("/proc/self/task")
         .expect("procfs")
         .filter_map(|t| {
             let dir = t.ok()?.path();
             let name = std::fs::read_to_string(dir.join("comm")).ok()?;
-            (name.trim() == "conductor-io").then_some(dir)
+            if name.trim() != "conductor-io" {
+                return None;
+            }
+            let mask = blocked_signals(&dir)?;
+            Some((dir, mask))
         })
         .collect();
     assert!(io_threads.len() >= 2, "{io_threads:?}");
@@ -94,8 +103,8 @@ fn executor_starts_lazily_with_named_threads_that_block_signals() {
     // SIGUSR2, SIGALRM timeouts, SIGTERM) must never reach an I/O thread.
     let bit = |sig: u32| 1u64 << (sig - 1);
     let pg_signals = bit(1) | bit(2) | bit(10) | bit(12) | bit(14) | bit(15);
-    for t in io_threads {
-        assert_eq!(blocked_signals(&t) & pg_signals, pg_signals, "{t:?}");
+    for (t, mask) in io_threads {
+        assert_eq!(mask & pg_signals, pg_signals, "{t:?}");
     }
 }
 
