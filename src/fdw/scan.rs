@@ -866,8 +866,8 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
     // SAFETY: called by the executor with our scan state; the slot belongs to
     // the node and its arrays have natts entries.
     unsafe {
-        let _acting = ActingUser::for_scan(node);
         if super::upper::is_upper(node) {
+            let _acting = ActingUser::for_scan(node);
             return super::upper::iterate_foreign_scan(node);
         }
         let state = state(node);
@@ -878,6 +878,9 @@ pub unsafe extern "C-unwind" fn iterate_foreign_scan(
                 store_row(state, slot, row);
                 return slot;
             }
+            // Only a row not yet received may mean a request: the rows
+            // already here are served without looking the role up.
+            let _acting = ActingUser::for_scan(node);
             let poll = match &mut state.phase {
                 Phase::Finished => return slot,
                 Phase::NotStarted => {

@@ -507,12 +507,10 @@ struct Spread {
 }
 
 impl Spread {
+    /// From a shard's min and max (NaN, which is text, and the
+    /// infinities are `Specials`' to handle).
     fn read(min: &Value, max: &Value) -> Spread {
-        let finite = |v: &Value| match v {
-            Value::Float(f) if f.is_finite() => Some(*f),
-            Value::Integer(i) => Some(*i as f64),
-            _ => None,
-        };
+        let finite = |v: &Value| float_of(v, "").ok().flatten().filter(|f| f.is_finite());
         Spread {
             least: finite(min),
             greatest: finite(max),
@@ -520,14 +518,9 @@ impl Spread {
     }
 
     fn or(self, o: Spread) -> Spread {
-        let pick = |a: Option<f64>, b: Option<f64>, f: fn(f64, f64) -> f64| match (a, b) {
-            (Some(a), Some(b)) => Some(f(a, b)),
-            (a, None) => a,
-            (None, b) => b,
-        };
         Spread {
-            least: pick(self.least, o.least, f64::min),
-            greatest: pick(self.greatest, o.greatest, f64::max),
+            least: combine_opt(self.least, o.least, f64::min),
+            greatest: combine_opt(self.greatest, o.greatest, f64::max),
         }
     }
 
@@ -546,8 +539,13 @@ impl Spread {
 }
 
 fn add_opt<T: std::ops::Add<Output = T>>(a: Option<T>, b: Option<T>) -> Option<T> {
+    combine_opt(a, b, T::add)
+}
+
+/// `f` of both when both are there, else the one that is.
+fn combine_opt<T>(a: Option<T>, b: Option<T>, f: impl FnOnce(T, T) -> T) -> Option<T> {
     match (a, b) {
-        (Some(a), Some(b)) => Some(a + b),
+        (Some(a), Some(b)) => Some(f(a, b)),
         (a, None) => a,
         (None, b) => b,
     }
